@@ -1,0 +1,69 @@
+# ttt: online test-time training on video streams, plain C + CUDA.
+#   make            build the programs (CUDA backend too when nvcc is found)
+#   make test       build and run every CPU test; last line "N passed, N failed"
+#   make test-gpu   build and run the CUDA-vs-CPU checks (needs a GPU)
+#   make NO_CUDA=1  force a CPU-only build
+
+CC ?= gcc
+CFLAGS ?= -O3
+CFLAGS += -std=gnu11 -Wall -Wno-unused-function -fopenmp -I. -Ivendor
+LDLIBS = -lm -fopenmp
+
+# CUDA: found on PATH or at the usual place, unless NO_CUDA=1
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifeq ($(NO_CUDA),1)
+  NVCC :=
+endif
+ifneq ($(NVCC),)
+ifneq ($(wildcard ttt_kernels.cu),)
+  CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+  CFLAGS += -DTTT_CUDA
+  CUDA_OBJ = ttt_kernels.o
+  NVCCFLAGS = -O3 -std=c++17 -DTTT_CUDA -I. \
+              -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+endif
+endif
+
+# the library every program links: ops, IO, checkpoints, the three parts of the Y
+LIB_OBJ = ttt.o swin.o mask2former.o mae.o $(CUDA_OBJ)
+PROGRAMS = stream train gen
+TEST_SRC = $(sort $(wildcard test/test_*.c))
+TEST_BIN = $(TEST_SRC:.c=)
+GPU_TEST_SRC = $(sort $(wildcard test/gpu_*.c))
+GPU_TEST_BIN = $(GPU_TEST_SRC:.c=)
+
+all: $(PROGRAMS)
+
+%.o: %.c ttt.h
+	$(CC) $(CFLAGS) -c $< -o $@
+
+ttt_kernels.o: ttt_kernels.cu ttt.h
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+stream: stream.c $(LIB_OBJ)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+train: train.c $(LIB_OBJ)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+gen: dev/gen.c $(LIB_OBJ)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+test/test_%: test/test_%.c test/test.h $(LIB_OBJ)
+	$(CC) $(CFLAGS) $< $(LIB_OBJ) -o $@ $(LDLIBS)
+
+test/gpu_%: test/gpu_%.c test/test.h $(LIB_OBJ)
+	$(CC) $(CFLAGS) $< $(LIB_OBJ) -o $@ $(LDLIBS)
+
+test: $(TEST_BIN) $(PROGRAMS)
+	@sh test/run_tests.sh $(TEST_BIN)
+
+test-gpu: $(GPU_TEST_BIN) $(PROGRAMS)
+	@sh test/run_tests.sh $(GPU_TEST_BIN)
+
+clean:
+	rm -f *.o $(PROGRAMS) $(TEST_BIN) $(GPU_TEST_BIN)
+	rm -rf test/tmp
+
+.PHONY: all test test-gpu clean

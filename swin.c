@@ -1,0 +1,2 @@
+// swin.c: see ttt.h for the API. (being written)
+#include "ttt.h"

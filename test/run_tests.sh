@@ -1,0 +1,20 @@
+#!/bin/sh
+# Runs each test binary given as an argument, sums the "N passed, N failed" line
+# each one prints last, and prints the total as the very last line.
+# Exit status is non-zero if any check failed or any binary crashed.
+passed=0; failed=0
+for t in "$@"; do
+    echo "== $t"
+    out=$(./$t 2>&1); rc=$?
+    echo "$out"
+    line=$(echo "$out" | grep -E '[0-9]+ passed, [0-9]+ failed' | tail -n 1)
+    p=$(echo "$line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+')
+    f=$(echo "$line" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+')
+    if [ -z "$line" ]; then p=0; f=0; fi
+    if [ $rc -ne 0 ] && [ "$f" -eq 0 ]; then
+        echo "$t exited with status $rc"; f=1
+    fi
+    passed=$((passed + p)); failed=$((failed + f))
+done
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ]

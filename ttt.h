@@ -1,0 +1,433 @@
+// ttt.h: shared types, error-checking macros and the op library of ttt.
+//
+// Conventions (read these once, every op follows them):
+// - float32 storage, channels-last layout: a feature map is (B, H, W, C).
+// - forward ops WRITE (=) their outputs.
+// - backward ops ACCUMULATE (+=) into every gradient they produce, llm.c style,
+//   so a tensor used twice (residuals) simply gets both contributions. Callers
+//   zero gradient buffers once before a backward pass. Any gradient pointer
+//   may be NULL, meaning "not needed".
+// - every op exists three times: `name` (dispatches on ttt_device),
+//   `name_cpu` (reference in ttt.c, float64 or careful float32 accumulation,
+//   OpenMP where loops are large) and `name_cuda` (ttt_kernels.cu, present when
+//   built with nvcc, TTT_CUDA defined). All three have the same signature and
+//   the same memory layout; pointers live on the device the op runs on.
+#ifndef TTT_H
+#define TTT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ----------------------------------------------------------------------------
+// error checking, llm.c style: every call that can fail goes through one of these
+
+void fopen_check_fail(const char* path, const char* mode, const char* file, int line);
+void fread_check_fail(const char* what, size_t want, size_t got, const char* file, int line);
+void malloc_check_fail(size_t bytes, const char* file, int line);
+
+FILE* fopen_check(const char* path, const char* mode, const char* file, int line);
+void fread_check(void* ptr, size_t size, size_t nmemb, FILE* stream, const char* file, int line);
+void fwrite_check(const void* ptr, size_t size, size_t nmemb, FILE* stream, const char* file, int line);
+void fclose_check(FILE* fp, const char* file, int line);
+void* malloc_check(size_t size, const char* file, int line);
+void* calloc_check(size_t nmemb, size_t size, const char* file, int line);
+
+#define fopenCheck(path, mode) fopen_check(path, mode, __FILE__, __LINE__)
+#define freadCheck(ptr, size, nmemb, stream) fread_check(ptr, size, nmemb, stream, __FILE__, __LINE__)
+#define fwriteCheck(ptr, size, nmemb, stream) fwrite_check(ptr, size, nmemb, stream, __FILE__, __LINE__)
+#define fcloseCheck(fp) fclose_check(fp, __FILE__, __LINE__)
+#define mallocCheck(size) malloc_check(size, __FILE__, __LINE__)
+#define callocCheck(nmemb, size) calloc_check(nmemb, size, __FILE__, __LINE__)
+
+// print "error: <message>" on stderr and exit(1); for user-facing bad input
+void ttt_die(const char* fmt, ...);
+
+// ----------------------------------------------------------------------------
+// run-time device switch and memory helpers
+
+typedef enum { DEVICE_CPU = 0, DEVICE_CUDA = 1 } Device;
+extern Device ttt_device;               // the device every dispatched op runs on
+int ttt_cuda_available(void);           // 1 if built with CUDA and a GPU is present
+void ttt_set_device(Device d);          // dies with a clear message if d is unavailable
+Device ttt_parse_device(const char* s); // "cpu" | "cuda" | "auto" (cuda if present)
+const char* ttt_device_name(Device d);
+
+void* ttt_malloc(size_t bytes);                       // on ttt_device, checked
+void ttt_free(void* p);
+void ttt_zero(void* p, size_t bytes);                 // memset 0 on ttt_device
+void ttt_copy(void* dst, const void* src, size_t bytes);      // within ttt_device
+void ttt_to_device(void* dst, const void* src, size_t bytes);  // host -> ttt_device
+void ttt_to_host(void* dst, const void* src, size_t bytes);    // ttt_device -> host
+void ttt_synchronize(void);
+
+// ----------------------------------------------------------------------------
+// random numbers: xorshift64*, deterministic across machines
+
+typedef struct { uint64_t state; } Rng;
+void rng_seed(Rng* rng, uint64_t seed);
+uint32_t rng_u32(Rng* rng);
+float rng_uniform(Rng* rng);            // [0, 1)
+float rng_normal(Rng* rng);             // N(0, 1), Box-Muller
+int rng_int(Rng* rng, int n);           // [0, n)
+void rng_fill_uniform(Rng* rng, float* x, size_t n, float lo, float hi);  // host memory
+void rng_fill_normal(Rng* rng, float* x, size_t n, float mean, float std); // host memory
+
+// ----------------------------------------------------------------------------
+// op library. Each op is listed once with its math; the _cpu and _cuda twins
+// are declared below the dispatched list.
+
+#define LN_EPS 1e-5f   // LayerNorm and GroupNorm epsilon (Swin, Mask2Former)
+
+// elementwise: out = a + b ; a += b ; x *= s   (N elements)
+void add_forward(float* out, const float* a, const float* b, size_t N);
+void add_inplace(float* a, const float* b, size_t N);
+void scale_inplace(float* x, float s, size_t N);
+
+// linear: out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias (OC); bias may be NULL.
+// Also the batched product used by Mask2Former's mask logits (weight = features).
+void linear_forward(float* out, const float* inp, const float* weight, const float* bias,
+                    int N, int C, int OC);
+void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                     const float* inp, const float* weight, int N, int C, int OC);
+
+// layernorm over the last dim C: out = (x - mean) * rstd * weight + bias.
+// mean, rstd (N) are saved for backward. eps = LN_EPS.
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                       const float* weight, const float* bias, int N, int C);
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean,
+                        const float* rstd, int N, int C);
+
+// groupnorm on (B, HW, C) channels-last, G groups of C/G consecutive channels;
+// statistics per (b, g) over HW * C/G values. mean, rstd (B, G). eps = LN_EPS.
+void groupnorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                       const float* weight, const float* bias, int B, int HW, int C, int G);
+void groupnorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean,
+                        const float* rstd, int B, int HW, int C, int G);
+
+// activations, N elements. gelu is the exact erf form: x * 0.5 * (1 + erf(x / sqrt 2)).
+// out may equal inp for relu/sigmoid forward. relu/sigmoid backward use the forward OUTPUT.
+void gelu_forward(float* out, const float* inp, size_t N);
+void gelu_backward(float* dinp, const float* inp, const float* dout, size_t N);
+void relu_forward(float* out, const float* inp, size_t N);
+void relu_backward(float* dinp, const float* out, const float* dout, size_t N);
+void sigmoid_forward(float* out, const float* inp, size_t N);
+void sigmoid_backward(float* dinp, const float* out, const float* dout, size_t N);
+
+// softmax over the last dim of (N, C)
+void softmax_forward(float* out, const float* inp, int N, int C);
+void softmax_backward(float* dinp, const float* out, const float* dout, int N, int C);
+
+// multi-head scaled-dot-product attention.
+//   q: (B, Tq, NH*HS) rows of stride q_stride floats; k, v: (B, Tk, NH*HS) rows of
+//   stride kv_stride (so a fused qkv buffer (B, T, 3C) is q=qkv, k=qkv+C, v=qkv+2C
+//   with both strides 3C). out: (B, Tq, NH*HS) contiguous.
+//   scores[b,h,i,j] = q.k / sqrt(HS) + rel_bias[h,i,j] + mask[b % n_mask, i, j]
+//   att (B, NH, Tq, Tk) = softmax_j(scores), saved for backward; out = att @ v.
+//   rel_bias (NH, Tq, Tk) is learnable (Swin's relative position bias, already
+//   gathered from its table) and may be NULL; mask (n_mask, Tq, Tk) is an additive
+//   constant shared by all heads (Swin's -100 shift mask; -INFINITY for Mask2Former's
+//   blocked positions) and may be NULL. A row must keep at least one finite score.
+void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
+                       const float* rel_bias, const float* mask, int n_mask,
+                       int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+// dq, dk, dv have the same strides as q, k, v; drel_bias (NH, Tq, Tk) sums over B.
+void attention_backward(float* dq, float* dk, float* dv, float* drel_bias, const float* dout,
+                        const float* att, const float* q, const float* k, const float* v,
+                        int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+
+// Swin windows. inp (B, H, W, C) is zero-padded at the bottom/right to Hp = ceil(H/ws)*ws,
+// Wp likewise, rolled by -shift on both axes (padded[(i+shift)%Hp][(j+shift)%Wp] lands
+// at (i, j)), and cut into windows in row-major window order:
+// out (B * Hp/ws * Wp/ws, ws*ws, C). window_reverse is the exact inverse (roll +shift,
+// crop to H, W): inp (B*nW, ws*ws, C) -> out (B, H, W, C).
+void window_partition_forward(float* out, const float* inp, int B, int H, int W, int C,
+                              int ws, int shift);
+void window_partition_backward(float* dinp, const float* dout, int B, int H, int W, int C,
+                               int ws, int shift);
+void window_reverse_forward(float* out, const float* inp, int B, int H, int W, int C,
+                            int ws, int shift);
+void window_reverse_backward(float* dinp, const float* dout, int B, int H, int W, int C,
+                             int ws, int shift);
+
+// Swin patch merging gather: inp (B, H, W, C), odd H/W zero-padded by one at the
+// bottom/right, out (B, ceil(H/2), ceil(W/2), 4C) = concat of
+// x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2] (row, col).
+void patch_merge_forward(float* out, const float* inp, int B, int H, int W, int C);
+void patch_merge_backward(float* dinp, const float* dout, int B, int H, int W, int C);
+
+// conv2d, NHWC. inp (B, H, W, C), weight (OC, K, K, C), bias (OC) or NULL,
+// out (B, Ho, Wo, OC): out[b,y,x,o] = bias[o] + sum_{ky,kx,c}
+//   weight[o,ky,kx,c] * inp[b, y*stride - pad + ky, x*stride - pad + kx, c],
+// reads outside the input are zero. Ho, Wo are given by the caller, so Swin's patch
+// embedding (pad bottom/right to a multiple of 4) is K=4, stride=4, pad=0,
+// Ho=ceil(H/4); a same-size 3x3 conv is K=3, stride=1, pad=1, Ho=H.
+void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias,
+                    int B, int H, int W, int C, int OC, int K, int stride, int pad,
+                    int Ho, int Wo);
+void conv2d_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                     const float* inp, const float* weight,
+                     int B, int H, int W, int C, int OC, int K, int stride, int pad,
+                     int Ho, int Wo);
+
+// resizing (B, H, W, C) -> (B, Ho, Wo, C), PyTorch F.interpolate semantics.
+// nearest: src = floor(dst * H / Ho) (mode="nearest").
+// bilinear: align_corners=False, src = max((dst + 0.5) * H / Ho - 0.5, 0), no antialias;
+// works for up- and down-sampling.
+void upsample_nearest_forward(float* out, const float* inp, int B, int H, int W, int C,
+                              int Ho, int Wo);
+void upsample_nearest_backward(float* dinp, const float* dout, int B, int H, int W, int C,
+                               int Ho, int Wo);
+void upsample_bilinear_forward(float* out, const float* inp, int B, int H, int W, int C,
+                               int Ho, int Wo);
+void upsample_bilinear_backward(float* dinp, const float* dout, int B, int H, int W, int C,
+                                int Ho, int Wo);
+
+// point sampling (Mask2Former's point_sample = grid_sample, bilinear, align_corners=False,
+// zero padding): inp (M, H, W) maps, coords (M, P, 2) as (x, y) in [0, 1],
+// out (M, P). Backward scatters into dinp.
+void point_sample_forward(float* out, const float* inp, const float* coords,
+                          int M, int H, int W, int P);
+void point_sample_backward(float* dinp, const float* dout, const float* coords,
+                           int M, int H, int W, int P);
+
+// DETR/Mask2Former sine position encoding (normalize=True, scale 2*pi, temperature
+// 10000, eps 1e-6) for an H x W map: out (H, W, C), C even; channels [0, C/2) from y,
+// [C/2, C) from x, interleaved sin, cos. No inputs, so no backward.
+void sine_position_encoding(float* out, int H, int W, int C);
+
+// losses. Each forward writes its loss to *loss (a single float on the device);
+// each backward accumulates dloss * d(loss)/d(input).
+// masked MSE (MAE): pred, target (N, C), mask (N) in {0,1};
+//   loss = sum_n mask[n] * mean_c (pred - target)^2 / sum_n mask[n]
+void masked_mse_forward(float* loss, const float* pred, const float* target,
+                        const float* mask, int N, int C);
+void masked_mse_backward(float* dpred, float dloss, const float* pred, const float* target,
+                         const float* mask, int N, int C);
+// weighted softmax cross-entropy, PyTorch semantics: logits (N, C), targets (N) in
+// [0, C) or ignore_index; class_weight (C) or NULL for all ones;
+//   loss = sum_n w[t_n] * -log softmax(logits_n)[t_n] / sum_n w[t_n]  (ignored rows skipped)
+void cross_entropy_forward(float* loss, const float* logits, const int* targets,
+                           const float* class_weight, int N, int C, int ignore_index);
+void cross_entropy_backward(float* dlogits, float dloss, const float* logits,
+                            const int* targets, const float* class_weight,
+                            int N, int C, int ignore_index);
+// per-row losses for M masks of P points; targets in [0, 1].
+// sigmoid BCE: losses[m] = mean_p BCEWithLogits(logits[m,p], targets[m,p])
+// dice: s = sigmoid(logits); losses[m] = 1 - (2 sum s*t + 1) / (sum s + sum t + 1)
+// backward takes dlosses (M), one upstream gradient per row.
+void sigmoid_bce_forward(float* losses, const float* logits, const float* targets, int M, int P);
+void sigmoid_bce_backward(float* dlogits, const float* dlosses, const float* logits,
+                          const float* targets, int M, int P);
+void dice_loss_forward(float* losses, const float* logits, const float* targets, int M, int P);
+void dice_loss_backward(float* dlogits, const float* dlosses, const float* logits,
+                        const float* targets, int M, int P);
+
+// AdamW (decoupled weight decay, bias correction), step t >= 1:
+//   m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; mhat = m / (1-b1^t); vhat = v / (1-b2^t)
+//   p -= lr * (mhat / (sqrt(vhat) + eps) + weight_decay * p)
+void adamw_update(float* params, const float* grads, float* m, float* v, size_t N,
+                  float lr, float beta1, float beta2, float eps, float weight_decay, int t);
+// sum of squares of x (N) written to *out (one float on the device); for grad clipping
+void sum_squares(float* out, const float* x, size_t N);
+
+// ----------------------------------------------------------------------------
+// the _cpu twins (ttt.c) and _cuda twins (ttt_kernels.cu) of every op above.
+// Same arguments; listed in the same order.
+
+void add_forward_cpu(float* out, const float* a, const float* b, size_t N);
+void add_inplace_cpu(float* a, const float* b, size_t N);
+void scale_inplace_cpu(float* x, float s, size_t N);
+void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
+void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
+void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
+void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
+void groupnorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);
+void groupnorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int HW, int C, int G);
+void gelu_forward_cpu(float* out, const float* inp, size_t N);
+void gelu_backward_cpu(float* dinp, const float* inp, const float* dout, size_t N);
+void relu_forward_cpu(float* out, const float* inp, size_t N);
+void relu_backward_cpu(float* dinp, const float* out, const float* dout, size_t N);
+void sigmoid_forward_cpu(float* out, const float* inp, size_t N);
+void sigmoid_backward_cpu(float* dinp, const float* out, const float* dout, size_t N);
+void softmax_forward_cpu(float* out, const float* inp, int N, int C);
+void softmax_backward_cpu(float* dinp, const float* out, const float* dout, int N, int C);
+void attention_forward_cpu(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void window_partition_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
+void window_partition_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
+void window_reverse_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
+void window_reverse_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
+void patch_merge_forward_cpu(float* out, const float* inp, int B, int H, int W, int C);
+void patch_merge_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C);
+void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
+void conv2d_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
+void upsample_nearest_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo);
+void upsample_nearest_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo);
+void upsample_bilinear_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo);
+void upsample_bilinear_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo);
+void point_sample_forward_cpu(float* out, const float* inp, const float* coords, int M, int H, int W, int P);
+void point_sample_backward_cpu(float* dinp, const float* dout, const float* coords, int M, int H, int W, int P);
+void sine_position_encoding_cpu(float* out, int H, int W, int C);
+void masked_mse_forward_cpu(float* loss, const float* pred, const float* target, const float* mask, int N, int C);
+void masked_mse_backward_cpu(float* dpred, float dloss, const float* pred, const float* target, const float* mask, int N, int C);
+void cross_entropy_forward_cpu(float* loss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
+void cross_entropy_backward_cpu(float* dlogits, float dloss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
+void sigmoid_bce_forward_cpu(float* losses, const float* logits, const float* targets, int M, int P);
+void sigmoid_bce_backward_cpu(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P);
+void dice_loss_forward_cpu(float* losses, const float* logits, const float* targets, int M, int P);
+void dice_loss_backward_cpu(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P);
+void adamw_update_cpu(float* params, const float* grads, float* m, float* v, size_t N, float lr, float beta1, float beta2, float eps, float weight_decay, int t);
+void sum_squares_cpu(float* out, const float* x, size_t N);
+
+#ifdef TTT_CUDA
+// CUDA runtime plumbing (ttt_kernels.cu)
+int ttt_cuda_device_count(void);
+void* ttt_cuda_malloc(size_t bytes);
+void ttt_cuda_free(void* p);
+void ttt_cuda_zero(void* p, size_t bytes);
+void ttt_cuda_copy(void* dst, const void* src, size_t bytes, int kind); // 0 d2d, 1 h2d, 2 d2h
+void ttt_cuda_synchronize(void);
+
+void add_forward_cuda(float* out, const float* a, const float* b, size_t N);
+void add_inplace_cuda(float* a, const float* b, size_t N);
+void scale_inplace_cuda(float* x, float s, size_t N);
+void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
+void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
+void layernorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
+void layernorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
+void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);
+void groupnorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int HW, int C, int G);
+void gelu_forward_cuda(float* out, const float* inp, size_t N);
+void gelu_backward_cuda(float* dinp, const float* inp, const float* dout, size_t N);
+void relu_forward_cuda(float* out, const float* inp, size_t N);
+void relu_backward_cuda(float* dinp, const float* out, const float* dout, size_t N);
+void sigmoid_forward_cuda(float* out, const float* inp, size_t N);
+void sigmoid_backward_cuda(float* dinp, const float* out, const float* dout, size_t N);
+void softmax_forward_cuda(float* out, const float* inp, int N, int C);
+void softmax_backward_cuda(float* dinp, const float* out, const float* dout, int N, int C);
+void attention_forward_cuda(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void window_partition_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
+void window_partition_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
+void window_reverse_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
+void window_reverse_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
+void patch_merge_forward_cuda(float* out, const float* inp, int B, int H, int W, int C);
+void patch_merge_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C);
+void conv2d_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
+void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
+void upsample_nearest_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo);
+void upsample_nearest_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo);
+void upsample_bilinear_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo);
+void upsample_bilinear_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo);
+void point_sample_forward_cuda(float* out, const float* inp, const float* coords, int M, int H, int W, int P);
+void point_sample_backward_cuda(float* dinp, const float* dout, const float* coords, int M, int H, int W, int P);
+void sine_position_encoding_cuda(float* out, int H, int W, int C);
+void masked_mse_forward_cuda(float* loss, const float* pred, const float* target, const float* mask, int N, int C);
+void masked_mse_backward_cuda(float* dpred, float dloss, const float* pred, const float* target, const float* mask, int N, int C);
+void cross_entropy_forward_cuda(float* loss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
+void cross_entropy_backward_cuda(float* dlogits, float dloss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
+void sigmoid_bce_forward_cuda(float* losses, const float* logits, const float* targets, int M, int P);
+void sigmoid_bce_backward_cuda(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P);
+void dice_loss_forward_cuda(float* losses, const float* logits, const float* targets, int M, int P);
+void dice_loss_backward_cuda(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P);
+void adamw_update_cuda(float* params, const float* grads, float* m, float* v, size_t N, float lr, float beta1, float beta2, float eps, float weight_decay, int t);
+void sum_squares_cuda(float* out, const float* x, size_t N);
+#endif
+
+// ----------------------------------------------------------------------------
+// images and labels (stb_image / stb_image_write)
+
+// read PNG/JPG/BMP into a malloc'd float (H, W, 3) in [0, 1]; dies naming the file
+// on failure. Returns the pixels, sets *H, *W.
+float* image_load(const char* path, int* H, int* W);
+// same, but returns NULL and fills err (one line) instead of dying
+float* image_try_load(const char* path, int* H, int* W, char* err, size_t errlen);
+// write float (H, W, 3) in [0, 1] (clamped) as 8-bit PNG; written to path.tmp then
+// renamed, so a failed write leaves nothing half-written. Dies on failure.
+void image_save_png(const char* path, const float* rgb, int H, int W);
+// label PNGs: 8-bit single channel class ids, 255 = ignore.
+// label_load dies if the file is unreadable or not H x W (when expect_H > 0).
+unsigned char* label_load(const char* path, int expect_H, int expect_W, int* H, int* W);
+void label_save_png(const char* path, const unsigned char* ids, int H, int W);
+
+// ----------------------------------------------------------------------------
+// checkpoints: header of 256 int32 (magic, version, kind, config fields...),
+// then float32 tensors in the order the model documents.
+
+#define CKPT_MAGIC 20261122
+#define CKPT_VERSION 1
+#define CKPT_HEADER_INTS 256
+// write header + n floats (host memory) to path (via path.tmp + rename)
+void checkpoint_write(const char* path, const int* header, const float* data, size_t n);
+// read the header of path; dies with a clear message if the file is missing, too small,
+// or has the wrong magic/version.
+void checkpoint_read_header(const char* path, int* header);
+// read n floats after the header; dies naming expected vs actual size if the file
+// size is not exactly header + n floats.
+void checkpoint_read_data(const char* path, float* data, size_t n);
+
+// ============================================================================
+// SWIN ENCODER f (swin.c): config, parameter and activation structs, API
+// ============================================================================
+
+// (swin declarations go here)
+
+// ============================================================================
+// end of SWIN
+// ============================================================================
+
+
+// ============================================================================
+// MASK2FORMER HEAD h (mask2former.c): pixel decoder, transformer decoder, set
+// loss, matcher, inference
+// ============================================================================
+
+// --- decoder (pixel decoder, transformer decoder, inference) ---
+
+// (mask2former decoder declarations go here)
+
+// --- end of decoder declarations ---
+
+
+// --- set loss (targets, matcher, losses) ---
+
+// (mask2former set loss declarations go here)
+
+// --- end of set loss declarations ---
+
+// ============================================================================
+// end of MASK2FORMER
+// ============================================================================
+
+
+// ============================================================================
+// MAE HEAD g AND THE Y MODEL (mae.c): masking, g, the joint model, training step
+// ============================================================================
+
+// (mae / model declarations go here)
+
+// ============================================================================
+// end of MAE
+// ============================================================================
+
+
+// ----------------------------------------------------------------------------
+// small utilities
+
+double time_now_seconds(void);  // monotonic wall clock
+int is_finite_array(const float* x, size_t n);  // host memory
+
+#ifdef __cplusplus
+}
+#endif
+#endif // TTT_H
