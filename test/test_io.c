@@ -76,7 +76,8 @@ int main(void) {
     expect_error("missing image", do_image_load, TMP "/nope.png");
     write_bytes(TMP "/garbage.png", "this is not a png file at all", 29);
     expect_error("undecodable image", do_image_load, TMP "/garbage.png");
-    expect_error("label of wrong size", do_label_load_10x8, TMP "/lab_small.png");  // missing first
+    remove(TMP "/lab_small.png");
+    expect_error("missing label", do_label_load_10x8, TMP "/lab_small.png");
     unsigned char small[6] = {0, 1, 2, 3, 4, 5};
     label_save_png(TMP "/lab_small.png", small, 2, 3);
     expect_error("label of wrong size", do_label_load_10x8, TMP "/lab_small.png");
