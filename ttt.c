@@ -774,6 +774,19 @@ void conv2d_backward_cpu(float* dinp, float* dweight, float* dbias, const float*
 // ============================================================================
 
 // ----------------------------------------------------------------------------
+// table gather (Swin relative position bias)
+
+void bias_gather_forward_cpu(float* out, const float* table, const int* index, int N, int NH) {
+    for (int h = 0; h < NH; h++)
+        for (int n = 0; n < N; n++) out[(size_t)h * N + n] = table[(size_t)index[n] * NH + h];
+}
+
+void bias_gather_backward_cpu(float* dtable, const float* dout, const int* index, int N, int NH) {
+    for (int h = 0; h < NH; h++)
+        for (int n = 0; n < N; n++) dtable[(size_t)index[n] * NH + h] += dout[(size_t)h * N + n];
+}
+
+// ----------------------------------------------------------------------------
 // Swin windows: pad bottom/right, roll by -shift, cut into ws x ws windows
 
 // source pixel (iy, ix) of window token (w, t) in image b, or -1 when it is padding.
@@ -1536,6 +1549,20 @@ void attention_backward(float* dq, float* dk, float* dv, float* drel_bias, const
     if (ttt_device == DEVICE_CUDA) { attention_backward_cuda(dq, dk, dv, drel_bias, dout, att, q, k, v, B, Tq, Tk, NH, HS, q_stride, kv_stride); return; }
 #endif
     attention_backward_cpu(dq, dk, dv, drel_bias, dout, att, q, k, v, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+}
+
+void bias_gather_forward(float* out, const float* table, const int* index, int N, int NH) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { bias_gather_forward_cuda(out, table, index, N, NH); return; }
+#endif
+    bias_gather_forward_cpu(out, table, index, N, NH);
+}
+
+void bias_gather_backward(float* dtable, const float* dout, const int* index, int N, int NH) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { bias_gather_backward_cuda(dtable, dout, index, N, NH); return; }
+#endif
+    bias_gather_backward_cpu(dtable, dout, index, N, NH);
 }
 
 void window_partition_forward(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift) {
