@@ -649,6 +649,29 @@ extern "C" void attention_backward_cuda(float* dq, float* dk, float* dv, float* 
 }
 
 // ----------------------------------------------------------------------------
+// bias gather: out (NH, N), out[h, n] = table[index[n] * NH + h]; the backward
+// scatter-adds (several n share one table row: atomics)
+
+__global__ void bias_gather_kernel(float* out, float* table, const int* index, int N, int NH, int backward) {
+    size_t total = (size_t)N * NH;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int h = i / N, n = i % N;
+        size_t src = (size_t)index[n] * NH + h;
+        if (!backward) out[i] = table[src];
+        else atomicAdd(&table[src], out[i]);
+    }
+}
+
+extern "C" void bias_gather_forward_cuda(float* out, const float* table, const int* index, int N, int NH) {
+    if ((size_t)N * NH == 0) return;
+    bias_gather_kernel<<<grid_for((size_t)N * NH, 256), 256>>>(out, (float*)table, index, N, NH, 0); launchCheck();
+}
+extern "C" void bias_gather_backward_cuda(float* dtable, const float* dout, const int* index, int N, int NH) {
+    if ((size_t)N * NH == 0) return;
+    bias_gather_kernel<<<grid_for((size_t)N * NH, 256), 256>>>((float*)dout, dtable, index, N, NH, 1); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
 // Swin windows: token (w, t) of image b reads padded-and-rolled pixel; -1 = padding
 
 __device__ long window_source_dev(int b, int w, int t, int H, int W, int ws, int shift, int nWw) {

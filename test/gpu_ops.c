@@ -327,6 +327,32 @@ static void test_attention(const char* label, int B, int Tq, int Tk, int NH, int
 }
 
 // ----------------------------------------------------------------------------
+// relative position bias gather (Swin: table (169, NH), index (49*49))
+
+static void test_bias_gather(int ws, int NH) {
+    int R = (2 * ws - 1) * (2 * ws - 1), N = ws * ws * ws * ws;
+    float *table = rnd((size_t)R * NH), *dy = rnd((size_t)N * NH);
+    int* index = (int*)mallocCheck(N * sizeof(int));
+    for (int i = 0; i < ws * ws; i++) for (int j = 0; j < ws * ws; j++) {
+        int dy_ = i / ws - j / ws + ws - 1, dx = i % ws - j % ws + ws - 1;
+        index[i * ws * ws + j] = dy_ * (2 * ws - 1) + dx;
+    }
+    float *dtable = dev_copy(table, (size_t)R * NH), *ddy = dev_copy(dy, (size_t)N * NH);
+    int* dindex = dev_copy_int(index, N);
+    float* ref = (float*)mallocCheck((size_t)N * NH * sizeof(float));
+    float* out = dev_poison((size_t)N * NH);
+    bias_gather_forward_cpu(ref, table, index, N, NH);
+    bias_gather_forward_cuda(out, dtable, dindex, N, NH);
+    cmp("bias_gather_forward", "out", out, ref, (size_t)N * NH, TOL_FP32);
+    Grad g = grad_new((size_t)R * NH);
+    bias_gather_backward_cpu(g.cpu, dy, index, N, NH);
+    bias_gather_backward_cuda(g.gpu, ddy, dindex, N, NH);
+    grad_cmp("bias_gather_backward", "dtable", &g, TOL_FP32);
+    free(table); free(dy); free(index); free(ref);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
 // windows, patch merge
 
 static void test_windows(int B, int H, int W, int C, int ws, int shift) {
@@ -578,6 +604,8 @@ int main(void) {
     test_attention("fused qkv, bias, no mask", 5, 19, 19, 2, 12, 0, 1, 0, 1);
     test_attention("Swin-S stage 1 shifted windows", 128, 49, 49, 3, 32, 0, 1, 1, 64);
     test_attention("Mask2Former masked cross-attn", 2, 100, 468, 8, 32, 1, 0, 2, 2);
+    test_bias_gather(7, 3);
+    test_bias_gather(3, 5);
     test_windows(2, 13, 17, 5, 7, 3);
     test_windows(2, 13, 17, 5, 7, 0);
     test_windows(1, 96, 312, 96, 7, 3);     // Swin-S stage 1 at 384x1248
