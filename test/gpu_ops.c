@@ -100,12 +100,16 @@ static void cmp_grad(const char* op, const char* what, const float* d_got, const
 
 static float* rnd(size_t n) { return random_tensor(&rng, n, -1.0f, 1.0f); }
 
-// a gradient buffer pair: host reference pre-filled, device copy of the same values
+// a gradient buffer pair: host reference pre-filled, device copy of the same values.
+// The pre-fill is uniform in [-scale, scale]; pick scale near the size of the
+// increments, else rounding (init + inc) on each side swamps the comparison of increments.
 typedef struct { float* init; float* cpu; float* gpu; size_t n; } Grad;
-static Grad grad_new(size_t n) {
-    Grad g; g.n = n; g.init = rnd(n); g.cpu = host_copy(g.init, n); g.gpu = dev_copy(g.init, n);
+static Grad grad_new_scaled(size_t n, float scale) {
+    Grad g; g.n = n; g.init = random_tensor(&rng, n, -scale, scale);
+    g.cpu = host_copy(g.init, n); g.gpu = dev_copy(g.init, n);
     return g;
 }
+static Grad grad_new(size_t n) { return grad_new_scaled(n, 1.0f); }
 static void grad_cmp(const char* op, const char* what, Grad* g, double tol) {
     cmp_grad(op, what, g->gpu, g->cpu, g->init, g->n, tol);
     free(g->init); free(g->cpu);
@@ -498,7 +502,7 @@ static void test_masked_mse(int N, int C) {
     masked_mse_forward_cpu(&ref, p, t, m, N, C);
     masked_mse_forward_cuda(loss, dp, dt, dm, N, C);
     cmp("masked_mse_forward", "loss", loss, &ref, 1, TOL_FP32);
-    Grad g = grad_new(n);
+    Grad g = grad_new_scaled(n, 1e-4f);   // increments are about 2 / (0.75 N C)
     masked_mse_backward_cpu(g.cpu, 0.7f, p, t, m, N, C);
     masked_mse_backward_cuda(g.gpu, 0.7f, dp, dt, dm, N, C);
     grad_cmp("masked_mse_backward", "dpred", &g, TOL_FP32);
@@ -518,7 +522,7 @@ static void test_cross_entropy(int N, int C, int weighted) {
     cross_entropy_forward_cpu(&ref, x, t, cw, N, C, 255);
     cross_entropy_forward_cuda(loss, dx_, dt, dcw, N, C, 255);
     cmp("cross_entropy_forward", weighted ? "loss (weighted)" : "loss", loss, &ref, 1, TOL_FP32);
-    Grad g = grad_new(n);
+    Grad g = grad_new_scaled(n, 1e-2f);   // increments are about 1 / N
     cross_entropy_backward_cpu(g.cpu, 1.3f, x, t, cw, N, C, 255);
     cross_entropy_backward_cuda(g.gpu, 1.3f, dx_, dt, dcw, N, C, 255);
     grad_cmp("cross_entropy_backward", "dlogits", &g, TOL_FP32);
@@ -534,7 +538,7 @@ static void test_mask_losses(int M, int P) {
     float* ref = (float*)mallocCheck(M * sizeof(float));
     for (int k = 0; k < 2; k++) {
         float* out = dev_poison(M);
-        Grad g = grad_new(n);
+        Grad g = grad_new_scaled(n, k == 0 ? 1e-3f : 1e-2f);   // bce increments are about 1 / P
         if (k == 0) {
             sigmoid_bce_forward_cpu(ref, x, t, M, P); sigmoid_bce_forward_cuda(out, dx_, dt, M, P);
             sigmoid_bce_backward_cpu(g.cpu, dl, x, t, M, P); sigmoid_bce_backward_cuda(g.gpu, ddl, dx_, dt, M, P);
