@@ -1259,3 +1259,31 @@ extern "C" void sum_squares_cuda(float* out, const float* x, size_t N) {
     sum_partials_kernel<<<1, 256>>>(total, partials, REDUCE_BLOCKS, 1); launchCheck();
     double_to_float_kernel<<<1, 1>>>(out, total); launchCheck();
 }
+
+// ----------------------------------------------------------------------------
+// ops of the model files (declared in their sections of ttt.h). Defined extern "C"
+// explicitly, so they link whether or not that section has landed yet.
+
+// Mask2Former attention mask: blocked = sigmoid(logit) < 0.5 (same float formula as the
+// CPU); mask_add = -inf where blocked else 0; a row with every position blocked is
+// reopened entirely. One warp per row (b, q) of T logits.
+__global__ void attn_mask_from_logits_kernel(float* mask_add, const float* logits, int rows, int T) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const float* x = logits + (size_t)row * T;
+    float* m = mask_add + (size_t)row * T;
+    int open = 0;
+    for (int t = lane; t < T; t += 32) {
+        int blocked = 1.0f / (1.0f + expf(-x[t])) < 0.5f;
+        m[t] = blocked ? -INFINITY : 0.0f;
+        open += !blocked;
+    }
+    open = warp_sum(open);
+    if (open == 0) for (int t = lane; t < T; t += 32) m[t] = 0.0f;
+}
+
+extern "C" void attn_mask_from_logits_cuda(float* mask_add, const float* logits, int B, int Q, int T) {
+    int rows = B * Q;
+    if (rows <= 0 || T <= 0) return;
+    attn_mask_from_logits_kernel<<<(rows + 7) / 8, 256>>>(mask_add, logits, rows, T); launchCheck();
+}
