@@ -534,10 +534,12 @@ typedef struct {
     int max_B, H4, W4, Hs[4], Ws[4];
     int T[3];                // tokens of memory levels 0, 1, 2 (1/32, 1/16, 1/8)
     // outputs, first in memory (dacts: upstream gradients)
-    float* class_logits;     // (L, B, Q, K+1), L = dec_layers + 1, stride max_B*Q*(K+1) per j
-    float* mask_logits;      // (L, B, Q, H4, W4), stride max_B*Q*H4*W4 per j
+    // packed densely for the B of the last forward: prediction j starts at j * B * Q * (K+1)
+    float* class_logits;     // (L, B, Q, K+1), L = dec_layers + 1
+    float* mask_logits;      // (L, B, Q, H4, W4)
     PixelDecoderActs pd;
     float* pos[3];           // (T[m], D) sine position encoding of memory level m
+    float* level_rows[3];    // (T[m], D) level_embed[m] repeated on every row
     float* src[3];           // (B, T[m], D) FPN output + level_embed[m]
     float* src_pos[3];       // (B, T[m], D) src + pos
     float* qpos;             // (B, Q, D) query_embed broadcast over B
