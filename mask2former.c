@@ -677,6 +677,171 @@ void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2
     pixel_decoder_backward(c, &p->pd, &g->pd, &a->pd, &da->pd, feats, dfeats, B);
 }
 
+// ----------------------------------------------------------------------------
+// inference (host memory, one image)
+
+// PyTorch bilinear source index for resizing n_in -> 4 * n_in (align_corners=False):
+// src = max((dst + 0.5) / 4 - 0.5, 0); returns the two taps and the weight of the second
+static void bilinear_taps_x4(int dst, int n_in, int* i0, int* i1, float* lambda) {
+    float src = (dst + 0.5f) * 0.25f - 0.5f;
+    if (src < 0.0f) src = 0.0f;
+    int a = (int)src;
+    if (a > n_in - 1) a = n_in - 1;
+    *i0 = a;
+    *i1 = (a < n_in - 1) ? a + 1 : a;
+    *lambda = src - (float)a;
+}
+
+// softmax over the K+1 logits of one query into probs (K+1)
+static void softmax_row_host(float* probs, const float* logits, int n) {
+    float mx = logits[0];
+    for (int k = 1; k < n; k++) if (logits[k] > mx) mx = logits[k];
+    double z = 0.0;
+    for (int k = 0; k < n; k++) { probs[k] = expf(logits[k] - mx); z += probs[k]; }
+    for (int k = 0; k < n; k++) probs[k] = (float)(probs[k] / z);
+}
+
+size_t m2f_semantic_work_size(int Q, int K, int H4, int W4) {
+    return (size_t)Q * (K + 1) + (size_t)H4 * W4 * K + K;
+}
+
+void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
+                            const float* mask_logits, int Q, int K, int H4, int W4,
+                            int H, int W, float* work) {
+    if (H > 4 * H4 || W > 4 * W4) ttt_die("semantic inference: image %dx%d larger than 4 x (%dx%d)", H, W, H4, W4);
+    int K1 = K + 1, HW = H4 * W4;
+    float* probs = work;                    // (Q, K+1)
+    float* seg = work + (size_t)Q * K1;     // (H4*W4, K)
+    float* val = seg + (size_t)HW * K;      // (K)
+    for (int q = 0; q < Q; q++) softmax_row_host(probs + (size_t)q * K1, class_logits + (size_t)q * K1, K1);
+    // seg[p, k] = sum_q probs[q, k] * sigmoid(mask[q, p])   (no-object dropped)
+    memset(seg, 0, (size_t)HW * K * sizeof(float));
+    for (int q = 0; q < Q; q++) {
+        const float* m = mask_logits + (size_t)q * HW;
+        const float* pq = probs + (size_t)q * K1;
+        for (int p = 0; p < HW; p++) {
+            float s = 1.0f / (1.0f + expf(-m[p]));
+            for (int k = 0; k < K; k++) seg[(size_t)p * K + k] += pq[k] * s;
+        }
+    }
+    // bilinear to (4*H4, 4*W4), crop to H x W, argmax over classes
+    for (int y = 0; y < H; y++) {
+        int y0, y1; float ly;
+        bilinear_taps_x4(y, H4, &y0, &y1, &ly);
+        for (int x = 0; x < W; x++) {
+            int x0, x1; float lx;
+            bilinear_taps_x4(x, W4, &x0, &x1, &lx);
+            const float* s00 = seg + ((size_t)y0 * W4 + x0) * K;
+            const float* s01 = seg + ((size_t)y0 * W4 + x1) * K;
+            const float* s10 = seg + ((size_t)y1 * W4 + x0) * K;
+            const float* s11 = seg + ((size_t)y1 * W4 + x1) * K;
+            int best = 0;
+            for (int k = 0; k < K; k++) {
+                val[k] = (1.0f - ly) * ((1.0f - lx) * s00[k] + lx * s01[k]) +
+                         ly * ((1.0f - lx) * s10[k] + lx * s11[k]);
+                if (val[k] > val[best]) best = k;
+            }
+            ids[(size_t)y * W + x] = (unsigned char)best;
+        }
+    }
+}
+
+size_t m2f_panoptic_work_size(int Q, int H, int W) {
+    (void)H; (void)W;
+    return (size_t)Q * 8;
+}
+
+int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segments,
+                           const float* class_logits, const float* mask_logits,
+                           int Q, int K, int H4, int W4, int H, int W,
+                           const unsigned char* is_thing, float object_threshold,
+                           float overlap_threshold, float* work) {
+    if (H > 4 * H4 || W > 4 * W4) ttt_die("panoptic inference: image %dx%d larger than 4 x (%dx%d)", H, W, H4, W4);
+    int K1 = K + 1, HW4 = H4 * W4;
+    // work: score (Q), label (Q), kept query index (Q), counts (3Q), segment id (Q), prob (Q)
+    float* score = work;
+    float* label = work + Q;
+    float* kept = work + 2 * Q;
+    float* area_owner = work + 3 * Q;   // pixels whose argmax is this kept query
+    float* area_orig = work + 4 * Q;    // pixels with prob >= 0.5
+    float* area_both = work + 5 * Q;    // owner and prob >= 0.5
+    float* seg_of = work + 6 * Q;       // segment id given to a kept query (0 = none)
+    float* prob = work + 7 * Q;         // probs of the kept queries at one pixel
+    int nk = 0;
+    for (int q = 0; q < Q; q++) {
+        const float* lg = class_logits + (size_t)q * K1;
+        float mx = lg[0];
+        for (int k = 1; k < K1; k++) if (lg[k] > mx) mx = lg[k];
+        double z = 0.0;
+        for (int k = 0; k < K1; k++) z += exp((double)lg[k] - mx);
+        int best = 0;
+        for (int k = 1; k < K1; k++) if (lg[k] > lg[best]) best = k;
+        float s = (float)(exp((double)lg[best] - mx) / z);
+        if (best != K && s > object_threshold) {
+            score[nk] = s; label[nk] = (float)best; kept[nk] = (float)q; nk++;
+        }
+    }
+    for (int i = 0; i < nk; i++) { area_owner[i] = area_orig[i] = area_both[i] = 0; seg_of[i] = 0; }
+    if (nk == 0) {
+        memset(seg_ids, 0, (size_t)H * W * sizeof(int));
+        return 0;
+    }
+    // pass 1: owner per pixel (first max of score * prob); seg_ids holds owner+1, negated when
+    // the owner's prob < 0.5
+    for (int y = 0; y < H; y++) {
+        int y0, y1; float ly;
+        bilinear_taps_x4(y, H4, &y0, &y1, &ly);
+        for (int x = 0; x < W; x++) {
+            int x0, x1; float lx;
+            bilinear_taps_x4(x, W4, &x0, &x1, &lx);
+            int owner = 0; float best = -1.0f;
+            for (int i = 0; i < nk; i++) {
+                const float* m = mask_logits + (size_t)kept[i] * HW4;
+                float v = (1.0f - ly) * ((1.0f - lx) * m[y0 * W4 + x0] + lx * m[y0 * W4 + x1]) +
+                          ly * ((1.0f - lx) * m[y1 * W4 + x0] + lx * m[y1 * W4 + x1]);
+                prob[i] = 1.0f / (1.0f + expf(-v));
+                if (prob[i] >= 0.5f) area_orig[i] += 1.0f;
+                if (score[i] * prob[i] > best) { best = score[i] * prob[i]; owner = i; }
+            }
+            area_owner[owner] += 1.0f;
+            int ok = prob[owner] >= 0.5f;
+            if (ok) area_both[owner] += 1.0f;
+            seg_ids[(size_t)y * W + x] = ok ? owner + 1 : -(owner + 1);
+        }
+    }
+    // segments in query order; stuff classes merge into the first segment of their class
+    int n = 0;
+    for (int i = 0; i < nk; i++) {
+        if (!(area_owner[i] > 0 && area_orig[i] > 0 && area_both[i] > 0)) continue;
+        if (area_owner[i] / area_orig[i] < overlap_threshold) continue;
+        int cls = (int)label[i];
+        int thing = is_thing ? (is_thing[cls] != 0) : 1;
+        if (!thing) {
+            int found = 0;
+            for (int s = 0; s < n; s++) {
+                if (!segments[s].is_thing && segments[s].class_id == cls) { seg_of[i] = (float)segments[s].id; found = 1; break; }
+            }
+            if (found) continue;
+        }
+        if (n >= max_segments) break;
+        segments[n].id = n + 1;
+        segments[n].class_id = cls;
+        segments[n].is_thing = thing;
+        segments[n].area = 0;
+        segments[n].score = score[i];
+        seg_of[i] = (float)(n + 1);
+        n++;
+    }
+    // pass 2: final ids and areas
+    for (size_t p = 0; p < (size_t)H * W; p++) {
+        int v = seg_ids[p];
+        int id = (v > 0) ? (int)seg_of[v - 1] : 0;
+        seg_ids[p] = id;
+        if (id > 0) segments[id - 1].area++;
+    }
+    return n;
+}
+
 // ============================================================================
 // end of PIXEL DECODER AND TRANSFORMER DECODER
 // ============================================================================
