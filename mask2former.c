@@ -499,10 +499,16 @@ static void repeat_row(float* rows, const float* v, int T, int D) {
 void m2f_forward(const M2FConfig* c, const M2FParams* p, M2FActs* a,
                  const float* const feats[4], int B, const float* teacher_masks) {
     if (B < 1 || B > a->max_B) ttt_die("m2f forward: batch %d outside [1, %d]", B, a->max_B);
+    pixel_decoder_forward(c, &p->pd, &a->pd, feats, B);
+    m2f_decoder_forward(c, p, a, B, teacher_masks);
+}
+
+void m2f_decoder_forward(const M2FConfig* c, const M2FParams* p, M2FActs* a, int B,
+                         const float* teacher_masks) {
+    if (B < 1 || B > a->max_B) ttt_die("m2f decoder forward: batch %d outside [1, %d]", B, a->max_B);
     int D = c->hidden_dim, Q = c->num_queries, F = c->ffn_dim, NH = c->num_heads, HS = D / NH;
     int NL = c->dec_layers, BQ = B * Q;
     size_t nQD = (size_t)BQ * D;
-    pixel_decoder_forward(c, &p->pd, &a->pd, feats, B);
     // memory levels m = 0, 1, 2 are FPN outputs 3, 2, 1 (1/32, 1/16, 1/8)
     for (int m = 0; m < 3; m++) {
         int lv = 3 - m, T = a->T[m];

@@ -597,6 +597,10 @@ void m2f_point_acts(M2FActs* a, float* mem, const M2FConfig* cfg, int max_B, int
 // packed densely (reference tests). Writes a->class_logits, a->mask_logits.
 void m2f_forward(const M2FConfig* cfg, const M2FParams* p, M2FActs* a,
                  const float* const feats[4], int B, const float* teacher_masks);
+// the transformer decoder alone, on the pixel decoder outputs already in a->pd (out[1..3],
+// mask_features); m2f_forward = pixel_decoder_forward + this. Used by reference tests.
+void m2f_decoder_forward(const M2FConfig* cfg, const M2FParams* p, M2FActs* a, int B,
+                         const float* teacher_masks);
 // da->class_logits and da->mask_logits hold the upstream gradients (layout of the forward
 // outputs); every other buffer of da is scratch and is zeroed here. Accumulates into grads and
 // dfeats[l] (may be NULL). Uses the attention masks saved by the forward.
