@@ -605,9 +605,8 @@ static void m2f_predict_backward(const M2FConfig* c, const M2FParams* p, M2FPara
 void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2FActs* a,
                   M2FActs* da, const float* const feats[4], float* dfeats[4], int B) {
     int D = c->hidden_dim, Q = c->num_queries, F = c->ffn_dim, NH = c->num_heads, HS = D / NH;
-    int NL = c->dec_layers, L = NL + 1, BQ = B * Q, K1 = c->num_classes + 1;
+    int NL = c->dec_layers, BQ = B * Q;
     size_t nQD = (size_t)BQ * D, DD = (size_t)D * D;
-    (void)K1; (void)L;
     // the outputs (class_logits, mask_logits) come first in memory and hold the upstream
     // gradients; everything after them (from the pixel decoder's first buffer on) is scratch
     size_t total = m2f_num_acts(c, a->max_B, a->H4, a->W4);
