@@ -1,2 +1,339 @@
-// swin.c: see ttt.h for the API. (being written)
+// swin.c: the shared encoder f, a Swin Transformer as Mask2Former uses it.
+// Semantics (channels-last throughout):
+//   patch embed: zero-pad bottom/right to a multiple of 4, conv 4x4 stride 4, LayerNorm
+//   block:  x = x + reverse(attn(partition(roll(pad(LN1(x)), -shift))))
+//           x = x + fc2(gelu(fc1(LN2(x))))
+//     window attention: qkv linear, q.k / sqrt(d) + relative position bias (+ the -100 mask
+//     between regions that the roll brought together), softmax, proj linear. Padded tokens
+//     are zeros after LN1 (so their k, v are the biases) and are not masked.
+//     even blocks: shift 0; odd blocks: shift = window / 2.
+//   stage output: LayerNorm(x) -> one of the four outputs
+//   patch merging (stages 1..3): gather 2x2 neighbours into 4C, LayerNorm, Linear(4C->2C)
 #include "ttt.h"
+
+SwinConfig swin_config_small(void) {
+    SwinConfig c = {4, 96, {2, 2, 18, 2}, {3, 6, 12, 24}, 7, 4};
+    return c;
+}
+
+SwinConfig swin_config_tiny(void) {
+    SwinConfig c = {4, 16, {2, 2, 2, 2}, {1, 2, 2, 4}, 7, 4};
+    return c;
+}
+
+// ----------------------------------------------------------------------------
+// parameters
+
+// take n floats from the arena (counting only when base is NULL)
+static float* take(float* base, size_t* off, size_t n) {
+    float* p = base ? base + *off : NULL;
+    *off += n;
+    return p;
+}
+
+static size_t swin_layout_params(SwinParams* p, float* base, const SwinConfig* cfg) {
+    SwinParams dummy;
+    if (p == NULL) p = &dummy;
+    size_t off = 0;
+    int E = cfg->embed_dim, w = cfg->window, T = (2 * w - 1) * (2 * w - 1);
+    p->patch_w = take(base, &off, (size_t)E * 16 * cfg->in_chans);
+    p->patch_b = take(base, &off, E);
+    p->patch_norm_w = take(base, &off, E);
+    p->patch_norm_b = take(base, &off, E);
+    int blk = 0;
+    for (int s = 0; s < 4; s++) {
+        size_t C = (size_t)E << s, Ch = C * cfg->mlp_ratio;
+        for (int i = 0; i < cfg->depths[s]; i++, blk++) {
+            SwinBlockParams* b = &p->block[blk];
+            b->norm1_w = take(base, &off, C);
+            b->norm1_b = take(base, &off, C);
+            b->qkv_w = take(base, &off, 3 * C * C);
+            b->qkv_b = take(base, &off, 3 * C);
+            b->rel_table = take(base, &off, (size_t)T * cfg->num_heads[s]);
+            b->proj_w = take(base, &off, C * C);
+            b->proj_b = take(base, &off, C);
+            b->norm2_w = take(base, &off, C);
+            b->norm2_b = take(base, &off, C);
+            b->fc1_w = take(base, &off, Ch * C);
+            b->fc1_b = take(base, &off, Ch);
+            b->fc2_w = take(base, &off, C * Ch);
+            b->fc2_b = take(base, &off, C);
+        }
+        p->out_norm_w[s] = take(base, &off, C);
+        p->out_norm_b[s] = take(base, &off, C);
+        if (s < 3) {
+            p->merge_norm_w[s] = take(base, &off, 4 * C);
+            p->merge_norm_b[s] = take(base, &off, 4 * C);
+            p->merge_w[s] = take(base, &off, 2 * C * 4 * C);
+        }
+    }
+    return off;
+}
+
+static int swin_num_blocks(const SwinConfig* cfg) {
+    int n = cfg->depths[0] + cfg->depths[1] + cfg->depths[2] + cfg->depths[3];
+    if (n > SWIN_MAX_BLOCKS) ttt_die("Swin config has %d blocks; at most %d are supported", n, SWIN_MAX_BLOCKS);
+    return n;
+}
+
+size_t swin_num_params(const SwinConfig* cfg) {
+    swin_num_blocks(cfg);
+    return swin_layout_params(NULL, NULL, cfg);
+}
+
+void swin_point_params(SwinParams* p, float* base, const SwinConfig* cfg) {
+    swin_num_blocks(cfg);
+    swin_layout_params(p, base, cfg);
+}
+
+static void fill(float* x, size_t n, float v) { for (size_t i = 0; i < n; i++) x[i] = v; }
+
+void swin_init_params(float* host_base, const SwinConfig* cfg, Rng* rng) {
+    SwinParams p;
+    swin_point_params(&p, host_base, cfg);
+    memset(host_base, 0, swin_num_params(cfg) * sizeof(float));
+    int E = cfg->embed_dim, T = (2 * cfg->window - 1) * (2 * cfg->window - 1);
+    float bound = 1.0f / sqrtf(16.0f * cfg->in_chans);
+    rng_fill_uniform(rng, p.patch_w, (size_t)E * 16 * cfg->in_chans, -bound, bound);
+    fill(p.patch_norm_w, E, 1.0f);
+    int blk = 0;
+    for (int s = 0; s < 4; s++) {
+        size_t C = (size_t)E << s, Ch = C * cfg->mlp_ratio;
+        for (int i = 0; i < cfg->depths[s]; i++, blk++) {
+            SwinBlockParams* b = &p.block[blk];
+            fill(b->norm1_w, C, 1.0f);
+            fill(b->norm2_w, C, 1.0f);
+            rng_fill_normal(rng, b->qkv_w, 3 * C * C, 0.0f, 0.02f);
+            rng_fill_normal(rng, b->rel_table, (size_t)T * cfg->num_heads[s], 0.0f, 0.02f);
+            rng_fill_normal(rng, b->proj_w, C * C, 0.0f, 0.02f);
+            rng_fill_normal(rng, b->fc1_w, Ch * C, 0.0f, 0.02f);
+            rng_fill_normal(rng, b->fc2_w, C * Ch, 0.0f, 0.02f);
+        }
+        fill(p.out_norm_w[s], C, 1.0f);
+        if (s < 3) {
+            fill(p.merge_norm_w[s], 4 * C, 1.0f);
+            rng_fill_normal(rng, p.merge_w[s], 2 * C * 4 * C, 0.0f, 0.02f);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// activations
+
+size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_B, int H, int W) {
+    swin_num_blocks(cfg);
+    size_t off = 0;
+    int w = cfg->window, T = w * w, B = max_B;
+    a->max_B = max_B; a->H = H; a->W = W;
+    int hs = (H + 3) / 4, wsz = (W + 3) / 4;
+    for (int s = 0; s < 4; s++) {
+        a->Hs[s] = hs; a->Ws[s] = wsz; a->C[s] = cfg->embed_dim << s;
+        a->nW[s] = ((hs + w - 1) / w) * ((wsz + w - 1) / w);
+        hs = (hs + 1) / 2; wsz = (wsz + 1) / 2;
+    }
+    size_t N0 = (size_t)B * a->Hs[0] * a->Ws[0];
+    a->patch = take(base, &off, N0 * cfg->embed_dim);
+    a->patch_ln_mean = take(base, &off, N0);
+    a->patch_ln_rstd = take(base, &off, N0);
+    int blk = 0;
+    for (int s = 0; s < 4; s++) {
+        size_t C = a->C[s], N = (size_t)B * a->Hs[s] * a->Ws[s], Nw = (size_t)B * a->nW[s] * T;
+        int nh = cfg->num_heads[s];
+        for (int i = 0; i < cfg->depths[s]; i++, blk++) {
+            SwinBlockActs* b = &a->block[blk];
+            b->x_in = take(base, &off, N * C);
+            b->ln1 = take(base, &off, N * C);
+            b->ln1_mean = take(base, &off, N);
+            b->ln1_rstd = take(base, &off, N);
+            b->windows = take(base, &off, Nw * C);
+            b->qkv = take(base, &off, Nw * 3 * C);
+            b->rel_bias = take(base, &off, (size_t)nh * T * T);
+            b->att = take(base, &off, (size_t)B * a->nW[s] * nh * T * T);
+            b->attn = take(base, &off, Nw * C);
+            b->proj = take(base, &off, Nw * C);
+            b->x_mid = take(base, &off, N * C);
+            b->ln2 = take(base, &off, N * C);
+            b->ln2_mean = take(base, &off, N);
+            b->ln2_rstd = take(base, &off, N);
+            b->fc1 = take(base, &off, N * C * cfg->mlp_ratio);
+            b->gelu = take(base, &off, N * C * cfg->mlp_ratio);
+        }
+        a->stage_out[s] = take(base, &off, N * C);
+        a->out[s] = take(base, &off, N * C);
+        a->out_mean[s] = take(base, &off, N);
+        a->out_rstd[s] = take(base, &off, N);
+        if (s < 3) {
+            size_t Nm = (size_t)B * a->Hs[s + 1] * a->Ws[s + 1];
+            a->merged[s] = take(base, &off, Nm * 4 * C);
+            a->merged_ln[s] = take(base, &off, Nm * 4 * C);
+            a->merged_mean[s] = take(base, &off, Nm);
+            a->merged_rstd[s] = take(base, &off, Nm);
+        }
+        a->shift_mask[s] = take(base, &off, (size_t)a->nW[s] * T * T);
+    }
+    a->total = off;
+    return off;
+}
+
+// The shift mask of one stage: label each cell of the padded grid by its region
+// (rows [0, Hp-w), [Hp-w, Hp-shift), [Hp-shift, Hp), likewise columns) in the rolled frame,
+// then mask[win, i, j] = -100 where tokens i and j of the window carry different labels.
+static void build_shift_mask(float* mask, int Hp, int Wp, int w, int shift) {
+    int nWw = Wp / w, nW = (Hp / w) * nWw, T = w * w;
+    int* region = (int*)mallocCheck((size_t)Hp * Wp * sizeof(int));
+    for (int y = 0; y < Hp; y++) {
+        int ry = y < Hp - w ? 0 : (y < Hp - shift ? 1 : 2);
+        for (int x = 0; x < Wp; x++) {
+            int rx = x < Wp - w ? 0 : (x < Wp - shift ? 1 : 2);
+            region[y * Wp + x] = ry * 3 + rx;
+        }
+    }
+    for (int win = 0; win < nW; win++) {
+        int y0 = (win / nWw) * w, x0 = (win % nWw) * w;
+        for (int i = 0; i < T; i++) {
+            int ri = region[(y0 + i / w) * Wp + x0 + i % w];
+            for (int j = 0; j < T; j++) {
+                int rj = region[(y0 + j / w) * Wp + x0 + j % w];
+                mask[((size_t)win * T + i) * T + j] = ri == rj ? 0.0f : -100.0f;
+            }
+        }
+    }
+    free(region);
+}
+
+void swin_init_acts(SwinActs* a, const SwinConfig* cfg) {
+    int w = cfg->window, T = w * w;
+    for (int s = 0; s < 4; s++) {
+        int Hp = (a->Hs[s] + w - 1) / w * w, Wp = (a->Ws[s] + w - 1) / w * w;
+        size_t n = (size_t)a->nW[s] * T * T;
+        float* host = (float*)mallocCheck(n * sizeof(float));
+        build_shift_mask(host, Hp, Wp, w, w / 2);
+        ttt_to_device(a->shift_mask[s], host, n * sizeof(float));
+        free(host);
+    }
+}
+
+// index into the ((2w-1)^2, heads) table for token pair (i, j) of a window:
+// (yi - yj + w - 1) * (2w - 1) + (xi - xj + w - 1)
+int* swin_make_rel_index(const SwinConfig* cfg) {
+    int w = cfg->window, T = w * w;
+    int* host = (int*)mallocCheck((size_t)T * T * sizeof(int));
+    for (int i = 0; i < T; i++)
+        for (int j = 0; j < T; j++)
+            host[i * T + j] = (i / w - j / w + w - 1) * (2 * w - 1) + (i % w - j % w + w - 1);
+    int* dev = (int*)ttt_malloc((size_t)T * T * sizeof(int));
+    ttt_to_device(dev, host, (size_t)T * T * sizeof(int));
+    free(host);
+    return dev;
+}
+
+// ----------------------------------------------------------------------------
+// forward
+
+void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const int* rel_index,
+                  const float* inp, int B) {
+    if (B > a->max_B) ttt_die("swin_forward: batch %d exceeds the planned %d", B, a->max_B);
+    int E = cfg->embed_dim, w = cfg->window, T = w * w;
+    // patch embedding: conv 4x4/4 reading zeros past the bottom/right edge, then LayerNorm
+    size_t N0 = (size_t)B * a->Hs[0] * a->Ws[0];
+    conv2d_forward(a->patch, inp, p->patch_w, p->patch_b, B, a->H, a->W, cfg->in_chans, E,
+                   4, 4, 0, a->Hs[0], a->Ws[0]);
+    layernorm_forward(a->block[0].x_in, a->patch_ln_mean, a->patch_ln_rstd, a->patch,
+                      p->patch_norm_w, p->patch_norm_b, (int)N0, E);
+    int blk = 0;
+    for (int s = 0; s < 4; s++) {
+        int Hs = a->Hs[s], Ws = a->Ws[s], C = a->C[s], nh = cfg->num_heads[s], nW = a->nW[s];
+        int N = B * Hs * Ws, Nw = B * nW * T, Ch = C * cfg->mlp_ratio;
+        for (int i = 0; i < cfg->depths[s]; i++, blk++) {
+            const SwinBlockParams* bp = &p->block[blk];
+            SwinBlockActs* b = &a->block[blk];
+            int shift = (i % 2 == 1) ? w / 2 : 0;
+            float* x_out = (i + 1 < cfg->depths[s]) ? a->block[blk + 1].x_in : a->stage_out[s];
+            // attention half
+            layernorm_forward(b->ln1, b->ln1_mean, b->ln1_rstd, b->x_in, bp->norm1_w, bp->norm1_b, N, C);
+            window_partition_forward(b->windows, b->ln1, B, Hs, Ws, C, w, shift);
+            linear_forward(b->qkv, b->windows, bp->qkv_w, bp->qkv_b, Nw, C, 3 * C);
+            bias_gather_forward(b->rel_bias, bp->rel_table, rel_index, T * T, nh);
+            attention_forward(b->attn, b->att, b->qkv, b->qkv + C, b->qkv + 2 * C, b->rel_bias,
+                              shift ? a->shift_mask[s] : NULL, nW, B * nW, T, T, nh, C / nh, 3 * C, 3 * C);
+            linear_forward(b->proj, b->attn, bp->proj_w, bp->proj_b, Nw, C, C);
+            window_reverse_forward(b->x_mid, b->proj, B, Hs, Ws, C, w, shift);
+            add_inplace(b->x_mid, b->x_in, (size_t)N * C);
+            // MLP half
+            layernorm_forward(b->ln2, b->ln2_mean, b->ln2_rstd, b->x_mid, bp->norm2_w, bp->norm2_b, N, C);
+            linear_forward(b->fc1, b->ln2, bp->fc1_w, bp->fc1_b, N, C, Ch);
+            gelu_forward(b->gelu, b->fc1, (size_t)N * Ch);
+            linear_forward(x_out, b->gelu, bp->fc2_w, bp->fc2_b, N, Ch, C);
+            add_inplace(x_out, b->x_mid, (size_t)N * C);
+        }
+        layernorm_forward(a->out[s], a->out_mean[s], a->out_rstd[s], a->stage_out[s],
+                          p->out_norm_w[s], p->out_norm_b[s], N, C);
+        if (s < 3) {
+            int Nm = B * a->Hs[s + 1] * a->Ws[s + 1];
+            patch_merge_forward(a->merged[s], a->stage_out[s], B, Hs, Ws, C);
+            layernorm_forward(a->merged_ln[s], a->merged_mean[s], a->merged_rstd[s], a->merged[s],
+                              p->merge_norm_w[s], p->merge_norm_b[s], Nm, 4 * C);
+            linear_forward(a->block[blk].x_in, a->merged_ln[s], p->merge_w[s], NULL, Nm, 4 * C, 2 * C);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// backward: the forward in reverse; every op accumulates into the da buffers
+
+void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
+                   const SwinActs* a, SwinActs* da, const int* rel_index,
+                   const float* inp, float* const dout[4], float* dinp, int B) {
+    int E = cfg->embed_dim, w = cfg->window, T = w * w;
+    int nblocks = swin_num_blocks(cfg);
+    ttt_zero(da->patch, a->total * sizeof(float));   // da shares a's layout; patch is its start
+    int blk = nblocks;
+    for (int s = 3; s >= 0; s--) {
+        int Hs = a->Hs[s], Ws = a->Ws[s], C = a->C[s], nh = cfg->num_heads[s], nW = a->nW[s];
+        int N = B * Hs * Ws, Nw = B * nW * T, Ch = C * cfg->mlp_ratio;
+        if (s < 3) {
+            int Nm = B * a->Hs[s + 1] * a->Ws[s + 1];
+            linear_backward(da->merged_ln[s], g->merge_w[s], NULL, da->block[blk].x_in,
+                            a->merged_ln[s], p->merge_w[s], Nm, 4 * C, 2 * C);
+            layernorm_backward(da->merged[s], g->merge_norm_w[s], g->merge_norm_b[s], da->merged_ln[s],
+                               a->merged[s], p->merge_norm_w[s], a->merged_mean[s], a->merged_rstd[s], Nm, 4 * C);
+            patch_merge_backward(da->stage_out[s], da->merged[s], B, Hs, Ws, C);
+        }
+        if (dout[s]) {
+            layernorm_backward(da->stage_out[s], g->out_norm_w[s], g->out_norm_b[s], dout[s],
+                               a->stage_out[s], p->out_norm_w[s], a->out_mean[s], a->out_rstd[s], N, C);
+        }
+        for (int i = cfg->depths[s] - 1; i >= 0; i--) {
+            blk--;
+            const SwinBlockParams* bp = &p->block[blk];
+            SwinBlockParams* gb = &g->block[blk];
+            const SwinBlockActs* b = &a->block[blk];
+            SwinBlockActs* db = &da->block[blk];
+            int shift = (i % 2 == 1) ? w / 2 : 0;
+            float* dx_out = (i + 1 < cfg->depths[s]) ? da->block[blk + 1].x_in : da->stage_out[s];
+            // MLP half: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid))))
+            add_inplace(db->x_mid, dx_out, (size_t)N * C);
+            linear_backward(db->gelu, gb->fc2_w, gb->fc2_b, dx_out, b->gelu, bp->fc2_w, N, Ch, C);
+            gelu_backward(db->fc1, b->fc1, db->gelu, (size_t)N * Ch);
+            linear_backward(db->ln2, gb->fc1_w, gb->fc1_b, db->fc1, b->ln2, bp->fc1_w, N, C, Ch);
+            layernorm_backward(db->x_mid, gb->norm2_w, gb->norm2_b, db->ln2, b->x_mid, bp->norm2_w,
+                               b->ln2_mean, b->ln2_rstd, N, C);
+            // attention half: x_mid = x_in + reverse(proj(attn(qkv(partition(ln1(x_in))))))
+            add_inplace(db->x_in, db->x_mid, (size_t)N * C);
+            window_reverse_backward(db->proj, db->x_mid, B, Hs, Ws, C, w, shift);
+            linear_backward(db->attn, gb->proj_w, gb->proj_b, db->proj, b->attn, bp->proj_w, Nw, C, C);
+            attention_backward(db->qkv, db->qkv + C, db->qkv + 2 * C, db->rel_bias, db->attn, b->att,
+                               b->qkv, b->qkv + C, b->qkv + 2 * C, B * nW, T, T, nh, C / nh, 3 * C, 3 * C);
+            bias_gather_backward(gb->rel_table, db->rel_bias, rel_index, T * T, nh);
+            linear_backward(db->windows, gb->qkv_w, gb->qkv_b, db->qkv, b->windows, bp->qkv_w, Nw, C, 3 * C);
+            window_partition_backward(db->ln1, db->windows, B, Hs, Ws, C, w, shift);
+            layernorm_backward(db->x_in, gb->norm1_w, gb->norm1_b, db->ln1, b->x_in, bp->norm1_w,
+                               b->ln1_mean, b->ln1_rstd, N, C);
+        }
+    }
+    size_t N0 = (size_t)B * a->Hs[0] * a->Ws[0];
+    layernorm_backward(da->patch, g->patch_norm_w, g->patch_norm_b, da->block[0].x_in, a->patch,
+                       p->patch_norm_w, a->patch_ln_mean, a->patch_ln_rstd, (int)N0, E);
+    conv2d_backward(dinp, g->patch_w, g->patch_b, da->patch, inp, p->patch_w,
+                    B, a->H, a->W, cfg->in_chans, E, 4, 4, 0, a->Hs[0], a->Ws[0]);
+}

@@ -145,6 +145,12 @@ void attention_backward(float* dq, float* dk, float* dv, float* drel_bias, const
                         const float* att, const float* q, const float* k, const float* v,
                         int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 
+// gather from a table: out (NH, N) with out[h, n] = table[index[n] * NH + h]; Swin's
+// relative position bias (table (169, NH), index (49*49) on the device). Backward
+// scatter-adds into dtable.
+void bias_gather_forward(float* out, const float* table, const int* index, int N, int NH);
+void bias_gather_backward(float* dtable, const float* dout, const int* index, int N, int NH);
+
 // Swin windows. inp (B, H, W, C) is zero-padded at the bottom/right to Hp = ceil(H/ws)*ws,
 // Wp likewise, rolled by -shift on both axes (padded[(i+shift)%Hp][(j+shift)%Wp] lands
 // at (i, j)), and cut into windows in row-major window order:
@@ -263,6 +269,8 @@ void softmax_forward_cpu(float* out, const float* inp, int N, int C);
 void softmax_backward_cpu(float* dinp, const float* out, const float* dout, int N, int C);
 void attention_forward_cpu(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void bias_gather_forward_cpu(float* out, const float* table, const int* index, int N, int NH);
+void bias_gather_backward_cpu(float* dtable, const float* dout, const int* index, int N, int NH);
 void window_partition_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
 void window_partition_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
 void window_reverse_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
@@ -317,6 +325,8 @@ void softmax_forward_cuda(float* out, const float* inp, int N, int C);
 void softmax_backward_cuda(float* dinp, const float* out, const float* dout, int N, int C);
 void attention_forward_cuda(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 void attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void bias_gather_forward_cuda(float* out, const float* table, const int* index, int N, int NH);
+void bias_gather_backward_cuda(float* dtable, const float* dout, const int* index, int N, int NH);
 void window_partition_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
 void window_partition_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
 void window_reverse_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
@@ -380,7 +390,101 @@ void checkpoint_read_data(const char* path, float* data, size_t n);
 // SWIN ENCODER f (swin.c): config, parameter and activation structs, API
 // ============================================================================
 
-// (swin declarations go here)
+// Swin as Mask2Former uses it (the detection variant): patch embedding conv 4x4/4 + LN,
+// four stages of blocks (LN -> pad to a multiple of the window -> roll(-shift) on odd
+// blocks -> window attention with relative position bias (and the -100 shift mask) ->
+// reverse -> residual; LN -> MLP (GELU) -> residual), patch merging between stages, and a
+// LayerNorm on each stage output. Every block pads and, on odd blocks, shifts, whatever
+// the stage resolution (Hugging Face's SwinBackbone instead drops the shift when a stage is
+// no larger than one window; the reference test uses sizes where the two agree).
+
+#define SWIN_MAX_BLOCKS 32
+
+typedef struct {
+    int in_chans;      // 4: RGB + mask indicator
+    int embed_dim;     // channels of stage 1; stage s has embed_dim << s
+    int depths[4];
+    int num_heads[4];
+    int window;        // 7
+    int mlp_ratio;     // 4
+} SwinConfig;
+
+SwinConfig swin_config_small(void);   // Swin-S: 96, {2,2,18,2}, {3,6,12,24}, window 7
+SwinConfig swin_config_tiny(void);    // for tests: 16, {2,2,2,2}, {1,2,2,4}, window 7
+
+typedef struct {
+    float *norm1_w, *norm1_b;   // (C)
+    float *qkv_w, *qkv_b;       // (3C, C), (3C)
+    float *rel_table;           // ((2w-1)^2, heads)
+    float *proj_w, *proj_b;     // (C, C), (C)
+    float *norm2_w, *norm2_b;   // (C)
+    float *fc1_w, *fc1_b;       // (4C, C), (4C)
+    float *fc2_w, *fc2_b;       // (C, 4C), (C)
+} SwinBlockParams;
+
+// parameters in checkpoint order: patch embed, then per stage its blocks, its output norm and
+// (stages 0..2) its patch merging
+typedef struct {
+    float *patch_w, *patch_b;            // (E, 4, 4, in_chans), (E)
+    float *patch_norm_w, *patch_norm_b;  // (E)
+    SwinBlockParams block[SWIN_MAX_BLOCKS];
+    float *out_norm_w[4], *out_norm_b[4];              // (C_s)
+    float *merge_norm_w[3], *merge_norm_b[3];          // (4 C_s)
+    float *merge_w[3];                                 // (2 C_s, 4 C_s), no bias
+} SwinParams;
+
+typedef struct {
+    float *x_in;                 // (B, Hs, Ws, C) block input (the residual stream)
+    float *ln1, *ln1_mean, *ln1_rstd;
+    float *windows;              // (B*nW, w*w, C) padded, rolled, partitioned ln1
+    float *qkv;                  // (B*nW, w*w, 3C)
+    float *rel_bias;             // (heads, w*w, w*w) gathered from the table
+    float *att;                  // (B*nW, heads, w*w, w*w)
+    float *attn;                 // (B*nW, w*w, C)
+    float *proj;                 // (B*nW, w*w, C)
+    float *x_mid;                // (B, Hs, Ws, C) after the attention residual
+    float *ln2, *ln2_mean, *ln2_rstd;
+    float *fc1, *gelu;           // (B, Hs, Ws, 4C)
+} SwinBlockActs;
+
+typedef struct {
+    int max_B, H, W;             // input size the activations were planned for
+    int Hs[4], Ws[4], C[4], nW[4];
+    size_t total;                // floats in the activation arena
+    float* patch;                // (B, H1, W1, E) conv output
+    float *patch_ln_mean, *patch_ln_rstd;
+    SwinBlockActs block[SWIN_MAX_BLOCKS];
+    float* stage_out[4];         // (B, Hs, Ws, C) last block output (x_in of "block depth")
+    float* out[4];               // (B, Hs, Ws, C) LayerNorm'd stage outputs: what f returns
+    float *out_mean[4], *out_rstd[4];
+    float* merged[3];            // (B, Hs+1, Ws+1, 4C) patch-merge gather
+    float* merged_ln[3];
+    float *merged_mean[3], *merged_rstd[3];
+    float* shift_mask[4];        // (nW, w*w, w*w) -100 / 0, constant
+} SwinActs;
+
+size_t swin_num_params(const SwinConfig* cfg);
+void swin_point_params(SwinParams* p, float* base, const SwinConfig* cfg);
+// initialise on the HOST: linears N(0, 0.02), rel tables N(0, 0.02), biases 0, norms 1/0,
+// patch conv uniform(+-1/sqrt(fan_in))
+void swin_init_params(float* host_base, const SwinConfig* cfg, Rng* rng);
+
+// activations for batches up to max_B of H x W inputs; base == NULL only counts (returns
+// the number of floats). swin_init_acts fills the constant shift masks (on ttt_device).
+size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_B, int H, int W);
+void swin_init_acts(SwinActs* a, const SwinConfig* cfg);
+// the relative position index (w*w*w*w ints) on ttt_device, built once per config
+int* swin_make_rel_index(const SwinConfig* cfg);
+
+// inp (B, H, W, in_chans) -> a->out[0..3]
+void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const int* rel_index,
+                  const float* inp, int B);
+// dout[s] (B, Hs, Ws, C_s): gradients of the four outputs (may be NULL for an unused stage).
+// Accumulates into grads (zero them first) and dinp (may be NULL). da is scratch with the
+// same layout as a; it is zeroed here.
+void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* grads,
+                   const SwinActs* a, SwinActs* da, const int* rel_index,
+                   const float* inp, float* const dout[4], float* dinp, int B);
 
 // ============================================================================
 // end of SWIN

@@ -3,6 +3,7 @@
 # each one prints last, and prints the total as the very last line.
 # Exit status is non-zero if any check failed or any binary crashed.
 passed=0; failed=0
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}   # spinning threads crawl on a loaded 2-core machine
 for t in "$@"; do
     echo "== $t"
     out=$(./$t 2>&1); rc=$?

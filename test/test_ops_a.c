@@ -1,0 +1,393 @@
+// test/test_ops_a.c: ops part A (elementwise, linear, layernorm, groupnorm, activations,
+// softmax, attention, conv2d) on the sizes the model meets at its edges: odd sizes,
+// cross-attention Tq != Tk with strided q/k/v, a learnable bias AND a mask holding -100
+// and -INFINITY, a mask shared over the batch (n_mask < B), every conv2d geometry the
+// model uses (3x3 same, 3x3 stride 2, 1x1, 4x4/4 patch embedding with a ragged edge).
+// Forward against naive double formulas, backward against central finite differences
+// of L = sum(out * R), and one check that backward accumulates (+=).
+#include "test.h"
+
+static Rng rng;
+#define EPS 1e-2f      // finite-difference step
+#define TOL 1e-2       // gradient relative error bound
+#define MAXC 300       // checked elements per tensor
+
+static float* zeros(size_t n) { return (float*)callocCheck(n, sizeof(float)); }
+
+// ----------------------------------------------------------------------------
+// elementwise
+
+static void test_elementwise(void) {
+    size_t n = 1001;
+    float *a = random_tensor(&rng, n, -2, 2), *b = random_tensor(&rng, n, -2, 2);
+    float *out = zeros(n), *ref = zeros(n), *x = zeros(n);
+    add_forward_cpu(out, a, b, n);
+    for (size_t i = 0; i < n; i++) ref[i] = a[i] + b[i];
+    check_close("add_forward", out, ref, n, 0);
+    memcpy(x, a, n * sizeof(float));
+    add_inplace_cpu(x, b, n);
+    check_close("add_inplace", x, ref, n, 0);
+    scale_inplace_cpu(x, -0.75f, n);
+    for (size_t i = 0; i < n; i++) ref[i] *= -0.75f;
+    check_close("scale_inplace", x, ref, n, 0);
+    free(a); free(b); free(out); free(ref); free(x);
+}
+
+// ----------------------------------------------------------------------------
+// linear
+
+typedef struct { float *out, *inp, *w, *b, *R; int N, C, OC; } LinearCase;
+static double linear_loss(void* p) {
+    LinearCase* t = p;
+    linear_forward_cpu(t->out, t->inp, t->w, t->b, t->N, t->C, t->OC);
+    return dot_double(t->out, t->R, (size_t)t->N * t->OC);
+}
+static void test_linear_case(int N, int C, int OC, int use_bias) {
+    LinearCase t = {0}; t.N = N; t.C = C; t.OC = OC;
+    t.inp = random_tensor(&rng, (size_t)N * C, -1, 1); t.w = random_tensor(&rng, (size_t)OC * C, -1, 1);
+    t.b = use_bias ? random_tensor(&rng, OC, -1, 1) : NULL;
+    t.R = random_tensor(&rng, (size_t)N * OC, -1, 1); t.out = zeros((size_t)N * OC);
+    linear_loss(&t);
+    float* ref = zeros((size_t)N * OC);
+    for (int n = 0; n < N; n++) for (int o = 0; o < OC; o++) {
+        double s = t.b ? t.b[o] : 0.0;
+        for (int c = 0; c < C; c++) s += (double)t.inp[n * C + c] * t.w[o * C + c];
+        ref[n * OC + o] = (float)s;
+    }
+    char label[96];
+    snprintf(label, sizeof(label), "linear %dx%d->%d%s forward vs naive", N, C, OC, use_bias ? "" : " (no bias)");
+    check_close(label, t.out, ref, (size_t)N * OC, 1e-5);
+    float *di = zeros((size_t)N * C), *dw = zeros((size_t)OC * C), *db = zeros(OC);
+    linear_backward_cpu(di, dw, t.b ? db : NULL, t.R, t.inp, t.w, N, C, OC);
+    snprintf(label, sizeof(label), "linear %dx%d->%d dinp", N, C, OC);
+    grad_check(label, t.inp, (size_t)N * C, di, linear_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "linear %dx%d->%d dweight", N, C, OC);
+    grad_check(label, t.w, (size_t)OC * C, dw, linear_loss, &t, EPS, TOL, MAXC);
+    if (t.b) {
+        snprintf(label, sizeof(label), "linear %dx%d->%d dbias", N, C, OC);
+        grad_check(label, t.b, OC, db, linear_loss, &t, EPS, TOL, MAXC);
+        // accumulation: a second backward into the same buffers doubles them
+        float *di2 = zeros((size_t)N * C), *dw2 = zeros((size_t)OC * C), *db2 = zeros(OC);
+        memcpy(di2, di, (size_t)N * C * 4); memcpy(dw2, dw, (size_t)OC * C * 4); memcpy(db2, db, OC * 4);
+        linear_backward_cpu(di, dw, db, t.R, t.inp, t.w, N, C, OC);
+        for (size_t i = 0; i < (size_t)N * C; i++) di2[i] *= 2;
+        for (size_t i = 0; i < (size_t)OC * C; i++) dw2[i] *= 2;
+        for (int i = 0; i < OC; i++) db2[i] *= 2;
+        check_close("linear backward accumulates: dinp doubles", di, di2, (size_t)N * C, 1e-6);
+        check_close("linear backward accumulates: dweight doubles", dw, dw2, (size_t)OC * C, 1e-6);
+        check_close("linear backward accumulates: dbias doubles", db, db2, OC, 1e-6);
+        free(di2); free(dw2); free(db2);
+    }
+    free(t.inp); free(t.w); free(t.b); free(t.R); free(t.out); free(ref); free(di); free(dw); free(db);
+}
+
+// a size that crosses every tile boundary of the CPU matmul (row tasks, column blocks,
+// K chunks): forward and all three gradients against naive double sums
+static void test_linear_large(void) {
+    int N = 301, C = 271, OC = 37;
+    float *inp = random_tensor(&rng, (size_t)N * C, -1, 1), *w = random_tensor(&rng, (size_t)OC * C, -1, 1);
+    float *b = random_tensor(&rng, OC, -1, 1), *dout = random_tensor(&rng, (size_t)N * OC, -1, 1);
+    float *out = zeros((size_t)N * OC), *di = zeros((size_t)N * C), *dw = zeros((size_t)OC * C), *db = zeros(OC);
+    float *ref = zeros((size_t)N * OC), *rdi = zeros((size_t)N * C), *rdw = zeros((size_t)OC * C), *rdb = zeros(OC);
+    linear_forward_cpu(out, inp, w, b, N, C, OC);
+    linear_backward_cpu(di, dw, db, dout, inp, w, N, C, OC);
+    for (int n = 0; n < N; n++) for (int o = 0; o < OC; o++) {
+        double s = b[o];
+        for (int c = 0; c < C; c++) s += (double)inp[n * C + c] * w[o * C + c];
+        ref[n * OC + o] = (float)s;
+    }
+    for (int n = 0; n < N; n++) for (int c = 0; c < C; c++) {
+        double s = 0;
+        for (int o = 0; o < OC; o++) s += (double)dout[n * OC + o] * w[o * C + c];
+        rdi[n * C + c] = (float)s;
+    }
+    for (int o = 0; o < OC; o++) {
+        double sb = 0;
+        for (int n = 0; n < N; n++) sb += dout[n * OC + o];
+        rdb[o] = (float)sb;
+        for (int c = 0; c < C; c++) {
+            double s = 0;
+            for (int n = 0; n < N; n++) s += (double)dout[n * OC + o] * inp[n * C + c];
+            rdw[o * C + c] = (float)s;
+        }
+    }
+    check_close("linear 301x271->37 forward vs naive", out, ref, (size_t)N * OC, 1e-5);
+    check_close("linear 301x271->37 dinp vs naive", di, rdi, (size_t)N * C, 1e-5);
+    check_close("linear 301x271->37 dweight vs naive", dw, rdw, (size_t)OC * C, 1e-5);
+    check_close("linear 301x271->37 dbias vs naive", db, rdb, OC, 1e-5);
+    free(inp); free(w); free(b); free(dout); free(out); free(di); free(dw); free(db);
+    free(ref); free(rdi); free(rdw); free(rdb);
+}
+
+// ----------------------------------------------------------------------------
+// layernorm and groupnorm
+
+typedef struct { float *out, *mean, *rstd, *inp, *w, *b, *R; int N, C, B, HW, G; } NormCase;
+static double layernorm_loss(void* p) {
+    NormCase* t = p;
+    layernorm_forward_cpu(t->out, t->mean, t->rstd, t->inp, t->w, t->b, t->N, t->C);
+    return dot_double(t->out, t->R, (size_t)t->N * t->C);
+}
+static double groupnorm_loss(void* p) {
+    NormCase* t = p;
+    groupnorm_forward_cpu(t->out, t->mean, t->rstd, t->inp, t->w, t->b, t->B, t->HW, t->C, t->G);
+    return dot_double(t->out, t->R, (size_t)t->B * t->HW * t->C);
+}
+static void test_layernorm(void) {
+    NormCase t = {0}; t.N = 7; t.C = 13;
+    size_t n = (size_t)t.N * t.C;
+    t.inp = random_tensor(&rng, n, -2, 3); t.w = random_tensor(&rng, t.C, 0.5, 1.5);
+    t.b = random_tensor(&rng, t.C, -1, 1); t.R = random_tensor(&rng, n, -1, 1);
+    t.out = zeros(n); t.mean = zeros(t.N); t.rstd = zeros(t.N);
+    layernorm_loss(&t);
+    float* ref = zeros(n);
+    for (int r = 0; r < t.N; r++) {
+        double m = 0, v = 0;
+        for (int c = 0; c < t.C; c++) m += t.inp[r * t.C + c];
+        m /= t.C;
+        for (int c = 0; c < t.C; c++) v += (t.inp[r * t.C + c] - m) * (t.inp[r * t.C + c] - m);
+        v /= t.C;
+        for (int c = 0; c < t.C; c++)
+            ref[r * t.C + c] = (float)((t.inp[r * t.C + c] - m) / sqrt(v + 1e-5) * t.w[c] + t.b[c]);
+    }
+    check_close("layernorm 7x13 forward vs naive", t.out, ref, n, 1e-5);
+    float *di = zeros(n), *dw = zeros(t.C), *db = zeros(t.C);
+    layernorm_backward_cpu(di, dw, db, t.R, t.inp, t.w, t.mean, t.rstd, t.N, t.C);
+    grad_check("layernorm dinp", t.inp, n, di, layernorm_loss, &t, EPS, TOL, MAXC);
+    grad_check("layernorm dweight", t.w, t.C, dw, layernorm_loss, &t, EPS, TOL, MAXC);
+    grad_check("layernorm dbias", t.b, t.C, db, layernorm_loss, &t, EPS, TOL, MAXC);
+    free(t.inp); free(t.w); free(t.b); free(t.R); free(t.out); free(t.mean); free(t.rstd);
+    free(ref); free(di); free(dw); free(db);
+}
+static void test_groupnorm(void) {
+    NormCase t = {0}; t.B = 2; t.HW = 15; t.C = 12; t.G = 3;
+    size_t n = (size_t)t.B * t.HW * t.C;
+    int Cg = t.C / t.G;
+    t.inp = random_tensor(&rng, n, -2, 3); t.w = random_tensor(&rng, t.C, 0.5, 1.5);
+    t.b = random_tensor(&rng, t.C, -1, 1); t.R = random_tensor(&rng, n, -1, 1);
+    t.out = zeros(n); t.mean = zeros(t.B * t.G); t.rstd = zeros(t.B * t.G);
+    groupnorm_loss(&t);
+    float* ref = zeros(n);
+    for (int b = 0; b < t.B; b++) for (int g = 0; g < t.G; g++) {
+        double m = 0, v = 0, cnt = (double)t.HW * Cg;
+        for (int p = 0; p < t.HW; p++) for (int c = g * Cg; c < (g + 1) * Cg; c++) m += t.inp[(b * t.HW + p) * t.C + c];
+        m /= cnt;
+        for (int p = 0; p < t.HW; p++) for (int c = g * Cg; c < (g + 1) * Cg; c++) {
+            double d = t.inp[(b * t.HW + p) * t.C + c] - m; v += d * d;
+        }
+        v /= cnt;
+        for (int p = 0; p < t.HW; p++) for (int c = g * Cg; c < (g + 1) * Cg; c++) {
+            size_t i = (size_t)(b * t.HW + p) * t.C + c;
+            ref[i] = (float)((t.inp[i] - m) / sqrt(v + 1e-5) * t.w[c] + t.b[c]);
+        }
+    }
+    check_close("groupnorm B2 HW15 C12 G3 forward vs naive", t.out, ref, n, 1e-5);
+    float *di = zeros(n), *dw = zeros(t.C), *db = zeros(t.C);
+    groupnorm_backward_cpu(di, dw, db, t.R, t.inp, t.w, t.mean, t.rstd, t.B, t.HW, t.C, t.G);
+    grad_check("groupnorm dinp", t.inp, n, di, groupnorm_loss, &t, EPS, TOL, MAXC);
+    grad_check("groupnorm dweight", t.w, t.C, dw, groupnorm_loss, &t, EPS, TOL, MAXC);
+    grad_check("groupnorm dbias", t.b, t.C, db, groupnorm_loss, &t, EPS, TOL, MAXC);
+    free(t.inp); free(t.w); free(t.b); free(t.R); free(t.out); free(t.mean); free(t.rstd);
+    free(ref); free(di); free(dw); free(db);
+}
+
+// ----------------------------------------------------------------------------
+// activations and softmax (softmax rows with -INFINITY entries included)
+
+typedef struct { float *out, *inp, *R; int kind, N, C; } ActCase;
+static const char* act_names[4] = {"gelu", "relu", "sigmoid", "softmax"};
+static double act_loss(void* p) {
+    ActCase* t = p; size_t n = (size_t)t->N * t->C;
+    if (t->kind == 0) gelu_forward_cpu(t->out, t->inp, n);
+    if (t->kind == 1) relu_forward_cpu(t->out, t->inp, n);
+    if (t->kind == 2) sigmoid_forward_cpu(t->out, t->inp, n);
+    if (t->kind == 3) softmax_forward_cpu(t->out, t->inp, t->N, t->C);
+    return dot_double(t->out, t->R, n);
+}
+static void test_activations(void) {
+    for (int kind = 0; kind < 4; kind++) {
+        ActCase t = {0}; t.kind = kind; t.N = 7; t.C = 13;
+        size_t n = (size_t)t.N * t.C;
+        t.inp = random_tensor(&rng, n, -4, 4); t.R = random_tensor(&rng, n, -1, 1); t.out = zeros(n);
+        if (kind == 1) for (size_t i = 0; i < n; i++) if (fabsf(t.inp[i]) < 0.05f) t.inp[i] = 0.3f;
+        if (kind == 3) for (int r = 0; r < t.N; r++) t.inp[r * t.C + (r * 5) % t.C] = -INFINITY;
+        act_loss(&t);
+        float* ref = zeros(n);
+        for (size_t i = 0; i < n; i++) {
+            double x = t.inp[i];
+            if (kind == 0) ref[i] = (float)(0.5 * x * (1 + erf(x / sqrt(2.0))));
+            if (kind == 1) ref[i] = (float)(x > 0 ? x : 0);
+            if (kind == 2) ref[i] = (float)(1 / (1 + exp(-x)));
+        }
+        if (kind == 3) for (int r = 0; r < t.N; r++) {
+            double mx = -INFINITY, s = 0;
+            for (int c = 0; c < t.C; c++) if (t.inp[r * t.C + c] > mx) mx = t.inp[r * t.C + c];
+            for (int c = 0; c < t.C; c++) s += exp(t.inp[r * t.C + c] - mx);
+            for (int c = 0; c < t.C; c++) ref[r * t.C + c] = (float)(exp(t.inp[r * t.C + c] - mx) / s);
+        }
+        char label[80];
+        snprintf(label, sizeof(label), "%s 7x13 forward vs naive%s", act_names[kind], kind == 3 ? " (-inf)" : "");
+        check_close(label, t.out, ref, n, 1e-5);
+        float* di = zeros(n);
+        if (kind == 0) gelu_backward_cpu(di, t.inp, t.R, n);
+        if (kind == 1) relu_backward_cpu(di, t.out, t.R, n);
+        if (kind == 2) sigmoid_backward_cpu(di, t.out, t.R, n);
+        if (kind == 3) softmax_backward_cpu(di, t.out, t.R, t.N, t.C);
+        // finite differences cannot step through -inf: check those entries separately
+        if (kind == 3) {
+            int finite = 1;
+            for (int r = 0; r < t.N; r++) finite &= di[r * t.C + (r * 5) % t.C] == 0.0f;
+            CHECK(finite, "softmax gradient at -inf inputs must be exactly 0");
+            for (int r = 0; r < t.N; r++) t.inp[r * t.C + (r * 5) % t.C] = -1e4f;   // same softmax, finite
+        }
+        snprintf(label, sizeof(label), "%s dinp", act_names[kind]);
+        grad_check(label, t.inp, n, di, act_loss, &t, 1e-3f, TOL, MAXC);
+        free(t.inp); free(t.R); free(t.out); free(ref); free(di);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// attention: q from one fused buffer (B, Tq, 3C) (stride 3C), k and v from another
+// (B, Tk, 2C) (stride 2C), Tq != Tk, rel_bias (NH, Tq, Tk), mask (n_mask, Tq, Tk)
+// with -100 and -INFINITY, n_mask < B
+
+typedef struct { float *out, *att, *qbuf, *kvbuf, *bias, *mask, *R; int B, Tq, Tk, NH, HS, n_mask; } AttCase;
+static double attention_loss(void* p) {
+    AttCase* t = p; int C = t->NH * t->HS;
+    attention_forward_cpu(t->out, t->att, t->qbuf + C, t->kvbuf, t->kvbuf + C, t->bias, t->mask,
+                          t->n_mask, t->B, t->Tq, t->Tk, t->NH, t->HS, 3 * C, 2 * C);
+    return dot_double(t->out, t->R, (size_t)t->B * t->Tq * C);
+}
+static void test_attention(void) {
+    AttCase t = {0}; t.B = 3; t.Tq = 7; t.Tk = 9; t.NH = 2; t.HS = 5; t.n_mask = 3;
+    int C = t.NH * t.HS, Tq = t.Tq, Tk = t.Tk;
+    size_t nq = (size_t)t.B * Tq * 3 * C, nkv = (size_t)t.B * Tk * 2 * C, nout = (size_t)t.B * Tq * C;
+    size_t nbias = (size_t)t.NH * Tq * Tk;
+    t.qbuf = random_tensor(&rng, nq, -1.5, 1.5); t.kvbuf = random_tensor(&rng, nkv, -1.5, 1.5);
+    t.bias = random_tensor(&rng, nbias, -1, 1); t.R = random_tensor(&rng, nout, -1, 1);
+    t.mask = zeros((size_t)t.n_mask * Tq * Tk);
+    int ninf = 0;
+    for (int m = 0; m < t.n_mask; m++) for (int i = 0; i < Tq; i++) for (int j = 0; j < Tk; j++) {
+        float v = 0.0f;
+        if ((i + 2 * j + m) % 4 == 1) v = -100.0f;
+        if ((2 * i + j + m) % 5 == 3 && j != (i + m) % Tk) { v = -INFINITY; ninf++; }  // never the whole row
+        t.mask[((size_t)m * Tq + i) * Tk + j] = v;
+    }
+    CHECK(ninf > 0, "mask has -inf entries");
+    t.out = zeros(nout); t.att = zeros((size_t)t.B * t.NH * Tq * Tk);
+    // n_mask = 3 with B = 3 first (one mask per batch element), then n_mask = 1 shared
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) t.n_mask = 1;
+        attention_loss(&t);
+        float* ref = zeros(nout);
+        float* aref = zeros((size_t)t.B * t.NH * Tq * Tk);
+        for (int b = 0; b < t.B; b++) for (int h = 0; h < t.NH; h++) for (int i = 0; i < Tq; i++) {
+            double s[64], mx = -INFINITY, sum = 0;
+            for (int j = 0; j < Tk; j++) {
+                double d = 0;
+                for (int e = 0; e < t.HS; e++)
+                    d += (double)t.qbuf[(b * Tq + i) * 3 * C + C + h * t.HS + e] * t.kvbuf[(b * Tk + j) * 2 * C + h * t.HS + e];
+                s[j] = d / sqrt(t.HS) + t.bias[(h * Tq + i) * Tk + j] + t.mask[((b % t.n_mask) * Tq + i) * Tk + j];
+                if (s[j] > mx) mx = s[j];
+            }
+            for (int j = 0; j < Tk; j++) { s[j] = exp(s[j] - mx); sum += s[j]; }
+            for (int j = 0; j < Tk; j++) aref[((b * t.NH + h) * Tq + i) * Tk + j] = (float)(s[j] / sum);
+            for (int e = 0; e < t.HS; e++) {
+                double o = 0;
+                for (int j = 0; j < Tk; j++) o += s[j] / sum * t.kvbuf[(b * Tk + j) * 2 * C + C + h * t.HS + e];
+                ref[(b * Tq + i) * C + h * t.HS + e] = (float)o;
+            }
+        }
+        char label[96];
+        snprintf(label, sizeof(label), "attention forward vs naive (n_mask %d)", t.n_mask);
+        check_close(label, t.out, ref, nout, 1e-5);
+        snprintf(label, sizeof(label), "attention probs vs naive (n_mask %d)", t.n_mask);
+        check_close(label, t.att, aref, (size_t)t.B * t.NH * Tq * Tk, 1e-5);
+        free(ref); free(aref);
+        float *dq = zeros(nq), *dkv = zeros(nkv), *dbias = zeros(nbias);
+        attention_backward_cpu(dq + C, dkv, dkv + C, dbias, t.R, t.att, t.qbuf + C, t.kvbuf, t.kvbuf + C,
+                               t.B, Tq, Tk, t.NH, t.HS, 3 * C, 2 * C);
+        // the gradient must stay inside the q columns of the fused buffer
+        int outside = 0;
+        for (size_t r = 0; r < (size_t)t.B * Tq; r++)
+            for (int c = 0; c < 3 * C; c++) if ((c < C || c >= 2 * C) && dq[r * 3 * C + c] != 0.0f) outside++;
+        CHECK(outside == 0, "attention dq wrote %d values outside its strided columns", outside);
+        snprintf(label, sizeof(label), "attention dq (stride 3C, n_mask %d)", t.n_mask);
+        grad_check(label, t.qbuf, nq, dq, attention_loss, &t, EPS, TOL, MAXC);
+        snprintf(label, sizeof(label), "attention dk dv (stride 2C, n_mask %d)", t.n_mask);
+        grad_check(label, t.kvbuf, nkv, dkv, attention_loss, &t, EPS, TOL, MAXC);
+        snprintf(label, sizeof(label), "attention drel_bias (n_mask %d)", t.n_mask);
+        grad_check(label, t.bias, nbias, dbias, attention_loss, &t, EPS, TOL, MAXC);
+        free(dq); free(dkv); free(dbias);
+    }
+    free(t.qbuf); free(t.kvbuf); free(t.bias); free(t.mask); free(t.R); free(t.out); free(t.att);
+}
+
+// ----------------------------------------------------------------------------
+// conv2d
+
+typedef struct { float *out, *inp, *w, *b, *R; int B, H, W, C, OC, K, S, P, Ho, Wo; } ConvCase;
+static double conv_loss(void* p) {
+    ConvCase* t = p;
+    conv2d_forward_cpu(t->out, t->inp, t->w, t->b, t->B, t->H, t->W, t->C, t->OC, t->K, t->S, t->P, t->Ho, t->Wo);
+    return dot_double(t->out, t->R, (size_t)t->B * t->Ho * t->Wo * t->OC);
+}
+static void test_conv_case(int K, int S, int P, int H, int W, int C, int OC) {
+    // the usual floor formula, except the patch embedding takes ceil(H / 4) (ragged edge)
+    int Ho = (H + 2 * P - K) / S + 1, Wo = (W + 2 * P - K) / S + 1;
+    if (P == 0 && K == S) { Ho = (H + S - 1) / S; Wo = (W + S - 1) / S; }
+    ConvCase t = {0}; t.B = 2; t.H = H; t.W = W; t.C = C; t.OC = OC; t.K = K; t.S = S; t.P = P; t.Ho = Ho; t.Wo = Wo;
+    size_t ni = (size_t)t.B * H * W * C, nw = (size_t)OC * K * K * C, no = (size_t)t.B * Ho * Wo * OC;
+    t.inp = random_tensor(&rng, ni, -1, 1); t.w = random_tensor(&rng, nw, -1, 1);
+    t.b = random_tensor(&rng, OC, -1, 1); t.R = random_tensor(&rng, no, -1, 1); t.out = zeros(no);
+    conv_loss(&t);
+    float* ref = zeros(no);
+    for (int b = 0; b < t.B; b++) for (int y = 0; y < Ho; y++) for (int x = 0; x < Wo; x++) for (int o = 0; o < OC; o++) {
+        double s = t.b[o];
+        for (int ky = 0; ky < K; ky++) for (int kx = 0; kx < K; kx++) for (int c = 0; c < C; c++) {
+            int iy = y * S - P + ky, ix = x * S - P + kx;
+            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+            s += (double)t.w[((o * K + ky) * K + kx) * C + c] * t.inp[((b * H + iy) * W + ix) * C + c];
+        }
+        ref[((b * Ho + y) * Wo + x) * OC + o] = (float)s;
+    }
+    char label[96];
+    snprintf(label, sizeof(label), "conv2d K%d S%d P%d %dx%dx%d->%dx%dx%d forward", K, S, P, H, W, C, Ho, Wo, OC);
+    check_close(label, t.out, ref, no, 1e-5);
+    float *di = zeros(ni), *dw = zeros(nw), *db = zeros(OC);
+    conv2d_backward_cpu(di, dw, db, t.R, t.inp, t.w, t.B, H, W, C, OC, K, S, P, Ho, Wo);
+    snprintf(label, sizeof(label), "conv2d K%d S%d P%d dinp", K, S, P);
+    grad_check(label, t.inp, ni, di, conv_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "conv2d K%d S%d P%d dweight", K, S, P);
+    grad_check(label, t.w, nw, dw, conv_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "conv2d K%d S%d P%d dbias", K, S, P);
+    grad_check(label, t.b, OC, db, conv_loss, &t, EPS, TOL, MAXC);
+    // accumulation: backward again doubles every gradient
+    float *di2 = zeros(ni), *dw2 = zeros(nw), *db2 = zeros(OC);
+    for (size_t i = 0; i < ni; i++) di2[i] = 2 * di[i];
+    for (size_t i = 0; i < nw; i++) dw2[i] = 2 * dw[i];
+    for (int i = 0; i < OC; i++) db2[i] = 2 * db[i];
+    conv2d_backward_cpu(di, dw, db, t.R, t.inp, t.w, t.B, H, W, C, OC, K, S, P, Ho, Wo);
+    int doubled = max_rel_error(di, di2, ni) < 1e-6 && max_rel_error(dw, dw2, nw) < 1e-6 &&
+                  max_rel_error(db, db2, OC) < 1e-6;
+    CHECK(doubled, "conv2d K%d S%d P%d backward must accumulate", K, S, P);
+    free(di2); free(dw2); free(db2);
+    free(t.inp); free(t.w); free(t.b); free(t.R); free(t.out); free(ref); free(di); free(dw); free(db);
+}
+
+int main(void) {
+    rng_seed(&rng, 20261122);
+    test_elementwise();
+    test_linear_case(7, 13, 11, 1);
+    test_linear_case(9, 37, 5, 0);
+    test_linear_large();
+    test_layernorm();
+    test_groupnorm();
+    test_activations();
+    test_attention();
+    test_conv_case(3, 1, 1, 7, 6, 5, 11);
+    test_conv_case(3, 2, 1, 7, 8, 5, 11);
+    test_conv_case(1, 1, 0, 5, 7, 13, 11);
+    test_conv_case(4, 4, 0, 10, 10, 4, 7);
+    return test_summary("test_ops_a");
+}
