@@ -3,6 +3,7 @@
 #   make test       build and run every CPU test; last line "N passed, N failed"
 #   make test-gpu   build and run the CUDA-vs-CPU checks (needs a GPU)
 #   make NO_CUDA=1  force a CPU-only build
+#   make demo       regenerate the demo video data/demo/ and its labels data/demo_labels/
 
 CC ?= gcc
 CFLAGS ?= -O3
@@ -62,8 +63,12 @@ test: $(TEST_BIN) $(PROGRAMS)
 test-gpu: $(GPU_TEST_BIN) $(PROGRAMS)
 	@sh test/run_tests.sh $(GPU_TEST_BIN)
 
+# the demo video shipped in data/ (committed; regenerate after changing dev/gen.c)
+demo: gen
+	./gen video data/demo --labels data/demo_labels --frames 24 --size 128x96 --seed 1 --drift-period 16
+
 clean:
 	rm -f *.o $(PROGRAMS) $(TEST_BIN) $(GPU_TEST_BIN)
 	rm -rf test/tmp
 
-.PHONY: all test test-gpu clean
+.PHONY: all test test-gpu clean demo

@@ -1,7 +1,503 @@
-// dev/gen.c: synthetic labeled images and drifting videos. (being written)
+// dev/gen.c: a seeded synthetic world with exact labels, for training on stills and
+// for test-time training on drifting videos.
+//
+//   ./gen stills OUTDIR --n N --size WxH --seed S
+//       OUTDIR/images/000000.png ... (RGB) and OUTDIR/labels/000000.png ... (class ids),
+//       same stems; each still is a fresh random scene in the SOURCE appearance
+//       (canonical class colours and textures, small random jitter, no drift).
+//   ./gen video OUTDIR --frames T --size WxH --seed S [--labels DIR] [--drift D]
+//       [--drift-period P] [--scene-every N] [--speed V]
+//       OUTDIR/frame000001.png ... and the label maps with the same names in DIR
+//       (default OUTDIR_labels). A camera pans smoothly through a scene wider than the
+//       frame; objects move on their own and enter and leave the view; the appearance
+//       (illumination, colour cast, contrast, blur, noise, class colours and texture
+//       scale) drifts along smooth random tracks with keyframes every P frames; every N
+//       frames the scene changes (new layout, new appearance anchor). So nearby frames
+//       are alike and distant ones are not.
+//
+// The world is continuous: a pixel (x, y) of an H-pixel-high frame sees world point
+// u = cam_u + (x + 0.5) / H * zoom, v = cam_v + (y + 0.5) / H * zoom (v grows
+// downward). The class of a pixel is that of the topmost shape covering its centre, so
+// labels are exact; the image is the class texture at that point, then the global
+// appearance transform, blur and noise (which never touch the labels).
+//
+// Classes (label value = index): 0 sky, 1 ground, 2 wall, 3 disc, 4 box, 5 triangle,
+// 6 pole, 7 ring. Everything is a function of the seed: same arguments, same bytes.
 #include "ttt.h"
-int main(int argc, char** argv) {
-    (void)argc; (void)argv;
-    fprintf(stderr, "error: gen is not implemented yet\n");
+#include <errno.h>
+#include <sys/stat.h>
+
+#define NUM_CLASSES 8
+enum { SKY, GROUND, WALL, DISC, BOX, TRIANGLE, POLE, RING };
+static const char* class_names[NUM_CLASSES] = {
+    "sky", "ground", "wall", "disc", "box", "triangle", "pole", "ring"};
+
+// ----------------------------------------------------------------------------
+// hashing: deterministic per-coordinate randomness (value noise, drift tracks)
+
+static uint32_t hash3(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t h = a * 0x9E3779B1u ^ (b + 0x7F4A7C15u) * 0x85EBCA77u ^ (c + 0x165667B1u) * 0xC2B2AE3Du;
+    h ^= h >> 15; h *= 0x2C1B3C6Du;
+    h ^= h >> 12; h *= 0x297A2D39u;
+    h ^= h >> 15;
+    return h;
+}
+static float hash_unit(uint32_t a, uint32_t b, uint32_t c) { return hash3(a, b, c) / 4294967296.0f; }
+static float smoothstep01(float f) { return f * f * (3.0f - 2.0f * f); }
+static float mixf(float a, float b, float t) { return a + (b - a) * t; }
+static float clampf(float x, float lo, float hi) { return x < lo ? lo : x > hi ? hi : x; }
+
+// bilinear value noise in [0, 1] on the integer lattice, smoothstep-interpolated
+static float value_noise(uint32_t seed, float x, float y) {
+    float fx = floorf(x), fy = floorf(y);
+    int ix = (int)fx, iy = (int)fy;
+    float tx = smoothstep01(x - fx), ty = smoothstep01(y - fy);
+    float a = hash_unit(seed, (uint32_t)ix, (uint32_t)iy);
+    float b = hash_unit(seed, (uint32_t)(ix + 1), (uint32_t)iy);
+    float c = hash_unit(seed, (uint32_t)ix, (uint32_t)(iy + 1));
+    float d = hash_unit(seed, (uint32_t)(ix + 1), (uint32_t)(iy + 1));
+    return mixf(mixf(a, b, tx), mixf(c, d, tx), ty);
+}
+
+// two octaves of value noise, in [0, 1]
+static float fbm(uint32_t seed, float x, float y) {
+    return (2.0f * value_noise(seed, x, y) + value_noise(seed + 1, 2.03f * x, 2.03f * y)) / 3.0f;
+}
+
+// a smooth random track in [-1, 1]: random values at keyframes every `period` frames,
+// smoothstep-interpolated between them. `key` names the quantity. The keyframe at
+// t = 0 is 0, so a video starts in the source appearance and drifts away from it.
+static float keyframe(uint32_t seed, uint32_t key, int k) {
+    return k == 0 ? 0.0f : 2.0f * hash_unit(seed, key, (uint32_t)k) - 1.0f;
+}
+static float track(uint32_t seed, uint32_t key, float t, float period) {
+    float s = t / period, fs = floorf(s);
+    int k = (int)fs;
+    return mixf(keyframe(seed, key, k), keyframe(seed, key, k + 1), smoothstep01(s - fs));
+}
+
+// ----------------------------------------------------------------------------
+// appearance of the classes
+
+enum { PAT_NOISE, PAT_STRIPES, PAT_CHECKER, PAT_DOTS };
+
+typedef struct {
+    float base[3], alt[3];  // the texture blends these two colours
+    int pattern;            // PAT_*
+    float freq;             // pattern cycles per world unit (background) or per object radius
+    float angle;            // stripe orientation (radians)
+} ClassStyle;
+
+// the SOURCE distribution's canonical appearance of each class
+static const ClassStyle source_style[NUM_CLASSES] = {
+    {{0.55f, 0.72f, 0.95f}, {0.95f, 0.97f, 1.00f}, PAT_NOISE,   2.5f, 0.0f},   // sky: clouds
+    {{0.33f, 0.52f, 0.22f}, {0.50f, 0.38f, 0.20f}, PAT_NOISE,   9.0f, 0.0f},   // ground: grass/soil
+    {{0.68f, 0.40f, 0.30f}, {0.85f, 0.80f, 0.72f}, PAT_CHECKER, 9.0f, 0.0f},   // wall: bricks
+    {{0.90f, 0.18f, 0.15f}, {1.00f, 0.62f, 0.20f}, PAT_STRIPES, 2.0f, 0.8f},   // disc
+    {{0.22f, 0.30f, 0.80f}, {0.10f, 0.12f, 0.35f}, PAT_CHECKER, 2.0f, 0.0f},   // box
+    {{0.95f, 0.85f, 0.20f}, {0.60f, 0.48f, 0.08f}, PAT_NOISE,   3.0f, 0.0f},   // triangle
+    {{0.95f, 0.95f, 0.95f}, {0.85f, 0.10f, 0.10f}, PAT_STRIPES, 3.0f, 1.5708f},// pole: barber stripes
+    {{0.58f, 0.20f, 0.70f}, {0.30f, 0.88f, 0.80f}, PAT_DOTS,    3.0f, 0.0f},   // ring
+};
+
+// pattern value in [0, 1] at texture coordinates (s, t)
+static float pattern_value(const ClassStyle* st, uint32_t seed, float s, float t) {
+    float x = s * st->freq, y = t * st->freq;
+    switch (st->pattern) {
+    case PAT_STRIPES: {
+        float r = x * cosf(st->angle) + y * sinf(st->angle);
+        return 0.5f + 0.5f * sinf(6.2831853f * r);
+    }
+    case PAT_CHECKER: {  // brick-like: every other row shifted by half a cell
+        int row = (int)floorf(y);
+        int col = (int)floorf(x + 0.5f * (row & 1));
+        float edge = fminf(fabsf(y - floorf(y) - 0.5f), 0.5f);  // mortar lines
+        return ((row + col) & 1) ? 0.85f - 0.5f * (edge > 0.42f) : 0.15f;
+    }
+    case PAT_DOTS: {
+        float dx = x - floorf(x) - 0.5f, dy = y - floorf(y) - 0.5f;
+        return dx * dx + dy * dy < 0.09f ? 1.0f : 0.0f;
+    }
+    default:
+        return fbm(seed, x, y);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// scenes
+
+#define MAX_OBJECTS 256
+#define MAX_WALLS 64
+
+typedef struct {
+    int cls;
+    float u, v;      // centre at scene frame 0 (world units)
+    float vel;       // own horizontal speed (world units per frame)
+    float r;         // size (radius-like)
+    float aspect;    // width / height for boxes
+    float angle;     // rotation for boxes
+    float shade;     // brightness factor of this instance
+} Object;
+
+typedef struct {
+    float width;                                   // world extent in u
+    float horizon, hor_amp, hor_freq, hor_phase;   // ground starts at v > horizon(u)
+    int n_walls;
+    float wall_u0[MAX_WALLS], wall_u1[MAX_WALLS], wall_top[MAX_WALLS];
+    int n_objects;
+    Object obj[MAX_OBJECTS];
+    ClassStyle style[NUM_CLASSES];
+    uint32_t noise_seed;
+} Scene;
+
+// lay out a random scene `width` world units wide. Styles start at the source style.
+static void scene_make(Scene* sc, Rng* rng, float width) {
+    sc->width = width;
+    sc->horizon = 0.38f + 0.16f * rng_uniform(rng);
+    sc->hor_amp = 0.02f + 0.05f * rng_uniform(rng);
+    sc->hor_freq = 0.8f + 1.5f * rng_uniform(rng);
+    sc->hor_phase = 6.2831853f * rng_uniform(rng);
+    sc->noise_seed = rng_u32(rng);
+    memcpy(sc->style, source_style, sizeof(source_style));
+    // walls: buildings standing on the horizon
+    sc->n_walls = 0;
+    float u = -0.5f + 0.8f * rng_uniform(rng);
+    while (u < width + 0.5f && sc->n_walls < MAX_WALLS) {
+        float w = 0.25f + 0.9f * rng_uniform(rng);
+        int i = sc->n_walls++;
+        sc->wall_u0[i] = u;
+        sc->wall_u1[i] = u + w;
+        sc->wall_top[i] = 0.06f + (sc->horizon - 0.16f) * rng_uniform(rng);
+        u += w + 0.2f + 1.2f * rng_uniform(rng);
+    }
+    // objects: about 3 per world unit of width; a third of them move on their own
+    sc->n_objects = 0;
+    int n = (int)(3.0f * (width + 1.0f)) + rng_int(rng, 3);
+    if (n > MAX_OBJECTS) n = MAX_OBJECTS;
+    for (int i = 0; i < n; i++) {
+        Object* o = &sc->obj[sc->n_objects++];
+        o->cls = DISC + rng_int(rng, NUM_CLASSES - DISC);
+        o->u = -0.5f + (width + 1.0f) * rng_uniform(rng);
+        o->r = 0.05f + 0.12f * rng_uniform(rng);
+        o->v = (o->cls == DISC && rng_uniform(rng) < 0.4f)
+             ? 0.08f + 0.35f * rng_uniform(rng)                        // a balloon in the sky
+             : sc->horizon - 0.05f + (1.0f - sc->horizon) * rng_uniform(rng);
+        o->vel = rng_uniform(rng) < 0.33f ? 0.012f * (2.0f * rng_uniform(rng) - 1.0f) : 0.0f;
+        o->aspect = 0.6f + 1.0f * rng_uniform(rng);
+        o->angle = 0.5f * (rng_uniform(rng) - 0.5f);
+        o->shade = 0.8f + 0.4f * rng_uniform(rng);
+        if (o->cls == POLE) o->v = sc->horizon + (1.0f - sc->horizon) * rng_uniform(rng) - o->r;
+    }
+}
+
+static float horizon_at(const Scene* sc, float u) {
+    return sc->horizon + sc->hor_amp * sinf(sc->hor_freq * u + sc->hor_phase);
+}
+
+// does object o (at scene frame j) cover world point (u, v)? If so set texture coords
+// (s, t) in units of the object's size and return 1.
+static int object_covers(const Object* o, float j, float u, float v, float* s, float* t) {
+    float du = (u - (o->u + o->vel * j)) / o->r, dv = (v - o->v) / o->r;
+    switch (o->cls) {
+    case DISC:
+        if (du * du + dv * dv > 1.0f) return 0;
+        break;
+    case RING: {
+        float d2 = du * du + dv * dv;
+        if (d2 > 1.0f || d2 < 0.3f) return 0;
+        break;
+    }
+    case BOX: {
+        float c = cosf(o->angle), sn = sinf(o->angle);
+        float x = c * du + sn * dv, y = -sn * du + c * dv;
+        if (fabsf(x) > o->aspect || fabsf(y) > 1.0f) return 0;
+        du = x; dv = y;
+        break;
+    }
+    case TRIANGLE:  // apex up at dv = -1, base at dv = +1
+        if (dv < -1.0f || dv > 1.0f || fabsf(du) > 0.5f * (dv + 1.0f)) return 0;
+        break;
+    case POLE:      // thin, tall: from dv = -3 to +1
+        if (fabsf(du) > 0.25f || dv < -3.0f || dv > 1.0f) return 0;
+        break;
+    }
+    *s = du; *t = dv;
     return 1;
+}
+
+// class id at world point (u, v) at scene frame j; texture coords into (s, t), and a
+// shading factor into *shade
+static int scene_classify(const Scene* sc, float j, float u, float v, float* s, float* t, float* shade) {
+    for (int i = sc->n_objects - 1; i >= 0; i--) {   // later objects are drawn on top
+        if (object_covers(&sc->obj[i], j, u, v, s, t)) {
+            *shade = sc->obj[i].shade * (1.1f - 0.2f * (*t + 1.0f) * 0.5f);  // lit from above
+            return sc->obj[i].cls;
+        }
+    }
+    *s = u; *t = v;
+    float hz = horizon_at(sc, u);
+    if (v > hz) { *shade = 0.85f + 0.3f * (v - hz); return GROUND; }
+    for (int i = 0; i < sc->n_walls; i++) {
+        if (u >= sc->wall_u0[i] && u < sc->wall_u1[i] && v >= sc->wall_top[i]) {
+            *shade = 0.9f + 0.2f * ((i & 1) ? 1.0f : 0.0f);
+            return WALL;
+        }
+    }
+    *shade = 1.0f - 0.3f * (hz - v);
+    return SKY;
+}
+
+// ----------------------------------------------------------------------------
+// rendering
+
+typedef struct {
+    float gain;         // illumination
+    float cast[3];      // per-channel colour cast
+    float contrast;     // around 0.5
+    float blur;         // gaussian sigma in pixels (0 = none)
+    float noise;        // std of additive pixel noise
+} Look;
+
+typedef struct { float cam_u, cam_v, zoom; } Camera;
+
+// render image (H, W, 3) and labels (H, W) of scene at frame j through camera and look;
+// `noise_rng` draws the pixel noise
+static void render(const Scene* sc, float j, const Camera* cam, const Look* look,
+                   float* img, unsigned char* lab, float* tmp, int H, int W, Rng* noise_rng) {
+    for (int y = 0; y < H; y++) {
+        for (int x = 0; x < W; x++) {
+            float u = cam->cam_u + (x + 0.5f) / H * cam->zoom;
+            float v = cam->cam_v + (y + 0.5f) / H * cam->zoom;
+            float s, t, shade;
+            int cls = scene_classify(sc, j, u, v, &s, &t, &shade);
+            const ClassStyle* st = &sc->style[cls];
+            float p = pattern_value(st, sc->noise_seed + 17u * cls, s, t);
+            float grain = fbm(sc->noise_seed + 101u, 40.0f * s, 40.0f * t) - 0.5f;  // fine texture
+            lab[y * W + x] = (unsigned char)cls;
+            for (int c = 0; c < 3; c++) {
+                float col = mixf(st->base[c], st->alt[c], p) * shade + 0.08f * grain;
+                col = ((col - 0.5f) * look->contrast + 0.5f) * look->gain * look->cast[c];
+                img[(y * W + x) * 3 + c] = col;
+            }
+        }
+    }
+    if (look->blur > 0.05f) {  // separable gaussian, edges clamped
+        int rad = (int)ceilf(2.5f * look->blur);
+        float kern[64];
+        if (rad > 31) rad = 31;
+        float ksum = 0.0f;
+        for (int i = -rad; i <= rad; i++) ksum += kern[i + rad] = expf(-0.5f * i * i / (look->blur * look->blur));
+        for (int i = 0; i <= 2 * rad; i++) kern[i] /= ksum;
+        for (int y = 0; y < H; y++) for (int x = 0; x < W; x++) for (int c = 0; c < 3; c++) {
+            float acc = 0.0f;
+            for (int i = -rad; i <= rad; i++) {
+                int xx = x + i < 0 ? 0 : x + i >= W ? W - 1 : x + i;
+                acc += kern[i + rad] * img[(y * W + xx) * 3 + c];
+            }
+            tmp[(y * W + x) * 3 + c] = acc;
+        }
+        for (int y = 0; y < H; y++) for (int x = 0; x < W; x++) for (int c = 0; c < 3; c++) {
+            float acc = 0.0f;
+            for (int i = -rad; i <= rad; i++) {
+                int yy = y + i < 0 ? 0 : y + i >= H ? H - 1 : y + i;
+                acc += kern[i + rad] * tmp[(yy * W + x) * 3 + c];
+            }
+            img[(y * W + x) * 3 + c] = acc;
+        }
+    }
+    for (size_t i = 0; i < (size_t)H * W * 3; i++)
+        img[i] = clampf(img[i] + look->noise * rng_normal(noise_rng), 0.0f, 1.0f);
+}
+
+// ----------------------------------------------------------------------------
+// output
+
+// mkdir -p: create path and any missing parents
+static void make_dir(const char* path) {
+    char buf[4096];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char* p = buf + 1; ; p++) {
+        if (*p == '/' || *p == 0) {
+            char saved = *p;
+            *p = 0;
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                ttt_die("cannot create directory '%s': %s", buf, strerror(errno));
+            *p = saved;
+            if (saved == 0) break;
+        }
+    }
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) ttt_die("'%s' exists and is not a directory", path);
+}
+
+static void usage(void) {
+    FILE* fp = stdout;
+    fprintf(fp,
+        "usage: ./gen stills OUTDIR [--n N] [--size WxH] [--seed S]\n"
+        "       ./gen video OUTDIR [--frames T] [--size WxH] [--seed S] [--labels DIR]\n"
+        "                 [--drift D] [--drift-period P] [--scene-every N] [--speed V]\n"
+        "\n"
+        "A seeded synthetic world with %d classes (label value = index):", NUM_CLASSES);
+    for (int c = 0; c < NUM_CLASSES; c++) fprintf(fp, " %d %s%s", c, class_names[c], c + 1 < NUM_CLASSES ? "," : "\n");
+    fprintf(fp,
+        "Same arguments give the same bytes.\n"
+        "\n"
+        "stills: N independent scenes in the source appearance, written as\n"
+        "        OUTDIR/images/000000.png (RGB) and OUTDIR/labels/000000.png (class ids).\n"
+        "  --n N             number of images (default 100)\n"
+        "video:  a camera panning through a wide scene with drifting appearance, written as\n"
+        "        OUTDIR/frame000001.png ... and labels with the same names in the labels dir.\n"
+        "  --frames T        number of frames (default 300)\n"
+        "  --labels DIR      where label maps go (default OUTDIR_labels)\n"
+        "  --drift D         strength of the appearance drift, 0 = none (default 1)\n"
+        "  --drift-period P  frames between drift keyframes (default 60)\n"
+        "  --scene-every N   a new scene every N frames (default 300)\n"
+        "  --speed V         camera pan in frame heights per frame (default 0.01)\n"
+        "both:\n"
+        "  --size WxH        frame size in pixels (default 128x96)\n"
+        "  --seed S          random seed (default 1)\n");
+}
+
+static int parse_int(const char* opt, const char* s, int lo) {
+    char* end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0 || v < lo || v > 1000000000L) ttt_die("%s: expected an integer >= %d, got '%s'", opt, lo, s);
+    return (int)v;
+}
+
+static float parse_float(const char* opt, const char* s, float lo) {
+    char* end;
+    float v = strtof(s, &end);
+    if (*s == 0 || *end != 0 || !isfinite(v) || v < lo) ttt_die("%s: expected a number >= %g, got '%s'", opt, lo, s);
+    return v;
+}
+
+// ----------------------------------------------------------------------------
+
+int main(int argc, char** argv) {
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) { usage(); return 0; }
+    }
+    if (argc < 3) ttt_die("expected a mode (stills or video) and an output directory (./gen --help for usage)");
+    const char* mode = argv[1];
+    const char* outdir = argv[2];
+    int is_video = strcmp(mode, "video") == 0;
+    if (!is_video && strcmp(mode, "stills") != 0) ttt_die("unknown mode '%s' (use stills or video; --help for usage)", mode);
+    if (outdir[0] == '-') ttt_die("expected an output directory after '%s', got option '%s'", mode, outdir);
+
+    int n = 100, frames = 300, W = 128, H = 96, scene_every = 300;
+    uint64_t seed = 1;
+    float drift = 1.0f, drift_period = 60.0f, speed = 0.01f;
+    char labels_dir[4096] = {0};
+    for (int i = 3; i < argc; i++) {
+        const char* a = argv[i];
+        if (i + 1 >= argc) ttt_die("option '%s' needs a value (--help for usage)", a);
+        const char* val = argv[++i];
+        if (strcmp(a, "--n") == 0 && !is_video) n = parse_int(a, val, 1);
+        else if (strcmp(a, "--frames") == 0 && is_video) frames = parse_int(a, val, 1);
+        else if (strcmp(a, "--size") == 0) {
+            if (sscanf(val, "%dx%d", &W, &H) != 2 || W < 8 || H < 8 || W > 8192 || H > 8192)
+                ttt_die("--size: expected WxH with 8 <= W, H <= 8192, got '%s'", val);
+        }
+        else if (strcmp(a, "--seed") == 0) seed = (uint64_t)parse_int(a, val, 0);
+        else if (strcmp(a, "--labels") == 0 && is_video) snprintf(labels_dir, sizeof(labels_dir), "%s", val);
+        else if (strcmp(a, "--drift") == 0 && is_video) drift = parse_float(a, val, 0.0f);
+        else if (strcmp(a, "--drift-period") == 0 && is_video) drift_period = parse_float(a, val, 1.0f);
+        else if (strcmp(a, "--scene-every") == 0 && is_video) scene_every = parse_int(a, val, 1);
+        else if (strcmp(a, "--speed") == 0 && is_video) speed = parse_float(a, val, 0.0f);
+        else ttt_die("unknown option '%s' for mode %s (--help for usage)", a, mode);
+    }
+
+    float* img = (float*)mallocCheck((size_t)H * W * 3 * sizeof(float));
+    float* tmp = (float*)mallocCheck((size_t)H * W * 3 * sizeof(float));
+    unsigned char* lab = (unsigned char*)mallocCheck((size_t)H * W);
+    Scene* sc = (Scene*)mallocCheck(sizeof(Scene));
+    char path[8192];
+    float aspect = (float)W / H;
+    make_dir(outdir);
+
+    if (!is_video) {
+        // stills: each image its own scene, source appearance with small jitter
+        snprintf(path, sizeof(path), "%s/images", outdir); make_dir(path);
+        snprintf(path, sizeof(path), "%s/labels", outdir); make_dir(path);
+        for (int k = 0; k < n; k++) {
+            Rng rng;
+            rng_seed(&rng, seed * 1000003ULL + (uint64_t)k);
+            Camera cam = {0.0f, 0.0f, 0.8f + 0.4f * rng_uniform(&rng)};
+            scene_make(sc, &rng, aspect * cam.zoom);
+            for (int c = 0; c < NUM_CLASSES; c++) {
+                ClassStyle* st = &sc->style[c];
+                for (int ch = 0; ch < 3; ch++) {
+                    st->base[ch] = clampf(st->base[ch] + 0.08f * (2.0f * rng_uniform(&rng) - 1.0f), 0.0f, 1.0f);
+                    st->alt[ch] = clampf(st->alt[ch] + 0.08f * (2.0f * rng_uniform(&rng) - 1.0f), 0.0f, 1.0f);
+                }
+                st->freq *= 0.8f + 0.45f * rng_uniform(&rng);
+            }
+            Look look = {0.85f + 0.3f * rng_uniform(&rng), {1.0f, 1.0f, 1.0f},
+                         0.9f + 0.2f * rng_uniform(&rng), 0.5f * rng_uniform(&rng), 0.02f};
+            render(sc, 0.0f, &cam, &look, img, lab, tmp, H, W, &rng);
+            snprintf(path, sizeof(path), "%s/images/%06d.png", outdir, k);
+            image_save_png(path, img, H, W);
+            snprintf(path, sizeof(path), "%s/labels/%06d.png", outdir, k);
+            label_save_png(path, lab, H, W);
+        }
+        printf("gen: wrote %d stills (%dx%d) to %s/images and %s/labels\n", n, W, H, outdir, outdir);
+    } else {
+        if (labels_dir[0] == 0) {
+            size_t len = strlen(outdir);
+            while (len > 1 && outdir[len - 1] == '/') len--;
+            snprintf(labels_dir, sizeof(labels_dir), "%.*s_labels", (int)len, outdir);
+        }
+        make_dir(labels_dir);
+        uint32_t dseed = (uint32_t)hash3((uint32_t)seed, (uint32_t)(seed >> 32), 0xD21F7u);
+        int scene_index = -1;
+        float anchor[NUM_CLASSES][3];   // per-scene offset of the class colours
+        for (int t = 0; t < frames; t++) {
+            int si = t / scene_every;
+            float j = (float)(t % scene_every);     // frame index within the scene
+            if (si != scene_index) {
+                scene_index = si;
+                Rng rng;
+                rng_seed(&rng, seed * 7919ULL + (uint64_t)si * 104729ULL + 1);
+                // wide enough for the whole pan, plus the view and a margin
+                scene_make(sc, &rng, aspect * 1.3f + speed * scene_every + 1.0f);
+                for (int c = 0; c < NUM_CLASSES; c++)
+                    for (int ch = 0; ch < 3; ch++)
+                        anchor[c][ch] = (si == 0 ? 0.0f : 0.12f * drift) * (2.0f * rng_uniform(&rng) - 1.0f);
+            }
+            // appearance drift: smooth tracks in [-1, 1] with keyframes every drift_period
+            float tt = (float)t;
+            for (int c = 0; c < NUM_CLASSES; c++) {
+                ClassStyle* st = &sc->style[c];
+                const ClassStyle* src = &source_style[c];
+                for (int ch = 0; ch < 3; ch++) {
+                    float off = anchor[c][ch] + 0.12f * drift * track(dseed, 100u + 8u * c + ch, tt, drift_period);
+                    st->base[ch] = clampf(src->base[ch] + off, 0.0f, 1.0f);
+                    st->alt[ch] = clampf(src->alt[ch] + off, 0.0f, 1.0f);
+                }
+                st->freq = src->freq * expf(0.35f * drift * track(dseed, 200u + c, tt, 2.0f * drift_period));
+            }
+            Look look;
+            look.gain = 1.0f + 0.3f * drift * track(dseed, 1, tt, drift_period);
+            for (int ch = 0; ch < 3; ch++) look.cast[ch] = 1.0f + 0.2f * drift * track(dseed, 2 + ch, tt, drift_period);
+            look.contrast = 1.0f + 0.3f * drift * track(dseed, 5, tt, drift_period);
+            look.blur = fmaxf(0.0f, 1.2f * drift * track(dseed, 6, tt, drift_period));
+            look.noise = 0.015f + 0.03f * drift * (0.5f + 0.5f * track(dseed, 7, tt, drift_period));
+            // camera: steady pan with gentle vertical bob and zoom breathing
+            Camera cam;
+            cam.zoom = 1.0f + 0.08f * sinf(0.011f * j);
+            cam.cam_u = 0.5f + speed * j;
+            cam.cam_v = 0.04f * sinf(0.017f * j) + 0.5f * (1.0f - cam.zoom);
+            Rng noise_rng;
+            rng_seed(&noise_rng, seed * 31337ULL + (uint64_t)t);
+            render(sc, j, &cam, &look, img, lab, tmp, H, W, &noise_rng);
+            snprintf(path, sizeof(path), "%s/frame%06d.png", outdir, t + 1);
+            image_save_png(path, img, H, W);
+            snprintf(path, sizeof(path), "%s/frame%06d.png", labels_dir, t + 1);
+            label_save_png(path, lab, H, W);
+        }
+        printf("gen: wrote %d frames (%dx%d) to %s, labels to %s\n", frames, W, H, outdir, labels_dir);
+    }
+    free(img); free(tmp); free(lab); free(sc);
+    return 0;
 }

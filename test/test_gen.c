@@ -1,0 +1,122 @@
+// test/test_gen.c: the synthetic-world generator (./gen, built by make before the tests)
+// is deterministic, writes labels in range and of the image's size, keeps nearby video
+// frames alike and scene changes apart, and rejects bad arguments with one error line.
+#include "test.h"
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define TMP "test/tmp"
+#define NUM_CLASSES 8
+
+// run a shell command; return its exit status (-1 if it did not exit normally)
+static int run(const char* cmd) {
+    fflush(stdout);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+// 1 if the two files have identical bytes
+static int same_bytes(const char* a, const char* b) {
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd), "cmp -s '%s' '%s'", a, b);
+    return run(cmd) == 0;
+}
+
+static double mean_abs_diff(const float* a, const float* b, size_t n) {
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += fabs((double)a[i] - b[i]);
+    return s / n;
+}
+
+// the bad command must exit 1 and print a first stderr line starting with "error:"
+static void expect_error(const char* what, const char* args) {
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "./gen %s >/dev/null 2>" TMP "/gen_err.txt", args);
+    int rc = run(cmd);
+    char line[512] = {0};
+    FILE* fp = fopen(TMP "/gen_err.txt", "r");
+    if (fp) { if (!fgets(line, sizeof(line), fp)) line[0] = 0; fclose(fp); }
+    line[strcspn(line, "\n")] = 0;
+    int ok = rc == 1 && strncmp(line, "error:", 6) == 0;
+    printf("%-4s bad input: %-30s -> %s\n", ok ? "ok" : "FAIL", what, line);
+    if (ok) tests_passed++; else tests_failed++;
+}
+
+int main(void) {
+    if (run("mkdir -p " TMP " && rm -rf " TMP "/gen_*") != 0) return 1;
+    char a[512], b[512];
+
+    // stills: same seed, same bytes; another seed, other bytes
+    CHECK(run("./gen stills " TMP "/gen_s1 --n 3 --size 40x24 --seed 5 >/dev/null") == 0, "gen stills failed");
+    CHECK(run("./gen stills " TMP "/gen_s2 --n 3 --size 40x24 --seed 5 >/dev/null") == 0, "gen stills failed");
+    CHECK(run("./gen stills " TMP "/gen_s3 --n 3 --size 40x24 --seed 6 >/dev/null") == 0, "gen stills failed");
+    int same = 1;
+    for (int k = 0; k < 3; k++) {
+        snprintf(a, sizeof(a), TMP "/gen_s1/images/%06d.png", k);
+        snprintf(b, sizeof(b), TMP "/gen_s2/images/%06d.png", k);
+        same &= same_bytes(a, b);
+        snprintf(a, sizeof(a), TMP "/gen_s1/labels/%06d.png", k);
+        snprintf(b, sizeof(b), TMP "/gen_s2/labels/%06d.png", k);
+        same &= same_bytes(a, b);
+    }
+    CHECK(same, "stills with the same seed differ");
+    CHECK(!same_bytes(TMP "/gen_s1/images/000000.png", TMP "/gen_s3/images/000000.png"),
+          "stills with different seeds are identical");
+
+    // video: deterministic too; 12 frames with a scene change after 8
+    const char* vid = "--frames 12 --size 40x24 --seed 9 --scene-every 8";
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "./gen video " TMP "/gen_v1 %s >/dev/null", vid);
+    CHECK(run(cmd) == 0, "gen video failed");
+    snprintf(cmd, sizeof(cmd), "./gen video " TMP "/gen_v2 %s --labels " TMP "/gen_v2lab >/dev/null", vid);
+    CHECK(run(cmd) == 0, "gen video failed");
+    same = 1;
+    for (int t = 1; t <= 12; t++) {
+        snprintf(a, sizeof(a), TMP "/gen_v1/frame%06d.png", t);
+        snprintf(b, sizeof(b), TMP "/gen_v2/frame%06d.png", t);
+        same &= same_bytes(a, b);
+        snprintf(a, sizeof(a), TMP "/gen_v1_labels/frame%06d.png", t);
+        snprintf(b, sizeof(b), TMP "/gen_v2lab/frame%06d.png", t);
+        same &= same_bytes(a, b);
+    }
+    CHECK(same, "videos with the same seed differ");
+
+    // every label map matches its image's size and holds class ids < NUM_CLASSES
+    int sizes_ok = 1, range_ok = 1, classes_seen[NUM_CLASSES] = {0};
+    float* frames[12];
+    for (int t = 1; t <= 12; t++) {
+        int H, W, LH, LW;
+        snprintf(a, sizeof(a), TMP "/gen_v1/frame%06d.png", t);
+        snprintf(b, sizeof(b), TMP "/gen_v1_labels/frame%06d.png", t);
+        frames[t - 1] = image_load(a, &H, &W);
+        unsigned char* lab = label_load(b, 0, 0, &LH, &LW);
+        sizes_ok &= H == 24 && W == 40 && LH == H && LW == W;
+        for (int i = 0; i < LH * LW; i++) {
+            if (lab[i] >= NUM_CLASSES) range_ok = 0;
+            else classes_seen[lab[i]] = 1;
+        }
+        free(lab);
+    }
+    CHECK(sizes_ok, "a frame or label is not 40x24");
+    CHECK(range_ok, "a label is outside [0, %d)", NUM_CLASSES);
+    CHECK(classes_seen[0] && classes_seen[1], "sky and ground never appear");
+
+    // locality: consecutive frames are closer than frames across the scene change
+    size_t n = 24 * 40 * 3;
+    double near = mean_abs_diff(frames[0], frames[1], n);
+    double far = mean_abs_diff(frames[0], frames[8], n);
+    printf("%-4s locality: |x2 - x1| = %.4f < |x9 - x1| = %.4f (new scene)\n", near < far ? "ok" : "FAIL", near, far);
+    if (near < far) tests_passed++; else tests_failed++;
+    for (int t = 0; t < 12; t++) free(frames[t]);
+
+    // bad arguments
+    expect_error("no arguments", "");
+    expect_error("unknown mode", "movie " TMP "/gen_x");
+    expect_error("unknown option", "video " TMP "/gen_x --fps 3");
+    expect_error("option for the other mode", "stills " TMP "/gen_x --frames 3");
+    expect_error("bad size", "video " TMP "/gen_x --size 3x3");
+    expect_error("bad number", "stills " TMP "/gen_x --n ten");
+    expect_error("missing value", "stills " TMP "/gen_x --n");
+    expect_error("output is a file", "stills " TMP "/gen_err.txt --n 1");
+    return test_summary("test_gen");
+}
