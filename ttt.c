@@ -251,47 +251,90 @@ static inline void axpy_f32(float* y, float a, const float* x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias,
-                        int N, int C, int OC) {
-    // rows in tiles of 4 so each weight row is read once per tile
-    const int TILE = 4;
-    int ntiles = (N + TILE - 1) / TILE;
-    #pragma omp parallel for schedule(static)
-    for (int t = 0; t < ntiles; t++) {
-        int n0 = t * TILE, n1 = n0 + TILE < N ? n0 + TILE : N;
-        for (int o = 0; o < OC; o++) {
-            const float* w = weight + (size_t)o * C;
-            float b = bias ? bias[o] : 0.0f;
-            for (int n = n0; n < n1; n++) {
-                out[(size_t)n * OC + o] = b + dot_f32(inp + (size_t)n * C, w, C);
+// out (M, NC) (row stride ldo) += A (M, K) @ Bm (K, NC), with A[m][k] = A[m * a_m + k * a_k]
+// and Bm[k][j] = B[k * b_k + j * b_j], so one kernel serves all three products of linear:
+//   forward  out = inp @ weight^T      (A = inp,    B = weight read transposed)
+//   dinp    += dout @ weight           (A = dout,   B = weight)
+//   dweight += dout^T @ inp            (A = dout read transposed, B = inp)
+// Work is split into tasks of MM_MB rows x MM_NR columns, each owned by one thread (no
+// races). A task walks K in chunks of MM_KC: it packs that chunk of its MM_NR columns of B
+// contiguously (zero-padded past NC) on the stack, then sweeps its rows MM_MR at a time
+// with a MM_MR x MM_NR register tile. Partial sums per chunk stay in float registers and
+// are added to out after each chunk (two-level summation keeps float error small).
+#define MM_MR 4      // rows per register tile
+#define MM_NR 16     // columns per register tile (and per task)
+#define MM_KC 256    // K chunk packed at a time
+#define MM_MB 64     // rows per task
+
+static void matmul_acc_cpu(float* out, int ldo, const float* A, size_t a_m, size_t a_k,
+                           const float* B, size_t b_k, size_t b_j, int M, int K, int NC) {
+    int mtasks = (M + MM_MB - 1) / MM_MB, ntasks = (NC + MM_NR - 1) / MM_NR;
+    #pragma omp parallel for collapse(2) schedule(static) if ((double)M * K * NC > 65536.0)
+    for (int jt = 0; jt < ntasks; jt++) {
+        for (int mt = 0; mt < mtasks; mt++) {
+            float packed[MM_KC * MM_NR];  // (kc, MM_NR) slice of B
+            int j0 = jt * MM_NR, nj = NC - j0 < MM_NR ? NC - j0 : MM_NR;
+            int m0 = mt * MM_MB, m1 = m0 + MM_MB < M ? m0 + MM_MB : M;
+            for (int k0 = 0; k0 < K; k0 += MM_KC) {
+                int kc = K - k0 < MM_KC ? K - k0 : MM_KC;
+                for (int k = 0; k < kc; k++) {
+                    for (int j = 0; j < MM_NR; j++) {
+                        packed[k * MM_NR + j] = j < nj ? B[(size_t)(k0 + k) * b_k + (size_t)(j0 + j) * b_j] : 0.0f;
+                    }
+                }
+                for (int m = m0; m < m1; m += MM_MR) {
+                    // rows past the end repeat the last row; their results are not stored
+                    const float* a[MM_MR];
+                    for (int r = 0; r < MM_MR; r++) {
+                        int mr = m + r < m1 ? m + r : m1 - 1;
+                        a[r] = A + (size_t)mr * a_m + (size_t)k0 * a_k;
+                    }
+                    float acc[MM_MR][MM_NR] = {{0.0f}};
+                    for (int k = 0; k < kc; k++) {
+                        const float* bk = packed + k * MM_NR;
+                        for (int r = 0; r < MM_MR; r++) {
+                            float ark = a[r][(size_t)k * a_k];
+                            for (int j = 0; j < MM_NR; j++) acc[r][j] += ark * bk[j];
+                        }
+                    }
+                    for (int r = 0; r < MM_MR && m + r < m1; r++) {
+                        float* o = out + (size_t)(m + r) * ldo + j0;
+                        for (int j = 0; j < nj; j++) o[j] += acc[r][j];
+                    }
+                }
             }
         }
     }
 }
 
+void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias,
+                        int N, int C, int OC) {
+    #pragma omp parallel for schedule(static) if ((size_t)N * OC > 65536)
+    for (int n = 0; n < N; n++) {
+        float* o = out + (size_t)n * OC;
+        for (int j = 0; j < OC; j++) o[j] = bias ? bias[j] : 0.0f;
+    }
+    matmul_acc_cpu(out, OC, inp, C, 1, weight, 1, C, N, C, OC);
+}
+
 void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout,
                          const float* inp, const float* weight, int N, int C, int OC) {
-    // dinp (N, C) += dout (N, OC) @ weight (OC, C): rows are independent
-    if (dinp) {
-        #pragma omp parallel for schedule(static)
-        for (int n = 0; n < N; n++) {
-            float* di = dinp + (size_t)n * C;
-            const float* d = dout + (size_t)n * OC;
-            for (int o = 0; o < OC; o++) axpy_f32(di, d[o], weight + (size_t)o * C, C);
-        }
-    }
-    // dweight (OC, C) += dout^T @ inp, dbias += column sums of dout: output rows independent
-    if (dweight || dbias) {
-        #pragma omp parallel for schedule(static)
-        for (int o = 0; o < OC; o++) {
-            double sb = 0.0;
-            float* dw = dweight ? dweight + (size_t)o * C : NULL;
+    // dinp (N, C) += dout (N, OC) @ weight (OC, C)
+    if (dinp) matmul_acc_cpu(dinp, C, dout, OC, 1, weight, C, 1, N, OC, C);
+    // dweight (OC, C) += dout^T (OC, N) @ inp (N, C)
+    if (dweight) matmul_acc_cpu(dweight, C, dout, 1, OC, inp, C, 1, OC, N, C);
+    // dbias (OC) += column sums of dout, in double; threads own blocks of 64 columns
+    if (dbias) {
+        int nblocks = (OC + 63) / 64;
+        #pragma omp parallel for schedule(static) if ((size_t)N * OC > 65536)
+        for (int ob = 0; ob < nblocks; ob++) {
+            int o0 = ob * 64, no = OC - o0 < 64 ? OC - o0 : 64;
+            double sum[64] = {0.0};
             for (int n = 0; n < N; n++) {
-                float d = dout[(size_t)n * OC + o];
-                sb += d;
-                if (dw) axpy_f32(dw, d, inp + (size_t)n * C, C);
+                const float* d = dout + (size_t)n * OC + o0;
+                for (int j = 0; j < no; j++) sum[j] += d[j];
             }
-            if (dbias) dbias[o] += (float)sb;
+            for (int j = 0; j < no; j++) dbias[o0 + j] += (float)sum[j];
         }
     }
 }
@@ -1215,7 +1258,34 @@ void sum_squares_cpu(float* out, const float* x, size_t N) {
 // normalisation, ...)  (CPU references)
 // ============================================================================
 
-// (part C goes here)
+static const float IMAGENET_MEAN[3] = {0.485f, 0.456f, 0.406f};   // 123.675 / 255 ...
+static const float IMAGENET_STD[3] = {0.229f, 0.224f, 0.225f};     // 58.395 / 255 ...
+
+void mae_prepare_input_cpu(float* inp4, float* target, float* target_mask, const float* rgb,
+                           const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps) {
+    int nPw = Wp / ps, nPh = Hp / ps, H4 = Hp / 4, W4 = Wp / 4;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int y = 0; y < Hp; y++) {
+            for (int x = 0; x < Wp; x++) {
+                int inside = y < H && x < W;
+                int masked = patch_mask ? patch_mask[((size_t)b * nPh + y / ps) * nPw + x / ps] : 0;
+                float* o = inp4 ? inp4 + (((size_t)b * Hp + y) * Wp + x) * 4 : NULL;
+                for (int c = 0; c < 3; c++) {
+                    float v = inside ? (rgb[(((size_t)b * H + y) * W + x) * 3 + c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c] : 0.0f;
+                    if (o) o[c] = masked ? 0.0f : v;
+                    if (target || target_mask) {
+                        int q = c * 16 + (y % 4) * 4 + (x % 4);
+                        size_t i = (((size_t)b * 48 + q) * H4 + y / 4) * W4 + x / 4;
+                        if (target) target[i] = v;
+                        if (target_mask) target_mask[i] = (masked && inside) ? 1.0f : 0.0f;
+                    }
+                }
+                if (o) o[3] = masked ? 1.0f : 0.0f;
+            }
+        }
+    }
+}
 
 // ============================================================================
 // end of OPS PART C
@@ -1695,4 +1765,12 @@ void sum_squares(float* out, const float* x, size_t N) {
     if (ttt_device == DEVICE_CUDA) { sum_squares_cuda(out, x, N); return; }
 #endif
     sum_squares_cpu(out, x, N);
+}
+
+void mae_prepare_input(float* inp4, float* target, float* target_mask, const float* rgb,
+                       const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { mae_prepare_input_cuda(inp4, target, target_mask, rgb, patch_mask, B, H, W, Hp, Wp, ps); return; }
+#endif
+    mae_prepare_input_cpu(inp4, target, target_mask, rgb, patch_mask, B, H, W, Hp, Wp, ps);
 }

@@ -81,6 +81,44 @@ static void test_linear_case(int N, int C, int OC, int use_bias) {
     free(t.inp); free(t.w); free(t.b); free(t.R); free(t.out); free(ref); free(di); free(dw); free(db);
 }
 
+// a size that crosses every tile boundary of the CPU matmul (row tasks, column blocks,
+// K chunks): forward and all three gradients against naive double sums
+static void test_linear_large(void) {
+    int N = 301, C = 271, OC = 37;
+    float *inp = random_tensor(&rng, (size_t)N * C, -1, 1), *w = random_tensor(&rng, (size_t)OC * C, -1, 1);
+    float *b = random_tensor(&rng, OC, -1, 1), *dout = random_tensor(&rng, (size_t)N * OC, -1, 1);
+    float *out = zeros((size_t)N * OC), *di = zeros((size_t)N * C), *dw = zeros((size_t)OC * C), *db = zeros(OC);
+    float *ref = zeros((size_t)N * OC), *rdi = zeros((size_t)N * C), *rdw = zeros((size_t)OC * C), *rdb = zeros(OC);
+    linear_forward_cpu(out, inp, w, b, N, C, OC);
+    linear_backward_cpu(di, dw, db, dout, inp, w, N, C, OC);
+    for (int n = 0; n < N; n++) for (int o = 0; o < OC; o++) {
+        double s = b[o];
+        for (int c = 0; c < C; c++) s += (double)inp[n * C + c] * w[o * C + c];
+        ref[n * OC + o] = (float)s;
+    }
+    for (int n = 0; n < N; n++) for (int c = 0; c < C; c++) {
+        double s = 0;
+        for (int o = 0; o < OC; o++) s += (double)dout[n * OC + o] * w[o * C + c];
+        rdi[n * C + c] = (float)s;
+    }
+    for (int o = 0; o < OC; o++) {
+        double sb = 0;
+        for (int n = 0; n < N; n++) sb += dout[n * OC + o];
+        rdb[o] = (float)sb;
+        for (int c = 0; c < C; c++) {
+            double s = 0;
+            for (int n = 0; n < N; n++) s += (double)dout[n * OC + o] * inp[n * C + c];
+            rdw[o * C + c] = (float)s;
+        }
+    }
+    check_close("linear 301x271->37 forward vs naive", out, ref, (size_t)N * OC, 1e-5);
+    check_close("linear 301x271->37 dinp vs naive", di, rdi, (size_t)N * C, 1e-5);
+    check_close("linear 301x271->37 dweight vs naive", dw, rdw, (size_t)OC * C, 1e-5);
+    check_close("linear 301x271->37 dbias vs naive", db, rdb, OC, 1e-5);
+    free(inp); free(w); free(b); free(dout); free(out); free(di); free(dw); free(db);
+    free(ref); free(rdi); free(rdw); free(rdb);
+}
+
 // ----------------------------------------------------------------------------
 // layernorm and groupnorm
 
@@ -342,6 +380,7 @@ int main(void) {
     test_elementwise();
     test_linear_case(7, 13, 11, 1);
     test_linear_case(9, 37, 5, 0);
+    test_linear_large();
     test_layernorm();
     test_groupnorm();
     test_activations();
