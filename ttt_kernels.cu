@@ -1287,3 +1287,39 @@ extern "C" void attn_mask_from_logits_cuda(float* mask_add, const float* logits,
     if (rows <= 0 || T <= 0) return;
     attn_mask_from_logits_kernel<<<(rows + 7) / 8, 256>>>(mask_add, logits, rows, T); launchCheck();
 }
+
+// MAE input and target (mae.c's op): one thread per pixel (b, y, x) of the padded
+// Hp x Wp grid. inp4 (B, Hp, Wp, 4): normalised RGB, zero where masked or padding,
+// channel 3 = masked; target, target_mask (B, 48, Hp/4, Wp/4) with query
+// q = c*16 + (y%4)*4 + (x%4). Same float arithmetic as the CPU reference.
+__global__ void mae_prepare_input_kernel(float* inp4, float* target, float* target_mask, const float* rgb,
+                                         const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps) {
+    const float mean[3] = {0.485f, 0.456f, 0.406f}, stdv[3] = {0.229f, 0.224f, 0.225f};
+    int nPw = Wp / ps, nPh = Hp / ps, H4 = Hp / 4, W4 = Wp / 4;
+    size_t total = (size_t)B * Hp * Wp;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int x = i % Wp, y = (i / Wp) % Hp;
+        size_t b = i / ((size_t)Wp * Hp);
+        int inside = y < H && x < W;
+        int masked = patch_mask ? patch_mask[(b * nPh + y / ps) * nPw + x / ps] : 0;
+        float* o = inp4 ? inp4 + i * 4 : NULL;
+        for (int c = 0; c < 3; c++) {
+            float v = inside ? __fdiv_rn(rgb[((b * H + y) * W + x) * 3 + c] - mean[c], stdv[c]) : 0.0f;
+            if (o) o[c] = masked ? 0.0f : v;
+            int q = c * 16 + (y % 4) * 4 + (x % 4);
+            size_t t = ((b * 48 + q) * H4 + y / 4) * W4 + x / 4;
+            if (target) target[t] = v;
+            if (target_mask) target_mask[t] = (masked && inside) ? 1.0f : 0.0f;
+        }
+        if (o) o[3] = masked ? 1.0f : 0.0f;
+    }
+}
+
+extern "C" void mae_prepare_input_cuda(float* inp4, float* target, float* target_mask, const float* rgb,
+                                       const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps) {
+    size_t total = (size_t)B * Hp * Wp;
+    if (total == 0) return;
+    mae_prepare_input_kernel<<<grid_for(total, 256), 256>>>(inp4, target, target_mask, rgb, patch_mask,
+                                                            B, H, W, Hp, Wp, ps);
+    launchCheck();
+}
