@@ -24,7 +24,7 @@ static int run(const char* cmd) {
 
 // run ./stream ARGS with stdout and stderr into TMP/st_log.txt; return the exit status
 static int stream(const char* args) {
-    char cmd[2048];
+    char cmd[4096];
     snprintf(cmd, sizeof(cmd), "./stream %s >" TMP "/st_log.txt 2>&1", args);
     return run(cmd);
 }
@@ -137,7 +137,7 @@ int main(void) {
 
     // a tiny video, its labels and a tiny random model
     CHECK(run("./gen video " VID " --frames 4 --size 40x32 --seed 3 >/dev/null") == 0, "gen failed");
-    ModelConfig cfg = model_config_tiny();
+    ModelConfig cfg = model_config_tiny(8);
     Model* m = model_create(&cfg, 2, FH, FW);
     model_init_random(m, 1);
     model_save(m, MODEL);
