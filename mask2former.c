@@ -7,7 +7,845 @@
 // PIXEL DECODER AND TRANSFORMER DECODER
 // ============================================================================
 
-// (decoder goes here)
+// ----------------------------------------------------------------------------
+// configs
+
+static M2FConfig m2f_config_make(const int in_dims[4], int num_classes, int conv_dim,
+                                 int num_groups, int num_queries, int num_heads, int ffn_dim,
+                                 int dec_layers) {
+    M2FConfig c;
+    for (int l = 0; l < 4; l++) c.in_dims[l] = in_dims[l];
+    c.conv_dim = conv_dim;
+    c.mask_dim = conv_dim;
+    c.num_groups = num_groups;
+    c.num_queries = num_queries;
+    c.hidden_dim = conv_dim;
+    c.num_heads = num_heads;
+    c.ffn_dim = ffn_dim;
+    c.dec_layers = dec_layers;
+    c.num_classes = num_classes;
+    return c;
+}
+
+M2FConfig m2f_config_published(const int in_dims[4], int num_classes) {
+    return m2f_config_make(in_dims, num_classes, 256, 32, 100, 8, 2048, 9);
+}
+
+M2FConfig m2f_config_small(const int in_dims[4], int num_classes) {
+    return m2f_config_make(in_dims, num_classes, 64, 8, 20, 4, 256, 3);
+}
+
+M2FConfig m2f_config_tiny(const int in_dims[4], int num_classes) {
+    return m2f_config_make(in_dims, num_classes, 16, 4, 5, 2, 24, 3);
+}
+
+void m2f_config_check(const M2FConfig* c) {
+    for (int l = 0; l < 4; l++) {
+        if (c->in_dims[l] <= 0) ttt_die("m2f config: in_dims[%d] = %d must be positive", l, c->in_dims[l]);
+    }
+    if (c->conv_dim <= 0 || c->mask_dim <= 0 || c->hidden_dim <= 0 || c->ffn_dim <= 0)
+        ttt_die("m2f config: conv_dim, mask_dim, hidden_dim, ffn_dim must be positive");
+    if (c->conv_dim != c->hidden_dim)
+        ttt_die("m2f config: conv_dim (%d) must equal hidden_dim (%d): no input projections",
+                c->conv_dim, c->hidden_dim);
+    if (c->num_groups <= 0 || c->conv_dim % c->num_groups != 0)
+        ttt_die("m2f config: conv_dim %d not divisible by num_groups %d", c->conv_dim, c->num_groups);
+    if (c->num_heads <= 0 || c->hidden_dim % c->num_heads != 0)
+        ttt_die("m2f config: hidden_dim %d not divisible by num_heads %d", c->hidden_dim, c->num_heads);
+    if (c->hidden_dim % 2 != 0) ttt_die("m2f config: hidden_dim must be even (sine encoding)");
+    if (c->num_queries <= 0) ttt_die("m2f config: num_queries must be positive");
+    if (c->dec_layers < 1 || c->dec_layers > M2F_MAX_LAYERS)
+        ttt_die("m2f config: dec_layers %d outside [1, %d]", c->dec_layers, M2F_MAX_LAYERS);
+    if (c->num_classes < 1 || c->num_classes > 255)
+        ttt_die("m2f config: num_classes %d outside [1, 255]", c->num_classes);
+}
+
+void m2f_level_sizes(int H4, int W4, int Hs[4], int Ws[4]) {
+    Hs[0] = H4; Ws[0] = W4;
+    for (int l = 1; l < 4; l++) { Hs[l] = (Hs[l - 1] + 1) / 2; Ws[l] = (Ws[l - 1] + 1) / 2; }
+}
+
+// hands out consecutive pieces of one allocation; with mem == NULL it only counts
+static float* take(float* mem, size_t* off, size_t n) {
+    float* p = mem ? mem + *off : NULL;
+    *off += n;
+    return p;
+}
+
+// ----------------------------------------------------------------------------
+// pixel decoder: parameters and activations
+
+static size_t pixel_decoder_layout_params(PixelDecoderParams* p, float* mem, const M2FConfig* c) {
+    size_t off = 0;
+    int CD = c->conv_dim;
+    for (int l = 0; l < 3; l++) p->lateral_w[l] = take(mem, &off, (size_t)CD * c->in_dims[l]);
+    for (int l = 0; l < 3; l++) p->lateral_gn_w[l] = take(mem, &off, CD);
+    for (int l = 0; l < 3; l++) p->lateral_gn_b[l] = take(mem, &off, CD);
+    for (int l = 0; l < 4; l++) {
+        int C = (l == 3) ? c->in_dims[3] : CD;
+        p->output_w[l] = take(mem, &off, (size_t)CD * 9 * C);
+    }
+    for (int l = 0; l < 4; l++) p->output_gn_w[l] = take(mem, &off, CD);
+    for (int l = 0; l < 4; l++) p->output_gn_b[l] = take(mem, &off, CD);
+    p->mask_w = take(mem, &off, (size_t)c->mask_dim * 9 * CD);
+    p->mask_b = take(mem, &off, c->mask_dim);
+    return off;
+}
+
+size_t pixel_decoder_num_params(const M2FConfig* cfg) {
+    PixelDecoderParams p;
+    return pixel_decoder_layout_params(&p, NULL, cfg);
+}
+
+void pixel_decoder_point_params(PixelDecoderParams* p, float* mem, const M2FConfig* cfg) {
+    pixel_decoder_layout_params(p, mem, cfg);
+}
+
+static void fill_uniform_host(Rng* rng, float* x, size_t n, float bound) {
+    rng_fill_uniform(rng, x, n, -bound, bound);
+}
+static void fill_const_host(float* x, size_t n, float v) {
+    for (size_t i = 0; i < n; i++) x[i] = v;
+}
+
+void pixel_decoder_init_params(float* mem, const M2FConfig* c, Rng* rng) {
+    PixelDecoderParams p;
+    pixel_decoder_point_params(&p, mem, c);
+    int CD = c->conv_dim;
+    // c2_xavier_fill = kaiming_uniform(a=1): bound sqrt(3 / fan_in), bias 0
+    for (int l = 0; l < 3; l++) {
+        fill_uniform_host(rng, p.lateral_w[l], (size_t)CD * c->in_dims[l], sqrtf(3.0f / c->in_dims[l]));
+        fill_const_host(p.lateral_gn_w[l], CD, 1.0f);
+        fill_const_host(p.lateral_gn_b[l], CD, 0.0f);
+    }
+    for (int l = 0; l < 4; l++) {
+        int C = (l == 3) ? c->in_dims[3] : CD;
+        fill_uniform_host(rng, p.output_w[l], (size_t)CD * 9 * C, sqrtf(3.0f / (9.0f * C)));
+        fill_const_host(p.output_gn_w[l], CD, 1.0f);
+        fill_const_host(p.output_gn_b[l], CD, 0.0f);
+    }
+    fill_uniform_host(rng, p.mask_w, (size_t)c->mask_dim * 9 * CD, sqrtf(3.0f / (9.0f * CD)));
+    fill_const_host(p.mask_b, c->mask_dim, 0.0f);
+}
+
+static size_t pixel_decoder_layout_acts(PixelDecoderActs* a, float* mem, const M2FConfig* c,
+                                        int B, int H4, int W4) {
+    size_t off = 0;
+    int CD = c->conv_dim, G = c->num_groups;
+    a->max_B = B; a->H4 = H4; a->W4 = W4;
+    m2f_level_sizes(H4, W4, a->Hs, a->Ws);
+    for (int l = 0; l < 3; l++) {
+        size_t n = (size_t)B * a->Hs[l] * a->Ws[l] * CD;
+        a->lateral[l] = take(mem, &off, n);
+        a->lateral_gn[l] = take(mem, &off, n);
+        a->lateral_mean[l] = take(mem, &off, (size_t)B * G);
+        a->lateral_rstd[l] = take(mem, &off, (size_t)B * G);
+        a->fused[l] = take(mem, &off, n);
+    }
+    for (int l = 0; l < 4; l++) {
+        size_t n = (size_t)B * a->Hs[l] * a->Ws[l] * CD;
+        a->conv[l] = take(mem, &off, n);
+        a->gn[l] = take(mem, &off, n);
+        a->mean[l] = take(mem, &off, (size_t)B * G);
+        a->rstd[l] = take(mem, &off, (size_t)B * G);
+        a->out[l] = take(mem, &off, n);
+    }
+    a->mask_features = take(mem, &off, (size_t)B * H4 * W4 * c->mask_dim);
+    return off;
+}
+
+size_t pixel_decoder_num_acts(const M2FConfig* cfg, int max_B, int H4, int W4) {
+    PixelDecoderActs a;
+    return pixel_decoder_layout_acts(&a, NULL, cfg, max_B, H4, W4);
+}
+
+void pixel_decoder_point_acts(PixelDecoderActs* a, float* mem, const M2FConfig* cfg,
+                              int max_B, int H4, int W4) {
+    pixel_decoder_layout_acts(a, mem, cfg, max_B, H4, W4);
+}
+
+// ----------------------------------------------------------------------------
+// pixel decoder: forward and backward
+
+void pixel_decoder_forward(const M2FConfig* c, const PixelDecoderParams* p, PixelDecoderActs* a,
+                           const float* const feats[4], int B) {
+    if (B < 1 || B > a->max_B) ttt_die("pixel decoder: batch %d outside [1, %d]", B, a->max_B);
+    int CD = c->conv_dim, G = c->num_groups;
+    const int* Hs = a->Hs; const int* Ws = a->Ws;
+    // 1/32: conv3x3 + GN + ReLU
+    size_t n3 = (size_t)B * Hs[3] * Ws[3] * CD;
+    conv2d_forward(a->conv[3], feats[3], p->output_w[3], NULL, B, Hs[3], Ws[3], c->in_dims[3], CD,
+                   3, 1, 1, Hs[3], Ws[3]);
+    groupnorm_forward(a->gn[3], a->mean[3], a->rstd[3], a->conv[3], p->output_gn_w[3],
+                      p->output_gn_b[3], B, Hs[3] * Ws[3], CD, G);
+    relu_forward(a->out[3], a->gn[3], n3);
+    // 1/16, 1/8, 1/4: lateral conv1x1 + GN, plus the nearest-upsampled coarser output
+    for (int l = 2; l >= 0; l--) {
+        int HW = Hs[l] * Ws[l];
+        size_t n = (size_t)B * HW * CD;
+        conv2d_forward(a->lateral[l], feats[l], p->lateral_w[l], NULL, B, Hs[l], Ws[l],
+                       c->in_dims[l], CD, 1, 1, 0, Hs[l], Ws[l]);
+        groupnorm_forward(a->lateral_gn[l], a->lateral_mean[l], a->lateral_rstd[l], a->lateral[l],
+                          p->lateral_gn_w[l], p->lateral_gn_b[l], B, HW, CD, G);
+        upsample_nearest_forward(a->fused[l], a->out[l + 1], B, Hs[l + 1], Ws[l + 1], CD, Hs[l], Ws[l]);
+        add_inplace(a->fused[l], a->lateral_gn[l], n);
+        conv2d_forward(a->conv[l], a->fused[l], p->output_w[l], NULL, B, Hs[l], Ws[l], CD, CD,
+                       3, 1, 1, Hs[l], Ws[l]);
+        groupnorm_forward(a->gn[l], a->mean[l], a->rstd[l], a->conv[l], p->output_gn_w[l],
+                          p->output_gn_b[l], B, HW, CD, G);
+        relu_forward(a->out[l], a->gn[l], n);
+    }
+    conv2d_forward(a->mask_features, a->out[0], p->mask_w, p->mask_b, B, Hs[0], Ws[0], CD,
+                   c->mask_dim, 3, 1, 1, Hs[0], Ws[0]);
+}
+
+void pixel_decoder_backward(const M2FConfig* c, const PixelDecoderParams* p,
+                            PixelDecoderParams* g, const PixelDecoderActs* a,
+                            PixelDecoderActs* da, const float* const feats[4], float* dfeats[4],
+                            int B) {
+    int CD = c->conv_dim, G = c->num_groups;
+    const int* Hs = a->Hs; const int* Ws = a->Ws;
+    // scratch gradients start at zero (backward ops accumulate)
+    for (int l = 0; l < 4; l++) {
+        size_t bytes = (size_t)B * Hs[l] * Ws[l] * CD * sizeof(float);
+        if (l < 3) {
+            ttt_zero(da->lateral[l], bytes);
+            ttt_zero(da->fused[l], bytes);
+        }
+        ttt_zero(da->conv[l], bytes);
+        ttt_zero(da->gn[l], bytes);
+    }
+    ttt_zero(da->out[0], (size_t)B * Hs[0] * Ws[0] * CD * sizeof(float));
+
+    conv2d_backward(da->out[0], g->mask_w, g->mask_b, da->mask_features, a->out[0], p->mask_w,
+                    B, Hs[0], Ws[0], CD, c->mask_dim, 3, 1, 1, Hs[0], Ws[0]);
+    for (int l = 0; l < 3; l++) {
+        int HW = Hs[l] * Ws[l];
+        size_t n = (size_t)B * HW * CD;
+        relu_backward(da->gn[l], a->out[l], da->out[l], n);
+        groupnorm_backward(da->conv[l], g->output_gn_w[l], g->output_gn_b[l], da->gn[l], a->conv[l],
+                           p->output_gn_w[l], a->mean[l], a->rstd[l], B, HW, CD, G);
+        conv2d_backward(da->fused[l], g->output_w[l], NULL, da->conv[l], a->fused[l], p->output_w[l],
+                        B, Hs[l], Ws[l], CD, CD, 3, 1, 1, Hs[l], Ws[l]);
+        // fused = lateral_gn + up(out[l+1]): both branches get d fused
+        upsample_nearest_backward(da->out[l + 1], da->fused[l], B, Hs[l + 1], Ws[l + 1], CD,
+                                  Hs[l], Ws[l]);
+        groupnorm_backward(da->lateral[l], g->lateral_gn_w[l], g->lateral_gn_b[l], da->fused[l],
+                           a->lateral[l], p->lateral_gn_w[l], a->lateral_mean[l],
+                           a->lateral_rstd[l], B, HW, CD, G);
+        conv2d_backward(dfeats ? dfeats[l] : NULL, g->lateral_w[l], NULL, da->lateral[l], feats[l],
+                        p->lateral_w[l], B, Hs[l], Ws[l], c->in_dims[l], CD, 1, 1, 0, Hs[l], Ws[l]);
+    }
+    size_t n3 = (size_t)B * Hs[3] * Ws[3] * CD;
+    relu_backward(da->gn[3], a->out[3], da->out[3], n3);
+    groupnorm_backward(da->conv[3], g->output_gn_w[3], g->output_gn_b[3], da->gn[3], a->conv[3],
+                       p->output_gn_w[3], a->mean[3], a->rstd[3], B, Hs[3] * Ws[3], CD, G);
+    conv2d_backward(dfeats ? dfeats[3] : NULL, g->output_w[3], NULL, da->conv[3], feats[3],
+                    p->output_w[3], B, Hs[3], Ws[3], c->in_dims[3], CD, 3, 1, 1, Hs[3], Ws[3]);
+}
+
+// ----------------------------------------------------------------------------
+// the new op attn_mask_from_logits: CPU reference and dispatcher (the CUDA twin lives in
+// ttt_kernels.cu). Math in ttt.h.
+
+void attn_mask_from_logits_cpu(float* mask_add, const float* logits, int B, int Q, int T) {
+    #pragma omp parallel for
+    for (int row = 0; row < B * Q; row++) {
+        const float* x = logits + (size_t)row * T;
+        float* m = mask_add + (size_t)row * T;
+        int open = 0;
+        for (int t = 0; t < T; t++) {
+            int blocked = 1.0f / (1.0f + expf(-x[t])) < 0.5f;
+            m[t] = blocked ? -INFINITY : 0.0f;
+            open += !blocked;
+        }
+        if (open == 0) {
+            for (int t = 0; t < T; t++) m[t] = 0.0f;
+        }
+    }
+}
+
+void attn_mask_from_logits(float* mask_add, const float* logits, int B, int Q, int T) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { attn_mask_from_logits_cuda(mask_add, logits, B, Q, T); return; }
+#endif
+    attn_mask_from_logits_cpu(mask_add, logits, B, Q, T);
+}
+
+// ----------------------------------------------------------------------------
+// the head h: parameters and activations
+
+static size_t m2f_layout_params(M2FParams* p, float* mem, const M2FConfig* c) {
+    size_t off = pixel_decoder_layout_params(&p->pd, mem, c);
+    size_t D = c->hidden_dim, Q = c->num_queries, F = c->ffn_dim, NL = c->dec_layers;
+    size_t K1 = c->num_classes + 1, MD = c->mask_dim;
+    p->query_feat = take(mem, &off, Q * D);
+    p->query_embed = take(mem, &off, Q * D);
+    p->level_embed = take(mem, &off, 3 * D);
+    p->ca_in_w = take(mem, &off, NL * 3 * D * D);
+    p->ca_in_b = take(mem, &off, NL * 3 * D);
+    p->ca_out_w = take(mem, &off, NL * D * D);
+    p->ca_out_b = take(mem, &off, NL * D);
+    p->ca_ln_w = take(mem, &off, NL * D);
+    p->ca_ln_b = take(mem, &off, NL * D);
+    p->sa_in_w = take(mem, &off, NL * 3 * D * D);
+    p->sa_in_b = take(mem, &off, NL * 3 * D);
+    p->sa_out_w = take(mem, &off, NL * D * D);
+    p->sa_out_b = take(mem, &off, NL * D);
+    p->sa_ln_w = take(mem, &off, NL * D);
+    p->sa_ln_b = take(mem, &off, NL * D);
+    p->fc1_w = take(mem, &off, NL * F * D);
+    p->fc1_b = take(mem, &off, NL * F);
+    p->fc2_w = take(mem, &off, NL * D * F);
+    p->fc2_b = take(mem, &off, NL * D);
+    p->ffn_ln_w = take(mem, &off, NL * D);
+    p->ffn_ln_b = take(mem, &off, NL * D);
+    p->dec_ln_w = take(mem, &off, D);
+    p->dec_ln_b = take(mem, &off, D);
+    p->class_w = take(mem, &off, K1 * D);
+    p->class_b = take(mem, &off, K1);
+    p->me1_w = take(mem, &off, D * D);
+    p->me1_b = take(mem, &off, D);
+    p->me2_w = take(mem, &off, D * D);
+    p->me2_b = take(mem, &off, D);
+    p->me3_w = take(mem, &off, MD * D);
+    p->me3_b = take(mem, &off, MD);
+    return off;
+}
+
+size_t m2f_num_params(const M2FConfig* cfg) {
+    M2FParams p;
+    return m2f_layout_params(&p, NULL, cfg);
+}
+
+void m2f_point_params(M2FParams* p, float* mem, const M2FConfig* cfg) {
+    m2f_layout_params(p, mem, cfg);
+}
+
+void m2f_init_params(float* mem, const M2FConfig* c, Rng* rng) {
+    m2f_config_check(c);
+    M2FParams p;
+    m2f_point_params(&p, mem, c);
+    pixel_decoder_init_params(mem, c, rng);
+    size_t D = c->hidden_dim, Q = c->num_queries, F = c->ffn_dim, NL = c->dec_layers;
+    size_t K1 = c->num_classes + 1, MD = c->mask_dim;
+    rng_fill_normal(rng, p.query_feat, Q * D, 0.0f, 1.0f);
+    rng_fill_normal(rng, p.query_embed, Q * D, 0.0f, 1.0f);
+    rng_fill_normal(rng, p.level_embed, 3 * D, 0.0f, 1.0f);
+    // xavier_uniform per matrix: bound sqrt(6 / (fan_in + fan_out)); in_proj is one (3D, D) matrix
+    float in_bound = sqrtf(6.0f / (float)(D + 3 * D));
+    float dd_bound = sqrtf(6.0f / (float)(D + D));
+    float ff_bound = sqrtf(6.0f / (float)(D + F));
+    fill_uniform_host(rng, p.ca_in_w, NL * 3 * D * D, in_bound);
+    fill_uniform_host(rng, p.ca_out_w, NL * D * D, dd_bound);
+    fill_uniform_host(rng, p.sa_in_w, NL * 3 * D * D, in_bound);
+    fill_uniform_host(rng, p.sa_out_w, NL * D * D, dd_bound);
+    fill_uniform_host(rng, p.fc1_w, NL * F * D, ff_bound);
+    fill_uniform_host(rng, p.fc2_w, NL * D * F, ff_bound);
+    fill_const_host(p.ca_in_b, NL * 3 * D, 0.0f);
+    fill_const_host(p.ca_out_b, NL * D, 0.0f);
+    fill_const_host(p.sa_in_b, NL * 3 * D, 0.0f);
+    fill_const_host(p.sa_out_b, NL * D, 0.0f);
+    fill_const_host(p.fc1_b, NL * F, 0.0f);
+    fill_const_host(p.fc2_b, NL * D, 0.0f);
+    fill_const_host(p.ca_ln_w, NL * D, 1.0f); fill_const_host(p.ca_ln_b, NL * D, 0.0f);
+    fill_const_host(p.sa_ln_w, NL * D, 1.0f); fill_const_host(p.sa_ln_b, NL * D, 0.0f);
+    fill_const_host(p.ffn_ln_w, NL * D, 1.0f); fill_const_host(p.ffn_ln_b, NL * D, 0.0f);
+    fill_const_host(p.dec_ln_w, D, 1.0f); fill_const_host(p.dec_ln_b, D, 0.0f);
+    // PyTorch nn.Linear default: uniform +-1/sqrt(fan_in) for weight and bias
+    float lin_bound = 1.0f / sqrtf((float)D);
+    fill_uniform_host(rng, p.class_w, K1 * D, lin_bound);
+    fill_uniform_host(rng, p.class_b, K1, lin_bound);
+    fill_uniform_host(rng, p.me1_w, D * D, lin_bound);
+    fill_uniform_host(rng, p.me1_b, D, lin_bound);
+    fill_uniform_host(rng, p.me2_w, D * D, lin_bound);
+    fill_uniform_host(rng, p.me2_b, D, lin_bound);
+    fill_uniform_host(rng, p.me3_w, MD * D, lin_bound);
+    fill_uniform_host(rng, p.me3_b, MD, lin_bound);
+}
+
+static size_t m2f_layout_acts(M2FActs* a, float* mem, const M2FConfig* c, int B, int H4, int W4) {
+    size_t off = 0;
+    size_t D = c->hidden_dim, Q = c->num_queries, F = c->ffn_dim, NH = c->num_heads;
+    size_t K1 = c->num_classes + 1, MD = c->mask_dim, HW = (size_t)H4 * W4;
+    int NL = c->dec_layers, L = NL + 1;
+    a->max_B = B; a->H4 = H4; a->W4 = W4;
+    m2f_level_sizes(H4, W4, a->Hs, a->Ws);
+    size_t maxT = 0;
+    for (int m = 0; m < 3; m++) {
+        a->T[m] = a->Hs[3 - m] * a->Ws[3 - m];
+        if ((size_t)a->T[m] > maxT) maxT = a->T[m];
+    }
+    size_t BQ = (size_t)B * Q;
+    a->class_logits = take(mem, &off, L * BQ * K1);
+    a->mask_logits = take(mem, &off, L * BQ * HW);
+    size_t pd_n = pixel_decoder_layout_acts(&a->pd, mem ? mem + off : NULL, c, B, H4, W4);
+    off += pd_n;
+    for (int m = 0; m < 3; m++) {
+        a->pos[m] = take(mem, &off, a->T[m] * D);
+        a->level_rows[m] = take(mem, &off, a->T[m] * D);
+        a->src[m] = take(mem, &off, B * a->T[m] * D);
+        a->src_pos[m] = take(mem, &off, B * a->T[m] * D);
+    }
+    a->qpos = take(mem, &off, BQ * D);
+    a->tgt0 = take(mem, &off, BQ * D);
+    for (int i = 0; i < M2F_MAX_LAYERS; i++) {
+        if (i >= NL) {   // unused layers point nowhere
+            a->attn_mask[i] = a->ca_qin[i] = a->ca_q[i] = a->ca_k[i] = a->ca_v[i] = NULL;
+            a->ca_att[i] = a->ca_o[i] = a->ca_res[i] = a->ca_ln[i] = a->ca_mean[i] = NULL;
+            a->ca_rstd[i] = a->sa_qin[i] = a->sa_q[i] = a->sa_k[i] = a->sa_v[i] = NULL;
+            a->sa_att[i] = a->sa_o[i] = a->sa_res[i] = a->sa_ln[i] = a->sa_mean[i] = NULL;
+            a->sa_rstd[i] = a->fc1[i] = a->fc1_relu[i] = a->ffn_res[i] = a->ffn_ln[i] = NULL;
+            a->ffn_mean[i] = a->ffn_rstd[i] = NULL;
+            continue;
+        }
+        size_t T = a->T[i % 3];
+        a->attn_mask[i] = take(mem, &off, BQ * T);
+        a->ca_qin[i] = take(mem, &off, BQ * D);
+        a->ca_q[i] = take(mem, &off, BQ * D);
+        a->ca_k[i] = take(mem, &off, B * T * D);
+        a->ca_v[i] = take(mem, &off, B * T * D);
+        a->ca_att[i] = take(mem, &off, BQ * NH * T);
+        a->ca_o[i] = take(mem, &off, BQ * D);
+        a->ca_res[i] = take(mem, &off, BQ * D);
+        a->ca_ln[i] = take(mem, &off, BQ * D);
+        a->ca_mean[i] = take(mem, &off, BQ);
+        a->ca_rstd[i] = take(mem, &off, BQ);
+        a->sa_qin[i] = take(mem, &off, BQ * D);
+        a->sa_q[i] = take(mem, &off, BQ * D);
+        a->sa_k[i] = take(mem, &off, BQ * D);
+        a->sa_v[i] = take(mem, &off, BQ * D);
+        a->sa_att[i] = take(mem, &off, BQ * NH * Q);
+        a->sa_o[i] = take(mem, &off, BQ * D);
+        a->sa_res[i] = take(mem, &off, BQ * D);
+        a->sa_ln[i] = take(mem, &off, BQ * D);
+        a->sa_mean[i] = take(mem, &off, BQ);
+        a->sa_rstd[i] = take(mem, &off, BQ);
+        a->fc1[i] = take(mem, &off, BQ * F);
+        a->fc1_relu[i] = take(mem, &off, BQ * F);
+        a->ffn_res[i] = take(mem, &off, BQ * D);
+        a->ffn_ln[i] = take(mem, &off, BQ * D);
+        a->ffn_mean[i] = take(mem, &off, BQ);
+        a->ffn_rstd[i] = take(mem, &off, BQ);
+    }
+    for (int j = 0; j < M2F_MAX_LAYERS + 1; j++) {
+        if (j >= L) {
+            a->dn[j] = a->dn_mean[j] = a->dn_rstd[j] = a->me1[j] = a->me1_relu[j] = NULL;
+            a->me2[j] = a->me2_relu[j] = a->me3[j] = NULL;
+            continue;
+        }
+        a->dn[j] = take(mem, &off, BQ * D);
+        a->dn_mean[j] = take(mem, &off, BQ);
+        a->dn_rstd[j] = take(mem, &off, BQ);
+        a->me1[j] = take(mem, &off, BQ * D);
+        a->me1_relu[j] = take(mem, &off, BQ * D);
+        a->me2[j] = take(mem, &off, BQ * D);
+        a->me2_relu[j] = take(mem, &off, BQ * D);
+        a->me3[j] = take(mem, &off, BQ * MD);
+    }
+    a->mask_resized = take(mem, &off, BQ * maxT);
+    return off;
+}
+
+size_t m2f_num_acts(const M2FConfig* cfg, int max_B, int H4, int W4) {
+    M2FActs a;
+    return m2f_layout_acts(&a, NULL, cfg, max_B, H4, W4);
+}
+
+void m2f_point_acts(M2FActs* a, float* mem, const M2FConfig* cfg, int max_B, int H4, int W4) {
+    m2f_layout_acts(a, mem, cfg, max_B, H4, W4);
+}
+
+// ----------------------------------------------------------------------------
+// the head h: forward
+
+// prediction j from tgt (B, Q, D): class logits, mask logits and (when j < dec_layers and no
+// teacher masks are given) the attention mask of decoder layer j.
+static void m2f_predict(const M2FConfig* c, const M2FParams* p, M2FActs* a, const float* tgt,
+                        int j, int B, int make_mask) {
+    int D = c->hidden_dim, Q = c->num_queries, K1 = c->num_classes + 1, MD = c->mask_dim;
+    int BQ = B * Q, HW = a->H4 * a->W4;
+    float* class_j = a->class_logits + (size_t)j * BQ * K1;
+    float* mask_j = a->mask_logits + (size_t)j * BQ * HW;
+    layernorm_forward(a->dn[j], a->dn_mean[j], a->dn_rstd[j], tgt, p->dec_ln_w, p->dec_ln_b, BQ, D);
+    linear_forward(class_j, a->dn[j], p->class_w, p->class_b, BQ, D, K1);
+    linear_forward(a->me1[j], a->dn[j], p->me1_w, p->me1_b, BQ, D, D);
+    relu_forward(a->me1_relu[j], a->me1[j], (size_t)BQ * D);
+    linear_forward(a->me2[j], a->me1_relu[j], p->me2_w, p->me2_b, BQ, D, D);
+    relu_forward(a->me2_relu[j], a->me2[j], (size_t)BQ * D);
+    linear_forward(a->me3[j], a->me2_relu[j], p->me3_w, p->me3_b, BQ, D, MD);
+    // mask logits: per image, (Q, MD) @ mask_features (HW, MD)^T
+    for (int b = 0; b < B; b++) {
+        linear_forward(mask_j + (size_t)b * Q * HW, a->me3[j] + (size_t)b * Q * MD,
+                       a->pd.mask_features + (size_t)b * HW * MD, NULL, Q, MD, HW);
+    }
+    if (make_mask) {
+        int m = j % 3, lv = 3 - m;
+        // the (B*Q) maps are resized as one batch of single-channel images
+        upsample_bilinear_forward(a->mask_resized, mask_j, BQ, a->H4, a->W4, 1, a->Hs[lv], a->Ws[lv]);
+        attn_mask_from_logits(a->attn_mask[j], a->mask_resized, B, Q, a->T[m]);
+    }
+}
+
+// repeat the row vector v (D) over all T rows of rows (T, D) by doubling copies
+static void repeat_row(float* rows, const float* v, int T, int D) {
+    ttt_copy(rows, v, (size_t)D * sizeof(float));
+    for (int done = 1; done < T; done *= 2) {
+        int n = (done <= T - done) ? done : T - done;
+        ttt_copy(rows + (size_t)done * D, rows, (size_t)n * D * sizeof(float));
+    }
+}
+
+void m2f_forward(const M2FConfig* c, const M2FParams* p, M2FActs* a,
+                 const float* const feats[4], int B, const float* teacher_masks) {
+    if (B < 1 || B > a->max_B) ttt_die("m2f forward: batch %d outside [1, %d]", B, a->max_B);
+    pixel_decoder_forward(c, &p->pd, &a->pd, feats, B);
+    m2f_decoder_forward(c, p, a, B, teacher_masks);
+}
+
+void m2f_decoder_forward(const M2FConfig* c, const M2FParams* p, M2FActs* a, int B,
+                         const float* teacher_masks) {
+    if (B < 1 || B > a->max_B) ttt_die("m2f decoder forward: batch %d outside [1, %d]", B, a->max_B);
+    int D = c->hidden_dim, Q = c->num_queries, F = c->ffn_dim, NH = c->num_heads, HS = D / NH;
+    int NL = c->dec_layers, BQ = B * Q;
+    size_t nQD = (size_t)BQ * D;
+    // memory levels m = 0, 1, 2 are FPN outputs 3, 2, 1 (1/32, 1/16, 1/8)
+    for (int m = 0; m < 3; m++) {
+        int lv = 3 - m, T = a->T[m];
+        sine_position_encoding(a->pos[m], a->Hs[lv], a->Ws[lv], D);
+        repeat_row(a->level_rows[m], p->level_embed + (size_t)m * D, T, D);
+        for (int b = 0; b < B; b++) {
+            size_t o = (size_t)b * T * D;
+            add_forward(a->src[m] + o, a->pd.out[lv] + o, a->level_rows[m], (size_t)T * D);
+            add_forward(a->src_pos[m] + o, a->src[m] + o, a->pos[m], (size_t)T * D);
+        }
+    }
+    for (int b = 0; b < B; b++) {
+        ttt_copy(a->qpos + (size_t)b * Q * D, p->query_embed, (size_t)Q * D * sizeof(float));
+        ttt_copy(a->tgt0 + (size_t)b * Q * D, p->query_feat, (size_t)Q * D * sizeof(float));
+    }
+    m2f_predict(c, p, a, a->tgt0, 0, B, teacher_masks == NULL);
+    size_t teacher_off = 0;
+    for (int i = 0; i < NL; i++) {
+        int m = i % 3, T = a->T[m];
+        size_t DD = (size_t)D * D;
+        if (teacher_masks) {
+            ttt_copy(a->attn_mask[i], teacher_masks + teacher_off, (size_t)BQ * T * sizeof(float));
+            teacher_off += (size_t)BQ * T;
+        }
+        const float* tgt = (i == 0) ? a->tgt0 : a->ffn_ln[i - 1];
+        // masked cross-attention on memory level m
+        const float* w = p->ca_in_w + (size_t)i * 3 * DD;
+        const float* bias = p->ca_in_b + (size_t)i * 3 * D;
+        add_forward(a->ca_qin[i], tgt, a->qpos, nQD);
+        linear_forward(a->ca_q[i], a->ca_qin[i], w, bias, BQ, D, D);
+        linear_forward(a->ca_k[i], a->src_pos[m], w + DD, bias + D, B * T, D, D);
+        linear_forward(a->ca_v[i], a->src[m], w + 2 * DD, bias + 2 * D, B * T, D, D);
+        attention_forward(a->ca_o[i], a->ca_att[i], a->ca_q[i], a->ca_k[i], a->ca_v[i], NULL,
+                          a->attn_mask[i], B, B, Q, T, NH, HS, D, D);
+        linear_forward(a->ca_res[i], a->ca_o[i], p->ca_out_w + i * DD, p->ca_out_b + (size_t)i * D,
+                       BQ, D, D);
+        add_inplace(a->ca_res[i], tgt, nQD);
+        layernorm_forward(a->ca_ln[i], a->ca_mean[i], a->ca_rstd[i], a->ca_res[i],
+                          p->ca_ln_w + (size_t)i * D, p->ca_ln_b + (size_t)i * D, BQ, D);
+        // self-attention over the queries
+        w = p->sa_in_w + (size_t)i * 3 * DD;
+        bias = p->sa_in_b + (size_t)i * 3 * D;
+        add_forward(a->sa_qin[i], a->ca_ln[i], a->qpos, nQD);
+        linear_forward(a->sa_q[i], a->sa_qin[i], w, bias, BQ, D, D);
+        linear_forward(a->sa_k[i], a->sa_qin[i], w + DD, bias + D, BQ, D, D);
+        linear_forward(a->sa_v[i], a->ca_ln[i], w + 2 * DD, bias + 2 * D, BQ, D, D);
+        attention_forward(a->sa_o[i], a->sa_att[i], a->sa_q[i], a->sa_k[i], a->sa_v[i], NULL, NULL,
+                          1, B, Q, Q, NH, HS, D, D);
+        linear_forward(a->sa_res[i], a->sa_o[i], p->sa_out_w + i * DD, p->sa_out_b + (size_t)i * D,
+                       BQ, D, D);
+        add_inplace(a->sa_res[i], a->ca_ln[i], nQD);
+        layernorm_forward(a->sa_ln[i], a->sa_mean[i], a->sa_rstd[i], a->sa_res[i],
+                          p->sa_ln_w + (size_t)i * D, p->sa_ln_b + (size_t)i * D, BQ, D);
+        // FFN
+        linear_forward(a->fc1[i], a->sa_ln[i], p->fc1_w + (size_t)i * F * D, p->fc1_b + (size_t)i * F,
+                       BQ, D, F);
+        relu_forward(a->fc1_relu[i], a->fc1[i], (size_t)BQ * F);
+        linear_forward(a->ffn_res[i], a->fc1_relu[i], p->fc2_w + (size_t)i * D * F,
+                       p->fc2_b + (size_t)i * D, BQ, F, D);
+        add_inplace(a->ffn_res[i], a->sa_ln[i], nQD);
+        layernorm_forward(a->ffn_ln[i], a->ffn_mean[i], a->ffn_rstd[i], a->ffn_res[i],
+                          p->ffn_ln_w + (size_t)i * D, p->ffn_ln_b + (size_t)i * D, BQ, D);
+        m2f_predict(c, p, a, a->ffn_ln[i], i + 1, B, teacher_masks == NULL && i + 1 < NL);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the head h: backward
+
+// backward of m2f_predict: upstream da->class_logits / da->mask_logits of prediction j;
+// accumulates into dtgt, the head parameters and da->pd.mask_features
+static void m2f_predict_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g,
+                                 const M2FActs* a, M2FActs* da, const float* tgt, float* dtgt,
+                                 int j, int B) {
+    int D = c->hidden_dim, Q = c->num_queries, K1 = c->num_classes + 1, MD = c->mask_dim;
+    int BQ = B * Q, HW = a->H4 * a->W4;
+    const float* dclass_j = da->class_logits + (size_t)j * BQ * K1;
+    const float* dmask_j = da->mask_logits + (size_t)j * BQ * HW;
+    for (int b = 0; b < B; b++) {
+        linear_backward(da->me3[j] + (size_t)b * Q * MD, da->pd.mask_features + (size_t)b * HW * MD,
+                        NULL, dmask_j + (size_t)b * Q * HW, a->me3[j] + (size_t)b * Q * MD,
+                        a->pd.mask_features + (size_t)b * HW * MD, Q, MD, HW);
+    }
+    linear_backward(da->me2_relu[j], g->me3_w, g->me3_b, da->me3[j], a->me2_relu[j], p->me3_w, BQ, D, MD);
+    relu_backward(da->me2[j], a->me2_relu[j], da->me2_relu[j], (size_t)BQ * D);
+    linear_backward(da->me1_relu[j], g->me2_w, g->me2_b, da->me2[j], a->me1_relu[j], p->me2_w, BQ, D, D);
+    relu_backward(da->me1[j], a->me1_relu[j], da->me1_relu[j], (size_t)BQ * D);
+    linear_backward(da->dn[j], g->me1_w, g->me1_b, da->me1[j], a->dn[j], p->me1_w, BQ, D, D);
+    linear_backward(da->dn[j], g->class_w, g->class_b, dclass_j, a->dn[j], p->class_w, BQ, D, K1);
+    layernorm_backward(dtgt, g->dec_ln_w, g->dec_ln_b, da->dn[j], tgt, p->dec_ln_w, a->dn_mean[j],
+                       a->dn_rstd[j], BQ, D);
+}
+
+void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2FActs* a,
+                  M2FActs* da, const float* const feats[4], float* dfeats[4], int B) {
+    int D = c->hidden_dim, Q = c->num_queries, F = c->ffn_dim, NH = c->num_heads, HS = D / NH;
+    int NL = c->dec_layers, BQ = B * Q;
+    size_t nQD = (size_t)BQ * D, DD = (size_t)D * D;
+    // the outputs (class_logits, mask_logits) come first in memory and hold the upstream
+    // gradients; everything after them (from the pixel decoder's first buffer on) is scratch
+    size_t total = m2f_num_acts(c, a->max_B, a->H4, a->W4);
+    size_t head = (size_t)(da->pd.lateral[0] - da->class_logits);
+    ttt_zero(da->pd.lateral[0], (total - head) * sizeof(float));
+    for (int i = NL - 1; i >= 0; i--) {
+        int m = i % 3, T = a->T[m];
+        float* dtgt = (i == 0) ? da->tgt0 : da->ffn_ln[i - 1];
+        // prediction i + 1 reads the output of layer i
+        m2f_predict_backward(c, p, g, a, da, a->ffn_ln[i], da->ffn_ln[i], i + 1, B);
+        // FFN
+        layernorm_backward(da->ffn_res[i], g->ffn_ln_w + (size_t)i * D, g->ffn_ln_b + (size_t)i * D,
+                           da->ffn_ln[i], a->ffn_res[i], p->ffn_ln_w + (size_t)i * D, a->ffn_mean[i],
+                           a->ffn_rstd[i], BQ, D);
+        add_inplace(da->sa_ln[i], da->ffn_res[i], nQD);
+        linear_backward(da->fc1_relu[i], g->fc2_w + (size_t)i * D * F, g->fc2_b + (size_t)i * D,
+                        da->ffn_res[i], a->fc1_relu[i], p->fc2_w + (size_t)i * D * F, BQ, F, D);
+        relu_backward(da->fc1[i], a->fc1_relu[i], da->fc1_relu[i], (size_t)BQ * F);
+        linear_backward(da->sa_ln[i], g->fc1_w + (size_t)i * F * D, g->fc1_b + (size_t)i * F,
+                        da->fc1[i], a->sa_ln[i], p->fc1_w + (size_t)i * F * D, BQ, D, F);
+        // self-attention
+        layernorm_backward(da->sa_res[i], g->sa_ln_w + (size_t)i * D, g->sa_ln_b + (size_t)i * D,
+                           da->sa_ln[i], a->sa_res[i], p->sa_ln_w + (size_t)i * D, a->sa_mean[i],
+                           a->sa_rstd[i], BQ, D);
+        add_inplace(da->ca_ln[i], da->sa_res[i], nQD);
+        linear_backward(da->sa_o[i], g->sa_out_w + i * DD, g->sa_out_b + (size_t)i * D, da->sa_res[i],
+                        a->sa_o[i], p->sa_out_w + i * DD, BQ, D, D);
+        attention_backward(da->sa_q[i], da->sa_k[i], da->sa_v[i], NULL, da->sa_o[i], a->sa_att[i],
+                           a->sa_q[i], a->sa_k[i], a->sa_v[i], B, Q, Q, NH, HS, D, D);
+        const float* w = p->sa_in_w + (size_t)i * 3 * DD;
+        float* gw = g->sa_in_w + (size_t)i * 3 * DD;
+        float* gb = g->sa_in_b + (size_t)i * 3 * D;
+        linear_backward(da->sa_qin[i], gw, gb, da->sa_q[i], a->sa_qin[i], w, BQ, D, D);
+        linear_backward(da->sa_qin[i], gw + DD, gb + D, da->sa_k[i], a->sa_qin[i], w + DD, BQ, D, D);
+        linear_backward(da->ca_ln[i], gw + 2 * DD, gb + 2 * D, da->sa_v[i], a->ca_ln[i], w + 2 * DD,
+                        BQ, D, D);
+        add_inplace(da->ca_ln[i], da->sa_qin[i], nQD);
+        add_inplace(da->qpos, da->sa_qin[i], nQD);
+        // masked cross-attention
+        layernorm_backward(da->ca_res[i], g->ca_ln_w + (size_t)i * D, g->ca_ln_b + (size_t)i * D,
+                           da->ca_ln[i], a->ca_res[i], p->ca_ln_w + (size_t)i * D, a->ca_mean[i],
+                           a->ca_rstd[i], BQ, D);
+        add_inplace(dtgt, da->ca_res[i], nQD);
+        linear_backward(da->ca_o[i], g->ca_out_w + i * DD, g->ca_out_b + (size_t)i * D, da->ca_res[i],
+                        a->ca_o[i], p->ca_out_w + i * DD, BQ, D, D);
+        attention_backward(da->ca_q[i], da->ca_k[i], da->ca_v[i], NULL, da->ca_o[i], a->ca_att[i],
+                           a->ca_q[i], a->ca_k[i], a->ca_v[i], B, Q, T, NH, HS, D, D);
+        w = p->ca_in_w + (size_t)i * 3 * DD;
+        gw = g->ca_in_w + (size_t)i * 3 * DD;
+        gb = g->ca_in_b + (size_t)i * 3 * D;
+        linear_backward(da->ca_qin[i], gw, gb, da->ca_q[i], a->ca_qin[i], w, BQ, D, D);
+        linear_backward(da->src_pos[m], gw + DD, gb + D, da->ca_k[i], a->src_pos[m], w + DD, B * T, D, D);
+        linear_backward(da->src[m], gw + 2 * DD, gb + 2 * D, da->ca_v[i], a->src[m], w + 2 * DD,
+                        B * T, D, D);
+        add_inplace(dtgt, da->ca_qin[i], nQD);
+        add_inplace(da->qpos, da->ca_qin[i], nQD);
+    }
+    m2f_predict_backward(c, p, g, a, da, a->tgt0, da->tgt0, 0, B);
+    // the broadcasts over the batch sum back
+    for (int b = 0; b < B; b++) {
+        add_inplace(g->query_feat, da->tgt0 + (size_t)b * Q * D, (size_t)Q * D);
+        add_inplace(g->query_embed, da->qpos + (size_t)b * Q * D, (size_t)Q * D);
+    }
+    for (int m = 0; m < 3; m++) {
+        int lv = 3 - m, T = a->T[m];
+        size_t n = (size_t)B * T * D;
+        add_inplace(da->src[m], da->src_pos[m], n);          // src_pos = src + pos
+        // level_embed[m] was added to every row: its gradient is the row sum (a bias gradient)
+        linear_backward(NULL, NULL, g->level_embed + (size_t)m * D, da->src[m], a->src[m],
+                        p->ca_out_w, B * T, D, D);
+        add_inplace(da->pd.out[lv], da->src[m], n);
+    }
+    pixel_decoder_backward(c, &p->pd, &g->pd, &a->pd, &da->pd, feats, dfeats, B);
+}
+
+// ----------------------------------------------------------------------------
+// inference (host memory, one image)
+
+// PyTorch bilinear source index for resizing n_in -> 4 * n_in (align_corners=False):
+// src = max((dst + 0.5) / 4 - 0.5, 0); returns the two taps and the weight of the second
+static void bilinear_taps_x4(int dst, int n_in, int* i0, int* i1, float* lambda) {
+    float src = (dst + 0.5f) * 0.25f - 0.5f;
+    if (src < 0.0f) src = 0.0f;
+    int a = (int)src;
+    if (a > n_in - 1) a = n_in - 1;
+    *i0 = a;
+    *i1 = (a < n_in - 1) ? a + 1 : a;
+    *lambda = src - (float)a;
+}
+
+// softmax over the K+1 logits of one query into probs (K+1)
+static void softmax_row_host(float* probs, const float* logits, int n) {
+    float mx = logits[0];
+    for (int k = 1; k < n; k++) if (logits[k] > mx) mx = logits[k];
+    double z = 0.0;
+    for (int k = 0; k < n; k++) { probs[k] = expf(logits[k] - mx); z += probs[k]; }
+    for (int k = 0; k < n; k++) probs[k] = (float)(probs[k] / z);
+}
+
+size_t m2f_semantic_work_size(int Q, int K, int H4, int W4) {
+    return (size_t)Q * (K + 1) + (size_t)H4 * W4 * K + K;
+}
+
+void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
+                            const float* mask_logits, int Q, int K, int H4, int W4,
+                            int H, int W, float* work) {
+    if (H > 4 * H4 || W > 4 * W4) ttt_die("semantic inference: image %dx%d larger than 4 x (%dx%d)", H, W, H4, W4);
+    int K1 = K + 1, HW = H4 * W4;
+    float* probs = work;                    // (Q, K+1)
+    float* seg = work + (size_t)Q * K1;     // (H4*W4, K)
+    float* val = seg + (size_t)HW * K;      // (K)
+    for (int q = 0; q < Q; q++) softmax_row_host(probs + (size_t)q * K1, class_logits + (size_t)q * K1, K1);
+    // seg[p, k] = sum_q probs[q, k] * sigmoid(mask[q, p])   (no-object dropped)
+    memset(seg, 0, (size_t)HW * K * sizeof(float));
+    for (int q = 0; q < Q; q++) {
+        const float* m = mask_logits + (size_t)q * HW;
+        const float* pq = probs + (size_t)q * K1;
+        for (int p = 0; p < HW; p++) {
+            float s = 1.0f / (1.0f + expf(-m[p]));
+            for (int k = 0; k < K; k++) seg[(size_t)p * K + k] += pq[k] * s;
+        }
+    }
+    // bilinear to (4*H4, 4*W4), crop to H x W, argmax over classes
+    for (int y = 0; y < H; y++) {
+        int y0, y1; float ly;
+        bilinear_taps_x4(y, H4, &y0, &y1, &ly);
+        for (int x = 0; x < W; x++) {
+            int x0, x1; float lx;
+            bilinear_taps_x4(x, W4, &x0, &x1, &lx);
+            const float* s00 = seg + ((size_t)y0 * W4 + x0) * K;
+            const float* s01 = seg + ((size_t)y0 * W4 + x1) * K;
+            const float* s10 = seg + ((size_t)y1 * W4 + x0) * K;
+            const float* s11 = seg + ((size_t)y1 * W4 + x1) * K;
+            int best = 0;
+            for (int k = 0; k < K; k++) {
+                val[k] = (1.0f - ly) * ((1.0f - lx) * s00[k] + lx * s01[k]) +
+                         ly * ((1.0f - lx) * s10[k] + lx * s11[k]);
+                if (val[k] > val[best]) best = k;
+            }
+            ids[(size_t)y * W + x] = (unsigned char)best;
+        }
+    }
+}
+
+size_t m2f_panoptic_work_size(int Q, int H, int W) {
+    (void)H; (void)W;
+    return (size_t)Q * 8;
+}
+
+int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segments,
+                           const float* class_logits, const float* mask_logits,
+                           int Q, int K, int H4, int W4, int H, int W,
+                           const unsigned char* is_thing, float object_threshold,
+                           float overlap_threshold, float* work) {
+    if (H > 4 * H4 || W > 4 * W4) ttt_die("panoptic inference: image %dx%d larger than 4 x (%dx%d)", H, W, H4, W4);
+    int K1 = K + 1, HW4 = H4 * W4;
+    // work: score (Q), label (Q), kept query index (Q), counts (3Q), segment id (Q), prob (Q)
+    float* score = work;
+    float* label = work + Q;
+    float* kept = work + 2 * Q;
+    float* area_owner = work + 3 * Q;   // pixels whose argmax is this kept query
+    float* area_orig = work + 4 * Q;    // pixels with prob >= 0.5
+    float* area_both = work + 5 * Q;    // owner and prob >= 0.5
+    float* seg_of = work + 6 * Q;       // segment id given to a kept query (0 = none)
+    float* prob = work + 7 * Q;         // probs of the kept queries at one pixel
+    int nk = 0;
+    for (int q = 0; q < Q; q++) {
+        const float* lg = class_logits + (size_t)q * K1;
+        float mx = lg[0];
+        for (int k = 1; k < K1; k++) if (lg[k] > mx) mx = lg[k];
+        double z = 0.0;
+        for (int k = 0; k < K1; k++) z += exp((double)lg[k] - mx);
+        int best = 0;
+        for (int k = 1; k < K1; k++) if (lg[k] > lg[best]) best = k;
+        float s = (float)(exp((double)lg[best] - mx) / z);
+        if (best != K && s > object_threshold) {
+            score[nk] = s; label[nk] = (float)best; kept[nk] = (float)q; nk++;
+        }
+    }
+    for (int i = 0; i < nk; i++) { area_owner[i] = area_orig[i] = area_both[i] = 0; seg_of[i] = 0; }
+    if (nk == 0) {
+        memset(seg_ids, 0, (size_t)H * W * sizeof(int));
+        return 0;
+    }
+    // pass 1: owner per pixel (first max of score * prob); seg_ids holds owner+1, negated when
+    // the owner's prob < 0.5
+    for (int y = 0; y < H; y++) {
+        int y0, y1; float ly;
+        bilinear_taps_x4(y, H4, &y0, &y1, &ly);
+        for (int x = 0; x < W; x++) {
+            int x0, x1; float lx;
+            bilinear_taps_x4(x, W4, &x0, &x1, &lx);
+            int owner = 0; float best = -1.0f;
+            for (int i = 0; i < nk; i++) {
+                const float* m = mask_logits + (size_t)kept[i] * HW4;
+                float v = (1.0f - ly) * ((1.0f - lx) * m[y0 * W4 + x0] + lx * m[y0 * W4 + x1]) +
+                          ly * ((1.0f - lx) * m[y1 * W4 + x0] + lx * m[y1 * W4 + x1]);
+                prob[i] = 1.0f / (1.0f + expf(-v));
+                if (prob[i] >= 0.5f) area_orig[i] += 1.0f;
+                if (score[i] * prob[i] > best) { best = score[i] * prob[i]; owner = i; }
+            }
+            area_owner[owner] += 1.0f;
+            int ok = prob[owner] >= 0.5f;
+            if (ok) area_both[owner] += 1.0f;
+            seg_ids[(size_t)y * W + x] = ok ? owner + 1 : -(owner + 1);
+        }
+    }
+    // segments in query order; stuff classes merge into the first segment of their class
+    int n = 0;
+    for (int i = 0; i < nk; i++) {
+        if (!(area_owner[i] > 0 && area_orig[i] > 0 && area_both[i] > 0)) continue;
+        if (area_owner[i] / area_orig[i] < overlap_threshold) continue;
+        int cls = (int)label[i];
+        int thing = is_thing ? (is_thing[cls] != 0) : 1;
+        if (!thing) {
+            int found = 0;
+            for (int s = 0; s < n; s++) {
+                if (!segments[s].is_thing && segments[s].class_id == cls) { seg_of[i] = (float)segments[s].id; found = 1; break; }
+            }
+            if (found) continue;
+        }
+        if (n >= max_segments) break;
+        segments[n].id = n + 1;
+        segments[n].class_id = cls;
+        segments[n].is_thing = thing;
+        segments[n].area = 0;
+        segments[n].score = score[i];
+        seg_of[i] = (float)(n + 1);
+        n++;
+    }
+    // pass 2: final ids and areas
+    for (size_t p = 0; p < (size_t)H * W; p++) {
+        int v = seg_ids[p];
+        int id = (v > 0) ? (int)seg_of[v - 1] : 0;
+        seg_ids[p] = id;
+        if (id > 0) segments[id - 1].area++;
+    }
+    return n;
+}
 
 // ============================================================================
 // end of PIXEL DECODER AND TRANSFORMER DECODER
@@ -18,7 +856,205 @@
 // SET LOSS: targets from label maps, Hungarian matching, point sampling, losses
 // ============================================================================
 
-// (set loss goes here)
+SetLossConfig set_loss_config_default(void) {
+    SetLossConfig c = {12544, 3.0f, 0.75f, 2.0f, 5.0f, 5.0f, 0.1f, 0};
+    return c;
+}
+
+// Hungarian algorithm with potentials (shortest augmenting paths), O(n^2 m).
+// Rows and columns are 1-based inside; p[j] = row matched to column j.
+double hungarian_assign(const double* cost, int n, int m, int* col_of_row) {
+    double* u = (double*)callocCheck(n + 1, sizeof(double));
+    double* v = (double*)callocCheck(m + 1, sizeof(double));
+    double* minv = (double*)mallocCheck((m + 1) * sizeof(double));
+    int* p = (int*)callocCheck(m + 1, sizeof(int));
+    int* way = (int*)callocCheck(m + 1, sizeof(int));
+    char* used = (char*)mallocCheck(m + 1);
+    for (int i = 1; i <= n; i++) {
+        p[0] = i;
+        int j0 = 0;
+        for (int j = 0; j <= m; j++) { minv[j] = INFINITY; used[j] = 0; }
+        do {
+            used[j0] = 1;
+            int i0 = p[j0], j1 = 0;
+            double delta = INFINITY;
+            for (int j = 1; j <= m; j++) {
+                if (used[j]) continue;
+                double cur = cost[(size_t)(i0 - 1) * m + (j - 1)] - u[i0] - v[j];
+                if (cur < minv[j]) { minv[j] = cur; way[j] = j0; }
+                if (minv[j] < delta) { delta = minv[j]; j1 = j; }
+            }
+            for (int j = 0; j <= m; j++) {
+                if (used[j]) { u[p[j]] += delta; v[j] -= delta; }
+                else minv[j] -= delta;
+            }
+            j0 = j1;
+        } while (p[j0] != 0);
+        do { int j1 = way[j0]; p[j0] = p[j1]; j0 = j1; } while (j0);
+    }
+    double total = 0.0;
+    for (int j = 1; j <= m; j++) {
+        if (p[j]) { col_of_row[p[j] - 1] = j - 1; total += cost[(size_t)(p[j] - 1) * m + (j - 1)]; }
+    }
+    free(u); free(v); free(minv); free(p); free(way); free(used);
+    return total;
+}
+
+typedef struct { float u; int i; } RankedPoint;
+static int compare_uncertainty(const void* a, const void* b) {
+    float ua = ((const RankedPoint*)a)->u, ub = ((const RankedPoint*)b)->u;
+    if (ua != ub) return ua > ub ? -1 : 1;
+    return ((const RankedPoint*)a)->i - ((const RankedPoint*)b)->i;   // stable, deterministic
+}
+
+// point coordinates: uniform random, or the centres of an Hm x Wm grid
+static void random_points(float* coords, int P, Rng* rng) {
+    for (int i = 0; i < 2 * P; i++) coords[i] = rng_uniform(rng);
+}
+static void grid_points(float* coords, int Hm, int Wm) {
+    for (int y = 0; y < Hm; y++) for (int x = 0; x < Wm; x++) {
+        coords[2 * (y * Wm + x)] = (x + 0.5f) / Wm;
+        coords[2 * (y * Wm + x) + 1] = (y + 0.5f) / Hm;
+    }
+}
+
+// the same P coordinates for each of M maps: (M, P, 2)
+static void repeat_coords(float* out, const float* coords, int M, int P) {
+    for (int m = 0; m < M; m++) memcpy(out + (size_t)m * P * 2, coords, (size_t)P * 2 * sizeof(float));
+}
+
+float set_loss(const SetLossConfig* cfg, const float* class_logits, const float* mask_logits,
+               int L, int B, int Q, int K, int Hm, int Wm, const unsigned char* labels, int H, int W,
+               float* dclass_logits, float* dmask_logits, Rng* rng, float parts[3]) {
+    int C = K + 1;
+    int P = cfg->all_pixels ? Hm * Wm : cfg->num_points;
+    int P_over = cfg->all_pixels ? P : (int)(cfg->oversample * P);
+    int P_imp = cfg->all_pixels ? 0 : (int)(cfg->importance * P);
+    // targets of every image: classes present and their binary masks at label resolution
+    int* num_t = (int*)callocCheck(B, sizeof(int));
+    int* t_class = (int*)mallocCheck((size_t)B * K * sizeof(int));
+    float* t_mask = (float*)mallocCheck((size_t)B * K * H * W * sizeof(float));
+    int num_masks = 0;
+    for (int b = 0; b < B; b++) {
+        const unsigned char* lab = labels + (size_t)b * H * W;
+        int present[256] = {0};
+        for (int i = 0; i < H * W; i++) present[lab[i]] = 1;
+        for (int k = 0; k < K; k++) {
+            if (!present[k]) continue;
+            int t = num_t[b]++;
+            t_class[b * K + t] = k;
+            float* tm = t_mask + ((size_t)b * K + t) * H * W;
+            for (int i = 0; i < H * W; i++) tm[i] = lab[i] == k ? 1.0f : 0.0f;
+        }
+        num_masks += num_t[b];
+    }
+    float norm = num_masks > 0 ? (float)num_masks : 1.0f;
+
+    float* coords = (float*)mallocCheck((size_t)P_over * 2 * sizeof(float));
+    float* coords_rep = (float*)mallocCheck((size_t)(Q > K ? Q : K) * P_over * 2 * sizeof(float));
+    float* pred_pts = (float*)mallocCheck((size_t)Q * P_over * sizeof(float));
+    float* tgt_pts = (float*)mallocCheck((size_t)K * P * sizeof(float));
+    double* cost = (double*)mallocCheck((size_t)K * Q * sizeof(double));
+    int* match = (int*)mallocCheck((size_t)K * sizeof(int));
+    int* cls_target = (int*)mallocCheck((size_t)B * Q * sizeof(int));
+    float* probs = (float*)mallocCheck((size_t)Q * C * sizeof(float));
+    float* sel = (float*)mallocCheck((size_t)P * 2 * sizeof(float));
+    float* unc = (float*)mallocCheck((size_t)P_over * sizeof(float));
+    int* order = (int*)mallocCheck((size_t)P_over * sizeof(int));
+    RankedPoint* ranked = (RankedPoint*)mallocCheck((size_t)P_over * sizeof(RankedPoint));
+    float *pl = (float*)mallocCheck(P * sizeof(float)), *tl = (float*)mallocCheck(P * sizeof(float));
+    float *dpl = (float*)mallocCheck(P * sizeof(float));
+    float* class_w = (float*)mallocCheck(C * sizeof(float));
+    for (int k = 0; k < K; k++) class_w[k] = 1.0f;
+    class_w[K] = cfg->no_object_weight;
+
+    double total = 0.0, sum_ce = 0.0, sum_bce = 0.0, sum_dice = 0.0;
+    for (int j = 0; j < L; j++) {
+        const float* cl = class_logits + (size_t)j * B * Q * C;
+        const float* ml = mask_logits + (size_t)j * B * Q * Hm * Wm;
+        for (int b = 0; b < B; b++) {
+            const float* clb = cl + (size_t)b * Q * C;
+            const float* mlb = ml + (size_t)b * Q * Hm * Wm;
+            int T = num_t[b];
+            for (int q = 0; q < Q; q++) cls_target[b * Q + q] = K;
+            if (T == 0) continue;
+            // matching cost on shared points
+            if (cfg->all_pixels) grid_points(coords, Hm, Wm); else random_points(coords, P, rng);
+            repeat_coords(coords_rep, coords, Q > T ? Q : T, P);
+            point_sample_forward_cpu(pred_pts, mlb, coords_rep, Q, Hm, Wm, P);
+            point_sample_forward_cpu(tgt_pts, t_mask + (size_t)b * K * H * W, coords_rep, T, H, W, P);
+            softmax_forward_cpu(probs, clb, Q, C);
+            for (int q = 0; q < Q; q++) {
+                const float* x = pred_pts + (size_t)q * P;
+                double sp = 0.0, ss = 0.0;   // sum softplus(x), sum sigmoid(x)
+                for (int p = 0; p < P; p++) {
+                    sp += (x[p] > 0 ? x[p] : 0) + log1p(exp(-fabs(x[p])));
+                    ss += 1.0 / (1.0 + exp(-(double)x[p]));
+                }
+                for (int t = 0; t < T; t++) {
+                    const float* y = tgt_pts + (size_t)t * P;
+                    double xy = 0.0, sy = 0.0, sty = 0.0;
+                    for (int p = 0; p < P; p++) {
+                        xy += (double)x[p] * y[p];
+                        sty += y[p] / (1.0 + exp(-(double)x[p]));
+                        sy += y[p];
+                    }
+                    double bce = (sp - xy) / P;
+                    double dice = 1.0 - (2.0 * sty + 1.0) / (ss + sy + 1.0);
+                    cost[(size_t)t * Q + q] = cfg->w_class * -probs[q * C + t_class[b * K + t]]
+                                            + cfg->w_mask * bce + cfg->w_dice * dice;
+                }
+            }
+            hungarian_assign(cost, T, Q, match);
+            for (int t = 0; t < T; t++) cls_target[b * Q + match[t]] = t_class[b * K + t];
+            // mask losses on importance-sampled points of every matched pair
+            for (int t = 0; t < T; t++) {
+                int q = match[t];
+                const float* map = mlb + (size_t)q * Hm * Wm;
+                if (cfg->all_pixels) {
+                    grid_points(sel, Hm, Wm);
+                } else {
+                    random_points(coords, P_over, rng);
+                    point_sample_forward_cpu(unc, map, coords, 1, Hm, Wm, P_over);
+                    // most uncertain first: sort by -|logit| descending
+                    for (int i = 0; i < P_over; i++) { ranked[i].u = -fabsf(unc[i]); ranked[i].i = i; }
+                    qsort(ranked, P_over, sizeof(ranked[0]), compare_uncertainty);
+                    for (int i = 0; i < P_imp; i++) order[i] = ranked[i].i;
+                    for (int i = 0; i < P_imp; i++) { sel[2 * i] = coords[2 * order[i]]; sel[2 * i + 1] = coords[2 * order[i] + 1]; }
+                    random_points(sel + 2 * P_imp, P - P_imp, rng);
+                }
+                point_sample_forward_cpu(pl, map, sel, 1, Hm, Wm, P);
+                point_sample_forward_cpu(tl, t_mask + ((size_t)b * K + t) * H * W, sel, 1, H, W, P);
+                float bce, dice;
+                sigmoid_bce_forward_cpu(&bce, pl, tl, 1, P);
+                dice_loss_forward_cpu(&dice, pl, tl, 1, P);
+                sum_bce += cfg->w_mask * bce / norm;
+                sum_dice += cfg->w_dice * dice / norm;
+                if (dmask_logits) {
+                    float gb = cfg->w_mask / norm, gd = cfg->w_dice / norm;
+                    memset(dpl, 0, P * sizeof(float));
+                    sigmoid_bce_backward_cpu(dpl, &gb, pl, tl, 1, P);
+                    dice_loss_backward_cpu(dpl, &gd, pl, tl, 1, P);
+                    float* dmap = dmask_logits + (size_t)j * B * Q * Hm * Wm + ((size_t)b * Q + q) * Hm * Wm;
+                    point_sample_backward_cpu(dmap, dpl, sel, 1, Hm, Wm, P);
+                }
+            }
+        }
+        // class loss over every query of the batch
+        float ce;
+        cross_entropy_forward_cpu(&ce, cl, cls_target, class_w, B * Q, C, -1);
+        sum_ce += cfg->w_class * ce;
+        if (dclass_logits)
+            cross_entropy_backward_cpu(dclass_logits + (size_t)j * B * Q * C, cfg->w_class, cl, cls_target,
+                                       class_w, B * Q, C, -1);
+    }
+    total = sum_ce + sum_bce + sum_dice;
+    if (parts) { parts[0] = (float)sum_ce; parts[1] = (float)sum_bce; parts[2] = (float)sum_dice; }
+    free(num_t); free(t_class); free(t_mask); free(coords); free(coords_rep); free(pred_pts);
+    free(tgt_pts); free(cost); free(match); free(cls_target); free(probs); free(sel); free(unc);
+    free(order); free(ranked); free(pl); free(tl); free(dpl); free(class_w);
+    return (float)total;
+}
 
 // ============================================================================
 // end of SET LOSS

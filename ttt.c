@@ -1336,7 +1336,34 @@ void sum_squares_cpu(float* out, const float* x, size_t N) {
 // normalisation, ...)  (CPU references)
 // ============================================================================
 
-// (part C goes here)
+static const float IMAGENET_MEAN[3] = {0.485f, 0.456f, 0.406f};   // 123.675 / 255 ...
+static const float IMAGENET_STD[3] = {0.229f, 0.224f, 0.225f};     // 58.395 / 255 ...
+
+void mae_prepare_input_cpu(float* inp4, float* target, float* target_mask, const float* rgb,
+                           const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps) {
+    int nPw = Wp / ps, nPh = Hp / ps, H4 = Hp / 4, W4 = Wp / 4;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int y = 0; y < Hp; y++) {
+            for (int x = 0; x < Wp; x++) {
+                int inside = y < H && x < W;
+                int masked = patch_mask ? patch_mask[((size_t)b * nPh + y / ps) * nPw + x / ps] : 0;
+                float* o = inp4 ? inp4 + (((size_t)b * Hp + y) * Wp + x) * 4 : NULL;
+                for (int c = 0; c < 3; c++) {
+                    float v = inside ? (rgb[(((size_t)b * H + y) * W + x) * 3 + c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c] : 0.0f;
+                    if (o) o[c] = masked ? 0.0f : v;
+                    if (target || target_mask) {
+                        int q = c * 16 + (y % 4) * 4 + (x % 4);
+                        size_t i = (((size_t)b * 48 + q) * H4 + y / 4) * W4 + x / 4;
+                        if (target) target[i] = v;
+                        if (target_mask) target_mask[i] = (masked && inside) ? 1.0f : 0.0f;
+                    }
+                }
+                if (o) o[3] = masked ? 1.0f : 0.0f;
+            }
+        }
+    }
+}
 
 // ============================================================================
 // end of OPS PART C
@@ -1816,4 +1843,12 @@ void sum_squares(float* out, const float* x, size_t N) {
     if (ttt_device == DEVICE_CUDA) { sum_squares_cuda(out, x, N); return; }
 #endif
     sum_squares_cpu(out, x, N);
+}
+
+void mae_prepare_input(float* inp4, float* target, float* target_mask, const float* rgb,
+                       const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { mae_prepare_input_cuda(inp4, target, target_mask, rgb, patch_mask, B, H, W, Hp, Wp, ps); return; }
+#endif
+    mae_prepare_input_cpu(inp4, target, target_mask, rgb, patch_mask, B, H, W, Hp, Wp, ps);
 }

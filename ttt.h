@@ -497,15 +497,292 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* grads
 // ============================================================================
 
 // --- decoder (pixel decoder, transformer decoder, inference) ---
+//
+// Layout: channels-last everywhere. Encoder maps feats[l] (B, Hs[l], Ws[l], in_dims[l]) for
+// l = 0..3 at strides 4, 8, 16, 32; Hs[l+1] = ceil(Hs[l] / 2) (Swin patch merging pads).
+// FPN level index l follows the encoder (0 = 1/4 ... 3 = 1/32). The transformer decoder reads
+// "memory levels" m = 0, 1, 2 = FPN outputs at 1/32, 1/16, 1/8 (FPN levels 3, 2, 1); decoder
+// layer i uses memory level i % 3 and the attention mask made from prediction i.
 
-// (mask2former decoder declarations go here)
+#define M2F_MAX_LAYERS 16
+
+typedef struct {
+    int in_dims[4];     // encoder channels at 1/4, 1/8, 1/16, 1/32
+    int conv_dim;       // FPN width; must equal hidden_dim (no input projections, as published)
+    int mask_dim;       // width of mask_features and of the mask embedding
+    int num_groups;     // GroupNorm groups in the FPN
+    int num_queries;    // Q
+    int hidden_dim;     // D
+    int num_heads;      // D % num_heads == 0
+    int ffn_dim;        // F
+    int dec_layers;     // masked-attention layers (9 published); predictions L = dec_layers + 1
+    int num_classes;    // K; the class head has K + 1 outputs, index K = "no object"
+} M2FConfig;
+
+// published Mask2Former (conv 256, mask 256, GN 32, 100 queries, 8 heads, FFN 2048, 9 layers)
+M2FConfig m2f_config_published(const int in_dims[4], int num_classes);
+// small, fast on CPU (conv/hidden/mask 64, GN 8, 20 queries, 4 heads, FFN 256, 3 layers)
+M2FConfig m2f_config_small(const int in_dims[4], int num_classes);
+// tiny, for tests (conv/hidden/mask 16, GN 4, 5 queries, 2 heads, FFN 24, 3 layers)
+M2FConfig m2f_config_tiny(const int in_dims[4], int num_classes);
+void m2f_config_check(const M2FConfig* cfg);   // ttt_die on an inconsistent config
+// sizes of the four encoder levels for a 1/4 map of H4 x W4 (halving, rounding up)
+void m2f_level_sizes(int H4, int W4, int Hs[4], int Ws[4]);
+
+// ---- pixel decoder (BasePixelDecoder, FPN without deformable attention) ----
+//   out[3] = relu(GN(conv3x3(feats[3])))                              (1/32)
+//   l = 2, 1, 0: fused[l] = GN(conv1x1(feats[l])) + nearest_up(out[l+1])
+//                out[l]   = relu(GN(conv3x3(fused[l])))
+//   mask_features = conv3x3(out[0]) + mask_b                          (1/4, mask_dim)
+//   multi-scale features for the decoder: out[3], out[2], out[1].
+// Convs have no bias except mask_w. The MAE head g reuses this module (its own params/acts).
+#define PD_NUM_TENSORS 23
+typedef struct {
+    float* lateral_w[3];     // l = 0..2: (conv_dim, 1, 1, in_dims[l])
+    float* lateral_gn_w[3];  // (conv_dim)
+    float* lateral_gn_b[3];  // (conv_dim)
+    float* output_w[4];      // l = 0..3: (conv_dim, 3, 3, C), C = in_dims[3] at l = 3, else conv_dim
+    float* output_gn_w[4];   // (conv_dim)
+    float* output_gn_b[4];   // (conv_dim)
+    float* mask_w;           // (mask_dim, 3, 3, conv_dim)
+    float* mask_b;           // (mask_dim)
+} PixelDecoderParams;
+
+typedef struct {
+    int max_B, H4, W4, Hs[4], Ws[4];   // sizes the buffers were pointed for
+    float* lateral[3];       // (B, Hs[l], Ws[l], conv_dim) conv1x1 output
+    float* lateral_gn[3];    // same, after GroupNorm
+    float* lateral_mean[3];  // (B, G)
+    float* lateral_rstd[3];  // (B, G)
+    float* fused[3];         // lateral_gn + nearest-upsampled out[l+1]
+    float* conv[4];          // (B, Hs[l], Ws[l], conv_dim) conv3x3 output
+    float* gn[4];            // same, after GroupNorm
+    float* mean[4];          // (B, G)
+    float* rstd[4];          // (B, G)
+    float* out[4];           // relu(gn): the FPN outputs
+    float* mask_features;    // (B, H4, W4, mask_dim)
+} PixelDecoderActs;
+
+size_t pixel_decoder_num_params(const M2FConfig* cfg);
+void pixel_decoder_point_params(PixelDecoderParams* p, float* mem, const M2FConfig* cfg);
+// c2_xavier_fill convs (uniform +-sqrt(3 / fan_in)), zero biases, GN weight 1 bias 0.
+// mem is HOST memory of pixel_decoder_num_params floats.
+void pixel_decoder_init_params(float* mem, const M2FConfig* cfg, Rng* rng);
+size_t pixel_decoder_num_acts(const M2FConfig* cfg, int max_B, int H4, int W4);
+void pixel_decoder_point_acts(PixelDecoderActs* a, float* mem, const M2FConfig* cfg,
+                              int max_B, int H4, int W4);
+// feats[l]: (B, Hs[l], Ws[l], in_dims[l]) on ttt_device, B <= a->max_B
+void pixel_decoder_forward(const M2FConfig* cfg, const PixelDecoderParams* p, PixelDecoderActs* a,
+                           const float* const feats[4], int B);
+// Upstream gradients: da->mask_features and da->out[1..3] (zero where none; da->out[0] is
+// treated as scratch). Every other buffer of da is scratch and is zeroed here.
+// Accumulates into grads (a PixelDecoderParams over a gradient buffer) and dfeats[l]
+// (each may be NULL).
+void pixel_decoder_backward(const M2FConfig* cfg, const PixelDecoderParams* p,
+                            PixelDecoderParams* grads, const PixelDecoderActs* a,
+                            PixelDecoderActs* da, const float* const feats[4], float* dfeats[4],
+                            int B);
+
+// ---- the whole head h: pixel decoder + masked-attention transformer decoder ----
+// Prediction j = 0..L-1 (L = dec_layers + 1): y_j = decoder_norm(tgt_j) with tgt_0 = query_feat
+// and tgt_j = output of decoder layer j-1;
+//   class_logits[j] = y_j @ class_w^T + class_b                      (B, Q, K+1)
+//   e = me3(relu(me2(relu(me1(y_j)))))                               (B, Q, mask_dim)
+//   mask_logits[j][b,q,p] = e[b,q,:] . mask_features[b,p,:]            (B, Q, H4*W4)
+// Decoder layer i (m = i % 3, T = tokens of memory level m, src = memory + level_embed[m],
+// pos = sine encoding of level m, qpos = query_embed):
+//   masked cross-attn: q = W_q(tgt+qpos), k = W_k(src+pos), v = W_v(src), scores + attn_mask[i]
+//                      tgt = LN(tgt + W_o attn)
+//   self-attn:         q = W_q(tgt+qpos), k = W_k(tgt+qpos), v = W_v(tgt); tgt = LN(tgt + W_o attn)
+//   FFN:               tgt = LN(tgt + fc2(relu(fc1(tgt))))
+// attn_mask[i] (B, Q, T) = attn_mask_from_logits(bilinear resize of mask_logits[i] to level m),
+// shared by all heads, no gradient.
+#define M2F_NUM_TENSORS (PD_NUM_TENSORS + 31)
+typedef struct {
+    PixelDecoderParams pd;   // first in memory: the pixel decoder's block
+    float* query_feat;       // (Q, D) tgt_0
+    float* query_embed;      // (Q, D) query positions
+    float* level_embed;      // (3, D) memory levels 1/32, 1/16, 1/8
+    // decoder layers, stacked over dec_layers (NL)
+    float* ca_in_w;          // (NL, 3D, D) rows: W_q, W_k, W_v (nn.MultiheadAttention in_proj)
+    float* ca_in_b;          // (NL, 3D)
+    float* ca_out_w;         // (NL, D, D)
+    float* ca_out_b;         // (NL, D)
+    float* ca_ln_w;          // (NL, D)
+    float* ca_ln_b;          // (NL, D)
+    float* sa_in_w;          // (NL, 3D, D) rows: W_q, W_k, W_v
+    float* sa_in_b;          // (NL, 3D)
+    float* sa_out_w;         // (NL, D, D)
+    float* sa_out_b;         // (NL, D)
+    float* sa_ln_w;          // (NL, D)
+    float* sa_ln_b;          // (NL, D)
+    float* fc1_w;            // (NL, F, D)
+    float* fc1_b;            // (NL, F)
+    float* fc2_w;            // (NL, D, F)
+    float* fc2_b;            // (NL, D)
+    float* ffn_ln_w;         // (NL, D)
+    float* ffn_ln_b;         // (NL, D)
+    float* dec_ln_w;         // (D) decoder_norm, shared by all predictions
+    float* dec_ln_b;         // (D)
+    float* class_w;          // (K+1, D)
+    float* class_b;          // (K+1)
+    float* me1_w;            // (D, D) mask-embed MLP
+    float* me1_b;            // (D)
+    float* me2_w;            // (D, D)
+    float* me2_b;            // (D)
+    float* me3_w;            // (mask_dim, D)
+    float* me3_b;            // (mask_dim)
+} M2FParams;
+
+typedef struct {
+    int max_B, H4, W4, Hs[4], Ws[4];
+    int T[3];                // tokens of memory levels 0, 1, 2 (1/32, 1/16, 1/8)
+    // outputs, first in memory (dacts: upstream gradients)
+    // packed densely for the B of the last forward: prediction j starts at j * B * Q * (K+1)
+    float* class_logits;     // (L, B, Q, K+1), L = dec_layers + 1
+    float* mask_logits;      // (L, B, Q, H4, W4)
+    PixelDecoderActs pd;
+    float* pos[3];           // (T[m], D) sine position encoding of memory level m
+    float* level_rows[3];    // (T[m], D) level_embed[m] repeated on every row
+    float* src[3];           // (B, T[m], D) FPN output + level_embed[m]
+    float* src_pos[3];       // (B, T[m], D) src + pos
+    float* qpos;             // (B, Q, D) query_embed broadcast over B
+    float* tgt0;             // (B, Q, D) query_feat broadcast over B
+    // per decoder layer i
+    float* attn_mask[M2F_MAX_LAYERS];   // (B, Q, T) additive: 0 or -INFINITY
+    float* ca_qin[M2F_MAX_LAYERS];      // (B, Q, D) tgt + qpos
+    float* ca_q[M2F_MAX_LAYERS];        // (B, Q, D)
+    float* ca_k[M2F_MAX_LAYERS];        // (B, T, D)
+    float* ca_v[M2F_MAX_LAYERS];        // (B, T, D)
+    float* ca_att[M2F_MAX_LAYERS];      // (B, NH, Q, T)
+    float* ca_o[M2F_MAX_LAYERS];        // (B, Q, D) attention output before W_o
+    float* ca_res[M2F_MAX_LAYERS];      // (B, Q, D) tgt + W_o o
+    float* ca_ln[M2F_MAX_LAYERS];       // (B, Q, D)
+    float* ca_mean[M2F_MAX_LAYERS];     // (B, Q)
+    float* ca_rstd[M2F_MAX_LAYERS];     // (B, Q)
+    float* sa_qin[M2F_MAX_LAYERS];      // (B, Q, D) ca_ln + qpos
+    float* sa_q[M2F_MAX_LAYERS];        // (B, Q, D)
+    float* sa_k[M2F_MAX_LAYERS];
+    float* sa_v[M2F_MAX_LAYERS];
+    float* sa_att[M2F_MAX_LAYERS];      // (B, NH, Q, Q)
+    float* sa_o[M2F_MAX_LAYERS];
+    float* sa_res[M2F_MAX_LAYERS];
+    float* sa_ln[M2F_MAX_LAYERS];
+    float* sa_mean[M2F_MAX_LAYERS];
+    float* sa_rstd[M2F_MAX_LAYERS];
+    float* fc1[M2F_MAX_LAYERS];         // (B, Q, F)
+    float* fc1_relu[M2F_MAX_LAYERS];    // (B, Q, F)
+    float* ffn_res[M2F_MAX_LAYERS];     // (B, Q, D)
+    float* ffn_ln[M2F_MAX_LAYERS];      // (B, Q, D) layer output = tgt_{i+1}
+    float* ffn_mean[M2F_MAX_LAYERS];
+    float* ffn_rstd[M2F_MAX_LAYERS];
+    // per prediction j = 0..L-1
+    float* dn[M2F_MAX_LAYERS + 1];      // (B, Q, D) decoder_norm output
+    float* dn_mean[M2F_MAX_LAYERS + 1]; // (B, Q)
+    float* dn_rstd[M2F_MAX_LAYERS + 1];
+    float* me1[M2F_MAX_LAYERS + 1];     // (B, Q, D)
+    float* me1_relu[M2F_MAX_LAYERS + 1];
+    float* me2[M2F_MAX_LAYERS + 1];
+    float* me2_relu[M2F_MAX_LAYERS + 1];
+    float* me3[M2F_MAX_LAYERS + 1];     // (B, Q, mask_dim) mask embedding
+    float* mask_resized;                // (B, Q, max T) scratch for the next attention mask
+} M2FActs;
+
+size_t m2f_num_params(const M2FConfig* cfg);
+void m2f_point_params(M2FParams* p, float* mem, const M2FConfig* cfg);
+// host memory: pixel decoder as above; attention/FFN weights xavier_uniform, their biases 0;
+// query_feat, query_embed, level_embed N(0, 1); class and mask-embed Linear PyTorch default
+// (uniform +-1/sqrt(fan_in) for weight and bias); LayerNorm weight 1 bias 0.
+void m2f_init_params(float* mem, const M2FConfig* cfg, Rng* rng);
+size_t m2f_num_acts(const M2FConfig* cfg, int max_B, int H4, int W4);
+void m2f_point_acts(M2FActs* a, float* mem, const M2FConfig* cfg, int max_B, int H4, int W4);
+// feats as for pixel_decoder_forward. teacher_masks: NULL normally; else the additive masks
+// (0 / -INFINITY) to use instead of the computed ones, layer after layer, each (B, Q, T[i % 3])
+// packed densely (reference tests). Writes a->class_logits, a->mask_logits.
+void m2f_forward(const M2FConfig* cfg, const M2FParams* p, M2FActs* a,
+                 const float* const feats[4], int B, const float* teacher_masks);
+// the transformer decoder alone, on the pixel decoder outputs already in a->pd (out[1..3],
+// mask_features); m2f_forward = pixel_decoder_forward + this. Used by reference tests.
+void m2f_decoder_forward(const M2FConfig* cfg, const M2FParams* p, M2FActs* a, int B,
+                         const float* teacher_masks);
+// da->class_logits and da->mask_logits hold the upstream gradients (layout of the forward
+// outputs); every other buffer of da is scratch and is zeroed here. Accumulates into grads and
+// dfeats[l] (may be NULL). Uses the attention masks saved by the forward.
+void m2f_backward(const M2FConfig* cfg, const M2FParams* p, M2FParams* grads, const M2FActs* a,
+                  M2FActs* da, const float* const feats[4], float* dfeats[4], int B);
+
+// new op: Mask2Former's attention mask from (resized) mask logits, all (B, Q, T):
+//   blocked = sigmoid(logit) < 0.5 (computed as 1 / (1 + expf(-x)) < 0.5f in float);
+//   a row (b, q) with every t blocked is reopened entirely;
+//   mask_add = -INFINITY where blocked else 0. No backward.
+void attn_mask_from_logits(float* mask_add, const float* logits, int B, int Q, int T);
+void attn_mask_from_logits_cpu(float* mask_add, const float* logits, int B, int Q, int T);
+#ifdef TTT_CUDA
+void attn_mask_from_logits_cuda(float* mask_add, const float* logits, int B, int Q, int T);
+#endif
+
+// ---- inference (host memory) ----
+// Semantic: for one image, class_logits (Q, K+1), mask_logits (Q, H4, W4) of the last prediction.
+//   seg[k, p] = sum_q softmax(class_logits[q])[k] * sigmoid(mask_logits[q, p]), k < K
+//   seg (K, H4, W4) is resized bilinearly (align_corners=False) to (4*H4, 4*W4), cropped to the
+//   top-left H x W (H <= 4*H4, W <= 4*W4), ids[y, x] = argmax_k (first max on ties).
+// work: host floats of m2f_semantic_work_size(Q, K, H4, W4).
+size_t m2f_semantic_work_size(int Q, int K, int H4, int W4);
+void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
+                            const float* mask_logits, int Q, int K, int H4, int W4,
+                            int H, int W, float* work);
+// Panoptic (Mask2Former panoptic_inference): score, label = max over softmax(K+1); keep
+// label != K and score > object_threshold (0.8); mask probs = sigmoid(bilinear logits at
+// (4*H4, 4*W4) cropped to H x W); pixel owner = argmax_kept score * prob; a kept query becomes
+// a segment if area(owner == it & prob >= 0.5) > 0 and area(owner == it) / area(prob >= 0.5)
+// >= overlap_threshold (0.8); stuff classes (is_thing[k] == 0; is_thing NULL = all things)
+// merge into one segment per class. seg_ids (H, W): 0 = void, else segment id 1..n.
+// Returns n (<= max_segments); segments[s] describes id s+1.
+typedef struct { int id; int class_id; int is_thing; int area; float score; } PanopticSegment;
+size_t m2f_panoptic_work_size(int Q, int H, int W);
+int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segments,
+                           const float* class_logits, const float* mask_logits,
+                           int Q, int K, int H4, int W4, int H, int W,
+                           const unsigned char* is_thing, float object_threshold,
+                           float overlap_threshold, float* work);
 
 // --- end of decoder declarations ---
 
 
 // --- set loss (targets, matcher, losses) ---
 
-// (mask2former set loss declarations go here)
+// The Mask2Former set loss, on the HOST (the caller copies logits in and gradients out).
+// For every prediction j (deep supervision) and image b:
+//   targets: one binary mask per class present in the label map (255 = ignore: 0 in all)
+//   matching: Hungarian on cost = w_class * -p(class) + w_mask * BCE + w_dice * dice over
+//             num_points uniform random points shared by all masks of the image
+//   loss_j = w_class * CE(all queries; unmatched -> no-object, weight no_object_weight)
+//          + w_mask * sum_matched BCE / num_masks + w_dice * sum_matched dice / num_masks
+//   with BCE and dice on num_points importance-sampled points per matched mask
+//   (oversample x random, keep the importance share most uncertain by -|logit|, rest random)
+// all_pixels = 1 replaces every point set by the centres of the Hm x Wm mask-map pixels.
+typedef struct {
+    int num_points;          // 12544
+    float oversample;        // 3
+    float importance;        // 0.75
+    float w_class, w_mask, w_dice;   // 2, 5, 5
+    float no_object_weight;  // 0.1
+    int all_pixels;          // 0
+} SetLossConfig;
+SetLossConfig set_loss_config_default(void);
+
+// class_logits (L, B, Q, K+1), mask_logits (L, B, Q, Hm, Wm), labels (B, H, W); the mask map
+// covers the labels' frame (point (x, y) in [0, 1]^2 is the same place in both).
+// Returns the total loss; parts[0..2] = the weighted CE, BCE and dice summed over L.
+// dclass_logits / dmask_logits (same layouts) are accumulated, or skipped when NULL.
+// Scratch memory is malloc'd per call (one training step; not a hot path).
+float set_loss(const SetLossConfig* cfg, const float* class_logits, const float* mask_logits,
+               int L, int B, int Q, int K, int Hm, int Wm, const unsigned char* labels, int H, int W,
+               float* dclass_logits, float* dmask_logits, Rng* rng, float parts[3]);
+
+// minimum-cost assignment of n rows to distinct columns of an n x m cost matrix (n <= m);
+// col_of_row[i] receives the column of row i. Returns the total cost.
+double hungarian_assign(const double* cost, int n, int m, int* col_of_row);
 
 // --- end of set loss declarations ---
 
@@ -518,7 +795,86 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* grads
 // MAE HEAD g AND THE Y MODEL (mae.c): masking, g, the joint model, training step
 // ============================================================================
 
-// (mae / model declarations go here)
+// What the paper's code does (renwang435/video-ttt-release, read 2026-11-22):
+// - mask2former/maskformer_ttt_model.py: g ("recon_head") is a second MaskFormer head built
+//   from the same config (pixel decoder + masked-attention transformer decoder) with
+//   NUM_OBJECT_QUERIES = 48 = 3 * 4 * 4 and no class head (mask_classification=False). Its
+//   48 "mask" maps at 1/4 resolution are the 3 x 4 x 4 pixels of every 4 x 4 patch.
+// - modeling/criterion.py ReconCriterion: recon = reshape(48 maps -> (3, p, p, H/4, W/4)) ->
+//   (3, H, W) with p = 4; target = the ImageNet-normalised image; loss = MSE (the released
+//   code averages over ALL pixels; the masked-only line is commented out).
+// - data/dataloaders/mae.py: masking patch 16 x 16, exactly int(L * (1 - 0.8)) patches kept
+//   per image (random permutation); masked pixels are zeroed; the 4th input channel there is
+//   1 on VISIBLE pixels (all ones for the main task).
+// - configs/.../maskformer2_swin_small_bs16_90k_ttt_mae.yaml: AdamW, lr 1e-4, weight decay
+//   0.05, images normalised by mean (123.675, 116.28, 103.53) / std (58.395, 57.12, 57.375).
+// Ours follows the project spec where it differs: the 4th channel is 1 on MASKED pixels (0 for
+// the main task) and the loss is the MSE over masked pixels only.
+
+#define MAE_RECON_PATCH 4   // g's 48 queries are the 3 x 4 x 4 pixels of a 4 x 4 patch
+
+typedef struct {
+    SwinConfig swin;      // f (in_chans 4)
+    M2FConfig m2f;        // h
+    M2FConfig mae;        // g: h's architecture with 3 * 4 * 4 queries (class head unused)
+    int num_classes;      // K semantic classes (labels 0..K-1, 255 = ignore)
+    int mae_patch;        // masking patch size in pixels (16)
+    float mask_ratio;     // fraction of patches masked (0.8)
+} ModelConfig;
+
+typedef struct { float lr, beta1, beta2, eps, weight_decay; } OptConfig;
+OptConfig opt_config_ttt(void);   // AdamW lr 1e-4, betas (0.9, 0.999), eps 1e-8, wd 0.05
+
+typedef struct Model Model;
+
+ModelConfig model_config_default(int num_classes);   // small, runs on a CPU
+ModelConfig model_config_tiny(int num_classes);      // for tests
+ModelConfig model_config_swin_s(int num_classes);    // Swin-S + published Mask2Former sizes
+// params f, h, g (+ frozen f0, g0), grads, AdamW state and activations, all on ttt_device,
+// allocated once for batches up to max_batch of H x W frames (padded to a multiple of 32)
+Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W);
+void model_free(Model* m);
+void model_init_random(Model* m, uint64_t seed);
+void model_save(const Model* m, const char* path);
+Model* model_load(const char* path, int max_batch, int H, int W);
+const ModelConfig* model_config(const Model* m);
+void model_snapshot_ttt(Model* m);   // f0, g0 <- f, g
+void model_reset_ttt(Model* m);      // f, g <- f0, g0; TTT optimizer state cleared
+// one TTT step on f and g: frames (B, H, W, 3) in [0, 1] on the host, B independent masks;
+// returns the masked MSE; a non-finite loss leaves the weights untouched
+float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt, Rng* rng);
+// MAE loss only (no update), with the given rng for the masks
+float model_mae_loss(Model* m, const float* frames, int B, Rng* rng);
+// h(f(x)) on an unmasked frame (H, W, 3) host -> class ids (H, W) host
+void model_predict(Model* m, const float* frame, unsigned char* pred);
+// checksums of parameter groups, for tests and logs: 0 = f, 1 = h, 2 = g
+uint64_t model_param_hash(const Model* m, int part);
+size_t model_num_params(const Model* m, int part);
+// host copy of every trainable parameter [f | h | g] and of the matching gradient buffer
+float* model_params_host(const Model* m);
+float* model_grads_host(const Model* m);
+// forward + backward of the MAE loss without an update (gradient checks); masks from rng
+float model_mae_forward_backward(Model* m, const float* frames, int B, Rng* rng);
+// device pointer to the trainable parameters [f | h | g] (gradient checks perturb them)
+float* model_params_device(Model* m);
+// hold g's attention masks fixed at those of the last MAE forward of batch B (on = 1), or not
+void model_freeze_mae_masks(Model* m, int B, int on);
+
+// op: build the 4-channel network input and the MAE target.
+//   rgb (B, H, W, 3) in [0, 1]; patch_mask (B, Hp/ps, Wp/ps) bytes, 1 = masked (NULL: none)
+//   inp4 (B, Hp, Wp, 4): ImageNet-normalised RGB, zero where masked or beyond H x W (padding),
+//        channel 3 = 1 on masked pixels
+//   target, target_mask (B, 48, Hp/4, Wp/4) in the layout of g's mask logits: query
+//        q = c*16 + py*4 + px holds normalised pixel (c, 4y+py, 4x+px); target_mask = 1 on
+//        masked pixels inside H x W. Either may be NULL.
+void mae_prepare_input(float* inp4, float* target, float* target_mask, const float* rgb,
+                       const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps);
+void mae_prepare_input_cpu(float* inp4, float* target, float* target_mask, const float* rgb,
+                           const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps);
+#ifdef TTT_CUDA
+void mae_prepare_input_cuda(float* inp4, float* target, float* target_mask, const float* rgb,
+                            const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps);
+#endif
 
 // ============================================================================
 // end of MAE

@@ -1,0 +1,125 @@
+// test/gpu_m2f.c: the Mask2Former head h on CUDA against the CPU reference: forward outputs
+// (with the model's own attention masks and with fixed ones) and every gradient.
+#include "test/test.h"
+
+typedef struct {
+    float* params; float* grads; float* acts; float* dacts;
+    M2FParams p, g; M2FActs a, da;
+    float* feats[4]; float* dfeats[4];
+} Side;
+
+static void side_init(Side* s, const M2FConfig* cfg, int B, int H4, int W4, const float* params_host,
+                      float* const feats_host[4], const size_t feat_n[4]) {
+    size_t np = m2f_num_params(cfg), na = m2f_num_acts(cfg, B, H4, W4);
+    s->params = (float*)ttt_malloc(np * sizeof(float));
+    s->grads = (float*)ttt_malloc(np * sizeof(float));
+    s->acts = (float*)ttt_malloc(na * sizeof(float));
+    s->dacts = (float*)ttt_malloc(na * sizeof(float));
+    ttt_to_device(s->params, params_host, np * sizeof(float));
+    ttt_zero(s->grads, np * sizeof(float));
+    ttt_zero(s->acts, na * sizeof(float));
+    ttt_zero(s->dacts, na * sizeof(float));
+    m2f_point_params(&s->p, s->params, cfg);
+    m2f_point_params(&s->g, s->grads, cfg);
+    m2f_point_acts(&s->a, s->acts, cfg, B, H4, W4);
+    m2f_point_acts(&s->da, s->dacts, cfg, B, H4, W4);
+    for (int l = 0; l < 4; l++) {
+        s->feats[l] = (float*)ttt_malloc(feat_n[l] * sizeof(float));
+        s->dfeats[l] = (float*)ttt_malloc(feat_n[l] * sizeof(float));
+        ttt_to_device(s->feats[l], feats_host[l], feat_n[l] * sizeof(float));
+        ttt_zero(s->dfeats[l], feat_n[l] * sizeof(float));
+    }
+}
+
+static float* to_host(const float* d, size_t n) {
+    float* h = (float*)mallocCheck(n * sizeof(float));
+    ttt_to_host(h, d, n * sizeof(float));
+    return h;
+}
+
+int main(void) {
+    if (!ttt_cuda_available()) {
+        printf("no CUDA device: skipped\n");
+        return test_summary("gpu_m2f");
+    }
+    int in_dims[4] = {24, 32, 40, 48};
+    M2FConfig cfg = m2f_config_small(in_dims, 7);
+    cfg.dec_layers = 4;
+    int B = 2, H4 = 23, W4 = 17;
+    Rng rng; rng_seed(&rng, 5);
+    size_t np = m2f_num_params(&cfg);
+    float* params = (float*)mallocCheck(np * sizeof(float));
+    m2f_init_params(params, &cfg, &rng);
+    int Hs[4], Ws[4];
+    m2f_level_sizes(H4, W4, Hs, Ws);
+    float* feats[4]; size_t feat_n[4];
+    for (int l = 0; l < 4; l++) {
+        feat_n[l] = (size_t)B * Hs[l] * Ws[l] * in_dims[l];
+        feats[l] = random_tensor(&rng, feat_n[l], -1.0f, 1.0f);
+    }
+    int L = cfg.dec_layers + 1;
+    size_t n_class = (size_t)L * B * cfg.num_queries * (cfg.num_classes + 1);
+    size_t n_mask = (size_t)L * B * cfg.num_queries * H4 * W4;
+    float* w_class = random_tensor(&rng, n_class, -1, 1);
+    float* w_mask = random_tensor(&rng, n_mask, -1, 1);
+
+    Side side[2];
+    float* out_class[2]; float* out_mask[2]; float* out_grads[2]; float* out_dfeats[2][4];
+    float* cpu_masks = NULL; size_t n_masks = 0;
+    for (int d = 0; d < 2; d++) {
+        ttt_set_device(d == 0 ? DEVICE_CPU : DEVICE_CUDA);
+        Side* s = &side[d];
+        side_init(s, &cfg, B, H4, W4, params, feats, feat_n);
+        // own masks first: compare the masks; then teacher-forced with the CPU's masks
+        m2f_forward(&cfg, &s->p, &s->a, (const float* const*)s->feats, B, NULL);
+        if (d == 0) {
+            for (int i = 0; i < cfg.dec_layers; i++) n_masks += (size_t)B * cfg.num_queries * s->a.T[i % 3];
+            cpu_masks = (float*)mallocCheck(n_masks * sizeof(float));
+            size_t off = 0;
+            for (int i = 0; i < cfg.dec_layers; i++) {
+                size_t n = (size_t)B * cfg.num_queries * s->a.T[i % 3];
+                ttt_to_host(cpu_masks + off, s->a.attn_mask[i], n * sizeof(float));
+                off += n;
+            }
+        } else {
+            size_t off = 0, differ = 0;
+            for (int i = 0; i < cfg.dec_layers; i++) {
+                size_t n = (size_t)B * cfg.num_queries * s->a.T[i % 3];
+                float* m = to_host(s->a.attn_mask[i], n);
+                for (size_t k = 0; k < n; k++) differ += (m[k] < 0) != (cpu_masks[off + k] < 0);
+                free(m); off += n;
+            }
+            printf("     (own attention masks differ from the CPU's at %zu of %zu keys)\n", differ, n_masks);
+            CHECK(differ * 200 <= n_masks, "masks differ at %zu of %zu", differ, n_masks);
+        }
+        float* teacher = (float*)ttt_malloc(n_masks * sizeof(float));
+        ttt_to_device(teacher, cpu_masks, n_masks * sizeof(float));
+        m2f_forward(&cfg, &s->p, &s->a, (const float* const*)s->feats, B, teacher);
+        out_class[d] = to_host(s->a.class_logits, n_class);
+        out_mask[d] = to_host(s->a.mask_logits, n_mask);
+        ttt_to_device(s->da.class_logits, w_class, n_class * sizeof(float));
+        ttt_to_device(s->da.mask_logits, w_mask, n_mask * sizeof(float));
+        m2f_backward(&cfg, &s->p, &s->g, &s->a, &s->da, (const float* const*)s->feats, s->dfeats, B);
+        out_grads[d] = to_host(s->grads, np);
+        for (int l = 0; l < 4; l++) out_dfeats[d][l] = to_host(s->dfeats[l], feat_n[l]);
+        ttt_free(teacher);
+    }
+    check_close("cuda vs cpu: class logits", out_class[1], out_class[0], n_class, 1e-3);
+    check_close("cuda vs cpu: mask logits", out_mask[1], out_mask[0], n_mask, 1e-3);
+    M2FParams gc, gg;
+    m2f_point_params(&gc, out_grads[0], &cfg);
+    m2f_point_params(&gg, out_grads[1], &cfg);
+    float** pc = (float**)&gc; float** pg = (float**)&gg;
+    char name[64];
+    for (int t = 0; t < M2F_NUM_TENSORS; t++) {
+        size_t start = (size_t)(pc[t] - out_grads[0]);
+        size_t end = (t + 1 < M2F_NUM_TENSORS) ? (size_t)(pc[t + 1] - out_grads[0]) : np;
+        snprintf(name, sizeof(name), "cuda vs cpu: grad tensor %d", t);
+        check_close(name, pg[t], pc[t], end - start, 2e-3);
+    }
+    for (int l = 0; l < 4; l++) {
+        snprintf(name, sizeof(name), "cuda vs cpu: dfeats[%d]", l);
+        check_close(name, out_dfeats[1][l], out_dfeats[0][l], feat_n[l], 2e-3);
+    }
+    return test_summary("gpu_m2f");
+}

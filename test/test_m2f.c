@@ -1,0 +1,414 @@
+// test/test_m2f.c: Mask2Former head h: the attention-mask op, the FPN pixel decoder against a
+// direct re-computation, batch consistency, teacher-forced masks, finite-difference gradients of
+// every parameter tensor and of the encoder features, semantic and panoptic inference.
+#include "test/test.h"
+
+// ----------------------------------------------------------------------------
+// a model on the host (CPU device): config, params, grads, acts, dacts, features
+
+typedef struct {
+    M2FConfig cfg;
+    int B, H4, W4;
+    float* params; float* grads; float* acts; float* dacts;
+    M2FParams p, g;
+    M2FActs a, da;
+    float* feats[4]; float* dfeats[4];
+    size_t feat_n[4];
+    float* teacher;         // packed additive masks (or NULL)
+    float* w_class; float* w_mask;   // fixed random weights of the scalar loss
+    size_t n_class, n_mask;
+} Fixture;
+
+static void fixture_init(Fixture* f, M2FConfig cfg, int B, int H4, int W4, uint64_t seed) {
+    Rng rng; rng_seed(&rng, seed);
+    f->cfg = cfg; f->B = B; f->H4 = H4; f->W4 = W4;
+    m2f_config_check(&cfg);
+    size_t np = m2f_num_params(&cfg), na = m2f_num_acts(&cfg, B, H4, W4);
+    f->params = (float*)mallocCheck(np * sizeof(float));
+    f->grads = (float*)callocCheck(np, sizeof(float));
+    f->acts = (float*)callocCheck(na, sizeof(float));
+    f->dacts = (float*)callocCheck(na, sizeof(float));
+    m2f_init_params(f->params, &cfg, &rng);
+    // noise every parameter so no tensor is trivial (GN/LN weights 1, biases 0)
+    for (size_t i = 0; i < np; i++) f->params[i] += 0.1f * rng_normal(&rng);
+    m2f_point_params(&f->p, f->params, &cfg);
+    m2f_point_params(&f->g, f->grads, &cfg);
+    m2f_point_acts(&f->a, f->acts, &cfg, B, H4, W4);
+    m2f_point_acts(&f->da, f->dacts, &cfg, B, H4, W4);
+    for (int l = 0; l < 4; l++) {
+        f->feat_n[l] = (size_t)B * f->a.Hs[l] * f->a.Ws[l] * cfg.in_dims[l];
+        f->feats[l] = random_tensor(&rng, f->feat_n[l], -1.0f, 1.0f);
+        f->dfeats[l] = (float*)callocCheck(f->feat_n[l], sizeof(float));
+    }
+    int L = cfg.dec_layers + 1;
+    f->n_class = (size_t)L * B * cfg.num_queries * (cfg.num_classes + 1);
+    f->n_mask = (size_t)L * B * cfg.num_queries * H4 * W4;
+    f->w_class = random_tensor(&rng, f->n_class, -1.0f, 1.0f);
+    f->w_mask = random_tensor(&rng, f->n_mask, -1.0f, 1.0f);
+    // fixed random attention masks: about 40% blocked, and every row keeps one open key
+    size_t nt = 0;
+    for (int i = 0; i < cfg.dec_layers; i++) nt += (size_t)B * cfg.num_queries * f->a.T[i % 3];
+    f->teacher = (float*)mallocCheck(nt * sizeof(float));
+    size_t off = 0;
+    for (int i = 0; i < cfg.dec_layers; i++) {
+        int T = f->a.T[i % 3];
+        for (int r = 0; r < B * cfg.num_queries; r++) {
+            int keep = rng_int(&rng, T);
+            for (int t = 0; t < T; t++) {
+                f->teacher[off + (size_t)r * T + t] = (t != keep && rng_uniform(&rng) < 0.4f) ? -INFINITY : 0.0f;
+            }
+        }
+        off += (size_t)B * cfg.num_queries * T;
+    }
+}
+
+static void fixture_free(Fixture* f) {
+    free(f->params); free(f->grads); free(f->acts); free(f->dacts);
+    for (int l = 0; l < 4; l++) { free(f->feats[l]); free(f->dfeats[l]); }
+    free(f->teacher); free(f->w_class); free(f->w_mask);
+}
+
+static double fixture_loss(void* ctx) {
+    Fixture* f = (Fixture*)ctx;
+    m2f_forward(&f->cfg, &f->p, &f->a, (const float* const*)f->feats, f->B, f->teacher);
+    return dot_double(f->a.class_logits, f->w_class, f->n_class) +
+           dot_double(f->a.mask_logits, f->w_mask, f->n_mask);
+}
+
+static void fixture_backward(Fixture* f) {
+    fixture_loss(f);
+    memset(f->grads, 0, m2f_num_params(&f->cfg) * sizeof(float));
+    for (int l = 0; l < 4; l++) memset(f->dfeats[l], 0, f->feat_n[l] * sizeof(float));
+    memcpy(f->da.class_logits, f->w_class, f->n_class * sizeof(float));
+    memcpy(f->da.mask_logits, f->w_mask, f->n_mask * sizeof(float));
+    m2f_backward(&f->cfg, &f->p, &f->g, &f->a, &f->da, (const float* const*)f->feats, f->dfeats, f->B);
+}
+
+
+// Finite differences through a network full of ReLUs: a perturbation that moves some unit
+// across its kink spoils the central difference. This check takes two central differences
+// (eps and 2 eps) per index and skips indices where they disagree by more than 1% plus a
+// float-noise floor of 2e-3 (a kink within 2 eps),
+// then compares the rest like grad_check. It fails if more than half were skipped.
+static int grad_check_kinks(const char* name, float* x, size_t n, const float* analytic,
+                            loss_fn loss, void* ctx, float eps, double tol, size_t max_checks) {
+    size_t step = (n <= max_checks) ? 1 : n / max_checks;
+    double num2 = 0.0, diff2 = 0.0;
+    int checked = 0, skipped = 0;
+    for (size_t i = 0; i < n; i += step) {
+        float orig = x[i];
+        double fd[2];
+        for (int r = 0; r < 2; r++) {
+            float e = eps * (float)(r + 1);
+            x[i] = orig + e; double lp = loss(ctx);
+            x[i] = orig - e; double lm = loss(ctx);
+            fd[r] = (lp - lm) / (2.0 * e);
+        }
+        x[i] = orig;
+        double scale = fabs(fd[0]) + fabs(fd[1]) + 1e-2;
+        if (fabs(fd[0] - fd[1]) > 0.01 * scale + 2e-3) { skipped++; continue; }
+        double d = fd[0] - (double)analytic[i];
+        num2 += fd[0] * fd[0]; diff2 += d * d; checked++;
+    }
+    double err = sqrt(diff2) / (sqrt(num2) + 1e-12);
+    int ok = err <= tol && skipped * 2 <= checked + skipped;
+    printf("%-4s grad %-43s rel err %.3e (tol %.0e, n=%zu, %d kinks skipped)\n",
+           ok ? "ok" : "FAIL", name, err, tol, n, skipped);
+    if (ok) tests_passed++; else tests_failed++;
+    return ok;
+}
+
+// ----------------------------------------------------------------------------
+
+static void test_attn_mask_op(void) {
+    // rows: mixed, all blocked (reopened), exact zero and tiny negatives
+    float logits[3 * 4] = { 1.0f, -2.0f, 0.5f, -0.1f,
+                            -1.0f, -3.0f, -0.2f, -9.0f,
+                            0.0f, -1e-9f, -1e-3f, 20.0f };
+    float expect[3 * 4] = { 0, -INFINITY, 0, -INFINITY,
+                            0, 0, 0, 0,
+                            0, 0, -INFINITY, 0 };   // sigmoid(-1e-9f) rounds to 0.5: open
+    float got[12];
+    attn_mask_from_logits(got, logits, 1, 3, 4);
+    int ok = 1;
+    for (int i = 0; i < 12; i++) ok &= (got[i] == expect[i]);
+    CHECK(ok, "attn_mask_from_logits hand example");
+    printf("%-4s attn_mask_from_logits hand example\n", ok ? "ok" : "FAIL");
+}
+
+// direct re-computation of the FPN from its definition, in double
+static void ref_conv(double* out, const double* in, const float* w, const float* bias, int B, int H,
+                     int W, int C, int OC, int K) {
+    int pad = K / 2;
+    for (int b = 0; b < B; b++) for (int y = 0; y < H; y++) for (int x = 0; x < W; x++)
+        for (int o = 0; o < OC; o++) {
+            double s = bias ? bias[o] : 0.0;
+            for (int ky = 0; ky < K; ky++) for (int kx = 0; kx < K; kx++) {
+                int iy = y - pad + ky, ix = x - pad + kx;
+                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                for (int c = 0; c < C; c++)
+                    s += w[((o * K + ky) * K + kx) * C + c] * in[(((size_t)b * H + iy) * W + ix) * C + c];
+            }
+            out[(((size_t)b * H + y) * W + x) * OC + o] = s;
+        }
+}
+static void ref_gn(double* x, const float* w, const float* bias, int B, int HW, int C, int G, int relu) {
+    int cg = C / G;
+    for (int b = 0; b < B; b++) for (int g = 0; g < G; g++) {
+        double m = 0, v = 0, n = (double)HW * cg;
+        for (int p = 0; p < HW; p++) for (int c = g * cg; c < (g + 1) * cg; c++) m += x[((size_t)b * HW + p) * C + c];
+        m /= n;
+        for (int p = 0; p < HW; p++) for (int c = g * cg; c < (g + 1) * cg; c++) {
+            double d = x[((size_t)b * HW + p) * C + c] - m; v += d * d;
+        }
+        double r = 1.0 / sqrt(v / n + LN_EPS);
+        for (int p = 0; p < HW; p++) for (int c = g * cg; c < (g + 1) * cg; c++) {
+            double* e = &x[((size_t)b * HW + p) * C + c];
+            *e = (*e - m) * r * w[c] + bias[c];
+            if (relu && *e < 0) *e = 0;
+        }
+    }
+}
+
+static void test_fpn_reference(void) {
+    int in_dims[4] = {3, 5, 6, 7};
+    M2FConfig cfg = m2f_config_tiny(in_dims, 3);
+    Fixture f; fixture_init(&f, cfg, 2, 7, 5, 11);
+    PixelDecoderActs* a = &f.a.pd;
+    pixel_decoder_forward(&cfg, &f.p.pd, a, (const float* const*)f.feats, f.B);
+    int CD = cfg.conv_dim, G = cfg.num_groups, B = f.B;
+    double* y[4];
+    for (int l = 0; l < 4; l++) y[l] = (double*)mallocCheck(sizeof(double) * B * a->Hs[l] * a->Ws[l] * CD);
+    double* tmp = (double*)mallocCheck(sizeof(double) * B * a->Hs[0] * a->Ws[0] * 64);
+    double* lat = (double*)mallocCheck(sizeof(double) * B * a->Hs[0] * a->Ws[0] * 64);
+    // level 3
+    {
+        size_t n = f.feat_n[3];
+        for (size_t i = 0; i < n; i++) tmp[i] = f.feats[3][i];
+        ref_conv(y[3], tmp, f.p.pd.output_w[3], NULL, B, a->Hs[3], a->Ws[3], in_dims[3], CD, 3);
+        ref_gn(y[3], f.p.pd.output_gn_w[3], f.p.pd.output_gn_b[3], B, a->Hs[3] * a->Ws[3], CD, G, 1);
+    }
+    for (int l = 2; l >= 0; l--) {
+        int H = a->Hs[l], W = a->Ws[l], Hc = a->Hs[l + 1], Wc = a->Ws[l + 1];
+        for (size_t i = 0; i < f.feat_n[l]; i++) tmp[i] = f.feats[l][i];
+        ref_conv(lat, tmp, f.p.pd.lateral_w[l], NULL, B, H, W, in_dims[l], CD, 1);
+        ref_gn(lat, f.p.pd.lateral_gn_w[l], f.p.pd.lateral_gn_b[l], B, H * W, CD, G, 0);
+        for (int b = 0; b < B; b++) for (int yy = 0; yy < H; yy++) for (int xx = 0; xx < W; xx++) {
+            int sy = yy * Hc / H, sx = xx * Wc / W;   // nearest: floor(dst * in / out)
+            for (int c = 0; c < CD; c++)
+                lat[(((size_t)b * H + yy) * W + xx) * CD + c] += y[l + 1][(((size_t)b * Hc + sy) * Wc + sx) * CD + c];
+        }
+        ref_conv(y[l], lat, f.p.pd.output_w[l], NULL, B, H, W, CD, CD, 3);
+        ref_gn(y[l], f.p.pd.output_gn_w[l], f.p.pd.output_gn_b[l], B, H * W, CD, G, 1);
+    }
+    char name[64];
+    for (int l = 0; l < 4; l++) {
+        size_t n = (size_t)B * a->Hs[l] * a->Ws[l] * CD;
+        float* yf = (float*)mallocCheck(n * sizeof(float));
+        for (size_t i = 0; i < n; i++) yf[i] = (float)y[l][i];
+        snprintf(name, sizeof(name), "fpn out[%d] vs direct computation", l);
+        check_close(name, a->out[l], yf, n, 1e-5);
+        free(yf);
+    }
+    size_t nm = (size_t)B * a->H4 * a->W4 * cfg.mask_dim;
+    double* mf = (double*)mallocCheck(nm * sizeof(double));
+    ref_conv(mf, y[0], f.p.pd.mask_w, f.p.pd.mask_b, B, a->H4, a->W4, CD, cfg.mask_dim, 3);
+    float* mff = (float*)mallocCheck(nm * sizeof(float));
+    for (size_t i = 0; i < nm; i++) mff[i] = (float)mf[i];
+    check_close("fpn mask_features vs direct computation", a->mask_features, mff, nm, 1e-5);
+    free(mf); free(mff); free(tmp); free(lat);
+    for (int l = 0; l < 4; l++) free(y[l]);
+    fixture_free(&f);
+}
+
+// B = 2 must equal two runs with B = 1 (broadcasts, per-image products, masks per image);
+// teacher-forcing with the masks the model made itself must reproduce its outputs
+static void test_batch_and_teacher(void) {
+    int in_dims[4] = {4, 6, 8, 10};
+    M2FConfig cfg = m2f_config_tiny(in_dims, 4);
+    cfg.dec_layers = 4;
+    Fixture f; fixture_init(&f, cfg, 2, 9, 6, 21);
+    int L = cfg.dec_layers + 1, Q = cfg.num_queries, K1 = cfg.num_classes + 1, HW = 9 * 6;
+    m2f_forward(&cfg, &f.p, &f.a, (const float* const*)f.feats, 2, NULL);
+    float* cls2 = (float*)mallocCheck(f.n_class * sizeof(float));
+    float* msk2 = (float*)mallocCheck(f.n_mask * sizeof(float));
+    memcpy(cls2, f.a.class_logits, f.n_class * sizeof(float));
+    memcpy(msk2, f.a.mask_logits, f.n_mask * sizeof(float));
+    // the masks it made, packed
+    size_t nt = 0;
+    for (int i = 0; i < cfg.dec_layers; i++) nt += (size_t)2 * Q * f.a.T[i % 3];
+    float* made = (float*)mallocCheck(nt * sizeof(float));
+    size_t off = 0; int blocked = 0, total = 0;
+    for (int i = 0; i < cfg.dec_layers; i++) {
+        size_t n = (size_t)2 * Q * f.a.T[i % 3];
+        memcpy(made + off, f.a.attn_mask[i], n * sizeof(float));
+        for (size_t k = 0; k < n; k++) { blocked += (made[off + k] < 0); total++; }
+        off += n;
+    }
+    printf("     (model-made masks: %d of %d keys blocked)\n", blocked, total);
+    CHECK(blocked > 0 && blocked < total, "made masks are neither empty nor full (%d/%d)", blocked, total);
+    m2f_forward(&cfg, &f.p, &f.a, (const float* const*)f.feats, 2, made);
+    check_close("teacher-forced with own masks: class logits", f.a.class_logits, cls2, f.n_class, 0.0);
+    check_close("teacher-forced with own masks: mask logits", f.a.mask_logits, msk2, f.n_mask, 0.0);
+    // B = 1 runs on each image (features of image b are contiguous slices)
+    float* one_cls = (float*)mallocCheck(f.n_class * sizeof(float));
+    float* one_msk = (float*)mallocCheck(f.n_mask * sizeof(float));
+    for (int b = 0; b < 2; b++) {
+        const float* fb[4];
+        for (int l = 0; l < 4; l++) fb[l] = f.feats[l] + f.feat_n[l] / 2 * b;
+        m2f_forward(&cfg, &f.p, &f.a, fb, 1, NULL);
+        for (int j = 0; j < L; j++) {
+            memcpy(one_cls + ((size_t)j * 2 + b) * Q * K1, f.a.class_logits + (size_t)j * Q * K1, sizeof(float) * Q * K1);
+            memcpy(one_msk + ((size_t)j * 2 + b) * Q * HW, f.a.mask_logits + (size_t)j * Q * HW, sizeof(float) * Q * HW);
+        }
+    }
+    check_close("B=2 vs two B=1 runs: class logits", one_cls, cls2, f.n_class, 1e-5);
+    check_close("B=2 vs two B=1 runs: mask logits", one_msk, msk2, f.n_mask, 1e-5);
+    free(cls2); free(msk2); free(made); free(one_cls); free(one_msk);
+    fixture_free(&f);
+}
+
+static const char* param_names[M2F_NUM_TENSORS] = {
+    "pd.lateral_w[0]", "pd.lateral_w[1]", "pd.lateral_w[2]",
+    "pd.lateral_gn_w[0]", "pd.lateral_gn_w[1]", "pd.lateral_gn_w[2]",
+    "pd.lateral_gn_b[0]", "pd.lateral_gn_b[1]", "pd.lateral_gn_b[2]",
+    "pd.output_w[0]", "pd.output_w[1]", "pd.output_w[2]", "pd.output_w[3]",
+    "pd.output_gn_w[0]", "pd.output_gn_w[1]", "pd.output_gn_w[2]", "pd.output_gn_w[3]",
+    "pd.output_gn_b[0]", "pd.output_gn_b[1]", "pd.output_gn_b[2]", "pd.output_gn_b[3]",
+    "pd.mask_w", "pd.mask_b",
+    "query_feat", "query_embed", "level_embed",
+    "ca_in_w", "ca_in_b", "ca_out_w", "ca_out_b", "ca_ln_w", "ca_ln_b",
+    "sa_in_w", "sa_in_b", "sa_out_w", "sa_out_b", "sa_ln_w", "sa_ln_b",
+    "fc1_w", "fc1_b", "fc2_w", "fc2_b", "ffn_ln_w", "ffn_ln_b",
+    "dec_ln_w", "dec_ln_b", "class_w", "class_b",
+    "me1_w", "me1_b", "me2_w", "me2_b", "me3_w", "me3_b",
+};
+
+static void test_gradients(void) {
+    int in_dims[4] = {3, 5, 6, 7};
+    M2FConfig cfg = m2f_config_tiny(in_dims, 3);
+    cfg.dec_layers = 4;     // wraps around the three memory levels
+    cfg.mask_dim = 12;      // != hidden_dim
+    Fixture f; fixture_init(&f, cfg, 2, 7, 5, 7);
+    fixture_backward(&f);
+    // the params struct is M2F_NUM_TENSORS consecutive pointers into one block
+    float** ptrs = (float**)&f.p;
+    size_t np = m2f_num_params(&cfg);
+    char name[96];
+    for (int t = 0; t < M2F_NUM_TENSORS; t++) {
+        size_t start = (size_t)(ptrs[t] - f.params);
+        size_t end = (t + 1 < M2F_NUM_TENSORS) ? (size_t)(ptrs[t + 1] - f.params) : np;
+        snprintf(name, sizeof(name), "%s", param_names[t]);
+        grad_check_kinks(name, f.params + start, end - start, f.grads + start, fixture_loss, &f,
+                         1e-3f, 2e-2, 12);
+    }
+    for (int l = 0; l < 4; l++) {
+        snprintf(name, sizeof(name), "feats[%d]", l);
+        grad_check_kinks(name, f.feats[l], f.feat_n[l], f.dfeats[l], fixture_loss, &f, 1e-3f, 2e-2, 12);
+    }
+    fixture_free(&f);
+}
+
+// pixel decoder alone (the MAE head reuses it): gradient of a loss on mask_features + out[1..3]
+typedef struct { M2FConfig cfg; PixelDecoderParams p; PixelDecoderActs a; float* feats[4];
+                 float* w_mask; float* w_out[4]; size_t n_mask, n_out[4]; } PDFixture;
+static double pd_loss(void* ctx) {
+    PDFixture* f = (PDFixture*)ctx;
+    pixel_decoder_forward(&f->cfg, &f->p, &f->a, (const float* const*)f->feats, 2);
+    double s = dot_double(f->a.mask_features, f->w_mask, f->n_mask);
+    for (int l = 1; l < 4; l++) s += dot_double(f->a.out[l], f->w_out[l], f->n_out[l]);
+    return s;
+}
+static void test_pixel_decoder_alone(void) {
+    int in_dims[4] = {3, 4, 5, 6};
+    PDFixture f; Rng rng; rng_seed(&rng, 3);
+    f.cfg = m2f_config_tiny(in_dims, 2);
+    int B = 2, H4 = 6, W4 = 9;
+    size_t np = pixel_decoder_num_params(&f.cfg), na = pixel_decoder_num_acts(&f.cfg, B, H4, W4);
+    float* params = (float*)mallocCheck(np * sizeof(float));
+    float* grads = (float*)callocCheck(np, sizeof(float));
+    float* acts = (float*)callocCheck(na, sizeof(float));
+    float* dacts = (float*)callocCheck(na, sizeof(float));
+    pixel_decoder_init_params(params, &f.cfg, &rng);
+    for (size_t i = 0; i < np; i++) params[i] += 0.1f * rng_normal(&rng);
+    PixelDecoderParams g; PixelDecoderActs da;
+    pixel_decoder_point_params(&f.p, params, &f.cfg);
+    pixel_decoder_point_params(&g, grads, &f.cfg);
+    pixel_decoder_point_acts(&f.a, acts, &f.cfg, B, H4, W4);
+    pixel_decoder_point_acts(&da, dacts, &f.cfg, B, H4, W4);
+    float* dfeats[4];
+    size_t nf[4];
+    for (int l = 0; l < 4; l++) {
+        nf[l] = (size_t)B * f.a.Hs[l] * f.a.Ws[l] * in_dims[l];
+        f.feats[l] = random_tensor(&rng, nf[l], -1, 1);
+        dfeats[l] = (float*)callocCheck(nf[l], sizeof(float));
+        f.n_out[l] = (size_t)B * f.a.Hs[l] * f.a.Ws[l] * f.cfg.conv_dim;
+        f.w_out[l] = random_tensor(&rng, f.n_out[l], -1, 1);
+    }
+    f.n_mask = (size_t)B * H4 * W4 * f.cfg.mask_dim;
+    f.w_mask = random_tensor(&rng, f.n_mask, -1, 1);
+    pd_loss(&f);
+    for (size_t i = 0; i < na; i++) dacts[i] = 12345.0f;   // scratch must be zeroed by backward
+    memcpy(da.mask_features, f.w_mask, f.n_mask * sizeof(float));
+    for (int l = 1; l < 4; l++) memcpy(da.out[l], f.w_out[l], f.n_out[l] * sizeof(float));
+    pixel_decoder_backward(&f.cfg, &f.p, &g, &f.a, &da, (const float* const*)f.feats, dfeats, B);
+    grad_check_kinks("pixel decoder alone: all params", params, np, grads, pd_loss, &f, 1e-3f, 2e-2, 60);
+    for (int l = 0; l < 4; l++) {
+        char name[64]; snprintf(name, sizeof(name), "pixel decoder alone: feats[%d]", l);
+        grad_check_kinks(name, f.feats[l], nf[l], dfeats[l], pd_loss, &f, 1e-3f, 2e-2, 12);
+    }
+    for (int l = 0; l < 4; l++) { free(f.feats[l]); free(dfeats[l]); free(f.w_out[l]); }
+    free(f.w_mask); free(params); free(grads); free(acts); free(dacts);
+}
+
+// ----------------------------------------------------------------------------
+// inference on hand-made logits
+
+static void test_inference(void) {
+    // 3 queries, K = 2 classes, 2x2 map at 1/4, image 8 x 7 (cropped from 8 x 8)
+    int Q = 3, K = 2, H4 = 2, W4 = 2, H = 8, W = 7;
+    float cls[3 * 3] = { 8, 0, 0,      // query 0: class 0, confident
+                         0, 8, 0,      // query 1: class 1, confident
+                         0, 0, 8 };    // query 2: no object
+    float msk[3 * 4] = { 6, -6, 6, -6,     // query 0: left column
+                         -6, 6, -6, 6,     // query 1: right column
+                         6, 6, 6, 6 };     // query 2: everywhere (but no object)
+    unsigned char ids[8 * 7];
+    float* work = (float*)mallocCheck(m2f_semantic_work_size(Q, K, H4, W4) * sizeof(float));
+    m2f_semantic_inference(ids, cls, msk, Q, K, H4, W4, H, W, work);
+    int ok = 1;
+    for (int y = 0; y < H; y++) for (int x = 0; x < W; x++) ok &= ids[y * W + x] == (x < 4 ? 0 : 1);
+    CHECK(ok, "semantic inference: left half class 0, right half class 1");
+    printf("%-4s semantic inference hand example\n", ok ? "ok" : "FAIL");
+    free(work);
+
+    int seg[8 * 7];
+    PanopticSegment segs[8];
+    float* pwork = (float*)mallocCheck(m2f_panoptic_work_size(Q, H, W) * sizeof(float));
+    int n = m2f_panoptic_inference(seg, segs, 8, cls, msk, Q, K, H4, W4, H, W, NULL, 0.8f, 0.8f, pwork);
+    ok = (n == 2);
+    for (int y = 0; y < H && ok; y++) for (int x = 0; x < W; x++) ok &= seg[y * W + x] == (x < 4 ? 1 : 2);
+    ok = ok && segs[0].class_id == 0 && segs[1].class_id == 1 && segs[0].area == 32 && segs[1].area == 24;
+    CHECK(ok, "panoptic inference: two segments (n = %d)", n);
+    printf("%-4s panoptic inference hand example (n = %d)\n", ok ? "ok" : "FAIL", n);
+    // both queries the same stuff class: merged into one segment; a query below threshold dropped
+    float cls2[3 * 3] = { 8, 0, 0,  8, 0, 0,  0, 1, 0.5f };
+    unsigned char is_thing[2] = {0, 1};
+    n = m2f_panoptic_inference(seg, segs, 8, cls2, msk, Q, K, H4, W4, H, W, is_thing, 0.8f, 0.8f, pwork);
+    ok = (n == 1) && segs[0].class_id == 0 && segs[0].area == H * W;
+    for (int i = 0; i < H * W && ok; i++) ok &= seg[i] == 1;
+    CHECK(ok, "panoptic inference: stuff merge (n = %d)", n);
+    printf("%-4s panoptic stuff merge (n = %d)\n", ok ? "ok" : "FAIL", n);
+    free(pwork);
+}
+
+int main(void) {
+    ttt_set_device(DEVICE_CPU);
+    test_attn_mask_op();
+    test_fpn_reference();
+    test_batch_and_teacher();
+    test_pixel_decoder_alone();
+    test_gradients();
+    test_inference();
+    return test_summary("test_m2f");
+}
