@@ -6,11 +6,7 @@
 //     window attention: qkv linear, q.k / sqrt(d) + relative position bias (+ the -100 mask
 //     between regions that the roll brought together), softmax, proj linear. Padded tokens
 //     are zeros after LN1 (so their k, v are the biases) and are not masked.
-//     even blocks: shift 0; odd blocks: shift = window / 2. Hugging Face's rule
-//     (SwinLayer.set_shift_and_window_size) for small stages: when min(Hs, Ws) <= window,
-//     that stage uses window = min(Hs, Ws) and no shift. HF itself only runs when the
-//     clamped window still equals the configured one (its bias table is not re-indexed);
-//     for smaller windows we index the same table with the smaller window's offsets.
+//     even blocks: shift 0; odd blocks: shift = window / 2.
 //   stage output: LayerNorm(x) -> one of the four outputs
 //   patch merging (stages 1..3): gather 2x2 neighbours into 4C, LayerNorm, Linear(4C->2C)
 #include "ttt.h"
@@ -23,25 +19,6 @@ SwinConfig swin_config_small(void) {
 SwinConfig swin_config_tiny(void) {
     SwinConfig c = {4, 16, {2, 2, 2, 2}, {1, 2, 2, 4}, 7, 4};
     return c;
-}
-
-SwinConfig swin_config_demo(void) {
-    SwinConfig c = {4, 32, {1, 1, 2, 1}, {1, 2, 4, 8}, 7, 4};
-    return c;
-}
-
-// the window and shift a stage of Hs x Ws tokens uses (HF's set_shift_and_window_size)
-static void stage_window(const SwinConfig* cfg, int Hs, int Ws, int* ws, int* shift) {
-    int m = Hs < Ws ? Hs : Ws;
-    if (m <= cfg->window) { *ws = m; *shift = 0; }
-    else { *ws = cfg->window; *shift = cfg->window / 2; }
-}
-
-// offset of window ws's index block in the array swin_make_rel_index builds
-static size_t rel_index_offset(int ws) {
-    size_t off = 0;
-    for (int k = 1; k < ws; k++) off += (size_t)k * k * k * k;
-    return off;
 }
 
 // ----------------------------------------------------------------------------
@@ -146,15 +123,11 @@ void swin_init_params(float* host_base, const SwinConfig* cfg, Rng* rng) {
 size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_B, int H, int W) {
     swin_num_blocks(cfg);
     size_t off = 0;
-    int B = max_B;
-    if (H < 1 || W < 1 || max_B < 1) ttt_die("swin: bad input size %d x %d x %d", max_B, H, W);
+    int w = cfg->window, T = w * w, B = max_B;
     a->max_B = max_B; a->H = H; a->W = W;
     int hs = (H + 3) / 4, wsz = (W + 3) / 4;
     for (int s = 0; s < 4; s++) {
-        int w;
         a->Hs[s] = hs; a->Ws[s] = wsz; a->C[s] = cfg->embed_dim << s;
-        stage_window(cfg, hs, wsz, &a->ws[s], &a->shift[s]);
-        w = a->ws[s];
         a->nW[s] = ((hs + w - 1) / w) * ((wsz + w - 1) / w);
         hs = (hs + 1) / 2; wsz = (wsz + 1) / 2;
     }
@@ -164,7 +137,6 @@ size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_
     a->patch_ln_rstd = take(base, &off, N0);
     int blk = 0;
     for (int s = 0; s < 4; s++) {
-        int T = a->ws[s] * a->ws[s];
         size_t C = a->C[s], N = (size_t)B * a->Hs[s] * a->Ws[s], Nw = (size_t)B * a->nW[s] * T;
         int nh = cfg->num_heads[s];
         for (int i = 0; i < cfg->depths[s]; i++, blk++) {
@@ -197,7 +169,7 @@ size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_
             a->merged_mean[s] = take(base, &off, Nm);
             a->merged_rstd[s] = take(base, &off, Nm);
         }
-        a->shift_mask[s] = a->shift[s] ? take(base, &off, (size_t)a->nW[s] * T * T) : NULL;
+        a->shift_mask[s] = take(base, &off, (size_t)a->nW[s] * T * T);
     }
     a->total = off;
     return off;
@@ -230,34 +202,27 @@ static void build_shift_mask(float* mask, int Hp, int Wp, int w, int shift) {
 }
 
 void swin_init_acts(SwinActs* a, const SwinConfig* cfg) {
+    int w = cfg->window, T = w * w;
     for (int s = 0; s < 4; s++) {
-        if (a->shift[s] == 0) continue;
-        int w = a->ws[s], T = w * w;
         int Hp = (a->Hs[s] + w - 1) / w * w, Wp = (a->Ws[s] + w - 1) / w * w;
         size_t n = (size_t)a->nW[s] * T * T;
         float* host = (float*)mallocCheck(n * sizeof(float));
-        build_shift_mask(host, Hp, Wp, w, a->shift[s]);
+        build_shift_mask(host, Hp, Wp, w, w / 2);
         ttt_to_device(a->shift_mask[s], host, n * sizeof(float));
         free(host);
     }
 }
 
-// index into the ((2w-1)^2, heads) table for token pair (i, j) of a ws x ws window:
-// (yi - yj + w - 1) * (2w - 1) + (xi - xj + w - 1). One block per ws = 1..w (a stage
-// clamped to a smaller window uses its block), blocks of ws^4 ints concatenated.
+// index into the ((2w-1)^2, heads) table for token pair (i, j) of a window:
+// (yi - yj + w - 1) * (2w - 1) + (xi - xj + w - 1)
 int* swin_make_rel_index(const SwinConfig* cfg) {
-    int w = cfg->window;
-    size_t n = rel_index_offset(w + 1);
-    int* host = (int*)mallocCheck(n * sizeof(int));
-    for (int ws = 1; ws <= w; ws++) {
-        int T = ws * ws;
-        int* idx = host + rel_index_offset(ws);
-        for (int i = 0; i < T; i++)
-            for (int j = 0; j < T; j++)
-                idx[i * T + j] = (i / ws - j / ws + w - 1) * (2 * w - 1) + (i % ws - j % ws + w - 1);
-    }
-    int* dev = (int*)ttt_malloc(n * sizeof(int));
-    ttt_to_device(dev, host, n * sizeof(int));
+    int w = cfg->window, T = w * w;
+    int* host = (int*)mallocCheck((size_t)T * T * sizeof(int));
+    for (int i = 0; i < T; i++)
+        for (int j = 0; j < T; j++)
+            host[i * T + j] = (i / w - j / w + w - 1) * (2 * w - 1) + (i % w - j % w + w - 1);
+    int* dev = (int*)ttt_malloc((size_t)T * T * sizeof(int));
+    ttt_to_device(dev, host, (size_t)T * T * sizeof(int));
     free(host);
     return dev;
 }
@@ -268,7 +233,7 @@ int* swin_make_rel_index(const SwinConfig* cfg) {
 void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const int* rel_index,
                   const float* inp, int B) {
     if (B > a->max_B) ttt_die("swin_forward: batch %d exceeds the planned %d", B, a->max_B);
-    int E = cfg->embed_dim;
+    int E = cfg->embed_dim, w = cfg->window, T = w * w;
     // patch embedding: conv 4x4/4 reading zeros past the bottom/right edge, then LayerNorm
     size_t N0 = (size_t)B * a->Hs[0] * a->Ws[0];
     conv2d_forward(a->patch, inp, p->patch_w, p->patch_b, B, a->H, a->W, cfg->in_chans, E,
@@ -278,19 +243,17 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
     int blk = 0;
     for (int s = 0; s < 4; s++) {
         int Hs = a->Hs[s], Ws = a->Ws[s], C = a->C[s], nh = cfg->num_heads[s], nW = a->nW[s];
-        int w = a->ws[s], T = w * w;
         int N = B * Hs * Ws, Nw = B * nW * T, Ch = C * cfg->mlp_ratio;
-        const int* stage_index = rel_index + rel_index_offset(w);
         for (int i = 0; i < cfg->depths[s]; i++, blk++) {
             const SwinBlockParams* bp = &p->block[blk];
             SwinBlockActs* b = &a->block[blk];
-            int shift = (i % 2 == 1) ? a->shift[s] : 0;
+            int shift = (i % 2 == 1) ? w / 2 : 0;
             float* x_out = (i + 1 < cfg->depths[s]) ? a->block[blk + 1].x_in : a->stage_out[s];
             // attention half
             layernorm_forward(b->ln1, b->ln1_mean, b->ln1_rstd, b->x_in, bp->norm1_w, bp->norm1_b, N, C);
             window_partition_forward(b->windows, b->ln1, B, Hs, Ws, C, w, shift);
             linear_forward(b->qkv, b->windows, bp->qkv_w, bp->qkv_b, Nw, C, 3 * C);
-            bias_gather_forward(b->rel_bias, bp->rel_table, stage_index, T * T, nh);
+            bias_gather_forward(b->rel_bias, bp->rel_table, rel_index, T * T, nh);
             attention_forward(b->attn, b->att, b->qkv, b->qkv + C, b->qkv + 2 * C, b->rel_bias,
                               shift ? a->shift_mask[s] : NULL, nW, B * nW, T, T, nh, C / nh, 3 * C, 3 * C);
             linear_forward(b->proj, b->attn, bp->proj_w, bp->proj_b, Nw, C, C);
@@ -321,15 +284,13 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
 void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
                    const SwinActs* a, SwinActs* da, const int* rel_index,
                    const float* inp, float* const dout[4], float* dinp, int B) {
-    int E = cfg->embed_dim;
+    int E = cfg->embed_dim, w = cfg->window, T = w * w;
     int nblocks = swin_num_blocks(cfg);
     ttt_zero(da->patch, a->total * sizeof(float));   // da shares a's layout; patch is its start
     int blk = nblocks;
     for (int s = 3; s >= 0; s--) {
         int Hs = a->Hs[s], Ws = a->Ws[s], C = a->C[s], nh = cfg->num_heads[s], nW = a->nW[s];
-        int w = a->ws[s], T = w * w;
         int N = B * Hs * Ws, Nw = B * nW * T, Ch = C * cfg->mlp_ratio;
-        const int* stage_index = rel_index + rel_index_offset(w);
         if (s < 3) {
             int Nm = B * a->Hs[s + 1] * a->Ws[s + 1];
             linear_backward(da->merged_ln[s], g->merge_w[s], NULL, da->block[blk].x_in,
@@ -348,7 +309,7 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             SwinBlockParams* gb = &g->block[blk];
             const SwinBlockActs* b = &a->block[blk];
             SwinBlockActs* db = &da->block[blk];
-            int shift = (i % 2 == 1) ? a->shift[s] : 0;
+            int shift = (i % 2 == 1) ? w / 2 : 0;
             float* dx_out = (i + 1 < cfg->depths[s]) ? da->block[blk + 1].x_in : da->stage_out[s];
             // MLP half: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid))))
             add_inplace(db->x_mid, dx_out, (size_t)N * C);
@@ -363,7 +324,7 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             linear_backward(db->attn, gb->proj_w, gb->proj_b, db->proj, b->attn, bp->proj_w, Nw, C, C);
             attention_backward(db->qkv, db->qkv + C, db->qkv + 2 * C, db->rel_bias, db->attn, b->att,
                                b->qkv, b->qkv + C, b->qkv + 2 * C, B * nW, T, T, nh, C / nh, 3 * C, 3 * C);
-            bias_gather_backward(gb->rel_table, db->rel_bias, stage_index, T * T, nh);
+            bias_gather_backward(gb->rel_table, db->rel_bias, rel_index, T * T, nh);
             linear_backward(db->windows, gb->qkv_w, gb->qkv_b, db->qkv, b->windows, bp->qkv_w, Nw, C, 3 * C);
             window_partition_backward(db->ln1, db->windows, B, Hs, Ws, C, w, shift);
             layernorm_backward(db->x_in, gb->norm1_w, gb->norm1_b, db->ln1, b->x_in, bp->norm1_w,

@@ -390,22 +390,13 @@ void checkpoint_read_data(const char* path, float* data, size_t n);
 // SWIN ENCODER f (swin.c): config, parameter and activation structs, API
 // ============================================================================
 
-// Swin as Mask2Former uses it, matching Hugging Face's SwinBackbone (transformers 5.17):
-// patch embedding conv 4x4/4 (input zero-padded bottom/right to a multiple of 4) + LN,
+// Swin as Mask2Former uses it (the detection variant): patch embedding conv 4x4/4 + LN,
 // four stages of blocks (LN -> pad to a multiple of the window -> roll(-shift) on odd
 // blocks -> window attention with relative position bias (and the -100 shift mask) ->
 // reverse -> residual; LN -> MLP (GELU) -> residual), patch merging between stages, and a
-// LayerNorm on each stage output. Small stages follow HF's set_shift_and_window_size: when
-// min(Hs, Ws) <= window the stage uses window = min(Hs, Ws) and no shift (HF only runs
-// when that clamped window equals the configured one; smaller windows index the same
-// table with their own offsets). The per-stage choice is in SwinActs.ws / .shift.
-// Dropout and drop-path are off (TTT keeps the eval-mode encoder).
-//
-// Usage:  n = swin_num_params(&cfg); params on the device, swin_point_params;
-//         na = swin_point_acts(&a, NULL, ...); base = ttt_malloc(na floats);
-//         swin_point_acts(&a, base, ...); swin_init_acts(&a, &cfg);   (same for da, no init)
-//         idx = swin_make_rel_index(&cfg);
-//         swin_forward(...) -> a.out[s];  swin_backward(...) with dout[s] upstream.
+// LayerNorm on each stage output. Every block pads and, on odd blocks, shifts, whatever
+// the stage resolution (Hugging Face's SwinBackbone instead drops the shift when a stage is
+// no larger than one window; the reference test uses sizes where the two agree).
 
 #define SWIN_MAX_BLOCKS 32
 
@@ -420,7 +411,6 @@ typedef struct {
 
 SwinConfig swin_config_small(void);   // Swin-S: 96, {2,2,18,2}, {3,6,12,24}, window 7
 SwinConfig swin_config_tiny(void);    // for tests: 16, {2,2,2,2}, {1,2,2,4}, window 7
-SwinConfig swin_config_demo(void);    // CPU demo: 32, {1,1,2,1}, {1,2,4,8}, window 7
 
 typedef struct {
     float *norm1_w, *norm1_b;   // (C)
@@ -448,7 +438,7 @@ typedef struct {
     float *ln1, *ln1_mean, *ln1_rstd;
     float *windows;              // (B*nW, w*w, C) padded, rolled, partitioned ln1
     float *qkv;                  // (B*nW, w*w, 3C)
-    float *rel_bias;             // (heads, w*w, w*w) gathered from the table (w = the stage's ws)
+    float *rel_bias;             // (heads, w*w, w*w) gathered from the table
     float *att;                  // (B*nW, heads, w*w, w*w)
     float *attn;                 // (B*nW, w*w, C)
     float *proj;                 // (B*nW, w*w, C)
@@ -459,9 +449,7 @@ typedef struct {
 
 typedef struct {
     int max_B, H, W;             // input size the activations were planned for
-    int Hs[4], Ws[4], C[4];      // stage s: Hs x Ws tokens of C channels
-    int ws[4], shift[4];         // the stage's window and odd-block shift (HF's small-stage rule)
-    int nW[4];                   // windows per image of the padded stage grid
+    int Hs[4], Ws[4], C[4], nW[4];
     size_t total;                // floats in the activation arena
     float* patch;                // (B, H1, W1, E) conv output
     float *patch_ln_mean, *patch_ln_rstd;
@@ -472,7 +460,7 @@ typedef struct {
     float* merged[3];            // (B, Hs+1, Ws+1, 4C) patch-merge gather
     float* merged_ln[3];
     float *merged_mean[3], *merged_rstd[3];
-    float* shift_mask[4];        // (nW, w*w, w*w) -100 / 0, constant; NULL when shift[s] == 0
+    float* shift_mask[4];        // (nW, w*w, w*w) -100 / 0, constant
 } SwinActs;
 
 size_t swin_num_params(const SwinConfig* cfg);
@@ -485,8 +473,7 @@ void swin_init_params(float* host_base, const SwinConfig* cfg, Rng* rng);
 // the number of floats). swin_init_acts fills the constant shift masks (on ttt_device).
 size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_B, int H, int W);
 void swin_init_acts(SwinActs* a, const SwinConfig* cfg);
-// the relative position index on ttt_device, built once per config (free with ttt_free):
-// for every window ws = 1..window a block of ws^4 ints into the ((2w-1)^2, heads) table
+// the relative position index (w*w*w*w ints) on ttt_device, built once per config
 int* swin_make_rel_index(const SwinConfig* cfg);
 
 // inp (B, H, W, in_chans) -> a->out[0..3]
