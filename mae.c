@@ -1,2 +1,441 @@
-// mae.c: see ttt.h for the API. (being written)
+// mae.c: the MAE head g, patch masking, and the Y model that joins f (swin.c), h and g
+// (mask2former.c). See the MAE section of ttt.h for what the paper's code does.
+//
+// One frame through the Y, as stream.c drives it:
+//   model_ttt_step:  frames -> random 16x16 patch masks -> mae_prepare_input (normalise, zero
+//                    masked pixels, 4th channel = mask) -> f = swin_forward -> g = m2f_forward
+//                    (48 queries) -> last prediction's 48 maps vs the patchified target:
+//                    masked MSE -> m2f_backward (g) -> swin_backward (f) -> AdamW on f and g
+//   model_predict:   frame -> mae_prepare_input (no mask) -> f -> h = m2f_forward ->
+//                    last prediction -> semantic inference on the host -> class ids
 #include "ttt.h"
+
+struct Model {
+    ModelConfig cfg;
+    int max_B, H, W, Hp, Wp, H4, W4;
+    // trainable parameters [f | h | g], then the frozen copies [f0 | g0]; one allocation
+    size_t n_f, n_h, n_g;
+    float* params;
+    SwinParams f, f0;
+    M2FParams h, g, g0;
+    // gradients and AdamW moments mirror [f | h | g]
+    float *grads, *adam_m, *adam_v;
+    SwinParams df;
+    M2FParams dh, dg;
+    int adam_t;
+    // activations (one allocation) and their gradients (another), planned for max_B x Hp x Wp
+    float *acts, *dacts;
+    SwinActs fa, dfa;
+    M2FActs ha, dha, ga, dga;
+    int* rel_index;
+    float* dfeat[4];          // (B, Hs, Ws, C_s) gradients flowing from a head into f
+    float* inp4;              // (B, Hp, Wp, 4)
+    float* target;            // (B, 48, H4, W4)
+    float* target_mask;       // (B, 48, H4, W4)
+    float* rgb;               // (B, H, W, 3) frames copied in
+    unsigned char* patch_mask;  // (B, Hp/ps, Wp/ps)
+    float* loss;              // one float on the device
+    float* g_frozen_masks;    // g's attention masks held fixed (gradient checks), or NULL
+    // host scratch
+    unsigned char* patch_mask_host;
+    float *host_class, *host_masks, *host_work;
+};
+
+OptConfig opt_config_ttt(void) {
+    OptConfig o = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.05f};
+    return o;
+}
+
+// g copies h's architecture; its queries are the 3 x 4 x 4 pixels of a patch
+static M2FConfig mae_head_config(M2FConfig h) {
+    h.num_queries = 3 * MAE_RECON_PATCH * MAE_RECON_PATCH;
+    h.num_classes = 1;
+    return h;
+}
+
+static ModelConfig model_config_make(SwinConfig swin, M2FConfig (*head)(const int*, int), int K) {
+    ModelConfig c;
+    c.swin = swin;
+    int dims[4] = {swin.embed_dim, swin.embed_dim * 2, swin.embed_dim * 4, swin.embed_dim * 8};
+    c.m2f = head(dims, K);
+    c.mae = mae_head_config(c.m2f);
+    c.num_classes = K;
+    c.mae_patch = 16;
+    c.mask_ratio = 0.8f;
+    return c;
+}
+
+ModelConfig model_config_default(int K) {
+    SwinConfig s = {4, 24, {1, 1, 2, 1}, {1, 2, 3, 6}, 7, 4};
+    return model_config_make(s, m2f_config_small, K);
+}
+
+ModelConfig model_config_tiny(int K) {
+    SwinConfig s = {4, 8, {1, 2, 1, 1}, {1, 2, 2, 2}, 7, 2};
+    return model_config_make(s, m2f_config_tiny, K);
+}
+
+ModelConfig model_config_swin_s(int K) {
+    return model_config_make(swin_config_small(), m2f_config_published, K);
+}
+
+const ModelConfig* model_config(const Model* m) { return &m->cfg; }
+
+// ----------------------------------------------------------------------------
+// creation: every buffer is allocated here, once
+
+static void model_point_params(Model* m, float* base, SwinParams* f, M2FParams* h, M2FParams* g) {
+    if (f) swin_point_params(f, base, &m->cfg.swin);
+    if (h) m2f_point_params(h, base + m->n_f, &m->cfg.m2f);
+    if (g) m2f_point_params(g, base + m->n_f + m->n_h, &m->cfg.mae);
+}
+
+Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
+    if (max_batch < 1 || H < 1 || W < 1) ttt_die("model_create: bad size B=%d H=%d W=%d", max_batch, H, W);
+    m2f_config_check(&cfg->m2f);
+    if (cfg->mae_patch % MAE_RECON_PATCH != 0)
+        ttt_die("model config: the masking patch (%d) must be a multiple of %d", cfg->mae_patch, MAE_RECON_PATCH);
+    Model* m = (Model*)callocCheck(1, sizeof(Model));
+    m->cfg = *cfg;
+    m->max_B = max_batch; m->H = H; m->W = W;
+    // pad to a multiple of 32 (Swin's four halvings) and of the masking patch
+    int div = 32;
+    while (div % cfg->mae_patch) div += 32;
+    m->Hp = (H + div - 1) / div * div;
+    m->Wp = (W + div - 1) / div * div;
+    m->H4 = m->Hp / 4; m->W4 = m->Wp / 4;
+
+    m->n_f = swin_num_params(&cfg->swin);
+    m->n_h = m2f_num_params(&cfg->m2f);
+    m->n_g = m2f_num_params(&cfg->mae);
+    size_t n_train = m->n_f + m->n_h + m->n_g;
+    m->params = (float*)ttt_malloc((n_train + m->n_f + m->n_g) * sizeof(float));
+    model_point_params(m, m->params, &m->f, &m->h, &m->g);
+    swin_point_params(&m->f0, m->params + n_train, &cfg->swin);
+    m2f_point_params(&m->g0, m->params + n_train + m->n_f, &cfg->mae);
+    m->grads = (float*)ttt_malloc(n_train * sizeof(float));
+    m->adam_m = (float*)ttt_malloc(n_train * sizeof(float));
+    m->adam_v = (float*)ttt_malloc(n_train * sizeof(float));
+    ttt_zero(m->grads, n_train * sizeof(float));
+    ttt_zero(m->adam_m, n_train * sizeof(float));
+    ttt_zero(m->adam_v, n_train * sizeof(float));
+    model_point_params(m, m->grads, &m->df, &m->dh, &m->dg);
+
+    // activations: [swin | h | g]; gradients mirror them
+    size_t n_fa = swin_point_acts(&m->fa, NULL, &cfg->swin, max_batch, m->Hp, m->Wp);
+    size_t n_ha = m2f_num_acts(&cfg->m2f, max_batch, m->H4, m->W4);
+    size_t n_ga = m2f_num_acts(&cfg->mae, max_batch, m->H4, m->W4);
+    size_t n_acts = n_fa + n_ha + n_ga;
+    m->acts = (float*)ttt_malloc(n_acts * sizeof(float));
+    m->dacts = (float*)ttt_malloc(n_acts * sizeof(float));
+    ttt_zero(m->acts, n_acts * sizeof(float));
+    swin_point_acts(&m->fa, m->acts, &cfg->swin, max_batch, m->Hp, m->Wp);
+    swin_point_acts(&m->dfa, m->dacts, &cfg->swin, max_batch, m->Hp, m->Wp);
+    m2f_point_acts(&m->ha, m->acts + n_fa, &cfg->m2f, max_batch, m->H4, m->W4);
+    m2f_point_acts(&m->dha, m->dacts + n_fa, &cfg->m2f, max_batch, m->H4, m->W4);
+    m2f_point_acts(&m->ga, m->acts + n_fa + n_ha, &cfg->mae, max_batch, m->H4, m->W4);
+    m2f_point_acts(&m->dga, m->dacts + n_fa + n_ha, &cfg->mae, max_batch, m->H4, m->W4);
+    swin_init_acts(&m->fa, &cfg->swin);
+    m->rel_index = swin_make_rel_index(&cfg->swin);
+
+    size_t nfeat = 0;
+    for (int s = 0; s < 4; s++) nfeat += (size_t)max_batch * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s];
+    float* feat_mem = (float*)ttt_malloc(nfeat * sizeof(float));
+    for (int s = 0, off = 0; s < 4; s++) {
+        m->dfeat[s] = feat_mem + off;
+        off += max_batch * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s];
+    }
+    size_t npix = (size_t)max_batch * m->Hp * m->Wp;
+    int nP = (m->Hp / cfg->mae_patch) * (m->Wp / cfg->mae_patch);
+    m->inp4 = (float*)ttt_malloc(npix * 4 * sizeof(float));
+    m->target = (float*)ttt_malloc(npix * 3 * sizeof(float));
+    m->target_mask = (float*)ttt_malloc(npix * 3 * sizeof(float));
+    m->rgb = (float*)ttt_malloc((size_t)max_batch * H * W * 3 * sizeof(float));
+    m->patch_mask = (unsigned char*)ttt_malloc((size_t)max_batch * nP);
+    m->loss = (float*)ttt_malloc(sizeof(float));
+    m->patch_mask_host = (unsigned char*)mallocCheck((size_t)max_batch * nP);
+    int Q = cfg->m2f.num_queries, K = cfg->num_classes;
+    m->host_class = (float*)mallocCheck((size_t)Q * (K + 1) * sizeof(float));
+    m->host_masks = (float*)mallocCheck((size_t)Q * m->H4 * m->W4 * sizeof(float));
+    m->host_work = (float*)mallocCheck(m2f_semantic_work_size(Q, K, m->H4, m->W4) * sizeof(float));
+    return m;
+}
+
+void model_free(Model* m) {
+    if (!m) return;
+    ttt_free(m->params); ttt_free(m->grads); ttt_free(m->adam_m); ttt_free(m->adam_v);
+    ttt_free(m->acts); ttt_free(m->dacts); ttt_free(m->rel_index); ttt_free(m->dfeat[0]);
+    ttt_free(m->inp4); ttt_free(m->target); ttt_free(m->target_mask); ttt_free(m->rgb);
+    ttt_free(m->patch_mask); ttt_free(m->loss);
+    free(m->patch_mask_host); free(m->host_class); free(m->host_masks); free(m->host_work);
+    free(m);
+}
+
+size_t model_num_params(const Model* m, int part) {
+    return part == 0 ? m->n_f : part == 1 ? m->n_h : m->n_g;
+}
+
+void model_init_random(Model* m, uint64_t seed) {
+    Rng rng;
+    rng_seed(&rng, seed);
+    size_t n = m->n_f + m->n_h + m->n_g;
+    float* host = (float*)mallocCheck(n * sizeof(float));
+    swin_init_params(host, &m->cfg.swin, &rng);
+    m2f_init_params(host + m->n_f, &m->cfg.m2f, &rng);
+    m2f_init_params(host + m->n_f + m->n_h, &m->cfg.mae, &rng);
+    ttt_to_device(m->params, host, n * sizeof(float));
+    free(host);
+    m->adam_t = 0;
+    model_snapshot_ttt(m);
+}
+
+void model_snapshot_ttt(Model* m) {
+    size_t n_train = m->n_f + m->n_h + m->n_g;
+    ttt_copy(m->params + n_train, m->params, m->n_f * sizeof(float));
+    ttt_copy(m->params + n_train + m->n_f, m->params + m->n_f + m->n_h, m->n_g * sizeof(float));
+}
+
+void model_reset_ttt(Model* m) {
+    size_t n_train = m->n_f + m->n_h + m->n_g;
+    ttt_copy(m->params, m->params + n_train, m->n_f * sizeof(float));
+    ttt_copy(m->params + m->n_f + m->n_h, m->params + n_train + m->n_f, m->n_g * sizeof(float));
+    ttt_zero(m->adam_m, n_train * sizeof(float));
+    ttt_zero(m->adam_v, n_train * sizeof(float));
+    m->adam_t = 0;
+}
+
+// ----------------------------------------------------------------------------
+// checkpoint: header = [magic, version, kind 1, num_classes, mae_patch, mask_ratio x 1e6,
+// swin (in_chans, embed_dim, depths[4], num_heads[4], window, mlp_ratio),
+// h (in_dims[4], conv_dim, mask_dim, num_groups, num_queries, hidden_dim, num_heads,
+//    ffn_dim, dec_layers, num_classes), g (same fields), n_f, n_h, n_g], data = [f | h | g]
+
+#define CKPT_KIND_MODEL 1
+
+static int pack_m2f(int* h, const M2FConfig* c) {
+    for (int l = 0; l < 4; l++) h[l] = c->in_dims[l];
+    h[4] = c->conv_dim; h[5] = c->mask_dim; h[6] = c->num_groups; h[7] = c->num_queries;
+    h[8] = c->hidden_dim; h[9] = c->num_heads; h[10] = c->ffn_dim; h[11] = c->dec_layers;
+    h[12] = c->num_classes;
+    return 13;
+}
+
+static int unpack_m2f(const int* h, M2FConfig* c) {
+    for (int l = 0; l < 4; l++) c->in_dims[l] = h[l];
+    c->conv_dim = h[4]; c->mask_dim = h[5]; c->num_groups = h[6]; c->num_queries = h[7];
+    c->hidden_dim = h[8]; c->num_heads = h[9]; c->ffn_dim = h[10]; c->dec_layers = h[11];
+    c->num_classes = h[12];
+    return 13;
+}
+
+static void pack_header(int* h, const Model* m) {
+    memset(h, 0, CKPT_HEADER_INTS * sizeof(int));
+    const ModelConfig* c = &m->cfg;
+    int i = 2;
+    h[i++] = CKPT_KIND_MODEL; h[i++] = c->num_classes; h[i++] = c->mae_patch;
+    h[i++] = (int)lrintf(c->mask_ratio * 1e6f);
+    h[i++] = c->swin.in_chans; h[i++] = c->swin.embed_dim;
+    for (int s = 0; s < 4; s++) h[i++] = c->swin.depths[s];
+    for (int s = 0; s < 4; s++) h[i++] = c->swin.num_heads[s];
+    h[i++] = c->swin.window; h[i++] = c->swin.mlp_ratio;
+    i += pack_m2f(h + i, &c->m2f);
+    i += pack_m2f(h + i, &c->mae);
+    h[i++] = (int)m->n_f; h[i++] = (int)m->n_h; h[i++] = (int)m->n_g;
+}
+
+void model_save(const Model* m, const char* path) {
+    int header[CKPT_HEADER_INTS];
+    pack_header(header, m);
+    size_t n = m->n_f + m->n_h + m->n_g;
+    float* host = (float*)mallocCheck(n * sizeof(float));
+    ttt_to_host(host, m->params, n * sizeof(float));
+    checkpoint_write(path, header, host, n);
+    free(host);
+}
+
+Model* model_load(const char* path, int max_batch, int H, int W) {
+    int h[CKPT_HEADER_INTS];
+    checkpoint_read_header(path, h);
+    if (h[2] != CKPT_KIND_MODEL) ttt_die("checkpoint '%s' holds kind %d, not a model (kind %d)", path, h[2], CKPT_KIND_MODEL);
+    ModelConfig c;
+    memset(&c, 0, sizeof(c));
+    int i = 3;
+    c.num_classes = h[i++]; c.mae_patch = h[i++]; c.mask_ratio = h[i++] * 1e-6f;
+    c.swin.in_chans = h[i++]; c.swin.embed_dim = h[i++];
+    for (int s = 0; s < 4; s++) c.swin.depths[s] = h[i++];
+    for (int s = 0; s < 4; s++) c.swin.num_heads[s] = h[i++];
+    c.swin.window = h[i++]; c.swin.mlp_ratio = h[i++];
+    i += unpack_m2f(h + i, &c.m2f);
+    i += unpack_m2f(h + i, &c.mae);
+    // refuse nonsense before sizing anything from it
+    if (c.num_classes < 1 || c.num_classes > 254 || c.mae_patch < 4 || c.mae_patch > 1024 ||
+        c.mask_ratio < 0.0f || c.mask_ratio >= 1.0f || c.swin.in_chans != 4 || c.swin.embed_dim < 1 ||
+        c.swin.window < 1 || c.swin.mlp_ratio < 1 || c.m2f.num_classes != c.num_classes ||
+        c.mae.num_queries != 3 * MAE_RECON_PATCH * MAE_RECON_PATCH)
+        ttt_die("checkpoint '%s' has an invalid model config (classes %d, patch %d, in_chans %d, queries of g %d)",
+                path, c.num_classes, c.mae_patch, c.swin.in_chans, c.mae.num_queries);
+    for (int s = 0; s < 4; s++)
+        if (c.swin.depths[s] < 1 || c.swin.num_heads[s] < 1 || ((c.swin.embed_dim << s) % c.swin.num_heads[s]))
+            ttt_die("checkpoint '%s': Swin stage %d has depth %d and %d heads for %d channels", path, s,
+                    c.swin.depths[s], c.swin.num_heads[s], c.swin.embed_dim << s);
+    Model* m = model_create(&c, max_batch, H, W);
+    if (h[i] != (int)m->n_f || h[i + 1] != (int)m->n_h || h[i + 2] != (int)m->n_g)
+        ttt_die("checkpoint '%s' says f, h, g have %d, %d, %d parameters; its config gives %zu, %zu, %zu",
+                path, h[i], h[i + 1], h[i + 2], m->n_f, m->n_h, m->n_g);
+    size_t n = m->n_f + m->n_h + m->n_g;
+    float* host = (float*)mallocCheck(n * sizeof(float));
+    checkpoint_read_data(path, host, n);
+    if (!is_finite_array(host, n)) ttt_die("checkpoint '%s' contains NaN or Inf parameters", path);
+    ttt_to_device(m->params, host, n * sizeof(float));
+    free(host);
+    model_snapshot_ttt(m);
+    return m;
+}
+
+// ----------------------------------------------------------------------------
+// helpers
+
+// FNV-1a over the bytes of a parameter group
+uint64_t model_param_hash(const Model* m, int part) {
+    size_t off = part == 0 ? 0 : part == 1 ? m->n_f : m->n_f + m->n_h;
+    size_t n = model_num_params(m, part);
+    float* host = (float*)mallocCheck(n * sizeof(float));
+    ttt_to_host(host, m->params + off, n * sizeof(float));
+    uint64_t hsh = 1469598103934665603ULL;
+    const unsigned char* b = (const unsigned char*)host;
+    for (size_t i = 0; i < n * sizeof(float); i++) { hsh ^= b[i]; hsh *= 1099511628211ULL; }
+    free(host);
+    return hsh;
+}
+
+float* model_params_host(const Model* m) {
+    size_t n = m->n_f + m->n_h + m->n_g;
+    float* host = (float*)mallocCheck(n * sizeof(float));
+    ttt_to_host(host, m->params, n * sizeof(float));
+    return host;
+}
+
+float* model_grads_host(const Model* m) {
+    size_t n = m->n_f + m->n_h + m->n_g;
+    float* host = (float*)mallocCheck(n * sizeof(float));
+    ttt_to_host(host, m->grads, n * sizeof(float));
+    return host;
+}
+
+float* model_params_device(Model* m) { return m->params; }
+
+// per image, mask exactly L - int(L * (1 - ratio)) of the L patches (a random permutation)
+static void make_patch_masks(unsigned char* mask, int B, int L, float ratio, Rng* rng) {
+    int keep = (int)(L * (1.0f - ratio));
+    int* perm = (int*)mallocCheck((size_t)L * sizeof(int));
+    for (int b = 0; b < B; b++) {
+        for (int i = 0; i < L; i++) perm[i] = i;
+        for (int i = L - 1; i > 0; i--) { int j = rng_int(rng, i + 1); int t = perm[i]; perm[i] = perm[j]; perm[j] = t; }
+        for (int i = 0; i < L; i++) mask[(size_t)b * L + perm[i]] = i >= keep;
+    }
+    free(perm);
+}
+
+static const float* const* swin_outputs(const Model* m) { return (const float* const*)m->fa.out; }
+
+// frames (B, H, W, 3) host -> masked 4-channel input, target and its mask on the device
+static void prepare_masked_batch(Model* m, const float* frames, int B, Rng* rng) {
+    int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
+    make_patch_masks(m->patch_mask_host, B, L, m->cfg.mask_ratio, rng);
+    ttt_to_device(m->patch_mask, m->patch_mask_host, (size_t)B * L);
+    ttt_to_device(m->rgb, frames, (size_t)B * m->H * m->W * 3 * sizeof(float));
+    mae_prepare_input(m->inp4, m->target, m->target_mask, m->rgb, m->patch_mask,
+                      B, m->H, m->W, m->Hp, m->Wp, ps);
+}
+
+// f and g forward on the prepared batch; the loss lands in m->loss. Returns the device
+// pointer of g's last prediction (B, 48, H4, W4).
+static float* mae_forward(Model* m, int B) {
+    swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, B);
+    m2f_forward(&m->cfg.mae, &m->g, &m->ga, swin_outputs(m), B, m->g_frozen_masks);
+    int L = m->cfg.mae.dec_layers + 1, Q = m->cfg.mae.num_queries;
+    size_t per = (size_t)B * Q * m->H4 * m->W4;
+    float* recon = m->ga.mask_logits + (size_t)(L - 1) * per;
+    masked_mse_forward(m->loss, recon, m->target, m->target_mask, (int)per, 1);
+    return recon;
+}
+
+// backward of the MAE loss into the gradients of g and f (zeroed here)
+static void mae_backward(Model* m, int B, const float* recon) {
+    int L = m->cfg.mae.dec_layers + 1, Q = m->cfg.mae.num_queries;
+    size_t per = (size_t)B * Q * m->H4 * m->W4;
+    int Kg = m->cfg.mae.num_classes + 1;
+    ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    ttt_zero(m->dga.class_logits, (size_t)L * B * Q * Kg * sizeof(float));
+    ttt_zero(m->dga.mask_logits, (size_t)L * per * sizeof(float));
+    masked_mse_backward(m->dga.mask_logits + (size_t)(L - 1) * per, 1.0f, recon, m->target,
+                        m->target_mask, (int)per, 1);
+    for (int s = 0; s < 4; s++)
+        ttt_zero(m->dfeat[s], (size_t)B * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s] * sizeof(float));
+    m2f_backward(&m->cfg.mae, &m->g, &m->dg, &m->ga, &m->dga, swin_outputs(m), m->dfeat, B);
+    swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
+}
+
+// Hold g's thresholded attention masks at their values from the last MAE forward (on = 1)
+// or compute them again each forward (on = 0). The masks are a step function of the
+// weights, so finite differences are only meaningful with them held fixed.
+void model_freeze_mae_masks(Model* m, int B, int on) {
+    if (!on) { ttt_free(m->g_frozen_masks); m->g_frozen_masks = NULL; return; }
+    const M2FConfig* c = &m->cfg.mae;
+    size_t n = 0;
+    for (int i = 0; i < c->dec_layers; i++) n += (size_t)B * c->num_queries * m->ga.T[i % 3];
+    float* buf = (float*)ttt_malloc(n * sizeof(float));
+    size_t off = 0;
+    for (int i = 0; i < c->dec_layers; i++) {
+        size_t k = (size_t)B * c->num_queries * m->ga.T[i % 3];
+        ttt_copy(buf + off, m->ga.attn_mask[i], k * sizeof(float));
+        off += k;
+    }
+    ttt_free(m->g_frozen_masks);
+    m->g_frozen_masks = buf;
+}
+
+float model_mae_loss(Model* m, const float* frames, int B, Rng* rng) {
+    if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
+    prepare_masked_batch(m, frames, B, rng);
+    mae_forward(m, B);
+    float loss;
+    ttt_to_host(&loss, m->loss, sizeof(float));
+    return loss;
+}
+
+float model_mae_forward_backward(Model* m, const float* frames, int B, Rng* rng) {
+    if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
+    prepare_masked_batch(m, frames, B, rng);
+    float* recon = mae_forward(m, B);
+    mae_backward(m, B, recon);
+    float loss;
+    ttt_to_host(&loss, m->loss, sizeof(float));
+    return loss;
+}
+
+float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt, Rng* rng) {
+    float loss = model_mae_forward_backward(m, frames, B, rng);
+    if (!isfinite(loss)) return loss;   // the caller resets; weights untouched
+    m->adam_t++;
+    // AdamW on f and on g; h is not trained at test time
+    adamw_update(m->params, m->grads, m->adam_m, m->adam_v, m->n_f,
+                 opt->lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, m->adam_t);
+    size_t og = m->n_f + m->n_h;
+    adamw_update(m->params + og, m->grads + og, m->adam_m + og, m->adam_v + og, m->n_g,
+                 opt->lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, m->adam_t);
+    return loss;
+}
+
+void model_predict(Model* m, const float* frame, unsigned char* pred) {
+    ttt_to_device(m->rgb, frame, (size_t)m->H * m->W * 3 * sizeof(float));
+    mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, 1, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch);
+    swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, 1);
+    m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), 1, NULL);
+    int L = m->cfg.m2f.dec_layers + 1, Q = m->cfg.m2f.num_queries, K = m->cfg.num_classes;
+    ttt_to_host(m->host_class, m->ha.class_logits + (size_t)(L - 1) * Q * (K + 1),
+                (size_t)Q * (K + 1) * sizeof(float));
+    ttt_to_host(m->host_masks, m->ha.mask_logits + (size_t)(L - 1) * Q * m->H4 * m->W4,
+                (size_t)Q * m->H4 * m->W4 * sizeof(float));
+    m2f_semantic_inference(pred, m->host_class, m->host_masks, Q, K, m->H4, m->W4, m->H, m->W, m->host_work);
+}

@@ -761,7 +761,38 @@ int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segm
 
 // --- set loss (targets, matcher, losses) ---
 
-// (mask2former set loss declarations go here)
+// The Mask2Former set loss, on the HOST (the caller copies logits in and gradients out).
+// For every prediction j (deep supervision) and image b:
+//   targets: one binary mask per class present in the label map (255 = ignore: 0 in all)
+//   matching: Hungarian on cost = w_class * -p(class) + w_mask * BCE + w_dice * dice over
+//             num_points uniform random points shared by all masks of the image
+//   loss_j = w_class * CE(all queries; unmatched -> no-object, weight no_object_weight)
+//          + w_mask * sum_matched BCE / num_masks + w_dice * sum_matched dice / num_masks
+//   with BCE and dice on num_points importance-sampled points per matched mask
+//   (oversample x random, keep the importance share most uncertain by -|logit|, rest random)
+// all_pixels = 1 replaces every point set by the centres of the Hm x Wm mask-map pixels.
+typedef struct {
+    int num_points;          // 12544
+    float oversample;        // 3
+    float importance;        // 0.75
+    float w_class, w_mask, w_dice;   // 2, 5, 5
+    float no_object_weight;  // 0.1
+    int all_pixels;          // 0
+} SetLossConfig;
+SetLossConfig set_loss_config_default(void);
+
+// class_logits (L, B, Q, K+1), mask_logits (L, B, Q, Hm, Wm), labels (B, H, W); the mask map
+// covers the labels' frame (point (x, y) in [0, 1]^2 is the same place in both).
+// Returns the total loss; parts[0..2] = the weighted CE, BCE and dice summed over L.
+// dclass_logits / dmask_logits (same layouts) are accumulated, or skipped when NULL.
+// Scratch memory is malloc'd per call (one training step; not a hot path).
+float set_loss(const SetLossConfig* cfg, const float* class_logits, const float* mask_logits,
+               int L, int B, int Q, int K, int Hm, int Wm, const unsigned char* labels, int H, int W,
+               float* dclass_logits, float* dmask_logits, Rng* rng, float parts[3]);
+
+// minimum-cost assignment of n rows to distinct columns of an n x m cost matrix (n <= m);
+// col_of_row[i] receives the column of row i. Returns the total cost.
+double hungarian_assign(const double* cost, int n, int m, int* col_of_row);
 
 // --- end of set loss declarations ---
 
@@ -774,7 +805,86 @@ int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segm
 // MAE HEAD g AND THE Y MODEL (mae.c): masking, g, the joint model, training step
 // ============================================================================
 
-// (mae / model declarations go here)
+// What the paper's code does (renwang435/video-ttt-release, read 2026-11-22):
+// - mask2former/maskformer_ttt_model.py: g ("recon_head") is a second MaskFormer head built
+//   from the same config (pixel decoder + masked-attention transformer decoder) with
+//   NUM_OBJECT_QUERIES = 48 = 3 * 4 * 4 and no class head (mask_classification=False). Its
+//   48 "mask" maps at 1/4 resolution are the 3 x 4 x 4 pixels of every 4 x 4 patch.
+// - modeling/criterion.py ReconCriterion: recon = reshape(48 maps -> (3, p, p, H/4, W/4)) ->
+//   (3, H, W) with p = 4; target = the ImageNet-normalised image; loss = MSE (the released
+//   code averages over ALL pixels; the masked-only line is commented out).
+// - data/dataloaders/mae.py: masking patch 16 x 16, exactly int(L * (1 - 0.8)) patches kept
+//   per image (random permutation); masked pixels are zeroed; the 4th input channel there is
+//   1 on VISIBLE pixels (all ones for the main task).
+// - configs/.../maskformer2_swin_small_bs16_90k_ttt_mae.yaml: AdamW, lr 1e-4, weight decay
+//   0.05, images normalised by mean (123.675, 116.28, 103.53) / std (58.395, 57.12, 57.375).
+// Ours follows the project spec where it differs: the 4th channel is 1 on MASKED pixels (0 for
+// the main task) and the loss is the MSE over masked pixels only.
+
+#define MAE_RECON_PATCH 4   // g's 48 queries are the 3 x 4 x 4 pixels of a 4 x 4 patch
+
+typedef struct {
+    SwinConfig swin;      // f (in_chans 4)
+    M2FConfig m2f;        // h
+    M2FConfig mae;        // g: h's architecture with 3 * 4 * 4 queries (class head unused)
+    int num_classes;      // K semantic classes (labels 0..K-1, 255 = ignore)
+    int mae_patch;        // masking patch size in pixels (16)
+    float mask_ratio;     // fraction of patches masked (0.8)
+} ModelConfig;
+
+typedef struct { float lr, beta1, beta2, eps, weight_decay; } OptConfig;
+OptConfig opt_config_ttt(void);   // AdamW lr 1e-4, betas (0.9, 0.999), eps 1e-8, wd 0.05
+
+typedef struct Model Model;
+
+ModelConfig model_config_default(int num_classes);   // small, runs on a CPU
+ModelConfig model_config_tiny(int num_classes);      // for tests
+ModelConfig model_config_swin_s(int num_classes);    // Swin-S + published Mask2Former sizes
+// params f, h, g (+ frozen f0, g0), grads, AdamW state and activations, all on ttt_device,
+// allocated once for batches up to max_batch of H x W frames (padded to a multiple of 32)
+Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W);
+void model_free(Model* m);
+void model_init_random(Model* m, uint64_t seed);
+void model_save(const Model* m, const char* path);
+Model* model_load(const char* path, int max_batch, int H, int W);
+const ModelConfig* model_config(const Model* m);
+void model_snapshot_ttt(Model* m);   // f0, g0 <- f, g
+void model_reset_ttt(Model* m);      // f, g <- f0, g0; TTT optimizer state cleared
+// one TTT step on f and g: frames (B, H, W, 3) in [0, 1] on the host, B independent masks;
+// returns the masked MSE; a non-finite loss leaves the weights untouched
+float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt, Rng* rng);
+// MAE loss only (no update), with the given rng for the masks
+float model_mae_loss(Model* m, const float* frames, int B, Rng* rng);
+// h(f(x)) on an unmasked frame (H, W, 3) host -> class ids (H, W) host
+void model_predict(Model* m, const float* frame, unsigned char* pred);
+// checksums of parameter groups, for tests and logs: 0 = f, 1 = h, 2 = g
+uint64_t model_param_hash(const Model* m, int part);
+size_t model_num_params(const Model* m, int part);
+// host copy of every trainable parameter [f | h | g] and of the matching gradient buffer
+float* model_params_host(const Model* m);
+float* model_grads_host(const Model* m);
+// forward + backward of the MAE loss without an update (gradient checks); masks from rng
+float model_mae_forward_backward(Model* m, const float* frames, int B, Rng* rng);
+// device pointer to the trainable parameters [f | h | g] (gradient checks perturb them)
+float* model_params_device(Model* m);
+// hold g's attention masks fixed at those of the last MAE forward of batch B (on = 1), or not
+void model_freeze_mae_masks(Model* m, int B, int on);
+
+// op: build the 4-channel network input and the MAE target.
+//   rgb (B, H, W, 3) in [0, 1]; patch_mask (B, Hp/ps, Wp/ps) bytes, 1 = masked (NULL: none)
+//   inp4 (B, Hp, Wp, 4): ImageNet-normalised RGB, zero where masked or beyond H x W (padding),
+//        channel 3 = 1 on masked pixels
+//   target, target_mask (B, 48, Hp/4, Wp/4) in the layout of g's mask logits: query
+//        q = c*16 + py*4 + px holds normalised pixel (c, 4y+py, 4x+px); target_mask = 1 on
+//        masked pixels inside H x W. Either may be NULL.
+void mae_prepare_input(float* inp4, float* target, float* target_mask, const float* rgb,
+                       const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps);
+void mae_prepare_input_cpu(float* inp4, float* target, float* target_mask, const float* rgb,
+                           const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps);
+#ifdef TTT_CUDA
+void mae_prepare_input_cuda(float* inp4, float* target, float* target_mask, const float* rgb,
+                            const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps);
+#endif
 
 // ============================================================================
 // end of MAE

@@ -1,0 +1,640 @@
+// test/gpu_ops.c: every CUDA op against its CPU reference, in one process.
+// Fresh random non-zero inputs of odd sizes (plus a few realistic Swin / Mask2Former
+// sizes) are copied to both devices. Forward outputs on the GPU are poisoned with NaN
+// first, so an element the kernel never writes fails the check. Gradient buffers are
+// pre-filled with the same random values on both sides and the INCREMENTS are compared,
+// which checks the accumulate (+=) contract. Error: max |gpu - cpu| / max |cpu|.
+// Bounds: 1e-5 for plain float32 ops, 3e-3 where cuBLAS TF32 matrix products are used.
+// Prints the worst error per op at the end.
+#include "test/test.h"
+
+#define TOL_FP32 1e-5
+#define TOL_TF32 3e-3
+
+static Rng rng;
+
+// ----------------------------------------------------------------------------
+// helpers: device buffers (freed per test), comparisons, worst error per op
+
+static void* dev_allocs[512];
+static int n_dev_allocs = 0;
+
+static void* dev_alloc(size_t bytes) {
+    if (n_dev_allocs == 512) ttt_die("gpu_ops: too many device buffers");
+    void* p = ttt_malloc(bytes);
+    dev_allocs[n_dev_allocs++] = p;
+    return p;
+}
+static void dev_free_all(void) {
+    for (int i = 0; i < n_dev_allocs; i++) ttt_free(dev_allocs[i]);
+    n_dev_allocs = 0;
+}
+// device copy of a host array
+static float* dev_copy(const float* h, size_t n) {
+    float* d = (float*)dev_alloc(n * sizeof(float));
+    ttt_to_device(d, h, n * sizeof(float));
+    return d;
+}
+static int* dev_copy_int(const int* h, size_t n) {
+    int* d = (int*)dev_alloc(n * sizeof(int));
+    ttt_to_device(d, h, n * sizeof(int));
+    return d;
+}
+// device buffer full of NaN: catches elements a forward kernel never writes
+static float* dev_poison(size_t n) {
+    float* h = (float*)mallocCheck(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = NAN;
+    float* d = dev_copy(h, n);
+    free(h);
+    return d;
+}
+static float* host_copy(const float* h, size_t n) {
+    float* c = (float*)mallocCheck(n * sizeof(float));
+    memcpy(c, h, n * sizeof(float));
+    return c;
+}
+static float* host_of(const float* d, size_t n) {
+    float* h = (float*)mallocCheck(n * sizeof(float));
+    ttt_to_host(h, d, n * sizeof(float));
+    return h;
+}
+
+#define MAX_OPS 64
+static char op_names[MAX_OPS][48];
+static double op_worst[MAX_OPS], op_tol[MAX_OPS];
+static int n_ops = 0;
+static void record(const char* op, double err, double tol) {
+    int i = 0;
+    while (i < n_ops && strcmp(op_names[i], op) != 0) i++;
+    if (i == n_ops) {
+        if (n_ops == MAX_OPS) return;
+        snprintf(op_names[i], sizeof(op_names[i]), "%s", op);
+        op_worst[i] = 0.0; op_tol[i] = tol; n_ops++;
+    }
+    if (!(err <= op_worst[i])) op_worst[i] = err;   // NaN sticks
+    if (tol > op_tol[i]) op_tol[i] = tol;
+}
+
+// GPU tensor d_got vs host reference ref
+static void cmp(const char* op, const char* what, const float* d_got, const float* ref, size_t n, double tol) {
+    float* got = host_of(d_got, n);
+    char name[128];
+    snprintf(name, sizeof(name), "%s %s", op, what);
+    check_close(name, got, ref, n, tol);
+    record(op, max_rel_error(got, ref, n), tol);
+    free(got);
+}
+
+// accumulated gradient: compare (gpu - init) with (cpu - init)
+static void cmp_grad(const char* op, const char* what, const float* d_got, const float* ref, const float* init,
+                     size_t n, double tol) {
+    float* got = host_of(d_got, n);
+    float* ref_inc = (float*)mallocCheck(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) { got[i] -= init[i]; ref_inc[i] = ref[i] - init[i]; }
+    char name[128];
+    snprintf(name, sizeof(name), "%s %s (+=)", op, what);
+    check_close(name, got, ref_inc, n, tol);
+    record(op, max_rel_error(got, ref_inc, n), tol);
+    free(got); free(ref_inc);
+}
+
+static float* rnd(size_t n) { return random_tensor(&rng, n, -1.0f, 1.0f); }
+
+// a gradient buffer pair: host reference pre-filled, device copy of the same values.
+// The pre-fill is uniform in [-scale, scale]; pick scale near the size of the
+// increments, else rounding (init + inc) on each side swamps the comparison of increments.
+typedef struct { float* init; float* cpu; float* gpu; size_t n; } Grad;
+static Grad grad_new_scaled(size_t n, float scale) {
+    Grad g; g.n = n; g.init = random_tensor(&rng, n, -scale, scale);
+    g.cpu = host_copy(g.init, n); g.gpu = dev_copy(g.init, n);
+    return g;
+}
+static Grad grad_new(size_t n) { return grad_new_scaled(n, 1.0f); }
+static void grad_cmp(const char* op, const char* what, Grad* g, double tol) {
+    cmp_grad(op, what, g->gpu, g->cpu, g->init, g->n, tol);
+    free(g->init); free(g->cpu);
+}
+
+// ----------------------------------------------------------------------------
+// elementwise and activations
+
+static void test_elementwise(size_t N) {
+    float *a = rnd(N), *b = rnd(N);
+    float *da = dev_copy(a, N), *db = dev_copy(b, N);
+    float* ref = (float*)mallocCheck(N * sizeof(float));
+    float* out = dev_poison(N);
+    add_forward_cpu(ref, a, b, N);
+    add_forward_cuda(out, da, db, N);
+    cmp("add_forward", "out", out, ref, N, TOL_FP32);
+    add_inplace_cpu(a, b, N);
+    add_inplace_cuda(da, db, N);
+    cmp("add_inplace", "a", da, a, N, TOL_FP32);
+    scale_inplace_cpu(a, -0.37f, N);
+    scale_inplace_cuda(da, -0.37f, N);
+    cmp("scale_inplace", "x", da, a, N, TOL_FP32);
+    free(a); free(b); free(ref);
+    dev_free_all();
+}
+
+static void test_activations(size_t N) {
+    float* x = random_tensor(&rng, N, -4.0f, 4.0f);
+    float* dy = rnd(N);
+    float* dx_ = dev_copy(x, N);
+    float* ddy = dev_copy(dy, N);
+    float* ref = (float*)mallocCheck(N * sizeof(float));
+    const char* names[3] = {"gelu", "relu", "sigmoid"};
+    for (int k = 0; k < 3; k++) {
+        char fw[32], bw[32];
+        snprintf(fw, sizeof(fw), "%s_forward", names[k]);
+        snprintf(bw, sizeof(bw), "%s_backward", names[k]);
+        float* out = dev_poison(N);
+        if (k == 0) { gelu_forward_cpu(ref, x, N); gelu_forward_cuda(out, dx_, N); }
+        if (k == 1) { relu_forward_cpu(ref, x, N); relu_forward_cuda(out, dx_, N); }
+        if (k == 2) { sigmoid_forward_cpu(ref, x, N); sigmoid_forward_cuda(out, dx_, N); }
+        cmp(fw, "out", out, ref, N, TOL_FP32);
+        // backward: gelu reads the input, relu/sigmoid read the forward output (the CPU's)
+        float* dref = dev_copy(ref, N);
+        Grad g = grad_new(N);
+        if (k == 0) { gelu_backward_cpu(g.cpu, x, dy, N); gelu_backward_cuda(g.gpu, dx_, ddy, N); }
+        if (k == 1) { relu_backward_cpu(g.cpu, ref, dy, N); relu_backward_cuda(g.gpu, dref, ddy, N); }
+        if (k == 2) { sigmoid_backward_cpu(g.cpu, ref, dy, N); sigmoid_backward_cuda(g.gpu, dref, ddy, N); }
+        grad_cmp(bw, "dinp", &g, TOL_FP32);
+    }
+    free(x); free(dy); free(ref);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
+// linear
+
+static void test_linear(int N, int C, int OC, int with_bias) {
+    float *x = rnd((size_t)N * C), *w = rnd((size_t)OC * C), *b = with_bias ? rnd(OC) : NULL;
+    float* dy = rnd((size_t)N * OC);
+    float* ref = (float*)mallocCheck((size_t)N * OC * sizeof(float));
+    float *dx_ = dev_copy(x, (size_t)N * C), *dw_ = dev_copy(w, (size_t)OC * C), *db_ = b ? dev_copy(b, OC) : NULL;
+    float* out = dev_poison((size_t)N * OC);
+    linear_forward_cpu(ref, x, w, b, N, C, OC);
+    linear_forward_cuda(out, dx_, dw_, db_, N, C, OC);
+    cmp("linear_forward", "out", out, ref, (size_t)N * OC, TOL_TF32);
+    float* ddy = dev_copy(dy, (size_t)N * OC);
+    Grad gx = grad_new((size_t)N * C), gw = grad_new((size_t)OC * C), gb = grad_new(OC);
+    linear_backward_cpu(gx.cpu, gw.cpu, gb.cpu, dy, x, w, N, C, OC);
+    linear_backward_cuda(gx.gpu, gw.gpu, gb.gpu, ddy, dx_, dw_, N, C, OC);
+    grad_cmp("linear_backward", "dinp", &gx, TOL_TF32);
+    grad_cmp("linear_backward", "dweight", &gw, TOL_TF32);
+    grad_cmp("linear_backward", "dbias", &gb, TOL_FP32);
+    free(x); free(w); free(b); free(dy); free(ref);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
+// layernorm, groupnorm
+
+static void test_layernorm(int N, int C) {
+    float *x = random_tensor(&rng, (size_t)N * C, -2.0f, 3.0f), *w = rnd(C), *b = rnd(C), *dy = rnd((size_t)N * C);
+    float* ref = (float*)mallocCheck((size_t)N * C * sizeof(float));
+    float *mref = (float*)mallocCheck(N * sizeof(float)), *rref = (float*)mallocCheck(N * sizeof(float));
+    float *dx_ = dev_copy(x, (size_t)N * C), *dw_ = dev_copy(w, C), *db_ = dev_copy(b, C), *ddy = dev_copy(dy, (size_t)N * C);
+    float *out = dev_poison((size_t)N * C), *mean = dev_poison(N), *rstd = dev_poison(N);
+    layernorm_forward_cpu(ref, mref, rref, x, w, b, N, C);
+    layernorm_forward_cuda(out, mean, rstd, dx_, dw_, db_, N, C);
+    cmp("layernorm_forward", "out", out, ref, (size_t)N * C, TOL_FP32);
+    cmp("layernorm_forward", "mean", mean, mref, N, TOL_FP32);
+    cmp("layernorm_forward", "rstd", rstd, rref, N, TOL_FP32);
+    // backward from the CPU's statistics on both sides
+    float *dm = dev_copy(mref, N), *dr = dev_copy(rref, N);
+    Grad gx = grad_new((size_t)N * C), gw = grad_new(C), gb = grad_new(C);
+    layernorm_backward_cpu(gx.cpu, gw.cpu, gb.cpu, dy, x, w, mref, rref, N, C);
+    layernorm_backward_cuda(gx.gpu, gw.gpu, gb.gpu, ddy, dx_, dw_, dm, dr, N, C);
+    grad_cmp("layernorm_backward", "dinp", &gx, TOL_FP32);
+    grad_cmp("layernorm_backward", "dweight", &gw, TOL_FP32);
+    grad_cmp("layernorm_backward", "dbias", &gb, TOL_FP32);
+    free(x); free(w); free(b); free(dy); free(ref); free(mref); free(rref);
+    dev_free_all();
+}
+
+static void test_groupnorm(int B, int HW, int C, int G) {
+    size_t n = (size_t)B * HW * C;
+    float *x = random_tensor(&rng, n, -2.0f, 3.0f), *w = rnd(C), *b = rnd(C), *dy = rnd(n);
+    float* ref = (float*)mallocCheck(n * sizeof(float));
+    float *mref = (float*)mallocCheck(B * G * sizeof(float)), *rref = (float*)mallocCheck(B * G * sizeof(float));
+    float *dx_ = dev_copy(x, n), *dw_ = dev_copy(w, C), *db_ = dev_copy(b, C), *ddy = dev_copy(dy, n);
+    float *out = dev_poison(n), *mean = dev_poison(B * G), *rstd = dev_poison(B * G);
+    groupnorm_forward_cpu(ref, mref, rref, x, w, b, B, HW, C, G);
+    groupnorm_forward_cuda(out, mean, rstd, dx_, dw_, db_, B, HW, C, G);
+    cmp("groupnorm_forward", "out", out, ref, n, TOL_FP32);
+    cmp("groupnorm_forward", "mean", mean, mref, B * G, TOL_FP32);
+    cmp("groupnorm_forward", "rstd", rstd, rref, B * G, TOL_FP32);
+    float *dm = dev_copy(mref, B * G), *dr = dev_copy(rref, B * G);
+    Grad gx = grad_new(n), gw = grad_new(C), gb = grad_new(C);
+    groupnorm_backward_cpu(gx.cpu, gw.cpu, gb.cpu, dy, x, w, mref, rref, B, HW, C, G);
+    groupnorm_backward_cuda(gx.gpu, gw.gpu, gb.gpu, ddy, dx_, dw_, dm, dr, B, HW, C, G);
+    grad_cmp("groupnorm_backward", "dinp", &gx, TOL_FP32);
+    grad_cmp("groupnorm_backward", "dweight", &gw, TOL_FP32);
+    grad_cmp("groupnorm_backward", "dbias", &gb, TOL_FP32);
+    free(x); free(w); free(b); free(dy); free(ref); free(mref); free(rref);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
+// softmax (with some -inf entries and one all -inf row)
+
+static void test_softmax(int N, int C) {
+    size_t n = (size_t)N * C;
+    float *x = random_tensor(&rng, n, -5.0f, 5.0f), *dy = rnd(n);
+    for (size_t i = 0; i < n; i += 7) x[i] = -INFINITY;
+    for (int c = 0; c < C; c++) x[(size_t)(N / 2) * C + c] = -INFINITY;
+    float* ref = (float*)mallocCheck(n * sizeof(float));
+    float *dx_ = dev_copy(x, n), *ddy = dev_copy(dy, n), *out = dev_poison(n);
+    softmax_forward_cpu(ref, x, N, C);
+    softmax_forward_cuda(out, dx_, N, C);
+    cmp("softmax_forward", "out", out, ref, n, TOL_FP32);
+    float* dref = dev_copy(ref, n);
+    Grad g = grad_new(n);
+    softmax_backward_cpu(g.cpu, ref, dy, N, C);
+    softmax_backward_cuda(g.gpu, dref, ddy, N, C);
+    grad_cmp("softmax_backward", "dinp", &g, TOL_FP32);
+    free(x); free(dy); free(ref);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
+// attention. layout: 0 = fused qkv (B, T, 3C) rows, 1 = q (B, Tq, q_stride) and a
+// kv buffer (B, Tk, 2C) with k = kv, v = kv + C. mask_kind: 0 none, 1 Swin-like
+// (0 / -100), 2 Mask2Former-like (-inf on about half, one position always open).
+
+static void test_attention(const char* label, int B, int Tq, int Tk, int NH, int HS, int layout,
+                           int with_bias, int mask_kind, int n_mask) {
+    int C = NH * HS;
+    int q_stride, kv_stride;
+    size_t nq, nkv;
+    if (layout == 0) { q_stride = kv_stride = 3 * C; nq = 0; nkv = (size_t)B * Tq * 3 * C; }
+    else { q_stride = C + 5; kv_stride = 2 * C; nq = (size_t)B * Tq * q_stride; nkv = (size_t)B * Tk * kv_stride; }
+    float* qb = layout == 0 ? NULL : rnd(nq);
+    float* kvb = random_tensor(&rng, nkv, -1.0f, 1.0f);
+    const float *q, *k, *v;
+    if (layout == 0) { q = kvb; k = kvb + C; v = kvb + 2 * C; }
+    else { q = qb; k = kvb; v = kvb + C; }
+    size_t nbias = (size_t)NH * Tq * Tk, nmask = (size_t)n_mask * Tq * Tk;
+    float* bias = with_bias ? random_tensor(&rng, nbias, -2.0f, 2.0f) : NULL;
+    float* mask = NULL;
+    if (mask_kind) {
+        mask = (float*)mallocCheck(nmask * sizeof(float));
+        for (size_t i = 0; i < nmask; i++) {
+            float u = rng_uniform(&rng);
+            mask[i] = mask_kind == 1 ? (u < 0.3f ? -100.0f : 0.0f) : (u < 0.5f ? -INFINITY : 0.0f);
+        }
+        if (mask_kind == 2) for (size_t r = 0; r < (size_t)n_mask * Tq; r++) mask[r * Tk + rng_int(&rng, Tk)] = 0.0f;
+    }
+    size_t nout = (size_t)B * Tq * C, natt = (size_t)B * NH * Tq * Tk;
+    float* dy = rnd(nout);
+    float *ref = (float*)mallocCheck(nout * sizeof(float)), *aref = (float*)mallocCheck(natt * sizeof(float));
+    attention_forward_cpu(ref, aref, q, k, v, bias, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+    // device side
+    float* dqb = layout == 0 ? NULL : dev_copy(qb, nq);
+    float* dkvb = dev_copy(kvb, nkv);
+    const float *dq_, *dk_, *dv_;
+    if (layout == 0) { dq_ = dkvb; dk_ = dkvb + C; dv_ = dkvb + 2 * C; }
+    else { dq_ = dqb; dk_ = dkvb; dv_ = dkvb + C; }
+    float* dbias = bias ? dev_copy(bias, nbias) : NULL;
+    float* dmask = mask ? dev_copy(mask, nmask) : NULL;
+    float *out = dev_poison(nout), *att = dev_poison(natt);
+    attention_forward_cuda(out, att, dq_, dk_, dv_, dbias, dmask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+    char op[64];
+    snprintf(op, sizeof(op), "attention_forward");
+    char what[96];
+    snprintf(what, sizeof(what), "out [%s]", label); cmp(op, what, out, ref, nout, TOL_TF32);
+    snprintf(what, sizeof(what), "att [%s]", label); cmp(op, what, att, aref, natt, TOL_TF32);
+    // backward: each side from its own att; gradients pre-filled, laid out like q, k, v
+    float* ddy = dev_copy(dy, nout);
+    Grad gq = grad_new(layout == 0 ? 1 : nq), gkv = grad_new(nkv), gb = grad_new(with_bias ? nbias : 1);
+    float *cq, *ck, *cv, *gq_, *gk_, *gv_;
+    if (layout == 0) { cq = gkv.cpu; ck = gkv.cpu + C; cv = gkv.cpu + 2 * C; gq_ = gkv.gpu; gk_ = gkv.gpu + C; gv_ = gkv.gpu + 2 * C; }
+    else { cq = gq.cpu; ck = gkv.cpu; cv = gkv.cpu + C; gq_ = gq.gpu; gk_ = gkv.gpu; gv_ = gkv.gpu + C; }
+    attention_backward_cpu(cq, ck, cv, with_bias ? gb.cpu : NULL, dy, aref, q, k, v, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+    attention_backward_cuda(gq_, gk_, gv_, with_bias ? gb.gpu : NULL, ddy, att, dq_, dk_, dv_, B, Tq, Tk, NH, HS,
+                            q_stride, kv_stride);
+    snprintf(op, sizeof(op), "attention_backward");
+    if (layout == 0) {
+        // padding columns of the fused buffer do not exist: every column is q, k or v
+        snprintf(what, sizeof(what), "dqkv [%s]", label); grad_cmp(op, what, &gkv, TOL_TF32);
+        free(gq.init); free(gq.cpu);
+    } else {
+        // q rows have 5 padding floats that no gradient may touch: checked as part of dq
+        snprintf(what, sizeof(what), "dq [%s]", label); grad_cmp(op, what, &gq, TOL_TF32);
+        snprintf(what, sizeof(what), "dk,dv [%s]", label); grad_cmp(op, what, &gkv, TOL_TF32);
+    }
+    if (with_bias) { snprintf(what, sizeof(what), "drel_bias [%s]", label); grad_cmp(op, what, &gb, TOL_TF32); }
+    else { free(gb.init); free(gb.cpu); }
+    free(qb); free(kvb); free(bias); free(mask); free(dy); free(ref); free(aref);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
+// relative position bias gather (Swin: table (169, NH), index (49*49))
+
+static void test_bias_gather(int ws, int NH) {
+    int R = (2 * ws - 1) * (2 * ws - 1), N = ws * ws * ws * ws;
+    float *table = rnd((size_t)R * NH), *dy = rnd((size_t)N * NH);
+    int* index = (int*)mallocCheck(N * sizeof(int));
+    for (int i = 0; i < ws * ws; i++) for (int j = 0; j < ws * ws; j++) {
+        int dy_ = i / ws - j / ws + ws - 1, dx = i % ws - j % ws + ws - 1;
+        index[i * ws * ws + j] = dy_ * (2 * ws - 1) + dx;
+    }
+    float *dtable = dev_copy(table, (size_t)R * NH), *ddy = dev_copy(dy, (size_t)N * NH);
+    int* dindex = dev_copy_int(index, N);
+    float* ref = (float*)mallocCheck((size_t)N * NH * sizeof(float));
+    float* out = dev_poison((size_t)N * NH);
+    bias_gather_forward_cpu(ref, table, index, N, NH);
+    bias_gather_forward_cuda(out, dtable, dindex, N, NH);
+    cmp("bias_gather_forward", "out", out, ref, (size_t)N * NH, TOL_FP32);
+    Grad g = grad_new((size_t)R * NH);
+    bias_gather_backward_cpu(g.cpu, dy, index, N, NH);
+    bias_gather_backward_cuda(g.gpu, ddy, dindex, N, NH);
+    grad_cmp("bias_gather_backward", "dtable", &g, TOL_FP32);
+    free(table); free(dy); free(index); free(ref);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
+// windows, patch merge
+
+static void test_windows(int B, int H, int W, int C, int ws, int shift) {
+    int nW = ((H + ws - 1) / ws) * ((W + ws - 1) / ws);
+    size_t nimg = (size_t)B * H * W * C, nwin = (size_t)B * nW * ws * ws * C;
+    float *img = rnd(nimg), *win = rnd(nwin);
+    float *dimg = dev_copy(img, nimg), *dwin = dev_copy(win, nwin);
+    float* ref = (float*)mallocCheck(nwin * sizeof(float));
+    float* out = dev_poison(nwin);
+    window_partition_forward_cpu(ref, img, B, H, W, C, ws, shift);
+    window_partition_forward_cuda(out, dimg, B, H, W, C, ws, shift);
+    cmp("window_partition_forward", "out", out, ref, nwin, TOL_FP32);
+    Grad g = grad_new(nimg);
+    window_partition_backward_cpu(g.cpu, win, B, H, W, C, ws, shift);
+    window_partition_backward_cuda(g.gpu, dwin, B, H, W, C, ws, shift);
+    grad_cmp("window_partition_backward", "dinp", &g, TOL_FP32);
+    // reverse: the forward writes only the pixels; pre-fill them all the same
+    float* ref2 = host_copy(img, nimg);
+    float* out2 = dev_poison(nimg);
+    window_reverse_forward_cpu(ref2, win, B, H, W, C, ws, shift);
+    window_reverse_forward_cuda(out2, dwin, B, H, W, C, ws, shift);
+    cmp("window_reverse_forward", "out", out2, ref2, nimg, TOL_FP32);
+    Grad g2 = grad_new(nwin);
+    window_reverse_backward_cpu(g2.cpu, img, B, H, W, C, ws, shift);
+    window_reverse_backward_cuda(g2.gpu, dimg, B, H, W, C, ws, shift);
+    grad_cmp("window_reverse_backward", "dinp", &g2, TOL_FP32);
+    free(img); free(win); free(ref); free(ref2);
+    dev_free_all();
+}
+
+static void test_patch_merge(int B, int H, int W, int C) {
+    int Ho = (H + 1) / 2, Wo = (W + 1) / 2;
+    size_t nin = (size_t)B * H * W * C, nout = (size_t)B * Ho * Wo * 4 * C;
+    float *x = rnd(nin), *dy = rnd(nout);
+    float *dx_ = dev_copy(x, nin), *ddy = dev_copy(dy, nout);
+    float* ref = (float*)mallocCheck(nout * sizeof(float));
+    float* out = dev_poison(nout);
+    patch_merge_forward_cpu(ref, x, B, H, W, C);
+    patch_merge_forward_cuda(out, dx_, B, H, W, C);
+    cmp("patch_merge_forward", "out", out, ref, nout, TOL_FP32);
+    Grad g = grad_new(nin);
+    patch_merge_backward_cpu(g.cpu, dy, B, H, W, C);
+    patch_merge_backward_cuda(g.gpu, ddy, B, H, W, C);
+    grad_cmp("patch_merge_backward", "dinp", &g, TOL_FP32);
+    free(x); free(dy); free(ref);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
+// conv2d
+
+static void test_conv2d(int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo, int with_bias) {
+    size_t nin = (size_t)B * H * W * C, nw = (size_t)OC * K * K * C, nout = (size_t)B * Ho * Wo * OC;
+    float *x = rnd(nin), *w = rnd(nw), *b = with_bias ? rnd(OC) : NULL, *dy = rnd(nout);
+    float *dx_ = dev_copy(x, nin), *dw_ = dev_copy(w, nw), *db_ = b ? dev_copy(b, OC) : NULL, *ddy = dev_copy(dy, nout);
+    float* ref = (float*)mallocCheck(nout * sizeof(float));
+    float* out = dev_poison(nout);
+    conv2d_forward_cpu(ref, x, w, b, B, H, W, C, OC, K, stride, pad, Ho, Wo);
+    conv2d_forward_cuda(out, dx_, dw_, db_, B, H, W, C, OC, K, stride, pad, Ho, Wo);
+    char what[96];
+    snprintf(what, sizeof(what), "out [K%d s%d p%d C%d OC%d]", K, stride, pad, C, OC);
+    cmp("conv2d_forward", what, out, ref, nout, TOL_TF32);
+    Grad gx = grad_new(nin), gw = grad_new(nw), gb = grad_new(OC);
+    conv2d_backward_cpu(gx.cpu, gw.cpu, gb.cpu, dy, x, w, B, H, W, C, OC, K, stride, pad, Ho, Wo);
+    conv2d_backward_cuda(gx.gpu, gw.gpu, gb.gpu, ddy, dx_, dw_, B, H, W, C, OC, K, stride, pad, Ho, Wo);
+    grad_cmp("conv2d_backward", "dinp", &gx, TOL_TF32);
+    grad_cmp("conv2d_backward", "dweight", &gw, TOL_TF32);
+    grad_cmp("conv2d_backward", "dbias", &gb, TOL_FP32);
+    free(x); free(w); free(b); free(dy); free(ref);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
+// resizing, point sampling, position encoding
+
+static void test_upsample(int B, int H, int W, int C, int Ho, int Wo) {
+    size_t nin = (size_t)B * H * W * C, nout = (size_t)B * Ho * Wo * C;
+    float *x = rnd(nin), *dy = rnd(nout);
+    float *dx_ = dev_copy(x, nin), *ddy = dev_copy(dy, nout);
+    float* ref = (float*)mallocCheck(nout * sizeof(float));
+    for (int mode = 0; mode < 2; mode++) {
+        float* out = dev_poison(nout);
+        Grad g = grad_new(nin);
+        if (mode == 0) {
+            upsample_nearest_forward_cpu(ref, x, B, H, W, C, Ho, Wo);
+            upsample_nearest_forward_cuda(out, dx_, B, H, W, C, Ho, Wo);
+            upsample_nearest_backward_cpu(g.cpu, dy, B, H, W, C, Ho, Wo);
+            upsample_nearest_backward_cuda(g.gpu, ddy, B, H, W, C, Ho, Wo);
+        } else {
+            upsample_bilinear_forward_cpu(ref, x, B, H, W, C, Ho, Wo);
+            upsample_bilinear_forward_cuda(out, dx_, B, H, W, C, Ho, Wo);
+            upsample_bilinear_backward_cpu(g.cpu, dy, B, H, W, C, Ho, Wo);
+            upsample_bilinear_backward_cuda(g.gpu, ddy, B, H, W, C, Ho, Wo);
+        }
+        char what[64];
+        snprintf(what, sizeof(what), "out [%dx%d -> %dx%d]", H, W, Ho, Wo);
+        cmp(mode == 0 ? "upsample_nearest_forward" : "upsample_bilinear_forward", what, out, ref, nout, TOL_FP32);
+        grad_cmp(mode == 0 ? "upsample_nearest_backward" : "upsample_bilinear_backward", "dinp", &g, TOL_FP32);
+    }
+    free(x); free(dy); free(ref);
+    dev_free_all();
+}
+
+static void test_point_sample(int M, int H, int W, int P) {
+    size_t nin = (size_t)M * H * W, nout = (size_t)M * P;
+    float *x = rnd(nin), *dy = rnd(nout), *co = random_tensor(&rng, nout * 2, 0.0f, 1.0f);
+    co[0] = 0.0f; co[1] = 1.0f; co[2] = 1.0f; co[3] = 0.0f;   // corners
+    float *dx_ = dev_copy(x, nin), *ddy = dev_copy(dy, nout), *dco = dev_copy(co, nout * 2);
+    float* ref = (float*)mallocCheck(nout * sizeof(float));
+    float* out = dev_poison(nout);
+    point_sample_forward_cpu(ref, x, co, M, H, W, P);
+    point_sample_forward_cuda(out, dx_, dco, M, H, W, P);
+    cmp("point_sample_forward", "out", out, ref, nout, TOL_FP32);
+    Grad g = grad_new(nin);
+    point_sample_backward_cpu(g.cpu, dy, co, M, H, W, P);
+    point_sample_backward_cuda(g.gpu, ddy, dco, M, H, W, P);
+    grad_cmp("point_sample_backward", "dinp", &g, TOL_FP32);
+    free(x); free(dy); free(co); free(ref);
+    dev_free_all();
+}
+
+static void test_sine(int H, int W, int C) {
+    size_t n = (size_t)H * W * C;
+    float* ref = (float*)mallocCheck(n * sizeof(float));
+    float* out = dev_poison(n);
+    sine_position_encoding_cpu(ref, H, W, C);
+    sine_position_encoding_cuda(out, H, W, C);
+    cmp("sine_position_encoding", "out", out, ref, n, TOL_FP32);
+    free(ref);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
+// losses
+
+static void test_masked_mse(int N, int C) {
+    size_t n = (size_t)N * C;
+    float *p = rnd(n), *t = rnd(n), *m = (float*)mallocCheck(N * sizeof(float));
+    for (int i = 0; i < N; i++) m[i] = rng_uniform(&rng) < 0.75f ? 1.0f : 0.0f;
+    float *dp = dev_copy(p, n), *dt = dev_copy(t, n), *dm = dev_copy(m, N);
+    float ref;
+    float* loss = dev_poison(1);
+    masked_mse_forward_cpu(&ref, p, t, m, N, C);
+    masked_mse_forward_cuda(loss, dp, dt, dm, N, C);
+    cmp("masked_mse_forward", "loss", loss, &ref, 1, TOL_FP32);
+    Grad g = grad_new_scaled(n, 1e-4f);   // increments are about 2 / (0.75 N C)
+    masked_mse_backward_cpu(g.cpu, 0.7f, p, t, m, N, C);
+    masked_mse_backward_cuda(g.gpu, 0.7f, dp, dt, dm, N, C);
+    grad_cmp("masked_mse_backward", "dpred", &g, TOL_FP32);
+    free(p); free(t); free(m);
+    dev_free_all();
+}
+
+static void test_cross_entropy(int N, int C, int weighted) {
+    size_t n = (size_t)N * C;
+    float *x = random_tensor(&rng, n, -4.0f, 4.0f), *cw = weighted ? random_tensor(&rng, C, 0.1f, 2.0f) : NULL;
+    int* t = (int*)mallocCheck(N * sizeof(int));
+    for (int i = 0; i < N; i++) t[i] = rng_uniform(&rng) < 0.1f ? 255 : rng_int(&rng, C);
+    float *dx_ = dev_copy(x, n), *dcw = cw ? dev_copy(cw, C) : NULL;
+    int* dt = dev_copy_int(t, N);
+    float ref;
+    float* loss = dev_poison(1);
+    cross_entropy_forward_cpu(&ref, x, t, cw, N, C, 255);
+    cross_entropy_forward_cuda(loss, dx_, dt, dcw, N, C, 255);
+    cmp("cross_entropy_forward", weighted ? "loss (weighted)" : "loss", loss, &ref, 1, TOL_FP32);
+    Grad g = grad_new_scaled(n, 1e-2f);   // increments are about 1 / N
+    cross_entropy_backward_cpu(g.cpu, 1.3f, x, t, cw, N, C, 255);
+    cross_entropy_backward_cuda(g.gpu, 1.3f, dx_, dt, dcw, N, C, 255);
+    grad_cmp("cross_entropy_backward", "dlogits", &g, TOL_FP32);
+    free(x); free(cw); free(t);
+    dev_free_all();
+}
+
+static void test_mask_losses(int M, int P) {
+    size_t n = (size_t)M * P;
+    float *x = random_tensor(&rng, n, -5.0f, 5.0f), *t = random_tensor(&rng, n, 0.0f, 1.0f), *dl = rnd(M);
+    for (size_t i = 0; i < n; i += 2) t[i] = t[i] < 0.5f ? 0.0f : 1.0f;   // half binary
+    float *dx_ = dev_copy(x, n), *dt = dev_copy(t, n), *ddl = dev_copy(dl, M);
+    float* ref = (float*)mallocCheck(M * sizeof(float));
+    for (int k = 0; k < 2; k++) {
+        float* out = dev_poison(M);
+        Grad g = grad_new_scaled(n, k == 0 ? 1e-3f : 1e-2f);   // bce increments are about 1 / P
+        if (k == 0) {
+            sigmoid_bce_forward_cpu(ref, x, t, M, P); sigmoid_bce_forward_cuda(out, dx_, dt, M, P);
+            sigmoid_bce_backward_cpu(g.cpu, dl, x, t, M, P); sigmoid_bce_backward_cuda(g.gpu, ddl, dx_, dt, M, P);
+        } else {
+            dice_loss_forward_cpu(ref, x, t, M, P); dice_loss_forward_cuda(out, dx_, dt, M, P);
+            dice_loss_backward_cpu(g.cpu, dl, x, t, M, P); dice_loss_backward_cuda(g.gpu, ddl, dx_, dt, M, P);
+        }
+        cmp(k == 0 ? "sigmoid_bce_forward" : "dice_loss_forward", "losses", out, ref, M, TOL_FP32);
+        grad_cmp(k == 0 ? "sigmoid_bce_backward" : "dice_loss_backward", "dlogits", &g, TOL_FP32);
+    }
+    free(x); free(t); free(dl); free(ref);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
+// optimizer, sum of squares
+
+static void test_adamw(size_t N) {
+    float *p = rnd(N), *g = rnd(N), *m = rnd(N), *v = random_tensor(&rng, N, 0.0f, 1.0f);
+    float *dp = dev_copy(p, N), *dg = dev_copy(g, N), *dm = dev_copy(m, N), *dv = dev_copy(v, N);
+    for (int t = 1; t <= 3; t++) {
+        adamw_update_cpu(p, g, m, v, N, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.05f, t);
+        adamw_update_cuda(dp, dg, dm, dv, N, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.05f, t);
+    }
+    cmp("adamw_update", "params", dp, p, N, TOL_FP32);
+    cmp("adamw_update", "m", dm, m, N, TOL_FP32);
+    cmp("adamw_update", "v", dv, v, N, TOL_FP32);
+    free(p); free(g); free(m); free(v);
+    dev_free_all();
+}
+
+static void test_sum_squares(size_t N) {
+    float* x = rnd(N);
+    float* dx_ = dev_copy(x, N);
+    float ref;
+    float* out = dev_poison(1);
+    sum_squares_cpu(&ref, x, N);
+    sum_squares_cuda(out, dx_, N);
+    cmp("sum_squares", "out", out, &ref, 1, TOL_FP32);
+    free(x);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
+
+int main(void) {
+    if (!ttt_cuda_available()) {
+        printf("no CUDA device: skipped\n");
+        return test_summary("gpu_ops");
+    }
+    ttt_set_device(DEVICE_CUDA);
+    rng_seed(&rng, 20261122);
+    CHECK(ttt_cuda_device_count() > 0, "device count");
+
+    test_elementwise(1000003);
+    test_activations(100003);
+    test_linear(257, 131, 97, 1);
+    test_linear(61, 37, 29, 0);
+    test_linear(3136, 96, 288, 1);          // Swin-S stage 1 qkv on a 56x56 map
+    test_layernorm(1001, 97);
+    test_layernorm(3136, 96);
+    test_groupnorm(3, 257, 64, 32);
+    test_groupnorm(2, 1000, 256, 32);
+    test_softmax(333, 77);
+    test_softmax(101, 1000);
+    test_attention("generic", 3, 17, 23, 3, 8, 1, 1, 2, 3);
+    test_attention("fused qkv, bias, no mask", 5, 19, 19, 2, 12, 0, 1, 0, 1);
+    test_attention("Swin-S stage 1 shifted windows", 128, 49, 49, 3, 32, 0, 1, 1, 64);
+    test_attention("Mask2Former masked cross-attn", 2, 100, 468, 8, 32, 1, 0, 2, 2);
+    test_bias_gather(7, 3);
+    test_bias_gather(3, 5);
+    test_windows(2, 13, 17, 5, 7, 3);
+    test_windows(2, 13, 17, 5, 7, 0);
+    test_windows(1, 96, 312, 96, 7, 3);     // Swin-S stage 1 at 384x1248
+    test_patch_merge(2, 13, 17, 7);
+    test_patch_merge(1, 56, 56, 96);
+    test_conv2d(2, 13, 11, 5, 7, 3, 1, 1, 13, 11, 1);     // same-size 3x3
+    test_conv2d(2, 30, 37, 4, 96, 4, 4, 0, 8, 10, 1);     // Swin patch embed, ragged edge
+    test_conv2d(2, 9, 7, 33, 17, 1, 1, 0, 9, 7, 1);       // 1x1 (linear path)
+    test_conv2d(1, 15, 13, 6, 9, 3, 2, 1, 8, 7, 0);       // strided, no bias
+    test_conv2d(1, 24, 78, 256, 256, 3, 1, 1, 24, 78, 0); // FPN 3x3 at 1/16 of 384x1248
+    test_upsample(2, 7, 9, 5, 23, 29);
+    test_upsample(2, 13, 11, 3, 4, 5);
+    test_upsample(1, 24, 78, 64, 48, 156);
+    test_point_sample(7, 13, 17, 101);
+    test_sine(13, 17, 64);
+    test_sine(12, 39, 256);
+    test_masked_mse(1001, 48);
+    test_cross_entropy(333, 21, 1);
+    test_cross_entropy(333, 21, 0);
+    test_mask_losses(13, 1001);
+    test_adamw(100003);
+    test_sum_squares(1000003);
+
+    printf("\nworst relative error per op (GPU vs CPU):\n");
+    for (int i = 0; i < n_ops; i++)
+        printf("  %-28s %.3e  (tol %.0e)\n", op_names[i], op_worst[i], op_tol[i]);
+    return test_summary("gpu_ops");
+}

@@ -1,0 +1,140 @@
+// test/test_mae.c: the MAE head g and the Y model: input preparation (normalisation,
+// masking, 4th channel, patchified target), masking ratio, the MAE loss gradient w.r.t. f
+// and g against finite differences, checkpoint round trip and its bad-config errors, and
+// that a TTT step lowers the loss on the same batch while h stays untouched.
+#include "test.h"
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct { Model* m; float* frames; int B; uint64_t seed; } MaeCase;
+static double mae_loss_fn(void* ctx) {
+    MaeCase* t = ctx; Rng r; rng_seed(&r, t->seed);
+    return model_mae_loss(t->m, t->frames, t->B, &r);
+}
+
+static void test_prepare(void) {
+    // 1 image 5x6, padded to 32x32, patch 16: mask patch (0,0) only
+    int H = 5, W = 6, Hp = 32, Wp = 32, ps = 16;
+    float rgb[5 * 6 * 3];
+    for (int i = 0; i < 90; i++) rgb[i] = (i % 17) / 16.0f;
+    unsigned char pm[4] = {1, 0, 0, 0};
+    float* inp = calloc(Hp * Wp * 4, 4), *tg = calloc(48 * 8 * 8, 4), *tm = calloc(48 * 8 * 8, 4);
+    mae_prepare_input_cpu(inp, tg, tm, rgb, pm, 1, H, W, Hp, Wp, ps);
+    // pixel (2, 3) is masked: zeros and indicator 1; its target keeps the normalised value
+    float* px = inp + (2 * Wp + 3) * 4;
+    CHECK(px[0] == 0 && px[1] == 0 && px[2] == 0 && px[3] == 1, "masked pixel not zeroed/flagged");
+    float want = (rgb[(2 * W + 3) * 3 + 1] - 0.456f) / 0.224f;
+    int q = 1 * 16 + (2 % 4) * 4 + (3 % 4);
+    CHECK(fabsf(tg[(q * 8 + 0) * 8 + 0] - want) < 1e-6f, "target %g, want %g", tg[q * 64], want);
+    CHECK(tm[q * 64] == 1.0f, "target mask of a masked pixel is %g", tm[q * 64]);
+    // pixel (20, 20) is beyond the image: padding, in an unmasked patch
+    float* pad = inp + (20 * Wp + 20) * 4;
+    CHECK(pad[0] == 0 && pad[3] == 0, "padding pixel not zero");
+    // unmasked main-task input: normalised values and indicator 0
+    mae_prepare_input_cpu(inp, NULL, NULL, rgb, NULL, 1, H, W, Hp, Wp, ps);
+    px = inp + (2 * Wp + 3) * 4;
+    CHECK(fabsf(px[1] - want) < 1e-6f && px[3] == 0.0f, "unmasked input wrong");
+    free(inp); free(tg); free(tm);
+}
+
+static void do_load_bad(const char* path) { model_load(path, 1, 40, 40); }
+
+int main(void) {
+    Rng rng; rng_seed(&rng, 5);
+    test_prepare();
+
+    int K = 3, B = 2, H = 45, W = 37;
+    ModelConfig cfg = model_config_tiny(K);
+    Model* m = model_create(&cfg, B, H, W);
+    model_init_random(m, 11);
+    // perturb so LN/GN weights and biases are not exactly 1/0
+    size_t n = model_num_params(m, 0) + model_num_params(m, 1) + model_num_params(m, 2);
+    float* P = model_params_device(m);
+    for (size_t i = 0; i < n; i++) P[i] += 0.05f * (rng_uniform(&rng) - 0.5f);
+    model_snapshot_ttt(m);
+    MaeCase t = {m, random_tensor(&rng, (size_t)B * H * W * 3, 0, 1), B, 77};
+
+    Rng r; rng_seed(&r, t.seed);
+    float loss = model_mae_forward_backward(m, t.frames, B, &r);
+    CHECK(isfinite(loss) && loss > 0.0f, "MAE loss %g", loss);
+    float* G = model_grads_host(m);
+    size_t nf = model_num_params(m, 0), nh = model_num_params(m, 1), ng = model_num_params(m, 2);
+    double hsum = 0; for (size_t i = nf; i < nf + nh; i++) hsum += fabs(G[nf + 0 * 0] * 0 + G[i]);
+    CHECK(hsum == 0.0, "the MAE loss produced a gradient in h (%g)", hsum);
+    // directional derivative checks: along a random direction d over all of f (or all of g),
+    // (L(p + eps d) - L(p - eps d)) / 2 eps must equal grad . d. Summing over every parameter
+    // keeps float32 roundoff and the odd attention-mask flip small against the signal, and
+    // any miswired gradient path shows up.
+    model_freeze_mae_masks(m, B, 1);
+    for (int part = 0; part < 2; part++) {
+        size_t off = part == 0 ? 0 : nf + nh, cnt = part == 0 ? nf : ng;
+        for (int rep = 0; rep < 2; rep++) {
+            float* d = random_tensor(&rng, cnt, -1, 1);
+            double ana = 0; for (size_t i = 0; i < cnt; i++) ana += (double)G[off + i] * d[i];
+            float* saved = malloc(cnt * sizeof(float)); memcpy(saved, P + off, cnt * sizeof(float));
+            float eps = 2e-5f;
+            for (size_t i = 0; i < cnt; i++) P[off + i] = saved[i] + eps * d[i];
+            double lp = mae_loss_fn(&t);
+            for (size_t i = 0; i < cnt; i++) P[off + i] = saved[i] - eps * d[i];
+            double lm = mae_loss_fn(&t);
+            memcpy(P + off, saved, cnt * sizeof(float));
+            double fd = (lp - lm) / (2 * eps), err = fabs(fd - ana) / (fabs(ana) + 1e-12);
+            int ok = err < 3e-2;
+            printf("%-4s grad MAE loss along random direction of %s: ana %.5e fd %.5e rel err %.2e\n",
+                   ok ? "ok" : "FAIL", part == 0 ? "f" : "g", ana, fd, err);
+            if (ok) tests_passed++; else tests_failed++;
+            free(d); free(saved);
+        }
+    }
+    free(G);
+
+    model_freeze_mae_masks(m, B, 0);
+    // a TTT step on the same batch lowers its loss; h is untouched; reset restores f and g
+    uint64_t h_before = model_param_hash(m, 1), f_before = model_param_hash(m, 0);
+    OptConfig opt = opt_config_ttt(); opt.lr = 1e-3f;
+    float l0 = 0, l1 = 0;
+    for (int step = 0; step < 5; step++) { Rng rs; rng_seed(&rs, 3); l1 = model_ttt_step(m, t.frames, B, &opt, &rs); if (step == 0) l0 = l1; }
+    { Rng rs; rng_seed(&rs, 3); l1 = model_mae_loss(m, t.frames, B, &rs); }
+    CHECK(l1 < l0, "5 TTT steps did not lower the loss: %g -> %g", l0, l1);
+    printf("ok   TTT: loss %.4f -> %.4f after 5 steps\n", l0, l1);
+    CHECK(model_param_hash(m, 1) == h_before, "h changed during TTT");
+    CHECK(model_param_hash(m, 0) != f_before, "f did not change during TTT");
+    model_reset_ttt(m);
+    CHECK(model_param_hash(m, 0) == f_before, "reset did not restore f");
+
+    // predictions: class ids in range
+    unsigned char* pred = malloc(H * W);
+    model_predict(m, t.frames, pred);
+    int bad = 0; for (int i = 0; i < H * W; i++) bad += pred[i] >= K;
+    CHECK(bad == 0, "%d predicted ids out of range", bad);
+
+    // checkpoint round trip, then bad files
+    if (system("mkdir -p test/tmp") != 0) return 1;
+    model_save(m, "test/tmp/model.bin");
+    Model* m2 = model_load("test/tmp/model.bin", 1, H, W);
+    CHECK(model_param_hash(m2, 0) == model_param_hash(m, 0) && model_param_hash(m2, 2) == model_param_hash(m, 2),
+          "checkpoint round trip changed the parameters");
+    unsigned char* pred2 = malloc(H * W);
+    model_predict(m2, t.frames, pred2);
+    CHECK(memcmp(pred, pred2, H * W) == 0, "loaded model predicts differently");
+    // a header whose config disagrees with the data size
+    {
+        FILE* fp = fopenCheck("test/tmp/model.bin", "rb");
+        int hdr[CKPT_HEADER_INTS]; freadCheck(hdr, sizeof(int), CKPT_HEADER_INTS, fp); fcloseCheck(fp);
+        hdr[7] += 8;   // embed_dim
+        float dummy = 0; checkpoint_write("test/tmp/bad_shape.bin", hdr, &dummy, 1);
+        hdr[7] -= 8; hdr[4] = 2;   // mae_patch
+        checkpoint_write("test/tmp/bad_cfg.bin", hdr, &dummy, 1);
+    }
+    const char* bads[2] = {"test/tmp/bad_shape.bin", "test/tmp/bad_cfg.bin"};
+    for (int k = 0; k < 2; k++) {
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) { if (!freopen("/dev/null", "w", stderr)) _exit(9); do_load_bad(bads[k]); _exit(0); }
+        int status; waitpid(pid, &status, 0);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1, "loading %s did not fail cleanly", bads[k]);
+    }
+    model_free(m); model_free(m2);
+    free(pred); free(pred2); free(t.frames);
+    return test_summary("test_mae");
+}

@@ -1,0 +1,1325 @@
+// ttt_kernels.cu: the CUDA twin of every op in ttt.h, plus the CUDA runtime plumbing.
+// Same signatures and layouts as the CPU references in ttt.c; every pointer lives on
+// the GPU. Matrix products go through cuBLAS in TF32 (CUBLAS_COMPUTE_32F_FAST_TF32,
+// float32 accumulation); everything else is a hand-written kernel. All work runs on
+// the default stream, so ops are ordered as they are called.
+// Backward kernels ACCUMULATE (+=) into gradients, as the contract says. Scatters
+// where several outputs feed one input (upsampling, point sampling, col2im) use
+// atomicAdd; every other kernel writes each element from exactly one thread.
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+#include <float.h>
+#include "ttt.h"
+
+// ----------------------------------------------------------------------------
+// error checking: every CUDA / cuBLAS call and every launch
+
+static void cuda_check(cudaError_t err, const char* file, int line) {
+    if (err != cudaSuccess) {
+        fprintf(stderr, "error: CUDA: %s  [%s:%d]\n", cudaGetErrorString(err), file, line);
+        exit(1);
+    }
+}
+#define cudaCheck(err) cuda_check((err), __FILE__, __LINE__)
+// after every kernel launch: catches bad launch configurations at once
+#define launchCheck() cuda_check(cudaGetLastError(), __FILE__, __LINE__)
+
+static void cublas_check(cublasStatus_t st, const char* file, int line) {
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "error: cuBLAS status %d  [%s:%d]\n", (int)st, file, line);
+        exit(1);
+    }
+}
+#define cublasCheck(st) cublas_check((st), __FILE__, __LINE__)
+
+// grid size for n elements at `threads` per block (a grid-stride loop covers the rest)
+static unsigned int grid_for(size_t n, int threads) {
+    size_t blocks = (n + threads - 1) / threads;
+    if (blocks > 65535u * 16u) blocks = 65535u * 16u;
+    return blocks > 0 ? (unsigned int)blocks : 1u;
+}
+
+// ----------------------------------------------------------------------------
+// runtime plumbing
+
+extern "C" int ttt_cuda_device_count(void) {
+    // no driver or no GPU is not an error here: the CPU path keeps working
+    int n = 0;
+    cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess) { cudaGetLastError(); return 0; }
+    return n;
+}
+
+extern "C" void* ttt_cuda_malloc(size_t bytes) {
+    void* p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes > 0 ? bytes : 1);
+    if (err != cudaSuccess) {
+        size_t free_b = 0, total_b = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&free_b, &total_b);
+        fprintf(stderr, "error: out of GPU memory allocating %zu bytes (%.2f GiB; %.2f GiB free of %.2f): %s\n",
+                bytes, bytes / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0,
+                cudaGetErrorString(err));
+        exit(1);
+    }
+    return p;
+}
+
+extern "C" void ttt_cuda_free(void* p) { if (p) cudaCheck(cudaFree(p)); }
+
+extern "C" void ttt_cuda_zero(void* p, size_t bytes) { if (bytes) cudaCheck(cudaMemset(p, 0, bytes)); }
+
+extern "C" void ttt_cuda_copy(void* dst, const void* src, size_t bytes, int kind) {
+    if (bytes == 0) return;
+    cudaMemcpyKind k = kind == 1 ? cudaMemcpyHostToDevice
+                     : kind == 2 ? cudaMemcpyDeviceToHost : cudaMemcpyDeviceToDevice;
+    cudaCheck(cudaMemcpy(dst, src, bytes, k));
+}
+
+extern "C" void ttt_cuda_synchronize(void) { cudaCheck(cudaDeviceSynchronize()); }
+
+// one cuBLAS handle for the process, created on first use
+static cublasHandle_t cublas_handle = NULL;
+static cublasHandle_t get_cublas(void) {
+    if (cublas_handle == NULL) {
+        cublasCheck(cublasCreate(&cublas_handle));
+        cublasCheck(cublasSetMathMode(cublas_handle, CUBLAS_TF32_TENSOR_OP_MATH));
+    }
+    return cublas_handle;
+}
+
+// persistent growable workspaces (never shrink). Growing frees the old buffer;
+// cudaFree waits for the device, so kernels still reading it finish first.
+typedef struct { void* ptr; size_t bytes; } Workspace;
+static Workspace ws_gemm;     // im2col / col2im columns, attention score gradients
+static Workspace ws_reduce;   // partial sums of reductions (doubles)
+static void* workspace_get(Workspace* w, size_t bytes) {
+    if (bytes > w->bytes) {
+        if (w->ptr) cudaCheck(cudaFree(w->ptr));
+        size_t grow = bytes + bytes / 4;
+        w->ptr = ttt_cuda_malloc(grow);
+        w->bytes = grow;
+    }
+    return w->ptr;
+}
+
+// ----------------------------------------------------------------------------
+// row-major GEMM through column-major cuBLAS.
+// C (M, N) = alpha * op(A) (M, K) @ op(B) (K, N) + beta * C, all row-major with leading
+// dimensions lda, ldb, ldc (floats between rows). A row-major matrix read column-major
+// is its transpose, so we ask cuBLAS for C^T = op(B)^T op(A)^T: operands swapped, the
+// transpose flags unchanged. Batched over `batch` with element strides sA, sB, sC.
+
+static void gemm_rm(bool transA, bool transB, int M, int N, int K, float alpha,
+                    const float* A, int lda, long long sA, const float* B, int ldb, long long sB,
+                    float beta, float* C, int ldc, long long sC, int batch) {
+    if (M <= 0 || N <= 0 || batch <= 0) return;
+    if (K <= 0) {   // empty sum: C = beta * C
+        if (beta == 1.0f) return;
+        ttt_die("gemm_rm: K = 0 with beta != 1 is not supported");
+    }
+    cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (batch == 1) {
+        cublasCheck(cublasGemmEx(get_cublas(), opB, opA, N, M, K, &alpha,
+                                 B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta,
+                                 C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+    } else {
+        cublasCheck(cublasGemmStridedBatchedEx(get_cublas(), opB, opA, N, M, K, &alpha,
+                                               B, CUDA_R_32F, ldb, sB, A, CUDA_R_32F, lda, sA, &beta,
+                                               C, CUDA_R_32F, ldc, sC, batch,
+                                               CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+    }
+}
+
+// ----------------------------------------------------------------------------
+// reductions: warp and block sums (blockDim.x a multiple of 32, at most 1024)
+
+template <typename T>
+__device__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// sum over the block, result returned to every thread. Uses 33 shared slots.
+template <typename T>
+__device__ T block_sum(T v) {
+    __shared__ T part[33];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();               // part[] may still be read by a previous call
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    T s = lane < nwarps ? part[lane] : (T)0;
+    s = warp_sum(s);
+    if (threadIdx.x == 0) part[32] = s;
+    __syncthreads();
+    return part[32];
+}
+
+// final pass of a two-stage sum: partials (npart, nvals) -> out[v] = sum over parts
+__global__ void sum_partials_kernel(double* out, const double* partials, int npart, int nvals) {
+    for (int v = 0; v < nvals; v++) {
+        double s = 0.0;
+        for (int p = threadIdx.x; p < npart; p += blockDim.x) s += partials[(size_t)p * nvals + v];
+        s = block_sum(s);
+        if (threadIdx.x == 0) out[v] = s;
+    }
+}
+
+#define REDUCE_BLOCKS 512
+#define REDUCE_THREADS 256
+// workspace for a two-stage reduction of nvals sums: partials then the nvals results
+static double* reduce_scratch(int nvals) {
+    return (double*)workspace_get(&ws_reduce, (size_t)(REDUCE_BLOCKS + 1) * nvals * sizeof(double));
+}
+
+// ----------------------------------------------------------------------------
+// elementwise
+
+__global__ void add_forward_kernel(float* out, const float* a, const float* b, size_t N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = a[i] + b[i];
+}
+__global__ void add_inplace_kernel(float* a, const float* b, size_t N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
+        a[i] += b[i];
+}
+__global__ void scale_inplace_kernel(float* x, float s, size_t N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
+        x[i] *= s;
+}
+
+extern "C" void add_forward_cuda(float* out, const float* a, const float* b, size_t N) {
+    if (N == 0) return;
+    add_forward_kernel<<<grid_for(N, 256), 256>>>(out, a, b, N); launchCheck();
+}
+extern "C" void add_inplace_cuda(float* a, const float* b, size_t N) {
+    if (N == 0) return;
+    add_inplace_kernel<<<grid_for(N, 256), 256>>>(a, b, N); launchCheck();
+}
+extern "C" void scale_inplace_cuda(float* x, float s, size_t N) {
+    if (N == 0) return;
+    scale_inplace_kernel<<<grid_for(N, 256), 256>>>(x, s, N); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// linear
+
+// out (N, OC) += bias (OC) broadcast over rows
+__global__ void add_bias_kernel(float* out, const float* bias, size_t N, int OC) {
+    size_t total = N * OC;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
+        out[i] += bias[i % OC];
+}
+
+// dbias (OC) += column sums of dout (N, OC). Block (32, 16): x over columns, y over
+// rows of this block's row chunk; one atomicAdd per column per block.
+__global__ void column_sum_kernel(float* dbias, const float* dout, int N, int OC, int rows_per_block) {
+    __shared__ float part[16][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    int r0 = blockIdx.y * rows_per_block, r1 = min(N, r0 + rows_per_block);
+    float s = 0.0f;
+    if (c < OC) for (int r = r0 + threadIdx.y; r < r1; r += 16) s += dout[(size_t)r * OC + c];
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < OC) {
+        float t = 0.0f;
+        for (int k = 0; k < 16; k++) t += part[k][threadIdx.x];
+        if (gridDim.y == 1) dbias[c] += t; else atomicAdd(&dbias[c], t);
+    }
+}
+
+static void column_sum_accumulate(float* dbias, const float* dout, int N, int OC) {
+    if (N <= 0 || OC <= 0) return;
+    int rows_per_block = 512;
+    int chunks = (N + rows_per_block - 1) / rows_per_block;
+    if (chunks > 65535) { rows_per_block = (N + 65534) / 65535; chunks = (N + rows_per_block - 1) / rows_per_block; }
+    dim3 grid((OC + 31) / 32, chunks), block(32, 16);
+    column_sum_kernel<<<grid, block>>>(dbias, dout, N, OC, rows_per_block); launchCheck();
+}
+
+extern "C" void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias,
+                                    int N, int C, int OC) {
+    if (N <= 0 || OC <= 0) return;
+    if (C <= 0) { cudaCheck(cudaMemset(out, 0, (size_t)N * OC * sizeof(float))); }
+    // out (N, OC) = inp (N, C) @ weight (OC, C)^T
+    else gemm_rm(false, true, N, OC, C, 1.0f, inp, C, 0, weight, C, 0, 0.0f, out, OC, 0, 1);
+    if (bias) { add_bias_kernel<<<grid_for((size_t)N * OC, 256), 256>>>(out, bias, (size_t)N, OC); launchCheck(); }
+}
+
+extern "C" void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
+                                     const float* inp, const float* weight, int N, int C, int OC) {
+    if (N <= 0 || OC <= 0) return;
+    // dinp (N, C) += dout (N, OC) @ weight (OC, C)
+    if (dinp) gemm_rm(false, false, N, C, OC, 1.0f, dout, OC, 0, weight, C, 0, 1.0f, dinp, C, 0, 1);
+    // dweight (OC, C) += dout^T (OC, N) @ inp (N, C)
+    if (dweight) gemm_rm(true, false, OC, C, N, 1.0f, dout, OC, 0, inp, C, 0, 1.0f, dweight, C, 0, 1);
+    if (dbias) column_sum_accumulate(dbias, dout, N, OC);
+}
+
+// ----------------------------------------------------------------------------
+// layernorm: one warp per row
+
+__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
+                                         const float* weight, const float* bias, int N, int C) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float* x = inp + (size_t)row * C;
+    float s = 0.0f;
+    for (int c = lane; c < C; c += 32) s += x[c];
+    float m = warp_sum(s) / C;
+    float v = 0.0f;
+    for (int c = lane; c < C; c += 32) { float d = x[c] - m; v += d * d; }
+    v = warp_sum(v) / C;
+    float r = rsqrtf(v + LN_EPS);
+    float* y = out + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) y[c] = (x[c] - m) * r * weight[c] + bias[c];
+    if (lane == 0) { mean[row] = m; rstd[row] = r; }
+}
+
+// dx = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), dnorm = dout * weight
+__global__ void layernorm_backward_kernel(float* dinp, const float* dout, const float* inp,
+                                          const float* weight, const float* mean, const float* rstd,
+                                          int N, int C) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float* x = inp + (size_t)row * C;
+    const float* dy = dout + (size_t)row * C;
+    float m = mean[row], r = rstd[row];
+    float a = 0.0f, b = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        float dn = dy[c] * weight[c];
+        a += dn; b += dn * (x[c] - m) * r;
+    }
+    a = warp_sum(a) / C; b = warp_sum(b) / C;
+    float* dx = dinp + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) {
+        float norm = (x[c] - m) * r;
+        dx[c] += (dy[c] * weight[c] - a - norm * b) * r;
+    }
+}
+
+// dweight[c] += sum_rows dout * norm, dbias[c] += sum_rows dout, for layernorm and groupnorm.
+// Row n, channel c uses statistics index (n / HW) * G + c / Cg
+// (layernorm: HW = 1, G = 1, Cg = C, so the index is n). Block (32, 16) as column_sum_kernel.
+__global__ void norm_param_grad_kernel(float* dweight, float* dbias, const float* dout, const float* inp,
+                                       const float* mean, const float* rstd, int Nrows, int C,
+                                       int HW, int G, int Cg, int rows_per_block) {
+    __shared__ float pw[16][33], pb[16][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    int r0 = blockIdx.y * rows_per_block, r1 = min(Nrows, r0 + rows_per_block);
+    float sw = 0.0f, sb = 0.0f;
+    if (c < C) {
+        for (int r = r0 + threadIdx.y; r < r1; r += 16) {
+            int si = (r / HW) * G + c / Cg;
+            size_t i = (size_t)r * C + c;
+            sw += dout[i] * (inp[i] - mean[si]) * rstd[si];
+            sb += dout[i];
+        }
+    }
+    pw[threadIdx.y][threadIdx.x] = sw; pb[threadIdx.y][threadIdx.x] = sb;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float tw = 0.0f, tb = 0.0f;
+        for (int k = 0; k < 16; k++) { tw += pw[k][threadIdx.x]; tb += pb[k][threadIdx.x]; }
+        if (gridDim.y == 1) {
+            if (dweight) dweight[c] += tw;
+            if (dbias) dbias[c] += tb;
+        } else {
+            if (dweight) atomicAdd(&dweight[c], tw);
+            if (dbias) atomicAdd(&dbias[c], tb);
+        }
+    }
+}
+
+static void norm_param_grad(float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* mean, const float* rstd, int Nrows, int C, int HW, int G, int Cg) {
+    if (Nrows <= 0 || C <= 0) return;
+    int rows_per_block = 256;
+    int chunks = (Nrows + rows_per_block - 1) / rows_per_block;
+    if (chunks > 65535) { rows_per_block = (Nrows + 65534) / 65535; chunks = (Nrows + rows_per_block - 1) / rows_per_block; }
+    dim3 grid((C + 31) / 32, chunks), block(32, 16);
+    norm_param_grad_kernel<<<grid, block>>>(dweight, dbias, dout, inp, mean, rstd, Nrows, C, HW, G, Cg,
+                                            rows_per_block);
+    launchCheck();
+}
+
+extern "C" void layernorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp,
+                                       const float* weight, const float* bias, int N, int C) {
+    if (N <= 0) return;
+    layernorm_forward_kernel<<<(N + 7) / 8, 256>>>(out, mean, rstd, inp, weight, bias, N, C); launchCheck();
+}
+
+extern "C" void layernorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
+                                        const float* inp, const float* weight, const float* mean,
+                                        const float* rstd, int N, int C) {
+    if (N <= 0) return;
+    if (dinp) { layernorm_backward_kernel<<<(N + 7) / 8, 256>>>(dinp, dout, inp, weight, mean, rstd, N, C); launchCheck(); }
+    if (dweight || dbias) norm_param_grad(dweight, dbias, dout, inp, mean, rstd, N, C, 1, 1, C);
+}
+
+// ----------------------------------------------------------------------------
+// groupnorm on (B, HW, C): one block per (b, g) for the statistics
+
+__global__ void groupnorm_stats_kernel(float* mean, float* rstd, const float* inp, int HW, int C, int G) {
+    int bg = blockIdx.x, b = bg / G, g = bg % G, Cg = C / G;
+    const float* x = inp + (size_t)b * HW * C + g * Cg;
+    size_t cnt = (size_t)HW * Cg;
+    float s = 0.0f;
+    for (size_t i = threadIdx.x; i < cnt; i += blockDim.x) s += x[(i / Cg) * C + i % Cg];
+    float m = block_sum(s) / cnt;
+    float v = 0.0f;
+    for (size_t i = threadIdx.x; i < cnt; i += blockDim.x) { float d = x[(i / Cg) * C + i % Cg] - m; v += d * d; }
+    v = block_sum(v) / cnt;
+    if (threadIdx.x == 0) { mean[bg] = m; rstd[bg] = rsqrtf(v + LN_EPS); }
+}
+
+__global__ void groupnorm_apply_kernel(float* out, const float* inp, const float* mean, const float* rstd,
+                                       const float* weight, const float* bias, int B, int HW, int C, int G) {
+    size_t total = (size_t)B * HW * C;
+    int Cg = C / G;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int c = i % C;
+        size_t b = i / ((size_t)HW * C);
+        int si = b * G + c / Cg;
+        out[i] = (inp[i] - mean[si]) * rstd[si] * weight[c] + bias[c];
+    }
+}
+
+// per (b, g): a = mean(dnorm), bb = mean(dnorm * norm), then dx = (dnorm - a - norm bb) rstd
+__global__ void groupnorm_backward_kernel(float* dinp, const float* dout, const float* inp, const float* weight,
+                                          const float* mean, const float* rstd, int HW, int C, int G) {
+    int bg = blockIdx.x, b = bg / G, g = bg % G, Cg = C / G;
+    size_t base = (size_t)b * HW * C + g * Cg;
+    size_t cnt = (size_t)HW * Cg;
+    float m = mean[bg], r = rstd[bg];
+    float a = 0.0f, bb = 0.0f;
+    for (size_t i = threadIdx.x; i < cnt; i += blockDim.x) {
+        size_t k = base + (i / Cg) * C + i % Cg;
+        float dn = dout[k] * weight[g * Cg + i % Cg];
+        a += dn; bb += dn * (inp[k] - m) * r;
+    }
+    a = block_sum(a) / cnt;
+    bb = block_sum(bb) / cnt;
+    for (size_t i = threadIdx.x; i < cnt; i += blockDim.x) {
+        size_t k = base + (i / Cg) * C + i % Cg;
+        float norm = (inp[k] - m) * r;
+        float dn = dout[k] * weight[g * Cg + i % Cg];
+        dinp[k] += (dn - a - norm * bb) * r;
+    }
+}
+
+extern "C" void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp,
+                                       const float* weight, const float* bias, int B, int HW, int C, int G) {
+    if (B <= 0 || HW <= 0) return;
+    groupnorm_stats_kernel<<<B * G, 512>>>(mean, rstd, inp, HW, C, G); launchCheck();
+    size_t total = (size_t)B * HW * C;
+    groupnorm_apply_kernel<<<grid_for(total, 256), 256>>>(out, inp, mean, rstd, weight, bias, B, HW, C, G);
+    launchCheck();
+}
+
+extern "C" void groupnorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
+                                        const float* inp, const float* weight, const float* mean,
+                                        const float* rstd, int B, int HW, int C, int G) {
+    if (B <= 0 || HW <= 0) return;
+    if (dinp) { groupnorm_backward_kernel<<<B * G, 512>>>(dinp, dout, inp, weight, mean, rstd, HW, C, G); launchCheck(); }
+    if (dweight || dbias) norm_param_grad(dweight, dbias, dout, inp, mean, rstd, B * HW, C, HW, G, C / G);
+}
+
+// ----------------------------------------------------------------------------
+// activations
+
+__global__ void gelu_forward_kernel(float* out, const float* inp, size_t N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    }
+}
+__global__ void gelu_backward_kernel(float* dinp, const float* inp, const float* dout, size_t N) {
+    // d/dx [x Phi(x)] = Phi(x) + x phi(x)
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x) {
+        float x = inp[i];
+        float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+        float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+        dinp[i] += dout[i] * (cdf + x * pdf);
+    }
+}
+__global__ void relu_forward_kernel(float* out, const float* inp, size_t N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+}
+__global__ void relu_backward_kernel(float* dinp, const float* out, const float* dout, size_t N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
+        if (out[i] > 0.0f) dinp[i] += dout[i];
+}
+__global__ void sigmoid_forward_kernel(float* out, const float* inp, size_t N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = 1.0f / (1.0f + expf(-inp[i]));
+}
+__global__ void sigmoid_backward_kernel(float* dinp, const float* out, const float* dout, size_t N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
+        dinp[i] += dout[i] * out[i] * (1.0f - out[i]);
+}
+
+extern "C" void gelu_forward_cuda(float* out, const float* inp, size_t N) {
+    if (N == 0) return;
+    gelu_forward_kernel<<<grid_for(N, 256), 256>>>(out, inp, N); launchCheck();
+}
+extern "C" void gelu_backward_cuda(float* dinp, const float* inp, const float* dout, size_t N) {
+    if (N == 0) return;
+    gelu_backward_kernel<<<grid_for(N, 256), 256>>>(dinp, inp, dout, N); launchCheck();
+}
+extern "C" void relu_forward_cuda(float* out, const float* inp, size_t N) {
+    if (N == 0) return;
+    relu_forward_kernel<<<grid_for(N, 256), 256>>>(out, inp, N); launchCheck();
+}
+extern "C" void relu_backward_cuda(float* dinp, const float* out, const float* dout, size_t N) {
+    if (N == 0) return;
+    relu_backward_kernel<<<grid_for(N, 256), 256>>>(dinp, out, dout, N); launchCheck();
+}
+extern "C" void sigmoid_forward_cuda(float* out, const float* inp, size_t N) {
+    if (N == 0) return;
+    sigmoid_forward_kernel<<<grid_for(N, 256), 256>>>(out, inp, N); launchCheck();
+}
+extern "C" void sigmoid_backward_cuda(float* dinp, const float* out, const float* dout, size_t N) {
+    if (N == 0) return;
+    sigmoid_backward_kernel<<<grid_for(N, 256), 256>>>(dinp, out, dout, N); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// softmax over the last dim: one warp per row. The same kernel finishes attention
+// scores in place: row r of (B, NH, Tq, Tk) gets + rel_bias[h, i] + mask[b % n_mask, i]
+// before the softmax. A row whose scores are all -inf becomes all zeros (as the CPU).
+
+__global__ void softmax_rows_kernel(float* out, const float* inp, int N, int C,
+                                    const float* rel_bias, const float* mask, int n_mask, int NH, int Tq) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float* x = inp + (size_t)row * C;
+    float* y = out + (size_t)row * C;
+    const float* rb = NULL;
+    const float* mk = NULL;
+    if (rel_bias || mask) {
+        int i = row % Tq, h = (row / Tq) % NH, b = row / (Tq * NH);
+        if (rel_bias) rb = rel_bias + ((size_t)h * Tq + i) * C;
+        if (mask) mk = mask + ((size_t)(b % n_mask) * Tq + i) * C;
+    }
+    float mx = -INFINITY;
+    for (int c = lane; c < C; c += 32) {
+        float s = x[c];
+        if (rb) s += rb[c];
+        if (mk) s += mk[c];
+        mx = fmaxf(mx, s);
+    }
+    mx = warp_max(mx);
+    if (mx == -INFINITY) { for (int c = lane; c < C; c += 32) y[c] = 0.0f; return; }
+    float sum = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        float s = x[c];
+        if (rb) s += rb[c];
+        if (mk) s += mk[c];
+        float e = expf(s - mx);
+        y[c] = e;
+        sum += e;
+    }
+    float inv = 1.0f / warp_sum(sum);
+    for (int c = lane; c < C; c += 32) y[c] *= inv;
+}
+
+// dx = y * (dy - sum(dy * y)); accumulate (+=) into dinp, or overwrite when `write`
+__global__ void softmax_backward_kernel(float* dinp, const float* out, const float* dout, int N, int C, int write) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float* y = out + (size_t)row * C;
+    const float* dy = dout + (size_t)row * C;
+    float s = 0.0f;
+    for (int c = lane; c < C; c += 32) s += dy[c] * y[c];
+    s = warp_sum(s);
+    float* dx = dinp + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) {
+        float g = y[c] * (dy[c] - s);
+        if (write) dx[c] = g; else dx[c] += g;
+    }
+}
+
+extern "C" void softmax_forward_cuda(float* out, const float* inp, int N, int C) {
+    if (N <= 0) return;
+    softmax_rows_kernel<<<(N + 7) / 8, 256>>>(out, inp, N, C, NULL, NULL, 1, 1, 1); launchCheck();
+}
+
+extern "C" void softmax_backward_cuda(float* dinp, const float* out, const float* dout, int N, int C) {
+    if (N <= 0) return;
+    softmax_backward_kernel<<<(N + 7) / 8, 256>>>(dinp, out, dout, N, C, 0); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// attention: per head h, batched over b with cuBLAS
+//   att[b,h] (Tq, Tk) = scale * Q[b,h] (Tq, HS) @ K[b,h]^T; softmax rows with bias and mask;
+//   out[b,:,h] (Tq, HS) = att[b,h] @ V[b,h]
+// Q[b,h] starts at q + b*Tq*q_stride + h*HS with rows q_stride apart (likewise K, V).
+
+extern "C" void attention_forward_cuda(float* out, float* att, const float* q, const float* k, const float* v,
+                                       const float* rel_bias, const float* mask, int n_mask,
+                                       int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
+    if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0) return;
+    int C = NH * HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    long long sQ = (long long)Tq * q_stride, sK = (long long)Tk * kv_stride;
+    long long sA = (long long)NH * Tq * Tk, sO = (long long)Tq * C;
+    for (int h = 0; h < NH; h++) {
+        gemm_rm(false, true, Tq, Tk, HS, scale, q + h * HS, q_stride, sQ, k + h * HS, kv_stride, sK,
+                0.0f, att + (size_t)h * Tq * Tk, Tk, sA, B);
+    }
+    int rows = B * NH * Tq;
+    softmax_rows_kernel<<<(rows + 7) / 8, 256>>>(att, att, rows, Tk, rel_bias, mask, n_mask > 0 ? n_mask : 1, NH, Tq);
+    launchCheck();
+    for (int h = 0; h < NH; h++) {
+        gemm_rm(false, false, Tq, HS, Tk, 1.0f, att + (size_t)h * Tq * Tk, Tk, sA, v + h * HS, kv_stride, sK,
+                0.0f, out + h * HS, C, sO, B);
+    }
+}
+
+// drel_bias[h, i, j] += sum_b ds[b, i, j] for one head; ds (B, Tq*Tk). Grid y splits b.
+__global__ void sum_over_batch_kernel(float* dst, const float* ds, int B, int TT, int b_per_block) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= TT) return;
+    int b0 = blockIdx.y * b_per_block, b1 = min(B, b0 + b_per_block);
+    float s = 0.0f;
+    for (int b = b0; b < b1; b++) s += ds[(size_t)b * TT + e];
+    if (gridDim.y == 1) dst[e] += s; else atomicAdd(&dst[e], s);
+}
+
+// ds[b, i, :] = att * (datt - sum(att * datt)) in place over datt, for head h:
+// ds row (b, i) is row b * Tq + i; its att row is ((b * NH + h) * Tq + i)
+__global__ void attention_dscore_kernel(float* ds, const float* att, int B, int Tq, int Tk, int NH, int h) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= B * Tq) return;
+    int b = row / Tq, i = row % Tq;
+    const float* a = att + (((size_t)b * NH + h) * Tq + i) * Tk;
+    float* d = ds + (size_t)row * Tk;
+    float s = 0.0f;
+    for (int j = lane; j < Tk; j += 32) s += a[j] * d[j];
+    s = warp_sum(s);
+    for (int j = lane; j < Tk; j += 32) d[j] = a[j] * (d[j] - s);
+}
+
+extern "C" void attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout,
+                                        const float* att, const float* q, const float* k, const float* v,
+                                        int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
+    if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0) return;
+    int C = NH * HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    long long sQ = (long long)Tq * q_stride, sK = (long long)Tk * kv_stride;
+    long long sA = (long long)NH * Tq * Tk, sO = (long long)Tq * C, sD = (long long)Tq * Tk;
+    int need_ds = dq || dk || drel_bias;
+    // one head's score gradient (B, Tq, Tk) at a time
+    float* ds = need_ds ? (float*)workspace_get(&ws_gemm, (size_t)B * Tq * Tk * sizeof(float)) : NULL;
+    for (int h = 0; h < NH; h++) {
+        const float* att_h = att + (size_t)h * Tq * Tk;
+        // dv[b,h] (Tk, HS) += att^T (Tk, Tq) @ dout[b,:,h] (Tq, HS)
+        if (dv) gemm_rm(true, false, Tk, HS, Tq, 1.0f, att_h, Tk, sA, dout + h * HS, C, sO,
+                        1.0f, dv + h * HS, kv_stride, sK, B);
+        if (!need_ds) continue;
+        // datt (Tq, Tk) = dout[b,:,h] (Tq, HS) @ V[b,h]^T, then ds = att * (datt - sum(att datt))
+        gemm_rm(false, true, Tq, Tk, HS, 1.0f, dout + h * HS, C, sO, v + h * HS, kv_stride, sK,
+                0.0f, ds, Tk, sD, B);
+        attention_dscore_kernel<<<(B * Tq + 7) / 8, 256>>>(ds, att, B, Tq, Tk, NH, h);
+        launchCheck();
+        if (drel_bias) {
+            int TT = Tq * Tk, threads = 256;
+            int b_per_block = 64, chunks = (B + b_per_block - 1) / b_per_block;
+            if (chunks > 65535) { b_per_block = (B + 65534) / 65535; chunks = (B + b_per_block - 1) / b_per_block; }
+            dim3 grid((TT + threads - 1) / threads, chunks);
+            sum_over_batch_kernel<<<grid, threads>>>(drel_bias + (size_t)h * TT, ds, B, TT, b_per_block);
+            launchCheck();
+        }
+        // dq[b,h] (Tq, HS) += scale * ds (Tq, Tk) @ K[b,h] (Tk, HS)
+        if (dq) gemm_rm(false, false, Tq, HS, Tk, scale, ds, Tk, sD, k + h * HS, kv_stride, sK,
+                        1.0f, dq + h * HS, q_stride, sQ, B);
+        // dk[b,h] (Tk, HS) += scale * ds^T (Tk, Tq) @ Q[b,h] (Tq, HS)
+        if (dk) gemm_rm(true, false, Tk, HS, Tq, scale, ds, Tk, sD, q + h * HS, q_stride, sQ,
+                        1.0f, dk + h * HS, kv_stride, sK, B);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// bias gather: out (NH, N), out[h, n] = table[index[n] * NH + h]; the backward
+// scatter-adds (several n share one table row: atomics)
+
+__global__ void bias_gather_kernel(float* out, float* table, const int* index, int N, int NH, int backward) {
+    size_t total = (size_t)N * NH;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int h = i / N, n = i % N;
+        size_t src = (size_t)index[n] * NH + h;
+        if (!backward) out[i] = table[src];
+        else atomicAdd(&table[src], out[i]);
+    }
+}
+
+extern "C" void bias_gather_forward_cuda(float* out, const float* table, const int* index, int N, int NH) {
+    if ((size_t)N * NH == 0) return;
+    bias_gather_kernel<<<grid_for((size_t)N * NH, 256), 256>>>(out, (float*)table, index, N, NH, 0); launchCheck();
+}
+extern "C" void bias_gather_backward_cuda(float* dtable, const float* dout, const int* index, int N, int NH) {
+    if ((size_t)N * NH == 0) return;
+    bias_gather_kernel<<<grid_for((size_t)N * NH, 256), 256>>>((float*)dout, dtable, index, N, NH, 1); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// Swin windows: token (w, t) of image b reads padded-and-rolled pixel; -1 = padding
+
+__device__ long window_source_dev(int b, int w, int t, int H, int W, int ws, int shift, int nWw) {
+    int Hp = (H + ws - 1) / ws * ws, Wp = (W + ws - 1) / ws * ws;
+    int py = (w / nWw) * ws + t / ws, px = (w % nWw) * ws + t % ws;
+    int iy = (py + shift) % Hp, ix = (px + shift) % Wp;
+    if (iy >= H || ix >= W) return -1;
+    return ((long)b * H + iy) * W + ix;
+}
+
+// one thread per window-token element (b, w, t, c). `dir`: 0 partition forward
+// (win = inp[src]), 1 partition backward (dimg[src] += dwin), 2 reverse forward
+// (img[src] = win), 3 reverse backward (dwin += dimg[src]). Each pixel appears in
+// exactly one window slot, so no two threads touch one element.
+__global__ void window_kernel(float* win, float* img, int B, int H, int W, int C, int ws, int shift, int dir) {
+    int nWh = (H + ws - 1) / ws, nWw = (W + ws - 1) / ws, T = ws * ws;
+    size_t total = (size_t)B * nWh * nWw * T * C;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int c = i % C;
+        size_t tok = i / C;
+        int t = tok % T;
+        size_t bw = tok / T;
+        int w = bw % (nWh * nWw), b = bw / (nWh * nWw);
+        long src = window_source_dev(b, w, t, H, W, ws, shift, nWw);
+        if (dir == 0) win[i] = src < 0 ? 0.0f : img[(size_t)src * C + c];
+        else if (src >= 0) {
+            if (dir == 1) img[(size_t)src * C + c] += win[i];
+            else if (dir == 2) img[(size_t)src * C + c] = win[i];
+            else win[i] += img[(size_t)src * C + c];
+        }
+    }
+}
+
+static void window_launch(float* win, float* img, int B, int H, int W, int C, int ws, int shift, int dir) {
+    size_t total = (size_t)B * ((H + ws - 1) / ws) * ((W + ws - 1) / ws) * ws * ws * C;
+    if (total == 0) return;
+    window_kernel<<<grid_for(total, 256), 256>>>(win, img, B, H, W, C, ws, shift, dir); launchCheck();
+}
+
+extern "C" void window_partition_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift) {
+    window_launch(out, (float*)inp, B, H, W, C, ws, shift, 0);
+}
+extern "C" void window_partition_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift) {
+    window_launch((float*)dout, dinp, B, H, W, C, ws, shift, 1);
+}
+extern "C" void window_reverse_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift) {
+    window_launch((float*)inp, out, B, H, W, C, ws, shift, 2);
+}
+extern "C" void window_reverse_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift) {
+    window_launch(dinp, (float*)dout, B, H, W, C, ws, shift, 3);
+}
+
+// ----------------------------------------------------------------------------
+// patch merging: out (B, Ho, Wo, 4C), quarter q reads (2y + q % 2, 2x + q / 2)
+
+__global__ void patch_merge_kernel(float* out, float* inp, int B, int H, int W, int C, int backward) {
+    int Ho = (H + 1) / 2, Wo = (W + 1) / 2;
+    size_t total = (size_t)B * Ho * Wo * 4 * C;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int c = i % C;
+        size_t r = i / C;
+        int qd = r % 4; r /= 4;
+        int x = r % Wo; r /= Wo;
+        int y = r % Ho;
+        size_t b = r / Ho;
+        int iy = 2 * y + qd % 2, ix = 2 * x + qd / 2;
+        int inside = iy < H && ix < W;
+        size_t src = ((b * H + iy) * W + ix) * C + c;
+        if (!backward) out[i] = inside ? inp[src] : 0.0f;
+        else if (inside) inp[src] += out[i];
+    }
+}
+
+extern "C" void patch_merge_forward_cuda(float* out, const float* inp, int B, int H, int W, int C) {
+    size_t total = (size_t)B * ((H + 1) / 2) * ((W + 1) / 2) * 4 * C;
+    if (total == 0) return;
+    patch_merge_kernel<<<grid_for(total, 256), 256>>>(out, (float*)inp, B, H, W, C, 0); launchCheck();
+}
+extern "C" void patch_merge_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C) {
+    size_t total = (size_t)B * ((H + 1) / 2) * ((W + 1) / 2) * 4 * C;
+    if (total == 0) return;
+    patch_merge_kernel<<<grid_for(total, 256), 256>>>((float*)dout, dinp, B, H, W, C, 1); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// conv2d via im2col + GEMM, in chunks of output pixels so the column buffer stays
+// bounded. col row p (an output pixel) holds the K x K x C patch, order (ky, kx, c),
+// matching weight (OC, K, K, C); positions outside the input are zero.
+
+__global__ void im2col_kernel(float* col, const float* inp, int H, int W, int C, int K, int stride, int pad,
+                              int Ho, int Wo, size_t p0, size_t np) {
+    size_t KKC = (size_t)K * K * C;
+    size_t total = np * KKC;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        size_t p = p0 + i / KKC;
+        int e = i % KKC;
+        int c = e % C, kx = (e / C) % K, ky = e / (C * K);
+        int x = p % Wo, y = (p / Wo) % Ho;
+        size_t b = p / ((size_t)Wo * Ho);
+        int iy = y * stride - pad + ky, ix = x * stride - pad + kx;
+        col[i] = (iy < 0 || iy >= H || ix < 0 || ix >= W) ? 0.0f : inp[((b * H + iy) * W + ix) * C + c];
+    }
+}
+
+// dinp += scatter of dcol (several output pixels may cover one input pixel: atomics)
+__global__ void col2im_kernel(float* dinp, const float* dcol, int H, int W, int C, int K, int stride, int pad,
+                              int Ho, int Wo, size_t p0, size_t np) {
+    size_t KKC = (size_t)K * K * C;
+    size_t total = np * KKC;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        size_t p = p0 + i / KKC;
+        int e = i % KKC;
+        int c = e % C, kx = (e / C) % K, ky = e / (C * K);
+        int x = p % Wo, y = (p / Wo) % Ho;
+        size_t b = p / ((size_t)Wo * Ho);
+        int iy = y * stride - pad + ky, ix = x * stride - pad + kx;
+        if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+        atomicAdd(&dinp[((b * H + iy) * W + ix) * C + c], dcol[i]);
+    }
+}
+
+// output pixels per chunk: col buffer of at most ~64M floats (256 MiB) per chunk
+static size_t conv_chunk_pixels(size_t npix, size_t KKC) {
+    size_t limit = ((size_t)64 << 20) / (KKC > 0 ? KKC : 1);
+    if (limit < 1) limit = 1;
+    return npix < limit ? npix : limit;
+}
+
+extern "C" void conv2d_forward_cuda(float* out, const float* inp, const float* weight, const float* bias,
+                                    int B, int H, int W, int C, int OC, int K, int stride, int pad,
+                                    int Ho, int Wo) {
+    size_t npix = (size_t)B * Ho * Wo;
+    if (npix == 0 || OC <= 0) return;
+    // a 1x1 conv over the same grid is a linear layer on the pixels
+    if (K == 1 && stride == 1 && pad == 0 && Ho == H && Wo == W) {
+        linear_forward_cuda(out, inp, weight, bias, (int)npix, C, OC);
+        return;
+    }
+    size_t KKC = (size_t)K * K * C;
+    size_t chunk = conv_chunk_pixels(npix, KKC);
+    float* col = (float*)workspace_get(&ws_gemm, chunk * KKC * sizeof(float));
+    for (size_t p0 = 0; p0 < npix; p0 += chunk) {
+        size_t np = npix - p0 < chunk ? npix - p0 : chunk;
+        im2col_kernel<<<grid_for(np * KKC, 256), 256>>>(col, inp, H, W, C, K, stride, pad, Ho, Wo, p0, np);
+        launchCheck();
+        // out chunk (np, OC) = col (np, KKC) @ weight (OC, KKC)^T
+        gemm_rm(false, true, (int)np, OC, (int)KKC, 1.0f, col, (int)KKC, 0, weight, (int)KKC, 0,
+                0.0f, out + p0 * OC, OC, 0, 1);
+    }
+    if (bias) { add_bias_kernel<<<grid_for(npix * OC, 256), 256>>>(out, bias, npix, OC); launchCheck(); }
+}
+
+extern "C" void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
+                                     const float* inp, const float* weight,
+                                     int B, int H, int W, int C, int OC, int K, int stride, int pad,
+                                     int Ho, int Wo) {
+    size_t npix = (size_t)B * Ho * Wo;
+    if (npix == 0 || OC <= 0) return;
+    if (K == 1 && stride == 1 && pad == 0 && Ho == H && Wo == W) {
+        linear_backward_cuda(dinp, dweight, dbias, dout, inp, weight, (int)npix, C, OC);
+        return;
+    }
+    size_t KKC = (size_t)K * K * C;
+    size_t chunk = conv_chunk_pixels(npix, KKC);
+    // two regions: the columns of the chunk, and their gradient
+    float* col = (float*)workspace_get(&ws_gemm, 2 * chunk * KKC * sizeof(float));
+    float* dcol = col + chunk * KKC;
+    for (size_t p0 = 0; p0 < npix; p0 += chunk) {
+        size_t np = npix - p0 < chunk ? npix - p0 : chunk;
+        const float* d = dout + p0 * OC;
+        if (dweight) {
+            im2col_kernel<<<grid_for(np * KKC, 256), 256>>>(col, inp, H, W, C, K, stride, pad, Ho, Wo, p0, np);
+            launchCheck();
+            // dweight (OC, KKC) += dout chunk^T (OC, np) @ col (np, KKC)
+            gemm_rm(true, false, OC, (int)KKC, (int)np, 1.0f, d, OC, 0, col, (int)KKC, 0,
+                    1.0f, dweight, (int)KKC, 0, 1);
+        }
+        if (dinp) {
+            // dcol (np, KKC) = dout chunk (np, OC) @ weight (OC, KKC), then scatter into dinp
+            gemm_rm(false, false, (int)np, (int)KKC, OC, 1.0f, d, OC, 0, weight, (int)KKC, 0,
+                    0.0f, dcol, (int)KKC, 0, 1);
+            col2im_kernel<<<grid_for(np * KKC, 256), 256>>>(dinp, dcol, H, W, C, K, stride, pad, Ho, Wo, p0, np);
+            launchCheck();
+        }
+    }
+    if (dbias) column_sum_accumulate(dbias, dout, (int)npix, OC);
+}
+
+// ----------------------------------------------------------------------------
+// resizing, F.interpolate semantics (same float arithmetic as the CPU reference)
+
+__device__ int nearest_source_dev(int dst, int in, int out) {
+    float scale = (float)in / (float)out;
+    int s = (int)floorf(dst * scale);
+    return s < in - 1 ? s : in - 1;
+}
+
+__device__ void bilinear_source_dev(int dst, int in, int out, int* i0, int* i1, float* l1) {
+    float scale = (float)in / (float)out;
+    float s = (dst + 0.5f) * scale - 0.5f;
+    if (s < 0.0f) s = 0.0f;
+    int a = (int)s;
+    if (a > in - 1) a = in - 1;
+    *i0 = a;
+    *i1 = a < in - 1 ? a + 1 : a;
+    *l1 = s - a;
+}
+
+__global__ void upsample_nearest_kernel(float* out, float* inp, int B, int H, int W, int C, int Ho, int Wo, int backward) {
+    size_t total = (size_t)B * Ho * Wo * C;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int c = i % C;
+        size_t r = i / C;
+        int x = r % Wo; r /= Wo;
+        int y = r % Ho;
+        size_t b = r / Ho;
+        size_t src = ((b * H + nearest_source_dev(y, H, Ho)) * W + nearest_source_dev(x, W, Wo)) * C + c;
+        if (!backward) out[i] = inp[src];
+        else atomicAdd(&inp[src], out[i]);
+    }
+}
+
+__global__ void upsample_bilinear_kernel(float* out, float* inp, int B, int H, int W, int C, int Ho, int Wo, int backward) {
+    size_t total = (size_t)B * Ho * Wo * C;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int c = i % C;
+        size_t r = i / C;
+        int x = r % Wo; r /= Wo;
+        int y = r % Ho;
+        size_t b = r / Ho;
+        int y0, y1, x0, x1; float ly, lx;
+        bilinear_source_dev(y, H, Ho, &y0, &y1, &ly);
+        bilinear_source_dev(x, W, Wo, &x0, &x1, &lx);
+        size_t i00 = ((b * H + y0) * W + x0) * C + c, i01 = ((b * H + y0) * W + x1) * C + c;
+        size_t i10 = ((b * H + y1) * W + x0) * C + c, i11 = ((b * H + y1) * W + x1) * C + c;
+        if (!backward) {
+            out[i] = (1.0f - ly) * ((1.0f - lx) * inp[i00] + lx * inp[i01])
+                   + ly * ((1.0f - lx) * inp[i10] + lx * inp[i11]);
+        } else {
+            float d = out[i];
+            atomicAdd(&inp[i00], (1.0f - ly) * (1.0f - lx) * d);
+            atomicAdd(&inp[i01], (1.0f - ly) * lx * d);
+            atomicAdd(&inp[i10], ly * (1.0f - lx) * d);
+            atomicAdd(&inp[i11], ly * lx * d);
+        }
+    }
+}
+
+extern "C" void upsample_nearest_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo) {
+    size_t total = (size_t)B * Ho * Wo * C;
+    if (total == 0) return;
+    upsample_nearest_kernel<<<grid_for(total, 256), 256>>>(out, (float*)inp, B, H, W, C, Ho, Wo, 0); launchCheck();
+}
+extern "C" void upsample_nearest_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo) {
+    size_t total = (size_t)B * Ho * Wo * C;
+    if (total == 0) return;
+    upsample_nearest_kernel<<<grid_for(total, 256), 256>>>((float*)dout, dinp, B, H, W, C, Ho, Wo, 1); launchCheck();
+}
+extern "C" void upsample_bilinear_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo) {
+    size_t total = (size_t)B * Ho * Wo * C;
+    if (total == 0) return;
+    upsample_bilinear_kernel<<<grid_for(total, 256), 256>>>(out, (float*)inp, B, H, W, C, Ho, Wo, 0); launchCheck();
+}
+extern "C" void upsample_bilinear_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo) {
+    size_t total = (size_t)B * Ho * Wo * C;
+    if (total == 0) return;
+    upsample_bilinear_kernel<<<grid_for(total, 256), 256>>>((float*)dout, dinp, B, H, W, C, Ho, Wo, 1); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// point sampling: grid_sample(bilinear, align_corners=False, zeros) at (x, y) in [0, 1]
+
+__global__ void point_sample_kernel(float* out, float* inp, const float* coords, int M, int H, int W, int P, int backward) {
+    size_t total = (size_t)M * P;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        size_t m = i / P;
+        float px = coords[i * 2] * W - 0.5f, py = coords[i * 2 + 1] * H - 0.5f;
+        int x0 = (int)floorf(px), y0 = (int)floorf(py);
+        float lx = px - x0, ly = py - y0;
+        float* map = inp + m * H * W;
+        float s = 0.0f, d = backward ? out[i] : 0.0f;
+        for (int t = 0; t < 4; t++) {
+            int xs = x0 + (t & 1), ys = y0 + (t >> 1);
+            if (xs < 0 || xs >= W || ys < 0 || ys >= H) continue;
+            float wt = ((t & 1) ? lx : 1.0f - lx) * ((t >> 1) ? ly : 1.0f - ly);
+            if (!backward) s += wt * map[ys * W + xs];
+            else atomicAdd(&map[ys * W + xs], wt * d);
+        }
+        if (!backward) out[i] = s;
+    }
+}
+
+extern "C" void point_sample_forward_cuda(float* out, const float* inp, const float* coords, int M, int H, int W, int P) {
+    size_t total = (size_t)M * P;
+    if (total == 0) return;
+    point_sample_kernel<<<grid_for(total, 256), 256>>>(out, (float*)inp, coords, M, H, W, P, 0); launchCheck();
+}
+extern "C" void point_sample_backward_cuda(float* dinp, const float* dout, const float* coords, int M, int H, int W, int P) {
+    size_t total = (size_t)M * P;
+    if (total == 0) return;
+    point_sample_kernel<<<grid_for(total, 256), 256>>>((float*)dout, dinp, coords, M, H, W, P, 1); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// sine position encoding (double arithmetic, as the CPU reference)
+
+__global__ void sine_position_kernel(float* out, int H, int W, int C) {
+    int F = C / 2;
+    size_t total = (size_t)H * W * F;
+    const double scale = 2.0 * 3.14159265358979323846, eps = 1e-6;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int kf = i % F;
+        size_t pix = i / F;
+        int x = pix % W, y = pix / W;
+        double ye = (y + 1) / (H + eps) * scale, xe = (x + 1) / (W + eps) * scale;
+        double dim_t = pow(10000.0, 2.0 * (kf / 2) / F);
+        double py = ye / dim_t, px = xe / dim_t;
+        float* o = out + pix * C;
+        o[kf] = (float)(kf % 2 == 0 ? sin(py) : cos(py));
+        o[F + kf] = (float)(kf % 2 == 0 ? sin(px) : cos(px));
+    }
+}
+
+extern "C" void sine_position_encoding_cuda(float* out, int H, int W, int C) {
+    size_t total = (size_t)H * W * (C / 2);
+    if (total == 0) return;
+    sine_position_kernel<<<grid_for(total, 256), 256>>>(out, H, W, C); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// losses. Scalar losses: blocks write partial sums (double) to the reduce workspace,
+// one block adds them up and finishes on the device.
+
+// partials[blk] = (sum_i mask[n] (pred - target)^2 / C, sum_n mask[n])
+__global__ void masked_mse_partial_kernel(double* partials, const float* pred, const float* target,
+                                          const float* mask, int N, int C) {
+    size_t total = (size_t)N * C;
+    double num = 0.0, den = 0.0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        float mk = mask[i / C];
+        if (mk != 0.0f) { double d = (double)pred[i] - target[i]; num += mk * d * d; }
+    }
+    for (size_t n = blockIdx.x * (size_t)blockDim.x + threadIdx.x; n < (size_t)N; n += (size_t)gridDim.x * blockDim.x)
+        den += mask[n];
+    num = block_sum(num);
+    den = block_sum(den);
+    if (threadIdx.x == 0) { partials[blockIdx.x * 2] = num / C; partials[blockIdx.x * 2 + 1] = den; }
+}
+
+// *loss = sums[0] / sums[1], or 0 when the denominator is not positive
+__global__ void ratio_kernel(float* loss, const double* sums) {
+    *loss = sums[1] > 0.0 ? (float)(sums[0] / sums[1]) : 0.0f;
+}
+
+extern "C" void masked_mse_forward_cuda(float* loss, const float* pred, const float* target,
+                                        const float* mask, int N, int C) {
+    double* partials = reduce_scratch(2);
+    double* sums = partials + REDUCE_BLOCKS * 2;
+    masked_mse_partial_kernel<<<REDUCE_BLOCKS, REDUCE_THREADS>>>(partials, pred, target, mask, N, C > 0 ? C : 1);
+    launchCheck();
+    sum_partials_kernel<<<1, 256>>>(sums, partials, REDUCE_BLOCKS, 2); launchCheck();
+    ratio_kernel<<<1, 1>>>(loss, sums); launchCheck();
+}
+
+// partials[blk] = sum of x over this block's elements (double)
+__global__ void sum_partial_kernel(double* partials, const float* x, size_t N, int squared) {
+    double s = 0.0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
+        s += squared ? (double)x[i] * x[i] : (double)x[i];
+    s = block_sum(s);
+    if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+// dpred += 2 dloss / (den C) * mask[n] (pred - target), den = *den_sum on the device
+__global__ void masked_mse_backward_kernel(float* dpred, float dloss, const double* den_sum, const float* pred,
+                                           const float* target, const float* mask, int N, int C) {
+    double den = *den_sum;
+    if (den <= 0.0) return;
+    float k = (float)(2.0 * dloss / (den * C));
+    size_t total = (size_t)N * C;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        float mk = mask[i / C];
+        if (mk != 0.0f) dpred[i] += k * mk * (pred[i] - target[i]);
+    }
+}
+
+extern "C" void masked_mse_backward_cuda(float* dpred, float dloss, const float* pred, const float* target,
+                                         const float* mask, int N, int C) {
+    if (N <= 0 || C <= 0) return;
+    double* partials = reduce_scratch(1);
+    double* den = partials + REDUCE_BLOCKS;
+    sum_partial_kernel<<<REDUCE_BLOCKS, REDUCE_THREADS>>>(partials, mask, (size_t)N, 0); launchCheck();
+    sum_partials_kernel<<<1, 256>>>(den, partials, REDUCE_BLOCKS, 1); launchCheck();
+    size_t total = (size_t)N * C;
+    masked_mse_backward_kernel<<<grid_for(total, 256), 256>>>(dpred, dloss, den, pred, target, mask, N, C);
+    launchCheck();
+}
+
+// log-sum-exp of one row by one warp (float max, double sum), returned to all lanes
+__device__ double warp_logsumexp(const float* x, int C, int lane) {
+    float mx = -INFINITY;
+    for (int c = lane; c < C; c += 32) mx = fmaxf(mx, x[c]);
+    mx = warp_max(mx);
+    double s = 0.0;
+    for (int c = lane; c < C; c += 32) s += exp((double)x[c] - mx);
+    s = warp_sum(s);
+    return mx + log(s);
+}
+
+// one warp per row; block partials (num, den) of sum w (lse - x_t), sum w
+__global__ void cross_entropy_partial_kernel(double* partials, const float* logits, const int* targets,
+                                             const float* class_weight, int N, int C, int ignore_index) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    double num = 0.0, den = 0.0;
+    for (int n = blockIdx.x * nwarps + warp; n < N; n += gridDim.x * nwarps) {
+        int t = targets[n];
+        if (t == ignore_index) continue;
+        double w = class_weight ? class_weight[t] : 1.0;
+        const float* x = logits + (size_t)n * C;
+        double lse = warp_logsumexp(x, C, lane);
+        if (lane == 0) { num += w * (lse - x[t]); den += w; }
+    }
+    num = block_sum(num);
+    den = block_sum(den);
+    if (threadIdx.x == 0) { partials[blockIdx.x * 2] = num; partials[blockIdx.x * 2 + 1] = den; }
+}
+
+extern "C" void cross_entropy_forward_cuda(float* loss, const float* logits, const int* targets,
+                                           const float* class_weight, int N, int C, int ignore_index) {
+    double* partials = reduce_scratch(2);
+    double* sums = partials + REDUCE_BLOCKS * 2;
+    cross_entropy_partial_kernel<<<REDUCE_BLOCKS, REDUCE_THREADS>>>(partials, logits, targets, class_weight,
+                                                                    N, C, ignore_index);
+    launchCheck();
+    sum_partials_kernel<<<1, 256>>>(sums, partials, REDUCE_BLOCKS, 2); launchCheck();
+    ratio_kernel<<<1, 1>>>(loss, sums); launchCheck();
+}
+
+// block partials of sum_n w[t_n] over rows that are not ignored
+__global__ void class_weight_sum_partial_kernel(double* partials, const int* targets, const float* class_weight,
+                                                int N, int ignore_index) {
+    double s = 0.0;
+    for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < N; n += gridDim.x * blockDim.x) {
+        int t = targets[n];
+        if (t != ignore_index) s += class_weight ? class_weight[t] : 1.0;
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+// dlogits[n, c] += dloss w_t (softmax_c - [c == t]) / den; one warp per row
+__global__ void cross_entropy_backward_kernel(float* dlogits, float dloss, const double* den_sum, const float* logits,
+                                              const int* targets, const float* class_weight, int N, int C,
+                                              int ignore_index) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    double den = *den_sum;
+    int t = targets[row];
+    if (den <= 0.0 || t == ignore_index) return;
+    double w = class_weight ? class_weight[t] : 1.0;
+    const float* x = logits + (size_t)row * C;
+    double lse = warp_logsumexp(x, C, lane);
+    float* dx = dlogits + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) {
+        double p = exp((double)x[c] - lse);
+        dx[c] += (float)(dloss * w * (p - (c == t)) / den);
+    }
+}
+
+extern "C" void cross_entropy_backward_cuda(float* dlogits, float dloss, const float* logits,
+                                            const int* targets, const float* class_weight,
+                                            int N, int C, int ignore_index) {
+    if (N <= 0) return;
+    double* partials = reduce_scratch(1);
+    double* den = partials + REDUCE_BLOCKS;
+    class_weight_sum_partial_kernel<<<REDUCE_BLOCKS, REDUCE_THREADS>>>(partials, targets, class_weight, N, ignore_index);
+    launchCheck();
+    sum_partials_kernel<<<1, 256>>>(den, partials, REDUCE_BLOCKS, 1); launchCheck();
+    cross_entropy_backward_kernel<<<(N + 7) / 8, 256>>>(dlogits, dloss, den, logits, targets, class_weight,
+                                                        N, C, ignore_index);
+    launchCheck();
+}
+
+// sigmoid BCE with logits, one block per row m: losses[m] = mean_p of
+// max(x, 0) - x t + log(1 + exp(-|x|))
+__global__ void sigmoid_bce_forward_kernel(float* losses, const float* logits, const float* targets, int P) {
+    int m = blockIdx.x;
+    double s = 0.0;
+    for (int p = threadIdx.x; p < P; p += blockDim.x) {
+        double x = logits[(size_t)m * P + p], t = targets[(size_t)m * P + p];
+        s += (x > 0 ? x : 0) - x * t + log1p(exp(-fabs(x)));
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) losses[m] = (float)(s / P);
+}
+
+__global__ void sigmoid_bce_backward_kernel(float* dlogits, const float* dlosses, const float* logits,
+                                            const float* targets, int M, int P) {
+    size_t total = (size_t)M * P;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        float k = dlosses[i / P] / P;
+        float s = 1.0f / (1.0f + expf(-logits[i]));
+        dlogits[i] += k * (s - targets[i]);
+    }
+}
+
+extern "C" void sigmoid_bce_forward_cuda(float* losses, const float* logits, const float* targets, int M, int P) {
+    if (M <= 0) return;
+    sigmoid_bce_forward_kernel<<<M, 256>>>(losses, logits, targets, P); launchCheck();
+}
+extern "C" void sigmoid_bce_backward_cuda(float* dlogits, const float* dlosses, const float* logits,
+                                          const float* targets, int M, int P) {
+    size_t total = (size_t)M * P;
+    if (total == 0) return;
+    sigmoid_bce_backward_kernel<<<grid_for(total, 256), 256>>>(dlogits, dlosses, logits, targets, M, P); launchCheck();
+}
+
+// dice, one block per row m: sums of s t, s, t with s = sigmoid(logit) (double)
+__global__ void dice_kernel(float* losses, float* dlogits, const float* dlosses, const float* logits,
+                            const float* targets, int P, int backward) {
+    int m = blockIdx.x;
+    const float* x = logits + (size_t)m * P;
+    const float* tg = targets + (size_t)m * P;
+    double st = 0.0, ss = 0.0, stt = 0.0;
+    for (int p = threadIdx.x; p < P; p += blockDim.x) {
+        double s = 1.0 / (1.0 + exp(-(double)x[p]));
+        st += s * tg[p]; ss += s; stt += tg[p];
+    }
+    st = block_sum(st); ss = block_sum(ss); stt = block_sum(stt);
+    double num = 2.0 * st + 1.0, den = ss + stt + 1.0;
+    if (!backward) {
+        if (threadIdx.x == 0) losses[m] = (float)(1.0 - num / den);
+        return;
+    }
+    // dloss/ds_p = -(2 t_p den - num) / den^2, ds/dx = s (1 - s)
+    double dl = dlosses[m];
+    float* dx = dlogits + (size_t)m * P;
+    for (int p = threadIdx.x; p < P; p += blockDim.x) {
+        double s = 1.0 / (1.0 + exp(-(double)x[p]));
+        double g = -(2.0 * tg[p] * den - num) / (den * den);
+        dx[p] += (float)(dl * g * s * (1.0 - s));
+    }
+}
+
+extern "C" void dice_loss_forward_cuda(float* losses, const float* logits, const float* targets, int M, int P) {
+    if (M <= 0) return;
+    dice_kernel<<<M, 256>>>(losses, NULL, NULL, logits, targets, P, 0); launchCheck();
+}
+extern "C" void dice_loss_backward_cuda(float* dlogits, const float* dlosses, const float* logits,
+                                        const float* targets, int M, int P) {
+    if (M <= 0) return;
+    dice_kernel<<<M, 256>>>(NULL, dlogits, dlosses, logits, targets, P, 1); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// optimizer and gradient norm
+
+__global__ void adamw_kernel(float* params, const float* grads, float* m, float* v, size_t N,
+                             float lr, float beta1, float beta2, float eps, float weight_decay, float c1, float c2) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x) {
+        float g = grads[i];
+        float mi = beta1 * m[i] + (1.0f - beta1) * g;
+        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        m[i] = mi; v[i] = vi;
+        float mhat = mi / c1, vhat = vi / c2;
+        params[i] -= lr * (mhat / (sqrtf(vhat) + eps) + weight_decay * params[i]);
+    }
+}
+
+extern "C" void adamw_update_cuda(float* params, const float* grads, float* m, float* v, size_t N,
+                                  float lr, float beta1, float beta2, float eps, float weight_decay, int t) {
+    if (N == 0) return;
+    // bias corrections on the host, with the same float arithmetic as the CPU reference
+    float c1 = 1.0f - powf(beta1, (float)t), c2 = 1.0f - powf(beta2, (float)t);
+    adamw_kernel<<<grid_for(N, 256), 256>>>(params, grads, m, v, N, lr, beta1, beta2, eps, weight_decay, c1, c2);
+    launchCheck();
+}
+
+__global__ void double_to_float_kernel(float* out, const double* x) { *out = (float)*x; }
+
+extern "C" void sum_squares_cuda(float* out, const float* x, size_t N) {
+    double* partials = reduce_scratch(1);
+    double* total = partials + REDUCE_BLOCKS;
+    sum_partial_kernel<<<REDUCE_BLOCKS, REDUCE_THREADS>>>(partials, x, N, 1); launchCheck();
+    sum_partials_kernel<<<1, 256>>>(total, partials, REDUCE_BLOCKS, 1); launchCheck();
+    double_to_float_kernel<<<1, 1>>>(out, total); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// ops of the model files (declared in their sections of ttt.h). Defined extern "C"
+// explicitly, so they link whether or not that section has landed yet.
+
+// Mask2Former attention mask: blocked = sigmoid(logit) < 0.5 (same float formula as the
+// CPU); mask_add = -inf where blocked else 0; a row with every position blocked is
+// reopened entirely. One warp per row (b, q) of T logits.
+__global__ void attn_mask_from_logits_kernel(float* mask_add, const float* logits, int rows, int T) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const float* x = logits + (size_t)row * T;
+    float* m = mask_add + (size_t)row * T;
+    int open = 0;
+    for (int t = lane; t < T; t += 32) {
+        int blocked = 1.0f / (1.0f + expf(-x[t])) < 0.5f;
+        m[t] = blocked ? -INFINITY : 0.0f;
+        open += !blocked;
+    }
+    open = warp_sum(open);
+    if (open == 0) for (int t = lane; t < T; t += 32) m[t] = 0.0f;
+}
+
+extern "C" void attn_mask_from_logits_cuda(float* mask_add, const float* logits, int B, int Q, int T) {
+    int rows = B * Q;
+    if (rows <= 0 || T <= 0) return;
+    attn_mask_from_logits_kernel<<<(rows + 7) / 8, 256>>>(mask_add, logits, rows, T); launchCheck();
+}
+
+// MAE input and target (mae.c's op): one thread per pixel (b, y, x) of the padded
+// Hp x Wp grid. inp4 (B, Hp, Wp, 4): normalised RGB, zero where masked or padding,
+// channel 3 = masked; target, target_mask (B, 48, Hp/4, Wp/4) with query
+// q = c*16 + (y%4)*4 + (x%4). Same float arithmetic as the CPU reference.
+__global__ void mae_prepare_input_kernel(float* inp4, float* target, float* target_mask, const float* rgb,
+                                         const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps) {
+    const float mean[3] = {0.485f, 0.456f, 0.406f}, stdv[3] = {0.229f, 0.224f, 0.225f};
+    int nPw = Wp / ps, nPh = Hp / ps, H4 = Hp / 4, W4 = Wp / 4;
+    size_t total = (size_t)B * Hp * Wp;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int x = i % Wp, y = (i / Wp) % Hp;
+        size_t b = i / ((size_t)Wp * Hp);
+        int inside = y < H && x < W;
+        int masked = patch_mask ? patch_mask[(b * nPh + y / ps) * nPw + x / ps] : 0;
+        float* o = inp4 ? inp4 + i * 4 : NULL;
+        for (int c = 0; c < 3; c++) {
+            float v = inside ? __fdiv_rn(rgb[((b * H + y) * W + x) * 3 + c] - mean[c], stdv[c]) : 0.0f;
+            if (o) o[c] = masked ? 0.0f : v;
+            int q = c * 16 + (y % 4) * 4 + (x % 4);
+            size_t t = ((b * 48 + q) * H4 + y / 4) * W4 + x / 4;
+            if (target) target[t] = v;
+            if (target_mask) target_mask[t] = (masked && inside) ? 1.0f : 0.0f;
+        }
+        if (o) o[3] = masked ? 1.0f : 0.0f;
+    }
+}
+
+extern "C" void mae_prepare_input_cuda(float* inp4, float* target, float* target_mask, const float* rgb,
+                                       const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps) {
+    size_t total = (size_t)B * Hp * Wp;
+    if (total == 0) return;
+    mae_prepare_input_kernel<<<grid_for(total, 256), 256>>>(inp4, target, target_mask, rgb, patch_mask,
+                                                            B, H, W, Hp, Wp, ps);
+    launchCheck();
+}
