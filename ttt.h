@@ -871,6 +871,32 @@ float* model_params_device(Model* m);
 // hold g's attention masks fixed at those of the last MAE forward of batch B (on = 1), or not
 void model_freeze_mae_masks(Model* m, int B, int on);
 
+// ---- joint training (train.c) ----
+// one joint step: images (B, H, W, 3) in [0, 1] and labels (B, H, W) (255 = ignore) on the
+// host. Loss = set_loss(h(f(x)), y) (labels padded with 255 to the model's padded frame)
+// + MAE loss(g(f(x~)), x) with fresh masks from rng. Backward into f, h and g; gradients
+// clipped to global L2 norm grad_clip (<= 0: no clipping); one AdamW step on all three.
+// A non-finite loss leaves the weights untouched.
+void model_train_step(Model* m, const float* images, const unsigned char* labels, int B,
+                      const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae);
+// the two losses and their gradients in the grad buffer (zeroed here), no update; returns
+// their sum. model_train_loss: forward only (finite differences). rng as in model_train_step.
+float model_train_forward_backward(Model* m, const float* images, const unsigned char* labels,
+                                   int B, Rng* rng, float* loss_main, float* loss_mae);
+float model_train_loss(Model* m, const float* images, const unsigned char* labels, int B, Rng* rng);
+void model_set_loss_config(Model* m, const SetLossConfig* c);   // default set_loss_config_default()
+float model_last_grad_norm(const Model* m);   // global L2 norm before clipping, last train step
+// hold h's attention masks fixed at those of the last main-task forward of batch B (gradient
+// checks), or not
+void model_freeze_main_masks(Model* m, int B, int on);
+int model_adam_step(const Model* m);          // AdamW steps taken (bias correction t)
+// resume file (kind 2): the model header, the AdamW step, n_extra caller ints (<= 64: train
+// step, RNG state...), then [params | adam m | adam v] of [f | h | g]. Written via path.tmp.
+void model_save_resume(const Model* m, const char* path, const int* extra, int n_extra);
+Model* model_load_resume(const char* path, int max_batch, int H, int W, int* extra, int n_extra);
+// copy every parameter [f | h | g] from src into dst (same config, any frame sizes)
+void model_copy_params(Model* dst, const Model* src);
+
 // op: build the 4-channel network input and the MAE target.
 //   rgb (B, H, W, 3) in [0, 1]; patch_mask (B, Hp/ps, Wp/ps) bytes, 1 = masked (NULL: none)
 //   inp4 (B, Hp, Wp, 4): ImageNet-normalised RGB, zero where masked or beyond H x W (padding),
