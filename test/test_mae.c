@@ -90,7 +90,7 @@ static void test_joint(Rng* rng) {
         double lm = joint_loss_fn(&t);
         memcpy(P + off, saved, cnt * sizeof(float));
         double fd = (lp - lm) / (2 * eps), err = fabs(fd - ana) / (fabs(ana) + 1e-12);
-        int ok = err < 3e-2;
+        int ok = err < 1e-2;   // a 20% error in one Swin level's gradient from h gives 1.8e-2
         printf("%-4s grad joint loss along random direction of %s: ana %.5e fd %.5e rel err %.2e\n",
                ok ? "ok" : "FAIL", names[part], ana, fd, err);
         if (ok) tests_passed++; else tests_failed++;
