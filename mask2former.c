@@ -856,7 +856,205 @@ int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segm
 // SET LOSS: targets from label maps, Hungarian matching, point sampling, losses
 // ============================================================================
 
-// (set loss goes here)
+SetLossConfig set_loss_config_default(void) {
+    SetLossConfig c = {12544, 3.0f, 0.75f, 2.0f, 5.0f, 5.0f, 0.1f, 0};
+    return c;
+}
+
+// Hungarian algorithm with potentials (shortest augmenting paths), O(n^2 m).
+// Rows and columns are 1-based inside; p[j] = row matched to column j.
+double hungarian_assign(const double* cost, int n, int m, int* col_of_row) {
+    double* u = (double*)callocCheck(n + 1, sizeof(double));
+    double* v = (double*)callocCheck(m + 1, sizeof(double));
+    double* minv = (double*)mallocCheck((m + 1) * sizeof(double));
+    int* p = (int*)callocCheck(m + 1, sizeof(int));
+    int* way = (int*)callocCheck(m + 1, sizeof(int));
+    char* used = (char*)mallocCheck(m + 1);
+    for (int i = 1; i <= n; i++) {
+        p[0] = i;
+        int j0 = 0;
+        for (int j = 0; j <= m; j++) { minv[j] = INFINITY; used[j] = 0; }
+        do {
+            used[j0] = 1;
+            int i0 = p[j0], j1 = 0;
+            double delta = INFINITY;
+            for (int j = 1; j <= m; j++) {
+                if (used[j]) continue;
+                double cur = cost[(size_t)(i0 - 1) * m + (j - 1)] - u[i0] - v[j];
+                if (cur < minv[j]) { minv[j] = cur; way[j] = j0; }
+                if (minv[j] < delta) { delta = minv[j]; j1 = j; }
+            }
+            for (int j = 0; j <= m; j++) {
+                if (used[j]) { u[p[j]] += delta; v[j] -= delta; }
+                else minv[j] -= delta;
+            }
+            j0 = j1;
+        } while (p[j0] != 0);
+        do { int j1 = way[j0]; p[j0] = p[j1]; j0 = j1; } while (j0);
+    }
+    double total = 0.0;
+    for (int j = 1; j <= m; j++) {
+        if (p[j]) { col_of_row[p[j] - 1] = j - 1; total += cost[(size_t)(p[j] - 1) * m + (j - 1)]; }
+    }
+    free(u); free(v); free(minv); free(p); free(way); free(used);
+    return total;
+}
+
+typedef struct { float u; int i; } RankedPoint;
+static int compare_uncertainty(const void* a, const void* b) {
+    float ua = ((const RankedPoint*)a)->u, ub = ((const RankedPoint*)b)->u;
+    if (ua != ub) return ua > ub ? -1 : 1;
+    return ((const RankedPoint*)a)->i - ((const RankedPoint*)b)->i;   // stable, deterministic
+}
+
+// point coordinates: uniform random, or the centres of an Hm x Wm grid
+static void random_points(float* coords, int P, Rng* rng) {
+    for (int i = 0; i < 2 * P; i++) coords[i] = rng_uniform(rng);
+}
+static void grid_points(float* coords, int Hm, int Wm) {
+    for (int y = 0; y < Hm; y++) for (int x = 0; x < Wm; x++) {
+        coords[2 * (y * Wm + x)] = (x + 0.5f) / Wm;
+        coords[2 * (y * Wm + x) + 1] = (y + 0.5f) / Hm;
+    }
+}
+
+// the same P coordinates for each of M maps: (M, P, 2)
+static void repeat_coords(float* out, const float* coords, int M, int P) {
+    for (int m = 0; m < M; m++) memcpy(out + (size_t)m * P * 2, coords, (size_t)P * 2 * sizeof(float));
+}
+
+float set_loss(const SetLossConfig* cfg, const float* class_logits, const float* mask_logits,
+               int L, int B, int Q, int K, int Hm, int Wm, const unsigned char* labels, int H, int W,
+               float* dclass_logits, float* dmask_logits, Rng* rng, float parts[3]) {
+    int C = K + 1;
+    int P = cfg->all_pixels ? Hm * Wm : cfg->num_points;
+    int P_over = cfg->all_pixels ? P : (int)(cfg->oversample * P);
+    int P_imp = cfg->all_pixels ? 0 : (int)(cfg->importance * P);
+    // targets of every image: classes present and their binary masks at label resolution
+    int* num_t = (int*)callocCheck(B, sizeof(int));
+    int* t_class = (int*)mallocCheck((size_t)B * K * sizeof(int));
+    float* t_mask = (float*)mallocCheck((size_t)B * K * H * W * sizeof(float));
+    int num_masks = 0;
+    for (int b = 0; b < B; b++) {
+        const unsigned char* lab = labels + (size_t)b * H * W;
+        int present[256] = {0};
+        for (int i = 0; i < H * W; i++) present[lab[i]] = 1;
+        for (int k = 0; k < K; k++) {
+            if (!present[k]) continue;
+            int t = num_t[b]++;
+            t_class[b * K + t] = k;
+            float* tm = t_mask + ((size_t)b * K + t) * H * W;
+            for (int i = 0; i < H * W; i++) tm[i] = lab[i] == k ? 1.0f : 0.0f;
+        }
+        num_masks += num_t[b];
+    }
+    float norm = num_masks > 0 ? (float)num_masks : 1.0f;
+
+    float* coords = (float*)mallocCheck((size_t)P_over * 2 * sizeof(float));
+    float* coords_rep = (float*)mallocCheck((size_t)(Q > K ? Q : K) * P_over * 2 * sizeof(float));
+    float* pred_pts = (float*)mallocCheck((size_t)Q * P_over * sizeof(float));
+    float* tgt_pts = (float*)mallocCheck((size_t)K * P * sizeof(float));
+    double* cost = (double*)mallocCheck((size_t)K * Q * sizeof(double));
+    int* match = (int*)mallocCheck((size_t)K * sizeof(int));
+    int* cls_target = (int*)mallocCheck((size_t)B * Q * sizeof(int));
+    float* probs = (float*)mallocCheck((size_t)Q * C * sizeof(float));
+    float* sel = (float*)mallocCheck((size_t)P * 2 * sizeof(float));
+    float* unc = (float*)mallocCheck((size_t)P_over * sizeof(float));
+    int* order = (int*)mallocCheck((size_t)P_over * sizeof(int));
+    RankedPoint* ranked = (RankedPoint*)mallocCheck((size_t)P_over * sizeof(RankedPoint));
+    float *pl = (float*)mallocCheck(P * sizeof(float)), *tl = (float*)mallocCheck(P * sizeof(float));
+    float *dpl = (float*)mallocCheck(P * sizeof(float));
+    float* class_w = (float*)mallocCheck(C * sizeof(float));
+    for (int k = 0; k < K; k++) class_w[k] = 1.0f;
+    class_w[K] = cfg->no_object_weight;
+
+    double total = 0.0, sum_ce = 0.0, sum_bce = 0.0, sum_dice = 0.0;
+    for (int j = 0; j < L; j++) {
+        const float* cl = class_logits + (size_t)j * B * Q * C;
+        const float* ml = mask_logits + (size_t)j * B * Q * Hm * Wm;
+        for (int b = 0; b < B; b++) {
+            const float* clb = cl + (size_t)b * Q * C;
+            const float* mlb = ml + (size_t)b * Q * Hm * Wm;
+            int T = num_t[b];
+            for (int q = 0; q < Q; q++) cls_target[b * Q + q] = K;
+            if (T == 0) continue;
+            // matching cost on shared points
+            if (cfg->all_pixels) grid_points(coords, Hm, Wm); else random_points(coords, P, rng);
+            repeat_coords(coords_rep, coords, Q > T ? Q : T, P);
+            point_sample_forward_cpu(pred_pts, mlb, coords_rep, Q, Hm, Wm, P);
+            point_sample_forward_cpu(tgt_pts, t_mask + (size_t)b * K * H * W, coords_rep, T, H, W, P);
+            softmax_forward_cpu(probs, clb, Q, C);
+            for (int q = 0; q < Q; q++) {
+                const float* x = pred_pts + (size_t)q * P;
+                double sp = 0.0, ss = 0.0;   // sum softplus(x), sum sigmoid(x)
+                for (int p = 0; p < P; p++) {
+                    sp += (x[p] > 0 ? x[p] : 0) + log1p(exp(-fabs(x[p])));
+                    ss += 1.0 / (1.0 + exp(-(double)x[p]));
+                }
+                for (int t = 0; t < T; t++) {
+                    const float* y = tgt_pts + (size_t)t * P;
+                    double xy = 0.0, sy = 0.0, sty = 0.0;
+                    for (int p = 0; p < P; p++) {
+                        xy += (double)x[p] * y[p];
+                        sty += y[p] / (1.0 + exp(-(double)x[p]));
+                        sy += y[p];
+                    }
+                    double bce = (sp - xy) / P;
+                    double dice = 1.0 - (2.0 * sty + 1.0) / (ss + sy + 1.0);
+                    cost[(size_t)t * Q + q] = cfg->w_class * -probs[q * C + t_class[b * K + t]]
+                                            + cfg->w_mask * bce + cfg->w_dice * dice;
+                }
+            }
+            hungarian_assign(cost, T, Q, match);
+            for (int t = 0; t < T; t++) cls_target[b * Q + match[t]] = t_class[b * K + t];
+            // mask losses on importance-sampled points of every matched pair
+            for (int t = 0; t < T; t++) {
+                int q = match[t];
+                const float* map = mlb + (size_t)q * Hm * Wm;
+                if (cfg->all_pixels) {
+                    grid_points(sel, Hm, Wm);
+                } else {
+                    random_points(coords, P_over, rng);
+                    point_sample_forward_cpu(unc, map, coords, 1, Hm, Wm, P_over);
+                    // most uncertain first: sort by -|logit| descending
+                    for (int i = 0; i < P_over; i++) { ranked[i].u = -fabsf(unc[i]); ranked[i].i = i; }
+                    qsort(ranked, P_over, sizeof(ranked[0]), compare_uncertainty);
+                    for (int i = 0; i < P_imp; i++) order[i] = ranked[i].i;
+                    for (int i = 0; i < P_imp; i++) { sel[2 * i] = coords[2 * order[i]]; sel[2 * i + 1] = coords[2 * order[i] + 1]; }
+                    random_points(sel + 2 * P_imp, P - P_imp, rng);
+                }
+                point_sample_forward_cpu(pl, map, sel, 1, Hm, Wm, P);
+                point_sample_forward_cpu(tl, t_mask + ((size_t)b * K + t) * H * W, sel, 1, H, W, P);
+                float bce, dice;
+                sigmoid_bce_forward_cpu(&bce, pl, tl, 1, P);
+                dice_loss_forward_cpu(&dice, pl, tl, 1, P);
+                sum_bce += cfg->w_mask * bce / norm;
+                sum_dice += cfg->w_dice * dice / norm;
+                if (dmask_logits) {
+                    float gb = cfg->w_mask / norm, gd = cfg->w_dice / norm;
+                    memset(dpl, 0, P * sizeof(float));
+                    sigmoid_bce_backward_cpu(dpl, &gb, pl, tl, 1, P);
+                    dice_loss_backward_cpu(dpl, &gd, pl, tl, 1, P);
+                    float* dmap = dmask_logits + (size_t)j * B * Q * Hm * Wm + ((size_t)b * Q + q) * Hm * Wm;
+                    point_sample_backward_cpu(dmap, dpl, sel, 1, Hm, Wm, P);
+                }
+            }
+        }
+        // class loss over every query of the batch
+        float ce;
+        cross_entropy_forward_cpu(&ce, cl, cls_target, class_w, B * Q, C, -1);
+        sum_ce += cfg->w_class * ce;
+        if (dclass_logits)
+            cross_entropy_backward_cpu(dclass_logits + (size_t)j * B * Q * C, cfg->w_class, cl, cls_target,
+                                       class_w, B * Q, C, -1);
+    }
+    total = sum_ce + sum_bce + sum_dice;
+    if (parts) { parts[0] = (float)sum_ce; parts[1] = (float)sum_bce; parts[2] = (float)sum_dice; }
+    free(num_t); free(t_class); free(t_mask); free(coords); free(coords_rep); free(pred_pts);
+    free(tgt_pts); free(cost); free(match); free(cls_target); free(probs); free(sel); free(unc);
+    free(order); free(ranked); free(pl); free(tl); free(dpl); free(class_w);
+    return (float)total;
+}
 
 // ============================================================================
 // end of SET LOSS

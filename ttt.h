@@ -754,7 +754,38 @@ int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segm
 
 // --- set loss (targets, matcher, losses) ---
 
-// (mask2former set loss declarations go here)
+// The Mask2Former set loss, on the HOST (the caller copies logits in and gradients out).
+// For every prediction j (deep supervision) and image b:
+//   targets: one binary mask per class present in the label map (255 = ignore: 0 in all)
+//   matching: Hungarian on cost = w_class * -p(class) + w_mask * BCE + w_dice * dice over
+//             num_points uniform random points shared by all masks of the image
+//   loss_j = w_class * CE(all queries; unmatched -> no-object, weight no_object_weight)
+//          + w_mask * sum_matched BCE / num_masks + w_dice * sum_matched dice / num_masks
+//   with BCE and dice on num_points importance-sampled points per matched mask
+//   (oversample x random, keep the importance share most uncertain by -|logit|, rest random)
+// all_pixels = 1 replaces every point set by the centres of the Hm x Wm mask-map pixels.
+typedef struct {
+    int num_points;          // 12544
+    float oversample;        // 3
+    float importance;        // 0.75
+    float w_class, w_mask, w_dice;   // 2, 5, 5
+    float no_object_weight;  // 0.1
+    int all_pixels;          // 0
+} SetLossConfig;
+SetLossConfig set_loss_config_default(void);
+
+// class_logits (L, B, Q, K+1), mask_logits (L, B, Q, Hm, Wm), labels (B, H, W); the mask map
+// covers the labels' frame (point (x, y) in [0, 1]^2 is the same place in both).
+// Returns the total loss; parts[0..2] = the weighted CE, BCE and dice summed over L.
+// dclass_logits / dmask_logits (same layouts) are accumulated, or skipped when NULL.
+// Scratch memory is malloc'd per call (one training step; not a hot path).
+float set_loss(const SetLossConfig* cfg, const float* class_logits, const float* mask_logits,
+               int L, int B, int Q, int K, int Hm, int Wm, const unsigned char* labels, int H, int W,
+               float* dclass_logits, float* dmask_logits, Rng* rng, float parts[3]);
+
+// minimum-cost assignment of n rows to distinct columns of an n x m cost matrix (n <= m);
+// col_of_row[i] receives the column of row i. Returns the total cost.
+double hungarian_assign(const double* cost, int n, int m, int* col_of_row);
 
 // --- end of set loss declarations ---
 

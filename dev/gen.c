@@ -170,15 +170,15 @@ static void scene_make(Scene* sc, Rng* rng, float width) {
         sc->wall_top[i] = 0.06f + (sc->horizon - 0.16f) * rng_uniform(rng);
         u += w + 0.2f + 1.2f * rng_uniform(rng);
     }
-    // objects: about 3 per world unit of width; a third of them move on their own
+    // objects: about 5 per world unit of width; a third of them move on their own
     sc->n_objects = 0;
-    int n = (int)(3.0f * (width + 1.0f)) + rng_int(rng, 3);
+    int n = (int)(5.0f * (width + 1.0f)) + rng_int(rng, 3);
     if (n > MAX_OBJECTS) n = MAX_OBJECTS;
     for (int i = 0; i < n; i++) {
         Object* o = &sc->obj[sc->n_objects++];
         o->cls = DISC + rng_int(rng, NUM_CLASSES - DISC);
         o->u = -0.5f + (width + 1.0f) * rng_uniform(rng);
-        o->r = 0.05f + 0.12f * rng_uniform(rng);
+        o->r = 0.06f + 0.14f * rng_uniform(rng);
         o->v = (o->cls == DISC && rng_uniform(rng) < 0.4f)
              ? 0.08f + 0.35f * rng_uniform(rng)                        // a balloon in the sky
              : sc->horizon - 0.05f + (1.0f - sc->horizon) * rng_uniform(rng);
