@@ -100,8 +100,9 @@ static void* workspace_get(Workspace* w, size_t bytes) {
     return w->ptr;
 }
 
-// matrix products in TF32 (default) or full float32; FLOPs issued so far (2 M N K each)
-static int gemm_tf32 = 1;
+// matrix products in TF32 (default) or full float32; FLOPs issued so far (2 M N K each).
+// The environment variable TTT_TF32=0 selects float32 until ttt_cuda_set_tf32 is called.
+static int gemm_tf32 = -1;
 static double gemm_flop_count = 0.0;
 extern "C" void ttt_cuda_set_tf32(int on) { gemm_tf32 = on != 0; }
 extern "C" double ttt_cuda_gemm_flops(void) { return gemm_flop_count; }
@@ -130,6 +131,10 @@ static void gemm_rm(bool transA, bool transB, int M, int N, int K, float alpha,
     }
     cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (gemm_tf32 < 0) {
+        const char* e = getenv("TTT_TF32");
+        gemm_tf32 = !(e && e[0] == '0');
+    }
     cublasComputeType_t compute = gemm_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     gemm_flop_count += 2.0 * M * N * K * (double)batch;
     if (batch == 1) {

@@ -52,7 +52,8 @@ static Result run_model(Device d, const ModelConfig* cfg, const float* frames, i
     return r;
 }
 
-static void compare(const char* mode, const Result* c, const Result* g, int H, int W, double tol_loss, double tol_grad) {
+static void compare(const char* mode, const Result* c, const Result* g, int H, int W, double tol_loss, double tol_grad,
+                    double tol_params) {
     char name[96];
     printf("-- %s: loss cpu %.7f gpu %.7f\n", mode, c->loss, g->loss);
     snprintf(name, sizeof(name), "[%s] MAE loss", mode);
@@ -71,7 +72,10 @@ static void compare(const char* mode, const Result* c, const Result* g, int H, i
         snprintf(name, sizeof(name), "[%s] grad %s", mode, part[p]);
         check_l2(name, g->grads + off[p], c->grads + off[p], n[p], tol_grad);
     }
-    // the AdamW update: params after the step (update of about lr per element)
+    // the AdamW update: params after the step. The first Adam step moves each element by
+    // about lr * sign(grad), so an element whose tiny gradient changes sign between devices
+    // differs by up to 2 lr (2e-4): the bound on params is 1e-5 with float32 products and
+    // 1e-4 (relative to max |param|) with TF32 ones.
     size_t N = c->n_f + c->n_h + c->n_g;
     float* du_c = (float*)mallocCheck(N * sizeof(float));
     float* du_g = (float*)mallocCheck(N * sizeof(float));
@@ -80,7 +84,7 @@ static void compare(const char* mode, const Result* c, const Result* g, int H, i
         du_g[i] = g->params_after[i] - g->params_before[i];
     }
     snprintf(name, sizeof(name), "[%s] params after one AdamW step", mode);
-    check_close(name, g->params_after, c->params_after, N, 1e-5);
+    check_close(name, g->params_after, c->params_after, N, tol_params);
     // Adam's first step is about lr * sign(grad): elements with tiny gradients may differ
     snprintf(name, sizeof(name), "[%s] AdamW update (f and g)", mode);
     check_l2(name, du_g, du_c, N, tol_grad * 10 > 0.2 ? 0.2 : tol_grad * 10);
@@ -108,11 +112,11 @@ int main(void) {
 #ifdef TTT_CUDA
     ttt_cuda_set_tf32(0);
     Result g32 = run_model(DEVICE_CUDA, &cfg, frames, B, H, W);
-    compare("fp32 GEMM", &cpu, &g32, H, W, 1e-4, 1e-3);
+    compare("fp32 GEMM", &cpu, &g32, H, W, 1e-4, 1e-3, 1e-5);
     free_result(&g32);
     ttt_cuda_set_tf32(1);
     Result gtf = run_model(DEVICE_CUDA, &cfg, frames, B, H, W);
-    compare("tf32 GEMM", &cpu, &gtf, H, W, 3e-3, 3e-2);
+    compare("tf32 GEMM", &cpu, &gtf, H, W, 3e-3, 3e-2, 1e-4);
     free_result(&gtf);
 #endif
     free_result(&cpu);
