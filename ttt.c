@@ -266,6 +266,24 @@ static inline void axpy_f32(float* y, float a, const float* x, int n) {
 #define MM_KC 256    // K chunk packed at a time
 #define MM_MB 64     // rows per task
 
+// the register tile: o[r][j] += sum_{k < kc} a[r][k * a_k] * packed[k * MM_NR + j]
+// for r < MM_MR with o[r] != NULL and j < nj. packed holds kc rows of MM_NR floats.
+static inline void mm_tile(float* const o[MM_MR], int nj, const float* const a[MM_MR], size_t a_k,
+                           const float* packed, int kc) {
+    float acc[MM_MR][MM_NR] = {{0.0f}};
+    for (int k = 0; k < kc; k++) {
+        const float* bk = packed + k * MM_NR;
+        for (int r = 0; r < MM_MR; r++) {
+            float ark = a[r][(size_t)k * a_k];
+            for (int j = 0; j < MM_NR; j++) acc[r][j] += ark * bk[j];
+        }
+    }
+    for (int r = 0; r < MM_MR; r++) {
+        if (o[r] == NULL) continue;
+        for (int j = 0; j < nj; j++) o[r][j] += acc[r][j];
+    }
+}
+
 static void matmul_acc_cpu(float* out, int ldo, const float* A, size_t a_m, size_t a_k,
                            const float* B, size_t b_k, size_t b_j, int M, int K, int NC) {
     int mtasks = (M + MM_MB - 1) / MM_MB, ntasks = (NC + MM_NR - 1) / MM_NR;
@@ -289,18 +307,9 @@ static void matmul_acc_cpu(float* out, int ldo, const float* A, size_t a_m, size
                         int mr = m + r < m1 ? m + r : m1 - 1;
                         a[r] = A + (size_t)mr * a_m + (size_t)k0 * a_k;
                     }
-                    float acc[MM_MR][MM_NR] = {{0.0f}};
-                    for (int k = 0; k < kc; k++) {
-                        const float* bk = packed + k * MM_NR;
-                        for (int r = 0; r < MM_MR; r++) {
-                            float ark = a[r][(size_t)k * a_k];
-                            for (int j = 0; j < MM_NR; j++) acc[r][j] += ark * bk[j];
-                        }
-                    }
-                    for (int r = 0; r < MM_MR && m + r < m1; r++) {
-                        float* o = out + (size_t)(m + r) * ldo + j0;
-                        for (int j = 0; j < nj; j++) o[j] += acc[r][j];
-                    }
+                    float* o[MM_MR];
+                    for (int r = 0; r < MM_MR; r++) o[r] = m + r < m1 ? out + (size_t)(m + r) * ldo + j0 : NULL;
+                    mm_tile(o, nj, a, a_k, packed, kc);
                 }
             }
         }
@@ -344,7 +353,7 @@ void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float*
 
 void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp,
                            const float* weight, const float* bias, int N, int C) {
-    #pragma omp parallel for schedule(static) if (N > 64)
+    #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
     for (int n = 0; n < N; n++) {
         const float* x = inp + (size_t)n * C;
         double m = 0.0, v = 0.0;
@@ -365,7 +374,7 @@ void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
                             const float* rstd, int N, int C) {
     // dx = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), dnorm = dout * weight
     if (dinp) {
-        #pragma omp parallel for schedule(static) if (N > 64)
+        #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
         for (int n = 0; n < N; n++) {
             const float* x = inp + (size_t)n * C;
             const float* dy = dout + (size_t)n * C;
@@ -386,7 +395,7 @@ void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
     }
     // parameter gradients sum over rows: each thread owns a range of channels
     if (dweight || dbias) {
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
         for (int c = 0; c < C; c++) {
             double sw = 0.0, sb = 0.0;
             for (int n = 0; n < N; n++) {
@@ -406,7 +415,7 @@ void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
 void groupnorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp,
                            const float* weight, const float* bias, int B, int HW, int C, int G) {
     int Cg = C / G;
-    #pragma omp parallel for collapse(2) schedule(static)
+    #pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * HW * C > 65536)
     for (int b = 0; b < B; b++) {
         for (int g = 0; g < G; g++) {
             const float* x = inp + (size_t)b * HW * C + g * Cg;
@@ -435,7 +444,7 @@ void groupnorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
     int Cg = C / G;
     double cnt = (double)HW * Cg;
     if (dinp) {
-        #pragma omp parallel for collapse(2) schedule(static)
+        #pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * HW * C > 65536)
         for (int b = 0; b < B; b++) {
             for (int g = 0; g < G; g++) {
                 size_t base = (size_t)b * HW * C + g * Cg;
@@ -457,7 +466,7 @@ void groupnorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
         }
     }
     if (dweight || dbias) {
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if ((size_t)B * HW * C > 65536)
         for (int c = 0; c < C; c++) {
             int g = c / Cg;
             double sw = 0.0, sb = 0.0;
@@ -532,13 +541,13 @@ static void softmax_row(float* y, const float* x, int C) {
 }
 
 void softmax_forward_cpu(float* out, const float* inp, int N, int C) {
-    #pragma omp parallel for schedule(static) if (N > 64)
+    #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
     for (int n = 0; n < N; n++) softmax_row(out + (size_t)n * C, inp + (size_t)n * C, C);
 }
 
 void softmax_backward_cpu(float* dinp, const float* out, const float* dout, int N, int C) {
     // dx = y * (dy - sum(dy * y))
-    #pragma omp parallel for schedule(static) if (N > 64)
+    #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
     for (int n = 0; n < N; n++) {
         const float* y = out + (size_t)n * C;
         const float* dy = dout + (size_t)n * C;
@@ -557,7 +566,8 @@ void attention_forward_cpu(float* out, float* att, const float* q, const float* 
                            int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
     int C = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
-    #pragma omp parallel for collapse(3) schedule(static)
+    double work = (double)B * NH * Tq * Tk * HS;   // run small problems on one thread
+    #pragma omp parallel for collapse(3) schedule(static) if (work > 65536.0)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             for (int i = 0; i < Tq; i++) {
@@ -601,8 +611,9 @@ void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, c
                             int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
     int C = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
+    double work = (double)B * NH * Tq * Tk * HS;   // run small problems on one thread
     // pass 1, parallel over (b, h): dk, dv collect over all query rows of their own head
-    #pragma omp parallel
+    #pragma omp parallel if (work > 65536.0)
     {
         float* ds = (float*)mallocCheck((size_t)Tk * sizeof(float));
         #pragma omp for collapse(2) schedule(static)
@@ -632,7 +643,7 @@ void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, c
     }
     // pass 2, parallel over (h, i): the bias gradient sums over the batch
     if (drel_bias) {
-        #pragma omp parallel
+        #pragma omp parallel if (work > 65536.0)
         {
             float* ds = (float*)mallocCheck((size_t)Tk * sizeof(float));
             #pragma omp for collapse(2) schedule(static)
@@ -654,48 +665,59 @@ void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, c
 
 // ----------------------------------------------------------------------------
 // conv2d, NHWC, weight (OC, K, K, C)
-
-// gather the K x K x C input patch of output pixel (y, x) into col, zeros outside
-static void conv2d_gather_patch(float* col, const float* inp_b, int H, int W, int C, int K,
-                                int stride, int pad, int y, int x) {
-    for (int ky = 0; ky < K; ky++) {
-        int iy = y * stride - pad + ky;
-        for (int kx = 0; kx < K; kx++) {
-            int ix = x * stride - pad + kx;
-            float* dst = col + ((size_t)ky * K + kx) * C;
-            if (iy < 0 || iy >= H || ix < 0 || ix >= W) { memset(dst, 0, C * sizeof(float)); continue; }
-            memcpy(dst, inp_b + ((size_t)iy * W + ix) * C, C * sizeof(float));
-        }
-    }
-}
+//
+// No im2col matrix: a conv is a sum over the K*K taps (ky, kx) of small matrix products
+// whose rows are pixels, and each product runs through the same packed register tile as
+// linear (mm_tile). For a tap, the input pixel of output pixel (y, x) is
+// (y*stride - pad + ky, x*stride - pad + kx); a pixel outside the input contributes zero,
+// so its tile row is simply not stored (forward, dinp) or packed as zeros (dweight).
 
 void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const float* bias,
                         int B, int H, int W, int C, int OC, int K, int stride, int pad,
                         int Ho, int Wo) {
-    // per output row: gather tiles of 4 patches, then each weight row meets 4 patches
-    const int TILE = 4;
+    // task = one output row (b, y) x MM_NR output channels; out[b,y,:,o-block] += for each
+    // tap and C chunk: inp pixels (Wo, c-chunk) @ packed weight (c-chunk, MM_NR)
+    int ntasks_o = (OC + MM_NR - 1) / MM_NR;
     size_t KKC = (size_t)K * K * C;
-    #pragma omp parallel
-    {
-        float* col = (float*)mallocCheck(TILE * KKC * sizeof(float));
-        #pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++) {
-            for (int y = 0; y < Ho; y++) {
-                const float* inp_b = inp + (size_t)b * H * W * C;
-                for (int x0 = 0; x0 < Wo; x0 += TILE) {
-                    int nt = Wo - x0 < TILE ? Wo - x0 : TILE;
-                    for (int t = 0; t < nt; t++)
-                        conv2d_gather_patch(col + t * KKC, inp_b, H, W, C, K, stride, pad, y, x0 + t);
-                    float* o = out + (((size_t)b * Ho + y) * Wo + x0) * OC;
-                    for (int oc = 0; oc < OC; oc++) {
-                        const float* w = weight + oc * KKC;
-                        float bb = bias ? bias[oc] : 0.0f;
-                        for (int t = 0; t < nt; t++) o[(size_t)t * OC + oc] = bb + dot_f32(col + t * KKC, w, (int)KKC);
+    double work = (double)B * Ho * Wo * OC * KKC;   // run small problems on one thread
+    #pragma omp parallel for collapse(3) schedule(static) if (work > 65536.0)
+    for (int b = 0; b < B; b++) {
+        for (int y = 0; y < Ho; y++) {
+            for (int ot = 0; ot < ntasks_o; ot++) {
+                float packed[MM_KC * MM_NR];
+                int o0 = ot * MM_NR, no = OC - o0 < MM_NR ? OC - o0 : MM_NR;
+                float* out_row = out + ((size_t)b * Ho + y) * Wo * OC + o0;
+                for (int x = 0; x < Wo; x++) {
+                    for (int j = 0; j < no; j++) out_row[(size_t)x * OC + j] = bias ? bias[o0 + j] : 0.0f;
+                }
+                for (int ky = 0; ky < K; ky++) {
+                    int iy = y * stride - pad + ky;
+                    if (iy < 0 || iy >= H) continue;
+                    const float* inp_row = inp + ((size_t)b * H + iy) * W * C;
+                    for (int kx = 0; kx < K; kx++) {
+                        for (int c0 = 0; c0 < C; c0 += MM_KC) {
+                            int kc = C - c0 < MM_KC ? C - c0 : MM_KC;
+                            // packed[c][j] = weight[o0 + j, ky, kx, c0 + c]
+                            for (int j = 0; j < MM_NR; j++) {
+                                const float* w = weight + (size_t)(o0 + j) * KKC + ((size_t)ky * K + kx) * C + c0;
+                                for (int c = 0; c < kc; c++) packed[c * MM_NR + j] = j < no ? w[c] : 0.0f;
+                            }
+                            for (int x = 0; x < Wo; x += MM_MR) {
+                                const float* a[MM_MR];
+                                float* o[MM_MR];
+                                for (int r = 0; r < MM_MR; r++) {
+                                    int ix = (x + r) * stride - pad + kx;
+                                    int ok = x + r < Wo && ix >= 0 && ix < W;
+                                    a[r] = ok ? inp_row + (size_t)ix * C + c0 : inp_row + c0;
+                                    o[r] = ok ? out_row + (size_t)(x + r) * OC : NULL;
+                                }
+                                mm_tile(o, no, a, 1, packed, kc);
+                            }
+                        }
                     }
                 }
             }
         }
-        free(col);
     }
 }
 
@@ -704,61 +726,117 @@ void conv2d_backward_cpu(float* dinp, float* dweight, float* dbias, const float*
                          int B, int H, int W, int C, int OC, int K, int stride, int pad,
                          int Ho, int Wo) {
     size_t KKC = (size_t)K * K * C;
-    // dinp: gather form, each input pixel sums over the output pixels whose patch covers it
+    double work = (double)B * Ho * Wo * OC * KKC;   // run small problems on one thread
+    // dinp: task = one input row (b, iy) x MM_NR input channels, so every task owns its
+    // outputs. For each tap (ky, kx) whose output row y = (iy + pad - ky) / stride exists:
+    // dinp[b, iy, ix, c-block] += dout[b, y, x, :] @ weight[:, ky, kx, c-block] over x.
     if (dinp) {
-        #pragma omp parallel for collapse(2) schedule(static)
+        int ntasks_c = (C + MM_NR - 1) / MM_NR;
+        #pragma omp parallel for collapse(3) schedule(static) if (work > 65536.0)
         for (int b = 0; b < B; b++) {
             for (int iy = 0; iy < H; iy++) {
-                for (int ix = 0; ix < W; ix++) {
-                    float* di = dinp + (((size_t)b * H + iy) * W + ix) * C;
+                for (int ct = 0; ct < ntasks_c; ct++) {
+                    float packed[MM_KC * MM_NR];
+                    int c0 = ct * MM_NR, nc = C - c0 < MM_NR ? C - c0 : MM_NR;
+                    float* dinp_row = dinp + ((size_t)b * H + iy) * W * C + c0;
                     for (int ky = 0; ky < K; ky++) {
                         int ty = iy + pad - ky;
-                        if (ty < 0 || ty % stride) continue;
-                        int y = ty / stride;
-                        if (y >= Ho) continue;
+                        if (ty < 0 || ty % stride != 0 || ty / stride >= Ho) continue;
+                        const float* dout_row = dout + ((size_t)b * Ho + ty / stride) * Wo * OC;
                         for (int kx = 0; kx < K; kx++) {
-                            int tx = ix + pad - kx;
-                            if (tx < 0 || tx % stride) continue;
-                            int x = tx / stride;
-                            if (x >= Wo) continue;
-                            const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * OC;
-                            for (int oc = 0; oc < OC; oc++)
-                                axpy_f32(di, d[oc], weight + oc * KKC + ((size_t)ky * K + kx) * C, C);
+                            for (int o0 = 0; o0 < OC; o0 += MM_KC) {
+                                int kc = OC - o0 < MM_KC ? OC - o0 : MM_KC;
+                                // packed[o][j] = weight[o0 + o, ky, kx, c0 + j]
+                                for (int o = 0; o < kc; o++) {
+                                    const float* w = weight + (size_t)(o0 + o) * KKC + ((size_t)ky * K + kx) * C + c0;
+                                    for (int j = 0; j < MM_NR; j++) packed[o * MM_NR + j] = j < nc ? w[j] : 0.0f;
+                                }
+                                for (int x = 0; x < Wo; x += MM_MR) {
+                                    const float* a[MM_MR];
+                                    float* d[MM_MR];
+                                    for (int r = 0; r < MM_MR; r++) {
+                                        int ix = (x + r) * stride - pad + kx;
+                                        int ok = x + r < Wo && ix >= 0 && ix < W;
+                                        a[r] = ok ? dout_row + (size_t)(x + r) * OC + o0 : dout_row + o0;
+                                        d[r] = ok ? dinp_row + (size_t)ix * C : NULL;
+                                    }
+                                    mm_tile(d, nc, a, 1, packed, kc);
+                                }
+                            }
                         }
                     }
                 }
             }
         }
     }
-    // dweight, dbias: each thread owns a range of output channels and walks every pixel
-    if (dweight || dbias) {
-        #pragma omp parallel
-        {
-            int nth = 1, tid = 0;
-#ifdef _OPENMP
-            nth = omp_get_num_threads(); tid = omp_get_thread_num();
-#endif
-            int o0 = (int)((long)OC * tid / nth), o1 = (int)((long)OC * (tid + 1) / nth);
-            float* col = (float*)mallocCheck(KKC * sizeof(float));
-            double* sb = (double*)callocCheck(OC, sizeof(double));
-            if (o1 > o0) {
-                for (int b = 0; b < B; b++) {
-                    const float* inp_b = inp + (size_t)b * H * W * C;
-                    for (int y = 0; y < Ho; y++) {
-                        for (int x = 0; x < Wo; x++) {
-                            const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * OC;
-                            if (dweight) conv2d_gather_patch(col, inp_b, H, W, C, K, stride, pad, y, x);
-                            for (int oc = o0; oc < o1; oc++) {
-                                sb[oc] += d[oc];
-                                if (dweight) axpy_f32(dweight + oc * KKC, d[oc], col, (int)KKC);
+    // dweight: for a kernel row ky, dweight[o, ky, :, :] is a contiguous (K*C) row and so is
+    // the input span (kx, c) under the K taps of one output pixel. Task = up to 256 output
+    // channels x ky x MM_NR columns of that (K*C) row:
+    // dweight[o-block, ky, cols] += dout^T (o, pixels) @ input spans (pixels, cols),
+    // walking all B*Ho*Wo output pixels in chunks of MM_KC (taps outside the input packed as 0).
+    if (dweight) {
+        int KC = K * C;
+        const int OB = 256;   // output channels per task: one packed chunk serves them all
+        int ntasks_o = (OC + OB - 1) / OB, ntasks_j = (KC + MM_NR - 1) / MM_NR;
+        int npix = B * Ho * Wo;
+        #pragma omp parallel for collapse(3) schedule(static) if (work > 65536.0)
+        for (int ot = 0; ot < ntasks_o; ot++) {
+            for (int ky = 0; ky < K; ky++) {
+                for (int jt = 0; jt < ntasks_j; jt++) {
+                    float packed[MM_KC * MM_NR];
+                    int o0 = ot * OB, o1 = o0 + OB < OC ? o0 + OB : OC;
+                    int j0 = jt * MM_NR, nj = KC - j0 < MM_NR ? KC - j0 : MM_NR;
+                    int kx_of[MM_NR];   // tap column of each packed column
+                    for (int j = 0; j < MM_NR; j++) kx_of[j] = (j0 + (j < nj ? j : 0)) / C;
+                    int b = 0, y = 0, x = 0;   // output pixel p0 + p, advanced incrementally
+                    for (int p0 = 0; p0 < npix; p0 += MM_KC) {
+                        int kc = npix - p0 < MM_KC ? npix - p0 : MM_KC;
+                        for (int p = 0; p < kc; p++) {
+                            int iy = y * stride - pad + ky, ix0 = x * stride - pad;
+                            float* dst = packed + p * MM_NR;
+                            if (iy < 0 || iy >= H) {
+                                for (int j = 0; j < MM_NR; j++) dst[j] = 0.0f;
+                            } else {
+                                // span[j] = inp[b, iy, ix0 + kx_of[j], (j0 + j) % C]
+                                const float* span = inp + ((size_t)b * H + iy) * W * C + (ptrdiff_t)ix0 * C + j0;
+                                if (nj == MM_NR && ix0 >= 0 && ix0 + K <= W) {
+                                    for (int j = 0; j < MM_NR; j++) dst[j] = span[j];
+                                } else {
+                                    for (int j = 0; j < MM_NR; j++) {
+                                        int ix = ix0 + kx_of[j];
+                                        dst[j] = j < nj && ix >= 0 && ix < W ? span[j] : 0.0f;
+                                    }
+                                }
                             }
+                            if (++x == Wo) { x = 0; if (++y == Ho) { y = 0; b++; } }
+                        }
+                        for (int o = o0; o < o1; o += MM_MR) {
+                            const float* a[MM_MR];
+                            float* d[MM_MR];
+                            for (int r = 0; r < MM_MR; r++) {
+                                int orow = o + r < o1 ? o + r : o1 - 1;
+                                a[r] = dout + (size_t)p0 * OC + orow;
+                                d[r] = o + r < o1 ? dweight + (size_t)(o + r) * KKC + (size_t)ky * KC + j0 : NULL;
+                            }
+                            mm_tile(d, nj, a, OC, packed, kc);
                         }
                     }
                 }
-                if (dbias) for (int oc = o0; oc < o1; oc++) dbias[oc] += (float)sb[oc];
             }
-            free(sb);
-            free(col);
+        }
+    }
+    // dbias (OC) += sums of dout over all output pixels, in double
+    if (dbias) {
+        int npix = B * Ho * Wo, nblocks = (OC + 63) / 64;
+        #pragma omp parallel for schedule(static) if (work > 65536.0)
+        for (int ob = 0; ob < nblocks; ob++) {
+            int o0 = ob * 64, no = OC - o0 < 64 ? OC - o0 : 64;
+            double sum[64] = {0.0};
+            for (int p = 0; p < npix; p++) {
+                const float* d = dout + (size_t)p * OC + o0;
+                for (int j = 0; j < no; j++) sum[j] += d[j];
+            }
+            for (int j = 0; j < no; j++) dbias[o0 + j] += (float)sum[j];
         }
     }
 }

@@ -375,6 +375,55 @@ static void test_conv_case(int K, int S, int P, int H, int W, int C, int OC) {
     free(t.inp); free(t.w); free(t.b); free(t.R); free(t.out); free(ref); free(di); free(dw); free(db);
 }
 
+// sizes that cross every chunk of the CPU conv (C and OC over 256, more than 256 output
+// pixels, partial and full column blocks): forward and all gradients vs naive double sums
+static void test_conv_large(int B, int H, int W, int C, int OC, int K, int S, int P) {
+    int Ho = (H + 2 * P - K) / S + 1, Wo = (W + 2 * P - K) / S + 1;
+    size_t ni = (size_t)B * H * W * C, nw = (size_t)OC * K * K * C, no = (size_t)B * Ho * Wo * OC;
+    float *inp = random_tensor(&rng, ni, -1, 1), *w = random_tensor(&rng, nw, -1, 1);
+    float *bias = random_tensor(&rng, OC, -1, 1), *dout = random_tensor(&rng, no, -1, 1);
+    float *out = zeros(no), *di = zeros(ni), *dw = zeros(nw), *db = zeros(OC);
+    double *rout = callocCheck(no, sizeof(double)), *rdi = callocCheck(ni, sizeof(double));
+    double *rdw = callocCheck(nw, sizeof(double)), *rdb = callocCheck(OC, sizeof(double));
+    conv2d_forward_cpu(out, inp, w, bias, B, H, W, C, OC, K, S, P, Ho, Wo);
+    conv2d_backward_cpu(di, dw, db, dout, inp, w, B, H, W, C, OC, K, S, P, Ho, Wo);
+    for (int b = 0; b < B; b++) for (int y = 0; y < Ho; y++) for (int x = 0; x < Wo; x++) {
+        size_t op = ((size_t)(b * Ho + y) * Wo + x) * OC;
+        for (int o = 0; o < OC; o++) { rout[op + o] = bias[o]; rdb[o] += dout[op + o]; }
+        for (int ky = 0; ky < K; ky++) for (int kx = 0; kx < K; kx++) {
+            int iy = y * S - P + ky, ix = x * S - P + kx;
+            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+            size_t ip = ((size_t)(b * H + iy) * W + ix) * C;
+            for (int o = 0; o < OC; o++) {
+                size_t wp = ((size_t)(o * K + ky) * K + kx) * C;
+                double acc = 0, d = dout[op + o];
+                for (int c = 0; c < C; c++) {
+                    acc += (double)w[wp + c] * inp[ip + c];
+                    rdi[ip + c] += d * w[wp + c];
+                    rdw[wp + c] += d * inp[ip + c];
+                }
+                rout[op + o] += acc;
+            }
+        }
+    }
+    float *fo = zeros(no), *fdi = zeros(ni), *fdw = zeros(nw), *fdb = zeros(OC);
+    for (size_t i = 0; i < no; i++) fo[i] = (float)rout[i];
+    for (size_t i = 0; i < ni; i++) fdi[i] = (float)rdi[i];
+    for (size_t i = 0; i < nw; i++) fdw[i] = (float)rdw[i];
+    for (int i = 0; i < OC; i++) fdb[i] = (float)rdb[i];
+    char label[96];
+    snprintf(label, sizeof(label), "conv2d K%d S%d %dx%dx%dx%d->%d forward vs naive", K, S, B, H, W, C, OC);
+    check_close(label, out, fo, no, 1e-5);
+    snprintf(label, sizeof(label), "conv2d K%d S%d %dx%dx%dx%d->%d dinp vs naive", K, S, B, H, W, C, OC);
+    check_close(label, di, fdi, ni, 1e-5);
+    snprintf(label, sizeof(label), "conv2d K%d S%d %dx%dx%dx%d->%d dweight vs naive", K, S, B, H, W, C, OC);
+    check_close(label, dw, fdw, nw, 1e-5);
+    snprintf(label, sizeof(label), "conv2d K%d S%d %dx%dx%dx%d->%d dbias vs naive", K, S, B, H, W, C, OC);
+    check_close(label, db, fdb, OC, 1e-5);
+    free(inp); free(w); free(bias); free(dout); free(out); free(di); free(dw); free(db);
+    free(rout); free(rdi); free(rdw); free(rdb); free(fo); free(fdi); free(fdw); free(fdb);
+}
+
 int main(void) {
     rng_seed(&rng, 20261122);
     test_elementwise();
@@ -389,5 +438,8 @@ int main(void) {
     test_conv_case(3, 2, 1, 7, 8, 5, 11);
     test_conv_case(1, 1, 0, 5, 7, 13, 11);
     test_conv_case(4, 4, 0, 10, 10, 4, 7);
+    test_conv_large(2, 13, 14, 21, 19, 3, 1, 1);
+    test_conv_large(1, 5, 6, 260, 270, 3, 2, 1);
+    test_conv_large(2, 9, 11, 13, 17, 1, 1, 0);
     return test_summary("test_ops_a");
 }
