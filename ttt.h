@@ -710,7 +710,8 @@ typedef struct {
 
 size_t m2f_num_params(const M2FConfig* cfg);
 void m2f_point_params(M2FParams* p, float* mem, const M2FConfig* cfg);
-// host memory: pixel decoder as above; attention/FFN weights xavier_uniform, their biases 0;
+// host memory: pixel decoder as above; attention/FFN weights xavier_uniform, attention biases 0,
+// FFN biases uniform +-1/sqrt(fan_in);
 // query_feat, query_embed, level_embed N(0, 1); class and mask-embed Linear PyTorch default
 // (uniform +-1/sqrt(fan_in) for weight and bias); LayerNorm weight 1 bias 0.
 void m2f_init_params(float* mem, const M2FConfig* cfg, Rng* rng);
