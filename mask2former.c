@@ -332,7 +332,8 @@ void m2f_init_params(float* mem, const M2FConfig* c, Rng* rng) {
     rng_fill_normal(rng, p.query_feat, Q * D, 0.0f, 1.0f);
     rng_fill_normal(rng, p.query_embed, Q * D, 0.0f, 1.0f);
     rng_fill_normal(rng, p.level_embed, 3 * D, 0.0f, 1.0f);
-    // xavier_uniform per matrix: bound sqrt(6 / (fan_in + fan_out)); in_proj is one (3D, D) matrix
+    // as the original decoder layers: xavier_uniform per matrix, bound sqrt(6 / (fan_in + fan_out));
+    // in_proj is one (3D, D) matrix; attention biases 0
     float in_bound = sqrtf(6.0f / (float)(D + 3 * D));
     float dd_bound = sqrtf(6.0f / (float)(D + D));
     float ff_bound = sqrtf(6.0f / (float)(D + F));
@@ -346,8 +347,9 @@ void m2f_init_params(float* mem, const M2FConfig* c, Rng* rng) {
     fill_const_host(p.ca_out_b, NL * D, 0.0f);
     fill_const_host(p.sa_in_b, NL * 3 * D, 0.0f);
     fill_const_host(p.sa_out_b, NL * D, 0.0f);
-    fill_const_host(p.fc1_b, NL * F, 0.0f);
-    fill_const_host(p.fc2_b, NL * D, 0.0f);
+    // FFN biases keep nn.Linear's default: uniform +-1/sqrt(fan_in)
+    fill_uniform_host(rng, p.fc1_b, NL * F, 1.0f / sqrtf((float)D));
+    fill_uniform_host(rng, p.fc2_b, NL * D, 1.0f / sqrtf((float)F));
     fill_const_host(p.ca_ln_w, NL * D, 1.0f); fill_const_host(p.ca_ln_b, NL * D, 0.0f);
     fill_const_host(p.sa_ln_w, NL * D, 1.0f); fill_const_host(p.sa_ln_b, NL * D, 0.0f);
     fill_const_host(p.ffn_ln_w, NL * D, 1.0f); fill_const_host(p.ffn_ln_b, NL * D, 0.0f);

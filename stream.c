@@ -22,7 +22,9 @@
 // (frame2 before frame10). Other entries (other files, subdirectories) are skipped with
 // a warning; so is a .png/.jpg that cannot be decoded. All frames must have one size.
 // Labels (--labels DIR): LABELDIR/STEM.png for frame STEM.xxx, 8-bit class ids, 255 =
-// ignore; frames without a label file are simply not scored.
+// ignore; frames without a label file are simply not scored. Without --labels, DIR_labels
+// next to DIR is used when it exists (where ./gen video puts them), so
+// `./stream data/demo/` scores against data/demo_labels/.
 // Output (--out DIR): DIR/STEM.png (class ids, the label format), DIR/STEM_overlay.png,
 // DIR/metrics.json, DIR/metrics.png. With a window list (--window 1,4,16) each k runs
 // in turn and writes into DIR/window_K/; a table of mIoU per k is printed at the end.
@@ -638,7 +640,8 @@ static void usage(void) {
         "                        fixed: no TTT; nomem: reset to f0,g0 every frame, k=1;\n"
         "                        implicit: k=1, no reset; explicit: reset every frame, window k;\n"
         "                        online: no reset, window k; offline: train on shuffled frames\n"
-        "                        of the whole video first, then predict every frame\n"
+        "                        of the whole video first (all frames held in memory),\n"
+        "                        then predict every frame\n"
         "  --window K[,K...]   window of the last k frames (default 16); a list runs each k\n"
         "                        in turn into OUT/window_K/ and prints a table of mIoU per k\n"
         "  --batch B           masked images per TTT step, sampled with replacement (default 4)\n"
@@ -646,6 +649,7 @@ static void usage(void) {
         "  --lr LR             AdamW learning rate (default 1e-4, the paper's code)\n"
         "  --beta1 B1 --beta2 B2 --eps E --wd WD   AdamW settings (default 0.9 0.999 1e-8 0.05)\n"
         "  --labels DIR        label PNGs with the frames' stems; frames without one are not scored\n"
+        "                        (default: DIR_labels next to DIR when it exists, else none)\n"
         "  --out DIR           output directory (default out/)\n"
         "  --seed S            seed of masks and window sampling (default 0)\n"
         "  --device D          cpu | cuda | auto (default auto)\n"
@@ -721,6 +725,14 @@ static Args parse_args(int argc, char** argv) {
         else ttt_die("unknown option '%s' (--help for usage)", o);
     }
     if (a.dir == NULL) ttt_die("expected a directory of frames: ./stream DIR [options] (--help for usage)");
+    if (a.labels_dir == NULL) {   // default: DIR_labels next to DIR, when it exists (as ./gen writes)
+        static char guess[4096];
+        size_t len = strlen(a.dir);
+        while (len > 1 && a.dir[len - 1] == '/') len--;
+        snprintf(guess, sizeof(guess), "%.*s_labels", (int)len, a.dir);
+        struct stat st;
+        if (stat(guess, &st) == 0 && S_ISDIR(st.st_mode)) a.labels_dir = guess;
+    }
     if (a.opt.beta1 >= 1.0f || a.opt.beta2 >= 1.0f) ttt_die("--beta1 and --beta2 must be < 1");
     return a;
 }

@@ -6,7 +6,11 @@
 //     window attention: qkv linear, q.k / sqrt(d) + relative position bias (+ the -100 mask
 //     between regions that the roll brought together), softmax, proj linear. Padded tokens
 //     are zeros after LN1 (so their k, v are the biases) and are not masked.
-//     even blocks: shift 0; odd blocks: shift = window / 2.
+//     even blocks: shift 0; odd blocks: shift = window / 2, at every stage resolution:
+//     HF's SwinBackbone calls its encoder with always_partition=True, which skips
+//     SwinLayer.set_shift_and_window_size (the classification model's rule that drops the
+//     shift when a stage fits in one window), and the original Mask2Former Swin never
+//     drops it either.
 //   stage output: LayerNorm(x) -> one of the four outputs
 //   patch merging (stages 1..3): gather 2x2 neighbours into 4C, LayerNorm, Linear(4C->2C)
 #include "ttt.h"
@@ -18,6 +22,11 @@ SwinConfig swin_config_small(void) {
 
 SwinConfig swin_config_tiny(void) {
     SwinConfig c = {4, 16, {2, 2, 2, 2}, {1, 2, 2, 4}, 7, 4};
+    return c;
+}
+
+SwinConfig swin_config_demo(void) {
+    SwinConfig c = {4, 32, {1, 1, 2, 1}, {1, 2, 4, 8}, 7, 4};
     return c;
 }
 

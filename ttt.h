@@ -390,13 +390,22 @@ void checkpoint_read_data(const char* path, float* data, size_t n);
 // SWIN ENCODER f (swin.c): config, parameter and activation structs, API
 // ============================================================================
 
-// Swin as Mask2Former uses it (the detection variant): patch embedding conv 4x4/4 + LN,
-// four stages of blocks (LN -> pad to a multiple of the window -> roll(-shift) on odd
-// blocks -> window attention with relative position bias (and the -100 shift mask) ->
-// reverse -> residual; LN -> MLP (GELU) -> residual), patch merging between stages, and a
-// LayerNorm on each stage output. Every block pads and, on odd blocks, shifts, whatever
-// the stage resolution (Hugging Face's SwinBackbone instead drops the shift when a stage is
-// no larger than one window; the reference test uses sizes where the two agree).
+// Swin as Mask2Former uses it, matching Hugging Face's SwinBackbone (transformers 5.17)
+// and the original Mask2Former Swin: patch embedding conv 4x4/4 (input zero-padded
+// bottom/right to a multiple of 4) + LN; four stages of blocks (LN -> zero-pad to a
+// multiple of the window -> roll(-shift) on odd blocks -> window attention with relative
+// position bias (and the -100 shift mask) -> reverse -> crop -> residual; LN -> MLP (exact
+// GELU) -> residual); patch merging between stages; a LayerNorm on each stage output.
+// Every block pads and, on odd blocks, shifts by window/2 whatever the stage resolution:
+// SwinBackbone runs its layers with always_partition=True, which skips the classification
+// model's set_shift_and_window_size (that rule drops the shift when a stage fits in one
+// window; it does not apply to the backbone). Dropout / drop-path off.
+//
+// Usage: n = swin_num_params(&cfg); params (ttt_malloc) + swin_point_params;
+//   na = swin_point_acts(&a, NULL, &cfg, max_B, H, W); acts = ttt_malloc(na floats);
+//   swin_point_acts(&a, acts, ...); swin_init_acts(&a, &cfg); likewise da (no init);
+//   idx = swin_make_rel_index(&cfg); swin_forward(...) -> a.out[s];
+//   swin_backward(...) with dout[s] = upstream gradients of a.out[s].
 
 #define SWIN_MAX_BLOCKS 32
 
@@ -411,6 +420,7 @@ typedef struct {
 
 SwinConfig swin_config_small(void);   // Swin-S: 96, {2,2,18,2}, {3,6,12,24}, window 7
 SwinConfig swin_config_tiny(void);    // for tests: 16, {2,2,2,2}, {1,2,2,4}, window 7
+SwinConfig swin_config_demo(void);    // CPU demo: 32, {1,1,2,1}, {1,2,4,8}, window 7
 
 typedef struct {
     float *norm1_w, *norm1_b;   // (C)
@@ -690,7 +700,8 @@ typedef struct {
 
 size_t m2f_num_params(const M2FConfig* cfg);
 void m2f_point_params(M2FParams* p, float* mem, const M2FConfig* cfg);
-// host memory: pixel decoder as above; attention/FFN weights xavier_uniform, their biases 0;
+// host memory: pixel decoder as above; attention/FFN weights xavier_uniform, attention biases 0,
+// FFN biases uniform +-1/sqrt(fan_in);
 // query_feat, query_embed, level_embed N(0, 1); class and mask-embed Linear PyTorch default
 // (uniform +-1/sqrt(fan_in) for weight and bias); LayerNorm weight 1 bias 0.
 void m2f_init_params(float* mem, const M2FConfig* cfg, Rng* rng);

@@ -159,6 +159,9 @@ int main(void) {
     // fixed mode: TTT options do not change the predictions
     snprintf(args, sizeof(args), VID " --model " MODEL " --device cpu --mode fixed --lr 1 --batch 3 --window 5 --steps 2 --seed 9 --out " TMP "/st_fixed2");
     CHECK(stream(args) == 0, "fixed run with other TTT options failed");
+    char* log0 = read_log();
+    CHECK(strstr(log0, "4 with labels in " LAB) != NULL, "labels next to the video (DIR_labels) not found by default");
+    free(log0);
     CHECK(same_predictions(TMP "/st_fixed2", TMP "/st_fixed"), "fixed-mode predictions depend on TTT options");
 
     // nomem = a fresh run (f0, g0, empty window) on each frame alone
