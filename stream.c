@@ -360,7 +360,7 @@ static void json_float(FILE* fp, double x) {
 static void write_metrics(const char* path, const Args* a, int window, const Frame* fr,
                           const FrameStats* st, const int* order, int n, int n_classes,
                           const Score* total, double ms_frame, const int* ck_steps,
-                          const double* ck_miou, int n_ck) {
+                          const double* ck_miou, int n_ck, double eta) {
     char* tmp = str_printf("%s%s", path, ".tmp");
     FILE* fp = fopen(tmp, "w");
     if (fp == NULL) ttt_die("cannot write '%s': %s", path, strerror(errno));
@@ -374,6 +374,8 @@ static void write_metrics(const char* path, const Args* a, int window, const Fra
             (unsigned long long)a->seed, a->shuffle, ttt_device_name(ttt_device));
     fprintf(fp, "  \"num_frames\": %d, \"num_classes\": %d, \"ms_per_frame\": ", n, n_classes);
     json_float(fp, ms_frame);
+    fprintf(fp, ", \"eta\": ");
+    json_float(fp, eta);
     fprintf(fp, ",\n  \"miou\": ");
     json_float(fp, score_miou(total));
     fprintf(fp, ",\n  \"class_iou\": [");
@@ -445,7 +447,7 @@ static void print_hashes(const Model* m, const char* name) {
 }
 
 // predict every frame with the current model and return the mIoU (offline checkpoints)
-static double evaluate_all(Model* m, const Video* v, unsigned char* pred, unsigned char* lab) {
+static double evaluate_all(Model* m, const Video* v, unsigned char* pred) {
     Score s;
     memset(&s, 0, sizeof(s));
     for (int i = 0; i < v->n; i++) {
@@ -456,7 +458,6 @@ static double evaluate_all(Model* m, const Video* v, unsigned char* pred, unsign
         score_add(&s, pred, l, v->H * v->W);
         free(l);
     }
-    (void)lab;
     return score_miou(&s);
 }
 
@@ -496,12 +497,15 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
         Rng rng; rng_seed(&rng, a->seed ^ 0x4F46464C494E45ULL);
         int* perm = (int*)mallocCheck(n * sizeof(int));
         int pos = n, ck = 0;
-        double t0 = time_now_seconds(), loss_sum = 0.0;
-        float** picks = (float**)mallocCheck(B * sizeof(float*));
+        double t0 = time_now_seconds(), loss_sum = 0.0;   // since the last checkpoint
+        int loss_count = 0;
         for (int step = 0; step <= total_steps; step++) {
             if (ck < n_ck && step == ck_steps[ck]) {
-                ck_miou[ck] = v->n_labeled ? evaluate_all(m, v, pred, NULL) : NAN;
-                printf("offline step %5d/%d  loss %.5f  mIoU ", step, total_steps, step ? loss_sum / step : NAN);
+                ck_miou[ck] = v->n_labeled ? evaluate_all(m, v, pred) : NAN;
+                printf("offline step %5d/%d  mean loss since last ", step, total_steps);
+                if (loss_count) printf("%.5f", loss_sum / loss_count); else printf("-");
+                printf("  mIoU ");
+                loss_sum = 0.0; loss_count = 0;
                 if (v->n_labeled) printf("%.4f\n", ck_miou[ck]); else printf("-\n");
                 fflush(stdout);
                 ck++;
@@ -513,26 +517,31 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
                     for (int i = n - 1; i > 0; i--) { int j = rng_int(&rng, i + 1), t = perm[i]; perm[i] = perm[j]; perm[j] = t; }
                     pos = 0;
                 }
-                picks[b] = v->cache[perm[pos++]];
+                memcpy(batch + (size_t)b * HW3, v->cache[perm[pos++]], HW3 * sizeof(float));
             }
-            for (int b = 0; b < B; b++) memcpy(batch + (size_t)b * HW3, picks[b], HW3 * sizeof(float));
             float loss = model_ttt_step(m, batch, B, &a->opt, &rng);
             if (!isfinite(loss)) {
                 fprintf(stderr, "warning: offline step %d: TTT loss is %f; resetting f, g to f0, g0 and continuing\n", step, loss);
                 model_reset_ttt(m);
-            } else loss_sum += loss;
+            } else { loss_sum += loss; loss_count++; }
         }
         printf("offline training: %d steps in %.1f s\n", total_steps, time_now_seconds() - t0);
-        free(perm); free(picks);
+        free(perm);
     }
 
     int n_win = 0, head = 0;   // frames in the window; next slot to overwrite
-    double ms_sum = 0.0;
+    double ms_sum = 0.0, eta_sum = 0.0;
     for (int oi = 0; oi < n; oi++) {
         int i = order[oi];
         const Frame* f = &v->fr[i];
         FrameStats* s = &st[i];
         float* x = load_frame(v, i);
+        const float* prev = window[(head + k - 1) % k];
+        if (prev) {   // eta: how far the stream moves per frame, ||x_t - x_{t-1}||_2
+            double d2 = 0.0;
+            for (int j = 0; j < HW3; j++) d2 += (double)(x[j] - prev[j]) * (x[j] - prev[j]);
+            eta_sum += sqrt(d2);
+        }
         // window update: the newest frame replaces the oldest
         free(window[head]);
         window[head] = x;
@@ -605,6 +614,9 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
         printf("; without the first frame %.1f ms/frame", (ms_sum - first) / (n - 1));
     }
     printf("\n");
+    double eta = n > 1 ? eta_sum / (n - 1) : NAN;
+    printf("frame drift eta = mean ||x_t - x_(t-1)||_2 = %.3f (RMS per value %.4f; frames in [0, 1], processing order)\n",
+           eta, eta / sqrt((double)HW3));
     if (v->n_labeled) {
         printf("IoU per class over %d labeled frames:\n", v->n_labeled);
         for (int c = 0; c < n_classes; c++) {
@@ -614,7 +626,7 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
         printf("mIoU %.4f\n", miou);
     }
     char* path = str_printf("%s/%s", out_dir, "metrics.json");
-    write_metrics(path, a, k, v->fr, st, order, n, n_classes, &total, *ms_frame, ck_steps, ck_miou, n_ck);
+    write_metrics(path, a, k, v->fr, st, order, n, n_classes, &total, *ms_frame, ck_steps, ck_miou, n_ck, eta);
     free(path);
     path = str_printf("%s/%s", out_dir, "metrics.png");
     write_plot(path, st, order, n);

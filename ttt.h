@@ -305,6 +305,9 @@ void ttt_cuda_free(void* p);
 void ttt_cuda_zero(void* p, size_t bytes);
 void ttt_cuda_copy(void* dst, const void* src, size_t bytes, int kind); // 0 d2d, 1 h2d, 2 d2h
 void ttt_cuda_synchronize(void);
+void ttt_cuda_set_tf32(int on);          // matrix products in TF32 (1, default) or float32 (0)
+double ttt_cuda_gemm_flops(void);         // FLOPs of all matrix products issued so far
+void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use / total, bytes
 
 void add_forward_cuda(float* out, const float* a, const float* b, size_t N);
 void add_inplace_cuda(float* a, const float* b, size_t N);
@@ -495,6 +498,16 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
 void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* grads,
                    const SwinActs* a, SwinActs* da, const int* rel_index,
                    const float* inp, float* const dout[4], float* dinp, int B);
+
+// Encoder weights on their own (e.g. converted from Hugging Face / original Swin by
+// dev/convert_swin.py): a checkpoint file (checkpoint_write) with header
+// [magic, version, CKPT_KIND_SWIN, in_chans, embed_dim, depths[4], num_heads[4], window,
+// mlp_ratio, 0...] and swin_num_params floats in the SwinParams order above.
+#define CKPT_KIND_SWIN 2
+void swin_save_export(const char* path, const SwinConfig* cfg, const float* host_params);
+// reads such a file: sets *cfg from the header (dies on another kind or an implausible
+// config, or a size that does not match) and returns the malloc'd host parameters
+float* swin_load_hf_export(const char* path, SwinConfig* cfg);
 
 // ============================================================================
 // end of SWIN
@@ -737,6 +750,8 @@ void attn_mask_from_logits_cuda(float* mask_add, const float* logits, int B, int
 //   seg[k, p] = sum_q softmax(class_logits[q])[k] * sigmoid(mask_logits[q, p]), k < K
 //   seg (K, H4, W4) is resized bilinearly (align_corners=False) to (4*H4, 4*W4), cropped to the
 //   top-left H x W (H <= 4*H4, W <= 4*W4), ids[y, x] = argmax_k (first max on ties).
+//   (Mask2Former itself resizes the Q mask logits before the sigmoid; resizing the K class maps
+//   after it is far cheaper and differs only along boundaries.)
 // work: host floats of m2f_semantic_work_size(Q, K, H4, W4).
 size_t m2f_semantic_work_size(int Q, int K, int H4, int W4);
 void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
