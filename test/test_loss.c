@@ -229,9 +229,11 @@ int main(void) {
 
     // ---- loss values vs the independent computation (all pixels, mask map = label map) ----
     {
-        // {L, B, Q, K}: the brief's tiny case, deep supervision + batch, and T > Q
-        int cases[3][4] = {{1, 1, 3, 2}, {2, 2, 4, 3}, {2, 1, 2, 4}};
-        for (int s = 0; s < 3; s++) {
+        // {L, B, Q, K}: the brief's tiny case, deep supervision + batch, T > Q, and two cases
+        // where the matching can only be decided by the class term (all queries share one
+        // mask) or by the mask terms (all queries share one class row)
+        int cases[5][4] = {{1, 1, 3, 2}, {2, 2, 4, 3}, {2, 1, 2, 4}, {2, 2, 4, 3}, {2, 2, 4, 3}};
+        for (int s = 0; s < 5; s++) {
             LossCase t; t.cfg = set_loss_config_default(); t.cfg.all_pixels = 1;
             t.L = cases[s][0]; t.B = cases[s][1]; t.Q = cases[s][2]; t.K = cases[s][3];
             t.Hm = t.H = 3; t.Wm = t.W = 4;
@@ -243,6 +245,12 @@ int main(void) {
             if (s == 0) { unsigned char l0[12] = {0, 0, 1, 1, 255, 0, 1, 1, 0, 0, 0, 1}; memcpy(t.lab, l0, 12); }
             t.cls = random_tensor(&rng, (size_t)t.L * t.B * t.Q * C, -2, 2);
             t.msk = random_tensor(&rng, (size_t)t.L * t.B * t.Q * P, -3, 3);
+            for (int lb = 0; lb < t.L * t.B; lb++) {
+                for (int q = 1; q < t.Q; q++) {
+                    if (s == 3) memcpy(t.msk + ((size_t)lb * t.Q + q) * P, t.msk + (size_t)lb * t.Q * P, P * sizeof(float));
+                    if (s == 4) memcpy(t.cls + ((size_t)lb * t.Q + q) * C, t.cls + (size_t)lb * t.Q * C, C * sizeof(float));
+                }
+            }
             Rng r; rng_seed(&r, 1);
             float parts[3];
             float got = set_loss(&t.cfg, t.cls, t.msk, t.L, t.B, t.Q, t.K, t.Hm, t.Wm, t.lab, t.H, t.W,
@@ -251,9 +259,10 @@ int main(void) {
             float want = (float)reference_loss(&t, rp);
             float wparts[3] = {(float)rp[0], (float)rp[1], (float)rp[2]};
             char name[96];
-            snprintf(name, sizeof(name), "loss vs reference L%d B%d Q%d K%d", t.L, t.B, t.Q, t.K);
+            const char* what[5] = {"", "", " T>Q", " class decides", " masks decide"};
+            snprintf(name, sizeof(name), "loss vs reference L%d B%d Q%d K%d%s", t.L, t.B, t.Q, t.K, what[s]);
             check_close(name, &got, &want, 1, 1e-6);
-            snprintf(name, sizeof(name), "loss parts vs reference L%d B%d Q%d K%d", t.L, t.B, t.Q, t.K);
+            snprintf(name, sizeof(name), "loss parts vs reference L%d B%d Q%d K%d%s", t.L, t.B, t.Q, t.K, what[s]);
             check_close(name, parts, wparts, 3, 1e-6);
             free(t.cls); free(t.msk); free(t.lab);
         }
