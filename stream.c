@@ -360,7 +360,7 @@ static void json_float(FILE* fp, double x) {
 static void write_metrics(const char* path, const Args* a, int window, const Frame* fr,
                           const FrameStats* st, const int* order, int n, int n_classes,
                           const Score* total, double ms_frame, const int* ck_steps,
-                          const double* ck_miou, int n_ck) {
+                          const double* ck_miou, int n_ck, double eta) {
     char* tmp = str_printf("%s%s", path, ".tmp");
     FILE* fp = fopen(tmp, "w");
     if (fp == NULL) ttt_die("cannot write '%s': %s", path, strerror(errno));
@@ -374,6 +374,8 @@ static void write_metrics(const char* path, const Args* a, int window, const Fra
             (unsigned long long)a->seed, a->shuffle, ttt_device_name(ttt_device));
     fprintf(fp, "  \"num_frames\": %d, \"num_classes\": %d, \"ms_per_frame\": ", n, n_classes);
     json_float(fp, ms_frame);
+    fprintf(fp, ", \"eta\": ");
+    json_float(fp, eta);
     fprintf(fp, ",\n  \"miou\": ");
     json_float(fp, score_miou(total));
     fprintf(fp, ",\n  \"class_iou\": [");
@@ -527,12 +529,18 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
     }
 
     int n_win = 0, head = 0;   // frames in the window; next slot to overwrite
-    double ms_sum = 0.0;
+    double ms_sum = 0.0, eta_sum = 0.0;
     for (int oi = 0; oi < n; oi++) {
         int i = order[oi];
         const Frame* f = &v->fr[i];
         FrameStats* s = &st[i];
         float* x = load_frame(v, i);
+        const float* prev = window[(head + k - 1) % k];
+        if (prev) {   // eta: how far the stream moves per frame, ||x_t - x_{t-1}||_2
+            double d2 = 0.0;
+            for (int j = 0; j < HW3; j++) d2 += (double)(x[j] - prev[j]) * (x[j] - prev[j]);
+            eta_sum += sqrt(d2);
+        }
         // window update: the newest frame replaces the oldest
         free(window[head]);
         window[head] = x;
@@ -605,6 +613,9 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
         printf("; without the first frame %.1f ms/frame", (ms_sum - first) / (n - 1));
     }
     printf("\n");
+    double eta = n > 1 ? eta_sum / (n - 1) : NAN;
+    printf("frame drift eta = mean ||x_t - x_(t-1)||_2 = %.3f (RMS per value %.4f; frames in [0, 1], processing order)\n",
+           eta, eta / sqrt((double)HW3));
     if (v->n_labeled) {
         printf("IoU per class over %d labeled frames:\n", v->n_labeled);
         for (int c = 0; c < n_classes; c++) {
@@ -614,7 +625,7 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
         printf("mIoU %.4f\n", miou);
     }
     char* path = str_printf("%s/%s", out_dir, "metrics.json");
-    write_metrics(path, a, k, v->fr, st, order, n, n_classes, &total, *ms_frame, ck_steps, ck_miou, n_ck);
+    write_metrics(path, a, k, v->fr, st, order, n, n_classes, &total, *ms_frame, ck_steps, ck_miou, n_ck, eta);
     free(path);
     path = str_printf("%s/%s", out_dir, "metrics.png");
     write_plot(path, st, order, n);

@@ -393,18 +393,27 @@ void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
             }
         }
     }
-    // parameter gradients sum over rows: each thread owns a range of channels
+    // parameter gradients sum over rows: a thread owns a block of 32 channels and walks the
+    // rows, so the inner loop runs over contiguous channels
     if (dweight || dbias) {
+        int nblocks = (C + 31) / 32;
         #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
-        for (int c = 0; c < C; c++) {
-            double sw = 0.0, sb = 0.0;
+        for (int cb = 0; cb < nblocks; cb++) {
+            int c0 = cb * 32, nc = C - c0 < 32 ? C - c0 : 32;
+            double sw[32] = {0.0}, sb[32] = {0.0};
             for (int n = 0; n < N; n++) {
-                float dy = dout[(size_t)n * C + c];
-                sw += (double)dy * (inp[(size_t)n * C + c] - mean[n]) * rstd[n];
-                sb += dy;
+                const float* x = inp + (size_t)n * C + c0;
+                const float* dy = dout + (size_t)n * C + c0;
+                double m = mean[n], r = rstd[n];
+                for (int j = 0; j < nc; j++) {
+                    sw[j] += (double)dy[j] * ((x[j] - m) * r);
+                    sb[j] += dy[j];
+                }
             }
-            if (dweight) dweight[c] += (float)sw;
-            if (dbias) dbias[c] += (float)sb;
+            for (int j = 0; j < nc; j++) {
+                if (dweight) dweight[c0 + j] += (float)sw[j];
+                if (dbias) dbias[c0 + j] += (float)sb[j];
+            }
         }
     }
 }
@@ -465,21 +474,31 @@ void groupnorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
             }
         }
     }
+    // parameter gradients: a thread owns a block of 32 channels and walks every pixel
     if (dweight || dbias) {
+        int nblocks = (C + 31) / 32;
         #pragma omp parallel for schedule(static) if ((size_t)B * HW * C > 65536)
-        for (int c = 0; c < C; c++) {
-            int g = c / Cg;
-            double sw = 0.0, sb = 0.0;
+        for (int cb = 0; cb < nblocks; cb++) {
+            int c0 = cb * 32, nc = C - c0 < 32 ? C - c0 : 32;
+            double sw[32] = {0.0}, sb[32] = {0.0}, m[32], s[32];
             for (int b = 0; b < B; b++) {
-                double m = mean[b * G + g], s = rstd[b * G + g];
+                for (int j = 0; j < nc; j++) {
+                    int g = (c0 + j) / Cg;
+                    m[j] = mean[b * G + g]; s[j] = rstd[b * G + g];
+                }
                 for (int p = 0; p < HW; p++) {
-                    size_t i = ((size_t)b * HW + p) * C + c;
-                    sw += (double)dout[i] * (inp[i] - m) * s;
-                    sb += dout[i];
+                    const float* x = inp + ((size_t)b * HW + p) * C + c0;
+                    const float* dy = dout + ((size_t)b * HW + p) * C + c0;
+                    for (int j = 0; j < nc; j++) {
+                        sw[j] += (double)dy[j] * ((x[j] - m[j]) * s[j]);
+                        sb[j] += dy[j];
+                    }
                 }
             }
-            if (dweight) dweight[c] += (float)sw;
-            if (dbias) dbias[c] += (float)sb;
+            for (int j = 0; j < nc; j++) {
+                if (dweight) dweight[c0 + j] += (float)sw[j];
+                if (dbias) dbias[c0 + j] += (float)sb[j];
+            }
         }
     }
 }

@@ -305,6 +305,9 @@ void ttt_cuda_free(void* p);
 void ttt_cuda_zero(void* p, size_t bytes);
 void ttt_cuda_copy(void* dst, const void* src, size_t bytes, int kind); // 0 d2d, 1 h2d, 2 d2h
 void ttt_cuda_synchronize(void);
+void ttt_cuda_set_tf32(int on);          // matrix products in TF32 (1, default) or float32 (0)
+double ttt_cuda_gemm_flops(void);         // FLOPs of all matrix products issued so far
+void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use / total, bytes
 
 void add_forward_cuda(float* out, const float* a, const float* b, size_t N);
 void add_inplace_cuda(float* a, const float* b, size_t N);

@@ -81,10 +81,7 @@ extern "C" void ttt_cuda_synchronize(void) { cudaCheck(cudaDeviceSynchronize());
 // one cuBLAS handle for the process, created on first use
 static cublasHandle_t cublas_handle = NULL;
 static cublasHandle_t get_cublas(void) {
-    if (cublas_handle == NULL) {
-        cublasCheck(cublasCreate(&cublas_handle));
-        cublasCheck(cublasSetMathMode(cublas_handle, CUBLAS_TF32_TENSOR_OP_MATH));
-    }
+    if (cublas_handle == NULL) cublasCheck(cublasCreate(&cublas_handle));
     return cublas_handle;
 }
 
@@ -101,6 +98,20 @@ static void* workspace_get(Workspace* w, size_t bytes) {
         w->bytes = grow;
     }
     return w->ptr;
+}
+
+// matrix products in TF32 (default) or full float32; FLOPs issued so far (2 M N K each).
+// The environment variable TTT_TF32=0 selects float32 until ttt_cuda_set_tf32 is called.
+static int gemm_tf32 = -1;
+static double gemm_flop_count = 0.0;
+extern "C" void ttt_cuda_set_tf32(int on) { gemm_tf32 = on != 0; }
+extern "C" double ttt_cuda_gemm_flops(void) { return gemm_flop_count; }
+
+extern "C" void ttt_cuda_memory_info(size_t* used, size_t* total) {
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    *used = total_b - free_b;
+    *total = total_b;
 }
 
 // ----------------------------------------------------------------------------
@@ -120,15 +131,21 @@ static void gemm_rm(bool transA, bool transB, int M, int N, int K, float alpha,
     }
     cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (gemm_tf32 < 0) {
+        const char* e = getenv("TTT_TF32");
+        gemm_tf32 = !(e && e[0] == '0');
+    }
+    cublasComputeType_t compute = gemm_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    gemm_flop_count += 2.0 * M * N * K * (double)batch;
     if (batch == 1) {
         cublasCheck(cublasGemmEx(get_cublas(), opB, opA, N, M, K, &alpha,
                                  B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta,
-                                 C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+                                 C, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
     } else {
         cublasCheck(cublasGemmStridedBatchedEx(get_cublas(), opB, opA, N, M, K, &alpha,
                                                B, CUDA_R_32F, ldb, sB, A, CUDA_R_32F, lda, sA, &beta,
                                                C, CUDA_R_32F, ldc, sC, batch,
-                                               CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+                                               compute, CUBLAS_GEMM_DEFAULT));
     }
 }
 

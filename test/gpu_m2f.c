@@ -158,11 +158,41 @@ static void compare(int tf32) {
     free(params); free(w_class); free(w_mask); free(cpu_masks);
 }
 
+// the attention-mask op alone: random logits kept away from 0 (where expf rounding could
+// flip a bit), rows 3 and 7 all negative (reopened); CUDA must equal the CPU exactly
+static void compare_attn_mask_op(void) {
+    int B = 2, Q = 5, T = 77;
+    size_t n = (size_t)B * Q * T;
+    Rng rng; rng_seed(&rng, 9);
+    float* logits = (float*)mallocCheck(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        float v = 0.01f + 3.0f * rng_uniform(&rng);
+        int row = (int)(i / T);
+        logits[i] = (row == 3 || row == 7 || rng_uniform(&rng) < 0.5f) ? -v : v;
+    }
+    float* cpu = (float*)mallocCheck(n * sizeof(float));
+    float* got = (float*)mallocCheck(n * sizeof(float));
+    attn_mask_from_logits_cpu(cpu, logits, B, Q, T);
+    ttt_set_device(DEVICE_CUDA);
+    float* d_logits = (float*)ttt_malloc(n * sizeof(float));
+    float* d_mask = (float*)ttt_malloc(n * sizeof(float));
+    ttt_to_device(d_logits, logits, n * sizeof(float));
+    attn_mask_from_logits(d_mask, d_logits, B, Q, T);
+    ttt_to_host(got, d_mask, n * sizeof(float));
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++) differ += (got[i] < 0) != (cpu[i] < 0) || (got[i] != 0 && !isinf(got[i]));
+    CHECK(differ == 0, "attn_mask_from_logits: cuda differs from cpu at %zu of %zu", differ, n);
+    printf("%-4s attn_mask_from_logits cuda == cpu (%zu differ)\n", differ == 0 ? "ok" : "FAIL", differ);
+    ttt_free(d_logits); ttt_free(d_mask);
+    free(logits); free(cpu); free(got);
+}
+
 int main(void) {
     if (!ttt_cuda_available()) {
         printf("no CUDA device: skipped\n");
         return test_summary("gpu_m2f");
     }
+    compare_attn_mask_op();
     compare(1);
     return test_summary("gpu_m2f");
 }

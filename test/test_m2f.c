@@ -2,6 +2,9 @@
 // direct re-computation, batch consistency, teacher-forced masks, finite-difference gradients of
 // every parameter tensor and of the encoder features, semantic and panoptic inference.
 #include "test/test.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 // ----------------------------------------------------------------------------
 // a model on the host (CPU device): config, params, grads, acts, dacts, features
@@ -410,6 +413,9 @@ static void test_inference(void) {
 }
 
 int main(void) {
+#ifdef _OPENMP
+    omp_set_num_threads(1);   // tiny sizes: thread start-up would dominate, most of all on a busy machine
+#endif
     ttt_set_device(DEVICE_CPU);
     test_attn_mask_op();
     test_fpn_reference();

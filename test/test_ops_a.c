@@ -133,8 +133,8 @@ static double groupnorm_loss(void* p) {
     groupnorm_forward_cpu(t->out, t->mean, t->rstd, t->inp, t->w, t->b, t->B, t->HW, t->C, t->G);
     return dot_double(t->out, t->R, (size_t)t->B * t->HW * t->C);
 }
-static void test_layernorm(void) {
-    NormCase t = {0}; t.N = 7; t.C = 13;
+static void test_layernorm(int N, int C) {
+    NormCase t = {0}; t.N = N; t.C = C;
     size_t n = (size_t)t.N * t.C;
     t.inp = random_tensor(&rng, n, -2, 3); t.w = random_tensor(&rng, t.C, 0.5, 1.5);
     t.b = random_tensor(&rng, t.C, -1, 1); t.R = random_tensor(&rng, n, -1, 1);
@@ -150,17 +150,22 @@ static void test_layernorm(void) {
         for (int c = 0; c < t.C; c++)
             ref[r * t.C + c] = (float)((t.inp[r * t.C + c] - m) / sqrt(v + 1e-5) * t.w[c] + t.b[c]);
     }
-    check_close("layernorm 7x13 forward vs naive", t.out, ref, n, 1e-5);
+    char label[80];
+    snprintf(label, sizeof(label), "layernorm %dx%d forward vs naive", N, C);
+    check_close(label, t.out, ref, n, 1e-5);
     float *di = zeros(n), *dw = zeros(t.C), *db = zeros(t.C);
     layernorm_backward_cpu(di, dw, db, t.R, t.inp, t.w, t.mean, t.rstd, t.N, t.C);
-    grad_check("layernorm dinp", t.inp, n, di, layernorm_loss, &t, EPS, TOL, MAXC);
-    grad_check("layernorm dweight", t.w, t.C, dw, layernorm_loss, &t, EPS, TOL, MAXC);
-    grad_check("layernorm dbias", t.b, t.C, db, layernorm_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "layernorm %dx%d dinp", N, C);
+    grad_check(label, t.inp, n, di, layernorm_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "layernorm %dx%d dweight", N, C);
+    grad_check(label, t.w, t.C, dw, layernorm_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "layernorm %dx%d dbias", N, C);
+    grad_check(label, t.b, t.C, db, layernorm_loss, &t, EPS, TOL, MAXC);
     free(t.inp); free(t.w); free(t.b); free(t.R); free(t.out); free(t.mean); free(t.rstd);
     free(ref); free(di); free(dw); free(db);
 }
-static void test_groupnorm(void) {
-    NormCase t = {0}; t.B = 2; t.HW = 15; t.C = 12; t.G = 3;
+static void test_groupnorm(int B, int HW, int C, int G) {
+    NormCase t = {0}; t.B = B; t.HW = HW; t.C = C; t.G = G;
     size_t n = (size_t)t.B * t.HW * t.C;
     int Cg = t.C / t.G;
     t.inp = random_tensor(&rng, n, -2, 3); t.w = random_tensor(&rng, t.C, 0.5, 1.5);
@@ -181,12 +186,17 @@ static void test_groupnorm(void) {
             ref[i] = (float)((t.inp[i] - m) / sqrt(v + 1e-5) * t.w[c] + t.b[c]);
         }
     }
-    check_close("groupnorm B2 HW15 C12 G3 forward vs naive", t.out, ref, n, 1e-5);
+    char label[80];
+    snprintf(label, sizeof(label), "groupnorm B%d HW%d C%d G%d forward vs naive", B, HW, C, G);
+    check_close(label, t.out, ref, n, 1e-5);
     float *di = zeros(n), *dw = zeros(t.C), *db = zeros(t.C);
     groupnorm_backward_cpu(di, dw, db, t.R, t.inp, t.w, t.mean, t.rstd, t.B, t.HW, t.C, t.G);
-    grad_check("groupnorm dinp", t.inp, n, di, groupnorm_loss, &t, EPS, TOL, MAXC);
-    grad_check("groupnorm dweight", t.w, t.C, dw, groupnorm_loss, &t, EPS, TOL, MAXC);
-    grad_check("groupnorm dbias", t.b, t.C, db, groupnorm_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "groupnorm B%d HW%d C%d G%d dinp", B, HW, C, G);
+    grad_check(label, t.inp, n, di, groupnorm_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "groupnorm B%d HW%d C%d G%d dweight", B, HW, C, G);
+    grad_check(label, t.w, t.C, dw, groupnorm_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "groupnorm B%d HW%d C%d G%d dbias", B, HW, C, G);
+    grad_check(label, t.b, t.C, db, groupnorm_loss, &t, EPS, TOL, MAXC);
     free(t.inp); free(t.w); free(t.b); free(t.R); free(t.out); free(t.mean); free(t.rstd);
     free(ref); free(di); free(dw); free(db);
 }
@@ -430,8 +440,10 @@ int main(void) {
     test_linear_case(7, 13, 11, 1);
     test_linear_case(9, 37, 5, 0);
     test_linear_large();
-    test_layernorm();
-    test_groupnorm();
+    test_layernorm(7, 13);
+    test_layernorm(9, 70);
+    test_groupnorm(2, 15, 12, 3);
+    test_groupnorm(3, 5, 70, 5);
     test_activations();
     test_attention();
     test_conv_case(3, 1, 1, 7, 6, 5, 11);
