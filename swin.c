@@ -346,3 +346,48 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
     conv2d_backward(dinp, g->patch_w, g->patch_b, da->patch, inp, p->patch_w,
                     B, a->H, a->W, cfg->in_chans, E, 4, 4, 0, a->Hs[0], a->Ws[0]);
 }
+
+// ----------------------------------------------------------------------------
+// weights files of the encoder alone (dev/convert_swin.py writes them from a Hugging Face
+// or original Swin state dict): a checkpoint of kind CKPT_KIND_SWIN
+
+void swin_save_export(const char* path, const SwinConfig* cfg, const float* host_params) {
+    int h[CKPT_HEADER_INTS];
+    memset(h, 0, sizeof(h));
+    int i = 2;
+    h[i++] = CKPT_KIND_SWIN;
+    h[i++] = cfg->in_chans; h[i++] = cfg->embed_dim;
+    for (int s = 0; s < 4; s++) h[i++] = cfg->depths[s];
+    for (int s = 0; s < 4; s++) h[i++] = cfg->num_heads[s];
+    h[i++] = cfg->window; h[i++] = cfg->mlp_ratio;
+    checkpoint_write(path, h, host_params, swin_num_params(cfg));
+}
+
+float* swin_load_hf_export(const char* path, SwinConfig* cfg) {
+    int h[CKPT_HEADER_INTS];
+    checkpoint_read_header(path, h);
+    if (h[2] != CKPT_KIND_SWIN)
+        ttt_die("'%s' holds checkpoint kind %d, not Swin encoder weights (kind %d)", path, h[2], CKPT_KIND_SWIN);
+    int i = 3;
+    SwinConfig c;
+    c.in_chans = h[i++]; c.embed_dim = h[i++];
+    for (int s = 0; s < 4; s++) c.depths[s] = h[i++];
+    for (int s = 0; s < 4; s++) c.num_heads[s] = h[i++];
+    c.window = h[i++]; c.mlp_ratio = h[i++];
+    int nblocks = 0, ok = c.in_chans >= 1 && c.in_chans <= 64 && c.embed_dim >= 1 &&
+                         c.embed_dim <= 4096 && c.window >= 1 && c.window <= 64 &&
+                         c.mlp_ratio >= 1 && c.mlp_ratio <= 64;
+    for (int s = 0; s < 4; s++) {
+        nblocks += c.depths[s];
+        ok = ok && c.depths[s] >= 1 && c.num_heads[s] >= 1 && ((c.embed_dim << s) % c.num_heads[s]) == 0;
+    }
+    if (!ok || nblocks > SWIN_MAX_BLOCKS)
+        ttt_die("'%s': implausible Swin config (in_chans %d, embed %d, depths %d %d %d %d, heads %d %d %d %d, "
+                "window %d, mlp %d)", path, c.in_chans, c.embed_dim, c.depths[0], c.depths[1], c.depths[2],
+                c.depths[3], c.num_heads[0], c.num_heads[1], c.num_heads[2], c.num_heads[3], c.window, c.mlp_ratio);
+    size_t n = swin_num_params(&c);
+    float* params = (float*)mallocCheck(n * sizeof(float));
+    checkpoint_read_data(path, params, n);
+    *cfg = c;
+    return params;
+}

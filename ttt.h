@@ -499,6 +499,16 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* grads
                    const SwinActs* a, SwinActs* da, const int* rel_index,
                    const float* inp, float* const dout[4], float* dinp, int B);
 
+// Encoder weights on their own (e.g. converted from Hugging Face / original Swin by
+// dev/convert_swin.py): a checkpoint file (checkpoint_write) with header
+// [magic, version, CKPT_KIND_SWIN, in_chans, embed_dim, depths[4], num_heads[4], window,
+// mlp_ratio, 0...] and swin_num_params floats in the SwinParams order above.
+#define CKPT_KIND_SWIN 2
+void swin_save_export(const char* path, const SwinConfig* cfg, const float* host_params);
+// reads such a file: sets *cfg from the header (dies on another kind or an implausible
+// config, or a size that does not match) and returns the malloc'd host parameters
+float* swin_load_hf_export(const char* path, SwinConfig* cfg);
+
 // ============================================================================
 // end of SWIN
 // ============================================================================

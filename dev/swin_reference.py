@@ -21,7 +21,10 @@ little-endian binary file read by test/test_swin_ref.c:
   float32 dinput (B, H, W, in_chans)
   float32 dparams (n_params), same order as params
 
-usage: python3 dev/swin_reference.py OUT.bin
+usage: python3 dev/swin_reference.py OUT.bin [--check-converter]
+  --check-converter: also save the model's state dict (runtime names, safetensors) and a
+  save_pretrained copy (its serialised names), convert both with dev/convert_swin.py and
+  compare with the parameters written to OUT.bin.
 """
 import struct
 import sys
@@ -32,7 +35,8 @@ from transformers import SwinConfig
 from transformers.models.swin.modeling_swin import SwinBackbone
 
 torch.manual_seed(0)
-out_path = sys.argv[1] if len(sys.argv) > 1 else "swin_ref.bin"
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+out_path = args[0] if args else "swin_ref.bin"
 print("transformers", transformers.__version__, "torch", torch.__version__)
 
 B, CIN, H, W = 2, 4, 101, 139
@@ -150,3 +154,36 @@ with open(out_path, "wb") as fp:
     for c in chunks:
         fp.write(c.to(torch.float32).contiguous().numpy().tobytes())
 print("wrote", out_path)
+
+if "--check-converter" in sys.argv:
+    import importlib.util
+    import os
+    import tempfile
+    from safetensors.torch import save_file
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("convert_swin", os.path.join(here, "convert_swin.py"))
+    cs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cs)
+    tmp = tempfile.mkdtemp()
+    model.float()
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp + "/runtime.safetensors")
+    files = [tmp + "/runtime.safetensors"]
+    try:
+        model.save_pretrained(tmp + "/pretrained")
+        files += [os.path.join(tmp, "pretrained", f) for f in os.listdir(tmp + "/pretrained")
+                  if f.endswith(".safetensors")]
+    except Exception as e:
+        print("save_pretrained failed:", e)
+    ref = param_vec.to(torch.float32).numpy()
+    for f in files:
+        try:
+            sd = cs.load_state_dict(f)
+            print(os.path.basename(f), "keys e.g.", sorted(sd)[:2], sorted(sd)[-2:])
+            config, flat = cs.convert(sd, CIN)
+            diff = float(abs(flat - ref).max()) if flat.size == ref.size else float("nan")
+            print(f"converter on {os.path.basename(f)}: config {config}, n {flat.size} vs {ref.size}, "
+                  f"max |diff| {diff:.3e}", "OK" if diff == 0.0 else "MISMATCH")
+        except SystemExit as e:
+            print(f"converter on {os.path.basename(f)} exited:", e)
+        except Exception as e:
+            print(f"converter on {os.path.basename(f)} failed:", repr(e))
