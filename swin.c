@@ -185,6 +185,11 @@ size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_
     return off;
 }
 
+size_t swin_num_acts(const SwinConfig* cfg, int max_B, int H, int W) {
+    SwinActs a;
+    return swin_point_acts(&a, NULL, cfg, max_B, H, W);
+}
+
 // The shift mask of one stage: label each cell of the padded grid by its region
 // (rows [0, Hp-w), [Hp-w, Hp-shift), [Hp-shift, Hp), likewise columns) in the rolled frame,
 // then mask[win, i, j] = -100 where tokens i and j of the window carry different labels.
