@@ -447,7 +447,7 @@ static void print_hashes(const Model* m, const char* name) {
 }
 
 // predict every frame with the current model and return the mIoU (offline checkpoints)
-static double evaluate_all(Model* m, const Video* v, unsigned char* pred, unsigned char* lab) {
+static double evaluate_all(Model* m, const Video* v, unsigned char* pred) {
     Score s;
     memset(&s, 0, sizeof(s));
     for (int i = 0; i < v->n; i++) {
@@ -458,7 +458,6 @@ static double evaluate_all(Model* m, const Video* v, unsigned char* pred, unsign
         score_add(&s, pred, l, v->H * v->W);
         free(l);
     }
-    (void)lab;
     return score_miou(&s);
 }
 
@@ -498,12 +497,15 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
         Rng rng; rng_seed(&rng, a->seed ^ 0x4F46464C494E45ULL);
         int* perm = (int*)mallocCheck(n * sizeof(int));
         int pos = n, ck = 0;
-        double t0 = time_now_seconds(), loss_sum = 0.0;
-        float** picks = (float**)mallocCheck(B * sizeof(float*));
+        double t0 = time_now_seconds(), loss_sum = 0.0;   // since the last checkpoint
+        int loss_count = 0;
         for (int step = 0; step <= total_steps; step++) {
             if (ck < n_ck && step == ck_steps[ck]) {
-                ck_miou[ck] = v->n_labeled ? evaluate_all(m, v, pred, NULL) : NAN;
-                printf("offline step %5d/%d  loss %.5f  mIoU ", step, total_steps, step ? loss_sum / step : NAN);
+                ck_miou[ck] = v->n_labeled ? evaluate_all(m, v, pred) : NAN;
+                printf("offline step %5d/%d  mean loss since last ", step, total_steps);
+                if (loss_count) printf("%.5f", loss_sum / loss_count); else printf("-");
+                printf("  mIoU ");
+                loss_sum = 0.0; loss_count = 0;
                 if (v->n_labeled) printf("%.4f\n", ck_miou[ck]); else printf("-\n");
                 fflush(stdout);
                 ck++;
@@ -515,17 +517,16 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
                     for (int i = n - 1; i > 0; i--) { int j = rng_int(&rng, i + 1), t = perm[i]; perm[i] = perm[j]; perm[j] = t; }
                     pos = 0;
                 }
-                picks[b] = v->cache[perm[pos++]];
+                memcpy(batch + (size_t)b * HW3, v->cache[perm[pos++]], HW3 * sizeof(float));
             }
-            for (int b = 0; b < B; b++) memcpy(batch + (size_t)b * HW3, picks[b], HW3 * sizeof(float));
             float loss = model_ttt_step(m, batch, B, &a->opt, &rng);
             if (!isfinite(loss)) {
                 fprintf(stderr, "warning: offline step %d: TTT loss is %f; resetting f, g to f0, g0 and continuing\n", step, loss);
                 model_reset_ttt(m);
-            } else loss_sum += loss;
+            } else { loss_sum += loss; loss_count++; }
         }
         printf("offline training: %d steps in %.1f s\n", total_steps, time_now_seconds() - t0);
-        free(perm); free(picks);
+        free(perm);
     }
 
     int n_win = 0, head = 0;   // frames in the window; next slot to overwrite

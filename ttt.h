@@ -751,6 +751,8 @@ void attn_mask_from_logits_cuda(float* mask_add, const float* logits, int B, int
 //   seg[k, p] = sum_q softmax(class_logits[q])[k] * sigmoid(mask_logits[q, p]), k < K
 //   seg (K, H4, W4) is resized bilinearly (align_corners=False) to (4*H4, 4*W4), cropped to the
 //   top-left H x W (H <= 4*H4, W <= 4*W4), ids[y, x] = argmax_k (first max on ties).
+//   (Mask2Former itself resizes the Q mask logits before the sigmoid; resizing the K class maps
+//   after it is far cheaper and differs only along boundaries.)
 // work: host floats of m2f_semantic_work_size(Q, K, H4, W4).
 size_t m2f_semantic_work_size(int Q, int K, int H4, int W4);
 void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
