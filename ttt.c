@@ -1031,17 +1031,19 @@ void upsample_nearest_forward_cpu(float* out, const float* inp, int B, int H, in
 
 void upsample_nearest_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C,
                                    int Ho, int Wo) {
-    // parallel over batch and channel-free input rows would need the inverse map;
-    // instead parallel over (b) with a serial scatter inside: race-free and simple
-    #pragma omp parallel for schedule(static)
+    // gather form, race-free: each (b, input row iy) is owned by one thread and collects
+    // the output rows whose source row is iy (a scatter over output rows would collide)
+    #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
-        for (int y = 0; y < Ho; y++) {
-            int sy = nearest_source(y, H, Ho);
-            for (int x = 0; x < Wo; x++) {
-                int sx = nearest_source(x, W, Wo);
-                float* di = dinp + (((size_t)b * H + sy) * W + sx) * C;
-                const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * C;
-                for (int c = 0; c < C; c++) di[c] += d[c];
+        for (int iy = 0; iy < H; iy++) {
+            for (int y = 0; y < Ho; y++) {
+                if (nearest_source(y, H, Ho) != iy) continue;
+                for (int x = 0; x < Wo; x++) {
+                    int sx = nearest_source(x, W, Wo);
+                    float* di = dinp + (((size_t)b * H + iy) * W + sx) * C;
+                    const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * C;
+                    for (int c = 0; c < C; c++) di[c] += d[c];
+                }
             }
         }
     }
@@ -1085,25 +1087,26 @@ void upsample_bilinear_forward_cpu(float* out, const float* inp, int B, int H, i
 
 void upsample_bilinear_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C,
                                     int Ho, int Wo) {
-    // several output pixels feed one input pixel: scatter serially within an image
-    #pragma omp parallel for schedule(static)
+    // gather form, race-free: each (b, input row iy) is owned by one thread. Output row y
+    // reaches input row iy with weight wy = (1 - ly)[y0 == iy] + ly [y1 == iy]; along x the
+    // scatter stays inside the owned row, so no two threads write the same element.
+    #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
-        for (int y = 0; y < Ho; y++) {
-            int y0, y1; float ly;
-            bilinear_source(y, H, Ho, &y0, &y1, &ly);
-            for (int x = 0; x < Wo; x++) {
-                int x0, x1; float lx;
-                bilinear_source(x, W, Wo, &x0, &x1, &lx);
-                const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * C;
-                float* p00 = dinp + (((size_t)b * H + y0) * W + x0) * C;
-                float* p01 = dinp + (((size_t)b * H + y0) * W + x1) * C;
-                float* p10 = dinp + (((size_t)b * H + y1) * W + x0) * C;
-                float* p11 = dinp + (((size_t)b * H + y1) * W + x1) * C;
-                for (int c = 0; c < C; c++) {
-                    p00[c] += (1.0f - ly) * (1.0f - lx) * d[c];
-                    p01[c] += (1.0f - ly) * lx * d[c];
-                    p10[c] += ly * (1.0f - lx) * d[c];
-                    p11[c] += ly * lx * d[c];
+        for (int iy = 0; iy < H; iy++) {
+            for (int y = 0; y < Ho; y++) {
+                int y0, y1; float ly;
+                bilinear_source(y, H, Ho, &y0, &y1, &ly);
+                if (y0 != iy && y1 != iy) continue;
+                float wy = (y0 == iy ? 1.0f - ly : 0.0f) + (y1 == iy ? ly : 0.0f);
+                float* drow = dinp + ((size_t)b * H + iy) * W * C;
+                for (int x = 0; x < Wo; x++) {
+                    int x0, x1; float lx;
+                    bilinear_source(x, W, Wo, &x0, &x1, &lx);
+                    const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * C;
+                    float* p0 = drow + (size_t)x0 * C;
+                    float* p1 = drow + (size_t)x1 * C;
+                    float w0 = wy * (1.0f - lx), w1 = wy * lx;
+                    for (int c = 0; c < C; c++) { p0[c] += w0 * d[c]; p1[c] += w1 * d[c]; }
                 }
             }
         }
@@ -1326,7 +1329,8 @@ void dice_loss_backward_cpu(float* dlogits, const float* dlosses, const float* l
 
 void adamw_update_cpu(float* params, const float* grads, float* m, float* v, size_t N,
                       float lr, float beta1, float beta2, float eps, float weight_decay, int t) {
-    float c1 = 1.0f - powf(beta1, (float)t), c2 = 1.0f - powf(beta2, (float)t);
+    // bias corrections in double: 1 - beta^t loses digits in float for small t
+    float c1 = (float)(1.0 - pow((double)beta1, t)), c2 = (float)(1.0 - pow((double)beta2, t));
     #pragma omp parallel for schedule(static) if (N > 65536)
     for (size_t i = 0; i < N; i++) {
         float g = grads[i];
