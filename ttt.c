@@ -237,20 +237,6 @@ void scale_inplace_cpu(float* x, float s, size_t N) {
 // ----------------------------------------------------------------------------
 // linear: out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias
 
-// dot product of two contiguous float vectors; omp simd lets gcc vectorize the sum
-static inline float dot_f32(const float* a, const float* b, int n) {
-    float s = 0.0f;
-    #pragma omp simd reduction(+:s)
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-// y += a * x over n contiguous floats
-static inline void axpy_f32(float* y, float a, const float* x, int n) {
-    #pragma omp simd
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
-}
-
 // out (M, NC) (row stride ldo) += A (M, K) @ Bm (K, NC), with A[m][k] = A[m * a_m + k * a_k]
 // and Bm[k][j] = B[k * b_k + j * b_j], so one kernel serves all three products of linear:
 //   forward  out = inp @ weight^T      (A = inp,    B = weight read transposed)
@@ -284,34 +270,53 @@ static inline void mm_tile(float* const o[MM_MR], int nj, const float* const a[M
     }
 }
 
+// one task of the product below: rows [m0, m1) x columns [j0, j0 + nj) (nj <= MM_NR), with
+// B scaled by b_scale while it is packed
+static void matmul_task(float* out, int ldo, const float* A, size_t a_m, size_t a_k,
+                        const float* B, size_t b_k, size_t b_j, float b_scale,
+                        int m0, int m1, int j0, int nj, int K) {
+    float packed[MM_KC * MM_NR];  // (kc, MM_NR) slice of B
+    for (int k0 = 0; k0 < K; k0 += MM_KC) {
+        int kc = K - k0 < MM_KC ? K - k0 : MM_KC;
+        for (int k = 0; k < kc; k++) {
+            for (int j = 0; j < MM_NR; j++) {
+                packed[k * MM_NR + j] = j < nj ? b_scale * B[(size_t)(k0 + k) * b_k + (size_t)(j0 + j) * b_j] : 0.0f;
+            }
+        }
+        for (int m = m0; m < m1; m += MM_MR) {
+            // rows past the end repeat the last row; their results are not stored
+            const float* a[MM_MR];
+            float* o[MM_MR];
+            for (int r = 0; r < MM_MR; r++) {
+                int mr = m + r < m1 ? m + r : m1 - 1;
+                a[r] = A + (size_t)mr * a_m + (size_t)k0 * a_k;
+                o[r] = m + r < m1 ? out + (size_t)(m + r) * ldo + j0 : NULL;
+            }
+            mm_tile(o, nj, a, a_k, packed, kc);
+        }
+    }
+}
+
+// out (M, NC) += b_scale * A (M, K) @ Bm (K, NC) on the calling thread (used inside
+// parallel loops, e.g. one attention head per thread)
+static void matmul_acc_serial(float* out, int ldo, const float* A, size_t a_m, size_t a_k,
+                              const float* B, size_t b_k, size_t b_j, float b_scale,
+                              int M, int K, int NC) {
+    for (int j0 = 0; j0 < NC; j0 += MM_NR) {
+        int nj = NC - j0 < MM_NR ? NC - j0 : MM_NR;
+        matmul_task(out, ldo, A, a_m, a_k, B, b_k, b_j, b_scale, 0, M, j0, nj, K);
+    }
+}
+
 static void matmul_acc_cpu(float* out, int ldo, const float* A, size_t a_m, size_t a_k,
                            const float* B, size_t b_k, size_t b_j, int M, int K, int NC) {
     int mtasks = (M + MM_MB - 1) / MM_MB, ntasks = (NC + MM_NR - 1) / MM_NR;
     #pragma omp parallel for collapse(2) schedule(static) if ((double)M * K * NC > 65536.0)
     for (int jt = 0; jt < ntasks; jt++) {
         for (int mt = 0; mt < mtasks; mt++) {
-            float packed[MM_KC * MM_NR];  // (kc, MM_NR) slice of B
             int j0 = jt * MM_NR, nj = NC - j0 < MM_NR ? NC - j0 : MM_NR;
             int m0 = mt * MM_MB, m1 = m0 + MM_MB < M ? m0 + MM_MB : M;
-            for (int k0 = 0; k0 < K; k0 += MM_KC) {
-                int kc = K - k0 < MM_KC ? K - k0 : MM_KC;
-                for (int k = 0; k < kc; k++) {
-                    for (int j = 0; j < MM_NR; j++) {
-                        packed[k * MM_NR + j] = j < nj ? B[(size_t)(k0 + k) * b_k + (size_t)(j0 + j) * b_j] : 0.0f;
-                    }
-                }
-                for (int m = m0; m < m1; m += MM_MR) {
-                    // rows past the end repeat the last row; their results are not stored
-                    const float* a[MM_MR];
-                    for (int r = 0; r < MM_MR; r++) {
-                        int mr = m + r < m1 ? m + r : m1 - 1;
-                        a[r] = A + (size_t)mr * a_m + (size_t)k0 * a_k;
-                    }
-                    float* o[MM_MR];
-                    for (int r = 0; r < MM_MR; r++) o[r] = m + r < m1 ? out + (size_t)(m + r) * ldo + j0 : NULL;
-                    mm_tile(o, nj, a, a_k, packed, kc);
-                }
-            }
+            matmul_task(out, ldo, A, a_m, a_k, B, b_k, b_j, 1.0f, m0, m1, j0, nj, K);
         }
     }
 }
@@ -580,104 +585,100 @@ void softmax_backward_cpu(float* dinp, const float* out, const float* dout, int 
 // ----------------------------------------------------------------------------
 // multi-head attention: att = softmax(q k^T / sqrt(HS) + rel_bias + mask), out = att v
 
+// Each (b, h) is a few small matrix products through the packed register tile:
+//   scores (Tq, Tk) = rel_bias + mask + (q / sqrt(HS)) k^T, att = softmax rows, out = att v.
+// Threads own whole heads (b, h), so every write is race-free.
 void attention_forward_cpu(float* out, float* att, const float* q, const float* k, const float* v,
                            const float* rel_bias, const float* mask, int n_mask,
                            int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
     int C = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
     double work = (double)B * NH * Tq * Tk * HS;   // run small problems on one thread
-    #pragma omp parallel for collapse(3) schedule(static) if (work > 65536.0)
+    #pragma omp parallel for collapse(2) schedule(static) if (work > 65536.0)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
-            for (int i = 0; i < Tq; i++) {
-                const float* qi = q + ((size_t)b * Tq + i) * q_stride + h * HS;
-                float* a = att + (((size_t)b * NH + h) * Tq + i) * Tk;
-                const float* rb = rel_bias ? rel_bias + ((size_t)h * Tq + i) * Tk : NULL;
-                const float* mk = mask ? mask + ((size_t)(b % n_mask) * Tq + i) * Tk : NULL;
-                for (int j = 0; j < Tk; j++) {
-                    const float* kj = k + ((size_t)b * Tk + j) * kv_stride + h * HS;
-                    float s = dot_f32(qi, kj, HS) * scale;
-                    if (rb) s += rb[j];
-                    if (mk) s += mk[j];
-                    a[j] = s;
-                }
-                softmax_row(a, a, Tk);
-                float* o = out + ((size_t)b * Tq + i) * C + h * HS;
-                for (int d = 0; d < HS; d++) o[d] = 0.0f;
-                for (int j = 0; j < Tk; j++) {
-                    if (a[j] == 0.0f) continue;
-                    axpy_f32(o, a[j], v + ((size_t)b * Tk + j) * kv_stride + h * HS, HS);
-                }
-            }
+            float* s = att + ((size_t)b * NH + h) * Tq * Tk;   // (Tq, Tk)
+            const float* rb = rel_bias ? rel_bias + (size_t)h * Tq * Tk : NULL;
+            const float* mk = mask ? mask + (size_t)(b % n_mask) * Tq * Tk : NULL;
+            for (size_t e = 0; e < (size_t)Tq * Tk; e++) s[e] = (rb ? rb[e] : 0.0f) + (mk ? mk[e] : 0.0f);
+            const float* qb = q + (size_t)b * Tq * q_stride + h * HS;
+            const float* kb = k + (size_t)b * Tk * kv_stride + h * HS;
+            const float* vb = v + (size_t)b * Tk * kv_stride + h * HS;
+            // s += q (Tq, HS) @ (scale k)^T (HS, Tk); a -inf mask entry stays -inf
+            matmul_acc_serial(s, Tk, qb, q_stride, 1, kb, 1, kv_stride, scale, Tq, HS, Tk);
+            for (int i = 0; i < Tq; i++) softmax_row(s + (size_t)i * Tk, s + (size_t)i * Tk, Tk);
+            float* ob = out + (size_t)b * Tq * C + h * HS;
+            for (int i = 0; i < Tq; i++) memset(ob + (size_t)i * C, 0, HS * sizeof(float));
+            // out (Tq, HS) = att (Tq, Tk) @ v (Tk, HS)
+            matmul_acc_serial(ob, C, s, Tk, 1, vb, kv_stride, 1, 1.0f, Tq, Tk, HS);
         }
     }
 }
 
-// dscore row i of head (b, h): dscore_j = att_ij * (datt_j - sum_j att_ij datt_j), datt_j = dout_i . v_j
-static void attention_dscore_row(float* ds, const float* a, const float* doi, const float* v,
-                                 int b, int h, int Tk, int HS, int kv_stride) {
-    double s = 0.0;
-    for (int j = 0; j < Tk; j++) {
-        float da = a[j] == 0.0f ? 0.0f : dot_f32(doi, v + ((size_t)b * Tk + j) * kv_stride + h * HS, HS);
-        ds[j] = da;
-        s += (double)da * a[j];
+// one growable host buffer for CPU ops that need a temporary; ops run one at a time
+static float* cpu_scratch_buf = NULL;
+static size_t cpu_scratch_cap = 0;
+static float* cpu_scratch(size_t n) {
+    if (n > cpu_scratch_cap) {
+        free(cpu_scratch_buf);
+        cpu_scratch_buf = (float*)mallocCheck(n * sizeof(float));
+        cpu_scratch_cap = n;
     }
-    for (int j = 0; j < Tk; j++) ds[j] = a[j] * (ds[j] - (float)s);
+    return cpu_scratch_buf;
 }
 
+// Per head (b, h), with P = att and dO = dout:
+//   dv += P^T dO; dP = dO v^T; dS = P * (dP - rowsum(dP * P)) (a blocked entry has P = 0,
+//   so dS = 0); drel_bias += dS (summed over b); dq += dS (k / sqrt(HS)); dk += dS^T (q / sqrt(HS)).
+// Pass 1 runs heads in parallel and keeps dS (B, NH, Tq, Tk) in a scratch buffer; pass 2
+// sums it over the batch into drel_bias, rows owned by threads.
 void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout,
                             const float* att, const float* q, const float* k, const float* v,
                             int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
     int C = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
     double work = (double)B * NH * Tq * Tk * HS;   // run small problems on one thread
-    // pass 1, parallel over (b, h): dk, dv collect over all query rows of their own head
-    #pragma omp parallel if (work > 65536.0)
-    {
-        float* ds = (float*)mallocCheck((size_t)Tk * sizeof(float));
-        #pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++) {
-            for (int h = 0; h < NH; h++) {
-                for (int i = 0; i < Tq; i++) {
-                    const float* a = att + (((size_t)b * NH + h) * Tq + i) * Tk;
-                    const float* doi = dout + ((size_t)b * Tq + i) * C + h * HS;
-                    const float* qi = q + ((size_t)b * Tq + i) * q_stride + h * HS;
-                    if (dv) {
-                        for (int j = 0; j < Tk; j++) if (a[j] != 0.0f)
-                            axpy_f32(dv + ((size_t)b * Tk + j) * kv_stride + h * HS, a[j], doi, HS);
-                    }
-                    if (!dq && !dk) continue;
-                    attention_dscore_row(ds, a, doi, v, b, h, Tk, HS, kv_stride);
-                    float* dqi = dq ? dq + ((size_t)b * Tq + i) * q_stride + h * HS : NULL;
-                    for (int j = 0; j < Tk; j++) {
-                        if (ds[j] == 0.0f) continue;
-                        float g = ds[j] * scale;
-                        if (dqi) axpy_f32(dqi, g, k + ((size_t)b * Tk + j) * kv_stride + h * HS, HS);
-                        if (dk) axpy_f32(dk + ((size_t)b * Tk + j) * kv_stride + h * HS, g, qi, HS);
-                    }
-                }
+    float* dS_all = cpu_scratch((size_t)B * NH * Tq * Tk);
+    #pragma omp parallel for collapse(2) schedule(static) if (work > 65536.0)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            const float* P = att + ((size_t)b * NH + h) * Tq * Tk;
+            float* dS = dS_all + ((size_t)b * NH + h) * Tq * Tk;
+            const float* dob = dout + (size_t)b * Tq * C + h * HS;
+            const float* qb = q + (size_t)b * Tq * q_stride + h * HS;
+            const float* kb = k + (size_t)b * Tk * kv_stride + h * HS;
+            const float* vb = v + (size_t)b * Tk * kv_stride + h * HS;
+            // dv (Tk, HS) += P^T (Tk, Tq) @ dO (Tq, HS)
+            if (dv) matmul_acc_serial(dv + (size_t)b * Tk * kv_stride + h * HS, kv_stride,
+                                      P, 1, Tk, dob, C, 1, 1.0f, Tk, Tq, HS);
+            if (!dq && !dk && !drel_bias) continue;
+            // dP (Tq, Tk) = dO (Tq, HS) @ v^T (HS, Tk), then dS in place
+            memset(dS, 0, (size_t)Tq * Tk * sizeof(float));
+            matmul_acc_serial(dS, Tk, dob, C, 1, vb, 1, kv_stride, 1.0f, Tq, HS, Tk);
+            for (int i = 0; i < Tq; i++) {
+                const float* p = P + (size_t)i * Tk;
+                float* d = dS + (size_t)i * Tk;
+                double sum = 0.0;
+                for (int j = 0; j < Tk; j++) sum += (double)d[j] * p[j];
+                for (int j = 0; j < Tk; j++) d[j] = p[j] * (d[j] - (float)sum);
             }
+            // dq (Tq, HS) += dS (Tq, Tk) @ (scale k) (Tk, HS)
+            if (dq) matmul_acc_serial(dq + (size_t)b * Tq * q_stride + h * HS, q_stride,
+                                      dS, Tk, 1, kb, kv_stride, 1, scale, Tq, Tk, HS);
+            // dk (Tk, HS) += dS^T (Tk, Tq) @ (scale q) (Tq, HS)
+            if (dk) matmul_acc_serial(dk + (size_t)b * Tk * kv_stride + h * HS, kv_stride,
+                                      dS, 1, Tk, qb, q_stride, 1, scale, Tk, Tq, HS);
         }
-        free(ds);
     }
-    // pass 2, parallel over (h, i): the bias gradient sums over the batch
     if (drel_bias) {
-        #pragma omp parallel if (work > 65536.0)
-        {
-            float* ds = (float*)mallocCheck((size_t)Tk * sizeof(float));
-            #pragma omp for collapse(2) schedule(static)
-            for (int h = 0; h < NH; h++) {
-                for (int i = 0; i < Tq; i++) {
-                    float* db = drel_bias + ((size_t)h * Tq + i) * Tk;
-                    for (int b = 0; b < B; b++) {
-                        const float* a = att + (((size_t)b * NH + h) * Tq + i) * Tk;
-                        const float* doi = dout + ((size_t)b * Tq + i) * C + h * HS;
-                        attention_dscore_row(ds, a, doi, v, b, h, Tk, HS, kv_stride);
-                        for (int j = 0; j < Tk; j++) db[j] += ds[j];
-                    }
-                }
+        #pragma omp parallel for schedule(static) if (work > 65536.0)
+        for (int row = 0; row < NH * Tq; row++) {
+            int h = row / Tq, i = row % Tq;
+            float* db = drel_bias + (size_t)row * Tk;
+            for (int b = 0; b < B; b++) {
+                const float* d = dS_all + (((size_t)b * NH + h) * Tq + i) * Tk;
+                for (int j = 0; j < Tk; j++) db[j] += d[j];
             }
-            free(ds);
         }
     }
 }
@@ -1031,17 +1032,19 @@ void upsample_nearest_forward_cpu(float* out, const float* inp, int B, int H, in
 
 void upsample_nearest_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C,
                                    int Ho, int Wo) {
-    // parallel over batch and channel-free input rows would need the inverse map;
-    // instead parallel over (b) with a serial scatter inside: race-free and simple
-    #pragma omp parallel for schedule(static)
+    // gather form, race-free: each (b, input row iy) is owned by one thread and collects
+    // the output rows whose source row is iy (a scatter over output rows would collide)
+    #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
-        for (int y = 0; y < Ho; y++) {
-            int sy = nearest_source(y, H, Ho);
-            for (int x = 0; x < Wo; x++) {
-                int sx = nearest_source(x, W, Wo);
-                float* di = dinp + (((size_t)b * H + sy) * W + sx) * C;
-                const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * C;
-                for (int c = 0; c < C; c++) di[c] += d[c];
+        for (int iy = 0; iy < H; iy++) {
+            for (int y = 0; y < Ho; y++) {
+                if (nearest_source(y, H, Ho) != iy) continue;
+                for (int x = 0; x < Wo; x++) {
+                    int sx = nearest_source(x, W, Wo);
+                    float* di = dinp + (((size_t)b * H + iy) * W + sx) * C;
+                    const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * C;
+                    for (int c = 0; c < C; c++) di[c] += d[c];
+                }
             }
         }
     }
@@ -1085,25 +1088,26 @@ void upsample_bilinear_forward_cpu(float* out, const float* inp, int B, int H, i
 
 void upsample_bilinear_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C,
                                     int Ho, int Wo) {
-    // several output pixels feed one input pixel: scatter serially within an image
-    #pragma omp parallel for schedule(static)
+    // gather form, race-free: each (b, input row iy) is owned by one thread. Output row y
+    // reaches input row iy with weight wy = (1 - ly)[y0 == iy] + ly [y1 == iy]; along x the
+    // scatter stays inside the owned row, so no two threads write the same element.
+    #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
-        for (int y = 0; y < Ho; y++) {
-            int y0, y1; float ly;
-            bilinear_source(y, H, Ho, &y0, &y1, &ly);
-            for (int x = 0; x < Wo; x++) {
-                int x0, x1; float lx;
-                bilinear_source(x, W, Wo, &x0, &x1, &lx);
-                const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * C;
-                float* p00 = dinp + (((size_t)b * H + y0) * W + x0) * C;
-                float* p01 = dinp + (((size_t)b * H + y0) * W + x1) * C;
-                float* p10 = dinp + (((size_t)b * H + y1) * W + x0) * C;
-                float* p11 = dinp + (((size_t)b * H + y1) * W + x1) * C;
-                for (int c = 0; c < C; c++) {
-                    p00[c] += (1.0f - ly) * (1.0f - lx) * d[c];
-                    p01[c] += (1.0f - ly) * lx * d[c];
-                    p10[c] += ly * (1.0f - lx) * d[c];
-                    p11[c] += ly * lx * d[c];
+        for (int iy = 0; iy < H; iy++) {
+            for (int y = 0; y < Ho; y++) {
+                int y0, y1; float ly;
+                bilinear_source(y, H, Ho, &y0, &y1, &ly);
+                if (y0 != iy && y1 != iy) continue;
+                float wy = (y0 == iy ? 1.0f - ly : 0.0f) + (y1 == iy ? ly : 0.0f);
+                float* drow = dinp + ((size_t)b * H + iy) * W * C;
+                for (int x = 0; x < Wo; x++) {
+                    int x0, x1; float lx;
+                    bilinear_source(x, W, Wo, &x0, &x1, &lx);
+                    const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * C;
+                    float* p0 = drow + (size_t)x0 * C;
+                    float* p1 = drow + (size_t)x1 * C;
+                    float w0 = wy * (1.0f - lx), w1 = wy * lx;
+                    for (int c = 0; c < C; c++) { p0[c] += w0 * d[c]; p1[c] += w1 * d[c]; }
                 }
             }
         }
@@ -1326,7 +1330,8 @@ void dice_loss_backward_cpu(float* dlogits, const float* dlosses, const float* l
 
 void adamw_update_cpu(float* params, const float* grads, float* m, float* v, size_t N,
                       float lr, float beta1, float beta2, float eps, float weight_decay, int t) {
-    float c1 = 1.0f - powf(beta1, (float)t), c2 = 1.0f - powf(beta2, (float)t);
+    // bias corrections in double: 1 - beta^t loses digits in float for small t
+    float c1 = (float)(1.0 - pow((double)beta1, t)), c2 = (float)(1.0 - pow((double)beta2, t));
     #pragma omp parallel for schedule(static) if (N > 65536)
     for (size_t i = 0; i < N; i++) {
         float g = grads[i];

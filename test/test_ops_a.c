@@ -333,6 +333,78 @@ static void test_attention(void) {
     free(t.qbuf); free(t.kvbuf); free(t.bias); free(t.mask); free(t.R); free(t.out); free(t.att);
 }
 
+// a size that crosses the tiles of the CPU attention (HS over 16 columns, Tk over one
+// K chunk): forward and every gradient against naive double sums. q, k, v are separate
+// buffers with row strides larger than NH*HS.
+static void test_attention_large(void) {
+    int B = 2, NH = 2, HS = 20, Tq = 9, Tk = 300, C = NH * HS, qs = C + 3, kvs = C + 5;
+    double scale = 1.0 / sqrt(HS);
+    size_t nq = (size_t)B * Tq * qs, nkv = (size_t)B * Tk * kvs, nout = (size_t)B * Tq * C;
+    size_t nbias = (size_t)NH * Tq * Tk, natt = (size_t)B * NH * Tq * Tk;
+    float *q = random_tensor(&rng, nq, -1, 1), *k = random_tensor(&rng, nkv, -1, 1);
+    float *v = random_tensor(&rng, nkv, -1, 1), *bias = random_tensor(&rng, nbias, -1, 1);
+    float *dout = random_tensor(&rng, nout, -1, 1), *mask = zeros((size_t)Tq * Tk);
+    for (int i = 0; i < Tq; i++) for (int j = 0; j < Tk; j++) {
+        if ((i + j) % 7 == 3) mask[i * Tk + j] = -100.0f;
+        if ((3 * i + j) % 11 == 5) mask[i * Tk + j] = -INFINITY;
+    }
+    float *out = zeros(nout), *att = zeros(natt);
+    float *dq = zeros(nq), *dk = zeros(nkv), *dv = zeros(nkv), *db = zeros(nbias);
+    attention_forward_cpu(out, att, q, k, v, bias, mask, 1, B, Tq, Tk, NH, HS, qs, kvs);
+    attention_backward_cpu(dq, dk, dv, db, dout, att, q, k, v, B, Tq, Tk, NH, HS, qs, kvs);
+    double *rout = callocCheck(nout, sizeof(double)), *rdq = callocCheck(nq, sizeof(double));
+    double *rdk = callocCheck(nkv, sizeof(double)), *rdv = callocCheck(nkv, sizeof(double));
+    double *rdb = callocCheck(nbias, sizeof(double)), *P = callocCheck(Tk, sizeof(double));
+    double *dP = callocCheck(Tk, sizeof(double));
+    for (int b = 0; b < B; b++) for (int h = 0; h < NH; h++) for (int i = 0; i < Tq; i++) {
+        const float* qi = q + (size_t)(b * Tq + i) * qs + h * HS;
+        const float* doi = dout + (size_t)(b * Tq + i) * C + h * HS;
+        double mx = -INFINITY, sum = 0, pdp = 0;
+        for (int j = 0; j < Tk; j++) {
+            const float* kj = k + (size_t)(b * Tk + j) * kvs + h * HS;
+            double d = 0;
+            for (int e = 0; e < HS; e++) d += (double)qi[e] * kj[e];
+            P[j] = d * scale + bias[(h * Tq + i) * Tk + j] + mask[i * Tk + j];
+            if (P[j] > mx) mx = P[j];
+        }
+        for (int j = 0; j < Tk; j++) { P[j] = exp(P[j] - mx); sum += P[j]; }
+        for (int j = 0; j < Tk; j++) {
+            P[j] /= sum;
+            const float* vj = v + (size_t)(b * Tk + j) * kvs + h * HS;
+            double d = 0;
+            for (int e = 0; e < HS; e++) {
+                rout[(size_t)(b * Tq + i) * C + h * HS + e] += P[j] * vj[e];
+                rdv[(size_t)(b * Tk + j) * kvs + h * HS + e] += P[j] * doi[e];
+                d += (double)doi[e] * vj[e];
+            }
+            dP[j] = d; pdp += P[j] * d;
+        }
+        for (int j = 0; j < Tk; j++) {
+            double ds = P[j] * (dP[j] - pdp);
+            const float* kj = k + (size_t)(b * Tk + j) * kvs + h * HS;
+            rdb[(h * Tq + i) * Tk + j] += ds;
+            for (int e = 0; e < HS; e++) {
+                rdq[(size_t)(b * Tq + i) * qs + h * HS + e] += ds * scale * kj[e];
+                rdk[(size_t)(b * Tk + j) * kvs + h * HS + e] += ds * scale * qi[e];
+            }
+        }
+    }
+    float *f = zeros(nkv > nq ? (nkv > nbias ? nkv : nbias) : nq);
+    for (size_t i = 0; i < nout; i++) f[i] = (float)rout[i];
+    check_close("attention 9x300 HS20 forward vs naive", out, f, nout, 1e-5);
+    for (size_t i = 0; i < nq; i++) f[i] = (float)rdq[i];
+    check_close("attention 9x300 HS20 dq vs naive", dq, f, nq, 1e-5);
+    for (size_t i = 0; i < nkv; i++) f[i] = (float)rdk[i];
+    check_close("attention 9x300 HS20 dk vs naive", dk, f, nkv, 1e-5);
+    for (size_t i = 0; i < nkv; i++) f[i] = (float)rdv[i];
+    check_close("attention 9x300 HS20 dv vs naive", dv, f, nkv, 1e-5);
+    for (size_t i = 0; i < nbias; i++) f[i] = (float)rdb[i];
+    check_close("attention 9x300 HS20 drel_bias vs naive", db, f, nbias, 1e-5);
+    free(q); free(k); free(v); free(bias); free(dout); free(mask); free(out); free(att);
+    free(dq); free(dk); free(dv); free(db); free(rout); free(rdq); free(rdk); free(rdv); free(rdb);
+    free(P); free(dP); free(f);
+}
+
 // ----------------------------------------------------------------------------
 // conv2d
 
@@ -446,6 +518,7 @@ int main(void) {
     test_groupnorm(3, 5, 70, 5);
     test_activations();
     test_attention();
+    test_attention_large();
     test_conv_case(3, 1, 1, 7, 6, 5, 11);
     test_conv_case(3, 2, 1, 7, 8, 5, 11);
     test_conv_case(1, 1, 0, 5, 7, 13, 11);
