@@ -486,6 +486,7 @@ void swin_init_params(float* host_base, const SwinConfig* cfg, Rng* rng);
 // activations for batches up to max_B of H x W inputs; base == NULL only counts (returns
 // the number of floats). swin_init_acts fills the constant shift masks (on ttt_device).
 size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_B, int H, int W);
+size_t swin_num_acts(const SwinConfig* cfg, int max_B, int H, int W);   // = point_acts(NULL)
 void swin_init_acts(SwinActs* a, const SwinConfig* cfg);
 // the relative position index (w*w*w*w ints) on ttt_device, built once per config
 int* swin_make_rel_index(const SwinConfig* cfg);
