@@ -308,6 +308,7 @@ void ttt_cuda_synchronize(void);
 void ttt_cuda_set_tf32(int on);          // matrix products in TF32 (1, default) or float32 (0)
 double ttt_cuda_gemm_flops(void);         // FLOPs of all matrix products issued so far
 void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use / total, bytes
+void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernel for windows T <= 64
 
 void add_forward_cuda(float* out, const float* a, const float* b, size_t N);
 void add_inplace_cuda(float* a, const float* b, size_t N);
