@@ -864,6 +864,7 @@ SetLossConfig set_loss_config_default(void) {
 // Hungarian algorithm with potentials (shortest augmenting paths), O(n^2 m).
 // Rows and columns are 1-based inside; p[j] = row matched to column j.
 double hungarian_assign(const double* cost, int n, int m, int* col_of_row) {
+    if (n > m) ttt_die("hungarian_assign: %d rows cannot go to distinct columns of %d", n, m);
     double* u = (double*)callocCheck(n + 1, sizeof(double));
     double* v = (double*)callocCheck(m + 1, sizeof(double));
     double* minv = (double*)mallocCheck((m + 1) * sizeof(double));
@@ -880,7 +881,9 @@ double hungarian_assign(const double* cost, int n, int m, int* col_of_row) {
             double delta = INFINITY;
             for (int j = 1; j <= m; j++) {
                 if (used[j]) continue;
-                double cur = cost[(size_t)(i0 - 1) * m + (j - 1)] - u[i0] - v[j];
+                double c = cost[(size_t)(i0 - 1) * m + (j - 1)];
+                if (!(c < 1e30)) c = 1e30;   // NaN or Inf costs would stall the search
+                double cur = c - u[i0] - v[j];
                 if (cur < minv[j]) { minv[j] = cur; way[j] = j0; }
                 if (minv[j] < delta) { delta = minv[j]; j1 = j; }
             }
@@ -1005,11 +1008,24 @@ float set_loss(const SetLossConfig* cfg, const float* class_logits, const float*
                                             + cfg->w_mask * bce + cfg->w_dice * dice;
                 }
             }
-            hungarian_assign(cost, T, Q, match);
-            for (int t = 0; t < T; t++) cls_target[b * Q + match[t]] = t_class[b * K + t];
+            if (T <= Q) {
+                hungarian_assign(cost, T, Q, match);
+            } else {
+                // more targets than queries: assign every query to a distinct target instead;
+                // the targets left over get no prediction (they still count in num_masks)
+                double* costT = (double*)mallocCheck((size_t)Q * T * sizeof(double));
+                int* tgt_of_query = (int*)mallocCheck((size_t)Q * sizeof(int));
+                for (int t = 0; t < T; t++) for (int q = 0; q < Q; q++) costT[(size_t)q * T + t] = cost[(size_t)t * Q + q];
+                hungarian_assign(costT, Q, T, tgt_of_query);
+                for (int t = 0; t < T; t++) match[t] = -1;
+                for (int q = 0; q < Q; q++) match[tgt_of_query[q]] = q;
+                free(costT); free(tgt_of_query);
+            }
+            for (int t = 0; t < T; t++) if (match[t] >= 0) cls_target[b * Q + match[t]] = t_class[b * K + t];
             // mask losses on importance-sampled points of every matched pair
             for (int t = 0; t < T; t++) {
                 int q = match[t];
+                if (q < 0) continue;
                 const float* map = mlb + (size_t)q * Hm * Wm;
                 if (cfg->all_pixels) {
                     grid_points(sel, Hm, Wm);

@@ -46,6 +46,18 @@ int main(void) {
     }
     printf("ok   hungarian vs brute force on 20 random rectangular cases\n");
 
+    // more targets than queries: 3 classes present, 2 queries; must finish and stay finite
+    {
+        SetLossConfig c = set_loss_config_default(); c.all_pixels = 1;
+        unsigned char lab[6] = {0, 1, 2, 0, 1, 2};
+        float* cls = random_tensor(&rng, 2 * 4, -1, 1), *msk = random_tensor(&rng, 2 * 6, -1, 1);
+        float* dm = calloc(12, 4);
+        Rng r; rng_seed(&r, 2);
+        float l = set_loss(&c, cls, msk, 1, 1, 2, 3, 2, 3, lab, 2, 3, NULL, dm, &r, NULL);
+        CHECK(isfinite(l) && l > 0, "set loss with more targets than queries: %g", l);
+        free(cls); free(msk); free(dm);
+    }
+
     // tiny case by hand: L=1, B=1, Q=3, K=2, mask map = label map 2x3, all pixels
     {
         LossCase t; t.cfg = set_loss_config_default(); t.cfg.all_pixels = 1;
