@@ -51,6 +51,10 @@ train: train.c $(LIB_OBJ)
 gen: dev/gen.c $(LIB_OBJ)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
+# timing of the Y model (dev/bench.c): make bench && ./bench --batch 8
+bench: dev/bench.c $(LIB_OBJ)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
 test/test_%: test/test_%.c test/test.h $(LIB_OBJ)
 	$(CC) $(CFLAGS) $< $(LIB_OBJ) -o $@ $(LDLIBS)
 
@@ -68,7 +72,7 @@ demo: gen
 	./gen video data/demo --labels data/demo_labels --frames 24 --size 128x96 --seed 1 --drift-period 16
 
 clean:
-	rm -f *.o $(PROGRAMS) $(TEST_BIN) $(GPU_TEST_BIN)
+	rm -f *.o $(PROGRAMS) bench $(TEST_BIN) $(GPU_TEST_BIN)
 	rm -rf test/tmp
 
 .PHONY: all test test-gpu clean demo

@@ -6,7 +6,11 @@
 //     window attention: qkv linear, q.k / sqrt(d) + relative position bias (+ the -100 mask
 //     between regions that the roll brought together), softmax, proj linear. Padded tokens
 //     are zeros after LN1 (so their k, v are the biases) and are not masked.
-//     even blocks: shift 0; odd blocks: shift = window / 2.
+//     even blocks: shift 0; odd blocks: shift = window / 2, at every stage resolution:
+//     HF's SwinBackbone calls its encoder with always_partition=True, which skips
+//     SwinLayer.set_shift_and_window_size (the classification model's rule that drops the
+//     shift when a stage fits in one window), and the original Mask2Former Swin never
+//     drops it either.
 //   stage output: LayerNorm(x) -> one of the four outputs
 //   patch merging (stages 1..3): gather 2x2 neighbours into 4C, LayerNorm, Linear(4C->2C)
 #include "ttt.h"
@@ -18,6 +22,11 @@ SwinConfig swin_config_small(void) {
 
 SwinConfig swin_config_tiny(void) {
     SwinConfig c = {4, 16, {2, 2, 2, 2}, {1, 2, 2, 4}, 7, 4};
+    return c;
+}
+
+SwinConfig swin_config_demo(void) {
+    SwinConfig c = {4, 32, {1, 1, 2, 1}, {1, 2, 4, 8}, 7, 4};
     return c;
 }
 
@@ -336,4 +345,49 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
                        p->patch_norm_w, a->patch_ln_mean, a->patch_ln_rstd, (int)N0, E);
     conv2d_backward(dinp, g->patch_w, g->patch_b, da->patch, inp, p->patch_w,
                     B, a->H, a->W, cfg->in_chans, E, 4, 4, 0, a->Hs[0], a->Ws[0]);
+}
+
+// ----------------------------------------------------------------------------
+// weights files of the encoder alone (dev/convert_swin.py writes them from a Hugging Face
+// or original Swin state dict): a checkpoint of kind CKPT_KIND_SWIN
+
+void swin_save_export(const char* path, const SwinConfig* cfg, const float* host_params) {
+    int h[CKPT_HEADER_INTS];
+    memset(h, 0, sizeof(h));
+    int i = 2;
+    h[i++] = CKPT_KIND_SWIN;
+    h[i++] = cfg->in_chans; h[i++] = cfg->embed_dim;
+    for (int s = 0; s < 4; s++) h[i++] = cfg->depths[s];
+    for (int s = 0; s < 4; s++) h[i++] = cfg->num_heads[s];
+    h[i++] = cfg->window; h[i++] = cfg->mlp_ratio;
+    checkpoint_write(path, h, host_params, swin_num_params(cfg));
+}
+
+float* swin_load_hf_export(const char* path, SwinConfig* cfg) {
+    int h[CKPT_HEADER_INTS];
+    checkpoint_read_header(path, h);
+    if (h[2] != CKPT_KIND_SWIN)
+        ttt_die("'%s' holds checkpoint kind %d, not Swin encoder weights (kind %d)", path, h[2], CKPT_KIND_SWIN);
+    int i = 3;
+    SwinConfig c;
+    c.in_chans = h[i++]; c.embed_dim = h[i++];
+    for (int s = 0; s < 4; s++) c.depths[s] = h[i++];
+    for (int s = 0; s < 4; s++) c.num_heads[s] = h[i++];
+    c.window = h[i++]; c.mlp_ratio = h[i++];
+    int nblocks = 0, ok = c.in_chans >= 1 && c.in_chans <= 64 && c.embed_dim >= 1 &&
+                         c.embed_dim <= 4096 && c.window >= 1 && c.window <= 64 &&
+                         c.mlp_ratio >= 1 && c.mlp_ratio <= 64;
+    for (int s = 0; s < 4; s++) {
+        nblocks += c.depths[s];
+        ok = ok && c.depths[s] >= 1 && c.num_heads[s] >= 1 && ((c.embed_dim << s) % c.num_heads[s]) == 0;
+    }
+    if (!ok || nblocks > SWIN_MAX_BLOCKS)
+        ttt_die("'%s': implausible Swin config (in_chans %d, embed %d, depths %d %d %d %d, heads %d %d %d %d, "
+                "window %d, mlp %d)", path, c.in_chans, c.embed_dim, c.depths[0], c.depths[1], c.depths[2],
+                c.depths[3], c.num_heads[0], c.num_heads[1], c.num_heads[2], c.num_heads[3], c.window, c.mlp_ratio);
+    size_t n = swin_num_params(&c);
+    float* params = (float*)mallocCheck(n * sizeof(float));
+    checkpoint_read_data(path, params, n);
+    *cfg = c;
+    return params;
 }

@@ -257,20 +257,6 @@ void scale_inplace_cpu(float* x, float s, size_t N) {
 // ----------------------------------------------------------------------------
 // linear: out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias
 
-// dot product of two contiguous float vectors; omp simd lets gcc vectorize the sum
-static inline float dot_f32(const float* a, const float* b, int n) {
-    float s = 0.0f;
-    #pragma omp simd reduction(+:s)
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-// y += a * x over n contiguous floats
-static inline void axpy_f32(float* y, float a, const float* x, int n) {
-    #pragma omp simd
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
-}
-
 // out (M, NC) (row stride ldo) += A (M, K) @ Bm (K, NC), with A[m][k] = A[m * a_m + k * a_k]
 // and Bm[k][j] = B[k * b_k + j * b_j], so one kernel serves all three products of linear:
 //   forward  out = inp @ weight^T      (A = inp,    B = weight read transposed)
@@ -286,43 +272,71 @@ static inline void axpy_f32(float* y, float a, const float* x, int n) {
 #define MM_KC 256    // K chunk packed at a time
 #define MM_MB 64     // rows per task
 
+// the register tile: o[r][j] += sum_{k < kc} a[r][k * a_k] * packed[k * MM_NR + j]
+// for r < MM_MR with o[r] != NULL and j < nj. packed holds kc rows of MM_NR floats.
+static inline void mm_tile(float* const o[MM_MR], int nj, const float* const a[MM_MR], size_t a_k,
+                           const float* packed, int kc) {
+    float acc[MM_MR][MM_NR] = {{0.0f}};
+    for (int k = 0; k < kc; k++) {
+        const float* bk = packed + k * MM_NR;
+        for (int r = 0; r < MM_MR; r++) {
+            float ark = a[r][(size_t)k * a_k];
+            for (int j = 0; j < MM_NR; j++) acc[r][j] += ark * bk[j];
+        }
+    }
+    for (int r = 0; r < MM_MR; r++) {
+        if (o[r] == NULL) continue;
+        for (int j = 0; j < nj; j++) o[r][j] += acc[r][j];
+    }
+}
+
+// one task of the product below: rows [m0, m1) x columns [j0, j0 + nj) (nj <= MM_NR), with
+// B scaled by b_scale while it is packed
+static void matmul_task(float* out, int ldo, const float* A, size_t a_m, size_t a_k,
+                        const float* B, size_t b_k, size_t b_j, float b_scale,
+                        int m0, int m1, int j0, int nj, int K) {
+    float packed[MM_KC * MM_NR];  // (kc, MM_NR) slice of B
+    for (int k0 = 0; k0 < K; k0 += MM_KC) {
+        int kc = K - k0 < MM_KC ? K - k0 : MM_KC;
+        for (int k = 0; k < kc; k++) {
+            for (int j = 0; j < MM_NR; j++) {
+                packed[k * MM_NR + j] = j < nj ? b_scale * B[(size_t)(k0 + k) * b_k + (size_t)(j0 + j) * b_j] : 0.0f;
+            }
+        }
+        for (int m = m0; m < m1; m += MM_MR) {
+            // rows past the end repeat the last row; their results are not stored
+            const float* a[MM_MR];
+            float* o[MM_MR];
+            for (int r = 0; r < MM_MR; r++) {
+                int mr = m + r < m1 ? m + r : m1 - 1;
+                a[r] = A + (size_t)mr * a_m + (size_t)k0 * a_k;
+                o[r] = m + r < m1 ? out + (size_t)(m + r) * ldo + j0 : NULL;
+            }
+            mm_tile(o, nj, a, a_k, packed, kc);
+        }
+    }
+}
+
+// out (M, NC) += b_scale * A (M, K) @ Bm (K, NC) on the calling thread (used inside
+// parallel loops, e.g. one attention head per thread)
+static void matmul_acc_serial(float* out, int ldo, const float* A, size_t a_m, size_t a_k,
+                              const float* B, size_t b_k, size_t b_j, float b_scale,
+                              int M, int K, int NC) {
+    for (int j0 = 0; j0 < NC; j0 += MM_NR) {
+        int nj = NC - j0 < MM_NR ? NC - j0 : MM_NR;
+        matmul_task(out, ldo, A, a_m, a_k, B, b_k, b_j, b_scale, 0, M, j0, nj, K);
+    }
+}
+
 static void matmul_acc_cpu(float* out, int ldo, const float* A, size_t a_m, size_t a_k,
                            const float* B, size_t b_k, size_t b_j, int M, int K, int NC) {
     int mtasks = (M + MM_MB - 1) / MM_MB, ntasks = (NC + MM_NR - 1) / MM_NR;
     #pragma omp parallel for collapse(2) schedule(static) if ((double)M * K * NC > 65536.0)
     for (int jt = 0; jt < ntasks; jt++) {
         for (int mt = 0; mt < mtasks; mt++) {
-            float packed[MM_KC * MM_NR];  // (kc, MM_NR) slice of B
             int j0 = jt * MM_NR, nj = NC - j0 < MM_NR ? NC - j0 : MM_NR;
             int m0 = mt * MM_MB, m1 = m0 + MM_MB < M ? m0 + MM_MB : M;
-            for (int k0 = 0; k0 < K; k0 += MM_KC) {
-                int kc = K - k0 < MM_KC ? K - k0 : MM_KC;
-                for (int k = 0; k < kc; k++) {
-                    for (int j = 0; j < MM_NR; j++) {
-                        packed[k * MM_NR + j] = j < nj ? B[(size_t)(k0 + k) * b_k + (size_t)(j0 + j) * b_j] : 0.0f;
-                    }
-                }
-                for (int m = m0; m < m1; m += MM_MR) {
-                    // rows past the end repeat the last row; their results are not stored
-                    const float* a[MM_MR];
-                    for (int r = 0; r < MM_MR; r++) {
-                        int mr = m + r < m1 ? m + r : m1 - 1;
-                        a[r] = A + (size_t)mr * a_m + (size_t)k0 * a_k;
-                    }
-                    float acc[MM_MR][MM_NR] = {{0.0f}};
-                    for (int k = 0; k < kc; k++) {
-                        const float* bk = packed + k * MM_NR;
-                        for (int r = 0; r < MM_MR; r++) {
-                            float ark = a[r][(size_t)k * a_k];
-                            for (int j = 0; j < MM_NR; j++) acc[r][j] += ark * bk[j];
-                        }
-                    }
-                    for (int r = 0; r < MM_MR && m + r < m1; r++) {
-                        float* o = out + (size_t)(m + r) * ldo + j0;
-                        for (int j = 0; j < nj; j++) o[j] += acc[r][j];
-                    }
-                }
-            }
+            matmul_task(out, ldo, A, a_m, a_k, B, b_k, b_j, 1.0f, m0, m1, j0, nj, K);
         }
     }
 }
@@ -364,7 +378,7 @@ void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float*
 
 void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp,
                            const float* weight, const float* bias, int N, int C) {
-    #pragma omp parallel for schedule(static) if (N > 64)
+    #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
     for (int n = 0; n < N; n++) {
         const float* x = inp + (size_t)n * C;
         double m = 0.0, v = 0.0;
@@ -385,7 +399,7 @@ void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
                             const float* rstd, int N, int C) {
     // dx = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), dnorm = dout * weight
     if (dinp) {
-        #pragma omp parallel for schedule(static) if (N > 64)
+        #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
         for (int n = 0; n < N; n++) {
             const float* x = inp + (size_t)n * C;
             const float* dy = dout + (size_t)n * C;
@@ -404,18 +418,27 @@ void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
             }
         }
     }
-    // parameter gradients sum over rows: each thread owns a range of channels
+    // parameter gradients sum over rows: a thread owns a block of 32 channels and walks the
+    // rows, so the inner loop runs over contiguous channels
     if (dweight || dbias) {
-        #pragma omp parallel for schedule(static)
-        for (int c = 0; c < C; c++) {
-            double sw = 0.0, sb = 0.0;
+        int nblocks = (C + 31) / 32;
+        #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
+        for (int cb = 0; cb < nblocks; cb++) {
+            int c0 = cb * 32, nc = C - c0 < 32 ? C - c0 : 32;
+            double sw[32] = {0.0}, sb[32] = {0.0};
             for (int n = 0; n < N; n++) {
-                float dy = dout[(size_t)n * C + c];
-                sw += (double)dy * (inp[(size_t)n * C + c] - mean[n]) * rstd[n];
-                sb += dy;
+                const float* x = inp + (size_t)n * C + c0;
+                const float* dy = dout + (size_t)n * C + c0;
+                double m = mean[n], r = rstd[n];
+                for (int j = 0; j < nc; j++) {
+                    sw[j] += (double)dy[j] * ((x[j] - m) * r);
+                    sb[j] += dy[j];
+                }
             }
-            if (dweight) dweight[c] += (float)sw;
-            if (dbias) dbias[c] += (float)sb;
+            for (int j = 0; j < nc; j++) {
+                if (dweight) dweight[c0 + j] += (float)sw[j];
+                if (dbias) dbias[c0 + j] += (float)sb[j];
+            }
         }
     }
 }
@@ -426,7 +449,7 @@ void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
 void groupnorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp,
                            const float* weight, const float* bias, int B, int HW, int C, int G) {
     int Cg = C / G;
-    #pragma omp parallel for collapse(2) schedule(static)
+    #pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * HW * C > 65536)
     for (int b = 0; b < B; b++) {
         for (int g = 0; g < G; g++) {
             const float* x = inp + (size_t)b * HW * C + g * Cg;
@@ -455,7 +478,7 @@ void groupnorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
     int Cg = C / G;
     double cnt = (double)HW * Cg;
     if (dinp) {
-        #pragma omp parallel for collapse(2) schedule(static)
+        #pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * HW * C > 65536)
         for (int b = 0; b < B; b++) {
             for (int g = 0; g < G; g++) {
                 size_t base = (size_t)b * HW * C + g * Cg;
@@ -476,21 +499,31 @@ void groupnorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
             }
         }
     }
+    // parameter gradients: a thread owns a block of 32 channels and walks every pixel
     if (dweight || dbias) {
-        #pragma omp parallel for schedule(static)
-        for (int c = 0; c < C; c++) {
-            int g = c / Cg;
-            double sw = 0.0, sb = 0.0;
+        int nblocks = (C + 31) / 32;
+        #pragma omp parallel for schedule(static) if ((size_t)B * HW * C > 65536)
+        for (int cb = 0; cb < nblocks; cb++) {
+            int c0 = cb * 32, nc = C - c0 < 32 ? C - c0 : 32;
+            double sw[32] = {0.0}, sb[32] = {0.0}, m[32], s[32];
             for (int b = 0; b < B; b++) {
-                double m = mean[b * G + g], s = rstd[b * G + g];
+                for (int j = 0; j < nc; j++) {
+                    int g = (c0 + j) / Cg;
+                    m[j] = mean[b * G + g]; s[j] = rstd[b * G + g];
+                }
                 for (int p = 0; p < HW; p++) {
-                    size_t i = ((size_t)b * HW + p) * C + c;
-                    sw += (double)dout[i] * (inp[i] - m) * s;
-                    sb += dout[i];
+                    const float* x = inp + ((size_t)b * HW + p) * C + c0;
+                    const float* dy = dout + ((size_t)b * HW + p) * C + c0;
+                    for (int j = 0; j < nc; j++) {
+                        sw[j] += (double)dy[j] * ((x[j] - m[j]) * s[j]);
+                        sb[j] += dy[j];
+                    }
                 }
             }
-            if (dweight) dweight[c] += (float)sw;
-            if (dbias) dbias[c] += (float)sb;
+            for (int j = 0; j < nc; j++) {
+                if (dweight) dweight[c0 + j] += (float)sw[j];
+                if (dbias) dbias[c0 + j] += (float)sb[j];
+            }
         }
     }
 }
@@ -552,13 +585,13 @@ static void softmax_row(float* y, const float* x, int C) {
 }
 
 void softmax_forward_cpu(float* out, const float* inp, int N, int C) {
-    #pragma omp parallel for schedule(static) if (N > 64)
+    #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
     for (int n = 0; n < N; n++) softmax_row(out + (size_t)n * C, inp + (size_t)n * C, C);
 }
 
 void softmax_backward_cpu(float* dinp, const float* out, const float* dout, int N, int C) {
     // dx = y * (dy - sum(dy * y))
-    #pragma omp parallel for schedule(static) if (N > 64)
+    #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
     for (int n = 0; n < N; n++) {
         const float* y = out + (size_t)n * C;
         const float* dy = dout + (size_t)n * C;
@@ -572,150 +605,159 @@ void softmax_backward_cpu(float* dinp, const float* out, const float* dout, int 
 // ----------------------------------------------------------------------------
 // multi-head attention: att = softmax(q k^T / sqrt(HS) + rel_bias + mask), out = att v
 
+// Each (b, h) is a few small matrix products through the packed register tile:
+//   scores (Tq, Tk) = rel_bias + mask + (q / sqrt(HS)) k^T, att = softmax rows, out = att v.
+// Threads own whole heads (b, h), so every write is race-free.
 void attention_forward_cpu(float* out, float* att, const float* q, const float* k, const float* v,
                            const float* rel_bias, const float* mask, int n_mask,
                            int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
     int C = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
-    #pragma omp parallel for collapse(3) schedule(static)
+    double work = (double)B * NH * Tq * Tk * HS;   // run small problems on one thread
+    #pragma omp parallel for collapse(2) schedule(static) if (work > 65536.0)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
-            for (int i = 0; i < Tq; i++) {
-                const float* qi = q + ((size_t)b * Tq + i) * q_stride + h * HS;
-                float* a = att + (((size_t)b * NH + h) * Tq + i) * Tk;
-                const float* rb = rel_bias ? rel_bias + ((size_t)h * Tq + i) * Tk : NULL;
-                const float* mk = mask ? mask + ((size_t)(b % n_mask) * Tq + i) * Tk : NULL;
-                for (int j = 0; j < Tk; j++) {
-                    const float* kj = k + ((size_t)b * Tk + j) * kv_stride + h * HS;
-                    float s = dot_f32(qi, kj, HS) * scale;
-                    if (rb) s += rb[j];
-                    if (mk) s += mk[j];
-                    a[j] = s;
-                }
-                softmax_row(a, a, Tk);
-                float* o = out + ((size_t)b * Tq + i) * C + h * HS;
-                for (int d = 0; d < HS; d++) o[d] = 0.0f;
-                for (int j = 0; j < Tk; j++) {
-                    if (a[j] == 0.0f) continue;
-                    axpy_f32(o, a[j], v + ((size_t)b * Tk + j) * kv_stride + h * HS, HS);
-                }
-            }
+            float* s = att + ((size_t)b * NH + h) * Tq * Tk;   // (Tq, Tk)
+            const float* rb = rel_bias ? rel_bias + (size_t)h * Tq * Tk : NULL;
+            const float* mk = mask ? mask + (size_t)(b % n_mask) * Tq * Tk : NULL;
+            for (size_t e = 0; e < (size_t)Tq * Tk; e++) s[e] = (rb ? rb[e] : 0.0f) + (mk ? mk[e] : 0.0f);
+            const float* qb = q + (size_t)b * Tq * q_stride + h * HS;
+            const float* kb = k + (size_t)b * Tk * kv_stride + h * HS;
+            const float* vb = v + (size_t)b * Tk * kv_stride + h * HS;
+            // s += q (Tq, HS) @ (scale k)^T (HS, Tk); a -inf mask entry stays -inf
+            matmul_acc_serial(s, Tk, qb, q_stride, 1, kb, 1, kv_stride, scale, Tq, HS, Tk);
+            for (int i = 0; i < Tq; i++) softmax_row(s + (size_t)i * Tk, s + (size_t)i * Tk, Tk);
+            float* ob = out + (size_t)b * Tq * C + h * HS;
+            for (int i = 0; i < Tq; i++) memset(ob + (size_t)i * C, 0, HS * sizeof(float));
+            // out (Tq, HS) = att (Tq, Tk) @ v (Tk, HS)
+            matmul_acc_serial(ob, C, s, Tk, 1, vb, kv_stride, 1, 1.0f, Tq, Tk, HS);
         }
     }
 }
 
-// dscore row i of head (b, h): dscore_j = att_ij * (datt_j - sum_j att_ij datt_j), datt_j = dout_i . v_j
-static void attention_dscore_row(float* ds, const float* a, const float* doi, const float* v,
-                                 int b, int h, int Tk, int HS, int kv_stride) {
-    double s = 0.0;
-    for (int j = 0; j < Tk; j++) {
-        float da = a[j] == 0.0f ? 0.0f : dot_f32(doi, v + ((size_t)b * Tk + j) * kv_stride + h * HS, HS);
-        ds[j] = da;
-        s += (double)da * a[j];
+// one growable host buffer for CPU ops that need a temporary; ops run one at a time
+static float* cpu_scratch_buf = NULL;
+static size_t cpu_scratch_cap = 0;
+static float* cpu_scratch(size_t n) {
+    if (n > cpu_scratch_cap) {
+        free(cpu_scratch_buf);
+        cpu_scratch_buf = (float*)mallocCheck(n * sizeof(float));
+        cpu_scratch_cap = n;
     }
-    for (int j = 0; j < Tk; j++) ds[j] = a[j] * (ds[j] - (float)s);
+    return cpu_scratch_buf;
 }
 
+// Per head (b, h), with P = att and dO = dout:
+//   dv += P^T dO; dP = dO v^T; dS = P * (dP - rowsum(dP * P)) (a blocked entry has P = 0,
+//   so dS = 0); drel_bias += dS (summed over b); dq += dS (k / sqrt(HS)); dk += dS^T (q / sqrt(HS)).
+// Pass 1 runs heads in parallel and keeps dS (B, NH, Tq, Tk) in a scratch buffer; pass 2
+// sums it over the batch into drel_bias, rows owned by threads.
 void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout,
                             const float* att, const float* q, const float* k, const float* v,
                             int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
     int C = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
-    // pass 1, parallel over (b, h): dk, dv collect over all query rows of their own head
-    #pragma omp parallel
-    {
-        float* ds = (float*)mallocCheck((size_t)Tk * sizeof(float));
-        #pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++) {
-            for (int h = 0; h < NH; h++) {
-                for (int i = 0; i < Tq; i++) {
-                    const float* a = att + (((size_t)b * NH + h) * Tq + i) * Tk;
-                    const float* doi = dout + ((size_t)b * Tq + i) * C + h * HS;
-                    const float* qi = q + ((size_t)b * Tq + i) * q_stride + h * HS;
-                    if (dv) {
-                        for (int j = 0; j < Tk; j++) if (a[j] != 0.0f)
-                            axpy_f32(dv + ((size_t)b * Tk + j) * kv_stride + h * HS, a[j], doi, HS);
-                    }
-                    if (!dq && !dk) continue;
-                    attention_dscore_row(ds, a, doi, v, b, h, Tk, HS, kv_stride);
-                    float* dqi = dq ? dq + ((size_t)b * Tq + i) * q_stride + h * HS : NULL;
-                    for (int j = 0; j < Tk; j++) {
-                        if (ds[j] == 0.0f) continue;
-                        float g = ds[j] * scale;
-                        if (dqi) axpy_f32(dqi, g, k + ((size_t)b * Tk + j) * kv_stride + h * HS, HS);
-                        if (dk) axpy_f32(dk + ((size_t)b * Tk + j) * kv_stride + h * HS, g, qi, HS);
-                    }
-                }
+    double work = (double)B * NH * Tq * Tk * HS;   // run small problems on one thread
+    float* dS_all = cpu_scratch((size_t)B * NH * Tq * Tk);
+    #pragma omp parallel for collapse(2) schedule(static) if (work > 65536.0)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            const float* P = att + ((size_t)b * NH + h) * Tq * Tk;
+            float* dS = dS_all + ((size_t)b * NH + h) * Tq * Tk;
+            const float* dob = dout + (size_t)b * Tq * C + h * HS;
+            const float* qb = q + (size_t)b * Tq * q_stride + h * HS;
+            const float* kb = k + (size_t)b * Tk * kv_stride + h * HS;
+            const float* vb = v + (size_t)b * Tk * kv_stride + h * HS;
+            // dv (Tk, HS) += P^T (Tk, Tq) @ dO (Tq, HS)
+            if (dv) matmul_acc_serial(dv + (size_t)b * Tk * kv_stride + h * HS, kv_stride,
+                                      P, 1, Tk, dob, C, 1, 1.0f, Tk, Tq, HS);
+            if (!dq && !dk && !drel_bias) continue;
+            // dP (Tq, Tk) = dO (Tq, HS) @ v^T (HS, Tk), then dS in place
+            memset(dS, 0, (size_t)Tq * Tk * sizeof(float));
+            matmul_acc_serial(dS, Tk, dob, C, 1, vb, 1, kv_stride, 1.0f, Tq, HS, Tk);
+            for (int i = 0; i < Tq; i++) {
+                const float* p = P + (size_t)i * Tk;
+                float* d = dS + (size_t)i * Tk;
+                double sum = 0.0;
+                for (int j = 0; j < Tk; j++) sum += (double)d[j] * p[j];
+                for (int j = 0; j < Tk; j++) d[j] = p[j] * (d[j] - (float)sum);
             }
+            // dq (Tq, HS) += dS (Tq, Tk) @ (scale k) (Tk, HS)
+            if (dq) matmul_acc_serial(dq + (size_t)b * Tq * q_stride + h * HS, q_stride,
+                                      dS, Tk, 1, kb, kv_stride, 1, scale, Tq, Tk, HS);
+            // dk (Tk, HS) += dS^T (Tk, Tq) @ (scale q) (Tq, HS)
+            if (dk) matmul_acc_serial(dk + (size_t)b * Tk * kv_stride + h * HS, kv_stride,
+                                      dS, 1, Tk, qb, q_stride, 1, scale, Tk, Tq, HS);
         }
-        free(ds);
     }
-    // pass 2, parallel over (h, i): the bias gradient sums over the batch
     if (drel_bias) {
-        #pragma omp parallel
-        {
-            float* ds = (float*)mallocCheck((size_t)Tk * sizeof(float));
-            #pragma omp for collapse(2) schedule(static)
-            for (int h = 0; h < NH; h++) {
-                for (int i = 0; i < Tq; i++) {
-                    float* db = drel_bias + ((size_t)h * Tq + i) * Tk;
-                    for (int b = 0; b < B; b++) {
-                        const float* a = att + (((size_t)b * NH + h) * Tq + i) * Tk;
-                        const float* doi = dout + ((size_t)b * Tq + i) * C + h * HS;
-                        attention_dscore_row(ds, a, doi, v, b, h, Tk, HS, kv_stride);
-                        for (int j = 0; j < Tk; j++) db[j] += ds[j];
-                    }
-                }
+        #pragma omp parallel for schedule(static) if (work > 65536.0)
+        for (int row = 0; row < NH * Tq; row++) {
+            int h = row / Tq, i = row % Tq;
+            float* db = drel_bias + (size_t)row * Tk;
+            for (int b = 0; b < B; b++) {
+                const float* d = dS_all + (((size_t)b * NH + h) * Tq + i) * Tk;
+                for (int j = 0; j < Tk; j++) db[j] += d[j];
             }
-            free(ds);
         }
     }
 }
 
 // ----------------------------------------------------------------------------
 // conv2d, NHWC, weight (OC, K, K, C)
-
-// gather the K x K x C input patch of output pixel (y, x) into col, zeros outside
-static void conv2d_gather_patch(float* col, const float* inp_b, int H, int W, int C, int K,
-                                int stride, int pad, int y, int x) {
-    for (int ky = 0; ky < K; ky++) {
-        int iy = y * stride - pad + ky;
-        for (int kx = 0; kx < K; kx++) {
-            int ix = x * stride - pad + kx;
-            float* dst = col + ((size_t)ky * K + kx) * C;
-            if (iy < 0 || iy >= H || ix < 0 || ix >= W) { memset(dst, 0, C * sizeof(float)); continue; }
-            memcpy(dst, inp_b + ((size_t)iy * W + ix) * C, C * sizeof(float));
-        }
-    }
-}
+//
+// No im2col matrix: a conv is a sum over the K*K taps (ky, kx) of small matrix products
+// whose rows are pixels, and each product runs through the same packed register tile as
+// linear (mm_tile). For a tap, the input pixel of output pixel (y, x) is
+// (y*stride - pad + ky, x*stride - pad + kx); a pixel outside the input contributes zero,
+// so its tile row is simply not stored (forward, dinp) or packed as zeros (dweight).
 
 void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const float* bias,
                         int B, int H, int W, int C, int OC, int K, int stride, int pad,
                         int Ho, int Wo) {
-    // per output row: gather tiles of 4 patches, then each weight row meets 4 patches
-    const int TILE = 4;
+    // task = one output row (b, y) x MM_NR output channels; out[b,y,:,o-block] += for each
+    // tap and C chunk: inp pixels (Wo, c-chunk) @ packed weight (c-chunk, MM_NR)
+    int ntasks_o = (OC + MM_NR - 1) / MM_NR;
     size_t KKC = (size_t)K * K * C;
-    #pragma omp parallel
-    {
-        float* col = (float*)mallocCheck(TILE * KKC * sizeof(float));
-        #pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++) {
-            for (int y = 0; y < Ho; y++) {
-                const float* inp_b = inp + (size_t)b * H * W * C;
-                for (int x0 = 0; x0 < Wo; x0 += TILE) {
-                    int nt = Wo - x0 < TILE ? Wo - x0 : TILE;
-                    for (int t = 0; t < nt; t++)
-                        conv2d_gather_patch(col + t * KKC, inp_b, H, W, C, K, stride, pad, y, x0 + t);
-                    float* o = out + (((size_t)b * Ho + y) * Wo + x0) * OC;
-                    for (int oc = 0; oc < OC; oc++) {
-                        const float* w = weight + oc * KKC;
-                        float bb = bias ? bias[oc] : 0.0f;
-                        for (int t = 0; t < nt; t++) o[(size_t)t * OC + oc] = bb + dot_f32(col + t * KKC, w, (int)KKC);
+    double work = (double)B * Ho * Wo * OC * KKC;   // run small problems on one thread
+    #pragma omp parallel for collapse(3) schedule(static) if (work > 65536.0)
+    for (int b = 0; b < B; b++) {
+        for (int y = 0; y < Ho; y++) {
+            for (int ot = 0; ot < ntasks_o; ot++) {
+                float packed[MM_KC * MM_NR];
+                int o0 = ot * MM_NR, no = OC - o0 < MM_NR ? OC - o0 : MM_NR;
+                float* out_row = out + ((size_t)b * Ho + y) * Wo * OC + o0;
+                for (int x = 0; x < Wo; x++) {
+                    for (int j = 0; j < no; j++) out_row[(size_t)x * OC + j] = bias ? bias[o0 + j] : 0.0f;
+                }
+                for (int ky = 0; ky < K; ky++) {
+                    int iy = y * stride - pad + ky;
+                    if (iy < 0 || iy >= H) continue;
+                    const float* inp_row = inp + ((size_t)b * H + iy) * W * C;
+                    for (int kx = 0; kx < K; kx++) {
+                        for (int c0 = 0; c0 < C; c0 += MM_KC) {
+                            int kc = C - c0 < MM_KC ? C - c0 : MM_KC;
+                            // packed[c][j] = weight[o0 + j, ky, kx, c0 + c]
+                            for (int j = 0; j < MM_NR; j++) {
+                                const float* w = weight + (size_t)(o0 + j) * KKC + ((size_t)ky * K + kx) * C + c0;
+                                for (int c = 0; c < kc; c++) packed[c * MM_NR + j] = j < no ? w[c] : 0.0f;
+                            }
+                            for (int x = 0; x < Wo; x += MM_MR) {
+                                const float* a[MM_MR];
+                                float* o[MM_MR];
+                                for (int r = 0; r < MM_MR; r++) {
+                                    int ix = (x + r) * stride - pad + kx;
+                                    int ok = x + r < Wo && ix >= 0 && ix < W;
+                                    a[r] = ok ? inp_row + (size_t)ix * C + c0 : inp_row + c0;
+                                    o[r] = ok ? out_row + (size_t)(x + r) * OC : NULL;
+                                }
+                                mm_tile(o, no, a, 1, packed, kc);
+                            }
+                        }
                     }
                 }
             }
         }
-        free(col);
     }
 }
 
@@ -724,61 +766,117 @@ void conv2d_backward_cpu(float* dinp, float* dweight, float* dbias, const float*
                          int B, int H, int W, int C, int OC, int K, int stride, int pad,
                          int Ho, int Wo) {
     size_t KKC = (size_t)K * K * C;
-    // dinp: gather form, each input pixel sums over the output pixels whose patch covers it
+    double work = (double)B * Ho * Wo * OC * KKC;   // run small problems on one thread
+    // dinp: task = one input row (b, iy) x MM_NR input channels, so every task owns its
+    // outputs. For each tap (ky, kx) whose output row y = (iy + pad - ky) / stride exists:
+    // dinp[b, iy, ix, c-block] += dout[b, y, x, :] @ weight[:, ky, kx, c-block] over x.
     if (dinp) {
-        #pragma omp parallel for collapse(2) schedule(static)
+        int ntasks_c = (C + MM_NR - 1) / MM_NR;
+        #pragma omp parallel for collapse(3) schedule(static) if (work > 65536.0)
         for (int b = 0; b < B; b++) {
             for (int iy = 0; iy < H; iy++) {
-                for (int ix = 0; ix < W; ix++) {
-                    float* di = dinp + (((size_t)b * H + iy) * W + ix) * C;
+                for (int ct = 0; ct < ntasks_c; ct++) {
+                    float packed[MM_KC * MM_NR];
+                    int c0 = ct * MM_NR, nc = C - c0 < MM_NR ? C - c0 : MM_NR;
+                    float* dinp_row = dinp + ((size_t)b * H + iy) * W * C + c0;
                     for (int ky = 0; ky < K; ky++) {
                         int ty = iy + pad - ky;
-                        if (ty < 0 || ty % stride) continue;
-                        int y = ty / stride;
-                        if (y >= Ho) continue;
+                        if (ty < 0 || ty % stride != 0 || ty / stride >= Ho) continue;
+                        const float* dout_row = dout + ((size_t)b * Ho + ty / stride) * Wo * OC;
                         for (int kx = 0; kx < K; kx++) {
-                            int tx = ix + pad - kx;
-                            if (tx < 0 || tx % stride) continue;
-                            int x = tx / stride;
-                            if (x >= Wo) continue;
-                            const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * OC;
-                            for (int oc = 0; oc < OC; oc++)
-                                axpy_f32(di, d[oc], weight + oc * KKC + ((size_t)ky * K + kx) * C, C);
+                            for (int o0 = 0; o0 < OC; o0 += MM_KC) {
+                                int kc = OC - o0 < MM_KC ? OC - o0 : MM_KC;
+                                // packed[o][j] = weight[o0 + o, ky, kx, c0 + j]
+                                for (int o = 0; o < kc; o++) {
+                                    const float* w = weight + (size_t)(o0 + o) * KKC + ((size_t)ky * K + kx) * C + c0;
+                                    for (int j = 0; j < MM_NR; j++) packed[o * MM_NR + j] = j < nc ? w[j] : 0.0f;
+                                }
+                                for (int x = 0; x < Wo; x += MM_MR) {
+                                    const float* a[MM_MR];
+                                    float* d[MM_MR];
+                                    for (int r = 0; r < MM_MR; r++) {
+                                        int ix = (x + r) * stride - pad + kx;
+                                        int ok = x + r < Wo && ix >= 0 && ix < W;
+                                        a[r] = ok ? dout_row + (size_t)(x + r) * OC + o0 : dout_row + o0;
+                                        d[r] = ok ? dinp_row + (size_t)ix * C : NULL;
+                                    }
+                                    mm_tile(d, nc, a, 1, packed, kc);
+                                }
+                            }
                         }
                     }
                 }
             }
         }
     }
-    // dweight, dbias: each thread owns a range of output channels and walks every pixel
-    if (dweight || dbias) {
-        #pragma omp parallel
-        {
-            int nth = 1, tid = 0;
-#ifdef _OPENMP
-            nth = omp_get_num_threads(); tid = omp_get_thread_num();
-#endif
-            int o0 = (int)((long)OC * tid / nth), o1 = (int)((long)OC * (tid + 1) / nth);
-            float* col = (float*)mallocCheck(KKC * sizeof(float));
-            double* sb = (double*)callocCheck(OC, sizeof(double));
-            if (o1 > o0) {
-                for (int b = 0; b < B; b++) {
-                    const float* inp_b = inp + (size_t)b * H * W * C;
-                    for (int y = 0; y < Ho; y++) {
-                        for (int x = 0; x < Wo; x++) {
-                            const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * OC;
-                            if (dweight) conv2d_gather_patch(col, inp_b, H, W, C, K, stride, pad, y, x);
-                            for (int oc = o0; oc < o1; oc++) {
-                                sb[oc] += d[oc];
-                                if (dweight) axpy_f32(dweight + oc * KKC, d[oc], col, (int)KKC);
+    // dweight: for a kernel row ky, dweight[o, ky, :, :] is a contiguous (K*C) row and so is
+    // the input span (kx, c) under the K taps of one output pixel. Task = up to 256 output
+    // channels x ky x MM_NR columns of that (K*C) row:
+    // dweight[o-block, ky, cols] += dout^T (o, pixels) @ input spans (pixels, cols),
+    // walking all B*Ho*Wo output pixels in chunks of MM_KC (taps outside the input packed as 0).
+    if (dweight) {
+        int KC = K * C;
+        const int OB = 256;   // output channels per task: one packed chunk serves them all
+        int ntasks_o = (OC + OB - 1) / OB, ntasks_j = (KC + MM_NR - 1) / MM_NR;
+        int npix = B * Ho * Wo;
+        #pragma omp parallel for collapse(3) schedule(static) if (work > 65536.0)
+        for (int ot = 0; ot < ntasks_o; ot++) {
+            for (int ky = 0; ky < K; ky++) {
+                for (int jt = 0; jt < ntasks_j; jt++) {
+                    float packed[MM_KC * MM_NR];
+                    int o0 = ot * OB, o1 = o0 + OB < OC ? o0 + OB : OC;
+                    int j0 = jt * MM_NR, nj = KC - j0 < MM_NR ? KC - j0 : MM_NR;
+                    int kx_of[MM_NR];   // tap column of each packed column
+                    for (int j = 0; j < MM_NR; j++) kx_of[j] = (j0 + (j < nj ? j : 0)) / C;
+                    int b = 0, y = 0, x = 0;   // output pixel p0 + p, advanced incrementally
+                    for (int p0 = 0; p0 < npix; p0 += MM_KC) {
+                        int kc = npix - p0 < MM_KC ? npix - p0 : MM_KC;
+                        for (int p = 0; p < kc; p++) {
+                            int iy = y * stride - pad + ky, ix0 = x * stride - pad;
+                            float* dst = packed + p * MM_NR;
+                            if (iy < 0 || iy >= H) {
+                                for (int j = 0; j < MM_NR; j++) dst[j] = 0.0f;
+                            } else {
+                                // span[j] = inp[b, iy, ix0 + kx_of[j], (j0 + j) % C]
+                                const float* span = inp + ((size_t)b * H + iy) * W * C + (ptrdiff_t)ix0 * C + j0;
+                                if (nj == MM_NR && ix0 >= 0 && ix0 + K <= W) {
+                                    for (int j = 0; j < MM_NR; j++) dst[j] = span[j];
+                                } else {
+                                    for (int j = 0; j < MM_NR; j++) {
+                                        int ix = ix0 + kx_of[j];
+                                        dst[j] = j < nj && ix >= 0 && ix < W ? span[j] : 0.0f;
+                                    }
+                                }
                             }
+                            if (++x == Wo) { x = 0; if (++y == Ho) { y = 0; b++; } }
+                        }
+                        for (int o = o0; o < o1; o += MM_MR) {
+                            const float* a[MM_MR];
+                            float* d[MM_MR];
+                            for (int r = 0; r < MM_MR; r++) {
+                                int orow = o + r < o1 ? o + r : o1 - 1;
+                                a[r] = dout + (size_t)p0 * OC + orow;
+                                d[r] = o + r < o1 ? dweight + (size_t)(o + r) * KKC + (size_t)ky * KC + j0 : NULL;
+                            }
+                            mm_tile(d, nj, a, OC, packed, kc);
                         }
                     }
                 }
-                if (dbias) for (int oc = o0; oc < o1; oc++) dbias[oc] += (float)sb[oc];
             }
-            free(sb);
-            free(col);
+        }
+    }
+    // dbias (OC) += sums of dout over all output pixels, in double
+    if (dbias) {
+        int npix = B * Ho * Wo, nblocks = (OC + 63) / 64;
+        #pragma omp parallel for schedule(static) if (work > 65536.0)
+        for (int ob = 0; ob < nblocks; ob++) {
+            int o0 = ob * 64, no = OC - o0 < 64 ? OC - o0 : 64;
+            double sum[64] = {0.0};
+            for (int p = 0; p < npix; p++) {
+                const float* d = dout + (size_t)p * OC + o0;
+                for (int j = 0; j < no; j++) sum[j] += d[j];
+            }
+            for (int j = 0; j < no; j++) dbias[o0 + j] += (float)sum[j];
         }
     }
 }
@@ -954,17 +1052,19 @@ void upsample_nearest_forward_cpu(float* out, const float* inp, int B, int H, in
 
 void upsample_nearest_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C,
                                    int Ho, int Wo) {
-    // parallel over batch and channel-free input rows would need the inverse map;
-    // instead parallel over (b) with a serial scatter inside: race-free and simple
-    #pragma omp parallel for schedule(static)
+    // gather form, race-free: each (b, input row iy) is owned by one thread and collects
+    // the output rows whose source row is iy (a scatter over output rows would collide)
+    #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
-        for (int y = 0; y < Ho; y++) {
-            int sy = nearest_source(y, H, Ho);
-            for (int x = 0; x < Wo; x++) {
-                int sx = nearest_source(x, W, Wo);
-                float* di = dinp + (((size_t)b * H + sy) * W + sx) * C;
-                const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * C;
-                for (int c = 0; c < C; c++) di[c] += d[c];
+        for (int iy = 0; iy < H; iy++) {
+            for (int y = 0; y < Ho; y++) {
+                if (nearest_source(y, H, Ho) != iy) continue;
+                for (int x = 0; x < Wo; x++) {
+                    int sx = nearest_source(x, W, Wo);
+                    float* di = dinp + (((size_t)b * H + iy) * W + sx) * C;
+                    const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * C;
+                    for (int c = 0; c < C; c++) di[c] += d[c];
+                }
             }
         }
     }
@@ -1008,25 +1108,26 @@ void upsample_bilinear_forward_cpu(float* out, const float* inp, int B, int H, i
 
 void upsample_bilinear_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C,
                                     int Ho, int Wo) {
-    // several output pixels feed one input pixel: scatter serially within an image
-    #pragma omp parallel for schedule(static)
+    // gather form, race-free: each (b, input row iy) is owned by one thread. Output row y
+    // reaches input row iy with weight wy = (1 - ly)[y0 == iy] + ly [y1 == iy]; along x the
+    // scatter stays inside the owned row, so no two threads write the same element.
+    #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
-        for (int y = 0; y < Ho; y++) {
-            int y0, y1; float ly;
-            bilinear_source(y, H, Ho, &y0, &y1, &ly);
-            for (int x = 0; x < Wo; x++) {
-                int x0, x1; float lx;
-                bilinear_source(x, W, Wo, &x0, &x1, &lx);
-                const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * C;
-                float* p00 = dinp + (((size_t)b * H + y0) * W + x0) * C;
-                float* p01 = dinp + (((size_t)b * H + y0) * W + x1) * C;
-                float* p10 = dinp + (((size_t)b * H + y1) * W + x0) * C;
-                float* p11 = dinp + (((size_t)b * H + y1) * W + x1) * C;
-                for (int c = 0; c < C; c++) {
-                    p00[c] += (1.0f - ly) * (1.0f - lx) * d[c];
-                    p01[c] += (1.0f - ly) * lx * d[c];
-                    p10[c] += ly * (1.0f - lx) * d[c];
-                    p11[c] += ly * lx * d[c];
+        for (int iy = 0; iy < H; iy++) {
+            for (int y = 0; y < Ho; y++) {
+                int y0, y1; float ly;
+                bilinear_source(y, H, Ho, &y0, &y1, &ly);
+                if (y0 != iy && y1 != iy) continue;
+                float wy = (y0 == iy ? 1.0f - ly : 0.0f) + (y1 == iy ? ly : 0.0f);
+                float* drow = dinp + ((size_t)b * H + iy) * W * C;
+                for (int x = 0; x < Wo; x++) {
+                    int x0, x1; float lx;
+                    bilinear_source(x, W, Wo, &x0, &x1, &lx);
+                    const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * C;
+                    float* p0 = drow + (size_t)x0 * C;
+                    float* p1 = drow + (size_t)x1 * C;
+                    float w0 = wy * (1.0f - lx), w1 = wy * lx;
+                    for (int c = 0; c < C; c++) { p0[c] += w0 * d[c]; p1[c] += w1 * d[c]; }
                 }
             }
         }
@@ -1249,7 +1350,8 @@ void dice_loss_backward_cpu(float* dlogits, const float* dlosses, const float* l
 
 void adamw_update_cpu(float* params, const float* grads, float* m, float* v, size_t N,
                       float lr, float beta1, float beta2, float eps, float weight_decay, int t) {
-    float c1 = 1.0f - powf(beta1, (float)t), c2 = 1.0f - powf(beta2, (float)t);
+    // bias corrections in double: 1 - beta^t loses digits in float for small t
+    float c1 = (float)(1.0 - pow((double)beta1, t)), c2 = (float)(1.0 - pow((double)beta2, t));
     #pragma omp parallel for schedule(static) if (N > 65536)
     for (size_t i = 0; i < N; i++) {
         float g = grads[i];

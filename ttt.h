@@ -305,6 +305,9 @@ void ttt_cuda_free(void* p);
 void ttt_cuda_zero(void* p, size_t bytes);
 void ttt_cuda_copy(void* dst, const void* src, size_t bytes, int kind); // 0 d2d, 1 h2d, 2 d2h
 void ttt_cuda_synchronize(void);
+void ttt_cuda_set_tf32(int on);          // matrix products in TF32 (1, default) or float32 (0)
+double ttt_cuda_gemm_flops(void);         // FLOPs of all matrix products issued so far
+void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use / total, bytes
 
 void add_forward_cuda(float* out, const float* a, const float* b, size_t N);
 void add_inplace_cuda(float* a, const float* b, size_t N);
@@ -390,13 +393,22 @@ void checkpoint_read_data(const char* path, float* data, size_t n);
 // SWIN ENCODER f (swin.c): config, parameter and activation structs, API
 // ============================================================================
 
-// Swin as Mask2Former uses it (the detection variant): patch embedding conv 4x4/4 + LN,
-// four stages of blocks (LN -> pad to a multiple of the window -> roll(-shift) on odd
-// blocks -> window attention with relative position bias (and the -100 shift mask) ->
-// reverse -> residual; LN -> MLP (GELU) -> residual), patch merging between stages, and a
-// LayerNorm on each stage output. Every block pads and, on odd blocks, shifts, whatever
-// the stage resolution (Hugging Face's SwinBackbone instead drops the shift when a stage is
-// no larger than one window; the reference test uses sizes where the two agree).
+// Swin as Mask2Former uses it, matching Hugging Face's SwinBackbone (transformers 5.17)
+// and the original Mask2Former Swin: patch embedding conv 4x4/4 (input zero-padded
+// bottom/right to a multiple of 4) + LN; four stages of blocks (LN -> zero-pad to a
+// multiple of the window -> roll(-shift) on odd blocks -> window attention with relative
+// position bias (and the -100 shift mask) -> reverse -> crop -> residual; LN -> MLP (exact
+// GELU) -> residual); patch merging between stages; a LayerNorm on each stage output.
+// Every block pads and, on odd blocks, shifts by window/2 whatever the stage resolution:
+// SwinBackbone runs its layers with always_partition=True, which skips the classification
+// model's set_shift_and_window_size (that rule drops the shift when a stage fits in one
+// window; it does not apply to the backbone). Dropout / drop-path off.
+//
+// Usage: n = swin_num_params(&cfg); params (ttt_malloc) + swin_point_params;
+//   na = swin_point_acts(&a, NULL, &cfg, max_B, H, W); acts = ttt_malloc(na floats);
+//   swin_point_acts(&a, acts, ...); swin_init_acts(&a, &cfg); likewise da (no init);
+//   idx = swin_make_rel_index(&cfg); swin_forward(...) -> a.out[s];
+//   swin_backward(...) with dout[s] = upstream gradients of a.out[s].
 
 #define SWIN_MAX_BLOCKS 32
 
@@ -411,6 +423,7 @@ typedef struct {
 
 SwinConfig swin_config_small(void);   // Swin-S: 96, {2,2,18,2}, {3,6,12,24}, window 7
 SwinConfig swin_config_tiny(void);    // for tests: 16, {2,2,2,2}, {1,2,2,4}, window 7
+SwinConfig swin_config_demo(void);    // CPU demo: 32, {1,1,2,1}, {1,2,4,8}, window 7
 
 typedef struct {
     float *norm1_w, *norm1_b;   // (C)
@@ -485,6 +498,16 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
 void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* grads,
                    const SwinActs* a, SwinActs* da, const int* rel_index,
                    const float* inp, float* const dout[4], float* dinp, int B);
+
+// Encoder weights on their own (e.g. converted from Hugging Face / original Swin by
+// dev/convert_swin.py): a checkpoint file (checkpoint_write) with header
+// [magic, version, CKPT_KIND_SWIN, in_chans, embed_dim, depths[4], num_heads[4], window,
+// mlp_ratio, 0...] and swin_num_params floats in the SwinParams order above.
+#define CKPT_KIND_SWIN 2
+void swin_save_export(const char* path, const SwinConfig* cfg, const float* host_params);
+// reads such a file: sets *cfg from the header (dies on another kind or an implausible
+// config, or a size that does not match) and returns the malloc'd host parameters
+float* swin_load_hf_export(const char* path, SwinConfig* cfg);
 
 // ============================================================================
 // end of SWIN
@@ -690,7 +713,8 @@ typedef struct {
 
 size_t m2f_num_params(const M2FConfig* cfg);
 void m2f_point_params(M2FParams* p, float* mem, const M2FConfig* cfg);
-// host memory: pixel decoder as above; attention/FFN weights xavier_uniform, their biases 0;
+// host memory: pixel decoder as above; attention/FFN weights xavier_uniform, attention biases 0,
+// FFN biases uniform +-1/sqrt(fan_in);
 // query_feat, query_embed, level_embed N(0, 1); class and mask-embed Linear PyTorch default
 // (uniform +-1/sqrt(fan_in) for weight and bias); LayerNorm weight 1 bias 0.
 void m2f_init_params(float* mem, const M2FConfig* cfg, Rng* rng);
@@ -726,6 +750,8 @@ void attn_mask_from_logits_cuda(float* mask_add, const float* logits, int B, int
 //   seg[k, p] = sum_q softmax(class_logits[q])[k] * sigmoid(mask_logits[q, p]), k < K
 //   seg (K, H4, W4) is resized bilinearly (align_corners=False) to (4*H4, 4*W4), cropped to the
 //   top-left H x W (H <= 4*H4, W <= 4*W4), ids[y, x] = argmax_k (first max on ties).
+//   (Mask2Former itself resizes the Q mask logits before the sigmoid; resizing the K class maps
+//   after it is far cheaper and differs only along boundaries.)
 // work: host floats of m2f_semantic_work_size(Q, K, H4, W4).
 size_t m2f_semantic_work_size(int Q, int K, int H4, int W4);
 void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
@@ -751,39 +777,76 @@ int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segm
 
 // --- set loss (targets, matcher, losses) ---
 
-// The Mask2Former set loss, on the HOST (the caller copies logits in and gradients out).
-// For every prediction j (deep supervision) and image b:
-//   targets: one binary mask per class present in the label map (255 = ignore: 0 in all)
-//   matching: Hungarian on cost = w_class * -p(class) + w_mask * BCE + w_dice * dice over
-//             num_points uniform random points shared by all masks of the image
-//   loss_j = w_class * CE(all queries; unmatched -> no-object, weight no_object_weight)
-//          + w_mask * sum_matched BCE / num_masks + w_dice * sum_matched dice / num_masks
-//   with BCE and dice on num_points importance-sampled points per matched mask
-//   (oversample x random, keep the importance share most uncertain by -|logit|, rest random)
-// all_pixels = 1 replaces every point set by the centres of the Hm x Wm mask-map pixels.
+// The Mask2Former set loss (facebookresearch/Mask2Former matcher.py + criterion.py), on the
+// HOST: the caller copies the logits to host arrays and the gradients back to the device.
+// For every prediction j = 0..L-1 (deep supervision, each re-matched) and image b:
+//   targets: T binary masks at label resolution (H, W) with their classes (see below)
+//   matching: Hungarian assignment of the T targets to distinct queries (of the Q) minimising
+//     cost[t, q] = w_class * -softmax(class_logits[q])[class_t]
+//                + w_mask * mean_p BCEWithLogits(x_q(p), y_t(p))
+//                + w_dice * (1 - (2 sum_p s_q y_t + 1) / (sum_p s_q + sum_p y_t + 1)),
+//     s = sigmoid(x), over num_points uniform random points p shared by every mask of the
+//     image (x_q: mask logits point-sampled, y_t: target point-sampled, both bilinear,
+//     align_corners=False). With T > Q only Q targets get a query (as scipy does).
+//   loss_j = w_class * CE(every query of the batch; unmatched -> no-object class K; class
+//            weights 1, and no_object_weight for K; PyTorch weighted mean over B*Q rows)
+//          + w_mask * sum_matched BCE / num_masks + w_dice * sum_matched dice / num_masks,
+//   BCE and dice of a matched pair on num_points points of its own, importance-sampled:
+//   oversample*num_points uniform points, uncertainty -|x_q(p)|, keep the
+//   int(importance*num_points) most uncertain, fill up with uniform points; no gradient
+//   flows through the choice. num_masks = targets in the whole batch (at least 1).
+// total = sum_j loss_j. all_pixels = 1 replaces every point set (matching and losses) by
+// the Hm*Wm centres of the mask-map pixels ((x+0.5)/Wm, (y+0.5)/Hm): predictions are then
+// the mask logits themselves and targets are the 0/1 label-resolution masks bilinearly
+// sampled at those centres (soft values at class borders when H != Hm); deterministic.
+// The mask map and the label map cover the same frame: point (x, y) in [0, 1]^2 is the same
+// place in both (pad labels with 255 where the network input was padded).
+// Scratch memory is malloc'd per call (one call per training step; not a hot path).
 typedef struct {
-    int num_points;          // 12544
+    int num_points;          // 12544 (112 * 112)
     float oversample;        // 3
     float importance;        // 0.75
     float w_class, w_mask, w_dice;   // 2, 5, 5
     float no_object_weight;  // 0.1
-    int all_pixels;          // 0
+    int all_pixels;          // 0: point sampling; 1: every pixel of the mask map
 } SetLossConfig;
 SetLossConfig set_loss_config_default(void);
 
-// class_logits (L, B, Q, K+1), mask_logits (L, B, Q, Hm, Wm), labels (B, H, W); the mask map
-// covers the labels' frame (point (x, y) in [0, 1]^2 is the same place in both).
-// Returns the total loss; parts[0..2] = the weighted CE, BCE and dice summed over L.
-// dclass_logits / dmask_logits (same layouts) are accumulated, or skipped when NULL.
-// Scratch memory is malloc'd per call (one training step; not a hot path).
+// Targets of one image (Mask2Former's dataset mappers). Both return T and write
+// classes (T) and, unless masks is NULL (count only), masks (T, H, W) as 0/1 floats;
+// capacity: K for the semantic variant, num_segments for the panoptic one.
+// semantic: labels (H, W) in [0, K) or 255 = ignore (anything else dies); one mask per class
+//   present, in increasing class order; ignore pixels are 0 in every mask.
+int set_loss_targets_semantic(int* classes, float* masks, const unsigned char* labels,
+                              int H, int W, int K);
+// panoptic: seg_ids (H, W), 0 = void, s in [1, num_segments] = segment s of class
+//   segment_class[s-1] in [0, K), or < 0 for a crowd / ignored segment (no target, its
+//   pixels 0 in every mask); one mask per kept segment, in segment order, empty ones kept.
+int set_loss_targets_panoptic(int* classes, float* masks, const int* seg_ids, int H, int W,
+                              const int* segment_class, int num_segments, int K);
+
+// The loss on given targets. class_logits (L, B, Q, K+1), mask_logits (L, B, Q, Hm, Wm);
+// num_targets (B); target_classes (sum T) and target_masks (sum T, H, W) packed image after
+// image. Returns the total loss; parts (or NULL) gets the weighted CE, BCE and dice terms
+// summed over L (they add up to the total). dclass_logits / dmask_logits (same layouts as
+// the logits) are ACCUMULATED (+=), or skipped when NULL. rng drives every random point.
+float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
+                            const float* mask_logits, int L, int B, int Q, int K, int Hm, int Wm,
+                            const int* num_targets, const int* target_classes,
+                            const float* target_masks, int H, int W,
+                            float* dclass_logits, float* dmask_logits, Rng* rng, float parts[3]);
+// The loss on semantic label maps labels (B, H, W): set_loss_targets_semantic per image, then
+// set_loss_from_targets.
 float set_loss(const SetLossConfig* cfg, const float* class_logits, const float* mask_logits,
                int L, int B, int Q, int K, int Hm, int Wm, const unsigned char* labels, int H, int W,
                float* dclass_logits, float* dmask_logits, Rng* rng, float parts[3]);
 
-// (with more targets than queries, every query gets a distinct target and the rest go unmatched)
-// minimum-cost assignment of n rows to distinct columns of an n x m cost matrix (n <= m);
-// col_of_row[i] receives the column of row i. Returns the total cost.
-double hungarian_assign(const double* cost, int n, int m, int* col_of_row);   // dies if n > m
+// Minimum-cost assignment on an n x m cost matrix (row-major, any n, m >= 0): min(n, m) rows
+// get distinct columns, col_of_row[i] = the column of row i or -1 (only when n > m).
+// Shortest augmenting paths with potentials (Jonker-Volgenant style), O(min^2 max).
+// Non-finite costs are treated as 1e30 (a diverged step must not hang the matcher).
+// Returns the total cost of the assignment.
+double hungarian_assign(const double* cost, int n, int m, int* col_of_row);
 
 // --- end of set loss declarations ---
 

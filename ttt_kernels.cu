@@ -81,10 +81,7 @@ extern "C" void ttt_cuda_synchronize(void) { cudaCheck(cudaDeviceSynchronize());
 // one cuBLAS handle for the process, created on first use
 static cublasHandle_t cublas_handle = NULL;
 static cublasHandle_t get_cublas(void) {
-    if (cublas_handle == NULL) {
-        cublasCheck(cublasCreate(&cublas_handle));
-        cublasCheck(cublasSetMathMode(cublas_handle, CUBLAS_TF32_TENSOR_OP_MATH));
-    }
+    if (cublas_handle == NULL) cublasCheck(cublasCreate(&cublas_handle));
     return cublas_handle;
 }
 
@@ -103,6 +100,101 @@ static void* workspace_get(Workspace* w, size_t bytes) {
     return w->ptr;
 }
 
+// matrix products in TF32 (default) or full float32; FLOPs issued so far (2 M N K each).
+// The environment variable TTT_TF32=0 selects float32 until ttt_cuda_set_tf32 is called.
+static int gemm_tf32 = -1;
+static double gemm_flop_count = 0.0;
+extern "C" void ttt_cuda_set_tf32(int on) { gemm_tf32 = on != 0; }
+extern "C" double ttt_cuda_gemm_flops(void) { return gemm_flop_count; }
+
+extern "C" void ttt_cuda_memory_info(size_t* used, size_t* total) {
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    *used = total_b - free_b;
+    *total = total_b;
+}
+
+// ----------------------------------------------------------------------------
+// per-op timing, on when the environment has TTT_PROFILE=1: every _cuda op records a CUDA
+// event pair around its work (an OpTimer on its stack); at exit the total time per op is
+// printed to stderr, sorted. Off: one branch per op.
+
+#define PROF_MAX_OPS 96
+#define PROF_MAX_PENDING 65536
+static int prof_on = -1;
+static const char* prof_names[PROF_MAX_OPS];
+static double prof_ms[PROF_MAX_OPS];
+static long prof_calls[PROF_MAX_OPS];
+static int prof_nops = 0;
+static cudaEvent_t prof_ev[PROF_MAX_PENDING][2];
+static int prof_ev_op[PROF_MAX_PENDING];
+static int prof_npending = 0, prof_nev_created = 0;
+
+// fold the recorded pairs into the per-op totals (waits for the device)
+static void prof_flush(void) {
+    if (prof_npending == 0) return;
+    cudaCheck(cudaDeviceSynchronize());
+    for (int i = 0; i < prof_npending; i++) {
+        float ms = 0.0f;
+        cudaCheck(cudaEventElapsedTime(&ms, prof_ev[i][0], prof_ev[i][1]));
+        prof_ms[prof_ev_op[i]] += ms;
+        prof_calls[prof_ev_op[i]]++;
+    }
+    prof_npending = 0;
+}
+
+static void prof_report(void) {
+    prof_flush();
+    double total = 0.0;
+    for (int i = 0; i < prof_nops; i++) total += prof_ms[i];
+    fprintf(stderr, "TTT_PROFILE: device time per op (sum of event intervals), total %.2f ms\n", total);
+    int order[PROF_MAX_OPS];
+    for (int i = 0; i < prof_nops; i++) order[i] = i;
+    for (int i = 1; i < prof_nops; i++)   // insertion sort by time, descending
+        for (int j = i; j > 0 && prof_ms[order[j]] > prof_ms[order[j - 1]]; j--) {
+            int t = order[j]; order[j] = order[j - 1]; order[j - 1] = t;
+        }
+    for (int k = 0; k < prof_nops; k++) {
+        int i = order[k];
+        fprintf(stderr, "  %-32s %10.2f ms %5.1f%%  %8ld calls\n", prof_names[i], prof_ms[i],
+                100.0 * prof_ms[i] / (total > 0 ? total : 1), prof_calls[i]);
+    }
+}
+
+static int prof_depth = 0;   // only the outermost op is timed (conv2d 1x1 calls linear)
+struct OpTimer {
+    int slot;
+    OpTimer(const char* name) : slot(-1) {
+        prof_depth++;
+        if (prof_depth > 1) return;
+        if (prof_on < 0) {
+            const char* e = getenv("TTT_PROFILE");
+            prof_on = e && e[0] == '1';
+            if (prof_on) atexit(prof_report);
+        }
+        if (!prof_on) return;
+        int op = 0;
+        while (op < prof_nops && prof_names[op] != name) op++;
+        if (op == prof_nops) {
+            if (prof_nops == PROF_MAX_OPS) return;
+            prof_names[prof_nops++] = name;
+        }
+        if (prof_npending == PROF_MAX_PENDING) prof_flush();
+        slot = prof_npending++;
+        if (slot >= prof_nev_created) {
+            cudaCheck(cudaEventCreate(&prof_ev[slot][0]));
+            cudaCheck(cudaEventCreate(&prof_ev[slot][1]));
+            prof_nev_created = slot + 1;
+        }
+        prof_ev_op[slot] = op;
+        cudaCheck(cudaEventRecord(prof_ev[slot][0]));
+    }
+    ~OpTimer() {
+        prof_depth--;
+        if (slot >= 0) cudaCheck(cudaEventRecord(prof_ev[slot][1]));
+    }
+};
+
 // ----------------------------------------------------------------------------
 // row-major GEMM through column-major cuBLAS.
 // C (M, N) = alpha * op(A) (M, K) @ op(B) (K, N) + beta * C, all row-major with leading
@@ -120,15 +212,21 @@ static void gemm_rm(bool transA, bool transB, int M, int N, int K, float alpha,
     }
     cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (gemm_tf32 < 0) {
+        const char* e = getenv("TTT_TF32");
+        gemm_tf32 = !(e && e[0] == '0');
+    }
+    cublasComputeType_t compute = gemm_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    gemm_flop_count += 2.0 * M * N * K * (double)batch;
     if (batch == 1) {
         cublasCheck(cublasGemmEx(get_cublas(), opB, opA, N, M, K, &alpha,
                                  B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta,
-                                 C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+                                 C, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
     } else {
         cublasCheck(cublasGemmStridedBatchedEx(get_cublas(), opB, opA, N, M, K, &alpha,
                                                B, CUDA_R_32F, ldb, sB, A, CUDA_R_32F, lda, sA, &beta,
                                                C, CUDA_R_32F, ldc, sC, batch,
-                                               CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+                                               compute, CUBLAS_GEMM_DEFAULT));
     }
 }
 
@@ -196,14 +294,17 @@ __global__ void scale_inplace_kernel(float* x, float s, size_t N) {
 }
 
 extern "C" void add_forward_cuda(float* out, const float* a, const float* b, size_t N) {
+    OpTimer timer("add_forward");
     if (N == 0) return;
     add_forward_kernel<<<grid_for(N, 256), 256>>>(out, a, b, N); launchCheck();
 }
 extern "C" void add_inplace_cuda(float* a, const float* b, size_t N) {
+    OpTimer timer("add_inplace");
     if (N == 0) return;
     add_inplace_kernel<<<grid_for(N, 256), 256>>>(a, b, N); launchCheck();
 }
 extern "C" void scale_inplace_cuda(float* x, float s, size_t N) {
+    OpTimer timer("scale_inplace");
     if (N == 0) return;
     scale_inplace_kernel<<<grid_for(N, 256), 256>>>(x, s, N); launchCheck();
 }
@@ -246,6 +347,7 @@ static void column_sum_accumulate(float* dbias, const float* dout, int N, int OC
 
 extern "C" void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias,
                                     int N, int C, int OC) {
+    OpTimer timer("linear_forward");
     if (N <= 0 || OC <= 0) return;
     if (C <= 0) { cudaCheck(cudaMemset(out, 0, (size_t)N * OC * sizeof(float))); }
     // out (N, OC) = inp (N, C) @ weight (OC, C)^T
@@ -255,6 +357,7 @@ extern "C" void linear_forward_cuda(float* out, const float* inp, const float* w
 
 extern "C" void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
                                      const float* inp, const float* weight, int N, int C, int OC) {
+    OpTimer timer("linear_backward");
     if (N <= 0 || OC <= 0) return;
     // dinp (N, C) += dout (N, OC) @ weight (OC, C)
     if (dinp) gemm_rm(false, false, N, C, OC, 1.0f, dout, OC, 0, weight, C, 0, 1.0f, dinp, C, 0, 1);
@@ -352,6 +455,7 @@ static void norm_param_grad(float* dweight, float* dbias, const float* dout, con
 
 extern "C" void layernorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp,
                                        const float* weight, const float* bias, int N, int C) {
+    OpTimer timer("layernorm_forward");
     if (N <= 0) return;
     layernorm_forward_kernel<<<(N + 7) / 8, 256>>>(out, mean, rstd, inp, weight, bias, N, C); launchCheck();
 }
@@ -359,6 +463,7 @@ extern "C" void layernorm_forward_cuda(float* out, float* mean, float* rstd, con
 extern "C" void layernorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
                                         const float* inp, const float* weight, const float* mean,
                                         const float* rstd, int N, int C) {
+    OpTimer timer("layernorm_backward");
     if (N <= 0) return;
     if (dinp) { layernorm_backward_kernel<<<(N + 7) / 8, 256>>>(dinp, dout, inp, weight, mean, rstd, N, C); launchCheck(); }
     if (dweight || dbias) norm_param_grad(dweight, dbias, dout, inp, mean, rstd, N, C, 1, 1, C);
@@ -417,6 +522,7 @@ __global__ void groupnorm_backward_kernel(float* dinp, const float* dout, const 
 
 extern "C" void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp,
                                        const float* weight, const float* bias, int B, int HW, int C, int G) {
+    OpTimer timer("groupnorm_forward");
     if (B <= 0 || HW <= 0) return;
     groupnorm_stats_kernel<<<B * G, 512>>>(mean, rstd, inp, HW, C, G); launchCheck();
     size_t total = (size_t)B * HW * C;
@@ -427,6 +533,7 @@ extern "C" void groupnorm_forward_cuda(float* out, float* mean, float* rstd, con
 extern "C" void groupnorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
                                         const float* inp, const float* weight, const float* mean,
                                         const float* rstd, int B, int HW, int C, int G) {
+    OpTimer timer("groupnorm_backward");
     if (B <= 0 || HW <= 0) return;
     if (dinp) { groupnorm_backward_kernel<<<B * G, 512>>>(dinp, dout, inp, weight, mean, rstd, HW, C, G); launchCheck(); }
     if (dweight || dbias) norm_param_grad(dweight, dbias, dout, inp, mean, rstd, B * HW, C, HW, G, C / G);
@@ -468,26 +575,32 @@ __global__ void sigmoid_backward_kernel(float* dinp, const float* out, const flo
 }
 
 extern "C" void gelu_forward_cuda(float* out, const float* inp, size_t N) {
+    OpTimer timer("gelu_forward");
     if (N == 0) return;
     gelu_forward_kernel<<<grid_for(N, 256), 256>>>(out, inp, N); launchCheck();
 }
 extern "C" void gelu_backward_cuda(float* dinp, const float* inp, const float* dout, size_t N) {
+    OpTimer timer("gelu_backward");
     if (N == 0) return;
     gelu_backward_kernel<<<grid_for(N, 256), 256>>>(dinp, inp, dout, N); launchCheck();
 }
 extern "C" void relu_forward_cuda(float* out, const float* inp, size_t N) {
+    OpTimer timer("relu_forward");
     if (N == 0) return;
     relu_forward_kernel<<<grid_for(N, 256), 256>>>(out, inp, N); launchCheck();
 }
 extern "C" void relu_backward_cuda(float* dinp, const float* out, const float* dout, size_t N) {
+    OpTimer timer("relu_backward");
     if (N == 0) return;
     relu_backward_kernel<<<grid_for(N, 256), 256>>>(dinp, out, dout, N); launchCheck();
 }
 extern "C" void sigmoid_forward_cuda(float* out, const float* inp, size_t N) {
+    OpTimer timer("sigmoid_forward");
     if (N == 0) return;
     sigmoid_forward_kernel<<<grid_for(N, 256), 256>>>(out, inp, N); launchCheck();
 }
 extern "C" void sigmoid_backward_cuda(float* dinp, const float* out, const float* dout, size_t N) {
+    OpTimer timer("sigmoid_backward");
     if (N == 0) return;
     sigmoid_backward_kernel<<<grid_for(N, 256), 256>>>(dinp, out, dout, N); launchCheck();
 }
@@ -549,11 +662,13 @@ __global__ void softmax_backward_kernel(float* dinp, const float* out, const flo
 }
 
 extern "C" void softmax_forward_cuda(float* out, const float* inp, int N, int C) {
+    OpTimer timer("softmax_forward");
     if (N <= 0) return;
     softmax_rows_kernel<<<(N + 7) / 8, 256>>>(out, inp, N, C, NULL, NULL, 1, 1, 1); launchCheck();
 }
 
 extern "C" void softmax_backward_cuda(float* dinp, const float* out, const float* dout, int N, int C) {
+    OpTimer timer("softmax_backward");
     if (N <= 0) return;
     softmax_backward_kernel<<<(N + 7) / 8, 256>>>(dinp, out, dout, N, C, 0); launchCheck();
 }
@@ -567,6 +682,7 @@ extern "C" void softmax_backward_cuda(float* dinp, const float* out, const float
 extern "C" void attention_forward_cuda(float* out, float* att, const float* q, const float* k, const float* v,
                                        const float* rel_bias, const float* mask, int n_mask,
                                        int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
+    OpTimer timer("attention_forward");
     if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0) return;
     int C = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
@@ -612,6 +728,7 @@ __global__ void attention_dscore_kernel(float* ds, const float* att, int B, int 
 extern "C" void attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout,
                                         const float* att, const float* q, const float* k, const float* v,
                                         int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
+    OpTimer timer("attention_backward");
     if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0) return;
     int C = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
@@ -663,10 +780,12 @@ __global__ void bias_gather_kernel(float* out, float* table, const int* index, i
 }
 
 extern "C" void bias_gather_forward_cuda(float* out, const float* table, const int* index, int N, int NH) {
+    OpTimer timer("bias_gather_forward");
     if ((size_t)N * NH == 0) return;
     bias_gather_kernel<<<grid_for((size_t)N * NH, 256), 256>>>(out, (float*)table, index, N, NH, 0); launchCheck();
 }
 extern "C" void bias_gather_backward_cuda(float* dtable, const float* dout, const int* index, int N, int NH) {
+    OpTimer timer("bias_gather_backward");
     if ((size_t)N * NH == 0) return;
     bias_gather_kernel<<<grid_for((size_t)N * NH, 256), 256>>>((float*)dout, dtable, index, N, NH, 1); launchCheck();
 }
@@ -712,15 +831,19 @@ static void window_launch(float* win, float* img, int B, int H, int W, int C, in
 }
 
 extern "C" void window_partition_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift) {
+    OpTimer timer("window_partition_forward");
     window_launch(out, (float*)inp, B, H, W, C, ws, shift, 0);
 }
 extern "C" void window_partition_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift) {
+    OpTimer timer("window_partition_backward");
     window_launch((float*)dout, dinp, B, H, W, C, ws, shift, 1);
 }
 extern "C" void window_reverse_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift) {
+    OpTimer timer("window_reverse_forward");
     window_launch((float*)inp, out, B, H, W, C, ws, shift, 2);
 }
 extern "C" void window_reverse_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift) {
+    OpTimer timer("window_reverse_backward");
     window_launch(dinp, (float*)dout, B, H, W, C, ws, shift, 3);
 }
 
@@ -746,11 +869,13 @@ __global__ void patch_merge_kernel(float* out, float* inp, int B, int H, int W, 
 }
 
 extern "C" void patch_merge_forward_cuda(float* out, const float* inp, int B, int H, int W, int C) {
+    OpTimer timer("patch_merge_forward");
     size_t total = (size_t)B * ((H + 1) / 2) * ((W + 1) / 2) * 4 * C;
     if (total == 0) return;
     patch_merge_kernel<<<grid_for(total, 256), 256>>>(out, (float*)inp, B, H, W, C, 0); launchCheck();
 }
 extern "C" void patch_merge_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C) {
+    OpTimer timer("patch_merge_backward");
     size_t total = (size_t)B * ((H + 1) / 2) * ((W + 1) / 2) * 4 * C;
     if (total == 0) return;
     patch_merge_kernel<<<grid_for(total, 256), 256>>>((float*)dout, dinp, B, H, W, C, 1); launchCheck();
@@ -803,6 +928,7 @@ static size_t conv_chunk_pixels(size_t npix, size_t KKC) {
 extern "C" void conv2d_forward_cuda(float* out, const float* inp, const float* weight, const float* bias,
                                     int B, int H, int W, int C, int OC, int K, int stride, int pad,
                                     int Ho, int Wo) {
+    OpTimer timer("conv2d_forward");
     size_t npix = (size_t)B * Ho * Wo;
     if (npix == 0 || OC <= 0) return;
     // a 1x1 conv over the same grid is a linear layer on the pixels
@@ -828,6 +954,7 @@ extern "C" void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, 
                                      const float* inp, const float* weight,
                                      int B, int H, int W, int C, int OC, int K, int stride, int pad,
                                      int Ho, int Wo) {
+    OpTimer timer("conv2d_backward");
     size_t npix = (size_t)B * Ho * Wo;
     if (npix == 0 || OC <= 0) return;
     if (K == 1 && stride == 1 && pad == 0 && Ho == H && Wo == W) {
@@ -921,21 +1048,25 @@ __global__ void upsample_bilinear_kernel(float* out, float* inp, int B, int H, i
 }
 
 extern "C" void upsample_nearest_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo) {
+    OpTimer timer("upsample_nearest_forward");
     size_t total = (size_t)B * Ho * Wo * C;
     if (total == 0) return;
     upsample_nearest_kernel<<<grid_for(total, 256), 256>>>(out, (float*)inp, B, H, W, C, Ho, Wo, 0); launchCheck();
 }
 extern "C" void upsample_nearest_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo) {
+    OpTimer timer("upsample_nearest_backward");
     size_t total = (size_t)B * Ho * Wo * C;
     if (total == 0) return;
     upsample_nearest_kernel<<<grid_for(total, 256), 256>>>((float*)dout, dinp, B, H, W, C, Ho, Wo, 1); launchCheck();
 }
 extern "C" void upsample_bilinear_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo) {
+    OpTimer timer("upsample_bilinear_forward");
     size_t total = (size_t)B * Ho * Wo * C;
     if (total == 0) return;
     upsample_bilinear_kernel<<<grid_for(total, 256), 256>>>(out, (float*)inp, B, H, W, C, Ho, Wo, 0); launchCheck();
 }
 extern "C" void upsample_bilinear_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo) {
+    OpTimer timer("upsample_bilinear_backward");
     size_t total = (size_t)B * Ho * Wo * C;
     if (total == 0) return;
     upsample_bilinear_kernel<<<grid_for(total, 256), 256>>>((float*)dout, dinp, B, H, W, C, Ho, Wo, 1); launchCheck();
@@ -965,11 +1096,13 @@ __global__ void point_sample_kernel(float* out, float* inp, const float* coords,
 }
 
 extern "C" void point_sample_forward_cuda(float* out, const float* inp, const float* coords, int M, int H, int W, int P) {
+    OpTimer timer("point_sample_forward");
     size_t total = (size_t)M * P;
     if (total == 0) return;
     point_sample_kernel<<<grid_for(total, 256), 256>>>(out, (float*)inp, coords, M, H, W, P, 0); launchCheck();
 }
 extern "C" void point_sample_backward_cuda(float* dinp, const float* dout, const float* coords, int M, int H, int W, int P) {
+    OpTimer timer("point_sample_backward");
     size_t total = (size_t)M * P;
     if (total == 0) return;
     point_sample_kernel<<<grid_for(total, 256), 256>>>((float*)dout, dinp, coords, M, H, W, P, 1); launchCheck();
@@ -996,6 +1129,7 @@ __global__ void sine_position_kernel(float* out, int H, int W, int C) {
 }
 
 extern "C" void sine_position_encoding_cuda(float* out, int H, int W, int C) {
+    OpTimer timer("sine_position_encoding");
     size_t total = (size_t)H * W * (C / 2);
     if (total == 0) return;
     sine_position_kernel<<<grid_for(total, 256), 256>>>(out, H, W, C); launchCheck();
@@ -1028,6 +1162,7 @@ __global__ void ratio_kernel(float* loss, const double* sums) {
 
 extern "C" void masked_mse_forward_cuda(float* loss, const float* pred, const float* target,
                                         const float* mask, int N, int C) {
+    OpTimer timer("masked_mse_forward");
     double* partials = reduce_scratch(2);
     double* sums = partials + REDUCE_BLOCKS * 2;
     masked_mse_partial_kernel<<<REDUCE_BLOCKS, REDUCE_THREADS>>>(partials, pred, target, mask, N, C > 0 ? C : 1);
@@ -1060,6 +1195,7 @@ __global__ void masked_mse_backward_kernel(float* dpred, float dloss, const doub
 
 extern "C" void masked_mse_backward_cuda(float* dpred, float dloss, const float* pred, const float* target,
                                          const float* mask, int N, int C) {
+    OpTimer timer("masked_mse_backward");
     if (N <= 0 || C <= 0) return;
     double* partials = reduce_scratch(1);
     double* den = partials + REDUCE_BLOCKS;
@@ -1101,6 +1237,7 @@ __global__ void cross_entropy_partial_kernel(double* partials, const float* logi
 
 extern "C" void cross_entropy_forward_cuda(float* loss, const float* logits, const int* targets,
                                            const float* class_weight, int N, int C, int ignore_index) {
+    OpTimer timer("cross_entropy_forward");
     double* partials = reduce_scratch(2);
     double* sums = partials + REDUCE_BLOCKS * 2;
     cross_entropy_partial_kernel<<<REDUCE_BLOCKS, REDUCE_THREADS>>>(partials, logits, targets, class_weight,
@@ -1144,6 +1281,7 @@ __global__ void cross_entropy_backward_kernel(float* dlogits, float dloss, const
 extern "C" void cross_entropy_backward_cuda(float* dlogits, float dloss, const float* logits,
                                             const int* targets, const float* class_weight,
                                             int N, int C, int ignore_index) {
+    OpTimer timer("cross_entropy_backward");
     if (N <= 0) return;
     double* partials = reduce_scratch(1);
     double* den = partials + REDUCE_BLOCKS;
@@ -1179,11 +1317,13 @@ __global__ void sigmoid_bce_backward_kernel(float* dlogits, const float* dlosses
 }
 
 extern "C" void sigmoid_bce_forward_cuda(float* losses, const float* logits, const float* targets, int M, int P) {
+    OpTimer timer("sigmoid_bce_forward");
     if (M <= 0) return;
     sigmoid_bce_forward_kernel<<<M, 256>>>(losses, logits, targets, P); launchCheck();
 }
 extern "C" void sigmoid_bce_backward_cuda(float* dlogits, const float* dlosses, const float* logits,
                                           const float* targets, int M, int P) {
+    OpTimer timer("sigmoid_bce_backward");
     size_t total = (size_t)M * P;
     if (total == 0) return;
     sigmoid_bce_backward_kernel<<<grid_for(total, 256), 256>>>(dlogits, dlosses, logits, targets, M, P); launchCheck();
@@ -1217,11 +1357,13 @@ __global__ void dice_kernel(float* losses, float* dlogits, const float* dlosses,
 }
 
 extern "C" void dice_loss_forward_cuda(float* losses, const float* logits, const float* targets, int M, int P) {
+    OpTimer timer("dice_loss_forward");
     if (M <= 0) return;
     dice_kernel<<<M, 256>>>(losses, NULL, NULL, logits, targets, P, 0); launchCheck();
 }
 extern "C" void dice_loss_backward_cuda(float* dlogits, const float* dlosses, const float* logits,
                                         const float* targets, int M, int P) {
+    OpTimer timer("dice_loss_backward");
     if (M <= 0) return;
     dice_kernel<<<M, 256>>>(NULL, dlogits, dlosses, logits, targets, P, 1); launchCheck();
 }
@@ -1243,6 +1385,7 @@ __global__ void adamw_kernel(float* params, const float* grads, float* m, float*
 
 extern "C" void adamw_update_cuda(float* params, const float* grads, float* m, float* v, size_t N,
                                   float lr, float beta1, float beta2, float eps, float weight_decay, int t) {
+    OpTimer timer("adamw_update");
     if (N == 0) return;
     // bias corrections on the host, with the same float arithmetic as the CPU reference
     float c1 = 1.0f - powf(beta1, (float)t), c2 = 1.0f - powf(beta2, (float)t);
@@ -1253,6 +1396,7 @@ extern "C" void adamw_update_cuda(float* params, const float* grads, float* m, f
 __global__ void double_to_float_kernel(float* out, const double* x) { *out = (float)*x; }
 
 extern "C" void sum_squares_cuda(float* out, const float* x, size_t N) {
+    OpTimer timer("sum_squares");
     double* partials = reduce_scratch(1);
     double* total = partials + REDUCE_BLOCKS;
     sum_partial_kernel<<<REDUCE_BLOCKS, REDUCE_THREADS>>>(partials, x, N, 1); launchCheck();
@@ -1283,6 +1427,7 @@ __global__ void attn_mask_from_logits_kernel(float* mask_add, const float* logit
 }
 
 extern "C" void attn_mask_from_logits_cuda(float* mask_add, const float* logits, int B, int Q, int T) {
+    OpTimer timer("attn_mask_from_logits");
     int rows = B * Q;
     if (rows <= 0 || T <= 0) return;
     attn_mask_from_logits_kernel<<<(rows + 7) / 8, 256>>>(mask_add, logits, rows, T); launchCheck();
@@ -1317,6 +1462,7 @@ __global__ void mae_prepare_input_kernel(float* inp4, float* target, float* targ
 
 extern "C" void mae_prepare_input_cuda(float* inp4, float* target, float* target_mask, const float* rgb,
                                        const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps) {
+    OpTimer timer("mae_prepare_input");
     size_t total = (size_t)B * Hp * Wp;
     if (total == 0) return;
     mae_prepare_input_kernel<<<grid_for(total, 256), 256>>>(inp4, target, target_mask, rgb, patch_mask,

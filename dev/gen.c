@@ -6,7 +6,7 @@
 //       same stems; each still is a fresh random scene in the SOURCE appearance
 //       (canonical class colours and textures, small random jitter, no drift).
 //   ./gen video OUTDIR --frames T --size WxH --seed S [--labels DIR] [--drift D]
-//       [--drift-period P] [--scene-every N] [--speed V]
+//       [--drift-period P] [--scene-every N] [--speed V] [--fps F]
 //       OUTDIR/frame000001.png ... and the label maps with the same names in DIR
 //       (default OUTDIR_labels). A camera pans smoothly through a scene wider than the
 //       frame; objects move on their own and enter and leave the view; the appearance
@@ -335,7 +335,7 @@ static void usage(void) {
     fprintf(fp,
         "usage: ./gen stills OUTDIR [--n N] [--size WxH] [--seed S]\n"
         "       ./gen video OUTDIR [--frames T] [--size WxH] [--seed S] [--labels DIR]\n"
-        "                 [--drift D] [--drift-period P] [--scene-every N] [--speed V]\n"
+        "                 [--drift D] [--drift-period P] [--scene-every N] [--speed V] [--fps F]\n"
         "\n"
         "A seeded synthetic world with %d classes (label value = index):", NUM_CLASSES);
     for (int c = 0; c < NUM_CLASSES; c++) fprintf(fp, " %d %s%s", c, class_names[c], c + 1 < NUM_CLASSES ? "," : "\n");
@@ -352,7 +352,10 @@ static void usage(void) {
         "  --drift D         strength of the appearance drift, 0 = none (default 1)\n"
         "  --drift-period P  frames between drift keyframes (default 60)\n"
         "  --scene-every N   a new scene every N frames (default 300)\n"
-        "  --speed V         camera pan in frame heights per frame (default 0.01)\n"
+        "  --speed V         camera pan in frame heights per frame at 30 fps (default 0.01)\n"
+        "  --fps F           frame rate (default 30): the same world and motion sampled F/30\n"
+        "                    times as densely; --drift-period, --scene-every and --speed are\n"
+        "                    given in frames at 30 fps\n"
         "both:\n"
         "  --size WxH        frame size in pixels (default 128x96)\n"
         "  --seed S          random seed (default 1)\n");
@@ -387,7 +390,7 @@ int main(int argc, char** argv) {
 
     int n = 100, frames = 300, W = 128, H = 96, scene_every = 300;
     uint64_t seed = 1;
-    float drift = 1.0f, drift_period = 60.0f, speed = 0.01f;
+    float drift = 1.0f, drift_period = 60.0f, speed = 0.01f, fps = 30.0f;
     char labels_dir[4096] = {0};
     for (int i = 3; i < argc; i++) {
         const char* a = argv[i];
@@ -405,6 +408,7 @@ int main(int argc, char** argv) {
         else if (strcmp(a, "--drift-period") == 0 && is_video) drift_period = parse_float(a, val, 1.0f);
         else if (strcmp(a, "--scene-every") == 0 && is_video) scene_every = parse_int(a, val, 1);
         else if (strcmp(a, "--speed") == 0 && is_video) speed = parse_float(a, val, 0.0f);
+        else if (strcmp(a, "--fps") == 0 && is_video) { fps = parse_float(a, val, 0.0f); if (fps <= 0.0f) ttt_die("--fps must be > 0"); }
         else ttt_die("unknown option '%s' for mode %s (--help for usage)", a, mode);
     }
 
@@ -453,8 +457,10 @@ int main(int argc, char** argv) {
         int scene_index = -1;
         float anchor[NUM_CLASSES][3];   // per-scene offset of the class colours
         for (int t = 0; t < frames; t++) {
-            int si = t / scene_every;
-            float j = (float)(t % scene_every);     // frame index within the scene
+            // time in 30 fps reference frames: --fps samples the same motion more densely
+            double time = (double)t * 30.0 / fps;
+            int si = (int)floor(time / scene_every);
+            float j = (float)(time - (double)si * scene_every);   // time within the scene
             if (si != scene_index) {
                 scene_index = si;
                 Rng rng;
@@ -466,7 +472,7 @@ int main(int argc, char** argv) {
                         anchor[c][ch] = (si == 0 ? 0.0f : 0.12f * drift) * (2.0f * rng_uniform(&rng) - 1.0f);
             }
             // appearance drift: smooth tracks in [-1, 1] with keyframes every drift_period
-            float tt = (float)t;
+            float tt = (float)time;
             for (int c = 0; c < NUM_CLASSES; c++) {
                 ClassStyle* st = &sc->style[c];
                 const ClassStyle* src = &source_style[c];

@@ -554,6 +554,49 @@ static void test_mask_losses(int M, int P) {
 }
 
 // ----------------------------------------------------------------------------
+// ops of the model files: Mask2Former attention mask, MAE input preparation
+
+static void test_attn_mask(int B, int Q, int T) {
+    size_t n = (size_t)B * Q * T;
+    float* x = random_tensor(&rng, n, -3.0f, 1.0f);
+    for (int t = 0; t < T; t++) x[t] = -1.0f - t;   // row 0 fully blocked: reopened
+    float* dx_ = dev_copy(x, n);
+    float* ref = (float*)mallocCheck(n * sizeof(float));
+    float* out = dev_poison(n);
+    attn_mask_from_logits_cpu(ref, x, B, Q, T);
+    attn_mask_from_logits_cuda(out, dx_, B, Q, T);
+    // -inf entries: compare as 1 / 0 flags (inf - inf is NaN)
+    float* got = host_of(out, n);
+    size_t diff = 0;
+    for (size_t i = 0; i < n; i++) if (got[i] != ref[i]) diff++;
+    printf("%-4s %-48s %zu of %zu differ\n", diff == 0 ? "ok" : "FAIL", "attn_mask_from_logits mask_add", diff, n);
+    CHECK(diff == 0, "attn_mask_from_logits: %zu elements differ", diff);
+    record("attn_mask_from_logits", diff == 0 ? 0.0 : 1.0, 0.0);
+    free(x); free(ref); free(got);
+    dev_free_all();
+}
+
+static void test_mae_prepare(int B, int H, int W, int Hp, int Wp, int ps) {
+    size_t nrgb = (size_t)B * H * W * 3, nin = (size_t)B * Hp * Wp * 4, nt = (size_t)B * 48 * (Hp / 4) * (Wp / 4);
+    size_t nm = (size_t)B * (Hp / ps) * (Wp / ps);
+    float* rgb = random_tensor(&rng, nrgb, 0.0f, 1.0f);
+    unsigned char* pm = (unsigned char*)mallocCheck(nm);
+    for (size_t i = 0; i < nm; i++) pm[i] = rng_uniform(&rng) < 0.8f;
+    float* drgb = dev_copy(rgb, nrgb);
+    unsigned char* dpm = (unsigned char*)dev_alloc(nm);
+    ttt_to_device(dpm, pm, nm);
+    float *ri = (float*)mallocCheck(nin * sizeof(float)), *rt = (float*)mallocCheck(nt * sizeof(float)), *rm = (float*)mallocCheck(nt * sizeof(float));
+    float *gi = dev_poison(nin), *gt = dev_poison(nt), *gm = dev_poison(nt);
+    mae_prepare_input_cpu(ri, rt, rm, rgb, pm, B, H, W, Hp, Wp, ps);
+    mae_prepare_input_cuda(gi, gt, gm, drgb, dpm, B, H, W, Hp, Wp, ps);
+    cmp("mae_prepare_input", "inp4", gi, ri, nin, TOL_FP32);
+    cmp("mae_prepare_input", "target", gt, rt, nt, TOL_FP32);
+    cmp("mae_prepare_input", "target_mask", gm, rm, nt, TOL_FP32);
+    free(rgb); free(pm); free(ri); free(rt); free(rm);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
 // optimizer, sum of squares
 
 static void test_adamw(size_t N) {
@@ -630,6 +673,8 @@ int main(void) {
     test_cross_entropy(333, 21, 1);
     test_cross_entropy(333, 21, 0);
     test_mask_losses(13, 1001);
+    test_attn_mask(2, 13, 301);
+    test_mae_prepare(2, 70, 101, 96, 128, 16);
     test_adamw(100003);
     test_sum_squares(1000003);
 

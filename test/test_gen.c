@@ -109,13 +109,21 @@ int main(void) {
     if (near < far) tests_passed++; else tests_failed++;
     for (int t = 0; t < 12; t++) free(frames[t]);
 
+    // --fps samples the same motion: frame 2 at 15 fps shows the labels of frame 3 at 30 fps
+    CHECK(run("./gen video " TMP "/gen_f15 --frames 2 --fps 15 --size 40x24 --seed 4 >/dev/null") == 0 &&
+          run("./gen video " TMP "/gen_f30 --frames 3 --size 40x24 --seed 4 >/dev/null") == 0, "gen --fps failed");
+    CHECK(same_bytes(TMP "/gen_f15_labels/frame000002.png", TMP "/gen_f30_labels/frame000003.png") &&
+          !same_bytes(TMP "/gen_f15_labels/frame000002.png", TMP "/gen_f30_labels/frame000002.png"),
+          "--fps 15 frame 2 does not show the scene of frame 3 at 30 fps");
+
     // bad arguments
     expect_error("no arguments", "");
     expect_error("unknown mode", "movie " TMP "/gen_x");
-    expect_error("unknown option", "video " TMP "/gen_x --fps 3");
+    expect_error("unknown option", "video " TMP "/gen_x --colour 3");
     expect_error("option for the other mode", "stills " TMP "/gen_x --frames 3");
     expect_error("bad size", "video " TMP "/gen_x --size 3x3");
     expect_error("bad number", "stills " TMP "/gen_x --n ten");
+    expect_error("zero fps", "video " TMP "/gen_x --fps 0");
     expect_error("missing value", "stills " TMP "/gen_x --n");
     expect_error("output is a file", "stills " TMP "/gen_err.txt --n 1");
     return test_summary("test_gen");

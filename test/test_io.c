@@ -3,6 +3,7 @@
 #include "test.h"
 #include <sys/wait.h>
 #include <unistd.h>
+#include "stb_image_write.h"   // declarations only: writes grayscale / RGBA test files
 
 #define TMP "test/tmp"
 
@@ -32,6 +33,7 @@ static void do_image_load(const char* p) { int H, W; image_load(p, &H, &W); }
 static void do_label_load_10x8(const char* p) { int H, W; label_load(p, 8, 10, &H, &W); }
 static void do_ckpt_header(const char* p) { int h[CKPT_HEADER_INTS]; checkpoint_read_header(p, h); }
 static void do_ckpt_data(const char* p) { float d[16]; checkpoint_read_data(p, d, 16); }
+static void do_ckpt_unwritable(const char* p) { int h[CKPT_HEADER_INTS] = {0}; float d[4] = {0}; checkpoint_write(p, h, d, 4); }
 static void do_png_unwritable(const char* p) { float px[12] = {0}; image_save_png(p, px, 2, 2); }
 
 static void write_bytes(const char* path, const void* data, size_t n) {
@@ -52,6 +54,20 @@ int main(void) {
     CHECK(H2 == H && W2 == W, "image size %dx%d, expected %dx%d", W2, H2, W, H);
     check_close("PNG round trip", back, img, H * W * 3, 1e-7);
     CHECK(access(TMP "/img.png.tmp", F_OK) != 0, "temporary file left behind");
+
+    // grayscale and RGBA files load as RGB: gray replicated, alpha dropped
+    unsigned char gray[6] = {0, 51, 102, 153, 204, 255}, rgba[6 * 4];
+    for (int i = 0; i < 6; i++) { rgba[4 * i] = gray[i]; rgba[4 * i + 1] = 255 - gray[i]; rgba[4 * i + 2] = 7; rgba[4 * i + 3] = 100; }
+    CHECK(stbi_write_png(TMP "/gray.png", 3, 2, 1, gray, 3) && stbi_write_png(TMP "/rgba.png", 3, 2, 4, rgba, 12), "cannot write test PNGs");
+    float* g3 = image_load(TMP "/gray.png", &H2, &W2);
+    float* a3 = image_load(TMP "/rgba.png", &H2, &W2);
+    int conv_ok = H2 == 2 && W2 == 3;
+    for (int i = 0; i < 6; i++) {
+        for (int c = 0; c < 3; c++) conv_ok &= g3[3 * i + c] == gray[i] / 255.0f;
+        for (int c = 0; c < 3; c++) conv_ok &= a3[3 * i + c] == rgba[4 * i + c] / 255.0f;
+    }
+    CHECK(conv_ok, "grayscale / RGBA not converted to RGB exactly");
+    free(g3); free(a3);
 
     // labels round trip, 255 kept
     unsigned char* lab = malloc(H * W);
@@ -95,6 +111,8 @@ int main(void) {
     expect_error("truncated checkpoint data", do_ckpt_data, TMP "/trunc.bin");
     expect_error("unwritable PNG path", do_png_unwritable, TMP "/no/such/dir/x.png");
     CHECK(access(TMP "/no/such/dir/x.png.tmp", F_OK) != 0, "partial file left");
+    expect_error("unwritable checkpoint path", do_ckpt_unwritable, TMP "/no/such/dir/ck.bin");
+    CHECK(access(TMP "/no/such/dir/ck.bin.tmp", F_OK) != 0 && access(TMP "/no/such/dir/ck.bin", F_OK) != 0, "partial checkpoint left");
 
     free(img); free(back); free(lab); free(lab2);
     return test_summary("test_io");

@@ -4,10 +4,16 @@
 // memory features and mask features, the attention masks HF used in every layer (fed in here:
 // teacher forcing), and HF's class and mask logits after the queries and after every layer.
 #include "test/test.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define REF_PATH "test/data/m2f_ref.bin"
 
 int main(void) {
+#ifdef _OPENMP
+    omp_set_num_threads(1);   // tiny sizes: thread start-up would dominate, most of all on a busy machine
+#endif
     ttt_set_device(DEVICE_CPU);
     FILE* fp = fopenCheck(REF_PATH, "rb");
     int h[32];

@@ -133,8 +133,8 @@ static double groupnorm_loss(void* p) {
     groupnorm_forward_cpu(t->out, t->mean, t->rstd, t->inp, t->w, t->b, t->B, t->HW, t->C, t->G);
     return dot_double(t->out, t->R, (size_t)t->B * t->HW * t->C);
 }
-static void test_layernorm(void) {
-    NormCase t = {0}; t.N = 7; t.C = 13;
+static void test_layernorm(int N, int C) {
+    NormCase t = {0}; t.N = N; t.C = C;
     size_t n = (size_t)t.N * t.C;
     t.inp = random_tensor(&rng, n, -2, 3); t.w = random_tensor(&rng, t.C, 0.5, 1.5);
     t.b = random_tensor(&rng, t.C, -1, 1); t.R = random_tensor(&rng, n, -1, 1);
@@ -150,17 +150,22 @@ static void test_layernorm(void) {
         for (int c = 0; c < t.C; c++)
             ref[r * t.C + c] = (float)((t.inp[r * t.C + c] - m) / sqrt(v + 1e-5) * t.w[c] + t.b[c]);
     }
-    check_close("layernorm 7x13 forward vs naive", t.out, ref, n, 1e-5);
+    char label[80];
+    snprintf(label, sizeof(label), "layernorm %dx%d forward vs naive", N, C);
+    check_close(label, t.out, ref, n, 1e-5);
     float *di = zeros(n), *dw = zeros(t.C), *db = zeros(t.C);
     layernorm_backward_cpu(di, dw, db, t.R, t.inp, t.w, t.mean, t.rstd, t.N, t.C);
-    grad_check("layernorm dinp", t.inp, n, di, layernorm_loss, &t, EPS, TOL, MAXC);
-    grad_check("layernorm dweight", t.w, t.C, dw, layernorm_loss, &t, EPS, TOL, MAXC);
-    grad_check("layernorm dbias", t.b, t.C, db, layernorm_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "layernorm %dx%d dinp", N, C);
+    grad_check(label, t.inp, n, di, layernorm_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "layernorm %dx%d dweight", N, C);
+    grad_check(label, t.w, t.C, dw, layernorm_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "layernorm %dx%d dbias", N, C);
+    grad_check(label, t.b, t.C, db, layernorm_loss, &t, EPS, TOL, MAXC);
     free(t.inp); free(t.w); free(t.b); free(t.R); free(t.out); free(t.mean); free(t.rstd);
     free(ref); free(di); free(dw); free(db);
 }
-static void test_groupnorm(void) {
-    NormCase t = {0}; t.B = 2; t.HW = 15; t.C = 12; t.G = 3;
+static void test_groupnorm(int B, int HW, int C, int G) {
+    NormCase t = {0}; t.B = B; t.HW = HW; t.C = C; t.G = G;
     size_t n = (size_t)t.B * t.HW * t.C;
     int Cg = t.C / t.G;
     t.inp = random_tensor(&rng, n, -2, 3); t.w = random_tensor(&rng, t.C, 0.5, 1.5);
@@ -181,12 +186,17 @@ static void test_groupnorm(void) {
             ref[i] = (float)((t.inp[i] - m) / sqrt(v + 1e-5) * t.w[c] + t.b[c]);
         }
     }
-    check_close("groupnorm B2 HW15 C12 G3 forward vs naive", t.out, ref, n, 1e-5);
+    char label[80];
+    snprintf(label, sizeof(label), "groupnorm B%d HW%d C%d G%d forward vs naive", B, HW, C, G);
+    check_close(label, t.out, ref, n, 1e-5);
     float *di = zeros(n), *dw = zeros(t.C), *db = zeros(t.C);
     groupnorm_backward_cpu(di, dw, db, t.R, t.inp, t.w, t.mean, t.rstd, t.B, t.HW, t.C, t.G);
-    grad_check("groupnorm dinp", t.inp, n, di, groupnorm_loss, &t, EPS, TOL, MAXC);
-    grad_check("groupnorm dweight", t.w, t.C, dw, groupnorm_loss, &t, EPS, TOL, MAXC);
-    grad_check("groupnorm dbias", t.b, t.C, db, groupnorm_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "groupnorm B%d HW%d C%d G%d dinp", B, HW, C, G);
+    grad_check(label, t.inp, n, di, groupnorm_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "groupnorm B%d HW%d C%d G%d dweight", B, HW, C, G);
+    grad_check(label, t.w, t.C, dw, groupnorm_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "groupnorm B%d HW%d C%d G%d dbias", B, HW, C, G);
+    grad_check(label, t.b, t.C, db, groupnorm_loss, &t, EPS, TOL, MAXC);
     free(t.inp); free(t.w); free(t.b); free(t.R); free(t.out); free(t.mean); free(t.rstd);
     free(ref); free(di); free(dw); free(db);
 }
@@ -323,6 +333,78 @@ static void test_attention(void) {
     free(t.qbuf); free(t.kvbuf); free(t.bias); free(t.mask); free(t.R); free(t.out); free(t.att);
 }
 
+// a size that crosses the tiles of the CPU attention (HS over 16 columns, Tk over one
+// K chunk): forward and every gradient against naive double sums. q, k, v are separate
+// buffers with row strides larger than NH*HS.
+static void test_attention_large(void) {
+    int B = 2, NH = 2, HS = 20, Tq = 9, Tk = 300, C = NH * HS, qs = C + 3, kvs = C + 5;
+    double scale = 1.0 / sqrt(HS);
+    size_t nq = (size_t)B * Tq * qs, nkv = (size_t)B * Tk * kvs, nout = (size_t)B * Tq * C;
+    size_t nbias = (size_t)NH * Tq * Tk, natt = (size_t)B * NH * Tq * Tk;
+    float *q = random_tensor(&rng, nq, -1, 1), *k = random_tensor(&rng, nkv, -1, 1);
+    float *v = random_tensor(&rng, nkv, -1, 1), *bias = random_tensor(&rng, nbias, -1, 1);
+    float *dout = random_tensor(&rng, nout, -1, 1), *mask = zeros((size_t)Tq * Tk);
+    for (int i = 0; i < Tq; i++) for (int j = 0; j < Tk; j++) {
+        if ((i + j) % 7 == 3) mask[i * Tk + j] = -100.0f;
+        if ((3 * i + j) % 11 == 5) mask[i * Tk + j] = -INFINITY;
+    }
+    float *out = zeros(nout), *att = zeros(natt);
+    float *dq = zeros(nq), *dk = zeros(nkv), *dv = zeros(nkv), *db = zeros(nbias);
+    attention_forward_cpu(out, att, q, k, v, bias, mask, 1, B, Tq, Tk, NH, HS, qs, kvs);
+    attention_backward_cpu(dq, dk, dv, db, dout, att, q, k, v, B, Tq, Tk, NH, HS, qs, kvs);
+    double *rout = callocCheck(nout, sizeof(double)), *rdq = callocCheck(nq, sizeof(double));
+    double *rdk = callocCheck(nkv, sizeof(double)), *rdv = callocCheck(nkv, sizeof(double));
+    double *rdb = callocCheck(nbias, sizeof(double)), *P = callocCheck(Tk, sizeof(double));
+    double *dP = callocCheck(Tk, sizeof(double));
+    for (int b = 0; b < B; b++) for (int h = 0; h < NH; h++) for (int i = 0; i < Tq; i++) {
+        const float* qi = q + (size_t)(b * Tq + i) * qs + h * HS;
+        const float* doi = dout + (size_t)(b * Tq + i) * C + h * HS;
+        double mx = -INFINITY, sum = 0, pdp = 0;
+        for (int j = 0; j < Tk; j++) {
+            const float* kj = k + (size_t)(b * Tk + j) * kvs + h * HS;
+            double d = 0;
+            for (int e = 0; e < HS; e++) d += (double)qi[e] * kj[e];
+            P[j] = d * scale + bias[(h * Tq + i) * Tk + j] + mask[i * Tk + j];
+            if (P[j] > mx) mx = P[j];
+        }
+        for (int j = 0; j < Tk; j++) { P[j] = exp(P[j] - mx); sum += P[j]; }
+        for (int j = 0; j < Tk; j++) {
+            P[j] /= sum;
+            const float* vj = v + (size_t)(b * Tk + j) * kvs + h * HS;
+            double d = 0;
+            for (int e = 0; e < HS; e++) {
+                rout[(size_t)(b * Tq + i) * C + h * HS + e] += P[j] * vj[e];
+                rdv[(size_t)(b * Tk + j) * kvs + h * HS + e] += P[j] * doi[e];
+                d += (double)doi[e] * vj[e];
+            }
+            dP[j] = d; pdp += P[j] * d;
+        }
+        for (int j = 0; j < Tk; j++) {
+            double ds = P[j] * (dP[j] - pdp);
+            const float* kj = k + (size_t)(b * Tk + j) * kvs + h * HS;
+            rdb[(h * Tq + i) * Tk + j] += ds;
+            for (int e = 0; e < HS; e++) {
+                rdq[(size_t)(b * Tq + i) * qs + h * HS + e] += ds * scale * kj[e];
+                rdk[(size_t)(b * Tk + j) * kvs + h * HS + e] += ds * scale * qi[e];
+            }
+        }
+    }
+    float *f = zeros(nkv > nq ? (nkv > nbias ? nkv : nbias) : nq);
+    for (size_t i = 0; i < nout; i++) f[i] = (float)rout[i];
+    check_close("attention 9x300 HS20 forward vs naive", out, f, nout, 1e-5);
+    for (size_t i = 0; i < nq; i++) f[i] = (float)rdq[i];
+    check_close("attention 9x300 HS20 dq vs naive", dq, f, nq, 1e-5);
+    for (size_t i = 0; i < nkv; i++) f[i] = (float)rdk[i];
+    check_close("attention 9x300 HS20 dk vs naive", dk, f, nkv, 1e-5);
+    for (size_t i = 0; i < nkv; i++) f[i] = (float)rdv[i];
+    check_close("attention 9x300 HS20 dv vs naive", dv, f, nkv, 1e-5);
+    for (size_t i = 0; i < nbias; i++) f[i] = (float)rdb[i];
+    check_close("attention 9x300 HS20 drel_bias vs naive", db, f, nbias, 1e-5);
+    free(q); free(k); free(v); free(bias); free(dout); free(mask); free(out); free(att);
+    free(dq); free(dk); free(dv); free(db); free(rout); free(rdq); free(rdk); free(rdv); free(rdb);
+    free(P); free(dP); free(f);
+}
+
 // ----------------------------------------------------------------------------
 // conv2d
 
@@ -375,19 +457,74 @@ static void test_conv_case(int K, int S, int P, int H, int W, int C, int OC) {
     free(t.inp); free(t.w); free(t.b); free(t.R); free(t.out); free(ref); free(di); free(dw); free(db);
 }
 
+// sizes that cross every chunk of the CPU conv (C and OC over 256, more than 256 output
+// pixels, partial and full column blocks): forward and all gradients vs naive double sums
+static void test_conv_large(int B, int H, int W, int C, int OC, int K, int S, int P) {
+    int Ho = (H + 2 * P - K) / S + 1, Wo = (W + 2 * P - K) / S + 1;
+    size_t ni = (size_t)B * H * W * C, nw = (size_t)OC * K * K * C, no = (size_t)B * Ho * Wo * OC;
+    float *inp = random_tensor(&rng, ni, -1, 1), *w = random_tensor(&rng, nw, -1, 1);
+    float *bias = random_tensor(&rng, OC, -1, 1), *dout = random_tensor(&rng, no, -1, 1);
+    float *out = zeros(no), *di = zeros(ni), *dw = zeros(nw), *db = zeros(OC);
+    double *rout = callocCheck(no, sizeof(double)), *rdi = callocCheck(ni, sizeof(double));
+    double *rdw = callocCheck(nw, sizeof(double)), *rdb = callocCheck(OC, sizeof(double));
+    conv2d_forward_cpu(out, inp, w, bias, B, H, W, C, OC, K, S, P, Ho, Wo);
+    conv2d_backward_cpu(di, dw, db, dout, inp, w, B, H, W, C, OC, K, S, P, Ho, Wo);
+    for (int b = 0; b < B; b++) for (int y = 0; y < Ho; y++) for (int x = 0; x < Wo; x++) {
+        size_t op = ((size_t)(b * Ho + y) * Wo + x) * OC;
+        for (int o = 0; o < OC; o++) { rout[op + o] = bias[o]; rdb[o] += dout[op + o]; }
+        for (int ky = 0; ky < K; ky++) for (int kx = 0; kx < K; kx++) {
+            int iy = y * S - P + ky, ix = x * S - P + kx;
+            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+            size_t ip = ((size_t)(b * H + iy) * W + ix) * C;
+            for (int o = 0; o < OC; o++) {
+                size_t wp = ((size_t)(o * K + ky) * K + kx) * C;
+                double acc = 0, d = dout[op + o];
+                for (int c = 0; c < C; c++) {
+                    acc += (double)w[wp + c] * inp[ip + c];
+                    rdi[ip + c] += d * w[wp + c];
+                    rdw[wp + c] += d * inp[ip + c];
+                }
+                rout[op + o] += acc;
+            }
+        }
+    }
+    float *fo = zeros(no), *fdi = zeros(ni), *fdw = zeros(nw), *fdb = zeros(OC);
+    for (size_t i = 0; i < no; i++) fo[i] = (float)rout[i];
+    for (size_t i = 0; i < ni; i++) fdi[i] = (float)rdi[i];
+    for (size_t i = 0; i < nw; i++) fdw[i] = (float)rdw[i];
+    for (int i = 0; i < OC; i++) fdb[i] = (float)rdb[i];
+    char label[96];
+    snprintf(label, sizeof(label), "conv2d K%d S%d %dx%dx%dx%d->%d forward vs naive", K, S, B, H, W, C, OC);
+    check_close(label, out, fo, no, 1e-5);
+    snprintf(label, sizeof(label), "conv2d K%d S%d %dx%dx%dx%d->%d dinp vs naive", K, S, B, H, W, C, OC);
+    check_close(label, di, fdi, ni, 1e-5);
+    snprintf(label, sizeof(label), "conv2d K%d S%d %dx%dx%dx%d->%d dweight vs naive", K, S, B, H, W, C, OC);
+    check_close(label, dw, fdw, nw, 1e-5);
+    snprintf(label, sizeof(label), "conv2d K%d S%d %dx%dx%dx%d->%d dbias vs naive", K, S, B, H, W, C, OC);
+    check_close(label, db, fdb, OC, 1e-5);
+    free(inp); free(w); free(bias); free(dout); free(out); free(di); free(dw); free(db);
+    free(rout); free(rdi); free(rdw); free(rdb); free(fo); free(fdi); free(fdw); free(fdb);
+}
+
 int main(void) {
     rng_seed(&rng, 20261122);
     test_elementwise();
     test_linear_case(7, 13, 11, 1);
     test_linear_case(9, 37, 5, 0);
     test_linear_large();
-    test_layernorm();
-    test_groupnorm();
+    test_layernorm(7, 13);
+    test_layernorm(9, 70);
+    test_groupnorm(2, 15, 12, 3);
+    test_groupnorm(3, 5, 70, 5);
     test_activations();
     test_attention();
+    test_attention_large();
     test_conv_case(3, 1, 1, 7, 6, 5, 11);
     test_conv_case(3, 2, 1, 7, 8, 5, 11);
     test_conv_case(1, 1, 0, 5, 7, 13, 11);
     test_conv_case(4, 4, 0, 10, 10, 4, 7);
+    test_conv_large(2, 13, 14, 21, 19, 3, 1, 1);
+    test_conv_large(1, 5, 6, 260, 270, 3, 2, 1);
+    test_conv_large(2, 9, 11, 13, 17, 1, 1, 0);
     return test_summary("test_ops_a");
 }

@@ -1,6 +1,45 @@
 // test/test_swin.c: Swin encoder f: shapes, and the backward of the whole encoder against
 // finite differences (input and a sample of every parameter tensor) on odd input sizes.
 #include "test.h"
+#include <sys/wait.h>
+#include <unistd.h>
+
+// the encoder weights file: write, read back bit-exactly with its config; a file of
+// another kind or a truncated one is refused with exit status 1
+static void test_export_roundtrip(void) {
+    if (system("mkdir -p test/tmp") != 0) { CHECK(0, "mkdir test/tmp"); return; }
+    const char* path = "test/tmp/swin_export.bin";
+    SwinConfig cfg = {4, 8, {1, 2, 1, 1}, {1, 2, 2, 4}, 7, 3};
+    size_t n = swin_num_params(&cfg);
+    float* params = (float*)mallocCheck(n * sizeof(float));
+    Rng rng; rng_seed(&rng, 7);
+    swin_init_params(params, &cfg, &rng);
+    swin_save_export(path, &cfg, params);
+    SwinConfig back;
+    float* loaded = swin_load_hf_export(path, &back);
+    CHECK(memcmp(&back, &cfg, sizeof(cfg)) == 0, "config read back differs");
+    CHECK(memcmp(loaded, params, n * sizeof(float)) == 0, "parameters read back differ");
+    free(loaded);
+    // a checkpoint of another kind, then a truncated file: each must exit(1) cleanly
+    for (int bad = 0; bad < 2; bad++) {
+        int h[CKPT_HEADER_INTS] = {0};
+        if (bad == 0) { h[2] = 1; checkpoint_write(path, h, params, n); }
+        else { swin_save_export(path, &cfg, params); if (truncate(path, 2048) != 0) CHECK(0, "truncate"); }
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            freopen("/dev/null", "w", stderr);
+            SwinConfig c2;
+            swin_load_hf_export(path, &c2);
+            _exit(0);
+        }
+        int status = 0;
+        waitpid(pid, &status, 0);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1, "bad export file %d: status %d", bad, status);
+    }
+    remove(path);
+    free(params);
+}
 
 typedef struct {
     SwinConfig cfg; SwinParams p; SwinActs a; int* rel_index;
@@ -98,5 +137,6 @@ int main(int argc, char** argv) {
     free(params); free(acts); free(dacts); free(grads); free(dinp); free(t.inp);
     for (int k = 0; k < 4; k++) free(t.R[k]);
     ttt_free(t.rel_index);
+    test_export_roundtrip();
     return test_summary("test_swin");
 }

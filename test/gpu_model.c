@@ -1,0 +1,125 @@
+// test/gpu_model.c: the whole Y model on CUDA against the CPU reference at a small size:
+// the MAE loss through f and g, every gradient of f, h, g, one AdamW TTT step, and the
+// main-task prediction h(f(x)). Run twice: with float32 matrix products (tight bounds)
+// and with the default TF32 ones (bounds for TF32 through a deep network).
+// g's attention masks threshold its own logits at 0, so a logit within rounding of 0
+// may flip a mask between devices; the float32 run keeps that unlikely.
+#include "test/test.h"
+
+// relative L2 error ||a - b|| / ||b|| over n elements (NaN fails)
+static double rel_l2(const float* a, const float* b, size_t n) {
+    double d = 0.0, r = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)a[i] - b[i];
+        d += e * e; r += (double)b[i] * b[i];
+    }
+    return sqrt(d) / (sqrt(r) + 1e-30);
+}
+
+static void check_l2(const char* name, const float* got, const float* ref, size_t n, double tol) {
+    double err = rel_l2(got, ref, n);
+    int ok = err <= tol;
+    printf("%-4s %-48s rel L2 err %.3e, max rel %.3e (tol %.0e, n=%zu)\n", ok ? "ok" : "FAIL", name, err,
+           max_rel_error(got, ref, n), tol, n);
+    if (ok) tests_passed++; else tests_failed++;
+}
+
+typedef struct {
+    float loss, loss_step;
+    float *grads, *params_before, *params_after;
+    unsigned char* pred;
+    size_t n_f, n_h, n_g;
+} Result;
+
+static Result run_model(Device d, const ModelConfig* cfg, const float* frames, int B, int H, int W) {
+    ttt_set_device(d);
+    Result r;
+    Model* m = model_create(cfg, B, H, W);
+    model_init_random(m, 42);
+    r.n_f = model_num_params(m, 0); r.n_h = model_num_params(m, 1); r.n_g = model_num_params(m, 2);
+    Rng rng; rng_seed(&rng, 7);
+    r.loss = model_mae_forward_backward(m, frames, B, &rng);
+    r.grads = model_grads_host(m);
+    r.params_before = model_params_host(m);
+    OptConfig opt = opt_config_ttt();
+    rng_seed(&rng, 7);
+    r.loss_step = model_ttt_step(m, frames, B, &opt, &rng);
+    r.params_after = model_params_host(m);
+    r.pred = (unsigned char*)mallocCheck((size_t)H * W);
+    model_predict(m, frames, r.pred);
+    ttt_synchronize();
+    model_free(m);
+    return r;
+}
+
+static void compare(const char* mode, const Result* c, const Result* g, int H, int W, double tol_loss, double tol_grad,
+                    double tol_params) {
+    char name[96];
+    printf("-- %s: loss cpu %.7f gpu %.7f\n", mode, c->loss, g->loss);
+    snprintf(name, sizeof(name), "[%s] MAE loss", mode);
+    check_close(name, &g->loss, &c->loss, 1, tol_loss);
+    snprintf(name, sizeof(name), "[%s] MAE loss in the TTT step", mode);
+    check_close(name, &g->loss_step, &c->loss_step, 1, tol_loss);
+    const char* part[3] = {"f", "h", "g"};
+    size_t off[3] = {0, c->n_f, c->n_f + c->n_h}, n[3] = {c->n_f, c->n_h, c->n_g};
+    for (int p = 0; p < 3; p++) {
+        if (p == 1) {   // h takes no part in the MAE loss: its gradient must stay zero
+            size_t nz = 0;
+            for (size_t i = 0; i < n[p]; i++) nz += g->grads[off[p] + i] != 0.0f;
+            CHECK(nz == 0, "[%s] h gradient has %zu non-zero elements", mode, nz);
+            continue;
+        }
+        snprintf(name, sizeof(name), "[%s] grad %s", mode, part[p]);
+        check_l2(name, g->grads + off[p], c->grads + off[p], n[p], tol_grad);
+    }
+    // the AdamW update: params after the step. The first Adam step moves each element by
+    // about lr * sign(grad), so an element whose tiny gradient changes sign between devices
+    // differs by up to 2 lr (2e-4): the bound on params is 1e-5 with float32 products and
+    // 1e-4 (relative to max |param|) with TF32 ones.
+    size_t N = c->n_f + c->n_h + c->n_g;
+    float* du_c = (float*)mallocCheck(N * sizeof(float));
+    float* du_g = (float*)mallocCheck(N * sizeof(float));
+    for (size_t i = 0; i < N; i++) {
+        du_c[i] = c->params_after[i] - c->params_before[i];
+        du_g[i] = g->params_after[i] - g->params_before[i];
+    }
+    snprintf(name, sizeof(name), "[%s] params after one AdamW step", mode);
+    check_close(name, g->params_after, c->params_after, N, tol_params);
+    // Adam's first step is about lr * sign(grad): elements with tiny gradients may differ
+    snprintf(name, sizeof(name), "[%s] AdamW update (f and g)", mode);
+    check_l2(name, du_g, du_c, N, tol_grad * 10 > 0.2 ? 0.2 : tol_grad * 10);
+    free(du_c); free(du_g);
+    size_t agree = 0;
+    for (size_t i = 0; i < (size_t)H * W; i++) agree += g->pred[i] == c->pred[i];
+    double frac = (double)agree / ((double)H * W);
+    printf("%-4s [%s] predicted class ids agree on %.4f of pixels\n", frac >= 0.99 ? "ok" : "FAIL", mode, frac);
+    CHECK(frac >= 0.99, "[%s] predictions agree on only %.4f", mode, frac);
+}
+
+static void free_result(Result* r) { free(r->grads); free(r->params_before); free(r->params_after); free(r->pred); }
+
+int main(void) {
+    if (!ttt_cuda_available()) {
+        printf("no CUDA device: skipped\n");
+        return test_summary("gpu_model");
+    }
+    int K = 5, B = 2, H = 70, W = 101;
+    ModelConfig cfg = model_config_tiny(K);
+    Rng rng; rng_seed(&rng, 3);
+    float* frames = random_tensor(&rng, (size_t)B * H * W * 3, 0.0f, 1.0f);
+
+    Result cpu = run_model(DEVICE_CPU, &cfg, frames, B, H, W);
+#ifdef TTT_CUDA
+    ttt_cuda_set_tf32(0);
+    Result g32 = run_model(DEVICE_CUDA, &cfg, frames, B, H, W);
+    compare("fp32 GEMM", &cpu, &g32, H, W, 1e-4, 1e-3, 1e-5);
+    free_result(&g32);
+    ttt_cuda_set_tf32(1);
+    Result gtf = run_model(DEVICE_CUDA, &cfg, frames, B, H, W);
+    compare("tf32 GEMM", &cpu, &gtf, H, W, 3e-3, 3e-2, 1e-4);
+    free_result(&gtf);
+#endif
+    free_result(&cpu);
+    free(frames);
+    return test_summary("gpu_model");
+}
