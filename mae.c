@@ -520,7 +520,7 @@ void model_train_step(Model* m, const float* images, const unsigned char* labels
 
 // optimizer state for resuming training: [t, then m and v of f | h | g] in a checkpoint of
 // kind 2 whose header also records the parameter counts
-#define CKPT_KIND_OPTIMIZER 2
+#define CKPT_KIND_OPTIMIZER 3   // (2 is CKPT_KIND_SWIN)
 
 void model_save_optimizer(const Model* m, const char* path, const int* extra, int n_extra) {
     int header[CKPT_HEADER_INTS] = {0};
