@@ -310,7 +310,7 @@ Model* model_load(const char* path, int max_batch, int H, int W) {
     checkpoint_read_header(path, h);
     if (h[2] != CKPT_KIND_MODEL)
         ttt_die("checkpoint '%s' holds kind %d, not a model (kind %d)%s", path, h[2], CKPT_KIND_MODEL,
-                h[2] == CKPT_KIND_RESUME ? "; it is a training resume file (use ./train --resume)" : "");
+                h[2] == 3 ? "; it is a training optimizer state (the model is the file without .opt)" : "");
     Model* m = model_from_header(h, path, max_batch, H, W);
     size_t n = m->n_f + m->n_h + m->n_g;
     float* host = (float*)mallocCheck(n * sizeof(float));
@@ -508,6 +508,8 @@ static float main_forward(Model* m, const float* images, const unsigned char* la
     size_t ncls = (size_t)L * B * Q * (K + 1), nmask = (size_t)L * B * Q * m->H4 * m->W4;
     ttt_to_host(m->host_cls_all, m->ha.class_logits, ncls * sizeof(float));
     ttt_to_host(m->host_mask_all, m->ha.mask_logits, nmask * sizeof(float));
+    // non-finite logits would stall the matcher: report NaN, the caller skips the update
+    if (!is_finite_array(m->host_cls_all, ncls) || !is_finite_array(m->host_mask_all, nmask)) return NAN;
     memset(m->host_labels_pad, 255, (size_t)B * m->Hp * m->Wp);
     for (int b = 0; b < B; b++)
         for (int y = 0; y < m->H; y++)
@@ -517,8 +519,12 @@ static float main_forward(Model* m, const float* images, const unsigned char* la
         memset(m->host_dcls, 0, ncls * sizeof(float));
         memset(m->host_dmask, 0, nmask * sizeof(float));
     }
+    // a mask map with no more pixels than the point budget is supervised on every pixel:
+    // exact, and cheaper than 3 x 12544 random points
+    SetLossConfig lc = m->set_loss_cfg;
+    if (m->H4 * m->W4 <= lc.num_points) lc.all_pixels = 1;
     float parts[3];
-    return set_loss(&m->set_loss_cfg, m->host_cls_all, m->host_mask_all, L, B, Q, K, m->H4, m->W4,
+    return set_loss(&lc, m->host_cls_all, m->host_mask_all, L, B, Q, K, m->H4, m->W4,
                     m->host_labels_pad, m->Hp, m->Wp, want_grad ? m->host_dcls : NULL,
                     want_grad ? m->host_dmask : NULL, rng, parts);
 }
@@ -551,6 +557,11 @@ float model_train_forward_backward(Model* m, const float* images, const unsigned
     ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
     // main task first: the MAE forward reuses f's activations
     float lm = main_forward(m, images, labels, B, rng, 1);
+    if (!isfinite(lm)) {
+        if (loss_main) *loss_main = lm;
+        if (loss_mae) *loss_mae = NAN;
+        return lm;
+    }
     main_backward(m, B);
     prepare_masked_batch(m, images, B, rng);
     float* recon = mae_forward(m, B);
@@ -584,40 +595,49 @@ void model_copy_params(Model* dst, const Model* src) {
     model_snapshot_ttt(dst);
 }
 
-void model_save_resume(const Model* m, const char* path, const int* extra, int n_extra) {
-    if (n_extra < 0 || n_extra > RESUME_MAX_EXTRA) ttt_die("model_save_resume: %d extra ints (max %d)", n_extra, RESUME_MAX_EXTRA);
-    int header[CKPT_HEADER_INTS];
-    pack_header(header, m, CKPT_KIND_RESUME);
-    header[RESUME_EXTRA_AT] = m->adam_t;
-    header[RESUME_EXTRA_AT + 1] = n_extra;
-    for (int i = 0; i < n_extra; i++) header[RESUME_EXTRA_AT + 2 + i] = extra[i];
+// load the f and h parts of a model checkpoint into m (g keeps its own initialisation)
+void model_load_f_h(Model* m, const char* path) {
+    Model* src = model_load(path, 1, 32, 32);
+    if (src->n_f != m->n_f || src->n_h != m->n_h)
+        ttt_die("checkpoint '%s' has f, h of %zu, %zu parameters; this model has %zu, %zu",
+                path, src->n_f, src->n_h, m->n_f, m->n_h);
+    ttt_copy(m->params, src->params, (m->n_f + m->n_h) * sizeof(float));
+    model_snapshot_ttt(m);
+    model_free(src);
+}
+
+// optimizer state for resuming training: [t, then m and v of f | h | g] in a checkpoint of
+// kind 2 whose header also records the parameter counts
+#define CKPT_KIND_OPTIMIZER 3   // (2 is CKPT_KIND_SWIN)
+
+void model_save_optimizer(const Model* m, const char* path, const int* extra, int n_extra) {
+    int header[CKPT_HEADER_INTS] = {0};
+    header[2] = CKPT_KIND_OPTIMIZER;
+    header[3] = (int)m->n_f; header[4] = (int)m->n_h; header[5] = (int)m->n_g; header[6] = m->adam_t;
+    if (n_extra > CKPT_HEADER_INTS - 16) ttt_die("model_save_optimizer: too many extra ints");
+    memcpy(header + 16, extra, n_extra * sizeof(int));
     size_t n = m->n_f + m->n_h + m->n_g;
-    float* host = (float*)mallocCheck(3 * n * sizeof(float));
-    ttt_to_host(host, m->params, n * sizeof(float));
-    ttt_to_host(host + n, m->adam_m, n * sizeof(float));
-    ttt_to_host(host + 2 * n, m->adam_v, n * sizeof(float));
-    checkpoint_write(path, header, host, 3 * n);
+    float* host = (float*)mallocCheck(2 * n * sizeof(float));
+    ttt_to_host(host, m->adam_m, n * sizeof(float));
+    ttt_to_host(host + n, m->adam_v, n * sizeof(float));
+    checkpoint_write(path, header, host, 2 * n);
     free(host);
 }
 
-Model* model_load_resume(const char* path, int max_batch, int H, int W, int* extra, int n_extra) {
+void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra) {
     int h[CKPT_HEADER_INTS];
     checkpoint_read_header(path, h);
-    if (h[2] != CKPT_KIND_RESUME)
-        ttt_die("'%s' holds checkpoint kind %d, not a training resume file (kind %d)", path, h[2], CKPT_KIND_RESUME);
-    if (h[RESUME_EXTRA_AT + 1] != n_extra)
-        ttt_die("resume file '%s' holds %d training-state ints, expected %d", path, h[RESUME_EXTRA_AT + 1], n_extra);
-    Model* m = model_from_header(h, path, max_batch, H, W);
+    if (h[2] != CKPT_KIND_OPTIMIZER) ttt_die("'%s' is not an optimizer state file (kind %d)", path, h[2]);
+    if (h[3] != (int)m->n_f || h[4] != (int)m->n_h || h[5] != (int)m->n_g)
+        ttt_die("optimizer state '%s' is for f, h, g of %d, %d, %d parameters; the model has %zu, %zu, %zu",
+                path, h[3], h[4], h[5], m->n_f, m->n_h, m->n_g);
     size_t n = m->n_f + m->n_h + m->n_g;
-    float* host = (float*)mallocCheck(3 * n * sizeof(float));
-    checkpoint_read_data(path, host, 3 * n);
-    if (!is_finite_array(host, 3 * n)) ttt_die("resume file '%s' contains NaN or Inf", path);
-    ttt_to_device(m->params, host, n * sizeof(float));
-    ttt_to_device(m->adam_m, host + n, n * sizeof(float));
-    ttt_to_device(m->adam_v, host + 2 * n, n * sizeof(float));
+    float* host = (float*)mallocCheck(2 * n * sizeof(float));
+    checkpoint_read_data(path, host, 2 * n);
+    ttt_to_device(m->adam_m, host, n * sizeof(float));
+    ttt_to_device(m->adam_v, host + n, n * sizeof(float));
     free(host);
-    m->adam_t = h[RESUME_EXTRA_AT];
-    for (int i = 0; i < n_extra; i++) extra[i] = h[RESUME_EXTRA_AT + 2 + i];
-    model_snapshot_ttt(m);
-    return m;
+    m->adam_t = h[6];
+    memcpy(extra, h + 16, n_extra * sizeof(int));
 }
+

@@ -913,6 +913,20 @@ float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt,
 float model_mae_loss(Model* m, const float* frames, int B, Rng* rng);
 // h(f(x)) on an unmasked frame (H, W, 3) host -> class ids (H, W) host
 void model_predict(Model* m, const float* frame, unsigned char* pred);
+// optimizer state (AdamW moments and step) with n_extra caller ints (<= 200) for resuming
+void model_save_optimizer(const Model* m, const char* path, const int* extra, int n_extra);
+void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra);
+void model_copy_params(Model* dst, const Model* src);   // same config, any frame size
+void model_load_f_h(Model* m, const char* path);       // f and h from a checkpoint; g kept
+// one joint training step on images (B, H, W, 3) and labels (B, H, W) (host): set loss of
+// h(f(x)) plus the MAE loss of g(f(x~)), global-norm clipping (grad_clip > 0), AdamW on f, h, g
+void model_train_step(Model* m, const float* images, const unsigned char* labels, int B,
+                      const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae);
+// confusion matrix (K x K, rows = label) of a prediction; 255 labels are skipped
+void confusion_update(int64_t* conf, const unsigned char* pred, const unsigned char* label, size_t n, int K);
+// per-class IoU (NAN for classes absent from labels and prediction) and their mean over the rest
+double mean_iou(const int64_t* conf, int K, double* iou);
+
 // checksums of parameter groups, for tests and logs: 0 = f, 1 = h, 2 = g
 uint64_t model_param_hash(const Model* m, int part);
 size_t model_num_params(const Model* m, int part);
@@ -926,31 +940,20 @@ float* model_params_device(Model* m);
 // hold g's attention masks fixed at those of the last MAE forward of batch B (on = 1), or not
 void model_freeze_mae_masks(Model* m, int B, int on);
 
-// ---- joint training (train.c) ----
-// one joint step: images (B, H, W, 3) in [0, 1] and labels (B, H, W) (255 = ignore) on the
-// host. Loss = set_loss(h(f(x)), y) (labels padded with 255 to the model's padded frame)
-// + MAE loss(g(f(x~)), x) with fresh masks from rng. Backward into f, h and g; gradients
-// clipped to global L2 norm grad_clip (<= 0: no clipping); one AdamW step on all three.
-// A non-finite loss leaves the weights untouched.
-void model_train_step(Model* m, const float* images, const unsigned char* labels, int B,
-                      const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae);
-// the two losses and their gradients in the grad buffer (zeroed here), no update; returns
-// their sum. model_train_loss: forward only (finite differences). rng as in model_train_step.
+// ---- joint training: gradient-check hooks for model_train_step ----
+// the joint loss and its gradients in the grad buffer (zeroed here), no update; returns
+// loss_main + loss_mae. model_train_loss: the same forward only (finite differences). The rng
+// is used as model_train_step uses it (set-loss points, then the MAE masks).
 float model_train_forward_backward(Model* m, const float* images, const unsigned char* labels,
                                    int B, Rng* rng, float* loss_main, float* loss_mae);
 float model_train_loss(Model* m, const float* images, const unsigned char* labels, int B, Rng* rng);
-void model_set_loss_config(Model* m, const SetLossConfig* c);   // default set_loss_config_default()
+// set-loss settings (default set_loss_config_default(); a mask map with no more pixels than
+// num_points is always supervised on every pixel)
+void model_set_loss_config(Model* m, const SetLossConfig* c);
 float model_last_grad_norm(const Model* m);   // global L2 norm before clipping, last train step
-// hold h's attention masks fixed at those of the last main-task forward of batch B (gradient
-// checks), or not
+// hold h's attention masks fixed at those of the last main-task forward of batch B, or not
 void model_freeze_main_masks(Model* m, int B, int on);
 int model_adam_step(const Model* m);          // AdamW steps taken (bias correction t)
-// resume file (kind 2): the model header, the AdamW step, n_extra caller ints (<= 64: train
-// step, RNG state...), then [params | adam m | adam v] of [f | h | g]. Written via path.tmp.
-void model_save_resume(const Model* m, const char* path, const int* extra, int n_extra);
-Model* model_load_resume(const char* path, int max_batch, int H, int W, int* extra, int n_extra);
-// copy every parameter [f | h | g] from src into dst (same config, any frame sizes)
-void model_copy_params(Model* dst, const Model* src);
 
 // op: build the 4-channel network input and the MAE target.
 //   rgb (B, H, W, 3) in [0, 1]; patch_mask (B, Hp/ps, Wp/ps) bytes, 1 = masked (NULL: none)

@@ -113,19 +113,21 @@ static void test_joint(Rng* rng) {
            after < total ? "ok" : "FAIL", total, after, model_last_grad_norm(m));
     CHECK(after < total, "6 joint steps did not lower the loss: %g -> %g", total, after);
 
-    // resume file: parameters, AdamW state and extra ints come back; the next step matches
+    // checkpoint + optimizer state: the next step matches the uninterrupted model bitwise
     int extra[3] = {7, -3, 123456}, back[3] = {0, 0, 0};
     if (system("mkdir -p test/tmp") != 0) return;
-    model_save_resume(m, "test/tmp/resume.bin", extra, 3);
-    Model* m2 = model_load_resume("test/tmp/resume.bin", B, H, W, back, 3);
+    model_save(m, "test/tmp/joint.bin");
+    model_save_optimizer(m, "test/tmp/joint.bin.opt", extra, 3);
+    Model* m2 = model_load("test/tmp/joint.bin", B, H, W);
+    model_load_optimizer(m2, "test/tmp/joint.bin.opt", back, 3);
     model_set_loss_config(m2, &sl);
-    CHECK(back[0] == 7 && back[1] == -3 && back[2] == 123456, "resume extras lost");
+    CHECK(back[0] == 7 && back[1] == -3 && back[2] == 123456, "optimizer-state extras lost");
     CHECK(model_adam_step(m2) == model_adam_step(m), "AdamW step %d vs %d", model_adam_step(m2), model_adam_step(m));
     Rng r1, r2; rng_seed(&r1, 8); rng_seed(&r2, 8);
     model_train_step(m, t.images, t.labels, B, &opt, 1.0f, &r1, NULL, NULL);
     model_train_step(m2, t.images, t.labels, B, &opt, 1.0f, &r2, NULL, NULL);
     CHECK(model_param_hash(m, 0) == model_param_hash(m2, 0) && model_param_hash(m, 1) == model_param_hash(m2, 1) &&
-          model_param_hash(m, 2) == model_param_hash(m2, 2), "a step after resume differs from the uninterrupted one");
+          model_param_hash(m, 2) == model_param_hash(m2, 2), "a step after reloading differs from the uninterrupted one");
     model_free(m); model_free(m2);
     free(t.images); free(t.labels);
 }
