@@ -293,8 +293,8 @@ int main(void) {
         // pixels exactly): the brief's tiny case, deep supervision + batch (second image has no
         // targets), T > Q, and two cases where the matching can only be decided by the class
         // term (all queries share one mask) or by the mask terms (all share one class row).
-        // 5-8: labels 5x7: all pixels (soft targets); 20 points with importance sampling;
-        // the same with T > Q; uniform points (importance 0).
+        // 5-8: labels 5x7: all pixels (soft targets); 100 points with importance sampling;
+        // 20 points with importance sampling and T > Q; 20 uniform points (importance 0).
         int cases[9][4] = {{1, 1, 3, 2}, {2, 2, 4, 3}, {2, 1, 2, 4}, {2, 2, 4, 3}, {2, 2, 4, 3},
                            {2, 2, 4, 3}, {2, 2, 4, 3}, {2, 1, 2, 4}, {2, 2, 3, 3}};
         const char* what[9] = {"tiny", "no-target image", "T>Q", "class decides", "masks decide",
@@ -303,6 +303,7 @@ int main(void) {
             LossCase t; t.cfg = set_loss_config_default(); t.cfg.all_pixels = s <= 5;
             t.cfg.num_points = 20;
             if (s == 8) t.cfg.importance = 0.0f;
+            if (s == 6) t.cfg.num_points = 100;   // 300 candidates, 75 most uncertain kept
             t.L = cases[s][0]; t.B = cases[s][1]; t.Q = cases[s][2]; t.K = cases[s][3];
             t.Hm = 3; t.Wm = 4;
             t.H = s <= 4 ? 3 : 5; t.W = s <= 4 ? 4 : 7;
