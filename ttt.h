@@ -308,6 +308,7 @@ void ttt_cuda_synchronize(void);
 void ttt_cuda_set_tf32(int on);          // matrix products in TF32 (1, default) or float32 (0)
 double ttt_cuda_gemm_flops(void);         // FLOPs of all matrix products issued so far
 void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use / total, bytes
+void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernel for windows T <= 64
 
 void add_forward_cuda(float* out, const float* a, const float* b, size_t N);
 void add_inplace_cuda(float* a, const float* b, size_t N);
@@ -485,6 +486,7 @@ void swin_init_params(float* host_base, const SwinConfig* cfg, Rng* rng);
 // activations for batches up to max_B of H x W inputs; base == NULL only counts (returns
 // the number of floats). swin_init_acts fills the constant shift masks (on ttt_device).
 size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_B, int H, int W);
+size_t swin_num_acts(const SwinConfig* cfg, int max_B, int H, int W);   // = point_acts(NULL)
 void swin_init_acts(SwinActs* a, const SwinConfig* cfg);
 // the relative position index (w*w*w*w ints) on ttt_device, built once per config
 int* swin_make_rel_index(const SwinConfig* cfg);
