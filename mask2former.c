@@ -863,9 +863,60 @@ SetLossConfig set_loss_config_default(void) {
     return c;
 }
 
-// Hungarian algorithm with potentials (shortest augmenting paths), O(n^2 m).
-// Rows and columns are 1-based inside; p[j] = row matched to column j.
-double hungarian_assign(const double* cost, int n, int m, int* col_of_row) {
+// ----------------------------------------------------------------------------
+// targets
+
+int set_loss_targets_semantic(int* classes, float* masks, const unsigned char* labels,
+                              int H, int W, int K) {
+    size_t HW = (size_t)H * W;
+    int present[256] = {0};
+    for (size_t i = 0; i < HW; i++) present[labels[i]] = 1;
+    for (int k = K; k < 255; k++) {
+        if (present[k]) ttt_die("set loss: label %d outside [0, %d) and not 255 (ignore)", k, K);
+    }
+    int T = 0;
+    for (int k = 0; k < K; k++) {
+        if (!present[k]) continue;
+        classes[T] = k;
+        if (masks) {
+            float* m = masks + (size_t)T * HW;
+            for (size_t i = 0; i < HW; i++) m[i] = labels[i] == k ? 1.0f : 0.0f;
+        }
+        T++;
+    }
+    return T;
+}
+
+int set_loss_targets_panoptic(int* classes, float* masks, const int* seg_ids, int H, int W,
+                              const int* segment_class, int num_segments, int K) {
+    size_t HW = (size_t)H * W;
+    for (size_t i = 0; i < HW; i++) {
+        if (seg_ids[i] < 0 || seg_ids[i] > num_segments)
+            ttt_die("set loss: segment id %d outside [0, %d]", seg_ids[i], num_segments);
+    }
+    int T = 0;
+    for (int s = 0; s < num_segments; s++) {
+        int k = segment_class[s];
+        if (k < 0) continue;   // crowd / ignored
+        if (k >= K) ttt_die("set loss: segment %d has class %d outside [0, %d)", s + 1, k, K);
+        classes[T] = k;
+        if (masks) {
+            float* m = masks + (size_t)T * HW;
+            for (size_t i = 0; i < HW; i++) m[i] = seg_ids[i] == s + 1 ? 1.0f : 0.0f;
+        }
+        T++;
+    }
+    return T;
+}
+
+// ----------------------------------------------------------------------------
+// Hungarian matching
+
+// Shortest augmenting paths with row/column potentials u, v (the e-maxx formulation):
+// rows are added one at a time; each addition grows a Dijkstra-like tree over columns on
+// reduced costs c - u - v until it reaches a free column, then flips the path.
+// Needs n <= m; indices are 1-based inside, p[j] = row matched to column j (0 = free).
+static double hungarian_rows_le_cols(const double* cost, int n, int m, int* col_of_row) {
     double* u = (double*)callocCheck(n + 1, sizeof(double));
     double* v = (double*)callocCheck(m + 1, sizeof(double));
     double* minv = (double*)mallocCheck((m + 1) * sizeof(double));
@@ -902,14 +953,43 @@ double hungarian_assign(const double* cost, int n, int m, int* col_of_row) {
     return total;
 }
 
+double hungarian_assign(const double* cost, int n, int m, int* col_of_row) {
+    for (int i = 0; i < n; i++) col_of_row[i] = -1;
+    if (n <= 0 || m <= 0) return 0.0;
+    int rows = n <= m ? n : m, cols = n <= m ? m : n;
+    // finite copy, transposed when there are more rows than columns
+    double* c = (double*)mallocCheck((size_t)n * m * sizeof(double));
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < m; j++) {
+            double x = cost[(size_t)i * m + j];
+            if (!isfinite(x)) x = 1e30;
+            if (n <= m) c[(size_t)i * m + j] = x; else c[(size_t)j * n + i] = x;
+        }
+    }
+    int* match = (int*)mallocCheck((size_t)rows * sizeof(int));
+    hungarian_rows_le_cols(c, rows, cols, match);
+    double total = 0.0;
+    for (int r = 0; r < rows; r++) {
+        int i = n <= m ? r : match[r], j = n <= m ? match[r] : r;
+        col_of_row[i] = j;
+        total += cost[(size_t)i * m + j];
+    }
+    free(c); free(match);
+    return total;
+}
+
+// ----------------------------------------------------------------------------
+// point sets
+
 typedef struct { float u; int i; } RankedPoint;
+// most uncertain first; ties by index, so the order is deterministic
 static int compare_uncertainty(const void* a, const void* b) {
     float ua = ((const RankedPoint*)a)->u, ub = ((const RankedPoint*)b)->u;
     if (ua != ub) return ua > ub ? -1 : 1;
-    return ((const RankedPoint*)a)->i - ((const RankedPoint*)b)->i;   // stable, deterministic
+    return ((const RankedPoint*)a)->i - ((const RankedPoint*)b)->i;
 }
 
-// point coordinates: uniform random, or the centres of an Hm x Wm grid
+// P points (x, y): uniform random in [0, 1)^2, or the centres of an Hm x Wm grid
 static void random_points(float* coords, int P, Rng* rng) {
     for (int i = 0; i < 2 * P; i++) coords[i] = rng_uniform(rng);
 }
@@ -920,126 +1000,177 @@ static void grid_points(float* coords, int Hm, int Wm) {
     }
 }
 
-// the same P coordinates for each of M maps: (M, P, 2)
-static void repeat_coords(float* out, const float* coords, int M, int P) {
-    for (int m = 0; m < M; m++) memcpy(out + (size_t)m * P * 2, coords, (size_t)P * 2 * sizeof(float));
-}
+// ----------------------------------------------------------------------------
+// the loss
 
-float set_loss(const SetLossConfig* cfg, const float* class_logits, const float* mask_logits,
-               int L, int B, int Q, int K, int Hm, int Wm, const unsigned char* labels, int H, int W,
-               float* dclass_logits, float* dmask_logits, Rng* rng, float parts[3]) {
+float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
+                            const float* mask_logits, int L, int B, int Q, int K, int Hm, int Wm,
+                            const int* num_targets, const int* target_classes,
+                            const float* target_masks, int H, int W,
+                            float* dclass_logits, float* dmask_logits, Rng* rng, float parts[3]) {
+    if (L < 1 || B < 1 || Q < 1 || K < 1 || Hm < 1 || Wm < 1 || H < 1 || W < 1)
+        ttt_die("set loss: sizes must be positive (L %d B %d Q %d K %d mask %dx%d labels %dx%d)",
+                L, B, Q, K, Hm, Wm, H, W);
+    if (!cfg->all_pixels && (cfg->num_points < 1 || cfg->oversample < 1.0f ||
+                             cfg->importance < 0.0f || cfg->importance > 1.0f))
+        ttt_die("set loss: need num_points >= 1, oversample >= 1, importance in [0, 1]");
     int C = K + 1;
+    size_t HW = (size_t)H * W, HWm = (size_t)Hm * Wm;
+    // P points per mask; P_over candidates of which P_imp most uncertain are kept
     int P = cfg->all_pixels ? Hm * Wm : cfg->num_points;
     int P_over = cfg->all_pixels ? P : (int)(cfg->oversample * P);
     int P_imp = cfg->all_pixels ? 0 : (int)(cfg->importance * P);
-    // targets of every image: classes present and their binary masks at label resolution
-    int* num_t = (int*)callocCheck(B, sizeof(int));
-    int* t_class = (int*)mallocCheck((size_t)B * K * sizeof(int));
-    float* t_mask = (float*)mallocCheck((size_t)B * K * H * W * sizeof(float));
-    int num_masks = 0;
+    int P_rand = P - P_imp;
+    int max_T = 0, num_masks = 0;
+    size_t* first = (size_t*)mallocCheck((size_t)B * sizeof(size_t));   // image b's first target
     for (int b = 0; b < B; b++) {
-        const unsigned char* lab = labels + (size_t)b * H * W;
-        int present[256] = {0};
-        for (int i = 0; i < H * W; i++) present[lab[i]] = 1;
-        for (int k = 0; k < K; k++) {
-            if (!present[k]) continue;
-            int t = num_t[b]++;
-            t_class[b * K + t] = k;
-            float* tm = t_mask + ((size_t)b * K + t) * H * W;
-            for (int i = 0; i < H * W; i++) tm[i] = lab[i] == k ? 1.0f : 0.0f;
-        }
-        num_masks += num_t[b];
+        if (num_targets[b] < 0) ttt_die("set loss: negative target count");
+        first[b] = (size_t)num_masks;
+        num_masks += num_targets[b];
+        if (num_targets[b] > max_T) max_T = num_targets[b];
     }
-    float norm = num_masks > 0 ? (float)num_masks : 1.0f;
+    for (int i = 0; i < num_masks; i++) {
+        if (target_classes[i] < 0 || target_classes[i] >= K)
+            ttt_die("set loss: target class %d outside [0, %d)", target_classes[i], K);
+    }
+    double norm = num_masks > 0 ? num_masks : 1;
+    int QT = Q > max_T ? Q : max_T;
+    int max_match = Q < max_T ? Q : max_T;   // matched pairs per image
 
-    float* coords = (float*)mallocCheck((size_t)P_over * 2 * sizeof(float));
-    float* coords_rep = (float*)mallocCheck((size_t)(Q > K ? Q : K) * P_over * 2 * sizeof(float));
-    float* pred_pts = (float*)mallocCheck((size_t)Q * P_over * sizeof(float));
-    float* tgt_pts = (float*)mallocCheck((size_t)K * P * sizeof(float));
-    double* cost = (double*)mallocCheck((size_t)K * Q * sizeof(double));
-    int* match = (int*)mallocCheck((size_t)K * sizeof(int));
-    int* cls_target = (int*)mallocCheck((size_t)B * Q * sizeof(int));
+    // scratch (host, per call)
+    float* coords = (float*)mallocCheck((size_t)P * 2 * sizeof(float));
+    float* coords_rep = (float*)mallocCheck((size_t)QT * P * 2 * sizeof(float));
+    float* pred_pts = (float*)mallocCheck((size_t)Q * P * sizeof(float));
+    float* pred_sig = (float*)mallocCheck((size_t)Q * P * sizeof(float));
+    double* pred_softplus = (double*)mallocCheck((size_t)Q * sizeof(double));
+    double* pred_sigsum = (double*)mallocCheck((size_t)Q * sizeof(double));
+    float* tgt_pts = (float*)mallocCheck((size_t)(max_T ? max_T : 1) * P * sizeof(float));
+    double* cost = (double*)mallocCheck((size_t)(max_T ? max_T : 1) * Q * sizeof(double));
+    int* query_of_target = (int*)mallocCheck((size_t)(max_T ? max_T : 1) * sizeof(int));
+    int* match_q = (int*)mallocCheck((size_t)(max_match ? max_match : 1) * sizeof(int));
+    int* match_t = (int*)mallocCheck((size_t)(max_match ? max_match : 1) * sizeof(int));
     float* probs = (float*)mallocCheck((size_t)Q * C * sizeof(float));
-    float* sel = (float*)mallocCheck((size_t)P * 2 * sizeof(float));
-    float* unc = (float*)mallocCheck((size_t)P_over * sizeof(float));
-    int* order = (int*)mallocCheck((size_t)P_over * sizeof(int));
-    RankedPoint* ranked = (RankedPoint*)mallocCheck((size_t)P_over * sizeof(RankedPoint));
-    float *pl = (float*)mallocCheck(P * sizeof(float)), *tl = (float*)mallocCheck(P * sizeof(float));
-    float *dpl = (float*)mallocCheck(P * sizeof(float));
-    float* class_w = (float*)mallocCheck(C * sizeof(float));
+    int* cls_target = (int*)mallocCheck((size_t)B * Q * sizeof(int));
+    size_t nmp = (size_t)(max_match ? max_match : 1) * P;   // matched masks x points
+    float* cand = (float*)mallocCheck((size_t)(max_match ? max_match : 1) * P_over * 2 * sizeof(float));
+    float* sel = (float*)mallocCheck(nmp * 2 * sizeof(float));
+    float* pl = (float*)mallocCheck(nmp * sizeof(float));
+    float* tl = (float*)mallocCheck(nmp * sizeof(float));
+    float* dpl = (float*)mallocCheck(nmp * sizeof(float));
+    float* bce = (float*)mallocCheck((size_t)(max_match ? max_match : 1) * sizeof(float));
+    float* dice = (float*)mallocCheck((size_t)(max_match ? max_match : 1) * sizeof(float));
+    float* dloss_bce = (float*)mallocCheck((size_t)(max_match ? max_match : 1) * sizeof(float));
+    float* dloss_dice = (float*)mallocCheck((size_t)(max_match ? max_match : 1) * sizeof(float));
+    float* class_w = (float*)mallocCheck((size_t)C * sizeof(float));
     for (int k = 0; k < K; k++) class_w[k] = 1.0f;
     class_w[K] = cfg->no_object_weight;
+    for (int i = 0; i < (max_match ? max_match : 1); i++) {
+        dloss_bce[i] = (float)(cfg->w_mask / norm);
+        dloss_dice[i] = (float)(cfg->w_dice / norm);
+    }
+    if (cfg->all_pixels) {
+        grid_points(coords, Hm, Wm);
+        for (int i = 0; i < QT; i++) memcpy(coords_rep + (size_t)i * P * 2, coords, (size_t)P * 2 * sizeof(float));
+        for (int i = 0; i < max_match; i++) memcpy(sel + (size_t)i * P * 2, coords, (size_t)P * 2 * sizeof(float));
+    }
 
-    double total = 0.0, sum_ce = 0.0, sum_bce = 0.0, sum_dice = 0.0;
+    double sum_ce = 0.0, sum_bce = 0.0, sum_dice = 0.0;
     for (int j = 0; j < L; j++) {
         const float* cl = class_logits + (size_t)j * B * Q * C;
-        const float* ml = mask_logits + (size_t)j * B * Q * Hm * Wm;
         for (int b = 0; b < B; b++) {
             const float* clb = cl + (size_t)b * Q * C;
-            const float* mlb = ml + (size_t)b * Q * Hm * Wm;
-            int T = num_t[b];
-            for (int q = 0; q < Q; q++) cls_target[b * Q + q] = K;
+            const float* mlb = mask_logits + ((size_t)j * B + b) * Q * HWm;
+            const float* tmb = target_masks + first[b] * HW;
+            const int* tcb = target_classes + first[b];
+            int T = num_targets[b];
+            for (int q = 0; q < Q; q++) cls_target[b * Q + q] = K;   // no object
             if (T == 0) continue;
-            // matching cost on shared points
-            if (cfg->all_pixels) grid_points(coords, Hm, Wm); else random_points(coords, P, rng);
-            repeat_coords(coords_rep, coords, Q > T ? Q : T, P);
+
+            // matching cost on num_points uniform points shared by every mask of the image
+            if (!cfg->all_pixels) {
+                random_points(coords, P, rng);
+                for (int i = 0; i < QT; i++) memcpy(coords_rep + (size_t)i * P * 2, coords, (size_t)P * 2 * sizeof(float));
+            }
             point_sample_forward_cpu(pred_pts, mlb, coords_rep, Q, Hm, Wm, P);
-            point_sample_forward_cpu(tgt_pts, t_mask + (size_t)b * K * H * W, coords_rep, T, H, W, P);
+            point_sample_forward_cpu(tgt_pts, tmb, coords_rep, T, H, W, P);
             softmax_forward_cpu(probs, clb, Q, C);
+            // BCE(x, y) summed over points = sum softplus(x) - sum x y (y in [0, 1])
+            #pragma omp parallel for schedule(static) if ((long)Q * P > 16384)
             for (int q = 0; q < Q; q++) {
                 const float* x = pred_pts + (size_t)q * P;
-                double sp = 0.0, ss = 0.0;   // sum softplus(x), sum sigmoid(x)
+                float* s = pred_sig + (size_t)q * P;
+                double sp = 0.0, ss = 0.0;
                 for (int p = 0; p < P; p++) {
-                    sp += (x[p] > 0 ? x[p] : 0) + log1p(exp(-fabs(x[p])));
-                    ss += 1.0 / (1.0 + exp(-(double)x[p]));
+                    double xp = x[p];
+                    sp += (xp > 0 ? xp : 0) + log1p(exp(-fabs(xp)));
+                    s[p] = (float)(1.0 / (1.0 + exp(-xp)));
+                    ss += s[p];
                 }
-                for (int t = 0; t < T; t++) {
+                pred_softplus[q] = sp; pred_sigsum[q] = ss;
+            }
+            #pragma omp parallel for collapse(2) schedule(static) if ((long)T * Q * P > 65536)
+            for (int t = 0; t < T; t++) {
+                for (int q = 0; q < Q; q++) {
                     const float* y = tgt_pts + (size_t)t * P;
-                    double xy = 0.0, sy = 0.0, sty = 0.0;
-                    for (int p = 0; p < P; p++) {
-                        xy += (double)x[p] * y[p];
-                        sty += y[p] / (1.0 + exp(-(double)x[p]));
-                        sy += y[p];
-                    }
-                    double bce = (sp - xy) / P;
-                    double dice = 1.0 - (2.0 * sty + 1.0) / (ss + sy + 1.0);
-                    cost[(size_t)t * Q + q] = cfg->w_class * -probs[q * C + t_class[b * K + t]]
-                                            + cfg->w_mask * bce + cfg->w_dice * dice;
+                    const float* x = pred_pts + (size_t)q * P;
+                    const float* s = pred_sig + (size_t)q * P;
+                    double xy = 0.0, sy = 0.0, yy = 0.0;
+                    for (int p = 0; p < P; p++) { xy += x[p] * y[p]; sy += s[p] * y[p]; yy += y[p]; }
+                    double pair_bce = (pred_softplus[q] - xy) / P;
+                    double pair_dice = 1.0 - (2.0 * sy + 1.0) / (pred_sigsum[q] + yy + 1.0);
+                    cost[(size_t)t * Q + q] = cfg->w_class * -(double)probs[q * C + tcb[t]]
+                                            + cfg->w_mask * pair_bce + cfg->w_dice * pair_dice;
                 }
             }
-            hungarian_assign(cost, T, Q, match);
-            for (int t = 0; t < T; t++) cls_target[b * Q + match[t]] = t_class[b * K + t];
-            // mask losses on importance-sampled points of every matched pair
+            hungarian_assign(cost, T, Q, query_of_target);
+            int M = 0;
             for (int t = 0; t < T; t++) {
-                int q = match[t];
-                const float* map = mlb + (size_t)q * Hm * Wm;
-                if (cfg->all_pixels) {
-                    grid_points(sel, Hm, Wm);
-                } else {
-                    random_points(coords, P_over, rng);
-                    point_sample_forward_cpu(unc, map, coords, 1, Hm, Wm, P_over);
-                    // most uncertain first: sort by -|logit| descending
-                    for (int i = 0; i < P_over; i++) { ranked[i].u = -fabsf(unc[i]); ranked[i].i = i; }
-                    qsort(ranked, P_over, sizeof(ranked[0]), compare_uncertainty);
-                    for (int i = 0; i < P_imp; i++) order[i] = ranked[i].i;
-                    for (int i = 0; i < P_imp; i++) { sel[2 * i] = coords[2 * order[i]]; sel[2 * i + 1] = coords[2 * order[i] + 1]; }
-                    random_points(sel + 2 * P_imp, P - P_imp, rng);
+                if (query_of_target[t] < 0) continue;   // T > Q: this target gets no query
+                match_t[M] = t; match_q[M] = query_of_target[t]; M++;
+                cls_target[b * Q + query_of_target[t]] = tcb[t];
+            }
+
+            // points of each matched pair: importance sampling (get_uncertain_point_coords_
+            // with_randomness); random draws first, in a fixed order, then the selection
+            if (!cfg->all_pixels) {
+                random_points(cand, M * P_over, rng);
+                for (int i = 0; i < M; i++) random_points(sel + ((size_t)i * P + P_imp) * 2, P_rand, rng);
+                #pragma omp parallel for schedule(dynamic) if ((long)M * P_over > 16384)
+                for (int i = 0; i < M; i++) {
+                    const float* ci = cand + (size_t)i * P_over * 2;
+                    float* unc = (float*)mallocCheck((size_t)P_over * sizeof(float));
+                    RankedPoint* ranked = (RankedPoint*)mallocCheck((size_t)P_over * sizeof(RankedPoint));
+                    point_sample_forward_cpu(unc, mlb + (size_t)match_q[i] * HWm, ci, 1, Hm, Wm, P_over);
+                    for (int k = 0; k < P_over; k++) { ranked[k].u = -fabsf(unc[k]); ranked[k].i = k; }
+                    qsort(ranked, P_over, sizeof(RankedPoint), compare_uncertainty);
+                    float* si = sel + (size_t)i * P * 2;
+                    for (int k = 0; k < P_imp; k++) {
+                        si[2 * k] = ci[2 * ranked[k].i];
+                        si[2 * k + 1] = ci[2 * ranked[k].i + 1];
+                    }
+                    free(unc); free(ranked);
                 }
-                point_sample_forward_cpu(pl, map, sel, 1, Hm, Wm, P);
-                point_sample_forward_cpu(tl, t_mask + ((size_t)b * K + t) * H * W, sel, 1, H, W, P);
-                float bce, dice;
-                sigmoid_bce_forward_cpu(&bce, pl, tl, 1, P);
-                dice_loss_forward_cpu(&dice, pl, tl, 1, P);
-                sum_bce += cfg->w_mask * bce / norm;
-                sum_dice += cfg->w_dice * dice / norm;
-                if (dmask_logits) {
-                    float gb = cfg->w_mask / norm, gd = cfg->w_dice / norm;
-                    memset(dpl, 0, P * sizeof(float));
-                    sigmoid_bce_backward_cpu(dpl, &gb, pl, tl, 1, P);
-                    dice_loss_backward_cpu(dpl, &gd, pl, tl, 1, P);
-                    float* dmap = dmask_logits + (size_t)j * B * Q * Hm * Wm + ((size_t)b * Q + q) * Hm * Wm;
-                    point_sample_backward_cpu(dmap, dpl, sel, 1, Hm, Wm, P);
-                }
+            }
+            // BCE and dice of every matched pair on its points, summed / num_masks
+            for (int i = 0; i < M; i++) {
+                const float* si = sel + (size_t)i * P * 2;
+                point_sample_forward_cpu(pl + (size_t)i * P, mlb + (size_t)match_q[i] * HWm, si, 1, Hm, Wm, P);
+                point_sample_forward_cpu(tl + (size_t)i * P, tmb + (size_t)match_t[i] * HW, si, 1, H, W, P);
+            }
+            sigmoid_bce_forward_cpu(bce, pl, tl, M, P);
+            dice_loss_forward_cpu(dice, pl, tl, M, P);
+            for (int i = 0; i < M; i++) {
+                sum_bce += cfg->w_mask * bce[i] / norm;
+                sum_dice += cfg->w_dice * dice[i] / norm;
+            }
+            if (dmask_logits) {
+                memset(dpl, 0, (size_t)M * P * sizeof(float));
+                sigmoid_bce_backward_cpu(dpl, dloss_bce, pl, tl, M, P);
+                dice_loss_backward_cpu(dpl, dloss_dice, pl, tl, M, P);
+                float* dmb = dmask_logits + ((size_t)j * B + b) * Q * HWm;
+                for (int i = 0; i < M; i++)   // distinct queries: no two write the same map
+                    point_sample_backward_cpu(dmb + (size_t)match_q[i] * HWm, dpl + (size_t)i * P,
+                                              sel + (size_t)i * P * 2, 1, Hm, Wm, P);
             }
         }
         // class loss over every query of the batch
@@ -1047,15 +1178,42 @@ float set_loss(const SetLossConfig* cfg, const float* class_logits, const float*
         cross_entropy_forward_cpu(&ce, cl, cls_target, class_w, B * Q, C, -1);
         sum_ce += cfg->w_class * ce;
         if (dclass_logits)
-            cross_entropy_backward_cpu(dclass_logits + (size_t)j * B * Q * C, cfg->w_class, cl, cls_target,
-                                       class_w, B * Q, C, -1);
+            cross_entropy_backward_cpu(dclass_logits + (size_t)j * B * Q * C, cfg->w_class, cl,
+                                       cls_target, class_w, B * Q, C, -1);
     }
-    total = sum_ce + sum_bce + sum_dice;
     if (parts) { parts[0] = (float)sum_ce; parts[1] = (float)sum_bce; parts[2] = (float)sum_dice; }
-    free(num_t); free(t_class); free(t_mask); free(coords); free(coords_rep); free(pred_pts);
-    free(tgt_pts); free(cost); free(match); free(cls_target); free(probs); free(sel); free(unc);
-    free(order); free(ranked); free(pl); free(tl); free(dpl); free(class_w);
-    return (float)total;
+    free(first); free(coords); free(coords_rep); free(pred_pts); free(pred_sig);
+    free(pred_softplus); free(pred_sigsum); free(tgt_pts); free(cost); free(query_of_target);
+    free(match_q); free(match_t); free(probs); free(cls_target); free(cand); free(sel);
+    free(pl); free(tl); free(dpl); free(bce); free(dice); free(dloss_bce); free(dloss_dice);
+    free(class_w);
+    return (float)(sum_ce + sum_bce + sum_dice);
+}
+
+float set_loss(const SetLossConfig* cfg, const float* class_logits, const float* mask_logits,
+               int L, int B, int Q, int K, int Hm, int Wm, const unsigned char* labels, int H, int W,
+               float* dclass_logits, float* dmask_logits, Rng* rng, float parts[3]) {
+    if (K < 1 || K > 255) ttt_die("set loss: %d classes outside [1, 255]", K);
+    size_t HW = (size_t)H * W;
+    // count first, so the masks take (sum T, H, W) rather than (B, K, H, W)
+    int* num_targets = (int*)mallocCheck((size_t)B * sizeof(int));
+    int* classes = (int*)mallocCheck((size_t)B * K * sizeof(int));
+    int total = 0;
+    for (int b = 0; b < B; b++) {
+        num_targets[b] = set_loss_targets_semantic(classes + total, NULL, labels + b * HW, H, W, K);
+        total += num_targets[b];
+    }
+    float* masks = (float*)mallocCheck((size_t)(total ? total : 1) * HW * sizeof(float));
+    total = 0;
+    for (int b = 0; b < B; b++) {
+        set_loss_targets_semantic(classes + total, masks + (size_t)total * HW, labels + b * HW, H, W, K);
+        total += num_targets[b];
+    }
+    float loss = set_loss_from_targets(cfg, class_logits, mask_logits, L, B, Q, K, Hm, Wm,
+                                       num_targets, classes, masks, H, W, dclass_logits,
+                                       dmask_logits, rng, parts);
+    free(num_targets); free(classes); free(masks);
+    return loss;
 }
 
 // ============================================================================

@@ -131,6 +131,7 @@ void swin_init_params(float* host_base, const SwinConfig* cfg, Rng* rng) {
 
 size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_B, int H, int W) {
     swin_num_blocks(cfg);
+    if (max_B < 1 || H < 1 || W < 1) ttt_die("swin: bad input size %d x %d x %d", max_B, H, W);
     size_t off = 0;
     int w = cfg->window, T = w * w, B = max_B;
     a->max_B = max_B; a->H = H; a->W = W;
@@ -182,6 +183,11 @@ size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_
     }
     a->total = off;
     return off;
+}
+
+size_t swin_num_acts(const SwinConfig* cfg, int max_B, int H, int W) {
+    SwinActs a;
+    return swin_point_acts(&a, NULL, cfg, max_B, H, W);
 }
 
 // The shift mask of one stage: label each cell of the padded grid by its region

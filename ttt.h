@@ -308,6 +308,7 @@ void ttt_cuda_synchronize(void);
 void ttt_cuda_set_tf32(int on);          // matrix products in TF32 (1, default) or float32 (0)
 double ttt_cuda_gemm_flops(void);         // FLOPs of all matrix products issued so far
 void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use / total, bytes
+void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernel for windows T <= 64
 
 void add_forward_cuda(float* out, const float* a, const float* b, size_t N);
 void add_inplace_cuda(float* a, const float* b, size_t N);
@@ -485,6 +486,7 @@ void swin_init_params(float* host_base, const SwinConfig* cfg, Rng* rng);
 // activations for batches up to max_B of H x W inputs; base == NULL only counts (returns
 // the number of floats). swin_init_acts fills the constant shift masks (on ttt_device).
 size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_B, int H, int W);
+size_t swin_num_acts(const SwinConfig* cfg, int max_B, int H, int W);   // = point_acts(NULL)
 void swin_init_acts(SwinActs* a, const SwinConfig* cfg);
 // the relative position index (w*w*w*w ints) on ttt_device, built once per config
 int* swin_make_rel_index(const SwinConfig* cfg);
@@ -777,37 +779,75 @@ int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segm
 
 // --- set loss (targets, matcher, losses) ---
 
-// The Mask2Former set loss, on the HOST (the caller copies logits in and gradients out).
-// For every prediction j (deep supervision) and image b:
-//   targets: one binary mask per class present in the label map (255 = ignore: 0 in all)
-//   matching: Hungarian on cost = w_class * -p(class) + w_mask * BCE + w_dice * dice over
-//             num_points uniform random points shared by all masks of the image
-//   loss_j = w_class * CE(all queries; unmatched -> no-object, weight no_object_weight)
-//          + w_mask * sum_matched BCE / num_masks + w_dice * sum_matched dice / num_masks
-//   with BCE and dice on num_points importance-sampled points per matched mask
-//   (oversample x random, keep the importance share most uncertain by -|logit|, rest random)
-// all_pixels = 1 replaces every point set by the centres of the Hm x Wm mask-map pixels.
+// The Mask2Former set loss (facebookresearch/Mask2Former matcher.py + criterion.py), on the
+// HOST: the caller copies the logits to host arrays and the gradients back to the device.
+// For every prediction j = 0..L-1 (deep supervision, each re-matched) and image b:
+//   targets: T binary masks at label resolution (H, W) with their classes (see below)
+//   matching: Hungarian assignment of the T targets to distinct queries (of the Q) minimising
+//     cost[t, q] = w_class * -softmax(class_logits[q])[class_t]
+//                + w_mask * mean_p BCEWithLogits(x_q(p), y_t(p))
+//                + w_dice * (1 - (2 sum_p s_q y_t + 1) / (sum_p s_q + sum_p y_t + 1)),
+//     s = sigmoid(x), over num_points uniform random points p shared by every mask of the
+//     image (x_q: mask logits point-sampled, y_t: target point-sampled, both bilinear,
+//     align_corners=False). With T > Q only Q targets get a query (as scipy does).
+//   loss_j = w_class * CE(every query of the batch; unmatched -> no-object class K; class
+//            weights 1, and no_object_weight for K; PyTorch weighted mean over B*Q rows)
+//          + w_mask * sum_matched BCE / num_masks + w_dice * sum_matched dice / num_masks,
+//   BCE and dice of a matched pair on num_points points of its own, importance-sampled:
+//   oversample*num_points uniform points, uncertainty -|x_q(p)|, keep the
+//   int(importance*num_points) most uncertain, fill up with uniform points; no gradient
+//   flows through the choice. num_masks = targets in the whole batch (at least 1).
+// total = sum_j loss_j. all_pixels = 1 replaces every point set (matching and losses) by
+// the Hm*Wm centres of the mask-map pixels ((x+0.5)/Wm, (y+0.5)/Hm): predictions are then
+// the mask logits themselves and targets are the 0/1 label-resolution masks bilinearly
+// sampled at those centres (soft values at class borders when H != Hm); deterministic.
+// The mask map and the label map cover the same frame: point (x, y) in [0, 1]^2 is the same
+// place in both (pad labels with 255 where the network input was padded).
+// Scratch memory is malloc'd per call (one call per training step; not a hot path).
 typedef struct {
-    int num_points;          // 12544
+    int num_points;          // 12544 (112 * 112)
     float oversample;        // 3
     float importance;        // 0.75
     float w_class, w_mask, w_dice;   // 2, 5, 5
     float no_object_weight;  // 0.1
-    int all_pixels;          // 0
+    int all_pixels;          // 0: point sampling; 1: every pixel of the mask map
 } SetLossConfig;
 SetLossConfig set_loss_config_default(void);
 
-// class_logits (L, B, Q, K+1), mask_logits (L, B, Q, Hm, Wm), labels (B, H, W); the mask map
-// covers the labels' frame (point (x, y) in [0, 1]^2 is the same place in both).
-// Returns the total loss; parts[0..2] = the weighted CE, BCE and dice summed over L.
-// dclass_logits / dmask_logits (same layouts) are accumulated, or skipped when NULL.
-// Scratch memory is malloc'd per call (one training step; not a hot path).
+// Targets of one image (Mask2Former's dataset mappers). Both return T and write
+// classes (T) and, unless masks is NULL (count only), masks (T, H, W) as 0/1 floats;
+// capacity: K for the semantic variant, num_segments for the panoptic one.
+// semantic: labels (H, W) in [0, K) or 255 = ignore (anything else dies); one mask per class
+//   present, in increasing class order; ignore pixels are 0 in every mask.
+int set_loss_targets_semantic(int* classes, float* masks, const unsigned char* labels,
+                              int H, int W, int K);
+// panoptic: seg_ids (H, W), 0 = void, s in [1, num_segments] = segment s of class
+//   segment_class[s-1] in [0, K), or < 0 for a crowd / ignored segment (no target, its
+//   pixels 0 in every mask); one mask per kept segment, in segment order, empty ones kept.
+int set_loss_targets_panoptic(int* classes, float* masks, const int* seg_ids, int H, int W,
+                              const int* segment_class, int num_segments, int K);
+
+// The loss on given targets. class_logits (L, B, Q, K+1), mask_logits (L, B, Q, Hm, Wm);
+// num_targets (B); target_classes (sum T) and target_masks (sum T, H, W) packed image after
+// image. Returns the total loss; parts (or NULL) gets the weighted CE, BCE and dice terms
+// summed over L (they add up to the total). dclass_logits / dmask_logits (same layouts as
+// the logits) are ACCUMULATED (+=), or skipped when NULL. rng drives every random point.
+float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
+                            const float* mask_logits, int L, int B, int Q, int K, int Hm, int Wm,
+                            const int* num_targets, const int* target_classes,
+                            const float* target_masks, int H, int W,
+                            float* dclass_logits, float* dmask_logits, Rng* rng, float parts[3]);
+// The loss on semantic label maps labels (B, H, W): set_loss_targets_semantic per image, then
+// set_loss_from_targets.
 float set_loss(const SetLossConfig* cfg, const float* class_logits, const float* mask_logits,
                int L, int B, int Q, int K, int Hm, int Wm, const unsigned char* labels, int H, int W,
                float* dclass_logits, float* dmask_logits, Rng* rng, float parts[3]);
 
-// minimum-cost assignment of n rows to distinct columns of an n x m cost matrix (n <= m);
-// col_of_row[i] receives the column of row i. Returns the total cost.
+// Minimum-cost assignment on an n x m cost matrix (row-major, any n, m >= 0): min(n, m) rows
+// get distinct columns, col_of_row[i] = the column of row i or -1 (only when n > m).
+// Shortest augmenting paths with potentials (Jonker-Volgenant style), O(min^2 max).
+// Non-finite costs are treated as 1e30 (a diverged step must not hang the matcher).
+// Returns the total cost of the assignment.
 double hungarian_assign(const double* cost, int n, int m, int* col_of_row);
 
 // --- end of set loss declarations ---
@@ -873,6 +913,20 @@ float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt,
 float model_mae_loss(Model* m, const float* frames, int B, Rng* rng);
 // h(f(x)) on an unmasked frame (H, W, 3) host -> class ids (H, W) host
 void model_predict(Model* m, const float* frame, unsigned char* pred);
+// optimizer state (AdamW moments and step) with n_extra caller ints (<= 200) for resuming
+void model_save_optimizer(const Model* m, const char* path, const int* extra, int n_extra);
+void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra);
+void model_copy_params(Model* dst, const Model* src);   // same config, any frame size
+void model_load_f_h(Model* m, const char* path);       // f and h from a checkpoint; g kept
+// one joint training step on images (B, H, W, 3) and labels (B, H, W) (host): set loss of
+// h(f(x)) plus the MAE loss of g(f(x~)), global-norm clipping (grad_clip > 0), AdamW on f, h, g
+void model_train_step(Model* m, const float* images, const unsigned char* labels, int B,
+                      const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae);
+// confusion matrix (K x K, rows = label) of a prediction; 255 labels are skipped
+void confusion_update(int64_t* conf, const unsigned char* pred, const unsigned char* label, size_t n, int K);
+// per-class IoU (NAN for classes absent from labels and prediction) and their mean over the rest
+double mean_iou(const int64_t* conf, int K, double* iou);
+
 // checksums of parameter groups, for tests and logs: 0 = f, 1 = h, 2 = g
 uint64_t model_param_hash(const Model* m, int part);
 size_t model_num_params(const Model* m, int part);

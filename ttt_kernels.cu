@@ -679,6 +679,81 @@ extern "C" void softmax_backward_cuda(float* dinp, const float* out, const float
 //   out[b,:,h] (Tq, HS) = att[b,h] @ V[b,h]
 // Q[b,h] starts at q + b*Tq*q_stride + h*HS with rows q_stride apart (likewise K, V).
 
+// Fused attention for small windows (Swin: T = 49): one block per (b, h) keeps q, k, v
+// and the T x T scores in shared memory, so the scores go to device memory once (att,
+// saved for backward) instead of GEMM write + softmax read/write + GEMM read. Float32 FMA.
+// Shared memory: q (T, HS), k (T, HS + 1) (padded: row reads hit distinct banks), v (T, HS),
+// scores (T, T).
+#define WINDOW_ATT_MAX_T 64
+// 0: always the cuBLAS path. Set by ttt_cuda_set_fused_attention, else by the environment
+// (TTT_FUSED_ATTENTION=0 turns it off), else on.
+static int window_attention_ok = -1;
+extern "C" void ttt_cuda_set_fused_attention(int on) { window_attention_ok = on != 0; }
+#define WINDOW_ATT_MAX_HS 64
+static size_t window_attention_smem(int T, int HS) {
+    return ((size_t)T * HS * 2 + (size_t)T * (HS + 1) + (size_t)T * T) * sizeof(float);
+}
+
+__global__ void window_attention_forward_kernel(float* out, float* att, const float* q, const float* k,
+                                                const float* v, const float* rel_bias, const float* mask,
+                                                int n_mask, int NH, int T, int HS, int q_stride, int kv_stride,
+                                                float scale) {
+    extern __shared__ float smem[];
+    float* sq = smem;                       // (T, HS)
+    float* sk = sq + T * HS;                // (T, HS + 1)
+    float* sv = sk + T * (HS + 1);          // (T, HS)
+    float* ss = sv + T * HS;                // (T, T)
+    int b = blockIdx.x / NH, h = blockIdx.x % NH;
+    int C = NH * HS;
+    for (int e = threadIdx.x; e < T * HS; e += blockDim.x) {
+        int t = e / HS, d = e % HS;
+        sq[e] = q[((size_t)b * T + t) * q_stride + h * HS + d];
+        sk[t * (HS + 1) + d] = k[((size_t)b * T + t) * kv_stride + h * HS + d];
+        sv[e] = v[((size_t)b * T + t) * kv_stride + h * HS + d];
+    }
+    __syncthreads();
+    const float* rb = rel_bias ? rel_bias + (size_t)h * T * T : NULL;
+    const float* mk = mask ? mask + (size_t)(b % n_mask) * T * T : NULL;
+    for (int e = threadIdx.x; e < T * T; e += blockDim.x) {
+        int i = e / T, j = e % T;
+        float dot = 0.0f;
+        for (int d = 0; d < HS; d++) dot += sq[i * HS + d] * sk[j * (HS + 1) + d];
+        float sc = dot * scale;
+        if (rb) sc += rb[e];
+        if (mk) sc += mk[e];
+        ss[e] = sc;
+    }
+    __syncthreads();
+    // softmax, one warp per row; an all -inf row becomes zeros (as the CPU)
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    float* att_bh = att + ((size_t)b * NH + h) * T * T;
+    for (int i = warp; i < T; i += nwarps) {
+        float* row = ss + i * T;
+        float mx = -INFINITY;
+        for (int j = lane; j < T; j += 32) mx = fmaxf(mx, row[j]);
+        mx = warp_max(mx);
+        float sum = 0.0f;
+        for (int j = lane; j < T; j += 32) {
+            float e = mx == -INFINITY ? 0.0f : expf(row[j] - mx);
+            row[j] = e;
+            sum += e;
+        }
+        sum = warp_sum(sum);
+        float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        for (int j = lane; j < T; j += 32) {
+            row[j] *= inv;
+            att_bh[i * T + j] = row[j];
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < T * HS; e += blockDim.x) {
+        int i = e / HS, d = e % HS;
+        float acc = 0.0f;
+        for (int j = 0; j < T; j++) acc += ss[i * T + j] * sv[j * HS + d];
+        out[((size_t)b * T + i) * C + h * HS + d] = acc;
+    }
+}
+
 extern "C" void attention_forward_cuda(float* out, float* att, const float* q, const float* k, const float* v,
                                        const float* rel_bias, const float* mask, int n_mask,
                                        int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
@@ -686,6 +761,19 @@ extern "C" void attention_forward_cuda(float* out, float* att, const float* q, c
     if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0) return;
     int C = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
+    if (window_attention_ok < 0) {
+        const char* e = getenv("TTT_FUSED_ATTENTION");
+        window_attention_ok = !(e && e[0] == '0');
+    }
+    if (Tq == Tk && Tq <= WINDOW_ATT_MAX_T && HS <= WINDOW_ATT_MAX_HS && window_attention_ok &&
+        window_attention_smem(Tq, HS) <= 48 * 1024) {
+        size_t smem = window_attention_smem(Tq, HS);
+        window_attention_forward_kernel<<<B * NH, 128, smem>>>(out, att, q, k, v, rel_bias, mask,
+                                                               n_mask > 0 ? n_mask : 1, NH, Tq, HS,
+                                                               q_stride, kv_stride, scale);
+        launchCheck();
+        return;
+    }
     long long sQ = (long long)Tq * q_stride, sK = (long long)Tk * kv_stride;
     long long sA = (long long)NH * Tq * Tk, sO = (long long)Tq * C;
     for (int h = 0; h < NH; h++) {

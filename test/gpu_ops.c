@@ -650,6 +650,12 @@ int main(void) {
     test_attention("generic", 3, 17, 23, 3, 8, 1, 1, 2, 3);
     test_attention("fused qkv, bias, no mask", 5, 19, 19, 2, 12, 0, 1, 0, 1);
     test_attention("Swin-S stage 1 shifted windows", 128, 49, 49, 3, 32, 0, 1, 1, 64);
+    test_attention("Swin-S stage 3 windows, 12 heads", 10, 49, 49, 12, 32, 0, 1, 0, 1);
+    test_attention("window, -inf mask, padded q", 6, 49, 49, 3, 32, 1, 1, 2, 3);
+    ttt_cuda_set_fused_attention(0);   // the same cases through the cuBLAS path
+    test_attention("cuBLAS path: fused qkv, bias, no mask", 5, 19, 19, 2, 12, 0, 1, 0, 1);
+    test_attention("cuBLAS path: Swin-S stage 1 shifted windows", 128, 49, 49, 3, 32, 0, 1, 1, 64);
+    ttt_cuda_set_fused_attention(1);
     test_attention("Mask2Former masked cross-attn", 2, 100, 468, 8, 32, 1, 0, 2, 2);
     test_bias_gather(7, 3);
     test_bias_gather(3, 5);

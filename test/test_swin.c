@@ -99,6 +99,25 @@ int main(int argc, char** argv) {
         free(out1);
     }
 
+    // a smaller batch in the same activations: image 0 alone gives image 0's outputs
+    {
+        swin_loss(&t);
+        size_t n0[4];
+        float* full[4];
+        for (int k = 0; k < 4; k++) {
+            n0[k] = (size_t)t.a.Hs[k] * t.a.Ws[k] * t.a.C[k];
+            full[k] = malloc(n0[k] * sizeof(float));
+            memcpy(full[k], t.a.out[k], n0[k] * sizeof(float));
+        }
+        t.B = 1;
+        swin_loss(&t);
+        t.B = 2;
+        int same = 1;
+        for (int k = 0; k < 4; k++) { same &= memcmp(full[k], t.a.out[k], n0[k] * sizeof(float)) == 0; free(full[k]); }
+        CHECK(same, "B=1 in B=2 activations differs from image 0 of the B=2 pass");
+        CHECK(swin_num_acts(&cfg, 2, H, W) == na, "swin_num_acts");
+    }
+
     grad_check("swin dinp", t.inp, nin, dinp, swin_loss, &t, g_eps, 2e-2, 60);
     // a sample of every parameter tensor: walk the arena in tensor-sized steps via the struct
     SwinParams* P = &t.p;
