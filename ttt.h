@@ -803,6 +803,9 @@ int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segm
 // sampled at those centres (soft values at class borders when H != Hm); deterministic.
 // The mask map and the label map cover the same frame: point (x, y) in [0, 1]^2 is the same
 // place in both (pad labels with 255 where the network input was padded).
+// Random draws (rng_uniform; x then y of each point), for j, then b with T > 0: the matching
+// points; then the oversample*num_points candidates of every matched pair (pairs in target
+// order); then the fill-up points of every pair. Tests replay this order.
 // Scratch memory is malloc'd per call (one call per training step; not a hot path).
 typedef struct {
     int num_points;          // 12544 (112 * 112)
