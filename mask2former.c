@@ -1169,7 +1169,11 @@ float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
                     float* unc = (float*)mallocCheck((size_t)P_over * sizeof(float));
                     RankedPoint* ranked = (RankedPoint*)mallocCheck((size_t)P_over * sizeof(RankedPoint));
                     point_sample_forward_cpu(unc, mlb + (size_t)match_q[i] * HWm, ci, 1, Hm, Wm, P_over);
-                    for (int k = 0; k < P_over; k++) { ranked[k].u = -fabsf(unc[k]); ranked[k].i = k; }
+                    for (int k = 0; k < P_over; k++) {
+                        float u = -fabsf(unc[k]);
+                        ranked[k].u = u == u ? u : -INFINITY;   // NaN (diverged): least uncertain, keeps the order total
+                        ranked[k].i = k;
+                    }
                     select_most_uncertain(ranked, P_over, P_imp);
                     float* si = sel + (size_t)i * P * 2;
                     for (int k = 0; k < P_imp; k++) {
