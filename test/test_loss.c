@@ -386,6 +386,30 @@ int main(void) {
         }
     }
 
+    // ---- panoptic targets through set_loss_from_targets: segments that mirror a semantic map
+    // (segment k+1 = class k, every class present) give exactly set_loss on that map ----
+    {
+        SetLossConfig cfg = set_loss_config_default(); cfg.num_points = 25;
+        int L = 2, B = 2, Q = 4, K = 3, Hm = 4, Wm = 5, H = 7, W = 9, HW = 63;
+        size_t nc = (size_t)L * B * Q * (K + 1), nm = (size_t)L * B * Q * Hm * Wm;
+        float* cls = random_tensor(&rng, nc, -2, 2), *msk = random_tensor(&rng, nm, -3, 3);
+        unsigned char lab[2 * 63]; int seg[2 * 63], seg_class[3] = {0, 1, 2};
+        for (int i = 0; i < B * HW; i++) lab[i] = i % 11 == 0 ? 255 : (unsigned char)((i / 5) % 3);
+        for (int i = 0; i < B * HW; i++) seg[i] = lab[i] == 255 ? 0 : lab[i] + 1;
+        int num_t[2], tcls[6]; float* tm = malloc(6 * HW * sizeof(float));
+        num_t[0] = set_loss_targets_panoptic(tcls, tm, seg, H, W, seg_class, 3, K);
+        num_t[1] = set_loss_targets_panoptic(tcls + num_t[0], tm + num_t[0] * HW, seg + HW, H, W, seg_class, 3, K);
+        float* dc1 = calloc(nc, 4), *dm1 = calloc(nm, 4), *dc2 = calloc(nc, 4), *dm2 = calloc(nm, 4);
+        Rng r; rng_seed(&r, 1);
+        float a = set_loss(&cfg, cls, msk, L, B, Q, K, Hm, Wm, lab, H, W, dc1, dm1, &r, NULL);
+        rng_seed(&r, 1);
+        float b = set_loss_from_targets(&cfg, cls, msk, L, B, Q, K, Hm, Wm, num_t, tcls, tm, H, W, dc2, dm2, &r, NULL);
+        CHECK(num_t[0] == 3 && num_t[1] == 3 && a == b && memcmp(dc1, dc2, nc * 4) == 0 && memcmp(dm1, dm2, nm * 4) == 0,
+              "panoptic mirror of a semantic map: T %d %d, loss %g vs %g", num_t[0], num_t[1], b, a);
+        printf("ok   panoptic targets mirroring a semantic map: same loss and gradients\n");
+        free(cls); free(msk); free(tm); free(dc1); free(dm1); free(dc2); free(dm2);
+    }
+
     // ---- non-finite logits (a diverged step) must come back, with a non-finite loss ----
     {
         SetLossConfig cfg = set_loss_config_default(); cfg.num_points = 30;
