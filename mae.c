@@ -1,5 +1,28 @@
 // mae.c: the MAE head g, patch masking, and the Y model that joins f (swin.c), h and g
-// (mask2former.c). See the MAE section of ttt.h for what the paper's code does.
+// (mask2former.c).
+//
+// What g is in the paper's code (renwang435/video-ttt-release, read 2026-11-22; the MAE
+// section of ttt.h has the same notes):
+// - mask2former/maskformer_ttt_model.py (from_config): g ("recon_head") is a second
+//   build_sem_seg_head from a clone of the config with head name MaskFormerReconHead,
+//   NUM_CLASSES = 3 * PATCH_SIZE^2 = 48 and NUM_OBJECT_QUERIES = 48: a full copy of h's
+//   architecture (pixel decoder + masked-attention transformer decoder). Its 48 mask maps
+//   at 1/4 resolution are the 3 x 4 x 4 pixels of each 4 x 4 patch; the class head is unused.
+// - mask2former/modeling/criterion.py (ReconCriterion): the 48 maps are un-patchified to
+//   (3, H, W) and compared by MSE with the ImageNet-normalised image (the released code
+//   averages over all pixels; the masked-only variant is commented out there).
+// - mask2former/data/dataloaders/mae.py: 16 x 16 masking patches, int(L * (1 - 0.8)) kept per
+//   image by a random permutation, masked pixels set to 0, a 4th input channel (there: 1 on
+//   visible pixels; all ones for the main task). Swin IN_CHANS 4.
+// - configs/kitti_step/semantic-segmentation/swin/maskformer2_swin_small_bs16_90k_ttt_mae.yaml
+//   and train_ttt_mae.py (run_step, build_optimizer): TTT with AdamW, BASE_LR 1e-4 (the
+//   runner runner_ttt_mae.py defaults to --base_lrs 1e-5), backbone lr x 0.1, weight decay
+//   0.05, full-model gradient clipping at 0.01, IMS_PER_BATCH 1 with ACCUM_ITER 4, one step
+//   per frame (ST_ITERS 1), AMP; only the reconstruction path is trained at test time
+//   (TTT.USE_SEG_HEAD False: h gets no gradient), no optimizer restart between frames.
+// Ours follows the project spec where it differs: the 4th channel is 1 on MASKED pixels (0 for
+// the main task), the loss is the MSE over masked pixels only, one learning rate for all
+// parameters (opt_config_ttt: 1e-4), no clipping at test time, float32.
 //
 // One frame through the Y, as stream.c drives it:
 //   model_ttt_step:  frames -> random 16x16 patch masks -> mae_prepare_input (normalise, zero
@@ -8,6 +31,9 @@
 //                    masked MSE -> m2f_backward (g) -> swin_backward (f) -> AdamW on f and g
 //   model_predict:   frame -> mae_prepare_input (no mask) -> f -> h = m2f_forward ->
 //                    last prediction -> semantic inference on the host -> class ids
+//   model_train_step (train.c): h(f(x)) -> set loss on the host (labels padded with 255 to the
+//                    model's padded frame) -> backward through h and f; then the MAE path as
+//                    above on freshly masked x -> backward through g and f; clip; AdamW on all.
 #include "ttt.h"
 
 struct Model {
