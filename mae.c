@@ -36,6 +36,10 @@ struct Model {
     unsigned char* patch_mask;  // (B, Hp/ps, Wp/ps)
     float* loss;              // one float on the device
     float* g_frozen_masks;    // g's attention masks held fixed (gradient checks), or NULL
+    // joint training only, allocated on the first model_train_step: host copies of h's
+    // predictions, their gradients, and the labels padded to Hp x Wp
+    float *train_class, *train_masks, *train_dclass, *train_dmasks, *grad_norm;
+    unsigned char* train_labels;
     // host scratch
     unsigned char* patch_mask_host;
     float *host_class, *host_masks, *host_work;
@@ -168,6 +172,8 @@ void model_free(Model* m) {
     ttt_free(m->inp4); ttt_free(m->target); ttt_free(m->target_mask); ttt_free(m->rgb);
     ttt_free(m->patch_mask); ttt_free(m->loss);
     free(m->patch_mask_host); free(m->host_class); free(m->host_masks); free(m->host_work);
+    free(m->train_class); free(m->train_masks); free(m->train_dclass); free(m->train_dmasks);
+    free(m->train_labels); ttt_free(m->grad_norm); ttt_free(m->g_frozen_masks);
     free(m);
 }
 
@@ -360,12 +366,11 @@ static float* mae_forward(Model* m, int B) {
     return recon;
 }
 
-// backward of the MAE loss into the gradients of g and f (zeroed here)
+// backward of the MAE loss, accumulated into the gradients of g and f
 static void mae_backward(Model* m, int B, const float* recon) {
     int L = m->cfg.mae.dec_layers + 1, Q = m->cfg.mae.num_queries;
     size_t per = (size_t)B * Q * m->H4 * m->W4;
     int Kg = m->cfg.mae.num_classes + 1;
-    ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
     ttt_zero(m->dga.class_logits, (size_t)L * B * Q * Kg * sizeof(float));
     ttt_zero(m->dga.mask_logits, (size_t)L * per * sizeof(float));
     masked_mse_backward(m->dga.mask_logits + (size_t)(L - 1) * per, 1.0f, recon, m->target,
@@ -408,6 +413,7 @@ float model_mae_forward_backward(Model* m, const float* frames, int B, Rng* rng)
     if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
     prepare_masked_batch(m, frames, B, rng);
     float* recon = mae_forward(m, B);
+    ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
     mae_backward(m, B, recon);
     float loss;
     ttt_to_host(&loss, m->loss, sizeof(float));
@@ -438,4 +444,130 @@ void model_predict(Model* m, const float* frame, unsigned char* pred) {
     ttt_to_host(m->host_masks, m->ha.mask_logits + (size_t)(L - 1) * Q * m->H4 * m->W4,
                 (size_t)Q * m->H4 * m->W4 * sizeof(float));
     m2f_semantic_inference(pred, m->host_class, m->host_masks, Q, K, m->H4, m->W4, m->H, m->W, m->host_work);
+}
+
+// ----------------------------------------------------------------------------
+// joint training on labeled still images: l_m(h(f(x)), y) + l_s(g(f(x~)), x)
+
+void model_train_step(Model* m, const float* images, const unsigned char* labels, int B,
+                      const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae) {
+    if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
+    const M2FConfig* hc = &m->cfg.m2f;
+    int L = hc->dec_layers + 1, Q = hc->num_queries, K = m->cfg.num_classes, HW4 = m->H4 * m->W4;
+    size_t n_cls = (size_t)L * m->max_B * Q * (K + 1), n_msk = (size_t)L * m->max_B * Q * HW4;
+    if (m->train_class == NULL) {
+        m->train_class = (float*)mallocCheck(n_cls * sizeof(float));
+        m->train_masks = (float*)mallocCheck(n_msk * sizeof(float));
+        m->train_dclass = (float*)mallocCheck(n_cls * sizeof(float));
+        m->train_dmasks = (float*)mallocCheck(n_msk * sizeof(float));
+        m->train_labels = (unsigned char*)mallocCheck((size_t)m->max_B * m->Hp * m->Wp);
+        m->grad_norm = (float*)ttt_malloc(sizeof(float));
+    }
+    size_t n_train = m->n_f + m->n_h + m->n_g;
+    ttt_zero(m->grads, n_train * sizeof(float));
+
+    // main task: unmasked images through f and h, set loss on the host
+    ttt_to_device(m->rgb, images, (size_t)B * m->H * m->W * 3 * sizeof(float));
+    mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch);
+    swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, B);
+    m2f_forward(hc, &m->h, &m->ha, swin_outputs(m), B, NULL);
+    size_t nc = (size_t)L * B * Q * (K + 1), nm = (size_t)L * B * Q * HW4;
+    ttt_to_host(m->train_class, m->ha.class_logits, nc * sizeof(float));
+    ttt_to_host(m->train_masks, m->ha.mask_logits, nm * sizeof(float));
+    if (!is_finite_array(m->train_class, nc) || !is_finite_array(m->train_masks, nm)) {
+        *loss_main = NAN; *loss_mae = NAN;   // the caller reports it; nothing is updated
+        return;
+    }
+    // the mask map covers the padded frame, so pad the labels with "ignore"
+    memset(m->train_labels, 255, (size_t)B * m->Hp * m->Wp);
+    for (int b = 0; b < B; b++)
+        for (int y = 0; y < m->H; y++)
+            memcpy(m->train_labels + ((size_t)b * m->Hp + y) * m->Wp, labels + ((size_t)b * m->H + y) * m->W, m->W);
+    memset(m->train_dclass, 0, nc * sizeof(float));
+    memset(m->train_dmasks, 0, nm * sizeof(float));
+    SetLossConfig lc = set_loss_config_default();
+    // a mask map with fewer pixels than the point budget is supervised on every pixel:
+    // exact, and cheaper than 3 x 12544 random points
+    if (m->H4 * m->W4 <= lc.num_points) lc.all_pixels = 1;
+    *loss_main = set_loss(&lc, m->train_class, m->train_masks, L, B, Q, K, m->H4, m->W4,
+                          m->train_labels, m->Hp, m->Wp, m->train_dclass, m->train_dmasks, rng, NULL);
+    ttt_to_device(m->dha.class_logits, m->train_dclass, nc * sizeof(float));
+    ttt_to_device(m->dha.mask_logits, m->train_dmasks, nm * sizeof(float));
+    for (int s = 0; s < 4; s++)
+        ttt_zero(m->dfeat[s], (size_t)B * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s] * sizeof(float));
+    m2f_backward(hc, &m->h, &m->dh, &m->ha, &m->dha, swin_outputs(m), m->dfeat, B);
+    swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
+
+    // self-supervised task: masked images through f and g
+    prepare_masked_batch(m, images, B, rng);
+    float* recon = mae_forward(m, B);
+    mae_backward(m, B, recon);
+    ttt_to_host(loss_mae, m->loss, sizeof(float));
+    if (!isfinite(*loss_main) || !isfinite(*loss_mae)) return;   // caller stops; no update
+
+    // clip the global gradient norm, then AdamW on everything
+    if (grad_clip > 0.0f) {
+        float ss;
+        sum_squares(m->grad_norm, m->grads, n_train);
+        ttt_to_host(&ss, m->grad_norm, sizeof(float));
+        float norm = sqrtf(ss);
+        if (norm > grad_clip) scale_inplace(m->grads, grad_clip / norm, n_train);
+    }
+    m->adam_t++;
+    adamw_update(m->params, m->grads, m->adam_m, m->adam_v, n_train,
+                 opt->lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, m->adam_t);
+}
+
+// optimizer state for resuming training: [t, then m and v of f | h | g] in a checkpoint of
+// kind 2 whose header also records the parameter counts
+#define CKPT_KIND_OPTIMIZER 3   // (2 is CKPT_KIND_SWIN)
+
+void model_save_optimizer(const Model* m, const char* path, const int* extra, int n_extra) {
+    int header[CKPT_HEADER_INTS] = {0};
+    header[2] = CKPT_KIND_OPTIMIZER;
+    header[3] = (int)m->n_f; header[4] = (int)m->n_h; header[5] = (int)m->n_g; header[6] = m->adam_t;
+    if (n_extra > CKPT_HEADER_INTS - 16) ttt_die("model_save_optimizer: too many extra ints");
+    memcpy(header + 16, extra, n_extra * sizeof(int));
+    size_t n = m->n_f + m->n_h + m->n_g;
+    float* host = (float*)mallocCheck(2 * n * sizeof(float));
+    ttt_to_host(host, m->adam_m, n * sizeof(float));
+    ttt_to_host(host + n, m->adam_v, n * sizeof(float));
+    checkpoint_write(path, header, host, 2 * n);
+    free(host);
+}
+
+void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra) {
+    int h[CKPT_HEADER_INTS];
+    checkpoint_read_header(path, h);
+    if (h[2] != CKPT_KIND_OPTIMIZER) ttt_die("'%s' is not an optimizer state file (kind %d)", path, h[2]);
+    if (h[3] != (int)m->n_f || h[4] != (int)m->n_h || h[5] != (int)m->n_g)
+        ttt_die("optimizer state '%s' is for f, h, g of %d, %d, %d parameters; the model has %zu, %zu, %zu",
+                path, h[3], h[4], h[5], m->n_f, m->n_h, m->n_g);
+    size_t n = m->n_f + m->n_h + m->n_g;
+    float* host = (float*)mallocCheck(2 * n * sizeof(float));
+    checkpoint_read_data(path, host, 2 * n);
+    ttt_to_device(m->adam_m, host, n * sizeof(float));
+    ttt_to_device(m->adam_v, host + n, n * sizeof(float));
+    free(host);
+    m->adam_t = h[6];
+    memcpy(extra, h + 16, n_extra * sizeof(int));
+}
+
+// copy the trainable parameters of src into dst (same config, any sizes)
+void model_copy_params(Model* dst, const Model* src) {
+    if (dst->n_f != src->n_f || dst->n_h != src->n_h || dst->n_g != src->n_g)
+        ttt_die("model_copy_params: the two models have different configs");
+    ttt_copy(dst->params, src->params, (src->n_f + src->n_h + src->n_g) * sizeof(float));
+    model_snapshot_ttt(dst);
+}
+
+// load the f and h parts of a model checkpoint into m (g keeps its own initialisation)
+void model_load_f_h(Model* m, const char* path) {
+    Model* src = model_load(path, 1, 32, 32);
+    if (src->n_f != m->n_f || src->n_h != m->n_h)
+        ttt_die("checkpoint '%s' has f, h of %zu, %zu parameters; this model has %zu, %zu",
+                path, src->n_f, src->n_h, m->n_f, m->n_h);
+    ttt_copy(m->params, src->params, (m->n_f + m->n_h) * sizeof(float));
+    model_snapshot_ttt(m);
+    model_free(src);
 }

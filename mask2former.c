@@ -989,6 +989,34 @@ static int compare_uncertainty(const void* a, const void* b) {
     return ((const RankedPoint*)a)->i - ((const RankedPoint*)b)->i;
 }
 
+// Reorders r (n) so that r[0..k) are the k most uncertain in the order of compare_uncertainty
+// (a total order, so the set equals a full sort's prefix): quickselect, then sort the prefix.
+static void select_most_uncertain(RankedPoint* r, int n, int k) {
+    if (k <= 0) return;
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        // median of three as pivot, Hoare partition
+        int mid = lo + (hi - lo) / 2;
+        RankedPoint a = r[lo], b = r[mid], c = r[hi], pivot;
+        if (compare_uncertainty(&a, &b) < 0) {
+            pivot = compare_uncertainty(&b, &c) < 0 ? b : (compare_uncertainty(&a, &c) < 0 ? c : a);
+        } else {
+            pivot = compare_uncertainty(&a, &c) < 0 ? a : (compare_uncertainty(&b, &c) < 0 ? c : b);
+        }
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (compare_uncertainty(&r[i], &pivot) < 0) i++;
+            while (compare_uncertainty(&r[j], &pivot) > 0) j--;
+            if (i <= j) { RankedPoint tmp = r[i]; r[i] = r[j]; r[j] = tmp; i++; j--; }
+        }
+        // now r[lo..j] <= pivot <= r[i..hi], and r(j..i) == pivot
+        if (k - 1 <= j) hi = j;
+        else if (k - 1 >= i) lo = i;
+        else break;
+    }
+    qsort(r, k, sizeof(RankedPoint), compare_uncertainty);
+}
+
 // P points (x, y): uniform random in [0, 1)^2, or the centres of an Hm x Wm grid
 static void random_points(float* coords, int P, Rng* rng) {
     for (int i = 0; i < 2 * P; i++) coords[i] = rng_uniform(rng);
@@ -1142,7 +1170,7 @@ float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
                     RankedPoint* ranked = (RankedPoint*)mallocCheck((size_t)P_over * sizeof(RankedPoint));
                     point_sample_forward_cpu(unc, mlb + (size_t)match_q[i] * HWm, ci, 1, Hm, Wm, P_over);
                     for (int k = 0; k < P_over; k++) { ranked[k].u = -fabsf(unc[k]); ranked[k].i = k; }
-                    qsort(ranked, P_over, sizeof(RankedPoint), compare_uncertainty);
+                    select_most_uncertain(ranked, P_over, P_imp);
                     float* si = sel + (size_t)i * P * 2;
                     for (int k = 0; k < P_imp; k++) {
                         si[2 * k] = ci[2 * ranked[k].i];
@@ -1152,6 +1180,7 @@ float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
                 }
             }
             // BCE and dice of every matched pair on its points, summed / num_masks
+            #pragma omp parallel for schedule(static) if ((long)M * P > 16384)
             for (int i = 0; i < M; i++) {
                 const float* si = sel + (size_t)i * P * 2;
                 point_sample_forward_cpu(pl + (size_t)i * P, mlb + (size_t)match_q[i] * HWm, si, 1, Hm, Wm, P);
@@ -1168,7 +1197,9 @@ float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
                 sigmoid_bce_backward_cpu(dpl, dloss_bce, pl, tl, M, P);
                 dice_loss_backward_cpu(dpl, dloss_dice, pl, tl, M, P);
                 float* dmb = dmask_logits + ((size_t)j * B + b) * Q * HWm;
-                for (int i = 0; i < M; i++)   // distinct queries: no two write the same map
+                // distinct queries: no two pairs write the same map
+                #pragma omp parallel for schedule(static) if ((long)M * P > 16384)
+                for (int i = 0; i < M; i++)
                     point_sample_backward_cpu(dmb + (size_t)match_q[i] * HWm, dpl + (size_t)i * P,
                                               sel + (size_t)i * P * 2, 1, Hm, Wm, P);
             }

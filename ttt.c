@@ -211,6 +211,26 @@ int is_finite_array(const float* x, size_t n) {
     return 1;
 }
 
+void confusion_update(int64_t* conf, const unsigned char* pred, const unsigned char* label, size_t n, int K) {
+    for (size_t i = 0; i < n; i++) {
+        if (label[i] == 255 || label[i] >= K) continue;
+        int p = pred[i] < K ? pred[i] : K - 1;
+        conf[label[i] * K + p]++;
+    }
+}
+
+double mean_iou(const int64_t* conf, int K, double* iou) {
+    double sum = 0.0; int n = 0;
+    for (int k = 0; k < K; k++) {
+        int64_t tp = conf[k * K + k], fp = 0, fn = 0;
+        for (int j = 0; j < K; j++) { if (j != k) { fn += conf[k * K + j]; fp += conf[j * K + k]; } }
+        double v = (tp + fp + fn) > 0 ? (double)tp / (tp + fp + fn) : NAN;
+        if (iou) iou[k] = v;
+        if (!isnan(v)) { sum += v; n++; }
+    }
+    return n ? sum / n : NAN;
+}
+
 // ============================================================================
 // OPS PART A: elementwise, linear, layernorm, groupnorm, activations, softmax,
 // attention, conv2d  (CPU references)

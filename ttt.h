@@ -803,6 +803,9 @@ int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segm
 // sampled at those centres (soft values at class borders when H != Hm); deterministic.
 // The mask map and the label map cover the same frame: point (x, y) in [0, 1]^2 is the same
 // place in both (pad labels with 255 where the network input was padded).
+// Random draws (rng_uniform; x then y of each point), for j, then b with T > 0: the matching
+// points; then the oversample*num_points candidates of every matched pair (pairs in target
+// order); then the fill-up points of every pair. Tests replay this order.
 // Scratch memory is malloc'd per call (one call per training step; not a hot path).
 typedef struct {
     int num_points;          // 12544 (112 * 112)
@@ -913,6 +916,20 @@ float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt,
 float model_mae_loss(Model* m, const float* frames, int B, Rng* rng);
 // h(f(x)) on an unmasked frame (H, W, 3) host -> class ids (H, W) host
 void model_predict(Model* m, const float* frame, unsigned char* pred);
+// optimizer state (AdamW moments and step) with n_extra caller ints (<= 200) for resuming
+void model_save_optimizer(const Model* m, const char* path, const int* extra, int n_extra);
+void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra);
+void model_copy_params(Model* dst, const Model* src);   // same config, any frame size
+void model_load_f_h(Model* m, const char* path);       // f and h from a checkpoint; g kept
+// one joint training step on images (B, H, W, 3) and labels (B, H, W) (host): set loss of
+// h(f(x)) plus the MAE loss of g(f(x~)), global-norm clipping (grad_clip > 0), AdamW on f, h, g
+void model_train_step(Model* m, const float* images, const unsigned char* labels, int B,
+                      const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae);
+// confusion matrix (K x K, rows = label) of a prediction; 255 labels are skipped
+void confusion_update(int64_t* conf, const unsigned char* pred, const unsigned char* label, size_t n, int K);
+// per-class IoU (NAN for classes absent from labels and prediction) and their mean over the rest
+double mean_iou(const int64_t* conf, int K, double* iou);
+
 // checksums of parameter groups, for tests and logs: 0 = f, 1 = h, 2 = g
 uint64_t model_param_hash(const Model* m, int part);
 size_t model_num_params(const Model* m, int part);
