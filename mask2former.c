@@ -1064,6 +1064,7 @@ float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
     double norm = num_masks > 0 ? num_masks : 1;
     int QT = Q > max_T ? Q : max_T;
     int max_match = Q < max_T ? Q : max_T;   // matched pairs per image
+    int nt = max_T > 0 ? max_T : 1, nmatch = max_match > 0 ? max_match : 1;   // buffer rows
 
     // scratch (host, per call)
     float* coords = (float*)mallocCheck((size_t)P * 2 * sizeof(float));
@@ -1072,27 +1073,27 @@ float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
     float* pred_sig = (float*)mallocCheck((size_t)Q * P * sizeof(float));
     double* pred_softplus = (double*)mallocCheck((size_t)Q * sizeof(double));
     double* pred_sigsum = (double*)mallocCheck((size_t)Q * sizeof(double));
-    float* tgt_pts = (float*)mallocCheck((size_t)(max_T ? max_T : 1) * P * sizeof(float));
-    double* cost = (double*)mallocCheck((size_t)(max_T ? max_T : 1) * Q * sizeof(double));
-    int* query_of_target = (int*)mallocCheck((size_t)(max_T ? max_T : 1) * sizeof(int));
-    int* match_q = (int*)mallocCheck((size_t)(max_match ? max_match : 1) * sizeof(int));
-    int* match_t = (int*)mallocCheck((size_t)(max_match ? max_match : 1) * sizeof(int));
+    float* tgt_pts = (float*)mallocCheck((size_t)nt * P * sizeof(float));
+    double* cost = (double*)mallocCheck((size_t)nt * Q * sizeof(double));
+    int* query_of_target = (int*)mallocCheck((size_t)nt * sizeof(int));
+    int* match_q = (int*)mallocCheck((size_t)nmatch * sizeof(int));
+    int* match_t = (int*)mallocCheck((size_t)nmatch * sizeof(int));
     float* probs = (float*)mallocCheck((size_t)Q * C * sizeof(float));
     int* cls_target = (int*)mallocCheck((size_t)B * Q * sizeof(int));
-    size_t nmp = (size_t)(max_match ? max_match : 1) * P;   // matched masks x points
-    float* cand = (float*)mallocCheck((size_t)(max_match ? max_match : 1) * P_over * 2 * sizeof(float));
+    size_t nmp = (size_t)nmatch * P;   // matched pairs x points
+    float* cand = (float*)mallocCheck((size_t)nmatch * P_over * 2 * sizeof(float));
     float* sel = (float*)mallocCheck(nmp * 2 * sizeof(float));
     float* pl = (float*)mallocCheck(nmp * sizeof(float));
     float* tl = (float*)mallocCheck(nmp * sizeof(float));
     float* dpl = (float*)mallocCheck(nmp * sizeof(float));
-    float* bce = (float*)mallocCheck((size_t)(max_match ? max_match : 1) * sizeof(float));
-    float* dice = (float*)mallocCheck((size_t)(max_match ? max_match : 1) * sizeof(float));
-    float* dloss_bce = (float*)mallocCheck((size_t)(max_match ? max_match : 1) * sizeof(float));
-    float* dloss_dice = (float*)mallocCheck((size_t)(max_match ? max_match : 1) * sizeof(float));
+    float* bce = (float*)mallocCheck((size_t)nmatch * sizeof(float));
+    float* dice = (float*)mallocCheck((size_t)nmatch * sizeof(float));
+    float* dloss_bce = (float*)mallocCheck((size_t)nmatch * sizeof(float));
+    float* dloss_dice = (float*)mallocCheck((size_t)nmatch * sizeof(float));
     float* class_w = (float*)mallocCheck((size_t)C * sizeof(float));
     for (int k = 0; k < K; k++) class_w[k] = 1.0f;
     class_w[K] = cfg->no_object_weight;
-    for (int i = 0; i < (max_match ? max_match : 1); i++) {
+    for (int i = 0; i < nmatch; i++) {
         dloss_bce[i] = (float)(cfg->w_mask / norm);
         dloss_dice[i] = (float)(cfg->w_dice / norm);
     }
@@ -1128,10 +1129,10 @@ float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
                 const float* x = pred_pts + (size_t)q * P;
                 float* s = pred_sig + (size_t)q * P;
                 double sp = 0.0, ss = 0.0;
-                for (int p = 0; p < P; p++) {
-                    double xp = x[p];
-                    sp += (xp > 0 ? xp : 0) + log1p(exp(-fabs(xp)));
-                    s[p] = (float)(1.0 / (1.0 + exp(-xp)));
+                for (int p = 0; p < P; p++) {   // float terms (as Mask2Former), double sums
+                    float xp = x[p], e = expf(-fabsf(xp));
+                    sp += (xp > 0.0f ? xp : 0.0f) + log1pf(e);
+                    s[p] = xp >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
                     ss += s[p];
                 }
                 pred_softplus[q] = sp; pred_sigsum[q] = ss;
@@ -1169,7 +1170,11 @@ float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
                     float* unc = (float*)mallocCheck((size_t)P_over * sizeof(float));
                     RankedPoint* ranked = (RankedPoint*)mallocCheck((size_t)P_over * sizeof(RankedPoint));
                     point_sample_forward_cpu(unc, mlb + (size_t)match_q[i] * HWm, ci, 1, Hm, Wm, P_over);
-                    for (int k = 0; k < P_over; k++) { ranked[k].u = -fabsf(unc[k]); ranked[k].i = k; }
+                    for (int k = 0; k < P_over; k++) {
+                        float u = -fabsf(unc[k]);
+                        ranked[k].u = u == u ? u : -INFINITY;   // NaN (diverged): least uncertain, keeps the order total
+                        ranked[k].i = k;
+                    }
                     select_most_uncertain(ranked, P_over, P_imp);
                     float* si = sel + (size_t)i * P * 2;
                     for (int k = 0; k < P_imp; k++) {

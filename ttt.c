@@ -716,8 +716,8 @@ void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const
                         int B, int H, int W, int C, int OC, int K, int stride, int pad,
                         int Ho, int Wo) {
     // task = one output row (b, y) x MM_NR output channels; out[b,y,:,o-block] += for each
-    // tap and C chunk: inp pixels (Wo, c-chunk) @ packed weight (c-chunk, MM_NR)
-    int ntasks_o = (OC + MM_NR - 1) / MM_NR;
+    // kernel row ky: input spans (Wo, K*C) @ packed weight[o-block, ky] (K*C, MM_NR)
+    int ntasks_o = (OC + MM_NR - 1) / MM_NR, KC = K * C;
     size_t KKC = (size_t)K * K * C;
     double work = (double)B * Ho * Wo * OC * KKC;   // run small problems on one thread
     #pragma omp parallel for collapse(3) schedule(static) if (work > 65536.0)
@@ -734,24 +734,44 @@ void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const
                     int iy = y * stride - pad + ky;
                     if (iy < 0 || iy >= H) continue;
                     const float* inp_row = inp + ((size_t)b * H + iy) * W * C;
-                    for (int kx = 0; kx < K; kx++) {
-                        for (int c0 = 0; c0 < C; c0 += MM_KC) {
-                            int kc = C - c0 < MM_KC ? C - c0 : MM_KC;
-                            // packed[c][j] = weight[o0 + j, ky, kx, c0 + c]
-                            for (int j = 0; j < MM_NR; j++) {
-                                const float* w = weight + (size_t)(o0 + j) * KKC + ((size_t)ky * K + kx) * C + c0;
-                                for (int c = 0; c < kc; c++) packed[c * MM_NR + j] = j < no ? w[c] : 0.0f;
+                    // the K taps of this kernel row read one contiguous span (kx, c) of K*C
+                    // floats in the input row and in weight[o, ky]: walk it in chunks
+                    for (int s0 = 0; s0 < KC; s0 += MM_KC) {
+                        int kc = KC - s0 < MM_KC ? KC - s0 : MM_KC;
+                        // packed[s][j] = weight[o0 + j, ky, span s0 + s]
+                        for (int j = 0; j < MM_NR; j++) {
+                            const float* w = weight + (size_t)(o0 + j) * KKC + (size_t)ky * KC + s0;
+                            for (int e = 0; e < kc; e++) packed[e * MM_NR + j] = j < no ? w[e] : 0.0f;
+                        }
+                        for (int x = 0; x < Wo; x += MM_MR) {
+                            const float* a[MM_MR];
+                            float* o[MM_MR];
+                            int inside = 1;   // every row's whole span lies in the input
+                            for (int r = 0; r < MM_MR; r++) {
+                                int ix0 = (x + r) * stride - pad;
+                                if (x + r < Wo && (ix0 < 0 || ix0 + K > W)) inside = 0;
                             }
-                            for (int x = 0; x < Wo; x += MM_MR) {
-                                const float* a[MM_MR];
-                                float* o[MM_MR];
+                            if (inside) {
                                 for (int r = 0; r < MM_MR; r++) {
-                                    int ix = (x + r) * stride - pad + kx;
-                                    int ok = x + r < Wo && ix >= 0 && ix < W;
-                                    a[r] = ok ? inp_row + (size_t)ix * C + c0 : inp_row + c0;
+                                    int ok = x + r < Wo;
+                                    int ix0 = (ok ? x + r : x) * stride - pad;
+                                    a[r] = inp_row + (ptrdiff_t)ix0 * C + s0;
                                     o[r] = ok ? out_row + (size_t)(x + r) * OC : NULL;
                                 }
                                 mm_tile(o, no, a, 1, packed, kc);
+                                continue;
+                            }
+                            // at the border: one tap (one kx) of the chunk at a time
+                            for (int kx = s0 / C; kx * C < s0 + kc; kx++) {
+                                int e0 = kx * C > s0 ? kx * C : s0;
+                                int e1 = (kx + 1) * C < s0 + kc ? (kx + 1) * C : s0 + kc;
+                                for (int r = 0; r < MM_MR; r++) {
+                                    int ix = (x + r) * stride - pad + kx;
+                                    int ok = x + r < Wo && ix >= 0 && ix < W;
+                                    a[r] = ok ? inp_row + (size_t)ix * C + (e0 - kx * C) : inp_row;
+                                    o[r] = ok ? out_row + (size_t)(x + r) * OC : NULL;
+                                }
+                                mm_tile(o, no, a, 1, packed + (size_t)(e0 - s0) * MM_NR, e1 - e0);
                             }
                         }
                     }

@@ -3,6 +3,8 @@
 // straightforward computation (all assignments enumerated), and its gradients w.r.t. class
 // and mask logits against finite differences (points fixed by re-seeding the RNG).
 #include "test.h"
+#include <sys/wait.h>
+#include <unistd.h>
 
 // brute force: minimum over all injective maps of the rows of an n x m matrix (n <= m)
 // to columns
@@ -216,6 +218,49 @@ static int grad_check_jumps(const char* name, float* x, size_t n, const float* a
     return ok;
 }
 
+// run fn() in a child with stderr on a pipe; check it exits 1 with one "error:" line
+static void expect_error(const char* what, void (*fn)(void)) {
+    int fds[2];
+    if (pipe(fds) != 0) { CHECK(0, "pipe"); return; }
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]); dup2(fds[1], 2);
+        fn();
+        _exit(0);   // returning normally fails the check
+    }
+    close(fds[1]);
+    char buf[512] = {0};
+    size_t got = 0;
+    ssize_t r;
+    while (got < sizeof(buf) - 1 && (r = read(fds[0], buf + got, sizeof(buf) - 1 - got)) > 0) got += r;
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    buf[got] = 0;
+    buf[strcspn(buf, "\n")] = 0;
+    int ok = WIFEXITED(status) && WEXITSTATUS(status) == 1 && strncmp(buf, "error:", 6) == 0;
+    printf("%-4s bad input: %-30s -> %s\n", ok ? "ok" : "FAIL", what, buf);
+    if (ok) tests_passed++; else tests_failed++;
+}
+static void bad_label(void) {
+    unsigned char lab[4] = {0, 1, 7, 255}; int cls[4];
+    set_loss_targets_semantic(cls, NULL, lab, 2, 2, 4);
+}
+static void bad_segment_id(void) {
+    int seg[4] = {0, 1, 3, 1}, seg_class[2] = {0, 1}, cls[2];
+    set_loss_targets_panoptic(cls, NULL, seg, 2, 2, seg_class, 2, 4);
+}
+static void bad_segment_class(void) {
+    int seg[4] = {0, 1, 2, 1}, seg_class[2] = {0, 4}, cls[2];
+    set_loss_targets_panoptic(cls, NULL, seg, 2, 2, seg_class, 2, 4);
+}
+static void bad_sizes(void) {
+    SetLossConfig cfg = set_loss_config_default();
+    unsigned char lab[4] = {0, 1, 1, 0}; float cls[3] = {0}, msk[4] = {0}; Rng r; rng_seed(&r, 1);
+    set_loss(&cfg, cls, msk, 1, 1, 0, 2, 2, 2, lab, 2, 2, NULL, NULL, &r, NULL);
+}
+
 int main(void) {
     Rng rng; rng_seed(&rng, 21);
 
@@ -285,6 +330,10 @@ int main(void) {
               "panoptic targets: T %d classes %d %d %d", T, pcls[0], pcls[1], pcls[2]);
         CHECK(memcmp(pmasks, pwant, sizeof(pwant)) == 0, "panoptic target masks differ");
         printf("ok   targets from hand-made semantic and panoptic maps\n");
+        expect_error("label outside [0, K)", bad_label);
+        expect_error("segment id out of range", bad_segment_id);
+        expect_error("segment class outside [0, K)", bad_segment_class);
+        expect_error("zero queries", bad_sizes);
     }
 
     // ---- loss values vs the independent computation ----
@@ -335,6 +384,47 @@ int main(void) {
             check_close(name, parts, wparts, 3, 1e-6);
             free(t.cls); free(t.msk); free(t.lab);
         }
+    }
+
+    // ---- panoptic targets through set_loss_from_targets: segments that mirror a semantic map
+    // (segment k+1 = class k, every class present) give exactly set_loss on that map ----
+    {
+        SetLossConfig cfg = set_loss_config_default(); cfg.num_points = 25;
+        int L = 2, B = 2, Q = 4, K = 3, Hm = 4, Wm = 5, H = 7, W = 9, HW = 63;
+        size_t nc = (size_t)L * B * Q * (K + 1), nm = (size_t)L * B * Q * Hm * Wm;
+        float* cls = random_tensor(&rng, nc, -2, 2), *msk = random_tensor(&rng, nm, -3, 3);
+        unsigned char lab[2 * 63]; int seg[2 * 63], seg_class[3] = {0, 1, 2};
+        for (int i = 0; i < B * HW; i++) lab[i] = i % 11 == 0 ? 255 : (unsigned char)((i / 5) % 3);
+        for (int i = 0; i < B * HW; i++) seg[i] = lab[i] == 255 ? 0 : lab[i] + 1;
+        int num_t[2], tcls[6]; float* tm = malloc(6 * HW * sizeof(float));
+        num_t[0] = set_loss_targets_panoptic(tcls, tm, seg, H, W, seg_class, 3, K);
+        num_t[1] = set_loss_targets_panoptic(tcls + num_t[0], tm + num_t[0] * HW, seg + HW, H, W, seg_class, 3, K);
+        float* dc1 = calloc(nc, 4), *dm1 = calloc(nm, 4), *dc2 = calloc(nc, 4), *dm2 = calloc(nm, 4);
+        Rng r; rng_seed(&r, 1);
+        float a = set_loss(&cfg, cls, msk, L, B, Q, K, Hm, Wm, lab, H, W, dc1, dm1, &r, NULL);
+        rng_seed(&r, 1);
+        float b = set_loss_from_targets(&cfg, cls, msk, L, B, Q, K, Hm, Wm, num_t, tcls, tm, H, W, dc2, dm2, &r, NULL);
+        CHECK(num_t[0] == 3 && num_t[1] == 3 && a == b && memcmp(dc1, dc2, nc * 4) == 0 && memcmp(dm1, dm2, nm * 4) == 0,
+              "panoptic mirror of a semantic map: T %d %d, loss %g vs %g", num_t[0], num_t[1], b, a);
+        printf("ok   panoptic targets mirroring a semantic map: same loss and gradients\n");
+        free(cls); free(msk); free(tm); free(dc1); free(dm1); free(dc2); free(dm2);
+    }
+
+    // ---- non-finite logits (a diverged step) must come back, with a non-finite loss ----
+    {
+        SetLossConfig cfg = set_loss_config_default(); cfg.num_points = 30;
+        int Q = 3, K = 2, Hm = 4, Wm = 4, H = 6, W = 6;
+        float* cls = random_tensor(&rng, Q * (K + 1), -2, 2), *msk = random_tensor(&rng, Q * Hm * Wm, -3, 3);
+        unsigned char lab[36];
+        for (int i = 0; i < 36; i++) lab[i] = (unsigned char)(i % 3 == 0);
+        for (int i = 0; i < Q * Hm * Wm; i += 3) msk[i] = NAN;
+        cls[4] = NAN;
+        float* dc = calloc(Q * (K + 1), 4), *dm = calloc(Q * Hm * Wm, 4);
+        Rng r; rng_seed(&r, 1);
+        float loss = set_loss(&cfg, cls, msk, 1, 1, Q, K, Hm, Wm, lab, H, W, dc, dm, &r, NULL);
+        CHECK(!isfinite(loss), "NaN logits gave a finite loss %g", loss);
+        printf("ok   NaN logits: set loss returns (loss %g)\n", loss);
+        free(cls); free(msk); free(dc); free(dm);
     }
 
     // ---- gradients ----

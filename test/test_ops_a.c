@@ -526,5 +526,6 @@ int main(void) {
     test_conv_large(2, 13, 14, 21, 19, 3, 1, 1);
     test_conv_large(1, 5, 6, 260, 270, 3, 2, 1);
     test_conv_large(2, 9, 11, 13, 17, 1, 1, 0);
+    test_conv_large(1, 4, 12, 130, 20, 3, 1, 1);
     return test_summary("test_ops_a");
 }
