@@ -36,10 +36,12 @@ struct Model {
     unsigned char* patch_mask;  // (B, Hp/ps, Wp/ps)
     float* loss;              // one float on the device
     float* g_frozen_masks;    // g's attention masks held fixed (gradient checks), or NULL
-    // joint training only, allocated on the first model_train_step: host copies of h's
-    // predictions, their gradients, and the labels padded to Hp x Wp
-    float *train_class, *train_masks, *train_dclass, *train_dmasks, *grad_norm;
-    unsigned char* train_labels;
+    float* h_frozen_masks;    // h's, likewise
+    // joint training (allocated on the first train step): set loss on the host
+    SetLossConfig set_loss_cfg;
+    float grad_norm;          // global L2 norm of the last train step's gradients
+    float *host_cls_all, *host_mask_all, *host_dcls, *host_dmask;   // (L, B, Q, K+1), (L, B, Q, H4, W4)
+    unsigned char* host_labels_pad;   // (B, Hp, Wp), 255 outside the frame
     // host scratch
     unsigned char* patch_mask_host;
     float *host_class, *host_masks, *host_work;
@@ -162,6 +164,7 @@ Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
     m->host_class = (float*)mallocCheck((size_t)Q * (K + 1) * sizeof(float));
     m->host_masks = (float*)mallocCheck((size_t)Q * m->H4 * m->W4 * sizeof(float));
     m->host_work = (float*)mallocCheck(m2f_semantic_work_size(Q, K, m->H4, m->W4) * sizeof(float));
+    m->set_loss_cfg = set_loss_config_default();
     return m;
 }
 
@@ -172,8 +175,9 @@ void model_free(Model* m) {
     ttt_free(m->inp4); ttt_free(m->target); ttt_free(m->target_mask); ttt_free(m->rgb);
     ttt_free(m->patch_mask); ttt_free(m->loss);
     free(m->patch_mask_host); free(m->host_class); free(m->host_masks); free(m->host_work);
-    free(m->train_class); free(m->train_masks); free(m->train_dclass); free(m->train_dmasks);
-    free(m->train_labels); ttt_free(m->grad_norm); ttt_free(m->g_frozen_masks);
+    free(m->host_cls_all); free(m->host_mask_all); free(m->host_dcls); free(m->host_dmask);
+    free(m->host_labels_pad);
+    ttt_free(m->g_frozen_masks); ttt_free(m->h_frozen_masks);
     free(m);
 }
 
@@ -217,6 +221,9 @@ void model_reset_ttt(Model* m) {
 //    ffn_dim, dec_layers, num_classes), g (same fields), n_f, n_h, n_g], data = [f | h | g]
 
 #define CKPT_KIND_MODEL 1
+#define CKPT_KIND_RESUME 3     // (kind 2 is the Swin encoder export)
+#define RESUME_EXTRA_AT 160    // header index of the AdamW step, then the caller's ints
+#define RESUME_MAX_EXTRA 64
 
 static int pack_m2f(int* h, const M2FConfig* c) {
     for (int l = 0; l < 4; l++) h[l] = c->in_dims[l];
@@ -234,11 +241,11 @@ static int unpack_m2f(const int* h, M2FConfig* c) {
     return 13;
 }
 
-static void pack_header(int* h, const Model* m) {
+static void pack_header(int* h, const Model* m, int kind) {
     memset(h, 0, CKPT_HEADER_INTS * sizeof(int));
     const ModelConfig* c = &m->cfg;
     int i = 2;
-    h[i++] = CKPT_KIND_MODEL; h[i++] = c->num_classes; h[i++] = c->mae_patch;
+    h[i++] = kind; h[i++] = c->num_classes; h[i++] = c->mae_patch;
     h[i++] = (int)lrintf(c->mask_ratio * 1e6f);
     h[i++] = c->swin.in_chans; h[i++] = c->swin.embed_dim;
     for (int s = 0; s < 4; s++) h[i++] = c->swin.depths[s];
@@ -251,7 +258,7 @@ static void pack_header(int* h, const Model* m) {
 
 void model_save(const Model* m, const char* path) {
     int header[CKPT_HEADER_INTS];
-    pack_header(header, m);
+    pack_header(header, m, CKPT_KIND_MODEL);
     size_t n = m->n_f + m->n_h + m->n_g;
     float* host = (float*)mallocCheck(n * sizeof(float));
     ttt_to_host(host, m->params, n * sizeof(float));
@@ -259,10 +266,9 @@ void model_save(const Model* m, const char* path) {
     free(host);
 }
 
-Model* model_load(const char* path, int max_batch, int H, int W) {
-    int h[CKPT_HEADER_INTS];
-    checkpoint_read_header(path, h);
-    if (h[2] != CKPT_KIND_MODEL) ttt_die("checkpoint '%s' holds kind %d, not a model (kind %d)", path, h[2], CKPT_KIND_MODEL);
+// the config in a model or resume header; dies naming what is wrong. Returns the header
+// index after the config (where n_f, n_h, n_g are).
+static int unpack_header(const int* h, ModelConfig* out, const char* path) {
     ModelConfig c;
     memset(&c, 0, sizeof(c));
     int i = 3;
@@ -284,10 +290,28 @@ Model* model_load(const char* path, int max_batch, int H, int W) {
         if (c.swin.depths[s] < 1 || c.swin.num_heads[s] < 1 || ((c.swin.embed_dim << s) % c.swin.num_heads[s]))
             ttt_die("checkpoint '%s': Swin stage %d has depth %d and %d heads for %d channels", path, s,
                     c.swin.depths[s], c.swin.num_heads[s], c.swin.embed_dim << s);
+    *out = c;
+    return i;
+}
+
+// create the model a header describes and check its parameter counts
+static Model* model_from_header(const int* h, const char* path, int max_batch, int H, int W) {
+    ModelConfig c;
+    int i = unpack_header(h, &c, path);
     Model* m = model_create(&c, max_batch, H, W);
     if (h[i] != (int)m->n_f || h[i + 1] != (int)m->n_h || h[i + 2] != (int)m->n_g)
         ttt_die("checkpoint '%s' says f, h, g have %d, %d, %d parameters; its config gives %zu, %zu, %zu",
                 path, h[i], h[i + 1], h[i + 2], m->n_f, m->n_h, m->n_g);
+    return m;
+}
+
+Model* model_load(const char* path, int max_batch, int H, int W) {
+    int h[CKPT_HEADER_INTS];
+    checkpoint_read_header(path, h);
+    if (h[2] != CKPT_KIND_MODEL)
+        ttt_die("checkpoint '%s' holds kind %d, not a model (kind %d)%s", path, h[2], CKPT_KIND_MODEL,
+                h[2] == 3 ? "; it is a training optimizer state (the model is the file without .opt)" : "");
+    Model* m = model_from_header(h, path, max_batch, H, W);
     size_t n = m->n_f + m->n_h + m->n_g;
     float* host = (float*)mallocCheck(n * sizeof(float));
     checkpoint_read_data(path, host, n);
@@ -381,24 +405,27 @@ static void mae_backward(Model* m, int B, const float* recon) {
     swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
 }
 
-// Hold g's thresholded attention masks at their values from the last MAE forward (on = 1)
+// Hold a head's thresholded attention masks at their values from its last forward (on = 1)
 // or compute them again each forward (on = 0). The masks are a step function of the
 // weights, so finite differences are only meaningful with them held fixed.
-void model_freeze_mae_masks(Model* m, int B, int on) {
-    if (!on) { ttt_free(m->g_frozen_masks); m->g_frozen_masks = NULL; return; }
-    const M2FConfig* c = &m->cfg.mae;
+static void freeze_masks(float** slot, const M2FConfig* c, const M2FActs* a, int B, int on) {
+    ttt_free(*slot);
+    *slot = NULL;
+    if (!on) return;
     size_t n = 0;
-    for (int i = 0; i < c->dec_layers; i++) n += (size_t)B * c->num_queries * m->ga.T[i % 3];
+    for (int i = 0; i < c->dec_layers; i++) n += (size_t)B * c->num_queries * a->T[i % 3];
     float* buf = (float*)ttt_malloc(n * sizeof(float));
     size_t off = 0;
     for (int i = 0; i < c->dec_layers; i++) {
-        size_t k = (size_t)B * c->num_queries * m->ga.T[i % 3];
-        ttt_copy(buf + off, m->ga.attn_mask[i], k * sizeof(float));
+        size_t k = (size_t)B * c->num_queries * a->T[i % 3];
+        ttt_copy(buf + off, a->attn_mask[i], k * sizeof(float));
         off += k;
     }
-    ttt_free(m->g_frozen_masks);
-    m->g_frozen_masks = buf;
+    *slot = buf;
 }
+
+void model_freeze_mae_masks(Model* m, int B, int on) { freeze_masks(&m->g_frozen_masks, &m->cfg.mae, &m->ga, B, on); }
+void model_freeze_main_masks(Model* m, int B, int on) { freeze_masks(&m->h_frozen_masks, &m->cfg.m2f, &m->ha, B, on); }
 
 float model_mae_loss(Model* m, const float* frames, int B, Rng* rng) {
     if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
@@ -447,75 +474,136 @@ void model_predict(Model* m, const float* frame, unsigned char* pred) {
 }
 
 // ----------------------------------------------------------------------------
-// joint training on labeled still images: l_m(h(f(x)), y) + l_s(g(f(x~)), x)
+// joint training: set loss of h o f on the clean image + MAE loss of g o f on the masked one
 
-void model_train_step(Model* m, const float* images, const unsigned char* labels, int B,
-                      const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae) {
-    if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
-    const M2FConfig* hc = &m->cfg.m2f;
-    int L = hc->dec_layers + 1, Q = hc->num_queries, K = m->cfg.num_classes, HW4 = m->H4 * m->W4;
-    size_t n_cls = (size_t)L * m->max_B * Q * (K + 1), n_msk = (size_t)L * m->max_B * Q * HW4;
-    if (m->train_class == NULL) {
-        m->train_class = (float*)mallocCheck(n_cls * sizeof(float));
-        m->train_masks = (float*)mallocCheck(n_msk * sizeof(float));
-        m->train_dclass = (float*)mallocCheck(n_cls * sizeof(float));
-        m->train_dmasks = (float*)mallocCheck(n_msk * sizeof(float));
-        m->train_labels = (unsigned char*)mallocCheck((size_t)m->max_B * m->Hp * m->Wp);
-        m->grad_norm = (float*)ttt_malloc(sizeof(float));
-    }
-    size_t n_train = m->n_f + m->n_h + m->n_g;
-    ttt_zero(m->grads, n_train * sizeof(float));
+void model_set_loss_config(Model* m, const SetLossConfig* c) { m->set_loss_cfg = *c; }
+float model_last_grad_norm(const Model* m) { return m->grad_norm; }
+int model_adam_step(const Model* m) { return m->adam_t; }
 
-    // main task: unmasked images through f and h, set loss on the host
+// host buffers of the set loss, allocated on the first training step (stream.c never needs them)
+static void ensure_train_buffers(Model* m) {
+    if (m->host_cls_all) return;
+    const M2FConfig* c = &m->cfg.m2f;
+    size_t L = c->dec_layers + 1, BQ = (size_t)m->max_B * c->num_queries;
+    size_t ncls = L * BQ * (c->num_classes + 1), nmask = L * BQ * m->H4 * m->W4;
+    m->host_cls_all = (float*)mallocCheck(ncls * sizeof(float));
+    m->host_dcls = (float*)mallocCheck(ncls * sizeof(float));
+    m->host_mask_all = (float*)mallocCheck(nmask * sizeof(float));
+    m->host_dmask = (float*)mallocCheck(nmask * sizeof(float));
+    m->host_labels_pad = (unsigned char*)mallocCheck((size_t)m->max_B * m->Hp * m->Wp);
+}
+
+// f and h on the clean images (B, H, W, 3) host; set loss against labels (B, H, W) on the host.
+// The mask maps cover the padded frame, so labels are padded with 255 (ignore) to Hp x Wp.
+// With want_grad the logits' gradients land in host_dcls / host_dmask.
+static float main_forward(Model* m, const float* images, const unsigned char* labels, int B,
+                          Rng* rng, int want_grad) {
+    ensure_train_buffers(m);
     ttt_to_device(m->rgb, images, (size_t)B * m->H * m->W * 3 * sizeof(float));
     mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch);
     swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, B);
-    m2f_forward(hc, &m->h, &m->ha, swin_outputs(m), B, NULL);
-    size_t nc = (size_t)L * B * Q * (K + 1), nm = (size_t)L * B * Q * HW4;
-    ttt_to_host(m->train_class, m->ha.class_logits, nc * sizeof(float));
-    ttt_to_host(m->train_masks, m->ha.mask_logits, nm * sizeof(float));
-    if (!is_finite_array(m->train_class, nc) || !is_finite_array(m->train_masks, nm)) {
-        *loss_main = NAN; *loss_mae = NAN;   // the caller reports it; nothing is updated
-        return;
-    }
-    // the mask map covers the padded frame, so pad the labels with "ignore"
-    memset(m->train_labels, 255, (size_t)B * m->Hp * m->Wp);
+    m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), B, m->h_frozen_masks);
+    const M2FConfig* c = &m->cfg.m2f;
+    int L = c->dec_layers + 1, Q = c->num_queries, K = c->num_classes;
+    size_t ncls = (size_t)L * B * Q * (K + 1), nmask = (size_t)L * B * Q * m->H4 * m->W4;
+    ttt_to_host(m->host_cls_all, m->ha.class_logits, ncls * sizeof(float));
+    ttt_to_host(m->host_mask_all, m->ha.mask_logits, nmask * sizeof(float));
+    // non-finite logits would stall the matcher: report NaN, the caller skips the update
+    if (!is_finite_array(m->host_cls_all, ncls) || !is_finite_array(m->host_mask_all, nmask)) return NAN;
+    memset(m->host_labels_pad, 255, (size_t)B * m->Hp * m->Wp);
     for (int b = 0; b < B; b++)
         for (int y = 0; y < m->H; y++)
-            memcpy(m->train_labels + ((size_t)b * m->Hp + y) * m->Wp, labels + ((size_t)b * m->H + y) * m->W, m->W);
-    memset(m->train_dclass, 0, nc * sizeof(float));
-    memset(m->train_dmasks, 0, nm * sizeof(float));
-    SetLossConfig lc = set_loss_config_default();
-    // a mask map with fewer pixels than the point budget is supervised on every pixel:
+            memcpy(m->host_labels_pad + ((size_t)b * m->Hp + y) * m->Wp,
+                   labels + ((size_t)b * m->H + y) * m->W, (size_t)m->W);
+    if (want_grad) {
+        memset(m->host_dcls, 0, ncls * sizeof(float));
+        memset(m->host_dmask, 0, nmask * sizeof(float));
+    }
+    // a mask map with no more pixels than the point budget is supervised on every pixel:
     // exact, and cheaper than 3 x 12544 random points
+    SetLossConfig lc = m->set_loss_cfg;
     if (m->H4 * m->W4 <= lc.num_points) lc.all_pixels = 1;
-    *loss_main = set_loss(&lc, m->train_class, m->train_masks, L, B, Q, K, m->H4, m->W4,
-                          m->train_labels, m->Hp, m->Wp, m->train_dclass, m->train_dmasks, rng, NULL);
-    ttt_to_device(m->dha.class_logits, m->train_dclass, nc * sizeof(float));
-    ttt_to_device(m->dha.mask_logits, m->train_dmasks, nm * sizeof(float));
+    float parts[3];
+    return set_loss(&lc, m->host_cls_all, m->host_mask_all, L, B, Q, K, m->H4, m->W4,
+                    m->host_labels_pad, m->Hp, m->Wp, want_grad ? m->host_dcls : NULL,
+                    want_grad ? m->host_dmask : NULL, rng, parts);
+}
+
+// backward of the set loss (gradients in host_dcls / host_dmask) through h and f, accumulated
+static void main_backward(Model* m, int B) {
+    const M2FConfig* c = &m->cfg.m2f;
+    int L = c->dec_layers + 1, Q = c->num_queries, K = c->num_classes;
+    ttt_to_device(m->dha.class_logits, m->host_dcls, (size_t)L * B * Q * (K + 1) * sizeof(float));
+    ttt_to_device(m->dha.mask_logits, m->host_dmask, (size_t)L * B * Q * m->H4 * m->W4 * sizeof(float));
     for (int s = 0; s < 4; s++)
         ttt_zero(m->dfeat[s], (size_t)B * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s] * sizeof(float));
-    m2f_backward(hc, &m->h, &m->dh, &m->ha, &m->dha, swin_outputs(m), m->dfeat, B);
+    m2f_backward(c, &m->h, &m->dh, &m->ha, &m->dha, swin_outputs(m), m->dfeat, B);
     swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
+}
 
-    // self-supervised task: masked images through f and g
+float model_train_loss(Model* m, const float* images, const unsigned char* labels, int B, Rng* rng) {
+    if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
+    float lm = main_forward(m, images, labels, B, rng, 0);
+    prepare_masked_batch(m, images, B, rng);
+    mae_forward(m, B);
+    float lr;
+    ttt_to_host(&lr, m->loss, sizeof(float));
+    return lm + lr;
+}
+
+float model_train_forward_backward(Model* m, const float* images, const unsigned char* labels,
+                                   int B, Rng* rng, float* loss_main, float* loss_mae) {
+    if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
+    ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    // main task first: the MAE forward reuses f's activations
+    float lm = main_forward(m, images, labels, B, rng, 1);
+    if (!isfinite(lm)) {
+        if (loss_main) *loss_main = lm;
+        if (loss_mae) *loss_mae = NAN;
+        return lm;
+    }
+    main_backward(m, B);
     prepare_masked_batch(m, images, B, rng);
     float* recon = mae_forward(m, B);
     mae_backward(m, B, recon);
-    ttt_to_host(loss_mae, m->loss, sizeof(float));
-    if (!isfinite(*loss_main) || !isfinite(*loss_mae)) return;   // caller stops; no update
+    float lr;
+    ttt_to_host(&lr, m->loss, sizeof(float));
+    if (loss_main) *loss_main = lm;
+    if (loss_mae) *loss_mae = lr;
+    return lm + lr;
+}
 
-    // clip the global gradient norm, then AdamW on everything
-    if (grad_clip > 0.0f) {
-        float ss;
-        sum_squares(m->grad_norm, m->grads, n_train);
-        ttt_to_host(&ss, m->grad_norm, sizeof(float));
-        float norm = sqrtf(ss);
-        if (norm > grad_clip) scale_inplace(m->grads, grad_clip / norm, n_train);
-    }
+void model_train_step(Model* m, const float* images, const unsigned char* labels, int B,
+                      const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae) {
+    float total = model_train_forward_backward(m, images, labels, B, rng, loss_main, loss_mae);
+    size_t n = m->n_f + m->n_h + m->n_g;
+    sum_squares(m->loss, m->grads, n);
+    float ss;
+    ttt_to_host(&ss, m->loss, sizeof(float));
+    m->grad_norm = sqrtf(ss);
+    if (!isfinite(total) || !isfinite(m->grad_norm)) return;   // weights untouched
+    if (grad_clip > 0.0f && m->grad_norm > grad_clip) scale_inplace(m->grads, grad_clip / m->grad_norm, n);
     m->adam_t++;
-    adamw_update(m->params, m->grads, m->adam_m, m->adam_v, n_train,
+    adamw_update(m->params, m->grads, m->adam_m, m->adam_v, n,
                  opt->lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, m->adam_t);
+}
+
+void model_copy_params(Model* dst, const Model* src) {
+    if (dst->n_f != src->n_f || dst->n_h != src->n_h || dst->n_g != src->n_g)
+        ttt_die("model_copy_params: the two models have different configs");
+    ttt_copy(dst->params, src->params, (src->n_f + src->n_h + src->n_g) * sizeof(float));
+    model_snapshot_ttt(dst);
+}
+
+// load the f and h parts of a model checkpoint into m (g keeps its own initialisation)
+void model_load_f_h(Model* m, const char* path) {
+    Model* src = model_load(path, 1, 32, 32);
+    if (src->n_f != m->n_f || src->n_h != m->n_h)
+        ttt_die("checkpoint '%s' has f, h of %zu, %zu parameters; this model has %zu, %zu",
+                path, src->n_f, src->n_h, m->n_f, m->n_h);
+    ttt_copy(m->params, src->params, (m->n_f + m->n_h) * sizeof(float));
+    model_snapshot_ttt(m);
+    model_free(src);
 }
 
 // optimizer state for resuming training: [t, then m and v of f | h | g] in a checkpoint of
@@ -553,21 +641,3 @@ void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra) {
     memcpy(extra, h + 16, n_extra * sizeof(int));
 }
 
-// copy the trainable parameters of src into dst (same config, any sizes)
-void model_copy_params(Model* dst, const Model* src) {
-    if (dst->n_f != src->n_f || dst->n_h != src->n_h || dst->n_g != src->n_g)
-        ttt_die("model_copy_params: the two models have different configs");
-    ttt_copy(dst->params, src->params, (src->n_f + src->n_h + src->n_g) * sizeof(float));
-    model_snapshot_ttt(dst);
-}
-
-// load the f and h parts of a model checkpoint into m (g keeps its own initialisation)
-void model_load_f_h(Model* m, const char* path) {
-    Model* src = model_load(path, 1, 32, 32);
-    if (src->n_f != m->n_f || src->n_h != m->n_h)
-        ttt_die("checkpoint '%s' has f, h of %zu, %zu parameters; this model has %zu, %zu",
-                path, src->n_f, src->n_h, m->n_f, m->n_h);
-    ttt_copy(m->params, src->params, (m->n_f + m->n_h) * sizeof(float));
-    model_snapshot_ttt(m);
-    model_free(src);
-}

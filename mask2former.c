@@ -1129,10 +1129,10 @@ float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
                 const float* x = pred_pts + (size_t)q * P;
                 float* s = pred_sig + (size_t)q * P;
                 double sp = 0.0, ss = 0.0;
-                for (int p = 0; p < P; p++) {
-                    double xp = x[p];
-                    sp += (xp > 0 ? xp : 0) + log1p(exp(-fabs(xp)));
-                    s[p] = (float)(1.0 / (1.0 + exp(-xp)));
+                for (int p = 0; p < P; p++) {   // float terms (as Mask2Former), double sums
+                    float xp = x[p], e = expf(-fabsf(xp));
+                    sp += (xp > 0.0f ? xp : 0.0f) + log1pf(e);
+                    s[p] = xp >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
                     ss += s[p];
                 }
                 pred_softplus[q] = sp; pred_sigsum[q] = ss;

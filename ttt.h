@@ -943,6 +943,21 @@ float* model_params_device(Model* m);
 // hold g's attention masks fixed at those of the last MAE forward of batch B (on = 1), or not
 void model_freeze_mae_masks(Model* m, int B, int on);
 
+// ---- joint training: gradient-check hooks for model_train_step ----
+// the joint loss and its gradients in the grad buffer (zeroed here), no update; returns
+// loss_main + loss_mae. model_train_loss: the same forward only (finite differences). The rng
+// is used as model_train_step uses it (set-loss points, then the MAE masks).
+float model_train_forward_backward(Model* m, const float* images, const unsigned char* labels,
+                                   int B, Rng* rng, float* loss_main, float* loss_mae);
+float model_train_loss(Model* m, const float* images, const unsigned char* labels, int B, Rng* rng);
+// set-loss settings (default set_loss_config_default(); a mask map with no more pixels than
+// num_points is always supervised on every pixel)
+void model_set_loss_config(Model* m, const SetLossConfig* c);
+float model_last_grad_norm(const Model* m);   // global L2 norm before clipping, last train step
+// hold h's attention masks fixed at those of the last main-task forward of batch B, or not
+void model_freeze_main_masks(Model* m, int B, int on);
+int model_adam_step(const Model* m);          // AdamW steps taken (bias correction t)
+
 // op: build the 4-channel network input and the MAE target.
 //   rgb (B, H, W, 3) in [0, 1]; patch_mask (B, Hp/ps, Wp/ps) bytes, 1 = masked (NULL: none)
 //   inp4 (B, Hp, Wp, 4): ImageNet-normalised RGB, zero where masked or beyond H x W (padding),
