@@ -1,6 +1,7 @@
 // test/gpu_model.c: the whole Y model on CUDA against the CPU reference at a small size:
-// the MAE loss through f and g, every gradient of f, h, g, one AdamW TTT step, and the
-// main-task prediction h(f(x)). Run twice: with float32 matrix products (tight bounds)
+// the MAE loss through f and g, every gradient of f, h, g, one AdamW TTT step, the
+// main-task prediction h(f(x)), and the joint training step (set loss on h(f(x)) + MAE
+// loss, gradients of f, h, g, clipping, one AdamW step on all three). Run twice: with float32 matrix products (tight bounds)
 // and with the default TF32 ones (bounds for TF32 through a deep network).
 // g's attention masks threshold its own logits at 0, so a logit within rounding of 0
 // may flip a mask between devices; the float32 run keeps that unlikely.
@@ -29,9 +30,13 @@ typedef struct {
     float *grads, *params_before, *params_after;
     unsigned char* pred;
     size_t n_f, n_h, n_g;
+    // joint training step: both losses, the step's gradients, params after it
+    float loss_main, loss_mae;
+    float *train_grads, *train_params;
 } Result;
 
-static Result run_model(Device d, const ModelConfig* cfg, const float* frames, int B, int H, int W) {
+static Result run_model(Device d, const ModelConfig* cfg, const float* frames, const unsigned char* labels,
+                        int B, int H, int W) {
     ttt_set_device(d);
     Result r;
     Model* m = model_create(cfg, B, H, W);
@@ -47,6 +52,13 @@ static Result run_model(Device d, const ModelConfig* cfg, const float* frames, i
     r.params_after = model_params_host(m);
     r.pred = (unsigned char*)mallocCheck((size_t)H * W);
     model_predict(m, frames, r.pred);
+    // joint training from fresh weights: one step (both losses, backward into f, h, g,
+    // clipping to norm 1, AdamW); the gradient buffer holds that step's gradients after it
+    model_init_random(m, 43);
+    rng_seed(&rng, 8);
+    model_train_step(m, frames, labels, B, &opt, 1.0f, &rng, &r.loss_main, &r.loss_mae);
+    r.train_grads = model_grads_host(m);
+    r.train_params = model_params_host(m);
     ttt_synchronize();
     model_free(m);
     return r;
@@ -94,9 +106,25 @@ static void compare(const char* mode, const Result* c, const Result* g, int H, i
     double frac = (double)agree / ((double)H * W);
     printf("%-4s [%s] predicted class ids agree on %.4f of pixels\n", frac >= 0.99 ? "ok" : "FAIL", mode, frac);
     CHECK(frac >= 0.99, "[%s] predictions agree on only %.4f", mode, frac);
+    // joint training step
+    printf("-- %s joint step: main loss cpu %.7f gpu %.7f, MAE loss cpu %.7f gpu %.7f\n",
+           mode, c->loss_main, g->loss_main, c->loss_mae, g->loss_mae);
+    snprintf(name, sizeof(name), "[%s] joint: main-task (set) loss", mode);
+    check_close(name, &g->loss_main, &c->loss_main, 1, tol_loss);
+    snprintf(name, sizeof(name), "[%s] joint: MAE loss", mode);
+    check_close(name, &g->loss_mae, &c->loss_mae, 1, tol_loss);
+    for (int p = 0; p < 3; p++) {
+        snprintf(name, sizeof(name), "[%s] joint grad %s", mode, part[p]);
+        check_l2(name, g->train_grads + off[p], c->train_grads + off[p], n[p], tol_grad);
+    }
+    snprintf(name, sizeof(name), "[%s] joint step: params after AdamW", mode);
+    check_close(name, g->train_params, c->train_params, N, tol_params);
 }
 
-static void free_result(Result* r) { free(r->grads); free(r->params_before); free(r->params_after); free(r->pred); }
+static void free_result(Result* r) {
+    free(r->grads); free(r->params_before); free(r->params_after); free(r->pred);
+    free(r->train_grads); free(r->train_params);
+}
 
 int main(void) {
     if (!ttt_cuda_available()) {
@@ -107,19 +135,23 @@ int main(void) {
     ModelConfig cfg = model_config_tiny(K);
     Rng rng; rng_seed(&rng, 3);
     float* frames = random_tensor(&rng, (size_t)B * H * W * 3, 0.0f, 1.0f);
+    // labels: blocks of a few classes (so every image has several masks) and some ignore
+    unsigned char* labels = (unsigned char*)mallocCheck((size_t)B * H * W);
+    for (int b = 0; b < B; b++) for (int y = 0; y < H; y++) for (int x = 0; x < W; x++)
+        labels[((size_t)b * H + y) * W + x] = (y < 6) ? 255 : (unsigned char)((y / 20 + x / 30 + b) % K);
 
-    Result cpu = run_model(DEVICE_CPU, &cfg, frames, B, H, W);
+    Result cpu = run_model(DEVICE_CPU, &cfg, frames, labels, B, H, W);
 #ifdef TTT_CUDA
     ttt_cuda_set_tf32(0);
-    Result g32 = run_model(DEVICE_CUDA, &cfg, frames, B, H, W);
+    Result g32 = run_model(DEVICE_CUDA, &cfg, frames, labels, B, H, W);
     compare("fp32 GEMM", &cpu, &g32, H, W, 1e-4, 1e-3, 1e-5);
     free_result(&g32);
     ttt_cuda_set_tf32(1);
-    Result gtf = run_model(DEVICE_CUDA, &cfg, frames, B, H, W);
+    Result gtf = run_model(DEVICE_CUDA, &cfg, frames, labels, B, H, W);
     compare("tf32 GEMM", &cpu, &gtf, H, W, 3e-3, 3e-2, 1e-4);
     free_result(&gtf);
 #endif
     free_result(&cpu);
-    free(frames);
+    free(frames); free(labels);
     return test_summary("gpu_model");
 }
