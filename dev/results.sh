@@ -1,0 +1,32 @@
+#!/bin/sh
+# The paper's Table 1 / Table 4 rows and the window sweep (Fig. 4) on generated videos,
+# with the shipped default model. Usage: sh dev/results.sh [DEVICE] [FRAMES] [SEEDS]
+# Prints one line per run ("RESULT mode seed mIoU ms/frame") and the sweep tables.
+DEVICE=${1:-auto}
+FRAMES=${2:-200}
+SEEDS=${3:-"1 2 3"}
+make gen stream > /dev/null || exit 1
+for s in $SEEDS; do
+    V=/tmp/ttt_results/video$s
+    rm -rf $V $V"_labels"
+    ./gen video $V --frames $FRAMES --size 128x96 --seed $((100 + s)) --scene-every 100 > /dev/null || exit 1
+    run() {   # name, extra options
+        name=$1; shift
+        ./stream $V --out /tmp/ttt_results/out_$name$s --device $DEVICE --seed $s "$@" > /tmp/ttt_results/$name$s.log 2>&1 || { echo "FAILED $name $s"; tail -3 /tmp/ttt_results/$name$s.log; return; }
+        miou=$(grep '^mIoU' /tmp/ttt_results/$name$s.log | tail -1 | awk '{print $2}')
+        ms=$(grep '^summary' /tmp/ttt_results/$name$s.log | sed -E 's/.*: ([0-9.]+) ms\/frame.*/\1/')
+        echo "RESULT $name $s $miou $ms"
+    }
+    run fixed --mode fixed
+    run nomem --mode nomem
+    run implicit --mode implicit
+    run explicit --mode explicit --window 16
+    run online --mode online --window 16
+    run online_lr1e-3 --mode online --window 16 --lr 1e-3
+    run shuffled --mode online --window 16 --shuffle
+    run offline --mode offline --offline-steps $FRAMES
+    ./stream $V --out /tmp/ttt_results/sweep$s --device $DEVICE --seed $s --mode online --window 1,2,4,8,16,32,64 > /tmp/ttt_results/sweep$s.log 2>&1
+    echo "SWEEP seed $s"; grep -A12 -i "window.*mIoU" /tmp/ttt_results/sweep$s.log | tail -12
+    grep -i "offline" /tmp/ttt_results/offline$s.log | grep -i miou | tail -6
+    grep "^frame drift" /tmp/ttt_results/online$s.log
+done
