@@ -9,7 +9,8 @@
 // every other kernel writes each element from exactly one thread.
 // Swin's small-window attention forward (T <= 64) is one fused kernel in float32.
 // Environment switches: TTT_TF32=0 (float32 matrix products), TTT_FUSED_ATTENTION=0
-// (cuBLAS path for windows too), TTT_PROFILE=1 (device time per op printed at exit).
+// (cuBLAS path for windows too), TTT_CONV_IM2COL=1 (im2col for same-size 3x3 convs too),
+// TTT_PROFILE=1 (device time per op printed at exit).
 // Checked with compute-sanitizer: memcheck on test/gpu_ops, racecheck on test/gpu_model.
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
@@ -1018,6 +1019,160 @@ static size_t conv_chunk_pixels(size_t npix, size_t KKC) {
     return npix < limit ? npix : limit;
 }
 
+// ----------------------------------------------------------------------------
+// conv2d, same-size 3x3 (K=3, stride 1, pad 1) without im2col: "shifted GEMMs".
+// Copy a chunk of nb images into a zero-padded buffer Xp (nb, H+2, W+2, C) and read it as
+// a plain (rows, C) matrix, padded pixel r = (b*(H+2) + y)*(W+2) + x. Then the output at
+// padded index r (the pixel (y, x), y < H, x < W) is
+//   Yp[r] = sum over taps (dy, dx) of Xp[r + dy*(W+2) + dx] @ weight[:, dy, dx, :]^T,
+// i.e. 9 GEMMs on row-shifted views of Xp (no copy), accumulating into Yp. Rows with
+// y >= H or x >= W are garbage and dropped when Yp is copied to out. The last valid row
+// is nb*P - G - 1 (P = (H+2)(W+2) pixels per padded image, G = 2*(W+2) + 2 the largest
+// shift), so the GEMMs run over M = nb*P - G rows and every shifted read stays inside Xp.
+// Backward, with dYp = dout scattered into the padded grid (zeros at the garbage rows),
+// stored after G leading zero rows:
+//   dweight[:, dy, dx, :] += dYp^T @ Xp shifted by +offset
+//   dXp[s] = sum over taps of dYp[s - offset] @ weight[:, dy, dx, :]
+// then dinp += the interior of dXp. Chunked by images so each scratch region stays
+// below conv_shift_max_floats. TTT_CONV_IM2COL=1 forces the im2col path (A/B timing).
+
+// floats per scratch region: 64M (256 MiB) unless a test sets a small limit to force chunks
+static size_t conv_shift_max_floats = (size_t)64 << 20;
+extern "C" void ttt_cuda_set_conv_scratch_floats(size_t n) { conv_shift_max_floats = n ? n : (size_t)64 << 20; }
+
+// 0: shifted GEMMs for same-size 3x3 convs, 1: always im2col. Set by
+// ttt_cuda_set_conv_im2col, else by the environment (TTT_CONV_IM2COL=1), else 0.
+static int conv_force_im2col = -1;
+extern "C" void ttt_cuda_set_conv_im2col(int on) { conv_force_im2col = on != 0; }
+
+static int conv_use_shifted(int H, int W, int K, int stride, int pad, int Ho, int Wo) {
+    if (conv_force_im2col < 0) {
+        const char* e = getenv("TTT_CONV_IM2COL");
+        conv_force_im2col = e && e[0] == '1';
+    }
+    return !conv_force_im2col && K == 3 && stride == 1 && pad == 1 && Ho == H && Wo == W;
+}
+
+// dst (lead + nb*(H+2)*(W+2), C): `lead` zero rows, then src (nb, H, W, C) placed at
+// padded (y+1, x+1) (shift = 1) or at (y, x) (shift = 0, the dYp layout); all other rows
+// zero. One block per destination row, threads over channels.
+__global__ void conv_pad_kernel(float* dst, const float* src, int H, int W, int C, size_t lead,
+                                size_t rows, int shift) {
+    int Wp = W + 2, P = (H + 2) * Wp;
+    for (size_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        float* d = dst + row * C;
+        const float* s = NULL;
+        if (row >= lead) {
+            size_t r = row - lead;
+            size_t b = r / P;
+            int rem = (int)(r % P);
+            int y = rem / Wp - shift, x = rem % Wp - shift;
+            if (y >= 0 && y < H && x >= 0 && x < W) s = src + ((b * H + y) * W + x) * C;
+        }
+        for (int c = threadIdx.x; c < C; c += blockDim.x) d[c] = s ? s[c] : 0.0f;
+    }
+}
+
+// out (nb, H, W, OC) = rows of Yp at padded index (b, y, x) + bias (may be NULL), when
+// accumulate = 0; out += those rows (dinp of the backward, Yp = dXp read at (y+1, x+1))
+// when accumulate = 1. One block per output pixel.
+__global__ void conv_unpad_kernel(float* out, const float* Yp, const float* bias, int H, int W, int OC,
+                                  size_t npix, int shift, int accumulate) {
+    int Wp = W + 2;
+    for (size_t p = blockIdx.x; p < npix; p += gridDim.x) {
+        size_t b = p / ((size_t)H * W);
+        int rem = (int)(p % ((size_t)H * W));
+        int y = rem / W + shift, x = rem % W + shift;
+        const float* s = Yp + ((b * (H + 2) + y) * Wp + x) * OC;
+        float* d = out + p * OC;
+        for (int o = threadIdx.x; o < OC; o += blockDim.x) {
+            if (accumulate) d[o] += s[o];
+            else d[o] = s[o] + (bias ? bias[o] : 0.0f);
+        }
+    }
+}
+
+static int conv_block_threads(int C) { return C >= 128 ? 128 : (C >= 64 ? 64 : 32); }
+
+// images per chunk: each scratch region (G + nb*P rows of maxC floats) under the limit
+static int conv_shift_chunk_images(int B, int H, int W, int maxC) {
+    size_t P = (size_t)(H + 2) * (W + 2), G = 2 * (size_t)(W + 2) + 2;
+    size_t rows = conv_shift_max_floats / (size_t)maxC;
+    size_t nb = rows > G ? (rows - G) / P : 0;
+    if (nb < 1) nb = 1;
+    return nb < (size_t)B ? (int)nb : B;
+}
+
+static void conv3x3_forward_shifted(float* out, const float* inp, const float* weight, const float* bias,
+                                    int B, int H, int W, int C, int OC) {
+    int Wp = W + 2, maxC = C > OC ? C : OC;
+    size_t P = (size_t)(H + 2) * Wp, G = 2 * (size_t)Wp + 2;
+    int chunk = conv_shift_chunk_images(B, H, W, maxC);
+    size_t region = (G + (size_t)chunk * P) * maxC;
+    float* Xp = (float*)workspace_get(&ws_gemm, 2 * region * sizeof(float));
+    float* Yp = Xp + region;
+    for (int b0 = 0; b0 < B; b0 += chunk) {
+        int nb = B - b0 < chunk ? B - b0 : chunk;
+        size_t rows = (size_t)nb * P, M = rows - G;
+        conv_pad_kernel<<<grid_for(rows, 1), conv_block_threads(C)>>>(
+            Xp, inp + (size_t)b0 * H * W * C, H, W, C, 0, rows, 1);
+        launchCheck();
+        // Yp (M, OC) (+)= Xp shifted (M, C) @ weight[:, dy, dx, :]^T  (rows 9C apart)
+        for (int tap = 0; tap < 9; tap++) {
+            size_t offset = (size_t)(tap / 3) * Wp + tap % 3;
+            gemm_rm(false, true, (int)M, OC, C, 1.0f, Xp + offset * C, C, 0,
+                    weight + (size_t)tap * C, 9 * C, 0, tap == 0 ? 0.0f : 1.0f, Yp, OC, 0, 1);
+        }
+        size_t npix = (size_t)nb * H * W;
+        conv_unpad_kernel<<<grid_for(npix, 1), conv_block_threads(OC)>>>(
+            out + (size_t)b0 * H * W * OC, Yp, bias, H, W, OC, npix, 0, 0);
+        launchCheck();
+    }
+}
+
+static void conv3x3_backward_shifted(float* dinp, float* dweight, const float* dout, const float* inp,
+                                     const float* weight, int B, int H, int W, int C, int OC) {
+    int Wp = W + 2, maxC = C > OC ? C : OC;
+    size_t P = (size_t)(H + 2) * Wp, G = 2 * (size_t)Wp + 2;
+    int chunk = conv_shift_chunk_images(B, H, W, maxC);
+    size_t region = (G + (size_t)chunk * P) * maxC;
+    // two regions: Xp (later reused for dXp) and dYp with G leading zero rows
+    float* Xp = (float*)workspace_get(&ws_gemm, 2 * region * sizeof(float));
+    float* dYpad = Xp + region;
+    for (int b0 = 0; b0 < B; b0 += chunk) {
+        int nb = B - b0 < chunk ? B - b0 : chunk;
+        size_t rows = (size_t)nb * P, M = rows - G;
+        conv_pad_kernel<<<grid_for(G + rows, 1), conv_block_threads(OC)>>>(
+            dYpad, dout + (size_t)b0 * H * W * OC, H, W, OC, G, G + rows, 0);
+        launchCheck();
+        const float* dYp = dYpad + G * OC;   // dYp[r], r >= -G readable (zeros)
+        if (dweight) {
+            conv_pad_kernel<<<grid_for(rows, 1), conv_block_threads(C)>>>(
+                Xp, inp + (size_t)b0 * H * W * C, H, W, C, 0, rows, 1);
+            launchCheck();
+            // dweight[:, dy, dx, :] (OC, C) += dYp^T (OC, M) @ Xp shifted (M, C)
+            for (int tap = 0; tap < 9; tap++) {
+                size_t offset = (size_t)(tap / 3) * Wp + tap % 3;
+                gemm_rm(true, false, OC, C, (int)M, 1.0f, dYp, OC, 0, Xp + offset * C, C, 0,
+                        1.0f, dweight + (size_t)tap * C, 9 * C, 0, 1);
+            }
+        }
+        if (dinp) {
+            // dXp[s] (rows, C) (+)= dYp[s - offset] (rows, OC) @ weight[:, dy, dx, :] (OC, C)
+            float* dXp = Xp;
+            for (int tap = 0; tap < 9; tap++) {
+                size_t offset = (size_t)(tap / 3) * Wp + tap % 3;
+                gemm_rm(false, false, (int)rows, C, OC, 1.0f, dYp - offset * OC, OC, 0,
+                        weight + (size_t)tap * C, 9 * C, 0, tap == 0 ? 0.0f : 1.0f, dXp, C, 0, 1);
+            }
+            size_t npix = (size_t)nb * H * W;
+            conv_unpad_kernel<<<grid_for(npix, 1), conv_block_threads(C)>>>(
+                dinp + (size_t)b0 * H * W * C, dXp, NULL, H, W, C, npix, 1, 1);
+            launchCheck();
+        }
+    }
+}
+
 extern "C" void conv2d_forward_cuda(float* out, const float* inp, const float* weight, const float* bias,
                                     int B, int H, int W, int C, int OC, int K, int stride, int pad,
                                     int Ho, int Wo) {
@@ -1027,6 +1182,10 @@ extern "C" void conv2d_forward_cuda(float* out, const float* inp, const float* w
     // a 1x1 conv over the same grid is a linear layer on the pixels
     if (K == 1 && stride == 1 && pad == 0 && Ho == H && Wo == W) {
         linear_forward_cuda(out, inp, weight, bias, (int)npix, C, OC);
+        return;
+    }
+    if (conv_use_shifted(H, W, K, stride, pad, Ho, Wo)) {
+        conv3x3_forward_shifted(out, inp, weight, bias, B, H, W, C, OC);
         return;
     }
     size_t KKC = (size_t)K * K * C;
@@ -1052,6 +1211,11 @@ extern "C" void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, 
     if (npix == 0 || OC <= 0) return;
     if (K == 1 && stride == 1 && pad == 0 && Ho == H && Wo == W) {
         linear_backward_cuda(dinp, dweight, dbias, dout, inp, weight, (int)npix, C, OC);
+        return;
+    }
+    if (conv_use_shifted(H, W, K, stride, pad, Ho, Wo)) {
+        if (dinp || dweight) conv3x3_backward_shifted(dinp, dweight, dout, inp, weight, B, H, W, C, OC);
+        if (dbias) column_sum_accumulate(dbias, dout, (int)npix, OC);
         return;
     }
     size_t KKC = (size_t)K * K * C;
