@@ -2,7 +2,9 @@
 // generated video with a tiny random model: every mode runs and writes outputs that
 // parse; fixed mode ignores the TTT options; nomem equals a fresh run on each frame
 // alone; online TTT changes f between frames while h stays bit-identical; a NaN loss
-// resets and continues; bad input ends in one "error:" line, exit 1, no output.
+// resets and continues; --kstar prints finite positive sigma^2, beta, eta, k*, its eta
+// matches an independent computation and identical frames give exactly no gradient change
+// (the same mask for both frames); bad input ends in one "error:" line, exit 1, no output.
 #include "test.h"
 #include <sys/wait.h>
 #include <unistd.h>
@@ -117,6 +119,15 @@ static int read_hashes(const char* log, unsigned long long f[NF], unsigned long 
         if (sscanf(p, "hash %255s f=%llx g=%llx h=%llx", name, &f[n], &g, &h[n]) == 4) n++;
     }
     return n;
+}
+
+// the "kstar sigma2=.. beta=.. eta=.. beta2eta2=.. kstar=.." line of a --kstar run into
+// v[0..4]; returns how many values were read (NAN for the others)
+static int parse_kstar(const char* log, double v[5]) {
+    for (int i = 0; i < 5; i++) v[i] = NAN;
+    const char* p = strstr(log, "kstar sigma2=");
+    if (p == NULL) return 0;
+    return sscanf(p, "kstar sigma2=%lf beta=%lf eta=%lf beta2eta2=%lf kstar=%lf", &v[0], &v[1], &v[2], &v[3], &v[4]);
 }
 
 static void expect_error(const char* what, const char* args, const char* out_dir) {
@@ -241,6 +252,64 @@ int main(void) {
     CHECK(rc == 0 && p2 && p10 && p2 < p10, "frames not in natural order");
     free(log);
 
+    // --kstar: finite positive sigma^2, beta, eta, k* on the tiny video
+    double ks[5];
+    snprintf(args, sizeof(args), VID " " COMMON " --mode fixed --kstar --kstar-masks 3 --out " TMP "/st_kstar");
+    rc = stream(args);
+    log = read_log();
+    int nk = parse_kstar(log, ks);
+    int ks_ok = rc == 0 && nk == 5;
+    for (int i = 0; i < 5; i++) ks_ok &= isfinite(ks[i]) && ks[i] > 0.0;
+    printf("%-4s --kstar: sigma^2 %.4g beta %.4g eta %.4g beta^2 eta^2 %.4g k* %.4g\n",
+           ks_ok ? "ok" : "FAIL", ks[0], ks[1], ks[2], ks[3], ks[4]);
+    CHECK(ks_ok, "--kstar: sigma^2, beta, eta, beta^2 eta^2, k* not all finite and > 0 (exit %d)", rc);
+    free(log);
+
+    // --kstar eta against an independent computation on a 3-frame video built here, and
+    // the same-mask trick: on 3 identical frames the gradient change is exactly 0 (k* = inf)
+    {
+        const int H = 24, W = 40, n = H * W * 3;
+        float* x[3];
+        Rng r;
+        rng_seed(&r, 77);
+        run("mkdir -p " TMP "/st_three " TMP "/st_same");
+        for (int t = 0; t < 3; t++) {
+            x[t] = (float*)mallocCheck(n * sizeof(float));
+            for (int i = 0; i < n; i++) x[t][i] = rng_int(&r, 256) / 255.0f;   // exact in 8 bits
+            char p[256];
+            snprintf(p, sizeof(p), TMP "/st_three/f%d.png", t + 1);
+            image_save_png(p, x[t], H, W);
+            snprintf(p, sizeof(p), TMP "/st_same/f%d.png", t + 1);
+            image_save_png(p, x[0], H, W);
+        }
+        double eta = 0.0;
+        for (int t = 1; t < 3; t++) {
+            double d2 = 0.0;
+            for (int i = 0; i < n; i++) d2 += ((double)x[t][i] - x[t - 1][i]) * ((double)x[t][i] - x[t - 1][i]);
+            eta += sqrt(d2) / 2.0;
+        }
+        for (int t = 0; t < 3; t++) free(x[t]);
+        snprintf(args, sizeof(args), TMP "/st_three " COMMON " --mode fixed --kstar --kstar-masks 2 --kstar-every 1 --out " TMP "/st_kstar3");
+        rc = stream(args);
+        log = read_log();
+        nk = parse_kstar(log, ks);
+        free(log);
+        double rel = fabs(ks[2] - eta) / eta;
+        printf("%-4s --kstar eta on 3 frames: %.6g vs %.6g computed here (rel err %.1e)\n",
+               rc == 0 && nk == 5 && rel < 1e-5 ? "ok" : "FAIL", ks[2], eta, rel);
+        if (rc == 0 && nk == 5 && rel < 1e-5) tests_passed++; else tests_failed++;
+        CHECK(isfinite(ks[0]) && ks[0] > 0.0 && isfinite(ks[4]) && ks[4] > 0.0, "--kstar on 3 frames: sigma^2 %g, k* %g", ks[0], ks[4]);
+        snprintf(args, sizeof(args), TMP "/st_same " COMMON " --mode fixed --kstar --kstar-masks 2 --kstar-every 1 --out " TMP "/st_kstar_same");
+        rc = stream(args);
+        log = read_log();
+        nk = parse_kstar(log, ks);
+        free(log);
+        int same_ok = rc == 0 && nk == 5 && ks[2] == 0.0 && ks[3] == 0.0 && isinf(ks[4]) && ks[0] > 0.0;
+        printf("%-4s --kstar on 3 identical frames: eta %g, beta^2 eta^2 %g (same mask), k* %g, sigma^2 %.4g\n",
+               same_ok ? "ok" : "FAIL", ks[2], ks[3], ks[4], ks[0]);
+        if (same_ok) tests_passed++; else tests_failed++;
+    }
+
     // bad input: one error line, exit 1, no output directory
     run("mkdir -p " TMP "/st_empty");
     expect_error("missing frame directory", TMP "/st_nope " COMMON " --out " TMP "/st_bad1", TMP "/st_bad1");
@@ -250,6 +319,8 @@ int main(void) {
     expect_error("frames of different sizes", TMP "/st_sizes " COMMON " --out " TMP "/st_bad3", TMP "/st_bad3");
     expect_error("missing model", VID " --model " TMP "/st_nope.bin --out " TMP "/st_bad4", TMP "/st_bad4");
     expect_error("unknown mode", VID " " COMMON " --mode sometimes --out " TMP "/st_bad5", TMP "/st_bad5");
+    expect_error("--kstar-masks 1", VID " " COMMON " --kstar --kstar-masks 1 --out " TMP "/st_bad9", TMP "/st_bad9");
+    expect_error("--kstar on one frame", TMP "/st_one1 " COMMON " --kstar --out " TMP "/st_bad10", TMP "/st_bad10");
     expect_error("bad window list", VID " " COMMON " --window 4,x --out " TMP "/st_bad6", TMP "/st_bad6");
     expect_error("missing label directory", VID " " COMMON " --labels " TMP "/st_nolabels --out " TMP "/st_bad7", TMP "/st_bad7");
     run("mkdir -p " TMP "/st_rgblab && cp " VID "/frame000001.png " TMP "/st_rgblab/");
