@@ -28,6 +28,8 @@
 // Output (--out DIR): DIR/STEM.png (class ids, the label format), DIR/STEM_overlay.png,
 // DIR/metrics.json, DIR/metrics.png. With a window list (--window 1,4,16) each k runs
 // in turn and writes into DIR/window_K/; a table of mIoU per k is printed at the end.
+// --kstar: before the run, the bias-variance estimate of the best window k* at f0, g0
+// (estimate_kstar below, with the math).
 #include "ttt.h"
 #include <ctype.h>
 #include <dirent.h>

@@ -6,7 +6,8 @@
 //       same stems; each still is a fresh random scene in the SOURCE appearance
 //       (canonical class colours and textures, small random jitter, no drift).
 //   ./gen video OUTDIR --frames T --size WxH --seed S [--labels DIR] [--drift D]
-//       [--drift-period P] [--scene-every N] [--speed V] [--fps F]
+//       [--drift-period P] [--scene-every N] [--speed V] [--fps F] [--shift NAME]
+//       [--shift-strength S]
 //       OUTDIR/frame000001.png ... and the label maps with the same names in DIR
 //       (default OUTDIR_labels). A camera pans smoothly through a scene wider than the
 //       frame; objects move on their own and enter and leave the view; the appearance
@@ -14,6 +15,8 @@
 //       scale) drifts along smooth random tracks with keyframes every P frames; every N
 //       frames the scene changes (new layout, new appearance anchor). So nearby frames
 //       are alike and distant ones are not.
+//       --shift adds on every frame a test-time shift the stills never show (fog, night,
+//       swap, noise, style; see shift_image below); labels unchanged.
 //
 // The world is continuous: a pixel (x, y) of an H-pixel-high frame sees world point
 // u = cam_u + (x + 0.5) / H * zoom, v = cam_v + (y + 0.5) / H * zoom (v grows
