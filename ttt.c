@@ -161,6 +161,35 @@ void ttt_synchronize(void) {
 #endif
 }
 
+int device_graph_replay(DeviceGraph* g) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) return ttt_cuda_graph_replay(g);
+#endif
+    (void)g;
+    return 0;
+}
+
+void device_graph_begin(DeviceGraph* g) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) ttt_cuda_graph_begin(g);
+#endif
+    (void)g;
+}
+
+void device_graph_end(DeviceGraph* g) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) ttt_cuda_graph_end(g);
+#endif
+    (void)g;
+}
+
+void device_graph_free(DeviceGraph* g) {
+#ifdef TTT_CUDA
+    if (g->exec) ttt_cuda_graph_free(g);
+#endif
+    memset(g, 0, sizeof(*g));
+}
+
 // ----------------------------------------------------------------------------
 // random numbers: xorshift64* (Vigna), seeded through splitmix64
 

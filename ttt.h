@@ -68,6 +68,19 @@ void ttt_to_device(void* dst, const void* src, size_t bytes);  // host -> ttt_de
 void ttt_to_host(void* dst, const void* src, size_t bytes);    // ttt_device -> host
 void ttt_synchronize(void);
 
+// CUDA graphs: a fixed sequence of device work (same pointers and sizes on every call) is
+// recorded once and then replayed with one launch, which removes the launch cost of the
+// thousands of small kernels in a TTT step. The first call of a graph runs eagerly (it
+// sizes the workspaces); the second records and runs; later ones replay. On the CPU, with
+// TTT_GRAPHS=0 or TTT_PROFILE=1, the work simply runs each time. A graph whose workspaces
+// have moved since it was recorded is dropped and recorded again. Usage:
+//   if (!device_graph_replay(&g)) { device_graph_begin(&g); ...ops...; device_graph_end(&g); }
+typedef struct { void* exec; long workspace_epoch; double flops; int calls; int capturing; } DeviceGraph;
+int device_graph_replay(DeviceGraph* g);   // 1: replayed (the work is queued); 0: run it
+void device_graph_begin(DeviceGraph* g);
+void device_graph_end(DeviceGraph* g);
+void device_graph_free(DeviceGraph* g);
+
 // ----------------------------------------------------------------------------
 // random numbers: xorshift64*, deterministic across machines
 
@@ -309,6 +322,11 @@ void ttt_cuda_set_tf32(int on);          // matrix products in TF32 (1, default)
 double ttt_cuda_gemm_flops(void);         // FLOPs of all matrix products issued so far
 void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use / total, bytes
 void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernel for windows T <= 64
+void ttt_cuda_set_graphs(int on);         // CUDA graphs on (1, default unless TTT_GRAPHS=0) or off
+int ttt_cuda_graph_replay(DeviceGraph* g);
+void ttt_cuda_graph_begin(DeviceGraph* g);
+void ttt_cuda_graph_end(DeviceGraph* g);
+void ttt_cuda_graph_free(DeviceGraph* g);
 
 void add_forward_cuda(float* out, const float* a, const float* b, size_t N);
 void add_inplace_cuda(float* a, const float* b, size_t N);
