@@ -30,7 +30,7 @@
 //                    (48 queries) -> last prediction's 48 maps vs the patchified target:
 //                    masked MSE -> m2f_backward (g) -> swin_backward (f) -> AdamW on f and g
 //   model_predict:   frame -> mae_prepare_input (no mask) -> f -> h = m2f_forward ->
-//                    last prediction -> semantic inference on the host -> class ids
+//                    last prediction -> semantic inference (on the device) -> class ids
 //   model_train_step (train.c): h(f(x)) -> set loss on the host (labels padded with 255 to the
 //                    model's padded frame) -> backward through h and f; then the MAE path as
 //                    above on freshly masked x -> backward through g and f; clip; AdamW on all.
@@ -68,9 +68,15 @@ struct Model {
     float grad_norm;          // global L2 norm of the last train step's gradients
     float *host_cls_all, *host_mask_all, *host_dcls, *host_dmask;   // (L, B, Q, K+1), (L, B, Q, H4, W4)
     unsigned char* host_labels_pad;   // (B, Hp, Wp), 255 outside the frame
+    // prediction: class ids and semantic-inference scratch on the device
+    unsigned char* pred_ids;  // (H, W)
+    float* infer_work;        // m2f_semantic_work_size floats
+    // recorded device work (CUDA graphs; plain calls on the CPU): the MAE forward and
+    // backward per batch size 1..max_B, and the prediction
+    DeviceGraph* mae_graphs;  // (max_B + 1)
+    DeviceGraph predict_graph;
     // host scratch
     unsigned char* patch_mask_host;
-    float *host_class, *host_masks, *host_work;
 };
 
 OptConfig opt_config_ttt(void) {
@@ -120,6 +126,12 @@ static void model_point_params(Model* m, float* base, SwinParams* f, M2FParams* 
     if (f) swin_point_params(f, base, &m->cfg.swin);
     if (h) m2f_point_params(h, base + m->n_f, &m->cfg.m2f);
     if (g) m2f_point_params(g, base + m->n_f + m->n_h, &m->cfg.mae);
+}
+
+// forget the recorded device work (after anything that changes which buffers it reads)
+static void model_drop_graphs(Model* m) {
+    for (int b = 0; b <= m->max_B; b++) device_graph_free(&m->mae_graphs[b]);
+    device_graph_free(&m->predict_graph);
 }
 
 Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
@@ -187,9 +199,9 @@ Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
     m->loss = (float*)ttt_malloc(sizeof(float));
     m->patch_mask_host = (unsigned char*)mallocCheck((size_t)max_batch * nP);
     int Q = cfg->m2f.num_queries, K = cfg->num_classes;
-    m->host_class = (float*)mallocCheck((size_t)Q * (K + 1) * sizeof(float));
-    m->host_masks = (float*)mallocCheck((size_t)Q * m->H4 * m->W4 * sizeof(float));
-    m->host_work = (float*)mallocCheck(m2f_semantic_work_size(Q, K, m->H4, m->W4) * sizeof(float));
+    m->pred_ids = (unsigned char*)ttt_malloc((size_t)H * W);
+    m->infer_work = (float*)ttt_malloc(m2f_semantic_work_size(Q, K, m->H4, m->W4) * sizeof(float));
+    m->mae_graphs = (DeviceGraph*)callocCheck((size_t)max_batch + 1, sizeof(DeviceGraph));
     m->set_loss_cfg = set_loss_config_default();
     return m;
 }
@@ -200,7 +212,10 @@ void model_free(Model* m) {
     ttt_free(m->acts); ttt_free(m->dacts); ttt_free(m->rel_index); ttt_free(m->dfeat[0]);
     ttt_free(m->inp4); ttt_free(m->target); ttt_free(m->target_mask); ttt_free(m->rgb);
     ttt_free(m->patch_mask); ttt_free(m->loss);
-    free(m->patch_mask_host); free(m->host_class); free(m->host_masks); free(m->host_work);
+    free(m->patch_mask_host);
+    ttt_free(m->pred_ids); ttt_free(m->infer_work);
+    model_drop_graphs(m);
+    free(m->mae_graphs);
     free(m->host_cls_all); free(m->host_mask_all); free(m->host_dcls); free(m->host_dmask);
     free(m->host_labels_pad);
     ttt_free(m->g_frozen_masks); ttt_free(m->h_frozen_masks);
@@ -394,14 +409,18 @@ static void make_patch_masks(unsigned char* mask, int B, int L, float ratio, Rng
 
 static const float* const* swin_outputs(const Model* m) { return (const float* const*)m->fa.out; }
 
-// frames (B, H, W, 3) host -> masked 4-channel input, target and its mask on the device
-static void prepare_masked_batch(Model* m, const float* frames, int B, Rng* rng) {
+// frames (B, H, W, 3) and fresh patch masks from the host into the device buffers
+static void upload_masked_batch(Model* m, const float* frames, int B, Rng* rng) {
     int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
     make_patch_masks(m->patch_mask_host, B, L, m->cfg.mask_ratio, rng);
     ttt_to_device(m->patch_mask, m->patch_mask_host, (size_t)B * L);
     ttt_to_device(m->rgb, frames, (size_t)B * m->H * m->W * 3 * sizeof(float));
+}
+
+// uploaded frames and masks -> masked 4-channel input, target and its mask
+static void prepare_masked_batch(Model* m, int B) {
     mae_prepare_input(m->inp4, m->target, m->target_mask, m->rgb, m->patch_mask,
-                      B, m->H, m->W, m->Hp, m->Wp, ps);
+                      B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch);
 }
 
 // f and g forward on the prepared batch; the loss lands in m->loss. Returns the device
@@ -434,7 +453,8 @@ static void mae_backward(Model* m, int B, const float* recon) {
 // Hold a head's thresholded attention masks at their values from its last forward (on = 1)
 // or compute them again each forward (on = 0). The masks are a step function of the
 // weights, so finite differences are only meaningful with them held fixed.
-static void freeze_masks(float** slot, const M2FConfig* c, const M2FActs* a, int B, int on) {
+static void freeze_masks(Model* m, float** slot, const M2FConfig* c, const M2FActs* a, int B, int on) {
+    model_drop_graphs(m);   // the recorded work reads the mask pointer
     ttt_free(*slot);
     *slot = NULL;
     if (!on) return;
@@ -450,12 +470,13 @@ static void freeze_masks(float** slot, const M2FConfig* c, const M2FActs* a, int
     *slot = buf;
 }
 
-void model_freeze_mae_masks(Model* m, int B, int on) { freeze_masks(&m->g_frozen_masks, &m->cfg.mae, &m->ga, B, on); }
-void model_freeze_main_masks(Model* m, int B, int on) { freeze_masks(&m->h_frozen_masks, &m->cfg.m2f, &m->ha, B, on); }
+void model_freeze_mae_masks(Model* m, int B, int on) { freeze_masks(m, &m->g_frozen_masks, &m->cfg.mae, &m->ga, B, on); }
+void model_freeze_main_masks(Model* m, int B, int on) { freeze_masks(m, &m->h_frozen_masks, &m->cfg.m2f, &m->ha, B, on); }
 
 float model_mae_loss(Model* m, const float* frames, int B, Rng* rng) {
     if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
-    prepare_masked_batch(m, frames, B, rng);
+    upload_masked_batch(m, frames, B, rng);
+    prepare_masked_batch(m, B);
     mae_forward(m, B);
     float loss;
     ttt_to_host(&loss, m->loss, sizeof(float));
@@ -464,10 +485,18 @@ float model_mae_loss(Model* m, const float* frames, int B, Rng* rng) {
 
 float model_mae_forward_backward(Model* m, const float* frames, int B, Rng* rng) {
     if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
-    prepare_masked_batch(m, frames, B, rng);
-    float* recon = mae_forward(m, B);
-    ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
-    mae_backward(m, B, recon);
+    upload_masked_batch(m, frames, B, rng);
+    // the device work from here to the gradients is the same every call of this batch
+    // size: recorded once as a CUDA graph and replayed (see DeviceGraph in ttt.h)
+    DeviceGraph* graph = &m->mae_graphs[B];
+    if (!device_graph_replay(graph)) {
+        device_graph_begin(graph);
+        prepare_masked_batch(m, B);
+        float* recon = mae_forward(m, B);
+        ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+        mae_backward(m, B, recon);
+        device_graph_end(graph);
+    }
     float loss;
     ttt_to_host(&loss, m->loss, sizeof(float));
     return loss;
@@ -488,15 +517,19 @@ float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt,
 
 void model_predict(Model* m, const float* frame, unsigned char* pred) {
     ttt_to_device(m->rgb, frame, (size_t)m->H * m->W * 3 * sizeof(float));
-    mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, 1, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch);
-    swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, 1);
-    m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), 1, NULL);
-    int L = m->cfg.m2f.dec_layers + 1, Q = m->cfg.m2f.num_queries, K = m->cfg.num_classes;
-    ttt_to_host(m->host_class, m->ha.class_logits + (size_t)(L - 1) * Q * (K + 1),
-                (size_t)Q * (K + 1) * sizeof(float));
-    ttt_to_host(m->host_masks, m->ha.mask_logits + (size_t)(L - 1) * Q * m->H4 * m->W4,
-                (size_t)Q * m->H4 * m->W4 * sizeof(float));
-    m2f_semantic_inference(pred, m->host_class, m->host_masks, Q, K, m->H4, m->W4, m->H, m->W, m->host_work);
+    // frame in, class ids out: everything between runs on the device (one CUDA graph)
+    if (!device_graph_replay(&m->predict_graph)) {
+        device_graph_begin(&m->predict_graph);
+        mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, 1, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch);
+        swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, 1);
+        m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), 1, NULL);
+        int L = m->cfg.m2f.dec_layers + 1, Q = m->cfg.m2f.num_queries, K = m->cfg.num_classes;
+        semantic_inference(m->pred_ids, m->ha.class_logits + (size_t)(L - 1) * Q * (K + 1),
+                           m->ha.mask_logits + (size_t)(L - 1) * Q * m->H4 * m->W4,
+                           Q, K, m->H4, m->W4, m->H, m->W, m->infer_work);
+        device_graph_end(&m->predict_graph);
+    }
+    ttt_to_host(pred, m->pred_ids, (size_t)m->H * m->W);
 }
 
 // ----------------------------------------------------------------------------
@@ -570,7 +603,8 @@ static void main_backward(Model* m, int B) {
 float model_train_loss(Model* m, const float* images, const unsigned char* labels, int B, Rng* rng) {
     if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
     float lm = main_forward(m, images, labels, B, rng, 0);
-    prepare_masked_batch(m, images, B, rng);
+    upload_masked_batch(m, images, B, rng);
+    prepare_masked_batch(m, B);
     mae_forward(m, B);
     float lr;
     ttt_to_host(&lr, m->loss, sizeof(float));
@@ -589,7 +623,8 @@ float model_train_forward_backward(Model* m, const float* images, const unsigned
         return lm;
     }
     main_backward(m, B);
-    prepare_masked_batch(m, images, B, rng);
+    upload_masked_batch(m, images, B, rng);
+    prepare_masked_batch(m, B);
     float* recon = mae_forward(m, B);
     mae_backward(m, B, recon);
     float lr;

@@ -324,6 +324,7 @@ void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use
 void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernel for windows T <= 64
 void ttt_cuda_set_graphs(int on);         // CUDA graphs on (1, default unless TTT_GRAPHS=0) or off
 int ttt_cuda_graph_replay(DeviceGraph* g);
+void semantic_inference_cuda(unsigned char* ids, const float* class_logits, const float* mask_logits, int Q, int K, int H4, int W4, int H, int W, float* work);
 void ttt_cuda_graph_begin(DeviceGraph* g);
 void ttt_cuda_graph_end(DeviceGraph* g);
 void ttt_cuda_graph_free(DeviceGraph* g);
@@ -777,6 +778,9 @@ size_t m2f_semantic_work_size(int Q, int K, int H4, int W4);
 void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
                             const float* mask_logits, int Q, int K, int H4, int W4,
                             int H, int W, float* work);
+// the same on ttt_device: every pointer (ids, logits, work) lives on that device
+void semantic_inference(unsigned char* ids, const float* class_logits, const float* mask_logits,
+                        int Q, int K, int H4, int W4, int H, int W, float* work);
 // Panoptic (Mask2Former panoptic_inference): score, label = max over softmax(K+1); keep
 // label != K and score > object_threshold (0.8); mask probs = sigmoid(bilinear logits at
 // (4*H4, 4*W4) cropped to H x W); pixel owner = argmax_kept score * prob; a kept query becomes

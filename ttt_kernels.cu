@@ -1642,3 +1642,84 @@ extern "C" void mae_prepare_input_cuda(float* inp4, float* target, float* target
                                                             B, H, W, Hp, Wp, ps);
     launchCheck();
 }
+
+// ----------------------------------------------------------------------------
+// semantic inference (m2f_semantic_inference in mask2former.c is the CPU reference):
+// per-query class probabilities, the class maps at 1/4 resolution, then the bilinear
+// x4 resize, crop and argmax fused per output pixel. Same float operations in the same
+// order as the reference, so ids differ only where two class scores tie within rounding.
+
+// one thread per query: softmax over the K+1 logits (double sum, as the reference)
+__global__ void semantic_probs_kernel(float* probs, const float* class_logits, int Q, int K1) {
+    int q = blockIdx.x * blockDim.x + threadIdx.x;
+    if (q >= Q) return;
+    const float* lg = class_logits + (size_t)q * K1;
+    float* p = probs + (size_t)q * K1;
+    float mx = lg[0];
+    for (int k = 1; k < K1; k++) mx = fmaxf(mx, lg[k]);
+    double z = 0.0;
+    for (int k = 0; k < K1; k++) { p[k] = expf(lg[k] - mx); z += p[k]; }
+    for (int k = 0; k < K1; k++) p[k] = (float)(p[k] / z);
+}
+
+// seg[p, k] = sum_q probs[q, k] * sigmoid(mask[q, p]), one thread per (p, k), q ascending
+__global__ void semantic_maps_kernel(float* seg, const float* probs, const float* mask_logits,
+                                     int Q, int K, int HW) {
+    size_t total = (size_t)HW * K;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int k = i % K;
+        size_t p = i / K;
+        float acc = 0.0f;
+        for (int q = 0; q < Q; q++) {
+            float s = 1.0f / (1.0f + expf(-mask_logits[(size_t)q * HW + p]));
+            acc += probs[(size_t)q * (K + 1) + k] * s;
+        }
+        seg[i] = acc;
+    }
+}
+
+// source taps of output index dst for a x4 bilinear resize, align_corners=False
+__device__ void bilinear_taps_x4_device(int dst, int n_in, int* i0, int* i1, float* lambda) {
+    float src = (dst + 0.5f) * 0.25f - 0.5f;
+    if (src < 0.0f) src = 0.0f;
+    int a = (int)src;
+    if (a > n_in - 1) a = n_in - 1;
+    *i0 = a;
+    *i1 = (a < n_in - 1) ? a + 1 : a;
+    *lambda = src - (float)a;
+}
+
+// one thread per output pixel of the H x W crop: resized class scores, first argmax
+__global__ void semantic_argmax_kernel(unsigned char* ids, const float* seg, int K, int H4, int W4, int H, int W) {
+    size_t total = (size_t)H * W;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int x = i % W, y = i / W;
+        int y0, y1, x0, x1; float ly, lx;
+        bilinear_taps_x4_device(y, H4, &y0, &y1, &ly);
+        bilinear_taps_x4_device(x, W4, &x0, &x1, &lx);
+        const float* s00 = seg + ((size_t)y0 * W4 + x0) * K;
+        const float* s01 = seg + ((size_t)y0 * W4 + x1) * K;
+        const float* s10 = seg + ((size_t)y1 * W4 + x0) * K;
+        const float* s11 = seg + ((size_t)y1 * W4 + x1) * K;
+        int best = 0;
+        float best_val = 0.0f;
+        for (int k = 0; k < K; k++) {
+            float v = (1.0f - ly) * ((1.0f - lx) * s00[k] + lx * s01[k]) +
+                      ly * ((1.0f - lx) * s10[k] + lx * s11[k]);
+            if (k == 0 || v > best_val) { best = k; best_val = v; }
+        }
+        ids[i] = (unsigned char)best;
+    }
+}
+
+extern "C" void semantic_inference_cuda(unsigned char* ids, const float* class_logits, const float* mask_logits,
+                                        int Q, int K, int H4, int W4, int H, int W, float* work) {
+    OpTimer timer("semantic_inference");
+    if (H > 4 * H4 || W > 4 * W4) ttt_die("semantic inference: image %dx%d larger than 4 x (%dx%d)", H, W, H4, W4);
+    int HW = H4 * W4;
+    float* probs = work;                          // (Q, K+1)
+    float* seg = work + (size_t)Q * (K + 1);      // (H4*W4, K)
+    semantic_probs_kernel<<<(Q + 127) / 128, 128>>>(probs, class_logits, Q, K + 1); launchCheck();
+    semantic_maps_kernel<<<grid_for((size_t)HW * K, 256), 256>>>(seg, probs, mask_logits, Q, K, HW); launchCheck();
+    semantic_argmax_kernel<<<grid_for((size_t)H * W, 256), 256>>>(ids, seg, K, H4, W4, H, W); launchCheck();
+}
