@@ -77,6 +77,8 @@ struct Model {
     DeviceGraph predict_graph;
     // host scratch
     unsigned char* patch_mask_host;
+    unsigned char* micro_masks;   // (micro_masks_B, L) patch masks of a micro-batched step
+    int micro_masks_B;
 };
 
 OptConfig opt_config_ttt(void) {
@@ -128,6 +130,26 @@ static void model_point_params(Model* m, float* base, SwinParams* f, M2FParams* 
     if (g) m2f_point_params(g, base + m->n_f + m->n_h, &m->cfg.mae);
 }
 
+// frames are padded to a multiple of 32 (Swin's four halvings) and of the masking patch
+static void padded_size(const ModelConfig* cfg, int H, int W, int* Hp, int* Wp) {
+    int div = 32;
+    while (div % cfg->mae_patch) div += 32;
+    *Hp = (H + div - 1) / div * div;
+    *Wp = (W + div - 1) / div * div;
+}
+
+size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int W) {
+    int Hp, Wp;
+    padded_size(cfg, H, W, &Hp, &Wp);
+    SwinActs fa;
+    size_t n = swin_point_acts(&fa, NULL, &cfg->swin, max_batch, Hp, Wp);
+    n += m2f_num_acts(&cfg->m2f, max_batch, Hp / 4, Wp / 4) + m2f_num_acts(&cfg->mae, max_batch, Hp / 4, Wp / 4);
+    n *= 2;                                          // activations and their gradients
+    for (int s = 0; s < 4; s++) n += (size_t)max_batch * fa.Hs[s] * fa.Ws[s] * fa.C[s];   // dfeat
+    n += (size_t)max_batch * Hp * Wp * (4 + 3 + 3) + (size_t)max_batch * H * W * 3;   // inputs, targets
+    return n * sizeof(float);
+}
+
 // forget the recorded device work (after anything that changes which buffers it reads)
 static void model_drop_graphs(Model* m) {
     for (int b = 0; b <= m->max_B; b++) device_graph_free(&m->mae_graphs[b]);
@@ -142,11 +164,7 @@ Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
     Model* m = (Model*)callocCheck(1, sizeof(Model));
     m->cfg = *cfg;
     m->max_B = max_batch; m->H = H; m->W = W;
-    // pad to a multiple of 32 (Swin's four halvings) and of the masking patch
-    int div = 32;
-    while (div % cfg->mae_patch) div += 32;
-    m->Hp = (H + div - 1) / div * div;
-    m->Wp = (W + div - 1) / div * div;
+    padded_size(cfg, H, W, &m->Hp, &m->Wp);
     m->H4 = m->Hp / 4; m->W4 = m->Wp / 4;
 
     m->n_f = swin_num_params(&cfg->swin);
@@ -212,7 +230,7 @@ void model_free(Model* m) {
     ttt_free(m->acts); ttt_free(m->dacts); ttt_free(m->rel_index); ttt_free(m->dfeat[0]);
     ttt_free(m->inp4); ttt_free(m->target); ttt_free(m->target_mask); ttt_free(m->rgb);
     ttt_free(m->patch_mask); ttt_free(m->loss);
-    free(m->patch_mask_host);
+    free(m->patch_mask_host); free(m->micro_masks);
     ttt_free(m->pred_ids); ttt_free(m->infer_work);
     model_drop_graphs(m);
     free(m->mae_graphs);
@@ -409,12 +427,34 @@ static void make_patch_masks(unsigned char* mask, int B, int L, float ratio, Rng
 
 static const float* const* swin_outputs(const Model* m) { return (const float* const*)m->fa.out; }
 
-// frames (B, H, W, 3) and fresh patch masks from the host into the device buffers
+// frames (B, H, W, 3) and their patch masks (B, L) from the host into the device buffers
+static void upload_batch(Model* m, const float* frames, const unsigned char* masks, int B) {
+    int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
+    ttt_to_device(m->patch_mask, masks, (size_t)B * L);
+    ttt_to_device(m->rgb, frames, (size_t)B * m->H * m->W * 3 * sizeof(float));
+}
+
+// the same with fresh patch masks
 static void upload_masked_batch(Model* m, const float* frames, int B, Rng* rng) {
     int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
     make_patch_masks(m->patch_mask_host, B, L, m->cfg.mask_ratio, rng);
-    ttt_to_device(m->patch_mask, m->patch_mask_host, (size_t)B * L);
-    ttt_to_device(m->rgb, frames, (size_t)B * m->H * m->W * 3 * sizeof(float));
+    upload_batch(m, frames, m->patch_mask_host, B);
+}
+
+// number of values the MAE loss averages over for one image's patch mask (L): 3 per
+// masked pixel inside the frame (patches over the padding hold fewer)
+static double masked_value_count(const Model* m, const unsigned char* mask) {
+    int ps = m->cfg.mae_patch, nPw = m->Wp / ps, nPh = m->Hp / ps;
+    double n = 0.0;
+    for (int py = 0; py < nPh; py++)
+        for (int px = 0; px < nPw; px++) {
+            if (!mask[py * nPw + px]) continue;
+            int h = m->H - py * ps, w = m->W - px * ps;
+            h = h < 0 ? 0 : h > ps ? ps : h;
+            w = w < 0 ? 0 : w > ps ? ps : w;
+            n += 3.0 * h * w;
+        }
+    return n;
 }
 
 // uploaded frames and masks -> masked 4-channel input, target and its mask
@@ -436,13 +476,14 @@ static float* mae_forward(Model* m, int B) {
 }
 
 // backward of the MAE loss, accumulated into the gradients of g and f
-static void mae_backward(Model* m, int B, const float* recon) {
+// dloss: the weight of this batch's mean in the loss (1, or its share of a micro-batched one)
+static void mae_backward(Model* m, int B, const float* recon, float dloss) {
     int L = m->cfg.mae.dec_layers + 1, Q = m->cfg.mae.num_queries;
     size_t per = (size_t)B * Q * m->H4 * m->W4;
     int Kg = m->cfg.mae.num_classes + 1;
     ttt_zero(m->dga.class_logits, (size_t)L * B * Q * Kg * sizeof(float));
     ttt_zero(m->dga.mask_logits, (size_t)L * per * sizeof(float));
-    masked_mse_backward(m->dga.mask_logits + (size_t)(L - 1) * per, 1.0f, recon, m->target,
+    masked_mse_backward(m->dga.mask_logits + (size_t)(L - 1) * per, dloss, recon, m->target,
                         m->target_mask, (int)per, 1);
     for (int s = 0; s < 4; s++)
         ttt_zero(m->dfeat[s], (size_t)B * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s] * sizeof(float));
@@ -473,8 +514,41 @@ static void freeze_masks(Model* m, float** slot, const M2FConfig* c, const M2FAc
 void model_freeze_mae_masks(Model* m, int B, int on) { freeze_masks(m, &m->g_frozen_masks, &m->cfg.mae, &m->ga, B, on); }
 void model_freeze_main_masks(Model* m, int B, int on) { freeze_masks(m, &m->h_frozen_masks, &m->cfg.m2f, &m->ha, B, on); }
 
+// Micro-batching: a batch larger than the planned one (max_B) runs in chunks of max_B
+// images. All B masks are drawn first (the same draws as one big batch), the loss is the
+// mean over every masked value of the batch, so chunk c's mean enters with weight
+// n_c / n (its share of the masked values) in the loss and in the gradients, which the
+// chunks accumulate (backward = 1). Returns the loss of the whole batch.
+static float mae_micro_batched(Model* m, const float* frames, int B, Rng* rng, int backward) {
+    int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
+    if (B > m->micro_masks_B) {
+        free(m->micro_masks);
+        m->micro_masks = (unsigned char*)mallocCheck((size_t)B * L);
+        m->micro_masks_B = B;
+    }
+    make_patch_masks(m->micro_masks, B, L, m->cfg.mask_ratio, rng);
+    double total = 0.0;
+    for (int b = 0; b < B; b++) total += masked_value_count(m, m->micro_masks + (size_t)b * L);
+    if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    double loss = 0.0;
+    for (int b0 = 0; b0 < B; b0 += m->max_B) {
+        int Bc = B - b0 < m->max_B ? B - b0 : m->max_B;
+        double nc = 0.0;
+        for (int b = b0; b < b0 + Bc; b++) nc += masked_value_count(m, m->micro_masks + (size_t)b * L);
+        double share = total > 0.0 ? nc / total : 0.0;
+        upload_batch(m, frames + (size_t)b0 * m->H * m->W * 3, m->micro_masks + (size_t)b0 * L, Bc);
+        prepare_masked_batch(m, Bc);
+        float* recon = mae_forward(m, Bc);
+        if (backward) mae_backward(m, Bc, recon, (float)share);
+        float lc;
+        ttt_to_host(&lc, m->loss, sizeof(float));
+        loss += share * lc;
+    }
+    return (float)loss;
+}
+
 float model_mae_loss(Model* m, const float* frames, int B, Rng* rng) {
-    if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
+    if (B > m->max_B) return mae_micro_batched(m, frames, B, rng, 0);
     upload_masked_batch(m, frames, B, rng);
     prepare_masked_batch(m, B);
     mae_forward(m, B);
@@ -484,7 +558,7 @@ float model_mae_loss(Model* m, const float* frames, int B, Rng* rng) {
 }
 
 float model_mae_forward_backward(Model* m, const float* frames, int B, Rng* rng) {
-    if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
+    if (B > m->max_B) return mae_micro_batched(m, frames, B, rng, 1);
     upload_masked_batch(m, frames, B, rng);
     // the device work from here to the gradients is the same every call of this batch
     // size: recorded once as a CUDA graph and replayed (see DeviceGraph in ttt.h)
@@ -494,7 +568,7 @@ float model_mae_forward_backward(Model* m, const float* frames, int B, Rng* rng)
         prepare_masked_batch(m, B);
         float* recon = mae_forward(m, B);
         ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
-        mae_backward(m, B, recon);
+        mae_backward(m, B, recon, 1.0f);
         device_graph_end(graph);
     }
     float loss;
@@ -626,7 +700,7 @@ float model_train_forward_backward(Model* m, const float* images, const unsigned
     upload_masked_batch(m, images, B, rng);
     prepare_masked_batch(m, B);
     float* recon = mae_forward(m, B);
-    mae_backward(m, B, recon);
+    mae_backward(m, B, recon, 1.0f);
     float lr;
     ttt_to_host(&lr, m->loss, sizeof(float));
     if (loss_main) *loss_main = lm;

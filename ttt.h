@@ -931,8 +931,13 @@ Model* model_load(const char* path, int max_batch, int H, int W);
 const ModelConfig* model_config(const Model* m);
 void model_snapshot_ttt(Model* m);   // f0, g0 <- f, g
 void model_reset_ttt(Model* m);      // f, g <- f0, g0; TTT optimizer state cleared
+// device bytes of the activations, their gradients and the input buffers that model_create
+// plans for max_batch frames of H x W (parameters and optimizer state not included)
+size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int W);
 // one TTT step on f and g: frames (B, H, W, 3) in [0, 1] on the host, B independent masks;
-// returns the masked MSE; a non-finite loss leaves the weights untouched
+// returns the masked MSE; a non-finite loss leaves the weights untouched. B may exceed the
+// planned max_batch: the batch then runs in micro-batches of max_batch whose gradients
+// accumulate, the same step up to float rounding (same masks, same loss normalisation).
 float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt, Rng* rng);
 // MAE loss only (no update), with the given rng for the masks
 float model_mae_loss(Model* m, const float* frames, int B, Rng* rng);
