@@ -381,6 +381,34 @@ Model* model_load(const char* path, int max_batch, int H, int W) {
     return m;
 }
 
+int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) {
+        size_t used, total;
+        ttt_cuda_memory_info(&used, &total);
+        size_t n_train = swin_num_params(&cfg->swin) + m2f_num_params(&cfg->m2f) + m2f_num_params(&cfg->mae);
+        size_t fixed = (4 * n_train + swin_num_params(&cfg->swin) + m2f_num_params(&cfg->mae)) * sizeof(float);
+        // leave 15% of the free memory for workspaces (im2col, attention scores, cuBLAS)
+        double budget = 0.85 * (double)(total - used) - (double)fixed;
+        int M = B;
+        while (M > 1 && (double)model_activation_bytes(cfg, M, H, W) > budget) M--;
+        return M;
+    }
+#endif
+    (void)cfg; (void)H; (void)W;
+    return B;
+}
+
+ModelConfig model_read_config(const char* path) {
+    int h[CKPT_HEADER_INTS];
+    checkpoint_read_header(path, h);
+    if (h[2] != CKPT_KIND_MODEL)
+        ttt_die("checkpoint '%s' holds kind %d, not a model (kind %d)", path, h[2], CKPT_KIND_MODEL);
+    ModelConfig c;
+    unpack_header(h, &c, path);
+    return c;
+}
+
 // ----------------------------------------------------------------------------
 // helpers
 

@@ -50,6 +50,7 @@ typedef struct {
     int windows[MAX_WINDOWS];
     int n_windows;
     int batch, steps;
+    int micro_batch;       // images per forward/backward chunk of a step (0 = automatic)
     OptConfig opt;
     const char* labels_dir;
     const char* out_dir;
@@ -657,6 +658,9 @@ static void usage(void) {
         "  --window K[,K...]   window of the last k frames (default 16); a list runs each k\n"
         "                        in turn into OUT/window_K/ and prints a table of mIoU per k\n"
         "  --batch B           masked images per TTT step, sampled with replacement (default 4)\n"
+        "  --micro-batch M     run each step's batch in chunks of M images, gradients accumulated\n"
+        "                        (the same step; less memory). Default: the whole batch on the\n"
+        "                        CPU, on the GPU the largest M that fits in its free memory\n"
         "  --steps S           TTT steps per frame (default 1)\n"
         "  --lr LR             AdamW learning rate (default 1e-4, the paper's code)\n"
         "  --beta1 B1 --beta2 B2 --eps E --wd WD   AdamW settings (default 0.9 0.999 1e-8 0.05)\n"
@@ -724,6 +728,7 @@ static Args parse_args(int argc, char** argv) {
         }
         else if (strcmp(o, "--batch") == 0) a.batch = parse_int(o, v, 1);
         else if (strcmp(o, "--steps") == 0) a.steps = parse_int(o, v, 1);
+        else if (strcmp(o, "--micro-batch") == 0) a.micro_batch = parse_int(o, v, 1);
         else if (strcmp(o, "--lr") == 0) a.opt.lr = parse_float(o, v, 0.0f);
         else if (strcmp(o, "--beta1") == 0) a.opt.beta1 = parse_float(o, v, 0.0f);
         else if (strcmp(o, "--beta2") == 0) a.opt.beta2 = parse_float(o, v, 0.0f);
@@ -769,7 +774,14 @@ int main(int argc, char** argv) {
            a.offline_steps ? "" : " (= frames x steps)", a.shuffle ? "on" : "off");
     if (a.mode == MODE_NOMEM || a.mode == MODE_IMPLICIT) printf("  (mode %s uses k = 1)\n", mode_names[a.mode]);
 
-    Model* m = model_load(a.model_path, a.batch, v.H, v.W);
+    // plan the activations for a micro-batch: the whole batch unless it does not fit
+    ModelConfig cfg = model_read_config(a.model_path);
+    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&cfg, a.batch, v.H, v.W);
+    if (micro > a.batch) micro = a.batch;
+    if (micro < a.batch)
+        printf("  --micro-batch %d: each step of %d images runs in %d chunks (%.2f GiB of activations)\n", micro,
+               a.batch, (a.batch + micro - 1) / micro, model_activation_bytes(&cfg, micro, v.H, v.W) / 1073741824.0);
+    Model* m = model_load(a.model_path, micro, v.H, v.W);
     model_snapshot_ttt(m);
     if (a.mode == MODE_OFFLINE) {   // offline trains on random frames: decode them all once
         v.cache = (float**)mallocCheck(v.n * sizeof(float*));

@@ -934,6 +934,10 @@ void model_reset_ttt(Model* m);      // f, g <- f0, g0; TTT optimizer state clea
 // device bytes of the activations, their gradients and the input buffers that model_create
 // plans for max_batch frames of H x W (parameters and optimizer state not included)
 size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int W);
+// the batch to plan for a TTT batch of B: B on the CPU; on the GPU the largest micro-batch
+// M <= B whose buffers fit in 85% of the free device memory (the step then runs in chunks)
+int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W);
+ModelConfig model_read_config(const char* path);   // the config in a model checkpoint's header
 // one TTT step on f and g: frames (B, H, W, 3) in [0, 1] on the host, B independent masks;
 // returns the masked MSE; a non-finite loss leaves the weights untouched. B may exceed the
 // planned max_batch: the batch then runs in micro-batches of max_batch whose gradients
