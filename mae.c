@@ -494,12 +494,15 @@ static void prepare_masked_batch(Model* m, int B) {
 // f and g forward on the prepared batch; the loss lands in m->loss. Returns the device
 // pointer of g's last prediction (B, 48, H4, W4).
 static float* mae_forward(Model* m, int B) {
+    stage_begin("f forward (masked)");
     swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, B);
+    stage_begin("g forward + loss");
     m2f_forward(&m->cfg.mae, &m->g, &m->ga, swin_outputs(m), B, m->g_frozen_masks);
     int L = m->cfg.mae.dec_layers + 1, Q = m->cfg.mae.num_queries;
     size_t per = (size_t)B * Q * m->H4 * m->W4;
     float* recon = m->ga.mask_logits + (size_t)(L - 1) * per;
     masked_mse_forward(m->loss, recon, m->target, m->target_mask, (int)per, 1);
+    stage_begin(NULL);
     return recon;
 }
 
@@ -515,8 +518,11 @@ static void mae_backward(Model* m, int B, const float* recon, float dloss) {
                         m->target_mask, (int)per, 1);
     for (int s = 0; s < 4; s++)
         ttt_zero(m->dfeat[s], (size_t)B * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s] * sizeof(float));
+    stage_begin("g backward");
     m2f_backward(&m->cfg.mae, &m->g, &m->dg, &m->ga, &m->dga, swin_outputs(m), m->dfeat, B);
+    stage_begin("f backward");
     swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
+    stage_begin(NULL);
 }
 
 // Hold a head's thresholded attention masks at their values from its last forward (on = 1)
@@ -608,12 +614,14 @@ float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt,
     float loss = model_mae_forward_backward(m, frames, B, rng);
     if (!isfinite(loss)) return loss;   // the caller resets; weights untouched
     m->adam_t++;
+    stage_begin("AdamW (f, g)");
     // AdamW on f and on g; h is not trained at test time
     adamw_update(m->params, m->grads, m->adam_m, m->adam_v, m->n_f,
                  opt->lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, m->adam_t);
     size_t og = m->n_f + m->n_h;
     adamw_update(m->params + og, m->grads + og, m->adam_m + og, m->adam_v + og, m->n_g,
                  opt->lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, m->adam_t);
+    stage_begin(NULL);
     return loss;
 }
 
@@ -622,9 +630,12 @@ void model_predict(Model* m, const float* frame, unsigned char* pred) {
     // frame in, class ids out: everything between runs on the device (one CUDA graph)
     if (!device_graph_replay(&m->predict_graph)) {
         device_graph_begin(&m->predict_graph);
+        stage_begin("predict: f forward");
         mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, 1, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch);
         swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, 1);
+        stage_begin("predict: h forward");
         m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), 1, NULL);
+        stage_begin("predict: semantic inference");
         int L = m->cfg.m2f.dec_layers + 1, Q = m->cfg.m2f.num_queries, K = m->cfg.num_classes;
         semantic_inference(m->pred_ids, m->ha.class_logits + (size_t)(L - 1) * Q * (K + 1),
                            m->ha.mask_logits + (size_t)(L - 1) * Q * m->H4 * m->W4,
@@ -632,6 +643,7 @@ void model_predict(Model* m, const float* frame, unsigned char* pred) {
         device_graph_end(&m->predict_graph);
     }
     ttt_to_host(pred, m->pred_ids, (size_t)m->H * m->W);
+    stage_begin(NULL);
 }
 
 // ----------------------------------------------------------------------------

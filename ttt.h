@@ -322,6 +322,10 @@ void ttt_cuda_set_tf32(int on);          // matrix products in TF32 (1, default)
 double ttt_cuda_gemm_flops(void);         // FLOPs of all matrix products issued so far
 void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use / total, bytes
 void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernel for windows T <= 64
+void ttt_cuda_stage_record(int slot, int which);   // CUDA event of a stage mark (0 start, 1 end)
+float ttt_cuda_stage_elapsed(int slot);            // ms between the two events of a slot (waits)
+void ttt_cuda_timer_start(void);
+double ttt_cuda_timer_stop_ms(void);
 void ttt_cuda_set_graphs(int on);         // CUDA graphs on (1, default unless TTT_GRAPHS=0) or off
 int ttt_cuda_graph_replay(DeviceGraph* g);
 void semantic_inference_cuda(unsigned char* ids, const float* class_logits, const float* mask_logits, int Q, int K, int H4, int W4, int H, int W, float* work);
@@ -1014,6 +1018,20 @@ void mae_prepare_input_cuda(float* inp4, float* target, float* target_mask, cons
 // small utilities
 
 double time_now_seconds(void);  // monotonic wall clock
+// Stage timing for benchmarks. While enabled, stage_begin(name) ends the open stage and
+// opens the next; stage_begin(NULL) ends it. Device time between the marks is summed per
+// name: CUDA events on the GPU (CUDA graphs are off meanwhile, their work cannot be split),
+// the host clock on the CPU. Disabled (the default), a mark costs one branch.
+#define MAX_STAGES 16
+#define STAGE_MAX_PENDING 4096   // intervals held before they are folded into totals
+void stage_timing_enable(int on);
+int stage_timing_enabled(void);
+void stage_begin(const char* name);
+// totals so far (waits for the device): names and ms, returns the number of stages; resets
+int stage_timing_collect(const char** names, double* ms, int max);
+// one interval of device time for benchmarks: CUDA events on the GPU, host clock on the CPU
+void device_timer_start(void);
+double device_timer_stop_ms(void);   // waits for the device
 int is_finite_array(const float* x, size_t n);  // host memory
 
 #ifdef __cplusplus

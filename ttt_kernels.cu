@@ -227,6 +227,42 @@ struct OpTimer {
 // stream once, replay it with one launch. Not used under TTT_PROFILE=1 (its per-op events
 // need the eager launches) or with TTT_GRAPHS=0.
 
+// stage timing events (ttt.c keeps the bookkeeping; slots index its pending intervals)
+static cudaEvent_t stage_ev[STAGE_MAX_PENDING][2];
+static int stage_ev_created = 0;
+extern "C" void ttt_cuda_stage_record(int slot, int which) {
+    while (stage_ev_created <= slot) {
+        cudaCheck(cudaEventCreate(&stage_ev[stage_ev_created][0]));
+        cudaCheck(cudaEventCreate(&stage_ev[stage_ev_created][1]));
+        stage_ev_created++;
+    }
+    cudaCheck(cudaEventRecord(stage_ev[slot][which], cudaStreamPerThread));
+}
+extern "C" float ttt_cuda_stage_elapsed(int slot) {
+    float ms = 0.0f;
+    cudaCheck(cudaEventSynchronize(stage_ev[slot][1]));
+    cudaCheck(cudaEventElapsedTime(&ms, stage_ev[slot][0], stage_ev[slot][1]));
+    return ms;
+}
+
+static cudaEvent_t timer_ev[2];
+static int timer_ev_created = 0;
+extern "C" void ttt_cuda_timer_start(void) {
+    if (!timer_ev_created) {
+        cudaCheck(cudaEventCreate(&timer_ev[0]));
+        cudaCheck(cudaEventCreate(&timer_ev[1]));
+        timer_ev_created = 1;
+    }
+    cudaCheck(cudaEventRecord(timer_ev[0], cudaStreamPerThread));
+}
+extern "C" double ttt_cuda_timer_stop_ms(void) {
+    float ms = 0.0f;
+    cudaCheck(cudaEventRecord(timer_ev[1], cudaStreamPerThread));
+    cudaCheck(cudaEventSynchronize(timer_ev[1]));
+    cudaCheck(cudaEventElapsedTime(&ms, timer_ev[0], timer_ev[1]));
+    return ms;
+}
+
 static int graphs_on = -1;
 extern "C" void ttt_cuda_set_graphs(int on) { graphs_on = on != 0; }
 static int graphs_enabled(void) {
@@ -235,7 +271,7 @@ static int graphs_enabled(void) {
         graphs_on = !(g && g[0] == '0');
     }
     const char* p = getenv("TTT_PROFILE");
-    return graphs_on && !(p && p[0] == '1');
+    return graphs_on && !(p && p[0] == '1') && !stage_timing_enabled();
 }
 
 extern "C" void ttt_cuda_graph_free(DeviceGraph* g) {
@@ -244,7 +280,7 @@ extern "C" void ttt_cuda_graph_free(DeviceGraph* g) {
 }
 
 extern "C" int ttt_cuda_graph_replay(DeviceGraph* g) {
-    if (g->exec == NULL) return 0;
+    if (g->exec == NULL || !graphs_enabled()) return 0;
     if (g->workspace_epoch != workspace_epoch) {   // a buffer it reads has moved: record again
         ttt_cuda_graph_free(g);
         g->calls = 0;
