@@ -59,6 +59,7 @@ typedef struct {
     int offline_steps;     // 0 = one per frame
     int shuffle;
     int print_hashes;      // debug: per-frame hashes of f, g, h
+    int kstar;             // estimate the bias-variance optimum k* before the run
 } Args;
 
 typedef struct {
@@ -462,6 +463,84 @@ static double evaluate_all(Model* m, const Video* v, unsigned char* pred) {
     return score_miou(&s);
 }
 
+// ----------------------------------------------------------------------------
+// The bias-variance view of the window (the paper's theory): training on the last k frames
+// trades the variance of the self-supervised gradient, sigma^2 / k, against the bias of
+// using frames up to k steps old, about (k beta eta)^2, where
+//   eta     = mean ||x_t - x_{t-1}||_2, how far the stream moves per frame,
+//   beta    = how fast the gradient moves with the input: ||g(x_t) - g(x_{t-1})|| / ||x_t - x_{t-1}||,
+//   sigma^2 = E ||g_i - E g||^2, the variance of the gradient of one masked image (the
+//             masks are the noise),
+// minimised by k* = (sigma^2 / (beta^2 eta^2))^(1/3).
+// Estimates at f0, g0 on sampled frames t: gradients (of f and g; h takes no part) of the
+// MAE loss of one image. beta_t uses the SAME mask on x_t and x_{t-1} (a copied Rng), so
+// the mask noise cancels; beta^2 eta^2 is then the mean squared gradient change between
+// consecutive frames. sigma^2 is the unbiased variance over `n_masks` masks on x_t.
+typedef struct { double eta, sigma2, beta, kstar; int n_frames, n_masks; } KStar;
+
+// gradient of the MAE loss of one frame with the masks drawn from rng -> g (f and g parts)
+static void mae_gradient(Model* m, const float* frame, Rng* rng, float* g) {
+    model_mae_forward_backward(m, frame, 1, rng);
+    float* all = model_grads_host(m);
+    size_t nf = model_num_params(m, 0), nh = model_num_params(m, 1), ng = model_num_params(m, 2);
+    memcpy(g, all, nf * sizeof(float));
+    memcpy(g + nf, all + nf + nh, ng * sizeof(float));
+    free(all);
+}
+
+static double dist2(const float* a, const float* b, size_t n) {
+    double d = 0.0;
+    for (size_t i = 0; i < n; i++) { double e = (double)a[i] - b[i]; d += e * e; }
+    return d;
+}
+
+static KStar estimate_kstar(Model* m, const Video* v, uint64_t seed) {
+    KStar r;
+    memset(&r, 0, sizeof(r));
+    int n = v->n, HW3 = v->H * v->W * 3;
+    size_t N = model_num_params(m, 0) + model_num_params(m, 2);
+    r.n_masks = 8;
+    int stride = n > 17 ? (n - 1) / 16 : 1;   // about 16 frames t (each with t - 1)
+    float* g = (float*)mallocCheck((size_t)(r.n_masks + 1) * N * sizeof(float));
+    float* mean = (float*)mallocCheck(N * sizeof(float));
+    double eta_sum = 0.0, beta_sum = 0.0, sigma2_sum = 0.0;
+    float* prev = load_frame(v, 0);
+    for (int t = 1; t < n; t++) {
+        float* x = load_frame(v, t);
+        double dx = sqrt(dist2(x, prev, (size_t)HW3));
+        eta_sum += dx;
+        if ((t - 1) % stride == 0 && dx > 0.0) {
+            uint64_t base = (seed * 1000003ULL + (uint64_t)t) * 64;
+            for (int j = 0; j < r.n_masks; j++) {   // gradients of x_t under n_masks masks
+                Rng rj; rng_seed(&rj, base + j);
+                mae_gradient(m, x, &rj, g + (size_t)j * N);
+            }
+            Rng r0; rng_seed(&r0, base);   // the first mask again, on x_{t-1}
+            mae_gradient(m, prev, &r0, g + (size_t)r.n_masks * N);
+            beta_sum += sqrt(dist2(g, g + (size_t)r.n_masks * N, N)) / dx;
+            for (size_t i = 0; i < N; i++) {
+                double acc = 0.0;
+                for (int j = 0; j < r.n_masks; j++) acc += g[(size_t)j * N + i];
+                mean[i] = (float)(acc / r.n_masks);
+            }
+            double var = 0.0;
+            for (int j = 0; j < r.n_masks; j++) var += dist2(g + (size_t)j * N, mean, N);
+            sigma2_sum += var / (r.n_masks - 1);
+            r.n_frames++;
+            printf("  kstar: frame %d: ||dx|| %.3f, sigma^2 %.4g, beta %.4g\n", t, dx, var / (r.n_masks - 1),
+                   sqrt(dist2(g, g + (size_t)r.n_masks * N, N)) / dx);
+        }
+        free(prev);
+        prev = x;
+    }
+    free(prev); free(g); free(mean);
+    r.eta = n > 1 ? eta_sum / (n - 1) : NAN;
+    r.sigma2 = r.n_frames ? sigma2_sum / r.n_frames : NAN;
+    r.beta = r.n_frames ? beta_sum / r.n_frames : NAN;
+    r.kstar = cbrt(r.sigma2 / (r.beta * r.beta * r.eta * r.eta));
+    return r;
+}
+
 // run the whole video once with window k, writing into out_dir; returns mIoU, sets ms/frame
 static double run_stream(const Args* a, Model* m, const Video* v, int k, const char* out_dir, double* ms_frame) {
     int n = v->n, H = v->H, W = v->W, HW3 = H * W * 3, B = a->batch;
@@ -671,6 +750,11 @@ static void usage(void) {
         "  --device D          cpu | cuda | auto (default auto)\n"
         "  --offline-steps N   offline mode: training steps (default: number of frames x steps)\n"
         "  --shuffle           process the frames in a random (seeded) order\n"
+        "  --kstar             before the run, estimate at f0, g0 the theory's optimal window\n"
+        "                        k* = (sigma^2 / (beta^2 eta^2))^(1/3) from the frames: eta the\n"
+        "                        frame drift, sigma^2 the variance of one masked image's gradient,\n"
+        "                        beta the gradient's change per unit of input change (same mask);\n"
+        "                        printed with its parts (and beside the best k of a --window list)\n"
         "  --hash              print a hash of f, g and h after every frame (debugging)\n");
 }
 
@@ -708,6 +792,7 @@ static Args parse_args(int argc, char** argv) {
         }
         if (strcmp(o, "--shuffle") == 0) { a.shuffle = 1; continue; }
         if (strcmp(o, "--hash") == 0) { a.print_hashes = 1; continue; }
+        if (strcmp(o, "--kstar") == 0) { a.kstar = 1; continue; }
         if (i + 1 >= argc) ttt_die("option '%s' needs a value (--help for usage)", o);
         const char* v = argv[++i];
         if (strcmp(o, "--model") == 0) a.model_path = v;
@@ -788,6 +873,20 @@ int main(int argc, char** argv) {
         for (int i = 0; i < v.n; i++) { int H, W; v.cache[i] = image_load(v.fr[i].path, &H, &W); }
     }
 
+    KStar ks;
+    memset(&ks, 0, sizeof(ks));
+    if (a.kstar) {
+        if (v.n < 2) ttt_die("--kstar needs at least 2 frames, '%s' has %d", a.dir, v.n);
+        double t0 = time_now_seconds();
+        ks = estimate_kstar(m, &v, a.seed);
+        printf("bias-variance estimate at f0, g0 (%d frames t, %d masks each, %.1f s):\n", ks.n_frames, ks.n_masks,
+               time_now_seconds() - t0);
+        printf("  eta     = mean ||x_t - x_(t-1)||_2                      = %.4g\n", ks.eta);
+        printf("  sigma^2 = E||g_i - E g||^2, one masked image          = %.4g\n", ks.sigma2);
+        printf("  beta    = mean ||g(x_t) - g(x_(t-1))|| / ||x_t - x_(t-1)|| = %.4g\n", ks.beta);
+        printf("kstar %.2f = (sigma^2 / (beta^2 eta^2))^(1/3)\n", ks.kstar);
+    }
+
     double miou[MAX_WINDOWS], ms[MAX_WINDOWS];
     for (int w = 0; w < a.n_windows; w++) {
         char kstr[16];
@@ -804,6 +903,12 @@ int main(int argc, char** argv) {
             if (isfinite(miou[w])) printf("%.4f", miou[w]); else printf("     -");
             printf("  %8.1f\n", ms[w]);
         }
+        int best = -1;
+        for (int w = 0; w < a.n_windows; w++)
+            if (isfinite(miou[w]) && (best < 0 || miou[w] > miou[best])) best = w;
+        if (best >= 0) printf("best k %d (mIoU %.4f)", a.windows[best], miou[best]);
+        if (a.kstar) printf("%stheory's k* %.2f", best >= 0 ? "; " : "", ks.kstar);
+        if (best >= 0 || a.kstar) printf("\n");
     }
     model_free(m);
     for (int i = 0; i < v.n; i++) {
