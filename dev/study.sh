@@ -46,7 +46,7 @@ echo "summary (mIoU mean +- sd over seeds; gain = mean of config - fixed on the 
 awk '
 $1 == "RESULT" { key = $2 " " $4; n[key]++; s[key] += $5; ss[key] += $5 * $5; v[$2 " " $3 " " $4] = $5;
                  if (!($4 in seen)) { seen[$4] = 1; order[++nc] = $4 } drifts[$2] = 1 }
-$1 == "KSTAR"  { kn[$2]++; ke[$2] += $3; kk[$2] += $6 }
+$1 == "KSTAR"  { kn[$2]++; ke[$2] += $4; kk[$2] += $7 }
 END {
     for (d in drifts) {
         printf "drift %s (eta %.2f, k* %.2f):\n", d, ke[d] / kn[d], kk[d] / kn[d]
