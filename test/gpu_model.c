@@ -180,6 +180,31 @@ static void test_graphs(const ModelConfig* cfg, const float* frames, int B, int 
 }
 #endif
 
+#ifdef TTT_CUDA
+// micro-batching on the GPU: a batch of 5 through a model planned for 2 (chunks 2, 2, 1)
+// against the CPU with the whole batch planned: loss and gradients
+static void test_micro_batch_gpu(const ModelConfig* cfg, const float* frames, int H, int W) {
+    int B = 5;
+    float loss[2];
+    float* grads[2];
+    size_t n = 0;
+    for (int d = 0; d < 2; d++) {
+        ttt_set_device(d == 0 ? DEVICE_CPU : DEVICE_CUDA);
+        Model* m = model_create(cfg, d == 0 ? B : 2, H, W);
+        model_init_random(m, 31);
+        n = model_num_params(m, 0) + model_num_params(m, 1) + model_num_params(m, 2);
+        Rng r; rng_seed(&r, 17);
+        loss[d] = model_mae_forward_backward(m, frames, B, &r);
+        grads[d] = model_grads_host(m);
+        model_free(m);
+    }
+    printf("-- micro-batch on the GPU: loss cpu (whole batch) %.7f, gpu (chunks of 2) %.7f\n", loss[0], loss[1]);
+    check_close("micro-batch 2 of 5, gpu vs cpu: MAE loss", &loss[1], &loss[0], 1, 1e-4);
+    check_l2("micro-batch 2 of 5, gpu vs cpu: gradients", grads[1], grads[0], n, 1e-3);
+    free(grads[0]); free(grads[1]);
+}
+#endif
+
 int main(void) {
     if (!ttt_cuda_available()) {
         printf("no CUDA device: skipped\n");
@@ -206,6 +231,9 @@ int main(void) {
     free_result(&gtf);
     float* frames3 = random_tensor(&rng, (size_t)3 * B * H * W * 3, 0.0f, 1.0f);
     test_graphs(&cfg, frames3, B, H, W);
+    ttt_cuda_set_tf32(0);
+    test_micro_batch_gpu(&cfg, frames3, H, W);
+    ttt_cuda_set_tf32(1);
     free(frames3);
 #endif
     free_result(&cpu);
