@@ -9,6 +9,8 @@
 #   what the training stills vary), d3 = --drift 3, look3 = nuisance-only drift of 3
 #   (light, colour cast, contrast, blur, noise), style3 = class-style-only drift of 3
 #   (class colours, texture scale). About 3 minutes on an H100 with the defaults.
+# Environment: MODEL (default data/model.bin), CONFIGS (default all of: fixed nomem online
+#   online_lr3e-4 online_steps4 online_batch16; fixed always runs, with --kstar).
 # Prints "RESULT kind seed config mIoU ms/frame mean-loss" per run, "KSTAR kind seed eta
 # sigma2 beta kstar" per video, then per kind: mean +- sd of mIoU over seeds, the mean
 # gain over fixed on the same videos, and the mean TTT loss.
@@ -16,6 +18,8 @@ DEVICE=${1:-auto}
 FRAMES=${2:-200}
 SEEDS=${3:-"1 2 3"}
 KINDS=${4:-"d1 d3 look3 style3"}
+MODEL=${MODEL:-data/model.bin}
+CONFIGS=${CONFIGS:-"nomem online online_lr3e-4 online_steps4 online_batch16"}
 D=/tmp/ttt_study
 make gen stream > /dev/null || exit 1
 mkdir -p $D
@@ -35,7 +39,7 @@ for kind in $KINDS; do
         run() {   # config name, options
             name=$1; shift
             log=$D/${name}_${kind}_s$s.log
-            ./stream $V --out $D/out --device $DEVICE --seed $s "$@" > $log 2>&1 || { echo "FAILED $name $kind s$s"; tail -3 $log; return; }
+            ./stream $V --model $MODEL --out $D/out --device $DEVICE --seed $s "$@" > $log 2>&1 || { echo "FAILED $name $kind s$s"; tail -3 $log; return; }
             miou=$(grep '^mIoU' $log | tail -1 | awk '{print $2}')
             ms=$(grep '^summary' $log | sed -E 's/.*: ([0-9.]+) ms\/frame.*/\1/')
             loss=$(grep '^frame .* loss ' $log | awk '{for (i = 1; i < NF; i++) if ($i == "loss") { s += $(i + 1); n++ } } END { if (n) printf "%.5f", s / n; else print "-" }')
@@ -46,11 +50,16 @@ for kind in $KINDS; do
         eta=$(grep '^  eta ' $log | sed 's/.*= //'); sg=$(grep '^  sigma^2 ' $log | sed 's/.*= //')
         be=$(grep '^  beta ' $log | sed 's/.*= //'); ks=$(grep '^kstar ' $log | awk '{print $2}')
         echo "KSTAR $kind $s $eta $sg $be $ks" | tee -a $D/results.txt
-        run nomem --mode nomem
-        run online --mode online
-        run online_lr3e-4 --mode online --lr 3e-4
-        run online_steps4 --mode online --steps 4
-        run online_batch16 --mode online --batch 16
+        for c in $CONFIGS; do
+            case $c in
+                nomem) run nomem --mode nomem ;;
+                online) run online --mode online ;;
+                online_lr3e-4) run online_lr3e-4 --mode online --lr 3e-4 ;;
+                online_steps4) run online_steps4 --mode online --steps 4 ;;
+                online_batch16) run online_batch16 --mode online --batch 16 ;;
+                *) echo "unknown config $c"; exit 1 ;;
+            esac
+        done
     done
 done
 echo "summary (mIoU mean +- sd over seeds; gain = mean of config - fixed on the same video; mean TTT loss):"
