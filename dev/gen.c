@@ -6,6 +6,7 @@
 //       same stems; each still is a fresh random scene in the SOURCE appearance
 //       (canonical class colours and textures, small random jitter, no drift).
 //   ./gen video OUTDIR --frames T --size WxH --seed S [--labels DIR] [--drift D]
+//       [--style-drift S] [--look-drift L]
 //       [--drift-period P] [--scene-every N] [--speed V] [--fps F] [--shift NAME]
 //       [--shift-strength S]
 //       OUTDIR/frame000001.png ... and the label maps with the same names in DIR
@@ -390,8 +391,8 @@ static void usage(void) {
     fprintf(fp,
         "usage: ./gen stills OUTDIR [--n N] [--size WxH] [--seed S]\n"
         "       ./gen video OUTDIR [--frames T] [--size WxH] [--seed S] [--labels DIR]\n"
-        "                 [--drift D] [--drift-period P] [--scene-every N] [--speed V] [--fps F]\n"
-        "                 [--shift NAME] [--shift-strength S]\n"
+        "                 [--drift D] [--style-drift S] [--look-drift L] [--drift-period P]\n"
+        "                 [--scene-every N] [--speed V] [--fps F] [--shift NAME] [--shift-strength S]\n"
         "\n"
         "A seeded synthetic world with %d classes (label value = index):", NUM_CLASSES);
     for (int c = 0; c < NUM_CLASSES; c++) fprintf(fp, " %d %s%s", c, class_names[c], c + 1 < NUM_CLASSES ? "," : "\n");
@@ -406,6 +407,10 @@ static void usage(void) {
         "  --frames T        number of frames (default 300)\n"
         "  --labels DIR      where label maps go (default OUTDIR_labels)\n"
         "  --drift D         strength of the appearance drift, 0 = none (default 1)\n"
+        "  --style-drift S   strength of the class-colour and texture-scale part only: what\n"
+        "                    tells the classes apart moves (default: D)\n"
+        "  --look-drift L    strength of the nuisance part only: illumination, colour cast,\n"
+        "                    contrast, blur, noise (default: D)\n"
         "  --drift-period P  frames between drift keyframes (default 60)\n"
         "  --scene-every N   a new scene every N frames (default 300)\n"
         "  --speed V         camera pan in frame heights per frame at 30 fps (default 0.01)\n"
@@ -453,6 +458,7 @@ int main(int argc, char** argv) {
     int n = 100, frames = 300, W = 128, H = 96, scene_every = 300;
     uint64_t seed = 1;
     float drift = 1.0f, drift_period = 60.0f, speed = 0.01f, fps = 30.0f, shift_strength = 1.0f;
+    float style_drift = -1.0f, look_drift = -1.0f;   // < 0: the value of --drift
     int shift = SHIFT_NONE;
     char labels_dir[4096] = {0};
     for (int i = 3; i < argc; i++) {
@@ -468,6 +474,8 @@ int main(int argc, char** argv) {
         else if (strcmp(a, "--seed") == 0) seed = (uint64_t)parse_int(a, val, 0);
         else if (strcmp(a, "--labels") == 0 && is_video) snprintf(labels_dir, sizeof(labels_dir), "%s", val);
         else if (strcmp(a, "--drift") == 0 && is_video) drift = parse_float(a, val, 0.0f);
+        else if (strcmp(a, "--style-drift") == 0 && is_video) style_drift = parse_float(a, val, 0.0f);
+        else if (strcmp(a, "--look-drift") == 0 && is_video) look_drift = parse_float(a, val, 0.0f);
         else if (strcmp(a, "--drift-period") == 0 && is_video) drift_period = parse_float(a, val, 1.0f);
         else if (strcmp(a, "--scene-every") == 0 && is_video) scene_every = parse_int(a, val, 1);
         else if (strcmp(a, "--speed") == 0 && is_video) speed = parse_float(a, val, 0.0f);
@@ -481,6 +489,8 @@ int main(int argc, char** argv) {
         else ttt_die("unknown option '%s' for mode %s (--help for usage)", a, mode);
     }
 
+    if (style_drift < 0.0f) style_drift = drift;
+    if (look_drift < 0.0f) look_drift = drift;
     float* img = (float*)mallocCheck((size_t)H * W * 3 * sizeof(float));
     float* tmp = (float*)mallocCheck((size_t)H * W * 3 * sizeof(float));
     unsigned char* lab = (unsigned char*)mallocCheck((size_t)H * W);
@@ -538,7 +548,7 @@ int main(int argc, char** argv) {
                 scene_make(sc, &rng, aspect * 1.3f + speed * scene_every + 1.0f);
                 for (int c = 0; c < NUM_CLASSES; c++)
                     for (int ch = 0; ch < 3; ch++)
-                        anchor[c][ch] = (si == 0 ? 0.0f : 0.12f * drift) * (2.0f * rng_uniform(&rng) - 1.0f);
+                        anchor[c][ch] = (si == 0 ? 0.0f : 0.12f * style_drift) * (2.0f * rng_uniform(&rng) - 1.0f);
             }
             // appearance drift: smooth tracks in [-1, 1] with keyframes every drift_period
             float tt = (float)time;
@@ -546,18 +556,18 @@ int main(int argc, char** argv) {
                 ClassStyle* st = &sc->style[c];
                 const ClassStyle* src = &source_style[c];
                 for (int ch = 0; ch < 3; ch++) {
-                    float off = anchor[c][ch] + 0.12f * drift * track(dseed, 100u + 8u * c + ch, tt, drift_period);
+                    float off = anchor[c][ch] + 0.12f * style_drift * track(dseed, 100u + 8u * c + ch, tt, drift_period);
                     st->base[ch] = clampf(src->base[ch] + off, 0.0f, 1.0f);
                     st->alt[ch] = clampf(src->alt[ch] + off, 0.0f, 1.0f);
                 }
-                st->freq = src->freq * expf(0.35f * drift * track(dseed, 200u + c, tt, 2.0f * drift_period));
+                st->freq = src->freq * expf(0.35f * style_drift * track(dseed, 200u + c, tt, 2.0f * drift_period));
             }
             Look look;
-            look.gain = 1.0f + 0.3f * drift * track(dseed, 1, tt, drift_period);
-            for (int ch = 0; ch < 3; ch++) look.cast[ch] = 1.0f + 0.2f * drift * track(dseed, 2 + ch, tt, drift_period);
-            look.contrast = 1.0f + 0.3f * drift * track(dseed, 5, tt, drift_period);
-            look.blur = fmaxf(0.0f, 1.2f * drift * track(dseed, 6, tt, drift_period));
-            look.noise = 0.015f + 0.03f * drift * (0.5f + 0.5f * track(dseed, 7, tt, drift_period));
+            look.gain = 1.0f + 0.3f * look_drift * track(dseed, 1, tt, drift_period);
+            for (int ch = 0; ch < 3; ch++) look.cast[ch] = 1.0f + 0.2f * look_drift * track(dseed, 2 + ch, tt, drift_period);
+            look.contrast = 1.0f + 0.3f * look_drift * track(dseed, 5, tt, drift_period);
+            look.blur = fmaxf(0.0f, 1.2f * look_drift * track(dseed, 6, tt, drift_period));
+            look.noise = 0.015f + 0.03f * look_drift * (0.5f + 0.5f * track(dseed, 7, tt, drift_period));
             // camera: steady pan with gentle vertical bob and zoom breathing
             Camera cam;
             cam.zoom = 1.0f + 0.08f * sinf(0.011f * j);

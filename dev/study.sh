@@ -1,158 +1,84 @@
 #!/bin/sh
-# Why does TTT not help on the generated world (issue 7)? One grid over three hypotheses:
-#   (1) the test-time shift is too small: videos with and without a shift the source stills
-#       never show (./gen video --shift NAME[:STRENGTH]);
-#   (2) one step of lr 1e-4 on batch 4 is too little: online TTT (window 16) at other
-#       learning rates, steps per frame and batch sizes;
-#   plus the bias-variance estimate of the best window, ./stream --kstar, on every video.
-# (Hypothesis (3), the model is small, needs a larger trained model: not covered here.)
-#
-# Usage: sh dev/study.sh DEVICE [FRAMES] [SEEDS] [SHIFTS] [CONFIGS] [JOBS] [SIZE]
-#   DEVICE   cpu | cuda | auto
-#   FRAMES   frames per video (default 200)
-#   SEEDS    video seeds s: ./gen video --seed 100+s, ./stream --seed s (default "1 2 3")
-#   SHIFTS   NAME or NAME:STRENGTH of ./gen --shift; none = the plain drifting world
-#            (default "none fog:0.7 night:0.7": fixed-mode mIoU about 0.87, 0.38, 0.53 on
-#            24-frame videos, against 0.16, 0.17 at strength 1)
-#   CONFIGS  online TTT configs LR:STEPS:BATCH (default
-#            "1e-4:1:4 3e-4:1:4 1e-4:4:4 3e-4:4:4 1e-4:1:16"; 1e-4:1:4 is the default run)
-#   JOBS     videos processed at once (default 3). The small model leaves a GPU mostly idle
-#            between kernel launches, so concurrent processes overlap; the ms/frame they
-#            print are then slower than alone.
-#   SIZE     WxH (default 128x96)
-# Environment: KSTAR_OPTS, extra options for the --kstar pass (e.g. "--kstar-masks 4").
-#
-# Every video: ./stream --mode fixed --kstar (the baseline and k*), then every config.
-# Prints, as runs finish:
-#   RESULT SHIFT SEED CONFIG MIOU MS_PER_FRAME IOU_CLASS0 ... IOU_CLASS7   (- = class absent)
-#   KSTAR SHIFT SEED SIGMA2 BETA ETA BETA2ETA2 KSTAR
-# and at the end, per shift and config: mIoU mean and sd over seeds, the gain over fixed
-# (mean and sd over seeds of the per-seed difference), the per-class IoU gain, and k*.
-# Logs and outputs under /tmp/ttt_study/.
-DEVICE=${1:?usage: sh dev/study.sh DEVICE [FRAMES] [SEEDS] [SHIFTS] [CONFIGS] [JOBS] [SIZE]}
+# Why does online TTT help (or not) on the generated world? Fixed vs online TTT with a
+# higher learning rate, more steps per frame and bigger batches, on videos with different
+# kinds and strengths of appearance drift, with the shipped default model; the mean TTT
+# (reconstruction) loss of each run beside its mIoU, the loss of nomem (f0, g0 on every
+# frame) as the baseline for it; and the bias-variance k* (--kstar) on every video.
+# Usage: sh dev/study.sh [DEVICE] [FRAMES] [SEEDS] [KINDS]
+#   KINDS (default "d1 d3 look3 style3"): d1 = --drift 1 (the default videos, close to
+#   what the training stills vary), d3 = --drift 3, look3 = nuisance-only drift of 3
+#   (light, colour cast, contrast, blur, noise), style3 = class-style-only drift of 3
+#   (class colours, texture scale). About 3 minutes on an H100 with the defaults.
+# Environment: MODEL (default data/model.bin), CONFIGS (default all of: fixed nomem online
+#   online_lr3e-4 online_steps4 online_batch16; fixed always runs, with --kstar).
+# Prints "RESULT kind seed config mIoU ms/frame mean-loss" per run, "KSTAR kind seed eta
+# sigma2 beta kstar" per video, then per kind: mean +- sd of mIoU over seeds, the mean
+# gain over fixed on the same videos, and the mean TTT loss.
+DEVICE=${1:-auto}
 FRAMES=${2:-200}
 SEEDS=${3:-"1 2 3"}
-SHIFTS=${4:-"none fog:0.7 night:0.7"}
-CONFIGS=${5:-"1e-4:1:4 3e-4:1:4 1e-4:4:4 3e-4:4:4 1e-4:1:16"}
-JOBS=${6:-3}
-SIZE=${7:-128x96}
+KINDS=${4:-"d1 d3 look3 style3"}
+MODEL=${MODEL:-data/model.bin}
+CONFIGS=${CONFIGS:-"nomem online online_lr3e-4 online_steps4 online_batch16"}
 D=/tmp/ttt_study
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 make gen stream > /dev/null || exit 1
-rm -rf $D && mkdir -p $D || exit 1
-
-# expected time on an H100 (measured there: predict 4 ms/frame, one batch-4 TTT step
-# ~9 ms; the rest is a guess): per run 2 s of start-up and 2 ms/frame of PNG output,
-# a TTT step (7 + 0.5 B) ms, the --kstar pass 2 x 8 masks x ~16 frames x 12 ms, gen 1.5 s
-# per 200 frames; concurrent jobs assumed to give at most 2x
-n_videos=0
-for s in $SEEDS; do for sh in $SHIFTS; do n_videos=$((n_videos + 1)); done; done
-echo "$CONFIGS" | awk -v F=$FRAMES -v NV=$n_videos -v J=$JOBS -v SIZE=$SIZE '{
-    px = 1.0; split(SIZE, wh, "x"); px = wh[1] * wh[2] / (128 * 96)
-    per = 1.5 * F / 200 + 2 + F * 0.006 * px + 3.1           # gen, fixed + --kstar
-    for (i = 1; i <= NF; i++) { split($i, c, ":"); per += 2 + F * (0.006 + c[2] * (0.007 + 0.0005 * c[3])) * px }
-    serial = per * NV; par = J > 1 ? serial / (J < 2 ? J : 2) : serial
-    printf("study: %d videos x (fixed + --kstar + %d configs), %d frames of %s, %d jobs at once\n", NV, NF, F, SIZE, J)
-    printf("study: expected on an H100: about %.0f s one after another, about %.0f s with %d jobs (a GPU timing model; a CPU is far slower)\n", serial, par, J)
-}'
-t_start=$(date +%s)
-
-# one video: generate, fixed + --kstar, every config; lines appended to $D/results.txt
-video() {   # shift spec, seed
-    spec=$1; s=$2
-    name=${spec%%:*}; strength=1
-    case $spec in *:*) strength=${spec#*:};; esac
-    tag=$(echo "$spec" | tr ':' '_')
-    V=$D/v_${tag}_$s
-    ./gen video $V --frames $FRAMES --size $SIZE --seed $((100 + s)) --scene-every 100 \
-        --shift $name --shift-strength $strength > $D/gen_${tag}_$s.log 2>&1 || { echo "FAILED gen $spec $s"; return; }
-    one() {   # config name, options...
-        cfg=$1; shift
-        log=$D/${tag}_${s}_$(echo $cfg | tr ':' '_').log
-        ./stream $V --out $D/out_${tag}_${s}_$(echo $cfg | tr ':' '_') --device $DEVICE --seed $s "$@" > $log 2>&1 \
-            || { echo "FAILED $spec $s $cfg: $(tail -1 $log)"; return; }
-        miou=$(grep '^mIoU' $log | tail -1 | awk '{print $2}')
-        ms=$(grep '^summary' $log | sed -E 's/.*: ([0-9.]+) ms\/frame.*/\1/')
-        ious=$(grep -E '^  class +[0-9]+ ' $log | awk '{printf " %s", $3}')
-        line="RESULT $spec $s $cfg $miou $ms$ious"
-        echo "$line"; echo "$line" >> $D/results.txt
-        if grep -q '^kstar sigma2=' $log; then
-            line=$(grep '^kstar sigma2=' $log | sed -E 's/kstar sigma2=([^ ]+) beta=([^ ]+) eta=([^ ]+) beta2eta2=([^ ]+) kstar=([^ ]+)/\1 \2 \3 \4 \5/')
-            line="KSTAR $spec $s $line"
-            echo "$line"; echo "$line" >> $D/results.txt
-        fi
-    }
-    one fixed --mode fixed --kstar $KSTAR_OPTS
-    for c in $CONFIGS; do
-        lr=$(echo $c | cut -d: -f1); steps=$(echo $c | cut -d: -f2); batch=$(echo $c | cut -d: -f3)
-        one $c --mode online --window 16 --lr $lr --steps $steps --batch $batch
-    done
-}
-
-# deal the videos round-robin to JOBS background workers
+mkdir -p $D
 : > $D/results.txt
-i=0
-for s in $SEEDS; do for sh in $SHIFTS; do echo "$sh $s" >> $D/videos_$((i % JOBS)).txt; i=$((i + 1)); done; done
-j=0
-while [ $j -lt $JOBS ]; do
-    if [ -f $D/videos_$j.txt ]; then
-        ( while read sh s; do video $sh $s; done < $D/videos_$j.txt ) &
-    fi
-    j=$((j + 1))
+for kind in $KINDS; do
+    case $kind in
+        d1) opts="--drift 1" ;;
+        d3) opts="--drift 3" ;;
+        look3) opts="--drift 0 --look-drift 3" ;;
+        style3) opts="--drift 0 --style-drift 3" ;;
+        *) echo "unknown kind $kind"; exit 1 ;;
+    esac
+    for s in $SEEDS; do
+        V=$D/video_${kind}_s$s
+        rm -rf $V $V"_labels"
+        ./gen video $V --frames $FRAMES --size 128x96 --seed $((100 + s)) --scene-every 100 $opts > /dev/null || exit 1
+        run() {   # config name, options
+            name=$1; shift
+            log=$D/${name}_${kind}_s$s.log
+            ./stream $V --model $MODEL --out $D/out --device $DEVICE --seed $s "$@" > $log 2>&1 || { echo "FAILED $name $kind s$s"; tail -3 $log; return; }
+            miou=$(grep '^mIoU' $log | tail -1 | awk '{print $2}')
+            ms=$(grep '^summary' $log | sed -E 's/.*: ([0-9.]+) ms\/frame.*/\1/')
+            loss=$(grep '^frame .* loss ' $log | awk '{for (i = 1; i < NF; i++) if ($i == "loss") { s += $(i + 1); n++ } } END { if (n) printf "%.5f", s / n; else print "-" }')
+            echo "RESULT $kind $s $name $miou $ms $loss" | tee -a $D/results.txt
+        }
+        run fixed --mode fixed --kstar
+        log=$D/fixed_${kind}_s$s.log
+        eta=$(grep '^  eta ' $log | sed 's/.*= //'); sg=$(grep '^  sigma^2 ' $log | sed 's/.*= //')
+        be=$(grep '^  beta ' $log | sed 's/.*= //'); ks=$(grep '^kstar ' $log | awk '{print $2}')
+        echo "KSTAR $kind $s $eta $sg $be $ks" | tee -a $D/results.txt
+        for c in $CONFIGS; do
+            case $c in
+                nomem) run nomem --mode nomem ;;
+                online) run online --mode online ;;
+                online_lr3e-4) run online_lr3e-4 --mode online --lr 3e-4 ;;
+                online_steps4) run online_steps4 --mode online --steps 4 ;;
+                online_batch16) run online_batch16 --mode online --batch 16 ;;
+                *) echo "unknown config $c"; exit 1 ;;
+            esac
+        done
+    done
 done
-wait
-echo "study: done in $(( $(date +%s) - t_start )) s"
-
-# tables
-awk -v CONFIGS="fixed $CONFIGS" -v SHIFTS="$SHIFTS" '
-function sd(sum, sum2, n) { return n > 1 ? sqrt((sum2 - sum * sum / n) / (n - 1) > 0 ? (sum2 - sum * sum / n) / (n - 1) : 0) : 0 }
-$1 == "RESULT" {
-    k = $2 SUBSEP $4; miou[k, $3] = $5; seen[k, $3] = 1
-    for (c = 7; c <= NF; c++) iou[k, $3, c - 7] = $c
-    if (NF - 6 > ncls) ncls = NF - 6
-    seeds[$3] = 1
-}
-$1 == "KSTAR" { ks[$2] += $8; ks_s2[$2] += $4; ks_b[$2] += $5; ks_e[$2] += $6; ks_n[$2]++ }
+echo "summary (mIoU mean +- sd over seeds; gain = mean of config - fixed on the same video; mean TTT loss):"
+awk '
+$1 == "RESULT" { key = $2 " " $4; n[key]++; s[key] += $5; ss[key] += $5 * $5; L[key] += $7; v[$2 " " $3 " " $4] = $5;
+                 if (!($4 in seen)) { seen[$4] = 1; order[++nc] = $4 } if (!($2 in kseen)) { kseen[$2] = 1; korder[++nk] = $2 } }
+$1 == "KSTAR"  { kn[$2]++; ke[$2] += $4; kk[$2] += $7 }
 END {
-    nc = split(CONFIGS, cf, " "); nsh = split(SHIFTS, shf, " ")
-    printf("\nmIoU per shift and config over seeds (mean +- sd); gain = config - fixed on the same video\n")
-    printf("%-12s %-12s %2s  %-17s  %-17s\n", "shift", "config", "n", "mIoU", "gain over fixed")
-    for (a = 1; a <= nsh; a++) for (b = 1; b <= nc; b++) {
-        k = shf[a] SUBSEP cf[b]; kf = shf[a] SUBSEP "fixed"
-        n = 0; s = 0; s2 = 0; ng = 0; g = 0; g2 = 0
-        for (sd_ in seeds) if ((k, sd_) in seen && miou[k, sd_] != "") {
-            n++; s += miou[k, sd_]; s2 += miou[k, sd_] ^ 2
-            if ((kf, sd_) in seen && miou[kf, sd_] != "") { d = miou[k, sd_] - miou[kf, sd_]; ng++; g += d; g2 += d * d }
-        }
-        if (n == 0) { printf("%-12s %-12s %2d  -\n", shf[a], cf[b], 0); continue }
-        printf("%-12s %-12s %2d  %.4f +- %.4f", shf[a], cf[b], n, s / n, sd(s, s2, n))
-        if (cf[b] != "fixed" && ng > 0) printf("   %+.4f +- %.4f", g / ng, sd(g, g2, ng))
-        printf("\n")
-    }
-    printf("\nIoU gain over fixed per class (mean over seeds where the class is present), classes 0..%d\n", ncls - 1)
-    printf("%-12s %-12s", "shift", "config"); for (c = 0; c < ncls; c++) printf("  %7s", "c" c); printf("\n")
-    for (a = 1; a <= nsh; a++) {
-        kf = shf[a] SUBSEP "fixed"
-        printf("%-12s %-12s", shf[a], "fixed (IoU)")
-        for (c = 0; c < ncls; c++) {
-            n = 0; s = 0
-            for (sd_ in seeds) if ((kf, sd_, c) in iou && iou[kf, sd_, c] != "-") { n++; s += iou[kf, sd_, c] }
-            if (n) printf("  %7.4f", s / n); else printf("  %7s", "-")
-        }
-        printf("\n")
-        for (b = 2; b <= nc; b++) {
-            k = shf[a] SUBSEP cf[b]
-            printf("%-12s %-12s", shf[a], cf[b])
-            for (c = 0; c < ncls; c++) {
-                n = 0; s = 0
-                for (sd_ in seeds) if ((k, sd_, c) in iou && (kf, sd_, c) in iou && iou[k, sd_, c] != "-" && iou[kf, sd_, c] != "-") { n++; s += iou[k, sd_, c] - iou[kf, sd_, c] }
-                if (n) printf("  %+7.4f", s / n); else printf("  %7s", "-")
-            }
-            printf("\n")
+    for (j = 1; j <= nk; j++) {
+        d = korder[j]
+        printf "%s (eta %.2f, k* %.2f):\n", d, ke[d] / kn[d], kk[d] / kn[d]
+        for (i = 1; i <= nc; i++) {
+            c = order[i]; key = d " " c
+            if (!n[key]) continue
+            m = s[key] / n[key]; var = ss[key] / n[key] - m * m; sd = sqrt(var > 0 ? var * n[key] / (n[key] > 1 ? n[key] - 1 : 1) : 0)
+            g = 0; ng = 0
+            for (kv in v) { split(kv, p, " "); if (p[1] == d && p[3] == c && ((d " " p[2] " fixed") in v)) { g += v[kv] - v[d " " p[2] " fixed"]; ng++ } }
+            if (c == "fixed") printf "  %-16s %.4f +- %.4f\n", c, m, sd
+            else printf "  %-16s %.4f +- %.4f   gain %+.4f   TTT loss %.4f\n", c, m, sd, ng ? g / ng : 0, L[key] / n[key]
         }
     }
-    printf("\nbias-variance estimate at f0, g0 (mean over seeds); the window of every config is 16\n")
-    printf("%-12s %10s %10s %10s %8s\n", "shift", "sigma^2", "beta", "eta", "k*")
-    for (a = 1; a <= nsh; a++) if (ks_n[shf[a]])
-        printf("%-12s %10.4g %10.4g %10.4g %8.3g\n", shf[a], ks_s2[shf[a]] / ks_n[shf[a]], ks_b[shf[a]] / ks_n[shf[a]], ks_e[shf[a]] / ks_n[shf[a]], ks[shf[a]] / ks_n[shf[a]])
 }' $D/results.txt
