@@ -20,7 +20,7 @@ ifneq ($(wildcard ttt_kernels.cu),)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
   CFLAGS += -DTTT_CUDA
   CUDA_OBJ = ttt_kernels.o
-  NVCCFLAGS = -O3 -std=c++17 -DTTT_CUDA -I. \
+  NVCCFLAGS = -O3 -std=c++17 -DTTT_CUDA -I. --default-stream per-thread \
               -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
   LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 endif

@@ -30,7 +30,7 @@
 //                    (48 queries) -> last prediction's 48 maps vs the patchified target:
 //                    masked MSE -> m2f_backward (g) -> swin_backward (f) -> AdamW on f and g
 //   model_predict:   frame -> mae_prepare_input (no mask) -> f -> h = m2f_forward ->
-//                    last prediction -> semantic inference on the host -> class ids
+//                    last prediction -> semantic inference (on the device) -> class ids
 //   model_train_step (train.c): h(f(x)) -> set loss on the host (labels padded with 255 to the
 //                    model's padded frame) -> backward through h and f; then the MAE path as
 //                    above on freshly masked x -> backward through g and f; clip; AdamW on all.
@@ -68,9 +68,17 @@ struct Model {
     float grad_norm;          // global L2 norm of the last train step's gradients
     float *host_cls_all, *host_mask_all, *host_dcls, *host_dmask;   // (L, B, Q, K+1), (L, B, Q, H4, W4)
     unsigned char* host_labels_pad;   // (B, Hp, Wp), 255 outside the frame
+    // prediction: class ids and semantic-inference scratch on the device
+    unsigned char* pred_ids;  // (H, W)
+    float* infer_work;        // m2f_semantic_work_size floats
+    // recorded device work (CUDA graphs; plain calls on the CPU): the MAE forward and
+    // backward per batch size 1..max_B, and the prediction
+    DeviceGraph* mae_graphs;  // (max_B + 1)
+    DeviceGraph predict_graph;
     // host scratch
     unsigned char* patch_mask_host;
-    float *host_class, *host_masks, *host_work;
+    unsigned char* micro_masks;   // (micro_masks_B, L) patch masks of a micro-batched step
+    int micro_masks_B;
 };
 
 OptConfig opt_config_ttt(void) {
@@ -122,6 +130,32 @@ static void model_point_params(Model* m, float* base, SwinParams* f, M2FParams* 
     if (g) m2f_point_params(g, base + m->n_f + m->n_h, &m->cfg.mae);
 }
 
+// frames are padded to a multiple of 32 (Swin's four halvings) and of the masking patch
+static void padded_size(const ModelConfig* cfg, int H, int W, int* Hp, int* Wp) {
+    int div = 32;
+    while (div % cfg->mae_patch) div += 32;
+    *Hp = (H + div - 1) / div * div;
+    *Wp = (W + div - 1) / div * div;
+}
+
+size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int W) {
+    int Hp, Wp;
+    padded_size(cfg, H, W, &Hp, &Wp);
+    SwinActs fa;
+    size_t n = swin_point_acts(&fa, NULL, &cfg->swin, max_batch, Hp, Wp);
+    n += m2f_num_acts(&cfg->m2f, max_batch, Hp / 4, Wp / 4) + m2f_num_acts(&cfg->mae, max_batch, Hp / 4, Wp / 4);
+    n *= 2;                                          // activations and their gradients
+    for (int s = 0; s < 4; s++) n += (size_t)max_batch * fa.Hs[s] * fa.Ws[s] * fa.C[s];   // dfeat
+    n += (size_t)max_batch * Hp * Wp * (4 + 3 + 3) + (size_t)max_batch * H * W * 3;   // inputs, targets
+    return n * sizeof(float);
+}
+
+// forget the recorded device work (after anything that changes which buffers it reads)
+static void model_drop_graphs(Model* m) {
+    for (int b = 0; b <= m->max_B; b++) device_graph_free(&m->mae_graphs[b]);
+    device_graph_free(&m->predict_graph);
+}
+
 Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
     if (max_batch < 1 || H < 1 || W < 1) ttt_die("model_create: bad size B=%d H=%d W=%d", max_batch, H, W);
     m2f_config_check(&cfg->m2f);
@@ -130,11 +164,7 @@ Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
     Model* m = (Model*)callocCheck(1, sizeof(Model));
     m->cfg = *cfg;
     m->max_B = max_batch; m->H = H; m->W = W;
-    // pad to a multiple of 32 (Swin's four halvings) and of the masking patch
-    int div = 32;
-    while (div % cfg->mae_patch) div += 32;
-    m->Hp = (H + div - 1) / div * div;
-    m->Wp = (W + div - 1) / div * div;
+    padded_size(cfg, H, W, &m->Hp, &m->Wp);
     m->H4 = m->Hp / 4; m->W4 = m->Wp / 4;
 
     m->n_f = swin_num_params(&cfg->swin);
@@ -187,9 +217,9 @@ Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
     m->loss = (float*)ttt_malloc(sizeof(float));
     m->patch_mask_host = (unsigned char*)mallocCheck((size_t)max_batch * nP);
     int Q = cfg->m2f.num_queries, K = cfg->num_classes;
-    m->host_class = (float*)mallocCheck((size_t)Q * (K + 1) * sizeof(float));
-    m->host_masks = (float*)mallocCheck((size_t)Q * m->H4 * m->W4 * sizeof(float));
-    m->host_work = (float*)mallocCheck(m2f_semantic_work_size(Q, K, m->H4, m->W4) * sizeof(float));
+    m->pred_ids = (unsigned char*)ttt_malloc((size_t)H * W);
+    m->infer_work = (float*)ttt_malloc(m2f_semantic_work_size(Q, K, m->H4, m->W4) * sizeof(float));
+    m->mae_graphs = (DeviceGraph*)callocCheck((size_t)max_batch + 1, sizeof(DeviceGraph));
     m->set_loss_cfg = set_loss_config_default();
     return m;
 }
@@ -200,7 +230,10 @@ void model_free(Model* m) {
     ttt_free(m->acts); ttt_free(m->dacts); ttt_free(m->rel_index); ttt_free(m->dfeat[0]);
     ttt_free(m->inp4); ttt_free(m->target); ttt_free(m->target_mask); ttt_free(m->rgb);
     ttt_free(m->patch_mask); ttt_free(m->loss);
-    free(m->patch_mask_host); free(m->host_class); free(m->host_masks); free(m->host_work);
+    free(m->patch_mask_host); free(m->micro_masks);
+    ttt_free(m->pred_ids); ttt_free(m->infer_work);
+    model_drop_graphs(m);
+    free(m->mae_graphs);
     free(m->host_cls_all); free(m->host_mask_all); free(m->host_dcls); free(m->host_dmask);
     free(m->host_labels_pad);
     ttt_free(m->g_frozen_masks); ttt_free(m->h_frozen_masks);
@@ -348,6 +381,34 @@ Model* model_load(const char* path, int max_batch, int H, int W) {
     return m;
 }
 
+int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) {
+        size_t used, total;
+        ttt_cuda_memory_info(&used, &total);
+        size_t n_train = swin_num_params(&cfg->swin) + m2f_num_params(&cfg->m2f) + m2f_num_params(&cfg->mae);
+        size_t fixed = (4 * n_train + swin_num_params(&cfg->swin) + m2f_num_params(&cfg->mae)) * sizeof(float);
+        // leave 15% of the free memory for workspaces (im2col, attention scores, cuBLAS)
+        double budget = 0.85 * (double)(total - used) - (double)fixed;
+        int M = B;
+        while (M > 1 && (double)model_activation_bytes(cfg, M, H, W) > budget) M--;
+        return M;
+    }
+#endif
+    (void)cfg; (void)H; (void)W;
+    return B;
+}
+
+ModelConfig model_read_config(const char* path) {
+    int h[CKPT_HEADER_INTS];
+    checkpoint_read_header(path, h);
+    if (h[2] != CKPT_KIND_MODEL)
+        ttt_die("checkpoint '%s' holds kind %d, not a model (kind %d)", path, h[2], CKPT_KIND_MODEL);
+    ModelConfig c;
+    unpack_header(h, &c, path);
+    return c;
+}
+
 // ----------------------------------------------------------------------------
 // helpers
 
@@ -394,47 +455,81 @@ static void make_patch_masks(unsigned char* mask, int B, int L, float ratio, Rng
 
 static const float* const* swin_outputs(const Model* m) { return (const float* const*)m->fa.out; }
 
-// frames (B, H, W, 3) host -> masked 4-channel input, target and its mask on the device
-static void prepare_masked_batch(Model* m, const float* frames, int B, Rng* rng) {
+// frames (B, H, W, 3) and their patch masks (B, L) from the host into the device buffers
+static void upload_batch(Model* m, const float* frames, const unsigned char* masks, int B) {
+    int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
+    ttt_to_device(m->patch_mask, masks, (size_t)B * L);
+    ttt_to_device(m->rgb, frames, (size_t)B * m->H * m->W * 3 * sizeof(float));
+}
+
+// the same with fresh patch masks
+static void upload_masked_batch(Model* m, const float* frames, int B, Rng* rng) {
     int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
     make_patch_masks(m->patch_mask_host, B, L, m->cfg.mask_ratio, rng);
-    ttt_to_device(m->patch_mask, m->patch_mask_host, (size_t)B * L);
-    ttt_to_device(m->rgb, frames, (size_t)B * m->H * m->W * 3 * sizeof(float));
+    upload_batch(m, frames, m->patch_mask_host, B);
+}
+
+// number of values the MAE loss averages over for one image's patch mask (L): 3 per
+// masked pixel inside the frame (patches over the padding hold fewer)
+static double masked_value_count(const Model* m, const unsigned char* mask) {
+    int ps = m->cfg.mae_patch, nPw = m->Wp / ps, nPh = m->Hp / ps;
+    double n = 0.0;
+    for (int py = 0; py < nPh; py++)
+        for (int px = 0; px < nPw; px++) {
+            if (!mask[py * nPw + px]) continue;
+            int h = m->H - py * ps, w = m->W - px * ps;
+            h = h < 0 ? 0 : h > ps ? ps : h;
+            w = w < 0 ? 0 : w > ps ? ps : w;
+            n += 3.0 * h * w;
+        }
+    return n;
+}
+
+// uploaded frames and masks -> masked 4-channel input, target and its mask
+static void prepare_masked_batch(Model* m, int B) {
     mae_prepare_input(m->inp4, m->target, m->target_mask, m->rgb, m->patch_mask,
-                      B, m->H, m->W, m->Hp, m->Wp, ps);
+                      B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch);
 }
 
 // f and g forward on the prepared batch; the loss lands in m->loss. Returns the device
 // pointer of g's last prediction (B, 48, H4, W4).
 static float* mae_forward(Model* m, int B) {
+    stage_begin("f forward (masked)");
     swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, B);
+    stage_begin("g forward + loss");
     m2f_forward(&m->cfg.mae, &m->g, &m->ga, swin_outputs(m), B, m->g_frozen_masks);
     int L = m->cfg.mae.dec_layers + 1, Q = m->cfg.mae.num_queries;
     size_t per = (size_t)B * Q * m->H4 * m->W4;
     float* recon = m->ga.mask_logits + (size_t)(L - 1) * per;
     masked_mse_forward(m->loss, recon, m->target, m->target_mask, (int)per, 1);
+    stage_begin(NULL);
     return recon;
 }
 
 // backward of the MAE loss, accumulated into the gradients of g and f
-static void mae_backward(Model* m, int B, const float* recon) {
+// dloss: the weight of this batch's mean in the loss (1, or its share of a micro-batched one)
+static void mae_backward(Model* m, int B, const float* recon, float dloss) {
     int L = m->cfg.mae.dec_layers + 1, Q = m->cfg.mae.num_queries;
     size_t per = (size_t)B * Q * m->H4 * m->W4;
     int Kg = m->cfg.mae.num_classes + 1;
     ttt_zero(m->dga.class_logits, (size_t)L * B * Q * Kg * sizeof(float));
     ttt_zero(m->dga.mask_logits, (size_t)L * per * sizeof(float));
-    masked_mse_backward(m->dga.mask_logits + (size_t)(L - 1) * per, 1.0f, recon, m->target,
+    masked_mse_backward(m->dga.mask_logits + (size_t)(L - 1) * per, dloss, recon, m->target,
                         m->target_mask, (int)per, 1);
     for (int s = 0; s < 4; s++)
         ttt_zero(m->dfeat[s], (size_t)B * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s] * sizeof(float));
+    stage_begin("g backward");
     m2f_backward(&m->cfg.mae, &m->g, &m->dg, &m->ga, &m->dga, swin_outputs(m), m->dfeat, B);
+    stage_begin("f backward");
     swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
+    stage_begin(NULL);
 }
 
 // Hold a head's thresholded attention masks at their values from its last forward (on = 1)
 // or compute them again each forward (on = 0). The masks are a step function of the
 // weights, so finite differences are only meaningful with them held fixed.
-static void freeze_masks(float** slot, const M2FConfig* c, const M2FActs* a, int B, int on) {
+static void freeze_masks(Model* m, float** slot, const M2FConfig* c, const M2FActs* a, int B, int on) {
+    model_drop_graphs(m);   // the recorded work reads the mask pointer
     ttt_free(*slot);
     *slot = NULL;
     if (!on) return;
@@ -450,12 +545,46 @@ static void freeze_masks(float** slot, const M2FConfig* c, const M2FActs* a, int
     *slot = buf;
 }
 
-void model_freeze_mae_masks(Model* m, int B, int on) { freeze_masks(&m->g_frozen_masks, &m->cfg.mae, &m->ga, B, on); }
-void model_freeze_main_masks(Model* m, int B, int on) { freeze_masks(&m->h_frozen_masks, &m->cfg.m2f, &m->ha, B, on); }
+void model_freeze_mae_masks(Model* m, int B, int on) { freeze_masks(m, &m->g_frozen_masks, &m->cfg.mae, &m->ga, B, on); }
+void model_freeze_main_masks(Model* m, int B, int on) { freeze_masks(m, &m->h_frozen_masks, &m->cfg.m2f, &m->ha, B, on); }
+
+// Micro-batching: a batch larger than the planned one (max_B) runs in chunks of max_B
+// images. All B masks are drawn first (the same draws as one big batch), the loss is the
+// mean over every masked value of the batch, so chunk c's mean enters with weight
+// n_c / n (its share of the masked values) in the loss and in the gradients, which the
+// chunks accumulate (backward = 1). Returns the loss of the whole batch.
+static float mae_micro_batched(Model* m, const float* frames, int B, Rng* rng, int backward) {
+    int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
+    if (B > m->micro_masks_B) {
+        free(m->micro_masks);
+        m->micro_masks = (unsigned char*)mallocCheck((size_t)B * L);
+        m->micro_masks_B = B;
+    }
+    make_patch_masks(m->micro_masks, B, L, m->cfg.mask_ratio, rng);
+    double total = 0.0;
+    for (int b = 0; b < B; b++) total += masked_value_count(m, m->micro_masks + (size_t)b * L);
+    if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    double loss = 0.0;
+    for (int b0 = 0; b0 < B; b0 += m->max_B) {
+        int Bc = B - b0 < m->max_B ? B - b0 : m->max_B;
+        double nc = 0.0;
+        for (int b = b0; b < b0 + Bc; b++) nc += masked_value_count(m, m->micro_masks + (size_t)b * L);
+        double share = total > 0.0 ? nc / total : 0.0;
+        upload_batch(m, frames + (size_t)b0 * m->H * m->W * 3, m->micro_masks + (size_t)b0 * L, Bc);
+        prepare_masked_batch(m, Bc);
+        float* recon = mae_forward(m, Bc);
+        if (backward) mae_backward(m, Bc, recon, (float)share);
+        float lc;
+        ttt_to_host(&lc, m->loss, sizeof(float));
+        loss += share * lc;
+    }
+    return (float)loss;
+}
 
 float model_mae_loss(Model* m, const float* frames, int B, Rng* rng) {
-    if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
-    prepare_masked_batch(m, frames, B, rng);
+    if (B > m->max_B) return mae_micro_batched(m, frames, B, rng, 0);
+    upload_masked_batch(m, frames, B, rng);
+    prepare_masked_batch(m, B);
     mae_forward(m, B);
     float loss;
     ttt_to_host(&loss, m->loss, sizeof(float));
@@ -463,11 +592,19 @@ float model_mae_loss(Model* m, const float* frames, int B, Rng* rng) {
 }
 
 float model_mae_forward_backward(Model* m, const float* frames, int B, Rng* rng) {
-    if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
-    prepare_masked_batch(m, frames, B, rng);
-    float* recon = mae_forward(m, B);
-    ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
-    mae_backward(m, B, recon);
+    if (B > m->max_B) return mae_micro_batched(m, frames, B, rng, 1);
+    upload_masked_batch(m, frames, B, rng);
+    // the device work from here to the gradients is the same every call of this batch
+    // size: recorded once as a CUDA graph and replayed (see DeviceGraph in ttt.h)
+    DeviceGraph* graph = &m->mae_graphs[B];
+    if (!device_graph_replay(graph)) {
+        device_graph_begin(graph);
+        prepare_masked_batch(m, B);
+        float* recon = mae_forward(m, B);
+        ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+        mae_backward(m, B, recon, 1.0f);
+        device_graph_end(graph);
+    }
     float loss;
     ttt_to_host(&loss, m->loss, sizeof(float));
     return loss;
@@ -477,26 +614,36 @@ float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt,
     float loss = model_mae_forward_backward(m, frames, B, rng);
     if (!isfinite(loss)) return loss;   // the caller resets; weights untouched
     m->adam_t++;
+    stage_begin("AdamW (f, g)");
     // AdamW on f and on g; h is not trained at test time
     adamw_update(m->params, m->grads, m->adam_m, m->adam_v, m->n_f,
                  opt->lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, m->adam_t);
     size_t og = m->n_f + m->n_h;
     adamw_update(m->params + og, m->grads + og, m->adam_m + og, m->adam_v + og, m->n_g,
                  opt->lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, m->adam_t);
+    stage_begin(NULL);
     return loss;
 }
 
 void model_predict(Model* m, const float* frame, unsigned char* pred) {
     ttt_to_device(m->rgb, frame, (size_t)m->H * m->W * 3 * sizeof(float));
-    mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, 1, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch);
-    swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, 1);
-    m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), 1, NULL);
-    int L = m->cfg.m2f.dec_layers + 1, Q = m->cfg.m2f.num_queries, K = m->cfg.num_classes;
-    ttt_to_host(m->host_class, m->ha.class_logits + (size_t)(L - 1) * Q * (K + 1),
-                (size_t)Q * (K + 1) * sizeof(float));
-    ttt_to_host(m->host_masks, m->ha.mask_logits + (size_t)(L - 1) * Q * m->H4 * m->W4,
-                (size_t)Q * m->H4 * m->W4 * sizeof(float));
-    m2f_semantic_inference(pred, m->host_class, m->host_masks, Q, K, m->H4, m->W4, m->H, m->W, m->host_work);
+    // frame in, class ids out: everything between runs on the device (one CUDA graph)
+    if (!device_graph_replay(&m->predict_graph)) {
+        device_graph_begin(&m->predict_graph);
+        stage_begin("predict: f forward");
+        mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, 1, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch);
+        swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, 1);
+        stage_begin("predict: h forward");
+        m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), 1, NULL);
+        stage_begin("predict: semantic inference");
+        int L = m->cfg.m2f.dec_layers + 1, Q = m->cfg.m2f.num_queries, K = m->cfg.num_classes;
+        semantic_inference(m->pred_ids, m->ha.class_logits + (size_t)(L - 1) * Q * (K + 1),
+                           m->ha.mask_logits + (size_t)(L - 1) * Q * m->H4 * m->W4,
+                           Q, K, m->H4, m->W4, m->H, m->W, m->infer_work);
+        device_graph_end(&m->predict_graph);
+    }
+    ttt_to_host(pred, m->pred_ids, (size_t)m->H * m->W);
+    stage_begin(NULL);
 }
 
 // ----------------------------------------------------------------------------
@@ -570,7 +717,8 @@ static void main_backward(Model* m, int B) {
 float model_train_loss(Model* m, const float* images, const unsigned char* labels, int B, Rng* rng) {
     if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
     float lm = main_forward(m, images, labels, B, rng, 0);
-    prepare_masked_batch(m, images, B, rng);
+    upload_masked_batch(m, images, B, rng);
+    prepare_masked_batch(m, B);
     mae_forward(m, B);
     float lr;
     ttt_to_host(&lr, m->loss, sizeof(float));
@@ -589,9 +737,10 @@ float model_train_forward_backward(Model* m, const float* images, const unsigned
         return lm;
     }
     main_backward(m, B);
-    prepare_masked_batch(m, images, B, rng);
+    upload_masked_batch(m, images, B, rng);
+    prepare_masked_batch(m, B);
     float* recon = mae_forward(m, B);
-    mae_backward(m, B, recon);
+    mae_backward(m, B, recon, 1.0f);
     float lr;
     ttt_to_host(&lr, m->loss, sizeof(float));
     if (loss_main) *loss_main = lm;

@@ -753,6 +753,14 @@ void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
     }
 }
 
+void semantic_inference(unsigned char* ids, const float* class_logits, const float* mask_logits,
+                        int Q, int K, int H4, int W4, int H, int W, float* work) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { semantic_inference_cuda(ids, class_logits, mask_logits, Q, K, H4, W4, H, W, work); return; }
+#endif
+    m2f_semantic_inference(ids, class_logits, mask_logits, Q, K, H4, W4, H, W, work);
+}
+
 size_t m2f_panoptic_work_size(int Q, int H, int W) {
     (void)H; (void)W;
     return (size_t)Q * 8;

@@ -50,6 +50,7 @@ typedef struct {
     int windows[MAX_WINDOWS];
     int n_windows;
     int batch, steps;
+    int micro_batch;       // images per forward/backward chunk of a step (0 = automatic)
     OptConfig opt;
     const char* labels_dir;
     const char* out_dir;
@@ -58,6 +59,9 @@ typedef struct {
     int offline_steps;     // 0 = one per frame
     int shuffle;
     int print_hashes;      // debug: per-frame hashes of f, g, h
+    int kstar;             // estimate the bias-variance optimum k* before the run
+    int kstar_masks;       // masks per sampled frame
+    int kstar_every;       // sample every E-th frame; 0 = about 16 frames in all
 } Args;
 
 typedef struct {
@@ -461,6 +465,119 @@ static double evaluate_all(Model* m, const Video* v, unsigned char* pred) {
     return score_miou(&s);
 }
 
+// ----------------------------------------------------------------------------
+// --kstar: the bias-variance estimate of the best window size k (the paper's theory)
+//
+// Online TTT with window k steps on gradients of the last k frames, while the loss it
+// should descend is the current frame's. With l(x, mask) the MAE loss of one frame under
+// one random mask and grad the gradient w.r.t. the TTT parameters (f and g; h is not
+// trained at test time):
+//   variance: averaging k frames' independently masked gradients leaves noise ~ sigma^2 / k,
+//             sigma^2 = E_mask ||grad l(x, mask) - E_mask' grad l(x, mask')||^2 (batch 1);
+//   bias:     a frame s steps old differs from x_t by about s eta in the input, so its
+//             gradient is off by about beta s eta: over the window, a bias ~ beta eta k;
+//   sigma^2 / k + beta^2 eta^2 k^2 is smallest near k* = (sigma^2 / (beta^2 eta^2))^(1/3)
+//   (the exact minimiser of this expression has a further factor 2^(-1/3) ~ 0.79).
+// With --batch B the stream's step samples B frames of the window, so its noise is
+// sigma^2 / B; the analysis averages over the whole window.
+// Measured once, at f0, g0 (before the run), on the frames in name order:
+//   eta     = mean_t ||x_t - x_(t-1)||_2 over every consecutive pair (frames in [0, 1]),
+//             the "frame drift" the run prints (there: in processing order);
+//   sigma^2 = on every E-th frame x_t (t = 2, 2 + E, ...): M masks, gradients g_1..g_M,
+//             sum_i ||g_i - mean_i g_i||^2 / (M - 1); averaged over the sampled frames;
+//   beta    = mean over the same frames and masks of
+//             ||grad l(x_t, mask) - grad l(x_(t-1), mask)|| / ||x_t - x_(t-1)||
+//             with the SAME mask for both frames (a copied Rng draws it twice), so the mask
+//             noise cancels and only the change of the input remains;
+//   beta^2 eta^2 is estimated directly as the mean of ||grad l(x_t, mask) -
+//             grad l(x_(t-1), mask)||^2 over those pairs: the squared gradient change per
+//             frame, which is what the bias term holds (the product of the two means would
+//             add the noise of the ratio on near-static pairs);
+//   k*      = (sigma^2 / that)^(1/3); inf when consecutive frames give equal gradients.
+// Cost: 2 M forward-backward passes at batch 1 per sampled frame. The test checks eta
+// against a computation of its own and that identical frames give a gradient change of
+// exactly 0 (the same mask really is drawn twice).
+
+typedef struct {
+    double eta, sigma2, beta, beta2eta2, kstar;
+    int n_sampled, n_pairs;     // frames with gradients; pairs with ||x_t - x_(t-1)|| > 0
+} KstarEstimate;
+
+// gradient of the MAE loss of frame (H, W, 3) under one mask drawn from rng, w.r.t. f and
+// g, into out (n_f + n_g) host: [f | g] of the model's [f | h | g]
+static float mae_gradient_fg(Model* m, const float* frame, Rng* rng, float* out) {
+    float loss = model_mae_forward_backward(m, frame, 1, rng);
+    size_t nf = model_num_params(m, 0), nh = model_num_params(m, 1), ng = model_num_params(m, 2);
+    float* all = model_grads_host(m);
+    memcpy(out, all, nf * sizeof(float));
+    memcpy(out + nf, all + nf + nh, ng * sizeof(float));
+    free(all);
+    return loss;
+}
+
+// ||x - y||_2^2 of n values
+static double dist2(const float* a, const float* b, size_t n) {
+    double d = 0.0;
+    for (size_t i = 0; i < n; i++) { double e = (double)a[i] - b[i]; d += e * e; }
+    return d;
+}
+
+// the estimate at f0, g0 with `masks` masks on every `every`-th frame (t = 2, 2 + every, ...)
+static KstarEstimate estimate_kstar(Model* m, const Video* v, int masks, int every) {
+    KstarEstimate e;
+    memset(&e, 0, sizeof(e));
+    int n = v->n, HW3 = v->H * v->W * 3;
+    size_t np = model_num_params(m, 0) + model_num_params(m, 2);
+    model_reset_ttt(m);   // f0, g0
+    float* g_cur = (float*)mallocCheck(np * sizeof(float));    // grad l(x_t, mask)
+    float* g_prev = (float*)mallocCheck(np * sizeof(float));   // grad l(x_(t-1), same mask)
+    double* g_mean = (double*)mallocCheck(np * sizeof(double));   // running mean over masks
+    double eta_sum = 0.0, sigma2_sum = 0.0, beta_sum = 0.0, dgrad2_sum = 0.0;
+    int n_dgrad = 0;
+    float* prev = NULL;
+    for (int t = 0; t < n; t++) {
+        float* x = load_frame(v, t);
+        if (prev == NULL) { prev = x; continue; }
+        double dx = sqrt(dist2(x, prev, (size_t)HW3));
+        eta_sum += dx;
+        if ((t - 1) % every == 0) {
+            Rng rng;
+            rng_seed(&rng, v->fr[t].seed ^ 0x4B53544152ULL);   // "KSTAR": apart from the run's draws
+            double sq_dev = 0.0;   // Welford: sum over masks of squared deviations from the mean
+            for (size_t j = 0; j < np; j++) g_mean[j] = 0.0;
+            for (int i = 0; i < masks; i++) {
+                Rng same_mask = rng;   // a copy: the next mask drawn again, for x_(t-1)
+                mae_gradient_fg(m, x, &rng, g_cur);
+                mae_gradient_fg(m, prev, &same_mask, g_prev);
+                double dev = 0.0, dg2 = 0.0;
+                for (size_t j = 0; j < np; j++) {
+                    double d = g_cur[j] - g_mean[j];
+                    g_mean[j] += d / (i + 1);
+                    dev += d * (g_cur[j] - g_mean[j]);
+                    double c = (double)g_cur[j] - g_prev[j];
+                    dg2 += c * c;
+                }
+                sq_dev += dev;
+                dgrad2_sum += dg2;
+                n_dgrad++;
+                if (dx > 0.0) { beta_sum += sqrt(dg2) / dx; e.n_pairs++; }
+            }
+            sigma2_sum += sq_dev / (masks - 1);
+            e.n_sampled++;
+            printf("  kstar: frame %d: ||dx|| %.3f, sigma^2 %.4g\n", t + 1, dx, sq_dev / (masks - 1));
+        }
+        free(prev);
+        prev = x;
+    }
+    free(prev); free(g_cur); free(g_prev); free(g_mean);
+    e.eta = n > 1 ? eta_sum / (n - 1) : NAN;
+    e.sigma2 = e.n_sampled ? sigma2_sum / e.n_sampled : NAN;
+    e.beta = e.n_pairs ? beta_sum / e.n_pairs : NAN;
+    e.beta2eta2 = n_dgrad ? dgrad2_sum / n_dgrad : NAN;
+    e.kstar = e.beta2eta2 > 0.0 ? cbrt(e.sigma2 / e.beta2eta2) : e.beta2eta2 == 0.0 ? INFINITY : NAN;
+    return e;
+}
+
 // run the whole video once with window k, writing into out_dir; returns mIoU, sets ms/frame
 static double run_stream(const Args* a, Model* m, const Video* v, int k, const char* out_dir, double* ms_frame) {
     int n = v->n, H = v->H, W = v->W, HW3 = H * W * 3, B = a->batch;
@@ -657,6 +774,9 @@ static void usage(void) {
         "  --window K[,K...]   window of the last k frames (default 16); a list runs each k\n"
         "                        in turn into OUT/window_K/ and prints a table of mIoU per k\n"
         "  --batch B           masked images per TTT step, sampled with replacement (default 4)\n"
+        "  --micro-batch M     run each step's batch in chunks of M images, gradients accumulated\n"
+        "                        (the same step; less memory). Default: the whole batch on the\n"
+        "                        CPU, on the GPU the largest M that fits in its free memory\n"
         "  --steps S           TTT steps per frame (default 1)\n"
         "  --lr LR             AdamW learning rate (default 1e-4, the paper's code)\n"
         "  --beta1 B1 --beta2 B2 --eps E --wd WD   AdamW settings (default 0.9 0.999 1e-8 0.05)\n"
@@ -667,6 +787,16 @@ static void usage(void) {
         "  --device D          cpu | cuda | auto (default auto)\n"
         "  --offline-steps N   offline mode: training steps (default: number of frames x steps)\n"
         "  --shuffle           process the frames in a random (seeded) order\n"
+        "  --kstar             before the run, estimate at f0, g0 the theory's optimal window\n"
+        "                        k* = (sigma^2 / (beta^2 eta^2))^(1/3) from the frames: eta the\n"
+        "                        frame drift, sigma^2 the variance of one masked image's gradient,\n"
+        "                        beta the gradient's change per unit of input change (same mask);\n"
+        "                        printed with its parts (and beside the best k of a --window list);\n"
+        "                        beta^2 eta^2 is measured directly as the mean squared gradient\n"
+        "                        change between consecutive frames (same mask)\n"
+        "  --kstar-masks M     masks per sampled frame (default 8, >= 2)\n"
+        "  --kstar-every E     sample every E-th frame (default: about 16 frames in all);\n"
+        "                        costs 2 M forward-backward passes at batch 1 per sampled frame\n"
         "  --hash              print a hash of f, g and h after every frame (debugging)\n");
 }
 
@@ -691,6 +821,7 @@ static Args parse_args(int argc, char** argv) {
     a.mode = MODE_ONLINE;
     a.windows[0] = 16; a.n_windows = 1;
     a.batch = 4; a.steps = 1;
+    a.kstar_masks = 8;
     a.opt = opt_config_ttt();
     a.out_dir = "out";
     a.device = "auto";
@@ -704,6 +835,7 @@ static Args parse_args(int argc, char** argv) {
         }
         if (strcmp(o, "--shuffle") == 0) { a.shuffle = 1; continue; }
         if (strcmp(o, "--hash") == 0) { a.print_hashes = 1; continue; }
+        if (strcmp(o, "--kstar") == 0) { a.kstar = 1; continue; }
         if (i + 1 >= argc) ttt_die("option '%s' needs a value (--help for usage)", o);
         const char* v = argv[++i];
         if (strcmp(o, "--model") == 0) a.model_path = v;
@@ -724,6 +856,7 @@ static Args parse_args(int argc, char** argv) {
         }
         else if (strcmp(o, "--batch") == 0) a.batch = parse_int(o, v, 1);
         else if (strcmp(o, "--steps") == 0) a.steps = parse_int(o, v, 1);
+        else if (strcmp(o, "--micro-batch") == 0) a.micro_batch = parse_int(o, v, 1);
         else if (strcmp(o, "--lr") == 0) a.opt.lr = parse_float(o, v, 0.0f);
         else if (strcmp(o, "--beta1") == 0) a.opt.beta1 = parse_float(o, v, 0.0f);
         else if (strcmp(o, "--beta2") == 0) a.opt.beta2 = parse_float(o, v, 0.0f);
@@ -734,6 +867,8 @@ static Args parse_args(int argc, char** argv) {
         else if (strcmp(o, "--seed") == 0) a.seed = (uint64_t)parse_int(o, v, 0);
         else if (strcmp(o, "--device") == 0) a.device = v;
         else if (strcmp(o, "--offline-steps") == 0) a.offline_steps = parse_int(o, v, 1);
+        else if (strcmp(o, "--kstar-masks") == 0) a.kstar_masks = parse_int(o, v, 2);
+        else if (strcmp(o, "--kstar-every") == 0) a.kstar_every = parse_int(o, v, 1);
         else ttt_die("unknown option '%s' (--help for usage)", o);
     }
     if (a.dir == NULL) ttt_die("expected a directory of frames: ./stream DIR [options] (--help for usage)");
@@ -768,12 +903,41 @@ int main(int argc, char** argv) {
            (unsigned long long)a.seed, ttt_device_name(ttt_device), a.offline_steps,
            a.offline_steps ? "" : " (= frames x steps)", a.shuffle ? "on" : "off");
     if (a.mode == MODE_NOMEM || a.mode == MODE_IMPLICIT) printf("  (mode %s uses k = 1)\n", mode_names[a.mode]);
+    if (a.kstar) printf("  --kstar --kstar-masks %d --kstar-every %d%s\n", a.kstar_masks, a.kstar_every,
+                        a.kstar_every ? "" : " (= about 16 frames)");
 
-    Model* m = model_load(a.model_path, a.batch, v.H, v.W);
+    // plan the activations for a micro-batch: the whole batch unless it does not fit
+    ModelConfig cfg = model_read_config(a.model_path);
+    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&cfg, a.batch, v.H, v.W);
+    if (micro > a.batch) micro = a.batch;
+    if (micro < a.batch)
+        printf("  --micro-batch %d: each step of %d images runs in %d chunks (%.2f GiB of activations)\n", micro,
+               a.batch, (a.batch + micro - 1) / micro, model_activation_bytes(&cfg, micro, v.H, v.W) / 1073741824.0);
+    Model* m = model_load(a.model_path, micro, v.H, v.W);
     model_snapshot_ttt(m);
     if (a.mode == MODE_OFFLINE) {   // offline trains on random frames: decode them all once
         v.cache = (float**)mallocCheck(v.n * sizeof(float*));
         for (int i = 0; i < v.n; i++) { int H, W; v.cache[i] = image_load(v.fr[i].path, &H, &W); }
+    }
+
+    KstarEstimate ks;
+    memset(&ks, 0, sizeof(ks));
+    if (a.kstar) {
+        if (v.n < 2) ttt_die("--kstar needs at least 2 frames, '%s' has %d", a.dir, v.n);
+        int every = a.kstar_every ? a.kstar_every : (v.n - 1 + 15) / 16;   // about 16 frames
+        double t0 = time_now_seconds();
+        ks = estimate_kstar(m, &v, a.kstar_masks, every);
+        printf("bias-variance estimate at f0, g0 (%d frames t, every %d-th, %d masks each, batch 1, %.1f s):\n",
+               ks.n_sampled, every, a.kstar_masks, time_now_seconds() - t0);
+        printf("  eta     = mean ||x_t - x_(t-1)||_2                      = %.6g\n", ks.eta);
+        printf("  sigma^2 = E||g_i - E g||^2, one masked image          = %.6g\n", ks.sigma2);
+        printf("  beta    = mean ||g(x_t) - g(x_(t-1))|| / ||x_t - x_(t-1)|| = %.6g\n", ks.beta);
+        printf("  beta^2 eta^2 = mean ||g(x_t) - g(x_(t-1))||^2, same mask = %.6g (beta^2 x eta^2 of the means: %.6g)\n",
+               ks.beta2eta2, ks.beta * ks.beta * ks.eta * ks.eta);
+        printf("kstar %.4g = (sigma^2 / (beta^2 eta^2))^(1/3)\n", ks.kstar);
+        printf("kstar_values sigma2=%.6g beta=%.6g eta=%.6g beta2eta2=%.6g kstar=%.6g\n",
+               ks.sigma2, ks.beta, ks.eta, ks.beta2eta2, ks.kstar);
+        fflush(stdout);
     }
 
     double miou[MAX_WINDOWS], ms[MAX_WINDOWS];
@@ -792,6 +956,12 @@ int main(int argc, char** argv) {
             if (isfinite(miou[w])) printf("%.4f", miou[w]); else printf("     -");
             printf("  %8.1f\n", ms[w]);
         }
+        int best = -1;
+        for (int w = 0; w < a.n_windows; w++)
+            if (isfinite(miou[w]) && (best < 0 || miou[w] > miou[best])) best = w;
+        if (best >= 0) printf("best k %d (mIoU %.4f)", a.windows[best], miou[best]);
+        if (a.kstar) printf("%stheory's k* %.2f", best >= 0 ? "; " : "", ks.kstar);
+        if (best >= 0 || a.kstar) printf("\n");
     }
     model_free(m);
     for (int i = 0; i < v.n; i++) {

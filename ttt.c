@@ -161,6 +161,35 @@ void ttt_synchronize(void) {
 #endif
 }
 
+int device_graph_replay(DeviceGraph* g) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) return ttt_cuda_graph_replay(g);
+#endif
+    (void)g;
+    return 0;
+}
+
+void device_graph_begin(DeviceGraph* g) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) ttt_cuda_graph_begin(g);
+#endif
+    (void)g;
+}
+
+void device_graph_end(DeviceGraph* g) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) ttt_cuda_graph_end(g);
+#endif
+    (void)g;
+}
+
+void device_graph_free(DeviceGraph* g) {
+#ifdef TTT_CUDA
+    if (g->exec) ttt_cuda_graph_free(g);
+#endif
+    memset(g, 0, sizeof(*g));
+}
+
 // ----------------------------------------------------------------------------
 // random numbers: xorshift64* (Vigna), seeded through splitmix64
 
@@ -204,6 +233,84 @@ double time_now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// stage timing: each mark closes the open interval and opens one for the next name; the
+// intervals are folded into per-name totals when collected (one event pair per interval)
+static int stage_on = 0;
+static const char* stage_names[MAX_STAGES];
+static double stage_ms[MAX_STAGES];
+static int stage_n = 0;
+static int stage_open = -1;                 // pending slot of the open interval, or -1
+static int stage_pending_name[STAGE_MAX_PENDING];
+static double stage_host_start[STAGE_MAX_PENDING], stage_host_ms[STAGE_MAX_PENDING];
+static int stage_npending = 0;
+
+void stage_timing_enable(int on) { stage_on = on != 0; }
+int stage_timing_enabled(void) { return stage_on; }
+
+static void stage_fold(void) {
+    for (int i = 0; i < stage_npending; i++) {
+        double ms = stage_host_ms[i];
+#ifdef TTT_CUDA
+        if (ttt_device == DEVICE_CUDA) ms = ttt_cuda_stage_elapsed(i);
+#endif
+        stage_ms[stage_pending_name[i]] += ms;
+    }
+    stage_npending = 0;
+}
+
+static void stage_end_open(void) {
+    if (stage_open < 0) return;
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) ttt_cuda_stage_record(stage_open, 1);
+#endif
+    stage_host_ms[stage_open] = (time_now_seconds() - stage_host_start[stage_open]) * 1e3;
+    stage_open = -1;
+}
+
+void stage_begin(const char* name) {
+    if (!stage_on) return;
+    stage_end_open();
+    if (name == NULL) return;
+    int k = 0;
+    while (k < stage_n && strcmp(stage_names[k], name) != 0) k++;
+    if (k == stage_n) {
+        if (stage_n == MAX_STAGES) ttt_die("stage timing: more than %d stage names", MAX_STAGES);
+        stage_names[stage_n] = name;
+        stage_ms[stage_n++] = 0.0;
+    }
+    if (stage_npending == STAGE_MAX_PENDING) stage_fold();
+    int slot = stage_npending++;
+    stage_pending_name[slot] = k;
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) ttt_cuda_stage_record(slot, 0);
+#endif
+    stage_host_start[slot] = time_now_seconds();
+    stage_open = slot;
+}
+
+static double device_timer_t0;
+void device_timer_start(void) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { ttt_cuda_timer_start(); return; }
+#endif
+    device_timer_t0 = time_now_seconds();
+}
+double device_timer_stop_ms(void) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) return ttt_cuda_timer_stop_ms();
+#endif
+    return (time_now_seconds() - device_timer_t0) * 1e3;
+}
+
+int stage_timing_collect(const char** names, double* ms, int max) {
+    stage_end_open();
+    stage_fold();
+    int n = stage_n < max ? stage_n : max;
+    for (int i = 0; i < n; i++) { names[i] = stage_names[i]; ms[i] = stage_ms[i]; }
+    stage_n = 0;
+    return n;
 }
 
 int is_finite_array(const float* x, size_t n) {

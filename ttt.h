@@ -68,6 +68,19 @@ void ttt_to_device(void* dst, const void* src, size_t bytes);  // host -> ttt_de
 void ttt_to_host(void* dst, const void* src, size_t bytes);    // ttt_device -> host
 void ttt_synchronize(void);
 
+// CUDA graphs: a fixed sequence of device work (same pointers and sizes on every call) is
+// recorded once and then replayed with one launch, which removes the launch cost of the
+// thousands of small kernels in a TTT step. The first call of a graph runs eagerly (it
+// sizes the workspaces); the second records and runs; later ones replay. On the CPU, with
+// TTT_GRAPHS=0 or TTT_PROFILE=1, the work simply runs each time. A graph whose workspaces
+// have moved since it was recorded is dropped and recorded again. Usage:
+//   if (!device_graph_replay(&g)) { device_graph_begin(&g); ...ops...; device_graph_end(&g); }
+typedef struct { void* exec; long workspace_epoch; double flops; int calls; int capturing; } DeviceGraph;
+int device_graph_replay(DeviceGraph* g);   // 1: replayed (the work is queued); 0: run it
+void device_graph_begin(DeviceGraph* g);
+void device_graph_end(DeviceGraph* g);
+void device_graph_free(DeviceGraph* g);
+
 // ----------------------------------------------------------------------------
 // random numbers: xorshift64*, deterministic across machines
 
@@ -311,6 +324,16 @@ void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use
 void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernel for windows T <= 64
 void ttt_cuda_set_conv_im2col(int on);      // 0 (default): same-size 3x3 convs by shifted GEMMs
 void ttt_cuda_set_conv_scratch_floats(size_t n);  // test hook: shifted-GEMM chunk limit (0: default)
+void ttt_cuda_stage_record(int slot, int which);   // CUDA event of a stage mark (0 start, 1 end)
+float ttt_cuda_stage_elapsed(int slot);            // ms between the two events of a slot (waits)
+void ttt_cuda_timer_start(void);
+double ttt_cuda_timer_stop_ms(void);
+void ttt_cuda_set_graphs(int on);         // CUDA graphs on (1, default unless TTT_GRAPHS=0) or off
+int ttt_cuda_graph_replay(DeviceGraph* g);
+void semantic_inference_cuda(unsigned char* ids, const float* class_logits, const float* mask_logits, int Q, int K, int H4, int W4, int H, int W, float* work);
+void ttt_cuda_graph_begin(DeviceGraph* g);
+void ttt_cuda_graph_end(DeviceGraph* g);
+void ttt_cuda_graph_free(DeviceGraph* g);
 
 void add_forward_cuda(float* out, const float* a, const float* b, size_t N);
 void add_inplace_cuda(float* a, const float* b, size_t N);
@@ -761,6 +784,9 @@ size_t m2f_semantic_work_size(int Q, int K, int H4, int W4);
 void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
                             const float* mask_logits, int Q, int K, int H4, int W4,
                             int H, int W, float* work);
+// the same on ttt_device: every pointer (ids, logits, work) lives on that device
+void semantic_inference(unsigned char* ids, const float* class_logits, const float* mask_logits,
+                        int Q, int K, int H4, int W4, int H, int W, float* work);
 // Panoptic (Mask2Former panoptic_inference): score, label = max over softmax(K+1); keep
 // label != K and score > object_threshold (0.8); mask probs = sigmoid(bilinear logits at
 // (4*H4, 4*W4) cropped to H x W); pixel owner = argmax_kept score * prob; a kept query becomes
@@ -911,8 +937,17 @@ Model* model_load(const char* path, int max_batch, int H, int W);
 const ModelConfig* model_config(const Model* m);
 void model_snapshot_ttt(Model* m);   // f0, g0 <- f, g
 void model_reset_ttt(Model* m);      // f, g <- f0, g0; TTT optimizer state cleared
+// device bytes of the activations, their gradients and the input buffers that model_create
+// plans for max_batch frames of H x W (parameters and optimizer state not included)
+size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int W);
+// the batch to plan for a TTT batch of B: B on the CPU; on the GPU the largest micro-batch
+// M <= B whose buffers fit in 85% of the free device memory (the step then runs in chunks)
+int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W);
+ModelConfig model_read_config(const char* path);   // the config in a model checkpoint's header
 // one TTT step on f and g: frames (B, H, W, 3) in [0, 1] on the host, B independent masks;
-// returns the masked MSE; a non-finite loss leaves the weights untouched
+// returns the masked MSE; a non-finite loss leaves the weights untouched. B may exceed the
+// planned max_batch: the batch then runs in micro-batches of max_batch whose gradients
+// accumulate, the same step up to float rounding (same masks, same loss normalisation).
 float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt, Rng* rng);
 // MAE loss only (no update), with the given rng for the masks
 float model_mae_loss(Model* m, const float* frames, int B, Rng* rng);
@@ -985,6 +1020,20 @@ void mae_prepare_input_cuda(float* inp4, float* target, float* target_mask, cons
 // small utilities
 
 double time_now_seconds(void);  // monotonic wall clock
+// Stage timing for benchmarks. While enabled, stage_begin(name) ends the open stage and
+// opens the next; stage_begin(NULL) ends it. Device time between the marks is summed per
+// name: CUDA events on the GPU (CUDA graphs are off meanwhile, their work cannot be split),
+// the host clock on the CPU. Disabled (the default), a mark costs one branch.
+#define MAX_STAGES 16
+#define STAGE_MAX_PENDING 4096   // intervals held before they are folded into totals
+void stage_timing_enable(int on);
+int stage_timing_enabled(void);
+void stage_begin(const char* name);
+// totals so far (waits for the device): names and ms, returns the number of stages; resets
+int stage_timing_collect(const char** names, double* ms, int max);
+// one interval of device time for benchmarks: CUDA events on the GPU, host clock on the CPU
+void device_timer_start(void);
+double device_timer_stop_ms(void);   // waits for the device
 int is_finite_array(const float* x, size_t n);  // host memory
 
 #ifdef __cplusplus

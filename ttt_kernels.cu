@@ -2,7 +2,9 @@
 // Same signatures and layouts as the CPU references in ttt.c; every pointer lives on
 // the GPU. Matrix products go through cuBLAS in TF32 (CUBLAS_COMPUTE_32F_FAST_TF32,
 // float32 accumulation); everything else is a hand-written kernel. All work runs on
-// the default stream, so ops are ordered as they are called.
+// one stream, the per-thread default stream (built with --default-stream per-thread), so
+// ops are ordered as they are called and fixed sequences of them can be recorded as CUDA
+// graphs (the legacy NULL stream cannot be captured).
 // Backward kernels ACCUMULATE (+=) into gradients, as the contract says. Scatters
 // where several outputs feed one input (upsampling, point sampling, col2im, bias gather)
 // and sums split over blocks (parameter gradients of norms, bias sums) use atomicAdd;
@@ -10,7 +12,8 @@
 // Swin's small-window attention forward (T <= 64) is one fused kernel in float32.
 // Environment switches: TTT_TF32=0 (float32 matrix products), TTT_FUSED_ATTENTION=0
 // (cuBLAS path for windows too), TTT_CONV_IM2COL=1 (im2col for same-size 3x3 convs too),
-// TTT_PROFILE=1 (device time per op printed at exit).
+// TTT_PROFILE=1 (device time per op printed at exit),
+// TTT_GRAPHS=0 (no CUDA graphs: every kernel launched from the host each time).
 // Checked with compute-sanitizer: memcheck on test/gpu_ops, racecheck on test/gpu_model.
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
@@ -56,7 +59,10 @@ extern "C" int ttt_cuda_device_count(void) {
     return n;
 }
 
+static int graph_capturing = 0;   // 1 while a CUDA graph is being recorded
+
 extern "C" void* ttt_cuda_malloc(size_t bytes) {
+    if (graph_capturing) ttt_die("internal: GPU memory allocated while a CUDA graph was recorded (run with TTT_GRAPHS=0)");
     void* p = NULL;
     cudaError_t err = cudaMalloc(&p, bytes > 0 ? bytes : 1);
     if (err != cudaSuccess) {
@@ -71,23 +77,35 @@ extern "C" void* ttt_cuda_malloc(size_t bytes) {
     return p;
 }
 
-extern "C" void ttt_cuda_free(void* p) { if (p) cudaCheck(cudaFree(p)); }
+extern "C" void ttt_cuda_free(void* p) {
+    if (graph_capturing) ttt_die("internal: GPU memory freed while a CUDA graph was recorded (run with TTT_GRAPHS=0)");
+    if (p) cudaCheck(cudaFree(p));
+}
 
-extern "C" void ttt_cuda_zero(void* p, size_t bytes) { if (bytes) cudaCheck(cudaMemset(p, 0, bytes)); }
+extern "C" void ttt_cuda_zero(void* p, size_t bytes) {
+    if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, cudaStreamPerThread));
+}
 
 extern "C" void ttt_cuda_copy(void* dst, const void* src, size_t bytes, int kind) {
     if (bytes == 0) return;
     cudaMemcpyKind k = kind == 1 ? cudaMemcpyHostToDevice
                      : kind == 2 ? cudaMemcpyDeviceToHost : cudaMemcpyDeviceToDevice;
-    cudaCheck(cudaMemcpy(dst, src, bytes, k));
+    if (k == cudaMemcpyDeviceToDevice) cudaCheck(cudaMemcpyAsync(dst, src, bytes, k, cudaStreamPerThread));
+    else cudaCheck(cudaMemcpy(dst, src, bytes, k));   // host memory: waits for the stream
 }
 
 extern "C" void ttt_cuda_synchronize(void) { cudaCheck(cudaDeviceSynchronize()); }
 
-// one cuBLAS handle for the process, created on first use
+// one cuBLAS handle for the process, created on first use, on our stream and with a
+// workspace of its own (so that cuBLAS never allocates while a graph is being recorded)
 static cublasHandle_t cublas_handle = NULL;
 static cublasHandle_t get_cublas(void) {
-    if (cublas_handle == NULL) cublasCheck(cublasCreate(&cublas_handle));
+    if (cublas_handle == NULL) {
+        const size_t workspace_bytes = 32u << 20;
+        cublasCheck(cublasCreate(&cublas_handle));
+        cublasCheck(cublasSetStream(cublas_handle, cudaStreamPerThread));
+        cublasCheck(cublasSetWorkspace(cublas_handle, ttt_cuda_malloc(workspace_bytes), workspace_bytes));
+    }
     return cublas_handle;
 }
 
@@ -96,8 +114,12 @@ static cublasHandle_t get_cublas(void) {
 typedef struct { void* ptr; size_t bytes; } Workspace;
 static Workspace ws_gemm;     // im2col / col2im columns, attention score gradients
 static Workspace ws_reduce;   // partial sums of reductions (doubles)
+static long workspace_epoch = 0;   // bumped whenever a workspace moves (graphs record pointers)
 static void* workspace_get(Workspace* w, size_t bytes) {
     if (bytes > w->bytes) {
+        if (graph_capturing)
+            ttt_die("internal: a CUDA workspace had to grow while a graph was recorded (run with TTT_GRAPHS=0)");
+        workspace_epoch++;
         if (w->ptr) cudaCheck(cudaFree(w->ptr));
         size_t grow = bytes + bytes / 4;
         w->ptr = ttt_cuda_malloc(grow);
@@ -200,6 +222,100 @@ struct OpTimer {
         if (slot >= 0) cudaCheck(cudaEventRecord(prof_ev[slot][1]));
     }
 };
+
+// ----------------------------------------------------------------------------
+// CUDA graphs (see DeviceGraph in ttt.h): record the work of a fixed op sequence on our
+// stream once, replay it with one launch. Not used under TTT_PROFILE=1 (its per-op events
+// need the eager launches) or with TTT_GRAPHS=0.
+
+// stage timing events (ttt.c keeps the bookkeeping; slots index its pending intervals)
+static cudaEvent_t stage_ev[STAGE_MAX_PENDING][2];
+static int stage_ev_created = 0;
+extern "C" void ttt_cuda_stage_record(int slot, int which) {
+    while (stage_ev_created <= slot) {
+        cudaCheck(cudaEventCreate(&stage_ev[stage_ev_created][0]));
+        cudaCheck(cudaEventCreate(&stage_ev[stage_ev_created][1]));
+        stage_ev_created++;
+    }
+    cudaCheck(cudaEventRecord(stage_ev[slot][which], cudaStreamPerThread));
+}
+extern "C" float ttt_cuda_stage_elapsed(int slot) {
+    float ms = 0.0f;
+    cudaCheck(cudaEventSynchronize(stage_ev[slot][1]));
+    cudaCheck(cudaEventElapsedTime(&ms, stage_ev[slot][0], stage_ev[slot][1]));
+    return ms;
+}
+
+static cudaEvent_t timer_ev[2];
+static int timer_ev_created = 0;
+extern "C" void ttt_cuda_timer_start(void) {
+    if (!timer_ev_created) {
+        cudaCheck(cudaEventCreate(&timer_ev[0]));
+        cudaCheck(cudaEventCreate(&timer_ev[1]));
+        timer_ev_created = 1;
+    }
+    cudaCheck(cudaEventRecord(timer_ev[0], cudaStreamPerThread));
+}
+extern "C" double ttt_cuda_timer_stop_ms(void) {
+    float ms = 0.0f;
+    cudaCheck(cudaEventRecord(timer_ev[1], cudaStreamPerThread));
+    cudaCheck(cudaEventSynchronize(timer_ev[1]));
+    cudaCheck(cudaEventElapsedTime(&ms, timer_ev[0], timer_ev[1]));
+    return ms;
+}
+
+static int graphs_on = -1;
+extern "C" void ttt_cuda_set_graphs(int on) { graphs_on = on != 0; }
+static int graphs_enabled(void) {
+    if (graphs_on < 0) {
+        const char* g = getenv("TTT_GRAPHS");
+        graphs_on = !(g && g[0] == '0');
+    }
+    const char* p = getenv("TTT_PROFILE");
+    return graphs_on && !(p && p[0] == '1') && !stage_timing_enabled();
+}
+
+extern "C" void ttt_cuda_graph_free(DeviceGraph* g) {
+    if (g->exec) cudaCheck(cudaGraphExecDestroy((cudaGraphExec_t)g->exec));
+    g->exec = NULL;
+}
+
+extern "C" int ttt_cuda_graph_replay(DeviceGraph* g) {
+    if (g->exec == NULL || !graphs_enabled()) return 0;
+    if (g->workspace_epoch != workspace_epoch) {   // a buffer it reads has moved: record again
+        ttt_cuda_graph_free(g);
+        g->calls = 0;
+        return 0;
+    }
+    cudaCheck(cudaGraphLaunch((cudaGraphExec_t)g->exec, cudaStreamPerThread));
+    gemm_flop_count += g->flops;
+    return 1;
+}
+
+extern "C" void ttt_cuda_graph_begin(DeviceGraph* g) {
+    g->calls++;
+    g->capturing = 0;
+    if (g->calls < 2 || !graphs_enabled() || graph_capturing) return;   // first call: eager
+    g->flops = gemm_flop_count;
+    cudaCheck(cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeThreadLocal));
+    graph_capturing = 1;
+    g->capturing = 1;
+}
+
+extern "C" void ttt_cuda_graph_end(DeviceGraph* g) {
+    if (!g->capturing) return;
+    cudaGraph_t graph;
+    cudaCheck(cudaStreamEndCapture(cudaStreamPerThread, &graph));
+    graph_capturing = 0;
+    g->capturing = 0;
+    cudaGraphExec_t exec;
+    cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
+    cudaCheck(cudaGraphDestroy(graph));
+    g->exec = (void*)exec;
+    g->flops = gemm_flop_count - g->flops;   // the matrix products counted while recording
+    g->workspace_epoch = workspace_epoch;
+    cudaCheck(cudaGraphLaunch(exec, cudaStreamPerThread));   // recording did not run the work
+}
 
 // ----------------------------------------------------------------------------
 // row-major GEMM through column-major cuBLAS.
@@ -355,7 +471,7 @@ extern "C" void linear_forward_cuda(float* out, const float* inp, const float* w
                                     int N, int C, int OC) {
     OpTimer timer("linear_forward");
     if (N <= 0 || OC <= 0) return;
-    if (C <= 0) { cudaCheck(cudaMemset(out, 0, (size_t)N * OC * sizeof(float))); }
+    if (C <= 0) { ttt_cuda_zero(out, (size_t)N * OC * sizeof(float)); }
     // out (N, OC) = inp (N, C) @ weight (OC, C)^T
     else gemm_rm(false, true, N, OC, C, 1.0f, inp, C, 0, weight, C, 0, 0.0f, out, OC, 0, 1);
     if (bias) { add_bias_kernel<<<grid_for((size_t)N * OC, 256), 256>>>(out, bias, (size_t)N, OC); launchCheck(); }
@@ -1725,4 +1841,85 @@ extern "C" void mae_prepare_input_cuda(float* inp4, float* target, float* target
     mae_prepare_input_kernel<<<grid_for(total, 256), 256>>>(inp4, target, target_mask, rgb, patch_mask,
                                                             B, H, W, Hp, Wp, ps);
     launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// semantic inference (m2f_semantic_inference in mask2former.c is the CPU reference):
+// per-query class probabilities, the class maps at 1/4 resolution, then the bilinear
+// x4 resize, crop and argmax fused per output pixel. Same float operations in the same
+// order as the reference, so ids differ only where two class scores tie within rounding.
+
+// one thread per query: softmax over the K+1 logits (double sum, as the reference)
+__global__ void semantic_probs_kernel(float* probs, const float* class_logits, int Q, int K1) {
+    int q = blockIdx.x * blockDim.x + threadIdx.x;
+    if (q >= Q) return;
+    const float* lg = class_logits + (size_t)q * K1;
+    float* p = probs + (size_t)q * K1;
+    float mx = lg[0];
+    for (int k = 1; k < K1; k++) mx = fmaxf(mx, lg[k]);
+    double z = 0.0;
+    for (int k = 0; k < K1; k++) { p[k] = expf(lg[k] - mx); z += p[k]; }
+    for (int k = 0; k < K1; k++) p[k] = (float)(p[k] / z);
+}
+
+// seg[p, k] = sum_q probs[q, k] * sigmoid(mask[q, p]), one thread per (p, k), q ascending
+__global__ void semantic_maps_kernel(float* seg, const float* probs, const float* mask_logits,
+                                     int Q, int K, int HW) {
+    size_t total = (size_t)HW * K;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int k = i % K;
+        size_t p = i / K;
+        float acc = 0.0f;
+        for (int q = 0; q < Q; q++) {
+            float s = 1.0f / (1.0f + expf(-mask_logits[(size_t)q * HW + p]));
+            acc += probs[(size_t)q * (K + 1) + k] * s;
+        }
+        seg[i] = acc;
+    }
+}
+
+// source taps of output index dst for a x4 bilinear resize, align_corners=False
+__device__ void bilinear_taps_x4_device(int dst, int n_in, int* i0, int* i1, float* lambda) {
+    float src = (dst + 0.5f) * 0.25f - 0.5f;
+    if (src < 0.0f) src = 0.0f;
+    int a = (int)src;
+    if (a > n_in - 1) a = n_in - 1;
+    *i0 = a;
+    *i1 = (a < n_in - 1) ? a + 1 : a;
+    *lambda = src - (float)a;
+}
+
+// one thread per output pixel of the H x W crop: resized class scores, first argmax
+__global__ void semantic_argmax_kernel(unsigned char* ids, const float* seg, int K, int H4, int W4, int H, int W) {
+    size_t total = (size_t)H * W;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int x = i % W, y = i / W;
+        int y0, y1, x0, x1; float ly, lx;
+        bilinear_taps_x4_device(y, H4, &y0, &y1, &ly);
+        bilinear_taps_x4_device(x, W4, &x0, &x1, &lx);
+        const float* s00 = seg + ((size_t)y0 * W4 + x0) * K;
+        const float* s01 = seg + ((size_t)y0 * W4 + x1) * K;
+        const float* s10 = seg + ((size_t)y1 * W4 + x0) * K;
+        const float* s11 = seg + ((size_t)y1 * W4 + x1) * K;
+        int best = 0;
+        float best_val = 0.0f;
+        for (int k = 0; k < K; k++) {
+            float v = (1.0f - ly) * ((1.0f - lx) * s00[k] + lx * s01[k]) +
+                      ly * ((1.0f - lx) * s10[k] + lx * s11[k]);
+            if (k == 0 || v > best_val) { best = k; best_val = v; }
+        }
+        ids[i] = (unsigned char)best;
+    }
+}
+
+extern "C" void semantic_inference_cuda(unsigned char* ids, const float* class_logits, const float* mask_logits,
+                                        int Q, int K, int H4, int W4, int H, int W, float* work) {
+    OpTimer timer("semantic_inference");
+    if (H > 4 * H4 || W > 4 * W4) ttt_die("semantic inference: image %dx%d larger than 4 x (%dx%d)", H, W, H4, W4);
+    int HW = H4 * W4;
+    float* probs = work;                          // (Q, K+1)
+    float* seg = work + (size_t)Q * (K + 1);      // (H4*W4, K)
+    semantic_probs_kernel<<<(Q + 127) / 128, 128>>>(probs, class_logits, Q, K + 1); launchCheck();
+    semantic_maps_kernel<<<grid_for((size_t)HW * K, 256), 256>>>(seg, probs, mask_logits, Q, K, HW); launchCheck();
+    semantic_argmax_kernel<<<grid_for((size_t)H * W, 256), 256>>>(ids, seg, K, H4, W4, H, W); launchCheck();
 }

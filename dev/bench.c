@@ -1,13 +1,17 @@
 // dev/bench.c: times the Y model on the current device.
-//   per-frame prediction h(f(x)) (batch 1) and one TTT step (MAE forward + backward of f, g
-//   + AdamW) at batch B, after warm-up; median over --iters runs. Split of the TTT step:
-//   forward of f and g (model_mae_loss) and the rest (backward + AdamW = step - forward).
-//   GEMM FLOPs are counted exactly as cuBLAS is called (2 M N K per product); the rate
-//   printed is those FLOPs over the measured time. Device memory in use is read at the end
-//   (it includes the CUDA context; buffers are never freed during a run, so it is the peak).
-// usage: ./bench [--config swin_s|default|tiny] [--batch B] [--height H] [--width W]
-//                [--iters N] [--warmup N] [--device cuda|cpu]
-// One line per measurement; the last line is a summary row for BENCHMARKS.md.
+//   predict: one frame (batch 1) through f and h, class ids back on the host.
+//   MAE forward: masked batch of B through f and g + the loss.
+//   TTT step: MAE forward + backward through g and f + AdamW on f and g, batch B (in
+//   micro-batches of M when --micro-batch M < B: same step, gradients accumulated).
+// Times: CUDA events around each call after warm-up (host clock on the CPU), median of
+// --iters. Then a second pass with stage timing (CUDA graphs off, events at the stage
+// marks in mae.c) splits predict and the TTT step by stage. GEMM FLOPs are counted as
+// cuBLAS is called (2 M N K per product); the rate printed is those FLOPs over the time.
+// Device memory in use is read at the end (CUDA context, parameters, activations,
+// workspaces; nothing is freed during a run, so it is the peak).
+// usage: ./bench [--config swin_s|default|tiny] [--batch B] [--micro-batch M] [--height H]
+//                [--width W] [--iters N] [--warmup N] [--device cuda|cpu]
+// The last line is a summary row for BENCHMARKS.md.
 #include "ttt.h"
 
 static int cmp_double(const void* a, const void* b) {
@@ -25,14 +29,57 @@ static double gemm_flops(void) {
     return 0.0;
 }
 
+// what is timed: 0 predict, 1 MAE forward, 2 TTT step
+typedef struct { Model* m; float* frames; unsigned char* pred; int B; OptConfig opt; Rng rng; float loss; } Bench;
+static void run_once(Bench* b, int what) {
+    if (what == 0) model_predict(b->m, b->frames, b->pred);
+    else if (what == 1) b->loss = model_mae_loss(b->m, b->frames, b->B, &b->rng);
+    else b->loss = model_ttt_step(b->m, b->frames, b->B, &b->opt, &b->rng);
+}
+
+// median ms over iters after warmup calls; FLOPs per call through *flop
+static double time_calls(Bench* b, int what, int warmup, int iters, double* flop) {
+    double* t = (double*)mallocCheck(iters * sizeof(double));
+    for (int i = 0; i < warmup; i++) run_once(b, what);
+    double f0 = gemm_flops();
+    for (int i = 0; i < iters; i++) {
+        ttt_synchronize();
+        device_timer_start();
+        run_once(b, what);
+        t[i] = device_timer_stop_ms();
+    }
+    *flop = (gemm_flops() - f0) / iters;
+    double ms = median(t, iters);
+    free(t);
+    return ms;
+}
+
+// per-stage device time of `iters` calls (stage timing on, graphs off), printed as ms per call
+static void print_split(Bench* b, int what, int iters, const char* title, double ms_total) {
+    stage_timing_enable(1);
+    run_once(b, what);   // the first call without graphs may differ: not counted
+    const char* names[MAX_STAGES];
+    double ms[MAX_STAGES];
+    stage_timing_collect(names, ms, MAX_STAGES);
+    for (int i = 0; i < iters; i++) run_once(b, what);
+    int n = stage_timing_collect(names, ms, MAX_STAGES);
+    stage_timing_enable(0);
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += ms[i] / iters;
+    printf("  split of %s (stage timing, graphs off; %.2f ms in stages, %.2f ms timed above):\n", title, sum, ms_total);
+    for (int i = 0; i < n; i++)
+        printf("    %-28s %9.2f ms  %5.1f%%\n", names[i], ms[i] / iters, 100.0 * ms[i] / iters / (sum > 0 ? sum : 1));
+}
+
 int main(int argc, char** argv) {
     const char* config = "swin_s";
     const char* device = "auto";
-    int B = 1, H = 384, W = 1248, iters = 5, warmup = 2;
+    int B = 1, M = 0, H = 384, W = 1248, iters = 5, warmup = 2;
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) ttt_die("missing value after %s", argv[i]);
         if (!strcmp(argv[i], "--config")) config = argv[++i];
         else if (!strcmp(argv[i], "--batch")) B = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--micro-batch")) M = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--height")) H = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--width")) W = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--iters")) iters = atoi(argv[++i]);
@@ -40,8 +87,8 @@ int main(int argc, char** argv) {
         else if (!strcmp(argv[i], "--device")) device = argv[++i];
         else ttt_die("unknown option %s", argv[i]);
     }
-    if (B < 1 || H < 32 || W < 32 || iters < 1 || iters > 1000 || warmup < 0)
-        ttt_die("bad sizes: batch %d, %d x %d, iters %d, warmup %d", B, H, W, iters, warmup);
+    if (B < 1 || M < 0 || H < 32 || W < 32 || iters < 1 || iters > 1000 || warmup < 0)
+        ttt_die("bad sizes: batch %d, micro-batch %d, %d x %d, iters %d, warmup %d", B, M, H, W, iters, warmup);
     ttt_set_device(ttt_parse_device(device));
     int K = 19;
     ModelConfig cfg;
@@ -49,67 +96,34 @@ int main(int argc, char** argv) {
     else if (!strcmp(config, "default")) cfg = model_config_default(K);
     else if (!strcmp(config, "tiny")) cfg = model_config_tiny(K);
     else { ttt_die("unknown config '%s' (swin_s, default, tiny)", config); return 1; }
+    if (M == 0) M = model_auto_micro_batch(&cfg, B, H, W);
+    if (M > B) M = B;
 
-    Model* m = model_create(&cfg, B, H, W);
-    model_init_random(m, 1);
-    model_snapshot_ttt(m);
-    printf("bench: config %s, device %s, batch %d, %d x %d, params f %.2fM h %.2fM g %.2fM\n",
-           config, ttt_device_name(ttt_device), B, H, W, model_num_params(m, 0) / 1e6,
-           model_num_params(m, 1) / 1e6, model_num_params(m, 2) / 1e6);
-    Rng rng; rng_seed(&rng, 2);
-    float* frames = (float*)mallocCheck((size_t)B * H * W * 3 * sizeof(float));
-    rng_fill_uniform(&rng, frames, (size_t)B * H * W * 3, 0.0f, 1.0f);
-    unsigned char* pred = (unsigned char*)mallocCheck((size_t)H * W);
-    OptConfig opt = opt_config_ttt();
-    double* t = (double*)mallocCheck(iters * sizeof(double));
+    Bench b;
+    b.m = model_create(&cfg, M, H, W);
+    model_init_random(b.m, 1);
+    model_snapshot_ttt(b.m);
+    printf("bench: config %s, device %s, batch %d (micro-batch %d), %d x %d, params f %.2fM h %.2fM g %.2fM\n",
+           config, ttt_device_name(ttt_device), B, M, H, W, model_num_params(b.m, 0) / 1e6,
+           model_num_params(b.m, 1) / 1e6, model_num_params(b.m, 2) / 1e6);
+    rng_seed(&b.rng, 2);
+    b.B = B;
+    b.frames = (float*)mallocCheck((size_t)B * H * W * 3 * sizeof(float));
+    rng_fill_uniform(&b.rng, b.frames, (size_t)B * H * W * 3, 0.0f, 1.0f);
+    b.pred = (unsigned char*)mallocCheck((size_t)H * W);
+    b.opt = opt_config_ttt();
+    b.loss = 0.0f;
 
-    // prediction, batch 1 (returns class ids on the host, so it ends synchronised)
-    for (int i = 0; i < warmup; i++) model_predict(m, frames, pred);
-    double f0 = gemm_flops();
-    for (int i = 0; i < iters; i++) {
-        ttt_synchronize();
-        double s = time_now_seconds();
-        model_predict(m, frames, pred);
-        ttt_synchronize();
-        t[i] = time_now_seconds() - s;
-    }
-    double flop_predict = (gemm_flops() - f0) / iters;
-    double ms_predict = median(t, iters) * 1e3;
+    double flop_predict, flop_fwd, flop_step;
+    double ms_predict = time_calls(&b, 0, warmup, iters, &flop_predict);
     printf("predict (B=1)        %9.2f ms   GEMM %7.1f GFLOP  %6.1f TFLOP/s\n", ms_predict,
            flop_predict / 1e9, flop_predict / (ms_predict * 1e-3) / 1e12);
-
-    // MAE forward only (f and g), batch B
-    for (int i = 0; i < warmup; i++) model_mae_loss(m, frames, B, &rng);
-    f0 = gemm_flops();
-    for (int i = 0; i < iters; i++) {
-        ttt_synchronize();
-        double s = time_now_seconds();
-        model_mae_loss(m, frames, B, &rng);
-        ttt_synchronize();
-        t[i] = time_now_seconds() - s;
-    }
-    double flop_fwd = (gemm_flops() - f0) / iters;
-    double ms_fwd = median(t, iters) * 1e3;
+    double ms_fwd = time_calls(&b, 1, warmup, iters, &flop_fwd);
     printf("MAE forward (B=%d)   %9.2f ms   GEMM %7.1f GFLOP  %6.1f TFLOP/s\n", B, ms_fwd,
            flop_fwd / 1e9, flop_fwd / (ms_fwd * 1e-3) / 1e12);
-
-    // one TTT step: forward + backward + AdamW on f and g
-    float loss = 0.0f;
-    for (int i = 0; i < warmup; i++) loss = model_ttt_step(m, frames, B, &opt, &rng);
-    f0 = gemm_flops();
-    for (int i = 0; i < iters; i++) {
-        ttt_synchronize();
-        double s = time_now_seconds();
-        loss = model_ttt_step(m, frames, B, &opt, &rng);
-        ttt_synchronize();
-        t[i] = time_now_seconds() - s;
-    }
-    double flop_step = (gemm_flops() - f0) / iters;
-    double ms_step = median(t, iters) * 1e3;
-    printf("TTT step (B=%d)      %9.2f ms   GEMM %7.1f GFLOP  %6.1f TFLOP/s  (loss %.4f)\n", B, ms_step,
-           flop_step / 1e9, flop_step / (ms_step * 1e-3) / 1e12, loss);
-    printf("  split: forward f+g %.2f ms, backward + AdamW %.2f ms; per frame %.2f ms\n",
-           ms_fwd, ms_step - ms_fwd, ms_step / B);
+    double ms_step = time_calls(&b, 2, warmup, iters, &flop_step);
+    printf("TTT step (B=%d)      %9.2f ms   GEMM %7.1f GFLOP  %6.1f TFLOP/s  (loss %.4f); per frame %.2f ms\n",
+           B, ms_step, flop_step / 1e9, flop_step / (ms_step * 1e-3) / 1e12, b.loss, ms_step / B);
 
     double used_gib = 0.0, total_gib = 0.0;
 #ifdef TTT_CUDA
@@ -117,12 +131,16 @@ int main(int argc, char** argv) {
         size_t used, total;
         ttt_cuda_memory_info(&used, &total);
         used_gib = used / 1073741824.0; total_gib = total / 1073741824.0;
-        printf("device memory in use %.2f GiB of %.2f GiB\n", used_gib, total_gib);
+        printf("device memory in use %.2f GiB of %.2f GiB (context, parameters, activations for %d, workspaces)\n",
+               used_gib, total_gib, M);
     }
 #endif
-    printf("| %s | %d | %dx%d | %.2f | %.2f | %.2f | %.2f | %.1f | %.2f |\n", config, B, H, W, ms_predict, ms_fwd,
-           ms_step, ms_step / B, flop_step / (ms_step * 1e-3) / 1e12, used_gib);
-    free(t); free(frames); free(pred);
-    model_free(m);
+    int split_iters = iters < 3 ? iters : 3;
+    print_split(&b, 0, split_iters, "predict", ms_predict);
+    print_split(&b, 2, split_iters, "the TTT step", ms_step);
+    printf("| %s | %d | %d | %dx%d | %.2f | %.2f | %.2f | %.2f | %.1f | %.2f |\n", config, B, M, H, W, ms_predict,
+           ms_fwd, ms_step, ms_step / B, flop_step / (ms_step * 1e-3) / 1e12, used_gib);
+    free(b.frames); free(b.pred);
+    model_free(b.m);
     return 0;
 }

@@ -6,7 +6,9 @@
 //       same stems; each still is a fresh random scene in the SOURCE appearance
 //       (canonical class colours and textures, small random jitter, no drift).
 //   ./gen video OUTDIR --frames T --size WxH --seed S [--labels DIR] [--drift D]
-//       [--drift-period P] [--scene-every N] [--speed V] [--fps F]
+//       [--style-drift S] [--look-drift L]
+//       [--drift-period P] [--scene-every N] [--speed V] [--fps F] [--shift NAME]
+//       [--shift-strength S]
 //       OUTDIR/frame000001.png ... and the label maps with the same names in DIR
 //       (default OUTDIR_labels). A camera pans smoothly through a scene wider than the
 //       frame; objects move on their own and enter and leave the view; the appearance
@@ -14,6 +16,8 @@
 //       scale) drifts along smooth random tracks with keyframes every P frames; every N
 //       frames the scene changes (new layout, new appearance anchor). So nearby frames
 //       are alike and distant ones are not.
+//       --shift adds on every frame a test-time shift the stills never show (fog, night,
+//       swap, noise, style; see shift_image below); labels unchanged.
 //
 // The world is continuous: a pixel (x, y) of an H-pixel-high frame sees world point
 // u = cam_u + (x + 0.5) / H * zoom, v = cam_v + (y + 0.5) / H * zoom (v grows
@@ -310,6 +314,58 @@ static void render(const Scene* sc, float j, const Camera* cam, const Look* look
 }
 
 // ----------------------------------------------------------------------------
+// --shift: a test-time shift outside what the source stills vary
+//
+// The stills jitter class colours (+-0.08), texture scale (x0.8..1.25), illumination
+// (x0.85..1.15), contrast (x0.9..1.1) and blur (sigma < 0.5) with noise 0.02; a video's
+// drift moves the same knobs further (about twice as far). A shift changes the image in a
+// way neither does, on every frame of the video, with strength S (1 = the full shift):
+//   fog    x <- (1 - a) x + a haze, a = 0.55 S, haze (0.78, 0.80, 0.84): washed out
+//   night  x <- x * (1 - 0.72 S) * (1, 1 + 0.15 S, 1 + 0.6 S) + noise of std 0.05 S: dark, blue, grainy
+//   swap   x <- (1 - S) x + S (B, R, G): the colour channels rotated
+//   noise  x <- x + noise of std 0.15 S: heavy sensor noise
+//   style  every class's texture pattern replaced by the next kind (noise -> stripes ->
+//          checker -> dots -> noise), its two colours exchanged, frequency x (1 + 1.5 S)
+// Pixels are clamped to [0, 1] afterwards. Only the image changes: labels never do.
+
+enum { SHIFT_NONE, SHIFT_FOG, SHIFT_NIGHT, SHIFT_SWAP, SHIFT_NOISE, SHIFT_STYLE, NUM_SHIFTS };
+static const char* shift_names[NUM_SHIFTS] = {"none", "fog", "night", "swap", "noise", "style"};
+
+// the style shift, on the styles of the frame about to be rendered
+static void shift_style(Scene* sc, float strength) {
+    for (int c = 0; c < NUM_CLASSES; c++) {
+        ClassStyle* st = &sc->style[c];
+        st->pattern = (source_style[c].pattern + 1) % 4;   // the drift redoes colours and scale, not this
+        for (int ch = 0; ch < 3; ch++) { float t = st->base[ch]; st->base[ch] = st->alt[ch]; st->alt[ch] = t; }
+        st->freq *= 1.0f + 1.5f * strength;
+    }
+}
+
+// the image shifts, on a rendered image (H, W, 3) in [0, 1]; rng draws the added noise
+static void shift_image(float* img, int H, int W, int shift, float strength, Rng* rng) {
+    size_t n = (size_t)H * W;
+    const float haze[3] = {0.78f, 0.80f, 0.84f};
+    for (size_t i = 0; i < n; i++) {
+        float* px = img + 3 * i;
+        float in[3] = {px[0], px[1], px[2]};
+        for (int c = 0; c < 3; c++) {
+            float x = in[c];
+            switch (shift) {
+            case SHIFT_FOG: { float a = 0.55f * strength; x = (1.0f - a) * x + a * haze[c]; break; }
+            case SHIFT_NIGHT: {
+                const float tint[3] = {0.0f, 0.15f, 0.6f};
+                x = x * (1.0f - 0.72f * strength) * (1.0f + tint[c] * strength) + 0.05f * strength * rng_normal(rng);
+                break;
+            }
+            case SHIFT_SWAP: x = (1.0f - strength) * x + strength * in[(c + 2) % 3]; break;
+            case SHIFT_NOISE: x += 0.15f * strength * rng_normal(rng); break;
+            }
+            px[c] = clampf(x, 0.0f, 1.0f);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
 // output
 
 // mkdir -p: create path and any missing parents
@@ -335,7 +391,8 @@ static void usage(void) {
     fprintf(fp,
         "usage: ./gen stills OUTDIR [--n N] [--size WxH] [--seed S]\n"
         "       ./gen video OUTDIR [--frames T] [--size WxH] [--seed S] [--labels DIR]\n"
-        "                 [--drift D] [--drift-period P] [--scene-every N] [--speed V] [--fps F]\n"
+        "                 [--drift D] [--style-drift S] [--look-drift L] [--drift-period P]\n"
+        "                 [--scene-every N] [--speed V] [--fps F] [--shift NAME] [--shift-strength S]\n"
         "\n"
         "A seeded synthetic world with %d classes (label value = index):", NUM_CLASSES);
     for (int c = 0; c < NUM_CLASSES; c++) fprintf(fp, " %d %s%s", c, class_names[c], c + 1 < NUM_CLASSES ? "," : "\n");
@@ -350,12 +407,22 @@ static void usage(void) {
         "  --frames T        number of frames (default 300)\n"
         "  --labels DIR      where label maps go (default OUTDIR_labels)\n"
         "  --drift D         strength of the appearance drift, 0 = none (default 1)\n"
+        "  --style-drift S   strength of the class-colour and texture-scale part only: what\n"
+        "                    tells the classes apart moves (default: D)\n"
+        "  --look-drift L    strength of the nuisance part only: illumination, colour cast,\n"
+        "                    contrast, blur, noise (default: D)\n"
         "  --drift-period P  frames between drift keyframes (default 60)\n"
         "  --scene-every N   a new scene every N frames (default 300)\n"
         "  --speed V         camera pan in frame heights per frame at 30 fps (default 0.01)\n"
         "  --fps F           frame rate (default 30): the same world and motion sampled F/30\n"
         "                    times as densely; --drift-period, --scene-every and --speed are\n"
         "                    given in frames at 30 fps\n"
+        "  --shift NAME      a test-time shift outside what the stills vary, on every frame\n"
+        "                    (labels unchanged): none (default), fog (washed-out haze), night\n"
+        "                    (dark, blue, grainy), swap (colour channels rotated), noise (heavy\n"
+        "                    sensor noise), style (unseen textures: other patterns, colours\n"
+        "                    exchanged, finer)\n"
+        "  --shift-strength S  strength of the shift, 1 = full (default 1)\n"
         "both:\n"
         "  --size WxH        frame size in pixels (default 128x96)\n"
         "  --seed S          random seed (default 1)\n");
@@ -390,7 +457,9 @@ int main(int argc, char** argv) {
 
     int n = 100, frames = 300, W = 128, H = 96, scene_every = 300;
     uint64_t seed = 1;
-    float drift = 1.0f, drift_period = 60.0f, speed = 0.01f, fps = 30.0f;
+    float drift = 1.0f, drift_period = 60.0f, speed = 0.01f, fps = 30.0f, shift_strength = 1.0f;
+    float style_drift = -1.0f, look_drift = -1.0f;   // < 0: the value of --drift
+    int shift = SHIFT_NONE;
     char labels_dir[4096] = {0};
     for (int i = 3; i < argc; i++) {
         const char* a = argv[i];
@@ -405,13 +474,23 @@ int main(int argc, char** argv) {
         else if (strcmp(a, "--seed") == 0) seed = (uint64_t)parse_int(a, val, 0);
         else if (strcmp(a, "--labels") == 0 && is_video) snprintf(labels_dir, sizeof(labels_dir), "%s", val);
         else if (strcmp(a, "--drift") == 0 && is_video) drift = parse_float(a, val, 0.0f);
+        else if (strcmp(a, "--style-drift") == 0 && is_video) style_drift = parse_float(a, val, 0.0f);
+        else if (strcmp(a, "--look-drift") == 0 && is_video) look_drift = parse_float(a, val, 0.0f);
         else if (strcmp(a, "--drift-period") == 0 && is_video) drift_period = parse_float(a, val, 1.0f);
         else if (strcmp(a, "--scene-every") == 0 && is_video) scene_every = parse_int(a, val, 1);
         else if (strcmp(a, "--speed") == 0 && is_video) speed = parse_float(a, val, 0.0f);
         else if (strcmp(a, "--fps") == 0 && is_video) { fps = parse_float(a, val, 0.0f); if (fps <= 0.0f) ttt_die("--fps must be > 0"); }
+        else if (strcmp(a, "--shift") == 0 && is_video) {
+            shift = -1;
+            for (int k = 0; k < NUM_SHIFTS; k++) if (strcmp(val, shift_names[k]) == 0) shift = k;
+            if (shift < 0) ttt_die("--shift: unknown shift '%s' (none, fog, night, swap, noise, style)", val);
+        }
+        else if (strcmp(a, "--shift-strength") == 0 && is_video) shift_strength = parse_float(a, val, 0.0f);
         else ttt_die("unknown option '%s' for mode %s (--help for usage)", a, mode);
     }
 
+    if (style_drift < 0.0f) style_drift = drift;
+    if (look_drift < 0.0f) look_drift = drift;
     float* img = (float*)mallocCheck((size_t)H * W * 3 * sizeof(float));
     float* tmp = (float*)mallocCheck((size_t)H * W * 3 * sizeof(float));
     unsigned char* lab = (unsigned char*)mallocCheck((size_t)H * W);
@@ -469,7 +548,7 @@ int main(int argc, char** argv) {
                 scene_make(sc, &rng, aspect * 1.3f + speed * scene_every + 1.0f);
                 for (int c = 0; c < NUM_CLASSES; c++)
                     for (int ch = 0; ch < 3; ch++)
-                        anchor[c][ch] = (si == 0 ? 0.0f : 0.12f * drift) * (2.0f * rng_uniform(&rng) - 1.0f);
+                        anchor[c][ch] = (si == 0 ? 0.0f : 0.12f * style_drift) * (2.0f * rng_uniform(&rng) - 1.0f);
             }
             // appearance drift: smooth tracks in [-1, 1] with keyframes every drift_period
             float tt = (float)time;
@@ -477,32 +556,40 @@ int main(int argc, char** argv) {
                 ClassStyle* st = &sc->style[c];
                 const ClassStyle* src = &source_style[c];
                 for (int ch = 0; ch < 3; ch++) {
-                    float off = anchor[c][ch] + 0.12f * drift * track(dseed, 100u + 8u * c + ch, tt, drift_period);
+                    float off = anchor[c][ch] + 0.12f * style_drift * track(dseed, 100u + 8u * c + ch, tt, drift_period);
                     st->base[ch] = clampf(src->base[ch] + off, 0.0f, 1.0f);
                     st->alt[ch] = clampf(src->alt[ch] + off, 0.0f, 1.0f);
                 }
-                st->freq = src->freq * expf(0.35f * drift * track(dseed, 200u + c, tt, 2.0f * drift_period));
+                st->freq = src->freq * expf(0.35f * style_drift * track(dseed, 200u + c, tt, 2.0f * drift_period));
             }
             Look look;
-            look.gain = 1.0f + 0.3f * drift * track(dseed, 1, tt, drift_period);
-            for (int ch = 0; ch < 3; ch++) look.cast[ch] = 1.0f + 0.2f * drift * track(dseed, 2 + ch, tt, drift_period);
-            look.contrast = 1.0f + 0.3f * drift * track(dseed, 5, tt, drift_period);
-            look.blur = fmaxf(0.0f, 1.2f * drift * track(dseed, 6, tt, drift_period));
-            look.noise = 0.015f + 0.03f * drift * (0.5f + 0.5f * track(dseed, 7, tt, drift_period));
+            look.gain = 1.0f + 0.3f * look_drift * track(dseed, 1, tt, drift_period);
+            for (int ch = 0; ch < 3; ch++) look.cast[ch] = 1.0f + 0.2f * look_drift * track(dseed, 2 + ch, tt, drift_period);
+            look.contrast = 1.0f + 0.3f * look_drift * track(dseed, 5, tt, drift_period);
+            look.blur = fmaxf(0.0f, 1.2f * look_drift * track(dseed, 6, tt, drift_period));
+            look.noise = 0.015f + 0.03f * look_drift * (0.5f + 0.5f * track(dseed, 7, tt, drift_period));
             // camera: steady pan with gentle vertical bob and zoom breathing
             Camera cam;
             cam.zoom = 1.0f + 0.08f * sinf(0.011f * j);
             cam.cam_u = 0.5f + speed * j;
             cam.cam_v = 0.04f * sinf(0.017f * j) + 0.5f * (1.0f - cam.zoom);
+            if (shift == SHIFT_STYLE) shift_style(sc, shift_strength);   // styles are redone every frame
             Rng noise_rng;
             rng_seed(&noise_rng, seed * 31337ULL + (uint64_t)t);
             render(sc, j, &cam, &look, img, lab, tmp, H, W, &noise_rng);
+            if (shift != SHIFT_NONE && shift != SHIFT_STYLE) {
+                Rng shift_rng;   // its own stream: the frame without the shift is unchanged
+                rng_seed(&shift_rng, seed * 2654435761ULL + (uint64_t)t * 40503ULL + 7);
+                shift_image(img, H, W, shift, shift_strength, &shift_rng);
+            }
             snprintf(path, sizeof(path), "%s/frame%06d.png", outdir, t + 1);
             image_save_png(path, img, H, W);
             snprintf(path, sizeof(path), "%s/frame%06d.png", labels_dir, t + 1);
             label_save_png(path, lab, H, W);
         }
-        printf("gen: wrote %d frames (%dx%d) to %s, labels to %s\n", frames, W, H, outdir, labels_dir);
+        printf("gen: wrote %d frames (%dx%d) to %s, labels to %s", frames, W, H, outdir, labels_dir);
+        if (shift != SHIFT_NONE) printf(", shift %s at strength %g", shift_names[shift], shift_strength);
+        printf("\n");
     }
     free(img); free(tmp); free(lab); free(sc);
     return 0;

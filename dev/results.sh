@@ -2,6 +2,7 @@
 # The paper's Table 1 / Table 4 rows and the window sweep (Fig. 4) on generated videos,
 # with the shipped default model. Usage: sh dev/results.sh [DEVICE] [FRAMES] [SEEDS]
 # Prints one line per run ("RESULT mode seed mIoU ms/frame") and the sweep tables.
+# GEN_OPTS: extra ./gen video options, e.g. GEN_OPTS="--drift 0 --style-drift 3".
 DEVICE=${1:-auto}
 FRAMES=${2:-200}
 SEEDS=${3:-"1 2 3"}
@@ -9,7 +10,7 @@ make gen stream > /dev/null || exit 1
 for s in $SEEDS; do
     V=/tmp/ttt_results/video$s
     rm -rf $V $V"_labels"
-    ./gen video $V --frames $FRAMES --size 128x96 --seed $((100 + s)) --scene-every 100 > /dev/null || exit 1
+    ./gen video $V --frames $FRAMES --size 128x96 --seed $((100 + s)) --scene-every 100 $GEN_OPTS > /dev/null || exit 1
     run() {   # name, extra options
         name=$1; shift
         ./stream $V --out /tmp/ttt_results/out_$name$s --device $DEVICE --seed $s "$@" > /tmp/ttt_results/$name$s.log 2>&1 || { echo "FAILED $name $s"; tail -3 /tmp/ttt_results/$name$s.log; return; }

@@ -126,6 +126,85 @@ static void free_result(Result* r) {
     free(r->train_grads); free(r->train_params);
 }
 
+#ifdef TTT_CUDA
+// CUDA graphs: a run of TTT steps and predictions with the recorded-and-replayed work must
+// give what the same run with every kernel launched from the host gives (the first call of
+// each graph runs eagerly, the second records, the rest replay). Different frames each
+// step, so a replay that skipped its work or read stale inputs would show.
+typedef struct { float loss[5]; float *params0, *params; size_t n; unsigned char* pred; } GraphRun;
+static GraphRun run_graphs(int graphs_on, const ModelConfig* cfg, const float* frames, int B, int H, int W) {
+    ttt_set_device(DEVICE_CUDA);
+    ttt_cuda_set_graphs(graphs_on);
+    GraphRun r;
+    Model* m = model_create(cfg, B, H, W);
+    model_init_random(m, 11);
+    model_snapshot_ttt(m);
+    r.params0 = model_params_host(m);
+    r.n = model_num_params(m, 0) + model_num_params(m, 1) + model_num_params(m, 2);
+    OptConfig opt = opt_config_ttt();
+    Rng rng; rng_seed(&rng, 5);
+    r.pred = (unsigned char*)mallocCheck((size_t)3 * H * W);
+    size_t frame = (size_t)H * W * 3;
+    for (int t = 0; t < 5; t++) {
+        r.loss[t] = model_ttt_step(m, frames + (size_t)(t % 3) * frame, B, &opt, &rng);
+        if (t >= 2) model_predict(m, frames + (size_t)(t % 3) * frame, r.pred + (size_t)(t - 2) * H * W);
+    }
+    r.params = model_params_host(m);
+    model_free(m);
+    ttt_cuda_set_graphs(1);
+    return r;
+}
+
+static void test_graphs(const ModelConfig* cfg, const float* frames, int B, int H, int W) {
+    ttt_cuda_set_tf32(0);
+    GraphRun eager = run_graphs(0, cfg, frames, B, H, W);
+    GraphRun graph = run_graphs(1, cfg, frames, B, H, W);
+    ttt_cuda_set_tf32(1);
+    printf("-- graphs: TTT losses eager");
+    for (int t = 0; t < 5; t++) printf(" %.6f", eager.loss[t]);
+    printf(", recorded/replayed");
+    for (int t = 0; t < 5; t++) printf(" %.6f", graph.loss[t]);
+    printf("\n");
+    check_close("graphs: TTT losses of 5 steps, replayed vs eager", graph.loss, eager.loss, 5, 1e-5);
+    // the change of the parameters over the 5 steps (a skipped or stale step would be ~20% off;
+    // float atomics in some backward kernels make the two runs differ in the last bits)
+    size_t N = eager.n;
+    for (size_t i = 0; i < N; i++) { eager.params[i] -= eager.params0[i]; graph.params[i] -= graph.params0[i]; }
+    check_l2("graphs: parameter change over 5 steps, replayed vs eager", graph.params, eager.params, N, 1e-2);
+    size_t agree = 0, n = (size_t)3 * H * W;
+    for (size_t i = 0; i < n; i++) agree += graph.pred[i] == eager.pred[i];
+    CHECK(agree >= n - n / 1000, "graphs: predictions differ on %zu of %zu pixels", n - agree, n);
+    printf("     graphs: predictions agree on %zu of %zu pixels\n", agree, n);
+    free(eager.params0); free(eager.params); free(eager.pred);
+    free(graph.params0); free(graph.params); free(graph.pred);
+}
+#endif
+
+#ifdef TTT_CUDA
+// micro-batching on the GPU: a batch of 5 through a model planned for 2 (chunks 2, 2, 1)
+// against the CPU with the whole batch planned: loss and gradients
+static void test_micro_batch_gpu(const ModelConfig* cfg, const float* frames, int H, int W) {
+    int B = 5;
+    float loss[2];
+    float* grads[2];
+    size_t n = 0;
+    for (int d = 0; d < 2; d++) {
+        ttt_set_device(d == 0 ? DEVICE_CPU : DEVICE_CUDA);
+        Model* m = model_create(cfg, d == 0 ? B : 2, H, W);
+        model_init_random(m, 31);
+        n = model_num_params(m, 0) + model_num_params(m, 1) + model_num_params(m, 2);
+        Rng r; rng_seed(&r, 17);
+        loss[d] = model_mae_forward_backward(m, frames, B, &r);
+        grads[d] = model_grads_host(m);
+        model_free(m);
+    }
+    printf("-- micro-batch on the GPU: loss cpu (whole batch) %.7f, gpu (chunks of 2) %.7f\n", loss[0], loss[1]);
+    check_close("micro-batch 2 of 5, gpu vs cpu: MAE loss", &loss[1], &loss[0], 1, 1e-4);
+    check_l2("micro-batch 2 of 5, gpu vs cpu: gradients", grads[1], grads[0], n, 1e-3);
+    free(grads[0]); free(grads[1]);
+}
+#endif
+
 int main(void) {
     if (!ttt_cuda_available()) {
         printf("no CUDA device: skipped\n");
@@ -150,6 +229,12 @@ int main(void) {
     Result gtf = run_model(DEVICE_CUDA, &cfg, frames, labels, B, H, W);
     compare("tf32 GEMM", &cpu, &gtf, H, W, 3e-3, 3e-2, 1e-4);
     free_result(&gtf);
+    float* frames3 = random_tensor(&rng, (size_t)3 * B * H * W * 3, 0.0f, 1.0f);
+    test_graphs(&cfg, frames3, B, H, W);
+    ttt_cuda_set_tf32(0);
+    test_micro_batch_gpu(&cfg, frames3, H, W);
+    ttt_cuda_set_tf32(1);
+    free(frames3);
 #endif
     free_result(&cpu);
     free(frames); free(labels);

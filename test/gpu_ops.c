@@ -633,6 +633,41 @@ static void test_sum_squares(size_t N) {
     dev_free_all();
 }
 
+// semantic inference: class ids from class and mask logits. ids are discrete, so the
+// measure is the fraction of pixels that agree (1 - that is recorded as the error);
+// with one class clearly ahead everywhere they must agree exactly.
+static void test_semantic_inference(int Q, int K, int H4, int W4, int H, int W, int separated) {
+    size_t ncls = (size_t)Q * (K + 1), nmask = (size_t)Q * H4 * W4;
+    float* cls = random_tensor(&rng, ncls, -3.0f, 3.0f);
+    float* msk = random_tensor(&rng, nmask, -4.0f, 4.0f);
+    if (separated)   // query q votes for class q % K with a large margin, masks in blocks
+        for (int q = 0; q < Q; q++) {
+            for (int k = 0; k <= K; k++) cls[(size_t)q * (K + 1) + k] = (k == q % K) ? 8.0f : -8.0f;
+            for (int p = 0; p < H4 * W4; p++)
+                msk[(size_t)q * H4 * W4 + p] = ((p % W4) * Q / W4 == q) ? 9.0f : -9.0f;
+        }
+    float* work = (float*)mallocCheck(m2f_semantic_work_size(Q, K, H4, W4) * sizeof(float));
+    unsigned char* ref = (unsigned char*)mallocCheck((size_t)H * W);
+    unsigned char* got = (unsigned char*)mallocCheck((size_t)H * W);
+    m2f_semantic_inference(ref, cls, msk, Q, K, H4, W4, H, W, work);
+    float* dcls = dev_copy(cls, ncls);
+    float* dmsk = dev_copy(msk, nmask);
+    float* dwork = (float*)dev_alloc(m2f_semantic_work_size(Q, K, H4, W4) * sizeof(float));
+    unsigned char* dids = (unsigned char*)dev_alloc((size_t)H * W);
+    semantic_inference_cuda(dids, dcls, dmsk, Q, K, H4, W4, H, W, dwork);
+    ttt_to_host(got, dids, (size_t)H * W);
+    size_t agree = 0;
+    for (size_t i = 0; i < (size_t)H * W; i++) agree += got[i] == ref[i];
+    double frac = (double)agree / ((double)H * W), tol = separated ? 0.0 : 1e-3;
+    int ok = 1.0 - frac <= tol;
+    printf("%-4s semantic_inference Q%d K%d %dx%d -> %dx%d%s: ids agree on %.5f of pixels\n", ok ? "ok" : "FAIL",
+           Q, K, H4, W4, H, W, separated ? " (separated)" : "", frac);
+    if (ok) tests_passed++; else tests_failed++;
+    record("semantic_inference (1-agree)", 1.0 - frac, 1e-3);
+    free(cls); free(msk); free(work); free(ref); free(got);
+    dev_free_all();
+}
+
 // ----------------------------------------------------------------------------
 
 int main(void) {
@@ -702,6 +737,9 @@ int main(void) {
     test_mask_losses(13, 1001);
     test_attn_mask(2, 13, 301);
     test_mae_prepare(2, 70, 101, 96, 128, 16);
+    test_semantic_inference(7, 5, 9, 13, 35, 50, 0);
+    test_semantic_inference(100, 19, 96, 312, 384, 1248, 0);   // Swin-S at 384x1248
+    test_semantic_inference(6, 4, 8, 12, 31, 45, 1);
     test_adamw(100003);
     test_sum_squares(1000003);
 

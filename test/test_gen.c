@@ -1,6 +1,7 @@
 // test/test_gen.c: the synthetic-world generator (./gen, built by make before the tests)
 // is deterministic, writes labels in range and of the image's size, keeps nearby video
-// frames alike and scene changes apart, and rejects bad arguments with one error line.
+// frames alike and scene changes apart, changes frames but never labels with --shift,
+// and rejects bad arguments with one error line.
 #include "test.h"
 #include <sys/wait.h>
 #include <unistd.h>
@@ -81,6 +82,41 @@ int main(void) {
     }
     CHECK(same, "videos with the same seed differ");
 
+    // the drift split into its two parts: --style-drift D --look-drift D is --drift D
+    // byte for byte; a nuisance-only and a class-style-only drift change the frames (at a
+    // frame far from the source appearance) and never the labels
+    const char* parts[3] = {"--drift 2", "--style-drift 2 --look-drift 2", "--drift 0 --look-drift 3"};
+    const char* parts2[1] = {"--drift 0 --style-drift 3"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(cmd, sizeof(cmd), "./gen video " TMP "/gen_d%d %s %s >/dev/null", i, vid, parts[i]);
+        CHECK(run(cmd) == 0, "gen video %s failed", parts[i]);
+    }
+    snprintf(cmd, sizeof(cmd), "./gen video " TMP "/gen_d3 %s %s >/dev/null", vid, parts2[0]);
+    CHECK(run(cmd) == 0, "gen video %s failed", parts2[0]);
+    snprintf(cmd, sizeof(cmd), "./gen video " TMP "/gen_d4 %s --drift 0 >/dev/null", vid);
+    CHECK(run(cmd) == 0, "gen video --drift 0 failed");
+    int split_same = 1, look_differs = 0, style_differs = 0, labels_same = 1;
+    for (int t = 1; t <= 12; t++) {
+        char c[512], d[512], e[512];
+        snprintf(a, sizeof(a), TMP "/gen_d0/frame%06d.png", t);
+        snprintf(b, sizeof(b), TMP "/gen_d1/frame%06d.png", t);
+        split_same &= same_bytes(a, b);
+        snprintf(c, sizeof(c), TMP "/gen_d2/frame%06d.png", t);
+        snprintf(d, sizeof(d), TMP "/gen_d3/frame%06d.png", t);
+        snprintf(e, sizeof(e), TMP "/gen_d4/frame%06d.png", t);
+        look_differs |= !same_bytes(c, e);
+        style_differs |= !same_bytes(d, e);
+        for (int k = 0; k < 4; k++) {
+            snprintf(c, sizeof(c), TMP "/gen_d%d_labels/frame%06d.png", k, t);
+            snprintf(e, sizeof(e), TMP "/gen_d4_labels/frame%06d.png", t);
+            labels_same &= same_bytes(c, e);
+        }
+    }
+    CHECK(split_same, "--style-drift 2 --look-drift 2 differs from --drift 2");
+    CHECK(look_differs && style_differs, "a drift part changes no frame (look %d, style %d)", look_differs, style_differs);
+    CHECK(labels_same, "a drift option changed the labels");
+    printf("ok   drift parts: split equals whole, each part moves frames, labels untouched\n");
+
     // every label map matches its image's size and holds class ids < NUM_CLASSES
     int sizes_ok = 1, range_ok = 1, classes_seen[NUM_CLASSES] = {0};
     float* frames[12];
@@ -116,6 +152,39 @@ int main(void) {
           !same_bytes(TMP "/gen_f15_labels/frame000002.png", TMP "/gen_f30_labels/frame000002.png"),
           "--fps 15 frame 2 does not show the scene of frame 3 at 30 fps");
 
+    // --shift: every named shift changes every frame but never a label; deterministic
+    const char* shifts[] = {"fog", "night", "swap", "noise", "style"};
+    CHECK(run("./gen video " TMP "/gen_sh_none --frames 2 --size 40x24 --seed 12 >/dev/null") == 0, "gen video failed");
+    for (int k = 0; k < 5; k++) {
+        snprintf(cmd, sizeof(cmd), "./gen video " TMP "/gen_sh_%s --frames 2 --size 40x24 --seed 12 --shift %s >/dev/null", shifts[k], shifts[k]);
+        CHECK(run(cmd) == 0, "gen video --shift %s failed", shifts[k]);
+        double diff = 1e9;
+        int labels_same = 1;
+        for (int t = 1; t <= 2; t++) {
+            int H, W, H2, W2;
+            snprintf(a, sizeof(a), TMP "/gen_sh_none/frame%06d.png", t);
+            snprintf(b, sizeof(b), TMP "/gen_sh_%s/frame%06d.png", shifts[k], t);
+            float* x0 = image_load(a, &H, &W);
+            float* x1 = image_load(b, &H2, &W2);
+            double d = H == H2 && W == W2 ? mean_abs_diff(x0, x1, (size_t)H * W * 3) : 0.0;
+            if (d < diff) diff = d;
+            free(x0); free(x1);
+            snprintf(a, sizeof(a), TMP "/gen_sh_none_labels/frame%06d.png", t);
+            snprintf(b, sizeof(b), TMP "/gen_sh_%s_labels/frame%06d.png", shifts[k], t);
+            labels_same &= same_bytes(a, b);
+        }
+        int ok = diff > 0.02 && labels_same;
+        printf("%-4s --shift %-5s: frames change (min mean |diff| %.4f > 0.02), labels %s\n",
+               ok ? "ok" : "FAIL", shifts[k], diff, labels_same ? "identical" : "DIFFER");
+        if (ok) tests_passed++; else tests_failed++;
+    }
+    CHECK(run("./gen video " TMP "/gen_sh_night2 --frames 2 --size 40x24 --seed 12 --shift night >/dev/null") == 0 &&
+          same_bytes(TMP "/gen_sh_night/frame000002.png", TMP "/gen_sh_night2/frame000002.png"),
+          "--shift night is not deterministic");
+    CHECK(run("./gen video " TMP "/gen_sh_fog0 --frames 1 --size 40x24 --seed 12 --shift fog --shift-strength 0 >/dev/null") == 0 &&
+          same_bytes(TMP "/gen_sh_fog0/frame000001.png", TMP "/gen_sh_none/frame000001.png"),
+          "--shift fog at strength 0 changes the frame");
+
     // bad arguments
     expect_error("no arguments", "");
     expect_error("unknown mode", "movie " TMP "/gen_x");
@@ -124,6 +193,8 @@ int main(void) {
     expect_error("bad size", "video " TMP "/gen_x --size 3x3");
     expect_error("bad number", "stills " TMP "/gen_x --n ten");
     expect_error("zero fps", "video " TMP "/gen_x --fps 0");
+    expect_error("unknown shift", "video " TMP "/gen_x --shift rain");
+    expect_error("shift for stills", "stills " TMP "/gen_x --shift fog");
     expect_error("missing value", "stills " TMP "/gen_x --n");
     expect_error("output is a file", "stills " TMP "/gen_err.txt --n 1");
     return test_summary("test_gen");

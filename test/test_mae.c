@@ -132,10 +132,55 @@ static void test_joint(Rng* rng) {
     free(t.images); free(t.labels);
 }
 
+// Micro-batching: a batch of 4 run by a model planned for 4, for 2 (two chunks) and for 3
+// (a full and a partial chunk) gives the same loss, the same gradients and the same step.
+// A chunk weighted by anything but its share of the masked values changes the gradients.
+// The frame is 45 x 37 (padded to 64 x 64), so patches over the padding hold fewer values
+// and the shares differ between chunks.
+static void test_micro_batch(Rng* rng) {
+    int K = 3, B = 4, H = 45, W = 37;
+    ModelConfig cfg = model_config_tiny(K);
+    float* frames = random_tensor(rng, (size_t)B * H * W * 3, 0, 1);
+    int planned[3] = {4, 2, 3};
+    float loss[3], step_loss[3];
+    float *grads[3], *params[3];
+    OptConfig opt = opt_config_ttt();
+    for (int i = 0; i < 3; i++) {
+        Model* m = model_create(&cfg, planned[i], H, W);
+        model_init_random(m, 21);
+        model_snapshot_ttt(m);
+        Rng r; rng_seed(&r, 99);
+        loss[i] = model_mae_forward_backward(m, frames, B, &r);
+        grads[i] = model_grads_host(m);
+        rng_seed(&r, 99);
+        step_loss[i] = model_ttt_step(m, frames, B, &opt, &r);
+        params[i] = model_params_host(m);
+        if (i == 2) {
+            size_t n = model_num_params(m, 0) + model_num_params(m, 1) + model_num_params(m, 2);
+            for (int j = 1; j < 3; j++) {
+                char name[96];
+                printf("     micro-batch %d: loss %.7f (whole batch %.7f)\n", planned[j], loss[j], loss[0]);
+                snprintf(name, sizeof(name), "micro-batch %d of 4: MAE loss", planned[j]);
+                check_close(name, &loss[j], &loss[0], 1, 1e-6);
+                snprintf(name, sizeof(name), "micro-batch %d of 4: loss in the TTT step", planned[j]);
+                check_close(name, &step_loss[j], &step_loss[0], 1, 1e-6);
+                snprintf(name, sizeof(name), "micro-batch %d of 4: gradients of f, h, g", planned[j]);
+                check_close(name, grads[j], grads[0], n, 1e-5);
+                snprintf(name, sizeof(name), "micro-batch %d of 4: params after the step", planned[j]);
+                check_close(name, params[j], params[0], n, 1e-5);
+            }
+        }
+        model_free(m);
+    }
+    for (int i = 0; i < 3; i++) { free(grads[i]); free(params[i]); }
+    free(frames);
+}
+
 int main(void) {
     Rng rng; rng_seed(&rng, 5);
     test_prepare();
     test_joint(&rng);
+    test_micro_batch(&rng);
 
     int K = 3, B = 2, H = 45, W = 37;
     ModelConfig cfg = model_config_tiny(K);

@@ -2,7 +2,9 @@
 // generated video with a tiny random model: every mode runs and writes outputs that
 // parse; fixed mode ignores the TTT options; nomem equals a fresh run on each frame
 // alone; online TTT changes f between frames while h stays bit-identical; a NaN loss
-// resets and continues; bad input ends in one "error:" line, exit 1, no output.
+// resets and continues; --kstar prints finite positive sigma^2, beta, eta, k*, its eta
+// matches an independent computation and identical frames give exactly no gradient change
+// (the same mask for both frames); bad input ends in one "error:" line, exit 1, no output.
 #include "test.h"
 #include <sys/wait.h>
 #include <unistd.h>
@@ -46,6 +48,19 @@ static int count_substr(const char* s, const char* sub) {
     int n = 0;
     for (const char* p = strstr(s, sub); p; p = strstr(p + 1, sub)) n++;
     return n;
+}
+
+// the number after the last '=' on the line that starts with prefix (prefix begins with a
+// newline); NAN when absent
+static double line_value(const char* log, const char* prefix) {
+    const char* p = strstr(log, prefix);
+    if (p == NULL) return NAN;
+    p += strlen(prefix);
+    const char* end = strchr(p, '\n');
+    if (end == NULL) end = p + strlen(p);
+    const char* v = NULL;
+    for (const char* q = p; q < end; q++) if (*q == '=') v = q + 1;
+    return v ? atof(v) : NAN;
 }
 
 static int same_bytes(const char* a, const char* b) {
@@ -119,6 +134,15 @@ static int read_hashes(const char* log, unsigned long long f[NF], unsigned long 
     return n;
 }
 
+// the "kstar_values sigma2=.. beta=.. eta=.. beta2eta2=.. kstar=.." line of a --kstar run into
+// v[0..4]; returns how many values were read (NAN for the others)
+static int parse_kstar(const char* log, double v[5]) {
+    for (int i = 0; i < 5; i++) v[i] = NAN;
+    const char* p = strstr(log, "kstar_values sigma2=");
+    if (p == NULL) return 0;
+    return sscanf(p, "kstar_values sigma2=%lf beta=%lf eta=%lf beta2eta2=%lf kstar=%lf", &v[0], &v[1], &v[2], &v[3], &v[4]);
+}
+
 static void expect_error(const char* what, const char* args, const char* out_dir) {
     int rc = stream(args);
     char* log = read_log();
@@ -134,6 +158,7 @@ static void expect_error(const char* what, const char* args, const char* out_dir
 int main(void) {
     if (run("mkdir -p " TMP " && rm -rf " TMP "/st_*") != 0) return 1;
     char args[2048];
+    char* log0;
 
     // a tiny video, its labels and a tiny random model
     CHECK(run("./gen video " VID " --frames 4 --size 40x32 --seed 3 >/dev/null") == 0, "gen failed");
@@ -156,10 +181,52 @@ int main(void) {
         if (rc != 0) { char* log = read_log(); printf("%s\n", log); free(log); }
     }
 
+    // --kstar: the bias-variance estimate prints finite positive parts, and its eta is the
+    // mean distance between consecutive frames computed here independently
+    snprintf(args, sizeof(args), VID " " COMMON " --mode fixed --kstar --out " TMP "/st_kstar");
+    CHECK(stream(args) == 0, "--kstar run failed");
+    {
+        char* klog = read_log();
+        double eta = line_value(klog, "\n  eta     = "), sigma2 = line_value(klog, "\n  sigma^2 = ");
+        double beta = line_value(klog, "\n  beta    = ");
+        const char* kline = strstr(klog, "\nkstar ");   // "kstar K = (sigma^2 / ...)"
+        double kstar = kline ? atof(kline + 7) : NAN;
+        double ref = 0.0;
+        float* prev = NULL;
+        for (int t = 1; t <= NF; t++) {
+            char path[256];
+            int H, W;
+            snprintf(path, sizeof(path), VID "/frame%06d.png", t);
+            float* x = image_load(path, &H, &W);
+            if (prev) {
+                double d = 0.0;
+                for (int i = 0; i < H * W * 3; i++) d += ((double)x[i] - prev[i]) * ((double)x[i] - prev[i]);
+                ref += sqrt(d) / (NF - 1);
+            }
+            free(prev);
+            prev = x;
+        }
+        free(prev);
+        printf("     --kstar: eta %.4g (here %.4g), sigma^2 %.4g, beta %.4g, k* %.4g\n", eta, ref, sigma2, beta, kstar);
+        CHECK(fabs(eta - ref) <= 1e-3 * ref, "--kstar eta %g, computed here %g", eta, ref);
+        CHECK(isfinite(sigma2) && sigma2 > 0 && isfinite(beta) && beta > 0, "--kstar sigma^2 %g, beta %g", sigma2, beta);
+        double b2e2 = line_value(klog, "\n  beta^2 eta^2 = ");   // measured directly, not beta^2 x eta^2
+        CHECK(isfinite(kstar) && fabs(kstar - cbrt(sigma2 / b2e2)) <= 2e-3 * kstar,
+              "--kstar k* %g does not follow from its parts (sigma^2 %g, beta^2 eta^2 %g)", kstar, sigma2, b2e2);
+        free(klog);
+    }
+
+    // --micro-batch: a step of 3 images runs in 2 chunks
+    snprintf(args, sizeof(args), VID " " COMMON " --mode online --batch 3 --micro-batch 2 --out " TMP "/st_micro");
+    CHECK(stream(args) == 0, "--micro-batch run failed");
+    log0 = read_log();
+    CHECK(strstr(log0, "--micro-batch 2: each step of 3 images runs in 2 chunks") != NULL, "--micro-batch not in effect");
+    free(log0);
+
     // fixed mode: TTT options do not change the predictions
     snprintf(args, sizeof(args), VID " --model " MODEL " --device cpu --mode fixed --lr 1 --batch 3 --window 5 --steps 2 --seed 9 --out " TMP "/st_fixed2");
     CHECK(stream(args) == 0, "fixed run with other TTT options failed");
-    char* log0 = read_log();
+    log0 = read_log();
     CHECK(strstr(log0, "4 with labels in " LAB) != NULL, "labels next to the video (DIR_labels) not found by default");
     free(log0);
     CHECK(same_predictions(TMP "/st_fixed2", TMP "/st_fixed"), "fixed-mode predictions depend on TTT options");
@@ -241,6 +308,54 @@ int main(void) {
     CHECK(rc == 0 && p2 && p10 && p2 < p10, "frames not in natural order");
     free(log);
 
+    double ks[5];
+    int nk;
+
+    // --kstar eta against an independent computation on a 3-frame video built here, and
+    // the same-mask trick: on 3 identical frames the gradient change is exactly 0 (k* = inf)
+    {
+        const int H = 24, W = 40, n = H * W * 3;
+        float* x[3];
+        Rng r;
+        rng_seed(&r, 77);
+        run("mkdir -p " TMP "/st_three " TMP "/st_same");
+        for (int t = 0; t < 3; t++) {
+            x[t] = (float*)mallocCheck(n * sizeof(float));
+            for (int i = 0; i < n; i++) x[t][i] = rng_int(&r, 256) / 255.0f;   // exact in 8 bits
+            char p[256];
+            snprintf(p, sizeof(p), TMP "/st_three/f%d.png", t + 1);
+            image_save_png(p, x[t], H, W);
+            snprintf(p, sizeof(p), TMP "/st_same/f%d.png", t + 1);
+            image_save_png(p, x[0], H, W);
+        }
+        double eta = 0.0;
+        for (int t = 1; t < 3; t++) {
+            double d2 = 0.0;
+            for (int i = 0; i < n; i++) d2 += ((double)x[t][i] - x[t - 1][i]) * ((double)x[t][i] - x[t - 1][i]);
+            eta += sqrt(d2) / 2.0;
+        }
+        for (int t = 0; t < 3; t++) free(x[t]);
+        snprintf(args, sizeof(args), TMP "/st_three " COMMON " --mode fixed --kstar --kstar-masks 2 --kstar-every 1 --out " TMP "/st_kstar3");
+        rc = stream(args);
+        log = read_log();
+        nk = parse_kstar(log, ks);
+        free(log);
+        double rel = fabs(ks[2] - eta) / eta;
+        printf("%-4s --kstar eta on 3 frames: %.6g vs %.6g computed here (rel err %.1e)\n",
+               rc == 0 && nk == 5 && rel < 1e-5 ? "ok" : "FAIL", ks[2], eta, rel);
+        if (rc == 0 && nk == 5 && rel < 1e-5) tests_passed++; else tests_failed++;
+        CHECK(isfinite(ks[0]) && ks[0] > 0.0 && isfinite(ks[4]) && ks[4] > 0.0, "--kstar on 3 frames: sigma^2 %g, k* %g", ks[0], ks[4]);
+        snprintf(args, sizeof(args), TMP "/st_same " COMMON " --mode fixed --kstar --kstar-masks 2 --kstar-every 1 --out " TMP "/st_kstar_same");
+        rc = stream(args);
+        log = read_log();
+        nk = parse_kstar(log, ks);
+        free(log);
+        int same_ok = rc == 0 && nk == 5 && ks[2] == 0.0 && ks[3] == 0.0 && isinf(ks[4]) && ks[0] > 0.0;
+        printf("%-4s --kstar on 3 identical frames: eta %g, beta^2 eta^2 %g (same mask), k* %g, sigma^2 %.4g\n",
+               same_ok ? "ok" : "FAIL", ks[2], ks[3], ks[4], ks[0]);
+        if (same_ok) tests_passed++; else tests_failed++;
+    }
+
     // bad input: one error line, exit 1, no output directory
     run("mkdir -p " TMP "/st_empty");
     expect_error("missing frame directory", TMP "/st_nope " COMMON " --out " TMP "/st_bad1", TMP "/st_bad1");
@@ -250,6 +365,8 @@ int main(void) {
     expect_error("frames of different sizes", TMP "/st_sizes " COMMON " --out " TMP "/st_bad3", TMP "/st_bad3");
     expect_error("missing model", VID " --model " TMP "/st_nope.bin --out " TMP "/st_bad4", TMP "/st_bad4");
     expect_error("unknown mode", VID " " COMMON " --mode sometimes --out " TMP "/st_bad5", TMP "/st_bad5");
+    expect_error("--kstar-masks 1", VID " " COMMON " --kstar --kstar-masks 1 --out " TMP "/st_bad9", TMP "/st_bad9");
+    expect_error("--kstar on one frame", TMP "/st_one1 " COMMON " --kstar --out " TMP "/st_bad10", TMP "/st_bad10");
     expect_error("bad window list", VID " " COMMON " --window 4,x --out " TMP "/st_bad6", TMP "/st_bad6");
     expect_error("missing label directory", VID " " COMMON " --labels " TMP "/st_nolabels --out " TMP "/st_bad7", TMP "/st_bad7");
     run("mkdir -p " TMP "/st_rgblab && cp " VID "/frame000001.png " TMP "/st_rgblab/");
