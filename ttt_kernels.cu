@@ -11,7 +11,8 @@
 // every other kernel writes each element from exactly one thread.
 // Swin's small-window attention forward (T <= 64) is one fused kernel in float32.
 // Environment switches: TTT_TF32=0 (float32 matrix products), TTT_FUSED_ATTENTION=0
-// (cuBLAS path for windows too), TTT_CONV_IM2COL=1 (im2col for same-size 3x3 convs too),
+// (cuBLAS path for windows too), TTT_CONV_IM2COL=0|1 (same-size 3x3 convs by shifted
+// GEMMs | im2col; default: CONV_IM2COL_DEFAULT below),
 // TTT_PROFILE=1 (device time per op printed at exit),
 // TTT_GRAPHS=0 (no CUDA graphs: every kernel launched from the host each time).
 // Checked with compute-sanitizer: memcheck on test/gpu_ops, racecheck on test/gpu_model.
@@ -1150,21 +1151,24 @@ static size_t conv_chunk_pixels(size_t npix, size_t KKC) {
 //   dweight[:, dy, dx, :] += dYp^T @ Xp shifted by +offset
 //   dXp[s] = sum over taps of dYp[s - offset] @ weight[:, dy, dx, :]
 // then dinp += the interior of dXp. Chunked by images so each scratch region stays
-// below conv_shift_max_floats. TTT_CONV_IM2COL=1 forces the im2col path (A/B timing).
+// below conv_shift_max_floats. TTT_CONV_IM2COL=1 forces the im2col path, =0 this one.
 
 // floats per scratch region: 64M (256 MiB) unless a test sets a small limit to force chunks
 static size_t conv_shift_max_floats = (size_t)64 << 20;
 extern "C" void ttt_cuda_set_conv_scratch_floats(size_t n) { conv_shift_max_floats = n ? n : (size_t)64 << 20; }
 
 // 0: shifted GEMMs for same-size 3x3 convs, 1: always im2col. Set by
-// ttt_cuda_set_conv_im2col, else by the environment (TTT_CONV_IM2COL=1), else 0.
+// ttt_cuda_set_conv_im2col (a negative value: back to the default), else by the environment
+// (TTT_CONV_IM2COL=0|1), else CONV_IM2COL_DEFAULT. The default stays im2col until the
+// shifted path has passed test/gpu_ops on a GPU (it was written without one); then set it to 0.
+#define CONV_IM2COL_DEFAULT 1
 static int conv_force_im2col = -1;
-extern "C" void ttt_cuda_set_conv_im2col(int on) { conv_force_im2col = on != 0; }
+extern "C" void ttt_cuda_set_conv_im2col(int on) { conv_force_im2col = on < 0 ? -1 : on != 0; }
 
 static int conv_use_shifted(int H, int W, int K, int stride, int pad, int Ho, int Wo) {
     if (conv_force_im2col < 0) {
         const char* e = getenv("TTT_CONV_IM2COL");
-        conv_force_im2col = e && e[0] == '1';
+        conv_force_im2col = e && (e[0] == '0' || e[0] == '1') ? e[0] == '1' : CONV_IM2COL_DEFAULT;
     }
     return !conv_force_im2col && K == 3 && stride == 1 && pad == 1 && Ho == H && Wo == W;
 }
