@@ -27,7 +27,7 @@ for s in $SEEDS; do
     run shuffled --mode online --window 16 --shuffle
     run offline --mode offline --offline-steps $FRAMES
     ./stream $V --out /tmp/ttt_results/sweep$s --device $DEVICE --seed $s --mode online --window 1,2,4,8,16,32,64 > /tmp/ttt_results/sweep$s.log 2>&1
-    echo "SWEEP seed $s"; grep -A12 -i "window.*mIoU" /tmp/ttt_results/sweep$s.log | tail -12
+    echo "SWEEP seed $s"; grep -A9 "^window sweep" /tmp/ttt_results/sweep$s.log
     grep -i "offline" /tmp/ttt_results/offline$s.log | grep -i miou | tail -6
     grep "^frame drift" /tmp/ttt_results/online$s.log
 done
