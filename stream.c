@@ -800,20 +800,6 @@ static void usage(void) {
         "  --hash              print a hash of f, g and h after every frame (debugging)\n");
 }
 
-static int parse_int(const char* opt, const char* s, int lo) {
-    char* end;
-    long v = strtol(s, &end, 10);
-    if (*s == 0 || *end != 0 || v < lo || v > 1000000000L) ttt_die("%s: expected an integer >= %d, got '%s'", opt, lo, s);
-    return (int)v;
-}
-
-static float parse_float(const char* opt, const char* s, float lo) {
-    char* end;
-    float v = strtof(s, &end);
-    if (*s == 0 || *end != 0 || !isfinite(v) || v < lo) ttt_die("%s: expected a number >= %g, got '%s'", opt, lo, s);
-    return v;
-}
-
 static Args parse_args(int argc, char** argv) {
     Args a;
     memset(&a, 0, sizeof(a));
@@ -850,25 +836,25 @@ static Args parse_args(int argc, char** argv) {
             snprintf(buf, sizeof(buf), "%s", v);
             for (char* tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
                 if (a.n_windows == MAX_WINDOWS) ttt_die("--window: at most %d sizes", MAX_WINDOWS);
-                a.windows[a.n_windows++] = parse_int("--window", tok, 1);
+                a.windows[a.n_windows++] = parse_int_arg("--window", tok, 1);
             }
             if (a.n_windows == 0) ttt_die("--window: expected k or a list k1,k2,..., got '%s'", v);
         }
-        else if (strcmp(o, "--batch") == 0) a.batch = parse_int(o, v, 1);
-        else if (strcmp(o, "--steps") == 0) a.steps = parse_int(o, v, 1);
-        else if (strcmp(o, "--micro-batch") == 0) a.micro_batch = parse_int(o, v, 1);
-        else if (strcmp(o, "--lr") == 0) a.opt.lr = parse_float(o, v, 0.0f);
-        else if (strcmp(o, "--beta1") == 0) a.opt.beta1 = parse_float(o, v, 0.0f);
-        else if (strcmp(o, "--beta2") == 0) a.opt.beta2 = parse_float(o, v, 0.0f);
-        else if (strcmp(o, "--eps") == 0) a.opt.eps = parse_float(o, v, 0.0f);
-        else if (strcmp(o, "--wd") == 0) a.opt.weight_decay = parse_float(o, v, 0.0f);
+        else if (strcmp(o, "--batch") == 0) a.batch = parse_int_arg(o, v, 1);
+        else if (strcmp(o, "--steps") == 0) a.steps = parse_int_arg(o, v, 1);
+        else if (strcmp(o, "--micro-batch") == 0) a.micro_batch = parse_int_arg(o, v, 1);
+        else if (strcmp(o, "--lr") == 0) a.opt.lr = parse_float_arg(o, v, 0.0f);
+        else if (strcmp(o, "--beta1") == 0) a.opt.beta1 = parse_float_arg(o, v, 0.0f);
+        else if (strcmp(o, "--beta2") == 0) a.opt.beta2 = parse_float_arg(o, v, 0.0f);
+        else if (strcmp(o, "--eps") == 0) a.opt.eps = parse_float_arg(o, v, 0.0f);
+        else if (strcmp(o, "--wd") == 0) a.opt.weight_decay = parse_float_arg(o, v, 0.0f);
         else if (strcmp(o, "--labels") == 0) a.labels_dir = v;
         else if (strcmp(o, "--out") == 0) a.out_dir = v;
-        else if (strcmp(o, "--seed") == 0) a.seed = (uint64_t)parse_int(o, v, 0);
+        else if (strcmp(o, "--seed") == 0) a.seed = (uint64_t)parse_int_arg(o, v, 0);
         else if (strcmp(o, "--device") == 0) a.device = v;
-        else if (strcmp(o, "--offline-steps") == 0) a.offline_steps = parse_int(o, v, 1);
-        else if (strcmp(o, "--kstar-masks") == 0) a.kstar_masks = parse_int(o, v, 2);
-        else if (strcmp(o, "--kstar-every") == 0) a.kstar_every = parse_int(o, v, 1);
+        else if (strcmp(o, "--offline-steps") == 0) a.offline_steps = parse_int_arg(o, v, 1);
+        else if (strcmp(o, "--kstar-masks") == 0) a.kstar_masks = parse_int_arg(o, v, 2);
+        else if (strcmp(o, "--kstar-every") == 0) a.kstar_every = parse_int_arg(o, v, 1);
         else ttt_die("unknown option '%s' (--help for usage)", o);
     }
     if (a.dir == NULL) ttt_die("expected a directory of frames: ./stream DIR [options] (--help for usage)");

@@ -235,6 +235,20 @@ double time_now_seconds(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+int parse_int_arg(const char* opt, const char* s, int lo) {
+    char* end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0 || v < lo || v > 1000000000L) ttt_die("%s: expected an integer >= %d, got '%s'", opt, lo, s);
+    return (int)v;
+}
+
+float parse_float_arg(const char* opt, const char* s, float lo) {
+    char* end;
+    float v = strtof(s, &end);
+    if (*s == 0 || *end != 0 || !isfinite(v) || v < lo) ttt_die("%s: expected a number >= %g, got '%s'", opt, lo, s);
+    return v;
+}
+
 // stage timing: each mark closes the open interval and opens one for the next name; the
 // intervals are folded into per-name totals when collected (one event pair per interval)
 static int stage_on = 0;

@@ -1020,6 +1020,10 @@ void mae_prepare_input_cuda(float* inp4, float* target, float* target_mask, cons
 // small utilities
 
 double time_now_seconds(void);  // monotonic wall clock
+// command-line values: the whole string must parse and be >= lo, else one "error:" line
+// naming the option, exit 1
+int parse_int_arg(const char* opt, const char* s, int lo);
+float parse_float_arg(const char* opt, const char* s, float lo);
 // Stage timing for benchmarks. While enabled, stage_begin(name) ends the open stage and
 // opens the next; stage_begin(NULL) ends it. Device time between the marks is summed per
 // name: CUDA events on the GPU (CUDA graphs are off meanwhile, their work cannot be split),

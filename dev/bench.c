@@ -75,20 +75,21 @@ int main(int argc, char** argv) {
     const char* config = "swin_s";
     const char* device = "auto";
     int B = 1, M = 0, H = 384, W = 1248, iters = 5, warmup = 2;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) {
         if (i + 1 >= argc) ttt_die("missing value after %s", argv[i]);
-        if (!strcmp(argv[i], "--config")) config = argv[++i];
-        else if (!strcmp(argv[i], "--batch")) B = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--micro-batch")) M = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--height")) H = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--width")) W = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--iters")) iters = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--warmup")) warmup = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--device")) device = argv[++i];
-        else ttt_die("unknown option %s", argv[i]);
+        const char* o = argv[i];
+        const char* v = argv[i + 1];
+        if (!strcmp(o, "--config")) config = v;
+        else if (!strcmp(o, "--batch")) B = parse_int_arg(o, v, 1);
+        else if (!strcmp(o, "--micro-batch")) M = parse_int_arg(o, v, 0);
+        else if (!strcmp(o, "--height")) H = parse_int_arg(o, v, 32);
+        else if (!strcmp(o, "--width")) W = parse_int_arg(o, v, 32);
+        else if (!strcmp(o, "--iters")) iters = parse_int_arg(o, v, 1);
+        else if (!strcmp(o, "--warmup")) warmup = parse_int_arg(o, v, 0);
+        else if (!strcmp(o, "--device")) device = v;
+        else ttt_die("unknown option %s", o);
     }
-    if (B < 1 || M < 0 || H < 32 || W < 32 || iters < 1 || iters > 1000 || warmup < 0)
-        ttt_die("bad sizes: batch %d, micro-batch %d, %d x %d, iters %d, warmup %d", B, M, H, W, iters, warmup);
+    if (iters > 1000) ttt_die("--iters: at most 1000, got %d", iters);
     ttt_set_device(ttt_parse_device(device));
     int K = 19;
     ModelConfig cfg;

@@ -428,20 +428,6 @@ static void usage(void) {
         "  --seed S          random seed (default 1)\n");
 }
 
-static int parse_int(const char* opt, const char* s, int lo) {
-    char* end;
-    long v = strtol(s, &end, 10);
-    if (*s == 0 || *end != 0 || v < lo || v > 1000000000L) ttt_die("%s: expected an integer >= %d, got '%s'", opt, lo, s);
-    return (int)v;
-}
-
-static float parse_float(const char* opt, const char* s, float lo) {
-    char* end;
-    float v = strtof(s, &end);
-    if (*s == 0 || *end != 0 || !isfinite(v) || v < lo) ttt_die("%s: expected a number >= %g, got '%s'", opt, lo, s);
-    return v;
-}
-
 // ----------------------------------------------------------------------------
 
 int main(int argc, char** argv) {
@@ -465,27 +451,27 @@ int main(int argc, char** argv) {
         const char* a = argv[i];
         if (i + 1 >= argc) ttt_die("option '%s' needs a value (--help for usage)", a);
         const char* val = argv[++i];
-        if (strcmp(a, "--n") == 0 && !is_video) n = parse_int(a, val, 1);
-        else if (strcmp(a, "--frames") == 0 && is_video) frames = parse_int(a, val, 1);
+        if (strcmp(a, "--n") == 0 && !is_video) n = parse_int_arg(a, val, 1);
+        else if (strcmp(a, "--frames") == 0 && is_video) frames = parse_int_arg(a, val, 1);
         else if (strcmp(a, "--size") == 0) {
             if (sscanf(val, "%dx%d", &W, &H) != 2 || W < 8 || H < 8 || W > 8192 || H > 8192)
                 ttt_die("--size: expected WxH with 8 <= W, H <= 8192, got '%s'", val);
         }
-        else if (strcmp(a, "--seed") == 0) seed = (uint64_t)parse_int(a, val, 0);
+        else if (strcmp(a, "--seed") == 0) seed = (uint64_t)parse_int_arg(a, val, 0);
         else if (strcmp(a, "--labels") == 0 && is_video) snprintf(labels_dir, sizeof(labels_dir), "%s", val);
-        else if (strcmp(a, "--drift") == 0 && is_video) drift = parse_float(a, val, 0.0f);
-        else if (strcmp(a, "--style-drift") == 0 && is_video) style_drift = parse_float(a, val, 0.0f);
-        else if (strcmp(a, "--look-drift") == 0 && is_video) look_drift = parse_float(a, val, 0.0f);
-        else if (strcmp(a, "--drift-period") == 0 && is_video) drift_period = parse_float(a, val, 1.0f);
-        else if (strcmp(a, "--scene-every") == 0 && is_video) scene_every = parse_int(a, val, 1);
-        else if (strcmp(a, "--speed") == 0 && is_video) speed = parse_float(a, val, 0.0f);
-        else if (strcmp(a, "--fps") == 0 && is_video) { fps = parse_float(a, val, 0.0f); if (fps <= 0.0f) ttt_die("--fps must be > 0"); }
+        else if (strcmp(a, "--drift") == 0 && is_video) drift = parse_float_arg(a, val, 0.0f);
+        else if (strcmp(a, "--style-drift") == 0 && is_video) style_drift = parse_float_arg(a, val, 0.0f);
+        else if (strcmp(a, "--look-drift") == 0 && is_video) look_drift = parse_float_arg(a, val, 0.0f);
+        else if (strcmp(a, "--drift-period") == 0 && is_video) drift_period = parse_float_arg(a, val, 1.0f);
+        else if (strcmp(a, "--scene-every") == 0 && is_video) scene_every = parse_int_arg(a, val, 1);
+        else if (strcmp(a, "--speed") == 0 && is_video) speed = parse_float_arg(a, val, 0.0f);
+        else if (strcmp(a, "--fps") == 0 && is_video) { fps = parse_float_arg(a, val, 0.0f); if (fps <= 0.0f) ttt_die("--fps must be > 0"); }
         else if (strcmp(a, "--shift") == 0 && is_video) {
             shift = -1;
             for (int k = 0; k < NUM_SHIFTS; k++) if (strcmp(val, shift_names[k]) == 0) shift = k;
             if (shift < 0) ttt_die("--shift: unknown shift '%s' (none, fog, night, swap, noise, style)", val);
         }
-        else if (strcmp(a, "--shift-strength") == 0 && is_video) shift_strength = parse_float(a, val, 0.0f);
+        else if (strcmp(a, "--shift-strength") == 0 && is_video) shift_strength = parse_float_arg(a, val, 0.0f);
         else ttt_die("unknown option '%s' for mode %s (--help for usage)", a, mode);
     }
 
