@@ -687,18 +687,6 @@ void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2
 // ----------------------------------------------------------------------------
 // inference (host memory, one image)
 
-// PyTorch bilinear source index for resizing n_in -> 4 * n_in (align_corners=False):
-// src = max((dst + 0.5) / 4 - 0.5, 0); returns the two taps and the weight of the second
-static void bilinear_taps_x4(int dst, int n_in, int* i0, int* i1, float* lambda) {
-    float src = (dst + 0.5f) * 0.25f - 0.5f;
-    if (src < 0.0f) src = 0.0f;
-    int a = (int)src;
-    if (a > n_in - 1) a = n_in - 1;
-    *i0 = a;
-    *i1 = (a < n_in - 1) ? a + 1 : a;
-    *lambda = src - (float)a;
-}
-
 // softmax over the K+1 logits of one query into probs (K+1)
 static void softmax_row_host(float* probs, const float* logits, int n) {
     float mx = logits[0];
@@ -734,10 +722,10 @@ void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
     // bilinear to (4*H4, 4*W4), crop to H x W, argmax over classes
     for (int y = 0; y < H; y++) {
         int y0, y1; float ly;
-        bilinear_taps_x4(y, H4, &y0, &y1, &ly);
+        bilinear_source(y, H4, 4 * H4, &y0, &y1, &ly);
         for (int x = 0; x < W; x++) {
             int x0, x1; float lx;
-            bilinear_taps_x4(x, W4, &x0, &x1, &lx);
+            bilinear_source(x, W4, 4 * W4, &x0, &x1, &lx);
             const float* s00 = seg + ((size_t)y0 * W4 + x0) * K;
             const float* s01 = seg + ((size_t)y0 * W4 + x1) * K;
             const float* s10 = seg + ((size_t)y1 * W4 + x0) * K;
@@ -805,10 +793,10 @@ int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segm
     // the owner's prob < 0.5
     for (int y = 0; y < H; y++) {
         int y0, y1; float ly;
-        bilinear_taps_x4(y, H4, &y0, &y1, &ly);
+        bilinear_source(y, H4, 4 * H4, &y0, &y1, &ly);
         for (int x = 0; x < W; x++) {
             int x0, x1; float lx;
-            bilinear_taps_x4(x, W4, &x0, &x1, &lx);
+            bilinear_source(x, W4, 4 * W4, &x0, &x1, &lx);
             int owner = 0; float best = -1.0f;
             for (int i = 0; i < nk; i++) {
                 const float* m = mask_logits + (size_t)kept[i] * HW4;

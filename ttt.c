@@ -1213,7 +1213,7 @@ void upsample_nearest_backward_cpu(float* dinp, const float* dout, int B, int H,
 
 // bilinear, align_corners=False: src = max((dst + 0.5) * in/out - 0.5, 0); i0 = floor(src),
 // i1 = min(i0 + 1, in - 1), weight of i1 = src - i0
-static void bilinear_source(int dst, int in, int out, int* i0, int* i1, float* l1) {
+void bilinear_source(int dst, int in, int out, int* i0, int* i1, float* l1) {
     float scale = (float)in / (float)out;
     float s = (dst + 0.5f) * scale - 0.5f;
     if (s < 0.0f) s = 0.0f;

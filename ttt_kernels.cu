@@ -1882,25 +1882,14 @@ __global__ void semantic_maps_kernel(float* seg, const float* probs, const float
     }
 }
 
-// source taps of output index dst for a x4 bilinear resize, align_corners=False
-__device__ void bilinear_taps_x4_device(int dst, int n_in, int* i0, int* i1, float* lambda) {
-    float src = (dst + 0.5f) * 0.25f - 0.5f;
-    if (src < 0.0f) src = 0.0f;
-    int a = (int)src;
-    if (a > n_in - 1) a = n_in - 1;
-    *i0 = a;
-    *i1 = (a < n_in - 1) ? a + 1 : a;
-    *lambda = src - (float)a;
-}
-
 // one thread per output pixel of the H x W crop: resized class scores, first argmax
 __global__ void semantic_argmax_kernel(unsigned char* ids, const float* seg, int K, int H4, int W4, int H, int W) {
     size_t total = (size_t)H * W;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         int x = i % W, y = i / W;
         int y0, y1, x0, x1; float ly, lx;
-        bilinear_taps_x4_device(y, H4, &y0, &y1, &ly);
-        bilinear_taps_x4_device(x, W4, &x0, &x1, &lx);
+        bilinear_source_dev(y, H4, 4 * H4, &y0, &y1, &ly);   // the x4 resize, align_corners=False
+        bilinear_source_dev(x, W4, 4 * W4, &x0, &x1, &lx);
         const float* s00 = seg + ((size_t)y0 * W4 + x0) * K;
         const float* s01 = seg + ((size_t)y0 * W4 + x1) * K;
         const float* s10 = seg + ((size_t)y1 * W4 + x0) * K;
