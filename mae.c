@@ -78,6 +78,7 @@ struct Model {
     // host scratch
     unsigned char* patch_mask_host;
     unsigned char* micro_masks;   // (micro_masks_B, L) patch masks of a micro-batched step
+    double* micro_counts;         // (micro_masks_B) masked values of each image's mask
     int micro_masks_B;
 };
 
@@ -138,15 +139,31 @@ static void padded_size(const ModelConfig* cfg, int H, int W, int* Hp, int* Wp) 
     *Wp = (W + div - 1) / div * div;
 }
 
-size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int W) {
+// floats of the batch-dependent device buffers for max_batch frames of H x W: what
+// model_create allocates and model_activation_bytes reports
+typedef struct {
     int Hp, Wp;
-    padded_size(cfg, H, W, &Hp, &Wp);
+    size_t acts_f, acts_h, acts_g;   // activations of f, h, g (their gradients mirror them)
+    size_t feat[4];                  // gradient flowing from a head into f's stage s
+    size_t pix;                      // max_batch * Hp * Wp
+} ActivationPlan;
+
+static ActivationPlan plan_activations(const ModelConfig* cfg, int max_batch, int H, int W) {
+    ActivationPlan p;
+    padded_size(cfg, H, W, &p.Hp, &p.Wp);
     SwinActs fa;
-    size_t n = swin_point_acts(&fa, NULL, &cfg->swin, max_batch, Hp, Wp);
-    n += m2f_num_acts(&cfg->m2f, max_batch, Hp / 4, Wp / 4) + m2f_num_acts(&cfg->mae, max_batch, Hp / 4, Wp / 4);
-    n *= 2;                                          // activations and their gradients
-    for (int s = 0; s < 4; s++) n += (size_t)max_batch * fa.Hs[s] * fa.Ws[s] * fa.C[s];   // dfeat
-    n += (size_t)max_batch * Hp * Wp * (4 + 3 + 3) + (size_t)max_batch * H * W * 3;   // inputs, targets
+    p.acts_f = swin_point_acts(&fa, NULL, &cfg->swin, max_batch, p.Hp, p.Wp);
+    p.acts_h = m2f_num_acts(&cfg->m2f, max_batch, p.Hp / 4, p.Wp / 4);
+    p.acts_g = m2f_num_acts(&cfg->mae, max_batch, p.Hp / 4, p.Wp / 4);
+    for (int s = 0; s < 4; s++) p.feat[s] = (size_t)max_batch * fa.Hs[s] * fa.Ws[s] * fa.C[s];
+    p.pix = (size_t)max_batch * p.Hp * p.Wp;
+    return p;
+}
+
+size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int W) {
+    ActivationPlan p = plan_activations(cfg, max_batch, H, W);
+    size_t n = 2 * (p.acts_f + p.acts_h + p.acts_g) + p.feat[0] + p.feat[1] + p.feat[2] + p.feat[3];
+    n += p.pix * (4 + 3 + 3) + (size_t)max_batch * H * W * 3;   // inp4, target, target_mask, rgb
     return n * sizeof(float);
 }
 
@@ -164,7 +181,8 @@ Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
     Model* m = (Model*)callocCheck(1, sizeof(Model));
     m->cfg = *cfg;
     m->max_B = max_batch; m->H = H; m->W = W;
-    padded_size(cfg, H, W, &m->Hp, &m->Wp);
+    ActivationPlan plan = plan_activations(cfg, max_batch, H, W);
+    m->Hp = plan.Hp; m->Wp = plan.Wp;
     m->H4 = m->Hp / 4; m->W4 = m->Wp / 4;
 
     m->n_f = swin_num_params(&cfg->swin);
@@ -184,10 +202,7 @@ Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
     model_point_params(m, m->grads, &m->df, &m->dh, &m->dg);
 
     // activations: [swin | h | g]; gradients mirror them
-    size_t n_fa = swin_point_acts(&m->fa, NULL, &cfg->swin, max_batch, m->Hp, m->Wp);
-    size_t n_ha = m2f_num_acts(&cfg->m2f, max_batch, m->H4, m->W4);
-    size_t n_ga = m2f_num_acts(&cfg->mae, max_batch, m->H4, m->W4);
-    size_t n_acts = n_fa + n_ha + n_ga;
+    size_t n_fa = plan.acts_f, n_ha = plan.acts_h, n_acts = plan.acts_f + plan.acts_h + plan.acts_g;
     m->acts = (float*)ttt_malloc(n_acts * sizeof(float));
     m->dacts = (float*)ttt_malloc(n_acts * sizeof(float));
     ttt_zero(m->acts, n_acts * sizeof(float));
@@ -200,14 +215,9 @@ Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
     swin_init_acts(&m->fa, &cfg->swin);
     m->rel_index = swin_make_rel_index(&cfg->swin);
 
-    size_t nfeat = 0;
-    for (int s = 0; s < 4; s++) nfeat += (size_t)max_batch * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s];
-    float* feat_mem = (float*)ttt_malloc(nfeat * sizeof(float));
-    for (int s = 0, off = 0; s < 4; s++) {
-        m->dfeat[s] = feat_mem + off;
-        off += max_batch * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s];
-    }
-    size_t npix = (size_t)max_batch * m->Hp * m->Wp;
+    float* feat_mem = (float*)ttt_malloc((plan.feat[0] + plan.feat[1] + plan.feat[2] + plan.feat[3]) * sizeof(float));
+    for (int s = 0; s < 4; s++) m->dfeat[s] = s == 0 ? feat_mem : m->dfeat[s - 1] + plan.feat[s - 1];
+    size_t npix = plan.pix;
     int nP = (m->Hp / cfg->mae_patch) * (m->Wp / cfg->mae_patch);
     m->inp4 = (float*)ttt_malloc(npix * 4 * sizeof(float));
     m->target = (float*)ttt_malloc(npix * 3 * sizeof(float));
@@ -230,7 +240,7 @@ void model_free(Model* m) {
     ttt_free(m->acts); ttt_free(m->dacts); ttt_free(m->rel_index); ttt_free(m->dfeat[0]);
     ttt_free(m->inp4); ttt_free(m->target); ttt_free(m->target_mask); ttt_free(m->rgb);
     ttt_free(m->patch_mask); ttt_free(m->loss);
-    free(m->patch_mask_host); free(m->micro_masks);
+    free(m->patch_mask_host); free(m->micro_masks); free(m->micro_counts);
     ttt_free(m->pred_ids); ttt_free(m->infer_work);
     model_drop_graphs(m);
     free(m->mae_graphs);
@@ -364,12 +374,17 @@ static Model* model_from_header(const int* h, const char* path, int max_batch, i
     return m;
 }
 
-Model* model_load(const char* path, int max_batch, int H, int W) {
-    int h[CKPT_HEADER_INTS];
+// the header of a model checkpoint (kind 1); dies naming the file otherwise
+static void read_model_header(const char* path, int* h) {
     checkpoint_read_header(path, h);
     if (h[2] != CKPT_KIND_MODEL)
         ttt_die("checkpoint '%s' holds kind %d, not a model (kind %d)%s", path, h[2], CKPT_KIND_MODEL,
                 h[2] == 3 ? "; it is a training optimizer state (the model is the file without .opt)" : "");
+}
+
+Model* model_load(const char* path, int max_batch, int H, int W) {
+    int h[CKPT_HEADER_INTS];
+    read_model_header(path, h);
     Model* m = model_from_header(h, path, max_batch, H, W);
     size_t n = m->n_f + m->n_h + m->n_g;
     float* host = (float*)mallocCheck(n * sizeof(float));
@@ -401,9 +416,7 @@ int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W) {
 
 ModelConfig model_read_config(const char* path) {
     int h[CKPT_HEADER_INTS];
-    checkpoint_read_header(path, h);
-    if (h[2] != CKPT_KIND_MODEL)
-        ttt_die("checkpoint '%s' holds kind %d, not a model (kind %d)", path, h[2], CKPT_KIND_MODEL);
+    read_model_header(path, h);
     ModelConfig c;
     unpack_header(h, &c, path);
     return c;
@@ -555,20 +568,24 @@ void model_freeze_main_masks(Model* m, int B, int on) { freeze_masks(m, &m->h_fr
 // chunks accumulate (backward = 1). Returns the loss of the whole batch.
 static float mae_micro_batched(Model* m, const float* frames, int B, Rng* rng, int backward) {
     int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
-    if (B > m->micro_masks_B) {
-        free(m->micro_masks);
+    if (B > m->micro_masks_B) {   // grows once to the largest batch seen
+        free(m->micro_masks); free(m->micro_counts);
         m->micro_masks = (unsigned char*)mallocCheck((size_t)B * L);
+        m->micro_counts = (double*)mallocCheck((size_t)B * sizeof(double));
         m->micro_masks_B = B;
     }
     make_patch_masks(m->micro_masks, B, L, m->cfg.mask_ratio, rng);
     double total = 0.0;
-    for (int b = 0; b < B; b++) total += masked_value_count(m, m->micro_masks + (size_t)b * L);
+    for (int b = 0; b < B; b++) {
+        m->micro_counts[b] = masked_value_count(m, m->micro_masks + (size_t)b * L);
+        total += m->micro_counts[b];
+    }
     if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
     double loss = 0.0;
     for (int b0 = 0; b0 < B; b0 += m->max_B) {
         int Bc = B - b0 < m->max_B ? B - b0 : m->max_B;
         double nc = 0.0;
-        for (int b = b0; b < b0 + Bc; b++) nc += masked_value_count(m, m->micro_masks + (size_t)b * L);
+        for (int b = b0; b < b0 + Bc; b++) nc += m->micro_counts[b];
         double share = total > 0.0 ? nc / total : 0.0;
         upload_batch(m, frames + (size_t)b0 * m->H * m->W * 3, m->micro_masks + (size_t)b0 * L, Bc);
         prepare_masked_batch(m, Bc);
