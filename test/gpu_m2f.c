@@ -8,24 +8,6 @@
 // the TF32 pass checks gradients loosely in the L2 norm (a missing or wrong term shows as ~1).
 #include "test/test.h"
 
-// ||a - b|| / ||b||
-static double l2_rel_error(const float* a, const float* b, size_t n) {
-    double d2 = 0.0, r2 = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)b[i];
-        d2 += d * d; r2 += (double)b[i] * b[i];
-    }
-    return sqrt(d2) / (sqrt(r2) + 1e-30);
-}
-
-static int check_l2(const char* name, const float* got, const float* ref, size_t n, double tol) {
-    double err = l2_rel_error(got, ref, n);
-    int ok = err <= tol;
-    printf("%-4s %-48s L2 rel err %.3e (tol %.0e, n=%zu)\n", ok ? "ok" : "FAIL", name, err, tol, n);
-    if (ok) tests_passed++; else tests_failed++;
-    return ok;
-}
-
 typedef struct {
     float* params; float* grads; float* acts; float* dacts;
     M2FParams p, g; M2FActs a, da;
@@ -53,12 +35,6 @@ static void side_init(Side* s, const M2FConfig* cfg, int B, int H4, int W4, cons
         ttt_to_device(s->feats[l], feats_host[l], feat_n[l] * sizeof(float));
         ttt_zero(s->dfeats[l], feat_n[l] * sizeof(float));
     }
-}
-
-static float* to_host(const float* d, size_t n) {
-    float* h = (float*)mallocCheck(n * sizeof(float));
-    ttt_to_host(h, d, n * sizeof(float));
-    return h;
 }
 
 // tf32 says which precision the CUDA matrix products run in (the default is TF32); a strict
@@ -108,7 +84,7 @@ static void compare(int tf32) {
             size_t off = 0, differ = 0;
             for (int i = 0; i < cfg.dec_layers; i++) {
                 size_t n = (size_t)B * cfg.num_queries * s->a.T[i % 3];
-                float* m = to_host(s->a.attn_mask[i], n);
+                float* m = host_copy_of(s->a.attn_mask[i], n);
                 for (size_t k = 0; k < n; k++) differ += (m[k] < 0) != (cpu_masks[off + k] < 0);
                 free(m); off += n;
             }
@@ -118,13 +94,13 @@ static void compare(int tf32) {
         float* teacher = (float*)ttt_malloc(n_masks * sizeof(float));
         ttt_to_device(teacher, cpu_masks, n_masks * sizeof(float));
         m2f_forward(&cfg, &s->p, &s->a, (const float* const*)s->feats, B, teacher);
-        out_class[d] = to_host(s->a.class_logits, n_class);
-        out_mask[d] = to_host(s->a.mask_logits, n_mask);
+        out_class[d] = host_copy_of(s->a.class_logits, n_class);
+        out_mask[d] = host_copy_of(s->a.mask_logits, n_mask);
         ttt_to_device(s->da.class_logits, w_class, n_class * sizeof(float));
         ttt_to_device(s->da.mask_logits, w_mask, n_mask * sizeof(float));
         m2f_backward(&cfg, &s->p, &s->g, &s->a, &s->da, (const float* const*)s->feats, s->dfeats, B);
-        out_grads[d] = to_host(s->grads, np);
-        for (int l = 0; l < 4; l++) out_dfeats[d][l] = to_host(s->dfeats[l], feat_n[l]);
+        out_grads[d] = host_copy_of(s->grads, np);
+        for (int l = 0; l < 4; l++) out_dfeats[d][l] = host_copy_of(s->dfeats[l], feat_n[l]);
         ttt_free(teacher);
     }
     double fwd_tol = tf32 ? 5e-3 : 1e-4;

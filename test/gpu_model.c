@@ -7,24 +7,6 @@
 // may flip a mask between devices; the float32 run keeps that unlikely.
 #include "test/test.h"
 
-// relative L2 error ||a - b|| / ||b|| over n elements (NaN fails)
-static double rel_l2(const float* a, const float* b, size_t n) {
-    double d = 0.0, r = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double e = (double)a[i] - b[i];
-        d += e * e; r += (double)b[i] * b[i];
-    }
-    return sqrt(d) / (sqrt(r) + 1e-30);
-}
-
-static void check_l2(const char* name, const float* got, const float* ref, size_t n, double tol) {
-    double err = rel_l2(got, ref, n);
-    int ok = err <= tol;
-    printf("%-4s %-48s rel L2 err %.3e, max rel %.3e (tol %.0e, n=%zu)\n", ok ? "ok" : "FAIL", name, err,
-           max_rel_error(got, ref, n), tol, n);
-    if (ok) tests_passed++; else tests_failed++;
-}
-
 typedef struct {
     float loss, loss_step;
     float *grads, *params_before, *params_after;

@@ -53,12 +53,6 @@ static float* host_copy(const float* h, size_t n) {
     memcpy(c, h, n * sizeof(float));
     return c;
 }
-static float* host_of(const float* d, size_t n) {
-    float* h = (float*)mallocCheck(n * sizeof(float));
-    ttt_to_host(h, d, n * sizeof(float));
-    return h;
-}
-
 #define MAX_OPS 64
 static char op_names[MAX_OPS][48];
 static double op_worst[MAX_OPS], op_tol[MAX_OPS];
@@ -77,7 +71,7 @@ static void record(const char* op, double err, double tol) {
 
 // GPU tensor d_got vs host reference ref
 static void cmp(const char* op, const char* what, const float* d_got, const float* ref, size_t n, double tol) {
-    float* got = host_of(d_got, n);
+    float* got = host_copy_of(d_got, n);
     char name[128];
     snprintf(name, sizeof(name), "%s %s", op, what);
     check_close(name, got, ref, n, tol);
@@ -88,7 +82,7 @@ static void cmp(const char* op, const char* what, const float* d_got, const floa
 // accumulated gradient: compare (gpu - init) with (cpu - init)
 static void cmp_grad(const char* op, const char* what, const float* d_got, const float* ref, const float* init,
                      size_t n, double tol) {
-    float* got = host_of(d_got, n);
+    float* got = host_copy_of(d_got, n);
     float* ref_inc = (float*)mallocCheck(n * sizeof(float));
     for (size_t i = 0; i < n; i++) { got[i] -= init[i]; ref_inc[i] = ref[i] - init[i]; }
     char name[128];
@@ -578,7 +572,7 @@ static void test_attn_mask(int B, int Q, int T) {
     attn_mask_from_logits_cpu(ref, x, B, Q, T);
     attn_mask_from_logits_cuda(out, dx_, B, Q, T);
     // -inf entries: compare as 1 / 0 flags (inf - inf is NaN)
-    float* got = host_of(out, n);
+    float* got = host_copy_of(out, n);
     size_t diff = 0;
     for (size_t i = 0; i < n; i++) if (got[i] != ref[i]) diff++;
     printf("%-4s %-48s %zu of %zu differ\n", diff == 0 ? "ok" : "FAIL", "attn_mask_from_logits mask_add", diff, n);

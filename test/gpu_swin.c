@@ -7,53 +7,14 @@
 
 #define REF_PATH "test/data/swin_ref.bin"
 
-static double l2_rel_error(const float* a, const float* b, size_t n) {
-    double d2 = 0.0, r2 = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)b[i];
-        d2 += d * d; r2 += (double)b[i] * b[i];
-    }
-    return sqrt(d2) / (sqrt(r2) + 1e-30);
-}
-
-static int check_l2(const char* name, const float* got, const float* ref, size_t n, double tol) {
-    double err = l2_rel_error(got, ref, n);
-    int ok = err <= tol;
-    printf("%-4s %-48s L2 rel err %.3e (tol %.0e, n=%zu)\n", ok ? "ok" : "FAIL", name, err, tol, n);
-    if (ok) tests_passed++; else tests_failed++;
-    return ok;
-}
-
-static float* read_floats(FILE* fp, size_t n) {
-    float* x = (float*)mallocCheck(n * sizeof(float));
-    freadCheck(x, sizeof(float), n, fp);
-    return x;
-}
-
-static float* upload(const float* host, size_t n) {
-    float* d = (float*)ttt_malloc(n * sizeof(float));
-    ttt_to_device(d, host, n * sizeof(float));
-    return d;
-}
-
-static float* download(const float* dev, size_t n) {
-    float* h = (float*)mallocCheck(n * sizeof(float));
-    ttt_to_host(h, dev, n * sizeof(float));
-    return h;
-}
-
 static void reference_check(void) {
-    FILE* fp = fopenCheck(REF_PATH, "rb");
-    int hdr[32];
-    freadCheck(hdr, sizeof(int), 32, fp);
-    int B = hdr[2], H = hdr[3], W = hdr[4];
-    SwinConfig cfg;
-    cfg.in_chans = hdr[5]; cfg.embed_dim = hdr[6];
-    for (int s = 0; s < 4; s++) { cfg.depths[s] = hdr[7 + s]; cfg.num_heads[s] = hdr[11 + s]; }
-    cfg.window = hdr[15]; cfg.mlp_ratio = hdr[16];
-    size_t np = swin_num_params(&cfg), nin = (size_t)B * H * W * cfg.in_chans;
-    float* params = read_floats(fp, np);
-    float* inp = read_floats(fp, nin);
+    SwinReference ref = swin_reference_load(REF_PATH);
+    CHECK(ref.params_match && !ref.trailing_bytes, "%s does not match our Swin", REF_PATH);
+    if (!ref.params_match) return;
+    SwinConfig cfg = ref.cfg;
+    int B = ref.B, H = ref.H, W = ref.W;
+    size_t np = ref.n_params, nin = ref.n_inp;
+    size_t* nout = ref.n_out;
     SwinActs a, da;
     size_t na = swin_point_acts(&a, NULL, &cfg, B, H, W);
     float* acts = (float*)ttt_malloc(na * sizeof(float));
@@ -61,17 +22,11 @@ static void reference_check(void) {
     swin_point_acts(&a, acts, &cfg, B, H, W);
     swin_point_acts(&da, dacts, &cfg, B, H, W);
     swin_init_acts(&a, &cfg);
-    size_t nout[4];
-    float *ref_out[4], *R[4], *dR[4];
-    for (int s = 0; s < 4; s++) nout[s] = (size_t)B * a.Hs[s] * a.Ws[s] * a.C[s];
-    for (int s = 0; s < 4; s++) ref_out[s] = read_floats(fp, nout[s]);
-    for (int s = 0; s < 4; s++) { R[s] = read_floats(fp, nout[s]); dR[s] = upload(R[s], nout[s]); }
-    float* ref_dinp = read_floats(fp, nin);
-    float* ref_dparams = read_floats(fp, np);
-    fcloseCheck(fp);
+    float* dR[4];
+    for (int s = 0; s < 4; s++) dR[s] = device_copy_of(ref.R[s], nout[s]);
 
-    float* d_params = upload(params, np);
-    float* d_inp = upload(inp, nin);
+    float* d_params = device_copy_of(ref.params, np);
+    float* d_inp = device_copy_of(ref.inp, nin);
     float* d_grads = (float*)ttt_malloc(np * sizeof(float));
     float* d_dinp = (float*)ttt_malloc(nin * sizeof(float));
     ttt_zero(d_grads, np * sizeof(float));
@@ -85,17 +40,18 @@ static void reference_check(void) {
     ttt_synchronize();
     char name[64];
     for (int s = 0; s < 4; s++) {
-        float* out = download(a.out[s], nout[s]);
+        float* out = host_copy_of(a.out[s], nout[s]);
         snprintf(name, sizeof(name), "cuda out[%d] vs HF", s);
-        check_close(name, out, ref_out[s], nout[s], 5e-3);
+        check_close(name, out, ref.out[s], nout[s], 5e-3);
         free(out);
     }
-    float* dinp = download(d_dinp, nin);
-    check_l2("cuda dinput vs HF", dinp, ref_dinp, nin, 1e-2);
-    float* grads = download(d_grads, np);
-    check_l2("cuda d(all parameters) vs HF", grads, ref_dparams, np, 1e-2);
-    free(dinp); free(grads); free(params); free(inp); free(ref_dinp); free(ref_dparams);
-    for (int s = 0; s < 4; s++) { free(ref_out[s]); free(R[s]); ttt_free(dR[s]); }
+    float* dinp = host_copy_of(d_dinp, nin);
+    check_l2("cuda dinput vs HF", dinp, ref.dinp, nin, 1e-2);
+    float* grads = host_copy_of(d_grads, np);
+    check_l2("cuda d(all parameters) vs HF", grads, ref.dparams, np, 1e-2);
+    free(dinp); free(grads);
+    for (int s = 0; s < 4; s++) ttt_free(dR[s]);
+    swin_reference_free(&ref);
     ttt_free(acts); ttt_free(dacts); ttt_free(d_params); ttt_free(d_inp); ttt_free(d_grads);
     ttt_free(d_dinp); ttt_free(rel_index);
 }
@@ -108,11 +64,11 @@ static void timing(void) {
     float* host = (float*)mallocCheck(np * sizeof(float));
     Rng rng; rng_seed(&rng, 1);
     swin_init_params(host, &cfg, &rng);
-    float* d_params = upload(host, np);
+    float* d_params = device_copy_of(host, np);
     float* d_grads = (float*)ttt_malloc(np * sizeof(float));
     float* hin = (float*)mallocCheck(nin * sizeof(float));
     rng_fill_uniform(&rng, hin, nin, -1, 1);
-    float* d_inp = upload(hin, nin);
+    float* d_inp = device_copy_of(hin, nin);
     SwinActs a, da;
     size_t na = swin_point_acts(&a, NULL, &cfg, B, H, W);
     float* acts = (float*)ttt_malloc(na * sizeof(float));

@@ -7,32 +7,21 @@
 #define REF_PATH "test/data/swin_ref.bin"
 #define TOL 1e-4
 
-static float* read_floats(FILE* fp, size_t n) {
-    float* x = (float*)mallocCheck(n * sizeof(float));
-    freadCheck(x, sizeof(float), n, fp);
-    return x;
-}
-
 int main(void) {
-    FILE* fp = fopenCheck(REF_PATH, "rb");
-    int hdr[32];
-    freadCheck(hdr, sizeof(int), 32, fp);
-    if (hdr[0] != 0x4E495753 || hdr[1] != 1) ttt_die("%s: bad magic/version", REF_PATH);
-    int B = hdr[2], H = hdr[3], W = hdr[4];
-    SwinConfig cfg;
-    cfg.in_chans = hdr[5]; cfg.embed_dim = hdr[6];
-    for (int s = 0; s < 4; s++) { cfg.depths[s] = hdr[7 + s]; cfg.num_heads[s] = hdr[11 + s]; }
-    cfg.window = hdr[15]; cfg.mlp_ratio = hdr[16];
-    size_t np = swin_num_params(&cfg);
-    CHECK(np == (size_t)hdr[17], "parameter count: ours %zu, reference %d", np, hdr[17]);
-    if (np != (size_t)hdr[17]) return test_summary("test_swin_ref");
+    SwinReference ref = swin_reference_load(REF_PATH);
+    SwinConfig cfg = ref.cfg;
+    int B = ref.B, H = ref.H, W = ref.W;
+    size_t np = ref.n_params, nin = ref.n_inp;
+    CHECK(ref.params_match, "parameter count: ours %zu differs from the reference's", np);
+    if (!ref.params_match) return test_summary("test_swin_ref");
+    CHECK(!ref.trailing_bytes, "%s has trailing bytes", REF_PATH);
     printf("reference: B=%d %dx%dx%d, embed %d, depths %d %d %d %d, heads %d %d %d %d, %zu params\n",
            B, cfg.in_chans, H, W, cfg.embed_dim, cfg.depths[0], cfg.depths[1], cfg.depths[2],
            cfg.depths[3], cfg.num_heads[0], cfg.num_heads[1], cfg.num_heads[2], cfg.num_heads[3], np);
-
-    float* params = read_floats(fp, np);
-    size_t nin = (size_t)B * H * W * cfg.in_chans;
-    float* inp = read_floats(fp, nin);
+    float *params = ref.params, *inp = ref.inp, *ref_dinp = ref.dinp, *ref_dparams = ref.dparams;
+    size_t* nout = ref.n_out;
+    float** ref_out = ref.out;
+    float** R = ref.R;
     SwinActs a, da;
     size_t na = swin_point_acts(&a, NULL, &cfg, B, H, W);
     float* acts = (float*)mallocCheck(na * sizeof(float));
@@ -40,17 +29,6 @@ int main(void) {
     swin_point_acts(&a, acts, &cfg, B, H, W);
     swin_point_acts(&da, dacts, &cfg, B, H, W);
     swin_init_acts(&a, &cfg);
-    size_t nout[4];
-    float *ref_out[4], *R[4];
-    for (int s = 0; s < 4; s++) nout[s] = (size_t)B * a.Hs[s] * a.Ws[s] * a.C[s];
-    for (int s = 0; s < 4; s++) ref_out[s] = read_floats(fp, nout[s]);
-    for (int s = 0; s < 4; s++) R[s] = read_floats(fp, nout[s]);
-    float* ref_dinp = read_floats(fp, nin);
-    float* ref_dparams = read_floats(fp, np);
-    // the file must end here
-    char extra;
-    CHECK(fread(&extra, 1, 1, fp) == 0, "%s has trailing bytes", REF_PATH);
-    fcloseCheck(fp);
 
     SwinParams p, g;
     swin_point_params(&p, params, &cfg);
@@ -124,9 +102,8 @@ int main(void) {
            all_ok ? "ok" : "FAIL", nt, worst_param, worst_param_name, TOL);
     printf("worst of outputs/dinput: %.3e (%s)\n", worst, worst_name);
 
-    free(params); free(inp); free(acts); free(dacts); free(grads); free(dinp);
-    free(ref_dinp); free(ref_dparams);
-    for (int s = 0; s < 4; s++) { free(ref_out[s]); free(R[s]); }
+    free(acts); free(dacts); free(grads); free(dinp);
+    swin_reference_free(&ref);
     ttt_free(rel_index);
     return test_summary("test_swin_ref");
 }
