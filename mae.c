@@ -80,11 +80,42 @@ struct Model {
     unsigned char* micro_masks;   // (micro_masks_B, L) patch masks of a micro-batched step
     double* micro_counts;         // (micro_masks_B) masked values of each image's mask
     int micro_masks_B;
+    ModelRecipe recipe;       // how TTT and training steps train (model_set_recipe)
+    int shares_params;        // 1: made by model_create_sharing; params belong to another model
 };
 
 OptConfig opt_config_ttt(void) {
     OptConfig o = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.05f};
     return o;
+}
+
+ModelRecipe model_recipe_demo(const ModelConfig* cfg) {
+    ModelRecipe r = {cfg->mask_ratio, 0, 1.0f, 0, 0.0f, 0.0f};
+    return r;
+}
+
+// the released code (renwang435/video-ttt-release): PRETRAIN.MASK_RATIO 0.85
+// (mask2former/config.py), ReconCriterion's mean over all pixels (modeling/criterion.py),
+// BACKBONE_MULTIPLIER 0.1, decay 0 on norms / embeddings / relative_position_bias_table
+// (train_ttt_mae.py build_optimizer), CLIP_GRADIENTS full_model 0.01 and DROP_PATH_RATE 0.3
+// (configs/kitti_step/.../maskformer2_swin_small_bs16_90k_ttt_mae.yaml)
+ModelRecipe model_recipe_paper(void) {
+    ModelRecipe r = {0.85f, 1, 0.1f, 1, 0.01f, 0.3f};
+    return r;
+}
+
+void model_set_recipe(Model* m, const ModelRecipe* r) {
+    if (!(r->mask_ratio >= 0.0f && r->mask_ratio < 1.0f)) ttt_die("mask ratio %g is outside [0, 1)", r->mask_ratio);
+    if (!(r->drop_path >= 0.0f && r->drop_path < 1.0f)) ttt_die("drop-path rate %g is outside [0, 1)", r->drop_path);
+    m->recipe = *r;
+}
+const ModelRecipe* model_recipe(const Model* m) { return &m->recipe; }
+
+void model_restart_optimizer(Model* m) {
+    size_t n_train = m->n_f + m->n_h + m->n_g;
+    ttt_zero(m->adam_m, n_train * sizeof(float));
+    ttt_zero(m->adam_v, n_train * sizeof(float));
+    m->adam_t = 0;
 }
 
 // g copies h's architecture; its queries are the 3 x 4 x 4 pixels of a patch
@@ -231,6 +262,7 @@ Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
     m->infer_work = (float*)ttt_malloc(m2f_semantic_work_size(Q, K, m->H4, m->W4) * sizeof(float));
     m->mae_graphs = (DeviceGraph*)callocCheck((size_t)max_batch + 1, sizeof(DeviceGraph));
     m->set_loss_cfg = set_loss_config_default();
+    m->recipe = model_recipe_demo(cfg);
     return m;
 }
 

@@ -925,6 +925,25 @@ typedef struct {
 typedef struct { float lr, beta1, beta2, eps, weight_decay; } OptConfig;
 OptConfig opt_config_ttt(void);   // AdamW lr 1e-4, betas (0.9, 0.999), eps 1e-8, wd 0.05
 
+// How the model is trained, at test time (model_ttt_step) and in joint training
+// (model_train_step): the settings where the released code (renwang435/video-ttt-release)
+// and this project's demo defaults differ, each one flag away in ./stream and ./train.
+// model_recipe_demo(cfg): the demo's behaviour (mask ratio from the checkpoint, loss over the
+// masked pixels, one learning rate, decay on every parameter, no clipping at test time, no
+// drop-path). model_recipe_paper(): the released code's (see the comment in mae.c).
+typedef struct {
+    float mask_ratio;         // fraction of the mae_patch x mae_patch patches masked (paper 0.85)
+    int loss_all_pixels;      // MSE over all pixels of the frame (1, paper) or the masked ones (0)
+    float backbone_lr_scale;  // learning rate of f relative to the base lr (paper 0.1)
+    int wd_exempt;            // 1: no weight decay on norm layers, embeddings (query_feat,
+                              // query_embed, level_embed) and relative-position tables (paper)
+    float ttt_clip;           // full-model gradient L2 clip in model_ttt_step, 0 = off (paper 0.01)
+    float drop_path;          // stochastic depth over Swin's blocks, linear 0..rate (paper 0.3);
+                              // active in TTT and training steps, never in prediction
+} ModelRecipe;
+ModelRecipe model_recipe_demo(const ModelConfig* cfg);
+ModelRecipe model_recipe_paper(void);
+
 typedef struct Model Model;
 
 ModelConfig model_config_default(int num_classes);   // small, runs on a CPU
@@ -940,6 +959,14 @@ Model* model_load(const char* path, int max_batch, int H, int W);
 const ModelConfig* model_config(const Model* m);
 void model_snapshot_ttt(Model* m);   // f0, g0 <- f, g
 void model_reset_ttt(Model* m);      // f, g <- f0, g0; TTT optimizer state cleared
+// the recipe of later TTT and training steps (model_create sets model_recipe_demo)
+void model_set_recipe(Model* m, const ModelRecipe* r);
+const ModelRecipe* model_recipe(const Model* m);
+void model_restart_optimizer(Model* m);   // fresh AdamW: moments 0, step 0; weights kept
+// a second model for frames of another size that SHARES m's parameters (f, h, g, f0, g0):
+// only activations and input buffers of its own, for prediction (e.g. TTT on crops, the
+// prediction on the whole frame). Free it with model_free before m.
+Model* model_create_sharing(Model* m, int max_batch, int H, int W);
 // device bytes of the activations, their gradients and the input buffers that model_create
 // plans for max_batch frames of H x W (parameters and optimizer state not included)
 size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int W);
