@@ -36,6 +36,10 @@
 //                    above on freshly masked x -> backward through g and f; clip; AdamW on all.
 #include "ttt.h"
 
+// a run of parameters that AdamW updates with one call: same part (0 f, 1 h, 2 g) and the
+// same weight-decay treatment (exempt = 1: norm weights/biases, embeddings, rel-pos tables)
+typedef struct { size_t off, n; int part, exempt; } AdamRun;
+
 struct Model {
     ModelConfig cfg;
     int max_B, H, W, Hp, Wp, H4, W4;
@@ -82,12 +86,18 @@ struct Model {
     int micro_masks_B;
     ModelRecipe recipe;       // how TTT and training steps train (model_set_recipe)
     int shares_params;        // 1: made by model_create_sharing; params belong to another model
+    // AdamW runs: [f | h | g] cut where the part or the weight-decay exemption changes
+    AdamRun* runs;
+    int n_runs;
+    int pred_H, pred_W;       // size of the class ids model_predict writes (the frame's by default)
 };
 
 OptConfig opt_config_ttt(void) {
     OptConfig o = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.05f};
     return o;
 }
+
+static void model_drop_graphs(Model* m);
 
 ModelRecipe model_recipe_demo(const ModelConfig* cfg) {
     ModelRecipe r = {cfg->mask_ratio, 0, 1.0f, 0, 0.0f, 0.0f};
@@ -108,6 +118,7 @@ void model_set_recipe(Model* m, const ModelRecipe* r) {
     if (!(r->mask_ratio >= 0.0f && r->mask_ratio < 1.0f)) ttt_die("mask ratio %g is outside [0, 1)", r->mask_ratio);
     if (!(r->drop_path >= 0.0f && r->drop_path < 1.0f)) ttt_die("drop-path rate %g is outside [0, 1)", r->drop_path);
     m->recipe = *r;
+    model_drop_graphs(m);   // the recorded MAE work holds the loss's pixel set
 }
 const ModelRecipe* model_recipe(const Model* m) { return &m->recipe; }
 
@@ -152,6 +163,119 @@ ModelConfig model_config_swin_s(int K) {
 }
 
 const ModelConfig* model_config(const Model* m) { return &m->cfg; }
+
+// ----------------------------------------------------------------------------
+// parameter groups of the optimizer, as the released code's build_optimizer makes them
+// (train_ttt_mae.py): the backbone f at lr x backbone_lr_scale; weight decay 0 on every
+// norm layer (LayerNorm, GroupNorm), on nn.Embedding tables (Mask2Former's query_feat,
+// query_embed, level_embed) and on Swin's relative_position_bias_table; the rest decays.
+
+static void mark_exempt(unsigned char* exempt, const float* base, const float* p, size_t n) {
+    memset(exempt + (p - base), 1, n);
+}
+
+static void mark_exempt_swin(unsigned char* ex, const float* base, const SwinParams* p, const SwinConfig* c) {
+    int E = c->embed_dim, w = c->window, blk = 0;
+    mark_exempt(ex, base, p->patch_norm_w, E);
+    mark_exempt(ex, base, p->patch_norm_b, E);
+    for (int s = 0; s < 4; s++) {
+        size_t C = (size_t)E << s;
+        for (int i = 0; i < c->depths[s]; i++, blk++) {
+            const SwinBlockParams* b = &p->block[blk];
+            mark_exempt(ex, base, b->norm1_w, C);
+            mark_exempt(ex, base, b->norm1_b, C);
+            mark_exempt(ex, base, b->rel_table, (size_t)(2 * w - 1) * (2 * w - 1) * c->num_heads[s]);
+            mark_exempt(ex, base, b->norm2_w, C);
+            mark_exempt(ex, base, b->norm2_b, C);
+        }
+        mark_exempt(ex, base, p->out_norm_w[s], C);
+        mark_exempt(ex, base, p->out_norm_b[s], C);
+        if (s < 3) {
+            mark_exempt(ex, base, p->merge_norm_w[s], 4 * C);
+            mark_exempt(ex, base, p->merge_norm_b[s], 4 * C);
+        }
+    }
+}
+
+static void mark_exempt_m2f(unsigned char* ex, const float* base, const M2FParams* p, const M2FConfig* c) {
+    size_t D = c->hidden_dim, Q = c->num_queries, NL = c->dec_layers, CD = c->conv_dim;
+    for (int l = 0; l < 3; l++) {
+        mark_exempt(ex, base, p->pd.lateral_gn_w[l], CD);
+        mark_exempt(ex, base, p->pd.lateral_gn_b[l], CD);
+    }
+    for (int l = 0; l < 4; l++) {
+        mark_exempt(ex, base, p->pd.output_gn_w[l], CD);
+        mark_exempt(ex, base, p->pd.output_gn_b[l], CD);
+    }
+    mark_exempt(ex, base, p->query_feat, Q * D);
+    mark_exempt(ex, base, p->query_embed, Q * D);
+    mark_exempt(ex, base, p->level_embed, 3 * D);
+    mark_exempt(ex, base, p->ca_ln_w, NL * D); mark_exempt(ex, base, p->ca_ln_b, NL * D);
+    mark_exempt(ex, base, p->sa_ln_w, NL * D); mark_exempt(ex, base, p->sa_ln_b, NL * D);
+    mark_exempt(ex, base, p->ffn_ln_w, NL * D); mark_exempt(ex, base, p->ffn_ln_b, NL * D);
+    mark_exempt(ex, base, p->dec_ln_w, D); mark_exempt(ex, base, p->dec_ln_b, D);
+}
+
+// cut [f | h | g] into runs of one part and one exemption flag
+static void build_adam_runs(Model* m) {
+    size_t n = m->n_f + m->n_h + m->n_g;
+    unsigned char* ex = (unsigned char*)callocCheck(n, 1);
+    mark_exempt_swin(ex, m->params, &m->f, &m->cfg.swin);
+    mark_exempt_m2f(ex, m->params, &m->h, &m->cfg.m2f);
+    mark_exempt_m2f(ex, m->params, &m->g, &m->cfg.mae);
+    int cap = 64;
+    m->runs = (AdamRun*)mallocCheck(cap * sizeof(AdamRun));
+    m->n_runs = 0;
+    for (size_t i = 0; i < n;) {
+        int part = i < m->n_f ? 0 : i < m->n_f + m->n_h ? 1 : 2;
+        size_t end = part == 0 ? m->n_f : part == 1 ? m->n_f + m->n_h : n, j = i;
+        while (j < end && ex[j] == ex[i]) j++;
+        if (m->n_runs == cap) {
+            cap *= 2;
+            AdamRun* r = (AdamRun*)mallocCheck(cap * sizeof(AdamRun));
+            memcpy(r, m->runs, m->n_runs * sizeof(AdamRun));
+            free(m->runs);
+            m->runs = r;
+        }
+        AdamRun r = {i, j - i, part, ex[i]};
+        m->runs[m->n_runs++] = r;
+        i = j;
+    }
+    free(ex);
+}
+
+// AdamW on the parts in `parts` (bit 1 << part): lr x backbone_lr_scale on f; with the
+// recipe's wd_exempt the exempt runs get no decay. Without the exemption and with scale 1 this
+// is exactly one AdamW over each part.
+static void adamw_parts(Model* m, const OptConfig* opt, int parts) {
+    const ModelRecipe* r = &m->recipe;
+    for (int i = 0; i < m->n_runs; i++) {
+        const AdamRun* run = &m->runs[i];
+        if (!(parts >> run->part & 1)) continue;
+        float lr = run->part == 0 ? opt->lr * r->backbone_lr_scale : opt->lr;
+        float wd = r->wd_exempt && run->exempt ? 0.0f : opt->weight_decay;
+        adamw_update(m->params + run->off, m->grads + run->off, m->adam_m + run->off, m->adam_v + run->off,
+                     run->n, lr, opt->beta1, opt->beta2, opt->eps, wd, m->adam_t);
+    }
+}
+
+// global L2 norm of the gradients of `parts`; scaled down to max_norm when above it (max_norm > 0)
+static float clip_grad_parts(Model* m, float max_norm, int parts) {
+    double ss = 0.0;
+    size_t off[3] = {0, m->n_f, m->n_f + m->n_h}, n[3] = {m->n_f, m->n_h, m->n_g};
+    for (int p = 0; p < 3; p++) {
+        if (!(parts >> p & 1)) continue;
+        float part_ss;
+        sum_squares(m->loss, m->grads + off[p], n[p]);
+        ttt_to_host(&part_ss, m->loss, sizeof(float));
+        ss += part_ss;
+    }
+    float norm = (float)sqrt(ss);
+    if (max_norm > 0.0f && isfinite(norm) && norm > max_norm)
+        for (int p = 0; p < 3; p++)
+            if (parts >> p & 1) scale_inplace(m->grads + off[p], max_norm / norm, n[p]);
+    return norm;
+}
 
 // ----------------------------------------------------------------------------
 // creation: every buffer is allocated here, once
@@ -204,7 +328,9 @@ static void model_drop_graphs(Model* m) {
     device_graph_free(&m->predict_graph);
 }
 
-Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
+// share == NULL: a model with parameters of its own; else one that uses share's parameters,
+// gradients and optimizer state (model_create_sharing)
+static Model* model_create_impl(const ModelConfig* cfg, int max_batch, int H, int W, Model* share) {
     if (max_batch < 1 || H < 1 || W < 1) ttt_die("model_create: bad size B=%d H=%d W=%d", max_batch, H, W);
     m2f_config_check(&cfg->m2f);
     if (cfg->mae_patch % MAE_RECON_PATCH != 0)
@@ -220,16 +346,22 @@ Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
     m->n_h = m2f_num_params(&cfg->m2f);
     m->n_g = m2f_num_params(&cfg->mae);
     size_t n_train = m->n_f + m->n_h + m->n_g;
-    m->params = (float*)ttt_malloc((n_train + m->n_f + m->n_g) * sizeof(float));
+    if (share) {
+        m->shares_params = 1;
+        m->params = share->params; m->grads = share->grads;
+        m->adam_m = share->adam_m; m->adam_v = share->adam_v;
+    } else {
+        m->params = (float*)ttt_malloc((n_train + m->n_f + m->n_g) * sizeof(float));
+        m->grads = (float*)ttt_malloc(n_train * sizeof(float));
+        m->adam_m = (float*)ttt_malloc(n_train * sizeof(float));
+        m->adam_v = (float*)ttt_malloc(n_train * sizeof(float));
+        ttt_zero(m->grads, n_train * sizeof(float));
+        ttt_zero(m->adam_m, n_train * sizeof(float));
+        ttt_zero(m->adam_v, n_train * sizeof(float));
+    }
     model_point_params(m, m->params, &m->f, &m->h, &m->g);
     swin_point_params(&m->f0, m->params + n_train, &cfg->swin);
     m2f_point_params(&m->g0, m->params + n_train + m->n_f, &cfg->mae);
-    m->grads = (float*)ttt_malloc(n_train * sizeof(float));
-    m->adam_m = (float*)ttt_malloc(n_train * sizeof(float));
-    m->adam_v = (float*)ttt_malloc(n_train * sizeof(float));
-    ttt_zero(m->grads, n_train * sizeof(float));
-    ttt_zero(m->adam_m, n_train * sizeof(float));
-    ttt_zero(m->adam_v, n_train * sizeof(float));
     model_point_params(m, m->grads, &m->df, &m->dh, &m->dg);
 
     // activations: [swin | h | g]; gradients mirror them
@@ -263,12 +395,24 @@ Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
     m->mae_graphs = (DeviceGraph*)callocCheck((size_t)max_batch + 1, sizeof(DeviceGraph));
     m->set_loss_cfg = set_loss_config_default();
     m->recipe = model_recipe_demo(cfg);
+    m->pred_H = H; m->pred_W = W;
+    build_adam_runs(m);
+    return m;
+}
+
+Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
+    return model_create_impl(cfg, max_batch, H, W, NULL);
+}
+
+Model* model_create_sharing(Model* share, int max_batch, int H, int W) {
+    Model* m = model_create_impl(&share->cfg, max_batch, H, W, share);
+    m->recipe = share->recipe;
     return m;
 }
 
 void model_free(Model* m) {
     if (!m) return;
-    ttt_free(m->params); ttt_free(m->grads); ttt_free(m->adam_m); ttt_free(m->adam_v);
+    if (!m->shares_params) { ttt_free(m->params); ttt_free(m->grads); ttt_free(m->adam_m); ttt_free(m->adam_v); }
     ttt_free(m->acts); ttt_free(m->dacts); ttt_free(m->rel_index); ttt_free(m->dfeat[0]);
     ttt_free(m->inp4); ttt_free(m->target); ttt_free(m->target_mask); ttt_free(m->rgb);
     ttt_free(m->patch_mask); ttt_free(m->loss);
@@ -278,6 +422,7 @@ void model_free(Model* m) {
     free(m->mae_graphs);
     free(m->host_cls_all); free(m->host_mask_all); free(m->host_dcls); free(m->host_dmask);
     free(m->host_labels_pad);
+    free(m->runs);
     ttt_free(m->g_frozen_masks); ttt_free(m->h_frozen_masks);
     free(m);
 }
@@ -414,6 +559,25 @@ static void read_model_header(const char* path, int* h) {
                 h[2] == 3 ? "; it is a training optimizer state (the model is the file without .opt)" : "");
 }
 
+// A version-1 checkpoint's patch embedding saw m = 1 on masked pixels and 0 for the main
+// task; the released convention feeds c = 1 - m (1 on visible pixels, all ones for the main
+// task). The convolution is linear in its input, so with w'[o, ., ., 3] = -w[o, ., ., 3] and
+// b'[o] = b[o] + sum_{ky,kx} w[o, ky, kx, 3] every patch inside the frame gives the same output.
+static void convert_mask_channel_v1(float* host_f, const SwinConfig* cfg) {
+    SwinParams p;
+    swin_point_params(&p, host_f, cfg);
+    int E = cfg->embed_dim, C = cfg->in_chans;
+    for (int o = 0; o < E; o++) {
+        double sum = 0.0;
+        for (int k = 0; k < 16; k++) {
+            float* w = p.patch_w + ((size_t)o * 16 + k) * C + 3;
+            sum += *w;
+            *w = -*w;
+        }
+        p.patch_b[o] = (float)(p.patch_b[o] + sum);
+    }
+}
+
 Model* model_load(const char* path, int max_batch, int H, int W) {
     int h[CKPT_HEADER_INTS];
     read_model_header(path, h);
@@ -422,6 +586,11 @@ Model* model_load(const char* path, int max_batch, int H, int W) {
     float* host = (float*)mallocCheck(n * sizeof(float));
     checkpoint_read_data(path, host, n);
     if (!is_finite_array(host, n)) ttt_die("checkpoint '%s' contains NaN or Inf parameters", path);
+    if (h[1] == 1) {
+        fprintf(stderr, "note: '%s' is a version-1 checkpoint (4th input channel 1 = masked); its patch "
+                        "embedding is converted exactly to the released convention (1 = visible)\n", path);
+        convert_mask_channel_v1(host, &m->cfg.swin);
+    }
     ttt_to_device(m->params, host, n * sizeof(float));
     free(host);
     model_snapshot_ttt(m);
@@ -510,13 +679,15 @@ static void upload_batch(Model* m, const float* frames, const unsigned char* mas
 // the same with fresh patch masks
 static void upload_masked_batch(Model* m, const float* frames, int B, Rng* rng) {
     int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
-    make_patch_masks(m->patch_mask_host, B, L, m->cfg.mask_ratio, rng);
+    make_patch_masks(m->patch_mask_host, B, L, m->recipe.mask_ratio, rng);
     upload_batch(m, frames, m->patch_mask_host, B);
 }
 
 // number of values the MAE loss averages over for one image's patch mask (L): 3 per
-// masked pixel inside the frame (patches over the padding hold fewer)
+// masked pixel inside the frame (patches over the padding hold fewer), or 3 per pixel of
+// the frame when the loss covers all pixels
 static double masked_value_count(const Model* m, const unsigned char* mask) {
+    if (m->recipe.loss_all_pixels) return 3.0 * m->H * m->W;
     int ps = m->cfg.mae_patch, nPw = m->Wp / ps, nPh = m->Hp / ps;
     double n = 0.0;
     for (int py = 0; py < nPh; py++)
@@ -533,7 +704,7 @@ static double masked_value_count(const Model* m, const unsigned char* mask) {
 // uploaded frames and masks -> masked 4-channel input, target and its mask
 static void prepare_masked_batch(Model* m, int B) {
     mae_prepare_input(m->inp4, m->target, m->target_mask, m->rgb, m->patch_mask,
-                      B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch);
+                      B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch, m->recipe.loss_all_pixels);
 }
 
 // f and g forward on the prepared batch; the loss lands in m->loss. Returns the device
@@ -606,7 +777,7 @@ static float mae_micro_batched(Model* m, const float* frames, int B, Rng* rng, i
         m->micro_counts = (double*)mallocCheck((size_t)B * sizeof(double));
         m->micro_masks_B = B;
     }
-    make_patch_masks(m->micro_masks, B, L, m->cfg.mask_ratio, rng);
+    make_patch_masks(m->micro_masks, B, L, m->recipe.mask_ratio, rng);
     double total = 0.0;
     for (int b = 0; b < B; b++) {
         m->micro_counts[b] = masked_value_count(m, m->micro_masks + (size_t)b * L);
@@ -662,14 +833,14 @@ float model_mae_forward_backward(Model* m, const float* frames, int B, Rng* rng)
 float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt, Rng* rng) {
     float loss = model_mae_forward_backward(m, frames, B, rng);
     if (!isfinite(loss)) return loss;   // the caller resets; weights untouched
-    m->adam_t++;
+    const int f_and_g = 1 << 0 | 1 << 2;   // h is not trained at test time
     stage_begin("AdamW (f, g)");
-    // AdamW on f and on g; h is not trained at test time
-    adamw_update(m->params, m->grads, m->adam_m, m->adam_v, m->n_f,
-                 opt->lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, m->adam_t);
-    size_t og = m->n_f + m->n_h;
-    adamw_update(m->params + og, m->grads + og, m->adam_m + og, m->adam_v + og, m->n_g,
-                 opt->lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, m->adam_t);
+    if (m->recipe.ttt_clip > 0.0f) {   // the released code clips the whole model's gradient
+        float norm = clip_grad_parts(m, m->recipe.ttt_clip, f_and_g);
+        if (!isfinite(norm)) { stage_begin(NULL); return NAN; }   // weights untouched
+    }
+    m->adam_t++;
+    adamw_parts(m, opt, f_and_g);
     stage_begin(NULL);
     return loss;
 }
@@ -680,7 +851,7 @@ void model_predict(Model* m, const float* frame, unsigned char* pred) {
     if (!device_graph_replay(&m->predict_graph)) {
         device_graph_begin(&m->predict_graph);
         stage_begin("predict: f forward");
-        mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, 1, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch);
+        mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, 1, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch, 0);
         swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, 1);
         stage_begin("predict: h forward");
         m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), 1, NULL);
@@ -688,11 +859,22 @@ void model_predict(Model* m, const float* frame, unsigned char* pred) {
         int L = m->cfg.m2f.dec_layers + 1, Q = m->cfg.m2f.num_queries, K = m->cfg.num_classes;
         semantic_inference(m->pred_ids, m->ha.class_logits + (size_t)(L - 1) * Q * (K + 1),
                            m->ha.mask_logits + (size_t)(L - 1) * Q * m->H4 * m->W4,
-                           Q, K, m->H4, m->W4, m->H, m->W, m->infer_work);
+                           Q, K, m->H4, m->W4, m->H, m->W, m->pred_H, m->pred_W, m->infer_work);
         device_graph_end(&m->predict_graph);
     }
-    ttt_to_host(pred, m->pred_ids, (size_t)m->H * m->W);
+    ttt_to_host(pred, m->pred_ids, (size_t)m->pred_H * m->pred_W);
     stage_begin(NULL);
+}
+
+void model_set_predict_size(Model* m, int H, int W) {
+    if (H < 1 || W < 1) ttt_die("model_set_predict_size: bad size %dx%d", W, H);
+    if (H == m->pred_H && W == m->pred_W) return;
+    if ((size_t)H * W > (size_t)m->pred_H * m->pred_W) {
+        ttt_free(m->pred_ids);
+        m->pred_ids = (unsigned char*)ttt_malloc((size_t)H * W);
+    }
+    m->pred_H = H; m->pred_W = W;
+    device_graph_free(&m->predict_graph);   // the recorded work has the old size
 }
 
 // ----------------------------------------------------------------------------
@@ -722,7 +904,7 @@ static float main_forward(Model* m, const float* images, const unsigned char* la
                           Rng* rng, int want_grad) {
     ensure_train_buffers(m);
     ttt_to_device(m->rgb, images, (size_t)B * m->H * m->W * 3 * sizeof(float));
-    mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch);
+    mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch, 0);
     swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, B);
     m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), B, m->h_frozen_masks);
     const M2FConfig* c = &m->cfg.m2f;
@@ -800,16 +982,12 @@ float model_train_forward_backward(Model* m, const float* images, const unsigned
 void model_train_step(Model* m, const float* images, const unsigned char* labels, int B,
                       const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae) {
     float total = model_train_forward_backward(m, images, labels, B, rng, loss_main, loss_mae);
-    size_t n = m->n_f + m->n_h + m->n_g;
-    sum_squares(m->loss, m->grads, n);
-    float ss;
-    ttt_to_host(&ss, m->loss, sizeof(float));
-    m->grad_norm = sqrtf(ss);
-    if (!isfinite(total) || !isfinite(m->grad_norm)) return;   // weights untouched
-    if (grad_clip > 0.0f && m->grad_norm > grad_clip) scale_inplace(m->grads, grad_clip / m->grad_norm, n);
+    const int all_parts = 7;
+    if (!isfinite(total)) { m->grad_norm = NAN; return; }   // weights untouched
+    m->grad_norm = clip_grad_parts(m, grad_clip, all_parts);
+    if (!isfinite(m->grad_norm)) return;
     m->adam_t++;
-    adamw_update(m->params, m->grads, m->adam_m, m->adam_v, n,
-                 opt->lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, m->adam_t);
+    adamw_parts(m, opt, all_parts);
 }
 
 void model_copy_params(Model* dst, const Model* src) {
@@ -852,6 +1030,9 @@ void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra) {
     int h[CKPT_HEADER_INTS];
     checkpoint_read_header(path, h);
     if (h[2] != CKPT_KIND_OPTIMIZER) ttt_die("'%s' is not an optimizer state file (kind %d)", path, h[2]);
+    if (h[1] == 1)   // its moments belong to the old 4th-channel convention (see model_load)
+        ttt_die("optimizer state '%s' is version 1 (4th channel 1 = masked) and cannot be resumed; "
+                "start a new run with --init from the model", path);
     if (h[3] != (int)m->n_f || h[4] != (int)m->n_h || h[5] != (int)m->n_g)
         ttt_die("optimizer state '%s' is for f, h, g of %d, %d, %d parameters; the model has %zu, %zu, %zu",
                 path, h[3], h[4], h[5], m->n_f, m->n_h, m->n_g);

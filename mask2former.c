@@ -700,9 +700,18 @@ size_t m2f_semantic_work_size(int Q, int K, int H4, int W4) {
     return (size_t)Q * (K + 1) + (size_t)H4 * W4 * K + K;
 }
 
+// class score k at pixel (y, x) of the x4-resized class maps seg (H4*W4, K)
+static float seg_x4_at(const float* seg, int K, int H4, int W4, int y, int x, int k) {
+    int y0, y1, x0, x1; float ly, lx;
+    bilinear_source(y, H4, 4 * H4, &y0, &y1, &ly);
+    bilinear_source(x, W4, 4 * W4, &x0, &x1, &lx);
+    return (1.0f - ly) * ((1.0f - lx) * seg[((size_t)y0 * W4 + x0) * K + k] + lx * seg[((size_t)y0 * W4 + x1) * K + k]) +
+           ly * ((1.0f - lx) * seg[((size_t)y1 * W4 + x0) * K + k] + lx * seg[((size_t)y1 * W4 + x1) * K + k]);
+}
+
 void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
                             const float* mask_logits, int Q, int K, int H4, int W4,
-                            int H, int W, float* work) {
+                            int H, int W, int Ho, int Wo, float* work) {
     if (H > 4 * H4 || W > 4 * W4) ttt_die("semantic inference: image %dx%d larger than 4 x (%dx%d)", H, W, H4, W4);
     int K1 = K + 1, HW = H4 * W4;
     float* probs = work;                    // (Q, K+1)
@@ -719,34 +728,31 @@ void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
             for (int k = 0; k < K; k++) seg[(size_t)p * K + k] += pq[k] * s;
         }
     }
-    // bilinear to (4*H4, 4*W4), crop to H x W, argmax over classes
-    for (int y = 0; y < H; y++) {
-        int y0, y1; float ly;
-        bilinear_source(y, H4, 4 * H4, &y0, &y1, &ly);
-        for (int x = 0; x < W; x++) {
-            int x0, x1; float lx;
-            bilinear_source(x, W4, 4 * W4, &x0, &x1, &lx);
-            const float* s00 = seg + ((size_t)y0 * W4 + x0) * K;
-            const float* s01 = seg + ((size_t)y0 * W4 + x1) * K;
-            const float* s10 = seg + ((size_t)y1 * W4 + x0) * K;
-            const float* s11 = seg + ((size_t)y1 * W4 + x1) * K;
+    // bilinear to (4*H4, 4*W4), crop to H x W, bilinear to Ho x Wo, argmax over classes
+    for (int y = 0; y < Ho; y++) {
+        int ya, yb; float ly;
+        bilinear_source(y, H, Ho, &ya, &yb, &ly);
+        for (int x = 0; x < Wo; x++) {
+            int xa, xb; float lx;
+            bilinear_source(x, W, Wo, &xa, &xb, &lx);
             int best = 0;
             for (int k = 0; k < K; k++) {
-                val[k] = (1.0f - ly) * ((1.0f - lx) * s00[k] + lx * s01[k]) +
-                         ly * ((1.0f - lx) * s10[k] + lx * s11[k]);
+                float top = (1.0f - lx) * seg_x4_at(seg, K, H4, W4, ya, xa, k) + lx * seg_x4_at(seg, K, H4, W4, ya, xb, k);
+                float bot = (1.0f - lx) * seg_x4_at(seg, K, H4, W4, yb, xa, k) + lx * seg_x4_at(seg, K, H4, W4, yb, xb, k);
+                val[k] = (1.0f - ly) * top + ly * bot;
                 if (val[k] > val[best]) best = k;
             }
-            ids[(size_t)y * W + x] = (unsigned char)best;
+            ids[(size_t)y * Wo + x] = (unsigned char)best;
         }
     }
 }
 
 void semantic_inference(unsigned char* ids, const float* class_logits, const float* mask_logits,
-                        int Q, int K, int H4, int W4, int H, int W, float* work) {
+                        int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work) {
 #ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { semantic_inference_cuda(ids, class_logits, mask_logits, Q, K, H4, W4, H, W, work); return; }
+    if (ttt_device == DEVICE_CUDA) { semantic_inference_cuda(ids, class_logits, mask_logits, Q, K, H4, W4, H, W, Ho, Wo, work); return; }
 #endif
-    m2f_semantic_inference(ids, class_logits, mask_logits, Q, K, H4, W4, H, W, work);
+    m2f_semantic_inference(ids, class_logits, mask_logits, Q, K, H4, W4, H, W, Ho, Wo, work);
 }
 
 size_t m2f_panoptic_work_size(int Q, int H, int W) {

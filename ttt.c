@@ -1525,7 +1525,8 @@ static const float IMAGENET_MEAN[3] = {0.485f, 0.456f, 0.406f};   // 123.675 / 2
 static const float IMAGENET_STD[3] = {0.229f, 0.224f, 0.225f};     // 58.395 / 255 ...
 
 void mae_prepare_input_cpu(float* inp4, float* target, float* target_mask, const float* rgb,
-                           const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps) {
+                           const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps,
+                           int all_pixels) {
     int nPw = Wp / ps, nPh = Hp / ps, H4 = Hp / 4, W4 = Wp / 4;
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
@@ -1541,10 +1542,10 @@ void mae_prepare_input_cpu(float* inp4, float* target, float* target_mask, const
                         int q = c * 16 + (y % 4) * 4 + (x % 4);
                         size_t i = (((size_t)b * 48 + q) * H4 + y / 4) * W4 + x / 4;
                         if (target) target[i] = v;
-                        if (target_mask) target_mask[i] = (masked && inside) ? 1.0f : 0.0f;
+                        if (target_mask) target_mask[i] = (inside && (masked || all_pixels)) ? 1.0f : 0.0f;
                     }
                 }
-                if (o) o[3] = masked ? 1.0f : 0.0f;
+                if (o) o[3] = patch_mask == NULL ? 1.0f : (inside && !masked) ? 1.0f : 0.0f;
             }
         }
     }
@@ -1683,8 +1684,9 @@ void checkpoint_read_header(const char* path, int* header) {
                 path, got * sizeof(int), CKPT_HEADER_INTS * sizeof(int));
     if (header[0] != CKPT_MAGIC)
         ttt_die("'%s' is not a ttt checkpoint (magic %d, expected %d)", path, header[0], CKPT_MAGIC);
-    if (header[1] != CKPT_VERSION)
-        ttt_die("checkpoint '%s' has version %d; this build reads version %d", path, header[1], CKPT_VERSION);
+    if (header[1] < CKPT_MIN_VERSION || header[1] > CKPT_VERSION)
+        ttt_die("checkpoint '%s' has version %d; this build reads versions %d to %d", path, header[1],
+                CKPT_MIN_VERSION, CKPT_VERSION);
 }
 
 void checkpoint_read_data(const char* path, float* data, size_t n) {
@@ -2031,9 +2033,10 @@ void sum_squares(float* out, const float* x, size_t N) {
 }
 
 void mae_prepare_input(float* inp4, float* target, float* target_mask, const float* rgb,
-                       const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps) {
+                       const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps,
+                       int all_pixels) {
 #ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { mae_prepare_input_cuda(inp4, target, target_mask, rgb, patch_mask, B, H, W, Hp, Wp, ps); return; }
+    if (ttt_device == DEVICE_CUDA) { mae_prepare_input_cuda(inp4, target, target_mask, rgb, patch_mask, B, H, W, Hp, Wp, ps, all_pixels); return; }
 #endif
-    mae_prepare_input_cpu(inp4, target, target_mask, rgb, patch_mask, B, H, W, Hp, Wp, ps);
+    mae_prepare_input_cpu(inp4, target, target_mask, rgb, patch_mask, B, H, W, Hp, Wp, ps, all_pixels);
 }

@@ -333,7 +333,7 @@ void ttt_cuda_timer_start(void);
 double ttt_cuda_timer_stop_ms(void);
 void ttt_cuda_set_graphs(int on);         // CUDA graphs on (1, default unless TTT_GRAPHS=0) or off
 int ttt_cuda_graph_replay(DeviceGraph* g);
-void semantic_inference_cuda(unsigned char* ids, const float* class_logits, const float* mask_logits, int Q, int K, int H4, int W4, int H, int W, float* work);
+void semantic_inference_cuda(unsigned char* ids, const float* class_logits, const float* mask_logits, int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work);
 void ttt_cuda_graph_begin(DeviceGraph* g);
 void ttt_cuda_graph_end(DeviceGraph* g);
 void ttt_cuda_graph_free(DeviceGraph* g);
@@ -407,12 +407,15 @@ void label_save_png(const char* path, const unsigned char* ids, int H, int W);
 // then float32 tensors in the order the model documents.
 
 #define CKPT_MAGIC 20261122
-#define CKPT_VERSION 1
+// version 2: the 4th input channel is 1 on VISIBLE pixels (the released code); version 1
+// had 1 on masked pixels. A version-1 model is converted exactly when it is loaded.
+#define CKPT_VERSION 2
+#define CKPT_MIN_VERSION 1
 #define CKPT_HEADER_INTS 256
 // write header + n floats (host memory) to path (via path.tmp + rename)
 void checkpoint_write(const char* path, const int* header, const float* data, size_t n);
 // read the header of path; dies with a clear message if the file is missing, too small,
-// or has the wrong magic/version.
+// or has the wrong magic or a version outside CKPT_MIN_VERSION..CKPT_VERSION.
 void checkpoint_read_header(const char* path, int* header);
 // read n floats after the header; dies naming expected vs actual size if the file
 // size is not exactly header + n floats.
@@ -779,17 +782,20 @@ void attn_mask_from_logits_cuda(float* mask_add, const float* logits, int B, int
 // Semantic: for one image, class_logits (Q, K+1), mask_logits (Q, H4, W4) of the last prediction.
 //   seg[k, p] = sum_q softmax(class_logits[q])[k] * sigmoid(mask_logits[q, p]), k < K
 //   seg (K, H4, W4) is resized bilinearly (align_corners=False) to (4*H4, 4*W4), cropped to the
-//   top-left H x W (H <= 4*H4, W <= 4*W4), ids[y, x] = argmax_k (first max on ties).
+//   top-left H x W (H <= 4*H4, W <= 4*W4) and resized bilinearly again to the output Ho x Wo
+//   (the released code's sem_seg_postprocess: a frame resized for the model is scored at its
+//   original size; Ho = H, Wo = W makes this second resize the identity, exactly);
+//   ids[y, x] (Ho, Wo) = argmax_k (first max on ties).
 //   (Mask2Former itself resizes the Q mask logits before the sigmoid; resizing the K class maps
 //   after it is far cheaper and differs only along boundaries.)
 // work: host floats of m2f_semantic_work_size(Q, K, H4, W4).
 size_t m2f_semantic_work_size(int Q, int K, int H4, int W4);
 void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
                             const float* mask_logits, int Q, int K, int H4, int W4,
-                            int H, int W, float* work);
+                            int H, int W, int Ho, int Wo, float* work);
 // the same on ttt_device: every pointer (ids, logits, work) lives on that device
 void semantic_inference(unsigned char* ids, const float* class_logits, const float* mask_logits,
-                        int Q, int K, int H4, int W4, int H, int W, float* work);
+                        int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work);
 // Panoptic (Mask2Former panoptic_inference): score, label = max over softmax(K+1); keep
 // label != K and score > object_threshold (0.8); mask probs = sigmoid(bilinear logits at
 // (4*H4, 4*W4) cropped to H x W); pixel owner = argmax_kept score * prob; a kept query becomes
@@ -981,8 +987,10 @@ ModelConfig model_read_config(const char* path);   // the config in a model chec
 float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt, Rng* rng);
 // MAE loss only (no update), with the given rng for the masks
 float model_mae_loss(Model* m, const float* frames, int B, Rng* rng);
-// h(f(x)) on an unmasked frame (H, W, 3) host -> class ids (H, W) host
+// h(f(x)) on an unmasked frame (H, W, 3) host -> class ids host, (H, W) or the size set by
+// model_set_predict_size (class scores resized bilinearly to it before the argmax)
 void model_predict(Model* m, const float* frame, unsigned char* pred);
+void model_set_predict_size(Model* m, int H, int W);
 // optimizer state (AdamW moments and step) with n_extra caller ints (<= 200) for resuming
 void model_save_optimizer(const Model* m, const char* path, const int* extra, int n_extra);
 void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra);
@@ -1027,18 +1035,24 @@ int model_adam_step(const Model* m);          // AdamW steps taken (bias correct
 
 // op: build the 4-channel network input and the MAE target.
 //   rgb (B, H, W, 3) in [0, 1]; patch_mask (B, Hp/ps, Wp/ps) bytes, 1 = masked (NULL: none)
-//   inp4 (B, Hp, Wp, 4): ImageNet-normalised RGB, zero where masked or beyond H x W (padding),
-//        channel 3 = 1 on masked pixels
+//   inp4 (B, Hp, Wp, 4): ImageNet-normalised RGB, zero where masked or beyond H x W (padding);
+//        channel 3 is the released code's indicator: 1 on visible pixels, 0 on masked pixels
+//        and on the padding; with patch_mask NULL (the main task) it is 1 everywhere, padding
+//        included (maskformer_ttt_model.py concatenates torch.ones of the padded size)
 //   target, target_mask (B, 48, Hp/4, Wp/4) in the layout of g's mask logits: query
-//        q = c*16 + py*4 + px holds normalised pixel (c, 4y+py, 4x+px); target_mask = 1 on
-//        masked pixels inside H x W. Either may be NULL.
+//        q = c*16 + py*4 + px holds normalised pixel (c, 4y+py, 4x+px); target_mask = 1 on the
+//        pixels the loss averages over: every pixel inside H x W when all_pixels (the released
+//        code's MSE), else the masked pixels inside H x W. Either may be NULL.
 void mae_prepare_input(float* inp4, float* target, float* target_mask, const float* rgb,
-                       const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps);
+                       const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps,
+                       int all_pixels);
 void mae_prepare_input_cpu(float* inp4, float* target, float* target_mask, const float* rgb,
-                           const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps);
+                           const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps,
+                           int all_pixels);
 #ifdef TTT_CUDA
 void mae_prepare_input_cuda(float* inp4, float* target, float* target_mask, const float* rgb,
-                            const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps);
+                            const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps,
+                            int all_pixels);
 #endif
 
 // ============================================================================

@@ -1812,10 +1812,11 @@ extern "C" void attn_mask_from_logits_cuda(float* mask_add, const float* logits,
 
 // MAE input and target (mae.c's op): one thread per pixel (b, y, x) of the padded
 // Hp x Wp grid. inp4 (B, Hp, Wp, 4): normalised RGB, zero where masked or padding,
-// channel 3 = masked; target, target_mask (B, 48, Hp/4, Wp/4) with query
+// channel 3 = 1 on visible pixels (all ones without a mask); target, target_mask (B, 48, Hp/4, Wp/4) with query
 // q = c*16 + (y%4)*4 + (x%4). Same float arithmetic as the CPU reference.
 __global__ void mae_prepare_input_kernel(float* inp4, float* target, float* target_mask, const float* rgb,
-                                         const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps) {
+                                         const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps,
+                                         int all_pixels) {
     const float mean[3] = {0.485f, 0.456f, 0.406f}, stdv[3] = {0.229f, 0.224f, 0.225f};
     int nPw = Wp / ps, nPh = Hp / ps, H4 = Hp / 4, W4 = Wp / 4;
     size_t total = (size_t)B * Hp * Wp;
@@ -1831,19 +1832,20 @@ __global__ void mae_prepare_input_kernel(float* inp4, float* target, float* targ
             int q = c * 16 + (y % 4) * 4 + (x % 4);
             size_t t = ((b * 48 + q) * H4 + y / 4) * W4 + x / 4;
             if (target) target[t] = v;
-            if (target_mask) target_mask[t] = (masked && inside) ? 1.0f : 0.0f;
+            if (target_mask) target_mask[t] = (inside && (masked || all_pixels)) ? 1.0f : 0.0f;
         }
-        if (o) o[3] = masked ? 1.0f : 0.0f;
+        if (o) o[3] = patch_mask == NULL ? 1.0f : (inside && !masked) ? 1.0f : 0.0f;
     }
 }
 
 extern "C" void mae_prepare_input_cuda(float* inp4, float* target, float* target_mask, const float* rgb,
-                                       const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps) {
+                                       const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps,
+                                       int all_pixels) {
     OpTimer timer("mae_prepare_input");
     size_t total = (size_t)B * Hp * Wp;
     if (total == 0) return;
     mae_prepare_input_kernel<<<grid_for(total, 256), 256>>>(inp4, target, target_mask, rgb, patch_mask,
-                                                            B, H, W, Hp, Wp, ps);
+                                                            B, H, W, Hp, Wp, ps, all_pixels);
     launchCheck();
 }
 
@@ -1882,23 +1884,31 @@ __global__ void semantic_maps_kernel(float* seg, const float* probs, const float
     }
 }
 
-// one thread per output pixel of the H x W crop: resized class scores, first argmax
-__global__ void semantic_argmax_kernel(unsigned char* ids, const float* seg, int K, int H4, int W4, int H, int W) {
-    size_t total = (size_t)H * W;
+// class score k at pixel (y, x) of the x4-resized class maps (seg_x4_at in mask2former.c)
+__device__ float seg_x4_at_dev(const float* seg, int K, int H4, int W4, int y, int x, int k) {
+    int y0, y1, x0, x1; float ly, lx;
+    bilinear_source_dev(y, H4, 4 * H4, &y0, &y1, &ly);   // the x4 resize, align_corners=False
+    bilinear_source_dev(x, W4, 4 * W4, &x0, &x1, &lx);
+    return (1.0f - ly) * ((1.0f - lx) * seg[((size_t)y0 * W4 + x0) * K + k] + lx * seg[((size_t)y0 * W4 + x1) * K + k]) +
+           ly * ((1.0f - lx) * seg[((size_t)y1 * W4 + x0) * K + k] + lx * seg[((size_t)y1 * W4 + x1) * K + k]);
+}
+
+// one thread per output pixel of Ho x Wo: class scores of the H x W crop resized to the
+// output (identity when Ho = H, Wo = W), first argmax
+__global__ void semantic_argmax_kernel(unsigned char* ids, const float* seg, int K, int H4, int W4, int H, int W,
+                                       int Ho, int Wo) {
+    size_t total = (size_t)Ho * Wo;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        int x = i % W, y = i / W;
-        int y0, y1, x0, x1; float ly, lx;
-        bilinear_source_dev(y, H4, 4 * H4, &y0, &y1, &ly);   // the x4 resize, align_corners=False
-        bilinear_source_dev(x, W4, 4 * W4, &x0, &x1, &lx);
-        const float* s00 = seg + ((size_t)y0 * W4 + x0) * K;
-        const float* s01 = seg + ((size_t)y0 * W4 + x1) * K;
-        const float* s10 = seg + ((size_t)y1 * W4 + x0) * K;
-        const float* s11 = seg + ((size_t)y1 * W4 + x1) * K;
+        int x = i % Wo, y = i / Wo;
+        int ya, yb, xa, xb; float ly, lx;
+        bilinear_source_dev(y, H, Ho, &ya, &yb, &ly);
+        bilinear_source_dev(x, W, Wo, &xa, &xb, &lx);
         int best = 0;
         float best_val = 0.0f;
         for (int k = 0; k < K; k++) {
-            float v = (1.0f - ly) * ((1.0f - lx) * s00[k] + lx * s01[k]) +
-                      ly * ((1.0f - lx) * s10[k] + lx * s11[k]);
+            float top = (1.0f - lx) * seg_x4_at_dev(seg, K, H4, W4, ya, xa, k) + lx * seg_x4_at_dev(seg, K, H4, W4, ya, xb, k);
+            float bot = (1.0f - lx) * seg_x4_at_dev(seg, K, H4, W4, yb, xa, k) + lx * seg_x4_at_dev(seg, K, H4, W4, yb, xb, k);
+            float v = (1.0f - ly) * top + ly * bot;
             if (k == 0 || v > best_val) { best = k; best_val = v; }
         }
         ids[i] = (unsigned char)best;
@@ -1906,7 +1916,7 @@ __global__ void semantic_argmax_kernel(unsigned char* ids, const float* seg, int
 }
 
 extern "C" void semantic_inference_cuda(unsigned char* ids, const float* class_logits, const float* mask_logits,
-                                        int Q, int K, int H4, int W4, int H, int W, float* work) {
+                                        int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work) {
     OpTimer timer("semantic_inference");
     if (H > 4 * H4 || W > 4 * W4) ttt_die("semantic inference: image %dx%d larger than 4 x (%dx%d)", H, W, H4, W4);
     int HW = H4 * W4;
@@ -1914,5 +1924,5 @@ extern "C" void semantic_inference_cuda(unsigned char* ids, const float* class_l
     float* seg = work + (size_t)Q * (K + 1);      // (H4*W4, K)
     semantic_probs_kernel<<<(Q + 127) / 128, 128>>>(probs, class_logits, Q, K + 1); launchCheck();
     semantic_maps_kernel<<<grid_for((size_t)HW * K, 256), 256>>>(seg, probs, mask_logits, Q, K, HW); launchCheck();
-    semantic_argmax_kernel<<<grid_for((size_t)H * W, 256), 256>>>(ids, seg, K, H4, W4, H, W); launchCheck();
+    semantic_argmax_kernel<<<grid_for((size_t)Ho * Wo, 256), 256>>>(ids, seg, K, H4, W4, H, W, Ho, Wo); launchCheck();
 }

@@ -593,11 +593,17 @@ static void test_mae_prepare(int B, int H, int W, int Hp, int Wp, int ps) {
     ttt_to_device(dpm, pm, nm);
     float *ri = (float*)mallocCheck(nin * sizeof(float)), *rt = (float*)mallocCheck(nt * sizeof(float)), *rm = (float*)mallocCheck(nt * sizeof(float));
     float *gi = dev_poison(nin), *gt = dev_poison(nt), *gm = dev_poison(nt);
-    mae_prepare_input_cpu(ri, rt, rm, rgb, pm, B, H, W, Hp, Wp, ps);
-    mae_prepare_input_cuda(gi, gt, gm, drgb, dpm, B, H, W, Hp, Wp, ps);
-    cmp("mae_prepare_input", "inp4", gi, ri, nin, TOL_FP32);
-    cmp("mae_prepare_input", "target", gt, rt, nt, TOL_FP32);
-    cmp("mae_prepare_input", "target_mask", gm, rm, nt, TOL_FP32);
+    for (int all_pixels = 0; all_pixels <= 1; all_pixels++) {   // loss over masked / all pixels
+        mae_prepare_input_cpu(ri, rt, rm, rgb, pm, B, H, W, Hp, Wp, ps, all_pixels);
+        mae_prepare_input_cuda(gi, gt, gm, drgb, dpm, B, H, W, Hp, Wp, ps, all_pixels);
+        cmp("mae_prepare_input", "inp4", gi, ri, nin, TOL_FP32);
+        cmp("mae_prepare_input", "target", gt, rt, nt, TOL_FP32);
+        cmp("mae_prepare_input", all_pixels ? "target_mask (all pixels)" : "target_mask", gm, rm, nt, TOL_FP32);
+    }
+    // the main task's input (no mask): indicator 1 everywhere
+    mae_prepare_input_cpu(ri, NULL, NULL, rgb, NULL, B, H, W, Hp, Wp, ps, 0);
+    mae_prepare_input_cuda(gi, NULL, NULL, drgb, NULL, B, H, W, Hp, Wp, ps, 0);
+    cmp("mae_prepare_input", "inp4 (no mask)", gi, ri, nin, TOL_FP32);
     free(rgb); free(pm); free(ri); free(rt); free(rm);
     dev_free_all();
 }
@@ -634,7 +640,8 @@ static void test_sum_squares(size_t N) {
 // semantic inference: class ids from class and mask logits. ids are discrete, so the
 // measure is the fraction of pixels that agree (1 - that is recorded as the error);
 // with one class clearly ahead everywhere they must agree exactly.
-static void test_semantic_inference(int Q, int K, int H4, int W4, int H, int W, int separated) {
+// H x W crop of the x4 maps, scored at Ho x Wo (the released code's resize back to the original size)
+static void test_semantic_inference(int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, int separated) {
     size_t ncls = (size_t)Q * (K + 1), nmask = (size_t)Q * H4 * W4;
     float* cls = random_tensor(&rng, ncls, -3.0f, 3.0f);
     float* msk = random_tensor(&rng, nmask, -4.0f, 4.0f);
@@ -645,21 +652,21 @@ static void test_semantic_inference(int Q, int K, int H4, int W4, int H, int W, 
                 msk[(size_t)q * H4 * W4 + p] = ((p % W4) * Q / W4 == q) ? 9.0f : -9.0f;
         }
     float* work = (float*)mallocCheck(m2f_semantic_work_size(Q, K, H4, W4) * sizeof(float));
-    unsigned char* ref = (unsigned char*)mallocCheck((size_t)H * W);
-    unsigned char* got = (unsigned char*)mallocCheck((size_t)H * W);
-    m2f_semantic_inference(ref, cls, msk, Q, K, H4, W4, H, W, work);
+    unsigned char* ref = (unsigned char*)mallocCheck((size_t)Ho * Wo);
+    unsigned char* got = (unsigned char*)mallocCheck((size_t)Ho * Wo);
+    m2f_semantic_inference(ref, cls, msk, Q, K, H4, W4, H, W, Ho, Wo, work);
     float* dcls = dev_copy(cls, ncls);
     float* dmsk = dev_copy(msk, nmask);
     float* dwork = (float*)dev_alloc(m2f_semantic_work_size(Q, K, H4, W4) * sizeof(float));
-    unsigned char* dids = (unsigned char*)dev_alloc((size_t)H * W);
-    semantic_inference_cuda(dids, dcls, dmsk, Q, K, H4, W4, H, W, dwork);
-    ttt_to_host(got, dids, (size_t)H * W);
+    unsigned char* dids = (unsigned char*)dev_alloc((size_t)Ho * Wo);
+    semantic_inference_cuda(dids, dcls, dmsk, Q, K, H4, W4, H, W, Ho, Wo, dwork);
+    ttt_to_host(got, dids, (size_t)Ho * Wo);
     size_t agree = 0;
-    for (size_t i = 0; i < (size_t)H * W; i++) agree += got[i] == ref[i];
-    double frac = (double)agree / ((double)H * W), tol = separated ? 0.0 : 1e-3;
+    for (size_t i = 0; i < (size_t)Ho * Wo; i++) agree += got[i] == ref[i];
+    double frac = (double)agree / ((double)Ho * Wo), tol = separated ? 0.0 : 1e-3;
     int ok = 1.0 - frac <= tol;
-    printf("%-4s semantic_inference Q%d K%d %dx%d -> %dx%d%s: ids agree on %.5f of pixels\n", ok ? "ok" : "FAIL",
-           Q, K, H4, W4, H, W, separated ? " (separated)" : "", frac);
+    printf("%-4s semantic_inference Q%d K%d %dx%d -> %dx%d -> %dx%d%s: ids agree on %.5f of pixels\n", ok ? "ok" : "FAIL",
+           Q, K, H4, W4, H, W, Ho, Wo, separated ? " (separated)" : "", frac);
     if (ok) tests_passed++; else tests_failed++;
     record("semantic_inference (1-agree)", 1.0 - frac, 1e-3);
     free(cls); free(msk); free(work); free(ref); free(got);
@@ -737,9 +744,11 @@ int main(void) {
     test_mask_losses(13, 1001);
     test_attn_mask(2, 13, 301);
     test_mae_prepare(2, 70, 101, 96, 128, 16);
-    test_semantic_inference(7, 5, 9, 13, 35, 50, 0);
-    test_semantic_inference(100, 19, 96, 312, 384, 1248, 0);   // Swin-S at 384x1248
-    test_semantic_inference(6, 4, 8, 12, 31, 45, 1);
+    test_semantic_inference(7, 5, 9, 13, 35, 50, 35, 50, 0);
+    test_semantic_inference(100, 19, 96, 312, 384, 1248, 384, 1248, 0);   // Swin-S at 384x1248
+    test_semantic_inference(100, 19, 160, 512, 618, 2048, 375, 1242, 0);  // KITTI: 618x2048 scored at 375x1242
+    test_semantic_inference(6, 4, 8, 12, 31, 45, 31, 45, 1);
+    test_semantic_inference(6, 4, 8, 12, 31, 45, 17, 70, 1);
     test_adamw(100003);
     test_sum_squares(1000003);
 

@@ -385,11 +385,50 @@ static void test_inference(void) {
                          6, 6, 6, 6 };     // query 2: everywhere (but no object)
     unsigned char ids[8 * 7];
     float* work = (float*)mallocCheck(m2f_semantic_work_size(Q, K, H4, W4) * sizeof(float));
-    m2f_semantic_inference(ids, cls, msk, Q, K, H4, W4, H, W, work);
+    m2f_semantic_inference(ids, cls, msk, Q, K, H4, W4, H, W, H, W, work);
     int ok = 1;
     for (int y = 0; y < H; y++) for (int x = 0; x < W; x++) ok &= ids[y * W + x] == (x < 4 ? 0 : 1);
     CHECK(ok, "semantic inference: left half class 0, right half class 1");
     printf("%-4s semantic inference hand example\n", ok ? "ok" : "FAIL");
+    // scored at twice the crop's size (the resize back to an original frame): the boundary
+    // between the halves moves to x = 8 of 16, and nothing else changes
+    unsigned char big[16 * 14];
+    m2f_semantic_inference(big, cls, msk, Q, K, H4, W4, H, W, 2 * H, 2 * W, work);
+    ok = 1;
+    for (int y = 0; y < 2 * H; y++) for (int x = 0; x < 2 * W; x++) ok &= big[y * 2 * W + x] == (x < 8 ? 0 : 1);
+    CHECK(ok, "semantic inference resized to 16x14: left half class 0, right half class 1");
+    // the second resize at the same size is the identity: equal ids for random logits
+    {
+        Rng r; rng_seed(&r, 5);
+        int q2 = 4, k2 = 3, h4 = 3, w4 = 5, h = 11, w = 17;
+        float c2[4 * 4], m2[4 * 15];
+        rng_fill_uniform(&r, c2, 16, -2.0f, 2.0f); rng_fill_uniform(&r, m2, 60, -3.0f, 3.0f);
+        float* wk = (float*)mallocCheck(m2f_semantic_work_size(q2, k2, h4, w4) * sizeof(float));
+        unsigned char a[11 * 17], b[11 * 17];
+        m2f_semantic_inference(a, c2, m2, q2, k2, h4, w4, h, w, h, w, wk);
+        // reference: the x4 maps by the upsample op, then argmax
+        float* seg = (float*)mallocCheck((size_t)h4 * w4 * k2 * sizeof(float)), *up = (float*)mallocCheck((size_t)16 * h4 * w4 * k2 * sizeof(float));
+        float pr[4 * 4];
+        for (int q = 0; q < q2; q++) { double z = 0; float mx = c2[q * 4]; for (int k = 1; k < 4; k++) mx = fmaxf(mx, c2[q * 4 + k]);
+            for (int k = 0; k < 4; k++) { pr[q * 4 + k] = expf(c2[q * 4 + k] - mx); z += pr[q * 4 + k]; }
+            for (int k = 0; k < 4; k++) pr[q * 4 + k] = (float)(pr[q * 4 + k] / z); }
+        for (int p = 0; p < h4 * w4; p++) for (int k = 0; k < k2; k++) {
+            float acc = 0.0f;
+            for (int q = 0; q < q2; q++) acc += pr[q * 4 + k] / (1.0f + expf(-m2[q * 15 + p]));
+            seg[p * k2 + k] = acc;
+        }
+        upsample_bilinear_forward_cpu(up, seg, 1, h4, w4, k2, 4 * h4, 4 * w4);
+        for (int y = 0; y < h; y++) for (int x = 0; x < w; x++) {
+            const float* v = up + ((size_t)y * 4 * w4 + x) * k2;
+            int best = 0; for (int k = 1; k < k2; k++) if (v[k] > v[best]) best = k;
+            b[y * w + x] = (unsigned char)best;
+        }
+        int same = 0;
+        for (int i = 0; i < h * w; i++) same += a[i] == b[i];
+        CHECK(same >= h * w - 2, "semantic inference vs upsample + argmax: %d of %d ids agree", same, h * w);
+        printf("%-4s semantic inference vs upsample_bilinear + argmax: %d of %d ids agree\n", same >= h * w - 2 ? "ok" : "FAIL", same, h * w);
+        free(wk); free(seg); free(up);
+    }
     free(work);
 
     int seg[8 * 7];

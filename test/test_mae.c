@@ -19,21 +19,36 @@ static void test_prepare(void) {
     for (int i = 0; i < 90; i++) rgb[i] = (i % 17) / 16.0f;
     unsigned char pm[4] = {1, 0, 0, 0};
     float* inp = calloc(Hp * Wp * 4, 4), *tg = calloc(48 * 8 * 8, 4), *tm = calloc(48 * 8 * 8, 4);
-    mae_prepare_input_cpu(inp, tg, tm, rgb, pm, 1, H, W, Hp, Wp, ps);
-    // pixel (2, 3) is masked: zeros and indicator 1; its target keeps the normalised value
+    mae_prepare_input_cpu(inp, tg, tm, rgb, pm, 1, H, W, Hp, Wp, ps, 0);
+    // pixel (2, 3) is masked: zeros and indicator 0 (the released code: 1 = visible)
     float* px = inp + (2 * Wp + 3) * 4;
-    CHECK(px[0] == 0 && px[1] == 0 && px[2] == 0 && px[3] == 1, "masked pixel not zeroed/flagged");
+    CHECK(px[0] == 0 && px[1] == 0 && px[2] == 0 && px[3] == 0, "masked pixel not zeroed / indicator %g", px[3]);
     float want = (rgb[(2 * W + 3) * 3 + 1] - 0.456f) / 0.224f;
     int q = 1 * 16 + (2 % 4) * 4 + (3 % 4);
     CHECK(fabsf(tg[(q * 8 + 0) * 8 + 0] - want) < 1e-6f, "target %g, want %g", tg[q * 64], want);
     CHECK(tm[q * 64] == 1.0f, "target mask of a masked pixel is %g", tm[q * 64]);
-    // pixel (20, 20) is beyond the image: padding, in an unmasked patch
+    // pixel (20, 20) is beyond the image: padding (in an unmasked patch) is 0, indicator 0
     float* pad = inp + (20 * Wp + 20) * 4;
     CHECK(pad[0] == 0 && pad[3] == 0, "padding pixel not zero");
-    // unmasked main-task input: normalised values and indicator 0
-    mae_prepare_input_cpu(inp, NULL, NULL, rgb, NULL, 1, H, W, Hp, Wp, ps);
+    // all-pixels loss: every pixel inside H x W counts, the padding does not
+    float* tm_all = calloc(48 * 8 * 8, 4);
+    mae_prepare_input_cpu(NULL, NULL, tm_all, rgb, pm, 1, H, W, Hp, Wp, ps, 1);
+    double n_all = 0.0, n_masked = 0.0;
+    for (int i = 0; i < 48 * 64; i++) { n_all += tm_all[i]; n_masked += tm[i]; }
+    CHECK(n_all == 3.0 * H * W, "all-pixels target mask counts %g values, want %d", n_all, 3 * H * W);
+    CHECK(n_masked == 3.0 * H * W, "the 5x6 image lies in the masked patch: %g values", n_masked);
+    free(tm_all);
+    // unmasked main-task input: normalised values and indicator 1, on the padding too
+    mae_prepare_input_cpu(inp, NULL, NULL, rgb, NULL, 1, H, W, Hp, Wp, ps, 0);
     px = inp + (2 * Wp + 3) * 4;
-    CHECK(fabsf(px[1] - want) < 1e-6f && px[3] == 0.0f, "unmasked input wrong");
+    CHECK(fabsf(px[1] - want) < 1e-6f && px[3] == 1.0f, "unmasked input wrong");
+    pad = inp + (20 * Wp + 20) * 4;
+    CHECK(pad[0] == 0 && pad[3] == 1.0f, "main-task padding: rgb 0, indicator 1 (got %g, %g)", pad[0], pad[3]);
+    // visible pixels of a masked image: a mask with patch (0, 0) visible, (0, 1) masked
+    unsigned char pm2[4] = {0, 1, 0, 0};
+    mae_prepare_input_cpu(inp, NULL, NULL, rgb, pm2, 1, H, W, Hp, Wp, ps, 0);
+    px = inp + (2 * Wp + 3) * 4;
+    CHECK(fabsf(px[1] - want) < 1e-6f && px[3] == 1.0f, "visible pixel: value %g indicator %g", px[1], px[3]);
     free(inp); free(tg); free(tm);
 }
 
