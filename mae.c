@@ -11,24 +11,29 @@
 // - mask2former/modeling/criterion.py (ReconCriterion): the 48 maps are un-patchified to
 //   (3, H, W) and compared by MSE with the ImageNet-normalised image (the released code
 //   averages over all pixels; the masked-only variant is commented out there).
-// - mask2former/data/dataloaders/mae.py: 16 x 16 masking patches, int(L * (1 - 0.8)) kept per
-//   image by a random permutation, masked pixels set to 0, a 4th input channel (there: 1 on
-//   visible pixels; all ones for the main task). Swin IN_CHANS 4.
+// - dataset_mappers/dropout.py + mask2former/config.py: 16 x 16 masking patches, ratio 0.85
+//   (PRETRAIN.MASK_RATIO), int(L * (1 - ratio)) kept per image by a random permutation, masked
+//   pixels set to 0 after normalisation, a 4th input channel that is 1 on visible pixels (all
+//   ones for the main task). Swin IN_CHANS 4. We use the same convention (checkpoint version
+//   2; version-1 checkpoints, 1 = masked, are converted exactly when loaded).
 // - configs/kitti_step/semantic-segmentation/swin/maskformer2_swin_small_bs16_90k_ttt_mae.yaml
-//   and train_ttt_mae.py (run_step, build_optimizer): TTT with AdamW, BASE_LR 1e-4 (the
-//   runner runner_ttt_mae.py defaults to --base_lrs 1e-5), backbone lr x 0.1, weight decay
-//   0.05, full-model gradient clipping at 0.01, IMS_PER_BATCH 1 with ACCUM_ITER 4, one step
-//   per frame (ST_ITERS 1), AMP; only the reconstruction path is trained at test time
-//   (TTT.USE_SEG_HEAD False: h gets no gradient), no optimizer restart between frames.
-// Ours follows the project spec where it differs: the 4th channel is 1 on MASKED pixels (0 for
-// the main task), the loss is the MSE over masked pixels only, one learning rate for all
-// parameters (opt_config_ttt: 1e-4), no clipping at test time, float32.
+//   and train_ttt_mae.py (run_step, build_optimizer, restart_optimizer), README commands: TTT
+//   with AdamW lr 1e-4, backbone lr x 0.1, weight decay 0.05 except norms, embeddings and
+//   relative-position tables, full-model gradient clipping at 0.01, 32 images per step in 4
+//   accumulated chunks, one step per frame, a fresh optimizer every frame (--restart_optimizer),
+//   drop-path 0.3 (train mode), AMP; only f and g are trained (TTT.USE_SEG_HEAD False).
+// The ModelRecipe (ttt.h) holds these settings: model_recipe_paper() is the released code's,
+// model_recipe_demo() this project's demo defaults (the checkpoint's mask ratio, the MSE over
+// the masked pixels, one learning rate, decay everywhere, no clipping, no drop-path). The
+// stream-level ones (batch, restart, sampler, crops, resizes) are stream.c's. We stay in
+// float32 where the released code uses AMP fp16.
 //
 // One frame through the Y, as stream.c drives it:
 //   model_ttt_step:  frames -> random 16x16 patch masks -> mae_prepare_input (normalise, zero
-//                    masked pixels, 4th channel = mask) -> f = swin_forward -> g = m2f_forward
-//                    (48 queries) -> last prediction's 48 maps vs the patchified target:
-//                    masked MSE -> m2f_backward (g) -> swin_backward (f) -> AdamW on f and g
+//                    masked pixels, 4th channel = 1 on visible pixels) -> f = swin_forward ->
+//                    g = m2f_forward (48 queries) -> last prediction's 48 maps vs the
+//                    patchified target: MSE over the masked (or all) pixels -> m2f_backward (g)
+//                    -> swin_backward (f) -> clip (recipe) -> AdamW on f and g (param groups)
 //   model_predict:   frame -> mae_prepare_input (no mask) -> f -> h = m2f_forward ->
 //                    last prediction -> semantic inference (on the device) -> class ids
 //   model_train_step (train.c): h(f(x)) -> set loss on the host (labels padded with 255 to the

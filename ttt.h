@@ -909,13 +909,12 @@ double hungarian_assign(const double* cost, int n, int m, int* col_of_row);
 // - modeling/criterion.py ReconCriterion: recon = reshape(48 maps -> (3, p, p, H/4, W/4)) ->
 //   (3, H, W) with p = 4; target = the ImageNet-normalised image; loss = MSE (the released
 //   code averages over ALL pixels; the masked-only line is commented out).
-// - data/dataloaders/mae.py: masking patch 16 x 16, exactly int(L * (1 - 0.8)) patches kept
-//   per image (random permutation); masked pixels are zeroed; the 4th input channel there is
-//   1 on VISIBLE pixels (all ones for the main task).
+// - dataset_mappers/dropout.py: masking patch 16 x 16, exactly int(L * (1 - ratio)) patches
+//   kept per image (random permutation), ratio 0.85; masked pixels are zeroed; the 4th input
+//   channel is 1 on VISIBLE pixels (all ones for the main task), as ours (checkpoint version 2).
 // - configs/.../maskformer2_swin_small_bs16_90k_ttt_mae.yaml: AdamW, lr 1e-4, weight decay
 //   0.05, images normalised by mean (123.675, 116.28, 103.53) / std (58.395, 57.12, 57.375).
-// Ours follows the project spec where it differs: the 4th channel is 1 on MASKED pixels (0 for
-// the main task) and the loss is the MSE over masked pixels only.
+// The loss (masked or all pixels) and the optimizer settings are the ModelRecipe's.
 
 #define MAE_RECON_PATCH 4   // g's 48 queries are the 3 x 4 x 4 pixels of a 4 x 4 patch
 
@@ -925,7 +924,7 @@ typedef struct {
     M2FConfig mae;        // g: h's architecture with 3 * 4 * 4 queries (class head unused)
     int num_classes;      // K semantic classes (labels 0..K-1, 255 = ignore)
     int mae_patch;        // masking patch size in pixels (16)
-    float mask_ratio;     // fraction of patches masked (0.8)
+    float mask_ratio;     // fraction of patches masked (0.8; the demo recipe's, see ModelRecipe)
 } ModelConfig;
 
 typedef struct { float lr, beta1, beta2, eps, weight_decay; } OptConfig;
