@@ -1,8 +1,10 @@
 // swin.c: the shared encoder f, a Swin Transformer as Mask2Former uses it.
 // Semantics (channels-last throughout):
 //   patch embed: zero-pad bottom/right to a multiple of 4, conv 4x4 stride 4, LayerNorm
-//   block:  x = x + reverse(attn(partition(roll(pad(LN1(x)), -shift))))
-//           x = x + fc2(gelu(fc1(LN2(x))))
+//   block:  x = x + s_attn[b] * reverse(attn(partition(roll(pad(LN1(x)), -shift))))
+//           x = x + s_mlp[b] * fc2(gelu(fc1(LN2(x))))
+//     s_attn, s_mlp: drop-path (stochastic depth) scales per sample, 0 or 1/(1-p) (the
+//     table a->drop_scale), or 1 when it is NULL (prediction).
 //     window attention: qkv linear, q.k / sqrt(d) + relative position bias (+ the -100 mask
 //     between regions that the roll brought together), softmax, proj linear. Padded tokens
 //     are zeros after LN1 (so their k, v are the biases) and are not masked.
@@ -135,6 +137,7 @@ size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_
     size_t off = 0;
     int w = cfg->window, T = w * w, B = max_B;
     a->max_B = max_B; a->H = H; a->W = W;
+    a->drop_scale = NULL;
     int hs = (H + 3) / 4, wsz = (W + 3) / 4;
     for (int s = 0; s < 4; s++) {
         a->Hs[s] = hs; a->Ws[s] = wsz; a->C[s] = cfg->embed_dim << s;
@@ -181,6 +184,12 @@ size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_
         }
         a->shift_mask[s] = take(base, &off, (size_t)a->nW[s] * T * T);
     }
+    size_t max_NC = 0;   // the largest (B, Hs, Ws, C) of the four stages
+    for (int s = 0; s < 4; s++) {
+        size_t NC = (size_t)B * a->Hs[s] * a->Ws[s] * a->C[s];
+        if (NC > max_NC) max_NC = NC;
+    }
+    a->drop_grad = take(base, &off, max_NC);
     a->total = off;
     return off;
 }
@@ -243,6 +252,38 @@ int* swin_make_rel_index(const SwinConfig* cfg) {
 }
 
 // ----------------------------------------------------------------------------
+// drop-path (stochastic depth), as timm's DropPath in the original Swin: block i of all
+// n blocks has rate p_i = rate * i / (n - 1); each of its two branches is multiplied per
+// sample by 0 with probability p_i, else by 1/(1-p_i).
+
+void swin_drop_path_scales(float* host_scale, const SwinConfig* cfg, int B, float rate, Rng* rng) {
+    int n = swin_num_blocks(cfg);
+    if (!(rate >= 0.0f && rate < 1.0f)) ttt_die("drop-path rate %g: must be in [0, 1)", rate);
+    if (B < 1) ttt_die("swin_drop_path_scales: batch %d", B);
+    for (int blk = 0; blk < n; blk++) {
+        float p = n > 1 ? rate * blk / (n - 1) : 0.0f;
+        float keep_scale = 1.0f / (1.0f - p);
+        // rows 2 blk (attention branch) and 2 blk + 1 (MLP branch); p = 0 draws nothing
+        for (int k = 0; k < 2 * B; k++)
+            host_scale[(size_t)2 * blk * B + k] = (p > 0.0f && rng_uniform(rng) < p) ? 0.0f : keep_scale;
+    }
+}
+
+// x (B, n) *= row `row` of the (2 * blocks, B) scale table; nothing when the table is NULL
+static void drop_path_forward(float* x, const float* table, int row, int B, size_t n) {
+    if (table) scale_rows_forward(x, x, table + (size_t)row * B, B, n);
+}
+
+// the gradient that reaches a branch: dout itself without a table, else dout * scale in scratch
+static const float* drop_path_backward(float* scratch, const float* dout, const float* table, int row,
+                                       int B, size_t n) {
+    if (!table) return dout;
+    ttt_zero(scratch, (size_t)B * n * sizeof(float));
+    scale_rows_backward(scratch, dout, table + (size_t)row * B, B, n);
+    return scratch;
+}
+
+// ----------------------------------------------------------------------------
 // forward
 
 void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const int* rel_index,
@@ -273,12 +314,14 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
                               shift ? a->shift_mask[s] : NULL, nW, B * nW, T, T, nh, C / nh, 3 * C, 3 * C);
             linear_forward(b->proj, b->attn, bp->proj_w, bp->proj_b, Nw, C, C);
             window_reverse_forward(b->x_mid, b->proj, B, Hs, Ws, C, w, shift);
+            drop_path_forward(b->x_mid, a->drop_scale, 2 * blk, B, (size_t)Hs * Ws * C);
             add_inplace(b->x_mid, b->x_in, (size_t)N * C);
             // MLP half
             layernorm_forward(b->ln2, b->ln2_mean, b->ln2_rstd, b->x_mid, bp->norm2_w, bp->norm2_b, N, C);
             linear_forward(b->fc1, b->ln2, bp->fc1_w, bp->fc1_b, N, C, Ch);
             gelu_forward(b->gelu, b->fc1, (size_t)N * Ch);
             linear_forward(x_out, b->gelu, bp->fc2_w, bp->fc2_b, N, Ch, C);
+            drop_path_forward(x_out, a->drop_scale, 2 * blk + 1, B, (size_t)Hs * Ws * C);
             add_inplace(x_out, b->x_mid, (size_t)N * C);
         }
         layernorm_forward(a->out[s], a->out_mean[s], a->out_rstd[s], a->stage_out[s],
@@ -326,16 +369,19 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             SwinBlockActs* db = &da->block[blk];
             int shift = (i % 2 == 1) ? w / 2 : 0;
             float* dx_out = (i + 1 < cfg->depths[s]) ? da->block[blk + 1].x_in : da->stage_out[s];
-            // MLP half: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid))))
+            // MLP half: x_out = x_mid + s_mlp[b] * fc2(gelu(fc1(ln2(x_mid))))
             add_inplace(db->x_mid, dx_out, (size_t)N * C);
-            linear_backward(db->gelu, gb->fc2_w, gb->fc2_b, dx_out, b->gelu, bp->fc2_w, N, Ch, C);
+            const float* dbranch = drop_path_backward(da->drop_grad, dx_out, a->drop_scale, 2 * blk + 1,
+                                                      B, (size_t)Hs * Ws * C);
+            linear_backward(db->gelu, gb->fc2_w, gb->fc2_b, dbranch, b->gelu, bp->fc2_w, N, Ch, C);
             gelu_backward(db->fc1, b->fc1, db->gelu, (size_t)N * Ch);
             linear_backward(db->ln2, gb->fc1_w, gb->fc1_b, db->fc1, b->ln2, bp->fc1_w, N, C, Ch);
             layernorm_backward(db->x_mid, gb->norm2_w, gb->norm2_b, db->ln2, b->x_mid, bp->norm2_w,
                                b->ln2_mean, b->ln2_rstd, N, C);
-            // attention half: x_mid = x_in + reverse(proj(attn(qkv(partition(ln1(x_in))))))
+            // attention half: x_mid = x_in + s_attn[b] * reverse(proj(attn(qkv(partition(ln1(x_in))))))
             add_inplace(db->x_in, db->x_mid, (size_t)N * C);
-            window_reverse_backward(db->proj, db->x_mid, B, Hs, Ws, C, w, shift);
+            dbranch = drop_path_backward(da->drop_grad, db->x_mid, a->drop_scale, 2 * blk, B, (size_t)Hs * Ws * C);
+            window_reverse_backward(db->proj, dbranch, B, Hs, Ws, C, w, shift);
             linear_backward(db->attn, gb->proj_w, gb->proj_b, db->proj, b->attn, bp->proj_w, Nw, C, C);
             attention_backward(db->qkv, db->qkv + C, db->qkv + 2 * C, db->rel_bias, db->attn, b->att,
                                b->qkv, b->qkv + C, b->qkv + 2 * C, B * nW, T, T, nh, C / nh, 3 * C, 3 * C);

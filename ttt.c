@@ -375,6 +375,26 @@ void scale_inplace_cpu(float* x, float s, size_t N) {
     for (size_t i = 0; i < N; i++) x[i] *= s;
 }
 
+void scale_rows_forward_cpu(float* out, const float* inp, const float* scale, int B, size_t N) {
+    for (int b = 0; b < B; b++) {
+        float s = scale[b];
+        const float* x = inp + (size_t)b * N;
+        float* y = out + (size_t)b * N;
+        #pragma omp parallel for if (N > 65536)
+        for (size_t i = 0; i < N; i++) y[i] = x[i] * s;
+    }
+}
+
+void scale_rows_backward_cpu(float* dinp, const float* dout, const float* scale, int B, size_t N) {
+    for (int b = 0; b < B; b++) {
+        float s = scale[b];
+        const float* dy = dout + (size_t)b * N;
+        float* dx = dinp + (size_t)b * N;
+        #pragma omp parallel for if (N > 65536)
+        for (size_t i = 0; i < N; i++) dx[i] += dy[i] * s;
+    }
+}
+
 // ----------------------------------------------------------------------------
 // linear: out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias
 
@@ -1729,6 +1749,20 @@ void scale_inplace(float* x, float s, size_t N) {
     if (ttt_device == DEVICE_CUDA) { scale_inplace_cuda(x, s, N); return; }
 #endif
     scale_inplace_cpu(x, s, N);
+}
+
+void scale_rows_forward(float* out, const float* inp, const float* scale, int B, size_t N) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { scale_rows_forward_cuda(out, inp, scale, B, N); return; }
+#endif
+    scale_rows_forward_cpu(out, inp, scale, B, N);
+}
+
+void scale_rows_backward(float* dinp, const float* dout, const float* scale, int B, size_t N) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { scale_rows_backward_cuda(dinp, dout, scale, B, N); return; }
+#endif
+    scale_rows_backward_cpu(dinp, dout, scale, B, N);
 }
 
 void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC) {

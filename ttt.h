@@ -103,6 +103,11 @@ void rng_fill_normal(Rng* rng, float* x, size_t n, float mean, float std); // ho
 void add_forward(float* out, const float* a, const float* b, size_t N);
 void add_inplace(float* a, const float* b, size_t N);
 void scale_inplace(float* x, float s, size_t N);
+// per-sample scaling of a batch of B rows of N elements (Swin's drop-path):
+// forward out[b, i] = inp[b, i] * scale[b] (out may equal inp); backward dinp += dout * scale[b].
+// scale (B) lives on the device the op runs on.
+void scale_rows_forward(float* out, const float* inp, const float* scale, int B, size_t N);
+void scale_rows_backward(float* dinp, const float* dout, const float* scale, int B, size_t N);
 
 // linear: out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias (OC); bias may be NULL.
 // Also the batched product used by Mask2Former's mask logits (weight = features).
@@ -269,6 +274,8 @@ void sum_squares(float* out, const float* x, size_t N);
 void add_forward_cpu(float* out, const float* a, const float* b, size_t N);
 void add_inplace_cpu(float* a, const float* b, size_t N);
 void scale_inplace_cpu(float* x, float s, size_t N);
+void scale_rows_forward_cpu(float* out, const float* inp, const float* scale, int B, size_t N);
+void scale_rows_backward_cpu(float* dinp, const float* dout, const float* scale, int B, size_t N);
 void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
 void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
 void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
@@ -341,6 +348,8 @@ void ttt_cuda_graph_free(DeviceGraph* g);
 void add_forward_cuda(float* out, const float* a, const float* b, size_t N);
 void add_inplace_cuda(float* a, const float* b, size_t N);
 void scale_inplace_cuda(float* x, float s, size_t N);
+void scale_rows_forward_cuda(float* out, const float* inp, const float* scale, int B, size_t N);
+void scale_rows_backward_cuda(float* dinp, const float* dout, const float* scale, int B, size_t N);
 void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
 void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
 void layernorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
@@ -434,13 +443,20 @@ void checkpoint_read_data(const char* path, float* data, size_t n);
 // Every block pads and, on odd blocks, shifts by window/2 whatever the stage resolution:
 // SwinBackbone runs its layers with always_partition=True, which skips the classification
 // model's set_shift_and_window_size (that rule drops the shift when a stage fits in one
-// window; it does not apply to the backbone). Dropout / drop-path off.
+// window; it does not apply to the backbone). Dropout and attention dropout off (the
+// released config has both at 0). Drop-path (stochastic depth, timm's DropPath) is on when
+// the caller sets a.drop_scale (training and test-time training; the released code runs TTT
+// in train mode with DROP_PATH_RATE 0.3) and off when it is NULL (prediction, the default):
+//   x_mid = x_in + s[2 blk][b] * attention_branch(x_in); x_out = x_mid + s[2 blk + 1][b] * mlp(x_mid)
+// with the table s filled by swin_drop_path_scales.
 //
 // Usage: n = swin_num_params(&cfg); params (ttt_malloc) + swin_point_params;
 //   na = swin_point_acts(&a, NULL, &cfg, max_B, H, W); acts = ttt_malloc(na floats);
 //   swin_point_acts(&a, acts, ...); swin_init_acts(&a, &cfg); likewise da (no init);
 //   idx = swin_make_rel_index(&cfg); swin_forward(...) -> a.out[s];
 //   swin_backward(...) with dout[s] = upstream gradients of a.out[s].
+//   Drop-path: swin_drop_path_scales(host, &cfg, B, rate, &rng); copy host to a device
+//   buffer of 2 * blocks * B floats; a.drop_scale = that buffer; forward and backward.
 
 #define SWIN_MAX_BLOCKS 32
 
@@ -506,6 +522,13 @@ typedef struct {
     float* merged_ln[3];
     float *merged_mean[3], *merged_rstd[3];
     float* shift_mask[4];        // (nW, w*w, w*w) -100 / 0, constant
+    float* drop_grad;            // (max over s of B*Hs*Ws*C) scratch of swin_backward: a
+                                 // branch's gradient times its drop-path scale (used in da)
+    // Drop-path scales, set by the caller (not part of the arena): NULL = no drop-path
+    // (swin_point_acts sets NULL); else a device table (2 * blocks, B) for the batch B of
+    // the call, row 2 blk scaling block blk's attention branch per sample and row 2 blk + 1
+    // its MLP branch. swin_backward reads it from a (the table of the forward).
+    float* drop_scale;
 } SwinActs;
 
 size_t swin_num_params(const SwinConfig* cfg);
@@ -522,6 +545,11 @@ void swin_init_acts(SwinActs* a, const SwinConfig* cfg);
 // the relative position index (w*w*w*w ints) on ttt_device, built once per config
 int* swin_make_rel_index(const SwinConfig* cfg);
 
+// Drop-path scale table (2 * blocks, B) on the HOST (layout of SwinActs.drop_scale): block
+// blk of n has rate p = rate * blk / (n - 1) (0 when n == 1); each entry is 0 with
+// probability p, else 1 / (1 - p), drawn independently (nothing drawn where p == 0, so rate 0
+// gives all ones and leaves rng untouched). rate must be in [0, 1).
+void swin_drop_path_scales(float* host_scale, const SwinConfig* cfg, int B, float rate, Rng* rng);
 // inp (B, H, W, in_chans) -> a->out[0..3]
 void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const int* rel_index,
                   const float* inp, int B);

@@ -415,6 +415,15 @@ __global__ void scale_inplace_kernel(float* x, float s, size_t N) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
         x[i] *= s;
 }
+// (B, N) rows: element i belongs to sample i / N
+__global__ void scale_rows_forward_kernel(float* out, const float* inp, const float* scale, size_t total, size_t N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = inp[i] * scale[i / N];
+}
+__global__ void scale_rows_backward_kernel(float* dinp, const float* dout, const float* scale, size_t total, size_t N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
+        dinp[i] += dout[i] * scale[i / N];
+}
 
 extern "C" void add_forward_cuda(float* out, const float* a, const float* b, size_t N) {
     OpTimer timer("add_forward");
@@ -430,6 +439,18 @@ extern "C" void scale_inplace_cuda(float* x, float s, size_t N) {
     OpTimer timer("scale_inplace");
     if (N == 0) return;
     scale_inplace_kernel<<<grid_for(N, 256), 256>>>(x, s, N); launchCheck();
+}
+extern "C" void scale_rows_forward_cuda(float* out, const float* inp, const float* scale, int B, size_t N) {
+    OpTimer timer("scale_rows_forward");
+    size_t total = (size_t)B * N;
+    if (total == 0) return;
+    scale_rows_forward_kernel<<<grid_for(total, 256), 256>>>(out, inp, scale, total, N); launchCheck();
+}
+extern "C" void scale_rows_backward_cuda(float* dinp, const float* dout, const float* scale, int B, size_t N) {
+    OpTimer timer("scale_rows_backward");
+    size_t total = (size_t)B * N;
+    if (total == 0) return;
+    scale_rows_backward_kernel<<<grid_for(total, 256), 256>>>(dinp, dout, scale, total, N); launchCheck();
 }
 
 // ----------------------------------------------------------------------------

@@ -130,6 +130,30 @@ static void test_elementwise(size_t N) {
     dev_free_all();
 }
 
+// per-sample row scaling (drop-path) with dropped (0), kept (1/(1-p)) and arbitrary scales
+static void test_scale_rows(int B, size_t N) {
+    size_t n = (size_t)B * N;
+    float* x = rnd(n);
+    float* dy = rnd(n);
+    float* scale = rnd(B);
+    for (int b = 0; b < B; b += 3) scale[b] = 0.0f;
+    if (B > 1) scale[1] = 1.0f / (1.0f - 0.3f);
+    float* ref = (float*)mallocCheck(n * sizeof(float));
+    float *dx_ = dev_copy(x, n), *ddy = dev_copy(dy, n), *dscale = dev_copy(scale, B);
+    float* out = dev_poison(n);
+    scale_rows_forward_cpu(ref, x, scale, B, N);
+    scale_rows_forward_cuda(out, dx_, dscale, B, N);
+    cmp("scale_rows_forward", "out", out, ref, n, TOL_FP32);
+    scale_rows_forward_cuda(dx_, dx_, dscale, B, N);   // in place
+    cmp("scale_rows_forward", "in place", dx_, ref, n, TOL_FP32);
+    Grad g = grad_new(n);
+    scale_rows_backward_cpu(g.cpu, dy, scale, B, N);
+    scale_rows_backward_cuda(g.gpu, ddy, dscale, B, N);
+    grad_cmp("scale_rows_backward", "dinp", &g, TOL_FP32);
+    free(x); free(dy); free(scale); free(ref);
+    dev_free_all();
+}
+
 static void test_activations(size_t N) {
     float* x = random_tensor(&rng, N, -4.0f, 4.0f);
     float* dy = rnd(N);
@@ -685,6 +709,8 @@ int main(void) {
     CHECK(ttt_cuda_device_count() > 0, "device count");
 
     test_elementwise(1000003);
+    test_scale_rows(7, 10007);
+    test_scale_rows(8, (size_t)56 * 56 * 96);   // Swin-S stage 1 rows of 224x224 images
     test_activations(100003);
     test_linear(257, 131, 97, 1);
     test_linear(61, 37, 29, 0);

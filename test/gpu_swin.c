@@ -1,8 +1,9 @@
 // test/gpu_swin.c: the Swin encoder f on CUDA against Hugging Face's SwinBackbone (the
 // float64 reference test/data/swin_ref.bin, format in dev/swin_reference.py): the four
 // outputs, the input gradient and every parameter gradient, with the default TF32 matrix
-// products (so L2-relative tolerances of a few 1e-3), then the time of one Swin-S forward +
-// backward at 2 x 512 x 512.
+// products (so L2-relative tolerances of a few 1e-3); the same case with a drop-path table
+// (swin_drop_path_scales at rate 0.6, with dropped branches) on CUDA against the CPU; then the
+// time of one Swin-S forward + backward at 2 x 512 x 512.
 #include "test/test.h"
 
 #define REF_PATH "test/data/swin_ref.bin"
@@ -54,6 +55,82 @@ static void reference_check(void) {
     swin_reference_free(&ref);
     ttt_free(acts); ttt_free(dacts); ttt_free(d_params); ttt_free(d_inp); ttt_free(d_grads);
     ttt_free(d_dinp); ttt_free(rel_index);
+}
+
+// forward + backward of the reference case on ttt_device with the drop-path table host_table
+// (2 * blocks, B) on the host: host copies of the four outputs, dinp and the parameter gradients
+static void run_with_drop_path(const SwinReference* ref, const float* host_table, size_t ntab,
+                               float* out[4], float** dinp, float** grads) {
+    SwinConfig cfg = ref->cfg;
+    int B = ref->B, H = ref->H, W = ref->W;
+    size_t np = ref->n_params, nin = ref->n_inp;
+    SwinActs a, da;
+    size_t na = swin_point_acts(&a, NULL, &cfg, B, H, W);
+    float* acts = (float*)ttt_malloc(na * sizeof(float));
+    float* dacts = (float*)ttt_malloc(na * sizeof(float));
+    swin_point_acts(&a, acts, &cfg, B, H, W);
+    swin_point_acts(&da, dacts, &cfg, B, H, W);
+    swin_init_acts(&a, &cfg);
+    float* d_table = device_copy_of(host_table, ntab);
+    a.drop_scale = d_table;
+    float* dR[4];
+    for (int s = 0; s < 4; s++) dR[s] = device_copy_of(ref->R[s], ref->n_out[s]);
+    float* d_params = device_copy_of(ref->params, np);
+    float* d_inp = device_copy_of(ref->inp, nin);
+    float* d_grads = (float*)ttt_malloc(np * sizeof(float));
+    float* d_dinp = (float*)ttt_malloc(nin * sizeof(float));
+    ttt_zero(d_grads, np * sizeof(float));
+    ttt_zero(d_dinp, nin * sizeof(float));
+    SwinParams p, g;
+    swin_point_params(&p, d_params, &cfg);
+    swin_point_params(&g, d_grads, &cfg);
+    int* rel_index = swin_make_rel_index(&cfg);
+    swin_forward(&cfg, &p, &a, rel_index, d_inp, B);
+    swin_backward(&cfg, &p, &g, &a, &da, rel_index, d_inp, dR, d_dinp, B);
+    ttt_synchronize();
+    for (int s = 0; s < 4; s++) out[s] = host_copy_of(a.out[s], ref->n_out[s]);
+    *dinp = host_copy_of(d_dinp, nin);
+    *grads = host_copy_of(d_grads, np);
+    for (int s = 0; s < 4; s++) ttt_free(dR[s]);
+    ttt_free(acts); ttt_free(dacts); ttt_free(d_table); ttt_free(d_params); ttt_free(d_inp);
+    ttt_free(d_grads); ttt_free(d_dinp); ttt_free(rel_index);
+}
+
+// drop-path on CUDA against the CPU: the reference case (B = 2) with a random table
+static void drop_path_check(void) {
+    SwinReference ref = swin_reference_load(REF_PATH);
+    CHECK(ref.params_match && !ref.trailing_bytes, "%s does not match our Swin", REF_PATH);
+    if (!ref.params_match) return;
+    int nblocks = ref.cfg.depths[0] + ref.cfg.depths[1] + ref.cfg.depths[2] + ref.cfg.depths[3];
+    size_t ntab = (size_t)2 * nblocks * ref.B;
+    float* table = (float*)mallocCheck(ntab * sizeof(float));
+    Rng rng; rng_seed(&rng, 3);
+    swin_drop_path_scales(table, &ref.cfg, ref.B, 0.6f, &rng);   // more drops than 0.3 in 8 blocks
+    int dropped = 0, scaled = 0;
+    for (size_t k = 0; k < ntab; k++) { dropped += table[k] == 0.0f; scaled += table[k] > 1.0f; }
+    printf("drop-path table: %d of %zu branches dropped, %d scaled by 1/(1-p)\n", dropped, ntab, scaled);
+    CHECK(dropped > 0 && scaled > 0, "drop-path table without dropped or scaled branches");
+    float *out[2][4], *dinp[2], *grads[2];
+    for (int d = 0; d < 2; d++) {
+        ttt_set_device(d == 0 ? DEVICE_CPU : DEVICE_CUDA);
+        run_with_drop_path(&ref, table, ntab, out[d], &dinp[d], &grads[d]);
+    }
+    char name[64];
+    for (int s = 0; s < 4; s++) {
+        snprintf(name, sizeof(name), "drop-path cuda out[%d] vs cpu", s);
+        check_close(name, out[1][s], out[0][s], ref.n_out[s], 5e-3);
+    }
+    check_l2("drop-path cuda dinput vs cpu", dinp[1], dinp[0], ref.n_inp, 1e-2);
+    check_l2("drop-path cuda d(all parameters) vs cpu", grads[1], grads[0], ref.n_params, 1e-2);
+    // the table matters: the CPU outputs differ from the reference's (no drop-path)
+    double moved = l2_rel_error(out[0][3], ref.out[3], ref.n_out[3]);
+    CHECK(moved > 1e-2, "drop-path table barely changes out[3]: %.3e", moved);
+    for (int d = 0; d < 2; d++) {
+        for (int s = 0; s < 4; s++) free(out[d][s]);
+        free(dinp[d]); free(grads[d]);
+    }
+    free(table);
+    swin_reference_free(&ref);
 }
 
 // Swin-S forward + backward time at 2 x 4 x 512 x 512
@@ -115,6 +192,7 @@ int main(void) {
     }
     ttt_set_device(DEVICE_CUDA);
     reference_check();
+    drop_path_check();   // leaves ttt_device on CUDA
     timing();
     return test_summary("gpu_swin");
 }

@@ -34,6 +34,44 @@ static void test_elementwise(void) {
 }
 
 // ----------------------------------------------------------------------------
+// per-sample row scaling (drop-path): out[b, i] = inp[b, i] * scale[b]
+
+typedef struct { float *out, *inp, *scale, *R; int B; size_t N; } ScaleRowsCase;
+static double scale_rows_loss(void* p) {
+    ScaleRowsCase* t = p;
+    scale_rows_forward_cpu(t->out, t->inp, t->scale, t->B, t->N);
+    return dot_double(t->out, t->R, (size_t)t->B * t->N);
+}
+static void test_scale_rows(void) {
+    ScaleRowsCase t;
+    t.B = 5; t.N = 37;
+    size_t n = (size_t)t.B * t.N;
+    float scale[5] = {0.0f, 1.0f / (1.0f - 0.3f), -0.6f, 1.0f, 0.0f};   // dropped, kept, any value
+    t.scale = scale;
+    t.inp = random_tensor(&rng, n, -2, 2); t.R = random_tensor(&rng, n, -1, 1); t.out = zeros(n);
+    scale_rows_loss(&t);
+    float* ref = zeros(n);
+    for (int b = 0; b < t.B; b++)
+        for (size_t i = 0; i < t.N; i++) ref[b * t.N + i] = t.inp[b * t.N + i] * scale[b];
+    check_close("scale_rows_forward vs naive", t.out, ref, n, 0);
+    float* x = zeros(n);   // in place: out == inp
+    memcpy(x, t.inp, n * sizeof(float));
+    scale_rows_forward_cpu(x, x, scale, t.B, t.N);
+    check_close("scale_rows_forward in place", x, ref, n, 0);
+    // backward from a non-zero start: the increment is the gradient (+=)
+    float* dinp = random_tensor(&rng, n, -1, 1);
+    float* init = zeros(n);
+    memcpy(init, dinp, n * sizeof(float));
+    scale_rows_backward_cpu(dinp, t.R, scale, t.B, t.N);
+    for (size_t i = 0; i < n; i++) dinp[i] -= init[i];
+    grad_check("scale_rows dinp (+= from a non-zero start)", t.inp, n, dinp, scale_rows_loss, &t, EPS, TOL, MAXC);
+    int zero_rows_zero = 1;
+    for (size_t i = 0; i < t.N; i++) zero_rows_zero &= dinp[i] == 0.0f && dinp[4 * t.N + i] == 0.0f;
+    CHECK(zero_rows_zero, "scale_rows_backward: rows scaled by 0 get a non-zero gradient");
+    free(t.inp); free(t.R); free(t.out); free(ref); free(x); free(dinp); free(init);
+}
+
+// ----------------------------------------------------------------------------
 // linear
 
 typedef struct { float *out, *inp, *w, *b, *R; int N, C, OC; } LinearCase;
@@ -509,6 +547,7 @@ static void test_conv_large(int B, int H, int W, int C, int OC, int K, int S, in
 int main(void) {
     rng_seed(&rng, 20261122);
     test_elementwise();
+    test_scale_rows();
     test_linear_case(7, 13, 11, 1);
     test_linear_case(9, 37, 5, 0);
     test_linear_large();

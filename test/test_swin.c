@@ -1,5 +1,9 @@
 // test/test_swin.c: Swin encoder f: shapes, and the backward of the whole encoder against
-// finite differences (input and a sample of every parameter tensor) on odd input sizes.
+// finite differences (input and a sample of every parameter tensor) on odd input sizes;
+// drop-path: the forward of every block against a manual computation with a fixed table,
+// a fully dropped block passing its input through, an all-ones table giving exactly the
+// plain pass, finite differences through a table with zeros, and the statistics of
+// swin_drop_path_scales.
 #include "test.h"
 #include <sys/wait.h>
 #include <unistd.h>
@@ -56,6 +60,233 @@ static double swin_loss(void* ctx) {
 }
 
 static float g_eps = 5e-2f;   // float32 through ~10 layers: roundoff needs a large step
+
+static size_t stage_numel(const SwinActs* a, int s, int B) { return (size_t)B * a->Hs[s] * a->Ws[s] * a->C[s]; }
+
+// forward + backward of the case into grads (zeroed here) and dinp (zeroed here)
+static void swin_grads(SwinCase* t, SwinActs* da, float* grads, size_t np, float* dinp, size_t nin) {
+    memset(grads, 0, np * sizeof(float));
+    memset(dinp, 0, nin * sizeof(float));
+    SwinParams g; swin_point_params(&g, grads, &t->cfg);
+    swin_loss(t);
+    swin_backward(&t->cfg, &t->p, &g, &t->a, da, t->rel_index, t->inp, t->R, dinp, t->B);
+}
+
+// copies of the four outputs
+static void save_outputs(const SwinCase* t, float* saved[4]) {
+    for (int k = 0; k < 4; k++) {
+        size_t n = stage_numel(&t->a, k, t->B);
+        saved[k] = malloc(n * sizeof(float));
+        memcpy(saved[k], t->a.out[k], n * sizeof(float));
+    }
+}
+
+// every block of the last forward against a manual computation from its saved activations:
+// x_mid = x_in + s_attn[b] * reverse(proj), x_out = x_mid + s_mlp[b] * fc2(gelu)
+static void check_blocks_manually(const SwinCase* t, const float* table) {
+    const SwinConfig* cfg = &t->cfg;
+    int blk = 0, B = t->B, w = cfg->window;
+    double worst = 0.0;
+    for (int s = 0; s < 4; s++) {
+        int Hs = t->a.Hs[s], Ws = t->a.Ws[s], C = t->a.C[s], Ch = C * cfg->mlp_ratio;
+        size_t per = (size_t)Hs * Ws * C, n = (size_t)B * per;
+        float* branch = malloc(n * sizeof(float));
+        float* want = malloc(n * sizeof(float));
+        for (int i = 0; i < cfg->depths[s]; i++, blk++) {
+            const SwinBlockActs* b = &t->a.block[blk];
+            const SwinBlockParams* bp = &t->p.block[blk];
+            const float* x_out = (i + 1 < cfg->depths[s]) ? t->a.block[blk + 1].x_in : t->a.stage_out[s];
+            window_reverse_forward_cpu(branch, b->proj, B, Hs, Ws, C, w, (i % 2 == 1) ? w / 2 : 0);
+            for (size_t j = 0; j < n; j++) want[j] = b->x_in[j] + table[(size_t)2 * blk * B + j / per] * branch[j];
+            worst = fmax(worst, max_rel_error(b->x_mid, want, n));
+            linear_forward_cpu(branch, b->gelu, bp->fc2_w, bp->fc2_b, B * Hs * Ws, Ch, C);
+            for (size_t j = 0; j < n; j++) want[j] = b->x_mid[j] + table[(size_t)(2 * blk + 1) * B + j / per] * branch[j];
+            worst = fmax(worst, max_rel_error(x_out, want, n));
+        }
+        free(branch); free(want);
+    }
+    printf("%-4s %-48s rel err %.3e (tol 1e-06)\n", worst <= 1e-6 ? "ok" : "FAIL",
+           "drop-path: every block's residuals by hand", worst);
+    CHECK(worst <= 1e-6, "drop-path blocks differ from the manual computation: %.3e", worst);
+}
+
+// swin_drop_path_scales: per-block zero fractions near the linear rates, values exactly 0 or
+// 1/(1-p), independent draws for the two branches, rate 0 all ones (and no draws), a single
+// block never dropped, rates outside [0, 1) refused with exit status 1
+static void test_drop_path_scales(void) {
+    SwinConfig cfg = swin_config_small();   // 24 blocks
+    int n = 24, B = 8, draws = 2000;
+    float rate = 0.3f;
+    float* table = malloc((size_t)2 * n * B * sizeof(float));
+    long* zeros = calloc(n, sizeof(long));
+    long both_last = 0;   // last block: attention and MLP branch of a sample both dropped
+    int values_ok = 1;
+    Rng rng; rng_seed(&rng, 4242);
+    for (int d = 0; d < draws; d++) {
+        swin_drop_path_scales(table, &cfg, B, rate, &rng);
+        for (int blk = 0; blk < n; blk++) {
+            double p = (double)rate * blk / (n - 1);
+            for (int k = 0; k < 2 * B; k++) {
+                float v = table[(size_t)2 * blk * B + k];
+                if (v == 0.0f) zeros[blk]++;
+                else values_ok &= fabs(v * (1.0 - p) - 1.0) < 1e-6 && (blk > 0 || v == 1.0f);
+            }
+        }
+        for (int b = 0; b < B; b++)
+            both_last += table[(size_t)2 * (n - 1) * B + b] == 0.0f && table[(size_t)(2 * n - 1) * B + b] == 0.0f;
+    }
+    CHECK(values_ok, "drop-path scales: a value other than 0 or 1/(1-p)");
+    double worst_sigma = 0.0;
+    int fractions_ok = zeros[0] == 0;
+    for (int blk = 1; blk < n; blk++) {
+        double p = (double)rate * blk / (n - 1), m = 2.0 * B * draws;
+        double sigma = fabs(zeros[blk] / m - p) / sqrt(p * (1 - p) / m);
+        worst_sigma = fmax(worst_sigma, sigma);
+        fractions_ok &= sigma < 5.0;
+    }
+    printf("%-4s %-48s worst %.2f sigma (tol 5)\n", fractions_ok ? "ok" : "FAIL",
+           "drop-path: zero fraction per block vs its rate", worst_sigma);
+    CHECK(fractions_ok, "drop-path zero fractions off their rates (block 0: %ld zeros)", zeros[0]);
+    double both = (double)both_last / ((double)B * draws), p2 = (double)rate * rate;
+    CHECK(fabs(both - p2) < 5.0 * sqrt(p2 * (1 - p2) / ((double)B * draws)),
+          "drop-path: both branches of the last block dropped in %.4f of samples, want %.4f", both, p2);
+    // rate 0: all ones, rng untouched
+    Rng before = rng;
+    swin_drop_path_scales(table, &cfg, B, 0.0f, &rng);
+    int ones = rng.state == before.state;
+    for (int k = 0; k < 2 * n * B; k++) ones &= table[k] == 1.0f;
+    CHECK(ones, "drop-path rate 0: not all ones, or the rng moved");
+    // one block in all: its rate is 0
+    SwinConfig one = {4, 8, {1, 0, 0, 0}, {1, 1, 1, 1}, 7, 4};
+    swin_drop_path_scales(table, &one, B, 0.5f, &rng);
+    ones = 1;
+    for (int k = 0; k < 2 * B; k++) ones &= table[k] == 1.0f;
+    CHECK(ones, "drop-path with a single block: not all ones");
+    float bad_rates[3] = {1.0f, -0.1f, NAN};
+    for (int i = 0; i < 3; i++) {
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            freopen("/dev/null", "w", stderr);
+            swin_drop_path_scales(table, &cfg, B, bad_rates[i], &rng);
+            _exit(0);
+        }
+        int status = 0;
+        waitpid(pid, &status, 0);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1, "drop-path rate %g: status %d", bad_rates[i], status);
+    }
+    free(table); free(zeros);
+}
+
+// drop-path through the encoder: the case t (B = 2) with grads/dinp scratch
+static void test_drop_path(SwinCase* t, SwinActs* da, size_t np, size_t nin) {
+    const SwinConfig* cfg = &t->cfg;
+    int nblocks = cfg->depths[0] + cfg->depths[1] + cfg->depths[2] + cfg->depths[3], B = t->B;
+    size_t ntab = (size_t)2 * nblocks * B;
+    float* grads = calloc(np, sizeof(float)), *dinp = calloc(nin, sizeof(float));
+    float* grads_ref = calloc(np, sizeof(float)), *dinp_ref = calloc(nin, sizeof(float));
+    float* plain[4], *with_ones[4];
+    t->a.drop_scale = NULL;
+    swin_grads(t, da, grads_ref, np, dinp_ref, nin);
+    save_outputs(t, plain);
+
+    // an all-ones table: exactly the plain pass, forward and backward
+    float* ones = malloc(ntab * sizeof(float));
+    for (size_t k = 0; k < ntab; k++) ones[k] = 1.0f;
+    t->a.drop_scale = ones;
+    swin_grads(t, da, grads, np, dinp, nin);
+    save_outputs(t, with_ones);
+    for (int k = 0; k < 4; k++) {
+        char label[64];
+        snprintf(label, sizeof(label), "drop-path all ones: out[%d] exact", k);
+        check_close(label, with_ones[k], plain[k], stage_numel(&t->a, k, B), 0);
+        free(with_ones[k]);
+    }
+    check_close("drop-path all ones: dinp exact", dinp, dinp_ref, nin, 0);
+    check_close("drop-path all ones: d(parameters) exact", grads, grads_ref, np, 0);
+
+    // a fixed table: block blk keeps a branch with 1/(1-p), p = 0.1 + 0.3 blk / (n - 1), or
+    // drops it (0): block 0 entirely for image 1, the last block of stage 0 and the first of
+    // stage 1 entirely for image 0, and single branches elsewhere
+    float* table = malloc(ntab * sizeof(float));
+    for (int blk = 0; blk < nblocks; blk++)
+        for (int k = 0; k < 2 * B; k++)
+            table[(size_t)2 * blk * B + k] = 1.0f / (1.0f - (0.1f + 0.3f * blk / (nblocks - 1)));
+    #define DROP(blk, branch, b) (table[(size_t)(2 * (blk) + (branch)) * B + (b)] = 0.0f)
+    DROP(0, 0, 1); DROP(0, 1, 1);
+    DROP(1, 0, 0); DROP(1, 1, 0);
+    DROP(2, 0, 0); DROP(2, 1, 0);
+    DROP(3, 1, 1);
+    DROP(4, 0, 1);
+    DROP(5, 1, 0);
+    #undef DROP
+    t->a.drop_scale = table;
+    swin_grads(t, da, grads, np, dinp, nin);
+    check_blocks_manually(t, table);
+    {
+        double diff = l2_rel_error(t->a.out[3], plain[3], stage_numel(&t->a, 3, B));
+        CHECK(diff > 1e-2, "drop-path table barely changes out[3]: %.3e", diff);
+    }
+    // a block dropped entirely passes its input through, and its input gradient is its
+    // output gradient: block 0 for image 1 (x_out = block 1's x_in), blocks 1, 2 for image 0
+    // (block 1 ends stage 0 in x_out = stage_out[0]; block 2 starts stage 1)
+    {
+        size_t per0 = stage_numel(&t->a, 0, 1), per1 = stage_numel(&t->a, 1, 1);
+        check_close("drop-path block 0 dropped: x_out = x_in (image 1)", t->a.block[1].x_in + per0,
+                    t->a.block[0].x_in + per0, per0, 0);
+        check_close("drop-path block 0 dropped: dx_in = dx_out (image 1)", da->block[0].x_in + per0,
+                    da->block[1].x_in + per0, per0, 0);
+        check_close("drop-path block 1 dropped: x_out = x_in (image 0)", t->a.stage_out[0],
+                    t->a.block[1].x_in, per0, 0);
+        check_close("drop-path block 2 dropped: x_out = x_in (image 0)", t->a.block[3].x_in,
+                    t->a.block[2].x_in, per1, 0);
+        check_close("drop-path block 2 dropped: dx_in = dx_out (image 0)", da->block[2].x_in,
+                    da->block[3].x_in, per1, 0);
+        double kept = l2_rel_error(t->a.block[1].x_in, t->a.block[0].x_in, per0);
+        CHECK(kept > 1e-3, "drop-path: image 0's block 0 (kept) changed its input by only %.3e", kept);
+    }
+    // the same table's column of image 0 with B = 1 in the B = 2 activations: image 0's outputs
+    {
+        float* full[4];
+        save_outputs(t, full);
+        float* col = malloc((size_t)2 * nblocks * sizeof(float));
+        for (int r = 0; r < 2 * nblocks; r++) col[r] = table[(size_t)r * B];
+        t->a.drop_scale = col;
+        t->B = 1;
+        swin_loss(t);
+        t->B = B;
+        int same = 1;
+        for (int k = 0; k < 4; k++) { same &= memcmp(full[k], t->a.out[k], stage_numel(&t->a, k, 1) * sizeof(float)) == 0; free(full[k]); }
+        CHECK(same, "drop-path: B=1 with image 0's column differs from image 0 of the B=2 pass");
+        free(col);
+        t->a.drop_scale = table;
+    }
+    // finite differences through the table
+    grad_check("drop-path swin dinp", t->inp, nin, dinp, swin_loss, t, g_eps, 2e-2, 60);
+    SwinParams g; swin_point_params(&g, grads, cfg);
+    // a sample of tensors of every stage (sizes for the case's config: E 8, depths 2 2 1 1)
+    struct { const char* name; float* x; float* gx; size_t n; } tensors[] = {
+        {"patch_w", t->p.patch_w, g.patch_w, (size_t)cfg->embed_dim * 16 * cfg->in_chans},
+        {"block 0 qkv_w", t->p.block[0].qkv_w, g.block[0].qkv_w, (size_t)3 * 8 * 8},
+        {"block 0 fc2_b", t->p.block[0].fc2_b, g.block[0].fc2_b, 8},
+        {"block 1 proj_w", t->p.block[1].proj_w, g.block[1].proj_w, (size_t)8 * 8},
+        {"block 1 fc1_w", t->p.block[1].fc1_w, g.block[1].fc1_w, (size_t)32 * 8},
+        {"block 3 rel_table", t->p.block[3].rel_table, g.block[3].rel_table, (size_t)169 * cfg->num_heads[1]},
+        {"block 3 fc2_w", t->p.block[3].fc2_w, g.block[3].fc2_w, (size_t)16 * 64},
+        {"block 4 qkv_b", t->p.block[4].qkv_b, g.block[4].qkv_b, (size_t)3 * 32},
+        {"block 5 fc1_b", t->p.block[5].fc1_b, g.block[5].fc1_b, (size_t)4 * 64},
+        {"merge_w[0]", t->p.merge_w[0], g.merge_w[0], (size_t)16 * 32},
+    };
+    for (size_t k = 0; k < sizeof(tensors) / sizeof(tensors[0]); k++) {
+        char label[64];
+        snprintf(label, sizeof(label), "drop-path swin %s", tensors[k].name);
+        grad_check(label, tensors[k].x, tensors[k].n, tensors[k].gx, swin_loss, t, g_eps, 2e-2, 12);
+    }
+    t->a.drop_scale = NULL;
+    for (int k = 0; k < 4; k++) free(plain[k]);
+    free(grads); free(dinp); free(grads_ref); free(dinp_ref); free(ones); free(table);
+}
+
 int main(int argc, char** argv) {
     if (argc > 1) g_eps = (float)atof(argv[1]);
     Rng rng; rng_seed(&rng, 99);
@@ -153,6 +384,8 @@ int main(int argc, char** argv) {
         snprintf(label, sizeof(label), "swin %s (#%d)", tensors[k].name, k);
         grad_check(label, tensors[k].x, tensors[k].n, tensors[k].gx, swin_loss, &t, g_eps, 2e-2, 12);
     }
+    test_drop_path(&t, &da, np, nin);
+    test_drop_path_scales();
     free(params); free(acts); free(dacts); free(grads); free(dinp); free(t.inp);
     for (int k = 0; k < 4; k++) free(t.R[k]);
     ttt_free(t.rel_index);
