@@ -95,6 +95,9 @@ struct Model {
     AdamRun* runs;
     int n_runs;
     int pred_H, pred_W;       // size of the class ids model_predict writes (the frame's by default)
+    // drop-path (recipe.drop_path > 0): the (2 * blocks, B) scale table of the next forward
+    float* drop_scale;        // device
+    float* drop_scale_host;
 };
 
 OptConfig opt_config_ttt(void) {
@@ -240,6 +243,7 @@ static void build_adam_runs(Model* m) {
             AdamRun* r = (AdamRun*)mallocCheck(cap * sizeof(AdamRun));
             memcpy(r, m->runs, m->n_runs * sizeof(AdamRun));
             free(m->runs);
+    ttt_free(m->drop_scale); free(m->drop_scale_host);
             m->runs = r;
         }
         AdamRun r = {i, j - i, part, ex[i]};
@@ -401,6 +405,9 @@ static Model* model_create_impl(const ModelConfig* cfg, int max_batch, int H, in
     m->set_loss_cfg = set_loss_config_default();
     m->recipe = model_recipe_demo(cfg);
     m->pred_H = H; m->pred_W = W;
+    int blocks = cfg->swin.depths[0] + cfg->swin.depths[1] + cfg->swin.depths[2] + cfg->swin.depths[3];
+    m->drop_scale = (float*)ttt_malloc((size_t)2 * blocks * max_batch * sizeof(float));
+    m->drop_scale_host = (float*)mallocCheck((size_t)2 * blocks * max_batch * sizeof(float));
     build_adam_runs(m);
     return m;
 }
@@ -706,6 +713,16 @@ static double masked_value_count(const Model* m, const unsigned char* mask) {
     return n;
 }
 
+// drop-path of the next forward of f on a batch of B (training and TTT): a fresh table of
+// per-sample branch scales when the recipe has a rate (no draws otherwise), else none
+static void upload_drop_path(Model* m, int B, Rng* rng) {
+    if (m->recipe.drop_path <= 0.0f) { m->fa.drop_scale = NULL; return; }
+    int blocks = m->cfg.swin.depths[0] + m->cfg.swin.depths[1] + m->cfg.swin.depths[2] + m->cfg.swin.depths[3];
+    swin_drop_path_scales(m->drop_scale_host, &m->cfg.swin, B, m->recipe.drop_path, rng);
+    ttt_to_device(m->drop_scale, m->drop_scale_host, (size_t)2 * blocks * B * sizeof(float));
+    m->fa.drop_scale = m->drop_scale;
+}
+
 // uploaded frames and masks -> masked 4-channel input, target and its mask
 static void prepare_masked_batch(Model* m, int B) {
     mae_prepare_input(m->inp4, m->target, m->target_mask, m->rgb, m->patch_mask,
@@ -796,6 +813,7 @@ static float mae_micro_batched(Model* m, const float* frames, int B, Rng* rng, i
         for (int b = b0; b < b0 + Bc; b++) nc += m->micro_counts[b];
         double share = total > 0.0 ? nc / total : 0.0;
         upload_batch(m, frames + (size_t)b0 * m->H * m->W * 3, m->micro_masks + (size_t)b0 * L, Bc);
+        upload_drop_path(m, Bc, rng);
         prepare_masked_batch(m, Bc);
         float* recon = mae_forward(m, Bc);
         if (backward) mae_backward(m, Bc, recon, (float)share);
@@ -809,6 +827,7 @@ static float mae_micro_batched(Model* m, const float* frames, int B, Rng* rng, i
 float model_mae_loss(Model* m, const float* frames, int B, Rng* rng) {
     if (B > m->max_B) return mae_micro_batched(m, frames, B, rng, 0);
     upload_masked_batch(m, frames, B, rng);
+    upload_drop_path(m, B, rng);
     prepare_masked_batch(m, B);
     mae_forward(m, B);
     float loss;
@@ -819,6 +838,7 @@ float model_mae_loss(Model* m, const float* frames, int B, Rng* rng) {
 float model_mae_forward_backward(Model* m, const float* frames, int B, Rng* rng) {
     if (B > m->max_B) return mae_micro_batched(m, frames, B, rng, 1);
     upload_masked_batch(m, frames, B, rng);
+    upload_drop_path(m, B, rng);
     // the device work from here to the gradients is the same every call of this batch
     // size: recorded once as a CUDA graph and replayed (see DeviceGraph in ttt.h)
     DeviceGraph* graph = &m->mae_graphs[B];
@@ -852,6 +872,7 @@ float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt,
 
 void model_predict(Model* m, const float* frame, unsigned char* pred) {
     ttt_to_device(m->rgb, frame, (size_t)m->H * m->W * 3 * sizeof(float));
+    m->fa.drop_scale = NULL;   // prediction: no drop-path (the recorded work has none either)
     // frame in, class ids out: everything between runs on the device (one CUDA graph)
     if (!device_graph_replay(&m->predict_graph)) {
         device_graph_begin(&m->predict_graph);
@@ -910,6 +931,7 @@ static float main_forward(Model* m, const float* images, const unsigned char* la
     ensure_train_buffers(m);
     ttt_to_device(m->rgb, images, (size_t)B * m->H * m->W * 3 * sizeof(float));
     mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch, 0);
+    upload_drop_path(m, B, rng);
     swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, B);
     m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), B, m->h_frozen_masks);
     const M2FConfig* c = &m->cfg.m2f;
@@ -954,6 +976,7 @@ float model_train_loss(Model* m, const float* images, const unsigned char* label
     if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
     float lm = main_forward(m, images, labels, B, rng, 0);
     upload_masked_batch(m, images, B, rng);
+    upload_drop_path(m, B, rng);
     prepare_masked_batch(m, B);
     mae_forward(m, B);
     float lr;
@@ -974,6 +997,7 @@ float model_train_forward_backward(Model* m, const float* images, const unsigned
     }
     main_backward(m, B);
     upload_masked_batch(m, images, B, rng);
+    upload_drop_path(m, B, rng);
     prepare_masked_batch(m, B);
     float* recon = mae_forward(m, B);
     mae_backward(m, B, recon, 1.0f);

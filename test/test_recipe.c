@@ -142,6 +142,26 @@ static void test_mask_and_loss(void) {
     float lm = model_mae_loss(m, frames, B, &c);
     CHECK(isfinite(lm) && lm != whole, "masked-only loss %g equals the all-pixels one", lm);
     model_free(m1);
+    // drop-path: active in the MAE loss (train mode), reproducible from the rng, never in
+    // prediction
+    ModelRecipe dp = r; dp.drop_path = 0.5f;
+    model_set_recipe(m, &dp);
+    Rng d1; rng_seed(&d1, 1);
+    float ld1 = model_mae_loss(m, frames, B, &d1);
+    Rng d2; rng_seed(&d2, 1);
+    float ld2 = model_mae_loss(m, frames, B, &d2);
+    printf("drop-path 0.5: MAE loss %.7f (twice from one seed: %.7f), without %.7f\n", ld1, ld2, whole);
+    CHECK(ld1 == ld2, "drop-path loss not reproducible: %g vs %g", ld1, ld2);
+    CHECK(ld1 != whole, "drop-path did not change the loss");
+    unsigned char* q1 = mallocCheck((size_t)H * W), *q2 = mallocCheck((size_t)H * W);
+    model_predict(m, frames, q1);
+    model_set_recipe(m, &r);
+    model_predict(m, frames, q2);
+    CHECK(memcmp(q1, q2, (size_t)H * W) == 0, "prediction depends on the drop-path rate");
+    Rng d3; rng_seed(&d3, 1);
+    float l3 = model_mae_loss(m, frames, B, &d3);
+    CHECK(l3 == whole, "rate 0 after a drop-path run: loss %g, want %g", l3, whole);
+    free(q1); free(q2);
     // the sharing model reads the same weights: a prediction equal to the owner's
     Model* s = model_create_sharing(m, 1, H, W);
     unsigned char* p1 = mallocCheck((size_t)H * W), *p2 = mallocCheck((size_t)H * W);
