@@ -1111,6 +1111,153 @@ void device_timer_start(void);
 double device_timer_stop_ms(void);   // waits for the device
 int is_finite_array(const float* x, size_t n);  // host memory
 
+// ============================================================================
+// DATA (data.c): class names, label formats, the real dataset layouts (KITTI-STEP,
+// Cityscapes, plain folders), detectron2's resizes and training augmentations
+// ============================================================================
+
+// The 19 Cityscapes train ids (KITTI-STEP's semantic classes are the same 19)
+#define CITYSCAPES_NUM_CLASSES 19
+extern const char* const cityscapes_class_names[CITYSCAPES_NUM_CLASSES];  // road ... bicycle
+// the published labelId -> trainId table (cityscapesScripts labels.py): ids 0..33, trainId
+// 0..18 or 255 (ignored); license plate (id -1, trainId -1) is never drawn in the PNGs
+#define CITYSCAPES_NUM_LABEL_IDS 34
+extern const unsigned char cityscapes_label_to_train[CITYSCAPES_NUM_LABEL_IDS];
+// trainId of a labelId: the table for 0..33, 255 for 255 and -1 (license plate), -1 for
+// any other id (not in the table)
+int cityscapes_train_id(int label_id);
+
+// How a label PNG holds its class ids. Every format decodes to 8-bit class ids, 255 = ignore.
+//   LABEL_IDS                  8-bit single channel, the ids themselves (this project's own)
+//   LABEL_KITTI_PANOPTIC       KITTI-STEP panoptic_maps: RGB, semantic train id in R,
+//                              instance id in G (B is ignored)
+//   LABEL_CITYSCAPES_TRAINIDS  gtFine *_labelTrainIds.png: 8-bit train ids
+//   LABEL_CITYSCAPES_LABELIDS  gtFine *_labelIds.png: 8-bit label ids, mapped by the table
+typedef enum { LABEL_IDS, LABEL_KITTI_PANOPTIC, LABEL_CITYSCAPES_TRAINIDS, LABEL_CITYSCAPES_LABELIDS } LabelFormat;
+const char* label_format_name(LabelFormat fmt);   // "ids", "kitti-step panoptic", ...
+
+// Header-only check (cheap; for listing time, before any output is written): the file is a
+// readable 8-bit image with the format's channel count and, when expect_H > 0, of size
+// expect_H x expect_W. Dies with one line naming the file. *H, *W (may be NULL) get the size.
+void label_check_header(const char* path, LabelFormat fmt, int expect_H, int expect_W, int* H, int* W);
+// Decode a label into malloc'd class ids (H, W), 255 = ignore: the header checks above, then
+// every id must be < num_classes or 255 (for labelIds: in the table, then the mapped id).
+// Dies with one line naming the file (and the id and pixel (x, y) when an id is bad).
+unsigned char* label_load_format(const char* path, LabelFormat fmt, int num_classes,
+                                 int expect_H, int expect_W, int* H, int* W);
+// the same, returning NULL with the line in err instead of dying (safe in parallel loops)
+unsigned char* label_try_load_format(const char* path, LabelFormat fmt, int num_classes,
+                                     int expect_H, int expect_W, int* H, int* W, char* err, size_t errlen);
+
+// Where the labels of a folder of frames live, found from the folder's path alone
+// (trailing slashes are fine):
+//   KITTI-STEP  ROOT/images/SPLIT/SEQ     -> ROOT/panoptic_maps/SPLIT/SEQ   LABEL_KITTI_PANOPTIC
+//   Cityscapes  ROOT/leftImg8bit/SPLIT/CITY -> ROOT/gtFine/SPLIT/CITY       LABEL_CITYSCAPES_TRAINIDS
+//               when that folder has a *_gtFine_labelTrainIds.png, else  LABEL_CITYSCAPES_LABELIDS
+//   otherwise   DIR                        -> DIR_labels                     LABEL_IDS
+// Returns 1 and writes the label folder (into label_dir, n bytes) and *fmt when that folder
+// exists; returns 0 (nothing written) when it does not.
+int find_label_layout(const char* frame_dir, char* label_dir, size_t n, LabelFormat* fmt);
+// The label file of a frame file name (no folder) in label_dir, for a format:
+//   LABEL_IDS                  STEM.png        (STEM = the name without its extension)
+//   LABEL_KITTI_PANOPTIC       the same name   (000042.png -> 000042.png)
+//   LABEL_CITYSCAPES_*         X_leftImg8bit.png -> X_gtFine_labelTrainIds.png / X_gtFine_labelIds.png
+void label_path_for_frame(char* out, size_t n, const char* label_dir, const char* frame_name, LabelFormat fmt);
+
+// A labeled image set, listed up front with every header checked (the pixels stay on disk).
+// labeled_set_list(root, split, K, check_ids) reads, by what root contains:
+//   Cityscapes  root/leftImg8bit/SPLIT/CITY/*_leftImg8bit.png with root/gtFine/SPLIT/CITY/...
+//   KITTI-STEP  root/images/SPLIT/SEQ/*.png with root/panoptic_maps/SPLIT/SEQ/*.png
+//   plain       root/images/NAME.(png|jpg|jpeg|bmp) with root/labels/NAME.png (LABEL_IDS)
+// sorted by path. Dies with one line on an unknown layout, an empty set, an image that does
+// not decode its header, a missing label, or a label failing label_check_header (size = its
+// image's); check_ids = 1 also decodes every label (OpenMP) and checks its ids (< K or 255).
+typedef struct {
+    int n;
+    char** images;        // (n) image paths
+    char** labels;        // (n) label paths
+    LabelFormat* fmt;     // (n) format of each label
+    int *H, *W;           // (n) size of each image
+    const char* layout;   // "cityscapes", "kitti-step" or "plain"
+} LabeledSet;
+LabeledSet labeled_set_list(const char* root, const char* split, int num_classes, int check_ids);
+void labeled_set_free(LabeledSet* s);
+// 8-bit RGB (H, W, 3) of an image file, malloc'd; NULL with one line in err on failure
+unsigned char* image_try_load_u8(const char* path, int* H, int* W, char* err, size_t errlen);
+
+// ---- detectron2's resizes ----
+// ResizeShortestEdge.get_output_shape: scale the short side to short_edge; if the long side
+// then exceeds max_long, scale it down to max_long; each side rounded as int(x + 0.5).
+void resize_shortest_edge_size(int H, int W, int short_edge, int max_long, int* Ho, int* Wo);
+// PIL Image.resize(BILINEAR) of an 8-bit image (Pillow <= 12, e.g. 9.5 of the paper's code;
+// Pillow 13 runs the vertical pass first when the height shrinks and the width grows), what
+// detectron2's ResizeTransform does to uint8 images: separable triangle filter whose support grows by in/out when downsampling
+// (antialiasing), sample centres (i + 0.5) * in/out, PIL's 22-bit fixed-point weights and
+// rounding, a horizontal pass rounded to 8 bits, then a vertical pass (an axis of unchanged
+// size is skipped). Computes only the window rows y0..y0+h, columns x0..x0+w of the
+// Ho x Wo result: in (H, W, C) -> out (h, w, C); the whole image is y0 = x0 = 0, h = Ho, w = Wo.
+void resize_bilinear_u8(unsigned char* out, const unsigned char* in, int H, int W, int C,
+                        int Ho, int Wo, int y0, int x0, int h, int w);
+// the same on float RGB (H, W, 3) in [0, 1]: values are rounded to 8-bit levels first and the
+// result is level / 255, as when detectron2 resizes the uint8 image
+void image_resize_bilinear(float* out, const float* in, int H, int W, int Ho, int Wo);
+// Labels: detectron2 reads a semantic label as float64, so ResizeTransform resizes it with
+// F.interpolate(mode="nearest"): src = min(floor(dst * (in / out)), in - 1) (the index in
+// float, as PyTorch's CPU kernel). Window as above: in (H, W) -> out (h, w).
+void label_resize_nearest(unsigned char* out, const unsigned char* in, int H, int W,
+                          int Ho, int Wo, int y0, int x0, int h, int w);
+
+// ---- ColorAugSSDTransform (detectron2 projects/PointRend, used by Mask2Former) ----
+// On 8-bit RGB: brightness (p 1/2: + U(-32, 32)); then, in one of two orders chosen with
+// p 1/2, contrast (p 1/2: x U(0.5, 1.5)) and saturation (p 1/2: S x U(0.5, 1.5) in OpenCV's
+// 8-bit HSV) and hue (p 1/2: H + randint(-18, 18) mod 180); every step computes in float32,
+// clips to [0, 255] and truncates to 8 bits, as the original. The draws come from our Rng
+// in the original's order (one uniform per coin and per value).
+typedef struct {
+    int brightness_on; float brightness;
+    int contrast_first;   // 1: contrast, saturation, hue; 0: saturation, hue, contrast
+    int contrast_on; float contrast;
+    int saturation_on; float saturation;
+    int hue_on; int hue;
+} ColorAugSSD;
+ColorAugSSD color_aug_ssd_draw(Rng* rng);
+void color_aug_ssd_apply(unsigned char* rgb, size_t npix, const ColorAugSSD* p);
+// OpenCV's cvtColor for 8-bit pixels, H in [0, 180): RGB2HSV_b and HSV2RGB_b (scalar paths)
+void rgb_to_hsv_u8(const unsigned char rgb[3], unsigned char hsv[3]);
+void hsv_to_rgb_u8(const unsigned char hsv[3], unsigned char rgb[3]);
+
+// ---- the training sample of Mask2Former's semantic dataset mapper ----
+// resize (random short side from a list with a cap on the long side, or a random scale),
+// random crop (detectron2 "absolute": min(crop, size) per axis), ColorAugSSD, horizontal
+// flip. The crop lands at the top-left of a crop_h x crop_w buffer; where the resized image
+// is smaller, the rest is the ImageNet mean colour (0 after normalisation, like detectron2's
+// padding of normalised images) and label 255.
+#define AUG_MAX_SHORT 32
+typedef struct {
+    int crop_h, crop_w;
+    int n_short, short_sizes[AUG_MAX_SHORT];   // n_short > 0: short side from this list
+    int max_long;                              // cap on the long side (with n_short > 0)
+    float min_scale, max_scale;                // n_short == 0: size = int(side * U(lo, hi) + 0.5)
+    int flip, color_aug;                       // 1 = on
+} AugConfig;
+typedef struct {
+    int Ho, Wo;            // resized size
+    int y0, x0, ch, cw;    // crop window in the resized image
+    int flip;
+    int color_on;
+    ColorAugSSD color;
+} AugDraw;
+// the random draws of one sample of an H x W image, in order: size, crop y, crop x, colour, flip
+AugDraw aug_draw(const AugConfig* c, int H, int W, Rng* rng);
+// apply them: img (H, W, 3) 8-bit, lab (H, W) -> out_img (crop_h, crop_w, 3) in [0, 1],
+// out_lab (crop_h, crop_w)
+void aug_apply(const AugConfig* c, const AugDraw* d, const unsigned char* img, const unsigned char* lab,
+               int H, int W, float* out_img, unsigned char* out_lab);
+
+// ============================================================================
+// end of DATA
+// ============================================================================
+
 #ifdef __cplusplus
 }
 #endif
