@@ -30,6 +30,7 @@
 // in turn and writes into DIR/window_K/; a table of mIoU per k is printed at the end.
 #include "ttt.h"
 #include <ctype.h>
+#include <stdarg.h>
 #include <dirent.h>
 #include <errno.h>
 #include <sys/stat.h>
@@ -43,16 +44,51 @@
 typedef enum { MODE_FIXED, MODE_NOMEM, MODE_IMPLICIT, MODE_EXPLICIT, MODE_ONLINE, MODE_OFFLINE } Mode;
 static const char* mode_names[] = {"fixed", "nomem", "implicit", "explicit", "online", "offline"};
 
+typedef enum { SAMPLER_REPLACE, SAMPLER_CYCLE } Sampler;
+static const char* sampler_names[] = {"replace", "cycle"};
+
+// The stream's side of a recipe (the model's side is ModelRecipe in ttt.h). --recipe demo is
+// this project's default; --recipe paper the released code's (renwang435/video-ttt-release):
+// 32 images per step from the window by detectron2's TrainingSampler (cycling through random
+// permutations of the window), a fresh AdamW every frame (--restart_optimizer in every
+// published command), frames resized to short side 1024 (long side <= 2048), TTT on random
+// 512x1024 crops, the prediction on the whole resized frame, scored at the original size.
+typedef struct {
+    int batch, window;
+    int restart_optimizer;   // fresh AdamW moments and step count before each frame
+    Sampler sampler;
+    int resize_short, max_long;   // resize the frames (detectron2 ResizeShortestEdge); 0 = as they are
+    int crop_h, crop_w;      // TTT on random crops of this size (of the resized frame); 0 = whole frame
+} StreamRecipe;
+
+static StreamRecipe stream_recipe_demo(void) {
+    StreamRecipe r = {4, 16, 0, SAMPLER_REPLACE, 0, 0, 0, 0};
+    return r;
+}
+static StreamRecipe stream_recipe_paper(void) {
+    StreamRecipe r = {32, 16, 1, SAMPLER_CYCLE, 1024, 2048, 512, 1024};
+    return r;
+}
+
 typedef struct {
     const char* dir;
     const char* model_path;
     Mode mode;
+    const char* recipe;    // "demo" or "paper": the defaults the options below override
+    StreamRecipe sr;       // resolved stream settings
+    ModelRecipe mr;        // resolved model settings (after the checkpoint is read)
+    // model-recipe options as given (negative = not given: the recipe's value)
+    float mask_ratio, backbone_lr_scale, clip, drop_path;
+    int loss_all_pixels, wd_exempt;
     int windows[MAX_WINDOWS];
     int n_windows;
-    int batch, steps;
+    int steps;
     int micro_batch;       // images per forward/backward chunk of a step (0 = automatic)
     OptConfig opt;
     const char* labels_dir;
+    int label_format;      // LabelFormat, or -1: found with the labels
+    int score_every;       // score frames 0, N, 2N, ... of the name order (1 = all)
+    int class_names;       // 1: the 19 Cityscapes/KITTI names; 0: numbers; -1: automatic
     const char* out_dir;
     uint64_t seed;
     const char* device;
@@ -68,9 +104,22 @@ typedef struct {
     char* name;         // file name in DIR
     char* stem;         // name without extension: output names
     char* path;         // DIR/name
-    char* label_path;   // LABELDIR/stem.png, NULL if absent
+    char* label_path;   // the label file, NULL if absent or not scored (--score-every)
     uint64_t seed;      // of this frame's TTT randomness
 } Frame;
+
+typedef struct {
+    Frame* fr; int n, H, W, n_labeled;   // frames at their size on disk, H x W
+    int Hr, Wr;          // the frames as the model sees them (resized by the recipe, or H x W)
+    int Ht, Wt;          // TTT images: random crops of Ht x Wt of the resized frames, or Hr x Wr
+    LabelFormat label_fmt;
+    int K;               // the model's classes
+    float** cache;       // offline mode: every frame decoded and resized once; else NULL
+} Video;
+
+// the results of one run: pooled mIoU over every scored pixel, and the paper's video score,
+// the mean over the scored frames of each frame's mIoU (detectron2's SemSegEvaluator per frame)
+typedef struct { double miou_pooled, miou_frames; int n_scored; double ms_frame; } RunResult;
 
 static float clamp01(float x) { return x < 0.0f ? 0.0f : x > 1.0f ? 1.0f : x; }
 
@@ -119,9 +168,26 @@ static uint64_t fnv1a(const char* s) {
     return h;
 }
 
-// list the frames of dir, check they decode headers and share one size; find labels.
-// Everything fatal is found here, before any output is written.
-static Frame* list_frames(const Args* a, int* n_out, int* H_out, int* W_out, int* n_labeled) {
+// the label file that a name in the label folder is, for a frame name; 0 if it is no label
+// of this format (Cityscapes folders also hold colour, instance and polygon files)
+static int label_frame_name(const char* label_name, LabelFormat fmt, char* frame, size_t n) {
+    const char* suffix = fmt == LABEL_CITYSCAPES_TRAINIDS ? "_gtFine_labelTrainIds.png" :
+                         fmt == LABEL_CITYSCAPES_LABELIDS ? "_gtFine_labelIds.png" : ".png";
+    size_t ln = strlen(label_name), sn = strlen(suffix);
+    if (ln <= sn || strcmp(label_name + ln - sn, suffix) != 0) return 0;
+    if (fmt == LABEL_CITYSCAPES_TRAINIDS || fmt == LABEL_CITYSCAPES_LABELIDS)
+        snprintf(frame, n, "%.*s_leftImg8bit.png", (int)(ln - sn), label_name);
+    else
+        snprintf(frame, n, "%s", label_name);
+    return 1;
+}
+
+// list the frames of dir, check they decode headers and share one size; find labels and
+// check every one of them (size, bit depth, channels, ids < K or 255). Everything fatal is
+// found here, before any output is written. A published layout (KITTI-STEP, Cityscapes)
+// labels every frame: a missing label, or a label without its frame, is an error there; in a
+// plain folder (DIR_labels, --labels) frames without a label are simply not scored.
+static Frame* list_frames(const Args* a, LabelFormat fmt, int K, int* n_out, int* H_out, int* W_out, int* n_labeled) {
     DIR* d = opendir(a->dir);
     if (d == NULL) ttt_die("cannot open frame directory '%s': %s", a->dir, strerror(errno));
     if (a->labels_dir) {
@@ -129,6 +195,7 @@ static Frame* list_frames(const Args* a, int* n_out, int* H_out, int* W_out, int
         if (stat(a->labels_dir, &st) != 0 || !S_ISDIR(st.st_mode))
             ttt_die("label directory '%s' does not exist or is not a directory", a->labels_dir);
     }
+    int strict = fmt != LABEL_IDS;
     int cap = 64, n = 0;
     Frame* fr = (Frame*)mallocCheck(cap * sizeof(Frame));
     struct dirent* e;
@@ -172,17 +239,50 @@ static Frame* list_frames(const Args* a, int* n_out, int* H_out, int* W_out, int
         fr[kept++] = fr[i];
     }
     if (kept == 0) ttt_die("no decodable frames in '%s'", a->dir);
-    // labels: same stem, .png; must be single-channel and of the frame size
+    if (strict && kept != n) ttt_die("'%s' holds a frame that cannot be decoded (see the warning above)", a->dir);
+    // labels: the file of each frame in the layout; header checks (size, depth, channels)
     for (int i = 0; a->labels_dir && i < kept; i++) {
-        char* lp = str_printf("%s/%s.png", a->labels_dir, fr[i].stem);
-        int w, h, c;
-        if (access(lp, F_OK) != 0) { free(lp); continue; }
-        if (!stbi_info(lp, &w, &h, &c)) ttt_die("cannot read label '%s': %s", lp, stbi_failure_reason());
-        if (c != 1) ttt_die("label '%s' has %d channels; expected an 8-bit single-channel PNG of class ids", lp, c);
-        if (h != H || w != W) ttt_die("label '%s' is %dx%d but the frames are %dx%d (W x H)", lp, w, h, W, H);
-        fr[i].label_path = lp;
+        char lp[4096];
+        label_path_for_frame(lp, sizeof(lp), a->labels_dir, fr[i].name, fmt);
+        if (access(lp, F_OK) != 0) {
+            if (strict) ttt_die("frame '%s' has no label: '%s' is missing (the %s layout labels every frame)",
+                                fr[i].path, lp, label_format_name(fmt));
+            continue;
+        }
+        label_check_header(lp, fmt, H, W, NULL, NULL);
+        if (i % a->score_every != 0) continue;   // --score-every: not scored
+        fr[i].label_path = strdup(lp);
         labeled++;
     }
+    // a published layout: every label file belongs to a frame
+    if (strict && a->labels_dir) {
+        DIR* ld = opendir(a->labels_dir);
+        if (ld == NULL) ttt_die("cannot open label directory '%s': %s", a->labels_dir, strerror(errno));
+        while ((e = readdir(ld)) != NULL) {
+            char frame[1024];
+            if (e->d_name[0] == '.' || !label_frame_name(e->d_name, fmt, frame, sizeof(frame))) continue;
+            int found = 0;
+            for (int i = 0; i < kept && !found; i++) found = strcmp(fr[i].name, frame) == 0;
+            if (!found) ttt_die("label '%s/%s' has no frame '%s' in '%s'", a->labels_dir, e->d_name, frame, a->dir);
+        }
+        closedir(ld);
+    }
+    // every label decoded once and its ids checked, so that no bad label stops a run midway
+    int bad = -1;
+    char err[1024] = "";
+    #pragma omp parallel for schedule(dynamic)
+    for (int i = 0; i < kept; i++) {
+        if (fr[i].label_path == NULL || bad >= 0) continue;
+        char e1[1024];
+        int lh, lw;
+        unsigned char* lab = label_try_load_format(fr[i].label_path, fmt, K, H, W, &lh, &lw, e1, sizeof(e1));
+        if (lab == NULL) {
+            #pragma omp critical
+            if (bad < 0) { bad = i; snprintf(err, sizeof(err), "%s", e1); }
+        }
+        free(lab);
+    }
+    if (bad >= 0) ttt_die("%s", err);
     *n_out = kept; *H_out = H; *W_out = W; *n_labeled = labeled;
     return fr;
 }
@@ -206,8 +306,21 @@ static void make_dir(const char* path) {
     if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) ttt_die("'%s' exists and is not a directory", path);
 }
 
-// colour of class c in overlays and plots (distinct hues, repeating after 16)
+// class names of the run (NULL: classes are shown by number); the 19 Cityscapes / KITTI-STEP
+// names when the labels come from those layouts or --class-names cityscapes
+static const char* const* class_names = NULL;
+
+// colour of class c in overlays and plots: the Cityscapes palette with its class names,
+// else distinct hues repeating after 16
 static void class_colour(int c, float* rgb) {
+    static const unsigned char cityscapes[CITYSCAPES_NUM_CLASSES][3] = {
+        {128, 64, 128}, {244, 35, 232}, {70, 70, 70}, {102, 102, 156}, {190, 153, 153}, {153, 153, 153},
+        {250, 170, 30}, {220, 220, 0}, {107, 142, 35}, {152, 251, 152}, {70, 130, 180}, {220, 20, 60},
+        {255, 0, 0}, {0, 0, 142}, {0, 0, 70}, {0, 60, 100}, {0, 80, 100}, {0, 0, 230}, {119, 11, 32}};
+    if (class_names && c < CITYSCAPES_NUM_CLASSES) {
+        for (int i = 0; i < 3; i++) rgb[i] = cityscapes[c][i] / 255.0f;
+        return;
+    }
     static const unsigned char pal[16][3] = {
         {70, 130, 180}, {107, 142, 35}, {190, 120, 80}, {220, 20, 60}, {0, 0, 142}, {250, 170, 30},
         {220, 220, 220}, {152, 78, 163}, {0, 160, 160}, {255, 127, 0}, {120, 120, 120}, {255, 255, 51},
@@ -215,14 +328,6 @@ static void class_colour(int c, float* rgb) {
     for (int i = 0; i < 3; i++) rgb[i] = pal[c % 16][i] / 255.0f;
 }
 
-// frame blended half and half with the colours of the predicted classes
-static void overlay(float* out, const float* frame, const unsigned char* pred, int H, int W) {
-    for (int i = 0; i < H * W; i++) {
-        float col[3];
-        class_colour(pred[i], col);
-        for (int c = 0; c < 3; c++) out[3 * i + c] = 0.5f * frame[3 * i + c] + 0.5f * col[c];
-    }
-}
 
 // ----------------------------------------------------------------------------
 // scoring: intersection and union per class, accumulated over the labeled frames
@@ -270,11 +375,12 @@ static void draw_line(Canvas* cv, int x0, int y0, int x1, int y1, const float* c
 }
 
 static void draw_text(Canvas* cv, int x, int y, const char* s, int scale, const float* col) {
-    static const char chars[] = "0123456789.-LOSMIUFRAEKNTCPHW=/ GD";
+    static const char chars[] = "0123456789.-LOSMIUFRAEKNTCPHW=/ GDBJQVXYZ()";
     static const unsigned short glyphs[] = {   // 5 rows of 3 bits, top row in the high bits
         075557, 026227, 071747, 071717, 055711, 074717, 074757, 071111, 075757, 075717, 000002, 000700,
         044447, 075557, 074717, 057755, 072227, 055557, 074744, 065655, 025755, 074747, 055655, 065555,
-        072222, 074447, 075744, 055755, 055575, 007070, 011244, 000000, 074557, 065556};
+        072222, 074447, 075744, 055755, 055575, 007070, 011244, 000000, 074557, 065556, 065656, 011152,
+        025563, 055552, 055255, 055222, 071247, 012221, 042224};
     for (; *s; s++, x += 4 * scale) {
         const char* p = strchr(chars, toupper((unsigned char)*s));
         if (p == NULL) continue;
@@ -283,6 +389,33 @@ static void draw_text(Canvas* cv, int x, int y, const char* s, int scale, const 
             if (g >> (3 * (4 - r) + (2 - c)) & 1)
                 for (int i = 0; i < scale; i++) for (int j = 0; j < scale; j++)
                     put_px(cv, x + c * scale + j, y + r * scale + i, col);
+    }
+}
+
+// frame blended half and half with the colours of the predicted classes; with class names and
+// a frame wide enough, a legend of the predicted classes in the top-left corner
+static void overlay(float* out, const float* frame, const unsigned char* pred, int H, int W) {
+    int present[MAX_CLASSES] = {0};
+    for (int i = 0; i < H * W; i++) {
+        float col[3];
+        class_colour(pred[i], col);
+        for (int c = 0; c < 3; c++) out[3 * i + c] = 0.5f * frame[3 * i + c] + 0.5f * col[c];
+        present[pred[i]] = 1;
+    }
+    if (class_names == NULL || W < 320 || H < 100) return;
+    Canvas cv = {out, H, W};
+    const float white[3] = {1.0f, 1.0f, 1.0f}, black[3] = {0.0f, 0.0f, 0.0f};
+    int y = 4;
+    for (int c = 0; c < CITYSCAPES_NUM_CLASSES && y + 12 <= H; c++) {
+        if (!present[c]) continue;
+        float col[3];
+        class_colour(c, col);
+        int len = (int)strlen(class_names[c]);
+        for (int yy = y - 2; yy < y + 12; yy++)   // a dark box under swatch and name
+            for (int xx = 2; xx < 22 + 8 * len; xx++) put_px(&cv, xx, yy, black);
+        for (int yy = y; yy < y + 10; yy++) for (int xx = 4; xx < 14; xx++) put_px(&cv, xx, yy, col);
+        draw_text(&cv, 18, y, class_names[c], 2, white);
+        y += 14;
     }
 }
 
@@ -360,11 +493,15 @@ static void json_float(FILE* fp, double x) {
     if (isfinite(x)) fprintf(fp, "%.6g", x); else fprintf(fp, "null");
 }
 
+#define MAX_SETTINGS 48
+typedef struct { int n; char key[MAX_SETTINGS][32]; char val[MAX_SETTINGS][512]; } Settings;
+static Settings resolved_settings(const Args* a, const Video* v, int window);
+
 // out/metrics.json, written to a temporary name and renamed into place
-static void write_metrics(const char* path, const Args* a, int window, const Frame* fr,
-                          const FrameStats* st, const int* order, int n, int n_classes,
-                          const Score* total, double ms_frame, const int* ck_steps,
-                          const double* ck_miou, int n_ck, double eta) {
+static void write_metrics(const char* path, const Args* a, const Video* v, int window, const FrameStats* st,
+                          const int* order, int n, int n_classes, const Score* total, const RunResult* res,
+                          const int* ck_steps, const double* ck_miou, int n_ck, double eta) {
+    const Frame* fr = v->fr;
     char* tmp = str_printf("%s%s", path, ".tmp");
     FILE* fp = fopen(tmp, "w");
     if (fp == NULL) ttt_die("cannot write '%s': %s", path, strerror(errno));
@@ -374,10 +511,30 @@ static void write_metrics(const char* path, const Args* a, int window, const Fra
     json_string(fp, a->model_path);
     fprintf(fp, ", \"mode\": \"%s\", \"window\": %d, \"batch\": %d, "
             "\"steps\": %d, \"lr\": %g, \"seed\": %llu, \"shuffle\": %d, \"device\": \"%s\",\n",
-            mode_names[a->mode], window, a->batch, a->steps, a->opt.lr,
+            mode_names[a->mode], window, a->sr.batch, a->steps, a->opt.lr,
             (unsigned long long)a->seed, a->shuffle, ttt_device_name(ttt_device));
+    // every resolved setting, as printed on the "settings:" line at start
+    Settings set = resolved_settings(a, v, window);
+    fprintf(fp, "  \"settings\": {");
+    for (int i = 0; i < set.n; i++) {
+        char* end;
+        fprintf(fp, "%s\"%s\": ", i ? ", " : "", set.key[i]);
+        double d = strtod(set.val[i], &end);
+        if (set.val[i][0] && *end == 0 && isfinite(d)) fprintf(fp, "%s", set.val[i]); else json_string(fp, set.val[i]);
+    }
+    fprintf(fp, "},\n");
+    fprintf(fp, "  \"class_names\": [");
+    for (int c = 0; c < n_classes; c++) {
+        char num[16];
+        snprintf(num, sizeof(num), "%d", c);
+        if (c) fprintf(fp, ", ");
+        json_string(fp, class_names ? class_names[c] : num);
+    }
+    fprintf(fp, "],\n  \"video_miou\": ");
+    json_float(fp, res->miou_frames);
+    fprintf(fp, ", \"num_scored\": %d,\n", res->n_scored);
     fprintf(fp, "  \"num_frames\": %d, \"num_classes\": %d, \"ms_per_frame\": ", n, n_classes);
-    json_float(fp, ms_frame);
+    json_float(fp, res->ms_frame);
     fprintf(fp, ", \"eta\": ");
     json_float(fp, eta);
     fprintf(fp, ",\n  \"miou\": ");
@@ -414,29 +571,63 @@ static void write_metrics(const char* path, const Args* a, int window, const Fra
 // ----------------------------------------------------------------------------
 // the stream
 
-typedef struct {
-    Frame* fr; int n, H, W, n_labeled;
-    float** cache;       // offline mode: every frame decoded once; else NULL
-} Video;
 
+// frame i as on disk, (H, W, 3) in [0, 1]
 static float* load_frame(const Video* v, int i) {
     int H, W;
-    if (v->cache) {
-        float* x = (float*)mallocCheck((size_t)v->H * v->W * 3 * sizeof(float));
-        memcpy(x, v->cache[i], (size_t)v->H * v->W * 3 * sizeof(float));
-        return x;
-    }
     float* x = image_load(v->fr[i].path, &H, &W);
     if (H != v->H || W != v->W) ttt_die("frame '%s' changed size while running", v->fr[i].path);
     return x;
 }
 
-// one TTT step on B frames sampled with replacement from the window (n_win frames);
-// a NaN / Inf loss resets f, g to f0, g0 and is reported to the caller
-static float ttt_step(Model* m, float* const* window, int n_win, float* batch, int B, int HW3,
-                      const OptConfig* opt, Rng* rng, const char* name) {
-    for (int b = 0; b < B; b++)
-        memcpy(batch + (size_t)b * HW3, window[rng_int(rng, n_win)], HW3 * sizeof(float));
+// the frame as the model sees it, (Hr, Wr, 3): resized as detectron2 resizes the uint8 image
+// (PIL bilinear), or a copy
+static float* model_view(const Video* v, const float* x) {
+    float* r = (float*)mallocCheck((size_t)v->Hr * v->Wr * 3 * sizeof(float));
+    if (v->Hr == v->H && v->Wr == v->W) memcpy(r, x, (size_t)v->H * v->W * 3 * sizeof(float));
+    else image_resize_bilinear(r, x, v->H, v->W, v->Hr, v->Wr);
+    return r;
+}
+
+// the crop (y0, x0) of Ht x Wt out of a resized frame into dst
+static void copy_crop(float* dst, const float* src, const Video* v, int y0, int x0) {
+    for (int y = 0; y < v->Ht; y++)
+        memcpy(dst + (size_t)y * v->Wt * 3, src + ((size_t)(y0 + y) * v->Wr + x0) * 3, (size_t)v->Wt * 3 * sizeof(float));
+}
+
+// The B images of one TTT step, drawn from n frames (Hr, Wr, 3):
+//   replace: each image a frame drawn uniformly with replacement (the paper's text);
+//   cycle:   detectron2's TrainingSampler, as the released code's loader (rebuilt every frame):
+//            the frames of a fresh random permutation, then another, ... (with 16 frames and
+//            32 images each frame appears exactly twice); *pos = n starts a new permutation;
+// then, when the recipe crops, a random Ht x Wt window of each (detectron2's RandomCrop draws
+// the top row, then the left column).
+static void fill_batch(float* batch, float* const* frames, int n, int B, const Video* v, Sampler sampler,
+                       int* perm, int* pos, Rng* rng) {
+    size_t per = (size_t)v->Ht * v->Wt * 3;
+    for (int b = 0; b < B; b++) {
+        int i;
+        if (sampler == SAMPLER_CYCLE) {
+            if (*pos >= n) {
+                for (int j = 0; j < n; j++) perm[j] = j;
+                for (int j = n - 1; j > 0; j--) { int r = rng_int(rng, j + 1), t = perm[j]; perm[j] = perm[r]; perm[r] = t; }
+                *pos = 0;
+            }
+            i = perm[(*pos)++];
+        } else {
+            i = rng_int(rng, n);
+        }
+        int y0 = v->Hr > v->Ht ? rng_int(rng, v->Hr - v->Ht + 1) : 0;
+        int x0 = v->Wr > v->Wt ? rng_int(rng, v->Wr - v->Wt + 1) : 0;
+        copy_crop(batch + (size_t)b * per, frames[i], v, y0, x0);
+    }
+}
+
+// one TTT step on B images of the window (n_win frames); a NaN / Inf loss resets f, g to
+// f0, g0 and is reported to the caller
+static float ttt_step(Model* m, float* const* window, int n_win, float* batch, int B, const Video* v,
+                      Sampler sampler, int* perm, int* pos, const OptConfig* opt, Rng* rng, const char* name) {
+    fill_batch(batch, window, n_win, B, v, sampler, perm, pos, rng);
     float loss = model_ttt_step(m, batch, B, opt, rng);
     if (!isfinite(loss)) {
         fprintf(stderr, "warning: %s: TTT loss is %f; resetting f, g to f0, g0 and continuing\n", name, loss);
@@ -445,24 +636,34 @@ static float ttt_step(Model* m, float* const* window, int n_win, float* batch, i
     return loss;
 }
 
+// the label of frame i as class ids (H, W); checked when the frames were listed
+static unsigned char* load_label(const Video* v, int i) {
+    int H, W;
+    return label_load_format(v->fr[i].label_path, v->label_fmt, v->K, v->H, v->W, &H, &W);
+}
+
 static void print_hashes(const Model* m, const char* name) {
     printf("hash %s f=%016llx g=%016llx h=%016llx\n", name, (unsigned long long)model_param_hash(m, 0),
            (unsigned long long)model_param_hash(m, 2), (unsigned long long)model_param_hash(m, 1));
 }
 
-// predict every frame with the current model and return the mIoU (offline checkpoints)
-static double evaluate_all(Model* m, const Video* v, unsigned char* pred) {
-    Score s;
-    memset(&s, 0, sizeof(s));
+// predict every scored frame with the current model (mp: the prediction's model); returns the
+// mean over frames of the per-frame mIoU (offline checkpoints)
+static double evaluate_all(Model* mp, const Video* v, unsigned char* pred) {
+    double sum = 0.0;
+    int n = 0;
     for (int i = 0; i < v->n; i++) {
         if (v->fr[i].label_path == NULL) continue;
-        model_predict(m, v->cache[i], pred);
-        int H, W;
-        unsigned char* l = label_load(v->fr[i].label_path, v->H, v->W, &H, &W);
+        model_predict(mp, v->cache[i], pred);
+        unsigned char* l = load_label(v, i);
+        Score s;
+        memset(&s, 0, sizeof(s));
         score_add(&s, pred, l, v->H * v->W);
+        double mi = score_miou(&s);
+        if (isfinite(mi)) { sum += mi; n++; }
         free(l);
     }
-    return score_miou(&s);
+    return n ? sum / n : NAN;
 }
 
 // ----------------------------------------------------------------------------
@@ -523,10 +724,22 @@ static double dist2(const float* a, const float* b, size_t n) {
 }
 
 // the estimate at f0, g0 with `masks` masks on every `every`-th frame (t = 2, 2 + every, ...)
+// frame t as the TTT step sees it (Ht, Wt, 3): resized, then its centre crop when the recipe crops
+static float* ttt_view(const Video* v, int t) {
+    float* x = load_frame(v, t);
+    float* r = model_view(v, x);
+    free(x);
+    if (v->Ht == v->Hr && v->Wt == v->Wr) return r;
+    float* c = (float*)mallocCheck((size_t)v->Ht * v->Wt * 3 * sizeof(float));
+    copy_crop(c, r, v, (v->Hr - v->Ht) / 2, (v->Wr - v->Wt) / 2);
+    free(r);
+    return c;
+}
+
 static KstarEstimate estimate_kstar(Model* m, const Video* v, int masks, int every) {
     KstarEstimate e;
     memset(&e, 0, sizeof(e));
-    int n = v->n, HW3 = v->H * v->W * 3;
+    int n = v->n, HW3 = v->Ht * v->Wt * 3;
     size_t np = model_num_params(m, 0) + model_num_params(m, 2);
     model_reset_ttt(m);   // f0, g0
     float* g_cur = (float*)mallocCheck(np * sizeof(float));    // grad l(x_t, mask)
@@ -536,7 +749,7 @@ static KstarEstimate estimate_kstar(Model* m, const Video* v, int masks, int eve
     int n_dgrad = 0;
     float* prev = NULL;
     for (int t = 0; t < n; t++) {
-        float* x = load_frame(v, t);
+        float* x = ttt_view(v, t);
         if (prev == NULL) { prev = x; continue; }
         double dx = sqrt(dist2(x, prev, (size_t)HW3));
         eta_sum += dx;
@@ -578,9 +791,12 @@ static KstarEstimate estimate_kstar(Model* m, const Video* v, int masks, int eve
     return e;
 }
 
-// run the whole video once with window k, writing into out_dir; returns mIoU, sets ms/frame
-static double run_stream(const Args* a, Model* m, const Video* v, int k, const char* out_dir, double* ms_frame) {
-    int n = v->n, H = v->H, W = v->W, HW3 = H * W * 3, B = a->batch;
+
+// run the whole video once with window k, writing into out_dir. m: the TTT model (crop size);
+// mp: the prediction's model (the resized frame, scored at the original size; may be m)
+static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, int k, const char* out_dir) {
+    int n = v->n, H = v->H, W = v->W, HW3 = H * W * 3, B = a->sr.batch;
+    size_t view = (size_t)v->Hr * v->Wr * 3;   // a frame as the model sees it
     Mode mode = a->mode;
     if (mode == MODE_NOMEM || mode == MODE_IMPLICIT) k = 1;
     int reset_each = mode == MODE_NOMEM || mode == MODE_EXPLICIT;
@@ -594,8 +810,9 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
         Rng r; rng_seed(&r, a->seed ^ 0x5348554646ULL);
         for (int i = n - 1; i > 0; i--) { int j = rng_int(&r, i + 1), t = order[i]; order[i] = order[j]; order[j] = t; }
     }
-    float** window = (float**)callocCheck(k, sizeof(float*));   // ring of the last k frames
-    float* batch = (float*)mallocCheck((size_t)B * HW3 * sizeof(float));
+    float** window = (float**)callocCheck(k, sizeof(float*));   // ring of the last k frames (Hr, Wr, 3)
+    int* perm = (int*)mallocCheck((size_t)(k > n ? k : n) * sizeof(int));   // the cycling sampler's
+    float* batch = (float*)mallocCheck((size_t)B * v->Ht * v->Wt * 3 * sizeof(float));
     float* vis = (float*)mallocCheck((size_t)HW3 * sizeof(float));
     unsigned char* pred = (unsigned char*)mallocCheck((size_t)H * W);
     FrameStats* st = (FrameStats*)callocCheck(n, sizeof(FrameStats));
@@ -605,20 +822,19 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
     double ck_miou[8];
 
     if (mode == MODE_OFFLINE) {
-        // train on shuffled frames of the whole video, one epoch after another
+        // train on the whole video, one shuffled epoch after another (cycling), then predict
         int total_steps = a->offline_steps > 0 ? a->offline_steps : n * a->steps;
         for (int q = 0; q <= 4; q++) {   // checkpoints at 0, 1/4, 1/2, 3/4, all of the run
             int s = (int)((long long)total_steps * q / 4);
             if (n_ck == 0 || s != ck_steps[n_ck - 1]) ck_steps[n_ck++] = s;
         }
         Rng rng; rng_seed(&rng, a->seed ^ 0x4F46464C494E45ULL);
-        int* perm = (int*)mallocCheck(n * sizeof(int));
         int pos = n, ck = 0;
         double t0 = time_now_seconds(), loss_sum = 0.0;   // since the last checkpoint
         int loss_count = 0;
         for (int step = 0; step <= total_steps; step++) {
             if (ck < n_ck && step == ck_steps[ck]) {
-                ck_miou[ck] = v->n_labeled ? evaluate_all(m, v, pred) : NAN;
+                ck_miou[ck] = v->n_labeled ? evaluate_all(mp, v, pred) : NAN;
                 printf("offline step %5d/%d  mean loss since last ", step, total_steps);
                 if (loss_count) printf("%.5f", loss_sum / loss_count); else printf("-");
                 printf("  mIoU ");
@@ -628,14 +844,8 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
                 ck++;
             }
             if (step == total_steps) break;
-            for (int b = 0; b < B; b++) {   // next B frames of the current shuffled epoch
-                if (pos == n) {
-                    for (int i = 0; i < n; i++) perm[i] = i;
-                    for (int i = n - 1; i > 0; i--) { int j = rng_int(&rng, i + 1), t = perm[i]; perm[i] = perm[j]; perm[j] = t; }
-                    pos = 0;
-                }
-                memcpy(batch + (size_t)b * HW3, v->cache[perm[pos++]], HW3 * sizeof(float));
-            }
+            if (a->sr.restart_optimizer) model_restart_optimizer(m);
+            fill_batch(batch, v->cache, n, B, v, SAMPLER_CYCLE, perm, &pos, &rng);
             float loss = model_ttt_step(m, batch, B, &a->opt, &rng);
             if (!isfinite(loss)) {
                 fprintf(stderr, "warning: offline step %d: TTT loss is %f; resetting f, g to f0, g0 and continuing\n", step, loss);
@@ -643,25 +853,26 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
             } else { loss_sum += loss; loss_count++; }
         }
         printf("offline training: %d steps in %.1f s\n", total_steps, time_now_seconds() - t0);
-        free(perm);
     }
 
     int n_win = 0, head = 0;   // frames in the window; next slot to overwrite
-    double ms_sum = 0.0, eta_sum = 0.0;
+    double ms_sum = 0.0, eta_sum = 0.0, frame_miou_sum = 0.0;
+    int n_scored = 0;
     for (int oi = 0; oi < n; oi++) {
         int i = order[oi];
         const Frame* f = &v->fr[i];
         FrameStats* s = &st[i];
-        float* x = load_frame(v, i);
+        float* x = load_frame(v, i);      // (H, W, 3) as on disk: overlay and score size
+        float* xr = model_view(v, x);     // (Hr, Wr, 3): what the model sees
         const float* prev = window[(head + k - 1) % k];
-        if (prev) {   // eta: how far the stream moves per frame, ||x_t - x_{t-1}||_2
+        if (prev) {   // eta: how far the stream moves per frame, ||x_t - x_{t-1}||_2 (model's view)
             double d2 = 0.0;
-            for (int j = 0; j < HW3; j++) d2 += (double)(x[j] - prev[j]) * (x[j] - prev[j]);
+            for (size_t j = 0; j < view; j++) d2 += (double)(xr[j] - prev[j]) * (xr[j] - prev[j]);
             eta_sum += sqrt(d2);
         }
         // window update: the newest frame replaces the oldest
         free(window[head]);
-        window[head] = x;
+        window[head] = xr;
         head = (head + 1) % k;
         if (n_win < k) n_win++;
         Rng rng; rng_seed(&rng, f->seed);
@@ -669,10 +880,11 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
         s->loss = NAN;
         if (mode != MODE_FIXED && mode != MODE_OFFLINE) {
             if (reset_each) model_reset_ttt(m);
+            if (a->sr.restart_optimizer) model_restart_optimizer(m);   // a fresh AdamW every frame
             double loss_sum = 0.0;
-            int n_ok = 0;
+            int n_ok = 0, pos = n_win;   // the sampler starts a new permutation every frame
             for (int step = 0; step < a->steps; step++) {
-                float loss = ttt_step(m, window, n_win, batch, B, HW3, &a->opt, &rng, f->name);
+                float loss = ttt_step(m, window, n_win, batch, B, v, a->sr.sampler, perm, &pos, &a->opt, &rng, f->name);
                 if (!isfinite(loss)) break;
                 loss_sum += loss; n_ok++;
             }
@@ -680,7 +892,7 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
         }
         ttt_synchronize();
         double t1 = time_now_seconds();
-        model_predict(m, x, pred);
+        model_predict(mp, xr, pred);   // h(f(x)) on the resized frame, class ids at H x W
         double t2 = time_now_seconds();
         s->ms_ttt = (float)((t1 - t0) * 1e3);
         s->ms_predict = (float)((t2 - t1) * 1e3);
@@ -695,12 +907,12 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
         path = str_printf("%s/%s_overlay.png", out_dir, f->stem);
         image_save_png(path, vis, H, W);
         free(path);
+        free(x);
 
-        // score
+        // score: this frame's IoU per class and mIoU (classes in its label or prediction)
         s->miou = NAN;
         if (f->label_path) {
-            int LH, LW;
-            unsigned char* lab = label_load(f->label_path, H, W, &LH, &LW);
+            unsigned char* lab = load_label(v, i);
             Score one;
             memset(&one, 0, sizeof(one));
             score_add(&one, pred, lab, H * W);
@@ -708,42 +920,53 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
             for (int c = 0; c < MAX_CLASSES; c++) s->iou[c] = (float)score_iou(&one, c);
             s->miou = (float)score_miou(&one);
             s->labeled = 1;
+            if (isfinite(s->miou)) { frame_miou_sum += s->miou; n_scored++; }
             free(lab);
         }
         s->running_miou = (float)score_miou(&total);
         printf("frame %4d/%d %-20s loss ", oi + 1, n, f->name);
         if (isfinite(s->loss)) printf("%-9.5f", s->loss); else printf("%-9s", mode == MODE_FIXED || mode == MODE_OFFLINE ? "-" : "nan");
         printf(" ttt %8.1f ms  predict %8.1f ms", s->ms_ttt, s->ms_predict);
-        if (v->n_labeled) { if (isfinite(s->running_miou)) printf("  mIoU %.4f", s->running_miou); else printf("  mIoU -"); }
+        if (v->n_labeled) {
+            if (isfinite(s->running_miou)) printf("  mIoU %.4f", s->running_miou); else printf("  mIoU -");
+            if (isfinite(s->miou)) printf("  frame %.4f", s->miou);
+        }
         printf("\n");
         fflush(stdout);
     }
 
     // summary
-    int n_classes = model_config(m)->num_classes;   // K, or more if labels hold larger ids
-    for (int c = 0; c < MAX_CLASSES; c++) if (total.uni[c] && c + 1 > n_classes) n_classes = c + 1;
-    double miou = score_miou(&total);
-    *ms_frame = ms_sum / n;
+    RunResult res;
+    int n_classes = v->K;
+    res.miou_pooled = score_miou(&total);
+    res.miou_frames = n_scored ? frame_miou_sum / n_scored : NAN;
+    res.n_scored = n_scored;
+    res.ms_frame = ms_sum / n;
     printf("summary: %d frames, mode %s, window %d: %.1f ms/frame (%.2f frames/s)",
-           n, mode_names[mode], k, *ms_frame, 1e3 / *ms_frame);
+           n, mode_names[mode], k, res.ms_frame, 1e3 / res.ms_frame);
     if (n > 1) {   // the first frame carries one-time warm-up costs
         double first = st[order[0]].ms_ttt + st[order[0]].ms_predict;
         printf("; without the first frame %.1f ms/frame", (ms_sum - first) / (n - 1));
     }
     printf("\n");
     double eta = n > 1 ? eta_sum / (n - 1) : NAN;
-    printf("frame drift eta = mean ||x_t - x_(t-1)||_2 = %.3f (RMS per value %.4f; frames in [0, 1], processing order)\n",
-           eta, eta / sqrt((double)HW3));
+    printf("frame drift eta = mean ||x_t - x_(t-1)||_2 = %.3f (RMS per value %.4f; frames in [0, 1] as the model sees them, processing order)\n",
+           eta, eta / sqrt((double)view));
     if (v->n_labeled) {
-        printf("IoU per class over %d labeled frames:\n", v->n_labeled);
+        printf("IoU per class over %d labeled frames (pooled):\n", v->n_labeled);
         for (int c = 0; c < n_classes; c++) {
-            if (total.uni[c]) printf("  class %3d  %.4f\n", c, score_iou(&total, c));
-            else printf("  class %3d  -\n", c);
+            printf("  class %3d %-14s ", c, class_names ? class_names[c] : "");
+            if (total.uni[c]) printf("%.4f\n", score_iou(&total, c)); else printf("-\n");
         }
-        printf("mIoU %.4f\n", miou);
+        printf("mIoU %.4f\n", res.miou_pooled);
+        printf("video mIoU (mean of per-frame mIoU over %d scored frames, the paper's score) %.4f\n",
+               n_scored, res.miou_frames);
     }
+    // one line for scripts (dev/reproduce_kitti.sh collects these)
+    printf("RESULT dir=%s mode=%s window=%d frames=%d scored=%d video_miou=%.6f pooled_miou=%.6f ms_per_frame=%.2f\n",
+           a->dir, mode_names[mode], k, n, n_scored, res.miou_frames, res.miou_pooled, res.ms_frame);
     char* path = str_printf("%s/%s", out_dir, "metrics.json");
-    write_metrics(path, a, k, v->fr, st, order, n, n_classes, &total, *ms_frame, ck_steps, ck_miou, n_ck, eta);
+    write_metrics(path, a, v, k, st, order, n, n_classes, &total, &res, ck_steps, ck_miou, n_ck, eta);
     free(path);
     path = str_printf("%s/%s", out_dir, "metrics.png");
     write_plot(path, st, order, n);
@@ -751,8 +974,8 @@ static double run_stream(const Args* a, Model* m, const Video* v, int k, const c
     printf("wrote %s/NAME.png, NAME_overlay.png, metrics.json, metrics.png\n", out_dir);
 
     for (int i = 0; i < k; i++) free(window[i]);
-    free(window); free(batch); free(vis); free(pred); free(st); free(order);
-    return miou;
+    free(window); free(perm); free(batch); free(vis); free(pred); free(st); free(order);
+    return res;
 }
 
 // ----------------------------------------------------------------------------
@@ -764,24 +987,53 @@ static void usage(void) {
         "Online test-time training on the frames in DIR (*.png, *.jpg, natural name order;\n"
         "other files are skipped with a warning). Writes OUT/NAME.png (class ids),\n"
         "OUT/NAME_overlay.png, OUT/metrics.json and OUT/metrics.png.\n"
+        "Labels are found from the layout of DIR: KITTI-STEP ROOT/images/SPLIT/SEQ ->\n"
+        "ROOT/panoptic_maps/SPLIT/SEQ; Cityscapes ROOT/leftImg8bit/SPLIT/CITY -> ROOT/gtFine/...;\n"
+        "else DIR_labels next to DIR (8-bit class ids, 255 = ignore).\n"
         "  --model PATH        checkpoint (default " DEFAULT_MODEL ", shipped in the repo)\n"
+        "  --recipe R          demo | paper (default demo): the defaults of every option marked (R)\n"
+        "                        below. paper = the released code (renwang435/video-ttt-release):\n"
+        "                        batch 32, cycle sampler, restart on, lr 1e-4, backbone lr x0.1,\n"
+        "                        wd 0.05 with exemptions, clip 0.01, drop-path 0.3, mask ratio 0.85,\n"
+        "                        loss over all pixels, resize 1024/2048, TTT crops 1024x512.\n"
+        "                        Options override the recipe wherever they stand on the line\n"
         "  --mode M            fixed | nomem | implicit | explicit | online | offline (default online)\n"
         "                        fixed: no TTT; nomem: reset to f0,g0 every frame, k=1;\n"
         "                        implicit: k=1, no reset; explicit: reset every frame, window k;\n"
         "                        online: no reset, window k; offline: train on shuffled frames\n"
         "                        of the whole video first (all frames held in memory),\n"
         "                        then predict every frame\n"
-        "  --window K[,K...]   window of the last k frames (default 16); a list runs each k\n"
+        "  --window K[,K...]   window of the last k frames (R: 16); a list runs each k\n"
         "                        in turn into OUT/window_K/ and prints a table of mIoU per k\n"
-        "  --batch B           masked images per TTT step, sampled with replacement (default 4)\n"
+        "  --batch B           images per TTT step (R: demo 4, paper 32)\n"
+        "  --sampler S         replace | cycle: how a step draws its images from the window (R: demo\n"
+        "                        replace = uniform with replacement, the paper's text; paper cycle =\n"
+        "                        detectron2's TrainingSampler, random permutations one after another)\n"
+        "  --restart-optimizer on|off  a fresh AdamW (moments and step 0) every frame (R: demo off, paper on)\n"
         "  --micro-batch M     run each step's batch in chunks of M images, gradients accumulated\n"
         "                        (the same step; less memory). Default: the whole batch on the\n"
         "                        CPU, on the GPU the largest M that fits in its free memory\n"
         "  --steps S           TTT steps per frame (default 1)\n"
         "  --lr LR             AdamW learning rate (default 1e-4, the paper's code)\n"
         "  --beta1 B1 --beta2 B2 --eps E --wd WD   AdamW settings (default 0.9 0.999 1e-8 0.05)\n"
-        "  --labels DIR        label PNGs with the frames' stems; frames without one are not scored\n"
-        "                        (default: DIR_labels next to DIR when it exists, else none)\n"
+        "  --backbone-lr-scale S  learning rate of f relative to --lr (R: demo 1, paper 0.1)\n"
+        "  --wd-exempt on|off  no weight decay on norms, embeddings, rel-pos tables (R: demo off, paper on)\n"
+        "  --clip C            full-model gradient L2 clip of the TTT step, 0 = off (R: demo 0, paper 0.01)\n"
+        "  --drop-path P       Swin stochastic depth in TTT steps, 0..P over the blocks (R: demo 0, paper 0.3)\n"
+        "  --mask-ratio R      fraction of 16x16 patches masked (R: demo the checkpoint's, paper 0.85)\n"
+        "  --loss-pixels all|masked  MSE over all pixels or the masked ones (R: demo masked, paper all)\n"
+        "  --resize-short N    resize frames to short side N (R: demo 0 = off, paper 1024); the\n"
+        "                        prediction is on the resized frame, scored at the original size\n"
+        "  --max-long N        with --resize-short: cap on the long side (R: demo 0 = none, paper 2048)\n"
+        "  --crop WxH          TTT on random W x H crops of the (resized) frame, 0 = whole frame\n"
+        "                        (R: demo 0, paper 1024x512)\n"
+        "  --labels DIR        label folder (overrides the layout); frames without a label are not\n"
+        "                        scored in a plain folder; KITTI-STEP and Cityscapes label every frame\n"
+        "  --label-format F    ids | kitti | cityscapes-trainids | cityscapes-labelids (with --labels;\n"
+        "                        default: the layout's, else ids)\n"
+        "  --class-names N     cityscapes | numbers (default: cityscapes for the KITTI-STEP and\n"
+        "                        Cityscapes layouts with a 19-class model, else numbers)\n"
+        "  --score-every N     score frames 1, 1+N, 1+2N, ... of the name order (default 1: all)\n"
         "  --out DIR           output directory (default out/)\n"
         "  --seed S            seed of masks and window sampling (default 0)\n"
         "  --device D          cpu | cuda | auto (default auto)\n"
@@ -800,17 +1052,36 @@ static void usage(void) {
         "  --hash              print a hash of f, g and h after every frame (debugging)\n");
 }
 
+static int parse_on_off(const char* opt, const char* v) {
+    if (strcmp(v, "on") == 0) return 1;
+    if (strcmp(v, "off") == 0) return 0;
+    ttt_die("%s: expected on or off, got '%s'", opt, v);
+    return 0;
+}
+
 static Args parse_args(int argc, char** argv) {
     Args a;
     memset(&a, 0, sizeof(a));
     a.model_path = DEFAULT_MODEL;
     a.mode = MODE_ONLINE;
-    a.windows[0] = 16; a.n_windows = 1;
-    a.batch = 4; a.steps = 1;
+    a.recipe = "demo";
+    a.steps = 1;
     a.kstar_masks = 8;
     a.opt = opt_config_ttt();
     a.out_dir = "out";
     a.device = "auto";
+    a.label_format = -1;
+    a.class_names = -1;
+    a.score_every = 1;
+    // the recipe first, wherever it stands: the other options override it
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], "--recipe") == 0) a.recipe = argv[i + 1];
+    if (strcmp(a.recipe, "demo") == 0) a.sr = stream_recipe_demo();
+    else if (strcmp(a.recipe, "paper") == 0) a.sr = stream_recipe_paper();
+    else ttt_die("--recipe: unknown recipe '%s' (demo, paper)", a.recipe);
+    a.windows[0] = a.sr.window; a.n_windows = 1;
+    a.mask_ratio = a.backbone_lr_scale = a.clip = a.drop_path = -1.0f;
+    a.loss_all_pixels = a.wd_exempt = -1;
     for (int i = 1; i < argc; i++) {
         const char* o = argv[i];
         if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) { usage(); exit(0); }
@@ -825,6 +1096,7 @@ static Args parse_args(int argc, char** argv) {
         if (i + 1 >= argc) ttt_die("option '%s' needs a value (--help for usage)", o);
         const char* v = argv[++i];
         if (strcmp(o, "--model") == 0) a.model_path = v;
+        else if (strcmp(o, "--recipe") == 0) {}   // read above
         else if (strcmp(o, "--mode") == 0) {
             int found = 0;
             for (int m = 0; m <= MODE_OFFLINE; m++) if (strcmp(v, mode_names[m]) == 0) { a.mode = (Mode)m; found = 1; }
@@ -840,7 +1112,26 @@ static Args parse_args(int argc, char** argv) {
             }
             if (a.n_windows == 0) ttt_die("--window: expected k or a list k1,k2,..., got '%s'", v);
         }
-        else if (strcmp(o, "--batch") == 0) a.batch = parse_int_arg(o, v, 1);
+        else if (strcmp(o, "--batch") == 0) a.sr.batch = parse_int_arg(o, v, 1);
+        else if (strcmp(o, "--sampler") == 0) {
+            if (strcmp(v, "replace") == 0) a.sr.sampler = SAMPLER_REPLACE;
+            else if (strcmp(v, "cycle") == 0) a.sr.sampler = SAMPLER_CYCLE;
+            else ttt_die("--sampler: expected replace or cycle, got '%s'", v);
+        }
+        else if (strcmp(o, "--restart-optimizer") == 0) a.sr.restart_optimizer = parse_on_off(o, v);
+        else if (strcmp(o, "--resize-short") == 0) a.sr.resize_short = parse_int_arg(o, v, 0);
+        else if (strcmp(o, "--max-long") == 0) a.sr.max_long = parse_int_arg(o, v, 0);
+        else if (strcmp(o, "--crop") == 0) {
+            if (strcmp(v, "0") == 0) { a.sr.crop_w = a.sr.crop_h = 0; }
+            else {
+                char* x = strchr(v, 'x');
+                if (x == NULL) ttt_die("--crop: expected WxH (e.g. 1024x512) or 0, got '%s'", v);
+                char wbuf[32];
+                snprintf(wbuf, sizeof(wbuf), "%.*s", (int)(x - v), v);
+                a.sr.crop_w = parse_int_arg(o, wbuf, 16);
+                a.sr.crop_h = parse_int_arg(o, x + 1, 16);
+            }
+        }
         else if (strcmp(o, "--steps") == 0) a.steps = parse_int_arg(o, v, 1);
         else if (strcmp(o, "--micro-batch") == 0) a.micro_batch = parse_int_arg(o, v, 1);
         else if (strcmp(o, "--lr") == 0) a.opt.lr = parse_float_arg(o, v, 0.0f);
@@ -848,7 +1139,29 @@ static Args parse_args(int argc, char** argv) {
         else if (strcmp(o, "--beta2") == 0) a.opt.beta2 = parse_float_arg(o, v, 0.0f);
         else if (strcmp(o, "--eps") == 0) a.opt.eps = parse_float_arg(o, v, 0.0f);
         else if (strcmp(o, "--wd") == 0) a.opt.weight_decay = parse_float_arg(o, v, 0.0f);
+        else if (strcmp(o, "--backbone-lr-scale") == 0) a.backbone_lr_scale = parse_float_arg(o, v, 0.0f);
+        else if (strcmp(o, "--wd-exempt") == 0) a.wd_exempt = parse_on_off(o, v);
+        else if (strcmp(o, "--clip") == 0) a.clip = parse_float_arg(o, v, 0.0f);
+        else if (strcmp(o, "--drop-path") == 0) a.drop_path = parse_float_arg(o, v, 0.0f);
+        else if (strcmp(o, "--mask-ratio") == 0) a.mask_ratio = parse_float_arg(o, v, 0.0f);
+        else if (strcmp(o, "--loss-pixels") == 0) {
+            if (strcmp(v, "all") == 0) a.loss_all_pixels = 1;
+            else if (strcmp(v, "masked") == 0) a.loss_all_pixels = 0;
+            else ttt_die("--loss-pixels: expected all or masked, got '%s'", v);
+        }
         else if (strcmp(o, "--labels") == 0) a.labels_dir = v;
+        else if (strcmp(o, "--label-format") == 0) {
+            static const char* names[] = {"ids", "kitti", "cityscapes-trainids", "cityscapes-labelids"};
+            static const LabelFormat fmts[] = {LABEL_IDS, LABEL_KITTI_PANOPTIC, LABEL_CITYSCAPES_TRAINIDS, LABEL_CITYSCAPES_LABELIDS};
+            for (int f = 0; f < 4; f++) if (strcmp(v, names[f]) == 0) a.label_format = fmts[f];
+            if (a.label_format < 0) ttt_die("--label-format: expected ids, kitti, cityscapes-trainids or cityscapes-labelids, got '%s'", v);
+        }
+        else if (strcmp(o, "--class-names") == 0) {
+            if (strcmp(v, "cityscapes") == 0) a.class_names = 1;
+            else if (strcmp(v, "numbers") == 0) a.class_names = 0;
+            else ttt_die("--class-names: expected cityscapes or numbers, got '%s'", v);
+        }
+        else if (strcmp(o, "--score-every") == 0) a.score_every = parse_int_arg(o, v, 1);
         else if (strcmp(o, "--out") == 0) a.out_dir = v;
         else if (strcmp(o, "--seed") == 0) a.seed = (uint64_t)parse_int_arg(o, v, 0);
         else if (strcmp(o, "--device") == 0) a.device = v;
@@ -858,52 +1171,140 @@ static Args parse_args(int argc, char** argv) {
         else ttt_die("unknown option '%s' (--help for usage)", o);
     }
     if (a.dir == NULL) ttt_die("expected a directory of frames: ./stream DIR [options] (--help for usage)");
-    if (a.labels_dir == NULL) {   // default: DIR_labels next to DIR, when it exists (as ./gen writes)
-        static char guess[4096];
-        size_t len = strlen(a.dir);
-        while (len > 1 && a.dir[len - 1] == '/') len--;
-        snprintf(guess, sizeof(guess), "%.*s_labels", (int)len, a.dir);
-        struct stat st;
-        if (stat(guess, &st) == 0 && S_ISDIR(st.st_mode)) a.labels_dir = guess;
-    }
     if (a.opt.beta1 >= 1.0f || a.opt.beta2 >= 1.0f) ttt_die("--beta1 and --beta2 must be < 1");
+    if (a.mask_ratio >= 1.0f) ttt_die("--mask-ratio must be below 1, got %g", a.mask_ratio);
+    if (a.drop_path >= 1.0f) ttt_die("--drop-path must be below 1, got %g", a.drop_path);
+    if (a.label_format >= 0 && a.labels_dir == NULL) ttt_die("--label-format needs --labels DIR");
+    if (a.sr.max_long > 0 && a.sr.resize_short == 0) ttt_die("--max-long needs --resize-short");
     return a;
+}
+
+// the model's side of the recipe: the recipe's values, then the options given
+static ModelRecipe resolve_model_recipe(const Args* a, const ModelConfig* cfg) {
+    ModelRecipe r = strcmp(a->recipe, "paper") == 0 ? model_recipe_paper() : model_recipe_demo(cfg);
+    if (a->mask_ratio >= 0.0f) r.mask_ratio = a->mask_ratio;
+    if (a->loss_all_pixels >= 0) r.loss_all_pixels = a->loss_all_pixels;
+    if (a->backbone_lr_scale >= 0.0f) r.backbone_lr_scale = a->backbone_lr_scale;
+    if (a->wd_exempt >= 0) r.wd_exempt = a->wd_exempt;
+    if (a->clip >= 0.0f) r.ttt_clip = a->clip;
+    if (a->drop_path >= 0.0f) r.drop_path = a->drop_path;
+    return r;
+}
+
+static void settings_add(Settings* s, const char* key, const char* fmt, ...) {
+    if (s->n == MAX_SETTINGS) return;
+    snprintf(s->key[s->n], sizeof(s->key[0]), "%s", key);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->val[s->n], sizeof(s->val[0]), fmt, ap);
+    va_end(ap);
+    s->n++;
+}
+
+// every setting of a run as it was resolved (recipe, options, the frames' sizes), in the order
+// of the "settings:" line printed at start and of metrics.json's "settings"
+static Settings resolved_settings(const Args* a, const Video* v, int window) {
+    Settings s;
+    s.n = 0;
+    const ModelRecipe* r = &a->mr;
+    settings_add(&s, "recipe", "%s", a->recipe);
+    settings_add(&s, "mode", "%s", mode_names[a->mode]);
+    settings_add(&s, "window", "%d", a->mode == MODE_NOMEM || a->mode == MODE_IMPLICIT ? 1 : window);
+    settings_add(&s, "batch", "%d", a->sr.batch);
+    settings_add(&s, "micro_batch", "%d", a->micro_batch);
+    settings_add(&s, "steps", "%d", a->steps);
+    settings_add(&s, "sampler", "%s", sampler_names[a->sr.sampler]);
+    settings_add(&s, "restart_optimizer", "%s", a->sr.restart_optimizer ? "on" : "off");
+    settings_add(&s, "lr", "%g", a->opt.lr);
+    settings_add(&s, "backbone_lr_scale", "%g", r->backbone_lr_scale);
+    settings_add(&s, "beta1", "%g", a->opt.beta1);
+    settings_add(&s, "beta2", "%g", a->opt.beta2);
+    settings_add(&s, "eps", "%g", a->opt.eps);
+    settings_add(&s, "wd", "%g", a->opt.weight_decay);
+    settings_add(&s, "wd_exempt", "%s", r->wd_exempt ? "on" : "off");
+    settings_add(&s, "clip", "%g", r->ttt_clip);
+    settings_add(&s, "drop_path", "%g", r->drop_path);
+    settings_add(&s, "mask_ratio", "%g", r->mask_ratio);
+    settings_add(&s, "loss_pixels", "%s", r->loss_all_pixels ? "all" : "masked");
+    settings_add(&s, "resize_short", "%d", a->sr.resize_short);
+    settings_add(&s, "max_long", "%d", a->sr.max_long);
+    settings_add(&s, "crop", "%dx%d", a->sr.crop_w, a->sr.crop_h);
+    settings_add(&s, "frame_size", "%dx%d", v->W, v->H);
+    settings_add(&s, "model_size", "%dx%d", v->Wr, v->Hr);
+    settings_add(&s, "ttt_size", "%dx%d", v->Wt, v->Ht);
+    settings_add(&s, "labels", "%s", a->labels_dir ? a->labels_dir : "none");
+    settings_add(&s, "label_format", "%s", a->labels_dir ? label_format_name(v->label_fmt) : "none");
+    settings_add(&s, "score_every", "%d", a->score_every);
+    settings_add(&s, "seed", "%llu", (unsigned long long)a->seed);
+    settings_add(&s, "shuffle", "%s", a->shuffle ? "on" : "off");
+    settings_add(&s, "offline_steps", "%d", a->offline_steps);
+    settings_add(&s, "model", "%s", a->model_path);
+    settings_add(&s, "device", "%s", ttt_device_name(ttt_device));
+    return s;
 }
 
 int main(int argc, char** argv) {
     Args a = parse_args(argc, argv);
     ttt_set_device(ttt_parse_device(a.device));
-    Video v;
-    memset(&v, 0, sizeof(v));
-    v.fr = list_frames(&a, &v.n, &v.H, &v.W, &v.n_labeled);
     if (access(a.model_path, R_OK) != 0)
         ttt_die("cannot read model checkpoint '%s': %s (train one with ./train, or pass --model)", a.model_path, strerror(errno));
+    ModelConfig cfg = model_read_config(a.model_path);
+    a.mr = resolve_model_recipe(&a, &cfg);
 
-    printf("stream: %s: %d frames of %dx%d, %d with labels%s%s\n", a.dir, v.n, v.W, v.H, v.n_labeled,
-           a.labels_dir ? " in " : "", a.labels_dir ? a.labels_dir : "");
-    printf("  --model %s --mode %s --window ", a.model_path, mode_names[a.mode]);
-    for (int i = 0; i < a.n_windows; i++) printf("%s%d", i ? "," : "", a.windows[i]);
-    printf(" --batch %d --steps %d --lr %g --beta1 %g --beta2 %g --eps %g --wd %g\n",
-           a.batch, a.steps, a.opt.lr, a.opt.beta1, a.opt.beta2, a.opt.eps, a.opt.weight_decay);
-    printf("  --out %s --seed %llu --device %s --offline-steps %d%s --shuffle %s\n", a.out_dir,
-           (unsigned long long)a.seed, ttt_device_name(ttt_device), a.offline_steps,
-           a.offline_steps ? "" : " (= frames x steps)", a.shuffle ? "on" : "off");
+    // labels: --labels (format --label-format, else ids), or found from the layout of DIR
+    Video v;
+    memset(&v, 0, sizeof(v));
+    static char found_labels[4096];
+    v.label_fmt = a.label_format >= 0 ? (LabelFormat)a.label_format : LABEL_IDS;
+    if (a.labels_dir == NULL && find_label_layout(a.dir, found_labels, sizeof(found_labels), &v.label_fmt))
+        a.labels_dir = found_labels;
+    v.K = cfg.num_classes;
+    int published = v.label_fmt != LABEL_IDS;   // KITTI-STEP or Cityscapes labels
+    if (a.class_names == 1 || (a.class_names < 0 && published && v.K == CITYSCAPES_NUM_CLASSES)) {
+        if (v.K != CITYSCAPES_NUM_CLASSES)
+            ttt_die("--class-names cityscapes needs a 19-class model; '%s' has %d classes", a.model_path, v.K);
+        class_names = cityscapes_class_names;
+    }
+    v.fr = list_frames(&a, v.label_fmt, v.K, &v.n, &v.H, &v.W, &v.n_labeled);
+    // sizes: the model's view of a frame (resized), and the TTT images (crops of it)
+    v.Hr = v.H; v.Wr = v.W;
+    if (a.sr.resize_short > 0) resize_shortest_edge_size(v.H, v.W, a.sr.resize_short, a.sr.max_long > 0 ? a.sr.max_long : INT32_MAX, &v.Hr, &v.Wr);
+    v.Ht = a.sr.crop_h > 0 && a.sr.crop_h < v.Hr ? a.sr.crop_h : v.Hr;   // detectron2: min(crop, size)
+    v.Wt = a.sr.crop_w > 0 && a.sr.crop_w < v.Wr ? a.sr.crop_w : v.Wr;
+
+    printf("stream: %s: %d frames of %dx%d, %d with labels%s%s%s%s\n", a.dir, v.n, v.W, v.H, v.n_labeled,
+           a.labels_dir ? " in " : "", a.labels_dir ? a.labels_dir : "", a.labels_dir ? " as " : "",
+           a.labels_dir ? label_format_name(v.label_fmt) : "");
+    Settings set = resolved_settings(&a, &v, a.windows[0]);
+    printf("settings:");
+    for (int i = 0; i < set.n; i++) printf(" %s=%s", set.key[i], set.val[i]);
+    printf("\n");
+    if (a.n_windows > 1) {
+        printf("  windows ");
+        for (int i = 0; i < a.n_windows; i++) printf("%s%d", i ? "," : "", a.windows[i]);
+        printf("\n");
+    }
     if (a.mode == MODE_NOMEM || a.mode == MODE_IMPLICIT) printf("  (mode %s uses k = 1)\n", mode_names[a.mode]);
     if (a.kstar) printf("  --kstar --kstar-masks %d --kstar-every %d%s\n", a.kstar_masks, a.kstar_every,
                         a.kstar_every ? "" : " (= about 16 frames)");
 
     // plan the activations for a micro-batch: the whole batch unless it does not fit
-    ModelConfig cfg = model_read_config(a.model_path);
-    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&cfg, a.batch, v.H, v.W);
-    if (micro > a.batch) micro = a.batch;
-    if (micro < a.batch)
+    int B = a.sr.batch;
+    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&cfg, B, v.Ht, v.Wt);
+    if (micro > B) micro = B;
+    if (micro < B)
         printf("  --micro-batch %d: each step of %d images runs in %d chunks (%.2f GiB of activations)\n", micro,
-               a.batch, (a.batch + micro - 1) / micro, model_activation_bytes(&cfg, micro, v.H, v.W) / 1073741824.0);
-    Model* m = model_load(a.model_path, micro, v.H, v.W);
+               B, (B + micro - 1) / micro, model_activation_bytes(&cfg, micro, v.Ht, v.Wt) / 1073741824.0);
+    Model* m = model_load(a.model_path, micro, v.Ht, v.Wt);
+    model_set_recipe(m, &a.mr);
     model_snapshot_ttt(m);
-    if (a.mode == MODE_OFFLINE) {   // offline trains on random frames: decode them all once
+    // the prediction runs on the whole resized frame and is scored at the original size
+    Model* mp = m;
+    if (v.Ht != v.Hr || v.Wt != v.Wr) mp = model_create_sharing(m, 1, v.Hr, v.Wr);
+    model_set_predict_size(mp, v.H, v.W);
+    if (a.mode == MODE_OFFLINE) {   // offline trains on random frames: decode and resize them all once
         v.cache = (float**)mallocCheck(v.n * sizeof(float*));
-        for (int i = 0; i < v.n; i++) { int H, W; v.cache[i] = image_load(v.fr[i].path, &H, &W); }
+        for (int i = 0; i < v.n; i++) { float* x = load_frame(&v, i); v.cache[i] = model_view(&v, x); free(x); }
     }
 
     KstarEstimate ks;
@@ -926,29 +1327,31 @@ int main(int argc, char** argv) {
         fflush(stdout);
     }
 
-    double miou[MAX_WINDOWS], ms[MAX_WINDOWS];
+    RunResult res[MAX_WINDOWS];
     for (int w = 0; w < a.n_windows; w++) {
         char kstr[16];
         snprintf(kstr, sizeof(kstr), "%d", a.windows[w]);
         char* out = a.n_windows > 1 ? str_printf("%s/window_%s", a.out_dir, kstr) : strdup(a.out_dir);
         if (a.n_windows > 1) printf("== window %d\n", a.windows[w]);
-        miou[w] = run_stream(&a, m, &v, a.windows[w], out, &ms[w]);
+        res[w] = run_stream(&a, m, mp, &v, a.windows[w], out);
         free(out);
     }
     if (a.n_windows > 1) {
-        printf("window sweep (mode %s):\n     k    mIoU   ms/frame\n", mode_names[a.mode]);
+        printf("window sweep (mode %s):\n     k    mIoU  video mIoU  ms/frame\n", mode_names[a.mode]);
         for (int w = 0; w < a.n_windows; w++) {
             printf("  %4d  ", a.windows[w]);
-            if (isfinite(miou[w])) printf("%.4f", miou[w]); else printf("     -");
-            printf("  %8.1f\n", ms[w]);
+            if (isfinite(res[w].miou_pooled)) printf("%.4f", res[w].miou_pooled); else printf("     -");
+            if (isfinite(res[w].miou_frames)) printf("      %.4f", res[w].miou_frames); else printf("           -");
+            printf("  %8.1f\n", res[w].ms_frame);
         }
         int best = -1;
         for (int w = 0; w < a.n_windows; w++)
-            if (isfinite(miou[w]) && (best < 0 || miou[w] > miou[best])) best = w;
-        if (best >= 0) printf("best k %d (mIoU %.4f)", a.windows[best], miou[best]);
+            if (isfinite(res[w].miou_pooled) && (best < 0 || res[w].miou_pooled > res[best].miou_pooled)) best = w;
+        if (best >= 0) printf("best k %d (mIoU %.4f)", a.windows[best], res[best].miou_pooled);
         if (a.kstar) printf("%stheory's k* %.2f", best >= 0 ? "; " : "", ks.kstar);
         if (best >= 0 || a.kstar) printf("\n");
     }
+    if (mp != m) model_free(mp);
     model_free(m);
     for (int i = 0; i < v.n; i++) {
         free(v.fr[i].name); free(v.fr[i].stem); free(v.fr[i].path); free(v.fr[i].label_path);
