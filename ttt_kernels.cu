@@ -1530,7 +1530,9 @@ static MsdaLevels msda_levels(const int* shapes, int L, int* S) {
 // the four taps of (x, y) in [0, 1] on an H x W map, as point_taps in ttt.c: values t[0..3] of
 // (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1) at channel offset v (0 outside), cell weights
 __device__ void msda_taps(float x, float y, int H, int W, int* idx, float* lx, float* ly) {
-    float px = x * W - 0.5f, py = y * H - 0.5f;
+    // no fused multiply-add here: the CPU rounds the product first, and a pixel coordinate
+    // one ulp across an integer would take the other cell (its location gradient differs)
+    float px = __fsub_rn(__fmul_rn(x, (float)W), 0.5f), py = __fsub_rn(__fmul_rn(y, (float)H), 0.5f);
     int x0 = (int)floorf(px), y0 = (int)floorf(py);
     *lx = px - x0; *ly = py - y0;
     for (int t = 0; t < 4; t++) {
