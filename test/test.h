@@ -61,8 +61,9 @@ static int grad_check(const char* name, float* x, size_t n, const float* analyti
     return ok;
 }
 
-// Finite differences through a network full of ReLUs: a perturbation that moves some unit
-// across its kink spoils the central difference. Per index this check takes central
+// Finite differences through a network full of ReLUs (or bilinear sampling, whose slope jumps
+// where a point crosses a pixel): a perturbation that moves some unit across its kink spoils
+// the central difference. Per index this check takes central
 // differences at eps and 2 eps and the one-sided differences at eps; a kink within 2 eps shows
 // as disagreement between the two central ones, a kink within eps (even one the central
 // differences straddle symmetrically) as a jump between the forward and backward ones. Indices
