@@ -476,12 +476,19 @@ void model_reset_ttt(Model* m) {
 // checkpoint: header = [magic, version, kind 1, num_classes, mae_patch, mask_ratio x 1e6,
 // swin (in_chans, embed_dim, depths[4], num_heads[4], window, mlp_ratio),
 // h (in_dims[4], conv_dim, mask_dim, num_groups, num_queries, hidden_dim, num_heads,
-//    ffn_dim, dec_layers, num_classes), g (same fields), n_f, n_h, n_g], data = [f | h | g]
+//    ffn_dim, dec_layers, num_classes), g (same fields), n_f, n_h, n_g; at 232: h's pixel decoder
+//    (kind, enc_layers, enc_ffn, n_points), then g's], data = [f | h | g]
 
 #define CKPT_KIND_MODEL 1
 #define CKPT_KIND_RESUME 3     // (kind 2 is the Swin encoder export)
 #define RESUME_EXTRA_AT 160    // header index of the AdamW step, then the caller's ints
 #define RESUME_MAX_EXTRA 64
+// The pixel decoder of h and g (M2FConfig.pixel_decoder, enc_layers, enc_ffn, n_points) sits at a
+// fixed high index, after the resume block (RESUME_EXTRA_AT .. + RESUME_MAX_EXTRA): slots that
+// are 0 in every older checkpoint, so those load as the FPN they hold.
+#define PIXEL_DECODER_HEADER_AT 232   // h: kind, enc_layers, enc_ffn, n_points; then the same for g
+_Static_assert(RESUME_EXTRA_AT + 1 + RESUME_MAX_EXTRA <= PIXEL_DECODER_HEADER_AT &&
+               PIXEL_DECODER_HEADER_AT + 8 <= CKPT_HEADER_INTS, "pixel decoder header block overlaps");
 
 static int pack_m2f(int* h, const M2FConfig* c) {
     for (int l = 0; l < 4; l++) h[l] = c->in_dims[l];
@@ -512,6 +519,11 @@ static void pack_header(int* h, const Model* m, int kind) {
     i += pack_m2f(h + i, &c->m2f);
     i += pack_m2f(h + i, &c->mae);
     h[i++] = (int)m->n_f; h[i++] = (int)m->n_h; h[i++] = (int)m->n_g;
+    const M2FConfig* heads[2] = {&c->m2f, &c->mae};
+    for (int k = 0; k < 2; k++) {
+        int* q = h + PIXEL_DECODER_HEADER_AT + 4 * k;
+        q[0] = heads[k]->pixel_decoder; q[1] = heads[k]->enc_layers; q[2] = heads[k]->enc_ffn; q[3] = heads[k]->n_points;
+    }
 }
 
 void model_save(const Model* m, const char* path) {
@@ -537,6 +549,18 @@ static int unpack_header(const int* h, ModelConfig* out, const char* path) {
     c.swin.window = h[i++]; c.swin.mlp_ratio = h[i++];
     i += unpack_m2f(h + i, &c.m2f);
     i += unpack_m2f(h + i, &c.mae);
+    M2FConfig* heads[2] = {&c.m2f, &c.mae};
+    for (int k = 0; k < 2; k++) {
+        const int* q = h + PIXEL_DECODER_HEADER_AT + 4 * k;
+        M2FConfig* hc = heads[k];
+        hc->pixel_decoder = q[0]; hc->enc_layers = q[1]; hc->enc_ffn = q[2]; hc->n_points = q[3];
+        int ok = (q[0] == PIXEL_DECODER_FPN && q[1] == 0 && q[2] == 0 && q[3] == 0) ||
+                 (q[0] == PIXEL_DECODER_MSDEFORM && q[1] >= 1 && q[1] <= MSD_MAX_LAYERS && q[2] >= 1 &&
+                  q[2] <= 65536 && q[3] >= 1 && q[3] <= 64);
+        if (!ok)
+            ttt_die("checkpoint '%s' has an invalid pixel decoder for %s (kind %d, enc_layers %d, enc_ffn %d, n_points %d)",
+                    path, k == 0 ? "h" : "g", q[0], q[1], q[2], q[3]);
+    }
     // refuse nonsense before sizing anything from it
     if (c.num_classes < 1 || c.num_classes > 254 || c.mae_patch < 4 || c.mae_patch > 1024 ||
         c.mask_ratio < 0.0f || c.mask_ratio >= 1.0f || c.swin.in_chans != 4 || c.swin.embed_dim < 1 ||

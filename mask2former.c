@@ -24,6 +24,8 @@ static M2FConfig m2f_config_make(const int in_dims[4], int num_classes, int conv
     c.ffn_dim = ffn_dim;
     c.dec_layers = dec_layers;
     c.num_classes = num_classes;
+    c.pixel_decoder = PIXEL_DECODER_FPN;
+    c.enc_layers = c.enc_ffn = c.n_points = 0;
     return c;
 }
 
@@ -58,6 +60,48 @@ void m2f_config_check(const M2FConfig* c) {
         ttt_die("m2f config: dec_layers %d outside [1, %d]", c->dec_layers, M2F_MAX_LAYERS);
     if (c->num_classes < 1 || c->num_classes > 255)
         ttt_die("m2f config: num_classes %d outside [1, 255]", c->num_classes);
+    if (c->pixel_decoder == PIXEL_DECODER_FPN) {
+        if (c->enc_layers != 0 || c->enc_ffn != 0 || c->n_points != 0)
+            ttt_die("m2f config: the fpn pixel decoder has no deformable encoder (enc_layers %d, enc_ffn %d, n_points %d)",
+                    c->enc_layers, c->enc_ffn, c->n_points);
+    } else if (c->pixel_decoder == PIXEL_DECODER_MSDEFORM) {
+        if (c->enc_layers < 1 || c->enc_layers > MSD_MAX_LAYERS)
+            ttt_die("m2f config: enc_layers %d outside [1, %d]", c->enc_layers, MSD_MAX_LAYERS);
+        if (c->enc_ffn < 1 || c->enc_ffn > 65536) ttt_die("m2f config: enc_ffn %d outside [1, 65536]", c->enc_ffn);
+        if (c->n_points < 1 || c->n_points > 64) ttt_die("m2f config: n_points %d outside [1, 64]", c->n_points);
+    } else {
+        ttt_die("m2f config: unknown pixel decoder kind %d (0 fpn, 1 msdeform)", c->pixel_decoder);
+    }
+}
+
+void m2f_config_set_pixel_decoder(M2FConfig* c, int kind) {
+    if (kind == PIXEL_DECODER_FPN) {
+        c->enc_layers = c->enc_ffn = c->n_points = 0;
+    } else if (kind == PIXEL_DECODER_MSDEFORM) {
+        // published: 6 layers, 4 points, FFN 1024 at width 256 (transformer_dim_feedforward)
+        c->enc_layers = 6;
+        c->enc_ffn = 4 * c->conv_dim;
+        c->n_points = 4;
+    } else {
+        ttt_die("unknown pixel decoder kind %d (0 fpn, 1 msdeform)", kind);
+    }
+    c->pixel_decoder = kind;
+}
+
+void model_config_set_pixel_decoder(ModelConfig* cfg, int kind) {
+    m2f_config_set_pixel_decoder(&cfg->m2f, kind);
+    m2f_config_set_pixel_decoder(&cfg->mae, kind);
+}
+
+int pixel_decoder_parse(const char* opt, const char* s) {
+    if (!strcmp(s, "fpn")) return PIXEL_DECODER_FPN;
+    if (!strcmp(s, "msdeform")) return PIXEL_DECODER_MSDEFORM;
+    ttt_die("%s: expected fpn or msdeform, got '%s'", opt, s);
+    return -1;
+}
+
+const char* pixel_decoder_name(int kind) {
+    return kind == PIXEL_DECODER_FPN ? "fpn" : kind == PIXEL_DECODER_MSDEFORM ? "msdeform" : "unknown";
 }
 
 void m2f_level_sizes(int H4, int W4, int Hs[4], int Ws[4]) {
@@ -71,6 +115,8 @@ static float* take(float* mem, size_t* off, size_t n) {
     *off += n;
     return p;
 }
+
+static void repeat_row(float* rows, const float* v, int T, int D);
 
 // ----------------------------------------------------------------------------
 // pixel decoder: parameters and activations
@@ -93,11 +139,18 @@ static size_t pixel_decoder_layout_params(PixelDecoderParams* p, float* mem, con
 }
 
 size_t pixel_decoder_num_params(const M2FConfig* cfg) {
+    if (cfg->pixel_decoder == PIXEL_DECODER_MSDEFORM) return msdeform_num_params(cfg);
     PixelDecoderParams p;
     return pixel_decoder_layout_params(&p, NULL, cfg);
 }
 
+static void require_fpn(const M2FConfig* cfg, const char* fn) {
+    if (cfg->pixel_decoder != PIXEL_DECODER_FPN)
+        ttt_die("internal: %s called for the %s pixel decoder", fn, pixel_decoder_name(cfg->pixel_decoder));
+}
+
 void pixel_decoder_point_params(PixelDecoderParams* p, float* mem, const M2FConfig* cfg) {
+    require_fpn(cfg, "pixel_decoder_point_params");
     pixel_decoder_layout_params(p, mem, cfg);
 }
 
@@ -109,6 +162,7 @@ static void fill_const_host(float* x, size_t n, float v) {
 }
 
 void pixel_decoder_init_params(float* mem, const M2FConfig* c, Rng* rng) {
+    require_fpn(c, "pixel_decoder_init_params");
     PixelDecoderParams p;
     pixel_decoder_point_params(&p, mem, c);
     int CD = c->conv_dim;
@@ -128,10 +182,14 @@ void pixel_decoder_init_params(float* mem, const M2FConfig* c, Rng* rng) {
     fill_const_host(p.mask_b, c->mask_dim, 0.0f);
 }
 
+static size_t msdeform_layout_acts(PixelDecoderActs* a, float* mem, const M2FConfig* c, int B, int H4, int W4);
+
 static size_t pixel_decoder_layout_acts(PixelDecoderActs* a, float* mem, const M2FConfig* c,
                                         int B, int H4, int W4) {
+    if (c->pixel_decoder == PIXEL_DECODER_MSDEFORM) return msdeform_layout_acts(a, mem, c, B, H4, W4);
     size_t off = 0;
     int CD = c->conv_dim, G = c->num_groups;
+    memset(&a->msd, 0, sizeof(a->msd));
     a->max_B = B; a->H4 = H4; a->W4 = W4;
     m2f_level_sizes(H4, W4, a->Hs, a->Ws);
     for (int l = 0; l < 3; l++) {
@@ -169,6 +227,7 @@ void pixel_decoder_point_acts(PixelDecoderActs* a, float* mem, const M2FConfig* 
 
 void pixel_decoder_forward(const M2FConfig* c, const PixelDecoderParams* p, PixelDecoderActs* a,
                            const float* const feats[4], int B) {
+    require_fpn(c, "pixel_decoder_forward");
     if (B < 1 || B > a->max_B) ttt_die("pixel decoder: batch %d outside [1, %d]", B, a->max_B);
     int CD = c->conv_dim, G = c->num_groups;
     const int* Hs = a->Hs; const int* Ws = a->Ws;
@@ -203,6 +262,7 @@ void pixel_decoder_backward(const M2FConfig* c, const PixelDecoderParams* p,
                             PixelDecoderParams* g, const PixelDecoderActs* a,
                             PixelDecoderActs* da, const float* const feats[4], float* dfeats[4],
                             int B) {
+    require_fpn(c, "pixel_decoder_backward");
     int CD = c->conv_dim, G = c->num_groups;
     const int* Hs = a->Hs; const int* Ws = a->Ws;
     // scratch gradients start at zero (backward ops accumulate)
@@ -245,6 +305,348 @@ void pixel_decoder_backward(const M2FConfig* c, const PixelDecoderParams* p,
 }
 
 // ----------------------------------------------------------------------------
+// pixel decoder MSDeformAttnPixelDecoder (math and parameter layout in ttt.h)
+
+static size_t msdeform_layout_params(MSDeformParams* p, float* mem, const M2FConfig* c) {
+    size_t off = 0;
+    size_t D = c->conv_dim, NE = c->enc_layers, FE = c->enc_ffn, MD = c->mask_dim;
+    size_t E = (size_t)c->num_heads * MSD_LEVELS * c->n_points;   // attention weights per token
+    for (int e = 0; e < MSD_LEVELS; e++) p->input_w[e] = take(mem, &off, D * c->in_dims[3 - e]);
+    for (int e = 0; e < MSD_LEVELS; e++) p->input_b[e] = take(mem, &off, D);
+    for (int e = 0; e < MSD_LEVELS; e++) p->input_gn_w[e] = take(mem, &off, D);
+    for (int e = 0; e < MSD_LEVELS; e++) p->input_gn_b[e] = take(mem, &off, D);
+    p->level_embed = take(mem, &off, MSD_LEVELS * D);
+    p->value_w = take(mem, &off, NE * D * D);
+    p->value_b = take(mem, &off, NE * D);
+    p->off_w = take(mem, &off, NE * 2 * E * D);
+    p->off_b = take(mem, &off, NE * 2 * E);
+    p->aw_w = take(mem, &off, NE * E * D);
+    p->aw_b = take(mem, &off, NE * E);
+    p->out_w = take(mem, &off, NE * D * D);
+    p->out_b = take(mem, &off, NE * D);
+    p->ln1_w = take(mem, &off, NE * D);
+    p->ln1_b = take(mem, &off, NE * D);
+    p->fc1_w = take(mem, &off, NE * FE * D);
+    p->fc1_b = take(mem, &off, NE * FE);
+    p->fc2_w = take(mem, &off, NE * D * FE);
+    p->fc2_b = take(mem, &off, NE * D);
+    p->ln2_w = take(mem, &off, NE * D);
+    p->ln2_b = take(mem, &off, NE * D);
+    p->lateral_w = take(mem, &off, D * c->in_dims[0]);
+    p->lateral_gn_w = take(mem, &off, D);
+    p->lateral_gn_b = take(mem, &off, D);
+    p->output_w = take(mem, &off, D * 9 * D);
+    p->output_gn_w = take(mem, &off, D);
+    p->output_gn_b = take(mem, &off, D);
+    p->mask_w = take(mem, &off, MD * D);
+    p->mask_b = take(mem, &off, MD);
+    return off;
+}
+
+static void require_msdeform(const M2FConfig* cfg, const char* fn) {
+    if (cfg->pixel_decoder != PIXEL_DECODER_MSDEFORM)
+        ttt_die("internal: %s called for the %s pixel decoder", fn, pixel_decoder_name(cfg->pixel_decoder));
+}
+
+size_t msdeform_num_params(const M2FConfig* cfg) {
+    require_msdeform(cfg, "msdeform_num_params");
+    MSDeformParams p;
+    return msdeform_layout_params(&p, NULL, cfg);
+}
+
+void msdeform_point_params(MSDeformParams* p, float* mem, const M2FConfig* cfg) {
+    require_msdeform(cfg, "msdeform_point_params");
+    msdeform_layout_params(p, mem, cfg);
+}
+
+void msdeform_init_params(float* mem, const M2FConfig* c, Rng* rng) {
+    MSDeformParams p;
+    msdeform_point_params(&p, mem, c);
+    size_t D = c->conv_dim, NE = c->enc_layers, FE = c->enc_ffn, MD = c->mask_dim;
+    int NH = c->num_heads, P = c->n_points;
+    size_t E = (size_t)NH * MSD_LEVELS * P;
+    // input projections: xavier_uniform (gain 1) on the 1x1 conv, bias 0; GroupNorm 1 / 0
+    for (int e = 0; e < MSD_LEVELS; e++) {
+        int C = c->in_dims[3 - e];
+        fill_uniform_host(rng, p.input_w[e], D * C, sqrtf(6.0f / (float)(C + D)));
+        fill_const_host(p.input_b[e], D, 0.0f);
+        fill_const_host(p.input_gn_w[e], D, 1.0f);
+        fill_const_host(p.input_gn_b[e], D, 0.0f);
+    }
+    rng_fill_normal(rng, p.level_embed, MSD_LEVELS * D, 0.0f, 1.0f);
+    for (size_t i = 0; i < NE; i++) {
+        // MSDeformAttn._reset_parameters: offsets weight 0, bias = head h's direction
+        // (cos, sin)(2 pi h / NH) scaled so its larger component is 1, times p + 1 at point p,
+        // the same on every level; attention weights 0; value / output proj xavier, bias 0
+        float* ob = p.off_b + i * 2 * E;
+        for (int h = 0; h < NH; h++) {
+            double th = h * (2.0 * M_PI / NH);
+            float gx = (float)cos(th), gy = (float)sin(th);
+            float mx = fabsf(gx) > fabsf(gy) ? fabsf(gx) : fabsf(gy);
+            for (int l = 0; l < MSD_LEVELS; l++)
+                for (int pt = 0; pt < P; pt++) {
+                    size_t k = (((size_t)h * MSD_LEVELS + l) * P + pt) * 2;
+                    ob[k] = gx / mx * (pt + 1);
+                    ob[k + 1] = gy / mx * (pt + 1);
+                }
+        }
+        fill_const_host(p.off_w + i * 2 * E * D, 2 * E * D, 0.0f);
+        fill_const_host(p.aw_w + i * E * D, E * D, 0.0f);
+        fill_const_host(p.aw_b + i * E, E, 0.0f);
+        fill_uniform_host(rng, p.value_w + i * D * D, D * D, sqrtf(6.0f / (float)(2 * D)));
+        fill_const_host(p.value_b + i * D, D, 0.0f);
+        fill_uniform_host(rng, p.out_w + i * D * D, D * D, sqrtf(6.0f / (float)(2 * D)));
+        fill_const_host(p.out_b + i * D, D, 0.0f);
+        // FFN: xavier weights (the encoder's _reset_parameters), nn.Linear's default biases
+        fill_uniform_host(rng, p.fc1_w + i * FE * D, FE * D, sqrtf(6.0f / (float)(D + FE)));
+        fill_uniform_host(rng, p.fc1_b + i * FE, FE, 1.0f / sqrtf((float)D));
+        fill_uniform_host(rng, p.fc2_w + i * D * FE, D * FE, sqrtf(6.0f / (float)(D + FE)));
+        fill_uniform_host(rng, p.fc2_b + i * D, D, 1.0f / sqrtf((float)FE));
+    }
+    fill_const_host(p.ln1_w, NE * D, 1.0f); fill_const_host(p.ln1_b, NE * D, 0.0f);
+    fill_const_host(p.ln2_w, NE * D, 1.0f); fill_const_host(p.ln2_b, NE * D, 0.0f);
+    // c2_xavier_fill: uniform +-sqrt(3 / fan_in), bias 0
+    fill_uniform_host(rng, p.lateral_w, D * c->in_dims[0], sqrtf(3.0f / (float)c->in_dims[0]));
+    fill_const_host(p.lateral_gn_w, D, 1.0f); fill_const_host(p.lateral_gn_b, D, 0.0f);
+    fill_uniform_host(rng, p.output_w, D * 9 * D, sqrtf(3.0f / (9.0f * D)));
+    fill_const_host(p.output_gn_w, D, 1.0f); fill_const_host(p.output_gn_b, D, 0.0f);
+    fill_uniform_host(rng, p.mask_w, MD * D, sqrtf(3.0f / (float)D));
+    fill_const_host(p.mask_b, MD, 0.0f);
+}
+
+// the FPN fields of a that msdeform uses (level 0 of lateral/fused/conv/gn, out[0..3],
+// mask_features) in the FPN's order, lateral[0] first (m2f_backward zeroes from there on),
+// then the encoder block a->msd
+static size_t msdeform_layout_acts(PixelDecoderActs* a, float* mem, const M2FConfig* c, int B, int H4, int W4) {
+    memset(a, 0, sizeof(*a));
+    size_t off = 0;
+    size_t D = c->conv_dim, G = c->num_groups, FE = c->enc_ffn;
+    int NE = c->enc_layers;
+    size_t E = (size_t)c->num_heads * MSD_LEVELS * c->n_points;
+    a->max_B = B; a->H4 = H4; a->W4 = W4;
+    m2f_level_sizes(H4, W4, a->Hs, a->Ws);
+    size_t n0 = (size_t)B * H4 * W4 * D;
+    a->lateral[0] = take(mem, &off, n0);
+    a->lateral_gn[0] = take(mem, &off, n0);
+    a->lateral_mean[0] = take(mem, &off, (size_t)B * G);
+    a->lateral_rstd[0] = take(mem, &off, (size_t)B * G);
+    a->fused[0] = take(mem, &off, n0);
+    a->conv[0] = take(mem, &off, n0);
+    a->gn[0] = take(mem, &off, n0);
+    a->mean[0] = take(mem, &off, (size_t)B * G);
+    a->rstd[0] = take(mem, &off, (size_t)B * G);
+    for (int l = 0; l < 4; l++) a->out[l] = take(mem, &off, (size_t)B * a->Hs[l] * a->Ws[l] * D);
+    a->mask_features = take(mem, &off, (size_t)B * H4 * W4 * c->mask_dim);
+
+    MSDeformActs* m = &a->msd;
+    size_t first = off;
+    m->S = 0;
+    for (int e = 0; e < MSD_LEVELS; e++) {
+        int l = 3 - e;
+        m->shapes[2 * e] = a->Hs[l]; m->shapes[2 * e + 1] = a->Ws[l];
+        m->T[e] = a->Hs[l] * a->Ws[l];
+        m->start[e] = m->S;
+        m->S += m->T[e];
+    }
+    size_t S = m->S, BS = (size_t)B * S;
+    for (int e = 0; e < MSD_LEVELS; e++) {
+        m->proj[e] = take(mem, &off, (size_t)B * m->T[e] * D);
+        m->proj_gn[e] = take(mem, &off, (size_t)B * m->T[e] * D);
+        m->proj_mean[e] = take(mem, &off, (size_t)B * G);
+        m->proj_rstd[e] = take(mem, &off, (size_t)B * G);
+    }
+    m->pos = take(mem, &off, S * D);
+    m->level_rows = take(mem, &off, S * D);
+    for (int i = 0; i <= NE; i++) m->x[i] = take(mem, &off, BS * D);
+    for (int i = 0; i < NE; i++) {
+        m->q_in[i] = take(mem, &off, BS * D);
+        m->value[i] = take(mem, &off, BS * D);
+        m->off[i] = take(mem, &off, BS * 2 * E);
+        m->loc[i] = take(mem, &off, BS * 2 * E);
+        m->aw_logit[i] = take(mem, &off, BS * E);
+        m->aw[i] = take(mem, &off, BS * E);
+        m->attn[i] = take(mem, &off, BS * D);
+        m->res1[i] = take(mem, &off, BS * D);
+        m->ln1[i] = take(mem, &off, BS * D);
+        m->ln1_mean[i] = take(mem, &off, BS);
+        m->ln1_rstd[i] = take(mem, &off, BS);
+        m->fc1[i] = take(mem, &off, BS * FE);
+        m->fc1_relu[i] = take(mem, &off, BS * FE);
+        m->res2[i] = take(mem, &off, BS * D);
+        m->ln2_mean[i] = take(mem, &off, BS);
+        m->ln2_rstd[i] = take(mem, &off, BS);
+    }
+    m->n = off - first;
+    return off;
+}
+
+void msdeform_forward(const M2FConfig* c, const MSDeformParams* p, PixelDecoderActs* a,
+                      const float* const feats[4], int B) {
+    require_msdeform(c, "msdeform_forward");
+    if (B < 1 || B > a->max_B) ttt_die("msdeform pixel decoder: batch %d outside [1, %d]", B, a->max_B);
+    MSDeformActs* m = &a->msd;
+    int D = c->conv_dim, G = c->num_groups, NH = c->num_heads, HD = D / NH, P = c->n_points;
+    int NE = c->enc_layers, FE = c->enc_ffn, MD = c->mask_dim, S = m->S, BS = B * S;
+    int E = NH * MSD_LEVELS * P;
+    size_t nSD = (size_t)BS * D, SD = (size_t)S * D;
+    const int* Hs = a->Hs; const int* Ws = a->Ws;
+    // input projections (1x1 conv + GN) of 1/32, 1/16, 1/8, concatenated level after level
+    for (int e = 0; e < MSD_LEVELS; e++) {
+        int l = 3 - e, T = m->T[e];
+        conv2d_forward(m->proj[e], feats[l], p->input_w[e], p->input_b[e], B, Hs[l], Ws[l], c->in_dims[l], D,
+                       1, 1, 0, Hs[l], Ws[l]);
+        groupnorm_forward(m->proj_gn[e], m->proj_mean[e], m->proj_rstd[e], m->proj[e], p->input_gn_w[e],
+                          p->input_gn_b[e], B, T, D, G);
+        for (int b = 0; b < B; b++)
+            ttt_copy(m->x[0] + ((size_t)b * S + m->start[e]) * D, m->proj_gn[e] + (size_t)b * T * D,
+                     (size_t)T * D * sizeof(float));
+    }
+    // positions: each level's sine encoding plus its level embedding
+    for (int e = 0; e < MSD_LEVELS; e++) {
+        sine_position_encoding(m->pos + (size_t)m->start[e] * D, m->shapes[2 * e], m->shapes[2 * e + 1], D);
+        repeat_row(m->level_rows + (size_t)m->start[e] * D, p->level_embed + (size_t)e * D, m->T[e], D);
+    }
+    add_inplace(m->pos, m->level_rows, SD);
+    const char* outer_stage = stage_current();
+    stage_begin("msdeform encoder forward");
+    for (int i = 0; i < NE; i++) {
+        const float* x = m->x[i];
+        for (int b = 0; b < B; b++) add_forward(m->q_in[i] + b * SD, x + b * SD, m->pos, SD);
+        linear_forward(m->value[i], x, p->value_w + (size_t)i * D * D, p->value_b + (size_t)i * D, BS, D, D);
+        linear_forward(m->off[i], m->q_in[i], p->off_w + (size_t)i * 2 * E * D, p->off_b + (size_t)i * 2 * E,
+                       BS, D, 2 * E);
+        linear_forward(m->aw_logit[i], m->q_in[i], p->aw_w + (size_t)i * E * D, p->aw_b + (size_t)i * E, BS, D, E);
+        softmax_forward(m->aw[i], m->aw_logit[i], BS * NH, MSD_LEVELS * P);
+        ms_deform_locations_forward(m->loc[i], m->off[i], m->shapes, B, MSD_LEVELS, NH, P);
+        ms_deform_attn_forward(m->attn[i], m->value[i], m->shapes, m->loc[i], m->aw[i], B, S, S, NH, HD,
+                               MSD_LEVELS, P);
+        linear_forward(m->res1[i], m->attn[i], p->out_w + (size_t)i * D * D, p->out_b + (size_t)i * D, BS, D, D);
+        add_inplace(m->res1[i], x, nSD);
+        layernorm_forward(m->ln1[i], m->ln1_mean[i], m->ln1_rstd[i], m->res1[i], p->ln1_w + (size_t)i * D,
+                          p->ln1_b + (size_t)i * D, BS, D);
+        linear_forward(m->fc1[i], m->ln1[i], p->fc1_w + (size_t)i * FE * D, p->fc1_b + (size_t)i * FE, BS, D, FE);
+        relu_forward(m->fc1_relu[i], m->fc1[i], (size_t)BS * FE);
+        linear_forward(m->res2[i], m->fc1_relu[i], p->fc2_w + (size_t)i * D * FE, p->fc2_b + (size_t)i * D,
+                       BS, FE, D);
+        add_inplace(m->res2[i], m->ln1[i], nSD);
+        layernorm_forward(m->x[i + 1], m->ln2_mean[i], m->ln2_rstd[i], m->res2[i], p->ln2_w + (size_t)i * D,
+                          p->ln2_b + (size_t)i * D, BS, D);
+    }
+    stage_begin(outer_stage);
+    // the encoder output, split by level: the multi-scale features out[3], out[2], out[1]
+    for (int e = 0; e < MSD_LEVELS; e++) {
+        size_t TD = (size_t)m->T[e] * D;
+        for (int b = 0; b < B; b++)
+            ttt_copy(a->out[3 - e] + b * TD, m->x[NE] + ((size_t)b * S + m->start[e]) * D, TD * sizeof(float));
+    }
+    // one FPN step to 1/4: lateral 1x1 conv + GN plus the bilinearly upsampled 1/8 map
+    int HW0 = Hs[0] * Ws[0];
+    size_t n0 = (size_t)B * HW0 * D;
+    conv2d_forward(a->lateral[0], feats[0], p->lateral_w, NULL, B, Hs[0], Ws[0], c->in_dims[0], D,
+                   1, 1, 0, Hs[0], Ws[0]);
+    groupnorm_forward(a->lateral_gn[0], a->lateral_mean[0], a->lateral_rstd[0], a->lateral[0], p->lateral_gn_w,
+                      p->lateral_gn_b, B, HW0, D, G);
+    upsample_bilinear_forward(a->fused[0], a->out[1], B, Hs[1], Ws[1], D, Hs[0], Ws[0]);
+    add_inplace(a->fused[0], a->lateral_gn[0], n0);
+    conv2d_forward(a->conv[0], a->fused[0], p->output_w, NULL, B, Hs[0], Ws[0], D, D, 3, 1, 1, Hs[0], Ws[0]);
+    groupnorm_forward(a->gn[0], a->mean[0], a->rstd[0], a->conv[0], p->output_gn_w, p->output_gn_b, B, HW0, D, G);
+    relu_forward(a->out[0], a->gn[0], n0);
+    conv2d_forward(a->mask_features, a->out[0], p->mask_w, p->mask_b, B, Hs[0], Ws[0], D, MD, 1, 1, 0,
+                   Hs[0], Ws[0]);
+}
+
+void msdeform_backward(const M2FConfig* c, const MSDeformParams* p, MSDeformParams* g,
+                       const PixelDecoderActs* a, PixelDecoderActs* da, const float* const feats[4],
+                       float* dfeats[4], int B) {
+    require_msdeform(c, "msdeform_backward");
+    const MSDeformActs* m = &a->msd;
+    MSDeformActs* dm = &da->msd;
+    int D = c->conv_dim, G = c->num_groups, NH = c->num_heads, HD = D / NH, P = c->n_points;
+    int NE = c->enc_layers, FE = c->enc_ffn, MD = c->mask_dim, S = m->S, BS = B * S;
+    int E = NH * MSD_LEVELS * P;
+    size_t nSD = (size_t)BS * D, SD = (size_t)S * D;
+    const int* Hs = a->Hs; const int* Ws = a->Ws;
+    int HW0 = Hs[0] * Ws[0];
+    size_t n0 = (size_t)B * HW0 * D, bytes0 = n0 * sizeof(float);
+    // scratch gradients start at zero (backward ops accumulate)
+    ttt_zero(da->lateral[0], bytes0);
+    ttt_zero(da->fused[0], bytes0);
+    ttt_zero(da->conv[0], bytes0);
+    ttt_zero(da->gn[0], bytes0);
+    ttt_zero(da->out[0], bytes0);
+    ttt_zero(dm->proj[0], dm->n * sizeof(float));
+
+    // mask projection and the FPN step to 1/4
+    conv2d_backward(da->out[0], g->mask_w, g->mask_b, da->mask_features, a->out[0], p->mask_w,
+                    B, Hs[0], Ws[0], D, MD, 1, 1, 0, Hs[0], Ws[0]);
+    relu_backward(da->gn[0], a->out[0], da->out[0], n0);
+    groupnorm_backward(da->conv[0], g->output_gn_w, g->output_gn_b, da->gn[0], a->conv[0], p->output_gn_w,
+                       a->mean[0], a->rstd[0], B, HW0, D, G);
+    conv2d_backward(da->fused[0], g->output_w, NULL, da->conv[0], a->fused[0], p->output_w,
+                    B, Hs[0], Ws[0], D, D, 3, 1, 1, Hs[0], Ws[0]);
+    // fused = lateral_gn + up(out[1]): both branches get d fused
+    upsample_bilinear_backward(da->out[1], da->fused[0], B, Hs[1], Ws[1], D, Hs[0], Ws[0]);
+    groupnorm_backward(da->lateral[0], g->lateral_gn_w, g->lateral_gn_b, da->fused[0], a->lateral[0],
+                       p->lateral_gn_w, a->lateral_mean[0], a->lateral_rstd[0], B, HW0, D, G);
+    conv2d_backward(dfeats ? dfeats[0] : NULL, g->lateral_w, NULL, da->lateral[0], feats[0], p->lateral_w,
+                    B, Hs[0], Ws[0], c->in_dims[0], D, 1, 1, 0, Hs[0], Ws[0]);
+    // the multi-scale features are the encoder output's levels
+    for (int e = 0; e < MSD_LEVELS; e++) {
+        size_t TD = (size_t)m->T[e] * D;
+        for (int b = 0; b < B; b++)
+            add_inplace(dm->x[NE] + ((size_t)b * S + m->start[e]) * D, da->out[3 - e] + b * TD, TD);
+    }
+    const char* outer_stage = stage_current();
+    stage_begin("msdeform encoder backward");
+    for (int i = NE - 1; i >= 0; i--) {
+        // FFN block: x[i+1] = LN2(ln1 + fc2(relu(fc1(ln1))))
+        layernorm_backward(dm->res2[i], g->ln2_w + (size_t)i * D, g->ln2_b + (size_t)i * D, dm->x[i + 1],
+                           m->res2[i], p->ln2_w + (size_t)i * D, m->ln2_mean[i], m->ln2_rstd[i], BS, D);
+        add_inplace(dm->ln1[i], dm->res2[i], nSD);
+        linear_backward(dm->fc1_relu[i], g->fc2_w + (size_t)i * D * FE, g->fc2_b + (size_t)i * D, dm->res2[i],
+                        m->fc1_relu[i], p->fc2_w + (size_t)i * D * FE, BS, FE, D);
+        relu_backward(dm->fc1[i], m->fc1_relu[i], dm->fc1_relu[i], (size_t)BS * FE);
+        linear_backward(dm->ln1[i], g->fc1_w + (size_t)i * FE * D, g->fc1_b + (size_t)i * FE, dm->fc1[i],
+                        m->ln1[i], p->fc1_w + (size_t)i * FE * D, BS, D, FE);
+        // attention block: ln1 = LN1(x + output_proj(attn))
+        layernorm_backward(dm->res1[i], g->ln1_w + (size_t)i * D, g->ln1_b + (size_t)i * D, dm->ln1[i],
+                           m->res1[i], p->ln1_w + (size_t)i * D, m->ln1_mean[i], m->ln1_rstd[i], BS, D);
+        add_inplace(dm->x[i], dm->res1[i], nSD);
+        linear_backward(dm->attn[i], g->out_w + (size_t)i * D * D, g->out_b + (size_t)i * D, dm->res1[i],
+                        m->attn[i], p->out_w + (size_t)i * D * D, BS, D, D);
+        ms_deform_attn_backward(dm->value[i], dm->loc[i], dm->aw[i], dm->attn[i], m->value[i], m->shapes,
+                                m->loc[i], m->aw[i], B, S, S, NH, HD, MSD_LEVELS, P);
+        ms_deform_locations_backward(dm->off[i], dm->loc[i], m->shapes, B, MSD_LEVELS, NH, P);
+        softmax_backward(dm->aw_logit[i], m->aw[i], dm->aw[i], BS * NH, MSD_LEVELS * P);
+        linear_backward(dm->q_in[i], g->aw_w + (size_t)i * E * D, g->aw_b + (size_t)i * E, dm->aw_logit[i],
+                        m->q_in[i], p->aw_w + (size_t)i * E * D, BS, D, E);
+        linear_backward(dm->q_in[i], g->off_w + (size_t)i * 2 * E * D, g->off_b + (size_t)i * 2 * E, dm->off[i],
+                        m->q_in[i], p->off_w + (size_t)i * 2 * E * D, BS, D, 2 * E);
+        linear_backward(dm->x[i], g->value_w + (size_t)i * D * D, g->value_b + (size_t)i * D, dm->value[i],
+                        m->x[i], p->value_w + (size_t)i * D * D, BS, D, D);
+        // q_in = x + pos, pos broadcast over the batch
+        add_inplace(dm->x[i], dm->q_in[i], nSD);
+        for (int b = 0; b < B; b++) add_inplace(dm->pos, dm->q_in[i] + b * SD, SD);
+    }
+    stage_begin(outer_stage);
+    // level_embed[e] was added to every row of level e: its gradient is those rows' sum
+    for (int e = 0; e < MSD_LEVELS; e++)
+        linear_backward(NULL, NULL, g->level_embed + (size_t)e * D, dm->pos + (size_t)m->start[e] * D,
+                        m->pos + (size_t)m->start[e] * D, p->out_w, m->T[e], D, D);
+    // input projections
+    for (int e = 0; e < MSD_LEVELS; e++) {
+        int l = 3 - e, T = m->T[e];
+        size_t TD = (size_t)T * D;
+        for (int b = 0; b < B; b++)
+            add_inplace(dm->proj_gn[e] + b * TD, dm->x[0] + ((size_t)b * S + m->start[e]) * D, TD);
+        groupnorm_backward(dm->proj[e], g->input_gn_w[e], g->input_gn_b[e], dm->proj_gn[e], m->proj[e],
+                           p->input_gn_w[e], m->proj_mean[e], m->proj_rstd[e], B, T, D, G);
+        conv2d_backward(dfeats ? dfeats[l] : NULL, g->input_w[e], g->input_b[e], dm->proj[e], feats[l],
+                        p->input_w[e], B, Hs[l], Ws[l], c->in_dims[l], D, 1, 1, 0, Hs[l], Ws[l]);
+    }
+}
+
+// ----------------------------------------------------------------------------
 // the new op attn_mask_from_logits: CPU reference and dispatcher (the CUDA twin lives in
 // ttt_kernels.cu). Math in ttt.h.
 
@@ -276,7 +678,11 @@ void attn_mask_from_logits(float* mask_add, const float* logits, int B, int Q, i
 // the head h: parameters and activations
 
 static size_t m2f_layout_params(M2FParams* p, float* mem, const M2FConfig* c) {
-    size_t off = pixel_decoder_layout_params(&p->pd, mem, c);
+    // the pixel decoder's block first, of its kind; the other kind's pointers are NULL
+    memset(&p->pd, 0, sizeof(p->pd));
+    memset(&p->msd, 0, sizeof(p->msd));
+    size_t off = c->pixel_decoder == PIXEL_DECODER_MSDEFORM ? msdeform_layout_params(&p->msd, mem, c)
+                                                            : pixel_decoder_layout_params(&p->pd, mem, c);
     size_t D = c->hidden_dim, Q = c->num_queries, F = c->ffn_dim, NL = c->dec_layers;
     size_t K1 = c->num_classes + 1, MD = c->mask_dim;
     p->query_feat = take(mem, &off, Q * D);
@@ -326,7 +732,8 @@ void m2f_init_params(float* mem, const M2FConfig* c, Rng* rng) {
     m2f_config_check(c);
     M2FParams p;
     m2f_point_params(&p, mem, c);
-    pixel_decoder_init_params(mem, c, rng);
+    if (c->pixel_decoder == PIXEL_DECODER_MSDEFORM) msdeform_init_params(mem, c, rng);
+    else pixel_decoder_init_params(mem, c, rng);
     size_t D = c->hidden_dim, Q = c->num_queries, F = c->ffn_dim, NL = c->dec_layers;
     size_t K1 = c->num_classes + 1, MD = c->mask_dim;
     rng_fill_normal(rng, p.query_feat, Q * D, 0.0f, 1.0f);
@@ -501,7 +908,8 @@ static void repeat_row(float* rows, const float* v, int T, int D) {
 void m2f_forward(const M2FConfig* c, const M2FParams* p, M2FActs* a,
                  const float* const feats[4], int B, const float* teacher_masks) {
     if (B < 1 || B > a->max_B) ttt_die("m2f forward: batch %d outside [1, %d]", B, a->max_B);
-    pixel_decoder_forward(c, &p->pd, &a->pd, feats, B);
+    if (c->pixel_decoder == PIXEL_DECODER_MSDEFORM) msdeform_forward(c, &p->msd, &a->pd, feats, B);
+    else pixel_decoder_forward(c, &p->pd, &a->pd, feats, B);
     m2f_decoder_forward(c, p, a, B, teacher_masks);
 }
 
@@ -681,7 +1089,8 @@ void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2
                         p->ca_out_w, B * T, D, D);
         add_inplace(da->pd.out[lv], da->src[m], n);
     }
-    pixel_decoder_backward(c, &p->pd, &g->pd, &a->pd, &da->pd, feats, dfeats, B);
+    if (c->pixel_decoder == PIXEL_DECODER_MSDEFORM) msdeform_backward(c, &p->msd, &g->msd, &a->pd, &da->pd, feats, dfeats, B);
+    else pixel_decoder_backward(c, &p->pd, &g->pd, &a->pd, &da->pd, feats, dfeats, B);
 }
 
 // ----------------------------------------------------------------------------

@@ -304,6 +304,10 @@ void stage_begin(const char* name) {
     stage_open = slot;
 }
 
+const char* stage_current(void) {
+    return (stage_on && stage_open >= 0) ? stage_names[stage_pending_name[stage_open]] : NULL;
+}
+
 static double device_timer_t0;
 void device_timer_start(void) {
 #ifdef TTT_CUDA
@@ -1366,6 +1370,158 @@ void sine_position_encoding_cpu(float* out, int H, int W, int C) {
 }
 
 // ----------------------------------------------------------------------------
+// multi-scale deformable attention (math in ttt.h)
+
+int ms_deform_level_starts(const int* shapes, int L, int* start) {
+    if (L < 1 || L > MSDA_MAX_LEVELS) ttt_die("ms_deform_attn: %d levels outside [1, %d]", L, MSDA_MAX_LEVELS);
+    int S = 0;
+    for (int l = 0; l < L; l++) {
+        if (shapes[2 * l] < 1 || shapes[2 * l + 1] < 1)
+            ttt_die("ms_deform_attn: level %d has size %d x %d", l, shapes[2 * l], shapes[2 * l + 1]);
+        start[l] = S;
+        S += shapes[2 * l] * shapes[2 * l + 1];
+    }
+    return S;
+}
+
+static void msda_check(const int* shapes, int L, int S, int* start) {
+    int total = ms_deform_level_starts(shapes, L, start);
+    if (total != S) ttt_die("ms_deform_attn: the levels hold %d tokens, value has %d", total, S);
+}
+
+void ms_deform_attn_forward_cpu(float* out, const float* value, const int* shapes, const float* loc,
+                                const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P) {
+    int start[MSDA_MAX_LEVELS];
+    msda_check(shapes, L, S, start);
+    size_t D = (size_t)NH * HD;
+    #pragma omp parallel for collapse(2) schedule(static) if ((long)B * Lq * NH * L * P * HD > 65536)
+    for (int b = 0; b < B; b++) {
+        for (int q = 0; q < Lq; q++) {
+            double acc[HD];
+            for (int h = 0; h < NH; h++) {
+                for (int c = 0; c < HD; c++) acc[c] = 0.0;
+                size_t bqh = ((size_t)b * Lq + q) * NH + h;
+                for (int l = 0; l < L; l++) {
+                    int H = shapes[2 * l], W = shapes[2 * l + 1];
+                    const float* v = value + ((size_t)b * S + start[l]) * D + (size_t)h * HD;
+                    for (int p = 0; p < P; p++) {
+                        size_t k = (bqh * L + l) * P + p;
+                        int idx[4]; float wt[4];
+                        point_taps(loc[2 * k], loc[2 * k + 1], H, W, idx, wt);
+                        for (int t = 0; t < 4; t++) {
+                            if (idx[t] < 0) continue;
+                            double w = (double)aw[k] * wt[t];
+                            const float* vt = v + (size_t)idx[t] * D;
+                            for (int c = 0; c < HD; c++) acc[c] += w * vt[c];
+                        }
+                    }
+                }
+                float* o = out + bqh * HD;
+                for (int c = 0; c < HD; c++) o[c] = (float)acc[c];
+            }
+        }
+    }
+}
+
+// parallel over (b, h): every write to dvalue[b, ., h, .] comes from one thread
+void ms_deform_attn_backward_cpu(float* dvalue, float* dloc, float* daw, const float* dout,
+                                 const float* value, const int* shapes, const float* loc, const float* aw,
+                                 int B, int S, int Lq, int NH, int HD, int L, int P) {
+    int start[MSDA_MAX_LEVELS];
+    msda_check(shapes, L, S, start);
+    size_t D = (size_t)NH * HD;
+    #pragma omp parallel for collapse(2) schedule(static) if ((long)B * Lq * NH * L * P * HD > 65536)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            for (int q = 0; q < Lq; q++) {
+                size_t bqh = ((size_t)b * Lq + q) * NH + h;
+                const float* g = dout + bqh * HD;
+                for (int l = 0; l < L; l++) {
+                    int H = shapes[2 * l], W = shapes[2 * l + 1];
+                    size_t row0 = (size_t)b * S + start[l];
+                    const float* v = value + row0 * D + (size_t)h * HD;
+                    for (int p = 0; p < P; p++) {
+                        size_t k = (bqh * L + l) * P + p;
+                        float px = loc[2 * k] * W - 0.5f, py = loc[2 * k + 1] * H - 0.5f;
+                        int x0 = (int)floorf(px), y0 = (int)floorf(py);
+                        float lx = px - x0, ly = py - y0;
+                        // taps 0..3 = (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1); -1 outside
+                        int idx[4]; float wt[4];
+                        point_taps(loc[2 * k], loc[2 * k + 1], H, W, idx, wt);
+                        double gs = 0.0, gx = 0.0, gy = 0.0;
+                        for (int c = 0; c < HD; c++) {
+                            float t[4];
+                            for (int j = 0; j < 4; j++) t[j] = idx[j] >= 0 ? v[(size_t)idx[j] * D + c] : 0.0f;
+                            double s = wt[0] * t[0] + wt[1] * t[1] + wt[2] * t[2] + wt[3] * t[3];
+                            double sx = (1.0 - ly) * (t[1] - t[0]) + ly * (t[3] - t[2]);
+                            double sy = (1.0 - lx) * (t[2] - t[0]) + lx * (t[3] - t[1]);
+                            gs += g[c] * s; gx += g[c] * sx; gy += g[c] * sy;
+                        }
+                        if (dvalue) {
+                            float* dv = dvalue + row0 * D + (size_t)h * HD;
+                            for (int j = 0; j < 4; j++) {
+                                if (idx[j] < 0) continue;
+                                float w = aw[k] * wt[j];
+                                float* dvt = dv + (size_t)idx[j] * D;
+                                for (int c = 0; c < HD; c++) dvt[c] += w * g[c];
+                            }
+                        }
+                        if (daw) daw[k] += (float)gs;
+                        if (dloc) {
+                            dloc[2 * k] += (float)(aw[k] * gx * W);
+                            dloc[2 * k + 1] += (float)(aw[k] * gy * H);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// level, column and row of token q
+static void msda_token(int q, const int* shapes, const int* start, int L, int* lq, int* x, int* y) {
+    int l = L - 1;
+    while (l > 0 && q < start[l]) l--;
+    int r = q - start[l];
+    *lq = l; *y = r / shapes[2 * l + 1]; *x = r % shapes[2 * l + 1];
+}
+
+void ms_deform_locations_forward_cpu(float* loc, const float* off, const int* shapes, int B, int L,
+                                     int NH, int P) {
+    int start[MSDA_MAX_LEVELS];
+    int S = ms_deform_level_starts(shapes, L, start);
+    size_t per_q = (size_t)NH * L * P;
+    #pragma omp parallel for collapse(2) schedule(static) if ((long)B * S * NH * L * P > 65536)
+    for (int b = 0; b < B; b++) {
+        for (int q = 0; q < S; q++) {
+            int lq, x, y;
+            msda_token(q, shapes, start, L, &lq, &x, &y);
+            float rx = (x + 0.5f) / (float)shapes[2 * lq + 1], ry = (y + 0.5f) / (float)shapes[2 * lq];
+            size_t k0 = ((size_t)b * S + q) * per_q;
+            for (size_t j = 0; j < per_q; j++) {
+                int l = (int)((j / P) % L);
+                size_t k = k0 + j;
+                loc[2 * k] = rx + off[2 * k] / (float)shapes[2 * l + 1];
+                loc[2 * k + 1] = ry + off[2 * k + 1] / (float)shapes[2 * l];
+            }
+        }
+    }
+}
+
+void ms_deform_locations_backward_cpu(float* doff, const float* dloc, const int* shapes, int B, int L,
+                                      int NH, int P) {
+    int start[MSDA_MAX_LEVELS];
+    int S = ms_deform_level_starts(shapes, L, start);
+    size_t n = (size_t)B * S * NH * L * P;
+    #pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t k = 0; k < n; k++) {
+        int l = (int)((k / P) % L);
+        doff[2 * k] += dloc[2 * k] / (float)shapes[2 * l + 1];
+        doff[2 * k + 1] += dloc[2 * k + 1] / (float)shapes[2 * l];
+    }
+}
+
+// ----------------------------------------------------------------------------
 // losses
 
 void masked_mse_forward_cpu(float* loss, const float* pred, const float* target,
@@ -1994,6 +2150,34 @@ void sine_position_encoding(float* out, int H, int W, int C) {
     if (ttt_device == DEVICE_CUDA) { sine_position_encoding_cuda(out, H, W, C); return; }
 #endif
     sine_position_encoding_cpu(out, H, W, C);
+}
+
+void ms_deform_attn_forward(float* out, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { ms_deform_attn_forward_cuda(out, value, shapes, loc, aw, B, S, Lq, NH, HD, L, P); return; }
+#endif
+    ms_deform_attn_forward_cpu(out, value, shapes, loc, aw, B, S, Lq, NH, HD, L, P);
+}
+
+void ms_deform_attn_backward(float* dvalue, float* dloc, float* daw, const float* dout, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { ms_deform_attn_backward_cuda(dvalue, dloc, daw, dout, value, shapes, loc, aw, B, S, Lq, NH, HD, L, P); return; }
+#endif
+    ms_deform_attn_backward_cpu(dvalue, dloc, daw, dout, value, shapes, loc, aw, B, S, Lq, NH, HD, L, P);
+}
+
+void ms_deform_locations_forward(float* loc, const float* off, const int* shapes, int B, int L, int NH, int P) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { ms_deform_locations_forward_cuda(loc, off, shapes, B, L, NH, P); return; }
+#endif
+    ms_deform_locations_forward_cpu(loc, off, shapes, B, L, NH, P);
+}
+
+void ms_deform_locations_backward(float* doff, const float* dloc, const int* shapes, int B, int L, int NH, int P) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { ms_deform_locations_backward_cuda(doff, dloc, shapes, B, L, NH, P); return; }
+#endif
+    ms_deform_locations_backward_cpu(doff, dloc, shapes, B, L, NH, P);
 }
 
 void masked_mse_forward(float* loss, const float* pred, const float* target, const float* mask, int N, int C) {

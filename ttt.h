@@ -232,6 +232,43 @@ void point_sample_backward(float* dinp, const float* dout, const float* coords,
 // [C/2, C) from x, interleaved sin, cos. No inputs, so no backward.
 void sine_position_encoding(float* out, int H, int W, int C);
 
+// multi-scale deformable attention (Deformable DETR's MSDeformAttn core, as Mask2Former's
+// pixel decoder uses it; ms_deform_attn_core_pytorch in the released code). L levels of
+// maps are stacked along the token axis: level l is H_l x W_l, rows
+// [start_l, start_l + H_l W_l) in row-major (y, x) order, start_l = sum_{k<l} H_k W_k
+// (the reference's level_start_index); S = sum_l H_l W_l. shapes (L, 2) = (H_l, W_l) is a
+// HOST int array (sizes, like B or C), L <= MSDA_MAX_LEVELS.
+//   value (B, S, NH, HD); loc (B, Lq, NH, L, P, 2) as (x, y) in [0, 1] of each level's map;
+//   aw (B, Lq, NH, L, P) attention weights (already softmaxed over L*P);
+//   out (B, Lq, NH*HD): out[b,q,h,c] = sum_{l,p} aw[b,q,h,l,p] * sample_l(value[b,.,h,c], loc[b,q,h,l,p])
+// sample_l is grid_sample(bilinear, padding zeros, align_corners=False) at 2 loc - 1:
+//   px = x W_l - 0.5, py = y H_l - 0.5, x0 = floor(px), lx = px - x0 (y likewise);
+//   sample = (1-lx)(1-ly) v[y0,x0] + lx(1-ly) v[y0,x0+1] + (1-lx)ly v[y0+1,x0] + lx ly v[y0+1,x0+1],
+//   taps outside the map read 0 (so points partly or wholly outside the map are fine).
+// Backward (each gradient may be NULL; all accumulate): dvalue[tap] += aw * tap weight * dout;
+//   daw += dout . sample; dloc += aw * (W_l dout . dsample/dpx, H_l dout . dsample/dpy), the
+//   derivative taken inside the cell of (px, py) (taps outside the map count as 0).
+#define MSDA_MAX_LEVELS 8
+// start (L) <- start_l of every level; returns S. Dies unless 1 <= L <= MSDA_MAX_LEVELS and every
+// H_l, W_l >= 1.
+int ms_deform_level_starts(const int* shapes, int L, int* start);
+void ms_deform_attn_forward(float* out, const float* value, const int* shapes, const float* loc,
+                            const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P);
+void ms_deform_attn_backward(float* dvalue, float* dloc, float* daw, const float* dout,
+                             const float* value, const int* shapes, const float* loc, const float* aw,
+                             int B, int S, int Lq, int NH, int HD, int L, int P);
+// sampling locations of the deformable ENCODER, whose queries are the S tokens of the same
+// L maps (shapes as above, host ints). Query q = pixel (y, x) of level lq has the reference
+// point ((x + 0.5) / W_lq, (y + 0.5) / H_lq) (pixel centre, valid ratios 1: no padding masks),
+// used at every level; the offsets are in pixels of the sampled level l:
+//   loc[b,q,h,l,p] = ref(q) + (off[b,q,h,l,p,0] / W_l, off[b,q,h,l,p,1] / H_l)
+// off, loc (B, S, NH, L, P, 2); loc may equal off (in place). Backward: doff += dloc / (W_l, H_l)
+// (doff must not alias dloc).
+void ms_deform_locations_forward(float* loc, const float* off, const int* shapes, int B, int L,
+                                 int NH, int P);
+void ms_deform_locations_backward(float* doff, const float* dloc, const int* shapes, int B, int L,
+                                  int NH, int P);
+
 // losses. Each forward writes its loss to *loss (a single float on the device);
 // each backward accumulates dloss * d(loss)/d(input).
 // masked MSE (MAE): pred, target (N, C), mask (N) in {0,1};
@@ -309,6 +346,10 @@ void upsample_bilinear_backward_cpu(float* dinp, const float* dout, int B, int H
 void point_sample_forward_cpu(float* out, const float* inp, const float* coords, int M, int H, int W, int P);
 void point_sample_backward_cpu(float* dinp, const float* dout, const float* coords, int M, int H, int W, int P);
 void sine_position_encoding_cpu(float* out, int H, int W, int C);
+void ms_deform_attn_forward_cpu(float* out, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P);
+void ms_deform_attn_backward_cpu(float* dvalue, float* dloc, float* daw, const float* dout, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P);
+void ms_deform_locations_forward_cpu(float* loc, const float* off, const int* shapes, int B, int L, int NH, int P);
+void ms_deform_locations_backward_cpu(float* doff, const float* dloc, const int* shapes, int B, int L, int NH, int P);
 void masked_mse_forward_cpu(float* loss, const float* pred, const float* target, const float* mask, int N, int C);
 void masked_mse_backward_cpu(float* dpred, float dloss, const float* pred, const float* target, const float* mask, int N, int C);
 void cross_entropy_forward_cpu(float* loss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
@@ -383,6 +424,10 @@ void upsample_bilinear_backward_cuda(float* dinp, const float* dout, int B, int 
 void point_sample_forward_cuda(float* out, const float* inp, const float* coords, int M, int H, int W, int P);
 void point_sample_backward_cuda(float* dinp, const float* dout, const float* coords, int M, int H, int W, int P);
 void sine_position_encoding_cuda(float* out, int H, int W, int C);
+void ms_deform_attn_forward_cuda(float* out, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P);
+void ms_deform_attn_backward_cuda(float* dvalue, float* dloc, float* daw, const float* dout, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P);
+void ms_deform_locations_forward_cuda(float* loc, const float* off, const int* shapes, int B, int L, int NH, int P);
+void ms_deform_locations_backward_cuda(float* doff, const float* dloc, const int* shapes, int B, int L, int NH, int P);
 void masked_mse_forward_cuda(float* loss, const float* pred, const float* target, const float* mask, int N, int C);
 void masked_mse_backward_cuda(float* dpred, float dloss, const float* pred, const float* target, const float* mask, int N, int C);
 void cross_entropy_forward_cuda(float* loss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
@@ -601,7 +646,17 @@ typedef struct {
     int ffn_dim;        // F
     int dec_layers;     // masked-attention layers (9 published); predictions L = dec_layers + 1
     int num_classes;    // K; the class head has K + 1 outputs, index K = "no object"
+    // pixel decoder kind and the sizes of the deformable one (all 0 for the FPN)
+    int pixel_decoder;  // PIXEL_DECODER_FPN (0, the default) or PIXEL_DECODER_MSDEFORM (1)
+    int enc_layers;     // msdeform: deformable encoder layers (6 published); heads = num_heads
+    int enc_ffn;        // msdeform: encoder FFN width (1024 published)
+    int n_points;       // msdeform: sampling points per head and level (4 published)
 } M2FConfig;
+
+#define PIXEL_DECODER_FPN 0
+#define PIXEL_DECODER_MSDEFORM 1
+#define MSD_LEVELS 3          // the deformable encoder's levels: 1/32, 1/16, 1/8
+#define MSD_MAX_LAYERS 16
 
 // published Mask2Former (conv 256, mask 256, GN 32, 100 queries, 8 heads, FFN 2048, 9 layers)
 M2FConfig m2f_config_published(const int in_dims[4], int num_classes);
@@ -610,6 +665,12 @@ M2FConfig m2f_config_small(const int in_dims[4], int num_classes);
 // tiny, for tests (conv/hidden/mask 16, GN 4, 5 queries, 2 heads, FFN 24, 3 layers)
 M2FConfig m2f_config_tiny(const int in_dims[4], int num_classes);
 void m2f_config_check(const M2FConfig* cfg);   // ttt_die on an inconsistent config
+// select the pixel decoder: PIXEL_DECODER_FPN clears the encoder sizes; PIXEL_DECODER_MSDEFORM
+// sets the published ones (6 layers, 4 points, FFN 4 * conv_dim = 1024 at width 256)
+void m2f_config_set_pixel_decoder(M2FConfig* cfg, int kind);
+// "fpn" -> PIXEL_DECODER_FPN, "msdeform" -> PIXEL_DECODER_MSDEFORM; anything else dies naming opt
+int pixel_decoder_parse(const char* opt, const char* s);
+const char* pixel_decoder_name(int kind);   // "fpn" | "msdeform"
 // sizes of the four encoder levels for a 1/4 map of H4 x W4 (halving, rounding up)
 void m2f_level_sizes(int H4, int W4, int Hs[4], int Ws[4]);
 
@@ -632,6 +693,38 @@ typedef struct {
     float* mask_b;           // (mask_dim)
 } PixelDecoderParams;
 
+// activations of the msdeform pixel decoder's input projections and deformable encoder
+// (B = max_B, S tokens, D = conv_dim, E = num_heads * MSD_LEVELS * n_points, FE = enc_ffn);
+// they live inside PixelDecoderActs (its member msd), which also holds the outputs
+typedef struct {
+    int S, T[MSD_LEVELS], start[MSD_LEVELS];   // tokens: all, per level e, first row of level e
+    int shapes[2 * MSD_LEVELS];                // (H_e, W_e), host ints for the ms_deform ops
+    size_t n;                                  // floats of this block, from proj[0] on
+    float* proj[MSD_LEVELS];       // (B, T_e, D) conv1x1 + bias of feats[3-e]
+    float* proj_gn[MSD_LEVELS];    // (B, T_e, D) after GroupNorm
+    float* proj_mean[MSD_LEVELS];  // (B, G)
+    float* proj_rstd[MSD_LEVELS];  // (B, G)
+    float* pos;                    // (S, D) sine encoding of each level + level_embed[e]
+    float* level_rows;             // (S, D) level_embed[e] on every row of level e
+    float* x[MSD_MAX_LAYERS + 1];  // (B, S, D) x[0] = src levels concatenated, x[i+1] = layer i output
+    float* q_in[MSD_MAX_LAYERS];   // (B, S, D) x[i] + pos
+    float* value[MSD_MAX_LAYERS];  // (B, S, NH, HD) value_proj(x[i])
+    float* off[MSD_MAX_LAYERS];    // (B, S, NH, 3, P, 2) sampling offsets (pixels of level l)
+    float* loc[MSD_MAX_LAYERS];    // (B, S, NH, 3, P, 2) sampling locations in [0, 1] (mostly)
+    float* aw_logit[MSD_MAX_LAYERS];  // (B, S, NH, 3 * P)
+    float* aw[MSD_MAX_LAYERS];        // softmax over the 3 * P of each head
+    float* attn[MSD_MAX_LAYERS];   // (B, S, D) ms_deform_attn output
+    float* res1[MSD_MAX_LAYERS];   // (B, S, D) x[i] + output_proj(attn)
+    float* ln1[MSD_MAX_LAYERS];    // (B, S, D)
+    float* ln1_mean[MSD_MAX_LAYERS];  // (B, S)
+    float* ln1_rstd[MSD_MAX_LAYERS];
+    float* fc1[MSD_MAX_LAYERS];       // (B, S, FE)
+    float* fc1_relu[MSD_MAX_LAYERS];  // (B, S, FE)
+    float* res2[MSD_MAX_LAYERS];   // (B, S, D) ln1 + fc2(fc1_relu); LN2 of it is x[i+1]
+    float* ln2_mean[MSD_MAX_LAYERS];  // (B, S)
+    float* ln2_rstd[MSD_MAX_LAYERS];
+} MSDeformActs;
+
 typedef struct {
     int max_B, H4, W4, Hs[4], Ws[4];   // sizes the buffers were pointed for
     float* lateral[3];       // (B, Hs[l], Ws[l], conv_dim) conv1x1 output
@@ -645,13 +738,18 @@ typedef struct {
     float* rstd[4];          // (B, G)
     float* out[4];           // relu(gn): the FPN outputs
     float* mask_features;    // (B, H4, W4, mask_dim)
+    MSDeformActs msd;        // msdeform only (see below); all NULL for the FPN
 } PixelDecoderActs;
 
+// floats of the pixel decoder's parameter block, of either kind (msdeform_num_params for msdeform)
 size_t pixel_decoder_num_params(const M2FConfig* cfg);
+// FPN only (msdeform_point_params / msdeform_init_params for the other kind)
 void pixel_decoder_point_params(PixelDecoderParams* p, float* mem, const M2FConfig* cfg);
 // c2_xavier_fill convs (uniform +-sqrt(3 / fan_in)), zero biases, GN weight 1 bias 0.
 // mem is HOST memory of pixel_decoder_num_params floats.
 void pixel_decoder_init_params(float* mem, const M2FConfig* cfg, Rng* rng);
+// activations of either kind (for msdeform: the outputs and the FPN step to 1/4 in the fields
+// above, the encoder in a->msd)
 size_t pixel_decoder_num_acts(const M2FConfig* cfg, int max_B, int H4, int W4);
 void pixel_decoder_point_acts(PixelDecoderActs* a, float* mem, const M2FConfig* cfg,
                               int max_B, int H4, int W4);
@@ -667,6 +765,84 @@ void pixel_decoder_backward(const M2FConfig* cfg, const PixelDecoderParams* p,
                             PixelDecoderActs* da, const float* const feats[4], float* dfeats[4],
                             int B);
 
+// ---- pixel decoder MSDeformAttnPixelDecoder (pixel_decoder = PIXEL_DECODER_MSDEFORM) ----
+// As Mask2Former builds it (msdeformattn.py of the released code; Hugging Face
+// Mask2FormerPixelDecoder / Mask2FormerPixelDecoderEncoderOnly). D = conv_dim (= hidden_dim),
+// G = num_groups, NH = num_heads (also the decoder's), HD = D / NH, P = n_points, NE = enc_layers,
+// FE = enc_ffn. Encoder levels e = 0, 1, 2 are feats[3], feats[2], feats[1] (1/32, 1/16, 1/8),
+// T_e = H_e W_e tokens, S = T_0 + T_1 + T_2:
+//   src_e = GN(conv1x1(feats[3-e]) + input_b[e])                    (B, T_e, D)
+//   x_0   = the src_e concatenated along the tokens, level 0 first    (B, S, D)
+//   pos   = concat_e (sine_position_encoding(H_e, W_e, D) + level_embed[e])   (S, D)
+//   encoder layer i (post-norm; dropout off):
+//     q = x + pos;  v = value_proj(x)                                 (B, S, NH, HD)
+//     off = sampling_offsets(q)  (B, S, NH, 3, P, 2);  aw = softmax over 3P of attention_weights(q)
+//     loc = ms_deform_locations(off) (reference point = the token's own pixel centre)
+//     x = LN1(x + output_proj(ms_deform_attn(v, loc, aw)));  x = LN2(x + fc2(relu(fc1(x))))
+//   out[3-e] = level e of the encoder output, (B, H_e, W_e, D): the multi-scale features
+//   fused = GN(lateral conv1x1(feats[0])) + bilinear_up(out[1])  (align_corners=False, to 1/4;
+//           Mask2Former's "nearest" comment notwithstanding, its code is bilinear)
+//   out[0] = relu(GN(conv3x3(fused)));  mask_features = conv1x1(out[0]) + mask_b
+// The transformer decoder reads out[1..3] and mask_features exactly as from the FPN.
+//
+// Parameters, in memory (= checkpoint) order; conv weights are (OC, K, K, C) channels-last
+// (PyTorch's (OC, C, K, K) permuted), linear weights (out, in) as PyTorch. The encoder
+// tensors are stacked over the NE layers (layer i at offset i * its size). Names: Hugging Face
+// under pixel_level_module.decoder. / detectron2 under sem_seg_head.pixel_decoder.
+#define MSD_NUM_TENSORS 37
+typedef struct {
+    float* input_w[MSD_LEVELS];     // (D, 1, 1, in_dims[3-e])  input_projections.e.0.weight / input_proj.e.0.weight
+    float* input_b[MSD_LEVELS];     // (D)                      input_projections.e.0.bias
+    float* input_gn_w[MSD_LEVELS];  // (D)                      input_projections.e.1.weight (GroupNorm)
+    float* input_gn_b[MSD_LEVELS];  // (D)                      input_projections.e.1.bias
+    float* level_embed;             // (3, D)                   level_embed / transformer.level_embed
+    // encoder layer i: encoder.layers.i. (HF) / transformer.encoder.layers.i. (detectron2)
+    float* value_w;                 // (NE, D, D)               self_attn.value_proj.weight
+    float* value_b;                 // (NE, D)
+    float* off_w;                   // (NE, NH*3*P*2, D)        self_attn.sampling_offsets.weight,
+    float* off_b;                   // (NE, NH*3*P*2)             rows in (h, l, p, x/y) order
+    float* aw_w;                    // (NE, NH*3*P, D)          self_attn.attention_weights.weight,
+    float* aw_b;                    // (NE, NH*3*P)               rows in (h, l, p) order
+    float* out_w;                   // (NE, D, D)               self_attn.output_proj.weight
+    float* out_b;                   // (NE, D)
+    float* ln1_w;                   // (NE, D)                  self_attn_layer_norm / norm1
+    float* ln1_b;                   // (NE, D)
+    float* fc1_w;                   // (NE, FE, D)              fc1 / linear1
+    float* fc1_b;                   // (NE, FE)
+    float* fc2_w;                   // (NE, D, FE)              fc2 / linear2
+    float* fc2_b;                   // (NE, D)
+    float* ln2_w;                   // (NE, D)                  final_layer_norm / norm2
+    float* ln2_b;                   // (NE, D)
+    // the FPN step to 1/4 and the mask projection
+    float* lateral_w;               // (D, 1, 1, in_dims[0])    adapter_1.0.weight / adapter_1.weight (no bias)
+    float* lateral_gn_w;            // (D)                      adapter_1.1.* / adapter_1.norm.*
+    float* lateral_gn_b;            // (D)
+    float* output_w;                // (D, 3, 3, D)             layer_1.0.weight / layer_1.weight (no bias)
+    float* output_gn_w;             // (D)                      layer_1.1.* / layer_1.norm.*
+    float* output_gn_b;             // (D)
+    float* mask_w;                  // (mask_dim, 1, 1, D)      mask_projection / mask_features
+    float* mask_b;                  // (mask_dim)
+} MSDeformParams;
+
+size_t msdeform_num_params(const M2FConfig* cfg);
+void msdeform_point_params(MSDeformParams* p, float* mem, const M2FConfig* cfg);
+// HOST memory, as the originals initialise: input convs xavier_uniform with bias 0; encoder
+// linears xavier_uniform, value/output_proj biases 0, FFN biases uniform +-1/sqrt(fan_in);
+// sampling_offsets weight 0 and bias the (cos, sin) ring of radius p+1 per head (Deformable
+// DETR), attention_weights 0; level_embed N(0, 1); lateral/output/mask convs c2_xavier_fill
+// (uniform +-sqrt(3 / fan_in)), mask bias 0; norms 1 / 0.
+void msdeform_init_params(float* mem, const M2FConfig* cfg, Rng* rng);
+// feats as for pixel_decoder_forward; a from pixel_decoder_point_acts with this config.
+// Writes a->out[0..3] and a->mask_features (and every saved activation).
+void msdeform_forward(const M2FConfig* cfg, const MSDeformParams* p, PixelDecoderActs* a,
+                      const float* const feats[4], int B);
+// As pixel_decoder_backward: upstream da->mask_features and da->out[1..3]; every other
+// buffer of da (da->out[0], da->msd) is scratch and zeroed here. Accumulates into grads
+// and dfeats[l] (each may be NULL; dfeats[0..3] all receive gradient).
+void msdeform_backward(const M2FConfig* cfg, const MSDeformParams* p, MSDeformParams* grads,
+                       const PixelDecoderActs* a, PixelDecoderActs* da, const float* const feats[4],
+                       float* dfeats[4], int B);
+
 // ---- the whole head h: pixel decoder + masked-attention transformer decoder ----
 // Prediction j = 0..L-1 (L = dec_layers + 1): y_j = decoder_norm(tgt_j) with tgt_0 = query_feat
 // and tgt_j = output of decoder layer j-1;
@@ -681,9 +857,12 @@ void pixel_decoder_backward(const M2FConfig* cfg, const PixelDecoderParams* p,
 //   FFN:               tgt = LN(tgt + fc2(relu(fc1(tgt))))
 // attn_mask[i] (B, Q, T) = attn_mask_from_logits(bilinear resize of mask_logits[i] to level m),
 // shared by all heads, no gradient.
+// Memory: the pixel decoder's block first (pd for the FPN, msd for msdeform; the other kind's
+// pointers are NULL), then the decoder tensors below in order. M2F_NUM_TENSORS counts the
+// FPN layout's pointers (pd, then the decoder's), which are in memory order for an fpn config.
 #define M2F_NUM_TENSORS (PD_NUM_TENSORS + 31)
 typedef struct {
-    PixelDecoderParams pd;   // first in memory: the pixel decoder's block
+    PixelDecoderParams pd;   // FPN: first in memory, the pixel decoder's block
     float* query_feat;       // (Q, D) tgt_0
     float* query_embed;      // (Q, D) query positions
     float* level_embed;      // (3, D) memory levels 1/32, 1/16, 1/8
@@ -716,6 +895,7 @@ typedef struct {
     float* me2_b;            // (D)
     float* me3_w;            // (mask_dim, D)
     float* me3_b;            // (mask_dim)
+    MSDeformParams msd;      // msdeform: first in memory, the pixel decoder's block
 } M2FParams;
 
 typedef struct {
@@ -982,6 +1162,9 @@ typedef struct Model Model;
 ModelConfig model_config_default(int num_classes);   // small, runs on a CPU
 ModelConfig model_config_tiny(int num_classes);      // for tests
 ModelConfig model_config_swin_s(int num_classes);    // Swin-S + published Mask2Former sizes
+// switch h and g to another pixel decoder (PIXEL_DECODER_FPN, the default of every config above,
+// or PIXEL_DECODER_MSDEFORM with the sizes of m2f_config_set_pixel_decoder); in mask2former.c
+void model_config_set_pixel_decoder(ModelConfig* cfg, int kind);
 // params f, h, g (+ frozen f0, g0), grads, AdamW state and activations, all on ttt_device,
 // allocated once for batches up to max_batch of H x W frames (padded to a multiple of 32)
 Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W);
@@ -1104,6 +1287,7 @@ float parse_float_arg(const char* opt, const char* s, float lo);
 void stage_timing_enable(int on);
 int stage_timing_enabled(void);
 void stage_begin(const char* name);
+const char* stage_current(void);   // the open stage's name (NULL: none, or timing off)
 // totals so far (waits for the device): names and ms, returns the number of stages; resets
 int stage_timing_collect(const char** names, double* ms, int max);
 // one interval of device time for benchmarks: CUDA events on the GPU, host clock on the CPU

@@ -1534,6 +1534,191 @@ extern "C" void sine_position_encoding_cuda(float* out, int H, int W, int C) {
 }
 
 // ----------------------------------------------------------------------------
+// multi-scale deformable attention (math in ttt.h; ms_deform_attn_*_cpu in ttt.c is the
+// reference). One thread per output element (b, q, h, c): the HD threads of a head read
+// neighbouring channels of each tap (coalesced) and share the location and weight.
+
+struct MsdaLevels { int H[MSDA_MAX_LEVELS], W[MSDA_MAX_LEVELS], start[MSDA_MAX_LEVELS]; };
+
+static MsdaLevels msda_levels(const int* shapes, int L, int* S) {
+    MsdaLevels lv;
+    memset(&lv, 0, sizeof(lv));
+    *S = ms_deform_level_starts(shapes, L, lv.start);
+    for (int l = 0; l < L; l++) { lv.H[l] = shapes[2 * l]; lv.W[l] = shapes[2 * l + 1]; }
+    return lv;
+}
+
+// the four taps of (x, y) in [0, 1] on an H x W map, as point_taps in ttt.c: values t[0..3] of
+// (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1) at channel offset v (0 outside), cell weights
+__device__ void msda_taps(float x, float y, int H, int W, int* idx, float* lx, float* ly) {
+    // no fused multiply-add here: the CPU rounds the product first, and a pixel coordinate
+    // one ulp across an integer would take the other cell (its location gradient differs)
+    float px = __fsub_rn(__fmul_rn(x, (float)W), 0.5f), py = __fsub_rn(__fmul_rn(y, (float)H), 0.5f);
+    int x0 = (int)floorf(px), y0 = (int)floorf(py);
+    *lx = px - x0; *ly = py - y0;
+    for (int t = 0; t < 4; t++) {
+        int xs = x0 + (t & 1), ys = y0 + (t >> 1);
+        idx[t] = (xs >= 0 && xs < W && ys >= 0 && ys < H) ? ys * W + xs : -1;
+    }
+}
+
+__global__ void ms_deform_attn_forward_kernel(float* out, const float* value, MsdaLevels lv, const float* loc,
+                                              const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P) {
+    size_t total = (size_t)B * Lq * NH * HD, D = (size_t)NH * HD;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int c = i % HD;
+        size_t bqh = i / HD;
+        int h = bqh % NH;
+        size_t b = bqh / NH / Lq;
+        float acc = 0.0f;
+        for (int l = 0; l < L; l++) {
+            const float* v = value + (b * S + lv.start[l]) * D + (size_t)h * HD + c;
+            for (int p = 0; p < P; p++) {
+                size_t k = (bqh * L + l) * P + p;
+                int idx[4]; float lx, ly;
+                msda_taps(loc[2 * k], loc[2 * k + 1], lv.H[l], lv.W[l], idx, &lx, &ly);
+                float t[4];
+                for (int j = 0; j < 4; j++) t[j] = idx[j] >= 0 ? v[(size_t)idx[j] * D] : 0.0f;
+                float s = (1.0f - lx) * (1.0f - ly) * t[0] + lx * (1.0f - ly) * t[1] +
+                          (1.0f - lx) * ly * t[2] + lx * ly * t[3];
+                acc += aw[k] * s;
+            }
+        }
+        out[i] = acc;
+    }
+}
+
+// Backward, one thread per (b, q, h, c), at most one element per thread (no grid-stride loop,
+// so every lane of a warp runs the same iterations and can shuffle). The sums over c of
+// daw and dloc are reduced over groups of `width` lanes (the largest power of two <= 32
+// dividing HD; groups never straddle heads) and added by the group's first lane; dvalue
+// gets one atomicAdd per tap and channel.
+__global__ void ms_deform_attn_backward_kernel(float* dvalue, float* dloc, float* daw, const float* dout,
+                                               const float* value, MsdaLevels lv, const float* loc,
+                                               const float* aw, int B, int S, int Lq, int NH, int HD,
+                                               int L, int P, int width) {
+    size_t total = (size_t)B * Lq * NH * HD, D = (size_t)NH * HD;
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    int active = i < total;
+    if (!active) i = 0;   // inactive lanes follow along with zero contributions
+    int c = i % HD;
+    size_t bqh = i / HD;
+    int h = bqh % NH;
+    size_t b = bqh / NH / Lq;
+    float g = active ? dout[i] : 0.0f;
+    int leader = active && (c % width) == 0;
+    for (int l = 0; l < L; l++) {
+        int H = lv.H[l], W = lv.W[l];
+        size_t row0 = b * S + lv.start[l];
+        const float* v = value + row0 * D + (size_t)h * HD + c;
+        for (int p = 0; p < P; p++) {
+            size_t k = (bqh * L + l) * P + p;
+            int idx[4]; float lx, ly;
+            msda_taps(loc[2 * k], loc[2 * k + 1], H, W, idx, &lx, &ly);
+            float a = aw[k];
+            float t[4];
+            for (int j = 0; j < 4; j++) t[j] = (active && idx[j] >= 0) ? v[(size_t)idx[j] * D] : 0.0f;
+            float wt[4] = {(1.0f - lx) * (1.0f - ly), lx * (1.0f - ly), (1.0f - lx) * ly, lx * ly};
+            float gs = g * (wt[0] * t[0] + wt[1] * t[1] + wt[2] * t[2] + wt[3] * t[3]);
+            float gx = g * ((1.0f - ly) * (t[1] - t[0]) + ly * (t[3] - t[2]));
+            float gy = g * ((1.0f - lx) * (t[2] - t[0]) + lx * (t[3] - t[1]));
+            for (int o = width / 2; o > 0; o >>= 1) {
+                gs += __shfl_xor_sync(0xffffffffu, gs, o, width);
+                gx += __shfl_xor_sync(0xffffffffu, gx, o, width);
+                gy += __shfl_xor_sync(0xffffffffu, gy, o, width);
+            }
+            if (!active) continue;
+            if (dvalue) {
+                float* dv = dvalue + row0 * D + (size_t)h * HD + c;
+                for (int j = 0; j < 4; j++)
+                    if (idx[j] >= 0) atomicAdd(&dv[(size_t)idx[j] * D], a * wt[j] * g);
+            }
+            if (leader) {
+                if (daw) atomicAdd(&daw[k], gs);
+                if (dloc) {
+                    atomicAdd(&dloc[2 * k], a * gx * W);
+                    atomicAdd(&dloc[2 * k + 1], a * gy * H);
+                }
+            }
+        }
+    }
+}
+
+extern "C" void ms_deform_attn_forward_cuda(float* out, const float* value, const int* shapes, const float* loc,
+                                            const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P) {
+    OpTimer timer("ms_deform_attn_forward");
+    int S_levels;
+    MsdaLevels lv = msda_levels(shapes, L, &S_levels);
+    if (S_levels != S) ttt_die("ms_deform_attn: the levels hold %d tokens, value has %d", S_levels, S);
+    size_t total = (size_t)B * Lq * NH * HD;
+    if (total == 0) return;
+    ms_deform_attn_forward_kernel<<<grid_for(total, 256), 256>>>(out, value, lv, loc, aw, B, S, Lq, NH, HD, L, P);
+    launchCheck();
+}
+
+extern "C" void ms_deform_attn_backward_cuda(float* dvalue, float* dloc, float* daw, const float* dout,
+                                             const float* value, const int* shapes, const float* loc,
+                                             const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P) {
+    OpTimer timer("ms_deform_attn_backward");
+    int S_levels;
+    MsdaLevels lv = msda_levels(shapes, L, &S_levels);
+    if (S_levels != S) ttt_die("ms_deform_attn: the levels hold %d tokens, value has %d", S_levels, S);
+    size_t total = (size_t)B * Lq * NH * HD;
+    if (total == 0 || (!dvalue && !dloc && !daw)) return;
+    int width = 1;
+    while (width < 32 && HD % (2 * width) == 0) width *= 2;
+    size_t blocks = (total + 255) / 256;
+    if (blocks > 0x7fffffffu) ttt_die("ms_deform_attn_backward: %zu elements are too many", total);
+    ms_deform_attn_backward_kernel<<<(unsigned int)blocks, 256>>>(dvalue, dloc, daw, dout, value, lv, loc, aw,
+                                                                  B, S, Lq, NH, HD, L, P, width);
+    launchCheck();
+}
+
+// sampling locations of the deformable encoder: one thread per (b, q, h, l, p), same float
+// operations as the CPU reference (so the results are equal)
+__global__ void ms_deform_locations_kernel(float* out, const float* in, MsdaLevels lv, int B, int S, int L,
+                                           int NH, int P, int backward) {
+    size_t total = (size_t)B * S * NH * L * P, per_q = (size_t)NH * L * P;
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < total; k += (size_t)gridDim.x * blockDim.x) {
+        int l = (int)((k / P) % L);
+        float W = (float)lv.W[l], H = (float)lv.H[l];
+        if (backward) {
+            out[2 * k] += in[2 * k] / W;
+            out[2 * k + 1] += in[2 * k + 1] / H;
+            continue;
+        }
+        int q = (int)((k / per_q) % S);
+        int lq = L - 1;
+        while (lq > 0 && q < lv.start[lq]) lq--;
+        int r = q - lv.start[lq], x = r % lv.W[lq], y = r / lv.W[lq];
+        float rx = (x + 0.5f) / (float)lv.W[lq], ry = (y + 0.5f) / (float)lv.H[lq];
+        float ox = in[2 * k], oy = in[2 * k + 1];
+        out[2 * k] = rx + ox / W;
+        out[2 * k + 1] = ry + oy / H;
+    }
+}
+
+extern "C" void ms_deform_locations_forward_cuda(float* loc, const float* off, const int* shapes, int B, int L,
+                                                 int NH, int P) {
+    OpTimer timer("ms_deform_locations_forward");
+    int S;
+    MsdaLevels lv = msda_levels(shapes, L, &S);
+    size_t total = (size_t)B * S * NH * L * P;
+    if (total == 0) return;
+    ms_deform_locations_kernel<<<grid_for(total, 256), 256>>>(loc, off, lv, B, S, L, NH, P, 0); launchCheck();
+}
+
+extern "C" void ms_deform_locations_backward_cuda(float* doff, const float* dloc, const int* shapes, int B, int L,
+                                                  int NH, int P) {
+    OpTimer timer("ms_deform_locations_backward");
+    int S;
+    MsdaLevels lv = msda_levels(shapes, L, &S);
+    size_t total = (size_t)B * S * NH * L * P;
+    if (total == 0) return;
+    ms_deform_locations_kernel<<<grid_for(total, 256), 256>>>(doff, dloc, lv, B, S, L, NH, P, 1); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
 // losses. Scalar losses: blocks write partial sums (double) to the reduce workspace,
 // one block adds them up and finishes on the device.
 

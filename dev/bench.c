@@ -9,8 +9,12 @@
 // cuBLAS is called (2 M N K per product); the rate printed is those FLOPs over the time.
 // Device memory in use is read at the end (CUDA context, parameters, activations,
 // workspaces; nothing is freed during a run, so it is the peak).
-// usage: ./bench [--config swin_s|default|tiny] [--batch B] [--micro-batch M] [--height H]
-//                [--width W] [--iters N] [--warmup N] [--device cuda|cpu]
+// usage: ./bench [--config swin_s|default|tiny] [--pixel-decoder fpn|msdeform] [--batch B]
+//                [--micro-batch M] [--height H] [--width W] [--iters N] [--warmup N]
+//                [--device cuda|cpu]
+// With --pixel-decoder msdeform, h and g use the MSDeformAttn pixel decoder; the stage split
+// then shows its deformable encoder ("msdeform encoder forward/backward") inside the g and h
+// stages, and TTT_PROFILE=1 the ms_deform_attn kernels alone.
 // The last line is a summary row for BENCHMARKS.md.
 #include "ttt.h"
 
@@ -73,6 +77,7 @@ static void print_split(Bench* b, int what, int iters, const char* title, double
 
 int main(int argc, char** argv) {
     const char* config = "swin_s";
+    int pixel_decoder = PIXEL_DECODER_FPN;
     const char* device = "auto";
     int B = 1, M = 0, H = 384, W = 1248, iters = 5, warmup = 2;
     for (int i = 1; i < argc; i += 2) {
@@ -80,6 +85,7 @@ int main(int argc, char** argv) {
         const char* o = argv[i];
         const char* v = argv[i + 1];
         if (!strcmp(o, "--config")) config = v;
+        else if (!strcmp(o, "--pixel-decoder")) pixel_decoder = pixel_decoder_parse(o, v);
         else if (!strcmp(o, "--batch")) B = parse_int_arg(o, v, 1);
         else if (!strcmp(o, "--micro-batch")) M = parse_int_arg(o, v, 0);
         else if (!strcmp(o, "--height")) H = parse_int_arg(o, v, 32);
@@ -97,6 +103,7 @@ int main(int argc, char** argv) {
     else if (!strcmp(config, "default")) cfg = model_config_default(K);
     else if (!strcmp(config, "tiny")) cfg = model_config_tiny(K);
     else { ttt_die("unknown config '%s' (swin_s, default, tiny)", config); return 1; }
+    model_config_set_pixel_decoder(&cfg, pixel_decoder);
     if (M == 0) M = model_auto_micro_batch(&cfg, B, H, W);
     if (M > B) M = B;
 
@@ -104,8 +111,8 @@ int main(int argc, char** argv) {
     b.m = model_create(&cfg, M, H, W);
     model_init_random(b.m, 1);
     model_snapshot_ttt(b.m);
-    printf("bench: config %s, device %s, batch %d (micro-batch %d), %d x %d, params f %.2fM h %.2fM g %.2fM\n",
-           config, ttt_device_name(ttt_device), B, M, H, W, model_num_params(b.m, 0) / 1e6,
+    printf("bench: config %s, pixel decoder %s, device %s, batch %d (micro-batch %d), %d x %d, params f %.2fM h %.2fM g %.2fM\n",
+           config, pixel_decoder_name(pixel_decoder), ttt_device_name(ttt_device), B, M, H, W, model_num_params(b.m, 0) / 1e6,
            model_num_params(b.m, 1) / 1e6, model_num_params(b.m, 2) / 1e6);
     rng_seed(&b.rng, 2);
     b.B = B;
@@ -139,7 +146,8 @@ int main(int argc, char** argv) {
     int split_iters = iters < 3 ? iters : 3;
     print_split(&b, 0, split_iters, "predict", ms_predict);
     print_split(&b, 2, split_iters, "the TTT step", ms_step);
-    printf("| %s | %d | %d | %dx%d | %.2f | %.2f | %.2f | %.2f | %.1f | %.2f |\n", config, B, M, H, W, ms_predict,
+    printf("| %s%s | %d | %d | %dx%d | %.2f | %.2f | %.2f | %.2f | %.1f | %.2f |\n", config,
+           pixel_decoder == PIXEL_DECODER_MSDEFORM ? " msdeform" : "", B, M, H, W, ms_predict,
            ms_fwd, ms_step, ms_step / B, flop_step / (ms_step * 1e-3) / 1e12, used_gib);
     free(b.frames); free(b.pred);
     model_free(b.m);

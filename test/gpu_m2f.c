@@ -1,6 +1,7 @@
 // test/gpu_m2f.c: the Mask2Former head h on CUDA against the CPU reference: forward outputs
 // (with the model's own attention masks and with the CPU's masks fed in) and every gradient,
-// with the default TF32 matrix products.
+// with the default TF32 matrix products; with the FPN pixel decoder and with the MSDeformAttn
+// one (the latter also with float32 matrix products, checked tighter).
 //
 // The gradients of this randomly initialised head are sensitive: rounding only the inputs and
 // parameters to TF32 precision (10-bit mantissa) changes the CPU gradients by 1-6% (L2) and up
@@ -37,18 +38,33 @@ static void side_init(Side* s, const M2FConfig* cfg, int B, int H4, int W4, cons
     }
 }
 
-// tf32 says which precision the CUDA matrix products run in (the default is TF32); a strict
-// float32 pass (compare(0) after switching cuBLAS to float32) waits for that switch to land.
-static void compare(int tf32) {
-    printf("-- matrix products in %s\n", tf32 ? "TF32" : "float32");
+// the tensors of an M2FParams over base (np floats) in memory order: every non-NULL pointer
+// of the struct (the FPN's or the msdeform pixel decoder's, then the decoder's), sorted
+static int tensor_list(const M2FParams* p, const float* base, size_t np, size_t* start, size_t* len, int max) {
+    const float* const* ptr = (const float* const*)p;
+    int n = 0, total = (int)(sizeof(M2FParams) / sizeof(float*));
+    for (int i = 0; i < total && n < max; i++) if (ptr[i]) start[n++] = (size_t)(ptr[i] - base);
+    for (int i = 1; i < n; i++)   // insertion sort by offset
+        for (int j = i; j > 0 && start[j - 1] > start[j]; j--) { size_t t = start[j]; start[j] = start[j - 1]; start[j - 1] = t; }
+    for (int i = 0; i < n; i++) len[i] = (i + 1 < n ? start[i + 1] : np) - start[i];
+    return n;
+}
+
+// tf32 says which precision the CUDA matrix products run in (the default is TF32; the caller
+// switches cuBLAS to float32 for compare(0, ...)). pixel_decoder: PIXEL_DECODER_FPN or _MSDEFORM.
+static void compare(int tf32, int pixel_decoder) {
+    printf("-- %s pixel decoder, matrix products in %s\n", pixel_decoder_name(pixel_decoder), tf32 ? "TF32" : "float32");
     int in_dims[4] = {24, 32, 40, 48};
     M2FConfig cfg = m2f_config_small(in_dims, 7);
     cfg.dec_layers = 4;
+    m2f_config_set_pixel_decoder(&cfg, pixel_decoder);   // msdeform: 6 layers, 4 heads of 16, 4 points
     int B = 2, H4 = 23, W4 = 17;
     Rng rng; rng_seed(&rng, 5);
     size_t np = m2f_num_params(&cfg);
     float* params = (float*)mallocCheck(np * sizeof(float));
     m2f_init_params(params, &cfg, &rng);
+    if (pixel_decoder == PIXEL_DECODER_MSDEFORM)   // offsets and attention weights start at 0: move them
+        for (size_t i = 0; i < msdeform_num_params(&cfg); i++) params[i] += 0.02f * rng_normal(&rng);
     int Hs[4], Ws[4];
     m2f_level_sizes(H4, W4, Hs, Ws);
     float* feats[4]; size_t feat_n[4];
@@ -106,22 +122,34 @@ static void compare(int tf32) {
     double fwd_tol = tf32 ? 5e-3 : 1e-4;
     check_close("cuda vs cpu: class logits", out_class[1], out_class[0], n_class, fwd_tol);
     check_close("cuda vs cpu: mask logits", out_mask[1], out_mask[0], n_mask, fwd_tol);
-    M2FParams gc, gg;
+    if (pixel_decoder == PIXEL_DECODER_MSDEFORM) {   // the multi-scale features themselves
+        for (int l = 1; l < 4; l++) {
+            size_t n = (size_t)B * side[0].a.pd.Hs[l] * side[0].a.pd.Ws[l] * cfg.conv_dim;
+            ttt_set_device(DEVICE_CPU);
+            float* c = host_copy_of(side[0].a.pd.out[l], n);
+            ttt_set_device(DEVICE_CUDA);
+            float* g = host_copy_of(side[1].a.pd.out[l], n);
+            char nm[64]; snprintf(nm, sizeof(nm), "cuda vs cpu: msdeform out[%d]", l);
+            check_close(nm, g, c, n, fwd_tol);
+            free(c); free(g);
+        }
+    }
+    M2FParams gc;
     m2f_point_params(&gc, out_grads[0], &cfg);
-    m2f_point_params(&gg, out_grads[1], &cfg);
-    float** pc = (float**)&gc; float** pg = (float**)&gg;
+    size_t start[256], len[256];
+    int nt = tensor_list(&gc, out_grads[0], np, start, len, 256);
+    printf("     (%d parameter tensors)\n", nt);
+    CHECK(nt == (pixel_decoder == PIXEL_DECODER_MSDEFORM ? MSD_NUM_TENSORS + 31 : M2F_NUM_TENSORS), "tensor count %d", nt);
     char name[64];
-    for (int t = 0; t < M2F_NUM_TENSORS; t++) {
-        size_t start = (size_t)(pc[t] - out_grads[0]);
-        size_t end = (t + 1 < M2F_NUM_TENSORS) ? (size_t)(pc[t + 1] - out_grads[0]) : np;
+    for (int t = 0; t < nt; t++) {
         snprintf(name, sizeof(name), "cuda vs cpu: grad tensor %d", t);
-        if (tf32) check_l2(name, pg[t], pc[t], end - start, 0.15);
-        else check_close(name, pg[t], pc[t], end - start, 1e-2);
+        if (tf32) check_l2(name, out_grads[1] + start[t], out_grads[0] + start[t], len[t], 0.15);
+        else check_l2(name, out_grads[1] + start[t], out_grads[0] + start[t], len[t], 1e-3);
     }
     for (int l = 0; l < 4; l++) {
         snprintf(name, sizeof(name), "cuda vs cpu: dfeats[%d]", l);
         if (tf32) check_l2(name, out_dfeats[1][l], out_dfeats[0][l], feat_n[l], 0.15);
-        else check_close(name, out_dfeats[1][l], out_dfeats[0][l], feat_n[l], 1e-2);
+        else check_l2(name, out_dfeats[1][l], out_dfeats[0][l], feat_n[l], 1e-3);
     }
     for (int d = 0; d < 2; d++) {
         ttt_set_device(d == 0 ? DEVICE_CPU : DEVICE_CUDA);
@@ -169,6 +197,10 @@ int main(void) {
         return test_summary("gpu_m2f");
     }
     compare_attn_mask_op();
-    compare(1);
+    compare(1, PIXEL_DECODER_FPN);
+    compare(1, PIXEL_DECODER_MSDEFORM);
+    ttt_cuda_set_tf32(0);
+    compare(0, PIXEL_DECODER_MSDEFORM);
+    ttt_cuda_set_tf32(1);
     return test_summary("gpu_m2f");
 }

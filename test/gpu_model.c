@@ -2,7 +2,8 @@
 // the MAE loss through f and g, every gradient of f, h, g, one AdamW TTT step, the
 // main-task prediction h(f(x)), and the joint training step (set loss on h(f(x)) + MAE
 // loss, gradients of f, h, g, clipping, one AdamW step on all three). Run twice: with float32 matrix products (tight bounds)
-// and with the default TF32 ones (bounds for TF32 through a deep network).
+// and with the default TF32 ones (bounds for TF32 through a deep network); then with the
+// MSDeformAttn pixel decoder in h and g (float32 products, and the CUDA-graph replay).
 // g's attention masks threshold its own logits at 0, so a logit within rounding of 0
 // may flip a mask between devices; the float32 run keeps that unlikely.
 #include "test/test.h"
@@ -216,8 +217,21 @@ int main(void) {
     ttt_cuda_set_tf32(0);
     test_micro_batch_gpu(&cfg, frames3, H, W);
     ttt_cuda_set_tf32(1);
+#endif
+    // the same Y with the MSDeformAttn pixel decoder in h and g: float32 products, then graphs
+    ModelConfig msd = cfg;
+    model_config_set_pixel_decoder(&msd, PIXEL_DECODER_MSDEFORM);
+    Result mcpu = run_model(DEVICE_CPU, &msd, frames, labels, B, H, W);
+#ifdef TTT_CUDA
+    ttt_cuda_set_tf32(0);
+    Result m32 = run_model(DEVICE_CUDA, &msd, frames, labels, B, H, W);
+    compare("msdeform, fp32 GEMM", &mcpu, &m32, H, W, 1e-4, 1e-3, 1e-5);
+    free_result(&m32);
+    ttt_cuda_set_tf32(1);
+    test_graphs(&msd, frames3, B, H, W);
     free(frames3);
 #endif
+    free_result(&mcpu);
     free_result(&cpu);
     free(frames); free(labels);
     return test_summary("gpu_model");

@@ -519,6 +519,51 @@ static void test_sine(int H, int W, int C) {
     dev_free_all();
 }
 
+// multi-scale deformable attention: locations uniform in [-0.25, 1.25) (points inside, partly
+// and wholly outside their maps), positive weights, pre-filled gradients; then the encoder's
+// sampling locations (queries = the tokens of the same levels), which must match exactly
+static void test_ms_deform(int B, int Lq, int NH, int HD, int L, int P, const int* shapes) {
+    int start[MSDA_MAX_LEVELS];
+    int S = ms_deform_level_starts(shapes, L, start);
+    size_t nv = (size_t)B * S * NH * HD, na = (size_t)B * Lq * NH * L * P, nl = 2 * na, no = (size_t)B * Lq * NH * HD;
+    float *v = rnd(nv), *dy = rnd(no);
+    float* loc = random_tensor(&rng, nl, -0.25f, 1.25f);
+    float* aw = random_tensor(&rng, na, 0.05f, 1.0f);
+    float *d_v = dev_copy(v, nv), *d_loc = dev_copy(loc, nl), *d_aw = dev_copy(aw, na), *d_dy = dev_copy(dy, no);
+    float* ref = (float*)mallocCheck(no * sizeof(float));
+    float* out = dev_poison(no);
+    ms_deform_attn_forward_cpu(ref, v, shapes, loc, aw, B, S, Lq, NH, HD, L, P);
+    ms_deform_attn_forward_cuda(out, d_v, shapes, d_loc, d_aw, B, S, Lq, NH, HD, L, P);
+    cmp("ms_deform_attn_forward", "out", out, ref, no, TOL_FP32);
+    Grad gv = grad_new(nv), gl = grad_new(nl), ga = grad_new(na);
+    ms_deform_attn_backward_cpu(gv.cpu, gl.cpu, ga.cpu, dy, v, shapes, loc, aw, B, S, Lq, NH, HD, L, P);
+    ms_deform_attn_backward_cuda(gv.gpu, gl.gpu, ga.gpu, d_dy, d_v, shapes, d_loc, d_aw, B, S, Lq, NH, HD, L, P);
+    grad_cmp("ms_deform_attn_backward", "dvalue", &gv, TOL_FP32);
+    grad_cmp("ms_deform_attn_backward", "dloc", &gl, TOL_FP32);
+    grad_cmp("ms_deform_attn_backward", "daw", &ga, TOL_FP32);
+    // NULL gradients: daw alone
+    Grad ga2 = grad_new(na);
+    ms_deform_attn_backward_cpu(NULL, NULL, ga2.cpu, dy, v, shapes, loc, aw, B, S, Lq, NH, HD, L, P);
+    ms_deform_attn_backward_cuda(NULL, NULL, ga2.gpu, d_dy, d_v, shapes, d_loc, d_aw, B, S, Lq, NH, HD, L, P);
+    grad_cmp("ms_deform_attn_backward", "daw alone", &ga2, TOL_FP32);
+    // sampling locations of the encoder (Lq = S): forward in place, backward accumulated
+    size_t ne = (size_t)B * S * NH * L * P * 2;
+    float* off = random_tensor(&rng, ne, -4.0f, 4.0f);
+    float* lref = (float*)mallocCheck(ne * sizeof(float));
+    float* d_off = dev_copy(off, ne);
+    ms_deform_locations_forward_cpu(lref, off, shapes, B, L, NH, P);
+    ms_deform_locations_forward_cuda(d_off, d_off, shapes, B, L, NH, P);
+    cmp("ms_deform_locations_forward", "loc (in place)", d_off, lref, ne, 0.0);
+    float* dloc = rnd(ne);
+    float* d_dloc = dev_copy(dloc, ne);
+    Grad go = grad_new(ne);
+    ms_deform_locations_backward_cpu(go.cpu, dloc, shapes, B, L, NH, P);
+    ms_deform_locations_backward_cuda(go.gpu, d_dloc, shapes, B, L, NH, P);
+    grad_cmp("ms_deform_locations_backward", "doff", &go, TOL_FP32);
+    free(v); free(dy); free(loc); free(aw); free(ref); free(off); free(lref); free(dloc);
+    dev_free_all();
+}
+
 // ----------------------------------------------------------------------------
 // losses
 
@@ -764,6 +809,14 @@ int main(void) {
     test_point_sample(7, 13, 17, 101);
     test_sine(13, 17, 64);
     test_sine(12, 39, 256);
+    {
+        int odd[6] = {3, 5, 4, 2, 1, 3}, tiny4[8] = {5, 7, 3, 4, 2, 2, 1, 1};
+        int swin_s[6] = {12, 39, 24, 78, 48, 156};   // 1/32, 1/16, 1/8 of 384x1248
+        test_ms_deform(2, 7, 3, 5, 3, 2, odd);        // head dim 5: no shuffle reduction
+        test_ms_deform(2, 29, 2, 8, 4, 3, tiny4);     // head dim 8: groups of 8 lanes
+        test_ms_deform(1, 33, 2, 64, 3, 4, odd);      // head dim 64: two warps per head
+        test_ms_deform(1, 9828, 8, 32, 3, 4, swin_s); // the published encoder on a KITTI frame
+    }
     test_masked_mse(1001, 48);
     test_cross_entropy(333, 21, 1);
     test_cross_entropy(333, 21, 0);
