@@ -207,13 +207,27 @@ static void mark_exempt_swin(unsigned char* ex, const float* base, const SwinPar
 
 static void mark_exempt_m2f(unsigned char* ex, const float* base, const M2FParams* p, const M2FConfig* c) {
     size_t D = c->hidden_dim, Q = c->num_queries, NL = c->dec_layers, CD = c->conv_dim;
-    for (int l = 0; l < 3; l++) {
-        mark_exempt(ex, base, p->pd.lateral_gn_w[l], CD);
-        mark_exempt(ex, base, p->pd.lateral_gn_b[l], CD);
-    }
-    for (int l = 0; l < 4; l++) {
-        mark_exempt(ex, base, p->pd.output_gn_w[l], CD);
-        mark_exempt(ex, base, p->pd.output_gn_b[l], CD);
+    if (c->pixel_decoder == PIXEL_DECODER_FPN) {   // FPN: its GroupNorms
+        for (int l = 0; l < 3; l++) {
+            mark_exempt(ex, base, p->pd.lateral_gn_w[l], CD);
+            mark_exempt(ex, base, p->pd.lateral_gn_b[l], CD);
+        }
+        for (int l = 0; l < 4; l++) {
+            mark_exempt(ex, base, p->pd.output_gn_w[l], CD);
+            mark_exempt(ex, base, p->pd.output_gn_b[l], CD);
+        }
+    } else {   // MSDeformAttn: GroupNorms and the encoder's LayerNorms (its level_embed is an
+               // nn.Parameter in msdeformattn.py, not an nn.Embedding: it decays)
+        const MSDeformParams* q = &p->msd;
+        size_t NE = c->enc_layers;
+        for (int e = 0; e < MSD_LEVELS; e++) {
+            mark_exempt(ex, base, q->input_gn_w[e], CD);
+            mark_exempt(ex, base, q->input_gn_b[e], CD);
+        }
+        mark_exempt(ex, base, q->ln1_w, NE * CD); mark_exempt(ex, base, q->ln1_b, NE * CD);
+        mark_exempt(ex, base, q->ln2_w, NE * CD); mark_exempt(ex, base, q->ln2_b, NE * CD);
+        mark_exempt(ex, base, q->lateral_gn_w, CD); mark_exempt(ex, base, q->lateral_gn_b, CD);
+        mark_exempt(ex, base, q->output_gn_w, CD); mark_exempt(ex, base, q->output_gn_b, CD);
     }
     mark_exempt(ex, base, p->query_feat, Q * D);
     mark_exempt(ex, base, p->query_embed, Q * D);

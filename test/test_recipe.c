@@ -222,6 +222,35 @@ static void test_v1_conversion(void) {
     model_free(old); model_free(conv); model_free(m);
 }
 
+// with the deformable pixel decoder its GroupNorms and encoder LayerNorms are exempt too, and
+// its level_embed (an nn.Parameter in the released code) is not
+static void test_exempt_msdeform(void) {
+    ModelConfig cfg = model_config_tiny(3);
+    model_config_set_pixel_decoder(&cfg, PIXEL_DECODER_MSDEFORM);
+    Model* m = model_create(&cfg, 1, 32, 32);
+    model_init_random(m, 2);
+    Rng rng; rng_seed(&rng, 3);
+    float* frames = random_tensor(&rng, (size_t)32 * 32 * 3, 0.0f, 1.0f);
+    OptConfig opt = opt_config_ttt();
+    ModelRecipe base = model_recipe_demo(&cfg), ex = base;
+    ex.wd_exempt = 1;
+    float* d1 = step_delta(m, frames, 1, &opt, &base);
+    float* d2 = step_delta(m, frames, 1, &opt, &ex);
+    float* P = model_params_host(m);
+    M2FParams g;
+    size_t nf = model_num_params(m, 0), nh = model_num_params(m, 1);
+    m2f_point_params(&g, P + nf + nh, &cfg.mae);
+    size_t D = cfg.mae.conv_dim, NE = cfg.mae.enc_layers;
+    int ln1 = 1, gn = 1, lvl = 1;
+    for (size_t i = 0; i < NE * D; i++) ln1 &= d1[g.msd.ln1_w - P + i] != d2[g.msd.ln1_w - P + i];
+    for (size_t i = 0; i < D; i++) gn &= d1[g.msd.input_gn_w[0] - P + i] != d2[g.msd.input_gn_w[0] - P + i];
+    for (size_t i = 0; i < 3 * D; i++) lvl &= d1[g.msd.level_embed - P + i] == d2[g.msd.level_embed - P + i];
+    CHECK(ln1 && gn, "msdeform: encoder LayerNorm (%d) or input GroupNorm (%d) still decays", ln1, gn);
+    CHECK(lvl, "msdeform: level_embed lost its decay");
+    free(d1); free(d2); free(P); free(frames);
+    model_free(m);
+}
+
 static void test_recipes(void) {
     ModelConfig cfg = model_config_tiny(3);
     ModelRecipe d = model_recipe_demo(&cfg), p = model_recipe_paper();
@@ -237,5 +266,6 @@ int main(void) {
     test_groups();
     test_mask_and_loss();
     test_v1_conversion();
+    test_exempt_msdeform();
     return test_summary("test_recipe");
 }
