@@ -11,7 +11,13 @@
 // workspaces; nothing is freed during a run, so it is the peak).
 // usage: ./bench [--config swin_s|default|tiny] [--pixel-decoder fpn|msdeform] [--batch B]
 //                [--micro-batch M] [--height H] [--width W] [--iters N] [--warmup N]
-//                [--device cuda|cpu]
+//                [--device cuda|cpu] [--recipe demo|paper] [--predict HxW] [--score HxW]
+// --recipe paper: the released code's step (model_recipe_paper: drop-path, clipping, param
+// groups; a fresh AdamW before every step) on B images of H x W (the TTT crops, 512 x 1024 in
+// the paper), and the prediction on a frame of --predict size (KITTI resized: 618 x 2048,
+// padded to 640 x 2048) scored at --score size (KITTI's 375 x 1242): the paper's sizes are
+//   ./bench --recipe paper --batch 32 --height 512 --width 1024 --predict 618x2048 --score 375x1242
+// and "frame" = TTT step + prediction, the time per frame of the stream.
 // With --pixel-decoder msdeform, h and g use the MSDeformAttn pixel decoder; the stage split
 // then shows its deformable encoder ("msdeform encoder forward/backward") inside the g and h
 // stages, and TTT_PROFILE=1 the ms_deform_attn kernels alone.
@@ -34,11 +40,19 @@ static double gemm_flops(void) {
 }
 
 // what is timed: 0 predict, 1 MAE forward, 2 TTT step
-typedef struct { Model* m; float* frames; unsigned char* pred; int B; OptConfig opt; Rng rng; float loss; } Bench;
+typedef struct {
+    Model* m;            // the TTT model (H x W)
+    Model* mp;           // the prediction's (the --predict size; m itself by default)
+    float* frames; float* frame_pred; unsigned char* pred; int B; OptConfig opt; Rng rng; float loss;
+    int restart;         // a fresh AdamW before every step (the paper's --restart_optimizer)
+} Bench;
 static void run_once(Bench* b, int what) {
-    if (what == 0) model_predict(b->m, b->frames, b->pred);
+    if (what == 0) model_predict(b->mp, b->frame_pred, b->pred);
     else if (what == 1) b->loss = model_mae_loss(b->m, b->frames, b->B, &b->rng);
-    else b->loss = model_ttt_step(b->m, b->frames, b->B, &b->opt, &b->rng);
+    else {
+        if (b->restart) model_restart_optimizer(b->m);
+        b->loss = model_ttt_step(b->m, b->frames, b->B, &b->opt, &b->rng);
+    }
 }
 
 // median ms over iters after warmup calls; FLOPs per call through *flop
@@ -80,6 +94,8 @@ int main(int argc, char** argv) {
     int pixel_decoder = PIXEL_DECODER_FPN;
     const char* device = "auto";
     int B = 1, M = 0, H = 384, W = 1248, iters = 5, warmup = 2;
+    int PH = 0, PW = 0, SH = 0, SW = 0;   // predict and score sizes (0: H x W)
+    const char* recipe = "demo";
     for (int i = 1; i < argc; i += 2) {
         if (i + 1 >= argc) ttt_die("missing value after %s", argv[i]);
         const char* o = argv[i];
@@ -93,9 +109,18 @@ int main(int argc, char** argv) {
         else if (!strcmp(o, "--iters")) iters = parse_int_arg(o, v, 1);
         else if (!strcmp(o, "--warmup")) warmup = parse_int_arg(o, v, 0);
         else if (!strcmp(o, "--device")) device = v;
+        else if (!strcmp(o, "--recipe")) recipe = v;
+        else if (!strcmp(o, "--predict") || !strcmp(o, "--score")) {
+            int h, w;
+            if (sscanf(v, "%dx%d", &h, &w) != 2 || h < 32 || w < 32) ttt_die("%s: expected HxW, got '%s'", o, v);
+            if (!strcmp(o, "--predict")) { PH = h; PW = w; } else { SH = h; SW = w; }
+        }
         else ttt_die("unknown option %s", o);
     }
     if (iters > 1000) ttt_die("--iters: at most 1000, got %d", iters);
+    if (strcmp(recipe, "demo") && strcmp(recipe, "paper")) ttt_die("--recipe: demo or paper, got '%s'", recipe);
+    if (PH == 0) { PH = H; PW = W; }
+    if (SH == 0) { SH = PH; SW = PW; }
     ttt_set_device(ttt_parse_device(device));
     int K = 19;
     ModelConfig cfg;
@@ -111,6 +136,10 @@ int main(int argc, char** argv) {
     b.m = model_create(&cfg, M, H, W);
     model_init_random(b.m, 1);
     model_snapshot_ttt(b.m);
+    b.restart = !strcmp(recipe, "paper");
+    if (b.restart) { ModelRecipe r = model_recipe_paper(); model_set_recipe(b.m, &r); }
+    b.mp = (PH == H && PW == W) ? b.m : model_create_sharing(b.m, 1, PH, PW);
+    model_set_predict_size(b.mp, SH, SW);
     printf("bench: config %s, pixel decoder %s, device %s, batch %d (micro-batch %d), %d x %d, params f %.2fM h %.2fM g %.2fM\n",
            config, pixel_decoder_name(pixel_decoder), ttt_device_name(ttt_device), B, M, H, W, model_num_params(b.m, 0) / 1e6,
            model_num_params(b.m, 1) / 1e6, model_num_params(b.m, 2) / 1e6);
@@ -118,7 +147,10 @@ int main(int argc, char** argv) {
     b.B = B;
     b.frames = (float*)mallocCheck((size_t)B * H * W * 3 * sizeof(float));
     rng_fill_uniform(&b.rng, b.frames, (size_t)B * H * W * 3, 0.0f, 1.0f);
-    b.pred = (unsigned char*)mallocCheck((size_t)H * W);
+    b.frame_pred = (float*)mallocCheck((size_t)PH * PW * 3 * sizeof(float));
+    rng_fill_uniform(&b.rng, b.frame_pred, (size_t)PH * PW * 3, 0.0f, 1.0f);
+    b.pred = (unsigned char*)mallocCheck((size_t)SH * SW);
+    printf("recipe %s; TTT images %d x %d; prediction on %d x %d scored at %d x %d\n", recipe, H, W, PH, PW, SH, SW);
     b.opt = opt_config_ttt();
     b.loss = 0.0f;
 
@@ -130,8 +162,10 @@ int main(int argc, char** argv) {
     printf("MAE forward (B=%d)   %9.2f ms   GEMM %7.1f GFLOP  %6.1f TFLOP/s\n", B, ms_fwd,
            flop_fwd / 1e9, flop_fwd / (ms_fwd * 1e-3) / 1e12);
     double ms_step = time_calls(&b, 2, warmup, iters, &flop_step);
-    printf("TTT step (B=%d)      %9.2f ms   GEMM %7.1f GFLOP  %6.1f TFLOP/s  (loss %.4f); per frame %.2f ms\n",
+    printf("TTT step (B=%d)      %9.2f ms   GEMM %7.1f GFLOP  %6.1f TFLOP/s  (loss %.4f); per image %.2f ms\n",
            B, ms_step, flop_step / 1e9, flop_step / (ms_step * 1e-3) / 1e12, b.loss, ms_step / B);
+    printf("frame (TTT step + predict) %9.2f ms  (%.2f frames/s; the paper's code: 4100 ms on an A100)\n",
+           ms_step + ms_predict, 1e3 / (ms_step + ms_predict));
 
     double used_gib = 0.0, total_gib = 0.0;
 #ifdef TTT_CUDA
@@ -149,7 +183,8 @@ int main(int argc, char** argv) {
     printf("| %s%s | %d | %d | %dx%d | %.2f | %.2f | %.2f | %.2f | %.1f | %.2f |\n", config,
            pixel_decoder == PIXEL_DECODER_MSDEFORM ? " msdeform" : "", B, M, H, W, ms_predict,
            ms_fwd, ms_step, ms_step / B, flop_step / (ms_step * 1e-3) / 1e12, used_gib);
-    free(b.frames); free(b.pred);
+    free(b.frames); free(b.frame_pred); free(b.pred);
+    if (b.mp != b.m) model_free(b.mp);
     model_free(b.m);
     return 0;
 }
