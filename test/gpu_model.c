@@ -210,7 +210,10 @@ int main(void) {
     free_result(&g32);
     ttt_cuda_set_tf32(1);
     Result gtf = run_model(DEVICE_CUDA, &cfg, frames, labels, B, H, W);
-    compare("tf32 GEMM", &cpu, &gtf, H, W, 3e-3, 3e-2, 1e-4);
+    // TF32 rounds every product's inputs to 10 mantissa bits: the gradient of f (the deepest
+    // chain) measured 9.5e-3 before and 3.6e-2 after the input's 4th channel became 1 on the
+    // visible pixels (released convention); the float32 path above is the exact check (5e-7)
+    compare("tf32 GEMM", &cpu, &gtf, H, W, 3e-3, 6e-2, 1e-4);
     free_result(&gtf);
     float* frames3 = random_tensor(&rng, (size_t)3 * B * H * W * 3, 0.0f, 1.0f);
     test_graphs(&cfg, frames3, B, H, W);
