@@ -577,6 +577,39 @@ static void test_train_program(void) {
     free(log);
     printf("ok   ./train on KITTI-STEP and plain layouts (Cityscapes --val)\n");
 
+
+    // --init-swin: a 3-channel (ImageNet) export gets a zero 4th input channel, the rest is copied
+    {
+        ModelConfig tc = model_config_tiny(19);
+        SwinConfig sc3 = tc.swin;
+        sc3.in_chans = 3;
+        size_t n3 = swin_num_params(&sc3), n4 = swin_num_params(&tc.swin);
+        Rng rng;
+        rng_seed(&rng, 9);
+        float* w3 = random_tensor(&rng, n3, -1.0f, 1.0f);
+        swin_save_export(TMP "/swin3.bin", &sc3, w3);
+        snprintf(args, sizeof(args), "--data " TMP "/cs --out " TMP "/swin_init.bin --steps 0 --init-swin " TMP "/swin3.bin %s", tiny);
+        rc = train(args);
+        int ok = rc == 0 && file_exists(TMP "/swin_init.bin");
+        if (ok) {
+            Model* m = model_load(TMP "/swin_init.bin", 1, 32, 32);
+            float* p = model_params_host(m);
+            int E = sc3.embed_dim, bad = model_num_params(m, 0) != n4;
+            for (size_t i = 0; !bad && i < (size_t)E * 16; i++)
+                bad += p[i * 4] != w3[i * 3] || p[i * 4 + 1] != w3[i * 3 + 1] || p[i * 4 + 2] != w3[i * 3 + 2] || p[i * 4 + 3] != 0.0f;
+            for (size_t j = 0; !bad && j < n4 - (size_t)E * 64; j++) bad += p[(size_t)E * 64 + j] != w3[(size_t)E * 48 + j];
+            ok = bad == 0;
+            free(p);
+            model_free(m);
+        }
+        CHECK(ok, "--init-swin with a 3-channel export: exit %d", rc);
+        if (ok) printf("ok   --init-swin: f is the export, its patch embedding padded with a zero 4th channel\n");
+        snprintf(args, sizeof(args), "--data " TMP "/cs --out " TMP "/o.bin --steps 0 --init-swin " TMP "/swin3.bin "
+                 "--size default --classes 19 --crop 24x12 --device cpu");
+        train_refuses("a Swin export of another size", args, "holds a Swin of embed");
+        free(w3);
+    }
+
     // bad labels in a copy of the Cityscapes fixture: 16-bit, wrong size, id out of range, missing
     const char* lab = TMP "/csbad/gtFine/train/bochum/bochum_000000_000313_gtFine_labelTrainIds.png";
     struct { const char* what; const char* setup; const char* expect; } bad[] = {
