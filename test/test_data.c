@@ -3,13 +3,14 @@
 // 1024x2048); the bilinear resize byte for byte against PIL itself (test/data/pil_resize_ref.bin,
 // dev/pil_resize_reference.py); the nearest label resize against PyTorch's rule; the HSV
 // conversions and ColorAugSSD against OpenCV / detectron2 (test/data/color_aug_ref.bin,
-// dev/color_aug_reference.py). Then fixtures this test writes in each real layout (KITTI-STEP
+// dev/color_aug_reference.py); the training sample (resize -> crop -> flip, padding). Then fixtures this test writes in each real layout (KITTI-STEP
 // images + panoptic_maps, Cityscapes leftImg8bit + gtFine with trainIds and with labelIds only)
 // beside the same data in the plain layout: every reader gives the same images and labels,
 // find_label_layout finds each (trailing slashes too), bad labels (16-bit, wrong size, id out
 // of range, missing) end in one "error:" line naming the file and a non-zero exit, and ./train
 // runs on the Cityscapes fixture (tiny model, and --recipe paper at tiny sizes), printing its
-// settings line and writing the checkpoint, and refuses bad arguments.
+// settings line and writing the checkpoint, starts f from a 3-channel Swin export
+// (--init-swin), and refuses bad arguments.
 #include "test.h"
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -655,10 +656,56 @@ static void test_train_program(void) {
     free(before); free(after);
 }
 
+// the training sample: aug_apply equals resize -> crop -> flip done by hand; padding; draws
+static void test_aug(void) {
+    Rng rng;
+    rng_seed(&rng, 3);
+    int H = 10, W = 20;
+    unsigned char img[10 * 20 * 3], lab[10 * 20];
+    for (int i = 0; i < H * W * 3; i++) img[i] = (unsigned char)rng_int(&rng, 256);
+    for (int i = 0; i < H * W; i++) lab[i] = (unsigned char)rng_int(&rng, 19);
+    AugConfig c;
+    memset(&c, 0, sizeof(c));
+    c.crop_h = 8; c.crop_w = 16; c.n_short = 2; c.short_sizes[0] = 7; c.short_sizes[1] = 13; c.max_long = 24;
+    c.flip = 1; c.color_aug = 0;
+    int ok = 1, seen_small = 0, seen_big = 0, seen_flip = 0;
+    for (int t = 0; t < 40; t++) {
+        AugDraw d = aug_draw(&c, H, W, &rng);
+        // 7 -> 7x14 (crop 7x14, padded); 13 -> 13x26 capped to 24: 12x24
+        int small = d.Ho == 7 && d.Wo == 14, big = d.Ho == 12 && d.Wo == 24;
+        seen_small += small; seen_big += big; seen_flip += d.flip;
+        ok &= (small || big) && d.ch == (small ? 7 : 8) && d.cw == (small ? 14 : 16) && d.y0 >= 0 && d.x0 >= 0 &&
+              d.y0 + d.ch <= d.Ho && d.x0 + d.cw <= d.Wo;
+        float out[8 * 16 * 3];
+        unsigned char ol[8 * 16];
+        aug_apply(&c, &d, img, lab, H, W, out, ol);
+        unsigned char* full = (unsigned char*)mallocCheck((size_t)d.Ho * d.Wo * 3);
+        unsigned char* fl = (unsigned char*)mallocCheck((size_t)d.Ho * d.Wo);
+        resize_bilinear_u8(full, img, H, W, 3, d.Ho, d.Wo, 0, 0, d.Ho, d.Wo);
+        label_resize_nearest(fl, lab, H, W, d.Ho, d.Wo, 0, 0, d.Ho, d.Wo);
+        for (int y = 0; y < 8; y++)
+            for (int x = 0; x < 16; x++) {
+                const float* o = out + (y * 16 + x) * 3;
+                if (y >= d.ch || x >= d.cw) {   // padding: the ImageNet mean, ignore label
+                    ok &= fabsf(o[0] - 123.675f / 255) < 1e-6f && fabsf(o[2] - 103.53f / 255) < 1e-6f && ol[y * 16 + x] == 255;
+                    continue;
+                }
+                int sx = d.x0 + (d.flip ? d.cw - 1 - x : x), sy = d.y0 + y;
+                for (int k = 0; k < 3; k++) ok &= o[k] == full[((size_t)sy * d.Wo + sx) * 3 + k] / 255.0f;
+                ok &= ol[y * 16 + x] == fl[(size_t)sy * d.Wo + sx];
+            }
+        free(full); free(fl);
+    }
+    CHECK(ok && seen_small > 5 && seen_big > 5 && seen_flip > 5 && seen_flip < 35,
+          "aug_apply differs from resize -> crop -> flip (small %d, big %d, flips %d)", seen_small, seen_big, seen_flip);
+    printf("ok   training sample = shortest-edge resize (long side capped) -> crop -> flip, padded with mean / 255\n");
+}
+
 int main(void) {
     test_tables();
     test_resize();
     test_color_aug();
+    test_aug();
     write_fixtures();
     test_readers();
     test_bad_labels();
