@@ -3,14 +3,15 @@
 // 1024x2048); the bilinear resize byte for byte against PIL itself (test/data/pil_resize_ref.bin,
 // dev/pil_resize_reference.py); the nearest label resize against PyTorch's rule; the HSV
 // conversions and ColorAugSSD against OpenCV / detectron2 (test/data/color_aug_ref.bin,
-// dev/color_aug_reference.py); the training sample (resize -> crop -> flip, padding). Then fixtures this test writes in each real layout (KITTI-STEP
-// images + panoptic_maps, Cityscapes leftImg8bit + gtFine with trainIds and with labelIds only)
-// beside the same data in the plain layout: every reader gives the same images and labels,
-// find_label_layout finds each (trailing slashes too), bad labels (16-bit, wrong size, id out
-// of range, missing) end in one "error:" line naming the file and a non-zero exit, and ./train
-// runs on the Cityscapes fixture (tiny model, and --recipe paper at tiny sizes), printing its
-// settings line and writing the checkpoint, starts f from a 3-channel Swin export
-// (--init-swin), and refuses bad arguments.
+// dev/color_aug_reference.py); the training sample (resize -> crop -> flip, padding).
+// Then fixtures this test writes in each real layout (KITTI-STEP images + panoptic_maps,
+// Cityscapes leftImg8bit + gtFine with trainIds and with labelIds only) beside the same data in
+// the plain layout: every reader gives the same images and labels, find_label_layout finds
+// each (trailing slashes too), bad labels (16-bit, wrong size, id out of range, missing) end
+// in one "error:" line naming the file and a non-zero exit, and ./train runs on the
+// Cityscapes fixture (tiny model, and --recipe paper at tiny sizes), printing its settings
+// line and writing the checkpoint, starts f from a 3-channel Swin export (--init-swin), and
+// refuses bad arguments.
 #include "test.h"
 #include <sys/stat.h>
 #include <sys/wait.h>
