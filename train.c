@@ -1,183 +1,337 @@
 // train.c: joint training of the Y model on labeled still images:
 //   minimise l_m(h(f(x)), y) + l_s(g(f(x~)), x)
-// over a dataset folder DIR/images/NAME.(png|jpg) + DIR/labels/NAME.png (class ids, 255 =
-// ignore), with random scale / crop / flip, AdamW with linear warm-up and poly decay, global
-// gradient-norm clipping, periodic checkpoints and an exact resume.
+// with the augmentation of Mask2Former's semantic dataset mapper (resize, crop, ColorAugSSD,
+// flip; data.c), AdamW with detectron2's WarmupPolyLR schedule, global gradient-norm
+// clipping, periodic checkpoints and an exact resume.
 //
-//   ./train --data DIR --out model.bin [--steps N] [--batch B] [--crop WxH] ...
+// Datasets (labeled_set_list in data.c, found from what --data holds):
+//   Cityscapes  ROOT/leftImg8bit/SPLIT/CITY/*_leftImg8bit.png with ROOT/gtFine/SPLIT/CITY/
+//               *_gtFine_labelTrainIds.png (or *_labelIds.png, mapped to the 19 train ids)
+//   KITTI-STEP  ROOT/images/SPLIT/SEQ/*.png with ROOT/panoptic_maps/SPLIT/SEQ/*.png
+//   plain       DIR/images/NAME.(png|jpg) with DIR/labels/NAME.png (8-bit ids, 255 = ignore)
+// Paths are listed and every header (and every label's ids) checked before training; each
+// step then decodes its images from disk (OpenMP over the batch), so a real dataset need not
+// fit in memory.
+//
+// --recipe paper: the released Cityscapes joint-training schedule (video-ttt-release,
+// configs/kitti_step/semantic-segmentation/maskformer2_swin_small_bs16_90k_ttt_mae.yaml and
+// its bases Base-Cityscapes-SemanticSegmentation.yaml, maskformer2_R50_bs16_90k.yaml):
+// 90k iterations of 16 images, AdamW lr 1e-4 poly(0.9) without warm-up, wd 0.05, crops of
+// 512x1024 after a random short side from int(x * 0.1 * 1024), x = 5..20 (long side <= 4096),
+// ColorAugSSD, horizontal flip, full-model clipping at 0.01, Swin-S with 19 classes, and the
+// model recipe of model_recipe_paper(). Every setting is its own flag as well; the recipe
+// sets the defaults and every other flag overrides it, wherever it stands on the line.
+//
+//   ./train --data DIR --out model.bin [--recipe paper] [--steps N] [--batch B] ...
 #include "ttt.h"
-#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-but-set-variable"
+#include "stb_image.h"   // declarations only (stbi_info for the --out check)
+#pragma GCC diagnostic pop
 
 typedef struct {
+    const char* recipe;        // demo | paper
     const char* data_dir;
+    const char* split;         // Cityscapes / KITTI-STEP split of --data
     const char* val_dir;
+    const char* val_split;
     const char* out_path;
     const char* init_path;     // f and h from this checkpoint; g from scratch
-    const char* resume_path;   // resume from out_path + ".opt" written by an earlier run
+    const char* init_swin;     // f from a Swin encoder export (dev/convert_swin.py)
     const char* size;          // tiny | default | swin-s
-    int classes, steps, batch, crop_w, crop_h, warmup, save_every, val_every, seed;
-    float lr, weight_decay, grad_clip, min_scale, max_scale;
     const char* device;
+    int classes, steps, batch, warmup, save_every, val_every, seed;
+    int sampler_perm;          // 1: cycle through random permutations (detectron2's TrainingSampler)
+    float lr, weight_decay, grad_clip, warmup_factor;
+    AugConfig aug;
+    // model recipe overrides (< 0: the recipe's value)
+    float mask_ratio, backbone_lr_scale, drop_path;
+    int loss_all_pixels, wd_exempt;
 } TrainArgs;
 
 static void usage(void) {
     printf("usage: ./train --data DIR --out CKPT [options]\n"
-           "  DIR/images/NAME.png|jpg with DIR/labels/NAME.png (8-bit class ids, 255 = ignore)\n"
-           "  --classes K        number of classes (default 8, the generator's world)\n"
-           "  --size S           model size: tiny | default | swin-s (default: default)\n"
-           "  --steps N          optimizer steps (default 2000)\n"
-           "  --batch B          images per step (default 4)\n"
-           "  --crop WxH         training crop (default 128x96)\n"
-           "  --lr LR            peak learning rate (default 1e-4)\n"
-           "  --weight-decay W   AdamW decoupled weight decay (default 0.05)\n"
-           "  --warmup N         linear warm-up steps (default 100), then poly(0.9) decay\n"
-           "  --clip C           global gradient-norm clip, 0 = off (default 1.0)\n"
-           "  --scale LO,HI      random scale range (default 0.75,1.25)\n"
-           "  --init CKPT        start f and h from a checkpoint (g from scratch)\n"
-           "  --resume           continue from CKPT and CKPT.opt written by an earlier run\n"
-           "  --save-every N     checkpoint every N steps (default 500)\n"
-           "  --val DIR          held-out folder: mIoU at the end (and every --val-every steps)\n"
-           "  --val-every N      (default 0 = only at the end)\n"
-           "  --seed S           (default 1)\n"
-           "  --stop-after N     stop after step N as if interrupted (tests of --resume)\n"
-           "  --device D         cpu | cuda | auto (default auto)\n");
+           "  --data DIR           Cityscapes root (leftImg8bit/, gtFine/), KITTI-STEP root (images/,\n"
+           "                       panoptic_maps/), or DIR/images + DIR/labels (8-bit class ids, 255 = ignore)\n"
+           "  --split S            split of a Cityscapes / KITTI-STEP root (default train)\n"
+           "  --recipe R           demo (default) | paper: the released Cityscapes schedule; other flags\n"
+           "                       override it wherever they stand\n"
+           "  --classes K          number of classes (demo 8, paper 19)\n"
+           "  --size S             model size: tiny | default | swin-s (demo default, paper swin-s)\n"
+           "  --steps N            optimizer steps (demo 2000, paper 90000)\n"
+           "  --batch B            images per step (demo 4, paper 16)\n"
+           "  --crop WxH           training crop (demo 128x96, paper 1024x512)\n"
+           "  --lr LR              base learning rate (1e-4)\n"
+           "  --weight-decay W     AdamW decoupled weight decay (0.05)\n"
+           "  --warmup N           linear warm-up steps from 0.001 x lr (demo 100, paper 0), then poly(0.9)\n"
+           "  --clip C             full-model gradient-norm clip, 0 = off (demo 1.0, paper 0.01)\n"
+           "  --scale LO,HI        random scale of each side (demo 0.75,1.25)\n"
+           "  --resize-short LIST  random short side from LIST (comma-separated; replaces --scale);\n"
+           "                       paper 512,614,...,2048 = int(x * 0.1 * 1024) for x = 5..20\n"
+           "  --max-long N         cap on the long side with --resize-short (paper 4096)\n"
+           "  --flip on|off        random horizontal flip (on)\n"
+           "  --color-aug on|off   ColorAugSSD photometric augmentation (demo off, paper on)\n"
+           "  --sampler S          random (with replacement) | perm (random permutations; paper)\n"
+           "  --mask-ratio R       MAE mask ratio (demo: the model's, 0.8; paper 0.85)\n"
+           "  --loss-pixels P      MAE loss over all | masked pixels (demo masked, paper all)\n"
+           "  --backbone-lr-scale S  learning rate of f relative to lr (demo 1, paper 0.1)\n"
+           "  --wd-exempt on|off   no weight decay on norms, embeddings, position tables (demo off, paper on)\n"
+           "  --drop-path R        stochastic depth rate of Swin (demo 0, paper 0.3)\n"
+           "  --init CKPT          start f and h from a model checkpoint (g from scratch)\n"
+           "  --init-swin FILE     start f from a Swin encoder export (dev/convert_swin.py; h, g from scratch)\n"
+           "  --resume             continue from CKPT and CKPT.opt written by an earlier run\n"
+           "  --save-every N       checkpoint every N steps (demo 500, paper 5000)\n"
+           "  --val DIR            held-out set (any layout above): mIoU at the end (and every --val-every)\n"
+           "  --val-split S        split of a Cityscapes / KITTI-STEP --val root (default val)\n"
+           "  --val-every N        (default 0 = only at the end)\n"
+           "  --seed S             (default 1)\n"
+           "  --stop-after N       stop after step N as if interrupted (tests of --resume)\n"
+           "  --device D           cpu | cuda | auto (default auto)\n");
 }
 
 // ----------------------------------------------------------------------------
-// dataset: every image and label in memory, checked once up front
+// settings
 
-typedef struct {
-    int n, H, W;          // all images share one size
-    float* images;        // (n, H, W, 3)
-    unsigned char* labels;  // (n, H, W)
-    char** names;
-} Dataset;
+static void defaults_demo(TrainArgs* a) {
+    a->size = "default"; a->classes = 8; a->steps = 2000; a->batch = 4;
+    a->aug.crop_w = 128; a->aug.crop_h = 96; a->aug.n_short = 0; a->aug.max_long = 0;
+    a->aug.min_scale = 0.75f; a->aug.max_scale = 1.25f; a->aug.flip = 1; a->aug.color_aug = 0;
+    a->warmup = 100; a->warmup_factor = 0.001f; a->save_every = 500; a->lr = 1e-4f;
+    a->weight_decay = 0.05f; a->grad_clip = 1.0f; a->sampler_perm = 0;
+}
+
+static void defaults_paper(TrainArgs* a) {
+    a->size = "swin-s"; a->classes = CITYSCAPES_NUM_CLASSES; a->steps = 90000; a->batch = 16;
+    a->aug.crop_w = 1024; a->aug.crop_h = 512;
+    a->aug.n_short = 0;
+    for (int x = 5; x <= 20; x++) a->aug.short_sizes[a->aug.n_short++] = (int)(x * 0.1 * 1024);   // python's int()
+    a->aug.max_long = 4096; a->aug.flip = 1; a->aug.color_aug = 1;
+    a->warmup = 0; a->warmup_factor = 1.0f; a->save_every = 5000; a->lr = 1e-4f;
+    a->weight_decay = 0.05f; a->grad_clip = 0.01f; a->sampler_perm = 1;
+}
+
+static int parse_on_off(const char* opt, const char* v) {
+    if (!strcmp(v, "on")) return 1;
+    if (!strcmp(v, "off")) return 0;
+    ttt_die("%s: expected on or off, got '%s'", opt, v);
+    return 0;
+}
+
+static int parse_size(const char* s, int* w, int* h) {
+    char* end;
+    long W = strtol(s, &end, 10);
+    if (end == s || *end != 'x') return 0;
+    const char* p = end + 1;
+    long H = strtol(p, &end, 10);
+    if (end == p || *end != 0 || W < 1 || H < 1 || W > 100000 || H > 100000) return 0;
+    *w = (int)W; *h = (int)H;
+    return 1;
+}
+
+static void parse_short_list(AugConfig* aug, const char* v) {
+    char buf[1024];
+    snprintf(buf, sizeof(buf), "%s", v);
+    aug->n_short = 0;
+    for (char* tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        if (aug->n_short == AUG_MAX_SHORT) ttt_die("--resize-short: at most %d sizes", AUG_MAX_SHORT);
+        aug->short_sizes[aug->n_short++] = parse_int_arg("--resize-short", tok, 1);
+    }
+    if (aug->n_short == 0) ttt_die("--resize-short: expected a comma-separated list of sizes, got '%s'", v);
+}
+
+// ----------------------------------------------------------------------------
+// the --out path: checked before anything is spent
 
 static int has_image_ext(const char* name) {
     const char* dot = strrchr(name, '.');
     return dot && (!strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".bmp"));
 }
 
-static int compare_names(const void* a, const void* b) { return strcmp(*(char* const*)a, *(char* const*)b); }
-
-static Dataset load_dataset(const char* dir, int K) {
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/images", dir);
-    DIR* d = opendir(path);
-    if (!d) ttt_die("cannot open dataset folder '%s': %s (expected %s/images and %s/labels)", path, strerror(errno), dir, dir);
-    Dataset ds = {0};
-    int cap = 64;
-    ds.names = (char**)mallocCheck(cap * sizeof(char*));
-    struct dirent* e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.' || !has_image_ext(e->d_name)) continue;
-        if (ds.n == cap) { cap *= 2; ds.names = (char**)realloc(ds.names, cap * sizeof(char*)); if (!ds.names) ttt_die("out of memory"); }
-        ds.names[ds.n++] = strdup(e->d_name);
-    }
-    closedir(d);
-    if (ds.n == 0) ttt_die("dataset folder '%s' has no images", path);
-    qsort(ds.names, ds.n, sizeof(char*), compare_names);
-    for (int i = 0; i < ds.n; i++) {
-        int H, W;
-        snprintf(path, sizeof(path), "%s/images/%s", dir, ds.names[i]);
-        float* img = image_load(path, &H, &W);
-        if (i == 0) {
-            ds.H = H; ds.W = W;
-            ds.images = (float*)mallocCheck((size_t)ds.n * H * W * 3 * sizeof(float));
-            ds.labels = (unsigned char*)mallocCheck((size_t)ds.n * H * W);
-        } else if (H != ds.H || W != ds.W) {
-            ttt_die("image '%s' is %dx%d but the dataset's first image is %dx%d (all must match)", path, W, H, ds.W, ds.H);
-        }
-        memcpy(ds.images + (size_t)i * H * W * 3, img, (size_t)H * W * 3 * sizeof(float));
-        free(img);
-        char stem[1024];
-        snprintf(stem, sizeof(stem), "%s", ds.names[i]);
-        char* dot = strrchr(stem, '.');
-        if (dot) *dot = 0;
-        snprintf(path, sizeof(path), "%s/labels/%s.png", dir, stem);
-        struct stat st;
-        if (stat(path, &st) != 0) ttt_die("image '%s/images/%s' has no label '%s'", dir, ds.names[i], path);
-        unsigned char* lab = label_load(path, H, W, NULL, NULL);
-        for (int p = 0; p < H * W; p++) {
-            if (lab[p] != 255 && lab[p] >= K)
-                ttt_die("label '%s' has class id %d at pixel (%d, %d); ids must be < %d or 255", path, lab[p], p % W, p / W, K);
-        }
-        memcpy(ds.labels + (size_t)i * H * W, lab, (size_t)H * W);
-        free(lab);
-    }
-    return ds;
+// the folder of path (malloc'd): "." when it has none
+static char* folder_of(const char* path) {
+    char* d = strdup(path);
+    if (!d) ttt_die("out of memory");
+    char* slash = strrchr(d, '/');
+    if (slash == NULL) { free(d); d = strdup("."); }
+    else if (slash == d) slash[1] = 0;
+    else *slash = 0;
+    return d;
 }
 
-// random scale (bilinear image, nearest label), random crop (pad: image 0, label 255),
-// random horizontal flip
-static void augment(const Dataset* ds, int idx, int ch, int cw, float lo, float hi, Rng* rng,
-                    float* img_out, unsigned char* lab_out) {
-    float s = lo + (hi - lo) * rng_uniform(rng);
-    int sh = (int)(ds->H * s + 0.5f), sw = (int)(ds->W * s + 0.5f);
-    if (sh < 1) sh = 1;
-    if (sw < 1) sw = 1;
-    int oy = sh > ch ? rng_int(rng, sh - ch + 1) : 0, ox = sw > cw ? rng_int(rng, sw - cw + 1) : 0;
-    int flip = rng_uniform(rng) < 0.5f;
-    const float* img = ds->images + (size_t)idx * ds->H * ds->W * 3;
-    const unsigned char* lab = ds->labels + (size_t)idx * ds->H * ds->W;
-    for (int y = 0; y < ch; y++) {
-        for (int x = 0; x < cw; x++) {
-            int yy = y + oy, xx = (flip ? cw - 1 - x : x) + ox;
-            float* o = img_out + ((size_t)y * cw + x) * 3;
-            if (yy >= sh || xx >= sw) { o[0] = o[1] = o[2] = 0.0f; lab_out[y * cw + x] = 255; continue; }
-            // bilinear sample of the source at the scaled position (align_corners=False)
-            float sy = (yy + 0.5f) / s - 0.5f, sx = (xx + 0.5f) / s - 0.5f;
-            if (sy < 0) sy = 0;
-            if (sx < 0) sx = 0;
-            int y0 = (int)sy, x0 = (int)sx;
-            if (y0 > ds->H - 1) y0 = ds->H - 1;
-            if (x0 > ds->W - 1) x0 = ds->W - 1;
-            int y1 = y0 + 1 < ds->H ? y0 + 1 : y0, x1 = x0 + 1 < ds->W ? x0 + 1 : x0;
-            float ly = sy - y0, lx = sx - x0;
-            if (ly > 1) ly = 1;
-            if (lx > 1) lx = 1;
-            for (int c = 0; c < 3; c++) {
-                float a = img[((size_t)y0 * ds->W + x0) * 3 + c], b = img[((size_t)y0 * ds->W + x1) * 3 + c];
-                float cc = img[((size_t)y1 * ds->W + x0) * 3 + c], dd = img[((size_t)y1 * ds->W + x1) * 3 + c];
-                o[c] = (1 - ly) * ((1 - lx) * a + lx * b) + ly * ((1 - lx) * cc + lx * dd);
-            }
-            int ny = (int)(yy / s), nx = (int)(xx / s);
-            if (ny > ds->H - 1) ny = ds->H - 1;
-            if (nx > ds->W - 1) nx = ds->W - 1;
-            lab_out[y * cw + x] = lab[(size_t)ny * ds->W + nx];
-        }
-    }
+// 1 when the real path of folder a is b or lies inside b
+static int folder_inside(const char* a, const char* b) {
+    char ra[PATH_MAX], rb[PATH_MAX];
+    if (!realpath(a, ra) || !realpath(b, rb)) return 0;
+    size_t n = strlen(rb);
+    return strncmp(ra, rb, n) == 0 && (ra[n] == 0 || ra[n] == '/' || (n == 1 && rb[0] == '/'));
 }
 
-// mIoU of h(f(x)) over a folder, with a model built for its image size
-static double validate(const Model* trained, const char* dir, int K) {
-    Dataset vs = load_dataset(dir, K);
-    Model* vm = model_create(model_config(trained), 1, vs.H, vs.W);
+static void check_out_path(const char* out, const char* data_dir, const char* val_dir, int resume) {
+    char* dir = folder_of(out);
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        ttt_die("cannot write checkpoint '%s': folder '%s' does not exist", out, dir);
+    if (folder_inside(dir, data_dir)) ttt_die("--out '%s' is inside the dataset folder '%s'; write it elsewhere", out, data_dir);
+    if (val_dir && folder_inside(dir, val_dir)) ttt_die("--out '%s' is inside the validation folder '%s'; write it elsewhere", out, val_dir);
+    free(dir);
+    if (stat(out, &st) == 0) {
+        int w, h, c;
+        if (S_ISDIR(st.st_mode)) ttt_die("--out '%s' is a folder; give a checkpoint file name", out);
+        if (has_image_ext(out) || stbi_info(out, &w, &h, &c))
+            ttt_die("--out '%s' is an existing image; refusing to overwrite it", out);
+        FILE* fp = fopen(out, "rb");
+        int magic = 0;
+        if (fp == NULL || fread(&magic, sizeof(int), 1, fp) != 1 || magic != CKPT_MAGIC)
+            ttt_die("--out '%s' exists and is not a ttt checkpoint; refusing to overwrite it", out);
+        fclose(fp);
+    } else if (resume) {
+        ttt_die("--resume: checkpoint '%s' does not exist", out);
+    }
+    // writable: probe beside it
+    char probe[4096];
+    snprintf(probe, sizeof(probe), "%s.probe", out);
+    FILE* fp = fopen(probe, "wb");
+    if (!fp) ttt_die("cannot write checkpoint '%s': %s", out, strerror(errno));
+    fclose(fp);
+    remove(probe);
+}
+
+// ----------------------------------------------------------------------------
+// f from a Swin encoder export
+
+static void init_f_from_swin(Model* m, const char* path) {
+    SwinConfig sc;
+    float* src = swin_load_hf_export(path, &sc);
+    const SwinConfig* mc = &model_config(m)->swin;
+    int same = sc.embed_dim == mc->embed_dim && sc.window == mc->window && sc.mlp_ratio == mc->mlp_ratio;
+    for (int s = 0; s < 4; s++) same = same && sc.depths[s] == mc->depths[s] && sc.num_heads[s] == mc->num_heads[s];
+    if (!same || (sc.in_chans != 3 && sc.in_chans != mc->in_chans))
+        ttt_die("'%s' holds a Swin of embed %d, depths %d %d %d %d, window %d, %d input channels; the model "
+                "(--size) has embed %d, depths %d %d %d %d, window %d, %d input channels", path, sc.embed_dim,
+                sc.depths[0], sc.depths[1], sc.depths[2], sc.depths[3], sc.window, sc.in_chans, mc->embed_dim,
+                mc->depths[0], mc->depths[1], mc->depths[2], mc->depths[3], mc->window, mc->in_chans);
+    size_t n = model_num_params(m, 0);
+    float* f = src;
+    if (sc.in_chans == 3) {
+        // ImageNet weights: the patch embedding (E, 4, 4, 3) gets a 4th input channel of zero
+        // weights, so f computes exactly the pretrained function of the RGB channels at first
+        int E = sc.embed_dim;
+        f = (float*)mallocCheck(n * sizeof(float));
+        for (size_t i = 0; i < (size_t)E * 16; i++) {
+            for (int c = 0; c < 3; c++) f[i * 4 + c] = src[i * 3 + c];
+            f[i * 4 + 3] = 0.0f;
+        }
+        memcpy(f + (size_t)E * 16 * 4, src + (size_t)E * 16 * 3, (n - (size_t)E * 16 * 4) * sizeof(float));
+    }
+    ttt_to_device(model_params_device(m), f, n * sizeof(float));
+    model_snapshot_ttt(m);
+    if (f != src) free(f);
+    free(src);
+}
+
+// ----------------------------------------------------------------------------
+// sampling and the batch
+
+// detectron2's TrainingSampler: an endless stream of random permutations of the set. The
+// permutation of epoch e comes from its own seed, so position p of the stream is a pure
+// function of (seed, p) and a resumed run continues it exactly.
+typedef struct { int n, epoch; int* perm; uint64_t seed; } PermSampler;
+
+static int perm_sample(PermSampler* s, long long pos) {
+    int e = (int)(pos / s->n);
+    if (e != s->epoch) {
+        Rng r;
+        rng_seed(&r, s->seed * 1000003ULL + (uint64_t)e * 7919ULL + 17ULL);
+        for (int i = 0; i < s->n; i++) s->perm[i] = i;
+        for (int i = s->n - 1; i > 0; i--) { int j = rng_int(&r, i + 1); int t = s->perm[i]; s->perm[i] = s->perm[j]; s->perm[j] = t; }
+        s->epoch = e;
+    }
+    return s->perm[pos % s->n];
+}
+
+// decode and augment the batch (OpenMP over images); the draws were made in order before
+static void load_batch(const LabeledSet* ds, const int* idx, const AugDraw* draws, int B, const AugConfig* aug,
+                       int K, float* imgs, unsigned char* labs) {
+    char* errs = (char*)callocCheck((size_t)B, 2048);
+    int first_bad = B;
+    size_t npix = (size_t)aug->crop_h * aug->crop_w;
+    #pragma omp parallel for schedule(dynamic)
+    for (int b = 0; b < B; b++) {
+        int i = idx[b], H, W;
+        char* err = errs + (size_t)b * 2048;
+        unsigned char* img = image_try_load_u8(ds->images[i], &H, &W, err, 2048);
+        unsigned char* lab = NULL;
+        if (img && (H != ds->H[i] || W != ds->W[i])) {
+            snprintf(err, 2048, "image '%s' changed size since it was listed (%dx%d, now %dx%d)", ds->images[i],
+                     ds->W[i], ds->H[i], W, H);
+        } else if (img) {
+            lab = label_try_load_format(ds->labels[i], ds->fmt[i], K, H, W, NULL, NULL, err, 2048);
+            if (lab) aug_apply(aug, &draws[b], img, lab, H, W, imgs + (size_t)b * npix * 3, labs + (size_t)b * npix);
+        }
+        if (!lab) {
+            #pragma omp critical
+            if (b < first_bad) first_bad = b;
+        }
+        free(img); free(lab);
+    }
+    if (first_bad < B) ttt_die("%s", errs + (size_t)first_bad * 2048);
+    free(errs);
+}
+
+// mIoU of h(f(x)) over a held-out set at its own size (all its images share one size)
+static double validate(const Model* trained, const LabeledSet* vs, int K) {
+    int H = vs->H[0], W = vs->W[0];
+    for (int i = 1; i < vs->n; i++)
+        if (vs->H[i] != H || vs->W[i] != W)
+            ttt_die("validation image '%s' is %dx%d but the first is %dx%d (all must match)", vs->images[i], vs->W[i], vs->H[i], W, H);
+    Model* vm = model_create(model_config(trained), 1, H, W);
     model_copy_params(vm, trained);
     int64_t* conf = (int64_t*)callocCheck((size_t)K * K, sizeof(int64_t));
-    unsigned char* pred = (unsigned char*)mallocCheck((size_t)vs.H * vs.W);
-    for (int i = 0; i < vs.n; i++) {
-        model_predict(vm, vs.images + (size_t)i * vs.H * vs.W * 3, pred);
-        confusion_update(conf, pred, vs.labels + (size_t)i * vs.H * vs.W, (size_t)vs.H * vs.W, K);
+    unsigned char* pred = (unsigned char*)mallocCheck((size_t)H * W);
+    float* frame = (float*)mallocCheck((size_t)H * W * 3 * sizeof(float));
+    for (int i = 0; i < vs->n; i++) {
+        char err[2048];
+        int h, w;
+        unsigned char* img = image_try_load_u8(vs->images[i], &h, &w, err, sizeof(err));
+        if (!img) ttt_die("%s", err);
+        for (size_t p = 0; p < (size_t)H * W * 3; p++) frame[p] = img[p] / 255.0f;
+        free(img);
+        unsigned char* lab = label_load_format(vs->labels[i], vs->fmt[i], K, H, W, NULL, NULL);
+        model_predict(vm, frame, pred);
+        confusion_update(conf, pred, lab, (size_t)H * W, K);
+        free(lab);
     }
     double miou = mean_iou(conf, K, NULL);
-    free(conf); free(pred); model_free(vm);
-    for (int i = 0; i < vs.n; i++) free(vs.names[i]);
-    free(vs.names); free(vs.images); free(vs.labels);
+    free(conf); free(pred); free(frame); model_free(vm);
     return miou;
 }
 
-static int parse_size(const char* s, int* w, int* h) { return sscanf(s, "%dx%d", w, h) == 2 && *w > 0 && *h > 0; }
+// detectron2's WarmupPolyLR (projects/DeepLab): lr * warmup(t) * (1 - t / T)^0.9, where
+// warmup(t) = f + (1 - f) t / W for t < W (linear from factor f) and 1 after
+static float learning_rate(const TrainArgs* a, int step) {
+    float wf = 1.0f;
+    if (step < a->warmup) { float alpha = (float)step / a->warmup; wf = a->warmup_factor * (1.0f - alpha) + alpha; }
+    return a->lr * wf * powf(1.0f - (float)step / (float)a->steps, 0.9f);
+}
+
+// ----------------------------------------------------------------------------
 
 int main(int argc, char** argv) {
-    TrainArgs a = {0};
-    a.size = "default"; a.classes = 8; a.steps = 2000; a.batch = 4; a.crop_w = 128; a.crop_h = 96;
-    a.warmup = 100; a.save_every = 500; a.seed = 1; a.lr = 1e-4f; a.weight_decay = 0.05f;
-    a.grad_clip = 1.0f; a.min_scale = 0.75f; a.max_scale = 1.25f; a.device = "auto";
-    int resume = 0, stop_after = -1;
+    TrainArgs a;
+    memset(&a, 0, sizeof(a));
+    a.recipe = "demo";
+    for (int i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], "--recipe")) a.recipe = argv[i + 1];
+    if (!strcmp(a.recipe, "paper")) defaults_paper(&a);
+    else if (!strcmp(a.recipe, "demo")) defaults_demo(&a);
+    else ttt_die("--recipe must be demo or paper, got '%s'", a.recipe);
+    a.split = "train"; a.val_split = "val"; a.seed = 1; a.device = "auto";
+    a.mask_ratio = -1; a.backbone_lr_scale = -1; a.drop_path = -1; a.loss_all_pixels = -1; a.wd_exempt = -1;
+    int resume = 0, stop_after = -1, scale_given = 0, short_given = 0;
     for (int i = 1; i < argc; i++) {
         const char* k = argv[i];
         const char* v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -185,30 +339,62 @@ int main(int argc, char** argv) {
         if (!strcmp(k, "--resume")) { resume = 1; continue; }
         if (!v) ttt_die("option %s needs a value (see --help)", k);
         i++;
-        if (!strcmp(k, "--data")) a.data_dir = v;
+        if (!strcmp(k, "--recipe")) continue;   // applied first, above
+        else if (!strcmp(k, "--data")) a.data_dir = v;
+        else if (!strcmp(k, "--split")) a.split = v;
         else if (!strcmp(k, "--val")) a.val_dir = v;
+        else if (!strcmp(k, "--val-split")) a.val_split = v;
         else if (!strcmp(k, "--out")) a.out_path = v;
         else if (!strcmp(k, "--init")) a.init_path = v;
+        else if (!strcmp(k, "--init-swin")) a.init_swin = v;
         else if (!strcmp(k, "--size")) a.size = v;
-        else if (!strcmp(k, "--classes")) a.classes = atoi(v);
-        else if (!strcmp(k, "--steps")) a.steps = atoi(v);
-        else if (!strcmp(k, "--batch")) a.batch = atoi(v);
-        else if (!strcmp(k, "--crop")) { if (!parse_size(v, &a.crop_w, &a.crop_h)) ttt_die("--crop wants WxH, got '%s'", v); }
-        else if (!strcmp(k, "--lr")) a.lr = (float)atof(v);
-        else if (!strcmp(k, "--weight-decay")) a.weight_decay = (float)atof(v);
-        else if (!strcmp(k, "--warmup")) a.warmup = atoi(v);
-        else if (!strcmp(k, "--clip")) a.grad_clip = (float)atof(v);
-        else if (!strcmp(k, "--scale")) { if (sscanf(v, "%f,%f", &a.min_scale, &a.max_scale) != 2 || a.min_scale <= 0 || a.max_scale < a.min_scale) ttt_die("--scale wants LO,HI, got '%s'", v); }
-        else if (!strcmp(k, "--save-every")) a.save_every = atoi(v);
-        else if (!strcmp(k, "--val-every")) a.val_every = atoi(v);
-        else if (!strcmp(k, "--seed")) a.seed = atoi(v);
+        else if (!strcmp(k, "--classes")) a.classes = parse_int_arg(k, v, 1);
+        else if (!strcmp(k, "--steps")) a.steps = parse_int_arg(k, v, 0);
+        else if (!strcmp(k, "--batch")) a.batch = parse_int_arg(k, v, 1);
+        else if (!strcmp(k, "--crop")) { if (!parse_size(v, &a.aug.crop_w, &a.aug.crop_h)) ttt_die("--crop wants WxH, got '%s'", v); }
+        else if (!strcmp(k, "--lr")) a.lr = parse_float_arg(k, v, 0.0f);
+        else if (!strcmp(k, "--weight-decay")) a.weight_decay = parse_float_arg(k, v, 0.0f);
+        else if (!strcmp(k, "--warmup")) a.warmup = parse_int_arg(k, v, 0);
+        else if (!strcmp(k, "--clip")) a.grad_clip = parse_float_arg(k, v, 0.0f);
+        else if (!strcmp(k, "--scale")) {
+            if (sscanf(v, "%f,%f", &a.aug.min_scale, &a.aug.max_scale) != 2 || !(a.aug.min_scale > 0) || !(a.aug.max_scale >= a.aug.min_scale))
+                ttt_die("--scale wants LO,HI with 0 < LO <= HI, got '%s'", v);
+            scale_given = 1;
+        }
+        else if (!strcmp(k, "--resize-short")) { parse_short_list(&a.aug, v); short_given = 1; }
+        else if (!strcmp(k, "--max-long")) a.aug.max_long = parse_int_arg(k, v, 1);
+        else if (!strcmp(k, "--flip")) a.aug.flip = parse_on_off(k, v);
+        else if (!strcmp(k, "--color-aug")) a.aug.color_aug = parse_on_off(k, v);
+        else if (!strcmp(k, "--sampler")) {
+            if (!strcmp(v, "perm")) a.sampler_perm = 1;
+            else if (!strcmp(v, "random")) a.sampler_perm = 0;
+            else ttt_die("--sampler must be random or perm, got '%s'", v);
+        }
+        else if (!strcmp(k, "--mask-ratio")) a.mask_ratio = parse_float_arg(k, v, 0.0f);
+        else if (!strcmp(k, "--loss-pixels")) {
+            if (!strcmp(v, "all")) a.loss_all_pixels = 1;
+            else if (!strcmp(v, "masked")) a.loss_all_pixels = 0;
+            else ttt_die("--loss-pixels must be all or masked, got '%s'", v);
+        }
+        else if (!strcmp(k, "--backbone-lr-scale")) a.backbone_lr_scale = parse_float_arg(k, v, 0.0f);
+        else if (!strcmp(k, "--wd-exempt")) a.wd_exempt = parse_on_off(k, v);
+        else if (!strcmp(k, "--drop-path")) a.drop_path = parse_float_arg(k, v, 0.0f);
+        else if (!strcmp(k, "--save-every")) a.save_every = parse_int_arg(k, v, 0);
+        else if (!strcmp(k, "--val-every")) a.val_every = parse_int_arg(k, v, 0);
+        else if (!strcmp(k, "--seed")) a.seed = parse_int_arg(k, v, 0);
         else if (!strcmp(k, "--device")) a.device = v;
-        else if (!strcmp(k, "--stop-after")) stop_after = atoi(v);
+        else if (!strcmp(k, "--stop-after")) stop_after = parse_int_arg(k, v, 1);
         else ttt_die("unknown option '%s' (see --help)", k);
     }
     if (!a.data_dir || !a.out_path) { usage(); ttt_die("--data and --out are required"); }
-    if (a.classes < 1 || a.classes > 254) ttt_die("--classes must be in 1..254");
-    if (a.steps < 0 || a.batch < 1) ttt_die("--steps must be >= 0 and --batch >= 1");
+    if (a.classes > 254) ttt_die("--classes must be in 1..254");
+    if (scale_given && short_given) ttt_die("--scale and --resize-short are two resize modes; give one");
+    if (scale_given) a.aug.n_short = 0;   // --scale replaces the recipe's short-side list
+    if (a.aug.n_short > 0 && a.aug.max_long < 1) a.aug.max_long = INT_MAX;
+    if (a.mask_ratio >= 1.0f) ttt_die("--mask-ratio must be in [0, 1), got %g", a.mask_ratio);
+    if (a.drop_path >= 1.0f) ttt_die("--drop-path must be in [0, 1), got %g", a.drop_path);
+    if (a.init_path && a.init_swin) ttt_die("--init and --init-swin both set f; give one");
+    if (resume && (a.init_path || a.init_swin)) ttt_die("--resume continues a run; it cannot take --init or --init-swin");
     ttt_set_device(ttt_parse_device(a.device));
 
     ModelConfig cfg;
@@ -217,21 +403,16 @@ int main(int argc, char** argv) {
     else if (!strcmp(a.size, "swin-s")) cfg = model_config_swin_s(a.classes);
     else ttt_die("--size must be tiny, default or swin-s, got '%s'", a.size);
 
-    Dataset ds = load_dataset(a.data_dir, a.classes);
-    printf("train: %d images %dx%d from %s, %d classes, model %s, device %s\n", ds.n, ds.W, ds.H,
-           a.data_dir, a.classes, a.size, ttt_device_name(ttt_device));
-    printf("train: %d steps of %d crops %dx%d, lr %g (warm-up %d, poly 0.9), wd %g, clip %g, seed %d\n",
-           a.steps, a.batch, a.crop_w, a.crop_h, a.lr, a.warmup, a.weight_decay, a.grad_clip, a.seed);
-
-    // check that the checkpoint path is writable before spending any time
-    {
-        char probe[4096];
-        snprintf(probe, sizeof(probe), "%s.probe", a.out_path);
-        FILE* fp = fopen(probe, "wb");
-        if (!fp) ttt_die("cannot write checkpoint '%s': %s", a.out_path, strerror(errno));
-        fclose(fp);
-        remove(probe);
-    }
+    // everything the run needs is checked before any time is spent: the out path, the
+    // dataset (every header, every label's ids), the validation set
+    check_out_path(a.out_path, a.data_dir, a.val_dir, resume);
+    double t_list = time_now_seconds();
+    LabeledSet ds = labeled_set_list(a.data_dir, a.split, a.classes, 1);
+    LabeledSet vs;
+    memset(&vs, 0, sizeof(vs));
+    if (a.val_dir) vs = labeled_set_list(a.val_dir, a.val_split, a.classes, 1);
+    printf("train: %d images (%s layout) from %s, every label checked in %.1fs\n", ds.n, ds.layout, a.data_dir,
+           time_now_seconds() - t_list);
 
     Model* m;
     Rng rng;
@@ -240,33 +421,82 @@ int main(int argc, char** argv) {
     char opt_path[4096];
     snprintf(opt_path, sizeof(opt_path), "%s.opt", a.out_path);
     if (resume) {
-        m = model_load(a.out_path, a.batch, a.crop_h, a.crop_w);
+        m = model_load(a.out_path, a.batch, a.aug.crop_h, a.aug.crop_w);
+        if (model_config(m)->num_classes != a.classes)
+            ttt_die("checkpoint '%s' has %d classes but --classes is %d", a.out_path, model_config(m)->num_classes, a.classes);
         int extra[3];
         model_load_optimizer(m, opt_path, extra, 3);
         start = extra[0];
         memcpy(&rng.state, extra + 1, sizeof(uint64_t));   // the RNG continues where it stopped
-        printf("train: resumed from %s at step %d\n", a.out_path, start);
     } else {
-        m = model_create(&cfg, a.batch, a.crop_h, a.crop_w);
+        m = model_create(&cfg, a.batch, a.aug.crop_h, a.aug.crop_w);
         model_init_random(m, (uint64_t)a.seed);
-        if (a.init_path) { model_load_f_h(m, a.init_path); printf("train: f and h from %s, g from scratch\n", a.init_path); }
+        if (a.init_path) model_load_f_h(m, a.init_path);
+        if (a.init_swin) init_f_from_swin(m, a.init_swin);
     }
-    printf("train: parameters f %zu, h %zu, g %zu\n", model_num_params(m, 0), model_num_params(m, 1), model_num_params(m, 2));
+    // the model recipe: the recipe's, then each flag
+    ModelRecipe r = !strcmp(a.recipe, "paper") ? model_recipe_paper() : model_recipe_demo(model_config(m));
+    if (a.mask_ratio >= 0) r.mask_ratio = a.mask_ratio;
+    if (a.loss_all_pixels >= 0) r.loss_all_pixels = a.loss_all_pixels;
+    if (a.backbone_lr_scale >= 0) r.backbone_lr_scale = a.backbone_lr_scale;
+    if (a.wd_exempt >= 0) r.wd_exempt = a.wd_exempt;
+    if (a.drop_path >= 0) r.drop_path = a.drop_path;
+    model_set_recipe(m, &r);
+    // the set loss of the released config (maskformer2_R50_bs16_90k.yaml): CLASS_WEIGHT 2,
+    // MASK_WEIGHT 5, DICE_WEIGHT 5, NO_OBJECT_WEIGHT 0.1, TRAIN_NUM_POINTS 12544,
+    // OVERSAMPLE_RATIO 3, IMPORTANCE_SAMPLE_RATIO 0.75: set_loss_config_default() already
+    SetLossConfig sl = set_loss_config_default();
+    model_set_loss_config(m, &sl);
 
-    float* imgs = (float*)mallocCheck((size_t)a.batch * a.crop_h * a.crop_w * 3 * sizeof(float));
-    unsigned char* labs = (unsigned char*)mallocCheck((size_t)a.batch * a.crop_h * a.crop_w);
+    // the settings line: everything that decides this run
+    char shorts[512] = "";
+    if (a.aug.n_short > 0) {
+        for (int i = 0; i < a.aug.n_short; i++)
+            snprintf(shorts + strlen(shorts), sizeof(shorts) - strlen(shorts), "%s%d", i ? "," : "", a.aug.short_sizes[i]);
+    }
+    char resize[600];
+    if (a.aug.n_short > 0) {
+        if (a.aug.max_long == INT_MAX) snprintf(resize, sizeof(resize), "resize-short=%s max-long=none", shorts);
+        else snprintf(resize, sizeof(resize), "resize-short=%s max-long=%d", shorts, a.aug.max_long);
+    } else {
+        snprintf(resize, sizeof(resize), "scale=%g,%g", a.aug.min_scale, a.aug.max_scale);
+    }
+    const ModelConfig* mc = model_config(m);
+    printf("settings: recipe=%s data=%s layout=%s split=%s images=%d classes=%d size=%s steps=%d batch=%d crop=%dx%d "
+           "lr=%g schedule=poly0.9 warmup=%d warmup-factor=%g optimizer=adamw(0.9,0.999,1e-8) weight-decay=%g clip=%g "
+           "%s flip=%s color-aug=%s sampler=%s mask-ratio=%g mask-patch=%d loss-pixels=%s backbone-lr-scale=%g "
+           "wd-exempt=%s drop-path=%g set-loss=ce%g,mask%g,dice%g,no-object%g,points%d init=%s init-swin=%s "
+           "resume=%s val=%s seed=%d device=%s\n",
+           a.recipe, a.data_dir, ds.layout, a.split, ds.n, mc->num_classes, a.size, a.steps, a.batch, a.aug.crop_w,
+           a.aug.crop_h, a.lr, a.warmup, a.warmup_factor, a.weight_decay, a.grad_clip, resize, a.aug.flip ? "on" : "off",
+           a.aug.color_aug ? "on" : "off", a.sampler_perm ? "perm" : "random", r.mask_ratio, mc->mae_patch,
+           r.loss_all_pixels ? "all" : "masked", r.backbone_lr_scale, r.wd_exempt ? "on" : "off", r.drop_path,
+           sl.w_class, sl.w_mask, sl.w_dice, sl.no_object_weight, sl.num_points, a.init_path ? a.init_path : "none",
+           a.init_swin ? a.init_swin : "none", resume ? "on" : "off", a.val_dir ? a.val_dir : "none", a.seed,
+           ttt_device_name(ttt_device));
+    if (resume) printf("train: resumed from %s at step %d\n", a.out_path, start);
+    printf("train: parameters f %zu, h %zu, g %zu; activations %.2f GB for %d crops of %dx%d\n",
+           model_num_params(m, 0), model_num_params(m, 1), model_num_params(m, 2),
+           model_activation_bytes(mc, a.batch, a.aug.crop_h, a.aug.crop_w) / 1e9, a.batch, a.aug.crop_w, a.aug.crop_h);
+    fflush(stdout);
+
+    size_t npix = (size_t)a.aug.crop_h * a.aug.crop_w;
+    float* imgs = (float*)mallocCheck((size_t)a.batch * npix * 3 * sizeof(float));
+    unsigned char* labs = (unsigned char*)mallocCheck((size_t)a.batch * npix);
+    int* idx = (int*)mallocCheck((size_t)a.batch * sizeof(int));
+    AugDraw* draws = (AugDraw*)mallocCheck((size_t)a.batch * sizeof(AugDraw));
+    PermSampler ps = {ds.n, -1, (int*)mallocCheck((size_t)ds.n * sizeof(int)), (uint64_t)a.seed};
     OptConfig opt = opt_config_ttt();
     opt.weight_decay = a.weight_decay;
     double t0 = time_now_seconds(), first_loss = -1.0, ema = 0.0;
     for (int step = start; step < a.steps; step++) {
-        for (int b = 0; b < a.batch; b++)
-            augment(&ds, rng_int(&rng, ds.n), a.crop_h, a.crop_w, a.min_scale, a.max_scale, &rng,
-                    imgs + (size_t)b * a.crop_h * a.crop_w * 3, labs + (size_t)b * a.crop_h * a.crop_w);
-        // linear warm-up, then poly decay with power 0.9
-        float lr = a.lr;
-        if (step < a.warmup) lr = a.lr * (step + 1) / (float)a.warmup;
-        else lr = a.lr * powf(1.0f - (float)(step - a.warmup) / (float)(a.steps - a.warmup + 1), 0.9f);
-        opt.lr = lr;
+        // every random draw of the batch in order, then the decoding in parallel
+        for (int b = 0; b < a.batch; b++) {
+            idx[b] = a.sampler_perm ? perm_sample(&ps, (long long)step * a.batch + b) : rng_int(&rng, ds.n);
+            draws[b] = aug_draw(&a.aug, ds.H[idx[b]], ds.W[idx[b]], &rng);
+        }
+        load_batch(&ds, idx, draws, a.batch, &a.aug, mc->num_classes, imgs, labs);
+        opt.lr = learning_rate(&a, step);
         float lm, ls;
         model_train_step(m, imgs, labs, a.batch, &opt, a.grad_clip, &rng, &lm, &ls);
         if (!isfinite(lm) || !isfinite(ls)) ttt_die("step %d: the loss is not finite (main %g, mae %g); lower --lr", step + 1, lm, ls);
@@ -277,7 +507,7 @@ int main(int argc, char** argv) {
         double el = time_now_seconds() - t0, per = el / done;
         if (done == 1 || (step + 1) % 10 == 0 || step + 1 == a.steps) {
             printf("step %5d/%d | main %.4f | mae %.4f | avg %.4f | lr %.2e | %.1f img/s | ETA %.0fs\n",
-                   step + 1, a.steps, lm, ls, ema, lr, a.batch / per, per * (a.steps - step - 1));
+                   step + 1, a.steps, lm, ls, ema, opt.lr, a.batch / per, per * (a.steps - step - 1));
             fflush(stdout);
         }
         if ((a.save_every > 0 && (step + 1) % a.save_every == 0) || step + 1 == a.steps || step + 1 == stop_after) {
@@ -287,16 +517,16 @@ int main(int argc, char** argv) {
             model_save_optimizer(m, opt_path, extra, 3);
         }
         if (a.val_dir && a.val_every > 0 && (step + 1) % a.val_every == 0 && step + 1 < a.steps)
-            printf("val  step %d: mIoU %.4f\n", step + 1, validate(m, a.val_dir, a.classes));
+            printf("val  step %d: mIoU %.4f\n", step + 1, validate(m, &vs, mc->num_classes));
         if (step + 1 == stop_after) { printf("train: stopped after step %d (--stop-after)\n", stop_after); return 0; }
     }
     if (a.steps == start) model_save(m, a.out_path);
     printf("train: done, %d steps in %.1fs; loss %.4f -> %.4f (smoothed); checkpoint %s\n",
            a.steps - start, time_now_seconds() - t0, first_loss, ema, a.out_path);
-    if (a.val_dir) printf("val: mIoU of h(f(x)) on %s: %.4f\n", a.val_dir, validate(m, a.val_dir, a.classes));
+    if (a.val_dir) printf("val: mIoU of h(f(x)) on %s: %.4f\n", a.val_dir, validate(m, &vs, mc->num_classes));
     model_free(m);
-    free(imgs); free(labs);
-    for (int i = 0; i < ds.n; i++) free(ds.names[i]);
-    free(ds.names); free(ds.images); free(ds.labels);
+    free(imgs); free(labs); free(idx); free(draws); free(ps.perm);
+    labeled_set_free(&ds);
+    if (a.val_dir) labeled_set_free(&vs);
     return 0;
 }

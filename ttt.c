@@ -1802,6 +1802,7 @@ unsigned char* label_load(const char* path, int expect_H, int expect_W, int* H, 
                 access(path, R_OK) != 0 ? strerror(errno) : stbi_failure_reason());
     }
     if (n != 1) ttt_die("label '%s' has %d channels; expected an 8-bit single-channel PNG of class ids", path, n);
+    if (stbi_is_16_bit(path)) ttt_die("label '%s' is a 16-bit PNG; expected an 8-bit single-channel PNG of class ids", path);
     unsigned char* ids = stbi_load(path, &w, &h, &n, 1);
     if (ids == NULL) ttt_die("cannot read label '%s': %s", path, stbi_failure_reason());
     if (expect_H > 0 && (h != expect_H || w != expect_W)) {

@@ -452,7 +452,8 @@ float* image_try_load(const char* path, int* H, int* W, char* err, size_t errlen
 // renamed, so a failed write leaves nothing half-written. Dies on failure.
 void image_save_png(const char* path, const float* rgb, int H, int W);
 // label PNGs: 8-bit single channel class ids, 255 = ignore.
-// label_load dies if the file is unreadable or not H x W (when expect_H > 0).
+// label_load dies if the file is unreadable, 16-bit, or not H x W (when expect_H > 0);
+// label_load_format (DATA section) reads the other formats and checks the ids.
 unsigned char* label_load(const char* path, int expect_H, int expect_W, int* H, int* W);
 void label_save_png(const char* path, const unsigned char* ids, int H, int W);
 
