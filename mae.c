@@ -964,8 +964,9 @@ static void ensure_train_buffers(Model* m) {
 // f and h on the clean images (B, H, W, 3) host; set loss against labels (B, H, W) on the host.
 // The mask maps cover the padded frame, so labels are padded with 255 (ignore) to Hp x Wp.
 // With want_grad the logits' gradients land in host_dcls / host_dmask.
+// num_masks > 0: the normaliser of the mask losses (a micro-batch's share of the batch's targets)
 static float main_forward(Model* m, const float* images, const unsigned char* labels, int B,
-                          Rng* rng, int want_grad) {
+                          Rng* rng, int want_grad, float num_masks) {
     ensure_train_buffers(m);
     ttt_to_device(m->rgb, images, (size_t)B * m->H * m->W * 3 * sizeof(float));
     mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch, 0);
@@ -992,6 +993,7 @@ static float main_forward(Model* m, const float* images, const unsigned char* la
     // exact, and cheaper than 3 x 12544 random points
     SetLossConfig lc = m->set_loss_cfg;
     if (m->H4 * m->W4 <= lc.num_points) lc.all_pixels = 1;
+    if (num_masks > 0.0f) lc.num_masks = num_masks;
     float parts[3];
     return set_loss(&lc, m->host_cls_all, m->host_mask_all, L, B, Q, K, m->H4, m->W4,
                     m->host_labels_pad, m->Hp, m->Wp, want_grad ? m->host_dcls : NULL,
@@ -1010,40 +1012,72 @@ static void main_backward(Model* m, int B) {
     swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
 }
 
+// targets of a label batch: the classes present in each label (255 ignored), summed
+static int count_targets(const unsigned char* labels, int B, size_t HW, int K) {
+    int total = 0;
+    for (int b = 0; b < B; b++) {
+        unsigned char seen[256] = {0};
+        const unsigned char* l = labels + (size_t)b * HW;
+        for (size_t i = 0; i < HW; i++) seen[l[i]] = 1;
+        for (int k = 0; k < K; k++) total += seen[k];
+    }
+    return total;
+}
+
+// The joint loss of a batch, in micro-batches of at most max_B images that behave as the
+// replicas of detectron2's data-parallel training (Mask2Former, 8 GPUs x 2 images for batch
+// 16): chunk c of n_c images enters with weight n_c / B; its mask losses are divided by its
+// share of the batch's targets, max(1, T n_c / B) (Mask2Former all-reduces num_masks and
+// divides by the world size), so the chunks' mask losses add up to the whole batch's; its
+// class loss is its own weighted mean (per replica, as DDP averages); the MAE loss is each
+// chunk's mean (equal pixels per image: the batch's mean). One chunk (B <= max_B) is the plain
+// step. backward: accumulate the gradients (zeroed here first). Losses land in *lm, *lr.
+static float train_chunks(Model* m, const float* images, const unsigned char* labels, int B, Rng* rng,
+                          int backward, float* loss_main, float* loss_mae) {
+    size_t HW = (size_t)m->H * m->W;
+    int chunked = B > m->max_B;
+    int T = chunked ? count_targets(labels, B, HW, m->cfg.num_classes) : 0;
+    if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    double lm = 0.0, lr = 0.0;
+    for (int b0 = 0; b0 < B; b0 += m->max_B) {
+        int Bc = B - b0 < m->max_B ? B - b0 : m->max_B;
+        float w = (float)Bc / (float)B;
+        float num_masks = chunked ? fmaxf(1.0f, T * w) : 0.0f;
+        const float* img = images + (size_t)b0 * HW * 3;
+        // main task first: the MAE forward reuses f's activations
+        float lmc = main_forward(m, img, labels + (size_t)b0 * HW, Bc, rng, backward, num_masks);
+        if (!isfinite(lmc)) { lm = NAN; lr = NAN; break; }
+        if (backward) {
+            if (w != 1.0f) {   // the chunk's weight, on its host gradients
+                const M2FConfig* c = &m->cfg.m2f;
+                size_t rows = (size_t)(c->dec_layers + 1) * Bc * c->num_queries;
+                for (size_t i = 0; i < rows * (c->num_classes + 1); i++) m->host_dcls[i] *= w;
+                for (size_t i = 0; i < rows * m->H4 * m->W4; i++) m->host_dmask[i] *= w;
+            }
+            main_backward(m, Bc);
+        }
+        upload_masked_batch(m, img, Bc, rng);
+        upload_drop_path(m, Bc, rng);
+        prepare_masked_batch(m, Bc);
+        float* recon = mae_forward(m, Bc);
+        if (backward) mae_backward(m, Bc, recon, w);
+        float lrc;
+        ttt_to_host(&lrc, m->loss, sizeof(float));
+        lm += w * lmc;
+        lr += w * lrc;
+    }
+    if (loss_main) *loss_main = (float)lm;
+    if (loss_mae) *loss_mae = (float)lr;
+    return (float)(lm + lr);
+}
+
 float model_train_loss(Model* m, const float* images, const unsigned char* labels, int B, Rng* rng) {
-    if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
-    float lm = main_forward(m, images, labels, B, rng, 0);
-    upload_masked_batch(m, images, B, rng);
-    upload_drop_path(m, B, rng);
-    prepare_masked_batch(m, B);
-    mae_forward(m, B);
-    float lr;
-    ttt_to_host(&lr, m->loss, sizeof(float));
-    return lm + lr;
+    return train_chunks(m, images, labels, B, rng, 0, NULL, NULL);
 }
 
 float model_train_forward_backward(Model* m, const float* images, const unsigned char* labels,
                                    int B, Rng* rng, float* loss_main, float* loss_mae) {
-    if (B > m->max_B) ttt_die("batch %d exceeds the model's planned batch %d", B, m->max_B);
-    ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
-    // main task first: the MAE forward reuses f's activations
-    float lm = main_forward(m, images, labels, B, rng, 1);
-    if (!isfinite(lm)) {
-        if (loss_main) *loss_main = lm;
-        if (loss_mae) *loss_mae = NAN;
-        return lm;
-    }
-    main_backward(m, B);
-    upload_masked_batch(m, images, B, rng);
-    upload_drop_path(m, B, rng);
-    prepare_masked_batch(m, B);
-    float* recon = mae_forward(m, B);
-    mae_backward(m, B, recon, 1.0f);
-    float lr;
-    ttt_to_host(&lr, m->loss, sizeof(float));
-    if (loss_main) *loss_main = lm;
-    if (loss_mae) *loss_mae = lr;
-    return lm + lr;
+    return train_chunks(m, images, labels, B, rng, 1, loss_main, loss_mae);
 }
 
 void model_train_step(Model* m, const float* images, const unsigned char* labels, int B,

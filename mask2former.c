@@ -1472,7 +1472,7 @@ float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
         if (target_classes[i] < 0 || target_classes[i] >= K)
             ttt_die("set loss: target class %d outside [0, %d)", target_classes[i], K);
     }
-    double norm = num_masks > 0 ? num_masks : 1;
+    double norm = cfg->num_masks > 0.0f ? cfg->num_masks : num_masks > 0 ? num_masks : 1;
     int QT = Q > max_T ? Q : max_T;
     int max_match = Q < max_T ? Q : max_T;   // matched pairs per image
     int nt = max_T > 0 ? max_T : 1, nmatch = max_match > 0 ? max_match : 1;   // buffer rows

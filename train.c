@@ -46,6 +46,7 @@ typedef struct {
     const char* size;          // tiny | default | swin-s
     const char* device;
     int classes, steps, batch, warmup, save_every, val_every, seed;
+    int micro_batch;        // images per forward/backward chunk of a step; 0 = automatic
     int sampler_perm;          // 1: cycle through random permutations (detectron2's TrainingSampler)
     float lr, weight_decay, grad_clip, warmup_factor;
     AugConfig aug;
@@ -65,6 +66,10 @@ static void usage(void) {
            "  --size S             model size: tiny | default | swin-s (demo default, paper swin-s)\n"
            "  --steps N            optimizer steps (demo 2000, paper 90000)\n"
            "  --batch B            images per step (demo 4, paper 16)\n"
+           "  --micro-batch M      run each step in chunks of M images that act as data-parallel\n"
+           "                       replicas (Mask2Former's 8 GPUs x 2), gradients accumulated.\n"
+           "                       Default: the whole batch on the CPU, on the GPU the largest M\n"
+           "                       that fits in its free memory\n"
            "  --crop WxH           training crop (demo 128x96, paper 1024x512)\n"
            "  --lr LR              base learning rate (1e-4)\n"
            "  --weight-decay W     AdamW decoupled weight decay (0.05)\n"
@@ -351,6 +356,7 @@ int main(int argc, char** argv) {
         else if (!strcmp(k, "--classes")) a.classes = parse_int_arg(k, v, 1);
         else if (!strcmp(k, "--steps")) a.steps = parse_int_arg(k, v, 0);
         else if (!strcmp(k, "--batch")) a.batch = parse_int_arg(k, v, 1);
+        else if (!strcmp(k, "--micro-batch")) a.micro_batch = parse_int_arg(k, v, 1);
         else if (!strcmp(k, "--crop")) { if (!parse_size(v, &a.aug.crop_w, &a.aug.crop_h)) ttt_die("--crop wants WxH, got '%s'", v); }
         else if (!strcmp(k, "--lr")) a.lr = parse_float_arg(k, v, 0.0f);
         else if (!strcmp(k, "--weight-decay")) a.weight_decay = parse_float_arg(k, v, 0.0f);
@@ -420,8 +426,12 @@ int main(int argc, char** argv) {
     int start = 0;
     char opt_path[4096];
     snprintf(opt_path, sizeof(opt_path), "%s.opt", a.out_path);
+    // the activations are planned for a micro-batch: the whole batch unless it does not fit
+    ModelConfig plan_cfg = resume ? model_read_config(a.out_path) : cfg;
+    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&plan_cfg, a.batch, a.aug.crop_h, a.aug.crop_w);
+    if (micro > a.batch) micro = a.batch;
     if (resume) {
-        m = model_load(a.out_path, a.batch, a.aug.crop_h, a.aug.crop_w);
+        m = model_load(a.out_path, micro, a.aug.crop_h, a.aug.crop_w);
         if (model_config(m)->num_classes != a.classes)
             ttt_die("checkpoint '%s' has %d classes but --classes is %d", a.out_path, model_config(m)->num_classes, a.classes);
         int extra[3];
@@ -429,7 +439,7 @@ int main(int argc, char** argv) {
         start = extra[0];
         memcpy(&rng.state, extra + 1, sizeof(uint64_t));   // the RNG continues where it stopped
     } else {
-        m = model_create(&cfg, a.batch, a.aug.crop_h, a.aug.crop_w);
+        m = model_create(&cfg, micro, a.aug.crop_h, a.aug.crop_w);
         model_init_random(m, (uint64_t)a.seed);
         if (a.init_path) model_load_f_h(m, a.init_path);
         if (a.init_swin) init_f_from_swin(m, a.init_swin);
@@ -462,12 +472,12 @@ int main(int argc, char** argv) {
         snprintf(resize, sizeof(resize), "scale=%g,%g", a.aug.min_scale, a.aug.max_scale);
     }
     const ModelConfig* mc = model_config(m);
-    printf("settings: recipe=%s data=%s layout=%s split=%s images=%d classes=%d size=%s steps=%d batch=%d crop=%dx%d "
+    printf("settings: recipe=%s data=%s layout=%s split=%s images=%d classes=%d size=%s steps=%d batch=%d micro-batch=%d crop=%dx%d "
            "lr=%g schedule=poly0.9 warmup=%d warmup-factor=%g optimizer=adamw(0.9,0.999,1e-8) weight-decay=%g clip=%g "
            "%s flip=%s color-aug=%s sampler=%s mask-ratio=%g mask-patch=%d loss-pixels=%s backbone-lr-scale=%g "
            "wd-exempt=%s drop-path=%g set-loss=ce%g,mask%g,dice%g,no-object%g,points%d init=%s init-swin=%s "
            "resume=%s val=%s seed=%d device=%s\n",
-           a.recipe, a.data_dir, ds.layout, a.split, ds.n, mc->num_classes, a.size, a.steps, a.batch, a.aug.crop_w,
+           a.recipe, a.data_dir, ds.layout, a.split, ds.n, mc->num_classes, a.size, a.steps, a.batch, micro, a.aug.crop_w,
            a.aug.crop_h, a.lr, a.warmup, a.warmup_factor, a.weight_decay, a.grad_clip, resize, a.aug.flip ? "on" : "off",
            a.aug.color_aug ? "on" : "off", a.sampler_perm ? "perm" : "random", r.mask_ratio, mc->mae_patch,
            r.loss_all_pixels ? "all" : "masked", r.backbone_lr_scale, r.wd_exempt ? "on" : "off", r.drop_path,
@@ -475,9 +485,10 @@ int main(int argc, char** argv) {
            a.init_swin ? a.init_swin : "none", resume ? "on" : "off", a.val_dir ? a.val_dir : "none", a.seed,
            ttt_device_name(ttt_device));
     if (resume) printf("train: resumed from %s at step %d\n", a.out_path, start);
-    printf("train: parameters f %zu, h %zu, g %zu; activations %.2f GB for %d crops of %dx%d\n",
+    printf("train: parameters f %zu, h %zu, g %zu; activations %.2f GB for %d crops of %dx%d%s\n",
            model_num_params(m, 0), model_num_params(m, 1), model_num_params(m, 2),
-           model_activation_bytes(mc, a.batch, a.aug.crop_h, a.aug.crop_w) / 1e9, a.batch, a.aug.crop_w, a.aug.crop_h);
+           model_activation_bytes(mc, micro, a.aug.crop_h, a.aug.crop_w) / 1e9, micro, a.aug.crop_w, a.aug.crop_h,
+           micro < a.batch ? " (each step in micro-batches)" : "");
     fflush(stdout);
 
     size_t npix = (size_t)a.aug.crop_h * a.aug.crop_w;

@@ -1060,6 +1060,9 @@ typedef struct {
     float w_class, w_mask, w_dice;   // 2, 5, 5
     float no_object_weight;  // 0.1
     int all_pixels;          // 0: point sampling; 1: every pixel of the mask map
+    float num_masks;         // > 0: divide the mask losses by this instead of the batch's target
+                             // count (a micro-batch as one of Mask2Former's data-parallel
+                             // replicas: the all-reduced count / world size); 0 = the count
 } SetLossConfig;
 SetLossConfig set_loss_config_default(void);
 
@@ -1208,7 +1211,9 @@ void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra);
 void model_copy_params(Model* dst, const Model* src);   // same config, any frame size
 void model_load_f_h(Model* m, const char* path);       // f and h from a checkpoint; g kept
 // one joint training step on images (B, H, W, 3) and labels (B, H, W) (host): set loss of
-// h(f(x)) plus the MAE loss of g(f(x~)), global-norm clipping (grad_clip > 0), AdamW on f, h, g
+// h(f(x)) plus the MAE loss of g(f(x~)), global-norm clipping (grad_clip > 0), AdamW on f, h, g.
+// B may exceed the planned max_B: the batch then runs in micro-batches that act as
+// data-parallel replicas (see train_chunks in mae.c), gradients accumulated.
 void model_train_step(Model* m, const float* images, const unsigned char* labels, int B,
                       const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae);
 // confusion matrix (K x K, rows = label) of a prediction; 255 labels are skipped

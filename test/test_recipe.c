@@ -251,6 +251,56 @@ static void test_exempt_msdeform(void) {
     model_free(m);
 }
 
+// joint training in micro-batches: with labels that hold every class in every image (equal
+// target counts, so the replicas' class-loss means equal the batch's) and the set loss on every
+// pixel (no point draws), and frames without padding (equal masked counts), chunks of 2 and 3
+// give the whole batch's loss and gradients; then a step with B > planned runs and updates
+static void test_train_chunks(void) {
+    int K = 3, B = 4, H = 32, W = 64;   // no padding: every image has the same masked count
+    ModelConfig cfg = model_config_tiny(K);
+    Rng rng; rng_seed(&rng, 17);
+    float* images = random_tensor(&rng, (size_t)B * H * W * 3, 0.0f, 1.0f);
+    unsigned char* labels = mallocCheck((size_t)B * H * W);
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < H * W; i++) labels[(size_t)b * H * W + i] = (unsigned char)((i / W + b * 3 + i % W / 13) % K);
+    SetLossConfig sl = set_loss_config_default();
+    sl.all_pixels = 1;
+    int planned[3] = {4, 2, 3};
+    float lm[3], lr[3], *grads[3];
+    size_t n = 0;
+    for (int i = 0; i < 3; i++) {
+        Model* m = model_create(&cfg, planned[i], H, W);
+        model_init_random(m, 8);
+        model_set_loss_config(m, &sl);
+        Rng r; rng_seed(&r, 3);
+        model_train_forward_backward(m, images, labels, B, &r, &lm[i], &lr[i]);
+        grads[i] = model_grads_host(m);
+        n = n_params(m);
+        model_free(m);
+    }
+    for (int j = 1; j < 3; j++) {
+        char name[96];
+        printf("     training in micro-batches of %d: main %.7f mae %.7f (whole batch %.7f %.7f)\n", planned[j], lm[j], lr[j], lm[0], lr[0]);
+        snprintf(name, sizeof(name), "training micro-batches of %d: set loss", planned[j]);
+        check_close(name, &lm[j], &lm[0], 1, 1e-5);
+        snprintf(name, sizeof(name), "training micro-batches of %d: MAE loss", planned[j]);
+        check_close(name, &lr[j], &lr[0], 1, 1e-5);
+        snprintf(name, sizeof(name), "training micro-batches of %d: gradients f, h, g", planned[j]);
+        check_close(name, grads[j], grads[0], n, 1e-4);
+    }
+    for (int i = 0; i < 3; i++) free(grads[i]);
+    // a step with B > planned runs and updates
+    Model* m = model_create(&cfg, 2, H, W);
+    model_init_random(m, 8);
+    OptConfig opt = opt_config_ttt();
+    float a, b;
+    Rng r; rng_seed(&r, 4);
+    model_train_step(m, images, labels, B, &opt, 1.0f, &r, &a, &b);
+    CHECK(isfinite(a) && isfinite(b) && model_adam_step(m) == 1, "micro-batched train step: %g %g, step %d", a, b, model_adam_step(m));
+    model_free(m);
+    free(images); free(labels);
+}
+
 static void test_recipes(void) {
     ModelConfig cfg = model_config_tiny(3);
     ModelRecipe d = model_recipe_demo(&cfg), p = model_recipe_paper();
@@ -267,5 +317,6 @@ int main(void) {
     test_mask_and_loss();
     test_v1_conversion();
     test_exempt_msdeform();
+    test_train_chunks();
     return test_summary("test_recipe");
 }
