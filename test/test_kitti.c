@@ -89,6 +89,13 @@ static void write_fixture(void) {
     free(img); free(pan);
 }
 
+static int count_lines_with(const char* s, const char* prefix) {
+    int n = 0;
+    for (const char* p = s; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (strstr(p, prefix) && (strchr(p, '\n') == NULL || strstr(p, prefix) < strchr(p, '\n'))) n++;
+    return n;
+}
+
 // detectron2 SemSegEvaluator on one frame: IoU of every class present in label or prediction
 // (pixels with label 255 ignored), their mean
 static double frame_miou(const unsigned char* pred, const unsigned char* lab, int n, int K) {
@@ -263,6 +270,32 @@ int main(void) {
         printf("%-4s bad input: id 30 -> %s", rc == 1 ? "ok" : "FAIL", log);
         free(log); free(rgb);
         run("mv " TMP "/k_saved.png " LABS "/000004.png");
+    }
+    {   // 4. dev/reproduce_kitti.sh over the fixture (only val/0002 exists: the others are noted
+        // as missing) at small sizes: rows run and the table prints their frame-weighted scores
+        int rc4 = run("ROWS='fixed online' sh dev/reproduce_kitti.sh " ROOT " " MODEL " " TMP "/kitti_repro "
+                      "--device cpu --resize-short 48 --max-long 96 --crop 64x32 --batch 2 >" TMP "/kitti_repro.txt 2>" TMP "/kitti_repro_err.txt");
+        char* table = read_file(TMP "/kitti_repro.txt");
+        char* err = read_file(TMP "/kitti_repro_err.txt");
+        char* res = read_file(TMP "/kitti_repro/results.txt");
+        CHECK(rc4 == 0, "reproduce_kitti.sh exited %d:\n%s%s", rc4, err, table);
+        CHECK(count_lines_with(res, "RESULT ") == 2, "results.txt should hold 2 runs:\n%s", res);
+        const char* fixed_row = strstr(table, "MAE Joint Training");
+        const char* online_row = strstr(table, "Online TTT-MAE   ");
+        CHECK(fixed_row && online_row, "table rows missing:\n%s", table);
+        // the fixed row's val score is this test's fixed-mode video mIoU of all 5 frames, in %
+        double want = NAN;
+        {
+            const char* p = strstr(res, "fixed val 0002");
+            const char* q = p ? strstr(p, "video_miou=") : NULL;
+            if (q) want = 100.0 * strtod(q + 11, NULL);
+        }
+        double got = fixed_row ? strtod(fixed_row + strlen("MAE Joint Training"), NULL) : NAN;
+        printf("%-4s reproduce_kitti.sh: fixed row val %.1f (video mIoU x 100 = %.2f)\n",
+               fabs(got - want) < 0.051 ? "ok" : "FAIL", got, want);
+        CHECK(fabs(got - want) < 0.051, "table shows %g, the run's score is %g", got, want);
+        CHECK(strstr(err, "0006 is missing") != NULL, "missing sequences are not noted");
+        free(table); free(err); free(res);
     }
     return test_summary("test_kitti");
 }
