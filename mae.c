@@ -647,7 +647,7 @@ Model* model_load(const char* path, int max_batch, int H, int W) {
     return m;
 }
 
-int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W) {
+int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W, size_t reserve_bytes) {
 #ifdef TTT_CUDA
     if (ttt_device == DEVICE_CUDA) {
         size_t used, total;
@@ -655,13 +655,13 @@ int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W) {
         size_t n_train = swin_num_params(&cfg->swin) + m2f_num_params(&cfg->m2f) + m2f_num_params(&cfg->mae);
         size_t fixed = (4 * n_train + swin_num_params(&cfg->swin) + m2f_num_params(&cfg->mae)) * sizeof(float);
         // leave 15% of the free memory for workspaces (im2col, attention scores, cuBLAS)
-        double budget = 0.85 * (double)(total - used) - (double)fixed;
+        double budget = 0.85 * (double)(total - used) - (double)fixed - (double)reserve_bytes;
         int M = B;
         while (M > 1 && (double)model_activation_bytes(cfg, M, H, W) > budget) M--;
         return M;
     }
 #endif
-    (void)cfg; (void)H; (void)W;
+    (void)cfg; (void)H; (void)W; (void)reserve_bytes;
     return B;
 }
 

@@ -1290,7 +1290,9 @@ int main(int argc, char** argv) {
 
     // plan the activations for a micro-batch: the whole batch unless it does not fit
     int B = a.sr.batch;
-    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&cfg, B, v.Ht, v.Wt);
+    // (the prediction's model of the resized frame, allocated after it, gets its room first)
+    size_t reserve = (v.Ht != v.Hr || v.Wt != v.Wr) ? model_activation_bytes(&cfg, 1, v.Hr, v.Wr) : 0;
+    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&cfg, B, v.Ht, v.Wt, reserve);
     if (micro > B) micro = B;
     if (micro < B)
         printf("  --micro-batch %d: each step of %d images runs in %d chunks (%.2f GiB of activations)\n", micro,

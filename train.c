@@ -289,13 +289,12 @@ static void load_batch(const LabeledSet* ds, const int* idx, const AugDraw* draw
 }
 
 // mIoU of h(f(x)) over a held-out set at its own size (all its images share one size)
-static double validate(const Model* trained, const LabeledSet* vs, int K) {
+static double validate(Model* trained, const LabeledSet* vs, int K) {
     int H = vs->H[0], W = vs->W[0];
     for (int i = 1; i < vs->n; i++)
         if (vs->H[i] != H || vs->W[i] != W)
             ttt_die("validation image '%s' is %dx%d but the first is %dx%d (all must match)", vs->images[i], vs->W[i], vs->H[i], W, H);
-    Model* vm = model_create(model_config(trained), 1, H, W);
-    model_copy_params(vm, trained);
+    Model* vm = model_create_sharing(trained, 1, H, W);   // the same weights, buffers of this size
     int64_t* conf = (int64_t*)callocCheck((size_t)K * K, sizeof(int64_t));
     unsigned char* pred = (unsigned char*)mallocCheck((size_t)H * W);
     float* frame = (float*)mallocCheck((size_t)H * W * 3 * sizeof(float));
@@ -428,7 +427,8 @@ int main(int argc, char** argv) {
     snprintf(opt_path, sizeof(opt_path), "%s.opt", a.out_path);
     // the activations are planned for a micro-batch: the whole batch unless it does not fit
     ModelConfig plan_cfg = resume ? model_read_config(a.out_path) : cfg;
-    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&plan_cfg, a.batch, a.aug.crop_h, a.aug.crop_w);
+    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&plan_cfg, a.batch, a.aug.crop_h, a.aug.crop_w,
+                                  a.val_dir ? model_activation_bytes(&plan_cfg, 1, vs.H[0], vs.W[0]) : 0);
     if (micro > a.batch) micro = a.batch;
     if (resume) {
         m = model_load(a.out_path, micro, a.aug.crop_h, a.aug.crop_w);

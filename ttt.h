@@ -1191,8 +1191,10 @@ Model* model_create_sharing(Model* m, int max_batch, int H, int W);
 // plans for max_batch frames of H x W (parameters and optimizer state not included)
 size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int W);
 // the batch to plan for a TTT batch of B: B on the CPU; on the GPU the largest micro-batch
-// M <= B whose buffers fit in 85% of the free device memory (the step then runs in chunks)
-int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W);
+// M <= B whose buffers fit in 85% of the free device memory (the step then runs in chunks),
+// after reserve_bytes for other buffers allocated later (e.g. a prediction model of another
+// size: model_activation_bytes(cfg, 1, H', W'))
+int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W, size_t reserve_bytes);
 ModelConfig model_read_config(const char* path);   // the config in a model checkpoint's header
 // one TTT step on f and g: frames (B, H, W, 3) in [0, 1] on the host, B independent masks;
 // returns the masked MSE; a non-finite loss leaves the weights untouched. B may exceed the

@@ -129,7 +129,9 @@ int main(int argc, char** argv) {
     else if (!strcmp(config, "tiny")) cfg = model_config_tiny(K);
     else { ttt_die("unknown config '%s' (swin_s, default, tiny)", config); return 1; }
     model_config_set_pixel_decoder(&cfg, pixel_decoder);
-    if (M == 0) M = model_auto_micro_batch(&cfg, B, H, W);
+    // the prediction model of another size is allocated after the TTT model: leave it room
+    size_t reserve = (PH != H || PW != W) ? model_activation_bytes(&cfg, 1, PH, PW) : 0;
+    if (M == 0) M = model_auto_micro_batch(&cfg, B, H, W, reserve);
     if (M > B) M = B;
 
     Bench b;
