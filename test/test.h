@@ -209,4 +209,52 @@ static int test_summary(const char* name) {
     return tests_failed == 0 ? 0 : 1;
 }
 
+// a 16-bit grayscale PNG (stb cannot write one): zlib stored blocks, CRCs by hand
+static uint32_t crc32_png(const unsigned char* p, size_t n, uint32_t c) {
+    c = ~c;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+    }
+    return ~c;
+}
+
+static void put32(unsigned char* p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
+
+static void png_chunk(FILE* fp, const char* type, const unsigned char* data, uint32_t n) {
+    unsigned char b[4];
+    put32(b, n); fwrite(b, 1, 4, fp);
+    unsigned char* t = (unsigned char*)mallocCheck(n + 4);
+    memcpy(t, type, 4); memcpy(t + 4, data, n);
+    fwrite(t, 1, n + 4, fp);
+    put32(b, crc32_png(t, n + 4, 0)); fwrite(b, 1, 4, fp);
+    free(t);
+}
+
+static void write_png16(const char* path, int H, int W, int value) {
+    size_t raw_n = (size_t)H * (1 + 2 * W);
+    unsigned char* raw = (unsigned char*)callocCheck(raw_n, 1);
+    for (int y = 0; y < H; y++) for (int x = 0; x < W; x++) raw[y * (1 + 2 * W) + 1 + 2 * x + 1] = (unsigned char)value;
+    size_t z_n = 2 + 5 + raw_n + 4;   // one stored block (raw_n < 65536)
+    unsigned char* z = (unsigned char*)mallocCheck(z_n);
+    z[0] = 0x78; z[1] = 0x01; z[2] = 1;
+    z[3] = raw_n & 255; z[4] = raw_n >> 8; z[5] = ~raw_n & 255; z[6] = (~raw_n >> 8) & 255;
+    memcpy(z + 7, raw, raw_n);
+    uint32_t a = 1, b = 0;
+    for (size_t i = 0; i < raw_n; i++) { a = (a + raw[i]) % 65521; b = (b + a) % 65521; }
+    put32(z + 7 + raw_n, (b << 16) | a);
+    FILE* fp = fopenCheck(path, "wb");
+    static const unsigned char sig[8] = {137, 80, 78, 71, 13, 10, 26, 10};
+    fwrite(sig, 1, 8, fp);
+    unsigned char ihdr[13] = {0};
+    put32(ihdr, W); put32(ihdr + 4, H);
+    ihdr[8] = 16; ihdr[9] = 0;   // 16 bits, grayscale
+    png_chunk(fp, "IHDR", ihdr, 13);
+    png_chunk(fp, "IDAT", z, (uint32_t)z_n);
+    png_chunk(fp, "IEND", NULL, 0);
+    fcloseCheck(fp);
+    free(raw); free(z);
+}
+
+
 #endif

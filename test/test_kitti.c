@@ -271,6 +271,17 @@ int main(void) {
         free(log); free(rgb);
         run("mv " TMP "/k_saved.png " LABS "/000004.png");
     }
+    {   // a 16-bit label PNG in a plain folder (DIR_labels): refused, not cut to 8 bits
+        run("rm -rf " TMP "/k16 " TMP "/k16_labels " TMP "/kitti_bad && mkdir -p " TMP "/k16 " TMP "/k16_labels && cp " SEQ "/000000.png " TMP "/k16/");
+        write_png16(TMP "/k16_labels/000000.png", FH, FW, 3);
+        rc = stream(TMP "/k16 --model " MODEL " --device cpu --mode fixed --out " TMP "/kitti_bad");
+        log = read_file(TMP "/kitti_log.txt");
+        CHECK(rc == 1 && strncmp(log, "error:", 6) == 0 && strstr(log, "k16_labels/000000.png") && strstr(log, "16-bit"),
+              "16-bit label: exit %d, log:\n%s", rc, log);
+        CHECK(access(TMP "/kitti_bad", F_OK) != 0, "16-bit label: output written");
+        printf("%-4s bad input: 16-bit label -> %s", rc == 1 ? "ok" : "FAIL", log);
+        free(log);
+    }
     {   // 4. dev/reproduce_kitti.sh over the fixture (only val/0002 exists: the others are noted
         // as missing) at small sizes: rows run and the table prints their frame-weighted scores
         int rc4 = run("ROWS='fixed online' sh dev/reproduce_kitti.sh " ROOT " " MODEL " " TMP "/kitti_repro "
