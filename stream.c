@@ -1233,7 +1233,8 @@ static Settings resolved_settings(const Args* a, const Video* v, int window) {
     settings_add(&s, "model_size", "%dx%d", v->Wr, v->Hr);
     settings_add(&s, "ttt_size", "%dx%d", v->Wt, v->Ht);
     settings_add(&s, "labels", "%s", a->labels_dir ? a->labels_dir : "none");
-    settings_add(&s, "label_format", "%s", a->labels_dir ? label_format_name(v->label_fmt) : "none");
+    static const char* format_options[] = {"ids", "kitti", "cityscapes-trainids", "cityscapes-labelids"};   // --label-format
+    settings_add(&s, "label_format", "%s", a->labels_dir ? format_options[v->label_fmt] : "none");
     settings_add(&s, "score_every", "%d", a->score_every);
     settings_add(&s, "seed", "%llu", (unsigned long long)a->seed);
     settings_add(&s, "shuffle", "%s", a->shuffle ? "on" : "off");
