@@ -1171,6 +1171,8 @@ Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W);
 void model_free(Model* m);
 void model_init_random(Model* m, uint64_t seed);
 void model_save(const Model* m, const char* path);
+// a checkpoint converted without an MAE head (its header says g is absent; see mae.c) gets g
+// as model_init_random(seed of the header) makes it, with a note on stderr
 Model* model_load(const char* path, int max_batch, int H, int W);
 const ModelConfig* model_config(const Model* m);
 void model_snapshot_ttt(Model* m);   // f0, g0 <- f, g
