@@ -788,7 +788,9 @@ void pixel_decoder_backward(const M2FConfig* cfg, const PixelDecoderParams* p,
 // Parameters, in memory (= checkpoint) order; conv weights are (OC, K, K, C) channels-last
 // (PyTorch's (OC, C, K, K) permuted), linear weights (out, in) as PyTorch. The encoder
 // tensors are stacked over the NE layers (layer i at offset i * its size). Names: Hugging Face
-// under pixel_level_module.decoder. / detectron2 under sem_seg_head.pixel_decoder.
+// under pixel_level_module.decoder. / detectron2 under sem_seg_head.pixel_decoder. (checked
+// against transformers 5.24 and the released msdeformattn.py: dev/convert_mask2former.py maps
+// them, test_m2f_model_ref runs the result against Hugging Face)
 #define MSD_NUM_TENSORS 37
 typedef struct {
     float* input_w[MSD_LEVELS];     // (D, 1, 1, in_dims[3-e])  input_projections.e.0.weight / input_proj.e.0.weight

@@ -146,8 +146,9 @@ def run(model, pixel_values, with_class=True):
     captured = [None] * len(layers)
     hooks = []
     for i, layer in enumerate(layers):
-        def hook(mod, a, kw, i=i):
-            captured[i] = kw["encoder_attention_mask"].detach().clone()
+        def hook(mod, a, kw, i=i):   # a keyword argument in transformers 5.x, positional in some versions
+            m = kw["encoder_attention_mask"] if kw.get("encoder_attention_mask") is not None else a[6]
+            captured[i] = m.detach().clone()
         hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
     with torch.no_grad():
         out = model.model(pixel_values=pixel_values, output_hidden_states=True)
@@ -297,6 +298,17 @@ gflag = ["--num-groups", str(GROUPS)]
 subprocess.run(conv + [hf_dir, os.path.join(out_dir, "m2f_model_hf.bin"), "--force"] + gflag, check=True)
 subprocess.run(conv + [os.path.join(out_dir, "m2f_model_d2.pkl"), os.path.join(out_dir, "m2f_model_d2.bin"),
                        "--num-heads", str(HD["num_attention_heads"]), "--force"] + gflag, check=True)
+
+# ---- Hugging Face's serialised names (save_pretrained writes the 4.x Swin names of the Hub's
+# checkpoints) must convert to the very same checkpoint
+import tempfile  # noqa: E402
+with tempfile.TemporaryDirectory() as tmp:
+    hf3.float().save_pretrained(tmp)
+    hf3.double()
+    subprocess.run(conv + [tmp, os.path.join(tmp, "sp.bin")] + gflag, check=True, stdout=subprocess.DEVNULL)
+    with open(os.path.join(tmp, "sp.bin"), "rb") as f1, open(os.path.join(out_dir, "m2f_model_hf.bin"), "rb") as f2:
+        assert f1.read() == f2.read(), "save_pretrained names convert to another checkpoint"
+    print("save_pretrained copy converts to the same checkpoint")
 
 # ---- the reference file
 header = [0x4D32464D, 1, B, H, W, H4, W4, L, Q, K1 - 1, QG] + T
