@@ -197,7 +197,20 @@ def to_d2(sd, head, backbone):
     """Hugging Face runtime names -> detectron2 (backbone.*, head.pixel_decoder.*,
     head.predictor.*); q/k/v are stacked as PyTorch's nn.MultiheadAttention / Swin's qkv"""
     out, used = {}, set()
-    t = {k: v.float().numpy() for k, v in sd.items()}
+    # runtime names differ between transformers versions: bring 4.x-style Swin names to 5.x's
+    # (q/k/v/o_proj, mlp.fc1/fc2, relative_position_bias.*), drop index buffers (made below)
+    swin_5x = [(r"attention\.self\.query\.", "attention.q_proj."), (r"attention\.self\.key\.", "attention.k_proj."),
+               (r"attention\.self\.value\.", "attention.v_proj."), (r"attention\.output\.dense\.", "attention.o_proj."),
+               (r"intermediate\.dense\.", "mlp.fc1."), (r"(blocks\.\d+\.)output\.dense\.", r"\1mlp.fc2."),
+               (r"attention\.self\.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table")]
+    t = {}
+    for k, v in sd.items():
+        if k.endswith("relative_position_index"):
+            continue
+        if k.startswith("model.pixel_level_module.encoder.") and ".blocks." in k:
+            for pat, rep in swin_5x:
+                k = re.sub(pat, rep, k)
+        t[k] = v.float().numpy()
 
     def mv(src, dst):
         used.add(src)
@@ -209,7 +222,7 @@ def to_d2(sd, head, backbone):
 
     enc = "model.pixel_level_module.encoder."
     if backbone:
-        sw = enc + "swin."
+        sw = enc + "swin." if enc + "swin.embeddings.patch_embeddings.projection.weight" in t else enc
         mv(sw + "embeddings.patch_embeddings.projection.weight", "backbone.patch_embed.proj.weight")
         mv(sw + "embeddings.patch_embeddings.projection.bias", "backbone.patch_embed.proj.bias")
         mv(sw + "embeddings.norm.weight", "backbone.patch_embed.norm.weight")
@@ -230,7 +243,7 @@ def to_d2(sd, head, backbone):
                     mv(sw + f"encoder.layers.{s}.downsample.{n}", f"backbone.layers.{s}.downsample.{n}")
             for n in ("weight", "bias"):
                 mv(enc + f"hidden_states_norms.stage{s + 1}.{n}", f"backbone.norm{s}.{n}")
-                used.add(sw + "layernorm." + n)   # SwinModel's final norm: not part of the released Swin
+                used.add(enc + "swin.layernorm." + n)   # SwinModel's final norm: not part of the released Swin
     else:
         used.update(k for k in t if k.startswith(enc))
     pd, pp = "model.pixel_level_module.decoder.", head + "pixel_decoder."

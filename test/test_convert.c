@@ -9,7 +9,7 @@
 //   one named under its heading, no output written, no Python traceback; a deformable-free
 //   pixel decoder, a non-pickle, an existing output without --force: one error line, exit 1
 // - ./stream runs online TTT on both converted checkpoints (g initialised at load for the one
-//   without g)
+//   without g); a damaged g-absent block or a short file: one error line, exit 1
 // Without python3 + numpy (CI may lack numpy) the converter checks are reported as skipped and
 // count neither as passed nor as failed; the ./stream checks always run.
 #include "test.h"
@@ -205,6 +205,33 @@ static void stream_runs(void) {
     }
 }
 
+// a checkpoint without g whose g-absent block is damaged, or whose data is one float short:
+// ./stream stops with one error line before any output
+static void damaged_g_absent(void) {
+    size_t n;
+    char* bytes = slurp(DATA "/m2f_model_hf.bin", &n);
+    CHECK(bytes && n > 4 * CKPT_HEADER_INTS, "cannot read " DATA "/m2f_model_hf.bin");
+    if (!bytes) return;
+    const char* cases[2] = {"bad g-absent block", "one float short"};
+    const char* expect[2] = {"invalid g-absent block", "truncated"};
+    for (int k = 0; k < 2; k++) {
+        int* h = (int*)bytes;
+        int saved = h[240];
+        if (k == 0) h[240] = 2;
+        FILE* fp = fopenCheck(TMP "/cv_damaged.bin", "wb");
+        fwrite(bytes, 1, k == 1 ? n - 4 : n, fp);
+        fcloseCheck(fp);
+        h[240] = saved;
+        run("rm -rf " TMP "/cv_out");
+        int rc = run_logged("./stream " TMP "/cv_frames --model " TMP "/cv_damaged.bin --device cpu --out " TMP "/cv_out");
+        char* log = slurp(TMP "/cv_log.txt", NULL);
+        CHECK(rc == 1 && log && strstr(log, "error: ") && strstr(log, expect[k]) && !exists(TMP "/cv_out/metrics.json"),
+              "checkpoint without g, %s: exit %d: %s", cases[k], rc, log ? log : "");
+        free(log);
+    }
+    free(bytes);
+}
+
 int main(void) {
     ttt_set_device(DEVICE_CPU);
     run("mkdir -p " TMP);
@@ -215,6 +242,7 @@ int main(void) {
         printf("skip the converter checks: python3 with numpy is not available (counted as skipped, not passed)\n");
     }
     stream_runs();
+    damaged_g_absent();
     if (skipped) printf("test_convert: %d group(s) of checks skipped\n", skipped);
     return test_summary("test_convert");
 }
