@@ -649,12 +649,11 @@ Model* model_load(const char* path, int max_batch, int H, int W) {
     Model* m = model_from_header(h, path, max_batch, H, W);
     size_t n = m->n_f + m->n_h + m->n_g;
     float* host = (float*)mallocCheck(n * sizeof(float));
-    if (g_absent) {   // g as model_init_random(seed) makes it; f and h from the file below
-        init_params_host(host, m, (uint64_t)h[G_ABSENT_AT + 1]);
+    if (g_absent) init_params_host(host, m, (uint64_t)h[G_ABSENT_AT + 1]);   // g; f and h from the file
+    checkpoint_read_data(path, host, g_absent ? m->n_f + m->n_h : n);
+    if (g_absent)
         fprintf(stderr, "note: '%s' holds f and h only (converted weights without an MAE head); g is "
                         "initialised from scratch with seed %d, as ./train --init would\n", path, h[G_ABSENT_AT + 1]);
-    }
-    checkpoint_read_data(path, host, g_absent ? m->n_f + m->n_h : n);
     if (!is_finite_array(host, n)) ttt_die("checkpoint '%s' contains NaN or Inf parameters", path);
     if (h[1] == 1) {
         fprintf(stderr, "note: '%s' is a version-1 checkpoint (4th input channel 1 = masked); its patch "
