@@ -457,14 +457,19 @@ size_t model_num_params(const Model* m, int part) {
     return part == 0 ? m->n_f : part == 1 ? m->n_h : m->n_g;
 }
 
-void model_init_random(Model* m, uint64_t seed) {
+// f, h, g from one rng seeded with seed, in that order (host memory of n_f + n_h + n_g floats)
+static void init_params_host(float* host, const Model* m, uint64_t seed) {
     Rng rng;
     rng_seed(&rng, seed);
-    size_t n = m->n_f + m->n_h + m->n_g;
-    float* host = (float*)mallocCheck(n * sizeof(float));
     swin_init_params(host, &m->cfg.swin, &rng);
     m2f_init_params(host + m->n_f, &m->cfg.m2f, &rng);
     m2f_init_params(host + m->n_f + m->n_h, &m->cfg.mae, &rng);
+}
+
+void model_init_random(Model* m, uint64_t seed) {
+    size_t n = m->n_f + m->n_h + m->n_g;
+    float* host = (float*)mallocCheck(n * sizeof(float));
+    init_params_host(host, m, seed);
     ttt_to_device(m->params, host, n * sizeof(float));
     free(host);
     m->adam_t = 0;
@@ -491,7 +496,8 @@ void model_reset_ttt(Model* m) {
 // swin (in_chans, embed_dim, depths[4], num_heads[4], window, mlp_ratio),
 // h (in_dims[4], conv_dim, mask_dim, num_groups, num_queries, hidden_dim, num_heads,
 //    ffn_dim, dec_layers, num_classes), g (same fields), n_f, n_h, n_g; at 232: h's pixel decoder
-//    (kind, enc_layers, enc_ffn, n_points), then g's], data = [f | h | g]
+//    (kind, enc_layers, enc_ffn, n_points), then g's; at 240: g absent (0 / 1), seed],
+// data = [f | h | g], or [f | h] when g is absent
 
 #define CKPT_KIND_MODEL 1
 #define CKPT_KIND_RESUME 3     // (kind 2 is the Swin encoder export)
@@ -501,8 +507,14 @@ void model_reset_ttt(Model* m) {
 // fixed high index, after the resume block (RESUME_EXTRA_AT .. + RESUME_MAX_EXTRA): slots that
 // are 0 in every older checkpoint, so those load as the FPN they hold.
 #define PIXEL_DECODER_HEADER_AT 232   // h: kind, enc_layers, enc_ffn, n_points; then the same for g
+// A checkpoint converted from weights that have no MAE head (Hugging Face's Mask2Former, by
+// dev/convert_mask2former.py) says so at G_ABSENT_AT: [1, seed]; its data is then [f | h] only,
+// and model_load initialises g as model_init_random(seed) does, which is what ./train --init
+// gives g (with --seed seed). 0 in every other checkpoint (model_save writes g).
+#define G_ABSENT_AT 240
 _Static_assert(RESUME_EXTRA_AT + 1 + RESUME_MAX_EXTRA <= PIXEL_DECODER_HEADER_AT &&
-               PIXEL_DECODER_HEADER_AT + 8 <= CKPT_HEADER_INTS, "pixel decoder header block overlaps");
+               PIXEL_DECODER_HEADER_AT + 8 <= G_ABSENT_AT && G_ABSENT_AT + 2 <= CKPT_HEADER_INTS,
+               "pixel decoder / g-absent header blocks overlap");
 
 static int pack_m2f(int* h, const M2FConfig* c) {
     for (int l = 0; l < 4; l++) h[l] = c->in_dims[l];
@@ -631,10 +643,17 @@ static void convert_mask_channel_v1(float* host_f, const SwinConfig* cfg) {
 Model* model_load(const char* path, int max_batch, int H, int W) {
     int h[CKPT_HEADER_INTS];
     read_model_header(path, h);
+    if (h[G_ABSENT_AT] != 0 && (h[G_ABSENT_AT] != 1 || h[G_ABSENT_AT + 1] < 0))
+        ttt_die("checkpoint '%s' has an invalid g-absent block (%d, seed %d)", path, h[G_ABSENT_AT], h[G_ABSENT_AT + 1]);
+    int g_absent = h[G_ABSENT_AT] == 1;
     Model* m = model_from_header(h, path, max_batch, H, W);
     size_t n = m->n_f + m->n_h + m->n_g;
     float* host = (float*)mallocCheck(n * sizeof(float));
-    checkpoint_read_data(path, host, n);
+    if (g_absent) init_params_host(host, m, (uint64_t)h[G_ABSENT_AT + 1]);   // g; f and h from the file
+    checkpoint_read_data(path, host, g_absent ? m->n_f + m->n_h : n);
+    if (g_absent)
+        fprintf(stderr, "note: '%s' holds f and h only (converted weights without an MAE head); g is "
+                        "initialised from scratch with seed %d, as ./train --init would\n", path, h[G_ABSENT_AT + 1]);
     if (!is_finite_array(host, n)) ttt_die("checkpoint '%s' contains NaN or Inf parameters", path);
     if (h[1] == 1) {
         fprintf(stderr, "note: '%s' is a version-1 checkpoint (4th input channel 1 = masked); its patch "

@@ -789,7 +789,9 @@ void pixel_decoder_backward(const M2FConfig* cfg, const PixelDecoderParams* p,
 // Parameters, in memory (= checkpoint) order; conv weights are (OC, K, K, C) channels-last
 // (PyTorch's (OC, C, K, K) permuted), linear weights (out, in) as PyTorch. The encoder
 // tensors are stacked over the NE layers (layer i at offset i * its size). Names: Hugging Face
-// under pixel_level_module.decoder. / detectron2 under sem_seg_head.pixel_decoder.
+// under pixel_level_module.decoder. / detectron2 under sem_seg_head.pixel_decoder. (checked
+// against transformers 5.24 and the released msdeformattn.py: dev/convert_mask2former.py maps
+// them, test_m2f_model_ref runs the result against Hugging Face)
 #define MSD_NUM_TENSORS 37
 typedef struct {
     float* input_w[MSD_LEVELS];     // (D, 1, 1, in_dims[3-e])  input_projections.e.0.weight / input_proj.e.0.weight
@@ -1175,6 +1177,8 @@ Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W);
 void model_free(Model* m);
 void model_init_random(Model* m, uint64_t seed);
 void model_save(const Model* m, const char* path);
+// a checkpoint converted without an MAE head (its header says g is absent; see mae.c) gets g
+// as model_init_random(seed of the header) makes it, with a note on stderr
 Model* model_load(const char* path, int max_batch, int H, int W);
 const ModelConfig* model_config(const Model* m);
 void model_snapshot_ttt(Model* m);   // f0, g0 <- f, g

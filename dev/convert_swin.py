@@ -1,5 +1,6 @@
-"""Convert a Swin state dict (safetensors, or a PyTorch .pth/.pkl when torch is installed)
-into the encoder weights file of ttt (swin_load_hf_export in swin.c reads it).
+"""Convert a Swin state dict (safetensors, a detectron2 pickle of numpy arrays, or a PyTorch
+.pth/.bin when torch is installed) into the encoder weights file of ttt (swin_load_hf_export
+in swin.c reads it). The key mapping (swin_map) is shared with dev/convert_mask2former.py.
 
 Recognised key schemes, found anywhere under a common prefix (so a full Mask2Former
 checkpoint works too):
@@ -13,12 +14,15 @@ checkpoint works too):
   - original Swin / Mask2Former (detectron2) names: patch_embed.{proj,norm},
     layers.S.blocks.I.{norm1, attn.qkv, attn.relative_position_bias_table, attn.proj, norm2,
     mlp.fc1, mlp.fc2}, layers.S.downsample.{norm, reduction}, normS (per-stage output norms)
+relative_position_index buffers are checked (they must be the standard index) and skipped.
 Missing per-stage output norms (classification checkpoints have none) become weight 1,
-bias 0, with a warning. A 3-channel patch embedding becomes --in-chans channels (default 4,
-RGB + mask indicator) with the extra input channels' weights zero, so the converted encoder
-computes exactly the original function on RGB when the extra channel is ignored.
+bias 0, with a warning (this script only; the Mask2Former converter requires them). A
+3-channel patch embedding becomes --in-chans channels (default 4, RGB + the indicator that
+is 1 on visible pixels) with the extra input channels' weights zero, so the converted encoder
+computes exactly the original function on RGB whatever the extra channel holds.
+Every missing or mis-shaped tensor is listed before the script exits with status 1.
 
-Output (little-endian): int32 header[256] = [20261122 (CKPT_MAGIC), 1 (CKPT_VERSION),
+Output (little-endian): int32 header[256] = [20261122 (CKPT_MAGIC), 2 (CKPT_VERSION),
 2 (CKPT_KIND_SWIN), in_chans, embed_dim, depths[4], num_heads[4], window, mlp_ratio, 0...],
 then float32 parameters in the SwinParams order of swin.c:
   patch_w (E, 4, 4, in_chans), patch_b, patch_norm_w, patch_norm_b;
@@ -29,139 +33,164 @@ then float32 parameters in the SwinParams order of swin.c:
 usage: python3 dev/convert_swin.py IN.safetensors OUT.bin [--in-chans 4]
 """
 import argparse
+import os
 import re
-import struct
 import sys
 
 import numpy as np
 
-CKPT_MAGIC, CKPT_VERSION, CKPT_KIND_SWIN, HEADER_INTS = 20261122, 1, 2, 256
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from weights import Plan, die, first_shape, layer_indices, load_state_dict, write_checkpoint  # noqa: E402
+
+CKPT_KIND_SWIN = 2
+HF_PATCH = "embeddings.patch_embeddings.projection.weight"
+ORIG_PATCH = "patch_embed.proj.weight"
 
 
-def load_state_dict(path):
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-        return {k: np.asarray(v, dtype=np.float32) for k, v in load_file(path).items()
-                if np.issubdtype(np.asarray(v).dtype, np.floating)}
-    import torch  # .pth / .pkl checkpoints
-    sd = torch.load(path, map_location="cpu", weights_only=False)
-    for key in ("model", "state_dict"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    out = {}
-    for k, v in sd.items():
-        v = v.detach().cpu().float().numpy() if hasattr(v, "detach") else np.asarray(v)
-        if np.issubdtype(v.dtype, np.floating):
-            out[k] = v.astype(np.float32)
-    return out
+def find_swin(sd):
+    """(root, base, scheme) of the one Swin encoder in sd, or None: root = the prefix of its
+    patch embedding, base = where Hugging Face keeps hidden_states_norms, scheme = 'hf5'
+    (runtime names), 'hf4' (save_pretrained names) or 'orig' (original / detectron2)"""
+    patch = sorted(k for k in sd if k.endswith(HF_PATCH) or k.endswith(ORIG_PATCH))
+    if not patch:
+        return None
+    if len(patch) > 1:
+        die("several Swin patch embeddings in one file: " + ", ".join(patch))
+    k = patch[0]
+    if k.endswith(HF_PATCH):
+        root = k[: -len(HF_PATCH)]
+        base = root[: -len("swin.")] if root.endswith("swin.") else root
+        q5 = any(x.startswith(root + "encoder.layers.") and ".attention.q_proj." in x for x in sd)
+        return root, base, "hf5" if q5 else "hf4"
+    root = k[: -len(ORIG_PATCH)]
+    return root, root, "orig"
 
 
-def die(msg):
-    print("error: " + msg, file=sys.stderr)
-    sys.exit(1)
+def standard_rel_index(w):
+    """Swin's relative_position_index for window w: (w*w, w*w) ints"""
+    yx = np.stack(np.meshgrid(np.arange(w), np.arange(w), indexing="ij")).reshape(2, -1)
+    rel = yx[:, :, None] - yx[:, None, :] + (w - 1)
+    return rel[0] * (2 * w - 1) + rel[1]
+
+
+def swin_map(plan, sd, root, base, scheme, in_chans, out_norms_required):
+    """append f's tensors (SwinParams order) to plan; returns the SwinConfig fields
+    [in_chans, embed_dim, depths[4], num_heads[4], window, mlp_ratio]"""
+    hf = scheme != "orig"
+    patch_key = root + (HF_PATCH if hf else ORIG_PATCH)
+    shape = tuple(sd[patch_key].shape)
+    if len(shape) != 4 or shape[2:] != (4, 4):
+        die(f"'{patch_key}' has shape {shape}; only a 4x4 patch embedding (E, C, 4, 4) is supported")
+    E, src_chans = shape[0], shape[1]
+    if src_chans > in_chans:
+        die(f"the patch embedding takes {src_chans} input channels, more than the {in_chans} of the model")
+    layer_fmt = root + ("encoder.layers.{}." if hf else "layers.{}.")
+    if scheme == "hf5":
+        n1, n2, proj, fc1, fc2 = "layernorm_before", "layernorm_after", "attention.o_proj", "mlp.fc1", "mlp.fc2"
+        table_name = "attention.relative_position_bias.relative_position_bias_table"
+        index_names = ["attention.relative_position_bias.relative_position_index", "attention.relative_position_index"]
+    elif scheme == "hf4":
+        n1, n2, proj, fc1, fc2 = "layernorm_before", "layernorm_after", "attention.output.dense", "intermediate.dense", "output.dense"
+        table_name = "attention.self.relative_position_bias_table"
+        index_names = ["attention.self.relative_position_index"]
+    else:
+        n1, n2, proj, fc1, fc2 = "norm1", "norm2", "attn.proj", "mlp.fc1", "mlp.fc2"
+        table_name = "attn.relative_position_bias_table"
+        index_names = ["attn.relative_position_index"]
+
+    # the config, read from the shapes (each from the first block that has the tensor)
+    depths, heads, window, mlp_ratio = [], [], None, None
+    for s in range(4):
+        ids = layer_indices(sd, re.escape(layer_fmt.format(s)) + r"blocks\.")
+        if not ids:
+            die(f"no blocks of Swin stage {s} (keys {layer_fmt.format(s)}blocks.N.*)")
+        depths.append(max(ids) + 1)
+        blocks = [layer_fmt.format(s) + f"blocks.{i}." for i in range(depths[s])]
+        t = first_shape(sd, [b + table_name for b in blocks])
+        if t is None or len(t) != 2:
+            die(f"cannot tell the heads of Swin stage {s}: no {blocks[0]}{table_name} (rows, heads)")
+        w = int(round((t[0] ** 0.5 + 1) / 2))
+        if (2 * w - 1) ** 2 != t[0] or (window is not None and w != window):
+            die(f"Swin stage {s}: a relative position table of {t[0]} rows does not fit one window size")
+        window = w
+        heads.append(t[1])
+        f = first_shape(sd, [b + fc1 + ".weight" for b in blocks])
+        C = E << s
+        if f is not None and mlp_ratio is None:
+            if f[0] % C:
+                die(f"Swin stage {s}: MLP hidden size {f[0]} is not a multiple of {C}")
+            mlp_ratio = f[0] // C
+    if mlp_ratio is None:
+        die("cannot tell Swin's MLP ratio: no fc1 weight in any block")
+
+    pw = plan.take(patch_key, (E, src_chans, 4, 4))
+    if pw is not None:
+        pw4 = np.zeros((E, in_chans, 4, 4), np.float32)
+        pw4[:, :src_chans] = pw      # extra input channels: weight 0
+        pw = pw4.transpose(0, 2, 3, 1)
+    plan.put(pw, E * 16 * in_chans)
+    pre = root + ("embeddings." if hf else "patch_embed.")
+    plan.tensor(pre + ("patch_embeddings.projection.bias" if hf else "proj.bias"), (E,))
+    plan.tensor(pre + "norm.weight", (E,))
+    plan.tensor(pre + "norm.bias", (E,))
+    T = (2 * window - 1) ** 2
+    for s in range(4):
+        C, Ch = E << s, (E << s) * mlp_ratio
+        for i in range(depths[s]):
+            p = layer_fmt.format(s) + f"blocks.{i}."
+            plan.tensor(p + n1 + ".weight", (C,))
+            plan.tensor(p + n1 + ".bias", (C,))
+            if scheme == "hf5":
+                plan.concat([p + f"attention.{x}_proj.weight" for x in "qkv"], [(C, C)] * 3)
+                plan.concat([p + f"attention.{x}_proj.bias" for x in "qkv"], [(C,)] * 3)
+            elif scheme == "hf4":
+                plan.concat([p + f"attention.self.{x}.weight" for x in ("query", "key", "value")], [(C, C)] * 3)
+                plan.concat([p + f"attention.self.{x}.bias" for x in ("query", "key", "value")], [(C,)] * 3)
+            else:
+                plan.tensor(p + "attn.qkv.weight", (3 * C, C))
+                plan.tensor(p + "attn.qkv.bias", (3 * C,))
+            plan.tensor(p + table_name, (T, heads[s]))
+            plan.tensor(p + proj + ".weight", (C, C))
+            plan.tensor(p + proj + ".bias", (C,))
+            plan.tensor(p + n2 + ".weight", (C,))
+            plan.tensor(p + n2 + ".bias", (C,))
+            plan.tensor(p + fc1 + ".weight", (Ch, C))
+            plan.tensor(p + fc1 + ".bias", (Ch,))
+            plan.tensor(p + fc2 + ".weight", (C, Ch))
+            plan.tensor(p + fc2 + ".bias", (C,))
+            for name in index_names:   # a buffer we compute ourselves: must be the standard one
+                if p + name in sd:
+                    idx = sd[p + name]
+                    if idx.shape != (window ** 2, window ** 2) or not np.array_equal(idx, standard_rel_index(window)):
+                        plan.misshaped.append(f"{p + name}: not Swin's relative position index for window {window}")
+                    plan.ignore(p + name, "buffer, recomputed")
+        cands = [base + f"hidden_states_norms.stage{s + 1}.", root + f"norm{s}."]
+        found = [c for c in cands if c + "weight" in sd or c + "bias" in sd]
+        if found or out_norms_required:
+            c = found[0] if found else cands[0 if hf else 1]
+            plan.tensor(c + "weight", (C,))
+            plan.tensor(c + "bias", (C,))
+        else:
+            print(f"warning: no output norm for Swin stage {s + 1}; using weight 1, bias 0", file=sys.stderr)
+            plan.put(np.ones(C, np.float32), C)
+            plan.put(np.zeros(C, np.float32), C)
+        if s < 3:
+            d = layer_fmt.format(s) + "downsample."
+            plan.tensor(d + "norm.weight", (4 * C,))
+            plan.tensor(d + "norm.bias", (4 * C,))
+            plan.tensor(d + "reduction.weight", (2 * C, 4 * C))
+    return [in_chans, E] + depths + heads + [window, mlp_ratio]
 
 
 def convert(sd, in_chans):
-    # find the backbone prefix from the patch embedding
-    patch_key = None
-    for k in sd:
-        if k.endswith("embeddings.patch_embeddings.projection.weight") or k.endswith("patch_embed.proj.weight"):
-            patch_key = k
-            break
-    if patch_key is None:
-        die("no Swin patch embedding found (expected ...patch_embeddings.projection.weight "
-            "or ...patch_embed.proj.weight)")
-    hf = "patch_embeddings" in patch_key
-    if hf:
-        root = patch_key[: -len("embeddings.patch_embeddings.projection.weight")]
-        base = root[: -len("swin.")] if root.endswith("swin.") else root  # hidden_states_norms
-    else:
-        root = base = patch_key[: -len("patch_embed.proj.weight")]
-
-    def get(key):
-        if key not in sd:
-            die(f"missing tensor '{key}'")
-        return sd[key]
-
-    pw = get(patch_key)  # (E, Cin, 4, 4)
-    E, src_chans, kh, kw = pw.shape
-    if (kh, kw) != (4, 4):
-        die(f"patch size {kh}x{kw}; only 4x4 is supported")
-    if src_chans > in_chans:
-        die(f"source has {src_chans} input channels, more than --in-chans {in_chans}")
-    pw4 = np.zeros((E, in_chans, 4, 4), np.float32)
-    pw4[:, :src_chans] = pw
-    if hf:
-        pb = get(root + "embeddings.patch_embeddings.projection.bias")
-        pnw, pnb = get(root + "embeddings.norm.weight"), get(root + "embeddings.norm.bias")
-        layer_fmt = root + "encoder.layers.{}."
-    else:
-        pb = get(root + "patch_embed.proj.bias")
-        pnw, pnb = get(root + "patch_embed.norm.weight"), get(root + "patch_embed.norm.bias")
-        layer_fmt = root + "layers.{}."
-
-    # depths: count blocks per stage
-    depths = []
-    for s in range(4):
-        pat = re.compile(re.escape(layer_fmt.format(s)) + r"blocks\.(\d+)\.")
-        ids = {int(m.group(1)) for k in sd for m in [pat.match(k)] if m}
-        if not ids or ids != set(range(len(ids))):
-            die(f"stage {s}: blocks {sorted(ids)} are not 0..n-1")
-        depths.append(len(ids))
-
-    chunks = [pw4.transpose(0, 2, 3, 1), pb, pnw, pnb]
-    heads, window, mlp_ratio = [], None, None
-    for s in range(4):
-        C = E << s
-        for i in range(depths[s]):
-            p = layer_fmt.format(s) + f"blocks.{i}."
-            if p + "attention.q_proj.weight" in sd:  # HF 5.x runtime names
-                n1, n2 = "layernorm_before", "layernorm_after"
-                qkv_w = np.concatenate([get(p + f"attention.{x}_proj.weight") for x in "qkv"], 0)
-                qkv_b = np.concatenate([get(p + f"attention.{x}_proj.bias") for x in "qkv"], 0)
-                table = get(p + "attention.relative_position_bias.relative_position_bias_table")
-                proj, fc1, fc2 = "attention.o_proj", "mlp.fc1", "mlp.fc2"
-            elif p + "attention.self.query.weight" in sd:  # HF 4.x names
-                n1, n2 = "layernorm_before", "layernorm_after"
-                qkv_w = np.concatenate([get(p + f"attention.self.{x}.weight") for x in ("query", "key", "value")], 0)
-                qkv_b = np.concatenate([get(p + f"attention.self.{x}.bias") for x in ("query", "key", "value")], 0)
-                table = get(p + "attention.self.relative_position_bias_table")
-                proj, fc1, fc2 = "attention.output.dense", "intermediate.dense", "output.dense"
-            else:  # original Swin
-                n1, n2 = "norm1", "norm2"
-                qkv_w, qkv_b = get(p + "attn.qkv.weight"), get(p + "attn.qkv.bias")
-                table = get(p + "attn.relative_position_bias_table")
-                proj, fc1, fc2 = "attn.proj", "mlp.fc1", "mlp.fc2"
-            if qkv_w.shape != (3 * C, C):
-                die(f"{p}: qkv weight {qkv_w.shape}, expected {(3 * C, C)}")
-            w = int(round((table.shape[0] ** 0.5 + 1) / 2))
-            if (2 * w - 1) ** 2 != table.shape[0] or (window is not None and w != window):
-                die(f"{p}: relative position table {table.shape} does not fit one window size")
-            window = w
-            if i == 0:
-                heads.append(table.shape[1])
-            f1w = get(p + fc1 + ".weight")
-            mlp_ratio = f1w.shape[0] // C
-            if f1w.shape[0] != mlp_ratio * C:
-                die(f"{p}: MLP hidden size {f1w.shape[0]} is not a multiple of {C}")
-            chunks += [get(p + n1 + ".weight"), get(p + n1 + ".bias"), qkv_w, qkv_b, table,
-                       get(p + proj + ".weight"), get(p + proj + ".bias"),
-                       get(p + n2 + ".weight"), get(p + n2 + ".bias"),
-                       f1w, get(p + fc1 + ".bias"), get(p + fc2 + ".weight"), get(p + fc2 + ".bias")]
-        # per-stage output norm
-        cands = [base + f"hidden_states_norms.stage{s + 1}.", root + f"norm{s}."]
-        found = [c for c in cands if c + "weight" in sd]
-        if found:
-            chunks += [get(found[0] + "weight"), get(found[0] + "bias")]
-        else:
-            print(f"warning: no output norm for stage {s + 1}; using weight 1, bias 0", file=sys.stderr)
-            chunks += [np.ones(C, np.float32), np.zeros(C, np.float32)]
-        if s < 3:
-            d = layer_fmt.format(s) + "downsample."
-            chunks += [get(d + "norm.weight"), get(d + "norm.bias"), get(d + "reduction.weight")]
-    config = [in_chans, E] + depths + heads + [window, mlp_ratio]
-    flat = np.concatenate([np.asarray(c, np.float32).reshape(-1) for c in chunks])
-    return config, flat
+    """(config, flat float32 parameters) of the Swin encoder in sd (extra keys are fine)"""
+    found = find_swin(sd)
+    if found is None:
+        die(f"no Swin patch embedding found (expected ...{HF_PATCH} or ...{ORIG_PATCH})")
+    plan = Plan(sd)
+    config = swin_map(plan, sd, *found, in_chans, out_norms_required=False)
+    plan.report(check_unused=False, what="the Swin encoder")
+    return config, plan.flat()
 
 
 def main():
@@ -170,15 +199,9 @@ def main():
     ap.add_argument("output")
     ap.add_argument("--in-chans", type=int, default=4)
     args = ap.parse_args()
-    sd = load_state_dict(args.input)
+    sd, _ = load_state_dict(args.input)
     config, flat = convert(sd, args.in_chans)
-    header = [CKPT_MAGIC, CKPT_VERSION, CKPT_KIND_SWIN] + config
-    header += [0] * (HEADER_INTS - len(header))
-    with open(args.output + ".tmp", "wb") as fp:
-        fp.write(struct.pack(f"<{HEADER_INTS}i", *header))
-        fp.write(flat.astype("<f4").tobytes())
-    import os
-    os.replace(args.output + ".tmp", args.output)
+    write_checkpoint(args.output, [0, 0, CKPT_KIND_SWIN] + config, flat)
     print(f"wrote {args.output}: in_chans {config[0]}, embed {config[1]}, depths {config[2:6]}, "
           f"heads {config[6:10]}, window {config[10]}, mlp {config[11]}, {flat.size} params")
 

@@ -177,7 +177,7 @@ if "--check-converter" in sys.argv:
     ref = param_vec.to(torch.float32).numpy()
     for f in files:
         try:
-            sd = cs.load_state_dict(f)
+            sd, _ = cs.load_state_dict(f)
             print(os.path.basename(f), "keys e.g.", sorted(sd)[:2], sorted(sd)[-2:])
             config, flat = cs.convert(sd, CIN)
             diff = float(abs(flat - ref).max()) if flat.size == ref.size else float("nan")
