@@ -1450,6 +1450,94 @@ void aug_apply(const AugConfig* c, const AugDraw* d, const unsigned char* img, c
 // end of DATA
 // ============================================================================
 
+
+// ============================================================================
+// COCO (coco_eval.c): run-length encoded masks, panoptic quality, mask AP
+// ============================================================================
+
+// A binary mask of h x w as pycocotools' maskApi holds it: runs over the pixels in
+// column-major order (x outer, y inner), alternating 0s and 1s, the first run counting 0s
+// (it may be empty). cnts (m) is malloc'd; rle_free releases it.
+typedef struct { int h, w, m; uint32_t* cnts; } Rle;
+void rle_free(Rle* r);
+// mask (h, w) row-major, nonzero = inside (rleEncode of the mask's Fortran-order view)
+void rle_encode(Rle* r, const unsigned char* mask, int h, int w);
+// the mask ids == id of an id map (h, w) row-major
+void rle_encode_id(Rle* r, const uint32_t* ids, int h, int w, uint32_t id);
+void rle_decode(const Rle* r, unsigned char* mask);   // -> (h, w) row-major 0/1
+uint32_t rle_area(const Rle* r);                       // pixels inside
+void rle_to_bbox(const Rle* r, double bb[4]);          // [x, y, width, height] (toBbox), 0s if empty
+// COCO's compressed "counts" string (rleToString): malloc'd, NUL-terminated
+char* rle_to_string(const Rle* r);
+// the inverse (rleFrString) for a mask of h x w; -1 with a message in err when the string is
+// malformed or its runs do not cover exactly h * w pixels
+int rle_from_string(Rle* r, const char* s, int h, int w, char* err, size_t errlen);
+// intersection / union (rleIou); crowd: intersection / area(dt); 0 when they do not meet;
+// -1 when the sizes differ
+double rle_iou(const Rle* dt, const Rle* gt, int crowd);
+
+// ---- panoptic quality (PQ = SQ x RQ) ----
+// Per image (panopticapi pq_compute_single_core): a ground-truth and a predicted segment of
+// the same category match when IoU > 0.5, with the union leaving out the prediction's void
+// pixels (id 0 in the ground truth); a match adds its IoU and a TP to the category, an
+// unmatched ground-truth segment an FN, an unmatched prediction an FP unless more than half
+// of it lies on void. crowd_mode PQ_CROWD_COCO (panopticapi, COCO's definition): crowd
+// segments never match, are no FN, and the pixels of the (last listed) crowd segment of a
+// category count as void for predictions of that category. PQ_CROWD_RELEASED: the released
+// TTT code's copy, which ignores "iscrowd" (crowd segments are ordinary) and also requires
+// IoU <= 1. Then per category pq = sum IoU / (TP + FP/2 + FN/2), sq = sum IoU / TP (0 if no
+// TP), rq = TP / (TP + FP/2 + FN/2), averaged over the categories with TP + FP + FN > 0.
+#define PQ_CROWD_COCO 0
+#define PQ_CROWD_RELEASED 1
+// a segment: id > 0 in its id map; category = index into the category table, or -1 for a
+// category outside it (COCO Videos' 255: never matched, counted nowhere, not void); area:
+// for the ground truth the JSON's "area" (it enters the union), predictions' are counted here
+typedef struct { uint32_t id; int category; int iscrowd; int64_t area; } PanSeg;
+typedef struct { double iou; int64_t tp, fp, fn; } PQCat;   // per category, accumulated
+// accumulate one image into stat (indexed by category); gt_map, pred_map (npix) segment ids.
+// Returns 0, or -1 with a message in err (nothing added) when an id in a map is not in its
+// list, a listed id is not in its map, or an id is 0 or listed twice.
+int pq_image(PQCat* stat, const uint32_t* gt_map, const PanSeg* gt, int n_gt,
+             const uint32_t* pred_map, const PanSeg* pred, int n_pred, size_t npix,
+             int crowd_mode, char* err, size_t errlen);
+typedef struct { double pq, sq, rq; int n; } PQResult;   // n: categories averaged
+// which: -1 all categories, 1 things, 0 stuff (isthing (n_categories) 0/1); per_category_pq
+// (n_categories, may be NULL) gets each category's PQ, NAN where it is absent. With no
+// category present the result is 0 (the released code's guard; panopticapi divides by 0).
+PQResult pq_average(const PQCat* stat, const unsigned char* isthing, int n_categories, int which,
+                    double* per_category_pq);
+
+// ---- mask AP (pycocotools COCOeval, iouType "segm") ----
+// For every category and area range (all, small < 32^2, medium, large > 96^2 pixels) and each
+// image: detections by score (ties in input order), at most max_dets (100) per image and
+// category; at each IoU threshold 0.50:0.05:0.95 each detection in turn takes the best
+// remaining ground truth with IoU >= the threshold (crowd ground truth: IoU = intersection /
+// detection area, may be taken many times; ground truth that is crowd or outside the area
+// range is "ignored" and only taken when nothing else is left); detections matched to ignored
+// ground truth, and unmatched ones outside the area range, are ignored. Over all images:
+// precision at the 101 recall thresholds 0:0.01:1 (interpolated: the max precision at any
+// higher recall). AP = the mean over thresholds, recall points and the categories that have
+// unignored ground truth.
+typedef struct {
+    int image, category_id;   // ids as in the JSON
+    int iscrowd;              // ground truth only
+    double score;             // detections only
+    double area;              // ground truth: the JSON's "area" (the mask's when absent); detections: the mask's
+    Rle rle;
+} CocoMaskObject;
+#define COCO_AP_STATS 6   // AP, AP50, AP75, AP small, AP medium, AP large; -1 where undefined
+// the images and categories evaluated (COCOeval's imgIds, catIds: the ground truth's);
+// objects of other images or categories are left out. ap_per_category (n_categories, may be
+// NULL): AP of each category over all areas, NAN where undefined.
+void coco_mask_ap(double stats[COCO_AP_STATS], double* ap_per_category,
+                  const CocoMaskObject* gt, int n_gt, const CocoMaskObject* dt, int n_dt,
+                  const int* category_ids, int n_categories, const int* image_ids, int n_images,
+                  int max_dets);
+
+// ============================================================================
+// end of COCO
+// ============================================================================
+
 #ifdef __cplusplus
 }
 #endif
