@@ -1534,6 +1534,33 @@ void coco_mask_ap(double stats[COCO_AP_STATS], double* ap_per_category,
                   const int* category_ids, int n_categories, const int* image_ids, int n_images,
                   int max_dets);
 
+// ---- instance and panoptic inference at the frame's size (mask2former.c, host memory) ----
+// Both post-process the last prediction of one image as Mask2Former does: the mask logits
+// (Q, H4, W4) are resized bilinearly x4 (align_corners=False), cropped to the top-left H x W
+// (the frame the model saw) and resized bilinearly to Ho x Wo (sem_seg_postprocess: the
+// frame's original size; Ho = H, Wo = W skips it) before the sigmoid. class_logits (Q, K+1).
+// Panoptic: m2f_panoptic_inference (above) at Ho x Wo; seg_ids (Ho, Wo).
+int m2f_panoptic_inference_resized(int* seg_ids, PanopticSegment* segments, int max_segments,
+                                   const float* class_logits, const float* mask_logits,
+                                   int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo,
+                                   const unsigned char* is_thing, float object_threshold,
+                                   float overlap_threshold);
+// Instance (Mask2Former instance_inference): p = softmax(class_logits[q])[k] over the Q*K
+// (query, class) pairs, no-object dropped; the top_k largest (100 = TEST.DETECTIONS_PER_IMAGE;
+// ties by lower q*K + k); with is_thing given (a panoptic model) the pairs of stuff classes are
+// then dropped. Each detection: mask = resized logit > 0 (sigmoid > 0.5), score = p x the mean
+// sigmoid over the mask (sum / (area + 1e-6)). Fills dets (top_k capacity) and returns their
+// number; each dets[i].rle is malloc'd (rle_free).
+typedef struct {
+    int query, class_id;
+    float class_prob, mask_score, score;
+    int64_t area;
+    Rle rle;          // the mask at Ho x Wo
+} InstanceDet;
+int m2f_instance_inference(InstanceDet* dets, int top_k, const float* class_logits,
+                           const float* mask_logits, int Q, int K, int H4, int W4, int H, int W,
+                           int Ho, int Wo, const unsigned char* is_thing);
+
 // ============================================================================
 // end of COCO
 // ============================================================================
