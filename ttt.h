@@ -1452,7 +1452,8 @@ void aug_apply(const AugConfig* c, const AugDraw* d, const unsigned char* img, c
 
 
 // ============================================================================
-// COCO (coco_eval.c): run-length encoded masks, panoptic quality, mask AP
+// COCO (coco_eval.c, coco_data.c): run-length encoded masks, panoptic quality, mask AP,
+// the panoptic format (JSON + PNG), instance and panoptic inference at the frame's size
 // ============================================================================
 
 // A binary mask of h x w as pycocotools' maskApi holds it: runs over the pixels in
@@ -1560,6 +1561,89 @@ typedef struct {
 int m2f_instance_inference(InstanceDet* dets, int top_k, const float* class_logits,
                            const float* mask_logits, int Q, int K, int H4, int W4, int H, int W,
                            int Ho, int Wo, const unsigned char* is_thing);
+
+// ---- COCO panoptic data (coco_data.c) ----
+// Categories: index = the model's class (detectron2's contiguous id: the categories sorted by
+// id), with the dataset id, thing/stuff, name and colour.
+typedef struct {
+    int n;
+    int* id;                 // (n) dataset category ids, increasing
+    unsigned char* isthing;  // (n) 1 thing, 0 stuff
+    char** name;             // (n)
+    unsigned char* color;    // (n, 3)
+} CocoCategories;
+#define COCO_PANOPTIC_NUM_CATEGORIES 133   // 80 things (ids 1..90) + 53 stuff (92..200)
+#define COCO_IGNORE_CATEGORY 255           // COCO Videos' "ignored" segments (see PanSeg)
+CocoCategories coco_categories_builtin(void);   // COCO's 133 (panopticapi panoptic_coco_categories.json)
+CocoCategories coco_categories_things(const CocoCategories* all);   // the thing categories only (COCO: 80)
+// n categories with ids 1..n, named "0".."n-1", distinct colours; isthing (n) or NULL = all things
+CocoCategories coco_categories_numbered(int n, const unsigned char* isthing);
+int coco_category_index(const CocoCategories* c, int id);   // index of a dataset id, -1 if absent
+void coco_categories_free(CocoCategories* c);
+
+// A COCO panoptic JSON (panoptic_{split}2017.json; COCO Videos' annotations/train/VID.json):
+//   "annotations": [{"image_id", "file_name" (the PNG), "segments_info": [{"id", "category_id",
+//                    "iscrowd" (optional, 0), "area" (optional)}, ...]}, ...]   required
+//   "images": [{"id", "file_name", "height", "width"}, ...]   optional (every annotation's image)
+//   "categories": [{"id", "name", "isthing", "color"}, ...]   optional: COCO's 133 when absent
+//                                                             (the released code substitutes them)
+// coco_panoptic_read dies with one line naming the file and the image / segment id on: invalid
+// JSON, a missing or ill-typed field, a category id outside the table (except 255 = ignored:
+// PanSeg.category -1), a segment id listed twice, an image with two annotations, an annotation
+// whose image_id is not in "images". Images listed without an annotation are counted (the
+// callers decide: a scored frame or a training image without one is an error).
+typedef struct {
+    long image_id;
+    char* file_name;     // the image's file ("images"), else the annotation's PNG name
+    char* png_name;      // the annotation's "file_name": the PNG in the panoptic folder
+    int H, W;            // from "images", 0 when not given
+    int n;               // segments
+    PanSeg* seg;         // category: index in the table (-1: 255); area: the JSON's, -1 if absent
+} CocoPanopticAnn;
+typedef struct {
+    char* json_path;
+    char* png_dir;
+    CocoCategories cats;
+    int categories_from_file;      // 0: the built-in COCO table
+    int n;
+    CocoPanopticAnn* ann;
+    int n_images_without_ann;
+    char first_image_without_ann[512];   // "image id N (file)" of the first one
+} CocoPanoptic;
+CocoPanoptic coco_panoptic_read(const char* json_path, const char* png_dir);
+void coco_panoptic_free(CocoPanoptic* p);
+// the annotation of an image file (by the images' file_name, else the PNG name's stem); NULL if none
+const CocoPanopticAnn* coco_panoptic_find(const CocoPanoptic* p, const char* image_name);
+// the segment ids (H, W) of an annotation from PNG_DIR/png_name, malloc'd: 8-bit RGB, the size
+// of "images" and of expect_H x expect_W (when > 0), every id in the PNG listed and every listed
+// id in the PNG. NULL with one line in err (naming the PNG, the JSON and the id) otherwise.
+uint32_t* coco_panoptic_try_load(const CocoPanoptic* p, const CocoPanopticAnn* a, int expect_H, int expect_W,
+                                 int* H, int* W, char* err, size_t errlen);
+uint32_t* coco_panoptic_load(const CocoPanoptic* p, const CocoPanopticAnn* a, int expect_H, int expect_W,
+                             int* H, int* W);   // the same, dying on error
+// training targets of an id map (npix) as Mask2Former's panoptic mapper makes them: out (npix)
+// = index s of the kept segments (not crowd, category in the table), classes[s] its class; 255
+// for void, crowd and ignored pixels. classes: room for 254. Returns the count, or -1 with a
+// message when an image has more than 254 kept segments.
+int coco_panoptic_index_map(unsigned char* out, int* classes, const uint32_t* ids, size_t npix,
+                            const CocoPanopticAnn* a, char* err, size_t errlen);
+// Where the panoptic annotation of a folder of images lives, found from its path:
+//   COCO Videos  ROOT/raw_images/VID -> ROOT/annotations/train/VID.json, ROOT/panoptic_images/VID
+//                (as the released runner_ttt_mae_panoptic.py / register_*_coco_videos_panoptic.py)
+//   COCO 2017    ROOT/SPLIT2017 -> ROOT/annotations/panoptic_SPLIT2017.json, with the PNGs in
+//                ROOT/panoptic_SPLIT2017 (detectron2) or ROOT/annotations/panoptic_SPLIT2017
+// Returns the layout (and writes both paths) when the files exist, else 0.
+#define PANOPTIC_LAYOUT_COCO 1
+#define PANOPTIC_LAYOUT_COCO_VIDEOS 2
+int find_panoptic_layout(const char* image_dir, char* json_path, size_t n1, char* png_dir, size_t n2);
+// ids (H, W) as an RGB PNG (id2rgb), written to path.tmp and renamed into place
+void panoptic_png_save(const char* path, const uint32_t* ids, int H, int W);
+// JSON output helpers: a quoted, escaped string; a file written to path.tmp and renamed into
+// place on close (dies on any write error); the "categories" member of a COCO file
+void json_write_string(FILE* fp, const char* s);
+FILE* coco_json_open(const char* path);
+void coco_json_close(FILE* fp, const char* path);
+void coco_json_write_categories(FILE* fp, const CocoCategories* c);
 
 // ============================================================================
 // end of COCO
