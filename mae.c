@@ -1147,3 +1147,18 @@ void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra) {
     memcpy(extra, h + 16, n_extra * sizeof(int));
 }
 
+
+// ----------------------------------------------------------------------------
+// the last prediction's logits, for panoptic and instance inference on the host (stream.c's
+// --task panoptic|instance; coco_stream.c)
+
+void model_prediction_sizes(const Model* m, int* Q, int* K, int* H4, int* W4, int* H, int* W) {
+    *Q = m->cfg.m2f.num_queries; *K = m->cfg.num_classes;
+    *H4 = m->H4; *W4 = m->W4; *H = m->H; *W = m->W;
+}
+
+void model_last_logits(const Model* m, float* class_logits, float* mask_logits) {
+    int L = m->cfg.m2f.dec_layers + 1, Q = m->cfg.m2f.num_queries, K = m->cfg.num_classes;
+    ttt_to_host(class_logits, m->ha.class_logits + (size_t)(L - 1) * Q * (K + 1), (size_t)Q * (K + 1) * sizeof(float));
+    ttt_to_host(mask_logits, m->ha.mask_logits + (size_t)(L - 1) * Q * m->H4 * m->W4, (size_t)Q * m->H4 * m->W4 * sizeof(float));
+}

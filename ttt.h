@@ -1645,6 +1645,58 @@ FILE* coco_json_open(const char* path);
 void coco_json_close(FILE* fp, const char* path);
 void coco_json_write_categories(FILE* fp, const CocoCategories* c);
 
+// ---- the Y model's last prediction (mae.c) ----
+// After model_predict(m, frame, ...): the last decoder prediction of that frame copied to the
+// host, class_logits (Q, K+1) and mask_logits (Q, H4, W4) of the padded frame; H x W is the
+// frame the model saw (within 4 H4 x 4 W4). Panoptic and instance inference run on these.
+void model_prediction_sizes(const Model* m, int* Q, int* K, int* H4, int* W4, int* H, int* W);
+void model_last_logits(const Model* m, float* class_logits, float* mask_logits);
+
+// ---- ./stream --task panoptic | instance (coco_stream.c) ----
+#define TASK_SEMANTIC 0
+#define TASK_PANOPTIC 1
+#define TASK_INSTANCE 2
+int task_parse(const char* opt, const char* s);   // "semantic" | "panoptic" | "instance"; dies naming opt
+const char* task_name(int task);
+// What a task needs before the run. The ground truth: json_path + png_dir when given, else
+// found from the layout of frame_dir (find_panoptic_layout), else none (outputs only). The
+// model's K classes are the annotation's categories (K = their number), or, for --task
+// instance, their things (an 80-class COCO instance model); without an annotation COCO's 133
+// (K = 133), COCO's 80 things (K = 80), or K numbered classes. pq_rule: PQ_CROWD_COCO,
+// PQ_CROWD_RELEASED, or -1 = the released rule for the COCO Videos layout, COCO's otherwise.
+// instance_gt_all: 0 = the instance ground truth is the thing segments (COCO's definition);
+// 1 = every segment not ignored (what the released code's COCO Videos loader takes).
+// Panoptic inference thresholds 0.8 / 0.8 and 100 detections, as the released configs.
+typedef struct {
+    int task;
+    CocoCategories cats;      // class k of the model = cats entry k
+    int own_cats;             // cats allocated here (else it is gt.cats)
+    CocoPanoptic gt;
+    int has_gt, layout;       // layout: PANOPTIC_LAYOUT_* or 0
+    int pq_rule, instance_gt_all;
+    float object_threshold, overlap_threshold;
+    int top_k;
+} TaskSetup;
+TaskSetup task_setup(int task, int K, const char* model_path, const char* frame_dir, const char* json_path,
+                     const char* png_dir, int pq_rule, int instance_gt_all);
+void task_setup_free(TaskSetup* s);
+// the annotation index of each frame (names: file names) that is scored, -1 for the others;
+// dies (before any output) when a scored frame has no annotation or its PNG fails a check
+int* task_check_frames(const TaskSetup* s, char* const* names, const int* scored, int n, int H, int W);
+// One run (one output folder): per frame, the inference on the logits (model_last_logits) at
+// the frame's size H x W, its outputs (OUT/panoptic/STEM.png + an entry of OUT/panoptic.json;
+// entries of OUT/instances.json; overlays OUT/STEM_panoptic.png / OUT/STEM_instances.png) and,
+// when ann >= 0, its scores; text gets the frame's part of the stream's line. Hm x Wm: the
+// frame the model saw; frame (H, W, 3) in [0, 1] for the overlay; image_id: the output's
+// (the annotation's when scored). task_run_end writes the JSON files and
+// OUT/{panoptic,instance}_scores.json and prints the summary and a RESULT line.
+typedef struct TaskRun TaskRun;
+typedef struct { double video, pooled; int n_scored; } TaskResult;
+TaskRun* task_run_begin(const TaskSetup* s, const char* out_dir, int H, int W);
+void task_run_frame(TaskRun* r, const char* stem, long image_id, const float* frame, const float* class_logits,
+                    const float* mask_logits, int Q, int H4, int W4, int Hm, int Wm, int ann, char* text, size_t n);
+TaskResult task_run_end(TaskRun* r, const char* dir);
+
 // ============================================================================
 // end of COCO
 // ============================================================================
