@@ -567,8 +567,8 @@ int coco_panoptic_index_map(unsigned char* out, int* classes, const uint32_t* id
         const PanSeg* S = &a->seg[s];
         index_of[s] = 255;
         if (S->iscrowd || S->category < 0) continue;   // crowd and ignored: no target, like void
-        if (n == 255) {
-            snprintf(err, errlen, "image id %ld has more than 254 segments for training", a->image_id);
+        if (n == PANOPTIC_MAX_TRAIN_SEGMENTS) {
+            snprintf(err, errlen, "image id %ld has more than %d segments for training", a->image_id, PANOPTIC_MAX_TRAIN_SEGMENTS);
             free(index_of);
             return -1;
         }
@@ -713,4 +713,72 @@ void coco_json_write_categories(FILE* fp, const CocoCategories* c) {
                 c->color[3 * i], c->color[3 * i + 1], c->color[3 * i + 2]);
     }
     fprintf(fp, "]");
+}
+
+// ----------------------------------------------------------------------------
+// a training set in the COCO panoptic layout
+
+PanopticSet panoptic_set_list(const char* root, const char* split, int check_pngs) {
+    PanopticSet s;
+    memset(&s, 0, sizeof(s));
+    char dir[4096], j[4096], d[4096];
+    snprintf(dir, sizeof(dir), "%s/%s2017", root, split);
+    if (!path_is_dir(dir)) snprintf(dir, sizeof(dir), "%s/%s", root, split);
+    if (!path_is_dir(dir) || find_panoptic_layout(dir, j, sizeof(j), d, sizeof(d)) != PANOPTIC_LAYOUT_COCO)
+        ttt_die("no COCO panoptic layout in '%s': expected ROOT/%s2017/ (images), ROOT/annotations/panoptic_%s2017.json "
+                "and its PNGs in ROOT/panoptic_%s2017/ or ROOT/annotations/panoptic_%s2017/", root, split, split, split, split);
+    s.gt = coco_panoptic_read(j, d);
+    if (s.gt.n_images_without_ann > 0)
+        ttt_die("'%s': %s has no annotation (%d images in \"images\" have none)", j, s.gt.first_image_without_ann,
+                s.gt.n_images_without_ann);
+    if (s.gt.n == 0) ttt_die("'%s' has no annotations", j);
+    s.image_dir = dup_string(dir);
+    s.n = s.gt.n;
+    s.images = (char**)callocCheck((size_t)s.n, sizeof(char*));
+    s.H = (int*)mallocCheck((size_t)s.n * sizeof(int));
+    s.W = (int*)mallocCheck((size_t)s.n * sizeof(int));
+    for (int i = 0; i < s.n; i++) {
+        const CocoPanopticAnn* a = &s.gt.ann[i];
+        char path[8192];
+        snprintf(path, sizeof(path), "%s/%s", dir, a->file_name);
+        int c;
+        if (!stbi_info(path, &s.W[i], &s.H[i], &c))
+            ttt_die("cannot read image '%s' (image id %ld in '%s'): %s", path, a->image_id, j,
+                    access(path, R_OK) != 0 ? strerror(errno) : stbi_failure_reason());
+        if (a->H > 0 && (s.H[i] != a->H || s.W[i] != a->W))
+            ttt_die("image '%s' is %dx%d but '%s' says %dx%d (W x H)", path, s.W[i], s.H[i], j, a->W, a->H);
+        s.images[i] = dup_string(path);
+    }
+    if (check_pngs) {   // every PNG decoded once (OpenMP); the first bad one in list order reported
+        int first_bad = s.n;
+        char* errs = (char*)callocCheck((size_t)s.n, 2048);
+        #pragma omp parallel for schedule(dynamic)
+        for (int i = 0; i < s.n; i++) {
+            int h, w;
+            uint32_t* ids = coco_panoptic_try_load(&s.gt, &s.gt.ann[i], s.H[i], s.W[i], &h, &w, errs + (size_t)i * 2048, 2048);
+            if (ids) {
+                unsigned char* idx = (unsigned char*)mallocCheck((size_t)h * w);
+                int cls[PANOPTIC_MAX_TRAIN_SEGMENTS];
+                if (coco_panoptic_index_map(idx, cls, ids, (size_t)h * w, &s.gt.ann[i], errs + (size_t)i * 2048, 2048) < 0) {
+                    free(ids); ids = NULL;
+                }
+                free(idx);
+            }
+            if (ids == NULL) {
+                #pragma omp critical
+                if (i < first_bad) first_bad = i;
+            }
+            free(ids);
+        }
+        if (first_bad < s.n) ttt_die("%s", errs + (size_t)first_bad * 2048);
+        free(errs);
+    }
+    return s;
+}
+
+void panoptic_set_free(PanopticSet* s) {
+    for (int i = 0; i < s->n; i++) free(s->images[i]);
+    free(s->images); free(s->H); free(s->W); free(s->image_dir);
+    coco_panoptic_free(&s->gt);
+    memset(s, 0, sizeof(*s));
 }

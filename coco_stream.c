@@ -85,19 +85,19 @@ int* task_check_frames(const TaskSetup* s, char* const* names, const int* scored
     int* ann = (int*)mallocCheck(((size_t)n + 1) * sizeof(int));
     for (int i = 0; i < n; i++) {
         ann[i] = -1;
-        if (!s->has_gt || !scored[i]) continue;
+        if (!s->has_gt) continue;
         const CocoPanopticAnn* a = coco_panoptic_find(&s->gt, names[i]);
-        if (a == NULL)
+        if (a == NULL && scored[i])
             ttt_die("frame '%s' is scored but '%s' has no annotation for it (COCO Videos annotates every 10th frame: "
                     "--score-every 10)", names[i], s->gt.json_path);
-        ann[i] = (int)(a - s->gt.ann);
+        if (a) ann[i] = (int)(a - s->gt.ann);
     }
     // every scored annotation's PNG decoded once, its ids checked against the JSON
     int bad = -1;
     char err[8192] = "";
     #pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < n; i++) {
-        if (ann[i] < 0 || bad >= 0) continue;
+        if (ann[i] < 0 || !scored[i] || bad >= 0) continue;
         char e1[8192];
         int h, w;
         uint32_t* ids = coco_panoptic_try_load(&s->gt, &s->gt.ann[ann[i]], H, W, &h, &w, e1, sizeof(e1));
@@ -371,8 +371,13 @@ static void instance_frame(TaskRun* r, const char* stem, long image_id, const fl
         rle_to_bbox(&dets[k].rle, bb);
         json_append(r, "%s\n  {\"image_id\": %ld, \"category_id\": %d, \"segmentation\": {\"size\": [%d, %d], \"counts\": ",
                     r->n_outputs ? "," : "", image_id, s->cats.id[dets[k].class_id], H, W);
-        json_append(r, "\"%s\"}, \"score\": %.6f, \"bbox\": [%g, %g, %g, %g]}", counts, dets[k].score, bb[0], bb[1], bb[2], bb[3]);
-        free(counts);
+        // RLE strings may hold '\\' (character 92): escaped as JSON wants
+        char* esc = (char*)mallocCheck(2 * strlen(counts) + 1);
+        size_t e = 0;
+        for (const char* c = counts; *c; c++) { if (*c == '\\' || *c == '"') esc[e++] = '\\'; esc[e++] = *c; }
+        esc[e] = 0;
+        json_append(r, "\"%s\"}, \"score\": %.9g, \"bbox\": [%g, %g, %g, %g]}", esc, dets[k].score, bb[0], bb[1], bb[2], bb[3]);
+        free(counts); free(esc);
         r->n_outputs++;
     }
     // overlay: detections with score >= 0.5, filled and outlined, with class name and score
@@ -427,7 +432,11 @@ static void instance_frame(TaskRun* r, const char* stem, long image_id, const fl
             o->image = (int)image_id; o->category_id = s->cats.id[dets[k].class_id]; o->score = dets[k].score;
             o->rle = dets[k].rle;   // moved: kept for the pooled AP
             dets[k].rle.cnts = NULL;
-            o->area = rle_area(&o->rle);
+            // pycocotools' loadRes takes a result's area from its "bbox" when it has one (ours
+            // do: the mask's box), the mask's otherwise; it only decides the area ranges
+            double bb[4];
+            rle_to_bbox(&o->rle, bb);
+            o->area = bb[2] * bb[3];
         }
         int img = (int)image_id;
         double st[COCO_AP_STATS];
@@ -447,9 +456,13 @@ static void instance_frame(TaskRun* r, const char* stem, long image_id, const fl
     free(dets);
 }
 
-void task_run_frame(TaskRun* r, const char* stem, long image_id, const float* frame, const float* class_logits,
-                    const float* mask_logits, int Q, int H4, int W4, int Hm, int Wm, int ann, char* text, size_t n) {
-    if (ann >= 0) image_id = r->s->gt.ann[ann].image_id;
+void task_run_frame(TaskRun* r, const char* stem, int frame_index, int ann, int scored, const float* frame,
+                    const float* class_logits, const float* mask_logits, int Q, int H4, int W4, int Hm, int Wm,
+                    char* text, size_t n) {
+    // the output's image id: the annotation's; else -(index + 1) beside a ground truth (no
+    // clash with its ids), the index + 1 without one
+    long image_id = ann >= 0 ? r->s->gt.ann[ann].image_id : r->s->has_gt ? -(long)(frame_index + 1) : frame_index + 1;
+    if (!scored) ann = -1;
     if (r->s->task == TASK_PANOPTIC)
         panoptic_frame(r, stem, image_id, frame, class_logits, mask_logits, Q, H4, W4, Hm, Wm, ann, text, n);
     else

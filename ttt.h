@@ -1523,7 +1523,9 @@ typedef struct {
     int image, category_id;   // ids as in the JSON
     int iscrowd;              // ground truth only
     double score;             // detections only
-    double area;              // ground truth: the JSON's "area" (the mask's when absent); detections: the mask's
+    double area;              // ground truth: the JSON's "area" (the mask's when absent); detections:
+                              // as pycocotools' loadRes: bbox w x h when the result has a "bbox"
+                              // (detectron2's always do), else the mask's area
     Rle rle;
 } CocoMaskObject;
 #define COCO_AP_STATS 6   // AP, AP50, AP75, AP small, AP medium, AP large; -1 where undefined
@@ -1636,6 +1638,19 @@ int coco_panoptic_index_map(unsigned char* out, int* classes, const uint32_t* id
 #define PANOPTIC_LAYOUT_COCO 1
 #define PANOPTIC_LAYOUT_COCO_VIDEOS 2
 int find_panoptic_layout(const char* image_dir, char* json_path, size_t n1, char* png_dir, size_t n2);
+// A training set in the COCO panoptic layout: ROOT/SPLIT2017 (or ROOT/SPLIT) with
+// ROOT/annotations/panoptic_SPLIT2017.json and its PNGs (find_panoptic_layout). Every
+// annotation's image must exist with the JSON's size; an image listed without an annotation is
+// an error; check_pngs = 1 decodes every PNG (OpenMP) with coco_panoptic_try_load's checks.
+typedef struct {
+    CocoPanoptic gt;     // annotation i belongs to images[i]
+    int n;
+    char** images;       // (n) image paths
+    int *H, *W;          // (n)
+    char* image_dir;
+} PanopticSet;
+PanopticSet panoptic_set_list(const char* root, const char* split, int check_pngs);
+void panoptic_set_free(PanopticSet* s);
 // ids (H, W) as an RGB PNG (id2rgb), written to path.tmp and renamed into place
 void panoptic_png_save(const char* path, const uint32_t* ids, int H, int W);
 // JSON output helpers: a quoted, escaped string; a file written to path.tmp and renamed into
@@ -1651,6 +1666,17 @@ void coco_json_write_categories(FILE* fp, const CocoCategories* c);
 // frame the model saw (within 4 H4 x 4 W4). Panoptic and instance inference run on these.
 void model_prediction_sizes(const Model* m, int* Q, int* K, int* H4, int* W4, int* H, int* W);
 void model_last_logits(const Model* m, float* class_logits, float* mask_logits);
+// Joint training on panoptic targets (./train --task panoptic): as model_train_step, with
+// seg_index (B, H, W) the kept segments' indexes (255 = void, crowd, ignored;
+// coco_panoptic_index_map) and seg_classes (B, PANOPTIC_MAX_TRAIN_SEGMENTS) the class of
+// each, seg_counts (B) how many; one target mask per segment (empty ones after a crop kept,
+// as Mask2Former's panoptic mapper). model_train_loss_panoptic: the loss only.
+#define PANOPTIC_MAX_TRAIN_SEGMENTS 254
+void model_train_step_panoptic(Model* m, const float* images, const unsigned char* seg_index,
+                               const int* seg_classes, const int* seg_counts, int B, const OptConfig* opt,
+                               float grad_clip, Rng* rng, float* loss_main, float* loss_mae);
+float model_train_loss_panoptic(Model* m, const float* images, const unsigned char* seg_index,
+                                const int* seg_classes, const int* seg_counts, int B, Rng* rng);
 
 // ---- ./stream --task panoptic | instance (coco_stream.c) ----
 #define TASK_SEMANTIC 0
@@ -1680,21 +1706,23 @@ typedef struct {
 TaskSetup task_setup(int task, int K, const char* model_path, const char* frame_dir, const char* json_path,
                      const char* png_dir, int pq_rule, int instance_gt_all);
 void task_setup_free(TaskSetup* s);
-// the annotation index of each frame (names: file names) that is scored, -1 for the others;
-// dies (before any output) when a scored frame has no annotation or its PNG fails a check
+// the annotation index of each frame (names: file names), -1 where it has none; dies (before
+// any output) when a scored frame has no annotation or its PNG fails a check
 int* task_check_frames(const TaskSetup* s, char* const* names, const int* scored, int n, int H, int W);
 // One run (one output folder): per frame, the inference on the logits (model_last_logits) at
 // the frame's size H x W, its outputs (OUT/panoptic/STEM.png + an entry of OUT/panoptic.json;
 // entries of OUT/instances.json; overlays OUT/STEM_panoptic.png / OUT/STEM_instances.png) and,
-// when ann >= 0, its scores; text gets the frame's part of the stream's line. Hm x Wm: the
-// frame the model saw; frame (H, W, 3) in [0, 1] for the overlay; image_id: the output's
-// (the annotation's when scored). task_run_end writes the JSON files and
+// when scored, its scores; text gets the frame's part of the stream's line. Hm x Wm: the
+// frame the model saw; frame (H, W, 3) in [0, 1] for the overlay; ann: the frame's annotation
+// (-1: none); the outputs' image_id is the annotation's, else -(frame_index + 1) when there is
+// ground truth, frame_index + 1 when there is none. task_run_end writes the JSON files and
 // OUT/{panoptic,instance}_scores.json and prints the summary and a RESULT line.
 typedef struct TaskRun TaskRun;
 typedef struct { double video, pooled; int n_scored; } TaskResult;
 TaskRun* task_run_begin(const TaskSetup* s, const char* out_dir, int H, int W);
-void task_run_frame(TaskRun* r, const char* stem, long image_id, const float* frame, const float* class_logits,
-                    const float* mask_logits, int Q, int H4, int W4, int Hm, int Wm, int ann, char* text, size_t n);
+void task_run_frame(TaskRun* r, const char* stem, int frame_index, int ann, int scored, const float* frame,
+                    const float* class_logits, const float* mask_logits, int Q, int H4, int W4, int Hm, int Wm,
+                    char* text, size_t n);
 TaskResult task_run_end(TaskRun* r, const char* dir);
 
 // ============================================================================
