@@ -444,11 +444,12 @@ CocoPanoptic coco_panoptic_read(const char* json_path, const char* png_dir) {
         i++;
     }
     p.n_images_without_ann = 0;
-    for (int k = 0; k < n_img; k++) if (!img_has_ann[k]) {
+    for (int k = 0; k < n_img; k++) if (!img_has_ann[k]) {   // k: position in "images"
         if (p.n_images_without_ann == 0) {
-            const cJSON* ie = cJSON_GetArrayItem(images, (int)img[2 * k + 1]);
+            const cJSON* ie = cJSON_GetArrayItem(images, k);
             snprintf(p.first_image_without_ann, sizeof(p.first_image_without_ann), "image id %ld (%s)",
-                     img[2 * k], cJSON_GetObjectItemCaseSensitive(ie, "file_name")->valuestring);
+                     (long)cJSON_GetObjectItemCaseSensitive(ie, "id")->valuedouble,
+                     cJSON_GetObjectItemCaseSensitive(ie, "file_name")->valuestring);
         }
         p.n_images_without_ann++;
     }

@@ -459,9 +459,11 @@ static void instance_frame(TaskRun* r, const char* stem, long image_id, const fl
 void task_run_frame(TaskRun* r, const char* stem, int frame_index, int ann, int scored, const float* frame,
                     const float* class_logits, const float* mask_logits, int Q, int H4, int W4, int Hm, int Wm,
                     char* text, size_t n) {
-    // the output's image id: the annotation's; else -(index + 1) beside a ground truth (no
-    // clash with its ids), the index + 1 without one
-    long image_id = ann >= 0 ? r->s->gt.ann[ann].image_id : r->s->has_gt ? -(long)(frame_index + 1) : frame_index + 1;
+    // the output's image id: the annotation's; else, beside a ground truth, one past its largest
+    // id plus the frame's index (no clash); without one the index + 1
+    long max_id = 0;
+    for (int i = 0; r->s->has_gt && i < r->s->gt.n; i++) if (r->s->gt.ann[i].image_id > max_id) max_id = r->s->gt.ann[i].image_id;
+    long image_id = ann >= 0 ? r->s->gt.ann[ann].image_id : max_id + 1 + frame_index;
     if (!scored) ann = -1;
     if (r->s->task == TASK_PANOPTIC)
         panoptic_frame(r, stem, image_id, frame, class_logits, mask_logits, Q, H4, W4, Hm, Wm, ann, text, n);

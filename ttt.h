@@ -1714,8 +1714,8 @@ int* task_check_frames(const TaskSetup* s, char* const* names, const int* scored
 // entries of OUT/instances.json; overlays OUT/STEM_panoptic.png / OUT/STEM_instances.png) and,
 // when scored, its scores; text gets the frame's part of the stream's line. Hm x Wm: the
 // frame the model saw; frame (H, W, 3) in [0, 1] for the overlay; ann: the frame's annotation
-// (-1: none); the outputs' image_id is the annotation's, else -(frame_index + 1) when there is
-// ground truth, frame_index + 1 when there is none. task_run_end writes the JSON files and
+// (-1: none); the outputs' image_id is the annotation's, else (largest annotated id + 1 +
+// frame_index) when there is ground truth, frame_index + 1 when there is none. task_run_end writes the JSON files and
 // OUT/{panoptic,instance}_scores.json and prints the summary and a RESULT line.
 typedef struct TaskRun TaskRun;
 typedef struct { double video, pooled; int n_scored; } TaskResult;
