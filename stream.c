@@ -926,7 +926,8 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
         char task_text[256] = "";
         if (tr) {
             model_last_logits(mp, t_cls, t_msk);
-            task_run_frame(tr, f->stem, i + 1, x, t_cls, t_msk, tQ, tH4, tW4, tHm, tWm, v->task_ann[i], task_text, sizeof(task_text));
+            task_run_frame(tr, f->stem, i, v->task_ann[i], i % a->score_every == 0, x, t_cls, t_msk, tQ, tH4, tW4, tHm, tWm,
+                           task_text, sizeof(task_text));
         }
         free(x);
 
@@ -1331,7 +1332,7 @@ int main(int argc, char** argv) {
         v.task_ann = task_check_frames(&task, names, scored, v.n, v.H, v.W);
         v.task = &task;
         int n_ann = 0, n_things = 0;
-        for (int i = 0; i < v.n; i++) n_ann += v.task_ann[i] >= 0;
+        for (int i = 0; i < v.n; i++) n_ann += v.task_ann[i] >= 0 && scored[i];
         for (int k = 0; k < task.cats.n; k++) n_things += task.cats.isthing[k] != 0;
         printf("task %s: %d classes (%d things)%s%s, %d frames scored%s%s\n", task_name(a.task), task.cats.n,
                n_things, task.has_gt ? ", ground truth " : "",
