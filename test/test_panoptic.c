@@ -346,6 +346,26 @@ static void test_bad_inputs(void) {
     free(err);
 }
 
+// dev/reproduce_coco_videos.sh on a generated COCO Videos root (video "bar", one of the
+// released list): every run, its RESULT line, the table with both columns
+static void test_reproduce(void) {
+    CHECK(run("./gen video " TMP "/rcv/coco_videos --frames 11 --size 64x48 --seed 9 --panoptic --video-name bar > /dev/null") == 0, "gen failed");
+    int rc = run("VIDEOS='bar' ROWS='fixed online' sh dev/reproduce_coco_videos.sh " TMP "/rcv/coco_videos data/model.bin data/model.bin "
+                 TMP "/rcv/out --resize-short 0 --max-long 0 --crop 0 --batch 2 --device cpu > " TMP "/rcv.log 2> " TMP "/rcv.err");
+    char* log = read_text(TMP "/rcv.log");
+    char* res = read_text(TMP "/rcv/out/results.txt");
+    int lines = 0;
+    for (const char* p = res; *p; p++) lines += *p == '\n';
+    const char* row = strstr(log, "MAE Joint Training");
+    double ap = -1, pq = -1;
+    if (row) sscanf(row + strlen("MAE Joint Training"), "%lf %*s %lf", &ap, &pq);
+    int ok = rc == 0 && lines == 4 && strstr(res, "panoptic online bar RESULT task=panoptic") &&
+             strstr(res, "instance fixed bar RESULT task=instance") && ap >= 0 && pq > 10.0 && strstr(log, "Online TTT-MAE");
+    CHECK(ok, "dev/reproduce_coco_videos.sh: rc %d, %d results, AP %g PQ %g\n%s\n%s", rc, lines, ap, pq, res, log);
+    if (ok) printf("ok   dev/reproduce_coco_videos.sh on a generated COCO Videos root: 4 runs, table AP %.1f PQ %.1f (fixed row)\n", ap, pq);
+    free(log); free(res);
+}
+
 int main(void) {
     run("rm -rf " TMP " && mkdir -p " TMP);
     test_gen();
@@ -358,5 +378,6 @@ int main(void) {
     model_free(m5);
     test_train_and_stream();
     test_bad_inputs();
+    test_reproduce();
     return test_summary("test_panoptic");
 }
