@@ -28,6 +28,9 @@
 // Output (--out DIR): DIR/STEM.png (class ids, the label format), DIR/STEM_overlay.png,
 // DIR/metrics.json, DIR/metrics.png. With a window list (--window 1,4,16) each k runs
 // in turn and writes into DIR/window_K/; a table of mIoU per k is printed at the end.
+// --task panoptic | instance (coco_stream.c): Mask2Former's panoptic or instance inference
+// on the same prediction, COCO-format outputs and PQ / mask AP against COCO panoptic ground
+// truth (COCO 2017 or COCO Videos layouts, see README).
 #include "ttt.h"
 #include <ctype.h>
 #include <stdarg.h>
@@ -121,7 +124,7 @@ typedef struct {
     int K;               // the model's classes
     float** cache;       // offline mode: every frame decoded and resized once; else NULL
     const TaskSetup* task;   // --task panoptic | instance: categories and ground truth; else NULL
-    int* task_ann;       // (n) annotation of each scored frame, -1 otherwise
+    int* task_ann;       // (n) the annotation of each frame, -1 where it has none
 } Video;
 
 // the results of one run: pooled mIoU over every scored pixel, and the paper's video score,
