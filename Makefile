@@ -27,7 +27,7 @@ endif
 endif
 
 # the library every program links: ops, IO, checkpoints, the three parts of the Y
-LIB_OBJ = ttt.o swin.o mask2former.o mae.o data.o $(CUDA_OBJ)
+LIB_OBJ = ttt.o swin.o mask2former.o mae.o data.o coco_eval.o coco_data.o coco_stream.o vendor/cJSON.o $(CUDA_OBJ)
 PROGRAMS = stream train gen
 TEST_SRC = $(sort $(wildcard test/test_*.c))
 TEST_BIN = $(TEST_SRC:.c=)
@@ -37,6 +37,10 @@ GPU_TEST_BIN = $(GPU_TEST_SRC:.c=)
 all: $(PROGRAMS)
 
 %.o: %.c ttt.h
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# cJSON (vendor/README.md): the JSON of COCO's panoptic and results formats
+vendor/cJSON.o: vendor/cJSON.c vendor/cJSON.h
 	$(CC) $(CFLAGS) -c $< -o $@
 
 ttt_kernels.o: ttt_kernels.cu ttt.h
@@ -72,7 +76,7 @@ demo: gen
 	./gen video data/demo --labels data/demo_labels --frames 24 --size 128x96 --seed 1 --drift-period 16
 
 clean:
-	rm -f *.o $(PROGRAMS) bench $(TEST_BIN) $(GPU_TEST_BIN)
+	rm -f *.o vendor/*.o $(PROGRAMS) bench $(TEST_BIN) $(GPU_TEST_BIN)
 	rm -rf test/tmp
 
 .PHONY: all test test-gpu clean demo

@@ -980,12 +980,41 @@ static void ensure_train_buffers(Model* m) {
     m->host_labels_pad = (unsigned char*)mallocCheck((size_t)m->max_B * m->Hp * m->Wp);
 }
 
+// the set loss on panoptic targets (Mask2Former's panoptic mapper: one mask per kept segment,
+// empty ones included) from the padded segment-index maps in host_labels_pad
+static float panoptic_set_loss(Model* m, const SetLossConfig* lc, const int* pan_classes, const int* pan_counts,
+                               int B, int want_grad, Rng* rng, float parts[3]) {
+    const M2FConfig* c = &m->cfg.m2f;
+    int L = c->dec_layers + 1, Q = c->num_queries, K = c->num_classes;
+    size_t HWp = (size_t)m->Hp * m->Wp;
+    int total = 0;
+    for (int b = 0; b < B; b++) total += pan_counts[b];
+    int* num_t = (int*)mallocCheck(((size_t)B + 1) * sizeof(int));
+    int* tcls = (int*)mallocCheck(((size_t)total + 1) * sizeof(int));
+    float* tmask = (float*)mallocCheck(((size_t)total * HWp + 1) * sizeof(float));
+    int* seg = (int*)mallocCheck(HWp * sizeof(int));
+    int off = 0;
+    for (int b = 0; b < B; b++) {
+        const unsigned char* l = m->host_labels_pad + (size_t)b * HWp;
+        for (size_t i = 0; i < HWp; i++) seg[i] = l[i] == 255 ? 0 : l[i] + 1;
+        num_t[b] = set_loss_targets_panoptic(tcls + off, tmask + (size_t)off * HWp, seg, m->Hp, m->Wp,
+                                             pan_classes + (size_t)b * PANOPTIC_MAX_TRAIN_SEGMENTS, pan_counts[b], K);
+        off += num_t[b];
+    }
+    float loss = set_loss_from_targets(lc, m->host_cls_all, m->host_mask_all, L, B, Q, K, m->H4, m->W4, num_t, tcls, tmask,
+                                       m->Hp, m->Wp, want_grad ? m->host_dcls : NULL, want_grad ? m->host_dmask : NULL, rng, parts);
+    free(num_t); free(tcls); free(tmask); free(seg);
+    return loss;
+}
+
 // f and h on the clean images (B, H, W, 3) host; set loss against labels (B, H, W) on the host.
 // The mask maps cover the padded frame, so labels are padded with 255 (ignore) to Hp x Wp.
 // With want_grad the logits' gradients land in host_dcls / host_dmask.
 // num_masks > 0: the normaliser of the mask losses (a micro-batch's share of the batch's targets)
+// pan_classes, pan_counts (panoptic targets, NULL for semantic labels): labels are then segment
+// indexes (255 = void), image b's segment s of class pan_classes[b * PANOPTIC_MAX_TRAIN_SEGMENTS + s]
 static float main_forward(Model* m, const float* images, const unsigned char* labels, int B,
-                          Rng* rng, int want_grad, float num_masks) {
+                          Rng* rng, int want_grad, float num_masks, const int* pan_classes, const int* pan_counts) {
     ensure_train_buffers(m);
     ttt_to_device(m->rgb, images, (size_t)B * m->H * m->W * 3 * sizeof(float));
     mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch, 0);
@@ -1014,6 +1043,7 @@ static float main_forward(Model* m, const float* images, const unsigned char* la
     if (m->H4 * m->W4 <= lc.num_points) lc.all_pixels = 1;
     if (num_masks > 0.0f) lc.num_masks = num_masks;
     float parts[3];
+    if (pan_classes) return panoptic_set_loss(m, &lc, pan_classes, pan_counts, B, want_grad, rng, parts);
     return set_loss(&lc, m->host_cls_all, m->host_mask_all, L, B, Q, K, m->H4, m->W4,
                     m->host_labels_pad, m->Hp, m->Wp, want_grad ? m->host_dcls : NULL,
                     want_grad ? m->host_dmask : NULL, rng, parts);
@@ -1052,10 +1082,11 @@ static int count_targets(const unsigned char* labels, int B, size_t HW, int K) {
 // chunk's mean (equal pixels per image: the batch's mean). One chunk (B <= max_B) is the plain
 // step. backward: accumulate the gradients (zeroed here first). Losses land in *lm, *lr.
 static float train_chunks(Model* m, const float* images, const unsigned char* labels, int B, Rng* rng,
-                          int backward, float* loss_main, float* loss_mae) {
+                          int backward, float* loss_main, float* loss_mae, const int* pan_classes, const int* pan_counts) {
     size_t HW = (size_t)m->H * m->W;
     int chunked = B > m->max_B;
     int T = chunked ? count_targets(labels, B, HW, m->cfg.num_classes) : 0;
+    if (chunked && pan_classes) { T = 0; for (int b = 0; b < B; b++) T += pan_counts[b]; }
     if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
     double lm = 0.0, lr = 0.0;
     for (int b0 = 0; b0 < B; b0 += m->max_B) {
@@ -1064,7 +1095,9 @@ static float train_chunks(Model* m, const float* images, const unsigned char* la
         float num_masks = chunked ? fmaxf(1.0f, T * w) : 0.0f;
         const float* img = images + (size_t)b0 * HW * 3;
         // main task first: the MAE forward reuses f's activations
-        float lmc = main_forward(m, img, labels + (size_t)b0 * HW, Bc, rng, backward, num_masks);
+        float lmc = main_forward(m, img, labels + (size_t)b0 * HW, Bc, rng, backward, num_masks,
+                                 pan_classes ? pan_classes + (size_t)b0 * PANOPTIC_MAX_TRAIN_SEGMENTS : NULL,
+                                 pan_counts ? pan_counts + b0 : NULL);
         if (!isfinite(lmc)) { lm = NAN; lr = NAN; break; }
         if (backward) {
             if (w != 1.0f) {   // the chunk's weight, on its host gradients
@@ -1091,23 +1124,29 @@ static float train_chunks(Model* m, const float* images, const unsigned char* la
 }
 
 float model_train_loss(Model* m, const float* images, const unsigned char* labels, int B, Rng* rng) {
-    return train_chunks(m, images, labels, B, rng, 0, NULL, NULL);
+    return train_chunks(m, images, labels, B, rng, 0, NULL, NULL, NULL, NULL);
 }
 
 float model_train_forward_backward(Model* m, const float* images, const unsigned char* labels,
                                    int B, Rng* rng, float* loss_main, float* loss_mae) {
-    return train_chunks(m, images, labels, B, rng, 1, loss_main, loss_mae);
+    return train_chunks(m, images, labels, B, rng, 1, loss_main, loss_mae, NULL, NULL);
 }
 
-void model_train_step(Model* m, const float* images, const unsigned char* labels, int B,
-                      const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae) {
-    float total = model_train_forward_backward(m, images, labels, B, rng, loss_main, loss_mae);
+static void train_step(Model* m, const float* images, const unsigned char* labels, const int* pan_classes,
+                       const int* pan_counts, int B, const OptConfig* opt, float grad_clip, Rng* rng,
+                       float* loss_main, float* loss_mae) {
+    float total = train_chunks(m, images, labels, B, rng, 1, loss_main, loss_mae, pan_classes, pan_counts);
     const int all_parts = 7;
     if (!isfinite(total)) { m->grad_norm = NAN; return; }   // weights untouched
     m->grad_norm = clip_grad_parts(m, grad_clip, all_parts);
     if (!isfinite(m->grad_norm)) return;
     m->adam_t++;
     adamw_parts(m, opt, all_parts);
+}
+
+void model_train_step(Model* m, const float* images, const unsigned char* labels, int B,
+                      const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae) {
+    train_step(m, images, labels, NULL, NULL, B, opt, grad_clip, rng, loss_main, loss_mae);
 }
 
 void model_copy_params(Model* dst, const Model* src) {
@@ -1166,3 +1205,31 @@ void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra) {
     memcpy(extra, h + 16, n_extra * sizeof(int));
 }
 
+
+// ----------------------------------------------------------------------------
+// the last prediction's logits, for panoptic and instance inference on the host (stream.c's
+// --task panoptic|instance; coco_stream.c)
+
+void model_prediction_sizes(const Model* m, int* Q, int* K, int* H4, int* W4, int* H, int* W) {
+    *Q = m->cfg.m2f.num_queries; *K = m->cfg.num_classes;
+    *H4 = m->H4; *W4 = m->W4; *H = m->H; *W = m->W;
+}
+
+void model_last_logits(const Model* m, float* class_logits, float* mask_logits) {
+    int L = m->cfg.m2f.dec_layers + 1, Q = m->cfg.m2f.num_queries, K = m->cfg.num_classes;
+    ttt_to_host(class_logits, m->ha.class_logits + (size_t)(L - 1) * Q * (K + 1), (size_t)Q * (K + 1) * sizeof(float));
+    ttt_to_host(mask_logits, m->ha.mask_logits + (size_t)(L - 1) * Q * m->H4 * m->W4, (size_t)Q * m->H4 * m->W4 * sizeof(float));
+}
+
+// joint training on panoptic targets (./train --task panoptic): model_train_step with segment
+// index maps and their classes instead of semantic labels
+void model_train_step_panoptic(Model* m, const float* images, const unsigned char* seg_index,
+                               const int* seg_classes, const int* seg_counts, int B, const OptConfig* opt,
+                               float grad_clip, Rng* rng, float* loss_main, float* loss_mae) {
+    train_step(m, images, seg_index, seg_classes, seg_counts, B, opt, grad_clip, rng, loss_main, loss_mae);
+}
+
+float model_train_loss_panoptic(Model* m, const float* images, const unsigned char* seg_index,
+                                const int* seg_classes, const int* seg_counts, int B, Rng* rng) {
+    return train_chunks(m, images, seg_index, B, rng, 0, NULL, NULL, seg_classes, seg_counts);
+}

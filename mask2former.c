@@ -1174,17 +1174,81 @@ int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segm
                            int Q, int K, int H4, int W4, int H, int W,
                            const unsigned char* is_thing, float object_threshold,
                            float overlap_threshold, float* work) {
+    (void)work;   // the resized variant allocates its own scratch
+    return m2f_panoptic_inference_resized(seg_ids, segments, max_segments, class_logits, mask_logits,
+                                          Q, K, H4, W4, H, W, H, W, is_thing, object_threshold,
+                                          overlap_threshold);
+}
+
+// The mask logits of one query as Mask2Former post-processes them: m (H4, W4) resized
+// bilinearly x4 (align_corners=False) to the padded frame, cropped to the top-left H x W (the
+// frame the model saw) and resized bilinearly again to Ho x Wo (sem_seg_postprocess: the
+// frame's original size). out (Ho, Wo); tmp: H * W floats (unused when Ho x Wo = H x W).
+// Taps of the two stages are precomputed by mask_resize_plan.
+typedef struct { int H4, W4, H, W, Ho, Wo; int *ya, *yb, *xa, *xb, *oya, *oyb, *oxa, *oxb; float *ly, *lx, *oly, *olx; } MaskResizePlan;
+
+static MaskResizePlan mask_resize_plan(int H4, int W4, int H, int W, int Ho, int Wo) {
+    MaskResizePlan p = {H4, W4, H, W, Ho, Wo};
+    p.ya = (int*)mallocCheck(H * sizeof(int)); p.yb = (int*)mallocCheck(H * sizeof(int)); p.ly = (float*)mallocCheck(H * sizeof(float));
+    p.xa = (int*)mallocCheck(W * sizeof(int)); p.xb = (int*)mallocCheck(W * sizeof(int)); p.lx = (float*)mallocCheck(W * sizeof(float));
+    p.oya = (int*)mallocCheck(Ho * sizeof(int)); p.oyb = (int*)mallocCheck(Ho * sizeof(int)); p.oly = (float*)mallocCheck(Ho * sizeof(float));
+    p.oxa = (int*)mallocCheck(Wo * sizeof(int)); p.oxb = (int*)mallocCheck(Wo * sizeof(int)); p.olx = (float*)mallocCheck(Wo * sizeof(float));
+    for (int y = 0; y < H; y++) bilinear_source(y, H4, 4 * H4, &p.ya[y], &p.yb[y], &p.ly[y]);
+    for (int x = 0; x < W; x++) bilinear_source(x, W4, 4 * W4, &p.xa[x], &p.xb[x], &p.lx[x]);
+    for (int y = 0; y < Ho; y++) bilinear_source(y, H, Ho, &p.oya[y], &p.oyb[y], &p.oly[y]);
+    for (int x = 0; x < Wo; x++) bilinear_source(x, W, Wo, &p.oxa[x], &p.oxb[x], &p.olx[x]);
+    return p;
+}
+
+static void mask_resize_plan_free(MaskResizePlan* p) {
+    free(p->ya); free(p->yb); free(p->ly); free(p->xa); free(p->xb); free(p->lx);
+    free(p->oya); free(p->oyb); free(p->oly); free(p->oxa); free(p->oxb); free(p->olx);
+}
+
+static void mask_logits_resize(float* out, const float* m, const MaskResizePlan* p, float* tmp) {
+    int W4 = p->W4, W = p->W, Wo = p->Wo;
+    int same = p->Ho == p->H && p->Wo == p->W;
+    float* mid = same ? out : tmp;   // (H, W) after the x4 upsampling and the crop
+    for (int y = 0; y < p->H; y++) {
+        const float* r0 = m + (size_t)p->ya[y] * W4;
+        const float* r1 = m + (size_t)p->yb[y] * W4;
+        float ly = p->ly[y];
+        float* o = mid + (size_t)y * W;
+        for (int x = 0; x < W; x++) {
+            float lx = p->lx[x];
+            int x0 = p->xa[x], x1 = p->xb[x];
+            o[x] = (1.0f - ly) * ((1.0f - lx) * r0[x0] + lx * r0[x1]) + ly * ((1.0f - lx) * r1[x0] + lx * r1[x1]);
+        }
+    }
+    if (same) return;
+    for (int y = 0; y < p->Ho; y++) {
+        const float* r0 = tmp + (size_t)p->oya[y] * W;
+        const float* r1 = tmp + (size_t)p->oyb[y] * W;
+        float ly = p->oly[y];
+        float* o = out + (size_t)y * Wo;
+        for (int x = 0; x < Wo; x++) {
+            float lx = p->olx[x];
+            int x0 = p->oxa[x], x1 = p->oxb[x];
+            o[x] = (1.0f - ly) * ((1.0f - lx) * r0[x0] + lx * r0[x1]) + ly * ((1.0f - lx) * r1[x0] + lx * r1[x1]);
+        }
+    }
+}
+
+int m2f_panoptic_inference_resized(int* seg_ids, PanopticSegment* segments, int max_segments,
+                                   const float* class_logits, const float* mask_logits,
+                                   int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo,
+                                   const unsigned char* is_thing, float object_threshold,
+                                   float overlap_threshold) {
     if (H > 4 * H4 || W > 4 * W4) ttt_die("panoptic inference: image %dx%d larger than 4 x (%dx%d)", H, W, H4, W4);
     int K1 = K + 1, HW4 = H4 * W4;
-    // work: score (Q), label (Q), kept query index (Q), counts (3Q), segment id (Q), prob (Q)
-    float* score = work;
-    float* label = work + Q;
-    float* kept = work + 2 * Q;
-    float* area_owner = work + 3 * Q;   // pixels whose argmax is this kept query
-    float* area_orig = work + 4 * Q;    // pixels with prob >= 0.5
-    float* area_both = work + 5 * Q;    // owner and prob >= 0.5
-    float* seg_of = work + 6 * Q;       // segment id given to a kept query (0 = none)
-    float* prob = work + 7 * Q;         // probs of the kept queries at one pixel
+    size_t npix = (size_t)Ho * Wo;
+    float* score = (float*)mallocCheck(((size_t)Q + 1) * sizeof(float));
+    int* label = (int*)mallocCheck(((size_t)Q + 1) * sizeof(int));
+    int* kept = (int*)mallocCheck(((size_t)Q + 1) * sizeof(int));
+    int64_t* area_owner = (int64_t*)callocCheck((size_t)Q + 1, sizeof(int64_t));  // pixels whose argmax is this kept query
+    int64_t* area_orig = (int64_t*)callocCheck((size_t)Q + 1, sizeof(int64_t));   // pixels with prob >= 0.5
+    int64_t* area_both = (int64_t*)callocCheck((size_t)Q + 1, sizeof(int64_t));   // owner and prob >= 0.5
+    int* seg_of = (int*)callocCheck((size_t)Q + 1, sizeof(int));                   // segment id of a kept query
     int nk = 0;
     for (int q = 0; q < Q; q++) {
         const float* lg = class_logits + (size_t)q * K1;
@@ -1195,49 +1259,52 @@ int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segm
         int best = 0;
         for (int k = 1; k < K1; k++) if (lg[k] > lg[best]) best = k;
         float s = (float)(exp((double)lg[best] - mx) / z);
-        if (best != K && s > object_threshold) {
-            score[nk] = s; label[nk] = (float)best; kept[nk] = (float)q; nk++;
-        }
+        if (best != K && s > object_threshold) { score[nk] = s; label[nk] = best; kept[nk] = q; nk++; }
     }
-    for (int i = 0; i < nk; i++) { area_owner[i] = area_orig[i] = area_both[i] = 0; seg_of[i] = 0; }
     if (nk == 0) {
-        memset(seg_ids, 0, (size_t)H * W * sizeof(int));
+        memset(seg_ids, 0, npix * sizeof(int));
+        free(score); free(label); free(kept); free(area_owner); free(area_orig); free(area_both); free(seg_of);
         return 0;
     }
-    // pass 1: owner per pixel (first max of score * prob); seg_ids holds owner+1, negated when
-    // the owner's prob < 0.5
-    for (int y = 0; y < H; y++) {
-        int y0, y1; float ly;
-        bilinear_source(y, H4, 4 * H4, &y0, &y1, &ly);
-        for (int x = 0; x < W; x++) {
-            int x0, x1; float lx;
-            bilinear_source(x, W4, 4 * W4, &x0, &x1, &lx);
-            int owner = 0; float best = -1.0f;
-            for (int i = 0; i < nk; i++) {
-                const float* m = mask_logits + (size_t)kept[i] * HW4;
-                float v = (1.0f - ly) * ((1.0f - lx) * m[y0 * W4 + x0] + lx * m[y0 * W4 + x1]) +
-                          ly * ((1.0f - lx) * m[y1 * W4 + x0] + lx * m[y1 * W4 + x1]);
-                prob[i] = 1.0f / (1.0f + expf(-v));
-                if (prob[i] >= 0.5f) area_orig[i] += 1.0f;
-                if (score[i] * prob[i] > best) { best = score[i] * prob[i]; owner = i; }
-            }
-            area_owner[owner] += 1.0f;
-            int ok = prob[owner] >= 0.5f;
-            if (ok) area_both[owner] += 1.0f;
-            seg_ids[(size_t)y * W + x] = ok ? owner + 1 : -(owner + 1);
+    // pass 1, query by query: each pixel's owner is the first kept query with the largest
+    // score x prob (prob = sigmoid of the resized logit); its prob is kept to test >= 0.5
+    float* best = (float*)mallocCheck(npix * sizeof(float));
+    float* owner_prob = (float*)mallocCheck(npix * sizeof(float));
+    float* map = (float*)mallocCheck(npix * sizeof(float));
+    float* tmp = (float*)mallocCheck((size_t)H * W * sizeof(float));
+    for (size_t p = 0; p < npix; p++) { best[p] = -1.0f; seg_ids[p] = 0; owner_prob[p] = 0.0f; }
+    MaskResizePlan plan = mask_resize_plan(H4, W4, H, W, Ho, Wo);
+    for (int i = 0; i < nk; i++) {
+        mask_logits_resize(map, mask_logits + (size_t)kept[i] * HW4, &plan, tmp);
+        int64_t orig = 0;
+        for (size_t p = 0; p < npix; p++) {
+            float prob = 1.0f / (1.0f + expf(-map[p]));
+            if (prob >= 0.5f) orig++;
+            if (score[i] * prob > best[p]) { best[p] = score[i] * prob; seg_ids[p] = i; owner_prob[p] = prob; }
         }
+        area_orig[i] = orig;
     }
+    mask_resize_plan_free(&plan);
+    // seg_ids holds owner + 1, negated when the owner's prob < 0.5
+    for (size_t p = 0; p < npix; p++) {
+        int owner = seg_ids[p];
+        area_owner[owner]++;
+        int ok = owner_prob[p] >= 0.5f;
+        if (ok) area_both[owner]++;
+        seg_ids[p] = ok ? owner + 1 : -(owner + 1);
+    }
+    free(best); free(owner_prob); free(map); free(tmp);
     // segments in query order; stuff classes merge into the first segment of their class
     int n = 0;
     for (int i = 0; i < nk; i++) {
         if (!(area_owner[i] > 0 && area_orig[i] > 0 && area_both[i] > 0)) continue;
-        if (area_owner[i] / area_orig[i] < overlap_threshold) continue;
-        int cls = (int)label[i];
+        if ((float)area_owner[i] / (float)area_orig[i] < overlap_threshold) continue;
+        int cls = label[i];
         int thing = is_thing ? (is_thing[cls] != 0) : 1;
         if (!thing) {
             int found = 0;
             for (int s = 0; s < n; s++) {
-                if (!segments[s].is_thing && segments[s].class_id == cls) { seg_of[i] = (float)segments[s].id; found = 1; break; }
+                if (!segments[s].is_thing && segments[s].class_id == cls) { seg_of[i] = segments[s].id; found = 1; break; }
             }
             if (found) continue;
         }
@@ -1247,16 +1314,91 @@ int m2f_panoptic_inference(int* seg_ids, PanopticSegment* segments, int max_segm
         segments[n].is_thing = thing;
         segments[n].area = 0;
         segments[n].score = score[i];
-        seg_of[i] = (float)(n + 1);
+        seg_of[i] = n + 1;
         n++;
     }
     // pass 2: final ids and areas
-    for (size_t p = 0; p < (size_t)H * W; p++) {
+    for (size_t p = 0; p < npix; p++) {
         int v = seg_ids[p];
-        int id = (v > 0) ? (int)seg_of[v - 1] : 0;
+        int id = (v > 0) ? seg_of[v - 1] : 0;
         seg_ids[p] = id;
         if (id > 0) segments[id - 1].area++;
     }
+    free(score); free(label); free(kept); free(area_owner); free(area_orig); free(area_both); free(seg_of);
+    return n;
+}
+
+// top_k of the Q*K (query, class) probabilities, highest first, ties by lower index
+typedef struct { float p; int idx; } ScoredPair;
+static int scored_pair_cmp(const void* a, const void* b) {
+    const ScoredPair *x = (const ScoredPair*)a, *y = (const ScoredPair*)b;
+    if (x->p != y->p) return x->p > y->p ? -1 : 1;
+    return (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+int m2f_instance_inference(InstanceDet* dets, int top_k, const float* class_logits,
+                           const float* mask_logits, int Q, int K, int H4, int W4, int H, int W,
+                           int Ho, int Wo, const unsigned char* is_thing) {
+    if (H > 4 * H4 || W > 4 * W4) ttt_die("instance inference: image %dx%d larger than 4 x (%dx%d)", H, W, H4, W4);
+    int K1 = K + 1, HW4 = H4 * W4;
+    size_t npix = (size_t)Ho * Wo;
+    // softmax over K + 1, no-object dropped: scores (Q, K)
+    ScoredPair* pairs = (ScoredPair*)mallocCheck((size_t)Q * K * sizeof(ScoredPair));
+    for (int q = 0; q < Q; q++) {
+        const float* lg = class_logits + (size_t)q * K1;
+        float mx = lg[0];
+        for (int k = 1; k < K1; k++) if (lg[k] > mx) mx = lg[k];
+        double z = 0.0;
+        for (int k = 0; k < K1; k++) z += exp((double)lg[k] - mx);
+        for (int k = 0; k < K; k++) { pairs[q * K + k].p = (float)(exp((double)lg[k] - mx) / z); pairs[q * K + k].idx = q * K + k; }
+    }
+    qsort(pairs, (size_t)Q * K, sizeof(ScoredPair), scored_pair_cmp);
+    int n_top = top_k < Q * K ? top_k : Q * K, n = 0;
+    for (int i = 0; i < n_top; i++) {
+        int q = pairs[i].idx / K, k = pairs[i].idx % K;
+        if (is_thing && !is_thing[k]) continue;   // a panoptic model: thing classes only
+        dets[n].query = q; dets[n].class_id = k; dets[n].class_prob = pairs[i].p;
+        n++;
+    }
+    free(pairs);
+    // masks: each query's map once (OpenMP over queries), shared by its detections
+    MaskResizePlan plan = mask_resize_plan(H4, W4, H, W, Ho, Wo);
+    int bad_alloc = 0;
+    #pragma omp parallel
+    {
+        float* map = (float*)malloc(npix * sizeof(float));
+        float* tmp = (float*)malloc((size_t)H * W * sizeof(float) + 1);
+        unsigned char* bin = (unsigned char*)malloc(npix + 1);
+        if (!map || !tmp || !bin) {
+            #pragma omp atomic write
+            bad_alloc = 1;
+        }
+        #pragma omp for schedule(dynamic)
+        for (int i = 0; i < n; i++) {
+            if (!map || !tmp || !bin) continue;
+            int q = dets[i].query, first = 1;
+            for (int j = 0; j < i; j++) if (dets[j].query == q) { first = 0; break; }
+            if (!first) continue;   // filled below from the first detection of its query
+            mask_logits_resize(map, mask_logits + (size_t)q * HW4, &plan, tmp);
+            double sum = 0.0;
+            int64_t area = 0;
+            for (size_t p = 0; p < npix; p++) {
+                bin[p] = map[p] > 0.0f;   // sigmoid > 0.5
+                if (bin[p]) { sum += 1.0f / (1.0f + expf(-map[p])); area++; }
+            }
+            float mask_score = (float)(sum / ((double)area + 1e-6));
+            for (int j = i; j < n; j++) {
+                if (dets[j].query != q) continue;
+                rle_encode(&dets[j].rle, bin, Ho, Wo);
+                dets[j].area = area;
+                dets[j].mask_score = mask_score;
+                dets[j].score = dets[j].class_prob * mask_score;
+            }
+        }
+        free(map); free(tmp); free(bin);
+    }
+    mask_resize_plan_free(&plan);
+    if (bad_alloc) ttt_die("instance inference: out of memory for %dx%d masks", Wo, Ho);
     return n;
 }
 

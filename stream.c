@@ -28,6 +28,9 @@
 // Output (--out DIR): DIR/STEM.png (class ids, the label format), DIR/STEM_overlay.png,
 // DIR/metrics.json, DIR/metrics.png. With a window list (--window 1,4,16) each k runs
 // in turn and writes into DIR/window_K/; a table of mIoU per k is printed at the end.
+// --task panoptic | instance (coco_stream.c): Mask2Former's panoptic or instance inference
+// on the same prediction, COCO-format outputs and PQ / mask AP against COCO panoptic ground
+// truth (COCO 2017 or COCO Videos layouts, see README).
 #include "ttt.h"
 #include <ctype.h>
 #include <stdarg.h>
@@ -98,6 +101,11 @@ typedef struct {
     int kstar;             // estimate the bias-variance optimum k* before the run
     int kstar_masks;       // masks per sampled frame
     int kstar_every;       // sample every E-th frame; 0 = about 16 frames in all
+    int task;              // TASK_SEMANTIC | TASK_PANOPTIC | TASK_INSTANCE (coco_stream.c)
+    const char* panoptic_json;   // --panoptic-json / --panoptic-dir: ground truth of the tasks
+    const char* panoptic_dir;
+    int pq_rule;           // PQ_CROWD_COCO | PQ_CROWD_RELEASED | -1 (from the layout)
+    int instance_gt_all;   // --instance-gt all
 } Args;
 
 typedef struct {
@@ -115,6 +123,8 @@ typedef struct {
     LabelFormat label_fmt;
     int K;               // the model's classes
     float** cache;       // offline mode: every frame decoded and resized once; else NULL
+    const TaskSetup* task;   // --task panoptic | instance: categories and ground truth; else NULL
+    int* task_ann;       // (n) the annotation of each frame, -1 where it has none
 } Video;
 
 // the results of one run: pooled mIoU over every scored pixel, and the paper's video score,
@@ -820,6 +830,15 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
     memset(&total, 0, sizeof(total));
     int ck_steps[8], n_ck = 0;
     double ck_miou[8];
+    // --task panoptic | instance: inference on the last prediction's logits, COCO outputs, scores
+    TaskRun* tr = v->task ? task_run_begin(v->task, out_dir, H, W) : NULL;
+    int tQ = 0, tK = 0, tH4 = 0, tW4 = 0, tHm = 0, tWm = 0;
+    float *t_cls = NULL, *t_msk = NULL;
+    if (tr) {
+        model_prediction_sizes(mp, &tQ, &tK, &tH4, &tW4, &tHm, &tWm);
+        t_cls = (float*)mallocCheck((size_t)tQ * (tK + 1) * sizeof(float));
+        t_msk = (float*)mallocCheck((size_t)tQ * tH4 * tW4 * sizeof(float));
+    }
 
     if (mode == MODE_OFFLINE) {
         // train on the whole video, one shuffled epoch after another (cycling), then predict
@@ -907,6 +926,12 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
         path = str_printf("%s/%s_overlay.png", out_dir, f->stem);
         image_save_png(path, vis, H, W);
         free(path);
+        char task_text[256] = "";
+        if (tr) {
+            model_last_logits(mp, t_cls, t_msk);
+            task_run_frame(tr, f->stem, i, v->task_ann[i], i % a->score_every == 0, x, t_cls, t_msk, tQ, tH4, tW4, tHm, tWm,
+                           task_text, sizeof(task_text));
+        }
         free(x);
 
         // score: this frame's IoU per class and mIoU (classes in its label or prediction)
@@ -931,6 +956,7 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
             if (isfinite(s->running_miou)) printf("  mIoU %.4f", s->running_miou); else printf("  mIoU -");
             if (isfinite(s->miou)) printf("  frame %.4f", s->miou);
         }
+        if (tr) printf("  %s", task_text);
         printf("\n");
         fflush(stdout);
     }
@@ -972,6 +998,8 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
     write_plot(path, st, order, n);
     free(path);
     printf("wrote %s/NAME.png, NAME_overlay.png, metrics.json, metrics.png\n", out_dir);
+    if (tr) task_run_end(tr, a->dir);
+    free(t_cls); free(t_msk);
 
     for (int i = 0; i < k; i++) free(window[i]);
     free(window); free(perm); free(batch); free(vis); free(pred); free(st); free(order);
@@ -1033,7 +1061,21 @@ static void usage(void) {
         "                        default: the layout's, else ids)\n"
         "  --class-names N     cityscapes | numbers (default: cityscapes for the KITTI-STEP and\n"
         "                        Cityscapes layouts with a 19-class model, else numbers)\n"
-        "  --score-every N     score frames 1, 1+N, 1+2N, ... of the name order (default 1: all)\n"
+        "  --score-every N     score frames 1, 1+N, 1+2N, ... of the name order (default 1: all;\n"
+        "                        the released COCO Videos protocol: 10)\n"
+        "  --task T            semantic | panoptic | instance (default semantic). panoptic: Mask2Former's\n"
+        "                        panoptic inference, OUT/panoptic/NAME.png + OUT/panoptic.json (COCO\n"
+        "                        panoptic format), NAME_panoptic.png, PQ/SQ/RQ; instance: the top 100\n"
+        "                        query x class masks, OUT/instances.json (COCO results, RLE masks),\n"
+        "                        NAME_instances.png, mask AP. Ground truth from the layout of DIR\n"
+        "                        (COCO ROOT/val2017 -> ROOT/annotations/panoptic_val2017.json;\n"
+        "                        COCO Videos ROOT/raw_images/VID -> ROOT/annotations/train/VID.json,\n"
+        "                        ROOT/panoptic_images/VID) or the two options below\n"
+        "  --panoptic-json F --panoptic-dir D   COCO panoptic ground truth: JSON and its PNG folder\n"
+        "  --pq-rule R         coco | released: crowd regions as panopticapi (COCO) or ignored as the\n"
+        "                        released code's copy (default: released for COCO Videos, else coco)\n"
+        "  --instance-gt G     things | all: instance ground truth = the thing segments (COCO, default)\n"
+        "                        or every segment not ignored (the released COCO Videos loader)\n"
         "  --out DIR           output directory (default out/)\n"
         "  --seed S            seed of masks and window sampling (default 0)\n"
         "  --device D          cpu | cuda | auto (default auto)\n"
@@ -1073,6 +1115,7 @@ static Args parse_args(int argc, char** argv) {
     a.label_format = -1;
     a.class_names = -1;
     a.score_every = 1;
+    a.pq_rule = -1;
     // the recipe first, wherever it stands: the other options override it
     for (int i = 1; i + 1 < argc; i++)
         if (strcmp(argv[i], "--recipe") == 0) a.recipe = argv[i + 1];
@@ -1162,6 +1205,19 @@ static Args parse_args(int argc, char** argv) {
             else ttt_die("--class-names: expected cityscapes or numbers, got '%s'", v);
         }
         else if (strcmp(o, "--score-every") == 0) a.score_every = parse_int_arg(o, v, 1);
+        else if (strcmp(o, "--task") == 0) a.task = task_parse(o, v);
+        else if (strcmp(o, "--panoptic-json") == 0) a.panoptic_json = v;
+        else if (strcmp(o, "--panoptic-dir") == 0) a.panoptic_dir = v;
+        else if (strcmp(o, "--pq-rule") == 0) {
+            if (strcmp(v, "coco") == 0) a.pq_rule = PQ_CROWD_COCO;
+            else if (strcmp(v, "released") == 0) a.pq_rule = PQ_CROWD_RELEASED;
+            else ttt_die("--pq-rule: expected coco or released, got '%s'", v);
+        }
+        else if (strcmp(o, "--instance-gt") == 0) {
+            if (strcmp(v, "things") == 0) a.instance_gt_all = 0;
+            else if (strcmp(v, "all") == 0) a.instance_gt_all = 1;
+            else ttt_die("--instance-gt: expected things or all, got '%s'", v);
+        }
         else if (strcmp(o, "--out") == 0) a.out_dir = v;
         else if (strcmp(o, "--seed") == 0) a.seed = (uint64_t)parse_int_arg(o, v, 0);
         else if (strcmp(o, "--device") == 0) a.device = v;
@@ -1176,6 +1232,8 @@ static Args parse_args(int argc, char** argv) {
     if (a.drop_path >= 1.0f) ttt_die("--drop-path must be below 1, got %g", a.drop_path);
     if (a.label_format >= 0 && a.labels_dir == NULL) ttt_die("--label-format needs --labels DIR");
     if (a.sr.max_long > 0 && a.sr.resize_short == 0) ttt_die("--max-long needs --resize-short");
+    if (a.task != TASK_SEMANTIC && a.labels_dir) ttt_die("--labels is for --task semantic; panoptic and instance read COCO panoptic ground truth (--panoptic-json)");
+    if (a.task == TASK_SEMANTIC && (a.panoptic_json || a.panoptic_dir)) ttt_die("--panoptic-json / --panoptic-dir need --task panoptic or instance");
     return a;
 }
 
@@ -1209,6 +1267,7 @@ static Settings resolved_settings(const Args* a, const Video* v, int window) {
     const ModelRecipe* r = &a->mr;
     settings_add(&s, "recipe", "%s", a->recipe);
     settings_add(&s, "mode", "%s", mode_names[a->mode]);
+    settings_add(&s, "task", "%s", task_name(a->task));
     settings_add(&s, "window", "%d", a->mode == MODE_NOMEM || a->mode == MODE_IMPLICIT ? 1 : window);
     settings_add(&s, "batch", "%d", a->sr.batch);
     settings_add(&s, "micro_batch", "%d", a->micro_batch);
@@ -1257,7 +1316,7 @@ int main(int argc, char** argv) {
     memset(&v, 0, sizeof(v));
     static char found_labels[4096];
     v.label_fmt = a.label_format >= 0 ? (LabelFormat)a.label_format : LABEL_IDS;
-    if (a.labels_dir == NULL && find_label_layout(a.dir, found_labels, sizeof(found_labels), &v.label_fmt))
+    if (a.task == TASK_SEMANTIC && a.labels_dir == NULL && find_label_layout(a.dir, found_labels, sizeof(found_labels), &v.label_fmt))
         a.labels_dir = found_labels;
     v.K = cfg.num_classes;
     int published = v.label_fmt != LABEL_IDS;   // KITTI-STEP or Cityscapes labels
@@ -1267,6 +1326,24 @@ int main(int argc, char** argv) {
         class_names = cityscapes_class_names;
     }
     v.fr = list_frames(&a, v.label_fmt, v.K, &v.n, &v.H, &v.W, &v.n_labeled);
+    TaskSetup task;
+    memset(&task, 0, sizeof(task));
+    if (a.task != TASK_SEMANTIC) {   // categories and ground truth, every scored frame checked now
+        task = task_setup(a.task, v.K, a.model_path, a.dir, a.panoptic_json, a.panoptic_dir, a.pq_rule, a.instance_gt_all);
+        char** names = (char**)mallocCheck(v.n * sizeof(char*));
+        int* scored = (int*)mallocCheck(v.n * sizeof(int));
+        for (int i = 0; i < v.n; i++) { names[i] = v.fr[i].name; scored[i] = i % a.score_every == 0; }
+        v.task_ann = task_check_frames(&task, names, scored, v.n, v.H, v.W);
+        v.task = &task;
+        int n_ann = 0, n_things = 0;
+        for (int i = 0; i < v.n; i++) n_ann += v.task_ann[i] >= 0 && scored[i];
+        for (int k = 0; k < task.cats.n; k++) n_things += task.cats.isthing[k] != 0;
+        printf("task %s: %d classes (%d things)%s%s, %d frames scored%s%s\n", task_name(a.task), task.cats.n,
+               n_things, task.has_gt ? ", ground truth " : "",
+               task.has_gt ? task.gt.json_path : "", n_ann, task.has_gt ? ", PQ crowd rule " : "",
+               task.has_gt ? (task.pq_rule == PQ_CROWD_COCO ? "coco" : "released") : "");
+        free(names); free(scored);
+    }
     // sizes: the model's view of a frame (resized), and the TTT images (crops of it)
     v.Hr = v.H; v.Wr = v.W;
     if (a.sr.resize_short > 0) resize_shortest_edge_size(v.H, v.W, a.sr.resize_short, a.sr.max_long > 0 ? a.sr.max_long : INT32_MAX, &v.Hr, &v.Wr);
@@ -1360,6 +1437,7 @@ int main(int argc, char** argv) {
         free(v.fr[i].name); free(v.fr[i].stem); free(v.fr[i].path); free(v.fr[i].label_path);
         if (v.cache) free(v.cache[i]);
     }
-    free(v.cache); free(v.fr);
+    free(v.cache); free(v.fr); free(v.task_ann);
+    if (v.task) task_setup_free(&task);
     return 0;
 }

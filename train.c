@@ -53,13 +53,18 @@ typedef struct {
     // model recipe overrides (< 0: the recipe's value)
     float mask_ratio, backbone_lr_scale, drop_path;
     int loss_all_pixels, wd_exempt;
+    int task;                  // TASK_SEMANTIC | TASK_PANOPTIC (COCO panoptic layout, coco_data.c)
 } TrainArgs;
 
 static void usage(void) {
     printf("usage: ./train --data DIR --out CKPT [options]\n"
            "  --data DIR           Cityscapes root (leftImg8bit/, gtFine/), KITTI-STEP root (images/,\n"
            "                       panoptic_maps/), or DIR/images + DIR/labels (8-bit class ids, 255 = ignore)\n"
-           "  --split S            split of a Cityscapes / KITTI-STEP root (default train)\n"
+           "  --split S            split of a Cityscapes / KITTI-STEP / COCO root (default train)\n"
+           "  --task T             semantic (default) | panoptic: --data is a COCO panoptic root\n"
+           "                       (ROOT/train2017, ROOT/annotations/panoptic_train2017.json + PNGs); the set\n"
+           "                       loss gets one target per segment (crowd and void ignored), classes = the\n"
+           "                       JSON's categories (COCO's 133 when it has none); --val reports PQ\n"
            "  --recipe R           demo (default) | paper: the released Cityscapes schedule; other flags\n"
            "                       override it wherever they stand\n"
            "  --classes K          number of classes (demo 8, paper 19)\n"
@@ -323,6 +328,102 @@ static float learning_rate(const TrainArgs* a, int step) {
     return a->lr * wf * powf(1.0f - (float)step / (float)a->steps, 0.9f);
 }
 
+static ModelConfig model_config_for_size(const TrainArgs* a, int classes) {
+    if (!strcmp(a->size, "tiny")) return model_config_tiny(classes);
+    if (!strcmp(a->size, "default")) return model_config_default(classes);
+    if (!strcmp(a->size, "swin-s")) return model_config_swin_s(classes);
+    ttt_die("--size must be tiny, default or swin-s, got '%s'", a->size);
+    return model_config_tiny(classes);
+}
+
+// ----------------------------------------------------------------------------
+// --task panoptic: the batch (image + segment-index map per image) and PQ on a held-out set
+
+static void load_batch_panoptic(const PanopticSet* ds, const int* idx, const AugDraw* draws, int B, const AugConfig* aug,
+                                float* imgs, unsigned char* labs, int* seg_classes, int* seg_counts) {
+    char* errs = (char*)callocCheck((size_t)B, 2048);
+    int first_bad = B;
+    size_t npix = (size_t)aug->crop_h * aug->crop_w;
+    #pragma omp parallel for schedule(dynamic)
+    for (int b = 0; b < B; b++) {
+        int i = idx[b], H, W, h, w;
+        char* err = errs + (size_t)b * 2048;
+        unsigned char* img = image_try_load_u8(ds->images[i], &H, &W, err, 2048);
+        uint32_t* ids = NULL;
+        unsigned char* lab = NULL;
+        if (img && (H != ds->H[i] || W != ds->W[i])) {
+            snprintf(err, 2048, "image '%s' changed size since it was listed (%dx%d, now %dx%d)", ds->images[i],
+                     ds->W[i], ds->H[i], W, H);
+        } else if (img) {
+            ids = coco_panoptic_try_load(&ds->gt, &ds->gt.ann[i], H, W, &h, &w, err, 2048);
+            if (ids) {
+                lab = (unsigned char*)mallocCheck((size_t)H * W);
+                seg_counts[b] = coco_panoptic_index_map(lab, seg_classes + (size_t)b * PANOPTIC_MAX_TRAIN_SEGMENTS, ids,
+                                                        (size_t)H * W, &ds->gt.ann[i], err, 2048);
+                if (seg_counts[b] < 0) { free(lab); lab = NULL; }
+                else aug_apply(aug, &draws[b], img, lab, H, W, imgs + (size_t)b * npix * 3, labs + (size_t)b * npix);
+            }
+        }
+        if (!lab) {
+            #pragma omp critical
+            if (b < first_bad) first_bad = b;
+        }
+        free(img); free(ids); free(lab);
+    }
+    if (first_bad < B) ttt_die("%s", errs + (size_t)first_bad * 2048);
+    free(errs);
+}
+
+// PQ (COCO's rule, pooled) of h(f(x)) with Mask2Former's panoptic inference over a held-out set
+static double validate_panoptic(Model* trained, const PanopticSet* vs) {
+    const CocoCategories* cats = &vs->gt.cats;
+    PQCat* stat = (PQCat*)callocCheck((size_t)cats->n + 1, sizeof(PQCat));
+    int Hv = -1, Wv = -1, Q, K, H4, W4, Hm, Wm;
+    Model* vm = NULL;
+    float *cls = NULL, *msk = NULL;
+    unsigned char* pred = NULL;
+    for (int i = 0; i < vs->n; i++) {
+        int H = vs->H[i], W = vs->W[i];
+        if (H != Hv || W != Wv) {   // buffers of this size, the same weights
+            if (vm) { model_free(vm); free(cls); free(msk); free(pred); }
+            vm = model_create_sharing(trained, 1, H, W);
+            model_prediction_sizes(vm, &Q, &K, &H4, &W4, &Hm, &Wm);
+            cls = (float*)mallocCheck((size_t)Q * (K + 1) * sizeof(float));
+            msk = (float*)mallocCheck((size_t)Q * H4 * W4 * sizeof(float));
+            pred = (unsigned char*)mallocCheck((size_t)H * W);
+            Hv = H; Wv = W;
+        }
+        char err[2048];
+        int h, w;
+        unsigned char* img = image_try_load_u8(vs->images[i], &h, &w, err, sizeof(err));
+        if (!img) ttt_die("%s", err);
+        float* frame = (float*)mallocCheck((size_t)H * W * 3 * sizeof(float));
+        for (size_t p = 0; p < (size_t)H * W * 3; p++) frame[p] = img[p] / 255.0f;
+        free(img);
+        model_predict(vm, frame, pred);
+        model_last_logits(vm, cls, msk);
+        int* seg = (int*)mallocCheck((size_t)H * W * sizeof(int));
+        PanopticSegment* segs = (PanopticSegment*)mallocCheck(((size_t)Q + 1) * sizeof(PanopticSegment));
+        int n = m2f_panoptic_inference_resized(seg, segs, Q, cls, msk, Q, K, H4, W4, H, W, H, W, cats->isthing, 0.8f, 0.8f);
+        uint32_t* pid = (uint32_t*)mallocCheck((size_t)H * W * sizeof(uint32_t));
+        for (size_t p = 0; p < (size_t)H * W; p++) pid[p] = (uint32_t)seg[p];
+        PanSeg* ps = (PanSeg*)mallocCheck(((size_t)n + 1) * sizeof(PanSeg));
+        for (int k = 0; k < n; k++) { ps[k].id = segs[k].id; ps[k].category = segs[k].class_id; ps[k].iscrowd = 0; ps[k].area = segs[k].area; }
+        uint32_t* gid = coco_panoptic_load(&vs->gt, &vs->gt.ann[i], H, W, &h, &w);
+        const CocoPanopticAnn* a = &vs->gt.ann[i];
+        PanSeg* gs = (PanSeg*)mallocCheck(((size_t)a->n + 1) * sizeof(PanSeg));
+        memcpy(gs, a->seg, (size_t)a->n * sizeof(PanSeg));
+        for (int k = 0; k < a->n; k++) if (gs[k].area < 0) { gs[k].area = 0; for (size_t p = 0; p < (size_t)H * W; p++) gs[k].area += gid[p] == gs[k].id; }
+        if (pq_image(stat, gid, gs, a->n, pid, ps, n, (size_t)H * W, PQ_CROWD_COCO, err, sizeof(err)) != 0)
+            ttt_die("scoring '%s': %s", vs->images[i], err);
+        free(frame); free(seg); free(segs); free(pid); free(ps); free(gid); free(gs);
+    }
+    PQResult r = pq_average(stat, cats->isthing, cats->n, -1, NULL);
+    if (vm) { model_free(vm); free(cls); free(msk); free(pred); }
+    free(stat);
+    return r.pq;
+}
+
 // ----------------------------------------------------------------------------
 
 int main(int argc, char** argv) {
@@ -335,7 +436,7 @@ int main(int argc, char** argv) {
     else ttt_die("--recipe must be demo or paper, got '%s'", a.recipe);
     a.split = "train"; a.val_split = "val"; a.seed = 1; a.device = "auto";
     a.mask_ratio = -1; a.backbone_lr_scale = -1; a.drop_path = -1; a.loss_all_pixels = -1; a.wd_exempt = -1;
-    int resume = 0, stop_after = -1, scale_given = 0, short_given = 0;
+    int resume = 0, stop_after = -1, scale_given = 0, short_given = 0, classes_given = 0;
     for (int i = 1; i < argc; i++) {
         const char* k = argv[i];
         const char* v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -346,13 +447,14 @@ int main(int argc, char** argv) {
         if (!strcmp(k, "--recipe")) continue;   // applied first, above
         else if (!strcmp(k, "--data")) a.data_dir = v;
         else if (!strcmp(k, "--split")) a.split = v;
+        else if (!strcmp(k, "--task")) { a.task = task_parse(k, v); if (a.task == TASK_INSTANCE) ttt_die("--task: ./train takes semantic or panoptic (an instance model is a panoptic one)"); }
         else if (!strcmp(k, "--val")) a.val_dir = v;
         else if (!strcmp(k, "--val-split")) a.val_split = v;
         else if (!strcmp(k, "--out")) a.out_path = v;
         else if (!strcmp(k, "--init")) a.init_path = v;
         else if (!strcmp(k, "--init-swin")) a.init_swin = v;
         else if (!strcmp(k, "--size")) a.size = v;
-        else if (!strcmp(k, "--classes")) a.classes = parse_int_arg(k, v, 1);
+        else if (!strcmp(k, "--classes")) { a.classes = parse_int_arg(k, v, 1); classes_given = 1; }
         else if (!strcmp(k, "--steps")) a.steps = parse_int_arg(k, v, 0);
         else if (!strcmp(k, "--batch")) a.batch = parse_int_arg(k, v, 1);
         else if (!strcmp(k, "--micro-batch")) a.micro_batch = parse_int_arg(k, v, 1);
@@ -393,6 +495,7 @@ int main(int argc, char** argv) {
     }
     if (!a.data_dir || !a.out_path) { usage(); ttt_die("--data and --out are required"); }
     if (a.classes > 254) ttt_die("--classes must be in 1..254");
+    if (a.task == TASK_PANOPTIC && a.val_dir == NULL && a.val_every > 0) ttt_die("--val-every needs --val");
     if (scale_given && short_given) ttt_die("--scale and --resize-short are two resize modes; give one");
     if (scale_given) a.aug.n_short = 0;   // --scale replaces the recipe's short-side list
     if (a.aug.n_short > 0 && a.aug.max_long < 1) a.aug.max_long = INT_MAX;
@@ -402,20 +505,33 @@ int main(int argc, char** argv) {
     if (resume && (a.init_path || a.init_swin)) ttt_die("--resume continues a run; it cannot take --init or --init-swin");
     ttt_set_device(ttt_parse_device(a.device));
 
-    ModelConfig cfg;
-    if (!strcmp(a.size, "tiny")) cfg = model_config_tiny(a.classes);
-    else if (!strcmp(a.size, "default")) cfg = model_config_default(a.classes);
-    else if (!strcmp(a.size, "swin-s")) cfg = model_config_swin_s(a.classes);
-    else ttt_die("--size must be tiny, default or swin-s, got '%s'", a.size);
+    ModelConfig cfg = model_config_for_size(&a, a.classes);
 
     // everything the run needs is checked before any time is spent: the out path, the
     // dataset (every header, every label's ids), the validation set
     check_out_path(a.out_path, a.data_dir, a.val_dir, resume);
     double t_list = time_now_seconds();
-    LabeledSet ds = labeled_set_list(a.data_dir, a.split, a.classes, 1);
-    LabeledSet vs;
-    memset(&vs, 0, sizeof(vs));
-    if (a.val_dir) vs = labeled_set_list(a.val_dir, a.val_split, a.classes, 1);
+    LabeledSet ds, vs;
+    PanopticSet pds, pvs;
+    memset(&ds, 0, sizeof(ds)); memset(&vs, 0, sizeof(vs));
+    memset(&pds, 0, sizeof(pds)); memset(&pvs, 0, sizeof(pvs));
+    if (a.task == TASK_PANOPTIC) {   // COCO panoptic: the classes are the annotation's categories
+        pds = panoptic_set_list(a.data_dir, a.split, 1);
+        if (classes_given && a.classes != pds.gt.cats.n)
+            ttt_die("--classes %d, but '%s' has %d categories", a.classes, pds.gt.json_path, pds.gt.cats.n);
+        a.classes = pds.gt.cats.n;
+        if (a.classes > 254) ttt_die("'%s' has %d categories; at most 254", pds.gt.json_path, a.classes);
+        cfg = model_config_for_size(&a, a.classes);
+        if (a.val_dir) {
+            pvs = panoptic_set_list(a.val_dir, a.val_split, 1);
+            if (pvs.gt.cats.n != a.classes) ttt_die("'%s' has %d categories, the training set %d", pvs.gt.json_path, pvs.gt.cats.n, a.classes);
+        }
+        ds.n = pds.n; ds.H = pds.H; ds.W = pds.W; ds.layout = "coco-panoptic";   // sizes for the sampler and the draws
+        if (a.val_dir) { vs.H = pvs.H; vs.W = pvs.W; }
+    } else {
+        ds = labeled_set_list(a.data_dir, a.split, a.classes, 1);
+        if (a.val_dir) vs = labeled_set_list(a.val_dir, a.val_split, a.classes, 1);
+    }
     printf("train: %d images (%s layout) from %s, every label checked in %.1fs\n", ds.n, ds.layout, a.data_dir,
            time_now_seconds() - t_list);
 
@@ -495,6 +611,8 @@ int main(int argc, char** argv) {
     float* imgs = (float*)mallocCheck((size_t)a.batch * npix * 3 * sizeof(float));
     unsigned char* labs = (unsigned char*)mallocCheck((size_t)a.batch * npix);
     int* idx = (int*)mallocCheck((size_t)a.batch * sizeof(int));
+    int* seg_classes = (int*)mallocCheck((size_t)a.batch * PANOPTIC_MAX_TRAIN_SEGMENTS * sizeof(int));
+    int* seg_counts = (int*)mallocCheck((size_t)a.batch * sizeof(int));
     AugDraw* draws = (AugDraw*)mallocCheck((size_t)a.batch * sizeof(AugDraw));
     PermSampler ps = {ds.n, -1, (int*)mallocCheck((size_t)ds.n * sizeof(int)), (uint64_t)a.seed};
     OptConfig opt = opt_config_ttt();
@@ -506,10 +624,15 @@ int main(int argc, char** argv) {
             idx[b] = a.sampler_perm ? perm_sample(&ps, (long long)step * a.batch + b) : rng_int(&rng, ds.n);
             draws[b] = aug_draw(&a.aug, ds.H[idx[b]], ds.W[idx[b]], &rng);
         }
-        load_batch(&ds, idx, draws, a.batch, &a.aug, mc->num_classes, imgs, labs);
         opt.lr = learning_rate(&a, step);
         float lm, ls;
-        model_train_step(m, imgs, labs, a.batch, &opt, a.grad_clip, &rng, &lm, &ls);
+        if (a.task == TASK_PANOPTIC) {
+            load_batch_panoptic(&pds, idx, draws, a.batch, &a.aug, imgs, labs, seg_classes, seg_counts);
+            model_train_step_panoptic(m, imgs, labs, seg_classes, seg_counts, a.batch, &opt, a.grad_clip, &rng, &lm, &ls);
+        } else {
+            load_batch(&ds, idx, draws, a.batch, &a.aug, mc->num_classes, imgs, labs);
+            model_train_step(m, imgs, labs, a.batch, &opt, a.grad_clip, &rng, &lm, &ls);
+        }
         if (!isfinite(lm) || !isfinite(ls)) ttt_die("step %d: the loss is not finite (main %g, mae %g); lower --lr", step + 1, lm, ls);
         double total = lm + ls;
         if (first_loss < 0) { first_loss = total; ema = total; }
@@ -527,17 +650,21 @@ int main(int argc, char** argv) {
             memcpy(extra + 1, &rng.state, sizeof(uint64_t));
             model_save_optimizer(m, opt_path, extra, 3);
         }
-        if (a.val_dir && a.val_every > 0 && (step + 1) % a.val_every == 0 && step + 1 < a.steps)
-            printf("val  step %d: mIoU %.4f\n", step + 1, validate(m, &vs, mc->num_classes));
+        if (a.val_dir && a.val_every > 0 && (step + 1) % a.val_every == 0 && step + 1 < a.steps) {
+            if (a.task == TASK_PANOPTIC) printf("val  step %d: PQ %.4f\n", step + 1, validate_panoptic(m, &pvs));
+            else printf("val  step %d: mIoU %.4f\n", step + 1, validate(m, &vs, mc->num_classes));
+        }
         if (step + 1 == stop_after) { printf("train: stopped after step %d (--stop-after)\n", stop_after); return 0; }
     }
     if (a.steps == start) model_save(m, a.out_path);
     printf("train: done, %d steps in %.1fs; loss %.4f -> %.4f (smoothed); checkpoint %s\n",
            a.steps - start, time_now_seconds() - t0, first_loss, ema, a.out_path);
-    if (a.val_dir) printf("val: mIoU of h(f(x)) on %s: %.4f\n", a.val_dir, validate(m, &vs, mc->num_classes));
+    if (a.val_dir && a.task == TASK_PANOPTIC)
+        printf("val: PQ of h(f(x)) (Mask2Former panoptic inference, COCO's rule) on %s: %.4f\n", a.val_dir, validate_panoptic(m, &pvs));
+    else if (a.val_dir) printf("val: mIoU of h(f(x)) on %s: %.4f\n", a.val_dir, validate(m, &vs, mc->num_classes));
     model_free(m);
-    free(imgs); free(labs); free(idx); free(draws); free(ps.perm);
-    labeled_set_free(&ds);
-    if (a.val_dir) labeled_set_free(&vs);
+    free(imgs); free(labs); free(idx); free(draws); free(ps.perm); free(seg_classes); free(seg_counts);
+    if (a.task == TASK_PANOPTIC) { panoptic_set_free(&pds); if (a.val_dir) panoptic_set_free(&pvs); }
+    else { labeled_set_free(&ds); if (a.val_dir) labeled_set_free(&vs); }
     return 0;
 }

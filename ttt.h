@@ -1454,6 +1454,285 @@ void aug_apply(const AugConfig* c, const AugDraw* d, const unsigned char* img, c
 // end of DATA
 // ============================================================================
 
+
+// ============================================================================
+// COCO (coco_eval.c, coco_data.c): run-length encoded masks, panoptic quality, mask AP,
+// the panoptic format (JSON + PNG), instance and panoptic inference at the frame's size
+// ============================================================================
+
+// A binary mask of h x w as pycocotools' maskApi holds it: runs over the pixels in
+// column-major order (x outer, y inner), alternating 0s and 1s, the first run counting 0s
+// (it may be empty). cnts (m) is malloc'd; rle_free releases it.
+typedef struct { int h, w, m; uint32_t* cnts; } Rle;
+void rle_free(Rle* r);
+// mask (h, w) row-major, nonzero = inside (rleEncode of the mask's Fortran-order view)
+void rle_encode(Rle* r, const unsigned char* mask, int h, int w);
+// the mask ids == id of an id map (h, w) row-major
+void rle_encode_id(Rle* r, const uint32_t* ids, int h, int w, uint32_t id);
+void rle_decode(const Rle* r, unsigned char* mask);   // -> (h, w) row-major 0/1
+uint32_t rle_area(const Rle* r);                       // pixels inside
+void rle_to_bbox(const Rle* r, double bb[4]);          // [x, y, width, height] (toBbox), 0s if empty
+// COCO's compressed "counts" string (rleToString): malloc'd, NUL-terminated
+char* rle_to_string(const Rle* r);
+// the inverse (rleFrString) for a mask of h x w; -1 with a message in err when the string is
+// malformed or its runs do not cover exactly h * w pixels
+int rle_from_string(Rle* r, const char* s, int h, int w, char* err, size_t errlen);
+// intersection / union (rleIou); crowd: intersection / area(dt); 0 when they do not meet;
+// -1 when the sizes differ
+double rle_iou(const Rle* dt, const Rle* gt, int crowd);
+
+// ---- panoptic quality (PQ = SQ x RQ) ----
+// Per image (panopticapi pq_compute_single_core): a ground-truth and a predicted segment of
+// the same category match when IoU > 0.5, with the union leaving out the prediction's void
+// pixels (id 0 in the ground truth); a match adds its IoU and a TP to the category, an
+// unmatched ground-truth segment an FN, an unmatched prediction an FP unless more than half
+// of it lies on void. crowd_mode PQ_CROWD_COCO (panopticapi, COCO's definition): crowd
+// segments never match, are no FN, and the pixels of the (last listed) crowd segment of a
+// category count as void for predictions of that category. PQ_CROWD_RELEASED: the released
+// TTT code's copy, which ignores "iscrowd" (crowd segments are ordinary) and also requires
+// IoU <= 1. Then per category pq = sum IoU / (TP + FP/2 + FN/2), sq = sum IoU / TP (0 if no
+// TP), rq = TP / (TP + FP/2 + FN/2), averaged over the categories with TP + FP + FN > 0.
+#define PQ_CROWD_COCO 0
+#define PQ_CROWD_RELEASED 1
+// a segment: id > 0 in its id map; category = index into the category table, or -1 for a
+// category outside it (COCO Videos' 255: never matched, counted nowhere, not void); area:
+// for the ground truth the JSON's "area" (it enters the union), predictions' are counted here
+typedef struct { uint32_t id; int category; int iscrowd; int64_t area; } PanSeg;
+typedef struct { double iou; int64_t tp, fp, fn; } PQCat;   // per category, accumulated
+// accumulate one image into stat (indexed by category); gt_map, pred_map (npix) segment ids.
+// Returns 0, or -1 with a message in err (nothing added) when an id in a map is not in its
+// list, a listed id is not in its map, or an id is 0 or listed twice.
+int pq_image(PQCat* stat, const uint32_t* gt_map, const PanSeg* gt, int n_gt,
+             const uint32_t* pred_map, const PanSeg* pred, int n_pred, size_t npix,
+             int crowd_mode, char* err, size_t errlen);
+typedef struct { double pq, sq, rq; int n; } PQResult;   // n: categories averaged
+// which: -1 all categories, 1 things, 0 stuff (isthing (n_categories) 0/1); per_category_pq
+// (n_categories, may be NULL) gets each category's PQ, NAN where it is absent. With no
+// category present the result is 0 (the released code's guard; panopticapi divides by 0).
+PQResult pq_average(const PQCat* stat, const unsigned char* isthing, int n_categories, int which,
+                    double* per_category_pq);
+
+// ---- mask AP (pycocotools COCOeval, iouType "segm") ----
+// For every category and area range (all, small < 32^2, medium, large > 96^2 pixels) and each
+// image: detections by score (ties in input order), at most max_dets (100) per image and
+// category; at each IoU threshold 0.50:0.05:0.95 each detection in turn takes the best
+// remaining ground truth with IoU >= the threshold (crowd ground truth: IoU = intersection /
+// detection area, may be taken many times; ground truth that is crowd or outside the area
+// range is "ignored" and only taken when nothing else is left); detections matched to ignored
+// ground truth, and unmatched ones outside the area range, are ignored. Over all images:
+// precision at the 101 recall thresholds 0:0.01:1 (interpolated: the max precision at any
+// higher recall). AP = the mean over thresholds, recall points and the categories that have
+// unignored ground truth.
+typedef struct {
+    int image, category_id;   // ids as in the JSON
+    int iscrowd;              // ground truth only
+    double score;             // detections only
+    double area;              // ground truth: the JSON's "area" (the mask's when absent); detections:
+                              // as pycocotools' loadRes: bbox w x h when the result has a "bbox"
+                              // (detectron2's always do), else the mask's area
+    Rle rle;
+} CocoMaskObject;
+#define COCO_AP_STATS 6   // AP, AP50, AP75, AP small, AP medium, AP large; -1 where undefined
+// the images and categories evaluated (COCOeval's imgIds, catIds: the ground truth's);
+// objects of other images or categories are left out. ap_per_category (n_categories, may be
+// NULL): AP of each category over all areas, NAN where undefined.
+void coco_mask_ap(double stats[COCO_AP_STATS], double* ap_per_category,
+                  const CocoMaskObject* gt, int n_gt, const CocoMaskObject* dt, int n_dt,
+                  const int* category_ids, int n_categories, const int* image_ids, int n_images,
+                  int max_dets);
+
+// ---- instance and panoptic inference at the frame's size (mask2former.c, host memory) ----
+// Both post-process the last prediction of one image as Mask2Former does: the mask logits
+// (Q, H4, W4) are resized bilinearly x4 (align_corners=False), cropped to the top-left H x W
+// (the frame the model saw) and resized bilinearly to Ho x Wo (sem_seg_postprocess: the
+// frame's original size; Ho = H, Wo = W skips it) before the sigmoid. class_logits (Q, K+1).
+// Panoptic: m2f_panoptic_inference (above) at Ho x Wo; seg_ids (Ho, Wo).
+int m2f_panoptic_inference_resized(int* seg_ids, PanopticSegment* segments, int max_segments,
+                                   const float* class_logits, const float* mask_logits,
+                                   int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo,
+                                   const unsigned char* is_thing, float object_threshold,
+                                   float overlap_threshold);
+// Instance (Mask2Former instance_inference): p = softmax(class_logits[q])[k] over the Q*K
+// (query, class) pairs, no-object dropped; the top_k largest (100 = TEST.DETECTIONS_PER_IMAGE;
+// ties by lower q*K + k); with is_thing given (a panoptic model) the pairs of stuff classes are
+// then dropped. Each detection: mask = resized logit > 0 (sigmoid > 0.5), score = p x the mean
+// sigmoid over the mask (sum / (area + 1e-6)). Fills dets (top_k capacity) and returns their
+// number; each dets[i].rle is malloc'd (rle_free).
+typedef struct {
+    int query, class_id;
+    float class_prob, mask_score, score;
+    int64_t area;
+    Rle rle;          // the mask at Ho x Wo
+} InstanceDet;
+int m2f_instance_inference(InstanceDet* dets, int top_k, const float* class_logits,
+                           const float* mask_logits, int Q, int K, int H4, int W4, int H, int W,
+                           int Ho, int Wo, const unsigned char* is_thing);
+
+// ---- COCO panoptic data (coco_data.c) ----
+// Categories: index = the model's class (detectron2's contiguous id: the categories sorted by
+// id), with the dataset id, thing/stuff, name and colour.
+typedef struct {
+    int n;
+    int* id;                 // (n) dataset category ids, increasing
+    unsigned char* isthing;  // (n) 1 thing, 0 stuff
+    char** name;             // (n)
+    unsigned char* color;    // (n, 3)
+} CocoCategories;
+#define COCO_PANOPTIC_NUM_CATEGORIES 133   // 80 things (ids 1..90) + 53 stuff (92..200)
+#define COCO_IGNORE_CATEGORY 255           // COCO Videos' "ignored" segments (see PanSeg)
+CocoCategories coco_categories_builtin(void);   // COCO's 133 (panopticapi panoptic_coco_categories.json)
+CocoCategories coco_categories_things(const CocoCategories* all);   // the thing categories only (COCO: 80)
+// n categories with ids 1..n, named "0".."n-1", distinct colours; isthing (n) or NULL = all things
+CocoCategories coco_categories_numbered(int n, const unsigned char* isthing);
+int coco_category_index(const CocoCategories* c, int id);   // index of a dataset id, -1 if absent
+void coco_categories_free(CocoCategories* c);
+
+// A COCO panoptic JSON (panoptic_{split}2017.json; COCO Videos' annotations/train/VID.json):
+//   "annotations": [{"image_id", "file_name" (the PNG), "segments_info": [{"id", "category_id",
+//                    "iscrowd" (optional, 0), "area" (optional)}, ...]}, ...]   required
+//   "images": [{"id", "file_name", "height", "width"}, ...]   optional (every annotation's image)
+//   "categories": [{"id", "name", "isthing", "color"}, ...]   optional: COCO's 133 when absent
+//                                                             (the released code substitutes them)
+// coco_panoptic_read dies with one line naming the file and the image / segment id on: invalid
+// JSON, a missing or ill-typed field, a category id outside the table (except 255 = ignored:
+// PanSeg.category -1), a segment id listed twice, an image with two annotations, an annotation
+// whose image_id is not in "images". Images listed without an annotation are counted (the
+// callers decide: a scored frame or a training image without one is an error).
+typedef struct {
+    long image_id;
+    char* file_name;     // the image's file ("images"), else the annotation's PNG name
+    char* png_name;      // the annotation's "file_name": the PNG in the panoptic folder
+    int H, W;            // from "images", 0 when not given
+    int n;               // segments
+    PanSeg* seg;         // category: index in the table (-1: 255); area: the JSON's, -1 if absent
+} CocoPanopticAnn;
+typedef struct {
+    char* json_path;
+    char* png_dir;
+    CocoCategories cats;
+    int categories_from_file;      // 0: the built-in COCO table
+    int n;
+    CocoPanopticAnn* ann;
+    int n_images_without_ann;
+    char first_image_without_ann[512];   // "image id N (file)" of the first one
+} CocoPanoptic;
+CocoPanoptic coco_panoptic_read(const char* json_path, const char* png_dir);
+void coco_panoptic_free(CocoPanoptic* p);
+// the annotation of an image file (by the images' file_name, else the PNG name's stem); NULL if none
+const CocoPanopticAnn* coco_panoptic_find(const CocoPanoptic* p, const char* image_name);
+// the segment ids (H, W) of an annotation from PNG_DIR/png_name, malloc'd: 8-bit RGB, the size
+// of "images" and of expect_H x expect_W (when > 0), every id in the PNG listed and every listed
+// id in the PNG. NULL with one line in err (naming the PNG, the JSON and the id) otherwise.
+uint32_t* coco_panoptic_try_load(const CocoPanoptic* p, const CocoPanopticAnn* a, int expect_H, int expect_W,
+                                 int* H, int* W, char* err, size_t errlen);
+uint32_t* coco_panoptic_load(const CocoPanoptic* p, const CocoPanopticAnn* a, int expect_H, int expect_W,
+                             int* H, int* W);   // the same, dying on error
+// training targets of an id map (npix) as Mask2Former's panoptic mapper makes them: out (npix)
+// = index s of the kept segments (not crowd, category in the table), classes[s] its class; 255
+// for void, crowd and ignored pixels. classes: room for 254. Returns the count, or -1 with a
+// message when an image has more than 254 kept segments.
+int coco_panoptic_index_map(unsigned char* out, int* classes, const uint32_t* ids, size_t npix,
+                            const CocoPanopticAnn* a, char* err, size_t errlen);
+// Where the panoptic annotation of a folder of images lives, found from its path:
+//   COCO Videos  ROOT/raw_images/VID -> ROOT/annotations/train/VID.json, ROOT/panoptic_images/VID
+//                (as the released runner_ttt_mae_panoptic.py / register_*_coco_videos_panoptic.py)
+//   COCO 2017    ROOT/SPLIT2017 -> ROOT/annotations/panoptic_SPLIT2017.json, with the PNGs in
+//                ROOT/panoptic_SPLIT2017 (detectron2) or ROOT/annotations/panoptic_SPLIT2017
+// Returns the layout (and writes both paths) when the files exist, else 0.
+#define PANOPTIC_LAYOUT_COCO 1
+#define PANOPTIC_LAYOUT_COCO_VIDEOS 2
+int find_panoptic_layout(const char* image_dir, char* json_path, size_t n1, char* png_dir, size_t n2);
+// A training set in the COCO panoptic layout: ROOT/SPLIT2017 (or ROOT/SPLIT) with
+// ROOT/annotations/panoptic_SPLIT2017.json and its PNGs (find_panoptic_layout). Every
+// annotation's image must exist with the JSON's size; an image listed without an annotation is
+// an error; check_pngs = 1 decodes every PNG (OpenMP) with coco_panoptic_try_load's checks.
+typedef struct {
+    CocoPanoptic gt;     // annotation i belongs to images[i]
+    int n;
+    char** images;       // (n) image paths
+    int *H, *W;          // (n)
+    char* image_dir;
+} PanopticSet;
+PanopticSet panoptic_set_list(const char* root, const char* split, int check_pngs);
+void panoptic_set_free(PanopticSet* s);
+// ids (H, W) as an RGB PNG (id2rgb), written to path.tmp and renamed into place
+void panoptic_png_save(const char* path, const uint32_t* ids, int H, int W);
+// JSON output helpers: a quoted, escaped string; a file written to path.tmp and renamed into
+// place on close (dies on any write error); the "categories" member of a COCO file
+void json_write_string(FILE* fp, const char* s);
+FILE* coco_json_open(const char* path);
+void coco_json_close(FILE* fp, const char* path);
+void coco_json_write_categories(FILE* fp, const CocoCategories* c);
+
+// ---- the Y model's last prediction (mae.c) ----
+// After model_predict(m, frame, ...): the last decoder prediction of that frame copied to the
+// host, class_logits (Q, K+1) and mask_logits (Q, H4, W4) of the padded frame; H x W is the
+// frame the model saw (within 4 H4 x 4 W4). Panoptic and instance inference run on these.
+void model_prediction_sizes(const Model* m, int* Q, int* K, int* H4, int* W4, int* H, int* W);
+void model_last_logits(const Model* m, float* class_logits, float* mask_logits);
+// Joint training on panoptic targets (./train --task panoptic): as model_train_step, with
+// seg_index (B, H, W) the kept segments' indexes (255 = void, crowd, ignored;
+// coco_panoptic_index_map) and seg_classes (B, PANOPTIC_MAX_TRAIN_SEGMENTS) the class of
+// each, seg_counts (B) how many; one target mask per segment (empty ones after a crop kept,
+// as Mask2Former's panoptic mapper). model_train_loss_panoptic: the loss only.
+#define PANOPTIC_MAX_TRAIN_SEGMENTS 254
+void model_train_step_panoptic(Model* m, const float* images, const unsigned char* seg_index,
+                               const int* seg_classes, const int* seg_counts, int B, const OptConfig* opt,
+                               float grad_clip, Rng* rng, float* loss_main, float* loss_mae);
+float model_train_loss_panoptic(Model* m, const float* images, const unsigned char* seg_index,
+                                const int* seg_classes, const int* seg_counts, int B, Rng* rng);
+
+// ---- ./stream --task panoptic | instance (coco_stream.c) ----
+#define TASK_SEMANTIC 0
+#define TASK_PANOPTIC 1
+#define TASK_INSTANCE 2
+int task_parse(const char* opt, const char* s);   // "semantic" | "panoptic" | "instance"; dies naming opt
+const char* task_name(int task);
+// What a task needs before the run. The ground truth: json_path + png_dir when given, else
+// found from the layout of frame_dir (find_panoptic_layout), else none (outputs only). The
+// model's K classes are the annotation's categories (K = their number), or, for --task
+// instance, their things (an 80-class COCO instance model); without an annotation COCO's 133
+// (K = 133), COCO's 80 things (K = 80), or K numbered classes. pq_rule: PQ_CROWD_COCO,
+// PQ_CROWD_RELEASED, or -1 = the released rule for the COCO Videos layout, COCO's otherwise.
+// instance_gt_all: 0 = the instance ground truth is the thing segments (COCO's definition);
+// 1 = every segment not ignored (what the released code's COCO Videos loader takes).
+// Panoptic inference thresholds 0.8 / 0.8 and 100 detections, as the released configs.
+typedef struct {
+    int task;
+    CocoCategories cats;      // class k of the model = cats entry k
+    int own_cats;             // cats allocated here (else it is gt.cats)
+    CocoPanoptic gt;
+    int has_gt, layout;       // layout: PANOPTIC_LAYOUT_* or 0
+    int pq_rule, instance_gt_all;
+    float object_threshold, overlap_threshold;
+    int top_k;
+} TaskSetup;
+TaskSetup task_setup(int task, int K, const char* model_path, const char* frame_dir, const char* json_path,
+                     const char* png_dir, int pq_rule, int instance_gt_all);
+void task_setup_free(TaskSetup* s);
+// the annotation index of each frame (names: file names), -1 where it has none; dies (before
+// any output) when a scored frame has no annotation or its PNG fails a check
+int* task_check_frames(const TaskSetup* s, char* const* names, const int* scored, int n, int H, int W);
+// One run (one output folder): per frame, the inference on the logits (model_last_logits) at
+// the frame's size H x W, its outputs (OUT/panoptic/STEM.png + an entry of OUT/panoptic.json;
+// entries of OUT/instances.json; overlays OUT/STEM_panoptic.png / OUT/STEM_instances.png) and,
+// when scored, its scores; text gets the frame's part of the stream's line. Hm x Wm: the
+// frame the model saw; frame (H, W, 3) in [0, 1] for the overlay; ann: the frame's annotation
+// (-1: none); the outputs' image_id is the annotation's, else (largest annotated id + 1 +
+// frame_index) when there is ground truth, frame_index + 1 when there is none. task_run_end writes the JSON files and
+// OUT/{panoptic,instance}_scores.json and prints the summary and a RESULT line.
+typedef struct TaskRun TaskRun;
+typedef struct { double video, pooled; int n_scored; } TaskResult;
+TaskRun* task_run_begin(const TaskSetup* s, const char* out_dir, int H, int W);
+void task_run_frame(TaskRun* r, const char* stem, int frame_index, int ann, int scored, const float* frame,
+                    const float* class_logits, const float* mask_logits, int Q, int H4, int W4, int Hm, int Wm,
+                    char* text, size_t n);
+TaskResult task_run_end(TaskRun* r, const char* dir);
+
+// ============================================================================
+// end of COCO
+// ============================================================================
+
 #ifdef __cplusplus
 }
 #endif

@@ -27,6 +27,17 @@
 //
 // Classes (label value = index): 0 sky, 1 ground, 2 wall, 3 disc, 4 box, 5 triangle,
 // 6 pole, 7 ring. Everything is a function of the seed: same arguments, same bytes.
+//
+// --panoptic writes the same images with panoptic labels in COCO's published layouts instead:
+// every object of a thing class (disc, box, triangle, pole, ring) is a segment of its own, each
+// stuff class (sky, ground, wall) one segment; category id = class + 1.
+//   stills  OUTDIR/SPLIT2017/000000.png, OUTDIR/annotations/panoptic_SPLIT2017.json and the
+//           PNGs in OUTDIR/panoptic_SPLIT2017/ (segment id = R + 256 G + 256^2 B), --split SPLIT
+//           (default train): what ./train --task panoptic --data OUTDIR reads
+//   video   COCO Videos: OUTDIR/raw_images/VID/VID_000001.png ..., the annotated frames (every
+//           --annotate-every N-th, default 10, from the first) in OUTDIR/panoptic_images/VID/ and
+//           OUTDIR/annotations/train/VID.json (--video-name VID, default video): what
+//           ./stream OUTDIR/raw_images/VID --task panoptic|instance --score-every N reads
 #include "ttt.h"
 #include <errno.h>
 #include <sys/stat.h>
@@ -230,14 +241,16 @@ static int object_covers(const Object* o, float j, float u, float v, float* s, f
 }
 
 // class id at world point (u, v) at scene frame j; texture coords into (s, t), and a
-// shading factor into *shade
-static int scene_classify(const Scene* sc, float j, float u, float v, float* s, float* t, float* shade) {
+// shading factor into *shade; the object's index into *obj (-1 for the background)
+static int scene_classify(const Scene* sc, float j, float u, float v, float* s, float* t, float* shade, int* obj) {
     for (int i = sc->n_objects - 1; i >= 0; i--) {   // later objects are drawn on top
         if (object_covers(&sc->obj[i], j, u, v, s, t)) {
             *shade = sc->obj[i].shade * (1.1f - 0.2f * (*t + 1.0f) * 0.5f);  // lit from above
+            *obj = i;
             return sc->obj[i].cls;
         }
     }
+    *obj = -1;
     *s = u; *t = v;
     float hz = horizon_at(sc, u);
     if (v > hz) { *shade = 0.85f + 0.3f * (v - hz); return GROUND; }
@@ -265,15 +278,18 @@ typedef struct {
 typedef struct { float cam_u, cam_v, zoom; } Camera;
 
 // render image (H, W, 3) and labels (H, W) of scene at frame j through camera and look;
-// `noise_rng` draws the pixel noise
+// `noise_rng` draws the pixel noise; inst (H, W) (may be NULL) gets each pixel's object index,
+// -1 on the background
 static void render(const Scene* sc, float j, const Camera* cam, const Look* look,
-                   float* img, unsigned char* lab, float* tmp, int H, int W, Rng* noise_rng) {
+                   float* img, unsigned char* lab, int* inst, float* tmp, int H, int W, Rng* noise_rng) {
     for (int y = 0; y < H; y++) {
         for (int x = 0; x < W; x++) {
             float u = cam->cam_u + (x + 0.5f) / H * cam->zoom;
             float v = cam->cam_v + (y + 0.5f) / H * cam->zoom;
             float s, t, shade;
-            int cls = scene_classify(sc, j, u, v, &s, &t, &shade);
+            int obj;
+            int cls = scene_classify(sc, j, u, v, &s, &t, &shade, &obj);
+            if (inst) inst[y * W + x] = obj;
             const ClassStyle* st = &sc->style[cls];
             float p = pattern_value(st, sc->noise_seed + 17u * cls, s, t);
             float grain = fbm(sc->noise_seed + 101u, 40.0f * s, 40.0f * t) - 0.5f;  // fine texture
@@ -386,6 +402,64 @@ static void make_dir(const char* path) {
     if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) ttt_die("'%s' exists and is not a directory", path);
 }
 
+// ----------------------------------------------------------------------------
+// --panoptic: segment ids, the PNG and the JSON entries of one image
+
+static int is_thing_class(int c) { return c >= DISC; }
+
+// segment ids (H, W) of a rendered image: stuff class c -> c + 1; object i of a thing class c
+// -> (c + 1) * 65536 + i + 1 (R + 256 G + 256^2 B in the PNG)
+static void segment_ids(uint32_t* ids, const unsigned char* lab, const int* inst, int H, int W) {
+    for (int i = 0; i < H * W; i++)
+        ids[i] = inst[i] >= 0 && is_thing_class(lab[i]) ? (uint32_t)(lab[i] + 1) * 65536u + (uint32_t)inst[i] + 1u
+                                                         : (uint32_t)lab[i] + 1u;
+}
+
+// the "segments_info" of an id map, appended to fp as JSON
+static void write_segments_info(FILE* fp, const uint32_t* ids, int H, int W) {
+    // the distinct ids in order of first appearance (few per image)
+    int cap = 64, n = 0;
+    uint32_t* seen = (uint32_t*)mallocCheck(cap * sizeof(uint32_t));
+    long long* stats = NULL;   // per segment: area, x0, y0, x1, y1
+    for (int i = 0; i < H * W; i++) {
+        int k = 0;
+        while (k < n && seen[k] != ids[i]) k++;
+        if (k == n) {
+            if (n == cap) { cap *= 2; seen = (uint32_t*)realloc(seen, cap * sizeof(uint32_t)); if (!seen) ttt_die("out of memory"); }
+            seen[n++] = ids[i];
+        }
+    }
+    stats = (long long*)mallocCheck((size_t)n * 5 * sizeof(long long));
+    for (int k = 0; k < n; k++) { stats[5 * k] = 0; stats[5 * k + 1] = W; stats[5 * k + 2] = H; stats[5 * k + 3] = -1; stats[5 * k + 4] = -1; }
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            int k = 0;
+            while (seen[k] != ids[y * W + x]) k++;
+            long long* st = stats + 5 * k;
+            st[0]++;
+            if (x < st[1]) st[1] = x;
+            if (y < st[2]) st[2] = y;
+            if (x > st[3]) st[3] = x;
+            if (y > st[4]) st[4] = y;
+        }
+    for (int k = 0; k < n; k++) {
+        const long long* st = stats + 5 * k;
+        int cat = seen[k] >= 65536u ? (int)(seen[k] / 65536u) : (int)seen[k];
+        fprintf(fp, "%s{\"id\": %u, \"category_id\": %d, \"iscrowd\": 0, \"area\": %lld, \"bbox\": [%lld, %lld, %lld, %lld]}",
+                k ? ", " : "", seen[k], cat, st[0], st[1], st[2], st[3] - st[1] + 1, st[4] - st[2] + 1);
+    }
+    free(seen); free(stats);
+}
+
+static void write_categories(FILE* fp) {
+    fprintf(fp, "\"categories\": [");
+    for (int c = 0; c < NUM_CLASSES; c++)
+        fprintf(fp, "%s\n  {\"id\": %d, \"name\": \"%s\", \"isthing\": %d, \"supercategory\": \"%s\", \"color\": [%d, %d, %d]}",
+                c ? "," : "", c + 1, class_names[c], is_thing_class(c), is_thing_class(c) ? "object" : "background",
+                (int)(source_style[c].base[0] * 255.0f), (int)(source_style[c].base[1] * 255.0f), (int)(source_style[c].base[2] * 255.0f));
+    fprintf(fp, "]");
+}
+
 static void usage(void) {
     FILE* fp = stdout;
     fprintf(fp,
@@ -423,7 +497,17 @@ static void usage(void) {
         "                    sensor noise), style (unseen textures: other patterns, colours\n"
         "                    exchanged, finer)\n"
         "  --shift-strength S  strength of the shift, 1 = full (default 1)\n"
+        "  --video-name VID  with --panoptic: the video's name (default video)\n"
+        "  --annotate-every N  with --panoptic: annotate frames 1, 1+N, 1+2N, ... (default 10, as COCO\n"
+        "                    Videos; ./stream --score-every N scores exactly those)\n"
         "both:\n"
+        "  --panoptic        panoptic labels in COCO's layouts instead of class-id maps: stills as\n"
+        "                    OUTDIR/SPLIT2017/ + OUTDIR/annotations/panoptic_SPLIT2017.json + OUTDIR/\n"
+        "                    panoptic_SPLIT2017/; a video as COCO Videos: OUTDIR/raw_images/VID/,\n"
+        "                    OUTDIR/panoptic_images/VID/, OUTDIR/annotations/train/VID.json. Things\n"
+        "                    (disc, box, triangle, pole, ring) one segment per object, stuff one per\n"
+        "                    class; category id = class + 1\n"
+        "  --split S         with --panoptic, stills: the split name (default train)\n"
         "  --size WxH        frame size in pixels (default 128x96)\n"
         "  --seed S          random seed (default 1)\n");
 }
@@ -447,8 +531,12 @@ int main(int argc, char** argv) {
     float style_drift = -1.0f, look_drift = -1.0f;   // < 0: the value of --drift
     int shift = SHIFT_NONE;
     char labels_dir[4096] = {0};
+    int panoptic = 0, annotate_every = 10;
+    const char* split = "train";
+    const char* video_name = "video";
     for (int i = 3; i < argc; i++) {
         const char* a = argv[i];
+        if (strcmp(a, "--panoptic") == 0) { panoptic = 1; continue; }
         if (i + 1 >= argc) ttt_die("option '%s' needs a value (--help for usage)", a);
         const char* val = argv[++i];
         if (strcmp(a, "--n") == 0 && !is_video) n = parse_int_arg(a, val, 1);
@@ -472,14 +560,27 @@ int main(int argc, char** argv) {
             if (shift < 0) ttt_die("--shift: unknown shift '%s' (none, fog, night, swap, noise, style)", val);
         }
         else if (strcmp(a, "--shift-strength") == 0 && is_video) shift_strength = parse_float_arg(a, val, 0.0f);
+        else if (strcmp(a, "--split") == 0 && !is_video) split = val;
+        else if (strcmp(a, "--video-name") == 0 && is_video) video_name = val;
+        else if (strcmp(a, "--annotate-every") == 0 && is_video) annotate_every = parse_int_arg(a, val, 1);
         else ttt_die("unknown option '%s' for mode %s (--help for usage)", a, mode);
     }
 
+    if (!panoptic && (strcmp(split, "train") != 0 || strcmp(video_name, "video") != 0 || annotate_every != 10))
+        ttt_die("--split, --video-name and --annotate-every need --panoptic");
+    if (panoptic && labels_dir[0]) ttt_die("--labels is for class-id maps; --panoptic writes COCO's layout");
+    for (const char* c = panoptic ? video_name : ""; *c; c++)
+        if (*c == '/' || *c == ' ') ttt_die("--video-name: '%s' must be a plain name", video_name);
     if (style_drift < 0.0f) style_drift = drift;
     if (look_drift < 0.0f) look_drift = drift;
     float* img = (float*)mallocCheck((size_t)H * W * 3 * sizeof(float));
     float* tmp = (float*)mallocCheck((size_t)H * W * 3 * sizeof(float));
     unsigned char* lab = (unsigned char*)mallocCheck((size_t)H * W);
+    int* inst = panoptic ? (int*)mallocCheck((size_t)H * W * sizeof(int)) : NULL;
+    uint32_t* ids = panoptic ? (uint32_t*)mallocCheck((size_t)H * W * sizeof(uint32_t)) : NULL;
+    FILE* json = NULL;
+    char json_path[8192] = "";
+    int n_ann = 0;
     Scene* sc = (Scene*)mallocCheck(sizeof(Scene));
     char path[8192];
     float aspect = (float)W / H;
@@ -487,8 +588,20 @@ int main(int argc, char** argv) {
 
     if (!is_video) {
         // stills: each image its own scene, source appearance with small jitter
-        snprintf(path, sizeof(path), "%s/images", outdir); make_dir(path);
-        snprintf(path, sizeof(path), "%s/labels", outdir); make_dir(path);
+        if (panoptic) {
+            snprintf(path, sizeof(path), "%s/%s2017", outdir, split); make_dir(path);
+            snprintf(path, sizeof(path), "%s/panoptic_%s2017", outdir, split); make_dir(path);
+            snprintf(path, sizeof(path), "%s/annotations", outdir); make_dir(path);
+            snprintf(json_path, sizeof(json_path), "%s/annotations/panoptic_%s2017.json", outdir, split);
+            json = coco_json_open(json_path);
+            fprintf(json, "{\"info\": {\"description\": \"ttt synthetic world (dev/gen.c)\"},\n\"images\": [");
+            for (int k = 0; k < n; k++)
+                fprintf(json, "%s\n  {\"id\": %d, \"file_name\": \"%06d.png\", \"height\": %d, \"width\": %d}", k ? "," : "", k + 1, k, H, W);
+            fprintf(json, "],\n\"annotations\": [");
+        } else {
+            snprintf(path, sizeof(path), "%s/images", outdir); make_dir(path);
+            snprintf(path, sizeof(path), "%s/labels", outdir); make_dir(path);
+        }
         for (int k = 0; k < n; k++) {
             Rng rng;
             rng_seed(&rng, seed * 1000003ULL + (uint64_t)k);
@@ -504,20 +617,54 @@ int main(int argc, char** argv) {
             }
             Look look = {0.85f + 0.3f * rng_uniform(&rng), {1.0f, 1.0f, 1.0f},
                          0.9f + 0.2f * rng_uniform(&rng), 0.5f * rng_uniform(&rng), 0.02f};
-            render(sc, 0.0f, &cam, &look, img, lab, tmp, H, W, &rng);
+            render(sc, 0.0f, &cam, &look, img, lab, inst, tmp, H, W, &rng);
+            if (panoptic) {
+                snprintf(path, sizeof(path), "%s/%s2017/%06d.png", outdir, split, k);
+                image_save_png(path, img, H, W);
+                segment_ids(ids, lab, inst, H, W);
+                snprintf(path, sizeof(path), "%s/panoptic_%s2017/%06d.png", outdir, split, k);
+                panoptic_png_save(path, ids, H, W);
+                fprintf(json, "%s\n  {\"image_id\": %d, \"file_name\": \"%06d.png\", \"segments_info\": [", k ? "," : "", k + 1, k);
+                write_segments_info(json, ids, H, W);
+                fprintf(json, "]}");
+                continue;
+            }
             snprintf(path, sizeof(path), "%s/images/%06d.png", outdir, k);
             image_save_png(path, img, H, W);
             snprintf(path, sizeof(path), "%s/labels/%06d.png", outdir, k);
             label_save_png(path, lab, H, W);
         }
-        printf("gen: wrote %d stills (%dx%d) to %s/images and %s/labels\n", n, W, H, outdir, outdir);
-    } else {
-        if (labels_dir[0] == 0) {
-            size_t len = strlen(outdir);
-            while (len > 1 && outdir[len - 1] == '/') len--;
-            snprintf(labels_dir, sizeof(labels_dir), "%.*s_labels", (int)len, outdir);
+        if (panoptic) {
+            fprintf(json, "],\n");
+            write_categories(json);
+            fprintf(json, "}\n");
+            coco_json_close(json, json_path);
+            printf("gen: wrote %d stills (%dx%d) to %s/%s2017 with panoptic labels in %s and %s/panoptic_%s2017\n",
+                   n, W, H, outdir, split, json_path, outdir, split);
+        } else {
+            printf("gen: wrote %d stills (%dx%d) to %s/images and %s/labels\n", n, W, H, outdir, outdir);
         }
-        make_dir(labels_dir);
+    } else {
+        if (panoptic) {   // COCO Videos: OUTDIR is the dataset root
+            char frames_dir[8192];
+            snprintf(frames_dir, sizeof(frames_dir), "%s/raw_images/%s", outdir, video_name); make_dir(frames_dir);
+            snprintf(path, sizeof(path), "%s/panoptic_images/%s", outdir, video_name); make_dir(path);
+            snprintf(path, sizeof(path), "%s/annotations/train", outdir); make_dir(path);
+            snprintf(json_path, sizeof(json_path), "%s/annotations/train/%s.json", outdir, video_name);
+            json = coco_json_open(json_path);
+            fprintf(json, "{\"info\": {\"description\": \"ttt synthetic world (dev/gen.c), video %s\"},\n\"images\": [", video_name);
+            for (int t = 0, k = 0; t < frames; t += annotate_every, k++)
+                fprintf(json, "%s\n  {\"id\": %d, \"file_name\": \"%s_%06d.png\", \"height\": %d, \"width\": %d}", k ? "," : "",
+                        t + 1, video_name, t + 1, H, W);
+            fprintf(json, "],\n\"annotations\": [");
+        } else {
+            if (labels_dir[0] == 0) {
+                size_t len = strlen(outdir);
+                while (len > 1 && outdir[len - 1] == '/') len--;
+                snprintf(labels_dir, sizeof(labels_dir), "%.*s_labels", (int)len, outdir);
+            }
+            make_dir(labels_dir);
+        }
         uint32_t dseed = (uint32_t)hash3((uint32_t)seed, (uint32_t)(seed >> 32), 0xD21F7u);
         int scene_index = -1;
         float anchor[NUM_CLASSES][3];   // per-scene offset of the class colours
@@ -562,21 +709,44 @@ int main(int argc, char** argv) {
             if (shift == SHIFT_STYLE) shift_style(sc, shift_strength);   // styles are redone every frame
             Rng noise_rng;
             rng_seed(&noise_rng, seed * 31337ULL + (uint64_t)t);
-            render(sc, j, &cam, &look, img, lab, tmp, H, W, &noise_rng);
+            render(sc, j, &cam, &look, img, lab, inst, tmp, H, W, &noise_rng);
             if (shift != SHIFT_NONE && shift != SHIFT_STYLE) {
                 Rng shift_rng;   // its own stream: the frame without the shift is unchanged
                 rng_seed(&shift_rng, seed * 2654435761ULL + (uint64_t)t * 40503ULL + 7);
                 shift_image(img, H, W, shift, shift_strength, &shift_rng);
+            }
+            if (panoptic) {
+                snprintf(path, sizeof(path), "%s/raw_images/%s/%s_%06d.png", outdir, video_name, video_name, t + 1);
+                image_save_png(path, img, H, W);
+                if (t % annotate_every != 0) continue;
+                segment_ids(ids, lab, inst, H, W);
+                snprintf(path, sizeof(path), "%s/panoptic_images/%s/%s_%06d.png", outdir, video_name, video_name, t + 1);
+                panoptic_png_save(path, ids, H, W);
+                fprintf(json, "%s\n  {\"image_id\": %d, \"file_name\": \"%s_%06d.png\", \"segments_info\": [", n_ann ? "," : "",
+                        t + 1, video_name, t + 1);
+                write_segments_info(json, ids, H, W);
+                fprintf(json, "]}");
+                n_ann++;
+                continue;
             }
             snprintf(path, sizeof(path), "%s/frame%06d.png", outdir, t + 1);
             image_save_png(path, img, H, W);
             snprintf(path, sizeof(path), "%s/frame%06d.png", labels_dir, t + 1);
             label_save_png(path, lab, H, W);
         }
-        printf("gen: wrote %d frames (%dx%d) to %s, labels to %s", frames, W, H, outdir, labels_dir);
+        if (panoptic) {
+            fprintf(json, "],\n");
+            write_categories(json);
+            fprintf(json, "}\n");
+            coco_json_close(json, json_path);
+            printf("gen: wrote %d frames (%dx%d) to %s/raw_images/%s, %d annotated (every %d-th) in %s and %s/panoptic_images/%s",
+                   frames, W, H, outdir, video_name, n_ann, annotate_every, json_path, outdir, video_name);
+        } else {
+            printf("gen: wrote %d frames (%dx%d) to %s, labels to %s", frames, W, H, outdir, labels_dir);
+        }
         if (shift != SHIFT_NONE) printf(", shift %s at strength %g", shift_names[shift], shift_strength);
         printf("\n");
     }
-    free(img); free(tmp); free(lab); free(sc);
+    free(img); free(tmp); free(lab); free(sc); free(inst); free(ids);
     return 0;
 }
