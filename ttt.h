@@ -475,6 +475,8 @@ void checkpoint_read_header(const char* path, int* header);
 // read n floats after the header; dies naming expected vs actual size if the file
 // size is not exactly header + n floats.
 void checkpoint_read_data(const char* path, float* data, size_t n);
+// the same size check alone: call it before allocating n floats sized from a header
+void checkpoint_check_size(const char* path, size_t n);
 
 // ============================================================================
 // SWIN ENCODER f (swin.c): config, parameter and activation structs, API
@@ -1205,6 +1207,12 @@ void model_set_predict_size(Model* m, int H, int W);
 // optimizer state (AdamW moments and step) with n_extra caller ints (<= 200) for resuming
 void model_save_optimizer(const Model* m, const char* path, const int* extra, int n_extra);
 void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra);
+// Training resume state in one file (model, AdamW moments and step, n_extra <= 63 caller ints:
+// ./train's step and RNG), written by one rename, so a kill at any moment leaves the previous
+// or the new state complete. model_load_resume dies on anything else (an older optimizer file
+// of model_save_optimizer included) with one line.
+void model_save_resume(const Model* m, const char* path, const int* extra, int n_extra);
+Model* model_load_resume(const char* path, int max_batch, int H, int W, int* extra, int n_extra);
 void model_copy_params(Model* dst, const Model* src);   // same config, any frame size
 void model_load_f_h(Model* m, const char* path);       // f and h from a checkpoint; g kept
 // one joint training step on images (B, H, W, 3) and labels (B, H, W) (host): set loss of
