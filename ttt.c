@@ -16,6 +16,7 @@
 void ttt_die(const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
+    fflush(stdout);   // what was printed before comes before the error line
     fprintf(stderr, "error: ");
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
