@@ -38,6 +38,7 @@
 #include <unistd.h>
 #include <signal.h>
 #include <fcntl.h>
+#include <poll.h>
 #include "stb_image.h"   // declarations only (stbi_info); the implementation is in ttt.c
 
 #define MAX_CLASSES 255   // class ids 0..254; 255 = ignore
@@ -818,6 +819,8 @@ static float* source_next(FrameSource* src, int* index) {
     if (src->next == 0) src->t_first = t1; else src->wait_s += t1 - t0;
     if (got == bytes) src->t_last = t1;
     if (got < bytes) {
+        if (got == 0 && src->next == 0 && !stop_signal && !src->error[0])
+            snprintf(src->error, sizeof(src->error), "standard input ended before the first frame (no data)");
         if (got > 0 && !stop_signal && !src->error[0])
             snprintf(src->error, sizeof(src->error), "standard input ended %zu bytes into frame %d (a %dx%d rgb24 frame "
                      "is %zu bytes): the stream was cut, or --size is not the video's size; the %d whole frames "
@@ -848,6 +851,13 @@ static float* source_next(FrameSource* src, int* index) {
 }
 
 static void source_close(FrameSource* src) { free(src->raw); }
+
+// 1 when reading the next frame would wait: standard input has no data ready
+static int source_idle(const FrameSource* src) {
+    if (src->fd < 0) return 0;
+    struct pollfd p = {src->fd, POLLIN, 0};
+    return poll(&p, 1, 0) == 0;
+}
 
 // the overlay (H, W, 3) in [0, 1] as one raw rgb24 frame on --out-raw; a reader that closed
 // the pipe (EPIPE) ends the run after this frame, with a warning
@@ -1262,9 +1272,10 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, Video* v, int k,
         }
         printf("\n");
         fflush(stdout);
-        // metrics.json of the frames so far, while rewriting it costs under 5% of the time
+        // metrics.json of the frames so far, while rewriting it costs under 5% of the time, and
+        // whenever the run would wait for input anyway
         double now = time_now_seconds();
-        if (now - metrics_at >= 20.0 * metrics_cost) {
+        if (now - metrics_at >= 20.0 * metrics_cost || source_idle(&src)) {
             res = run_result(&total, frame_miou_sum, n_scored, ms_sum, n_done);
             write_metrics(metrics_path, a, v, k, st, order, n_done, v->K, &total, &res, ck_steps, ck_miou, n_ck,
                           n_done > 1 ? eta_sum / (n_done - 1) : NAN);
