@@ -2,6 +2,7 @@
 #   make            build the programs (CUDA backend too when nvcc is found)
 #   make test       build and run every CPU test; last line "N passed, N failed"
 #   make test-gpu   build and run the CUDA-vs-CPU checks (needs a GPU)
+#   make test-sanitize  the CPU tests under ASan + UBSan (build-san/, CPU only)
 #   make NO_CUDA=1  force a CPU-only build
 #   make demo       regenerate the demo video data/demo/ and its labels data/demo_labels/
 
@@ -71,8 +72,24 @@ test-gpu: $(GPU_TEST_BIN) $(PROGRAMS)
 demo: gen
 	./gen video data/demo --labels data/demo_labels --frames 24 --size 128x96 --seed 1 --drift-period 16
 
+# The CPU suite again under AddressSanitizer (with LeakSanitizer) and UndefinedBehaviorSanitizer,
+# CPU only, in a copy of the sources under build-san/ (its own objects, programs and test/tmp: the
+# normal build is untouched). Every process writes any finding to build-san/findings.PID; the
+# target fails when one exists or a test fails. TTT_SANITIZE=1 lets the heaviest tests run smaller.
+SAN_CC = $(CC) -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+SAN_ENV = TTT_SANITIZE=1 ASAN_OPTIONS=detect_leaks=1:exitcode=86:log_path=$(CURDIR)/build-san/findings \
+          UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86:log_path=$(CURDIR)/build-san/findings
+test-sanitize:
+	@mkdir -p build-san/test build-san/dev
+	@cp -p Makefile *.c *.h build-san/ && cp -p dev/gen.c build-san/dev/ && cp -p test/*.c test/*.h test/run_tests.sh build-san/test/
+	@ln -sfn ../vendor build-san/vendor && ln -sfn ../data build-san/data && ln -sfn ../../test/data build-san/test/data
+	@rm -f build-san/findings.*
+	@$(MAKE) -s -C build-san NO_CUDA=1 CC="$(SAN_CC)" $(PROGRAMS) $(TEST_BIN)
+	@cd build-san && $(SAN_ENV) sh test/run_tests.sh $(TEST_BIN); rc=$$?; \
+	  if ls findings.* >/dev/null 2>&1; then echo "sanitizer findings:"; cat findings.*; exit 1; fi; exit $$rc
+
 clean:
 	rm -f *.o $(PROGRAMS) bench $(TEST_BIN) $(GPU_TEST_BIN)
-	rm -rf test/tmp
+	rm -rf test/tmp build-san
 
-.PHONY: all test test-gpu clean demo
+.PHONY: all test test-gpu test-sanitize clean demo

@@ -257,7 +257,6 @@ static void build_adam_runs(Model* m) {
             AdamRun* r = (AdamRun*)mallocCheck(cap * sizeof(AdamRun));
             memcpy(r, m->runs, m->n_runs * sizeof(AdamRun));
             free(m->runs);
-    ttt_free(m->drop_scale); free(m->drop_scale_host);
             m->runs = r;
         }
         AdamRun r = {i, j - i, part, ex[i]};
@@ -450,6 +449,7 @@ void model_free(Model* m) {
     free(m->host_labels_pad);
     free(m->runs);
     ttt_free(m->g_frozen_masks); ttt_free(m->h_frozen_masks);
+    ttt_free(m->drop_scale); free(m->drop_scale_host);
     free(m);
 }
 
@@ -645,23 +645,27 @@ static size_t header_param_count(const int* h, int i, const ModelConfig* c, cons
     return nf + nh + ng;
 }
 
-// create the model a header describes, once the file is known to hold `copies` times its
-// parameters (a model: 1; a resume state: 3) after the header
-static Model* model_from_header(const int* h, const char* path, int max_batch, int H, int W, int copies) {
-    ModelConfig c;
-    int i = unpack_header(h, &c, path);
-    size_t n = header_param_count(h, i, &c, path);
-    checkpoint_check_size(path, copies * n);
-    return model_create(&c, max_batch, H, W);
-}
-
-// the header of a model checkpoint (kind 1); dies naming the file otherwise
-static void read_model_header(const char* path, int* h) {
+// The header of a model checkpoint (kind CKPT_KIND_MODEL, its data [f | h | g]) or of a resume
+// state (CKPT_KIND_RESUME, [params | AdamW m | AdamW v]) read into h and checked in full before
+// anything is allocated from it: the kind, every config field (unpack_header), the parameter
+// counts, and the file's size. Returns the config; dies naming the file otherwise.
+static ModelConfig read_checked_header(const char* path, int* h, int kind) {
     checkpoint_read_header(path, h);
-    if (h[2] != CKPT_KIND_MODEL)
+    if (h[2] == CKPT_KIND_OPTIMIZER_V1 && kind == CKPT_KIND_RESUME)
+        ttt_die("'%s' is the optimizer state of an older ./train (model and moments in two files, which a kill "
+                "between the two writes can leave inconsistent); it cannot be resumed: start a new run with --init "
+                "and the model file", path);
+    if (h[2] != kind && kind == CKPT_KIND_MODEL)
         ttt_die("checkpoint '%s' holds kind %d, not a model (kind %d)%s", path, h[2], CKPT_KIND_MODEL,
                 h[2] == CKPT_KIND_OPTIMIZER_V1 || h[2] == CKPT_KIND_RESUME
                     ? "; it is a training resume state (the model is the file without .opt)" : "");
+    if (h[2] != kind)
+        ttt_die("'%s' holds checkpoint kind %d, not a training resume state (kind %d)", path, h[2], CKPT_KIND_RESUME);
+    ModelConfig c;
+    int i = unpack_header(h, &c, path);
+    size_t n = header_param_count(h, i, &c, path);
+    checkpoint_check_size(path, (kind == CKPT_KIND_RESUME ? 3 : 1) * n);
+    return c;
 }
 
 // A version-1 checkpoint's patch embedding saw m = 1 on masked pixels and 0 for the main
@@ -685,8 +689,8 @@ static void convert_mask_channel_v1(float* host_f, const SwinConfig* cfg) {
 
 Model* model_load(const char* path, int max_batch, int H, int W) {
     int h[CKPT_HEADER_INTS];
-    read_model_header(path, h);
-    Model* m = model_from_header(h, path, max_batch, H, W, 1);
+    ModelConfig c = read_checked_header(path, h, CKPT_KIND_MODEL);
+    Model* m = model_create(&c, max_batch, H, W);
     size_t n = m->n_f + m->n_h + m->n_g;
     float* host = (float*)mallocCheck(n * sizeof(float));
     checkpoint_read_data(path, host, n);
@@ -722,19 +726,20 @@ void model_save_resume(const Model* m, const char* path, const int* extra, int n
     free(host);
 }
 
-Model* model_load_resume(const char* path, int max_batch, int H, int W, int* extra, int n_extra) {
+ModelConfig model_read_resume_config(const char* path, int n_extra) {
     int h[CKPT_HEADER_INTS];
-    checkpoint_read_header(path, h);
-    if (h[2] == CKPT_KIND_OPTIMIZER_V1)
-        ttt_die("'%s' is the optimizer state of an older ./train (model and moments in two files, which a kill "
-                "between the two writes can leave inconsistent); it cannot be resumed: start a new run with --init "
-                "and the model file", path);
-    if (h[2] != CKPT_KIND_RESUME)
-        ttt_die("'%s' holds checkpoint kind %d, not a training resume state (kind %d)", path, h[2], CKPT_KIND_RESUME);
+    ModelConfig c = read_checked_header(path, h, CKPT_KIND_RESUME);
     if (h[RESUME_EXTRA_AT + 1] != n_extra || h[RESUME_EXTRA_AT] < 0)
         ttt_die("resume state '%s' is damaged (AdamW step %d, %d training-state ints, expected %d)", path,
                 h[RESUME_EXTRA_AT], h[RESUME_EXTRA_AT + 1], n_extra);
-    Model* m = model_from_header(h, path, max_batch, H, W, 3);
+    return c;
+}
+
+Model* model_load_resume(const char* path, int max_batch, int H, int W, int* extra, int n_extra) {
+    int h[CKPT_HEADER_INTS];
+    ModelConfig c = model_read_resume_config(path, n_extra);
+    checkpoint_read_header(path, h);
+    Model* m = model_create(&c, max_batch, H, W);
     size_t n = m->n_f + m->n_h + m->n_g;
     float* host = (float*)mallocCheck(3 * n * sizeof(float));
     checkpoint_read_data(path, host, 3 * n);
@@ -771,10 +776,7 @@ int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W) {
 
 ModelConfig model_read_config(const char* path) {
     int h[CKPT_HEADER_INTS];
-    read_model_header(path, h);
-    ModelConfig c;
-    unpack_header(h, &c, path);
-    return c;
+    return read_checked_header(path, h, CKPT_KIND_MODEL);
 }
 
 // ----------------------------------------------------------------------------

@@ -415,7 +415,7 @@ void swin_save_export(const char* path, const SwinConfig* cfg, const float* host
     checkpoint_write(path, h, host_params, swin_num_params(cfg));
 }
 
-float* swin_load_hf_export(const char* path, SwinConfig* cfg) {
+SwinConfig swin_read_export_config(const char* path) {
     int h[CKPT_HEADER_INTS];
     checkpoint_read_header(path, h);
     if (h[2] != CKPT_KIND_SWIN)
@@ -439,8 +439,13 @@ float* swin_load_hf_export(const char* path, SwinConfig* cfg) {
         ttt_die("'%s': implausible Swin config (in_chans %d, embed %d, depths %d %d %d %d, heads %d %d %d %d, "
                 "window %d, mlp %d)", path, c.in_chans, c.embed_dim, c.depths[0], c.depths[1], c.depths[2],
                 c.depths[3], c.num_heads[0], c.num_heads[1], c.num_heads[2], c.num_heads[3], c.window, c.mlp_ratio);
+    checkpoint_check_size(path, swin_num_params(&c));   // before anything is allocated from it
+    return c;
+}
+
+float* swin_load_hf_export(const char* path, SwinConfig* cfg) {
+    SwinConfig c = swin_read_export_config(path);
     size_t n = swin_num_params(&c);
-    checkpoint_check_size(path, n);   // before allocating what the header asks for
     float* params = (float*)mallocCheck(n * sizeof(float));
     checkpoint_read_data(path, params, n);
     *cfg = c;

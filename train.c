@@ -423,7 +423,25 @@ int main(int argc, char** argv) {
     char opt_path[4096];
     if (snprintf(opt_path, sizeof(opt_path), "%s.opt", a.out_path) >= (int)sizeof(opt_path)) ttt_die("--out: path too long");
     check_out_path(a.out_path, opt_path, &a, resume);
-    // the model it starts from (--resume, --init, --init-swin read and checked), then the data
+    // the checkpoints it starts from: kind, config and size checked before the data set is listed
+    if (resume && model_read_resume_config(opt_path, 3).num_classes != a.classes)
+        ttt_die("resume state '%s' has %d classes but --classes is %d", opt_path, model_read_resume_config(opt_path, 3).num_classes, a.classes);
+    if (a.init_path) model_read_config(a.init_path);
+    if (a.init_swin) swin_read_export_config(a.init_swin);
+    double t_list = time_now_seconds();
+    LabeledSet ds = labeled_set_list(a.data_dir, a.split, a.classes, 1);
+    LabeledSet vs;
+    memset(&vs, 0, sizeof(vs));
+    if (a.val_dir) {
+        vs = labeled_set_list(a.val_dir, a.val_split, a.classes, 1);
+        for (int i = 1; i < vs.n; i++)   // validate() runs at one size: found now, not after training
+            if (vs.H[i] != vs.H[0] || vs.W[i] != vs.W[0])
+                ttt_die("validation image '%s' is %dx%d but the first is %dx%d (all must match)", vs.images[i],
+                        vs.W[i], vs.H[i], vs.W[0], vs.H[0]);
+    }
+    printf("train: %d images (%s layout) from %s, every label checked in %.1fs\n", ds.n, ds.layout, a.data_dir,
+           time_now_seconds() - t_list);
+
     Model* m;
     Rng rng;
     rng_seed(&rng, (uint64_t)a.seed);
@@ -442,20 +460,6 @@ int main(int argc, char** argv) {
         if (a.init_path) model_load_f_h(m, a.init_path);
         if (a.init_swin) init_f_from_swin(m, a.init_swin);
     }
-    double t_list = time_now_seconds();
-    LabeledSet ds = labeled_set_list(a.data_dir, a.split, a.classes, 1);
-    LabeledSet vs;
-    memset(&vs, 0, sizeof(vs));
-    if (a.val_dir) {
-        vs = labeled_set_list(a.val_dir, a.val_split, a.classes, 1);
-        for (int i = 1; i < vs.n; i++)   // validate() runs at one size: found now, not after training
-            if (vs.H[i] != vs.H[0] || vs.W[i] != vs.W[0])
-                ttt_die("validation image '%s' is %dx%d but the first is %dx%d (all must match)", vs.images[i],
-                        vs.W[i], vs.H[i], vs.W[0], vs.H[0]);
-    }
-    printf("train: %d images (%s layout) from %s, every label checked in %.1fs\n", ds.n, ds.layout, a.data_dir,
-           time_now_seconds() - t_list);
-
     // the model recipe: the recipe's, then each flag
     ModelRecipe r = !strcmp(a.recipe, "paper") ? model_recipe_paper() : model_recipe_demo(model_config(m));
     if (a.mask_ratio >= 0) r.mask_ratio = a.mask_ratio;

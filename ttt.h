@@ -617,6 +617,8 @@ void swin_save_export(const char* path, const SwinConfig* cfg, const float* host
 // reads such a file: sets *cfg from the header (dies on another kind or an implausible
 // config, or a size that does not match) and returns the malloc'd host parameters
 float* swin_load_hf_export(const char* path, SwinConfig* cfg);
+// the config of such a file, every field and the file's size checked (nothing allocated)
+SwinConfig swin_read_export_config(const char* path);
 
 // ============================================================================
 // end of SWIN
@@ -1192,7 +1194,9 @@ size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int 
 // the batch to plan for a TTT batch of B: B on the CPU; on the GPU the largest micro-batch
 // M <= B whose buffers fit in 85% of the free device memory (the step then runs in chunks)
 int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W);
-ModelConfig model_read_config(const char* path);   // the config in a model checkpoint's header
+// the config in a model checkpoint's header, with every field, the parameter counts and the
+// file's size checked (model_load checks the same before it allocates anything)
+ModelConfig model_read_config(const char* path);
 // one TTT step on f and g: frames (B, H, W, 3) in [0, 1] on the host, B independent masks;
 // returns the masked MSE; a non-finite loss leaves the weights untouched. B may exceed the
 // planned max_batch: the batch then runs in micro-batches of max_batch whose gradients
@@ -1213,6 +1217,7 @@ void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra);
 // of model_save_optimizer included) with one line.
 void model_save_resume(const Model* m, const char* path, const int* extra, int n_extra);
 Model* model_load_resume(const char* path, int max_batch, int H, int W, int* extra, int n_extra);
+ModelConfig model_read_resume_config(const char* path, int n_extra);   // its config, everything checked
 void model_copy_params(Model* dst, const Model* src);   // same config, any frame size
 void model_load_f_h(Model* m, const char* path);       // f and h from a checkpoint; g kept
 // one joint training step on images (B, H, W, 3) and labels (B, H, W) (host): set loss of

@@ -277,7 +277,8 @@ int main(void) {
         free(log);
     }
 
-    // 5. input slower than the model: the summary says the model waited, with the input's rate
+    // 5. input slower than the model (a frame every 0.4 s): the summary says the model waited and
+    // gives the input's rate (on a machine too loaded to keep up, only that it gives a verdict)
     {
         int in_fd;
         pid_t pid = spawn_stream("- --size 40x32 " COMMON " --out " TMP "/pp_slow", &in_fd, NULL, TMP "/pp_slow.txt", NULL);
@@ -286,10 +287,17 @@ int main(void) {
         rc = wait_status(pid, NULL);
         log = read_file(TMP "/pp_slow.txt", NULL);
         const char* p = strstr(log, "frames arrived at ");
-        double rate = p ? atof(p + strlen("frames arrived at ")) : NAN;
-        CHECK(rc == 0 && strstr(log, "the model waited for the input") && rate > 1.0 && rate < 3.0,
-              "slow input (2.5 frames/s): exit %d, arrival rate %g:\n%s", rc, rate, log);
-        if (rc == 0) printf("ok   input slower than the model: the summary says the model waited; frames arrived at %.2f/s (sent at 2.5/s)\n", rate);
+        double rate = p ? atof(p + strlen("frames arrived at ")) : NAN, ms_max = 0.0;
+        for (const char* q = strstr(log, " ttt "); q; q = strstr(q + 1, " ttt ")) {
+            double ttt, pred;
+            if (sscanf(q, " ttt %lf ms predict %lf ms", &ttt, &pred) == 2 && ttt + pred > ms_max) ms_max = ttt + pred;
+        }
+        int kept_up = ms_max < 200.0;   // every frame took under half the interval
+        int ok = rc == 0 && (kept_up ? strstr(log, "the model waited for the input") && rate > 1.0 && rate < 3.0
+                                     : strstr(log, "the input was faster than the model") || strstr(log, "the model waited"));
+        CHECK(ok, "slow input (2.5 frames/s, slowest frame %.0f ms): exit %d, arrival rate %g:\n%s", ms_max, rc, rate, log);
+        if (ok) printf("ok   input at 2.5 frames/s, slowest frame %.0f ms: the summary says %s; frames arrived at %.2f/s\n", ms_max,
+                       kept_up ? "the model waited" : "(machine too loaded to keep up) one verdict", rate);
         free(log);
     }
 
