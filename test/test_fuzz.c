@@ -115,10 +115,10 @@ static int extreme_value(Rng* r, int v) {
     case 1: return -1;
     case 2: return INT_MAX;
     case 3: return INT_MIN;
-    case 4: return v + 1;
-    case 5: return v - 1;
-    case 6: return v * 2;
-    case 7: return 1 << rng_int(r, 31);
+    case 4: return (int)((unsigned)v + 1u);   // wrapping, as a corrupt file would hold
+    case 5: return (int)((unsigned)v - 1u);
+    case 6: return (int)((unsigned)v * 2u);
+    case 7: return (int)(1u << rng_int(r, 32));
     case 8: return rng_int(r, 64);
     default: return (int)rng_u32(r);
     }
