@@ -20,13 +20,19 @@
 //
 // Input: every *.png / *.jpg / *.jpeg in DIR (case-insensitive), natural name order
 // (frame2 before frame10). Other entries (other files, subdirectories) are skipped with
-// a warning; so is a .png/.jpg that cannot be decoded. All frames must have one size.
+// a warning; so is a .png/.jpg that cannot be decoded (every frame is decoded once before
+// the run). All frames must have one size. Or DIR "-" (--stdin): raw rgb24 frames of
+// --size WxH on standard input, processed as they arrive (FrameSource; reading blocks, so a
+// faster producer blocks on the pipe), named frame000001.png, ..., without labels.
 // Labels (--labels DIR): LABELDIR/STEM.png for frame STEM.xxx, 8-bit class ids, 255 =
 // ignore; frames without a label file are simply not scored. Without --labels, DIR_labels
 // next to DIR is used when it exists (where ./gen video puts them), so
 // `./stream data/demo/` scores against data/demo_labels/.
 // Output (--out DIR): DIR/STEM.png (class ids, the label format), DIR/STEM_overlay.png,
-// DIR/metrics.json, DIR/metrics.png. With a window list (--window 1,4,16) each k runs
+// DIR/metrics.json (written before the first frame, rewritten as frames are done),
+// DIR/metrics.png; --out-raw: the overlays as raw rgb24. Checked before anything is written
+// (check_outputs): DIR is not the frames or labels folder nor inside them, no two outputs
+// share a name, no file of the user's is replaced. With a window list (--window 1,4,16) each k runs
 // in turn and writes into DIR/window_K/; a table of mIoU per k is printed at the end.
 #include "ttt.h"
 #include <ctype.h>
