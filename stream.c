@@ -445,6 +445,15 @@ static void check_outputs(const Args* a, const Video* v) {
         char* mj = str_printf("%s/%s", dir, "metrics.json");
         int earlier_run = access(mj, F_OK) == 0;
         free(mj);
+        if (a->from_stdin && !earlier_run) {   // the frames' names are not known up front: the folder must hold nothing
+            DIR* d = opendir(dir);
+            struct dirent* e;
+            while (d && (e = readdir(d)) != NULL)
+                if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+                    ttt_die("--out '%s' holds files ('%s') and no metrics.json of an earlier ./stream run; frames from "
+                            "standard input could replace them: choose another output folder", dir, e->d_name);
+            if (d) closedir(d);
+        }
         for (int i = 0; i < n_names; i++) {
             char* p = str_printf("%s/%s", dir, names[i]);
             if (same_file(p, a->model_path)) ttt_die("--out '%s' would replace the model '%s'; write it elsewhere", a->out_dir, a->model_path);

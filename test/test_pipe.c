@@ -359,6 +359,8 @@ int main(void) {
     expect_refusal("--labels", "- --size 40x32 " COMMON " --labels " VID "_labels --out " TMP "/pp_bad", "no labels");
     expect_refusal("two sources", "- " VID " --size 40x32 " COMMON " --out " TMP "/pp_bad", "more than one frame source");
     CHECK(access(TMP "/pp_bad", F_OK) != 0, "a refused run created its output folder");
+    run("mkdir -p " TMP "/pp_mine && echo notes > " TMP "/pp_mine/frame000001.png");
+    expect_refusal("--out holding the user's files", "- --size 40x32 " COMMON " --out " TMP "/pp_mine", "could replace them");
     for (int t = 0; t < NF; t++) free(frames[t]);
     return test_summary("test_pipe");
 }
