@@ -2,6 +2,8 @@
 #   make            build the programs (CUDA backend too when nvcc is found)
 #   make test       build and run every CPU test; last line "N passed, N failed"
 #   make test-gpu   build and run the CUDA-vs-CPU checks (needs a GPU)
+#   make test-sanitize  the CPU tests under ASan + UBSan (build-san/, CPU only)
+#   make test-gpu-memcheck  the GPU checks under compute-sanitizer (needs a GPU)
 #   make NO_CUDA=1  force a CPU-only build
 #   make demo       regenerate the demo video data/demo/ and its labels data/demo_labels/
 
@@ -71,12 +73,41 @@ test: $(TEST_BIN) $(PROGRAMS)
 test-gpu: $(GPU_TEST_BIN) $(PROGRAMS)
 	@sh test/run_tests.sh $(GPU_TEST_BIN)
 
+# the GPU checks under compute-sanitizer's memcheck (out-of-bounds and misaligned device accesses,
+# failing CUDA calls), ./stream started by gpu_stream included; much slower than
+# make test-gpu. Other tools: make test-gpu-memcheck SANITIZER_TOOL=racecheck (or initcheck, synccheck)
+COMPUTE_SANITIZER ?= $(shell command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+SANITIZER_TOOL ?= memcheck
+test-gpu-memcheck: $(GPU_TEST_BIN) $(PROGRAMS)
+	@test -n "$(COMPUTE_SANITIZER)" || { echo "compute-sanitizer not found (it comes with the CUDA toolkit)"; exit 1; }
+	@TEST_WRAPPER="$(COMPUTE_SANITIZER) --tool $(SANITIZER_TOOL) --error-exitcode 86 --target-processes all" \
+	  sh test/run_tests.sh $(GPU_TEST_BIN)
+
 # the demo video shipped in data/ (committed; regenerate after changing dev/gen.c)
 demo: gen
 	./gen video data/demo --labels data/demo_labels --frames 24 --size 128x96 --seed 1 --drift-period 16
 
+# The CPU suite again under AddressSanitizer (with LeakSanitizer) and UndefinedBehaviorSanitizer,
+# CPU only, in a copy of the sources under build-san/ (its own objects, programs and test/tmp: the
+# normal build is untouched). Every process writes any finding to build-san/findings.PID; the
+# target fails when one exists or a test fails. (LeakSanitizer's note that a child forked from a
+# process with OpenMP threads cannot suspend them is not a finding.)
+SAN_CC = $(CC) -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+SAN_ENV = ASAN_OPTIONS=detect_leaks=1:exitcode=86:log_path=$(CURDIR)/build-san/findings \
+          UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86:log_path=$(CURDIR)/build-san/findings
+test-sanitize:
+	@mkdir -p build-san/test
+	@cp -p Makefile *.c *.h build-san/ && cp -p $$(find test -maxdepth 1 -type f -name '*.[ch]' -o -maxdepth 1 -type f -name '*.sh' \
+	  -o -maxdepth 1 -type f -name '*.py') build-san/test/
+	@for d in vendor data dev; do ln -sfn ../$$d build-san/$$d; done && ln -sfn ../../test/data build-san/test/data
+	@rm -f build-san/findings.*
+	@$(MAKE) -s -C build-san NO_CUDA=1 CC="$(SAN_CC)" $(PROGRAMS) $(TEST_BIN)
+	@cd build-san && $(SAN_ENV) sh test/run_tests.sh $(TEST_BIN); rc=$$?; \
+	  if ls findings.* >/dev/null 2>&1 && grep -qv "was not suspended. False leaks are possible" findings.*; then \
+	    echo "sanitizer findings:"; cat findings.*; exit 1; fi; echo "sanitizers: no findings"; exit $$rc
+
 clean:
 	rm -f *.o vendor/*.o $(PROGRAMS) bench $(TEST_BIN) $(GPU_TEST_BIN)
-	rm -rf test/tmp
+	rm -rf test/tmp build-san
 
-.PHONY: all test test-gpu clean demo
+.PHONY: all test test-gpu test-gpu-memcheck test-sanitize clean demo

@@ -500,7 +500,8 @@ void model_reset_ttt(Model* m) {
 // data = [f | h | g], or [f | h] when g is absent
 
 #define CKPT_KIND_MODEL 1
-#define CKPT_KIND_RESUME 3     // (kind 2 is the Swin encoder export)
+#define CKPT_KIND_OPTIMIZER_V1 3   // model_save_optimizer's moments alone (kind 2 is the Swin encoder export)
+#define CKPT_KIND_RESUME 4     // model_save_resume: model, moments, step in one file
 #define RESUME_EXTRA_AT 160    // header index of the AdamW step, then the caller's ints
 #define RESUME_MAX_EXTRA 64
 // The pixel decoder of h and g (M2FConfig.pixel_decoder, enc_layers, enc_ffn, n_points) sits at a
@@ -562,63 +563,126 @@ void model_save(const Model* m, const char* path) {
     free(host);
 }
 
+// Every header field is bounded before anything is computed from it (shifts, products, sizes),
+// so a corrupt or hostile header gets one error line, never an overflow or a huge allocation.
+// The bounds are far above any real model (Swin-S: embed 96, window 7, mlp 4; Mask2Former:
+// 256 wide, 100 queries, 9 layers) and keep every int product of the forward pass in range.
+#define HDR_MAX_EMBED 1024     // stage 4 has 8x the channels
+#define HDR_MAX_WINDOW 64
+#define HDR_MAX_MLP 16
+#define HDR_MAX_WIDTH 2048     // conv_dim = hidden_dim, mask_dim
+#define HDR_MAX_QUERIES 4096
+#define HDR_MAX_FFN 65536
+
+static int in_range(int v, int lo, int hi) { return v >= lo && v <= hi; }
+
+// one head's fields (h or g, named by which); in_dims must be f's channels
+static void check_m2f_header(const M2FConfig* c, int embed, const char* which, const char* path) {
+    for (int l = 0; l < 4; l++)
+        if (c->in_dims[l] != embed << l)
+            ttt_die("checkpoint '%s': %s reads %d channels at level %d, but f gives %d", path, which,
+                    c->in_dims[l], l, embed << l);
+    int ok = in_range(c->conv_dim, 2, HDR_MAX_WIDTH) && c->hidden_dim == c->conv_dim && c->conv_dim % 2 == 0 &&
+             in_range(c->mask_dim, 1, HDR_MAX_WIDTH) && in_range(c->num_groups, 1, c->conv_dim) &&
+             c->conv_dim % c->num_groups == 0 && in_range(c->num_queries, 1, HDR_MAX_QUERIES) &&
+             in_range(c->num_heads, 1, c->hidden_dim) && c->hidden_dim % c->num_heads == 0 &&
+             in_range(c->ffn_dim, 1, HDR_MAX_FFN) && in_range(c->dec_layers, 1, M2F_MAX_LAYERS) &&
+             in_range(c->num_classes, 1, 255);
+    if (!ok)
+        ttt_die("checkpoint '%s' has an invalid %s head (width %d, hidden %d, mask %d, groups %d, queries %d, heads %d, "
+                "ffn %d, layers %d, classes %d)", path, which, c->conv_dim, c->hidden_dim, c->mask_dim, c->num_groups,
+                c->num_queries, c->num_heads, c->ffn_dim, c->dec_layers, c->num_classes);
+}
+
 // the config in a model or resume header; dies naming what is wrong. Returns the header
 // index after the config (where n_f, n_h, n_g are).
 static int unpack_header(const int* h, ModelConfig* out, const char* path) {
     ModelConfig c;
     memset(&c, 0, sizeof(c));
     int i = 3;
-    c.num_classes = h[i++]; c.mae_patch = h[i++]; c.mask_ratio = h[i++] * 1e-6f;
+    c.num_classes = h[i++]; c.mae_patch = h[i++];
+    int mask_ppm = h[i++];   // mask ratio x 1e6
     c.swin.in_chans = h[i++]; c.swin.embed_dim = h[i++];
     for (int s = 0; s < 4; s++) c.swin.depths[s] = h[i++];
     for (int s = 0; s < 4; s++) c.swin.num_heads[s] = h[i++];
     c.swin.window = h[i++]; c.swin.mlp_ratio = h[i++];
     i += unpack_m2f(h + i, &c.m2f);
     i += unpack_m2f(h + i, &c.mae);
+    // the model as a whole
+    if (!in_range(c.num_classes, 1, 254) || !in_range(c.mae_patch, MAE_RECON_PATCH, 1024) ||
+        c.mae_patch % MAE_RECON_PATCH != 0 || !in_range(mask_ppm, 0, 999999) || c.swin.in_chans != 4 ||
+        c.m2f.num_classes != c.num_classes || c.mae.num_queries != 3 * MAE_RECON_PATCH * MAE_RECON_PATCH)
+        ttt_die("checkpoint '%s' has an invalid model config (classes %d, patch %d, mask ratio %g, in_chans %d, "
+                "classes of h %d, queries of g %d)", path, c.num_classes, c.mae_patch, mask_ppm * 1e-6,
+                c.swin.in_chans, c.m2f.num_classes, c.mae.num_queries);
+    c.mask_ratio = mask_ppm * 1e-6f;
+    // f: each field in range before embed << s, window * window, the block count
+    int blocks = 0, ok = in_range(c.swin.embed_dim, 1, HDR_MAX_EMBED) && in_range(c.swin.window, 1, HDR_MAX_WINDOW) &&
+                         in_range(c.swin.mlp_ratio, 1, HDR_MAX_MLP);
+    for (int s = 0; s < 4; s++) {
+        ok = ok && in_range(c.swin.depths[s], 1, SWIN_MAX_BLOCKS) && in_range(c.swin.num_heads[s], 1, c.swin.embed_dim << s) &&
+             (c.swin.embed_dim << s) % c.swin.num_heads[s] == 0;
+        if (ok) blocks += c.swin.depths[s];
+    }
+    if (!ok || blocks > SWIN_MAX_BLOCKS)
+        ttt_die("checkpoint '%s' has an invalid Swin config (embed %d, depths %d %d %d %d, heads %d %d %d %d, window %d, "
+                "mlp ratio %d)", path, c.swin.embed_dim, c.swin.depths[0], c.swin.depths[1], c.swin.depths[2],
+                c.swin.depths[3], c.swin.num_heads[0], c.swin.num_heads[1], c.swin.num_heads[2], c.swin.num_heads[3],
+                c.swin.window, c.swin.mlp_ratio);
+    check_m2f_header(&c.m2f, c.swin.embed_dim, "h", path);
+    check_m2f_header(&c.mae, c.swin.embed_dim, "g", path);
     M2FConfig* heads[2] = {&c.m2f, &c.mae};
     for (int k = 0; k < 2; k++) {
         const int* q = h + PIXEL_DECODER_HEADER_AT + 4 * k;
         M2FConfig* hc = heads[k];
         hc->pixel_decoder = q[0]; hc->enc_layers = q[1]; hc->enc_ffn = q[2]; hc->n_points = q[3];
-        int ok = (q[0] == PIXEL_DECODER_FPN && q[1] == 0 && q[2] == 0 && q[3] == 0) ||
-                 (q[0] == PIXEL_DECODER_MSDEFORM && q[1] >= 1 && q[1] <= MSD_MAX_LAYERS && q[2] >= 1 &&
-                  q[2] <= 65536 && q[3] >= 1 && q[3] <= 64);
-        if (!ok)
+        int pd_ok = (q[0] == PIXEL_DECODER_FPN && q[1] == 0 && q[2] == 0 && q[3] == 0) ||
+                    (q[0] == PIXEL_DECODER_MSDEFORM && q[1] >= 1 && q[1] <= MSD_MAX_LAYERS && q[2] >= 1 &&
+                     q[2] <= 65536 && q[3] >= 1 && q[3] <= 64);
+        if (!pd_ok)
             ttt_die("checkpoint '%s' has an invalid pixel decoder for %s (kind %d, enc_layers %d, enc_ffn %d, n_points %d)",
                     path, k == 0 ? "h" : "g", q[0], q[1], q[2], q[3]);
     }
-    // refuse nonsense before sizing anything from it
-    if (c.num_classes < 1 || c.num_classes > 254 || c.mae_patch < 4 || c.mae_patch > 1024 ||
-        c.mask_ratio < 0.0f || c.mask_ratio >= 1.0f || c.swin.in_chans != 4 || c.swin.embed_dim < 1 ||
-        c.swin.window < 1 || c.swin.mlp_ratio < 1 || c.m2f.num_classes != c.num_classes ||
-        c.mae.num_queries != 3 * MAE_RECON_PATCH * MAE_RECON_PATCH)
-        ttt_die("checkpoint '%s' has an invalid model config (classes %d, patch %d, in_chans %d, queries of g %d)",
-                path, c.num_classes, c.mae_patch, c.swin.in_chans, c.mae.num_queries);
-    for (int s = 0; s < 4; s++)
-        if (c.swin.depths[s] < 1 || c.swin.num_heads[s] < 1 || ((c.swin.embed_dim << s) % c.swin.num_heads[s]))
-            ttt_die("checkpoint '%s': Swin stage %d has depth %d and %d heads for %d channels", path, s,
-                    c.swin.depths[s], c.swin.num_heads[s], c.swin.embed_dim << s);
     *out = c;
     return i;
 }
 
-// create the model a header describes and check its parameter counts
-static Model* model_from_header(const int* h, const char* path, int max_batch, int H, int W) {
-    ModelConfig c;
-    int i = unpack_header(h, &c, path);
-    Model* m = model_create(&c, max_batch, H, W);
-    if (h[i] != (int)m->n_f || h[i + 1] != (int)m->n_h || h[i + 2] != (int)m->n_g)
+// the parameter counts of f, h, g that config c gives (computed, nothing allocated) must be the
+// header's, at h[i..i+2]; returns their sum
+static size_t header_param_count(const int* h, int i, const ModelConfig* c, const char* path) {
+    size_t nf = swin_num_params(&c->swin), nh = m2f_num_params(&c->m2f), ng = m2f_num_params(&c->mae);
+    if (h[i] < 0 || h[i + 1] < 0 || h[i + 2] < 0 || (size_t)h[i] != nf || (size_t)h[i + 1] != nh || (size_t)h[i + 2] != ng)
         ttt_die("checkpoint '%s' says f, h, g have %d, %d, %d parameters; its config gives %zu, %zu, %zu",
-                path, h[i], h[i + 1], h[i + 2], m->n_f, m->n_h, m->n_g);
-    return m;
+                path, h[i], h[i + 1], h[i + 2], nf, nh, ng);
+    return nf + nh + ng;
 }
 
-// the header of a model checkpoint (kind 1); dies naming the file otherwise
-static void read_model_header(const char* path, int* h) {
+// The header of a model checkpoint (kind CKPT_KIND_MODEL, its data [f | h | g]) or of a resume
+// state (CKPT_KIND_RESUME, [params | AdamW m | AdamW v]) read into h and checked in full before
+// anything is allocated from it: the kind, every config field (unpack_header), the parameter
+// counts, and the file's size. Returns the config; dies naming the file otherwise.
+static ModelConfig read_checked_header(const char* path, int* h, int kind) {
     checkpoint_read_header(path, h);
-    if (h[2] != CKPT_KIND_MODEL)
+    if (h[2] == CKPT_KIND_OPTIMIZER_V1 && kind == CKPT_KIND_RESUME)
+        ttt_die("'%s' is the optimizer state of an older ./train (model and moments in two files, which a kill "
+                "between the two writes can leave inconsistent); it cannot be resumed: start a new run with --init "
+                "and the model file", path);
+    if (h[2] != kind && kind == CKPT_KIND_MODEL)
         ttt_die("checkpoint '%s' holds kind %d, not a model (kind %d)%s", path, h[2], CKPT_KIND_MODEL,
-                h[2] == 3 ? "; it is a training optimizer state (the model is the file without .opt)" : "");
+                h[2] == CKPT_KIND_OPTIMIZER_V1 || h[2] == CKPT_KIND_RESUME
+                    ? "; it is a training resume state (the model is the file without .opt)" : "");
+    if (h[2] != kind)
+        ttt_die("'%s' holds checkpoint kind %d, not a training resume state (kind %d)", path, h[2], CKPT_KIND_RESUME);
+    ModelConfig c;
+    int i = unpack_header(h, &c, path);
+    size_t n = header_param_count(h, i, &c, path);
+    if (kind == CKPT_KIND_MODEL && h[G_ABSENT_AT] != 0) {   // converted weights without g: [f | h]
+        if (h[G_ABSENT_AT] != 1 || h[G_ABSENT_AT + 1] < 0)
+            ttt_die("checkpoint '%s' has an invalid g-absent block (%d, seed %d)", path, h[G_ABSENT_AT], h[G_ABSENT_AT + 1]);
+        n -= (size_t)h[i + 2];
+    }
+    checkpoint_check_size(path, (kind == CKPT_KIND_RESUME ? 3 : 1) * n);
+    return c;
 }
 
 // A version-1 checkpoint's patch embedding saw m = 1 on masked pixels and 0 for the main
@@ -642,11 +706,9 @@ static void convert_mask_channel_v1(float* host_f, const SwinConfig* cfg) {
 
 Model* model_load(const char* path, int max_batch, int H, int W) {
     int h[CKPT_HEADER_INTS];
-    read_model_header(path, h);
-    if (h[G_ABSENT_AT] != 0 && (h[G_ABSENT_AT] != 1 || h[G_ABSENT_AT + 1] < 0))
-        ttt_die("checkpoint '%s' has an invalid g-absent block (%d, seed %d)", path, h[G_ABSENT_AT], h[G_ABSENT_AT + 1]);
+    ModelConfig c = read_checked_header(path, h, CKPT_KIND_MODEL);   // g-absent block checked there
     int g_absent = h[G_ABSENT_AT] == 1;
-    Model* m = model_from_header(h, path, max_batch, H, W);
+    Model* m = model_create(&c, max_batch, H, W);
     size_t n = m->n_f + m->n_h + m->n_g;
     float* host = (float*)mallocCheck(n * sizeof(float));
     if (g_absent) init_params_host(host, m, (uint64_t)h[G_ABSENT_AT + 1]);   // g; f and h from the file
@@ -662,6 +724,56 @@ Model* model_load(const char* path, int max_batch, int H, int W) {
     }
     ttt_to_device(m->params, host, n * sizeof(float));
     free(host);
+    model_snapshot_ttt(m);
+    return m;
+}
+
+// Training resume state in ONE file (./train writes it as CKPT.opt): the model header with kind
+// CKPT_KIND_RESUME, the AdamW step at RESUME_EXTRA_AT, the caller's count and ints after it;
+// data = [params f | h | g, AdamW m, AdamW v]. checkpoint_write renames it into place at once,
+// so a kill at any moment leaves either the previous state or the new one, complete.
+void model_save_resume(const Model* m, const char* path, const int* extra, int n_extra) {
+    if (n_extra < 0 || n_extra > RESUME_MAX_EXTRA - 1) ttt_die("model_save_resume: %d extra ints (max %d)", n_extra, RESUME_MAX_EXTRA - 1);
+    int header[CKPT_HEADER_INTS];
+    pack_header(header, m, CKPT_KIND_RESUME);
+    header[RESUME_EXTRA_AT] = m->adam_t;
+    header[RESUME_EXTRA_AT + 1] = n_extra;
+    for (int i = 0; i < n_extra; i++) header[RESUME_EXTRA_AT + 2 + i] = extra[i];
+    size_t n = m->n_f + m->n_h + m->n_g;
+    float* host = (float*)mallocCheck(3 * n * sizeof(float));
+    ttt_to_host(host, m->params, n * sizeof(float));
+    ttt_to_host(host + n, m->adam_m, n * sizeof(float));
+    ttt_to_host(host + 2 * n, m->adam_v, n * sizeof(float));
+    checkpoint_write(path, header, host, 3 * n);
+    free(host);
+}
+
+ModelConfig model_read_resume_config(const char* path, int n_extra) {
+    int h[CKPT_HEADER_INTS];
+    ModelConfig c = read_checked_header(path, h, CKPT_KIND_RESUME);
+    if (h[RESUME_EXTRA_AT + 1] != n_extra || h[RESUME_EXTRA_AT] < 0)
+        ttt_die("resume state '%s' is damaged (AdamW step %d, %d training-state ints, expected %d)", path,
+                h[RESUME_EXTRA_AT], h[RESUME_EXTRA_AT + 1], n_extra);
+    return c;
+}
+
+Model* model_load_resume(const char* path, int max_batch, int H, int W, int* extra, int n_extra) {
+    int h[CKPT_HEADER_INTS];
+    ModelConfig c = model_read_resume_config(path, n_extra);
+    checkpoint_read_header(path, h);
+    Model* m = model_create(&c, max_batch, H, W);
+    size_t n = m->n_f + m->n_h + m->n_g;
+    float* host = (float*)mallocCheck(3 * n * sizeof(float));
+    checkpoint_read_data(path, host, 3 * n);
+    if (!is_finite_array(host, 3 * n)) ttt_die("resume state '%s' contains NaN or Inf", path);
+    for (size_t i = 2 * n; i < 3 * n; i++)
+        if (host[i] < 0.0f) ttt_die("resume state '%s' is damaged (a negative second moment)", path);
+    ttt_to_device(m->params, host, n * sizeof(float));
+    ttt_to_device(m->adam_m, host + n, n * sizeof(float));
+    ttt_to_device(m->adam_v, host + 2 * n, n * sizeof(float));
+    free(host);
+    m->adam_t = h[RESUME_EXTRA_AT];
+    for (int i = 0; i < n_extra; i++) extra[i] = h[RESUME_EXTRA_AT + 2 + i];
     model_snapshot_ttt(m);
     return m;
 }
@@ -686,10 +798,7 @@ int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W, size_t r
 
 ModelConfig model_read_config(const char* path) {
     int h[CKPT_HEADER_INTS];
-    read_model_header(path, h);
-    ModelConfig c;
-    unpack_header(h, &c, path);
-    return c;
+    return read_checked_header(path, h, CKPT_KIND_MODEL);
 }
 
 // ----------------------------------------------------------------------------

@@ -20,13 +20,19 @@
 //
 // Input: every *.png / *.jpg / *.jpeg in DIR (case-insensitive), natural name order
 // (frame2 before frame10). Other entries (other files, subdirectories) are skipped with
-// a warning; so is a .png/.jpg that cannot be decoded. All frames must have one size.
+// a warning; so is a .png/.jpg that cannot be decoded (every frame is decoded once before
+// the run). All frames must have one size. Or DIR "-" (--stdin): raw rgb24 frames of
+// --size WxH on standard input, processed as they arrive (FrameSource; reading blocks, so a
+// faster producer blocks on the pipe), named frame000001.png, ..., without labels.
 // Labels (--labels DIR): LABELDIR/STEM.png for frame STEM.xxx, 8-bit class ids, 255 =
 // ignore; frames without a label file are simply not scored. Without --labels, DIR_labels
 // next to DIR is used when it exists (where ./gen video puts them), so
 // `./stream data/demo/` scores against data/demo_labels/.
 // Output (--out DIR): DIR/STEM.png (class ids, the label format), DIR/STEM_overlay.png,
-// DIR/metrics.json, DIR/metrics.png. With a window list (--window 1,4,16) each k runs
+// DIR/metrics.json (written before the first frame, rewritten as frames are done),
+// DIR/metrics.png; --out-raw: the overlays as raw rgb24. Checked before anything is written
+// (check_outputs): DIR is not the frames or labels folder nor inside them, no two outputs
+// share a name, no file of the user's is replaced. With a window list (--window 1,4,16) each k runs
 // in turn and writes into DIR/window_K/; a table of mIoU per k is printed at the end.
 // --task panoptic | instance (coco_stream.c): Mask2Former's panoptic or instance inference
 // on the same prediction, COCO-format outputs and PQ / mask AP against COCO panoptic ground
@@ -36,8 +42,12 @@
 #include <stdarg.h>
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <signal.h>
+#include <fcntl.h>
+#include <poll.h>
 #include "stb_image.h"   // declarations only (stbi_info); the implementation is in ttt.c
 
 #define MAX_CLASSES 255   // class ids 0..254; 255 = ignore
@@ -74,7 +84,11 @@ static StreamRecipe stream_recipe_paper(void) {
 }
 
 typedef struct {
-    const char* dir;
+    const char* dir;       // the frames folder, or "-": standard input
+    int from_stdin;        // frames: raw rgb24 from standard input (DIR "-" or --stdin)
+    int raw_W, raw_H;      // --size of those frames
+    const char* out_raw;   // --out-raw PATH|-: the overlays as raw rgb24 frames (NULL: none)
+    int save_png;          // --save-png on|off: NAME.png and NAME_overlay.png for every frame
     const char* model_path;
     Mode mode;
     const char* recipe;    // "demo" or "paper": the defaults the options below override
@@ -178,6 +192,9 @@ static uint64_t fnv1a(const char* s) {
     return h;
 }
 
+// the seed of a frame's TTT randomness: from --seed and the frame's name alone
+static uint64_t frame_seed(uint64_t seed, const char* name) { return seed * 0x9E3779B97F4A7C15ULL ^ fnv1a(name); }
+
 // the label file that a name in the label folder is, for a frame name; 0 if it is no label
 // of this format (Cityscapes folders also hold colour, instance and polygon files)
 static int label_frame_name(const char* label_name, LabelFormat fmt, char* frame, size_t n) {
@@ -226,7 +243,7 @@ static Frame* list_frames(const Args* a, LabelFormat fmt, int K, int* n_out, int
         f->stem = strdup(e->d_name);
         *strrchr(f->stem, '.') = 0;
         f->label_path = NULL;
-        f->seed = a->seed * 0x9E3779B97F4A7C15ULL ^ fnv1a(f->name);
+        f->seed = frame_seed(a->seed, f->name);
     }
     closedir(d);
     if (n == 0) ttt_die("no .png/.jpg frames in '%s'", a->dir);
@@ -239,17 +256,36 @@ static Frame* list_frames(const Args* a, LabelFormat fmt, int K, int* n_out, int
         int w, h, c;
         if (!stbi_info(fr[i].path, &w, &h, &c)) {
             fprintf(stderr, "warning: skipping '%s' (cannot decode: %s)\n", fr[i].path, stbi_failure_reason());
+            free(fr[i].name); free(fr[i].stem); free(fr[i].path);
             continue;
         }
         if (first == NULL) { H = h; W = w; first = fr[i].path; }
         else if (h != H || w != W)
             ttt_die("frames of different sizes: '%s' is %dx%d but '%s' is %dx%d (W x H)", first, W, H, fr[i].path, w, h);
-        if (kept > 0 && strcmp(fr[kept - 1].stem, fr[i].stem) == 0)
-            ttt_die("frames '%s' and '%s' have the same name stem; outputs would collide", fr[kept - 1].name, fr[i].name);
         fr[kept++] = fr[i];
     }
-    if (kept == 0) ttt_die("no decodable frames in '%s'", a->dir);
-    if (strict && kept != n) ttt_die("'%s' holds a frame that cannot be decoded (see the warning above)", a->dir);
+    // every frame decoded once (in parallel, then freed): a frame whose header reads but whose
+    // data is corrupt is found now, not when the run reaches it after writing outputs
+    char* bad_frame = (char*)callocCheck((size_t)kept, 1);
+    char (*why)[256] = (char(*)[256])callocCheck((size_t)kept, 256);
+    #pragma omp parallel for schedule(dynamic)
+    for (int i = 0; i < kept; i++) {
+        int h, w;
+        unsigned char* px = image_try_load_u8(fr[i].path, &h, &w, why[i], sizeof(why[i]));
+        if (px && (h != H || w != W)) snprintf(why[i], sizeof(why[i]), "decodes to %dx%d, its header says %dx%d", w, h, W, H);
+        bad_frame[i] = px == NULL || h != H || w != W;
+        free(px);
+    }
+    int kept2 = 0;
+    for (int i = 0; i < kept; i++) {
+        if (!bad_frame[i]) { fr[kept2++] = fr[i]; continue; }
+        fprintf(stderr, "warning: skipping '%s' (%s)\n", fr[i].path, why[i]);
+        free(fr[i].name); free(fr[i].stem); free(fr[i].path);
+    }
+    free(bad_frame); free(why);
+    if (kept2 == 0) ttt_die("no decodable frames in '%s'", a->dir);
+    if (strict && kept2 != n) ttt_die("'%s' holds a frame that cannot be decoded (see the warning above)", a->dir);
+    kept = kept2;
     // labels: the file of each frame in the layout; header checks (size, depth, channels)
     for (int i = 0; a->labels_dir && i < kept; i++) {
         char lp[4096];
@@ -314,6 +350,152 @@ static void make_dir(const char* path) {
     free(buf);
     struct stat st;
     if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) ttt_die("'%s' exists and is not a directory", path);
+}
+
+// ----------------------------------------------------------------------------
+// output checks, before anything is written: no output replaces an input or a file of the
+// user's, and no two outputs share a name
+
+// the absolute path that path names, symlinks resolved, also when it does not exist yet: the
+// real path of its deepest existing ancestor, then the remaining names ("." dropped, ".." up)
+static void resolve_path(const char* path, char* out) {
+    char base[PATH_MAX], tail[PATH_MAX] = "";
+    snprintf(base, sizeof(base), "%s", path);
+    while (realpath(base, out) == NULL) {
+        size_t len = strlen(base);
+        while (len > 1 && base[len - 1] == '/') base[--len] = 0;   // trailing slashes
+        char* slash = strrchr(base, '/');
+        char rest[PATH_MAX];
+        snprintf(rest, sizeof(rest), "%s%s%s", slash ? slash + 1 : base, tail[0] ? "/" : "", tail);
+        snprintf(tail, sizeof(tail), "%s", rest);
+        if (slash == NULL) snprintf(base, sizeof(base), ".");
+        else if (slash == base) snprintf(base, sizeof(base), "/");
+        else *slash = 0;
+    }
+    for (char* name = strtok(tail, "/"); name; name = strtok(NULL, "/")) {
+        if (strcmp(name, ".") == 0) continue;
+        if (strcmp(name, "..") == 0) {
+            char* slash = strrchr(out, '/');
+            if (slash && slash != out) *slash = 0; else snprintf(out, PATH_MAX, "/");
+            continue;
+        }
+        size_t len = strlen(out);
+        snprintf(out + len, PATH_MAX - len, "%s%s", len > 1 ? "/" : "", name);
+    }
+}
+
+// 1 when resolved path a is b or lies below it
+static int path_inside(const char* a, const char* b) {
+    size_t n = strlen(b);
+    if (strcmp(b, "/") == 0) return 1;
+    return strncmp(a, b, n) == 0 && (a[n] == 0 || a[n] == '/');
+}
+
+static int same_file(const char* a, const char* b) {
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+static int cmp_str(const void* x, const void* y) { return strcmp(*(char* const*)x, *(char* const*)y); }
+
+// the file names one run writes into its output folder: NAME.png and NAME_overlay.png per
+// frame, metrics.json, metrics.png (malloc'd, sorted); dies when two are the same (frames
+// a.png and a_overlay.png, a.png and a.jpg, or a frame named metrics.png)
+static char** output_names(const Video* v, int* count) {
+    int n = 2 * v->n + 2;
+    char** names = (char**)mallocCheck((size_t)n * sizeof(char*));   // name j: frame j / 2, or the run's
+    for (int i = 0; i < v->n; i++) {
+        names[2 * i] = str_printf("%s%s", v->fr[i].stem, ".png");
+        names[2 * i + 1] = str_printf("%s%s", v->fr[i].stem, "_overlay.png");
+    }
+    names[2 * v->n] = strdup("metrics.json");
+    names[2 * v->n + 1] = strdup("metrics.png");
+    char** sorted = (char**)mallocCheck((size_t)n * sizeof(char*));
+    for (int i = 0; i < n; i++) sorted[i] = names[i];
+    qsort(sorted, n, sizeof(char*), cmp_str);
+    for (int i = 0; i + 1 < n; i++) {
+        if (strcmp(sorted[i], sorted[i + 1]) != 0) continue;
+        const char* who[2];
+        int found = 0;
+        for (int j = 0; j < n && found < 2; j++)
+            if (strcmp(names[j], sorted[i]) == 0) who[found++] = j < 2 * v->n ? v->fr[j / 2].name : "the run's metrics";
+        ttt_die("frames '%s' and '%s' would both write '%s' in the output folder; rename one of them", who[0], who[1], sorted[i]);
+    }
+    free(names);
+    *count = n;
+    return sorted;
+}
+
+// --out (and each DIR/window_K of a sweep): not equal to or inside the frames folder or the
+// labels folder; no output file is the model; existing files only replaced in the folder of an
+// earlier run (one holding metrics.json, which a run writes before its first frame). The raw
+// output (--out-raw) is not an input, an image or a checkpoint of the user's.
+static void check_outputs(const Args* a, const Video* v) {
+    char out_real[PATH_MAX], in_real[PATH_MAX];
+    resolve_path(a->out_dir, out_real);
+    const char* inputs[2] = {a->from_stdin ? NULL : a->dir, a->labels_dir};
+    const char* what[2] = {"frames", "labels"};
+    for (int k = 0; k < 2; k++) {
+        if (inputs[k] == NULL || realpath(inputs[k], in_real) == NULL) continue;
+        if (path_inside(out_real, in_real))
+            ttt_die("--out '%s' is %s the %s folder '%s'; its outputs would replace or mix with the %s: write them elsewhere",
+                    a->out_dir, strcmp(out_real, in_real) == 0 ? "the same folder as" : "inside", what[k], inputs[k], what[k]);
+    }
+    int n_names;
+    char** names = a->from_stdin ? NULL : output_names(v, &n_names);
+    if (a->from_stdin) {   // frame000001.png ... are unique; only the run's own files exist up front
+        n_names = 2;
+        names = (char**)mallocCheck(2 * sizeof(char*));
+        names[0] = strdup("metrics.json"); names[1] = strdup("metrics.png");
+    }
+    for (int w = 0; w < a->n_windows; w++) {
+        char dir[PATH_MAX];
+        if (a->n_windows > 1) snprintf(dir, sizeof(dir), "%s/window_%d", a->out_dir, a->windows[w]);
+        else snprintf(dir, sizeof(dir), "%s", a->out_dir);
+        char* mj = str_printf("%s/%s", dir, "metrics.json");
+        int earlier_run = access(mj, F_OK) == 0;
+        free(mj);
+        if (a->from_stdin && !earlier_run) {   // the frames' names are not known up front: the folder must hold nothing
+            DIR* d = opendir(dir);
+            struct dirent* e;
+            while (d && (e = readdir(d)) != NULL)
+                if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+                    ttt_die("--out '%s' holds files ('%s') and no metrics.json of an earlier ./stream run; frames from "
+                            "standard input could replace them: choose another output folder", dir, e->d_name);
+            if (d) closedir(d);
+        }
+        for (int i = 0; i < n_names; i++) {
+            char* p = str_printf("%s/%s", dir, names[i]);
+            if (same_file(p, a->model_path)) ttt_die("--out '%s' would replace the model '%s'; write it elsewhere", a->out_dir, a->model_path);
+            if (!earlier_run && access(p, F_OK) == 0)
+                ttt_die("--out: '%s' exists and '%s' holds no metrics.json of an earlier ./stream run; refusing to "
+                        "replace it: choose another output folder", p, dir);
+            free(p);
+        }
+    }
+    for (int i = 0; i < n_names; i++) free(names[i]);
+    free(names);
+    if (a->out_raw && strcmp(a->out_raw, "-") != 0) {
+        struct stat st;
+        char raw_real[PATH_MAX];
+        resolve_path(a->out_raw, raw_real);
+        for (int k = 0; k < 2; k++)
+            if (inputs[k] && realpath(inputs[k], in_real) && path_inside(raw_real, in_real))
+                ttt_die("--out-raw '%s' is inside the %s folder '%s'; write it elsewhere", a->out_raw, what[k], inputs[k]);
+        if (path_inside(raw_real, out_real)) ttt_die("--out-raw '%s' is inside --out '%s'; write it elsewhere", a->out_raw, a->out_dir);
+        if (stat(a->out_raw, &st) == 0) {
+            int w, h, c, magic = 0;
+            if (S_ISDIR(st.st_mode)) ttt_die("--out-raw '%s' is a folder; give a file name or -", a->out_raw);
+            if (S_ISREG(st.st_mode)) {
+                FILE* fp = fopen(a->out_raw, "rb");
+                if (fp && fread(&magic, sizeof(int), 1, fp) != 1) magic = 0;
+                if (fp) fclose(fp);
+                if (same_file(a->out_raw, a->model_path) || magic == CKPT_MAGIC || stbi_info(a->out_raw, &w, &h, &c))
+                    ttt_die("--out-raw '%s' is an existing %s; refusing to overwrite it", a->out_raw,
+                            magic == CKPT_MAGIC ? "checkpoint" : "image");
+            }
+        }
+    }
 }
 
 // class names of the run (NULL: classes are shown by number); the 19 Cityscapes / KITTI-STEP
@@ -590,6 +772,138 @@ static float* load_frame(const Video* v, int i) {
     return x;
 }
 
+// ----------------------------------------------------------------------------
+// where the frames come from: a folder (listed and checked before the run) or standard input
+
+// SIGINT / SIGTERM: finish the current frame, then end as at the end of the input (summary,
+// metrics.json, metrics.png); a second signal kills at once
+static volatile sig_atomic_t stop_signal = 0;
+static void on_stop_signal(int sig) { stop_signal = sig; signal(sig, SIG_DFL); }
+
+// --out-raw: the overlays as raw rgb24 frames (-1: none); the reader closing it ends the run
+static int raw_out_fd = -1;
+static int raw_out_closed = 0;
+
+typedef struct {
+    Video* v;
+    const int* order;     // a folder: the processing order of v->fr
+    int next;             // frames handed out so far
+    int fd;               // standard input: its descriptor; -1 for a folder
+    int cap;              // standard input: room in v->fr
+    uint64_t seed;        // --seed (names give each frame's seed)
+    unsigned char* raw;   // standard input: one frame, H * W * 3 bytes
+    double t_first, t_last;   // when the first and the last frame had arrived
+    double wait_s;        // seconds blocked waiting for the frames after the first
+    char error[512];      // why the input ended early ("" when it ended cleanly)
+} FrameSource;
+
+static FrameSource source_open(const Args* a, Video* v, const int* order) {
+    FrameSource src;
+    memset(&src, 0, sizeof(src));
+    src.v = v; src.order = order; src.fd = -1; src.seed = a->seed;
+    if (a->from_stdin) {
+        src.fd = STDIN_FILENO;
+        src.raw = (unsigned char*)mallocCheck((size_t)v->H * v->W * 3);
+    }
+    return src;
+}
+
+// read up to n bytes, blocking until they are there; fewer only at the end of the input, on a
+// stop signal or a read error (then in src->error)
+static size_t read_full(FrameSource* src, unsigned char* buf, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(src->fd, buf + got, n - got);
+        if (r > 0) { got += (size_t)r; continue; }
+        if (r == 0 || stop_signal) break;
+        if (errno == EINTR) continue;
+        snprintf(src->error, sizeof(src->error), "cannot read standard input: %s", strerror(errno));
+        break;
+    }
+    return got;
+}
+
+// The next frame, (H, W, 3) in [0, 1], and its index in v->fr; NULL at the end of the input.
+// Standard input: raw rgb24, H * W * 3 bytes a frame, read as it arrives, named frame000001.png,
+// frame000002.png, ... (so its TTT randomness is that of a folder of frames with those names).
+// Reading blocks until a whole frame is there: when the input is faster than the model, the
+// frames wait in the pipe and the producer blocks on its full pipe (backpressure); nothing is
+// queued beyond the pipe and nothing is dropped.
+static float* source_next(FrameSource* src, int* index) {
+    Video* v = src->v;
+    if (stop_signal || raw_out_closed) return NULL;
+    if (src->fd < 0) {
+        if (src->next == v->n) return NULL;
+        *index = src->order[src->next++];
+        return load_frame(v, *index);
+    }
+    size_t bytes = (size_t)v->H * v->W * 3;
+    double t0 = time_now_seconds();
+    size_t got = read_full(src, src->raw, bytes);
+    double t1 = time_now_seconds();
+    if (src->next == 0) src->t_first = t1; else src->wait_s += t1 - t0;
+    if (got == bytes) src->t_last = t1;
+    if (got < bytes) {
+        if (got == 0 && src->next == 0 && !stop_signal && !src->error[0])
+            snprintf(src->error, sizeof(src->error), "standard input ended before the first frame (no data)");
+        if (got > 0 && !stop_signal && !src->error[0])
+            snprintf(src->error, sizeof(src->error), "standard input ended %zu bytes into frame %d (a %dx%d rgb24 frame "
+                     "is %zu bytes): the stream was cut, or --size is not the video's size; the %d whole frames "
+                     "before it were processed", got, src->next + 1, v->W, v->H, bytes, src->next);
+        return NULL;
+    }
+    if (v->n == src->cap) {
+        src->cap = src->cap ? 2 * src->cap : 256;
+        Frame* grown = (Frame*)mallocCheck((size_t)src->cap * sizeof(Frame));
+        if (v->n) memcpy(grown, v->fr, (size_t)v->n * sizeof(Frame));
+        free(v->fr);
+        v->fr = grown;
+    }
+    Frame* f = &v->fr[v->n];
+    char name[64];
+    snprintf(name, sizeof(name), "frame%06d.png", v->n + 1);
+    f->name = strdup(name);
+    f->stem = strdup(name);
+    *strrchr(f->stem, '.') = 0;
+    f->path = strdup("-");
+    f->label_path = NULL;
+    f->seed = frame_seed(src->seed, name);
+    *index = v->n++;
+    src->next++;
+    float* x = (float*)mallocCheck(bytes * sizeof(float));
+    for (size_t i = 0; i < bytes; i++) x[i] = src->raw[i] / 255.0f;
+    return x;
+}
+
+static void source_close(FrameSource* src) { free(src->raw); }
+
+// 1 when reading the next frame would wait: standard input has no data ready
+static int source_idle(const FrameSource* src) {
+    if (src->fd < 0) return 0;
+    struct pollfd p = {src->fd, POLLIN, 0};
+    return poll(&p, 1, 0) == 0;
+}
+
+// the overlay (H, W, 3) in [0, 1] as one raw rgb24 frame on --out-raw; a reader that closed
+// the pipe (EPIPE) ends the run after this frame, with a warning
+static void write_raw_frame(const float* rgb, int H, int W) {
+    size_t n = (size_t)H * W * 3, done = 0;
+    unsigned char* px = (unsigned char*)mallocCheck(n);
+    for (size_t i = 0; i < n; i++) px[i] = (unsigned char)(clamp01(rgb[i]) * 255.0f + 0.5f);
+    while (done < n && !raw_out_closed) {
+        ssize_t w = write(raw_out_fd, px + done, n - done);
+        if (w > 0) { done += (size_t)w; continue; }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EPIPE) {
+            fprintf(stderr, "warning: the reader of --out-raw closed it; stopping after this frame\n");
+            raw_out_closed = 1;
+            break;
+        }
+        ttt_die("cannot write --out-raw: %s", strerror(w < 0 ? errno : EIO));
+    }
+    free(px);
+}
+
 // the frame as the model sees it, (Hr, Wr, 3): resized as detectron2 resizes the uint8 image
 // (PIL bilinear), or a copy
 static float* model_view(const Video* v, const float* x) {
@@ -802,10 +1116,28 @@ static KstarEstimate estimate_kstar(Model* m, const Video* v, int masks, int eve
 }
 
 
+// the results over the first n frames done
+static RunResult run_result(const Score* total, double frame_miou_sum, int n_scored, double ms_sum, int n) {
+    RunResult r;
+    r.miou_pooled = score_miou(total);
+    r.miou_frames = n_scored ? frame_miou_sum / n_scored : NAN;
+    r.n_scored = n_scored;
+    r.ms_frame = n ? ms_sum / n : NAN;
+    return r;
+}
+
+// p (n elements of elem bytes) in an allocation of m elements, the new ones zero
+static void* grow_array(void* p, int n, int m, size_t elem) {
+    char* q = (char*)callocCheck((size_t)m, elem);
+    memcpy(q, p, (size_t)n * elem);
+    free(p);
+    return q;
+}
+
 // run the whole video once with window k, writing into out_dir. m: the TTT model (crop size);
 // mp: the prediction's model (the resized frame, scored at the original size; may be m)
-static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, int k, const char* out_dir) {
-    int n = v->n, H = v->H, W = v->W, HW3 = H * W * 3, B = a->sr.batch;
+static RunResult run_stream(const Args* a, Model* m, Model* mp, Video* v, int k, const char* out_dir) {
+    int n = v->n, H = v->H, W = v->W, HW3 = H * W * 3, B = a->sr.batch;   // n: 0 for standard input
     size_t view = (size_t)v->Hr * v->Wr * 3;   // a frame as the model sees it
     Mode mode = a->mode;
     if (mode == MODE_NOMEM || mode == MODE_IMPLICIT) k = 1;
@@ -813,8 +1145,10 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
     make_dir(out_dir);
     model_reset_ttt(m);
 
-    // processing order: name order, or a seeded permutation with --shuffle
-    int* order = (int*)mallocCheck(n * sizeof(int));
+    // processing order: name order, or a seeded permutation with --shuffle (standard input: the
+    // order of arrival; order and st grow with the frames)
+    int cap = n > 0 ? n : 256;
+    int* order = (int*)mallocCheck((size_t)cap * sizeof(int));
     for (int i = 0; i < n; i++) order[i] = i;
     if (a->shuffle) {
         Rng r; rng_seed(&r, a->seed ^ 0x5348554646ULL);
@@ -825,11 +1159,11 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
     float* batch = (float*)mallocCheck((size_t)B * v->Ht * v->Wt * 3 * sizeof(float));
     float* vis = (float*)mallocCheck((size_t)HW3 * sizeof(float));
     unsigned char* pred = (unsigned char*)mallocCheck((size_t)H * W);
-    FrameStats* st = (FrameStats*)callocCheck(n, sizeof(FrameStats));
+    FrameStats* st = (FrameStats*)callocCheck(cap, sizeof(FrameStats));
     Score total;
     memset(&total, 0, sizeof(total));
-    int ck_steps[8], n_ck = 0;
-    double ck_miou[8];
+    int ck_steps[8] = {0}, n_ck = 0;
+    double ck_miou[8] = {0};
     // --task panoptic | instance: inference on the last prediction's logits, COCO outputs, scores
     TaskRun* tr = v->task ? task_run_begin(v->task, out_dir, H, W) : NULL;
     int tQ = 0, tK = 0, tH4 = 0, tW4 = 0, tHm = 0, tWm = 0;
@@ -839,6 +1173,12 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
         t_cls = (float*)mallocCheck((size_t)tQ * (tK + 1) * sizeof(float));
         t_msk = (float*)mallocCheck((size_t)tQ * tH4 * tW4 * sizeof(float));
     }
+    // metrics.json from the start (no frames yet): it marks the folder as this program's, and is
+    // rewritten as frames are done, so an interrupted run keeps a record of them
+    char* metrics_path = str_printf("%s/%s", out_dir, "metrics.json");
+    RunResult res = run_result(&total, 0.0, 0, 0.0, 0);
+    write_metrics(metrics_path, a, v, k, st, order, 0, v->K, &total, &res, ck_steps, ck_miou, 0, NAN);
+    double metrics_at = time_now_seconds(), metrics_cost = 0.0;   // last write: when, how long
 
     if (mode == MODE_OFFLINE) {
         // train on the whole video, one shuffled epoch after another (cycling), then predict
@@ -876,12 +1216,20 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
 
     int n_win = 0, head = 0;   // frames in the window; next slot to overwrite
     double ms_sum = 0.0, eta_sum = 0.0, frame_miou_sum = 0.0;
-    int n_scored = 0;
-    for (int oi = 0; oi < n; oi++) {
-        int i = order[oi];
+    int n_scored = 0, n_done = 0;
+    FrameSource src = source_open(a, v, order);
+    for (;;) {
+        int i;
+        float* x = source_next(&src, &i);   // (H, W, 3) as on disk or as read: overlay and score size
+        if (x == NULL) break;
+        if (n_done == cap) {   // standard input: room for more frames
+            order = (int*)grow_array(order, cap, 2 * cap, sizeof(int));
+            st = (FrameStats*)grow_array(st, cap, 2 * cap, sizeof(FrameStats));
+            cap *= 2;
+        }
+        order[n_done++] = i;   // (a folder: already so)
         const Frame* f = &v->fr[i];
         FrameStats* s = &st[i];
-        float* x = load_frame(v, i);      // (H, W, 3) as on disk: overlay and score size
         float* xr = model_view(v, x);     // (Hr, Wr, 3): what the model sees
         const float* prev = window[(head + k - 1) % k];
         if (prev) {   // eta: how far the stream moves per frame, ||x_t - x_{t-1}||_2 (model's view)
@@ -918,14 +1266,19 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
         ms_sum += (t2 - t0) * 1e3;
         if (a->print_hashes) print_hashes(m, f->name);
 
-        // outputs: class ids and overlay
-        char* path = str_printf("%s/%s.png", out_dir, f->stem);
-        label_save_png(path, pred, H, W);
-        free(path);
-        overlay(vis, x, pred, H, W);
-        path = str_printf("%s/%s_overlay.png", out_dir, f->stem);
-        image_save_png(path, vis, H, W);
-        free(path);
+        // outputs: class ids and overlay (PNG files, the raw stream)
+        if (a->save_png) {
+            char* path = str_printf("%s/%s.png", out_dir, f->stem);
+            label_save_png(path, pred, H, W);
+            free(path);
+        }
+        if (a->save_png || raw_out_fd >= 0) overlay(vis, x, pred, H, W);
+        if (a->save_png) {
+            char* path = str_printf("%s/%s_overlay.png", out_dir, f->stem);
+            image_save_png(path, vis, H, W);
+            free(path);
+        }
+        if (raw_out_fd >= 0) write_raw_frame(vis, H, W);
         char task_text[256] = "";
         if (tr) {
             model_last_logits(mp, t_cls, t_msk);
@@ -949,7 +1302,8 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
             free(lab);
         }
         s->running_miou = (float)score_miou(&total);
-        printf("frame %4d/%d %-20s loss ", oi + 1, n, f->name);
+        if (src.fd < 0) printf("frame %4d/%d %-20s loss ", n_done, n, f->name);
+        else printf("frame %4d %-20s loss ", n_done, f->name);
         if (isfinite(s->loss)) printf("%-9.5f", s->loss); else printf("%-9s", mode == MODE_FIXED || mode == MODE_OFFLINE ? "-" : "nan");
         printf(" ttt %8.1f ms  predict %8.1f ms", s->ms_ttt, s->ms_predict);
         if (v->n_labeled) {
@@ -959,15 +1313,24 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
         if (tr) printf("  %s", task_text);
         printf("\n");
         fflush(stdout);
+        // metrics.json of the frames so far, while rewriting it costs under 5% of the time, and
+        // whenever the run would wait for input anyway
+        double now = time_now_seconds();
+        if (now - metrics_at >= 20.0 * metrics_cost || source_idle(&src)) {
+            res = run_result(&total, frame_miou_sum, n_scored, ms_sum, n_done);
+            write_metrics(metrics_path, a, v, k, st, order, n_done, v->K, &total, &res, ck_steps, ck_miou, n_ck,
+                          n_done > 1 ? eta_sum / (n_done - 1) : NAN);
+            metrics_at = time_now_seconds();
+            metrics_cost = metrics_at - now;
+        }
     }
+    double t_end = time_now_seconds();
+    if (stop_signal) fprintf(stderr, "warning: stopped by signal %d after %d frames; the outputs and metrics cover them\n", (int)stop_signal, n_done);
 
     // summary
-    RunResult res;
+    n = n_done;
     int n_classes = v->K;
-    res.miou_pooled = score_miou(&total);
-    res.miou_frames = n_scored ? frame_miou_sum / n_scored : NAN;
-    res.n_scored = n_scored;
-    res.ms_frame = ms_sum / n;
+    res = run_result(&total, frame_miou_sum, n_scored, ms_sum, n);
     printf("summary: %d frames, mode %s, window %d: %.1f ms/frame (%.2f frames/s)",
            n, mode_names[mode], k, res.ms_frame, 1e3 / res.ms_frame);
     if (n > 1) {   // the first frame carries one-time warm-up costs
@@ -975,6 +1338,18 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
         printf("; without the first frame %.1f ms/frame", (ms_sum - first) / (n - 1));
     }
     printf("\n");
+    if (src.fd >= 0 && n > 0) {   // frames per second against the input's rate
+        double wall = t_end - src.t_first;   // from the first frame's arrival to the last one's outputs
+        double arrived = n > 1 ? (n - 1) / (src.t_last - src.t_first) : NAN;   // frames/s that came in
+        printf("input: %d frames from standard input in %.2f s: %.2f frames/s through the loop (the model alone "
+               "%.2f frames/s); frames arrived at %.2f frames/s; waited %.2f s for input (%.0f%% of the time)\n", n, wall,
+               n / wall, 1e3 / res.ms_frame, arrived, src.wait_s, wall > 0 ? 100.0 * src.wait_s / wall : 0.0);
+        if (src.wait_s <= 0.05 * wall)
+            printf("  the input was faster than the model: frames waited in the pipe and the producer blocked on it "
+                   "(backpressure), so they arrived at the model's pace; none was queued beyond the pipe or dropped\n");
+        else
+            printf("  the model waited for the input: the input's rate (%.2f frames/s) set the pace\n", arrived);
+    }
     double eta = n > 1 ? eta_sum / (n - 1) : NAN;
     printf("frame drift eta = mean ||x_t - x_(t-1)||_2 = %.3f (RMS per value %.4f; frames in [0, 1] as the model sees them, processing order)\n",
            eta, eta / sqrt((double)view));
@@ -991,15 +1366,16 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
     // one line for scripts (dev/reproduce_kitti.sh collects these)
     printf("RESULT dir=%s mode=%s window=%d frames=%d scored=%d video_miou=%.6f pooled_miou=%.6f ms_per_frame=%.2f\n",
            a->dir, mode_names[mode], k, n, n_scored, res.miou_frames, res.miou_pooled, res.ms_frame);
-    char* path = str_printf("%s/%s", out_dir, "metrics.json");
-    write_metrics(path, a, v, k, st, order, n, n_classes, &total, &res, ck_steps, ck_miou, n_ck, eta);
-    free(path);
-    path = str_printf("%s/%s", out_dir, "metrics.png");
+    write_metrics(metrics_path, a, v, k, st, order, n, n_classes, &total, &res, ck_steps, ck_miou, n_ck, eta);
+    free(metrics_path);
+    char* path = str_printf("%s/%s", out_dir, "metrics.png");
     write_plot(path, st, order, n);
     free(path);
-    printf("wrote %s/NAME.png, NAME_overlay.png, metrics.json, metrics.png\n", out_dir);
+    printf("wrote %s/%smetrics.json, metrics.png\n", out_dir, a->save_png ? "NAME.png, NAME_overlay.png, " : "");
     if (tr) task_run_end(tr, a->dir);
     free(t_cls); free(t_msk);
+    source_close(&src);
+    if (src.error[0]) ttt_die("%s", src.error);   // after the frames before it were written out
 
     for (int i = 0; i < k; i++) free(window[i]);
     free(window); free(perm); free(batch); free(vis); free(pred); free(st); free(order);
@@ -1012,9 +1388,15 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, const Video* v, 
 static void usage(void) {
     printf(
         "usage: ./stream DIR [options]\n"
+        "       ./stream - --size WxH [options]     (raw rgb24 frames on standard input)\n"
         "Online test-time training on the frames in DIR (*.png, *.jpg, natural name order;\n"
-        "other files are skipped with a warning). Writes OUT/NAME.png (class ids),\n"
-        "OUT/NAME_overlay.png, OUT/metrics.json and OUT/metrics.png.\n"
+        "other files, and frames that do not decode, are skipped with a warning; every frame is\n"
+        "decoded once before the run). Writes OUT/NAME.png (class ids), OUT/NAME_overlay.png,\n"
+        "OUT/metrics.json (from the start, rewritten as frames are done while that costs under\n"
+        "5%% of the time, atomically) and OUT/metrics.png. Ctrl-C (SIGINT, SIGTERM) ends after\n"
+        "the current frame with the summary and metrics of the frames done (exit 128 + signal).\n"
+        "OUT may not be DIR, the labels folder or inside them; no two frames may write the same\n"
+        "output (a.png and a_overlay.png); files in an OUT without metrics.json are not replaced.\n"
         "Labels are found from the layout of DIR: KITTI-STEP ROOT/images/SPLIT/SEQ ->\n"
         "ROOT/panoptic_maps/SPLIT/SEQ; Cityscapes ROOT/leftImg8bit/SPLIT/CITY -> ROOT/gtFine/...;\n"
         "else DIR_labels next to DIR (8-bit class ids, 255 = ignore).\n"
@@ -1077,6 +1459,21 @@ static void usage(void) {
         "  --instance-gt G     things | all: instance ground truth = the thing segments (COCO, default)\n"
         "                        or every segment not ignored (the released COCO Videos loader)\n"
         "  --out DIR           output directory (default out/)\n"
+        "  --save-png on|off   write NAME.png and NAME_overlay.png for every frame (default on)\n"
+        "  - or --stdin        read the frames from standard input instead of DIR: raw rgb24, W x H x 3\n"
+        "                        bytes a frame, as `ffmpeg -i VIDEO -f rawvideo -pix_fmt rgb24 -` writes;\n"
+        "                        each is processed as it arrives, the run ends at the end of the input\n"
+        "                        (a partial last frame is an error, after the whole frames are done).\n"
+        "                        Frames are named frame000001.png, ...; no labels. When the input is\n"
+        "                        faster than the model, reading blocks: frames wait in the pipe and the\n"
+        "                        producer blocks on it (backpressure; nothing is dropped or queued\n"
+        "                        beyond the pipe). The summary gives frames/s against the input's rate.\n"
+        "                        Not with --mode offline, --shuffle, --kstar or a --window list\n"
+        "  --size WxH          the size of the frames on standard input\n"
+        "  --out-raw PATH|-    also write the overlays as raw rgb24 frames (the frames' size) to PATH,\n"
+        "                        or to standard output with -, when every log line goes to standard\n"
+        "                        error: ... | ./stream - --size WxH --out-raw - | ffmpeg -f rawvideo\n"
+        "                        -pix_fmt rgb24 -s WxH -i - out.mp4\n"
         "  --seed S            seed of masks and window sampling (default 0)\n"
         "  --device D          cpu | cuda | auto (default auto)\n"
         "  --offline-steps N   offline mode: training steps (default: number of frames x steps)\n"
@@ -1116,6 +1513,7 @@ static Args parse_args(int argc, char** argv) {
     a.class_names = -1;
     a.score_every = 1;
     a.pq_rule = -1;
+    a.save_png = 1;
     // the recipe first, wherever it stands: the other options override it
     for (int i = 1; i + 1 < argc; i++)
         if (strcmp(argv[i], "--recipe") == 0) a.recipe = argv[i + 1];
@@ -1128,9 +1526,11 @@ static Args parse_args(int argc, char** argv) {
     for (int i = 1; i < argc; i++) {
         const char* o = argv[i];
         if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) { usage(); exit(0); }
-        if (o[0] != '-') {
-            if (a.dir) ttt_die("more than one frame directory given ('%s' and '%s')", a.dir, o);
-            a.dir = o;
+        if (o[0] != '-' || strcmp(o, "-") == 0 || strcmp(o, "--stdin") == 0) {
+            const char* d = o[0] == '-' ? "-" : o;
+            if (a.dir) ttt_die("more than one frame source given ('%s' and '%s')", a.dir, d);
+            a.dir = d;
+            a.from_stdin = d[0] == '-';
             continue;
         }
         if (strcmp(o, "--shuffle") == 0) { a.shuffle = 1; continue; }
@@ -1219,6 +1619,17 @@ static Args parse_args(int argc, char** argv) {
             else ttt_die("--instance-gt: expected things or all, got '%s'", v);
         }
         else if (strcmp(o, "--out") == 0) a.out_dir = v;
+        else if (strcmp(o, "--out-raw") == 0) a.out_raw = v;
+        else if (strcmp(o, "--save-png") == 0) a.save_png = parse_on_off(o, v);
+        else if (strcmp(o, "--size") == 0) {
+            char* x = strchr(v, 'x');
+            if (x == NULL) ttt_die("--size: expected WxH (e.g. 1242x375), got '%s'", v);
+            char wbuf[32];
+            snprintf(wbuf, sizeof(wbuf), "%.*s", (int)(x - v), v);
+            a.raw_W = parse_int_arg(o, wbuf, 1);
+            a.raw_H = parse_int_arg(o, x + 1, 1);
+            if (a.raw_W > 16384 || a.raw_H > 16384) ttt_die("--size: at most 16384x16384, got '%s'", v);
+        }
         else if (strcmp(o, "--seed") == 0) a.seed = (uint64_t)parse_int_arg(o, v, 0);
         else if (strcmp(o, "--device") == 0) a.device = v;
         else if (strcmp(o, "--offline-steps") == 0) a.offline_steps = parse_int_arg(o, v, 1);
@@ -1226,7 +1637,17 @@ static Args parse_args(int argc, char** argv) {
         else if (strcmp(o, "--kstar-every") == 0) a.kstar_every = parse_int_arg(o, v, 1);
         else ttt_die("unknown option '%s' (--help for usage)", o);
     }
-    if (a.dir == NULL) ttt_die("expected a directory of frames: ./stream DIR [options] (--help for usage)");
+    if (a.dir == NULL) ttt_die("expected a directory of frames, or - for raw frames on standard input: ./stream DIR [options] (--help for usage)");
+    if (a.from_stdin) {   // one pass over frames as they arrive: nothing that needs them all, no labels
+        if (a.raw_W == 0) ttt_die("frames from standard input need --size WxH (raw rgb24, W x H x 3 bytes a frame)");
+        if (a.mode == MODE_OFFLINE) ttt_die("--mode offline trains on the whole video first; it cannot read frames from standard input");
+        if (a.shuffle) ttt_die("--shuffle needs every frame up front; it cannot read frames from standard input");
+        if (a.kstar) ttt_die("--kstar needs every frame up front; it cannot read frames from standard input");
+        if (a.n_windows > 1) ttt_die("--window with a list runs the video once per k; standard input is read once: give one k");
+        if (a.labels_dir) ttt_die("--labels: frames from standard input have no labels");
+    } else if (a.raw_W) {
+        ttt_die("--size is the size of raw frames from standard input (./stream - --size WxH); frames in a folder have their own");
+    }
     if (a.opt.beta1 >= 1.0f || a.opt.beta2 >= 1.0f) ttt_die("--beta1 and --beta2 must be < 1");
     if (a.mask_ratio >= 1.0f) ttt_die("--mask-ratio must be below 1, got %g", a.mask_ratio);
     if (a.drop_path >= 1.0f) ttt_die("--drop-path must be below 1, got %g", a.drop_path);
@@ -1305,6 +1726,19 @@ static Settings resolved_settings(const Args* a, const Video* v, int window) {
 
 int main(int argc, char** argv) {
     Args a = parse_args(argc, argv);
+    if (a.out_raw && strcmp(a.out_raw, "-") == 0) {
+        // standard output carries the video: keep it for that and send every log line (ours and
+        // the library's) to standard error
+        fflush(stdout);
+        raw_out_fd = dup(STDOUT_FILENO);
+        if (raw_out_fd < 0 || dup2(STDERR_FILENO, STDOUT_FILENO) < 0) ttt_die("--out-raw -: cannot set up standard output: %s", strerror(errno));
+    }
+    struct sigaction sa;   // Ctrl-C / SIGTERM: end after the current frame (no SA_RESTART: a blocked read returns)
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (a.out_raw) signal(SIGPIPE, SIG_IGN);   // a closed reader is an EPIPE, handled per frame
     ttt_set_device(ttt_parse_device(a.device));
     if (access(a.model_path, R_OK) != 0)
         ttt_die("cannot read model checkpoint '%s': %s (train one with ./train, or pass --model)", a.model_path, strerror(errno));
@@ -1316,7 +1750,7 @@ int main(int argc, char** argv) {
     memset(&v, 0, sizeof(v));
     static char found_labels[4096];
     v.label_fmt = a.label_format >= 0 ? (LabelFormat)a.label_format : LABEL_IDS;
-    if (a.task == TASK_SEMANTIC && a.labels_dir == NULL && find_label_layout(a.dir, found_labels, sizeof(found_labels), &v.label_fmt))
+    if (a.task == TASK_SEMANTIC && a.labels_dir == NULL && !a.from_stdin && find_label_layout(a.dir, found_labels, sizeof(found_labels), &v.label_fmt))
         a.labels_dir = found_labels;
     v.K = cfg.num_classes;
     int published = v.label_fmt != LABEL_IDS;   // KITTI-STEP or Cityscapes labels
@@ -1325,10 +1759,12 @@ int main(int argc, char** argv) {
             ttt_die("--class-names cityscapes needs a 19-class model; '%s' has %d classes", a.model_path, v.K);
         class_names = cityscapes_class_names;
     }
-    v.fr = list_frames(&a, v.label_fmt, v.K, &v.n, &v.H, &v.W, &v.n_labeled);
+    if (a.from_stdin) { v.H = a.raw_H; v.W = a.raw_W; }   // the frames arrive during the run
+    else v.fr = list_frames(&a, v.label_fmt, v.K, &v.n, &v.H, &v.W, &v.n_labeled);
     TaskSetup task;
     memset(&task, 0, sizeof(task));
     if (a.task != TASK_SEMANTIC) {   // categories and ground truth, every scored frame checked now
+        if (a.from_stdin) ttt_die("--task %s needs a folder of frames, not standard input", task_name(a.task));
         task = task_setup(a.task, v.K, a.model_path, a.dir, a.panoptic_json, a.panoptic_dir, a.pq_rule, a.instance_gt_all);
         char** names = (char**)mallocCheck(v.n * sizeof(char*));
         int* scored = (int*)mallocCheck(v.n * sizeof(int));
@@ -1344,15 +1780,23 @@ int main(int argc, char** argv) {
                task.has_gt ? (task.pq_rule == PQ_CROWD_COCO ? "coco" : "released") : "");
         free(names); free(scored);
     }
+    check_outputs(&a, &v);   // before anything is written
+    if (a.out_raw && raw_out_fd < 0) {
+        raw_out_fd = open(a.out_raw, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (raw_out_fd < 0) ttt_die("cannot write --out-raw '%s': %s", a.out_raw, strerror(errno));
+    }
     // sizes: the model's view of a frame (resized), and the TTT images (crops of it)
     v.Hr = v.H; v.Wr = v.W;
     if (a.sr.resize_short > 0) resize_shortest_edge_size(v.H, v.W, a.sr.resize_short, a.sr.max_long > 0 ? a.sr.max_long : INT32_MAX, &v.Hr, &v.Wr);
     v.Ht = a.sr.crop_h > 0 && a.sr.crop_h < v.Hr ? a.sr.crop_h : v.Hr;   // detectron2: min(crop, size)
     v.Wt = a.sr.crop_w > 0 && a.sr.crop_w < v.Wr ? a.sr.crop_w : v.Wr;
 
-    printf("stream: %s: %d frames of %dx%d, %d with labels%s%s%s%s\n", a.dir, v.n, v.W, v.H, v.n_labeled,
-           a.labels_dir ? " in " : "", a.labels_dir ? a.labels_dir : "", a.labels_dir ? " as " : "",
-           a.labels_dir ? label_format_name(v.label_fmt) : "");
+    if (a.from_stdin)
+        printf("stream: standard input: raw rgb24 frames of %dx%d (%d bytes each), no labels\n", v.W, v.H, v.W * v.H * 3);
+    else
+        printf("stream: %s: %d frames of %dx%d, %d with labels%s%s%s%s\n", a.dir, v.n, v.W, v.H, v.n_labeled,
+               a.labels_dir ? " in " : "", a.labels_dir ? a.labels_dir : "", a.labels_dir ? " as " : "",
+               a.labels_dir ? label_format_name(v.label_fmt) : "");
     Settings set = resolved_settings(&a, &v, a.windows[0]);
     printf("settings:");
     for (int i = 0; i < set.n; i++) printf(" %s=%s", set.key[i], set.val[i]);
@@ -1415,7 +1859,9 @@ int main(int argc, char** argv) {
         if (a.n_windows > 1) printf("== window %d\n", a.windows[w]);
         res[w] = run_stream(&a, m, mp, &v, a.windows[w], out);
         free(out);
+        if (stop_signal || raw_out_closed) { a.n_windows = w + 1; break; }   // the remaining k are not run
     }
+    if (raw_out_fd >= 0 && close(raw_out_fd) != 0) ttt_die("cannot write --out-raw: %s", strerror(errno));
     if (a.n_windows > 1) {
         printf("window sweep (mode %s):\n     k    mIoU  video mIoU  ms/frame\n", mode_names[a.mode]);
         for (int w = 0; w < a.n_windows; w++) {
@@ -1439,5 +1885,5 @@ int main(int argc, char** argv) {
     }
     free(v.cache); free(v.fr); free(v.task_ann);
     if (v.task) task_setup_free(&task);
-    return 0;
+    return stop_signal ? 128 + (int)stop_signal : 0;
 }

@@ -415,7 +415,7 @@ void swin_save_export(const char* path, const SwinConfig* cfg, const float* host
     checkpoint_write(path, h, host_params, swin_num_params(cfg));
 }
 
-float* swin_load_hf_export(const char* path, SwinConfig* cfg) {
+SwinConfig swin_read_export_config(const char* path) {
     int h[CKPT_HEADER_INTS];
     checkpoint_read_header(path, h);
     if (h[2] != CKPT_KIND_SWIN)
@@ -426,17 +426,25 @@ float* swin_load_hf_export(const char* path, SwinConfig* cfg) {
     for (int s = 0; s < 4; s++) c.depths[s] = h[i++];
     for (int s = 0; s < 4; s++) c.num_heads[s] = h[i++];
     c.window = h[i++]; c.mlp_ratio = h[i++];
+    // every field bounded before it is shifted, multiplied or summed
     int nblocks = 0, ok = c.in_chans >= 1 && c.in_chans <= 64 && c.embed_dim >= 1 &&
                          c.embed_dim <= 4096 && c.window >= 1 && c.window <= 64 &&
                          c.mlp_ratio >= 1 && c.mlp_ratio <= 64;
     for (int s = 0; s < 4; s++) {
-        nblocks += c.depths[s];
-        ok = ok && c.depths[s] >= 1 && c.num_heads[s] >= 1 && ((c.embed_dim << s) % c.num_heads[s]) == 0;
+        ok = ok && c.depths[s] >= 1 && c.depths[s] <= SWIN_MAX_BLOCKS && c.num_heads[s] >= 1 &&
+             c.num_heads[s] <= (c.embed_dim << s) && ((c.embed_dim << s) % c.num_heads[s]) == 0;
+        if (ok) nblocks += c.depths[s];
     }
     if (!ok || nblocks > SWIN_MAX_BLOCKS)
         ttt_die("'%s': implausible Swin config (in_chans %d, embed %d, depths %d %d %d %d, heads %d %d %d %d, "
                 "window %d, mlp %d)", path, c.in_chans, c.embed_dim, c.depths[0], c.depths[1], c.depths[2],
                 c.depths[3], c.num_heads[0], c.num_heads[1], c.num_heads[2], c.num_heads[3], c.window, c.mlp_ratio);
+    checkpoint_check_size(path, swin_num_params(&c));   // before anything is allocated from it
+    return c;
+}
+
+float* swin_load_hf_export(const char* path, SwinConfig* cfg) {
+    SwinConfig c = swin_read_export_config(path);
     size_t n = swin_num_params(&c);
     float* params = (float*)mallocCheck(n * sizeof(float));
     checkpoint_read_data(path, params, n);

@@ -94,7 +94,8 @@ static void usage(void) {
            "  --drop-path R        stochastic depth rate of Swin (demo 0, paper 0.3)\n"
            "  --init CKPT          start f and h from a model checkpoint (g from scratch)\n"
            "  --init-swin FILE     start f from a Swin encoder export (dev/convert_swin.py; h, g from scratch)\n"
-           "  --resume             continue from CKPT and CKPT.opt written by an earlier run\n"
+           "  --resume             continue from CKPT.opt, the resume state (model, AdamW, step, RNG in one\n"
+           "                       file) written beside CKPT at every save; bit for bit as if never stopped\n"
            "  --save-every N       checkpoint every N steps (demo 500, paper 5000)\n"
            "  --val DIR            held-out set (any layout above): mIoU at the end (and every --val-every)\n"
            "  --val-split S        split of a Cityscapes / KITTI-STEP --val root (default val)\n"
@@ -181,34 +182,48 @@ static int folder_inside(const char* a, const char* b) {
     return strncmp(ra, rb, n) == 0 && (ra[n] == 0 || ra[n] == '/' || (n == 1 && rb[0] == '/'));
 }
 
-static void check_out_path(const char* out, const char* data_dir, const char* val_dir, int resume) {
+// 1 when two paths name the same existing file
+static int same_file(const char* a, const char* b) {
+    struct stat sa, sb;
+    return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+// an existing file at path may be replaced only when it is a ttt checkpoint (of an earlier run)
+static void check_replaceable(const char* path, const char* what) {
+    struct stat st;
+    if (stat(path, &st) != 0) return;
+    int w, h, c;
+    if (S_ISDIR(st.st_mode)) ttt_die("%s '%s' is a folder; give a checkpoint file name", what, path);
+    if (has_image_ext(path) || stbi_info(path, &w, &h, &c))
+        ttt_die("%s '%s' is an existing image; refusing to overwrite it", what, path);
+    FILE* fp = fopen(path, "rb");
+    int magic = 0;
+    if (fp == NULL || fread(&magic, sizeof(int), 1, fp) != 1 || magic != CKPT_MAGIC)
+        ttt_die("%s '%s' exists and is not a ttt checkpoint; refusing to overwrite it", what, path);
+    fclose(fp);
+}
+
+// --out and the resume state beside it (OUT.opt): never inside or equal to an input (the data
+// sets, --init, --init-swin), only replacing ttt checkpoints, in a writable folder. Checked
+// before anything is spent, so a bad --out fails at once rather than at the first save.
+static void check_out_path(const char* out, const char* opt_path, const TrainArgs* a, int resume) {
     char* dir = folder_of(out);
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
         ttt_die("cannot write checkpoint '%s': folder '%s' does not exist", out, dir);
-    if (folder_inside(dir, data_dir)) ttt_die("--out '%s' is inside the dataset folder '%s'; write it elsewhere", out, data_dir);
-    if (val_dir && folder_inside(dir, val_dir)) ttt_die("--out '%s' is inside the validation folder '%s'; write it elsewhere", out, val_dir);
+    if (folder_inside(dir, a->data_dir)) ttt_die("--out '%s' is inside the dataset folder '%s'; write it elsewhere", out, a->data_dir);
+    if (a->val_dir && folder_inside(dir, a->val_dir)) ttt_die("--out '%s' is inside the validation folder '%s'; write it elsewhere", out, a->val_dir);
+    if (access(dir, W_OK) != 0) ttt_die("cannot write checkpoint '%s': folder '%s': %s", out, dir, strerror(errno));
     free(dir);
-    if (stat(out, &st) == 0) {
-        int w, h, c;
-        if (S_ISDIR(st.st_mode)) ttt_die("--out '%s' is a folder; give a checkpoint file name", out);
-        if (has_image_ext(out) || stbi_info(out, &w, &h, &c))
-            ttt_die("--out '%s' is an existing image; refusing to overwrite it", out);
-        FILE* fp = fopen(out, "rb");
-        int magic = 0;
-        if (fp == NULL || fread(&magic, sizeof(int), 1, fp) != 1 || magic != CKPT_MAGIC)
-            ttt_die("--out '%s' exists and is not a ttt checkpoint; refusing to overwrite it", out);
-        fclose(fp);
-    } else if (resume) {
-        ttt_die("--resume: checkpoint '%s' does not exist", out);
-    }
-    // writable: probe beside it
-    char probe[4096];
-    snprintf(probe, sizeof(probe), "%s.probe", out);
-    FILE* fp = fopen(probe, "wb");
-    if (!fp) ttt_die("cannot write checkpoint '%s': %s", out, strerror(errno));
-    fclose(fp);
-    remove(probe);
+    const char* inputs[2] = {a->init_path, a->init_swin};
+    const char* names[2] = {"--init", "--init-swin"};
+    for (int i = 0; i < 2; i++)
+        if (same_file(out, inputs[i]) || same_file(opt_path, inputs[i]))
+            ttt_die("--out '%s' would overwrite the %s file '%s'; write it elsewhere", out, names[i], inputs[i]);
+    check_replaceable(out, "--out");
+    check_replaceable(opt_path, "the resume state");
+    if (resume && access(opt_path, F_OK) != 0)
+        ttt_die("--resume: no resume state '%s' (written beside the checkpoint at every save)", opt_path);
 }
 
 // ----------------------------------------------------------------------------
@@ -507,9 +522,16 @@ int main(int argc, char** argv) {
 
     ModelConfig cfg = model_config_for_size(&a, a.classes);
 
-    // everything the run needs is checked before any time is spent: the out path, the
-    // dataset (every header, every label's ids), the validation set
-    check_out_path(a.out_path, a.data_dir, a.val_dir, resume);
+    // everything the run needs is checked before any time is spent: the out path, the model it
+    // starts from, the dataset (every header, every label's ids), the validation set (one size)
+    char opt_path[4096];
+    if (snprintf(opt_path, sizeof(opt_path), "%s.opt", a.out_path) >= (int)sizeof(opt_path)) ttt_die("--out: path too long");
+    check_out_path(a.out_path, opt_path, &a, resume);
+    // the checkpoints it starts from: kind, config and size checked before the data set is listed
+    if (resume && model_read_resume_config(opt_path, 3).num_classes != a.classes)
+        ttt_die("resume state '%s' has %d classes but --classes is %d", opt_path, model_read_resume_config(opt_path, 3).num_classes, a.classes);
+    if (a.init_path) model_read_config(a.init_path);
+    if (a.init_swin) swin_read_export_config(a.init_swin);
     double t_list = time_now_seconds();
     LabeledSet ds, vs;
     PanopticSet pds, pvs;
@@ -530,7 +552,13 @@ int main(int argc, char** argv) {
         if (a.val_dir) { vs.H = pvs.H; vs.W = pvs.W; }
     } else {
         ds = labeled_set_list(a.data_dir, a.split, a.classes, 1);
-        if (a.val_dir) vs = labeled_set_list(a.val_dir, a.val_split, a.classes, 1);
+        if (a.val_dir) {
+            vs = labeled_set_list(a.val_dir, a.val_split, a.classes, 1);
+            for (int i = 1; i < vs.n; i++)   // validate() runs at one size: found now, not after training
+                if (vs.H[i] != vs.H[0] || vs.W[i] != vs.W[0])
+                    ttt_die("validation image '%s' is %dx%d but the first is %dx%d (all must match)", vs.images[i],
+                            vs.W[i], vs.H[i], vs.W[0], vs.H[0]);
+        }
     }
     printf("train: %d images (%s layout) from %s, every label checked in %.1fs\n", ds.n, ds.layout, a.data_dir,
            time_now_seconds() - t_list);
@@ -539,20 +567,18 @@ int main(int argc, char** argv) {
     Rng rng;
     rng_seed(&rng, (uint64_t)a.seed);
     int start = 0;
-    char opt_path[4096];
-    snprintf(opt_path, sizeof(opt_path), "%s.opt", a.out_path);
     // the activations are planned for a micro-batch: the whole batch unless it does not fit
-    ModelConfig plan_cfg = resume ? model_read_config(a.out_path) : cfg;
+    ModelConfig plan_cfg = resume ? model_read_resume_config(opt_path, 3) : cfg;
     int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&plan_cfg, a.batch, a.aug.crop_h, a.aug.crop_w,
                                   a.val_dir ? model_activation_bytes(&plan_cfg, 1, vs.H[0], vs.W[0]) : 0);
     if (micro > a.batch) micro = a.batch;
-    if (resume) {
-        m = model_load(a.out_path, micro, a.aug.crop_h, a.aug.crop_w);
-        if (model_config(m)->num_classes != a.classes)
-            ttt_die("checkpoint '%s' has %d classes but --classes is %d", a.out_path, model_config(m)->num_classes, a.classes);
+    if (resume) {   // everything comes from OUT.opt (OUT itself may be one save behind it)
         int extra[3];
-        model_load_optimizer(m, opt_path, extra, 3);
+        m = model_load_resume(opt_path, micro, a.aug.crop_h, a.aug.crop_w, extra, 3);
+        if (model_config(m)->num_classes != a.classes)
+            ttt_die("resume state '%s' has %d classes but --classes is %d", opt_path, model_config(m)->num_classes, a.classes);
         start = extra[0];
+        if (start < 0 || start > a.steps) ttt_die("resume state '%s' is at step %d, outside 0..--steps %d", opt_path, start, a.steps);
         memcpy(&rng.state, extra + 1, sizeof(uint64_t));   // the RNG continues where it stopped
     } else {
         m = model_create(&cfg, micro, a.aug.crop_h, a.aug.crop_w);
@@ -618,6 +644,7 @@ int main(int argc, char** argv) {
     OptConfig opt = opt_config_ttt();
     opt.weight_decay = a.weight_decay;
     double t0 = time_now_seconds(), first_loss = -1.0, ema = 0.0;
+    int stopped = 0;
     for (int step = start; step < a.steps; step++) {
         // every random draw of the batch in order, then the decoding in parallel
         for (int b = 0; b < a.batch; b++) {
@@ -645,23 +672,28 @@ int main(int argc, char** argv) {
             fflush(stdout);
         }
         if ((a.save_every > 0 && (step + 1) % a.save_every == 0) || step + 1 == a.steps || step + 1 == stop_after) {
-            model_save(m, a.out_path);
+            // the resume state first (one file, one rename: complete at any moment), then the
+            // model for ./stream (its own rename); a kill between the two leaves OUT one save
+            // behind OUT.opt, which --resume reads alone
             int extra[3] = {step + 1};
             memcpy(extra + 1, &rng.state, sizeof(uint64_t));
-            model_save_optimizer(m, opt_path, extra, 3);
+            model_save_resume(m, opt_path, extra, 3);
+            model_save(m, a.out_path);
         }
         if (a.val_dir && a.val_every > 0 && (step + 1) % a.val_every == 0 && step + 1 < a.steps) {
             if (a.task == TASK_PANOPTIC) printf("val  step %d: PQ %.4f\n", step + 1, validate_panoptic(m, &pvs));
             else printf("val  step %d: mIoU %.4f\n", step + 1, validate(m, &vs, mc->num_classes));
         }
-        if (step + 1 == stop_after) { printf("train: stopped after step %d (--stop-after)\n", stop_after); return 0; }
+        if (step + 1 == stop_after) { printf("train: stopped after step %d (--stop-after)\n", stop_after); stopped = 1; break; }
     }
-    if (a.steps == start) model_save(m, a.out_path);
-    printf("train: done, %d steps in %.1fs; loss %.4f -> %.4f (smoothed); checkpoint %s\n",
-           a.steps - start, time_now_seconds() - t0, first_loss, ema, a.out_path);
-    if (a.val_dir && a.task == TASK_PANOPTIC)
-        printf("val: PQ of h(f(x)) (Mask2Former panoptic inference, COCO's rule) on %s: %.4f\n", a.val_dir, validate_panoptic(m, &pvs));
-    else if (a.val_dir) printf("val: mIoU of h(f(x)) on %s: %.4f\n", a.val_dir, validate(m, &vs, mc->num_classes));
+    if (!stopped) {
+        if (a.steps == start) model_save(m, a.out_path);
+        printf("train: done, %d steps in %.1fs; loss %.4f -> %.4f (smoothed); checkpoint %s\n",
+               a.steps - start, time_now_seconds() - t0, first_loss, ema, a.out_path);
+        if (a.val_dir && a.task == TASK_PANOPTIC)
+            printf("val: PQ of h(f(x)) (Mask2Former panoptic inference, COCO's rule) on %s: %.4f\n", a.val_dir, validate_panoptic(m, &pvs));
+        else if (a.val_dir) printf("val: mIoU of h(f(x)) on %s: %.4f\n", a.val_dir, validate(m, &vs, mc->num_classes));
+    }
     model_free(m);
     free(imgs); free(labs); free(idx); free(draws); free(ps.perm); free(seg_classes); free(seg_counts);
     if (a.task == TASK_PANOPTIC) { panoptic_set_free(&pds); if (a.val_dir) panoptic_set_free(&pvs); }

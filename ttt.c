@@ -16,6 +16,7 @@
 void ttt_die(const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
+    fflush(stdout);   // what was printed before comes before the error line
     fprintf(stderr, "error: ");
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
@@ -1852,6 +1853,9 @@ void checkpoint_write(const char* path, const int* header, const float* data, si
 }
 
 void checkpoint_read_header(const char* path, int* header) {
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        ttt_die("checkpoint '%s' is a directory; give the checkpoint file inside it", path);
     FILE* fp = fopen(path, "rb");
     if (fp == NULL) ttt_die("cannot open checkpoint '%s': %s", path, strerror(errno));
     size_t got = fread(header, sizeof(int), CKPT_HEADER_INTS, fp);
@@ -1866,13 +1870,19 @@ void checkpoint_read_header(const char* path, int* header) {
                 CKPT_MIN_VERSION, CKPT_VERSION);
 }
 
-void checkpoint_read_data(const char* path, float* data, size_t n) {
+void checkpoint_check_size(const char* path, size_t n) {
     struct stat st;
     if (stat(path, &st) != 0) ttt_die("cannot open checkpoint '%s': %s", path, strerror(errno));
-    size_t want = CKPT_HEADER_INTS * sizeof(int) + n * sizeof(float);
-    if ((size_t)st.st_size != want)
-        ttt_die("checkpoint '%s' has %lld bytes, expected %zu for %zu parameters (%s)", path,
-                (long long)st.st_size, want, n, (size_t)st.st_size < want ? "truncated" : "too long");
+    // n comes from a header: compare without overflowing (n floats must fit after the header)
+    size_t head = CKPT_HEADER_INTS * sizeof(int), size = (size_t)st.st_size;
+    if (n > (SIZE_MAX - head) / sizeof(float) || size != head + n * sizeof(float))
+        ttt_die("checkpoint '%s' has %lld bytes, expected %.0f for %zu parameters (%s)", path,
+                (long long)st.st_size, (double)head + 4.0 * (double)n, n,
+                (double)size < (double)head + 4.0 * (double)n ? "truncated" : "too long");
+}
+
+void checkpoint_read_data(const char* path, float* data, size_t n) {
+    checkpoint_check_size(path, n);
     FILE* fp = fopenCheck(path, "rb");
     fseek(fp, CKPT_HEADER_INTS * sizeof(int), SEEK_SET);
     freadCheck(data, sizeof(float), n, fp);

@@ -475,6 +475,8 @@ void checkpoint_read_header(const char* path, int* header);
 // read n floats after the header; dies naming expected vs actual size if the file
 // size is not exactly header + n floats.
 void checkpoint_read_data(const char* path, float* data, size_t n);
+// the same size check alone: call it before allocating n floats sized from a header
+void checkpoint_check_size(const char* path, size_t n);
 
 // ============================================================================
 // SWIN ENCODER f (swin.c): config, parameter and activation structs, API
@@ -615,6 +617,8 @@ void swin_save_export(const char* path, const SwinConfig* cfg, const float* host
 // reads such a file: sets *cfg from the header (dies on another kind or an implausible
 // config, or a size that does not match) and returns the malloc'd host parameters
 float* swin_load_hf_export(const char* path, SwinConfig* cfg);
+// the config of such a file, every field and the file's size checked (nothing allocated)
+SwinConfig swin_read_export_config(const char* path);
 
 // ============================================================================
 // end of SWIN
@@ -1199,7 +1203,9 @@ size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int 
 // after reserve_bytes for other buffers allocated later (e.g. a prediction model of another
 // size: model_activation_bytes(cfg, 1, H', W'))
 int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W, size_t reserve_bytes);
-ModelConfig model_read_config(const char* path);   // the config in a model checkpoint's header
+// the config in a model checkpoint's header, with every field, the parameter counts and the
+// file's size checked (model_load checks the same before it allocates anything)
+ModelConfig model_read_config(const char* path);
 // one TTT step on f and g: frames (B, H, W, 3) in [0, 1] on the host, B independent masks;
 // returns the masked MSE; a non-finite loss leaves the weights untouched. B may exceed the
 // planned max_batch: the batch then runs in micro-batches of max_batch whose gradients
@@ -1214,6 +1220,13 @@ void model_set_predict_size(Model* m, int H, int W);
 // optimizer state (AdamW moments and step) with n_extra caller ints (<= 200) for resuming
 void model_save_optimizer(const Model* m, const char* path, const int* extra, int n_extra);
 void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra);
+// Training resume state in one file (model, AdamW moments and step, n_extra <= 63 caller ints:
+// ./train's step and RNG), written by one rename, so a kill at any moment leaves the previous
+// or the new state complete. model_load_resume dies on anything else (an older optimizer file
+// of model_save_optimizer included) with one line.
+void model_save_resume(const Model* m, const char* path, const int* extra, int n_extra);
+Model* model_load_resume(const char* path, int max_batch, int H, int W, int* extra, int n_extra);
+ModelConfig model_read_resume_config(const char* path, int n_extra);   // its config, everything checked
 void model_copy_params(Model* dst, const Model* src);   // same config, any frame size
 void model_load_f_h(Model* m, const char* path);       // f and h from a checkpoint; g kept
 // one joint training step on images (B, H, W, 3) and labels (B, H, W) (host): set loss of

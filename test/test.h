@@ -225,7 +225,7 @@ static void png_chunk(FILE* fp, const char* type, const unsigned char* data, uin
     unsigned char b[4];
     put32(b, n); fwrite(b, 1, 4, fp);
     unsigned char* t = (unsigned char*)mallocCheck(n + 4);
-    memcpy(t, type, 4); memcpy(t + 4, data, n);
+    memcpy(t, type, 4); if (n) memcpy(t + 4, data, n);
     fwrite(t, 1, n + 4, fp);
     put32(b, crc32_png(t, n + 4, 0)); fwrite(b, 1, 4, fp);
     free(t);
