@@ -29,7 +29,7 @@ endif
 endif
 
 # the library every program links: ops, IO, checkpoints, the three parts of the Y
-LIB_OBJ = ttt.o swin.o mask2former.o mae.o data.o coco_eval.o coco_data.o coco_stream.o vendor/cJSON.o $(CUDA_OBJ)
+LIB_OBJ = ttt.o swin.o mask2former.o mae.o data.o coco_eval.o coco_data.o coco_stream.o vendor/cJSON.o vendor/stb_impl.o $(CUDA_OBJ)
 PROGRAMS = stream train gen
 TEST_SRC = $(sort $(wildcard test/test_*.c))
 TEST_BIN = $(TEST_SRC:.c=)
@@ -44,6 +44,10 @@ all: $(PROGRAMS)
 # cJSON (vendor/README.md): the JSON of COCO's panoptic and results formats
 vendor/cJSON.o: vendor/cJSON.c vendor/cJSON.h
 	$(CC) $(CFLAGS) -c $< -o $@
+
+# stb_image / stb_image_write implementations (vendor/stb_impl.c says why the shift check is off)
+vendor/stb_impl.o: vendor/stb_impl.c vendor/stb_image.h vendor/stb_image_write.h
+	$(CC) $(CFLAGS) -fno-sanitize=shift-base -c $< -o $@
 
 ttt_kernels.o: ttt_kernels.cu ttt.h
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
@@ -99,7 +103,8 @@ test-sanitize:
 	@mkdir -p build-san/test
 	@cp -p Makefile *.c *.h build-san/ && cp -p $$(find test -maxdepth 1 -type f -name '*.[ch]' -o -maxdepth 1 -type f -name '*.sh' \
 	  -o -maxdepth 1 -type f -name '*.py') build-san/test/
-	@for d in vendor data dev; do ln -sfn ../$$d build-san/$$d; done && ln -sfn ../../test/data build-san/test/data
+	@rm -rf build-san/vendor && mkdir -p build-san/vendor && cp -p vendor/*.[ch] build-san/vendor/   # its objects stay in build-san
+	@for d in data dev; do ln -sfn ../$$d build-san/$$d; done && ln -sfn ../../test/data build-san/test/data
 	@rm -f build-san/findings.*
 	@$(MAKE) -s -C build-san NO_CUDA=1 CC="$(SAN_CC)" $(PROGRAMS) $(TEST_BIN)
 	@cd build-san && $(SAN_ENV) sh test/run_tests.sh $(TEST_BIN); rc=$$?; \

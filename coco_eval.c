@@ -126,7 +126,7 @@ int rle_from_string(Rle* r, const char* s, int h, int w, char* err, size_t errle
             x |= (long)(c & 0x1f) << (5 * k);
             more = c & 0x20;
             p++; k++;
-            if (!more && (c & 0x10)) x |= -1L << (5 * k);
+            if (!more && (c & 0x10)) x -= 1L << (5 * k);   // sign-extend the 5k-bit value (pycocotools: x |= -1 << 5k)
         }
         if (r->m > 2) x += (long)r->cnts[r->m - 2];
         if (x < 0 || x > (long)UINT32_MAX) {

@@ -1737,15 +1737,8 @@ void mae_prepare_input_cpu(float* inp4, float* target, float* target_mask, const
 // IMAGE IO
 // ============================================================================
 
-#define STB_IMAGE_IMPLEMENTATION
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#define STBI_FAILURE_USERMSG
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-but-set-variable"
-#pragma GCC diagnostic ignored "-Wmisleading-indentation"
-#include "stb_image.h"
+#include "stb_image.h"         // the implementations are in vendor/stb_impl.c
 #include "stb_image_write.h"
-#pragma GCC diagnostic pop
 
 float* image_try_load(const char* path, int* H, int* W, char* err, size_t errlen) {
     int w, h, n;
