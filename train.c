@@ -101,7 +101,10 @@ static void usage(void) {
            "  --val-every N        (default 0 = only at the end)\n"
            "  --seed S             (default 1)\n"
            "  --stop-after N       stop after step N as if interrupted (tests of --resume)\n"
-           "  --device D           cpu | cuda | auto (default auto)\n");
+           "  --device D           cpu | cuda | auto (default auto)\n"
+           "  --gpus N             data parallel over N GPUs of this node (one process each, NCCL): each step's\n"
+           "                       batch split over them, gradients summed; rank 0 writes the checkpoints.\n"
+           "                       Equals one GPU with the same --micro-batch (default 1; see README)\n");
 }
 
 // ----------------------------------------------------------------------------
@@ -436,7 +439,7 @@ int main(int argc, char** argv) {
     else ttt_die("--recipe must be demo or paper, got '%s'", a.recipe);
     a.split = "train"; a.val_split = "val"; a.seed = 1; a.device = "auto";
     a.mask_ratio = -1; a.backbone_lr_scale = -1; a.drop_path = -1; a.loss_all_pixels = -1; a.wd_exempt = -1;
-    int resume = 0, stop_after = -1, scale_given = 0, short_given = 0, classes_given = 0;
+    int resume = 0, stop_after = -1, scale_given = 0, short_given = 0, classes_given = 0, gpus = 1;
     for (int i = 1; i < argc; i++) {
         const char* k = argv[i];
         const char* v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -490,6 +493,7 @@ int main(int argc, char** argv) {
         else if (!strcmp(k, "--val-every")) a.val_every = parse_int_arg(k, v, 0);
         else if (!strcmp(k, "--seed")) a.seed = parse_int_arg(k, v, 0);
         else if (!strcmp(k, "--device")) a.device = v;
+        else if (!strcmp(k, "--gpus")) gpus = parse_int_arg(k, v, 1);
         else if (!strcmp(k, "--stop-after")) stop_after = parse_int_arg(k, v, 1);
         else ttt_die("unknown option '%s' (see --help)", k);
     }
@@ -503,6 +507,8 @@ int main(int argc, char** argv) {
     if (a.drop_path >= 1.0f) ttt_die("--drop-path must be in [0, 1), got %g", a.drop_path);
     if (a.init_path && a.init_swin) ttt_die("--init and --init-swin both set f; give one");
     if (resume && (a.init_path || a.init_swin)) ttt_die("--resume continues a run; it cannot take --init or --init-swin");
+    if (a.batch < gpus) ttt_die("--batch %d over --gpus %d: every GPU needs at least one image per step", a.batch, gpus);
+    dist_launch(gpus, a.device);   // --gpus N: one process per GPU from here on (dist.c)
     ttt_set_device(ttt_parse_device(a.device));
 
     ModelConfig cfg = model_config_for_size(&a, a.classes);
@@ -541,11 +547,13 @@ int main(int argc, char** argv) {
     int start = 0;
     char opt_path[4096];
     snprintf(opt_path, sizeof(opt_path), "%s.opt", a.out_path);
-    // the activations are planned for a micro-batch: the whole batch unless it does not fit
+    // the activations are planned for a micro-batch: the whole batch (a GPU's share of it with
+    // --gpus) unless it does not fit
     ModelConfig plan_cfg = resume ? model_read_config(a.out_path) : cfg;
-    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&plan_cfg, a.batch, a.aug.crop_h, a.aug.crop_w,
+    int per_gpu = (a.batch + dist_world() - 1) / dist_world();
+    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&plan_cfg, per_gpu, a.aug.crop_h, a.aug.crop_w,
                                   a.val_dir ? model_activation_bytes(&plan_cfg, 1, vs.H[0], vs.W[0]) : 0);
-    if (micro > a.batch) micro = a.batch;
+    if (micro > per_gpu) micro = per_gpu;
     if (resume) {
         m = model_load(a.out_path, micro, a.aug.crop_h, a.aug.crop_w);
         if (model_config(m)->num_classes != a.classes)
@@ -573,6 +581,7 @@ int main(int argc, char** argv) {
     // OVERSAMPLE_RATIO 3, IMPORTANCE_SAMPLE_RATIO 0.75: set_loss_config_default() already
     SetLossConfig sl = set_loss_config_default();
     model_set_loss_config(m, &sl);
+    dist_attach(m);   // --gpus N: steps sum their gradients over the GPUs
 
     // the settings line: everything that decides this run
     char shorts[512] = "";
@@ -644,7 +653,7 @@ int main(int argc, char** argv) {
                    step + 1, a.steps, lm, ls, ema, opt.lr, a.batch / per, per * (a.steps - step - 1));
             fflush(stdout);
         }
-        if ((a.save_every > 0 && (step + 1) % a.save_every == 0) || step + 1 == a.steps || step + 1 == stop_after) {
+        if (is_main_rank() && ((a.save_every > 0 && (step + 1) % a.save_every == 0) || step + 1 == a.steps || step + 1 == stop_after)) {
             model_save(m, a.out_path);
             int extra[3] = {step + 1};
             memcpy(extra + 1, &rng.state, sizeof(uint64_t));
@@ -656,7 +665,8 @@ int main(int argc, char** argv) {
         }
         if (step + 1 == stop_after) { printf("train: stopped after step %d (--stop-after)\n", stop_after); return 0; }
     }
-    if (a.steps == start) model_save(m, a.out_path);
+    if (a.steps == start && is_main_rank()) model_save(m, a.out_path);
+    dist_check_same_weights(m, "at the end");
     printf("train: done, %d steps in %.1fs; loss %.4f -> %.4f (smoothed); checkpoint %s\n",
            a.steps - start, time_now_seconds() - t0, first_loss, ema, a.out_path);
     if (a.val_dir && a.task == TASK_PANOPTIC)
