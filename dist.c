@@ -472,10 +472,12 @@ void dist_launch(int gpus, const char* device) {
         ttt_die("--gpus %d with a launcher's %d processes (TTT_WORLD / OMPI_COMM_WORLD_SIZE): each process is one "
                 "rank on one GPU; leave --gpus out", gpus, env_world);
     int world = launched ? env_world : gpus;
-    if (device && !strcmp(device, "cpu"))
-        ttt_die("--gpus / several ranks run one process per GPU; they cannot run with --device cpu");
+    char what[64];   // what asked for several ranks, for the messages
+    if (launched) snprintf(what, sizeof(what), "%d processes (TTT_WORLD / OMPI_COMM_WORLD_SIZE)", world);
+    else snprintf(what, sizeof(what), "--gpus %d", gpus);
+    if (device && !strcmp(device, "cpu")) ttt_die("%s: one process per GPU; it cannot run with --device cpu", what);
 #ifndef TTT_NCCL
-    ttt_die("%d GPUs: this build has no NCCL (make found no nccl.h with CUDA; see README, Several GPUs)", world);
+    ttt_die("%s: this build has no NCCL (make found no nccl.h next to CUDA; see README, Several GPUs)", what);
 #else
     setenv("NCCL_NVLS_ENABLE", "0", 1);   // NVLink multicast (NVLS) stays off
     const char* id_file = NULL;
