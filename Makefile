@@ -4,7 +4,7 @@
 #   make test-gpu   build and run the CUDA-vs-CPU checks (needs a GPU)
 #   make NO_CUDA=1  force a CPU-only build
 #   make NO_NCCL=1  build without NCCL (--gpus N > 1 then says so)
-#   make test-nccl  the data-parallel checks on a machine with two GPUs (test/nccl_check.sh)
+#   make test-nccl  the data-parallel checks on a machine with two GPUs (test/nccl_check.c)
 #   make demo       regenerate the demo video data/demo/ and its labels data/demo_labels/
 
 CC ?= gcc
@@ -92,12 +92,19 @@ test: $(TEST_BIN) $(PROGRAMS)
 test-gpu: $(GPU_TEST_BIN) $(PROGRAMS)
 	@sh test/run_tests.sh $(GPU_TEST_BIN)
 
+# the data-parallel checks (test/nccl_check.c) on a machine with two GPUs; NVLink multicast off
+test/nccl_check: test/nccl_check.c test/test.h $(LIB_OBJ)
+	$(CC) $(CFLAGS) $< $(LIB_OBJ) -o $@ $(LDLIBS)
+
+test-nccl: test/nccl_check $(PROGRAMS)
+	@NCCL_NVLS_ENABLE=0 sh test/run_tests.sh test/nccl_check
+
 # the demo video shipped in data/ (committed; regenerate after changing dev/gen.c)
 demo: gen
 	./gen video data/demo --labels data/demo_labels --frames 24 --size 128x96 --seed 1 --drift-period 16
 
 clean:
-	rm -f *.o vendor/*.o $(PROGRAMS) bench $(TEST_BIN) $(GPU_TEST_BIN)
+	rm -f *.o vendor/*.o $(PROGRAMS) bench $(TEST_BIN) $(GPU_TEST_BIN) test/nccl_check
 	rm -rf test/tmp
 
-.PHONY: all test test-gpu clean demo
+.PHONY: all test test-gpu test-nccl clean demo

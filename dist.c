@@ -11,6 +11,7 @@
 // launch comes before any parallel region.
 #include "ttt.h"
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -245,6 +246,21 @@ static long g_allreduce_calls = 0;
 
 int dist_nccl_built(void) { return 1; }
 
+// a failure of the communicator: one line, then abort it (an abort that hangs on a dead peer
+// is ended by the alarm 30 s later) and exit 1
+static void nccl_fail(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    fflush(NULL);
+    alarm(30);
+    if (g_comm) ncclCommAbort(g_comm);
+    exit(1);
+}
+
 // waits for the communicator's pending work (init, or a group just ended) to be queued, then,
 // when `stream_too`, for the stream to finish it; aborts and dies after the timeout or on error
 static void nccl_wait(const char* what, int stream_too) {
@@ -253,33 +269,23 @@ static void nccl_wait(const char* what, int stream_too) {
         ncclResult_t async;
         ncclResult_t r = ncclCommGetAsyncError(g_comm, &async);
         if (r != ncclSuccess) async = r;
-        if (async != ncclSuccess && async != ncclInProgress) {
-            ncclCommAbort(g_comm);
-            ttt_die("rank %d: NCCL %s failed: %s (another rank may have died)", g_rank, what, ncclGetErrorString(async));
-        }
+        if (async != ncclSuccess && async != ncclInProgress)
+            nccl_fail("rank %d: NCCL %s failed: %s (another rank may have died)", g_rank, what, ncclGetErrorString(async));
         if (async == ncclSuccess) {
             if (!stream_too) return;
             cudaError_t q = cudaStreamQuery(cudaStreamPerThread);
             if (q == cudaSuccess) return;
-            if (q != cudaErrorNotReady) {
-                ncclCommAbort(g_comm);
-                ttt_die("rank %d: CUDA error during NCCL %s: %s", g_rank, what, cudaGetErrorString(q));
-            }
+            if (q != cudaErrorNotReady) nccl_fail("rank %d: CUDA error during NCCL %s: %s", g_rank, what, cudaGetErrorString(q));
         }
-        if (now_seconds() - t0 > limit) {
-            ncclCommAbort(g_comm);
-            ttt_die("rank %d of %d: NCCL %s did not complete within %.0f s: another rank died or hangs "
-                    "(TTT_NCCL_TIMEOUT sets the limit)", g_rank, g_world, what, limit);
-        }
+        if (now_seconds() - t0 > limit)
+            nccl_fail("rank %d of %d: NCCL %s did not complete within %.0f s: another rank died or hangs "
+                      "(TTT_NCCL_TIMEOUT sets the limit)", g_rank, g_world, what, limit);
         usleep(20);
     }
 }
 
 static void nccl_check(ncclResult_t r, const char* what) {
-    if (r != ncclSuccess && r != ncclInProgress) {
-        if (g_comm) ncclCommAbort(g_comm);
-        ttt_die("rank %d: NCCL %s: %s", g_rank, what, ncclGetErrorString(r));
-    }
+    if (r != ncclSuccess && r != ncclInProgress) nccl_fail("rank %d: NCCL %s: %s", g_rank, what, ncclGetErrorString(r));
 }
 
 // TTT_DIST_FAULT=R:K: rank R kills itself as it enters its K-th all-reduce (tests of a dead rank)
