@@ -241,6 +241,11 @@ int dist_spawn(int world) {
 #include <cuda_runtime_api.h>
 
 static ncclComm_t g_comm = NULL;
+// NCCL's own stream. Not the per-thread default stream of the model's kernels: a non-blocking
+// communicator launches from a thread of NCCL's, where cudaStreamPerThread would name that
+// thread's stream. Order is kept by the host: the device is synchronised before every
+// all-reduce, and the all-reduce has finished (polled) before the model goes on.
+static cudaStream_t g_stream = NULL;
 static uint64_t* g_hash_buf = NULL;   // device scratch of dist_check_same_weights
 static long g_allreduce_calls = 0;
 
@@ -273,7 +278,7 @@ static void nccl_wait(const char* what, int stream_too) {
             nccl_fail("rank %d: NCCL %s failed: %s (another rank may have died)", g_rank, what, ncclGetErrorString(async));
         if (async == ncclSuccess) {
             if (!stream_too) return;
-            cudaError_t q = cudaStreamQuery(cudaStreamPerThread);
+            cudaError_t q = cudaStreamQuery(g_stream);
             if (q == cudaSuccess) return;
             if (q != cudaErrorNotReady) nccl_fail("rank %d: CUDA error during NCCL %s: %s", g_rank, what, cudaGetErrorString(q));
         }
@@ -300,8 +305,8 @@ static void maybe_fault(void) {
     }
 }
 
-// DataParallelSum through NCCL: one group of in-place float32 sums on the per-thread default
-// stream (where every op of the model runs, ttt_kernels.cu), waited for with the timeout
+// DataParallelSum through NCCL: one group of in-place float32 sums on g_stream, after the
+// model's work has finished, waited for with the timeout
 static void nccl_sum(float* const* bufs, const size_t* counts, int n_bufs, void* ctx) {
     (void)ctx;
     g_allreduce_calls++;
@@ -309,7 +314,7 @@ static void nccl_sum(float* const* bufs, const size_t* counts, int n_bufs, void*
     ttt_synchronize();   // the backward has finished: the timeout measures the wait for the others
     nccl_check(ncclGroupStart(), "group start");
     for (int i = 0; i < n_bufs; i++)
-        nccl_check(ncclAllReduce(bufs[i], bufs[i], counts[i], ncclFloat, ncclSum, g_comm, cudaStreamPerThread),
+        nccl_check(ncclAllReduce(bufs[i], bufs[i], counts[i], ncclFloat, ncclSum, g_comm, g_stream),
                    "all-reduce");
     nccl_check(ncclGroupEnd(), "group end");
     nccl_wait("gradient all-reduce", 1);
@@ -376,6 +381,7 @@ static void id_from_file(ncclUniqueId* id, const char* path, const char* token) 
 
 static void nccl_init(const char* id_file, const char* token) {
     cudaError_t ce = cudaSetDevice(g_local_rank);
+    if (ce == cudaSuccess) ce = cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking);
     if (ce != cudaSuccess) ttt_die("rank %d: cannot use GPU %d: %s", g_rank, g_local_rank, cudaGetErrorString(ce));
     ncclUniqueId id;
     if (g_rank == 0) nccl_check(ncclGetUniqueId(&id), "unique id");
@@ -398,10 +404,11 @@ void dist_check_same_weights(const Model* m, const char* when) {
     for (int p = 0; p < 3; p++) h[p] = h[p + 3] = model_param_hash(m, p);
     if (g_hash_buf == NULL && cudaMalloc((void**)&g_hash_buf, sizeof(h)) != cudaSuccess)
         ttt_die("rank %d: cannot allocate 48 bytes of GPU memory", g_rank);
-    if (cudaMemcpy(g_hash_buf, h, sizeof(h), cudaMemcpyHostToDevice) != cudaSuccess) ttt_die("rank %d: cudaMemcpy", g_rank);
+    if (cudaMemcpy(g_hash_buf, h, sizeof(h), cudaMemcpyHostToDevice) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess)
+        ttt_die("rank %d: cudaMemcpy", g_rank);   // (a copy from pageable memory may return before it lands)
     nccl_check(ncclGroupStart(), "group start");
-    nccl_check(ncclAllReduce(g_hash_buf, g_hash_buf, 3, ncclUint64, ncclMax, g_comm, cudaStreamPerThread), "max");
-    nccl_check(ncclAllReduce(g_hash_buf + 3, g_hash_buf + 3, 3, ncclUint64, ncclMin, g_comm, cudaStreamPerThread), "min");
+    nccl_check(ncclAllReduce(g_hash_buf, g_hash_buf, 3, ncclUint64, ncclMax, g_comm, g_stream), "max");
+    nccl_check(ncclAllReduce(g_hash_buf + 3, g_hash_buf + 3, 3, ncclUint64, ncclMin, g_comm, g_stream), "min");
     nccl_check(ncclGroupEnd(), "group end");
     nccl_wait("weight check", 1);
     uint64_t r[6];
@@ -483,7 +490,7 @@ void dist_launch(int gpus, const char* device) {
     else snprintf(what, sizeof(what), "--gpus %d", gpus);
     if (device && !strcmp(device, "cpu")) ttt_die("%s: one process per GPU; it cannot run with --device cpu", what);
 #ifndef TTT_NCCL
-    ttt_die("%s: this build has no NCCL (make found no nccl.h next to CUDA; see README, Several GPUs)", what);
+    ttt_die("%s: this build has no NCCL (built without CUDA, with NO_NCCL=1, or no nccl.h found; see README, Several GPUs)", what);
 #else
     setenv("NCCL_NVLS_ENABLE", "0", 1);   // NVLink multicast (NVLS) stays off
     const char* id_file = NULL;
