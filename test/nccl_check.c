@@ -108,16 +108,19 @@ static int ranks_main(void) {
     size_t n = model_num_params(m, 0) + model_num_params(m, 1) + model_num_params(m, 2);
     printf("steps: training 2 GPUs %.1f ms (1 GPU %.1f ms), TTT step of 8 images 2 GPUs %.1f ms (1 GPU %.1f ms)\n",
            dp.ms_train, ref.ms_train, dp.ms_ttt, ref.ms_ttt);
+    // The first step's losses come from the same weights and the same draws: float summation
+    // order only. Later ones follow AdamW updates, where a gradient near 0 whose sign differs by
+    // rounding moves its weight by 2 lr: looser (a wrong draw or chunk weight shows as 1e-2).
     for (int s = 0; s < 3; s++) {
         char name[96];
         snprintf(name, sizeof(name), "training step %d losses, 2 GPUs vs 1", s + 1);
-        check_close(name, dp.train[s], ref.train[s], 2, 1e-4);
+        check_close(name, dp.train[s], ref.train[s], 2, s == 0 ? 1e-5 : 1e-3);
         snprintf(name, sizeof(name), "TTT step %d loss, 2 GPUs vs 1", s + 1);
-        check_close(name, &dp.ttt[s], &ref.ttt[s], 1, 1e-4);
+        check_close(name, &dp.ttt[s], &ref.ttt[s], 1, 1e-3);
     }
-    check_close("TTT step of 5 images (chunks 3 | 2) loss vs 1 GPU", &dp.ttt5, &ref.ttt5, 1, 1e-4);
-    check_l2("weights after training + TTT, 2 GPUs vs 1", p_dp, p_ref, n, 1e-4);
-    check_l2("weights after the TTT step of 5, 2 GPUs vs 1", p5_dp, p5_ref, n, 1e-4);
+    check_close("TTT step of 5 images (chunks 3 | 2) loss vs 1 GPU", &dp.ttt5, &ref.ttt5, 1, 1e-3);
+    check_l2("weights after training + TTT, 2 GPUs vs 1", p_dp, p_ref, n, 1e-3);
+    check_l2("weights after the TTT step of 5, 2 GPUs vs 1", p5_dp, p5_ref, n, 1e-3);
     free(p_dp); free(p5_dp); free(p_ref); free(p5_ref); free(images); free(labels);
     model_free(m); model_free(m5); model_free(r); model_free(r5);
     return test_summary("nccl_check --ranks");
@@ -199,22 +202,22 @@ static void programs(int n_gpus) {
     char* log = read_text(T "/g2.log");
     CHECK(strstr(log, "dist: weights identical on all 2 ranks at the end") != NULL, "./train --gpus 2: no end-of-run weight check in the log");
     free(log);
-    check_ckpt("./train --gpus 2 vs --gpus 1 (micro-batch 2), 6 steps", T "/g2.bin", T "/g1.bin", 1e-4);
-    check_ckpt("  optimizer state", T "/g2.bin.opt", T "/g1.bin.opt", 1e-4);
+    check_ckpt("./train --gpus 2 vs --gpus 1 (micro-batch 2), 6 steps", T "/g2.bin", T "/g1.bin", 1e-3);
+    check_ckpt("  optimizer state", T "/g2.bin.opt", T "/g1.bin.opt", 1e-3);
     // 3. resume across N
     snprintf(cmd, sizeof(cmd), "./train %s --batch 4 --micro-batch 2 --out " T "/r21.bin --gpus 2 --stop-after 3 > " T "/r21a.log 2>&1 && "
              "./train %s --batch 4 --micro-batch 2 --out " T "/r21.bin --gpus 1 --resume > " T "/r21b.log 2>&1", common, common);
     CHECK(run(cmd) == 0, "resume 2 -> 1 failed (" T "/r21*.log)");
-    check_ckpt("3 steps on 2 GPUs, resumed on 1 vs uninterrupted", T "/r21.bin", T "/g1.bin", 1e-4);
+    check_ckpt("3 steps on 2 GPUs, resumed on 1 vs uninterrupted", T "/r21.bin", T "/g1.bin", 1e-3);
     snprintf(cmd, sizeof(cmd), "./train %s --batch 4 --micro-batch 2 --out " T "/r12.bin --gpus 1 --stop-after 3 > " T "/r12a.log 2>&1 && "
              "./train %s --batch 4 --micro-batch 2 --out " T "/r12.bin --gpus 2 --resume > " T "/r12b.log 2>&1", common, common);
     CHECK(run(cmd) == 0, "resume 1 -> 2 failed (" T "/r12*.log)");
-    check_ckpt("3 steps on 1 GPU, resumed on 2 vs uninterrupted", T "/r12.bin", T "/g2.bin", 1e-4);
+    check_ckpt("3 steps on 1 GPU, resumed on 2 vs uninterrupted", T "/r12.bin", T "/g2.bin", 1e-3);
     // 4. a batch not divisible by N
     snprintf(cmd, sizeof(cmd), "./train %s --batch 5 --out " T "/o2.bin --gpus 2 > " T "/o2.log 2>&1 && "
              "./train %s --batch 5 --micro-batch 3 --out " T "/o1.bin --gpus 1 > " T "/o1.log 2>&1", common, common);
     CHECK(run(cmd) == 0, "--batch 5 runs failed (" T "/o*.log)");
-    check_ckpt("--batch 5 --gpus 2 (chunks 3 | 2) vs --gpus 1 --micro-batch 3", T "/o2.bin", T "/o1.bin", 1e-4);
+    check_ckpt("--batch 5 --gpus 2 (chunks 3 | 2) vs --gpus 1 --micro-batch 3", T "/o2.bin", T "/o1.bin", 1e-3);
     // 5. ./stream
     const char* sargs = T "/video --labels " T "/video_labels --model " T "/g1.bin --batch 4 --steps 2 --drop-path 0.3 --device cuda";
     snprintf(cmd, sizeof(cmd), "./stream %s --out " T "/s1 --gpus 1 > " T "/s1.log 2>&1 && ./stream %s --out " T "/s2 --gpus 2 > " T "/s2.log 2>&1 && "
@@ -224,8 +227,8 @@ static void programs(int n_gpus) {
     double mi1, mi2;
     int n1 = stream_log(T "/s1.log", l1, 16, &mi1), n2 = stream_log(T "/s2.log", l2, 16, &mi2);
     CHECK(n1 == 8 && n2 == 8, "stream logs: %d and %d frame lines", n1, n2);
-    if (n1 == 8 && n2 == 8) check_close("./stream --gpus 2 vs 1: per-frame TTT losses", l2, l1, 8, 1e-3);
-    CHECK(fabs(mi1 - mi2) <= 2e-3, "./stream video mIoU: 2 GPUs %.6f, 1 GPU %.6f", mi2, mi1);
+    if (n1 == 8 && n2 == 8) check_close("./stream --gpus 2 vs 1: per-frame TTT losses", l2, l1, 8, 2e-3);
+    CHECK(fabs(mi1 - mi2) <= 5e-3, "./stream video mIoU: 2 GPUs %.6f, 1 GPU %.6f", mi2, mi1);
     printf("     ./stream video mIoU: 1 GPU %.6f, 2 GPUs %.6f\n", mi1, mi2);
     // 6. the launcher path, as mpirun would start it
     snprintf(cmd, sizeof(cmd), "export TTT_WORLD=2 TTT_NCCL_ID_FILE=" T "/nccl.id TTT_RUN_ID=check$$; "
@@ -233,7 +236,7 @@ static void programs(int n_gpus) {
              "TTT_RANK=0 TTT_LOCAL_RANK=0 ./train %s --batch 4 --micro-batch 2 --out " T "/e.bin > " T "/e0.log 2>&1; r0=$?; "
              "wait $!; r1=$?; [ $r0 -eq 0 ] && [ $r1 -eq 0 ]", common, common);
     CHECK(run(cmd) == 0, "launcher path (TTT_WORLD=2) failed (" T "/e0.log, e1.log)");
-    check_ckpt("launcher path (TTT_RANK/TTT_WORLD) vs --gpus 2", T "/e.bin", T "/g2.bin", 1e-4);
+    check_ckpt("launcher path (TTT_RANK/TTT_WORLD) vs --gpus 2", T "/e.bin", T "/g2.bin", 1e-3);
     CHECK(access(T "/nccl.id", F_OK) != 0, "the NCCL id file was left behind");
     // 7. failures
     double t0 = now_s();
