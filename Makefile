@@ -5,6 +5,8 @@
 #   make test-sanitize  the CPU tests under ASan + UBSan (build-san/, CPU only)
 #   make test-gpu-memcheck  the GPU checks under compute-sanitizer (needs a GPU)
 #   make NO_CUDA=1  force a CPU-only build
+#   make NO_NCCL=1  build without NCCL (--gpus N > 1 then says so)
+#   make test-nccl  the data-parallel checks on a machine with two GPUs (test/nccl_check.c)
 #   make demo       regenerate the demo video data/demo/ and its labels data/demo_labels/
 
 CC ?= gcc
@@ -28,8 +30,24 @@ ifneq ($(wildcard ttt_kernels.cu),)
 endif
 endif
 
-# the library every program links: ops, IO, checkpoints, the three parts of the Y
-LIB_OBJ = ttt.o swin.o mask2former.o mae.o data.o coco_eval.o coco_data.o coco_stream.o vendor/cJSON.o vendor/stb_impl.o $(CUDA_OBJ)
+# NCCL (data parallel over GPUs, dist.c): with CUDA, nccl.h under NCCL_HOME, else next to CUDA
+# (the CUDA toolkit's own copy), else /usr (Debian's libnccl-dev); unless NO_NCCL=1. The
+# library: NCCL_HOME/lib64, lib or lib/x86_64-linux-gnu (PyPI's nvidia-nccl-cu12 has
+# nvidia/nccl/{include,lib} with libnccl.so.2 only: NCCL_HOME=.../site-packages/nvidia/nccl).
+DIST_CFLAGS =
+ifneq ($(CUDA_OBJ),)
+ifneq ($(NO_NCCL),1)
+  NCCL_HOME ?= $(firstword $(foreach d,$(CUDA_HOME) /usr,$(if $(wildcard $(d)/include/nccl.h),$(d))))
+  NCCL_LIB := $(firstword $(foreach d,lib64 lib lib/x86_64-linux-gnu,$(wildcard $(NCCL_HOME)/$(d)/libnccl.so.2)))
+ifneq ($(and $(NCCL_HOME),$(NCCL_LIB)),)
+  DIST_CFLAGS = -DTTT_NCCL $(filter-out -I/usr/include,$(sort -I$(CUDA_HOME)/include -I$(NCCL_HOME)/include))
+  LDLIBS += -L$(dir $(NCCL_LIB)) -Wl,-rpath,$(dir $(NCCL_LIB)) -l:libnccl.so.2
+endif
+endif
+endif
+
+# the library every program links: ops, IO, checkpoints, the three parts of the Y, data parallel
+LIB_OBJ = ttt.o swin.o mask2former.o mae.o data.o coco_eval.o coco_data.o coco_stream.o dist.o vendor/cJSON.o vendor/stb_impl.o $(CUDA_OBJ)
 PROGRAMS = stream train gen
 TEST_SRC = $(sort $(wildcard test/test_*.c))
 TEST_BIN = $(TEST_SRC:.c=)
@@ -40,6 +58,9 @@ all: $(PROGRAMS)
 
 %.o: %.c ttt.h
 	$(CC) $(CFLAGS) -c $< -o $@
+
+dist.o: dist.c ttt.h
+	$(CC) $(CFLAGS) $(DIST_CFLAGS) -c $< -o $@
 
 # cJSON (vendor/README.md): the JSON of COCO's panoptic and results formats
 vendor/cJSON.o: vendor/cJSON.c vendor/cJSON.h
@@ -87,6 +108,13 @@ test-gpu-memcheck: $(GPU_TEST_BIN) $(PROGRAMS)
 	@TEST_WRAPPER="$(COMPUTE_SANITIZER) --tool $(SANITIZER_TOOL) --error-exitcode 86 --target-processes all" \
 	  sh test/run_tests.sh $(GPU_TEST_BIN)
 
+# the data-parallel checks (test/nccl_check.c) on a machine with two GPUs; NVLink multicast off
+test/nccl_check: test/nccl_check.c test/test.h $(LIB_OBJ)
+	$(CC) $(CFLAGS) $< $(LIB_OBJ) -o $@ $(LDLIBS)
+
+test-nccl: test/nccl_check $(PROGRAMS)
+	@NCCL_NVLS_ENABLE=0 sh test/run_tests.sh test/nccl_check
+
 # the demo video shipped in data/ (committed; regenerate after changing dev/gen.c)
 demo: gen
 	./gen video data/demo --labels data/demo_labels --frames 24 --size 128x96 --seed 1 --drift-period 16
@@ -112,7 +140,7 @@ test-sanitize:
 	    echo "sanitizer findings:"; cat findings.*; exit 1; fi; echo "sanitizers: no findings"; exit $$rc
 
 clean:
-	rm -f *.o vendor/*.o $(PROGRAMS) bench $(TEST_BIN) $(GPU_TEST_BIN)
+	rm -f *.o vendor/*.o $(PROGRAMS) bench $(TEST_BIN) $(GPU_TEST_BIN) test/nccl_check
 	rm -rf test/tmp build-san
 
-.PHONY: all test test-gpu test-gpu-memcheck test-sanitize clean demo
+.PHONY: all test test-gpu test-gpu-memcheck test-sanitize test-nccl clean demo

@@ -98,7 +98,21 @@ struct Model {
     // drop-path (recipe.drop_path > 0): the (2 * blocks, B) scale table of the next forward
     float* drop_scale;        // device
     float* drop_scale_host;
+    // micro-batched and data-parallel steps draw every random number of the batch before its
+    // chunks run: two (2 * blocks, B) drop-path tables (main, MAE) and a set-loss seed per chunk
+    float* drop_tables_host;  // (2, 2 * blocks, drop_tables_B)
+    int drop_tables_B;
+    uint64_t* chunk_seeds;    // (chunk_seeds_n)
+    int chunk_seeds_n;
+    // data parallel (model_set_data_parallel): rank dp_rank of dp_world processes; gradient
+    // steps run only this rank's chunks of a batch and add gradients and losses over the ranks
+    // with dp_sum (NULL: no transport, each rank keeps its own part)
+    int dp_rank, dp_world;
+    DataParallelSum dp_sum;
+    void* dp_ctx;
+    float* dp_scalars;        // (DP_SCALARS) device: the losses summed with the gradients
 };
+#define DP_SCALARS 4
 
 OptConfig opt_config_ttt(void) {
     OptConfig o = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.05f};
@@ -421,6 +435,7 @@ static Model* model_create_impl(const ModelConfig* cfg, int max_batch, int H, in
     int blocks = cfg->swin.depths[0] + cfg->swin.depths[1] + cfg->swin.depths[2] + cfg->swin.depths[3];
     m->drop_scale = (float*)ttt_malloc((size_t)2 * blocks * max_batch * sizeof(float));
     m->drop_scale_host = (float*)mallocCheck((size_t)2 * blocks * max_batch * sizeof(float));
+    m->dp_rank = 0; m->dp_world = 1;
     build_adam_runs(m);
     return m;
 }
@@ -449,6 +464,7 @@ void model_free(Model* m) {
     free(m->host_labels_pad);
     free(m->runs);
     ttt_free(m->drop_scale); free(m->drop_scale_host);
+    free(m->drop_tables_host); free(m->chunk_seeds); ttt_free(m->dp_scalars);
     ttt_free(m->g_frozen_masks); ttt_free(m->h_frozen_masks);
     free(m);
 }
@@ -889,6 +905,83 @@ static void upload_drop_path(Model* m, int B, Rng* rng) {
     m->fa.drop_scale = m->drop_scale;
 }
 
+static int swin_blocks(const Model* m) {
+    const int* d = m->cfg.swin.depths;
+    return d[0] + d[1] + d[2] + d[3];
+}
+
+// A batch run in chunks (micro-batches, data-parallel ranks) draws its drop-path tables for
+// the whole batch up front, in the order the whole batch would draw them: table t (0: the main
+// task's forward, 1: the MAE forward) of (2 * blocks, B) into drop_tables_host. Nothing is drawn
+// at rate 0. Chunk [b0, b0 + Bc) then uses the columns b0.. of each row (upload_drop_slice), so
+// the chunks see exactly the scales the whole batch would.
+static void draw_drop_table(Model* m, int B, int t, Rng* rng) {
+    if (m->recipe.drop_path <= 0.0f) return;
+    size_t rows = (size_t)2 * swin_blocks(m);
+    if (B > m->drop_tables_B) {   // grows once to the largest batch seen
+        free(m->drop_tables_host);
+        m->drop_tables_host = (float*)mallocCheck(2 * rows * B * sizeof(float));
+        m->drop_tables_B = B;
+    }
+    swin_drop_path_scales(m->drop_tables_host + (size_t)t * rows * B, &m->cfg.swin, B, m->recipe.drop_path, rng);
+}
+
+static void upload_drop_slice(Model* m, int t, int B, int b0, int Bc) {
+    if (m->recipe.drop_path <= 0.0f) { m->fa.drop_scale = NULL; return; }
+    size_t rows = (size_t)2 * swin_blocks(m);
+    const float* table = m->drop_tables_host + (size_t)t * rows * B;
+    for (size_t r = 0; r < rows; r++)
+        memcpy(m->drop_scale_host + r * Bc, table + r * B + b0, (size_t)Bc * sizeof(float));
+    ttt_to_device(m->drop_scale, m->drop_scale_host, rows * Bc * sizeof(float));
+    m->fa.drop_scale = m->drop_scale;
+}
+
+// images per chunk of a batch of B: the planned max_B; in a data-parallel gradient step at
+// most ceil(B / world), so that the chunks spread over every rank
+static int chunk_size(const Model* m, int B, int dp) {
+    int M = m->max_B;
+    if (dp) {
+        int per_rank = (B + m->dp_world - 1) / m->dp_world;
+        if (per_rank < M) M = per_rank;
+    }
+    return M < B ? M : B;
+}
+
+// chunk c of a data-parallel step belongs to rank c mod world (every chunk is ours otherwise)
+static int owns_chunk(const Model* m, int c, int dp) { return !dp || c % m->dp_world == m->dp_rank; }
+
+// Data parallel: the gradients of `parts` (bit 1 << part of [f | h | g]) and n host values (the
+// losses) summed over the ranks in one call of the transport, in place. Every rank calls this at
+// the same point of the same step, so every rank then holds the whole batch's gradients.
+static void dp_allreduce(Model* m, int parts, double* values, int n) {
+    if (m->dp_sum == NULL) return;   // no transport: each rank keeps its part (tests add them)
+    float* bufs[4];
+    size_t counts[4];
+    int k = 0;
+    size_t off[3] = {0, m->n_f, m->n_f + m->n_h}, len[3] = {m->n_f, m->n_h, m->n_g};
+    for (int p = 0; p < 3; p++) {
+        if (!(parts >> p & 1)) continue;
+        if (k > 0 && bufs[k - 1] + counts[k - 1] == m->grads + off[p]) counts[k - 1] += len[p];   // contiguous
+        else { bufs[k] = m->grads + off[p]; counts[k] = len[p]; k++; }
+    }
+    float host[DP_SCALARS];
+    if (n > DP_SCALARS) ttt_die("internal: dp_allreduce of %d values", n);
+    for (int i = 0; i < n; i++) host[i] = (float)values[i];
+    ttt_to_device(m->dp_scalars, host, n * sizeof(float));
+    bufs[k] = m->dp_scalars; counts[k] = n; k++;
+    stage_begin("all-reduce (gradients)");
+    m->dp_sum(bufs, counts, k, m->dp_ctx);
+    stage_begin(NULL);
+    ttt_to_host(host, m->dp_scalars, n * sizeof(float));
+    for (int i = 0; i < n; i++) values[i] = host[i];
+}
+
+void model_set_data_parallel(Model* m, int rank, int world, DataParallelSum sum, void* ctx) {
+    if (world < 1 || rank < 0 || rank >= world) ttt_die("model_set_data_parallel: rank %d of %d", rank, world);
+    m->dp_rank = rank; m->dp_world = world; m->dp_sum = sum; m->dp_ctx = ctx;
+    if (m->dp_scalars == NULL) m->dp_scalars = (float*)ttt_malloc(DP_SCALARS * sizeof(float));
+}
+
 // uploaded frames and masks -> masked 4-channel input, target and its mask
 static void prepare_masked_batch(Model* m, int B) {
     mae_prepare_input(m->inp4, m->target, m->target_mask, m->rgb, m->patch_mask,
@@ -953,12 +1046,16 @@ void model_freeze_mae_masks(Model* m, int B, int on) { freeze_masks(m, &m->g_fro
 void model_freeze_main_masks(Model* m, int B, int on) { freeze_masks(m, &m->h_frozen_masks, &m->cfg.m2f, &m->ha, B, on); }
 
 // Micro-batching: a batch larger than the planned one (max_B) runs in chunks of max_B
-// images. All B masks are drawn first (the same draws as one big batch), the loss is the
-// mean over every masked value of the batch, so chunk c's mean enters with weight
-// n_c / n (its share of the masked values) in the loss and in the gradients, which the
-// chunks accumulate (backward = 1). Returns the loss of the whole batch.
+// images. All B masks are drawn first (the same draws as one big batch), then the batch's
+// drop-path table (likewise); the loss is the mean over every masked value of the batch, so
+// chunk c's mean enters with weight n_c / n (its share of the masked values) in the loss and in
+// the gradients, which the chunks accumulate (backward = 1). Returns the loss of the whole batch.
+// Data parallel (backward with world > 1): chunks of at most ceil(B / world), chunk c run by
+// rank c mod world; every rank draws every mask and table (its rng stays in step with the
+// others'), and the gradients of f and g and the loss are summed over the ranks at the end.
 static float mae_micro_batched(Model* m, const float* frames, int B, Rng* rng, int backward) {
     int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
+    int dp = backward && m->dp_world > 1, M = chunk_size(m, B, dp);
     if (B > m->micro_masks_B) {   // grows once to the largest batch seen
         free(m->micro_masks); free(m->micro_counts);
         m->micro_masks = (unsigned char*)mallocCheck((size_t)B * L);
@@ -966,6 +1063,7 @@ static float mae_micro_batched(Model* m, const float* frames, int B, Rng* rng, i
         m->micro_masks_B = B;
     }
     make_patch_masks(m->micro_masks, B, L, m->recipe.mask_ratio, rng);
+    draw_drop_table(m, B, 0, rng);
     double total = 0.0;
     for (int b = 0; b < B; b++) {
         m->micro_counts[b] = masked_value_count(m, m->micro_masks + (size_t)b * L);
@@ -973,13 +1071,14 @@ static float mae_micro_batched(Model* m, const float* frames, int B, Rng* rng, i
     }
     if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
     double loss = 0.0;
-    for (int b0 = 0; b0 < B; b0 += m->max_B) {
-        int Bc = B - b0 < m->max_B ? B - b0 : m->max_B;
+    for (int c = 0, b0 = 0; b0 < B; c++, b0 += M) {
+        if (!owns_chunk(m, c, dp)) continue;
+        int Bc = B - b0 < M ? B - b0 : M;
         double nc = 0.0;
         for (int b = b0; b < b0 + Bc; b++) nc += m->micro_counts[b];
         double share = total > 0.0 ? nc / total : 0.0;
         upload_batch(m, frames + (size_t)b0 * m->H * m->W * 3, m->micro_masks + (size_t)b0 * L, Bc);
-        upload_drop_path(m, Bc, rng);
+        upload_drop_slice(m, 0, B, b0, Bc);
         prepare_masked_batch(m, Bc);
         float* recon = mae_forward(m, Bc);
         if (backward) mae_backward(m, Bc, recon, (float)share);
@@ -987,6 +1086,7 @@ static float mae_micro_batched(Model* m, const float* frames, int B, Rng* rng, i
         ttt_to_host(&lc, m->loss, sizeof(float));
         loss += share * lc;
     }
+    if (dp) dp_allreduce(m, 1 << 0 | 1 << 2, &loss, 1);   // f and g: h is not trained at test time
     return (float)loss;
 }
 
@@ -1002,7 +1102,7 @@ float model_mae_loss(Model* m, const float* frames, int B, Rng* rng) {
 }
 
 float model_mae_forward_backward(Model* m, const float* frames, int B, Rng* rng) {
-    if (B > m->max_B) return mae_micro_batched(m, frames, B, rng, 1);
+    if (B > m->max_B || m->dp_world > 1) return mae_micro_batched(m, frames, B, rng, 1);
     upload_masked_batch(m, frames, B, rng);
     upload_drop_path(m, B, rng);
     // the device work from here to the gradients is the same every call of this batch
@@ -1122,12 +1222,13 @@ static float panoptic_set_loss(Model* m, const SetLossConfig* lc, const int* pan
 // num_masks > 0: the normaliser of the mask losses (a micro-batch's share of the batch's targets)
 // pan_classes, pan_counts (panoptic targets, NULL for semantic labels): labels are then segment
 // indexes (255 = void), image b's segment s of class pan_classes[b * PANOPTIC_MAX_TRAIN_SEGMENTS + s]
+// The caller has uploaded f's drop-path table (upload_drop_path / upload_drop_slice); rng: the
+// set loss's random points.
 static float main_forward(Model* m, const float* images, const unsigned char* labels, int B,
                           Rng* rng, int want_grad, float num_masks, const int* pan_classes, const int* pan_counts) {
     ensure_train_buffers(m);
     ttt_to_device(m->rgb, images, (size_t)B * m->H * m->W * 3 * sizeof(float));
     mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch, 0);
-    upload_drop_path(m, B, rng);
     swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, B);
     m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), B, m->h_frozen_masks);
     const M2FConfig* c = &m->cfg.m2f;
@@ -1182,6 +1283,11 @@ static int count_targets(const unsigned char* labels, int B, size_t HW, int K) {
     return total;
 }
 
+// 1 when the set loss draws random points (not every pixel of the mask maps; see main_forward)
+static int set_loss_draws(const Model* m) {
+    return !m->set_loss_cfg.all_pixels && m->H4 * m->W4 > m->set_loss_cfg.num_points;
+}
+
 // The joint loss of a batch, in micro-batches of at most max_B images that behave as the
 // replicas of detectron2's data-parallel training (Mask2Former, 8 GPUs x 2 images for batch
 // 16): chunk c of n_c images enters with weight n_c / B; its mask losses are divided by its
@@ -1190,35 +1296,75 @@ static int count_targets(const unsigned char* labels, int B, size_t HW, int K) {
 // class loss is its own weighted mean (per replica, as DDP averages); the MAE loss is each
 // chunk's mean (equal pixels per image: the batch's mean). One chunk (B <= max_B) is the plain
 // step. backward: accumulate the gradients (zeroed here first). Losses land in *lm, *lr.
+// Random draws: one chunk draws as it goes (f's drop-path, set-loss points, MAE masks, f's
+// drop-path again). Several chunks, or data parallel, draw the batch's randomness up front, the
+// same on every rank: f's drop-path table for the main forward, all B masks, the table for the
+// MAE forward, then (when the set loss samples points) one seed per chunk for its points.
+// Data parallel (backward with world > 1): chunks of at most ceil(B / world) images, chunk c run
+// by rank c mod world, then gradients of f, h, g and both losses summed over the ranks: the
+// step of one process running the same chunks, up to float summation order.
 static float train_chunks(Model* m, const float* images, const unsigned char* labels, int B, Rng* rng,
                           int backward, float* loss_main, float* loss_mae, const int* pan_classes, const int* pan_counts) {
     size_t HW = (size_t)m->H * m->W;
-    int chunked = B > m->max_B;
+    int dp = backward && m->dp_world > 1, M = chunk_size(m, B, dp);
+    int n_chunks = (B + M - 1) / M, chunked = n_chunks > 1, upfront = chunked || dp;
     int T = chunked ? count_targets(labels, B, HW, m->cfg.num_classes) : 0;
     if (chunked && pan_classes) { T = 0; for (int b = 0; b < B; b++) T += pan_counts[b]; }
     if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
+    if (upfront) {
+        draw_drop_table(m, B, 0, rng);
+        if (B > m->micro_masks_B) {   // grows once to the largest batch seen
+            free(m->micro_masks); free(m->micro_counts);
+            m->micro_masks = (unsigned char*)mallocCheck((size_t)B * L);
+            m->micro_counts = (double*)mallocCheck((size_t)B * sizeof(double));
+            m->micro_masks_B = B;
+        }
+        make_patch_masks(m->micro_masks, B, L, m->recipe.mask_ratio, rng);
+        draw_drop_table(m, B, 1, rng);
+        if (set_loss_draws(m)) {
+            if (n_chunks > m->chunk_seeds_n) {
+                free(m->chunk_seeds);
+                m->chunk_seeds = (uint64_t*)mallocCheck((size_t)n_chunks * sizeof(uint64_t));
+                m->chunk_seeds_n = n_chunks;
+            }
+            for (int c = 0; c < n_chunks; c++) {
+                uint64_t hi = rng_u32(rng);
+                m->chunk_seeds[c] = hi << 32 | rng_u32(rng);
+            }
+        }
+    }
     double lm = 0.0, lr = 0.0;
-    for (int b0 = 0; b0 < B; b0 += m->max_B) {
-        int Bc = B - b0 < m->max_B ? B - b0 : m->max_B;
+    for (int c = 0, b0 = 0; b0 < B; c++, b0 += M) {
+        if (!owns_chunk(m, c, dp)) continue;
+        int Bc = B - b0 < M ? B - b0 : M;
         float w = (float)Bc / (float)B;
         float num_masks = chunked ? fmaxf(1.0f, T * w) : 0.0f;
         const float* img = images + (size_t)b0 * HW * 3;
+        Rng chunk_rng, *point_rng = rng;   // the set loss's points
+        if (upfront && set_loss_draws(m)) { rng_seed(&chunk_rng, m->chunk_seeds[c]); point_rng = &chunk_rng; }
         // main task first: the MAE forward reuses f's activations
-        float lmc = main_forward(m, img, labels + (size_t)b0 * HW, Bc, rng, backward, num_masks,
+        if (upfront) upload_drop_slice(m, 0, B, b0, Bc); else upload_drop_path(m, Bc, rng);
+        float lmc = main_forward(m, img, labels + (size_t)b0 * HW, Bc, point_rng, backward, num_masks,
                                  pan_classes ? pan_classes + (size_t)b0 * PANOPTIC_MAX_TRAIN_SEGMENTS : NULL,
                                  pan_counts ? pan_counts + b0 : NULL);
         if (!isfinite(lmc)) { lm = NAN; lr = NAN; break; }
         if (backward) {
             if (w != 1.0f) {   // the chunk's weight, on its host gradients
-                const M2FConfig* c = &m->cfg.m2f;
-                size_t rows = (size_t)(c->dec_layers + 1) * Bc * c->num_queries;
-                for (size_t i = 0; i < rows * (c->num_classes + 1); i++) m->host_dcls[i] *= w;
+                const M2FConfig* cf = &m->cfg.m2f;
+                size_t rows = (size_t)(cf->dec_layers + 1) * Bc * cf->num_queries;
+                for (size_t i = 0; i < rows * (cf->num_classes + 1); i++) m->host_dcls[i] *= w;
                 for (size_t i = 0; i < rows * m->H4 * m->W4; i++) m->host_dmask[i] *= w;
             }
             main_backward(m, Bc);
         }
-        upload_masked_batch(m, img, Bc, rng);
-        upload_drop_path(m, Bc, rng);
+        if (upfront) {
+            upload_batch(m, img, m->micro_masks + (size_t)b0 * L, Bc);
+            upload_drop_slice(m, 1, B, b0, Bc);
+        } else {
+            upload_masked_batch(m, img, Bc, rng);
+            upload_drop_path(m, Bc, rng);
+        }
         prepare_masked_batch(m, Bc);
         float* recon = mae_forward(m, Bc);
         if (backward) mae_backward(m, Bc, recon, w);
@@ -1226,6 +1372,11 @@ static float train_chunks(Model* m, const float* images, const unsigned char* la
         ttt_to_host(&lrc, m->loss, sizeof(float));
         lm += w * lmc;
         lr += w * lrc;
+    }
+    if (dp) {   // a rank whose chunk gave NaN makes the sums NaN: every rank then skips the update
+        double sums[2] = {lm, lr};
+        dp_allreduce(m, 7, sums, 2);
+        lm = sums[0]; lr = sums[1];
     }
     if (loss_main) *loss_main = (float)lm;
     if (loss_mae) *loss_mae = (float)lr;

@@ -101,6 +101,7 @@ typedef struct {
     int n_windows;
     int steps;
     int micro_batch;       // images per forward/backward chunk of a step (0 = automatic)
+    int gpus;              // --gpus N: the TTT step's batch split over N GPUs (dist.c)
     OptConfig opt;
     const char* labels_dir;
     int label_format;      // LabelFormat, or -1: found with the labels
@@ -337,6 +338,7 @@ static Frame* list_frames(const Args* a, LabelFormat fmt, int K, int* n_out, int
 // output directories and files
 
 static void make_dir(const char* path) {
+    if (!is_main_rank()) return;   // --gpus: GPU 0 writes every output
     char* buf = strdup(path);
     for (char* p = buf + 1; ; p++) {
         if (*p == '/' || *p == 0) {
@@ -647,6 +649,7 @@ typedef struct {
 
 // plot loss (top) and running / per-frame mIoU (bottom) over frames in processing order
 static void write_plot(const char* path, const FrameStats* st, const int* order, int n) {
+    if (!is_main_rank()) return;   // --gpus: GPU 0 writes every output
     Canvas cv = {NULL, 400, 800};
     cv.px = (float*)mallocCheck((size_t)cv.H * cv.W * 3 * sizeof(float));
     for (size_t i = 0; i < (size_t)cv.H * cv.W * 3; i++) cv.px[i] = 1.0f;
@@ -693,6 +696,7 @@ static Settings resolved_settings(const Args* a, const Video* v, int window);
 static void write_metrics(const char* path, const Args* a, const Video* v, int window, const FrameStats* st,
                           const int* order, int n, int n_classes, const Score* total, const RunResult* res,
                           const int* ck_steps, const double* ck_miou, int n_ck, double eta) {
+    if (!is_main_rank()) return;   // --gpus: GPU 0 writes every output
     const Frame* fr = v->fr;
     char* tmp = str_printf("%s%s", path, ".tmp");
     FILE* fp = fopen(tmp, "w");
@@ -1165,7 +1169,7 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, Video* v, int k,
     int ck_steps[8] = {0}, n_ck = 0;
     double ck_miou[8] = {0};
     // --task panoptic | instance: inference on the last prediction's logits, COCO outputs, scores
-    TaskRun* tr = v->task ? task_run_begin(v->task, out_dir, H, W) : NULL;
+    TaskRun* tr = v->task && is_main_rank() ? task_run_begin(v->task, out_dir, H, W) : NULL;
     int tQ = 0, tK = 0, tH4 = 0, tW4 = 0, tHm = 0, tWm = 0;
     float *t_cls = NULL, *t_msk = NULL;
     if (tr) {
@@ -1258,6 +1262,7 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, Video* v, int k,
             s->loss = n_ok ? (float)(loss_sum / n_ok) : NAN;
         }
         ttt_synchronize();
+        if (!is_main_rank()) { free(x); continue; }   // --gpus: the other GPUs only train
         double t1 = time_now_seconds();
         model_predict(mp, xr, pred);   // h(f(x)) on the resized frame, class ids at H x W
         double t2 = time_now_seconds();
@@ -1476,6 +1481,9 @@ static void usage(void) {
         "                        -pix_fmt rgb24 -s WxH -i - out.mp4\n"
         "  --seed S            seed of masks and window sampling (default 0)\n"
         "  --device D          cpu | cuda | auto (default auto)\n"
+        "  --gpus N            split each TTT step's batch over N GPUs of this node (one process each,\n"
+        "                      NCCL; gradients summed, the same weights everywhere); GPU 0 predicts and\n"
+        "                      writes every output (default 1)\n"
         "  --offline-steps N   offline mode: training steps (default: number of frames x steps)\n"
         "  --shuffle           process the frames in a random (seeded) order\n"
         "  --kstar             before the run, estimate at f0, g0 the theory's optimal window\n"
@@ -1514,6 +1522,7 @@ static Args parse_args(int argc, char** argv) {
     a.score_every = 1;
     a.pq_rule = -1;
     a.save_png = 1;
+    a.gpus = 1;
     // the recipe first, wherever it stands: the other options override it
     for (int i = 1; i + 1 < argc; i++)
         if (strcmp(argv[i], "--recipe") == 0) a.recipe = argv[i + 1];
@@ -1632,6 +1641,7 @@ static Args parse_args(int argc, char** argv) {
         }
         else if (strcmp(o, "--seed") == 0) a.seed = (uint64_t)parse_int_arg(o, v, 0);
         else if (strcmp(o, "--device") == 0) a.device = v;
+        else if (strcmp(o, "--gpus") == 0) a.gpus = parse_int_arg(o, v, 1);
         else if (strcmp(o, "--offline-steps") == 0) a.offline_steps = parse_int_arg(o, v, 1);
         else if (strcmp(o, "--kstar-masks") == 0) a.kstar_masks = parse_int_arg(o, v, 2);
         else if (strcmp(o, "--kstar-every") == 0) a.kstar_every = parse_int_arg(o, v, 1);
@@ -1726,6 +1736,9 @@ static Settings resolved_settings(const Args* a, const Video* v, int window) {
 
 int main(int argc, char** argv) {
     Args a = parse_args(argc, argv);
+    if (a.sr.batch < a.gpus) ttt_die("--batch %d over --gpus %d: every GPU needs at least one image per step", a.sr.batch, a.gpus);
+    if (a.gpus > 1 && a.from_stdin) ttt_die("--gpus %d: frames from standard input go to one process; use a folder of frames", a.gpus);
+    dist_launch(a.gpus, a.device);   // --gpus N: one process per GPU from here on (dist.c)
     if (a.out_raw && strcmp(a.out_raw, "-") == 0) {
         // standard output carries the video: keep it for that and send every log line (ours and
         // the library's) to standard error
@@ -1814,14 +1827,16 @@ int main(int argc, char** argv) {
     int B = a.sr.batch;
     // (the prediction's model of the resized frame, allocated after it, gets its room first)
     size_t reserve = (v.Ht != v.Hr || v.Wt != v.Wr) ? model_activation_bytes(&cfg, 1, v.Hr, v.Wr) : 0;
-    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&cfg, B, v.Ht, v.Wt, reserve);
-    if (micro > B) micro = B;
+    int per_gpu = (B + dist_world() - 1) / dist_world();   // a GPU's share of the batch
+    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&cfg, per_gpu, v.Ht, v.Wt, reserve);
+    if (micro > per_gpu) micro = per_gpu;
     if (micro < B)
         printf("  --micro-batch %d: each step of %d images runs in %d chunks (%.2f GiB of activations)\n", micro,
                B, (B + micro - 1) / micro, model_activation_bytes(&cfg, micro, v.Ht, v.Wt) / 1073741824.0);
     Model* m = model_load(a.model_path, micro, v.Ht, v.Wt);
     model_set_recipe(m, &a.mr);
     model_snapshot_ttt(m);
+    dist_attach(m);   // --gpus N: TTT steps sum their gradients over the GPUs
     // the prediction runs on the whole resized frame and is scored at the original size
     Model* mp = m;
     if (v.Ht != v.Hr || v.Wt != v.Wr) mp = model_create_sharing(m, 1, v.Hr, v.Wr);
@@ -1877,6 +1892,7 @@ int main(int argc, char** argv) {
         if (a.kstar) printf("%stheory's k* %.2f", best >= 0 ? "; " : "", ks.kstar);
         if (best >= 0 || a.kstar) printf("\n");
     }
+    dist_check_same_weights(m, "at the end");
     if (mp != m) model_free(mp);
     model_free(m);
     for (int i = 0; i < v.n; i++) {

@@ -102,7 +102,10 @@ static void usage(void) {
            "  --val-every N        (default 0 = only at the end)\n"
            "  --seed S             (default 1)\n"
            "  --stop-after N       stop after step N as if interrupted (tests of --resume)\n"
-           "  --device D           cpu | cuda | auto (default auto)\n");
+           "  --device D           cpu | cuda | auto (default auto)\n"
+           "  --gpus N             data parallel over N GPUs of this node (one process each, NCCL): each step's\n"
+           "                       batch split over them, gradients summed; rank 0 writes the checkpoints.\n"
+           "                       Equals one GPU with the same --micro-batch (default 1; see README)\n");
 }
 
 // ----------------------------------------------------------------------------
@@ -451,7 +454,7 @@ int main(int argc, char** argv) {
     else ttt_die("--recipe must be demo or paper, got '%s'", a.recipe);
     a.split = "train"; a.val_split = "val"; a.seed = 1; a.device = "auto";
     a.mask_ratio = -1; a.backbone_lr_scale = -1; a.drop_path = -1; a.loss_all_pixels = -1; a.wd_exempt = -1;
-    int resume = 0, stop_after = -1, scale_given = 0, short_given = 0, classes_given = 0;
+    int resume = 0, stop_after = -1, scale_given = 0, short_given = 0, classes_given = 0, gpus = 1;
     for (int i = 1; i < argc; i++) {
         const char* k = argv[i];
         const char* v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -505,6 +508,7 @@ int main(int argc, char** argv) {
         else if (!strcmp(k, "--val-every")) a.val_every = parse_int_arg(k, v, 0);
         else if (!strcmp(k, "--seed")) a.seed = parse_int_arg(k, v, 0);
         else if (!strcmp(k, "--device")) a.device = v;
+        else if (!strcmp(k, "--gpus")) gpus = parse_int_arg(k, v, 1);
         else if (!strcmp(k, "--stop-after")) stop_after = parse_int_arg(k, v, 1);
         else ttt_die("unknown option '%s' (see --help)", k);
     }
@@ -518,6 +522,8 @@ int main(int argc, char** argv) {
     if (a.drop_path >= 1.0f) ttt_die("--drop-path must be in [0, 1), got %g", a.drop_path);
     if (a.init_path && a.init_swin) ttt_die("--init and --init-swin both set f; give one");
     if (resume && (a.init_path || a.init_swin)) ttt_die("--resume continues a run; it cannot take --init or --init-swin");
+    if (a.batch < gpus) ttt_die("--batch %d over --gpus %d: every GPU needs at least one image per step", a.batch, gpus);
+    dist_launch(gpus, a.device);   // --gpus N: one process per GPU from here on (dist.c)
     ttt_set_device(ttt_parse_device(a.device));
 
     ModelConfig cfg = model_config_for_size(&a, a.classes);
@@ -567,11 +573,13 @@ int main(int argc, char** argv) {
     Rng rng;
     rng_seed(&rng, (uint64_t)a.seed);
     int start = 0;
-    // the activations are planned for a micro-batch: the whole batch unless it does not fit
+    // the activations are planned for a micro-batch: the whole batch (a GPU's share of it with
+    // --gpus) unless it does not fit
     ModelConfig plan_cfg = resume ? model_read_resume_config(opt_path, 3) : cfg;
-    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&plan_cfg, a.batch, a.aug.crop_h, a.aug.crop_w,
+    int per_gpu = (a.batch + dist_world() - 1) / dist_world();
+    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&plan_cfg, per_gpu, a.aug.crop_h, a.aug.crop_w,
                                   a.val_dir ? model_activation_bytes(&plan_cfg, 1, vs.H[0], vs.W[0]) : 0);
-    if (micro > a.batch) micro = a.batch;
+    if (micro > per_gpu) micro = per_gpu;
     if (resume) {   // everything comes from OUT.opt (OUT itself may be one save behind it)
         int extra[3];
         m = model_load_resume(opt_path, micro, a.aug.crop_h, a.aug.crop_w, extra, 3);
@@ -599,6 +607,7 @@ int main(int argc, char** argv) {
     // OVERSAMPLE_RATIO 3, IMPORTANCE_SAMPLE_RATIO 0.75: set_loss_config_default() already
     SetLossConfig sl = set_loss_config_default();
     model_set_loss_config(m, &sl);
+    dist_attach(m);   // --gpus N: steps sum their gradients over the GPUs
 
     // the settings line: everything that decides this run
     char shorts[512] = "";
@@ -671,7 +680,7 @@ int main(int argc, char** argv) {
                    step + 1, a.steps, lm, ls, ema, opt.lr, a.batch / per, per * (a.steps - step - 1));
             fflush(stdout);
         }
-        if ((a.save_every > 0 && (step + 1) % a.save_every == 0) || step + 1 == a.steps || step + 1 == stop_after) {
+        if (is_main_rank() && ((a.save_every > 0 && (step + 1) % a.save_every == 0) || step + 1 == a.steps || step + 1 == stop_after)) {
             // the resume state first (one file, one rename: complete at any moment), then the
             // model for ./stream (its own rename); a kill between the two leaves OUT one save
             // behind OUT.opt, which --resume reads alone
@@ -687,7 +696,8 @@ int main(int argc, char** argv) {
         if (step + 1 == stop_after) { printf("train: stopped after step %d (--stop-after)\n", stop_after); stopped = 1; break; }
     }
     if (!stopped) {
-        if (a.steps == start) model_save(m, a.out_path);
+        if (a.steps == start && is_main_rank()) model_save(m, a.out_path);
+        dist_check_same_weights(m, "at the end");
         printf("train: done, %d steps in %.1fs; loss %.4f -> %.4f (smoothed); checkpoint %s\n",
                a.steps - start, time_now_seconds() - t0, first_loss, ema, a.out_path);
         if (a.val_dir && a.task == TASK_PANOPTIC)

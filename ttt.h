@@ -1746,6 +1746,68 @@ TaskResult task_run_end(TaskRun* r, const char* dir);
 // end of COCO
 // ============================================================================
 
+// ============================================================================
+// DATA PARALLEL: several GPUs through NCCL (dist.c; the hook in mae.c)
+// ============================================================================
+// One process per GPU: rank r of world N. Every rank holds the same weights (same seed or the
+// same checkpoint) and draws the same random numbers (same seed, same batch of frames). A
+// gradient step cuts its batch of B into chunks of at most min(max_B, ceil(B / N)) images and
+// runs chunk c on rank c mod N; the gradients (of the trained parts) and the losses are summed
+// over the ranks with one all-reduce in float32, between backward and clipping; every rank
+// then clips and runs the same AdamW, so the weights stay identical. Every random number of
+// the batch (masks, drop-path tables, the set loss's per-chunk seeds) is drawn up front on
+// every rank, so the step equals one process running the same chunks (micro-batches of the
+// same size), up to float summation order. For the TTT step that is the whole-batch step
+// whatever the chunks (each chunk enters with its share of the masked values); the joint
+// training step's chunks are data-parallel replicas (see train_chunks in mae.c), so N GPUs
+// with micro-batch M equal one GPU with --micro-batch M.
+// Collective (every rank calls them, in the same order): model_ttt_step,
+// model_mae_forward_backward, model_train_step(_panoptic), model_train_forward_backward,
+// dist_check_same_weights. Everything else (prediction, model_mae_loss, model_train_loss,
+// checkpoint IO) runs on each rank alone; rank 0 writes every output (is_main_rank).
+
+// sums n_bufs arrays of floats on ttt_device (counts[i] floats at bufs[i]) over the ranks, in place
+typedef void (*DataParallelSum)(float* const* bufs, const size_t* counts, int n_bufs, void* ctx);
+// makes m rank `rank` of `world` (world 1: a plain model again). sum NULL: no transport, each
+// rank's gradient step leaves its own chunks' part (the CPU tests add the parts by hand)
+void model_set_data_parallel(Model* m, int rank, int world, DataParallelSum sum, void* ctx);
+
+// Launch. One node: ./train --gpus N (./stream, ./bench likewise) calls dist_launch(N, device)
+// right after parsing its options, before any CUDA call. The process forks N ranks and
+// stays behind as their supervisor: rank r uses GPU r; rank 0 makes the NCCL id and hands it
+// to the others through pipes; ranks > 0 print nothing (stdout to /dev/null, stderr kept for
+// the supervisor). When a rank fails, the supervisor stops the others (SIGTERM, then SIGKILL)
+// and exits 1 naming it, with its last error lines; when all exit 0 it exits 0.
+// Several nodes (or any launcher that starts the processes itself, e.g. Debian's OpenMPI:
+// mpirun -np 16 --map-by ppr:8:node -x TTT_NCCL_ID_FILE=/shared/ttt.id ./train ...): each
+// process reads its rank from TTT_RANK / TTT_WORLD / TTT_LOCAL_RANK, or OpenMPI's
+// OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK, uses GPU local rank; rank 0 writes the NCCL id
+// with a run token (TTT_RUN_ID, else OpenMPI's PMIX_NAMESPACE) into TTT_NCCL_ID_FILE on a
+// filesystem every node sees, the others wait for that token's file. --gpus stays 1 there.
+// Robustness: the communicator is non-blocking; its init and every all-reduce are polled
+// (ncclCommGetAsyncError, cudaStreamQuery) and a rank that waits longer than TTT_NCCL_TIMEOUT
+// seconds (default 600) aborts the communicator and exits with a message (a dead or hung
+// peer). NCCL's NVLink multicast (NVLS) is always off (NCCL_NVLS_ENABLE=0).
+// Test hook: TTT_DIST_FAULT=R:K kills rank R (SIGKILL) as it enters its K-th all-reduce.
+// Without NCCL (make found no nccl.h, NO_CUDA=1 or NO_NCCL=1) --gpus N > 1 dies with one line.
+void dist_launch(int gpus, const char* device);
+int dist_rank(void);
+int dist_world(void);
+int is_main_rank(void);          // rank 0, or a single process: writes outputs, prints
+int dist_nccl_built(void);       // 1 if this build has NCCL
+// m's gradient steps run this rank's chunks and sum over the ranks (nothing with one process);
+// then checks that every rank holds the same weights
+void dist_attach(Model* m);
+// collective: dies unless every rank's f, h, g are bitwise equal; rank 0 prints one line
+void dist_check_same_weights(const Model* m, const char* when);
+// process plumbing of dist_launch, without NCCL (the CPU tests use it): forks `world` ranks and
+// returns the rank in each; the calling process supervises them and exits (never returns)
+int dist_spawn(int world);
+
+// ============================================================================
+// end of DATA PARALLEL
+// ============================================================================
+
 #ifdef __cplusplus
 }
 #endif

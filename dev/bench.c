@@ -21,6 +21,9 @@
 // With --pixel-decoder msdeform, h and g use the MSDeformAttn pixel decoder; the stage split
 // then shows its deformable encoder ("msdeform encoder forward/backward") inside the g and h
 // stages, and TTT_PROFILE=1 the ms_deform_attn kernels alone.
+// --gpus N: the TTT step data parallel over N GPUs (dist.c: one process per GPU, the batch split,
+// gradients summed with NCCL); every rank runs the same calls, rank 0 prints. The step's split
+// then shows the wait for the others in "all-reduce (gradients)".
 // The last line is a summary row for BENCHMARKS.md.
 #include "ttt.h"
 
@@ -96,6 +99,7 @@ int main(int argc, char** argv) {
     int B = 1, M = 0, H = 384, W = 1248, iters = 5, warmup = 2;
     int PH = 0, PW = 0, SH = 0, SW = 0;   // predict and score sizes (0: H x W)
     const char* recipe = "demo";
+    int gpus = 1;
     for (int i = 1; i < argc; i += 2) {
         if (i + 1 >= argc) ttt_die("missing value after %s", argv[i]);
         const char* o = argv[i];
@@ -110,6 +114,7 @@ int main(int argc, char** argv) {
         else if (!strcmp(o, "--warmup")) warmup = parse_int_arg(o, v, 0);
         else if (!strcmp(o, "--device")) device = v;
         else if (!strcmp(o, "--recipe")) recipe = v;
+        else if (!strcmp(o, "--gpus")) gpus = parse_int_arg(o, v, 1);
         else if (!strcmp(o, "--predict") || !strcmp(o, "--score")) {
             int h, w;
             if (sscanf(v, "%dx%d", &h, &w) != 2 || h < 32 || w < 32) ttt_die("%s: expected HxW, got '%s'", o, v);
@@ -121,6 +126,8 @@ int main(int argc, char** argv) {
     if (strcmp(recipe, "demo") && strcmp(recipe, "paper")) ttt_die("--recipe: demo or paper, got '%s'", recipe);
     if (PH == 0) { PH = H; PW = W; }
     if (SH == 0) { SH = PH; SW = PW; }
+    if (B < gpus) ttt_die("--batch %d over --gpus %d: every GPU needs at least one image", B, gpus);
+    dist_launch(gpus, device);   // --gpus N: one process per GPU from here on
     ttt_set_device(ttt_parse_device(device));
     int K = 19;
     ModelConfig cfg;
@@ -131,8 +138,9 @@ int main(int argc, char** argv) {
     model_config_set_pixel_decoder(&cfg, pixel_decoder);
     // the prediction model of another size is allocated after the TTT model: leave it room
     size_t reserve = (PH != H || PW != W) ? model_activation_bytes(&cfg, 1, PH, PW) : 0;
-    if (M == 0) M = model_auto_micro_batch(&cfg, B, H, W, reserve);
-    if (M > B) M = B;
+    int per_gpu = (B + gpus - 1) / gpus;   // a GPU's share of the batch
+    if (M == 0) M = model_auto_micro_batch(&cfg, per_gpu, H, W, reserve);
+    if (M > per_gpu) M = per_gpu;
 
     Bench b;
     b.m = model_create(&cfg, M, H, W);
@@ -140,10 +148,11 @@ int main(int argc, char** argv) {
     model_snapshot_ttt(b.m);
     b.restart = !strcmp(recipe, "paper");
     if (b.restart) { ModelRecipe r = model_recipe_paper(); model_set_recipe(b.m, &r); }
+    dist_attach(b.m);
     b.mp = (PH == H && PW == W) ? b.m : model_create_sharing(b.m, 1, PH, PW);
     model_set_predict_size(b.mp, SH, SW);
-    printf("bench: config %s, pixel decoder %s, device %s, batch %d (micro-batch %d), %d x %d, params f %.2fM h %.2fM g %.2fM\n",
-           config, pixel_decoder_name(pixel_decoder), ttt_device_name(ttt_device), B, M, H, W, model_num_params(b.m, 0) / 1e6,
+    printf("bench: config %s, pixel decoder %s, device %s x %d, batch %d (micro-batch %d), %d x %d, params f %.2fM h %.2fM g %.2fM\n",
+           config, pixel_decoder_name(pixel_decoder), ttt_device_name(ttt_device), gpus, B, M, H, W, model_num_params(b.m, 0) / 1e6,
            model_num_params(b.m, 1) / 1e6, model_num_params(b.m, 2) / 1e6);
     rng_seed(&b.rng, 2);
     b.B = B;
@@ -185,6 +194,9 @@ int main(int argc, char** argv) {
     printf("| %s%s | %d | %d | %dx%d | %.2f | %.2f | %.2f | %.2f | %.1f | %.2f |\n", config,
            pixel_decoder == PIXEL_DECODER_MSDEFORM ? " msdeform" : "", B, M, H, W, ms_predict,
            ms_fwd, ms_step, ms_step / B, flop_step / (ms_step * 1e-3) / 1e12, used_gib);
+    if (gpus > 1)   // the scaling row: TTT step of the whole batch over the GPUs
+        printf("| %s | %d GPUs | batch %d | micro-batch %d per GPU | %dx%d | TTT step %.2f ms | %.2f ms per image |\n",
+               config, gpus, B, M, H, W, ms_step, ms_step / B);
     free(b.frames); free(b.frame_pred); free(b.pred);
     if (b.mp != b.m) model_free(b.mp);
     model_free(b.m);
