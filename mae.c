@@ -257,7 +257,6 @@ static void build_adam_runs(Model* m) {
             AdamRun* r = (AdamRun*)mallocCheck(cap * sizeof(AdamRun));
             memcpy(r, m->runs, m->n_runs * sizeof(AdamRun));
             free(m->runs);
-    ttt_free(m->drop_scale); free(m->drop_scale_host);
             m->runs = r;
         }
         AdamRun r = {i, j - i, part, ex[i]};
@@ -449,6 +448,7 @@ void model_free(Model* m) {
     free(m->host_cls_all); free(m->host_mask_all); free(m->host_dcls); free(m->host_dmask);
     free(m->host_labels_pad);
     free(m->runs);
+    ttt_free(m->drop_scale); free(m->drop_scale_host);
     ttt_free(m->g_frozen_masks); ttt_free(m->h_frozen_masks);
     free(m);
 }
