@@ -1,5 +1,6 @@
 // train.c: joint training of the Y model on labeled still images:
 //   minimise l_m(h(f(x)), y) + l_s(g(f(x~)), x)
+// (--no-mae: l_m alone, f and h only: the paper's "Main Task Only" baseline)
 // with the augmentation of Mask2Former's semantic dataset mapper (resize, crop, ColorAugSSD,
 // flip; data.c), AdamW with detectron2's WarmupPolyLR schedule, global gradient-norm
 // clipping, periodic checkpoints and an exact resume.
@@ -52,6 +53,7 @@ typedef struct {
     // model recipe overrides (< 0: the recipe's value)
     float mask_ratio, backbone_lr_scale, drop_path;
     int loss_all_pixels, wd_exempt;
+    int no_mae;                // 1: the main task alone (f and h), g stays as initialised
 } TrainArgs;
 
 static void usage(void) {
@@ -85,6 +87,9 @@ static void usage(void) {
            "  --init CKPT          start f and h from a model checkpoint (g from scratch)\n"
            "  --init-swin FILE     start f from a Swin encoder export (dev/convert_swin.py; h, g from scratch)\n"
            "  --resume             continue from CKPT and CKPT.opt written by an earlier run\n"
+           "  --no-mae             Main Task Only (the paper's baseline): train f and h on the set loss\n"
+           "                       alone, no MAE head and no masked inputs (the 4th channel is all ones);\n"
+           "                       g keeps its random initialisation (--seed) in the checkpoint (default off)\n"
            "  --save-every N       checkpoint every N steps (demo 500, paper 5000)\n"
            "  --val DIR            held-out set (any layout above): mIoU at the end (and every --val-every)\n"
            "  --val-split S        split of a Cityscapes / KITTI-STEP --val root (default val)\n"
@@ -337,6 +342,7 @@ int main(int argc, char** argv) {
         const char* v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(k, "--help") || !strcmp(k, "-h")) { usage(); return 0; }
         if (!strcmp(k, "--resume")) { resume = 1; continue; }
+        if (!strcmp(k, "--no-mae")) { a.no_mae = 1; continue; }
         if (!v) ttt_die("option %s needs a value (see --help)", k);
         i++;
         if (!strcmp(k, "--recipe")) continue;   // applied first, above
@@ -466,14 +472,14 @@ int main(int argc, char** argv) {
            "lr=%g schedule=poly0.9 warmup=%d warmup-factor=%g optimizer=adamw(0.9,0.999,1e-8) weight-decay=%g clip=%g "
            "%s flip=%s color-aug=%s sampler=%s mask-ratio=%g mask-patch=%d loss-pixels=%s backbone-lr-scale=%g "
            "wd-exempt=%s drop-path=%g set-loss=ce%g,mask%g,dice%g,no-object%g,points%d init=%s init-swin=%s "
-           "resume=%s val=%s seed=%d device=%s\n",
+           "resume=%s val=%s seed=%d device=%s mae=%s\n",
            a.recipe, a.data_dir, ds.layout, a.split, ds.n, mc->num_classes, a.size, a.steps, a.batch, a.aug.crop_w,
            a.aug.crop_h, a.lr, a.warmup, a.warmup_factor, a.weight_decay, a.grad_clip, resize, a.aug.flip ? "on" : "off",
            a.aug.color_aug ? "on" : "off", a.sampler_perm ? "perm" : "random", r.mask_ratio, mc->mae_patch,
            r.loss_all_pixels ? "all" : "masked", r.backbone_lr_scale, r.wd_exempt ? "on" : "off", r.drop_path,
            sl.w_class, sl.w_mask, sl.w_dice, sl.no_object_weight, sl.num_points, a.init_path ? a.init_path : "none",
            a.init_swin ? a.init_swin : "none", resume ? "on" : "off", a.val_dir ? a.val_dir : "none", a.seed,
-           ttt_device_name(ttt_device));
+           ttt_device_name(ttt_device), a.no_mae ? "off (main task only)" : "on");
     if (resume) printf("train: resumed from %s at step %d\n", a.out_path, start);
     printf("train: parameters f %zu, h %zu, g %zu; activations %.2f GB for %d crops of %dx%d\n",
            model_num_params(m, 0), model_num_params(m, 1), model_num_params(m, 2),
@@ -497,8 +503,9 @@ int main(int argc, char** argv) {
         }
         load_batch(&ds, idx, draws, a.batch, &a.aug, mc->num_classes, imgs, labs);
         opt.lr = learning_rate(&a, step);
-        float lm, ls;
-        model_train_step(m, imgs, labs, a.batch, &opt, a.grad_clip, &rng, &lm, &ls);
+        float lm, ls = 0.0f;
+        if (a.no_mae) model_train_step_main_only(m, imgs, labs, a.batch, &opt, a.grad_clip, &rng, &lm);
+        else model_train_step(m, imgs, labs, a.batch, &opt, a.grad_clip, &rng, &lm, &ls);
         if (!isfinite(lm) || !isfinite(ls)) ttt_die("step %d: the loss is not finite (main %g, mae %g); lower --lr", step + 1, lm, ls);
         double total = lm + ls;
         if (first_loss < 0) { first_loss = total; ema = total; }
