@@ -16,6 +16,8 @@
 #   TRAIN_MAIN_ONLY=1 DEVICE, e.g. about 200 s on an H100: NO_MAE=1 sh dev/make_default_model.sh);
 #   without it the Main Task Only row is skipped. EXTRA=1 adds implicit, explicit, shuffled,
 #   lr 1e-3 and the window sweep. OUT (default /tmp/ttt_results) holds videos, outputs, logs.
+#   ROWS="tent_lr1e-3 self_train_lr1e-5": only these rows, their RESULT lines added to those of
+#   an earlier run in OUT (the tables then show every row run so far).
 # Prints one "RESULT world row seed video_miou pooled_miou ms_per_frame" line per run, then a
 # markdown table per world: mean +- sd over seeds of the pooled mIoU (every scored pixel of
 # the video) and of the paper's video mIoU (mean of per-frame mIoU), and ms per frame.
@@ -33,7 +35,7 @@ if [ ! -f "$MAIN_ONLY" ] && [ -n "$TRAIN_MAIN_ONLY" ]; then
         { echo "FAILED training the main-task-only model (see $OUT/main_only_train.log)"; exit 1; }
 fi
 RESULTS=$OUT/results.txt
-: > $RESULTS
+[ -z "$ROWS" ] && : > $RESULTS
 SCENE=$((FRAMES / 2))
 for world in $WORLDS; do
     case $world in
@@ -47,6 +49,7 @@ for world in $WORLDS; do
         ./gen video $V --frames $FRAMES --size 128x96 --seed $((100 + s)) --scene-every $SCENE $GEN $GEN_OPTS > /dev/null || exit 1
         run() {   # row name, then ./stream options
             name=$1; shift
+            if [ -n "$ROWS" ] && ! echo " $ROWS " | grep -q " $name "; then return; fi
             log=$OUT/${world}_$name$s.log
             ./stream $V --out $OUT/out_${world}_$name$s --device $DEVICE --seed $s --model $MODEL "$@" > $log 2>&1 ||
                 { echo "FAILED $world $name $s"; tail -3 $log; return; }
@@ -69,6 +72,12 @@ for world in $WORLDS; do
         run self_train --mode self-train --window 16
         run self_train_class --mode self-train --window 16 --class-balance on
         run online --mode online --window 16
+        # the baselines at their own learning rate (one step per frame like the rest): Tent on
+        # the norms alone barely moves at the TTT-MAE lr; Self-Train over-adapts at it
+        run tent_lr1e-3 --mode tent --window 16 --lr 1e-3
+        run tent_class_lr1e-3 --mode tent --window 16 --lr 1e-3 --class-balance on
+        run self_train_lr1e-5 --mode self-train --window 16 --lr 1e-5
+        run self_train_class_lr1e-5 --mode self-train --window 16 --lr 1e-5 --class-balance on
         # Section 5.1: temporal smoothing and majority vote
         run fixed_smooth3 --mode fixed --smooth 3
         run fixed_tta5 --mode fixed --tta 5
@@ -94,21 +103,33 @@ for world in $WORLDS; do
     echo "| row | pooled mIoU per seed | pooled mIoU mean +- sd | video mIoU mean +- sd | ms/frame |"
     echo "| --- | --- | --- | --- | --- |"
     awk -v w=$world '
-        $2 == w { if (!($3 in n)) order[++k] = $3; n[$3]++; v[$3] += $5; v2[$3] += $5 * $5; p[$3] += $6; p2[$3] += $6 * $6;
+        $2 == w { if (!($3 in n)) extra[++k] = $3; n[$3]++; v[$3] += $5; v2[$3] += $5 * $5; p[$3] += $6; p2[$3] += $6 * $6;
                   ms[$3] += $7; per[$3] = per[$3] (per[$3] == "" ? "" : " / ") sprintf("%.4f", $6) }
         function sd(s, s2, c) { return c > 1 ? sqrt((s2 - s * s / c) / (c - 1) > 0 ? (s2 - s * s / c) / (c - 1) : 0) : 0 }
+        function row(r) {
+            if (!(r in n) || (r in done)) return
+            done[r] = 1; c = n[r]
+            printf("| %s | %s | %.4f +- %.4f | %.4f +- %.4f | %.1f |\n", (r in label) ? label[r] : r, per[r],
+                   p[r] / c, sd(p[r], p2[r], c), v[r] / c, sd(v[r], v2[r], c), ms[r] / c)
+        }
         END {
             label["main_only"] = "Main Task Only"; label["fixed"] = "MAE Joint Training (fixed)";
             label["nomem"] = "TTT-MAE No Mem."; label["offline"] = "Offline TTT-MAE All Frames";
             label["ln_adapt"] = "LN Adapt"; label["tent"] = "Tent"; label["tent_class"] = "Tent-Class";
             label["self_train"] = "Self-Train"; label["self_train_class"] = "Self-Train-Class";
             label["online"] = "Online TTT-MAE (implicit + explicit memory)";
+            label["tent_lr1e-3"] = "Tent, lr 1e-3"; label["tent_class_lr1e-3"] = "Tent-Class, lr 1e-3";
+            label["self_train_lr1e-5"] = "Self-Train, lr 1e-5"; label["self_train_class_lr1e-5"] = "Self-Train-Class, lr 1e-5";
             label["fixed_smooth3"] = "fixed + temporal smoothing (K=3)"; label["fixed_tta5"] = "fixed + majority vote (N=5)";
             label["online_smooth3"] = "online + temporal smoothing (K=3)"; label["online_tta5"] = "online + majority vote (N=5)";
             label["implicit"] = "implicit memory only"; label["explicit"] = "explicit memory only";
             label["shuffled"] = "online, shuffled frames"; label["online_lr1e-3"] = "online, lr 1e-3";
-            for (i = 1; i <= k; i++) { r = order[i]; c = n[r];
-                printf("| %s | %s | %.4f +- %.4f | %.4f +- %.4f | %.1f |\n", (r in label) ? label[r] : r, per[r],
-                       p[r] / c, sd(p[r], p2[r], c), v[r] / c, sd(v[r], v2[r], c), ms[r] / c) }
+            print "| *independent frames* | | | | |"; row("main_only"); row("fixed"); row("nomem")
+            print "| *entire video* | | | | |"; row("offline")
+            print "| *frames in a stream* | | | | |"; row("ln_adapt"); row("tent"); row("tent_class"); row("tent_lr1e-3")
+            row("tent_class_lr1e-3"); row("self_train"); row("self_train_class"); row("self_train_lr1e-5")
+            row("self_train_class_lr1e-5"); row("online")
+            print "| *Section 5.1 and ablations* | | | | |"
+            for (i = 1; i <= k; i++) row(extra[i])
         }' $RESULTS
 done
