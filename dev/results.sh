@@ -20,7 +20,8 @@
 #   an earlier run in OUT (the tables then show every row run so far).
 # Prints one "RESULT world row seed video_miou pooled_miou ms_per_frame" line per run, then a
 # markdown table per world: mean +- sd over seeds of the pooled mIoU (every scored pixel of
-# the video) and of the paper's video mIoU (mean of per-frame mIoU), and ms per frame.
+# the video), its gain over fixed (mean over seeds of the difference on the same video), the
+# paper's video mIoU (mean of per-frame mIoU) and ms per frame.
 DEVICE=${1:-auto}
 FRAMES=${2:-200}
 SEEDS=${3:-"1 2 3"}
@@ -100,17 +101,20 @@ for world in $WORLDS; do
     echo
     echo "world $world ($(echo $SEEDS | wc -w) seeds, $FRAMES frames, device $DEVICE)"
     echo
-    echo "| row | pooled mIoU per seed | pooled mIoU mean +- sd | video mIoU mean +- sd | ms/frame |"
-    echo "| --- | --- | --- | --- | --- |"
+    echo "| row | pooled mIoU per seed | pooled mIoU mean +- sd | gain over fixed | video mIoU mean +- sd | ms/frame |"
+    echo "| --- | --- | --- | --- | --- | --- |"
     awk -v w=$world '
         $2 == w { if (!($3 in n)) extra[++k] = $3; n[$3]++; v[$3] += $5; v2[$3] += $5 * $5; p[$3] += $6; p2[$3] += $6 * $6;
-                  ms[$3] += $7; per[$3] = per[$3] (per[$3] == "" ? "" : " / ") sprintf("%.4f", $6) }
+                  ms[$3] += $7; per[$3] = per[$3] (per[$3] == "" ? "" : " / ") sprintf("%.4f", $6); ps[$3, $4] = $6 }
         function sd(s, s2, c) { return c > 1 ? sqrt((s2 - s * s / c) / (c - 1) > 0 ? (s2 - s * s / c) / (c - 1) : 0) : 0 }
         function row(r) {
             if (!(r in n) || (r in done)) return
             done[r] = 1; c = n[r]
-            printf("| %s | %s | %.4f +- %.4f | %.4f +- %.4f | %.1f |\n", (r in label) ? label[r] : r, per[r],
-                   p[r] / c, sd(p[r], p2[r], c), v[r] / c, sd(v[r], v2[r], c), ms[r] / c)
+            g = 0; gn = 0   # the mean over seeds of (row - fixed) on the same video
+            for (key in ps) { split(key, kk, SUBSEP); if (kk[1] == r && (("fixed", kk[2]) in ps)) { g += ps[key] - ps["fixed", kk[2]]; gn++ } }
+            gain = r == "fixed" || gn == 0 ? "" : sprintf("%+.4f", g / gn)
+            printf("| %s | %s | %.4f +- %.4f | %s | %.4f +- %.4f | %.1f |\n", (r in label) ? label[r] : r, per[r],
+                   p[r] / c, sd(p[r], p2[r], c), gain, v[r] / c, sd(v[r], v2[r], c), ms[r] / c)
         }
         END {
             label["main_only"] = "Main Task Only"; label["fixed"] = "MAE Joint Training (fixed)";
@@ -124,12 +128,12 @@ for world in $WORLDS; do
             label["online_smooth3"] = "online + temporal smoothing (K=3)"; label["online_tta5"] = "online + majority vote (N=5)";
             label["implicit"] = "implicit memory only"; label["explicit"] = "explicit memory only";
             label["shuffled"] = "online, shuffled frames"; label["online_lr1e-3"] = "online, lr 1e-3";
-            print "| *independent frames* | | | | |"; row("main_only"); row("fixed"); row("nomem")
-            print "| *entire video* | | | | |"; row("offline")
-            print "| *frames in a stream* | | | | |"; row("ln_adapt"); row("tent"); row("tent_class"); row("tent_lr1e-3")
+            print "| *independent frames* | | | | | |"; row("main_only"); row("fixed"); row("nomem")
+            print "| *entire video* | | | | | |"; row("offline")
+            print "| *frames in a stream* | | | | | |"; row("ln_adapt"); row("tent"); row("tent_class"); row("tent_lr1e-3")
             row("tent_class_lr1e-3"); row("self_train"); row("self_train_class"); row("self_train_lr1e-5")
             row("self_train_class_lr1e-5"); row("online")
-            print "| *Section 5.1 and ablations* | | | | |"
+            print "| *Section 5.1 and ablations* | | | | | |"
             for (i = 1; i <= k; i++) row(extra[i])
         }' $RESULTS
 done
