@@ -1396,7 +1396,9 @@ float model_self_train_forward_backward(Model* m, const float* frames, const uns
 // one step: pseudo-labels (threshold), the loss above, the recipe's clip over f and h, AdamW on
 // f and h. *kept (may be NULL) gets the fraction of pixels that kept a pseudo-label. B may
 // exceed max_batch (chunks weighted by their share of the images; each chunk's set loss
-// normalises over its own masks). Non-finite: weights untouched, NaN returned.
+// normalises over its own masks). Non-finite: weights untouched, NaN returned. No confident
+// pixel in the whole batch: no step (a set loss without targets would push every query to
+// no-object), 0 returned.
 float model_self_train_step(Model* m, const float* frames, int B, const OptConfig* opt,
                             float threshold, float mask_ratio, Rng* rng, float* kept);
 
