@@ -111,8 +111,11 @@ struct Model {
     DataParallelSum dp_sum;
     void* dp_ctx;
     float* dp_scalars;        // (DP_SCALARS) device: the losses summed with the gradients
+    struct TechState* tech;   // Tent / Self-Train buffers (last section of this file), made on first use
 };
 #define DP_SCALARS 4
+
+static void tech_state_free(Model* m);
 
 OptConfig opt_config_ttt(void) {
     OptConfig o = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.05f};
@@ -465,6 +468,7 @@ void model_free(Model* m) {
     free(m->runs);
     ttt_free(m->drop_scale); free(m->drop_scale_host);
     free(m->drop_tables_host); free(m->chunk_seeds); ttt_free(m->dp_scalars);
+    tech_state_free(m);
     ttt_free(m->g_frozen_masks); ttt_free(m->h_frozen_masks);
     free(m);
 }
@@ -1492,4 +1496,767 @@ void model_train_step_panoptic(Model* m, const float* images, const unsigned cha
 float model_train_loss_panoptic(Model* m, const float* images, const unsigned char* seg_index,
                                 const int* seg_classes, const int* seg_counts, int B, Rng* rng) {
     return train_chunks(m, images, seg_index, B, rng, 0, NULL, NULL, seg_classes, seg_counts);
+}
+
+// ============================================================================
+// OTHER TEST-TIME TECHNIQUES (Table 1): Tent, Self-Train, LN Adapt, class balance, temporal
+// smoothing and majority vote (the Predictor), Main Task Only training. What each one is and
+// the choices behind it: the section of the same name in ttt.h.
+// ============================================================================
+
+// ---- ops: CPU references and dispatchers ----
+
+// softmax over the K+1 logits of one query (double sum), as mask2former.c's inference
+static void softmax_row_ref(float* probs, const float* logits, int n) {
+    float mx = logits[0];
+    for (int k = 1; k < n; k++) if (logits[k] > mx) mx = logits[k];
+    double z = 0.0;
+    for (int k = 0; k < n; k++) { probs[k] = expf(logits[k] - mx); z += probs[k]; }
+    for (int k = 0; k < n; k++) probs[k] = (float)(probs[k] / z);
+}
+
+// class score k at pixel (y, x) of the x4-resized maps seg (H4*W4, K): mask2former.c's seg_x4_at
+static float seg_x4_value(const float* seg, int K, int H4, int W4, int y, int x, int k) {
+    int y0, y1, x0, x1; float ly, lx;
+    bilinear_source(y, H4, 4 * H4, &y0, &y1, &ly);
+    bilinear_source(x, W4, 4 * W4, &x0, &x1, &lx);
+    return (1.0f - ly) * ((1.0f - lx) * seg[((size_t)y0 * W4 + x0) * K + k] + lx * seg[((size_t)y0 * W4 + x1) * K + k]) +
+           ly * ((1.0f - lx) * seg[((size_t)y1 * W4 + x0) * K + k] + lx * seg[((size_t)y1 * W4 + x1) * K + k]);
+}
+
+void semantic_scores_cpu(float* scores, const float* class_logits, const float* mask_logits,
+                         int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work) {
+    if (H > 4 * H4 || W > 4 * W4) ttt_die("semantic scores: image %dx%d larger than 4 x (%dx%d)", H, W, H4, W4);
+    int K1 = K + 1, HW = H4 * W4;
+    float* probs = work;                    // (Q, K+1)
+    float* seg = work + (size_t)Q * K1;     // (H4*W4, K)
+    for (int q = 0; q < Q; q++) softmax_row_ref(probs + (size_t)q * K1, class_logits + (size_t)q * K1, K1);
+    // seg[p, k] = sum_q probs[q, k] * sigmoid(mask[q, p]), q ascending (m2f_semantic_inference's order)
+    #pragma omp parallel for schedule(static) if ((size_t)HW * Q * K > 262144)
+    for (int p = 0; p < HW; p++) {
+        float* sp = seg + (size_t)p * K;
+        for (int k = 0; k < K; k++) sp[k] = 0.0f;
+        for (int q = 0; q < Q; q++) {
+            float s = 1.0f / (1.0f + expf(-mask_logits[(size_t)q * HW + p]));
+            const float* pq = probs + (size_t)q * K1;
+            for (int k = 0; k < K; k++) sp[k] += pq[k] * s;
+        }
+    }
+    #pragma omp parallel for schedule(static) if ((size_t)Ho * Wo * K > 262144)
+    for (int y = 0; y < Ho; y++) {
+        int ya, yb; float ly;
+        bilinear_source(y, H, Ho, &ya, &yb, &ly);
+        for (int x = 0; x < Wo; x++) {
+            int xa, xb; float lx;
+            bilinear_source(x, W, Wo, &xa, &xb, &lx);
+            float* out = scores + ((size_t)y * Wo + x) * K;
+            for (int k = 0; k < K; k++) {
+                float top = (1.0f - lx) * seg_x4_value(seg, K, H4, W4, ya, xa, k) + lx * seg_x4_value(seg, K, H4, W4, ya, xb, k);
+                float bot = (1.0f - lx) * seg_x4_value(seg, K, H4, W4, yb, xa, k) + lx * seg_x4_value(seg, K, H4, W4, yb, xb, k);
+                out[k] = (1.0f - ly) * top + ly * bot;
+            }
+        }
+    }
+}
+
+void class_argmax_cpu(unsigned char* ids, const float* scores, int N, int K, float min_conf) {
+    #pragma omp parallel for schedule(static) if ((size_t)N * K > 262144)
+    for (int i = 0; i < N; i++) {
+        const float* s = scores + (size_t)i * K;
+        int best = 0;
+        float sum = 0.0f;
+        for (int k = 0; k < K; k++) { if (s[k] > s[best]) best = k; sum += s[k]; }
+        ids[i] = min_conf > 0.0f && !(s[best] / sum > min_conf) ? 255 : (unsigned char)best;
+    }
+}
+
+void flip_width_cpu(float* out, const float* inp, int B, int H, int W, int C) {
+    for (size_t r = 0; r < (size_t)B * H; r++)
+        for (int x = 0; x < W; x++)
+            memcpy(out + (r * W + x) * C, inp + (r * W + (W - 1 - x)) * C, (size_t)C * sizeof(float));
+}
+
+void majority_vote_cpu(unsigned char* ids, const unsigned char* votes, int V, int N) {
+    for (int i = 0; i < N; i++) {
+        int best = votes[i], best_count = 0;
+        for (int j = 0; j < V; j++) {
+            int c = votes[(size_t)j * N + i], seen = 0, count = 0;
+            for (int l = 0; l < j; l++) seen |= votes[(size_t)l * N + i] == c;
+            if (seen) continue;   // counted at its first vote
+            for (int l = j; l < V; l++) count += votes[(size_t)l * N + i] == c;
+            if (count > best_count) { best = c; best_count = count; }   // ties keep the earlier view's id
+        }
+        ids[i] = (unsigned char)best;
+    }
+}
+
+void layernorm_adapt_forward_cpu(float* out, float* mean, float* rstd, float* hist_mean, float* hist_var,
+                                 const int* state, const float* inp, const float* weight, const float* bias,
+                                 int N, int C, int cap, float prior) {
+    int r = state[0], n = state[1], record = state[2];
+    if (r < 0 || r >= cap || n < 1 || n > cap) ttt_die("layernorm_adapt_forward: ring entry %d of %d frames, ring size %d", r, n, cap);
+    #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
+    for (int i = 0; i < N; i++) {
+        const float* x = inp + (size_t)i * C;
+        double m = 0.0, v = 0.0;
+        for (int c = 0; c < C; c++) m += x[c];
+        m /= C;
+        for (int c = 0; c < C; c++) { double d = x[c] - m; v += d * d; }
+        v /= C;
+        if (record) { hist_mean[(size_t)r * N + i] = (float)m; hist_var[(size_t)r * N + i] = (float)v; }
+        double sm = 0.0, sv = 0.0;
+        for (int j = 0; j < n; j++) { sm += hist_mean[(size_t)j * N + i]; sv += hist_var[(size_t)j * N + i]; }
+        double mm = (prior * m + sm) / (prior + n), vv = (prior * v + sv) / (prior + n);
+        float s = (float)(1.0 / sqrt(vv + LN_EPS));
+        float* y = out + (size_t)i * C;
+        for (int c = 0; c < C; c++) y[c] = ((float)(x[c] - mm)) * s * weight[c] + bias[c];
+        mean[i] = (float)mm;
+        rstd[i] = s;
+    }
+}
+
+size_t semantic_entropy_work_size(int B, int Q, int K, int H4, int W4) {
+    size_t P = (size_t)H4 * W4;
+    // probs, g, entropy per pixel, and da (the CUDA twin's scratch)
+    return 2 * (size_t)B * Q * (K + 1) + (size_t)B * P * K + (size_t)B * P;
+}
+
+// the shared part of Tent's forward and backward on the CPU: per image b, probs (Q, K+1); per
+// valid pixel p the entropy ent[b, p] of P = softmax(seg[p, .]) and g[b, p, k] = -scale P (log P + H)
+// (0 on pixels outside the Hv x Wv corner). work: probs (B, Q, K+1) | g (B, P, K) | ent (B, P)
+static void semantic_entropy_pixels_cpu(const float* class_logits, const float* mask_logits, int B, int Q, int K,
+                                        int H4, int W4, int Hv, int Wv, float scale, float* work) {
+    int K1 = K + 1;
+    size_t P = (size_t)H4 * W4;
+    float* probs = work;
+    float* g = probs + (size_t)B * Q * K1;
+    float* ent = g + (size_t)B * P * K;
+    for (int bq = 0; bq < B * Q; bq++) softmax_row_ref(probs + (size_t)bq * K1, class_logits + (size_t)bq * K1, K1);
+    #pragma omp parallel for schedule(static)
+    for (size_t bp = 0; bp < (size_t)B * P; bp++) {
+        size_t b = bp / P, p = bp % P;
+        int y = (int)(p / W4), x = (int)(p % W4);
+        float* gp = g + bp * K;
+        if (y >= Hv || x >= Wv) { for (int k = 0; k < K; k++) gp[k] = 0.0f; ent[bp] = 0.0f; continue; }
+        double seg[256], mx = -1e300, z = 0.0, H = 0.0;
+        for (int k = 0; k < K; k++) seg[k] = 0.0;
+        for (int q = 0; q < Q; q++) {
+            double s = 1.0 / (1.0 + exp(-(double)mask_logits[(b * Q + q) * P + p]));
+            const float* a = probs + (b * Q + q) * K1;
+            for (int k = 0; k < K; k++) seg[k] += a[k] * s;
+        }
+        for (int k = 0; k < K; k++) if (seg[k] > mx) mx = seg[k];
+        for (int k = 0; k < K; k++) z += exp(seg[k] - mx);
+        double logz = log(z);
+        for (int k = 0; k < K; k++) { double lp = seg[k] - mx - logz; H -= exp(lp) * lp; }
+        for (int k = 0; k < K; k++) { double lp = seg[k] - mx - logz; gp[k] = (float)(-scale * exp(lp) * (lp + H)); }
+        ent[bp] = (float)H;
+    }
+}
+
+void semantic_entropy_forward_cpu(float* loss, const float* class_logits, const float* mask_logits,
+                                  int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work) {
+    if (K > 256) ttt_die("semantic_entropy: at most 256 classes, got %d", K);
+    semantic_entropy_pixels_cpu(class_logits, mask_logits, B, Q, K, H4, W4, Hv, Wv, 0.0f, work);
+    size_t P = (size_t)H4 * W4;
+    const float* ent = work + (size_t)B * Q * (K + 1) + (size_t)B * P * K;
+    double sum = 0.0;
+    for (size_t i = 0; i < (size_t)B * P; i++) sum += ent[i];
+    *loss = (float)(sum / ((double)B * Hv * Wv));
+}
+
+void semantic_entropy_backward_cpu(float* dclass_logits, float* dmask_logits, float dloss,
+                                   const float* class_logits, const float* mask_logits,
+                                   int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work) {
+    if (K > 256) ttt_die("semantic_entropy: at most 256 classes, got %d", K);
+    float scale = (float)(dloss / ((double)B * Hv * Wv));
+    semantic_entropy_pixels_cpu(class_logits, mask_logits, B, Q, K, H4, W4, Hv, Wv, scale, work);
+    int K1 = K + 1;
+    size_t P = (size_t)H4 * W4;
+    const float* probs = work;
+    const float* g = probs + (size_t)B * Q * K1;
+    #pragma omp parallel for schedule(static)
+    for (int bq = 0; bq < B * Q; bq++) {
+        int b = bq / Q;
+        const float* a = probs + (size_t)bq * K1;
+        const float* ml = mask_logits + (size_t)bq * P;
+        const float* gb = g + (size_t)b * P * K;
+        double da[257];
+        for (int k = 0; k <= K; k++) da[k] = 0.0;
+        for (size_t p = 0; p < P; p++) {
+            float s = 1.0f / (1.0f + expf(-ml[p]));
+            const float* gp = gb + p * K;
+            double ds = 0.0;
+            for (int k = 0; k < K; k++) { da[k] += (double)gp[k] * s; ds += (double)gp[k] * a[k]; }
+            if (dmask_logits) dmask_logits[(size_t)bq * P + p] += (float)(ds * s * (1.0f - s));
+        }
+        if (dclass_logits) {
+            double dot = 0.0;
+            for (int k = 0; k <= K; k++) dot += a[k] * da[k];
+            for (int k = 0; k <= K; k++) dclass_logits[(size_t)bq * K1 + k] += (float)(a[k] * (da[k] - dot));
+        }
+    }
+}
+
+void semantic_scores(float* scores, const float* class_logits, const float* mask_logits,
+                     int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { semantic_scores_cuda(scores, class_logits, mask_logits, Q, K, H4, W4, H, W, Ho, Wo, work); return; }
+#endif
+    semantic_scores_cpu(scores, class_logits, mask_logits, Q, K, H4, W4, H, W, Ho, Wo, work);
+}
+
+void class_argmax(unsigned char* ids, const float* scores, int N, int K, float min_conf) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { class_argmax_cuda(ids, scores, N, K, min_conf); return; }
+#endif
+    class_argmax_cpu(ids, scores, N, K, min_conf);
+}
+
+void flip_width(float* out, const float* inp, int B, int H, int W, int C) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { flip_width_cuda(out, inp, B, H, W, C); return; }
+#endif
+    flip_width_cpu(out, inp, B, H, W, C);
+}
+
+void majority_vote(unsigned char* ids, const unsigned char* votes, int V, int N) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { majority_vote_cuda(ids, votes, V, N); return; }
+#endif
+    majority_vote_cpu(ids, votes, V, N);
+}
+
+void layernorm_adapt_forward(float* out, float* mean, float* rstd, float* hist_mean, float* hist_var,
+                             const int* state, const float* inp, const float* weight, const float* bias,
+                             int N, int C, int cap, float prior) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { layernorm_adapt_forward_cuda(out, mean, rstd, hist_mean, hist_var, state, inp, weight, bias, N, C, cap, prior); return; }
+#endif
+    layernorm_adapt_forward_cpu(out, mean, rstd, hist_mean, hist_var, state, inp, weight, bias, N, C, cap, prior);
+}
+
+void semantic_entropy_forward(float* loss, const float* class_logits, const float* mask_logits,
+                              int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { semantic_entropy_forward_cuda(loss, class_logits, mask_logits, B, Q, K, H4, W4, Hv, Wv, work); return; }
+#endif
+    semantic_entropy_forward_cpu(loss, class_logits, mask_logits, B, Q, K, H4, W4, Hv, Wv, work);
+}
+
+void semantic_entropy_backward(float* dclass_logits, float* dmask_logits, float dloss,
+                               const float* class_logits, const float* mask_logits,
+                               int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { semantic_entropy_backward_cuda(dclass_logits, dmask_logits, dloss, class_logits, mask_logits, B, Q, K, H4, W4, Hv, Wv, work); return; }
+#endif
+    semantic_entropy_backward_cpu(dclass_logits, dmask_logits, dloss, class_logits, mask_logits, B, Q, K, H4, W4, Hv, Wv, work);
+}
+
+// ---- per-model state of the techniques (made on first use, freed by model_free) ----
+
+typedef struct { size_t off, n; int part; } NormRun;   // a run of norm parameters in [f | h]
+
+typedef struct TechState {
+    NormRun* norm_runs;           // Tent's parameters: the norm weights and biases of f and h
+    int n_norm_runs;
+    float* entropy_work;          // device, semantic_entropy_work_size for max_B
+    float* scores;                // device (H * W, K): one image's class scores (pseudo-labels)
+    unsigned char* ids;           // device (H * W)
+    unsigned char* masks;         // host (masks_B, L): patch masks of a self-training batch
+    int masks_B;
+} TechState;
+
+static TechState* tech_state(Model* m) {
+    if (!m->tech) m->tech = (TechState*)callocCheck(1, sizeof(TechState));
+    return m->tech;
+}
+
+static void tech_state_free(Model* m) {
+    TechState* t = m->tech;
+    if (!t) return;
+    free(t->norm_runs);
+    ttt_free(t->entropy_work); ttt_free(t->scores); ttt_free(t->ids);
+    free(t->masks);
+    free(t);
+    m->tech = NULL;
+}
+
+static void unmark(unsigned char* ex, const float* base, const float* p, size_t n) { memset(ex + (p - base), 0, n); }
+
+// The weight-decay exemption list (mark_exempt_swin / mark_exempt_m2f) holds every norm layer
+// of f and h (LayerNorm and GroupNorm weights and biases, the pixel decoder's included) plus
+// the embeddings and Swin's relative-position tables: Tent's set is that list without the latter.
+unsigned char* model_norm_param_mask(const Model* m) {
+    size_t n = m->n_f + m->n_h + m->n_g;
+    unsigned char* ex = (unsigned char*)callocCheck(n, 1);
+    mark_exempt_swin(ex, m->params, &m->f, &m->cfg.swin);
+    mark_exempt_m2f(ex, m->params, &m->h, &m->cfg.m2f);
+    const SwinConfig* c = &m->cfg.swin;
+    int blk = 0;
+    for (int s = 0; s < 4; s++)
+        for (int i = 0; i < c->depths[s]; i++, blk++)
+            unmark(ex, m->params, m->f.block[blk].rel_table, (size_t)(2 * c->window - 1) * (2 * c->window - 1) * c->num_heads[s]);
+    size_t D = m->cfg.m2f.hidden_dim, Q = m->cfg.m2f.num_queries;
+    unmark(ex, m->params, m->h.query_feat, Q * D);
+    unmark(ex, m->params, m->h.query_embed, Q * D);
+    unmark(ex, m->params, m->h.level_embed, 3 * D);
+    return ex;
+}
+
+static void ensure_norm_runs(Model* m) {
+    TechState* t = tech_state(m);
+    if (t->norm_runs) return;
+    unsigned char* ex = model_norm_param_mask(m);
+    size_t n = m->n_f + m->n_h;
+    int cap = 64;
+    t->norm_runs = (NormRun*)mallocCheck(cap * sizeof(NormRun));
+    for (size_t i = 0; i < n;) {
+        int part = i < m->n_f ? 0 : 1;
+        size_t end = part == 0 ? m->n_f : n, j = i;
+        while (j < end && ex[j] == ex[i]) j++;
+        if (ex[i]) {
+            if (t->n_norm_runs == cap) {
+                cap *= 2;
+                NormRun* r = (NormRun*)mallocCheck(cap * sizeof(NormRun));
+                memcpy(r, t->norm_runs, t->n_norm_runs * sizeof(NormRun));
+                free(t->norm_runs);
+                t->norm_runs = r;
+            }
+            NormRun r = {i, j - i, part};
+            t->norm_runs[t->n_norm_runs++] = r;
+        }
+        i = j;
+    }
+    free(ex);
+}
+
+// the last prediction of h for a batch of B: class logits (B, Q, K+1), mask logits (B, Q, H4, W4)
+static float* h_last_class(Model* m, float* base, int B) {
+    const M2FConfig* c = &m->cfg.m2f;
+    return base + (size_t)c->dec_layers * B * c->num_queries * (c->num_classes + 1);
+}
+static float* h_last_mask(Model* m, float* base, int B) {
+    const M2FConfig* c = &m->cfg.m2f;
+    return base + (size_t)c->dec_layers * B * c->num_queries * m->H4 * m->W4;
+}
+
+// f and h on B frames (host); masks (B, L) or NULL (unmasked, 4th channel all ones); with
+// train = 1 the recipe's drop-path (draws from rng) and h's frozen attention masks if held
+static void f_h_forward(Model* m, const float* frames, const unsigned char* masks, int B, Rng* rng, int train) {
+    if (masks) upload_batch(m, frames, masks, B);
+    else ttt_to_device(m->rgb, frames, (size_t)B * m->H * m->W * 3 * sizeof(float));
+    mae_prepare_input(m->inp4, NULL, NULL, m->rgb, masks ? m->patch_mask : NULL, B, m->H, m->W, m->Hp, m->Wp,
+                      m->cfg.mae_patch, 0);
+    if (train) upload_drop_path(m, B, rng);
+    else m->fa.drop_scale = NULL;
+    swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, B);
+    m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), B, train ? m->h_frozen_masks : NULL);
+}
+
+// backward through h and f from the logit gradients already in m->dha (accumulated into grads)
+static void f_h_backward(Model* m, int B) {
+    for (int s = 0; s < 4; s++)
+        ttt_zero(m->dfeat[s], (size_t)B * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s] * sizeof(float));
+    m2f_backward(&m->cfg.m2f, &m->h, &m->dh, &m->ha, &m->dha, swin_outputs(m), m->dfeat, B);
+    swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
+}
+
+// ---- Tent ----
+
+// the entropy loss of B frames (chunks of max_B, each weighted by its share of the images);
+// with backward the gradients of f and h land in the grad buffer (zeroed first)
+static float tent_run(Model* m, const float* frames, int B, Rng* rng, int backward) {
+    TechState* t = tech_state(m);
+    const M2FConfig* c = &m->cfg.m2f;
+    int Q = c->num_queries, K = c->num_classes, L = c->dec_layers + 1;
+    int Hv = (m->H + 3) / 4, Wv = (m->W + 3) / 4;
+    if (!t->entropy_work)
+        t->entropy_work = (float*)ttt_malloc(semantic_entropy_work_size(m->max_B, Q, K, m->H4, m->W4) * sizeof(float));
+    if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    double loss = 0.0;
+    for (int b0 = 0; b0 < B; b0 += m->max_B) {
+        int Bc = B - b0 < m->max_B ? B - b0 : m->max_B;
+        float share = (float)Bc / (float)B;
+        f_h_forward(m, frames + (size_t)b0 * m->H * m->W * 3, NULL, Bc, rng, 1);
+        float* cls = h_last_class(m, m->ha.class_logits, Bc);
+        float* msk = h_last_mask(m, m->ha.mask_logits, Bc);
+        semantic_entropy_forward(m->loss, cls, msk, Bc, Q, K, m->H4, m->W4, Hv, Wv, t->entropy_work);
+        float lc;
+        ttt_to_host(&lc, m->loss, sizeof(float));
+        loss += share * lc;
+        if (backward) {
+            ttt_zero(m->dha.class_logits, (size_t)L * Bc * Q * (K + 1) * sizeof(float));
+            ttt_zero(m->dha.mask_logits, (size_t)L * Bc * Q * m->H4 * m->W4 * sizeof(float));
+            semantic_entropy_backward(h_last_class(m, m->dha.class_logits, Bc), h_last_mask(m, m->dha.mask_logits, Bc),
+                                      share, cls, msk, Bc, Q, K, m->H4, m->W4, Hv, Wv, t->entropy_work);
+            f_h_backward(m, Bc);
+        }
+    }
+    return (float)loss;
+}
+
+float model_tent_loss(Model* m, const float* frames, int B, Rng* rng) { return tent_run(m, frames, B, rng, 0); }
+float model_tent_forward_backward(Model* m, const float* frames, int B, Rng* rng) { return tent_run(m, frames, B, rng, 1); }
+
+float model_tent_step(Model* m, const float* frames, int B, const OptConfig* opt, Rng* rng) {
+    float loss = tent_run(m, frames, B, rng, 1);
+    if (!isfinite(loss)) return loss;   // weights untouched
+    ensure_norm_runs(m);
+    TechState* t = m->tech;
+    // only the norms train: the other gradients of f and h are dropped before the clip
+    size_t at = 0;
+    for (int i = 0; i <= t->n_norm_runs; i++) {
+        size_t next = i < t->n_norm_runs ? t->norm_runs[i].off : m->n_f + m->n_h;
+        if (next > at) ttt_zero(m->grads + at, (next - at) * sizeof(float));
+        if (i < t->n_norm_runs) at = t->norm_runs[i].off + t->norm_runs[i].n;
+    }
+    if (m->recipe.ttt_clip > 0.0f) {
+        float norm = clip_grad_parts(m, m->recipe.ttt_clip, 1 << 0 | 1 << 1);
+        if (!isfinite(norm)) return NAN;
+    }
+    m->adam_t++;
+    for (int i = 0; i < t->n_norm_runs; i++) {
+        const NormRun* r = &t->norm_runs[i];
+        float lr = r->part == 0 ? opt->lr * m->recipe.backbone_lr_scale : opt->lr;
+        float wd = m->recipe.wd_exempt ? 0.0f : opt->weight_decay;   // norms are exempt in the recipe
+        adamw_update(m->params + r->off, m->grads + r->off, m->adam_m + r->off, m->adam_v + r->off, r->n, lr,
+                     opt->beta1, opt->beta2, opt->eps, wd, m->adam_t);
+    }
+    return loss;
+}
+
+// ---- Self-Train ----
+
+void model_pseudo_labels(Model* m, const float* frames, int B, float threshold, unsigned char* labels) {
+    TechState* t = tech_state(m);
+    const M2FConfig* c = &m->cfg.m2f;
+    int Q = c->num_queries, K = c->num_classes;
+    size_t HW = (size_t)m->H * m->W;
+    if (!t->scores) {
+        t->scores = (float*)ttt_malloc(HW * K * sizeof(float));
+        t->ids = (unsigned char*)ttt_malloc(HW);
+    }
+    for (int b0 = 0; b0 < B; b0 += m->max_B) {
+        int Bc = B - b0 < m->max_B ? B - b0 : m->max_B;
+        f_h_forward(m, frames + (size_t)b0 * HW * 3, NULL, Bc, NULL, 0);
+        for (int b = 0; b < Bc; b++) {
+            semantic_scores(t->scores, h_last_class(m, m->ha.class_logits, Bc) + (size_t)b * Q * (K + 1),
+                            h_last_mask(m, m->ha.mask_logits, Bc) + (size_t)b * Q * m->H4 * m->W4,
+                            Q, K, m->H4, m->W4, m->H, m->W, m->H, m->W, m->infer_work);
+            class_argmax(t->ids, t->scores, (int)HW, K, threshold);
+            ttt_to_host(labels + (size_t)(b0 + b) * HW, t->ids, HW);
+        }
+    }
+}
+
+// f and h on B frames under patch masks (B, L), set loss against labels (B, H, W) on the host
+// (main_forward's, on the masked input); with want_grad the logit gradients in host_dcls / host_dmask
+static float self_train_forward(Model* m, const float* frames, const unsigned char* labels, const unsigned char* masks,
+                                int B, Rng* rng, int want_grad) {
+    ensure_train_buffers(m);
+    f_h_forward(m, frames, masks, B, rng, 1);
+    const M2FConfig* c = &m->cfg.m2f;
+    int L = c->dec_layers + 1, Q = c->num_queries, K = c->num_classes;
+    size_t ncls = (size_t)L * B * Q * (K + 1), nmask = (size_t)L * B * Q * m->H4 * m->W4;
+    ttt_to_host(m->host_cls_all, m->ha.class_logits, ncls * sizeof(float));
+    ttt_to_host(m->host_mask_all, m->ha.mask_logits, nmask * sizeof(float));
+    if (!is_finite_array(m->host_cls_all, ncls) || !is_finite_array(m->host_mask_all, nmask)) return NAN;
+    memset(m->host_labels_pad, 255, (size_t)B * m->Hp * m->Wp);
+    for (int b = 0; b < B; b++)
+        for (int y = 0; y < m->H; y++)
+            memcpy(m->host_labels_pad + ((size_t)b * m->Hp + y) * m->Wp, labels + ((size_t)b * m->H + y) * m->W, (size_t)m->W);
+    if (want_grad) {
+        memset(m->host_dcls, 0, ncls * sizeof(float));
+        memset(m->host_dmask, 0, nmask * sizeof(float));
+    }
+    SetLossConfig lc = m->set_loss_cfg;
+    if (m->H4 * m->W4 <= lc.num_points) lc.all_pixels = 1;
+    float parts[3];
+    return set_loss(&lc, m->host_cls_all, m->host_mask_all, L, B, Q, K, m->H4, m->W4, m->host_labels_pad, m->Hp, m->Wp,
+                    want_grad ? m->host_dcls : NULL, want_grad ? m->host_dmask : NULL, rng, parts);
+}
+
+// the host gradients of the last main-task forward of B images times s (a chunk's share)
+static void scale_host_main_grads(Model* m, int B, float s) {
+    const M2FConfig* c = &m->cfg.m2f;
+    size_t L = c->dec_layers + 1, BQ = (size_t)B * c->num_queries;
+    size_t ncls = L * BQ * (c->num_classes + 1), nmask = L * BQ * m->H4 * m->W4;
+    for (size_t i = 0; i < ncls; i++) m->host_dcls[i] *= s;
+    for (size_t i = 0; i < nmask; i++) m->host_dmask[i] *= s;
+}
+
+static float self_train_run(Model* m, const float* frames, const unsigned char* labels, int B, float mask_ratio,
+                            Rng* rng, int backward) {
+    if (!(mask_ratio >= 0.0f && mask_ratio < 1.0f)) ttt_die("self-training mask ratio %g is outside [0, 1)", mask_ratio);
+    TechState* t = tech_state(m);
+    int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
+    if (B > t->masks_B) {
+        free(t->masks);
+        t->masks = (unsigned char*)mallocCheck((size_t)B * L);
+        t->masks_B = B;
+    }
+    make_patch_masks(t->masks, B, L, mask_ratio, rng);
+    if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    size_t HW = (size_t)m->H * m->W;
+    double loss = 0.0;
+    for (int b0 = 0; b0 < B; b0 += m->max_B) {
+        int Bc = B - b0 < m->max_B ? B - b0 : m->max_B;
+        float share = (float)Bc / (float)B;
+        float lc = self_train_forward(m, frames + (size_t)b0 * HW * 3, labels + (size_t)b0 * HW, t->masks + (size_t)b0 * L,
+                                      Bc, rng, backward);
+        if (!isfinite(lc)) return NAN;
+        if (backward) {
+            if (Bc != B) scale_host_main_grads(m, Bc, share);
+            main_backward(m, Bc);
+        }
+        loss += share * lc;
+    }
+    return (float)loss;
+}
+
+float model_self_train_loss(Model* m, const float* frames, const unsigned char* labels, int B, float mask_ratio, Rng* rng) {
+    return self_train_run(m, frames, labels, B, mask_ratio, rng, 0);
+}
+float model_self_train_forward_backward(Model* m, const float* frames, const unsigned char* labels, int B,
+                                        float mask_ratio, Rng* rng) {
+    return self_train_run(m, frames, labels, B, mask_ratio, rng, 1);
+}
+
+float model_self_train_step(Model* m, const float* frames, int B, const OptConfig* opt, float threshold,
+                            float mask_ratio, Rng* rng, float* kept) {
+    size_t n = (size_t)B * m->H * m->W, n_kept = 0;
+    unsigned char* labels = (unsigned char*)mallocCheck(n);
+    model_pseudo_labels(m, frames, B, threshold, labels);
+    for (size_t i = 0; i < n; i++) n_kept += labels[i] != 255;
+    if (kept) *kept = (float)((double)n_kept / (double)n);
+    if (n_kept == 0) { free(labels); return 0.0f; }   // nothing confident: no targets, no step
+    float loss = self_train_run(m, frames, labels, B, mask_ratio, rng, 1);
+    free(labels);
+    if (!isfinite(loss)) return NAN;   // weights untouched
+    const int f_and_h = 1 << 0 | 1 << 1;
+    if (m->recipe.ttt_clip > 0.0f) {
+        float norm = clip_grad_parts(m, m->recipe.ttt_clip, f_and_h);
+        if (!isfinite(norm)) return NAN;
+    }
+    m->adam_t++;
+    adamw_parts(m, opt, f_and_h);
+    return loss;
+}
+
+// ---- Main Task Only ----
+
+void model_train_step_main_only(Model* m, const float* images, const unsigned char* labels, int B,
+                                const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main) {
+    const int f_and_h = 1 << 0 | 1 << 1;
+    ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    size_t HW = (size_t)m->H * m->W;
+    double loss = 0.0;
+    for (int b0 = 0; b0 < B; b0 += m->max_B) {
+        int Bc = B - b0 < m->max_B ? B - b0 : m->max_B;
+        float share = (float)Bc / (float)B;
+        upload_drop_path(m, Bc, rng);   // train mode: the recipe's drop-path
+        float lc = main_forward(m, images + (size_t)b0 * HW * 3, labels + (size_t)b0 * HW, Bc, rng, 1, 0.0f, NULL, NULL);
+        if (!isfinite(lc)) { m->grad_norm = NAN; if (loss_main) *loss_main = lc; return; }   // weights untouched
+        if (Bc != B) scale_host_main_grads(m, Bc, share);
+        main_backward(m, Bc);
+        loss += share * lc;
+    }
+    if (loss_main) *loss_main = (float)loss;
+    m->grad_norm = clip_grad_parts(m, grad_clip, f_and_h);
+    if (!isfinite(m->grad_norm)) return;
+    m->adam_t++;
+    adamw_parts(m, opt, f_and_h);
+}
+
+// ---- class balance ----
+
+int count_classes(const unsigned char* ids, size_t n) {
+    unsigned char seen[256] = {0};
+    int count = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] != 255 && !seen[ids[i]]) { seen[ids[i]] = 1; count++; }
+    return count;
+}
+
+int class_balance_reset(int n_adapted, int n_initial, int threshold) {
+    return abs(n_adapted - n_initial) > threshold;
+}
+
+// ---- the Predictor: LN Adapt, temporal smoothing, majority vote ----
+
+typedef struct { int N, C; float *hist_mean, *hist_var; } LnSlot;   // one LayerNorm call site
+
+struct Predictor {
+    Model* m;
+    PredictConfig c;
+    int Ho, Wo, K;
+    size_t npix;                  // Ho * Wo
+    float* scores;                // device (npix, K): the last forward's class scores
+    float* flipped;               // device (npix, K): scores of a flipped view, mirrored back
+    float* avg;                   // device (npix, K): a view's smoothed scores
+    float* kept;                  // device (smooth, npix, K): view 0's scores of the last frames
+    unsigned char* view_ids;      // device (tta, npix)
+    unsigned char* out_ids;       // device (npix)
+    float* aug;                   // host (H, W, 3): an augmented view
+    unsigned char* aug_u8;        // host (H, W, 3)
+    int frames;                   // frames seen (the current one included)
+    DeviceGraph graph;            // frame in device memory -> class scores
+    // LN Adapt: the LayerNorm call sites in the order of a forward pass, and the ring's state
+    LnSlot* slots;
+    int n_slots, cap_slots, next_slot;
+    int* ln_state;                // device (3): ring entry of this frame, frames in the ring, record
+    int ln_state_host[3];
+};
+
+// every LayerNorm of the prediction's forward pass, in call order: the k-th call is site k
+static void ln_adapt_hook(void* ctx, float* out, float* mean, float* rstd, const float* inp,
+                          const float* weight, const float* bias, int N, int C) {
+    Predictor* p = (Predictor*)ctx;
+    int k = p->next_slot++;
+    if (k == p->n_slots) {   // the first forward pass (eager, never inside a graph recording) meets it
+        if (p->n_slots == p->cap_slots) {
+            p->cap_slots = p->cap_slots ? 2 * p->cap_slots : 64;
+            LnSlot* s = (LnSlot*)mallocCheck((size_t)p->cap_slots * sizeof(LnSlot));
+            if (p->n_slots) memcpy(s, p->slots, (size_t)p->n_slots * sizeof(LnSlot));
+            free(p->slots);
+            p->slots = s;
+        }
+        LnSlot* s = &p->slots[p->n_slots++];
+        s->N = N; s->C = C;
+        size_t n = (size_t)p->c.ln_window * N;
+        s->hist_mean = (float*)ttt_malloc(n * sizeof(float));
+        s->hist_var = (float*)ttt_malloc(n * sizeof(float));
+        ttt_zero(s->hist_mean, n * sizeof(float));
+        ttt_zero(s->hist_var, n * sizeof(float));
+    }
+    LnSlot* s = &p->slots[k];
+    if (s->N != N || s->C != C)
+        ttt_die("internal: LN Adapt: LayerNorm %d is %d x %d, was %d x %d", k, N, C, s->N, s->C);
+    layernorm_adapt_forward(out, mean, rstd, s->hist_mean, s->hist_var, p->ln_state, inp, weight, bias, N, C,
+                            p->c.ln_window, p->c.ln_prior);
+}
+
+Predictor* predictor_create(Model* m, const PredictConfig* c) {
+    if (c->smooth < 1 || c->tta < 1 || (c->ln_adapt && (c->ln_window < 1 || !(c->ln_prior >= 0.0f))))
+        ttt_die("predictor: bad settings (smooth %d, tta %d, LN window %d, LN prior %g)", c->smooth, c->tta,
+                c->ln_window, c->ln_prior);
+    Predictor* p = (Predictor*)callocCheck(1, sizeof(Predictor));
+    p->m = m;
+    p->c = *c;
+    p->Ho = m->pred_H; p->Wo = m->pred_W; p->K = m->cfg.num_classes;
+    p->npix = (size_t)p->Ho * p->Wo;
+    size_t ns = p->npix * p->K;
+    p->scores = (float*)ttt_malloc(ns * sizeof(float));
+    p->flipped = (float*)ttt_malloc(ns * sizeof(float));
+    p->avg = (float*)ttt_malloc(ns * sizeof(float));
+    p->kept = (float*)ttt_malloc((size_t)c->smooth * ns * sizeof(float));
+    p->view_ids = (unsigned char*)ttt_malloc((size_t)c->tta * p->npix);
+    p->out_ids = (unsigned char*)ttt_malloc(p->npix);
+    p->aug = (float*)mallocCheck((size_t)m->H * m->W * 3 * sizeof(float));
+    p->aug_u8 = (unsigned char*)mallocCheck((size_t)m->H * m->W * 3);
+    p->ln_state = (int*)ttt_malloc(3 * sizeof(int));
+    return p;
+}
+
+void predictor_free(Predictor* p) {
+    if (!p) return;
+    device_graph_free(&p->graph);
+    ttt_free(p->scores); ttt_free(p->flipped); ttt_free(p->avg); ttt_free(p->kept);
+    ttt_free(p->view_ids); ttt_free(p->out_ids); ttt_free(p->ln_state);
+    for (int i = 0; i < p->n_slots; i++) { ttt_free(p->slots[i].hist_mean); ttt_free(p->slots[i].hist_var); }
+    free(p->slots); free(p->aug); free(p->aug_u8);
+    free(p);
+}
+
+// the ring entries beyond the frames seen are never read, so forgetting is a count
+void predictor_reset(Predictor* p) { p->frames = 0; }
+
+// frame x (H, W, 3) host -> p->scores (Ho * Wo, K) on the device: f, h and semantic_scores,
+// recorded once as a CUDA graph (LN Adapt's ring state is read from the device)
+static void predictor_forward(Predictor* p, const float* x) {
+    Model* m = p->m;
+    ttt_to_device(m->rgb, x, (size_t)m->H * m->W * 3 * sizeof(float));
+    if (p->c.ln_adapt) ttt_to_device(p->ln_state, p->ln_state_host, 3 * sizeof(int));
+    m->fa.drop_scale = NULL;
+    if (!device_graph_replay(&p->graph)) {
+        device_graph_begin(&p->graph);
+        mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, 1, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch, 0);
+        if (p->c.ln_adapt) {
+            p->next_slot = 0;
+            layernorm_forward_hook = ln_adapt_hook;
+            layernorm_forward_hook_ctx = p;
+        }
+        swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, 1);
+        m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), 1, NULL);
+        layernorm_forward_hook = NULL;
+        layernorm_forward_hook_ctx = NULL;
+        semantic_scores(p->scores, h_last_class(m, m->ha.class_logits, 1), h_last_mask(m, m->ha.mask_logits, 1),
+                        m->cfg.m2f.num_queries, p->K, m->H4, m->W4, m->H, m->W, p->Ho, p->Wo, m->infer_work);
+        device_graph_end(&p->graph);
+    }
+}
+
+// view j > 0 of a frame: ColorAugSSD (tta_color) then a flip with probability 1/2, drawn in
+// aug_draw's order, on the frame's 8-bit levels; returns 1 when flipped
+static int predictor_view(Predictor* p, const float* frame, Rng* rng) {
+    int H = p->m->H, W = p->m->W;
+    size_t n = (size_t)H * W * 3;
+    for (size_t i = 0; i < n; i++) {
+        float v = frame[i] < 0.0f ? 0.0f : frame[i] > 1.0f ? 1.0f : frame[i];
+        p->aug_u8[i] = (unsigned char)lrintf(v * 255.0f);
+    }
+    if (p->c.tta_color) {
+        ColorAugSSD ca = color_aug_ssd_draw(rng);
+        color_aug_ssd_apply(p->aug_u8, (size_t)H * W, &ca);
+    }
+    int flip = rng_uniform(rng) < 0.5f;
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++)
+            for (int c = 0; c < 3; c++)
+                p->aug[((size_t)y * W + x) * 3 + c] = p->aug_u8[((size_t)y * W + (flip ? W - 1 - x : x)) * 3 + c] / 255.0f;
+    return flip;
+}
+
+void predictor_run(Predictor* p, const float* frame, uint64_t seed, int same_frame,
+                   unsigned char* ids, unsigned char* plain_ids) {
+    if (!same_frame || p->frames == 0) p->frames++;
+    int K = p->K, S = p->c.smooth;
+    size_t ns = p->npix * K;
+    int slot = (p->frames - 1) % S, n_kept = p->frames < S ? p->frames : S;
+    if (p->c.ln_adapt) {
+        int w = p->c.ln_window;
+        p->ln_state_host[0] = (p->frames - 1) % w;
+        p->ln_state_host[1] = p->frames < w ? p->frames : w;
+    }
+    Rng rng;
+    rng_seed(&rng, seed ^ 0x545441ULL);   // "TTA": apart from the frame's TTT draws
+    for (int j = 0; j < p->c.tta; j++) {
+        int flip = j > 0 ? predictor_view(p, frame, &rng) : 0;
+        p->ln_state_host[2] = j == 0;   // only the frame itself adds to LN Adapt's statistics
+        predictor_forward(p, j > 0 ? p->aug : frame);
+        const float* sc = p->scores;
+        if (flip) { flip_width(p->flipped, p->scores, 1, p->Ho, p->Wo, K); sc = p->flipped; }
+        if (j == 0 && S > 1) ttt_copy(p->kept + (size_t)slot * ns, sc, ns * sizeof(float));
+        if (j == 0 && plain_ids) {
+            class_argmax(p->out_ids, sc, (int)p->npix, K, 0.0f);
+            ttt_to_host(plain_ids, p->out_ids, p->npix);
+        }
+        unsigned char* vid = p->view_ids + (size_t)j * p->npix;
+        if (S > 1) {   // mean of this view's scores and those kept of the previous frames
+            ttt_copy(p->avg, sc, ns * sizeof(float));
+            for (int s = 0; s < n_kept; s++)
+                if (s != slot) add_inplace(p->avg, p->kept + (size_t)s * ns, ns);
+            scale_inplace(p->avg, 1.0f / (float)n_kept, ns);
+            class_argmax(vid, p->avg, (int)p->npix, K, 0.0f);
+        } else {
+            class_argmax(vid, sc, (int)p->npix, K, 0.0f);
+        }
+    }
+    if (p->c.tta > 1) {
+        majority_vote(p->out_ids, p->view_ids, p->c.tta, (int)p->npix);
+        ttt_to_host(ids, p->out_ids, p->npix);
+    } else {
+        ttt_to_host(ids, p->view_ids, p->npix);
+    }
 }

@@ -13,6 +13,14 @@
 // (k = 1, no reset), explicit (reset every frame, window k), online (no reset, window
 // k; the default), offline (train on shuffled frames of the whole video for
 // --offline-steps steps first, then predict every frame with that model).
+// The other rows of the paper's Table 1 (mae.c's last section, ttt.h says what each is):
+// ln-adapt (no training; LayerNorm statistics over the last k frames), tent (entropy of the
+// prediction, norm parameters of f and h), self-train (pseudo-labels, main-task loss on
+// masked frames, f and h), each tent / self-train with --memory online | implicit |
+// explicit | nomem as the TTT-MAE modes; --class-balance on any mode that trains; and, on
+// any mode, --smooth K (class scores averaged over the last K frames) and --tta N
+// (majority vote over N augmented views). Main Task Only is --mode fixed with a model
+// trained by ./train --no-mae.
 //
 // The randomness of frame t's TTT (which window frames, which patches masked) is drawn
 // from an Rng seeded by (--seed, the frame's file name), so it does not depend on the
@@ -54,8 +62,15 @@
 #define MAX_WINDOWS 32
 #define DEFAULT_MODEL "data/model.bin"
 
-typedef enum { MODE_FIXED, MODE_NOMEM, MODE_IMPLICIT, MODE_EXPLICIT, MODE_ONLINE, MODE_OFFLINE } Mode;
-static const char* mode_names[] = {"fixed", "nomem", "implicit", "explicit", "online", "offline"};
+typedef enum { MODE_FIXED, MODE_NOMEM, MODE_IMPLICIT, MODE_EXPLICIT, MODE_ONLINE, MODE_OFFLINE,
+               MODE_LN_ADAPT, MODE_TENT, MODE_SELF_TRAIN, NUM_MODES } Mode;
+static const char* mode_names[] = {"fixed", "nomem", "implicit", "explicit", "online", "offline",
+                                   "ln-adapt", "tent", "self-train"};
+
+// the memory of tent and self-train, named as the TTT-MAE modes: online (window k, no reset),
+// implicit (k = 1, no reset), explicit (window k, reset every frame), nomem (k = 1, reset)
+typedef enum { MEMORY_ONLINE, MEMORY_IMPLICIT, MEMORY_EXPLICIT, MEMORY_NOMEM } Memory;
+static const char* memory_names[] = {"online", "implicit", "explicit", "nomem"};
 
 typedef enum { SAMPLER_REPLACE, SAMPLER_CYCLE } Sampler;
 static const char* sampler_names[] = {"replace", "cycle"};
@@ -121,6 +136,17 @@ typedef struct {
     const char* panoptic_dir;
     int pq_rule;           // PQ_CROWD_COCO | PQ_CROWD_RELEASED | -1 (from the layout)
     int instance_gt_all;   // --instance-gt all
+    // the other techniques of Table 1 (mae.c's last section)
+    Memory memory;         // tent, self-train: online | implicit | explicit | nomem
+    int memory_given;
+    float st_threshold;    // self-train: pseudo-label confidence above this
+    float st_mask_ratio;   // self-train: fraction of 16x16 patches masked
+    int class_balance;     // reset to the initial weights when the class count drifts
+    int cb_threshold;      // ... by more than this many classes (negative: every frame)
+    float ln_prior;        // ln-adapt: weight of a frame's own LayerNorm statistics
+    int smooth;            // class scores averaged over the last K frames (1 = off)
+    int tta;               // majority vote over N views (1 = off)
+    int tta_color;         // ColorAugSSD in the views (-1: the recipe's: demo off, paper on)
 } Args;
 
 typedef struct {
@@ -688,7 +714,7 @@ static void json_float(FILE* fp, double x) {
     if (isfinite(x)) fprintf(fp, "%.6g", x); else fprintf(fp, "null");
 }
 
-#define MAX_SETTINGS 48
+#define MAX_SETTINGS 64
 typedef struct { int n; char key[MAX_SETTINGS][32]; char val[MAX_SETTINGS][512]; } Settings;
 static Settings resolved_settings(const Args* a, const Video* v, int window);
 
@@ -951,17 +977,51 @@ static void fill_batch(float* batch, float* const* frames, int n, int B, const V
     }
 }
 
-// one TTT step on B images of the window (n_win frames); a NaN / Inf loss resets f, g to
-// f0, g0 and is reported to the caller
-static float ttt_step(Model* m, float* const* window, int n_win, float* batch, int B, const Video* v,
-                      Sampler sampler, int* perm, int* pos, const OptConfig* opt, Rng* rng, const char* name) {
-    fill_batch(batch, window, n_win, B, v, sampler, perm, pos, rng);
-    float loss = model_ttt_step(m, batch, B, opt, rng);
+// the other techniques' state of a run: the initial model (kept when h trains or for class
+// balance: resets restore f, h, g from it, and class balance compares with its prediction)
+// and the Predictor (LN Adapt, smoothing, TTA; NULL: model_predict)
+typedef struct { Model* m0; Predictor* pred; int resets; } Tech;
+
+static int mode_trains(Mode mode) { return mode != MODE_FIXED && mode != MODE_OFFLINE && mode != MODE_LN_ADAPT; }
+
+// the memory of a mode: *one_frame (k = 1) and *reset_each (initial weights before every frame)
+static void mode_memory(const Args* a, int* one_frame, int* reset_each) {
+    Memory mem = a->mode == MODE_NOMEM ? MEMORY_NOMEM : a->mode == MODE_IMPLICIT ? MEMORY_IMPLICIT :
+                 a->mode == MODE_EXPLICIT ? MEMORY_EXPLICIT :
+                 a->mode == MODE_TENT || a->mode == MODE_SELF_TRAIN ? a->memory : MEMORY_ONLINE;
+    *one_frame = mem == MEMORY_IMPLICIT || mem == MEMORY_NOMEM;
+    *reset_each = mem == MEMORY_EXPLICIT || mem == MEMORY_NOMEM;
+}
+
+// the initial weights and a fresh optimizer: f, g from f0, g0, or f, h, g from the initial model
+static void reset_weights(const Tech* t, Model* m) {
+    if (t->m0) { model_copy_params(m, t->m0); model_restart_optimizer(m); }
+    else model_reset_ttt(m);
+}
+
+// one step of the mode's technique on B images of the window (n_win frames); a NaN / Inf
+// loss resets to the initial weights and is reported to the caller
+static float ttt_step(const Args* a, const Tech* t, Model* m, float* const* window, int n_win, float* batch, int B,
+                      const Video* v, int* perm, int* pos, Rng* rng, const char* name) {
+    fill_batch(batch, window, n_win, B, v, a->sr.sampler, perm, pos, rng);
+    float loss = a->mode == MODE_TENT ? model_tent_step(m, batch, B, &a->opt, rng)
+               : a->mode == MODE_SELF_TRAIN ? model_self_train_step(m, batch, B, &a->opt, a->st_threshold, a->st_mask_ratio, rng, NULL)
+               : model_ttt_step(m, batch, B, &a->opt, rng);
     if (!isfinite(loss)) {
-        fprintf(stderr, "warning: %s: TTT loss is %f; resetting f, g to f0, g0 and continuing\n", name, loss);
-        model_reset_ttt(m);
+        fprintf(stderr, "warning: %s: %s loss is %f; resetting to the initial weights and continuing\n", name,
+                mode_names[a->mode], loss);
+        reset_weights(t, m);
     }
     return loss;
+}
+
+// the prediction of a frame (resized, Hr x Wr) as class ids at H x W: the Predictor when one
+// is on, else model_predict; plain (or NULL) gets the single-view, unsmoothed ids
+static void predict_frame(const Tech* t, Model* mp, const float* xr, uint64_t seed, int same_frame,
+                          unsigned char* pred, unsigned char* plain, size_t npix) {
+    if (t->pred) { predictor_run(t->pred, xr, seed, same_frame, pred, plain); return; }
+    model_predict(mp, xr, pred);
+    if (plain) memcpy(plain, pred, npix);
 }
 
 // the label of frame i as class ids (H, W); checked when the frames were listed
@@ -1140,14 +1200,21 @@ static void* grow_array(void* p, int n, int m, size_t elem) {
 
 // run the whole video once with window k, writing into out_dir. m: the TTT model (crop size);
 // mp: the prediction's model (the resized frame, scored at the original size; may be m)
-static RunResult run_stream(const Args* a, Model* m, Model* mp, Video* v, int k, const char* out_dir) {
+static RunResult run_stream(const Args* a, Tech* tech, Model* m, Model* mp, Video* v, int k, const char* out_dir) {
     int n = v->n, H = v->H, W = v->W, HW3 = H * W * 3, B = a->sr.batch;   // n: 0 for standard input
     size_t view = (size_t)v->Hr * v->Wr * 3;   // a frame as the model sees it
     Mode mode = a->mode;
-    if (mode == MODE_NOMEM || mode == MODE_IMPLICIT) k = 1;
-    int reset_each = mode == MODE_NOMEM || mode == MODE_EXPLICIT;
+    int one_frame, reset_each;
+    mode_memory(a, &one_frame, &reset_each);
+    if (one_frame) k = 1;
     make_dir(out_dir);
-    model_reset_ttt(m);
+    reset_weights(tech, m);
+    // the Predictor of this run: LN Adapt's ring holds the last k frames
+    PredictConfig pc = {a->smooth, a->tta, a->tta_color, mode == MODE_LN_ADAPT, k, a->ln_prior};
+    tech->pred = a->smooth > 1 || a->tta > 1 || mode == MODE_LN_ADAPT ? predictor_create(mp, &pc) : NULL;
+    tech->resets = 0;
+    unsigned char* plain = a->class_balance ? (unsigned char*)mallocCheck((size_t)H * W) : NULL;
+    unsigned char* pred0 = a->class_balance ? (unsigned char*)mallocCheck((size_t)H * W) : NULL;
 
     // processing order: name order, or a seeded permutation with --shuffle (standard input: the
     // order of arrival; order and st grow with the frames)
@@ -1249,13 +1316,13 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, Video* v, int k,
         Rng rng; rng_seed(&rng, f->seed);
         double t0 = time_now_seconds();
         s->loss = NAN;
-        if (mode != MODE_FIXED && mode != MODE_OFFLINE) {
-            if (reset_each) model_reset_ttt(m);
+        if (mode_trains(mode)) {
+            if (reset_each) reset_weights(tech, m);
             if (a->sr.restart_optimizer) model_restart_optimizer(m);   // a fresh AdamW every frame
             double loss_sum = 0.0;
             int n_ok = 0, pos = n_win;   // the sampler starts a new permutation every frame
             for (int step = 0; step < a->steps; step++) {
-                float loss = ttt_step(m, window, n_win, batch, B, v, a->sr.sampler, perm, &pos, &a->opt, &rng, f->name);
+                float loss = ttt_step(a, tech, m, window, n_win, batch, B, v, perm, &pos, &rng, f->name);
                 if (!isfinite(loss)) break;
                 loss_sum += loss; n_ok++;
             }
@@ -1264,7 +1331,18 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, Video* v, int k,
         ttt_synchronize();
         if (!is_main_rank()) { free(x); continue; }   // --gpus: the other GPUs only train
         double t1 = time_now_seconds();
-        model_predict(mp, xr, pred);   // h(f(x)) on the resized frame, class ids at H x W
+        // h(f(x)) on the resized frame, class ids at H x W
+        predict_frame(tech, mp, xr, f->seed, 0, pred, plain, (size_t)H * W);
+        int cb_reset = 0;
+        if (a->class_balance) {   // Volpi et al.: back to the initial weights when the class count drifts
+            model_predict(tech->m0, xr, pred0);
+            if (class_balance_reset(count_classes(plain, (size_t)H * W), count_classes(pred0, (size_t)H * W), a->cb_threshold)) {
+                reset_weights(tech, m);
+                predict_frame(tech, mp, xr, f->seed, 1, pred, NULL, (size_t)H * W);
+                tech->resets++;
+                cb_reset = 1;
+            }
+        }
         double t2 = time_now_seconds();
         s->ms_ttt = (float)((t1 - t0) * 1e3);
         s->ms_predict = (float)((t2 - t1) * 1e3);
@@ -1309,8 +1387,9 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, Video* v, int k,
         s->running_miou = (float)score_miou(&total);
         if (src.fd < 0) printf("frame %4d/%d %-20s loss ", n_done, n, f->name);
         else printf("frame %4d %-20s loss ", n_done, f->name);
-        if (isfinite(s->loss)) printf("%-9.5f", s->loss); else printf("%-9s", mode == MODE_FIXED || mode == MODE_OFFLINE ? "-" : "nan");
+        if (isfinite(s->loss)) printf("%-9.5f", s->loss); else printf("%-9s", mode_trains(mode) ? "nan" : "-");
         printf(" ttt %8.1f ms  predict %8.1f ms", s->ms_ttt, s->ms_predict);
+        if (cb_reset) printf("  class-balance reset");
         if (v->n_labeled) {
             if (isfinite(s->running_miou)) printf("  mIoU %.4f", s->running_miou); else printf("  mIoU -");
             if (isfinite(s->miou)) printf("  frame %.4f", s->miou);
@@ -1355,6 +1434,7 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, Video* v, int k,
         else
             printf("  the model waited for the input: the input's rate (%.2f frames/s) set the pace\n", arrived);
     }
+    if (a->class_balance) printf("class balance: %d resets to the initial weights in %d frames\n", tech->resets, n);
     double eta = n > 1 ? eta_sum / (n - 1) : NAN;
     printf("frame drift eta = mean ||x_t - x_(t-1)||_2 = %.3f (RMS per value %.4f; frames in [0, 1] as the model sees them, processing order)\n",
            eta, eta / sqrt((double)view));
@@ -1384,6 +1464,9 @@ static RunResult run_stream(const Args* a, Model* m, Model* mp, Video* v, int k,
 
     for (int i = 0; i < k; i++) free(window[i]);
     free(window); free(perm); free(batch); free(vis); free(pred); free(st); free(order);
+    free(plain); free(pred0);
+    predictor_free(tech->pred);
+    tech->pred = NULL;
     return res;
 }
 
@@ -1412,12 +1495,39 @@ static void usage(void) {
         "                        wd 0.05 with exemptions, clip 0.01, drop-path 0.3, mask ratio 0.85,\n"
         "                        loss over all pixels, resize 1024/2048, TTT crops 1024x512.\n"
         "                        Options override the recipe wherever they stand on the line\n"
-        "  --mode M            fixed | nomem | implicit | explicit | online | offline (default online)\n"
+        "  --mode M            fixed | nomem | implicit | explicit | online | offline | ln-adapt |\n"
+        "                        tent | self-train (default online)\n"
         "                        fixed: no TTT; nomem: reset to f0,g0 every frame, k=1;\n"
         "                        implicit: k=1, no reset; explicit: reset every frame, window k;\n"
         "                        online: no reset, window k; offline: train on shuffled frames\n"
         "                        of the whole video first (all frames held in memory),\n"
-        "                        then predict every frame\n"
+        "                        then predict every frame. Main Task Only: fixed with a model of\n"
+        "                        ./train --no-mae. The other rows of the paper's Table 1:\n"
+        "                        ln-adapt: no training; every LayerNorm of f and h normalises with\n"
+        "                        its statistics mixed with their mean over the last k frames\n"
+        "                        (--window, --ln-prior); tent: minimise the entropy of the\n"
+        "                        prediction over the norm weights of f and h; self-train: the\n"
+        "                        set loss on confident pseudo-labels of the current model, the\n"
+        "                        input masked as in TTT-MAE, f and h trained (--st-threshold,\n"
+        "                        --st-mask-ratio). tent and self-train take --memory and --batch,\n"
+        "                        --steps, --lr and the recipe's optimizer settings as TTT-MAE\n"
+        "  --memory M          tent, self-train: online | implicit | explicit | nomem (default online),\n"
+        "                        as the TTT-MAE modes of those names: window k or 1, reset or not\n"
+        "  --st-threshold T    self-train: keep a pseudo-label where max_k s_k / sum_k s_k > T, s the\n"
+        "                        class scores of the prediction (default 0.9)\n"
+        "  --st-mask-ratio R   self-train: fraction of 16x16 patches masked in its input (default 0.8)\n"
+        "  --ln-prior N        ln-adapt: weight of a frame's own statistics against 1 per frame of the\n"
+        "                        window (Schneider et al.'s N; default 16)\n"
+        "  --class-balance on|off  reset to the initial weights when the number of classes in the\n"
+        "                        prediction differs from the initial model's on the same frame by\n"
+        "                        more than --cb-threshold (Volpi et al.); modes that train (default off)\n"
+        "  --cb-threshold T    classes (default 1; negative: reset every frame)\n"
+        "  --smooth K          temporal smoothing, any mode: the class scores averaged over the last K\n"
+        "                        frames before the argmax (default 1 = off)\n"
+        "  --tta N             majority vote, any mode: N views of each frame (the frame itself, then\n"
+        "                        random flips, with --tta-color ColorAugSSD), per-pixel vote, ties to\n"
+        "                        the earlier view (default 1 = off)\n"
+        "  --tta-color on|off  ColorAugSSD in the --tta views (R: demo off, paper on)\n"
         "  --window K[,K...]   window of the last k frames (R: 16); a list runs each k\n"
         "                        in turn into OUT/window_K/ and prints a table of mIoU per k\n"
         "  --batch B           images per TTT step (R: demo 4, paper 32)\n"
@@ -1523,6 +1633,14 @@ static Args parse_args(int argc, char** argv) {
     a.pq_rule = -1;
     a.save_png = 1;
     a.gpus = 1;
+    a.memory = MEMORY_ONLINE;
+    a.st_threshold = 0.9f;
+    a.st_mask_ratio = 0.8f;
+    a.cb_threshold = 1;
+    a.ln_prior = 16.0f;
+    a.smooth = 1;
+    a.tta = 1;
+    a.tta_color = -1;
     // the recipe first, wherever it stands: the other options override it
     for (int i = 1; i + 1 < argc; i++)
         if (strcmp(argv[i], "--recipe") == 0) a.recipe = argv[i + 1];
@@ -1551,9 +1669,28 @@ static Args parse_args(int argc, char** argv) {
         else if (strcmp(o, "--recipe") == 0) {}   // read above
         else if (strcmp(o, "--mode") == 0) {
             int found = 0;
-            for (int m = 0; m <= MODE_OFFLINE; m++) if (strcmp(v, mode_names[m]) == 0) { a.mode = (Mode)m; found = 1; }
-            if (!found) ttt_die("--mode: unknown mode '%s' (fixed, nomem, implicit, explicit, online, offline)", v);
+            for (int m = 0; m < NUM_MODES; m++) if (strcmp(v, mode_names[m]) == 0) { a.mode = (Mode)m; found = 1; }
+            if (!found) ttt_die("--mode: unknown mode '%s' (fixed, nomem, implicit, explicit, online, offline, ln-adapt, tent, self-train)", v);
         }
+        else if (strcmp(o, "--memory") == 0) {
+            int found = 0;
+            for (int m = 0; m <= MEMORY_NOMEM; m++) if (strcmp(v, memory_names[m]) == 0) { a.memory = (Memory)m; found = 1; }
+            if (!found) ttt_die("--memory: expected online, implicit, explicit or nomem, got '%s'", v);
+            a.memory_given = 1;
+        }
+        else if (strcmp(o, "--st-threshold") == 0) a.st_threshold = parse_float_arg(o, v, 0.0f);
+        else if (strcmp(o, "--st-mask-ratio") == 0) a.st_mask_ratio = parse_float_arg(o, v, 0.0f);
+        else if (strcmp(o, "--ln-prior") == 0) a.ln_prior = parse_float_arg(o, v, 0.0f);
+        else if (strcmp(o, "--class-balance") == 0) a.class_balance = parse_on_off(o, v);
+        else if (strcmp(o, "--cb-threshold") == 0) {
+            char* end;
+            long t = strtol(v, &end, 10);
+            if (end == v || *end || t < -1000000 || t > 1000000) ttt_die("--cb-threshold: expected an integer, got '%s'", v);
+            a.cb_threshold = (int)t;
+        }
+        else if (strcmp(o, "--smooth") == 0) a.smooth = parse_int_arg(o, v, 1);
+        else if (strcmp(o, "--tta") == 0) a.tta = parse_int_arg(o, v, 1);
+        else if (strcmp(o, "--tta-color") == 0) a.tta_color = parse_on_off(o, v);
         else if (strcmp(o, "--window") == 0) {
             a.n_windows = 0;
             char buf[512];
@@ -1665,6 +1802,15 @@ static Args parse_args(int argc, char** argv) {
     if (a.sr.max_long > 0 && a.sr.resize_short == 0) ttt_die("--max-long needs --resize-short");
     if (a.task != TASK_SEMANTIC && a.labels_dir) ttt_die("--labels is for --task semantic; panoptic and instance read COCO panoptic ground truth (--panoptic-json)");
     if (a.task == TASK_SEMANTIC && (a.panoptic_json || a.panoptic_dir)) ttt_die("--panoptic-json / --panoptic-dir need --task panoptic or instance");
+    if (a.memory_given && a.mode != MODE_TENT && a.mode != MODE_SELF_TRAIN)
+        ttt_die("--memory applies to --mode tent and self-train (the TTT-MAE modes name their memory: nomem, implicit, explicit, online)");
+    if (a.class_balance && !mode_trains(a.mode))
+        ttt_die("--class-balance needs a mode that trains at test time (nomem, implicit, explicit, online, tent, self-train), not %s", mode_names[a.mode]);
+    if (a.st_threshold > 1.0f) ttt_die("--st-threshold must be in [0, 1], got %g", a.st_threshold);
+    if (a.st_mask_ratio >= 1.0f) ttt_die("--st-mask-ratio must be below 1, got %g", a.st_mask_ratio);
+    if (a.tta > 64) ttt_die("--tta: at most 64 views, got %d", a.tta);
+    if (a.smooth > 64) ttt_die("--smooth: at most 64 frames, got %d", a.smooth);
+    if (a.tta_color < 0) a.tta_color = strcmp(a.recipe, "paper") == 0;   // the recipe's training augmentation
     return a;
 }
 
@@ -1699,7 +1845,9 @@ static Settings resolved_settings(const Args* a, const Video* v, int window) {
     settings_add(&s, "recipe", "%s", a->recipe);
     settings_add(&s, "mode", "%s", mode_names[a->mode]);
     settings_add(&s, "task", "%s", task_name(a->task));
-    settings_add(&s, "window", "%d", a->mode == MODE_NOMEM || a->mode == MODE_IMPLICIT ? 1 : window);
+    int one_frame, reset_each;
+    mode_memory(a, &one_frame, &reset_each);
+    settings_add(&s, "window", "%d", one_frame ? 1 : window);
     settings_add(&s, "batch", "%d", a->sr.batch);
     settings_add(&s, "micro_batch", "%d", a->micro_batch);
     settings_add(&s, "steps", "%d", a->steps);
@@ -1731,6 +1879,16 @@ static Settings resolved_settings(const Args* a, const Video* v, int window) {
     settings_add(&s, "offline_steps", "%d", a->offline_steps);
     settings_add(&s, "model", "%s", a->model_path);
     settings_add(&s, "device", "%s", ttt_device_name(ttt_device));
+    // the other techniques of Table 1
+    settings_add(&s, "memory", "%s", a->mode == MODE_TENT || a->mode == MODE_SELF_TRAIN ? memory_names[a->memory] : "-");
+    settings_add(&s, "st_threshold", "%g", a->st_threshold);
+    settings_add(&s, "st_mask_ratio", "%g", a->st_mask_ratio);
+    settings_add(&s, "ln_prior", "%g", a->ln_prior);
+    settings_add(&s, "class_balance", "%s", a->class_balance ? "on" : "off");
+    settings_add(&s, "cb_threshold", "%d", a->cb_threshold);
+    settings_add(&s, "smooth", "%d", a->smooth);
+    settings_add(&s, "tta", "%d", a->tta);
+    settings_add(&s, "tta_color", "%s", a->tta_color ? "on" : "off");
     return s;
 }
 
@@ -1819,7 +1977,12 @@ int main(int argc, char** argv) {
         for (int i = 0; i < a.n_windows; i++) printf("%s%d", i ? "," : "", a.windows[i]);
         printf("\n");
     }
-    if (a.mode == MODE_NOMEM || a.mode == MODE_IMPLICIT) printf("  (mode %s uses k = 1)\n", mode_names[a.mode]);
+    {
+        int one_frame, reset_each;
+        mode_memory(&a, &one_frame, &reset_each);
+        if (one_frame) printf("  (mode %s%s%s uses k = 1)\n", mode_names[a.mode], a.mode == MODE_TENT || a.mode == MODE_SELF_TRAIN ? " --memory " : "",
+                              a.mode == MODE_TENT || a.mode == MODE_SELF_TRAIN ? memory_names[a.memory] : "");
+    }
     if (a.kstar) printf("  --kstar --kstar-masks %d --kstar-every %d%s\n", a.kstar_masks, a.kstar_every,
                         a.kstar_every ? "" : " (= about 16 frames)");
 
@@ -1841,6 +2004,12 @@ int main(int argc, char** argv) {
     Model* mp = m;
     if (v.Ht != v.Hr || v.Wt != v.Wr) mp = model_create_sharing(m, 1, v.Hr, v.Wr);
     model_set_predict_size(mp, v.H, v.W);
+    // the initial model: resets of a mode that trains h restore it, class balance predicts with it
+    Tech tech = {NULL, NULL, 0};
+    if (a.mode == MODE_TENT || a.mode == MODE_SELF_TRAIN || a.class_balance) {
+        tech.m0 = model_load(a.model_path, 1, v.Hr, v.Wr);
+        model_set_predict_size(tech.m0, v.H, v.W);
+    }
     if (a.mode == MODE_OFFLINE) {   // offline trains on random frames: decode and resize them all once
         v.cache = (float**)mallocCheck(v.n * sizeof(float*));
         for (int i = 0; i < v.n; i++) { float* x = load_frame(&v, i); v.cache[i] = model_view(&v, x); free(x); }
@@ -1872,7 +2041,7 @@ int main(int argc, char** argv) {
         snprintf(kstr, sizeof(kstr), "%d", a.windows[w]);
         char* out = a.n_windows > 1 ? str_printf("%s/window_%s", a.out_dir, kstr) : strdup(a.out_dir);
         if (a.n_windows > 1) printf("== window %d\n", a.windows[w]);
-        res[w] = run_stream(&a, m, mp, &v, a.windows[w], out);
+        res[w] = run_stream(&a, &tech, m, mp, &v, a.windows[w], out);
         free(out);
         if (stop_signal || raw_out_closed) { a.n_windows = w + 1; break; }   // the remaining k are not run
     }
@@ -1894,6 +2063,7 @@ int main(int argc, char** argv) {
     }
     dist_check_same_weights(m, "at the end");
     if (mp != m) model_free(mp);
+    model_free(tech.m0);
     model_free(m);
     for (int i = 0; i < v.n; i++) {
         free(v.fr[i].name); free(v.fr[i].stem); free(v.fr[i].path); free(v.fr[i].label_path);

@@ -1,5 +1,6 @@
 // train.c: joint training of the Y model on labeled still images:
 //   minimise l_m(h(f(x)), y) + l_s(g(f(x~)), x)
+// (--no-mae: l_m alone, f and h only: the paper's "Main Task Only" baseline)
 // with the augmentation of Mask2Former's semantic dataset mapper (resize, crop, ColorAugSSD,
 // flip; data.c), AdamW with detectron2's WarmupPolyLR schedule, global gradient-norm
 // clipping, periodic checkpoints and an exact resume.
@@ -54,6 +55,7 @@ typedef struct {
     float mask_ratio, backbone_lr_scale, drop_path;
     int loss_all_pixels, wd_exempt;
     int task;                  // TASK_SEMANTIC | TASK_PANOPTIC (COCO panoptic layout, coco_data.c)
+    int no_mae;                // 1: the main task alone (f and h), g stays as initialised
 } TrainArgs;
 
 static void usage(void) {
@@ -96,6 +98,9 @@ static void usage(void) {
            "  --init-swin FILE     start f from a Swin encoder export (dev/convert_swin.py; h, g from scratch)\n"
            "  --resume             continue from CKPT.opt, the resume state (model, AdamW, step, RNG in one\n"
            "                       file) written beside CKPT at every save; bit for bit as if never stopped\n"
+           "  --no-mae             Main Task Only (the paper's baseline): train f and h on the set loss\n"
+           "                       alone, no MAE head and no masked inputs (the 4th channel is all ones);\n"
+           "                       g keeps its random initialisation (--seed) in the checkpoint (default off)\n"
            "  --save-every N       checkpoint every N steps (demo 500, paper 5000)\n"
            "  --val DIR            held-out set (any layout above): mIoU at the end (and every --val-every)\n"
            "  --val-split S        split of a Cityscapes / KITTI-STEP --val root (default val)\n"
@@ -460,6 +465,7 @@ int main(int argc, char** argv) {
         const char* v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(k, "--help") || !strcmp(k, "-h")) { usage(); return 0; }
         if (!strcmp(k, "--resume")) { resume = 1; continue; }
+        if (!strcmp(k, "--no-mae")) { a.no_mae = 1; continue; }
         if (!v) ttt_die("option %s needs a value (see --help)", k);
         i++;
         if (!strcmp(k, "--recipe")) continue;   // applied first, above
@@ -515,6 +521,7 @@ int main(int argc, char** argv) {
     if (!a.data_dir || !a.out_path) { usage(); ttt_die("--data and --out are required"); }
     if (a.classes > 254) ttt_die("--classes must be in 1..254");
     if (a.task == TASK_PANOPTIC && a.val_dir == NULL && a.val_every > 0) ttt_die("--val-every needs --val");
+    if (a.task == TASK_PANOPTIC && a.no_mae) ttt_die("--no-mae is for semantic training; give one of --no-mae and --task panoptic");
     if (scale_given && short_given) ttt_die("--scale and --resize-short are two resize modes; give one");
     if (scale_given) a.aug.n_short = 0;   // --scale replaces the recipe's short-side list
     if (a.aug.n_short > 0 && a.aug.max_long < 1) a.aug.max_long = INT_MAX;
@@ -627,14 +634,14 @@ int main(int argc, char** argv) {
            "lr=%g schedule=poly0.9 warmup=%d warmup-factor=%g optimizer=adamw(0.9,0.999,1e-8) weight-decay=%g clip=%g "
            "%s flip=%s color-aug=%s sampler=%s mask-ratio=%g mask-patch=%d loss-pixels=%s backbone-lr-scale=%g "
            "wd-exempt=%s drop-path=%g set-loss=ce%g,mask%g,dice%g,no-object%g,points%d init=%s init-swin=%s "
-           "resume=%s val=%s seed=%d device=%s\n",
+           "resume=%s val=%s seed=%d device=%s mae=%s\n",
            a.recipe, a.data_dir, ds.layout, a.split, ds.n, mc->num_classes, a.size, a.steps, a.batch, micro, a.aug.crop_w,
            a.aug.crop_h, a.lr, a.warmup, a.warmup_factor, a.weight_decay, a.grad_clip, resize, a.aug.flip ? "on" : "off",
            a.aug.color_aug ? "on" : "off", a.sampler_perm ? "perm" : "random", r.mask_ratio, mc->mae_patch,
            r.loss_all_pixels ? "all" : "masked", r.backbone_lr_scale, r.wd_exempt ? "on" : "off", r.drop_path,
            sl.w_class, sl.w_mask, sl.w_dice, sl.no_object_weight, sl.num_points, a.init_path ? a.init_path : "none",
            a.init_swin ? a.init_swin : "none", resume ? "on" : "off", a.val_dir ? a.val_dir : "none", a.seed,
-           ttt_device_name(ttt_device));
+           ttt_device_name(ttt_device), a.no_mae ? "off (main task only)" : "on");
     if (resume) printf("train: resumed from %s at step %d\n", a.out_path, start);
     printf("train: parameters f %zu, h %zu, g %zu; activations %.2f GB for %d crops of %dx%d%s\n",
            model_num_params(m, 0), model_num_params(m, 1), model_num_params(m, 2),
@@ -661,13 +668,14 @@ int main(int argc, char** argv) {
             draws[b] = aug_draw(&a.aug, ds.H[idx[b]], ds.W[idx[b]], &rng);
         }
         opt.lr = learning_rate(&a, step);
-        float lm, ls;
+        float lm, ls = 0.0f;
         if (a.task == TASK_PANOPTIC) {
             load_batch_panoptic(&pds, idx, draws, a.batch, &a.aug, imgs, labs, seg_classes, seg_counts);
             model_train_step_panoptic(m, imgs, labs, seg_classes, seg_counts, a.batch, &opt, a.grad_clip, &rng, &lm, &ls);
         } else {
             load_batch(&ds, idx, draws, a.batch, &a.aug, mc->num_classes, imgs, labs);
-            model_train_step(m, imgs, labs, a.batch, &opt, a.grad_clip, &rng, &lm, &ls);
+            if (a.no_mae) model_train_step_main_only(m, imgs, labs, a.batch, &opt, a.grad_clip, &rng, &lm);
+            else model_train_step(m, imgs, labs, a.batch, &opt, a.grad_clip, &rng, &lm, &ls);
         }
         if (!isfinite(lm) || !isfinite(ls)) ttt_die("step %d: the loss is not finite (main %g, mae %g); lower --lr", step + 1, lm, ls);
         double total = lm + ls;

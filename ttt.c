@@ -1939,7 +1939,12 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
     linear_backward_cpu(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
 }
 
+// LN Adapt (mae.c): while a hook is set, it runs every LayerNorm in place of the op
+LayerNormHook layernorm_forward_hook = NULL;
+void* layernorm_forward_hook_ctx = NULL;
+
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C) {
+    if (layernorm_forward_hook) { layernorm_forward_hook(layernorm_forward_hook_ctx, out, mean, rstd, inp, weight, bias, N, C); return; }
 #ifdef TTT_CUDA
     if (ttt_device == DEVICE_CUDA) { layernorm_forward_cuda(out, mean, rstd, inp, weight, bias, N, C); return; }
 #endif

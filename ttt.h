@@ -1290,6 +1290,178 @@ void mae_prepare_input_cuda(float* inp4, float* target, float* target_mask, cons
                             int all_pixels);
 #endif
 
+// ----------------------------------------------------------------------------
+// OTHER TEST-TIME TECHNIQUES (Table 1 of the paper; mae.c, last section): Main Task Only,
+// LN Adapt, Tent, Self-Train, class balance, temporal smoothing, majority vote.
+// Appendix A of the paper describes them; the released code (renwang435/video-ttt-release)
+// has none of them in working form: criterion.py's TentCriterion is never called (and its
+// "bqc,bqhw->bc" sums the class maps over all pixels, an image-level entropy, with the sign
+// of -entropy), --tent_setting, --cbt (class-balance threshold) and --ttt_topl ("top fraction
+// of confident pixels") are parsed in register_in_train_loop_kitti.py and never read. What
+// follows is our reading of the paper, every choice written down here and in the README.
+//
+// The semantic distribution of h(f(x)). For one image, with the LAST prediction's logits:
+//   seg[p, k] = sum_q softmax(class_logits[q])[k] * sigmoid(mask_logits[q, p]),  k < K
+// (Mask2Former's semantic inference, "sem_seg"; p a pixel of the 1/4-resolution map).
+//
+// Tent (A.3): loss = mean over the images and over the pixels p of the 1/4 map that cover the
+//   frame (rows y < ceil(H/4), columns x < ceil(W/4); padding excluded) of the entropy
+//   H_p = -sum_k P[p, k] log P[p, k], P[p, .] = softmax_k(seg[p, .]) (the softmax over the
+//   class scores, as TentCriterion takes it, per pixel as the paper says). Gradients flow
+//   through h and f; AdamW updates only the affine weights and biases of every LayerNorm and
+//   GroupNorm of f and h (the norms mark_exempt_swin / mark_exempt_m2f list, without the
+//   embeddings and relative-position tables). Unmasked frames, the recipe's drop-path.
+// Self-Train (A.1 with the paper's two improvements): pseudo-labels from the current model on
+//   the unmasked frame: id = argmax_k seg (at the frame's size, as the prediction), kept where
+//   its confidence max_k seg / sum_k seg > threshold (else 255, ignored); then the set loss of
+//   h(f(x~)) against them, x~ the frame with `mask_ratio` of its 16 x 16 patches masked as in
+//   TTT-MAE (4th channel 0 on masked pixels); AdamW on f and h (the recipe's groups and clip).
+// LN Adapt (A.2, Schneider et al.'s BN adaptation carried over to LayerNorm): see
+//   layernorm_adapt_forward below. Only the prediction's forward pass changes; no parameter.
+// Class balance (Volpi et al.): count_classes of the adapted model's prediction and of the
+//   initial model's on the same frame; a difference larger than the threshold resets the
+//   weights to the initial ones (stream.c).
+// Temporal smoothing and majority vote (Section 5.1): Predictor below.
+
+// ops (CPU reference and dispatcher in mae.c, CUDA twin in ttt_kernels.cu)
+
+// semantic_scores: the class scores of semantic inference before the argmax, one image:
+// scores (Ho*Wo, K) = seg resized bilinearly x4, cropped to H x W and resized to Ho x Wo
+// exactly as m2f_semantic_inference does it (same float operations in the same order, so
+// class_argmax(scores) gives its ids bit for bit). work: m2f_semantic_work_size floats.
+void semantic_scores(float* scores, const float* class_logits, const float* mask_logits,
+                     int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work);
+// ids[i] = first k of the largest scores[i, k], scores (N, K) >= 0. With min_conf > 0 a row
+// whose confidence max_k scores / sum_k scores (float, k ascending) is not above min_conf
+// gets 255 (ignore); min_conf <= 0 never does.
+void class_argmax(unsigned char* ids, const float* scores, int N, int K, float min_conf);
+// out (B, H, W, C) = inp mirrored left-right: out[b, y, x, c] = inp[b, y, W-1-x, c]; out != inp
+void flip_width(float* out, const float* inp, int B, int H, int W, int C);
+// per-pixel majority vote of V label maps votes (V, N): ids[i] = the id most of votes[., i]
+// hold; on a tie, the tied id that appears first in view order (view 0 first)
+void majority_vote(unsigned char* ids, const unsigned char* votes, int V, int N);
+// LN Adapt's LayerNorm. Per row i (a token: a pixel of a Swin stage, a query of the decoder,
+// a token of the deformable encoder), x = inp[i, :]:
+//   mu = mean_c x, var = mean_c (x - mu)^2                 (the row's own statistics, as LN)
+//   if state[2]: hist_mean[r, i] = mu, hist_var[r, i] = var   (r = state[0]: this frame's entry)
+//   S_mu = sum_{j < n} hist_mean[j, i], S_var likewise       (n = state[1] frames in the ring)
+//   mu' = (prior mu + S_mu) / (prior + n), var' = (prior var + S_var) / (prior + n)
+//   out = (x - mu') / sqrt(var' + eps) * weight + bias; mean[i] = mu', rstd[i] = 1/sqrt(var' + eps)
+// i.e. the per-token statistics are replaced by their mixture with the average statistics of
+// the same token over the last n revealed frames: the current frame's own statistics carry the
+// weight `prior` (Schneider et al.'s N: the source statistic, here what the unadapted network
+// computes) and each frame of the window weight 1. hist_* (cap, N) with cap the ring size;
+// state (3 ints, on the device): r, n (1 <= n <= cap, r < cap), record. No backward.
+void layernorm_adapt_forward(float* out, float* mean, float* rstd, float* hist_mean, float* hist_var,
+                             const int* state, const float* inp, const float* weight, const float* bias,
+                             int N, int C, int cap, float prior);
+// Tent's loss on B images: class_logits (B, Q, K+1), mask_logits (B, Q, H4, W4) (the last
+// prediction), the pixels y < Hv, x < Wv of each map:
+//   loss = 1 / (B Hv Wv) sum_b sum_p H_p,  H_p = -sum_k P log P,  P = softmax_k(seg[p, .])
+// written to *loss (one float on the device). work: semantic_entropy_work_size floats.
+// Backward (recomputes what it needs; accumulates): with g[p, k] = dloss / (B Hv Wv) *
+// -P[p,k] (log P[p,k] + H_p) on valid pixels, a = softmax(class_logits), s = sigmoid(mask_logits):
+//   dmask[q, p] += s (1 - s) sum_k g[p, k] a[q, k];   da[q, k] = sum_p g[p, k] s[q, p] (k < K,
+//   da[q, K] = 0);  dclass[q, j] += a[q, j] (da[q, j] - sum_k a[q, k] da[q, k]).
+size_t semantic_entropy_work_size(int B, int Q, int K, int H4, int W4);
+void semantic_entropy_forward(float* loss, const float* class_logits, const float* mask_logits,
+                              int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
+void semantic_entropy_backward(float* dclass_logits, float* dmask_logits, float dloss,
+                               const float* class_logits, const float* mask_logits,
+                               int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
+void semantic_scores_cpu(float* scores, const float* class_logits, const float* mask_logits, int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work);
+void class_argmax_cpu(unsigned char* ids, const float* scores, int N, int K, float min_conf);
+void flip_width_cpu(float* out, const float* inp, int B, int H, int W, int C);
+void majority_vote_cpu(unsigned char* ids, const unsigned char* votes, int V, int N);
+void layernorm_adapt_forward_cpu(float* out, float* mean, float* rstd, float* hist_mean, float* hist_var, const int* state, const float* inp, const float* weight, const float* bias, int N, int C, int cap, float prior);
+void semantic_entropy_forward_cpu(float* loss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
+void semantic_entropy_backward_cpu(float* dclass_logits, float* dmask_logits, float dloss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
+#ifdef TTT_CUDA
+void semantic_scores_cuda(float* scores, const float* class_logits, const float* mask_logits, int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work);
+void class_argmax_cuda(unsigned char* ids, const float* scores, int N, int K, float min_conf);
+void flip_width_cuda(float* out, const float* inp, int B, int H, int W, int C);
+void majority_vote_cuda(unsigned char* ids, const unsigned char* votes, int V, int N);
+void layernorm_adapt_forward_cuda(float* out, float* mean, float* rstd, float* hist_mean, float* hist_var, const int* state, const float* inp, const float* weight, const float* bias, int N, int C, int cap, float prior);
+void semantic_entropy_forward_cuda(float* loss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
+void semantic_entropy_backward_cuda(float* dclass_logits, float* dmask_logits, float dloss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
+#endif
+
+// While set, every layernorm_forward call goes to the hook instead of the op (ttt.c's
+// dispatcher): the Predictor installs it around its forward pass for LN Adapt.
+typedef void (*LayerNormHook)(void* ctx, float* out, float* mean, float* rstd, const float* inp,
+                              const float* weight, const float* bias, int N, int C);
+extern LayerNormHook layernorm_forward_hook;
+extern void* layernorm_forward_hook_ctx;
+
+// ---- Tent ----
+// one step: loss and gradients on B frames (H, W, 3) host (B > max_batch runs in chunks of
+// max_batch, each weighted by its share of the images), the recipe's clip over the norm
+// gradients, AdamW on the norm parameters of f and h only (lr x backbone_lr_scale on f; no
+// decay on them with the recipe's wd_exempt). Returns the loss; a non-finite loss or
+// gradient norm leaves the weights untouched. rng: drop-path only.
+float model_tent_step(Model* m, const float* frames, int B, const OptConfig* opt, Rng* rng);
+float model_tent_loss(Model* m, const float* frames, int B, Rng* rng);
+// loss and gradients of every parameter of f and h in the grad buffer (zeroed here; g's stay 0)
+float model_tent_forward_backward(Model* m, const float* frames, int B, Rng* rng);
+// the parameters Tent trains: (n_f + n_h + n_g) bytes, 1 on every norm weight / bias of f and h
+unsigned char* model_norm_param_mask(const Model* m);   // malloc'd host array
+
+// ---- Self-Train ----
+// pseudo-labels of B frames (host) into labels (B, H, W) host: the current model's prediction
+// on the unmasked frame, 255 where its confidence is not above threshold
+void model_pseudo_labels(Model* m, const float* frames, int B, float threshold, unsigned char* labels);
+// the set loss of h(f(x~)) against labels (B, H, W), x~ with mask_ratio of the patches masked
+// (masks, then drop-path, then the set loss's points from rng, in that order). The
+// forward_backward variant leaves the gradients of f and h in the grad buffer (zeroed here).
+float model_self_train_loss(Model* m, const float* frames, const unsigned char* labels, int B,
+                            float mask_ratio, Rng* rng);
+float model_self_train_forward_backward(Model* m, const float* frames, const unsigned char* labels,
+                                        int B, float mask_ratio, Rng* rng);
+// one step: pseudo-labels (threshold), the loss above, the recipe's clip over f and h, AdamW on
+// f and h. *kept (may be NULL) gets the fraction of pixels that kept a pseudo-label. B may
+// exceed max_batch (chunks weighted by their share of the images; each chunk's set loss
+// normalises over its own masks). Non-finite: weights untouched, NaN returned. No confident
+// pixel in the whole batch: no step (a set loss without targets would push every query to
+// no-object), 0 returned.
+float model_self_train_step(Model* m, const float* frames, int B, const OptConfig* opt,
+                            float threshold, float mask_ratio, Rng* rng, float* kept);
+
+// ---- Main Task Only (./train --no-mae) ----
+// one step of the main task alone: set loss of h(f(x)) on unmasked images (4th channel all
+// ones), clip over f and h, AdamW on f and h; g is not touched. B may exceed max_batch.
+void model_train_step_main_only(Model* m, const float* images, const unsigned char* labels, int B,
+                                const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main);
+
+// ---- class balance ----
+int count_classes(const unsigned char* ids, size_t n);   // distinct ids other than 255
+// Volpi et al.'s reset rule: 1 when |n_adapted - n_initial| > threshold
+int class_balance_reset(int n_adapted, int n_initial, int threshold);
+
+// ---- Predictor: the prediction with LN Adapt, temporal smoothing and majority vote ----
+// For each frame: view 0 is the frame itself; views 1..tta-1 are drawn from the training
+// augmentation's size-preserving part (ColorAugSSD when tta_color, then a horizontal flip with
+// probability 1/2, in the order and with the draws of aug_draw; the resize and crop are left
+// out so that every view has the frame's size), from an Rng seeded by the frame's seed.
+// Each view's class scores (semantic_scores at the predict size) are flipped back when its
+// view was flipped. Smoothing: view 0's scores are kept for the last `smooth` frames; a view's
+// prediction is the argmax of the mean of its scores and the kept scores of the previous
+// smooth - 1 frames. The frame's ids: the majority vote of the views' predictions (tta > 1),
+// else view 0's. plain ids: the argmax of view 0's own scores (no smoothing, no vote).
+// smooth = tta = 1 gives model_predict's ids exactly (same float operations).
+// ln_adapt: every forward pass runs its LayerNorms as layernorm_adapt_forward with a ring of
+// ln_window frames; view 0 records the frame's statistics, the other views only read them.
+typedef struct { int smooth, tta, tta_color, ln_adapt, ln_window; float ln_prior; } PredictConfig;
+typedef struct Predictor Predictor;
+// for m's frame size and predict size (model_set_predict_size first)
+Predictor* predictor_create(Model* m, const PredictConfig* c);
+void predictor_free(Predictor* p);
+void predictor_reset(Predictor* p);   // a new video: no kept scores, no LN statistics
+// frame (H, W, 3) host at m's frame size -> ids (predict size) host; plain_ids may be NULL.
+// same_frame = 1 predicts the last frame again (after a reset): it replaces that frame's
+// kept scores and LN statistics instead of adding a frame.
+void predictor_run(Predictor* p, const float* frame, uint64_t seed, int same_frame,
+                   unsigned char* ids, unsigned char* plain_ids);
+
 // ============================================================================
 // end of MAE
 // ============================================================================

@@ -2132,3 +2132,256 @@ extern "C" void semantic_inference_cuda(unsigned char* ids, const float* class_l
     semantic_maps_kernel<<<grid_for((size_t)HW * K, 256), 256>>>(seg, probs, mask_logits, Q, K, HW); launchCheck();
     semantic_argmax_kernel<<<grid_for((size_t)Ho * Wo, 256), 256>>>(ids, seg, K, H4, W4, H, W, Ho, Wo); launchCheck();
 }
+
+// ============================================================================
+// OTHER TEST-TIME TECHNIQUES (Table 1): the ops of the section of that name in ttt.h (CPU
+// references in mae.c). Semantic scores reuse the semantic inference kernels above.
+// ============================================================================
+
+// the class scores of every output pixel (semantic_argmax_kernel's values, before its argmax)
+__global__ void semantic_scores_kernel(float* scores, const float* seg, int K, int H4, int W4, int H, int W,
+                                       int Ho, int Wo) {
+    size_t total = (size_t)Ho * Wo;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int x = i % Wo, y = i / Wo;
+        int ya, yb, xa, xb; float ly, lx;
+        bilinear_source_dev(y, H, Ho, &ya, &yb, &ly);
+        bilinear_source_dev(x, W, Wo, &xa, &xb, &lx);
+        float* out = scores + i * K;
+        for (int k = 0; k < K; k++) {
+            float top = (1.0f - lx) * seg_x4_at_dev(seg, K, H4, W4, ya, xa, k) + lx * seg_x4_at_dev(seg, K, H4, W4, ya, xb, k);
+            float bot = (1.0f - lx) * seg_x4_at_dev(seg, K, H4, W4, yb, xa, k) + lx * seg_x4_at_dev(seg, K, H4, W4, yb, xb, k);
+            out[k] = (1.0f - ly) * top + ly * bot;
+        }
+    }
+}
+
+extern "C" void semantic_scores_cuda(float* scores, const float* class_logits, const float* mask_logits,
+                                     int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work) {
+    OpTimer timer("semantic_scores");
+    if (H > 4 * H4 || W > 4 * W4) ttt_die("semantic scores: image %dx%d larger than 4 x (%dx%d)", H, W, H4, W4);
+    int HW = H4 * W4;
+    float* probs = work;                          // (Q, K+1)
+    float* seg = work + (size_t)Q * (K + 1);      // (H4*W4, K)
+    semantic_probs_kernel<<<(Q + 127) / 128, 128>>>(probs, class_logits, Q, K + 1); launchCheck();
+    semantic_maps_kernel<<<grid_for((size_t)HW * K, 256), 256>>>(seg, probs, mask_logits, Q, K, HW); launchCheck();
+    semantic_scores_kernel<<<grid_for((size_t)Ho * Wo, 256), 256>>>(scores, seg, K, H4, W4, H, W, Ho, Wo); launchCheck();
+}
+
+// one thread per row: the first largest score; 255 when the confidence is not above min_conf
+__global__ void class_argmax_kernel(unsigned char* ids, const float* scores, int N, int K, float min_conf) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)N; i += (size_t)gridDim.x * blockDim.x) {
+        const float* s = scores + i * K;
+        int best = 0;
+        float sum = 0.0f;
+        for (int k = 0; k < K; k++) { if (s[k] > s[best]) best = k; sum += s[k]; }
+        ids[i] = min_conf > 0.0f && !(s[best] / sum > min_conf) ? 255 : (unsigned char)best;
+    }
+}
+
+extern "C" void class_argmax_cuda(unsigned char* ids, const float* scores, int N, int K, float min_conf) {
+    OpTimer timer("class_argmax");
+    class_argmax_kernel<<<grid_for((size_t)N, 256), 256>>>(ids, scores, N, K, min_conf); launchCheck();
+}
+
+__global__ void flip_width_kernel(float* out, const float* inp, int B, int H, int W, int C) {
+    size_t total = (size_t)B * H * W * C;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int c = i % C;
+        size_t pix = i / C;
+        int x = pix % W;
+        size_t row = pix / W;
+        out[i] = inp[(row * W + (W - 1 - x)) * C + c];
+    }
+}
+
+extern "C" void flip_width_cuda(float* out, const float* inp, int B, int H, int W, int C) {
+    OpTimer timer("flip_width");
+    flip_width_kernel<<<grid_for((size_t)B * H * W * C, 256), 256>>>(out, inp, B, H, W, C); launchCheck();
+}
+
+// one thread per pixel: each id counted at its first vote; the earliest of the most frequent wins
+__global__ void majority_vote_kernel(unsigned char* ids, const unsigned char* votes, int V, int N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)N; i += (size_t)gridDim.x * blockDim.x) {
+        int best = votes[i], best_count = 0;
+        for (int j = 0; j < V; j++) {
+            int c = votes[(size_t)j * N + i], seen = 0, count = 0;
+            for (int l = 0; l < j; l++) seen |= votes[(size_t)l * N + i] == c;
+            if (seen) continue;
+            for (int l = j; l < V; l++) count += votes[(size_t)l * N + i] == c;
+            if (count > best_count) { best = c; best_count = count; }
+        }
+        ids[i] = (unsigned char)best;
+    }
+}
+
+extern "C" void majority_vote_cuda(unsigned char* ids, const unsigned char* votes, int V, int N) {
+    OpTimer timer("majority_vote");
+    majority_vote_kernel<<<grid_for((size_t)N, 256), 256>>>(ids, votes, V, N); launchCheck();
+}
+
+// LN Adapt: one warp per row; the row's statistics, its ring entry, the mixture, the output
+__global__ void layernorm_adapt_kernel(float* out, float* mean, float* rstd, float* hist_mean, float* hist_var,
+                                       const int* state, const float* inp, const float* weight, const float* bias,
+                                       int N, int C, float prior) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    int r = state[0], n = state[1], record = state[2];
+    const float* x = inp + (size_t)row * C;
+    float s = 0.0f;
+    for (int c = lane; c < C; c += 32) s += x[c];
+    float m = warp_sum(s) / C;
+    float v = 0.0f;
+    for (int c = lane; c < C; c += 32) { float d = x[c] - m; v += d * d; }
+    v = warp_sum(v) / C;
+    if (record && lane == 0) { hist_mean[(size_t)r * N + row] = m; hist_var[(size_t)r * N + row] = v; }
+    float sm = 0.0f, sv = 0.0f;
+    for (int j = lane; j < n; j += 32) {   // this frame's entry from registers: no read-after-write
+        int own = record && j == r;
+        sm += own ? m : hist_mean[(size_t)j * N + row];
+        sv += own ? v : hist_var[(size_t)j * N + row];
+    }
+    sm = warp_sum(sm); sv = warp_sum(sv);
+    float mm = (prior * m + sm) / (prior + n), vv = (prior * v + sv) / (prior + n);
+    float rs = rsqrtf(vv + LN_EPS);
+    float* y = out + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) y[c] = (x[c] - mm) * rs * weight[c] + bias[c];
+    if (lane == 0) { mean[row] = mm; rstd[row] = rs; }
+}
+
+extern "C" void layernorm_adapt_forward_cuda(float* out, float* mean, float* rstd, float* hist_mean, float* hist_var,
+                                             const int* state, const float* inp, const float* weight, const float* bias,
+                                             int N, int C, int cap, float prior) {
+    OpTimer timer("layernorm_adapt_forward");
+    (void)cap;   // the ring entry and count come from the device (CUDA graphs replay them)
+    layernorm_adapt_kernel<<<(N + 7) / 8, 256>>>(out, mean, rstd, hist_mean, hist_var, state, inp, weight, bias,
+                                                 N, C, prior);
+    launchCheck();
+}
+
+// Tent's entropy. work: probs (B, Q, K+1) | g (B, P, K) | ent (B, P) | da (B, Q, K+1)
+
+// g[b, p, k] = seg = sum_q a[b, q, k] sigmoid(m[b, q, p]) on valid pixels, else 0; one thread per (b, p, k)
+__global__ void entropy_seg_kernel(float* g, const float* probs, const float* mask_logits, int B, int Q, int K,
+                                   int W4, size_t P, int Hv, int Wv) {
+    size_t total = (size_t)B * P * K;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int k = i % K;
+        size_t bp = i / K, b = bp / P, p = bp % P;
+        int y = p / W4, x = p % W4;
+        float acc = 0.0f;
+        if (y < Hv && x < Wv)
+            for (int q = 0; q < Q; q++) {
+                float s = 1.0f / (1.0f + expf(-mask_logits[(b * Q + q) * P + p]));
+                acc += probs[(b * Q + q) * (K + 1) + k] * s;
+            }
+        g[i] = acc;
+    }
+}
+
+// per valid pixel: P = softmax(seg), H = -sum P log P into ent, g <- -scale P (log P + H)
+__global__ void entropy_pixel_kernel(float* g, float* ent, int B, int K, int W4, size_t P, int Hv, int Wv, float scale) {
+    for (size_t bp = blockIdx.x * (size_t)blockDim.x + threadIdx.x; bp < (size_t)B * P; bp += (size_t)gridDim.x * blockDim.x) {
+        size_t p = bp % P;
+        int y = p / W4, x = p % W4;
+        if (y >= Hv || x >= Wv) { ent[bp] = 0.0f; continue; }
+        float* gp = g + bp * K;
+        float mx = gp[0];
+        for (int k = 1; k < K; k++) mx = fmaxf(mx, gp[k]);
+        float z = 0.0f;
+        for (int k = 0; k < K; k++) z += expf(gp[k] - mx);
+        float logz = logf(z), H = 0.0f;
+        for (int k = 0; k < K; k++) { float lp = gp[k] - mx - logz; H -= expf(lp) * lp; }
+        for (int k = 0; k < K; k++) { float lp = gp[k] - mx - logz; gp[k] = -scale * expf(lp) * (lp + H); }
+        ent[bp] = H;
+    }
+}
+
+static void entropy_pixels_cuda(const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4,
+                                int Hv, int Wv, float scale, float* work) {
+    size_t P = (size_t)H4 * W4;
+    float* probs = work;
+    float* g = probs + (size_t)B * Q * (K + 1);
+    float* ent = g + (size_t)B * P * K;
+    semantic_probs_kernel<<<(B * Q + 127) / 128, 128>>>(probs, class_logits, B * Q, K + 1); launchCheck();
+    entropy_seg_kernel<<<grid_for((size_t)B * P * K, 256), 256>>>(g, probs, mask_logits, B, Q, K, W4, P, Hv, Wv); launchCheck();
+    entropy_pixel_kernel<<<grid_for((size_t)B * P, 256), 256>>>(g, ent, B, K, W4, P, Hv, Wv, scale); launchCheck();
+}
+
+__global__ void scaled_double_to_float_kernel(float* out, const double* x, double s) { *out = (float)(*x * s); }
+
+extern "C" void semantic_entropy_forward_cuda(float* loss, const float* class_logits, const float* mask_logits,
+                                              int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work) {
+    OpTimer timer("semantic_entropy_forward");
+    size_t P = (size_t)H4 * W4;
+    entropy_pixels_cuda(class_logits, mask_logits, B, Q, K, H4, W4, Hv, Wv, 0.0f, work);
+    const float* ent = work + (size_t)B * Q * (K + 1) + (size_t)B * P * K;
+    double* partials = reduce_scratch(1);
+    double* total = partials + REDUCE_BLOCKS;
+    sum_partial_kernel<<<REDUCE_BLOCKS, REDUCE_THREADS>>>(partials, ent, (size_t)B * P, 0); launchCheck();
+    sum_partials_kernel<<<1, 256>>>(total, partials, REDUCE_BLOCKS, 1); launchCheck();
+    scaled_double_to_float_kernel<<<1, 1>>>(loss, total, 1.0 / ((double)B * Hv * Wv)); launchCheck();
+}
+
+// da[b, q, k] = sum_p g[b, p, k] sigmoid(m[b, q, p]) (k < K), da[b, q, K] = 0; one warp per (b, q, k)
+__global__ void entropy_da_kernel(float* da, const float* g, const float* mask_logits, int BQ, int Q, int K, size_t P) {
+    size_t w = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (w >= (size_t)BQ * (K + 1)) return;
+    int k = w % (K + 1);
+    size_t bq = w / (K + 1), b = bq / Q;
+    float acc = 0.0f;
+    if (k < K)
+        for (size_t p = lane; p < P; p += 32)
+            acc += g[(b * P + p) * K + k] * (1.0f / (1.0f + expf(-mask_logits[bq * P + p])));
+    acc = warp_sum(acc);
+    if (lane == 0) da[w] = acc;
+}
+
+// dclass[b, q, j] += a_j (da_j - sum_k a_k da_k); one thread per (b, q)
+__global__ void entropy_dclass_kernel(float* dclass, const float* probs, const float* da, int BQ, int K1) {
+    for (size_t bq = blockIdx.x * (size_t)blockDim.x + threadIdx.x; bq < (size_t)BQ; bq += (size_t)gridDim.x * blockDim.x) {
+        const float* a = probs + bq * K1;
+        const float* d = da + bq * K1;
+        float dot = 0.0f;
+        for (int k = 0; k < K1; k++) dot += a[k] * d[k];
+        for (int k = 0; k < K1; k++) dclass[bq * K1 + k] += a[k] * (d[k] - dot);
+    }
+}
+
+// dmask[b, q, p] += s (1 - s) sum_k a[b, q, k] g[b, p, k]; one thread per (b, q, p)
+__global__ void entropy_dmask_kernel(float* dmask, const float* probs, const float* g, const float* mask_logits,
+                                     int BQ, int Q, int K, size_t P) {
+    size_t total = (size_t)BQ * P;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        size_t bq = i / P, p = i % P, b = bq / Q;
+        const float* a = probs + bq * (K + 1);
+        const float* gp = g + (b * P + p) * K;
+        float ds = 0.0f;
+        for (int k = 0; k < K; k++) ds += a[k] * gp[k];
+        float s = 1.0f / (1.0f + expf(-mask_logits[i]));
+        dmask[i] += ds * s * (1.0f - s);
+    }
+}
+
+extern "C" void semantic_entropy_backward_cuda(float* dclass_logits, float* dmask_logits, float dloss,
+                                               const float* class_logits, const float* mask_logits,
+                                               int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work) {
+    OpTimer timer("semantic_entropy_backward");
+    size_t P = (size_t)H4 * W4;
+    float scale = (float)(dloss / ((double)B * Hv * Wv));
+    entropy_pixels_cuda(class_logits, mask_logits, B, Q, K, H4, W4, Hv, Wv, scale, work);
+    const float* probs = work;
+    const float* g = probs + (size_t)B * Q * (K + 1);
+    float* da = (float*)g + (size_t)B * P * K + (size_t)B * P;
+    int BQ = B * Q;
+    if (dclass_logits) {
+        size_t threads = (size_t)BQ * (K + 1) * 32;
+        entropy_da_kernel<<<(unsigned int)((threads + 255) / 256), 256>>>(da, g, mask_logits, BQ, Q, K, P); launchCheck();
+        entropy_dclass_kernel<<<grid_for((size_t)BQ, 128), 128>>>(dclass_logits, probs, da, BQ, K + 1); launchCheck();
+    }
+    if (dmask_logits) {
+        entropy_dmask_kernel<<<grid_for((size_t)BQ * P, 256), 256>>>(dmask_logits, probs, g, mask_logits, BQ, Q, K, P);
+        launchCheck();
+    }
+}
