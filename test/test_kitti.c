@@ -284,13 +284,14 @@ int main(void) {
     }
     {   // 4. dev/reproduce_kitti.sh over the fixture (only val/0002 exists: the others are noted
         // as missing) at small sizes: rows run and the table prints their frame-weighted scores
-        int rc4 = run("ROWS='fixed online' sh dev/reproduce_kitti.sh " ROOT " " MODEL " " TMP "/kitti_repro "
+        int rc4 = run("ROWS='fixed tent online' sh dev/reproduce_kitti.sh " ROOT " " MODEL " " TMP "/kitti_repro "
                       "--device cpu --resize-short 48 --max-long 96 --crop 64x32 --batch 2 >" TMP "/kitti_repro.txt 2>" TMP "/kitti_repro_err.txt");
         char* table = read_file(TMP "/kitti_repro.txt");
         char* err = read_file(TMP "/kitti_repro_err.txt");
         char* res = read_file(TMP "/kitti_repro/results.txt");
         CHECK(rc4 == 0, "reproduce_kitti.sh exited %d:\n%s%s", rc4, err, table);
-        CHECK(count_lines_with(res, "RESULT ") == 2, "results.txt should hold 2 runs:\n%s", res);
+        CHECK(count_lines_with(res, "RESULT ") == 3, "results.txt should hold 3 runs:\n%s", res);
+        CHECK(strstr(res, "tent val 0002") && strstr(res, "mode=tent"), "the Tent row did not run --mode tent:\n%s", res);
         const char* fixed_row = strstr(table, "MAE Joint Training");
         const char* online_row = strstr(table, "Online TTT-MAE   ");
         CHECK(fixed_row && online_row, "table rows missing:\n%s", table);
