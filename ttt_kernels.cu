@@ -2261,39 +2261,30 @@ extern "C" void layernorm_adapt_forward_cuda(float* out, float* mean, float* rst
 
 // Tent's entropy. work: probs (B, Q, K+1) | g (B, P, K) | ent (B, P) | da (B, Q, K+1)
 
-// g[b, p, k] = seg = sum_q a[b, q, k] sigmoid(m[b, q, p]) on valid pixels, else 0; one thread per (b, p, k)
-__global__ void entropy_seg_kernel(float* g, const float* probs, const float* mask_logits, int B, int Q, int K,
-                                   int W4, size_t P, int Hv, int Wv) {
-    size_t total = (size_t)B * P * K;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        int k = i % K;
-        size_t bp = i / K, b = bp / P, p = bp % P;
-        int y = p / W4, x = p % W4;
-        float acc = 0.0f;
-        if (y < Hv && x < Wv)
-            for (int q = 0; q < Q; q++) {
-                float s = 1.0f / (1.0f + expf(-mask_logits[(b * Q + q) * P + p]));
-                acc += probs[(b * Q + q) * (K + 1) + k] * s;
-            }
-        g[i] = acc;
-    }
-}
-
-// per valid pixel: P = softmax(seg), H = -sum P log P into ent, g <- -scale P (log P + H)
-__global__ void entropy_pixel_kernel(float* g, float* ent, int B, int K, int W4, size_t P, int Hv, int Wv, float scale) {
+// per pixel (b, p), in double as the CPU reference (the gradient P (log P + H) is a small
+// difference when P is near uniform): seg[k] = sum_q a[b, q, k] sigmoid(m[b, q, p]), P =
+// softmax(seg), H = -sum P log P into ent, g[b, p, k] = -scale P (log P + H); 0 outside Hv x Wv
+__global__ void entropy_pixel_kernel(float* g, float* ent, const float* probs, const float* mask_logits, int B, int Q,
+                                     int K, int W4, size_t P, int Hv, int Wv, float scale) {
     for (size_t bp = blockIdx.x * (size_t)blockDim.x + threadIdx.x; bp < (size_t)B * P; bp += (size_t)gridDim.x * blockDim.x) {
-        size_t p = bp % P;
+        size_t b = bp / P, p = bp % P;
         int y = p / W4, x = p % W4;
-        if (y >= Hv || x >= Wv) { ent[bp] = 0.0f; continue; }
         float* gp = g + bp * K;
-        float mx = gp[0];
-        for (int k = 1; k < K; k++) mx = fmaxf(mx, gp[k]);
-        float z = 0.0f;
-        for (int k = 0; k < K; k++) z += expf(gp[k] - mx);
-        float logz = logf(z), H = 0.0f;
-        for (int k = 0; k < K; k++) { float lp = gp[k] - mx - logz; H -= expf(lp) * lp; }
-        for (int k = 0; k < K; k++) { float lp = gp[k] - mx - logz; gp[k] = -scale * expf(lp) * (lp + H); }
-        ent[bp] = H;
+        if (y >= Hv || x >= Wv) { for (int k = 0; k < K; k++) gp[k] = 0.0f; ent[bp] = 0.0f; continue; }
+        double seg[256];
+        for (int k = 0; k < K; k++) seg[k] = 0.0;
+        for (int q = 0; q < Q; q++) {
+            double s = 1.0 / (1.0 + exp(-(double)mask_logits[(b * Q + q) * P + p]));
+            const float* a = probs + (b * Q + q) * (K + 1);
+            for (int k = 0; k < K; k++) seg[k] += a[k] * s;
+        }
+        double mx = seg[0], z = 0.0, H = 0.0;
+        for (int k = 1; k < K; k++) mx = fmax(mx, seg[k]);
+        for (int k = 0; k < K; k++) z += exp(seg[k] - mx);
+        double logz = log(z);
+        for (int k = 0; k < K; k++) { double lp = seg[k] - mx - logz; H -= exp(lp) * lp; }
+        for (int k = 0; k < K; k++) { double lp = seg[k] - mx - logz; gp[k] = (float)(-scale * exp(lp) * (lp + H)); }
+        ent[bp] = (float)H;
     }
 }
 
@@ -2304,8 +2295,9 @@ static void entropy_pixels_cuda(const float* class_logits, const float* mask_log
     float* g = probs + (size_t)B * Q * (K + 1);
     float* ent = g + (size_t)B * P * K;
     semantic_probs_kernel<<<(B * Q + 127) / 128, 128>>>(probs, class_logits, B * Q, K + 1); launchCheck();
-    entropy_seg_kernel<<<grid_for((size_t)B * P * K, 256), 256>>>(g, probs, mask_logits, B, Q, K, W4, P, Hv, Wv); launchCheck();
-    entropy_pixel_kernel<<<grid_for((size_t)B * P, 256), 256>>>(g, ent, B, K, W4, P, Hv, Wv, scale); launchCheck();
+    if (K > 256) ttt_die("semantic_entropy: at most 256 classes, got %d", K);
+    entropy_pixel_kernel<<<grid_for((size_t)B * P, 128), 128>>>(g, ent, probs, mask_logits, B, Q, K, W4, P, Hv, Wv, scale);
+    launchCheck();
 }
 
 __global__ void scaled_double_to_float_kernel(float* out, const double* x, double s) { *out = (float)(*x * s); }
@@ -2357,10 +2349,10 @@ __global__ void entropy_dmask_kernel(float* dmask, const float* probs, const flo
         size_t bq = i / P, p = i % P, b = bq / Q;
         const float* a = probs + bq * (K + 1);
         const float* gp = g + (b * P + p) * K;
-        float ds = 0.0f;
-        for (int k = 0; k < K; k++) ds += a[k] * gp[k];
+        double ds = 0.0;   // a small sum of terms of both signs: double, as the reference
+        for (int k = 0; k < K; k++) ds += (double)gp[k] * a[k];
         float s = 1.0f / (1.0f + expf(-mask_logits[i]));
-        dmask[i] += ds * s * (1.0f - s);
+        dmask[i] += (float)(ds * s * (1.0f - s));
     }
 }
 
