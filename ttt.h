@@ -1227,7 +1227,8 @@ float model_mae_loss(Model* m, const float* frames, int B, Rng* rng);
 // model_set_predict_size (class scores resized bilinearly to it before the argmax)
 void model_predict(Model* m, const float* frame, unsigned char* pred);
 void model_set_predict_size(Model* m, int H, int W);
-// optimizer state (AdamW moments and step) with n_extra caller ints (<= 200) for resuming
+// optimizer state (AdamW moments and step) with n_extra caller ints (<= CKPT_HEADER_INTS - 16 = 240)
+// for resuming
 void model_save_optimizer(const Model* m, const char* path, const int* extra, int n_extra);
 void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra);
 // Training resume state in one file (model, AdamW moments and step, n_extra <= 63 caller ints:
