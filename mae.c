@@ -520,7 +520,7 @@ void model_reset_ttt(Model* m) {
 // data = [f | h | g], or [f | h] when g is absent
 
 #define CKPT_KIND_MODEL 1
-#define CKPT_KIND_OPTIMIZER_V1 3   // model_save_optimizer's moments alone (kind 2 is the Swin encoder export)
+#define CKPT_KIND_OPTIMIZER 3   // model_save_optimizer's moments alone (kind 2 is CKPT_KIND_SWIN, the encoder export)
 #define CKPT_KIND_RESUME 4     // model_save_resume: model, moments, step in one file
 #define RESUME_EXTRA_AT 160    // header index of the AdamW step, then the caller's ints
 #define RESUME_MAX_EXTRA 64
@@ -683,13 +683,13 @@ static size_t header_param_count(const int* h, int i, const ModelConfig* c, cons
 // counts, and the file's size. Returns the config; dies naming the file otherwise.
 static ModelConfig read_checked_header(const char* path, int* h, int kind) {
     checkpoint_read_header(path, h);
-    if (h[2] == CKPT_KIND_OPTIMIZER_V1 && kind == CKPT_KIND_RESUME)
+    if (h[2] == CKPT_KIND_OPTIMIZER && kind == CKPT_KIND_RESUME)
         ttt_die("'%s' is the optimizer state of an older ./train (model and moments in two files, which a kill "
                 "between the two writes can leave inconsistent); it cannot be resumed: start a new run with --init "
                 "and the model file", path);
     if (h[2] != kind && kind == CKPT_KIND_MODEL)
         ttt_die("checkpoint '%s' holds kind %d, not a model (kind %d)%s", path, h[2], CKPT_KIND_MODEL,
-                h[2] == CKPT_KIND_OPTIMIZER_V1 || h[2] == CKPT_KIND_RESUME
+                h[2] == CKPT_KIND_OPTIMIZER || h[2] == CKPT_KIND_RESUME
                     ? "; it is a training resume state (the model is the file without .opt)" : "");
     if (h[2] != kind)
         ttt_die("'%s' holds checkpoint kind %d, not a training resume state (kind %d)", path, h[2], CKPT_KIND_RESUME);
@@ -1431,9 +1431,8 @@ void model_load_f_h(Model* m, const char* path) {
     model_free(src);
 }
 
-// optimizer state for resuming training: [t, then m and v of f | h | g] in a checkpoint of
-// kind 2 whose header also records the parameter counts
-#define CKPT_KIND_OPTIMIZER 3   // (2 is CKPT_KIND_SWIN)
+// optimizer state for resuming training: [m and v of f | h | g] in a checkpoint of kind
+// CKPT_KIND_OPTIMIZER (3) whose header also records the parameter counts and the step t
 
 void model_save_optimizer(const Model* m, const char* path, const int* extra, int n_extra) {
     int header[CKPT_HEADER_INTS] = {0};

@@ -403,6 +403,53 @@ void scale_rows_backward_cpu(float* dinp, const float* dout, const float* scale,
 // ----------------------------------------------------------------------------
 // linear: out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias
 
+// The algorithmic references: the three loops of the formula, accumulated in double, one
+// thread. They are slow and exist to be read and to check the fast code below against
+// (test/test_naive.c); nothing else calls them.
+// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias (OC)
+void linear_forward_naive(float* out, const float* inp, const float* weight, const float* bias,
+                          int N, int C, int OC) {
+    for (int n = 0; n < N; n++) {
+        for (int o = 0; o < OC; o++) {
+            double s = bias ? bias[o] : 0.0;
+            for (int c = 0; c < C; c++) s += (double)inp[(size_t)n * C + c] * weight[(size_t)o * C + c];
+            out[(size_t)n * OC + o] = (float)s;
+        }
+    }
+}
+
+// dinp (N, C) += dout @ weight; dweight (OC, C) += dout^T @ inp; dbias (OC) += column sums of dout
+void linear_backward_naive(float* dinp, float* dweight, float* dbias, const float* dout,
+                           const float* inp, const float* weight, int N, int C, int OC) {
+    if (dinp) {
+        for (int n = 0; n < N; n++) {
+            for (int c = 0; c < C; c++) {
+                double s = 0.0;
+                for (int o = 0; o < OC; o++) s += (double)dout[(size_t)n * OC + o] * weight[(size_t)o * C + c];
+                dinp[(size_t)n * C + c] += (float)s;
+            }
+        }
+    }
+    if (dweight) {
+        for (int o = 0; o < OC; o++) {
+            for (int c = 0; c < C; c++) {
+                double s = 0.0;
+                for (int n = 0; n < N; n++) s += (double)dout[(size_t)n * OC + o] * inp[(size_t)n * C + c];
+                dweight[(size_t)o * C + c] += (float)s;
+            }
+        }
+    }
+    if (dbias) {
+        for (int o = 0; o < OC; o++) {
+            double s = 0.0;
+            for (int n = 0; n < N; n++) s += dout[(size_t)n * OC + o];
+            dbias[o] += (float)s;
+        }
+    }
+}
+
+// The fast version: the same products through a packed register tile.
+//
 // out (M, NC) (row stride ldo) += A (M, K) @ Bm (K, NC), with A[m][k] = A[m * a_m + k * a_k]
 // and Bm[k][j] = B[k * b_k + j * b_j], so one kernel serves all three products of linear:
 //   forward  out = inp @ weight^T      (A = inp,    B = weight read transposed)
@@ -751,6 +798,92 @@ void softmax_backward_cpu(float* dinp, const float* out, const float* dout, int 
 // ----------------------------------------------------------------------------
 // multi-head attention: att = softmax(q k^T / sqrt(HS) + rel_bias + mask), out = att v
 
+// The algorithmic reference (see linear_forward_naive): for each (b, h, i),
+//   s_j = q_i . k_j / sqrt(HS) + rel_bias[h,i,j] + mask[b % n_mask, i, j]
+//   att_ij = exp(s_j - max s) / sum_j' exp(s_j' - max s);  out_i = sum_j att_ij v_j
+void attention_forward_naive(float* out, float* att, const float* q, const float* k, const float* v,
+                             const float* rel_bias, const float* mask, int n_mask,
+                             int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
+    int C = NH * HS;
+    double scale = 1.0 / sqrt((double)HS);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            for (int i = 0; i < Tq; i++) {
+                const float* qi = q + ((size_t)b * Tq + i) * q_stride + h * HS;
+                float* a = att + (((size_t)b * NH + h) * Tq + i) * Tk;   // (Tk)
+                double maxs = -INFINITY;
+                for (int j = 0; j < Tk; j++) {
+                    const float* kj = k + ((size_t)b * Tk + j) * kv_stride + h * HS;
+                    double s = 0.0;
+                    for (int d = 0; d < HS; d++) s += (double)qi[d] * kj[d];
+                    s *= scale;
+                    if (rel_bias) s += rel_bias[((size_t)h * Tq + i) * Tk + j];
+                    if (mask) s += mask[((size_t)(b % n_mask) * Tq + i) * Tk + j];
+                    a[j] = (float)s;
+                    if (s > maxs) maxs = s;
+                }
+                double sum = 0.0;
+                for (int j = 0; j < Tk; j++) sum += exp((double)a[j] - maxs);
+                for (int j = 0; j < Tk; j++) a[j] = (float)(exp((double)a[j] - maxs) / sum);
+                float* oi = out + ((size_t)b * Tq + i) * C + h * HS;
+                for (int d = 0; d < HS; d++) {
+                    double o = 0.0;
+                    for (int j = 0; j < Tk; j++) o += (double)a[j] * v[((size_t)b * Tk + j) * kv_stride + h * HS + d];
+                    oi[d] = (float)o;
+                }
+            }
+        }
+    }
+}
+
+// With P = att and dO = dout, per (b, h, i):
+//   dv_j += P_ij dO_i;  dP_ij = dO_i . v_j;  dS_ij = P_ij (dP_ij - sum_j' P_ij' dP_ij');
+//   drel_bias[h,i,j] += dS_ij;  dq_i += sum_j dS_ij k_j / sqrt(HS);  dk_j += dS_ij q_i / sqrt(HS)
+void attention_backward_naive(float* dq, float* dk, float* dv, float* drel_bias, const float* dout,
+                              const float* att, const float* q, const float* k, const float* v,
+                              int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
+    int C = NH * HS;
+    double scale = 1.0 / sqrt((double)HS);
+    double* dS = (double*)mallocCheck((size_t)Tk * sizeof(double));
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            for (int i = 0; i < Tq; i++) {
+                const float* P = att + (((size_t)b * NH + h) * Tq + i) * Tk;
+                const float* dOi = dout + ((size_t)b * Tq + i) * C + h * HS;
+                const float* qi = q + ((size_t)b * Tq + i) * q_stride + h * HS;
+                double rowsum = 0.0;
+                for (int j = 0; j < Tk; j++) {
+                    const float* vj = v + ((size_t)b * Tk + j) * kv_stride + h * HS;
+                    double dP = 0.0;
+                    for (int d = 0; d < HS; d++) dP += (double)dOi[d] * vj[d];
+                    dS[j] = dP;
+                    rowsum += dP * P[j];
+                    if (dv) {
+                        float* dvj = dv + ((size_t)b * Tk + j) * kv_stride + h * HS;
+                        for (int d = 0; d < HS; d++) dvj[d] += P[j] * dOi[d];
+                    }
+                }
+                for (int j = 0; j < Tk; j++) dS[j] = P[j] * (dS[j] - rowsum);
+                for (int j = 0; j < Tk; j++) {
+                    const float* kj = k + ((size_t)b * Tk + j) * kv_stride + h * HS;
+                    if (drel_bias) drel_bias[((size_t)h * Tq + i) * Tk + j] += (float)dS[j];
+                    if (dq) {
+                        float* dqi = dq + ((size_t)b * Tq + i) * q_stride + h * HS;
+                        for (int d = 0; d < HS; d++) dqi[d] += (float)(dS[j] * scale * kj[d]);
+                    }
+                    if (dk) {
+                        float* dkj = dk + ((size_t)b * Tk + j) * kv_stride + h * HS;
+                        for (int d = 0; d < HS; d++) dkj[d] += (float)(dS[j] * scale * qi[d]);
+                    }
+                }
+            }
+        }
+    }
+    free(dS);
+}
+
+// The fast version:
+//
 // Each (b, h) is a few small matrix products through the packed register tile:
 //   scores (Tq, Tk) = rel_bias + mask + (q / sqrt(HS)) k^T, att = softmax rows, out = att v.
 // Threads own whole heads (b, h), so every write is race-free.
@@ -851,6 +984,58 @@ void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, c
 
 // ----------------------------------------------------------------------------
 // conv2d, NHWC, weight (OC, K, K, C)
+
+// The algorithmic reference (see linear_forward_naive), the formula of ttt.h as written:
+// out[b,y,x,o] = bias[o] + sum_{ky,kx,c} weight[o,ky,kx,c] * inp[b, y*stride-pad+ky, x*stride-pad+kx, c]
+void conv2d_forward_naive(float* out, const float* inp, const float* weight, const float* bias,
+                          int B, int H, int W, int C, int OC, int K, int stride, int pad,
+                          int Ho, int Wo) {
+    for (int b = 0; b < B; b++)
+    for (int y = 0; y < Ho; y++)
+    for (int x = 0; x < Wo; x++)
+    for (int o = 0; o < OC; o++) {
+        double s = bias ? bias[o] : 0.0;
+        for (int ky = 0; ky < K; ky++)
+        for (int kx = 0; kx < K; kx++) {
+            int iy = y * stride - pad + ky, ix = x * stride - pad + kx;
+            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;   // zero padding
+            for (int c = 0; c < C; c++) {
+                s += (double)weight[(((size_t)o * K + ky) * K + kx) * C + c] *
+                     inp[(((size_t)b * H + iy) * W + ix) * C + c];
+            }
+        }
+        out[(((size_t)b * Ho + y) * Wo + x) * OC + o] = (float)s;
+    }
+}
+
+// the same loops, each product's two factors receiving dout times the other:
+// dinp[b,iy,ix,c] += weight[o,ky,kx,c] * dout[b,y,x,o]; dweight[o,ky,kx,c] += inp[b,iy,ix,c] * dout[b,y,x,o];
+// dbias[o] += dout[b,y,x,o]
+void conv2d_backward_naive(float* dinp, float* dweight, float* dbias, const float* dout,
+                           const float* inp, const float* weight,
+                           int B, int H, int W, int C, int OC, int K, int stride, int pad,
+                           int Ho, int Wo) {
+    for (int b = 0; b < B; b++)
+    for (int y = 0; y < Ho; y++)
+    for (int x = 0; x < Wo; x++)
+    for (int o = 0; o < OC; o++) {
+        float d = dout[(((size_t)b * Ho + y) * Wo + x) * OC + o];
+        if (dbias) dbias[o] += d;
+        for (int ky = 0; ky < K; ky++)
+        for (int kx = 0; kx < K; kx++) {
+            int iy = y * stride - pad + ky, ix = x * stride - pad + kx;
+            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+            for (int c = 0; c < C; c++) {
+                size_t wi = (((size_t)o * K + ky) * K + kx) * C + c;
+                size_t ii = (((size_t)b * H + iy) * W + ix) * C + c;
+                if (dinp) dinp[ii] += weight[wi] * d;
+                if (dweight) dweight[wi] += inp[ii] * d;
+            }
+        }
+    }
+}
+
+// The fast version:
 //
 // No im2col matrix: a conv is a sum over the K*K taps (ky, kx) of small matrix products
 // whose rows are pixels, and each product runs through the same packed register tile as

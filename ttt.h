@@ -361,6 +361,16 @@ void dice_loss_backward_cpu(float* dlogits, const float* dlosses, const float* l
 void adamw_update_cpu(float* params, const float* grads, float* m, float* v, size_t N, float lr, float beta1, float beta2, float eps, float weight_decay, int t);
 void sum_squares_cpu(float* out, const float* x, size_t N);
 
+// the algorithmic references of the ops whose _cpu code is optimised beyond its formula (the
+// loops of the formula above, in double, one thread; in ttt.c right above the fast versions;
+// test/test_naive.c checks the fast ones equal them). Same arguments as the op.
+void linear_forward_naive(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
+void linear_backward_naive(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
+void attention_forward_naive(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void attention_backward_naive(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void conv2d_forward_naive(float* out, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
+void conv2d_backward_naive(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
+
 #ifdef TTT_CUDA
 // CUDA runtime plumbing (ttt_kernels.cu)
 int ttt_cuda_device_count(void);
@@ -1217,7 +1227,8 @@ float model_mae_loss(Model* m, const float* frames, int B, Rng* rng);
 // model_set_predict_size (class scores resized bilinearly to it before the argmax)
 void model_predict(Model* m, const float* frame, unsigned char* pred);
 void model_set_predict_size(Model* m, int H, int W);
-// optimizer state (AdamW moments and step) with n_extra caller ints (<= 200) for resuming
+// optimizer state (AdamW moments and step) with n_extra caller ints (<= CKPT_HEADER_INTS - 16 = 240)
+// for resuming
 void model_save_optimizer(const Model* m, const char* path, const int* extra, int n_extra);
 void model_load_optimizer(Model* m, const char* path, int* extra, int n_extra);
 // Training resume state in one file (model, AdamW moments and step, n_extra <= 63 caller ints:

@@ -106,5 +106,5 @@ BEGIN {
         ms = (nt[r[1]] > 0) ? sprintf("%.0f", t[r[1]] / nt[r[1]]) : "-"
         printf("%-34s %10s %8s %10s %8s %10s\n", r[2], ap, r[3], pq, r[4], ms)
     }
-    printf("(paper numbers as issue 18 quotes them for the baseline and online rows)\n")
+    printf("(the numbers of the paper for the baseline and online rows)\n")
 }' /dev/null

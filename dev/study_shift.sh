@@ -1,5 +1,5 @@
 #!/bin/sh
-# Why does TTT not help on the generated world (issue 7)? One grid over three hypotheses:
+# Why does TTT not help on the generated world? One grid over three hypotheses:
 #   (1) the test-time shift is too small: videos with and without a shift the source stills
 #       never show (./gen video --shift NAME[:STRENGTH]);
 #   (2) one step of lr 1e-4 on batch 4 is too little: online TTT (window 16) at other

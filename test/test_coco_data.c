@@ -6,7 +6,7 @@
 //   COCO Videos  coco_videos/raw_images/VID/VID_NNNN.png, coco_videos/panoptic_images/VID/...,
 //                coco_videos/annotations/train/VID.json (no "categories": COCO's 133; only every
 //                10th frame annotated; category 255 = ignored), as the released code reads them
-// and every bad input of issue 18 (one "error:" line naming the file and the id, exit 1).
+// and every bad input of the COCO loaders (one "error:" line naming the file and the id, exit 1).
 #include "test.h"
 #include <sys/stat.h>
 #include <sys/wait.h>

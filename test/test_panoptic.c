@@ -5,7 +5,7 @@
 //   targets equals the semantic one when every segment is a class region; ./stream --task
 //   panoptic | instance --score-every 10 on the video: its COCO outputs read back with the
 //   readers (PNG ids against the JSON), PQ and AP recomputed from the files equal what it
-//   printed; and the bad inputs of issue 18 at the program level.
+//   printed; and the bad inputs of the COCO formats at the program level.
 #include "test.h"
 #include <sys/stat.h>
 #include <sys/wait.h>

@@ -1,4 +1,4 @@
-// test/test_robust.c: the failures a new user meets (issue 16), one check each: nothing of the
+// test/test_robust.c: the failures a new user meets, one check each: nothing of the
 // user's is overwritten, nothing silently wrong, no undefined behaviour on a bad header, no late
 // failure, no inconsistent resume state.
 //   ./stream: --out equal to or inside the frames or labels folder (also through a symlink and
