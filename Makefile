@@ -129,7 +129,7 @@ SAN_ENV = ASAN_OPTIONS=detect_leaks=1:exitcode=86:log_path=$(CURDIR)/build-san/f
           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86:log_path=$(CURDIR)/build-san/findings
 test-sanitize:
 	@mkdir -p build-san/test
-	@cp -p Makefile *.c *.h build-san/ && cp -p $$(find test -maxdepth 1 -type f -name '*.[ch]' -o -maxdepth 1 -type f -name '*.sh' \
+	@cp -p Makefile *.c *.h *.cu *.md build-san/ && cp -p $$(find test -maxdepth 1 -type f -name '*.[ch]' -o -maxdepth 1 -type f -name '*.sh' \
 	  -o -maxdepth 1 -type f -name '*.py') build-san/test/
 	@rm -rf build-san/vendor && mkdir -p build-san/vendor && cp -p vendor/*.[ch] build-san/vendor/   # its objects stay in build-san
 	@for d in data dev; do ln -sfn ../$$d build-san/$$d; done && ln -sfn ../../test/data build-san/test/data
