@@ -112,30 +112,7 @@ int* task_check_frames(const TaskSetup* s, char* const* names, const int* scored
 }
 
 // ----------------------------------------------------------------------------
-// drawing: colours, outlines, names (3x5 font, the one stream.c's plots use)
-
-static void put_rgb(float* img, int H, int W, int x, int y, const float* col) {
-    if (x < 0 || y < 0 || x >= W || y >= H) return;
-    memcpy(img + 3 * ((size_t)y * W + x), col, 3 * sizeof(float));
-}
-
-static void draw_text3x5(float* img, int H, int W, int x, int y, const char* s, int scale, const float* col) {
-    static const char chars[] = "0123456789.-LOSMIUFRAEKNTCPHW=/ GDBJQVXYZ()";
-    static const unsigned short glyphs[] = {   // 5 rows of 3 bits, top row in the high bits
-        075557, 026227, 071747, 071717, 055711, 074717, 074757, 071111, 075757, 075717, 000002, 000700,
-        044447, 075557, 074717, 057755, 072227, 055557, 074744, 065655, 025755, 074747, 055655, 065555,
-        072222, 074447, 075744, 055755, 055575, 007070, 011244, 000000, 074557, 065556, 065656, 011152,
-        025563, 055552, 055255, 055222, 071247, 012221, 042224};
-    for (; *s; s++, x += 4 * scale) {
-        const char* p = strchr(chars, toupper((unsigned char)*s));
-        if (p == NULL) continue;
-        unsigned g = glyphs[p - chars];
-        for (int r = 0; r < 5; r++) for (int c = 0; c < 3; c++)
-            if (g >> (3 * (4 - r) + (2 - c)) & 1)
-                for (int i = 0; i < scale; i++) for (int j = 0; j < scale; j++)
-                    put_rgb(img, H, W, x + c * scale + j, y + r * scale + i, col);
-    }
-}
+// drawing: colours, outlines, names (image_draw_text's 3x5 font, as stream.c's plots)
 
 // a name on a dark box at (x, y)
 static void draw_label(float* img, int H, int W, int x, int y, const char* s) {
@@ -146,8 +123,8 @@ static void draw_label(float* img, int H, int W, int x, int y, const char* s) {
     if (x < 0) x = 0;
     if (y < 0) y = 0;
     const float dark[3] = {0.05f, 0.05f, 0.05f}, white[3] = {1.0f, 1.0f, 1.0f};
-    for (int yy = y; yy < y + bh; yy++) for (int xx = x; xx < x + bw; xx++) put_rgb(img, H, W, xx, yy, dark);
-    draw_text3x5(img, H, W, x + 1, y + 1, s, scale, white);
+    for (int yy = y; yy < y + bh; yy++) for (int xx = x; xx < x + bw; xx++) image_put_pixel(img, H, W, xx, yy, dark);
+    image_draw_text(img, H, W, x + 1, y + 1, s, scale, white);
 }
 
 // the colour of segment s of class k: the category's, shifted per instance for things
@@ -325,7 +302,7 @@ static void panoptic_frame(TaskRun* r, const char* stem, long image_id, const fl
         for (int x = 0; x < W; x++) {
             int v = seg[(size_t)y * W + x];
             if ((x + 1 < W && seg[(size_t)y * W + x + 1] != v) || (y + 1 < H && seg[(size_t)(y + 1) * W + x] != v))
-                put_rgb(vis, H, W, x, y, white);
+                image_put_pixel(vis, H, W, x, y, white);
         }
     for (int k = 0; k < n; k++)
         if (segs[k].area >= 64) draw_label(vis, H, W, bb[4 * k] + 1, bb[4 * k + 1] + 1, s->cats.name[segs[k].class_id]);
@@ -398,7 +375,7 @@ static void instance_frame(TaskRun* r, const char* stem, long image_id, const fl
                 size_t i = (size_t)y * W + x;
                 if (m[i] && ((x + 1 < W && !m[i + 1]) || (y + 1 < H && !m[i + W]) || x == 0 || y == 0 ||
                              (x > 0 && !m[i - 1]) || (y > 0 && !m[i - W])))
-                    put_rgb(vis, H, W, x, y, col);
+                    image_put_pixel(vis, H, W, x, y, col);
             }
         double bb[4];
         rle_to_bbox(&dets[k].rle, bb);

@@ -1220,6 +1220,9 @@ static float panoptic_set_loss(Model* m, const SetLossConfig* lc, const int* pan
     return loss;
 }
 
+static float main_set_loss(Model* m, const unsigned char* labels, int B, Rng* rng, int want_grad, float num_masks,
+                          const int* pan_classes, const int* pan_counts);
+
 // f and h on the clean images (B, H, W, 3) host; set loss against labels (B, H, W) on the host.
 // The mask maps cover the padded frame, so labels are padded with 255 (ignore) to Hp x Wp.
 // With want_grad the logits' gradients land in host_dcls / host_dmask.
@@ -1235,6 +1238,13 @@ static float main_forward(Model* m, const float* images, const unsigned char* la
     mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch, 0);
     swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, B);
     m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), B, m->h_frozen_masks);
+    return main_set_loss(m, labels, B, rng, want_grad, num_masks, pan_classes, pan_counts);
+}
+
+// the set loss of h's last forward of B images (logits copied to the host) against labels
+// (B, H, W), padded with 255 to the model's Hp x Wp; gradients into host_dcls / host_dmask
+static float main_set_loss(Model* m, const unsigned char* labels, int B, Rng* rng, int want_grad, float num_masks,
+                          const int* pan_classes, const int* pan_counts) {
     const M2FConfig* c = &m->cfg.m2f;
     int L = c->dec_layers + 1, Q = c->num_queries, K = c->num_classes;
     size_t ncls = (size_t)L * B * Q * (K + 1), nmask = (size_t)L * B * Q * m->H4 * m->W4;
@@ -1275,21 +1285,26 @@ static void main_backward(Model* m, int B) {
     swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
 }
 
-// targets of a label batch: the classes present in each label (255 ignored), summed
-static int count_targets(const unsigned char* labels, int B, size_t HW, int K) {
-    int total = 0;
-    for (int b = 0; b < B; b++) {
-        unsigned char seen[256] = {0};
-        const unsigned char* l = labels + (size_t)b * HW;
-        for (size_t i = 0; i < HW; i++) seen[l[i]] = 1;
-        for (int k = 0; k < K; k++) total += seen[k];
-    }
+// targets of a label batch: the classes present in each label (255 ignored), summed, as the set
+// loss makes them (set_loss_targets_semantic counts when given no masks)
+static int count_targets(const unsigned char* labels, int B, int H, int W, int K) {
+    int classes[256], total = 0;
+    for (int b = 0; b < B; b++) total += set_loss_targets_semantic(classes, NULL, labels + (size_t)b * H * W, H, W, K);
     return total;
 }
 
 // 1 when the set loss draws random points (not every pixel of the mask maps; see main_forward)
 static int set_loss_draws(const Model* m) {
     return !m->set_loss_cfg.all_pixels && m->H4 * m->W4 > m->set_loss_cfg.num_points;
+}
+
+// the host gradients of the last main-task forward of B images times s (a chunk's share)
+static void scale_host_main_grads(Model* m, int B, float s) {
+    const M2FConfig* c = &m->cfg.m2f;
+    size_t L = c->dec_layers + 1, BQ = (size_t)B * c->num_queries;
+    size_t ncls = L * BQ * (c->num_classes + 1), nmask = L * BQ * m->H4 * m->W4;
+    for (size_t i = 0; i < ncls; i++) m->host_dcls[i] *= s;
+    for (size_t i = 0; i < nmask; i++) m->host_dmask[i] *= s;
 }
 
 // The joint loss of a batch, in micro-batches of at most max_B images that behave as the
@@ -1312,7 +1327,7 @@ static float train_chunks(Model* m, const float* images, const unsigned char* la
     size_t HW = (size_t)m->H * m->W;
     int dp = backward && m->dp_world > 1, M = chunk_size(m, B, dp);
     int n_chunks = (B + M - 1) / M, chunked = n_chunks > 1, upfront = chunked || dp;
-    int T = chunked ? count_targets(labels, B, HW, m->cfg.num_classes) : 0;
+    int T = chunked ? count_targets(labels, B, m->H, m->W, m->cfg.num_classes) : 0;
     if (chunked && pan_classes) { T = 0; for (int b = 0; b < B; b++) T += pan_counts[b]; }
     if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
     int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
@@ -1354,12 +1369,7 @@ static float train_chunks(Model* m, const float* images, const unsigned char* la
                                  pan_counts ? pan_counts + b0 : NULL);
         if (!isfinite(lmc)) { lm = NAN; lr = NAN; break; }
         if (backward) {
-            if (w != 1.0f) {   // the chunk's weight, on its host gradients
-                const M2FConfig* cf = &m->cfg.m2f;
-                size_t rows = (size_t)(cf->dec_layers + 1) * Bc * cf->num_queries;
-                for (size_t i = 0; i < rows * (cf->num_classes + 1); i++) m->host_dcls[i] *= w;
-                for (size_t i = 0; i < rows * m->H4 * m->W4; i++) m->host_dmask[i] *= w;
-            }
+            if (w != 1.0f) scale_host_main_grads(m, Bc, w);   // the chunk's weight
             main_backward(m, Bc);
         }
         if (upfront) {
@@ -1505,31 +1515,13 @@ float model_train_loss_panoptic(Model* m, const float* images, const unsigned ch
 
 // ---- ops: CPU references and dispatchers ----
 
-// softmax over the K+1 logits of one query (double sum), as mask2former.c's inference
-static void softmax_row_ref(float* probs, const float* logits, int n) {
-    float mx = logits[0];
-    for (int k = 1; k < n; k++) if (logits[k] > mx) mx = logits[k];
-    double z = 0.0;
-    for (int k = 0; k < n; k++) { probs[k] = expf(logits[k] - mx); z += probs[k]; }
-    for (int k = 0; k < n; k++) probs[k] = (float)(probs[k] / z);
-}
-
-// class score k at pixel (y, x) of the x4-resized maps seg (H4*W4, K): mask2former.c's seg_x4_at
-static float seg_x4_value(const float* seg, int K, int H4, int W4, int y, int x, int k) {
-    int y0, y1, x0, x1; float ly, lx;
-    bilinear_source(y, H4, 4 * H4, &y0, &y1, &ly);
-    bilinear_source(x, W4, 4 * W4, &x0, &x1, &lx);
-    return (1.0f - ly) * ((1.0f - lx) * seg[((size_t)y0 * W4 + x0) * K + k] + lx * seg[((size_t)y0 * W4 + x1) * K + k]) +
-           ly * ((1.0f - lx) * seg[((size_t)y1 * W4 + x0) * K + k] + lx * seg[((size_t)y1 * W4 + x1) * K + k]);
-}
-
 void semantic_scores_cpu(float* scores, const float* class_logits, const float* mask_logits,
                          int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work) {
     if (H > 4 * H4 || W > 4 * W4) ttt_die("semantic scores: image %dx%d larger than 4 x (%dx%d)", H, W, H4, W4);
     int K1 = K + 1, HW = H4 * W4;
     float* probs = work;                    // (Q, K+1)
     float* seg = work + (size_t)Q * K1;     // (H4*W4, K)
-    for (int q = 0; q < Q; q++) softmax_row_ref(probs + (size_t)q * K1, class_logits + (size_t)q * K1, K1);
+    for (int q = 0; q < Q; q++) softmax_row_host(probs + (size_t)q * K1, class_logits + (size_t)q * K1, K1);
     // seg[p, k] = sum_q probs[q, k] * sigmoid(mask[q, p]), q ascending (m2f_semantic_inference's order)
     #pragma omp parallel for schedule(static) if ((size_t)HW * Q * K > 262144)
     for (int p = 0; p < HW; p++) {
@@ -1550,8 +1542,8 @@ void semantic_scores_cpu(float* scores, const float* class_logits, const float* 
             bilinear_source(x, W, Wo, &xa, &xb, &lx);
             float* out = scores + ((size_t)y * Wo + x) * K;
             for (int k = 0; k < K; k++) {
-                float top = (1.0f - lx) * seg_x4_value(seg, K, H4, W4, ya, xa, k) + lx * seg_x4_value(seg, K, H4, W4, ya, xb, k);
-                float bot = (1.0f - lx) * seg_x4_value(seg, K, H4, W4, yb, xa, k) + lx * seg_x4_value(seg, K, H4, W4, yb, xb, k);
+                float top = (1.0f - lx) * seg_x4_at(seg, K, H4, W4, ya, xa, k) + lx * seg_x4_at(seg, K, H4, W4, ya, xb, k);
+                float bot = (1.0f - lx) * seg_x4_at(seg, K, H4, W4, yb, xa, k) + lx * seg_x4_at(seg, K, H4, W4, yb, xb, k);
                 out[k] = (1.0f - ly) * top + ly * bot;
             }
         }
@@ -1630,7 +1622,7 @@ static void semantic_entropy_pixels_cpu(const float* class_logits, const float* 
     float* probs = work;
     float* g = probs + (size_t)B * Q * K1;
     float* ent = g + (size_t)B * P * K;
-    for (int bq = 0; bq < B * Q; bq++) softmax_row_ref(probs + (size_t)bq * K1, class_logits + (size_t)bq * K1, K1);
+    for (int bq = 0; bq < B * Q; bq++) softmax_row_host(probs + (size_t)bq * K1, class_logits + (size_t)bq * K1, K1);
     #pragma omp parallel for schedule(static)
     for (size_t bp = 0; bp < (size_t)B * P; bp++) {
         size_t b = bp / P, p = bp % P;
@@ -1955,35 +1947,9 @@ static float self_train_forward(Model* m, const float* frames, const unsigned ch
                                 int B, Rng* rng, int want_grad) {
     ensure_train_buffers(m);
     f_h_forward(m, frames, masks, B, rng, 1);
-    const M2FConfig* c = &m->cfg.m2f;
-    int L = c->dec_layers + 1, Q = c->num_queries, K = c->num_classes;
-    size_t ncls = (size_t)L * B * Q * (K + 1), nmask = (size_t)L * B * Q * m->H4 * m->W4;
-    ttt_to_host(m->host_cls_all, m->ha.class_logits, ncls * sizeof(float));
-    ttt_to_host(m->host_mask_all, m->ha.mask_logits, nmask * sizeof(float));
-    if (!is_finite_array(m->host_cls_all, ncls) || !is_finite_array(m->host_mask_all, nmask)) return NAN;
-    memset(m->host_labels_pad, 255, (size_t)B * m->Hp * m->Wp);
-    for (int b = 0; b < B; b++)
-        for (int y = 0; y < m->H; y++)
-            memcpy(m->host_labels_pad + ((size_t)b * m->Hp + y) * m->Wp, labels + ((size_t)b * m->H + y) * m->W, (size_t)m->W);
-    if (want_grad) {
-        memset(m->host_dcls, 0, ncls * sizeof(float));
-        memset(m->host_dmask, 0, nmask * sizeof(float));
-    }
-    SetLossConfig lc = m->set_loss_cfg;
-    if (m->H4 * m->W4 <= lc.num_points) lc.all_pixels = 1;
-    float parts[3];
-    return set_loss(&lc, m->host_cls_all, m->host_mask_all, L, B, Q, K, m->H4, m->W4, m->host_labels_pad, m->Hp, m->Wp,
-                    want_grad ? m->host_dcls : NULL, want_grad ? m->host_dmask : NULL, rng, parts);
+    return main_set_loss(m, labels, B, rng, want_grad, 0.0f, NULL, NULL);
 }
 
-// the host gradients of the last main-task forward of B images times s (a chunk's share)
-static void scale_host_main_grads(Model* m, int B, float s) {
-    const M2FConfig* c = &m->cfg.m2f;
-    size_t L = c->dec_layers + 1, BQ = (size_t)B * c->num_queries;
-    size_t ncls = L * BQ * (c->num_classes + 1), nmask = L * BQ * m->H4 * m->W4;
-    for (size_t i = 0; i < ncls; i++) m->host_dcls[i] *= s;
-    for (size_t i = 0; i < nmask; i++) m->host_dmask[i] *= s;
-}
 
 static float self_train_run(Model* m, const float* frames, const unsigned char* labels, int B, float mask_ratio,
                             Rng* rng, int backward) {

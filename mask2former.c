@@ -1096,8 +1096,8 @@ void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2
 // ----------------------------------------------------------------------------
 // inference (host memory, one image)
 
-// softmax over the K+1 logits of one query into probs (K+1)
-static void softmax_row_host(float* probs, const float* logits, int n) {
+// softmax over the K+1 logits of one query into probs (K+1), double sum (ttt.h)
+void softmax_row_host(float* probs, const float* logits, int n) {
     float mx = logits[0];
     for (int k = 1; k < n; k++) if (logits[k] > mx) mx = logits[k];
     double z = 0.0;
@@ -1109,8 +1109,8 @@ size_t m2f_semantic_work_size(int Q, int K, int H4, int W4) {
     return (size_t)Q * (K + 1) + (size_t)H4 * W4 * K + K;
 }
 
-// class score k at pixel (y, x) of the x4-resized class maps seg (H4*W4, K)
-static float seg_x4_at(const float* seg, int K, int H4, int W4, int y, int x, int k) {
+// class score k at pixel (y, x) of the x4-resized class maps seg (H4*W4, K) (ttt.h)
+float seg_x4_at(const float* seg, int K, int H4, int W4, int y, int x, int k) {
     int y0, y1, x0, x1; float ly, lx;
     bilinear_source(y, H4, 4 * H4, &y0, &y1, &ly);
     bilinear_source(x, W4, 4 * W4, &x0, &x1, &lx);

@@ -578,10 +578,7 @@ static double score_miou(const Score* s) {
 
 typedef struct { float* px; int H, W; } Canvas;
 
-static void put_px(Canvas* cv, int x, int y, const float* col) {
-    if (x < 0 || y < 0 || x >= cv->W || y >= cv->H) return;
-    memcpy(&cv->px[3 * ((size_t)y * cv->W + x)], col, 3 * sizeof(float));
-}
+static void put_px(Canvas* cv, int x, int y, const float* col) { image_put_pixel(cv->px, cv->H, cv->W, x, y, col); }
 
 static void draw_line(Canvas* cv, int x0, int y0, int x1, int y1, const float* col) {
     int dx = abs(x1 - x0), dy = -abs(y1 - y0), sx = x0 < x1 ? 1 : -1, sy = y0 < y1 ? 1 : -1, err = dx + dy;
@@ -595,21 +592,7 @@ static void draw_line(Canvas* cv, int x0, int y0, int x1, int y1, const float* c
 }
 
 static void draw_text(Canvas* cv, int x, int y, const char* s, int scale, const float* col) {
-    static const char chars[] = "0123456789.-LOSMIUFRAEKNTCPHW=/ GDBJQVXYZ()";
-    static const unsigned short glyphs[] = {   // 5 rows of 3 bits, top row in the high bits
-        075557, 026227, 071747, 071717, 055711, 074717, 074757, 071111, 075757, 075717, 000002, 000700,
-        044447, 075557, 074717, 057755, 072227, 055557, 074744, 065655, 025755, 074747, 055655, 065555,
-        072222, 074447, 075744, 055755, 055575, 007070, 011244, 000000, 074557, 065556, 065656, 011152,
-        025563, 055552, 055255, 055222, 071247, 012221, 042224};
-    for (; *s; s++, x += 4 * scale) {
-        const char* p = strchr(chars, toupper((unsigned char)*s));
-        if (p == NULL) continue;
-        unsigned g = glyphs[p - chars];
-        for (int r = 0; r < 5; r++) for (int c = 0; c < 3; c++)
-            if (g >> (3 * (4 - r) + (2 - c)) & 1)
-                for (int i = 0; i < scale; i++) for (int j = 0; j < scale; j++)
-                    put_px(cv, x + c * scale + j, y + r * scale + i, col);
-    }
+    image_draw_text(cv->px, cv->H, cv->W, x, y, s, scale, col);
 }
 
 // frame blended half and half with the colours of the predicted classes; with class names and

@@ -1,6 +1,7 @@
 // ttt.c: CPU reference ops, device switch, memory helpers, RNG, image IO, checkpoints.
 // Every op's math is documented once, in ttt.h; this file is its CPU reference.
 #include "ttt.h"
+#include <ctype.h>
 #include <stdarg.h>
 #include <time.h>
 #include <errno.h>
@@ -335,6 +336,33 @@ int stage_timing_collect(const char** names, double* ms, int max) {
 int is_finite_array(const float* x, size_t n) {
     for (size_t i = 0; i < n; i++) if (!isfinite(x[i])) return 0;
     return 1;
+}
+
+// one pixel of an RGB image (H, W, 3) in [0, 1]; outside the image: nothing
+void image_put_pixel(float* img, int H, int W, int x, int y, const float* rgb) {
+    if (x < 0 || y < 0 || x >= W || y >= H) return;
+    memcpy(img + 3 * ((size_t)y * W + x), rgb, 3 * sizeof(float));
+}
+
+// text in a 3x5 pixel font (digits, capitals, . - = / ( ) and space; lower case is drawn as
+// upper case, other characters are skipped), each font pixel a scale x scale square, top-left
+// at (x, y), 4 * scale pixels per character
+void image_draw_text(float* img, int H, int W, int x, int y, const char* s, int scale, const float* rgb) {
+    static const char chars[] = "0123456789.-LOSMIUFRAEKNTCPHW=/ GDBJQVXYZ()";
+    static const unsigned short glyphs[] = {   // 5 rows of 3 bits, top row in the high bits
+        075557, 026227, 071747, 071717, 055711, 074717, 074757, 071111, 075757, 075717, 000002, 000700,
+        044447, 075557, 074717, 057755, 072227, 055557, 074744, 065655, 025755, 074747, 055655, 065555,
+        072222, 074447, 075744, 055755, 055575, 007070, 011244, 000000, 074557, 065556, 065656, 011152,
+        025563, 055552, 055255, 055222, 071247, 012221, 042224};
+    for (; *s; s++, x += 4 * scale) {
+        const char* p = strchr(chars, toupper((unsigned char)*s));
+        if (p == NULL) continue;
+        unsigned g = glyphs[p - chars];
+        for (int r = 0; r < 5; r++) for (int c = 0; c < 3; c++)
+            if (g >> (3 * (4 - r) + (2 - c)) & 1)
+                for (int i = 0; i < scale; i++) for (int j = 0; j < scale; j++)
+                    image_put_pixel(img, H, W, x + c * scale + j, y + r * scale + i, rgb);
+    }
 }
 
 void confusion_update(int64_t* conf, const unsigned char* pred, const unsigned char* label, size_t n, int K) {

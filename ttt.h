@@ -1015,6 +1015,11 @@ void attn_mask_from_logits_cuda(float* mask_add, const float* logits, int B, int
 //   after it is far cheaper and differs only along boundaries.)
 // work: host floats of m2f_semantic_work_size(Q, K, H4, W4).
 size_t m2f_semantic_work_size(int Q, int K, int H4, int W4);
+// the pieces of the host inference, shared with mae.c's semantic_scores_cpu:
+// softmax over the n logits of one query (double sum) into probs (n)
+void softmax_row_host(float* probs, const float* logits, int n);
+// class score k at pixel (y, x) of the x4-resized class maps seg (H4*W4, K) (align_corners=False)
+float seg_x4_at(const float* seg, int K, int H4, int W4, int y, int x, int k);
 void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
                             const float* mask_logits, int Q, int K, int H4, int W4,
                             int H, int W, int Ho, int Wo, float* work);
@@ -1502,6 +1507,10 @@ int stage_timing_collect(const char** names, double* ms, int max);
 void device_timer_start(void);
 double device_timer_stop_ms(void);   // waits for the device
 int is_finite_array(const float* x, size_t n);  // host memory
+// drawing on an RGB image (H, W, 3) in [0, 1], host memory (overlays and plots): one pixel,
+// and text in a 3x5 pixel font (digits, capitals, . - = / ( ) and space; scale x scale per dot)
+void image_put_pixel(float* img, int H, int W, int x, int y, const float* rgb);
+void image_draw_text(float* img, int H, int W, int x, int y, const char* s, int scale, const float* rgb);
 
 // ============================================================================
 // DATA (data.c): class names, label formats, the real dataset layouts (KITTI-STEP,
