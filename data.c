@@ -149,21 +149,6 @@ unsigned char* label_load_format(const char* path, LabelFormat fmt, int num_clas
     return ids;
 }
 
-unsigned char* image_try_load_u8(const char* path, int* H, int* W, char* err, size_t errlen) {
-    int w, h, n;
-    unsigned char* px = stbi_load(path, &w, &h, &n, 3);
-    if (px == NULL) {
-        snprintf(err, errlen, "cannot read image '%s': %s", path,
-                 access(path, R_OK) != 0 ? strerror(errno) : stbi_failure_reason());
-        return NULL;
-    }
-    unsigned char* out = (unsigned char*)mallocCheck((size_t)w * h * 3);   // one allocator for callers
-    memcpy(out, px, (size_t)w * h * 3);
-    stbi_image_free(px);
-    *H = h; *W = w;
-    return out;
-}
-
 // ----------------------------------------------------------------------------
 // paths and layouts
 

@@ -682,17 +682,6 @@ static void write_plot(const char* path, const FrameStats* st, const int* order,
     free(v); free(cv.px);
 }
 
-static void json_string(FILE* fp, const char* s) {
-    fputc('"', fp);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(fp, "\\%c", c);
-        else if (c < 0x20) fprintf(fp, "\\u%04x", c);
-        else fputc(c, fp);
-    }
-    fputc('"', fp);
-}
-
 static void json_float(FILE* fp, double x) {
     if (isfinite(x)) fprintf(fp, "%.6g", x); else fprintf(fp, "null");
 }
@@ -711,9 +700,9 @@ static void write_metrics(const char* path, const Args* a, const Video* v, int w
     FILE* fp = fopen(tmp, "w");
     if (fp == NULL) ttt_die("cannot write '%s': %s", path, strerror(errno));
     fprintf(fp, "{\n  \"dir\": ");
-    json_string(fp, a->dir);
+    json_write_string(fp, a->dir);
     fprintf(fp, ", \"model\": ");
-    json_string(fp, a->model_path);
+    json_write_string(fp, a->model_path);
     fprintf(fp, ", \"mode\": \"%s\", \"window\": %d, \"batch\": %d, "
             "\"steps\": %d, \"lr\": %g, \"seed\": %llu, \"shuffle\": %d, \"device\": \"%s\",\n",
             mode_names[a->mode], window, a->sr.batch, a->steps, a->opt.lr,
@@ -725,7 +714,7 @@ static void write_metrics(const char* path, const Args* a, const Video* v, int w
         char* end;
         fprintf(fp, "%s\"%s\": ", i ? ", " : "", set.key[i]);
         double d = strtod(set.val[i], &end);
-        if (set.val[i][0] && *end == 0 && isfinite(d)) fprintf(fp, "%s", set.val[i]); else json_string(fp, set.val[i]);
+        if (set.val[i][0] && *end == 0 && isfinite(d)) fprintf(fp, "%s", set.val[i]); else json_write_string(fp, set.val[i]);
     }
     fprintf(fp, "},\n");
     fprintf(fp, "  \"class_names\": [");
@@ -733,7 +722,7 @@ static void write_metrics(const char* path, const Args* a, const Video* v, int w
         char num[16];
         snprintf(num, sizeof(num), "%d", c);
         if (c) fprintf(fp, ", ");
-        json_string(fp, class_names ? class_names[c] : num);
+        json_write_string(fp, class_names ? class_names[c] : num);
     }
     fprintf(fp, "],\n  \"video_miou\": ");
     json_float(fp, res->miou_frames);
@@ -756,7 +745,7 @@ static void write_metrics(const char* path, const Args* a, const Video* v, int w
     for (int i = 0; i < n; i++) {
         const FrameStats* s = &st[order[i]];
         fprintf(fp, "    {\"index\": %d, \"name\": ", i);
-        json_string(fp, fr[order[i]].name);
+        json_write_string(fp, fr[order[i]].name);
         fprintf(fp, ", \"loss\": ");
         json_float(fp, s->loss);
         fprintf(fp, ", \"ms_ttt\": %.3f, \"ms_predict\": %.3f, \"labeled\": %s, \"miou\": ",

@@ -1953,7 +1953,9 @@ void mae_prepare_input_cpu(float* inp4, float* target, float* target_mask, const
 #include "stb_image.h"         // the implementations are in vendor/stb_impl.c
 #include "stb_image_write.h"
 
-float* image_try_load(const char* path, int* H, int* W, char* err, size_t errlen) {
+// 8-bit RGB (H, W, 3) of an image file, malloc'd; NULL with one line in err (image_try_load
+// is the same as floats in [0, 1])
+unsigned char* image_try_load_u8(const char* path, int* H, int* W, char* err, size_t errlen) {
     int w, h, n;
     unsigned char* px = stbi_load(path, &w, &h, &n, 3);
     if (px == NULL) {
@@ -1961,10 +1963,20 @@ float* image_try_load(const char* path, int* H, int* W, char* err, size_t errlen
                  access(path, R_OK) != 0 ? strerror(errno) : stbi_failure_reason());
         return NULL;
     }
-    float* rgb = (float*)mallocCheck((size_t)w * h * 3 * sizeof(float));
-    for (size_t i = 0; i < (size_t)w * h * 3; i++) rgb[i] = px[i] / 255.0f;
+    unsigned char* out = (unsigned char*)mallocCheck((size_t)w * h * 3);   // one allocator for callers
+    memcpy(out, px, (size_t)w * h * 3);
     stbi_image_free(px);
     *H = h; *W = w;
+    return out;
+}
+
+float* image_try_load(const char* path, int* H, int* W, char* err, size_t errlen) {
+    unsigned char* px = image_try_load_u8(path, H, W, err, errlen);
+    if (px == NULL) return NULL;
+    size_t n = (size_t)*H * *W * 3;
+    float* rgb = (float*)mallocCheck(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) rgb[i] = px[i] / 255.0f;
+    free(px);
     return rgb;
 }
 
