@@ -1756,6 +1756,8 @@ typedef struct TechState {
     unsigned char* ids;           // device (H * W)
     unsigned char* masks;         // host (masks_B, L): patch masks of a self-training batch
     int masks_B;
+    unsigned char* labels;        // host (labels_B, H, W): pseudo-labels of a self-training batch
+    int labels_B;
 } TechState;
 
 static TechState* tech_state(Model* m) {
@@ -1768,7 +1770,7 @@ static void tech_state_free(Model* m) {
     if (!t) return;
     free(t->norm_runs);
     ttt_free(t->entropy_work); ttt_free(t->scores); ttt_free(t->ids);
-    free(t->masks);
+    free(t->masks); free(t->labels);
     free(t);
     m->tech = NULL;
 }
@@ -1991,13 +1993,18 @@ float model_self_train_forward_backward(Model* m, const float* frames, const uns
 float model_self_train_step(Model* m, const float* frames, int B, const OptConfig* opt, float threshold,
                             float mask_ratio, Rng* rng, float* kept) {
     size_t n = (size_t)B * m->H * m->W, n_kept = 0;
-    unsigned char* labels = (unsigned char*)mallocCheck(n);
+    TechState* t = tech_state(m);
+    if (B > t->labels_B) {   // grows once to the largest batch seen, not per step
+        free(t->labels);
+        t->labels = (unsigned char*)mallocCheck(n);
+        t->labels_B = B;
+    }
+    unsigned char* labels = t->labels;
     model_pseudo_labels(m, frames, B, threshold, labels);
     for (size_t i = 0; i < n; i++) n_kept += labels[i] != 255;
     if (kept) *kept = (float)((double)n_kept / (double)n);
-    if (n_kept == 0) { free(labels); return 0.0f; }   // nothing confident: no targets, no step
+    if (n_kept == 0) return 0.0f;   // nothing confident: no targets, no step
     float loss = self_train_run(m, frames, labels, B, mask_ratio, rng, 1);
-    free(labels);
     if (!isfinite(loss)) return NAN;   // weights untouched
     const int f_and_h = 1 << 0 | 1 << 1;
     if (m->recipe.ttt_clip > 0.0f) {
