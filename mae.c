@@ -337,17 +337,20 @@ static void padded_size(const ModelConfig* cfg, int H, int W, int* Hp, int* Wp) 
 // model_create allocates and model_activation_bytes reports
 typedef struct {
     int Hp, Wp;
-    size_t acts_f, acts_h, acts_g;   // activations of f, h, g (their gradients mirror them)
+    size_t acts_f, acts_h, acts_g;   // activations of f, h, g (the gradients of h, g mirror them)
+    size_t grads_f;                  // f's gradient buffers (swin_point_grad_acts: far fewer)
     size_t feat[4];                  // gradient flowing from a head into f's stage s
     size_t pix;                      // max_batch * Hp * Wp
 } ActivationPlan;
 
-static ActivationPlan plan_activations(const ModelConfig* cfg, int max_batch, int H, int W) {
+// main_batch: the largest batch h runs on (h's activations and gradients are planned for it)
+static ActivationPlan plan_activations(const ModelConfig* cfg, int max_batch, int main_batch, int H, int W) {
     ActivationPlan p;
     padded_size(cfg, H, W, &p.Hp, &p.Wp);
     SwinActs fa;
     p.acts_f = swin_point_acts(&fa, NULL, &cfg->swin, max_batch, p.Hp, p.Wp);
-    p.acts_h = m2f_num_acts(&cfg->m2f, max_batch, p.Hp / 4, p.Wp / 4);
+    p.grads_f = swin_point_grad_acts(&fa, NULL, &cfg->swin, max_batch, p.Hp, p.Wp);
+    p.acts_h = m2f_num_acts(&cfg->m2f, main_batch, p.Hp / 4, p.Wp / 4);
     p.acts_g = m2f_num_acts(&cfg->mae, max_batch, p.Hp / 4, p.Wp / 4);
     for (int s = 0; s < 4; s++) p.feat[s] = (size_t)max_batch * fa.Hs[s] * fa.Ws[s] * fa.C[s];
     p.pix = (size_t)max_batch * p.Hp * p.Wp;
@@ -355,8 +358,12 @@ static ActivationPlan plan_activations(const ModelConfig* cfg, int max_batch, in
 }
 
 size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int W) {
-    ActivationPlan p = plan_activations(cfg, max_batch, H, W);
-    size_t n = 2 * (p.acts_f + p.acts_h + p.acts_g) + p.feat[0] + p.feat[1] + p.feat[2] + p.feat[3];
+    return model_activation_bytes_planned(cfg, max_batch, max_batch, H, W);
+}
+
+size_t model_activation_bytes_planned(const ModelConfig* cfg, int max_batch, int main_batch, int H, int W) {
+    ActivationPlan p = plan_activations(cfg, max_batch, main_batch, H, W);
+    size_t n = p.acts_f + p.grads_f + 2 * (p.acts_h + p.acts_g) + p.feat[0] + p.feat[1] + p.feat[2] + p.feat[3];
     n += p.pix * (4 + 3 + 3) + (size_t)max_batch * H * W * 3;   // inp4, target, target_mask, rgb
     return n * sizeof(float);
 }
@@ -369,15 +376,17 @@ static void model_drop_graphs(Model* m) {
 
 // share == NULL: a model with parameters of its own; else one that uses share's parameters,
 // gradients and optimizer state (model_create_sharing)
-static Model* model_create_impl(const ModelConfig* cfg, int max_batch, int H, int W, Model* share) {
+static Model* model_create_impl(const ModelConfig* cfg, int max_batch, int main_batch, int H, int W, Model* share) {
     if (max_batch < 1 || H < 1 || W < 1) ttt_die("model_create: bad size B=%d H=%d W=%d", max_batch, H, W);
+    if (main_batch < 1 || main_batch > max_batch)
+        ttt_die("model_create: h's batch %d outside [1, %d]", main_batch, max_batch);
     m2f_config_check(&cfg->m2f);
     if (cfg->mae_patch % MAE_RECON_PATCH != 0)
         ttt_die("model config: the masking patch (%d) must be a multiple of %d", cfg->mae_patch, MAE_RECON_PATCH);
     Model* m = (Model*)callocCheck(1, sizeof(Model));
     m->cfg = *cfg;
     m->max_B = max_batch; m->H = H; m->W = W;
-    ActivationPlan plan = plan_activations(cfg, max_batch, H, W);
+    ActivationPlan plan = plan_activations(cfg, max_batch, main_batch, H, W);
     m->Hp = plan.Hp; m->Wp = plan.Wp;
     m->H4 = m->Hp / 4; m->W4 = m->Wp / 4;
 
@@ -403,17 +412,18 @@ static Model* model_create_impl(const ModelConfig* cfg, int max_batch, int H, in
     m2f_point_params(&m->g0, m->params + n_train + m->n_f, &cfg->mae);
     model_point_params(m, m->grads, &m->df, &m->dh, &m->dg);
 
-    // activations: [swin | h | g]; gradients mirror them
+    // activations: [swin | h | g]; gradients: [swin's (swin_point_grad_acts) | h | g]
     size_t n_fa = plan.acts_f, n_ha = plan.acts_h, n_acts = plan.acts_f + plan.acts_h + plan.acts_g;
+    size_t n_dfa = plan.grads_f, n_dacts = plan.grads_f + plan.acts_h + plan.acts_g;
     m->acts = (float*)ttt_malloc(n_acts * sizeof(float));
-    m->dacts = (float*)ttt_malloc(n_acts * sizeof(float));
+    m->dacts = (float*)ttt_malloc(n_dacts * sizeof(float));
     ttt_zero(m->acts, n_acts * sizeof(float));
     swin_point_acts(&m->fa, m->acts, &cfg->swin, max_batch, m->Hp, m->Wp);
-    swin_point_acts(&m->dfa, m->dacts, &cfg->swin, max_batch, m->Hp, m->Wp);
-    m2f_point_acts(&m->ha, m->acts + n_fa, &cfg->m2f, max_batch, m->H4, m->W4);
-    m2f_point_acts(&m->dha, m->dacts + n_fa, &cfg->m2f, max_batch, m->H4, m->W4);
+    swin_point_grad_acts(&m->dfa, m->dacts, &cfg->swin, max_batch, m->Hp, m->Wp);
+    m2f_point_acts(&m->ha, m->acts + n_fa, &cfg->m2f, main_batch, m->H4, m->W4);
+    m2f_point_acts(&m->dha, m->dacts + n_dfa, &cfg->m2f, main_batch, m->H4, m->W4);
     m2f_point_acts(&m->ga, m->acts + n_fa + n_ha, &cfg->mae, max_batch, m->H4, m->W4);
-    m2f_point_acts(&m->dga, m->dacts + n_fa + n_ha, &cfg->mae, max_batch, m->H4, m->W4);
+    m2f_point_acts(&m->dga, m->dacts + n_dfa + n_ha, &cfg->mae, max_batch, m->H4, m->W4);
     swin_init_acts(&m->fa, &cfg->swin);
     m->rel_index = swin_make_rel_index(&cfg->swin);
 
@@ -444,11 +454,15 @@ static Model* model_create_impl(const ModelConfig* cfg, int max_batch, int H, in
 }
 
 Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W) {
-    return model_create_impl(cfg, max_batch, H, W, NULL);
+    return model_create_impl(cfg, max_batch, max_batch, H, W, NULL);
+}
+
+Model* model_create_planned(const ModelConfig* cfg, int max_batch, int main_batch, int H, int W) {
+    return model_create_impl(cfg, max_batch, main_batch, H, W, NULL);
 }
 
 Model* model_create_sharing(Model* share, int max_batch, int H, int W) {
-    Model* m = model_create_impl(&share->cfg, max_batch, H, W, share);
+    Model* m = model_create_impl(&share->cfg, max_batch, max_batch, H, W, share);
     m->recipe = share->recipe;
     return m;
 }
@@ -725,10 +739,14 @@ static void convert_mask_channel_v1(float* host_f, const SwinConfig* cfg) {
 }
 
 Model* model_load(const char* path, int max_batch, int H, int W) {
+    return model_load_planned(path, max_batch, max_batch, H, W);
+}
+
+Model* model_load_planned(const char* path, int max_batch, int main_batch, int H, int W) {
     int h[CKPT_HEADER_INTS];
     ModelConfig c = read_checked_header(path, h, CKPT_KIND_MODEL);   // g-absent block checked there
     int g_absent = h[G_ABSENT_AT] == 1;
-    Model* m = model_create(&c, max_batch, H, W);
+    Model* m = model_create_planned(&c, max_batch, main_batch, H, W);
     size_t n = m->n_f + m->n_h + m->n_g;
     float* host = (float*)mallocCheck(n * sizeof(float));
     if (g_absent) init_params_host(host, m, (uint64_t)h[G_ABSENT_AT + 1]);   // g; f and h from the file
@@ -798,7 +816,7 @@ Model* model_load_resume(const char* path, int max_batch, int H, int W, int* ext
     return m;
 }
 
-int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W, size_t reserve_bytes) {
+int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W, size_t reserve_bytes, int main_trained) {
 #ifdef TTT_CUDA
     if (ttt_device == DEVICE_CUDA) {
         size_t used, total;
@@ -808,11 +826,11 @@ int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W, size_t r
         // leave 15% of the free memory for workspaces (im2col, attention scores, cuBLAS)
         double budget = 0.85 * (double)(total - used) - (double)fixed - (double)reserve_bytes;
         int M = B;
-        while (M > 1 && (double)model_activation_bytes(cfg, M, H, W) > budget) M--;
+        while (M > 1 && (double)model_activation_bytes_planned(cfg, M, main_trained ? M : 1, H, W) > budget) M--;
         return M;
     }
 #endif
-    (void)cfg; (void)H; (void)W; (void)reserve_bytes;
+    (void)cfg; (void)H; (void)W; (void)reserve_bytes; (void)main_trained;
     return B;
 }
 

@@ -1963,12 +1963,15 @@ int main(int argc, char** argv) {
     // (the prediction's model of the resized frame, allocated after it, gets its room first)
     size_t reserve = (v.Ht != v.Hr || v.Wt != v.Wr) ? model_activation_bytes(&cfg, 1, v.Hr, v.Wr) : 0;
     int per_gpu = (B + dist_world() - 1) / dist_world();   // a GPU's share of the batch
-    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&cfg, per_gpu, v.Ht, v.Wt, reserve);
+    // h runs on the batch only in the modes that train it; else it only predicts, one frame
+    int main_trained = a.mode == MODE_TENT || a.mode == MODE_SELF_TRAIN;
+    int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&cfg, per_gpu, v.Ht, v.Wt, reserve, main_trained);
     if (micro > per_gpu) micro = per_gpu;
     if (micro < B)
         printf("  --micro-batch %d: each step of %d images runs in %d chunks (%.2f GiB of activations)\n", micro,
-               B, (B + micro - 1) / micro, model_activation_bytes(&cfg, micro, v.Ht, v.Wt) / 1073741824.0);
-    Model* m = model_load(a.model_path, micro, v.Ht, v.Wt);
+               B, (B + micro - 1) / micro,
+               model_activation_bytes_planned(&cfg, micro, main_trained ? micro : 1, v.Ht, v.Wt) / 1073741824.0);
+    Model* m = model_load_planned(a.model_path, micro, main_trained ? micro : 1, v.Ht, v.Wt);
     model_set_recipe(m, &a.mr);
     model_snapshot_ttt(m);
     dist_attach(m);   // --gpus N: TTT steps sum their gradients over the GPUs

@@ -131,6 +131,27 @@ void swin_init_params(float* host_base, const SwinConfig* cfg, Rng* rng) {
 // ----------------------------------------------------------------------------
 // activations
 
+// the largest (B, Hs, Ws, C), (B*nW, w*w, C) and (B, Hs, Ws, 4C) of the four stages
+static void largest_stage(const SwinActs* a, const SwinConfig* cfg, int B,
+                          size_t* max_NC, size_t* max_NwC, size_t* max_NCh) {
+    int T = cfg->window * cfg->window;
+    *max_NC = *max_NwC = *max_NCh = 0;
+    for (int s = 0; s < 4; s++) {
+        size_t NC = (size_t)B * a->Hs[s] * a->Ws[s] * a->C[s], NwC = (size_t)B * a->nW[s] * T * a->C[s];
+        if (NC > *max_NC) *max_NC = NC;
+        if (NwC > *max_NwC) *max_NwC = NwC;
+        if (NC * cfg->mlp_ratio > *max_NCh) *max_NCh = NC * cfg->mlp_ratio;
+    }
+}
+
+static void point_work_buffers(SwinActs* a, float* base, size_t* off, const SwinConfig* cfg, int B) {
+    size_t max_NC, max_NwC, max_NCh;
+    largest_stage(a, cfg, B, &max_NC, &max_NwC, &max_NCh);
+    a->drop_grad = take(base, off, max_NC);
+    a->work_windows = take(base, off, max_NwC);
+    a->work_hidden = take(base, off, max_NCh);
+}
+
 size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_B, int H, int W) {
     swin_num_blocks(cfg);
     if (max_B < 1 || H < 1 || W < 1) ttt_die("swin: bad input size %d x %d x %d", max_B, H, W);
@@ -158,18 +179,18 @@ size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_
             b->ln1 = take(base, &off, N * C);
             b->ln1_mean = take(base, &off, N);
             b->ln1_rstd = take(base, &off, N);
-            b->windows = take(base, &off, Nw * C);
+            b->windows = NULL;   // partitioned ln1: work_windows, recomputed in the backward
             b->qkv = take(base, &off, Nw * 3 * C);
             b->rel_bias = take(base, &off, (size_t)nh * T * T);
             b->att = take(base, &off, (size_t)B * a->nW[s] * nh * T * T);
             b->attn = take(base, &off, Nw * C);
-            b->proj = take(base, &off, Nw * C);
+            b->proj = NULL;      // only read by window_reverse: work_windows
             b->x_mid = take(base, &off, N * C);
             b->ln2 = take(base, &off, N * C);
             b->ln2_mean = take(base, &off, N);
             b->ln2_rstd = take(base, &off, N);
             b->fc1 = take(base, &off, N * C * cfg->mlp_ratio);
-            b->gelu = take(base, &off, N * C * cfg->mlp_ratio);
+            b->gelu = NULL;      // gelu(fc1): work_hidden, recomputed in the backward
         }
         a->stage_out[s] = take(base, &off, N * C);
         a->out[s] = take(base, &off, N * C);
@@ -184,13 +205,74 @@ size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_
         }
         a->shift_mask[s] = take(base, &off, (size_t)a->nW[s] * T * T);
     }
-    size_t max_NC = 0;   // the largest (B, Hs, Ws, C) of the four stages
-    for (int s = 0; s < 4; s++) {
-        size_t NC = (size_t)B * a->Hs[s] * a->Ws[s] * a->C[s];
-        if (NC > max_NC) max_NC = NC;
-    }
-    a->drop_grad = take(base, &off, max_NC);
+    point_work_buffers(a, base, &off, cfg, B);
     a->total = off;
+    return off;
+}
+
+// one block's gradient buffers at stage s, packed from sb (NULL: only count); returns floats
+static size_t point_block_grads(SwinBlockActs* one, float* sb, const SwinActs* da, const SwinConfig* cfg,
+                                int B, int s) {
+    int T = cfg->window * cfg->window, nh = cfg->num_heads[s];
+    size_t C = da->C[s], N = (size_t)B * da->Hs[s] * da->Ws[s], Nw = (size_t)B * da->nW[s] * T;
+    size_t so = 0;
+    memset(one, 0, sizeof(*one));
+    one->ln1 = take(sb, &so, N * C);
+    one->windows = take(sb, &so, Nw * C);
+    one->qkv = take(sb, &so, Nw * 3 * C);
+    one->rel_bias = take(sb, &so, (size_t)nh * T * T);
+    one->attn = take(sb, &so, Nw * C);
+    one->proj = take(sb, &so, Nw * C);
+    one->x_mid = take(sb, &so, N * C);
+    one->ln2 = take(sb, &so, N * C);
+    one->fc1 = take(sb, &so, N * C * cfg->mlp_ratio);
+    one->gelu = take(sb, &so, N * C * cfg->mlp_ratio);
+    return so;
+}
+
+size_t swin_point_grad_acts(SwinActs* da, float* base, const SwinConfig* cfg, int max_B, int H, int W) {
+    swin_num_blocks(cfg);
+    if (max_B < 1 || H < 1 || W < 1) ttt_die("swin: bad input size %d x %d x %d", max_B, H, W);
+    memset(da, 0, sizeof(*da));
+    size_t off = 0;
+    int w = cfg->window, B = max_B;
+    da->max_B = max_B; da->H = H; da->W = W;
+    int hs = (H + 3) / 4, wsz = (W + 3) / 4;
+    for (int s = 0; s < 4; s++) {
+        da->Hs[s] = hs; da->Ws[s] = wsz; da->C[s] = cfg->embed_dim << s;
+        da->nW[s] = ((hs + w - 1) / w) * ((wsz + w - 1) / w);
+        hs = (hs + 1) / 2; wsz = (wsz + 1) / 2;
+    }
+    da->patch = take(base, &off, (size_t)B * da->Hs[0] * da->Ws[0] * cfg->embed_dim);
+    // the span of one block's buffers, shared by every block (packed per stage from its start,
+    // so that a block zeroes one contiguous span of its own stage's size)
+    size_t span = 0;
+    SwinBlockActs one;
+    for (int s = 0; s < 4; s++) {
+        size_t n = point_block_grads(&one, NULL, da, cfg, B, s);
+        if (n > span) span = n;
+    }
+    float* shared = take(base, &off, span);
+    int blk = 0;
+    for (int s = 0; s < 4; s++) {
+        size_t C = da->C[s], N = (size_t)B * da->Hs[s] * da->Ws[s];
+        point_block_grads(&one, shared, da, cfg, B, s);
+        float* chain[2];   // the residual stream's gradient, alternating between blocks
+        chain[0] = take(base, &off, N * C);
+        chain[1] = take(base, &off, N * C);
+        da->stage_out[s] = take(base, &off, N * C);
+        if (s < 3) {
+            size_t Nm = (size_t)B * da->Hs[s + 1] * da->Ws[s + 1];
+            da->merged[s] = take(base, &off, Nm * 4 * C);
+            da->merged_ln[s] = take(base, &off, Nm * 4 * C);
+        }
+        for (int i = 0; i < cfg->depths[s]; i++, blk++) {
+            da->block[blk] = one;
+            da->block[blk].x_in = chain[i % 2];
+        }
+    }
+    point_work_buffers(da, base, &off, cfg, B);
+    da->total = off;
     return off;
 }
 
@@ -307,20 +389,20 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
             float* x_out = (i + 1 < cfg->depths[s]) ? a->block[blk + 1].x_in : a->stage_out[s];
             // attention half
             layernorm_forward(b->ln1, b->ln1_mean, b->ln1_rstd, b->x_in, bp->norm1_w, bp->norm1_b, N, C);
-            window_partition_forward(b->windows, b->ln1, B, Hs, Ws, C, w, shift);
-            linear_forward(b->qkv, b->windows, bp->qkv_w, bp->qkv_b, Nw, C, 3 * C);
+            window_partition_forward(a->work_windows, b->ln1, B, Hs, Ws, C, w, shift);
+            linear_forward(b->qkv, a->work_windows, bp->qkv_w, bp->qkv_b, Nw, C, 3 * C);
             bias_gather_forward(b->rel_bias, bp->rel_table, rel_index, T * T, nh);
             attention_forward(b->attn, b->att, b->qkv, b->qkv + C, b->qkv + 2 * C, b->rel_bias,
                               shift ? a->shift_mask[s] : NULL, nW, B * nW, T, T, nh, C / nh, 3 * C, 3 * C);
-            linear_forward(b->proj, b->attn, bp->proj_w, bp->proj_b, Nw, C, C);
-            window_reverse_forward(b->x_mid, b->proj, B, Hs, Ws, C, w, shift);
+            linear_forward(a->work_windows, b->attn, bp->proj_w, bp->proj_b, Nw, C, C);   // proj
+            window_reverse_forward(b->x_mid, a->work_windows, B, Hs, Ws, C, w, shift);
             drop_path_forward(b->x_mid, a->drop_scale, 2 * blk, B, (size_t)Hs * Ws * C);
             add_inplace(b->x_mid, b->x_in, (size_t)N * C);
             // MLP half
             layernorm_forward(b->ln2, b->ln2_mean, b->ln2_rstd, b->x_mid, bp->norm2_w, bp->norm2_b, N, C);
             linear_forward(b->fc1, b->ln2, bp->fc1_w, bp->fc1_b, N, C, Ch);
-            gelu_forward(b->gelu, b->fc1, (size_t)N * Ch);
-            linear_forward(x_out, b->gelu, bp->fc2_w, bp->fc2_b, N, Ch, C);
+            gelu_forward(a->work_hidden, b->fc1, (size_t)N * Ch);
+            linear_forward(x_out, a->work_hidden, bp->fc2_w, bp->fc2_b, N, Ch, C);
             drop_path_forward(x_out, a->drop_scale, 2 * blk + 1, B, (size_t)Hs * Ws * C);
             add_inplace(x_out, b->x_mid, (size_t)N * C);
         }
@@ -337,19 +419,24 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
 }
 
 // ----------------------------------------------------------------------------
-// backward: the forward in reverse; every op accumulates into the da buffers
+// backward: the forward in reverse; every op accumulates into the da buffers, each zeroed
+// right before its first use (da: swin_point_grad_acts; the blocks share their buffers)
 
 void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
                    const SwinActs* a, SwinActs* da, const int* rel_index,
                    const float* inp, float* const dout[4], float* dinp, int B) {
     int E = cfg->embed_dim, w = cfg->window, T = w * w;
     int nblocks = swin_num_blocks(cfg);
-    ttt_zero(da->patch, a->total * sizeof(float));   // da shares a's layout; patch is its start
+    if (B > da->max_B) ttt_die("swin_backward: batch %d exceeds the planned %d", B, da->max_B);
     int blk = nblocks;
     for (int s = 3; s >= 0; s--) {
         int Hs = a->Hs[s], Ws = a->Ws[s], C = a->C[s], nh = cfg->num_heads[s], nW = a->nW[s];
         int N = B * Hs * Ws, Nw = B * nW * T, Ch = C * cfg->mlp_ratio;
+        ttt_zero(da->stage_out[s], (size_t)N * C * sizeof(float));
         if (s < 3) {
+            size_t Nm4C = (size_t)B * a->Hs[s + 1] * a->Ws[s + 1] * 4 * C;
+            ttt_zero(da->merged[s], Nm4C * sizeof(float));
+            ttt_zero(da->merged_ln[s], Nm4C * sizeof(float));
             int Nm = B * a->Hs[s + 1] * a->Ws[s + 1];
             linear_backward(da->merged_ln[s], g->merge_w[s], NULL, da->block[blk].x_in,
                             a->merged_ln[s], p->merge_w[s], Nm, 4 * C, 2 * C);
@@ -369,11 +456,15 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             SwinBlockActs* db = &da->block[blk];
             int shift = (i % 2 == 1) ? w / 2 : 0;
             float* dx_out = (i + 1 < cfg->depths[s]) ? da->block[blk + 1].x_in : da->stage_out[s];
+            // this block's buffers: ln1 .. gelu are one span (swin_point_grad_acts), x_in apart
+            ttt_zero(db->ln1, (size_t)(db->gelu - db->ln1 + (size_t)N * Ch) * sizeof(float));
+            ttt_zero(db->x_in, (size_t)N * C * sizeof(float));
             // MLP half: x_out = x_mid + s_mlp[b] * fc2(gelu(fc1(ln2(x_mid))))
             add_inplace(db->x_mid, dx_out, (size_t)N * C);
             const float* dbranch = drop_path_backward(da->drop_grad, dx_out, a->drop_scale, 2 * blk + 1,
                                                       B, (size_t)Hs * Ws * C);
-            linear_backward(db->gelu, gb->fc2_w, gb->fc2_b, dbranch, b->gelu, bp->fc2_w, N, Ch, C);
+            gelu_forward(da->work_hidden, b->fc1, (size_t)N * Ch);   // recomputed: fc2's input
+            linear_backward(db->gelu, gb->fc2_w, gb->fc2_b, dbranch, da->work_hidden, bp->fc2_w, N, Ch, C);
             gelu_backward(db->fc1, b->fc1, db->gelu, (size_t)N * Ch);
             linear_backward(db->ln2, gb->fc1_w, gb->fc1_b, db->fc1, b->ln2, bp->fc1_w, N, C, Ch);
             layernorm_backward(db->x_mid, gb->norm2_w, gb->norm2_b, db->ln2, b->x_mid, bp->norm2_w,
@@ -386,13 +477,15 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             attention_backward(db->qkv, db->qkv + C, db->qkv + 2 * C, db->rel_bias, db->attn, b->att,
                                b->qkv, b->qkv + C, b->qkv + 2 * C, B * nW, T, T, nh, C / nh, 3 * C, 3 * C);
             bias_gather_backward(gb->rel_table, db->rel_bias, rel_index, T * T, nh);
-            linear_backward(db->windows, gb->qkv_w, gb->qkv_b, db->qkv, b->windows, bp->qkv_w, Nw, C, 3 * C);
+            window_partition_forward(da->work_windows, b->ln1, B, Hs, Ws, C, w, shift);   // recomputed: qkv's input
+            linear_backward(db->windows, gb->qkv_w, gb->qkv_b, db->qkv, da->work_windows, bp->qkv_w, Nw, C, 3 * C);
             window_partition_backward(db->ln1, db->windows, B, Hs, Ws, C, w, shift);
             layernorm_backward(db->x_in, gb->norm1_w, gb->norm1_b, db->ln1, b->x_in, bp->norm1_w,
                                b->ln1_mean, b->ln1_rstd, N, C);
         }
     }
     size_t N0 = (size_t)B * a->Hs[0] * a->Ws[0];
+    ttt_zero(da->patch, N0 * E * sizeof(float));
     layernorm_backward(da->patch, g->patch_norm_w, g->patch_norm_b, da->block[0].x_in, a->patch,
                        p->patch_norm_w, a->patch_ln_mean, a->patch_ln_rstd, (int)N0, E);
     conv2d_backward(dinp, g->patch_w, g->patch_b, da->patch, inp, p->patch_w,

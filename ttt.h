@@ -555,15 +555,16 @@ typedef struct {
 typedef struct {
     float *x_in;                 // (B, Hs, Ws, C) block input (the residual stream)
     float *ln1, *ln1_mean, *ln1_rstd;
-    float *windows;              // (B*nW, w*w, C) padded, rolled, partitioned ln1
+    float *windows;              // (B*nW, w*w, C) padded, rolled, partitioned ln1  [gradients only]
     float *qkv;                  // (B*nW, w*w, 3C)
     float *rel_bias;             // (heads, w*w, w*w) gathered from the table
     float *att;                  // (B*nW, heads, w*w, w*w)
     float *attn;                 // (B*nW, w*w, C)
-    float *proj;                 // (B*nW, w*w, C)
+    float *proj;                 // (B*nW, w*w, C)                                  [gradients only]
     float *x_mid;                // (B, Hs, Ws, C) after the attention residual
     float *ln2, *ln2_mean, *ln2_rstd;
-    float *fc1, *gelu;           // (B, Hs, Ws, 4C)
+    float *fc1;                  // (B, Hs, Ws, 4C)
+    float *gelu;                 // (B, Hs, Ws, 4C) gelu(fc1)                        [gradients only]
 } SwinBlockActs;
 
 typedef struct {
@@ -582,6 +583,12 @@ typedef struct {
     float* shift_mask[4];        // (nW, w*w, w*w) -100 / 0, constant
     float* drop_grad;            // (max over s of B*Hs*Ws*C) scratch of swin_backward: a
                                  // branch's gradient times its drop-path scale (used in da)
+    // Work buffers shared by all blocks, sized for the largest stage. In the activations a:
+    // the partitioned ln1, then the projected attention before window_reverse (work_windows),
+    // and gelu(fc1) (work_hidden), none kept for the backward. In the gradients da: the same
+    // two recomputed by swin_backward (the inputs of the qkv and fc2 weight gradients).
+    float* work_windows;         // (max over s of B*nW*w*w*C)
+    float* work_hidden;          // (max over s of B*Hs*Ws*4C)
     // Drop-path scales, set by the caller (not part of the arena): NULL = no drop-path
     // (swin_point_acts sets NULL); else a device table (2 * blocks, B) for the batch B of
     // the call, row 2 blk scaling block blk's attention branch per sample and row 2 blk + 1
@@ -597,8 +604,17 @@ void swin_init_params(float* host_base, const SwinConfig* cfg, Rng* rng);
 
 // activations for batches up to max_B of H x W inputs; base == NULL only counts (returns
 // the number of floats). swin_init_acts fills the constant shift masks (on ttt_device).
+// What the forward keeps per block: x_in, ln1 (+ mean, rstd), qkv, rel_bias, att, attn, x_mid,
+// ln2 (+ mean, rstd), fc1; windows, proj and gelu are recomputed (or not needed) in the backward.
 size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_B, int H, int W);
 size_t swin_num_acts(const SwinConfig* cfg, int max_B, int H, int W);   // = point_acts(NULL)
+// The gradient buffers da of swin_backward, far smaller than a: a block's gradients are needed
+// only while the backward is inside it, so all blocks share one set of per-block buffers sized
+// for the largest stage (ln1 .. gelu, x_mid), the residual-stream gradient x_in alternates
+// between two buffers per stage (block i writes buffer i % 2 while reading block i + 1's), and
+// the per-stage ones (stage_out, merged, merged_ln) and patch have their own. Geometry fields
+// as in a. base == NULL only counts.
+size_t swin_point_grad_acts(SwinActs* da, float* base, const SwinConfig* cfg, int max_B, int H, int W);
 void swin_init_acts(SwinActs* a, const SwinConfig* cfg);
 // the relative position index (w*w*w*w ints) on ttt_device, built once per config
 int* swin_make_rel_index(const SwinConfig* cfg);
@@ -612,8 +628,8 @@ void swin_drop_path_scales(float* host_scale, const SwinConfig* cfg, int B, floa
 void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const int* rel_index,
                   const float* inp, int B);
 // dout[s] (B, Hs, Ws, C_s): gradients of the four outputs (may be NULL for an unused stage).
-// Accumulates into grads (zero them first) and dinp (may be NULL). da is scratch with the
-// same layout as a; it is zeroed here.
+// Accumulates into grads (zero them first) and dinp (may be NULL). da is scratch pointed by
+// swin_point_grad_acts; each buffer is zeroed here right before the backward uses it.
 void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* grads,
                    const SwinActs* a, SwinActs* da, const int* rel_index,
                    const float* inp, float* const dout[4], float* dinp, int B);
@@ -1193,12 +1209,16 @@ void model_config_set_pixel_decoder(ModelConfig* cfg, int kind);
 // params f, h, g (+ frozen f0, g0), grads, AdamW state and activations, all on ttt_device,
 // allocated once for batches up to max_batch of H x W frames (padded to a multiple of 32)
 Model* model_create(const ModelConfig* cfg, int max_batch, int H, int W);
+// the same with h's activations and gradients planned for main_batch <= max_batch frames only:
+// for MAE TTT, where h only predicts (one frame) and f, g take the batch (./stream, ./bench)
+Model* model_create_planned(const ModelConfig* cfg, int max_batch, int main_batch, int H, int W);
 void model_free(Model* m);
 void model_init_random(Model* m, uint64_t seed);
 void model_save(const Model* m, const char* path);
 // a checkpoint converted without an MAE head (its header says g is absent; see mae.c) gets g
 // as model_init_random(seed of the header) makes it, with a note on stderr
 Model* model_load(const char* path, int max_batch, int H, int W);
+Model* model_load_planned(const char* path, int max_batch, int main_batch, int H, int W);
 const ModelConfig* model_config(const Model* m);
 void model_snapshot_ttt(Model* m);   // f0, g0 <- f, g
 void model_reset_ttt(Model* m);      // f, g <- f0, g0; TTT optimizer state cleared
@@ -1213,11 +1233,15 @@ Model* model_create_sharing(Model* m, int max_batch, int H, int W);
 // device bytes of the activations, their gradients and the input buffers that model_create
 // plans for max_batch frames of H x W (parameters and optimizer state not included)
 size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int W);
+// the same for model_create_planned: h's buffers planned for main_batch frames
+size_t model_activation_bytes_planned(const ModelConfig* cfg, int max_batch, int main_batch, int H, int W);
 // the batch to plan for a TTT batch of B: B on the CPU; on the GPU the largest micro-batch
 // M <= B whose buffers fit in 85% of the free device memory (the step then runs in chunks),
 // after reserve_bytes for other buffers allocated later (e.g. a prediction model of another
-// size: model_activation_bytes(cfg, 1, H', W'))
-int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W, size_t reserve_bytes);
+// size: model_activation_bytes(cfg, 1, H', W')). main_trained: h runs on the micro-batch too
+// (joint training, Tent, self-training); 0: h only predicts, one frame (model_create_planned
+// with main_batch 1)
+int model_auto_micro_batch(const ModelConfig* cfg, int B, int H, int W, size_t reserve_bytes, int main_trained);
 // the config in a model checkpoint's header, with every field, the parameter counts and the
 // file's size checked (model_load checks the same before it allocates anything)
 ModelConfig model_read_config(const char* path);

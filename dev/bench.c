@@ -139,11 +139,11 @@ int main(int argc, char** argv) {
     // the prediction model of another size is allocated after the TTT model: leave it room
     size_t reserve = (PH != H || PW != W) ? model_activation_bytes(&cfg, 1, PH, PW) : 0;
     int per_gpu = (B + gpus - 1) / gpus;   // a GPU's share of the batch
-    if (M == 0) M = model_auto_micro_batch(&cfg, per_gpu, H, W, reserve);
+    if (M == 0) M = model_auto_micro_batch(&cfg, per_gpu, H, W, reserve, 0);
     if (M > per_gpu) M = per_gpu;
 
     Bench b;
-    b.m = model_create(&cfg, M, H, W);
+    b.m = model_create_planned(&cfg, M, 1, H, W);   // h only predicts: planned for one frame
     model_init_random(b.m, 1);
     model_snapshot_ttt(b.m);
     b.restart = !strcmp(recipe, "paper");

@@ -19,9 +19,9 @@ static void reference_check(void) {
     SwinActs a, da;
     size_t na = swin_point_acts(&a, NULL, &cfg, B, H, W);
     float* acts = (float*)ttt_malloc(na * sizeof(float));
-    float* dacts = (float*)ttt_malloc(na * sizeof(float));
+    float* dacts = (float*)ttt_malloc(swin_point_grad_acts(&da, NULL, &cfg, B, H, W) * sizeof(float));
     swin_point_acts(&a, acts, &cfg, B, H, W);
-    swin_point_acts(&da, dacts, &cfg, B, H, W);
+    swin_point_grad_acts(&da, dacts, &cfg, B, H, W);
     swin_init_acts(&a, &cfg);
     float* dR[4];
     for (int s = 0; s < 4; s++) dR[s] = device_copy_of(ref.R[s], nout[s]);
@@ -67,9 +67,9 @@ static void run_with_drop_path(const SwinReference* ref, const float* host_table
     SwinActs a, da;
     size_t na = swin_point_acts(&a, NULL, &cfg, B, H, W);
     float* acts = (float*)ttt_malloc(na * sizeof(float));
-    float* dacts = (float*)ttt_malloc(na * sizeof(float));
+    float* dacts = (float*)ttt_malloc(swin_point_grad_acts(&da, NULL, &cfg, B, H, W) * sizeof(float));
     swin_point_acts(&a, acts, &cfg, B, H, W);
-    swin_point_acts(&da, dacts, &cfg, B, H, W);
+    swin_point_grad_acts(&da, dacts, &cfg, B, H, W);
     swin_init_acts(&a, &cfg);
     float* d_table = device_copy_of(host_table, ntab);
     a.drop_scale = d_table;
@@ -149,9 +149,9 @@ static void timing(void) {
     SwinActs a, da;
     size_t na = swin_point_acts(&a, NULL, &cfg, B, H, W);
     float* acts = (float*)ttt_malloc(na * sizeof(float));
-    float* dacts = (float*)ttt_malloc(na * sizeof(float));
+    float* dacts = (float*)ttt_malloc(swin_point_grad_acts(&da, NULL, &cfg, B, H, W) * sizeof(float));
     swin_point_acts(&a, acts, &cfg, B, H, W);
-    swin_point_acts(&da, dacts, &cfg, B, H, W);
+    swin_point_grad_acts(&da, dacts, &cfg, B, H, W);
     swin_init_acts(&a, &cfg);
     float* dout[4];
     for (int s = 0; s < 4; s++) {

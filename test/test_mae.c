@@ -191,11 +191,46 @@ static void test_micro_batch(Rng* rng) {
     free(frames);
 }
 
+// model_create_planned: h planned for one frame; the TTT step (f and g) and the prediction are
+// bit-identical to a model planned for the whole batch, with fewer bytes (h on a larger batch is
+// refused by m2f_forward's batch check)
+static void test_planned_main_batch(Rng* rng) {
+    int K = 3, B = 3, H = 45, W = 37;
+    ModelConfig cfg = model_config_tiny(K);
+    float* frames = random_tensor(rng, (size_t)B * H * W * 3, 0, 1);
+    OptConfig opt = opt_config_ttt();
+    float loss[2], *params[2];
+    unsigned char* ids[2];
+    for (int i = 0; i < 2; i++) {
+        Model* m = i == 0 ? model_create(&cfg, B, H, W) : model_create_planned(&cfg, B, 1, H, W);
+        model_init_random(m, 21);
+        model_snapshot_ttt(m);
+        Rng r; rng_seed(&r, 7);
+        loss[i] = model_ttt_step(m, frames, B, &opt, &r);
+        params[i] = model_params_host(m);
+        ids[i] = malloc((size_t)H * W);
+        model_predict(m, frames, ids[i]);
+        model_free(m);
+    }
+    size_t n = model_activation_bytes(&cfg, B, H, W), n1 = model_activation_bytes_planned(&cfg, B, 1, H, W);
+    CHECK(loss[0] == loss[1], "planned h: TTT loss %.9g vs %.9g", loss[1], loss[0]);
+    size_t np = 0;
+    { Model* m = model_create_planned(&cfg, 1, 1, H, W); np = model_num_params(m, 0) + model_num_params(m, 1) + model_num_params(m, 2); model_free(m); }
+    CHECK(memcmp(params[0], params[1], np * sizeof(float)) == 0, "planned h: parameters after the step differ");
+    CHECK(memcmp(ids[0], ids[1], (size_t)H * W) == 0, "planned h: predictions differ");
+    CHECK(n1 < n, "planned h: %zu bytes, not fewer than %zu", n1, n);
+    printf("     h planned for 1 frame of %d: activations %.2f MB instead of %.2f MB, same step and prediction\n",
+           B, n1 / 1e6, n / 1e6);
+    for (int i = 0; i < 2; i++) { free(params[i]); free(ids[i]); }
+    free(frames);
+}
+
 int main(void) {
     Rng rng; rng_seed(&rng, 5);
     test_prepare();
     test_joint(&rng);
     test_micro_batch(&rng);
+    test_planned_main_batch(&rng);
 
     int K = 3, B = 2, H = 45, W = 37;
     ModelConfig cfg = model_config_tiny(K);

@@ -90,20 +90,25 @@ static void check_blocks_manually(const SwinCase* t, const float* table) {
     for (int s = 0; s < 4; s++) {
         int Hs = t->a.Hs[s], Ws = t->a.Ws[s], C = t->a.C[s], Ch = C * cfg->mlp_ratio;
         size_t per = (size_t)Hs * Ws * C, n = (size_t)B * per;
+        int Nw = B * t->a.nW[s] * w * w;
         float* branch = malloc(n * sizeof(float));
         float* want = malloc(n * sizeof(float));
+        float* proj = malloc((size_t)Nw * C * sizeof(float));     // not kept by the forward:
+        float* hidden = malloc(n * cfg->mlp_ratio * sizeof(float)); // recomputed here
         for (int i = 0; i < cfg->depths[s]; i++, blk++) {
             const SwinBlockActs* b = &t->a.block[blk];
             const SwinBlockParams* bp = &t->p.block[blk];
             const float* x_out = (i + 1 < cfg->depths[s]) ? t->a.block[blk + 1].x_in : t->a.stage_out[s];
-            window_reverse_forward_cpu(branch, b->proj, B, Hs, Ws, C, w, (i % 2 == 1) ? w / 2 : 0);
+            linear_forward_cpu(proj, b->attn, bp->proj_w, bp->proj_b, Nw, C, C);
+            window_reverse_forward_cpu(branch, proj, B, Hs, Ws, C, w, (i % 2 == 1) ? w / 2 : 0);
             for (size_t j = 0; j < n; j++) want[j] = b->x_in[j] + table[(size_t)2 * blk * B + j / per] * branch[j];
             worst = fmax(worst, max_rel_error(b->x_mid, want, n));
-            linear_forward_cpu(branch, b->gelu, bp->fc2_w, bp->fc2_b, B * Hs * Ws, Ch, C);
+            gelu_forward_cpu(hidden, b->fc1, n * cfg->mlp_ratio);
+            linear_forward_cpu(branch, hidden, bp->fc2_w, bp->fc2_b, B * Hs * Ws, Ch, C);
             for (size_t j = 0; j < n; j++) want[j] = b->x_mid[j] + table[(size_t)(2 * blk + 1) * B + j / per] * branch[j];
             worst = fmax(worst, max_rel_error(x_out, want, n));
         }
-        free(branch); free(want);
+        free(branch); free(want); free(proj); free(hidden);
     }
     printf("%-4s %-48s rel err %.3e (tol 1e-06)\n", worst <= 1e-6 ? "ok" : "FAIL",
            "drop-path: every block's residuals by hand", worst);
@@ -301,9 +306,11 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < np; i++) params[i] += 0.1f * (rng_uniform(&rng) - 0.5f);
     swin_point_params(&t.p, params, &cfg);
     size_t na = swin_point_acts(&t.a, NULL, &cfg, t.B, H, W);
-    float* acts = calloc(na, sizeof(float)), *dacts = calloc(na, sizeof(float));
+    float* acts = calloc(na, sizeof(float));
+    SwinActs da;
+    float* dacts = calloc(swin_point_grad_acts(&da, NULL, &cfg, t.B, H, W), sizeof(float));
     swin_point_acts(&t.a, acts, &cfg, t.B, H, W);
-    SwinActs da; swin_point_acts(&da, dacts, &cfg, t.B, H, W);
+    swin_point_grad_acts(&da, dacts, &cfg, t.B, H, W);
     swin_init_acts(&t.a, &cfg);
     t.rel_index = swin_make_rel_index(&cfg);
     CHECK(t.a.Hs[0] == 10 && t.a.Ws[0] == 12 && t.a.Hs[3] == 2 && t.a.Ws[3] == 2,
@@ -385,6 +392,15 @@ int main(int argc, char** argv) {
         grad_check(label, tensors[k].x, tensors[k].n, tensors[k].gx, swin_loss, &t, g_eps, 2e-2, 12);
     }
     test_drop_path(&t, &da, np, nin);
+    {   // Swin-S on 8 frames of 384 x 1248 (counted, nothing allocated): the gradient buffers
+        // (one block's set shared by all blocks) against the activations
+        SwinConfig ss = model_config_swin_s(19).swin;
+        SwinActs tmp;
+        size_t n_acts = swin_num_acts(&ss, 8, 384, 1248), n_grads = swin_point_grad_acts(&tmp, NULL, &ss, 8, 384, 1248);
+        printf("     Swin-S, B=8, 384x1248: activations %.2f GiB, gradient buffers %.2f GiB\n",
+               n_acts * 4.0 / (1 << 30), n_grads * 4.0 / (1 << 30));
+        CHECK(n_grads * 3 < n_acts, "Swin-S gradient buffers %zu floats, not under a third of the activations' %zu", n_grads, n_acts);
+    }
     test_drop_path_scales();
     free(params); free(acts); free(dacts); free(grads); free(dinp); free(t.inp);
     for (int k = 0; k < 4; k++) free(t.R[k]);

@@ -25,9 +25,9 @@ int main(void) {
     SwinActs a, da;
     size_t na = swin_point_acts(&a, NULL, &cfg, B, H, W);
     float* acts = (float*)mallocCheck(na * sizeof(float));
-    float* dacts = (float*)mallocCheck(na * sizeof(float));
+    float* dacts = (float*)mallocCheck(swin_point_grad_acts(&da, NULL, &cfg, B, H, W) * sizeof(float));
     swin_point_acts(&a, acts, &cfg, B, H, W);
-    swin_point_acts(&da, dacts, &cfg, B, H, W);
+    swin_point_grad_acts(&da, dacts, &cfg, B, H, W);
     swin_init_acts(&a, &cfg);
 
     SwinParams p, g;
