@@ -2543,5 +2543,6 @@ int ttt_cuda_precision(void) {
 }
 
 const char* matmul_precision_name(void) {
-    return ttt_device == DEVICE_CUDA ? precision_name(ttt_cuda_precision()) : "fp32";
+    int p = ttt_cuda_precision();   // also on the CPU: a bad TTT_PRECISION is an error everywhere
+    return ttt_device == DEVICE_CUDA ? precision_name(p) : "fp32";
 }

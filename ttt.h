@@ -2021,7 +2021,7 @@ int precision_from_env_values(const char* precision, const char* tf32, char* err
 void ttt_cuda_set_precision(int p);          // PRECISION_*; dies on another value
 int ttt_cuda_precision(void);                // the current one (read from the environment on first use)
 // the precision of this process's matrix products for settings lines: the CUDA one on the GPU,
-// "fp32" on the CPU
+// "fp32" on the CPU (dies on a bad TTT_PRECISION on either device)
 const char* matmul_precision_name(void);
 #ifdef TTT_CUDA
 // linear_forward/backward_cuda through cuBLASLt (bias and bias-gradient epilogues; ttt_kernels.cu

@@ -612,7 +612,16 @@ static LtPlan* lt_plan(cublasLtEpilogue_t epilogue, int m, int n, int k, const v
     cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(get_cublaslt(), p->desc, p->la, p->lb, p->lc, p->lc, pref,
                                                        1, &result, &nresults);
     cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
-    if (st != CUBLAS_STATUS_NOT_SUPPORTED) cublasCheck(st);   // "no algorithm" is an answer, not an error
+    // NOT_SUPPORTED (no algorithm) is an answer; INVALID_VALUE (this library version rejects the
+    // epilogue with these types) too, said once per epilogue; any other failure is an error
+    if (st == CUBLAS_STATUS_INVALID_VALUE) {
+        static int said[2];
+        if (!said[forward]) {
+            fprintf(stderr, "note: cuBLASLt rejects the %s epilogue (m %d, n %d, k %d): linear uses the cuBLAS path\n",
+                    forward ? "BIAS" : "BGRADB", m, n, k);
+            said[forward] = 1;
+        }
+    } else if (st != CUBLAS_STATUS_NOT_SUPPORTED) cublasCheck(st);
     p->ok = st == CUBLAS_STATUS_SUCCESS && nresults > 0 && result.state == CUBLAS_STATUS_SUCCESS &&
             result.workspaceSize <= LT_WORKSPACE_BYTES;
     if (p->ok) p->algo = result.algo;
