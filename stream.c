@@ -1851,6 +1851,7 @@ static Settings resolved_settings(const Args* a, const Video* v, int window) {
     settings_add(&s, "offline_steps", "%d", a->offline_steps);
     settings_add(&s, "model", "%s", a->model_path);
     settings_add(&s, "device", "%s", ttt_device_name(ttt_device));
+    settings_add(&s, "precision", "%s", matmul_precision_name());   // the GPU's matrix products (TTT_PRECISION)
     // the other techniques of Table 1
     settings_add(&s, "memory", "%s", a->mode == MODE_TENT || a->mode == MODE_SELF_TRAIN ? memory_names[a->memory] : "-");
     settings_add(&s, "st_threshold", "%g", a->st_threshold);
@@ -1868,6 +1869,7 @@ int main(int argc, char** argv) {
     Args a = parse_args(argc, argv);
     if (a.sr.batch < a.gpus) ttt_die("--batch %d over --gpus %d: every GPU needs at least one image per step", a.sr.batch, a.gpus);
     if (a.gpus > 1 && a.from_stdin) ttt_die("--gpus %d: frames from standard input go to one process; use a folder of frames", a.gpus);
+    ttt_cuda_precision();   // a bad TTT_PRECISION dies here, once, before anything is written
     dist_launch(a.gpus, a.device);   // --gpus N: one process per GPU from here on (dist.c)
     if (a.out_raw && strcmp(a.out_raw, "-") == 0) {
         // standard output carries the video: keep it for that and send every log line (ours and

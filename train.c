@@ -530,6 +530,7 @@ int main(int argc, char** argv) {
     if (a.init_path && a.init_swin) ttt_die("--init and --init-swin both set f; give one");
     if (resume && (a.init_path || a.init_swin)) ttt_die("--resume continues a run; it cannot take --init or --init-swin");
     if (a.batch < gpus) ttt_die("--batch %d over --gpus %d: every GPU needs at least one image per step", a.batch, gpus);
+    ttt_cuda_precision();   // a bad TTT_PRECISION dies here, once, before anything is written
     dist_launch(gpus, a.device);   // --gpus N: one process per GPU from here on (dist.c)
     ttt_set_device(ttt_parse_device(a.device));
 
@@ -634,14 +635,14 @@ int main(int argc, char** argv) {
            "lr=%g schedule=poly0.9 warmup=%d warmup-factor=%g optimizer=adamw(0.9,0.999,1e-8) weight-decay=%g clip=%g "
            "%s flip=%s color-aug=%s sampler=%s mask-ratio=%g mask-patch=%d loss-pixels=%s backbone-lr-scale=%g "
            "wd-exempt=%s drop-path=%g set-loss=ce%g,mask%g,dice%g,no-object%g,points%d init=%s init-swin=%s "
-           "resume=%s val=%s seed=%d device=%s mae=%s\n",
+           "resume=%s val=%s seed=%d device=%s precision=%s mae=%s\n",
            a.recipe, a.data_dir, ds.layout, a.split, ds.n, mc->num_classes, a.size, a.steps, a.batch, micro, a.aug.crop_w,
            a.aug.crop_h, a.lr, a.warmup, a.warmup_factor, a.weight_decay, a.grad_clip, resize, a.aug.flip ? "on" : "off",
            a.aug.color_aug ? "on" : "off", a.sampler_perm ? "perm" : "random", r.mask_ratio, mc->mae_patch,
            r.loss_all_pixels ? "all" : "masked", r.backbone_lr_scale, r.wd_exempt ? "on" : "off", r.drop_path,
            sl.w_class, sl.w_mask, sl.w_dice, sl.no_object_weight, sl.num_points, a.init_path ? a.init_path : "none",
            a.init_swin ? a.init_swin : "none", resume ? "on" : "off", a.val_dir ? a.val_dir : "none", a.seed,
-           ttt_device_name(ttt_device), a.no_mae ? "off (main task only)" : "on");
+           ttt_device_name(ttt_device), matmul_precision_name(), a.no_mae ? "off (main task only)" : "on");
     if (resume) printf("train: resumed from %s at step %d\n", a.out_path, start);
     printf("train: parameters f %zu, h %zu, g %zu; activations %.2f GB for %d crops of %dx%d%s\n",
            model_num_params(m, 0), model_num_params(m, 1), model_num_params(m, 2),

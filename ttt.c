@@ -2492,3 +2492,57 @@ void mae_prepare_input(float* inp4, float* target, float* target_mask, const flo
 #endif
     mae_prepare_input_cpu(inp4, target, target_mask, rgb, patch_mask, B, H, W, Hp, Wp, ps, all_pixels);
 }
+
+// ----------------------------------------------------------------------------
+// matrix-product precision (ttt.h, MATRIX-PRODUCT PRECISION): the parser and the process-wide
+// setting, in plain C so the CPU tests reach them; ttt_kernels.cu maps it to cuBLAS compute types
+
+int precision_parse(const char* s) {
+    if (s == NULL) return -1;
+    if (strcmp(s, "fp32") == 0) return PRECISION_FP32;
+    if (strcmp(s, "tf32") == 0) return PRECISION_TF32;
+    if (strcmp(s, "bf16") == 0) return PRECISION_BF16;
+    return -1;
+}
+
+const char* precision_name(int p) {
+    return p == PRECISION_FP32 ? "fp32" : p == PRECISION_TF32 ? "tf32" : p == PRECISION_BF16 ? "bf16" : "?";
+}
+
+int precision_from_env_values(const char* precision, const char* tf32, char* err, size_t err_bytes) {
+    int tf32_off = tf32 != NULL && tf32[0] == '0';   // TTT_TF32=0: float32 (any other value: no effect)
+    if (precision == NULL || precision[0] == '\0') return tf32_off ? PRECISION_FP32 : PRECISION_DEFAULT;
+    int p = precision_parse(precision);
+    if (p < 0) {
+        snprintf(err, err_bytes, "TTT_PRECISION: expected bf16, tf32 or fp32, got '%s'", precision);
+        return -1;
+    }
+    if (tf32_off && p != PRECISION_FP32) {
+        snprintf(err, err_bytes, "TTT_TF32=0 (float32) and TTT_PRECISION=%s disagree: set one of them", precision);
+        return -1;
+    }
+    return p;
+}
+
+static int matmul_precision = -1;   // PRECISION_*; -1 until set or read from the environment
+
+void ttt_cuda_set_precision(int p) {
+    if (p != PRECISION_FP32 && p != PRECISION_TF32 && p != PRECISION_BF16)
+        ttt_die("internal: ttt_cuda_set_precision(%d): expected PRECISION_FP32, _TF32 or _BF16", p);
+    matmul_precision = p;
+}
+
+int ttt_cuda_precision(void) {
+    if (matmul_precision < 0) {
+        char err[256];
+        int p = precision_from_env_values(getenv("TTT_PRECISION"), getenv("TTT_TF32"), err, sizeof(err));
+        if (p < 0) ttt_die("%s", err);
+        matmul_precision = p;
+    }
+    return matmul_precision;
+}
+
+const char* matmul_precision_name(void) {
+    int p = ttt_cuda_precision();   // also on the CPU: a bad TTT_PRECISION is an error everywhere
+    return ttt_device == DEVICE_CUDA ? precision_name(p) : "fp32";
+}

@@ -2024,6 +2024,38 @@ int dist_spawn(int world);
 // end of DATA PARALLEL
 // ============================================================================
 
+// ============================================================================
+// MATRIX-PRODUCT PRECISION (the GPU's matrix products; ttt.c, used by ttt_kernels.cu)
+// ============================================================================
+// Every matrix product on the GPU (cuBLAS / cuBLASLt) reads and writes float32 and sums in
+// float32; the precision says what the tensor cores multiply:
+//   fp32  float32 products (CUBLAS_COMPUTE_32F): the checking path
+//   tf32  inputs rounded to TF32, 10-bit mantissa (CUBLAS_COMPUTE_32F_FAST_TF32): the default
+//   bf16  inputs rounded to bfloat16, 7-bit mantissa (CUBLAS_COMPUTE_32F_FAST_16BF)
+// Chosen by the environment, TTT_PRECISION=bf16|tf32|fp32 (empty: unset), or by
+// ttt_cuda_set_precision. The older TTT_TF32=0 still means fp32; TTT_TF32=0 with
+// TTT_PRECISION other than fp32 is an error. The CPU reference is always float32.
+enum { PRECISION_FP32 = 0, PRECISION_TF32 = 1, PRECISION_BF16 = 2 };
+#define PRECISION_DEFAULT PRECISION_TF32
+int precision_parse(const char* s);          // "fp32" | "tf32" | "bf16" -> PRECISION_*; -1 otherwise
+const char* precision_name(int p);           // "fp32" | "tf32" | "bf16" ("?" otherwise)
+// the precision the values of TTT_PRECISION and TTT_TF32 select (either may be NULL: unset);
+// -1 with a one-line reason in err when they are invalid or disagree
+int precision_from_env_values(const char* precision, const char* tf32, char* err, size_t err_bytes);
+void ttt_cuda_set_precision(int p);          // PRECISION_*; dies on another value
+int ttt_cuda_precision(void);                // the current one (read from the environment on first use)
+// the precision of this process's matrix products for settings lines: the CUDA one on the GPU,
+// "fp32" on the CPU (dies on a bad TTT_PRECISION on either device)
+const char* matmul_precision_name(void);
+#ifdef TTT_CUDA
+// linear_forward/backward_cuda through cuBLASLt (bias and bias-gradient epilogues; ttt_kernels.cu
+// says when): on (1, default unless TTT_LINEAR_LT=0) or off (0: cuBLAS GEMM + bias kernels)
+void ttt_cuda_set_linear_lt(int on);
+long ttt_cuda_linear_lt_calls(int which);    // calls done by cuBLASLt: 0 forward, 1 dweight + dbias
+// the card's dense bf16 rate in TFLOP/s: n^3 bf16 GEMMs (float32 sums), warmup then iters timed
+double ttt_cuda_bf16_peak_tflops(int n, int warmup, int iters);
+#endif
+
 #ifdef __cplusplus
 }
 #endif

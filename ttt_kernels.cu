@@ -325,6 +325,17 @@ extern "C" void ttt_cuda_graph_end(DeviceGraph* g) {
 // is its transpose, so we ask cuBLAS for C^T = op(B)^T op(A)^T: operands swapped, the
 // transpose flags unchanged. Batched over `batch` with element strides sA, sB, sC.
 
+// The precision (ttt.h: TTT_PRECISION, ttt_cuda_set_precision) as a cuBLAS compute type: float32
+// storage and float32 sums in all three; the tensor cores multiply bf16, TF32 or float32 inputs.
+// ttt_cuda_set_tf32, the older switch, still works: a call to it since the last product sets
+// tf32 or fp32 here (gemm_tf32 is -1 otherwise; TTT_TF32 itself is read by ttt_cuda_precision).
+static cublasComputeType_t gemm_compute_type(void) {
+    if (gemm_tf32 >= 0) { ttt_cuda_set_precision(gemm_tf32 ? PRECISION_TF32 : PRECISION_FP32); gemm_tf32 = -1; }
+    int p = ttt_cuda_precision();
+    return p == PRECISION_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+         : p == PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+}
+
 static void gemm_rm(bool transA, bool transB, int M, int N, int K, float alpha,
                     const float* A, int lda, long long sA, const float* B, int ldb, long long sB,
                     float beta, float* C, int ldc, long long sC, int batch) {
@@ -335,11 +346,7 @@ static void gemm_rm(bool transA, bool transB, int M, int N, int K, float alpha,
     }
     cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
-    if (gemm_tf32 < 0) {
-        const char* e = getenv("TTT_TF32");
-        gemm_tf32 = !(e && e[0] == '0');
-    }
-    cublasComputeType_t compute = gemm_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    cublasComputeType_t compute = gemm_compute_type();
     gemm_flop_count += 2.0 * M * N * K * (double)batch;
     if (batch == 1) {
         cublasCheck(cublasGemmEx(get_cublas(), opB, opA, N, M, K, &alpha,
@@ -456,6 +463,8 @@ extern "C" void scale_rows_backward_cuda(float* dinp, const float* dout, const f
 // ----------------------------------------------------------------------------
 // linear
 
+#include <cublasLt.h>
+
 // out (N, OC) += bias (OC) broadcast over rows
 __global__ void add_bias_kernel(float* out, const float* bias, size_t N, int OC) {
     size_t total = N * OC;
@@ -489,10 +498,188 @@ static void column_sum_accumulate(float* dbias, const float* dout, int N, int OC
     column_sum_kernel<<<grid, block>>>(dbias, dout, N, OC, rows_per_block); launchCheck();
 }
 
+// linear through cuBLASLt: the bias added by the GEMM's epilogue (CUBLASLT_EPILOGUE_BIAS) and the
+// bias gradient summed by the dweight GEMM's epilogue (CUBLASLT_EPILOGUE_BGRADB), in gemm_rm's
+// compute type. Taken when the row lengths C and OC are multiples of 4 floats (16 bytes) and
+// cuBLASLt's heuristic offers an algorithm for the shape, the epilogue and the actual alignment of
+// every pointer (told to it as the MIN_ALIGNMENT preferences; parameters live in one packed
+// buffer, so a weight may be only 4-byte aligned); otherwise, and under TTT_LINEAR_LT=0, gemm_rm
+// plus add_bias_kernel / the column sums.
+// cuBLASLt's GELU epilogues are NOT used: they compute the tanh approximation of GELU, and Swin
+// and Mask2Former use the exact erf GELU (gelu_forward).
+//
+// Row-major (N, C) read column-major is its (C, N) transpose, so in cuBLASLt's column-major terms:
+//   forward  out^T (OC, N) = W (OC, C) . inp^T (C, N) + bias  m = OC, n = N, k = C; A = W buffer
+//            (C x OC, ld C, op T), B = inp (C x N, ld C), D = out (OC x N, ld OC). BIAS adds a
+//            vector of D's rows (m = OC): bias per output channel, broadcast over the N rows.
+//   dweight  dW^T (C, OC) += inp^T (C, N) . dout (N, OC)      m = C, n = OC, k = N; A = inp (C x N,
+//            ld C), B = dout buffer (OC x N, ld OC, op T), C = D = dweight (C x OC, ld C), beta 1.
+//            BGRADB sums op(B) = dout over k (the N rows) for each of D's n = OC columns: dbias.
+// The epilogue WRITES the bias gradient while the op's contract ACCUMULATES, so it goes to a
+// scratch vector of OC floats and one small kernel adds it to dbias. That beats keeping the
+// column-sum kernel, which reads all of dout (N x OC floats) a second time (at B = 8, 384 x 1248,
+// Swin-S stage 1's MLP: 240k rows x 384 = 368 MB) where the add reads 2 x OC floats.
+
+static cublasLtHandle_t cublaslt_handle = NULL;
+static Workspace ws_lt;          // cuBLASLt's workspace: one size, so it never moves
+static Workspace ws_lt_dbias;    // the bias gradient the BGRADB epilogue writes, before the add
+#define LT_WORKSPACE_BYTES ((size_t)32 << 20)
+static int linear_lt_on = -1;    // TTT_LINEAR_LT=0 or ttt_cuda_set_linear_lt(0): never cuBLASLt
+static long linear_lt_count[2];  // linear calls done by cuBLASLt: 0 forward, 1 dweight + dbias
+
+extern "C" void ttt_cuda_set_linear_lt(int on) { linear_lt_on = on != 0; }
+extern "C" long ttt_cuda_linear_lt_calls(int which) { return linear_lt_count[which != 0]; }
+
+static cublasLtHandle_t get_cublaslt(void) {
+    if (cublaslt_handle == NULL) {
+        cublasCheck(cublasLtCreate(&cublaslt_handle));
+        workspace_get(&ws_lt, LT_WORKSPACE_BYTES);
+    }
+    return cublaslt_handle;
+}
+
+// alignment of a device pointer in bytes, up to 256 (what cuBLASLt's preferences ask for)
+static unsigned pointer_alignment(const void* p) {
+    uintptr_t a = (uintptr_t)p;
+    unsigned r = 256;
+    while (r > 1 && a % r != 0) r >>= 1;
+    return r;
+}
+
+// one matmul plan per (epilogue, shape, compute type, alignments): descriptor, layouts and the
+// heuristic's algorithm, or ok = 0 when cuBLASLt has none (then the fallback path is used)
+typedef struct {
+    int epilogue, m, n, k, compute;
+    unsigned align_a, align_b, align_c, align_bias;
+    int ok;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+} LtPlan;
+#define LT_MAX_PLANS 1024
+static LtPlan lt_plans[LT_MAX_PLANS];
+static int lt_nplans = 0;
+
+// the plan of D (m, n) = op(A) (m, k) op(B) (k, n) [+ epilogue], column-major; transa / transb
+// and the leading dimensions follow from the epilogue (BIAS: forward, BGRADB: dweight, above).
+// NULL when the plan table is full (fallback).
+static LtPlan* lt_plan(cublasLtEpilogue_t epilogue, int m, int n, int k, const void* A, const void* B,
+                       const void* C, const void* bias) {
+    cublasComputeType_t compute = gemm_compute_type();
+    unsigned aa = pointer_alignment(A), ab = pointer_alignment(B), ac = pointer_alignment(C);
+    unsigned abias = pointer_alignment(bias);
+    for (int i = 0; i < lt_nplans; i++) {
+        LtPlan* p = &lt_plans[i];
+        if (p->epilogue == (int)epilogue && p->m == m && p->n == n && p->k == k && p->compute == (int)compute &&
+            p->align_a == aa && p->align_b == ab && p->align_c == ac && p->align_bias == abias) return p;
+    }
+    if (lt_nplans == LT_MAX_PLANS) return NULL;
+    LtPlan* p = &lt_plans[lt_nplans++];
+    memset(p, 0, sizeof(*p));
+    p->epilogue = (int)epilogue; p->m = m; p->n = n; p->k = k; p->compute = (int)compute;
+    p->align_a = aa; p->align_b = ab; p->align_c = ac; p->align_bias = abias;
+    bool forward = epilogue == CUBLASLT_EPILOGUE_BIAS;
+    cublasOperation_t ta = forward ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t tb = forward ? CUBLAS_OP_N : CUBLAS_OP_T;
+    int32_t bias_type = CUDA_R_32F;
+    cublasCheck(cublasLtMatmulDescCreate(&p->desc, compute, CUDA_R_32F));
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+    // the heuristic reads the bias pointer's alignment from the descriptor
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    // layouts of the stored matrices (before op): rows, columns, leading dimension
+    if (forward) {
+        cublasCheck(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_32F, k, m, k));   // W: C x OC, ld C
+        cublasCheck(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_32F, k, n, k));   // inp: C x N, ld C
+    } else {
+        cublasCheck(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_32F, m, k, m));   // inp: C x N, ld C
+        cublasCheck(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_32F, n, k, n));   // dout: OC x N, ld OC
+    }
+    cublasCheck(cublasLtMatrixLayoutCreate(&p->lc, CUDA_R_32F, m, n, m));       // out / dweight
+    cublasLtMatmulPreference_t pref;
+    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+    uint64_t ws_bytes = LT_WORKSPACE_BYTES;
+    uint32_t al[4] = {aa, ab, ac, ac};   // A, B, C, D (D is C)
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof(ws_bytes)));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], sizeof(al[0])));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], sizeof(al[1])));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], sizeof(al[2])));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[3], sizeof(al[3])));
+    cublasLtMatmulHeuristicResult_t result;
+    int nresults = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(get_cublaslt(), p->desc, p->la, p->lb, p->lc, p->lc, pref,
+                                                       1, &result, &nresults);
+    cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
+    // NOT_SUPPORTED (no algorithm) is an answer; INVALID_VALUE (this library version rejects the
+    // epilogue with these types) too, said once per epilogue; any other failure is an error
+    if (st == CUBLAS_STATUS_INVALID_VALUE) {
+        static int said[2];
+        if (!said[forward]) {
+            fprintf(stderr, "note: cuBLASLt rejects the %s epilogue (m %d, n %d, k %d): linear uses the cuBLAS path\n",
+                    forward ? "BIAS" : "BGRADB", m, n, k);
+            said[forward] = 1;
+        }
+    } else if (st != CUBLAS_STATUS_NOT_SUPPORTED) cublasCheck(st);
+    p->ok = st == CUBLAS_STATUS_SUCCESS && nresults > 0 && result.state == CUBLAS_STATUS_SUCCESS &&
+            result.workspaceSize <= LT_WORKSPACE_BYTES;
+    if (p->ok) p->algo = result.algo;
+    return p;
+}
+
+static int linear_lt_enabled(void) {
+    if (linear_lt_on < 0) {
+        const char* e = getenv("TTT_LINEAR_LT");
+        linear_lt_on = !(e && e[0] == '0');
+    }
+    return linear_lt_on;
+}
+
+// the shapes cuBLASLt gets: rows of a multiple of 4 floats (16 bytes); the pointers' alignment is
+// left to the heuristic
+static int linear_lt_shape_ok(int C, int OC) { return C % 4 == 0 && OC % 4 == 0; }
+
+// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias in one cuBLASLt call; 0 if not taken
+static int linear_forward_lt(float* out, const float* inp, const float* weight, const float* bias,
+                             int N, int C, int OC) {
+    if (!linear_lt_enabled() || !linear_lt_shape_ok(C, OC)) return 0;
+    LtPlan* p = lt_plan(CUBLASLT_EPILOGUE_BIAS, OC, N, C, weight, inp, out, bias);
+    if (p == NULL || !p->ok) return 0;
+    float alpha = 1.0f, beta = 0.0f;
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    cublasCheck(cublasLtMatmul(get_cublaslt(), p->desc, &alpha, weight, p->la, inp, p->lb, &beta,
+                               out, p->lc, out, p->lc, &p->algo, ws_lt.ptr, LT_WORKSPACE_BYTES, cudaStreamPerThread));
+    gemm_flop_count += 2.0 * N * OC * (double)C;
+    linear_lt_count[0]++;
+    return 1;
+}
+
+// dweight (OC, C) += dout^T @ inp and dbias (OC) += column sums of dout (N, OC), the sums by the
+// same GEMM's epilogue into a scratch, then added; 0 if not taken
+static int linear_backward_weight_lt(float* dweight, float* dbias, const float* dout, const float* inp,
+                                     int N, int C, int OC) {
+    if (!linear_lt_enabled() || !linear_lt_shape_ok(C, OC)) return 0;
+    // never smaller than 64k floats: the first (eager) call of a graph grows it, if ever
+    float* scratch = (float*)workspace_get(&ws_lt_dbias, (size_t)(OC > 65536 ? OC : 65536) * sizeof(float));
+    LtPlan* p = lt_plan(CUBLASLT_EPILOGUE_BGRADB, C, OC, N, inp, dout, dweight, scratch);
+    if (p == NULL || !p->ok) return 0;
+    float alpha = 1.0f, beta = 1.0f;
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &scratch, sizeof(scratch)));
+    cublasCheck(cublasLtMatmul(get_cublaslt(), p->desc, &alpha, inp, p->la, dout, p->lb, &beta,
+                               dweight, p->lc, dweight, p->lc, &p->algo, ws_lt.ptr, LT_WORKSPACE_BYTES,
+                               cudaStreamPerThread));
+    add_inplace_kernel<<<grid_for(OC, 256), 256>>>(dbias, scratch, (size_t)OC); launchCheck();
+    gemm_flop_count += 2.0 * N * OC * (double)C;
+    linear_lt_count[1]++;
+    return 1;
+}
+
 extern "C" void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias,
                                     int N, int C, int OC) {
     OpTimer timer("linear_forward");
     if (N <= 0 || OC <= 0) return;
+    if (C > 0 && bias && linear_forward_lt(out, inp, weight, bias, N, C, OC)) return;
     if (C <= 0) { ttt_cuda_zero(out, (size_t)N * OC * sizeof(float)); }
     // out (N, OC) = inp (N, C) @ weight (OC, C)^T
     else gemm_rm(false, true, N, OC, C, 1.0f, inp, C, 0, weight, C, 0, 0.0f, out, OC, 0, 1);
@@ -505,6 +692,7 @@ extern "C" void linear_backward_cuda(float* dinp, float* dweight, float* dbias, 
     if (N <= 0 || OC <= 0) return;
     // dinp (N, C) += dout (N, OC) @ weight (OC, C)
     if (dinp) gemm_rm(false, false, N, C, OC, 1.0f, dout, OC, 0, weight, C, 0, 1.0f, dinp, C, 0, 1);
+    if (dweight && dbias && C > 0 && linear_backward_weight_lt(dweight, dbias, dout, inp, N, C, OC)) return;
     // dweight (OC, C) += dout^T (OC, N) @ inp (N, C)
     if (dweight) gemm_rm(true, false, OC, C, N, 1.0f, dout, OC, 0, inp, C, 0, 1.0f, dweight, C, 0, 1);
     if (dbias) column_sum_accumulate(dbias, dout, N, OC);
@@ -2376,4 +2564,47 @@ extern "C" void semantic_entropy_backward_cuda(float* dclass_logits, float* dmas
         entropy_dmask_kernel<<<grid_for((size_t)BQ * P, 256), 256>>>(dmask_logits, probs, g, mask_logits, BQ, Q, K, P);
         launchCheck();
     }
+}
+
+// ----------------------------------------------------------------------------
+// the card's dense bf16 matrix rate, measured (dev/bench.c prints it beside the model's rate):
+// C (n, n) = A @ B in bf16 with float32 sums (cublasGemmEx, CUBLAS_COMPUTE_32F), A and B random
+// (not zero: zeros draw less power and would flatter the clock), `warmup` calls, then `iters`
+// timed between CUDA events. Not counted in ttt_cuda_gemm_flops. Buffers freed before returning.
+
+#include <cuda_bf16.h>
+
+__global__ void fill_bf16_random_kernel(__nv_bfloat16* x, size_t n, unsigned int seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        unsigned int h = (unsigned int)i * 2654435761u ^ seed;   // integer hash -> uniform in [-1, 1)
+        h ^= h >> 16; h *= 0x7feb352du; h ^= h >> 15; h *= 0x846ca68bu; h ^= h >> 16;
+        x[i] = __float2bfloat16((float)(h >> 8) * (2.0f / 16777216.0f) - 1.0f);
+    }
+}
+
+extern "C" double ttt_cuda_bf16_peak_tflops(int n, int warmup, int iters) {
+    if (n <= 0 || iters <= 0) ttt_die("internal: ttt_cuda_bf16_peak_tflops(%d, %d, %d)", n, warmup, iters);
+    size_t nn = (size_t)n * n;
+    __nv_bfloat16* A = (__nv_bfloat16*)ttt_cuda_malloc(nn * sizeof(__nv_bfloat16));
+    __nv_bfloat16* B = (__nv_bfloat16*)ttt_cuda_malloc(nn * sizeof(__nv_bfloat16));
+    __nv_bfloat16* C = (__nv_bfloat16*)ttt_cuda_malloc(nn * sizeof(__nv_bfloat16));
+    fill_bf16_random_kernel<<<grid_for(nn, 256), 256>>>(A, nn, 1u); launchCheck();
+    fill_bf16_random_kernel<<<grid_for(nn, 256), 256>>>(B, nn, 2u); launchCheck();
+    float alpha = 1.0f, beta = 0.0f;
+    cudaEvent_t ev[2];
+    cudaCheck(cudaEventCreate(&ev[0]));
+    cudaCheck(cudaEventCreate(&ev[1]));
+    for (int it = -warmup; it < iters; it++) {
+        if (it == 0) cudaCheck(cudaEventRecord(ev[0], cudaStreamPerThread));
+        cublasCheck(cublasGemmEx(get_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, A, CUDA_R_16BF, n,
+                                 B, CUDA_R_16BF, n, &beta, C, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    cudaCheck(cudaEventRecord(ev[1], cudaStreamPerThread));
+    cudaCheck(cudaEventSynchronize(ev[1]));
+    float ms = 0.0f;
+    cudaCheck(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+    cudaCheck(cudaEventDestroy(ev[0]));
+    cudaCheck(cudaEventDestroy(ev[1]));
+    ttt_cuda_free(A); ttt_cuda_free(B); ttt_cuda_free(C);
+    return 2.0 * (double)n * n * n * iters / (ms * 1e-3) / 1e12;
 }

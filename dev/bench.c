@@ -6,18 +6,26 @@
 // Times: CUDA events around each call after warm-up (host clock on the CPU), median of
 // --iters. Then a second pass with stage timing (CUDA graphs off, events at the stage
 // marks in mae.c) splits predict and the TTT step by stage. GEMM FLOPs are counted as
-// cuBLAS is called (2 M N K per product); the rate printed is those FLOPs over the time.
+// cuBLAS is called (2 M N K per product); the rate printed is those FLOPs over the time, and
+// its fraction of the card's dense bf16 peak, measured first in the same run (--peak N: N^3 bf16
+// GEMMs, float32 sums, 3 warm-up then 10 timed; --peak 0 skips it).
+// --precision bf16|tf32|fp32: the matrix products' precision (TTT_PRECISION; default tf32).
 // Device memory in use is read at the end (CUDA context, parameters, activations,
 // workspaces; nothing is freed during a run, so it is the peak).
 // usage: ./bench [--config swin_s|default|tiny] [--pixel-decoder fpn|msdeform] [--batch B]
 //                [--micro-batch M] [--height H] [--width W] [--iters N] [--warmup N]
 //                [--device cuda|cpu] [--recipe demo|paper] [--predict HxW] [--score HxW]
+//                [--precision bf16|tf32|fp32] [--peak N] [--gpus N]
 // --recipe paper: the released code's step (model_recipe_paper: drop-path, clipping, param
 // groups; a fresh AdamW before every step) on B images of H x W (the TTT crops, 512 x 1024 in
 // the paper), and the prediction on a frame of --predict size (KITTI resized: 618 x 2048,
 // padded to 640 x 2048) scored at --score size (KITTI's 375 x 1242): the paper's sizes are
 //   ./bench --recipe paper --batch 32 --height 512 --width 1024 --predict 618x2048 --score 375x1242
-// and "frame" = TTT step + prediction, the time per frame of the stream.
+// and "frame" = TTT step + prediction, the time per frame of the stream. One configuration per
+// invocation; issue 14's two, each in every precision (P = bf16, tf32, fp32):
+//   ./bench --batch 8 --height 384 --width 1248 --precision P
+//   ./bench --recipe paper --batch 32 --height 512 --width 1024 --predict 618x2048 --score 375x1242 --precision P
+// (B = 32 runs in micro-batches when it does not fit: the "micro-batch" in the first line says.)
 // With --pixel-decoder msdeform, h and g use the MSDeformAttn pixel decoder; the stage split
 // then shows its deformable encoder ("msdeform encoder forward/backward") inside the g and h
 // stages, and TTT_PROFILE=1 the ms_deform_attn kernels alone.
@@ -34,6 +42,14 @@ static int cmp_double(const void* a, const void* b) {
 static double median(double* x, int n) {
     qsort(x, n, sizeof(double), cmp_double);
     return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+static double bf16_peak_tflops = 0.0;   // measured at start (0: not measured)
+// "  12.3% of bf16 peak" after a rate, when the peak was measured
+static const char* peak_fraction(double tflops) {
+    static char buf[64];
+    buf[0] = '\0';
+    if (bf16_peak_tflops > 0.0) snprintf(buf, sizeof(buf), "  %5.1f%% of bf16 peak", 100.0 * tflops / bf16_peak_tflops);
+    return buf;
 }
 static double gemm_flops(void) {
 #ifdef TTT_CUDA
@@ -100,6 +116,7 @@ int main(int argc, char** argv) {
     int PH = 0, PW = 0, SH = 0, SW = 0;   // predict and score sizes (0: H x W)
     const char* recipe = "demo";
     int gpus = 1;
+    int precision = -1, peak_n = 8192;
     for (int i = 1; i < argc; i += 2) {
         if (i + 1 >= argc) ttt_die("missing value after %s", argv[i]);
         const char* o = argv[i];
@@ -115,6 +132,11 @@ int main(int argc, char** argv) {
         else if (!strcmp(o, "--device")) device = v;
         else if (!strcmp(o, "--recipe")) recipe = v;
         else if (!strcmp(o, "--gpus")) gpus = parse_int_arg(o, v, 1);
+        else if (!strcmp(o, "--peak")) peak_n = parse_int_arg(o, v, 0);
+        else if (!strcmp(o, "--precision")) {
+            precision = precision_parse(v);
+            if (precision < 0) ttt_die("--precision: expected bf16, tf32 or fp32, got '%s'", v);
+        }
         else if (!strcmp(o, "--predict") || !strcmp(o, "--score")) {
             int h, w;
             if (sscanf(v, "%dx%d", &h, &w) != 2 || h < 32 || w < 32) ttt_die("%s: expected HxW, got '%s'", o, v);
@@ -127,8 +149,19 @@ int main(int argc, char** argv) {
     if (PH == 0) { PH = H; PW = W; }
     if (SH == 0) { SH = PH; SW = PW; }
     if (B < gpus) ttt_die("--batch %d over --gpus %d: every GPU needs at least one image", B, gpus);
+    if (peak_n > 65536) ttt_die("--peak: at most 65536, got %d", peak_n);
+    if (precision >= 0) ttt_cuda_set_precision(precision);   // over TTT_PRECISION
+    else ttt_cuda_precision();   // a bad TTT_PRECISION dies here
     dist_launch(gpus, device);   // --gpus N: one process per GPU from here on
     ttt_set_device(ttt_parse_device(device));
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA && peak_n > 0) {
+        bf16_peak_tflops = ttt_cuda_bf16_peak_tflops(peak_n, 3, 10);
+        if (is_main_rank())
+            printf("bf16 dense peak (measured: %d^3 bf16 GEMMs, float32 sums, cublasGemmEx) %.1f TFLOP/s\n",
+                   peak_n, bf16_peak_tflops);
+    }
+#endif
     int K = 19;
     ModelConfig cfg;
     if (!strcmp(config, "swin_s")) cfg = model_config_swin_s(K);
@@ -161,22 +194,27 @@ int main(int argc, char** argv) {
     b.frame_pred = (float*)mallocCheck((size_t)PH * PW * 3 * sizeof(float));
     rng_fill_uniform(&b.rng, b.frame_pred, (size_t)PH * PW * 3, 0.0f, 1.0f);
     b.pred = (unsigned char*)mallocCheck((size_t)SH * SW);
-    printf("recipe %s; TTT images %d x %d; prediction on %d x %d scored at %d x %d\n", recipe, H, W, PH, PW, SH, SW);
+    printf("recipe %s; TTT images %d x %d; prediction on %d x %d scored at %d x %d; matrix products %s\n",
+           recipe, H, W, PH, PW, SH, SW, matmul_precision_name());
     b.opt = opt_config_ttt();
     b.loss = 0.0f;
 
     double flop_predict, flop_fwd, flop_step;
     double ms_predict = time_calls(&b, 0, warmup, iters, &flop_predict);
-    printf("predict (B=1)        %9.2f ms   GEMM %7.1f GFLOP  %6.1f TFLOP/s\n", ms_predict,
-           flop_predict / 1e9, flop_predict / (ms_predict * 1e-3) / 1e12);
+    double rate_predict = flop_predict / (ms_predict * 1e-3) / 1e12;
+    printf("predict (B=1)        %9.2f ms   GEMM %7.1f GFLOP  %6.1f TFLOP/s%s\n", ms_predict,
+           flop_predict / 1e9, rate_predict, peak_fraction(rate_predict));
     double ms_fwd = time_calls(&b, 1, warmup, iters, &flop_fwd);
-    printf("MAE forward (B=%d)   %9.2f ms   GEMM %7.1f GFLOP  %6.1f TFLOP/s\n", B, ms_fwd,
-           flop_fwd / 1e9, flop_fwd / (ms_fwd * 1e-3) / 1e12);
+    double rate_fwd = flop_fwd / (ms_fwd * 1e-3) / 1e12;
+    printf("MAE forward (B=%d)   %9.2f ms   GEMM %7.1f GFLOP  %6.1f TFLOP/s%s\n", B, ms_fwd,
+           flop_fwd / 1e9, rate_fwd, peak_fraction(rate_fwd));
     double ms_step = time_calls(&b, 2, warmup, iters, &flop_step);
-    printf("TTT step (B=%d)      %9.2f ms   GEMM %7.1f GFLOP  %6.1f TFLOP/s  (loss %.4f); per image %.2f ms\n",
-           B, ms_step, flop_step / 1e9, flop_step / (ms_step * 1e-3) / 1e12, b.loss, ms_step / B);
-    printf("frame (TTT step + predict) %9.2f ms  (%.2f frames/s; the paper's code: 4100 ms on an A100)\n",
-           ms_step + ms_predict, 1e3 / (ms_step + ms_predict));
+    double rate_step = flop_step / (ms_step * 1e-3) / 1e12;
+    printf("TTT step (B=%d)      %9.2f ms   GEMM %7.1f GFLOP  %6.1f TFLOP/s%s  (loss %.4f); per image %.2f ms\n",
+           B, ms_step, flop_step / 1e9, rate_step, peak_fraction(rate_step), b.loss, ms_step / B);
+    double rate_frame = (flop_step + flop_predict) / ((ms_step + ms_predict) * 1e-3) / 1e12;
+    printf("frame (TTT step + predict) %9.2f ms  (%.2f frames/s; the paper's code: 4100 ms on an A100)  GEMM %6.1f TFLOP/s%s\n",
+           ms_step + ms_predict, 1e3 / (ms_step + ms_predict), rate_frame, peak_fraction(rate_frame));
 
     double used_gib = 0.0, total_gib = 0.0;
 #ifdef TTT_CUDA
@@ -186,14 +224,16 @@ int main(int argc, char** argv) {
         used_gib = used / 1073741824.0; total_gib = total / 1073741824.0;
         printf("device memory in use %.2f GiB of %.2f GiB (context, parameters, activations for %d, workspaces)\n",
                used_gib, total_gib, M);
+        printf("linear layers by cuBLASLt with bias epilogues: %ld forward, %ld dweight+dbias calls issued from the host "
+               "(graph replays not counted; TTT_LINEAR_LT=0: none)\n", ttt_cuda_linear_lt_calls(0), ttt_cuda_linear_lt_calls(1));
     }
 #endif
     int split_iters = iters < 3 ? iters : 3;
     print_split(&b, 0, split_iters, "predict", ms_predict);
     print_split(&b, 2, split_iters, "the TTT step", ms_step);
-    printf("| %s%s | %d | %d | %dx%d | %.2f | %.2f | %.2f | %.2f | %.1f | %.2f |\n", config,
-           pixel_decoder == PIXEL_DECODER_MSDEFORM ? " msdeform" : "", B, M, H, W, ms_predict,
-           ms_fwd, ms_step, ms_step / B, flop_step / (ms_step * 1e-3) / 1e12, used_gib);
+    printf("| %s%s %s | %d | %d | %dx%d | %.2f | %.2f | %.2f | %.2f | %.1f | %.2f |\n", config,
+           pixel_decoder == PIXEL_DECODER_MSDEFORM ? " msdeform" : "", matmul_precision_name(), B, M, H, W, ms_predict,
+           ms_fwd, ms_step, ms_step / B, rate_step, used_gib);
     if (gpus > 1)   // the scaling row: TTT step of the whole batch over the GPUs
         printf("| %s | %d GPUs | batch %d | micro-batch %d per GPU | %dx%d | TTT step %.2f ms | %.2f ms per image |\n",
                config, gpus, B, M, H, W, ms_step, ms_step / B);

@@ -4,7 +4,9 @@
 // first, so an element the kernel never writes fails the check. Gradient buffers are
 // pre-filled with the same random values on both sides and the INCREMENTS are compared,
 // which checks the accumulate (+=) contract. Error: max |gpu - cpu| / max |cpu|.
-// Bounds: 1e-5 for plain float32 ops, 3e-3 where cuBLAS TF32 matrix products are used.
+// Bounds: 1e-5 for plain float32 ops, 3e-3 where cuBLAS TF32 matrix products are used; the
+// linear ops run in every precision (fp32, tf32, bf16: relative L2 bounds at test_linear), the
+// rest at tf32 whatever TTT_PRECISION says.
 // Prints the worst error per op at the end.
 #include "test/test.h"
 
@@ -185,22 +187,85 @@ static void test_activations(size_t N) {
 // ----------------------------------------------------------------------------
 // linear
 
-static void test_linear(int N, int C, int OC, int with_bias) {
+// Every precision of the matrix products (ttt.h: TTT_PRECISION) against the float32 CPU reference,
+// relative L2 error, tolerance per precision: fp32 1e-5 (float32 products, only the order of the
+// sums differs), tf32 2e-3 (inputs rounded to 10-bit mantissas, ~2.5e-4 relative each), bf16 1e-2
+// (7-bit mantissas, ~2e-3 relative each). The linear ops take cuBLASLt with bias epilogues when
+// C and OC are multiples of 4 and cuBLASLt offers an algorithm; `lt` says what the case expects:
+// 1 the forward must take it (the bias epilogue; in fp32 and tf32, printed in bf16), 0 nothing may
+// take it (the fallback: cuBLAS
+// GEMM + bias / column-sum kernels), -1 cuBLASLt's heuristic decides (misaligned pointers). Which
+// path the dweight + dbias GEMM (BGRADB epilogue) took is printed. With misalign, every device
+// buffer starts 1 float past an aligned address (4-byte alignment only). dbias accumulates onto
+// a random non-zero buffer (as every gradient here).
+static const double linear_tol[3] = {1e-5, 2e-3, 1e-2};   // PRECISION_FP32, _TF32, _BF16
+
+static float* dev_copy_shifted(const float* h, size_t n, int shift) {
+    float* d = (float*)dev_alloc((n + 1) * sizeof(float)) + shift;
+    ttt_to_device(d, h, n * sizeof(float));
+    return d;
+}
+
+// the GPU's increments (gpu - init) against the CPU's (cpu - init), relative L2
+static void grad_cmp_l2(const char* op, const char* what, Grad* g, double tol) {
+    float* got = host_copy_of(g->gpu, g->n);
+    float* ref_inc = (float*)mallocCheck(g->n * sizeof(float));
+    for (size_t i = 0; i < g->n; i++) { got[i] -= g->init[i]; ref_inc[i] = g->cpu[i] - g->init[i]; }
+    char name[128];
+    snprintf(name, sizeof(name), "%s %s (+=)", op, what);
+    check_l2(name, got, ref_inc, g->n, tol);
+    record(op, l2_rel_error(got, ref_inc, g->n), tol);
+    free(got); free(ref_inc); free(g->init); free(g->cpu);
+}
+
+static void test_linear(int precision, int N, int C, int OC, int with_bias, int misalign, int lt) {
+    ttt_cuda_set_precision(precision);
+    double tol = linear_tol[precision];
+    const char* pname = precision_name(precision);
+    int sh = misalign ? 1 : 0;
+    printf("linear %s: N %d, C %d, OC %d%s%s\n", pname, N, C, OC, with_bias ? ", bias" : "", misalign ? ", misaligned" : "");
     float *x = rnd((size_t)N * C), *w = rnd((size_t)OC * C), *b = with_bias ? rnd(OC) : NULL;
     float* dy = rnd((size_t)N * OC);
     float* ref = (float*)mallocCheck((size_t)N * OC * sizeof(float));
-    float *dx_ = dev_copy(x, (size_t)N * C), *dw_ = dev_copy(w, (size_t)OC * C), *db_ = b ? dev_copy(b, OC) : NULL;
-    float* out = dev_poison((size_t)N * OC);
+    float *dx_ = dev_copy_shifted(x, (size_t)N * C, sh), *dw_ = dev_copy_shifted(w, (size_t)OC * C, sh);
+    float* db_ = b ? dev_copy_shifted(b, OC, sh) : NULL;
+    float* out = dev_poison((size_t)N * OC + 1) + sh;
+    char op_fw[48], op_bw[48];
+    snprintf(op_fw, sizeof(op_fw), "linear_forward %s", pname);
+    snprintf(op_bw, sizeof(op_bw), "linear_backward %s", pname);
+    long lt_fw = ttt_cuda_linear_lt_calls(0), lt_bw = ttt_cuda_linear_lt_calls(1);
     linear_forward_cpu(ref, x, w, b, N, C, OC);
     linear_forward_cuda(out, dx_, dw_, db_, N, C, OC);
-    cmp("linear_forward", "out", out, ref, (size_t)N * OC, TOL_TF32);
-    float* ddy = dev_copy(dy, (size_t)N * OC);
-    Grad gx = grad_new((size_t)N * C), gw = grad_new((size_t)OC * C), gb = grad_new(OC);
-    linear_backward_cpu(gx.cpu, gw.cpu, gb.cpu, dy, x, w, N, C, OC);
-    linear_backward_cuda(gx.gpu, gw.gpu, gb.gpu, ddy, dx_, dw_, N, C, OC);
-    grad_cmp("linear_backward", "dinp", &gx, TOL_TF32);
-    grad_cmp("linear_backward", "dweight", &gw, TOL_TF32);
-    grad_cmp("linear_backward", "dbias", &gb, TOL_FP32);
+    float* got = host_copy_of(out, (size_t)N * OC);
+    char name[96];
+    snprintf(name, sizeof(name), "%s out", op_fw);
+    check_l2(name, got, ref, (size_t)N * OC, tol);
+    record(op_fw, l2_rel_error(got, ref, (size_t)N * OC), tol);
+    free(got);
+    float* ddy = dev_copy_shifted(dy, (size_t)N * OC, sh);
+    // pre-fill near the size of the increments (sums over OC or N terms of products in [-1, 1])
+    Grad gx = grad_new_scaled((size_t)N * C, 4.0f), gw = grad_new_scaled((size_t)OC * C, 8.0f);
+    Grad gb = grad_new_scaled(OC, 8.0f);
+    if (misalign) {   // the gradients shifted too
+        float* d;
+        d = dev_copy_shifted(gx.init, gx.n, 1); gx.gpu = d;
+        d = dev_copy_shifted(gw.init, gw.n, 1); gw.gpu = d;
+        d = dev_copy_shifted(gb.init, gb.n, 1); gb.gpu = d;
+    }
+    linear_backward_cpu(gx.cpu, gw.cpu, with_bias ? gb.cpu : NULL, dy, x, w, N, C, OC);
+    linear_backward_cuda(gx.gpu, gw.gpu, with_bias ? gb.gpu : NULL, ddy, dx_, dw_, N, C, OC);
+    grad_cmp_l2(op_bw, "dinp", &gx, tol);
+    grad_cmp_l2(op_bw, "dweight", &gw, tol);
+    if (with_bias) grad_cmp_l2(op_bw, "dbias", &gb, tol);
+    else { free(gb.init); free(gb.cpu); }
+    long took_fw = ttt_cuda_linear_lt_calls(0) - lt_fw, took_bw = ttt_cuda_linear_lt_calls(1) - lt_bw;
+    printf("     cuBLASLt: forward + bias %s, dweight + dbias (BGRADB) %s\n", took_fw ? "taken" : "not taken",
+           took_bw ? "taken" : "not taken");
+    // fp32 and tf32 bias epilogues are what PyTorch's addmm uses (cuBLASLt has them); that cuBLASLt
+    // offers them with CUBLAS_COMPUTE_32F_FAST_16BF on float32 storage is printed, not assumed
+    if (lt == 1 && with_bias && precision != PRECISION_BF16)
+        CHECK(took_fw == 1, "linear %s N %d C %d OC %d: the forward did not take cuBLASLt", pname, N, C, OC);
+    if (lt == 0) CHECK(took_fw == 0 && took_bw == 0, "linear %s N %d C %d OC %d: took cuBLASLt where the fallback was due", pname, N, C, OC);
     free(x); free(w); free(b); free(dy); free(ref);
     dev_free_all();
 }
@@ -750,6 +815,7 @@ int main(void) {
         return test_summary("gpu_ops");
     }
     ttt_set_device(DEVICE_CUDA);
+    ttt_cuda_set_precision(PRECISION_TF32);   // the tolerances below are TF32's (TTT_PRECISION aside)
     rng_seed(&rng, 20261122);
     CHECK(ttt_cuda_device_count() > 0, "device count");
 
@@ -757,9 +823,20 @@ int main(void) {
     test_scale_rows(7, 10007);
     test_scale_rows(8, (size_t)56 * 56 * 96);   // Swin-S stage 1 rows of 224x224 images
     test_activations(100003);
-    test_linear(257, 131, 97, 1);
-    test_linear(61, 37, 29, 0);
-    test_linear(3136, 96, 288, 1);          // Swin-S stage 1 qkv on a 56x56 map
+    // linear in each precision: cuBLASLt's epilogues where the shapes allow, the fallback where not
+    for (int p = PRECISION_FP32; p <= PRECISION_BF16; p++) {
+        test_linear(p, 257, 132, 96, 1, 0, 1);     // rows of multiples of 4: cuBLASLt
+        test_linear(p, 3136, 96, 288, 1, 0, 1);    // Swin-S stage 1 qkv on a 56x56 map
+        test_linear(p, 100, 256, 20, 1, 0, 1);     // Mask2Former class head, 100 queries
+        test_linear(p, 257, 131, 97, 1, 0, 0);     // odd rows: the fallback
+        test_linear(p, 61, 37, 29, 0, 0, 0);       // no bias: a plain GEMM
+        test_linear(p, 255, 64, 128, 1, 1, -1);    // 4-byte aligned: cuBLASLt's heuristic decides
+    }
+    ttt_cuda_set_linear_lt(0);                     // TTT_LINEAR_LT=0: the fallback everywhere
+    test_linear(PRECISION_TF32, 257, 132, 96, 1, 0, 0);
+    test_linear(PRECISION_BF16, 3136, 96, 288, 1, 0, 0);
+    ttt_cuda_set_linear_lt(1);
+    ttt_cuda_set_precision(PRECISION_TF32);        // the rest at the default precision
     test_layernorm(1001, 97);
     test_layernorm(3136, 96);
     test_groupnorm(3, 257, 64, 32);
