@@ -8,6 +8,8 @@
 //     window attention: qkv linear, q.k / sqrt(d) + relative position bias (+ the -100 mask
 //     between regions that the roll brought together), softmax, proj linear. Padded tokens
 //     are zeros after LN1 (so their k, v are the biases) and are not masked.
+//     No attention map is kept (window_attention_forward): the activations hold one
+//     log-sum-exp per score row (att_lse), and the backward recomputes the softmax from it.
 //     even blocks: shift 0; odd blocks: shift = window / 2, at every stage resolution:
 //     HF's SwinBackbone calls its encoder with always_partition=True, which skips
 //     SwinLayer.set_shift_and_window_size (the classification model's rule that drops the

@@ -1028,8 +1028,8 @@ static int watt_ld(int n) { return n | 1; }
 static size_t watt_fwd_smem(int T, int HS) {   // q, k, v (T, ld), P (T, lds)
     return ((size_t)3 * T * watt_ld(HS) + (size_t)T * watt_ld(T)) * sizeof(float);
 }
-static size_t watt_bwd_smem(int T, int HS) {   // q, k, v, dout (T, ld), P, dS (T, lds), lse, D (T)
-    return ((size_t)4 * T * watt_ld(HS) + (size_t)2 * T * watt_ld(T) + (size_t)2 * T) * sizeof(float);
+static size_t watt_bwd_smem(int T, int HS) {   // q, k, v, dout (T, ld), P, dS, drel (T, lds), lse, D (T)
+    return ((size_t)4 * T * watt_ld(HS) + (size_t)3 * T * watt_ld(T) + (size_t)2 * T) * sizeof(float);
 }
 
 // load the (T, HS) slice of head h of window w (rows `stride` floats apart) into s (T, ld):
@@ -1127,7 +1127,7 @@ __device__ __forceinline__ void watt_accumulate(float* g, int stride, const floa
 
 // forward, grid B * NH blocks (block = w * NH + h)
 template <int DC>
-__global__ void __launch_bounds__(WATT_THREADS, 2)
+__global__ void __launch_bounds__(WATT_THREADS, 3)
 window_attention_fwd_kernel(float* out, float* lse, const float* q, const float* k, const float* v,
                             const float* rel_bias, const float* mask, int n_mask, int NH, int T, int HS,
                             int q_stride, int kv_stride, float scale) {
@@ -1219,7 +1219,7 @@ window_attention_fwd_kernel(float* out, float* lse, const float* q, const float*
 // backward, grid (chunks, NH): block (chunk, h) runs windows chunk * wpb .. + wpb - 1 (< B) of
 // head h in turn. drel_partial (chunks, NH, T, T) or NULL.
 template <int DC>
-__global__ void __launch_bounds__(WATT_THREADS, 2)
+__global__ void __launch_bounds__(WATT_THREADS, 3)
 window_attention_bwd_kernel(float* dq, float* dk, float* dv, float* drel_partial, const float* dout,
                             const float* out, const float* lse, const float* q, const float* k,
                             const float* v, const float* rel_bias, const float* mask, int n_mask,
@@ -1232,7 +1232,8 @@ window_attention_bwd_kernel(float* dq, float* dk, float* dv, float* drel_partial
     float* sdo = sv + T * ld;       // (T, ld) dout
     float* sp = sdo + T * ld;       // (T, lds) P
     float* sds = sp + T * lds;      // (T, lds) dS
-    float* slse = sds + T * lds;    // (T)
+    float* sdrel = sds + T * lds;   // (T, lds) this block's sum of dS over its windows
+    float* slse = sdrel + T * lds;  // (T)
     float* sD = slse + T;           // (T) D_i = dout_i . out_i
     const int h = blockIdx.y, C = NH * HS;
     const int tr = threadIdx.x / 16, tc = threadIdx.x % 16, r0 = 4 * tr;
@@ -1246,11 +1247,12 @@ window_attention_bwd_kernel(float* dq, float* dk, float* dv, float* drel_partial
     for (int c = 0; c < DC; c++) dcols[c] = min(tc + 16 * c, HS - 1);
     const bool active = r0 < T;
     const float* rb = rel_bias ? rel_bias + (size_t)h * T * T : NULL;
-    float drel[4][4];   // this thread's part of sum over windows of dS
+    // sdrel: every thread zeroes, adds to and writes out only the entries of its own tile
     #pragma unroll
     for (int r = 0; r < 4; r++)
         #pragma unroll
-        for (int c = 0; c < 4; c++) drel[r][c] = 0.0f;
+        for (int c = 0; c < 4; c++)
+            if (r0 + r < T && tc + 16 * c < T) sdrel[(r0 + r) * lds + tc + 16 * c] = 0.0f;
     const int w0 = blockIdx.x * wpb, w1 = min(B, w0 + wpb);
     for (int w = w0; w < w1; w++) {
         watt_load(sq, ld, q, q_stride, w, h, T, HS);
@@ -1271,43 +1273,38 @@ window_attention_bwd_kernel(float* dq, float* dk, float* dv, float* drel_partial
         }
         __syncthreads();
         if (active) {
-            // scores and dP = dout v^T in one pass over d (the score sums in the forward's order)
-            float s[4][4], dp[4][4];
-            #pragma unroll
-            for (int r = 0; r < 4; r++)
-                #pragma unroll
-                for (int c = 0; c < 4; c++) { s[r][c] = 0.0f; dp[r][c] = 0.0f; }
-            for (int d = 0; d < HS; d++) {
-                float a[4], b[4], g[4], e[4];
-                #pragma unroll
-                for (int r = 0; r < 4; r++) { a[r] = sq[rows[r] * ld + d]; g[r] = sdo[rows[r] * ld + d]; }
-                #pragma unroll
-                for (int c = 0; c < 4; c++) { b[c] = sk[cols[c] * ld + d]; e[c] = sv[cols[c] * ld + d]; }
-                #pragma unroll
-                for (int r = 0; r < 4; r++)
-                    #pragma unroll
-                    for (int c = 0; c < 4; c++) {
-                        s[r][c] = fmaf(a[r], b[c], s[r][c]);
-                        dp[r][c] = fmaf(g[r], e[c], dp[r][c]);
-                    }
-            }
+            // P = exp(scores - lse) (the scores summed in the forward's order) into sp, then
+            // dP = dout v^T and dS = P (dP - D) into sds: two passes keep 16 accumulators live
+            float t[4][4];
+            watt_nt(t, sq, sk, ld, rows, cols, HS);
             const float* mk = mask ? mask + (size_t)(w % n_mask) * T * T : NULL;
             #pragma unroll
             for (int r = 0; r < 4; r++) {
                 int i = r0 + r;
                 if (i >= T) continue;
-                float l = slse[i], Di = sD[i];
+                float l = slse[i];
                 #pragma unroll
                 for (int c = 0; c < 4; c++) {
                     int j = tc + 16 * c;
                     if (j >= T) continue;
                     int e = i * T + j;
-                    float sc = s[r][c] * scale + (rb ? rb[e] : 0.0f) + (mk ? mk[e] : 0.0f);
-                    float P = l == -INFINITY ? 0.0f : expf(sc - l);
-                    float dS = P * (dp[r][c] - Di);
-                    sp[i * lds + j] = P;
+                    float sc = t[r][c] * scale + (rb ? rb[e] : 0.0f) + (mk ? mk[e] : 0.0f);
+                    sp[i * lds + j] = l == -INFINITY ? 0.0f : expf(sc - l);
+                }
+            }
+            watt_nt(t, sdo, sv, ld, rows, cols, HS);
+            #pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int i = r0 + r;
+                if (i >= T) continue;
+                float Di = sD[i];
+                #pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    int j = tc + 16 * c;
+                    if (j >= T) continue;
+                    float dS = sp[i * lds + j] * (t[r][c] - Di);   // P written by this thread above
                     sds[i * lds + j] = dS;
-                    drel[r][c] += dS;
+                    sdrel[i * lds + j] += dS;
                 }
             }
         }
@@ -1341,7 +1338,7 @@ window_attention_bwd_kernel(float* dq, float* dk, float* dv, float* drel_partial
             #pragma unroll
             for (int c = 0; c < 4; c++) {
                 int j = tc + 16 * c;
-                if (j < T) part[i * T + j] = drel[r][c];
+                if (j < T) part[i * T + j] = sdrel[i * lds + j];
             }
         }
     }
