@@ -8,6 +8,8 @@
 //     window attention: qkv linear, q.k / sqrt(d) + relative position bias (+ the -100 mask
 //     between regions that the roll brought together), softmax, proj linear. Padded tokens
 //     are zeros after LN1 (so their k, v are the biases) and are not masked.
+//     No attention map is kept (window_attention_forward): the activations hold one
+//     log-sum-exp per score row (att_lse), and the backward recomputes the softmax from it.
 //     even blocks: shift 0; odd blocks: shift = window / 2, at every stage resolution:
 //     HF's SwinBackbone calls its encoder with always_partition=True, which skips
 //     SwinLayer.set_shift_and_window_size (the classification model's rule that drops the
@@ -182,7 +184,7 @@ size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_
             b->windows = NULL;   // partitioned ln1: work_windows, recomputed in the backward
             b->qkv = take(base, &off, Nw * 3 * C);
             b->rel_bias = take(base, &off, (size_t)nh * T * T);
-            b->att = take(base, &off, (size_t)B * a->nW[s] * nh * T * T);
+            b->att_lse = take(base, &off, (size_t)B * a->nW[s] * nh * T);   // no (T, T) att map
             b->attn = take(base, &off, Nw * C);
             b->proj = NULL;      // only read by window_reverse: work_windows
             b->x_mid = take(base, &off, N * C);
@@ -392,8 +394,8 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
             window_partition_forward(a->work_windows, b->ln1, B, Hs, Ws, C, w, shift);
             linear_forward(b->qkv, a->work_windows, bp->qkv_w, bp->qkv_b, Nw, C, 3 * C);
             bias_gather_forward(b->rel_bias, bp->rel_table, rel_index, T * T, nh);
-            attention_forward(b->attn, b->att, b->qkv, b->qkv + C, b->qkv + 2 * C, b->rel_bias,
-                              shift ? a->shift_mask[s] : NULL, nW, B * nW, T, T, nh, C / nh, 3 * C, 3 * C);
+            window_attention_forward(b->attn, b->att_lse, b->qkv, b->qkv + C, b->qkv + 2 * C, b->rel_bias,
+                                     shift ? a->shift_mask[s] : NULL, nW, B * nW, T, nh, C / nh, 3 * C, 3 * C);
             linear_forward(a->work_windows, b->attn, bp->proj_w, bp->proj_b, Nw, C, C);   // proj
             window_reverse_forward(b->x_mid, a->work_windows, B, Hs, Ws, C, w, shift);
             drop_path_forward(b->x_mid, a->drop_scale, 2 * blk, B, (size_t)Hs * Ws * C);
@@ -474,8 +476,9 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             dbranch = drop_path_backward(da->drop_grad, db->x_mid, a->drop_scale, 2 * blk, B, (size_t)Hs * Ws * C);
             window_reverse_backward(db->proj, dbranch, B, Hs, Ws, C, w, shift);
             linear_backward(db->attn, gb->proj_w, gb->proj_b, db->proj, b->attn, bp->proj_w, Nw, C, C);
-            attention_backward(db->qkv, db->qkv + C, db->qkv + 2 * C, db->rel_bias, db->attn, b->att,
-                               b->qkv, b->qkv + C, b->qkv + 2 * C, B * nW, T, T, nh, C / nh, 3 * C, 3 * C);
+            window_attention_backward(db->qkv, db->qkv + C, db->qkv + 2 * C, db->rel_bias, db->attn,
+                                      b->attn, b->att_lse, b->qkv, b->qkv + C, b->qkv + 2 * C, b->rel_bias,
+                                      shift ? a->shift_mask[s] : NULL, nW, B * nW, T, nh, C / nh, 3 * C, 3 * C);
             bias_gather_backward(gb->rel_table, db->rel_bias, rel_index, T * T, nh);
             window_partition_forward(da->work_windows, b->ln1, B, Hs, Ws, C, w, shift);   // recomputed: qkv's input
             linear_backward(db->windows, gb->qkv_w, gb->qkv_b, db->qkv, da->work_windows, bp->qkv_w, Nw, C, 3 * C);

@@ -1011,6 +1011,125 @@ void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, c
 }
 
 // ----------------------------------------------------------------------------
+// window attention without a stored attention map (math in ttt.h)
+
+// scores of head (b, h) into s (T, T): rel_bias + mask + (q / sqrt(HS)) k^T, the operations of
+// attention_forward_cpu in the same order, so the softmax of s equals its att bit for bit
+static void window_scores_cpu(float* s, const float* q, const float* k, const float* rel_bias,
+                              const float* mask, int n_mask, int b, int h, int T, int HS,
+                              int q_stride, int kv_stride) {
+    float scale = 1.0f / sqrtf((float)HS);
+    const float* rb = rel_bias ? rel_bias + (size_t)h * T * T : NULL;
+    const float* mk = mask ? mask + (size_t)(b % n_mask) * T * T : NULL;
+    for (size_t e = 0; e < (size_t)T * T; e++) s[e] = (rb ? rb[e] : 0.0f) + (mk ? mk[e] : 0.0f);
+    matmul_acc_serial(s, T, q + (size_t)b * T * q_stride + h * HS, q_stride, 1,
+                      k + (size_t)b * T * kv_stride + h * HS, 1, kv_stride, scale, T, HS, T);
+}
+
+// log sum_j exp(x_j) of one score row (in double); -INFINITY when every x_j is -inf
+static float row_logsumexp(const float* x, int C) {
+    float mx = -INFINITY;
+    for (int c = 0; c < C; c++) if (x[c] > mx) mx = x[c];
+    if (mx == -INFINITY) return -INFINITY;
+    double sum = 0.0;
+    for (int c = 0; c < C; c++) sum += exp((double)x[c] - mx);
+    return (float)(mx + log(sum));
+}
+
+// Threads own whole heads (b, h), each with its own (T, T) score buffer.
+void window_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v,
+                                  const float* rel_bias, const float* mask, int n_mask,
+                                  int B, int T, int NH, int HS, int q_stride, int kv_stride) {
+    int C = NH * HS;
+    double work = (double)B * NH * T * T * HS;   // run small problems on one thread
+    #pragma omp parallel if (work > 65536.0)
+    {
+        float* s = (float*)mallocCheck((size_t)T * T * sizeof(float));   // (T, T) scores, then P
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++) {
+            for (int h = 0; h < NH; h++) {
+                window_scores_cpu(s, q, k, rel_bias, mask, n_mask, b, h, T, HS, q_stride, kv_stride);
+                for (int i = 0; i < T; i++) {
+                    float* row = s + (size_t)i * T;
+                    if (lse) lse[((size_t)b * NH + h) * T + i] = row_logsumexp(row, T);
+                    softmax_row(row, row, T);
+                }
+                float* ob = out + (size_t)b * T * C + h * HS;
+                for (int i = 0; i < T; i++) memset(ob + (size_t)i * C, 0, HS * sizeof(float));
+                // out (T, HS) = P (T, T) @ v (T, HS)
+                matmul_acc_serial(ob, C, s, T, 1, v + (size_t)b * T * kv_stride + h * HS, kv_stride, 1,
+                                  1.0f, T, T, HS);
+            }
+        }
+        free(s);
+    }
+}
+
+// Per head: P recomputed as the forward did, then the steps of attention_backward_cpu in the
+// same order (so the same numbers): dv += P^T dO; dS = P * (dO v^T - rowsum(dO v^T * P));
+// dq += dS (k / sqrt(HS)); dk += dS^T (q / sqrt(HS)); drel_bias += dS summed over b in order.
+void window_attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout,
+                                   const float* out, const float* lse, const float* q, const float* k,
+                                   const float* v, const float* rel_bias, const float* mask, int n_mask,
+                                   int B, int T, int NH, int HS, int q_stride, int kv_stride) {
+    if (!out || !lse) ttt_die("window_attention_backward: the forward's out and lse are required");
+    int C = NH * HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    double work = (double)B * NH * T * T * HS;   // run small problems on one thread
+    float* dS_all = drel_bias ? cpu_scratch((size_t)B * NH * T * T) : NULL;   // summed over b below
+    #pragma omp parallel if (work > 65536.0)
+    {
+        float* P = (float*)mallocCheck((size_t)T * T * sizeof(float));
+        float* dS_own = (float*)mallocCheck((size_t)T * T * sizeof(float));
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++) {
+            for (int h = 0; h < NH; h++) {
+                window_scores_cpu(P, q, k, rel_bias, mask, n_mask, b, h, T, HS, q_stride, kv_stride);
+                for (int i = 0; i < T; i++) softmax_row(P + (size_t)i * T, P + (size_t)i * T, T);
+                float* dS = dS_all ? dS_all + ((size_t)b * NH + h) * T * T : dS_own;
+                const float* dob = dout + (size_t)b * T * C + h * HS;
+                const float* qb = q + (size_t)b * T * q_stride + h * HS;
+                const float* kb = k + (size_t)b * T * kv_stride + h * HS;
+                const float* vb = v + (size_t)b * T * kv_stride + h * HS;
+                // dv (T, HS) += P^T (T, T) @ dO (T, HS)
+                if (dv) matmul_acc_serial(dv + (size_t)b * T * kv_stride + h * HS, kv_stride,
+                                          P, 1, T, dob, C, 1, 1.0f, T, T, HS);
+                if (!dq && !dk && !drel_bias) continue;
+                // dP (T, T) = dO (T, HS) @ v^T (HS, T), then dS in place
+                memset(dS, 0, (size_t)T * T * sizeof(float));
+                matmul_acc_serial(dS, T, dob, C, 1, vb, 1, kv_stride, 1.0f, T, HS, T);
+                for (int i = 0; i < T; i++) {
+                    const float* p = P + (size_t)i * T;
+                    float* d = dS + (size_t)i * T;
+                    double sum = 0.0;
+                    for (int j = 0; j < T; j++) sum += (double)d[j] * p[j];
+                    for (int j = 0; j < T; j++) d[j] = p[j] * (d[j] - (float)sum);
+                }
+                // dq (T, HS) += dS (T, T) @ (scale k) (T, HS)
+                if (dq) matmul_acc_serial(dq + (size_t)b * T * q_stride + h * HS, q_stride,
+                                          dS, T, 1, kb, kv_stride, 1, scale, T, T, HS);
+                // dk (T, HS) += dS^T (T, T) @ (scale q) (T, HS)
+                if (dk) matmul_acc_serial(dk + (size_t)b * T * kv_stride + h * HS, kv_stride,
+                                          dS, 1, T, qb, q_stride, 1, scale, T, T, HS);
+            }
+        }
+        free(P);
+        free(dS_own);
+    }
+    if (drel_bias) {
+        #pragma omp parallel for schedule(static) if (work > 65536.0)
+        for (int row = 0; row < NH * T; row++) {
+            int h = row / T, i = row % T;
+            float* db = drel_bias + (size_t)row * T;
+            for (int b = 0; b < B; b++) {
+                const float* d = dS_all + (((size_t)b * NH + h) * T + i) * T;
+                for (int j = 0; j < T; j++) db[j] += d[j];
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
 // conv2d, NHWC, weight (OC, K, K, C)
 
 // The algorithmic reference (see linear_forward_naive), the formula of ttt.h as written:
@@ -2265,6 +2384,20 @@ void attention_backward(float* dq, float* dk, float* dv, float* drel_bias, const
     if (ttt_device == DEVICE_CUDA) { attention_backward_cuda(dq, dk, dv, drel_bias, dout, att, q, k, v, B, Tq, Tk, NH, HS, q_stride, kv_stride); return; }
 #endif
     attention_backward_cpu(dq, dk, dv, drel_bias, dout, att, q, k, v, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+}
+
+void window_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { window_attention_forward_cuda(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride); return; }
+#endif
+    window_attention_forward_cpu(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride);
+}
+
+void window_attention_backward(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) { window_attention_backward_cuda(dq, dk, dv, drel_bias, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride); return; }
+#endif
+    window_attention_backward_cpu(dq, dk, dv, drel_bias, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride);
 }
 
 void bias_gather_forward(float* out, const float* table, const int* index, int N, int NH) {

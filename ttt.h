@@ -163,6 +163,29 @@ void attention_backward(float* dq, float* dk, float* dv, float* drel_bias, const
                         const float* att, const float* q, const float* k, const float* v,
                         int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 
+// window attention without a stored attention map (Swin; flash-attention style).
+// The math of attention_forward with Tq = Tk = T, B windows: same q, k, v strides, rel_bias
+// (NH, T, T), mask (n_mask, T, T) for window b at b % n_mask, an all -inf row giving a zero
+// output row. Instead of att (B, NH, T, T) the forward saves one number per score row,
+//   lse (B, NH, T): lse[b,h,i] = log sum_j exp(scores[b,h,i,j])  (-INFINITY for an all -inf row),
+// and may be given lse = NULL when no backward follows. The backward recomputes the scores
+// from q, k, rel_bias, mask and, with the forward's out and lse (both required),
+//   P_ij = exp(scores_ij - lse_i) (0 when lse_i = -inf);  D_i = dout_i . out_i (= sum_j P_ij dP_ij)
+//   dP_ij = dout_i . v_j;  dS_ij = P_ij (dP_ij - D_i)
+//   dv_j += sum_i P_ij dout_i;  dq_i += sum_j dS_ij k_j / sqrt(HS);  dk_j += sum_i dS_ij q_i / sqrt(HS)
+//   drel_bias[h] += sum_b dS[b, h]   (NH, T, T)
+// accumulating like attention_backward (dq, dk, dv laid out like q, k, v; any may be NULL).
+// The CPU reference recomputes each head's softmax with exactly the operations of
+// attention_forward_cpu, so both ops give the same numbers bit for bit there (it checks out
+// and lse are given but does not read them); the CUDA kernels use lse and D.
+void window_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                              const float* rel_bias, const float* mask, int n_mask,
+                              int B, int T, int NH, int HS, int q_stride, int kv_stride);
+void window_attention_backward(float* dq, float* dk, float* dv, float* drel_bias, const float* dout,
+                               const float* out, const float* lse, const float* q, const float* k,
+                               const float* v, const float* rel_bias, const float* mask, int n_mask,
+                               int B, int T, int NH, int HS, int q_stride, int kv_stride);
+
 // gather from a table: out (NH, N) with out[h, n] = table[index[n] * NH + h]; Swin's
 // relative position bias (table (169, NH), index (49*49) on the device). Backward
 // scatter-adds into dtable.
@@ -329,6 +352,8 @@ void softmax_forward_cpu(float* out, const float* inp, int N, int C);
 void softmax_backward_cpu(float* dinp, const float* out, const float* dout, int N, int C);
 void attention_forward_cpu(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void window_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
+void window_attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
 void bias_gather_forward_cpu(float* out, const float* table, const int* index, int N, int NH);
 void bias_gather_backward_cpu(float* dtable, const float* dout, const int* index, int N, int NH);
 void window_partition_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
@@ -382,7 +407,7 @@ void ttt_cuda_synchronize(void);
 void ttt_cuda_set_tf32(int on);          // matrix products in TF32 (1, default) or float32 (0)
 double ttt_cuda_gemm_flops(void);         // FLOPs of all matrix products issued so far
 void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use / total, bytes
-void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernel for windows T <= 64
+void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernels for windows T <= 64, HS <= 64 (attention_forward, window_attention_*)
 void ttt_cuda_set_conv_im2col(int on);      // same-size 3x3 convs: 0 shifted GEMMs, 1 im2col, -1 default
 void ttt_cuda_set_conv_scratch_floats(size_t n);  // test hook: shifted-GEMM chunk limit (0: default)
 void ttt_cuda_stage_record(int slot, int which);   // CUDA event of a stage mark (0 start, 1 end)
@@ -417,6 +442,8 @@ void softmax_forward_cuda(float* out, const float* inp, int N, int C);
 void softmax_backward_cuda(float* dinp, const float* out, const float* dout, int N, int C);
 void attention_forward_cuda(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 void attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void window_attention_forward_cuda(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
+void window_attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
 void bias_gather_forward_cuda(float* out, const float* table, const int* index, int N, int NH);
 void bias_gather_backward_cuda(float* dtable, const float* dout, const int* index, int N, int NH);
 void window_partition_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
@@ -558,7 +585,7 @@ typedef struct {
     float *windows;              // (B*nW, w*w, C) padded, rolled, partitioned ln1  [gradients only]
     float *qkv;                  // (B*nW, w*w, 3C)
     float *rel_bias;             // (heads, w*w, w*w) gathered from the table
-    float *att;                  // (B*nW, heads, w*w, w*w)
+    float *att_lse;              // (B*nW, heads, w*w) log-sum-exp of each score row (no att map)
     float *attn;                 // (B*nW, w*w, C)
     float *proj;                 // (B*nW, w*w, C)                                  [gradients only]
     float *x_mid;                // (B, Hs, Ws, C) after the attention residual

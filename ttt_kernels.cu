@@ -1186,6 +1186,517 @@ extern "C" void attention_backward_cuda(float* dq, float* dk, float* dv, float* 
 }
 
 // ----------------------------------------------------------------------------
+// window attention without a stored attention map (math in ttt.h), flash-attention style,
+// for Swin's windows (T = 49 tokens, head size 32). One block of 256 threads per (window, head):
+// the head's q, k, v (and dout) rows of the window go to shared memory once, the T x T scores
+// stay on chip, and only out and one log-sum-exp per score row (forward) or dq, dk, dv
+// (backward, accumulated in place) go back to device memory.
+// Thread (tr, tc) = (tid / 16, tid % 16) owns a 4 x 4 register tile of every T x T product:
+// rows 4 tr .. 4 tr + 3 and columns tc, tc + 16, tc + 32, tc + 48 (so T <= 64), and a 4 x DC
+// tile of every T x HS product: rows 4 tr .. 4 tr + 3 and columns tc + 16 c, c < DC = HS / 16
+// rounded up (a template parameter, HS <= 64). Row and column indices past the end are clamped
+// to the last one for loads (the duplicate results are never stored), so every loop runs over
+// exactly T or HS. Shared arrays have odd row strides: within a warp the two row groups and the
+// 16 column threads then hit distinct banks in every product (checked per product below).
+// drel_bias (NH, T, T) sums dS over all windows: with it, a block runs several windows of one
+// head in turn, keeps its part of that sum in registers, and writes it to a workspace row of
+// its chunk; a second kernel sums the chunks (no atomics, the same result on every run).
+// Larger T or HS, or TTT_FUSED_ATTENTION=0: the old path (attention_forward/backward_cuda with
+// the attention map in a workspace, recomputed for the backward).
+
+#define WATT_THREADS 256
+#define WATT_MAX_T 64
+#define WATT_MAX_HS 64
+#define WATT_TARGET_BLOCKS 2048   // with drel_bias: windows per block so that the grid is about this
+
+static Workspace ws_watt;   // drel_bias partial sums per chunk of windows; the old path's att and out
+
+// row stride of a (rows, n) array in shared memory: n rounded up to odd
+static int watt_ld(int n) { return n | 1; }
+static size_t watt_fwd_smem(int T, int HS) {   // q, k, v (T, ld), P (T, lds)
+    return ((size_t)3 * T * watt_ld(HS) + (size_t)T * watt_ld(T)) * sizeof(float);
+}
+static size_t watt_bwd_smem(int T, int HS) {   // q, k, v, dout (T, ld), P, dS, drel (T, lds), lse, D (T)
+    return ((size_t)4 * T * watt_ld(HS) + (size_t)3 * T * watt_ld(T) + (size_t)2 * T) * sizeof(float);
+}
+
+// load the (T, HS) slice of head h of window w (rows `stride` floats apart) into s (T, ld):
+// consecutive threads read consecutive floats of a row (coalesced) and write consecutive banks
+__device__ __forceinline__ void watt_load(float* s, int ld, const float* x, int stride, int w, int h,
+                                          int T, int HS) {
+    const float* base = x + (size_t)w * T * stride + (size_t)h * HS;
+    for (int e = threadIdx.x; e < T * HS; e += WATT_THREADS) {
+        int t = e / HS, d = e % HS;
+        s[t * ld + d] = base[(size_t)t * stride + d];
+    }
+}
+
+// acc[r][c] = sum_{d < K} A[rows[r], d] * B[cols[c], d]  (A, B row-major, stride ld, in shared).
+// Banks: A: two rows per warp, 4 ld apart (ld odd: distinct banks); B: 16 rows tc (+16 c),
+// ld apart (ld odd: 16 distinct banks), the same for both row groups (broadcast).
+__device__ __forceinline__ void watt_nt(float acc[4][4], const float* A, const float* Bm, int ld,
+                                        const int rows[4], const int cols[4], int K) {
+    #pragma unroll
+    for (int r = 0; r < 4; r++)
+        #pragma unroll
+        for (int c = 0; c < 4; c++) acc[r][c] = 0.0f;
+    for (int d = 0; d < K; d++) {
+        float a[4], b[4];
+        #pragma unroll
+        for (int r = 0; r < 4; r++) a[r] = A[rows[r] * ld + d];
+        #pragma unroll
+        for (int c = 0; c < 4; c++) b[c] = Bm[cols[c] * ld + d];
+        #pragma unroll
+        for (int r = 0; r < 4; r++)
+            #pragma unroll
+            for (int c = 0; c < 4; c++) acc[r][c] = fmaf(a[r], b[c], acc[r][c]);
+    }
+}
+
+// acc[r][c] = sum_{k < K} X[rows[r], k] * Y[k, cols[c]]  (X stride ldx, Y stride ldy, in shared).
+// Banks: X two rows per warp (4 ldx apart, ldx odd); Y 16 consecutive columns.
+template <int DC>
+__device__ __forceinline__ void watt_nn(float acc[4][DC], const float* X, int ldx, const float* Y, int ldy,
+                                        const int rows[4], const int cols[DC], int K) {
+    #pragma unroll
+    for (int r = 0; r < 4; r++)
+        #pragma unroll
+        for (int c = 0; c < DC; c++) acc[r][c] = 0.0f;
+    for (int k = 0; k < K; k++) {
+        float x[4], y[DC];
+        #pragma unroll
+        for (int r = 0; r < 4; r++) x[r] = X[rows[r] * ldx + k];
+        #pragma unroll
+        for (int c = 0; c < DC; c++) y[c] = Y[k * ldy + cols[c]];
+        #pragma unroll
+        for (int r = 0; r < 4; r++)
+            #pragma unroll
+            for (int c = 0; c < DC; c++) acc[r][c] = fmaf(x[r], y[c], acc[r][c]);
+    }
+}
+
+// acc[r][c] = sum_{k < K} X[k, rows[r]] * Y[k, cols[c]]  (X transposed). Banks: X two addresses
+// per warp, 4 apart; Y 16 consecutive columns.
+template <int DC>
+__device__ __forceinline__ void watt_tn(float acc[4][DC], const float* X, int ldx, const float* Y, int ldy,
+                                        const int rows[4], const int cols[DC], int K) {
+    #pragma unroll
+    for (int r = 0; r < 4; r++)
+        #pragma unroll
+        for (int c = 0; c < DC; c++) acc[r][c] = 0.0f;
+    for (int k = 0; k < K; k++) {
+        float x[4], y[DC];
+        #pragma unroll
+        for (int r = 0; r < 4; r++) x[r] = X[k * ldx + rows[r]];
+        #pragma unroll
+        for (int c = 0; c < DC; c++) y[c] = Y[k * ldy + cols[c]];
+        #pragma unroll
+        for (int r = 0; r < 4; r++)
+            #pragma unroll
+            for (int c = 0; c < DC; c++) acc[r][c] = fmaf(x[r], y[c], acc[r][c]);
+    }
+}
+
+// g[(row) * stride + col] += alpha * acc for the valid part of a 4 x DC tile (g: one head's
+// columns of window w, rows `stride` floats apart)
+template <int DC>
+__device__ __forceinline__ void watt_accumulate(float* g, int stride, const float acc[4][DC], float alpha,
+                                                int r0, int tc, int T, int HS) {
+    #pragma unroll
+    for (int r = 0; r < 4; r++) {
+        if (r0 + r >= T) continue;
+        #pragma unroll
+        for (int c = 0; c < DC; c++) {
+            int d = tc + 16 * c;
+            if (d < HS) g[(size_t)(r0 + r) * stride + d] += alpha * acc[r][c];
+        }
+    }
+}
+
+// forward, grid B * NH blocks (block = w * NH + h)
+template <int DC>
+__global__ void __launch_bounds__(WATT_THREADS, 3)
+window_attention_fwd_kernel(float* out, float* lse, const float* q, const float* k, const float* v,
+                            const float* rel_bias, const float* mask, int n_mask, int NH, int T, int HS,
+                            int q_stride, int kv_stride, float scale) {
+    extern __shared__ float smem[];
+    const int ld = HS | 1, lds = T | 1;
+    float* sq = smem;              // (T, ld)
+    float* sk = sq + T * ld;       // (T, ld)
+    float* sv = sk + T * ld;       // (T, ld)
+    float* sp = sv + T * ld;       // (T, lds) probabilities
+    const int w = blockIdx.x / NH, h = blockIdx.x % NH, C = NH * HS;
+    const int tr = threadIdx.x / 16, tc = threadIdx.x % 16, r0 = 4 * tr;
+    watt_load(sq, ld, q, q_stride, w, h, T, HS);
+    watt_load(sk, ld, k, kv_stride, w, h, T, HS);
+    watt_load(sv, ld, v, kv_stride, w, h, T, HS);
+    __syncthreads();
+    int rows[4], cols[4], dcols[DC];
+    #pragma unroll
+    for (int r = 0; r < 4; r++) rows[r] = min(r0 + r, T - 1);
+    #pragma unroll
+    for (int c = 0; c < 4; c++) cols[c] = min(tc + 16 * c, T - 1);
+    #pragma unroll
+    for (int c = 0; c < DC; c++) dcols[c] = min(tc + 16 * c, HS - 1);
+    const bool active = r0 < T;   // whole half-warps are idle past the last row group
+    const float* rb = rel_bias ? rel_bias + (size_t)h * T * T : NULL;
+    const float* mk = mask ? mask + (size_t)(w % n_mask) * T * T : NULL;
+    float s[4][4];
+    if (active) {
+        watt_nt(s, sq, sk, ld, rows, cols, HS);
+        #pragma unroll
+        for (int r = 0; r < 4; r++)
+            #pragma unroll
+            for (int c = 0; c < 4; c++) {
+                int j = tc + 16 * c;
+                if (j < T) {
+                    int e = rows[r] * T + j;
+                    s[r][c] = s[r][c] * scale + (rb ? rb[e] : 0.0f) + (mk ? mk[e] : 0.0f);
+                } else {
+                    s[r][c] = -INFINITY;   // not a key: no weight
+                }
+            }
+    } else {
+        #pragma unroll
+        for (int r = 0; r < 4; r++)
+            #pragma unroll
+            for (int c = 0; c < 4; c++) s[r][c] = -INFINITY;
+    }
+    // softmax of each row over its 16 column threads (one half-warp: xor offsets below 16);
+    // every lane takes part in the shuffles. An all -inf row gives zeros and lse = -inf.
+    #pragma unroll
+    for (int r = 0; r < 4; r++) {
+        float mx = fmaxf(fmaxf(s[r][0], s[r][1]), fmaxf(s[r][2], s[r][3]));
+        for (int o = 8; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        float sum = 0.0f;
+        #pragma unroll
+        for (int c = 0; c < 4; c++) {
+            s[r][c] = mx == -INFINITY ? 0.0f : expf(s[r][c] - mx);
+            sum += s[r][c];
+        }
+        for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        int i = r0 + r;
+        if (active && i < T) {
+            #pragma unroll
+            for (int c = 0; c < 4; c++) {
+                int j = tc + 16 * c;
+                if (j < T) sp[i * lds + j] = s[r][c] * inv;
+            }
+            if (lse && tc == 0) lse[(size_t)blockIdx.x * T + i] = mx == -INFINITY ? -INFINITY : mx + logf(sum);
+        }
+    }
+    __syncthreads();
+    if (active) {
+        // out (T, HS) = P (T, T) @ v (T, HS)
+        float o[4][DC];
+        watt_nn<DC>(o, sp, lds, sv, ld, rows, dcols, T);
+        float* ob = out + (size_t)w * T * C + (size_t)h * HS;
+        #pragma unroll
+        for (int r = 0; r < 4; r++) {
+            if (r0 + r >= T) continue;
+            #pragma unroll
+            for (int c = 0; c < DC; c++) {
+                int d = tc + 16 * c;
+                if (d < HS) ob[(size_t)(r0 + r) * C + d] = o[r][c];
+            }
+        }
+    }
+}
+
+// backward, grid (chunks, NH): block (chunk, h) runs windows chunk * wpb .. + wpb - 1 (< B) of
+// head h in turn. drel_partial (chunks, NH, T, T) or NULL.
+template <int DC>
+__global__ void __launch_bounds__(WATT_THREADS, 3)
+window_attention_bwd_kernel(float* dq, float* dk, float* dv, float* drel_partial, const float* dout,
+                            const float* out, const float* lse, const float* q, const float* k,
+                            const float* v, const float* rel_bias, const float* mask, int n_mask,
+                            int B, int NH, int T, int HS, int q_stride, int kv_stride, float scale, int wpb) {
+    extern __shared__ float smem[];
+    const int ld = HS | 1, lds = T | 1;
+    float* sq = smem;               // (T, ld)
+    float* sk = sq + T * ld;        // (T, ld)
+    float* sv = sk + T * ld;        // (T, ld)
+    float* sdo = sv + T * ld;       // (T, ld) dout
+    float* sp = sdo + T * ld;       // (T, lds) P
+    float* sds = sp + T * lds;      // (T, lds) dS
+    float* sdrel = sds + T * lds;   // (T, lds) this block's sum of dS over its windows
+    float* slse = sdrel + T * lds;  // (T)
+    float* sD = slse + T;           // (T) D_i = dout_i . out_i
+    const int h = blockIdx.y, C = NH * HS;
+    const int tr = threadIdx.x / 16, tc = threadIdx.x % 16, r0 = 4 * tr;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int rows[4], cols[4], dcols[DC];
+    #pragma unroll
+    for (int r = 0; r < 4; r++) rows[r] = min(r0 + r, T - 1);
+    #pragma unroll
+    for (int c = 0; c < 4; c++) cols[c] = min(tc + 16 * c, T - 1);
+    #pragma unroll
+    for (int c = 0; c < DC; c++) dcols[c] = min(tc + 16 * c, HS - 1);
+    const bool active = r0 < T;
+    const float* rb = rel_bias ? rel_bias + (size_t)h * T * T : NULL;
+    // sdrel: every thread zeroes, adds to and writes out only the entries of its own tile
+    #pragma unroll
+    for (int r = 0; r < 4; r++)
+        #pragma unroll
+        for (int c = 0; c < 4; c++)
+            if (r0 + r < T && tc + 16 * c < T) sdrel[(r0 + r) * lds + tc + 16 * c] = 0.0f;
+    const int w0 = blockIdx.x * wpb, w1 = min(B, w0 + wpb);
+    for (int w = w0; w < w1; w++) {
+        watt_load(sq, ld, q, q_stride, w, h, T, HS);
+        watt_load(sk, ld, k, kv_stride, w, h, T, HS);
+        watt_load(sv, ld, v, kv_stride, w, h, T, HS);
+        watt_load(sdo, ld, dout, C, w, h, T, HS);
+        // D_i and lse_i: one warp per row, D read straight from device memory (coalesced)
+        for (int i = warp; i < T; i += WATT_THREADS / 32) {
+            const float* dorow = dout + ((size_t)w * T + i) * C + (size_t)h * HS;
+            const float* orow = out + ((size_t)w * T + i) * C + (size_t)h * HS;
+            float acc = 0.0f;
+            for (int d = lane; d < HS; d += 32) acc += dorow[d] * orow[d];
+            acc = warp_sum(acc);
+            if (lane == 0) {
+                sD[i] = acc;
+                slse[i] = lse[((size_t)w * NH + h) * T + i];
+            }
+        }
+        __syncthreads();
+        if (active) {
+            // P = exp(scores - lse) (the scores summed in the forward's order) into sp, then
+            // dP = dout v^T and dS = P (dP - D) into sds: two passes keep 16 accumulators live
+            float t[4][4];
+            watt_nt(t, sq, sk, ld, rows, cols, HS);
+            const float* mk = mask ? mask + (size_t)(w % n_mask) * T * T : NULL;
+            #pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int i = r0 + r;
+                if (i >= T) continue;
+                float l = slse[i];
+                #pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    int j = tc + 16 * c;
+                    if (j >= T) continue;
+                    int e = i * T + j;
+                    float sc = t[r][c] * scale + (rb ? rb[e] : 0.0f) + (mk ? mk[e] : 0.0f);
+                    sp[i * lds + j] = l == -INFINITY ? 0.0f : expf(sc - l);
+                }
+            }
+            watt_nt(t, sdo, sv, ld, rows, cols, HS);
+            #pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int i = r0 + r;
+                if (i >= T) continue;
+                float Di = sD[i];
+                #pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    int j = tc + 16 * c;
+                    if (j >= T) continue;
+                    float dS = sp[i * lds + j] * (t[r][c] - Di);   // P written by this thread above
+                    sds[i * lds + j] = dS;
+                    sdrel[i * lds + j] += dS;
+                }
+            }
+        }
+        __syncthreads();
+        if (active) {
+            float acc[4][DC];
+            // dq (T, HS) += scale * dS (T, T) @ k (T, HS)
+            if (dq) {
+                watt_nn<DC>(acc, sds, lds, sk, ld, rows, dcols, T);
+                watt_accumulate<DC>(dq + (size_t)w * T * q_stride + (size_t)h * HS, q_stride, acc, scale, r0, tc, T, HS);
+            }
+            // dk (T, HS) += scale * dS^T (T, T) @ q (T, HS)
+            if (dk) {
+                watt_tn<DC>(acc, sds, lds, sq, ld, rows, dcols, T);
+                watt_accumulate<DC>(dk + (size_t)w * T * kv_stride + (size_t)h * HS, kv_stride, acc, scale, r0, tc, T, HS);
+            }
+            // dv (T, HS) += P^T (T, T) @ dout (T, HS)
+            if (dv) {
+                watt_tn<DC>(acc, sp, lds, sdo, ld, rows, dcols, T);
+                watt_accumulate<DC>(dv + (size_t)w * T * kv_stride + (size_t)h * HS, kv_stride, acc, 1.0f, r0, tc, T, HS);
+            }
+        }
+        __syncthreads();   // shared arrays are reloaded for the next window
+    }
+    if (drel_partial && active) {
+        float* part = drel_partial + ((size_t)blockIdx.x * NH + h) * T * T;
+        #pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int i = r0 + r;
+            if (i >= T) continue;
+            #pragma unroll
+            for (int c = 0; c < 4; c++) {
+                int j = tc + 16 * c;
+                if (j < T) part[i * T + j] = sdrel[i * lds + j];
+            }
+        }
+    }
+}
+
+// drel_bias[e] += sum over chunks of partial[chunk, e], e < n; block (32, 8): x the element
+// (coalesced), y strides the chunks; the 8 partial sums are added in a fixed order
+__global__ void watt_drel_reduce_kernel(float* drel_bias, const float* partial, int chunks, int n) {
+    __shared__ float part[8][33];
+    int e = blockIdx.x * 32 + threadIdx.x;
+    float s = 0.0f;
+    if (e < n) for (int c = threadIdx.y; c < chunks; c += 8) s += partial[(size_t)c * n + e];
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && e < n) {
+        for (int y = 1; y < 8; y++) s += part[y][threadIdx.x];
+        drel_bias[e] += s;
+    }
+}
+
+// the old path's lse: one warp per score row (b, h, i), scores recomputed in two passes
+__global__ void watt_lse_kernel(float* lse, const float* q, const float* k, const float* rel_bias,
+                                const float* mask, int n_mask, int B, int NH, int T, int HS,
+                                int q_stride, int kv_stride, float scale) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= B * NH * T) return;
+    int i = row % T, h = (row / T) % NH, b = row / (T * NH);
+    const float* qi = q + ((size_t)b * T + i) * q_stride + (size_t)h * HS;
+    const float* rb = rel_bias ? rel_bias + ((size_t)h * T + i) * T : NULL;
+    const float* mk = mask ? mask + ((size_t)(b % n_mask) * T + i) * T : NULL;
+    float mx = -INFINITY, sum = 0.0f;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int j = lane; j < T; j += 32) {
+            const float* kj = k + ((size_t)b * T + j) * kv_stride + (size_t)h * HS;
+            float dot = 0.0f;
+            for (int d = 0; d < HS; d++) dot += qi[d] * kj[d];
+            float sc = dot * scale + (rb ? rb[j] : 0.0f) + (mk ? mk[j] : 0.0f);
+            if (pass == 0) mx = fmaxf(mx, sc);
+            else if (mx != -INFINITY) sum += expf(sc - mx);
+        }
+        if (pass == 0) mx = warp_max(mx);
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) lse[row] = mx == -INFINITY ? -INFINITY : mx + logf(sum);
+}
+
+// fused kernels usable for this size (else the old path); raises the kernel's shared-memory
+// limit past 48 KiB when needed (once per size, on the first, eager call)
+static int watt_fused_ok(int T, int HS) {
+    if (window_attention_ok < 0) {
+        const char* e = getenv("TTT_FUSED_ATTENTION");
+        window_attention_ok = !(e && e[0] == '0');
+    }
+    if (!window_attention_ok || T > WATT_MAX_T || HS > WATT_MAX_HS || T < 1 || HS < 1) return 0;
+    static int optin = -1;
+    if (optin < 0) {
+        int dev = 0;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    }
+    return watt_bwd_smem(T, HS) <= (size_t)optin;   // the larger of the two
+}
+
+template <int DC>
+static void watt_launch_fwd(float* out, float* lse, const float* q, const float* k, const float* v,
+                            const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH,
+                            int HS, int q_stride, int kv_stride, float scale) {
+    static size_t smem_set = 48 * 1024;
+    size_t smem = watt_fwd_smem(T, HS);
+    if (smem > smem_set) {
+        cudaCheck(cudaFuncSetAttribute(window_attention_fwd_kernel<DC>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        smem_set = smem;
+    }
+    window_attention_fwd_kernel<DC><<<(unsigned)(B * NH), WATT_THREADS, smem>>>(
+        out, lse, q, k, v, rel_bias, mask, n_mask, NH, T, HS, q_stride, kv_stride, scale);
+    launchCheck();
+}
+
+template <int DC>
+static void watt_launch_bwd(float* dq, float* dk, float* dv, float* drel_partial, const float* dout,
+                            const float* out, const float* lse, const float* q, const float* k,
+                            const float* v, const float* rel_bias, const float* mask, int n_mask,
+                            int B, int T, int NH, int HS, int q_stride, int kv_stride, float scale,
+                            int wpb, int chunks) {
+    static size_t smem_set = 48 * 1024;
+    size_t smem = watt_bwd_smem(T, HS);
+    if (smem > smem_set) {
+        cudaCheck(cudaFuncSetAttribute(window_attention_bwd_kernel<DC>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        smem_set = smem;
+    }
+    dim3 grid((unsigned)chunks, (unsigned)NH);
+    window_attention_bwd_kernel<DC><<<grid, WATT_THREADS, smem>>>(
+        dq, dk, dv, drel_partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask,
+        B, NH, T, HS, q_stride, kv_stride, scale, wpb);
+    launchCheck();
+}
+
+extern "C" void window_attention_forward_cuda(float* out, float* lse, const float* q, const float* k,
+                                              const float* v, const float* rel_bias, const float* mask,
+                                              int n_mask, int B, int T, int NH, int HS, int q_stride,
+                                              int kv_stride) {
+    OpTimer timer("window_attention_forward");
+    if (B <= 0 || T <= 0 || NH <= 0) return;
+    if (n_mask <= 0) n_mask = 1;
+    float scale = 1.0f / sqrtf((float)HS);
+    if (!watt_fused_ok(T, HS)) {
+        // old path: the attention map in a workspace, thrown away; lse from its own kernel
+        float* att = (float*)workspace_get(&ws_watt, (size_t)B * NH * T * T * sizeof(float));
+        attention_forward_cuda(out, att, q, k, v, rel_bias, mask, n_mask, B, T, T, NH, HS, q_stride, kv_stride);
+        if (lse) {
+            int rows = B * NH * T;
+            watt_lse_kernel<<<(rows + 7) / 8, 256>>>(lse, q, k, rel_bias, mask, n_mask, B, NH, T, HS,
+                                                     q_stride, kv_stride, scale);
+            launchCheck();
+        }
+        return;
+    }
+    switch ((HS + 15) / 16) {
+    case 1: watt_launch_fwd<1>(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale); break;
+    case 2: watt_launch_fwd<2>(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale); break;
+    case 3: watt_launch_fwd<3>(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale); break;
+    default: watt_launch_fwd<4>(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale); break;
+    }
+}
+
+extern "C" void window_attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias,
+                                               const float* dout, const float* out, const float* lse,
+                                               const float* q, const float* k, const float* v,
+                                               const float* rel_bias, const float* mask, int n_mask,
+                                               int B, int T, int NH, int HS, int q_stride, int kv_stride) {
+    OpTimer timer("window_attention_backward");
+    if (!out || !lse) ttt_die("window_attention_backward: the forward's out and lse are required");
+    if (B <= 0 || T <= 0 || NH <= 0) return;
+    if (!dq && !dk && !dv && !drel_bias) return;
+    if (n_mask <= 0) n_mask = 1;
+    float scale = 1.0f / sqrtf((float)HS);
+    if (!watt_fused_ok(T, HS)) {
+        // old path: recompute the attention map (and out, thrown away) into the workspace
+        size_t natt = (size_t)B * NH * T * T, nout = (size_t)B * T * NH * HS;
+        float* att = (float*)workspace_get(&ws_watt, (natt + nout) * sizeof(float));
+        attention_forward_cuda(att + natt, att, q, k, v, rel_bias, mask, n_mask, B, T, T, NH, HS, q_stride, kv_stride);
+        attention_backward_cuda(dq, dk, dv, drel_bias, dout, att, q, k, v, B, T, T, NH, HS, q_stride, kv_stride);
+        return;
+    }
+    // with drel_bias: wpb windows per block, so that chunks * NH is about WATT_TARGET_BLOCKS
+    int wpb = 1, chunks = B;
+    float* partial = NULL;
+    if (drel_bias) {
+        long long blocks = (long long)B * NH;
+        wpb = (int)((blocks + WATT_TARGET_BLOCKS - 1) / WATT_TARGET_BLOCKS);
+        if (wpb < 1) wpb = 1;
+        chunks = (B + wpb - 1) / wpb;
+        partial = (float*)workspace_get(&ws_watt, (size_t)chunks * NH * T * T * sizeof(float));
+    }
+    switch ((HS + 15) / 16) {
+    case 1: watt_launch_bwd<1>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale, wpb, chunks); break;
+    case 2: watt_launch_bwd<2>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale, wpb, chunks); break;
+    case 3: watt_launch_bwd<3>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale, wpb, chunks); break;
+    default: watt_launch_bwd<4>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale, wpb, chunks); break;
+    }
+    if (drel_bias) {
+        int n = NH * T * T;
+        watt_drel_reduce_kernel<<<(n + 31) / 32, dim3(32, 8)>>>(drel_bias, partial, chunks, n);
+        launchCheck();
+    }
+}
+
+// ----------------------------------------------------------------------------
 // bias gather: out (NH, N), out[h, n] = table[index[n] * NH + h]; the backward
 // scatter-adds (several n share one table row: atomics)
 

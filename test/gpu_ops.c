@@ -414,6 +414,100 @@ static void test_attention(const char* label, int B, int Tq, int Tk, int NH, int
 }
 
 // ----------------------------------------------------------------------------
+// window attention without a stored attention map (window_attention_*): the CUDA kernels
+// recompute P = exp(s - lse) and use D = dout . out where the CPU reference normalises its
+// softmax and sums dP * P, so the backward gets its own bound: 5e-5 (float32 throughout; a
+// wrong index or a lost window gives errors of order 1). The old path (T > 64, or fused
+// kernels off) runs cuBLAS TF32: TOL_TF32. layout and mask_kind as test_attention, plus
+// mask_kind 3: mask_kind 2 with row 1 of mask 0 all -inf (a row without any finite score).
+#define TOL_WATT_BWD 5e-5
+
+static void test_window_attention(const char* label, int B, int T, int NH, int HS, int layout,
+                                  int with_bias, int mask_kind, int n_mask, double tol_fwd, double tol_bwd) {
+    int C = NH * HS;
+    int q_stride, kv_stride;
+    size_t nq, nkv;
+    if (layout == 0) { q_stride = kv_stride = 3 * C; nq = 0; nkv = (size_t)B * T * 3 * C; }
+    else { q_stride = C + 5; kv_stride = 2 * C; nq = (size_t)B * T * q_stride; nkv = (size_t)B * T * kv_stride; }
+    float* qb = layout == 0 ? NULL : rnd(nq);
+    float* kvb = random_tensor(&rng, nkv, -1.0f, 1.0f);
+    const float *q, *k, *v;
+    if (layout == 0) { q = kvb; k = kvb + C; v = kvb + 2 * C; }
+    else { q = qb; k = kvb; v = kvb + C; }
+    size_t nbias = (size_t)NH * T * T, nmask = (size_t)n_mask * T * T;
+    float* bias = with_bias ? random_tensor(&rng, nbias, -2.0f, 2.0f) : NULL;
+    float* mask = NULL;
+    int inf_rows = 0;
+    if (mask_kind) {
+        mask = (float*)mallocCheck(nmask * sizeof(float));
+        for (size_t i = 0; i < nmask; i++) {
+            float u = rng_uniform(&rng);
+            mask[i] = mask_kind == 1 ? (u < 0.3f ? -100.0f : 0.0f) : (u < 0.5f ? -INFINITY : 0.0f);
+        }
+        if (mask_kind >= 2) for (size_t r = 0; r < (size_t)n_mask * T; r++) mask[r * T + rng_int(&rng, T)] = 0.0f;
+        if (mask_kind == 3) for (int j = 0; j < T; j++) mask[(size_t)1 * T + j] = -INFINITY;
+    }
+    size_t nout = (size_t)B * T * C, nlse = (size_t)B * NH * T;
+    float* dy = rnd(nout);
+    float *ref = (float*)mallocCheck(nout * sizeof(float)), *lse_ref = (float*)mallocCheck(nlse * sizeof(float));
+    window_attention_forward_cpu(ref, lse_ref, q, k, v, bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride);
+    float* dqb = layout == 0 ? NULL : dev_copy(qb, nq);
+    float* dkvb = dev_copy(kvb, nkv);
+    const float *dq_, *dk_, *dv_;
+    if (layout == 0) { dq_ = dkvb; dk_ = dkvb + C; dv_ = dkvb + 2 * C; }
+    else { dq_ = dqb; dk_ = dkvb; dv_ = dkvb + C; }
+    float* dbias = bias ? dev_copy(bias, nbias) : NULL;
+    float* dmask = mask ? dev_copy(mask, nmask) : NULL;
+    float *out = dev_poison(nout), *lse = dev_poison(nlse);
+    window_attention_forward_cuda(out, lse, dq_, dk_, dv_, dbias, dmask, n_mask, B, T, NH, HS, q_stride, kv_stride);
+    const char* op = "window_attention_forward";
+    char what[128];
+    snprintf(what, sizeof(what), "out [%s]", label); cmp(op, what, out, ref, nout, tol_fwd);
+    // lse: -inf exactly on the rows without a finite score, the rest compared
+    float* lse_got = host_copy_of(lse, nlse);
+    float* lse_cmp = host_copy(lse_ref, nlse);
+    int inf_match = 1;
+    for (size_t r = 0; r < nlse; r++) {
+        if (lse_cmp[r] == -INFINITY) {
+            inf_rows++;
+            inf_match &= lse_got[r] == -INFINITY;
+            lse_got[r] = lse_cmp[r] = 0.0f;
+        }
+    }
+    CHECK(inf_match, "window_attention_forward lse [%s]: not -inf on an all -inf row", label);
+    if (mask_kind == 3) CHECK(inf_rows > 0, "window_attention_forward [%s]: no all -inf row in the case", label);
+    snprintf(what, sizeof(what), "lse [%s]", label);
+    char name[192];
+    snprintf(name, sizeof(name), "%s %s", op, what);
+    check_close(name, lse_got, lse_cmp, nlse, tol_fwd);
+    record(op, max_rel_error(lse_got, lse_cmp, nlse), tol_fwd);
+    free(lse_got); free(lse_cmp);
+    // backward: each side from its own forward (out, lse); gradients pre-filled, laid out like q, k, v
+    float* ddy = dev_copy(dy, nout);
+    Grad gq = grad_new(layout == 0 ? 1 : nq), gkv = grad_new(nkv), gb = grad_new(with_bias ? nbias : 1);
+    float *cq, *ck, *cv, *gq_, *gk_, *gv_;
+    if (layout == 0) { cq = gkv.cpu; ck = gkv.cpu + C; cv = gkv.cpu + 2 * C; gq_ = gkv.gpu; gk_ = gkv.gpu + C; gv_ = gkv.gpu + 2 * C; }
+    else { cq = gq.cpu; ck = gkv.cpu; cv = gkv.cpu + C; gq_ = gq.gpu; gk_ = gkv.gpu; gv_ = gkv.gpu + C; }
+    window_attention_backward_cpu(cq, ck, cv, with_bias ? gb.cpu : NULL, dy, ref, lse_ref, q, k, v, bias, mask,
+                                  n_mask, B, T, NH, HS, q_stride, kv_stride);
+    window_attention_backward_cuda(gq_, gk_, gv_, with_bias ? gb.gpu : NULL, ddy, out, lse, dq_, dk_, dv_, dbias,
+                                   dmask, n_mask, B, T, NH, HS, q_stride, kv_stride);
+    op = "window_attention_backward";
+    if (layout == 0) {
+        snprintf(what, sizeof(what), "dqkv [%s]", label); grad_cmp(op, what, &gkv, tol_bwd);
+        free(gq.init); free(gq.cpu);
+    } else {
+        // q rows have 5 padding floats that no gradient may touch: checked as part of dq
+        snprintf(what, sizeof(what), "dq [%s]", label); grad_cmp(op, what, &gq, tol_bwd);
+        snprintf(what, sizeof(what), "dk,dv [%s]", label); grad_cmp(op, what, &gkv, tol_bwd);
+    }
+    if (with_bias) { snprintf(what, sizeof(what), "drel_bias [%s]", label); grad_cmp(op, what, &gb, tol_bwd); }
+    else { free(gb.init); free(gb.cpu); }
+    free(qb); free(kvb); free(bias); free(mask); free(dy); free(ref); free(lse_ref);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
 // relative position bias gather (Swin: table (169, NH), index (49*49))
 
 static void test_bias_gather(int ws, int NH) {
@@ -853,6 +947,22 @@ int main(void) {
     test_attention("cuBLAS path: Swin-S stage 1 shifted windows", 128, 49, 49, 3, 32, 0, 1, 1, 64);
     ttt_cuda_set_fused_attention(1);
     test_attention("Mask2Former masked cross-attn", 2, 100, 468, 8, 32, 1, 0, 2, 2);
+    // window attention without the attention map: B*nW windows like Swin-S's (T = 49, HS = 32),
+    // 3 and 12 heads, with and without the shift mask; odd sizes for every head-size tile (DC = 1..4)
+    test_window_attention("odd, separate q, -inf mask + all -inf row", 7, 13, 3, 5, 1, 1, 3, 3, TOL_FP32, TOL_WATT_BWD);
+    test_window_attention("Swin-S stage 1 shifted, 203 windows", 203, 49, 3, 32, 0, 1, 1, 7, TOL_FP32, TOL_WATT_BWD);
+    test_window_attention("Swin-S stage 1, 203 windows, no mask", 203, 49, 3, 32, 0, 1, 0, 1, TOL_FP32, TOL_WATT_BWD);
+    test_window_attention("Swin-S stage 3, 12 heads, 203 windows", 203, 49, 12, 32, 0, 1, 0, 1, TOL_FP32, TOL_WATT_BWD);
+    test_window_attention("Swin-S stage 3 shifted, 12 heads, 200 windows", 200, 49, 12, 32, 0, 1, 1, 4, TOL_FP32, TOL_WATT_BWD);
+    test_window_attention("12 heads, 1000 windows (5 per block)", 1000, 49, 12, 32, 0, 1, 1, 10, TOL_FP32, TOL_WATT_BWD);
+    test_window_attention("6 heads, no rel_bias", 50, 49, 6, 32, 0, 0, 1, 5, TOL_FP32, TOL_WATT_BWD);
+    test_window_attention("T 33, HS 40, -inf mask", 11, 33, 2, 40, 1, 1, 3, 2, TOL_FP32, TOL_WATT_BWD);
+    test_window_attention("T 64, HS 64 (over 48 KiB shared)", 9, 64, 2, 64, 1, 1, 3, 3, TOL_FP32, TOL_WATT_BWD);
+    test_window_attention("T 1 (no rel_bias: its gradient is 0)", 5, 1, 2, 16, 0, 0, 0, 1, TOL_FP32, TOL_WATT_BWD);
+    test_window_attention("old path: T 70 > 64", 6, 70, 2, 16, 1, 1, 3, 2, TOL_TF32, TOL_TF32);
+    ttt_cuda_set_fused_attention(0);
+    test_window_attention("old path: fused off, Swin-S stage 1 shifted", 40, 49, 3, 32, 0, 1, 1, 8, TOL_TF32, TOL_TF32);
+    ttt_cuda_set_fused_attention(1);
     test_bias_gather(7, 3);
     test_bias_gather(3, 5);
     test_windows(2, 13, 17, 5, 7, 3);
