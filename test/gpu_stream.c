@@ -59,7 +59,9 @@ int main(void) {
     const char* dev[2] = {"cpu", "cuda"};
     for (int d = 0; d < 2; d++) {
         char cmd[1024];
-        snprintf(cmd, sizeof(cmd), "./stream " VID " --model " MODEL " --device %s --mode fixed --out " TMP "/gs_fixed_%s > " TMP "/gs_fixed_%s.log 2>&1", dev[d], dev[d], dev[d]);
+        // float32 products on the GPU for the pixel agreement (a random model's class scores are
+        // close: TF32 rounding alone flips about 2% of the pixels)
+        snprintf(cmd, sizeof(cmd), "TTT_PRECISION=fp32 ./stream " VID " --model " MODEL " --device %s --mode fixed --out " TMP "/gs_fixed_%s > " TMP "/gs_fixed_%s.log 2>&1", dev[d], dev[d], dev[d]);
         CHECK(run(cmd) == 0, "fixed run on %s failed", dev[d]);
         snprintf(cmd, sizeof(cmd), "./stream " VID " --model " MODEL " --device %s --mode online --window 4 --batch 4 --out " TMP "/gs_online_%s > " TMP "/gs_online_%s.log 2>&1", dev[d], dev[d], dev[d]);
         CHECK(run(cmd) == 0, "online run on %s failed", dev[d]);
@@ -79,8 +81,8 @@ int main(void) {
         free(pa); free(pb);
     }
     double agree = (double)same / total;
-    printf("%-4s fixed-mode predictions cuda vs cpu agree on %.4f of pixels (tol 0.98)\n", agree >= 0.98 ? "ok" : "FAIL", agree);
-    if (agree >= 0.98) tests_passed++; else tests_failed++;
+    printf("%-4s fixed-mode predictions cuda (fp32) vs cpu agree on %.4f of pixels (tol 0.995)\n", agree >= 0.995 ? "ok" : "FAIL", agree);
+    if (agree >= 0.995) tests_passed++; else tests_failed++;
 
     // online TTT losses frame by frame
     float lc[NF], lg[NF];
