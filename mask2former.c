@@ -116,6 +116,15 @@ static float* take(float* mem, size_t* off, size_t n) {
     return p;
 }
 
+// the same for activations, each piece starting at a multiple of ACT_ALIGN floats (64 bytes)
+// from mem (an aligned allocation): cuBLAS's tensor-core kernels run 2.5-3.3x slower on a
+// matrix that is only 4 or 8 bytes aligned (measured on the H200). Parameters stay packed
+// (their layout is the checkpoint's); linear and gemm stage misaligned weights (ttt_kernels.cu).
+static float* take_act(float* mem, size_t* off, size_t n) {
+    *off = (*off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
+    return take(mem, off, n);
+}
+
 static void repeat_row(float* rows, const float* v, int T, int D);
 
 // ----------------------------------------------------------------------------
@@ -194,22 +203,22 @@ static size_t pixel_decoder_layout_acts(PixelDecoderActs* a, float* mem, const M
     m2f_level_sizes(H4, W4, a->Hs, a->Ws);
     for (int l = 0; l < 3; l++) {
         size_t n = (size_t)B * a->Hs[l] * a->Ws[l] * CD;
-        a->lateral[l] = take(mem, &off, n);
-        a->lateral_gn[l] = take(mem, &off, n);
-        a->lateral_mean[l] = take(mem, &off, (size_t)B * G);
-        a->lateral_rstd[l] = take(mem, &off, (size_t)B * G);
-        a->fused[l] = take(mem, &off, n);
+        a->lateral[l] = take_act(mem, &off, n);
+        a->lateral_gn[l] = take_act(mem, &off, n);
+        a->lateral_mean[l] = take_act(mem, &off, (size_t)B * G);
+        a->lateral_rstd[l] = take_act(mem, &off, (size_t)B * G);
+        a->fused[l] = take_act(mem, &off, n);
     }
     for (int l = 0; l < 4; l++) {
         size_t n = (size_t)B * a->Hs[l] * a->Ws[l] * CD;
-        a->conv[l] = take(mem, &off, n);
-        a->gn[l] = take(mem, &off, n);
-        a->mean[l] = take(mem, &off, (size_t)B * G);
-        a->rstd[l] = take(mem, &off, (size_t)B * G);
-        a->out[l] = take(mem, &off, n);
+        a->conv[l] = take_act(mem, &off, n);
+        a->gn[l] = take_act(mem, &off, n);
+        a->mean[l] = take_act(mem, &off, (size_t)B * G);
+        a->rstd[l] = take_act(mem, &off, (size_t)B * G);
+        a->out[l] = take_act(mem, &off, n);
     }
-    a->mask_features = take(mem, &off, (size_t)B * H4 * W4 * c->mask_dim);
-    return off;
+    a->mask_features = take_act(mem, &off, (size_t)B * H4 * W4 * c->mask_dim);
+    return (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
 }
 
 size_t pixel_decoder_num_acts(const M2FConfig* cfg, int max_B, int H4, int W4) {
@@ -426,17 +435,17 @@ static size_t msdeform_layout_acts(PixelDecoderActs* a, float* mem, const M2FCon
     a->max_B = B; a->H4 = H4; a->W4 = W4;
     m2f_level_sizes(H4, W4, a->Hs, a->Ws);
     size_t n0 = (size_t)B * H4 * W4 * D;
-    a->lateral[0] = take(mem, &off, n0);
-    a->lateral_gn[0] = take(mem, &off, n0);
-    a->lateral_mean[0] = take(mem, &off, (size_t)B * G);
-    a->lateral_rstd[0] = take(mem, &off, (size_t)B * G);
-    a->fused[0] = take(mem, &off, n0);
-    a->conv[0] = take(mem, &off, n0);
-    a->gn[0] = take(mem, &off, n0);
-    a->mean[0] = take(mem, &off, (size_t)B * G);
-    a->rstd[0] = take(mem, &off, (size_t)B * G);
-    for (int l = 0; l < 4; l++) a->out[l] = take(mem, &off, (size_t)B * a->Hs[l] * a->Ws[l] * D);
-    a->mask_features = take(mem, &off, (size_t)B * H4 * W4 * c->mask_dim);
+    a->lateral[0] = take_act(mem, &off, n0);
+    a->lateral_gn[0] = take_act(mem, &off, n0);
+    a->lateral_mean[0] = take_act(mem, &off, (size_t)B * G);
+    a->lateral_rstd[0] = take_act(mem, &off, (size_t)B * G);
+    a->fused[0] = take_act(mem, &off, n0);
+    a->conv[0] = take_act(mem, &off, n0);
+    a->gn[0] = take_act(mem, &off, n0);
+    a->mean[0] = take_act(mem, &off, (size_t)B * G);
+    a->rstd[0] = take_act(mem, &off, (size_t)B * G);
+    for (int l = 0; l < 4; l++) a->out[l] = take_act(mem, &off, (size_t)B * a->Hs[l] * a->Ws[l] * D);
+    a->mask_features = take_act(mem, &off, (size_t)B * H4 * W4 * c->mask_dim);
 
     MSDeformActs* m = &a->msd;
     size_t first = off;
@@ -450,34 +459,34 @@ static size_t msdeform_layout_acts(PixelDecoderActs* a, float* mem, const M2FCon
     }
     size_t S = m->S, BS = (size_t)B * S;
     for (int e = 0; e < MSD_LEVELS; e++) {
-        m->proj[e] = take(mem, &off, (size_t)B * m->T[e] * D);
-        m->proj_gn[e] = take(mem, &off, (size_t)B * m->T[e] * D);
-        m->proj_mean[e] = take(mem, &off, (size_t)B * G);
-        m->proj_rstd[e] = take(mem, &off, (size_t)B * G);
+        m->proj[e] = take_act(mem, &off, (size_t)B * m->T[e] * D);
+        m->proj_gn[e] = take_act(mem, &off, (size_t)B * m->T[e] * D);
+        m->proj_mean[e] = take_act(mem, &off, (size_t)B * G);
+        m->proj_rstd[e] = take_act(mem, &off, (size_t)B * G);
     }
-    m->pos = take(mem, &off, S * D);
-    m->level_rows = take(mem, &off, S * D);
-    for (int i = 0; i <= NE; i++) m->x[i] = take(mem, &off, BS * D);
+    m->pos = take_act(mem, &off, S * D);
+    m->level_rows = take_act(mem, &off, S * D);
+    for (int i = 0; i <= NE; i++) m->x[i] = take_act(mem, &off, BS * D);
     for (int i = 0; i < NE; i++) {
-        m->q_in[i] = take(mem, &off, BS * D);
-        m->value[i] = take(mem, &off, BS * D);
-        m->off[i] = take(mem, &off, BS * 2 * E);
-        m->loc[i] = take(mem, &off, BS * 2 * E);
-        m->aw_logit[i] = take(mem, &off, BS * E);
-        m->aw[i] = take(mem, &off, BS * E);
-        m->attn[i] = take(mem, &off, BS * D);
-        m->res1[i] = take(mem, &off, BS * D);
-        m->ln1[i] = take(mem, &off, BS * D);
-        m->ln1_mean[i] = take(mem, &off, BS);
-        m->ln1_rstd[i] = take(mem, &off, BS);
-        m->fc1[i] = take(mem, &off, BS * FE);
-        m->fc1_relu[i] = take(mem, &off, BS * FE);
-        m->res2[i] = take(mem, &off, BS * D);
-        m->ln2_mean[i] = take(mem, &off, BS);
-        m->ln2_rstd[i] = take(mem, &off, BS);
+        m->q_in[i] = take_act(mem, &off, BS * D);
+        m->value[i] = take_act(mem, &off, BS * D);
+        m->off[i] = take_act(mem, &off, BS * 2 * E);
+        m->loc[i] = take_act(mem, &off, BS * 2 * E);
+        m->aw_logit[i] = take_act(mem, &off, BS * E);
+        m->aw[i] = take_act(mem, &off, BS * E);
+        m->attn[i] = take_act(mem, &off, BS * D);
+        m->res1[i] = take_act(mem, &off, BS * D);
+        m->ln1[i] = take_act(mem, &off, BS * D);
+        m->ln1_mean[i] = take_act(mem, &off, BS);
+        m->ln1_rstd[i] = take_act(mem, &off, BS);
+        m->fc1[i] = take_act(mem, &off, BS * FE);
+        m->fc1_relu[i] = take_act(mem, &off, BS * FE);
+        m->res2[i] = take_act(mem, &off, BS * D);
+        m->ln2_mean[i] = take_act(mem, &off, BS);
+        m->ln2_rstd[i] = take_act(mem, &off, BS);
     }
     m->n = off - first;
-    return off;
+    return (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
 }
 
 void msdeform_forward(const M2FConfig* c, const MSDeformParams* p, PixelDecoderActs* a,
@@ -786,18 +795,19 @@ static size_t m2f_layout_acts(M2FActs* a, float* mem, const M2FConfig* c, int B,
         if ((size_t)a->T[m] > maxT) maxT = a->T[m];
     }
     size_t BQ = (size_t)B * Q;
-    a->class_logits = take(mem, &off, L * BQ * K1);
-    a->mask_logits = take(mem, &off, L * BQ * HW);
+    a->class_logits = take_act(mem, &off, L * BQ * K1);
+    a->mask_logits = take_act(mem, &off, L * BQ * HW);
+    off = (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
     size_t pd_n = pixel_decoder_layout_acts(&a->pd, mem ? mem + off : NULL, c, B, H4, W4);
     off += pd_n;
     for (int m = 0; m < 3; m++) {
-        a->pos[m] = take(mem, &off, a->T[m] * D);
-        a->level_rows[m] = take(mem, &off, a->T[m] * D);
-        a->src[m] = take(mem, &off, B * a->T[m] * D);
-        a->src_pos[m] = take(mem, &off, B * a->T[m] * D);
+        a->pos[m] = take_act(mem, &off, a->T[m] * D);
+        a->level_rows[m] = take_act(mem, &off, a->T[m] * D);
+        a->src[m] = take_act(mem, &off, B * a->T[m] * D);
+        a->src_pos[m] = take_act(mem, &off, B * a->T[m] * D);
     }
-    a->qpos = take(mem, &off, BQ * D);
-    a->tgt0 = take(mem, &off, BQ * D);
+    a->qpos = take_act(mem, &off, BQ * D);
+    a->tgt0 = take_act(mem, &off, BQ * D);
     for (int i = 0; i < M2F_MAX_LAYERS; i++) {
         if (i >= NL) {   // unused layers point nowhere
             a->attn_mask[i] = a->ca_qin[i] = a->ca_q[i] = a->ca_k[i] = a->ca_v[i] = NULL;
@@ -809,33 +819,33 @@ static size_t m2f_layout_acts(M2FActs* a, float* mem, const M2FConfig* c, int B,
             continue;
         }
         size_t T = a->T[i % 3];
-        a->attn_mask[i] = take(mem, &off, BQ * T);
-        a->ca_qin[i] = take(mem, &off, BQ * D);
-        a->ca_q[i] = take(mem, &off, BQ * D);
-        a->ca_k[i] = take(mem, &off, B * T * D);
-        a->ca_v[i] = take(mem, &off, B * T * D);
-        a->ca_att[i] = take(mem, &off, BQ * NH * T);
-        a->ca_o[i] = take(mem, &off, BQ * D);
-        a->ca_res[i] = take(mem, &off, BQ * D);
-        a->ca_ln[i] = take(mem, &off, BQ * D);
-        a->ca_mean[i] = take(mem, &off, BQ);
-        a->ca_rstd[i] = take(mem, &off, BQ);
-        a->sa_qin[i] = take(mem, &off, BQ * D);
-        a->sa_q[i] = take(mem, &off, BQ * D);
-        a->sa_k[i] = take(mem, &off, BQ * D);
-        a->sa_v[i] = take(mem, &off, BQ * D);
-        a->sa_att[i] = take(mem, &off, BQ * NH * Q);
-        a->sa_o[i] = take(mem, &off, BQ * D);
-        a->sa_res[i] = take(mem, &off, BQ * D);
-        a->sa_ln[i] = take(mem, &off, BQ * D);
-        a->sa_mean[i] = take(mem, &off, BQ);
-        a->sa_rstd[i] = take(mem, &off, BQ);
-        a->fc1[i] = take(mem, &off, BQ * F);
-        a->fc1_relu[i] = take(mem, &off, BQ * F);
-        a->ffn_res[i] = take(mem, &off, BQ * D);
-        a->ffn_ln[i] = take(mem, &off, BQ * D);
-        a->ffn_mean[i] = take(mem, &off, BQ);
-        a->ffn_rstd[i] = take(mem, &off, BQ);
+        a->attn_mask[i] = take_act(mem, &off, BQ * T);
+        a->ca_qin[i] = take_act(mem, &off, BQ * D);
+        a->ca_q[i] = take_act(mem, &off, BQ * D);
+        a->ca_k[i] = take_act(mem, &off, B * T * D);
+        a->ca_v[i] = take_act(mem, &off, B * T * D);
+        a->ca_att[i] = take_act(mem, &off, BQ * NH * T);
+        a->ca_o[i] = take_act(mem, &off, BQ * D);
+        a->ca_res[i] = take_act(mem, &off, BQ * D);
+        a->ca_ln[i] = take_act(mem, &off, BQ * D);
+        a->ca_mean[i] = take_act(mem, &off, BQ);
+        a->ca_rstd[i] = take_act(mem, &off, BQ);
+        a->sa_qin[i] = take_act(mem, &off, BQ * D);
+        a->sa_q[i] = take_act(mem, &off, BQ * D);
+        a->sa_k[i] = take_act(mem, &off, BQ * D);
+        a->sa_v[i] = take_act(mem, &off, BQ * D);
+        a->sa_att[i] = take_act(mem, &off, BQ * NH * Q);
+        a->sa_o[i] = take_act(mem, &off, BQ * D);
+        a->sa_res[i] = take_act(mem, &off, BQ * D);
+        a->sa_ln[i] = take_act(mem, &off, BQ * D);
+        a->sa_mean[i] = take_act(mem, &off, BQ);
+        a->sa_rstd[i] = take_act(mem, &off, BQ);
+        a->fc1[i] = take_act(mem, &off, BQ * F);
+        a->fc1_relu[i] = take_act(mem, &off, BQ * F);
+        a->ffn_res[i] = take_act(mem, &off, BQ * D);
+        a->ffn_ln[i] = take_act(mem, &off, BQ * D);
+        a->ffn_mean[i] = take_act(mem, &off, BQ);
+        a->ffn_rstd[i] = take_act(mem, &off, BQ);
     }
     for (int j = 0; j < M2F_MAX_LAYERS + 1; j++) {
         if (j >= L) {
@@ -843,17 +853,17 @@ static size_t m2f_layout_acts(M2FActs* a, float* mem, const M2FConfig* c, int B,
             a->me2[j] = a->me2_relu[j] = a->me3[j] = NULL;
             continue;
         }
-        a->dn[j] = take(mem, &off, BQ * D);
-        a->dn_mean[j] = take(mem, &off, BQ);
-        a->dn_rstd[j] = take(mem, &off, BQ);
-        a->me1[j] = take(mem, &off, BQ * D);
-        a->me1_relu[j] = take(mem, &off, BQ * D);
-        a->me2[j] = take(mem, &off, BQ * D);
-        a->me2_relu[j] = take(mem, &off, BQ * D);
-        a->me3[j] = take(mem, &off, BQ * MD);
+        a->dn[j] = take_act(mem, &off, BQ * D);
+        a->dn_mean[j] = take_act(mem, &off, BQ);
+        a->dn_rstd[j] = take_act(mem, &off, BQ);
+        a->me1[j] = take_act(mem, &off, BQ * D);
+        a->me1_relu[j] = take_act(mem, &off, BQ * D);
+        a->me2[j] = take_act(mem, &off, BQ * D);
+        a->me2_relu[j] = take_act(mem, &off, BQ * D);
+        a->me3[j] = take_act(mem, &off, BQ * MD);
     }
-    a->mask_resized = take(mem, &off, BQ * maxT);
-    return off;
+    a->mask_resized = take_act(mem, &off, BQ * maxT);
+    return (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
 }
 
 size_t m2f_num_acts(const M2FConfig* cfg, int max_B, int H4, int W4) {

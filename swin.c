@@ -44,6 +44,12 @@ static float* take(float* base, size_t* off, size_t n) {
     return p;
 }
 
+// the same for activations: each piece starts at a multiple of ACT_ALIGN floats (ttt.h says why)
+static float* take_act(float* base, size_t* off, size_t n) {
+    *off = (*off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
+    return take(base, off, n);
+}
+
 static size_t swin_layout_params(SwinParams* p, float* base, const SwinConfig* cfg) {
     SwinParams dummy;
     if (p == NULL) p = &dummy;
@@ -149,9 +155,9 @@ static void largest_stage(const SwinActs* a, const SwinConfig* cfg, int B,
 static void point_work_buffers(SwinActs* a, float* base, size_t* off, const SwinConfig* cfg, int B) {
     size_t max_NC, max_NwC, max_NCh;
     largest_stage(a, cfg, B, &max_NC, &max_NwC, &max_NCh);
-    a->drop_grad = take(base, off, max_NC);
-    a->work_windows = take(base, off, max_NwC);
-    a->work_hidden = take(base, off, max_NCh);
+    a->drop_grad = take_act(base, off, max_NC);
+    a->work_windows = take_act(base, off, max_NwC);
+    a->work_hidden = take_act(base, off, max_NCh);
 }
 
 size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_B, int H, int W) {
@@ -168,46 +174,47 @@ size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_
         hs = (hs + 1) / 2; wsz = (wsz + 1) / 2;
     }
     size_t N0 = (size_t)B * a->Hs[0] * a->Ws[0];
-    a->patch = take(base, &off, N0 * cfg->embed_dim);
-    a->patch_ln_mean = take(base, &off, N0);
-    a->patch_ln_rstd = take(base, &off, N0);
+    a->patch = take_act(base, &off, N0 * cfg->embed_dim);
+    a->patch_ln_mean = take_act(base, &off, N0);
+    a->patch_ln_rstd = take_act(base, &off, N0);
     int blk = 0;
     for (int s = 0; s < 4; s++) {
         size_t C = a->C[s], N = (size_t)B * a->Hs[s] * a->Ws[s], Nw = (size_t)B * a->nW[s] * T;
         int nh = cfg->num_heads[s];
         for (int i = 0; i < cfg->depths[s]; i++, blk++) {
             SwinBlockActs* b = &a->block[blk];
-            b->x_in = take(base, &off, N * C);
-            b->ln1 = take(base, &off, N * C);
-            b->ln1_mean = take(base, &off, N);
-            b->ln1_rstd = take(base, &off, N);
+            b->x_in = take_act(base, &off, N * C);
+            b->ln1 = take_act(base, &off, N * C);
+            b->ln1_mean = take_act(base, &off, N);
+            b->ln1_rstd = take_act(base, &off, N);
             b->windows = NULL;   // partitioned ln1: work_windows, recomputed in the backward
-            b->qkv = take(base, &off, Nw * 3 * C);
-            b->rel_bias = take(base, &off, (size_t)nh * T * T);
-            b->att_lse = take(base, &off, (size_t)B * a->nW[s] * nh * T);   // no (T, T) att map
-            b->attn = take(base, &off, Nw * C);
+            b->qkv = take_act(base, &off, Nw * 3 * C);
+            b->rel_bias = take_act(base, &off, (size_t)nh * T * T);
+            b->att_lse = take_act(base, &off, (size_t)B * a->nW[s] * nh * T);   // no (T, T) att map
+            b->attn = take_act(base, &off, Nw * C);
             b->proj = NULL;      // only read by window_reverse: work_windows
-            b->x_mid = take(base, &off, N * C);
-            b->ln2 = take(base, &off, N * C);
-            b->ln2_mean = take(base, &off, N);
-            b->ln2_rstd = take(base, &off, N);
-            b->fc1 = take(base, &off, N * C * cfg->mlp_ratio);
+            b->x_mid = take_act(base, &off, N * C);
+            b->ln2 = take_act(base, &off, N * C);
+            b->ln2_mean = take_act(base, &off, N);
+            b->ln2_rstd = take_act(base, &off, N);
+            b->fc1 = take_act(base, &off, N * C * cfg->mlp_ratio);
             b->gelu = NULL;      // gelu(fc1): work_hidden, recomputed in the backward
         }
-        a->stage_out[s] = take(base, &off, N * C);
-        a->out[s] = take(base, &off, N * C);
-        a->out_mean[s] = take(base, &off, N);
-        a->out_rstd[s] = take(base, &off, N);
+        a->stage_out[s] = take_act(base, &off, N * C);
+        a->out[s] = take_act(base, &off, N * C);
+        a->out_mean[s] = take_act(base, &off, N);
+        a->out_rstd[s] = take_act(base, &off, N);
         if (s < 3) {
             size_t Nm = (size_t)B * a->Hs[s + 1] * a->Ws[s + 1];
-            a->merged[s] = take(base, &off, Nm * 4 * C);
-            a->merged_ln[s] = take(base, &off, Nm * 4 * C);
-            a->merged_mean[s] = take(base, &off, Nm);
-            a->merged_rstd[s] = take(base, &off, Nm);
+            a->merged[s] = take_act(base, &off, Nm * 4 * C);
+            a->merged_ln[s] = take_act(base, &off, Nm * 4 * C);
+            a->merged_mean[s] = take_act(base, &off, Nm);
+            a->merged_rstd[s] = take_act(base, &off, Nm);
         }
-        a->shift_mask[s] = take(base, &off, (size_t)a->nW[s] * T * T);
+        a->shift_mask[s] = take_act(base, &off, (size_t)a->nW[s] * T * T);
     }
     point_work_buffers(a, base, &off, cfg, B);
+    off = (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
     a->total = off;
     return off;
 }
@@ -219,17 +226,17 @@ static size_t point_block_grads(SwinBlockActs* one, float* sb, const SwinActs* d
     size_t C = da->C[s], N = (size_t)B * da->Hs[s] * da->Ws[s], Nw = (size_t)B * da->nW[s] * T;
     size_t so = 0;
     memset(one, 0, sizeof(*one));
-    one->ln1 = take(sb, &so, N * C);
-    one->windows = take(sb, &so, Nw * C);
-    one->qkv = take(sb, &so, Nw * 3 * C);
-    one->rel_bias = take(sb, &so, (size_t)nh * T * T);
-    one->attn = take(sb, &so, Nw * C);
-    one->proj = take(sb, &so, Nw * C);
-    one->x_mid = take(sb, &so, N * C);
-    one->ln2 = take(sb, &so, N * C);
-    one->fc1 = take(sb, &so, N * C * cfg->mlp_ratio);
-    one->gelu = take(sb, &so, N * C * cfg->mlp_ratio);
-    return so;
+    one->ln1 = take_act(sb, &so, N * C);
+    one->windows = take_act(sb, &so, Nw * C);
+    one->qkv = take_act(sb, &so, Nw * 3 * C);
+    one->rel_bias = take_act(sb, &so, (size_t)nh * T * T);
+    one->attn = take_act(sb, &so, Nw * C);
+    one->proj = take_act(sb, &so, Nw * C);
+    one->x_mid = take_act(sb, &so, N * C);
+    one->ln2 = take_act(sb, &so, N * C);
+    one->fc1 = take_act(sb, &so, N * C * cfg->mlp_ratio);
+    one->gelu = take_act(sb, &so, N * C * cfg->mlp_ratio);
+    return (so + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
 }
 
 size_t swin_point_grad_acts(SwinActs* da, float* base, const SwinConfig* cfg, int max_B, int H, int W) {
@@ -245,7 +252,7 @@ size_t swin_point_grad_acts(SwinActs* da, float* base, const SwinConfig* cfg, in
         da->nW[s] = ((hs + w - 1) / w) * ((wsz + w - 1) / w);
         hs = (hs + 1) / 2; wsz = (wsz + 1) / 2;
     }
-    da->patch = take(base, &off, (size_t)B * da->Hs[0] * da->Ws[0] * cfg->embed_dim);
+    da->patch = take_act(base, &off, (size_t)B * da->Hs[0] * da->Ws[0] * cfg->embed_dim);
     // the span of one block's buffers, shared by every block (packed per stage from its start,
     // so that a block zeroes one contiguous span of its own stage's size)
     size_t span = 0;
@@ -254,19 +261,19 @@ size_t swin_point_grad_acts(SwinActs* da, float* base, const SwinConfig* cfg, in
         size_t n = point_block_grads(&one, NULL, da, cfg, B, s);
         if (n > span) span = n;
     }
-    float* shared = take(base, &off, span);
+    float* shared = take_act(base, &off, span);
     int blk = 0;
     for (int s = 0; s < 4; s++) {
         size_t C = da->C[s], N = (size_t)B * da->Hs[s] * da->Ws[s];
         point_block_grads(&one, shared, da, cfg, B, s);
         float* chain[2];   // the residual stream's gradient, alternating between blocks
-        chain[0] = take(base, &off, N * C);
-        chain[1] = take(base, &off, N * C);
-        da->stage_out[s] = take(base, &off, N * C);
+        chain[0] = take_act(base, &off, N * C);
+        chain[1] = take_act(base, &off, N * C);
+        da->stage_out[s] = take_act(base, &off, N * C);
         if (s < 3) {
             size_t Nm = (size_t)B * da->Hs[s + 1] * da->Ws[s + 1];
-            da->merged[s] = take(base, &off, Nm * 4 * C);
-            da->merged_ln[s] = take(base, &off, Nm * 4 * C);
+            da->merged[s] = take_act(base, &off, Nm * 4 * C);
+            da->merged_ln[s] = take_act(base, &off, Nm * 4 * C);
         }
         for (int i = 0; i < cfg->depths[s]; i++, blk++) {
             da->block[blk] = one;
@@ -274,6 +281,7 @@ size_t swin_point_grad_acts(SwinActs* da, float* base, const SwinConfig* cfg, in
         }
     }
     point_work_buffers(da, base, &off, cfg, B);
+    off = (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
     da->total = off;
     return off;
 }

@@ -98,6 +98,11 @@ void rng_fill_normal(Rng* rng, float* x, size_t n, float mean, float std); // ho
 // are declared below the dispatched list.
 
 #define LN_EPS 1e-5f   // LayerNorm and GroupNorm epsilon (Swin, Mask2Former)
+// Activation arenas hand out pieces that start at multiples of ACT_ALIGN floats (64 bytes):
+// cuBLAS's tensor-core kernels run 2.5-3.3x slower on a matrix only 4 or 8 bytes aligned
+// (measured on the H200, dev/align_check.cu). Parameters stay packed in the checkpoint's
+// layout; the GPU's matrix products copy a misaligned weight to an aligned scratch first.
+#define ACT_ALIGN 16
 
 // elementwise: out = a + b ; a += b ; x *= s   (N elements)
 void add_forward(float* out, const float* a, const float* b, size_t N);

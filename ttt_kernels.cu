@@ -336,9 +336,47 @@ static cublasComputeType_t gemm_compute_type(void) {
          : p == PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
+// cuBLAS runs its tensor-core kernels 2.5-3.3x slower on a matrix that is not 16-byte aligned
+// (measured on the H200 with dev/align_check.cu): a weight inside the packed parameter buffer
+// (after Swin's (2w-1)^2 x heads relative-position table, 507 floats at stage 1, most are only
+// 4 or 8 bytes aligned). Such a matrix is copied to an aligned scratch first; an output is
+// computed in a scratch (the old values copied in first when they are read: beta != 0) and
+// copied back. Only when the rows can be aligned at all (ld a multiple of 4 floats); a copy of
+// a weight costs microseconds. Activations are aligned by their arenas (ACT_ALIGN).
+static Workspace ws_stage[3];   // scratch of A, B and C
+static int misaligned(const void* p, int ld) { return ((uintptr_t)p % 16) != 0 && ld % 4 == 0; }
+// the floats spanned by a rows x cols row-major matrix with leading dimension ld
+static size_t matrix_extent(int rows, int cols, int ld) { return (size_t)(rows - 1) * ld + cols; }
+static float* stage_copy(const float* X, size_t n, int which) {
+    float* s = (float*)workspace_get(&ws_stage[which], n * sizeof(float));
+    cudaCheck(cudaMemcpyAsync(s, X, n * sizeof(float), cudaMemcpyDeviceToDevice, cudaStreamPerThread));
+    return s;
+}
+
+static void gemm_rm_aligned(bool transA, bool transB, int M, int N, int K, float alpha,
+                            const float* A, int lda, long long sA, const float* B, int ldb, long long sB,
+                            float beta, float* C, int ldc, long long sC, int batch);
+
 static void gemm_rm(bool transA, bool transB, int M, int N, int K, float alpha,
                     const float* A, int lda, long long sA, const float* B, int ldb, long long sB,
                     float beta, float* C, int ldc, long long sC, int batch) {
+    if (batch == 1 && M > 0 && N > 0 && K > 0) {
+        if (misaligned(A, lda)) A = stage_copy(A, transA ? matrix_extent(K, M, lda) : matrix_extent(M, K, lda), 0);
+        if (misaligned(B, ldb)) B = stage_copy(B, transB ? matrix_extent(N, K, ldb) : matrix_extent(K, N, ldb), 1);
+        if (misaligned(C, ldc)) {
+            size_t n = matrix_extent(M, N, ldc);
+            float* Cs = beta != 0.0f ? stage_copy(C, n, 2) : (float*)workspace_get(&ws_stage[2], n * sizeof(float));
+            gemm_rm_aligned(transA, transB, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, Cs, ldc, sC, batch);
+            cudaCheck(cudaMemcpyAsync(C, Cs, n * sizeof(float), cudaMemcpyDeviceToDevice, cudaStreamPerThread));
+            return;
+        }
+    }
+    gemm_rm_aligned(transA, transB, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch);
+}
+
+static void gemm_rm_aligned(bool transA, bool transB, int M, int N, int K, float alpha,
+                            const float* A, int lda, long long sA, const float* B, int ldb, long long sB,
+                            float beta, float* C, int ldc, long long sC, int batch) {
     if (M <= 0 || N <= 0 || batch <= 0) return;
     if (K <= 0) {   // empty sum: C = beta * C
         if (beta == 1.0f) return;
@@ -679,6 +717,7 @@ extern "C" void linear_forward_cuda(float* out, const float* inp, const float* w
                                     int N, int C, int OC) {
     OpTimer timer("linear_forward");
     if (N <= 0 || OC <= 0) return;
+    if (C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 0);   // see gemm_rm
     if (C > 0 && bias && linear_forward_lt(out, inp, weight, bias, N, C, OC)) return;
     if (C <= 0) { ttt_cuda_zero(out, (size_t)N * OC * sizeof(float)); }
     // out (N, OC) = inp (N, C) @ weight (OC, C)^T
@@ -686,10 +725,28 @@ extern "C" void linear_forward_cuda(float* out, const float* inp, const float* w
     if (bias) { add_bias_kernel<<<grid_for((size_t)N * OC, 256), 256>>>(out, bias, (size_t)N, OC); launchCheck(); }
 }
 
+static void linear_backward_staged(float* dinp, float* dweight, float* dbias, const float* dout,
+                                   const float* inp, const float* weight, int N, int C, int OC);
+
 extern "C" void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
                                      const float* inp, const float* weight, int N, int C, int OC) {
     OpTimer timer("linear_backward");
     if (N <= 0 || OC <= 0) return;
+    // misaligned weight / weight gradient: through aligned copies (see gemm_rm); dweight
+    // accumulates, so its copy starts from its values and is copied back after
+    if (dinp && C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 0);
+    if (dweight && C > 0 && misaligned(dweight, C)) {
+        float* dw = stage_copy(dweight, (size_t)OC * C, 2);
+        linear_backward_staged(dinp, dw, dbias, dout, inp, weight, N, C, OC);
+        cudaCheck(cudaMemcpyAsync(dweight, dw, (size_t)OC * C * sizeof(float), cudaMemcpyDeviceToDevice,
+                                  cudaStreamPerThread));
+        return;
+    }
+    linear_backward_staged(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+}
+
+static void linear_backward_staged(float* dinp, float* dweight, float* dbias, const float* dout,
+                                   const float* inp, const float* weight, int N, int C, int OC) {
     // dinp (N, C) += dout (N, OC) @ weight (OC, C)
     if (dinp) gemm_rm(false, false, N, C, OC, 1.0f, dout, OC, 0, weight, C, 0, 1.0f, dinp, C, 0, 1);
     if (dweight && dbias && C > 0 && linear_backward_weight_lt(dweight, dbias, dout, inp, N, C, OC)) return;
