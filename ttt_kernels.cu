@@ -343,7 +343,9 @@ static cublasComputeType_t gemm_compute_type(void) {
 // computed in a scratch (the old values copied in first when they are read: beta != 0) and
 // copied back. Only when the rows can be aligned at all (ld a multiple of 4 floats); a copy of
 // a weight costs microseconds. Activations are aligned by their arenas (ACT_ALIGN).
-static Workspace ws_stage[3];   // scratch of A, B and C
+// ws_stage[0..2]: gemm_rm's A, B and C; [3], [4]: linear's weight and weight gradient (staged
+// before it calls gemm_rm, which must not reuse or move them)
+static Workspace ws_stage[5];
 static int misaligned(const void* p, int ld) { return ((uintptr_t)p % 16) != 0 && ld % 4 == 0; }
 // the floats spanned by a rows x cols row-major matrix with leading dimension ld
 static size_t matrix_extent(int rows, int cols, int ld) { return (size_t)(rows - 1) * ld + cols; }
@@ -717,7 +719,7 @@ extern "C" void linear_forward_cuda(float* out, const float* inp, const float* w
                                     int N, int C, int OC) {
     OpTimer timer("linear_forward");
     if (N <= 0 || OC <= 0) return;
-    if (C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 0);   // see gemm_rm
+    if (C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 3);   // see gemm_rm
     if (C > 0 && bias && linear_forward_lt(out, inp, weight, bias, N, C, OC)) return;
     if (C <= 0) { ttt_cuda_zero(out, (size_t)N * OC * sizeof(float)); }
     // out (N, OC) = inp (N, C) @ weight (OC, C)^T
@@ -734,9 +736,9 @@ extern "C" void linear_backward_cuda(float* dinp, float* dweight, float* dbias, 
     if (N <= 0 || OC <= 0) return;
     // misaligned weight / weight gradient: through aligned copies (see gemm_rm); dweight
     // accumulates, so its copy starts from its values and is copied back after
-    if (dinp && C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 0);
+    if (dinp && C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 3);
     if (dweight && C > 0 && misaligned(dweight, C)) {
-        float* dw = stage_copy(dweight, (size_t)OC * C, 2);
+        float* dw = stage_copy(dweight, (size_t)OC * C, 4);
         linear_backward_staged(dinp, dw, dbias, dout, inp, weight, N, C, OC);
         cudaCheck(cudaMemcpyAsync(dweight, dw, (size_t)OC * C * sizeof(float), cudaMemcpyDeviceToDevice,
                                   cudaStreamPerThread));

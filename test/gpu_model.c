@@ -82,7 +82,9 @@ static void compare(const char* mode, const Result* c, const Result* g, int H, i
     check_close(name, g->params_after, c->params_after, N, tol_params);
     // Adam's first step is about lr * sign(grad): elements with tiny gradients may differ
     snprintf(name, sizeof(name), "[%s] AdamW update (f and g)", mode);
-    check_l2(name, du_g, du_c, N, tol_grad * 10 > 0.2 ? 0.2 : tol_grad * 10);
+    // (TF32: gradients differ by a few %, and about 1% of the elements, with tiny gradients,
+    // flip sign: an L2 error near 0.2; the bound is 0.3 there, 1e-2 with float32 products)
+    check_l2(name, du_g, du_c, N, tol_grad * 10 > 0.3 ? 0.3 : tol_grad * 10);
     free(du_c); free(du_g);
     size_t agree = 0;
     for (size_t i = 0; i < (size_t)H * W; i++) agree += g->pred[i] == c->pred[i];
