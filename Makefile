@@ -56,7 +56,7 @@ GPU_TEST_BIN = $(GPU_TEST_SRC:.c=)
 
 all: $(PROGRAMS)
 
-%.o: %.c ttt.h
+%.o: %.c ttt.h ttt_index.h
 	$(CC) $(CFLAGS) -c $< -o $@
 
 dist.o: dist.c ttt.h
@@ -70,10 +70,10 @@ vendor/cJSON.o: vendor/cJSON.c vendor/cJSON.h
 vendor/stb_impl.o: vendor/stb_impl.c vendor/stb_image.h vendor/stb_image_write.h
 	$(CC) $(CFLAGS) -fno-sanitize=shift-base -c $< -o $@
 
-ttt_kernels.o: ttt_kernels.cu ttt_cuda.cuh ttt.h
+ttt_kernels.o: ttt_kernels.cu ttt_cuda.cuh ttt.h ttt_index.h
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
-ttt_runtime.o: ttt_runtime.cu ttt_cuda.cuh ttt.h
+ttt_runtime.o: ttt_runtime.cu ttt_cuda.cuh ttt.h ttt_index.h
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 stream: stream.c $(LIB_OBJ)

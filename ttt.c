@@ -1092,16 +1092,7 @@ void bias_gather_backward_cpu(float* dtable, const float* dout, const int* index
 
 // ----------------------------------------------------------------------------
 // Swin windows: pad bottom/right, roll by -shift, cut into ws x ws windows
-
-// source pixel (iy, ix) of window token (w, t) in image b, or -1 when it is padding.
-// Window w of the padded grid (nWw windows per row), token t row-major inside it.
-static long window_source(int b, int w, int t, int H, int W, int ws, int shift, int nWw) {
-    int Hp = (H + ws - 1) / ws * ws, Wp = (W + ws - 1) / ws * ws;
-    int py = (w / nWw) * ws + t / ws, px = (w % nWw) * ws + t % ws;  // position in rolled grid
-    int iy = (py + shift) % Hp, ix = (px + shift) % Wp;                // position in padded grid
-    if (iy >= H || ix >= W) return -1;
-    return ((long)b * H + iy) * W + ix;
-}
+// (window_source, the pixel of a window token: ttt_index.h)
 
 void window_partition_forward_cpu(float* out, const float* inp, int B, int H, int W, int C,
                                   int ws, int shift) {
@@ -1212,14 +1203,7 @@ void patch_merge_backward_cpu(float* dinp, const float* dout, int B, int H, int 
 }
 
 // ----------------------------------------------------------------------------
-// resizing, PyTorch F.interpolate semantics
-
-// nearest: src = floor(dst * (in / out)) computed in float as PyTorch does, clamped
-static int nearest_source(int dst, int in, int out) {
-    float scale = (float)in / (float)out;
-    int s = (int)floorf(dst * scale);
-    return s < in - 1 ? s : in - 1;
-}
+// resizing, PyTorch F.interpolate semantics (nearest_source, bilinear_source: ttt_index.h)
 
 void upsample_nearest_forward_cpu(float* out, const float* inp, int B, int H, int W, int C,
                                   int Ho, int Wo) {
@@ -1256,18 +1240,6 @@ void upsample_nearest_backward_cpu(float* dinp, const float* dout, int B, int H,
     }
 }
 
-// bilinear, align_corners=False: src = max((dst + 0.5) * in/out - 0.5, 0); i0 = floor(src),
-// i1 = min(i0 + 1, in - 1), weight of i1 = src - i0
-void bilinear_source(int dst, int in, int out, int* i0, int* i1, float* l1) {
-    float scale = (float)in / (float)out;
-    float s = (dst + 0.5f) * scale - 0.5f;
-    if (s < 0.0f) s = 0.0f;
-    int a = (int)s;
-    if (a > in - 1) a = in - 1;
-    *i0 = a;
-    *i1 = a < in - 1 ? a + 1 : a;
-    *l1 = s - a;
-}
 
 void upsample_bilinear_forward_cpu(float* out, const float* inp, int B, int H, int W, int C,
                                    int Ho, int Wo) {
@@ -1322,21 +1294,7 @@ void upsample_bilinear_backward_cpu(float* dinp, const float* dout, int B, int H
 
 // ----------------------------------------------------------------------------
 // point sampling: grid_sample(bilinear, align_corners=False, zeros) at (x, y) in [0, 1]
-
-// the four taps of point (cx, cy) on an H x W map: pixel coordinate px = cx * W - 0.5;
-// taps outside the map get index -1 (their value is zero)
-static void point_taps(float cx, float cy, int H, int W, int idx[4], float wt[4]) {
-    float px = cx * W - 0.5f, py = cy * H - 0.5f;
-    int x0 = (int)floorf(px), y0 = (int)floorf(py);
-    float lx = px - x0, ly = py - y0;
-    int xs[4] = {x0, x0 + 1, x0, x0 + 1}, ys[4] = {y0, y0, y0 + 1, y0 + 1};
-    float ws[4] = {(1 - lx) * (1 - ly), lx * (1 - ly), (1 - lx) * ly, lx * ly};
-    for (int t = 0; t < 4; t++) {
-        int in = xs[t] >= 0 && xs[t] < W && ys[t] >= 0 && ys[t] < H;
-        idx[t] = in ? ys[t] * W + xs[t] : -1;
-        wt[t] = ws[t];
-    }
-}
+// (point_taps: ttt_index.h)
 
 void point_sample_forward_cpu(float* out, const float* inp, const float* coords,
                               int M, int H, int W, int P) {
@@ -1463,12 +1421,10 @@ void ms_deform_attn_backward_cpu(float* dvalue, float* dloc, float* daw, const f
                     const float* v = value + row0 * D + (size_t)h * HD;
                     for (int p = 0; p < P; p++) {
                         size_t k = (bqh * L + l) * P + p;
-                        float px = loc[2 * k] * W - 0.5f, py = loc[2 * k + 1] * H - 0.5f;
-                        int x0 = (int)floorf(px), y0 = (int)floorf(py);
-                        float lx = px - x0, ly = py - y0;
                         // taps 0..3 = (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1); -1 outside
-                        int idx[4]; float wt[4];
-                        point_taps(loc[2 * k], loc[2 * k + 1], H, W, idx, wt);
+                        int idx[4]; float lx, ly, wt[4];
+                        bilinear_taps(loc[2 * k] * W - 0.5f, loc[2 * k + 1] * H - 0.5f, H, W, idx, &lx, &ly);
+                        bilinear_weights(lx, ly, wt);
                         double gs = 0.0, gx = 0.0, gy = 0.0;
                         for (int c = 0; c < HD; c++) {
                             float t[4];

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include "ttt_index.h"   // the index math both backends share (window, resize and sampling taps)
 
 #ifdef __cplusplus
 extern "C" {
@@ -203,9 +204,8 @@ void upsample_bilinear_forward(float* out, const float* inp, int B, int H, int W
                                int Ho, int Wo);
 void upsample_bilinear_backward(float* dinp, const float* dout, int B, int H, int W, int C,
                                 int Ho, int Wo);
-// the two source taps of output index dst for a bilinear resize in -> out (the rule above)
-// and the weight of the second; shared by the resize ops and semantic inference
-void bilinear_source(int dst, int in, int out, int* i0, int* i1, float* l1);
+// the index math of the two resizes (nearest_source, bilinear_source) and of point sampling
+// (point_taps) is in ttt_index.h, shared with the CUDA kernels
 
 // point sampling (Mask2Former's point_sample = grid_sample, bilinear, align_corners=False,
 // zero padding): inp (M, H, W) maps, coords (M, P, 2) as (x, y) in [0, 1],

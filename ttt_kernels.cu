@@ -723,15 +723,8 @@ extern "C" void bias_gather_backward_cuda(float* dtable, const float* dout, cons
 }
 
 // ----------------------------------------------------------------------------
-// Swin windows: token (w, t) of image b reads padded-and-rolled pixel; -1 = padding
-
-__device__ long window_source_dev(int b, int w, int t, int H, int W, int ws, int shift, int nWw) {
-    int Hp = (H + ws - 1) / ws * ws, Wp = (W + ws - 1) / ws * ws;
-    int py = (w / nWw) * ws + t / ws, px = (w % nWw) * ws + t % ws;
-    int iy = (py + shift) % Hp, ix = (px + shift) % Wp;
-    if (iy >= H || ix >= W) return -1;
-    return ((long)b * H + iy) * W + ix;
-}
+// Swin windows: token (w, t) of image b reads padded-and-rolled pixel window_source (ttt_index.h);
+// -1 = padding
 
 // one thread per window-token element (b, w, t, c). `dir`: 0 partition forward
 // (win = inp[src]), 1 partition backward (dimg[src] += dwin), 2 reverse forward
@@ -746,7 +739,7 @@ __global__ void window_kernel(float* win, float* img, int B, int H, int W, int C
         int t = tok % T;
         size_t bw = tok / T;
         int w = bw % (nWh * nWw), b = bw / (nWh * nWw);
-        long src = window_source_dev(b, w, t, H, W, ws, shift, nWw);
+        long src = window_source(b, w, t, H, W, ws, shift, nWw);
         if (dir == 0) win[i] = src < 0 ? 0.0f : img[(size_t)src * C + c];
         else if (src >= 0) {
             if (dir == 1) img[(size_t)src * C + c] += win[i];
@@ -1086,24 +1079,8 @@ extern "C" void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, 
 }
 
 // ----------------------------------------------------------------------------
-// resizing, F.interpolate semantics (same float arithmetic as the CPU reference)
-
-__device__ int nearest_source_dev(int dst, int in, int out) {
-    float scale = (float)in / (float)out;
-    int s = (int)floorf(dst * scale);
-    return s < in - 1 ? s : in - 1;
-}
-
-__device__ void bilinear_source_dev(int dst, int in, int out, int* i0, int* i1, float* l1) {
-    float scale = (float)in / (float)out;
-    float s = (dst + 0.5f) * scale - 0.5f;
-    if (s < 0.0f) s = 0.0f;
-    int a = (int)s;
-    if (a > in - 1) a = in - 1;
-    *i0 = a;
-    *i1 = a < in - 1 ? a + 1 : a;
-    *l1 = s - a;
-}
+// resizing, F.interpolate semantics: the source indices are the CPU reference's own
+// nearest_source and bilinear_source (ttt_index.h)
 
 __global__ void upsample_nearest_kernel(float* out, float* inp, int B, int H, int W, int C, int Ho, int Wo, int backward) {
     size_t total = (size_t)B * Ho * Wo * C;
@@ -1113,7 +1090,7 @@ __global__ void upsample_nearest_kernel(float* out, float* inp, int B, int H, in
         int x = r % Wo; r /= Wo;
         int y = r % Ho;
         size_t b = r / Ho;
-        size_t src = ((b * H + nearest_source_dev(y, H, Ho)) * W + nearest_source_dev(x, W, Wo)) * C + c;
+        size_t src = ((b * H + nearest_source(y, H, Ho)) * W + nearest_source(x, W, Wo)) * C + c;
         if (!backward) out[i] = inp[src];
         else atomicAdd(&inp[src], out[i]);
     }
@@ -1128,8 +1105,8 @@ __global__ void upsample_bilinear_kernel(float* out, float* inp, int B, int H, i
         int y = r % Ho;
         size_t b = r / Ho;
         int y0, y1, x0, x1; float ly, lx;
-        bilinear_source_dev(y, H, Ho, &y0, &y1, &ly);
-        bilinear_source_dev(x, W, Wo, &x0, &x1, &lx);
+        bilinear_source(y, H, Ho, &y0, &y1, &ly);
+        bilinear_source(x, W, Wo, &x0, &x1, &lx);
         size_t i00 = ((b * H + y0) * W + x0) * C + c, i01 = ((b * H + y0) * W + x1) * C + c;
         size_t i10 = ((b * H + y1) * W + x0) * C + c, i11 = ((b * H + y1) * W + x1) * C + c;
         if (!backward) {
@@ -1177,17 +1154,14 @@ __global__ void point_sample_kernel(float* out, float* inp, const float* coords,
     size_t total = (size_t)M * P;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         size_t m = i / P;
-        float px = coords[i * 2] * W - 0.5f, py = coords[i * 2 + 1] * H - 0.5f;
-        int x0 = (int)floorf(px), y0 = (int)floorf(py);
-        float lx = px - x0, ly = py - y0;
+        int idx[4]; float wt[4];
+        point_taps(coords[i * 2], coords[i * 2 + 1], H, W, idx, wt);   // ttt_index.h
         float* map = inp + m * H * W;
         float s = 0.0f, d = backward ? out[i] : 0.0f;
         for (int t = 0; t < 4; t++) {
-            int xs = x0 + (t & 1), ys = y0 + (t >> 1);
-            if (xs < 0 || xs >= W || ys < 0 || ys >= H) continue;
-            float wt = ((t & 1) ? lx : 1.0f - lx) * ((t >> 1) ? ly : 1.0f - ly);
-            if (!backward) s += wt * map[ys * W + xs];
-            else atomicAdd(&map[ys * W + xs], wt * d);
+            if (idx[t] < 0) continue;
+            if (!backward) s += wt[t] * map[idx[t]];
+            else atomicAdd(&map[idx[t]], wt[t] * d);
         }
         if (!backward) out[i] = s;
     }
@@ -1248,18 +1222,13 @@ static MsdaLevels msda_levels(const int* shapes, int L, int* S) {
     return lv;
 }
 
-// the four taps of (x, y) in [0, 1] on an H x W map, as point_taps in ttt.c: values t[0..3] of
-// (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1) at channel offset v (0 outside), cell weights
+// the four taps of (x, y) in [0, 1] on an H x W map, as point_taps (ttt_index.h): indices of
+// (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1) (-1 outside) and the cell weights lx, ly
 __device__ void msda_taps(float x, float y, int H, int W, int* idx, float* lx, float* ly) {
     // no fused multiply-add here: the CPU rounds the product first, and a pixel coordinate
     // one ulp across an integer would take the other cell (its location gradient differs)
     float px = __fsub_rn(__fmul_rn(x, (float)W), 0.5f), py = __fsub_rn(__fmul_rn(y, (float)H), 0.5f);
-    int x0 = (int)floorf(px), y0 = (int)floorf(py);
-    *lx = px - x0; *ly = py - y0;
-    for (int t = 0; t < 4; t++) {
-        int xs = x0 + (t & 1), ys = y0 + (t >> 1);
-        idx[t] = (xs >= 0 && xs < W && ys >= 0 && ys < H) ? ys * W + xs : -1;
-    }
+    bilinear_taps(px, py, H, W, idx, lx, ly);
 }
 
 __global__ void ms_deform_attn_forward_kernel(float* out, const float* value, MsdaLevels lv, const float* loc,
@@ -1793,8 +1762,8 @@ __global__ void semantic_maps_kernel(float* seg, const float* probs, const float
 // class score k at pixel (y, x) of the x4-resized class maps (seg_x4_at in mask2former.c)
 __device__ float seg_x4_at_dev(const float* seg, int K, int H4, int W4, int y, int x, int k) {
     int y0, y1, x0, x1; float ly, lx;
-    bilinear_source_dev(y, H4, 4 * H4, &y0, &y1, &ly);   // the x4 resize, align_corners=False
-    bilinear_source_dev(x, W4, 4 * W4, &x0, &x1, &lx);
+    bilinear_source(y, H4, 4 * H4, &y0, &y1, &ly);   // the x4 resize, align_corners=False
+    bilinear_source(x, W4, 4 * W4, &x0, &x1, &lx);
     return (1.0f - ly) * ((1.0f - lx) * seg[((size_t)y0 * W4 + x0) * K + k] + lx * seg[((size_t)y0 * W4 + x1) * K + k]) +
            ly * ((1.0f - lx) * seg[((size_t)y1 * W4 + x0) * K + k] + lx * seg[((size_t)y1 * W4 + x1) * K + k]);
 }
@@ -1807,8 +1776,8 @@ __global__ void semantic_argmax_kernel(unsigned char* ids, const float* seg, int
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         int x = i % Wo, y = i / Wo;
         int ya, yb, xa, xb; float ly, lx;
-        bilinear_source_dev(y, H, Ho, &ya, &yb, &ly);
-        bilinear_source_dev(x, W, Wo, &xa, &xb, &lx);
+        bilinear_source(y, H, Ho, &ya, &yb, &ly);
+        bilinear_source(x, W, Wo, &xa, &xb, &lx);
         int best = 0;
         float best_val = 0.0f;
         for (int k = 0; k < K; k++) {
@@ -1845,8 +1814,8 @@ __global__ void semantic_scores_kernel(float* scores, const float* seg, int K, i
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         int x = i % Wo, y = i / Wo;
         int ya, yb, xa, xb; float ly, lx;
-        bilinear_source_dev(y, H, Ho, &ya, &yb, &ly);
-        bilinear_source_dev(x, W, Wo, &xa, &xb, &lx);
+        bilinear_source(y, H, Ho, &ya, &yb, &ly);
+        bilinear_source(x, W, Wo, &xa, &xb, &lx);
         float* out = scores + i * K;
         for (int k = 0; k < K; k++) {
             float top = (1.0f - lx) * seg_x4_at_dev(seg, K, H4, W4, ya, xa, k) + lx * seg_x4_at_dev(seg, K, H4, W4, ya, xb, k);
