@@ -180,16 +180,32 @@ void confusion_update(int64_t* conf, const unsigned char* pred, const unsigned c
     }
 }
 
-double mean_iou(const int64_t* conf, int K, double* iou) {
+// the one IoU of the project: intersection over union of pixel counts, NAN when the union is empty
+double class_iou(int64_t inter, int64_t uni) { return uni > 0 ? (double)inter / uni : NAN; }
+
+double mean_iou_counts(const int64_t* inter, const int64_t* uni, int K, double* iou) {
     double sum = 0.0; int n = 0;
     for (int k = 0; k < K; k++) {
-        int64_t tp = conf[k * K + k], fp = 0, fn = 0;
-        for (int j = 0; j < K; j++) { if (j != k) { fn += conf[k * K + j]; fp += conf[j * K + k]; } }
-        double v = (tp + fp + fn) > 0 ? (double)tp / (tp + fp + fn) : NAN;
+        double v = class_iou(inter[k], uni[k]);
         if (iou) iou[k] = v;
         if (!isnan(v)) { sum += v; n++; }
     }
     return n ? sum / n : NAN;
+}
+
+// from the confusion matrix: inter = TP, union = TP + FP + FN of each class
+double mean_iou(const int64_t* conf, int K, double* iou) {
+    int64_t* inter = (int64_t*)mallocCheck(2 * (size_t)K * sizeof(int64_t));
+    int64_t* uni = inter + K;
+    for (int k = 0; k < K; k++) {
+        int64_t tp = conf[k * K + k], fp = 0, fn = 0;
+        for (int j = 0; j < K; j++) { if (j != k) { fn += conf[k * K + j]; fp += conf[j * K + k]; } }
+        inter[k] = tp;
+        uni[k] = tp + fp + fn;
+    }
+    double miou = mean_iou_counts(inter, uni, K, iou);
+    free(inter);
+    return miou;
 }
 
 // ============================================================================

@@ -1091,7 +1091,13 @@ void model_train_step(Model* m, const float* images, const unsigned char* labels
                       const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae);
 // confusion matrix (K x K, rows = label) of a prediction; 255 labels are skipped
 void confusion_update(int64_t* conf, const unsigned char* pred, const unsigned char* label, size_t n, int K);
-// per-class IoU (NAN for classes absent from labels and prediction) and their mean over the rest
+// IoU of one class from its pixel counts: inter / uni (intersection and union of the class in
+// prediction and label), NAN when uni = 0 (the class in neither)
+double class_iou(int64_t inter, int64_t uni);
+// per-class IoU (class_iou of each of K classes, written to iou unless NULL) and their mean over
+// the classes that are not NAN (the mIoU; NAN when all are), from per-class counts ...
+double mean_iou_counts(const int64_t* inter, const int64_t* uni, int K, double* iou);
+// ... or from a confusion matrix (inter = TP, uni = TP + FP + FN)
 double mean_iou(const int64_t* conf, int K, double* iou);
 
 // checksums of parameter groups, for tests and logs: 0 = f, 1 = h, 2 = g
