@@ -1184,14 +1184,15 @@ void window_reverse_backward_cpu(float* dinp, const float* dout, int B, int H, i
 
 void patch_merge_forward_cpu(float* out, const float* inp, int B, int H, int W, int C) {
     int Ho = (H + 1) / 2, Wo = (W + 1) / 2;
-    // quarter q takes row offset q % 2 and column offset q / 2: (0,0), (1,0), (0,1), (1,1)
+    // quarter q of (y, x) reads patch_merge_source (ttt_index.h): (0,0), (1,0), (0,1), (1,1)
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
         for (int y = 0; y < Ho; y++) {
             for (int x = 0; x < Wo; x++) {
                 float* o = out + (((size_t)b * Ho + y) * Wo + x) * 4 * C;
                 for (int q = 0; q < 4; q++) {
-                    int iy = 2 * y + q % 2, ix = 2 * x + q / 2;
+                    int iy, ix;
+                    patch_merge_source(y, x, q, &iy, &ix);
                     if (iy >= H || ix >= W) memset(o + q * C, 0, C * sizeof(float));
                     else memcpy(o + q * C, inp + (((size_t)b * H + iy) * W + ix) * C, C * sizeof(float));
                 }
@@ -1208,7 +1209,8 @@ void patch_merge_backward_cpu(float* dinp, const float* dout, int B, int H, int 
             for (int x = 0; x < Wo; x++) {
                 const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * 4 * C;
                 for (int q = 0; q < 4; q++) {
-                    int iy = 2 * y + q % 2, ix = 2 * x + q / 2;
+                    int iy, ix;
+                    patch_merge_source(y, x, q, &iy, &ix);
                     if (iy >= H || ix >= W) continue;
                     float* di = dinp + (((size_t)b * H + iy) * W + ix) * C;
                     for (int c = 0; c < C; c++) di[c] += d[q * C + c];

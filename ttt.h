@@ -1909,8 +1909,9 @@ void layernorm_adapt_forward_cpu(float* out, float* mean, float* rstd, float* hi
 void semantic_entropy_forward_cpu(float* loss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
 void semantic_entropy_backward_cpu(float* dclass_logits, float* dmask_logits, float dloss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
 
+// ---- the _naive references ----
 // the algorithmic references of the ops whose _cpu code is optimised beyond its formula (the
-// loops of the formula above, in double, one thread; in ttt.c right above the fast versions;
+// loops of the op's formula, in double, one thread; in ttt.c right above the fast versions;
 // test/test_naive.c checks the fast ones equal them). Same arguments as the op.
 void linear_forward_naive(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
 void linear_backward_naive(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);

@@ -25,6 +25,14 @@ static inline TTT_HD long window_source(int b, int w, int t, int H, int W, int w
     return ((long)b * H + iy) * W + ix;
 }
 
+// Swin patch merging: quarter q (0..3) of output pixel (y, x) reads input pixel (iy, ix) with row
+// offset q % 2 and column offset q / 2: (0,0), (1,0), (0,1), (1,1); outside the input (odd H or W)
+// it is zero padding
+static inline TTT_HD void patch_merge_source(int y, int x, int q, int* iy, int* ix) {
+    *iy = 2 * y + q % 2;
+    *ix = 2 * x + q / 2;
+}
+
 // nearest resize in -> out (F.interpolate mode="nearest"): src = floor(dst * (in / out)),
 // the scale computed in float as PyTorch does, clamped to in - 1
 static inline TTT_HD int nearest_source(int dst, int in, int out) {

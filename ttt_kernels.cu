@@ -785,7 +785,8 @@ __global__ void patch_merge_kernel(float* out, float* inp, int B, int H, int W, 
         int x = r % Wo; r /= Wo;
         int y = r % Ho;
         size_t b = r / Ho;
-        int iy = 2 * y + qd % 2, ix = 2 * x + qd / 2;
+        int iy, ix;
+        patch_merge_source(y, x, qd, &iy, &ix);   // ttt_index.h
         int inside = iy < H && ix < W;
         size_t src = ((b * H + iy) * W + ix) * C + c;
         if (!backward) out[i] = inside ? inp[src] : 0.0f;
