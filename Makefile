@@ -23,7 +23,7 @@ ifneq ($(NVCC),)
 ifneq ($(wildcard ttt_kernels.cu),)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
   CFLAGS += -DTTT_CUDA
-  CUDA_OBJ = ttt_kernels.o
+  CUDA_OBJ = ttt_kernels.o ttt_runtime.o
   NVCCFLAGS = -O3 -std=c++17 -DTTT_CUDA -I. --default-stream per-thread \
               -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
   LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
@@ -47,7 +47,7 @@ endif
 endif
 
 # the library every program links: ops, IO, checkpoints, the three parts of the Y, data parallel
-LIB_OBJ = ttt.o swin.o mask2former.o mae.o data.o coco_eval.o coco_data.o coco_stream.o dist.o vendor/cJSON.o vendor/stb_impl.o $(CUDA_OBJ)
+LIB_OBJ = ttt.o dispatch.o swin.o mask2former.o mae.o data.o coco_eval.o coco_data.o coco_stream.o dist.o vendor/cJSON.o vendor/stb_impl.o $(CUDA_OBJ)
 PROGRAMS = stream train gen
 TEST_SRC = $(sort $(wildcard test/test_*.c))
 TEST_BIN = $(TEST_SRC:.c=)
@@ -56,7 +56,7 @@ GPU_TEST_BIN = $(GPU_TEST_SRC:.c=)
 
 all: $(PROGRAMS)
 
-%.o: %.c ttt.h
+%.o: %.c ttt.h ttt_index.h
 	$(CC) $(CFLAGS) -c $< -o $@
 
 dist.o: dist.c ttt.h
@@ -70,7 +70,10 @@ vendor/cJSON.o: vendor/cJSON.c vendor/cJSON.h
 vendor/stb_impl.o: vendor/stb_impl.c vendor/stb_image.h vendor/stb_image_write.h
 	$(CC) $(CFLAGS) -fno-sanitize=shift-base -c $< -o $@
 
-ttt_kernels.o: ttt_kernels.cu ttt.h
+ttt_kernels.o: ttt_kernels.cu ttt_cuda.cuh ttt.h ttt_index.h
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+ttt_runtime.o: ttt_runtime.cu ttt_cuda.cuh ttt.h ttt_index.h
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 stream: stream.c $(LIB_OBJ)
@@ -129,7 +132,7 @@ SAN_ENV = ASAN_OPTIONS=detect_leaks=1:exitcode=86:log_path=$(CURDIR)/build-san/f
           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86:log_path=$(CURDIR)/build-san/findings
 test-sanitize:
 	@mkdir -p build-san/test
-	@cp -p Makefile *.c *.h *.cu *.md build-san/ && cp -p $$(find test -maxdepth 1 -type f -name '*.[ch]' -o -maxdepth 1 -type f -name '*.sh' \
+	@cp -p Makefile *.c *.h *.cu *.cuh *.md build-san/ && cp -p $$(find test -maxdepth 1 -type f -name '*.[ch]' -o -maxdepth 1 -type f -name '*.sh' \
 	  -o -maxdepth 1 -type f -name '*.py') build-san/test/
 	@rm -rf build-san/vendor && mkdir -p build-san/vendor && cp -p vendor/*.[ch] build-san/vendor/   # its objects stay in build-san
 	@for d in data dev; do ln -sfn ../$$d build-san/$$d; done && ln -sfn ../../test/data build-san/test/data

@@ -552,7 +552,7 @@ static void class_colour(int c, float* rgb) {
 // ----------------------------------------------------------------------------
 // scoring: intersection and union per class, accumulated over the labeled frames
 
-typedef struct { long long inter[MAX_CLASSES], uni[MAX_CLASSES]; } Score;
+typedef struct { int64_t inter[MAX_CLASSES], uni[MAX_CLASSES]; } Score;
 
 static void score_add(Score* s, const unsigned char* pred, const unsigned char* lab, int n) {
     for (int i = 0; i < n; i++) {
@@ -563,15 +563,10 @@ static void score_add(Score* s, const unsigned char* pred, const unsigned char* 
     }
 }
 
-// IoU of class c, NAN when the class is in neither prediction nor label
-static double score_iou(const Score* s, int c) { return s->uni[c] ? (double)s->inter[c] / s->uni[c] : NAN; }
-
-// mean IoU over the classes present in prediction or label; NAN when nothing scored
-static double score_miou(const Score* s) {
-    double sum = 0.0; int n = 0;
-    for (int c = 0; c < MAX_CLASSES; c++) if (s->uni[c]) { sum += score_iou(s, c); n++; }
-    return n ? sum / n : NAN;
-}
+// IoU of class c, NAN when the class is in neither prediction nor label; mean IoU over the
+// classes present in prediction or label, NAN when nothing scored (ttt.c)
+static double score_iou(const Score* s, int c) { return class_iou(s->inter[c], s->uni[c]); }
+static double score_miou(const Score* s) { return mean_iou_counts(s->inter, s->uni, MAX_CLASSES, NULL); }
 
 // ----------------------------------------------------------------------------
 // metrics.png: loss and mIoU over frames, drawn into an RGB buffer with a 3x5 font

@@ -1,4 +1,5 @@
-// ttt.c: CPU reference ops, device switch, memory helpers, RNG, image IO, checkpoints.
+// ttt.c: CPU reference ops, RNG, image IO, checkpoints (dispatch.c: the device switch and the
+// dispatchers that call these ops or their CUDA twins).
 // Every op's math is documented once, in ttt.h; this file is its CPU reference.
 #include "ttt.h"
 #include <ctype.h>
@@ -81,118 +82,6 @@ void* calloc_check(size_t nmemb, size_t size, const char* file, int line) {
 }
 
 // ----------------------------------------------------------------------------
-// device switch and memory helpers
-
-Device ttt_device = DEVICE_CPU;
-
-int ttt_cuda_available(void) {
-#ifdef TTT_CUDA
-    return ttt_cuda_device_count() > 0;
-#else
-    return 0;
-#endif
-}
-
-void ttt_set_device(Device d) {
-    if (d == DEVICE_CUDA && !ttt_cuda_available()) {
-#ifdef TTT_CUDA
-        ttt_die("--device cuda: no CUDA GPU found");
-#else
-        ttt_die("--device cuda: this build has no CUDA backend (nvcc was not found by make)");
-#endif
-    }
-    ttt_device = d;
-}
-
-Device ttt_parse_device(const char* s) {
-    if (strcmp(s, "cpu") == 0) return DEVICE_CPU;
-    if (strcmp(s, "cuda") == 0) return DEVICE_CUDA;
-    if (strcmp(s, "auto") == 0) return ttt_cuda_available() ? DEVICE_CUDA : DEVICE_CPU;
-    ttt_die("unknown device '%s' (use cpu, cuda or auto)", s);
-    return DEVICE_CPU;
-}
-
-const char* ttt_device_name(Device d) { return d == DEVICE_CUDA ? "cuda" : "cpu"; }
-
-void* ttt_malloc(size_t bytes) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) return ttt_cuda_malloc(bytes);
-#endif
-    return mallocCheck(bytes);
-}
-
-void ttt_free(void* p) {
-    if (p == NULL) return;
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { ttt_cuda_free(p); return; }
-#endif
-    free(p);
-}
-
-void ttt_zero(void* p, size_t bytes) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { ttt_cuda_zero(p, bytes); return; }
-#endif
-    memset(p, 0, bytes);
-}
-
-void ttt_copy(void* dst, const void* src, size_t bytes) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { ttt_cuda_copy(dst, src, bytes, 0); return; }
-#endif
-    memmove(dst, src, bytes);
-}
-
-void ttt_to_device(void* dst, const void* src, size_t bytes) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { ttt_cuda_copy(dst, src, bytes, 1); return; }
-#endif
-    memmove(dst, src, bytes);
-}
-
-void ttt_to_host(void* dst, const void* src, size_t bytes) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { ttt_cuda_copy(dst, src, bytes, 2); return; }
-#endif
-    memmove(dst, src, bytes);
-}
-
-void ttt_synchronize(void) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) ttt_cuda_synchronize();
-#endif
-}
-
-int device_graph_replay(DeviceGraph* g) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) return ttt_cuda_graph_replay(g);
-#endif
-    (void)g;
-    return 0;
-}
-
-void device_graph_begin(DeviceGraph* g) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) ttt_cuda_graph_begin(g);
-#endif
-    (void)g;
-}
-
-void device_graph_end(DeviceGraph* g) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) ttt_cuda_graph_end(g);
-#endif
-    (void)g;
-}
-
-void device_graph_free(DeviceGraph* g) {
-#ifdef TTT_CUDA
-    if (g->exec) ttt_cuda_graph_free(g);
-#endif
-    memset(g, 0, sizeof(*g));
-}
-
-// ----------------------------------------------------------------------------
 // random numbers: xorshift64* (Vigna), seeded through splitmix64
 
 void rng_seed(Rng* rng, uint64_t seed) {
@@ -251,88 +140,6 @@ float parse_float_arg(const char* opt, const char* s, float lo) {
     return v;
 }
 
-// stage timing: each mark closes the open interval and opens one for the next name; the
-// intervals are folded into per-name totals when collected (one event pair per interval)
-static int stage_on = 0;
-static const char* stage_names[MAX_STAGES];
-static double stage_ms[MAX_STAGES];
-static int stage_n = 0;
-static int stage_open = -1;                 // pending slot of the open interval, or -1
-static int stage_pending_name[STAGE_MAX_PENDING];
-static double stage_host_start[STAGE_MAX_PENDING], stage_host_ms[STAGE_MAX_PENDING];
-static int stage_npending = 0;
-
-void stage_timing_enable(int on) { stage_on = on != 0; }
-int stage_timing_enabled(void) { return stage_on; }
-
-static void stage_fold(void) {
-    for (int i = 0; i < stage_npending; i++) {
-        double ms = stage_host_ms[i];
-#ifdef TTT_CUDA
-        if (ttt_device == DEVICE_CUDA) ms = ttt_cuda_stage_elapsed(i);
-#endif
-        stage_ms[stage_pending_name[i]] += ms;
-    }
-    stage_npending = 0;
-}
-
-static void stage_end_open(void) {
-    if (stage_open < 0) return;
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) ttt_cuda_stage_record(stage_open, 1);
-#endif
-    stage_host_ms[stage_open] = (time_now_seconds() - stage_host_start[stage_open]) * 1e3;
-    stage_open = -1;
-}
-
-void stage_begin(const char* name) {
-    if (!stage_on) return;
-    stage_end_open();
-    if (name == NULL) return;
-    int k = 0;
-    while (k < stage_n && strcmp(stage_names[k], name) != 0) k++;
-    if (k == stage_n) {
-        if (stage_n == MAX_STAGES) ttt_die("stage timing: more than %d stage names", MAX_STAGES);
-        stage_names[stage_n] = name;
-        stage_ms[stage_n++] = 0.0;
-    }
-    if (stage_npending == STAGE_MAX_PENDING) stage_fold();
-    int slot = stage_npending++;
-    stage_pending_name[slot] = k;
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) ttt_cuda_stage_record(slot, 0);
-#endif
-    stage_host_start[slot] = time_now_seconds();
-    stage_open = slot;
-}
-
-const char* stage_current(void) {
-    return (stage_on && stage_open >= 0) ? stage_names[stage_pending_name[stage_open]] : NULL;
-}
-
-static double device_timer_t0;
-void device_timer_start(void) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { ttt_cuda_timer_start(); return; }
-#endif
-    device_timer_t0 = time_now_seconds();
-}
-double device_timer_stop_ms(void) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) return ttt_cuda_timer_stop_ms();
-#endif
-    return (time_now_seconds() - device_timer_t0) * 1e3;
-}
-
-int stage_timing_collect(const char** names, double* ms, int max) {
-    stage_end_open();
-    stage_fold();
-    int n = stage_n < max ? stage_n : max;
-    for (int i = 0; i < n; i++) { names[i] = stage_names[i]; ms[i] = stage_ms[i]; }
-    stage_n = 0;
-    return n;
-}
-
 int is_finite_array(const float* x, size_t n) {
     for (size_t i = 0; i < n; i++) if (!isfinite(x[i])) return 0;
     return 1;
@@ -373,16 +180,32 @@ void confusion_update(int64_t* conf, const unsigned char* pred, const unsigned c
     }
 }
 
-double mean_iou(const int64_t* conf, int K, double* iou) {
+// the one IoU of the project: intersection over union of pixel counts, NAN when the union is empty
+double class_iou(int64_t inter, int64_t uni) { return uni > 0 ? (double)inter / uni : NAN; }
+
+double mean_iou_counts(const int64_t* inter, const int64_t* uni, int K, double* iou) {
     double sum = 0.0; int n = 0;
     for (int k = 0; k < K; k++) {
-        int64_t tp = conf[k * K + k], fp = 0, fn = 0;
-        for (int j = 0; j < K; j++) { if (j != k) { fn += conf[k * K + j]; fp += conf[j * K + k]; } }
-        double v = (tp + fp + fn) > 0 ? (double)tp / (tp + fp + fn) : NAN;
+        double v = class_iou(inter[k], uni[k]);
         if (iou) iou[k] = v;
         if (!isnan(v)) { sum += v; n++; }
     }
     return n ? sum / n : NAN;
+}
+
+// from the confusion matrix: inter = TP, union = TP + FP + FN of each class
+double mean_iou(const int64_t* conf, int K, double* iou) {
+    int64_t* inter = (int64_t*)mallocCheck(2 * (size_t)K * sizeof(int64_t));
+    int64_t* uni = inter + K;
+    for (int k = 0; k < K; k++) {
+        int64_t tp = conf[k * K + k], fp = 0, fn = 0;
+        for (int j = 0; j < K; j++) { if (j != k) { fn += conf[k * K + j]; fp += conf[j * K + k]; } }
+        inter[k] = tp;
+        uni[k] = tp + fp + fn;
+    }
+    double miou = mean_iou_counts(inter, uni, K, iou);
+    free(inter);
+    return miou;
 }
 
 // ============================================================================
@@ -1404,16 +1227,7 @@ void bias_gather_backward_cpu(float* dtable, const float* dout, const int* index
 
 // ----------------------------------------------------------------------------
 // Swin windows: pad bottom/right, roll by -shift, cut into ws x ws windows
-
-// source pixel (iy, ix) of window token (w, t) in image b, or -1 when it is padding.
-// Window w of the padded grid (nWw windows per row), token t row-major inside it.
-static long window_source(int b, int w, int t, int H, int W, int ws, int shift, int nWw) {
-    int Hp = (H + ws - 1) / ws * ws, Wp = (W + ws - 1) / ws * ws;
-    int py = (w / nWw) * ws + t / ws, px = (w % nWw) * ws + t % ws;  // position in rolled grid
-    int iy = (py + shift) % Hp, ix = (px + shift) % Wp;                // position in padded grid
-    if (iy >= H || ix >= W) return -1;
-    return ((long)b * H + iy) * W + ix;
-}
+// (window_source, the pixel of a window token: ttt_index.h)
 
 void window_partition_forward_cpu(float* out, const float* inp, int B, int H, int W, int C,
                                   int ws, int shift) {
@@ -1489,14 +1303,15 @@ void window_reverse_backward_cpu(float* dinp, const float* dout, int B, int H, i
 
 void patch_merge_forward_cpu(float* out, const float* inp, int B, int H, int W, int C) {
     int Ho = (H + 1) / 2, Wo = (W + 1) / 2;
-    // quarter q takes row offset q % 2 and column offset q / 2: (0,0), (1,0), (0,1), (1,1)
+    // quarter q of (y, x) reads patch_merge_source (ttt_index.h): (0,0), (1,0), (0,1), (1,1)
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
         for (int y = 0; y < Ho; y++) {
             for (int x = 0; x < Wo; x++) {
                 float* o = out + (((size_t)b * Ho + y) * Wo + x) * 4 * C;
                 for (int q = 0; q < 4; q++) {
-                    int iy = 2 * y + q % 2, ix = 2 * x + q / 2;
+                    int iy, ix;
+                    patch_merge_source(y, x, q, &iy, &ix);
                     if (iy >= H || ix >= W) memset(o + q * C, 0, C * sizeof(float));
                     else memcpy(o + q * C, inp + (((size_t)b * H + iy) * W + ix) * C, C * sizeof(float));
                 }
@@ -1513,7 +1328,8 @@ void patch_merge_backward_cpu(float* dinp, const float* dout, int B, int H, int 
             for (int x = 0; x < Wo; x++) {
                 const float* d = dout + (((size_t)b * Ho + y) * Wo + x) * 4 * C;
                 for (int q = 0; q < 4; q++) {
-                    int iy = 2 * y + q % 2, ix = 2 * x + q / 2;
+                    int iy, ix;
+                    patch_merge_source(y, x, q, &iy, &ix);
                     if (iy >= H || ix >= W) continue;
                     float* di = dinp + (((size_t)b * H + iy) * W + ix) * C;
                     for (int c = 0; c < C; c++) di[c] += d[q * C + c];
@@ -1524,14 +1340,7 @@ void patch_merge_backward_cpu(float* dinp, const float* dout, int B, int H, int 
 }
 
 // ----------------------------------------------------------------------------
-// resizing, PyTorch F.interpolate semantics
-
-// nearest: src = floor(dst * (in / out)) computed in float as PyTorch does, clamped
-static int nearest_source(int dst, int in, int out) {
-    float scale = (float)in / (float)out;
-    int s = (int)floorf(dst * scale);
-    return s < in - 1 ? s : in - 1;
-}
+// resizing, PyTorch F.interpolate semantics (nearest_source, bilinear_source: ttt_index.h)
 
 void upsample_nearest_forward_cpu(float* out, const float* inp, int B, int H, int W, int C,
                                   int Ho, int Wo) {
@@ -1568,18 +1377,6 @@ void upsample_nearest_backward_cpu(float* dinp, const float* dout, int B, int H,
     }
 }
 
-// bilinear, align_corners=False: src = max((dst + 0.5) * in/out - 0.5, 0); i0 = floor(src),
-// i1 = min(i0 + 1, in - 1), weight of i1 = src - i0
-void bilinear_source(int dst, int in, int out, int* i0, int* i1, float* l1) {
-    float scale = (float)in / (float)out;
-    float s = (dst + 0.5f) * scale - 0.5f;
-    if (s < 0.0f) s = 0.0f;
-    int a = (int)s;
-    if (a > in - 1) a = in - 1;
-    *i0 = a;
-    *i1 = a < in - 1 ? a + 1 : a;
-    *l1 = s - a;
-}
 
 void upsample_bilinear_forward_cpu(float* out, const float* inp, int B, int H, int W, int C,
                                    int Ho, int Wo) {
@@ -1634,21 +1431,7 @@ void upsample_bilinear_backward_cpu(float* dinp, const float* dout, int B, int H
 
 // ----------------------------------------------------------------------------
 // point sampling: grid_sample(bilinear, align_corners=False, zeros) at (x, y) in [0, 1]
-
-// the four taps of point (cx, cy) on an H x W map: pixel coordinate px = cx * W - 0.5;
-// taps outside the map get index -1 (their value is zero)
-static void point_taps(float cx, float cy, int H, int W, int idx[4], float wt[4]) {
-    float px = cx * W - 0.5f, py = cy * H - 0.5f;
-    int x0 = (int)floorf(px), y0 = (int)floorf(py);
-    float lx = px - x0, ly = py - y0;
-    int xs[4] = {x0, x0 + 1, x0, x0 + 1}, ys[4] = {y0, y0, y0 + 1, y0 + 1};
-    float ws[4] = {(1 - lx) * (1 - ly), lx * (1 - ly), (1 - lx) * ly, lx * ly};
-    for (int t = 0; t < 4; t++) {
-        int in = xs[t] >= 0 && xs[t] < W && ys[t] >= 0 && ys[t] < H;
-        idx[t] = in ? ys[t] * W + xs[t] : -1;
-        wt[t] = ws[t];
-    }
-}
+// (point_taps: ttt_index.h)
 
 void point_sample_forward_cpu(float* out, const float* inp, const float* coords,
                               int M, int H, int W, int P) {
@@ -1775,12 +1558,10 @@ void ms_deform_attn_backward_cpu(float* dvalue, float* dloc, float* daw, const f
                     const float* v = value + row0 * D + (size_t)h * HD;
                     for (int p = 0; p < P; p++) {
                         size_t k = (bqh * L + l) * P + p;
-                        float px = loc[2 * k] * W - 0.5f, py = loc[2 * k + 1] * H - 0.5f;
-                        int x0 = (int)floorf(px), y0 = (int)floorf(py);
-                        float lx = px - x0, ly = py - y0;
                         // taps 0..3 = (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1); -1 outside
-                        int idx[4]; float wt[4];
-                        point_taps(loc[2 * k], loc[2 * k + 1], H, W, idx, wt);
+                        int idx[4]; float lx, ly, wt[4];
+                        bilinear_taps(loc[2 * k] * W - 0.5f, loc[2 * k + 1] * H - 0.5f, H, W, idx, &lx, &ly);
+                        bilinear_weights(lx, ly, wt);
                         double gs = 0.0, gx = 0.0, gy = 0.0;
                         for (int c = 0; c < HD; c++) {
                             float t[4];
@@ -2229,403 +2010,6 @@ void checkpoint_read_data(const char* path, float* data, size_t n) {
 // ============================================================================
 // end of CHECKPOINTS
 // ============================================================================
-
-
-// ----------------------------------------------------------------------------
-// dispatchers: one per op, run the _cuda twin when ttt_device is DEVICE_CUDA
-
-void add_forward(float* out, const float* a, const float* b, size_t N) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { add_forward_cuda(out, a, b, N); return; }
-#endif
-    add_forward_cpu(out, a, b, N);
-}
-
-void add_inplace(float* a, const float* b, size_t N) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { add_inplace_cuda(a, b, N); return; }
-#endif
-    add_inplace_cpu(a, b, N);
-}
-
-void scale_inplace(float* x, float s, size_t N) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { scale_inplace_cuda(x, s, N); return; }
-#endif
-    scale_inplace_cpu(x, s, N);
-}
-
-void scale_rows_forward(float* out, const float* inp, const float* scale, int B, size_t N) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { scale_rows_forward_cuda(out, inp, scale, B, N); return; }
-#endif
-    scale_rows_forward_cpu(out, inp, scale, B, N);
-}
-
-void scale_rows_backward(float* dinp, const float* dout, const float* scale, int B, size_t N) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { scale_rows_backward_cuda(dinp, dout, scale, B, N); return; }
-#endif
-    scale_rows_backward_cpu(dinp, dout, scale, B, N);
-}
-
-void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { linear_forward_cuda(out, inp, weight, bias, N, C, OC); return; }
-#endif
-    linear_forward_cpu(out, inp, weight, bias, N, C, OC);
-}
-
-void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { linear_backward_cuda(dinp, dweight, dbias, dout, inp, weight, N, C, OC); return; }
-#endif
-    linear_backward_cpu(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
-}
-
-// LN Adapt (mae.c): while a hook is set, it runs every LayerNorm in place of the op
-LayerNormHook layernorm_forward_hook = NULL;
-void* layernorm_forward_hook_ctx = NULL;
-
-void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C) {
-    if (layernorm_forward_hook) { layernorm_forward_hook(layernorm_forward_hook_ctx, out, mean, rstd, inp, weight, bias, N, C); return; }
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { layernorm_forward_cuda(out, mean, rstd, inp, weight, bias, N, C); return; }
-#endif
-    layernorm_forward_cpu(out, mean, rstd, inp, weight, bias, N, C);
-}
-
-void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { layernorm_backward_cuda(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C); return; }
-#endif
-    layernorm_backward_cpu(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
-}
-
-void groupnorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { groupnorm_forward_cuda(out, mean, rstd, inp, weight, bias, B, HW, C, G); return; }
-#endif
-    groupnorm_forward_cpu(out, mean, rstd, inp, weight, bias, B, HW, C, G);
-}
-
-void groupnorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int HW, int C, int G) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { groupnorm_backward_cuda(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, HW, C, G); return; }
-#endif
-    groupnorm_backward_cpu(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, HW, C, G);
-}
-
-void gelu_forward(float* out, const float* inp, size_t N) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { gelu_forward_cuda(out, inp, N); return; }
-#endif
-    gelu_forward_cpu(out, inp, N);
-}
-
-void gelu_backward(float* dinp, const float* inp, const float* dout, size_t N) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { gelu_backward_cuda(dinp, inp, dout, N); return; }
-#endif
-    gelu_backward_cpu(dinp, inp, dout, N);
-}
-
-void relu_forward(float* out, const float* inp, size_t N) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { relu_forward_cuda(out, inp, N); return; }
-#endif
-    relu_forward_cpu(out, inp, N);
-}
-
-void relu_backward(float* dinp, const float* out, const float* dout, size_t N) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { relu_backward_cuda(dinp, out, dout, N); return; }
-#endif
-    relu_backward_cpu(dinp, out, dout, N);
-}
-
-void sigmoid_forward(float* out, const float* inp, size_t N) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { sigmoid_forward_cuda(out, inp, N); return; }
-#endif
-    sigmoid_forward_cpu(out, inp, N);
-}
-
-void sigmoid_backward(float* dinp, const float* out, const float* dout, size_t N) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { sigmoid_backward_cuda(dinp, out, dout, N); return; }
-#endif
-    sigmoid_backward_cpu(dinp, out, dout, N);
-}
-
-void softmax_forward(float* out, const float* inp, int N, int C) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { softmax_forward_cuda(out, inp, N, C); return; }
-#endif
-    softmax_forward_cpu(out, inp, N, C);
-}
-
-void softmax_backward(float* dinp, const float* out, const float* dout, int N, int C) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { softmax_backward_cuda(dinp, out, dout, N, C); return; }
-#endif
-    softmax_backward_cpu(dinp, out, dout, N, C);
-}
-
-void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { attention_forward_cuda(out, att, q, k, v, rel_bias, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride); return; }
-#endif
-    attention_forward_cpu(out, att, q, k, v, rel_bias, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride);
-}
-
-void attention_backward(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { attention_backward_cuda(dq, dk, dv, drel_bias, dout, att, q, k, v, B, Tq, Tk, NH, HS, q_stride, kv_stride); return; }
-#endif
-    attention_backward_cpu(dq, dk, dv, drel_bias, dout, att, q, k, v, B, Tq, Tk, NH, HS, q_stride, kv_stride);
-}
-
-void window_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { window_attention_forward_cuda(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride); return; }
-#endif
-    window_attention_forward_cpu(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride);
-}
-
-void window_attention_backward(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { window_attention_backward_cuda(dq, dk, dv, drel_bias, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride); return; }
-#endif
-    window_attention_backward_cpu(dq, dk, dv, drel_bias, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride);
-}
-
-void bias_gather_forward(float* out, const float* table, const int* index, int N, int NH) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { bias_gather_forward_cuda(out, table, index, N, NH); return; }
-#endif
-    bias_gather_forward_cpu(out, table, index, N, NH);
-}
-
-void bias_gather_backward(float* dtable, const float* dout, const int* index, int N, int NH) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { bias_gather_backward_cuda(dtable, dout, index, N, NH); return; }
-#endif
-    bias_gather_backward_cpu(dtable, dout, index, N, NH);
-}
-
-void window_partition_forward(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { window_partition_forward_cuda(out, inp, B, H, W, C, ws, shift); return; }
-#endif
-    window_partition_forward_cpu(out, inp, B, H, W, C, ws, shift);
-}
-
-void window_partition_backward(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { window_partition_backward_cuda(dinp, dout, B, H, W, C, ws, shift); return; }
-#endif
-    window_partition_backward_cpu(dinp, dout, B, H, W, C, ws, shift);
-}
-
-void window_reverse_forward(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { window_reverse_forward_cuda(out, inp, B, H, W, C, ws, shift); return; }
-#endif
-    window_reverse_forward_cpu(out, inp, B, H, W, C, ws, shift);
-}
-
-void window_reverse_backward(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { window_reverse_backward_cuda(dinp, dout, B, H, W, C, ws, shift); return; }
-#endif
-    window_reverse_backward_cpu(dinp, dout, B, H, W, C, ws, shift);
-}
-
-void patch_merge_forward(float* out, const float* inp, int B, int H, int W, int C) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { patch_merge_forward_cuda(out, inp, B, H, W, C); return; }
-#endif
-    patch_merge_forward_cpu(out, inp, B, H, W, C);
-}
-
-void patch_merge_backward(float* dinp, const float* dout, int B, int H, int W, int C) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { patch_merge_backward_cuda(dinp, dout, B, H, W, C); return; }
-#endif
-    patch_merge_backward_cpu(dinp, dout, B, H, W, C);
-}
-
-void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { conv2d_forward_cuda(out, inp, weight, bias, B, H, W, C, OC, K, stride, pad, Ho, Wo); return; }
-#endif
-    conv2d_forward_cpu(out, inp, weight, bias, B, H, W, C, OC, K, stride, pad, Ho, Wo);
-}
-
-void conv2d_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { conv2d_backward_cuda(dinp, dweight, dbias, dout, inp, weight, B, H, W, C, OC, K, stride, pad, Ho, Wo); return; }
-#endif
-    conv2d_backward_cpu(dinp, dweight, dbias, dout, inp, weight, B, H, W, C, OC, K, stride, pad, Ho, Wo);
-}
-
-void upsample_nearest_forward(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { upsample_nearest_forward_cuda(out, inp, B, H, W, C, Ho, Wo); return; }
-#endif
-    upsample_nearest_forward_cpu(out, inp, B, H, W, C, Ho, Wo);
-}
-
-void upsample_nearest_backward(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { upsample_nearest_backward_cuda(dinp, dout, B, H, W, C, Ho, Wo); return; }
-#endif
-    upsample_nearest_backward_cpu(dinp, dout, B, H, W, C, Ho, Wo);
-}
-
-void upsample_bilinear_forward(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { upsample_bilinear_forward_cuda(out, inp, B, H, W, C, Ho, Wo); return; }
-#endif
-    upsample_bilinear_forward_cpu(out, inp, B, H, W, C, Ho, Wo);
-}
-
-void upsample_bilinear_backward(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { upsample_bilinear_backward_cuda(dinp, dout, B, H, W, C, Ho, Wo); return; }
-#endif
-    upsample_bilinear_backward_cpu(dinp, dout, B, H, W, C, Ho, Wo);
-}
-
-void point_sample_forward(float* out, const float* inp, const float* coords, int M, int H, int W, int P) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { point_sample_forward_cuda(out, inp, coords, M, H, W, P); return; }
-#endif
-    point_sample_forward_cpu(out, inp, coords, M, H, W, P);
-}
-
-void point_sample_backward(float* dinp, const float* dout, const float* coords, int M, int H, int W, int P) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { point_sample_backward_cuda(dinp, dout, coords, M, H, W, P); return; }
-#endif
-    point_sample_backward_cpu(dinp, dout, coords, M, H, W, P);
-}
-
-void sine_position_encoding(float* out, int H, int W, int C) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { sine_position_encoding_cuda(out, H, W, C); return; }
-#endif
-    sine_position_encoding_cpu(out, H, W, C);
-}
-
-void ms_deform_attn_forward(float* out, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { ms_deform_attn_forward_cuda(out, value, shapes, loc, aw, B, S, Lq, NH, HD, L, P); return; }
-#endif
-    ms_deform_attn_forward_cpu(out, value, shapes, loc, aw, B, S, Lq, NH, HD, L, P);
-}
-
-void ms_deform_attn_backward(float* dvalue, float* dloc, float* daw, const float* dout, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { ms_deform_attn_backward_cuda(dvalue, dloc, daw, dout, value, shapes, loc, aw, B, S, Lq, NH, HD, L, P); return; }
-#endif
-    ms_deform_attn_backward_cpu(dvalue, dloc, daw, dout, value, shapes, loc, aw, B, S, Lq, NH, HD, L, P);
-}
-
-void ms_deform_locations_forward(float* loc, const float* off, const int* shapes, int B, int L, int NH, int P) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { ms_deform_locations_forward_cuda(loc, off, shapes, B, L, NH, P); return; }
-#endif
-    ms_deform_locations_forward_cpu(loc, off, shapes, B, L, NH, P);
-}
-
-void ms_deform_locations_backward(float* doff, const float* dloc, const int* shapes, int B, int L, int NH, int P) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { ms_deform_locations_backward_cuda(doff, dloc, shapes, B, L, NH, P); return; }
-#endif
-    ms_deform_locations_backward_cpu(doff, dloc, shapes, B, L, NH, P);
-}
-
-void masked_mse_forward(float* loss, const float* pred, const float* target, const float* mask, int N, int C) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { masked_mse_forward_cuda(loss, pred, target, mask, N, C); return; }
-#endif
-    masked_mse_forward_cpu(loss, pred, target, mask, N, C);
-}
-
-void masked_mse_backward(float* dpred, float dloss, const float* pred, const float* target, const float* mask, int N, int C) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { masked_mse_backward_cuda(dpred, dloss, pred, target, mask, N, C); return; }
-#endif
-    masked_mse_backward_cpu(dpred, dloss, pred, target, mask, N, C);
-}
-
-void cross_entropy_forward(float* loss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { cross_entropy_forward_cuda(loss, logits, targets, class_weight, N, C, ignore_index); return; }
-#endif
-    cross_entropy_forward_cpu(loss, logits, targets, class_weight, N, C, ignore_index);
-}
-
-void cross_entropy_backward(float* dlogits, float dloss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { cross_entropy_backward_cuda(dlogits, dloss, logits, targets, class_weight, N, C, ignore_index); return; }
-#endif
-    cross_entropy_backward_cpu(dlogits, dloss, logits, targets, class_weight, N, C, ignore_index);
-}
-
-void sigmoid_bce_forward(float* losses, const float* logits, const float* targets, int M, int P) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { sigmoid_bce_forward_cuda(losses, logits, targets, M, P); return; }
-#endif
-    sigmoid_bce_forward_cpu(losses, logits, targets, M, P);
-}
-
-void sigmoid_bce_backward(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { sigmoid_bce_backward_cuda(dlogits, dlosses, logits, targets, M, P); return; }
-#endif
-    sigmoid_bce_backward_cpu(dlogits, dlosses, logits, targets, M, P);
-}
-
-void dice_loss_forward(float* losses, const float* logits, const float* targets, int M, int P) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { dice_loss_forward_cuda(losses, logits, targets, M, P); return; }
-#endif
-    dice_loss_forward_cpu(losses, logits, targets, M, P);
-}
-
-void dice_loss_backward(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { dice_loss_backward_cuda(dlogits, dlosses, logits, targets, M, P); return; }
-#endif
-    dice_loss_backward_cpu(dlogits, dlosses, logits, targets, M, P);
-}
-
-void adamw_update(float* params, const float* grads, float* m, float* v, size_t N, float lr, float beta1, float beta2, float eps, float weight_decay, int t) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { adamw_update_cuda(params, grads, m, v, N, lr, beta1, beta2, eps, weight_decay, t); return; }
-#endif
-    adamw_update_cpu(params, grads, m, v, N, lr, beta1, beta2, eps, weight_decay, t);
-}
-
-void sum_squares(float* out, const float* x, size_t N) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { sum_squares_cuda(out, x, N); return; }
-#endif
-    sum_squares_cpu(out, x, N);
-}
-
-void mae_prepare_input(float* inp4, float* target, float* target_mask, const float* rgb,
-                       const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps,
-                       int all_pixels) {
-#ifdef TTT_CUDA
-    if (ttt_device == DEVICE_CUDA) { mae_prepare_input_cuda(inp4, target, target_mask, rgb, patch_mask, B, H, W, Hp, Wp, ps, all_pixels); return; }
-#endif
-    mae_prepare_input_cpu(inp4, target, target_mask, rgb, patch_mask, B, H, W, Hp, Wp, ps, all_pixels);
-}
-
 // ----------------------------------------------------------------------------
 // matrix-product precision (ttt.h, MATRIX-PRODUCT PRECISION): the parser and the process-wide
 // setting, in plain C so the CPU tests reach them; ttt_kernels.cu maps it to cuBLAS compute types

@@ -7,11 +7,12 @@
 //   so a tensor used twice (residuals) simply gets both contributions. Callers
 //   zero gradient buffers once before a backward pass. Any gradient pointer
 //   may be NULL, meaning "not needed".
-// - every op exists three times: `name` (dispatches on ttt_device),
+// - every op exists three times: `name` (dispatch.c: picks a backend on ttt_device),
 //   `name_cpu` (reference in ttt.c, float64 or careful float32 accumulation,
 //   OpenMP where loops are large) and `name_cuda` (ttt_kernels.cu, present when
 //   built with nvcc, TTT_CUDA defined). All three have the same signature and
-//   the same memory layout; pointers live on the device the op runs on.
+//   the same memory layout; pointers live on the device the op runs on. This file
+//   shows `name` with its math; the twins are declared in its last section, BACKENDS.
 #ifndef TTT_H
 #define TTT_H
 
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include "ttt_index.h"   // the index math both backends share (window, resize and sampling taps)
 
 #ifdef __cplusplus
 extern "C" {
@@ -68,19 +70,6 @@ void ttt_to_device(void* dst, const void* src, size_t bytes);  // host -> ttt_de
 void ttt_to_host(void* dst, const void* src, size_t bytes);    // ttt_device -> host
 void ttt_synchronize(void);
 
-// CUDA graphs: a fixed sequence of device work (same pointers and sizes on every call) is
-// recorded once and then replayed with one launch, which removes the launch cost of the
-// thousands of small kernels in a TTT step. The first call of a graph runs eagerly (it
-// sizes the workspaces); the second records and runs; later ones replay. On the CPU, with
-// TTT_GRAPHS=0 or TTT_PROFILE=1, the work simply runs each time. A graph whose workspaces
-// have moved since it was recorded is dropped and recorded again. Usage:
-//   if (!device_graph_replay(&g)) { device_graph_begin(&g); ...ops...; device_graph_end(&g); }
-typedef struct { void* exec; long workspace_epoch; double flops; int calls; int capturing; } DeviceGraph;
-int device_graph_replay(DeviceGraph* g);   // 1: replayed (the work is queued); 0: run it
-void device_graph_begin(DeviceGraph* g);
-void device_graph_end(DeviceGraph* g);
-void device_graph_free(DeviceGraph* g);
-
 // ----------------------------------------------------------------------------
 // random numbers: xorshift64*, deterministic across machines
 
@@ -94,8 +83,8 @@ void rng_fill_uniform(Rng* rng, float* x, size_t n, float lo, float hi);  // hos
 void rng_fill_normal(Rng* rng, float* x, size_t n, float mean, float std); // host memory
 
 // ----------------------------------------------------------------------------
-// op library. Each op is listed once with its math; the _cpu and _cuda twins
-// are declared below the dispatched list.
+// op library. Each op is listed once with its math and shapes; its _cpu and _cuda twins
+// are declared at the end of this file (BACKENDS), the dispatchers are in dispatch.c.
 
 #define LN_EPS 1e-5f   // LayerNorm and GroupNorm epsilon (Swin, Mask2Former)
 // Activation arenas hand out pieces that start at multiples of ACT_ALIGN floats (64 bytes):
@@ -243,9 +232,8 @@ void upsample_bilinear_forward(float* out, const float* inp, int B, int H, int W
                                int Ho, int Wo);
 void upsample_bilinear_backward(float* dinp, const float* dout, int B, int H, int W, int C,
                                 int Ho, int Wo);
-// the two source taps of output index dst for a bilinear resize in -> out (the rule above)
-// and the weight of the second; shared by the resize ops and semantic inference
-void bilinear_source(int dst, int in, int out, int* i0, int* i1, float* l1);
+// the index math of the two resizes (nearest_source, bilinear_source) and of point sampling
+// (point_taps) is in ttt_index.h, shared with the CUDA kernels
 
 // point sampling (Mask2Former's point_sample = grid_sample, bilinear, align_corners=False,
 // zero padding): inp (M, H, W) maps, coords (M, P, 2) as (x, y) in [0, 1],
@@ -331,156 +319,6 @@ void adamw_update(float* params, const float* grads, float* m, float* v, size_t 
                   float lr, float beta1, float beta2, float eps, float weight_decay, int t);
 // sum of squares of x (N) written to *out (one float on the device); for grad clipping
 void sum_squares(float* out, const float* x, size_t N);
-
-// ----------------------------------------------------------------------------
-// the _cpu twins (ttt.c) and _cuda twins (ttt_kernels.cu) of every op above.
-// Same arguments; listed in the same order.
-
-void add_forward_cpu(float* out, const float* a, const float* b, size_t N);
-void add_inplace_cpu(float* a, const float* b, size_t N);
-void scale_inplace_cpu(float* x, float s, size_t N);
-void scale_rows_forward_cpu(float* out, const float* inp, const float* scale, int B, size_t N);
-void scale_rows_backward_cpu(float* dinp, const float* dout, const float* scale, int B, size_t N);
-void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
-void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
-void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
-void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
-void groupnorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);
-void groupnorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int HW, int C, int G);
-void gelu_forward_cpu(float* out, const float* inp, size_t N);
-void gelu_backward_cpu(float* dinp, const float* inp, const float* dout, size_t N);
-void relu_forward_cpu(float* out, const float* inp, size_t N);
-void relu_backward_cpu(float* dinp, const float* out, const float* dout, size_t N);
-void sigmoid_forward_cpu(float* out, const float* inp, size_t N);
-void sigmoid_backward_cpu(float* dinp, const float* out, const float* dout, size_t N);
-void softmax_forward_cpu(float* out, const float* inp, int N, int C);
-void softmax_backward_cpu(float* dinp, const float* out, const float* dout, int N, int C);
-void attention_forward_cpu(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
-void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
-void window_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
-void window_attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
-void bias_gather_forward_cpu(float* out, const float* table, const int* index, int N, int NH);
-void bias_gather_backward_cpu(float* dtable, const float* dout, const int* index, int N, int NH);
-void window_partition_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
-void window_partition_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
-void window_reverse_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
-void window_reverse_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
-void patch_merge_forward_cpu(float* out, const float* inp, int B, int H, int W, int C);
-void patch_merge_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C);
-void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
-void conv2d_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
-void upsample_nearest_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo);
-void upsample_nearest_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo);
-void upsample_bilinear_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo);
-void upsample_bilinear_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo);
-void point_sample_forward_cpu(float* out, const float* inp, const float* coords, int M, int H, int W, int P);
-void point_sample_backward_cpu(float* dinp, const float* dout, const float* coords, int M, int H, int W, int P);
-void sine_position_encoding_cpu(float* out, int H, int W, int C);
-void ms_deform_attn_forward_cpu(float* out, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P);
-void ms_deform_attn_backward_cpu(float* dvalue, float* dloc, float* daw, const float* dout, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P);
-void ms_deform_locations_forward_cpu(float* loc, const float* off, const int* shapes, int B, int L, int NH, int P);
-void ms_deform_locations_backward_cpu(float* doff, const float* dloc, const int* shapes, int B, int L, int NH, int P);
-void masked_mse_forward_cpu(float* loss, const float* pred, const float* target, const float* mask, int N, int C);
-void masked_mse_backward_cpu(float* dpred, float dloss, const float* pred, const float* target, const float* mask, int N, int C);
-void cross_entropy_forward_cpu(float* loss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
-void cross_entropy_backward_cpu(float* dlogits, float dloss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
-void sigmoid_bce_forward_cpu(float* losses, const float* logits, const float* targets, int M, int P);
-void sigmoid_bce_backward_cpu(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P);
-void dice_loss_forward_cpu(float* losses, const float* logits, const float* targets, int M, int P);
-void dice_loss_backward_cpu(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P);
-void adamw_update_cpu(float* params, const float* grads, float* m, float* v, size_t N, float lr, float beta1, float beta2, float eps, float weight_decay, int t);
-void sum_squares_cpu(float* out, const float* x, size_t N);
-
-// the algorithmic references of the ops whose _cpu code is optimised beyond its formula (the
-// loops of the formula above, in double, one thread; in ttt.c right above the fast versions;
-// test/test_naive.c checks the fast ones equal them). Same arguments as the op.
-void linear_forward_naive(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
-void linear_backward_naive(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
-void attention_forward_naive(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
-void attention_backward_naive(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
-void conv2d_forward_naive(float* out, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
-void conv2d_backward_naive(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
-
-#ifdef TTT_CUDA
-// CUDA runtime plumbing (ttt_kernels.cu)
-int ttt_cuda_device_count(void);
-void* ttt_cuda_malloc(size_t bytes);
-void ttt_cuda_free(void* p);
-void ttt_cuda_zero(void* p, size_t bytes);
-void ttt_cuda_copy(void* dst, const void* src, size_t bytes, int kind); // 0 d2d, 1 h2d, 2 d2h
-void ttt_cuda_synchronize(void);
-void ttt_cuda_set_tf32(int on);          // matrix products in TF32 (1, default) or float32 (0)
-double ttt_cuda_gemm_flops(void);         // FLOPs of all matrix products issued so far
-void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use / total, bytes
-void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernels for windows T <= 64, HS <= 64 (attention_forward, window_attention_*)
-void ttt_cuda_set_conv_im2col(int on);      // same-size 3x3 convs: 0 shifted GEMMs, 1 im2col, -1 default
-void ttt_cuda_set_conv_scratch_floats(size_t n);  // test hook: shifted-GEMM chunk limit (0: default)
-void ttt_cuda_stage_record(int slot, int which);   // CUDA event of a stage mark (0 start, 1 end)
-float ttt_cuda_stage_elapsed(int slot);            // ms between the two events of a slot (waits)
-void ttt_cuda_timer_start(void);
-double ttt_cuda_timer_stop_ms(void);
-void ttt_cuda_set_graphs(int on);         // CUDA graphs on (1, default unless TTT_GRAPHS=0) or off
-int ttt_cuda_graph_replay(DeviceGraph* g);
-void semantic_inference_cuda(unsigned char* ids, const float* class_logits, const float* mask_logits, int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work);
-void ttt_cuda_graph_begin(DeviceGraph* g);
-void ttt_cuda_graph_end(DeviceGraph* g);
-void ttt_cuda_graph_free(DeviceGraph* g);
-
-void add_forward_cuda(float* out, const float* a, const float* b, size_t N);
-void add_inplace_cuda(float* a, const float* b, size_t N);
-void scale_inplace_cuda(float* x, float s, size_t N);
-void scale_rows_forward_cuda(float* out, const float* inp, const float* scale, int B, size_t N);
-void scale_rows_backward_cuda(float* dinp, const float* dout, const float* scale, int B, size_t N);
-void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
-void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
-void layernorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
-void layernorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
-void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);
-void groupnorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int HW, int C, int G);
-void gelu_forward_cuda(float* out, const float* inp, size_t N);
-void gelu_backward_cuda(float* dinp, const float* inp, const float* dout, size_t N);
-void relu_forward_cuda(float* out, const float* inp, size_t N);
-void relu_backward_cuda(float* dinp, const float* out, const float* dout, size_t N);
-void sigmoid_forward_cuda(float* out, const float* inp, size_t N);
-void sigmoid_backward_cuda(float* dinp, const float* out, const float* dout, size_t N);
-void softmax_forward_cuda(float* out, const float* inp, int N, int C);
-void softmax_backward_cuda(float* dinp, const float* out, const float* dout, int N, int C);
-void attention_forward_cuda(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
-void attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
-void window_attention_forward_cuda(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
-void window_attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
-void bias_gather_forward_cuda(float* out, const float* table, const int* index, int N, int NH);
-void bias_gather_backward_cuda(float* dtable, const float* dout, const int* index, int N, int NH);
-void window_partition_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
-void window_partition_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
-void window_reverse_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
-void window_reverse_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
-void patch_merge_forward_cuda(float* out, const float* inp, int B, int H, int W, int C);
-void patch_merge_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C);
-void conv2d_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
-void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
-void upsample_nearest_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo);
-void upsample_nearest_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo);
-void upsample_bilinear_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo);
-void upsample_bilinear_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo);
-void point_sample_forward_cuda(float* out, const float* inp, const float* coords, int M, int H, int W, int P);
-void point_sample_backward_cuda(float* dinp, const float* dout, const float* coords, int M, int H, int W, int P);
-void sine_position_encoding_cuda(float* out, int H, int W, int C);
-void ms_deform_attn_forward_cuda(float* out, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P);
-void ms_deform_attn_backward_cuda(float* dvalue, float* dloc, float* daw, const float* dout, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P);
-void ms_deform_locations_forward_cuda(float* loc, const float* off, const int* shapes, int B, int L, int NH, int P);
-void ms_deform_locations_backward_cuda(float* doff, const float* dloc, const int* shapes, int B, int L, int NH, int P);
-void masked_mse_forward_cuda(float* loss, const float* pred, const float* target, const float* mask, int N, int C);
-void masked_mse_backward_cuda(float* dpred, float dloss, const float* pred, const float* target, const float* mask, int N, int C);
-void cross_entropy_forward_cuda(float* loss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
-void cross_entropy_backward_cuda(float* dlogits, float dloss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
-void sigmoid_bce_forward_cuda(float* losses, const float* logits, const float* targets, int M, int P);
-void sigmoid_bce_backward_cuda(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P);
-void dice_loss_forward_cuda(float* losses, const float* logits, const float* targets, int M, int P);
-void dice_loss_backward_cuda(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P);
-void adamw_update_cuda(float* params, const float* grads, float* m, float* v, size_t N, float lr, float beta1, float beta2, float eps, float weight_decay, int t);
-void sum_squares_cuda(float* out, const float* x, size_t N);
-#endif
 
 // ----------------------------------------------------------------------------
 // images and labels (stb_image / stb_image_write)
@@ -1046,10 +884,6 @@ void m2f_backward(const M2FConfig* cfg, const M2FParams* p, M2FParams* grads, co
 //   a row (b, q) with every t blocked is reopened entirely;
 //   mask_add = -INFINITY where blocked else 0. No backward.
 void attn_mask_from_logits(float* mask_add, const float* logits, int B, int Q, int T);
-void attn_mask_from_logits_cpu(float* mask_add, const float* logits, int B, int Q, int T);
-#ifdef TTT_CUDA
-void attn_mask_from_logits_cuda(float* mask_add, const float* logits, int B, int Q, int T);
-#endif
 
 // ---- inference (host memory) ----
 // Semantic: for one image, class_logits (Q, K+1), mask_logits (Q, H4, W4) of the last prediction.
@@ -1309,7 +1143,13 @@ void model_train_step(Model* m, const float* images, const unsigned char* labels
                       const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae);
 // confusion matrix (K x K, rows = label) of a prediction; 255 labels are skipped
 void confusion_update(int64_t* conf, const unsigned char* pred, const unsigned char* label, size_t n, int K);
-// per-class IoU (NAN for classes absent from labels and prediction) and their mean over the rest
+// IoU of one class from its pixel counts: inter / uni (intersection and union of the class in
+// prediction and label), NAN when uni = 0 (the class in neither)
+double class_iou(int64_t inter, int64_t uni);
+// per-class IoU (class_iou of each of K classes, written to iou unless NULL) and their mean over
+// the classes that are not NAN (the mIoU; NAN when all are), from per-class counts ...
+double mean_iou_counts(const int64_t* inter, const int64_t* uni, int K, double* iou);
+// ... or from a confusion matrix (inter = TP, uni = TP + FP + FN)
 double mean_iou(const int64_t* conf, int K, double* iou);
 
 // checksums of parameter groups, for tests and logs: 0 = f, 1 = h, 2 = g
@@ -1353,14 +1193,6 @@ int model_adam_step(const Model* m);          // AdamW steps taken (bias correct
 void mae_prepare_input(float* inp4, float* target, float* target_mask, const float* rgb,
                        const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps,
                        int all_pixels);
-void mae_prepare_input_cpu(float* inp4, float* target, float* target_mask, const float* rgb,
-                           const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps,
-                           int all_pixels);
-#ifdef TTT_CUDA
-void mae_prepare_input_cuda(float* inp4, float* target, float* target_mask, const float* rgb,
-                            const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps,
-                            int all_pixels);
-#endif
 
 // ----------------------------------------------------------------------------
 // OTHER TEST-TIME TECHNIQUES (Table 1 of the paper; mae.c, last section): Main Task Only,
@@ -1441,22 +1273,6 @@ void semantic_entropy_forward(float* loss, const float* class_logits, const floa
 void semantic_entropy_backward(float* dclass_logits, float* dmask_logits, float dloss,
                                const float* class_logits, const float* mask_logits,
                                int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
-void semantic_scores_cpu(float* scores, const float* class_logits, const float* mask_logits, int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work);
-void class_argmax_cpu(unsigned char* ids, const float* scores, int N, int K, float min_conf);
-void flip_width_cpu(float* out, const float* inp, int B, int H, int W, int C);
-void majority_vote_cpu(unsigned char* ids, const unsigned char* votes, int V, int N);
-void layernorm_adapt_forward_cpu(float* out, float* mean, float* rstd, float* hist_mean, float* hist_var, const int* state, const float* inp, const float* weight, const float* bias, int N, int C, int cap, float prior);
-void semantic_entropy_forward_cpu(float* loss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
-void semantic_entropy_backward_cpu(float* dclass_logits, float* dmask_logits, float dloss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
-#ifdef TTT_CUDA
-void semantic_scores_cuda(float* scores, const float* class_logits, const float* mask_logits, int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work);
-void class_argmax_cuda(unsigned char* ids, const float* scores, int N, int K, float min_conf);
-void flip_width_cuda(float* out, const float* inp, int B, int H, int W, int C);
-void majority_vote_cuda(unsigned char* ids, const unsigned char* votes, int V, int N);
-void layernorm_adapt_forward_cuda(float* out, float* mean, float* rstd, float* hist_mean, float* hist_var, const int* state, const float* inp, const float* weight, const float* bias, int N, int C, int cap, float prior);
-void semantic_entropy_forward_cuda(float* loss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
-void semantic_entropy_backward_cuda(float* dclass_logits, float* dmask_logits, float dloss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
-#endif
 
 // While set, every layernorm_forward call goes to the hook instead of the op (ttt.c's
 // dispatcher): the Predictor installs it around its forward pass for LN Adapt.
@@ -1547,21 +1363,6 @@ double time_now_seconds(void);  // monotonic wall clock
 // naming the option, exit 1
 int parse_int_arg(const char* opt, const char* s, int lo);
 float parse_float_arg(const char* opt, const char* s, float lo);
-// Stage timing for benchmarks. While enabled, stage_begin(name) ends the open stage and
-// opens the next; stage_begin(NULL) ends it. Device time between the marks is summed per
-// name: CUDA events on the GPU (CUDA graphs are off meanwhile, their work cannot be split),
-// the host clock on the CPU. Disabled (the default), a mark costs one branch.
-#define MAX_STAGES 16
-#define STAGE_MAX_PENDING 4096   // intervals held before they are folded into totals
-void stage_timing_enable(int on);
-int stage_timing_enabled(void);
-void stage_begin(const char* name);
-const char* stage_current(void);   // the open stage's name (NULL: none, or timing off)
-// totals so far (waits for the device): names and ms, returns the number of stages; resets
-int stage_timing_collect(const char** names, double* ms, int max);
-// one interval of device time for benchmarks: CUDA events on the GPU, host clock on the CPU
-void device_timer_start(void);
-double device_timer_stop_ms(void);   // waits for the device
 int is_finite_array(const float* x, size_t n);  // host memory
 // drawing on an RGB image (H, W, 3) in [0, 1], host memory (overlays and plots): one pixel,
 // and text in a 3x5 pixel font (digits, capitals, . - = / ( ) and space; scale x scale per dot)
@@ -2087,6 +1888,230 @@ long ttt_cuda_linear_lt_calls(int which);    // calls done by cuBLASLt: 0 forwar
 // the card's dense bf16 rate in TFLOP/s: n^3 bf16 GEMMs (float32 sums), warmup then iters timed
 double ttt_cuda_bf16_peak_tflops(int n, int warmup, int iters);
 #endif
+
+// ============================================================================
+// end of MATRIX-PRODUCT PRECISION
+// ============================================================================
+
+// ============================================================================
+// BACKENDS: what the dispatchers call (dispatch.c), and the device plumbing
+// ============================================================================
+// Nothing above needs this section to be read: every op is documented once, in its dispatched
+// form. Here: CUDA graphs and the timers, the _cpu twins (CPU references: ttt.c, mask2former.c,
+// mae.c), the _naive references, the _cuda twins (ttt_kernels.cu) and the CUDA runtime
+// (ttt_runtime.cu). Twins take the op's arguments and are listed in the op's order.
+
+// ---- CUDA graphs and timers (dispatch.c; on the GPU through ttt_runtime.cu) ----
+// CUDA graphs: a fixed sequence of device work (same pointers and sizes on every call) is
+// recorded once and then replayed with one launch, which removes the launch cost of the
+// thousands of small kernels in a TTT step. The first call of a graph runs eagerly (it
+// sizes the workspaces); the second records and runs; later ones replay. On the CPU, with
+// TTT_GRAPHS=0 or TTT_PROFILE=1, the work simply runs each time. A graph whose workspaces
+// have moved since it was recorded is dropped and recorded again. Usage:
+//   if (!device_graph_replay(&g)) { device_graph_begin(&g); ...ops...; device_graph_end(&g); }
+typedef struct { void* exec; long workspace_epoch; double flops; int calls; int capturing; } DeviceGraph;
+int device_graph_replay(DeviceGraph* g);   // 1: replayed (the work is queued); 0: run it
+void device_graph_begin(DeviceGraph* g);
+void device_graph_end(DeviceGraph* g);
+void device_graph_free(DeviceGraph* g);
+
+// Stage timing for benchmarks. While enabled, stage_begin(name) ends the open stage and
+// opens the next; stage_begin(NULL) ends it. Device time between the marks is summed per
+// name: CUDA events on the GPU (CUDA graphs are off meanwhile, their work cannot be split),
+// the host clock on the CPU. Disabled (the default), a mark costs one branch.
+#define MAX_STAGES 16
+#define STAGE_MAX_PENDING 4096   // intervals held before they are folded into totals
+void stage_timing_enable(int on);
+int stage_timing_enabled(void);
+void stage_begin(const char* name);
+const char* stage_current(void);   // the open stage's name (NULL: none, or timing off)
+// totals so far (waits for the device): names and ms, returns the number of stages; resets
+int stage_timing_collect(const char** names, double* ms, int max);
+// one interval of device time for benchmarks: CUDA events on the GPU, host clock on the CPU
+void device_timer_start(void);
+double device_timer_stop_ms(void);   // waits for the device
+
+// ---- the _cpu twins ----
+
+void add_forward_cpu(float* out, const float* a, const float* b, size_t N);
+void add_inplace_cpu(float* a, const float* b, size_t N);
+void scale_inplace_cpu(float* x, float s, size_t N);
+void scale_rows_forward_cpu(float* out, const float* inp, const float* scale, int B, size_t N);
+void scale_rows_backward_cpu(float* dinp, const float* dout, const float* scale, int B, size_t N);
+void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
+void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
+void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
+void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
+void groupnorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);
+void groupnorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int HW, int C, int G);
+void gelu_forward_cpu(float* out, const float* inp, size_t N);
+void gelu_backward_cpu(float* dinp, const float* inp, const float* dout, size_t N);
+void relu_forward_cpu(float* out, const float* inp, size_t N);
+void relu_backward_cpu(float* dinp, const float* out, const float* dout, size_t N);
+void sigmoid_forward_cpu(float* out, const float* inp, size_t N);
+void sigmoid_backward_cpu(float* dinp, const float* out, const float* dout, size_t N);
+void softmax_forward_cpu(float* out, const float* inp, int N, int C);
+void softmax_backward_cpu(float* dinp, const float* out, const float* dout, int N, int C);
+void attention_forward_cpu(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void window_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
+void window_attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
+void bias_gather_forward_cpu(float* out, const float* table, const int* index, int N, int NH);
+void bias_gather_backward_cpu(float* dtable, const float* dout, const int* index, int N, int NH);
+void window_partition_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
+void window_partition_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
+void window_reverse_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
+void window_reverse_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
+void patch_merge_forward_cpu(float* out, const float* inp, int B, int H, int W, int C);
+void patch_merge_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C);
+void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
+void conv2d_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
+void upsample_nearest_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo);
+void upsample_nearest_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo);
+void upsample_bilinear_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo);
+void upsample_bilinear_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo);
+void point_sample_forward_cpu(float* out, const float* inp, const float* coords, int M, int H, int W, int P);
+void point_sample_backward_cpu(float* dinp, const float* dout, const float* coords, int M, int H, int W, int P);
+void sine_position_encoding_cpu(float* out, int H, int W, int C);
+void ms_deform_attn_forward_cpu(float* out, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P);
+void ms_deform_attn_backward_cpu(float* dvalue, float* dloc, float* daw, const float* dout, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P);
+void ms_deform_locations_forward_cpu(float* loc, const float* off, const int* shapes, int B, int L, int NH, int P);
+void ms_deform_locations_backward_cpu(float* doff, const float* dloc, const int* shapes, int B, int L, int NH, int P);
+void masked_mse_forward_cpu(float* loss, const float* pred, const float* target, const float* mask, int N, int C);
+void masked_mse_backward_cpu(float* dpred, float dloss, const float* pred, const float* target, const float* mask, int N, int C);
+void cross_entropy_forward_cpu(float* loss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
+void cross_entropy_backward_cpu(float* dlogits, float dloss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
+void sigmoid_bce_forward_cpu(float* losses, const float* logits, const float* targets, int M, int P);
+void sigmoid_bce_backward_cpu(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P);
+void dice_loss_forward_cpu(float* losses, const float* logits, const float* targets, int M, int P);
+void dice_loss_backward_cpu(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P);
+void adamw_update_cpu(float* params, const float* grads, float* m, float* v, size_t N, float lr, float beta1, float beta2, float eps, float weight_decay, int t);
+void sum_squares_cpu(float* out, const float* x, size_t N);
+void attn_mask_from_logits_cpu(float* mask_add, const float* logits, int B, int Q, int T);
+void mae_prepare_input_cpu(float* inp4, float* target, float* target_mask, const float* rgb,
+                           const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps,
+                           int all_pixels);
+void semantic_scores_cpu(float* scores, const float* class_logits, const float* mask_logits, int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work);
+void class_argmax_cpu(unsigned char* ids, const float* scores, int N, int K, float min_conf);
+void flip_width_cpu(float* out, const float* inp, int B, int H, int W, int C);
+void majority_vote_cpu(unsigned char* ids, const unsigned char* votes, int V, int N);
+void layernorm_adapt_forward_cpu(float* out, float* mean, float* rstd, float* hist_mean, float* hist_var, const int* state, const float* inp, const float* weight, const float* bias, int N, int C, int cap, float prior);
+void semantic_entropy_forward_cpu(float* loss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
+void semantic_entropy_backward_cpu(float* dclass_logits, float* dmask_logits, float dloss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
+
+// ---- the _naive references ----
+// the algorithmic references of the ops whose _cpu code is optimised beyond its formula (the
+// loops of the op's formula, in double, one thread; in ttt.c right above the fast versions;
+// test/test_naive.c checks the fast ones equal them). Same arguments as the op.
+void linear_forward_naive(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
+void linear_backward_naive(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
+void attention_forward_naive(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void attention_backward_naive(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void conv2d_forward_naive(float* out, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
+void conv2d_backward_naive(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
+
+// ---- the _cuda twins (ttt_kernels.cu) ----
+// A build without CUDA (no nvcc, or make NO_CUDA=1) links no CUDA objects: there these names are
+// weak declarations that nothing defines, which links because the dispatchers never call them
+// in such a build (dispatch.c's on_gpu() is 0). With CUDA, CUDA_TWIN is empty.
+#ifdef TTT_CUDA
+#define CUDA_TWIN
+#else
+#define CUDA_TWIN __attribute__((weak))
+#endif
+CUDA_TWIN void add_forward_cuda(float* out, const float* a, const float* b, size_t N);
+CUDA_TWIN void add_inplace_cuda(float* a, const float* b, size_t N);
+CUDA_TWIN void scale_inplace_cuda(float* x, float s, size_t N);
+CUDA_TWIN void scale_rows_forward_cuda(float* out, const float* inp, const float* scale, int B, size_t N);
+CUDA_TWIN void scale_rows_backward_cuda(float* dinp, const float* dout, const float* scale, int B, size_t N);
+CUDA_TWIN void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
+CUDA_TWIN void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
+CUDA_TWIN void layernorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
+CUDA_TWIN void layernorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
+CUDA_TWIN void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);
+CUDA_TWIN void groupnorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int HW, int C, int G);
+CUDA_TWIN void gelu_forward_cuda(float* out, const float* inp, size_t N);
+CUDA_TWIN void gelu_backward_cuda(float* dinp, const float* inp, const float* dout, size_t N);
+CUDA_TWIN void relu_forward_cuda(float* out, const float* inp, size_t N);
+CUDA_TWIN void relu_backward_cuda(float* dinp, const float* out, const float* dout, size_t N);
+CUDA_TWIN void sigmoid_forward_cuda(float* out, const float* inp, size_t N);
+CUDA_TWIN void sigmoid_backward_cuda(float* dinp, const float* out, const float* dout, size_t N);
+CUDA_TWIN void softmax_forward_cuda(float* out, const float* inp, int N, int C);
+CUDA_TWIN void softmax_backward_cuda(float* dinp, const float* out, const float* dout, int N, int C);
+CUDA_TWIN void attention_forward_cuda(float* out, float* att, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+CUDA_TWIN void attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+CUDA_TWIN void window_attention_forward_cuda(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
+CUDA_TWIN void window_attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
+CUDA_TWIN void bias_gather_forward_cuda(float* out, const float* table, const int* index, int N, int NH);
+CUDA_TWIN void bias_gather_backward_cuda(float* dtable, const float* dout, const int* index, int N, int NH);
+CUDA_TWIN void window_partition_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
+CUDA_TWIN void window_partition_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
+CUDA_TWIN void window_reverse_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
+CUDA_TWIN void window_reverse_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
+CUDA_TWIN void patch_merge_forward_cuda(float* out, const float* inp, int B, int H, int W, int C);
+CUDA_TWIN void patch_merge_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C);
+CUDA_TWIN void conv2d_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
+CUDA_TWIN void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
+CUDA_TWIN void upsample_nearest_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo);
+CUDA_TWIN void upsample_nearest_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo);
+CUDA_TWIN void upsample_bilinear_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo);
+CUDA_TWIN void upsample_bilinear_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo);
+CUDA_TWIN void point_sample_forward_cuda(float* out, const float* inp, const float* coords, int M, int H, int W, int P);
+CUDA_TWIN void point_sample_backward_cuda(float* dinp, const float* dout, const float* coords, int M, int H, int W, int P);
+CUDA_TWIN void sine_position_encoding_cuda(float* out, int H, int W, int C);
+CUDA_TWIN void ms_deform_attn_forward_cuda(float* out, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P);
+CUDA_TWIN void ms_deform_attn_backward_cuda(float* dvalue, float* dloc, float* daw, const float* dout, const float* value, const int* shapes, const float* loc, const float* aw, int B, int S, int Lq, int NH, int HD, int L, int P);
+CUDA_TWIN void ms_deform_locations_forward_cuda(float* loc, const float* off, const int* shapes, int B, int L, int NH, int P);
+CUDA_TWIN void ms_deform_locations_backward_cuda(float* doff, const float* dloc, const int* shapes, int B, int L, int NH, int P);
+CUDA_TWIN void masked_mse_forward_cuda(float* loss, const float* pred, const float* target, const float* mask, int N, int C);
+CUDA_TWIN void masked_mse_backward_cuda(float* dpred, float dloss, const float* pred, const float* target, const float* mask, int N, int C);
+CUDA_TWIN void cross_entropy_forward_cuda(float* loss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
+CUDA_TWIN void cross_entropy_backward_cuda(float* dlogits, float dloss, const float* logits, const int* targets, const float* class_weight, int N, int C, int ignore_index);
+CUDA_TWIN void sigmoid_bce_forward_cuda(float* losses, const float* logits, const float* targets, int M, int P);
+CUDA_TWIN void sigmoid_bce_backward_cuda(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P);
+CUDA_TWIN void dice_loss_forward_cuda(float* losses, const float* logits, const float* targets, int M, int P);
+CUDA_TWIN void dice_loss_backward_cuda(float* dlogits, const float* dlosses, const float* logits, const float* targets, int M, int P);
+CUDA_TWIN void adamw_update_cuda(float* params, const float* grads, float* m, float* v, size_t N, float lr, float beta1, float beta2, float eps, float weight_decay, int t);
+CUDA_TWIN void sum_squares_cuda(float* out, const float* x, size_t N);
+CUDA_TWIN void attn_mask_from_logits_cuda(float* mask_add, const float* logits, int B, int Q, int T);
+CUDA_TWIN void mae_prepare_input_cuda(float* inp4, float* target, float* target_mask, const float* rgb,
+                                      const unsigned char* patch_mask, int B, int H, int W, int Hp, int Wp, int ps,
+                                      int all_pixels);
+CUDA_TWIN void semantic_inference_cuda(unsigned char* ids, const float* class_logits, const float* mask_logits, int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work);
+CUDA_TWIN void semantic_scores_cuda(float* scores, const float* class_logits, const float* mask_logits, int Q, int K, int H4, int W4, int H, int W, int Ho, int Wo, float* work);
+CUDA_TWIN void class_argmax_cuda(unsigned char* ids, const float* scores, int N, int K, float min_conf);
+CUDA_TWIN void flip_width_cuda(float* out, const float* inp, int B, int H, int W, int C);
+CUDA_TWIN void majority_vote_cuda(unsigned char* ids, const unsigned char* votes, int V, int N);
+CUDA_TWIN void layernorm_adapt_forward_cuda(float* out, float* mean, float* rstd, float* hist_mean, float* hist_var, const int* state, const float* inp, const float* weight, const float* bias, int N, int C, int cap, float prior);
+CUDA_TWIN void semantic_entropy_forward_cuda(float* loss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
+CUDA_TWIN void semantic_entropy_backward_cuda(float* dclass_logits, float* dmask_logits, float dloss, const float* class_logits, const float* mask_logits, int B, int Q, int K, int H4, int W4, int Hv, int Wv, float* work);
+
+// ---- CUDA runtime (ttt_runtime.cu; the three set_ switches of kernels: ttt_kernels.cu) ----
+CUDA_TWIN int ttt_cuda_device_count(void);
+CUDA_TWIN void* ttt_cuda_malloc(size_t bytes);
+CUDA_TWIN void ttt_cuda_free(void* p);
+CUDA_TWIN void ttt_cuda_zero(void* p, size_t bytes);
+CUDA_TWIN void ttt_cuda_copy(void* dst, const void* src, size_t bytes, int kind); // 0 d2d, 1 h2d, 2 d2h
+CUDA_TWIN void ttt_cuda_synchronize(void);
+CUDA_TWIN void ttt_cuda_set_tf32(int on);          // matrix products in TF32 (1, default) or float32 (0)
+CUDA_TWIN double ttt_cuda_gemm_flops(void);         // FLOPs of all matrix products issued so far
+CUDA_TWIN void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use / total, bytes
+CUDA_TWIN void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernel for windows T <= 64
+CUDA_TWIN void ttt_cuda_set_conv_im2col(int on);      // same-size 3x3 convs: 0 shifted GEMMs, 1 im2col, -1 default
+CUDA_TWIN void ttt_cuda_set_conv_scratch_floats(size_t n);  // test hook: shifted-GEMM chunk limit (0: default)
+CUDA_TWIN void ttt_cuda_stage_record(int slot, int which);   // CUDA event of a stage mark (0 start, 1 end)
+CUDA_TWIN float ttt_cuda_stage_elapsed(int slot);            // ms between the two events of a slot (waits)
+CUDA_TWIN void ttt_cuda_timer_start(void);
+CUDA_TWIN double ttt_cuda_timer_stop_ms(void);
+CUDA_TWIN void ttt_cuda_set_graphs(int on);         // CUDA graphs on (1, default unless TTT_GRAPHS=0) or off
+CUDA_TWIN int ttt_cuda_graph_replay(DeviceGraph* g);
+CUDA_TWIN void ttt_cuda_graph_begin(DeviceGraph* g);
+CUDA_TWIN void ttt_cuda_graph_end(DeviceGraph* g);
+CUDA_TWIN void ttt_cuda_graph_free(DeviceGraph* g);
+
+// ============================================================================
+// end of BACKENDS
+// ============================================================================
 
 #ifdef __cplusplus
 }

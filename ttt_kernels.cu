@@ -1,4 +1,4 @@
-// ttt_kernels.cu: the CUDA twin of every op in ttt.h, plus the CUDA runtime plumbing.
+// ttt_kernels.cu: the CUDA twin of every op in ttt.h (the runtime: ttt_runtime.cu).
 // Same signatures and layouts as the CPU references in ttt.c; every pointer lives on
 // the GPU. Matrix products go through cuBLAS in TF32 (CUBLAS_COMPUTE_32F_FAST_TF32,
 // float32 accumulation); everything else is a hand-written kernel. All work runs on
@@ -12,311 +12,11 @@
 // Swin's small-window attention forward (T <= 64) is one fused kernel in float32.
 // Environment switches: TTT_TF32=0 (float32 matrix products), TTT_FUSED_ATTENTION=0
 // (cuBLAS path for windows too), TTT_CONV_IM2COL=0|1 (same-size 3x3 convs by shifted
-// GEMMs | im2col; default: CONV_IM2COL_DEFAULT below),
-// TTT_PROFILE=1 (device time per op printed at exit),
-// TTT_GRAPHS=0 (no CUDA graphs: every kernel launched from the host each time).
+// GEMMs | im2col; default: CONV_IM2COL_DEFAULT below); ttt_runtime.cu reads TTT_PROFILE and
+// TTT_GRAPHS.
 // Checked with compute-sanitizer: memcheck on test/gpu_ops, racecheck on test/gpu_model.
-#include <cuda_runtime.h>
-#include <cublas_v2.h>
 #include <float.h>
-#include "ttt.h"
-
-// ----------------------------------------------------------------------------
-// error checking: every CUDA / cuBLAS call and every launch
-
-static void cuda_check(cudaError_t err, const char* file, int line) {
-    if (err != cudaSuccess) {
-        fprintf(stderr, "error: CUDA: %s  [%s:%d]\n", cudaGetErrorString(err), file, line);
-        exit(1);
-    }
-}
-#define cudaCheck(err) cuda_check((err), __FILE__, __LINE__)
-// after every kernel launch: catches bad launch configurations at once
-#define launchCheck() cuda_check(cudaGetLastError(), __FILE__, __LINE__)
-
-static void cublas_check(cublasStatus_t st, const char* file, int line) {
-    if (st != CUBLAS_STATUS_SUCCESS) {
-        fprintf(stderr, "error: cuBLAS status %d  [%s:%d]\n", (int)st, file, line);
-        exit(1);
-    }
-}
-#define cublasCheck(st) cublas_check((st), __FILE__, __LINE__)
-
-// grid size for n elements at `threads` per block (a grid-stride loop covers the rest)
-static unsigned int grid_for(size_t n, int threads) {
-    size_t blocks = (n + threads - 1) / threads;
-    if (blocks > 65535u * 16u) blocks = 65535u * 16u;
-    return blocks > 0 ? (unsigned int)blocks : 1u;
-}
-
-// ----------------------------------------------------------------------------
-// runtime plumbing
-
-extern "C" int ttt_cuda_device_count(void) {
-    // no driver or no GPU is not an error here: the CPU path keeps working
-    int n = 0;
-    cudaError_t err = cudaGetDeviceCount(&n);
-    if (err != cudaSuccess) { cudaGetLastError(); return 0; }
-    return n;
-}
-
-static int graph_capturing = 0;   // 1 while a CUDA graph is being recorded
-
-extern "C" void* ttt_cuda_malloc(size_t bytes) {
-    if (graph_capturing) ttt_die("internal: GPU memory allocated while a CUDA graph was recorded (run with TTT_GRAPHS=0)");
-    void* p = NULL;
-    cudaError_t err = cudaMalloc(&p, bytes > 0 ? bytes : 1);
-    if (err != cudaSuccess) {
-        size_t free_b = 0, total_b = 0;
-        cudaGetLastError();
-        cudaMemGetInfo(&free_b, &total_b);
-        fprintf(stderr, "error: out of GPU memory allocating %zu bytes (%.2f GiB; %.2f GiB free of %.2f): %s\n",
-                bytes, bytes / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0,
-                cudaGetErrorString(err));
-        exit(1);
-    }
-    return p;
-}
-
-extern "C" void ttt_cuda_free(void* p) {
-    if (graph_capturing) ttt_die("internal: GPU memory freed while a CUDA graph was recorded (run with TTT_GRAPHS=0)");
-    if (p) cudaCheck(cudaFree(p));
-}
-
-extern "C" void ttt_cuda_zero(void* p, size_t bytes) {
-    if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, cudaStreamPerThread));
-}
-
-extern "C" void ttt_cuda_copy(void* dst, const void* src, size_t bytes, int kind) {
-    if (bytes == 0) return;
-    cudaMemcpyKind k = kind == 1 ? cudaMemcpyHostToDevice
-                     : kind == 2 ? cudaMemcpyDeviceToHost : cudaMemcpyDeviceToDevice;
-    if (k == cudaMemcpyDeviceToDevice) cudaCheck(cudaMemcpyAsync(dst, src, bytes, k, cudaStreamPerThread));
-    else cudaCheck(cudaMemcpy(dst, src, bytes, k));   // host memory: waits for the stream
-}
-
-extern "C" void ttt_cuda_synchronize(void) { cudaCheck(cudaDeviceSynchronize()); }
-
-// one cuBLAS handle for the process, created on first use, on our stream and with a
-// workspace of its own (so that cuBLAS never allocates while a graph is being recorded)
-static cublasHandle_t cublas_handle = NULL;
-static cublasHandle_t get_cublas(void) {
-    if (cublas_handle == NULL) {
-        const size_t workspace_bytes = 32u << 20;
-        cublasCheck(cublasCreate(&cublas_handle));
-        cublasCheck(cublasSetStream(cublas_handle, cudaStreamPerThread));
-        cublasCheck(cublasSetWorkspace(cublas_handle, ttt_cuda_malloc(workspace_bytes), workspace_bytes));
-    }
-    return cublas_handle;
-}
-
-// persistent growable workspaces (never shrink). Growing frees the old buffer;
-// cudaFree waits for the device, so kernels still reading it finish first.
-typedef struct { void* ptr; size_t bytes; } Workspace;
-static Workspace ws_gemm;     // im2col / col2im columns, attention score gradients
-static Workspace ws_reduce;   // partial sums of reductions (doubles)
-static long workspace_epoch = 0;   // bumped whenever a workspace moves (graphs record pointers)
-static void* workspace_get(Workspace* w, size_t bytes) {
-    if (bytes > w->bytes) {
-        if (graph_capturing)
-            ttt_die("internal: a CUDA workspace had to grow while a graph was recorded (run with TTT_GRAPHS=0)");
-        workspace_epoch++;
-        if (w->ptr) cudaCheck(cudaFree(w->ptr));
-        size_t grow = bytes + bytes / 4;
-        w->ptr = ttt_cuda_malloc(grow);
-        w->bytes = grow;
-    }
-    return w->ptr;
-}
-
-// matrix products in TF32 (default) or full float32; FLOPs issued so far (2 M N K each).
-// The environment variable TTT_TF32=0 selects float32 until ttt_cuda_set_tf32 is called.
-static int gemm_tf32 = -1;
-static double gemm_flop_count = 0.0;
-extern "C" void ttt_cuda_set_tf32(int on) { gemm_tf32 = on != 0; }
-extern "C" double ttt_cuda_gemm_flops(void) { return gemm_flop_count; }
-
-extern "C" void ttt_cuda_memory_info(size_t* used, size_t* total) {
-    size_t free_b = 0, total_b = 0;
-    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
-    *used = total_b - free_b;
-    *total = total_b;
-}
-
-// ----------------------------------------------------------------------------
-// per-op timing, on when the environment has TTT_PROFILE=1: every _cuda op records a CUDA
-// event pair around its work (an OpTimer on its stack); at exit the total time per op is
-// printed to stderr, sorted. Off: one branch per op.
-
-#define PROF_MAX_OPS 96
-#define PROF_MAX_PENDING 65536
-static int prof_on = -1;
-static const char* prof_names[PROF_MAX_OPS];
-static double prof_ms[PROF_MAX_OPS];
-static long prof_calls[PROF_MAX_OPS];
-static int prof_nops = 0;
-static cudaEvent_t prof_ev[PROF_MAX_PENDING][2];
-static int prof_ev_op[PROF_MAX_PENDING];
-static int prof_npending = 0, prof_nev_created = 0;
-
-// fold the recorded pairs into the per-op totals (waits for the device)
-static void prof_flush(void) {
-    if (prof_npending == 0) return;
-    cudaCheck(cudaDeviceSynchronize());
-    for (int i = 0; i < prof_npending; i++) {
-        float ms = 0.0f;
-        cudaCheck(cudaEventElapsedTime(&ms, prof_ev[i][0], prof_ev[i][1]));
-        prof_ms[prof_ev_op[i]] += ms;
-        prof_calls[prof_ev_op[i]]++;
-    }
-    prof_npending = 0;
-}
-
-static void prof_report(void) {
-    prof_flush();
-    double total = 0.0;
-    for (int i = 0; i < prof_nops; i++) total += prof_ms[i];
-    fprintf(stderr, "TTT_PROFILE: device time per op (sum of event intervals), total %.2f ms\n", total);
-    int order[PROF_MAX_OPS];
-    for (int i = 0; i < prof_nops; i++) order[i] = i;
-    for (int i = 1; i < prof_nops; i++)   // insertion sort by time, descending
-        for (int j = i; j > 0 && prof_ms[order[j]] > prof_ms[order[j - 1]]; j--) {
-            int t = order[j]; order[j] = order[j - 1]; order[j - 1] = t;
-        }
-    for (int k = 0; k < prof_nops; k++) {
-        int i = order[k];
-        fprintf(stderr, "  %-32s %10.2f ms %5.1f%%  %8ld calls\n", prof_names[i], prof_ms[i],
-                100.0 * prof_ms[i] / (total > 0 ? total : 1), prof_calls[i]);
-    }
-}
-
-static int prof_depth = 0;   // only the outermost op is timed (conv2d 1x1 calls linear)
-struct OpTimer {
-    int slot;
-    OpTimer(const char* name) : slot(-1) {
-        prof_depth++;
-        if (prof_depth > 1) return;
-        if (prof_on < 0) {
-            const char* e = getenv("TTT_PROFILE");
-            prof_on = e && e[0] == '1';
-            if (prof_on) atexit(prof_report);
-        }
-        if (!prof_on) return;
-        int op = 0;
-        while (op < prof_nops && prof_names[op] != name) op++;
-        if (op == prof_nops) {
-            if (prof_nops == PROF_MAX_OPS) return;
-            prof_names[prof_nops++] = name;
-        }
-        if (prof_npending == PROF_MAX_PENDING) prof_flush();
-        slot = prof_npending++;
-        if (slot >= prof_nev_created) {
-            cudaCheck(cudaEventCreate(&prof_ev[slot][0]));
-            cudaCheck(cudaEventCreate(&prof_ev[slot][1]));
-            prof_nev_created = slot + 1;
-        }
-        prof_ev_op[slot] = op;
-        cudaCheck(cudaEventRecord(prof_ev[slot][0]));
-    }
-    ~OpTimer() {
-        prof_depth--;
-        if (slot >= 0) cudaCheck(cudaEventRecord(prof_ev[slot][1]));
-    }
-};
-
-// ----------------------------------------------------------------------------
-// CUDA graphs (see DeviceGraph in ttt.h): record the work of a fixed op sequence on our
-// stream once, replay it with one launch. Not used under TTT_PROFILE=1 (its per-op events
-// need the eager launches) or with TTT_GRAPHS=0.
-
-// stage timing events (ttt.c keeps the bookkeeping; slots index its pending intervals)
-static cudaEvent_t stage_ev[STAGE_MAX_PENDING][2];
-static int stage_ev_created = 0;
-extern "C" void ttt_cuda_stage_record(int slot, int which) {
-    while (stage_ev_created <= slot) {
-        cudaCheck(cudaEventCreate(&stage_ev[stage_ev_created][0]));
-        cudaCheck(cudaEventCreate(&stage_ev[stage_ev_created][1]));
-        stage_ev_created++;
-    }
-    cudaCheck(cudaEventRecord(stage_ev[slot][which], cudaStreamPerThread));
-}
-extern "C" float ttt_cuda_stage_elapsed(int slot) {
-    float ms = 0.0f;
-    cudaCheck(cudaEventSynchronize(stage_ev[slot][1]));
-    cudaCheck(cudaEventElapsedTime(&ms, stage_ev[slot][0], stage_ev[slot][1]));
-    return ms;
-}
-
-static cudaEvent_t timer_ev[2];
-static int timer_ev_created = 0;
-extern "C" void ttt_cuda_timer_start(void) {
-    if (!timer_ev_created) {
-        cudaCheck(cudaEventCreate(&timer_ev[0]));
-        cudaCheck(cudaEventCreate(&timer_ev[1]));
-        timer_ev_created = 1;
-    }
-    cudaCheck(cudaEventRecord(timer_ev[0], cudaStreamPerThread));
-}
-extern "C" double ttt_cuda_timer_stop_ms(void) {
-    float ms = 0.0f;
-    cudaCheck(cudaEventRecord(timer_ev[1], cudaStreamPerThread));
-    cudaCheck(cudaEventSynchronize(timer_ev[1]));
-    cudaCheck(cudaEventElapsedTime(&ms, timer_ev[0], timer_ev[1]));
-    return ms;
-}
-
-static int graphs_on = -1;
-extern "C" void ttt_cuda_set_graphs(int on) { graphs_on = on != 0; }
-static int graphs_enabled(void) {
-    if (graphs_on < 0) {
-        const char* g = getenv("TTT_GRAPHS");
-        graphs_on = !(g && g[0] == '0');
-    }
-    const char* p = getenv("TTT_PROFILE");
-    return graphs_on && !(p && p[0] == '1') && !stage_timing_enabled();
-}
-
-extern "C" void ttt_cuda_graph_free(DeviceGraph* g) {
-    if (g->exec) cudaCheck(cudaGraphExecDestroy((cudaGraphExec_t)g->exec));
-    g->exec = NULL;
-}
-
-extern "C" int ttt_cuda_graph_replay(DeviceGraph* g) {
-    if (g->exec == NULL || !graphs_enabled()) return 0;
-    if (g->workspace_epoch != workspace_epoch) {   // a buffer it reads has moved: record again
-        ttt_cuda_graph_free(g);
-        g->calls = 0;
-        return 0;
-    }
-    cudaCheck(cudaGraphLaunch((cudaGraphExec_t)g->exec, cudaStreamPerThread));
-    gemm_flop_count += g->flops;
-    return 1;
-}
-
-extern "C" void ttt_cuda_graph_begin(DeviceGraph* g) {
-    g->calls++;
-    g->capturing = 0;
-    if (g->calls < 2 || !graphs_enabled() || graph_capturing) return;   // first call: eager
-    g->flops = gemm_flop_count;
-    cudaCheck(cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeThreadLocal));
-    graph_capturing = 1;
-    g->capturing = 1;
-}
-
-extern "C" void ttt_cuda_graph_end(DeviceGraph* g) {
-    if (!g->capturing) return;
-    cudaGraph_t graph;
-    cudaCheck(cudaStreamEndCapture(cudaStreamPerThread, &graph));
-    graph_capturing = 0;
-    g->capturing = 0;
-    cudaGraphExec_t exec;
-    cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
-    cudaCheck(cudaGraphDestroy(graph));
-    g->exec = (void*)exec;
-    g->flops = gemm_flop_count - g->flops;   // the matrix products counted while recording
-    g->workspace_epoch = workspace_epoch;
-    cudaCheck(cudaGraphLaunch(exec, cudaStreamPerThread));   // recording did not run the work
-}
+#include "ttt_cuda.cuh"
 
 // ----------------------------------------------------------------------------
 // row-major GEMM through column-major cuBLAS.
@@ -1781,15 +1481,8 @@ extern "C" void bias_gather_backward_cuda(float* dtable, const float* dout, cons
 }
 
 // ----------------------------------------------------------------------------
-// Swin windows: token (w, t) of image b reads padded-and-rolled pixel; -1 = padding
-
-__device__ long window_source_dev(int b, int w, int t, int H, int W, int ws, int shift, int nWw) {
-    int Hp = (H + ws - 1) / ws * ws, Wp = (W + ws - 1) / ws * ws;
-    int py = (w / nWw) * ws + t / ws, px = (w % nWw) * ws + t % ws;
-    int iy = (py + shift) % Hp, ix = (px + shift) % Wp;
-    if (iy >= H || ix >= W) return -1;
-    return ((long)b * H + iy) * W + ix;
-}
+// Swin windows: token (w, t) of image b reads padded-and-rolled pixel window_source (ttt_index.h);
+// -1 = padding
 
 // one thread per window-token element (b, w, t, c). `dir`: 0 partition forward
 // (win = inp[src]), 1 partition backward (dimg[src] += dwin), 2 reverse forward
@@ -1804,7 +1497,7 @@ __global__ void window_kernel(float* win, float* img, int B, int H, int W, int C
         int t = tok % T;
         size_t bw = tok / T;
         int w = bw % (nWh * nWw), b = bw / (nWh * nWw);
-        long src = window_source_dev(b, w, t, H, W, ws, shift, nWw);
+        long src = window_source(b, w, t, H, W, ws, shift, nWw);
         if (dir == 0) win[i] = src < 0 ? 0.0f : img[(size_t)src * C + c];
         else if (src >= 0) {
             if (dir == 1) img[(size_t)src * C + c] += win[i];
@@ -1850,7 +1543,8 @@ __global__ void patch_merge_kernel(float* out, float* inp, int B, int H, int W, 
         int x = r % Wo; r /= Wo;
         int y = r % Ho;
         size_t b = r / Ho;
-        int iy = 2 * y + qd % 2, ix = 2 * x + qd / 2;
+        int iy, ix;
+        patch_merge_source(y, x, qd, &iy, &ix);   // ttt_index.h
         int inside = iy < H && ix < W;
         size_t src = ((b * H + iy) * W + ix) * C + c;
         if (!backward) out[i] = inside ? inp[src] : 0.0f;
@@ -2144,24 +1838,8 @@ extern "C" void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, 
 }
 
 // ----------------------------------------------------------------------------
-// resizing, F.interpolate semantics (same float arithmetic as the CPU reference)
-
-__device__ int nearest_source_dev(int dst, int in, int out) {
-    float scale = (float)in / (float)out;
-    int s = (int)floorf(dst * scale);
-    return s < in - 1 ? s : in - 1;
-}
-
-__device__ void bilinear_source_dev(int dst, int in, int out, int* i0, int* i1, float* l1) {
-    float scale = (float)in / (float)out;
-    float s = (dst + 0.5f) * scale - 0.5f;
-    if (s < 0.0f) s = 0.0f;
-    int a = (int)s;
-    if (a > in - 1) a = in - 1;
-    *i0 = a;
-    *i1 = a < in - 1 ? a + 1 : a;
-    *l1 = s - a;
-}
+// resizing, F.interpolate semantics: the source indices are the CPU reference's own
+// nearest_source and bilinear_source (ttt_index.h)
 
 __global__ void upsample_nearest_kernel(float* out, float* inp, int B, int H, int W, int C, int Ho, int Wo, int backward) {
     size_t total = (size_t)B * Ho * Wo * C;
@@ -2171,7 +1849,7 @@ __global__ void upsample_nearest_kernel(float* out, float* inp, int B, int H, in
         int x = r % Wo; r /= Wo;
         int y = r % Ho;
         size_t b = r / Ho;
-        size_t src = ((b * H + nearest_source_dev(y, H, Ho)) * W + nearest_source_dev(x, W, Wo)) * C + c;
+        size_t src = ((b * H + nearest_source(y, H, Ho)) * W + nearest_source(x, W, Wo)) * C + c;
         if (!backward) out[i] = inp[src];
         else atomicAdd(&inp[src], out[i]);
     }
@@ -2186,8 +1864,8 @@ __global__ void upsample_bilinear_kernel(float* out, float* inp, int B, int H, i
         int y = r % Ho;
         size_t b = r / Ho;
         int y0, y1, x0, x1; float ly, lx;
-        bilinear_source_dev(y, H, Ho, &y0, &y1, &ly);
-        bilinear_source_dev(x, W, Wo, &x0, &x1, &lx);
+        bilinear_source(y, H, Ho, &y0, &y1, &ly);
+        bilinear_source(x, W, Wo, &x0, &x1, &lx);
         size_t i00 = ((b * H + y0) * W + x0) * C + c, i01 = ((b * H + y0) * W + x1) * C + c;
         size_t i10 = ((b * H + y1) * W + x0) * C + c, i11 = ((b * H + y1) * W + x1) * C + c;
         if (!backward) {
@@ -2235,17 +1913,14 @@ __global__ void point_sample_kernel(float* out, float* inp, const float* coords,
     size_t total = (size_t)M * P;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         size_t m = i / P;
-        float px = coords[i * 2] * W - 0.5f, py = coords[i * 2 + 1] * H - 0.5f;
-        int x0 = (int)floorf(px), y0 = (int)floorf(py);
-        float lx = px - x0, ly = py - y0;
+        int idx[4]; float wt[4];
+        point_taps(coords[i * 2], coords[i * 2 + 1], H, W, idx, wt);   // ttt_index.h
         float* map = inp + m * H * W;
         float s = 0.0f, d = backward ? out[i] : 0.0f;
         for (int t = 0; t < 4; t++) {
-            int xs = x0 + (t & 1), ys = y0 + (t >> 1);
-            if (xs < 0 || xs >= W || ys < 0 || ys >= H) continue;
-            float wt = ((t & 1) ? lx : 1.0f - lx) * ((t >> 1) ? ly : 1.0f - ly);
-            if (!backward) s += wt * map[ys * W + xs];
-            else atomicAdd(&map[ys * W + xs], wt * d);
+            if (idx[t] < 0) continue;
+            if (!backward) s += wt[t] * map[idx[t]];
+            else atomicAdd(&map[idx[t]], wt[t] * d);
         }
         if (!backward) out[i] = s;
     }
@@ -2306,18 +1981,13 @@ static MsdaLevels msda_levels(const int* shapes, int L, int* S) {
     return lv;
 }
 
-// the four taps of (x, y) in [0, 1] on an H x W map, as point_taps in ttt.c: values t[0..3] of
-// (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1) at channel offset v (0 outside), cell weights
+// the four taps of (x, y) in [0, 1] on an H x W map, as point_taps (ttt_index.h): indices of
+// (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1) (-1 outside) and the cell weights lx, ly
 __device__ void msda_taps(float x, float y, int H, int W, int* idx, float* lx, float* ly) {
     // no fused multiply-add here: the CPU rounds the product first, and a pixel coordinate
     // one ulp across an integer would take the other cell (its location gradient differs)
     float px = __fsub_rn(__fmul_rn(x, (float)W), 0.5f), py = __fsub_rn(__fmul_rn(y, (float)H), 0.5f);
-    int x0 = (int)floorf(px), y0 = (int)floorf(py);
-    *lx = px - x0; *ly = py - y0;
-    for (int t = 0; t < 4; t++) {
-        int xs = x0 + (t & 1), ys = y0 + (t >> 1);
-        idx[t] = (xs >= 0 && xs < W && ys >= 0 && ys < H) ? ys * W + xs : -1;
-    }
+    bilinear_taps(px, py, H, W, idx, lx, ly);
 }
 
 __global__ void ms_deform_attn_forward_kernel(float* out, const float* value, MsdaLevels lv, const float* loc,
@@ -2851,8 +2521,8 @@ __global__ void semantic_maps_kernel(float* seg, const float* probs, const float
 // class score k at pixel (y, x) of the x4-resized class maps (seg_x4_at in mask2former.c)
 __device__ float seg_x4_at_dev(const float* seg, int K, int H4, int W4, int y, int x, int k) {
     int y0, y1, x0, x1; float ly, lx;
-    bilinear_source_dev(y, H4, 4 * H4, &y0, &y1, &ly);   // the x4 resize, align_corners=False
-    bilinear_source_dev(x, W4, 4 * W4, &x0, &x1, &lx);
+    bilinear_source(y, H4, 4 * H4, &y0, &y1, &ly);   // the x4 resize, align_corners=False
+    bilinear_source(x, W4, 4 * W4, &x0, &x1, &lx);
     return (1.0f - ly) * ((1.0f - lx) * seg[((size_t)y0 * W4 + x0) * K + k] + lx * seg[((size_t)y0 * W4 + x1) * K + k]) +
            ly * ((1.0f - lx) * seg[((size_t)y1 * W4 + x0) * K + k] + lx * seg[((size_t)y1 * W4 + x1) * K + k]);
 }
@@ -2865,8 +2535,8 @@ __global__ void semantic_argmax_kernel(unsigned char* ids, const float* seg, int
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         int x = i % Wo, y = i / Wo;
         int ya, yb, xa, xb; float ly, lx;
-        bilinear_source_dev(y, H, Ho, &ya, &yb, &ly);
-        bilinear_source_dev(x, W, Wo, &xa, &xb, &lx);
+        bilinear_source(y, H, Ho, &ya, &yb, &ly);
+        bilinear_source(x, W, Wo, &xa, &xb, &lx);
         int best = 0;
         float best_val = 0.0f;
         for (int k = 0; k < K; k++) {
@@ -2903,8 +2573,8 @@ __global__ void semantic_scores_kernel(float* scores, const float* seg, int K, i
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         int x = i % Wo, y = i / Wo;
         int ya, yb, xa, xb; float ly, lx;
-        bilinear_source_dev(y, H, Ho, &ya, &yb, &ly);
-        bilinear_source_dev(x, W, Wo, &xa, &xb, &lx);
+        bilinear_source(y, H, Ho, &ya, &yb, &ly);
+        bilinear_source(x, W, Wo, &xa, &xb, &lx);
         float* out = scores + i * K;
         for (int k = 0; k < K; k++) {
             float top = (1.0f - lx) * seg_x4_at_dev(seg, K, H4, W4, ya, xa, k) + lx * seg_x4_at_dev(seg, K, H4, W4, ya, xb, k);

@@ -10,12 +10,6 @@
 
 #define TMP "test/tmp/gpu_panoptic"
 
-static int run(const char* cmd) {
-    fflush(stdout);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static double score_from(const char* path, const char* key) {
     FILE* fp = fopen(path, "rb");
     if (!fp) return NAN;
@@ -38,7 +32,7 @@ static double score_from(const char* path, const char* key) {
 
 int main(void) {
     if (!ttt_cuda_available()) { printf("no CUDA GPU: skipped\n"); return test_summary("gpu_panoptic"); }
-    if (run("rm -rf " TMP " && mkdir -p " TMP) != 0) return 1;
+    if (fresh_dir(TMP) != 0) return 1;
     CHECK(run("./gen video " TMP "/cv --frames 21 --size 128x96 --seed 7 --panoptic --video-name v > /dev/null") == 0, "gen failed");
     const char* dev[2] = {"cpu", "cuda"};
     const char* task[2] = {"panoptic", "instance"};

@@ -12,12 +12,6 @@
 #define FW 128
 #define FH 96
 
-static int run(const char* cmd) {
-    fflush(stdout);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 // the "loss X" of every progress line of a stream log
 static int read_losses(const char* path, float* loss) {
     FILE* fp = fopen(path, "r");

@@ -249,18 +249,13 @@ static void free_result(T1Result* r) {
 #define E2E_DIR "test/tmp/gt1_video"
 #define E2E_MODEL "test/tmp/gt1_default.bin"
 #define E2E_NF 5
-static int sh(const char* cmd) {
-    fflush(stdout);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 static int e2e_stream(const char* dev, const char* name, const char* opts) {
     char cmd[2048];
     // float32 matrix products on the GPU (TTT_TF32=0): the comparison with the CPU then measures
     // the code, not TF32's rounding (a tiny random model has many near-ties between classes)
     snprintf(cmd, sizeof(cmd), "%s./stream " E2E_DIR " --model " E2E_MODEL " --device %s %s --out test/tmp/gt1_%s_%s "
              "> test/tmp/gt1_%s_%s.log 2>&1", strcmp(dev, "cuda") == 0 ? "TTT_TF32=0 " : "", dev, opts, name, dev, name, dev);
-    return sh(cmd);
+    return run(cmd);
 }
 // fraction of pixels where two runs predict the same class
 static double e2e_agree(const char* a, const char* b) {
@@ -292,7 +287,7 @@ static int e2e_losses(const char* name, float* loss) {
 }
 static void test_stream_e2e(void) {
     ttt_set_device(DEVICE_CPU);
-    CHECK(sh("mkdir -p test/tmp && rm -rf test/tmp/gt1_* && ./gen video " E2E_DIR " --frames 5 --size 128x96 --seed 4 >/dev/null") == 0, "gen failed");
+    CHECK(run("mkdir -p test/tmp && rm -rf test/tmp/gt1_* && ./gen video " E2E_DIR " --frames 5 --size 128x96 --seed 4 >/dev/null") == 0, "gen failed");
     ModelConfig cfg = model_config_default(8);
     Model* m = model_create(&cfg, 2, 96, 128);
     model_init_random(m, 3);

@@ -24,18 +24,6 @@
 
 #define T "test/tmp/nccl"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int run(const char* cmd) {
-    fflush(stdout);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 // ----------------------------------------------------------------------------
 // part 1: this program as 2 ranks
 
@@ -67,17 +55,17 @@ static void run_phases(Model* m, Model* m5, const float* images, const unsigned 
     OptConfig opt = opt_config_ttt();
     opt.lr = 1e-3f;
     Rng rng; rng_seed(&rng, 5);
-    double t0 = now_s();
+    double t0 = time_now_seconds();
     for (int s = 0; s < 3; s++) model_train_step(m, images, labels, 8, &opt, 1.0f, &rng, &rec->train[s][0], &rec->train[s][1]);
     ttt_synchronize();
-    rec->ms_train = (now_s() - t0) / 3 * 1e3;
+    rec->ms_train = (time_now_seconds() - t0) / 3 * 1e3;
     if (dp) dist_check_same_weights(m, "after 3 training steps");
     model_restart_optimizer(m);
     opt = opt_config_ttt();
-    t0 = now_s();
+    t0 = time_now_seconds();
     for (int s = 0; s < 3; s++) rec->ttt[s] = model_ttt_step(m, images, 8, &opt, &rng);
     ttt_synchronize();
-    rec->ms_ttt = (now_s() - t0) / 3 * 1e3;
+    rec->ms_ttt = (time_now_seconds() - t0) / 3 * 1e3;
     if (dp) dist_check_same_weights(m, "after 3 TTT steps");
     rec->ttt5 = model_ttt_step(m5, images, 5, &opt, &rng);   // 5 images: chunks 3 | 2 on 2 ranks
     if (dp) dist_check_same_weights(m5, "after a TTT step of 5 images");
@@ -160,16 +148,6 @@ static void check_ckpt(const char* what, const char* a, const char* b, double to
     if (ok) tests_passed++; else tests_failed++;
 }
 
-static char* read_text(const char* path) {
-    FILE* fp = fopen(path, "rb");
-    if (!fp) return strdup("");
-    static char buf[65536];
-    size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
-    buf[n] = 0;
-    fclose(fp);
-    return strdup(buf);
-}
-
 // the per-frame "loss X" values and the RESULT line's video_miou of a stream log
 static int stream_log(const char* path, float* loss, int max, double* miou) {
     FILE* fp = fopen(path, "r");
@@ -239,21 +217,21 @@ static void programs(int n_gpus) {
     check_ckpt("launcher path (TTT_RANK/TTT_WORLD) vs --gpus 2", T "/e.bin", T "/g2.bin", 1e-3);
     CHECK(access(T "/nccl.id", F_OK) != 0, "the NCCL id file was left behind");
     // 7. failures
-    double t0 = now_s();
+    double t0 = time_now_seconds();
     snprintf(cmd, sizeof(cmd), "TTT_DIST_FAULT=1:3 ./train %s --batch 4 --out " T "/k.bin --gpus 2 > " T "/k.log 2> " T "/k.err", common);
     int rc = run(cmd);
-    double t = now_s() - t0;
+    double t = time_now_seconds() - t0;
     char* err = read_text(T "/k.err");
     CHECK(rc == 1 && t < 30.0 && strstr(err, "error: rank 1 of 2 (GPU 1) was killed by signal 9"),
           "rank 1 killed: exit %d after %.1f s, stderr: %s", rc, t, err);
     printf("     rank 1 killed at its 3rd all-reduce: exit %d after %.1f s:\n%s", rc, t, err);
     free(err);
-    t0 = now_s();
+    t0 = time_now_seconds();
     snprintf(cmd, sizeof(cmd), "export TTT_WORLD=2 TTT_NCCL_ID_FILE=" T "/nccl2.id TTT_RUN_ID=fault$$ TTT_NCCL_TIMEOUT=20 TTT_DIST_FAULT=1:3; "
              "TTT_RANK=1 ./train %s --batch 4 --out " T "/k2.bin > " T "/k21.log 2>&1 & "
              "TTT_RANK=0 ./train %s --batch 4 --out " T "/k2.bin > " T "/k20.log 2> " T "/k20.err; r0=$?; wait; exit $r0", common, common);
     rc = run(cmd);
-    t = now_s() - t0;
+    t = time_now_seconds() - t0;
     err = read_text(T "/k20.err");
     CHECK(rc == 1 && t < 90.0 && strstr(err, "error: rank 0") != NULL,
           "launcher path, rank 1 killed: rank 0 exit %d after %.1f s, stderr: %s", rc, t, err);
@@ -280,7 +258,7 @@ int main(int argc, char** argv) {
     n_gpus = ttt_cuda_device_count();
 #endif
     if (n_gpus < 2) { printf("%d GPU(s): the checks need 2; skipped\n", n_gpus); return test_summary("nccl_check"); }
-    if (run("rm -rf " T " && mkdir -p " T) != 0) return 1;
+    if (fresh_dir(T) != 0) return 1;
     // part 1 in its own processes (the ranks must start before any CUDA call)
     int rc = run("./test/nccl_check --ranks > " T "/ranks.log 2>&1");
     char* text = read_text(T "/ranks.log");

@@ -4,6 +4,8 @@
 #ifndef TEST_H
 #define TEST_H
 #include "ttt.h"
+#include <sys/wait.h>
+#include <stdarg.h>
 
 static int tests_passed = 0, tests_failed = 0;
 
@@ -12,6 +14,19 @@ static int tests_passed = 0, tests_failed = 0;
     if (cond) { tests_passed++; } \
     else { tests_failed++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } \
 } while (0)
+
+// The line that names a group of checks (those since the previous group line): "ok   <what>"
+// when none of them failed, else "FAIL <what>". Not a check itself (the counts are the checks').
+static int group_mark = 0;   // tests_failed at the previous group line
+static void group_line(const char* fmt, ...) {
+    printf("%-4s ", tests_failed == group_mark ? "ok" : "FAIL");
+    group_mark = tests_failed;
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+}
 
 // max_i |a - b| / (max |b| + tiny): one relative figure for a whole tensor
 static double max_rel_error(const float* a, const float* b, size_t n) {
@@ -254,6 +269,93 @@ static void write_png16(const char* path, int H, int W, int value) {
     png_chunk(fp, "IEND", NULL, 0);
     fcloseCheck(fp);
     free(raw); free(z);
+}
+
+// ----------------------------------------------------------------------------
+// helpers of the tests that run the programs and look at what they wrote
+
+// a shell command's exit status (-1 when it did not exit); stdout is flushed first so that the
+// test's lines and the command's stay in order
+static int run(const char* cmd) {
+    fflush(stdout);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+// an empty directory at dir (removed first if it exists); 0 on success
+static int fresh_dir(const char* dir) {
+    char cmd[4096];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", dir, dir);
+    return run(cmd);
+}
+
+// a whole file, NUL-terminated (malloc'd; *len = its size unless len is NULL); "" (len 0) when it
+// cannot be read, so a missing output fails the checks that look into it
+static char* read_file(const char* path, size_t* len) {
+    if (len) *len = 0;
+    FILE* fp = fopen(path, "rb");
+    if (fp == NULL) return strdup("");
+    fseek(fp, 0, SEEK_END);
+    long n = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    char* s = (char*)callocCheck((size_t)(n > 0 ? n : 0) + 1, 1);
+    if (n < 0 || fread(s, 1, (size_t)n, fp) != (size_t)n) n = 0;
+    s[n] = 0;
+    fclose(fp);
+    if (len) *len = (size_t)n;
+    return s;
+}
+static char* read_text(const char* path) { return read_file(path, NULL); }
+
+// n bytes to path (dies when it cannot)
+static void write_file(const char* path, const void* data, size_t n) {
+    FILE* fp = fopenCheck(path, "wb");
+    if (n) fwriteCheck(data, 1, n, fp);
+    fcloseCheck(fp);
+}
+
+// 1 when the files a and b both exist and hold the same bytes
+static int same_bytes(const char* a, const char* b) {
+    FILE* fa = fopen(a, "rb");
+    FILE* fb = fopen(b, "rb");
+    int same = fa && fb;
+    if (same) {
+        int ca, cb;
+        do { ca = fgetc(fa); cb = fgetc(fb); } while (ca == cb && ca != EOF);
+        same = ca == cb;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return same;
+}
+
+// occurrences of sub in s (overlapping ones too)
+static int count_substr(const char* s, const char* sub) {
+    int n = 0;
+    for (const char* p = strstr(s, sub); p; p = strstr(p + 1, sub)) n++;
+    return n;
+}
+
+// lines of s that contain sub
+static int count_lines_with(const char* s, const char* sub) {
+    int n = 0;
+    size_t m = strlen(sub);
+    for (const char* line = s; *line;) {
+        const char* end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        for (size_t i = 0; i + m <= len; i++)
+            if (strncmp(line + i, sub, m) == 0) { n++; break; }
+        if (!end) break;
+        line = end + 1;
+    }
+    return n;
+}
+
+// ./stream ARGS with its stdout and stderr written to the file log; the exit status
+static int stream_to_log(const char* args, const char* log) {
+    char cmd[8192];
+    snprintf(cmd, sizeof(cmd), "./stream %s >'%s' 2>&1", args, log);
+    return run(cmd);
 }
 
 

@@ -21,30 +21,6 @@
 #define FH 12
 #define FW 16
 
-static int run(const char* cmd) {
-    fflush(stdout);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static char* read_text(const char* path) {
-    FILE* fp = fopen(path, "rb");
-    if (fp == NULL) return strdup("");
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char* s = (char*)calloc(n + 1, 1);
-    if (fread(s, 1, n, fp) != (size_t)n) s[0] = 0;
-    fclose(fp);
-    return s;
-}
-
-static void write_file(const char* path, const char* text) {
-    FILE* fp = fopenCheck(path, "w");
-    fputs(text, fp);
-    fcloseCheck(fp);
-}
-
 // the segment ids of fixture image k: two stuff bands, two things, void, a crowd, ignored
 static const uint32_t SKY = 3937356, ROAD = 8421504, PERSON_A = 2570, PERSON_B = 65793, CROWD = 12345678, IGN = 777;
 static void fixture_ids(uint32_t* ids, int k) {
@@ -123,7 +99,7 @@ static void write_coco_fixture(const char* root, int png_in_annotations, const c
              "   {\"supercategory\": \"vehicle\", \"isthing\": 1, \"id\": 3, \"name\": \"car\", \"color\": [0, 0, 142]}]}\n",
              img_ids[0], FH, FW, img_ids[0], img_ids[1], FH, FW, img_ids[1], anns[0], anns[1]);
     snprintf(p, sizeof(p), "%s/annotations/panoptic_val2017.json", root);
-    write_file(p, json);
+    write_file(p, json, strlen(json));
     free(json);
 }
 
@@ -160,7 +136,7 @@ static void write_videos_fixture(const char* root) {
              " {\"id\": 111, \"file_name\": \"bar_0011.png\", \"height\": %d, \"width\": %d}],\n"
              " \"annotations\": [%s,\n %s]}\n", FH, FW, FH, FW, anns[0], anns[1]);
     snprintf(p, sizeof(p), "%s/coco_videos/annotations/train/bar.json", root);
-    write_file(p, json);
+    write_file(p, json, strlen(json));
 }
 
 static void test_layouts_and_reading(void) {
@@ -204,7 +180,7 @@ static void test_layouts_and_reading(void) {
     CHECK(ok, "index map for training (n = %d)", n);
     free(ids);
     coco_panoptic_free(&p);
-    printf("ok   COCO 2017 layout (both PNG places), categories from the file, ids from RGB, training index map\n");
+    group_line("COCO 2017 layout (both PNG places), categories from the file, ids from RGB, training index map");
 
     write_videos_fixture(TMP "/cv");
     lay = find_panoptic_layout(TMP "/cv/coco_videos/raw_images/bar", j, sizeof(j), d, sizeof(d));
@@ -224,26 +200,12 @@ static void test_layouts_and_reading(void) {
     CHECK(n == 4 && idx[(FH - 1) * FW] == 255, "ignored pixels are 255 in the training map");
     free(ids);
     coco_panoptic_free(&p);
-    printf("ok   COCO Videos layout: raw_images / panoptic_images / annotations/train/VID.json, COCO's 133 categories, 255 ignored\n");
+    group_line("COCO Videos layout: raw_images / panoptic_images / annotations/train/VID.json, COCO's 133 categories, 255 ignored");
 }
 
 // ----------------------------------------------------------------------------
 // bad inputs: a child reads the JSON (and loads every PNG); one "error:" line naming the file
 // and the id, exit 1
-
-static int count_lines_with(const char* s, const char* what) {
-    int n = 0;
-    for (const char* l = s; *l;) {
-        const char* e = strchr(l, '\n');
-        size_t len = e ? (size_t)(e - l) : strlen(l);
-        char* line = strndup(l, len);
-        if (len && strstr(line, what)) n++;
-        free(line);
-        if (!e) break;
-        l = e + 1;
-    }
-    return n;
-}
 
 static void read_dies(const char* what, const char* json, const char* png_dir, const char* expect1, const char* expect2) {
     fflush(stdout);
@@ -315,7 +277,7 @@ static void test_bad_inputs(void) {
 }
 
 int main(void) {
-    run("rm -rf " TMP " && mkdir -p " TMP);
+    fresh_dir(TMP);
     test_layouts_and_reading();
     test_bad_inputs();
     return test_summary("test_coco_data");

@@ -4,18 +4,6 @@
 #include "test.h"
 #include "cJSON.h"
 
-static char* read_text(const char* path) {
-    FILE* f = fopenCheck(path, "rb");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char* s = (char*)mallocCheck((size_t)n + 1);
-    freadCheck(s, 1, (size_t)n, f);
-    s[n] = 0;
-    fcloseCheck(f);
-    return s;
-}
-
 static double num(const cJSON* o, const char* key) {
     const cJSON* v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!cJSON_IsNumber(v)) { printf("missing number '%s'\n", key); exit(1); }
@@ -64,7 +52,7 @@ static void test_rle(const cJSON* cases) {
         n_ok += ok; n++;
     }
     CHECK(n_ok == n && n >= 6, "RLE: %d of %d masks decode, encode, area and bbox as pycocotools", n_ok, n);
-    printf("ok   RLE: %d masks decode to the bits, re-encode to the same counts string, area, bbox\n", n);
+    group_line("RLE: %d masks decode to the bits, re-encode to the same counts string, area, bbox", n);
 }
 
 // objects of one AP case; rle strings decoded (and re-encoded: must round-trip)
@@ -269,7 +257,7 @@ static void test_bad_inputs(void) {
     PanSeg dup[2] = {{5, 0, 0, 2}, {5, 1, 0, 3}};
     rc = pq_image(st, gm, dup, 2, pm, ps, 1, 6, PQ_CROWD_COCO, err, sizeof(err));
     CHECK(rc != 0 && strstr(err, "twice"), "duplicate ids accepted: %s", err);
-    printf("ok   bad inputs: malformed and wrong-size RLE, ids in a map but not listed and the reverse, duplicates\n");
+    group_line("bad inputs: malformed and wrong-size RLE, ids in a map but not listed and the reverse, duplicates");
 }
 
 int main(void) {

@@ -23,12 +23,6 @@
 
 static int skipped = 0;
 
-static int run(const char* cmd) {
-    fflush(stdout);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 // cmd with stdout and stderr into TMP/cv_log.txt; the exit status
 static int run_logged(const char* cmd) {
     char full[8192];
@@ -96,7 +90,7 @@ static void converters(void) {
     rc = run_logged(CONV DATA "/m2f_model_hf " TMP "/cv_hf.bin --num-groups 4");   // heads from config.json
     CHECK(rc == 0, "converting the Hugging Face folder failed (exit %d)", rc);
     CHECK(same_file(TMP "/cv_hf.bin", DATA "/m2f_model_hf.bin"), "the Hugging Face folder no longer converts to " DATA "/m2f_model_hf.bin");
-    printf("ok   both converter paths reproduce the committed checkpoints\n");
+    group_line("both converter paths reproduce the committed checkpoints");
 
     // convert_swin.py: the backbone alone, version 2, equal to f of the model checkpoint
     remove(TMP "/cv_swin.bin");
@@ -199,7 +193,7 @@ static void stream_runs(void) {
         CHECK(rc == 0 && exists(TMP "/cv_out/frame000002.png") && exists(TMP "/cv_out/metrics.json"),
               "./stream with %s: exit %d\n%s", models[k], rc, log ? log : "");
         if (k == 0) CHECK(log && strstr(log, "g is initialised from scratch"), "./stream with %s: no note on g", models[k]);
-        printf("ok   ./stream online TTT with %s\n", models[k]);
+        group_line("./stream online TTT with %s", models[k]);
         free(log);
         run("rm -rf " TMP "/cv_out");
     }

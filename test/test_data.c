@@ -24,38 +24,6 @@
 
 #define TMP "test/tmp/data"
 
-static int run(const char* cmd) {
-    fflush(stdout);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static char* read_text(const char* path) {
-    FILE* fp = fopen(path, "rb");
-    if (fp == NULL) return strdup("");
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char* s = (char*)calloc(n + 1, 1);
-    if (fread(s, 1, n, fp) != (size_t)n) s[0] = 0;
-    fclose(fp);
-    return s;
-}
-
-static int count_lines_with(const char* text, const char* sub) {
-    int n = 0;
-    const char* p = text;
-    while (*p) {
-        const char* e = strchr(p, '\n');
-        size_t len = e ? (size_t)(e - p) : strlen(p);
-        char line[4096];
-        snprintf(line, sizeof(line), "%.*s", (int)(len < 4095 ? len : 4095), p);
-        if (strstr(line, sub)) n++;
-        p += len + (e ? 1 : 0);
-    }
-    return n;
-}
-
 // ----------------------------------------------------------------------------
 // tables and sizes
 
@@ -75,7 +43,7 @@ static void test_tables(void) {
     CHECK(bad == 0, "%d labelIds map to the wrong trainId", bad);
     CHECK(cityscapes_train_id(255) == 255 && cityscapes_train_id(-1) == 255 && cityscapes_train_id(34) == -1 &&
           cityscapes_train_id(100) == -1, "ids outside the table");
-    printf("ok   class names and the labelId -> trainId table (34 ids, 19 train ids)\n");
+    group_line("class names and the labelId -> trainId table (34 ids, 19 train ids)");
 
     struct { int H, W, s, m, Ho, Wo; } cases[] = {
         {375, 1242, 1024, 2048, 618, 2048},    // KITTI-STEP test size
@@ -98,7 +66,7 @@ static void test_tables(void) {
         }
     }
     CHECK(wrong == 0, "resize_shortest_edge_size");
-    printf("ok   ResizeShortestEdge sizes (375x1242 -> 618x2048, Cityscapes' 512..2048 short sides)\n");
+    group_line("ResizeShortestEdge sizes (375x1242 -> 618x2048, Cityscapes' 512..2048 short sides)");
 }
 
 // ----------------------------------------------------------------------------
@@ -167,7 +135,7 @@ static void test_resize(void) {
         bad += line_out[i] != line[src < 1023 ? src : 1023];
     }
     CHECK(bad == 0, "label_resize_nearest 1024 -> 1126: %d wrong", bad);
-    printf("ok   nearest label resize follows PyTorch's floor(dst * in / out)\n");
+    group_line("nearest label resize follows PyTorch's floor(dst * in / out)");
 }
 
 static void test_color_aug(void) {
@@ -242,7 +210,7 @@ static void test_color_aug(void) {
     CHECK(coins_ok && first > 850 && first < 1150, "coins of ColorAugSSD are not fair");
     CHECK(b_lo >= -32 && b_hi <= 32 && b_hi - b_lo > 60 && c_lo >= 0.5f && c_hi <= 1.5f && hue_lo == -18 && hue_hi == 18,
           "draw ranges: brightness [%g, %g], contrast [%g, %g], hue [%d, %d]", b_lo, b_hi, c_lo, c_hi, hue_lo, hue_hi);
-    printf("ok   ColorAugSSD draws: fair coins, brightness +-32, contrast 0.5..1.5, hue -18..18\n");
+    group_line("ColorAugSSD draws: fair coins, brightness +-32, contrast 0.5..1.5, hue -18..18");
     free(rgb); free(hsv_ref); free(hsv); free(rgb_ref); free(image); free(ref); free(got);
 }
 
@@ -285,7 +253,7 @@ static const char* kitti_seq[NI] = {"0000", "0000", "0001"};
 static const char* kitti_name[NI] = {"000000.png", "000001.png", "000000.png"};
 
 static void write_fixtures(void) {
-    run("rm -rf " TMP " && mkdir -p " TMP);
+    fresh_dir(TMP);
     Rng rng;
     rng_seed(&rng, 77);
     for (int i = 0; i < NI; i++) {
@@ -385,7 +353,7 @@ static void test_readers(void) {
     LabelFormat f = LABEL_IDS;
     CHECK(find_label_layout(TMP "/nolabels/", dir, sizeof(dir), &f) == 0 && !strcmp(dir, "untouched"), "a folder without labels");
     CHECK(find_label_layout(TMP "/kitti/images/train/0002", dir, sizeof(dir), &f) == 0, "a KITTI sequence without maps");
-    printf("ok   find_label_layout: KITTI-STEP, Cityscapes (trainIds, labelIds), DIR_labels, none\n");
+    group_line("find_label_layout: KITTI-STEP, Cityscapes (trainIds, labelIds), DIR_labels, none");
 
     char p[1024];
     label_path_for_frame(p, sizeof(p), "L/", "aachen_000000_000019_leftImg8bit.png", LABEL_CITYSCAPES_TRAINIDS);
@@ -396,7 +364,7 @@ static void test_readers(void) {
     CHECK(!strcmp(p, "L/000042.png"), "kitti path: %s", p);
     label_path_for_frame(p, sizeof(p), "L", "frame7.jpg", LABEL_IDS);
     CHECK(!strcmp(p, "L/frame7.png"), "plain path: %s", p);
-    printf("ok   label_path_for_frame for each format\n");
+    group_line("label_path_for_frame for each format");
 }
 
 // ----------------------------------------------------------------------------
@@ -463,7 +431,7 @@ static void test_bad_labels(void) {
     ids = label_load_format(TMP "/cs_ids/gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png", LABEL_CITYSCAPES_LABELIDS, 19, FH, FW, NULL, NULL);
     CHECK(!memcmp(ids, fx_ids[0], FH * FW), "labelIds mapped to train ids");
     free(ids);
-    printf("ok   good labels: panoptic R channel, labelIds mapped to train ids\n");
+    group_line("good labels: panoptic R channel, labelIds mapped to train ids");
 }
 
 // ----------------------------------------------------------------------------
@@ -501,7 +469,7 @@ static void test_train_program(void) {
     CHECK(rc == 0 && count_lines_with(log, "settings: recipe=demo") == 1 && strstr(log, "layout=cityscapes") &&
           strstr(log, "images=3") && file_exists(TMP "/cs_tiny.bin") && file_exists(TMP "/cs_tiny.bin.opt"),
           "./train on Cityscapes: exit %d, log:\n%s", rc, log);
-    printf("ok   ./train on the Cityscapes fixture: settings line, checkpoint written\n");
+    group_line("./train on the Cityscapes fixture: settings line, checkpoint written");
     free(log);
     // --recipe paper at tiny sizes (flags before and after --recipe override it)
     snprintf(args, sizeof(args), "--steps 2 --data " TMP "/cs_ids --out " TMP "/cs_paper.bin --recipe paper %s "
@@ -517,7 +485,7 @@ static void test_train_program(void) {
         if (!strstr(log, want[i])) { missing++; printf("FAIL settings line lacks '%s'\n", want[i]); }
     CHECK(rc == 0 && missing == 0 && count_lines_with(log, "settings:") == 1 && strstr(log, "step     2/2") &&
           file_exists(TMP "/cs_paper.bin"), "./train --recipe paper (tiny): exit %d, log:\n%s", rc, log);
-    printf("ok   ./train --recipe paper at tiny sizes on labelIds-only Cityscapes: every setting on the line, checkpoint written\n");
+    group_line("./train --recipe paper at tiny sizes on labelIds-only Cityscapes: every setting on the line, checkpoint written");
     free(log);
     // the recipe's full-size values when nothing overrides them
     rc = train("--recipe paper --data " TMP "/cs --out " TMP "/nope/x.bin");
@@ -530,7 +498,7 @@ static void test_train_program(void) {
     log = read_text(TMP "/train_log.txt");
     CHECK(rc == 0 && strstr(log, "val: mIoU"), "./train on the plain layout with a Cityscapes --val: exit %d\n%s", rc, log);
     free(log);
-    printf("ok   ./train on KITTI-STEP and plain layouts (Cityscapes --val)\n");
+    group_line("./train on KITTI-STEP and plain layouts (Cityscapes --val)");
 
 
     // --init-swin: a 3-channel (ImageNet) export gets a zero 4th input channel, the rest is copied
@@ -652,7 +620,7 @@ static void test_aug(void) {
     }
     CHECK(ok && seen_small > 5 && seen_big > 5 && seen_flip > 5 && seen_flip < 35,
           "aug_apply differs from resize -> crop -> flip (small %d, big %d, flips %d)", seen_small, seen_big, seen_flip);
-    printf("ok   training sample = shortest-edge resize (long side capped) -> crop -> flip, padded with mean / 255\n");
+    group_line("training sample = shortest-edge resize (long side capped) -> crop -> flip, padded with mean / 255");
 }
 
 int main(void) {

@@ -22,12 +22,6 @@
 
 #define TMP "test/tmp/dist"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static size_t n_params(const Model* m) { return model_num_params(m, 0) + model_num_params(m, 1) + model_num_params(m, 2); }
 
 // the test batch: frames without padding (32 x 64) and labels holding every class in every image
@@ -227,7 +221,7 @@ typedef enum { BOTH_OK, ONE_FAILS, ONE_KILLED, BOTH_BAD_INPUT, ZERO_FAILS } Scen
 // runs dist_spawn(2) in a child whose stderr goes to `err_path`; returns its exit status and
 // how long it took
 static int run_scenario(Scenario sc, const char* err_path, double* seconds) {
-    double t0 = now_s();
+    double t0 = time_now_seconds();
     fflush(NULL);
     pid_t p = fork();
     if (p == 0) {
@@ -243,19 +237,10 @@ static int run_scenario(Scenario sc, const char* err_path, double* seconds) {
     }
     int status;
     waitpid(p, &status, 0);
-    *seconds = now_s() - t0;
+    *seconds = time_now_seconds() - t0;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 100 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
 }
 
-static char* read_text(const char* path) {
-    FILE* fp = fopen(path, "rb");
-    if (!fp) return strdup("");
-    static char buf[8192];
-    size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
-    buf[n] = 0;
-    fclose(fp);
-    return strdup(buf);
-}
 static int count_lines(const char* s) { int n = 0; for (; *s; s++) n += *s == '\n'; return n; }
 
 static void test_supervisor(void) {
@@ -271,28 +256,28 @@ static void test_supervisor(void) {
     CHECK(rc == 1 && t < 20.0 && strstr(text, "rank 1: error: rank one failed on purpose") &&
           strstr(text, "error: rank 1 of 2 (GPU 1) exited with status 3; the other ranks were stopped"),
           "supervisor: rank 1 fails: exit %d after %.1f s, stderr '%s'", rc, t, text);
-    printf("ok   supervisor: rank 1 fails, rank 0 (sleeping 60 s) stopped; exit 1 after %.1f s with its message\n", t);
+    group_line("supervisor: rank 1 fails, rank 0 (sleeping 60 s) stopped; exit 1 after %.1f s with its message", t);
     free(text);
 
     rc = run_scenario(ONE_KILLED, err, &t);
     text = read_text(err);
     CHECK(rc == 1 && t < 20.0 && strstr(text, "error: rank 1 of 2 (GPU 1) was killed by signal 9"),
           "supervisor: rank 1 killed: exit %d after %.1f s, stderr '%s'", rc, t, text);
-    printf("ok   supervisor: rank 1 killed (SIGKILL), the other stopped; exit 1 after %.1f s\n", t);
+    group_line("supervisor: rank 1 killed (SIGKILL), the other stopped; exit 1 after %.1f s", t);
     free(text);
 
     rc = run_scenario(BOTH_BAD_INPUT, err, &t);
     text = read_text(err);
     CHECK(rc == 1 && count_lines(text) == 1 && !strncmp(text, "error: --data 'x': no such folder", 33),
           "supervisor: bad input on every rank: exit %d, stderr '%s' (want rank 0's one line)", rc, text);
-    printf("ok   supervisor: a bad input that stops both ranks prints one line\n");
+    group_line("supervisor: a bad input that stops both ranks prints one line");
     free(text);
 
     rc = run_scenario(ZERO_FAILS, err, &t);
     text = read_text(err);
     CHECK(rc == 1 && t < 20.0 && count_lines(text) == 1 && strstr(text, "error: rank zero failed on purpose"),
           "supervisor: rank 0 fails: exit %d after %.1f s, stderr '%s'", rc, t, text);
-    printf("ok   supervisor: rank 0 fails, rank 1 (sleeping 60 s) stopped; exit 1 after %.1f s, one line\n", t);
+    group_line("supervisor: rank 0 fails, rank 1 (sleeping 60 s) stopped; exit 1 after %.1f s, one line", t);
     free(text);
 }
 
@@ -385,7 +370,7 @@ static void test_programs(void) {
 }
 
 int main(void) {
-    if (system("rm -rf " TMP " && mkdir -p " TMP) != 0) return 1;
+    if (fresh_dir(TMP) != 0) return 1;
     // processes first (no OpenMP threads before a fork)
     ModelConfig cfg = model_config_tiny(K);
     size_t n = swin_num_params(&cfg.swin) + m2f_num_params(&cfg.m2f) + m2f_num_params(&cfg.mae);

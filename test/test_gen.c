@@ -9,20 +9,6 @@
 #define TMP "test/tmp"
 #define NUM_CLASSES 8
 
-// run a shell command; return its exit status (-1 if it did not exit normally)
-static int run(const char* cmd) {
-    fflush(stdout);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-// 1 if the two files have identical bytes
-static int same_bytes(const char* a, const char* b) {
-    char cmd[2048];
-    snprintf(cmd, sizeof(cmd), "cmp -s '%s' '%s'", a, b);
-    return run(cmd) == 0;
-}
-
 static double mean_abs_diff(const float* a, const float* b, size_t n) {
     double s = 0.0;
     for (size_t i = 0; i < n; i++) s += fabs((double)a[i] - b[i]);
@@ -112,7 +98,7 @@ int main(void) {
     CHECK(split_same, "--style-drift 2 --look-drift 2 differs from --drift 2");
     CHECK(look_differs && style_differs, "a drift part changes no frame (look %d, style %d)", look_differs, style_differs);
     CHECK(labels_same, "a drift option changed the labels");
-    printf("ok   drift parts: split equals whole, each part moves frames, labels untouched\n");
+    group_line("drift parts: split equals whole, each part moves frames, labels untouched");
 
     // every label map matches its image's size and holds class ids < NUM_CLASSES
     int sizes_ok = 1, range_ok = 1, classes_seen[NUM_CLASSES] = {0};

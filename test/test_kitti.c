@@ -25,29 +25,7 @@
 #define FH 40
 #define FW 75
 
-static int run(const char* cmd) {
-    fflush(stdout);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static int stream(const char* args) {
-    char cmd[4096];
-    snprintf(cmd, sizeof(cmd), "./stream %s >" TMP "/kitti_log.txt 2>&1", args);
-    return run(cmd);
-}
-
-static char* read_file(const char* path) {
-    FILE* fp = fopen(path, "rb");
-    if (fp == NULL) return strdup("");
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char* s = (char*)calloc(n + 1, 1);
-    if (fread(s, 1, n, fp) != (size_t)n) s[0] = 0;
-    fclose(fp);
-    return s;
-}
+static int stream(const char* args) { return stream_to_log(args, TMP "/kitti_log.txt"); }
 
 // the number after `key` in s (e.g. "\"video_miou\": "); NAN when absent
 static double number_after(const char* s, const char* key) {
@@ -87,13 +65,6 @@ static void write_fixture(void) {
         free(rgb);
     }
     free(img); free(pan);
-}
-
-static int count_lines_with(const char* s, const char* prefix) {
-    int n = 0;
-    for (const char* p = s; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
-        if (strstr(p, prefix) && (strchr(p, '\n') == NULL || strstr(p, prefix) < strchr(p, '\n'))) n++;
-    return n;
 }
 
 // detectron2 SemSegEvaluator on one frame: IoU of every class present in label or prediction
@@ -157,7 +128,7 @@ int main(void) {
     snprintf(args, sizeof(args), "%s/ --recipe paper --resize-short 48 --max-long 96 --crop 64x32 --batch 4 "
              "%s --out " TMP "/kitti_out", SEQ, common);
     int rc = stream(args);
-    char* log = read_file(TMP "/kitti_log.txt");
+    char* log = read_text(TMP "/kitti_log.txt");
     CHECK(rc == 0, "stream on the KITTI-STEP fixture exited %d:\n%s", rc, log);
     CHECK(strstr(log, "5 frames of 75x40, 5 with labels in " LABS) != NULL, "labels not found from the layout:\n%s", log);
     const char* want[] = {"recipe=paper", "sampler=cycle", "restart_optimizer=on", "backbone_lr_scale=0.1",
@@ -173,7 +144,7 @@ int main(void) {
     // outputs at the frame's size, and the per-frame mIoU recomputed here
     double sum = 0.0;
     int nscored = 0, sizes_ok = 1;
-    char* js = read_file(TMP "/kitti_out/metrics.json");
+    char* js = read_text(TMP "/kitti_out/metrics.json");
     for (int t = 0; t < NF; t++) {
         char p[512];
         int H, W, lh, lw;
@@ -207,14 +178,14 @@ int main(void) {
              "--resize-short 48 --max-long 96 --crop 64x32 --batch 2 --mode fixed --score-every 2 %s --out " TMP "/kitti_out2",
              SEQ, common);
     rc = stream(args);
-    log = read_file(TMP "/kitti_log.txt");
+    log = read_text(TMP "/kitti_log.txt");
     CHECK(rc == 0, "second run exited %d:\n%s", rc, log);
     CHECK(strstr(log, "sampler=replace") && strstr(log, "restart_optimizer=off") && strstr(log, "loss_pixels=masked") &&
           strstr(log, "clip=0.01"), "overrides not applied:\n%s", log);
     CHECK(strstr(log, "3 with labels") != NULL, "--score-every 2 of 5 frames should score 3");
     CHECK(strstr(log, "scored=3") != NULL, "RESULT does not count 3 scored frames");
     {   // fixed mode: the predictions of step 0, so frames 0, 2, 4 score strictly between 0 and 1
-        char* js2 = read_file(TMP "/kitti_out2/metrics.json");
+        char* js2 = read_text(TMP "/kitti_out2/metrics.json");
         double v2 = number_after(js2, "\"video_miou\": "), want2 = 0.0;
         for (int t = 0; t < NF; t += 2) {
             char p[512];
@@ -245,7 +216,7 @@ int main(void) {
         run("rm -rf " TMP "/kitti_bad");
         snprintf(args, sizeof(args), "%s %s --mode fixed --out " TMP "/kitti_bad", SEQ, common);
         rc = stream(args);
-        log = read_file(TMP "/kitti_log.txt");
+        log = read_text(TMP "/kitti_log.txt");
         int lines = 0;
         for (const char* p = log; *p; p++) lines += *p == '\n';
         CHECK(rc == 1 && strncmp(log, "error:", 6) == 0 && lines == 1 && strstr(log, bad[i].needle),
@@ -263,7 +234,7 @@ int main(void) {
         run("rm -rf " TMP "/kitti_bad");
         snprintf(args, sizeof(args), "%s %s --mode fixed --out " TMP "/kitti_bad", SEQ, common);
         rc = stream(args);
-        log = read_file(TMP "/kitti_log.txt");
+        log = read_text(TMP "/kitti_log.txt");
         CHECK(rc == 1 && strstr(log, "error:") && strstr(log, "000004.png") && strstr(log, "30"),
               "id out of range: exit %d, log:\n%s", rc, log);
         CHECK(access(TMP "/kitti_bad", F_OK) != 0, "id out of range: output written");
@@ -275,7 +246,7 @@ int main(void) {
         run("rm -rf " TMP "/k16 " TMP "/k16_labels " TMP "/kitti_bad && mkdir -p " TMP "/k16 " TMP "/k16_labels && cp " SEQ "/000000.png " TMP "/k16/");
         write_png16(TMP "/k16_labels/000000.png", FH, FW, 3);
         rc = stream(TMP "/k16 --model " MODEL " --device cpu --mode fixed --out " TMP "/kitti_bad");
-        log = read_file(TMP "/kitti_log.txt");
+        log = read_text(TMP "/kitti_log.txt");
         CHECK(rc == 1 && strncmp(log, "error:", 6) == 0 && strstr(log, "k16_labels/000000.png") && strstr(log, "16-bit"),
               "16-bit label: exit %d, log:\n%s", rc, log);
         CHECK(access(TMP "/kitti_bad", F_OK) != 0, "16-bit label: output written");
@@ -286,9 +257,9 @@ int main(void) {
         // as missing) at small sizes: rows run and the table prints their frame-weighted scores
         int rc4 = run("ROWS='fixed tent online' sh dev/reproduce_kitti.sh " ROOT " " MODEL " " TMP "/kitti_repro "
                       "--device cpu --resize-short 48 --max-long 96 --crop 64x32 --batch 2 >" TMP "/kitti_repro.txt 2>" TMP "/kitti_repro_err.txt");
-        char* table = read_file(TMP "/kitti_repro.txt");
-        char* err = read_file(TMP "/kitti_repro_err.txt");
-        char* res = read_file(TMP "/kitti_repro/results.txt");
+        char* table = read_text(TMP "/kitti_repro.txt");
+        char* err = read_text(TMP "/kitti_repro_err.txt");
+        char* res = read_text(TMP "/kitti_repro/results.txt");
         CHECK(rc4 == 0, "reproduce_kitti.sh exited %d:\n%s%s", rc4, err, table);
         CHECK(count_lines_with(res, "RESULT ") == 3, "results.txt should hold 3 runs:\n%s", res);
         CHECK(strstr(res, "tent val 0002") && strstr(res, "mode=tent"), "the Tent row did not run --mode tent:\n%s", res);

@@ -299,7 +299,7 @@ int main(void) {
         }
     }
     CHECK(bad == 0, "hungarian: %d of 80 random cases wrong", bad);
-    printf("ok   hungarian vs brute force on 80 random rectangular cases (max err %.1e)\n", worst);
+    group_line("hungarian vs brute force on 80 random rectangular cases (max err %.1e)", worst);
     double cn[6] = {1, NAN, 2, INFINITY, 0, -INFINITY};   // must terminate with a valid assignment
     hungarian_assign(cn, 2, 3, col);
     CHECK(col[0] >= 0 && col[1] >= 0 && col[0] != col[1] && col[0] < 3 && col[1] < 3,
@@ -329,7 +329,7 @@ int main(void) {
         CHECK(T == 3 && pcls[0] == 5 && pcls[1] == 1 && pcls[2] == 5,
               "panoptic targets: T %d classes %d %d %d", T, pcls[0], pcls[1], pcls[2]);
         CHECK(memcmp(pmasks, pwant, sizeof(pwant)) == 0, "panoptic target masks differ");
-        printf("ok   targets from hand-made semantic and panoptic maps\n");
+        group_line("targets from hand-made semantic and panoptic maps");
         expect_error("label outside [0, K)", bad_label);
         expect_error("segment id out of range", bad_segment_id);
         expect_error("segment class outside [0, K)", bad_segment_class);
@@ -406,7 +406,7 @@ int main(void) {
         float b = set_loss_from_targets(&cfg, cls, msk, L, B, Q, K, Hm, Wm, num_t, tcls, tm, H, W, dc2, dm2, &r, NULL);
         CHECK(num_t[0] == 3 && num_t[1] == 3 && a == b && memcmp(dc1, dc2, nc * 4) == 0 && memcmp(dm1, dm2, nm * 4) == 0,
               "panoptic mirror of a semantic map: T %d %d, loss %g vs %g", num_t[0], num_t[1], b, a);
-        printf("ok   panoptic targets mirroring a semantic map: same loss and gradients\n");
+        group_line("panoptic targets mirroring a semantic map: same loss and gradients");
         free(cls); free(msk); free(tm); free(dc1); free(dm1); free(dc2); free(dm2);
     }
 
@@ -423,7 +423,7 @@ int main(void) {
         Rng r; rng_seed(&r, 1);
         float loss = set_loss(&cfg, cls, msk, 1, 1, Q, K, Hm, Wm, lab, H, W, dc, dm, &r, NULL);
         CHECK(!isfinite(loss), "NaN logits gave a finite loss %g", loss);
-        printf("ok   NaN logits: set loss returns (loss %g)\n", loss);
+        group_line("NaN logits: set loss returns (loss %g)", loss);
         free(cls); free(msk); free(dc); free(dm);
     }
 

@@ -203,7 +203,7 @@ int main(int argc, char** argv) {
     float* pf = model_params_host(fresh);
     model_free(fresh);
     CHECK(!memcmp(ph + n_f + n_h, pf + n_f + n_h, n_g * sizeof(float)), "g of %s is not model_init_random(1)'s", hf_path);
-    printf("ok   g of the Hugging Face checkpoint is model_init_random(seed 1)'s (%zu floats)\n", n_g);
+    group_line("g of the Hugging Face checkpoint is model_init_random(seed 1)'s (%zu floats)", n_g);
     // the 4th channel's patch weights are 0
     SwinParams sp;
     swin_point_params(&sp, ph, &mc.swin);
@@ -232,7 +232,7 @@ int main(int argc, char** argv) {
     int zero_class = 1;
     for (int k = 0; k < 2 * (mcd.mae.hidden_dim + 1); k++) zero_class &= gp.class_w[k] == 0.0f;   // class_b follows class_w
     CHECK(zero_class, "g's class head (absent in the released MAE head) is not zero");
-    printf("ok   both checkpoints: same f (but the 4th channel) and h; g's class head zero\n");
+    group_line("both checkpoints: same f (but the 4th channel) and h; g's class head zero");
     check_h("hf4 (detectron2 names)", &mcd, pd, r.x, &r, 1);
     float *gcls, *gmask, *gown;
     forward_head(&mcd, pd, 2, r.x, &r, r.g_att, &gcls, &gmask, NULL);

@@ -285,7 +285,7 @@ int main(void) {
     for (int step = 0; step < 5; step++) { Rng rs; rng_seed(&rs, 3); l1 = model_ttt_step(m, t.frames, B, &opt, &rs); if (step == 0) l0 = l1; }
     { Rng rs; rng_seed(&rs, 3); l1 = model_mae_loss(m, t.frames, B, &rs); }
     CHECK(l1 < l0, "5 TTT steps did not lower the loss: %g -> %g", l0, l1);
-    printf("ok   TTT: loss %.4f -> %.4f after 5 steps\n", l0, l1);
+    group_line("TTT: loss %.4f -> %.4f after 5 steps", l0, l1);
     CHECK(model_param_hash(m, 1) == h_before, "h changed during TTT");
     CHECK(model_param_hash(m, 0) != f_before, "f did not change during TTT");
     model_reset_ttt(m);

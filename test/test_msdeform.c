@@ -633,7 +633,7 @@ static void test_model(void) {
           model_param_hash(m2, 2) == model_param_hash(m, 2), "msdeform checkpoint round trip changed the parameters");
     model_predict(m2, t.frames, pred2);
     CHECK(memcmp(pred, pred2, (size_t)H * W) == 0, "the loaded msdeform model predicts differently");
-    printf("ok   msdeform checkpoint: header kind %s, round trip equal\n", pixel_decoder_name(rc.m2f.pixel_decoder));
+    group_line("msdeform checkpoint: header kind %s, round trip equal", pixel_decoder_name(rc.m2f.pixel_decoder));
 
     // old checkpoints (no pixel decoder block) read as fpn
     ModelConfig old = model_read_config("data/model.bin");

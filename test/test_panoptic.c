@@ -19,41 +19,7 @@
 
 #define TMP "test/tmp/panoptic"
 
-static int run(const char* cmd) {
-    fflush(stdout);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static char* read_text(const char* path) {
-    FILE* fp = fopen(path, "rb");
-    if (fp == NULL) return strdup("");
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char* s = (char*)calloc(n + 1, 1);
-    if (fread(s, 1, n, fp) != (size_t)n) s[0] = 0;
-    fclose(fp);
-    return s;
-}
-
 static int exists(const char* p) { struct stat st; return stat(p, &st) == 0; }
-
-static int same_bytes(const char* a, const char* b) {
-    char* x = read_text(a);
-    char* y = read_text(b);
-    int same = x[0] && strcmp(x, y) == 0;   // PNGs hold NULs: compare sizes too
-    FILE* fa = fopen(a, "rb"); FILE* fb = fopen(b, "rb");
-    if (fa && fb) {
-        int ca, cb;
-        do { ca = fgetc(fa); cb = fgetc(fb); } while (ca == cb && ca != EOF);
-        same = ca == cb;
-    } else same = 0;
-    if (fa) fclose(fa);
-    if (fb) fclose(fb);
-    free(x); free(y);
-    return same;
-}
 
 // ----------------------------------------------------------------------------
 // ./gen --panoptic: the same images, segments that refine the class-id labels
@@ -89,7 +55,7 @@ static void test_gen(void) {
     PanopticSet ps = panoptic_set_list(TMP "/st", "train", 1);
     CHECK(ps.n == 6 && ps.H[0] == 48 && ps.W[0] == 64, "panoptic_set_list on gen stills: %d", ps.n);
     panoptic_set_free(&ps);
-    printf("ok   ./gen --panoptic: COCO Videos and COCO 2017 layouts read back, the images unchanged, one segment per object\n");
+    group_line("./gen --panoptic: COCO Videos and COCO 2017 layouts read back, the images unchanged, one segment per object");
 }
 
 // ----------------------------------------------------------------------------
@@ -367,7 +333,7 @@ static void test_reproduce(void) {
 }
 
 int main(void) {
-    run("rm -rf " TMP " && mkdir -p " TMP);
+    fresh_dir(TMP);
     test_gen();
     test_train_loss();
     // a 5-class model for the class-count check

@@ -32,31 +32,6 @@
 #define MODEL R "/tiny.bin"
 #define COMMON "--model " MODEL " --device cpu --batch 2 --window 2 --mode fixed"
 
-static int run(const char* cmd) {
-    fflush(stdout);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static char* read_file(const char* path, size_t* len) {
-    FILE* fp = fopen(path, "rb");
-    if (fp == NULL) { if (len) *len = 0; return strdup(""); }
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char* s = (char*)calloc(n + 1, 1);
-    if (fread(s, 1, n, fp) != (size_t)n) n = 0;
-    fclose(fp);
-    if (len) *len = (size_t)n;
-    return s;
-}
-
-static void write_file(const char* path, const void* data, size_t n) {
-    FILE* fp = fopenCheck(path, "wb");
-    fwriteCheck(data, 1, n, fp);
-    fcloseCheck(fp);
-}
-
 static int lines_of(const char* s) { int n = 0; for (; *s; s++) n += *s == '\n'; return n; }
 
 // a fingerprint of every file under dir (names, sizes, bytes): equal before and after = untouched
@@ -420,7 +395,7 @@ static void check_train(void) {
     CHECK(rc == 0 && strstr(log, "resumed from") && strstr(log, "at step 4") && files_equal(R "/ka.bin", R "/full.bin") &&
           files_equal(R "/ka.bin.opt", R "/full.bin.opt"),
           "a kill between the renames (OUT one save behind OUT.opt): the resumed run differs (exit %d)\n%s", rc, log);
-    printf("ok   killed between the two renames (model one save behind OUT.opt): resumed at step 4, bit for bit\n");
+    group_line("killed between the two renames (model one save behind OUT.opt): resumed at step 4, bit for bit");
     free(log);
     // (b) a kill before the renames: both at step 2, a half-written OUT.opt.tmp beside them
     snprintf(cmd, sizeof(cmd), "./train %s --out " R "/kb.bin --steps 6 --save-every 2 --stop-after 2 > /dev/null 2>&1 && "
@@ -431,7 +406,7 @@ static void check_train(void) {
     log = read_file(R "/log.txt", NULL);
     CHECK(rc == 0 && strstr(log, "at step 2") && files_equal(R "/kb.bin", R "/full.bin") && files_equal(R "/kb.bin.opt", R "/full.bin.opt"),
           "a kill before the renames (stale .tmp files): the resumed run differs (exit %d)\n%s", rc, log);
-    printf("ok   killed before the renames (half-written .tmp files beside): resumed at step 2, bit for bit\n");
+    group_line("killed before the renames (half-written .tmp files beside): resumed at step 2, bit for bit");
     free(log);
     // (c) an optimizer state of the older two-file format, (d) none
     run("rm -f " R "/old.bin*");
@@ -452,7 +427,7 @@ static void check_train(void) {
 
 int main(void) {
     omp_set_num_threads(1);   // this process forks children that load checkpoints: no OpenMP pool
-    if (run("mkdir -p " TMP " && rm -rf " R " && mkdir -p " R) != 0) return 1;
+    if (fresh_dir(R) != 0) return 1;
     check_headers();
     check_stream();
     check_train();

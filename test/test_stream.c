@@ -18,37 +18,11 @@
 #define FH 32
 #define COMMON "--model " MODEL " --device cpu --batch 2 --window 2 --lr 1e-2 --offline-steps 3"
 
-static int run(const char* cmd) {
-    fflush(stdout);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 // run ./stream ARGS with stdout and stderr into TMP/st_log.txt; return the exit status
-static int stream(const char* args) {
-    char cmd[4096];
-    snprintf(cmd, sizeof(cmd), "./stream %s >" TMP "/st_log.txt 2>&1", args);
-    return run(cmd);
-}
+static int stream(const char* args) { return stream_to_log(args, TMP "/st_log.txt"); }
 
 // whole log of the last stream() into a malloc'd string
-static char* read_log(void) {
-    FILE* fp = fopen(TMP "/st_log.txt", "rb");
-    if (fp == NULL) return strdup("");
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char* s = (char*)calloc(n + 1, 1);
-    if (fread(s, 1, n, fp) != (size_t)n) s[0] = 0;
-    fclose(fp);
-    return s;
-}
-
-static int count_substr(const char* s, const char* sub) {
-    int n = 0;
-    for (const char* p = strstr(s, sub); p; p = strstr(p + 1, sub)) n++;
-    return n;
-}
+static char* read_log(void) { return read_text(TMP "/st_log.txt"); }
 
 // the number after the last '=' on the line that starts with prefix (prefix begins with a
 // newline); NAN when absent
@@ -61,12 +35,6 @@ static double line_value(const char* log, const char* prefix) {
     const char* v = NULL;
     for (const char* q = p; q < end; q++) if (*q == '=') v = q + 1;
     return v ? atof(v) : NAN;
-}
-
-static int same_bytes(const char* a, const char* b) {
-    char cmd[2048];
-    snprintf(cmd, sizeof(cmd), "cmp -s '%s' '%s'", a, b);
-    return run(cmd) == 0;
 }
 
 // the predictions of run directory `dir` for every frame equal those of `ref`

@@ -77,7 +77,7 @@ static void test_scores_and_argmax(Rng* rng) {
         CHECK(worst < 1e-5, "semantic_scores at (%d, %d) off the formula by %g", y, x, worst);
         free(cls); free(msk); free(work); free(ref); free(got); free(sc);
     }
-    printf("ok   semantic_scores + class_argmax = semantic inference's ids (3 sizes, one with a resize)\n");
+    group_line("semantic_scores + class_argmax = semantic inference's ids (3 sizes, one with a resize)");
 
     // confidence: row 0 max 0.6 of 1 -> kept at 0.5, ignored at 0.6 (not above); ties -> first
     float s[4 * 3] = {0.1f, 0.6f, 0.3f,  0.2f, 0.2f, 0.2f,  0.0f, 0.0f, 0.0f,  0.9f, 0.05f, 0.05f};
@@ -112,7 +112,7 @@ static void test_flip_vote(Rng* rng) {
     CHECK(memcmp(got, want, 6) == 0, "majority vote %d %d %d %d %d %d", got[0], got[1], got[2], got[3], got[4], got[5]);
     majority_vote_cpu(got, votes, 1, 6);
     CHECK(memcmp(got, votes, 6) == 0, "a vote of one view is that view");
-    printf("ok   flip_width, majority_vote (ties keep the earliest view's id)\n");
+    group_line("flip_width, majority_vote (ties keep the earliest view's id)");
 }
 
 static void test_ln_adapt_op(Rng* rng) {
@@ -314,7 +314,7 @@ static void test_tent(Rng* rng) {
     rng_seed(&r, t.seed);
     float last = model_tent_loss(m, t.frames, B, &r);
     CHECK(last < first, "4 Tent steps did not lower the entropy: %g -> %g", first, last);
-    printf("ok   Tent: entropy %.5f -> %.5f after 4 steps on the same frames\n", first, last);
+    group_line("Tent: entropy %.5f -> %.5f after 4 steps on the same frames", first, last);
     // a batch above the planned one runs in chunks: the same loss up to rounding
     Model* m1 = model_create(model_config(m), 1, H, W);
     model_copy_params(m1, m);
@@ -384,7 +384,7 @@ static void test_self_train(Rng* rng) {
     rng_seed(&r, 5);
     l = model_self_train_step(m, frames, B, &opt, 1.0f, 0.8f, &r, &frac);
     CHECK(l == 0.0f && frac == 0.0f && model_param_hash(m, 0) == hf, "a step without pseudo-labels changed the model");
-    printf("ok   self-training: pseudo-labels, loss %.4f, a step moves f and h only\n", loss);
+    group_line("self-training: pseudo-labels, loss %.4f, a step moves f and h only", loss);
     free(frames); free(lab); free(pred);
     model_free(m);
 }
@@ -407,7 +407,7 @@ static void test_main_only(Rng* rng) {
     CHECK(model_param_hash(m, 2) == hg, "main-task-only training changed g");
     CHECK(model_param_hash(m, 0) != hf && model_param_hash(m, 1) != hh, "main-task-only training left f or h");
     CHECK(isfinite(first) && last < first, "main-task loss did not fall: %g -> %g", first, last);
-    printf("ok   main task only: set loss %.4f -> %.4f in 6 steps, g untouched\n", first, last);
+    group_line("main task only: set loss %.4f -> %.4f in 6 steps, g untouched", first, last);
     // in chunks of one image: the same step as the whole batch (up to rounding)
     Model* a = tiny_model(K, B, H, W, 52), *b = tiny_model(K, 1, H, W, 52);
     Rng ra, rb; rng_seed(&ra, 9); rng_seed(&rb, 9);
@@ -430,7 +430,7 @@ static void test_class_balance(void) {
     CHECK(class_balance_reset(3, 5, 1) && class_balance_reset(7, 5, 1), "a difference of 2 with threshold 1 does not reset");
     CHECK(!class_balance_reset(5, 5, 0) && class_balance_reset(5, 6, 0), "threshold 0");
     CHECK(class_balance_reset(5, 5, -1), "threshold -1 resets every frame");
-    printf("ok   class balance: counts and the reset rule\n");
+    group_line("class balance: counts and the reset rule");
 }
 
 // ---- the Predictor ----
@@ -505,7 +505,7 @@ static void test_predictor(Rng* rng) {
     CHECK(agree < HW, "LN Adapt over different frames changed no prediction");
     predictor_free(p);
     CHECK(layernorm_forward_hook == NULL, "the LayerNorm hook was left set");
-    printf("ok   predictor: plain, TTA, smoothing, LN Adapt\n");
+    group_line("predictor: plain, TTA, smoothing, LN Adapt");
     free(a); free(b); free(pa); free(pb); free(got); free(plain); free(again);
     model_free(m);
 }

@@ -20,35 +20,9 @@
 #define FH 32
 #define COMMON "--model " MODEL " --device cpu --batch 2 --window 2 --lr 1e-2"
 
-static int run(const char* cmd) {
-    fflush(stdout);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+static int stream(const char* args) { return stream_to_log(args, TMP "/t1s_log.txt"); }
 
-static int stream(const char* args) {
-    char cmd[4096];
-    snprintf(cmd, sizeof(cmd), "./stream %s >" TMP "/t1s_log.txt 2>&1", args);
-    return run(cmd);
-}
-
-static char* read_log(void) {
-    FILE* fp = fopen(TMP "/t1s_log.txt", "rb");
-    if (fp == NULL) return strdup("");
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char* s = (char*)calloc(n + 1, 1);
-    if (fread(s, 1, n, fp) != (size_t)n) s[0] = 0;
-    fclose(fp);
-    return s;
-}
-
-static int count_substr(const char* s, const char* sub) {
-    int n = 0;
-    for (const char* p = strstr(s, sub); p; p = strstr(p + 1, sub)) n++;
-    return n;
-}
+static char* read_log(void) { return read_text(TMP "/t1s_log.txt"); }
 
 // the predictions of run directory dir for every frame equal those of ref, byte for byte
 static int same_predictions(const char* dir, const char* ref) {
@@ -174,7 +148,7 @@ int main(void) {
     CHECK(same_predictions(TMP "/t1s_cb_none", TMP "/t1s_tent"), "class balance without resets differs from tent");
     CHECK(stream(VID " " COMMON " --mode self-train --class-balance on --cb-threshold -1 --out " TMP "/t1s_cb_st") == 0, "class balance run failed");
     CHECK(same_predictions(TMP "/t1s_cb_st", TMP "/t1s_fixed"), "self-train with a reset every frame differs from fixed");
-    printf("ok   class balance: threshold -1 = fixed mode, threshold 1000 = no class balance\n");
+    group_line("class balance: threshold -1 = fixed mode, threshold 1000 = no class balance");
 
     // bad combinations
     expect_error("--memory with online", VID " " COMMON " --mode online --memory nomem --out " TMP "/t1s_bad", "--memory applies");
@@ -208,6 +182,6 @@ int main(void) {
     }
     CHECK(stream(VID " --model " TMP "/t1s_main.bin --device cpu --mode fixed --out " TMP "/t1s_main_fixed") == 0 &&
           outputs_ok(TMP "/t1s_main_fixed"), "./stream --mode fixed cannot run the --no-mae checkpoint");
-    printf("ok   ./train --no-mae: f, h trained, g = its initialisation, ./stream runs it\n");
+    group_line("./train --no-mae: f, h trained, g = its initialisation, ./stream runs it");
     return test_summary("test_table1_stream");
 }

@@ -4,11 +4,6 @@
 #include "test.h"
 #include <sys/stat.h>
 
-static int run(const char* cmd) {
-    int rc = system(cmd);
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
 static int files_equal(const char* a, const char* b) {
     FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
     if (!fa || !fb) { if (fa) fclose(fa); if (fb) fclose(fb); return 0; }
@@ -39,7 +34,7 @@ int main(void) {
     }
     if (fp) fclose(fp);
     CHECK(first > 0 && last > 0 && last < 0.8f * first, "loss did not fall by 20%%: %g -> %g", first, last);
-    printf("ok   training loss %.4f -> %.4f (smoothed) in 40 steps\n", first, last);
+    group_line("training loss %.4f -> %.4f (smoothed) in 40 steps", first, last);
 
     // resume: 10 steps straight vs 4 steps, stop, resume to 10
     snprintf(cmd, sizeof(cmd), "./train --data %s/data --out %s/full.bin --steps 10 --save-every 0 %s > /dev/null 2>&1", T, T, common);
@@ -53,7 +48,7 @@ int main(void) {
     CHECK(files_equal(a, b), "resumed checkpoint differs from the uninterrupted one");
     snprintf(a, sizeof(a), "%s/full.bin.opt", T); snprintf(b, sizeof(b), "%s/part.bin.opt", T);
     CHECK(files_equal(a, b), "resumed optimizer state differs from the uninterrupted one");
-    printf("ok   resume after 4 of 10 steps ends bit-for-bit like the uninterrupted run\n");
+    group_line("resume after 4 of 10 steps ends bit-for-bit like the uninterrupted run");
 
     // bad input: missing label, wrong-size label, class id out of range, empty folder,
     // unwritable checkpoint path

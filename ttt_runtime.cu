@@ -1,0 +1,273 @@
+// ttt_runtime.cu: the CUDA runtime behind dispatch.c (device count, memory, copies), the one
+// cuBLAS handle, the growable workspaces, the per-op profiler (TTT_PROFILE=1), CUDA graphs
+// (TTT_GRAPHS=0: off) and the event timers. No kernels: those are in ttt_kernels.cu, which
+// shares this file's helpers through ttt_cuda.cuh.
+// Environment switches read here: TTT_PROFILE=1 (device time per op printed at exit),
+// TTT_GRAPHS=0 (no CUDA graphs: every kernel launched from the host each time), TTT_TF32=0
+// (float32 matrix products; read by gemm_rm in ttt_kernels.cu, stored here).
+#include "ttt_cuda.cuh"
+
+// ----------------------------------------------------------------------------
+// runtime plumbing
+
+extern "C" int ttt_cuda_device_count(void) {
+    // no driver or no GPU is not an error here: the CPU path keeps working
+    int n = 0;
+    cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess) { cudaGetLastError(); return 0; }
+    return n;
+}
+
+static int graph_capturing = 0;   // 1 while a CUDA graph is being recorded
+
+extern "C" void* ttt_cuda_malloc(size_t bytes) {
+    if (graph_capturing) ttt_die("internal: GPU memory allocated while a CUDA graph was recorded (run with TTT_GRAPHS=0)");
+    void* p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes > 0 ? bytes : 1);
+    if (err != cudaSuccess) {
+        size_t free_b = 0, total_b = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&free_b, &total_b);
+        fprintf(stderr, "error: out of GPU memory allocating %zu bytes (%.2f GiB; %.2f GiB free of %.2f): %s\n",
+                bytes, bytes / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0,
+                cudaGetErrorString(err));
+        exit(1);
+    }
+    return p;
+}
+
+extern "C" void ttt_cuda_free(void* p) {
+    if (graph_capturing) ttt_die("internal: GPU memory freed while a CUDA graph was recorded (run with TTT_GRAPHS=0)");
+    if (p) cudaCheck(cudaFree(p));
+}
+
+extern "C" void ttt_cuda_zero(void* p, size_t bytes) {
+    if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, cudaStreamPerThread));
+}
+
+extern "C" void ttt_cuda_copy(void* dst, const void* src, size_t bytes, int kind) {
+    if (bytes == 0) return;
+    cudaMemcpyKind k = kind == 1 ? cudaMemcpyHostToDevice
+                     : kind == 2 ? cudaMemcpyDeviceToHost : cudaMemcpyDeviceToDevice;
+    if (k == cudaMemcpyDeviceToDevice) cudaCheck(cudaMemcpyAsync(dst, src, bytes, k, cudaStreamPerThread));
+    else cudaCheck(cudaMemcpy(dst, src, bytes, k));   // host memory: waits for the stream
+}
+
+extern "C" void ttt_cuda_synchronize(void) { cudaCheck(cudaDeviceSynchronize()); }
+
+// one cuBLAS handle for the process, created on first use, on our stream and with a
+// workspace of its own (so that cuBLAS never allocates while a graph is being recorded)
+static cublasHandle_t cublas_handle = NULL;
+cublasHandle_t get_cublas(void) {
+    if (cublas_handle == NULL) {
+        const size_t workspace_bytes = 32u << 20;
+        cublasCheck(cublasCreate(&cublas_handle));
+        cublasCheck(cublasSetStream(cublas_handle, cudaStreamPerThread));
+        cublasCheck(cublasSetWorkspace(cublas_handle, ttt_cuda_malloc(workspace_bytes), workspace_bytes));
+    }
+    return cublas_handle;
+}
+
+// persistent growable workspaces (never shrink). Growing frees the old buffer;
+// cudaFree waits for the device, so kernels still reading it finish first.
+Workspace ws_gemm;     // im2col / col2im columns, attention score gradients
+Workspace ws_reduce;   // partial sums of reductions (doubles)
+static long workspace_epoch = 0;   // bumped whenever a workspace moves (graphs record pointers)
+void* workspace_get(Workspace* w, size_t bytes) {
+    if (bytes > w->bytes) {
+        if (graph_capturing)
+            ttt_die("internal: a CUDA workspace had to grow while a graph was recorded (run with TTT_GRAPHS=0)");
+        workspace_epoch++;
+        if (w->ptr) cudaCheck(cudaFree(w->ptr));
+        size_t grow = bytes + bytes / 4;
+        w->ptr = ttt_cuda_malloc(grow);
+        w->bytes = grow;
+    }
+    return w->ptr;
+}
+
+// matrix products in TF32 (default) or full float32; FLOPs issued so far (2 M N K each).
+// The environment variable TTT_TF32=0 selects float32 until ttt_cuda_set_tf32 is called.
+int gemm_tf32 = -1;
+double gemm_flop_count = 0.0;
+extern "C" void ttt_cuda_set_tf32(int on) { gemm_tf32 = on != 0; }
+extern "C" double ttt_cuda_gemm_flops(void) { return gemm_flop_count; }
+
+extern "C" void ttt_cuda_memory_info(size_t* used, size_t* total) {
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    *used = total_b - free_b;
+    *total = total_b;
+}
+
+// ----------------------------------------------------------------------------
+// per-op timing, on when the environment has TTT_PROFILE=1: every _cuda op records a CUDA
+// event pair around its work (an OpTimer on its stack); at exit the total time per op is
+// printed to stderr, sorted. Off: one branch per op.
+
+#define PROF_MAX_OPS 96
+#define PROF_MAX_PENDING 65536
+static int prof_on = -1;
+static const char* prof_names[PROF_MAX_OPS];
+static double prof_ms[PROF_MAX_OPS];
+static long prof_calls[PROF_MAX_OPS];
+static int prof_nops = 0;
+static cudaEvent_t prof_ev[PROF_MAX_PENDING][2];
+static int prof_ev_op[PROF_MAX_PENDING];
+static int prof_npending = 0, prof_nev_created = 0;
+
+// fold the recorded pairs into the per-op totals (waits for the device)
+static void prof_flush(void) {
+    if (prof_npending == 0) return;
+    cudaCheck(cudaDeviceSynchronize());
+    for (int i = 0; i < prof_npending; i++) {
+        float ms = 0.0f;
+        cudaCheck(cudaEventElapsedTime(&ms, prof_ev[i][0], prof_ev[i][1]));
+        prof_ms[prof_ev_op[i]] += ms;
+        prof_calls[prof_ev_op[i]]++;
+    }
+    prof_npending = 0;
+}
+
+static void prof_report(void) {
+    prof_flush();
+    double total = 0.0;
+    for (int i = 0; i < prof_nops; i++) total += prof_ms[i];
+    fprintf(stderr, "TTT_PROFILE: device time per op (sum of event intervals), total %.2f ms\n", total);
+    int order[PROF_MAX_OPS];
+    for (int i = 0; i < prof_nops; i++) order[i] = i;
+    for (int i = 1; i < prof_nops; i++)   // insertion sort by time, descending
+        for (int j = i; j > 0 && prof_ms[order[j]] > prof_ms[order[j - 1]]; j--) {
+            int t = order[j]; order[j] = order[j - 1]; order[j - 1] = t;
+        }
+    for (int k = 0; k < prof_nops; k++) {
+        int i = order[k];
+        fprintf(stderr, "  %-32s %10.2f ms %5.1f%%  %8ld calls\n", prof_names[i], prof_ms[i],
+                100.0 * prof_ms[i] / (total > 0 ? total : 1), prof_calls[i]);
+    }
+}
+
+static int prof_depth = 0;   // only the outermost op is timed (conv2d 1x1 calls linear)
+OpTimer::OpTimer(const char* name) : slot(-1) {
+    prof_depth++;
+    if (prof_depth > 1) return;
+    if (prof_on < 0) {
+        const char* e = getenv("TTT_PROFILE");
+        prof_on = e && e[0] == '1';
+        if (prof_on) atexit(prof_report);
+    }
+    if (!prof_on) return;
+    int op = 0;
+    while (op < prof_nops && prof_names[op] != name) op++;
+    if (op == prof_nops) {
+        if (prof_nops == PROF_MAX_OPS) return;
+        prof_names[prof_nops++] = name;
+    }
+    if (prof_npending == PROF_MAX_PENDING) prof_flush();
+    slot = prof_npending++;
+    if (slot >= prof_nev_created) {
+        cudaCheck(cudaEventCreate(&prof_ev[slot][0]));
+        cudaCheck(cudaEventCreate(&prof_ev[slot][1]));
+        prof_nev_created = slot + 1;
+    }
+    prof_ev_op[slot] = op;
+    cudaCheck(cudaEventRecord(prof_ev[slot][0]));
+}
+OpTimer::~OpTimer() {
+    prof_depth--;
+    if (slot >= 0) cudaCheck(cudaEventRecord(prof_ev[slot][1]));
+}
+
+// ----------------------------------------------------------------------------
+// CUDA graphs (see DeviceGraph in ttt.h): record the work of a fixed op sequence on our
+// stream once, replay it with one launch. Not used under TTT_PROFILE=1 (its per-op events
+// need the eager launches) or with TTT_GRAPHS=0.
+
+// stage timing events (ttt.c keeps the bookkeeping; slots index its pending intervals)
+static cudaEvent_t stage_ev[STAGE_MAX_PENDING][2];
+static int stage_ev_created = 0;
+extern "C" void ttt_cuda_stage_record(int slot, int which) {
+    while (stage_ev_created <= slot) {
+        cudaCheck(cudaEventCreate(&stage_ev[stage_ev_created][0]));
+        cudaCheck(cudaEventCreate(&stage_ev[stage_ev_created][1]));
+        stage_ev_created++;
+    }
+    cudaCheck(cudaEventRecord(stage_ev[slot][which], cudaStreamPerThread));
+}
+extern "C" float ttt_cuda_stage_elapsed(int slot) {
+    float ms = 0.0f;
+    cudaCheck(cudaEventSynchronize(stage_ev[slot][1]));
+    cudaCheck(cudaEventElapsedTime(&ms, stage_ev[slot][0], stage_ev[slot][1]));
+    return ms;
+}
+
+static cudaEvent_t timer_ev[2];
+static int timer_ev_created = 0;
+extern "C" void ttt_cuda_timer_start(void) {
+    if (!timer_ev_created) {
+        cudaCheck(cudaEventCreate(&timer_ev[0]));
+        cudaCheck(cudaEventCreate(&timer_ev[1]));
+        timer_ev_created = 1;
+    }
+    cudaCheck(cudaEventRecord(timer_ev[0], cudaStreamPerThread));
+}
+extern "C" double ttt_cuda_timer_stop_ms(void) {
+    float ms = 0.0f;
+    cudaCheck(cudaEventRecord(timer_ev[1], cudaStreamPerThread));
+    cudaCheck(cudaEventSynchronize(timer_ev[1]));
+    cudaCheck(cudaEventElapsedTime(&ms, timer_ev[0], timer_ev[1]));
+    return ms;
+}
+
+static int graphs_on = -1;
+extern "C" void ttt_cuda_set_graphs(int on) { graphs_on = on != 0; }
+static int graphs_enabled(void) {
+    if (graphs_on < 0) {
+        const char* g = getenv("TTT_GRAPHS");
+        graphs_on = !(g && g[0] == '0');
+    }
+    const char* p = getenv("TTT_PROFILE");
+    return graphs_on && !(p && p[0] == '1') && !stage_timing_enabled();
+}
+
+extern "C" void ttt_cuda_graph_free(DeviceGraph* g) {
+    if (g->exec) cudaCheck(cudaGraphExecDestroy((cudaGraphExec_t)g->exec));
+    g->exec = NULL;
+}
+
+extern "C" int ttt_cuda_graph_replay(DeviceGraph* g) {
+    if (g->exec == NULL || !graphs_enabled()) return 0;
+    if (g->workspace_epoch != workspace_epoch) {   // a buffer it reads has moved: record again
+        ttt_cuda_graph_free(g);
+        g->calls = 0;
+        return 0;
+    }
+    cudaCheck(cudaGraphLaunch((cudaGraphExec_t)g->exec, cudaStreamPerThread));
+    gemm_flop_count += g->flops;
+    return 1;
+}
+
+extern "C" void ttt_cuda_graph_begin(DeviceGraph* g) {
+    g->calls++;
+    g->capturing = 0;
+    if (g->calls < 2 || !graphs_enabled() || graph_capturing) return;   // first call: eager
+    g->flops = gemm_flop_count;
+    cudaCheck(cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeThreadLocal));
+    graph_capturing = 1;
+    g->capturing = 1;
+}
+
+extern "C" void ttt_cuda_graph_end(DeviceGraph* g) {
+    if (!g->capturing) return;
+    cudaGraph_t graph;
+    cudaCheck(cudaStreamEndCapture(cudaStreamPerThread, &graph));
+    graph_capturing = 0;
+    g->capturing = 0;
+    cudaGraphExec_t exec;
+    cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
+    cudaCheck(cudaGraphDestroy(graph));
+    g->exec = (void*)exec;
+    g->flops = gemm_flop_count - g->flops;   // the matrix products counted while recording
+    g->workspace_epoch = workspace_epoch;
+    cudaCheck(cudaGraphLaunch(exec, cudaStreamPerThread));   // recording did not run the work
+}
