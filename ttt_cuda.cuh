@@ -40,8 +40,7 @@ static inline unsigned int grid_for(size_t n, int threads) {
 // the process's cuBLAS handle on our stream, created on first use
 cublasHandle_t get_cublas(void);
 
-// matrix products: TF32 (1) or float32 (0), -1 until gemm_rm reads TTT_TF32; FLOPs issued so far
-extern int gemm_tf32;
+// FLOPs of the matrix products issued so far (their precision: ttt_cuda_precision, ttt.h)
 extern double gemm_flop_count;
 
 // persistent growable workspaces (never shrink): workspace_get returns at least `bytes`

@@ -27,10 +27,7 @@
 
 // The precision (ttt.h: TTT_PRECISION, ttt_cuda_set_precision) as a cuBLAS compute type: float32
 // storage and float32 sums in all three; the tensor cores multiply bf16, TF32 or float32 inputs.
-// ttt_cuda_set_tf32, the older switch, still works: a call to it since the last product sets
-// tf32 or fp32 here (gemm_tf32 is -1 otherwise; TTT_TF32 itself is read by ttt_cuda_precision).
 static cublasComputeType_t gemm_compute_type(void) {
-    if (gemm_tf32 >= 0) { ttt_cuda_set_precision(gemm_tf32 ? PRECISION_TF32 : PRECISION_FP32); gemm_tf32 = -1; }
     int p = ttt_cuda_precision();
     return p == PRECISION_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
          : p == PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;

@@ -86,11 +86,10 @@ void* workspace_get(Workspace* w, size_t bytes) {
     return w->ptr;
 }
 
-// matrix products in TF32 (default) or full float32; FLOPs issued so far (2 M N K each).
-// The environment variable TTT_TF32=0 selects float32 until ttt_cuda_set_tf32 is called.
-int gemm_tf32 = -1;
+// FLOPs of the matrix products issued so far (2 M N K each). ttt_cuda_set_tf32, the older
+// precision switch: TF32 (1) or float32 (0) products (ttt_cuda_set_precision says more)
 double gemm_flop_count = 0.0;
-extern "C" void ttt_cuda_set_tf32(int on) { gemm_tf32 = on != 0; }
+extern "C" void ttt_cuda_set_tf32(int on) { ttt_cuda_set_precision(on ? PRECISION_TF32 : PRECISION_FP32); }
 extern "C" double ttt_cuda_gemm_flops(void) { return gemm_flop_count; }
 
 extern "C" void ttt_cuda_memory_info(size_t* used, size_t* total) {
