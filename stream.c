@@ -973,8 +973,8 @@ static void reset_weights(const Tech* t, Model* m) {
 
 // one step of the mode's technique on B images of the window (n_win frames); a NaN / Inf
 // loss resets to the initial weights and is reported to the caller
-static float ttt_step(const Args* a, const Tech* t, Model* m, float* const* window, int n_win, float* batch, int B,
-                      const Video* v, int* perm, int* pos, Rng* rng, const char* name) {
+static float adapt_step(const Args* a, const Tech* t, Model* m, float* const* window, int n_win, float* batch, int B,
+                        const Video* v, int* perm, int* pos, Rng* rng, const char* name) {
     fill_batch(batch, window, n_win, B, v, a->sr.sampler, perm, pos, rng);
     float loss = a->mode == MODE_TENT ? model_tent_step(m, batch, B, &a->opt, rng)
                : a->mode == MODE_SELF_TRAIN ? model_self_train_step(m, batch, B, &a->opt, a->st_threshold, a->st_mask_ratio, rng, NULL)
@@ -1294,7 +1294,7 @@ static RunResult run_stream(const Args* a, Tech* tech, Model* m, Model* mp, Vide
             double loss_sum = 0.0;
             int n_ok = 0, pos = n_win;   // the sampler starts a new permutation every frame
             for (int step = 0; step < a->steps; step++) {
-                float loss = ttt_step(a, tech, m, window, n_win, batch, B, v, perm, &pos, &rng, f->name);
+                float loss = adapt_step(a, tech, m, window, n_win, batch, B, v, perm, &pos, &rng, f->name);
                 if (!isfinite(loss)) break;
                 loss_sum += loss; n_ok++;
             }
