@@ -1094,14 +1094,6 @@ static float read_loss(const Model* m) {
     return loss;
 }
 
-// clip (the recipe's ttt_clip > 0; the released code clips the whole model's gradient): the
-// gradients of f and g scaled to a global L2 norm of at most ttt_clip. 0 when the norm is not
-// finite (the weights must then stay untouched), else 1.
-static int clip_ttt_grads(Model* m) {
-    if (m->recipe.ttt_clip <= 0.0f) return 1;
-    return isfinite(clip_grad_parts(m, m->recipe.ttt_clip, PART_F | PART_G));
-}
-
 // Micro-batching: a batch larger than the planned one (max_B) runs in chunks of max_B
 // images. All B masks are drawn first (the same draws as one big batch), then the batch's
 // drop-path table (likewise); the loss is the mean over every masked value of the batch, so
@@ -1175,7 +1167,8 @@ float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt,
     }
     if (opt == NULL || !isfinite(loss)) return loss;
     stage_begin("AdamW (f, g)");
-    if (!clip_ttt_grads(m)) { stage_begin(NULL); return NAN; }   // clip (recipe)
+    if (m->recipe.ttt_clip > 0.0f &&              // clip: ||grads of f, g|| <= ttt_clip (the released code's 0.01)
+        !isfinite(clip_grad_parts(m, m->recipe.ttt_clip, PART_F | PART_G))) { stage_begin(NULL); return NAN; }
     m->adam_t++;
     adamw_parts(m, opt, PART_F | PART_G);          // AdamW on f and g, with the recipe's param groups
     stage_begin(NULL);

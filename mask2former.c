@@ -939,49 +939,69 @@ void m2f_decoder_forward(const M2FConfig* c, const M2FParams* p, M2FActs* a, int
     for (int i = 0; i < NL; i++) {
         int m = i % 3, T = a->T[m];
         size_t DD = (size_t)D * D;
+        // layer i's weights (llm.c's l_ locals): attention in-projections (3D, D) hold q, k, v
+        const float* l_ca_in_w = p->ca_in_w + (size_t)i * 3 * DD;
+        const float* l_ca_in_b = p->ca_in_b + (size_t)i * 3 * D;
+        const float* l_ca_out_w = p->ca_out_w + i * DD;
+        const float* l_ca_out_b = p->ca_out_b + (size_t)i * D;
+        const float* l_ca_ln_w = p->ca_ln_w + (size_t)i * D;
+        const float* l_ca_ln_b = p->ca_ln_b + (size_t)i * D;
+        const float* l_sa_in_w = p->sa_in_w + (size_t)i * 3 * DD;
+        const float* l_sa_in_b = p->sa_in_b + (size_t)i * 3 * D;
+        const float* l_sa_out_w = p->sa_out_w + i * DD;
+        const float* l_sa_out_b = p->sa_out_b + (size_t)i * D;
+        const float* l_sa_ln_w = p->sa_ln_w + (size_t)i * D;
+        const float* l_sa_ln_b = p->sa_ln_b + (size_t)i * D;
+        const float* l_fc1_w = p->fc1_w + (size_t)i * F * D;
+        const float* l_fc1_b = p->fc1_b + (size_t)i * F;
+        const float* l_fc2_w = p->fc2_w + (size_t)i * D * F;
+        const float* l_fc2_b = p->fc2_b + (size_t)i * D;
+        const float* l_ffn_ln_w = p->ffn_ln_w + (size_t)i * D;
+        const float* l_ffn_ln_b = p->ffn_ln_b + (size_t)i * D;
+        // and its activations, (B, Q, D) unless marked
+        float* l_attn_mask = a->attn_mask[i];   // (B, Q, T)
+        float *l_ca_qin = a->ca_qin[i], *l_ca_q = a->ca_q[i], *l_ca_o = a->ca_o[i], *l_ca_res = a->ca_res[i];
+        float *l_ca_k = a->ca_k[i], *l_ca_v = a->ca_v[i];   // (B, T, D)
+        float* l_ca_att = a->ca_att[i];         // (B, NH, Q, T)
+        float *l_ca_ln = a->ca_ln[i], *l_ca_mean = a->ca_mean[i], *l_ca_rstd = a->ca_rstd[i];
+        float *l_sa_qin = a->sa_qin[i], *l_sa_q = a->sa_q[i], *l_sa_k = a->sa_k[i], *l_sa_v = a->sa_v[i];
+        float *l_sa_o = a->sa_o[i], *l_sa_res = a->sa_res[i];
+        float* l_sa_att = a->sa_att[i];         // (B, NH, Q, Q)
+        float *l_sa_ln = a->sa_ln[i], *l_sa_mean = a->sa_mean[i], *l_sa_rstd = a->sa_rstd[i];
+        float *l_fc1 = a->fc1[i], *l_fc1_relu = a->fc1_relu[i];   // (B, Q, F)
+        float *l_ffn_res = a->ffn_res[i], *l_ffn_ln = a->ffn_ln[i], *l_ffn_mean = a->ffn_mean[i], *l_ffn_rstd = a->ffn_rstd[i];
         if (teacher_masks) {
-            ttt_copy(a->attn_mask[i], teacher_masks + teacher_off, (size_t)BQ * T * sizeof(float));
+            ttt_copy(l_attn_mask, teacher_masks + teacher_off, (size_t)BQ * T * sizeof(float));
             teacher_off += (size_t)BQ * T;
         }
         const float* tgt = (i == 0) ? a->tgt0 : a->ffn_ln[i - 1];
         // masked cross-attention on memory level m
-        const float* w = p->ca_in_w + (size_t)i * 3 * DD;
-        const float* bias = p->ca_in_b + (size_t)i * 3 * D;
-        add_forward(a->ca_qin[i], tgt, a->qpos, nQD);
-        linear_forward(a->ca_q[i], a->ca_qin[i], w, bias, BQ, D, D);
-        linear_forward(a->ca_k[i], a->src_pos[m], w + DD, bias + D, B * T, D, D);
-        linear_forward(a->ca_v[i], a->src[m], w + 2 * DD, bias + 2 * D, B * T, D, D);
-        attention_forward(a->ca_o[i], a->ca_att[i], a->ca_q[i], a->ca_k[i], a->ca_v[i], NULL,
-                          a->attn_mask[i], B, B, Q, T, NH, HS, D, D);
-        linear_forward(a->ca_res[i], a->ca_o[i], p->ca_out_w + i * DD, p->ca_out_b + (size_t)i * D,
-                       BQ, D, D);
-        add_inplace(a->ca_res[i], tgt, nQD);
-        layernorm_forward(a->ca_ln[i], a->ca_mean[i], a->ca_rstd[i], a->ca_res[i],
-                          p->ca_ln_w + (size_t)i * D, p->ca_ln_b + (size_t)i * D, BQ, D);
+        add_forward(l_ca_qin, tgt, a->qpos, nQD);
+        linear_forward(l_ca_q, l_ca_qin, l_ca_in_w, l_ca_in_b, BQ, D, D);
+        linear_forward(l_ca_k, a->src_pos[m], l_ca_in_w + DD, l_ca_in_b + D, B * T, D, D);
+        linear_forward(l_ca_v, a->src[m], l_ca_in_w + 2 * DD, l_ca_in_b + 2 * D, B * T, D, D);
+        attention_forward(l_ca_o, l_ca_att, l_ca_q, l_ca_k, l_ca_v, NULL,
+                          l_attn_mask, B, B, Q, T, NH, HS, D, D);
+        linear_forward(l_ca_res, l_ca_o, l_ca_out_w, l_ca_out_b, BQ, D, D);
+        add_inplace(l_ca_res, tgt, nQD);
+        layernorm_forward(l_ca_ln, l_ca_mean, l_ca_rstd, l_ca_res, l_ca_ln_w, l_ca_ln_b, BQ, D);
         // self-attention over the queries
-        w = p->sa_in_w + (size_t)i * 3 * DD;
-        bias = p->sa_in_b + (size_t)i * 3 * D;
-        add_forward(a->sa_qin[i], a->ca_ln[i], a->qpos, nQD);
-        linear_forward(a->sa_q[i], a->sa_qin[i], w, bias, BQ, D, D);
-        linear_forward(a->sa_k[i], a->sa_qin[i], w + DD, bias + D, BQ, D, D);
-        linear_forward(a->sa_v[i], a->ca_ln[i], w + 2 * DD, bias + 2 * D, BQ, D, D);
-        attention_forward(a->sa_o[i], a->sa_att[i], a->sa_q[i], a->sa_k[i], a->sa_v[i], NULL, NULL,
+        add_forward(l_sa_qin, l_ca_ln, a->qpos, nQD);
+        linear_forward(l_sa_q, l_sa_qin, l_sa_in_w, l_sa_in_b, BQ, D, D);
+        linear_forward(l_sa_k, l_sa_qin, l_sa_in_w + DD, l_sa_in_b + D, BQ, D, D);
+        linear_forward(l_sa_v, l_ca_ln, l_sa_in_w + 2 * DD, l_sa_in_b + 2 * D, BQ, D, D);
+        attention_forward(l_sa_o, l_sa_att, l_sa_q, l_sa_k, l_sa_v, NULL, NULL,
                           1, B, Q, Q, NH, HS, D, D);
-        linear_forward(a->sa_res[i], a->sa_o[i], p->sa_out_w + i * DD, p->sa_out_b + (size_t)i * D,
-                       BQ, D, D);
-        add_inplace(a->sa_res[i], a->ca_ln[i], nQD);
-        layernorm_forward(a->sa_ln[i], a->sa_mean[i], a->sa_rstd[i], a->sa_res[i],
-                          p->sa_ln_w + (size_t)i * D, p->sa_ln_b + (size_t)i * D, BQ, D);
+        linear_forward(l_sa_res, l_sa_o, l_sa_out_w, l_sa_out_b, BQ, D, D);
+        add_inplace(l_sa_res, l_ca_ln, nQD);
+        layernorm_forward(l_sa_ln, l_sa_mean, l_sa_rstd, l_sa_res, l_sa_ln_w, l_sa_ln_b, BQ, D);
         // FFN
-        linear_forward(a->fc1[i], a->sa_ln[i], p->fc1_w + (size_t)i * F * D, p->fc1_b + (size_t)i * F,
-                       BQ, D, F);
-        relu_forward(a->fc1_relu[i], a->fc1[i], (size_t)BQ * F);
-        linear_forward(a->ffn_res[i], a->fc1_relu[i], p->fc2_w + (size_t)i * D * F,
-                       p->fc2_b + (size_t)i * D, BQ, F, D);
-        add_inplace(a->ffn_res[i], a->sa_ln[i], nQD);
-        layernorm_forward(a->ffn_ln[i], a->ffn_mean[i], a->ffn_rstd[i], a->ffn_res[i],
-                          p->ffn_ln_w + (size_t)i * D, p->ffn_ln_b + (size_t)i * D, BQ, D);
-        m2f_predict(c, p, a, a->ffn_ln[i], i + 1, B, teacher_masks == NULL && i + 1 < NL);
+        linear_forward(l_fc1, l_sa_ln, l_fc1_w, l_fc1_b, BQ, D, F);
+        relu_forward(l_fc1_relu, l_fc1, (size_t)BQ * F);
+        linear_forward(l_ffn_res, l_fc1_relu, l_fc2_w, l_fc2_b, BQ, F, D);
+        add_inplace(l_ffn_res, l_sa_ln, nQD);
+        layernorm_forward(l_ffn_ln, l_ffn_mean, l_ffn_rstd, l_ffn_res, l_ffn_ln_w, l_ffn_ln_b, BQ, D);
+        m2f_predict(c, p, a, l_ffn_ln, i + 1, B, teacher_masks == NULL && i + 1 < NL);
     }
 }
 
@@ -1024,55 +1044,75 @@ void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2
     ttt_zero(da->pd.lateral[0], (total - head) * sizeof(float));
     for (int i = NL - 1; i >= 0; i--) {
         int m = i % 3, T = a->T[m];
+        // layer i's weights and their gradients (llm.c's l_ / dl_ locals)
+        const float* l_ca_in_w = p->ca_in_w + (size_t)i * 3 * DD;
+        const float* l_ca_out_w = p->ca_out_w + i * DD;
+        const float* l_ca_ln_w = p->ca_ln_w + (size_t)i * D;
+        const float* l_sa_in_w = p->sa_in_w + (size_t)i * 3 * DD;
+        const float* l_sa_out_w = p->sa_out_w + i * DD;
+        const float* l_sa_ln_w = p->sa_ln_w + (size_t)i * D;
+        const float* l_fc1_w = p->fc1_w + (size_t)i * F * D;
+        const float* l_fc2_w = p->fc2_w + (size_t)i * D * F;
+        const float* l_ffn_ln_w = p->ffn_ln_w + (size_t)i * D;
+        float *dl_ca_in_w = g->ca_in_w + (size_t)i * 3 * DD, *dl_ca_in_b = g->ca_in_b + (size_t)i * 3 * D;
+        float *dl_ca_out_w = g->ca_out_w + i * DD, *dl_ca_out_b = g->ca_out_b + (size_t)i * D;
+        float *dl_ca_ln_w = g->ca_ln_w + (size_t)i * D, *dl_ca_ln_b = g->ca_ln_b + (size_t)i * D;
+        float *dl_sa_in_w = g->sa_in_w + (size_t)i * 3 * DD, *dl_sa_in_b = g->sa_in_b + (size_t)i * 3 * D;
+        float *dl_sa_out_w = g->sa_out_w + i * DD, *dl_sa_out_b = g->sa_out_b + (size_t)i * D;
+        float *dl_sa_ln_w = g->sa_ln_w + (size_t)i * D, *dl_sa_ln_b = g->sa_ln_b + (size_t)i * D;
+        float *dl_fc1_w = g->fc1_w + (size_t)i * F * D, *dl_fc1_b = g->fc1_b + (size_t)i * F;
+        float *dl_fc2_w = g->fc2_w + (size_t)i * D * F, *dl_fc2_b = g->fc2_b + (size_t)i * D;
+        float *dl_ffn_ln_w = g->ffn_ln_w + (size_t)i * D, *dl_ffn_ln_b = g->ffn_ln_b + (size_t)i * D;
+        // its activations and their gradients
+        const float *l_ca_qin = a->ca_qin[i], *l_ca_q = a->ca_q[i], *l_ca_k = a->ca_k[i], *l_ca_v = a->ca_v[i];
+        const float *l_ca_o = a->ca_o[i], *l_ca_att = a->ca_att[i], *l_ca_res = a->ca_res[i], *l_ca_ln = a->ca_ln[i];
+        const float *l_sa_qin = a->sa_qin[i], *l_sa_q = a->sa_q[i], *l_sa_k = a->sa_k[i], *l_sa_v = a->sa_v[i];
+        const float *l_sa_o = a->sa_o[i], *l_sa_att = a->sa_att[i], *l_sa_res = a->sa_res[i], *l_sa_ln = a->sa_ln[i];
+        const float *l_fc1_relu = a->fc1_relu[i], *l_ffn_res = a->ffn_res[i], *l_ffn_ln = a->ffn_ln[i];
+        const float *l_ca_mean = a->ca_mean[i], *l_ca_rstd = a->ca_rstd[i], *l_sa_mean = a->sa_mean[i];
+        const float *l_sa_rstd = a->sa_rstd[i], *l_ffn_mean = a->ffn_mean[i], *l_ffn_rstd = a->ffn_rstd[i];
+        float *dl_ca_qin = da->ca_qin[i], *dl_ca_q = da->ca_q[i], *dl_ca_k = da->ca_k[i], *dl_ca_v = da->ca_v[i];
+        float *dl_ca_o = da->ca_o[i], *dl_ca_res = da->ca_res[i], *dl_ca_ln = da->ca_ln[i];
+        float *dl_sa_qin = da->sa_qin[i], *dl_sa_q = da->sa_q[i], *dl_sa_k = da->sa_k[i], *dl_sa_v = da->sa_v[i];
+        float *dl_sa_o = da->sa_o[i], *dl_sa_res = da->sa_res[i], *dl_sa_ln = da->sa_ln[i];
+        float *dl_fc1 = da->fc1[i], *dl_fc1_relu = da->fc1_relu[i], *dl_ffn_res = da->ffn_res[i], *dl_ffn_ln = da->ffn_ln[i];
         float* dtgt = (i == 0) ? da->tgt0 : da->ffn_ln[i - 1];
         // prediction i + 1 reads the output of layer i
-        m2f_predict_backward(c, p, g, a, da, a->ffn_ln[i], da->ffn_ln[i], i + 1, B);
+        m2f_predict_backward(c, p, g, a, da, l_ffn_ln, dl_ffn_ln, i + 1, B);
         // FFN
-        layernorm_backward(da->ffn_res[i], g->ffn_ln_w + (size_t)i * D, g->ffn_ln_b + (size_t)i * D,
-                           da->ffn_ln[i], a->ffn_res[i], p->ffn_ln_w + (size_t)i * D, a->ffn_mean[i],
-                           a->ffn_rstd[i], BQ, D);
-        add_inplace(da->sa_ln[i], da->ffn_res[i], nQD);
-        linear_backward(da->fc1_relu[i], g->fc2_w + (size_t)i * D * F, g->fc2_b + (size_t)i * D,
-                        da->ffn_res[i], a->fc1_relu[i], p->fc2_w + (size_t)i * D * F, BQ, F, D);
-        relu_backward(da->fc1[i], a->fc1_relu[i], da->fc1_relu[i], (size_t)BQ * F);
-        linear_backward(da->sa_ln[i], g->fc1_w + (size_t)i * F * D, g->fc1_b + (size_t)i * F,
-                        da->fc1[i], a->sa_ln[i], p->fc1_w + (size_t)i * F * D, BQ, D, F);
+        layernorm_backward(dl_ffn_res, dl_ffn_ln_w, dl_ffn_ln_b, dl_ffn_ln, l_ffn_res, l_ffn_ln_w, l_ffn_mean,
+                           l_ffn_rstd, BQ, D);
+        add_inplace(dl_sa_ln, dl_ffn_res, nQD);
+        linear_backward(dl_fc1_relu, dl_fc2_w, dl_fc2_b, dl_ffn_res, l_fc1_relu, l_fc2_w, BQ, F, D);
+        relu_backward(dl_fc1, l_fc1_relu, dl_fc1_relu, (size_t)BQ * F);
+        linear_backward(dl_sa_ln, dl_fc1_w, dl_fc1_b, dl_fc1, l_sa_ln, l_fc1_w, BQ, D, F);
         // self-attention
-        layernorm_backward(da->sa_res[i], g->sa_ln_w + (size_t)i * D, g->sa_ln_b + (size_t)i * D,
-                           da->sa_ln[i], a->sa_res[i], p->sa_ln_w + (size_t)i * D, a->sa_mean[i],
-                           a->sa_rstd[i], BQ, D);
-        add_inplace(da->ca_ln[i], da->sa_res[i], nQD);
-        linear_backward(da->sa_o[i], g->sa_out_w + i * DD, g->sa_out_b + (size_t)i * D, da->sa_res[i],
-                        a->sa_o[i], p->sa_out_w + i * DD, BQ, D, D);
-        attention_backward(da->sa_q[i], da->sa_k[i], da->sa_v[i], NULL, da->sa_o[i], a->sa_att[i],
-                           a->sa_q[i], a->sa_k[i], a->sa_v[i], B, Q, Q, NH, HS, D, D);
-        const float* w = p->sa_in_w + (size_t)i * 3 * DD;
-        float* gw = g->sa_in_w + (size_t)i * 3 * DD;
-        float* gb = g->sa_in_b + (size_t)i * 3 * D;
-        linear_backward(da->sa_qin[i], gw, gb, da->sa_q[i], a->sa_qin[i], w, BQ, D, D);
-        linear_backward(da->sa_qin[i], gw + DD, gb + D, da->sa_k[i], a->sa_qin[i], w + DD, BQ, D, D);
-        linear_backward(da->ca_ln[i], gw + 2 * DD, gb + 2 * D, da->sa_v[i], a->ca_ln[i], w + 2 * DD,
+        layernorm_backward(dl_sa_res, dl_sa_ln_w, dl_sa_ln_b, dl_sa_ln, l_sa_res, l_sa_ln_w, l_sa_mean,
+                           l_sa_rstd, BQ, D);
+        add_inplace(dl_ca_ln, dl_sa_res, nQD);
+        linear_backward(dl_sa_o, dl_sa_out_w, dl_sa_out_b, dl_sa_res, l_sa_o, l_sa_out_w, BQ, D, D);
+        attention_backward(dl_sa_q, dl_sa_k, dl_sa_v, NULL, dl_sa_o, l_sa_att,
+                           l_sa_q, l_sa_k, l_sa_v, B, Q, Q, NH, HS, D, D);
+        linear_backward(dl_sa_qin, dl_sa_in_w, dl_sa_in_b, dl_sa_q, l_sa_qin, l_sa_in_w, BQ, D, D);
+        linear_backward(dl_sa_qin, dl_sa_in_w + DD, dl_sa_in_b + D, dl_sa_k, l_sa_qin, l_sa_in_w + DD, BQ, D, D);
+        linear_backward(dl_ca_ln, dl_sa_in_w + 2 * DD, dl_sa_in_b + 2 * D, dl_sa_v, l_ca_ln, l_sa_in_w + 2 * DD,
                         BQ, D, D);
-        add_inplace(da->ca_ln[i], da->sa_qin[i], nQD);
-        add_inplace(da->qpos, da->sa_qin[i], nQD);
+        add_inplace(dl_ca_ln, dl_sa_qin, nQD);
+        add_inplace(da->qpos, dl_sa_qin, nQD);
         // masked cross-attention
-        layernorm_backward(da->ca_res[i], g->ca_ln_w + (size_t)i * D, g->ca_ln_b + (size_t)i * D,
-                           da->ca_ln[i], a->ca_res[i], p->ca_ln_w + (size_t)i * D, a->ca_mean[i],
-                           a->ca_rstd[i], BQ, D);
-        add_inplace(dtgt, da->ca_res[i], nQD);
-        linear_backward(da->ca_o[i], g->ca_out_w + i * DD, g->ca_out_b + (size_t)i * D, da->ca_res[i],
-                        a->ca_o[i], p->ca_out_w + i * DD, BQ, D, D);
-        attention_backward(da->ca_q[i], da->ca_k[i], da->ca_v[i], NULL, da->ca_o[i], a->ca_att[i],
-                           a->ca_q[i], a->ca_k[i], a->ca_v[i], B, Q, T, NH, HS, D, D);
-        w = p->ca_in_w + (size_t)i * 3 * DD;
-        gw = g->ca_in_w + (size_t)i * 3 * DD;
-        gb = g->ca_in_b + (size_t)i * 3 * D;
-        linear_backward(da->ca_qin[i], gw, gb, da->ca_q[i], a->ca_qin[i], w, BQ, D, D);
-        linear_backward(da->src_pos[m], gw + DD, gb + D, da->ca_k[i], a->src_pos[m], w + DD, B * T, D, D);
-        linear_backward(da->src[m], gw + 2 * DD, gb + 2 * D, da->ca_v[i], a->src[m], w + 2 * DD,
+        layernorm_backward(dl_ca_res, dl_ca_ln_w, dl_ca_ln_b, dl_ca_ln, l_ca_res, l_ca_ln_w, l_ca_mean,
+                           l_ca_rstd, BQ, D);
+        add_inplace(dtgt, dl_ca_res, nQD);
+        linear_backward(dl_ca_o, dl_ca_out_w, dl_ca_out_b, dl_ca_res, l_ca_o, l_ca_out_w, BQ, D, D);
+        attention_backward(dl_ca_q, dl_ca_k, dl_ca_v, NULL, dl_ca_o, l_ca_att,
+                           l_ca_q, l_ca_k, l_ca_v, B, Q, T, NH, HS, D, D);
+        linear_backward(dl_ca_qin, dl_ca_in_w, dl_ca_in_b, dl_ca_q, l_ca_qin, l_ca_in_w, BQ, D, D);
+        linear_backward(da->src_pos[m], dl_ca_in_w + DD, dl_ca_in_b + D, dl_ca_k, a->src_pos[m], l_ca_in_w + DD,
                         B * T, D, D);
-        add_inplace(dtgt, da->ca_qin[i], nQD);
-        add_inplace(da->qpos, da->ca_qin[i], nQD);
+        linear_backward(da->src[m], dl_ca_in_w + 2 * DD, dl_ca_in_b + 2 * D, dl_ca_v, a->src[m], l_ca_in_w + 2 * DD,
+                        B * T, D, D);
+        add_inplace(dtgt, dl_ca_qin, nQD);
+        add_inplace(da->qpos, dl_ca_qin, nQD);
     }
     m2f_predict_backward(c, p, g, a, da, a->tgt0, da->tgt0, 0, B);
     // the broadcasts over the batch sum back
