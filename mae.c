@@ -29,11 +29,11 @@
 // float32 where the released code uses AMP fp16.
 //
 // One frame through the Y, as stream.c drives it:
-//   model_ttt_step:  frames -> random 16x16 patch masks -> mae_prepare_input (normalise, zero
-//                    masked pixels, 4th channel = 1 on visible pixels) -> f = swin_forward ->
-//                    g = m2f_forward (48 queries) -> last prediction's 48 maps vs the
-//                    patchified target: MSE over the masked (or all) pixels -> m2f_backward (g)
-//                    -> swin_backward (f) -> clip (recipe) -> AdamW on f and g (param groups)
+//   model_ttt_step:  frames -> random 16x16 patch masks -> mask_input (normalise, zero
+//                    masked pixels, 4th channel = 1 on visible pixels) -> f_forward (Swin) ->
+//                    g_forward (h's architecture, 48 queries) -> mae_loss: last prediction's 48
+//                    maps vs the patchified target, MSE over the masked (or all) pixels ->
+//                    zero_grads -> g_backward -> f_backward -> clip (recipe) -> AdamW on f and g
 //   model_predict:   frame -> mae_prepare_input (no mask) -> f -> h = m2f_forward ->
 //                    last prediction -> semantic inference (on the device) -> class ids
 //   model_train_step (train.c): h(f(x)) -> set loss on the host (labels padded with 255 to the
@@ -1004,46 +1004,6 @@ void model_set_data_parallel(Model* m, int rank, int world, DataParallelSum sum,
     if (m->dp_scalars == NULL) m->dp_scalars = (float*)ttt_malloc(DP_SCALARS * sizeof(float));
 }
 
-// uploaded frames and masks -> masked 4-channel input, target and its mask
-static void prepare_masked_batch(Model* m, int B) {
-    mae_prepare_input(m->inp4, m->target, m->target_mask, m->rgb, m->patch_mask,
-                      B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch, m->recipe.loss_all_pixels);
-}
-
-// f and g forward on the prepared batch; the loss lands in m->loss. Returns the device
-// pointer of g's last prediction (B, 48, H4, W4).
-static float* mae_forward(Model* m, int B) {
-    stage_begin("f forward (masked)");
-    swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, B);
-    stage_begin("g forward + loss");
-    m2f_forward(&m->cfg.mae, &m->g, &m->ga, swin_outputs(m), B, m->g_frozen_masks);
-    int L = m->cfg.mae.dec_layers + 1, Q = m->cfg.mae.num_queries;
-    size_t per = (size_t)B * Q * m->H4 * m->W4;
-    float* recon = m->ga.mask_logits + (size_t)(L - 1) * per;
-    masked_mse_forward(m->loss, recon, m->target, m->target_mask, (int)per, 1);
-    stage_begin(NULL);
-    return recon;
-}
-
-// backward of the MAE loss, accumulated into the gradients of g and f
-// dloss: the weight of this batch's mean in the loss (1, or its share of a micro-batched one)
-static void mae_backward(Model* m, int B, const float* recon, float dloss) {
-    int L = m->cfg.mae.dec_layers + 1, Q = m->cfg.mae.num_queries;
-    size_t per = (size_t)B * Q * m->H4 * m->W4;
-    int Kg = m->cfg.mae.num_classes + 1;
-    ttt_zero(m->dga.class_logits, (size_t)L * B * Q * Kg * sizeof(float));
-    ttt_zero(m->dga.mask_logits, (size_t)L * per * sizeof(float));
-    masked_mse_backward(m->dga.mask_logits + (size_t)(L - 1) * per, dloss, recon, m->target,
-                        m->target_mask, (int)per, 1);
-    for (int s = 0; s < 4; s++)
-        ttt_zero(m->dfeat[s], (size_t)B * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s] * sizeof(float));
-    stage_begin("g backward");
-    m2f_backward(&m->cfg.mae, &m->g, &m->dg, &m->ga, &m->dga, swin_outputs(m), m->dfeat, B);
-    stage_begin("f backward");
-    swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
-    stage_begin(NULL);
-}
-
 // Hold a head's thresholded attention masks at their values from its last forward (on = 1)
 // or compute them again each forward (on = 0). The masks are a step function of the
 // weights, so finite differences are only meaningful with them held fixed.
@@ -1067,6 +1027,91 @@ static void freeze_masks(Model* m, float** slot, const M2FConfig* c, const M2FAc
 void model_freeze_mae_masks(Model* m, int B, int on) { freeze_masks(m, &m->g_frozen_masks, &m->cfg.mae, &m->ga, B, on); }
 void model_freeze_main_masks(Model* m, int B, int on) { freeze_masks(m, &m->h_frozen_masks, &m->cfg.m2f, &m->ha, B, on); }
 
+// ----------------------------------------------------------------------------
+// The TTT step: one gradient step of the MAE loss on f and g (h is not trained at test time)
+//
+//   frames x (B, H, W, 3) -> hide most 16 x 16 patches -> x~ (B, Hp, Wp, 4) -> f -> z (four
+//   scales) -> g -> recon (B, 48, H4, W4) -> l = mean over the masked values of
+//   (recon - target)^2 -> dl/dg, dl/dz -> dl/df -> clip -> AdamW on f and g
+//
+// model_ttt_step below is that, a line per step, each a call of one of the functions just
+// below. Two wrappers change how it runs, never what it computes:
+// - CUDA graph: the lines from mask_input to f_backward are the same device work on every call
+//   with this B, so on the GPU they are recorded once as a graph and replayed after (on the CPU
+//   device_graph_replay is always 0 and they simply run);
+// - mae_in_chunks (micro-batching, data parallel): a batch larger than max_B, or split over
+//   ranks, runs the same lines on chunks, each weighted by its share of the masked values.
+
+enum { PART_F = 1 << 0, PART_H = 1 << 1, PART_G = 1 << 2 };   // bits of the parts [f | h | g]
+
+// uploaded frames and masks -> x~ (B, Hp, Wp, 4): normalised, masked pixels 0, a 4th channel
+// that is 1 on visible pixels; the target (B, 48, H4, W4) and which of its values count
+static void mask_input(Model* m, int B) {
+    mae_prepare_input(m->inp4, m->target, m->target_mask, m->rgb, m->patch_mask,
+                      B, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch, m->recipe.loss_all_pixels);
+}
+
+// z = f(x~): Swin's features at 1/4, 1/8, 1/16, 1/32 (m->fa.out)
+static void f_forward(Model* m, int B) {
+    stage_begin("f forward (masked)");
+    swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, B);
+}
+
+// g(z): h's architecture with 48 queries; every decoder layer predicts (m->ga)
+static void g_forward(Model* m, int B) {
+    stage_begin("g forward + loss");
+    m2f_forward(&m->cfg.mae, &m->g, &m->ga, swin_outputs(m), B, m->g_frozen_masks);
+}
+
+// recon: g's last prediction's 48 mask maps (B, 48, H4, W4), the 3 x 4 x 4 pixels of each
+// 4 x 4 patch at 1/4 resolution; dg_recon: its gradient
+static float* g_recon(const Model* m, int B) {
+    int L = m->cfg.mae.dec_layers + 1;
+    return m->ga.mask_logits + (size_t)(L - 1) * B * m->cfg.mae.num_queries * m->H4 * m->W4;
+}
+static float* dg_recon(const Model* m, int B) {
+    int L = m->cfg.mae.dec_layers + 1;
+    return m->dga.mask_logits + (size_t)(L - 1) * B * m->cfg.mae.num_queries * m->H4 * m->W4;
+}
+
+// l = mean over the counted values of (recon - target)^2, into m->loss (one float, device)
+static void mae_loss(Model* m, int B) {
+    int n = B * m->cfg.mae.num_queries * m->H4 * m->W4;
+    masked_mse_forward(m->loss, g_recon(m, B), m->target, m->target_mask, n, 1);
+    stage_begin(NULL);
+}
+
+// the gradients of [f | h | g] to 0 (backward ops accumulate)
+static void zero_grads(Model* m) { ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float)); }
+
+// dl/drecon = dloss * 2 (recon - target) / n on the counted values, then back through g:
+// accumulates the gradients of g, and dl/dz into m->dfeat (zeroed here). dloss: the weight of
+// this batch's mean in the loss (1, or a chunk's share of a micro-batched batch).
+static void g_backward(Model* m, int B, float dloss) {
+    int Q = m->cfg.mae.num_queries, L = m->cfg.mae.dec_layers + 1, Kg = m->cfg.mae.num_classes + 1;
+    size_t per = (size_t)B * Q * m->H4 * m->W4;
+    ttt_zero(m->dga.class_logits, (size_t)L * B * Q * Kg * sizeof(float));   // only the last maps get a loss
+    ttt_zero(m->dga.mask_logits, (size_t)L * per * sizeof(float));
+    masked_mse_backward(dg_recon(m, B), dloss, g_recon(m, B), m->target, m->target_mask, (int)per, 1);
+    for (int s = 0; s < 4; s++)
+        ttt_zero(m->dfeat[s], (size_t)B * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s] * sizeof(float));
+    stage_begin("g backward");
+    m2f_backward(&m->cfg.mae, &m->g, &m->dg, &m->ga, &m->dga, swin_outputs(m), m->dfeat, B);
+}
+
+// dl/dz back through f: accumulates the gradients of f
+static void f_backward(Model* m, int B) {
+    stage_begin("f backward");
+    swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
+    stage_begin(NULL);
+}
+
+static float read_loss(const Model* m) {
+    float loss;
+    ttt_to_host(&loss, m->loss, sizeof(float));
+    return loss;
+}
+
 // Micro-batching: a batch larger than the planned one (max_B) runs in chunks of max_B
 // images. All B masks are drawn first (the same draws as one big batch), then the batch's
 // drop-path table (likewise); the loss is the mean over every masked value of the batch, so
@@ -1075,7 +1120,7 @@ void model_freeze_main_masks(Model* m, int B, int on) { freeze_masks(m, &m->h_fr
 // Data parallel (backward with world > 1): chunks of at most ceil(B / world), chunk c run by
 // rank c mod world; every rank draws every mask and table (its rng stays in step with the
 // others'), and the gradients of f and g and the loss are summed over the ranks at the end.
-static float mae_micro_batched(Model* m, const float* frames, int B, Rng* rng, int backward) {
+static float mae_in_chunks(Model* m, const float* frames, int B, Rng* rng, int backward) {
     int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
     int dp = backward && m->dp_world > 1, M = chunk_size(m, B, dp);
     if (B > m->micro_masks_B) {   // grows once to the largest batch seen
@@ -1091,7 +1136,7 @@ static float mae_micro_batched(Model* m, const float* frames, int B, Rng* rng, i
         m->micro_counts[b] = masked_value_count(m, m->micro_masks + (size_t)b * L);
         total += m->micro_counts[b];
     }
-    if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    if (backward) zero_grads(m);
     double loss = 0.0;
     for (int c = 0, b0 = 0; b0 < B; c++, b0 += M) {
         if (!owns_chunk(m, c, dp)) continue;
@@ -1101,61 +1146,67 @@ static float mae_micro_batched(Model* m, const float* frames, int B, Rng* rng, i
         double share = total > 0.0 ? nc / total : 0.0;
         upload_batch(m, frames + (size_t)b0 * m->H * m->W * 3, m->micro_masks + (size_t)b0 * L, Bc);
         upload_drop_slice(m, 0, B, b0, Bc);
-        prepare_masked_batch(m, Bc);
-        float* recon = mae_forward(m, Bc);
-        if (backward) mae_backward(m, Bc, recon, (float)share);
-        float lc;
-        ttt_to_host(&lc, m->loss, sizeof(float));
-        loss += share * lc;
+        mask_input(m, Bc);
+        f_forward(m, Bc);
+        g_forward(m, Bc);
+        mae_loss(m, Bc);
+        if (backward) {
+            g_backward(m, Bc, (float)share);
+            f_backward(m, Bc);
+        }
+        loss += share * read_loss(m);
     }
-    if (dp) dp_allreduce(m, 1 << 0 | 1 << 2, &loss, 1);   // f and g: h is not trained at test time
+    if (dp) dp_allreduce(m, PART_F | PART_G, &loss, 1);   // h is not trained at test time
     return (float)loss;
 }
 
-float model_mae_loss(Model* m, const float* frames, int B, Rng* rng) {
-    if (B > m->max_B) return mae_micro_batched(m, frames, B, rng, 0);
-    upload_masked_batch(m, frames, B, rng);
-    upload_drop_path(m, B, rng);
-    prepare_masked_batch(m, B);
-    mae_forward(m, B);
+// The TTT step on B frames (opt NULL: stop at the gradients, model_mae_forward_backward).
+// Returns the MAE loss; a NaN / Inf loss or gradient norm leaves the weights untouched (the
+// caller resets).
+float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt, Rng* rng) {
     float loss;
-    ttt_to_host(&loss, m->loss, sizeof(float));
+    if (B > m->max_B || m->dp_world > 1) loss = mae_in_chunks(m, frames, B, rng, 1);   // the lines below, on chunks
+    else {
+        upload_masked_batch(m, frames, B, rng);   // mask: fresh random patch masks (host), frames and masks to the device
+        upload_drop_path(m, B, rng);              // f's drop-path scales for this batch (recipe; none at rate 0)
+        DeviceGraph* graph = &m->mae_graphs[B];
+        if (!device_graph_replay(graph)) {        // on the GPU: recorded once per B, replayed after
+            device_graph_begin(graph);
+            mask_input(m, B);                     // x~ (B, Hp, Wp, 4) and the target (B, 48, H4, W4)
+            f_forward(m, B);                      // z = f(x~)
+            g_forward(m, B);                      // recon = g(z)
+            mae_loss(m, B);                       // l = mean over the masked values of (recon - target)^2
+            zero_grads(m);
+            g_backward(m, B, 1.0f);               // grads of g, dl/dz
+            f_backward(m, B);                     // grads of f
+            device_graph_end(graph);
+        }
+        loss = read_loss(m);
+    }
+    if (opt == NULL || !isfinite(loss)) return loss;
+    stage_begin("AdamW (f, g)");
+    if (m->recipe.ttt_clip > 0.0f &&              // clip: ||grads of f, g|| <= ttt_clip (the released code's 0.01)
+        !isfinite(clip_grad_parts(m, m->recipe.ttt_clip, PART_F | PART_G))) { stage_begin(NULL); return NAN; }
+    m->adam_t++;
+    adamw_parts(m, opt, PART_F | PART_G);          // AdamW on f and g, with the recipe's param groups
+    stage_begin(NULL);
     return loss;
 }
 
 float model_mae_forward_backward(Model* m, const float* frames, int B, Rng* rng) {
-    if (B > m->max_B || m->dp_world > 1) return mae_micro_batched(m, frames, B, rng, 1);
-    upload_masked_batch(m, frames, B, rng);
-    upload_drop_path(m, B, rng);
-    // the device work from here to the gradients is the same every call of this batch
-    // size: recorded once as a CUDA graph and replayed (see DeviceGraph in ttt.h)
-    DeviceGraph* graph = &m->mae_graphs[B];
-    if (!device_graph_replay(graph)) {
-        device_graph_begin(graph);
-        prepare_masked_batch(m, B);
-        float* recon = mae_forward(m, B);
-        ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
-        mae_backward(m, B, recon, 1.0f);
-        device_graph_end(graph);
-    }
-    float loss;
-    ttt_to_host(&loss, m->loss, sizeof(float));
-    return loss;
+    return model_ttt_step(m, frames, B, NULL, rng);
 }
 
-float model_ttt_step(Model* m, const float* frames, int B, const OptConfig* opt, Rng* rng) {
-    float loss = model_mae_forward_backward(m, frames, B, rng);
-    if (!isfinite(loss)) return loss;   // the caller resets; weights untouched
-    const int f_and_g = 1 << 0 | 1 << 2;   // h is not trained at test time
-    stage_begin("AdamW (f, g)");
-    if (m->recipe.ttt_clip > 0.0f) {   // the released code clips the whole model's gradient
-        float norm = clip_grad_parts(m, m->recipe.ttt_clip, f_and_g);
-        if (!isfinite(norm)) { stage_begin(NULL); return NAN; }   // weights untouched
-    }
-    m->adam_t++;
-    adamw_parts(m, opt, f_and_g);
-    stage_begin(NULL);
-    return loss;
+// the MAE loss alone (no gradients, no graph)
+float model_mae_loss(Model* m, const float* frames, int B, Rng* rng) {
+    if (B > m->max_B) return mae_in_chunks(m, frames, B, rng, 0);
+    upload_masked_batch(m, frames, B, rng);
+    upload_drop_path(m, B, rng);
+    mask_input(m, B);
+    f_forward(m, B);
+    g_forward(m, B);
+    mae_loss(m, B);
+    return read_loss(m);
 }
 
 void model_predict(Model* m, const float* frame, unsigned char* pred) {
@@ -1397,11 +1448,15 @@ static float train_chunks(Model* m, const float* images, const unsigned char* la
             upload_masked_batch(m, img, Bc, rng);
             upload_drop_path(m, Bc, rng);
         }
-        prepare_masked_batch(m, Bc);
-        float* recon = mae_forward(m, Bc);
-        if (backward) mae_backward(m, Bc, recon, w);
-        float lrc;
-        ttt_to_host(&lrc, m->loss, sizeof(float));
+        mask_input(m, Bc);
+        f_forward(m, Bc);
+        g_forward(m, Bc);
+        mae_loss(m, Bc);
+        if (backward) {
+            g_backward(m, Bc, w);
+            f_backward(m, Bc);
+        }
+        float lrc = read_loss(m);
         lm += w * lmc;
         lr += w * lrc;
     }

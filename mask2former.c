@@ -949,49 +949,69 @@ void m2f_decoder_forward(const M2FConfig* c, const M2FParams* p, M2FActs* a, int
     for (int i = 0; i < NL; i++) {
         int m = i % 3, T = a->T[m];
         size_t DD = (size_t)D * D;
+        // layer i's weights (llm.c's l_ locals): attention in-projections (3D, D) hold q, k, v
+        const float* l_ca_in_w = p->ca_in_w + (size_t)i * 3 * DD;
+        const float* l_ca_in_b = p->ca_in_b + (size_t)i * 3 * D;
+        const float* l_ca_out_w = p->ca_out_w + i * DD;
+        const float* l_ca_out_b = p->ca_out_b + (size_t)i * D;
+        const float* l_ca_ln_w = p->ca_ln_w + (size_t)i * D;
+        const float* l_ca_ln_b = p->ca_ln_b + (size_t)i * D;
+        const float* l_sa_in_w = p->sa_in_w + (size_t)i * 3 * DD;
+        const float* l_sa_in_b = p->sa_in_b + (size_t)i * 3 * D;
+        const float* l_sa_out_w = p->sa_out_w + i * DD;
+        const float* l_sa_out_b = p->sa_out_b + (size_t)i * D;
+        const float* l_sa_ln_w = p->sa_ln_w + (size_t)i * D;
+        const float* l_sa_ln_b = p->sa_ln_b + (size_t)i * D;
+        const float* l_fc1_w = p->fc1_w + (size_t)i * F * D;
+        const float* l_fc1_b = p->fc1_b + (size_t)i * F;
+        const float* l_fc2_w = p->fc2_w + (size_t)i * D * F;
+        const float* l_fc2_b = p->fc2_b + (size_t)i * D;
+        const float* l_ffn_ln_w = p->ffn_ln_w + (size_t)i * D;
+        const float* l_ffn_ln_b = p->ffn_ln_b + (size_t)i * D;
+        // and its activations, (B, Q, D) unless marked
+        float* l_attn_mask = a->attn_mask[i];   // (B, Q, T)
+        float *l_ca_qin = a->ca_qin[i], *l_ca_q = a->ca_q[i], *l_ca_o = a->ca_o[i], *l_ca_res = a->ca_res[i];
+        float *l_ca_k = a->ca_k[i], *l_ca_v = a->ca_v[i];   // (B, T, D)
+        float* l_ca_att = a->ca_att[i];         // (B, NH, Q, T)
+        float *l_ca_ln = a->ca_ln[i], *l_ca_mean = a->ca_mean[i], *l_ca_rstd = a->ca_rstd[i];
+        float *l_sa_qin = a->sa_qin[i], *l_sa_q = a->sa_q[i], *l_sa_k = a->sa_k[i], *l_sa_v = a->sa_v[i];
+        float *l_sa_o = a->sa_o[i], *l_sa_res = a->sa_res[i];
+        float* l_sa_att = a->sa_att[i];         // (B, NH, Q, Q)
+        float *l_sa_ln = a->sa_ln[i], *l_sa_mean = a->sa_mean[i], *l_sa_rstd = a->sa_rstd[i];
+        float *l_fc1 = a->fc1[i], *l_fc1_relu = a->fc1_relu[i];   // (B, Q, F)
+        float *l_ffn_res = a->ffn_res[i], *l_ffn_ln = a->ffn_ln[i], *l_ffn_mean = a->ffn_mean[i], *l_ffn_rstd = a->ffn_rstd[i];
         if (teacher_masks) {
-            ttt_copy(a->attn_mask[i], teacher_masks + teacher_off, (size_t)BQ * T * sizeof(float));
+            ttt_copy(l_attn_mask, teacher_masks + teacher_off, (size_t)BQ * T * sizeof(float));
             teacher_off += (size_t)BQ * T;
         }
         const float* tgt = (i == 0) ? a->tgt0 : a->ffn_ln[i - 1];
         // masked cross-attention on memory level m
-        const float* w = p->ca_in_w + (size_t)i * 3 * DD;
-        const float* bias = p->ca_in_b + (size_t)i * 3 * D;
-        add_forward(a->ca_qin[i], tgt, a->qpos, nQD);
-        linear_forward(a->ca_q[i], a->ca_qin[i], w, bias, BQ, D, D);
-        linear_forward(a->ca_k[i], a->src_pos[m], w + DD, bias + D, B * T, D, D);
-        linear_forward(a->ca_v[i], a->src[m], w + 2 * DD, bias + 2 * D, B * T, D, D);
-        attention_forward(a->ca_o[i], a->ca_att[i], a->ca_q[i], a->ca_k[i], a->ca_v[i], NULL,
-                          a->attn_mask[i], B, B, Q, T, NH, HS, D, D);
-        linear_forward(a->ca_res[i], a->ca_o[i], p->ca_out_w + i * DD, p->ca_out_b + (size_t)i * D,
-                       BQ, D, D);
-        add_inplace(a->ca_res[i], tgt, nQD);
-        layernorm_forward(a->ca_ln[i], a->ca_mean[i], a->ca_rstd[i], a->ca_res[i],
-                          p->ca_ln_w + (size_t)i * D, p->ca_ln_b + (size_t)i * D, BQ, D);
+        add_forward(l_ca_qin, tgt, a->qpos, nQD);
+        linear_forward(l_ca_q, l_ca_qin, l_ca_in_w, l_ca_in_b, BQ, D, D);
+        linear_forward(l_ca_k, a->src_pos[m], l_ca_in_w + DD, l_ca_in_b + D, B * T, D, D);
+        linear_forward(l_ca_v, a->src[m], l_ca_in_w + 2 * DD, l_ca_in_b + 2 * D, B * T, D, D);
+        attention_forward(l_ca_o, l_ca_att, l_ca_q, l_ca_k, l_ca_v, NULL,
+                          l_attn_mask, B, B, Q, T, NH, HS, D, D);
+        linear_forward(l_ca_res, l_ca_o, l_ca_out_w, l_ca_out_b, BQ, D, D);
+        add_inplace(l_ca_res, tgt, nQD);
+        layernorm_forward(l_ca_ln, l_ca_mean, l_ca_rstd, l_ca_res, l_ca_ln_w, l_ca_ln_b, BQ, D);
         // self-attention over the queries
-        w = p->sa_in_w + (size_t)i * 3 * DD;
-        bias = p->sa_in_b + (size_t)i * 3 * D;
-        add_forward(a->sa_qin[i], a->ca_ln[i], a->qpos, nQD);
-        linear_forward(a->sa_q[i], a->sa_qin[i], w, bias, BQ, D, D);
-        linear_forward(a->sa_k[i], a->sa_qin[i], w + DD, bias + D, BQ, D, D);
-        linear_forward(a->sa_v[i], a->ca_ln[i], w + 2 * DD, bias + 2 * D, BQ, D, D);
-        attention_forward(a->sa_o[i], a->sa_att[i], a->sa_q[i], a->sa_k[i], a->sa_v[i], NULL, NULL,
+        add_forward(l_sa_qin, l_ca_ln, a->qpos, nQD);
+        linear_forward(l_sa_q, l_sa_qin, l_sa_in_w, l_sa_in_b, BQ, D, D);
+        linear_forward(l_sa_k, l_sa_qin, l_sa_in_w + DD, l_sa_in_b + D, BQ, D, D);
+        linear_forward(l_sa_v, l_ca_ln, l_sa_in_w + 2 * DD, l_sa_in_b + 2 * D, BQ, D, D);
+        attention_forward(l_sa_o, l_sa_att, l_sa_q, l_sa_k, l_sa_v, NULL, NULL,
                           1, B, Q, Q, NH, HS, D, D);
-        linear_forward(a->sa_res[i], a->sa_o[i], p->sa_out_w + i * DD, p->sa_out_b + (size_t)i * D,
-                       BQ, D, D);
-        add_inplace(a->sa_res[i], a->ca_ln[i], nQD);
-        layernorm_forward(a->sa_ln[i], a->sa_mean[i], a->sa_rstd[i], a->sa_res[i],
-                          p->sa_ln_w + (size_t)i * D, p->sa_ln_b + (size_t)i * D, BQ, D);
+        linear_forward(l_sa_res, l_sa_o, l_sa_out_w, l_sa_out_b, BQ, D, D);
+        add_inplace(l_sa_res, l_ca_ln, nQD);
+        layernorm_forward(l_sa_ln, l_sa_mean, l_sa_rstd, l_sa_res, l_sa_ln_w, l_sa_ln_b, BQ, D);
         // FFN
-        linear_forward(a->fc1[i], a->sa_ln[i], p->fc1_w + (size_t)i * F * D, p->fc1_b + (size_t)i * F,
-                       BQ, D, F);
-        relu_forward(a->fc1_relu[i], a->fc1[i], (size_t)BQ * F);
-        linear_forward(a->ffn_res[i], a->fc1_relu[i], p->fc2_w + (size_t)i * D * F,
-                       p->fc2_b + (size_t)i * D, BQ, F, D);
-        add_inplace(a->ffn_res[i], a->sa_ln[i], nQD);
-        layernorm_forward(a->ffn_ln[i], a->ffn_mean[i], a->ffn_rstd[i], a->ffn_res[i],
-                          p->ffn_ln_w + (size_t)i * D, p->ffn_ln_b + (size_t)i * D, BQ, D);
-        m2f_predict(c, p, a, a->ffn_ln[i], i + 1, B, teacher_masks == NULL && i + 1 < NL);
+        linear_forward(l_fc1, l_sa_ln, l_fc1_w, l_fc1_b, BQ, D, F);
+        relu_forward(l_fc1_relu, l_fc1, (size_t)BQ * F);
+        linear_forward(l_ffn_res, l_fc1_relu, l_fc2_w, l_fc2_b, BQ, F, D);
+        add_inplace(l_ffn_res, l_sa_ln, nQD);
+        layernorm_forward(l_ffn_ln, l_ffn_mean, l_ffn_rstd, l_ffn_res, l_ffn_ln_w, l_ffn_ln_b, BQ, D);
+        m2f_predict(c, p, a, l_ffn_ln, i + 1, B, teacher_masks == NULL && i + 1 < NL);
     }
 }
 
@@ -1034,55 +1054,75 @@ void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2
     ttt_zero(da->pd.lateral[0], (total - head) * sizeof(float));
     for (int i = NL - 1; i >= 0; i--) {
         int m = i % 3, T = a->T[m];
+        // layer i's weights and their gradients (llm.c's l_ / dl_ locals)
+        const float* l_ca_in_w = p->ca_in_w + (size_t)i * 3 * DD;
+        const float* l_ca_out_w = p->ca_out_w + i * DD;
+        const float* l_ca_ln_w = p->ca_ln_w + (size_t)i * D;
+        const float* l_sa_in_w = p->sa_in_w + (size_t)i * 3 * DD;
+        const float* l_sa_out_w = p->sa_out_w + i * DD;
+        const float* l_sa_ln_w = p->sa_ln_w + (size_t)i * D;
+        const float* l_fc1_w = p->fc1_w + (size_t)i * F * D;
+        const float* l_fc2_w = p->fc2_w + (size_t)i * D * F;
+        const float* l_ffn_ln_w = p->ffn_ln_w + (size_t)i * D;
+        float *dl_ca_in_w = g->ca_in_w + (size_t)i * 3 * DD, *dl_ca_in_b = g->ca_in_b + (size_t)i * 3 * D;
+        float *dl_ca_out_w = g->ca_out_w + i * DD, *dl_ca_out_b = g->ca_out_b + (size_t)i * D;
+        float *dl_ca_ln_w = g->ca_ln_w + (size_t)i * D, *dl_ca_ln_b = g->ca_ln_b + (size_t)i * D;
+        float *dl_sa_in_w = g->sa_in_w + (size_t)i * 3 * DD, *dl_sa_in_b = g->sa_in_b + (size_t)i * 3 * D;
+        float *dl_sa_out_w = g->sa_out_w + i * DD, *dl_sa_out_b = g->sa_out_b + (size_t)i * D;
+        float *dl_sa_ln_w = g->sa_ln_w + (size_t)i * D, *dl_sa_ln_b = g->sa_ln_b + (size_t)i * D;
+        float *dl_fc1_w = g->fc1_w + (size_t)i * F * D, *dl_fc1_b = g->fc1_b + (size_t)i * F;
+        float *dl_fc2_w = g->fc2_w + (size_t)i * D * F, *dl_fc2_b = g->fc2_b + (size_t)i * D;
+        float *dl_ffn_ln_w = g->ffn_ln_w + (size_t)i * D, *dl_ffn_ln_b = g->ffn_ln_b + (size_t)i * D;
+        // its activations and their gradients
+        const float *l_ca_qin = a->ca_qin[i], *l_ca_q = a->ca_q[i], *l_ca_k = a->ca_k[i], *l_ca_v = a->ca_v[i];
+        const float *l_ca_o = a->ca_o[i], *l_ca_att = a->ca_att[i], *l_ca_res = a->ca_res[i], *l_ca_ln = a->ca_ln[i];
+        const float *l_sa_qin = a->sa_qin[i], *l_sa_q = a->sa_q[i], *l_sa_k = a->sa_k[i], *l_sa_v = a->sa_v[i];
+        const float *l_sa_o = a->sa_o[i], *l_sa_att = a->sa_att[i], *l_sa_res = a->sa_res[i], *l_sa_ln = a->sa_ln[i];
+        const float *l_fc1_relu = a->fc1_relu[i], *l_ffn_res = a->ffn_res[i], *l_ffn_ln = a->ffn_ln[i];
+        const float *l_ca_mean = a->ca_mean[i], *l_ca_rstd = a->ca_rstd[i], *l_sa_mean = a->sa_mean[i];
+        const float *l_sa_rstd = a->sa_rstd[i], *l_ffn_mean = a->ffn_mean[i], *l_ffn_rstd = a->ffn_rstd[i];
+        float *dl_ca_qin = da->ca_qin[i], *dl_ca_q = da->ca_q[i], *dl_ca_k = da->ca_k[i], *dl_ca_v = da->ca_v[i];
+        float *dl_ca_o = da->ca_o[i], *dl_ca_res = da->ca_res[i], *dl_ca_ln = da->ca_ln[i];
+        float *dl_sa_qin = da->sa_qin[i], *dl_sa_q = da->sa_q[i], *dl_sa_k = da->sa_k[i], *dl_sa_v = da->sa_v[i];
+        float *dl_sa_o = da->sa_o[i], *dl_sa_res = da->sa_res[i], *dl_sa_ln = da->sa_ln[i];
+        float *dl_fc1 = da->fc1[i], *dl_fc1_relu = da->fc1_relu[i], *dl_ffn_res = da->ffn_res[i], *dl_ffn_ln = da->ffn_ln[i];
         float* dtgt = (i == 0) ? da->tgt0 : da->ffn_ln[i - 1];
         // prediction i + 1 reads the output of layer i
-        m2f_predict_backward(c, p, g, a, da, a->ffn_ln[i], da->ffn_ln[i], i + 1, B);
+        m2f_predict_backward(c, p, g, a, da, l_ffn_ln, dl_ffn_ln, i + 1, B);
         // FFN
-        layernorm_backward(da->ffn_res[i], g->ffn_ln_w + (size_t)i * D, g->ffn_ln_b + (size_t)i * D,
-                           da->ffn_ln[i], a->ffn_res[i], p->ffn_ln_w + (size_t)i * D, a->ffn_mean[i],
-                           a->ffn_rstd[i], BQ, D);
-        add_inplace(da->sa_ln[i], da->ffn_res[i], nQD);
-        linear_backward(da->fc1_relu[i], g->fc2_w + (size_t)i * D * F, g->fc2_b + (size_t)i * D,
-                        da->ffn_res[i], a->fc1_relu[i], p->fc2_w + (size_t)i * D * F, BQ, F, D);
-        relu_backward(da->fc1[i], a->fc1_relu[i], da->fc1_relu[i], (size_t)BQ * F);
-        linear_backward(da->sa_ln[i], g->fc1_w + (size_t)i * F * D, g->fc1_b + (size_t)i * F,
-                        da->fc1[i], a->sa_ln[i], p->fc1_w + (size_t)i * F * D, BQ, D, F);
+        layernorm_backward(dl_ffn_res, dl_ffn_ln_w, dl_ffn_ln_b, dl_ffn_ln, l_ffn_res, l_ffn_ln_w, l_ffn_mean,
+                           l_ffn_rstd, BQ, D);
+        add_inplace(dl_sa_ln, dl_ffn_res, nQD);
+        linear_backward(dl_fc1_relu, dl_fc2_w, dl_fc2_b, dl_ffn_res, l_fc1_relu, l_fc2_w, BQ, F, D);
+        relu_backward(dl_fc1, l_fc1_relu, dl_fc1_relu, (size_t)BQ * F);
+        linear_backward(dl_sa_ln, dl_fc1_w, dl_fc1_b, dl_fc1, l_sa_ln, l_fc1_w, BQ, D, F);
         // self-attention
-        layernorm_backward(da->sa_res[i], g->sa_ln_w + (size_t)i * D, g->sa_ln_b + (size_t)i * D,
-                           da->sa_ln[i], a->sa_res[i], p->sa_ln_w + (size_t)i * D, a->sa_mean[i],
-                           a->sa_rstd[i], BQ, D);
-        add_inplace(da->ca_ln[i], da->sa_res[i], nQD);
-        linear_backward(da->sa_o[i], g->sa_out_w + i * DD, g->sa_out_b + (size_t)i * D, da->sa_res[i],
-                        a->sa_o[i], p->sa_out_w + i * DD, BQ, D, D);
-        attention_backward(da->sa_q[i], da->sa_k[i], da->sa_v[i], NULL, da->sa_o[i], a->sa_att[i],
-                           a->sa_q[i], a->sa_k[i], a->sa_v[i], B, Q, Q, NH, HS, D, D);
-        const float* w = p->sa_in_w + (size_t)i * 3 * DD;
-        float* gw = g->sa_in_w + (size_t)i * 3 * DD;
-        float* gb = g->sa_in_b + (size_t)i * 3 * D;
-        linear_backward(da->sa_qin[i], gw, gb, da->sa_q[i], a->sa_qin[i], w, BQ, D, D);
-        linear_backward(da->sa_qin[i], gw + DD, gb + D, da->sa_k[i], a->sa_qin[i], w + DD, BQ, D, D);
-        linear_backward(da->ca_ln[i], gw + 2 * DD, gb + 2 * D, da->sa_v[i], a->ca_ln[i], w + 2 * DD,
+        layernorm_backward(dl_sa_res, dl_sa_ln_w, dl_sa_ln_b, dl_sa_ln, l_sa_res, l_sa_ln_w, l_sa_mean,
+                           l_sa_rstd, BQ, D);
+        add_inplace(dl_ca_ln, dl_sa_res, nQD);
+        linear_backward(dl_sa_o, dl_sa_out_w, dl_sa_out_b, dl_sa_res, l_sa_o, l_sa_out_w, BQ, D, D);
+        attention_backward(dl_sa_q, dl_sa_k, dl_sa_v, NULL, dl_sa_o, l_sa_att,
+                           l_sa_q, l_sa_k, l_sa_v, B, Q, Q, NH, HS, D, D);
+        linear_backward(dl_sa_qin, dl_sa_in_w, dl_sa_in_b, dl_sa_q, l_sa_qin, l_sa_in_w, BQ, D, D);
+        linear_backward(dl_sa_qin, dl_sa_in_w + DD, dl_sa_in_b + D, dl_sa_k, l_sa_qin, l_sa_in_w + DD, BQ, D, D);
+        linear_backward(dl_ca_ln, dl_sa_in_w + 2 * DD, dl_sa_in_b + 2 * D, dl_sa_v, l_ca_ln, l_sa_in_w + 2 * DD,
                         BQ, D, D);
-        add_inplace(da->ca_ln[i], da->sa_qin[i], nQD);
-        add_inplace(da->qpos, da->sa_qin[i], nQD);
+        add_inplace(dl_ca_ln, dl_sa_qin, nQD);
+        add_inplace(da->qpos, dl_sa_qin, nQD);
         // masked cross-attention
-        layernorm_backward(da->ca_res[i], g->ca_ln_w + (size_t)i * D, g->ca_ln_b + (size_t)i * D,
-                           da->ca_ln[i], a->ca_res[i], p->ca_ln_w + (size_t)i * D, a->ca_mean[i],
-                           a->ca_rstd[i], BQ, D);
-        add_inplace(dtgt, da->ca_res[i], nQD);
-        linear_backward(da->ca_o[i], g->ca_out_w + i * DD, g->ca_out_b + (size_t)i * D, da->ca_res[i],
-                        a->ca_o[i], p->ca_out_w + i * DD, BQ, D, D);
-        attention_backward(da->ca_q[i], da->ca_k[i], da->ca_v[i], NULL, da->ca_o[i], a->ca_att[i],
-                           a->ca_q[i], a->ca_k[i], a->ca_v[i], B, Q, T, NH, HS, D, D);
-        w = p->ca_in_w + (size_t)i * 3 * DD;
-        gw = g->ca_in_w + (size_t)i * 3 * DD;
-        gb = g->ca_in_b + (size_t)i * 3 * D;
-        linear_backward(da->ca_qin[i], gw, gb, da->ca_q[i], a->ca_qin[i], w, BQ, D, D);
-        linear_backward(da->src_pos[m], gw + DD, gb + D, da->ca_k[i], a->src_pos[m], w + DD, B * T, D, D);
-        linear_backward(da->src[m], gw + 2 * DD, gb + 2 * D, da->ca_v[i], a->src[m], w + 2 * DD,
+        layernorm_backward(dl_ca_res, dl_ca_ln_w, dl_ca_ln_b, dl_ca_ln, l_ca_res, l_ca_ln_w, l_ca_mean,
+                           l_ca_rstd, BQ, D);
+        add_inplace(dtgt, dl_ca_res, nQD);
+        linear_backward(dl_ca_o, dl_ca_out_w, dl_ca_out_b, dl_ca_res, l_ca_o, l_ca_out_w, BQ, D, D);
+        attention_backward(dl_ca_q, dl_ca_k, dl_ca_v, NULL, dl_ca_o, l_ca_att,
+                           l_ca_q, l_ca_k, l_ca_v, B, Q, T, NH, HS, D, D);
+        linear_backward(dl_ca_qin, dl_ca_in_w, dl_ca_in_b, dl_ca_q, l_ca_qin, l_ca_in_w, BQ, D, D);
+        linear_backward(da->src_pos[m], dl_ca_in_w + DD, dl_ca_in_b + D, dl_ca_k, a->src_pos[m], l_ca_in_w + DD,
                         B * T, D, D);
-        add_inplace(dtgt, da->ca_qin[i], nQD);
-        add_inplace(da->qpos, da->ca_qin[i], nQD);
+        linear_backward(da->src[m], dl_ca_in_w + 2 * DD, dl_ca_in_b + 2 * D, dl_ca_v, a->src[m], l_ca_in_w + 2 * DD,
+                        B * T, D, D);
+        add_inplace(dtgt, dl_ca_qin, nQD);
+        add_inplace(da->qpos, dl_ca_qin, nQD);
     }
     m2f_predict_backward(c, p, g, a, da, a->tgt0, da->tgt0, 0, B);
     // the broadcasts over the batch sum back
@@ -1593,6 +1633,224 @@ static void grid_points(float* coords, int Hm, int Wm) {
 
 // ----------------------------------------------------------------------------
 // the loss
+//
+// set_loss_from_targets, for every decoder layer j (deep supervision) and image b:
+//   matching_cost      cost (T, Q) of giving target t to query q, on P random points
+//   match_queries      Hungarian matching: M = min(T, Q) pairs (query, target)
+//   pair_points        P points per pair (importance sampling, or every pixel)
+//   mask_losses        BCE and dice of each pair on its points (and their gradients)
+// then class_loss: cross-entropy of every query of the batch against its matched class
+// (no-object for the unmatched ones, weighted no_object_weight).
+
+// host scratch of one set_loss_from_targets call, allocated together (set_loss_scratch_alloc)
+typedef struct {
+    int P, P_over, P_imp, P_rand;   // points per mask; candidates, most uncertain and random ones
+    float* coords;          // (P, 2) the matching's points, shared by every mask of an image
+    float* coords_rep;      // (QT, P, 2) the same points once per mask (QT = max(Q, max T))
+    float* pred_pts;        // (Q, P) mask logits of each query at the points
+    float* pred_sig;        // (Q, P) their sigmoid
+    double* pred_softplus;  // (Q) sum over the points of softplus(x)
+    double* pred_sigsum;    // (Q) sum over the points of sigmoid(x)
+    float* tgt_pts;         // (max T, P) target masks at the points
+    double* cost;           // (max T, Q) matching cost
+    int* query_of_target;   // (max T) Hungarian result, -1: no query
+    int *match_q, *match_t; // (max M) the matched pairs: query, target
+    float* probs;           // (Q, C) class probabilities of one image
+    int* cls_target;        // (B, Q) each query's class target, K = no object
+    float* cand;            // (max M, P_over, 2) candidate points of importance sampling
+    float* sel;             // (max M, P, 2) each pair's points
+    float *pl, *tl, *dpl;   // (max M, P) pair's mask logits, target, d loss / d logits at the points
+    float *bce, *dice;      // (max M) each pair's losses
+    float *dloss_bce, *dloss_dice;   // (max M) their weights in the total: w / num_masks
+    float* class_w;         // (C) 1 per class, no_object_weight for no object
+} SetLossScratch;
+
+static void set_loss_scratch_alloc(SetLossScratch* s, const SetLossConfig* cfg, int B, int Q, int K, int Hm, int Wm,
+                                   int max_T, double norm) {
+    int C = K + 1;
+    // P points per mask; P_over candidates of which P_imp most uncertain are kept
+    int P = s->P = cfg->all_pixels ? Hm * Wm : cfg->num_points;
+    int P_over = s->P_over = cfg->all_pixels ? P : (int)(cfg->oversample * P);
+    s->P_imp = cfg->all_pixels ? 0 : (int)(cfg->importance * P);
+    s->P_rand = P - s->P_imp;
+    int QT = Q > max_T ? Q : max_T;
+    int max_match = Q < max_T ? Q : max_T;   // matched pairs per image
+    int nt = max_T > 0 ? max_T : 1, nmatch = max_match > 0 ? max_match : 1;   // buffer rows
+    size_t nmp = (size_t)nmatch * P;   // matched pairs x points
+    s->coords = (float*)mallocCheck((size_t)P * 2 * sizeof(float));
+    s->coords_rep = (float*)mallocCheck((size_t)QT * P * 2 * sizeof(float));
+    s->pred_pts = (float*)mallocCheck((size_t)Q * P * sizeof(float));
+    s->pred_sig = (float*)mallocCheck((size_t)Q * P * sizeof(float));
+    s->pred_softplus = (double*)mallocCheck((size_t)Q * sizeof(double));
+    s->pred_sigsum = (double*)mallocCheck((size_t)Q * sizeof(double));
+    s->tgt_pts = (float*)mallocCheck((size_t)nt * P * sizeof(float));
+    s->cost = (double*)mallocCheck((size_t)nt * Q * sizeof(double));
+    s->query_of_target = (int*)mallocCheck((size_t)nt * sizeof(int));
+    s->match_q = (int*)mallocCheck((size_t)nmatch * sizeof(int));
+    s->match_t = (int*)mallocCheck((size_t)nmatch * sizeof(int));
+    s->probs = (float*)mallocCheck((size_t)Q * C * sizeof(float));
+    s->cls_target = (int*)mallocCheck((size_t)B * Q * sizeof(int));
+    s->cand = (float*)mallocCheck((size_t)nmatch * P_over * 2 * sizeof(float));
+    s->sel = (float*)mallocCheck(nmp * 2 * sizeof(float));
+    s->pl = (float*)mallocCheck(nmp * sizeof(float));
+    s->tl = (float*)mallocCheck(nmp * sizeof(float));
+    s->dpl = (float*)mallocCheck(nmp * sizeof(float));
+    s->bce = (float*)mallocCheck((size_t)nmatch * sizeof(float));
+    s->dice = (float*)mallocCheck((size_t)nmatch * sizeof(float));
+    s->dloss_bce = (float*)mallocCheck((size_t)nmatch * sizeof(float));
+    s->dloss_dice = (float*)mallocCheck((size_t)nmatch * sizeof(float));
+    s->class_w = (float*)mallocCheck((size_t)C * sizeof(float));
+    for (int k = 0; k < K; k++) s->class_w[k] = 1.0f;
+    s->class_w[K] = cfg->no_object_weight;
+    for (int i = 0; i < nmatch; i++) {
+        s->dloss_bce[i] = (float)(cfg->w_mask / norm);
+        s->dloss_dice[i] = (float)(cfg->w_dice / norm);
+    }
+    if (cfg->all_pixels) {   // every pixel, the same points for every mask and pair
+        grid_points(s->coords, Hm, Wm);
+        for (int i = 0; i < QT; i++) memcpy(s->coords_rep + (size_t)i * P * 2, s->coords, (size_t)P * 2 * sizeof(float));
+        for (int i = 0; i < max_match; i++) memcpy(s->sel + (size_t)i * P * 2, s->coords, (size_t)P * 2 * sizeof(float));
+    }
+}
+
+static void set_loss_scratch_free(SetLossScratch* s) {
+    free(s->coords); free(s->coords_rep); free(s->pred_pts); free(s->pred_sig);
+    free(s->pred_softplus); free(s->pred_sigsum); free(s->tgt_pts); free(s->cost); free(s->query_of_target);
+    free(s->match_q); free(s->match_t); free(s->probs); free(s->cls_target); free(s->cand); free(s->sel);
+    free(s->pl); free(s->tl); free(s->dpl); free(s->bce); free(s->dice); free(s->dloss_bce); free(s->dloss_dice);
+    free(s->class_w);
+}
+
+// The matching cost of one image into s->cost (T, Q), on P points shared by every mask (uniform
+// random, or every pixel):
+//   cost[t][q] = w_class * -p_q(class_t) + w_mask * BCE(x_q, y_t) + w_dice * dice(x_q, y_t)
+// x_q: query q's mask logits (Hm, Wm) at the points, y_t: target t's mask (H, W) at the points;
+// BCE(x, y) averaged over the points = (sum softplus(x) - sum x y) / P (y in [0, 1]),
+// dice = 1 - (2 sum sigmoid(x) y + 1) / (sum sigmoid(x) + sum y + 1).
+static void matching_cost(SetLossScratch* s, const SetLossConfig* cfg, const float* cls, const float* masks,
+                          const int* tgt_classes, const float* tgt_masks, int T, int Q, int C, int Hm, int Wm,
+                          int H, int W, Rng* rng) {
+    int P = s->P, QT = Q > T ? Q : T;
+    if (!cfg->all_pixels) {
+        random_points(s->coords, P, rng);
+        for (int i = 0; i < QT; i++) memcpy(s->coords_rep + (size_t)i * P * 2, s->coords, (size_t)P * 2 * sizeof(float));
+    }
+    point_sample_forward_cpu(s->pred_pts, masks, s->coords_rep, Q, Hm, Wm, P);
+    point_sample_forward_cpu(s->tgt_pts, tgt_masks, s->coords_rep, T, H, W, P);
+    softmax_forward_cpu(s->probs, cls, Q, C);
+    #pragma omp parallel for schedule(static) if ((long)Q * P > 16384)
+    for (int q = 0; q < Q; q++) {
+        const float* x = s->pred_pts + (size_t)q * P;
+        float* sg = s->pred_sig + (size_t)q * P;
+        double sp = 0.0, ss = 0.0;
+        for (int p = 0; p < P; p++) {   // float terms (as Mask2Former), double sums
+            float xp = x[p], e = expf(-fabsf(xp));
+            sp += (xp > 0.0f ? xp : 0.0f) + log1pf(e);
+            sg[p] = xp >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+            ss += sg[p];
+        }
+        s->pred_softplus[q] = sp; s->pred_sigsum[q] = ss;
+    }
+    #pragma omp parallel for collapse(2) schedule(static) if ((long)T * Q * P > 65536)
+    for (int t = 0; t < T; t++) {
+        for (int q = 0; q < Q; q++) {
+            const float* y = s->tgt_pts + (size_t)t * P;
+            const float* x = s->pred_pts + (size_t)q * P;
+            const float* sg = s->pred_sig + (size_t)q * P;
+            double xy = 0.0, sy = 0.0, yy = 0.0;
+            for (int p = 0; p < P; p++) { xy += x[p] * y[p]; sy += sg[p] * y[p]; yy += y[p]; }
+            double pair_bce = (s->pred_softplus[q] - xy) / P;
+            double pair_dice = 1.0 - (2.0 * sy + 1.0) / (s->pred_sigsum[q] + yy + 1.0);
+            s->cost[(size_t)t * Q + q] = cfg->w_class * -(double)s->probs[q * C + tgt_classes[t]]
+                                       + cfg->w_mask * pair_bce + cfg->w_dice * pair_dice;
+        }
+    }
+}
+
+// Hungarian matching on s->cost: the M matched pairs into s->match_q / s->match_t, and each
+// matched query's class target into cls_target (Q; the others keep K, no object). Returns M.
+static int match_queries(SetLossScratch* s, const int* tgt_classes, int T, int Q, int* cls_target) {
+    hungarian_assign(s->cost, T, Q, s->query_of_target);
+    int M = 0;
+    for (int t = 0; t < T; t++) {
+        if (s->query_of_target[t] < 0) continue;   // T > Q: this target gets no query
+        s->match_t[M] = t; s->match_q[M] = s->query_of_target[t]; M++;
+        cls_target[s->query_of_target[t]] = tgt_classes[t];
+    }
+    return M;
+}
+
+// The P points of each matched pair into s->sel (M, P, 2): importance sampling
+// (get_uncertain_point_coords_with_randomness): of P_over uniform candidates the P_imp where the
+// query's logit is nearest 0, then P_rand uniform ones; the random draws first, in a fixed
+// order, then the selection. Every pixel (all_pixels): s->sel already holds the grid.
+static void pair_points(SetLossScratch* s, const SetLossConfig* cfg, const float* masks, int M, int Hm, int Wm,
+                        Rng* rng) {
+    if (cfg->all_pixels) return;
+    int P = s->P, P_over = s->P_over, P_imp = s->P_imp;
+    size_t HWm = (size_t)Hm * Wm;
+    random_points(s->cand, M * P_over, rng);
+    for (int i = 0; i < M; i++) random_points(s->sel + ((size_t)i * P + P_imp) * 2, s->P_rand, rng);
+    #pragma omp parallel for schedule(dynamic) if ((long)M * P_over > 16384)
+    for (int i = 0; i < M; i++) {
+        const float* ci = s->cand + (size_t)i * P_over * 2;
+        float* unc = (float*)mallocCheck((size_t)P_over * sizeof(float));
+        RankedPoint* ranked = (RankedPoint*)mallocCheck((size_t)P_over * sizeof(RankedPoint));
+        point_sample_forward_cpu(unc, masks + (size_t)s->match_q[i] * HWm, ci, 1, Hm, Wm, P_over);
+        for (int k = 0; k < P_over; k++) {
+            float u = -fabsf(unc[k]);
+            ranked[k].u = u == u ? u : -INFINITY;   // NaN (diverged): least uncertain, keeps the order total
+            ranked[k].i = k;
+        }
+        select_most_uncertain(ranked, P_over, P_imp);
+        float* si = s->sel + (size_t)i * P * 2;
+        for (int k = 0; k < P_imp; k++) {
+            si[2 * k] = ci[2 * ranked[k].i];
+            si[2 * k + 1] = ci[2 * ranked[k].i + 1];
+        }
+        free(unc); free(ranked);
+    }
+}
+
+// BCE and dice of every matched pair on its points, each weighted w / norm, added to *sum_bce
+// and *sum_dice; their gradients accumulated into dmasks (Q, Hm, Wm) unless it is NULL
+static void mask_losses(SetLossScratch* s, const SetLossConfig* cfg, const float* masks, const float* tgt_masks,
+                        int M, int Hm, int Wm, int H, int W, double norm, double* sum_bce, double* sum_dice,
+                        float* dmasks) {
+    int P = s->P;
+    size_t HWm = (size_t)Hm * Wm, HW = (size_t)H * W;
+    #pragma omp parallel for schedule(static) if ((long)M * P > 16384)
+    for (int i = 0; i < M; i++) {
+        const float* si = s->sel + (size_t)i * P * 2;
+        point_sample_forward_cpu(s->pl + (size_t)i * P, masks + (size_t)s->match_q[i] * HWm, si, 1, Hm, Wm, P);
+        point_sample_forward_cpu(s->tl + (size_t)i * P, tgt_masks + (size_t)s->match_t[i] * HW, si, 1, H, W, P);
+    }
+    sigmoid_bce_forward_cpu(s->bce, s->pl, s->tl, M, P);
+    dice_loss_forward_cpu(s->dice, s->pl, s->tl, M, P);
+    for (int i = 0; i < M; i++) {
+        *sum_bce += cfg->w_mask * s->bce[i] / norm;
+        *sum_dice += cfg->w_dice * s->dice[i] / norm;
+    }
+    if (dmasks == NULL) return;
+    memset(s->dpl, 0, (size_t)M * P * sizeof(float));
+    sigmoid_bce_backward_cpu(s->dpl, s->dloss_bce, s->pl, s->tl, M, P);
+    dice_loss_backward_cpu(s->dpl, s->dloss_dice, s->pl, s->tl, M, P);
+    // distinct queries: no two pairs write the same map
+    #pragma omp parallel for schedule(static) if ((long)M * P > 16384)
+    for (int i = 0; i < M; i++)
+        point_sample_backward_cpu(dmasks + (size_t)s->match_q[i] * HWm, s->dpl + (size_t)i * P,
+                                  s->sel + (size_t)i * P * 2, 1, Hm, Wm, P);
+}
+
+// w_class * cross-entropy over the N = B * Q queries of one layer, (N, C) logits against
+// cls_target (class weights class_w); its gradient accumulated into dcls unless NULL
+static double class_loss(const SetLossScratch* s, const SetLossConfig* cfg, const float* cls, int N, int C,
+                         float* dcls) {
+    float ce;
+    cross_entropy_forward_cpu(&ce, cls, s->cls_target, s->class_w, N, C, -1);
+    if (dcls) cross_entropy_backward_cpu(dcls, cfg->w_class, cls, s->cls_target, s->class_w, N, C, -1);
+    return cfg->w_class * ce;
+}
 
 float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
                             const float* mask_logits, int L, int B, int Q, int K, int Hm, int Wm,
@@ -1607,11 +1865,6 @@ float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
         ttt_die("set loss: need num_points >= 1, oversample >= 1, importance in [0, 1]");
     int C = K + 1;
     size_t HW = (size_t)H * W, HWm = (size_t)Hm * Wm;
-    // P points per mask; P_over candidates of which P_imp most uncertain are kept
-    int P = cfg->all_pixels ? Hm * Wm : cfg->num_points;
-    int P_over = cfg->all_pixels ? P : (int)(cfg->oversample * P);
-    int P_imp = cfg->all_pixels ? 0 : (int)(cfg->importance * P);
-    int P_rand = P - P_imp;
     int max_T = 0, num_masks = 0;
     size_t* first = (size_t*)mallocCheck((size_t)B * sizeof(size_t));   // image b's first target
     for (int b = 0; b < B; b++) {
@@ -1625,167 +1878,31 @@ float set_loss_from_targets(const SetLossConfig* cfg, const float* class_logits,
             ttt_die("set loss: target class %d outside [0, %d)", target_classes[i], K);
     }
     double norm = cfg->num_masks > 0.0f ? cfg->num_masks : num_masks > 0 ? num_masks : 1;
-    int QT = Q > max_T ? Q : max_T;
-    int max_match = Q < max_T ? Q : max_T;   // matched pairs per image
-    int nt = max_T > 0 ? max_T : 1, nmatch = max_match > 0 ? max_match : 1;   // buffer rows
-
-    // scratch (host, per call)
-    float* coords = (float*)mallocCheck((size_t)P * 2 * sizeof(float));
-    float* coords_rep = (float*)mallocCheck((size_t)QT * P * 2 * sizeof(float));
-    float* pred_pts = (float*)mallocCheck((size_t)Q * P * sizeof(float));
-    float* pred_sig = (float*)mallocCheck((size_t)Q * P * sizeof(float));
-    double* pred_softplus = (double*)mallocCheck((size_t)Q * sizeof(double));
-    double* pred_sigsum = (double*)mallocCheck((size_t)Q * sizeof(double));
-    float* tgt_pts = (float*)mallocCheck((size_t)nt * P * sizeof(float));
-    double* cost = (double*)mallocCheck((size_t)nt * Q * sizeof(double));
-    int* query_of_target = (int*)mallocCheck((size_t)nt * sizeof(int));
-    int* match_q = (int*)mallocCheck((size_t)nmatch * sizeof(int));
-    int* match_t = (int*)mallocCheck((size_t)nmatch * sizeof(int));
-    float* probs = (float*)mallocCheck((size_t)Q * C * sizeof(float));
-    int* cls_target = (int*)mallocCheck((size_t)B * Q * sizeof(int));
-    size_t nmp = (size_t)nmatch * P;   // matched pairs x points
-    float* cand = (float*)mallocCheck((size_t)nmatch * P_over * 2 * sizeof(float));
-    float* sel = (float*)mallocCheck(nmp * 2 * sizeof(float));
-    float* pl = (float*)mallocCheck(nmp * sizeof(float));
-    float* tl = (float*)mallocCheck(nmp * sizeof(float));
-    float* dpl = (float*)mallocCheck(nmp * sizeof(float));
-    float* bce = (float*)mallocCheck((size_t)nmatch * sizeof(float));
-    float* dice = (float*)mallocCheck((size_t)nmatch * sizeof(float));
-    float* dloss_bce = (float*)mallocCheck((size_t)nmatch * sizeof(float));
-    float* dloss_dice = (float*)mallocCheck((size_t)nmatch * sizeof(float));
-    float* class_w = (float*)mallocCheck((size_t)C * sizeof(float));
-    for (int k = 0; k < K; k++) class_w[k] = 1.0f;
-    class_w[K] = cfg->no_object_weight;
-    for (int i = 0; i < nmatch; i++) {
-        dloss_bce[i] = (float)(cfg->w_mask / norm);
-        dloss_dice[i] = (float)(cfg->w_dice / norm);
-    }
-    if (cfg->all_pixels) {
-        grid_points(coords, Hm, Wm);
-        for (int i = 0; i < QT; i++) memcpy(coords_rep + (size_t)i * P * 2, coords, (size_t)P * 2 * sizeof(float));
-        for (int i = 0; i < max_match; i++) memcpy(sel + (size_t)i * P * 2, coords, (size_t)P * 2 * sizeof(float));
-    }
+    SetLossScratch s;
+    set_loss_scratch_alloc(&s, cfg, B, Q, K, Hm, Wm, max_T, norm);
 
     double sum_ce = 0.0, sum_bce = 0.0, sum_dice = 0.0;
-    for (int j = 0; j < L; j++) {
-        const float* cl = class_logits + (size_t)j * B * Q * C;
+    for (int j = 0; j < L; j++) {   // every decoder layer's prediction (deep supervision)
+        const float* l_cls = class_logits + (size_t)j * B * Q * C;   // (B, Q, C)
         for (int b = 0; b < B; b++) {
-            const float* clb = cl + (size_t)b * Q * C;
-            const float* mlb = mask_logits + ((size_t)j * B + b) * Q * HWm;
-            const float* tmb = target_masks + first[b] * HW;
-            const int* tcb = target_classes + first[b];
+            const float* cls = l_cls + (size_t)b * Q * C;                     // (Q, C)
+            const float* masks = mask_logits + ((size_t)j * B + b) * Q * HWm;  // (Q, Hm, Wm)
+            const float* tgt_masks = target_masks + first[b] * HW;             // (T, H, W)
+            const int* tgt_classes = target_classes + first[b];                // (T)
+            float* dmasks = dmask_logits ? dmask_logits + ((size_t)j * B + b) * Q * HWm : NULL;
             int T = num_targets[b];
-            for (int q = 0; q < Q; q++) cls_target[b * Q + q] = K;   // no object
+            for (int q = 0; q < Q; q++) s.cls_target[b * Q + q] = K;   // no object
             if (T == 0) continue;
-
-            // matching cost on num_points uniform points shared by every mask of the image
-            if (!cfg->all_pixels) {
-                random_points(coords, P, rng);
-                for (int i = 0; i < QT; i++) memcpy(coords_rep + (size_t)i * P * 2, coords, (size_t)P * 2 * sizeof(float));
-            }
-            point_sample_forward_cpu(pred_pts, mlb, coords_rep, Q, Hm, Wm, P);
-            point_sample_forward_cpu(tgt_pts, tmb, coords_rep, T, H, W, P);
-            softmax_forward_cpu(probs, clb, Q, C);
-            // BCE(x, y) summed over points = sum softplus(x) - sum x y (y in [0, 1])
-            #pragma omp parallel for schedule(static) if ((long)Q * P > 16384)
-            for (int q = 0; q < Q; q++) {
-                const float* x = pred_pts + (size_t)q * P;
-                float* s = pred_sig + (size_t)q * P;
-                double sp = 0.0, ss = 0.0;
-                for (int p = 0; p < P; p++) {   // float terms (as Mask2Former), double sums
-                    float xp = x[p], e = expf(-fabsf(xp));
-                    sp += (xp > 0.0f ? xp : 0.0f) + log1pf(e);
-                    s[p] = xp >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
-                    ss += s[p];
-                }
-                pred_softplus[q] = sp; pred_sigsum[q] = ss;
-            }
-            #pragma omp parallel for collapse(2) schedule(static) if ((long)T * Q * P > 65536)
-            for (int t = 0; t < T; t++) {
-                for (int q = 0; q < Q; q++) {
-                    const float* y = tgt_pts + (size_t)t * P;
-                    const float* x = pred_pts + (size_t)q * P;
-                    const float* s = pred_sig + (size_t)q * P;
-                    double xy = 0.0, sy = 0.0, yy = 0.0;
-                    for (int p = 0; p < P; p++) { xy += x[p] * y[p]; sy += s[p] * y[p]; yy += y[p]; }
-                    double pair_bce = (pred_softplus[q] - xy) / P;
-                    double pair_dice = 1.0 - (2.0 * sy + 1.0) / (pred_sigsum[q] + yy + 1.0);
-                    cost[(size_t)t * Q + q] = cfg->w_class * -(double)probs[q * C + tcb[t]]
-                                            + cfg->w_mask * pair_bce + cfg->w_dice * pair_dice;
-                }
-            }
-            hungarian_assign(cost, T, Q, query_of_target);
-            int M = 0;
-            for (int t = 0; t < T; t++) {
-                if (query_of_target[t] < 0) continue;   // T > Q: this target gets no query
-                match_t[M] = t; match_q[M] = query_of_target[t]; M++;
-                cls_target[b * Q + query_of_target[t]] = tcb[t];
-            }
-
-            // points of each matched pair: importance sampling (get_uncertain_point_coords_
-            // with_randomness); random draws first, in a fixed order, then the selection
-            if (!cfg->all_pixels) {
-                random_points(cand, M * P_over, rng);
-                for (int i = 0; i < M; i++) random_points(sel + ((size_t)i * P + P_imp) * 2, P_rand, rng);
-                #pragma omp parallel for schedule(dynamic) if ((long)M * P_over > 16384)
-                for (int i = 0; i < M; i++) {
-                    const float* ci = cand + (size_t)i * P_over * 2;
-                    float* unc = (float*)mallocCheck((size_t)P_over * sizeof(float));
-                    RankedPoint* ranked = (RankedPoint*)mallocCheck((size_t)P_over * sizeof(RankedPoint));
-                    point_sample_forward_cpu(unc, mlb + (size_t)match_q[i] * HWm, ci, 1, Hm, Wm, P_over);
-                    for (int k = 0; k < P_over; k++) {
-                        float u = -fabsf(unc[k]);
-                        ranked[k].u = u == u ? u : -INFINITY;   // NaN (diverged): least uncertain, keeps the order total
-                        ranked[k].i = k;
-                    }
-                    select_most_uncertain(ranked, P_over, P_imp);
-                    float* si = sel + (size_t)i * P * 2;
-                    for (int k = 0; k < P_imp; k++) {
-                        si[2 * k] = ci[2 * ranked[k].i];
-                        si[2 * k + 1] = ci[2 * ranked[k].i + 1];
-                    }
-                    free(unc); free(ranked);
-                }
-            }
-            // BCE and dice of every matched pair on its points, summed / num_masks
-            #pragma omp parallel for schedule(static) if ((long)M * P > 16384)
-            for (int i = 0; i < M; i++) {
-                const float* si = sel + (size_t)i * P * 2;
-                point_sample_forward_cpu(pl + (size_t)i * P, mlb + (size_t)match_q[i] * HWm, si, 1, Hm, Wm, P);
-                point_sample_forward_cpu(tl + (size_t)i * P, tmb + (size_t)match_t[i] * HW, si, 1, H, W, P);
-            }
-            sigmoid_bce_forward_cpu(bce, pl, tl, M, P);
-            dice_loss_forward_cpu(dice, pl, tl, M, P);
-            for (int i = 0; i < M; i++) {
-                sum_bce += cfg->w_mask * bce[i] / norm;
-                sum_dice += cfg->w_dice * dice[i] / norm;
-            }
-            if (dmask_logits) {
-                memset(dpl, 0, (size_t)M * P * sizeof(float));
-                sigmoid_bce_backward_cpu(dpl, dloss_bce, pl, tl, M, P);
-                dice_loss_backward_cpu(dpl, dloss_dice, pl, tl, M, P);
-                float* dmb = dmask_logits + ((size_t)j * B + b) * Q * HWm;
-                // distinct queries: no two pairs write the same map
-                #pragma omp parallel for schedule(static) if ((long)M * P > 16384)
-                for (int i = 0; i < M; i++)
-                    point_sample_backward_cpu(dmb + (size_t)match_q[i] * HWm, dpl + (size_t)i * P,
-                                              sel + (size_t)i * P * 2, 1, Hm, Wm, P);
-            }
+            matching_cost(&s, cfg, cls, masks, tgt_classes, tgt_masks, T, Q, C, Hm, Wm, H, W, rng);
+            int M = match_queries(&s, tgt_classes, T, Q, s.cls_target + b * Q);
+            pair_points(&s, cfg, masks, M, Hm, Wm, rng);
+            mask_losses(&s, cfg, masks, tgt_masks, M, Hm, Wm, H, W, norm, &sum_bce, &sum_dice, dmasks);
         }
-        // class loss over every query of the batch
-        float ce;
-        cross_entropy_forward_cpu(&ce, cl, cls_target, class_w, B * Q, C, -1);
-        sum_ce += cfg->w_class * ce;
-        if (dclass_logits)
-            cross_entropy_backward_cpu(dclass_logits + (size_t)j * B * Q * C, cfg->w_class, cl,
-                                       cls_target, class_w, B * Q, C, -1);
+        sum_ce += class_loss(&s, cfg, l_cls, B * Q, C, dclass_logits ? dclass_logits + (size_t)j * B * Q * C : NULL);
     }
     if (parts) { parts[0] = (float)sum_ce; parts[1] = (float)sum_bce; parts[2] = (float)sum_dice; }
-    free(first); free(coords); free(coords_rep); free(pred_pts); free(pred_sig);
-    free(pred_softplus); free(pred_sigsum); free(tgt_pts); free(cost); free(query_of_target);
-    free(match_q); free(match_t); free(probs); free(cls_target); free(cand); free(sel);
-    free(pl); free(tl); free(dpl); free(bce); free(dice); free(dloss_bce); free(dloss_dice);
-    free(class_w);
+    set_loss_scratch_free(&s);
+    free(first);
     return (float)(sum_ce + sum_bce + sum_dice);
 }
 

@@ -966,22 +966,6 @@ static void reset_weights(const Tech* t, Model* m) {
     else model_reset_ttt(m);
 }
 
-// one step of the mode's technique on B images of the window (n_win frames); a NaN / Inf
-// loss resets to the initial weights and is reported to the caller
-static float ttt_step(const Args* a, const Tech* t, Model* m, float* const* window, int n_win, float* batch, int B,
-                      const Video* v, int* perm, int* pos, Rng* rng, const char* name) {
-    fill_batch(batch, window, n_win, B, v, a->sr.sampler, perm, pos, rng);
-    float loss = a->mode == MODE_TENT ? model_tent_step(m, batch, B, &a->opt, rng)
-               : a->mode == MODE_SELF_TRAIN ? model_self_train_step(m, batch, B, &a->opt, a->st_threshold, a->st_mask_ratio, rng, NULL)
-               : model_ttt_step(m, batch, B, &a->opt, rng);
-    if (!isfinite(loss)) {
-        fprintf(stderr, "warning: %s: %s loss is %f; resetting to the initial weights and continuing\n", name,
-                mode_names[a->mode], loss);
-        reset_weights(t, m);
-    }
-    return loss;
-}
-
 // the prediction of a frame (resized, Hr x Wr) as class ids at H x W: the Predictor when one
 // is on, else model_predict; plain (or NULL) gets the single-view, unsmoothed ids
 static void predict_frame(const Tech* t, Model* mp, const float* xr, uint64_t seed, int same_frame,
@@ -1165,275 +1149,376 @@ static void* grow_array(void* p, int n, int m, size_t elem) {
     return q;
 }
 
-// run the whole video once with window k, writing into out_dir. m: the TTT model (crop size);
-// mp: the prediction's model (the resized frame, scored at the original size; may be m)
-static RunResult run_stream(const Args* a, Tech* tech, Model* m, Model* mp, Video* v, int k, const char* out_dir) {
+// The state of one run over the video (run_stream): its buffers, the window of the last k
+// frames, and the scores and times so far
+typedef struct {
+    const Args* a;
+    Tech* tech;
+    Model* m;                 // the TTT model (crop size)
+    Model* mp;                // the prediction's model (the resized frame; may be m)
+    Video* v;
+    int k;                    // window size (1 for the one-frame memories)
+    int reset_each;           // initial weights before every frame
+    const char* out_dir;
+    char* metrics_path;       // out_dir/metrics.json
+    int cap;                  // room in order and st (they grow with standard input)
+    int* order;               // (cap) frame indices in processing order
+    FrameStats* st;           // (cap) per frame, by frame index
+    float** window;           // (k) ring of the last k frames (Hr, Wr, 3), NULL when empty
+    int n_win, head;          // frames in the window; next slot to overwrite
+    int* perm;                // the cycling sampler's permutation
+    float* batch;             // (B, Ht, Wt, 3) the step's images
+    float* vis;               // (H, W, 3) overlay
+    unsigned char *pred, *plain, *pred0;   // (H, W) class ids; unsmoothed and initial model's (class balance)
+    Score total;              // pooled over the labeled frames so far
+    double ms_sum, eta_sum, frame_miou_sum;
+    int n_scored, n_done;
+    int ck_steps[8], n_ck;    // offline: the checkpoints' steps and mIoU
+    double ck_miou[8];
+    TaskRun* tr;              // --task panoptic | instance, or NULL
+    int tQ, tK, tH4, tW4, tHm, tWm;
+    float *t_cls, *t_msk;     // the last prediction's logits for the task
+    char task_text[256];      // the task's scores of this frame, for its line
+    double metrics_at, metrics_cost;   // last write of metrics.json: when, how long
+    FrameSource src;
+    RunResult res;
+} StreamRun;
+
+// everything a run needs before its first frame; metrics.json written with no frames
+static void stream_run_begin(StreamRun* r, const Args* a, Tech* tech, Model* m, Model* mp, Video* v, int k,
+                             const char* out_dir) {
+    memset(r, 0, sizeof(*r));
     int n = v->n, H = v->H, W = v->W, HW3 = H * W * 3, B = a->sr.batch;   // n: 0 for standard input
-    size_t view = (size_t)v->Hr * v->Wr * 3;   // a frame as the model sees it
-    Mode mode = a->mode;
-    int one_frame, reset_each;
-    mode_memory(a, &one_frame, &reset_each);
+    int one_frame;
+    mode_memory(a, &one_frame, &r->reset_each);
     if (one_frame) k = 1;
+    r->a = a; r->tech = tech; r->m = m; r->mp = mp; r->v = v; r->k = k; r->out_dir = out_dir;
     make_dir(out_dir);
     reset_weights(tech, m);
     // the Predictor of this run: LN Adapt's ring holds the last k frames
-    PredictConfig pc = {a->smooth, a->tta, a->tta_color, mode == MODE_LN_ADAPT, k, a->ln_prior};
-    tech->pred = a->smooth > 1 || a->tta > 1 || mode == MODE_LN_ADAPT ? predictor_create(mp, &pc) : NULL;
+    PredictConfig pc = {a->smooth, a->tta, a->tta_color, a->mode == MODE_LN_ADAPT, k, a->ln_prior};
+    tech->pred = a->smooth > 1 || a->tta > 1 || a->mode == MODE_LN_ADAPT ? predictor_create(mp, &pc) : NULL;
     tech->resets = 0;
-    unsigned char* plain = a->class_balance ? (unsigned char*)mallocCheck((size_t)H * W) : NULL;
-    unsigned char* pred0 = a->class_balance ? (unsigned char*)mallocCheck((size_t)H * W) : NULL;
+    r->plain = a->class_balance ? (unsigned char*)mallocCheck((size_t)H * W) : NULL;
+    r->pred0 = a->class_balance ? (unsigned char*)mallocCheck((size_t)H * W) : NULL;
 
     // processing order: name order, or a seeded permutation with --shuffle (standard input: the
     // order of arrival; order and st grow with the frames)
-    int cap = n > 0 ? n : 256;
-    int* order = (int*)mallocCheck((size_t)cap * sizeof(int));
-    for (int i = 0; i < n; i++) order[i] = i;
+    r->cap = n > 0 ? n : 256;
+    r->order = (int*)mallocCheck((size_t)r->cap * sizeof(int));
+    for (int i = 0; i < n; i++) r->order[i] = i;
     if (a->shuffle) {
-        Rng r; rng_seed(&r, a->seed ^ 0x5348554646ULL);
-        for (int i = n - 1; i > 0; i--) { int j = rng_int(&r, i + 1), t = order[i]; order[i] = order[j]; order[j] = t; }
+        Rng g; rng_seed(&g, a->seed ^ 0x5348554646ULL);
+        for (int i = n - 1; i > 0; i--) { int j = rng_int(&g, i + 1), t = r->order[i]; r->order[i] = r->order[j]; r->order[j] = t; }
     }
-    float** window = (float**)callocCheck(k, sizeof(float*));   // ring of the last k frames (Hr, Wr, 3)
-    int* perm = (int*)mallocCheck((size_t)(k > n ? k : n) * sizeof(int));   // the cycling sampler's
-    float* batch = (float*)mallocCheck((size_t)B * v->Ht * v->Wt * 3 * sizeof(float));
-    float* vis = (float*)mallocCheck((size_t)HW3 * sizeof(float));
-    unsigned char* pred = (unsigned char*)mallocCheck((size_t)H * W);
-    FrameStats* st = (FrameStats*)callocCheck(cap, sizeof(FrameStats));
-    Score total;
-    memset(&total, 0, sizeof(total));
-    int ck_steps[8] = {0}, n_ck = 0;
-    double ck_miou[8] = {0};
+    r->window = (float**)callocCheck(k, sizeof(float*));
+    r->perm = (int*)mallocCheck((size_t)(k > n ? k : n) * sizeof(int));
+    r->batch = (float*)mallocCheck((size_t)B * v->Ht * v->Wt * 3 * sizeof(float));
+    r->vis = (float*)mallocCheck((size_t)HW3 * sizeof(float));
+    r->pred = (unsigned char*)mallocCheck((size_t)H * W);
+    r->st = (FrameStats*)callocCheck(r->cap, sizeof(FrameStats));
     // --task panoptic | instance: inference on the last prediction's logits, COCO outputs, scores
-    TaskRun* tr = v->task && is_main_rank() ? task_run_begin(v->task, out_dir, H, W) : NULL;
-    int tQ = 0, tK = 0, tH4 = 0, tW4 = 0, tHm = 0, tWm = 0;
-    float *t_cls = NULL, *t_msk = NULL;
-    if (tr) {
-        model_prediction_sizes(mp, &tQ, &tK, &tH4, &tW4, &tHm, &tWm);
-        t_cls = (float*)mallocCheck((size_t)tQ * (tK + 1) * sizeof(float));
-        t_msk = (float*)mallocCheck((size_t)tQ * tH4 * tW4 * sizeof(float));
+    r->tr = v->task && is_main_rank() ? task_run_begin(v->task, out_dir, H, W) : NULL;
+    if (r->tr) {
+        model_prediction_sizes(mp, &r->tQ, &r->tK, &r->tH4, &r->tW4, &r->tHm, &r->tWm);
+        r->t_cls = (float*)mallocCheck((size_t)r->tQ * (r->tK + 1) * sizeof(float));
+        r->t_msk = (float*)mallocCheck((size_t)r->tQ * r->tH4 * r->tW4 * sizeof(float));
     }
     // metrics.json from the start (no frames yet): it marks the folder as this program's, and is
     // rewritten as frames are done, so an interrupted run keeps a record of them
-    char* metrics_path = str_printf("%s/%s", out_dir, "metrics.json");
-    RunResult res = run_result(&total, 0.0, 0, 0.0, 0);
-    write_metrics(metrics_path, a, v, k, st, order, 0, v->K, &total, &res, ck_steps, ck_miou, 0, NAN);
-    double metrics_at = time_now_seconds(), metrics_cost = 0.0;   // last write: when, how long
+    r->metrics_path = str_printf("%s/%s", out_dir, "metrics.json");
+    r->res = run_result(&r->total, 0.0, 0, 0.0, 0);
+    write_metrics(r->metrics_path, a, v, k, r->st, r->order, 0, v->K, &r->total, &r->res, r->ck_steps, r->ck_miou, 0, NAN);
+    r->metrics_at = time_now_seconds();
+}
 
-    if (mode == MODE_OFFLINE) {
-        // train on the whole video, one shuffled epoch after another (cycling), then predict
-        int total_steps = a->offline_steps > 0 ? a->offline_steps : n * a->steps;
-        for (int q = 0; q <= 4; q++) {   // checkpoints at 0, 1/4, 1/2, 3/4, all of the run
-            int s = (int)((long long)total_steps * q / 4);
-            if (n_ck == 0 || s != ck_steps[n_ck - 1]) ck_steps[n_ck++] = s;
-        }
-        Rng rng; rng_seed(&rng, a->seed ^ 0x4F46464C494E45ULL);
-        int pos = n, ck = 0;
-        double t0 = time_now_seconds(), loss_sum = 0.0;   // since the last checkpoint
-        int loss_count = 0;
-        for (int step = 0; step <= total_steps; step++) {
-            if (ck < n_ck && step == ck_steps[ck]) {
-                ck_miou[ck] = v->n_labeled ? evaluate_all(mp, v, pred) : NAN;
-                printf("offline step %5d/%d  mean loss since last ", step, total_steps);
-                if (loss_count) printf("%.5f", loss_sum / loss_count); else printf("-");
-                printf("  mIoU ");
-                loss_sum = 0.0; loss_count = 0;
-                if (v->n_labeled) printf("%.4f\n", ck_miou[ck]); else printf("-\n");
-                fflush(stdout);
-                ck++;
-            }
-            if (step == total_steps) break;
-            if (a->sr.restart_optimizer) model_restart_optimizer(m);
-            fill_batch(batch, v->cache, n, B, v, SAMPLER_CYCLE, perm, &pos, &rng);
-            float loss = model_ttt_step(m, batch, B, &a->opt, &rng);
-            if (!isfinite(loss)) {
-                fprintf(stderr, "warning: offline step %d: TTT loss is %f; resetting f, g to f0, g0 and continuing\n", step, loss);
-                model_reset_ttt(m);
-            } else { loss_sum += loss; loss_count++; }
-        }
-        printf("offline training: %d steps in %.1f s\n", total_steps, time_now_seconds() - t0);
+// --mode offline: train on the whole video, one shuffled epoch after another (cycling), with
+// the mIoU of every frame at 0, 1/4, 1/2, 3/4 and all of the steps; the frames are then predicted
+static void train_offline(StreamRun* r) {
+    const Args* a = r->a;
+    Video* v = r->v;
+    int n = v->n;
+    int total_steps = a->offline_steps > 0 ? a->offline_steps : n * a->steps;
+    for (int q = 0; q <= 4; q++) {   // checkpoints at 0, 1/4, 1/2, 3/4, all of the run
+        int s = (int)((long long)total_steps * q / 4);
+        if (r->n_ck == 0 || s != r->ck_steps[r->n_ck - 1]) r->ck_steps[r->n_ck++] = s;
     }
-
-    int n_win = 0, head = 0;   // frames in the window; next slot to overwrite
-    double ms_sum = 0.0, eta_sum = 0.0, frame_miou_sum = 0.0;
-    int n_scored = 0, n_done = 0;
-    FrameSource src = source_open(a, v, order);
-    for (;;) {
-        int i;
-        float* x = source_next(&src, &i);   // (H, W, 3) as on disk or as read: overlay and score size
-        if (x == NULL) break;
-        if (n_done == cap) {   // standard input: room for more frames
-            order = (int*)grow_array(order, cap, 2 * cap, sizeof(int));
-            st = (FrameStats*)grow_array(st, cap, 2 * cap, sizeof(FrameStats));
-            cap *= 2;
+    Rng rng; rng_seed(&rng, a->seed ^ 0x4F46464C494E45ULL);
+    int pos = n, ck = 0;
+    double t0 = time_now_seconds(), loss_sum = 0.0;   // since the last checkpoint
+    int loss_count = 0;
+    for (int step = 0; step <= total_steps; step++) {
+        if (ck < r->n_ck && step == r->ck_steps[ck]) {
+            r->ck_miou[ck] = v->n_labeled ? evaluate_all(r->mp, v, r->pred) : NAN;
+            printf("offline step %5d/%d  mean loss since last ", step, total_steps);
+            if (loss_count) printf("%.5f", loss_sum / loss_count); else printf("-");
+            printf("  mIoU ");
+            loss_sum = 0.0; loss_count = 0;
+            if (v->n_labeled) printf("%.4f\n", r->ck_miou[ck]); else printf("-\n");
+            fflush(stdout);
+            ck++;
         }
-        order[n_done++] = i;   // (a folder: already so)
-        const Frame* f = &v->fr[i];
-        FrameStats* s = &st[i];
-        float* xr = model_view(v, x);     // (Hr, Wr, 3): what the model sees
-        const float* prev = window[(head + k - 1) % k];
-        if (prev) {   // eta: how far the stream moves per frame, ||x_t - x_{t-1}||_2 (model's view)
-            double d2 = 0.0;
-            for (size_t j = 0; j < view; j++) d2 += (double)(xr[j] - prev[j]) * (xr[j] - prev[j]);
-            eta_sum += sqrt(d2);
-        }
-        // window update: the newest frame replaces the oldest
-        free(window[head]);
-        window[head] = xr;
-        head = (head + 1) % k;
-        if (n_win < k) n_win++;
-        Rng rng; rng_seed(&rng, f->seed);
-        double t0 = time_now_seconds();
-        s->loss = NAN;
-        if (mode_trains(mode)) {
-            if (reset_each) reset_weights(tech, m);
-            if (a->sr.restart_optimizer) model_restart_optimizer(m);   // a fresh AdamW every frame
-            double loss_sum = 0.0;
-            int n_ok = 0, pos = n_win;   // the sampler starts a new permutation every frame
-            for (int step = 0; step < a->steps; step++) {
-                float loss = ttt_step(a, tech, m, window, n_win, batch, B, v, perm, &pos, &rng, f->name);
-                if (!isfinite(loss)) break;
-                loss_sum += loss; n_ok++;
-            }
-            s->loss = n_ok ? (float)(loss_sum / n_ok) : NAN;
-        }
-        ttt_synchronize();
-        if (!is_main_rank()) { free(x); continue; }   // --gpus: the other GPUs only train
-        double t1 = time_now_seconds();
-        // h(f(x)) on the resized frame, class ids at H x W
-        predict_frame(tech, mp, xr, f->seed, 0, pred, plain, (size_t)H * W);
-        int cb_reset = 0;
-        if (a->class_balance) {   // Volpi et al.: back to the initial weights when the class count drifts
-            model_predict(tech->m0, xr, pred0);
-            if (class_balance_reset(count_classes(plain, (size_t)H * W), count_classes(pred0, (size_t)H * W), a->cb_threshold)) {
-                reset_weights(tech, m);
-                predict_frame(tech, mp, xr, f->seed, 1, pred, NULL, (size_t)H * W);
-                tech->resets++;
-                cb_reset = 1;
-            }
-        }
-        double t2 = time_now_seconds();
-        s->ms_ttt = (float)((t1 - t0) * 1e3);
-        s->ms_predict = (float)((t2 - t1) * 1e3);
-        ms_sum += (t2 - t0) * 1e3;
-        if (a->print_hashes) print_hashes(m, f->name);
-
-        // outputs: class ids and overlay (PNG files, the raw stream)
-        if (a->save_png) {
-            char* path = str_printf("%s/%s.png", out_dir, f->stem);
-            label_save_png(path, pred, H, W);
-            free(path);
-        }
-        if (a->save_png || raw_out_fd >= 0) overlay(vis, x, pred, H, W);
-        if (a->save_png) {
-            char* path = str_printf("%s/%s_overlay.png", out_dir, f->stem);
-            image_save_png(path, vis, H, W);
-            free(path);
-        }
-        if (raw_out_fd >= 0) write_raw_frame(vis, H, W);
-        char task_text[256] = "";
-        if (tr) {
-            model_last_logits(mp, t_cls, t_msk);
-            task_run_frame(tr, f->stem, i, v->task_ann[i], i % a->score_every == 0, x, t_cls, t_msk, tQ, tH4, tW4, tHm, tWm,
-                           task_text, sizeof(task_text));
-        }
-        free(x);
-
-        // score: this frame's IoU per class and mIoU (classes in its label or prediction)
-        s->miou = NAN;
-        if (f->label_path) {
-            unsigned char* lab = load_label(v, i);
-            Score one;
-            memset(&one, 0, sizeof(one));
-            score_add(&one, pred, lab, H * W);
-            score_add(&total, pred, lab, H * W);
-            for (int c = 0; c < MAX_CLASSES; c++) s->iou[c] = (float)score_iou(&one, c);
-            s->miou = (float)score_miou(&one);
-            s->labeled = 1;
-            if (isfinite(s->miou)) { frame_miou_sum += s->miou; n_scored++; }
-            free(lab);
-        }
-        s->running_miou = (float)score_miou(&total);
-        if (src.fd < 0) printf("frame %4d/%d %-20s loss ", n_done, n, f->name);
-        else printf("frame %4d %-20s loss ", n_done, f->name);
-        if (isfinite(s->loss)) printf("%-9.5f", s->loss); else printf("%-9s", mode_trains(mode) ? "nan" : "-");
-        printf(" ttt %8.1f ms  predict %8.1f ms", s->ms_ttt, s->ms_predict);
-        if (cb_reset) printf("  class-balance reset");
-        if (v->n_labeled) {
-            if (isfinite(s->running_miou)) printf("  mIoU %.4f", s->running_miou); else printf("  mIoU -");
-            if (isfinite(s->miou)) printf("  frame %.4f", s->miou);
-        }
-        if (tr) printf("  %s", task_text);
-        printf("\n");
-        fflush(stdout);
-        // metrics.json of the frames so far, while rewriting it costs under 5% of the time, and
-        // whenever the run would wait for input anyway
-        double now = time_now_seconds();
-        if (now - metrics_at >= 20.0 * metrics_cost || source_idle(&src)) {
-            res = run_result(&total, frame_miou_sum, n_scored, ms_sum, n_done);
-            write_metrics(metrics_path, a, v, k, st, order, n_done, v->K, &total, &res, ck_steps, ck_miou, n_ck,
-                          n_done > 1 ? eta_sum / (n_done - 1) : NAN);
-            metrics_at = time_now_seconds();
-            metrics_cost = metrics_at - now;
-        }
+        if (step == total_steps) break;
+        if (a->sr.restart_optimizer) model_restart_optimizer(r->m);
+        fill_batch(r->batch, v->cache, n, a->sr.batch, v, SAMPLER_CYCLE, r->perm, &pos, &rng);
+        float loss = model_ttt_step(r->m, r->batch, a->sr.batch, &a->opt, &rng);
+        if (!isfinite(loss)) {
+            fprintf(stderr, "warning: offline step %d: TTT loss is %f; resetting f, g to f0, g0 and continuing\n", step, loss);
+            model_reset_ttt(r->m);
+        } else { loss_sum += loss; loss_count++; }
     }
-    double t_end = time_now_seconds();
-    if (stop_signal) fprintf(stderr, "warning: stopped by signal %d after %d frames; the outputs and metrics cover them\n", (int)stop_signal, n_done);
+    printf("offline training: %d steps in %.1f s\n", total_steps, time_now_seconds() - t0);
+}
 
-    // summary
-    n = n_done;
-    int n_classes = v->K;
-    res = run_result(&total, frame_miou_sum, n_scored, ms_sum, n);
+// frame i, just read as x (H, W, 3), enters the run: its place in the order, the model's view xr
+// (Hr, Wr, 3) replacing the oldest frame of the window, and the drift from the previous frame.
+// Returns xr (the window owns it).
+static float* frame_enters(StreamRun* r, int i, const float* x) {
+    if (r->n_done == r->cap) {   // standard input: room for more frames
+        r->order = (int*)grow_array(r->order, r->cap, 2 * r->cap, sizeof(int));
+        r->st = (FrameStats*)grow_array(r->st, r->cap, 2 * r->cap, sizeof(FrameStats));
+        r->cap *= 2;
+    }
+    r->order[r->n_done++] = i;   // (a folder: already so)
+    int k = r->k;
+    size_t view = (size_t)r->v->Hr * r->v->Wr * 3;
+    float* xr = model_view(r->v, x);     // what the model sees
+    const float* prev = r->window[(r->head + k - 1) % k];
+    if (prev) {   // eta: how far the stream moves per frame, ||x_t - x_{t-1}||_2 (model's view)
+        double d2 = 0.0;
+        for (size_t j = 0; j < view; j++) d2 += (double)(xr[j] - prev[j]) * (xr[j] - prev[j]);
+        r->eta_sum += sqrt(d2);
+    }
+    // window update: the newest frame replaces the oldest
+    free(r->window[r->head]);
+    r->window[r->head] = xr;
+    r->head = (r->head + 1) % k;
+    if (r->n_win < k) r->n_win++;
+    return xr;
+}
+
+// adapt: a->steps steps of the mode's technique on batches from the window, before frame f is
+// predicted. Returns the mean loss of the steps that ran (NaN when none did or the mode does
+// not train); a NaN / Inf loss resets to the initial weights and ends the frame's steps.
+static float adapt_before_frame(StreamRun* r, const Frame* f, Rng* rng) {
+    const Args* a = r->a;
+    Model* m = r->m;
+    int B = a->sr.batch;
+    if (!mode_trains(a->mode)) return NAN;
+    if (r->reset_each) reset_weights(r->tech, m);
+    if (a->sr.restart_optimizer) model_restart_optimizer(m);   // a fresh AdamW every frame
+    double loss_sum = 0.0;
+    int n_ok = 0, pos = r->n_win;   // the sampler starts a new permutation every frame
+    for (int step = 0; step < a->steps; step++) {
+        fill_batch(r->batch, r->window, r->n_win, B, r->v, a->sr.sampler, r->perm, &pos, rng);   // (B, Ht, Wt, 3)
+        float loss = a->mode == MODE_TENT ? model_tent_step(m, r->batch, B, &a->opt, rng)
+                   : a->mode == MODE_SELF_TRAIN ? model_self_train_step(m, r->batch, B, &a->opt, a->st_threshold,
+                                                                        a->st_mask_ratio, rng, NULL)
+                   : model_ttt_step(m, r->batch, B, &a->opt, rng);
+        if (!isfinite(loss)) {
+            fprintf(stderr, "warning: %s: %s loss is %f; resetting to the initial weights and continuing\n", f->name,
+                    mode_names[a->mode], loss);
+            reset_weights(r->tech, m);
+            break;
+        }
+        loss_sum += loss; n_ok++;
+    }
+    return n_ok ? (float)(loss_sum / n_ok) : NAN;
+}
+
+// predict: h(f(xr)) as class ids at H x W into r->pred; with --class-balance, back to the
+// initial weights and predict again when the class count drifts (Volpi et al.). Returns 1 on
+// such a reset.
+static int predict_checked(StreamRun* r, const Frame* f, const float* xr) {
+    size_t npix = (size_t)r->v->H * r->v->W;
+    predict_frame(r->tech, r->mp, xr, f->seed, 0, r->pred, r->plain, npix);
+    if (!r->a->class_balance) return 0;
+    model_predict(r->tech->m0, xr, r->pred0);
+    if (!class_balance_reset(count_classes(r->plain, npix), count_classes(r->pred0, npix), r->a->cb_threshold)) return 0;
+    reset_weights(r->tech, r->m);
+    predict_frame(r->tech, r->mp, xr, f->seed, 1, r->pred, NULL, npix);
+    r->tech->resets++;
+    return 1;
+}
+
+// write: class ids and overlay (PNG files, the raw stream), and the task's outputs and scores
+// of frame i (x: the frame as read, (H, W, 3))
+static void write_frame_outputs(StreamRun* r, int i, const Frame* f, const float* x) {
+    const Args* a = r->a;
+    int H = r->v->H, W = r->v->W;
+    if (a->save_png) {
+        char* path = str_printf("%s/%s.png", r->out_dir, f->stem);
+        label_save_png(path, r->pred, H, W);
+        free(path);
+    }
+    if (a->save_png || raw_out_fd >= 0) overlay(r->vis, x, r->pred, H, W);
+    if (a->save_png) {
+        char* path = str_printf("%s/%s_overlay.png", r->out_dir, f->stem);
+        image_save_png(path, r->vis, H, W);
+        free(path);
+    }
+    if (raw_out_fd >= 0) write_raw_frame(r->vis, H, W);
+    r->task_text[0] = '\0';
+    if (r->tr) {
+        model_last_logits(r->mp, r->t_cls, r->t_msk);
+        task_run_frame(r->tr, f->stem, i, r->v->task_ann[i], i % a->score_every == 0, x, r->t_cls, r->t_msk,
+                       r->tQ, r->tH4, r->tW4, r->tHm, r->tWm, r->task_text, sizeof(r->task_text));
+    }
+}
+
+// score: frame i's IoU per class and mIoU (classes in its label or prediction), and the pooled
+// counts, when it has a label
+static void score_frame(StreamRun* r, int i, const Frame* f) {
+    FrameStats* s = &r->st[i];
+    int HW = r->v->H * r->v->W;
+    s->miou = NAN;
+    if (f->label_path) {
+        unsigned char* lab = load_label(r->v, i);
+        Score one;
+        memset(&one, 0, sizeof(one));
+        score_add(&one, r->pred, lab, HW);
+        score_add(&r->total, r->pred, lab, HW);
+        for (int c = 0; c < MAX_CLASSES; c++) s->iou[c] = (float)score_iou(&one, c);
+        s->miou = (float)score_miou(&one);
+        s->labeled = 1;
+        if (isfinite(s->miou)) { r->frame_miou_sum += s->miou; r->n_scored++; }
+        free(lab);
+    }
+    s->running_miou = (float)score_miou(&r->total);
+}
+
+// the frame's line: loss, times, mIoU so far and of the frame, the task's scores
+static void print_frame_line(const StreamRun* r, int i, const Frame* f, int cb_reset) {
+    const FrameStats* s = &r->st[i];
+    if (r->src.fd < 0) printf("frame %4d/%d %-20s loss ", r->n_done, r->v->n, f->name);
+    else printf("frame %4d %-20s loss ", r->n_done, f->name);
+    if (isfinite(s->loss)) printf("%-9.5f", s->loss); else printf("%-9s", mode_trains(r->a->mode) ? "nan" : "-");
+    printf(" ttt %8.1f ms  predict %8.1f ms", s->ms_ttt, s->ms_predict);
+    if (cb_reset) printf("  class-balance reset");
+    if (r->v->n_labeled) {
+        if (isfinite(s->running_miou)) printf("  mIoU %.4f", s->running_miou); else printf("  mIoU -");
+        if (isfinite(s->miou)) printf("  frame %.4f", s->miou);
+    }
+    if (r->tr) printf("  %s", r->task_text);
+    printf("\n");
+    fflush(stdout);
+}
+
+// metrics.json of the frames so far, while rewriting it costs under 5% of the time, and
+// whenever the run would wait for input anyway
+static void update_metrics(StreamRun* r) {
+    double now = time_now_seconds();
+    if (now - r->metrics_at < 20.0 * r->metrics_cost && !source_idle(&r->src)) return;
+    r->res = run_result(&r->total, r->frame_miou_sum, r->n_scored, r->ms_sum, r->n_done);
+    write_metrics(r->metrics_path, r->a, r->v, r->k, r->st, r->order, r->n_done, r->v->K, &r->total, &r->res,
+                  r->ck_steps, r->ck_miou, r->n_ck, r->n_done > 1 ? r->eta_sum / (r->n_done - 1) : NAN);
+    r->metrics_at = time_now_seconds();
+    r->metrics_cost = r->metrics_at - now;
+}
+
+// the summary of the run (t_end: when the last frame was done), metrics.json and metrics.png
+static void finish_run(StreamRun* r, double t_end) {
+    const Args* a = r->a;
+    const Video* v = r->v;
+    const FrameSource* src = &r->src;
+    int n = r->n_done, n_classes = v->K, k = r->k;
+    size_t view = (size_t)v->Hr * v->Wr * 3;
+    if (stop_signal) fprintf(stderr, "warning: stopped by signal %d after %d frames; the outputs and metrics cover them\n", (int)stop_signal, n);
+    r->res = run_result(&r->total, r->frame_miou_sum, r->n_scored, r->ms_sum, n);
+    const RunResult* res = &r->res;
     printf("summary: %d frames, mode %s, window %d: %.1f ms/frame (%.2f frames/s)",
-           n, mode_names[mode], k, res.ms_frame, 1e3 / res.ms_frame);
+           n, mode_names[a->mode], k, res->ms_frame, 1e3 / res->ms_frame);
     if (n > 1) {   // the first frame carries one-time warm-up costs
-        double first = st[order[0]].ms_ttt + st[order[0]].ms_predict;
-        printf("; without the first frame %.1f ms/frame", (ms_sum - first) / (n - 1));
+        double first = r->st[r->order[0]].ms_ttt + r->st[r->order[0]].ms_predict;
+        printf("; without the first frame %.1f ms/frame", (r->ms_sum - first) / (n - 1));
     }
     printf("\n");
-    if (src.fd >= 0 && n > 0) {   // frames per second against the input's rate
-        double wall = t_end - src.t_first;   // from the first frame's arrival to the last one's outputs
-        double arrived = n > 1 ? (n - 1) / (src.t_last - src.t_first) : NAN;   // frames/s that came in
+    if (src->fd >= 0 && n > 0) {   // frames per second against the input's rate
+        double wall = t_end - src->t_first;   // from the first frame's arrival to the last one's outputs
+        double arrived = n > 1 ? (n - 1) / (src->t_last - src->t_first) : NAN;   // frames/s that came in
         printf("input: %d frames from standard input in %.2f s: %.2f frames/s through the loop (the model alone "
                "%.2f frames/s); frames arrived at %.2f frames/s; waited %.2f s for input (%.0f%% of the time)\n", n, wall,
-               n / wall, 1e3 / res.ms_frame, arrived, src.wait_s, wall > 0 ? 100.0 * src.wait_s / wall : 0.0);
-        if (src.wait_s <= 0.05 * wall)
+               n / wall, 1e3 / res->ms_frame, arrived, src->wait_s, wall > 0 ? 100.0 * src->wait_s / wall : 0.0);
+        if (src->wait_s <= 0.05 * wall)
             printf("  the input was faster than the model: frames waited in the pipe and the producer blocked on it "
                    "(backpressure), so they arrived at the model's pace; none was queued beyond the pipe or dropped\n");
         else
             printf("  the model waited for the input: the input's rate (%.2f frames/s) set the pace\n", arrived);
     }
-    if (a->class_balance) printf("class balance: %d resets to the initial weights in %d frames\n", tech->resets, n);
-    double eta = n > 1 ? eta_sum / (n - 1) : NAN;
+    if (a->class_balance) printf("class balance: %d resets to the initial weights in %d frames\n", r->tech->resets, n);
+    double eta = n > 1 ? r->eta_sum / (n - 1) : NAN;
     printf("frame drift eta = mean ||x_t - x_(t-1)||_2 = %.3f (RMS per value %.4f; frames in [0, 1] as the model sees them, processing order)\n",
            eta, eta / sqrt((double)view));
     if (v->n_labeled) {
         printf("IoU per class over %d labeled frames (pooled):\n", v->n_labeled);
         for (int c = 0; c < n_classes; c++) {
             printf("  class %3d %-14s ", c, class_names ? class_names[c] : "");
-            if (total.uni[c]) printf("%.4f\n", score_iou(&total, c)); else printf("-\n");
+            if (r->total.uni[c]) printf("%.4f\n", score_iou(&r->total, c)); else printf("-\n");
         }
-        printf("mIoU %.4f\n", res.miou_pooled);
+        printf("mIoU %.4f\n", res->miou_pooled);
         printf("video mIoU (mean of per-frame mIoU over %d scored frames, the paper's score) %.4f\n",
-               n_scored, res.miou_frames);
+               r->n_scored, res->miou_frames);
     }
     // one line for scripts (dev/reproduce_kitti.sh collects these)
     printf("RESULT dir=%s mode=%s window=%d frames=%d scored=%d video_miou=%.6f pooled_miou=%.6f ms_per_frame=%.2f\n",
-           a->dir, mode_names[mode], k, n, n_scored, res.miou_frames, res.miou_pooled, res.ms_frame);
-    write_metrics(metrics_path, a, v, k, st, order, n, n_classes, &total, &res, ck_steps, ck_miou, n_ck, eta);
-    free(metrics_path);
-    char* path = str_printf("%s/%s", out_dir, "metrics.png");
-    write_plot(path, st, order, n);
+           a->dir, mode_names[a->mode], k, n, r->n_scored, res->miou_frames, res->miou_pooled, res->ms_frame);
+    write_metrics(r->metrics_path, a, v, k, r->st, r->order, n, n_classes, &r->total, res, r->ck_steps, r->ck_miou,
+                  r->n_ck, eta);
+    char* path = str_printf("%s/%s", r->out_dir, "metrics.png");
+    write_plot(path, r->st, r->order, n);
     free(path);
-    printf("wrote %s/%smetrics.json, metrics.png\n", out_dir, a->save_png ? "NAME.png, NAME_overlay.png, " : "");
-    if (tr) task_run_end(tr, a->dir);
-    free(t_cls); free(t_msk);
-    source_close(&src);
-    if (src.error[0]) ttt_die("%s", src.error);   // after the frames before it were written out
+    printf("wrote %s/%smetrics.json, metrics.png\n", r->out_dir, a->save_png ? "NAME.png, NAME_overlay.png, " : "");
+    if (r->tr) task_run_end(r->tr, a->dir);
+}
 
-    for (int i = 0; i < k; i++) free(window[i]);
-    free(window); free(perm); free(batch); free(vis); free(pred); free(st); free(order);
-    free(plain); free(pred0);
-    predictor_free(tech->pred);
-    tech->pred = NULL;
+static void stream_run_free(StreamRun* r) {
+    free(r->metrics_path);
+    free(r->t_cls); free(r->t_msk);
+    for (int i = 0; i < r->k; i++) free(r->window[i]);
+    free(r->window); free(r->perm); free(r->batch); free(r->vis); free(r->pred); free(r->st); free(r->order);
+    free(r->plain); free(r->pred0);
+    predictor_free(r->tech->pred);
+    r->tech->pred = NULL;
+}
+
+// Run the whole video once with window k, writing into out_dir: for each frame, read it,
+// adapt, predict, write, score. m: the TTT model (crop size); mp: the prediction's model (the
+// resized frame, scored at the original size; may be m).
+static RunResult run_stream(const Args* a, Tech* tech, Model* m, Model* mp, Video* v, int k, const char* out_dir) {
+    StreamRun r;
+    stream_run_begin(&r, a, tech, m, mp, v, k, out_dir);
+    if (a->mode == MODE_OFFLINE) train_offline(&r);
+    r.src = source_open(a, v, r.order);
+    for (;;) {
+        int i;
+        float* x = source_next(&r.src, &i);      // read: (H, W, 3) as on disk or as read, the overlay and score size
+        if (x == NULL) break;
+        const Frame* f = &v->fr[i];
+        float* xr = frame_enters(&r, i, x);      // the model's view, into the window
+        FrameStats* s = &r.st[i];
+        Rng rng; rng_seed(&rng, f->seed);
+        double t0 = time_now_seconds();
+        s->loss = adapt_before_frame(&r, f, &rng);
+        ttt_synchronize();
+        if (!is_main_rank()) { free(x); continue; }   // --gpus: the other GPUs only train
+        double t1 = time_now_seconds();
+        int cb_reset = predict_checked(&r, f, xr);
+        double t2 = time_now_seconds();
+        s->ms_ttt = (float)((t1 - t0) * 1e3);
+        s->ms_predict = (float)((t2 - t1) * 1e3);
+        r.ms_sum += (t2 - t0) * 1e3;
+        if (a->print_hashes) print_hashes(m, f->name);
+        write_frame_outputs(&r, i, f, x);
+        free(x);
+        score_frame(&r, i, f);
+        print_frame_line(&r, i, f, cb_reset);
+        update_metrics(&r);
+    }
+    finish_run(&r, time_now_seconds());
+    source_close(&r.src);
+    if (r.src.error[0]) ttt_die("%s", r.src.error);   // after the frames before it were written out
+    RunResult res = r.res;
+    stream_run_free(&r);
     return res;
 }
 

@@ -393,6 +393,7 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
         int Hs = a->Hs[s], Ws = a->Ws[s], C = a->C[s], nh = cfg->num_heads[s], nW = a->nW[s];
         int N = B * Hs * Ws, Nw = B * nW * T, Ch = C * cfg->mlp_ratio;
         for (int i = 0; i < cfg->depths[s]; i++, blk++) {
+            // block blk's weights bp and activations b (llm.c's l_ locals; here one struct each)
             const SwinBlockParams* bp = &p->block[blk];
             SwinBlockActs* b = &a->block[blk];
             int shift = (i % 2 == 1) ? w / 2 : 0;
@@ -460,6 +461,7 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
         }
         for (int i = cfg->depths[s] - 1; i >= 0; i--) {
             blk--;
+            // block blk's weights bp, their gradients gb, activations b and theirs db (llm.c's l_ locals)
             const SwinBlockParams* bp = &p->block[blk];
             SwinBlockParams* gb = &g->block[blk];
             const SwinBlockActs* b = &a->block[blk];
