@@ -5,11 +5,6 @@
 #include "test.h"
 #include <sys/stat.h>
 
-static int run(const char* cmd) {
-    int rc = system(cmd);
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
 // the whole of a small file as a string (empty if missing)
 static char* slurp(const char* path) {
     static char buf[65536];
