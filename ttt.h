@@ -1882,7 +1882,7 @@ int ttt_cuda_precision(void);                // the current one (read from the e
 const char* matmul_precision_name(void);
 #ifdef TTT_CUDA
 // linear_forward/backward_cuda through cuBLASLt (bias and bias-gradient epilogues; ttt_kernels.cu
-// says when): on (1, default unless TTT_LINEAR_LT=0) or off (0: cuBLAS GEMM + bias kernels)
+// says when): on (1, TTT_LINEAR_LT=1) or off (0, the default: cuBLAS GEMM + bias kernels, faster)
 void ttt_cuda_set_linear_lt(int on);
 long ttt_cuda_linear_lt_calls(int which);    // calls done by cuBLASLt: 0 forward, 1 dweight + dbias
 // the card's dense bf16 rate in TFLOP/s: n^3 bf16 GEMMs (float32 sums), warmup then iters timed

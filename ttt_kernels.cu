@@ -240,8 +240,11 @@ static void column_sum_accumulate(float* dbias, const float* dout, int N, int OC
 // compute type. Taken when the row lengths C and OC are multiples of 4 floats (16 bytes) and
 // cuBLASLt's heuristic offers an algorithm for the shape, the epilogue and the actual alignment of
 // every pointer (told to it as the MIN_ALIGNMENT preferences; parameters live in one packed
-// buffer, so a weight may be only 4-byte aligned); otherwise, and under TTT_LINEAR_LT=0, gemm_rm
-// plus add_bias_kernel / the column sums.
+// buffer, so a weight may be only 4-byte aligned); otherwise gemm_rm plus add_bias_kernel / the
+// column sums. OFF by default (TTT_LINEAR_LT=1 or ttt_cuda_set_linear_lt(1) turn it on): on the
+// H200 (Swin-S Y, B = 8, 384 x 1248) the TTT step took 157.7 ms with it and 151.9 ms without, the
+// prediction 12.5 and 11.7 ms: the heuristic's one algorithm per shape loses to cublasGemmEx's
+// choice by more than the separate bias kernels cost.
 // cuBLASLt's GELU epilogues are NOT used: they compute the tanh approximation of GELU, and Swin
 // and Mask2Former use the exact erf GELU (gelu_forward).
 //
@@ -261,7 +264,7 @@ static cublasLtHandle_t cublaslt_handle = NULL;
 static Workspace ws_lt;          // cuBLASLt's workspace: one size, so it never moves
 static Workspace ws_lt_dbias;    // the bias gradient the BGRADB epilogue writes, before the add
 #define LT_WORKSPACE_BYTES ((size_t)32 << 20)
-static int linear_lt_on = -1;    // TTT_LINEAR_LT=0 or ttt_cuda_set_linear_lt(0): never cuBLASLt
+static int linear_lt_on = -1;    // TTT_LINEAR_LT=1 or ttt_cuda_set_linear_lt(1): cuBLASLt where it can
 static long linear_lt_count[2];  // linear calls done by cuBLASLt: 0 forward, 1 dweight + dbias
 
 extern "C" void ttt_cuda_set_linear_lt(int on) { linear_lt_on = on != 0; }
@@ -368,7 +371,7 @@ static LtPlan* lt_plan(cublasLtEpilogue_t epilogue, int m, int n, int k, const v
 static int linear_lt_enabled(void) {
     if (linear_lt_on < 0) {
         const char* e = getenv("TTT_LINEAR_LT");
-        linear_lt_on = !(e && e[0] == '0');
+        linear_lt_on = e && e[0] == '1';   // off by default: measured slower (below)
     }
     return linear_lt_on;
 }

@@ -225,7 +225,7 @@ int main(int argc, char** argv) {
         printf("device memory in use %.2f GiB of %.2f GiB (context, parameters, activations for %d, workspaces)\n",
                used_gib, total_gib, M);
         printf("linear layers by cuBLASLt with bias epilogues: %ld forward, %ld dweight+dbias calls issued from the host "
-               "(graph replays not counted; TTT_LINEAR_LT=0: none)\n", ttt_cuda_linear_lt_calls(0), ttt_cuda_linear_lt_calls(1));
+               "(graph replays not counted; default: none, TTT_LINEAR_LT=1: cuBLASLt where it can)\n", ttt_cuda_linear_lt_calls(0), ttt_cuda_linear_lt_calls(1));
     }
 #endif
     int split_iters = iters < 3 ? iters : 3;

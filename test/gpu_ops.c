@@ -917,7 +917,9 @@ int main(void) {
     test_scale_rows(7, 10007);
     test_scale_rows(8, (size_t)56 * 56 * 96);   // Swin-S stage 1 rows of 224x224 images
     test_activations(100003);
-    // linear in each precision: cuBLASLt's epilogues where the shapes allow, the fallback where not
+    // linear in each precision: cuBLASLt's epilogues (off by default, TTT_LINEAR_LT=1) where the
+    // shapes allow, the fallback where not
+    ttt_cuda_set_linear_lt(1);
     for (int p = PRECISION_FP32; p <= PRECISION_BF16; p++) {
         test_linear(p, 257, 132, 96, 1, 0, 1);     // rows of multiples of 4: cuBLASLt
         test_linear(p, 3136, 96, 288, 1, 0, 1);    // Swin-S stage 1 qkv on a 56x56 map
@@ -926,10 +928,9 @@ int main(void) {
         test_linear(p, 61, 37, 29, 0, 0, 0);       // no bias: a plain GEMM
         test_linear(p, 255, 64, 128, 1, 1, -1);    // 4-byte aligned: cuBLASLt's heuristic decides
     }
-    ttt_cuda_set_linear_lt(0);                     // TTT_LINEAR_LT=0: the fallback everywhere
+    ttt_cuda_set_linear_lt(0);                     // the default: cuBLAS GEMM + bias kernels
     test_linear(PRECISION_TF32, 257, 132, 96, 1, 0, 0);
     test_linear(PRECISION_BF16, 3136, 96, 288, 1, 0, 0);
-    ttt_cuda_set_linear_lt(1);
     ttt_cuda_set_precision(PRECISION_TF32);        // the rest at the default precision
     test_layernorm(1001, 97);
     test_layernorm(3136, 96);
