@@ -252,6 +252,19 @@ def param_groups():
 
 
 train_params = list(f.parameters()) + list(g.parameters())
+f_ids = {id(p) for p in f.parameters()}
+h_params = [p for p in model.parameters() if id(p) not in f_ids]
+
+
+def fingerprint(params):
+    """sum of |w| and of w * position, in float64: changes when any weight does"""
+    with torch.no_grad():
+        flat = torch.cat([p.detach().flatten().double() for p in params])
+        pos = torch.arange(flat.numel(), device=flat.device, dtype=torch.float64)
+        return (flat.abs().sum().item(), (flat * pos).sum().item())
+
+
+fingerprint_h, fingerprint_fg = fingerprint(h_params), fingerprint(train_params)
 try:
     opt = torch.optim.AdamW(param_groups(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05, fused=True)
     opt_kind = "fused"
@@ -350,11 +363,17 @@ def call_ms(fn):
     return (time.perf_counter() - t0) * 1e3
 
 
+last_value = [None]   # what the last timed call returned (the loss)
+
+
 def timed(fn):
     for _ in range(args.warmup):
         fn()
     sync()
-    return statistics.median(call_ms(fn) for _ in range(args.iters))
+
+    def keep():
+        last_value[0] = fn()
+    return statistics.median(call_ms(keep) for _ in range(args.iters))
 
 
 def reset_peak():
@@ -513,12 +532,15 @@ def run_variant(variant, results):
                 fwd_peak = peak_gib()
                 reset_peak()
                 r["step"] = timed(lambda: run_step(loss_fn, frames_host, M))
+                loss = float(last_value[0])
+                if loss != loss or loss == float("inf"):
+                    raise RuntimeError(f"the TTT step's loss is {loss}")
                 r["peak"] = peak_gib()
                 r["tf"] = tflops(flops_cache[key], r["step"])
                 mem = f", peak {fwd_peak:.2f} / {r['peak']:.2f} GiB (forward / step)" if CUDA else ""
                 tf = f", GEMM {flops_cache[key] / 1e9:.1f} GFLOP, {r['tf']:.2f} TFLOP/s" if r["tf"] else ""
                 print(f"  B={B} (micro-batch {M}): MAE forward {r['fwd']:.2f} ms, TTT step {r['step']:.2f} ms "
-                      f"({r['step'] / B:.2f} ms/frame){tf}{mem}")
+                      f"({r['step'] / B:.2f} ms/frame, loss {loss:.4f}){tf}{mem}")
                 if pred["ms"] is not None:
                     print(f"  frame (TTT step + predict) {r['step'] + pred['ms']:.2f} ms")
             except Exception as e:   # noqa: BLE001
@@ -575,6 +597,13 @@ if (PH, PW) != (H, W):   # the paper-size table: the frame = TTT step + predicti
               f"{fmt(frame)} | {fmt(r['tf'], 1)} | {'OOM' if r['oom'] else (fmt(r['peak']) if CUDA else '-')} |")
 for v in failed:
     print(f"variant {v}: failed (see above)")
+# the loop's own check: TTT trains f and g only
+h_changed = fingerprint(h_params) != fingerprint_h
+stepped = any(r["step"] is not None for r in all_results)
+fg_updated = fingerprint(train_params) != fingerprint_fg
+bad = h_changed or (stepped and not fg_updated)
+print(f"check: h {'CHANGED (defect)' if h_changed else 'untouched'}; f and g "
+      f"{('updated' if fg_updated else 'NOT updated (defect)') if stepped else 'not stepped'}")
 sys.stdout.flush()
 # a compile failure is reported and tolerated; a failure of eager or bf16 is a defect
-sys.exit(1 if any(v != "compile" for v in failed) else 0)
+sys.exit(1 if bad or any(v != "compile" for v in failed) else 0)
