@@ -55,7 +55,7 @@ Times are medians of CUDA-event intervals after warm-up (host clock on --device 
 
 usage: python3 dev/bench_pytorch.py [--batch 1 8 32] [--height 384] [--width 1248]
            [--predict HxW] [--score HxW] [--iters 5] [--warmup 2] [--variants eager,bf16,compile]
-           [--skip-compile] [--compile-mode default] [--recipe demo|paper] [--loss all|masked]
+           [--skip-compile] [--compile-mode default] [--compile-backend inductor] [--recipe demo|paper] [--loss all|masked]
            [--micro-batch M] [--oom-retry M] [--paper] [--tiny] [--device cuda|cpu] [--no-flops]
   --paper: the paper's sizes, B=32 TTT on 512x1024 crops, the prediction on a KITTI frame resized
            to 618x2048 (padded to 640x2048) scored at 375x1242, --recipe paper
@@ -96,6 +96,7 @@ ap.add_argument("--warmup", type=int, default=None, help="untimed calls first (d
 ap.add_argument("--variants", default="eager,bf16,compile", help="comma-separated: eager, bf16, compile")
 ap.add_argument("--skip-compile", action="store_true", help="leave out the compile variant")
 ap.add_argument("--compile-mode", default="default", help="torch.compile mode (default, max-autotune, ...)")
+ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: dynamo alone, to debug)")
 ap.add_argument("--recipe", choices=["demo", "paper"], default=None, help="demo (default) or the released step")
 ap.add_argument("--loss", choices=["all", "masked"], default="all", help="MSE over all pixels (released) or masked ones")
 ap.add_argument("--mask-ratio", type=float, default=0.85, help="fraction of 16x16 patches masked (default 0.85)")
@@ -107,6 +108,7 @@ ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
 ap.add_argument("--no-flops", action="store_true", help="do not count GEMM FLOPs")
 ap.add_argument("--traceback", action="store_true", help="print the whole traceback of a failed variant")
 args = ap.parse_args()
+sys.stdout.reconfigure(line_buffering=True)   # every line out at once, also when the run is cut short
 
 if args.paper and args.tiny:
     die("--paper and --tiny exclude each other")
@@ -416,10 +418,19 @@ def run_predict(predict_scores):
     return ids.cpu()
 
 
+def ttt_modes():
+    """f in training mode (drop-path under --recipe paper). g in eval mode: with HF's dropout 0
+    the math is the same, without the training-only `if not torch.isfinite(h).all()` of HF's
+    deformable encoder layers (a host sync and a dynamo graph break per layer, absent from the
+    released code)"""
+    f.train()
+    g.eval()
+
+
 def run_forward(loss_fn, frames_host, M):
     """the MAE loss of the batch in chunks of M: the forward of the TTT step (autograd on, as ours
     keeps the activations; under compile the step's own graph, no second compilation), no backward"""
-    f.train(); g.train()
+    ttt_modes()
     inp, target, weight = prepare_masked(frames_host.to(dev))
     denom = 3 * weight.sum().clamp(min=1)
     total = 0.0
@@ -430,7 +441,7 @@ def run_forward(loss_fn, frames_host, M):
 
 def run_step(loss_fn, frames_host, M):
     """one TTT step on the batch: fresh masks, MAE loss, backward in chunks of M, (clip,) AdamW"""
-    f.train(); g.train()
+    ttt_modes()
     inp, target, weight = prepare_masked(frames_host.to(dev))
     denom = 3 * weight.sum().clamp(min=1)
     if RECIPE_PAPER:
@@ -481,8 +492,11 @@ def run_variant(variant, results):
     if variant == "compile":
         import torch._dynamo as dynamo
         dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
-        loss_fn = torch.compile(loss_fn, dynamic=False, mode=args.compile_mode)
-        predict_scores = torch.compile(predict_scores, dynamic=False, mode=args.compile_mode)
+        kw = dict(dynamic=False, backend=args.compile_backend)
+        if args.compile_backend == "inductor":
+            kw["mode"] = args.compile_mode
+        loss_fn = torch.compile(loss_fn, **kw)
+        predict_scores = torch.compile(predict_scores, **kw)
     print(f"== {label}")
 
     def first_call(what, fn):
@@ -501,6 +515,7 @@ def run_variant(variant, results):
             flops_cache["predict"] = count_flops(lambda: run_predict(make_predict_fn(False)))
         reset_peak()
         first_call("predict", lambda: run_predict(predict_scores))
+        reset_peak()
         pred["ms"] = timed(lambda: run_predict(predict_scores))
         pred["peak"] = peak_gib()
         tf = tflops(flops_cache["predict"], pred["ms"])
