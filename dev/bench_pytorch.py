@@ -491,7 +491,12 @@ def run_variant(variant, results):
     loss_fn, predict_scores = make_loss_fn(bf16), make_predict_fn(bf16)
     if variant == "compile":
         import torch._dynamo as dynamo
-        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+        for limit in ("cache_size_limit", "recompile_limit"):   # one compiled graph per batch shape
+            try:
+                if hasattr(dynamo.config, limit):
+                    setattr(dynamo.config, limit, max(getattr(dynamo.config, limit), 64))
+            except Exception:   # noqa: BLE001 - the default limit (8) is enough for a few batches
+                pass
         kw = dict(dynamic=False, backend=args.compile_backend)
         if args.compile_backend == "inductor":
             kw["mode"] = args.compile_mode
