@@ -1159,15 +1159,6 @@ size_t m2f_semantic_work_size(int Q, int K, int H4, int W4) {
     return (size_t)Q * (K + 1) + (size_t)H4 * W4 * K + K;
 }
 
-// class score k at pixel (y, x) of the x4-resized class maps seg (H4*W4, K) (ttt.h)
-float seg_x4_at(const float* seg, int K, int H4, int W4, int y, int x, int k) {
-    int y0, y1, x0, x1; float ly, lx;
-    bilinear_source(y, H4, 4 * H4, &y0, &y1, &ly);
-    bilinear_source(x, W4, 4 * W4, &x0, &x1, &lx);
-    return (1.0f - ly) * ((1.0f - lx) * seg[((size_t)y0 * W4 + x0) * K + k] + lx * seg[((size_t)y0 * W4 + x1) * K + k]) +
-           ly * ((1.0f - lx) * seg[((size_t)y1 * W4 + x0) * K + k] + lx * seg[((size_t)y1 * W4 + x1) * K + k]);
-}
-
 void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
                             const float* mask_logits, int Q, int K, int H4, int W4,
                             int H, int W, int Ho, int Wo, float* work) {

@@ -900,8 +900,7 @@ size_t m2f_semantic_work_size(int Q, int K, int H4, int W4);
 // the pieces of the host inference, shared with mae.c's semantic_scores_cpu:
 // softmax over the n logits of one query (double sum) into probs (n)
 void softmax_row_host(float* probs, const float* logits, int n);
-// class score k at pixel (y, x) of the x4-resized class maps seg (H4*W4, K) (align_corners=False)
-float seg_x4_at(const float* seg, int K, int H4, int W4, int y, int x, int k);
+// (seg_x4_at, the class score of one pixel of the x4-resized class maps: ttt_index.h)
 void m2f_semantic_inference(unsigned char* ids, const float* class_logits,
                             const float* mask_logits, int Q, int K, int H4, int W4,
                             int H, int W, int Ho, int Wo, float* work);

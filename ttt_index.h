@@ -84,4 +84,14 @@ static inline TTT_HD void point_taps(float x, float y, int H, int W, int idx[4],
     bilinear_weights(lx, ly, wt);
 }
 
+// class score k at pixel (y, x) of the x4-resized class maps seg (H4*W4, K): the x4 bilinear
+// resize (align_corners=False) read at one pixel
+static inline TTT_HD float seg_x4_at(const float* seg, int K, int H4, int W4, int y, int x, int k) {
+    int y0, y1, x0, x1; float ly, lx;
+    bilinear_source(y, H4, 4 * H4, &y0, &y1, &ly);
+    bilinear_source(x, W4, 4 * W4, &x0, &x1, &lx);
+    return (1.0f - ly) * ((1.0f - lx) * seg[((size_t)y0 * W4 + x0) * K + k] + lx * seg[((size_t)y0 * W4 + x1) * K + k]) +
+           ly * ((1.0f - lx) * seg[((size_t)y1 * W4 + x0) * K + k] + lx * seg[((size_t)y1 * W4 + x1) * K + k]);
+}
+
 #endif // TTT_INDEX_H

@@ -2518,15 +2518,6 @@ __global__ void semantic_maps_kernel(float* seg, const float* probs, const float
     }
 }
 
-// class score k at pixel (y, x) of the x4-resized class maps (seg_x4_at in mask2former.c)
-__device__ float seg_x4_at_dev(const float* seg, int K, int H4, int W4, int y, int x, int k) {
-    int y0, y1, x0, x1; float ly, lx;
-    bilinear_source(y, H4, 4 * H4, &y0, &y1, &ly);   // the x4 resize, align_corners=False
-    bilinear_source(x, W4, 4 * W4, &x0, &x1, &lx);
-    return (1.0f - ly) * ((1.0f - lx) * seg[((size_t)y0 * W4 + x0) * K + k] + lx * seg[((size_t)y0 * W4 + x1) * K + k]) +
-           ly * ((1.0f - lx) * seg[((size_t)y1 * W4 + x0) * K + k] + lx * seg[((size_t)y1 * W4 + x1) * K + k]);
-}
-
 // one thread per output pixel of Ho x Wo: class scores of the H x W crop resized to the
 // output (identity when Ho = H, Wo = W), first argmax
 __global__ void semantic_argmax_kernel(unsigned char* ids, const float* seg, int K, int H4, int W4, int H, int W,
@@ -2540,8 +2531,8 @@ __global__ void semantic_argmax_kernel(unsigned char* ids, const float* seg, int
         int best = 0;
         float best_val = 0.0f;
         for (int k = 0; k < K; k++) {
-            float top = (1.0f - lx) * seg_x4_at_dev(seg, K, H4, W4, ya, xa, k) + lx * seg_x4_at_dev(seg, K, H4, W4, ya, xb, k);
-            float bot = (1.0f - lx) * seg_x4_at_dev(seg, K, H4, W4, yb, xa, k) + lx * seg_x4_at_dev(seg, K, H4, W4, yb, xb, k);
+            float top = (1.0f - lx) * seg_x4_at(seg, K, H4, W4, ya, xa, k) + lx * seg_x4_at(seg, K, H4, W4, ya, xb, k);
+            float bot = (1.0f - lx) * seg_x4_at(seg, K, H4, W4, yb, xa, k) + lx * seg_x4_at(seg, K, H4, W4, yb, xb, k);
             float v = (1.0f - ly) * top + ly * bot;
             if (k == 0 || v > best_val) { best = k; best_val = v; }
         }
@@ -2577,8 +2568,8 @@ __global__ void semantic_scores_kernel(float* scores, const float* seg, int K, i
         bilinear_source(x, W, Wo, &xa, &xb, &lx);
         float* out = scores + i * K;
         for (int k = 0; k < K; k++) {
-            float top = (1.0f - lx) * seg_x4_at_dev(seg, K, H4, W4, ya, xa, k) + lx * seg_x4_at_dev(seg, K, H4, W4, ya, xb, k);
-            float bot = (1.0f - lx) * seg_x4_at_dev(seg, K, H4, W4, yb, xa, k) + lx * seg_x4_at_dev(seg, K, H4, W4, yb, xb, k);
+            float top = (1.0f - lx) * seg_x4_at(seg, K, H4, W4, ya, xa, k) + lx * seg_x4_at(seg, K, H4, W4, ya, xb, k);
+            float bot = (1.0f - lx) * seg_x4_at(seg, K, H4, W4, yb, xa, k) + lx * seg_x4_at(seg, K, H4, W4, yb, xb, k);
             out[k] = (1.0f - ly) * top + ly * bot;
         }
     }
