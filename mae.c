@@ -91,6 +91,7 @@ struct Model {
     int micro_masks_B;
     ModelRecipe recipe;       // how TTT and training steps train (model_set_recipe)
     int shares_params;        // 1: made by model_create_sharing; params belong to another model
+    int predict_only;         // 1: the same; activations of f and h only (no g, no gradients)
     // AdamW runs: [f | h | g] cut where the part or the weight-decay exemption changes
     AdamRun* runs;
     int n_runs;
@@ -339,19 +340,24 @@ typedef struct {
     int Hp, Wp;
     size_t acts_f, acts_h, acts_g;   // activations of f, h, g (the gradients of h, g mirror them)
     size_t grads_f;                  // f's gradient buffers (swin_point_grad_acts: far fewer)
+    size_t grads_h, grads_g;         // h's and g's (0 for a prediction-only model)
     size_t feat[4];                  // gradient flowing from a head into f's stage s
     size_t pix;                      // max_batch * Hp * Wp
 } ActivationPlan;
 
-// main_batch: the largest batch h runs on (h's activations and gradients are planned for it)
-static ActivationPlan plan_activations(const ModelConfig* cfg, int max_batch, int main_batch, int H, int W) {
+// main_batch: the largest batch h runs on (h's activations and gradients are planned for it).
+// predict_only: f's and h's activations only (no g, no gradients), for model_create_sharing
+static ActivationPlan plan_activations(const ModelConfig* cfg, int max_batch, int main_batch, int H, int W,
+                                       int predict_only) {
     ActivationPlan p;
     padded_size(cfg, H, W, &p.Hp, &p.Wp);
     SwinActs fa;
     p.acts_f = swin_point_acts(&fa, NULL, &cfg->swin, max_batch, p.Hp, p.Wp);
-    p.grads_f = swin_point_grad_acts(&fa, NULL, &cfg->swin, max_batch, p.Hp, p.Wp);
+    p.grads_f = predict_only ? 0 : swin_point_grad_acts(&fa, NULL, &cfg->swin, max_batch, p.Hp, p.Wp);
     p.acts_h = m2f_num_acts(&cfg->m2f, main_batch, p.Hp / 4, p.Wp / 4);
-    p.acts_g = m2f_num_acts(&cfg->mae, max_batch, p.Hp / 4, p.Wp / 4);
+    p.acts_g = predict_only ? 0 : m2f_num_acts(&cfg->mae, max_batch, p.Hp / 4, p.Wp / 4);
+    p.grads_h = predict_only ? 0 : p.acts_h;
+    p.grads_g = p.acts_g;
     for (int s = 0; s < 4; s++) p.feat[s] = (size_t)max_batch * fa.Hs[s] * fa.Ws[s] * fa.C[s];
     p.pix = (size_t)max_batch * p.Hp * p.Wp;
     return p;
@@ -361,11 +367,21 @@ size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int 
     return model_activation_bytes_planned(cfg, max_batch, max_batch, H, W);
 }
 
-size_t model_activation_bytes_planned(const ModelConfig* cfg, int max_batch, int main_batch, int H, int W) {
-    ActivationPlan p = plan_activations(cfg, max_batch, main_batch, H, W);
-    size_t n = p.acts_f + p.grads_f + 2 * (p.acts_h + p.acts_g) + p.feat[0] + p.feat[1] + p.feat[2] + p.feat[3];
-    n += p.pix * (4 + 3 + 3) + (size_t)max_batch * H * W * 3;   // inp4, target, target_mask, rgb
+static size_t plan_bytes(const ActivationPlan* p, int max_batch, int H, int W) {
+    size_t n = p->acts_f + p->grads_f + p->acts_h + p->grads_h + p->acts_g + p->grads_g;
+    n += p->feat[0] + p->feat[1] + p->feat[2] + p->feat[3];
+    n += p->pix * (4 + 3 + 3) + (size_t)max_batch * H * W * 3;   // inp4, target, target_mask, rgb
     return n * sizeof(float);
+}
+
+size_t model_activation_bytes_planned(const ModelConfig* cfg, int max_batch, int main_batch, int H, int W) {
+    ActivationPlan p = plan_activations(cfg, max_batch, main_batch, H, W, 0);
+    return plan_bytes(&p, max_batch, H, W);
+}
+
+size_t model_predict_bytes(const ModelConfig* cfg, int H, int W) {
+    ActivationPlan p = plan_activations(cfg, 1, 1, H, W, 1);
+    return plan_bytes(&p, 1, H, W);
 }
 
 // forget the recorded device work (after anything that changes which buffers it reads)
@@ -386,7 +402,8 @@ static Model* model_create_impl(const ModelConfig* cfg, int max_batch, int main_
     Model* m = (Model*)callocCheck(1, sizeof(Model));
     m->cfg = *cfg;
     m->max_B = max_batch; m->H = H; m->W = W;
-    ActivationPlan plan = plan_activations(cfg, max_batch, main_batch, H, W);
+    m->predict_only = share != NULL;
+    ActivationPlan plan = plan_activations(cfg, max_batch, main_batch, H, W, m->predict_only);
     m->Hp = plan.Hp; m->Wp = plan.Wp;
     m->H4 = m->Hp / 4; m->W4 = m->Wp / 4;
 
@@ -414,16 +431,18 @@ static Model* model_create_impl(const ModelConfig* cfg, int max_batch, int main_
 
     // activations: [swin | h | g]; gradients: [swin's (swin_point_grad_acts) | h | g]
     size_t n_fa = plan.acts_f, n_ha = plan.acts_h, n_acts = plan.acts_f + plan.acts_h + plan.acts_g;
-    size_t n_dfa = plan.grads_f, n_dacts = plan.grads_f + plan.acts_h + plan.acts_g;
+    size_t n_dfa = plan.grads_f, n_dacts = plan.grads_f + plan.grads_h + plan.grads_g;
     m->acts = (float*)ttt_malloc(n_acts * sizeof(float));
-    m->dacts = (float*)ttt_malloc(n_dacts * sizeof(float));
     ttt_zero(m->acts, n_acts * sizeof(float));
     swin_point_acts(&m->fa, m->acts, &cfg->swin, max_batch, m->Hp, m->Wp);
-    swin_point_grad_acts(&m->dfa, m->dacts, &cfg->swin, max_batch, m->Hp, m->Wp);
     m2f_point_acts(&m->ha, m->acts + n_fa, &cfg->m2f, main_batch, m->H4, m->W4);
-    m2f_point_acts(&m->dha, m->dacts + n_dfa, &cfg->m2f, main_batch, m->H4, m->W4);
-    m2f_point_acts(&m->ga, m->acts + n_fa + n_ha, &cfg->mae, max_batch, m->H4, m->W4);
-    m2f_point_acts(&m->dga, m->dacts + n_dfa + n_ha, &cfg->mae, max_batch, m->H4, m->W4);
+    if (!m->predict_only) {   // a prediction-only model has no g and no gradient buffers
+        m->dacts = (float*)ttt_malloc(n_dacts * sizeof(float));
+        swin_point_grad_acts(&m->dfa, m->dacts, &cfg->swin, max_batch, m->Hp, m->Wp);
+        m2f_point_acts(&m->dha, m->dacts + n_dfa, &cfg->m2f, main_batch, m->H4, m->W4);
+        m2f_point_acts(&m->ga, m->acts + n_fa + n_ha, &cfg->mae, max_batch, m->H4, m->W4);
+        m2f_point_acts(&m->dga, m->dacts + n_dfa + n_ha, &cfg->mae, max_batch, m->H4, m->W4);
+    }
     swin_init_acts(&m->fa, &cfg->swin);
     m->rel_index = swin_make_rel_index(&cfg->swin);
 
@@ -1058,7 +1077,13 @@ static void f_forward(Model* m, int B) {
 }
 
 // g(z): h's architecture with 48 queries; every decoder layer predicts (m->ga)
+// a model made by model_create_sharing predicts only: it has no buffers for g or gradients
+static void require_trainable(const Model* m) {
+    if (m->predict_only) ttt_die("internal: a prediction-only model (model_create_sharing) cannot run g or a backward pass");
+}
+
 static void g_forward(Model* m, int B) {
+    require_trainable(m);
     stage_begin("g forward + loss");
     m2f_forward(&m->cfg.mae, &m->g, &m->ga, swin_outputs(m), B, m->g_frozen_masks);
 }
@@ -1101,6 +1126,7 @@ static void g_backward(Model* m, int B, float dloss) {
 
 // dl/dz back through f: accumulates the gradients of f
 static void f_backward(Model* m, int B) {
+    require_trainable(m);
     stage_begin("f backward");
     swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
     stage_begin(NULL);
@@ -1350,6 +1376,7 @@ static void main_backward(Model* m, int B) {
     ttt_to_device(m->dha.mask_logits, m->host_dmask, (size_t)L * B * Q * m->H4 * m->W4 * sizeof(float));
     for (int s = 0; s < 4; s++)
         ttt_zero(m->dfeat[s], (size_t)B * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s] * sizeof(float));
+    require_trainable(m);
     m2f_backward(c, &m->h, &m->dh, &m->ha, &m->dha, swin_outputs(m), m->dfeat, B);
     swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
 }
@@ -1924,6 +1951,7 @@ static void f_h_forward(Model* m, const float* frames, const unsigned char* mask
 static void f_h_backward(Model* m, int B) {
     for (int s = 0; s < 4; s++)
         ttt_zero(m->dfeat[s], (size_t)B * m->fa.Hs[s] * m->fa.Ws[s] * m->fa.C[s] * sizeof(float));
+    require_trainable(m);
     m2f_backward(&m->cfg.m2f, &m->h, &m->dh, &m->ha, &m->dha, swin_outputs(m), m->dfeat, B);
     swin_backward(&m->cfg.swin, &m->f, &m->df, &m->fa, &m->dfa, m->rel_index, m->inp4, m->dfeat, NULL, B);
 }

@@ -2043,7 +2043,7 @@ int main(int argc, char** argv) {
     // plan the activations for a micro-batch: the whole batch unless it does not fit
     int B = a.sr.batch;
     // (the prediction's model of the resized frame, allocated after it, gets its room first)
-    size_t reserve = (v.Ht != v.Hr || v.Wt != v.Wr) ? model_activation_bytes(&cfg, 1, v.Hr, v.Wr) : 0;
+    size_t reserve = (v.Ht != v.Hr || v.Wt != v.Wr) ? model_predict_bytes(&cfg, v.Hr, v.Wr) : 0;
     int per_gpu = (B + dist_world() - 1) / dist_world();   // a GPU's share of the batch
     // h runs on the batch only in the modes that train it; else it only predicts, one frame
     int main_trained = a.mode == MODE_TENT || a.mode == MODE_SELF_TRAIN;

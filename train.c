@@ -586,7 +586,7 @@ int main(int argc, char** argv) {
     ModelConfig plan_cfg = resume ? model_read_resume_config(opt_path, 3) : cfg;
     int per_gpu = (a.batch + dist_world() - 1) / dist_world();
     int micro = a.micro_batch ? a.micro_batch : model_auto_micro_batch(&plan_cfg, per_gpu, a.aug.crop_h, a.aug.crop_w,
-                                  a.val_dir ? model_activation_bytes(&plan_cfg, 1, vs.H[0], vs.W[0]) : 0, 1);
+                                  a.val_dir ? model_predict_bytes(&plan_cfg, vs.H[0], vs.W[0]) : 0, 1);
     if (micro > per_gpu) micro = per_gpu;
     if (resume) {   // everything comes from OUT.opt (OUT itself may be one save behind it)
         int extra[3];

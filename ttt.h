@@ -1092,14 +1092,17 @@ void model_set_recipe(Model* m, const ModelRecipe* r);
 const ModelRecipe* model_recipe(const Model* m);
 void model_restart_optimizer(Model* m);   // fresh AdamW: moments 0, step 0; weights kept
 // a second model for frames of another size that SHARES m's parameters (f, h, g, f0, g0):
-// only activations and input buffers of its own, for prediction (e.g. TTT on crops, the
-// prediction on the whole frame). Free it with model_free before m.
+// only activations and input buffers of its own, for prediction only (e.g. TTT on crops, the
+// prediction on the whole frame): f's and h's activations, no g and no gradient buffers (a
+// TTT or training step on it is refused). Free it with model_free before m.
 Model* model_create_sharing(Model* m, int max_batch, int H, int W);
 // device bytes of the activations, their gradients and the input buffers that model_create
 // plans for max_batch frames of H x W (parameters and optimizer state not included)
 size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int W);
 // the same for model_create_planned: h's buffers planned for main_batch frames
 size_t model_activation_bytes_planned(const ModelConfig* cfg, int max_batch, int main_batch, int H, int W);
+// the same for a prediction model (model_create_sharing(m, 1, H, W)): f's and h's activations only
+size_t model_predict_bytes(const ModelConfig* cfg, int H, int W);
 // the batch to plan for a TTT batch of B: B on the CPU; on the GPU the largest micro-batch
 // M <= B whose buffers fit in 85% of the free device memory (the step then runs in chunks),
 // after reserve_bytes for other buffers allocated later (e.g. a prediction model of another

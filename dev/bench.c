@@ -170,7 +170,7 @@ int main(int argc, char** argv) {
     else { ttt_die("unknown config '%s' (swin_s, default, tiny)", config); return 1; }
     model_config_set_pixel_decoder(&cfg, pixel_decoder);
     // the prediction model of another size is allocated after the TTT model: leave it room
-    size_t reserve = (PH != H || PW != W) ? model_activation_bytes(&cfg, 1, PH, PW) : 0;
+    size_t reserve = (PH != H || PW != W) ? model_predict_bytes(&cfg, PH, PW) : 0;
     int per_gpu = (B + gpus - 1) / gpus;   // a GPU's share of the batch
     if (M == 0) M = model_auto_micro_batch(&cfg, per_gpu, H, W, reserve, 0);
     if (M > per_gpu) M = per_gpu;

@@ -210,6 +210,14 @@ static void test_planned_main_batch(Rng* rng) {
         params[i] = model_params_host(m);
         ids[i] = malloc((size_t)H * W);
         model_predict(m, frames, ids[i]);
+        if (i == 1) {   // a prediction-only model sharing the weights: the same prediction
+            Model* mp = model_create_sharing(m, 1, H, W);
+            unsigned char* ids_p = malloc((size_t)H * W);
+            model_predict(mp, frames, ids_p);
+            CHECK(memcmp(ids_p, ids[i], (size_t)H * W) == 0, "prediction-only model: prediction differs");
+            free(ids_p);
+            model_free(mp);
+        }
         model_free(m);
     }
     size_t n = model_activation_bytes(&cfg, B, H, W), n1 = model_activation_bytes_planned(&cfg, B, 1, H, W);
@@ -219,6 +227,8 @@ static void test_planned_main_batch(Rng* rng) {
     CHECK(memcmp(params[0], params[1], np * sizeof(float)) == 0, "planned h: parameters after the step differ");
     CHECK(memcmp(ids[0], ids[1], (size_t)H * W) == 0, "planned h: predictions differ");
     CHECK(n1 < n, "planned h: %zu bytes, not fewer than %zu", n1, n);
+    size_t np1 = model_predict_bytes(&cfg, H, W), n11 = model_activation_bytes(&cfg, 1, H, W);
+    CHECK(np1 * 2 < n11, "prediction-only model: %zu bytes, not under half of a trainable one's %zu", np1, n11);
     printf("     h planned for 1 frame of %d: activations %.2f MB instead of %.2f MB, same step and prediction\n",
            B, n1 / 1e6, n / 1e6);
     for (int i = 0; i < 2; i++) { free(params[i]); free(ids[i]); }
