@@ -130,7 +130,8 @@ static void test_mask_and_loss(void) {
     // all-pixels loss: the whole batch equals its micro-batches (equal weights per image)
     Rng a; rng_seed(&a, 1);
     float whole = model_mae_loss(m, frames, B, &a);
-    Model* m1 = model_create_sharing(m, 1, H, W);
+    Model* m1 = model_create(model_config(m), 1, H, W);   // planned for 1: micro-batches of 1
+    model_copy_params(m1, m);
     model_set_recipe(m1, &r);
     Rng b; rng_seed(&b, 1);
     float chunks = model_mae_loss(m1, frames, B, &b);
