@@ -365,3 +365,120 @@ int color_stream_run(const ColorStreamArgs* a) {
     model_free(m);
     return 0;
 }
+
+// ----------------------------------------------------------------------------
+// ./train --task colorize (the hooks in train.c)
+
+// the images of a training batch: decoded, augmented as the segmentation batches (data.c's
+// aug_apply: resize, crop, flip; the crop's padding marked by a label of 255), made gray; the
+// targets of each at the model's map H4 x W4 (color_targets), none where more than half a 4 x 4
+// block is padding
+void color_train_batch(const ColorImageSet* ds, const int* idx, const AugDraw* draws, int B, const AugConfig* aug,
+                       int H4, int W4, float* gray, int* ids, float* w) {
+    int Hc = aug->crop_h, Wc = aug->crop_w;
+    size_t npix = (size_t)Hc * Wc, nt = (size_t)H4 * W4 * COLOR_NEIGHBOURS;
+    char* errs = (char*)callocCheck((size_t)B, 2048);
+    int first_bad = B;
+    #pragma omp parallel for schedule(dynamic)
+    for (int b = 0; b < B; b++) {
+        int i = idx[b], H, W;
+        char* err = errs + (size_t)b * 2048;
+        unsigned char* img = image_try_load_u8(ds->images[i], &H, &W, err, 2048);
+        int ok = img != NULL;
+        if (img && (H != ds->H[i] || W != ds->W[i])) {
+            snprintf(err, 2048, "image '%s' changed size since it was listed (%dx%d, now %dx%d)", ds->images[i], ds->W[i], ds->H[i], W, H);
+            ok = 0;
+        }
+        if (ok) {
+            unsigned char* zero = (unsigned char*)callocCheck((size_t)H * W, 1);
+            unsigned char* pad = (unsigned char*)mallocCheck(npix);
+            float* rgb = (float*)mallocCheck(npix * 3 * sizeof(float));
+            aug_apply(aug, &draws[b], img, zero, H, W, rgb, pad);
+            int* id = ids + (size_t)b * nt;
+            float* wb = w + (size_t)b * nt;
+            color_targets(id, wb, rgb, Hc, Wc, H4, W4);
+            for (int y = 0; y < H4; y++)
+                for (int x = 0; x < W4; x++) {
+                    int in = 0, padded = 0;
+                    for (int dy = 0; dy < 4; dy++)
+                        for (int dx = 0; dx < 4; dx++) {
+                            int yy = 4 * y + dy, xx = 4 * x + dx;
+                            if (yy >= Hc || xx >= Wc) continue;
+                            in++;
+                            padded += pad[(size_t)yy * Wc + xx] == 255;
+                        }
+                    if (in > 0 && 2 * padded > in)
+                        for (int j = 0; j < COLOR_NEIGHBOURS; j++) wb[((size_t)y * W4 + x) * COLOR_NEIGHBOURS + j] = 0.0f;
+                }
+            color_gray_frame(gray + (size_t)b * npix * 3, rgb, npix);
+            free(zero); free(pad); free(rgb);
+        } else {
+            #pragma omp critical
+            if (b < first_bad) first_bad = b;
+        }
+        free(img);
+    }
+    if (first_bad < B) ttt_die("%s", errs + (size_t)first_bad * 2048);
+    free(errs);
+}
+
+// Zhang's rebalancing weights of a training set: the nearest-bin counts of the pixels of (up to
+// 1000 evenly spaced) images, then color_rebalance_weights. Prints how many bins occur.
+void color_train_weights(const ColorImageSet* ds, float* w) {
+    double* hist = (double*)callocCheck(COLOR_BINS, sizeof(double));
+    int n_use = ds->n < 1000 ? ds->n : 1000;
+    for (int j = 0; j < n_use; j++) {
+        int i = (int)((long long)j * ds->n / n_use), H, W;
+        char err[2048];
+        unsigned char* img = image_try_load_u8(ds->images[i], &H, &W, err, sizeof(err));
+        if (!img) ttt_die("%s", err);
+        size_t n = (size_t)H * W;
+        float* rgb = (float*)mallocCheck(n * 3 * sizeof(float));
+        for (size_t p = 0; p < n * 3; p++) rgb[p] = img[p] / 255.0f;
+        color_hist_add(hist, rgb, n);
+        free(rgb); free(img);
+    }
+    color_rebalance_weights(w, hist);
+    int used = 0;
+    float wmin = w[0], wmax = w[0];
+    for (int k = 0; k < COLOR_BINS; k++) { used += hist[k] > 0.0; wmin = fminf(wmin, w[k]); wmax = fmaxf(wmax, w[k]); }
+    printf("train: colour rebalancing from %d images: %d of %d ab bins occur; weights %.3f .. %.3f\n", n_use, used, COLOR_BINS, wmin, wmax);
+    free(hist);
+}
+
+// PSNR and SSIM (means over the images) of the colourised gray versions of a held-out set
+void color_validate(Model* trained, const ColorImageSet* vs, double* psnr, double* ssim) {
+    double sp = 0.0, ss = 0.0;
+    int np = 0;
+    for (int i = 0; i < vs->n; i++) {
+        int H, W;
+        char err[2048];
+        unsigned char* img = image_try_load_u8(vs->images[i], &H, &W, err, sizeof(err));
+        if (!img) ttt_die("%s", err);
+        Model* vm = model_create_sharing(trained, 1, H, W);
+        int Q, K, H4, W4, Hm, Wm;
+        model_prediction_sizes(vm, &Q, &K, &H4, &W4, &Hm, &Wm);
+        size_t n = (size_t)H * W;
+        float* rgb = (float*)mallocCheck(n * 3 * sizeof(float));
+        float* gray = (float*)mallocCheck(n * 3 * sizeof(float));
+        float* cls = (float*)mallocCheck((size_t)Q * (K + 1) * sizeof(float));
+        float* msk = (float*)mallocCheck((size_t)Q * H4 * W4 * sizeof(float));
+        unsigned char* out8 = (unsigned char*)mallocCheck(n * 3);
+        for (size_t p = 0; p < n * 3; p++) rgb[p] = img[p] / 255.0f;
+        color_gray_frame(gray, rgb, n);
+        model_predict_logits(vm, gray);
+        model_last_logits(vm, cls, msk);
+        color_decode(rgb, gray, cls, msk, Q, H4, W4, H, W, COLOR_TEMPERATURE);
+        for (size_t p = 0; p < n * 3; p++) {
+            float v = rgb[p] * 255.0f + 0.5f;
+            out8[p] = (unsigned char)(v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v);
+        }
+        double v = color_psnr(img, out8, n * 3);
+        if (isfinite(v)) { sp += v; np++; }
+        ss += H >= 11 && W >= 11 ? color_ssim(img, out8, H, W, 3) : NAN;
+        free(rgb); free(gray); free(cls); free(msk); free(out8); free(img);
+        model_free(vm);
+    }
+    *psnr = np ? sp / np : NAN;
+    *ssim = ss / vs->n;
+}

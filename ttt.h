@@ -2070,6 +2070,12 @@ int color_stream_run(const ColorStreamArgs* a);
 typedef struct { int n; char** images; int *H, *W; } ColorImageSet;
 ColorImageSet color_image_list(const char* dir);
 void color_image_set_free(ColorImageSet* s);
+// a training batch: gray crops (B, crop_h, crop_w, 3) and targets ids, w (B, H4, W4, 5)
+void color_train_batch(const ColorImageSet* ds, const int* idx, const AugDraw* draws, int B, const AugConfig* aug,
+                       int H4, int W4, float* gray, int* ids, float* w);
+void color_train_weights(const ColorImageSet* ds, float* w);   // rebalancing weights of a set
+// mean PSNR and SSIM of the colourised gray versions of a held-out set (any sizes)
+void color_validate(Model* trained, const ColorImageSet* vs, double* psnr, double* ssim);
 
 // ============================================================================
 // end of COLORIZATION
