@@ -346,7 +346,9 @@ int color_stream_run(const ColorStreamArgs* a) {
             snprintf(score, sizeof(score), " | PSNR %.4f dB | SSIM %.6f", res[i].psnr, res[i].ssim);
         }
         double vp = n_scored > n_inf ? sum_psnr / (n_scored - n_inf) : NAN, vs = n_scored ? sum_ssim / n_scored : NAN;
-        printf("frame %4d/%d %s | mae %.4f%s | %.0f ms\n", i + 1, n, stems[i], mae, score, res[i].ms);
+        char mae_text[32] = " | no TTT";
+        if (a->mode != 0) snprintf(mae_text, sizeof(mae_text), " | mae %.4f", mae);
+        printf("frame %4d/%d %s%s%s | %.0f ms\n", i + 1, n, stems[i], mae_text, score, res[i].ms);
         fflush(stdout);
         write_metrics(a, stems, res, i + 1, n, colour, H, W, vp, vs, n_scored);
     }

@@ -74,7 +74,7 @@ static void check_scores(const char* log, const char* frames_dir, const char* ou
     int ok_all = 1;
     for (int i = 0; i < NF; i++) {
         char key[512];
-        snprintf(key, sizeof(key), " %s | mae ", frame_name[i]);
+        snprintf(key, sizeof(key), " %s | mae ", frame_name[i]);   // online TTT: the MAE loss, then the scores
         const char* line = strstr(log, key);
         double p = NAN, s = NAN;
         if (line) {
