@@ -292,6 +292,10 @@ int color_stream_run(const ColorStreamArgs* a) {
            COLOR_TEMPERATURE, a->out_dir, ttt_device_name(ttt_device));
     fflush(stdout);
     Model* m = model_load(a->model_path, B, H, W);
+    if (a->has_recipe) model_set_recipe(m, &a->recipe);
+    const ModelRecipe* mr = model_recipe(m);
+    printf("  TTT recipe: mask-ratio=%g loss-pixels=%s backbone-lr-scale=%g wd-exempt=%s clip=%g drop-path=%g\n", mr->mask_ratio,
+           mr->loss_all_pixels ? "all" : "masked", mr->backbone_lr_scale, mr->wd_exempt ? "on" : "off", mr->ttt_clip, mr->drop_path);
     int Q, K, H4, W4, Hm, Wm;
     model_prediction_sizes(m, &Q, &K, &H4, &W4, &Hm, &Wm);
     float* cls = (float*)mallocCheck((size_t)Q * (K + 1) * sizeof(float));

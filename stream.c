@@ -1538,7 +1538,8 @@ static void usage(void) {
         "                        gray frames (L of each) colourised by a colorization model (default\n"
         "                        " DEFAULT_COLORIZE_MODEL "; ./train --task colorize), OUT/NAME.png, PSNR and SSIM when\n"
         "                        the frames are in colour; modes fixed, nomem, implicit, explicit, online\n"
-        "                        with --window, --batch, --steps, --lr, --seed, --save-png (color_stream.c).\n"
+        "                        with --window, --batch, --steps, --lr, the model-recipe options, --seed,\n"
+        "                        --save-png (color_stream.c).\n"
         "                        panoptic: Mask2Former's\n"
         "                        panoptic inference, OUT/panoptic/NAME.png + OUT/panoptic.json (COCO\n"
         "                        panoptic format), NAME_panoptic.png, PQ/SQ/RQ; instance: the top 100\n"
@@ -1878,13 +1879,20 @@ static int colorize_main(const Args* a) {
     if (a->n_windows > 1) ttt_die("--task colorize takes one --window k, not a list");
     if (a->labels_dir || a->panoptic_json || a->panoptic_dir) ttt_die("--task colorize has no labels: the colour frames are their own ground truth");
     if (a->mode > MODE_ONLINE) ttt_die("--task colorize runs the TTT-MAE modes fixed, nomem, implicit, explicit and online, not %s", mode_names[a->mode]);
-    if (a->kstar || a->shuffle || a->smooth > 1 || a->tta > 1 || a->class_balance || strcmp(a->recipe, "demo") != 0)
-        ttt_die("--task colorize takes --mode, --window, --batch, --steps, --lr, --seed, --out, --model, --device, --save-png");
+    if (a->kstar || a->shuffle || a->smooth > 1 || a->tta > 1 || a->class_balance || a->memory_given || a->micro_batch ||
+        a->offline_steps || a->score_every != 1 || strcmp(a->recipe, "demo") != 0)
+        ttt_die("--task colorize takes --mode, --window, --batch, --steps, --lr and the other AdamW options, the model-recipe "
+                "options (--mask-ratio, --loss-pixels, --clip, --drop-path, ...), --seed, --out, --model, --device, --save-png");
     ttt_set_device(ttt_parse_device(a->device));
     ColorStreamArgs c;
     memset(&c, 0, sizeof(c));
     c.dir = a->dir; c.out_dir = a->out_dir; c.save_png = a->save_png;
     c.model_path = a->model_given ? a->model_path : DEFAULT_COLORIZE_MODEL;
+    if (access(c.model_path, R_OK) == 0) {   // the model recipe: the checkpoint's demo recipe, then the options given
+        ModelConfig cfg = model_read_config(c.model_path);
+        c.recipe = resolve_model_recipe(a, &cfg);
+        c.has_recipe = 1;
+    }
     c.mode = (int)a->mode; c.window = a->windows[0]; c.batch = a->sr.batch; c.steps = a->steps;
     c.opt = a->opt; c.seed = a->seed;
     return color_stream_run(&c);

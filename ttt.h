@@ -2064,6 +2064,8 @@ typedef struct {
     OptConfig opt;
     uint64_t seed;
     int save_png;             // 0: no PNG (scores only)
+    ModelRecipe recipe;       // TTT settings (mask ratio, loss pixels, clip, ...), when has_recipe
+    int has_recipe;
 } ColorStreamArgs;
 int color_stream_run(const ColorStreamArgs* a);
 // ./train --task colorize (color_stream.c): the images of DIR (or DIR/images), sizes read
