@@ -268,24 +268,25 @@ int color_stream_run(const ColorStreamArgs* a) {
         ttt_die("'%s' mixes gray (1-channel) and colour (RGB) frames; --task colorize reads a video of one channel layout", a->dir);
     check_out_dir(a, stems, n);
     make_dirs(a->out_dir);
-    // every frame decoded once: the originals (8-bit, for the scores) and the gray frames
+    // every frame decoded once before the run (a run fails before it writes, not midway): which
+    // are in colour (scored); the loop decodes each again and keeps only the window's gray frames
     size_t npix = (size_t)H * W;
-    unsigned char** orig = (unsigned char**)mallocCheck(n * sizeof(unsigned char*));
-    float** gray = (float**)mallocCheck(n * sizeof(float*));
+    unsigned char* is_colour = (unsigned char*)callocCheck(n, 1);
     int colour = 0;
-    float* rgb = (float*)mallocCheck(npix * 3 * sizeof(float));
     for (int i = 0; i < n; i++) {
         char err[2048];
         int h, w;
-        orig[i] = image_try_load_u8(paths[i], &h, &w, err, sizeof(err));
-        if (!orig[i]) ttt_die("%s", err);
-        colour |= !is_gray_rgb(orig[i], npix);
-        for (size_t p = 0; p < npix * 3; p++) rgb[p] = orig[i][p] / 255.0f;
-        gray[i] = (float*)mallocCheck(npix * 3 * sizeof(float));
-        color_gray_frame(gray[i], rgb, npix);
+        unsigned char* px = image_try_load_u8(paths[i], &h, &w, err, sizeof(err));
+        if (!px) ttt_die("%s", err);
+        is_colour[i] = n_colour_files > 0 && !is_gray_rgb(px, npix);
+        colour |= is_colour[i];
+        free(px);
     }
     int one_frame = a->mode == 1 || a->mode == 2, reset_each = a->mode == 1 || a->mode == 3;
     int k = one_frame ? 1 : a->window, B = a->batch;
+    float* rgb = (float*)mallocCheck(npix * 3 * sizeof(float));
+    float** ring = (float**)mallocCheck(k * sizeof(float*));   // gray frame j in ring[j % k]
+    for (int j = 0; j < k; j++) ring[j] = (float*)mallocCheck(npix * 3 * sizeof(float));
     printf("stream: %s: %d frames of %dx%d, %s%s\n", a->dir, n, W, H, colour ? "colour (made gray; PSNR and SSIM against the originals)" : "gray (colourised, not scored)", "");
     printf("settings: task=colorize model=%s mode=%s window=%d batch=%d steps=%d lr=%g seed=%llu temperature=%g out=%s device=%s\n",
            a->model_path, color_mode_names[a->mode], k, B, a->steps, a->opt.lr, (unsigned long long)a->seed,
@@ -310,12 +311,19 @@ int color_stream_run(const ColorStreamArgs* a) {
     for (int i = 0; i < n; i++) {
         double t0 = time_now_seconds();
         double mae = NAN;
+        char err[2048];
+        int h, w;
+        unsigned char* orig = image_try_load_u8(paths[i], &h, &w, err, sizeof(err));
+        if (!orig) ttt_die("%s", err);
+        for (size_t p = 0; p < npix * 3; p++) rgb[p] = orig[p] / 255.0f;
+        float* gray = ring[i % k];
+        color_gray_frame(gray, rgb, npix);
         if (a->mode != 0) {   // TTT-MAE on the gray frames of the window
             if (reset_each) model_reset_ttt(m);
             int first = i - k + 1 < 0 ? 0 : i - k + 1, nw = i - first + 1;
             for (int s = 0; s < a->steps; s++) {
                 for (int b = 0; b < B; b++)
-                    memcpy(batch + (size_t)b * npix * 3, gray[first + rng_int(&rng, nw)], npix * 3 * sizeof(float));
+                    memcpy(batch + (size_t)b * npix * 3, ring[(first + rng_int(&rng, nw)) % k], npix * 3 * sizeof(float));
                 float loss = model_ttt_step(m, batch, B, &a->opt, &rng);
                 if (!isfinite(loss)) {
                     fprintf(stderr, "warning: %s: MAE loss is %f; resetting to the initial weights and continuing\n", stems[i], loss);
@@ -324,9 +332,9 @@ int color_stream_run(const ColorStreamArgs* a) {
                 mae = loss;
             }
         }
-        model_predict_logits(m, gray[i]);
+        model_predict_logits(m, gray);
         model_last_logits(m, cls, msk);
-        color_decode(rgb, gray[i], cls, msk, Q, H4, W4, H, W, COLOR_TEMPERATURE);
+        color_decode(rgb, gray, cls, msk, Q, H4, W4, H, W, COLOR_TEMPERATURE);
         for (size_t p = 0; p < npix * 3; p++) {   // the bytes image_save_png writes
             float v = rgb[p] * 255.0f + 0.5f;
             out8[p] = (unsigned char)(v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v);
@@ -340,10 +348,10 @@ int color_stream_run(const ColorStreamArgs* a) {
         res[i].mae = mae;
         res[i].ms = (time_now_seconds() - t0) * 1e3;
         char score[128] = "";
-        if (colour) {
+        if (is_colour[i]) {
             res[i].scored = 1;
-            res[i].psnr = color_psnr(orig[i], out8, npix * 3);
-            res[i].ssim = color_ssim(orig[i], out8, H, W, 3);
+            res[i].psnr = color_psnr(orig, out8, npix * 3);
+            res[i].ssim = color_ssim(orig, out8, H, W, 3);
             if (isfinite(res[i].psnr)) sum_psnr += res[i].psnr; else n_inf++;
             sum_ssim += res[i].ssim;
             n_scored++;
@@ -354,6 +362,7 @@ int color_stream_run(const ColorStreamArgs* a) {
         if (a->mode != 0) snprintf(mae_text, sizeof(mae_text), " | mae %.4f", mae);
         printf("frame %4d/%d %s%s%s | %.0f ms\n", i + 1, n, stems[i], mae_text, score, res[i].ms);
         fflush(stdout);
+        free(orig);
         write_metrics(a, stems, res, i + 1, n, colour, H, W, vp, vs, n_scored);
     }
     double ms = (time_now_seconds() - t_all) * 1e3 / n;
@@ -365,8 +374,9 @@ int color_stream_run(const ColorStreamArgs* a) {
         printf("video: %d gray frames colourised (no colour originals: no scores); %.1f ms/frame\n", n, ms);
     printf("RESULT task=colorize dir=%s mode=%s window=%d frames=%d scored=%d psnr=%.6f ssim=%.6f ms_per_frame=%.2f\n",
            a->dir, color_mode_names[a->mode], k, n, n_scored, vp, vs, ms);
-    for (int i = 0; i < n; i++) { free(paths[i]); free(stems[i]); free(names[i]); free(orig[i]); free(gray[i]); }
-    free(paths); free(stems); free(names); free(orig); free(gray); free(rgb);
+    for (int i = 0; i < n; i++) { free(paths[i]); free(stems[i]); free(names[i]); }
+    for (int j = 0; j < k; j++) free(ring[j]);
+    free(paths); free(stems); free(names); free(ring); free(is_colour); free(rgb);
     free(cls); free(msk); free(batch); free(out8); free(res);
     model_free(m);
     return 0;
