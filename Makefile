@@ -47,7 +47,7 @@ endif
 endif
 
 # the library every program links: ops, IO, checkpoints, the three parts of the Y, data parallel
-LIB_OBJ = ttt.o dispatch.o swin.o mask2former.o mae.o data.o coco_eval.o coco_data.o coco_stream.o dist.o vendor/cJSON.o vendor/stb_impl.o $(CUDA_OBJ)
+LIB_OBJ = ttt.o dispatch.o swin.o mask2former.o mae.o data.o coco_eval.o coco_data.o coco_stream.o dist.o color.o color_stream.o vendor/cJSON.o vendor/stb_impl.o $(CUDA_OBJ)
 PROGRAMS = stream train gen
 TEST_SRC = $(sort $(wildcard test/test_*.c))
 TEST_BIN = $(TEST_SRC:.c=)

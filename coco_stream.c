@@ -15,12 +15,13 @@ int task_parse(const char* opt, const char* s) {
     if (strcmp(s, "semantic") == 0) return TASK_SEMANTIC;
     if (strcmp(s, "panoptic") == 0) return TASK_PANOPTIC;
     if (strcmp(s, "instance") == 0) return TASK_INSTANCE;
-    ttt_die("%s: expected semantic, panoptic or instance, got '%s'", opt, s);
+    if (strcmp(s, "colorize") == 0) return TASK_COLORIZE;   // color.c, color_stream.c
+    ttt_die("%s: expected semantic, panoptic, instance or colorize, got '%s'", opt, s);
     return 0;
 }
 
 const char* task_name(int task) {
-    return task == TASK_PANOPTIC ? "panoptic" : task == TASK_INSTANCE ? "instance" : "semantic";
+    return task == TASK_PANOPTIC ? "panoptic" : task == TASK_INSTANCE ? "instance" : task == TASK_COLORIZE ? "colorize" : "semantic";
 }
 
 // ----------------------------------------------------------------------------

@@ -113,6 +113,12 @@ struct Model {
     void* dp_ctx;
     float* dp_scalars;        // (DP_SCALARS) device: the losses summed with the gradients
     struct TechState* tech;   // Tent / Self-Train buffers (last section of this file), made on first use
+    // --task colorize (cfg.colorize): the rebalancing weights (saved with the checkpoint) and the
+    // targets of the batch in a colorization training step (host; color_b0: the chunk's first image)
+    float color_rebal[COLOR_BINS];
+    const int* color_ids;
+    const float* color_w;
+    int color_b0;
 };
 #define DP_SCALARS 4
 
@@ -171,6 +177,7 @@ static ModelConfig model_config_make(SwinConfig swin, M2FConfig (*head)(const in
     c.num_classes = K;
     c.mae_patch = 16;
     c.mask_ratio = 0.8f;
+    c.colorize = 0;
     return c;
 }
 
@@ -483,6 +490,7 @@ Model* model_create_planned(const ModelConfig* cfg, int max_batch, int main_batc
 Model* model_create_sharing(Model* share, int max_batch, int H, int W) {
     Model* m = model_create_impl(&share->cfg, max_batch, max_batch, H, W, share);
     m->recipe = share->recipe;
+    memcpy(m->color_rebal, share->color_rebal, sizeof(m->color_rebal));
     return m;
 }
 
@@ -566,6 +574,10 @@ void model_reset_ttt(Model* m) {
 // and model_load initialises g as model_init_random(seed) does, which is what ./train --init
 // gives g (with --seed seed). 0 in every other checkpoint (model_save writes g).
 #define G_ABSENT_AT 240
+// A colorization model (ModelConfig.colorize, color.c) says so at COLORIZE_AT: 1, and its data
+// then ends with the COLOR_BINS rebalancing weights (after [f | h | g], or after [params | m | v]
+// in a resume state). 0 in every segmentation checkpoint.
+#define COLORIZE_AT 250
 _Static_assert(RESUME_EXTRA_AT + 1 + RESUME_MAX_EXTRA <= PIXEL_DECODER_HEADER_AT &&
                PIXEL_DECODER_HEADER_AT + 8 <= G_ABSENT_AT && G_ABSENT_AT + 2 <= CKPT_HEADER_INTS,
                "pixel decoder / g-absent header blocks overlap");
@@ -604,6 +616,17 @@ static void pack_header(int* h, const Model* m, int kind) {
         int* q = h + PIXEL_DECODER_HEADER_AT + 4 * k;
         q[0] = heads[k]->pixel_decoder; q[1] = heads[k]->enc_layers; q[2] = heads[k]->enc_ffn; q[3] = heads[k]->n_points;
     }
+    h[COLORIZE_AT] = c->colorize;
+}
+
+// the checkpoint's data: n parameters (or [params | m | v]) then, for colorization, the weights
+static void write_checkpoint_with_color(const Model* m, const char* path, const int* header, float* host, size_t n) {
+    if (!m->cfg.colorize) { checkpoint_write(path, header, host, n); return; }
+    float* all = (float*)mallocCheck((n + COLOR_BINS) * sizeof(float));
+    memcpy(all, host, n * sizeof(float));
+    memcpy(all + n, m->color_rebal, COLOR_BINS * sizeof(float));
+    checkpoint_write(path, header, all, n + COLOR_BINS);
+    free(all);
 }
 
 void model_save(const Model* m, const char* path) {
@@ -612,7 +635,7 @@ void model_save(const Model* m, const char* path) {
     size_t n = m->n_f + m->n_h + m->n_g;
     float* host = (float*)mallocCheck(n * sizeof(float));
     ttt_to_host(host, m->params, n * sizeof(float));
-    checkpoint_write(path, header, host, n);
+    write_checkpoint_with_color(m, path, header, host, n);
     free(host);
 }
 
@@ -640,7 +663,7 @@ static void check_m2f_header(const M2FConfig* c, int embed, const char* which, c
              c->conv_dim % c->num_groups == 0 && in_range(c->num_queries, 1, HDR_MAX_QUERIES) &&
              in_range(c->num_heads, 1, c->hidden_dim) && c->hidden_dim % c->num_heads == 0 &&
              in_range(c->ffn_dim, 1, HDR_MAX_FFN) && in_range(c->dec_layers, 1, M2F_MAX_LAYERS) &&
-             in_range(c->num_classes, 1, 255);
+             in_range(c->num_classes, 1, COLOR_BINS);
     if (!ok)
         ttt_die("checkpoint '%s' has an invalid %s head (width %d, hidden %d, mask %d, groups %d, queries %d, heads %d, "
                 "ffn %d, layers %d, classes %d)", path, which, c->conv_dim, c->hidden_dim, c->mask_dim, c->num_groups,
@@ -661,8 +684,10 @@ static int unpack_header(const int* h, ModelConfig* out, const char* path) {
     c.swin.window = h[i++]; c.swin.mlp_ratio = h[i++];
     i += unpack_m2f(h + i, &c.m2f);
     i += unpack_m2f(h + i, &c.mae);
-    // the model as a whole
-    if (!in_range(c.num_classes, 1, 254) || !in_range(c.mae_patch, MAE_RECON_PATCH, 1024) ||
+    c.colorize = h[COLORIZE_AT];
+    if (c.colorize != 0 && c.colorize != 1) ttt_die("checkpoint '%s' has an invalid task field (%d)", path, c.colorize);
+    // the model as a whole (colorization: the COLOR_BINS ab bins are h's classes)
+    if (!(c.colorize ? c.num_classes == COLOR_BINS : in_range(c.num_classes, 1, 254)) || !in_range(c.mae_patch, MAE_RECON_PATCH, 1024) ||
         c.mae_patch % MAE_RECON_PATCH != 0 || !in_range(mask_ppm, 0, 999999) || c.swin.in_chans != 4 ||
         c.m2f.num_classes != c.num_classes || c.mae.num_queries != 3 * MAE_RECON_PATCH * MAE_RECON_PATCH)
         ttt_die("checkpoint '%s' has an invalid model config (classes %d, patch %d, mask ratio %g, in_chans %d, "
@@ -734,7 +759,7 @@ static ModelConfig read_checked_header(const char* path, int* h, int kind) {
             ttt_die("checkpoint '%s' has an invalid g-absent block (%d, seed %d)", path, h[G_ABSENT_AT], h[G_ABSENT_AT + 1]);
         n -= (size_t)h[i + 2];
     }
-    checkpoint_check_size(path, (kind == CKPT_KIND_RESUME ? 3 : 1) * n);
+    checkpoint_check_size(path, (kind == CKPT_KIND_RESUME ? 3 : 1) * n + (c.colorize ? COLOR_BINS : 0));
     return c;
 }
 
@@ -757,6 +782,19 @@ static void convert_mask_channel_v1(float* host_f, const SwinConfig* cfg) {
     }
 }
 
+// the data of a checkpoint: its first n floats into host and, for colorization, the rebalancing
+// weights after them into m
+static void read_data_with_color(Model* m, const char* path, float* host, size_t n) {
+    if (!m->cfg.colorize) { checkpoint_read_data(path, host, n); return; }
+    float* all = (float*)mallocCheck((n + COLOR_BINS) * sizeof(float));
+    checkpoint_read_data(path, all, n + COLOR_BINS);
+    for (int k = 0; k < COLOR_BINS; k++)
+        if (!(all[n + k] > 0.0f) || !isfinite(all[n + k])) ttt_die("checkpoint '%s' has an invalid colour rebalancing weight", path);
+    memcpy(host, all, n * sizeof(float));
+    memcpy(m->color_rebal, all + n, COLOR_BINS * sizeof(float));
+    free(all);
+}
+
 Model* model_load(const char* path, int max_batch, int H, int W) {
     return model_load_planned(path, max_batch, max_batch, H, W);
 }
@@ -769,7 +807,8 @@ Model* model_load_planned(const char* path, int max_batch, int main_batch, int H
     size_t n = m->n_f + m->n_h + m->n_g;
     float* host = (float*)mallocCheck(n * sizeof(float));
     if (g_absent) init_params_host(host, m, (uint64_t)h[G_ABSENT_AT + 1]);   // g; f and h from the file
-    checkpoint_read_data(path, host, g_absent ? m->n_f + m->n_h : n);
+    if (g_absent && c.colorize) ttt_die("checkpoint '%s': a colorization model without g is not a format ttt writes", path);
+    read_data_with_color(m, path, host, g_absent ? m->n_f + m->n_h : n);
     if (g_absent)
         fprintf(stderr, "note: '%s' holds f and h only (converted weights without an MAE head); g is "
                         "initialised from scratch with seed %d, as ./train --init would\n", path, h[G_ABSENT_AT + 1]);
@@ -801,7 +840,7 @@ void model_save_resume(const Model* m, const char* path, const int* extra, int n
     ttt_to_host(host, m->params, n * sizeof(float));
     ttt_to_host(host + n, m->adam_m, n * sizeof(float));
     ttt_to_host(host + 2 * n, m->adam_v, n * sizeof(float));
-    checkpoint_write(path, header, host, 3 * n);
+    write_checkpoint_with_color(m, path, header, host, 3 * n);
     free(host);
 }
 
@@ -821,7 +860,7 @@ Model* model_load_resume(const char* path, int max_batch, int H, int W, int* ext
     Model* m = model_create(&c, max_batch, H, W);
     size_t n = m->n_f + m->n_h + m->n_g;
     float* host = (float*)mallocCheck(3 * n * sizeof(float));
-    checkpoint_read_data(path, host, 3 * n);
+    read_data_with_color(m, path, host, 3 * n);
     if (!is_finite_array(host, 3 * n)) ttt_die("resume state '%s' contains NaN or Inf", path);
     for (size_t i = 2 * n; i < 3 * n; i++)
         if (host[i] < 0.0f) ttt_die("resume state '%s' is damaged (a negative second moment)", path);
@@ -1347,15 +1386,20 @@ static float main_set_loss(Model* m, const unsigned char* labels, int B, Rng* rn
     ttt_to_host(m->host_mask_all, m->ha.mask_logits, nmask * sizeof(float));
     // non-finite logits would stall the matcher: report NaN, the caller skips the update
     if (!is_finite_array(m->host_cls_all, ncls) || !is_finite_array(m->host_mask_all, nmask)) return NAN;
+    if (want_grad) {
+        memset(m->host_dcls, 0, ncls * sizeof(float));
+        memset(m->host_dmask, 0, nmask * sizeof(float));
+    }
+    if (m->cfg.colorize) {   // --task colorize: the rebalanced colour loss (color.c) of every layer
+        size_t off = (size_t)m->color_b0 * m->H4 * m->W4 * COLOR_NEIGHBOURS;
+        return color_loss(m->host_cls_all, m->host_mask_all, L, B, Q, m->H4, m->W4, m->color_ids + off, m->color_w + off,
+                          m->color_rebal, want_grad ? m->host_dcls : NULL, want_grad ? m->host_dmask : NULL);
+    }
     memset(m->host_labels_pad, 255, (size_t)B * m->Hp * m->Wp);
     for (int b = 0; b < B; b++)
         for (int y = 0; y < m->H; y++)
             memcpy(m->host_labels_pad + ((size_t)b * m->Hp + y) * m->Wp,
                    labels + ((size_t)b * m->H + y) * m->W, (size_t)m->W);
-    if (want_grad) {
-        memset(m->host_dcls, 0, ncls * sizeof(float));
-        memset(m->host_dmask, 0, nmask * sizeof(float));
-    }
     // a mask map with no more pixels than the point budget is supervised on every pixel:
     // exact, and cheaper than 3 x 12544 random points
     SetLossConfig lc = m->set_loss_cfg;
@@ -1423,7 +1467,7 @@ static float train_chunks(Model* m, const float* images, const unsigned char* la
     size_t HW = (size_t)m->H * m->W;
     int dp = backward && m->dp_world > 1, M = chunk_size(m, B, dp);
     int n_chunks = (B + M - 1) / M, chunked = n_chunks > 1, upfront = chunked || dp;
-    int T = chunked ? count_targets(labels, B, m->H, m->W, m->cfg.num_classes) : 0;
+    int T = chunked && labels ? count_targets(labels, B, m->H, m->W, m->cfg.num_classes) : 0;   // labels NULL: colorize
     if (chunked && pan_classes) { T = 0; for (int b = 0; b < B; b++) T += pan_counts[b]; }
     if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
     int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
@@ -1460,7 +1504,8 @@ static float train_chunks(Model* m, const float* images, const unsigned char* la
         if (upfront && set_loss_draws(m)) { rng_seed(&chunk_rng, m->chunk_seeds[c]); point_rng = &chunk_rng; }
         // main task first: the MAE forward reuses f's activations
         if (upfront) upload_drop_slice(m, 0, B, b0, Bc); else upload_drop_path(m, Bc, rng);
-        float lmc = main_forward(m, img, labels + (size_t)b0 * HW, Bc, point_rng, backward, num_masks,
+        m->color_b0 = b0;   // --task colorize: the chunk's targets (main_set_loss)
+        float lmc = main_forward(m, img, labels ? labels + (size_t)b0 * HW : NULL, Bc, point_rng, backward, num_masks,
                                  pan_classes ? pan_classes + (size_t)b0 * PANOPTIC_MAX_TRAIN_SEGMENTS : NULL,
                                  pan_counts ? pan_counts + b0 : NULL);
         if (!isfinite(lmc)) { lm = NAN; lr = NAN; break; }
@@ -1527,6 +1572,7 @@ void model_copy_params(Model* dst, const Model* src) {
     if (dst->n_f != src->n_f || dst->n_h != src->n_h || dst->n_g != src->n_g)
         ttt_die("model_copy_params: the two models have different configs");
     ttt_copy(dst->params, src->params, (src->n_f + src->n_h + src->n_g) * sizeof(float));
+    memcpy(dst->color_rebal, src->color_rebal, sizeof(dst->color_rebal));
     model_snapshot_ttt(dst);
 }
 
@@ -1605,6 +1651,43 @@ void model_train_step_panoptic(Model* m, const float* images, const unsigned cha
 float model_train_loss_panoptic(Model* m, const float* images, const unsigned char* seg_index,
                                 const int* seg_classes, const int* seg_counts, int B, Rng* rng) {
     return train_chunks(m, images, seg_index, B, rng, 0, NULL, NULL, seg_classes, seg_counts);
+}
+
+// ---- --task colorize (color.c): the colour loss in place of the set loss (main_set_loss) ----
+
+void model_set_color_weights(Model* m, const float* w) { memcpy(m->color_rebal, w, sizeof(m->color_rebal)); }
+void model_color_weights(const Model* m, float* w) { memcpy(w, m->color_rebal, sizeof(m->color_rebal)); }
+
+static void check_colorize_model(const Model* m) {
+    if (!m->cfg.colorize) ttt_die("a colorization step needs a colorization model (./train --task colorize)");
+}
+
+void model_train_step_colorize(Model* m, const float* gray, const int* ids, const float* w, int B,
+                               const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae) {
+    check_colorize_model(m);
+    m->color_ids = ids; m->color_w = w;
+    train_step(m, gray, NULL, NULL, NULL, B, opt, grad_clip, rng, loss_main, loss_mae);
+    m->color_ids = NULL; m->color_w = NULL;
+}
+
+float model_train_loss_colorize(Model* m, const float* gray, const int* ids, const float* w, int B, Rng* rng) {
+    check_colorize_model(m);
+    m->color_ids = ids; m->color_w = w;
+    float loss = train_chunks(m, gray, NULL, B, rng, 0, NULL, NULL, NULL, NULL);
+    m->color_ids = NULL; m->color_w = NULL;
+    return loss;
+}
+
+// f and h on the unmasked frame, as model_predict without the semantic inference (eagerly)
+void model_predict_logits(Model* m, const float* frame) {
+    ttt_to_device(m->rgb, frame, (size_t)m->H * m->W * 3 * sizeof(float));
+    m->fa.drop_scale = NULL;
+    stage_begin("predict: f forward");
+    mae_prepare_input(m->inp4, NULL, NULL, m->rgb, NULL, 1, m->H, m->W, m->Hp, m->Wp, m->cfg.mae_patch, 0);
+    swin_forward(&m->cfg.swin, &m->f, &m->fa, m->rel_index, m->inp4, 1);
+    stage_begin("predict: h forward");
+    m2f_forward(&m->cfg.m2f, &m->h, &m->ha, swin_outputs(m), 1, NULL);
+    stage_begin(NULL);
 }
 
 // ============================================================================

@@ -58,8 +58,8 @@ void m2f_config_check(const M2FConfig* c) {
     if (c->num_queries <= 0) ttt_die("m2f config: num_queries must be positive");
     if (c->dec_layers < 1 || c->dec_layers > M2F_MAX_LAYERS)
         ttt_die("m2f config: dec_layers %d outside [1, %d]", c->dec_layers, M2F_MAX_LAYERS);
-    if (c->num_classes < 1 || c->num_classes > 255)
-        ttt_die("m2f config: num_classes %d outside [1, 255]", c->num_classes);
+    if (c->num_classes < 1 || c->num_classes > COLOR_BINS)   // 313: colorization's ab bins (color.c)
+        ttt_die("m2f config: num_classes %d outside [1, %d]", c->num_classes, COLOR_BINS);
     if (c->pixel_decoder == PIXEL_DECODER_FPN) {
         if (c->enc_layers != 0 || c->enc_ffn != 0 || c->n_points != 0)
             ttt_die("m2f config: the fpn pixel decoder has no deformable encoder (enc_layers %d, enc_ffn %d, n_points %d)",

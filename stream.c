@@ -61,6 +61,7 @@
 #define MAX_CLASSES 255   // class ids 0..254; 255 = ignore
 #define MAX_WINDOWS 32
 #define DEFAULT_MODEL "data/model.bin"
+#define DEFAULT_COLORIZE_MODEL "data/model_colorize.bin"   // --task colorize (color_stream.c)
 
 typedef enum { MODE_FIXED, MODE_NOMEM, MODE_IMPLICIT, MODE_EXPLICIT, MODE_ONLINE, MODE_OFFLINE,
                MODE_LN_ADAPT, MODE_TENT, MODE_SELF_TRAIN, NUM_MODES } Mode;
@@ -105,6 +106,7 @@ typedef struct {
     const char* out_raw;   // --out-raw PATH|-: the overlays as raw rgb24 frames (NULL: none)
     int save_png;          // --save-png on|off: NAME.png and NAME_overlay.png for every frame
     const char* model_path;
+    int model_given;       // --model given (else --task colorize takes DEFAULT_COLORIZE_MODEL)
     Mode mode;
     const char* recipe;    // "demo" or "paper": the defaults the options below override
     StreamRecipe sr;       // resolved stream settings
@@ -1612,7 +1614,13 @@ static void usage(void) {
         "                        Cityscapes layouts with a 19-class model, else numbers)\n"
         "  --score-every N     score frames 1, 1+N, 1+2N, ... of the name order (default 1: all;\n"
         "                        the released COCO Videos protocol: 10)\n"
-        "  --task T            semantic | panoptic | instance (default semantic). panoptic: Mask2Former's\n"
+        "  --task T            semantic | panoptic | instance | colorize (default semantic). colorize: the\n"
+        "                        gray frames (L of each) colourised by a colorization model (default\n"
+        "                        " DEFAULT_COLORIZE_MODEL "; ./train --task colorize), OUT/NAME.png, PSNR and SSIM when\n"
+        "                        the frames are in colour; modes fixed, nomem, implicit, explicit, online\n"
+        "                        with --window, --batch, --steps, --lr, the model-recipe options, --seed,\n"
+        "                        --save-png (color_stream.c).\n"
+        "                        panoptic: Mask2Former's\n"
         "                        panoptic inference, OUT/panoptic/NAME.png + OUT/panoptic.json (COCO\n"
         "                        panoptic format), NAME_panoptic.png, PQ/SQ/RQ; instance: the top 100\n"
         "                        query x class masks, OUT/instances.json (COCO results, RLE masks),\n"
@@ -1717,7 +1725,7 @@ static Args parse_args(int argc, char** argv) {
         if (strcmp(o, "--kstar") == 0) { a.kstar = 1; continue; }
         if (i + 1 >= argc) ttt_die("option '%s' needs a value (--help for usage)", o);
         const char* v = argv[++i];
-        if (strcmp(o, "--model") == 0) a.model_path = v;
+        if (strcmp(o, "--model") == 0) { a.model_path = v; a.model_given = 1; }
         else if (strcmp(o, "--recipe") == 0) {}   // read above
         else if (strcmp(o, "--mode") == 0) {
             int found = 0;
@@ -1945,8 +1953,35 @@ static Settings resolved_settings(const Args* a, const Video* v, int window) {
     return s;
 }
 
+// --task colorize: color_stream.c's loop with the options it takes; the others are refused
+static int colorize_main(const Args* a) {
+    if (a->from_stdin || a->out_raw) ttt_die("--task colorize reads a folder of frames and writes PNGs; not standard input or --out-raw");
+    if (a->gpus > 1) ttt_die("--task colorize runs on one device; drop --gpus");
+    if (a->n_windows > 1) ttt_die("--task colorize takes one --window k, not a list");
+    if (a->labels_dir || a->panoptic_json || a->panoptic_dir) ttt_die("--task colorize has no labels: the colour frames are their own ground truth");
+    if (a->mode > MODE_ONLINE) ttt_die("--task colorize runs the TTT-MAE modes fixed, nomem, implicit, explicit and online, not %s", mode_names[a->mode]);
+    if (a->kstar || a->shuffle || a->smooth > 1 || a->tta > 1 || a->class_balance || a->memory_given || a->micro_batch ||
+        a->offline_steps || a->score_every != 1 || strcmp(a->recipe, "demo") != 0)
+        ttt_die("--task colorize takes --mode, --window, --batch, --steps, --lr and the other AdamW options, the model-recipe "
+                "options (--mask-ratio, --loss-pixels, --clip, --drop-path, ...), --seed, --out, --model, --device, --save-png");
+    ttt_set_device(ttt_parse_device(a->device));
+    ColorStreamArgs c;
+    memset(&c, 0, sizeof(c));
+    c.dir = a->dir; c.out_dir = a->out_dir; c.save_png = a->save_png;
+    c.model_path = a->model_given ? a->model_path : DEFAULT_COLORIZE_MODEL;
+    if (access(c.model_path, R_OK) == 0) {   // the model recipe: the checkpoint's demo recipe, then the options given
+        ModelConfig cfg = model_read_config(c.model_path);
+        c.recipe = resolve_model_recipe(a, &cfg);
+        c.has_recipe = 1;
+    }
+    c.mode = (int)a->mode; c.window = a->windows[0]; c.batch = a->sr.batch; c.steps = a->steps;
+    c.opt = a->opt; c.seed = a->seed;
+    return color_stream_run(&c);
+}
+
 int main(int argc, char** argv) {
     Args a = parse_args(argc, argv);
+    if (a.task == TASK_COLORIZE) return colorize_main(&a);
     if (a.sr.batch < a.gpus) ttt_die("--batch %d over --gpus %d: every GPU needs at least one image per step", a.sr.batch, a.gpus);
     if (a.gpus > 1 && a.from_stdin) ttt_die("--gpus %d: frames from standard input go to one process; use a folder of frames", a.gpus);
     ttt_cuda_precision();   // a bad TTT_PRECISION dies here, once, before anything is written
@@ -1968,6 +2003,9 @@ int main(int argc, char** argv) {
     if (access(a.model_path, R_OK) != 0)
         ttt_die("cannot read model checkpoint '%s': %s (train one with ./train, or pass --model)", a.model_path, strerror(errno));
     ModelConfig cfg = model_read_config(a.model_path);
+    if (cfg.colorize)   // its classes are ab bins (color.c), not segments
+        ttt_die("checkpoint '%s' is a colorization model (%d ab bins); run it with --task colorize, or give a "
+                "segmentation model for --task %s", a.model_path, cfg.num_classes, task_name(a.task));
     a.mr = resolve_model_recipe(&a, &cfg);
 
     // labels: --labels (format --label-format, else ids), or found from the layout of DIR

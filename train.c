@@ -54,7 +54,7 @@ typedef struct {
     // model recipe overrides (< 0: the recipe's value)
     float mask_ratio, backbone_lr_scale, drop_path;
     int loss_all_pixels, wd_exempt;
-    int task;                  // TASK_SEMANTIC | TASK_PANOPTIC (COCO panoptic layout, coco_data.c)
+    int task;                  // TASK_SEMANTIC | TASK_PANOPTIC (COCO panoptic layout, coco_data.c) | TASK_COLORIZE (color.c)
     int no_mae;                // 1: the main task alone (f and h), g stays as initialised
 } TrainArgs;
 
@@ -67,6 +67,10 @@ static void usage(void) {
            "                       (ROOT/train2017, ROOT/annotations/panoptic_train2017.json + PNGs); the set\n"
            "                       loss gets one target per segment (crowd and void ignored), classes = the\n"
            "                       JSON's categories (COCO's 133 when it has none); --val reports PQ\n"
+           "                       | colorize: --data is any folder of colour images (or DIR/images), no labels;\n"
+           "                       h learns the 313 ab bins of the gray image's colours (Zhang et al.'s loss,\n"
+           "                       rebalancing weights from --data, stored in the checkpoint); --val reports\n"
+           "                       PSNR and SSIM; --color-aug is off\n"
            "  --recipe R           demo (default) | paper: the released Cityscapes schedule; other flags\n"
            "                       override it wherever they stand\n"
            "  --classes K          number of classes (demo 8, paper 19)\n"
@@ -471,7 +475,7 @@ int main(int argc, char** argv) {
         if (!strcmp(k, "--recipe")) continue;   // applied first, above
         else if (!strcmp(k, "--data")) a.data_dir = v;
         else if (!strcmp(k, "--split")) a.split = v;
-        else if (!strcmp(k, "--task")) { a.task = task_parse(k, v); if (a.task == TASK_INSTANCE) ttt_die("--task: ./train takes semantic or panoptic (an instance model is a panoptic one)"); }
+        else if (!strcmp(k, "--task")) { a.task = task_parse(k, v); if (a.task == TASK_INSTANCE) ttt_die("--task: ./train takes semantic, panoptic or colorize (an instance model is a panoptic one)"); }
         else if (!strcmp(k, "--val")) a.val_dir = v;
         else if (!strcmp(k, "--val-split")) a.val_split = v;
         else if (!strcmp(k, "--out")) a.out_path = v;
@@ -519,9 +523,15 @@ int main(int argc, char** argv) {
         else ttt_die("unknown option '%s' (see --help)", k);
     }
     if (!a.data_dir || !a.out_path) { usage(); ttt_die("--data and --out are required"); }
-    if (a.classes > 254) ttt_die("--classes must be in 1..254");
-    if (a.task == TASK_PANOPTIC && a.val_dir == NULL && a.val_every > 0) ttt_die("--val-every needs --val");
+    if (a.classes > 254 && a.task != TASK_COLORIZE) ttt_die("--classes must be in 1..254");
+    if ((a.task == TASK_PANOPTIC || a.task == TASK_COLORIZE) && a.val_dir == NULL && a.val_every > 0) ttt_die("--val-every needs --val");
     if (a.task == TASK_PANOPTIC && a.no_mae) ttt_die("--no-mae is for semantic training; give one of --no-mae and --task panoptic");
+    if (a.task == TASK_COLORIZE) {   // color.c: h's classes are the ab bins; no labels, no colour jitter
+        if (a.no_mae) ttt_die("--no-mae is for semantic training; give one of --no-mae and --task colorize");
+        if (classes_given) ttt_die("--task colorize: the classes are the %d ab bins; drop --classes", COLOR_BINS);
+        a.classes = COLOR_BINS;
+        a.aug.color_aug = 0;
+    }
     if (scale_given && short_given) ttt_die("--scale and --resize-short are two resize modes; give one");
     if (scale_given) a.aug.n_short = 0;   // --scale replaces the recipe's short-side list
     if (a.aug.n_short > 0 && a.aug.max_long < 1) a.aug.max_long = INT_MAX;
@@ -535,6 +545,7 @@ int main(int argc, char** argv) {
     ttt_set_device(ttt_parse_device(a.device));
 
     ModelConfig cfg = model_config_for_size(&a, a.classes);
+    cfg.colorize = a.task == TASK_COLORIZE;
 
     // everything the run needs is checked before any time is spent: the out path, the model it
     // starts from, the dataset (every header, every label's ids), the validation set (one size)
@@ -544,11 +555,16 @@ int main(int argc, char** argv) {
     // the checkpoints it starts from: kind, config and size checked before the data set is listed
     if (resume && model_read_resume_config(opt_path, 3).num_classes != a.classes)
         ttt_die("resume state '%s' has %d classes but --classes is %d", opt_path, model_read_resume_config(opt_path, 3).num_classes, a.classes);
-    if (a.init_path) model_read_config(a.init_path);
+    if (resume && model_read_resume_config(opt_path, 3).colorize != cfg.colorize)
+        ttt_die("resume state '%s' is a %s model; this run is --task %s", opt_path, cfg.colorize ? "segmentation" : "colorization", task_name(a.task));
+    if (a.init_path && model_read_config(a.init_path).colorize != cfg.colorize)
+        ttt_die("--init '%s' is a %s model; this run is --task %s", a.init_path, cfg.colorize ? "segmentation" : "colorization", task_name(a.task));
     if (a.init_swin) swin_read_export_config(a.init_swin);
     double t_list = time_now_seconds();
     LabeledSet ds, vs;
     PanopticSet pds, pvs;
+    ColorImageSet cds, cvs;   // --task colorize
+    memset(&cds, 0, sizeof(cds)); memset(&cvs, 0, sizeof(cvs));
     memset(&ds, 0, sizeof(ds)); memset(&vs, 0, sizeof(vs));
     memset(&pds, 0, sizeof(pds)); memset(&pvs, 0, sizeof(pvs));
     if (a.task == TASK_PANOPTIC) {   // COCO panoptic: the classes are the annotation's categories
@@ -564,6 +580,11 @@ int main(int argc, char** argv) {
         }
         ds.n = pds.n; ds.H = pds.H; ds.W = pds.W; ds.layout = "coco-panoptic";   // sizes for the sampler and the draws
         if (a.val_dir) { vs.H = pvs.H; vs.W = pvs.W; }
+    } else if (a.task == TASK_COLORIZE) {   // any colour images (color_stream.c)
+        cds = color_image_list(a.data_dir);
+        if (a.val_dir) cvs = color_image_list(a.val_dir);
+        ds.n = cds.n; ds.H = cds.H; ds.W = cds.W; ds.layout = "colour images";
+        if (a.val_dir) { vs.H = cvs.H; vs.W = cvs.W; }
     } else {
         ds = labeled_set_list(a.data_dir, a.split, a.classes, 1);
         if (a.val_dir) {
@@ -601,6 +622,11 @@ int main(int argc, char** argv) {
         model_init_random(m, (uint64_t)a.seed);
         if (a.init_path) model_load_f_h(m, a.init_path);
         if (a.init_swin) init_f_from_swin(m, a.init_swin);
+        if (a.task == TASK_COLORIZE) {   // the rebalancing weights of --data (a resume state holds them)
+            float w[COLOR_BINS];
+            color_train_weights(&cds, w);
+            model_set_color_weights(m, w);
+        }
     }
     // the model recipe: the recipe's, then each flag
     ModelRecipe r = !strcmp(a.recipe, "paper") ? model_recipe_paper() : model_recipe_demo(model_config(m));
@@ -657,6 +683,11 @@ int main(int argc, char** argv) {
     int* seg_classes = (int*)mallocCheck((size_t)a.batch * PANOPTIC_MAX_TRAIN_SEGMENTS * sizeof(int));
     int* seg_counts = (int*)mallocCheck((size_t)a.batch * sizeof(int));
     AugDraw* draws = (AugDraw*)mallocCheck((size_t)a.batch * sizeof(AugDraw));
+    int cQ, cK, cH4 = 0, cW4 = 0, cHm, cWm;   // --task colorize: targets at the model's map
+    model_prediction_sizes(m, &cQ, &cK, &cH4, &cW4, &cHm, &cWm);
+    size_t n_tgt = a.task == TASK_COLORIZE ? (size_t)a.batch * cH4 * cW4 * COLOR_NEIGHBOURS : 1;
+    int* color_ids = (int*)mallocCheck(n_tgt * sizeof(int));
+    float* color_w = (float*)mallocCheck(n_tgt * sizeof(float));
     PermSampler ps = {ds.n, -1, (int*)mallocCheck((size_t)ds.n * sizeof(int)), (uint64_t)a.seed};
     OptConfig opt = opt_config_ttt();
     opt.weight_decay = a.weight_decay;
@@ -673,6 +704,9 @@ int main(int argc, char** argv) {
         if (a.task == TASK_PANOPTIC) {
             load_batch_panoptic(&pds, idx, draws, a.batch, &a.aug, imgs, labs, seg_classes, seg_counts);
             model_train_step_panoptic(m, imgs, labs, seg_classes, seg_counts, a.batch, &opt, a.grad_clip, &rng, &lm, &ls);
+        } else if (a.task == TASK_COLORIZE) {
+            color_train_batch(&cds, idx, draws, a.batch, &a.aug, cH4, cW4, imgs, color_ids, color_w);
+            model_train_step_colorize(m, imgs, color_ids, color_w, a.batch, &opt, a.grad_clip, &rng, &lm, &ls);
         } else {
             load_batch(&ds, idx, draws, a.batch, &a.aug, mc->num_classes, imgs, labs);
             if (a.no_mae) model_train_step_main_only(m, imgs, labs, a.batch, &opt, a.grad_clip, &rng, &lm);
@@ -700,6 +734,7 @@ int main(int argc, char** argv) {
         }
         if (a.val_dir && a.val_every > 0 && (step + 1) % a.val_every == 0 && step + 1 < a.steps) {
             if (a.task == TASK_PANOPTIC) printf("val  step %d: PQ %.4f\n", step + 1, validate_panoptic(m, &pvs));
+            else if (a.task == TASK_COLORIZE) { double p, q; color_validate(m, &cvs, &p, &q); printf("val  step %d: PSNR %.4f SSIM %.4f\n", step + 1, p, q); }
             else printf("val  step %d: mIoU %.4f\n", step + 1, validate(m, &vs, mc->num_classes));
         }
         if (step + 1 == stop_after) { printf("train: stopped after step %d (--stop-after)\n", stop_after); stopped = 1; break; }
@@ -709,13 +744,19 @@ int main(int argc, char** argv) {
         dist_check_same_weights(m, "at the end");
         printf("train: done, %d steps in %.1fs; loss %.4f -> %.4f (smoothed); checkpoint %s\n",
                a.steps - start, time_now_seconds() - t0, first_loss, ema, a.out_path);
-        if (a.val_dir && a.task == TASK_PANOPTIC)
+        if (a.val_dir && a.task == TASK_COLORIZE) {
+            double p, q;
+            color_validate(m, &cvs, &p, &q);
+            printf("val: PSNR %.4f dB, SSIM %.4f of the colourised gray images of %s (means)\n", p, q, a.val_dir);
+        } else if (a.val_dir && a.task == TASK_PANOPTIC)
             printf("val: PQ of h(f(x)) (Mask2Former panoptic inference, COCO's rule) on %s: %.4f\n", a.val_dir, validate_panoptic(m, &pvs));
         else if (a.val_dir) printf("val: mIoU of h(f(x)) on %s: %.4f\n", a.val_dir, validate(m, &vs, mc->num_classes));
     }
     model_free(m);
     free(imgs); free(labs); free(idx); free(draws); free(ps.perm); free(seg_classes); free(seg_counts);
+    free(color_ids); free(color_w);
     if (a.task == TASK_PANOPTIC) { panoptic_set_free(&pds); if (a.val_dir) panoptic_set_free(&pvs); }
+    else if (a.task == TASK_COLORIZE) { color_image_set_free(&cds); if (a.val_dir) color_image_set_free(&cvs); }
     else { labeled_set_free(&ds); if (a.val_dir) labeled_set_free(&vs); }
     return 0;
 }

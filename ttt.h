@@ -1039,6 +1039,7 @@ typedef struct {
     int num_classes;      // K semantic classes (labels 0..K-1, 255 = ignore)
     int mae_patch;        // masking patch size in pixels (16)
     float mask_ratio;     // fraction of patches masked (0.8; the demo recipe's, see ModelRecipe)
+    int colorize;         // 1: h's classes are the COLOR_BINS ab bins of colorization (color.c)
 } ModelConfig;
 
 typedef struct { float lr, beta1, beta2, eps, weight_decay; } OptConfig;
@@ -1893,6 +1894,88 @@ double ttt_cuda_bf16_peak_tflops(int n, int warmup, int iters);
 
 // ============================================================================
 // end of MATRIX-PRODUCT PRECISION
+// ============================================================================
+
+// ============================================================================
+// COLORIZATION (color.c, color_stream.c): the paper's fourth application (Table 3), after
+// Zhang et al. 2016. The Y model sees the gray frame (L replicated to R, G, B) and h predicts
+// per pixel of its 1/4 map a distribution over the 313 in-gamut ab bins (h's classes); g and
+// the TTT step are unchanged (MAE on the gray frames). The choices: the top of color.c.
+// ============================================================================
+#define TASK_COLORIZE 3          // ./stream and ./train --task colorize (task_parse)
+#define COLOR_BINS 313           // ab bins of grid 10 (Zhang's pts_in_hull)
+#define COLOR_NEIGHBOURS 5       // soft encoding: nearest bins
+#define COLOR_SIGMA 5.0f         // soft encoding and prior smoothing: Gaussian sigma (ab units)
+#define COLOR_LAMBDA 0.5f        // rebalancing: mix with the uniform distribution
+#define COLOR_TEMPERATURE 0.38f  // annealed mean
+extern const signed char color_bin_table[COLOR_BINS][2];   // bin k's centre / 10: (a, b)
+void color_bin_centre(int k, float* a, float* b);
+// sRGB (n, 3) in [0, 1] <-> CIE Lab (n, 3), D65 (skimage.color's formulas); lab_to_srgb clips
+void srgb_to_lab(float* lab, const float* rgb, size_t n);
+void lab_to_srgb(float* rgb, const float* lab, size_t n);
+// gray (n, 3): the sRGB gray of each pixel's L (Lab (L, 0, 0)), R = G = B
+void color_gray_frame(float* gray, const float* rgb, size_t n);
+// the ab cells (nearest centre 10 i, 10 j) holding some 8-bit sRGB colour; in_gamut 23 x 23 or NULL
+int color_gamut_cells(unsigned char* in_gamut);
+int color_bin_nearest(float a, float b);
+void color_soft_encode(int* ids, float* w, float a, float b);   // (5) nearest bins, Gaussian weights
+// training targets of one image rgb (H, W, 3): ids, w (H4, W4, 5), w = 0 on the padding
+void color_targets(int* ids, float* w, const float* rgb, int H, int W, int H4, int W4);
+void color_hist_add(double* hist, const float* rgb, size_t n);   // nearest-bin counts
+void color_rebalance_weights(float* w, const double* hist);      // (COLOR_BINS), E_p~[w] = 1
+// p (N, COLOR_BINS) from one image's class_logits (Q, COLOR_BINS + 1), mask_logits (Q, N)
+void color_distribution(float* p, const float* class_logits, const float* mask_logits, int Q, int N);
+// the rebalanced multinomial loss summed over L layers (each a mean over valid pixels);
+// gradients ACCUMULATE into dcls, dmask (or NULL); layouts as set_loss_from_targets
+float color_loss(const float* class_logits, const float* mask_logits, int L, int B, int Q, int H4, int W4,
+                 const int* ids, const float* w, const float* rebal, float* dcls, float* dmask);
+void color_annealed_mean(float* ab, const float* p, int N, float T);   // ab (N, 2)
+// the colourised frame rgb (H, W, 3): frame's L, the annealed mean of h's last prediction
+void color_decode(float* rgb, const float* frame, const float* class_logits, const float* mask_logits,
+                  int Q, int H4, int W4, int H, int W, float T);
+double color_psnr(const unsigned char* a, const unsigned char* b, size_t n);   // dB, 8-bit
+double color_ssim(const unsigned char* a, const unsigned char* b, int H, int W, int C);   // skimage's
+
+// the model's side (mae.c). A colorization checkpoint has ModelConfig.colorize = 1, h with
+// COLOR_BINS classes, and its rebalancing weights (COLOR_BINS floats) after the parameters.
+void model_set_color_weights(Model* m, const float* w);   // (COLOR_BINS), host
+void model_color_weights(const Model* m, float* w);
+// one joint training step on gray images (B, H, W, 3) with targets ids, w (B, H4, W4, 5) of
+// the model's map (color_targets of the colour images): the colour loss of h(f(x)) + the MAE
+// loss of g(f(x~)), as model_train_step otherwise
+void model_train_step_colorize(Model* m, const float* gray, const int* ids, const float* w, int B,
+                               const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main, float* loss_mae);
+float model_train_loss_colorize(Model* m, const float* gray, const int* ids, const float* w, int B, Rng* rng);
+// h(f(x)) on an unmasked frame (H, W, 3), no semantic inference: read with model_last_logits
+void model_predict_logits(Model* m, const float* frame);
+
+// ./stream --task colorize (color_stream.c): the settings stream.c parsed
+typedef struct {
+    const char* dir;          // frames
+    const char* model_path;
+    const char* out_dir;
+    int mode;                 // 0 fixed, 1 nomem, 2 implicit, 3 explicit, 4 online (stream.c's order)
+    int window, batch, steps;
+    OptConfig opt;
+    uint64_t seed;
+    int save_png;             // 0: no PNG (scores only)
+    ModelRecipe recipe;       // TTT settings (mask ratio, loss pixels, clip, ...), when has_recipe
+    int has_recipe;
+} ColorStreamArgs;
+int color_stream_run(const ColorStreamArgs* a);
+// ./train --task colorize (color_stream.c): the images of DIR (or DIR/images), sizes read
+typedef struct { int n; char** images; int *H, *W; } ColorImageSet;
+ColorImageSet color_image_list(const char* dir);
+void color_image_set_free(ColorImageSet* s);
+// a training batch: gray crops (B, crop_h, crop_w, 3) and targets ids, w (B, H4, W4, 5)
+void color_train_batch(const ColorImageSet* ds, const int* idx, const AugDraw* draws, int B, const AugConfig* aug,
+                       int H4, int W4, float* gray, int* ids, float* w);
+void color_train_weights(const ColorImageSet* ds, float* w);   // rebalancing weights of a set
+// mean PSNR and SSIM of the colourised gray versions of a held-out set (any sizes)
+void color_validate(Model* trained, const ColorImageSet* vs, double* psnr, double* ssim);
+
+// ============================================================================
+// end of COLORIZATION
 // ============================================================================
 
 // ============================================================================
