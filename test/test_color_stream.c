@@ -25,7 +25,8 @@
 #define NF 4
 #define LOG TMP "/cs_log.txt"
 
-static int run(const char* cmd) {
+// run cmd with its stdout and stderr in LOG
+static int run_logged(const char* cmd) {
     fflush(stdout);
     char full[4096];
     snprintf(full, sizeof(full), "%s >" LOG " 2>&1", cmd);
@@ -45,18 +46,12 @@ static char* read_log(void) {
     return s;
 }
 
-static int count_substr(const char* s, const char* sub) {
-    int n = 0;
-    for (const char* p = strstr(s, sub); p; p = strstr(p + 1, sub)) n++;
-    return n;
-}
-
 static int exists(const char* p) { return access(p, F_OK) == 0; }
 
 // a bad-input run: exit 1, exactly one line, starting "error:", naming what; no output folder
 static void expect_error(const char* what, const char* cmd, const char* needle, const char* out_dir) {
     system("rm -rf " TMP "/cs_bad_out");
-    int rc = run(cmd);
+    int rc = run_logged(cmd);
     char* log = read_log();
     int lines = count_substr(log, "\n");
     int ok = rc == 1 && lines == 1 && strncmp(log, "error:", 6) == 0 && strstr(log, needle) != NULL &&
@@ -109,9 +104,9 @@ static void check_scores(const char* log, const char* frames_dir, const char* ou
 int main(void) {
     system("rm -rf " TMP "/cs_* && mkdir -p " TMP);
     // a tiny model: ./train --task colorize on generated stills (images only)
-    int rc = run("./gen stills " STILLS " --n 6 --size 64x48 --seed 3");
+    int rc = run_logged("./gen stills " STILLS " --n 6 --size 64x48 --seed 3");
     CHECK(rc == 0, "gen stills");
-    rc = run("./train --task colorize --data " STILLS " --val " STILLS " --out " MODEL " --size tiny --steps 3 --batch 2 "
+    rc = run_logged("./train --task colorize --data " STILLS " --val " STILLS " --out " MODEL " --size tiny --steps 3 --batch 2 "
              "--crop 64x48 --warmup 1 --lr 1e-3 --save-every 0 --device cpu --seed 2");
     char* log = read_log();
     CHECK(rc == 0 && strstr(log, "colour rebalancing from 6 images") && strstr(log, "val: PSNR"), "./train --task colorize:\n%s", log);
@@ -121,8 +116,8 @@ int main(void) {
     // interrupted after step 1 and resumed: the same checkpoint, byte for byte (weights included)
     #define TRAIN_ARGS "./train --task colorize --data " STILLS " --size tiny --steps 3 --batch 2 --crop 64x48 --warmup 1 " \
                        "--lr 1e-3 --save-every 0 --device cpu --seed 2 --out " TMP "/cs_resumed.bin"
-    rc = run(TRAIN_ARGS " --stop-after 1");
-    int rc2 = run(TRAIN_ARGS " --resume");
+    rc = run_logged(TRAIN_ARGS " --stop-after 1");
+    int rc2 = run_logged(TRAIN_ARGS " --resume");
     size_t na = 0, nb = 0;
     unsigned char *fa = NULL, *fb = NULL;
     FILE* f1 = fopen(MODEL, "rb");
@@ -140,10 +135,10 @@ int main(void) {
     CHECK(rc == 0 && rc2 == 0 && same, "colorize resume (rc %d %d)", rc, rc2);
     free(fa); free(fb);
     // a short generated colour video
-    rc = run("./gen video " VID " --frames 4 --size 64x48 --seed 5");
+    rc = run_logged("./gen video " VID " --frames 4 --size 64x48 --seed 5");
     CHECK(rc == 0, "gen video");
     for (int i = 0; i < NF; i++) snprintf(frame_name[i], sizeof(frame_name[i]), "frame%06d", i + 1);
-    rc = run("./stream " VID " --task colorize --model " MODEL " --out " OUT " --device cpu --batch 2 --window 2 --lr 1e-3");
+    rc = run_logged("./stream " VID " --task colorize --model " MODEL " --out " OUT " --device cpu --batch 2 --window 2 --lr 1e-3");
     log = read_log();
     int pngs = 1;
     for (int i = 0; i < NF; i++) {
@@ -174,14 +169,14 @@ int main(void) {
         stbi_write_png(b, W, H, 1, g, W);
         free(px); free(g);
     }
-    rc = run("./stream " GRAY " --task colorize --model " MODEL " --out " TMP "/cs_gray_out --device cpu --mode fixed");
+    rc = run_logged("./stream " GRAY " --task colorize --model " MODEL " --out " TMP "/cs_gray_out --device cpu --mode fixed");
     log = read_log();
     int H, W, C;
     CHECK(rc == 0 && !strstr(log, "| PSNR") && strstr(log, "scored=0") && stbi_info(TMP "/cs_gray_out/frame000001.png", &W, &H, &C) && C == 3,
           "gray frames are colourised, not scored:\n%s", log);
     free(log);
     // the shipped model on the demo video, out of the box
-    rc = run("./stream data/demo/ --task colorize --mode fixed --out " TMP "/cs_demo --device cpu");
+    rc = run_logged("./stream data/demo/ --task colorize --mode fixed --out " TMP "/cs_demo --device cpu");
     log = read_log();
     CHECK(rc == 0 && strstr(log, "model=data/model_colorize.bin") && exists(TMP "/cs_demo/frame000001.png") && strstr(log, "RESULT task=colorize"),
           "./stream data/demo/ --task colorize:\n%s", log);
