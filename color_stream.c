@@ -27,31 +27,6 @@ static const char* color_mode_names[] = {"fixed", "nomem", "implicit", "explicit
 // ----------------------------------------------------------------------------
 // listing images
 
-static int has_image_ext(const char* name) {
-    const char* dot = strrchr(name, '.');
-    return dot && (!strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".bmp"));
-}
-
-// natural order: runs of digits compare by value, everything else bytewise (as stream.c)
-static int natural_cmp(const char* a, const char* b) {
-    while (*a && *b) {
-        if (isdigit((unsigned char)*a) && isdigit((unsigned char)*b)) {
-            while (*a == '0') a++;
-            while (*b == '0') b++;
-            size_t na = 0, nb = 0;
-            while (isdigit((unsigned char)a[na])) na++;
-            while (isdigit((unsigned char)b[nb])) nb++;
-            if (na != nb) return na < nb ? -1 : 1;
-            int c = strncmp(a, b, na);
-            if (c != 0) return c;
-            a += na; b += nb;
-        } else {
-            if (*a != *b) return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
-            a++; b++;
-        }
-    }
-    return (*a != 0) - (*b != 0);
-}
 static int name_cmp(const void* x, const void* y) { return natural_cmp(*(char* const*)x, *(char* const*)y); }
 
 static char* join_path(const char* dir, const char* name) {

@@ -244,11 +244,6 @@ void label_path_for_frame(char* out, size_t n, const char* label_dir, const char
     free(dir);
 }
 
-static int has_image_ext(const char* name) {
-    const char* dot = strrchr(name, '.');
-    return dot && (!strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".bmp"));
-}
-
 static int compare_strings(const void* a, const void* b) { return strcmp(*(char* const*)a, *(char* const*)b); }
 
 // sorted names in dir: sub-folders (want_dirs) or files ending with suffix (NULL: image files)

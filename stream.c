@@ -179,31 +179,12 @@ static float clamp01(float x) { return x < 0.0f ? 0.0f : x > 1.0f ? 1.0f : x; }
 // ----------------------------------------------------------------------------
 // frames on disk
 
-// natural order: runs of digits compare by value, everything else bytewise
-static int natural_cmp(const char* a, const char* b) {
-    while (*a && *b) {
-        if (isdigit((unsigned char)*a) && isdigit((unsigned char)*b)) {
-            while (*a == '0') a++;
-            while (*b == '0') b++;
-            size_t na = 0, nb = 0;
-            while (isdigit((unsigned char)a[na])) na++;
-            while (isdigit((unsigned char)b[nb])) nb++;
-            if (na != nb) return na < nb ? -1 : 1;
-            int c = strncmp(a, b, na);
-            if (c != 0) return c;
-            a += na; b += nb;
-        } else {
-            if (*a != *b) return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
-            a++; b++;
-        }
-    }
-    return (*a != 0) - (*b != 0);
-}
 static int frame_cmp(const void* x, const void* y) {
     return natural_cmp(((const Frame*)x)->name, ((const Frame*)y)->name);
 }
 
-static int has_image_ext(const char* name) {
+// the frames of a folder: *.png, *.jpg, *.jpeg (any case)
+static int is_frame_name(const char* name) {
     const char* dot = strrchr(name, '.');
     return dot && (strcasecmp(dot, ".png") == 0 || strcasecmp(dot, ".jpg") == 0 || strcasecmp(dot, ".jpeg") == 0);
 }
@@ -260,7 +241,7 @@ static Frame* list_frames(const Args* a, LabelFormat fmt, int K, int* n_out, int
         char* path = str_printf("%s/%s", a->dir, e->d_name);
         struct stat st;
         int is_file = stat(path, &st) == 0 && S_ISREG(st.st_mode);
-        if (!is_file || !has_image_ext(e->d_name)) {
+        if (!is_file || !is_frame_name(e->d_name)) {
             fprintf(stderr, "warning: skipping '%s' (%s)\n", path, is_file ? "not .png/.jpg/.jpeg" : "not a regular file");
             free(path);
             continue;

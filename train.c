@@ -170,11 +170,6 @@ static void parse_short_list(AugConfig* aug, const char* v) {
 // ----------------------------------------------------------------------------
 // the --out path: checked before anything is spent
 
-static int has_image_ext(const char* name) {
-    const char* dot = strrchr(name, '.');
-    return dot && (!strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".bmp"));
-}
-
 // the folder of path (malloc'd): "." when it has none
 static char* folder_of(const char* path) {
     char* d = strdup(path);

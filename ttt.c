@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <time.h>
 #include <errno.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #ifdef _OPENMP
@@ -777,11 +778,55 @@ static float* cpu_scratch(size_t n) {
     return cpu_scratch_buf;
 }
 
-// Per head (b, h), with P = att and dO = dout:
-//   dv += P^T dO; dP = dO v^T; dS = P * (dP - rowsum(dP * P)) (a blocked entry has P = 0,
-//   so dS = 0); drel_bias += dS (summed over b); dq += dS (k / sqrt(HS)); dk += dS^T (q / sqrt(HS)).
-// Pass 1 runs heads in parallel and keeps dS (B, NH, Tq, Tk) in a scratch buffer; pass 2
-// sums it over the batch into drel_bias, rows owned by threads.
+// One head (b, h) of the attention backward from its softmax P (Tq, Tk), dO = dout:
+// dv += P^T dO; then, with need_ds, dP = dO v^T into dS (Tq, Tk) and dS = P * (dP - rowsum(dP * P))
+// in place (a blocked entry has P = 0, so dS = 0), dq += dS (k / sqrt(HS)), dk += dS^T (q / sqrt(HS)).
+// Serial: callers run heads in parallel.
+static void attention_backward_head(float* dq, float* dk, float* dv, float* dS, int need_ds, const float* P,
+                                    const float* dout, const float* q, const float* k, const float* v,
+                                    int b, int h, int Tq, int Tk, int C, int HS, int q_stride, int kv_stride,
+                                    float scale) {
+    const float* dob = dout + (size_t)b * Tq * C + h * HS;
+    const float* qb = q + (size_t)b * Tq * q_stride + h * HS;
+    const float* kb = k + (size_t)b * Tk * kv_stride + h * HS;
+    const float* vb = v + (size_t)b * Tk * kv_stride + h * HS;
+    // dv (Tk, HS) += P^T (Tk, Tq) @ dO (Tq, HS)
+    if (dv) matmul_acc_serial(dv + (size_t)b * Tk * kv_stride + h * HS, kv_stride,
+                              P, 1, Tk, dob, C, 1, 1.0f, Tk, Tq, HS);
+    if (!need_ds) return;
+    // dP (Tq, Tk) = dO (Tq, HS) @ v^T (HS, Tk), then dS in place
+    memset(dS, 0, (size_t)Tq * Tk * sizeof(float));
+    matmul_acc_serial(dS, Tk, dob, C, 1, vb, 1, kv_stride, 1.0f, Tq, HS, Tk);
+    for (int i = 0; i < Tq; i++) {
+        const float* p = P + (size_t)i * Tk;
+        float* d = dS + (size_t)i * Tk;
+        double sum = 0.0;
+        for (int j = 0; j < Tk; j++) sum += (double)d[j] * p[j];
+        for (int j = 0; j < Tk; j++) d[j] = p[j] * (d[j] - (float)sum);
+    }
+    // dq (Tq, HS) += dS (Tq, Tk) @ (scale k) (Tk, HS)
+    if (dq) matmul_acc_serial(dq + (size_t)b * Tq * q_stride + h * HS, q_stride,
+                              dS, Tk, 1, kb, kv_stride, 1, scale, Tq, Tk, HS);
+    // dk (Tk, HS) += dS^T (Tk, Tq) @ (scale q) (Tq, HS)
+    if (dk) matmul_acc_serial(dk + (size_t)b * Tk * kv_stride + h * HS, kv_stride,
+                              dS, 1, Tk, qb, q_stride, 1, scale, Tk, Tq, HS);
+}
+
+// drel_bias (NH, Tq, Tk) += dS_all (B, NH, Tq, Tk) summed over b in order, rows owned by threads
+static void sum_dS_over_batch(float* drel_bias, const float* dS_all, int B, int NH, int Tq, int Tk, double work) {
+    #pragma omp parallel for schedule(static) if (work > 65536.0)
+    for (int row = 0; row < NH * Tq; row++) {
+        int h = row / Tq, i = row % Tq;
+        float* db = drel_bias + (size_t)row * Tk;
+        for (int b = 0; b < B; b++) {
+            const float* d = dS_all + (((size_t)b * NH + h) * Tq + i) * Tk;
+            for (int j = 0; j < Tk; j++) db[j] += d[j];
+        }
+    }
+}
+
+// Per head (b, h), with P = att: attention_backward_head, keeping dS (B, NH, Tq, Tk) in a
+// scratch buffer (pass 1, heads in parallel); then drel_bias += dS summed over b (pass 2).
 void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout,
                             const float* att, const float* q, const float* k, const float* v,
                             int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
@@ -790,47 +835,12 @@ void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, c
     double work = (double)B * NH * Tq * Tk * HS;   // run small problems on one thread
     float* dS_all = cpu_scratch((size_t)B * NH * Tq * Tk);
     #pragma omp parallel for collapse(2) schedule(static) if (work > 65536.0)
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < NH; h++) {
-            const float* P = att + ((size_t)b * NH + h) * Tq * Tk;
-            float* dS = dS_all + ((size_t)b * NH + h) * Tq * Tk;
-            const float* dob = dout + (size_t)b * Tq * C + h * HS;
-            const float* qb = q + (size_t)b * Tq * q_stride + h * HS;
-            const float* kb = k + (size_t)b * Tk * kv_stride + h * HS;
-            const float* vb = v + (size_t)b * Tk * kv_stride + h * HS;
-            // dv (Tk, HS) += P^T (Tk, Tq) @ dO (Tq, HS)
-            if (dv) matmul_acc_serial(dv + (size_t)b * Tk * kv_stride + h * HS, kv_stride,
-                                      P, 1, Tk, dob, C, 1, 1.0f, Tk, Tq, HS);
-            if (!dq && !dk && !drel_bias) continue;
-            // dP (Tq, Tk) = dO (Tq, HS) @ v^T (HS, Tk), then dS in place
-            memset(dS, 0, (size_t)Tq * Tk * sizeof(float));
-            matmul_acc_serial(dS, Tk, dob, C, 1, vb, 1, kv_stride, 1.0f, Tq, HS, Tk);
-            for (int i = 0; i < Tq; i++) {
-                const float* p = P + (size_t)i * Tk;
-                float* d = dS + (size_t)i * Tk;
-                double sum = 0.0;
-                for (int j = 0; j < Tk; j++) sum += (double)d[j] * p[j];
-                for (int j = 0; j < Tk; j++) d[j] = p[j] * (d[j] - (float)sum);
-            }
-            // dq (Tq, HS) += dS (Tq, Tk) @ (scale k) (Tk, HS)
-            if (dq) matmul_acc_serial(dq + (size_t)b * Tq * q_stride + h * HS, q_stride,
-                                      dS, Tk, 1, kb, kv_stride, 1, scale, Tq, Tk, HS);
-            // dk (Tk, HS) += dS^T (Tk, Tq) @ (scale q) (Tq, HS)
-            if (dk) matmul_acc_serial(dk + (size_t)b * Tk * kv_stride + h * HS, kv_stride,
-                                      dS, 1, Tk, qb, q_stride, 1, scale, Tk, Tq, HS);
-        }
-    }
-    if (drel_bias) {
-        #pragma omp parallel for schedule(static) if (work > 65536.0)
-        for (int row = 0; row < NH * Tq; row++) {
-            int h = row / Tq, i = row % Tq;
-            float* db = drel_bias + (size_t)row * Tk;
-            for (int b = 0; b < B; b++) {
-                const float* d = dS_all + (((size_t)b * NH + h) * Tq + i) * Tk;
-                for (int j = 0; j < Tk; j++) db[j] += d[j];
-            }
-        }
-    }
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            attention_backward_head(dq, dk, dv, dS_all + ((size_t)b * NH + h) * Tq * Tk, dq || dk || drel_bias,
+                                    att + ((size_t)b * NH + h) * Tq * Tk, dout, q, k, v, b, h, Tq, Tk, C, HS,
+                                    q_stride, kv_stride, scale);
+    if (drel_bias) sum_dS_over_batch(drel_bias, dS_all, B, NH, Tq, Tk, work);
 }
 
 // ----------------------------------------------------------------------------
@@ -910,46 +920,14 @@ void window_attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_
                 window_scores_cpu(P, q, k, rel_bias, mask, n_mask, b, h, T, HS, q_stride, kv_stride);
                 for (int i = 0; i < T; i++) softmax_row(P + (size_t)i * T, P + (size_t)i * T, T);
                 float* dS = dS_all ? dS_all + ((size_t)b * NH + h) * T * T : dS_own;
-                const float* dob = dout + (size_t)b * T * C + h * HS;
-                const float* qb = q + (size_t)b * T * q_stride + h * HS;
-                const float* kb = k + (size_t)b * T * kv_stride + h * HS;
-                const float* vb = v + (size_t)b * T * kv_stride + h * HS;
-                // dv (T, HS) += P^T (T, T) @ dO (T, HS)
-                if (dv) matmul_acc_serial(dv + (size_t)b * T * kv_stride + h * HS, kv_stride,
-                                          P, 1, T, dob, C, 1, 1.0f, T, T, HS);
-                if (!dq && !dk && !drel_bias) continue;
-                // dP (T, T) = dO (T, HS) @ v^T (HS, T), then dS in place
-                memset(dS, 0, (size_t)T * T * sizeof(float));
-                matmul_acc_serial(dS, T, dob, C, 1, vb, 1, kv_stride, 1.0f, T, HS, T);
-                for (int i = 0; i < T; i++) {
-                    const float* p = P + (size_t)i * T;
-                    float* d = dS + (size_t)i * T;
-                    double sum = 0.0;
-                    for (int j = 0; j < T; j++) sum += (double)d[j] * p[j];
-                    for (int j = 0; j < T; j++) d[j] = p[j] * (d[j] - (float)sum);
-                }
-                // dq (T, HS) += dS (T, T) @ (scale k) (T, HS)
-                if (dq) matmul_acc_serial(dq + (size_t)b * T * q_stride + h * HS, q_stride,
-                                          dS, T, 1, kb, kv_stride, 1, scale, T, T, HS);
-                // dk (T, HS) += dS^T (T, T) @ (scale q) (T, HS)
-                if (dk) matmul_acc_serial(dk + (size_t)b * T * kv_stride + h * HS, kv_stride,
-                                          dS, 1, T, qb, q_stride, 1, scale, T, T, HS);
+                attention_backward_head(dq, dk, dv, dS, dq || dk || drel_bias, P, dout, q, k, v, b, h, T, T,
+                                        C, HS, q_stride, kv_stride, scale);
             }
         }
         free(P);
         free(dS_own);
     }
-    if (drel_bias) {
-        #pragma omp parallel for schedule(static) if (work > 65536.0)
-        for (int row = 0; row < NH * T; row++) {
-            int h = row / T, i = row % T;
-            float* db = drel_bias + (size_t)row * T;
-            for (int b = 0; b < B; b++) {
-                const float* d = dS_all + (((size_t)b * NH + h) * T + i) * T;
-                for (int j = 0; j < T; j++) db[j] += d[j];
-            }
-        }
-    }
+    if (drel_bias) sum_dS_over_batch(drel_bias, dS_all, B, NH, T, T, work);
 }
 
 // ----------------------------------------------------------------------------
@@ -2062,4 +2040,33 @@ int ttt_cuda_precision(void) {
 const char* matmul_precision_name(void) {
     int p = ttt_cuda_precision();   // also on the CPU: a bad TTT_PRECISION is an error everywhere
     return ttt_device == DEVICE_CUDA ? precision_name(p) : "fp32";
+}
+
+// ----------------------------------------------------------------------------
+// file names
+
+int has_image_ext(const char* name) {
+    const char* dot = strrchr(name, '.');
+    return dot && (!strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".bmp"));
+}
+
+// natural order: runs of digits compare by value, everything else bytewise
+int natural_cmp(const char* a, const char* b) {
+    while (*a && *b) {
+        if (isdigit((unsigned char)*a) && isdigit((unsigned char)*b)) {
+            while (*a == '0') a++;
+            while (*b == '0') b++;
+            size_t na = 0, nb = 0;
+            while (isdigit((unsigned char)a[na])) na++;
+            while (isdigit((unsigned char)b[nb])) nb++;
+            if (na != nb) return na < nb ? -1 : 1;
+            int c = strncmp(a, b, na);
+            if (c != 0) return c;
+            a += na; b += nb;
+        } else {
+            if (*a != *b) return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
+            a++; b++;
+        }
+    }
+    return (*a != 0) - (*b != 0);
 }

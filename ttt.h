@@ -323,6 +323,11 @@ void sum_squares(float* out, const float* x, size_t N);
 // ----------------------------------------------------------------------------
 // images and labels (stb_image / stb_image_write)
 
+// 1 if name ends in .png, .jpg, .jpeg or .bmp (any case): the images a folder listing takes
+int has_image_ext(const char* name);
+// natural order of names: runs of digits compare by value ("frame9" < "frame10"), else bytewise
+int natural_cmp(const char* a, const char* b);
+
 // read PNG/JPG/BMP into a malloc'd float (H, W, 3) in [0, 1]; dies naming the file
 // on failure. Returns the pixels, sets *H, *W.
 float* image_load(const char* path, int* H, int* W);
