@@ -552,6 +552,27 @@ static double score_iou(const Score* s, int c) { return class_iou(s->inter[c], s
 static double score_miou(const Score* s) { return mean_iou_counts(s->inter, s->uni, MAX_CLASSES, NULL); }
 
 // ----------------------------------------------------------------------------
+// 1 if s is a number as JSON writes it: -?digits(.digits)?([eE][+-]?digits)? (strtod would also
+// take "0x0", "inf" or "nan", which JSON does not)
+static int is_json_number(const char* s) {
+    const char* p = s;
+    if (*p == '-') p++;
+    if (!isdigit((unsigned char)*p)) return 0;
+    while (isdigit((unsigned char)*p)) p++;
+    if (*p == '.') {
+        p++;
+        if (!isdigit((unsigned char)*p)) return 0;
+        while (isdigit((unsigned char)*p)) p++;
+    }
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-') p++;
+        if (!isdigit((unsigned char)*p)) return 0;
+        while (isdigit((unsigned char)*p)) p++;
+    }
+    return *p == 0;
+}
+
 // metrics.png: loss and mIoU over frames, drawn into an RGB buffer with a 3x5 font
 
 typedef struct { float* px; int H, W; } Canvas;
@@ -689,10 +710,8 @@ static void write_metrics(const char* path, const Args* a, const Video* v, int w
     Settings set = resolved_settings(a, v, window);
     fprintf(fp, "  \"settings\": {");
     for (int i = 0; i < set.n; i++) {
-        char* end;
         fprintf(fp, "%s\"%s\": ", i ? ", " : "", set.key[i]);
-        double d = strtod(set.val[i], &end);
-        if (set.val[i][0] && *end == 0 && isfinite(d)) fprintf(fp, "%s", set.val[i]); else json_write_string(fp, set.val[i]);
+        if (is_json_number(set.val[i])) fprintf(fp, "%s", set.val[i]); else json_write_string(fp, set.val[i]);
     }
     fprintf(fp, "},\n");
     fprintf(fp, "  \"class_names\": [");

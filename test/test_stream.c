@@ -82,6 +82,8 @@ static int outputs_ok(const char* dir) {
     ok &= depth == 0 && min_depth == 0 && js[0] == '{';
     ok &= count_substr(js, "\"index\":") == NF && count_substr(js, "\"miou\":") >= NF + 1;
     ok &= strstr(js, "nan") == NULL && strstr(js, "inf") == NULL;
+    // values JSON cannot read as numbers are strings (the crop "0x0" once came out bare)
+    ok &= strstr(js, "\"crop\": \"") != NULL && strstr(js, "\"crop\": 0") == NULL;
     free(js);
     snprintf(p, sizeof(p), "%s/metrics.png", dir);
     if (access(p, R_OK) != 0) return 0;
