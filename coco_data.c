@@ -654,19 +654,8 @@ void panoptic_png_save(const char* path, const uint32_t* ids, int H, int W) {
         px[3 * i + 1] = (unsigned char)((ids[i] >> 8) & 255);
         px[3 * i + 2] = (unsigned char)((ids[i] >> 16) & 255);
     }
-    size_t n = strlen(path) + 8;
-    char* tmp = (char*)mallocCheck(n);
-    snprintf(tmp, n, "%s.tmp", path);
-    if (!stbi_write_png(tmp, W, H, 3, px, W * 3)) {
-        remove(tmp);
-        ttt_die("cannot write PNG '%s': %s", path, strerror(errno ? errno : EIO));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        remove(tmp);
-        ttt_die("cannot write PNG '%s': %s", path, strerror(e));
-    }
-    free(tmp); free(px);
+    png_write_atomic(path, px, H, W, 3);
+    free(px);
 }
 
 void json_write_string(FILE* fp, const char* s) {

@@ -29,30 +29,10 @@ static const char* color_mode_names[] = {"fixed", "nomem", "implicit", "explicit
 
 static int name_cmp(const void* x, const void* y) { return natural_cmp(*(char* const*)x, *(char* const*)y); }
 
-static char* join_path(const char* dir, const char* name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char* p = (char*)mallocCheck(n);
-    snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 // the image files of dir (names, natural order), *n of them; dies when dir cannot be read
 static char** list_image_names(const char* dir, int* n) {
-    DIR* d = opendir(dir);
-    if (!d) ttt_die("cannot read folder '%s': %s", dir, strerror(errno));
-    int cap = 64, k = 0;
-    char** names = (char**)mallocCheck(cap * sizeof(char*));
-    struct dirent* e;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.' || !has_image_ext(e->d_name)) continue;
-        if (k == cap) { cap *= 2; names = (char**)realloc(names, cap * sizeof(char*)); if (!names) ttt_die("out of memory"); }
-        names[k] = strdup(e->d_name);
-        if (!names[k]) ttt_die("out of memory");
-        k++;
-    }
-    closedir(d);
-    qsort(names, k, sizeof(char*), name_cmp);
-    *n = k;
+    char** names = list_names(dir, 0, NULL, n);
+    qsort(names, *n, sizeof(char*), name_cmp);
     return names;
 }
 

@@ -176,7 +176,7 @@ static char* strip_slashes(const char* path) {
     return s;
 }
 
-static char* join_path(const char* a, const char* b) {
+char* join_path(const char* a, const char* b) {
     char* s = strip_slashes(a);
     size_t n = strlen(s) + strlen(b) + 2;
     char* out = (char*)mallocCheck(n);
@@ -247,7 +247,7 @@ void label_path_for_frame(char* out, size_t n, const char* label_dir, const char
 static int compare_strings(const void* a, const void* b) { return strcmp(*(char* const*)a, *(char* const*)b); }
 
 // sorted names in dir: sub-folders (want_dirs) or files ending with suffix (NULL: image files)
-static char** list_names(const char* dir, int want_dirs, const char* suffix, int* count) {
+char** list_names(const char* dir, int want_dirs, const char* suffix, int* count) {
     DIR* d = opendir(dir);
     if (!d) ttt_die("cannot open folder '%s': %s", dir, strerror(errno));
     int n = 0, cap = 64;

@@ -90,8 +90,8 @@ struct Model {
     double* micro_counts;         // (micro_masks_B) masked values of each image's mask
     int micro_masks_B;
     ModelRecipe recipe;       // how TTT and training steps train (model_set_recipe)
-    int shares_params;        // 1: made by model_create_sharing; params belong to another model
-    int predict_only;         // 1: the same; activations of f and h only (no g, no gradients)
+    int shares_params;        // 1: made by model_create_sharing: params belong to another model,
+                              // and it only predicts (activations of f and h; no g, no gradients)
     // AdamW runs: [f | h | g] cut where the part or the weight-decay exemption changes
     AdamRun* runs;
     int n_runs;
@@ -409,8 +409,7 @@ static Model* model_create_impl(const ModelConfig* cfg, int max_batch, int main_
     Model* m = (Model*)callocCheck(1, sizeof(Model));
     m->cfg = *cfg;
     m->max_B = max_batch; m->H = H; m->W = W;
-    m->predict_only = share != NULL;
-    ActivationPlan plan = plan_activations(cfg, max_batch, main_batch, H, W, m->predict_only);
+    ActivationPlan plan = plan_activations(cfg, max_batch, main_batch, H, W, share != NULL);
     m->Hp = plan.Hp; m->Wp = plan.Wp;
     m->H4 = m->Hp / 4; m->W4 = m->Wp / 4;
 
@@ -443,7 +442,7 @@ static Model* model_create_impl(const ModelConfig* cfg, int max_batch, int main_
     ttt_zero(m->acts, n_acts * sizeof(float));
     swin_point_acts(&m->fa, m->acts, &cfg->swin, max_batch, m->Hp, m->Wp);
     m2f_point_acts(&m->ha, m->acts + n_fa, &cfg->m2f, main_batch, m->H4, m->W4);
-    if (!m->predict_only) {   // a prediction-only model has no g and no gradient buffers
+    if (share == NULL) {   // a prediction-only (sharing) model has no g and no gradient buffers
         m->dacts = (float*)ttt_malloc(n_dacts * sizeof(float));
         swin_point_grad_acts(&m->dfa, m->dacts, &cfg->swin, max_batch, m->Hp, m->Wp);
         m2f_point_acts(&m->dha, m->dacts + n_dfa, &cfg->m2f, main_batch, m->H4, m->W4);
@@ -1118,7 +1117,7 @@ static void f_forward(Model* m, int B) {
 // g(z): h's architecture with 48 queries; every decoder layer predicts (m->ga)
 // a model made by model_create_sharing predicts only: it has no buffers for g or gradients
 static void require_trainable(const Model* m) {
-    if (m->predict_only) ttt_die("internal: a prediction-only model (model_create_sharing) cannot run g or a backward pass");
+    if (m->shares_params) ttt_die("internal: a prediction-only model (model_create_sharing) cannot run g or a backward pass");
 }
 
 static void g_forward(Model* m, int B) {
@@ -1143,6 +1142,16 @@ static void mae_loss(Model* m, int B) {
     int n = B * m->cfg.mae.num_queries * m->H4 * m->W4;
     masked_mse_forward(m->loss, g_recon(m, B), m->target, m->target_mask, n, 1);
     stage_begin(NULL);
+}
+
+// the host masks (B, L) and per-image counts of a batch split in chunks: grown once to the
+// largest batch seen
+static void ensure_micro_masks(Model* m, int B, int L) {
+    if (B <= m->micro_masks_B) return;
+    free(m->micro_masks); free(m->micro_counts);
+    m->micro_masks = (unsigned char*)mallocCheck((size_t)B * L);
+    m->micro_counts = (double*)mallocCheck((size_t)B * sizeof(double));
+    m->micro_masks_B = B;
 }
 
 // the gradients of [f | h | g] to 0 (backward ops accumulate)
@@ -1188,12 +1197,7 @@ static float read_loss(const Model* m) {
 static float mae_in_chunks(Model* m, const float* frames, int B, Rng* rng, int backward) {
     int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
     int dp = backward && m->dp_world > 1, M = chunk_size(m, B, dp);
-    if (B > m->micro_masks_B) {   // grows once to the largest batch seen
-        free(m->micro_masks); free(m->micro_counts);
-        m->micro_masks = (unsigned char*)mallocCheck((size_t)B * L);
-        m->micro_counts = (double*)mallocCheck((size_t)B * sizeof(double));
-        m->micro_masks_B = B;
-    }
+    ensure_micro_masks(m, B, L);
     make_patch_masks(m->micro_masks, B, L, m->recipe.mask_ratio, rng);
     draw_drop_table(m, B, 0, rng);
     double total = 0.0;
@@ -1469,16 +1473,11 @@ static float train_chunks(Model* m, const float* images, const unsigned char* la
     int n_chunks = (B + M - 1) / M, chunked = n_chunks > 1, upfront = chunked || dp;
     int T = chunked && labels ? count_targets(labels, B, m->H, m->W, m->cfg.num_classes) : 0;   // labels NULL: colorize
     if (chunked && pan_classes) { T = 0; for (int b = 0; b < B; b++) T += pan_counts[b]; }
-    if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    if (backward) zero_grads(m);
     int ps = m->cfg.mae_patch, L = (m->Hp / ps) * (m->Wp / ps);
     if (upfront) {
         draw_drop_table(m, B, 0, rng);
-        if (B > m->micro_masks_B) {   // grows once to the largest batch seen
-            free(m->micro_masks); free(m->micro_counts);
-            m->micro_masks = (unsigned char*)mallocCheck((size_t)B * L);
-            m->micro_counts = (double*)mallocCheck((size_t)B * sizeof(double));
-            m->micro_masks_B = B;
-        }
+        ensure_micro_masks(m, B, L);
         make_patch_masks(m->micro_masks, B, L, m->recipe.mask_ratio, rng);
         draw_drop_table(m, B, 1, rng);
         if (set_loss_draws(m)) {
@@ -2050,7 +2049,7 @@ static float tent_run(Model* m, const float* frames, int B, Rng* rng, int backwa
     int Hv = (m->H + 3) / 4, Wv = (m->W + 3) / 4;
     if (!t->entropy_work)
         t->entropy_work = (float*)ttt_malloc(semantic_entropy_work_size(m->max_B, Q, K, m->H4, m->W4) * sizeof(float));
-    if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    if (backward) zero_grads(m);
     double loss = 0.0;
     for (int b0 = 0; b0 < B; b0 += m->max_B) {
         int Bc = B - b0 < m->max_B ? B - b0 : m->max_B;
@@ -2148,7 +2147,7 @@ static float self_train_run(Model* m, const float* frames, const unsigned char* 
         t->masks_B = B;
     }
     make_patch_masks(t->masks, B, L, mask_ratio, rng);
-    if (backward) ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    if (backward) zero_grads(m);
     size_t HW = (size_t)m->H * m->W;
     double loss = 0.0;
     for (int b0 = 0; b0 < B; b0 += m->max_B) {
@@ -2205,7 +2204,7 @@ float model_self_train_step(Model* m, const float* frames, int B, const OptConfi
 void model_train_step_main_only(Model* m, const float* images, const unsigned char* labels, int B,
                                 const OptConfig* opt, float grad_clip, Rng* rng, float* loss_main) {
     const int f_and_h = 1 << 0 | 1 << 1;
-    ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g) * sizeof(float));
+    zero_grads(m);
     size_t HW = (size_t)m->H * m->W;
     double loss = 0.0;
     for (int b0 = 0; b0 < B; b0 += m->max_B) {

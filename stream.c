@@ -695,9 +695,7 @@ static void write_metrics(const char* path, const Args* a, const Video* v, int w
                           const int* ck_steps, const double* ck_miou, int n_ck, double eta) {
     if (!is_main_rank()) return;   // --gpus: GPU 0 writes every output
     const Frame* fr = v->fr;
-    char* tmp = str_printf("%s%s", path, ".tmp");
-    FILE* fp = fopen(tmp, "w");
-    if (fp == NULL) ttt_die("cannot write '%s': %s", path, strerror(errno));
+    FILE* fp = coco_json_open(path);
     fprintf(fp, "{\n  \"dir\": ");
     json_write_string(fp, a->dir);
     fprintf(fp, ", \"model\": ");
@@ -753,10 +751,7 @@ static void write_metrics(const char* path, const Args* a, const Video* v, int w
         fprintf(fp, "]}%s\n", i + 1 < n ? "," : "");
     }
     fprintf(fp, "  ]\n}\n");
-    int ok = !ferror(fp);
-    ok = (fclose(fp) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) { int e = errno; remove(tmp); ttt_die("cannot write '%s': %s", path, strerror(e ? e : EIO)); }
-    free(tmp);
+    coco_json_close(fp, path);
 }
 
 // ----------------------------------------------------------------------------

@@ -1866,7 +1866,7 @@ float* image_load(const char* path, int* H, int* W) {
 }
 
 // write bytes through stb to path.tmp, then rename over path
-static void png_write_atomic(const char* path, const unsigned char* px, int H, int W, int comp) {
+void png_write_atomic(const char* path, const unsigned char* px, int H, int W, int comp) {
     size_t n = strlen(path) + 8;
     char* tmp = (char*)mallocCheck(n);
     snprintf(tmp, n, "%s.tmp", path);

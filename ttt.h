@@ -323,6 +323,13 @@ void sum_squares(float* out, const float* x, size_t N);
 // ----------------------------------------------------------------------------
 // images and labels (stb_image / stb_image_write)
 
+// an 8-bit PNG of comp channels (H, W, comp) written to path.tmp, then renamed over path (a
+// reader never sees half a file); dies naming the file on failure
+void png_write_atomic(const char* path, const unsigned char* px, int H, int W, int comp);
+// "a/b" (malloc'd; trailing slashes of a dropped) and the sorted names in dir: its sub-folders
+// (want_dirs) or files ending with suffix (NULL: image files); data.c, dies when dir cannot be read
+char* join_path(const char* a, const char* b);
+char** list_names(const char* dir, int want_dirs, const char* suffix, int* count);
 // 1 if name ends in .png, .jpg, .jpeg or .bmp (any case): the images a folder listing takes
 int has_image_ext(const char* name);
 // natural order of names: runs of digits compare by value ("frame9" < "frame10"), else bytewise

@@ -346,70 +346,104 @@ static void test_softmax(int N, int C) {
 // kv buffer (B, Tk, 2C) with k = kv, v = kv + C. mask_kind: 0 none, 1 Swin-like
 // (0 / -100), 2 Mask2Former-like (-inf on about half, one position always open).
 
+// the inputs of an attention check on the host and as device copies: q, k, v in the layout
+// above, the bias, the mask (mask_kind 3, for the window op: kind 2 with row 1 of mask 0 all
+// -inf); then (attn_grads) its gradients pre-filled, laid out like q, k, v
+typedef struct {
+    int layout, with_bias, C, q_stride, kv_stride;
+    size_t nq, nkv, nbias, nmask;
+    float *qb, *kvb, *bias, *mask;            // host buffers
+    const float *q, *k, *v;                   // host views
+    const float *dq, *dk, *dv;                // device views
+    float *dbias, *dmask;                     // device copies
+    Grad gq, gkv, gb;                         // gradients
+    float *cq, *ck, *cv, *gq_, *gk_, *gv_;    // their q, k, v views (CPU, GPU)
+} AttnCase;
+
+static AttnCase attn_case(int B, int Tq, int Tk, int NH, int HS, int layout, int with_bias, int mask_kind,
+                          int n_mask) {
+    AttnCase c;
+    memset(&c, 0, sizeof(c));
+    c.layout = layout; c.with_bias = with_bias; c.C = NH * HS;
+    int C = c.C;
+    if (layout == 0) { c.q_stride = c.kv_stride = 3 * C; c.nq = 0; c.nkv = (size_t)B * Tq * 3 * C; }
+    else { c.q_stride = C + 5; c.kv_stride = 2 * C; c.nq = (size_t)B * Tq * c.q_stride; c.nkv = (size_t)B * Tk * c.kv_stride; }
+    c.qb = layout == 0 ? NULL : rnd(c.nq);
+    c.kvb = random_tensor(&rng, c.nkv, -1.0f, 1.0f);
+    if (layout == 0) { c.q = c.kvb; c.k = c.kvb + C; c.v = c.kvb + 2 * C; }
+    else { c.q = c.qb; c.k = c.kvb; c.v = c.kvb + C; }
+    c.nbias = (size_t)NH * Tq * Tk; c.nmask = (size_t)n_mask * Tq * Tk;
+    c.bias = with_bias ? random_tensor(&rng, c.nbias, -2.0f, 2.0f) : NULL;
+    if (mask_kind) {
+        c.mask = (float*)mallocCheck(c.nmask * sizeof(float));
+        for (size_t i = 0; i < c.nmask; i++) {
+            float u = rng_uniform(&rng);
+            c.mask[i] = mask_kind == 1 ? (u < 0.3f ? -100.0f : 0.0f) : (u < 0.5f ? -INFINITY : 0.0f);
+        }
+        if (mask_kind >= 2) for (size_t r = 0; r < (size_t)n_mask * Tq; r++) c.mask[r * Tk + rng_int(&rng, Tk)] = 0.0f;
+        if (mask_kind == 3) for (int j = 0; j < Tk; j++) c.mask[(size_t)1 * Tk + j] = -INFINITY;
+    }
+    float* dqb = layout == 0 ? NULL : dev_copy(c.qb, c.nq);
+    float* dkvb = dev_copy(c.kvb, c.nkv);
+    if (layout == 0) { c.dq = dkvb; c.dk = dkvb + C; c.dv = dkvb + 2 * C; }
+    else { c.dq = dqb; c.dk = dkvb; c.dv = dkvb + C; }
+    c.dbias = c.bias ? dev_copy(c.bias, c.nbias) : NULL;
+    c.dmask = c.mask ? dev_copy(c.mask, c.nmask) : NULL;
+    return c;
+}
+
+static void attn_grads(AttnCase* c) {
+    int C = c->C;
+    c->gq = grad_new(c->layout == 0 ? 1 : c->nq); c->gkv = grad_new(c->nkv); c->gb = grad_new(c->with_bias ? c->nbias : 1);
+    if (c->layout == 0) {
+        c->cq = c->gkv.cpu; c->ck = c->gkv.cpu + C; c->cv = c->gkv.cpu + 2 * C;
+        c->gq_ = c->gkv.gpu; c->gk_ = c->gkv.gpu + C; c->gv_ = c->gkv.gpu + 2 * C;
+    } else {
+        c->cq = c->gq.cpu; c->ck = c->gkv.cpu; c->cv = c->gkv.cpu + C;
+        c->gq_ = c->gq.gpu; c->gk_ = c->gkv.gpu; c->gv_ = c->gkv.gpu + C;
+    }
+}
+
+// the gradients of both sides compared (grad_cmp frees them), the host inputs freed
+static void attn_grads_check_free(AttnCase* c, const char* op, const char* label, double tol) {
+    char what[128];
+    if (c->layout == 0) {
+        // padding columns of the fused buffer do not exist: every column is q, k or v
+        snprintf(what, sizeof(what), "dqkv [%s]", label); grad_cmp(op, what, &c->gkv, tol);
+        free(c->gq.init); free(c->gq.cpu);
+    } else {
+        // q rows have 5 padding floats that no gradient may touch: checked as part of dq
+        snprintf(what, sizeof(what), "dq [%s]", label); grad_cmp(op, what, &c->gq, tol);
+        snprintf(what, sizeof(what), "dk,dv [%s]", label); grad_cmp(op, what, &c->gkv, tol);
+    }
+    if (c->with_bias) { snprintf(what, sizeof(what), "drel_bias [%s]", label); grad_cmp(op, what, &c->gb, tol); }
+    else { free(c->gb.init); free(c->gb.cpu); }
+    free(c->qb); free(c->kvb); free(c->bias); free(c->mask);
+}
+
 static void test_attention(const char* label, int B, int Tq, int Tk, int NH, int HS, int layout,
                            int with_bias, int mask_kind, int n_mask) {
-    int C = NH * HS;
-    int q_stride, kv_stride;
-    size_t nq, nkv;
-    if (layout == 0) { q_stride = kv_stride = 3 * C; nq = 0; nkv = (size_t)B * Tq * 3 * C; }
-    else { q_stride = C + 5; kv_stride = 2 * C; nq = (size_t)B * Tq * q_stride; nkv = (size_t)B * Tk * kv_stride; }
-    float* qb = layout == 0 ? NULL : rnd(nq);
-    float* kvb = random_tensor(&rng, nkv, -1.0f, 1.0f);
-    const float *q, *k, *v;
-    if (layout == 0) { q = kvb; k = kvb + C; v = kvb + 2 * C; }
-    else { q = qb; k = kvb; v = kvb + C; }
-    size_t nbias = (size_t)NH * Tq * Tk, nmask = (size_t)n_mask * Tq * Tk;
-    float* bias = with_bias ? random_tensor(&rng, nbias, -2.0f, 2.0f) : NULL;
-    float* mask = NULL;
-    if (mask_kind) {
-        mask = (float*)mallocCheck(nmask * sizeof(float));
-        for (size_t i = 0; i < nmask; i++) {
-            float u = rng_uniform(&rng);
-            mask[i] = mask_kind == 1 ? (u < 0.3f ? -100.0f : 0.0f) : (u < 0.5f ? -INFINITY : 0.0f);
-        }
-        if (mask_kind == 2) for (size_t r = 0; r < (size_t)n_mask * Tq; r++) mask[r * Tk + rng_int(&rng, Tk)] = 0.0f;
-    }
-    size_t nout = (size_t)B * Tq * C, natt = (size_t)B * NH * Tq * Tk;
+    AttnCase c = attn_case(B, Tq, Tk, NH, HS, layout, with_bias, mask_kind, n_mask);
+    size_t nout = (size_t)B * Tq * c.C, natt = (size_t)B * NH * Tq * Tk;
     float* dy = rnd(nout);
     float *ref = (float*)mallocCheck(nout * sizeof(float)), *aref = (float*)mallocCheck(natt * sizeof(float));
-    attention_forward_cpu(ref, aref, q, k, v, bias, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride);
-    // device side
-    float* dqb = layout == 0 ? NULL : dev_copy(qb, nq);
-    float* dkvb = dev_copy(kvb, nkv);
-    const float *dq_, *dk_, *dv_;
-    if (layout == 0) { dq_ = dkvb; dk_ = dkvb + C; dv_ = dkvb + 2 * C; }
-    else { dq_ = dqb; dk_ = dkvb; dv_ = dkvb + C; }
-    float* dbias = bias ? dev_copy(bias, nbias) : NULL;
-    float* dmask = mask ? dev_copy(mask, nmask) : NULL;
+    attention_forward_cpu(ref, aref, c.q, c.k, c.v, c.bias, c.mask, n_mask, B, Tq, Tk, NH, HS, c.q_stride, c.kv_stride);
     float *out = dev_poison(nout), *att = dev_poison(natt);
-    attention_forward_cuda(out, att, dq_, dk_, dv_, dbias, dmask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride);
-    char op[64];
-    snprintf(op, sizeof(op), "attention_forward");
+    attention_forward_cuda(out, att, c.dq, c.dk, c.dv, c.dbias, c.dmask, n_mask, B, Tq, Tk, NH, HS, c.q_stride,
+                           c.kv_stride);
+    const char* op = "attention_forward";
     char what[96];
     snprintf(what, sizeof(what), "out [%s]", label); cmp(op, what, out, ref, nout, TOL_TF32);
     snprintf(what, sizeof(what), "att [%s]", label); cmp(op, what, att, aref, natt, TOL_TF32);
-    // backward: each side from its own att; gradients pre-filled, laid out like q, k, v
+    // backward: each side from its own att
     float* ddy = dev_copy(dy, nout);
-    Grad gq = grad_new(layout == 0 ? 1 : nq), gkv = grad_new(nkv), gb = grad_new(with_bias ? nbias : 1);
-    float *cq, *ck, *cv, *gq_, *gk_, *gv_;
-    if (layout == 0) { cq = gkv.cpu; ck = gkv.cpu + C; cv = gkv.cpu + 2 * C; gq_ = gkv.gpu; gk_ = gkv.gpu + C; gv_ = gkv.gpu + 2 * C; }
-    else { cq = gq.cpu; ck = gkv.cpu; cv = gkv.cpu + C; gq_ = gq.gpu; gk_ = gkv.gpu; gv_ = gkv.gpu + C; }
-    attention_backward_cpu(cq, ck, cv, with_bias ? gb.cpu : NULL, dy, aref, q, k, v, B, Tq, Tk, NH, HS, q_stride, kv_stride);
-    attention_backward_cuda(gq_, gk_, gv_, with_bias ? gb.gpu : NULL, ddy, att, dq_, dk_, dv_, B, Tq, Tk, NH, HS,
-                            q_stride, kv_stride);
-    snprintf(op, sizeof(op), "attention_backward");
-    if (layout == 0) {
-        // padding columns of the fused buffer do not exist: every column is q, k or v
-        snprintf(what, sizeof(what), "dqkv [%s]", label); grad_cmp(op, what, &gkv, TOL_TF32);
-        free(gq.init); free(gq.cpu);
-    } else {
-        // q rows have 5 padding floats that no gradient may touch: checked as part of dq
-        snprintf(what, sizeof(what), "dq [%s]", label); grad_cmp(op, what, &gq, TOL_TF32);
-        snprintf(what, sizeof(what), "dk,dv [%s]", label); grad_cmp(op, what, &gkv, TOL_TF32);
-    }
-    if (with_bias) { snprintf(what, sizeof(what), "drel_bias [%s]", label); grad_cmp(op, what, &gb, TOL_TF32); }
-    else { free(gb.init); free(gb.cpu); }
-    free(qb); free(kvb); free(bias); free(mask); free(dy); free(ref); free(aref);
+    attn_grads(&c);
+    attention_backward_cpu(c.cq, c.ck, c.cv, with_bias ? c.gb.cpu : NULL, dy, aref, c.q, c.k, c.v, B, Tq, Tk, NH, HS,
+                           c.q_stride, c.kv_stride);
+    attention_backward_cuda(c.gq_, c.gk_, c.gv_, with_bias ? c.gb.gpu : NULL, ddy, att, c.dq, c.dk, c.dv, B, Tq, Tk,
+                            NH, HS, c.q_stride, c.kv_stride);
+    attn_grads_check_free(&c, "attention_backward", label, TOL_TF32);
+    free(dy); free(ref); free(aref);
     dev_free_all();
 }
 
@@ -424,42 +458,16 @@ static void test_attention(const char* label, int B, int Tq, int Tk, int NH, int
 
 static void test_window_attention(const char* label, int B, int T, int NH, int HS, int layout,
                                   int with_bias, int mask_kind, int n_mask, double tol_fwd, double tol_bwd) {
-    int C = NH * HS;
-    int q_stride, kv_stride;
-    size_t nq, nkv;
-    if (layout == 0) { q_stride = kv_stride = 3 * C; nq = 0; nkv = (size_t)B * T * 3 * C; }
-    else { q_stride = C + 5; kv_stride = 2 * C; nq = (size_t)B * T * q_stride; nkv = (size_t)B * T * kv_stride; }
-    float* qb = layout == 0 ? NULL : rnd(nq);
-    float* kvb = random_tensor(&rng, nkv, -1.0f, 1.0f);
-    const float *q, *k, *v;
-    if (layout == 0) { q = kvb; k = kvb + C; v = kvb + 2 * C; }
-    else { q = qb; k = kvb; v = kvb + C; }
-    size_t nbias = (size_t)NH * T * T, nmask = (size_t)n_mask * T * T;
-    float* bias = with_bias ? random_tensor(&rng, nbias, -2.0f, 2.0f) : NULL;
-    float* mask = NULL;
+    AttnCase c = attn_case(B, T, T, NH, HS, layout, with_bias, mask_kind, n_mask);
     int inf_rows = 0;
-    if (mask_kind) {
-        mask = (float*)mallocCheck(nmask * sizeof(float));
-        for (size_t i = 0; i < nmask; i++) {
-            float u = rng_uniform(&rng);
-            mask[i] = mask_kind == 1 ? (u < 0.3f ? -100.0f : 0.0f) : (u < 0.5f ? -INFINITY : 0.0f);
-        }
-        if (mask_kind >= 2) for (size_t r = 0; r < (size_t)n_mask * T; r++) mask[r * T + rng_int(&rng, T)] = 0.0f;
-        if (mask_kind == 3) for (int j = 0; j < T; j++) mask[(size_t)1 * T + j] = -INFINITY;
-    }
-    size_t nout = (size_t)B * T * C, nlse = (size_t)B * NH * T;
+    size_t nout = (size_t)B * T * c.C, nlse = (size_t)B * NH * T;
     float* dy = rnd(nout);
     float *ref = (float*)mallocCheck(nout * sizeof(float)), *lse_ref = (float*)mallocCheck(nlse * sizeof(float));
-    window_attention_forward_cpu(ref, lse_ref, q, k, v, bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride);
-    float* dqb = layout == 0 ? NULL : dev_copy(qb, nq);
-    float* dkvb = dev_copy(kvb, nkv);
-    const float *dq_, *dk_, *dv_;
-    if (layout == 0) { dq_ = dkvb; dk_ = dkvb + C; dv_ = dkvb + 2 * C; }
-    else { dq_ = dqb; dk_ = dkvb; dv_ = dkvb + C; }
-    float* dbias = bias ? dev_copy(bias, nbias) : NULL;
-    float* dmask = mask ? dev_copy(mask, nmask) : NULL;
+    window_attention_forward_cpu(ref, lse_ref, c.q, c.k, c.v, c.bias, c.mask, n_mask, B, T, NH, HS, c.q_stride,
+                                 c.kv_stride);
     float *out = dev_poison(nout), *lse = dev_poison(nlse);
-    window_attention_forward_cuda(out, lse, dq_, dk_, dv_, dbias, dmask, n_mask, B, T, NH, HS, q_stride, kv_stride);
+    window_attention_forward_cuda(out, lse, c.dq, c.dk, c.dv, c.dbias, c.dmask, n_mask, B, T, NH, HS, c.q_stride,
+                                  c.kv_stride);
     const char* op = "window_attention_forward";
     char what[128];
     snprintf(what, sizeof(what), "out [%s]", label); cmp(op, what, out, ref, nout, tol_fwd);
@@ -482,28 +490,15 @@ static void test_window_attention(const char* label, int B, int T, int NH, int H
     check_close(name, lse_got, lse_cmp, nlse, tol_fwd);
     record(op, max_rel_error(lse_got, lse_cmp, nlse), tol_fwd);
     free(lse_got); free(lse_cmp);
-    // backward: each side from its own forward (out, lse); gradients pre-filled, laid out like q, k, v
+    // backward: each side from its own forward (out, lse)
     float* ddy = dev_copy(dy, nout);
-    Grad gq = grad_new(layout == 0 ? 1 : nq), gkv = grad_new(nkv), gb = grad_new(with_bias ? nbias : 1);
-    float *cq, *ck, *cv, *gq_, *gk_, *gv_;
-    if (layout == 0) { cq = gkv.cpu; ck = gkv.cpu + C; cv = gkv.cpu + 2 * C; gq_ = gkv.gpu; gk_ = gkv.gpu + C; gv_ = gkv.gpu + 2 * C; }
-    else { cq = gq.cpu; ck = gkv.cpu; cv = gkv.cpu + C; gq_ = gq.gpu; gk_ = gkv.gpu; gv_ = gkv.gpu + C; }
-    window_attention_backward_cpu(cq, ck, cv, with_bias ? gb.cpu : NULL, dy, ref, lse_ref, q, k, v, bias, mask,
-                                  n_mask, B, T, NH, HS, q_stride, kv_stride);
-    window_attention_backward_cuda(gq_, gk_, gv_, with_bias ? gb.gpu : NULL, ddy, out, lse, dq_, dk_, dv_, dbias,
-                                   dmask, n_mask, B, T, NH, HS, q_stride, kv_stride);
-    op = "window_attention_backward";
-    if (layout == 0) {
-        snprintf(what, sizeof(what), "dqkv [%s]", label); grad_cmp(op, what, &gkv, tol_bwd);
-        free(gq.init); free(gq.cpu);
-    } else {
-        // q rows have 5 padding floats that no gradient may touch: checked as part of dq
-        snprintf(what, sizeof(what), "dq [%s]", label); grad_cmp(op, what, &gq, tol_bwd);
-        snprintf(what, sizeof(what), "dk,dv [%s]", label); grad_cmp(op, what, &gkv, tol_bwd);
-    }
-    if (with_bias) { snprintf(what, sizeof(what), "drel_bias [%s]", label); grad_cmp(op, what, &gb, tol_bwd); }
-    else { free(gb.init); free(gb.cpu); }
-    free(qb); free(kvb); free(bias); free(mask); free(dy); free(ref); free(lse_ref);
+    attn_grads(&c);
+    window_attention_backward_cpu(c.cq, c.ck, c.cv, with_bias ? c.gb.cpu : NULL, dy, ref, lse_ref, c.q, c.k, c.v,
+                                  c.bias, c.mask, n_mask, B, T, NH, HS, c.q_stride, c.kv_stride);
+    window_attention_backward_cuda(c.gq_, c.gk_, c.gv_, with_bias ? c.gb.gpu : NULL, ddy, out, lse, c.dq, c.dk, c.dv,
+                                   c.dbias, c.dmask, n_mask, B, T, NH, HS, c.q_stride, c.kv_stride);
+    attn_grads_check_free(&c, "window_attention_backward", label, tol_bwd);
+    free(dy); free(ref); free(lse_ref);
     dev_free_all();
 }
 

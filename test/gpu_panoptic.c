@@ -11,14 +11,7 @@
 #define TMP "test/tmp/gpu_panoptic"
 
 static double score_from(const char* path, const char* key) {
-    FILE* fp = fopen(path, "rb");
-    if (!fp) return NAN;
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char* s = (char*)calloc(n + 1, 1);
-    if (fread(s, 1, n, fp) != (size_t)n) s[0] = 0;
-    fclose(fp);
+    char* s = read_text(path);
     cJSON* j = cJSON_Parse(s);
     free(s);
     double v = NAN;

@@ -14,23 +14,6 @@
 static Rng rng;
 
 #ifdef TTT_CUDA
-static float* dev_copy(const float* h, size_t n) {
-    float* d = (float*)ttt_malloc(n * sizeof(float));
-    ttt_to_device(d, h, n * sizeof(float));
-    return d;
-}
-static float* dev_poison(size_t n) {
-    float* h = (float*)mallocCheck(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) h[i] = NAN;
-    float* d = dev_copy(h, n);
-    free(h);
-    return d;
-}
-static float* back(const float* d, size_t n) {
-    float* h = (float*)mallocCheck(n * sizeof(float));
-    ttt_to_host(h, d, n * sizeof(float));
-    return h;
-}
 static void check_bytes(const char* name, const unsigned char* got, const unsigned char* ref, size_t n, double max_frac) {
     size_t diff = 0;
     for (size_t i = 0; i < n; i++) diff += got[i] != ref[i];
@@ -46,9 +29,9 @@ static void test_scores(int Q, int K, int H4, int W4, int H, int W, int Ho, int 
     float* cls = random_tensor(&rng, nc, -3, 3), *msk = random_tensor(&rng, nm, -4, 4);
     float* work = mallocCheck(nw * sizeof(float)), *ref = mallocCheck(ns * sizeof(float));
     semantic_scores_cpu(ref, cls, msk, Q, K, H4, W4, H, W, Ho, Wo, work);
-    float *dc = dev_copy(cls, nc), *dm = dev_copy(msk, nm), *dw = dev_poison(nw), *ds = dev_poison(ns);
+    float *dc = device_copy_of(cls, nc), *dm = device_copy_of(msk, nm), *dw = device_nan_buffer(nw), *ds = device_nan_buffer(ns);
     semantic_scores_cuda(ds, dc, dm, Q, K, H4, W4, H, W, Ho, Wo, dw);
-    float* got = back(ds, ns);
+    float* got = host_copy_of(ds, ns);
     char name[128];
     snprintf(name, sizeof(name), "semantic_scores Q%d K%d %dx%d -> %dx%d", Q, K, H, W, Ho, Wo);
     check_close(name, got, ref, ns, 1e-5);
@@ -68,7 +51,7 @@ static void test_argmax_flip_vote(int N, int K) {
     float* s = random_tensor(&rng, (size_t)N * K, 0.0f, 1.0f);
     for (int i = 0; i < N; i += 7) s[(size_t)i * K + i % K] += 3.0f;   // some confident rows
     unsigned char* ref = mallocCheck(N), *got = mallocCheck(N);
-    float* ds = dev_copy(s, (size_t)N * K);
+    float* ds = device_copy_of(s, (size_t)N * K);
     unsigned char* dids = (unsigned char*)ttt_malloc(N);
     float thr[2] = {0.0f, 0.4f};
     for (int t = 0; t < 2; t++) {
@@ -83,9 +66,9 @@ static void test_argmax_flip_vote(int N, int K) {
     size_t nf = (size_t)3 * 17 * 29 * K;
     float* x = random_tensor(&rng, nf, -1, 1), *fr = mallocCheck(nf * sizeof(float));
     flip_width_cpu(fr, x, 3, 17, 29, K);
-    float* dx = dev_copy(x, nf), *dy = dev_poison(nf);
+    float* dx = device_copy_of(x, nf), *dy = device_nan_buffer(nf);
     flip_width_cuda(dy, dx, 3, 17, 29, K);
-    float* fg = back(dy, nf);
+    float* fg = host_copy_of(dy, nf);
     check_close("flip_width", fg, fr, nf, 0.0);
     // vote: V views of N ids in [0, 4) so that ties happen
     int V = 6;
@@ -105,16 +88,16 @@ static void test_ln_adapt(int N, int C, int cap, float prior) {
     size_t nx = (size_t)N * C, nh = (size_t)cap * N;
     float* x = random_tensor(&rng, nx, -2, 3), *w = random_tensor(&rng, C, 0.5f, 1.5f), *b = random_tensor(&rng, C, -0.5f, 0.5f);
     float* hm = random_tensor(&rng, nh, -1, 1), *hv = random_tensor(&rng, nh, 0.1f, 2);
-    float *dx = dev_copy(x, nx), *dw = dev_copy(w, C), *db = dev_copy(b, C), *dhm = dev_copy(hm, nh), *dhv = dev_copy(hv, nh);
+    float *dx = device_copy_of(x, nx), *dw = device_copy_of(w, C), *db = device_copy_of(b, C), *dhm = device_copy_of(hm, nh), *dhv = device_copy_of(hv, nh);
     int states[2][3] = {{cap - 1, cap, 1}, {0, cap > 1 ? 2 : 1, 0}};   // recording a full ring; reading a partial one
     for (int t = 0; t < 2; t++) {
         float* out = mallocCheck(nx * 4), *mean = mallocCheck(N * 4), *rstd = mallocCheck(N * 4);
         layernorm_adapt_forward_cpu(out, mean, rstd, hm, hv, states[t], x, w, b, N, C, cap, prior);
         int* dst = (int*)ttt_malloc(3 * sizeof(int));
         ttt_to_device(dst, states[t], 3 * sizeof(int));
-        float *dout = dev_poison(nx), *dmean = dev_poison(N), *drstd = dev_poison(N);
+        float *dout = device_nan_buffer(nx), *dmean = device_nan_buffer(N), *drstd = device_nan_buffer(N);
         layernorm_adapt_forward_cuda(dout, dmean, drstd, dhm, dhv, dst, dx, dw, db, N, C, cap, prior);
-        float *go = back(dout, nx), *gm = back(dmean, N), *gr = back(drstd, N), *ghm = back(dhm, nh), *ghv = back(dhv, nh);
+        float *go = host_copy_of(dout, nx), *gm = host_copy_of(dmean, N), *gr = host_copy_of(drstd, N), *ghm = host_copy_of(dhm, nh), *ghv = host_copy_of(dhv, nh);
         char name[96];
         snprintf(name, sizeof(name), "layernorm_adapt N%d C%d ring %d/%d%s: out", N, C, states[t][1], cap, states[t][2] ? " rec" : "");
         check_close(name, go, out, nx, 1e-4);
@@ -137,7 +120,7 @@ static void test_entropy(int B, int Q, int K, int H4, int W4, int Hv, int Wv) {
     float* work = mallocCheck(nw * sizeof(float));
     float lc;
     semantic_entropy_forward_cpu(&lc, cls, msk, B, Q, K, H4, W4, Hv, Wv, work);
-    float *dc = dev_copy(cls, nc), *dm = dev_copy(msk, nm), *dw = dev_poison(nw), *dl = dev_poison(1);
+    float *dc = device_copy_of(cls, nc), *dm = device_copy_of(msk, nm), *dw = device_nan_buffer(nw), *dl = device_nan_buffer(1);
     semantic_entropy_forward_cuda(dl, dc, dm, B, Q, K, H4, W4, Hv, Wv, dw);
     float lg;
     ttt_to_host(&lg, dl, sizeof(float));
@@ -148,10 +131,10 @@ static void test_entropy(int B, int Q, int K, int H4, int W4, int Hv, int Wv) {
     float* gc0 = random_tensor(&rng, nc, -1, 1), *gm0 = random_tensor(&rng, nm, -1, 1);
     float* gc = mallocCheck(nc * 4), *gm = mallocCheck(nm * 4);
     memcpy(gc, gc0, nc * 4); memcpy(gm, gm0, nm * 4);
-    float *dgc = dev_copy(gc0, nc), *dgm = dev_copy(gm0, nm);
+    float *dgc = device_copy_of(gc0, nc), *dgm = device_copy_of(gm0, nm);
     semantic_entropy_backward_cpu(gc, gm, 0.7f, cls, msk, B, Q, K, H4, W4, Hv, Wv, work);
     semantic_entropy_backward_cuda(dgc, dgm, 0.7f, dc, dm, B, Q, K, H4, W4, Hv, Wv, dw);
-    float *hgc = back(dgc, nc), *hgm = back(dgm, nm);
+    float *hgc = host_copy_of(dgc, nc), *hgm = host_copy_of(dgm, nm);
     for (size_t i = 0; i < nc; i++) { gc[i] -= gc0[i]; hgc[i] -= gc0[i]; }
     for (size_t i = 0; i < nm; i++) { gm[i] -= gm0[i]; hgm[i] -= gm0[i]; }
     snprintf(name, sizeof(name), "semantic_entropy B%d Q%d K%d: d class_logits", B, Q, K);

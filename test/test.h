@@ -218,6 +218,14 @@ static float* host_copy_of(const float* dev, size_t n) {
     ttt_to_host(h, dev, n * sizeof(float));
     return h;
 }
+// a new ttt_device buffer full of NaN: catches elements a forward never writes
+static float* device_nan_buffer(size_t n) {
+    float* h = (float*)mallocCheck(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = NAN;
+    float* d = device_copy_of(h, n);
+    free(h);
+    return d;
+}
 
 static int test_summary(const char* name) {
     printf("%s: %d passed, %d failed\n", name, tests_passed, tests_failed);

@@ -34,17 +34,7 @@ static int run_logged(const char* cmd) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static char* read_log(void) {
-    FILE* fp = fopen(LOG, "rb");
-    if (fp == NULL) return strdup("");
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char* s = (char*)calloc(n + 1, 1);
-    if (fread(s, 1, n, fp) != (size_t)n) s[0] = 0;
-    fclose(fp);
-    return s;
-}
+static char* read_log(void) { return read_text(LOG); }
 
 static int exists(const char* p) { return access(p, F_OK) == 0; }
 

@@ -5,18 +5,6 @@
 #include "test.h"
 #include <sys/stat.h>
 
-// the whole of a small file as a string (empty if missing)
-static char* slurp(const char* path) {
-    static char buf[65536];
-    buf[0] = '\0';
-    FILE* fp = fopen(path, "r");
-    if (!fp) return buf;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
-    buf[n] = '\0';
-    fclose(fp);
-    return buf;
-}
-
 static int count_lines(const char* s) {
     int n = 0;
     for (; *s; s++) n += *s == '\n';
@@ -73,7 +61,7 @@ int main(void) {
              "--batch 1 --crop 64x48 --device cpu > %s/bad_train.log 2>&1", T, T, T);
     int rc = run(cmd);
     snprintf(path, sizeof(path), "%s/bad_train.log", T);
-    char* log = slurp(path);
+    char* log = read_text(path);
     CHECK(rc == 1 && count_lines(log) == 1 && strstr(log, "error: TTT_PRECISION: expected bf16, tf32 or fp32, got 'bf17'"),
           "./train with TTT_PRECISION=bf17: rc %d, log '%s'", rc, log);
     snprintf(path, sizeof(path), "%s/bad.bin", T);
@@ -83,7 +71,8 @@ int main(void) {
              "> %s/bad_stream.log 2>&1", T, T, T, T);
     rc = run(cmd);
     snprintf(path, sizeof(path), "%s/bad_stream.log", T);
-    log = slurp(path);
+    free(log);
+    log = read_text(path);
     CHECK(rc == 1 && count_lines(log) == 1 && strstr(log, "error: TTT_TF32=0 (float32) and TTT_PRECISION=bf16 disagree"),
           "./stream with TTT_TF32=0 TTT_PRECISION=bf16: rc %d, log '%s'", rc, log);
     snprintf(path, sizeof(path), "%s/out", T);
@@ -94,8 +83,10 @@ int main(void) {
              "--batch 1 --crop 64x48 --save-every 0 --device cpu > %s/train.log 2>&1", T, T, T);
     rc = run(cmd);
     snprintf(path, sizeof(path), "%s/train.log", T);
-    log = slurp(path);
+    free(log);
+    log = read_text(path);
     CHECK(rc == 0 && strstr(log, "settings: ") && strstr(log, " device=cpu precision=fp32 "),
           "./train's settings line lacks 'device=cpu precision=fp32' (rc %d)", rc);
+    free(log);
     return test_summary("test_precision");
 }
