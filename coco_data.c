@@ -675,8 +675,9 @@ FILE* coco_json_open(const char* path) {
     char* tmp = (char*)mallocCheck(n);
     snprintf(tmp, n, "%s.tmp", path);
     FILE* fp = fopen(tmp, "w");
-    if (fp == NULL) ttt_die("cannot write '%s': %s", path, strerror(errno));
-    free(tmp);
+    int e = errno;
+    free(tmp);   // before dying: nothing leaks at exit
+    if (fp == NULL) ttt_die("cannot write '%s': %s", path, strerror(e));
     return fp;
 }
 
@@ -686,12 +687,10 @@ void coco_json_close(FILE* fp, const char* path) {
     snprintf(tmp, n, "%s.tmp", path);
     int ok = !ferror(fp);
     ok = (fclose(fp) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        int e = errno;
-        remove(tmp);
-        ttt_die("cannot write '%s': %s", path, strerror(e ? e : EIO));
-    }
-    free(tmp);
+    int e = 0;
+    if (!ok || rename(tmp, path) != 0) { e = errno ? errno : EIO; remove(tmp); }
+    free(tmp);   // before dying: nothing leaks at exit
+    if (e) ttt_die("cannot write '%s': %s", path, strerror(e));
 }
 
 void coco_json_write_categories(FILE* fp, const CocoCategories* c) {

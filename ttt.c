@@ -1870,16 +1870,12 @@ void png_write_atomic(const char* path, const unsigned char* px, int H, int W, i
     size_t n = strlen(path) + 8;
     char* tmp = (char*)mallocCheck(n);
     snprintf(tmp, n, "%s.tmp", path);
-    if (!stbi_write_png(tmp, W, H, comp, px, W * comp)) {
-        remove(tmp);
-        ttt_die("cannot write PNG '%s': %s", path, strerror(errno ? errno : EIO));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        remove(tmp);
-        ttt_die("cannot write PNG '%s': %s", path, strerror(e));
-    }
+    int e = 0;   // errno of the failure (the name is freed before dying: nothing leaks at exit)
+    if (!stbi_write_png(tmp, W, H, comp, px, W * comp)) e = errno ? errno : EIO;
+    else if (rename(tmp, path) != 0) e = errno;
+    if (e) remove(tmp);
     free(tmp);
+    if (e) ttt_die("cannot write PNG '%s': %s", path, strerror(e));
 }
 
 void image_save_png(const char* path, const float* rgb, int H, int W) {
