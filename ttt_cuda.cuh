@@ -54,5 +54,7 @@ void* workspace_get(Workspace* w, size_t bytes);
 struct OpTimer {
     int slot;
     OpTimer(const char* name);
+    // TTT_PROFILE=2 keeps a total per (name, a, b, c): the sizes an op passes (e.g. M, K, N)
+    OpTimer(const char* name, long a, long b, long c);
     ~OpTimer();
 };

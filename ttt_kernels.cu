@@ -417,7 +417,7 @@ static int linear_backward_weight_lt(float* dweight, float* dbias, const float* 
 
 extern "C" void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias,
                                     int N, int C, int OC) {
-    OpTimer timer("linear_forward");
+    OpTimer timer("linear_forward", N, C, OC);
     if (N <= 0 || OC <= 0) return;
     if (C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 3);   // see gemm_rm
     if (C > 0 && bias && linear_forward_lt(out, inp, weight, bias, N, C, OC)) return;
@@ -432,7 +432,7 @@ static void linear_backward_staged(float* dinp, float* dweight, float* dbias, co
 
 extern "C" void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
                                      const float* inp, const float* weight, int N, int C, int OC) {
-    OpTimer timer("linear_backward");
+    OpTimer timer("linear_backward", N, C, OC);
     if (N <= 0 || OC <= 0) return;
     // misaligned weight / weight gradient: through aligned copies (see gemm_rm); dweight
     // accumulates, so its copy starts from its values and is copied back after
@@ -1769,7 +1769,7 @@ static void conv3x3_backward_shifted(float* dinp, float* dweight, const float* d
 extern "C" void conv2d_forward_cuda(float* out, const float* inp, const float* weight, const float* bias,
                                     int B, int H, int W, int C, int OC, int K, int stride, int pad,
                                     int Ho, int Wo) {
-    OpTimer timer("conv2d_forward");
+    OpTimer timer("conv2d_forward", (long)B * Ho * Wo, (long)K * K * C, OC);
     size_t npix = (size_t)B * Ho * Wo;
     if (npix == 0 || OC <= 0) return;
     // a 1x1 conv over the same grid is a linear layer on the pixels
@@ -1799,7 +1799,7 @@ extern "C" void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, 
                                      const float* inp, const float* weight,
                                      int B, int H, int W, int C, int OC, int K, int stride, int pad,
                                      int Ho, int Wo) {
-    OpTimer timer("conv2d_backward");
+    OpTimer timer("conv2d_backward", (long)B * Ho * Wo, (long)K * K * C, OC);
     size_t npix = (size_t)B * Ho * Wo;
     if (npix == 0 || OC <= 0) return;
     if (K == 1 && stride == 1 && pad == 0 && Ho == H && Wo == W) {

@@ -2,7 +2,8 @@
 // cuBLAS handle, the growable workspaces, the per-op profiler (TTT_PROFILE=1), CUDA graphs
 // (TTT_GRAPHS=0: off) and the event timers. No kernels: those are in ttt_kernels.cu, which
 // shares this file's helpers through ttt_cuda.cuh.
-// Environment switches read here: TTT_PROFILE=1 (device time per op printed at exit),
+// Environment switches read here: TTT_PROFILE=1 (device time per op printed at exit; =2 per op
+// and size for the ops that pass their sizes),
 // TTT_GRAPHS=0 (no CUDA graphs: every kernel launched from the host each time), TTT_TF32=0
 // (float32 matrix products; read by gemm_rm in ttt_kernels.cu, stored here).
 #include "ttt_cuda.cuh"
@@ -104,10 +105,11 @@ extern "C" void ttt_cuda_memory_info(size_t* used, size_t* total) {
 // event pair around its work (an OpTimer on its stack); at exit the total time per op is
 // printed to stderr, sorted. Off: one branch per op.
 
-#define PROF_MAX_OPS 96
+#define PROF_MAX_OPS 512
 #define PROF_MAX_PENDING 65536
 static int prof_on = -1;
 static const char* prof_names[PROF_MAX_OPS];
+static char prof_shaped[PROF_MAX_OPS][72];   // TTT_PROFILE=2: "name a x b x c" keys, owned here
 static double prof_ms[PROF_MAX_OPS];
 static long prof_calls[PROF_MAX_OPS];
 static int prof_nops = 0;
@@ -147,23 +149,34 @@ static void prof_report(void) {
 }
 
 static int prof_depth = 0;   // only the outermost op is timed (conv2d 1x1 calls linear)
-OpTimer::OpTimer(const char* name) : slot(-1) {
-    prof_depth++;
-    if (prof_depth > 1) return;
+
+// the profiling level from TTT_PROFILE: 0 off, 1 per op, 2 per op and shape (where the op
+// passes its sizes: linear, conv2d, attention)
+static int prof_level(void) {
     if (prof_on < 0) {
         const char* e = getenv("TTT_PROFILE");
-        prof_on = e && e[0] == '1';
+        prof_on = e && (e[0] == '1' || e[0] == '2') ? e[0] - '0' : 0;
         if (prof_on) atexit(prof_report);
     }
-    if (!prof_on) return;
+    return prof_on;
+}
+
+// start timing op `name` (a string literal, compared by address) or, when shaped, the key
+// text (compared by value); returns the event slot or -1
+static int prof_begin(const char* name, const char* shaped) {
     int op = 0;
-    while (op < prof_nops && prof_names[op] != name) op++;
+    if (shaped) while (op < prof_nops && !(prof_names[op] == prof_shaped[op] && !strcmp(prof_shaped[op], shaped))) op++;
+    else while (op < prof_nops && prof_names[op] != name) op++;
     if (op == prof_nops) {
-        if (prof_nops == PROF_MAX_OPS) return;
-        prof_names[prof_nops++] = name;
+        if (prof_nops == PROF_MAX_OPS) return -1;
+        if (shaped) {
+            snprintf(prof_shaped[prof_nops], sizeof(prof_shaped[0]), "%s", shaped);
+            prof_names[prof_nops] = prof_shaped[prof_nops];
+        } else prof_names[prof_nops] = name;
+        prof_nops++;
     }
     if (prof_npending == PROF_MAX_PENDING) prof_flush();
-    slot = prof_npending++;
+    int slot = prof_npending++;
     if (slot >= prof_nev_created) {
         cudaCheck(cudaEventCreate(&prof_ev[slot][0]));
         cudaCheck(cudaEventCreate(&prof_ev[slot][1]));
@@ -171,6 +184,22 @@ OpTimer::OpTimer(const char* name) : slot(-1) {
     }
     prof_ev_op[slot] = op;
     cudaCheck(cudaEventRecord(prof_ev[slot][0]));
+    return slot;
+}
+
+OpTimer::OpTimer(const char* name) : slot(-1) {
+    prof_depth++;
+    if (prof_depth > 1 || !prof_level()) return;
+    slot = prof_begin(name, NULL);
+}
+OpTimer::OpTimer(const char* name, long a, long b, long c) : slot(-1) {
+    prof_depth++;
+    int level = prof_depth > 1 ? 0 : prof_level();
+    if (!level) return;
+    if (level == 1) { slot = prof_begin(name, NULL); return; }
+    char key[72];
+    snprintf(key, sizeof(key), "%s %ldx%ldx%ld", name, a, b, c);
+    slot = prof_begin(name, key);
 }
 OpTimer::~OpTimer() {
     prof_depth--;
@@ -226,7 +255,7 @@ static int graphs_enabled(void) {
         graphs_on = !(g && g[0] == '0');
     }
     const char* p = getenv("TTT_PROFILE");
-    return graphs_on && !(p && p[0] == '1') && !stage_timing_enabled();
+    return graphs_on && !(p && (p[0] == '1' || p[0] == '2')) && !stage_timing_enabled();
 }
 
 extern "C" void ttt_cuda_graph_free(DeviceGraph* g) {
