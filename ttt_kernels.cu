@@ -561,63 +561,185 @@ extern "C" void layernorm_backward_cuda(float* dinp, float* dweight, float* dbia
 }
 
 // ----------------------------------------------------------------------------
-// groupnorm on (B, HW, C): one block per (b, g) for the statistics
+// groupnorm on (B, HW, C). The plain form (groupnorm_forward_cpu): per (b, g), mean and
+// variance over the HW x C/G values of the group, then out = (x - mean) rstd w + b. Here the
+// rows of each image are cut into chunks of GN_CHUNK_ROWS pixels: one block per (chunk, b)
+// reads its rows coalesced (threads over channels) and writes per group the chunk's sum and
+// sum of squared deviations from the chunk's mean; one warp per (b, g) merges the chunks
+// (Chan et al.'s pairwise formula, in double). So even B = 1 fills the GPU (one block per
+// (b, g) gave 32 blocks for a 1/4-resolution map at B = 1).
 
-__global__ void groupnorm_stats_kernel(float* mean, float* rstd, const float* inp, int HW, int C, int G) {
-    int bg = blockIdx.x, b = bg / G, g = bg % G, Cg = C / G;
-    const float* x = inp + (size_t)b * HW * C + g * Cg;
-    size_t cnt = (size_t)HW * Cg;
-    float s = 0.0f;
-    for (size_t i = threadIdx.x; i < cnt; i += blockDim.x) s += x[(i / Cg) * C + i % Cg];
-    float m = block_sum(s) / cnt;
-    float v = 0.0f;
-    for (size_t i = threadIdx.x; i < cnt; i += blockDim.x) { float d = x[(i / Cg) * C + i % Cg] - m; v += d * d; }
-    v = block_sum(v) / cnt;
-    if (threadIdx.x == 0) { mean[bg] = m; rstd[bg] = rsqrtf(v + LN_EPS); }
-}
+#define GN_CHUNK_ROWS 64
+#define GN_THREADS 256
+static Workspace ws_gn;   // per (b, g, chunk) partial statistics; the backward's per-group sums
 
-__global__ void groupnorm_apply_kernel(float* out, const float* inp, const float* mean, const float* rstd,
-                                       const float* weight, const float* bias, int B, int HW, int C, int G) {
-    size_t total = (size_t)B * HW * C;
+static int gn_chunks(int HW) { return (HW + GN_CHUNK_ROWS - 1) / GN_CHUNK_ROWS; }
+
+// per-channel sums of f(row, c) over the chunk's rows into ch[C] (shared), then per group into
+// grp[G] (shared). Threads over channels: the reads of one row are consecutive floats.
+__device__ __forceinline__ void gn_group_sums(float* grp, float* ch, const float* vals, int r0, int r1,
+                                              int C, int G, int mode, const float* gmean,
+                                              const float* dout, const float* weight, const float* mean_bg,
+                                              const float* rstd_bg) {
     int Cg = C / G;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        int c = i % C;
-        size_t b = i / ((size_t)HW * C);
-        int si = b * G + c / Cg;
-        out[i] = (inp[i] - mean[si]) * rstd[si] * weight[c] + bias[c];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float acc = 0.0f;
+        int g = c / Cg;
+        for (int r = r0; r < r1; r++) {
+            float x = vals[(size_t)r * C + c];
+            if (mode == 0) acc += x;                                          // sum x
+            else if (mode == 1) { float d = x - gmean[g]; acc += d * d; }     // sum (x - chunk mean)^2
+            else {                                                            // backward: dn, dn * norm
+                float dn = dout[(size_t)r * C + c] * weight[c];
+                acc += mode == 2 ? dn : dn * (x - mean_bg[g]) * rstd_bg[g];
+            }
+        }
+        ch[c] = acc;
+    }
+    __syncthreads();
+    for (int g = threadIdx.x; g < G; g += blockDim.x) {
+        float t = 0.0f;
+        for (int c = g * Cg; c < (g + 1) * Cg; c++) t += ch[c];
+        grp[g] = t;
+    }
+    __syncthreads();
+}
+
+// partial[((b G + g) nchunks + chunk) * 2 + {0, 1}] = (sum, M2) of the chunk's values of group g
+__global__ void groupnorm_partial_stats_kernel(float* partial, const float* inp, int HW, int C, int G) {
+    extern __shared__ float gn_smem[];
+    float* ch = gn_smem;           // (C)
+    float* grp = ch + C;           // (G) sums
+    float* gmean = grp + G;        // (G) chunk means
+    int chunk = blockIdx.x, b = blockIdx.y, nchunks = gridDim.x;
+    int r0 = chunk * GN_CHUNK_ROWS, r1 = min(HW, r0 + GN_CHUNK_ROWS);
+    const float* x = inp + (size_t)b * HW * C;
+    float cnt = (float)(r1 - r0) * (C / G);
+    gn_group_sums(grp, ch, x, r0, r1, C, G, 0, NULL, NULL, NULL, NULL, NULL);
+    for (int g = threadIdx.x; g < G; g += blockDim.x) gmean[g] = grp[g] / cnt;
+    __syncthreads();
+    for (int g = threadIdx.x; g < G; g += blockDim.x)
+        partial[(((size_t)b * G + g) * nchunks + chunk) * 2] = grp[g];
+    __syncthreads();
+    gn_group_sums(grp, ch, x, r0, r1, C, G, 1, gmean, NULL, NULL, NULL, NULL);
+    for (int g = threadIdx.x; g < G; g += blockDim.x)
+        partial[(((size_t)b * G + g) * nchunks + chunk) * 2 + 1] = grp[g];
+}
+
+// one warp per (b, g): merge the chunks' (n, mean, M2) pairwise, in double
+__global__ void groupnorm_merge_stats_kernel(float* mean, float* rstd, const float* partial, int B, int G,
+                                             int HW, int Cg, int nchunks) {
+    int bg = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (bg >= B * G) return;
+    double n = 0.0, m = 0.0, M2 = 0.0;
+    for (int k = lane; k < nchunks; k += 32) {
+        int rows = min(HW, (k + 1) * GN_CHUNK_ROWS) - k * GN_CHUNK_ROWS;
+        double nb = (double)rows * Cg;
+        const float* p = partial + ((size_t)bg * nchunks + k) * 2;
+        double mb = p[0] / nb, delta = mb - m, nn = n + nb;
+        m += delta * nb / nn;
+        M2 += p[1] + delta * delta * n * nb / nn;
+        n = nn;
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        double n2 = __shfl_xor_sync(0xffffffffu, n, o), m2 = __shfl_xor_sync(0xffffffffu, m, o);
+        double M22 = __shfl_xor_sync(0xffffffffu, M2, o);
+        double nn = n + n2;
+        if (nn > 0.0) {
+            double delta = m2 - m;
+            M2 = M2 + M22 + delta * delta * n * n2 / nn;
+            m = (n * m + n2 * m2) / nn;
+        }
+        n = nn;
+    }
+    if (lane == 0) {
+        mean[bg] = (float)m;
+        rstd[bg] = rsqrtf((float)(M2 / n) + LN_EPS);
     }
 }
 
-// per (b, g): a = mean(dnorm), bb = mean(dnorm * norm), then dx = (dnorm - a - norm bb) rstd
-__global__ void groupnorm_backward_kernel(float* dinp, const float* dout, const float* inp, const float* weight,
-                                          const float* mean, const float* rstd, int HW, int C, int G) {
-    int bg = blockIdx.x, b = bg / G, g = bg % G, Cg = C / G;
-    size_t base = (size_t)b * HW * C + g * Cg;
-    size_t cnt = (size_t)HW * Cg;
-    float m = mean[bg], r = rstd[bg];
-    float a = 0.0f, bb = 0.0f;
-    for (size_t i = threadIdx.x; i < cnt; i += blockDim.x) {
-        size_t k = base + (i / Cg) * C + i % Cg;
-        float dn = dout[k] * weight[g * Cg + i % Cg];
-        a += dn; bb += dn * (inp[k] - m) * r;
-    }
-    a = block_sum(a) / cnt;
-    bb = block_sum(bb) / cnt;
-    for (size_t i = threadIdx.x; i < cnt; i += blockDim.x) {
-        size_t k = base + (i / Cg) * C + i % Cg;
-        float norm = (inp[k] - m) * r;
-        float dn = dout[k] * weight[g * Cg + i % Cg];
-        dinp[k] += (dn - a - norm * bb) * r;
+// out = (x - mean) rstd w + b, block (chunk, b) over its rows, threads over channels
+__global__ void groupnorm_apply_kernel(float* out, const float* inp, const float* mean, const float* rstd,
+                                       const float* weight, const float* bias, int HW, int C, int G) {
+    int chunk = blockIdx.x, b = blockIdx.y, Cg = C / G;
+    int r0 = chunk * GN_CHUNK_ROWS, r1 = min(HW, r0 + GN_CHUNK_ROWS);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        int si = b * G + c / Cg;
+        float sc = rstd[si] * weight[c], sh = bias[c] - mean[si] * sc;
+        for (int r = r0; r < r1; r++) {
+            size_t i = ((size_t)b * HW + r) * C + c;
+            out[i] = inp[i] * sc + sh;
+        }
     }
 }
+
+// backward partials: per (b, g, chunk) the sums of dn = dout w and of dn * norm
+__global__ void groupnorm_partial_grad_kernel(float* partial, const float* dout, const float* inp,
+                                              const float* weight, const float* mean, const float* rstd,
+                                              int HW, int C, int G) {
+    extern __shared__ float gn_smem[];
+    float* ch = gn_smem;   // (C)
+    float* grp = ch + C;   // (G)
+    int chunk = blockIdx.x, b = blockIdx.y, nchunks = gridDim.x;
+    int r0 = chunk * GN_CHUNK_ROWS, r1 = min(HW, r0 + GN_CHUNK_ROWS);
+    size_t off = (size_t)b * HW * C;
+    for (int mode = 2; mode <= 3; mode++) {
+        gn_group_sums(grp, ch, inp + off, r0, r1, C, G, mode, NULL, dout + off, weight, mean + b * G, rstd + b * G);
+        for (int g = threadIdx.x; g < G; g += blockDim.x)
+            partial[(((size_t)b * G + g) * nchunks + chunk) * 2 + (mode - 2)] = grp[g];
+        __syncthreads();
+    }
+}
+
+// one warp per (b, g): a = mean(dn), bb = mean(dn norm) over the group, into ab[bg * 2 + {0, 1}]
+__global__ void groupnorm_merge_grad_kernel(float* ab, const float* partial, int B, int G, int HW, int Cg,
+                                            int nchunks) {
+    int bg = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (bg >= B * G) return;
+    double a = 0.0, bb = 0.0;
+    for (int k = lane; k < nchunks; k += 32) {
+        a += partial[((size_t)bg * nchunks + k) * 2];
+        bb += partial[((size_t)bg * nchunks + k) * 2 + 1];
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_xor_sync(0xffffffffu, a, o);
+        bb += __shfl_xor_sync(0xffffffffu, bb, o);
+    }
+    double cnt = (double)HW * Cg;
+    if (lane == 0) { ab[bg * 2] = (float)(a / cnt); ab[bg * 2 + 1] = (float)(bb / cnt); }
+}
+
+// dx += (dn - a - norm bb) rstd, block (chunk, b), threads over channels
+__global__ void groupnorm_backward_apply_kernel(float* dinp, const float* dout, const float* inp,
+                                                const float* weight, const float* mean, const float* rstd,
+                                                const float* ab, int HW, int C, int G) {
+    int chunk = blockIdx.x, b = blockIdx.y, Cg = C / G;
+    int r0 = chunk * GN_CHUNK_ROWS, r1 = min(HW, r0 + GN_CHUNK_ROWS);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        int si = b * G + c / Cg;
+        float m = mean[si], r = rstd[si], a = ab[si * 2], bb = ab[si * 2 + 1], w = weight[c];
+        for (int row = r0; row < r1; row++) {
+            size_t i = ((size_t)b * HW + row) * C + c;
+            float norm = (inp[i] - m) * r;
+            dinp[i] += (dout[i] * w - a - norm * bb) * r;
+        }
+    }
+}
+
+static size_t gn_smem_bytes(int C, int G) { return (size_t)(C + 2 * G) * sizeof(float); }
 
 extern "C" void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp,
                                        const float* weight, const float* bias, int B, int HW, int C, int G) {
     OpTimer timer("groupnorm_forward");
     if (B <= 0 || HW <= 0) return;
-    groupnorm_stats_kernel<<<B * G, 512>>>(mean, rstd, inp, HW, C, G); launchCheck();
-    size_t total = (size_t)B * HW * C;
-    groupnorm_apply_kernel<<<grid_for(total, 256), 256>>>(out, inp, mean, rstd, weight, bias, B, HW, C, G);
+    int nchunks = gn_chunks(HW);
+    float* partial = (float*)workspace_get(&ws_gn, (size_t)B * G * nchunks * 2 * sizeof(float));
+    dim3 grid(nchunks, B);
+    groupnorm_partial_stats_kernel<<<grid, GN_THREADS, gn_smem_bytes(C, G)>>>(partial, inp, HW, C, G);
+    launchCheck();
+    groupnorm_merge_stats_kernel<<<(B * G + 7) / 8, 256>>>(mean, rstd, partial, B, G, HW, C / G, nchunks);
+    launchCheck();
+    groupnorm_apply_kernel<<<grid, GN_THREADS>>>(out, inp, mean, rstd, weight, bias, HW, C, G);
     launchCheck();
 }
 
@@ -626,7 +748,20 @@ extern "C" void groupnorm_backward_cuda(float* dinp, float* dweight, float* dbia
                                         const float* rstd, int B, int HW, int C, int G) {
     OpTimer timer("groupnorm_backward");
     if (B <= 0 || HW <= 0) return;
-    if (dinp) { groupnorm_backward_kernel<<<B * G, 512>>>(dinp, dout, inp, weight, mean, rstd, HW, C, G); launchCheck(); }
+    if (dinp) {
+        int nchunks = gn_chunks(HW);
+        size_t npart = (size_t)B * G * nchunks * 2;
+        float* partial = (float*)workspace_get(&ws_gn, (npart + (size_t)B * G * 2) * sizeof(float));
+        float* ab = partial + npart;
+        dim3 grid(nchunks, B);
+        groupnorm_partial_grad_kernel<<<grid, GN_THREADS, gn_smem_bytes(C, G)>>>(partial, dout, inp, weight,
+                                                                                 mean, rstd, HW, C, G);
+        launchCheck();
+        groupnorm_merge_grad_kernel<<<(B * G + 7) / 8, 256>>>(ab, partial, B, G, HW, C / G, nchunks);
+        launchCheck();
+        groupnorm_backward_apply_kernel<<<grid, GN_THREADS>>>(dinp, dout, inp, weight, mean, rstd, ab, HW, C, G);
+        launchCheck();
+    }
     if (dweight || dbias) norm_param_grad(dweight, dbias, dout, inp, mean, rstd, B * HW, C, HW, G, C / G);
 }
 

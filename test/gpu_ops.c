@@ -931,6 +931,7 @@ int main(void) {
     test_layernorm(3136, 96);
     test_groupnorm(3, 257, 64, 32);
     test_groupnorm(2, 1000, 256, 32);
+    test_groupnorm(1, 4099, 320, 32);   // C above the block's threads, many chunks at B = 1
     test_softmax(333, 77);
     test_softmax(101, 1000);
     test_attention("generic", 3, 17, 23, 3, 8, 1, 1, 2, 3);
