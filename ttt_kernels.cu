@@ -1830,9 +1830,14 @@ extern "C" void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, 
         return;
     }
     if (bf16_conv_taken(C)) {
-        if (dinp || dweight) conv2d_backward_bf16(dinp, dweight, dout, inp, weight, B, H, W, C, OC, K, stride, pad, Ho, Wo);
+        // dinp by the transposed im2col at stride 1 only (at stride s only 1/s^2 of its columns
+        // are non-zero): a strided conv's dinp takes the float32 im2col path below
+        float* dinp_bf16 = stride == 1 ? dinp : NULL;
+        if (dinp_bf16 || dweight)
+            conv2d_backward_bf16(dinp_bf16, dweight, dout, inp, weight, B, H, W, C, OC, K, stride, pad, Ho, Wo);
         if (dbias) column_sum_accumulate(dbias, dout, (int)npix, OC);
-        return;
+        if (dinp_bf16 == dinp) return;
+        dweight = NULL; dbias = NULL;   // done above
     }
     if (conv_use_shifted(H, W, K, stride, pad, Ho, Wo)) {
         if (dinp || dweight) conv3x3_backward_shifted(dinp, dweight, dout, inp, weight, B, H, W, C, OC);
@@ -2879,7 +2884,8 @@ extern "C" double ttt_cuda_bf16_peak_tflops(int n, int warmup, int iters) {
 //     pixels (instead of the 9 shifted float32 GEMMs); the backward's dweight is one GEMM per
 //     chunk on bf16 copies of dout and the recomputed columns; dinp is the transposed
 //     convolution: a bf16 im2col of dout around each INPUT pixel (below) times the weight
-//     rearranged to (C, K*K*OC), accumulated into dinp by the GEMM (beta = 1: no atomics).
+//     rearranged to (C, K*K*OC), accumulated into dinp by the GEMM (beta = 1: no atomics); at
+//     stride 1 only (a strided conv's dinp: the float32 im2col path, FAST_16BF).
 //     Off with TTT_BF16_CONV=0 (then the float32 paths above, FAST_16BF).
 //   linear: bf16 copies of inp and weight (backward: dout, weight, inp), one bf16 GEMM per chunk
 //     of rows, where bf16_linear_taken's size rule says it pays; TTT_BF16_LINEAR=0: never.
