@@ -1902,6 +1902,15 @@ void ttt_cuda_set_linear_lt(int on);
 long ttt_cuda_linear_lt_calls(int which);    // calls done by cuBLASLt: 0 forward, 1 dweight + dbias
 // the card's dense bf16 rate in TFLOP/s: n^3 bf16 GEMMs (float32 sums), warmup then iters timed
 double ttt_cuda_bf16_peak_tflops(int n, int warmup, int iters);
+// real bf16 operands in bf16 mode (ttt_kernels.cu, BF16 OPERANDS): conv2d (all but the 1x1
+// same-grid ones, which are linears) as a bf16 im2col times a bf16 weight in one GEMM per chunk,
+// unless TTT_BF16_CONV=0; linear on bf16 copies where the size rule says it pays, unless
+// TTT_BF16_LINEAR=0. Float32 outputs and sums. fp32 and tf32 modes never take these.
+void ttt_cuda_set_bf16_conv(int on);         // 1 on, 0 off, -1 back to TTT_BF16_CONV (default 1)
+void ttt_cuda_set_bf16_linear(int mode);     // 0 off, 1 the size rule, 2 every linear (tests), -1 TTT_BF16_LINEAR
+int ttt_cuda_bf16_linear_taken(int rows, int C, int OC);  // whether such a linear takes bf16 operands now
+void ttt_cuda_set_bf16_scratch(size_t n);    // test hook: bf16 chunk limit in elements (0: 512 MiB)
+long ttt_cuda_bf16_calls(int which);         // ops run on bf16 operands so far: 0 linear, 1 conv2d
 #endif
 
 // ============================================================================

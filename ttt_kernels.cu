@@ -12,10 +12,12 @@
 // Swin's small-window attention forward (T <= 64) is one fused kernel in float32.
 // Environment switches: TTT_TF32=0 (float32 matrix products), TTT_FUSED_ATTENTION=0
 // (cuBLAS path for windows too), TTT_CONV_IM2COL=0|1 (same-size 3x3 convs by shifted
-// GEMMs | im2col; default: CONV_IM2COL_DEFAULT below); ttt_runtime.cu reads TTT_PROFILE and
-// TTT_GRAPHS.
+// GEMMs | im2col; default: CONV_IM2COL_DEFAULT below), TTT_BF16_CONV=0|1 and
+// TTT_BF16_LINEAR=0|1 (with TTT_PRECISION=bf16: real bf16 operands, section BF16 OPERANDS at
+// the end; default 1); ttt_runtime.cu reads TTT_PROFILE and TTT_GRAPHS.
 // Checked with compute-sanitizer: memcheck on test/gpu_ops, racecheck on test/gpu_model.
 #include <float.h>
+#include <cuda_bf16.h>
 #include "ttt_cuda.cuh"
 
 // ----------------------------------------------------------------------------
@@ -96,6 +98,21 @@ static void gemm_rm_aligned(bool transA, bool transB, int M, int N, int K, float
                                                compute, CUBLAS_GEMM_DEFAULT));
     }
 }
+
+// real bf16 operands under TTT_PRECISION=bf16 (section BF16 OPERANDS at the end of this file):
+// linear_*_cuda take linear_*_bf16 where bf16_linear_taken says so, conv2d_*_cuda (all but the
+// 1x1 ones, which are linears) take conv2d_*_bf16 where bf16_conv_taken says so
+static int bf16_linear_taken(int rows, int C, int OC);
+static int bf16_conv_taken(int C);
+static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
+                                int N, int C, int OC);
+static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
+                                 const float* inp, const float* weight, int N, int C, int OC);
+static void conv2d_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
+                                int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
+static void conv2d_backward_bf16(float* dinp, float* dweight, const float* dout, const float* inp,
+                                 const float* weight, int B, int H, int W, int C, int OC, int K, int stride,
+                                 int pad, int Ho, int Wo);
 
 // ----------------------------------------------------------------------------
 // reductions: warp and block sums (blockDim.x a multiple of 32, at most 1024)
@@ -419,6 +436,7 @@ extern "C" void linear_forward_cuda(float* out, const float* inp, const float* w
                                     int N, int C, int OC) {
     OpTimer timer("linear_forward", N, C, OC);
     if (N <= 0 || OC <= 0) return;
+    if (bf16_linear_taken(N, C, OC)) { linear_forward_bf16(out, inp, weight, bias, N, C, OC); return; }
     if (C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 3);   // see gemm_rm
     if (C > 0 && bias && linear_forward_lt(out, inp, weight, bias, N, C, OC)) return;
     if (C <= 0) { ttt_cuda_zero(out, (size_t)N * OC * sizeof(float)); }
@@ -434,6 +452,7 @@ extern "C" void linear_backward_cuda(float* dinp, float* dweight, float* dbias, 
                                      const float* inp, const float* weight, int N, int C, int OC) {
     OpTimer timer("linear_backward", N, C, OC);
     if (N <= 0 || OC <= 0) return;
+    if (bf16_linear_taken(N, C, OC)) { linear_backward_bf16(dinp, dweight, dbias, dout, inp, weight, N, C, OC); return; }
     // misaligned weight / weight gradient: through aligned copies (see gemm_rm); dweight
     // accumulates, so its copy starts from its values and is copied back after
     if (dinp && C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 3);
@@ -1918,6 +1937,10 @@ extern "C" void conv2d_forward_cuda(float* out, const float* inp, const float* w
         linear_forward_cuda(out, inp, weight, bias, (int)npix, C, OC);
         return;
     }
+    if (bf16_conv_taken(C)) {
+        conv2d_forward_bf16(out, inp, weight, bias, B, H, W, C, OC, K, stride, pad, Ho, Wo);
+        return;
+    }
     if (conv_use_shifted(H, W, K, stride, pad, Ho, Wo)) {
         conv3x3_forward_shifted(out, inp, weight, bias, B, H, W, C, OC);
         return;
@@ -1946,6 +1969,16 @@ extern "C" void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, 
     if (K == 1 && stride == 1 && pad == 0 && Ho == H && Wo == W) {
         linear_backward_cuda(dinp, dweight, dbias, dout, inp, weight, (int)npix, C, OC);
         return;
+    }
+    if (bf16_conv_taken(C)) {
+        // dinp by the transposed im2col at stride 1 only (at stride s only 1/s^2 of its columns
+        // are non-zero): a strided conv's dinp takes the float32 im2col path below
+        float* dinp_bf16 = stride == 1 ? dinp : NULL;
+        if (dinp_bf16 || dweight)
+            conv2d_backward_bf16(dinp_bf16, dweight, dout, inp, weight, B, H, W, C, OC, K, stride, pad, Ho, Wo);
+        if (dbias) column_sum_accumulate(dbias, dout, (int)npix, OC);
+        if (dinp_bf16 == dinp) return;
+        dweight = NULL; dbias = NULL;   // done above
     }
     if (conv_use_shifted(H, W, K, stride, pad, Ho, Wo)) {
         if (dinp || dweight) conv3x3_backward_shifted(dinp, dweight, dout, inp, weight, B, H, W, C, OC);
@@ -2980,3 +3013,339 @@ extern "C" double ttt_cuda_bf16_peak_tflops(int n, int warmup, int iters) {
     ttt_cuda_free(A); ttt_cuda_free(B); ttt_cuda_free(C);
     return 2.0 * (double)n * n * n * iters / (ms * 1e-3) / 1e12;
 }
+
+// ============================================================================
+// BF16 OPERANDS: real bf16 matrix products under TTT_PRECISION=bf16
+// ============================================================================
+// CUBLAS_COMPUTE_32F_FAST_16BF on float32 storage (gemm_rm in bf16 mode) ran no faster than TF32
+// on the H200; a GEMM whose operands are STORED in bf16 (float32 output and sums,
+// CUBLAS_COMPUTE_32F) runs at ~600-790 TFLOP/s there vs ~310 for TF32. So in bf16 mode:
+//   conv2d (every conv but the 1x1 same-grid ones, which are linears): the im2col matrix is
+//     built in bf16 and multiplied by a bf16 copy of the weight in ONE GEMM per chunk of output
+//     pixels (instead of the 9 shifted float32 GEMMs); the backward's dweight is one GEMM per
+//     chunk on bf16 copies of dout and the recomputed columns; dinp is the transposed
+//     convolution: a bf16 im2col of dout around each INPUT pixel (below) times the weight
+//     rearranged to (C, K*K*OC), accumulated into dinp by the GEMM (beta = 1: no atomics); at
+//     stride 1 only (a strided conv's dinp: the float32 im2col path, FAST_16BF).
+//     Off with TTT_BF16_CONV=0 (then the float32 paths above, FAST_16BF).
+//   linear: bf16 copies of inp and weight (backward: dout, weight, inp), one bf16 GEMM per chunk
+//     of rows, where bf16_linear_taken's size rule says it pays; TTT_BF16_LINEAR=0: never.
+// Biases and bias gradients stay float32 (add_bias_kernel, column_sum_accumulate). The bf16
+// buffers live in ws_bf16, in chunks of rows so it stays under bf16_scratch_elems (512 MiB);
+// each part starts 256-byte aligned (cuBLAS's fast kernels want 16-byte aligned operands).
+// Rounding: float -> bf16 to nearest even (8 significant bits, relative error <= 2^-9 per
+// operand); test/gpu_ops checks the results against the float32 CPU reference (L2 < 2e-2).
+//
+// The transposed im2col. Forward: out[b, oy, ox, o] = sum over (ky, kx, c) of
+//   inp[b, oy*s - pad + ky, ox*s - pad + kx, c] * weight[o, ky, kx, c]
+// so an input pixel (iy, ix) meets the output pixel (oy, ox) through tap (ky, kx) exactly when
+// oy*s = iy + pad - ky and ox*s = ix + pad - kx. Hence
+//   dinp[b, iy, ix, c] = sum over (ky, kx, o) of dcolT[(b, iy, ix), (ky, kx, o)] * wt[c, (ky, kx, o)]
+//   dcolT[(b, iy, ix), (ky, kx, o)] = dout[b, (iy + pad - ky)/s, (ix + pad - kx)/s, o] when both
+//       divisions are exact and land inside (Ho, Wo), else 0
+//   wt[c, (ky, kx, o)] = weight[o, ky, kx, c]
+// For the same-size 3x3 conv (s = 1, pad = 1) dcolT's row is the 3x3 neighbourhood of dout
+// around (iy, ix), flipped: tap (ky, kx) reads dout at (iy + 1 - ky, ix + 1 - kx).
+
+#define BF16_SCRATCH_DEFAULT ((size_t)256 << 20)   // bf16 elements: 512 MiB
+static Workspace ws_bf16;                           // bf16 operands of the current op
+static size_t bf16_scratch_elems = BF16_SCRATCH_DEFAULT;
+static int bf16_linear_mode = -1;   // -1 unread, 0 off, 1 the size rule, 2 every linear (test hook)
+static int bf16_conv_on = -1;       // -1 unread, 0 off, 1 on
+static long bf16_calls[2];          // ops done on bf16 operands: 0 linear, 1 conv2d
+
+extern "C" void ttt_cuda_set_bf16_scratch(size_t n) { bf16_scratch_elems = n ? n : BF16_SCRATCH_DEFAULT; }
+extern "C" void ttt_cuda_set_bf16_linear(int mode) { bf16_linear_mode = mode < 0 ? -1 : mode; }
+extern "C" void ttt_cuda_set_bf16_conv(int on) { bf16_conv_on = on < 0 ? -1 : on != 0; }
+extern "C" long ttt_cuda_bf16_calls(int which) { return bf16_calls[which != 0]; }
+
+// an environment switch that must be 0 or 1 when set; `fallback` when unset or empty
+static int env_switch01(const char* name, int fallback) {
+    const char* e = getenv(name);
+    if (e == NULL || e[0] == '\0') return fallback;
+    if (strcmp(e, "0") != 0 && strcmp(e, "1") != 0) ttt_die("%s: expected 0 or 1, got '%s'", name, e);
+    return e[0] == '1';
+}
+
+static int bf16_conv_taken(int C) {
+    if (ttt_cuda_precision() != PRECISION_BF16 || C <= 0) return 0;
+    if (bf16_conv_on < 0) bf16_conv_on = env_switch01("TTT_BF16_CONV", 1);
+    return bf16_conv_on;
+}
+
+// The size rule for linears in bf16 mode: converting the operands costs an extra pass over them
+// (read float32, write bf16), which pays only where the products dominate: both widths C and OC
+// at least 192 (narrower products are bound by memory either way) and at least 2^30
+// multiply-adds (smaller ones take microseconds, e.g. Mask2Former's 100-query layers, where the
+// extra launches would be most of the time). The lead measures it (TTT_BF16_LINEAR=0 vs 1).
+static int bf16_linear_taken(int rows, int C, int OC) {
+    if (ttt_cuda_precision() != PRECISION_BF16 || C <= 0 || rows <= 0 || OC <= 0) return 0;
+    if (bf16_linear_mode < 0) bf16_linear_mode = env_switch01("TTT_BF16_LINEAR", 1);
+    if (bf16_linear_mode == 0) return 0;
+    if (bf16_linear_mode >= 2) return 1;
+    return C >= 192 && OC >= 192 && (double)rows * C * OC >= 1073741824.0;
+}
+extern "C" int ttt_cuda_bf16_linear_taken(int rows, int C, int OC) { return bf16_linear_taken(rows, C, OC); }
+
+// bf16 elements rounded up to 256 bytes: every part of ws_bf16 starts aligned
+static size_t bf16_round(size_t n) { return (n + 127) / 128 * 128; }
+
+// rows per chunk when each row takes row_elems bf16 of the scratch: a multiple of 8 where
+// possible (float32 outputs of later chunks stay 32-byte aligned), at least 1, at most total
+static size_t bf16_chunk_rows(size_t total, size_t row_elems) {
+    size_t r = bf16_scratch_elems / (row_elems > 0 ? row_elems : 1);
+    if (r >= 8) r -= r % 8;
+    if (r < 1) r = 1;
+    return r < total ? r : total;
+}
+
+// dst (n) = src (n) rounded to bf16; float4 loads and two bf16 pairs stored per 4 floats when
+// src is 16-byte and dst 8-byte aligned (vec4), else one float at a time
+__global__ void float_to_bf16_kernel(__nv_bfloat16* dst, const float* src, size_t n, int vec4) {
+    size_t start = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
+    size_t done = 0;
+    if (vec4) {
+        size_t n4 = n / 4;
+        for (size_t i = start; i < n4; i += step) {
+            float4 v = reinterpret_cast<const float4*>(src)[i];
+            __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(dst + 4 * i);
+            d[0] = __floats2bfloat162_rn(v.x, v.y);
+            d[1] = __floats2bfloat162_rn(v.z, v.w);
+        }
+        done = 4 * n4;
+    }
+    for (size_t i = done + start; i < n; i += step) dst[i] = __float2bfloat16(src[i]);
+}
+
+static void to_bf16(__nv_bfloat16* dst, const float* src, size_t n) {
+    if (n == 0) return;
+    int vec4 = (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 8 == 0;
+    float_to_bf16_kernel<<<grid_for(vec4 ? (n + 3) / 4 : n, 256), 256>>>(dst, src, n, vec4); launchCheck();
+}
+
+// C (M, N) = op(A) (M, K) @ op(B) (K, N) + beta * C, row-major with leading dimensions as in
+// gemm_rm (same operand swap for column-major cuBLAS); A and B bf16, C float32, float32 sums.
+// A misaligned C goes through gemm_rm's C scratch (ws_stage[2]); K > 0.
+static void gemm_bf16_rm(bool transA, bool transB, int M, int N, int K, const __nv_bfloat16* A, int lda,
+                         const __nv_bfloat16* B, int ldb, float beta, float* C, int ldc) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    float* Cs = C;
+    size_t n = matrix_extent(M, N, ldc);
+    if (misaligned(C, ldc))
+        Cs = beta != 0.0f ? stage_copy(C, n, 2) : (float*)workspace_get(&ws_stage[2], n * sizeof(float));
+    float alpha = 1.0f;
+    cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    gemm_flop_count += 2.0 * M * N * (double)K;
+    cublasCheck(cublasGemmEx(get_cublas(), opB, opA, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda,
+                             &beta, Cs, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (Cs != C) cudaCheck(cudaMemcpyAsync(C, Cs, n * sizeof(float), cudaMemcpyDeviceToDevice, cudaStreamPerThread));
+}
+
+// V floats at s, or V zeros when !inside, rounded to bf16 at d (V = 4: s 16-byte, d 8-byte aligned)
+template <int V>
+__device__ __forceinline__ void put_bf16(__nv_bfloat16* d, const float* s, bool inside) {
+    if (V == 4) {
+        float4 v = inside ? *reinterpret_cast<const float4*>(s) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        __nv_bfloat162* d2 = reinterpret_cast<__nv_bfloat162*>(d);
+        d2[0] = __floats2bfloat162_rn(v.x, v.y);
+        d2[1] = __floats2bfloat162_rn(v.z, v.w);
+    } else {
+        for (int v = 0; v < V; v++) d[v] = __float2bfloat16(inside ? s[v] : 0.0f);
+    }
+}
+
+// col (np, K*K*C) in bf16: row r is output pixel p0 + r of (B, Ho, Wo), its K x K x C patch in
+// (ky, kx, c) order (as im2col_kernel; zeros outside the input). One block per row, threads over
+// groups of V channels (V = 4 when C % 4 == 0 and inp is 16-byte aligned).
+template <int V>
+__global__ void im2col_bf16_kernel(__nv_bfloat16* col, const float* inp, int H, int W, int C, int K, int stride,
+                                   int pad, int Ho, int Wo, size_t p0, size_t np) {
+    int groups = C / V, row_groups = K * K * groups;
+    size_t KKC = (size_t)K * K * C;
+    for (size_t r = blockIdx.x; r < np; r += gridDim.x) {
+        size_t p = p0 + r;
+        int x = (int)(p % Wo), y = (int)((p / Wo) % Ho);
+        size_t b = p / ((size_t)Wo * Ho);
+        __nv_bfloat16* d = col + r * KKC;
+        for (int e = threadIdx.x; e < row_groups; e += blockDim.x) {
+            int tap = e / groups, c = (e - tap * groups) * V;
+            int ky = tap / K, kx = tap - ky * K;
+            int iy = y * stride - pad + ky, ix = x * stride - pad + kx;
+            bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
+            const float* s = inp + ((b * H + (inside ? iy : 0)) * W + (inside ? ix : 0)) * C + c;
+            put_bf16<V>(d + (size_t)tap * C + c, s, inside);
+        }
+    }
+}
+
+// dcolT (nq, K*K*OC) in bf16: row r is input pixel q0 + r of (B, H, W); column (ky, kx, o) holds
+// dout at ((iy + pad - ky)/s, (ix + pad - kx)/s) where both divisions are exact and inside
+// (Ho, Wo), else 0 (the transposed im2col, section comment). Threads over groups of V output
+// channels (V = 4 when OC % 4 == 0 and dout is 16-byte aligned).
+template <int V>
+__global__ void im2col_transposed_bf16_kernel(__nv_bfloat16* dcol, const float* dout, int H, int W, int OC, int K,
+                                              int stride, int pad, int Ho, int Wo, size_t q0, size_t nq) {
+    int groups = OC / V, row_groups = K * K * groups;
+    size_t KKOC = (size_t)K * K * OC;
+    for (size_t r = blockIdx.x; r < nq; r += gridDim.x) {
+        size_t q = q0 + r;
+        int ix = (int)(q % W), iy = (int)((q / W) % H);
+        size_t b = q / ((size_t)W * H);
+        __nv_bfloat16* d = dcol + r * KKOC;
+        for (int e = threadIdx.x; e < row_groups; e += blockDim.x) {
+            int tap = e / groups, o = (e - tap * groups) * V;
+            int ky = tap / K, kx = tap - ky * K;
+            int ny = iy + pad - ky, nx = ix + pad - kx;   // oy * stride, ox * stride when the tap reaches one
+            int oy = ny / stride, ox = nx / stride;
+            bool inside = ny >= 0 && nx >= 0 && oy * stride == ny && ox * stride == nx && oy < Ho && ox < Wo;
+            const float* s = dout + ((b * Ho + (inside ? oy : 0)) * Wo + (inside ? ox : 0)) * OC + o;
+            put_bf16<V>(d + (size_t)tap * OC + o, s, inside);
+        }
+    }
+}
+
+// wt (C, KK*OC) in bf16: wt[c, tap*OC + o] = weight[o, tap, c], weight (OC, KK, C), KK = K*K
+__global__ void conv_weight_transpose_bf16_kernel(__nv_bfloat16* wt, const float* weight, int C, int OC, int KK) {
+    size_t KKOC = (size_t)KK * OC, total = (size_t)C * KKOC;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        size_t c = i / KKOC;
+        int j = (int)(i - c * KKOC), tap = j / OC, o = j - tap * OC;
+        wt[i] = __float2bfloat16(weight[((size_t)o * KK + tap) * C + c]);
+    }
+}
+
+// threads per block of the one-block-per-row kernels above: row_groups rounded to a warp, <= 128
+static int bf16_row_threads(size_t row_groups) { return row_groups >= 128 ? 128 : (row_groups >= 64 ? 64 : 32); }
+
+static void im2col_bf16(__nv_bfloat16* col, const float* inp, int H, int W, int C, int K, int stride, int pad,
+                        int Ho, int Wo, size_t p0, size_t np) {
+    if ((C % 4 == 0) && (uintptr_t)inp % 16 == 0)
+        im2col_bf16_kernel<4><<<grid_for(np, 1), bf16_row_threads((size_t)K * K * C / 4)>>>(
+            col, inp, H, W, C, K, stride, pad, Ho, Wo, p0, np);
+    else
+        im2col_bf16_kernel<1><<<grid_for(np, 1), bf16_row_threads((size_t)K * K * C)>>>(
+            col, inp, H, W, C, K, stride, pad, Ho, Wo, p0, np);
+    launchCheck();
+}
+
+static void im2col_transposed_bf16(__nv_bfloat16* dcol, const float* dout, int H, int W, int OC, int K, int stride,
+                                   int pad, int Ho, int Wo, size_t q0, size_t nq) {
+    if ((OC % 4 == 0) && (uintptr_t)dout % 16 == 0)
+        im2col_transposed_bf16_kernel<4><<<grid_for(nq, 1), bf16_row_threads((size_t)K * K * OC / 4)>>>(
+            dcol, dout, H, W, OC, K, stride, pad, Ho, Wo, q0, nq);
+    else
+        im2col_transposed_bf16_kernel<1><<<grid_for(nq, 1), bf16_row_threads((size_t)K * K * OC)>>>(
+            dcol, dout, H, W, OC, K, stride, pad, Ho, Wo, q0, nq);
+    launchCheck();
+}
+
+// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias, operands in bf16; rows in chunks
+static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
+                                int N, int C, int OC) {
+    size_t rows = bf16_chunk_rows((size_t)N, (size_t)C);
+    size_t wpart = bf16_round((size_t)OC * C);
+    __nv_bfloat16* w = (__nv_bfloat16*)workspace_get(&ws_bf16, (wpart + rows * C) * sizeof(__nv_bfloat16));
+    __nv_bfloat16* x = w + wpart;
+    to_bf16(w, weight, (size_t)OC * C);
+    for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
+        size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
+        to_bf16(x, inp + r0 * C, nr * C);
+        // out rows (nr, OC) = inp rows (nr, C) @ weight (OC, C)^T
+        gemm_bf16_rm(false, true, (int)nr, OC, C, x, C, w, C, 0.0f, out + r0 * OC, OC);
+    }
+    if (bias) { add_bias_kernel<<<grid_for((size_t)N * OC, 256), 256>>>(out, bias, (size_t)N, OC); launchCheck(); }
+    bf16_calls[0]++;
+}
+
+// dinp (N, C) += dout @ weight, dweight (OC, C) += dout^T @ inp on bf16 copies, rows in chunks;
+// dbias (OC) += column sums of dout in float32
+static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
+                                 const float* inp, const float* weight, int N, int C, int OC) {
+    if (dinp || dweight) {
+        // per row of a chunk: dout's OC, and inp's C for dweight
+        size_t rows = bf16_chunk_rows((size_t)N, (size_t)OC + (dweight ? C : 0));
+        size_t wpart = dinp ? bf16_round((size_t)OC * C) : 0, dpart = bf16_round(rows * OC);
+        size_t xpart = dweight ? rows * C : 0;
+        __nv_bfloat16* w = (__nv_bfloat16*)workspace_get(&ws_bf16, (wpart + dpart + xpart) * sizeof(__nv_bfloat16));
+        __nv_bfloat16* d = w + wpart;
+        __nv_bfloat16* x = d + dpart;
+        if (dinp) to_bf16(w, weight, (size_t)OC * C);
+        for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
+            size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
+            to_bf16(d, dout + r0 * OC, nr * OC);
+            // dinp rows (nr, C) += dout rows (nr, OC) @ weight (OC, C)
+            if (dinp) gemm_bf16_rm(false, false, (int)nr, C, OC, d, OC, w, C, 1.0f, dinp + r0 * C, C);
+            if (dweight) {
+                // dweight (OC, C) += dout rows^T (OC, nr) @ inp rows (nr, C)
+                to_bf16(x, inp + r0 * C, nr * C);
+                gemm_bf16_rm(true, false, OC, C, (int)nr, d, OC, x, C, 1.0f, dweight, C);
+            }
+        }
+    }
+    if (dbias) column_sum_accumulate(dbias, dout, N, OC);
+    bf16_calls[0]++;
+}
+
+// conv2d forward: per chunk of output pixels, col (np, KKC) in bf16, then
+// out chunk (np, OC) = col @ weight (OC, KKC)^T with the weight in bf16; + bias
+static void conv2d_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
+                                int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo) {
+    size_t npix = (size_t)B * Ho * Wo, KKC = (size_t)K * K * C;
+    size_t rows = bf16_chunk_rows(npix, KKC);
+    size_t wpart = bf16_round((size_t)OC * KKC);
+    __nv_bfloat16* w = (__nv_bfloat16*)workspace_get(&ws_bf16, (wpart + rows * KKC) * sizeof(__nv_bfloat16));
+    __nv_bfloat16* col = w + wpart;
+    to_bf16(w, weight, (size_t)OC * KKC);
+    for (size_t p0 = 0; p0 < npix; p0 += rows) {
+        size_t np = npix - p0 < rows ? npix - p0 : rows;
+        im2col_bf16(col, inp, H, W, C, K, stride, pad, Ho, Wo, p0, np);
+        gemm_bf16_rm(false, true, (int)np, OC, (int)KKC, col, (int)KKC, w, (int)KKC, 0.0f, out + p0 * OC, OC);
+    }
+    if (bias) { add_bias_kernel<<<grid_for(npix * OC, 256), 256>>>(out, bias, npix, OC); launchCheck(); }
+    bf16_calls[1]++;
+}
+
+// conv2d backward (dbias: the caller). dweight (OC, KKC) += dout chunk^T (OC, np) @ col (np, KKC)
+// per chunk of output pixels; dinp chunk (nq, C) += dcolT (nq, KK*OC) @ wt (C, KK*OC)^T per chunk
+// of input pixels (the transposed im2col, section comment)
+static void conv2d_backward_bf16(float* dinp, float* dweight, const float* dout, const float* inp,
+                                 const float* weight, int B, int H, int W, int C, int OC, int K, int stride,
+                                 int pad, int Ho, int Wo) {
+    size_t npix = (size_t)B * Ho * Wo, nin = (size_t)B * H * W;
+    size_t KKC = (size_t)K * K * C, KKOC = (size_t)K * K * OC;
+    // dweight pass: per output pixel a col row (KKC) and a dout row (OC); dinp pass: per input
+    // pixel a dcolT row (KKOC). The passes share the scratch after the transposed weight.
+    size_t rows_w = dweight ? bf16_chunk_rows(npix, KKC + OC) : 0;
+    size_t rows_x = dinp ? bf16_chunk_rows(nin, KKOC) : 0;
+    size_t wpart = dinp ? bf16_round((size_t)C * KKOC) : 0, dpart = bf16_round(rows_w * OC);
+    size_t need_w = dpart + rows_w * KKC, need_x = rows_x * KKOC;
+    __nv_bfloat16* wt = (__nv_bfloat16*)workspace_get(
+        &ws_bf16, (wpart + (need_w > need_x ? need_w : need_x)) * sizeof(__nv_bfloat16));
+    __nv_bfloat16* scratch = wt + wpart;
+    if (dweight) {
+        __nv_bfloat16* d = scratch;
+        __nv_bfloat16* col = scratch + dpart;
+        for (size_t p0 = 0; p0 < npix; p0 += rows_w) {
+            size_t np = npix - p0 < rows_w ? npix - p0 : rows_w;
+            to_bf16(d, dout + p0 * OC, np * OC);
+            im2col_bf16(col, inp, H, W, C, K, stride, pad, Ho, Wo, p0, np);
+            gemm_bf16_rm(true, false, OC, (int)KKC, (int)np, d, OC, col, (int)KKC, 1.0f, dweight, (int)KKC);
+        }
+    }
+    if (dinp) {
+        conv_weight_transpose_bf16_kernel<<<grid_for((size_t)C * KKOC, 256), 256>>>(wt, weight, C, OC, K * K);
+        launchCheck();
+        __nv_bfloat16* dcol = scratch;
+        for (size_t q0 = 0; q0 < nin; q0 += rows_x) {
+            size_t nq = nin - q0 < rows_x ? nin - q0 : rows_x;
+            im2col_transposed_bf16(dcol, dout, H, W, OC, K, stride, pad, Ho, Wo, q0, nq);
+            gemm_bf16_rm(false, true, (int)nq, C, (int)KKOC, dcol, (int)KKOC, wt, (int)KKOC, 1.0f, dinp + q0 * C, C);
+        }
+    }
+    bf16_calls[1]++;
+}
+
+// ============================================================================
+// end of BF16 OPERANDS
+// ============================================================================

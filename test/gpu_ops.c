@@ -6,7 +6,8 @@
 // which checks the accumulate (+=) contract. Error: max |gpu - cpu| / max |cpu|.
 // Bounds: 1e-5 for plain float32 ops, 3e-3 where cuBLAS TF32 matrix products are used; the
 // linear ops run in every precision (fp32, tf32, bf16: relative L2 bounds at test_linear), the
-// rest at tf32 whatever TTT_PRECISION says.
+// rest at tf32 whatever TTT_PRECISION says, but for the real bf16 operands of conv2d and linear
+// (test_conv2d_bf16, test_linear_bf16: relative L2 bounds there).
 // Prints the worst error per op at the end.
 #include "test/test.h"
 
@@ -55,7 +56,7 @@ static float* host_copy(const float* h, size_t n) {
     memcpy(c, h, n * sizeof(float));
     return c;
 }
-#define MAX_OPS 64
+#define MAX_OPS 96
 static char op_names[MAX_OPS][48];
 static double op_worst[MAX_OPS], op_tol[MAX_OPS];
 static int n_ops = 0;
@@ -614,6 +615,86 @@ static void test_conv2d(int B, int H, int W, int C, int OC, int K, int stride, i
 }
 
 // ----------------------------------------------------------------------------
+// real bf16 operands (TTT_PRECISION=bf16, ttt_kernels.cu BF16 OPERANDS): conv2d by a bf16 im2col
+// and one bf16 GEMM per chunk, its dinp by the transposed im2col; linear on bf16 copies. Against
+// the float32 CPU reference, relative L2 error: conv2d out, dinp, dweight below TOL_BF16_L2 = 2e-2
+// (bf16 keeps 8 significant bits: each operand off by up to 2^-9 relative, ~3e-3 expected on
+// these sums); dbias is float32 column sums (TOL_FP32, max error); linear: linear_tol[BF16].
+// Each case asserts that the bf16 path was taken (ttt_cuda_bf16_calls). With misalign the weight
+// and its gradient start 4 bytes past an aligned address (parameters in the packed buffer).
+#define TOL_BF16_L2 2e-2
+
+static void test_conv2d_bf16(const char* label, int B, int H, int W, int C, int OC, int K, int stride, int pad,
+                             int Ho, int Wo, int with_bias, int misalign) {
+    ttt_cuda_set_precision(PRECISION_BF16);
+    ttt_cuda_set_bf16_conv(1);
+    size_t nin = (size_t)B * H * W * C, nw = (size_t)OC * K * K * C, nout = (size_t)B * Ho * Wo * OC;
+    float *x = rnd(nin), *w = rnd(nw), *b = with_bias ? rnd(OC) : NULL, *dy = rnd(nout);
+    float *dx_ = dev_copy(x, nin), *dw_ = dev_copy_shifted(w, nw, misalign ? 1 : 0);
+    float *db_ = b ? dev_copy(b, OC) : NULL, *ddy = dev_copy(dy, nout);
+    float* ref = (float*)mallocCheck(nout * sizeof(float));
+    float* out = dev_poison(nout);
+    long calls = ttt_cuda_bf16_calls(1);
+    conv2d_forward_cpu(ref, x, w, b, B, H, W, C, OC, K, stride, pad, Ho, Wo);
+    conv2d_forward_cuda(out, dx_, dw_, db_, B, H, W, C, OC, K, stride, pad, Ho, Wo);
+    char what[160];
+    snprintf(what, sizeof(what), "conv2d_forward bf16 out [%s: B%d %dx%d K%d s%d p%d C%d OC%d%s]", label, B, H, W, K,
+             stride, pad, C, OC, misalign ? ", misaligned" : "");
+    float* got = host_copy_of(out, nout);
+    check_l2(what, got, ref, nout, TOL_BF16_L2);
+    record("conv2d_forward bf16 (L2)", l2_rel_error(got, ref, nout), TOL_BF16_L2);
+    free(got);
+    // pre-fill near the size of the increments (sums of K*K*OC or B*Ho*Wo products in [-1, 1])
+    Grad gx = grad_new_scaled(nin, 4.0f), gw = grad_new_scaled(nw, 8.0f), gb = grad_new(OC);
+    if (misalign) gw.gpu = dev_copy_shifted(gw.init, nw, 1);
+    conv2d_backward_cpu(gx.cpu, gw.cpu, gb.cpu, dy, x, w, B, H, W, C, OC, K, stride, pad, Ho, Wo);
+    conv2d_backward_cuda(gx.gpu, gw.gpu, gb.gpu, ddy, dx_, dw_, B, H, W, C, OC, K, stride, pad, Ho, Wo);
+    snprintf(what, sizeof(what), "dinp [%s]", label);
+    grad_cmp_l2("conv2d_backward bf16 (L2)", what, &gx, TOL_BF16_L2);
+    snprintf(what, sizeof(what), "dweight [%s]", label);
+    grad_cmp_l2("conv2d_backward bf16 (L2)", what, &gw, TOL_BF16_L2);
+    grad_cmp("conv2d_backward bf16 dbias", label, &gb, TOL_FP32);
+    CHECK(ttt_cuda_bf16_calls(1) - calls == 2, "conv2d bf16 [%s]: %ld of 2 calls took the bf16 path", label,
+          ttt_cuda_bf16_calls(1) - calls);
+    free(x); free(w); free(b); free(dy); free(ref);
+    dev_free_all();
+    ttt_cuda_set_bf16_conv(-1);
+    ttt_cuda_set_precision(PRECISION_TF32);
+}
+
+// a linear that must take the bf16 operands (ttt_cuda_set_bf16_linear(2) around it)
+static void test_linear_bf16(int N, int C, int OC, int with_bias, int misalign) {
+    long calls = ttt_cuda_bf16_calls(0);
+    test_linear(PRECISION_BF16, N, C, OC, with_bias, misalign, 0);   // 0: cuBLASLt never taken
+    CHECK(ttt_cuda_bf16_calls(0) - calls == 2, "linear bf16 N %d C %d OC %d: %ld of 2 calls took the bf16 path",
+          N, C, OC, ttt_cuda_bf16_calls(0) - calls);
+    ttt_cuda_set_precision(PRECISION_TF32);
+}
+
+// the size rule, the switch, and the precision gate of the bf16 linear (no products run)
+static void test_bf16_linear_rule(void) {
+    ttt_cuda_set_precision(PRECISION_BF16);
+    ttt_cuda_set_bf16_linear(1);
+    CHECK(ttt_cuda_bf16_linear_taken(4096, 256, 1024) == 1, "bf16 rule: 4096 x 256 x 1024 (2^30 products) not taken");
+    CHECK(ttt_cuda_bf16_linear_taken(4095, 256, 1024) == 0, "bf16 rule: below 2^30 products taken");
+    CHECK(ttt_cuda_bf16_linear_taken(1 << 20, 96, 1024) == 0, "bf16 rule: C 96 < 192 taken");
+    CHECK(ttt_cuda_bf16_linear_taken(1 << 20, 1024, 96) == 0, "bf16 rule: OC 96 < 192 taken");
+    CHECK(ttt_cuda_bf16_linear_taken(239616, 384, 1536) == 1, "bf16 rule: Swin-S stage 1 MLP at B 8 not taken");
+    CHECK(ttt_cuda_bf16_linear_taken(800, 256, 2048) == 0, "bf16 rule: a 100-query decoder FFN at B 8 taken");
+    ttt_cuda_set_bf16_linear(2);
+    CHECK(ttt_cuda_bf16_linear_taken(3, 5, 7) == 1, "bf16 linear mode 2: a tiny linear not taken");
+    ttt_cuda_set_bf16_linear(0);
+    CHECK(ttt_cuda_bf16_linear_taken(4096, 1024, 1024) == 0, "bf16 linear off: taken");
+    ttt_cuda_set_bf16_linear(2);
+    ttt_cuda_set_precision(PRECISION_TF32);
+    CHECK(ttt_cuda_bf16_linear_taken(4096, 1024, 1024) == 0, "tf32 precision: the bf16 linear taken");
+    ttt_cuda_set_precision(PRECISION_FP32);
+    CHECK(ttt_cuda_bf16_linear_taken(4096, 1024, 1024) == 0, "fp32 precision: the bf16 linear taken");
+    ttt_cuda_set_bf16_linear(-1);
+    ttt_cuda_set_precision(PRECISION_TF32);
+}
+
+// ----------------------------------------------------------------------------
 // resizing, point sampling, position encoding
 
 static void test_upsample(int B, int H, int W, int C, int Ho, int Wo) {
@@ -987,6 +1068,42 @@ int main(void) {
     test_conv2d_path("im2col", 2, 13, 11, 5, 7, 3, 1, 1, 13, 11, 1);
     test_conv2d_path("im2col", 2, 5, 6, 255, 257, 3, 1, 1, 5, 6, 1);
     test_conv2d_path("im2col", 1, 24, 78, 256, 256, 3, 1, 1, 24, 78, 0);
+    // real bf16 operands: same-size 3x3 (C = 3, 5, 32, 96, 256; H, W not multiples of 8), strided,
+    // the patch embed (K 4, s 4, ragged edge), misaligned weights, and chunks forced small
+    test_conv2d_bf16("3x3 odd", 2, 13, 11, 5, 7, 3, 1, 1, 13, 11, 1, 0);
+    test_conv2d_bf16("3x3 C 3", 2, 9, 7, 3, 32, 3, 1, 1, 9, 7, 1, 0);
+    test_conv2d_bf16("3x3 C 32 -> 96", 1, 13, 21, 32, 96, 3, 1, 1, 13, 21, 0, 0);
+    test_conv2d_bf16("3x3 C 96 -> 256", 1, 11, 19, 96, 256, 3, 1, 1, 11, 19, 1, 0);
+    test_conv2d_bf16("3x3 1x1 map", 3, 1, 1, 5, 7, 3, 1, 1, 1, 1, 1, 0);
+    test_conv2d_bf16("FPN 3x3 at 1/16", 1, 24, 78, 256, 256, 3, 1, 1, 24, 78, 0, 0);
+    test_conv2d_bf16("strided", 1, 15, 13, 6, 9, 3, 2, 1, 8, 7, 0, 0);
+    test_conv2d_bf16("strided C 8", 1, 16, 17, 8, 12, 3, 2, 1, 8, 9, 1, 0);
+    test_conv2d_bf16("patch embed", 2, 30, 37, 4, 96, 4, 4, 0, 8, 10, 1, 0);
+    test_conv2d_bf16("misaligned weight", 2, 5, 6, 32, 16, 3, 1, 1, 5, 6, 1, 1);
+    test_conv2d_bf16("misaligned, odd", 2, 7, 5, 5, 7, 3, 1, 1, 7, 5, 1, 1);
+    ttt_cuda_set_bf16_scratch(4000);   // chunks: 9 forward, 11 dweight, 6 dinp
+    test_conv2d_bf16("chunked", 3, 11, 13, 9, 6, 3, 1, 1, 11, 13, 1, 0);
+    test_conv2d_bf16("chunked C 31", 5, 4, 3, 31, 29, 3, 1, 1, 4, 3, 0, 0);
+    ttt_cuda_set_bf16_scratch(100);    // less than a row: one pixel per chunk
+    test_conv2d_bf16("one pixel per chunk", 2, 5, 6, 32, 16, 3, 1, 1, 5, 6, 1, 0);
+    ttt_cuda_set_bf16_scratch(300);
+    test_conv2d_bf16("chunked strided", 1, 7, 9, 8, 12, 3, 2, 1, 4, 5, 1, 0);
+    ttt_cuda_set_bf16_scratch((size_t)1 << 20);   // 3 chunks of 448 pixels at C 256
+    test_conv2d_bf16("chunked C 256", 2, 12, 39, 256, 256, 3, 1, 1, 12, 39, 1, 0);
+    ttt_cuda_set_bf16_scratch(0);
+    test_bf16_linear_rule();
+    ttt_cuda_set_bf16_linear(2);       // every linear: odd, small and misaligned shapes too
+    test_linear_bf16(257, 131, 97, 1, 0);
+    test_linear_bf16(61, 37, 29, 0, 0);
+    test_linear_bf16(255, 64, 128, 1, 1);
+    test_linear_bf16(3136, 96, 288, 1, 0);
+    test_linear_bf16(1000, 384, 384, 1, 0);
+    test_linear_bf16(200, 768, 256, 0, 1);
+    ttt_cuda_set_bf16_scratch(3000);   // chunks of rows: 16 forward, 8 backward
+    test_linear_bf16(257, 131, 97, 1, 0);
+    test_linear_bf16(100, 256, 200, 1, 1);
+    ttt_cuda_set_bf16_scratch(0);
+    ttt_cuda_set_bf16_linear(-1);
     test_upsample(2, 7, 9, 5, 23, 29);
     test_upsample(2, 13, 11, 3, 4, 5);
     test_upsample(1, 24, 78, 64, 48, 156);
