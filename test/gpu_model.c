@@ -190,6 +190,53 @@ static void test_micro_batch_gpu(const ModelConfig* cfg, const float* frames, in
 }
 #endif
 
+#ifdef TTT_CUDA
+// bf16 operands (TTT_PRECISION=bf16; here every linear and conv2d on bf16 copies, float32
+// sums and storage) against the float32 GPU path: the MAE loss, its gradients, the TTT step's
+// AdamW update, and the joint step. The bounds are set from measured errors with a margin of
+// about 3x (printed by check_l2 / check_close).
+static void test_bf16_step(const ModelConfig* cfg, const float* frames, const unsigned char* labels,
+                           int B, int H, int W) {
+    ttt_cuda_set_precision(PRECISION_FP32);
+    Result r32 = run_model(DEVICE_CUDA, cfg, frames, labels, B, H, W);
+    ttt_cuda_set_precision(PRECISION_BF16);
+    ttt_cuda_set_bf16_linear(2);
+    long lin0 = ttt_cuda_bf16_calls(0), conv0 = ttt_cuda_bf16_calls(1);
+    Result rbf = run_model(DEVICE_CUDA, cfg, frames, labels, B, H, W);
+    long lin = ttt_cuda_bf16_calls(0) - lin0, conv = ttt_cuda_bf16_calls(1) - conv0;
+    ttt_cuda_set_bf16_linear(-1);
+    ttt_cuda_set_precision(PRECISION_TF32);
+    printf("-- bf16 vs fp32 on the GPU: %ld linears and %ld convolutions on bf16 operands; MAE loss fp32 %.7f bf16 %.7f\n",
+           lin, conv, r32.loss, rbf.loss);
+    CHECK(lin > 0 && conv > 0, "bf16 mode ran no op on bf16 operands (%ld linears, %ld convs)", lin, conv);
+    check_close("[bf16 vs fp32] MAE loss", &rbf.loss, &r32.loss, 1, 1e-2);
+    check_close("[bf16 vs fp32] MAE loss in the TTT step", &rbf.loss_step, &r32.loss_step, 1, 1e-2);
+    size_t off[3] = {0, r32.n_f, r32.n_f + r32.n_h}, n[3] = {r32.n_f, r32.n_h, r32.n_g};
+    check_l2("[bf16 vs fp32] MAE grad f", rbf.grads + off[0], r32.grads + off[0], n[0], 0.25);
+    check_l2("[bf16 vs fp32] MAE grad g", rbf.grads + off[2], r32.grads + off[2], n[2], 0.1);
+    size_t N = r32.n_f + r32.n_h + r32.n_g;
+    float* du32 = (float*)mallocCheck(N * sizeof(float));
+    float* dubf = (float*)mallocCheck(N * sizeof(float));
+    for (size_t i = 0; i < N; i++) {
+        du32[i] = r32.params_after[i] - r32.params_before[i];
+        dubf[i] = rbf.params_after[i] - rbf.params_before[i];
+    }
+    // Adam's first step is about lr * sign(grad): the elements whose tiny gradients flip sign
+    // dominate this error (as in the TF32 comparison above)
+    check_l2("[bf16 vs fp32] AdamW update of the TTT step", dubf, du32, N, 0.5);
+    free(du32); free(dubf);
+    check_close("[bf16 vs fp32] joint: main-task loss", &rbf.loss_main, &r32.loss_main, 1, 2e-2);
+    check_close("[bf16 vs fp32] joint: MAE loss", &rbf.loss_mae, &r32.loss_mae, 1, 2e-2);
+    for (int p = 0; p < 3; p++) {
+        char name[64];
+        snprintf(name, sizeof(name), "[bf16 vs fp32] joint grad %s", p == 0 ? "f" : p == 1 ? "h" : "g");
+        check_l2(name, rbf.train_grads + off[p], r32.train_grads + off[p], n[p], 0.3);
+    }
+    free_result(&r32);
+    free_result(&rbf);
+}
+#endif
+
 int main(void) {
     if (!ttt_cuda_available()) {
         printf("no CUDA device: skipped\n");
@@ -217,6 +264,7 @@ int main(void) {
     // visible pixels (released convention); the float32 path above is the exact check (5e-7)
     compare("tf32 GEMM", &cpu, &gtf, H, W, 3e-3, 6e-2, 1e-4);
     free_result(&gtf);
+    test_bf16_step(&cfg, frames, labels, B, H, W);
     float* frames3 = random_tensor(&rng, (size_t)3 * B * H * W * 3, 0.0f, 1.0f);
     test_graphs(&cfg, frames3, B, H, W);
     ttt_cuda_set_tf32(0);
