@@ -192,6 +192,7 @@ void pixel_decoder_init_params(float* mem, const M2FConfig* c, Rng* rng) {
 }
 
 static size_t msdeform_layout_acts(PixelDecoderActs* a, float* mem, const M2FConfig* c, int B, int H4, int W4);
+static size_t msdeform_layout_grads(PixelDecoderActs* da, float* mem, const M2FConfig* c, int B, int H4, int W4);
 
 static size_t pixel_decoder_layout_acts(PixelDecoderActs* a, float* mem, const M2FConfig* c,
                                         int B, int H4, int W4) {
@@ -237,10 +238,10 @@ void pixel_decoder_point_acts(PixelDecoderActs* a, float* mem, const M2FConfig* 
 // lateral): two 1/4-resolution buffers used in turn hold every link of every level. out[1..3]
 // collect gradients from the transformer decoder and from the finer level: buffers of their
 // own. GroupNorm's means/rstds and lateral_gn (whose gradient is fused's) get none.
-// msdeform keeps a full mirror (msdeform_layout_acts).
+// msdeform: msdeform_layout_grads.
 static size_t pixel_decoder_layout_grads(PixelDecoderActs* da, float* mem, const M2FConfig* c,
                                          int B, int H4, int W4) {
-    if (c->pixel_decoder == PIXEL_DECODER_MSDEFORM) return msdeform_layout_acts(da, mem, c, B, H4, W4);
+    if (c->pixel_decoder == PIXEL_DECODER_MSDEFORM) return msdeform_layout_grads(da, mem, c, B, H4, W4);
     memset(da, 0, sizeof(*da));
     size_t off = 0;
     int CD = c->conv_dim, C0 = c->mask_dim > CD ? c->mask_dim : CD;
@@ -516,6 +517,70 @@ static size_t msdeform_layout_acts(PixelDecoderActs* a, float* mem, const M2FCon
     return (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
 }
 
+// The msdeform pixel decoder's gradient buffers (m2f_point_grad_acts). The FPN step to 1/4 is a
+// chain mask_features -> out[0] -> gn[0] -> conv[0] -> fused[0] -> lateral[0] whose links die
+// one after another: two 1/4-resolution buffers in turn. out[1..3] collect the transformer
+// decoder's gradients (buffers of their own). The encoder: pos collects over all layers; the
+// layer inputs x[i] alternate between two buffers (layer i reads x[i+1]'s and writes x[i]'s);
+// one span of a layer's internals for all layers; the input projections' (proj, proj_gn), used
+// after the encoder, inside the first 1/4 buffer (free by then) when they fit. No buffers for
+// means, rstds, level_rows.
+static size_t msdeform_layout_grads(PixelDecoderActs* da, float* mem, const M2FConfig* c, int B, int H4, int W4) {
+    memset(da, 0, sizeof(*da));
+    size_t off = 0;
+    size_t D = c->conv_dim, FE = c->enc_ffn, C0 = c->mask_dim > c->conv_dim ? c->mask_dim : c->conv_dim;
+    int NE = c->enc_layers;
+    size_t E = (size_t)c->num_heads * MSD_LEVELS * c->n_points;
+    da->max_B = B; da->H4 = H4; da->W4 = W4;
+    m2f_level_sizes(H4, W4, da->Hs, da->Ws);
+    size_t n0 = (size_t)B * H4 * W4 * C0;
+    float* ping = take_act(mem, &off, n0);
+    float* pong = take_act(mem, &off, n0);
+    da->mask_features = ping; da->out[0] = pong;
+    da->gn[0] = ping; da->conv[0] = pong; da->fused[0] = ping; da->lateral[0] = pong;
+    for (int l = 1; l < 4; l++) da->out[l] = take_act(mem, &off, (size_t)B * da->Hs[l] * da->Ws[l] * D);
+
+    MSDeformActs* m = &da->msd;
+    m->S = 0;
+    for (int e = 0; e < MSD_LEVELS; e++) {
+        int l = 3 - e;
+        m->shapes[2 * e] = da->Hs[l]; m->shapes[2 * e + 1] = da->Ws[l];
+        m->T[e] = da->Hs[l] * da->Ws[l];
+        m->start[e] = m->S;
+        m->S += m->T[e];
+    }
+    size_t S = m->S, BS = (size_t)B * S;
+    m->pos = take_act(mem, &off, S * D);
+    float* chain[2];
+    chain[0] = take_act(mem, &off, BS * D);
+    chain[1] = take_act(mem, &off, BS * D);
+    for (int i = 0; i <= NE; i++) m->x[i] = chain[i % 2];
+    float *q_in = take_act(mem, &off, BS * D), *value = take_act(mem, &off, BS * D);
+    float *offs = take_act(mem, &off, BS * 2 * E), *loc = take_act(mem, &off, BS * 2 * E);
+    float *aw_logit = take_act(mem, &off, BS * E), *aw = take_act(mem, &off, BS * E);
+    float *attn = take_act(mem, &off, BS * D), *res1 = take_act(mem, &off, BS * D), *ln1 = take_act(mem, &off, BS * D);
+    float *fc1 = take_act(mem, &off, BS * FE), *fc1_relu = take_act(mem, &off, BS * FE);
+    float* res2 = take_act(mem, &off, BS * D);
+    for (int i = 0; i < NE; i++) {
+        m->q_in[i] = q_in; m->value[i] = value; m->off[i] = offs; m->loc[i] = loc;
+        m->aw_logit[i] = aw_logit; m->aw[i] = aw; m->attn[i] = attn; m->res1[i] = res1;
+        m->ln1[i] = ln1; m->fc1[i] = fc1; m->fc1_relu[i] = fc1_relu; m->res2[i] = res2;
+    }
+    // proj[e] then proj_gn[e], level after level, counted from ping (or from mem)
+    size_t proj_n = 0;
+    for (int e = 0; e < MSD_LEVELS; e++) proj_n += 2 * ((B * m->T[e] * D + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN);
+    size_t proj_off = 0;
+    float* proj_mem = ping;
+    if (proj_n > n0) { proj_mem = mem; proj_off = off; }
+    for (int e = 0; e < MSD_LEVELS; e++) {
+        m->proj[e] = take_act(proj_mem, &proj_off, (size_t)B * m->T[e] * D);
+        m->proj_gn[e] = take_act(proj_mem, &proj_off, (size_t)B * m->T[e] * D);
+    }
+    if (proj_n > n0) off = proj_off;
+    m->n = 0;   // not one block here
+    return (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
+}
+
 void msdeform_forward(const M2FConfig* c, const MSDeformParams* p, PixelDecoderActs* a,
                       const float* const feats[4], int B) {
     require_msdeform(c, "msdeform_forward");
@@ -604,29 +669,32 @@ void msdeform_backward(const M2FConfig* c, const MSDeformParams* p, MSDeformPara
     const int* Hs = a->Hs; const int* Ws = a->Ws;
     int HW0 = Hs[0] * Ws[0];
     size_t n0 = (size_t)B * HW0 * D, bytes0 = n0 * sizeof(float);
-    // scratch gradients start at zero (backward ops accumulate)
-    ttt_zero(da->lateral[0], bytes0);
-    ttt_zero(da->fused[0], bytes0);
-    ttt_zero(da->conv[0], bytes0);
-    ttt_zero(da->gn[0], bytes0);
-    ttt_zero(da->out[0], bytes0);
-    ttt_zero(dm->proj[0], dm->n * sizeof(float));
+    // scratch gradients start at zero (backward ops accumulate); each is zeroed right before its
+    // first write, as the gradient layout (msdeform_layout_grads) reuses buffers. da->out[1..3]
+    // and da->mask_features come in holding the transformer decoder's gradients.
 
     // mask projection and the FPN step to 1/4
+    ttt_zero(da->out[0], bytes0);
     conv2d_backward(da->out[0], g->mask_w, g->mask_b, da->mask_features, a->out[0], p->mask_w,
                     B, Hs[0], Ws[0], D, MD, 1, 1, 0, Hs[0], Ws[0]);
+    ttt_zero(da->gn[0], bytes0);
     relu_backward(da->gn[0], a->out[0], da->out[0], n0);
+    ttt_zero(da->conv[0], bytes0);
     groupnorm_backward(da->conv[0], g->output_gn_w, g->output_gn_b, da->gn[0], a->conv[0], p->output_gn_w,
                        a->mean[0], a->rstd[0], B, HW0, D, G);
+    ttt_zero(da->fused[0], bytes0);
     conv2d_backward(da->fused[0], g->output_w, NULL, da->conv[0], a->fused[0], p->output_w,
                     B, Hs[0], Ws[0], D, D, 3, 1, 1, Hs[0], Ws[0]);
     // fused = lateral_gn + up(out[1]): both branches get d fused
     upsample_bilinear_backward(da->out[1], da->fused[0], B, Hs[1], Ws[1], D, Hs[0], Ws[0]);
+    ttt_zero(da->lateral[0], bytes0);
     groupnorm_backward(da->lateral[0], g->lateral_gn_w, g->lateral_gn_b, da->fused[0], a->lateral[0],
                        p->lateral_gn_w, a->lateral_mean[0], a->lateral_rstd[0], B, HW0, D, G);
     conv2d_backward(dfeats ? dfeats[0] : NULL, g->lateral_w, NULL, da->lateral[0], feats[0], p->lateral_w,
                     B, Hs[0], Ws[0], c->in_dims[0], D, 1, 1, 0, Hs[0], Ws[0]);
     // the multi-scale features are the encoder output's levels
+    ttt_zero(dm->pos, SD * sizeof(float));
+    ttt_zero(dm->x[NE], nSD * sizeof(float));
     for (int e = 0; e < MSD_LEVELS; e++) {
         size_t TD = (size_t)m->T[e] * D;
         for (int b = 0; b < B; b++)
@@ -635,6 +703,15 @@ void msdeform_backward(const M2FConfig* c, const MSDeformParams* p, MSDeformPara
     const char* outer_stage = stage_current();
     stage_begin("msdeform encoder backward");
     for (int i = NE - 1; i >= 0; i--) {
+        // layer i's gradients (the layout may share them between layers), x[i]'s among them
+        float* zero_now[] = {dm->x[i], dm->q_in[i], dm->value[i], dm->attn[i], dm->res1[i], dm->ln1[i], dm->res2[i]};
+        for (size_t z = 0; z < sizeof(zero_now) / sizeof(zero_now[0]); z++) ttt_zero(zero_now[z], nSD * sizeof(float));
+        ttt_zero(dm->off[i], (size_t)BS * 2 * E * sizeof(float));
+        ttt_zero(dm->loc[i], (size_t)BS * 2 * E * sizeof(float));
+        ttt_zero(dm->aw_logit[i], (size_t)BS * E * sizeof(float));
+        ttt_zero(dm->aw[i], (size_t)BS * E * sizeof(float));
+        ttt_zero(dm->fc1[i], (size_t)BS * FE * sizeof(float));
+        ttt_zero(dm->fc1_relu[i], (size_t)BS * FE * sizeof(float));
         // FFN block: x[i+1] = LN2(ln1 + fc2(relu(fc1(ln1))))
         layernorm_backward(dm->res2[i], g->ln2_w + (size_t)i * D, g->ln2_b + (size_t)i * D, dm->x[i + 1],
                            m->res2[i], p->ln2_w + (size_t)i * D, m->ln2_mean[i], m->ln2_rstd[i], BS, D);
@@ -673,6 +750,8 @@ void msdeform_backward(const M2FConfig* c, const MSDeformParams* p, MSDeformPara
     for (int e = 0; e < MSD_LEVELS; e++) {
         int l = 3 - e, T = m->T[e];
         size_t TD = (size_t)T * D;
+        ttt_zero(dm->proj_gn[e], (size_t)B * TD * sizeof(float));
+        ttt_zero(dm->proj[e], (size_t)B * TD * sizeof(float));
         for (int b = 0; b < B; b++)
             add_inplace(dm->proj_gn[e] + b * TD, dm->x[0] + ((size_t)b * S + m->start[e]) * D, TD);
         groupnorm_backward(dm->proj[e], g->input_gn_w[e], g->input_gn_b[e], dm->proj_gn[e], m->proj[e],
@@ -972,11 +1051,12 @@ static size_t m2f_layout_grads(M2FActs* da, float* mem, const M2FConfig* c, int 
     }
     da->qpos = take_act(mem, &off, BQ * D);
     da->tgt0 = take_act(mem, &off, BQ * D);
-    // the decoder's scratch lives before the FPN's backward starts: inside the FPN's second
-    // 1/4-resolution buffer (out[0], pixel_decoder_layout_grads) when it fits there
+    // the decoder's scratch is dead before the pixel decoder's backward starts: it goes inside
+    // the pixel decoder's second 1/4-resolution buffer (out[0]; pixel_decoder_layout_grads,
+    // msdeform_layout_grads) when it fits there
     size_t scratch = m2f_layout_decoder_grads(da, NULL, c, B, maxT);
     size_t n_out0 = (size_t)B * HW * (c->mask_dim > c->conv_dim ? c->mask_dim : c->conv_dim);
-    if (c->pixel_decoder == PIXEL_DECODER_FPN && scratch <= n_out0) {
+    if (scratch <= n_out0) {
         m2f_layout_decoder_grads(da, da->pd.out[0], c, B, maxT);
     } else {
         m2f_layout_decoder_grads(da, mem ? mem + off : NULL, c, B, maxT);
