@@ -612,7 +612,7 @@ typedef struct {
 typedef struct {
     int S, T[MSD_LEVELS], start[MSD_LEVELS];   // tokens: all, per level e, first row of level e
     int shapes[2 * MSD_LEVELS];                // (H_e, W_e), host ints for the ms_deform ops
-    size_t n;                                  // floats of this block, from proj[0] on
+    size_t n;                                  // floats of this block, from proj[0] on (0 for gradients)
     float* proj[MSD_LEVELS];       // (B, T_e, D) conv1x1 + bias of feats[3-e]
     float* proj_gn[MSD_LEVELS];    // (B, T_e, D) after GroupNorm
     float* proj_mean[MSD_LEVELS];  // (B, G)
@@ -889,7 +889,8 @@ void m2f_forward(const M2FConfig* cfg, const M2FParams* p, M2FActs* a,
 void m2f_decoder_forward(const M2FConfig* cfg, const M2FParams* p, M2FActs* a, int B,
                          const float* teacher_masks);
 // da->class_logits and da->mask_logits hold the upstream gradients (layout of the forward
-// outputs); every other buffer of da is scratch and is zeroed here. Accumulates into grads and
+// outputs, or the last prediction's only: last_only below); every other buffer of da is scratch
+// and is zeroed here, each right before its first use. Accumulates into grads and
 // dfeats[l] (may be NULL). Uses the attention masks saved by the forward.
 void m2f_backward(const M2FConfig* cfg, const M2FParams* p, M2FParams* grads, const M2FActs* a,
                   M2FActs* da, const float* const feats[4], float* dfeats[4], int B);
@@ -900,10 +901,13 @@ void m2f_backward(const M2FConfig* cfg, const M2FParams* p, M2FParams* grads, co
 // attention maps and masks, positional tables); one span of per-layer buffers shared by all
 // decoder layers (each zeroes its span right before use), the layer outputs' gradients
 // alternating between two buffers; one set of prediction-MLP buffers shared by all predictions;
-// the FPN's 1/4-resolution gradients in two alternating buffers that the coarser levels reuse
-// (the msdeform pixel decoder keeps its mirror). last_only = 1: only the last prediction's
-// logits get upstream gradients (the MAE head g); da->class_logits and da->mask_logits then hold
-// just that prediction, and the other predictions' backward (all zeros) is skipped.
+// the pixel decoder's 1/4-resolution gradients in two alternating buffers that the coarser FPN
+// levels (msdeform: its input projections) reuse, the decoder's scratch inside the second when
+// it fits; msdeform's encoder layers share one span too; src's gradient is collected in the
+// pixel decoder output's. last_only = 1: only the last prediction's logits get upstream
+// gradients (the MAE head g); da->class_logits and da->mask_logits then hold just that
+// prediction, and the other predictions' backward (all zeros) is skipped. Bit-identical
+// results either way (test_m2f, test_mae).
 size_t m2f_num_grad_acts(const M2FConfig* cfg, int max_B, int H4, int W4, int last_only);
 void m2f_point_grad_acts(M2FActs* da, float* mem, const M2FConfig* cfg, int max_B, int H4, int W4,
                          int last_only);
