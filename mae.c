@@ -345,12 +345,14 @@ static void padded_size(const ModelConfig* cfg, int H, int W, int* Hp, int* Wp) 
 // model_create allocates and model_activation_bytes reports
 typedef struct {
     int Hp, Wp;
-    size_t acts_f, acts_h, acts_g;   // activations of f, h, g (the gradients of h, g mirror them)
+    size_t acts_f, acts_h, acts_g;   // activations of f, h, g
     size_t grads_f;                  // f's gradient buffers (swin_point_grad_acts: far fewer)
-    size_t grads_h, grads_g;         // h's and g's (0 for a prediction-only model)
+    size_t grads_h, grads_g;         // h's and g's (m2f_point_grad_acts; 0 for a prediction-only model)
     size_t feat[4];                  // gradient flowing from a head into f's stage s
     size_t pix;                      // max_batch * Hp * Wp
 } ActivationPlan;
+
+int model_mirror_head_grads = 0;   // test hook (ttt.h)
 
 // main_batch: the largest batch h runs on (h's activations and gradients are planned for it).
 // predict_only: f's and h's activations only (no g, no gradients), for model_create_sharing
@@ -363,8 +365,11 @@ static ActivationPlan plan_activations(const ModelConfig* cfg, int max_batch, in
     p.grads_f = predict_only ? 0 : swin_point_grad_acts(&fa, NULL, &cfg->swin, max_batch, p.Hp, p.Wp);
     p.acts_h = m2f_num_acts(&cfg->m2f, main_batch, p.Hp / 4, p.Wp / 4);
     p.acts_g = predict_only ? 0 : m2f_num_acts(&cfg->mae, max_batch, p.Hp / 4, p.Wp / 4);
-    p.grads_h = predict_only ? 0 : p.acts_h;
-    p.grads_g = p.acts_g;
+    // h: every prediction has a loss in joint training; g: only the last (mae_loss)
+    p.grads_h = predict_only ? 0 : model_mirror_head_grads ? p.acts_h
+                                 : m2f_num_grad_acts(&cfg->m2f, main_batch, p.Hp / 4, p.Wp / 4, 0);
+    p.grads_g = predict_only ? 0 : model_mirror_head_grads ? p.acts_g
+                                 : m2f_num_grad_acts(&cfg->mae, max_batch, p.Hp / 4, p.Wp / 4, 1);
     for (int s = 0; s < 4; s++) p.feat[s] = (size_t)max_batch * fa.Hs[s] * fa.Ws[s] * fa.C[s];
     p.pix = (size_t)max_batch * p.Hp * p.Wp;
     return p;
@@ -437,7 +442,7 @@ static Model* model_create_impl(const ModelConfig* cfg, int max_batch, int main_
 
     // activations: [swin | h | g]; gradients: [swin's (swin_point_grad_acts) | h | g]
     size_t n_fa = plan.acts_f, n_ha = plan.acts_h, n_acts = plan.acts_f + plan.acts_h + plan.acts_g;
-    size_t n_dfa = plan.grads_f, n_dacts = plan.grads_f + plan.grads_h + plan.grads_g;
+    size_t n_dfa = plan.grads_f, n_dha = plan.grads_h, n_dacts = plan.grads_f + plan.grads_h + plan.grads_g;
     m->acts = (float*)ttt_malloc(n_acts * sizeof(float));
     ttt_zero(m->acts, n_acts * sizeof(float));
     swin_point_acts(&m->fa, m->acts, &cfg->swin, max_batch, m->Hp, m->Wp);
@@ -445,9 +450,14 @@ static Model* model_create_impl(const ModelConfig* cfg, int max_batch, int main_
     if (share == NULL) {   // a prediction-only (sharing) model has no g and no gradient buffers
         m->dacts = (float*)ttt_malloc(n_dacts * sizeof(float));
         swin_point_grad_acts(&m->dfa, m->dacts, &cfg->swin, max_batch, m->Hp, m->Wp);
-        m2f_point_acts(&m->dha, m->dacts + n_dfa, &cfg->m2f, main_batch, m->H4, m->W4);
         m2f_point_acts(&m->ga, m->acts + n_fa + n_ha, &cfg->mae, max_batch, m->H4, m->W4);
-        m2f_point_acts(&m->dga, m->dacts + n_dfa + n_ha, &cfg->mae, max_batch, m->H4, m->W4);
+        if (model_mirror_head_grads) {
+            m2f_point_acts(&m->dha, m->dacts + n_dfa, &cfg->m2f, main_batch, m->H4, m->W4);
+            m2f_point_acts(&m->dga, m->dacts + n_dfa + n_dha, &cfg->mae, max_batch, m->H4, m->W4);
+        } else {
+            m2f_point_grad_acts(&m->dha, m->dacts + n_dfa, &cfg->m2f, main_batch, m->H4, m->W4, 0);
+            m2f_point_grad_acts(&m->dga, m->dacts + n_dfa + n_dha, &cfg->mae, max_batch, m->H4, m->W4, 1);
+        }
     }
     swin_init_acts(&m->fa, &cfg->swin);
     m->rel_index = swin_make_rel_index(&cfg->swin);
@@ -1132,9 +1142,11 @@ static float* g_recon(const Model* m, int B) {
     int L = m->cfg.mae.dec_layers + 1;
     return m->ga.mask_logits + (size_t)(L - 1) * B * m->cfg.mae.num_queries * m->H4 * m->W4;
 }
+// g's gradient buffers hold the logits of the last prediction only (m2f_point_grad_acts with
+// last_only), or of all (model_mirror_head_grads)
+static int g_grad_predictions(const Model* m) { return m->dga.last_only ? 1 : m->cfg.mae.dec_layers + 1; }
 static float* dg_recon(const Model* m, int B) {
-    int L = m->cfg.mae.dec_layers + 1;
-    return m->dga.mask_logits + (size_t)(L - 1) * B * m->cfg.mae.num_queries * m->H4 * m->W4;
+    return m->dga.mask_logits + (size_t)(g_grad_predictions(m) - 1) * B * m->cfg.mae.num_queries * m->H4 * m->W4;
 }
 
 // l = mean over the counted values of (recon - target)^2, into m->loss (one float, device)
@@ -1161,7 +1173,7 @@ static void zero_grads(Model* m) { ttt_zero(m->grads, (m->n_f + m->n_h + m->n_g)
 // accumulates the gradients of g, and dl/dz into m->dfeat (zeroed here). dloss: the weight of
 // this batch's mean in the loss (1, or a chunk's share of a micro-batched batch).
 static void g_backward(Model* m, int B, float dloss) {
-    int Q = m->cfg.mae.num_queries, L = m->cfg.mae.dec_layers + 1, Kg = m->cfg.mae.num_classes + 1;
+    int Q = m->cfg.mae.num_queries, L = g_grad_predictions(m), Kg = m->cfg.mae.num_classes + 1;
     size_t per = (size_t)B * Q * m->H4 * m->W4;
     ttt_zero(m->dga.class_logits, (size_t)L * B * Q * Kg * sizeof(float));   // only the last maps get a loss
     ttt_zero(m->dga.mask_logits, (size_t)L * per * sizeof(float));

@@ -192,6 +192,7 @@ void pixel_decoder_init_params(float* mem, const M2FConfig* c, Rng* rng) {
 }
 
 static size_t msdeform_layout_acts(PixelDecoderActs* a, float* mem, const M2FConfig* c, int B, int H4, int W4);
+static size_t msdeform_layout_grads(PixelDecoderActs* da, float* mem, const M2FConfig* c, int B, int H4, int W4);
 
 static size_t pixel_decoder_layout_acts(PixelDecoderActs* a, float* mem, const M2FConfig* c,
                                         int B, int H4, int W4) {
@@ -229,6 +230,34 @@ size_t pixel_decoder_num_acts(const M2FConfig* cfg, int max_B, int H4, int W4) {
 void pixel_decoder_point_acts(PixelDecoderActs* a, float* mem, const M2FConfig* cfg,
                               int max_B, int H4, int W4) {
     pixel_decoder_layout_acts(a, mem, cfg, max_B, H4, W4);
+}
+
+// The FPN's gradient buffers (m2f_point_grad_acts). pixel_decoder_backward runs level 0 as a
+// chain mask_features -> out[0] -> gn[0] -> conv[0] -> fused[0] -> lateral[0] in which each
+// gradient is dead once the next is made, then levels 1, 2, 3 the same way (gn, conv, fused,
+// lateral): two 1/4-resolution buffers used in turn hold every link of every level. out[1..3]
+// collect gradients from the transformer decoder and from the finer level: buffers of their
+// own. GroupNorm's means/rstds and lateral_gn (whose gradient is fused's) get none.
+// msdeform: msdeform_layout_grads.
+static size_t pixel_decoder_layout_grads(PixelDecoderActs* da, float* mem, const M2FConfig* c,
+                                         int B, int H4, int W4) {
+    if (c->pixel_decoder == PIXEL_DECODER_MSDEFORM) return msdeform_layout_grads(da, mem, c, B, H4, W4);
+    memset(da, 0, sizeof(*da));
+    size_t off = 0;
+    int CD = c->conv_dim, C0 = c->mask_dim > CD ? c->mask_dim : CD;
+    da->max_B = B; da->H4 = H4; da->W4 = W4;
+    m2f_level_sizes(H4, W4, da->Hs, da->Ws);
+    float* ping = take_act(mem, &off, (size_t)B * H4 * W4 * C0);
+    float* pong = take_act(mem, &off, (size_t)B * H4 * W4 * C0);
+    da->mask_features = ping;
+    da->out[0] = pong;
+    for (int l = 1; l < 4; l++) da->out[l] = take_act(mem, &off, (size_t)B * da->Hs[l] * da->Ws[l] * CD);
+    for (int l = 0; l < 4; l++) {
+        da->gn[l] = ping;
+        da->conv[l] = pong;
+        if (l < 3) { da->fused[l] = ping; da->lateral[l] = pong; }
+    }
+    return (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
 }
 
 // ----------------------------------------------------------------------------
@@ -274,31 +303,28 @@ void pixel_decoder_backward(const M2FConfig* c, const PixelDecoderParams* p,
     require_fpn(c, "pixel_decoder_backward");
     int CD = c->conv_dim, G = c->num_groups;
     const int* Hs = a->Hs; const int* Ws = a->Ws;
-    // scratch gradients start at zero (backward ops accumulate)
-    for (int l = 0; l < 4; l++) {
-        size_t bytes = (size_t)B * Hs[l] * Ws[l] * CD * sizeof(float);
-        if (l < 3) {
-            ttt_zero(da->lateral[l], bytes);
-            ttt_zero(da->fused[l], bytes);
-        }
-        ttt_zero(da->conv[l], bytes);
-        ttt_zero(da->gn[l], bytes);
-    }
-    ttt_zero(da->out[0], (size_t)B * Hs[0] * Ws[0] * CD * sizeof(float));
-
+    // scratch gradients start at zero (backward ops accumulate); each is zeroed right before
+    // its first write, as the gradient layout (pixel_decoder_layout_grads) reuses buffers
+    // between the links of the chain. da->out[1..3] come in holding the decoder's gradients.
+    size_t bytes0 = (size_t)B * Hs[0] * Ws[0] * CD * sizeof(float);
+    ttt_zero(da->out[0], bytes0);
     conv2d_backward(da->out[0], g->mask_w, g->mask_b, da->mask_features, a->out[0], p->mask_w,
                     B, Hs[0], Ws[0], CD, c->mask_dim, 3, 1, 1, Hs[0], Ws[0]);
     for (int l = 0; l < 3; l++) {
         int HW = Hs[l] * Ws[l];
         size_t n = (size_t)B * HW * CD;
+        ttt_zero(da->gn[l], n * sizeof(float));
         relu_backward(da->gn[l], a->out[l], da->out[l], n);
+        ttt_zero(da->conv[l], n * sizeof(float));
         groupnorm_backward(da->conv[l], g->output_gn_w[l], g->output_gn_b[l], da->gn[l], a->conv[l],
                            p->output_gn_w[l], a->mean[l], a->rstd[l], B, HW, CD, G);
+        ttt_zero(da->fused[l], n * sizeof(float));
         conv2d_backward(da->fused[l], g->output_w[l], NULL, da->conv[l], a->fused[l], p->output_w[l],
                         B, Hs[l], Ws[l], CD, CD, 3, 1, 1, Hs[l], Ws[l]);
         // fused = lateral_gn + up(out[l+1]): both branches get d fused
         upsample_nearest_backward(da->out[l + 1], da->fused[l], B, Hs[l + 1], Ws[l + 1], CD,
                                   Hs[l], Ws[l]);
+        ttt_zero(da->lateral[l], n * sizeof(float));
         groupnorm_backward(da->lateral[l], g->lateral_gn_w[l], g->lateral_gn_b[l], da->fused[l],
                            a->lateral[l], p->lateral_gn_w[l], a->lateral_mean[l],
                            a->lateral_rstd[l], B, HW, CD, G);
@@ -306,7 +332,9 @@ void pixel_decoder_backward(const M2FConfig* c, const PixelDecoderParams* p,
                         p->lateral_w[l], B, Hs[l], Ws[l], c->in_dims[l], CD, 1, 1, 0, Hs[l], Ws[l]);
     }
     size_t n3 = (size_t)B * Hs[3] * Ws[3] * CD;
+    ttt_zero(da->gn[3], n3 * sizeof(float));
     relu_backward(da->gn[3], a->out[3], da->out[3], n3);
+    ttt_zero(da->conv[3], n3 * sizeof(float));
     groupnorm_backward(da->conv[3], g->output_gn_w[3], g->output_gn_b[3], da->gn[3], a->conv[3],
                        p->output_gn_w[3], a->mean[3], a->rstd[3], B, Hs[3] * Ws[3], CD, G);
     conv2d_backward(dfeats ? dfeats[3] : NULL, g->output_w[3], NULL, da->conv[3], feats[3],
@@ -489,6 +517,70 @@ static size_t msdeform_layout_acts(PixelDecoderActs* a, float* mem, const M2FCon
     return (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
 }
 
+// The msdeform pixel decoder's gradient buffers (m2f_point_grad_acts). The FPN step to 1/4 is a
+// chain mask_features -> out[0] -> gn[0] -> conv[0] -> fused[0] -> lateral[0] whose links die
+// one after another: two 1/4-resolution buffers in turn. out[1..3] collect the transformer
+// decoder's gradients (buffers of their own). The encoder: pos collects over all layers; the
+// layer inputs x[i] alternate between two buffers (layer i reads x[i+1]'s and writes x[i]'s);
+// one span of a layer's internals for all layers; the input projections' (proj, proj_gn), used
+// after the encoder, inside the first 1/4 buffer (free by then) when they fit. No buffers for
+// means, rstds, level_rows.
+static size_t msdeform_layout_grads(PixelDecoderActs* da, float* mem, const M2FConfig* c, int B, int H4, int W4) {
+    memset(da, 0, sizeof(*da));
+    size_t off = 0;
+    size_t D = c->conv_dim, FE = c->enc_ffn, C0 = c->mask_dim > c->conv_dim ? c->mask_dim : c->conv_dim;
+    int NE = c->enc_layers;
+    size_t E = (size_t)c->num_heads * MSD_LEVELS * c->n_points;
+    da->max_B = B; da->H4 = H4; da->W4 = W4;
+    m2f_level_sizes(H4, W4, da->Hs, da->Ws);
+    size_t n0 = (size_t)B * H4 * W4 * C0;
+    float* ping = take_act(mem, &off, n0);
+    float* pong = take_act(mem, &off, n0);
+    da->mask_features = ping; da->out[0] = pong;
+    da->gn[0] = ping; da->conv[0] = pong; da->fused[0] = ping; da->lateral[0] = pong;
+    for (int l = 1; l < 4; l++) da->out[l] = take_act(mem, &off, (size_t)B * da->Hs[l] * da->Ws[l] * D);
+
+    MSDeformActs* m = &da->msd;
+    m->S = 0;
+    for (int e = 0; e < MSD_LEVELS; e++) {
+        int l = 3 - e;
+        m->shapes[2 * e] = da->Hs[l]; m->shapes[2 * e + 1] = da->Ws[l];
+        m->T[e] = da->Hs[l] * da->Ws[l];
+        m->start[e] = m->S;
+        m->S += m->T[e];
+    }
+    size_t S = m->S, BS = (size_t)B * S;
+    m->pos = take_act(mem, &off, S * D);
+    float* chain[2];
+    chain[0] = take_act(mem, &off, BS * D);
+    chain[1] = take_act(mem, &off, BS * D);
+    for (int i = 0; i <= NE; i++) m->x[i] = chain[i % 2];
+    float *q_in = take_act(mem, &off, BS * D), *value = take_act(mem, &off, BS * D);
+    float *offs = take_act(mem, &off, BS * 2 * E), *loc = take_act(mem, &off, BS * 2 * E);
+    float *aw_logit = take_act(mem, &off, BS * E), *aw = take_act(mem, &off, BS * E);
+    float *attn = take_act(mem, &off, BS * D), *res1 = take_act(mem, &off, BS * D), *ln1 = take_act(mem, &off, BS * D);
+    float *fc1 = take_act(mem, &off, BS * FE), *fc1_relu = take_act(mem, &off, BS * FE);
+    float* res2 = take_act(mem, &off, BS * D);
+    for (int i = 0; i < NE; i++) {
+        m->q_in[i] = q_in; m->value[i] = value; m->off[i] = offs; m->loc[i] = loc;
+        m->aw_logit[i] = aw_logit; m->aw[i] = aw; m->attn[i] = attn; m->res1[i] = res1;
+        m->ln1[i] = ln1; m->fc1[i] = fc1; m->fc1_relu[i] = fc1_relu; m->res2[i] = res2;
+    }
+    // proj[e] then proj_gn[e], level after level, counted from ping (or from mem)
+    size_t proj_n = 0;
+    for (int e = 0; e < MSD_LEVELS; e++) proj_n += 2 * ((B * m->T[e] * D + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN);
+    size_t proj_off = 0;
+    float* proj_mem = ping;
+    if (proj_n > n0) { proj_mem = mem; proj_off = off; }
+    for (int e = 0; e < MSD_LEVELS; e++) {
+        m->proj[e] = take_act(proj_mem, &proj_off, (size_t)B * m->T[e] * D);
+        m->proj_gn[e] = take_act(proj_mem, &proj_off, (size_t)B * m->T[e] * D);
+    }
+    if (proj_n > n0) off = proj_off;
+    m->n = 0;   // not one block here
+    return (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
+}
+
 void msdeform_forward(const M2FConfig* c, const MSDeformParams* p, PixelDecoderActs* a,
                       const float* const feats[4], int B) {
     require_msdeform(c, "msdeform_forward");
@@ -577,29 +669,32 @@ void msdeform_backward(const M2FConfig* c, const MSDeformParams* p, MSDeformPara
     const int* Hs = a->Hs; const int* Ws = a->Ws;
     int HW0 = Hs[0] * Ws[0];
     size_t n0 = (size_t)B * HW0 * D, bytes0 = n0 * sizeof(float);
-    // scratch gradients start at zero (backward ops accumulate)
-    ttt_zero(da->lateral[0], bytes0);
-    ttt_zero(da->fused[0], bytes0);
-    ttt_zero(da->conv[0], bytes0);
-    ttt_zero(da->gn[0], bytes0);
-    ttt_zero(da->out[0], bytes0);
-    ttt_zero(dm->proj[0], dm->n * sizeof(float));
+    // scratch gradients start at zero (backward ops accumulate); each is zeroed right before its
+    // first write, as the gradient layout (msdeform_layout_grads) reuses buffers. da->out[1..3]
+    // and da->mask_features come in holding the transformer decoder's gradients.
 
     // mask projection and the FPN step to 1/4
+    ttt_zero(da->out[0], bytes0);
     conv2d_backward(da->out[0], g->mask_w, g->mask_b, da->mask_features, a->out[0], p->mask_w,
                     B, Hs[0], Ws[0], D, MD, 1, 1, 0, Hs[0], Ws[0]);
+    ttt_zero(da->gn[0], bytes0);
     relu_backward(da->gn[0], a->out[0], da->out[0], n0);
+    ttt_zero(da->conv[0], bytes0);
     groupnorm_backward(da->conv[0], g->output_gn_w, g->output_gn_b, da->gn[0], a->conv[0], p->output_gn_w,
                        a->mean[0], a->rstd[0], B, HW0, D, G);
+    ttt_zero(da->fused[0], bytes0);
     conv2d_backward(da->fused[0], g->output_w, NULL, da->conv[0], a->fused[0], p->output_w,
                     B, Hs[0], Ws[0], D, D, 3, 1, 1, Hs[0], Ws[0]);
     // fused = lateral_gn + up(out[1]): both branches get d fused
     upsample_bilinear_backward(da->out[1], da->fused[0], B, Hs[1], Ws[1], D, Hs[0], Ws[0]);
+    ttt_zero(da->lateral[0], bytes0);
     groupnorm_backward(da->lateral[0], g->lateral_gn_w, g->lateral_gn_b, da->fused[0], a->lateral[0],
                        p->lateral_gn_w, a->lateral_mean[0], a->lateral_rstd[0], B, HW0, D, G);
     conv2d_backward(dfeats ? dfeats[0] : NULL, g->lateral_w, NULL, da->lateral[0], feats[0], p->lateral_w,
                     B, Hs[0], Ws[0], c->in_dims[0], D, 1, 1, 0, Hs[0], Ws[0]);
     // the multi-scale features are the encoder output's levels
+    ttt_zero(dm->pos, SD * sizeof(float));
+    ttt_zero(dm->x[NE], nSD * sizeof(float));
     for (int e = 0; e < MSD_LEVELS; e++) {
         size_t TD = (size_t)m->T[e] * D;
         for (int b = 0; b < B; b++)
@@ -608,6 +703,15 @@ void msdeform_backward(const M2FConfig* c, const MSDeformParams* p, MSDeformPara
     const char* outer_stage = stage_current();
     stage_begin("msdeform encoder backward");
     for (int i = NE - 1; i >= 0; i--) {
+        // layer i's gradients (the layout may share them between layers), x[i]'s among them
+        float* zero_now[] = {dm->x[i], dm->q_in[i], dm->value[i], dm->attn[i], dm->res1[i], dm->ln1[i], dm->res2[i]};
+        for (size_t z = 0; z < sizeof(zero_now) / sizeof(zero_now[0]); z++) ttt_zero(zero_now[z], nSD * sizeof(float));
+        ttt_zero(dm->off[i], (size_t)BS * 2 * E * sizeof(float));
+        ttt_zero(dm->loc[i], (size_t)BS * 2 * E * sizeof(float));
+        ttt_zero(dm->aw_logit[i], (size_t)BS * E * sizeof(float));
+        ttt_zero(dm->aw[i], (size_t)BS * E * sizeof(float));
+        ttt_zero(dm->fc1[i], (size_t)BS * FE * sizeof(float));
+        ttt_zero(dm->fc1_relu[i], (size_t)BS * FE * sizeof(float));
         // FFN block: x[i+1] = LN2(ln1 + fc2(relu(fc1(ln1))))
         layernorm_backward(dm->res2[i], g->ln2_w + (size_t)i * D, g->ln2_b + (size_t)i * D, dm->x[i + 1],
                            m->res2[i], p->ln2_w + (size_t)i * D, m->ln2_mean[i], m->ln2_rstd[i], BS, D);
@@ -646,6 +750,8 @@ void msdeform_backward(const M2FConfig* c, const MSDeformParams* p, MSDeformPara
     for (int e = 0; e < MSD_LEVELS; e++) {
         int l = 3 - e, T = m->T[e];
         size_t TD = (size_t)T * D;
+        ttt_zero(dm->proj_gn[e], (size_t)B * TD * sizeof(float));
+        ttt_zero(dm->proj[e], (size_t)B * TD * sizeof(float));
         for (int b = 0; b < B; b++)
             add_inplace(dm->proj_gn[e] + b * TD, dm->x[0] + ((size_t)b * S + m->start[e]) * D, TD);
         groupnorm_backward(dm->proj[e], g->input_gn_w[e], g->input_gn_b[e], dm->proj_gn[e], m->proj[e],
@@ -788,6 +894,7 @@ static size_t m2f_layout_acts(M2FActs* a, float* mem, const M2FConfig* c, int B,
     size_t K1 = c->num_classes + 1, MD = c->mask_dim, HW = (size_t)H4 * W4;
     int NL = c->dec_layers, L = NL + 1;
     a->max_B = B; a->H4 = H4; a->W4 = W4;
+    a->last_only = 0;
     m2f_level_sizes(H4, W4, a->Hs, a->Ws);
     size_t maxT = 0;
     for (int m = 0; m < 3; m++) {
@@ -873,6 +980,99 @@ size_t m2f_num_acts(const M2FConfig* cfg, int max_B, int H4, int W4) {
 
 void m2f_point_acts(M2FActs* a, float* mem, const M2FConfig* cfg, int max_B, int H4, int W4) {
     m2f_layout_acts(a, mem, cfg, max_B, H4, W4);
+}
+
+// the decoder's scratch gradients, dead once prediction 0's backward is done: one span for every
+// layer (m2f_backward zeroes it at the start of each layer), two buffers in turn for the layer
+// outputs (layer i's collects from layer i+1 and prediction i+1 and is read by layer i, which
+// writes layer i-1's), one set of prediction-MLP buffers (each prediction's backward zeroes it)
+static size_t m2f_layout_decoder_grads(M2FActs* da, float* mem, const M2FConfig* c, int B, size_t maxT) {
+    size_t off = 0;
+    size_t D = c->hidden_dim, Q = c->num_queries, F = c->ffn_dim, MD = c->mask_dim, BQ = (size_t)B * Q;
+    int NL = c->dec_layers, L = NL + 1;
+    float *ca_qin = take_act(mem, &off, BQ * D), *ca_q = take_act(mem, &off, BQ * D);
+    float *ca_k = take_act(mem, &off, B * maxT * D), *ca_v = take_act(mem, &off, B * maxT * D);
+    float *ca_o = take_act(mem, &off, BQ * D), *ca_res = take_act(mem, &off, BQ * D);
+    float *ca_ln = take_act(mem, &off, BQ * D);
+    float *sa_qin = take_act(mem, &off, BQ * D), *sa_q = take_act(mem, &off, BQ * D);
+    float *sa_k = take_act(mem, &off, BQ * D), *sa_v = take_act(mem, &off, BQ * D);
+    float *sa_o = take_act(mem, &off, BQ * D), *sa_res = take_act(mem, &off, BQ * D);
+    float *sa_ln = take_act(mem, &off, BQ * D);
+    float *fc1 = take_act(mem, &off, BQ * F), *fc1_relu = take_act(mem, &off, BQ * F);
+    float* ffn_res = take_act(mem, &off, BQ * D);
+    float* chain[2];
+    chain[0] = take_act(mem, &off, BQ * D);
+    chain[1] = take_act(mem, &off, BQ * D);
+    for (int i = 0; i < NL; i++) {
+        da->ca_qin[i] = ca_qin; da->ca_q[i] = ca_q; da->ca_k[i] = ca_k; da->ca_v[i] = ca_v;
+        da->ca_o[i] = ca_o; da->ca_res[i] = ca_res; da->ca_ln[i] = ca_ln;
+        da->sa_qin[i] = sa_qin; da->sa_q[i] = sa_q; da->sa_k[i] = sa_k; da->sa_v[i] = sa_v;
+        da->sa_o[i] = sa_o; da->sa_res[i] = sa_res; da->sa_ln[i] = sa_ln;
+        da->fc1[i] = fc1; da->fc1_relu[i] = fc1_relu; da->ffn_res[i] = ffn_res;
+        da->ffn_ln[i] = chain[i % 2];
+    }
+    float *dn = take_act(mem, &off, BQ * D), *me1 = take_act(mem, &off, BQ * D);
+    float *me1_relu = take_act(mem, &off, BQ * D), *me2 = take_act(mem, &off, BQ * D);
+    float *me2_relu = take_act(mem, &off, BQ * D), *me3 = take_act(mem, &off, BQ * MD);
+    for (int j = 0; j < L; j++) {
+        da->dn[j] = dn; da->me1[j] = me1; da->me1_relu[j] = me1_relu;
+        da->me2[j] = me2; da->me2_relu[j] = me2_relu; da->me3[j] = me3;
+    }
+    return (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
+}
+
+// the gradient layout (ttt.h, m2f_point_grad_acts); buffers of tensors without a gradient NULL
+static size_t m2f_layout_grads(M2FActs* da, float* mem, const M2FConfig* c, int B, int H4, int W4,
+                               int last_only) {
+    memset(da, 0, sizeof(*da));
+    size_t off = 0;
+    size_t D = c->hidden_dim, Q = c->num_queries;
+    size_t K1 = c->num_classes + 1, HW = (size_t)H4 * W4;
+    size_t P = last_only ? 1 : c->dec_layers + 1;   // predictions with upstream gradients
+    da->max_B = B; da->H4 = H4; da->W4 = W4;
+    da->last_only = last_only;
+    m2f_level_sizes(H4, W4, da->Hs, da->Ws);
+    size_t maxT = 0;
+    for (int m = 0; m < 3; m++) {
+        da->T[m] = da->Hs[3 - m] * da->Ws[3 - m];
+        if ((size_t)da->T[m] > maxT) maxT = da->T[m];
+    }
+    size_t BQ = (size_t)B * Q;
+    da->class_logits = take_act(mem, &off, P * BQ * K1);
+    da->mask_logits = take_act(mem, &off, P * BQ * HW);
+    off = (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
+    off += pixel_decoder_layout_grads(&da->pd, mem ? mem + off : NULL, c, B, H4, W4);
+    // summed over all layers: the query broadcasts and the memory levels. src = out[lv] +
+    // level_embed, and out[lv]'s gradient is zero until src's is added to it (m2f_backward):
+    // src's gradient can be collected in out[lv]'s buffer from the start
+    for (int m = 0; m < 3; m++) {
+        da->src[m] = da->pd.out[3 - m];
+        da->src_pos[m] = take_act(mem, &off, B * da->T[m] * D);
+    }
+    da->qpos = take_act(mem, &off, BQ * D);
+    da->tgt0 = take_act(mem, &off, BQ * D);
+    // the decoder's scratch is dead before the pixel decoder's backward starts: it goes inside
+    // the pixel decoder's second 1/4-resolution buffer (out[0]; pixel_decoder_layout_grads,
+    // msdeform_layout_grads) when it fits there
+    size_t scratch = m2f_layout_decoder_grads(da, NULL, c, B, maxT);
+    size_t n_out0 = (size_t)B * HW * (c->mask_dim > c->conv_dim ? c->mask_dim : c->conv_dim);
+    if (scratch <= n_out0) {
+        m2f_layout_decoder_grads(da, da->pd.out[0], c, B, maxT);
+    } else {
+        m2f_layout_decoder_grads(da, mem ? mem + off : NULL, c, B, maxT);
+        off += scratch;
+    }
+    return (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
+}
+
+size_t m2f_num_grad_acts(const M2FConfig* cfg, int max_B, int H4, int W4, int last_only) {
+    M2FActs da;
+    return m2f_layout_grads(&da, NULL, cfg, max_B, H4, W4, last_only);
+}
+
+void m2f_point_grad_acts(M2FActs* da, float* mem, const M2FConfig* cfg, int max_B, int H4, int W4,
+                         int last_only) {
+    m2f_layout_grads(da, mem, cfg, max_B, H4, W4, last_only);
 }
 
 // ----------------------------------------------------------------------------
@@ -1019,14 +1219,25 @@ void m2f_decoder_forward(const M2FConfig* c, const M2FParams* p, M2FActs* a, int
 // the head h: backward
 
 // backward of m2f_predict: upstream da->class_logits / da->mask_logits of prediction j;
-// accumulates into dtgt, the head parameters and da->pd.mask_features
+// accumulates into dtgt, the head parameters and da->pd.mask_features. With da->last_only
+// the predictions before the last have no upstream gradient: nothing to do.
 static void m2f_predict_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g,
                                  const M2FActs* a, M2FActs* da, const float* tgt, float* dtgt,
                                  int j, int B) {
     int D = c->hidden_dim, Q = c->num_queries, K1 = c->num_classes + 1, MD = c->mask_dim;
     int BQ = B * Q, HW = a->H4 * a->W4;
-    const float* dclass_j = da->class_logits + (size_t)j * BQ * K1;
-    const float* dmask_j = da->mask_logits + (size_t)j * BQ * HW;
+    if (da->last_only && j < c->dec_layers) return;
+    int jg = da->last_only ? 0 : j;   // prediction j's place in da's logits
+    const float* dclass_j = da->class_logits + (size_t)jg * BQ * K1;
+    const float* dmask_j = da->mask_logits + (size_t)jg * BQ * HW;
+    // the MLP's gradient buffers may be shared by all predictions (m2f_point_grad_acts)
+    size_t nQD = (size_t)BQ * D * sizeof(float);
+    ttt_zero(da->dn[j], nQD);
+    ttt_zero(da->me1[j], nQD);
+    ttt_zero(da->me1_relu[j], nQD);
+    ttt_zero(da->me2[j], nQD);
+    ttt_zero(da->me2_relu[j], nQD);
+    ttt_zero(da->me3[j], (size_t)BQ * MD * sizeof(float));
     for (int b = 0; b < B; b++) {
         linear_backward(da->me3[j] + (size_t)b * Q * MD, da->pd.mask_features + (size_t)b * HW * MD,
                         NULL, dmask_j + (size_t)b * Q * HW, a->me3[j] + (size_t)b * Q * MD,
@@ -1047,11 +1258,20 @@ void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2
     int D = c->hidden_dim, Q = c->num_queries, F = c->ffn_dim, NH = c->num_heads, HS = D / NH;
     int NL = c->dec_layers, BQ = B * Q;
     size_t nQD = (size_t)BQ * D, DD = (size_t)D * D;
-    // the outputs (class_logits, mask_logits) come first in memory and hold the upstream
-    // gradients; everything after them (from the pixel decoder's first buffer on) is scratch
-    size_t total = m2f_num_acts(c, a->max_B, a->H4, a->W4);
-    size_t head = (size_t)(da->pd.lateral[0] - da->class_logits);
-    ttt_zero(da->pd.lateral[0], (total - head) * sizeof(float));
+    if (B < 1 || B > da->max_B) ttt_die("m2f backward: batch %d outside [1, %d]", B, da->max_B);
+    // da->class_logits and da->mask_logits hold the upstream gradients; everything else is
+    // scratch, zeroed right before its first use: the gradients summed over all layers now,
+    // each layer's own at the start of that layer (da may share them between layers:
+    // m2f_point_grad_acts), the pixel decoder's in its backward
+    ttt_zero(da->pd.mask_features, (size_t)B * a->H4 * a->W4 * c->mask_dim * sizeof(float));
+    for (int l = 1; l < 4; l++) ttt_zero(da->pd.out[l], (size_t)B * a->Hs[l] * a->Ws[l] * c->conv_dim * sizeof(float));
+    for (int m = 0; m < 3; m++) {
+        ttt_zero(da->src[m], (size_t)B * a->T[m] * D * sizeof(float));
+        ttt_zero(da->src_pos[m], (size_t)B * a->T[m] * D * sizeof(float));
+    }
+    ttt_zero(da->qpos, nQD * sizeof(float));
+    ttt_zero(da->tgt0, nQD * sizeof(float));
+    ttt_zero(da->ffn_ln[NL - 1], nQD * sizeof(float));
     for (int i = NL - 1; i >= 0; i--) {
         int m = i % 3, T = a->T[m];
         // layer i's weights and their gradients (llm.c's l_ / dl_ locals)
@@ -1087,6 +1307,14 @@ void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2
         float *dl_sa_o = da->sa_o[i], *dl_sa_res = da->sa_res[i], *dl_sa_ln = da->sa_ln[i];
         float *dl_fc1 = da->fc1[i], *dl_fc1_relu = da->fc1_relu[i], *dl_ffn_res = da->ffn_res[i], *dl_ffn_ln = da->ffn_ln[i];
         float* dtgt = (i == 0) ? da->tgt0 : da->ffn_ln[i - 1];
+        float* zero_now[] = {dl_ca_qin, dl_ca_q, dl_ca_o, dl_ca_res, dl_ca_ln, dl_sa_qin, dl_sa_q, dl_sa_k,
+                             dl_sa_v, dl_sa_o, dl_sa_res, dl_sa_ln, dl_ffn_res};
+        for (size_t z = 0; z < sizeof(zero_now) / sizeof(zero_now[0]); z++) ttt_zero(zero_now[z], nQD * sizeof(float));
+        ttt_zero(dl_ca_k, (size_t)B * T * D * sizeof(float));
+        ttt_zero(dl_ca_v, (size_t)B * T * D * sizeof(float));
+        ttt_zero(dl_fc1, (size_t)BQ * F * sizeof(float));
+        ttt_zero(dl_fc1_relu, (size_t)BQ * F * sizeof(float));
+        if (i > 0) ttt_zero(dtgt, nQD * sizeof(float));   // may hold layer i+1's (consumed) output gradient
         // prediction i + 1 reads the output of layer i
         m2f_predict_backward(c, p, g, a, da, l_ffn_ln, dl_ffn_ln, i + 1, B);
         // FFN
@@ -1137,7 +1365,8 @@ void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2
         // level_embed[m] was added to every row: its gradient is the row sum (a bias gradient)
         linear_backward(NULL, NULL, g->level_embed + (size_t)m * D, da->src[m], a->src[m],
                         p->ca_out_w, B * T, D, D);
-        add_inplace(da->pd.out[lv], da->src[m], n);
+        // src = out[lv] + level_embed (m2f_point_grad_acts collects src's gradient in out[lv]'s)
+        if (da->pd.out[lv] != da->src[m]) add_inplace(da->pd.out[lv], da->src[m], n);
     }
     if (c->pixel_decoder == PIXEL_DECODER_MSDEFORM) msdeform_backward(c, &p->msd, &g->msd, &a->pd, &da->pd, feats, dfeats, B);
     else pixel_decoder_backward(c, &p->pd, &g->pd, &a->pd, &da->pd, feats, dfeats, B);

@@ -612,7 +612,7 @@ typedef struct {
 typedef struct {
     int S, T[MSD_LEVELS], start[MSD_LEVELS];   // tokens: all, per level e, first row of level e
     int shapes[2 * MSD_LEVELS];                // (H_e, W_e), host ints for the ms_deform ops
-    size_t n;                                  // floats of this block, from proj[0] on
+    size_t n;                                  // floats of this block, from proj[0] on (0 for gradients)
     float* proj[MSD_LEVELS];       // (B, T_e, D) conv1x1 + bias of feats[3-e]
     float* proj_gn[MSD_LEVELS];    // (B, T_e, D) after GroupNorm
     float* proj_mean[MSD_LEVELS];  // (B, G)
@@ -816,6 +816,9 @@ typedef struct {
 typedef struct {
     int max_B, H4, W4, Hs[4], Ws[4];
     int T[3];                // tokens of memory levels 0, 1, 2 (1/32, 1/16, 1/8)
+    int last_only;           // gradient layout (m2f_point_grad_acts): 1 when only the last
+                             // prediction gets upstream gradients; class_logits, mask_logits then
+                             // hold that one prediction (B, Q, ...). 0 for activations.
     // outputs, first in memory (dacts: upstream gradients)
     // packed densely for the B of the last forward: prediction j starts at j * B * Q * (K+1)
     float* class_logits;     // (L, B, Q, K+1), L = dec_layers + 1
@@ -886,10 +889,28 @@ void m2f_forward(const M2FConfig* cfg, const M2FParams* p, M2FActs* a,
 void m2f_decoder_forward(const M2FConfig* cfg, const M2FParams* p, M2FActs* a, int B,
                          const float* teacher_masks);
 // da->class_logits and da->mask_logits hold the upstream gradients (layout of the forward
-// outputs); every other buffer of da is scratch and is zeroed here. Accumulates into grads and
+// outputs, or the last prediction's only: last_only below); every other buffer of da is scratch
+// and is zeroed here, each right before its first use. Accumulates into grads and
 // dfeats[l] (may be NULL). Uses the attention masks saved by the forward.
 void m2f_backward(const M2FConfig* cfg, const M2FParams* p, M2FParams* grads, const M2FActs* a,
                   M2FActs* da, const float* const feats[4], float* dfeats[4], int B);
+
+// The gradient buffers of the head (issue 14): m2f_backward runs on da pointed by
+// m2f_point_acts (a full mirror of the activations, as tests use) or, using far less memory, by
+// m2f_point_grad_acts: buffers only for tensors that get a gradient (none for means, rstds,
+// attention maps and masks, positional tables); one span of per-layer buffers shared by all
+// decoder layers (each zeroes its span right before use), the layer outputs' gradients
+// alternating between two buffers; one set of prediction-MLP buffers shared by all predictions;
+// the pixel decoder's 1/4-resolution gradients in two alternating buffers that the coarser FPN
+// levels (msdeform: its input projections) reuse, the decoder's scratch inside the second when
+// it fits; msdeform's encoder layers share one span too; src's gradient is collected in the
+// pixel decoder output's. last_only = 1: only the last prediction's logits get upstream
+// gradients (the MAE head g); da->class_logits and da->mask_logits then hold just that
+// prediction, and the other predictions' backward (all zeros) is skipped. Bit-identical
+// results either way (test_m2f, test_mae).
+size_t m2f_num_grad_acts(const M2FConfig* cfg, int max_B, int H4, int W4, int last_only);
+void m2f_point_grad_acts(M2FActs* da, float* mem, const M2FConfig* cfg, int max_B, int H4, int W4,
+                         int last_only);
 
 // new op: Mask2Former's attention mask from (resized) mask logits, all (B, Q, T):
 //   blocked = sigmoid(logit) < 0.5 (computed as 1 / (1 + expf(-x)) < 0.5f in float);
@@ -1116,6 +1137,10 @@ size_t model_activation_bytes(const ModelConfig* cfg, int max_batch, int H, int 
 size_t model_activation_bytes_planned(const ModelConfig* cfg, int max_batch, int main_batch, int H, int W);
 // the same for a prediction model (model_create_sharing(m, 1, H, W)): f's and h's activations only
 size_t model_predict_bytes(const ModelConfig* cfg, int H, int W);
+// test hook: nonzero when a model is created gives h and g gradient buffers that mirror their
+// activations (m2f_point_acts, the layout before issue 14) instead of m2f_point_grad_acts;
+// tests check that both give bit-identical gradients
+extern int model_mirror_head_grads;
 // the batch to plan for a TTT batch of B: B on the CPU; on the GPU the largest micro-batch
 // M <= B whose buffers fit in 85% of the free device memory (the step then runs in chunks),
 // after reserve_bytes for other buffers allocated later (e.g. a prediction model of another

@@ -411,6 +411,115 @@ static void test_inference(void) {
     free(pwork);
 }
 
+// ----------------------------------------------------------------------------
+// the gradient layout m2f_point_grad_acts (shared spans, no buffer for tensors without a
+// gradient) against the full mirror m2f_point_acts: bit-identical gradients of every parameter
+// and of the features, with every scratch buffer of both starting at 12345 (the backward must
+// zero what it accumulates into). Returns whether the decoder's scratch went inside the FPN's
+// out[0] buffer (both placements must be covered).
+
+static size_t count_unequal(const float* x, const float* y, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += !(x[i] == y[i]);
+    return bad;
+}
+
+static int msd_proj_inside, msd_proj_apart;   // msdeform_layout_grads' two placements, counted
+
+static int grad_layout_case(const char* name, M2FConfig cfg, int max_B, int B, int H4, int W4, int last_only) {
+    Rng rng; rng_seed(&rng, 404);
+    m2f_config_check(&cfg);
+    size_t np = m2f_num_params(&cfg), na = m2f_num_acts(&cfg, max_B, H4, W4);
+    size_t ng = m2f_num_grad_acts(&cfg, max_B, H4, W4, last_only);
+    float* params = (float*)mallocCheck(np * sizeof(float));
+    float* acts = (float*)callocCheck(na, sizeof(float));
+    m2f_init_params(params, &cfg, &rng);
+    for (size_t i = 0; i < np; i++) params[i] += 0.1f * rng_normal(&rng);
+    M2FParams p; M2FActs a;
+    m2f_point_params(&p, params, &cfg);
+    m2f_point_acts(&a, acts, &cfg, max_B, H4, W4);
+    float* feats[4];
+    size_t nf[4], nf_all = 0;
+    for (int l = 0; l < 4; l++) {
+        nf[l] = (size_t)B * a.Hs[l] * a.Ws[l] * cfg.in_dims[l];
+        nf_all += nf[l];
+        feats[l] = random_tensor(&rng, nf[l], -1.0f, 1.0f);
+    }
+    m2f_forward(&cfg, &p, &a, (const float* const*)feats, B, NULL);
+    // upstream gradients of every prediction (last_only: of the last, the others zero)
+    int L = cfg.dec_layers + 1;
+    size_t ncls = (size_t)B * cfg.num_queries * (cfg.num_classes + 1), nmask = (size_t)B * cfg.num_queries * H4 * W4;
+    float* up_cls = random_tensor(&rng, L * ncls, -1.0f, 1.0f);
+    float* up_mask = random_tensor(&rng, L * nmask, -1.0f, 1.0f);
+    if (last_only) {
+        memset(up_cls, 0, (L - 1) * ncls * sizeof(float));
+        memset(up_mask, 0, (L - 1) * nmask * sizeof(float));
+    }
+    float* grads[2]; float* dfeats[2][4]; int fits = 0;
+    for (int k = 0; k < 2; k++) {   // 0: mirror, 1: gradient layout
+        size_t n = k == 0 ? na : ng;
+        float* dacts = (float*)mallocCheck(n * sizeof(float));
+        for (size_t i = 0; i < n; i++) dacts[i] = 12345.0f;
+        M2FActs da; M2FParams g;
+        if (k == 0) m2f_point_acts(&da, dacts, &cfg, max_B, H4, W4);
+        else m2f_point_grad_acts(&da, dacts, &cfg, max_B, H4, W4, last_only);
+        int first = (k == 1 && last_only) ? L - 1 : 0;   // the predictions da holds
+        memcpy(da.class_logits, up_cls + first * ncls, (L - first) * ncls * sizeof(float));
+        memcpy(da.mask_logits, up_mask + first * nmask, (L - first) * nmask * sizeof(float));
+        grads[k] = (float*)callocCheck(np, sizeof(float));
+        m2f_point_params(&g, grads[k], &cfg);
+        for (int l = 0; l < 4; l++) dfeats[k][l] = (float*)callocCheck(nf[l], sizeof(float));
+        m2f_backward(&cfg, &p, &g, &a, &da, (const float* const*)feats, dfeats[k], B);
+        if (k == 1) {
+            size_t n_out0 = (size_t)max_B * H4 * W4 * (cfg.mask_dim > cfg.conv_dim ? cfg.mask_dim : cfg.conv_dim);
+            fits = da.ca_k[0] >= da.pd.out[0] && da.ca_k[0] < da.pd.out[0] + n_out0;
+            if (cfg.pixel_decoder == PIXEL_DECODER_MSDEFORM) {   // input projections inside mask_features' buffer?
+                int in = da.pd.msd.proj[0] >= da.pd.mask_features && da.pd.msd.proj[0] < da.pd.mask_features + n_out0;
+                msd_proj_inside += in; msd_proj_apart += !in;
+            }
+            CHECK(ng < na, "%s: the gradient layout (%zu floats) is not smaller than the mirror (%zu)", name, ng, na);
+        }
+        free(dacts);
+    }
+    size_t bad = count_unequal(grads[0], grads[1], np), bad_f = 0;
+    for (int l = 0; l < 4; l++) bad_f += count_unequal(dfeats[0][l], dfeats[1][l], nf[l]);
+    CHECK(bad == 0 && bad_f == 0, "%s: %zu of %zu parameter and %zu of %zu feature gradients differ from the mirror's",
+          name, bad, np, bad_f, nf_all);
+    double gsum = 0; for (size_t i = 0; i < np; i++) gsum += fabs(grads[1][i]);
+    CHECK(gsum > 0 && isfinite(gsum), "%s: gradient sum %g", name, gsum);
+    for (int k = 0; k < 2; k++) { free(grads[k]); for (int l = 0; l < 4; l++) free(dfeats[k][l]); }
+    for (int l = 0; l < 4; l++) free(feats[l]);
+    free(params); free(acts); free(up_cls); free(up_mask);
+    return fits;
+}
+
+static void test_grad_layout(void) {
+    int in_dims[4] = {8, 16, 32, 64};
+    M2FConfig tiny = m2f_config_tiny(in_dims, 3), small = m2f_config_small(in_dims, 3);
+    M2FConfig msd = tiny;
+    m2f_config_set_pixel_decoder(&msd, PIXEL_DECODER_MSDEFORM);
+    int fits = 0, apart = 0, r;
+    for (int last_only = 0; last_only < 2; last_only++) {
+        char name[96];
+        snprintf(name, sizeof(name), "grad layout fpn tiny 6x9 last_only %d", last_only);
+        r = grad_layout_case(name, tiny, 2, 2, 6, 9, last_only); fits += r; apart += !r;
+        snprintf(name, sizeof(name), "grad layout fpn tiny 16x24 B 1 of 2 last_only %d", last_only);
+        r = grad_layout_case(name, tiny, 2, 1, 16, 24, last_only); fits += r; apart += !r;
+        snprintf(name, sizeof(name), "grad layout fpn small 12x20 last_only %d", last_only);
+        r = grad_layout_case(name, small, 2, 2, 12, 20, last_only); fits += r; apart += !r;
+        snprintf(name, sizeof(name), "grad layout msdeform tiny 8x12 last_only %d", last_only);
+        r = grad_layout_case(name, msd, 2, 2, 8, 12, last_only); fits += r; apart += !r;
+        snprintf(name, sizeof(name), "grad layout msdeform tiny 16x24 B 1 of 2 last_only %d", last_only);
+        r = grad_layout_case(name, msd, 2, 1, 16, 24, last_only); fits += r; apart += !r;
+        snprintf(name, sizeof(name), "grad layout msdeform tiny 2x3 last_only %d", last_only);
+        r = grad_layout_case(name, msd, 2, 2, 2, 3, last_only); fits += r; apart += !r;
+    }
+    CHECK(fits > 0 && apart > 0, "grad layout: decoder scratch inside out[0] in %d cases, apart in %d: both must be covered",
+          fits, apart);
+    CHECK(msd_proj_inside > 0 && msd_proj_apart > 0, "grad layout: msdeform input projections inside in %d cases, apart in %d",
+          msd_proj_inside, msd_proj_apart);
+}
+
 int main(void) {
 #ifdef _OPENMP
     omp_set_num_threads(1);   // tiny sizes: thread start-up would dominate, most of all on a busy machine
@@ -421,6 +530,7 @@ int main(void) {
     test_batch_and_teacher();
     test_pixel_decoder_alone();
     test_gradients();
+    test_grad_layout();
     test_inference();
     return test_summary("test_m2f");
 }

@@ -147,6 +147,79 @@ static void test_joint(Rng* rng) {
     free(t.images); free(t.labels);
 }
 
+// issue 14: h's and g's gradient buffers (m2f_point_grad_acts: shared spans, g's logits of the
+// last prediction only) against the full mirror of their activations (model_mirror_head_grads,
+// the layout before): the MAE, joint and Tent backward passes give bit-identical gradients, and
+// a TTT step (micro-batched too) and a joint step give bit-identical parameters; both pixel
+// decoders; and the plan is smaller
+static size_t grads_unequal(Model* a, Model* b) {
+    size_t n = model_num_params(a, 0) + model_num_params(a, 1) + model_num_params(a, 2), bad = 0;
+    float* ga = model_grads_host(a); float* gb = model_grads_host(b);
+    for (size_t i = 0; i < n; i++) bad += !(ga[i] == gb[i]);
+    free(ga); free(gb);
+    return bad;
+}
+
+static void test_grad_layout(Rng* rng) {
+    int K = 3, B = 2, H = 45, W = 37;
+    float* frames = random_tensor(rng, (size_t)(B + 1) * H * W * 3, 0, 1);
+    unsigned char* labels = malloc((size_t)B * H * W);
+    for (size_t i = 0; i < (size_t)B * H * W; i++) labels[i] = (i / 13) % 7 == 0 ? 255 : (unsigned char)((i / 40) % K);
+    for (int kind = 0; kind < 2; kind++) {
+        ModelConfig cfg = model_config_tiny(K);
+        model_config_set_pixel_decoder(&cfg, kind == 0 ? PIXEL_DECODER_FPN : PIXEL_DECODER_MSDEFORM);
+        const char* dec = pixel_decoder_name(kind == 0 ? PIXEL_DECODER_FPN : PIXEL_DECODER_MSDEFORM);
+        Model* m[2];
+        size_t bytes[2];
+        for (int k = 0; k < 2; k++) {   // 0: mirror (before), 1: the gradient layout
+            model_mirror_head_grads = k == 0;
+            bytes[k] = model_activation_bytes(&cfg, B, H, W);
+            m[k] = model_create(&cfg, B, H, W);
+            model_init_random(m[k], 31);
+        }
+        model_mirror_head_grads = 0;
+        CHECK(bytes[1] < bytes[0], "%s: the gradient layout plans %zu bytes, the mirror %zu", dec, bytes[1], bytes[0]);
+        float loss[2][3];
+        size_t bad[3];
+        for (int k = 0; k < 2; k++) {
+            Rng r; rng_seed(&r, 17);
+            loss[k][0] = model_mae_forward_backward(m[k], frames, B, &r);
+        }
+        bad[0] = grads_unequal(m[0], m[1]);
+        for (int k = 0; k < 2; k++) {
+            Rng r; rng_seed(&r, 18);
+            float lm, lg;
+            loss[k][1] = model_train_forward_backward(m[k], frames, labels, 1, &r, &lm, &lg);   // 1 of the planned 2
+        }
+        bad[1] = grads_unequal(m[0], m[1]);
+        for (int k = 0; k < 2; k++) {
+            Rng r; rng_seed(&r, 19);
+            loss[k][2] = model_tent_forward_backward(m[k], frames, 1, &r);
+        }
+        bad[2] = grads_unequal(m[0], m[1]);
+        const char* what[3] = {"MAE", "joint", "Tent"};
+        for (int i = 0; i < 3; i++)
+            CHECK(bad[i] == 0 && loss[0][i] == loss[1][i] && isfinite(loss[0][i]),
+                  "%s %s backward: loss %.9g vs %.9g, %zu gradients differ from the mirror layout's",
+                  dec, what[i], loss[0][i], loss[1][i], bad[i]);
+        // steps: TTT on B + 1 frames (micro-batched: planned for B), then a joint step
+        OptConfig opt = opt_config_ttt(); opt.lr = 1e-3f;
+        for (int k = 0; k < 2; k++) {
+            Rng r; rng_seed(&r, 20);
+            model_ttt_step(m[k], frames, B + 1, &opt, &r);
+            rng_seed(&r, 21);
+            model_train_step(m[k], frames, labels, B, &opt, 1.0f, &r, NULL, NULL);
+        }
+        int same = 1;
+        for (int part = 0; part < 3; part++) same &= model_param_hash(m[0], part) == model_param_hash(m[1], part);
+        CHECK(same, "%s: a TTT step and a joint step with the gradient layout differ from the mirror's", dec);
+        printf("ok   %s: gradient layout bit-identical to the mirror (MAE, joint, Tent, steps); plan %.1f -> %.1f KiB\n",
+               dec, bytes[0] / 1024.0, bytes[1] / 1024.0);
+        model_free(m[0]); model_free(m[1]);
+    }
+    free(frames); free(labels);
+}
+
 // Micro-batching: a batch of 4 run by a model planned for 4, for 2 (two chunks) and for 3
 // (a full and a partial chunk) gives the same loss, the same gradients and the same step.
 // A chunk weighted by anything but its share of the masked values changes the gradients.
@@ -241,6 +314,7 @@ int main(void) {
     test_joint(&rng);
     test_micro_batch(&rng);
     test_planned_main_batch(&rng);
+    test_grad_layout(&rng);
 
     int K = 3, B = 2, H = 45, W = 37;
     ModelConfig cfg = model_config_tiny(K);
