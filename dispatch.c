@@ -324,6 +324,42 @@ void window_reverse_backward(float* dinp, const float* dout, int B, int H, int W
     else window_reverse_backward_cpu(dinp, dout, B, H, W, C, ws, shift);
 }
 
+// Swin block fusions
+void layernorm_partition_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int ws, int shift) {
+    if (on_gpu()) layernorm_partition_forward_cuda(out, mean, rstd, inp, weight, bias, B, H, W, C, ws, shift);
+    else layernorm_partition_forward_cpu(out, mean, rstd, inp, weight, bias, B, H, W, C, ws, shift);
+}
+
+void layernorm_partition_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int H, int W, int C, int ws, int shift) {
+    if (on_gpu()) layernorm_partition_backward_cuda(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, H, W, C, ws, shift);
+    else layernorm_partition_backward_cpu(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, H, W, C, ws, shift);
+}
+
+void window_reverse_residual_forward(float* out, const float* inp, const float* residual, const float* scale, int B, int H, int W, int C, int ws, int shift) {
+    if (on_gpu()) window_reverse_residual_forward_cuda(out, inp, residual, scale, B, H, W, C, ws, shift);
+    else window_reverse_residual_forward_cpu(out, inp, residual, scale, B, H, W, C, ws, shift);
+}
+
+void window_reverse_residual_backward(float* dresidual, float* dinp, const float* dout, const float* scale, int B, int H, int W, int C, int ws, int shift) {
+    if (on_gpu()) window_reverse_residual_backward_cuda(dresidual, dinp, dout, scale, B, H, W, C, ws, shift);
+    else window_reverse_residual_backward_cpu(dresidual, dinp, dout, scale, B, H, W, C, ws, shift);
+}
+
+void layernorm_apply(float* out, const float* inp, const float* mean, const float* rstd, const float* weight, const float* bias, int N, int C) {
+    if (on_gpu()) layernorm_apply_cuda(out, inp, mean, rstd, weight, bias, N, C);
+    else layernorm_apply_cpu(out, inp, mean, rstd, weight, bias, N, C);
+}
+
+void scale_rows_add_forward(float* out, const float* inp, const float* residual, const float* scale, int B, size_t N) {
+    if (on_gpu()) scale_rows_add_forward_cuda(out, inp, residual, scale, B, N);
+    else scale_rows_add_forward_cpu(out, inp, residual, scale, B, N);
+}
+
+void scale_rows_add_backward(float* dinp, float* dresidual, const float* dout, const float* scale, int B, size_t N) {
+    if (on_gpu()) scale_rows_add_backward_cuda(dinp, dresidual, dout, scale, B, N);
+    else scale_rows_add_backward_cpu(dinp, dresidual, dout, scale, B, N);
+}
+
 void patch_merge_forward(float* out, const float* inp, int B, int H, int W, int C) {
     if (on_gpu()) patch_merge_forward_cuda(out, inp, B, H, W, C);
     else patch_merge_forward_cpu(out, inp, B, H, W, C);

@@ -3,6 +3,9 @@
 //   patch embed: zero-pad bottom/right to a multiple of 4, conv 4x4 stride 4, LayerNorm
 //   block:  x = x + s_attn[b] * reverse(attn(partition(roll(pad(LN1(x)), -shift))))
 //           x = x + s_mlp[b] * fc2(gelu(fc1(LN2(x))))
+//     (fused ops: layernorm_partition writes LN1 in window order, window_reverse_residual
+//     does reverse, scale and residual in one pass, scale_rows_add the MLP's; LN1 and LN2
+//     themselves are not kept: the backward recomputes them from x and their statistics)
 //     s_attn, s_mlp: drop-path (stochastic depth) scales per sample, 0 or 1/(1-p) (the
 //     table a->drop_scale), or 1 when it is NULL (prediction).
 //     window attention: qkv linear, q.k / sqrt(d) + relative position bias (+ the -100 mask
@@ -184,17 +187,16 @@ size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_
         for (int i = 0; i < cfg->depths[s]; i++, blk++) {
             SwinBlockActs* b = &a->block[blk];
             b->x_in = take_act(base, &off, N * C);
-            b->ln1 = take_act(base, &off, N * C);
-            b->ln1_mean = take_act(base, &off, N);
+            b->ln1_mean = take_act(base, &off, N);   // LN1 itself is written in window order
             b->ln1_rstd = take_act(base, &off, N);
-            b->windows = NULL;   // partitioned ln1: work_windows, recomputed in the backward
+            b->windows = NULL;   // partitioned LN1(x_in): work_windows, recomputed in the backward
             b->qkv = take_act(base, &off, Nw * 3 * C);
             b->rel_bias = take_act(base, &off, (size_t)nh * T * T);
             b->att_lse = take_act(base, &off, (size_t)B * a->nW[s] * nh * T);   // no (T, T) att map
             b->attn = take_act(base, &off, Nw * C);
             b->proj = NULL;      // only read by window_reverse: work_windows
             b->x_mid = take_act(base, &off, N * C);
-            b->ln2 = take_act(base, &off, N * C);
+            b->ln2 = NULL;       // LN2(x_mid), fc1's input: work_windows, recomputed in the backward
             b->ln2_mean = take_act(base, &off, N);
             b->ln2_rstd = take_act(base, &off, N);
             b->fc1 = take_act(base, &off, N * C * cfg->mlp_ratio);
@@ -226,7 +228,6 @@ static size_t point_block_grads(SwinBlockActs* one, float* sb, const SwinActs* d
     size_t C = da->C[s], N = (size_t)B * da->Hs[s] * da->Ws[s], Nw = (size_t)B * da->nW[s] * T;
     size_t so = 0;
     memset(one, 0, sizeof(*one));
-    one->ln1 = take_act(sb, &so, N * C);
     one->windows = take_act(sb, &so, Nw * C);
     one->qkv = take_act(sb, &so, Nw * 3 * C);
     one->rel_bias = take_act(sb, &so, (size_t)nh * T * T);
@@ -361,17 +362,21 @@ void swin_drop_path_scales(float* host_scale, const SwinConfig* cfg, int B, floa
     }
 }
 
-// x (B, n) *= row `row` of the (2 * blocks, B) scale table; nothing when the table is NULL
-static void drop_path_forward(float* x, const float* table, int row, int B, size_t n) {
-    if (table) scale_rows_forward(x, x, table + (size_t)row * B, B, n);
+// row `row` (B) of the (2 * blocks, B) scale table, or NULL (scale 1) when there is no table
+static const float* drop_row(const float* table, int row, int B) {
+    return table ? table + (size_t)row * B : NULL;
 }
 
-// the gradient that reaches a branch: dout itself without a table, else dout * scale in scratch
-static const float* drop_path_backward(float* scratch, const float* dout, const float* table, int row,
-                                       int B, size_t n) {
-    if (!table) return dout;
+// the backward of out = residual + s[b] * branch (B, n): dresidual += dout, and the gradient
+// that reaches the branch is returned: dout itself without a table, else dout * s in scratch
+static const float* residual_branch_backward(float* dresidual, float* scratch, const float* dout,
+                                             const float* table, int row, int B, size_t n) {
+    if (!table) {
+        add_inplace(dresidual, dout, (size_t)B * n);
+        return dout;
+    }
     ttt_zero(scratch, (size_t)B * n * sizeof(float));
-    scale_rows_backward(scratch, dout, table + (size_t)row * B, B, n);
+    scale_rows_add_backward(scratch, dresidual, dout, drop_row(table, row, B), B, n);
     return scratch;
 }
 
@@ -398,24 +403,31 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
             SwinBlockActs* b = &a->block[blk];
             int shift = (i % 2 == 1) ? w / 2 : 0;
             float* x_out = (i + 1 < cfg->depths[s]) ? a->block[blk + 1].x_in : a->stage_out[s];
-            // attention half
-            layernorm_forward(b->ln1, b->ln1_mean, b->ln1_rstd, b->x_in, bp->norm1_w, bp->norm1_b, N, C);
-            window_partition_forward(a->work_windows, b->ln1, B, Hs, Ws, C, w, shift);
+            // attention half: LN1 straight into the (padded, rolled) windows, unless LN Adapt's
+            // hook replaces the LayerNorms (prediction only): then LN1 goes through work_hidden
+            if (layernorm_forward_hook) {
+                layernorm_forward(a->work_hidden, b->ln1_mean, b->ln1_rstd, b->x_in, bp->norm1_w, bp->norm1_b, N, C);
+                window_partition_forward(a->work_windows, a->work_hidden, B, Hs, Ws, C, w, shift);
+            } else {
+                layernorm_partition_forward(a->work_windows, b->ln1_mean, b->ln1_rstd, b->x_in, bp->norm1_w,
+                                            bp->norm1_b, B, Hs, Ws, C, w, shift);
+            }
             linear_forward(b->qkv, a->work_windows, bp->qkv_w, bp->qkv_b, Nw, C, 3 * C);
             bias_gather_forward(b->rel_bias, bp->rel_table, rel_index, T * T, nh);
             window_attention_forward(b->attn, b->att_lse, b->qkv, b->qkv + C, b->qkv + 2 * C, b->rel_bias,
                                      shift ? a->shift_mask[s] : NULL, nW, B * nW, T, nh, C / nh, 3 * C, 3 * C);
             linear_forward(a->work_windows, b->attn, bp->proj_w, bp->proj_b, Nw, C, C);   // proj
-            window_reverse_forward(b->x_mid, a->work_windows, B, Hs, Ws, C, w, shift);
-            drop_path_forward(b->x_mid, a->drop_scale, 2 * blk, B, (size_t)Hs * Ws * C);
-            add_inplace(b->x_mid, b->x_in, (size_t)N * C);
-            // MLP half
-            layernorm_forward(b->ln2, b->ln2_mean, b->ln2_rstd, b->x_mid, bp->norm2_w, bp->norm2_b, N, C);
-            linear_forward(b->fc1, b->ln2, bp->fc1_w, bp->fc1_b, N, C, Ch);
+            // x_mid = x_in + s_attn[b] * reverse(proj), one pass
+            window_reverse_residual_forward(b->x_mid, a->work_windows, b->x_in, drop_row(a->drop_scale, 2 * blk, B),
+                                            B, Hs, Ws, C, w, shift);
+            // MLP half (LN2 into work_windows, free again: not kept, recomputed in the backward)
+            layernorm_forward(a->work_windows, b->ln2_mean, b->ln2_rstd, b->x_mid, bp->norm2_w, bp->norm2_b, N, C);
+            linear_forward(b->fc1, a->work_windows, bp->fc1_w, bp->fc1_b, N, C, Ch);
             gelu_forward(a->work_hidden, b->fc1, (size_t)N * Ch);
             linear_forward(x_out, a->work_hidden, bp->fc2_w, bp->fc2_b, N, Ch, C);
-            drop_path_forward(x_out, a->drop_scale, 2 * blk + 1, B, (size_t)Hs * Ws * C);
-            add_inplace(x_out, b->x_mid, (size_t)N * C);
+            // x_out = x_mid + s_mlp[b] * fc2, in place
+            scale_rows_add_forward(x_out, x_out, b->x_mid, drop_row(a->drop_scale, 2 * blk + 1, B), B,
+                                   (size_t)Hs * Ws * C);
         }
         layernorm_forward(a->out[s], a->out_mean[s], a->out_rstd[s], a->stage_out[s],
                           p->out_norm_w[s], p->out_norm_b[s], N, C);
@@ -468,33 +480,35 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             SwinBlockActs* db = &da->block[blk];
             int shift = (i % 2 == 1) ? w / 2 : 0;
             float* dx_out = (i + 1 < cfg->depths[s]) ? da->block[blk + 1].x_in : da->stage_out[s];
-            // this block's buffers: ln1 .. gelu are one span (swin_point_grad_acts), x_in apart
-            ttt_zero(db->ln1, (size_t)(db->gelu - db->ln1 + (size_t)N * Ch) * sizeof(float));
+            // this block's buffers: windows .. gelu are one span (swin_point_grad_acts), x_in apart
+            ttt_zero(db->windows, (size_t)(db->gelu - db->windows + (size_t)N * Ch) * sizeof(float));
             ttt_zero(db->x_in, (size_t)N * C * sizeof(float));
             // MLP half: x_out = x_mid + s_mlp[b] * fc2(gelu(fc1(ln2(x_mid))))
-            add_inplace(db->x_mid, dx_out, (size_t)N * C);
-            const float* dbranch = drop_path_backward(da->drop_grad, dx_out, a->drop_scale, 2 * blk + 1,
-                                                      B, (size_t)Hs * Ws * C);
+            const float* dbranch = residual_branch_backward(db->x_mid, da->drop_grad, dx_out, a->drop_scale,
+                                                            2 * blk + 1, B, (size_t)Hs * Ws * C);
             gelu_forward(da->work_hidden, b->fc1, (size_t)N * Ch);   // recomputed: fc2's input
             linear_backward(db->gelu, gb->fc2_w, gb->fc2_b, dbranch, da->work_hidden, bp->fc2_w, N, Ch, C);
             gelu_backward(db->fc1, b->fc1, db->gelu, (size_t)N * Ch);
-            linear_backward(db->ln2, gb->fc1_w, gb->fc1_b, db->fc1, b->ln2, bp->fc1_w, N, C, Ch);
+            layernorm_apply(da->work_windows, b->x_mid, b->ln2_mean, b->ln2_rstd, bp->norm2_w, bp->norm2_b,
+                            N, C);                                    // recomputed: fc1's input
+            linear_backward(db->ln2, gb->fc1_w, gb->fc1_b, db->fc1, da->work_windows, bp->fc1_w, N, C, Ch);
             layernorm_backward(db->x_mid, gb->norm2_w, gb->norm2_b, db->ln2, b->x_mid, bp->norm2_w,
                                b->ln2_mean, b->ln2_rstd, N, C);
-            // attention half: x_mid = x_in + s_attn[b] * reverse(proj(attn(qkv(partition(ln1(x_in))))))
-            add_inplace(db->x_in, db->x_mid, (size_t)N * C);
-            dbranch = drop_path_backward(da->drop_grad, db->x_mid, a->drop_scale, 2 * blk, B, (size_t)Hs * Ws * C);
-            window_reverse_backward(db->proj, dbranch, B, Hs, Ws, C, w, shift);
+            // attention half: x_mid = x_in + s_attn[b] * reverse(proj(attn(qkv(partition(ln1(x_in))))));
+            // dx_in += dx_mid and dproj = s_attn[b] * partition(dx_mid) in one pass
+            window_reverse_residual_backward(db->x_in, db->proj, db->x_mid, drop_row(a->drop_scale, 2 * blk, B),
+                                             B, Hs, Ws, C, w, shift);
             linear_backward(db->attn, gb->proj_w, gb->proj_b, db->proj, b->attn, bp->proj_w, Nw, C, C);
             window_attention_backward(db->qkv, db->qkv + C, db->qkv + 2 * C, db->rel_bias, db->attn,
                                       b->attn, b->att_lse, b->qkv, b->qkv + C, b->qkv + 2 * C, b->rel_bias,
                                       shift ? a->shift_mask[s] : NULL, nW, B * nW, T, nh, C / nh, 3 * C, 3 * C);
             bias_gather_backward(gb->rel_table, db->rel_bias, rel_index, T * T, nh);
-            window_partition_forward(da->work_windows, b->ln1, B, Hs, Ws, C, w, shift);   // recomputed: qkv's input
+            // recomputed: qkv's input, the windows of LN1(x_in) (the forward's op: the same numbers)
+            layernorm_partition_forward(da->work_windows, NULL, NULL, b->x_in, bp->norm1_w, bp->norm1_b,
+                                        B, Hs, Ws, C, w, shift);
             linear_backward(db->windows, gb->qkv_w, gb->qkv_b, db->qkv, da->work_windows, bp->qkv_w, Nw, C, 3 * C);
-            window_partition_backward(db->ln1, db->windows, B, Hs, Ws, C, w, shift);
-            layernorm_backward(db->x_in, gb->norm1_w, gb->norm1_b, db->ln1, b->x_in, bp->norm1_w,
-                               b->ln1_mean, b->ln1_rstd, N, C);
+            layernorm_partition_backward(db->x_in, gb->norm1_w, gb->norm1_b, db->windows, b->x_in, bp->norm1_w,
+                                         b->ln1_mean, b->ln1_rstd, B, Hs, Ws, C, w, shift);
         }
     }
     size_t N0 = (size_t)B * a->Hs[0] * a->Ws[0];

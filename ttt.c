@@ -421,22 +421,25 @@ void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float*
 // ----------------------------------------------------------------------------
 // layernorm over the last dim
 
+// one row x (C) -> y (C), its mean and rstd (shared with layernorm_partition_forward_cpu)
+static void layernorm_row(float* y, float* mean, float* rstd, const float* x, const float* weight,
+                          const float* bias, int C) {
+    double m = 0.0, v = 0.0;
+    for (int c = 0; c < C; c++) m += x[c];
+    m /= C;
+    for (int c = 0; c < C; c++) { double d = x[c] - m; v += d * d; }
+    v /= C;
+    float s = (float)(1.0 / sqrt(v + LN_EPS));
+    for (int c = 0; c < C; c++) y[c] = ((float)(x[c] - m)) * s * weight[c] + bias[c];
+    *mean = (float)m;
+    *rstd = s;
+}
+
 void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp,
                            const float* weight, const float* bias, int N, int C) {
     #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
-    for (int n = 0; n < N; n++) {
-        const float* x = inp + (size_t)n * C;
-        double m = 0.0, v = 0.0;
-        for (int c = 0; c < C; c++) m += x[c];
-        m /= C;
-        for (int c = 0; c < C; c++) { double d = x[c] - m; v += d * d; }
-        v /= C;
-        float s = (float)(1.0 / sqrt(v + LN_EPS));
-        float* y = out + (size_t)n * C;
-        for (int c = 0; c < C; c++) y[c] = ((float)(x[c] - m)) * s * weight[c] + bias[c];
-        mean[n] = (float)m;
-        rstd[n] = s;
-    }
+    for (int n = 0; n < N; n++)
+        layernorm_row(out + (size_t)n * C, &mean[n], &rstd[n], inp + (size_t)n * C, weight, bias, C);
 }
 
 void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout,
@@ -1272,6 +1275,121 @@ void window_reverse_backward_cpu(float* dinp, const float* dout, int B, int H, i
                 const float* d = dout + (size_t)src * C;
                 for (int c = 0; c < C; c++) di[c] += d[c];
             }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Swin block fusions: the window ops above fused with the LayerNorm, residual and drop-path
+// around them. Same float operations as the unfused chain (bit for bit), except
+// layernorm_apply, which starts from the stored float mean instead of the double one.
+
+void layernorm_partition_forward_cpu(float* out, float* mean, float* rstd, const float* inp,
+                                     const float* weight, const float* bias, int B, int H, int W, int C,
+                                     int ws, int shift) {
+    int nWh = (H + ws - 1) / ws, nWw = (W + ws - 1) / ws, T = ws * ws;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int w = 0; w < nWh * nWw; w++) {
+            for (int t = 0; t < T; t++) {
+                float* o = out + (((size_t)b * nWh * nWw + w) * T + t) * C;
+                long src = window_source(b, w, t, H, W, ws, shift, nWw);
+                if (src < 0) { memset(o, 0, C * sizeof(float)); continue; }   // padding after the LN
+                float m, r;
+                layernorm_row(o, &m, &r, inp + (size_t)src * C, weight, bias, C);
+                if (mean) mean[src] = m;
+                if (rstd) rstd[src] = r;
+            }
+        }
+    }
+}
+
+void layernorm_partition_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout,
+                                      const float* inp, const float* weight, const float* mean,
+                                      const float* rstd, int B, int H, int W, int C, int ws, int shift) {
+    // the reference composes the two ops through a (B, H, W, C) temporary
+    size_t n = (size_t)B * H * W * C;
+    float* dln = (float*)callocCheck(n ? n : 1, sizeof(float));
+    window_partition_backward_cpu(dln, dout, B, H, W, C, ws, shift);
+    layernorm_backward_cpu(dinp, dweight, dbias, dln, inp, weight, mean, rstd, B * H * W, C);
+    free(dln);
+}
+
+void window_reverse_residual_forward_cpu(float* out, const float* inp, const float* residual,
+                                         const float* scale, int B, int H, int W, int C, int ws, int shift) {
+    int nWh = (H + ws - 1) / ws, nWw = (W + ws - 1) / ws, T = ws * ws;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int w = 0; w < nWh * nWw; w++) {
+            float s = scale ? scale[b] : 1.0f;
+            for (int t = 0; t < T; t++) {
+                long dst = window_source(b, w, t, H, W, ws, shift, nWw);
+                if (dst < 0) continue;   // padding is cropped away
+                const float* x = inp + (((size_t)b * nWh * nWw + w) * T + t) * C;
+                const float* r = residual + (size_t)dst * C;
+                float* y = out + (size_t)dst * C;
+                for (int c = 0; c < C; c++) y[c] = x[c] * s + r[c];
+            }
+        }
+    }
+}
+
+void window_reverse_residual_backward_cpu(float* dresidual, float* dinp, const float* dout,
+                                          const float* scale, int B, int H, int W, int C, int ws, int shift) {
+    // each pixel is one window token, so both scatters are race-free
+    int nWh = (H + ws - 1) / ws, nWw = (W + ws - 1) / ws, T = ws * ws;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int w = 0; w < nWh * nWw; w++) {
+            float s = scale ? scale[b] : 1.0f;
+            for (int t = 0; t < T; t++) {
+                long src = window_source(b, w, t, H, W, ws, shift, nWw);
+                if (src < 0) continue;   // cropped tokens get no gradient
+                const float* d = dout + (size_t)src * C;
+                if (dinp) {
+                    float* di = dinp + (((size_t)b * nWh * nWw + w) * T + t) * C;
+                    for (int c = 0; c < C; c++) di[c] += d[c] * s;
+                }
+                if (dresidual) {
+                    float* dr = dresidual + (size_t)src * C;
+                    for (int c = 0; c < C; c++) dr[c] += d[c];
+                }
+            }
+        }
+    }
+}
+
+void layernorm_apply_cpu(float* out, const float* inp, const float* mean, const float* rstd,
+                         const float* weight, const float* bias, int N, int C) {
+    #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (size_t)n * C;
+        float* y = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) y[c] = ((float)(x[c] - (double)mean[n])) * rstd[n] * weight[c] + bias[c];
+    }
+}
+
+void scale_rows_add_forward_cpu(float* out, const float* inp, const float* residual, const float* scale,
+                                int B, size_t N) {
+    for (int b = 0; b < B; b++) {
+        float s = scale ? scale[b] : 1.0f;
+        const float* x = inp + (size_t)b * N;
+        const float* r = residual + (size_t)b * N;
+        float* y = out + (size_t)b * N;
+        #pragma omp parallel for if (N > 65536)
+        for (size_t i = 0; i < N; i++) y[i] = x[i] * s + r[i];
+    }
+}
+
+void scale_rows_add_backward_cpu(float* dinp, float* dresidual, const float* dout, const float* scale,
+                                 int B, size_t N) {
+    for (int b = 0; b < B; b++) {
+        float s = scale ? scale[b] : 1.0f;
+        const float* dy = dout + (size_t)b * N;
+        #pragma omp parallel for if (N > 65536)
+        for (size_t i = 0; i < N; i++) {
+            if (dinp) dinp[(size_t)b * N + i] += dy[i] * s;
+            if (dresidual) dresidual[(size_t)b * N + i] += dy[i];
         }
     }
 }

@@ -200,6 +200,38 @@ void window_reverse_forward(float* out, const float* inp, int B, int H, int W, i
 void window_reverse_backward(float* dinp, const float* dout, int B, int H, int W, int C,
                              int ws, int shift);
 
+// Swin block fusions: each replaces a chain of the ops above by one memory pass (same math).
+// layernorm_partition: the LayerNorm of inp (B, H, W, C) written straight into window order,
+//   out (B*nW, ws*ws, C) = window_partition(layernorm(inp)): padding tokens are zeros; mean,
+//   rstd (B*H*W) per pixel as layernorm_forward stores them, or both NULL (not kept: the
+//   backward's recomputation of the windows). Backward: dout in window order (padding ignored),
+//   dinp, dweight, dbias as layernorm_backward(window_partition_backward(dout)) gives them.
+void layernorm_partition_forward(float* out, float* mean, float* rstd, const float* inp,
+                                 const float* weight, const float* bias, int B, int H, int W, int C,
+                                 int ws, int shift);
+void layernorm_partition_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                                  const float* inp, const float* weight, const float* mean,
+                                  const float* rstd, int B, int H, int W, int C, int ws, int shift);
+// window_reverse_residual: out (B, H, W, C) = residual + scale[b] * window_reverse(inp), inp
+//   (B*nW, ws*ws, C); scale (B) a drop-path row, NULL meaning 1 (out may equal residual).
+//   Backward: dresidual += dout; dinp += scale[b] * window_partition(dout) on the pixel tokens
+//   (padding tokens untouched). Either gradient may be NULL.
+void window_reverse_residual_forward(float* out, const float* inp, const float* residual,
+                                     const float* scale, int B, int H, int W, int C, int ws, int shift);
+void window_reverse_residual_backward(float* dresidual, float* dinp, const float* dout,
+                                      const float* scale, int B, int H, int W, int C, int ws, int shift);
+// layernorm_apply: layernorm_forward with the statistics given, out (N, C) =
+//   (inp - mean[n]) * rstd[n] * weight + bias (the backward's recomputation of a LayerNorm's output)
+void layernorm_apply(float* out, const float* inp, const float* mean, const float* rstd,
+                     const float* weight, const float* bias, int N, int C);
+// scale_rows_add: a residual branch with its drop-path scale, out (B, N) = residual + inp *
+//   scale[b] (scale NULL: 1; out may equal inp or residual). Backward: dinp += dout * scale[b],
+//   dresidual += dout (either may be NULL).
+void scale_rows_add_forward(float* out, const float* inp, const float* residual, const float* scale,
+                            int B, size_t N);
+void scale_rows_add_backward(float* dinp, float* dresidual, const float* dout, const float* scale,
+                             int B, size_t N);
+
 // Swin patch merging gather: inp (B, H, W, C), odd H/W zero-padded by one at the
 // bottom/right, out (B, ceil(H/2), ceil(W/2), 4C) = concat of
 // x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2] (row, col).
@@ -436,15 +468,16 @@ typedef struct {
 
 typedef struct {
     float *x_in;                 // (B, Hs, Ws, C) block input (the residual stream)
-    float *ln1, *ln1_mean, *ln1_rstd;
-    float *windows;              // (B*nW, w*w, C) padded, rolled, partitioned ln1  [gradients only]
+    float *ln1_mean, *ln1_rstd;  // (B, Hs, Ws) LN1's statistics (LN1 itself is never stored)
+    float *windows;              // (B*nW, w*w, C) padded, rolled, partitioned LN1  [gradients only]
     float *qkv;                  // (B*nW, w*w, 3C)
     float *rel_bias;             // (heads, w*w, w*w) gathered from the table
     float *att_lse;              // (B*nW, heads, w*w) log-sum-exp of each score row (no att map)
     float *attn;                 // (B*nW, w*w, C)
     float *proj;                 // (B*nW, w*w, C)                                  [gradients only]
     float *x_mid;                // (B, Hs, Ws, C) after the attention residual
-    float *ln2, *ln2_mean, *ln2_rstd;
+    float *ln2;                  // (B, Hs, Ws, C) LN2(x_mid)                       [gradients only]
+    float *ln2_mean, *ln2_rstd;
     float *fc1;                  // (B, Hs, Ws, 4C)
     float *gelu;                 // (B, Hs, Ws, 4C) gelu(fc1)                        [gradients only]
 } SwinBlockActs;
@@ -466,9 +499,10 @@ typedef struct {
     float* drop_grad;            // (max over s of B*Hs*Ws*C) scratch of swin_backward: a
                                  // branch's gradient times its drop-path scale (used in da)
     // Work buffers shared by all blocks, sized for the largest stage. In the activations a:
-    // the partitioned ln1, then the projected attention before window_reverse (work_windows),
-    // and gelu(fc1) (work_hidden), none kept for the backward. In the gradients da: the same
-    // two recomputed by swin_backward (the inputs of the qkv and fc2 weight gradients).
+    // the partitioned LN1, then the projected attention before window_reverse, then LN2
+    // (work_windows), and gelu(fc1) (work_hidden), none kept for the backward. In the
+    // gradients da: the same recomputed by swin_backward (the inputs of the qkv, fc1 and fc2
+    // weight gradients).
     float* work_windows;         // (max over s of B*nW*w*w*C)
     float* work_hidden;          // (max over s of B*Hs*Ws*4C)
     // Drop-path scales, set by the caller (not part of the arena): NULL = no drop-path
@@ -486,13 +520,14 @@ void swin_init_params(float* host_base, const SwinConfig* cfg, Rng* rng);
 
 // activations for batches up to max_B of H x W inputs; base == NULL only counts (returns
 // the number of floats). swin_init_acts fills the constant shift masks (on ttt_device).
-// What the forward keeps per block: x_in, ln1 (+ mean, rstd), qkv, rel_bias, att, attn, x_mid,
-// ln2 (+ mean, rstd), fc1; windows, proj and gelu are recomputed (or not needed) in the backward.
+// What the forward keeps per block: x_in, LN1's mean and rstd, qkv, rel_bias, att_lse, attn,
+// x_mid, LN2's mean and rstd, fc1; the windows of LN1, proj, LN2 and gelu are recomputed (or not
+// needed) in the backward.
 size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_B, int H, int W);
 size_t swin_num_acts(const SwinConfig* cfg, int max_B, int H, int W);   // = point_acts(NULL)
 // The gradient buffers da of swin_backward, far smaller than a: a block's gradients are needed
 // only while the backward is inside it, so all blocks share one set of per-block buffers sized
-// for the largest stage (ln1 .. gelu, x_mid), the residual-stream gradient x_in alternates
+// for the largest stage (windows .. gelu, x_mid), the residual-stream gradient x_in alternates
 // between two buffers per stage (block i writes buffer i % 2 while reading block i + 1's), and
 // the per-stage ones (stage_out, merged, merged_ln) and patch have their own. Geometry fields
 // as in a. base == NULL only counts.
@@ -2093,6 +2128,13 @@ void window_partition_forward_cpu(float* out, const float* inp, int B, int H, in
 void window_partition_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
 void window_reverse_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
 void window_reverse_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
+void layernorm_partition_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int ws, int shift);
+void layernorm_partition_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int H, int W, int C, int ws, int shift);
+void window_reverse_residual_forward_cpu(float* out, const float* inp, const float* residual, const float* scale, int B, int H, int W, int C, int ws, int shift);
+void window_reverse_residual_backward_cpu(float* dresidual, float* dinp, const float* dout, const float* scale, int B, int H, int W, int C, int ws, int shift);
+void layernorm_apply_cpu(float* out, const float* inp, const float* mean, const float* rstd, const float* weight, const float* bias, int N, int C);
+void scale_rows_add_forward_cpu(float* out, const float* inp, const float* residual, const float* scale, int B, size_t N);
+void scale_rows_add_backward_cpu(float* dinp, float* dresidual, const float* dout, const float* scale, int B, size_t N);
 void patch_merge_forward_cpu(float* out, const float* inp, int B, int H, int W, int C);
 void patch_merge_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C);
 void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
@@ -2179,6 +2221,13 @@ CUDA_TWIN void window_partition_forward_cuda(float* out, const float* inp, int B
 CUDA_TWIN void window_partition_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
 CUDA_TWIN void window_reverse_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
 CUDA_TWIN void window_reverse_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
+CUDA_TWIN void layernorm_partition_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int ws, int shift);
+CUDA_TWIN void layernorm_partition_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int H, int W, int C, int ws, int shift);
+CUDA_TWIN void window_reverse_residual_forward_cuda(float* out, const float* inp, const float* residual, const float* scale, int B, int H, int W, int C, int ws, int shift);
+CUDA_TWIN void window_reverse_residual_backward_cuda(float* dresidual, float* dinp, const float* dout, const float* scale, int B, int H, int W, int C, int ws, int shift);
+CUDA_TWIN void layernorm_apply_cuda(float* out, const float* inp, const float* mean, const float* rstd, const float* weight, const float* bias, int N, int C);
+CUDA_TWIN void scale_rows_add_forward_cuda(float* out, const float* inp, const float* residual, const float* scale, int B, size_t N);
+CUDA_TWIN void scale_rows_add_backward_cuda(float* dinp, float* dresidual, const float* dout, const float* scale, int B, size_t N);
 CUDA_TWIN void patch_merge_forward_cuda(float* out, const float* inp, int B, int H, int W, int C);
 CUDA_TWIN void patch_merge_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C);
 CUDA_TWIN void conv2d_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);

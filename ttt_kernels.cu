@@ -1691,6 +1691,249 @@ extern "C" void window_reverse_backward_cuda(float* dinp, const float* dout, int
 }
 
 // ----------------------------------------------------------------------------
+// Swin block fusions (ttt.h): the window ops fused with the LayerNorm, residual and drop-path
+// around them. Products that the unfused chain rounds on their own are written __fmul_rn so
+// that nvcc does not contract them into an fma: the results equal the unfused kernels'.
+
+// window token (b, w, t) of flat token index tok (B*nW*T tokens, row-major)
+__device__ inline long window_token_source(size_t tok, int H, int W, int ws, int shift, int* b_out) {
+    int nWh = (H + ws - 1) / ws, nWw = (W + ws - 1) / ws, T = ws * ws;
+    int t = tok % T;
+    size_t bw = tok / T;
+    int w = bw % (nWh * nWw), b = bw / (nWh * nWw);
+    if (b_out) *b_out = b;
+    return window_source(b, w, t, H, W, ws, shift, nWw);
+}
+
+// one warp per window token: layernorm_forward_kernel's arithmetic on its source pixel
+__global__ void layernorm_partition_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
+                                                   const float* weight, const float* bias, size_t ntok,
+                                                   int H, int W, int C, int ws, int shift) {
+    size_t tok = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (tok >= ntok) return;
+    long src = window_token_source(tok, H, W, ws, shift, NULL);
+    float* y = out + tok * C;
+    if (src < 0) {   // padding: zeros after the LayerNorm
+        for (int c = lane; c < C; c += 32) y[c] = 0.0f;
+        return;
+    }
+    const float* x = inp + (size_t)src * C;
+    float s = 0.0f;
+    for (int c = lane; c < C; c += 32) s += x[c];
+    float m = warp_sum(s) / C;
+    float v = 0.0f;
+    for (int c = lane; c < C; c += 32) { float d = x[c] - m; v += d * d; }
+    v = warp_sum(v) / C;
+    float r = rsqrtf(v + LN_EPS);
+    for (int c = lane; c < C; c += 32) y[c] = (x[c] - m) * r * weight[c] + bias[c];
+    if (lane == 0) {
+        if (mean) mean[src] = m;
+        if (rstd) rstd[src] = r;
+    }
+}
+
+// one warp per window token: layernorm_backward_kernel with dout read in window order
+__global__ void layernorm_partition_backward_kernel(float* dinp, const float* dout, const float* inp,
+                                                    const float* weight, const float* mean, const float* rstd,
+                                                    size_t ntok, int H, int W, int C, int ws, int shift) {
+    size_t tok = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (tok >= ntok) return;
+    long src = window_token_source(tok, H, W, ws, shift, NULL);
+    if (src < 0) return;   // padding: its gradient goes nowhere
+    const float* x = inp + (size_t)src * C;
+    const float* dy = dout + tok * C;
+    float m = mean[src], r = rstd[src];
+    float a = 0.0f, b = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        float dn = dy[c] * weight[c];
+        a += dn; b += dn * (x[c] - m) * r;
+    }
+    a = warp_sum(a) / C; b = warp_sum(b) / C;
+    float* dx = dinp + (size_t)src * C;
+    for (int c = lane; c < C; c += 32) {
+        float norm = (x[c] - m) * r;
+        dx[c] += (dy[c] * weight[c] - a - norm * b) * r;
+    }
+}
+
+// norm_param_grad_kernel over window tokens: dweight[c] += sum dout * norm, dbias[c] += sum dout,
+// row r a window token (padding skipped), its pixel src giving x and the statistics
+__global__ void layernorm_partition_param_grad_kernel(float* dweight, float* dbias, const float* dout,
+                                                      const float* inp, const float* mean, const float* rstd,
+                                                      int Nrows, int H, int W, int C, int ws, int shift,
+                                                      int rows_per_block) {
+    __shared__ float pw[16][33], pb[16][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    int r0 = blockIdx.y * rows_per_block, r1 = min(Nrows, r0 + rows_per_block);
+    float sw = 0.0f, sb = 0.0f;
+    if (c < C) {
+        for (int r = r0 + threadIdx.y; r < r1; r += 16) {
+            long src = window_token_source((size_t)r, H, W, ws, shift, NULL);
+            if (src < 0) continue;
+            float d = dout[(size_t)r * C + c];
+            sw += d * (inp[(size_t)src * C + c] - mean[src]) * rstd[src];
+            sb += d;
+        }
+    }
+    pw[threadIdx.y][threadIdx.x] = sw; pb[threadIdx.y][threadIdx.x] = sb;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float tw = 0.0f, tb = 0.0f;
+        for (int k = 0; k < 16; k++) { tw += pw[k][threadIdx.x]; tb += pb[k][threadIdx.x]; }
+        if (gridDim.y == 1) {
+            if (dweight) dweight[c] += tw;
+            if (dbias) dbias[c] += tb;
+        } else {
+            if (dweight) atomicAdd(&dweight[c], tw);
+            if (dbias) atomicAdd(&dbias[c], tb);
+        }
+    }
+}
+
+// one thread per window element (b, w, t, c), as window_kernel: pixel src = residual + s * window
+__global__ void window_reverse_residual_forward_kernel(float* out, const float* inp, const float* residual,
+                                                       const float* scale, size_t total, int H, int W, int C,
+                                                       int ws, int shift) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int b;
+        long src = window_token_source(i / C, H, W, ws, shift, &b);
+        if (src < 0) continue;   // padding is cropped away
+        size_t j = (size_t)src * C + i % C;
+        float s = scale ? scale[b] : 1.0f;
+        out[j] = __fmul_rn(inp[i], s) + residual[j];
+    }
+}
+
+// dresidual[src] += dout[src]; dwindow += s * dout[src]. Each pixel is one window slot: race-free.
+__global__ void window_reverse_residual_backward_kernel(float* dresidual, float* dinp, const float* dout,
+                                                        const float* scale, size_t total, int H, int W, int C,
+                                                        int ws, int shift) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int b;
+        long src = window_token_source(i / C, H, W, ws, shift, &b);
+        if (src < 0) continue;   // cropped tokens get no gradient
+        size_t j = (size_t)src * C + i % C;
+        float d = dout[j];
+        if (dinp) dinp[i] = dinp[i] + __fmul_rn(d, scale ? scale[b] : 1.0f);
+        if (dresidual) dresidual[j] += d;
+    }
+}
+
+// elementwise: layernorm_forward_kernel's last line with the stored statistics
+__global__ void layernorm_apply_kernel(float* out, const float* inp, const float* mean, const float* rstd,
+                                       const float* weight, const float* bias, size_t total, int C) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        size_t n = i / C;
+        int c = i % C;
+        out[i] = (inp[i] - mean[n]) * rstd[n] * weight[c] + bias[c];
+    }
+}
+
+// (B, N) rows: out = residual + inp * scale[row] (scale NULL: 1)
+__global__ void scale_rows_add_forward_kernel(float* out, const float* inp, const float* residual,
+                                              const float* scale, size_t total, size_t N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = __fmul_rn(inp[i], scale ? scale[i / N] : 1.0f) + residual[i];
+}
+__global__ void scale_rows_add_backward_kernel(float* dinp, float* dresidual, const float* dout,
+                                               const float* scale, size_t total, size_t N) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        float d = dout[i];
+        if (dinp) dinp[i] = dinp[i] + __fmul_rn(d, scale ? scale[i / N] : 1.0f);
+        if (dresidual) dresidual[i] += d;
+    }
+}
+
+static size_t window_tokens(int B, int H, int W, int ws) {
+    return (size_t)B * ((H + ws - 1) / ws) * ((W + ws - 1) / ws) * ws * ws;
+}
+
+extern "C" void layernorm_partition_forward_cuda(float* out, float* mean, float* rstd, const float* inp,
+                                                 const float* weight, const float* bias, int B, int H, int W,
+                                                 int C, int ws, int shift) {
+    OpTimer timer("layernorm_partition_forward");
+    size_t ntok = window_tokens(B, H, W, ws);
+    if (ntok == 0 || C <= 0) return;
+    layernorm_partition_forward_kernel<<<(unsigned int)((ntok + 7) / 8), 256>>>(out, mean, rstd, inp, weight, bias,
+                                                                              ntok, H, W, C, ws, shift);
+    launchCheck();
+}
+
+extern "C" void layernorm_partition_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
+                                                  const float* inp, const float* weight, const float* mean,
+                                                  const float* rstd, int B, int H, int W, int C, int ws, int shift) {
+    OpTimer timer("layernorm_partition_backward");
+    size_t ntok = window_tokens(B, H, W, ws);
+    if (ntok == 0 || C <= 0) return;
+    if (dinp) {
+        layernorm_partition_backward_kernel<<<(unsigned int)((ntok + 7) / 8), 256>>>(dinp, dout, inp, weight, mean,
+                                                                                   rstd, ntok, H, W, C, ws, shift);
+        launchCheck();
+    }
+    if (dweight || dbias) {   // the launch shape of norm_param_grad
+        if (ntok > 0x7fffffff) ttt_die("layernorm_partition_backward: %zu window tokens", ntok);
+        int Nrows = (int)ntok, rows_per_block = 256;
+        int chunks = (Nrows + rows_per_block - 1) / rows_per_block;
+        if (chunks > 65535) { rows_per_block = (Nrows + 65534) / 65535; chunks = (Nrows + rows_per_block - 1) / rows_per_block; }
+        dim3 grid((C + 31) / 32, chunks), block(32, 16);
+        layernorm_partition_param_grad_kernel<<<grid, block>>>(dweight, dbias, dout, inp, mean, rstd, Nrows, H, W,
+                                                               C, ws, shift, rows_per_block);
+        launchCheck();
+    }
+}
+
+extern "C" void window_reverse_residual_forward_cuda(float* out, const float* inp, const float* residual,
+                                                     const float* scale, int B, int H, int W, int C, int ws,
+                                                     int shift) {
+    OpTimer timer("window_reverse_residual_forward");
+    size_t total = window_tokens(B, H, W, ws) * C;
+    if (total == 0) return;
+    window_reverse_residual_forward_kernel<<<grid_for(total, 256), 256>>>(out, inp, residual, scale, total, H, W,
+                                                                         C, ws, shift);
+    launchCheck();
+}
+
+extern "C" void window_reverse_residual_backward_cuda(float* dresidual, float* dinp, const float* dout,
+                                                      const float* scale, int B, int H, int W, int C, int ws,
+                                                      int shift) {
+    OpTimer timer("window_reverse_residual_backward");
+    size_t total = window_tokens(B, H, W, ws) * C;
+    if (total == 0 || (!dresidual && !dinp)) return;
+    window_reverse_residual_backward_kernel<<<grid_for(total, 256), 256>>>(dresidual, dinp, dout, scale, total, H,
+                                                                          W, C, ws, shift);
+    launchCheck();
+}
+
+extern "C" void layernorm_apply_cuda(float* out, const float* inp, const float* mean, const float* rstd,
+                                     const float* weight, const float* bias, int N, int C) {
+    OpTimer timer("layernorm_apply");
+    size_t total = (size_t)N * C;
+    if (N <= 0 || C <= 0) return;
+    layernorm_apply_kernel<<<grid_for(total, 256), 256>>>(out, inp, mean, rstd, weight, bias, total, C);
+    launchCheck();
+}
+
+extern "C" void scale_rows_add_forward_cuda(float* out, const float* inp, const float* residual, const float* scale,
+                                            int B, size_t N) {
+    OpTimer timer("scale_rows_add_forward");
+    size_t total = (size_t)B * N;
+    if (total == 0) return;
+    scale_rows_add_forward_kernel<<<grid_for(total, 256), 256>>>(out, inp, residual, scale, total, N);
+    launchCheck();
+}
+
+extern "C" void scale_rows_add_backward_cuda(float* dinp, float* dresidual, const float* dout, const float* scale,
+                                             int B, size_t N) {
+    OpTimer timer("scale_rows_add_backward");
+    size_t total = (size_t)B * N;
+    if (total == 0 || (!dinp && !dresidual)) return;
+    scale_rows_add_backward_kernel<<<grid_for(total, 256), 256>>>(dinp, dresidual, dout, scale, total, N);
+    launchCheck();
+}
+
+// ----------------------------------------------------------------------------
 // patch merging: out (B, Ho, Wo, 4C), quarter q reads (2y + q % 2, 2x + q / 2)
 
 __global__ void patch_merge_kernel(float* out, float* inp, int B, int H, int W, int C, int backward) {

@@ -560,6 +560,75 @@ static void test_windows(int B, int H, int W, int C, int ws, int shift) {
     dev_free_all();
 }
 
+// Swin block fusions: layernorm_partition, layernorm_apply, window_reverse_residual and
+// scale_rows_add against their CPU references (with and without a drop-path scale row)
+static void test_swin_fusions(int B, int H, int W, int C, int ws, int shift) {
+    int nW = ((H + ws - 1) / ws) * ((W + ws - 1) / ws), N = B * H * W;
+    size_t nimg = (size_t)N * C, nwin = (size_t)B * nW * ws * ws * C, per = (size_t)H * W * C;
+    float *x = random_tensor(&rng, nimg, -2.0f, 3.0f), *w = rnd(C), *b = rnd(C);
+    float *win = rnd(nwin), *res = rnd(nimg), *dwin = rnd(nwin), *dimg = rnd(nimg), *scale = rnd(B);
+    scale[0] = 0.0f;                                   // a dropped sample
+    if (B > 1) scale[1] = 1.0f / (1.0f - 0.3f);       // a kept one
+    float *d_x = dev_copy(x, nimg), *d_w = dev_copy(w, C), *d_b = dev_copy(b, C), *d_win = dev_copy(win, nwin);
+    float *d_res = dev_copy(res, nimg), *d_dwin = dev_copy(dwin, nwin), *d_dimg = dev_copy(dimg, nimg);
+    float* d_scale = dev_copy(scale, B);
+    // layernorm_partition: forward with and without the statistics, backward from the CPU's
+    float *ref = (float*)mallocCheck(nwin * sizeof(float)), *mref = (float*)mallocCheck(N * sizeof(float));
+    float* rref = (float*)mallocCheck(N * sizeof(float));
+    float *out = dev_poison(nwin), *mean = dev_poison(N), *rstd = dev_poison(N), *out2 = dev_poison(nwin);
+    layernorm_partition_forward_cpu(ref, mref, rref, x, w, b, B, H, W, C, ws, shift);
+    layernorm_partition_forward_cuda(out, mean, rstd, d_x, d_w, d_b, B, H, W, C, ws, shift);
+    cmp("layernorm_partition_forward", "out", out, ref, nwin, TOL_FP32);
+    cmp("layernorm_partition_forward", "mean", mean, mref, N, TOL_FP32);
+    cmp("layernorm_partition_forward", "rstd", rstd, rref, N, TOL_FP32);
+    layernorm_partition_forward_cuda(out2, NULL, NULL, d_x, d_w, d_b, B, H, W, C, ws, shift);
+    cmp("layernorm_partition_forward", "out (no mean, rstd)", out2, ref, nwin, TOL_FP32);
+    float *d_m = dev_copy(mref, N), *d_r = dev_copy(rref, N);
+    Grad gx = grad_new(nimg), gw = grad_new(C), gb = grad_new(C);
+    layernorm_partition_backward_cpu(gx.cpu, gw.cpu, gb.cpu, dwin, x, w, mref, rref, B, H, W, C, ws, shift);
+    layernorm_partition_backward_cuda(gx.gpu, gw.gpu, gb.gpu, d_dwin, d_x, d_w, d_m, d_r, B, H, W, C, ws, shift);
+    grad_cmp("layernorm_partition_backward", "dinp", &gx, TOL_FP32);
+    grad_cmp("layernorm_partition_backward", "dweight", &gw, TOL_FP32);
+    grad_cmp("layernorm_partition_backward", "dbias", &gb, TOL_FP32);
+    // layernorm_apply with the CPU's statistics
+    float* aref = (float*)mallocCheck(nimg * sizeof(float));
+    float* aout = dev_poison(nimg);
+    layernorm_apply_cpu(aref, x, mref, rref, w, b, N, C);
+    layernorm_apply_cuda(aout, d_x, d_m, d_r, d_w, d_b, N, C);
+    cmp("layernorm_apply", "out", aout, aref, nimg, TOL_FP32);
+    // window_reverse_residual and scale_rows_add, scale 1 (NULL) and a scale row
+    float* ref2 = (float*)mallocCheck(nimg * sizeof(float));
+    for (int k = 0; k < 2; k++) {
+        const float* sc = k ? scale : NULL;
+        const float* d_sc = k ? d_scale : NULL;
+        const char* what = k ? "out (scaled)" : "out";
+        float* out3 = dev_poison(nimg);
+        window_reverse_residual_forward_cpu(ref2, win, res, sc, B, H, W, C, ws, shift);
+        window_reverse_residual_forward_cuda(out3, d_win, d_res, d_sc, B, H, W, C, ws, shift);
+        cmp("window_reverse_residual_forward", what, out3, ref2, nimg, TOL_FP32);
+        Grad gr = grad_new(nimg), gi = grad_new(nwin);
+        window_reverse_residual_backward_cpu(gr.cpu, gi.cpu, dimg, sc, B, H, W, C, ws, shift);
+        window_reverse_residual_backward_cuda(gr.gpu, gi.gpu, d_dimg, d_sc, B, H, W, C, ws, shift);
+        grad_cmp("window_reverse_residual_backward", k ? "dresidual (scaled)" : "dresidual", &gr, TOL_FP32);
+        grad_cmp("window_reverse_residual_backward", k ? "dinp (scaled)" : "dinp", &gi, TOL_FP32);
+        float* out4 = dev_poison(nimg);
+        float* d_inp = dev_copy(x, nimg);
+        scale_rows_add_forward_cpu(ref2, x, res, sc, B, per);
+        scale_rows_add_forward_cuda(out4, d_inp, d_res, d_sc, B, per);
+        cmp("scale_rows_add_forward", what, out4, ref2, nimg, TOL_FP32);
+        scale_rows_add_forward_cuda(d_inp, d_inp, d_res, d_sc, B, per);   // in place
+        cmp("scale_rows_add_forward", k ? "in place (scaled)" : "in place", d_inp, ref2, nimg, TOL_FP32);
+        Grad ga = grad_new(nimg), gc = grad_new(nimg);
+        scale_rows_add_backward_cpu(ga.cpu, gc.cpu, dimg, sc, B, per);
+        scale_rows_add_backward_cuda(ga.gpu, gc.gpu, d_dimg, d_sc, B, per);
+        grad_cmp("scale_rows_add_backward", k ? "dinp (scaled)" : "dinp", &ga, TOL_FP32);
+        grad_cmp("scale_rows_add_backward", k ? "dresidual (scaled)" : "dresidual", &gc, TOL_FP32);
+    }
+    free(x); free(w); free(b); free(win); free(res); free(dwin); free(dimg); free(scale);
+    free(ref); free(mref); free(rref); free(aref); free(ref2);
+    dev_free_all();
+}
+
 static void test_patch_merge(int B, int H, int W, int C) {
     int Ho = (H + 1) / 2, Wo = (W + 1) / 2;
     size_t nin = (size_t)B * H * W * C, nout = (size_t)B * Ho * Wo * 4 * C;
@@ -1046,6 +1115,10 @@ int main(void) {
     test_windows(2, 13, 17, 5, 7, 3);
     test_windows(2, 13, 17, 5, 7, 0);
     test_windows(1, 96, 312, 96, 7, 3);     // Swin-S stage 1 at 384x1248
+    test_swin_fusions(2, 13, 17, 5, 7, 3);
+    test_swin_fusions(3, 13, 17, 5, 7, 0);
+    test_swin_fusions(2, 5, 3, 33, 7, 3);    // one window per image, mostly padding
+    test_swin_fusions(1, 96, 312, 96, 7, 3); // Swin-S stage 1 at 384x1248
     test_patch_merge(2, 13, 17, 7);
     test_patch_merge(1, 56, 56, 96);
     test_conv2d(2, 13, 11, 5, 7, 3, 1, 1, 13, 11, 1);     // same-size 3x3

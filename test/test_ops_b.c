@@ -160,6 +160,195 @@ static void test_windows(void) {
 }
 
 // ----------------------------------------------------------------------------
+// Swin block fusions: each fused op against the chain of ops it replaces (bitwise, except
+// layernorm_apply), and its backward against finite differences and for accumulation
+
+typedef struct {
+    int B, H, W, C, ws, shift;
+    size_t nimg, nwin;
+    float *x, *w, *b, *mean, *rstd, *win, *img, *res, *scale, *R;
+    int kind;   // 0 layernorm_partition (x, w, b -> win), 1 window_reverse_residual (win, res -> img)
+} Fusion;
+
+static double fusion_loss(void* ctx) {
+    Fusion* t = ctx;
+    if (t->kind == 0) {
+        layernorm_partition_forward_cpu(t->win, t->mean, t->rstd, t->x, t->w, t->b, t->B, t->H, t->W, t->C,
+                                        t->ws, t->shift);
+        return dot_double(t->win, t->R, t->nwin);
+    }
+    window_reverse_residual_forward_cpu(t->img, t->win, t->res, t->scale, t->B, t->H, t->W, t->C, t->ws, t->shift);
+    return dot_double(t->img, t->R, t->nimg);
+}
+static void layernorm_partition_dinp(float* din, void* ctx) {
+    Fusion* t = ctx;
+    layernorm_partition_backward_cpu(din, NULL, NULL, t->R, t->x, t->w, t->mean, t->rstd, t->B, t->H, t->W, t->C,
+                                     t->ws, t->shift);
+}
+static void reverse_residual_dwin(float* din, void* ctx) {
+    Fusion* t = ctx;
+    window_reverse_residual_backward_cpu(NULL, din, t->R, t->scale, t->B, t->H, t->W, t->C, t->ws, t->shift);
+}
+static void reverse_residual_dres(float* din, void* ctx) {
+    Fusion* t = ctx;
+    window_reverse_residual_backward_cpu(din, NULL, t->R, t->scale, t->B, t->H, t->W, t->C, t->ws, t->shift);
+}
+
+static int same_bits(const float* a, const float* b, size_t n) { return memcmp(a, b, n * sizeof(float)) == 0; }
+
+static void test_layernorm_partition(int B, int H, int W, int C, int ws, int shift) {
+    Fusion t = {.B = B, .H = H, .W = W, .C = C, .ws = ws, .shift = shift, .kind = 0};
+    int nW = ((H + ws - 1) / ws) * ((W + ws - 1) / ws), N = B * H * W;
+    t.nimg = (size_t)N * C; t.nwin = (size_t)B * nW * ws * ws * C;
+    t.x = random_tensor(&rng, t.nimg, -2, 3); t.w = random_tensor(&rng, C, 0.5f, 1.5f);
+    t.b = random_tensor(&rng, C, -1, 1); t.R = random_tensor(&rng, t.nwin, -1, 1);
+    t.mean = mallocCheck(N * sizeof(float)); t.rstd = mallocCheck(N * sizeof(float));
+    t.win = mallocCheck(t.nwin * sizeof(float));
+    // forward: the chain layernorm -> window_partition, bit for bit; every slot written
+    float *ln = mallocCheck(t.nimg * sizeof(float)), *ref = mallocCheck(t.nwin * sizeof(float));
+    float *mref = mallocCheck(N * sizeof(float)), *rref = mallocCheck(N * sizeof(float));
+    layernorm_forward_cpu(ln, mref, rref, t.x, t.w, t.b, N, C);
+    window_partition_forward_cpu(ref, ln, B, H, W, C, ws, shift);
+    for (size_t i = 0; i < t.nwin; i++) t.win[i] = NAN;
+    for (int i = 0; i < N; i++) t.mean[i] = t.rstd[i] = NAN;
+    fusion_loss(&t);
+    CHECK(same_bits(t.win, ref, t.nwin) && same_bits(t.mean, mref, N) && same_bits(t.rstd, rref, N),
+          "layernorm_partition_forward != window_partition(layernorm) for B%d %dx%d C%d ws%d shift%d",
+          B, H, W, C, ws, shift);
+    for (size_t i = 0; i < t.nwin; i++) t.win[i] = NAN;
+    layernorm_partition_forward_cpu(t.win, NULL, NULL, t.x, t.w, t.b, B, H, W, C, ws, shift);
+    CHECK(same_bits(t.win, ref, t.nwin), "layernorm_partition_forward without mean/rstd gives other windows");
+    // backward: the chain window_partition_backward -> layernorm_backward, bit for bit
+    float *dx = callocCheck(t.nimg, sizeof(float)), *dw = callocCheck(C, sizeof(float)), *db = callocCheck(C, sizeof(float));
+    float *dxr = callocCheck(t.nimg, sizeof(float)), *dwr = callocCheck(C, sizeof(float)), *dbr = callocCheck(C, sizeof(float));
+    float* dln = callocCheck(t.nimg, sizeof(float));
+    layernorm_partition_backward_cpu(dx, dw, db, t.R, t.x, t.w, t.mean, t.rstd, B, H, W, C, ws, shift);
+    window_partition_backward_cpu(dln, t.R, B, H, W, C, ws, shift);
+    layernorm_backward_cpu(dxr, dwr, dbr, dln, t.x, t.w, mref, rref, N, C);
+    CHECK(same_bits(dx, dxr, t.nimg) && same_bits(dw, dwr, C) && same_bits(db, dbr, C),
+          "layernorm_partition_backward != layernorm_backward(window_partition_backward) for B%d %dx%d ws%d shift%d",
+          B, H, W, ws, shift);
+    char label[96];
+    snprintf(label, sizeof(label), "layernorm_partition B%d %dx%d C%d ws%d sh%d dinp", B, H, W, C, ws, shift);
+    grad_check(label, t.x, t.nimg, dx, fusion_loss, &t, 1e-3f, TOL, MAXC);
+    snprintf(label, sizeof(label), "layernorm_partition B%d %dx%d C%d ws%d sh%d dweight", B, H, W, C, ws, shift);
+    grad_check(label, t.w, C, dw, fusion_loss, &t, 1e-3f, TOL, MAXC);
+    snprintf(label, sizeof(label), "layernorm_partition B%d %dx%d C%d ws%d sh%d dbias", B, H, W, C, ws, shift);
+    grad_check(label, t.b, C, db, fusion_loss, &t, 1e-3f, TOL, MAXC);
+    fusion_loss(&t);   // the statistics of the unperturbed input again
+    check_accumulates("layernorm_partition dinp", layernorm_partition_dinp, &t, dx, t.nimg);
+    // layernorm_apply with the saved statistics reproduces layernorm_forward's output
+    float* app = mallocCheck(t.nimg * sizeof(float));
+    layernorm_apply_cpu(app, t.x, t.mean, t.rstd, t.w, t.b, N, C);
+    snprintf(label, sizeof(label), "layernorm_apply vs layernorm_forward %dx%d", N, C);
+    check_close(label, app, ln, t.nimg, 1e-6);
+    free(t.x); free(t.w); free(t.b); free(t.R); free(t.mean); free(t.rstd); free(t.win);
+    free(ln); free(ref); free(mref); free(rref); free(dx); free(dw); free(db); free(dxr); free(dwr); free(dbr);
+    free(dln); free(app);
+}
+
+static void test_reverse_residual(int B, int H, int W, int C, int ws, int shift, int with_scale) {
+    Fusion t = {.B = B, .H = H, .W = W, .C = C, .ws = ws, .shift = shift, .kind = 1};
+    int nW = ((H + ws - 1) / ws) * ((W + ws - 1) / ws);
+    size_t per = (size_t)H * W * C;
+    t.nimg = (size_t)B * per; t.nwin = (size_t)B * nW * ws * ws * C;
+    t.win = random_tensor(&rng, t.nwin, -1, 1); t.res = random_tensor(&rng, t.nimg, -1, 1);
+    t.R = random_tensor(&rng, t.nimg, -1, 1);
+    t.img = mallocCheck(t.nimg * sizeof(float));
+    if (with_scale) {   // dropped (0), kept (1 / (1 - p)) and arbitrary samples
+        t.scale = random_tensor(&rng, B, 0.5f, 2.0f);
+        t.scale[0] = 0.0f;
+        if (B > 1) t.scale[1] = 1.0f / (1.0f - 0.3f);
+    }
+    // forward: window_reverse -> scale_rows -> add_inplace, bit for bit; every pixel written
+    float* ref = mallocCheck(t.nimg * sizeof(float));
+    window_reverse_forward_cpu(ref, t.win, B, H, W, C, ws, shift);
+    if (t.scale) scale_rows_forward_cpu(ref, ref, t.scale, B, per);
+    add_inplace_cpu(ref, t.res, t.nimg);
+    for (size_t i = 0; i < t.nimg; i++) t.img[i] = NAN;
+    fusion_loss(&t);
+    CHECK(same_bits(t.img, ref, t.nimg), "window_reverse_residual_forward != add(scale_rows(window_reverse)) "
+          "for B%d %dx%d ws%d shift%d scale %d", B, H, W, ws, shift, with_scale);
+    // backward: add_inplace + scale_rows_backward -> window_reverse_backward, bit for bit
+    float *dres = callocCheck(t.nimg, sizeof(float)), *dwin = callocCheck(t.nwin, sizeof(float));
+    float *dresr = callocCheck(t.nimg, sizeof(float)), *dwinr = callocCheck(t.nwin, sizeof(float));
+    float* dbranch = callocCheck(t.nimg, sizeof(float));
+    window_reverse_residual_backward_cpu(dres, dwin, t.R, t.scale, B, H, W, C, ws, shift);
+    add_inplace_cpu(dresr, t.R, t.nimg);
+    if (t.scale) scale_rows_backward_cpu(dbranch, t.R, t.scale, B, per);
+    window_reverse_backward_cpu(dwinr, t.scale ? dbranch : t.R, B, H, W, C, ws, shift);
+    CHECK(same_bits(dres, dresr, t.nimg) && same_bits(dwin, dwinr, t.nwin),
+          "window_reverse_residual_backward != the unfused chain for B%d %dx%d ws%d shift%d scale %d",
+          B, H, W, ws, shift, with_scale);
+    char label[96];
+    snprintf(label, sizeof(label), "window_reverse_residual %dx%d ws%d sh%d scale%d dinp", H, W, ws, shift, with_scale);
+    grad_check(label, t.win, t.nwin, dwin, fusion_loss, &t, EPS, TOL, MAXC);
+    check_accumulates(label, reverse_residual_dwin, &t, dwin, t.nwin);
+    snprintf(label, sizeof(label), "window_reverse_residual %dx%d ws%d sh%d scale%d dres", H, W, ws, shift, with_scale);
+    grad_check(label, t.res, t.nimg, dres, fusion_loss, &t, EPS, TOL, MAXC);
+    check_accumulates(label, reverse_residual_dres, &t, dres, t.nimg);
+    free(t.win); free(t.res); free(t.R); free(t.img); free(t.scale);
+    free(ref); free(dres); free(dwin); free(dresr); free(dwinr); free(dbranch);
+}
+
+typedef struct { int B; size_t N; float *inp, *res, *scale, *out, *R; } ScaleAdd;
+static double scale_add_loss(void* ctx) {
+    ScaleAdd* t = ctx;
+    scale_rows_add_forward_cpu(t->out, t->inp, t->res, t->scale, t->B, t->N);
+    return dot_double(t->out, t->R, (size_t)t->B * t->N);
+}
+static void scale_add_dinp(float* d, void* ctx) {
+    ScaleAdd* t = ctx;
+    scale_rows_add_backward_cpu(d, NULL, t->R, t->scale, t->B, t->N);
+}
+static void scale_add_dres(float* d, void* ctx) {
+    ScaleAdd* t = ctx;
+    scale_rows_add_backward_cpu(NULL, d, t->R, t->scale, t->B, t->N);
+}
+
+static void test_scale_rows_add(int with_scale) {
+    ScaleAdd t = {.B = 3, .N = 37};
+    size_t n = (size_t)t.B * t.N;
+    t.inp = random_tensor(&rng, n, -1, 1); t.res = random_tensor(&rng, n, -1, 1); t.R = random_tensor(&rng, n, -1, 1);
+    t.out = mallocCheck(n * sizeof(float));
+    if (with_scale) { t.scale = random_tensor(&rng, t.B, 0.5f, 2.0f); t.scale[1] = 0.0f; }
+    // forward: scale_rows -> add_inplace, bit for bit, also in place (out = inp)
+    float* ref = mallocCheck(n * sizeof(float));
+    if (t.scale) scale_rows_forward_cpu(ref, t.inp, t.scale, t.B, t.N);
+    else memcpy(ref, t.inp, n * sizeof(float));
+    add_inplace_cpu(ref, t.res, n);
+    scale_add_loss(&t);
+    float* inplace = mallocCheck(n * sizeof(float));
+    memcpy(inplace, t.inp, n * sizeof(float));
+    scale_rows_add_forward_cpu(inplace, inplace, t.res, t.scale, t.B, t.N);
+    CHECK(same_bits(t.out, ref, n) && same_bits(inplace, ref, n),
+          "scale_rows_add_forward != add_inplace(scale_rows_forward) (scale %d)", with_scale);
+    float *dinp = callocCheck(n, sizeof(float)), *dres = callocCheck(n, sizeof(float));
+    scale_rows_add_backward_cpu(dinp, dres, t.R, t.scale, t.B, t.N);
+    char label[96];
+    snprintf(label, sizeof(label), "scale_rows_add (scale %d) dinp", with_scale);
+    grad_check(label, t.inp, n, dinp, scale_add_loss, &t, EPS, TOL, MAXC);
+    check_accumulates(label, scale_add_dinp, &t, dinp, n);
+    snprintf(label, sizeof(label), "scale_rows_add (scale %d) dres", with_scale);
+    grad_check(label, t.res, n, dres, scale_add_loss, &t, EPS, TOL, MAXC);
+    check_accumulates(label, scale_add_dres, &t, dres, n);
+    free(t.inp); free(t.res); free(t.R); free(t.out); free(t.scale); free(ref); free(inplace); free(dinp); free(dres);
+}
+
+static void test_swin_fusions(void) {
+    test_layernorm_partition(2, 11, 9, 5, 4, 2);
+    test_layernorm_partition(2, 11, 9, 5, 4, 0);
+    test_layernorm_partition(1, 7, 14, 6, 7, 3);
+    test_layernorm_partition(1, 5, 3, 4, 7, 0);    // one window, mostly padding
+    test_reverse_residual(3, 11, 9, 5, 4, 2, 1);
+    test_reverse_residual(2, 11, 9, 5, 4, 0, 0);
+    test_reverse_residual(2, 13, 6, 3, 3, 1, 1);
+    test_scale_rows_add(1);
+    test_scale_rows_add(0);
+    group_line("Swin block fusions (layernorm_partition, window_reverse_residual, layernorm_apply, scale_rows_add)");
+}
+
+// ----------------------------------------------------------------------------
 // patch merge
 
 static void test_patch_merge(void) {
@@ -647,6 +836,7 @@ static void test_sum_squares(void) {
 int main(void) {
     rng_seed(&rng, 20261122);
     test_windows();
+    test_swin_fusions();
     test_patch_merge();
     test_resize();
     test_point_sample();

@@ -400,6 +400,13 @@ int main(int argc, char** argv) {
         printf("     Swin-S, B=8, 384x1248: activations %.2f GiB, gradient buffers %.2f GiB\n",
                n_acts * 4.0 / (1 << 30), n_grads * 4.0 / (1 << 30));
         CHECK(n_grads * 3 < n_acts, "Swin-S gradient buffers %zu floats, not under a third of the activations' %zu", n_grads, n_acts);
+        // the paper's step, 32 crops of 512 x 1024: 42.28 GiB of activations while LN1 and LN2
+        // were stored, 36.47 GiB since they are recomputed in the backward
+        size_t n_paper = swin_num_acts(&ss, 32, 512, 1024);
+        printf("     Swin-S, B=32, 512x1024: activations %.2f GiB, gradient buffers %.2f GiB\n",
+               n_paper * 4.0 / (1 << 30), swin_point_grad_acts(&tmp, NULL, &ss, 32, 512, 1024) * 4.0 / (1 << 30));
+        CHECK(n_paper * 4.0 / (1 << 30) < 37.0, "Swin-S B=32 512x1024: %zu floats of activations, LN1/LN2 kept?",
+              n_paper);
     }
     test_drop_path_scales();
     free(params); free(acts); free(dacts); free(grads); free(dinp); free(t.inp);
