@@ -149,6 +149,8 @@ static void prof_report(void) {
 }
 
 static int prof_depth = 0;   // only the outermost op is timed (conv2d 1x1 calls linear)
+static int prof_paused = 0;  // ttt_cuda_profile_pause: warm-up calls (first-use costs) not timed
+extern "C" void ttt_cuda_profile_pause(int paused) { prof_paused = paused != 0; }
 
 // the profiling level from TTT_PROFILE: 0 off, 1 per op, 2 per op and shape (where the op
 // passes its sizes: linear, conv2d, attention)
@@ -189,12 +191,12 @@ static int prof_begin(const char* name, const char* shaped) {
 
 OpTimer::OpTimer(const char* name) : slot(-1) {
     prof_depth++;
-    if (prof_depth > 1 || !prof_level()) return;
+    if (prof_depth > 1 || prof_paused || !prof_level()) return;
     slot = prof_begin(name, NULL);
 }
 OpTimer::OpTimer(const char* name, long a, long b, long c) : slot(-1) {
     prof_depth++;
-    int level = prof_depth > 1 ? 0 : prof_level();
+    int level = prof_depth > 1 || prof_paused ? 0 : prof_level();
     if (!level) return;
     if (level == 1) { slot = prof_begin(name, NULL); return; }
     char key[72];

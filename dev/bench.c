@@ -75,9 +75,20 @@ static void run_once(Bench* b, int what) {
 }
 
 // median ms over iters after warmup calls; FLOPs per call through *flop
+// TTT_PROFILE: leave the warm-up calls (first-use costs: module loading, workspaces) untimed
+static void profile_pause(int paused) {
+#ifdef TTT_CUDA
+    if (ttt_device == DEVICE_CUDA) ttt_cuda_profile_pause(paused);
+#else
+    (void)paused;
+#endif
+}
+
 static double time_calls(Bench* b, int what, int warmup, int iters, double* flop) {
     double* t = (double*)mallocCheck(iters * sizeof(double));
+    profile_pause(1);
     for (int i = 0; i < warmup; i++) run_once(b, what);
+    profile_pause(0);
     double f0 = gemm_flops();
     for (int i = 0; i < iters; i++) {
         ttt_synchronize();
@@ -94,7 +105,9 @@ static double time_calls(Bench* b, int what, int warmup, int iters, double* flop
 // per-stage device time of `iters` calls (stage timing on, graphs off), printed as ms per call
 static void print_split(Bench* b, int what, int iters, const char* title, double ms_total) {
     stage_timing_enable(1);
+    profile_pause(1);
     run_once(b, what);   // the first call without graphs may differ: not counted
+    profile_pause(0);
     const char* names[MAX_STAGES];
     double ms[MAX_STAGES];
     stage_timing_collect(names, ms, MAX_STAGES);
