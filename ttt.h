@@ -180,6 +180,28 @@ void window_attention_backward(float* dq, float* dk, float* dv, float* drel_bias
                                const float* v, const float* rel_bias, const float* mask, int n_mask,
                                int B, int T, int NH, int HS, int q_stride, int kv_stride);
 
+// multi-head attention without a stored attention map, general Tq, Tk (Mask2Former's masked
+// cross-attention and self-attention; flash-attention style). The math of attention_forward
+// without rel_bias: same q, k, v strides, mask (n_mask, Tq, Tk) additive and shared by all heads
+// (batch b uses mask b % n_mask; NULL: none), an all -inf row giving a zero output row. Instead of
+// att (B, NH, Tq, Tk) the forward saves one number per score row,
+//   lse (B, NH, Tq): lse[b,h,i] = log sum_j exp(scores[b,h,i,j])  (-INFINITY for an all -inf row),
+// and may be given lse = NULL when no backward follows. The backward recomputes the scores from
+// q, k, mask and, with the forward's out and lse (both required; it dies without them), the
+// steps of window_attention_backward (P_ij = exp(s_ij - lse_i), D_i = dout_i . out_i,
+// dS_ij = P_ij (dout_i . v_j - D_i)), accumulating into dq, dk, dv (laid out like q, k, v; any
+// may be NULL). The CPU reference recomputes each head's softmax with exactly the operations of
+// attention_forward_cpu, so out and the gradients equal the old op's bit for bit there; the CUDA
+// kernels (HS a multiple of 4 up to 64; else, or with TTT_FUSED_ATTENTION=0, the old cuBLAS path
+// with the map in a transient workspace) run an online softmax over key tiles.
+void flash_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                             const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
+                             int q_stride, int kv_stride);
+void flash_attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                              const float* lse, const float* q, const float* k, const float* v,
+                              const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
+                              int q_stride, int kv_stride);
+
 // gather from a table: out (NH, N) with out[h, n] = table[index[n] * NH + h]; Swin's
 // relative position bias (table (169, NH), index (49*49) on the device). Backward
 // scatter-adds into dtable.
@@ -2053,6 +2075,8 @@ void attention_forward_cpu(float* out, float* att, const float* q, const float* 
 void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 void window_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
 void window_attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
+void flash_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void flash_attention_backward_cpu(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 void bias_gather_forward_cpu(float* out, const float* table, const int* index, int N, int NH);
 void bias_gather_backward_cpu(float* dtable, const float* dout, const int* index, int N, int NH);
 void window_partition_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
@@ -2139,6 +2163,8 @@ CUDA_TWIN void attention_forward_cuda(float* out, float* att, const float* q, co
 CUDA_TWIN void attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 CUDA_TWIN void window_attention_forward_cuda(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
 CUDA_TWIN void window_attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
+CUDA_TWIN void flash_attention_forward_cuda(float* out, float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+CUDA_TWIN void flash_attention_backward_cuda(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 CUDA_TWIN void bias_gather_forward_cuda(float* out, const float* table, const int* index, int N, int NH);
 CUDA_TWIN void bias_gather_backward_cuda(float* dtable, const float* dout, const int* index, int N, int NH);
 CUDA_TWIN void window_partition_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
