@@ -855,7 +855,7 @@ typedef struct {
     float* ca_q[M2F_MAX_LAYERS];        // (B, Q, D)
     float* ca_k[M2F_MAX_LAYERS];        // (B, T, D)
     float* ca_v[M2F_MAX_LAYERS];        // (B, T, D)
-    float* ca_att[M2F_MAX_LAYERS];      // (B, NH, Q, T)
+    float* ca_lse[M2F_MAX_LAYERS];      // (B, NH, Q) log-sum-exp of each score row (no att map)
     float* ca_o[M2F_MAX_LAYERS];        // (B, Q, D) attention output before W_o
     float* ca_res[M2F_MAX_LAYERS];      // (B, Q, D) tgt + W_o o
     float* ca_ln[M2F_MAX_LAYERS];       // (B, Q, D)
@@ -865,7 +865,7 @@ typedef struct {
     float* sa_q[M2F_MAX_LAYERS];        // (B, Q, D)
     float* sa_k[M2F_MAX_LAYERS];
     float* sa_v[M2F_MAX_LAYERS];
-    float* sa_att[M2F_MAX_LAYERS];      // (B, NH, Q, Q)
+    float* sa_lse[M2F_MAX_LAYERS];      // (B, NH, Q) log-sum-exp of each score row
     float* sa_o[M2F_MAX_LAYERS];
     float* sa_res[M2F_MAX_LAYERS];
     float* sa_ln[M2F_MAX_LAYERS];
