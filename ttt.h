@@ -2219,7 +2219,7 @@ CUDA_TWIN void ttt_cuda_synchronize(void);
 CUDA_TWIN void ttt_cuda_set_tf32(int on);          // matrix products in TF32 (1, default) or float32 (0)
 CUDA_TWIN double ttt_cuda_gemm_flops(void);         // FLOPs of all matrix products issued so far
 CUDA_TWIN void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use / total, bytes
-CUDA_TWIN void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernel for windows T <= 64
+CUDA_TWIN void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernels for windows T <= 64 and flash_attention HS <= 64
 CUDA_TWIN void ttt_cuda_set_conv_im2col(int on);      // same-size 3x3 convs: 0 shifted GEMMs, 1 im2col, -1 default
 CUDA_TWIN void ttt_cuda_set_conv_scratch_floats(size_t n);  // test hook: shifted-GEMM chunk limit (0: default)
 CUDA_TWIN void ttt_cuda_stage_record(int slot, int which);   // CUDA event of a stage mark (0 start, 1 end)

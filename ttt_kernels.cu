@@ -9,9 +9,10 @@
 // where several outputs feed one input (upsampling, point sampling, col2im, bias gather)
 // and sums split over blocks (parameter gradients of norms, bias sums) use atomicAdd;
 // every other kernel writes each element from exactly one thread.
-// Swin's small-window attention forward (T <= 64) is one fused kernel in float32.
+// Swin's small-window attention forward (T <= 64) is one fused kernel in float32; so are the
+// window and flash attention ops (no stored map).
 // Environment switches: TTT_TF32=0 (float32 matrix products), TTT_FUSED_ATTENTION=0
-// (cuBLAS path for windows too), TTT_CONV_IM2COL=0|1 (same-size 3x3 convs by shifted
+// (cuBLAS path for windows and the flash op too), TTT_CONV_IM2COL=0|1 (same-size 3x3 convs by shifted
 // GEMMs | im2col; default: CONV_IM2COL_DEFAULT below); ttt_runtime.cu reads TTT_PROFILE and
 // TTT_GRAPHS.
 // Checked with compute-sanitizer: memcheck on test/gpu_ops, racecheck on test/gpu_model.
