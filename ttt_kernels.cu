@@ -1479,6 +1479,12 @@ extern "C" void window_attention_backward_cuda(float* dq, float* dk, float* dv, 
 // 64 floats (a template parameter; any HS <= 64) with row stride HSP + 4: float4 reads, and the 8
 // rows c0 + 8 j read by a quarter-warp land on distinct banks. Rows past Tq or Tk load as zeros;
 // their scores are -inf (keys) or never stored (queries). Shared memory <= 48 KiB at HSP = 64.
+// Few (batch, head, query tile) blocks (h predicting one frame: 8 heads x 7 query tiles) would
+// leave most SMs idle over thousands of keys, so the forward and dq kernels split the keys into
+// nsplit chunks of whole key tiles (flash-decoding), about FATT_TARGET_BLOCKS blocks in all, each
+// chunk's result (forward: unnormalised o with its m and l; dq: its sum) going to a workspace
+// and a second kernel combining the chunks in a fixed order (no atomics, the same result on every
+// run). With enough blocks (training batches) nsplit = 1 and the kernels write their rows directly.
 // HS > 64 or TTT_FUSED_ATTENTION=0: the old path (attention_forward/backward_cuda with the map in
 // a transient workspace, recomputed for the backward).
 
@@ -1486,8 +1492,24 @@ extern "C" void window_attention_backward_cuda(float* dq, float* dk, float* dv, 
 #define FATT_ROWS 16
 #define FATT_COLS 64
 #define FATT_LDW (FATT_COLS + 4)   // row stride of the (FATT_ROWS, FATT_COLS) tile of P or dS
+#define FATT_TARGET_BLOCKS 1024    // key splits until the grid has about this many blocks
+#define FATT_MIN_SPLIT_TILES 4     // but at least this many key tiles per split
 
-static Workspace ws_flash;   // D of the backward; the old path's att (and out)
+static Workspace ws_flash;    // D of the backward; the old path's att (and out)
+static Workspace ws_fsplit;   // the key splits' partial results
+
+// Key splits for a grid of `blocks` (batch, head, query tile) blocks over Tk keys: returns
+// nsplit and sets *keys_per_split (a multiple of FATT_COLS; the last split may hold fewer keys)
+static int flash_key_splits(long long blocks, int Tk, int* keys_per_split) {
+    long long ktiles = (Tk + FATT_COLS - 1) / FATT_COLS;
+    long long n = (FATT_TARGET_BLOCKS + blocks - 1) / blocks;
+    long long most = (ktiles + FATT_MIN_SPLIT_TILES - 1) / FATT_MIN_SPLIT_TILES;
+    if (n > most) n = most;
+    if (n < 1) n = 1;
+    long long per = (ktiles + n - 1) / n;   // key tiles per split; no split is left empty
+    *keys_per_split = (int)(per * FATT_COLS);
+    return (int)((ktiles + per - 1) / per);
+}
 
 // s (rows, HSP + 4) = rows r0 .. r0 + rows - 1 of head h of batch b of x ((B, n) rows `stride`
 // floats apart), zero past row n and past column HS (zeros add nothing to any dot product)
@@ -1560,27 +1582,31 @@ __device__ __forceinline__ float fatt_group_sum(float v) {
     return v;
 }
 
-// forward: grid B * NH * ceil(Tq / 16), block (b * NH + h) * qtiles + query tile
+// forward: grid B * NH * ceil(Tq / 16) * nsplit, block ((b * NH + h) * qtiles + query tile) *
+// nsplit + key split. With nsplit > 1 the block writes its unnormalised o, m and l to part:
+// o (nsplit, B * NH * Tq, HS), then m and l (nsplit, B * NH * Tq) each.
 template <int HSP>
 __global__ void __launch_bounds__(FATT_THREADS)
-flash_attention_fwd_kernel(float* out, float* lse, const float* q, const float* k, const float* v,
-                           const float* mask, int n_mask, int NH, int Tq, int Tk, int HS, int q_stride,
-                           int kv_stride, float scale) {
+flash_attention_fwd_kernel(float* out, float* lse, float* part, const float* q, const float* k, const float* v,
+                           const float* mask, int n_mask, int B, int NH, int Tq, int Tk, int HS, int q_stride,
+                           int kv_stride, float scale, int nsplit, int keys_per_split) {
     constexpr int LD = HSP + 4, NC = HSP / 8;
     __shared__ __align__(16) float sq[FATT_ROWS * LD];
     __shared__ __align__(16) float sk[FATT_COLS * LD];
     __shared__ __align__(16) float sv[FATT_COLS * LD];
     __shared__ __align__(16) float sp[FATT_ROWS * FATT_LDW];
     const int qtiles = (Tq + FATT_ROWS - 1) / FATT_ROWS;
-    const int bh = blockIdx.x / qtiles, b = bh / NH, h = bh % NH;
-    const int i0 = (blockIdx.x % qtiles) * FATT_ROWS;
+    const int split = blockIdx.x % nsplit, tile = blockIdx.x / nsplit;
+    const int bh = tile / qtiles, b = bh / NH, h = bh % NH;
+    const int i0 = (tile % qtiles) * FATT_ROWS;
     const int r = threadIdx.x / 8, c0 = threadIdx.x % 8, i = i0 + r;
+    const int k_begin = split * keys_per_split, k_end = min(Tk, k_begin + keys_per_split);
     fatt_load<HSP>(sq, q, q_stride, b, h, i0, FATT_ROWS, Tq, HS);
     const float* mrow = (mask && i < Tq) ? mask + ((size_t)(b % n_mask) * Tq + i) * Tk : NULL;
     float m = -INFINITY, l = 0.0f, o[NC];
     #pragma unroll
     for (int c = 0; c < NC; c++) o[c] = 0.0f;
-    for (int k0 = 0; k0 < Tk; k0 += FATT_COLS) {
+    for (int k0 = k_begin; k0 < k_end; k0 += FATT_COLS) {
         __syncthreads();   // every thread is done with the previous k, v tile (and sq is loaded)
         fatt_load<HSP>(sk, k, kv_stride, b, h, k0, FATT_COLS, Tk, HS);
         fatt_load<HSP>(sv, v, kv_stride, b, h, k0, FATT_COLS, Tk, HS);
@@ -1591,7 +1617,7 @@ flash_attention_fwd_kernel(float* out, float* lse, const float* q, const float* 
         #pragma unroll
         for (int j = 0; j < 8; j++) {
             int key = k0 + c0 + 8 * j;
-            s[j] = key < Tk ? s[j] * scale + (mrow ? mrow[key] : 0.0f) : -INFINITY;
+            s[j] = key < k_end ? s[j] * scale + (mrow ? mrow[key] : 0.0f) : -INFINITY;
             tmax = fmaxf(tmax, s[j]);
         }
         float mnew = fmaxf(m, fatt_group_max(tmax));
@@ -1613,16 +1639,54 @@ flash_attention_fwd_kernel(float* out, float* lse, const float* q, const float* 
         for (int c = 0; c < NC; c++) o[c] *= corr;
         fatt_weighted_rows<HSP>(o, sp + r * FATT_LDW, sv, c0);   // o += P (this tile) v
     }
-    if (i < Tq) {
-        float inv = l > 0.0f ? 1.0f / l : 0.0f;   // l >= 1 unless every score is -inf
-        float* orow = out + ((size_t)b * Tq + i) * ((size_t)NH * HS) + (size_t)h * HS;
+    if (i >= Tq) return;
+    size_t row = (size_t)bh * Tq + i;
+    if (nsplit > 1) {   // this split's o, m, l for flash_attention_combine_kernel
+        size_t rows = (size_t)B * NH * Tq, prow = (size_t)split * rows + row;
         #pragma unroll
         for (int c = 0; c < NC; c++) {
             int d = c0 * NC + c;
-            if (d < HS) orow[d] = o[c] * inv;
+            if (d < HS) part[prow * HS + d] = o[c];
         }
-        if (lse && c0 == 0) lse[((size_t)b * NH + h) * Tq + i] = l > 0.0f ? m + logf(l) : -INFINITY;
+        if (c0 == 0) {
+            part[(size_t)nsplit * rows * HS + prow] = m;
+            part[(size_t)nsplit * rows * (HS + 1) + prow] = l;
+        }
+        return;
     }
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;   // l >= 1 unless every score is -inf
+    float* orow = out + ((size_t)b * Tq + i) * ((size_t)NH * HS) + (size_t)h * HS;
+    #pragma unroll
+    for (int c = 0; c < NC; c++) {
+        int d = c0 * NC + c;
+        if (d < HS) orow[d] = o[c] * inv;
+    }
+    if (lse && c0 == 0) lse[row] = l > 0.0f ? m + logf(l) : -INFINITY;
+}
+
+// the key splits of the forward combined, one warp per row (b, h, i):
+//   M = max_s m_s; L = sum_s l_s exp(m_s - M); out = sum_s o_s exp(m_s - M) / L; lse = M + log L
+// (an all -inf row: every m_s = -inf, out 0, lse -inf)
+__global__ void flash_attention_combine_kernel(float* out, float* lse, const float* part, int nsplit, int B,
+                                               int NH, int Tq, int HS) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    size_t rows = (size_t)B * NH * Tq;
+    if (row >= (int)rows) return;
+    const float* pm = part + (size_t)nsplit * rows * HS;
+    const float* pl = part + (size_t)nsplit * rows * (HS + 1);
+    float M = -INFINITY, L = 0.0f;
+    for (int s = 0; s < nsplit; s++) M = fmaxf(M, pm[s * rows + row]);
+    if (M != -INFINITY)
+        for (int s = 0; s < nsplit; s++) L += pl[s * rows + row] * expf(pm[s * rows + row] - M);
+    int i = row % Tq, bh = row / Tq, b = bh / NH, h = bh % NH;
+    float* orow = out + ((size_t)b * Tq + i) * ((size_t)NH * HS) + (size_t)h * HS;
+    for (int d = lane; d < HS; d += 32) {
+        float acc = 0.0f;
+        if (L > 0.0f)
+            for (int s = 0; s < nsplit; s++) acc += part[(s * rows + row) * HS + d] * expf(pm[s * rows + row] - M);
+        orow[d] = L > 0.0f ? acc / L : 0.0f;
+    }
+    if (lse && lane == 0) lse[row] = L > 0.0f ? M + logf(L) : -INFINITY;
 }
 
 // D (B, NH, Tq): D[b, h, i] = dout_i . out_i over head h's columns; one warp per row
@@ -1638,12 +1702,14 @@ __global__ void flash_attention_d_kernel(float* D, const float* dout, const floa
     if (lane == 0) D[row] = acc;
 }
 
-// backward dq: grid B * NH * ceil(Tq / 16), block (b * NH + h) * qtiles + query tile
+// backward dq: grid and key splits as the forward's. With nsplit > 1 the block writes its part
+// of scale * sum_j dS_ij k_j to part (nsplit, B * NH * Tq, HS) for flash_attention_dq_sum_kernel.
 template <int HSP>
 __global__ void __launch_bounds__(FATT_THREADS)
-flash_attention_dq_kernel(float* dq, const float* dout, const float* lse, const float* D, const float* q,
-                          const float* k, const float* v, const float* mask, int n_mask, int NH, int Tq,
-                          int Tk, int HS, int q_stride, int kv_stride, float scale) {
+flash_attention_dq_kernel(float* dq, float* part, const float* dout, const float* lse, const float* D,
+                          const float* q, const float* k, const float* v, const float* mask, int n_mask, int B,
+                          int NH, int Tq, int Tk, int HS, int q_stride, int kv_stride, float scale, int nsplit,
+                          int keys_per_split) {
     constexpr int LD = HSP + 4, NC = HSP / 8;
     __shared__ __align__(16) float sq[FATT_ROWS * LD];
     __shared__ __align__(16) float sdo[FATT_ROWS * LD];
@@ -1651,9 +1717,11 @@ flash_attention_dq_kernel(float* dq, const float* dout, const float* lse, const 
     __shared__ __align__(16) float sv[FATT_COLS * LD];
     __shared__ __align__(16) float sds[FATT_ROWS * FATT_LDW];
     const int qtiles = (Tq + FATT_ROWS - 1) / FATT_ROWS;
-    const int bh = blockIdx.x / qtiles, b = bh / NH, h = bh % NH;
-    const int i0 = (blockIdx.x % qtiles) * FATT_ROWS;
+    const int split = blockIdx.x % nsplit, tile = blockIdx.x / nsplit;
+    const int bh = tile / qtiles, b = bh / NH, h = bh % NH;
+    const int i0 = (tile % qtiles) * FATT_ROWS;
     const int r = threadIdx.x / 8, c0 = threadIdx.x % 8, i = i0 + r;
+    const int k_begin = split * keys_per_split, k_end = min(Tk, k_begin + keys_per_split);
     fatt_load<HSP>(sq, q, q_stride, b, h, i0, FATT_ROWS, Tq, HS);
     fatt_load<HSP>(sdo, dout, NH * HS, b, h, i0, FATT_ROWS, Tq, HS);
     const float li = i < Tq ? lse[(size_t)bh * Tq + i] : -INFINITY;
@@ -1662,7 +1730,7 @@ flash_attention_dq_kernel(float* dq, const float* dout, const float* lse, const 
     float acc[NC];
     #pragma unroll
     for (int c = 0; c < NC; c++) acc[c] = 0.0f;
-    for (int k0 = 0; k0 < Tk; k0 += FATT_COLS) {
+    for (int k0 = k_begin; k0 < k_end; k0 += FATT_COLS) {
         __syncthreads();
         fatt_load<HSP>(sk, k, kv_stride, b, h, k0, FATT_COLS, Tk, HS);
         fatt_load<HSP>(sv, v, kv_stride, b, h, k0, FATT_COLS, Tk, HS);
@@ -1674,19 +1742,34 @@ flash_attention_dq_kernel(float* dq, const float* dout, const float* lse, const 
         for (int j = 0; j < 8; j++) {
             int key = k0 + c0 + 8 * j;
             float p = 0.0f;
-            if (key < Tk && li != -INFINITY) p = expf(s[j] * scale + (mrow ? mrow[key] : 0.0f) - li);
+            if (key < k_end && li != -INFINITY) p = expf(s[j] * scale + (mrow ? mrow[key] : 0.0f) - li);
             sds[r * FATT_LDW + c0 + 8 * j] = p * (dp[j] - Di);
         }
         __syncwarp();
         fatt_weighted_rows<HSP>(acc, sds + r * FATT_LDW, sk, c0);   // sum_j dS_ij k_j
     }
-    if (i < Tq) {
-        float* g = dq + ((size_t)b * Tq + i) * q_stride + (size_t)h * HS;
-        #pragma unroll
-        for (int c = 0; c < NC; c++) {
-            int d = c0 * NC + c;
-            if (d < HS) g[d] += scale * acc[c];
-        }
+    if (i >= Tq) return;
+    float* g = nsplit > 1 ? part + ((size_t)split * B * NH * Tq + (size_t)bh * Tq + i) * HS
+                          : dq + ((size_t)b * Tq + i) * q_stride + (size_t)h * HS;
+    #pragma unroll
+    for (int c = 0; c < NC; c++) {
+        int d = c0 * NC + c;
+        if (d >= HS) continue;
+        if (nsplit > 1) g[d] = scale * acc[c];
+        else g[d] += scale * acc[c];
+    }
+}
+
+// dq += the key splits' parts summed in order; one thread per element (row (b, h, i), d)
+__global__ void flash_attention_dq_sum_kernel(float* dq, const float* part, int nsplit, int B, int NH, int Tq,
+                                              int HS, int q_stride) {
+    size_t rows = (size_t)B * NH * Tq, n = rows * HS;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < nsplit; s++) acc += part[(size_t)s * n + e];
+        size_t row = e / HS;
+        int d = (int)(e % HS), i = (int)(row % Tq), bh = (int)(row / Tq), b = bh / NH, h = bh % NH;
+        dq[((size_t)b * Tq + i) * q_stride + (size_t)h * HS + d] += acc;
     }
 }
 
@@ -1772,9 +1855,18 @@ static void flash_launch_fwd(float* out, float* lse, const float* q, const float
                              const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
                              int q_stride, int kv_stride, float scale) {
     long long blocks = (long long)B * NH * ((Tq + FATT_ROWS - 1) / FATT_ROWS);
-    flash_attention_fwd_kernel<HSP><<<(unsigned)blocks, FATT_THREADS>>>(out, lse, q, k, v, mask, n_mask, NH, Tq,
-                                                                        Tk, HS, q_stride, kv_stride, scale);
+    int keys_per_split = 0, nsplit = flash_key_splits(blocks, Tk, &keys_per_split);
+    size_t rows = (size_t)B * NH * Tq;
+    float* part = nsplit > 1 ? (float*)workspace_get(&ws_fsplit, (size_t)nsplit * rows * (HS + 2) * sizeof(float))
+                             : NULL;
+    flash_attention_fwd_kernel<HSP><<<(unsigned)(blocks * nsplit), FATT_THREADS>>>(
+        out, lse, part, q, k, v, mask, n_mask, B, NH, Tq, Tk, HS, q_stride, kv_stride, scale, nsplit,
+        keys_per_split);
     launchCheck();
+    if (nsplit > 1) {
+        flash_attention_combine_kernel<<<(unsigned)((rows + 7) / 8), 256>>>(out, lse, part, nsplit, B, NH, Tq, HS);
+        launchCheck();
+    }
 }
 
 template <int HSP>
@@ -1784,10 +1876,17 @@ static void flash_launch_bwd(float* dq, float* dk, float* dv, const float* dout,
                              int q_stride, int kv_stride, float scale) {
     if (dq) {
         long long blocks = (long long)B * NH * ((Tq + FATT_ROWS - 1) / FATT_ROWS);
-        flash_attention_dq_kernel<HSP><<<(unsigned)blocks, FATT_THREADS>>>(dq, dout, lse, D, q, k, v, mask,
-                                                                           n_mask, NH, Tq, Tk, HS, q_stride,
-                                                                           kv_stride, scale);
+        int keys_per_split = 0, nsplit = flash_key_splits(blocks, Tk, &keys_per_split);
+        size_t n = (size_t)B * NH * Tq * HS;
+        float* part = nsplit > 1 ? (float*)workspace_get(&ws_fsplit, (size_t)nsplit * n * sizeof(float)) : NULL;
+        flash_attention_dq_kernel<HSP><<<(unsigned)(blocks * nsplit), FATT_THREADS>>>(
+            dq, part, dout, lse, D, q, k, v, mask, n_mask, B, NH, Tq, Tk, HS, q_stride, kv_stride, scale, nsplit,
+            keys_per_split);
         launchCheck();
+        if (nsplit > 1) {
+            flash_attention_dq_sum_kernel<<<grid_for(n, 256), 256>>>(dq, part, nsplit, B, NH, Tq, HS, q_stride);
+            launchCheck();
+        }
     }
     if (dk || dv) {
         long long blocks = (long long)B * NH * ((Tk + FATT_ROWS - 1) / FATT_ROWS);

@@ -1014,7 +1014,10 @@ int main(void) {
             test_flash_attention(label, 2, Tqs[a], Tks[t], 8, 32, 1, 3, 2, TOL_FLASH);
         }
     }
+    // the key splits (ttt_kernels.cu: about 1024 blocks): the cases above run 1 (Tk 37), 2 (Tk 512)
+    // and 8 (Tk 2000) splits; 7 splits with a short last one; 1344 blocks: no split over 5 key tiles
     test_flash_attention("Tq 100, Tk 2000, one mask for 3 batches", 3, 100, 2000, 8, 32, 1, 2, 1, TOL_FLASH);
+    test_flash_attention("B 24, Tq 100, Tk 300: no key split", 24, 100, 300, 8, 32, 1, 3, 5, TOL_FLASH);
     test_flash_attention("self-attention 100 queries, fused qkv, no mask", 2, 100, 100, 8, 32, 0, 0, 1, TOL_FLASH);
     test_flash_attention("self-attention 48 queries, B 32", 32, 48, 48, 8, 32, 1, 0, 1, TOL_FLASH);
     test_flash_attention("HS 16, Tq 20, Tk 300", 2, 20, 300, 4, 16, 1, 3, 2, TOL_FLASH);
