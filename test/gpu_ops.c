@@ -4,7 +4,8 @@
 // first, so an element the kernel never writes fails the check. Gradient buffers are
 // pre-filled with the same random values on both sides and the INCREMENTS are compared,
 // which checks the accumulate (+=) contract. Error: max |gpu - cpu| / max |cpu|.
-// Bounds: 1e-5 for plain float32 ops, 3e-3 where cuBLAS TF32 matrix products are used; the
+// Bounds: 1e-5 for plain float32 ops, 1e-4 for the flash attention kernels (float32 online
+// softmax over thousands of keys), 3e-3 where cuBLAS TF32 matrix products are used; the
 // linear ops run in every precision (fp32, tf32, bf16: relative L2 bounds at test_linear), the
 // rest at tf32 whatever TTT_PRECISION says.
 // Prints the worst error per op at the end.
