@@ -294,6 +294,16 @@ void window_attention_backward(float* dq, float* dk, float* dv, float* drel_bias
     else window_attention_backward_cpu(dq, dk, dv, drel_bias, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride);
 }
 
+void flash_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
+    if (on_gpu()) flash_attention_forward_cuda(out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+    else flash_attention_forward_cpu(out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+}
+
+void flash_attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride) {
+    if (on_gpu()) flash_attention_backward_cuda(dq, dk, dv, dout, out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+    else flash_attention_backward_cpu(dq, dk, dv, dout, out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+}
+
 void bias_gather_forward(float* out, const float* table, const int* index, int N, int NH) {
     if (on_gpu()) bias_gather_forward_cuda(out, table, index, N, NH);
     else bias_gather_forward_cpu(out, table, index, N, NH);

@@ -918,9 +918,9 @@ static size_t m2f_layout_acts(M2FActs* a, float* mem, const M2FConfig* c, int B,
     for (int i = 0; i < M2F_MAX_LAYERS; i++) {
         if (i >= NL) {   // unused layers point nowhere
             a->attn_mask[i] = a->ca_qin[i] = a->ca_q[i] = a->ca_k[i] = a->ca_v[i] = NULL;
-            a->ca_att[i] = a->ca_o[i] = a->ca_res[i] = a->ca_ln[i] = a->ca_mean[i] = NULL;
+            a->ca_lse[i] = a->ca_o[i] = a->ca_res[i] = a->ca_ln[i] = a->ca_mean[i] = NULL;
             a->ca_rstd[i] = a->sa_qin[i] = a->sa_q[i] = a->sa_k[i] = a->sa_v[i] = NULL;
-            a->sa_att[i] = a->sa_o[i] = a->sa_res[i] = a->sa_ln[i] = a->sa_mean[i] = NULL;
+            a->sa_lse[i] = a->sa_o[i] = a->sa_res[i] = a->sa_ln[i] = a->sa_mean[i] = NULL;
             a->sa_rstd[i] = a->fc1[i] = a->fc1_relu[i] = a->ffn_res[i] = a->ffn_ln[i] = NULL;
             a->ffn_mean[i] = a->ffn_rstd[i] = NULL;
             continue;
@@ -931,7 +931,7 @@ static size_t m2f_layout_acts(M2FActs* a, float* mem, const M2FConfig* c, int B,
         a->ca_q[i] = take_act(mem, &off, BQ * D);
         a->ca_k[i] = take_act(mem, &off, B * T * D);
         a->ca_v[i] = take_act(mem, &off, B * T * D);
-        a->ca_att[i] = take_act(mem, &off, BQ * NH * T);
+        a->ca_lse[i] = take_act(mem, &off, BQ * NH);   // no (B, NH, Q, T) attention map
         a->ca_o[i] = take_act(mem, &off, BQ * D);
         a->ca_res[i] = take_act(mem, &off, BQ * D);
         a->ca_ln[i] = take_act(mem, &off, BQ * D);
@@ -941,7 +941,7 @@ static size_t m2f_layout_acts(M2FActs* a, float* mem, const M2FConfig* c, int B,
         a->sa_q[i] = take_act(mem, &off, BQ * D);
         a->sa_k[i] = take_act(mem, &off, BQ * D);
         a->sa_v[i] = take_act(mem, &off, BQ * D);
-        a->sa_att[i] = take_act(mem, &off, BQ * NH * Q);
+        a->sa_lse[i] = take_act(mem, &off, BQ * NH);
         a->sa_o[i] = take_act(mem, &off, BQ * D);
         a->sa_res[i] = take_act(mem, &off, BQ * D);
         a->sa_ln[i] = take_act(mem, &off, BQ * D);
@@ -1172,11 +1172,11 @@ void m2f_decoder_forward(const M2FConfig* c, const M2FParams* p, M2FActs* a, int
         float* l_attn_mask = a->attn_mask[i];   // (B, Q, T)
         float *l_ca_qin = a->ca_qin[i], *l_ca_q = a->ca_q[i], *l_ca_o = a->ca_o[i], *l_ca_res = a->ca_res[i];
         float *l_ca_k = a->ca_k[i], *l_ca_v = a->ca_v[i];   // (B, T, D)
-        float* l_ca_att = a->ca_att[i];         // (B, NH, Q, T)
+        float* l_ca_lse = a->ca_lse[i];         // (B, NH, Q)
         float *l_ca_ln = a->ca_ln[i], *l_ca_mean = a->ca_mean[i], *l_ca_rstd = a->ca_rstd[i];
         float *l_sa_qin = a->sa_qin[i], *l_sa_q = a->sa_q[i], *l_sa_k = a->sa_k[i], *l_sa_v = a->sa_v[i];
         float *l_sa_o = a->sa_o[i], *l_sa_res = a->sa_res[i];
-        float* l_sa_att = a->sa_att[i];         // (B, NH, Q, Q)
+        float* l_sa_lse = a->sa_lse[i];         // (B, NH, Q)
         float *l_sa_ln = a->sa_ln[i], *l_sa_mean = a->sa_mean[i], *l_sa_rstd = a->sa_rstd[i];
         float *l_fc1 = a->fc1[i], *l_fc1_relu = a->fc1_relu[i];   // (B, Q, F)
         float *l_ffn_res = a->ffn_res[i], *l_ffn_ln = a->ffn_ln[i], *l_ffn_mean = a->ffn_mean[i], *l_ffn_rstd = a->ffn_rstd[i];
@@ -1190,8 +1190,7 @@ void m2f_decoder_forward(const M2FConfig* c, const M2FParams* p, M2FActs* a, int
         linear_forward(l_ca_q, l_ca_qin, l_ca_in_w, l_ca_in_b, BQ, D, D);
         linear_forward(l_ca_k, a->src_pos[m], l_ca_in_w + DD, l_ca_in_b + D, B * T, D, D);
         linear_forward(l_ca_v, a->src[m], l_ca_in_w + 2 * DD, l_ca_in_b + 2 * D, B * T, D, D);
-        attention_forward(l_ca_o, l_ca_att, l_ca_q, l_ca_k, l_ca_v, NULL,
-                          l_attn_mask, B, B, Q, T, NH, HS, D, D);
+        flash_attention_forward(l_ca_o, l_ca_lse, l_ca_q, l_ca_k, l_ca_v, l_attn_mask, B, B, Q, T, NH, HS, D, D);
         linear_forward(l_ca_res, l_ca_o, l_ca_out_w, l_ca_out_b, BQ, D, D);
         add_inplace(l_ca_res, tgt, nQD);
         layernorm_forward(l_ca_ln, l_ca_mean, l_ca_rstd, l_ca_res, l_ca_ln_w, l_ca_ln_b, BQ, D);
@@ -1200,8 +1199,7 @@ void m2f_decoder_forward(const M2FConfig* c, const M2FParams* p, M2FActs* a, int
         linear_forward(l_sa_q, l_sa_qin, l_sa_in_w, l_sa_in_b, BQ, D, D);
         linear_forward(l_sa_k, l_sa_qin, l_sa_in_w + DD, l_sa_in_b + D, BQ, D, D);
         linear_forward(l_sa_v, l_ca_ln, l_sa_in_w + 2 * DD, l_sa_in_b + 2 * D, BQ, D, D);
-        attention_forward(l_sa_o, l_sa_att, l_sa_q, l_sa_k, l_sa_v, NULL, NULL,
-                          1, B, Q, Q, NH, HS, D, D);
+        flash_attention_forward(l_sa_o, l_sa_lse, l_sa_q, l_sa_k, l_sa_v, NULL, 1, B, Q, Q, NH, HS, D, D);
         linear_forward(l_sa_res, l_sa_o, l_sa_out_w, l_sa_out_b, BQ, D, D);
         add_inplace(l_sa_res, l_ca_ln, nQD);
         layernorm_forward(l_sa_ln, l_sa_mean, l_sa_rstd, l_sa_res, l_sa_ln_w, l_sa_ln_b, BQ, D);
@@ -1295,9 +1293,9 @@ void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2
         float *dl_ffn_ln_w = g->ffn_ln_w + (size_t)i * D, *dl_ffn_ln_b = g->ffn_ln_b + (size_t)i * D;
         // its activations and their gradients
         const float *l_ca_qin = a->ca_qin[i], *l_ca_q = a->ca_q[i], *l_ca_k = a->ca_k[i], *l_ca_v = a->ca_v[i];
-        const float *l_ca_o = a->ca_o[i], *l_ca_att = a->ca_att[i], *l_ca_res = a->ca_res[i], *l_ca_ln = a->ca_ln[i];
+        const float *l_ca_o = a->ca_o[i], *l_ca_lse = a->ca_lse[i], *l_ca_res = a->ca_res[i], *l_ca_ln = a->ca_ln[i];
         const float *l_sa_qin = a->sa_qin[i], *l_sa_q = a->sa_q[i], *l_sa_k = a->sa_k[i], *l_sa_v = a->sa_v[i];
-        const float *l_sa_o = a->sa_o[i], *l_sa_att = a->sa_att[i], *l_sa_res = a->sa_res[i], *l_sa_ln = a->sa_ln[i];
+        const float *l_sa_o = a->sa_o[i], *l_sa_lse = a->sa_lse[i], *l_sa_res = a->sa_res[i], *l_sa_ln = a->sa_ln[i];
         const float *l_fc1_relu = a->fc1_relu[i], *l_ffn_res = a->ffn_res[i], *l_ffn_ln = a->ffn_ln[i];
         const float *l_ca_mean = a->ca_mean[i], *l_ca_rstd = a->ca_rstd[i], *l_sa_mean = a->sa_mean[i];
         const float *l_sa_rstd = a->sa_rstd[i], *l_ffn_mean = a->ffn_mean[i], *l_ffn_rstd = a->ffn_rstd[i];
@@ -1329,8 +1327,8 @@ void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2
                            l_sa_rstd, BQ, D);
         add_inplace(dl_ca_ln, dl_sa_res, nQD);
         linear_backward(dl_sa_o, dl_sa_out_w, dl_sa_out_b, dl_sa_res, l_sa_o, l_sa_out_w, BQ, D, D);
-        attention_backward(dl_sa_q, dl_sa_k, dl_sa_v, NULL, dl_sa_o, l_sa_att,
-                           l_sa_q, l_sa_k, l_sa_v, B, Q, Q, NH, HS, D, D);
+        flash_attention_backward(dl_sa_q, dl_sa_k, dl_sa_v, dl_sa_o, l_sa_o, l_sa_lse, l_sa_q, l_sa_k, l_sa_v,
+                                 NULL, 1, B, Q, Q, NH, HS, D, D);
         linear_backward(dl_sa_qin, dl_sa_in_w, dl_sa_in_b, dl_sa_q, l_sa_qin, l_sa_in_w, BQ, D, D);
         linear_backward(dl_sa_qin, dl_sa_in_w + DD, dl_sa_in_b + D, dl_sa_k, l_sa_qin, l_sa_in_w + DD, BQ, D, D);
         linear_backward(dl_ca_ln, dl_sa_in_w + 2 * DD, dl_sa_in_b + 2 * D, dl_sa_v, l_ca_ln, l_sa_in_w + 2 * DD,
@@ -1342,8 +1340,8 @@ void m2f_backward(const M2FConfig* c, const M2FParams* p, M2FParams* g, const M2
                            l_ca_rstd, BQ, D);
         add_inplace(dtgt, dl_ca_res, nQD);
         linear_backward(dl_ca_o, dl_ca_out_w, dl_ca_out_b, dl_ca_res, l_ca_o, l_ca_out_w, BQ, D, D);
-        attention_backward(dl_ca_q, dl_ca_k, dl_ca_v, NULL, dl_ca_o, l_ca_att,
-                           l_ca_q, l_ca_k, l_ca_v, B, Q, T, NH, HS, D, D);
+        flash_attention_backward(dl_ca_q, dl_ca_k, dl_ca_v, dl_ca_o, l_ca_o, l_ca_lse, l_ca_q, l_ca_k, l_ca_v,
+                                 a->attn_mask[i], B, B, Q, T, NH, HS, D, D);
         linear_backward(dl_ca_qin, dl_ca_in_w, dl_ca_in_b, dl_ca_q, l_ca_qin, l_ca_in_w, BQ, D, D);
         linear_backward(da->src_pos[m], dl_ca_in_w + DD, dl_ca_in_b + D, dl_ca_k, a->src_pos[m], l_ca_in_w + DD,
                         B * T, D, D);

@@ -849,17 +849,18 @@ void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, c
 // ----------------------------------------------------------------------------
 // window attention without a stored attention map (math in ttt.h)
 
-// scores of head (b, h) into s (T, T): rel_bias + mask + (q / sqrt(HS)) k^T, the operations of
+// scores of head (b, h) into s (Tq, Tk): rel_bias + mask + (q / sqrt(HS)) k^T, the operations of
 // attention_forward_cpu in the same order, so the softmax of s equals its att bit for bit
-static void window_scores_cpu(float* s, const float* q, const float* k, const float* rel_bias,
-                              const float* mask, int n_mask, int b, int h, int T, int HS,
-                              int q_stride, int kv_stride) {
+// (used by the window op, Tq = Tk = T, and the flash op, rel_bias NULL)
+static void head_scores_cpu(float* s, const float* q, const float* k, const float* rel_bias,
+                            const float* mask, int n_mask, int b, int h, int Tq, int Tk, int HS,
+                            int q_stride, int kv_stride) {
     float scale = 1.0f / sqrtf((float)HS);
-    const float* rb = rel_bias ? rel_bias + (size_t)h * T * T : NULL;
-    const float* mk = mask ? mask + (size_t)(b % n_mask) * T * T : NULL;
-    for (size_t e = 0; e < (size_t)T * T; e++) s[e] = (rb ? rb[e] : 0.0f) + (mk ? mk[e] : 0.0f);
-    matmul_acc_serial(s, T, q + (size_t)b * T * q_stride + h * HS, q_stride, 1,
-                      k + (size_t)b * T * kv_stride + h * HS, 1, kv_stride, scale, T, HS, T);
+    const float* rb = rel_bias ? rel_bias + (size_t)h * Tq * Tk : NULL;
+    const float* mk = mask ? mask + (size_t)(b % n_mask) * Tq * Tk : NULL;
+    for (size_t e = 0; e < (size_t)Tq * Tk; e++) s[e] = (rb ? rb[e] : 0.0f) + (mk ? mk[e] : 0.0f);
+    matmul_acc_serial(s, Tk, q + (size_t)b * Tq * q_stride + h * HS, q_stride, 1,
+                      k + (size_t)b * Tk * kv_stride + h * HS, 1, kv_stride, scale, Tq, HS, Tk);
 }
 
 // log sum_j exp(x_j) of one score row (in double); -INFINITY when every x_j is -inf
@@ -884,7 +885,7 @@ void window_attention_forward_cpu(float* out, float* lse, const float* q, const 
         #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < B; b++) {
             for (int h = 0; h < NH; h++) {
-                window_scores_cpu(s, q, k, rel_bias, mask, n_mask, b, h, T, HS, q_stride, kv_stride);
+                head_scores_cpu(s, q, k, rel_bias, mask, n_mask, b, h, T, T, HS, q_stride, kv_stride);
                 for (int i = 0; i < T; i++) {
                     float* row = s + (size_t)i * T;
                     if (lse) lse[((size_t)b * NH + h) * T + i] = row_logsumexp(row, T);
@@ -920,7 +921,7 @@ void window_attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_
         #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < B; b++) {
             for (int h = 0; h < NH; h++) {
-                window_scores_cpu(P, q, k, rel_bias, mask, n_mask, b, h, T, HS, q_stride, kv_stride);
+                head_scores_cpu(P, q, k, rel_bias, mask, n_mask, b, h, T, T, HS, q_stride, kv_stride);
                 for (int i = 0; i < T; i++) softmax_row(P + (size_t)i * T, P + (size_t)i * T, T);
                 float* dS = dS_all ? dS_all + ((size_t)b * NH + h) * T * T : dS_own;
                 attention_backward_head(dq, dk, dv, dS, dq || dk || drel_bias, P, dout, q, k, v, b, h, T, T,
@@ -931,6 +932,72 @@ void window_attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_
         free(dS_own);
     }
     if (drel_bias) sum_dS_over_batch(drel_bias, dS_all, B, NH, T, T, work);
+}
+
+// ----------------------------------------------------------------------------
+// multi-head attention without a stored attention map, general Tq, Tk (math in ttt.h)
+
+// Threads own whole heads (b, h), each with its own (Tq, Tk) score buffer: the scores, lse and
+// softmax of attention_forward_cpu in the same order, so out equals its out bit for bit.
+void flash_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v,
+                                 const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
+                                 int q_stride, int kv_stride) {
+    if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0) return;
+    if (n_mask <= 0) n_mask = 1;
+    int C = NH * HS;
+    double work = (double)B * NH * Tq * Tk * HS;   // run small problems on one thread
+    #pragma omp parallel if (work > 65536.0)
+    {
+        float* s = (float*)mallocCheck((size_t)Tq * Tk * sizeof(float));   // (Tq, Tk) scores, then P
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++) {
+            for (int h = 0; h < NH; h++) {
+                head_scores_cpu(s, q, k, NULL, mask, n_mask, b, h, Tq, Tk, HS, q_stride, kv_stride);
+                for (int i = 0; i < Tq; i++) {
+                    float* row = s + (size_t)i * Tk;
+                    if (lse) lse[((size_t)b * NH + h) * Tq + i] = row_logsumexp(row, Tk);
+                    softmax_row(row, row, Tk);
+                }
+                float* ob = out + (size_t)b * Tq * C + h * HS;
+                for (int i = 0; i < Tq; i++) memset(ob + (size_t)i * C, 0, HS * sizeof(float));
+                // out (Tq, HS) = P (Tq, Tk) @ v (Tk, HS)
+                matmul_acc_serial(ob, C, s, Tk, 1, v + (size_t)b * Tk * kv_stride + h * HS, kv_stride, 1,
+                                  1.0f, Tq, Tk, HS);
+            }
+        }
+        free(s);
+    }
+}
+
+// Per head: P recomputed as the forward did, then attention_backward_head (the steps of
+// attention_backward_cpu in the same order, so the same numbers).
+void flash_attention_backward_cpu(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                                  const float* lse, const float* q, const float* k, const float* v,
+                                  const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
+                                  int q_stride, int kv_stride) {
+    if (!out || !lse) ttt_die("flash_attention_backward: the forward's out and lse are required");
+    if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0) return;
+    if (!dq && !dk && !dv) return;
+    if (n_mask <= 0) n_mask = 1;
+    int C = NH * HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    double work = (double)B * NH * Tq * Tk * HS;   // run small problems on one thread
+    #pragma omp parallel if (work > 65536.0)
+    {
+        float* P = (float*)mallocCheck((size_t)Tq * Tk * sizeof(float));
+        float* dS = (float*)mallocCheck((size_t)Tq * Tk * sizeof(float));
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++) {
+            for (int h = 0; h < NH; h++) {
+                head_scores_cpu(P, q, k, NULL, mask, n_mask, b, h, Tq, Tk, HS, q_stride, kv_stride);
+                for (int i = 0; i < Tq; i++) softmax_row(P + (size_t)i * Tk, P + (size_t)i * Tk, Tk);
+                attention_backward_head(dq, dk, dv, dS, dq || dk, P, dout, q, k, v, b, h, Tq, Tk,
+                                        C, HS, q_stride, kv_stride, scale);
+            }
+        }
+        free(P);
+        free(dS);
+    }
 }
 
 // ----------------------------------------------------------------------------

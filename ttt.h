@@ -180,6 +180,28 @@ void window_attention_backward(float* dq, float* dk, float* dv, float* drel_bias
                                const float* v, const float* rel_bias, const float* mask, int n_mask,
                                int B, int T, int NH, int HS, int q_stride, int kv_stride);
 
+// multi-head attention without a stored attention map, general Tq, Tk (Mask2Former's masked
+// cross-attention and self-attention; flash-attention style). The math of attention_forward
+// without rel_bias: same q, k, v strides, mask (n_mask, Tq, Tk) additive and shared by all heads
+// (batch b uses mask b % n_mask; NULL: none), an all -inf row giving a zero output row. Instead of
+// att (B, NH, Tq, Tk) the forward saves one number per score row,
+//   lse (B, NH, Tq): lse[b,h,i] = log sum_j exp(scores[b,h,i,j])  (-INFINITY for an all -inf row),
+// and may be given lse = NULL when no backward follows. The backward recomputes the scores from
+// q, k, mask and, with the forward's out and lse (both required; it dies without them), the
+// steps of window_attention_backward (P_ij = exp(s_ij - lse_i), D_i = dout_i . out_i,
+// dS_ij = P_ij (dout_i . v_j - D_i)), accumulating into dq, dk, dv (laid out like q, k, v; any
+// may be NULL). The CPU reference recomputes each head's softmax with exactly the operations of
+// attention_forward_cpu, so out and the gradients equal the old op's bit for bit there; the CUDA
+// kernels (HS a multiple of 4 up to 64; else, or with TTT_FUSED_ATTENTION=0, the old cuBLAS path
+// with the map in a transient workspace) run an online softmax over key tiles.
+void flash_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                             const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
+                             int q_stride, int kv_stride);
+void flash_attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                              const float* lse, const float* q, const float* k, const float* v,
+                              const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
+                              int q_stride, int kv_stride);
+
 // gather from a table: out (NH, N) with out[h, n] = table[index[n] * NH + h]; Swin's
 // relative position bias (table (169, NH), index (49*49) on the device). Backward
 // scatter-adds into dtable.
@@ -871,7 +893,7 @@ typedef struct {
     float* ca_q[M2F_MAX_LAYERS];        // (B, Q, D)
     float* ca_k[M2F_MAX_LAYERS];        // (B, T, D)
     float* ca_v[M2F_MAX_LAYERS];        // (B, T, D)
-    float* ca_att[M2F_MAX_LAYERS];      // (B, NH, Q, T)
+    float* ca_lse[M2F_MAX_LAYERS];      // (B, NH, Q) log-sum-exp of each score row (no att map)
     float* ca_o[M2F_MAX_LAYERS];        // (B, Q, D) attention output before W_o
     float* ca_res[M2F_MAX_LAYERS];      // (B, Q, D) tgt + W_o o
     float* ca_ln[M2F_MAX_LAYERS];       // (B, Q, D)
@@ -881,7 +903,7 @@ typedef struct {
     float* sa_q[M2F_MAX_LAYERS];        // (B, Q, D)
     float* sa_k[M2F_MAX_LAYERS];
     float* sa_v[M2F_MAX_LAYERS];
-    float* sa_att[M2F_MAX_LAYERS];      // (B, NH, Q, Q)
+    float* sa_lse[M2F_MAX_LAYERS];      // (B, NH, Q) log-sum-exp of each score row
     float* sa_o[M2F_MAX_LAYERS];
     float* sa_res[M2F_MAX_LAYERS];
     float* sa_ln[M2F_MAX_LAYERS];
@@ -2122,6 +2144,8 @@ void attention_forward_cpu(float* out, float* att, const float* q, const float* 
 void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 void window_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
 void window_attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
+void flash_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+void flash_attention_backward_cpu(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 void bias_gather_forward_cpu(float* out, const float* table, const int* index, int N, int NH);
 void bias_gather_backward_cpu(float* dtable, const float* dout, const int* index, int N, int NH);
 void window_partition_forward_cpu(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
@@ -2215,6 +2239,8 @@ CUDA_TWIN void attention_forward_cuda(float* out, float* att, const float* q, co
 CUDA_TWIN void attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 CUDA_TWIN void window_attention_forward_cuda(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
 CUDA_TWIN void window_attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
+CUDA_TWIN void flash_attention_forward_cuda(float* out, float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
+CUDA_TWIN void flash_attention_backward_cuda(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 CUDA_TWIN void bias_gather_forward_cuda(float* out, const float* table, const int* index, int N, int NH);
 CUDA_TWIN void bias_gather_backward_cuda(float* dtable, const float* dout, const int* index, int N, int NH);
 CUDA_TWIN void window_partition_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int ws, int shift);
@@ -2278,7 +2304,7 @@ CUDA_TWIN double ttt_cuda_gemm_flops(void);         // FLOPs of all matrix produ
 CUDA_TWIN void ttt_cuda_memory_info(size_t* used, size_t* total);  // device memory in use / total, bytes
 // TTT_PROFILE: ops run while paused (1) are not timed; ./bench pauses over its warm-up calls
 CUDA_TWIN void ttt_cuda_profile_pause(int paused);
-CUDA_TWIN void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernel for windows T <= 64
+CUDA_TWIN void ttt_cuda_set_fused_attention(int on);  // 1 (default): fused kernels for windows T <= 64 and flash_attention HS <= 64
 CUDA_TWIN void ttt_cuda_set_conv_im2col(int on);      // same-size 3x3 convs: 0 shifted GEMMs, 1 im2col, -1 default
 CUDA_TWIN void ttt_cuda_set_conv_scratch_floats(size_t n);  // test hook: shifted-GEMM chunk limit (0: default)
 CUDA_TWIN void ttt_cuda_stage_record(int slot, int which);   // CUDA event of a stage mark (0 start, 1 end)

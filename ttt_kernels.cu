@@ -9,9 +9,10 @@
 // where several outputs feed one input (upsampling, point sampling, col2im, bias gather)
 // and sums split over blocks (parameter gradients of norms, bias sums) use atomicAdd;
 // every other kernel writes each element from exactly one thread.
-// Swin's small-window attention forward (T <= 64) is one fused kernel in float32.
+// Swin's small-window attention forward (T <= 64) is one fused kernel in float32; so are the
+// window and flash attention ops (no stored map).
 // Environment switches: TTT_TF32=0 (float32 matrix products), TTT_FUSED_ATTENTION=0
-// (cuBLAS path for windows too), TTT_CONV_IM2COL=0|1 (same-size 3x3 convs by shifted
+// (cuBLAS path for windows and the flash op too), TTT_CONV_IM2COL=0|1 (same-size 3x3 convs by shifted
 // GEMMs | im2col; default: CONV_IM2COL_DEFAULT below), TTT_BF16_CONV=0|1 and
 // TTT_BF16_LINEAR=0|1 (with TTT_PRECISION=bf16: real bf16 operands, section BF16 OPERANDS at
 // the end; default 1); ttt_runtime.cu reads TTT_PROFILE and TTT_GRAPHS.
@@ -1466,20 +1467,21 @@ __global__ void watt_drel_reduce_kernel(float* drel_bias, const float* partial, 
     }
 }
 
-// the old path's lse: one warp per score row (b, h, i), scores recomputed in two passes
+// the old path's lse (window and flash op): one warp per score row (b, h, i) of (B, NH, Tq, Tk),
+// scores recomputed in two passes
 __global__ void watt_lse_kernel(float* lse, const float* q, const float* k, const float* rel_bias,
-                                const float* mask, int n_mask, int B, int NH, int T, int HS,
+                                const float* mask, int n_mask, int B, int NH, int Tq, int Tk, int HS,
                                 int q_stride, int kv_stride, float scale) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= B * NH * T) return;
-    int i = row % T, h = (row / T) % NH, b = row / (T * NH);
-    const float* qi = q + ((size_t)b * T + i) * q_stride + (size_t)h * HS;
-    const float* rb = rel_bias ? rel_bias + ((size_t)h * T + i) * T : NULL;
-    const float* mk = mask ? mask + ((size_t)(b % n_mask) * T + i) * T : NULL;
+    if (row >= B * NH * Tq) return;
+    int i = row % Tq, h = (row / Tq) % NH, b = row / (Tq * NH);
+    const float* qi = q + ((size_t)b * Tq + i) * q_stride + (size_t)h * HS;
+    const float* rb = rel_bias ? rel_bias + ((size_t)h * Tq + i) * Tk : NULL;
+    const float* mk = mask ? mask + ((size_t)(b % n_mask) * Tq + i) * Tk : NULL;
     float mx = -INFINITY, sum = 0.0f;
     for (int pass = 0; pass < 2; pass++) {
-        for (int j = lane; j < T; j += 32) {
-            const float* kj = k + ((size_t)b * T + j) * kv_stride + (size_t)h * HS;
+        for (int j = lane; j < Tk; j += 32) {
+            const float* kj = k + ((size_t)b * Tk + j) * kv_stride + (size_t)h * HS;
             float dot = 0.0f;
             for (int d = 0; d < HS; d++) dot += qi[d] * kj[d];
             float sc = dot * scale + (rb ? rb[j] : 0.0f) + (mk ? mk[j] : 0.0f);
@@ -1559,7 +1561,7 @@ extern "C" void window_attention_forward_cuda(float* out, float* lse, const floa
         attention_forward_cuda(out, att, q, k, v, rel_bias, mask, n_mask, B, T, T, NH, HS, q_stride, kv_stride);
         if (lse) {
             int rows = B * NH * T;
-            watt_lse_kernel<<<(rows + 7) / 8, 256>>>(lse, q, k, rel_bias, mask, n_mask, B, NH, T, HS,
+            watt_lse_kernel<<<(rows + 7) / 8, 256>>>(lse, q, k, rel_bias, mask, n_mask, B, NH, T, T, HS,
                                                      q_stride, kv_stride, scale);
             launchCheck();
         }
@@ -1613,6 +1615,498 @@ extern "C" void window_attention_backward_cuda(float* dq, float* dk, float* dv, 
         watt_drel_reduce_kernel<<<(n + 31) / 32, dim3(32, 8)>>>(drel_bias, partial, chunks, n);
         launchCheck();
     }
+}
+
+// ----------------------------------------------------------------------------
+// multi-head attention without a stored attention map, general Tq, Tk (math in ttt.h):
+// Mask2Former's masked cross-attention (Tq = 100 or 48 queries, Tk up to ~8000 memory tokens)
+// and self-attention (Tq = Tk = Q), head size 32. Three kernels of 128 threads, each block one
+// (batch, head) and one tile of FATT_ROWS = 16 rows that it owns, streaming over the other side
+// in steps of FATT_COLS = 64:
+// - forward: a query tile; online softmax over key tiles (running max m and sum l per row, the
+//   output rescaled by exp(m_old - m_new) whenever the max grows); writes out = o / l and
+//   lse = m + log l (an all -inf row: out 0, lse -inf, as attention_forward).
+// - backward dq: a query tile over key tiles; dq_i += scale sum_j dS_ij k_j.
+// - backward dk, dv: a key tile over query tiles; dv_j += sum_i P_ij dout_i,
+//   dk_j += scale sum_i dS_ij q_i.
+//   Both recompute P_ij = exp(s_ij - lse_i) and dS_ij = P_ij (dout_i . v_j - D_i) with
+//   D_i = dout_i . out_i from a small kernel. Every gradient row is owned by one block: no atomics.
+// Thread t owns row r = t / 8 of the tile and, of the 64 streamed columns, c0 + 8 j (j < 8), c0 =
+// t % 8; of a head-size row it owns the NC = HSP / 8 consecutive columns c0 NC ... The 8 threads
+// of a row are 8 consecutive lanes of one warp: row maxima and sums reduce by shuffles within
+// the group, and a row of P or dS written to shared memory by its group is read back by the same
+// group after a __syncwarp. Head-size rows sit in shared memory zero-padded to HSP = 16, 32 or
+// 64 floats (a template parameter; any HS <= 64) with row stride HSP + 4: float4 reads, and the 8
+// rows c0 + 8 j read by a quarter-warp land on distinct banks. Rows past Tq or Tk load as zeros;
+// their scores are -inf (keys) or never stored (queries). Shared memory <= 48 KiB at HSP = 64.
+// Few (batch, head, query tile) blocks (h predicting one frame: 8 heads x 7 query tiles) would
+// leave most SMs idle over thousands of keys, so the forward and dq kernels split the keys into
+// nsplit chunks of whole key tiles (flash-decoding), about FATT_TARGET_BLOCKS blocks in all, each
+// chunk's result (forward: unnormalised o with its m and l; dq: its sum) going to a workspace
+// and a second kernel combining the chunks in a fixed order (no atomics, the same result on every
+// run). With enough blocks (training batches) nsplit = 1 and the kernels write their rows directly.
+// HS > 64 or TTT_FUSED_ATTENTION=0: the old path (attention_forward/backward_cuda with the map in
+// a transient workspace, recomputed for the backward).
+
+#define FATT_THREADS 128
+#define FATT_ROWS 16
+#define FATT_COLS 64
+#define FATT_LDW (FATT_COLS + 4)   // row stride of the (FATT_ROWS, FATT_COLS) tile of P or dS
+#define FATT_TARGET_BLOCKS 1024    // key splits until the grid has about this many blocks
+#define FATT_MIN_SPLIT_TILES 4     // but at least this many key tiles per split
+
+static Workspace ws_flash;    // D of the backward; the old path's att (and out)
+static Workspace ws_fsplit;   // the key splits' partial results
+
+// Key splits for a grid of `blocks` (batch, head, query tile) blocks over Tk keys: returns
+// nsplit and sets *keys_per_split (a multiple of FATT_COLS; the last split may hold fewer keys)
+static int flash_key_splits(long long blocks, int Tk, int* keys_per_split) {
+    long long ktiles = (Tk + FATT_COLS - 1) / FATT_COLS;
+    long long n = (FATT_TARGET_BLOCKS + blocks - 1) / blocks;
+    long long most = (ktiles + FATT_MIN_SPLIT_TILES - 1) / FATT_MIN_SPLIT_TILES;
+    if (n > most) n = most;
+    if (n < 1) n = 1;
+    long long per = (ktiles + n - 1) / n;   // key tiles per split; no split is left empty
+    *keys_per_split = (int)(per * FATT_COLS);
+    return (int)((ktiles + per - 1) / per);
+}
+
+// s (rows, HSP + 4) = rows r0 .. r0 + rows - 1 of head h of batch b of x ((B, n) rows `stride`
+// floats apart), zero past row n and past column HS (zeros add nothing to any dot product)
+template <int HSP>
+__device__ __forceinline__ void fatt_load(float* s, const float* x, int stride, int b, int h, int r0, int rows,
+                                          int n, int HS) {
+    const int LD = HSP + 4;
+    for (int e = threadIdx.x; e < rows * HSP; e += FATT_THREADS) {
+        int t = e / HSP, d = e % HSP, row = r0 + t;
+        s[t * LD + d] = (row < n && d < HS) ? x[((size_t)b * n + row) * stride + (size_t)h * HS + d] : 0.0f;
+    }
+}
+
+// acc[j] = a . B[c0 + 8 j] for j < 8 (a: one row, B: rows HSP + 4 apart, all in shared memory)
+template <int HSP>
+__device__ __forceinline__ void fatt_dots(float acc[8], const float* a, const float* Bm, int c0) {
+    const int LD = HSP + 4;
+    #pragma unroll
+    for (int j = 0; j < 8; j++) acc[j] = 0.0f;
+    #pragma unroll
+    for (int d = 0; d < HSP; d += 4) {
+        float4 x = *(const float4*)(a + d);
+        #pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float4 y = *(const float4*)(Bm + (c0 + 8 * j) * LD + d);
+            acc[j] = fmaf(x.x, y.x, acc[j]);
+            acc[j] = fmaf(x.y, y.y, acc[j]);
+            acc[j] = fmaf(x.z, y.z, acc[j]);
+            acc[j] = fmaf(x.w, y.w, acc[j]);
+        }
+    }
+}
+
+// acc[c] += sum_{j < FATT_COLS} w[j] X[j, c0 NC + c] for c < NC = HSP / 8 (w: a row of weights,
+// X: (FATT_COLS, HSP + 4), both in shared memory)
+template <int HSP>
+__device__ __forceinline__ void fatt_weighted_rows(float* acc, const float* w, const float* X, int c0) {
+    const int LD = HSP + 4, NC = HSP / 8;
+    #pragma unroll 4
+    for (int j = 0; j < FATT_COLS; j += 4) {
+        float4 w4 = *(const float4*)(w + j);
+        float wj[4] = {w4.x, w4.y, w4.z, w4.w};
+        #pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const float* xr = X + (j + u) * LD + c0 * NC;
+            if constexpr (NC % 4 == 0) {
+                #pragma unroll
+                for (int c = 0; c < NC; c += 4) {
+                    float4 x = *(const float4*)(xr + c);
+                    acc[c] = fmaf(wj[u], x.x, acc[c]);
+                    acc[c + 1] = fmaf(wj[u], x.y, acc[c + 1]);
+                    acc[c + 2] = fmaf(wj[u], x.z, acc[c + 2]);
+                    acc[c + 3] = fmaf(wj[u], x.w, acc[c + 3]);
+                }
+            } else {
+                #pragma unroll
+                for (int c = 0; c < NC; c++) acc[c] = fmaf(wj[u], xr[c], acc[c]);
+            }
+        }
+    }
+}
+
+// max and sum over the 8 lanes of a row group (every lane gets the same value)
+__device__ __forceinline__ float fatt_group_max(float v) {
+    for (int o = 4; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float fatt_group_sum(float v) {
+    for (int o = 4; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// forward: grid B * NH * ceil(Tq / 16) * nsplit, block ((b * NH + h) * qtiles + query tile) *
+// nsplit + key split. With nsplit > 1 the block writes its unnormalised o, m and l to part:
+// o (nsplit, B * NH * Tq, HS), then m and l (nsplit, B * NH * Tq) each.
+template <int HSP>
+__global__ void __launch_bounds__(FATT_THREADS)
+flash_attention_fwd_kernel(float* out, float* lse, float* part, const float* q, const float* k, const float* v,
+                           const float* mask, int n_mask, int B, int NH, int Tq, int Tk, int HS, int q_stride,
+                           int kv_stride, float scale, int nsplit, int keys_per_split) {
+    constexpr int LD = HSP + 4, NC = HSP / 8;
+    __shared__ __align__(16) float sq[FATT_ROWS * LD];
+    __shared__ __align__(16) float sk[FATT_COLS * LD];
+    __shared__ __align__(16) float sv[FATT_COLS * LD];
+    __shared__ __align__(16) float sp[FATT_ROWS * FATT_LDW];
+    const int qtiles = (Tq + FATT_ROWS - 1) / FATT_ROWS;
+    const int split = blockIdx.x % nsplit, tile = blockIdx.x / nsplit;
+    const int bh = tile / qtiles, b = bh / NH, h = bh % NH;
+    const int i0 = (tile % qtiles) * FATT_ROWS;
+    const int r = threadIdx.x / 8, c0 = threadIdx.x % 8, i = i0 + r;
+    const int k_begin = split * keys_per_split, k_end = min(Tk, k_begin + keys_per_split);
+    fatt_load<HSP>(sq, q, q_stride, b, h, i0, FATT_ROWS, Tq, HS);
+    const float* mrow = (mask && i < Tq) ? mask + ((size_t)(b % n_mask) * Tq + i) * Tk : NULL;
+    float m = -INFINITY, l = 0.0f, o[NC];
+    #pragma unroll
+    for (int c = 0; c < NC; c++) o[c] = 0.0f;
+    for (int k0 = k_begin; k0 < k_end; k0 += FATT_COLS) {
+        __syncthreads();   // every thread is done with the previous k, v tile (and sq is loaded)
+        fatt_load<HSP>(sk, k, kv_stride, b, h, k0, FATT_COLS, Tk, HS);
+        fatt_load<HSP>(sv, v, kv_stride, b, h, k0, FATT_COLS, Tk, HS);
+        __syncthreads();
+        float s[8];
+        fatt_dots<HSP>(s, sq + r * LD, sk, c0);
+        float tmax = -INFINITY;
+        #pragma unroll
+        for (int j = 0; j < 8; j++) {
+            int key = k0 + c0 + 8 * j;
+            s[j] = key < k_end ? s[j] * scale + (mrow ? mrow[key] : 0.0f) : -INFINITY;
+            tmax = fmaxf(tmax, s[j]);
+        }
+        float mnew = fmaxf(m, fatt_group_max(tmax));
+        float corr = 1.0f, psum = 0.0f;
+        if (mnew != -INFINITY) {   // else every score so far is -inf: P = 0, nothing changes
+            corr = expf(m - mnew);   // 0 when m = -inf (o and l are 0 then)
+            #pragma unroll
+            for (int j = 0; j < 8; j++) { s[j] = expf(s[j] - mnew); psum += s[j]; }
+        } else {
+            #pragma unroll
+            for (int j = 0; j < 8; j++) s[j] = 0.0f;
+        }
+        l = l * corr + fatt_group_sum(psum);
+        m = mnew;
+        #pragma unroll
+        for (int j = 0; j < 8; j++) sp[r * FATT_LDW + c0 + 8 * j] = s[j];
+        __syncwarp();   // row r of sp is complete (written by this row group)
+        #pragma unroll
+        for (int c = 0; c < NC; c++) o[c] *= corr;
+        fatt_weighted_rows<HSP>(o, sp + r * FATT_LDW, sv, c0);   // o += P (this tile) v
+    }
+    if (i >= Tq) return;
+    size_t row = (size_t)bh * Tq + i;
+    if (nsplit > 1) {   // this split's o, m, l for flash_attention_combine_kernel
+        size_t rows = (size_t)B * NH * Tq, prow = (size_t)split * rows + row;
+        #pragma unroll
+        for (int c = 0; c < NC; c++) {
+            int d = c0 * NC + c;
+            if (d < HS) part[prow * HS + d] = o[c];
+        }
+        if (c0 == 0) {
+            part[(size_t)nsplit * rows * HS + prow] = m;
+            part[(size_t)nsplit * rows * (HS + 1) + prow] = l;
+        }
+        return;
+    }
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;   // l >= 1 unless every score is -inf
+    float* orow = out + ((size_t)b * Tq + i) * ((size_t)NH * HS) + (size_t)h * HS;
+    #pragma unroll
+    for (int c = 0; c < NC; c++) {
+        int d = c0 * NC + c;
+        if (d < HS) orow[d] = o[c] * inv;
+    }
+    if (lse && c0 == 0) lse[row] = l > 0.0f ? m + logf(l) : -INFINITY;
+}
+
+// the key splits of the forward combined, one warp per row (b, h, i):
+//   M = max_s m_s; L = sum_s l_s exp(m_s - M); out = sum_s o_s exp(m_s - M) / L; lse = M + log L
+// (an all -inf row: every m_s = -inf, out 0, lse -inf)
+__global__ void flash_attention_combine_kernel(float* out, float* lse, const float* part, int nsplit, int B,
+                                               int NH, int Tq, int HS) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    size_t rows = (size_t)B * NH * Tq;
+    if (row >= (int)rows) return;
+    const float* pm = part + (size_t)nsplit * rows * HS;
+    const float* pl = part + (size_t)nsplit * rows * (HS + 1);
+    float M = -INFINITY, L = 0.0f;
+    for (int s = 0; s < nsplit; s++) M = fmaxf(M, pm[s * rows + row]);
+    if (M != -INFINITY)
+        for (int s = 0; s < nsplit; s++) L += pl[s * rows + row] * expf(pm[s * rows + row] - M);
+    int i = row % Tq, bh = row / Tq, b = bh / NH, h = bh % NH;
+    float* orow = out + ((size_t)b * Tq + i) * ((size_t)NH * HS) + (size_t)h * HS;
+    for (int d = lane; d < HS; d += 32) {
+        float acc = 0.0f;
+        if (L > 0.0f)
+            for (int s = 0; s < nsplit; s++) acc += part[(s * rows + row) * HS + d] * expf(pm[s * rows + row] - M);
+        orow[d] = L > 0.0f ? acc / L : 0.0f;
+    }
+    if (lse && lane == 0) lse[row] = L > 0.0f ? M + logf(L) : -INFINITY;
+}
+
+// D (B, NH, Tq): D[b, h, i] = dout_i . out_i over head h's columns; one warp per row
+__global__ void flash_attention_d_kernel(float* D, const float* dout, const float* out, int B, int NH, int Tq,
+                                         int HS) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= B * NH * Tq) return;
+    int i = row % Tq, h = (row / Tq) % NH, b = row / (Tq * NH);
+    size_t base = ((size_t)b * Tq + i) * ((size_t)NH * HS) + (size_t)h * HS;
+    float acc = 0.0f;
+    for (int d = lane; d < HS; d += 32) acc += dout[base + d] * out[base + d];
+    acc = warp_sum(acc);
+    if (lane == 0) D[row] = acc;
+}
+
+// backward dq: grid and key splits as the forward's. With nsplit > 1 the block writes its part
+// of scale * sum_j dS_ij k_j to part (nsplit, B * NH * Tq, HS) for flash_attention_dq_sum_kernel.
+template <int HSP>
+__global__ void __launch_bounds__(FATT_THREADS)
+flash_attention_dq_kernel(float* dq, float* part, const float* dout, const float* lse, const float* D,
+                          const float* q, const float* k, const float* v, const float* mask, int n_mask, int B,
+                          int NH, int Tq, int Tk, int HS, int q_stride, int kv_stride, float scale, int nsplit,
+                          int keys_per_split) {
+    constexpr int LD = HSP + 4, NC = HSP / 8;
+    __shared__ __align__(16) float sq[FATT_ROWS * LD];
+    __shared__ __align__(16) float sdo[FATT_ROWS * LD];
+    __shared__ __align__(16) float sk[FATT_COLS * LD];
+    __shared__ __align__(16) float sv[FATT_COLS * LD];
+    __shared__ __align__(16) float sds[FATT_ROWS * FATT_LDW];
+    const int qtiles = (Tq + FATT_ROWS - 1) / FATT_ROWS;
+    const int split = blockIdx.x % nsplit, tile = blockIdx.x / nsplit;
+    const int bh = tile / qtiles, b = bh / NH, h = bh % NH;
+    const int i0 = (tile % qtiles) * FATT_ROWS;
+    const int r = threadIdx.x / 8, c0 = threadIdx.x % 8, i = i0 + r;
+    const int k_begin = split * keys_per_split, k_end = min(Tk, k_begin + keys_per_split);
+    fatt_load<HSP>(sq, q, q_stride, b, h, i0, FATT_ROWS, Tq, HS);
+    fatt_load<HSP>(sdo, dout, NH * HS, b, h, i0, FATT_ROWS, Tq, HS);
+    const float li = i < Tq ? lse[(size_t)bh * Tq + i] : -INFINITY;
+    const float Di = i < Tq ? D[(size_t)bh * Tq + i] : 0.0f;
+    const float* mrow = (mask && i < Tq) ? mask + ((size_t)(b % n_mask) * Tq + i) * Tk : NULL;
+    float acc[NC];
+    #pragma unroll
+    for (int c = 0; c < NC; c++) acc[c] = 0.0f;
+    for (int k0 = k_begin; k0 < k_end; k0 += FATT_COLS) {
+        __syncthreads();
+        fatt_load<HSP>(sk, k, kv_stride, b, h, k0, FATT_COLS, Tk, HS);
+        fatt_load<HSP>(sv, v, kv_stride, b, h, k0, FATT_COLS, Tk, HS);
+        __syncthreads();
+        float s[8], dp[8];
+        fatt_dots<HSP>(s, sq + r * LD, sk, c0);     // q_i . k_j
+        fatt_dots<HSP>(dp, sdo + r * LD, sv, c0);   // dP_ij = dout_i . v_j
+        #pragma unroll
+        for (int j = 0; j < 8; j++) {
+            int key = k0 + c0 + 8 * j;
+            float p = 0.0f;
+            if (key < k_end && li != -INFINITY) p = expf(s[j] * scale + (mrow ? mrow[key] : 0.0f) - li);
+            sds[r * FATT_LDW + c0 + 8 * j] = p * (dp[j] - Di);
+        }
+        __syncwarp();
+        fatt_weighted_rows<HSP>(acc, sds + r * FATT_LDW, sk, c0);   // sum_j dS_ij k_j
+    }
+    if (i >= Tq) return;
+    float* g = nsplit > 1 ? part + ((size_t)split * B * NH * Tq + (size_t)bh * Tq + i) * HS
+                          : dq + ((size_t)b * Tq + i) * q_stride + (size_t)h * HS;
+    #pragma unroll
+    for (int c = 0; c < NC; c++) {
+        int d = c0 * NC + c;
+        if (d >= HS) continue;
+        if (nsplit > 1) g[d] = scale * acc[c];
+        else g[d] += scale * acc[c];
+    }
+}
+
+// dq += the key splits' parts summed in order; one thread per element (row (b, h, i), d)
+__global__ void flash_attention_dq_sum_kernel(float* dq, const float* part, int nsplit, int B, int NH, int Tq,
+                                              int HS, int q_stride) {
+    size_t rows = (size_t)B * NH * Tq, n = rows * HS;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < nsplit; s++) acc += part[(size_t)s * n + e];
+        size_t row = e / HS;
+        int d = (int)(e % HS), i = (int)(row % Tq), bh = (int)(row / Tq), b = bh / NH, h = bh % NH;
+        dq[((size_t)b * Tq + i) * q_stride + (size_t)h * HS + d] += acc;
+    }
+}
+
+// backward dk, dv: grid B * NH * ceil(Tk / 16), block (b * NH + h) * ktiles + key tile
+template <int HSP>
+__global__ void __launch_bounds__(FATT_THREADS)
+flash_attention_dkdv_kernel(float* dk, float* dv, const float* dout, const float* lse, const float* D,
+                            const float* q, const float* k, const float* v, const float* mask, int n_mask,
+                            int NH, int Tq, int Tk, int HS, int q_stride, int kv_stride, float scale) {
+    constexpr int LD = HSP + 4, NC = HSP / 8;
+    __shared__ __align__(16) float sk[FATT_ROWS * LD];
+    __shared__ __align__(16) float sv[FATT_ROWS * LD];
+    __shared__ __align__(16) float sq[FATT_COLS * LD];
+    __shared__ __align__(16) float sdo[FATT_COLS * LD];
+    __shared__ __align__(16) float sw[FATT_ROWS * FATT_LDW];   // P^T, then dS^T
+    __shared__ float slse[FATT_COLS], sD[FATT_COLS];
+    const int ktiles = (Tk + FATT_ROWS - 1) / FATT_ROWS;
+    const int bh = blockIdx.x / ktiles, b = bh / NH, h = bh % NH;
+    const int j0 = (blockIdx.x % ktiles) * FATT_ROWS;
+    const int r = threadIdx.x / 8, c0 = threadIdx.x % 8, j = j0 + r;
+    fatt_load<HSP>(sk, k, kv_stride, b, h, j0, FATT_ROWS, Tk, HS);
+    fatt_load<HSP>(sv, v, kv_stride, b, h, j0, FATT_ROWS, Tk, HS);
+    const float* mk = mask ? mask + (size_t)(b % n_mask) * Tq * Tk : NULL;
+    float adk[NC], adv[NC];
+    #pragma unroll
+    for (int c = 0; c < NC; c++) adk[c] = adv[c] = 0.0f;
+    for (int i0 = 0; i0 < Tq; i0 += FATT_COLS) {
+        __syncthreads();
+        fatt_load<HSP>(sq, q, q_stride, b, h, i0, FATT_COLS, Tq, HS);
+        fatt_load<HSP>(sdo, dout, NH * HS, b, h, i0, FATT_COLS, Tq, HS);
+        for (int e = threadIdx.x; e < FATT_COLS; e += FATT_THREADS) {
+            int i = i0 + e;
+            slse[e] = i < Tq ? lse[(size_t)bh * Tq + i] : -INFINITY;
+            sD[e] = i < Tq ? D[(size_t)bh * Tq + i] : 0.0f;
+        }
+        __syncthreads();
+        float s[8], dp[8], p[8];
+        fatt_dots<HSP>(s, sk + r * LD, sq, c0);     // k_j . q_i for the 8 queries i of this thread
+        fatt_dots<HSP>(dp, sv + r * LD, sdo, c0);   // dP_ij = v_j . dout_i
+        #pragma unroll
+        for (int u = 0; u < 8; u++) {
+            int cc = c0 + 8 * u, i = i0 + cc;
+            float li = slse[cc];   // -inf past Tq
+            p[u] = 0.0f;
+            if (j < Tk && li != -INFINITY)
+                p[u] = expf(s[u] * scale + (mk ? mk[(size_t)i * Tk + j] : 0.0f) - li);
+            sw[r * FATT_LDW + cc] = p[u];
+        }
+        __syncwarp();
+        fatt_weighted_rows<HSP>(adv, sw + r * FATT_LDW, sdo, c0);   // sum_i P_ij dout_i
+        __syncwarp();   // the row group is done reading P before it writes dS over it
+        #pragma unroll
+        for (int u = 0; u < 8; u++) {
+            int cc = c0 + 8 * u;
+            sw[r * FATT_LDW + cc] = p[u] * (dp[u] - sD[cc]);
+        }
+        __syncwarp();
+        fatt_weighted_rows<HSP>(adk, sw + r * FATT_LDW, sq, c0);    // sum_i dS_ij q_i
+    }
+    if (j < Tk) {
+        size_t row = ((size_t)b * Tk + j) * kv_stride + (size_t)h * HS;
+        #pragma unroll
+        for (int c = 0; c < NC; c++) {
+            int d = c0 * NC + c;
+            if (d >= HS) continue;
+            if (dk) dk[row + d] += scale * adk[c];
+            if (dv) dv[row + d] += adv[c];
+        }
+    }
+}
+
+// the fused kernels for this head size (else the old path)
+static int flash_fused_ok(int HS) {
+    if (window_attention_ok < 0) {
+        const char* e = getenv("TTT_FUSED_ATTENTION");
+        window_attention_ok = !(e && e[0] == '0');
+    }
+    return window_attention_ok && HS >= 1 && HS <= 64;
+}
+
+template <int HSP>
+static void flash_launch_fwd(float* out, float* lse, const float* q, const float* k, const float* v,
+                             const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
+                             int q_stride, int kv_stride, float scale) {
+    long long blocks = (long long)B * NH * ((Tq + FATT_ROWS - 1) / FATT_ROWS);
+    int keys_per_split = 0, nsplit = flash_key_splits(blocks, Tk, &keys_per_split);
+    size_t rows = (size_t)B * NH * Tq;
+    float* part = nsplit > 1 ? (float*)workspace_get(&ws_fsplit, (size_t)nsplit * rows * (HS + 2) * sizeof(float))
+                             : NULL;
+    flash_attention_fwd_kernel<HSP><<<(unsigned)(blocks * nsplit), FATT_THREADS>>>(
+        out, lse, part, q, k, v, mask, n_mask, B, NH, Tq, Tk, HS, q_stride, kv_stride, scale, nsplit,
+        keys_per_split);
+    launchCheck();
+    if (nsplit > 1) {
+        flash_attention_combine_kernel<<<(unsigned)((rows + 7) / 8), 256>>>(out, lse, part, nsplit, B, NH, Tq, HS);
+        launchCheck();
+    }
+}
+
+template <int HSP>
+static void flash_launch_bwd(float* dq, float* dk, float* dv, const float* dout, const float* lse,
+                             const float* D, const float* q, const float* k, const float* v,
+                             const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
+                             int q_stride, int kv_stride, float scale) {
+    if (dq) {
+        long long blocks = (long long)B * NH * ((Tq + FATT_ROWS - 1) / FATT_ROWS);
+        int keys_per_split = 0, nsplit = flash_key_splits(blocks, Tk, &keys_per_split);
+        size_t n = (size_t)B * NH * Tq * HS;
+        float* part = nsplit > 1 ? (float*)workspace_get(&ws_fsplit, (size_t)nsplit * n * sizeof(float)) : NULL;
+        flash_attention_dq_kernel<HSP><<<(unsigned)(blocks * nsplit), FATT_THREADS>>>(
+            dq, part, dout, lse, D, q, k, v, mask, n_mask, B, NH, Tq, Tk, HS, q_stride, kv_stride, scale, nsplit,
+            keys_per_split);
+        launchCheck();
+        if (nsplit > 1) {
+            flash_attention_dq_sum_kernel<<<grid_for(n, 256), 256>>>(dq, part, nsplit, B, NH, Tq, HS, q_stride);
+            launchCheck();
+        }
+    }
+    if (dk || dv) {
+        long long blocks = (long long)B * NH * ((Tk + FATT_ROWS - 1) / FATT_ROWS);
+        flash_attention_dkdv_kernel<HSP><<<(unsigned)blocks, FATT_THREADS>>>(dk, dv, dout, lse, D, q, k, v, mask,
+                                                                             n_mask, NH, Tq, Tk, HS, q_stride,
+                                                                             kv_stride, scale);
+        launchCheck();
+    }
+}
+
+extern "C" void flash_attention_forward_cuda(float* out, float* lse, const float* q, const float* k,
+                                             const float* v, const float* mask, int n_mask, int B, int Tq,
+                                             int Tk, int NH, int HS, int q_stride, int kv_stride) {
+    OpTimer timer("flash_attention_forward");
+    if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0) return;
+    if (n_mask <= 0) n_mask = 1;
+    float scale = 1.0f / sqrtf((float)HS);
+    if (!flash_fused_ok(HS)) {
+        // old path: the attention map in a workspace, thrown away; lse from its own kernel
+        float* att = (float*)workspace_get(&ws_flash, (size_t)B * NH * Tq * Tk * sizeof(float));
+        attention_forward_cuda(out, att, q, k, v, NULL, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+        if (lse) {
+            int rows = B * NH * Tq;
+            watt_lse_kernel<<<(rows + 7) / 8, 256>>>(lse, q, k, NULL, mask, n_mask, B, NH, Tq, Tk, HS,
+                                                     q_stride, kv_stride, scale);
+            launchCheck();
+        }
+        return;
+    }
+    if (HS <= 16) flash_launch_fwd<16>(out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride, scale);
+    else if (HS <= 32) flash_launch_fwd<32>(out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride, scale);
+    else flash_launch_fwd<64>(out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride, scale);
+}
+
+extern "C" void flash_attention_backward_cuda(float* dq, float* dk, float* dv, const float* dout,
+                                              const float* out, const float* lse, const float* q,
+                                              const float* k, const float* v, const float* mask, int n_mask,
+                                              int B, int Tq, int Tk, int NH, int HS, int q_stride,
+                                              int kv_stride) {
+    OpTimer timer("flash_attention_backward");
+    if (!out || !lse) ttt_die("flash_attention_backward: the forward's out and lse are required");
+    if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0) return;
+    if (!dq && !dk && !dv) return;
+    if (n_mask <= 0) n_mask = 1;
+    float scale = 1.0f / sqrtf((float)HS);
+    if (!flash_fused_ok(HS)) {
+        // old path: recompute the attention map (and out, thrown away) into the workspace
+        size_t natt = (size_t)B * NH * Tq * Tk, nout = (size_t)B * Tq * NH * HS;
+        float* att = (float*)workspace_get(&ws_flash, (natt + nout) * sizeof(float));
+        attention_forward_cuda(att + natt, att, q, k, v, NULL, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+        attention_backward_cuda(dq, dk, dv, NULL, dout, att, q, k, v, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+        return;
+    }
+    int rows = B * NH * Tq;
+    float* D = (float*)workspace_get(&ws_flash, (size_t)rows * sizeof(float));
+    flash_attention_d_kernel<<<(rows + 7) / 8, 256>>>(D, dout, out, B, NH, Tq, HS);
+    launchCheck();
+    if (HS <= 16) flash_launch_bwd<16>(dq, dk, dv, dout, lse, D, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride, scale);
+    else if (HS <= 32) flash_launch_bwd<32>(dq, dk, dv, dout, lse, D, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride, scale);
+    else flash_launch_bwd<64>(dq, dk, dv, dout, lse, D, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride, scale);
 }
 
 // ----------------------------------------------------------------------------

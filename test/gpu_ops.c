@@ -4,7 +4,8 @@
 // first, so an element the kernel never writes fails the check. Gradient buffers are
 // pre-filled with the same random values on both sides and the INCREMENTS are compared,
 // which checks the accumulate (+=) contract. Error: max |gpu - cpu| / max |cpu|.
-// Bounds: 1e-5 for plain float32 ops, 3e-3 where cuBLAS TF32 matrix products are used; the
+// Bounds: 1e-5 for plain float32 ops, 1e-4 for the flash attention kernels (float32 online
+// softmax over thousands of keys), 3e-3 where cuBLAS TF32 matrix products are used; the
 // linear ops run in every precision (fp32, tf32, bf16: relative L2 bounds at test_linear), the
 // rest at tf32 whatever TTT_PRECISION says, but for the real bf16 operands of conv2d and linear
 // (test_conv2d_bf16, test_linear_bf16: relative L2 bounds there).
@@ -457,10 +458,32 @@ static void test_attention(const char* label, int B, int Tq, int Tk, int NH, int
 // mask_kind 3: mask_kind 2 with row 1 of mask 0 all -inf (a row without any finite score).
 #define TOL_WATT_BWD 5e-5
 
+// lse (device) against the CPU's: -inf exactly on the rows without a finite score (mask_kind 3
+// must have some), the rest compared
+static void cmp_lse(const char* op, const char* label, const float* d_lse, const float* lse_ref, size_t nlse,
+                    int mask_kind, double tol) {
+    float* lse_got = host_copy_of(d_lse, nlse);
+    float* lse_cmp = host_copy(lse_ref, nlse);
+    int inf_match = 1, inf_rows = 0;
+    for (size_t r = 0; r < nlse; r++) {
+        if (lse_cmp[r] == -INFINITY) {
+            inf_rows++;
+            inf_match &= lse_got[r] == -INFINITY;
+            lse_got[r] = lse_cmp[r] = 0.0f;
+        }
+    }
+    CHECK(inf_match, "%s lse [%s]: not -inf on an all -inf row", op, label);
+    if (mask_kind == 3) CHECK(inf_rows > 0, "%s [%s]: no all -inf row in the case", op, label);
+    char name[192];
+    snprintf(name, sizeof(name), "%s lse [%s]", op, label);
+    check_close(name, lse_got, lse_cmp, nlse, tol);
+    record(op, max_rel_error(lse_got, lse_cmp, nlse), tol);
+    free(lse_got); free(lse_cmp);
+}
+
 static void test_window_attention(const char* label, int B, int T, int NH, int HS, int layout,
                                   int with_bias, int mask_kind, int n_mask, double tol_fwd, double tol_bwd) {
     AttnCase c = attn_case(B, T, T, NH, HS, layout, with_bias, mask_kind, n_mask);
-    int inf_rows = 0;
     size_t nout = (size_t)B * T * c.C, nlse = (size_t)B * NH * T;
     float* dy = rnd(nout);
     float *ref = (float*)mallocCheck(nout * sizeof(float)), *lse_ref = (float*)mallocCheck(nlse * sizeof(float));
@@ -472,25 +495,7 @@ static void test_window_attention(const char* label, int B, int T, int NH, int H
     const char* op = "window_attention_forward";
     char what[128];
     snprintf(what, sizeof(what), "out [%s]", label); cmp(op, what, out, ref, nout, tol_fwd);
-    // lse: -inf exactly on the rows without a finite score, the rest compared
-    float* lse_got = host_copy_of(lse, nlse);
-    float* lse_cmp = host_copy(lse_ref, nlse);
-    int inf_match = 1;
-    for (size_t r = 0; r < nlse; r++) {
-        if (lse_cmp[r] == -INFINITY) {
-            inf_rows++;
-            inf_match &= lse_got[r] == -INFINITY;
-            lse_got[r] = lse_cmp[r] = 0.0f;
-        }
-    }
-    CHECK(inf_match, "window_attention_forward lse [%s]: not -inf on an all -inf row", label);
-    if (mask_kind == 3) CHECK(inf_rows > 0, "window_attention_forward [%s]: no all -inf row in the case", label);
-    snprintf(what, sizeof(what), "lse [%s]", label);
-    char name[192];
-    snprintf(name, sizeof(name), "%s %s", op, what);
-    check_close(name, lse_got, lse_cmp, nlse, tol_fwd);
-    record(op, max_rel_error(lse_got, lse_cmp, nlse), tol_fwd);
-    free(lse_got); free(lse_cmp);
+    cmp_lse(op, label, lse, lse_ref, nlse, mask_kind, tol_fwd);
     // backward: each side from its own forward (out, lse)
     float* ddy = dev_copy(dy, nout);
     attn_grads(&c);
@@ -499,6 +504,46 @@ static void test_window_attention(const char* label, int B, int T, int NH, int H
     window_attention_backward_cuda(c.gq_, c.gk_, c.gv_, with_bias ? c.gb.gpu : NULL, ddy, out, lse, c.dq, c.dk, c.dv,
                                    c.dbias, c.dmask, n_mask, B, T, NH, HS, c.q_stride, c.kv_stride);
     attn_grads_check_free(&c, "window_attention_backward", label, tol_bwd);
+    free(dy); free(ref); free(lse_ref);
+    dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
+// multi-head attention without a stored attention map, general Tq, Tk (flash_attention_*):
+// the CUDA kernels run an online softmax in float32 (the CPU reference: attention_forward_cpu's
+// softmax), so forward and backward are held to TOL_FLASH; the old path (HS > 64, or fused
+// kernels off) runs cuBLAS TF32: TOL_TF32. layout and mask_kind as test_window_attention
+// (layout 0 needs Tq = Tk; no rel_bias).
+#define TOL_FLASH 1e-4
+
+static void test_flash_attention(const char* label, int B, int Tq, int Tk, int NH, int HS, int layout,
+                                 int mask_kind, int n_mask, double tol) {
+    AttnCase c = attn_case(B, Tq, Tk, NH, HS, layout, 0, mask_kind, n_mask);
+    size_t nout = (size_t)B * Tq * c.C, nlse = (size_t)B * NH * Tq;
+    float* dy = rnd(nout);
+    float *ref = (float*)mallocCheck(nout * sizeof(float)), *lse_ref = (float*)mallocCheck(nlse * sizeof(float));
+    flash_attention_forward_cpu(ref, lse_ref, c.q, c.k, c.v, c.mask, n_mask, B, Tq, Tk, NH, HS, c.q_stride,
+                                c.kv_stride);
+    float *out = dev_poison(nout), *lse = dev_poison(nlse);
+    flash_attention_forward_cuda(out, lse, c.dq, c.dk, c.dv, c.dmask, n_mask, B, Tq, Tk, NH, HS, c.q_stride,
+                                 c.kv_stride);
+    const char* op = "flash_attention_forward";
+    char what[128];
+    snprintf(what, sizeof(what), "out [%s]", label); cmp(op, what, out, ref, nout, tol);
+    cmp_lse(op, label, lse, lse_ref, nlse, mask_kind, tol);
+    // lse = NULL (no backward follows): the same out
+    float* out2 = dev_poison(nout);
+    flash_attention_forward_cuda(out2, NULL, c.dq, c.dk, c.dv, c.dmask, n_mask, B, Tq, Tk, NH, HS, c.q_stride,
+                                 c.kv_stride);
+    snprintf(what, sizeof(what), "out, lse = NULL [%s]", label); cmp(op, what, out2, ref, nout, tol);
+    // backward: each side from its own forward (out, lse)
+    float* ddy = dev_copy(dy, nout);
+    attn_grads(&c);
+    flash_attention_backward_cpu(c.cq, c.ck, c.cv, dy, ref, lse_ref, c.q, c.k, c.v, c.mask, n_mask, B, Tq, Tk, NH,
+                                 HS, c.q_stride, c.kv_stride);
+    flash_attention_backward_cuda(c.gq_, c.gk_, c.gv_, ddy, out, lse, c.dq, c.dk, c.dv, c.dmask, n_mask, B, Tq, Tk,
+                                  NH, HS, c.q_stride, c.kv_stride);
+    attn_grads_check_free(&c, "flash_attention_backward", label, tol);
     free(dy); free(ref); free(lse_ref);
     dev_free_all();
 }
@@ -1109,6 +1154,31 @@ int main(void) {
     test_window_attention("old path: T 70 > 64", 6, 70, 2, 16, 1, 1, 3, 2, TOL_TF32, TOL_TF32);
     ttt_cuda_set_fused_attention(0);
     test_window_attention("old path: fused off, Swin-S stage 1 shifted", 40, 49, 3, 32, 0, 1, 1, 8, TOL_TF32, TOL_TF32);
+    ttt_cuda_set_fused_attention(1);
+    // flash attention (Mask2Former's decoder): g's 48 and h's 100 queries over memory levels of
+    // 37, 512 and 2000 tokens, 8 heads of 32, -inf masks (mask_kind 3: with a query whose every
+    // key is blocked); self-attention; head sizes 16, 64 and odd ones (zero-padded tiles)
+    {
+        const int Tqs[2] = {48, 100}, Tks[3] = {37, 512, 2000};
+        for (int a = 0; a < 2; a++) for (int t = 0; t < 3; t++) {
+            char label[96];
+            snprintf(label, sizeof(label), "Tq %d, Tk %d, -inf mask + all -inf row", Tqs[a], Tks[t]);
+            test_flash_attention(label, 2, Tqs[a], Tks[t], 8, 32, 1, 3, 2, TOL_FLASH);
+        }
+    }
+    // the key splits (ttt_kernels.cu: about 1024 blocks): the cases above run 1 (Tk 37), 2 (Tk 512)
+    // and 8 (Tk 2000) splits; 7 splits with a short last one; 1344 blocks: no split over 5 key tiles
+    test_flash_attention("Tq 100, Tk 2000, one mask for 3 batches", 3, 100, 2000, 8, 32, 1, 2, 1, TOL_FLASH);
+    test_flash_attention("B 24, Tq 100, Tk 300: no key split", 24, 100, 300, 8, 32, 1, 3, 5, TOL_FLASH);
+    test_flash_attention("self-attention 100 queries, fused qkv, no mask", 2, 100, 100, 8, 32, 0, 0, 1, TOL_FLASH);
+    test_flash_attention("self-attention 48 queries, B 32", 32, 48, 48, 8, 32, 1, 0, 1, TOL_FLASH);
+    test_flash_attention("HS 16, Tq 20, Tk 300", 2, 20, 300, 4, 16, 1, 3, 2, TOL_FLASH);
+    test_flash_attention("HS 64, Tq 100, Tk 512", 2, 100, 512, 4, 64, 1, 3, 2, TOL_FLASH);
+    test_flash_attention("HS 5, Tq 7, Tk 13", 3, 7, 13, 2, 5, 1, 3, 3, TOL_FLASH);
+    test_flash_attention("HS 40, Tq 1, Tk 1", 2, 1, 1, 3, 40, 1, 0, 1, TOL_FLASH);
+    test_flash_attention("old path: HS 72 > 64", 2, 33, 150, 2, 72, 1, 3, 2, TOL_TF32);
+    ttt_cuda_set_fused_attention(0);
+    test_flash_attention("old path: fused off, Tq 100, Tk 512", 2, 100, 512, 8, 32, 1, 3, 2, TOL_TF32);
     ttt_cuda_set_fused_attention(1);
     test_bias_gather(7, 3);
     test_bias_gather(3, 5);
