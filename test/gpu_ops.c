@@ -1175,7 +1175,9 @@ int main(void) {
     test_flash_attention("HS 16, Tq 20, Tk 300", 2, 20, 300, 4, 16, 1, 3, 2, TOL_FLASH);
     test_flash_attention("HS 64, Tq 100, Tk 512", 2, 100, 512, 4, 64, 1, 3, 2, TOL_FLASH);
     test_flash_attention("HS 5, Tq 7, Tk 13", 3, 7, 13, 2, 5, 1, 3, 3, TOL_FLASH);
-    test_flash_attention("HS 40, Tq 1, Tk 1", 2, 1, 1, 3, 40, 1, 0, 1, TOL_FLASH);
+    // one query over two keys (with ONE key, dq is exactly 0 on the CPU and a few 1e-8 of rounding
+    // on the GPU: a relative error against zero, so that case is not a useful check)
+    test_flash_attention("HS 40, Tq 1, Tk 2", 2, 1, 2, 3, 40, 1, 0, 1, TOL_FLASH);
     test_flash_attention("old path: HS 72 > 64", 2, 33, 150, 2, 72, 1, 3, 2, TOL_TF32);
     ttt_cuda_set_fused_attention(0);
     test_flash_attention("old path: fused off, Tq 100, Tk 512", 2, 100, 512, 8, 32, 1, 3, 2, TOL_TF32);
