@@ -2186,8 +2186,10 @@ const char* precision_name(int p) {
 }
 
 int precision_from_env_values(const char* precision, const char* tf32, char* err, size_t err_bytes) {
-    int tf32_off = tf32 != NULL && tf32[0] == '0';   // TTT_TF32=0: float32 (any other value: no effect)
-    if (precision == NULL || precision[0] == '\0') return tf32_off ? PRECISION_FP32 : PRECISION_DEFAULT;
+    int tf32_off = tf32 != NULL && tf32[0] == '0';   // TTT_TF32=0: float32
+    int tf32_on = tf32 != NULL && tf32[0] == '1';    // TTT_TF32=1: tf32 (any other value: no effect)
+    if (precision == NULL || precision[0] == '\0')
+        return tf32_off ? PRECISION_FP32 : tf32_on ? PRECISION_TF32 : PRECISION_DEFAULT;
     int p = precision_parse(precision);
     if (p < 0) {
         snprintf(err, err_bytes, "TTT_PRECISION: expected bf16, tf32 or fp32, got '%s'", precision);

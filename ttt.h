@@ -1960,13 +1960,17 @@ int dist_spawn(int world);
 // Every matrix product on the GPU (cuBLAS / cuBLASLt) reads and writes float32 and sums in
 // float32; the precision says what the tensor cores multiply:
 //   fp32  float32 products (CUBLAS_COMPUTE_32F): the checking path
-//   tf32  inputs rounded to TF32, 10-bit mantissa (CUBLAS_COMPUTE_32F_FAST_TF32): the default
-//   bf16  inputs rounded to bfloat16, 7-bit mantissa (CUBLAS_COMPUTE_32F_FAST_16BF)
+//   tf32  inputs rounded to TF32, 10-bit mantissa (CUBLAS_COMPUTE_32F_FAST_TF32)
+//   bf16  the default: convolutions and the large linears on bf16 copies of their operands (a
+//         bf16 x bf16 GEMM, float32 sums and outputs: ttt_kernels.cu, BF16 OPERANDS), the other
+//         products inputs rounded to bfloat16 (CUBLAS_COMPUTE_32F_FAST_16BF). Measured on an
+//         H200 (Swin-S Y, B = 8, 384 x 1248): TTT step 121.6 ms vs 137.6 in tf32; the demo
+//         stream's video mIoU fp32 0.832410, tf32 0.832424, bf16 0.832252
 // Chosen by the environment, TTT_PRECISION=bf16|tf32|fp32 (empty: unset), or by
-// ttt_cuda_set_precision. The older TTT_TF32=0 still means fp32; TTT_TF32=0 with
+// ttt_cuda_set_precision. The older TTT_TF32=0 still means fp32 (and TTT_TF32=1, alone, tf32); TTT_TF32=0 with
 // TTT_PRECISION other than fp32 is an error. The CPU reference is always float32.
 enum { PRECISION_FP32 = 0, PRECISION_TF32 = 1, PRECISION_BF16 = 2 };
-#define PRECISION_DEFAULT PRECISION_TF32
+#define PRECISION_DEFAULT PRECISION_BF16
 int precision_parse(const char* s);          // "fp32" | "tf32" | "bf16" -> PRECISION_*; -1 otherwise
 const char* precision_name(int p);           // "fp32" | "tf32" | "bf16" ("?" otherwise)
 // the precision the values of TTT_PRECISION and TTT_TF32 select (either may be NULL: unset);

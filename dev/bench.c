@@ -9,7 +9,7 @@
 // cuBLAS is called (2 M N K per product); the rate printed is those FLOPs over the time, and
 // its fraction of the card's dense bf16 peak, measured first in the same run (--peak N: N^3 bf16
 // GEMMs, float32 sums, 3 warm-up then 10 timed; --peak 0 skips it).
-// --precision bf16|tf32|fp32: the matrix products' precision (TTT_PRECISION; default tf32).
+// --precision bf16|tf32|fp32: the matrix products' precision (TTT_PRECISION; default bf16).
 // Device memory in use is read at the end (CUDA context, parameters, activations,
 // workspaces; nothing is freed during a run, so it is the peak).
 // usage: ./bench [--config swin_s|default|tiny] [--pixel-decoder fpn|msdeform] [--batch B]

@@ -1,6 +1,6 @@
 // test/gpu_m2f.c: the Mask2Former head h on CUDA against the CPU reference: forward outputs
 // (with the model's own attention masks and with the CPU's masks fed in) and every gradient,
-// with the default TF32 matrix products; with the FPN pixel decoder and with the MSDeformAttn
+// with TF32 matrix products; with the FPN pixel decoder and with the MSDeformAttn
 // one (the latter also with float32 matrix products, checked tighter).
 //
 // The gradients of this randomly initialised head are sensitive: rounding only the inputs and
@@ -196,6 +196,7 @@ int main(void) {
         printf("no CUDA device: skipped\n");
         return test_summary("gpu_m2f");
     }
+    ttt_cuda_set_precision(PRECISION_TF32);   // the bounds below are TF32's (the default is bf16)
     compare_attn_mask_op();
     compare(1, PIXEL_DECODER_FPN);
     compare(1, PIXEL_DECODER_MSDEFORM);

@@ -2,7 +2,7 @@
 // the MAE loss through f and g, every gradient of f, h, g, one AdamW TTT step, the
 // main-task prediction h(f(x)), and the joint training step (set loss on h(f(x)) + MAE
 // loss, gradients of f, h, g, clipping, one AdamW step on all three). Run twice: with float32 matrix products (tight bounds)
-// and with the default TF32 ones (bounds for TF32 through a deep network); then with the
+// and with TF32 ones, and bf16 operands against the float32 GPU path (bounds for TF32 through a deep network); then with the
 // MSDeformAttn pixel decoder in h and g (float32 products, and the CUDA-graph replay).
 // g's attention masks threshold its own logits at 0, so a logit within rounding of 0
 // may flip a mask between devices; the float32 run keeps that unlikely.

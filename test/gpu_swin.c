@@ -1,6 +1,6 @@
 // test/gpu_swin.c: the Swin encoder f on CUDA against Hugging Face's SwinBackbone (the
 // float64 reference test/data/swin_ref.bin, format in dev/swin_reference.py): the four
-// outputs, the input gradient and every parameter gradient, with the default TF32 matrix
+// outputs, the input gradient and every parameter gradient, with TF32 matrix
 // products (so L2-relative tolerances of a few 1e-3); the same case with a drop-path table
 // (swin_drop_path_scales at rate 0.6, with dropped branches) on CUDA against the CPU; then the
 // time of one Swin-S forward + backward at 2 x 512 x 512.
@@ -191,6 +191,7 @@ int main(void) {
         return test_summary("gpu_swin");
     }
     ttt_set_device(DEVICE_CUDA);
+    ttt_cuda_set_precision(PRECISION_TF32);   // the bounds below are TF32's (the default is bf16)
     reference_check();
     drop_path_check();   // leaves ttt_device on CUDA
     timing();

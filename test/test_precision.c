@@ -19,7 +19,7 @@ int main(void) {
           precision_parse("fp16") < 0 && precision_parse(NULL) < 0, "precision_parse accepts a bad name");
     for (int p = PRECISION_FP32; p <= PRECISION_BF16; p++)
         CHECK(precision_parse(precision_name(p)) == p, "precision_name(%d) does not parse back", p);
-    CHECK(PRECISION_DEFAULT == PRECISION_TF32, "the default is tf32 until the lead measures bf16");
+    CHECK(PRECISION_DEFAULT == PRECISION_BF16, "the default is bf16 (measured faster, same mIoU on the demo)");
 
     // the environment: TTT_PRECISION, the older TTT_TF32=0, unset or empty -> the default
     char err[256];
