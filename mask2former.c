@@ -239,24 +239,33 @@ void pixel_decoder_point_acts(PixelDecoderActs* a, float* mem, const M2FConfig* 
 // collect gradients from the transformer decoder and from the finer level: buffers of their
 // own. GroupNorm's means/rstds and lateral_gn (whose gradient is fused's) get none.
 // msdeform: msdeform_layout_grads.
-static size_t pixel_decoder_layout_grads(PixelDecoderActs* da, float* mem, const M2FConfig* c,
-                                         int B, int H4, int W4) {
-    if (c->pixel_decoder == PIXEL_DECODER_MSDEFORM) return msdeform_layout_grads(da, mem, c, B, H4, W4);
+// Both pixel decoders' FPN chains (levels 0 .. chain_levels - 1): the two 1/4-resolution buffers
+// in turn, out[1..3] of their own. Returns ping, the first 1/4 buffer (its floats: n0).
+static float* fpn_chain_grads(PixelDecoderActs* da, float* mem, size_t* off, const M2FConfig* c, int B,
+                              int H4, int W4, int chain_levels, size_t* n0) {
     memset(da, 0, sizeof(*da));
-    size_t off = 0;
-    int CD = c->conv_dim, C0 = c->mask_dim > CD ? c->mask_dim : CD;
+    size_t CD = c->conv_dim, C0 = c->mask_dim > c->conv_dim ? c->mask_dim : c->conv_dim;
     da->max_B = B; da->H4 = H4; da->W4 = W4;
     m2f_level_sizes(H4, W4, da->Hs, da->Ws);
-    float* ping = take_act(mem, &off, (size_t)B * H4 * W4 * C0);
-    float* pong = take_act(mem, &off, (size_t)B * H4 * W4 * C0);
+    *n0 = (size_t)B * H4 * W4 * C0;
+    float* ping = take_act(mem, off, *n0);
+    float* pong = take_act(mem, off, *n0);
     da->mask_features = ping;
     da->out[0] = pong;
-    for (int l = 1; l < 4; l++) da->out[l] = take_act(mem, &off, (size_t)B * da->Hs[l] * da->Ws[l] * CD);
-    for (int l = 0; l < 4; l++) {
+    for (int l = 1; l < 4; l++) da->out[l] = take_act(mem, off, (size_t)B * da->Hs[l] * da->Ws[l] * CD);
+    for (int l = 0; l < chain_levels; l++) {
         da->gn[l] = ping;
         da->conv[l] = pong;
         if (l < 3) { da->fused[l] = ping; da->lateral[l] = pong; }
     }
+    return ping;
+}
+
+static size_t pixel_decoder_layout_grads(PixelDecoderActs* da, float* mem, const M2FConfig* c,
+                                         int B, int H4, int W4) {
+    if (c->pixel_decoder == PIXEL_DECODER_MSDEFORM) return msdeform_layout_grads(da, mem, c, B, H4, W4);
+    size_t off = 0, n0;
+    fpn_chain_grads(da, mem, &off, c, B, H4, W4, 4, &n0);
     return (off + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
 }
 
@@ -526,19 +535,11 @@ static size_t msdeform_layout_acts(PixelDecoderActs* a, float* mem, const M2FCon
 // after the encoder, inside the first 1/4 buffer (free by then) when they fit. No buffers for
 // means, rstds, level_rows.
 static size_t msdeform_layout_grads(PixelDecoderActs* da, float* mem, const M2FConfig* c, int B, int H4, int W4) {
-    memset(da, 0, sizeof(*da));
-    size_t off = 0;
-    size_t D = c->conv_dim, FE = c->enc_ffn, C0 = c->mask_dim > c->conv_dim ? c->mask_dim : c->conv_dim;
+    size_t off = 0, n0;
+    size_t D = c->conv_dim, FE = c->enc_ffn;
     int NE = c->enc_layers;
     size_t E = (size_t)c->num_heads * MSD_LEVELS * c->n_points;
-    da->max_B = B; da->H4 = H4; da->W4 = W4;
-    m2f_level_sizes(H4, W4, da->Hs, da->Ws);
-    size_t n0 = (size_t)B * H4 * W4 * C0;
-    float* ping = take_act(mem, &off, n0);
-    float* pong = take_act(mem, &off, n0);
-    da->mask_features = ping; da->out[0] = pong;
-    da->gn[0] = ping; da->conv[0] = pong; da->fused[0] = ping; da->lateral[0] = pong;
-    for (int l = 1; l < 4; l++) da->out[l] = take_act(mem, &off, (size_t)B * da->Hs[l] * da->Ws[l] * D);
+    float* ping = fpn_chain_grads(da, mem, &off, c, B, H4, W4, 1, &n0);
 
     MSDeformActs* m = &da->msd;
     m->S = 0;
@@ -888,19 +889,26 @@ void m2f_init_params(float* mem, const M2FConfig* c, Rng* rng) {
     fill_uniform_host(rng, p.me3_b, MD, lin_bound);
 }
 
-static size_t m2f_layout_acts(M2FActs* a, float* mem, const M2FConfig* c, int B, int H4, int W4) {
-    size_t off = 0;
-    size_t D = c->hidden_dim, Q = c->num_queries, F = c->ffn_dim, NH = c->num_heads;
-    size_t K1 = c->num_classes + 1, MD = c->mask_dim, HW = (size_t)H4 * W4;
-    int NL = c->dec_layers, L = NL + 1;
+// the sizes an activation or gradient layout records: batch, 1/4 map, the levels and their token
+// counts T[m] (memory m = level 3 - m); returns the largest T
+static size_t m2f_set_sizes(M2FActs* a, int B, int H4, int W4, int last_only) {
     a->max_B = B; a->H4 = H4; a->W4 = W4;
-    a->last_only = 0;
+    a->last_only = last_only;
     m2f_level_sizes(H4, W4, a->Hs, a->Ws);
     size_t maxT = 0;
     for (int m = 0; m < 3; m++) {
         a->T[m] = a->Hs[3 - m] * a->Ws[3 - m];
         if ((size_t)a->T[m] > maxT) maxT = a->T[m];
     }
+    return maxT;
+}
+
+static size_t m2f_layout_acts(M2FActs* a, float* mem, const M2FConfig* c, int B, int H4, int W4) {
+    size_t off = 0;
+    size_t D = c->hidden_dim, Q = c->num_queries, F = c->ffn_dim, NH = c->num_heads;
+    size_t K1 = c->num_classes + 1, MD = c->mask_dim, HW = (size_t)H4 * W4;
+    int NL = c->dec_layers, L = NL + 1;
+    size_t maxT = m2f_set_sizes(a, B, H4, W4, 0);
     size_t BQ = (size_t)B * Q;
     a->class_logits = take_act(mem, &off, L * BQ * K1);
     a->mask_logits = take_act(mem, &off, L * BQ * HW);
@@ -1029,14 +1037,7 @@ static size_t m2f_layout_grads(M2FActs* da, float* mem, const M2FConfig* c, int 
     size_t D = c->hidden_dim, Q = c->num_queries;
     size_t K1 = c->num_classes + 1, HW = (size_t)H4 * W4;
     size_t P = last_only ? 1 : c->dec_layers + 1;   // predictions with upstream gradients
-    da->max_B = B; da->H4 = H4; da->W4 = W4;
-    da->last_only = last_only;
-    m2f_level_sizes(H4, W4, da->Hs, da->Ws);
-    size_t maxT = 0;
-    for (int m = 0; m < 3; m++) {
-        da->T[m] = da->Hs[3 - m] * da->Ws[3 - m];
-        if ((size_t)da->T[m] > maxT) maxT = da->T[m];
-    }
+    size_t maxT = m2f_set_sizes(da, B, H4, W4, last_only);
     size_t BQ = (size_t)B * Q;
     da->class_logits = take_act(mem, &off, P * BQ * K1);
     da->mask_logits = take_act(mem, &off, P * BQ * HW);

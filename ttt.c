@@ -873,75 +873,14 @@ static float row_logsumexp(const float* x, int C) {
     return (float)(mx + log(sum));
 }
 
-// Threads own whole heads (b, h), each with its own (T, T) score buffer.
-void window_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v,
-                                  const float* rel_bias, const float* mask, int n_mask,
-                                  int B, int T, int NH, int HS, int q_stride, int kv_stride) {
-    int C = NH * HS;
-    double work = (double)B * NH * T * T * HS;   // run small problems on one thread
-    #pragma omp parallel if (work > 65536.0)
-    {
-        float* s = (float*)mallocCheck((size_t)T * T * sizeof(float));   // (T, T) scores, then P
-        #pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++) {
-            for (int h = 0; h < NH; h++) {
-                head_scores_cpu(s, q, k, rel_bias, mask, n_mask, b, h, T, T, HS, q_stride, kv_stride);
-                for (int i = 0; i < T; i++) {
-                    float* row = s + (size_t)i * T;
-                    if (lse) lse[((size_t)b * NH + h) * T + i] = row_logsumexp(row, T);
-                    softmax_row(row, row, T);
-                }
-                float* ob = out + (size_t)b * T * C + h * HS;
-                for (int i = 0; i < T; i++) memset(ob + (size_t)i * C, 0, HS * sizeof(float));
-                // out (T, HS) = P (T, T) @ v (T, HS)
-                matmul_acc_serial(ob, C, s, T, 1, v + (size_t)b * T * kv_stride + h * HS, kv_stride, 1,
-                                  1.0f, T, T, HS);
-            }
-        }
-        free(s);
-    }
-}
-
-// Per head: P recomputed as the forward did, then the steps of attention_backward_cpu in the
-// same order (so the same numbers): dv += P^T dO; dS = P * (dO v^T - rowsum(dO v^T * P));
-// dq += dS (k / sqrt(HS)); dk += dS^T (q / sqrt(HS)); drel_bias += dS summed over b in order.
-void window_attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout,
-                                   const float* out, const float* lse, const float* q, const float* k,
-                                   const float* v, const float* rel_bias, const float* mask, int n_mask,
-                                   int B, int T, int NH, int HS, int q_stride, int kv_stride) {
-    if (!out || !lse) ttt_die("window_attention_backward: the forward's out and lse are required");
-    int C = NH * HS;
-    float scale = 1.0f / sqrtf((float)HS);
-    double work = (double)B * NH * T * T * HS;   // run small problems on one thread
-    float* dS_all = drel_bias ? cpu_scratch((size_t)B * NH * T * T) : NULL;   // summed over b below
-    #pragma omp parallel if (work > 65536.0)
-    {
-        float* P = (float*)mallocCheck((size_t)T * T * sizeof(float));
-        float* dS_own = (float*)mallocCheck((size_t)T * T * sizeof(float));
-        #pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++) {
-            for (int h = 0; h < NH; h++) {
-                head_scores_cpu(P, q, k, rel_bias, mask, n_mask, b, h, T, T, HS, q_stride, kv_stride);
-                for (int i = 0; i < T; i++) softmax_row(P + (size_t)i * T, P + (size_t)i * T, T);
-                float* dS = dS_all ? dS_all + ((size_t)b * NH + h) * T * T : dS_own;
-                attention_backward_head(dq, dk, dv, dS, dq || dk || drel_bias, P, dout, q, k, v, b, h, T, T,
-                                        C, HS, q_stride, kv_stride, scale);
-            }
-        }
-        free(P);
-        free(dS_own);
-    }
-    if (drel_bias) sum_dS_over_batch(drel_bias, dS_all, B, NH, T, T, work);
-}
-
-// ----------------------------------------------------------------------------
-// multi-head attention without a stored attention map, general Tq, Tk (math in ttt.h)
-
-// Threads own whole heads (b, h), each with its own (Tq, Tk) score buffer: the scores, lse and
-// softmax of attention_forward_cpu in the same order, so out equals its out bit for bit.
-void flash_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v,
-                                 const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
-                                 int q_stride, int kv_stride) {
+// The two ops that keep one log-sum-exp per score row instead of the (Tq, Tk) map (Swin's window
+// attention, with a relative position bias and Tq = Tk; Mask2Former's decoder attention without
+// one) share this reference. Threads own whole heads (b, h), each with its own (Tq, Tk) score
+// buffer: the scores, lse and softmax of attention_forward_cpu in the same order, so out equals
+// its out bit for bit.
+static void lse_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v,
+                                      const float* rel_bias, const float* mask, int n_mask, int B, int Tq,
+                                      int Tk, int NH, int HS, int q_stride, int kv_stride) {
     if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0) return;
     if (n_mask <= 0) n_mask = 1;
     int C = NH * HS;
@@ -952,7 +891,7 @@ void flash_attention_forward_cpu(float* out, float* lse, const float* q, const f
         #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < B; b++) {
             for (int h = 0; h < NH; h++) {
-                head_scores_cpu(s, q, k, NULL, mask, n_mask, b, h, Tq, Tk, HS, q_stride, kv_stride);
+                head_scores_cpu(s, q, k, rel_bias, mask, n_mask, b, h, Tq, Tk, HS, q_stride, kv_stride);
                 for (int i = 0; i < Tq; i++) {
                     float* row = s + (size_t)i * Tk;
                     if (lse) lse[((size_t)b * NH + h) * Tq + i] = row_logsumexp(row, Tk);
@@ -969,35 +908,71 @@ void flash_attention_forward_cpu(float* out, float* lse, const float* q, const f
     }
 }
 
-// Per head: P recomputed as the forward did, then attention_backward_head (the steps of
-// attention_backward_cpu in the same order, so the same numbers).
-void flash_attention_backward_cpu(float* dq, float* dk, float* dv, const float* dout, const float* out,
-                                  const float* lse, const float* q, const float* k, const float* v,
-                                  const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
-                                  int q_stride, int kv_stride) {
-    if (!out || !lse) ttt_die("flash_attention_backward: the forward's out and lse are required");
+// Per head: P recomputed as the forward did, then the steps of attention_backward_cpu in the
+// same order (so the same numbers): dv += P^T dO; dS = P * (dO v^T - rowsum(dO v^T * P));
+// dq += dS (k / sqrt(HS)); dk += dS^T (q / sqrt(HS)); drel_bias += dS summed over b in order.
+static void lse_attention_backward_cpu(const char* op, float* dq, float* dk, float* dv, float* drel_bias,
+                                       const float* dout, const float* out, const float* lse, const float* q,
+                                       const float* k, const float* v, const float* rel_bias,
+                                       const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
+                                       int q_stride, int kv_stride) {
+    if (!out || !lse) ttt_die("%s: the forward's out and lse are required", op);
     if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0) return;
-    if (!dq && !dk && !dv) return;
+    if (!dq && !dk && !dv && !drel_bias) return;
     if (n_mask <= 0) n_mask = 1;
     int C = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
     double work = (double)B * NH * Tq * Tk * HS;   // run small problems on one thread
+    float* dS_all = drel_bias ? cpu_scratch((size_t)B * NH * Tq * Tk) : NULL;   // summed over b below
     #pragma omp parallel if (work > 65536.0)
     {
         float* P = (float*)mallocCheck((size_t)Tq * Tk * sizeof(float));
-        float* dS = (float*)mallocCheck((size_t)Tq * Tk * sizeof(float));
+        float* dS_own = (float*)mallocCheck((size_t)Tq * Tk * sizeof(float));
         #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < B; b++) {
             for (int h = 0; h < NH; h++) {
-                head_scores_cpu(P, q, k, NULL, mask, n_mask, b, h, Tq, Tk, HS, q_stride, kv_stride);
+                head_scores_cpu(P, q, k, rel_bias, mask, n_mask, b, h, Tq, Tk, HS, q_stride, kv_stride);
                 for (int i = 0; i < Tq; i++) softmax_row(P + (size_t)i * Tk, P + (size_t)i * Tk, Tk);
-                attention_backward_head(dq, dk, dv, dS, dq || dk, P, dout, q, k, v, b, h, Tq, Tk,
+                float* dS = dS_all ? dS_all + ((size_t)b * NH + h) * Tq * Tk : dS_own;
+                attention_backward_head(dq, dk, dv, dS, dq || dk || drel_bias, P, dout, q, k, v, b, h, Tq, Tk,
                                         C, HS, q_stride, kv_stride, scale);
             }
         }
         free(P);
-        free(dS);
+        free(dS_own);
     }
+    if (drel_bias) sum_dS_over_batch(drel_bias, dS_all, B, NH, Tq, Tk, work);
+}
+
+void window_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v,
+                                  const float* rel_bias, const float* mask, int n_mask,
+                                  int B, int T, int NH, int HS, int q_stride, int kv_stride) {
+    lse_attention_forward_cpu(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, T, NH, HS, q_stride, kv_stride);
+}
+
+void window_attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout,
+                                   const float* out, const float* lse, const float* q, const float* k,
+                                   const float* v, const float* rel_bias, const float* mask, int n_mask,
+                                   int B, int T, int NH, int HS, int q_stride, int kv_stride) {
+    lse_attention_backward_cpu("window_attention_backward", dq, dk, dv, drel_bias, dout, out, lse, q, k, v,
+                               rel_bias, mask, n_mask, B, T, T, NH, HS, q_stride, kv_stride);
+}
+
+// ----------------------------------------------------------------------------
+// multi-head attention without a stored attention map, general Tq, Tk (math in ttt.h)
+
+void flash_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v,
+                                 const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
+                                 int q_stride, int kv_stride) {
+    lse_attention_forward_cpu(out, lse, q, k, v, NULL, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+}
+
+void flash_attention_backward_cpu(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                                  const float* lse, const float* q, const float* k, const float* v,
+                                  const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
+                                  int q_stride, int kv_stride) {
+    lse_attention_backward_cpu("flash_attention_backward", dq, dk, dv, NULL, dout, out, lse, q, k, v, NULL,
+                               mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride);
 }
 
 // ----------------------------------------------------------------------------

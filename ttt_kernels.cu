@@ -1173,10 +1173,11 @@ __device__ __forceinline__ void watt_nt(float acc[4][4], const float* A, const f
     }
 }
 
-// acc[r][c] = sum_{k < K} X[rows[r], k] * Y[k, cols[c]]  (X stride ldx, Y stride ldy, in shared).
-// Banks: X two rows per warp (4 ldx apart, ldx odd); Y 16 consecutive columns.
+// acc[r][c] = sum_{k < K} X(rows[r], k) * Y[k, cols[c]], all in shared memory; X(row, k) is
+// X[row * xr + k * xk]: (xr, xk) = (ldx, 1) reads X as stored (watt_nn), (1, ldx) its transpose
+// (watt_tn). Banks: X two addresses per warp (4 xr apart; ldx odd); Y 16 consecutive columns.
 template <int DC>
-__device__ __forceinline__ void watt_nn(float acc[4][DC], const float* X, int ldx, const float* Y, int ldy,
+__device__ __forceinline__ void watt_mm(float acc[4][DC], const float* X, int xr, int xk, const float* Y, int ldy,
                                         const int rows[4], const int cols[DC], int K) {
     #pragma unroll
     for (int r = 0; r < 4; r++)
@@ -1185,7 +1186,7 @@ __device__ __forceinline__ void watt_nn(float acc[4][DC], const float* X, int ld
     for (int k = 0; k < K; k++) {
         float x[4], y[DC];
         #pragma unroll
-        for (int r = 0; r < 4; r++) x[r] = X[rows[r] * ldx + k];
+        for (int r = 0; r < 4; r++) x[r] = X[rows[r] * xr + k * xk];
         #pragma unroll
         for (int c = 0; c < DC; c++) y[c] = Y[k * ldy + cols[c]];
         #pragma unroll
@@ -1194,27 +1195,15 @@ __device__ __forceinline__ void watt_nn(float acc[4][DC], const float* X, int ld
             for (int c = 0; c < DC; c++) acc[r][c] = fmaf(x[r], y[c], acc[r][c]);
     }
 }
-
-// acc[r][c] = sum_{k < K} X[k, rows[r]] * Y[k, cols[c]]  (X transposed). Banks: X two addresses
-// per warp, 4 apart; Y 16 consecutive columns.
+template <int DC>
+__device__ __forceinline__ void watt_nn(float acc[4][DC], const float* X, int ldx, const float* Y, int ldy,
+                                        const int rows[4], const int cols[DC], int K) {
+    watt_mm<DC>(acc, X, ldx, 1, Y, ldy, rows, cols, K);
+}
 template <int DC>
 __device__ __forceinline__ void watt_tn(float acc[4][DC], const float* X, int ldx, const float* Y, int ldy,
                                         const int rows[4], const int cols[DC], int K) {
-    #pragma unroll
-    for (int r = 0; r < 4; r++)
-        #pragma unroll
-        for (int c = 0; c < DC; c++) acc[r][c] = 0.0f;
-    for (int k = 0; k < K; k++) {
-        float x[4], y[DC];
-        #pragma unroll
-        for (int r = 0; r < 4; r++) x[r] = X[k * ldx + rows[r]];
-        #pragma unroll
-        for (int c = 0; c < DC; c++) y[c] = Y[k * ldy + cols[c]];
-        #pragma unroll
-        for (int r = 0; r < 4; r++)
-            #pragma unroll
-            for (int c = 0; c < DC; c++) acc[r][c] = fmaf(x[r], y[c], acc[r][c]);
-    }
+    watt_mm<DC>(acc, X, 1, ldx, Y, ldy, rows, cols, K);
 }
 
 // g[(row) * stride + col] += alpha * acc for the valid part of a 4 x DC tile (g: one head's

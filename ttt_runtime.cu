@@ -152,8 +152,8 @@ static int prof_depth = 0;   // only the outermost op is timed (conv2d 1x1 calls
 static int prof_paused = 0;  // ttt_cuda_profile_pause: warm-up calls (first-use costs) not timed
 extern "C" void ttt_cuda_profile_pause(int paused) { prof_paused = paused != 0; }
 
-// the profiling level from TTT_PROFILE: 0 off, 1 per op, 2 per op and shape (where the op
-// passes its sizes: linear, conv2d, attention)
+// the profiling level from TTT_PROFILE: 0 off, 1 per op, 2 per op and size (where the op
+// passes its sizes: linear, conv2d)
 static int prof_level(void) {
     if (prof_on < 0) {
         const char* e = getenv("TTT_PROFILE");
@@ -163,8 +163,8 @@ static int prof_level(void) {
     return prof_on;
 }
 
-// start timing op `name` (a string literal, compared by address) or, when shaped, the key
-// text (compared by value); returns the event slot or -1
+// start timing op `name` (a string literal, compared by address) or, when `shaped` is given, the
+// op named by that key text (compared by value; name unused); returns the event slot or -1
 static int prof_begin(const char* name, const char* shaped) {
     int op = 0;
     if (shaped) while (op < prof_nops && !(prof_names[op] == prof_shaped[op] && !strcmp(prof_shaped[op], shaped))) op++;
@@ -256,8 +256,7 @@ static int graphs_enabled(void) {
         const char* g = getenv("TTT_GRAPHS");
         graphs_on = !(g && g[0] == '0');
     }
-    const char* p = getenv("TTT_PROFILE");
-    return graphs_on && !(p && (p[0] == '1' || p[0] == '2')) && !stage_timing_enabled();
+    return graphs_on && !prof_level() && !stage_timing_enabled();
 }
 
 extern "C" void ttt_cuda_graph_free(DeviceGraph* g) {
