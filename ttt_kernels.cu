@@ -59,6 +59,18 @@ static void gemm_rm_aligned(bool transA, bool transB, int M, int N, int K, float
                             const float* A, int lda, long long sA, const float* B, int ldb, long long sB,
                             float beta, float* C, int ldc, long long sC, int batch);
 
+// a misaligned output C (M, N), ld ldc: computed in the aligned scratch ws_stage[2] (holding C's
+// values first when beta != 0, as they are read), then copied back by unstage_output
+static float* stage_output(float* C, int M, int N, int ldc, float beta) {
+    size_t n = matrix_extent(M, N, ldc);
+    return beta != 0.0f ? stage_copy(C, n, 2) : (float*)workspace_get(&ws_stage[2], n * sizeof(float));
+}
+static void unstage_output(float* C, const float* Cs, int M, int N, int ldc) {
+    if (Cs == C) return;
+    cudaCheck(cudaMemcpyAsync(C, Cs, matrix_extent(M, N, ldc) * sizeof(float), cudaMemcpyDeviceToDevice,
+                              cudaStreamPerThread));
+}
+
 static void gemm_rm(bool transA, bool transB, int M, int N, int K, float alpha,
                     const float* A, int lda, long long sA, const float* B, int ldb, long long sB,
                     float beta, float* C, int ldc, long long sC, int batch) {
@@ -66,10 +78,9 @@ static void gemm_rm(bool transA, bool transB, int M, int N, int K, float alpha,
         if (misaligned(A, lda)) A = stage_copy(A, transA ? matrix_extent(K, M, lda) : matrix_extent(M, K, lda), 0);
         if (misaligned(B, ldb)) B = stage_copy(B, transB ? matrix_extent(N, K, ldb) : matrix_extent(K, N, ldb), 1);
         if (misaligned(C, ldc)) {
-            size_t n = matrix_extent(M, N, ldc);
-            float* Cs = beta != 0.0f ? stage_copy(C, n, 2) : (float*)workspace_get(&ws_stage[2], n * sizeof(float));
+            float* Cs = stage_output(C, M, N, ldc, beta);
             gemm_rm_aligned(transA, transB, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, Cs, ldc, sC, batch);
-            cudaCheck(cudaMemcpyAsync(C, Cs, n * sizeof(float), cudaMemcpyDeviceToDevice, cudaStreamPerThread));
+            unstage_output(C, Cs, M, N, ldc);
             return;
         }
     }
@@ -480,11 +491,19 @@ static void linear_backward_staged(float* dinp, float* dweight, float* dbias, co
 // ----------------------------------------------------------------------------
 // layernorm: one warp per row
 
-__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
-                                         const float* weight, const float* bias, int N, int C) {
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= N) return;
-    const float* x = inp + (size_t)row * C;
+// window token (b, w, t) of flat token index tok (B*nW*T tokens, row-major)
+__device__ inline long window_token_source(size_t tok, int H, int W, int ws, int shift, int* b_out) {
+    int nWh = (H + ws - 1) / ws, nWw = (W + ws - 1) / ws, T = ws * ws;
+    int t = tok % T;
+    size_t bw = tok / T;
+    int w = bw % (nWh * nWw), b = bw / (nWh * nWw);
+    if (b_out) *b_out = b;
+    return window_source(b, w, t, H, W, ws, shift, nWw);
+}
+
+// one row's LayerNorm by one warp: y (C) from x (C); the row's mean and rstd returned
+__device__ __forceinline__ void layernorm_row_warp(float* y, float* mean_out, float* rstd_out, const float* x,
+                                                   const float* weight, const float* bias, int C, int lane) {
     float s = 0.0f;
     for (int c = lane; c < C; c += 32) s += x[c];
     float m = warp_sum(s) / C;
@@ -492,49 +511,73 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
     for (int c = lane; c < C; c += 32) { float d = x[c] - m; v += d * d; }
     v = warp_sum(v) / C;
     float r = rsqrtf(v + LN_EPS);
-    float* y = out + (size_t)row * C;
     for (int c = lane; c < C; c += 32) y[c] = (x[c] - m) * r * weight[c] + bias[c];
-    if (lane == 0) { mean[row] = m; rstd[row] = r; }
+    *mean_out = m;
+    *rstd_out = r;
 }
 
-// dx = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), dnorm = dout * weight
-__global__ void layernorm_backward_kernel(float* dinp, const float* dout, const float* inp,
-                                          const float* weight, const float* mean, const float* rstd,
-                                          int N, int C) {
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= N) return;
-    const float* x = inp + (size_t)row * C;
-    const float* dy = dout + (size_t)row * C;
-    float m = mean[row], r = rstd[row];
+// dx = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), dnorm = dout * weight; one row
+// by one warp, accumulated into dx
+__device__ __forceinline__ void layernorm_row_backward_warp(float* dx, const float* dy, const float* x,
+                                                            const float* weight, float m, float r, int C,
+                                                            int lane) {
     float a = 0.0f, b = 0.0f;
     for (int c = lane; c < C; c += 32) {
         float dn = dy[c] * weight[c];
         a += dn; b += dn * (x[c] - m) * r;
     }
     a = warp_sum(a) / C; b = warp_sum(b) / C;
-    float* dx = dinp + (size_t)row * C;
     for (int c = lane; c < C; c += 32) {
         float norm = (x[c] - m) * r;
         dx[c] += (dy[c] * weight[c] - a - norm * b) * r;
     }
 }
 
+__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
+                                         const float* weight, const float* bias, int N, int C) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    float m, r;
+    layernorm_row_warp(out + (size_t)row * C, &m, &r, inp + (size_t)row * C, weight, bias, C, lane);
+    if (lane == 0) { mean[row] = m; rstd[row] = r; }
+}
+
+__global__ void layernorm_backward_kernel(float* dinp, const float* dout, const float* inp,
+                                          const float* weight, const float* mean, const float* rstd,
+                                          int N, int C) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    layernorm_row_backward_warp(dinp + (size_t)row * C, dout + (size_t)row * C, inp + (size_t)row * C, weight,
+                                mean[row], rstd[row], C, lane);
+}
+
+// the rows of a gradient that norm_param_grad sums: row r is pixel r (ws = 0), or window token r
+// of a (B, H, W) map cut into ws x ws windows rolled by -shift (the pixel window_token_source
+// gives; padding tokens, -1, are skipped)
+struct NormRows { int H, W, ws, shift; };
+__device__ __forceinline__ long norm_row_pixel(NormRows rows, int r) {
+    return rows.ws ? window_token_source((size_t)r, rows.H, rows.W, rows.ws, rows.shift, NULL) : (long)r;
+}
+
 // dweight[c] += sum_rows dout * norm, dbias[c] += sum_rows dout, for layernorm and groupnorm.
-// Row n, channel c uses statistics index (n / HW) * G + c / Cg
-// (layernorm: HW = 1, G = 1, Cg = C, so the index is n). Block (32, 16) as column_sum_kernel.
+// Row r of dout is pixel n = norm_row_pixel(rows, r) of inp (n = r unless dout is in window
+// order); channel c uses statistics index (n / HW) * G + c / Cg (layernorm: HW = 1, G = 1,
+// Cg = C, so the index is n). Block (32, 16) as column_sum_kernel.
 __global__ void norm_param_grad_kernel(float* dweight, float* dbias, const float* dout, const float* inp,
                                        const float* mean, const float* rstd, int Nrows, int C,
-                                       int HW, int G, int Cg, int rows_per_block) {
+                                       int HW, int G, int Cg, NormRows rows, int rows_per_block) {
     __shared__ float pw[16][33], pb[16][33];
     int c = blockIdx.x * 32 + threadIdx.x;
     int r0 = blockIdx.y * rows_per_block, r1 = min(Nrows, r0 + rows_per_block);
     float sw = 0.0f, sb = 0.0f;
     if (c < C) {
         for (int r = r0 + threadIdx.y; r < r1; r += 16) {
-            int si = (r / HW) * G + c / Cg;
-            size_t i = (size_t)r * C + c;
-            sw += dout[i] * (inp[i] - mean[si]) * rstd[si];
-            sb += dout[i];
+            long n = norm_row_pixel(rows, r);
+            if (n < 0) continue;   // a padding window token
+            int si = (int)(n / HW) * G + c / Cg;
+            float d = dout[(size_t)r * C + c];
+            sw += d * (inp[(size_t)n * C + c] - mean[si]) * rstd[si];
+            sb += d;
         }
     }
     pw[threadIdx.y][threadIdx.x] = sw; pb[threadIdx.y][threadIdx.x] = sb;
@@ -553,13 +596,16 @@ __global__ void norm_param_grad_kernel(float* dweight, float* dbias, const float
 }
 
 static void norm_param_grad(float* dweight, float* dbias, const float* dout, const float* inp,
-                            const float* mean, const float* rstd, int Nrows, int C, int HW, int G, int Cg) {
-    if (Nrows <= 0 || C <= 0) return;
+                            const float* mean, const float* rstd, size_t nrows, int C, int HW, int G, int Cg,
+                            NormRows rows) {
+    if (nrows == 0 || C <= 0) return;
+    if (nrows > 0x7fffffff) ttt_die("norm_param_grad: %zu rows", nrows);
+    int Nrows = (int)nrows;
     int rows_per_block = 256;
     int chunks = (Nrows + rows_per_block - 1) / rows_per_block;
     if (chunks > 65535) { rows_per_block = (Nrows + 65534) / 65535; chunks = (Nrows + rows_per_block - 1) / rows_per_block; }
     dim3 grid((C + 31) / 32, chunks), block(32, 16);
-    norm_param_grad_kernel<<<grid, block>>>(dweight, dbias, dout, inp, mean, rstd, Nrows, C, HW, G, Cg,
+    norm_param_grad_kernel<<<grid, block>>>(dweight, dbias, dout, inp, mean, rstd, Nrows, C, HW, G, Cg, rows,
                                             rows_per_block);
     launchCheck();
 }
@@ -577,7 +623,7 @@ extern "C" void layernorm_backward_cuda(float* dinp, float* dweight, float* dbia
     OpTimer timer("layernorm_backward");
     if (N <= 0) return;
     if (dinp) { layernorm_backward_kernel<<<(N + 7) / 8, 256>>>(dinp, dout, inp, weight, mean, rstd, N, C); launchCheck(); }
-    if (dweight || dbias) norm_param_grad(dweight, dbias, dout, inp, mean, rstd, N, C, 1, 1, C);
+    if (dweight || dbias) norm_param_grad(dweight, dbias, dout, inp, mean, rstd, N, C, 1, 1, C, NormRows{0, 0, 0, 0});
 }
 
 // ----------------------------------------------------------------------------
@@ -782,7 +828,8 @@ extern "C" void groupnorm_backward_cuda(float* dinp, float* dweight, float* dbia
         groupnorm_backward_apply_kernel<<<grid, GN_THREADS>>>(dinp, dout, inp, weight, mean, rstd, ab, HW, C, G);
         launchCheck();
     }
-    if (dweight || dbias) norm_param_grad(dweight, dbias, dout, inp, mean, rstd, B * HW, C, HW, G, C / G);
+    if (dweight || dbias)
+        norm_param_grad(dweight, dbias, dout, inp, mean, rstd, (size_t)B * HW, C, HW, G, C / G, NormRows{0, 0, 0, 0});
 }
 
 // ----------------------------------------------------------------------------
@@ -935,6 +982,14 @@ extern "C" void softmax_backward_cuda(float* dinp, const float* out, const float
 // (TTT_FUSED_ATTENTION=0 turns it off), else on.
 static int window_attention_ok = -1;
 extern "C" void ttt_cuda_set_fused_attention(int on) { window_attention_ok = on != 0; }
+// the fused attention kernels (window and flash) unless TTT_FUSED_ATTENTION=0 or the setter said off
+static int fused_attention_on(void) {
+    if (window_attention_ok < 0) {
+        const char* e = getenv("TTT_FUSED_ATTENTION");
+        window_attention_ok = !(e && e[0] == '0');
+    }
+    return window_attention_ok;
+}
 #define WINDOW_ATT_MAX_HS 64
 static size_t window_attention_smem(int T, int HS) {
     return ((size_t)T * HS * 2 + (size_t)T * (HS + 1) + (size_t)T * T) * sizeof(float);
@@ -1007,11 +1062,7 @@ extern "C" void attention_forward_cuda(float* out, float* att, const float* q, c
     if (B <= 0 || Tq <= 0 || Tk <= 0 || NH <= 0) return;
     int C = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
-    if (window_attention_ok < 0) {
-        const char* e = getenv("TTT_FUSED_ATTENTION");
-        window_attention_ok = !(e && e[0] == '0');
-    }
-    if (Tq == Tk && Tq <= WINDOW_ATT_MAX_T && HS <= WINDOW_ATT_MAX_HS && window_attention_ok &&
+    if (Tq == Tk && Tq <= WINDOW_ATT_MAX_T && HS <= WINDOW_ATT_MAX_HS && fused_attention_on() &&
         window_attention_smem(Tq, HS) <= 48 * 1024) {
         size_t smem = window_attention_smem(Tq, HS);
         window_attention_forward_kernel<<<B * NH, 128, smem>>>(out, att, q, k, v, rel_bias, mask,
@@ -1486,11 +1537,7 @@ __global__ void watt_lse_kernel(float* lse, const float* q, const float* k, cons
 // fused kernels usable for this size (else the old path); raises the kernel's shared-memory
 // limit past 48 KiB when needed (once per size, on the first, eager call)
 static int watt_fused_ok(int T, int HS) {
-    if (window_attention_ok < 0) {
-        const char* e = getenv("TTT_FUSED_ATTENTION");
-        window_attention_ok = !(e && e[0] == '0');
-    }
-    if (!window_attention_ok || T > WATT_MAX_T || HS > WATT_MAX_HS || T < 1 || HS < 1) return 0;
+    if (!fused_attention_on() || T > WATT_MAX_T || HS > WATT_MAX_HS || T < 1 || HS < 1) return 0;
     static int optin = -1;
     if (optin < 0) {
         int dev = 0;
@@ -1992,11 +2039,7 @@ flash_attention_dkdv_kernel(float* dk, float* dv, const float* dout, const float
 
 // the fused kernels for this head size (else the old path)
 static int flash_fused_ok(int HS) {
-    if (window_attention_ok < 0) {
-        const char* e = getenv("TTT_FUSED_ATTENTION");
-        window_attention_ok = !(e && e[0] == '0');
-    }
-    return window_attention_ok && HS >= 1 && HS <= 64;
+    return fused_attention_on() && HS >= 1 && HS <= 64;
 }
 
 template <int HSP>
@@ -2177,16 +2220,7 @@ extern "C" void window_reverse_backward_cuda(float* dinp, const float* dout, int
 // Swin block fusions (ttt.h): the window ops fused with the LayerNorm, residual and drop-path
 // around them. Products that the unfused chain rounds on their own are written __fmul_rn so
 // that nvcc does not contract them into an fma: the results equal the unfused kernels'.
-
-// window token (b, w, t) of flat token index tok (B*nW*T tokens, row-major)
-__device__ inline long window_token_source(size_t tok, int H, int W, int ws, int shift, int* b_out) {
-    int nWh = (H + ws - 1) / ws, nWw = (W + ws - 1) / ws, T = ws * ws;
-    int t = tok % T;
-    size_t bw = tok / T;
-    int w = bw % (nWh * nWw), b = bw / (nWh * nWw);
-    if (b_out) *b_out = b;
-    return window_source(b, w, t, H, W, ws, shift, nWw);
-}
+// (window_token_source, the LayerNorm row helpers and norm_param_grad's window rows: above.)
 
 // one warp per window token: layernorm_forward_kernel's arithmetic on its source pixel
 __global__ void layernorm_partition_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
@@ -2201,15 +2235,8 @@ __global__ void layernorm_partition_forward_kernel(float* out, float* mean, floa
         for (int c = lane; c < C; c += 32) y[c] = 0.0f;
         return;
     }
-    const float* x = inp + (size_t)src * C;
-    float s = 0.0f;
-    for (int c = lane; c < C; c += 32) s += x[c];
-    float m = warp_sum(s) / C;
-    float v = 0.0f;
-    for (int c = lane; c < C; c += 32) { float d = x[c] - m; v += d * d; }
-    v = warp_sum(v) / C;
-    float r = rsqrtf(v + LN_EPS);
-    for (int c = lane; c < C; c += 32) y[c] = (x[c] - m) * r * weight[c] + bias[c];
+    float m, r;
+    layernorm_row_warp(y, &m, &r, inp + (size_t)src * C, weight, bias, C, lane);
     if (lane == 0) {
         if (mean) mean[src] = m;
         if (rstd) rstd[src] = r;
@@ -2225,54 +2252,8 @@ __global__ void layernorm_partition_backward_kernel(float* dinp, const float* do
     if (tok >= ntok) return;
     long src = window_token_source(tok, H, W, ws, shift, NULL);
     if (src < 0) return;   // padding: its gradient goes nowhere
-    const float* x = inp + (size_t)src * C;
-    const float* dy = dout + tok * C;
-    float m = mean[src], r = rstd[src];
-    float a = 0.0f, b = 0.0f;
-    for (int c = lane; c < C; c += 32) {
-        float dn = dy[c] * weight[c];
-        a += dn; b += dn * (x[c] - m) * r;
-    }
-    a = warp_sum(a) / C; b = warp_sum(b) / C;
-    float* dx = dinp + (size_t)src * C;
-    for (int c = lane; c < C; c += 32) {
-        float norm = (x[c] - m) * r;
-        dx[c] += (dy[c] * weight[c] - a - norm * b) * r;
-    }
-}
-
-// norm_param_grad_kernel over window tokens: dweight[c] += sum dout * norm, dbias[c] += sum dout,
-// row r a window token (padding skipped), its pixel src giving x and the statistics
-__global__ void layernorm_partition_param_grad_kernel(float* dweight, float* dbias, const float* dout,
-                                                      const float* inp, const float* mean, const float* rstd,
-                                                      int Nrows, int H, int W, int C, int ws, int shift,
-                                                      int rows_per_block) {
-    __shared__ float pw[16][33], pb[16][33];
-    int c = blockIdx.x * 32 + threadIdx.x;
-    int r0 = blockIdx.y * rows_per_block, r1 = min(Nrows, r0 + rows_per_block);
-    float sw = 0.0f, sb = 0.0f;
-    if (c < C) {
-        for (int r = r0 + threadIdx.y; r < r1; r += 16) {
-            long src = window_token_source((size_t)r, H, W, ws, shift, NULL);
-            if (src < 0) continue;
-            float d = dout[(size_t)r * C + c];
-            sw += d * (inp[(size_t)src * C + c] - mean[src]) * rstd[src];
-            sb += d;
-        }
-    }
-    pw[threadIdx.y][threadIdx.x] = sw; pb[threadIdx.y][threadIdx.x] = sb;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < C) {
-        float tw = 0.0f, tb = 0.0f;
-        for (int k = 0; k < 16; k++) { tw += pw[k][threadIdx.x]; tb += pb[k][threadIdx.x]; }
-        if (gridDim.y == 1) {
-            if (dweight) dweight[c] += tw;
-            if (dbias) dbias[c] += tb;
-        } else {
-            if (dweight) atomicAdd(&dweight[c], tw);
-            if (dbias) atomicAdd(&dbias[c], tb);
-        }
-    }
+    layernorm_row_backward_warp(dinp + (size_t)src * C, dout + tok * C, inp + (size_t)src * C, weight, mean[src],
+                                rstd[src], C, lane);
 }
 
 // one thread per window element (b, w, t, c), as window_kernel: pixel src = residual + s * window
@@ -2355,16 +2336,8 @@ extern "C" void layernorm_partition_backward_cuda(float* dinp, float* dweight, f
                                                                                    rstd, ntok, H, W, C, ws, shift);
         launchCheck();
     }
-    if (dweight || dbias) {   // the launch shape of norm_param_grad
-        if (ntok > 0x7fffffff) ttt_die("layernorm_partition_backward: %zu window tokens", ntok);
-        int Nrows = (int)ntok, rows_per_block = 256;
-        int chunks = (Nrows + rows_per_block - 1) / rows_per_block;
-        if (chunks > 65535) { rows_per_block = (Nrows + 65534) / 65535; chunks = (Nrows + rows_per_block - 1) / rows_per_block; }
-        dim3 grid((C + 31) / 32, chunks), block(32, 16);
-        layernorm_partition_param_grad_kernel<<<grid, block>>>(dweight, dbias, dout, inp, mean, rstd, Nrows, H, W,
-                                                               C, ws, shift, rows_per_block);
-        launchCheck();
-    }
+    if (dweight || dbias)
+        norm_param_grad(dweight, dbias, dout, inp, mean, rstd, ntok, C, 1, 1, C, NormRows{H, W, ws, shift});
 }
 
 extern "C" void window_reverse_residual_forward_cuda(float* out, const float* inp, const float* residual,
@@ -3855,17 +3828,14 @@ static void to_bf16(__nv_bfloat16* dst, const float* src, size_t n) {
 static void gemm_bf16_rm(bool transA, bool transB, int M, int N, int K, const __nv_bfloat16* A, int lda,
                          const __nv_bfloat16* B, int ldb, float beta, float* C, int ldc) {
     if (M <= 0 || N <= 0 || K <= 0) return;
-    float* Cs = C;
-    size_t n = matrix_extent(M, N, ldc);
-    if (misaligned(C, ldc))
-        Cs = beta != 0.0f ? stage_copy(C, n, 2) : (float*)workspace_get(&ws_stage[2], n * sizeof(float));
+    float* Cs = misaligned(C, ldc) ? stage_output(C, M, N, ldc, beta) : C;
     float alpha = 1.0f;
     cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
     gemm_flop_count += 2.0 * M * N * (double)K;
     cublasCheck(cublasGemmEx(get_cublas(), opB, opA, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda,
                              &beta, Cs, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    if (Cs != C) cudaCheck(cudaMemcpyAsync(C, Cs, n * sizeof(float), cudaMemcpyDeviceToDevice, cudaStreamPerThread));
+    unstage_output(C, Cs, M, N, ldc);
 }
 
 // V floats at s, or V zeros when !inside, rounded to bf16 at d (V = 4: s 16-byte, d 8-byte aligned)
