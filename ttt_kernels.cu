@@ -1778,6 +1778,22 @@ __device__ __forceinline__ float fatt_group_sum(float v) {
     return v;
 }
 
+// what a forward or dq block works on: block ((b * NH + h) * qtiles + query tile) * nsplit + key
+// split: queries i0 .. i0 + FATT_ROWS - 1 of head h of batch b (bh = b * NH + h), keys
+// k_begin .. k_end - 1
+struct FattQueryTile { int split, bh, b, h, i0, k_begin, k_end; };
+__device__ __forceinline__ FattQueryTile fatt_query_tile(int NH, int Tq, int Tk, int nsplit, int keys_per_split) {
+    FattQueryTile t;
+    const int qtiles = (Tq + FATT_ROWS - 1) / FATT_ROWS;
+    const int tile = blockIdx.x / nsplit;
+    t.split = blockIdx.x % nsplit;
+    t.bh = tile / qtiles; t.b = t.bh / NH; t.h = t.bh % NH;
+    t.i0 = (tile % qtiles) * FATT_ROWS;
+    t.k_begin = t.split * keys_per_split;
+    t.k_end = min(Tk, t.k_begin + keys_per_split);
+    return t;
+}
+
 // forward: grid B * NH * ceil(Tq / 16) * nsplit, block ((b * NH + h) * qtiles + query tile) *
 // nsplit + key split. With nsplit > 1 the block writes its unnormalised o, m and l to part:
 // o (nsplit, B * NH * Tq, HS), then m and l (nsplit, B * NH * Tq) each.
@@ -1791,12 +1807,9 @@ flash_attention_fwd_kernel(float* out, float* lse, float* part, const float* q, 
     __shared__ __align__(16) float sk[FATT_COLS * LD];
     __shared__ __align__(16) float sv[FATT_COLS * LD];
     __shared__ __align__(16) float sp[FATT_ROWS * FATT_LDW];
-    const int qtiles = (Tq + FATT_ROWS - 1) / FATT_ROWS;
-    const int split = blockIdx.x % nsplit, tile = blockIdx.x / nsplit;
-    const int bh = tile / qtiles, b = bh / NH, h = bh % NH;
-    const int i0 = (tile % qtiles) * FATT_ROWS;
+    const FattQueryTile qt = fatt_query_tile(NH, Tq, Tk, nsplit, keys_per_split);
+    const int split = qt.split, bh = qt.bh, b = qt.b, h = qt.h, i0 = qt.i0, k_begin = qt.k_begin, k_end = qt.k_end;
     const int r = threadIdx.x / 8, c0 = threadIdx.x % 8, i = i0 + r;
-    const int k_begin = split * keys_per_split, k_end = min(Tk, k_begin + keys_per_split);
     fatt_load<HSP>(sq, q, q_stride, b, h, i0, FATT_ROWS, Tq, HS);
     const float* mrow = (mask && i < Tq) ? mask + ((size_t)(b % n_mask) * Tq + i) * Tk : NULL;
     float m = -INFINITY, l = 0.0f, o[NC];
@@ -1912,12 +1925,9 @@ flash_attention_dq_kernel(float* dq, float* part, const float* dout, const float
     __shared__ __align__(16) float sk[FATT_COLS * LD];
     __shared__ __align__(16) float sv[FATT_COLS * LD];
     __shared__ __align__(16) float sds[FATT_ROWS * FATT_LDW];
-    const int qtiles = (Tq + FATT_ROWS - 1) / FATT_ROWS;
-    const int split = blockIdx.x % nsplit, tile = blockIdx.x / nsplit;
-    const int bh = tile / qtiles, b = bh / NH, h = bh % NH;
-    const int i0 = (tile % qtiles) * FATT_ROWS;
+    const FattQueryTile qt = fatt_query_tile(NH, Tq, Tk, nsplit, keys_per_split);
+    const int split = qt.split, bh = qt.bh, b = qt.b, h = qt.h, i0 = qt.i0, k_begin = qt.k_begin, k_end = qt.k_end;
     const int r = threadIdx.x / 8, c0 = threadIdx.x % 8, i = i0 + r;
-    const int k_begin = split * keys_per_split, k_end = min(Tk, k_begin + keys_per_split);
     fatt_load<HSP>(sq, q, q_stride, b, h, i0, FATT_ROWS, Tq, HS);
     fatt_load<HSP>(sdo, dout, NH * HS, b, h, i0, FATT_ROWS, Tq, HS);
     const float li = i < Tq ? lse[(size_t)bh * Tq + i] : -INFINITY;
@@ -3851,52 +3861,38 @@ __device__ __forceinline__ void put_bf16(__nv_bfloat16* d, const float* s, bool 
     }
 }
 
-// col (np, K*K*C) in bf16: row r is output pixel p0 + r of (B, Ho, Wo), its K x K x C patch in
-// (ky, kx, c) order (as im2col_kernel; zeros outside the input). One block per row, threads over
-// groups of V channels (V = 4 when C % 4 == 0 and inp is 16-byte aligned).
-template <int V>
-__global__ void im2col_bf16_kernel(__nv_bfloat16* col, const float* inp, int H, int W, int C, int K, int stride,
-                                   int pad, int Ho, int Wo, size_t p0, size_t np) {
-    int groups = C / V, row_groups = K * K * groups;
-    size_t KKC = (size_t)K * K * C;
-    for (size_t r = blockIdx.x; r < np; r += gridDim.x) {
-        size_t p = p0 + r;
-        int x = (int)(p % Wo), y = (int)((p / Wo) % Ho);
-        size_t b = p / ((size_t)Wo * Ho);
+// A bf16 im2col of src (B, Hs, Ws, Cs): row r is pixel r0 + r of a (B, Hr, Wr) grid, its K x K
+// taps in (ky, kx, c) order, zeros where a tap reaches no pixel. Forward (TRANSPOSED false): the
+// rows are output pixels (y, x) and tap (ky, kx) reads src (the input) at (y*s - pad + ky,
+// x*s - pad + kx), as im2col_kernel. Transposed: the rows are input pixels (iy, ix), src is dout
+// (Ho, Wo, OC) and tap (ky, kx) reads it at ((iy + pad - ky)/s, (ix + pad - kx)/s) where both
+// divisions are exact (the transposed im2col, section comment). One block per row, threads over
+// groups of V channels (V = 4 when Cs % 4 == 0 and src is 16-byte aligned).
+template <int V, bool TRANSPOSED>
+__global__ void im2col_bf16_kernel(__nv_bfloat16* col, const float* src, int Hs, int Ws, int Cs, int Hr, int Wr,
+                                   int K, int stride, int pad, size_t r0, size_t nr) {
+    int groups = Cs / V, row_groups = K * K * groups;
+    size_t KKC = (size_t)K * K * Cs;
+    for (size_t r = blockIdx.x; r < nr; r += gridDim.x) {
+        size_t p = r0 + r;
+        int x = (int)(p % Wr), y = (int)((p / Wr) % Hr);
+        size_t b = p / ((size_t)Wr * Hr);
         __nv_bfloat16* d = col + r * KKC;
         for (int e = threadIdx.x; e < row_groups; e += blockDim.x) {
             int tap = e / groups, c = (e - tap * groups) * V;
             int ky = tap / K, kx = tap - ky * K;
-            int iy = y * stride - pad + ky, ix = x * stride - pad + kx;
-            bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
-            const float* s = inp + ((b * H + (inside ? iy : 0)) * W + (inside ? ix : 0)) * C + c;
-            put_bf16<V>(d + (size_t)tap * C + c, s, inside);
-        }
-    }
-}
-
-// dcolT (nq, K*K*OC) in bf16: row r is input pixel q0 + r of (B, H, W); column (ky, kx, o) holds
-// dout at ((iy + pad - ky)/s, (ix + pad - kx)/s) where both divisions are exact and inside
-// (Ho, Wo), else 0 (the transposed im2col, section comment). Threads over groups of V output
-// channels (V = 4 when OC % 4 == 0 and dout is 16-byte aligned).
-template <int V>
-__global__ void im2col_transposed_bf16_kernel(__nv_bfloat16* dcol, const float* dout, int H, int W, int OC, int K,
-                                              int stride, int pad, int Ho, int Wo, size_t q0, size_t nq) {
-    int groups = OC / V, row_groups = K * K * groups;
-    size_t KKOC = (size_t)K * K * OC;
-    for (size_t r = blockIdx.x; r < nq; r += gridDim.x) {
-        size_t q = q0 + r;
-        int ix = (int)(q % W), iy = (int)((q / W) % H);
-        size_t b = q / ((size_t)W * H);
-        __nv_bfloat16* d = dcol + r * KKOC;
-        for (int e = threadIdx.x; e < row_groups; e += blockDim.x) {
-            int tap = e / groups, o = (e - tap * groups) * V;
-            int ky = tap / K, kx = tap - ky * K;
-            int ny = iy + pad - ky, nx = ix + pad - kx;   // oy * stride, ox * stride when the tap reaches one
-            int oy = ny / stride, ox = nx / stride;
-            bool inside = ny >= 0 && nx >= 0 && oy * stride == ny && ox * stride == nx && oy < Ho && ox < Wo;
-            const float* s = dout + ((b * Ho + (inside ? oy : 0)) * Wo + (inside ? ox : 0)) * OC + o;
-            put_bf16<V>(d + (size_t)tap * OC + o, s, inside);
+            int sy, sx;
+            bool inside;
+            if (!TRANSPOSED) {
+                sy = y * stride - pad + ky; sx = x * stride - pad + kx;
+                inside = sy >= 0 && sy < Hs && sx >= 0 && sx < Ws;
+            } else {
+                int ny = y + pad - ky, nx = x + pad - kx;   // sy * stride, sx * stride when the tap reaches one
+                sy = ny / stride; sx = nx / stride;
+                inside = ny >= 0 && nx >= 0 && sy * stride == ny && sx * stride == nx && sy < Hs && sx < Ws;
+            }
+            const float* sp = src + ((b * Hs + (inside ? sy : 0)) * Ws + (inside ? sx : 0)) * Cs + c;
+            put_bf16<V>(d + (size_t)tap * Cs + c, sp, inside);
         }
     }
 }
@@ -3914,26 +3910,29 @@ __global__ void conv_weight_transpose_bf16_kernel(__nv_bfloat16* wt, const float
 // threads per block of the one-block-per-row kernels above: row_groups rounded to a warp, <= 128
 static int bf16_row_threads(size_t row_groups) { return row_groups >= 128 ? 128 : (row_groups >= 64 ? 64 : 32); }
 
-static void im2col_bf16(__nv_bfloat16* col, const float* inp, int H, int W, int C, int K, int stride, int pad,
-                        int Ho, int Wo, size_t p0, size_t np) {
-    if ((C % 4 == 0) && (uintptr_t)inp % 16 == 0)
-        im2col_bf16_kernel<4><<<grid_for(np, 1), bf16_row_threads((size_t)K * K * C / 4)>>>(
-            col, inp, H, W, C, K, stride, pad, Ho, Wo, p0, np);
+// the launch of im2col_bf16_kernel: float4 reads where the channels allow
+template <bool TRANSPOSED>
+static void im2col_bf16_launch(__nv_bfloat16* col, const float* src, int Hs, int Ws, int Cs, int Hr, int Wr, int K,
+                               int stride, int pad, size_t r0, size_t nr) {
+    if ((Cs % 4 == 0) && (uintptr_t)src % 16 == 0)
+        im2col_bf16_kernel<4, TRANSPOSED><<<grid_for(nr, 1), bf16_row_threads((size_t)K * K * Cs / 4)>>>(
+            col, src, Hs, Ws, Cs, Hr, Wr, K, stride, pad, r0, nr);
     else
-        im2col_bf16_kernel<1><<<grid_for(np, 1), bf16_row_threads((size_t)K * K * C)>>>(
-            col, inp, H, W, C, K, stride, pad, Ho, Wo, p0, np);
+        im2col_bf16_kernel<1, TRANSPOSED><<<grid_for(nr, 1), bf16_row_threads((size_t)K * K * Cs)>>>(
+            col, src, Hs, Ws, Cs, Hr, Wr, K, stride, pad, r0, nr);
     launchCheck();
 }
 
+// col (np, K*K*C): output pixels p0 .. p0 + np - 1 of (B, Ho, Wo), their patches of inp (B, H, W, C)
+static void im2col_bf16(__nv_bfloat16* col, const float* inp, int H, int W, int C, int K, int stride, int pad,
+                        int Ho, int Wo, size_t p0, size_t np) {
+    im2col_bf16_launch<false>(col, inp, H, W, C, Ho, Wo, K, stride, pad, p0, np);
+}
+
+// dcolT (nq, K*K*OC): input pixels q0 .. q0 + nq - 1 of (B, H, W), the taps of dout (B, Ho, Wo, OC)
 static void im2col_transposed_bf16(__nv_bfloat16* dcol, const float* dout, int H, int W, int OC, int K, int stride,
                                    int pad, int Ho, int Wo, size_t q0, size_t nq) {
-    if ((OC % 4 == 0) && (uintptr_t)dout % 16 == 0)
-        im2col_transposed_bf16_kernel<4><<<grid_for(nq, 1), bf16_row_threads((size_t)K * K * OC / 4)>>>(
-            dcol, dout, H, W, OC, K, stride, pad, Ho, Wo, q0, nq);
-    else
-        im2col_transposed_bf16_kernel<1><<<grid_for(nq, 1), bf16_row_threads((size_t)K * K * OC)>>>(
-            dcol, dout, H, W, OC, K, stride, pad, Ho, Wo, q0, nq);
-    launchCheck();
+    im2col_bf16_launch<true>(dcol, dout, Ho, Wo, OC, H, W, K, stride, pad, q0, nq);
 }
 
 // out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias, operands in bf16; rows in chunks
