@@ -498,21 +498,24 @@ static void test_grad_layout(void) {
     M2FConfig tiny = m2f_config_tiny(in_dims, 3), small = m2f_config_small(in_dims, 3);
     M2FConfig msd = tiny;
     m2f_config_set_pixel_decoder(&msd, PIXEL_DECODER_MSDEFORM);
-    int fits = 0, apart = 0, r;
+    // (name, config, planned batch, batch, H4, W4)
+    struct { const char* name; const M2FConfig* cfg; int max_B, B, H4, W4; } cases[] = {
+        {"fpn tiny 6x9", &tiny, 2, 2, 6, 9},
+        {"fpn tiny 16x24 B 1 of 2", &tiny, 2, 1, 16, 24},
+        {"fpn small 12x20", &small, 2, 2, 12, 20},
+        {"msdeform tiny 8x12", &msd, 2, 2, 8, 12},
+        {"msdeform tiny 16x24 B 1 of 2", &msd, 2, 1, 16, 24},
+        {"msdeform tiny 2x3", &msd, 2, 2, 2, 3},
+    };
+    int fits = 0, apart = 0;
     for (int last_only = 0; last_only < 2; last_only++) {
-        char name[96];
-        snprintf(name, sizeof(name), "grad layout fpn tiny 6x9 last_only %d", last_only);
-        r = grad_layout_case(name, tiny, 2, 2, 6, 9, last_only); fits += r; apart += !r;
-        snprintf(name, sizeof(name), "grad layout fpn tiny 16x24 B 1 of 2 last_only %d", last_only);
-        r = grad_layout_case(name, tiny, 2, 1, 16, 24, last_only); fits += r; apart += !r;
-        snprintf(name, sizeof(name), "grad layout fpn small 12x20 last_only %d", last_only);
-        r = grad_layout_case(name, small, 2, 2, 12, 20, last_only); fits += r; apart += !r;
-        snprintf(name, sizeof(name), "grad layout msdeform tiny 8x12 last_only %d", last_only);
-        r = grad_layout_case(name, msd, 2, 2, 8, 12, last_only); fits += r; apart += !r;
-        snprintf(name, sizeof(name), "grad layout msdeform tiny 16x24 B 1 of 2 last_only %d", last_only);
-        r = grad_layout_case(name, msd, 2, 1, 16, 24, last_only); fits += r; apart += !r;
-        snprintf(name, sizeof(name), "grad layout msdeform tiny 2x3 last_only %d", last_only);
-        r = grad_layout_case(name, msd, 2, 2, 2, 3, last_only); fits += r; apart += !r;
+        for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+            char name[96];
+            snprintf(name, sizeof(name), "grad layout %s last_only %d", cases[k].name, last_only);
+            int r = grad_layout_case(name, *cases[k].cfg, cases[k].max_B, cases[k].B, cases[k].H4, cases[k].W4,
+                                     last_only);
+            fits += r; apart += !r;
+        }
     }
     CHECK(fits > 0 && apart > 0, "grad layout: decoder scratch inside out[0] in %d cases, apart in %d: both must be covered",
           fits, apart);
