@@ -232,10 +232,43 @@ extern "C" void scale_rows_backward_cuda(float* dinp, const float* dout, const f
 #include <cublasLt.h>
 
 // out (N, OC) += bias (OC) broadcast over rows
+// out (N, OC) += bias (OC), broadcast over the rows. Threads (x, y): x over groups of V columns
+// (V = 4: float4 when OC % 4 == 0 and both pointers are 16-byte aligned), y over rows, the grid
+// striding over the rows; each thread keeps its V bias values in registers (no index arithmetic
+// per element: a 64-bit `i % OC` per element made the old grid-stride kernel slow)
+template <int V>
 __global__ void add_bias_kernel(float* out, const float* bias, size_t N, int OC) {
-    size_t total = N * OC;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
-        out[i] += bias[i % OC];
+    int c = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (c >= OC) return;
+    float b[V];
+    #pragma unroll
+    for (int v = 0; v < V; v++) b[v] = bias[c + v];
+    for (size_t r = blockIdx.y * (size_t)blockDim.y + threadIdx.y; r < N; r += (size_t)gridDim.y * blockDim.y) {
+        float* o = out + r * OC + c;
+        if (V == 4) {
+            float4 x = *reinterpret_cast<float4*>(o);
+            x.x += b[0]; x.y += b[1]; x.z += b[2]; x.w += b[3];
+            *reinterpret_cast<float4*>(o) = x;
+        } else {
+            #pragma unroll
+            for (int v = 0; v < V; v++) o[v] += b[v];
+        }
+    }
+}
+
+// the launch of add_bias_kernel: 256 threads, x wide enough for the row's column groups (a
+// multiple of 32, at most 256), y the rest of the block; the grid strides over the rows
+static void add_bias(float* out, const float* bias, size_t N, int OC) {
+    if (N == 0 || OC <= 0) return;
+    bool vec = OC % 4 == 0 && (uintptr_t)out % 16 == 0 && (uintptr_t)bias % 16 == 0;
+    int groups = vec ? OC / 4 : OC;
+    int tx = groups >= 256 ? 256 : (groups + 31) / 32 * 32, ty = 256 / tx;
+    size_t gy = (N + ty - 1) / ty;
+    if (gy > 4096) gy = 4096;
+    dim3 grid((unsigned)((groups + tx - 1) / tx), (unsigned)gy), block(tx, ty);
+    if (vec) add_bias_kernel<4><<<grid, block>>>(out, bias, N, OC);
+    else add_bias_kernel<1><<<grid, block>>>(out, bias, N, OC);
+    launchCheck();
 }
 
 // dbias (OC) += column sums of dout (N, OC). Block (32, 16): x over columns, y over
@@ -454,7 +487,7 @@ extern "C" void linear_forward_cuda(float* out, const float* inp, const float* w
     if (C <= 0) { ttt_cuda_zero(out, (size_t)N * OC * sizeof(float)); }
     // out (N, OC) = inp (N, C) @ weight (OC, C)^T
     else gemm_rm(false, true, N, OC, C, 1.0f, inp, C, 0, weight, C, 0, 0.0f, out, OC, 0, 1);
-    if (bias) { add_bias_kernel<<<grid_for((size_t)N * OC, 256), 256>>>(out, bias, (size_t)N, OC); launchCheck(); }
+    if (bias) add_bias(out, bias, (size_t)N, OC);
 }
 
 static void linear_backward_staged(float* dinp, float* dweight, float* dbias, const float* dout,
@@ -2665,7 +2698,7 @@ extern "C" void conv2d_forward_cuda(float* out, const float* inp, const float* w
         gemm_rm(false, true, (int)np, OC, (int)KKC, 1.0f, col, (int)KKC, 0, weight, (int)KKC, 0,
                 0.0f, out + p0 * OC, OC, 0, 1);
     }
-    if (bias) { add_bias_kernel<<<grid_for(npix * OC, 256), 256>>>(out, bias, npix, OC); launchCheck(); }
+    if (bias) add_bias(out, bias, npix, OC);
 }
 
 extern "C" void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
@@ -2724,18 +2757,78 @@ extern "C" void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, 
 // resizing, F.interpolate semantics: the source indices are the CPU reference's own
 // nearest_source and bilinear_source (ttt_index.h)
 
-__global__ void upsample_nearest_kernel(float* out, float* inp, int B, int H, int W, int C, int Ho, int Wo, int backward) {
-    size_t total = (size_t)B * Ho * Wo * C;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        int c = i % C;
-        size_t r = i / C;
-        int x = r % Wo; r /= Wo;
-        int y = r % Ho;
-        size_t b = r / Ho;
-        size_t src = ((b * H + nearest_source(y, H, Ho)) * W + nearest_source(x, W, Wo)) * C + c;
-        if (!backward) out[i] = inp[src];
-        else atomicAdd(&inp[src], out[i]);
+// nearest resize on (B, H, W, C) <-> (B, Ho, Wo, C), in groups of V channels (V = 4: float4 when
+// C % 4 == 0 and both pointers are 16-byte aligned; else V = 1). Threads (x, y): x over a pixel's channel
+// groups, y over pixels (the pixel's source computed once per thread, not per element).
+// forward: out pixel (y, x) copies inp pixel (nearest_source(y), nearest_source(x)).
+template <int V>
+__global__ void upsample_nearest_forward_kernel(float* out, const float* inp, int B, int H, int W, int C, int Ho,
+                                                int Wo) {
+    int c = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (c >= C) return;
+    size_t npix = (size_t)B * Ho * Wo;
+    for (size_t p = blockIdx.y * (size_t)blockDim.y + threadIdx.y; p < npix; p += (size_t)gridDim.y * blockDim.y) {
+        int x = (int)(p % Wo), y = (int)((p / Wo) % Ho);
+        size_t b = p / ((size_t)Wo * Ho);
+        const float* s = inp + ((b * H + nearest_source(y, H, Ho)) * W + nearest_source(x, W, Wo)) * C + c;
+        float* d = out + p * C + c;
+        if (V == 4) *reinterpret_cast<float4*>(d) = *reinterpret_cast<const float4*>(s);
+        else d[0] = s[0];
     }
+}
+
+// backward, the gather form of upsample_nearest_backward_cpu (no atomics): input pixel (iy, ix)
+// sums dout over the output rows y with nearest_source(y) == iy and columns x with
+// nearest_source(x) == ix. nearest_source is non-decreasing, so those are runs that start at
+// first_output(iy), found from a guess (floor of iy * out / in) that steps back then forward.
+__device__ __forceinline__ int nearest_first_output(int i, int in, int out) {
+    int o = (int)(((long long)i * out) / in);
+    if (o > out - 1) o = out - 1;
+    while (o > 0 && nearest_source(o - 1, in, out) >= i) o--;
+    while (o < out && nearest_source(o, in, out) < i) o++;
+    return o;
+}
+
+template <int V>
+__global__ void upsample_nearest_backward_kernel(float* dinp, const float* dout, int B, int H, int W, int C,
+                                                 int Ho, int Wo) {
+    int c = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (c >= C) return;
+    size_t npix = (size_t)B * H * W;
+    for (size_t p = blockIdx.y * (size_t)blockDim.y + threadIdx.y; p < npix; p += (size_t)gridDim.y * blockDim.y) {
+        int ix = (int)(p % W), iy = (int)((p / W) % H);
+        size_t b = p / ((size_t)W * H);
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);   // V = 1: .x only
+        int y0 = nearest_first_output(iy, H, Ho), x0 = nearest_first_output(ix, W, Wo);
+        for (int y = y0; y < Ho && nearest_source(y, H, Ho) == iy; y++)
+            for (int x = x0; x < Wo && nearest_source(x, W, Wo) == ix; x++) {
+                const float* s = dout + ((b * Ho + y) * Wo + x) * C + c;
+                if (V == 4) {
+                    float4 g = *reinterpret_cast<const float4*>(s);
+                    acc.x += g.x; acc.y += g.y; acc.z += g.z; acc.w += g.w;
+                } else {
+                    acc.x += s[0];
+                }
+            }
+        float* d = dinp + p * C + c;
+        if (V == 4) {
+            float4 o = *reinterpret_cast<float4*>(d);
+            o.x += acc.x; o.y += acc.y; o.z += acc.z; o.w += acc.w;
+            *reinterpret_cast<float4*>(d) = o;
+        } else {
+            d[0] += acc.x;
+        }
+    }
+}
+
+// threads and grid of the two kernels above for npix pixels of C channels
+static void nearest_launch_shape(int C, bool vec, size_t npix, dim3* grid, dim3* block) {
+    int groups = vec ? C / 4 : C;
+    int tx = groups >= 256 ? 256 : (groups + 31) / 32 * 32, ty = 256 / tx;
+    size_t gy = (npix + ty - 1) / ty;
+    if (gy > 8192) gy = 8192;
+    *grid = dim3((unsigned)((groups + tx - 1) / tx), (unsigned)gy);
+    *block = dim3(tx, ty);
 }
 
 __global__ void upsample_bilinear_kernel(float* out, float* inp, int B, int H, int W, int C, int Ho, int Wo, int backward) {
@@ -2768,13 +2861,23 @@ extern "C" void upsample_nearest_forward_cuda(float* out, const float* inp, int 
     OpTimer timer("upsample_nearest_forward");
     size_t total = (size_t)B * Ho * Wo * C;
     if (total == 0) return;
-    upsample_nearest_kernel<<<grid_for(total, 256), 256>>>(out, (float*)inp, B, H, W, C, Ho, Wo, 0); launchCheck();
+    bool vec = C % 4 == 0 && (uintptr_t)out % 16 == 0 && (uintptr_t)inp % 16 == 0;
+    dim3 grid, block;
+    nearest_launch_shape(C, vec, (size_t)B * Ho * Wo, &grid, &block);
+    if (vec) upsample_nearest_forward_kernel<4><<<grid, block>>>(out, inp, B, H, W, C, Ho, Wo);
+    else upsample_nearest_forward_kernel<1><<<grid, block>>>(out, inp, B, H, W, C, Ho, Wo);
+    launchCheck();
 }
 extern "C" void upsample_nearest_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int Ho, int Wo) {
     OpTimer timer("upsample_nearest_backward");
     size_t total = (size_t)B * Ho * Wo * C;
     if (total == 0) return;
-    upsample_nearest_kernel<<<grid_for(total, 256), 256>>>((float*)dout, dinp, B, H, W, C, Ho, Wo, 1); launchCheck();
+    bool vec = C % 4 == 0 && (uintptr_t)dinp % 16 == 0 && (uintptr_t)dout % 16 == 0;
+    dim3 grid, block;
+    nearest_launch_shape(C, vec, (size_t)B * H * W, &grid, &block);
+    if (vec) upsample_nearest_backward_kernel<4><<<grid, block>>>(dinp, dout, B, H, W, C, Ho, Wo);
+    else upsample_nearest_backward_kernel<1><<<grid, block>>>(dinp, dout, B, H, W, C, Ho, Wo);
+    launchCheck();
 }
 extern "C" void upsample_bilinear_forward_cuda(float* out, const float* inp, int B, int H, int W, int C, int Ho, int Wo) {
     OpTimer timer("upsample_bilinear_forward");
@@ -3305,26 +3408,25 @@ extern "C" void sum_squares_cuda(float* out, const float* x, size_t N) {
 // Mask2Former attention mask: blocked = sigmoid(logit) < 0.5 (same float formula as the
 // CPU); mask_add = -inf where blocked else 0; a row with every position blocked is
 // reopened entirely. One warp per row (b, q) of T logits.
-__global__ void attn_mask_from_logits_kernel(float* mask_add, const float* logits, int rows, int T) {
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= rows) return;
-    const float* x = logits + (size_t)row * T;
-    float* m = mask_add + (size_t)row * T;
+// one block per row (a query's T mask logits): at B*Q = 800 rows one warp per row gave 100 blocks
+// for 132 SMs; the block learns whether any key is open with __syncthreads_or
+__global__ void attn_mask_from_logits_kernel(float* mask_add, const float* logits, int T) {
+    const float* x = logits + (size_t)blockIdx.x * T;
+    float* m = mask_add + (size_t)blockIdx.x * T;
     int open = 0;
-    for (int t = lane; t < T; t += 32) {
+    for (int t = threadIdx.x; t < T; t += blockDim.x) {
         int blocked = 1.0f / (1.0f + expf(-x[t])) < 0.5f;
         m[t] = blocked ? -INFINITY : 0.0f;
-        open += !blocked;
+        open |= !blocked;
     }
-    open = warp_sum(open);
-    if (open == 0) for (int t = lane; t < T; t += 32) m[t] = 0.0f;
+    if (!__syncthreads_or(open)) for (int t = threadIdx.x; t < T; t += blockDim.x) m[t] = 0.0f;
 }
 
 extern "C" void attn_mask_from_logits_cuda(float* mask_add, const float* logits, int B, int Q, int T) {
     OpTimer timer("attn_mask_from_logits");
     int rows = B * Q;
     if (rows <= 0 || T <= 0) return;
-    attn_mask_from_logits_kernel<<<(rows + 7) / 8, 256>>>(mask_add, logits, rows, T); launchCheck();
+    attn_mask_from_logits_kernel<<<rows, 256>>>(mask_add, logits, T); launchCheck();
 }
 
 // MAE input and target (mae.c's op): one thread per pixel (b, y, x) of the padded
@@ -3739,7 +3841,7 @@ extern "C" double ttt_cuda_bf16_peak_tflops(int n, int warmup, int iters) {
 //     Off with TTT_BF16_CONV=0 (then the float32 paths above, FAST_16BF).
 //   linear: bf16 copies of inp and weight (backward: dout, weight, inp), one bf16 GEMM per chunk
 //     of rows, where bf16_linear_taken's size rule says it pays; TTT_BF16_LINEAR=0: never.
-// Biases and bias gradients stay float32 (add_bias_kernel, column_sum_accumulate). The bf16
+// Biases and bias gradients stay float32 (add_bias, column_sum_accumulate). The bf16
 // buffers live in ws_bf16, in chunks of rows so it stays under bf16_scratch_elems (512 MiB);
 // each part starts 256-byte aligned (cuBLAS's fast kernels want 16-byte aligned operands).
 // Rounding: float -> bf16 to nearest even (8 significant bits, relative error <= 2^-9 per
@@ -3949,7 +4051,7 @@ static void linear_forward_bf16(float* out, const float* inp, const float* weigh
         // out rows (nr, OC) = inp rows (nr, C) @ weight (OC, C)^T
         gemm_bf16_rm(false, true, (int)nr, OC, C, x, C, w, C, 0.0f, out + r0 * OC, OC);
     }
-    if (bias) { add_bias_kernel<<<grid_for((size_t)N * OC, 256), 256>>>(out, bias, (size_t)N, OC); launchCheck(); }
+    if (bias) add_bias(out, bias, (size_t)N, OC);
     bf16_calls[0]++;
 }
 
@@ -3997,7 +4099,7 @@ static void conv2d_forward_bf16(float* out, const float* inp, const float* weigh
         im2col_bf16(col, inp, H, W, C, K, stride, pad, Ho, Wo, p0, np);
         gemm_bf16_rm(false, true, (int)np, OC, (int)KKC, col, (int)KKC, w, (int)KKC, 0.0f, out + p0 * OC, OC);
     }
-    if (bias) { add_bias_kernel<<<grid_for(npix * OC, 256), 256>>>(out, bias, npix, OC); launchCheck(); }
+    if (bias) add_bias(out, bias, npix, OC);
     bf16_calls[1]++;
 }
 

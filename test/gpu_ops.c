@@ -1251,6 +1251,8 @@ int main(void) {
     ttt_cuda_set_bf16_linear(-1);
     test_upsample(2, 7, 9, 5, 23, 29);
     test_upsample(2, 13, 11, 3, 4, 5);
+    test_upsample(2, 7, 9, 8, 23, 29);      // float4 channel groups, non-integer scale
+    test_upsample(3, 13, 11, 12, 4, 5);     // float4, downsampling (some inputs unused)
     test_upsample(1, 24, 78, 64, 48, 156);
     test_point_sample(7, 13, 17, 101);
     test_sine(13, 17, 64);
