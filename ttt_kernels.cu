@@ -7,8 +7,9 @@
 // graphs (the legacy NULL stream cannot be captured).
 // Backward kernels ACCUMULATE (+=) into gradients, as the contract says. Scatters
 // where several outputs feed one input (upsampling, point sampling, col2im, bias gather)
-// and sums split over blocks (parameter gradients of norms, bias sums) use atomicAdd;
-// every other kernel writes each element from exactly one thread.
+// and sums split over blocks (parameter gradients of GroupNorm and of the LayerNorm fallback, bias
+// sums) use atomicAdd; the LayerNorm row kernels sum their parameter gradients per block into a
+// workspace, added in a fixed order. Every other kernel writes each element from exactly one thread.
 // Swin's small-window attention forward (T <= 64) is one fused kernel in float32; so are the
 // window and flash attention ops (no stored map).
 // Environment switches: TTT_TF32=0 (float32 matrix products), TTT_FUSED_ATTENTION=0
@@ -723,9 +724,10 @@ layernorm_rows_forward_kernel(float* out, float* mean, float* rstd, const float*
 // of this block (rows_per_block of them from blockIdx.x * rows_per_block), n = norm_row_pixel(rows, r)
 // (padding tokens skipped); dinp may be NULL. With partial: partial[blockIdx.x][0][c] = sum over the
 // block's rows of dout * norm, [1][c] = sum of dout. Dynamic shared memory, when partial is given:
-// the blockDim.x / G groups' sums, (blockDim.x / G, C) floats.
+// the blockDim.x / G groups' sums, (blockDim.x / G, C) floats. At most 76 (NV * VEC <= 12: Swin's
+// C = 96, 192, 384) or 128 registers, no spills (nvcc -Xptxas -v, sm_90): 3 or 2 blocks an SM.
 template <int VEC, int NV>
-__global__ void __launch_bounds__(LN_THREADS)
+__global__ void __launch_bounds__(LN_THREADS, NV * VEC <= 12 ? 3 : 2)
 layernorm_rows_backward_kernel(float* dinp, float* partial, const float* dout, const float* inp,
                                const float* weight, const float* mean, const float* rstd, int nrows, int C,
                                int G, int params_aligned, int rows_per_block, NormRows rows) {
@@ -933,7 +935,8 @@ static void layernorm_rows_backward_launch(float* dinp, float* dweight, float* d
     }
 }
 
-// the backward on registers when the row fits (C <= 768 as float4, C <= 256 otherwise); returns 0
+// the backward on registers when the row fits (C <= 768 as float4, C <= 256 otherwise; 3 units a
+// lane, Swin's C = 96, 192, 384, have their own kernel: fewer registers, more blocks); returns 0
 // when it does not (the caller takes the warp-per-row kernel and norm_param_grad)
 static int layernorm_rows_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                                    const float* weight, const float* mean, const float* rstd, size_t nrows, int C,
@@ -942,6 +945,7 @@ static int layernorm_rows_backward(float* dinp, float* dweight, float* dbias, co
     int vec4 = C % 4 == 0 && is_aligned16(dinp) && is_aligned16(dout) && is_aligned16(inp), nv;
     if (vec4) {
         int G = ln_group_lanes(C, 4, 4, &nv);
+        if (nv <= 3) { layernorm_rows_backward_launch<4, 3>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, (int)nrows, C, G, rows); return 1; }
         if (nv <= 4) { layernorm_rows_backward_launch<4, 4>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, (int)nrows, C, G, rows); return 1; }
         if (nv <= 6) { layernorm_rows_backward_launch<4, 6>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, (int)nrows, C, G, rows); return 1; }
         return 0;
