@@ -568,7 +568,8 @@ __device__ __forceinline__ long norm_row_pixel(NormRows rows, int r) {
     return rows.ws ? window_token_source((size_t)r, rows.H, rows.W, rows.ws, rows.shift, NULL) : (long)r;
 }
 
-// dweight[c] += sum_rows dout * norm, dbias[c] += sum_rows dout, for layernorm and groupnorm.
+// dweight[c] += sum_rows dout * norm, dbias[c] += sum_rows dout, for layernorm and groupnorm (now
+// only the LayerNorm rows too long for the register kernels below take it).
 // Row r of dout is pixel n = norm_row_pixel(rows, r) of inp (n = r unless dout is in window
 // order); channel c uses statistics index (n / HW) * G + c / Cg (layernorm: HW = 1, G = 1,
 // Cg = C, so the index is n). Block (32, 16) as column_sum_kernel.
@@ -635,7 +636,7 @@ static void norm_param_grad(float* dweight, float* dbias, const float* dout, con
 // The backward fuses the parameter gradients: each block takes a contiguous range of rows, each
 // lane sums dout * norm and dout for its columns over the block's rows in registers, the block
 // adds its groups' sums in shared memory (fixed order) into its row of a workspace (nblocks, 2, C),
-// and layernorm_param_sum_kernel adds the blocks' rows in a fixed order into dweight, dbias (+=):
+// and norm_param_sum_kernel adds the blocks' rows in a fixed order into dweight, dbias (+=):
 // deterministic, no float atomics. A window-order row's source pixel is computed once per row.
 
 #define LN_THREADS 256
@@ -802,24 +803,43 @@ layernorm_rows_backward_kernel(float* dinp, float* partial, const float* dout, c
     }
 }
 
-// dweight[c] += sum over blocks k of partial[k][0][c], dbias[c] += sum of partial[k][1][c].
-// Grid (ceil(C / 32), 2: dweight, dbias), block (32, 16): thread y sums blocks y, y + 16, ... in
-// order, then thread y = 0 adds the 16 sums in order (deterministic).
-__global__ void layernorm_param_sum_kernel(float* dweight, float* dbias, const float* partial, int nblocks, int C) {
-    __shared__ float part[16][33];
+// dweight[c] += sum over k of partial[k][0][c], dbias[c] += sum of partial[k][1][c] (k: the blocks
+// of layernorm_rows_backward_kernel, or groupnorm's (b, chunk)). Grid (ceil(C / 32), 2: dweight,
+// dbias), block (32, 32): thread y sums k = y, y + 32, ... in order, 8 loads in flight at a time
+// (the partials were just written: L2 latency, not bandwidth, is the cost), then thread y = 0 adds
+// the 32 sums in order (deterministic).
+__global__ void norm_param_sum_kernel(float* dweight, float* dbias, const float* partial, int nrows, int C) {
+    __shared__ float part[32][33];
     int c = blockIdx.x * 32 + threadIdx.x, which = blockIdx.y;
     float* dst = which ? dbias : dweight;
     if (!dst) return;   // the whole block
     float s = 0.0f;
-    if (c < C)
-        for (int k = threadIdx.y; k < nblocks; k += 16) s += partial[((size_t)k * 2 + which) * C + c];
+    if (c < C) {
+        for (int k0 = threadIdx.y; k0 < nrows; k0 += 32 * 8) {
+            float v[8];
+            #pragma unroll
+            for (int q = 0; q < 8; q++) {
+                int k = k0 + 32 * q;
+                v[q] = k < nrows ? partial[((size_t)k * 2 + which) * C + c] : 0.0f;
+            }
+            #pragma unroll
+            for (int q = 0; q < 8; q++) s += v[q];
+        }
+    }
     part[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && c < C) {
         float t = 0.0f;
-        for (int k = 0; k < 16; k++) t += part[k][threadIdx.x];
+        for (int k = 0; k < 32; k++) t += part[k][threadIdx.x];
         dst[c] += t;
     }
+}
+
+// dweight, dbias (either may be NULL) += the sums over the nrows rows (2, C) of partial
+static void norm_param_sum(float* dweight, float* dbias, const float* partial, int nrows, int C) {
+    dim3 grid((C + 31) / 32, 2), block(32, 32);
+    norm_param_sum_kernel<<<grid, block>>>(dweight, dbias, partial, nrows, C);
+    launchCheck();
 }
 
 // out = (inp - mean[r]) rstd[r] w + b over rows of any length: a group of G lanes per row, the
@@ -928,11 +948,7 @@ static void layernorm_rows_backward_launch(float* dinp, float* dweight, float* d
     layernorm_rows_backward_kernel<VEC, NV><<<(unsigned int)blocks, LN_THREADS, smem>>>(
         dinp, partial, dout, inp, weight, mean, rstd, nrows, C, G, params_aligned, (int)rows_per_block, rows);
     launchCheck();
-    if (with_params) {
-        dim3 grid((C + 31) / 32, 2), block(32, 16);
-        layernorm_param_sum_kernel<<<grid, block>>>(dweight, dbias, partial, (int)blocks, C);
-        launchCheck();
-    }
+    if (with_params) norm_param_sum(dweight, dbias, partial, (int)blocks, C);
 }
 
 // the backward on registers when the row fits (C <= 768 as float4, C <= 256 otherwise; 3 units a
@@ -994,9 +1010,7 @@ static int gn_chunks(int HW) { return (HW + GN_CHUNK_ROWS - 1) / GN_CHUNK_ROWS; 
 // per-channel sums of f(row, c) over the chunk's rows into ch[C] (shared), then per group into
 // grp[G] (shared). Threads over channels: the reads of one row are consecutive floats.
 __device__ __forceinline__ void gn_group_sums(float* grp, float* ch, const float* vals, int r0, int r1,
-                                              int C, int G, int mode, const float* gmean,
-                                              const float* dout, const float* weight, const float* mean_bg,
-                                              const float* rstd_bg) {
+                                              int C, int G, int mode, const float* gmean) {
     int Cg = C / G;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         float acc = 0.0f;
@@ -1004,11 +1018,7 @@ __device__ __forceinline__ void gn_group_sums(float* grp, float* ch, const float
         for (int r = r0; r < r1; r++) {
             float x = vals[(size_t)r * C + c];
             if (mode == 0) acc += x;                                          // sum x
-            else if (mode == 1) { float d = x - gmean[g]; acc += d * d; }     // sum (x - chunk mean)^2
-            else {                                                            // backward: dn, dn * norm
-                float dn = dout[(size_t)r * C + c] * weight[c];
-                acc += mode == 2 ? dn : dn * (x - mean_bg[g]) * rstd_bg[g];
-            }
+            else { float d = x - gmean[g]; acc += d * d; }                    // sum (x - chunk mean)^2
         }
         ch[c] = acc;
     }
@@ -1031,13 +1041,13 @@ __global__ void groupnorm_partial_stats_kernel(float* partial, const float* inp,
     int r0 = chunk * GN_CHUNK_ROWS, r1 = min(HW, r0 + GN_CHUNK_ROWS);
     const float* x = inp + (size_t)b * HW * C;
     float cnt = (float)(r1 - r0) * (C / G);
-    gn_group_sums(grp, ch, x, r0, r1, C, G, 0, NULL, NULL, NULL, NULL, NULL);
+    gn_group_sums(grp, ch, x, r0, r1, C, G, 0, NULL);
     for (int g = threadIdx.x; g < G; g += blockDim.x) gmean[g] = grp[g] / cnt;
     __syncthreads();
     for (int g = threadIdx.x; g < G; g += blockDim.x)
         partial[(((size_t)b * G + g) * nchunks + chunk) * 2] = grp[g];
     __syncthreads();
-    gn_group_sums(grp, ch, x, r0, r1, C, G, 1, gmean, NULL, NULL, NULL, NULL);
+    gn_group_sums(grp, ch, x, r0, r1, C, G, 1, gmean);
     for (int g = threadIdx.x; g < G; g += blockDim.x)
         partial[(((size_t)b * G + g) * nchunks + chunk) * 2 + 1] = grp[g];
 }
@@ -1089,33 +1099,46 @@ __global__ void groupnorm_apply_kernel(float* out, const float* inp, const float
     }
 }
 
-// backward partials: per (b, g, chunk) the sums of dn = dout w and of dn * norm
+// backward partials, one block per (chunk, b), threads over channels (coalesced rows): per channel c
+// the sums over the chunk's rows of dout * norm and of dout, into partial[((b nchunks + chunk) 2 +
+// {0, 1}) C + c]. They give both the parameter gradients (their sums over (b, chunk):
+// norm_param_sum) and the group sums the input gradient needs (groupnorm_merge_grad_kernel): the
+// input and dout are read once for both.
 __global__ void groupnorm_partial_grad_kernel(float* partial, const float* dout, const float* inp,
-                                              const float* weight, const float* mean, const float* rstd,
-                                              int HW, int C, int G) {
-    extern __shared__ float gn_smem[];
-    float* ch = gn_smem;   // (C)
-    float* grp = ch + C;   // (G)
-    int chunk = blockIdx.x, b = blockIdx.y, nchunks = gridDim.x;
+                                              const float* mean, const float* rstd, int HW, int C, int G) {
+    int chunk = blockIdx.x, b = blockIdx.y, nchunks = gridDim.x, Cg = C / G;
     int r0 = chunk * GN_CHUNK_ROWS, r1 = min(HW, r0 + GN_CHUNK_ROWS);
-    size_t off = (size_t)b * HW * C;
-    for (int mode = 2; mode <= 3; mode++) {
-        gn_group_sums(grp, ch, inp + off, r0, r1, C, G, mode, NULL, dout + off, weight, mean + b * G, rstd + b * G);
-        for (int g = threadIdx.x; g < G; g += blockDim.x)
-            partial[(((size_t)b * G + g) * nchunks + chunk) * 2 + (mode - 2)] = grp[g];
-        __syncthreads();
+    const float* x = inp + (size_t)b * HW * C;
+    const float* dy = dout + (size_t)b * HW * C;
+    float* p = partial + ((size_t)b * nchunks + chunk) * 2 * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        int si = b * G + c / Cg;
+        float m = mean[si], r = rstd[si], s_dy_norm = 0.0f, s_dy = 0.0f;
+        for (int row = r0; row < r1; row++) {
+            float d = dy[(size_t)row * C + c];
+            s_dy_norm += d * ((x[(size_t)row * C + c] - m) * r);
+            s_dy += d;
+        }
+        p[c] = s_dy_norm;
+        p[C + c] = s_dy;
     }
 }
 
-// one warp per (b, g): a = mean(dn), bb = mean(dn norm) over the group, into ab[bg * 2 + {0, 1}]
-__global__ void groupnorm_merge_grad_kernel(float* ab, const float* partial, int B, int G, int HW, int Cg,
-                                            int nchunks) {
+// one warp per (b, g): a = mean(dn), bb = mean(dn norm) over the group, dn = dout w, into
+// ab[bg * 2 + {0, 1}], from the per-channel partials: sum dn = sum_c w[c] sum_rows dout and
+// sum dn norm = sum_c w[c] sum_rows dout norm (in double, lanes over (chunk, channel))
+__global__ void groupnorm_merge_grad_kernel(float* ab, const float* partial, const float* weight, int B, int G,
+                                            int HW, int C, int nchunks) {
     int bg = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (bg >= B * G) return;
+    int b = bg / G, g = bg % G, Cg = C / G;
     double a = 0.0, bb = 0.0;
-    for (int k = lane; k < nchunks; k += 32) {
-        a += partial[((size_t)bg * nchunks + k) * 2];
-        bb += partial[((size_t)bg * nchunks + k) * 2 + 1];
+    for (int k = lane; k < nchunks * Cg; k += 32) {
+        int chunk = k / Cg, c = g * Cg + k % Cg;
+        const float* p = partial + ((size_t)b * nchunks + chunk) * 2 * C;
+        double w = weight[c];
+        a += w * p[C + c];
+        bb += w * p[c];
     }
     for (int o = 16; o > 0; o >>= 1) {
         a += __shfl_xor_sync(0xffffffffu, a, o);
@@ -1163,23 +1186,22 @@ extern "C" void groupnorm_backward_cuda(float* dinp, float* dweight, float* dbia
                                         const float* inp, const float* weight, const float* mean,
                                         const float* rstd, int B, int HW, int C, int G) {
     OpTimer timer("groupnorm_backward");
-    if (B <= 0 || HW <= 0) return;
+    if (B <= 0 || HW <= 0 || C <= 0 || (!dinp && !dweight && !dbias)) return;
+    int nchunks = gn_chunks(HW);
+    if ((size_t)B * nchunks > 0x7fffffff) ttt_die("groupnorm_backward: %d images of %d pixels", B, HW);
+    size_t npart = (size_t)B * nchunks * 2 * C;
+    float* partial = (float*)workspace_get(&ws_gn, (npart + (size_t)B * G * 2) * sizeof(float));
+    float* ab = partial + npart;
+    dim3 grid(nchunks, B);
+    groupnorm_partial_grad_kernel<<<grid, GN_THREADS>>>(partial, dout, inp, mean, rstd, HW, C, G);
+    launchCheck();
     if (dinp) {
-        int nchunks = gn_chunks(HW);
-        size_t npart = (size_t)B * G * nchunks * 2;
-        float* partial = (float*)workspace_get(&ws_gn, (npart + (size_t)B * G * 2) * sizeof(float));
-        float* ab = partial + npart;
-        dim3 grid(nchunks, B);
-        groupnorm_partial_grad_kernel<<<grid, GN_THREADS, gn_smem_bytes(C, G)>>>(partial, dout, inp, weight,
-                                                                                 mean, rstd, HW, C, G);
-        launchCheck();
-        groupnorm_merge_grad_kernel<<<(B * G + 7) / 8, 256>>>(ab, partial, B, G, HW, C / G, nchunks);
+        groupnorm_merge_grad_kernel<<<(B * G + 7) / 8, 256>>>(ab, partial, weight, B, G, HW, C, nchunks);
         launchCheck();
         groupnorm_backward_apply_kernel<<<grid, GN_THREADS>>>(dinp, dout, inp, weight, mean, rstd, ab, HW, C, G);
         launchCheck();
     }
-    if (dweight || dbias)
-        norm_param_grad(dweight, dbias, dout, inp, mean, rstd, (size_t)B * HW, C, HW, G, C / G, NormRows{0, 0, 0, 0});
+    if (dweight || dbias) norm_param_sum(dweight, dbias, partial, B * nchunks, C);
 }
 
 // ----------------------------------------------------------------------------
