@@ -7,8 +7,8 @@
 // graphs (the legacy NULL stream cannot be captured).
 // Backward kernels ACCUMULATE (+=) into gradients, as the contract says. Scatters
 // where several outputs feed one input (upsampling, point sampling, col2im, bias gather)
-// and sums split over blocks (parameter gradients of GroupNorm and of the LayerNorm fallback, bias
-// sums) use atomicAdd; the LayerNorm row kernels sum their parameter gradients per block into a
+// and sums split over blocks (parameter gradients of the LayerNorm fallback, bias sums) use
+// atomicAdd; the LayerNorm row kernels and GroupNorm sum their parameter gradients per block into a
 // workspace, added in a fixed order. Every other kernel writes each element from exactly one thread.
 // Swin's small-window attention forward (T <= 64) is one fused kernel in float32; so are the
 // window and flash attention ops (no stored map).
@@ -568,8 +568,8 @@ __device__ __forceinline__ long norm_row_pixel(NormRows rows, int r) {
     return rows.ws ? window_token_source((size_t)r, rows.H, rows.W, rows.ws, rows.shift, NULL) : (long)r;
 }
 
-// dweight[c] += sum_rows dout * norm, dbias[c] += sum_rows dout, for layernorm and groupnorm (now
-// only the LayerNorm rows too long for the register kernels below take it).
+// dweight[c] += sum_rows dout * norm, dbias[c] += sum_rows dout: the LayerNorm fallback (rows too
+// long for the register kernels below; groupnorm_backward has its own partials).
 // Row r of dout is pixel n = norm_row_pixel(rows, r) of inp (n = r unless dout is in window
 // order); channel c uses statistics index (n / HW) * G + c / Cg (layernorm: HW = 1, G = 1,
 // Cg = C, so the index is n). Block (32, 16) as column_sum_kernel.
@@ -921,6 +921,7 @@ static int layernorm_rows_forward(float* out, float* mean, float* rstd, const fl
     if (vec4) {
         int G = ln_group_lanes(C, 4, 4, &nv);
         if (nv <= 4) { layernorm_rows_forward_launch<4, 4>(out, mean, rstd, inp, weight, bias, (int)nrows, C, G, rows); return 1; }
+        if (nv <= 6) { layernorm_rows_forward_launch<4, 6>(out, mean, rstd, inp, weight, bias, (int)nrows, C, G, rows); return 1; }
         if (nv <= 12) { layernorm_rows_forward_launch<4, 12>(out, mean, rstd, inp, weight, bias, (int)nrows, C, G, rows); return 1; }
         return 0;
     }
