@@ -7,8 +7,9 @@
 // graphs (the legacy NULL stream cannot be captured).
 // Backward kernels ACCUMULATE (+=) into gradients, as the contract says. Scatters
 // where several outputs feed one input (upsampling, point sampling, col2im, bias gather)
-// and sums split over blocks (parameter gradients of norms, bias sums) use atomicAdd;
-// every other kernel writes each element from exactly one thread.
+// and sums split over blocks (parameter gradients of the LayerNorm fallback, bias sums) use
+// atomicAdd; the LayerNorm row kernels and GroupNorm sum their parameter gradients per block into a
+// workspace, added in a fixed order. Every other kernel writes each element from exactly one thread.
 // Swin's small-window attention forward (T <= 64) is one fused kernel in float32; so are the
 // window and flash attention ops (no stored map).
 // Environment switches: TTT_TF32=0 (float32 matrix products), TTT_FUSED_ATTENTION=0
@@ -180,9 +181,16 @@ __global__ void add_forward_kernel(float* out, const float* a, const float* b, s
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
         out[i] = a[i] + b[i];
 }
-__global__ void add_inplace_kernel(float* a, const float* b, size_t N) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
-        a[i] += b[i];
+// a += b; vec: both 16-byte aligned, N / 4 float4 units, then the last N % 4 one by one
+__global__ void add_inplace_kernel(float* a, const float* b, size_t N, int vec) {
+    size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    size_t n4 = vec ? N / 4 : 0;
+    for (size_t i = tid; i < n4; i += stride) {
+        float4 x = ((float4*)a)[i], y = ((const float4*)b)[i];
+        x.x += y.x; x.y += y.y; x.z += y.z; x.w += y.w;
+        ((float4*)a)[i] = x;
+    }
+    for (size_t i = 4 * n4 + tid; i < N; i += stride) a[i] += b[i];
 }
 __global__ void scale_inplace_kernel(float* x, float s, size_t N) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
@@ -206,7 +214,8 @@ extern "C" void add_forward_cuda(float* out, const float* a, const float* b, siz
 extern "C" void add_inplace_cuda(float* a, const float* b, size_t N) {
     OpTimer timer("add_inplace");
     if (N == 0) return;
-    add_inplace_kernel<<<grid_for(N, 256), 256>>>(a, b, N); launchCheck();
+    int vec = ((uintptr_t)a & 15) == 0 && ((uintptr_t)b & 15) == 0;
+    add_inplace_kernel<<<grid_for(vec ? (N + 3) / 4 : N, 256), 256>>>(a, b, N, vec); launchCheck();
 }
 extern "C" void scale_inplace_cuda(float* x, float s, size_t N) {
     OpTimer timer("scale_inplace");
@@ -471,7 +480,7 @@ static int linear_backward_weight_lt(float* dweight, float* dbias, const float* 
     cublasCheck(cublasLtMatmul(get_cublaslt(), p->desc, &alpha, inp, p->la, dout, p->lb, &beta,
                                dweight, p->lc, dweight, p->lc, &p->algo, ws_lt.ptr, LT_WORKSPACE_BYTES,
                                cudaStreamPerThread));
-    add_inplace_kernel<<<grid_for(OC, 256), 256>>>(dbias, scratch, (size_t)OC); launchCheck();
+    add_inplace_kernel<<<grid_for(OC, 256), 256>>>(dbias, scratch, (size_t)OC, 0); launchCheck();
     gemm_flop_count += 2.0 * N * OC * (double)C;
     linear_lt_count[1]++;
     return 1;
@@ -592,7 +601,8 @@ __device__ __forceinline__ long norm_row_pixel(NormRows rows, int r) {
     return rows.ws ? window_token_source((size_t)r, rows.H, rows.W, rows.ws, rows.shift, NULL) : (long)r;
 }
 
-// dweight[c] += sum_rows dout * norm, dbias[c] += sum_rows dout, for layernorm and groupnorm.
+// dweight[c] += sum_rows dout * norm, dbias[c] += sum_rows dout: the LayerNorm fallback (rows too
+// long for the register kernels below; groupnorm_backward has its own partials).
 // Row r of dout is pixel n = norm_row_pixel(rows, r) of inp (n = r unless dout is in window
 // order); channel c uses statistics index (n / HW) * G + c / Cg (layernorm: HW = 1, G = 1,
 // Cg = C, so the index is n). Block (32, 16) as column_sum_kernel.
@@ -643,10 +653,364 @@ static void norm_param_grad(float* dweight, float* dbias, const float* dout, con
     launchCheck();
 }
 
+// ----------------------------------------------------------------------------
+// LayerNorm rows in registers: the fast path of layernorm_forward / _backward, layernorm_partition_*
+// and layernorm_apply (the warp-per-row kernels above remain the fallback for any C).
+// A row of C floats is cut into U = C / VEC units: VEC = 4 (float4 loads and stores) when C % 4 == 0
+// and the row pointers are 16-byte aligned, else VEC = 1. A group of G lanes (4, 8, 16 or 32) works
+// on one row: lane l holds units l, l + G, l + 2G, ... (at most NV of them) in registers, so the
+// row is read from memory once and a warp works on 32 / G rows at a time (Swin's C = 96, 192, 384,
+// 768 as float4: G = 8, 16, 32, 32 with 3, 3, 3, 6 units per lane). The group's sums are xor
+// butterflies (every lane ends with the same value); the sums run in a different order than the
+// CPU's (float32 here, double there): equal to float32 rounding, not bit for bit. Weight and bias
+// may sit at any 4-byte offset of the packed parameter buffer: float4 loads of them only when
+// aligned. Row loops have the same trip count for every lane of a warp (the shuffles need all 32).
+//
+// The backward fuses the parameter gradients: each block takes a contiguous range of rows, each
+// lane sums dout * norm and dout for its columns over the block's rows in registers, the block
+// adds its groups' sums in shared memory (fixed order) into its row of a workspace (nblocks, 2, C),
+// and norm_param_sum_kernel adds the blocks' rows in a fixed order into dweight, dbias (+=):
+// deterministic, no float atomics. A window-order row's source pixel is computed once per row.
+
+#define LN_THREADS 256
+static Workspace ws_ln;   // the backward's per-block parameter gradient sums (nblocks, 2, C)
+
+template <int VEC>
+__device__ __forceinline__ void load_unit(float* d, const float* p) {
+    if (VEC == 4) {
+        float4 v = *(const float4*)p;
+        d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
+    } else {
+        d[0] = *p;
+    }
+}
+template <int VEC>
+__device__ __forceinline__ void store_unit(float* p, const float* d) {
+    if (VEC == 4) *(float4*)p = make_float4(d[0], d[1], d[2], d[3]);
+    else *p = d[0];
+}
+// a unit of a parameter vector (weight, bias): float4 only when it is 16-byte aligned
+template <int VEC>
+__device__ __forceinline__ void load_param_unit(float* d, const float* p, int aligned) {
+    if (VEC == 4 && aligned) load_unit<4>(d, p);
+    else for (int j = 0; j < VEC; j++) d[j] = __ldg(p + j);
+}
+// sum over the G lanes of this lane's group (G a power of two <= 32; all 32 lanes call it)
+__device__ __forceinline__ float group_sum(float v, int G) {
+    for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// y = (x - mean) rstd w + b on the rows of inp. Row r (< nrows) reads pixel n = norm_row_pixel(rows, r)
+// of inp and writes row r of out (window order when rows.ws > 0: padding tokens, n = -1, get
+// zeros); mean[n], rstd[n] stored when the pointers are not NULL.
+template <int VEC, int NV>
+__global__ void __launch_bounds__(LN_THREADS)
+layernorm_rows_forward_kernel(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                              const float* bias, int nrows, int C, int G, int params_aligned, NormRows rows) {
+    int ng = blockDim.x / G, l = threadIdx.x % G, U = C / VEC;
+    for (long base = (long)blockIdx.x * ng; base < nrows; base += (long)gridDim.x * ng) {
+        long r = base + threadIdx.x / G;
+        long n = r < nrows ? norm_row_pixel(rows, (int)r) : -2;   // -1 padding, -2 past the end
+        const float* x_row = inp + (size_t)(n > 0 ? n : 0) * C;
+        float x[NV * VEC];
+        float s = 0.0f;
+        #pragma unroll
+        for (int k = 0; k < NV; k++) {
+            int u = k * G + l;
+            if (n >= 0 && u < U) load_unit<VEC>(x + k * VEC, x_row + (size_t)u * VEC);
+            else for (int j = 0; j < VEC; j++) x[k * VEC + j] = 0.0f;
+            for (int j = 0; j < VEC; j++) s += x[k * VEC + j];
+        }
+        float m = group_sum(s, G) / C;
+        float v = 0.0f;
+        #pragma unroll
+        for (int k = 0; k < NV; k++)
+            if (k * G + l < U)
+                for (int j = 0; j < VEC; j++) { float d = x[k * VEC + j] - m; v += d * d; }
+        v = group_sum(v, G) / C;
+        float rs = rsqrtf(v + LN_EPS);
+        if (n == -2) continue;
+        float* y = out + (size_t)r * C;
+        #pragma unroll
+        for (int k = 0; k < NV; k++) {
+            int u = k * G + l;
+            if (u >= U) continue;
+            float o[VEC];
+            if (n >= 0) {
+                float w[VEC], b[VEC];
+                load_param_unit<VEC>(w, weight + u * VEC, params_aligned);
+                load_param_unit<VEC>(b, bias + u * VEC, params_aligned);
+                for (int j = 0; j < VEC; j++) o[j] = (x[k * VEC + j] - m) * rs * w[j] + b[j];
+            } else {
+                for (int j = 0; j < VEC; j++) o[j] = 0.0f;
+            }
+            store_unit<VEC>(y + (size_t)u * VEC, o);
+        }
+        if (n >= 0 && l == 0) {
+            if (mean) mean[n] = m;
+            if (rstd) rstd[n] = rs;
+        }
+    }
+}
+
+// dinp[n] += rstd (dnorm - mean(dnorm) - norm mean(dnorm norm)), dnorm = dout[r] w, for the rows r
+// of this block (rows_per_block of them from blockIdx.x * rows_per_block), n = norm_row_pixel(rows, r)
+// (padding tokens skipped); dinp may be NULL. With partial: partial[blockIdx.x][0][c] = sum over the
+// block's rows of dout * norm, [1][c] = sum of dout. Dynamic shared memory, when partial is given:
+// the blockDim.x / G groups' sums, (blockDim.x / G, C) floats. At most 76 (NV * VEC <= 12: Swin's
+// C = 96, 192, 384) or 128 registers, no spills (nvcc -Xptxas -v, sm_90): 3 or 2 blocks an SM.
+template <int VEC, int NV>
+__global__ void __launch_bounds__(LN_THREADS, NV * VEC <= 12 ? 3 : 2)
+layernorm_rows_backward_kernel(float* dinp, float* partial, const float* dout, const float* inp,
+                               const float* weight, const float* mean, const float* rstd, int nrows, int C,
+                               int G, int params_aligned, int rows_per_block, NormRows rows) {
+    extern __shared__ float ln_smem[];   // (ng, C)
+    int ng = blockDim.x / G, group = threadIdx.x / G, l = threadIdx.x % G, U = C / VEC;
+    long r0 = (long)blockIdx.x * rows_per_block, r1 = min((long)nrows, r0 + rows_per_block);
+    float sum_dy_norm[NV * VEC], sum_dy[NV * VEC];
+    #pragma unroll
+    for (int i = 0; i < NV * VEC; i++) { sum_dy_norm[i] = 0.0f; sum_dy[i] = 0.0f; }
+    for (long base = r0; base < r1; base += ng) {
+        long r = base + group;
+        long n = r < r1 ? norm_row_pixel(rows, (int)r) : -1;   // -1: padding token or past the end
+        float m = 0.0f, rs = 0.0f;
+        if (n >= 0) { m = mean[n]; rs = rstd[n]; }
+        const float* x_row = inp + (size_t)(n > 0 ? n : 0) * C;
+        const float* dy_row = dout + (size_t)(r < r1 ? r : r0) * C;
+        float x[NV * VEC], dy[NV * VEC];
+        float a = 0.0f, b = 0.0f;
+        #pragma unroll
+        for (int k = 0; k < NV; k++) {
+            int u = k * G + l;
+            if (n >= 0 && u < U) {
+                load_unit<VEC>(x + k * VEC, x_row + (size_t)u * VEC);
+                load_unit<VEC>(dy + k * VEC, dy_row + (size_t)u * VEC);
+                float w[VEC];
+                load_param_unit<VEC>(w, weight + u * VEC, params_aligned);
+                for (int j = 0; j < VEC; j++) {
+                    float norm = (x[k * VEC + j] - m) * rs;
+                    float dn = dy[k * VEC + j] * w[j];
+                    a += dn; b += dn * norm;
+                    sum_dy_norm[k * VEC + j] += dy[k * VEC + j] * norm;
+                    sum_dy[k * VEC + j] += dy[k * VEC + j];
+                }
+            } else {
+                for (int j = 0; j < VEC; j++) { x[k * VEC + j] = 0.0f; dy[k * VEC + j] = 0.0f; }
+            }
+        }
+        a = group_sum(a, G) / C; b = group_sum(b, G) / C;
+        if (!dinp || n < 0) continue;
+        float* dx_row = dinp + (size_t)n * C;
+        #pragma unroll
+        for (int k = 0; k < NV; k++) {
+            int u = k * G + l;
+            if (u >= U) continue;
+            float w[VEC], dx[VEC];
+            load_param_unit<VEC>(w, weight + u * VEC, params_aligned);
+            load_unit<VEC>(dx, dx_row + (size_t)u * VEC);
+            for (int j = 0; j < VEC; j++) {
+                float norm = (x[k * VEC + j] - m) * rs;
+                dx[j] += (dy[k * VEC + j] * w[j] - a - norm * b) * rs;
+            }
+            store_unit<VEC>(dx_row + (size_t)u * VEC, dx);
+        }
+    }
+    if (!partial) return;
+    // the groups' sums, added per column in group order 0, 1, ..., ng - 1
+    for (int which = 0; which < 2; which++) {
+        #pragma unroll
+        for (int k = 0; k < NV; k++) {
+            int u = k * G + l;
+            if (u < U)
+                for (int j = 0; j < VEC; j++)
+                    ln_smem[group * C + u * VEC + j] = which ? sum_dy[k * VEC + j] : sum_dy_norm[k * VEC + j];
+        }
+        __syncthreads();
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float t = 0.0f;
+            for (int g = 0; g < ng; g++) t += ln_smem[g * C + c];
+            partial[((size_t)blockIdx.x * 2 + which) * C + c] = t;
+        }
+        __syncthreads();
+    }
+}
+
+// dweight[c] += sum over k of partial[k][0][c], dbias[c] += sum of partial[k][1][c] (k: the blocks
+// of layernorm_rows_backward_kernel, or groupnorm's (b, chunk)). Grid (ceil(C / 32), 2: dweight,
+// dbias), block (32, 32): thread y sums k = y, y + 32, ... in order, 8 loads in flight at a time
+// (the partials were just written: L2 latency, not bandwidth, is the cost), then thread y = 0 adds
+// the 32 sums in order (deterministic).
+__global__ void norm_param_sum_kernel(float* dweight, float* dbias, const float* partial, int nrows, int C) {
+    __shared__ float part[32][33];
+    int c = blockIdx.x * 32 + threadIdx.x, which = blockIdx.y;
+    float* dst = which ? dbias : dweight;
+    if (!dst) return;   // the whole block
+    float s = 0.0f;
+    if (c < C) {
+        for (int k0 = threadIdx.y; k0 < nrows; k0 += 32 * 8) {
+            float v[8];
+            #pragma unroll
+            for (int q = 0; q < 8; q++) {
+                int k = k0 + 32 * q;
+                v[q] = k < nrows ? partial[((size_t)k * 2 + which) * C + c] : 0.0f;
+            }
+            #pragma unroll
+            for (int q = 0; q < 8; q++) s += v[q];
+        }
+    }
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float t = 0.0f;
+        for (int k = 0; k < 32; k++) t += part[k][threadIdx.x];
+        dst[c] += t;
+    }
+}
+
+// dweight, dbias (either may be NULL) += the sums over the nrows rows (2, C) of partial
+static void norm_param_sum(float* dweight, float* dbias, const float* partial, int nrows, int C) {
+    dim3 grid((C + 31) / 32, 2), block(32, 32);
+    norm_param_sum_kernel<<<grid, block>>>(dweight, dbias, partial, nrows, C);
+    launchCheck();
+}
+
+// out = (inp - mean[r]) rstd[r] w + b over rows of any length: a group of G lanes per row, the
+// statistics read once per row
+template <int VEC>
+__global__ void __launch_bounds__(LN_THREADS)
+layernorm_apply_rows_kernel(float* out, const float* inp, const float* mean, const float* rstd,
+                            const float* weight, const float* bias, int N, int C, int G, int params_aligned) {
+    int ng = blockDim.x / G, l = threadIdx.x % G, U = C / VEC;
+    for (long r = (long)blockIdx.x * ng + threadIdx.x / G; r < N; r += (long)gridDim.x * ng) {
+        float m = mean[r], rs = rstd[r];
+        const float* x_row = inp + (size_t)r * C;
+        float* y = out + (size_t)r * C;
+        for (int u = l; u < U; u += G) {
+            float x[VEC], w[VEC], b[VEC], o[VEC];
+            load_unit<VEC>(x, x_row + (size_t)u * VEC);
+            load_param_unit<VEC>(w, weight + u * VEC, params_aligned);
+            load_param_unit<VEC>(b, bias + u * VEC, params_aligned);
+            for (int j = 0; j < VEC; j++) o[j] = (x[j] - m) * rs * w[j] + b[j];
+            store_unit<VEC>(y + (size_t)u * VEC, o);
+        }
+    }
+}
+
+static int is_aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }   // NULL counts as aligned
+
+static int gpu_sm_count(void) {
+    static int n = 0;
+    if (n == 0) {
+        int dev = 0;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    }
+    return n;
+}
+
+// blocks of LN_THREADS threads of `kernel` (with smem bytes of dynamic shared memory) resident on
+// the whole GPU at once; remembered per (kernel, smem)
+static int resident_blocks(const void* kernel, size_t smem) {
+    static struct { const void* kernel; size_t smem; int blocks; } seen[32];
+    static int nseen = 0;
+    for (int i = 0; i < nseen; i++)
+        if (seen[i].kernel == kernel && seen[i].smem == smem) return seen[i].blocks;
+    int per_sm = 0;
+    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, LN_THREADS, smem));
+    int blocks = (per_sm > 0 ? per_sm : 1) * gpu_sm_count();
+    if (nseen < 32) { seen[nseen].kernel = kernel; seen[nseen].smem = smem; seen[nseen].blocks = blocks; nseen++; }
+    return blocks;
+}
+
+// lanes per row G (4, 8, 16 or 32): the fewest that give each lane at most nv_target of the row's
+// U = C / vec units; *nv: the units per lane that leaves (above nv_target only when G = 32)
+static int ln_group_lanes(int C, int vec, int nv_target, int* nv) {
+    int U = C / vec, G = 4;
+    while (G < 32 && (U + G - 1) / G > nv_target) G *= 2;
+    if (nv) *nv = (U + G - 1) / G;
+    return G;
+}
+
+template <int VEC, int NV>
+static void layernorm_rows_forward_launch(float* out, float* mean, float* rstd, const float* inp,
+                                          const float* weight, const float* bias, int nrows, int C, int G,
+                                          NormRows rows) {
+    const void* kernel = (const void*)layernorm_rows_forward_kernel<VEC, NV>;
+    long ng = LN_THREADS / G, want = (nrows + ng - 1) / ng;
+    int blocks = (int)(want < resident_blocks(kernel, 0) ? want : resident_blocks(kernel, 0));
+    int params_aligned = is_aligned16(weight) && is_aligned16(bias);
+    layernorm_rows_forward_kernel<VEC, NV><<<blocks, LN_THREADS>>>(out, mean, rstd, inp, weight, bias, nrows, C,
+                                                                   G, params_aligned, rows);
+    launchCheck();
+}
+
+// the forward on registers when the row fits (C <= 1536 as float4, C <= 256 otherwise); returns 0
+// when it does not (the caller takes the warp-per-row kernel)
+static int layernorm_rows_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                                  const float* bias, size_t nrows, int C, NormRows rows) {
+    if (nrows > 0x7fffffff) return 0;
+    int vec4 = C % 4 == 0 && is_aligned16(out) && is_aligned16(inp), nv;
+    if (vec4) {
+        int G = ln_group_lanes(C, 4, 4, &nv);
+        if (nv <= 4) { layernorm_rows_forward_launch<4, 4>(out, mean, rstd, inp, weight, bias, (int)nrows, C, G, rows); return 1; }
+        if (nv <= 6) { layernorm_rows_forward_launch<4, 6>(out, mean, rstd, inp, weight, bias, (int)nrows, C, G, rows); return 1; }
+        if (nv <= 12) { layernorm_rows_forward_launch<4, 12>(out, mean, rstd, inp, weight, bias, (int)nrows, C, G, rows); return 1; }
+        return 0;
+    }
+    int G = ln_group_lanes(C, 1, 8, &nv);
+    if (nv > 8) return 0;
+    layernorm_rows_forward_launch<1, 8>(out, mean, rstd, inp, weight, bias, (int)nrows, C, G, rows);
+    return 1;
+}
+
+template <int VEC, int NV>
+static void layernorm_rows_backward_launch(float* dinp, float* dweight, float* dbias, const float* dout,
+                                           const float* inp, const float* weight, const float* mean,
+                                           const float* rstd, int nrows, int C, int G, NormRows rows) {
+    const void* kernel = (const void*)layernorm_rows_backward_kernel<VEC, NV>;
+    int with_params = dweight || dbias;
+    long ng = LN_THREADS / G;
+    size_t smem = with_params ? (size_t)ng * C * sizeof(float) : 0;
+    long want = (nrows + ng - 1) / ng, resident = resident_blocks(kernel, smem);
+    long blocks = want < resident ? want : resident;
+    long rows_per_block = (nrows + blocks - 1) / blocks;
+    rows_per_block = (rows_per_block + ng - 1) / ng * ng;   // whole passes of the block's groups
+    blocks = (nrows + rows_per_block - 1) / rows_per_block;
+    float* partial = with_params ? (float*)workspace_get(&ws_ln, (size_t)blocks * 2 * C * sizeof(float)) : NULL;
+    int params_aligned = is_aligned16(weight);
+    layernorm_rows_backward_kernel<VEC, NV><<<(unsigned int)blocks, LN_THREADS, smem>>>(
+        dinp, partial, dout, inp, weight, mean, rstd, nrows, C, G, params_aligned, (int)rows_per_block, rows);
+    launchCheck();
+    if (with_params) norm_param_sum(dweight, dbias, partial, (int)blocks, C);
+}
+
+// the backward on registers when the row fits (C <= 768 as float4, C <= 256 otherwise; 3 units a
+// lane, Swin's C = 96, 192, 384, have their own kernel: fewer registers, more blocks); returns 0
+// when it does not (the caller takes the warp-per-row kernel and norm_param_grad)
+static int layernorm_rows_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                                   const float* weight, const float* mean, const float* rstd, size_t nrows, int C,
+                                   NormRows rows) {
+    if (nrows > 0x7fffffff) return 0;
+    int vec4 = C % 4 == 0 && is_aligned16(dinp) && is_aligned16(dout) && is_aligned16(inp), nv;
+    if (vec4) {
+        int G = ln_group_lanes(C, 4, 4, &nv);
+        if (nv <= 3) { layernorm_rows_backward_launch<4, 3>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, (int)nrows, C, G, rows); return 1; }
+        if (nv <= 4) { layernorm_rows_backward_launch<4, 4>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, (int)nrows, C, G, rows); return 1; }
+        if (nv <= 6) { layernorm_rows_backward_launch<4, 6>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, (int)nrows, C, G, rows); return 1; }
+        return 0;
+    }
+    int G = ln_group_lanes(C, 1, 8, &nv);
+    if (nv > 8) return 0;
+    layernorm_rows_backward_launch<1, 8>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, (int)nrows, C, G, rows);
+    return 1;
+}
+
 extern "C" void layernorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp,
                                        const float* weight, const float* bias, int N, int C) {
     OpTimer timer("layernorm_forward");
-    if (N <= 0) return;
+    if (N <= 0 || C <= 0) return;
+    if (layernorm_rows_forward(out, mean, rstd, inp, weight, bias, (size_t)N, C, NormRows{0, 0, 0, 0})) return;
     layernorm_forward_kernel<<<(N + 7) / 8, 256>>>(out, mean, rstd, inp, weight, bias, N, C); launchCheck();
 }
 
@@ -654,7 +1018,10 @@ extern "C" void layernorm_backward_cuda(float* dinp, float* dweight, float* dbia
                                         const float* inp, const float* weight, const float* mean,
                                         const float* rstd, int N, int C) {
     OpTimer timer("layernorm_backward");
-    if (N <= 0) return;
+    if (N <= 0 || C <= 0 || (!dinp && !dweight && !dbias)) return;
+    if (layernorm_rows_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, (size_t)N, C,
+                                NormRows{0, 0, 0, 0}))
+        return;
     if (dinp) { layernorm_backward_kernel<<<(N + 7) / 8, 256>>>(dinp, dout, inp, weight, mean, rstd, N, C); launchCheck(); }
     if (dweight || dbias) norm_param_grad(dweight, dbias, dout, inp, mean, rstd, N, C, 1, 1, C, NormRows{0, 0, 0, 0});
 }
@@ -677,9 +1044,7 @@ static int gn_chunks(int HW) { return (HW + GN_CHUNK_ROWS - 1) / GN_CHUNK_ROWS; 
 // per-channel sums of f(row, c) over the chunk's rows into ch[C] (shared), then per group into
 // grp[G] (shared). Threads over channels: the reads of one row are consecutive floats.
 __device__ __forceinline__ void gn_group_sums(float* grp, float* ch, const float* vals, int r0, int r1,
-                                              int C, int G, int mode, const float* gmean,
-                                              const float* dout, const float* weight, const float* mean_bg,
-                                              const float* rstd_bg) {
+                                              int C, int G, int mode, const float* gmean) {
     int Cg = C / G;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         float acc = 0.0f;
@@ -687,11 +1052,7 @@ __device__ __forceinline__ void gn_group_sums(float* grp, float* ch, const float
         for (int r = r0; r < r1; r++) {
             float x = vals[(size_t)r * C + c];
             if (mode == 0) acc += x;                                          // sum x
-            else if (mode == 1) { float d = x - gmean[g]; acc += d * d; }     // sum (x - chunk mean)^2
-            else {                                                            // backward: dn, dn * norm
-                float dn = dout[(size_t)r * C + c] * weight[c];
-                acc += mode == 2 ? dn : dn * (x - mean_bg[g]) * rstd_bg[g];
-            }
+            else { float d = x - gmean[g]; acc += d * d; }                    // sum (x - chunk mean)^2
         }
         ch[c] = acc;
     }
@@ -714,13 +1075,13 @@ __global__ void groupnorm_partial_stats_kernel(float* partial, const float* inp,
     int r0 = chunk * GN_CHUNK_ROWS, r1 = min(HW, r0 + GN_CHUNK_ROWS);
     const float* x = inp + (size_t)b * HW * C;
     float cnt = (float)(r1 - r0) * (C / G);
-    gn_group_sums(grp, ch, x, r0, r1, C, G, 0, NULL, NULL, NULL, NULL, NULL);
+    gn_group_sums(grp, ch, x, r0, r1, C, G, 0, NULL);
     for (int g = threadIdx.x; g < G; g += blockDim.x) gmean[g] = grp[g] / cnt;
     __syncthreads();
     for (int g = threadIdx.x; g < G; g += blockDim.x)
         partial[(((size_t)b * G + g) * nchunks + chunk) * 2] = grp[g];
     __syncthreads();
-    gn_group_sums(grp, ch, x, r0, r1, C, G, 1, gmean, NULL, NULL, NULL, NULL);
+    gn_group_sums(grp, ch, x, r0, r1, C, G, 1, gmean);
     for (int g = threadIdx.x; g < G; g += blockDim.x)
         partial[(((size_t)b * G + g) * nchunks + chunk) * 2 + 1] = grp[g];
 }
@@ -772,33 +1133,46 @@ __global__ void groupnorm_apply_kernel(float* out, const float* inp, const float
     }
 }
 
-// backward partials: per (b, g, chunk) the sums of dn = dout w and of dn * norm
+// backward partials, one block per (chunk, b), threads over channels (coalesced rows): per channel c
+// the sums over the chunk's rows of dout * norm and of dout, into partial[((b nchunks + chunk) 2 +
+// {0, 1}) C + c]. They give both the parameter gradients (their sums over (b, chunk):
+// norm_param_sum) and the group sums the input gradient needs (groupnorm_merge_grad_kernel): the
+// input and dout are read once for both.
 __global__ void groupnorm_partial_grad_kernel(float* partial, const float* dout, const float* inp,
-                                              const float* weight, const float* mean, const float* rstd,
-                                              int HW, int C, int G) {
-    extern __shared__ float gn_smem[];
-    float* ch = gn_smem;   // (C)
-    float* grp = ch + C;   // (G)
-    int chunk = blockIdx.x, b = blockIdx.y, nchunks = gridDim.x;
+                                              const float* mean, const float* rstd, int HW, int C, int G) {
+    int chunk = blockIdx.x, b = blockIdx.y, nchunks = gridDim.x, Cg = C / G;
     int r0 = chunk * GN_CHUNK_ROWS, r1 = min(HW, r0 + GN_CHUNK_ROWS);
-    size_t off = (size_t)b * HW * C;
-    for (int mode = 2; mode <= 3; mode++) {
-        gn_group_sums(grp, ch, inp + off, r0, r1, C, G, mode, NULL, dout + off, weight, mean + b * G, rstd + b * G);
-        for (int g = threadIdx.x; g < G; g += blockDim.x)
-            partial[(((size_t)b * G + g) * nchunks + chunk) * 2 + (mode - 2)] = grp[g];
-        __syncthreads();
+    const float* x = inp + (size_t)b * HW * C;
+    const float* dy = dout + (size_t)b * HW * C;
+    float* p = partial + ((size_t)b * nchunks + chunk) * 2 * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        int si = b * G + c / Cg;
+        float m = mean[si], r = rstd[si], s_dy_norm = 0.0f, s_dy = 0.0f;
+        for (int row = r0; row < r1; row++) {
+            float d = dy[(size_t)row * C + c];
+            s_dy_norm += d * ((x[(size_t)row * C + c] - m) * r);
+            s_dy += d;
+        }
+        p[c] = s_dy_norm;
+        p[C + c] = s_dy;
     }
 }
 
-// one warp per (b, g): a = mean(dn), bb = mean(dn norm) over the group, into ab[bg * 2 + {0, 1}]
-__global__ void groupnorm_merge_grad_kernel(float* ab, const float* partial, int B, int G, int HW, int Cg,
-                                            int nchunks) {
+// one warp per (b, g): a = mean(dn), bb = mean(dn norm) over the group, dn = dout w, into
+// ab[bg * 2 + {0, 1}], from the per-channel partials: sum dn = sum_c w[c] sum_rows dout and
+// sum dn norm = sum_c w[c] sum_rows dout norm (in double, lanes over (chunk, channel))
+__global__ void groupnorm_merge_grad_kernel(float* ab, const float* partial, const float* weight, int B, int G,
+                                            int HW, int C, int nchunks) {
     int bg = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (bg >= B * G) return;
+    int b = bg / G, g = bg % G, Cg = C / G;
     double a = 0.0, bb = 0.0;
-    for (int k = lane; k < nchunks; k += 32) {
-        a += partial[((size_t)bg * nchunks + k) * 2];
-        bb += partial[((size_t)bg * nchunks + k) * 2 + 1];
+    for (int k = lane; k < nchunks * Cg; k += 32) {
+        int chunk = k / Cg, c = g * Cg + k % Cg;
+        const float* p = partial + ((size_t)b * nchunks + chunk) * 2 * C;
+        double w = weight[c];
+        a += w * p[C + c];
+        bb += w * p[c];
     }
     for (int o = 16; o > 0; o >>= 1) {
         a += __shfl_xor_sync(0xffffffffu, a, o);
@@ -846,42 +1220,54 @@ extern "C" void groupnorm_backward_cuda(float* dinp, float* dweight, float* dbia
                                         const float* inp, const float* weight, const float* mean,
                                         const float* rstd, int B, int HW, int C, int G) {
     OpTimer timer("groupnorm_backward");
-    if (B <= 0 || HW <= 0) return;
+    if (B <= 0 || HW <= 0 || C <= 0 || (!dinp && !dweight && !dbias)) return;
+    int nchunks = gn_chunks(HW);
+    if ((size_t)B * nchunks > 0x7fffffff) ttt_die("groupnorm_backward: %d images of %d pixels", B, HW);
+    size_t npart = (size_t)B * nchunks * 2 * C;
+    float* partial = (float*)workspace_get(&ws_gn, (npart + (size_t)B * G * 2) * sizeof(float));
+    float* ab = partial + npart;
+    dim3 grid(nchunks, B);
+    groupnorm_partial_grad_kernel<<<grid, GN_THREADS>>>(partial, dout, inp, mean, rstd, HW, C, G);
+    launchCheck();
     if (dinp) {
-        int nchunks = gn_chunks(HW);
-        size_t npart = (size_t)B * G * nchunks * 2;
-        float* partial = (float*)workspace_get(&ws_gn, (npart + (size_t)B * G * 2) * sizeof(float));
-        float* ab = partial + npart;
-        dim3 grid(nchunks, B);
-        groupnorm_partial_grad_kernel<<<grid, GN_THREADS, gn_smem_bytes(C, G)>>>(partial, dout, inp, weight,
-                                                                                 mean, rstd, HW, C, G);
-        launchCheck();
-        groupnorm_merge_grad_kernel<<<(B * G + 7) / 8, 256>>>(ab, partial, B, G, HW, C / G, nchunks);
+        groupnorm_merge_grad_kernel<<<(B * G + 7) / 8, 256>>>(ab, partial, weight, B, G, HW, C, nchunks);
         launchCheck();
         groupnorm_backward_apply_kernel<<<grid, GN_THREADS>>>(dinp, dout, inp, weight, mean, rstd, ab, HW, C, G);
         launchCheck();
     }
-    if (dweight || dbias)
-        norm_param_grad(dweight, dbias, dout, inp, mean, rstd, (size_t)B * HW, C, HW, G, C / G, NormRows{0, 0, 0, 0});
+    if (dweight || dbias) norm_param_sum(dweight, dbias, partial, B * nchunks, C);
 }
 
 // ----------------------------------------------------------------------------
 // activations
 
-__global__ void gelu_forward_kernel(float* out, const float* inp, size_t N) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x) {
-        float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    }
+// gelu: vec (every pointer 16-byte aligned): N / 4 float4 units, then the last N % 4 one by one
+__device__ __forceinline__ float gelu_value(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+// d/dx [x Phi(x)] = Phi(x) + x phi(x)
+__device__ __forceinline__ float gelu_slope(float x) {
+    float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+    return cdf + x * pdf;
 }
-__global__ void gelu_backward_kernel(float* dinp, const float* inp, const float* dout, size_t N) {
-    // d/dx [x Phi(x)] = Phi(x) + x phi(x)
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x) {
-        float x = inp[i];
-        float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-        float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
-        dinp[i] += dout[i] * (cdf + x * pdf);
+__global__ void gelu_forward_kernel(float* out, const float* inp, size_t N, int vec) {
+    size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    size_t n4 = vec ? N / 4 : 0;
+    for (size_t i = tid; i < n4; i += stride) {
+        float4 x = ((const float4*)inp)[i];
+        ((float4*)out)[i] = make_float4(gelu_value(x.x), gelu_value(x.y), gelu_value(x.z), gelu_value(x.w));
     }
+    for (size_t i = 4 * n4 + tid; i < N; i += stride) out[i] = gelu_value(inp[i]);
+}
+__global__ void gelu_backward_kernel(float* dinp, const float* inp, const float* dout, size_t N, int vec) {
+    size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    size_t n4 = vec ? N / 4 : 0;
+    for (size_t i = tid; i < n4; i += stride) {
+        float4 x = ((const float4*)inp)[i], d = ((const float4*)dout)[i], g = ((float4*)dinp)[i];
+        g.x += d.x * gelu_slope(x.x); g.y += d.y * gelu_slope(x.y);
+        g.z += d.z * gelu_slope(x.z); g.w += d.w * gelu_slope(x.w);
+        ((float4*)dinp)[i] = g;
+    }
+    for (size_t i = 4 * n4 + tid; i < N; i += stride) dinp[i] += dout[i] * gelu_slope(inp[i]);
 }
 __global__ void relu_forward_kernel(float* out, const float* inp, size_t N) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
@@ -903,12 +1289,14 @@ __global__ void sigmoid_backward_kernel(float* dinp, const float* out, const flo
 extern "C" void gelu_forward_cuda(float* out, const float* inp, size_t N) {
     OpTimer timer("gelu_forward");
     if (N == 0) return;
-    gelu_forward_kernel<<<grid_for(N, 256), 256>>>(out, inp, N); launchCheck();
+    int vec = ((uintptr_t)out & 15) == 0 && ((uintptr_t)inp & 15) == 0;
+    gelu_forward_kernel<<<grid_for(vec ? (N + 3) / 4 : N, 256), 256>>>(out, inp, N, vec); launchCheck();
 }
 extern "C" void gelu_backward_cuda(float* dinp, const float* inp, const float* dout, size_t N) {
     OpTimer timer("gelu_backward");
     if (N == 0) return;
-    gelu_backward_kernel<<<grid_for(N, 256), 256>>>(dinp, inp, dout, N); launchCheck();
+    int vec = ((uintptr_t)dinp & 15) == 0 && ((uintptr_t)inp & 15) == 0 && ((uintptr_t)dout & 15) == 0;
+    gelu_backward_kernel<<<grid_for(vec ? (N + 3) / 4 : N, 256), 256>>>(dinp, inp, dout, N, vec); launchCheck();
 }
 extern "C" void relu_forward_cuda(float* out, const float* inp, size_t N) {
     OpTimer timer("relu_forward");
@@ -2299,57 +2687,112 @@ __global__ void layernorm_partition_backward_kernel(float* dinp, const float* do
                                 rstd[src], C, lane);
 }
 
-// one thread per window element (b, w, t, c), as window_kernel: pixel src = residual + s * window
+// window_reverse_residual: a group of G lanes per window token (consecutive lanes on consecutive
+// channels, float4 units when vec: C % 4 == 0 and every pointer 16-byte aligned); the token's
+// source pixel and image computed once per token. Pixel src = residual + s * window.
+template <int VEC>
 __global__ void window_reverse_residual_forward_kernel(float* out, const float* inp, const float* residual,
-                                                       const float* scale, size_t total, int H, int W, int C,
-                                                       int ws, int shift) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+                                                       const float* scale, long ntok, int H, int W, int C,
+                                                       int ws, int shift, int G) {
+    int ng = blockDim.x / G, l = threadIdx.x % G, U = C / VEC;
+    for (long tok = (long)blockIdx.x * ng + threadIdx.x / G; tok < ntok; tok += (long)gridDim.x * ng) {
         int b;
-        long src = window_token_source(i / C, H, W, ws, shift, &b);
+        long src = window_token_source((size_t)tok, H, W, ws, shift, &b);
         if (src < 0) continue;   // padding is cropped away
-        size_t j = (size_t)src * C + i % C;
         float s = scale ? scale[b] : 1.0f;
-        out[j] = __fmul_rn(inp[i], s) + residual[j];
+        const float* win = inp + (size_t)tok * C;
+        const float* res = residual + (size_t)src * C;
+        float* o = out + (size_t)src * C;
+        for (int u = l; u < U; u += G) {
+            float x[VEC], r[VEC];
+            load_unit<VEC>(x, win + (size_t)u * VEC);
+            load_unit<VEC>(r, res + (size_t)u * VEC);
+            for (int j = 0; j < VEC; j++) x[j] = __fmul_rn(x[j], s) + r[j];
+            store_unit<VEC>(o + (size_t)u * VEC, x);
+        }
     }
 }
 
 // dresidual[src] += dout[src]; dwindow += s * dout[src]. Each pixel is one window slot: race-free.
+template <int VEC>
 __global__ void window_reverse_residual_backward_kernel(float* dresidual, float* dinp, const float* dout,
-                                                        const float* scale, size_t total, int H, int W, int C,
-                                                        int ws, int shift) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+                                                        const float* scale, long ntok, int H, int W, int C,
+                                                        int ws, int shift, int G) {
+    int ng = blockDim.x / G, l = threadIdx.x % G, U = C / VEC;
+    for (long tok = (long)blockIdx.x * ng + threadIdx.x / G; tok < ntok; tok += (long)gridDim.x * ng) {
         int b;
-        long src = window_token_source(i / C, H, W, ws, shift, &b);
+        long src = window_token_source((size_t)tok, H, W, ws, shift, &b);
         if (src < 0) continue;   // cropped tokens get no gradient
-        size_t j = (size_t)src * C + i % C;
-        float d = dout[j];
-        if (dinp) dinp[i] = dinp[i] + __fmul_rn(d, scale ? scale[b] : 1.0f);
-        if (dresidual) dresidual[j] += d;
+        float s = scale ? scale[b] : 1.0f;
+        const float* d_row = dout + (size_t)src * C;
+        for (int u = l; u < U; u += G) {
+            float d[VEC], a[VEC];
+            load_unit<VEC>(d, d_row + (size_t)u * VEC);
+            if (dinp) {
+                float* p = dinp + (size_t)tok * C + (size_t)u * VEC;
+                load_unit<VEC>(a, p);
+                for (int j = 0; j < VEC; j++) a[j] = a[j] + __fmul_rn(d[j], s);
+                store_unit<VEC>(p, a);
+            }
+            if (dresidual) {
+                float* p = dresidual + (size_t)src * C + (size_t)u * VEC;
+                load_unit<VEC>(a, p);
+                for (int j = 0; j < VEC; j++) a[j] += d[j];
+                store_unit<VEC>(p, a);
+            }
+        }
     }
 }
 
-// elementwise: layernorm_forward_kernel's last line with the stored statistics
-__global__ void layernorm_apply_kernel(float* out, const float* inp, const float* mean, const float* rstd,
-                                       const float* weight, const float* bias, size_t total, int C) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        size_t n = i / C;
-        int c = i % C;
-        out[i] = (inp[i] - mean[n]) * rstd[n] * weight[c] + bias[c];
-    }
-}
+// (layernorm_apply: layernorm_apply_rows_kernel, with the LayerNorm rows above.)
 
-// (B, N) rows: out = residual + inp * scale[row] (scale NULL: 1)
+// (B, N) rows: out = residual + inp * scale[b] (scale NULL: 1). Grid (chunks of a row, images):
+// blockIdx.y walks the images, so no index is divided; float4 units when vec (N % 4 == 0 and every
+// pointer 16-byte aligned), the last N % 4 elements of a row one by one otherwise.
 __global__ void scale_rows_add_forward_kernel(float* out, const float* inp, const float* residual,
-                                              const float* scale, size_t total, size_t N) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
-        out[i] = __fmul_rn(inp[i], scale ? scale[i / N] : 1.0f) + residual[i];
+                                              const float* scale, int B, size_t N, int vec) {
+    size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    size_t n4 = vec ? N / 4 : 0;
+    for (int b = blockIdx.y; b < B; b += gridDim.y) {
+        float s = scale ? scale[b] : 1.0f;
+        size_t off = (size_t)b * N;
+        for (size_t i = tid; i < n4; i += stride) {
+            float x[4], r[4];
+            load_unit<4>(x, inp + off + 4 * i);
+            load_unit<4>(r, residual + off + 4 * i);
+            for (int j = 0; j < 4; j++) x[j] = __fmul_rn(x[j], s) + r[j];
+            store_unit<4>(out + off + 4 * i, x);
+        }
+        for (size_t i = 4 * n4 + tid; i < N; i += stride)
+            out[off + i] = __fmul_rn(inp[off + i], s) + residual[off + i];
+    }
 }
 __global__ void scale_rows_add_backward_kernel(float* dinp, float* dresidual, const float* dout,
-                                               const float* scale, size_t total, size_t N) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        float d = dout[i];
-        if (dinp) dinp[i] = dinp[i] + __fmul_rn(d, scale ? scale[i / N] : 1.0f);
-        if (dresidual) dresidual[i] += d;
+                                               const float* scale, int B, size_t N, int vec) {
+    size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    size_t n4 = vec ? N / 4 : 0;
+    for (int b = blockIdx.y; b < B; b += gridDim.y) {
+        float s = scale ? scale[b] : 1.0f;
+        size_t off = (size_t)b * N;
+        for (size_t i = tid; i < n4; i += stride) {
+            float d[4], a[4];
+            load_unit<4>(d, dout + off + 4 * i);
+            if (dinp) {
+                load_unit<4>(a, dinp + off + 4 * i);
+                for (int j = 0; j < 4; j++) a[j] = a[j] + __fmul_rn(d[j], s);
+                store_unit<4>(dinp + off + 4 * i, a);
+            }
+            if (dresidual) {
+                load_unit<4>(a, dresidual + off + 4 * i);
+                for (int j = 0; j < 4; j++) a[j] += d[j];
+                store_unit<4>(dresidual + off + 4 * i, a);
+            }
+        }
+        for (size_t i = 4 * n4 + tid; i < N; i += stride) {
+            float d = dout[off + i];
+            if (dinp) dinp[off + i] = dinp[off + i] + __fmul_rn(d, s);
+            if (dresidual) dresidual[off + i] += d;
+        }
     }
 }
 
@@ -2363,6 +2806,7 @@ extern "C" void layernorm_partition_forward_cuda(float* out, float* mean, float*
     OpTimer timer("layernorm_partition_forward");
     size_t ntok = window_tokens(B, H, W, ws);
     if (ntok == 0 || C <= 0) return;
+    if (layernorm_rows_forward(out, mean, rstd, inp, weight, bias, ntok, C, NormRows{H, W, ws, shift})) return;
     layernorm_partition_forward_kernel<<<(unsigned int)((ntok + 7) / 8), 256>>>(out, mean, rstd, inp, weight, bias,
                                                                               ntok, H, W, C, ws, shift);
     launchCheck();
@@ -2373,7 +2817,10 @@ extern "C" void layernorm_partition_backward_cuda(float* dinp, float* dweight, f
                                                   const float* rstd, int B, int H, int W, int C, int ws, int shift) {
     OpTimer timer("layernorm_partition_backward");
     size_t ntok = window_tokens(B, H, W, ws);
-    if (ntok == 0 || C <= 0) return;
+    if (ntok == 0 || C <= 0 || (!dinp && !dweight && !dbias)) return;
+    if (layernorm_rows_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, ntok, C,
+                                NormRows{H, W, ws, shift}))
+        return;
     if (dinp) {
         layernorm_partition_backward_kernel<<<(unsigned int)((ntok + 7) / 8), 256>>>(dinp, dout, inp, weight, mean,
                                                                                    rstd, ntok, H, W, C, ws, shift);
@@ -2383,14 +2830,25 @@ extern "C" void layernorm_partition_backward_cuda(float* dinp, float* dweight, f
         norm_param_grad(dweight, dbias, dout, inp, mean, rstd, ntok, C, 1, 1, C, NormRows{H, W, ws, shift});
 }
 
+// blocks of LN_THREADS threads for one row per group of G lanes (a grid-stride loop covers the rest)
+static unsigned int row_group_blocks(size_t nrows, int G) {
+    size_t ng = LN_THREADS / G, blocks = (nrows + ng - 1) / ng;
+    if (blocks > 65535u * 16u) blocks = 65535u * 16u;
+    return blocks > 0 ? (unsigned int)blocks : 1u;
+}
+
 extern "C" void window_reverse_residual_forward_cuda(float* out, const float* inp, const float* residual,
                                                      const float* scale, int B, int H, int W, int C, int ws,
                                                      int shift) {
     OpTimer timer("window_reverse_residual_forward");
-    size_t total = window_tokens(B, H, W, ws) * C;
-    if (total == 0) return;
-    window_reverse_residual_forward_kernel<<<grid_for(total, 256), 256>>>(out, inp, residual, scale, total, H, W,
-                                                                         C, ws, shift);
+    size_t ntok = window_tokens(B, H, W, ws);
+    if (ntok == 0 || C <= 0) return;
+    int vec4 = C % 4 == 0 && is_aligned16(out) && is_aligned16(inp) && is_aligned16(residual);
+    int G = ln_group_lanes(C, vec4 ? 4 : 1, 4, NULL);
+    if (vec4) window_reverse_residual_forward_kernel<4><<<row_group_blocks(ntok, G), LN_THREADS>>>(
+        out, inp, residual, scale, (long)ntok, H, W, C, ws, shift, G);
+    else window_reverse_residual_forward_kernel<1><<<row_group_blocks(ntok, G), LN_THREADS>>>(
+        out, inp, residual, scale, (long)ntok, H, W, C, ws, shift, G);
     launchCheck();
 }
 
@@ -2398,37 +2856,51 @@ extern "C" void window_reverse_residual_backward_cuda(float* dresidual, float* d
                                                       const float* scale, int B, int H, int W, int C, int ws,
                                                       int shift) {
     OpTimer timer("window_reverse_residual_backward");
-    size_t total = window_tokens(B, H, W, ws) * C;
-    if (total == 0 || (!dresidual && !dinp)) return;
-    window_reverse_residual_backward_kernel<<<grid_for(total, 256), 256>>>(dresidual, dinp, dout, scale, total, H,
-                                                                          W, C, ws, shift);
+    size_t ntok = window_tokens(B, H, W, ws);
+    if (ntok == 0 || C <= 0 || (!dresidual && !dinp)) return;
+    int vec4 = C % 4 == 0 && is_aligned16(dresidual) && is_aligned16(dinp) && is_aligned16(dout);
+    int G = ln_group_lanes(C, vec4 ? 4 : 1, 4, NULL);
+    if (vec4) window_reverse_residual_backward_kernel<4><<<row_group_blocks(ntok, G), LN_THREADS>>>(
+        dresidual, dinp, dout, scale, (long)ntok, H, W, C, ws, shift, G);
+    else window_reverse_residual_backward_kernel<1><<<row_group_blocks(ntok, G), LN_THREADS>>>(
+        dresidual, dinp, dout, scale, (long)ntok, H, W, C, ws, shift, G);
     launchCheck();
 }
 
 extern "C" void layernorm_apply_cuda(float* out, const float* inp, const float* mean, const float* rstd,
                                      const float* weight, const float* bias, int N, int C) {
     OpTimer timer("layernorm_apply");
-    size_t total = (size_t)N * C;
     if (N <= 0 || C <= 0) return;
-    layernorm_apply_kernel<<<grid_for(total, 256), 256>>>(out, inp, mean, rstd, weight, bias, total, C);
+    int vec4 = C % 4 == 0 && is_aligned16(out) && is_aligned16(inp);
+    int G = ln_group_lanes(C, vec4 ? 4 : 1, 4, NULL);
+    int params_aligned = is_aligned16(weight) && is_aligned16(bias);
+    if (vec4) layernorm_apply_rows_kernel<4><<<row_group_blocks(N, G), LN_THREADS>>>(
+        out, inp, mean, rstd, weight, bias, N, C, G, params_aligned);
+    else layernorm_apply_rows_kernel<1><<<row_group_blocks(N, G), LN_THREADS>>>(
+        out, inp, mean, rstd, weight, bias, N, C, G, params_aligned);
     launchCheck();
+}
+
+// grid of the scale_rows_add kernels: (chunks of a row's N / 4 or N units, images)
+static dim3 scale_rows_grid(int B, size_t N, int vec) {
+    return dim3(grid_for(vec ? N / 4 : N, 256), (unsigned int)(B < 65535 ? B : 65535));
 }
 
 extern "C" void scale_rows_add_forward_cuda(float* out, const float* inp, const float* residual, const float* scale,
                                             int B, size_t N) {
     OpTimer timer("scale_rows_add_forward");
-    size_t total = (size_t)B * N;
-    if (total == 0) return;
-    scale_rows_add_forward_kernel<<<grid_for(total, 256), 256>>>(out, inp, residual, scale, total, N);
+    if (B <= 0 || N == 0) return;
+    int vec = N % 4 == 0 && is_aligned16(out) && is_aligned16(inp) && is_aligned16(residual);
+    scale_rows_add_forward_kernel<<<scale_rows_grid(B, N, vec), 256>>>(out, inp, residual, scale, B, N, vec);
     launchCheck();
 }
 
 extern "C" void scale_rows_add_backward_cuda(float* dinp, float* dresidual, const float* dout, const float* scale,
                                              int B, size_t N) {
     OpTimer timer("scale_rows_add_backward");
-    size_t total = (size_t)B * N;
-    if (total == 0 || (!dinp && !dresidual)) return;
-    scale_rows_add_backward_kernel<<<grid_for(total, 256), 256>>>(dinp, dresidual, dout, scale, total, N);
+    if (B <= 0 || N == 0 || (!dinp && !dresidual)) return;
+    int vec = N % 4 == 0 && is_aligned16(dinp) && is_aligned16(dresidual) && is_aligned16(dout);
+    scale_rows_add_backward_kernel<<<scale_rows_grid(B, N, vec), 256>>>(dinp, dresidual, dout, scale, B, N, vec);
     launchCheck();
 }
 

@@ -33,9 +33,12 @@ static void dev_free_all(void) {
     for (int i = 0; i < n_dev_allocs; i++) ttt_free(dev_allocs[i]);
     n_dev_allocs = 0;
 }
+// 1 while a test runs with every device float buffer starting 1 float past an aligned address
+// (4-byte alignment only: the kernels' scalar paths instead of their float4 ones)
+static int dev_misalign = 0;
 // device copy of a host array
 static float* dev_copy(const float* h, size_t n) {
-    float* d = (float*)dev_alloc(n * sizeof(float));
+    float* d = (float*)dev_alloc((n + dev_misalign) * sizeof(float)) + dev_misalign;
     ttt_to_device(d, h, n * sizeof(float));
     return d;
 }
@@ -311,12 +314,76 @@ static void test_groupnorm(int B, int HW, int C, int G) {
     cmp("groupnorm_forward", "mean", mean, mref, B * G, TOL_FP32);
     cmp("groupnorm_forward", "rstd", rstd, rref, B * G, TOL_FP32);
     float *dm = dev_copy(mref, B * G), *dr = dev_copy(rref, B * G);
-    Grad gx = grad_new(n), gw = grad_new(C), gb = grad_new(C);
-    groupnorm_backward_cpu(gx.cpu, gw.cpu, gb.cpu, dy, x, w, mref, rref, B, HW, C, G);
-    groupnorm_backward_cuda(gx.gpu, gw.gpu, gb.gpu, ddy, dx_, dw_, dm, dr, B, HW, C, G);
-    grad_cmp("groupnorm_backward", "dinp", &gx, TOL_FP32);
-    grad_cmp("groupnorm_backward", "dweight", &gw, TOL_FP32);
-    grad_cmp("groupnorm_backward", "dbias", &gb, TOL_FP32);
+    for (int mask = 7; mask >= 1; mask--) {   // all three gradients, then each combination with NULLs
+        Grad gx = grad_new(n), gw = grad_new(C), gb = grad_new(C);
+        groupnorm_backward_cpu(mask & 1 ? gx.cpu : NULL, mask & 2 ? gw.cpu : NULL, mask & 4 ? gb.cpu : NULL, dy, x,
+                               w, mref, rref, B, HW, C, G);
+        groupnorm_backward_cuda(mask & 1 ? gx.gpu : NULL, mask & 2 ? gw.gpu : NULL, mask & 4 ? gb.gpu : NULL, ddy,
+                                dx_, dw_, dm, dr, B, HW, C, G);
+        char what[64];
+        const char* names[3] = {"dinp", "dweight", "dbias"};
+        Grad* gs[3] = {&gx, &gw, &gb};
+        for (int k = 0; k < 3; k++) {
+            if (mask & (1 << k)) {
+                snprintf(what, sizeof(what), "%s (gradients asked: %d)", names[k], mask);
+                grad_cmp("groupnorm_backward", what, gs[k], TOL_FP32);
+            } else {
+                free(gs[k]->init); free(gs[k]->cpu);
+            }
+        }
+    }
+    free(x); free(w); free(b); free(dy); free(ref); free(mref); free(rref);
+    dev_free_all();
+}
+
+// The paths of the LayerNorm row kernels (ttt_kernels.cu, "LayerNorm rows in registers"): float4
+// rows (C % 4 == 0, aligned), scalar rows (C % 4 != 0, or the row buffers only 4-byte aligned), float4
+// rows with the parameters only 4-byte aligned, the warp-per-row fallback (rows longer than the lanes
+// hold: C 1000 backward, C 1540, scalar C 257), N not a multiple of a block's rows, and each of the 7
+// combinations of NULL gradients of the backward (which fuses dweight, dbias). rows_off / params_off
+// 1: inp, out, dout, dinp / weight, bias, dweight, dbias start 1 float past an aligned address.
+// layernorm_apply on the same buffers.
+static void test_layernorm_paths(const char* label, int N, int C, int rows_off, int params_off) {
+    printf("layernorm paths, %s: N %d, C %d%s%s\n", label, N, C, rows_off ? ", rows 4-byte aligned" : "",
+           params_off ? ", parameters 4-byte aligned" : "");
+    size_t n = (size_t)N * C;
+    float *x = random_tensor(&rng, n, -2.0f, 3.0f), *w = rnd(C), *b = rnd(C), *dy = rnd(n);
+    float* ref = (float*)mallocCheck(n * sizeof(float));
+    float *mref = (float*)mallocCheck(N * sizeof(float)), *rref = (float*)mallocCheck(N * sizeof(float));
+    float *d_x = dev_copy_shifted(x, n, rows_off), *d_dy = dev_copy_shifted(dy, n, rows_off);
+    float *d_w = dev_copy_shifted(w, C, params_off), *d_b = dev_copy_shifted(b, C, params_off);
+    float *out = dev_poison(n + 1) + rows_off, *mean = dev_poison(N), *rstd = dev_poison(N);
+    layernorm_forward_cpu(ref, mref, rref, x, w, b, N, C);
+    layernorm_forward_cuda(out, mean, rstd, d_x, d_w, d_b, N, C);
+    cmp("layernorm_forward", "out", out, ref, n, TOL_FP32);
+    cmp("layernorm_forward", "mean", mean, mref, N, TOL_FP32);
+    cmp("layernorm_forward", "rstd", rstd, rref, N, TOL_FP32);
+    float *d_m = dev_copy(mref, N), *d_r = dev_copy(rref, N);
+    float* aout = dev_poison(n + 1) + rows_off;
+    layernorm_apply_cpu(ref, x, mref, rref, w, b, N, C);
+    layernorm_apply_cuda(aout, d_x, d_m, d_r, d_w, d_b, N, C);
+    cmp("layernorm_apply", "out", aout, ref, n, TOL_FP32);
+    for (int mask = 1; mask < 8; mask++) {   // bit 0: dinp, 1: dweight, 2: dbias
+        Grad gx = grad_new(n), gw = grad_new(C), gb = grad_new(C);
+        gx.gpu = dev_copy_shifted(gx.init, n, rows_off);
+        gw.gpu = dev_copy_shifted(gw.init, C, params_off);
+        gb.gpu = dev_copy_shifted(gb.init, C, params_off);
+        layernorm_backward_cpu(mask & 1 ? gx.cpu : NULL, mask & 2 ? gw.cpu : NULL, mask & 4 ? gb.cpu : NULL, dy, x,
+                               w, mref, rref, N, C);
+        layernorm_backward_cuda(mask & 1 ? gx.gpu : NULL, mask & 2 ? gw.gpu : NULL, mask & 4 ? gb.gpu : NULL, d_dy,
+                                d_x, d_w, d_m, d_r, N, C);
+        char what[64];
+        const char* names[3] = {"dinp", "dweight", "dbias"};
+        Grad* gs[3] = {&gx, &gw, &gb};
+        for (int k = 0; k < 3; k++) {
+            if (mask & (1 << k)) {
+                snprintf(what, sizeof(what), "%s (gradients asked: %d)", names[k], mask);
+                grad_cmp("layernorm_backward", what, gs[k], TOL_FP32);
+            } else {
+                free(gs[k]->init); free(gs[k]->cpu);
+            }
+        }
+    }
     free(x); free(w); free(b); free(dy); free(ref); free(mref); free(rref);
     dev_free_all();
 }
@@ -671,6 +738,77 @@ static void test_swin_fusions(int B, int H, int W, int C, int ws, int shift) {
     }
     free(x); free(w); free(b); free(win); free(res); free(dwin); free(dimg); free(scale);
     free(ref); free(mref); free(rref); free(aref); free(ref2);
+    dev_free_all();
+}
+
+// The window-order LayerNorm (layernorm_partition) on the row kernels' paths as test_layernorm_paths
+// (padding tokens: H, W not multiples of ws; shift > 0), the backward with each of the 7
+// combinations of NULL gradients; window_reverse_residual_backward and scale_rows_add_backward with
+// one gradient NULL. rows_off / params_off as in test_layernorm_paths.
+static void test_swin_paths(const char* label, int B, int H, int W, int C, int ws, int shift, int rows_off,
+                            int params_off) {
+    printf("swin fusion paths, %s: B %d, %dx%d, C %d, ws %d, shift %d%s%s\n", label, B, H, W, C, ws, shift,
+           rows_off ? ", rows 4-byte aligned" : "", params_off ? ", parameters 4-byte aligned" : "");
+    int nW = ((H + ws - 1) / ws) * ((W + ws - 1) / ws), N = B * H * W;
+    size_t nimg = (size_t)N * C, nwin = (size_t)B * nW * ws * ws * C, per = (size_t)H * W * C;
+    float *x = random_tensor(&rng, nimg, -2.0f, 3.0f), *w = rnd(C), *b = rnd(C), *dwin = rnd(nwin);
+    float *dimg = rnd(nimg), *scale = rnd(B);
+    float *d_x = dev_copy_shifted(x, nimg, rows_off), *d_dwin = dev_copy_shifted(dwin, nwin, rows_off);
+    float *d_dimg = dev_copy_shifted(dimg, nimg, rows_off), *d_scale = dev_copy(scale, B);
+    float *d_w = dev_copy_shifted(w, C, params_off), *d_b = dev_copy_shifted(b, C, params_off);
+    float *ref = (float*)mallocCheck(nwin * sizeof(float)), *mref = (float*)mallocCheck(N * sizeof(float));
+    float* rref = (float*)mallocCheck(N * sizeof(float));
+    float *out = dev_poison(nwin + 1) + rows_off, *mean = dev_poison(N), *rstd = dev_poison(N);
+    layernorm_partition_forward_cpu(ref, mref, rref, x, w, b, B, H, W, C, ws, shift);
+    layernorm_partition_forward_cuda(out, mean, rstd, d_x, d_w, d_b, B, H, W, C, ws, shift);
+    cmp("layernorm_partition_forward", "out", out, ref, nwin, TOL_FP32);
+    cmp("layernorm_partition_forward", "mean", mean, mref, N, TOL_FP32);
+    cmp("layernorm_partition_forward", "rstd", rstd, rref, N, TOL_FP32);
+    float* out2 = dev_poison(nwin + 1) + rows_off;
+    layernorm_partition_forward_cuda(out2, NULL, NULL, d_x, d_w, d_b, B, H, W, C, ws, shift);
+    cmp("layernorm_partition_forward", "out (no mean, rstd)", out2, ref, nwin, TOL_FP32);
+    float *d_m = dev_copy(mref, N), *d_r = dev_copy(rref, N);
+    for (int mask = 1; mask < 8; mask++) {   // bit 0: dinp, 1: dweight, 2: dbias
+        Grad gx = grad_new(nimg), gw = grad_new(C), gb = grad_new(C);
+        gx.gpu = dev_copy_shifted(gx.init, nimg, rows_off);
+        gw.gpu = dev_copy_shifted(gw.init, C, params_off);
+        gb.gpu = dev_copy_shifted(gb.init, C, params_off);
+        layernorm_partition_backward_cpu(mask & 1 ? gx.cpu : NULL, mask & 2 ? gw.cpu : NULL, mask & 4 ? gb.cpu : NULL,
+                                         dwin, x, w, mref, rref, B, H, W, C, ws, shift);
+        layernorm_partition_backward_cuda(mask & 1 ? gx.gpu : NULL, mask & 2 ? gw.gpu : NULL,
+                                          mask & 4 ? gb.gpu : NULL, d_dwin, d_x, d_w, d_m, d_r, B, H, W, C, ws, shift);
+        char what[64];
+        const char* names[3] = {"dinp", "dweight", "dbias"};
+        Grad* gs[3] = {&gx, &gw, &gb};
+        for (int k = 0; k < 3; k++) {
+            if (mask & (1 << k)) {
+                snprintf(what, sizeof(what), "%s (gradients asked: %d)", names[k], mask);
+                grad_cmp("layernorm_partition_backward", what, gs[k], TOL_FP32);
+            } else {
+                free(gs[k]->init); free(gs[k]->cpu);
+            }
+        }
+    }
+    // one gradient NULL: window_reverse_residual_backward (dimg in image order -> the window tokens)
+    // and scale_rows_add_backward, with the scale row
+    for (int k = 0; k < 2; k++) {
+        Grad gr = grad_new(nimg), gi = grad_new(nwin);
+        Grad* g = k ? &gi : &gr;
+        g->gpu = dev_copy_shifted(g->init, g->n, rows_off);
+        window_reverse_residual_backward_cpu(k ? NULL : gr.cpu, k ? gi.cpu : NULL, dimg, scale, B, H, W, C, ws, shift);
+        window_reverse_residual_backward_cuda(k ? NULL : gr.gpu, k ? gi.gpu : NULL, d_dimg, d_scale, B, H, W, C, ws,
+                                              shift);
+        grad_cmp("window_reverse_residual_backward", k ? "dinp (dresidual NULL)" : "dresidual (dinp NULL)", g,
+                 TOL_FP32);
+        Grad* other = k ? &gr : &gi;
+        free(other->init); free(other->cpu);
+        Grad ga = grad_new(nimg);
+        ga.gpu = dev_copy_shifted(ga.init, nimg, rows_off);
+        scale_rows_add_backward_cpu(k ? ga.cpu : NULL, k ? NULL : ga.cpu, dimg, scale, B, per);
+        scale_rows_add_backward_cuda(k ? ga.gpu : NULL, k ? NULL : ga.gpu, d_dimg, d_scale, B, per);
+        grad_cmp("scale_rows_add_backward", k ? "dinp (dresidual NULL)" : "dresidual (dinp NULL)", &ga, TOL_FP32);
+    }
+    free(x); free(w); free(b); free(dwin); free(dimg); free(scale); free(ref); free(mref); free(rref);
     dev_free_all();
 }
 
@@ -1124,9 +1262,26 @@ int main(void) {
     ttt_cuda_set_precision(PRECISION_TF32);        // the rest at the default precision
     test_layernorm(1001, 97);
     test_layernorm(3136, 96);
+    test_layernorm_paths("float4, 8 lanes a row", 1001, 96, 0, 0);
+    test_layernorm_paths("float4, 4 units a lane, many rows a block", 20011, 100, 0, 0);
+    test_layernorm_paths("float4, parameters misaligned", 3001, 192, 0, 1);
+    test_layernorm_paths("float4, Swin stage 3", 2999, 384, 0, 0);
+    test_layernorm_paths("float4, 6 units a lane", 3001, 768, 0, 0);
+    test_layernorm_paths("float4, 6 units a lane, parameters misaligned", 50, 768, 0, 1);
+    test_layernorm_paths("scalar, C 50", 1001, 50, 0, 0);
+    test_layernorm_paths("scalar, rows misaligned", 777, 96, 1, 0);
+    test_layernorm_paths("scalar, 8 units a lane, all misaligned", 333, 256, 1, 1);
+    test_layernorm_paths("scalar, C 5", 37, 5, 0, 1);
+    test_layernorm_paths("one row", 1, 16, 0, 0);
+    test_layernorm_paths("forward 8 units a lane, backward fallback", 301, 1000, 0, 0);
+    test_layernorm_paths("forward 12 units a lane (patch merge 4 x 384)", 101, 1536, 0, 1);
+    test_layernorm_paths("fallback, C 1540", 67, 1540, 0, 0);
+    test_layernorm_paths("scalar fallback, C 257", 101, 257, 0, 0);
+    test_layernorm_paths("scalar fallback, C 1000 misaligned", 45, 1000, 1, 1);
     test_groupnorm(3, 257, 64, 32);
     test_groupnorm(2, 1000, 256, 32);
     test_groupnorm(1, 4099, 320, 32);   // C above the block's threads, many chunks at B = 1
+    test_groupnorm(3, 7488, 256, 32);   // 1/8 of 384x1248: 351 (b, chunk) rows of parameter sums
     test_softmax(333, 77);
     test_softmax(101, 1000);
     test_attention("generic", 3, 17, 23, 3, 8, 1, 1, 2, 3);
@@ -1191,6 +1346,23 @@ int main(void) {
     test_swin_fusions(3, 13, 17, 5, 7, 0);
     test_swin_fusions(2, 5, 3, 33, 7, 3);    // one window per image, mostly padding
     test_swin_fusions(1, 96, 312, 96, 7, 3); // Swin-S stage 1 at 384x1248
+    test_swin_fusions(2, 13, 17, 100, 7, 3); // float4 rows, 4 units a lane
+    test_swin_fusions(1, 24, 78, 768, 7, 3); // Swin-S stage 4 rows at 1/32 of 768x2496
+    test_swin_fusions(2, 13, 17, 1000, 7, 3);// LayerNorm backward fallback
+    dev_misalign = 1;                        // every buffer 4-byte aligned only: the scalar paths
+    test_swin_fusions(2, 13, 17, 96, 7, 3);
+    test_swin_fusions(1, 96, 312, 96, 7, 3);
+    test_elementwise(1000003);
+    test_activations(100003);
+    dev_misalign = 0;
+    test_swin_paths("float4", 2, 13, 17, 96, 7, 3, 0, 0);
+    test_swin_paths("float4, no shift", 3, 13, 17, 96, 7, 0, 0, 0);
+    test_swin_paths("float4, parameters misaligned", 2, 13, 17, 192, 7, 3, 0, 1);
+    test_swin_paths("float4, 6 units a lane", 1, 20, 23, 768, 7, 3, 0, 0);
+    test_swin_paths("scalar, C 50", 2, 13, 17, 50, 7, 3, 0, 0);
+    test_swin_paths("scalar, rows misaligned", 2, 13, 17, 96, 7, 3, 1, 0);
+    test_swin_paths("fallback, C 1000", 1, 13, 17, 1000, 7, 3, 0, 0);
+    test_swin_paths("Swin-S stage 1 at 384x1248", 1, 96, 312, 96, 7, 3, 0, 0);
     test_patch_merge(2, 13, 17, 7);
     test_patch_merge(1, 56, 56, 96);
     test_conv2d(2, 13, 11, 5, 7, 3, 1, 1, 13, 11, 1);     // same-size 3x3
