@@ -278,6 +278,22 @@ static void test_linear(int precision, int N, int C, int OC, int with_bias, int 
 // ----------------------------------------------------------------------------
 // layernorm, groupnorm
 
+// the gradients a norm backward was asked for (mask bit 0: dinp, 1: dweight, 2: dbias) against the
+// CPU's; the others' host buffers freed unchecked
+static void norm_grads_check(const char* op, Grad* gx, Grad* gw, Grad* gb, int mask) {
+    const char* names[3] = {"dinp", "dweight", "dbias"};
+    Grad* gs[3] = {gx, gw, gb};
+    for (int k = 0; k < 3; k++) {
+        if (mask & (1 << k)) {
+            char what[64];
+            snprintf(what, sizeof(what), "%s (gradients asked: %d)", names[k], mask);
+            grad_cmp(op, what, gs[k], TOL_FP32);
+        } else {
+            free(gs[k]->init); free(gs[k]->cpu);
+        }
+    }
+}
+
 static void test_layernorm(int N, int C) {
     float *x = random_tensor(&rng, (size_t)N * C, -2.0f, 3.0f), *w = rnd(C), *b = rnd(C), *dy = rnd((size_t)N * C);
     float* ref = (float*)mallocCheck((size_t)N * C * sizeof(float));
@@ -320,17 +336,7 @@ static void test_groupnorm(int B, int HW, int C, int G) {
                                w, mref, rref, B, HW, C, G);
         groupnorm_backward_cuda(mask & 1 ? gx.gpu : NULL, mask & 2 ? gw.gpu : NULL, mask & 4 ? gb.gpu : NULL, ddy,
                                 dx_, dw_, dm, dr, B, HW, C, G);
-        char what[64];
-        const char* names[3] = {"dinp", "dweight", "dbias"};
-        Grad* gs[3] = {&gx, &gw, &gb};
-        for (int k = 0; k < 3; k++) {
-            if (mask & (1 << k)) {
-                snprintf(what, sizeof(what), "%s (gradients asked: %d)", names[k], mask);
-                grad_cmp("groupnorm_backward", what, gs[k], TOL_FP32);
-            } else {
-                free(gs[k]->init); free(gs[k]->cpu);
-            }
-        }
+        norm_grads_check("groupnorm_backward", &gx, &gw, &gb, mask);
     }
     free(x); free(w); free(b); free(dy); free(ref); free(mref); free(rref);
     dev_free_all();
@@ -372,17 +378,7 @@ static void test_layernorm_paths(const char* label, int N, int C, int rows_off, 
                                w, mref, rref, N, C);
         layernorm_backward_cuda(mask & 1 ? gx.gpu : NULL, mask & 2 ? gw.gpu : NULL, mask & 4 ? gb.gpu : NULL, d_dy,
                                 d_x, d_w, d_m, d_r, N, C);
-        char what[64];
-        const char* names[3] = {"dinp", "dweight", "dbias"};
-        Grad* gs[3] = {&gx, &gw, &gb};
-        for (int k = 0; k < 3; k++) {
-            if (mask & (1 << k)) {
-                snprintf(what, sizeof(what), "%s (gradients asked: %d)", names[k], mask);
-                grad_cmp("layernorm_backward", what, gs[k], TOL_FP32);
-            } else {
-                free(gs[k]->init); free(gs[k]->cpu);
-            }
-        }
+        norm_grads_check("layernorm_backward", &gx, &gw, &gb, mask);
     }
     free(x); free(w); free(b); free(dy); free(ref); free(mref); free(rref);
     dev_free_all();
