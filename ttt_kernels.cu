@@ -1,7 +1,9 @@
 // ttt_kernels.cu: the CUDA twin of every op in ttt.h (the runtime: ttt_runtime.cu).
 // Same signatures and layouts as the CPU references in ttt.c; every pointer lives on
-// the GPU. Matrix products go through cuBLAS in TF32 (CUBLAS_COMPUTE_32F_FAST_TF32,
-// float32 accumulation); everything else is a hand-written kernel. All work runs on
+// the GPU. Matrix products go through cuBLAS in the precision TTT_PRECISION picks (default
+// bf16: convolutions and large linears on bf16 copies of their operands, the rest with
+// CUBLAS_COMPUTE_32F_FAST_16BF; tf32; fp32), always with float32 accumulation and float32
+// storage; everything else is a hand-written kernel. All work runs on
 // one stream, the per-thread default stream (built with --default-stream per-thread), so
 // ops are ordered as they are called and fixed sequences of them can be recorded as CUDA
 // graphs (the legacy NULL stream cannot be captured).
