@@ -636,7 +636,6 @@ static void test_flash_attention_tc(const char* label, int B, int Tq, int Tk, in
         else if (t == 0) fatt_tc_grad_check(what, &c.gq, gq, rq, c.q_stride, 0, C, wq);
         else fatt_tc_grad_check(what, &c.gkv, gkv, rk, 2 * C, (t - 1) * C, C, (grads >> t) & 1);
     }
-    (void)wk; (void)wv;
     free(gkv); free(gq);
     free(c.gq.init); free(c.gq.cpu); free(c.gkv.init); free(c.gkv.cpu); free(c.gb.init); free(c.gb.cpu);
     free(c.qb); free(c.kvb); free(c.mask);
