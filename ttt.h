@@ -192,8 +192,9 @@ void window_attention_backward(float* dq, float* dk, float* dv, float* drel_bias
 // dS_ij = P_ij (dout_i . v_j - D_i)), accumulating into dq, dk, dv (laid out like q, k, v; any
 // may be NULL). The CPU reference recomputes each head's softmax with exactly the operations of
 // attention_forward_cpu, so out and the gradients equal the old op's bit for bit there; the CUDA
-// kernels (HS a multiple of 4 up to 64; else, or with TTT_FUSED_ATTENTION=0, the old cuBLAS path
-// with the map in a transient workspace) run an online softmax over key tiles.
+// kernels (HS up to 64; else, or with TTT_FUSED_ATTENTION=0, the old cuBLAS path with the map in
+// a transient workspace) run an online softmax over key tiles, in bf16 precision with HS 16, 32,
+// 48 or 64 on the tensor cores (bf16 operands, float32 sums; TTT_FATT_TC=0: float32 kernels).
 void flash_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                              const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
                              int q_stride, int kv_stride);
@@ -1997,6 +1998,10 @@ void ttt_cuda_set_bf16_linear(int mode);     // 0 off, 1 the size rule, 2 every 
 int ttt_cuda_bf16_linear_taken(int rows, int C, int OC);  // whether such a linear takes bf16 operands now
 void ttt_cuda_set_bf16_scratch(size_t n);    // test hook: bf16 chunk limit in elements (0: 512 MiB)
 long ttt_cuda_bf16_calls(int which);         // ops run on bf16 operands so far: 0 linear, 1 conv2d
+// flash_attention_forward/backward_cuda on the tensor cores (bf16 operands, float32 sums; ttt_kernels.cu,
+// "flash attention on the tensor cores") in bf16 precision for HS = 16, 32, 48, 64, unless TTT_FATT_TC=0
+void ttt_cuda_set_fatt_tc(int on);           // 1 on, 0 off, -1 back to TTT_FATT_TC (default 1)
+long ttt_cuda_fatt_tc_calls(void);           // forward and backward calls run by them so far (host calls)
 #endif
 
 // ============================================================================

@@ -18,7 +18,8 @@
 // (cuBLAS path for windows and the flash op too), TTT_CONV_IM2COL=0|1 (same-size 3x3 convs by shifted
 // GEMMs | im2col; default: CONV_IM2COL_DEFAULT below), TTT_BF16_CONV=0|1 and
 // TTT_BF16_LINEAR=0|1 (with TTT_PRECISION=bf16: real bf16 operands, section BF16 OPERANDS at
-// the end; default 1); ttt_runtime.cu reads TTT_PROFILE and TTT_GRAPHS.
+// the end; default 1), TTT_FATT_TC=0|1 (with bf16: Mask2Former's flash attention on the tensor
+// cores, default 1); ttt_runtime.cu reads TTT_PROFILE and TTT_GRAPHS.
 // Checked with compute-sanitizer: memcheck on test/gpu_ops, racecheck on test/gpu_model.
 #include <float.h>
 #include <cuda_bf16.h>
@@ -2106,6 +2107,8 @@ extern "C" void window_attention_backward_cuda(float* dq, float* dk, float* dv, 
 // run). With enough blocks (training batches) nsplit = 1 and the kernels write their rows directly.
 // HS > 64 or TTT_FUSED_ATTENTION=0: the old path (attention_forward/backward_cuda with the map in
 // a transient workspace, recomputed for the backward).
+// In bf16 precision with HS = 16, 32, 48 or 64: the tensor-core kernels instead (below, "flash
+// attention on the tensor cores").
 
 #define FATT_THREADS 128
 #define FATT_ROWS 16
@@ -2202,16 +2205,17 @@ __device__ __forceinline__ float fatt_group_sum(float v) {
 }
 
 // what a forward or dq block works on: block ((b * NH + h) * qtiles + query tile) * nsplit + key
-// split: queries i0 .. i0 + FATT_ROWS - 1 of head h of batch b (bh = b * NH + h), keys
-// k_begin .. k_end - 1
+// split: queries i0 .. i0 + rows - 1 of head h of batch b (bh = b * NH + h), keys
+// k_begin .. k_end - 1 (rows: FATT_ROWS, or FATT_TC_ROWS for the tensor-core kernels)
 struct FattQueryTile { int split, bh, b, h, i0, k_begin, k_end; };
-__device__ __forceinline__ FattQueryTile fatt_query_tile(int NH, int Tq, int Tk, int nsplit, int keys_per_split) {
+__device__ __forceinline__ FattQueryTile fatt_query_tile(int NH, int Tq, int Tk, int nsplit, int keys_per_split,
+                                                         int rows = FATT_ROWS) {
     FattQueryTile t;
-    const int qtiles = (Tq + FATT_ROWS - 1) / FATT_ROWS;
+    const int qtiles = (Tq + rows - 1) / rows;
     const int tile = blockIdx.x / nsplit;
     t.split = blockIdx.x % nsplit;
     t.bh = tile / qtiles; t.b = t.bh / NH; t.h = t.bh % NH;
-    t.i0 = (tile % qtiles) * FATT_ROWS;
+    t.i0 = (tile % qtiles) * rows;
     t.k_begin = t.split * keys_per_split;
     t.k_end = min(Tk, t.k_begin + keys_per_split);
     return t;
@@ -2470,6 +2474,495 @@ flash_attention_dkdv_kernel(float* dk, float* dv, const float* dout, const float
     }
 }
 
+// ----------------------------------------------------------------------------
+// flash attention on the tensor cores: the three kernels above with their products on bf16
+// operands and float32 sums (WMMA, 16 x 16 x 16 bf16 fragments, float accumulators), taken in
+// bf16 precision (ttt_cuda_precision() == PRECISION_BF16) for HS = 16, 32, 48 or 64 unless
+// TTT_FATT_TC=0 (or ttt_cuda_set_fatt_tc(0)); the float32 kernels above in fp32 / tf32 and for
+// other head sizes. The plain reference is flash_attention_forward/backward_cpu (ttt.c); the
+// algorithm is the one above (online softmax over key tiles, lse per row, D_i = dout_i . out_i
+// from flash_attention_d_kernel, key splits combined in a fixed order, no float atomics, every
+// gradient row written by one block). What changes:
+// - A block of 4 warps owns FATT_TC_ROWS = 64 rows (warp w: rows 16 w .. 16 w + 15), so every
+//   K, V (or Q, dout) tile streamed through shared memory serves 64 rows instead of 16:
+//   forward and dq: 64 queries over key tiles of FATT_TC_COLS = 64; dk, dv: 64 keys over query
+//   tiles of 64. A warp whose 16 rows all lie past Tq (Tk) skips the products but keeps to the
+//   block's __syncthreads.
+// - Tiles are loaded from float32 (float loads: rows may be only 4-byte aligned, slices of a
+//   packed buffer) into shared memory as bf16, rows HS + 8 apart (WMMA wants 16-byte multiples;
+//   the 8 pad the banks), zero past Tq / Tk. A warp keeps its own 16 rows (Q and dout, or K and
+//   V) in A fragments for the whole kernel.
+// - The fragment layout is unspecified, so every elementwise step runs on float32 tiles in
+//   shared memory: the warp stores its (16, 64) product S = Q K^T (or dP = dout V^T, or the
+//   transposes in dk/dv) with store_matrix_sync into its 16 rows of the float tile (64, 68);
+//   two lanes per row (lane = 2 r + hf) read columns 4 c + 2 hf, 4 c + 2 hf + 1 (c < 16; float2,
+//   no bank conflicts) and do scale, mask, the online softmax (running max m and sum l per row,
+//   the output rescaled by exp(m_old - m_new)), P = exp(s - lse), dS = P (dP - D); P or dS goes
+//   back as a bf16 tile (64, 72) for the next product. Keys past Tk (or the split) score -inf;
+//   queries past Tq have lse -inf (P = 0). Column groups of 16 wholly past the keys (queries) of
+//   the last tile are neither multiplied nor read.
+// - Products: forward S = Q K^T, then P V into fresh fragments, stored and added by the lanes to
+//   their float registers o (o = o * corr + P V); dq: S, then dP = dout V^T, then dS K summed in
+//   fragments over all key tiles (no rescaling in the backward); dk, dv: S^T = K Q^T,
+//   dP^T = V dout^T, dv += P^T dout, dk += dS^T Q, in fragments over all query tiles. The sums
+//   leave through the float tile: scale * (dS K) to dq (or the split's part), dk += scale dS^T Q,
+//   dv += P^T dout, two lanes per row.
+// Precision: each bf16 operand is off by up to 2^-9 relatively; sums and the softmax are float32
+// (l sums the float32 P, the product uses its bf16 copy): about 5e-3 relative L2 error on out,
+// 1e-2 on the gradients (test/gpu_ops.c: bounds 2e-2 and 3e-2). exp is __expf (a few ulp).
+// Shared memory (dynamic, above 48 KiB by cudaFuncSetAttribute): forward 3 head tiles + the
+// float tile + a bf16 tile (41 KiB at HS 32, 53 at 64), dq 4 + 1 + 1 (46, 62), dk/dv 4 + 1 + 2
+// + lse and D (56, 72).
+#include <mma.h>
+
+#define FATT_TC_ROWS 64               // rows a block owns: 4 warps x 16
+#define FATT_TC_COLS 64               // streamed keys (forward, dq) or queries (dk, dv) per step
+#define FATT_TC_LDS (FATT_TC_COLS + 4)   // floats between rows of the float tile
+#define FATT_TC_LDP (FATT_TC_COLS + 8)   // bf16 between rows of a P or dS tile
+static_assert(FATT_THREADS == 2 * FATT_TC_ROWS, "two lanes per row of a tensor-core block");
+static_assert(FATT_TC_COLS == FATT_COLS, "key splits are whole key tiles of both kernel families");
+
+typedef nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> FattA;
+// B (k, n) at p[k ld + n]
+typedef nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> FattB;
+// B (k, n) at p[n ld + k]: B given by the rows of B^T (K or V rows for Q K^T, dout V^T)
+typedef nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::col_major> FattBt;
+typedef nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> FattC;
+
+static int env_switch01(const char* name, int fallback);   // BF16 OPERANDS, below
+static int fatt_tc_on = -1;     // -1 unread (TTT_FATT_TC), 0 off, 1 on
+static long fatt_tc_calls;      // forward and backward calls run on the tensor cores
+extern "C" void ttt_cuda_set_fatt_tc(int on) { fatt_tc_on = on < 0 ? -1 : on != 0; }
+extern "C" long ttt_cuda_fatt_tc_calls(void) { return fatt_tc_calls; }
+
+// the tensor-core kernels for this head size and precision (the fused kernels are on)
+static int fatt_tc_ok(int HS) {
+    if (ttt_cuda_precision() != PRECISION_BF16 || HS < 16 || HS > 64 || HS % 16 != 0) return 0;
+    if (fatt_tc_on < 0) fatt_tc_on = env_switch01("TTT_FATT_TC", 1);
+    return fatt_tc_on;
+}
+
+// bytes of a bf16 tile of 64 head-size rows, of the float tile, of a P / dS tile
+template <int HS> constexpr size_t fatt_tc_head_bytes() { return (size_t)FATT_TC_ROWS * (HS + 8) * 2; }
+constexpr size_t FATT_TC_FLOAT_BYTES = (size_t)FATT_TC_ROWS * FATT_TC_LDS * 4;
+constexpr size_t FATT_TC_P_BYTES = (size_t)FATT_TC_ROWS * FATT_TC_LDP * 2;
+
+// s (64, HS + 8) bf16 = rows r0 .. r0 + 63 of head h of batch b of x ((B, n) rows `stride` floats
+// apart), zero past row n; two floats per thread and step, loaded one by one
+template <int HS>
+__device__ __forceinline__ void fatt_tc_load(__nv_bfloat16* s, const float* x, int stride, int b, int h, int r0,
+                                             int n) {
+    constexpr int LDH = HS + 8, HALF = HS / 2;
+    for (int e = threadIdx.x; e < FATT_TC_ROWS * HALF; e += FATT_THREADS) {
+        int t = e / HALF, d = 2 * (e % HALF), row = r0 + t;
+        float a = 0.0f, c = 0.0f;
+        if (row < n) {
+            const float* p = x + ((size_t)b * n + row) * stride + (size_t)h * HS + d;
+            a = p[0]; c = p[1];
+        }
+        *(__nv_bfloat162*)(s + t * LDH + d) = __floats2bfloat162_rn(a, c);
+    }
+}
+
+// the warp's (16, 16 ncb) float tile t (row stride FATT_TC_LDS) = A (16, HS) . R^T, A in
+// fragments, R: rows 0 .. 16 ncb - 1 (HS + 8 apart) of a bf16 tile
+template <int HS>
+__device__ __forceinline__ void fatt_tc_abt(float* t, const FattA* a, const __nv_bfloat16* R, int ncb) {
+    for (int n = 0; n < ncb; n++) {
+        FattC c;
+        nvcuda::wmma::fill_fragment(c, 0.0f);
+        #pragma unroll
+        for (int kk = 0; kk < HS / 16; kk++) {
+            FattBt bt;
+            nvcuda::wmma::load_matrix_sync(bt, R + 16 * n * (HS + 8) + 16 * kk, HS + 8);
+            nvcuda::wmma::mma_sync(c, a[kk], bt, c);
+        }
+        nvcuda::wmma::store_matrix_sync(t + 16 * n, c, FATT_TC_LDS, nvcuda::wmma::mem_row_major);
+    }
+}
+
+// acc[n] += W (16, 16 nkb) . X (16 nkb, HS) for n < HS / 16 (the 16 columns 16 n ..): W the
+// warp's rows of a P / dS tile (row stride FATT_TC_LDP), X rows of a bf16 head tile
+template <int HS>
+__device__ __forceinline__ void fatt_tc_ab(FattC* acc, const __nv_bfloat16* W, const __nv_bfloat16* X, int nkb) {
+    for (int kk = 0; kk < nkb; kk++) {
+        FattA a;
+        nvcuda::wmma::load_matrix_sync(a, W + 16 * kk, FATT_TC_LDP);
+        #pragma unroll
+        for (int n = 0; n < HS / 16; n++) {
+            FattB bm;
+            nvcuda::wmma::load_matrix_sync(bm, X + 16 * kk * (HS + 8) + 16 * n, HS + 8);
+            nvcuda::wmma::mma_sync(acc[n], a, bm, acc[n]);
+        }
+    }
+}
+
+// the warp's (16, HS) fragments to its rows of the float tile
+template <int HS>
+__device__ __forceinline__ void fatt_tc_store(float* t, const FattC* acc) {
+    #pragma unroll
+    for (int n = 0; n < HS / 16; n++)
+        nvcuda::wmma::store_matrix_sync(t + 16 * n, acc[n], FATT_TC_LDS, nvcuda::wmma::mem_row_major);
+}
+
+// a lane's NV values of its row of the float tile: v[2 c + e] = row[4 c + 2 hf + e]
+template <int NV>
+__device__ __forceinline__ void fatt_tc_read(float* v, const float* row, int hf) {
+    #pragma unroll
+    for (int c = 0; c < NV / 2; c++) {
+        float2 x = *(const float2*)(row + 4 * c + 2 * hf);
+        v[2 * c] = x.x; v[2 * c + 1] = x.y;
+    }
+}
+// the column of value u of a lane (fatt_tc_read's order)
+__device__ __forceinline__ int fatt_tc_col(int u, int hf) { return 4 * (u / 2) + 2 * hf + (u % 2); }
+
+// a lane's 32 values of its row (fatt_tc_read's order) to a P / dS tile as bf16
+__device__ __forceinline__ void fatt_tc_write(__nv_bfloat16* row, const float* v, int hf) {
+    #pragma unroll
+    for (int c = 0; c < 16; c++)
+        *(__nv_bfloat162*)(row + 4 * c + 2 * hf) = __floats2bfloat162_rn(v[2 * c], v[2 * c + 1]);
+}
+
+// the warp's 16 rows of a bf16 head tile (row stride HS + 8) as A fragments
+template <int HS>
+__device__ __forceinline__ void fatt_tc_rows(FattA* a, const __nv_bfloat16* rows) {
+    #pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) nvcuda::wmma::load_matrix_sync(a[kk], rows + 16 * kk, HS + 8);
+}
+
+// forward: grid B * NH * ceil(Tq / 64) * nsplit, blocks as flash_attention_fwd_kernel's (with 64
+// queries); with nsplit > 1 o, m, l to part as there
+template <int HS>
+__global__ void __launch_bounds__(FATT_THREADS)
+flash_attention_fwd_tc_kernel(float* out, float* lse, float* part, const float* q, const float* k, const float* v,
+                              const float* mask, int n_mask, int B, int NH, int Tq, int Tk, int q_stride,
+                              int kv_stride, float scale, int nsplit, int keys_per_split) {
+    constexpr int LDH = HS + 8;
+    extern __shared__ __align__(128) unsigned char fatt_tc_smem[];
+    __nv_bfloat16* sq = (__nv_bfloat16*)fatt_tc_smem;                      // (64, HS + 8) queries
+    __nv_bfloat16* sk = sq + FATT_TC_ROWS * LDH;                            // (64, HS + 8) keys
+    __nv_bfloat16* sv = sk + FATT_TC_COLS * LDH;                            // (64, HS + 8) values
+    float* st = (float*)(sv + FATT_TC_COLS * LDH);                          // (64, 68) S, then P V
+    __nv_bfloat16* sp = (__nv_bfloat16*)(st + FATT_TC_ROWS * FATT_TC_LDS);  // (64, 72) P
+    const FattQueryTile qt = fatt_query_tile(NH, Tq, Tk, nsplit, keys_per_split, FATT_TC_ROWS);
+    const int b = qt.b, h = qt.h, k_end = qt.k_end;
+    const int w0 = 16 * (threadIdx.x / 32), lane = threadIdx.x % 32, hf = lane % 2, r = w0 + lane / 2;
+    const int i = qt.i0 + r;
+    const bool active = qt.i0 + w0 < Tq;   // the same for the whole warp
+    float* trow = st + r * FATT_TC_LDS;
+    fatt_tc_load<HS>(sq, q, q_stride, b, h, qt.i0, Tq);
+    __syncthreads();
+    FattA qa[HS / 16];
+    if (active) fatt_tc_rows<HS>(qa, sq + w0 * LDH);
+    const float* mrow = (mask && i < Tq) ? mask + ((size_t)(b % n_mask) * Tq + i) * Tk : NULL;
+    float m = -INFINITY, l = 0.0f, o[HS / 2];
+    #pragma unroll
+    for (int c = 0; c < HS / 2; c++) o[c] = 0.0f;
+    for (int k0 = qt.k_begin; k0 < k_end; k0 += FATT_TC_COLS) {
+        __syncthreads();   // every warp is done with the previous k, v tile
+        fatt_tc_load<HS>(sk, k, kv_stride, b, h, k0, Tk);
+        fatt_tc_load<HS>(sv, v, kv_stride, b, h, k0, Tk);
+        __syncthreads();
+        if (!active) continue;
+        const int ncb = min(FATT_TC_COLS / 16, (k_end - k0 + 15) / 16);   // column groups holding keys
+        fatt_tc_abt<HS>(st + w0 * FATT_TC_LDS, qa, sk, ncb);               // S = Q K^T
+        __syncwarp();
+        float s[32];
+        fatt_tc_read<32>(s, trow, hf);
+        float tmax = -INFINITY;
+        #pragma unroll
+        for (int u = 0; u < 32; u++) {
+            int key = k0 + fatt_tc_col(u, hf);
+            s[u] = key < k_end ? s[u] * scale + (mrow ? mrow[key] : 0.0f) : -INFINITY;
+            tmax = fmaxf(tmax, s[u]);
+        }
+        float mnew = fmaxf(m, fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1)));
+        float corr = 1.0f, psum = 0.0f;
+        if (mnew != -INFINITY) {   // else every score so far is -inf: P = 0, nothing changes
+            corr = __expf(m - mnew);   // 0 when m = -inf (o and l are 0 then)
+            #pragma unroll
+            for (int u = 0; u < 32; u++) { s[u] = __expf(s[u] - mnew); psum += s[u]; }
+        } else {
+            #pragma unroll
+            for (int u = 0; u < 32; u++) s[u] = 0.0f;
+        }
+        l = l * corr + psum + __shfl_xor_sync(0xffffffffu, psum, 1);
+        m = mnew;
+        fatt_tc_write(sp + r * FATT_TC_LDP, s, hf);
+        __syncwarp();   // the warp's rows of P are complete (and every lane has read its S)
+        FattC pv[HS / 16];
+        #pragma unroll
+        for (int n = 0; n < HS / 16; n++) nvcuda::wmma::fill_fragment(pv[n], 0.0f);
+        fatt_tc_ab<HS>(pv, sp + w0 * FATT_TC_LDP, sv, ncb);   // P V of this tile
+        fatt_tc_store<HS>(st + w0 * FATT_TC_LDS, pv);
+        __syncwarp();
+        float t[HS / 2];
+        fatt_tc_read<HS / 2>(t, trow, hf);
+        #pragma unroll
+        for (int c = 0; c < HS / 2; c++) o[c] = o[c] * corr + t[c];
+    }
+    if (!active || i >= Tq) return;
+    size_t row = (size_t)qt.bh * Tq + i;
+    if (nsplit > 1) {   // this split's o, m, l for flash_attention_combine_kernel
+        size_t rows = (size_t)B * NH * Tq, prow = (size_t)qt.split * rows + row;
+        #pragma unroll
+        for (int u = 0; u < HS / 2; u++) part[prow * HS + fatt_tc_col(u, hf)] = o[u];
+        if (hf == 0) {
+            part[(size_t)nsplit * rows * HS + prow] = m;
+            part[(size_t)nsplit * rows * (HS + 1) + prow] = l;
+        }
+        return;
+    }
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;   // l >= 1 unless every score is -inf
+    float* orow = out + ((size_t)b * Tq + i) * ((size_t)NH * HS) + (size_t)h * HS;
+    #pragma unroll
+    for (int u = 0; u < HS / 2; u++) orow[fatt_tc_col(u, hf)] = o[u] * inv;
+    if (lse && hf == 0) lse[row] = l > 0.0f ? m + logf(l) : -INFINITY;
+}
+
+// backward dq: grid and key splits as the forward's; with nsplit > 1 scale * sum_j dS_ij k_j to
+// part (nsplit, B * NH * Tq, HS) for flash_attention_dq_sum_kernel
+template <int HS>
+__global__ void __launch_bounds__(FATT_THREADS)
+flash_attention_dq_tc_kernel(float* dq, float* part, const float* dout, const float* lse, const float* D,
+                             const float* q, const float* k, const float* v, const float* mask, int n_mask, int B,
+                             int NH, int Tq, int Tk, int q_stride, int kv_stride, float scale, int nsplit,
+                             int keys_per_split) {
+    constexpr int LDH = HS + 8;
+    extern __shared__ __align__(128) unsigned char fatt_tc_smem[];
+    __nv_bfloat16* sq = (__nv_bfloat16*)fatt_tc_smem;                      // (64, HS + 8) queries
+    __nv_bfloat16* sdo = sq + FATT_TC_ROWS * LDH;                           // (64, HS + 8) their dout
+    __nv_bfloat16* sk = sdo + FATT_TC_ROWS * LDH;                           // (64, HS + 8) keys
+    __nv_bfloat16* sv = sk + FATT_TC_COLS * LDH;                            // (64, HS + 8) values
+    float* st = (float*)(sv + FATT_TC_COLS * LDH);                          // (64, 68) S, dP, dS K
+    __nv_bfloat16* sds = (__nv_bfloat16*)(st + FATT_TC_ROWS * FATT_TC_LDS); // (64, 72) dS
+    const FattQueryTile qt = fatt_query_tile(NH, Tq, Tk, nsplit, keys_per_split, FATT_TC_ROWS);
+    const int b = qt.b, h = qt.h, bh = qt.bh, k_end = qt.k_end;
+    const int w0 = 16 * (threadIdx.x / 32), lane = threadIdx.x % 32, hf = lane % 2, r = w0 + lane / 2;
+    const int i = qt.i0 + r;
+    const bool active = qt.i0 + w0 < Tq;
+    float* trow = st + r * FATT_TC_LDS;
+    fatt_tc_load<HS>(sq, q, q_stride, b, h, qt.i0, Tq);
+    fatt_tc_load<HS>(sdo, dout, NH * HS, b, h, qt.i0, Tq);
+    __syncthreads();
+    FattA qa[HS / 16], da[HS / 16];
+    if (active) {
+        fatt_tc_rows<HS>(qa, sq + w0 * LDH);
+        fatt_tc_rows<HS>(da, sdo + w0 * LDH);
+    }
+    const float li = i < Tq ? lse[(size_t)bh * Tq + i] : -INFINITY;
+    const float Di = i < Tq ? D[(size_t)bh * Tq + i] : 0.0f;
+    const float* mrow = (mask && i < Tq) ? mask + ((size_t)(b % n_mask) * Tq + i) * Tk : NULL;
+    FattC acc[HS / 16];
+    #pragma unroll
+    for (int n = 0; n < HS / 16; n++) nvcuda::wmma::fill_fragment(acc[n], 0.0f);
+    for (int k0 = qt.k_begin; k0 < k_end; k0 += FATT_TC_COLS) {
+        __syncthreads();
+        fatt_tc_load<HS>(sk, k, kv_stride, b, h, k0, Tk);
+        fatt_tc_load<HS>(sv, v, kv_stride, b, h, k0, Tk);
+        __syncthreads();
+        if (!active) continue;
+        const int ncb = min(FATT_TC_COLS / 16, (k_end - k0 + 15) / 16);
+        fatt_tc_abt<HS>(st + w0 * FATT_TC_LDS, qa, sk, ncb);   // S = Q K^T
+        __syncwarp();
+        float p[32], dp[32];
+        fatt_tc_read<32>(p, trow, hf);
+        #pragma unroll
+        for (int u = 0; u < 32; u++) {
+            int key = k0 + fatt_tc_col(u, hf);
+            p[u] = (key < k_end && li != -INFINITY)
+                 ? __expf(p[u] * scale + (mrow ? mrow[key] : 0.0f) - li) : 0.0f;
+        }
+        __syncwarp();   // every lane has read its S before dP goes over it
+        fatt_tc_abt<HS>(st + w0 * FATT_TC_LDS, da, sv, ncb);   // dP = dout V^T
+        __syncwarp();
+        fatt_tc_read<32>(dp, trow, hf);
+        #pragma unroll
+        for (int u = 0; u < 32; u++) dp[u] = p[u] > 0.0f ? p[u] * (dp[u] - Di) : 0.0f;   // dS
+        fatt_tc_write(sds + r * FATT_TC_LDP, dp, hf);
+        __syncwarp();
+        fatt_tc_ab<HS>(acc, sds + w0 * FATT_TC_LDP, sk, ncb);   // += dS K
+    }
+    if (!active) return;
+    fatt_tc_store<HS>(st + w0 * FATT_TC_LDS, acc);   // every lane has read its last dP
+    __syncwarp();
+    if (i >= Tq) return;
+    float t[HS / 2];
+    fatt_tc_read<HS / 2>(t, trow, hf);
+    if (nsplit > 1) {
+        float* g = part + ((size_t)qt.split * B * NH * Tq + (size_t)bh * Tq + i) * HS;
+        #pragma unroll
+        for (int u = 0; u < HS / 2; u++) g[fatt_tc_col(u, hf)] = scale * t[u];
+    } else {
+        float* g = dq + ((size_t)b * Tq + i) * q_stride + (size_t)h * HS;
+        #pragma unroll
+        for (int u = 0; u < HS / 2; u++) g[fatt_tc_col(u, hf)] += scale * t[u];
+    }
+}
+
+// backward dk, dv: grid B * NH * ceil(Tk / 64), block (b * NH + h) * ktiles + key tile, over all
+// query tiles
+template <int HS>
+__global__ void __launch_bounds__(FATT_THREADS)
+flash_attention_dkdv_tc_kernel(float* dk, float* dv, const float* dout, const float* lse, const float* D,
+                               const float* q, const float* k, const float* v, const float* mask, int n_mask,
+                               int NH, int Tq, int Tk, int q_stride, int kv_stride, float scale) {
+    constexpr int LDH = HS + 8;
+    extern __shared__ __align__(128) unsigned char fatt_tc_smem[];
+    __nv_bfloat16* sk = (__nv_bfloat16*)fatt_tc_smem;                      // (64, HS + 8) keys
+    __nv_bfloat16* sv = sk + FATT_TC_ROWS * LDH;                            // (64, HS + 8) values
+    __nv_bfloat16* sq = sv + FATT_TC_ROWS * LDH;                            // (64, HS + 8) queries
+    __nv_bfloat16* sdo = sq + FATT_TC_COLS * LDH;                           // (64, HS + 8) their dout
+    float* st = (float*)(sdo + FATT_TC_COLS * LDH);                         // (64, 68) S^T, dP^T, sums
+    __nv_bfloat16* sp = (__nv_bfloat16*)(st + FATT_TC_ROWS * FATT_TC_LDS);  // (64, 72) P^T
+    __nv_bfloat16* sds = sp + FATT_TC_ROWS * FATT_TC_LDP;                   // (64, 72) dS^T
+    float* slse = (float*)(sds + FATT_TC_ROWS * FATT_TC_LDP);               // (64) lse of the queries
+    float* sD = slse + FATT_TC_COLS;                                        // (64) their D
+    const int ktiles = (Tk + FATT_TC_ROWS - 1) / FATT_TC_ROWS;
+    const int bh = blockIdx.x / ktiles, b = bh / NH, h = bh % NH;
+    const int j0 = (blockIdx.x % ktiles) * FATT_TC_ROWS;
+    const int w0 = 16 * (threadIdx.x / 32), lane = threadIdx.x % 32, hf = lane % 2, r = w0 + lane / 2;
+    const int j = j0 + r;
+    const bool active = j0 + w0 < Tk;
+    float* trow = st + r * FATT_TC_LDS;
+    fatt_tc_load<HS>(sk, k, kv_stride, b, h, j0, Tk);
+    fatt_tc_load<HS>(sv, v, kv_stride, b, h, j0, Tk);
+    __syncthreads();
+    FattA ka[HS / 16], va[HS / 16];
+    if (active) {
+        fatt_tc_rows<HS>(ka, sk + w0 * LDH);
+        fatt_tc_rows<HS>(va, sv + w0 * LDH);
+    }
+    const float* mk = (mask && j < Tk) ? mask + (size_t)(b % n_mask) * Tq * Tk + j : NULL;   // column j
+    FattC adk[HS / 16], adv[HS / 16];
+    #pragma unroll
+    for (int n = 0; n < HS / 16; n++) {
+        nvcuda::wmma::fill_fragment(adk[n], 0.0f);
+        nvcuda::wmma::fill_fragment(adv[n], 0.0f);
+    }
+    for (int i0 = 0; i0 < Tq; i0 += FATT_TC_COLS) {
+        __syncthreads();
+        fatt_tc_load<HS>(sq, q, q_stride, b, h, i0, Tq);
+        fatt_tc_load<HS>(sdo, dout, NH * HS, b, h, i0, Tq);
+        for (int e = threadIdx.x; e < FATT_TC_COLS; e += FATT_THREADS) {
+            int iq = i0 + e;
+            slse[e] = iq < Tq ? lse[(size_t)bh * Tq + iq] : -INFINITY;
+            sD[e] = iq < Tq ? D[(size_t)bh * Tq + iq] : 0.0f;
+        }
+        __syncthreads();
+        if (!active) continue;
+        const int ncb = min(FATT_TC_COLS / 16, (Tq - i0 + 15) / 16);   // column groups holding queries
+        fatt_tc_abt<HS>(st + w0 * FATT_TC_LDS, ka, sq, ncb);   // S^T = K Q^T
+        __syncwarp();
+        float p[32], dp[32];
+        fatt_tc_read<32>(p, trow, hf);
+        #pragma unroll
+        for (int u = 0; u < 32; u++) {
+            int cc = fatt_tc_col(u, hf), iq = i0 + cc;
+            float li = slse[cc];   // -inf past Tq
+            p[u] = (j < Tk && li != -INFINITY)
+                 ? __expf(p[u] * scale + (mk ? mk[(size_t)iq * Tk] : 0.0f) - li) : 0.0f;
+        }
+        fatt_tc_write(sp + r * FATT_TC_LDP, p, hf);
+        __syncwarp();   // P^T complete; every lane has read its S^T before dP^T goes over it
+        fatt_tc_abt<HS>(st + w0 * FATT_TC_LDS, va, sdo, ncb);   // dP^T = V dout^T
+        fatt_tc_ab<HS>(adv, sp + w0 * FATT_TC_LDP, sdo, ncb);    // dv += P^T dout
+        __syncwarp();
+        fatt_tc_read<32>(dp, trow, hf);
+        #pragma unroll
+        for (int u = 0; u < 32; u++) dp[u] = p[u] > 0.0f ? p[u] * (dp[u] - sD[fatt_tc_col(u, hf)]) : 0.0f;   // dS^T
+        fatt_tc_write(sds + r * FATT_TC_LDP, dp, hf);
+        __syncwarp();
+        fatt_tc_ab<HS>(adk, sds + w0 * FATT_TC_LDP, sq, ncb);    // dk += dS^T Q (scale at the end)
+    }
+    if (!active) return;
+    float t[HS / 2];
+    size_t row = ((size_t)b * Tk + j) * kv_stride + (size_t)h * HS;
+    if (dk) {
+        fatt_tc_store<HS>(st + w0 * FATT_TC_LDS, adk);   // every lane has read its last dP^T
+        __syncwarp();
+        fatt_tc_read<HS / 2>(t, trow, hf);
+        if (j < Tk) {
+            #pragma unroll
+            for (int u = 0; u < HS / 2; u++) dk[row + fatt_tc_col(u, hf)] += scale * t[u];
+        }
+        __syncwarp();   // every lane has read its dk row before dv goes over it
+    }
+    if (dv) {
+        fatt_tc_store<HS>(st + w0 * FATT_TC_LDS, adv);
+        __syncwarp();
+        fatt_tc_read<HS / 2>(t, trow, hf);
+        if (j < Tk) {
+            #pragma unroll
+            for (int u = 0; u < HS / 2; u++) dv[row + fatt_tc_col(u, hf)] += t[u];
+        }
+    }
+}
+
+// a kernel's dynamic shared memory limit raised once (the default is 48 KiB)
+template <typename Kernel>
+static void fatt_tc_smem_limit(Kernel kernel, size_t bytes, int* done) {
+    if (*done || bytes <= 48 * 1024) return;
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    *done = 1;
+}
+
+template <int HS>
+static void fatt_tc_launch_fwd(float* out, float* lse, const float* q, const float* k, const float* v,
+                               const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int q_stride,
+                               int kv_stride, float scale) {
+    static int smem_done = 0;
+    const size_t smem = 3 * fatt_tc_head_bytes<HS>() + FATT_TC_FLOAT_BYTES + FATT_TC_P_BYTES;
+    fatt_tc_smem_limit(flash_attention_fwd_tc_kernel<HS>, smem, &smem_done);
+    long long blocks = (long long)B * NH * ((Tq + FATT_TC_ROWS - 1) / FATT_TC_ROWS);
+    int keys_per_split = 0, nsplit = flash_key_splits(blocks, Tk, &keys_per_split);
+    size_t rows = (size_t)B * NH * Tq;
+    float* part = nsplit > 1 ? (float*)workspace_get(&ws_fsplit, (size_t)nsplit * rows * (HS + 2) * sizeof(float))
+                             : NULL;
+    flash_attention_fwd_tc_kernel<HS><<<(unsigned)(blocks * nsplit), FATT_THREADS, smem>>>(
+        out, lse, part, q, k, v, mask, n_mask, B, NH, Tq, Tk, q_stride, kv_stride, scale, nsplit, keys_per_split);
+    launchCheck();
+    if (nsplit > 1) {
+        flash_attention_combine_kernel<<<(unsigned)((rows + 7) / 8), 256>>>(out, lse, part, nsplit, B, NH, Tq, HS);
+        launchCheck();
+    }
+}
+
+template <int HS>
+static void fatt_tc_launch_bwd(float* dq, float* dk, float* dv, const float* dout, const float* lse,
+                               const float* D, const float* q, const float* k, const float* v,
+                               const float* mask, int n_mask, int B, int Tq, int Tk, int NH,
+                               int q_stride, int kv_stride, float scale) {
+    if (dq) {
+        static int smem_done = 0;
+        const size_t smem = 4 * fatt_tc_head_bytes<HS>() + FATT_TC_FLOAT_BYTES + FATT_TC_P_BYTES;
+        fatt_tc_smem_limit(flash_attention_dq_tc_kernel<HS>, smem, &smem_done);
+        long long blocks = (long long)B * NH * ((Tq + FATT_TC_ROWS - 1) / FATT_TC_ROWS);
+        int keys_per_split = 0, nsplit = flash_key_splits(blocks, Tk, &keys_per_split);
+        size_t n = (size_t)B * NH * Tq * HS;
+        float* part = nsplit > 1 ? (float*)workspace_get(&ws_fsplit, (size_t)nsplit * n * sizeof(float)) : NULL;
+        flash_attention_dq_tc_kernel<HS><<<(unsigned)(blocks * nsplit), FATT_THREADS, smem>>>(
+            dq, part, dout, lse, D, q, k, v, mask, n_mask, B, NH, Tq, Tk, q_stride, kv_stride, scale, nsplit,
+            keys_per_split);
+        launchCheck();
+        if (nsplit > 1) {
+            flash_attention_dq_sum_kernel<<<grid_for(n, 256), 256>>>(dq, part, nsplit, B, NH, Tq, HS, q_stride);
+            launchCheck();
+        }
+    }
+    if (dk || dv) {
+        static int smem_done = 0;
+        const size_t smem = 4 * fatt_tc_head_bytes<HS>() + FATT_TC_FLOAT_BYTES + 2 * FATT_TC_P_BYTES +
+                            2 * FATT_TC_COLS * sizeof(float);
+        fatt_tc_smem_limit(flash_attention_dkdv_tc_kernel<HS>, smem, &smem_done);
+        long long blocks = (long long)B * NH * ((Tk + FATT_TC_ROWS - 1) / FATT_TC_ROWS);
+        flash_attention_dkdv_tc_kernel<HS><<<(unsigned)blocks, FATT_THREADS, smem>>>(
+            dk, dv, dout, lse, D, q, k, v, mask, n_mask, NH, Tq, Tk, q_stride, kv_stride, scale);
+        launchCheck();
+    }
+}
+
 // the fused kernels for this head size (else the old path)
 static int flash_fused_ok(int HS) {
     return fused_attention_on() && HS >= 1 && HS <= 64;
@@ -2541,6 +3034,14 @@ extern "C" void flash_attention_forward_cuda(float* out, float* lse, const float
         }
         return;
     }
+    if (fatt_tc_ok(HS)) {   // bf16: the tensor-core kernels
+        fatt_tc_calls++;
+        if (HS == 16) fatt_tc_launch_fwd<16>(out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, q_stride, kv_stride, scale);
+        else if (HS == 32) fatt_tc_launch_fwd<32>(out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, q_stride, kv_stride, scale);
+        else if (HS == 48) fatt_tc_launch_fwd<48>(out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, q_stride, kv_stride, scale);
+        else fatt_tc_launch_fwd<64>(out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, q_stride, kv_stride, scale);
+        return;
+    }
     if (HS <= 16) flash_launch_fwd<16>(out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride, scale);
     else if (HS <= 32) flash_launch_fwd<32>(out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride, scale);
     else flash_launch_fwd<64>(out, lse, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride, scale);
@@ -2569,6 +3070,14 @@ extern "C" void flash_attention_backward_cuda(float* dq, float* dk, float* dv, c
     float* D = (float*)workspace_get(&ws_flash, (size_t)rows * sizeof(float));
     flash_attention_d_kernel<<<(rows + 7) / 8, 256>>>(D, dout, out, B, NH, Tq, HS);
     launchCheck();
+    if (fatt_tc_ok(HS)) {   // bf16: the tensor-core kernels
+        fatt_tc_calls++;
+        if (HS == 16) fatt_tc_launch_bwd<16>(dq, dk, dv, dout, lse, D, q, k, v, mask, n_mask, B, Tq, Tk, NH, q_stride, kv_stride, scale);
+        else if (HS == 32) fatt_tc_launch_bwd<32>(dq, dk, dv, dout, lse, D, q, k, v, mask, n_mask, B, Tq, Tk, NH, q_stride, kv_stride, scale);
+        else if (HS == 48) fatt_tc_launch_bwd<48>(dq, dk, dv, dout, lse, D, q, k, v, mask, n_mask, B, Tq, Tk, NH, q_stride, kv_stride, scale);
+        else fatt_tc_launch_bwd<64>(dq, dk, dv, dout, lse, D, q, k, v, mask, n_mask, B, Tq, Tk, NH, q_stride, kv_stride, scale);
+        return;
+    }
     if (HS <= 16) flash_launch_bwd<16>(dq, dk, dv, dout, lse, D, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride, scale);
     else if (HS <= 32) flash_launch_bwd<32>(dq, dk, dv, dout, lse, D, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride, scale);
     else flash_launch_bwd<64>(dq, dk, dv, dout, lse, D, q, k, v, mask, n_mask, B, Tq, Tk, NH, HS, q_stride, kv_stride, scale);

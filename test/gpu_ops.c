@@ -8,7 +8,8 @@
 // softmax over thousands of keys), 3e-3 where cuBLAS TF32 matrix products are used; the
 // linear ops run in every precision (fp32, tf32, bf16: relative L2 bounds at test_linear), the
 // rest at tf32 whatever TTT_PRECISION says, but for the real bf16 operands of conv2d and linear
-// (test_conv2d_bf16, test_linear_bf16: relative L2 bounds there).
+// (test_conv2d_bf16, test_linear_bf16: relative L2 bounds there) and the flash attention kernels on
+// the tensor cores (test_flash_attention_tc: bf16, relative L2 bounds there).
 // Prints the worst error per op at the end.
 #include "test/test.h"
 
@@ -609,6 +610,102 @@ static void test_flash_attention(const char* label, int B, int Tq, int Tk, int N
     attn_grads_check_free(&c, "flash_attention_backward", label, tol);
     free(dy); free(ref); free(lse_ref);
     dev_free_all();
+}
+
+// ----------------------------------------------------------------------------
+// flash attention on the tensor cores (bf16 precision, HS 16, 32, 48 or 64; ttt_kernels.cu, "flash
+// attention on the tensor cores"): bf16 operands (8 significant bits: each off by up to 2^-9
+// relatively) and float32 sums and softmax, against the float32 CPU reference in relative L2:
+// out below TOL_FATT_TC_OUT = 2e-2 (about 5e-3 expected), each gradient's increments (dq, dk, dv
+// apart) below TOL_FATT_TC_GRAD = 3e-2 (about 1e-2 expected); lse (max error over max |lse|)
+// below TOL_FATT_TC_LSE = 5e-3 (score errors of about 1e-3 against lse of about log Tk). The
+// forward without lse must give the same out bit for bit (no atomics). The counter asserts that the
+// tensor-core kernels ran (3 calls: forward, forward without lse, backward). grads: the gradients
+// the backward asks for (1 dq, 2 dk, 4 dv); the others are NULL on both sides and the GPU's
+// buffers must keep their pre-fill exactly. layout and mask_kind as test_flash_attention.
+#define TOL_FATT_TC_OUT 2e-2
+#define TOL_FATT_TC_GRAD 3e-2
+#define TOL_FATT_TC_LSE 5e-3
+
+// one gradient of a case: columns col0 .. col0 + C - 1 of `rows` rows `stride` floats apart in g
+// (got: the GPU's buffer on the host); asked: its increments against the CPU's in relative L2,
+// else the GPU's values must equal the pre-fill
+static void fatt_tc_grad_check(const char* what, const Grad* g, const float* got, size_t rows, int stride, int col0,
+                               int C, int asked) {
+    size_t n = rows * C, k = 0, changed = 0;
+    float* inc = (float*)mallocCheck(n * sizeof(float));
+    float* ref = (float*)mallocCheck(n * sizeof(float));
+    for (size_t r = 0; r < rows; r++) for (int c = 0; c < C; c++, k++) {
+        size_t e = r * stride + col0 + c;
+        inc[k] = got[e] - g->init[e];
+        ref[k] = g->cpu[e] - g->init[e];
+        changed += got[e] != g->init[e];
+    }
+    if (asked) {
+        check_l2(what, inc, ref, n, TOL_FATT_TC_GRAD);
+        record("flash_attention_backward tc (L2)", l2_rel_error(inc, ref, n), TOL_FATT_TC_GRAD);
+    } else {
+        CHECK(changed == 0, "%s: %zu elements of a NULL gradient changed", what, changed);
+    }
+    free(inc); free(ref);
+}
+
+static void test_flash_attention_tc(const char* label, int B, int Tq, int Tk, int NH, int HS, int layout,
+                                    int mask_kind, int n_mask, int grads) {
+    ttt_cuda_set_precision(PRECISION_BF16);
+    ttt_cuda_set_fatt_tc(1);
+    AttnCase c = attn_case(B, Tq, Tk, NH, HS, layout, 0, mask_kind, n_mask);
+    int C = c.C;
+    size_t nout = (size_t)B * Tq * C, nlse = (size_t)B * NH * Tq;
+    float* dy = rnd(nout);
+    float *ref = (float*)mallocCheck(nout * sizeof(float)), *lse_ref = (float*)mallocCheck(nlse * sizeof(float));
+    flash_attention_forward_cpu(ref, lse_ref, c.q, c.k, c.v, c.mask, n_mask, B, Tq, Tk, NH, HS, c.q_stride,
+                                c.kv_stride);
+    long calls = ttt_cuda_fatt_tc_calls();
+    float *out = dev_poison(nout), *lse = dev_poison(nlse);
+    flash_attention_forward_cuda(out, lse, c.dq, c.dk, c.dv, c.dmask, n_mask, B, Tq, Tk, NH, HS, c.q_stride,
+                                 c.kv_stride);
+    char what[192];
+    float* got = host_copy_of(out, nout);
+    snprintf(what, sizeof(what), "flash_attention_forward tc out [%s]", label);
+    check_l2(what, got, ref, nout, TOL_FATT_TC_OUT);
+    record("flash_attention_forward tc (L2)", l2_rel_error(got, ref, nout), TOL_FATT_TC_OUT);
+    cmp_lse("flash_attention_forward tc", label, lse, lse_ref, nlse, mask_kind, TOL_FATT_TC_LSE);
+    // lse = NULL (no backward follows): the same out, bit for bit
+    float* out2 = dev_poison(nout);
+    flash_attention_forward_cuda(out2, NULL, c.dq, c.dk, c.dv, c.dmask, n_mask, B, Tq, Tk, NH, HS, c.q_stride,
+                                 c.kv_stride);
+    float* got2 = host_copy_of(out2, nout);
+    CHECK(memcmp(got, got2, nout * sizeof(float)) == 0, "flash_attention_forward tc [%s]: out differs with lse = NULL",
+          label);
+    // backward: each side from its own forward (out, lse); the gradients not asked for are NULL
+    float* ddy = dev_copy(dy, nout);
+    attn_grads(&c);
+    int wq = grads & 1, wk = grads & 2, wv = grads & 4;
+    flash_attention_backward_cpu(wq ? c.cq : NULL, wk ? c.ck : NULL, wv ? c.cv : NULL, dy, ref, lse_ref, c.q, c.k,
+                                 c.v, c.mask, n_mask, B, Tq, Tk, NH, HS, c.q_stride, c.kv_stride);
+    flash_attention_backward_cuda(wq ? c.gq_ : NULL, wk ? c.gk_ : NULL, wv ? c.gv_ : NULL, ddy, out, lse, c.dq, c.dk,
+                                  c.dv, c.dmask, n_mask, B, Tq, Tk, NH, HS, c.q_stride, c.kv_stride);
+    CHECK(ttt_cuda_fatt_tc_calls() - calls == 3, "flash attention tc [%s]: %ld of 3 calls ran the tensor-core kernels",
+          label, ttt_cuda_fatt_tc_calls() - calls);
+    float* gkv = host_copy_of(c.gkv.gpu, c.gkv.n);
+    float* gq = layout == 0 ? NULL : host_copy_of(c.gq.gpu, c.gq.n);
+    size_t rq = (size_t)B * Tq, rk = (size_t)B * Tk;
+    const char* names[3] = {"dq", "dk", "dv"};
+    for (int t = 0; t < 3; t++) {
+        snprintf(what, sizeof(what), "flash_attention_backward tc %s%s (+=) [%s]", names[t],
+                 (grads >> t) & 1 ? "" : " = NULL", label);
+        if (layout == 0) fatt_tc_grad_check(what, &c.gkv, gkv, rq, 3 * C, t * C, C, (grads >> t) & 1);
+        else if (t == 0) fatt_tc_grad_check(what, &c.gq, gq, rq, c.q_stride, 0, C, wq);
+        else fatt_tc_grad_check(what, &c.gkv, gkv, rk, 2 * C, (t - 1) * C, C, (grads >> t) & 1);
+    }
+    free(gkv); free(gq);
+    free(c.gq.init); free(c.gq.cpu); free(c.gkv.init); free(c.gkv.cpu); free(c.gb.init); free(c.gb.cpu);
+    free(c.qb); free(c.kvb); free(c.mask);
+    free(dy); free(ref); free(lse_ref); free(got); free(got2);
+    dev_free_all();
+    ttt_cuda_set_fatt_tc(-1);
+    ttt_cuda_set_precision(PRECISION_TF32);
 }
 
 // ----------------------------------------------------------------------------
@@ -1309,6 +1406,7 @@ int main(void) {
     // flash attention (Mask2Former's decoder): g's 48 and h's 100 queries over memory levels of
     // 37, 512 and 2000 tokens, 8 heads of 32, -inf masks (mask_kind 3: with a query whose every
     // key is blocked); self-attention; head sizes 16, 64 and odd ones (zero-padded tiles)
+    long fatt_tc_before = ttt_cuda_fatt_tc_calls();   // tf32 below: the float32 kernels only
     {
         const int Tqs[2] = {48, 100}, Tks[3] = {37, 512, 2000};
         for (int a = 0; a < 2; a++) for (int t = 0; t < 3; t++) {
@@ -1333,6 +1431,43 @@ int main(void) {
     ttt_cuda_set_fused_attention(0);
     test_flash_attention("old path: fused off, Tq 100, Tk 512", 2, 100, 512, 8, 32, 1, 3, 2, TOL_TF32);
     ttt_cuda_set_fused_attention(1);
+    CHECK(ttt_cuda_fatt_tc_calls() == fatt_tc_before, "tf32 flash attention ran the tensor-core kernels");
+    // the tensor cores in bf16 (bounds at test_flash_attention_tc): h's 100 and g's 48 queries over
+    // memory levels at 384x1248 (468, 1872 and 7488 keys at B 1 with 30 key splits), self-attention on
+    // packed q, k, v, head sizes 16, 48, 64, odd Tq and Tk (partial query and key tiles, query tiles
+    // with idle warps), key splits with a short last split (Tk 1872: 8 splits, the last of 2 tiles,
+    // its last tile of 16 keys) and without (Tk <= 256), NULL gradients
+    test_flash_attention_tc("h: Tq 100, Tk 1872, -inf mask + all -inf row", 2, 100, 1872, 8, 32, 1, 3, 2, 7);
+    test_flash_attention_tc("h at B 8: Tq 100, Tk 1872", 8, 100, 1872, 8, 32, 1, 2, 8, 7);
+    test_flash_attention_tc("g: Tq 48, Tk 468, -inf mask + all -inf row", 2, 48, 468, 8, 32, 1, 3, 2, 7);
+    test_flash_attention_tc("Tq 48, Tk 37: one partial key tile", 2, 48, 37, 8, 32, 1, 3, 2, 7);
+    test_flash_attention_tc("self-attention 100, packed qkv, no mask", 2, 100, 100, 8, 32, 0, 0, 1, 7);
+    test_flash_attention_tc("self-attention 48, packed qkv, B 8", 8, 48, 48, 8, 32, 0, 0, 1, 7);
+    test_flash_attention_tc("B 1, Tq 100, Tk 7488: 30 key splits", 1, 100, 7488, 8, 32, 1, 2, 1, 7);
+    test_flash_attention_tc("B 1, Tq 48, Tk 1872: 8 key splits", 1, 48, 1872, 8, 32, 1, 3, 1, 7);
+    test_flash_attention_tc("HS 16, Tq 20, Tk 300", 2, 20, 300, 4, 16, 1, 3, 2, 7);
+    test_flash_attention_tc("HS 48, Tq 37, Tk 129", 3, 37, 129, 2, 48, 1, 1, 3, 7);
+    test_flash_attention_tc("HS 64, Tq 100, Tk 512", 2, 100, 512, 4, 64, 1, 3, 2, 7);
+    test_flash_attention_tc("HS 64, self-attention 37, packed qkv", 2, 37, 37, 4, 64, 0, 3, 1, 7);
+    test_flash_attention_tc("Tq 37, Tk 129, -100 mask", 3, 37, 129, 8, 32, 1, 1, 3, 7);
+    test_flash_attention_tc("Tq 129, Tk 37: 3 query tiles", 2, 129, 37, 4, 32, 1, 3, 2, 7);
+    test_flash_attention_tc("dq NULL", 2, 100, 300, 8, 32, 1, 3, 2, 6);
+    test_flash_attention_tc("dk NULL", 2, 100, 300, 8, 32, 1, 3, 2, 5);
+    test_flash_attention_tc("dv NULL", 2, 100, 300, 8, 32, 1, 3, 2, 3);
+    test_flash_attention_tc("dq only, packed qkv", 2, 100, 100, 8, 32, 0, 2, 2, 1);
+    test_flash_attention_tc("dk, dv only, B 1, key splits", 1, 100, 1872, 8, 32, 1, 3, 1, 6);
+    // bf16 with the tensor cores switched off, or a head size they do not take: the float32 kernels
+    {
+        ttt_cuda_set_precision(PRECISION_BF16);
+        long before = ttt_cuda_fatt_tc_calls();
+        ttt_cuda_set_fatt_tc(0);
+        test_flash_attention("bf16, tensor cores off: Tq 100, Tk 512", 2, 100, 512, 8, 32, 1, 3, 2, TOL_FLASH);
+        ttt_cuda_set_fatt_tc(1);
+        test_flash_attention("bf16, HS 40: float32 kernels", 2, 33, 150, 2, 40, 1, 3, 2, TOL_FLASH);
+        CHECK(ttt_cuda_fatt_tc_calls() == before, "bf16 flash attention: the tensor-core kernels ran while off or at HS 40");
+        ttt_cuda_set_fatt_tc(-1);
+        ttt_cuda_set_precision(PRECISION_TF32);
+    }
     test_bias_gather(7, 3);
     test_bias_gather(3, 5);
     test_windows(2, 13, 17, 5, 7, 3);
