@@ -2133,6 +2133,13 @@ static int flash_key_splits(long long blocks, int Tk, int* keys_per_split) {
     return (int)((ktiles + per - 1) / per);
 }
 
+// the key splits of flash_key_splits and the workspace for their partial results, per_split
+// floats per split (NULL when there is one split: the kernels then write their rows directly)
+static float* flash_split_part(long long blocks, int Tk, size_t per_split, int* nsplit, int* keys_per_split) {
+    *nsplit = flash_key_splits(blocks, Tk, keys_per_split);
+    return *nsplit > 1 ? (float*)workspace_get(&ws_fsplit, (size_t)*nsplit * per_split * sizeof(float)) : NULL;
+}
+
 // s (rows, HSP + 4) = rows r0 .. r0 + rows - 1 of head h of batch b of x ((B, n) rows `stride`
 // floats apart), zero past row n and past column HS (zeros add nothing to any dot product)
 template <int HSP>
@@ -2900,6 +2907,23 @@ flash_attention_dkdv_tc_kernel(float* dk, float* dv, const float* dout, const fl
     }
 }
 
+// the key splits' partial results (flash_split_part) combined into out / lse, or summed into dq
+// (+=), in a fixed order; nothing to do with one split
+static void flash_combine_splits(float* out, float* lse, const float* part, int nsplit, int B, int NH, int Tq,
+                                 int HS) {
+    if (nsplit <= 1) return;
+    size_t rows = (size_t)B * NH * Tq;
+    flash_attention_combine_kernel<<<(unsigned)((rows + 7) / 8), 256>>>(out, lse, part, nsplit, B, NH, Tq, HS);
+    launchCheck();
+}
+static void flash_dq_sum_splits(float* dq, const float* part, int nsplit, int B, int NH, int Tq, int HS,
+                                int q_stride) {
+    if (nsplit <= 1) return;
+    size_t n = (size_t)B * NH * Tq * HS;
+    flash_attention_dq_sum_kernel<<<grid_for(n, 256), 256>>>(dq, part, nsplit, B, NH, Tq, HS, q_stride);
+    launchCheck();
+}
+
 // a kernel's dynamic shared memory limit raised once (the default is 48 KiB)
 template <typename Kernel>
 static void fatt_tc_smem_limit(Kernel kernel, size_t bytes, int* done) {
@@ -2916,17 +2940,13 @@ static void fatt_tc_launch_fwd(float* out, float* lse, const float* q, const flo
     const size_t smem = 3 * fatt_tc_head_bytes<HS>() + FATT_TC_FLOAT_BYTES + FATT_TC_P_BYTES;
     fatt_tc_smem_limit(flash_attention_fwd_tc_kernel<HS>, smem, &smem_done);
     long long blocks = (long long)B * NH * ((Tq + FATT_TC_ROWS - 1) / FATT_TC_ROWS);
-    int keys_per_split = 0, nsplit = flash_key_splits(blocks, Tk, &keys_per_split);
     size_t rows = (size_t)B * NH * Tq;
-    float* part = nsplit > 1 ? (float*)workspace_get(&ws_fsplit, (size_t)nsplit * rows * (HS + 2) * sizeof(float))
-                             : NULL;
+    int nsplit = 1, keys_per_split = 0;
+    float* part = flash_split_part(blocks, Tk, rows * (HS + 2), &nsplit, &keys_per_split);
     flash_attention_fwd_tc_kernel<HS><<<(unsigned)(blocks * nsplit), FATT_THREADS, smem>>>(
         out, lse, part, q, k, v, mask, n_mask, B, NH, Tq, Tk, q_stride, kv_stride, scale, nsplit, keys_per_split);
     launchCheck();
-    if (nsplit > 1) {
-        flash_attention_combine_kernel<<<(unsigned)((rows + 7) / 8), 256>>>(out, lse, part, nsplit, B, NH, Tq, HS);
-        launchCheck();
-    }
+    flash_combine_splits(out, lse, part, nsplit, B, NH, Tq, HS);
 }
 
 template <int HS>
@@ -2939,17 +2959,14 @@ static void fatt_tc_launch_bwd(float* dq, float* dk, float* dv, const float* dou
         const size_t smem = 4 * fatt_tc_head_bytes<HS>() + FATT_TC_FLOAT_BYTES + FATT_TC_P_BYTES;
         fatt_tc_smem_limit(flash_attention_dq_tc_kernel<HS>, smem, &smem_done);
         long long blocks = (long long)B * NH * ((Tq + FATT_TC_ROWS - 1) / FATT_TC_ROWS);
-        int keys_per_split = 0, nsplit = flash_key_splits(blocks, Tk, &keys_per_split);
         size_t n = (size_t)B * NH * Tq * HS;
-        float* part = nsplit > 1 ? (float*)workspace_get(&ws_fsplit, (size_t)nsplit * n * sizeof(float)) : NULL;
+        int nsplit = 1, keys_per_split = 0;
+        float* part = flash_split_part(blocks, Tk, n, &nsplit, &keys_per_split);
         flash_attention_dq_tc_kernel<HS><<<(unsigned)(blocks * nsplit), FATT_THREADS, smem>>>(
             dq, part, dout, lse, D, q, k, v, mask, n_mask, B, NH, Tq, Tk, q_stride, kv_stride, scale, nsplit,
             keys_per_split);
         launchCheck();
-        if (nsplit > 1) {
-            flash_attention_dq_sum_kernel<<<grid_for(n, 256), 256>>>(dq, part, nsplit, B, NH, Tq, HS, q_stride);
-            launchCheck();
-        }
+        flash_dq_sum_splits(dq, part, nsplit, B, NH, Tq, HS, q_stride);
     }
     if (dk || dv) {
         static int smem_done = 0;
@@ -2973,18 +2990,14 @@ static void flash_launch_fwd(float* out, float* lse, const float* q, const float
                              const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS,
                              int q_stride, int kv_stride, float scale) {
     long long blocks = (long long)B * NH * ((Tq + FATT_ROWS - 1) / FATT_ROWS);
-    int keys_per_split = 0, nsplit = flash_key_splits(blocks, Tk, &keys_per_split);
     size_t rows = (size_t)B * NH * Tq;
-    float* part = nsplit > 1 ? (float*)workspace_get(&ws_fsplit, (size_t)nsplit * rows * (HS + 2) * sizeof(float))
-                             : NULL;
+    int nsplit = 1, keys_per_split = 0;
+    float* part = flash_split_part(blocks, Tk, rows * (HS + 2), &nsplit, &keys_per_split);
     flash_attention_fwd_kernel<HSP><<<(unsigned)(blocks * nsplit), FATT_THREADS>>>(
         out, lse, part, q, k, v, mask, n_mask, B, NH, Tq, Tk, HS, q_stride, kv_stride, scale, nsplit,
         keys_per_split);
     launchCheck();
-    if (nsplit > 1) {
-        flash_attention_combine_kernel<<<(unsigned)((rows + 7) / 8), 256>>>(out, lse, part, nsplit, B, NH, Tq, HS);
-        launchCheck();
-    }
+    flash_combine_splits(out, lse, part, nsplit, B, NH, Tq, HS);
 }
 
 template <int HSP>
@@ -2994,17 +3007,14 @@ static void flash_launch_bwd(float* dq, float* dk, float* dv, const float* dout,
                              int q_stride, int kv_stride, float scale) {
     if (dq) {
         long long blocks = (long long)B * NH * ((Tq + FATT_ROWS - 1) / FATT_ROWS);
-        int keys_per_split = 0, nsplit = flash_key_splits(blocks, Tk, &keys_per_split);
         size_t n = (size_t)B * NH * Tq * HS;
-        float* part = nsplit > 1 ? (float*)workspace_get(&ws_fsplit, (size_t)nsplit * n * sizeof(float)) : NULL;
+        int nsplit = 1, keys_per_split = 0;
+        float* part = flash_split_part(blocks, Tk, n, &nsplit, &keys_per_split);
         flash_attention_dq_kernel<HSP><<<(unsigned)(blocks * nsplit), FATT_THREADS>>>(
             dq, part, dout, lse, D, q, k, v, mask, n_mask, B, NH, Tq, Tk, HS, q_stride, kv_stride, scale, nsplit,
             keys_per_split);
         launchCheck();
-        if (nsplit > 1) {
-            flash_attention_dq_sum_kernel<<<grid_for(n, 256), 256>>>(dq, part, nsplit, B, NH, Tq, HS, q_stride);
-            launchCheck();
-        }
+        flash_dq_sum_splits(dq, part, nsplit, B, NH, Tq, HS, q_stride);
     }
     if (dk || dv) {
         long long blocks = (long long)B * NH * ((Tk + FATT_ROWS - 1) / FATT_ROWS);
