@@ -235,8 +235,7 @@ static size_t point_block_grads(SwinBlockActs* one, float* sb, const SwinActs* d
     one->proj = take_act(sb, &so, Nw * C);
     one->x_mid = take_act(sb, &so, N * C);
     one->ln2 = take_act(sb, &so, N * C);
-    one->fc1 = take_act(sb, &so, N * C * cfg->mlp_ratio);
-    one->gelu = take_act(sb, &so, N * C * cfg->mlp_ratio);
+    one->gelu = take_act(sb, &so, N * C * cfg->mlp_ratio);   // dgelu, then dfc1 in place (no fc1)
     return (so + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
 }
 
@@ -488,10 +487,10 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
                                                             2 * blk + 1, B, (size_t)Hs * Ws * C);
             gelu_forward(da->work_hidden, b->fc1, (size_t)N * Ch);   // recomputed: fc2's input
             linear_backward(db->gelu, gb->fc2_w, gb->fc2_b, dbranch, da->work_hidden, bp->fc2_w, N, Ch, C);
-            gelu_backward(db->fc1, b->fc1, db->gelu, (size_t)N * Ch);
+            gelu_backward_inplace(db->gelu, b->fc1, (size_t)N * Ch);   // db->gelu: now dfc1
             layernorm_apply(da->work_windows, b->x_mid, b->ln2_mean, b->ln2_rstd, bp->norm2_w, bp->norm2_b,
                             N, C);                                    // recomputed: fc1's input
-            linear_backward(db->ln2, gb->fc1_w, gb->fc1_b, db->fc1, da->work_windows, bp->fc1_w, N, C, Ch);
+            linear_backward(db->ln2, gb->fc1_w, gb->fc1_b, db->gelu, da->work_windows, bp->fc1_w, N, C, Ch);
             layernorm_backward(db->x_mid, gb->norm2_w, gb->norm2_b, db->ln2, b->x_mid, bp->norm2_w,
                                b->ln2_mean, b->ln2_rstd, N, C);
             // attention half: x_mid = x_in + s_attn[b] * reverse(proj(attn(qkv(partition(ln1(x_in))))));

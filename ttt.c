@@ -587,15 +587,21 @@ void gelu_forward_cpu(float* out, const float* inp, size_t N) {
     }
 }
 
+// d/dx [x Phi(x)] = Phi(x) + x phi(x)
+static float gelu_slope(float x) {
+    float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+
 void gelu_backward_cpu(float* dinp, const float* inp, const float* dout, size_t N) {
-    // d/dx [x Phi(x)] = Phi(x) + x phi(x)
     #pragma omp parallel for if (N > 65536)
-    for (size_t i = 0; i < N; i++) {
-        float x = inp[i];
-        float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-        float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
-        dinp[i] += dout[i] * (cdf + x * pdf);
-    }
+    for (size_t i = 0; i < N; i++) dinp[i] += dout[i] * gelu_slope(inp[i]);
+}
+
+void gelu_backward_inplace_cpu(float* d, const float* inp, size_t N) {
+    #pragma omp parallel for if (N > 65536)
+    for (size_t i = 0; i < N; i++) d[i] = d[i] * gelu_slope(inp[i]);
 }
 
 void relu_forward_cpu(float* out, const float* inp, size_t N) {

@@ -130,6 +130,10 @@ void groupnorm_backward(float* dinp, float* dweight, float* dbias, const float* 
 // out may equal inp for relu/sigmoid forward. relu/sigmoid backward use the forward OUTPUT.
 void gelu_forward(float* out, const float* inp, size_t N);
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t N);
+// d *= gelu'(inp), in place: the backward of gelu where d, the gradient of gelu's output, is
+// all that reaches its input, written over d (an exception to the += rule: Swin's MLP turns
+// dgelu into dfc1 without a zeroed buffer of its own). Equals gelu_backward into zeros.
+void gelu_backward_inplace(float* d, const float* inp, size_t N);
 void relu_forward(float* out, const float* inp, size_t N);
 void relu_backward(float* dinp, const float* out, const float* dout, size_t N);
 void sigmoid_forward(float* out, const float* inp, size_t N);
@@ -501,8 +505,9 @@ typedef struct {
     float *x_mid;                // (B, Hs, Ws, C) after the attention residual
     float *ln2;                  // (B, Hs, Ws, C) LN2(x_mid)                       [gradients only]
     float *ln2_mean, *ln2_rstd;
-    float *fc1;                  // (B, Hs, Ws, 4C)
-    float *gelu;                 // (B, Hs, Ws, 4C) gelu(fc1)                        [gradients only]
+    float *fc1;                  // (B, Hs, Ws, 4C)                                  [activations only]
+    float *gelu;                 // (B, Hs, Ws, 4C) gelu(fc1)                        [gradients only:
+                                 //   dgelu, then dfc1 in place (gelu_backward_inplace)]
 } SwinBlockActs;
 
 typedef struct {
@@ -2143,6 +2148,7 @@ void groupnorm_forward_cpu(float* out, float* mean, float* rstd, const float* in
 void groupnorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int HW, int C, int G);
 void gelu_forward_cpu(float* out, const float* inp, size_t N);
 void gelu_backward_cpu(float* dinp, const float* inp, const float* dout, size_t N);
+void gelu_backward_inplace_cpu(float* d, const float* inp, size_t N);
 void relu_forward_cpu(float* out, const float* inp, size_t N);
 void relu_backward_cpu(float* dinp, const float* out, const float* dout, size_t N);
 void sigmoid_forward_cpu(float* out, const float* inp, size_t N);
@@ -2238,6 +2244,7 @@ CUDA_TWIN void groupnorm_forward_cuda(float* out, float* mean, float* rstd, cons
 CUDA_TWIN void groupnorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int HW, int C, int G);
 CUDA_TWIN void gelu_forward_cuda(float* out, const float* inp, size_t N);
 CUDA_TWIN void gelu_backward_cuda(float* dinp, const float* inp, const float* dout, size_t N);
+CUDA_TWIN void gelu_backward_inplace_cuda(float* d, const float* inp, size_t N);
 CUDA_TWIN void relu_forward_cuda(float* out, const float* inp, size_t N);
 CUDA_TWIN void relu_backward_cuda(float* dinp, const float* out, const float* dout, size_t N);
 CUDA_TWIN void sigmoid_forward_cuda(float* out, const float* inp, size_t N);

@@ -1272,6 +1272,17 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
     }
     for (size_t i = 4 * n4 + tid; i < N; i += stride) dinp[i] += dout[i] * gelu_slope(inp[i]);
 }
+// d *= gelu'(inp) in place (gelu_backward_inplace)
+__global__ void gelu_backward_inplace_kernel(float* d, const float* inp, size_t N, int vec) {
+    size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    size_t n4 = vec ? N / 4 : 0;
+    for (size_t i = tid; i < n4; i += stride) {
+        float4 x = ((const float4*)inp)[i], g = ((float4*)d)[i];
+        g.x *= gelu_slope(x.x); g.y *= gelu_slope(x.y); g.z *= gelu_slope(x.z); g.w *= gelu_slope(x.w);
+        ((float4*)d)[i] = g;
+    }
+    for (size_t i = 4 * n4 + tid; i < N; i += stride) d[i] *= gelu_slope(inp[i]);
+}
 __global__ void relu_forward_kernel(float* out, const float* inp, size_t N) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
         out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
@@ -1300,6 +1311,12 @@ extern "C" void gelu_backward_cuda(float* dinp, const float* inp, const float* d
     if (N == 0) return;
     int vec = ((uintptr_t)dinp & 15) == 0 && ((uintptr_t)inp & 15) == 0 && ((uintptr_t)dout & 15) == 0;
     gelu_backward_kernel<<<grid_for(vec ? (N + 3) / 4 : N, 256), 256>>>(dinp, inp, dout, N, vec); launchCheck();
+}
+extern "C" void gelu_backward_inplace_cuda(float* d, const float* inp, size_t N) {
+    OpTimer timer("gelu_backward");
+    if (N == 0) return;
+    int vec = ((uintptr_t)d & 15) == 0 && ((uintptr_t)inp & 15) == 0;
+    gelu_backward_inplace_kernel<<<grid_for(vec ? (N + 3) / 4 : N, 256), 256>>>(d, inp, N, vec); launchCheck();
 }
 extern "C" void relu_forward_cuda(float* out, const float* inp, size_t N) {
     OpTimer timer("relu_forward");
