@@ -1313,7 +1313,7 @@ extern "C" void gelu_backward_cuda(float* dinp, const float* inp, const float* d
     gelu_backward_kernel<<<grid_for(vec ? (N + 3) / 4 : N, 256), 256>>>(dinp, inp, dout, N, vec); launchCheck();
 }
 extern "C" void gelu_backward_inplace_cuda(float* d, const float* inp, size_t N) {
-    OpTimer timer("gelu_backward");
+    OpTimer timer("gelu_backward_inplace");
     if (N == 0) return;
     int vec = ((uintptr_t)d & 15) == 0 && ((uintptr_t)inp & 15) == 0;
     gelu_backward_inplace_kernel<<<grid_for(vec ? (N + 3) / 4 : N, 256), 256>>>(d, inp, N, vec); launchCheck();
