@@ -126,7 +126,7 @@ static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, cons
                                  const float* inp, const float* weight, int N, int C, int OC);
 static void conv2d_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
                                 int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
-static void conv2d_backward_bf16(float* dinp, float* dweight, const float* dout, const float* inp,
+static void conv2d_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                                  const float* weight, int B, int H, int W, int C, int OC, int K, int stride,
                                  int pad, int Ho, int Wo);
 
@@ -300,13 +300,46 @@ __global__ void column_sum_kernel(float* dbias, const float* dout, int N, int OC
     }
 }
 
+// dst (N, OC) = src rounded to bf16, and dbias (OC) += the column sums of src (float32, the values
+// before rounding): column_sum_kernel's layout and sums, converting each value it reads, so a
+// bf16 linear's backward reads dout once for its bf16 copy and its bias gradient
+__global__ void float_to_bf16_column_sum_kernel(__nv_bfloat16* dst, float* dbias, const float* src, int N, int OC,
+                                                int rows_per_block) {
+    __shared__ float part[16][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    int r0 = blockIdx.y * rows_per_block, r1 = min(N, r0 + rows_per_block);
+    float s = 0.0f;
+    if (c < OC)
+        for (int r = r0 + threadIdx.y; r < r1; r += 16) {
+            float v = src[(size_t)r * OC + c];
+            dst[(size_t)r * OC + c] = __float2bfloat16(v);
+            s += v;
+        }
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < OC) {
+        float t = 0.0f;
+        for (int k = 0; k < 16; k++) t += part[k][threadIdx.x];
+        if (gridDim.y == 1) dbias[c] += t; else atomicAdd(&dbias[c], t);
+    }
+}
+
+// the launch shape of column_sum_kernel and float_to_bf16_column_sum_kernel: 512 rows per block
+// (more when the rows would need over 65535 blocks)
+static void column_sum_shape(int N, int OC, dim3* grid, int* rows_per_block) {
+    int rpb = 512;
+    int chunks = (N + rpb - 1) / rpb;
+    if (chunks > 65535) { rpb = (N + 65534) / 65535; chunks = (N + rpb - 1) / rpb; }
+    *grid = dim3((OC + 31) / 32, chunks);
+    *rows_per_block = rpb;
+}
+
 static void column_sum_accumulate(float* dbias, const float* dout, int N, int OC) {
     if (N <= 0 || OC <= 0) return;
-    int rows_per_block = 512;
-    int chunks = (N + rows_per_block - 1) / rows_per_block;
-    if (chunks > 65535) { rows_per_block = (N + 65534) / 65535; chunks = (N + rows_per_block - 1) / rows_per_block; }
-    dim3 grid((OC + 31) / 32, chunks), block(32, 16);
-    column_sum_kernel<<<grid, block>>>(dbias, dout, N, OC, rows_per_block); launchCheck();
+    dim3 grid;
+    int rows_per_block;
+    column_sum_shape(N, OC, &grid, &rows_per_block);
+    column_sum_kernel<<<grid, dim3(32, 16)>>>(dbias, dout, N, OC, rows_per_block); launchCheck();
 }
 
 // linear through cuBLASLt: the bias added by the GEMM's epilogue (CUBLASLT_EPILOGUE_BIAS) and the
@@ -3726,10 +3759,12 @@ extern "C" void conv2d_backward_cuda(float* dinp, float* dweight, float* dbias, 
     if (bf16_conv_taken(C)) {
         // dinp by the transposed im2col at stride 1 only (at stride s only 1/s^2 of its columns
         // are non-zero): a strided conv's dinp takes the float32 im2col path below
+        // dbias: summed while the dweight pass converts dout, else by the column sums
         float* dinp_bf16 = stride == 1 ? dinp : NULL;
         if (dinp_bf16 || dweight)
-            conv2d_backward_bf16(dinp_bf16, dweight, dout, inp, weight, B, H, W, C, OC, K, stride, pad, Ho, Wo);
-        if (dbias) column_sum_accumulate(dbias, dout, (int)npix, OC);
+            conv2d_backward_bf16(dinp_bf16, dweight, dweight ? dbias : NULL, dout, inp, weight, B, H, W, C, OC, K,
+                                 stride, pad, Ho, Wo);
+        if (dbias && !dweight) column_sum_accumulate(dbias, dout, (int)npix, OC);
         if (dinp_bf16 == dinp) return;
         dweight = NULL; dbias = NULL;   // done above
     }
@@ -5092,8 +5127,19 @@ static void linear_forward_bf16(float* out, const float* inp, const float* weigh
     bf16_calls[0]++;
 }
 
+// dst (nr, OC) = src in bf16, and dbias (OC) += src's column sums when dbias is not NULL
+static void to_bf16_column_sum(__nv_bfloat16* dst, float* dbias, const float* src, size_t nr, int OC) {
+    if (dbias == NULL) { to_bf16(dst, src, nr * OC); return; }
+    if (nr == 0) return;
+    dim3 grid;
+    int rows_per_block;
+    column_sum_shape((int)nr, OC, &grid, &rows_per_block);
+    float_to_bf16_column_sum_kernel<<<grid, dim3(32, 16)>>>(dst, dbias, src, (int)nr, OC, rows_per_block);
+    launchCheck();
+}
+
 // dinp (N, C) += dout @ weight, dweight (OC, C) += dout^T @ inp on bf16 copies, rows in chunks;
-// dbias (OC) += column sums of dout in float32
+// dbias (OC) += column sums of dout in float32 (summed while dout is converted)
 static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
                                  const float* inp, const float* weight, int N, int C, int OC) {
     if (dinp || dweight) {
@@ -5107,7 +5153,7 @@ static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, cons
         if (dinp) to_bf16(w, weight, (size_t)OC * C);
         for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
             size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
-            to_bf16(d, dout + r0 * OC, nr * OC);
+            to_bf16_column_sum(d, dbias, dout + r0 * OC, nr, OC);
             // dinp rows (nr, C) += dout rows (nr, OC) @ weight (OC, C)
             if (dinp) gemm_bf16_rm(false, false, (int)nr, C, OC, d, OC, w, C, 1.0f, dinp + r0 * C, C);
             if (dweight) {
@@ -5116,8 +5162,9 @@ static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, cons
                 gemm_bf16_rm(true, false, OC, C, (int)nr, d, OC, x, C, 1.0f, dweight, C);
             }
         }
+    } else if (dbias) {
+        column_sum_accumulate(dbias, dout, N, OC);   // no products: the sums alone
     }
-    if (dbias) column_sum_accumulate(dbias, dout, N, OC);
     bf16_calls[0]++;
 }
 
@@ -5140,10 +5187,11 @@ static void conv2d_forward_bf16(float* out, const float* inp, const float* weigh
     bf16_calls[1]++;
 }
 
-// conv2d backward (dbias: the caller). dweight (OC, KKC) += dout chunk^T (OC, np) @ col (np, KKC)
-// per chunk of output pixels; dinp chunk (nq, C) += dcolT (nq, KK*OC) @ wt (C, KK*OC)^T per chunk
-// of input pixels (the transposed im2col, section comment)
-static void conv2d_backward_bf16(float* dinp, float* dweight, const float* dout, const float* inp,
+// conv2d backward. dweight (OC, KKC) += dout chunk^T (OC, np) @ col (np, KKC), and dbias (OC) += dout's
+// column sums (only with dweight: summed while dout is converted; NULL: the caller's), per chunk
+// of output pixels; dinp chunk (nq, C) += dcolT (nq, KK*OC) @ wt (C, KK*OC)^T per chunk of input
+// pixels (the transposed im2col, section comment)
+static void conv2d_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                                  const float* weight, int B, int H, int W, int C, int OC, int K, int stride,
                                  int pad, int Ho, int Wo) {
     size_t npix = (size_t)B * Ho * Wo, nin = (size_t)B * H * W;
@@ -5162,7 +5210,7 @@ static void conv2d_backward_bf16(float* dinp, float* dweight, const float* dout,
         __nv_bfloat16* col = scratch + dpart;
         for (size_t p0 = 0; p0 < npix; p0 += rows_w) {
             size_t np = npix - p0 < rows_w ? npix - p0 : rows_w;
-            to_bf16(d, dout + p0 * OC, np * OC);
+            to_bf16_column_sum(d, dbias, dout + p0 * OC, np, OC);
             im2col_bf16(col, inp, H, W, C, K, stride, pad, Ho, Wo, p0, np);
             gemm_bf16_rm(true, false, OC, (int)KKC, (int)np, d, OC, col, (int)KKC, 1.0f, dweight, (int)KKC);
         }
