@@ -1992,9 +1992,6 @@ const char* matmul_precision_name(void);
 // says when): on (1, TTT_LINEAR_LT=1) or off (0, the default: cuBLAS GEMM + bias kernels, faster)
 void ttt_cuda_set_linear_lt(int on);
 long ttt_cuda_linear_lt_calls(int which);    // calls done by cuBLASLt: 0 forward, 1 dweight + dbias
-// bf16 linears with a bias and OC > C add the bias in cuBLASLt's epilogue (counted as forward
-// calls above): on (1, the default; TTT_BF16_BIAS_LT=0 turns it off), off (0), the default (-1)
-void ttt_cuda_set_bf16_bias_lt(int on);
 // the card's dense bf16 rate in TFLOP/s: n^3 bf16 GEMMs (float32 sums), warmup then iters timed
 double ttt_cuda_bf16_peak_tflops(int n, int warmup, int iters);
 // real bf16 operands in bf16 mode (ttt_kernels.cu, BF16 OPERANDS): conv2d (all but the 1x1

@@ -396,7 +396,7 @@ static unsigned pointer_alignment(const void* p) {
 // one matmul plan per (epilogue, shape, compute type, alignments): descriptor, layouts and the
 // heuristic's algorithm, or ok = 0 when cuBLASLt has none (then the fallback path is used)
 typedef struct {
-    int epilogue, m, n, k, compute, ab_type;   // ab_type: A's and B's element type (C, D float32)
+    int epilogue, m, n, k, compute;
     unsigned align_a, align_b, align_c, align_bias;
     int ok;
     cublasLtMatmulDesc_t desc;
@@ -411,20 +411,19 @@ static int lt_nplans = 0;
 // and the leading dimensions follow from the epilogue (BIAS: forward, BGRADB: dweight, above).
 // NULL when the plan table is full (fallback).
 static LtPlan* lt_plan(cublasLtEpilogue_t epilogue, int m, int n, int k, const void* A, const void* B,
-                       const void* C, const void* bias, cudaDataType_t ab_type) {
-    // bf16 operands: float32 sums (CUBLAS_COMPUTE_32F), as gemm_bf16_rm
-    cublasComputeType_t compute = ab_type == CUDA_R_16BF ? CUBLAS_COMPUTE_32F : gemm_compute_type();
+                       const void* C, const void* bias) {
+    cublasComputeType_t compute = gemm_compute_type();
     unsigned aa = pointer_alignment(A), ab = pointer_alignment(B), ac = pointer_alignment(C);
     unsigned abias = pointer_alignment(bias);
     for (int i = 0; i < lt_nplans; i++) {
         LtPlan* p = &lt_plans[i];
         if (p->epilogue == (int)epilogue && p->m == m && p->n == n && p->k == k && p->compute == (int)compute &&
-            p->ab_type == (int)ab_type && p->align_a == aa && p->align_b == ab && p->align_c == ac && p->align_bias == abias) return p;
+            p->align_a == aa && p->align_b == ab && p->align_c == ac && p->align_bias == abias) return p;
     }
     if (lt_nplans == LT_MAX_PLANS) return NULL;
     LtPlan* p = &lt_plans[lt_nplans++];
     memset(p, 0, sizeof(*p));
-    p->epilogue = (int)epilogue; p->m = m; p->n = n; p->k = k; p->compute = (int)compute; p->ab_type = (int)ab_type;
+    p->epilogue = (int)epilogue; p->m = m; p->n = n; p->k = k; p->compute = (int)compute;
     p->align_a = aa; p->align_b = ab; p->align_c = ac; p->align_bias = abias;
     bool forward = epilogue == CUBLASLT_EPILOGUE_BIAS;
     cublasOperation_t ta = forward ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -439,11 +438,11 @@ static LtPlan* lt_plan(cublasLtEpilogue_t epilogue, int m, int n, int k, const v
     cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     // layouts of the stored matrices (before op): rows, columns, leading dimension
     if (forward) {
-        cublasCheck(cublasLtMatrixLayoutCreate(&p->la, ab_type, k, m, k));   // W: C x OC, ld C
-        cublasCheck(cublasLtMatrixLayoutCreate(&p->lb, ab_type, k, n, k));   // inp: C x N, ld C
+        cublasCheck(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_32F, k, m, k));   // W: C x OC, ld C
+        cublasCheck(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_32F, k, n, k));   // inp: C x N, ld C
     } else {
-        cublasCheck(cublasLtMatrixLayoutCreate(&p->la, ab_type, m, k, m));   // inp: C x N, ld C
-        cublasCheck(cublasLtMatrixLayoutCreate(&p->lb, ab_type, n, k, n));   // dout: OC x N, ld OC
+        cublasCheck(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_32F, m, k, m));   // inp: C x N, ld C
+        cublasCheck(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_32F, n, k, n));   // dout: OC x N, ld OC
     }
     cublasCheck(cublasLtMatrixLayoutCreate(&p->lc, CUDA_R_32F, m, n, m));       // out / dweight
     cublasLtMatmulPreference_t pref;
@@ -492,7 +491,7 @@ static int linear_lt_shape_ok(int C, int OC) { return C % 4 == 0 && OC % 4 == 0;
 static int linear_forward_lt(float* out, const float* inp, const float* weight, const float* bias,
                              int N, int C, int OC) {
     if (!linear_lt_enabled() || !linear_lt_shape_ok(C, OC)) return 0;
-    LtPlan* p = lt_plan(CUBLASLT_EPILOGUE_BIAS, OC, N, C, weight, inp, out, bias, CUDA_R_32F);
+    LtPlan* p = lt_plan(CUBLASLT_EPILOGUE_BIAS, OC, N, C, weight, inp, out, bias);
     if (p == NULL || !p->ok) return 0;
     float alpha = 1.0f, beta = 0.0f;
     cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
@@ -510,7 +509,7 @@ static int linear_backward_weight_lt(float* dweight, float* dbias, const float* 
     if (!linear_lt_enabled() || !linear_lt_shape_ok(C, OC)) return 0;
     // never smaller than 64k floats: the first (eager) call of a graph grows it, if ever
     float* scratch = (float*)workspace_get(&ws_lt_dbias, (size_t)(OC > 65536 ? OC : 65536) * sizeof(float));
-    LtPlan* p = lt_plan(CUBLASLT_EPILOGUE_BGRADB, C, OC, N, inp, dout, dweight, scratch, CUDA_R_32F);
+    LtPlan* p = lt_plan(CUBLASLT_EPILOGUE_BGRADB, C, OC, N, inp, dout, dweight, scratch);
     if (p == NULL || !p->ok) return 0;
     float alpha = 1.0f, beta = 1.0f;
     cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &scratch, sizeof(scratch)));
@@ -5083,31 +5082,6 @@ static void im2col_transposed_bf16(__nv_bfloat16* dcol, const float* dout, int H
     im2col_bf16_launch<true>(dcol, dout, Ho, Wo, OC, H, W, K, stride, pad, q0, nq);
 }
 
-// The bias of a widening bf16 linear (OC > C: Swin's qkv and fc1, Mask2Former's FFN up) is added
-// by cuBLASLt's BIAS epilogue, saving add_bias's pass over the (N, OC) float32 output (read and
-// write, OC > C floats per row). Narrowing ones (proj, fc2) keep gemm_bf16_rm + add_bias: there
-// the epilogue's algorithm was slower than cublasGemmEx's on the H200 (session 6). Off with
-// TTT_BF16_BIAS_LT=0 or ttt_cuda_set_bf16_bias_lt(0); cuBLASLt's heuristic may still decline a
-// shape or an alignment (then the plain path).
-static int bf16_bias_lt_on = -1;   // -1 unread, 0 off, 1 on
-extern "C" void ttt_cuda_set_bf16_bias_lt(int on) { bf16_bias_lt_on = on < 0 ? -1 : on != 0; }
-
-// out (nr, OC) = x (nr, C) @ w (OC, C)^T + bias in one cuBLASLt call, bf16 operands; 0 if not taken
-static int linear_forward_bf16_lt(float* out, const __nv_bfloat16* x, const __nv_bfloat16* w, const float* bias,
-                                  int nr, int C, int OC) {
-    if (bf16_bias_lt_on < 0) bf16_bias_lt_on = env_switch01("TTT_BF16_BIAS_LT", 1);
-    if (!bf16_bias_lt_on || bias == NULL || OC <= C || C % 8 != 0 || OC % 4 != 0) return 0;
-    LtPlan* p = lt_plan(CUBLASLT_EPILOGUE_BIAS, OC, nr, C, w, x, out, bias, CUDA_R_16BF);
-    if (p == NULL || !p->ok) return 0;
-    float alpha = 1.0f, beta = 0.0f;
-    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    cublasCheck(cublasLtMatmul(get_cublaslt(), p->desc, &alpha, w, p->la, x, p->lb, &beta,
-                               out, p->lc, out, p->lc, &p->algo, ws_lt.ptr, LT_WORKSPACE_BYTES, cudaStreamPerThread));
-    gemm_flop_count += 2.0 * nr * OC * (double)C;
-    linear_lt_count[0]++;
-    return 1;
-}
-
 // out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias, operands in bf16; rows in chunks
 static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
                                 int N, int C, int OC) {
@@ -5119,11 +5093,10 @@ static void linear_forward_bf16(float* out, const float* inp, const float* weigh
     for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
         size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
         to_bf16(x, inp + r0 * C, nr * C);
-        if (linear_forward_bf16_lt(out + r0 * OC, x, w, bias, (int)nr, C, OC)) continue;   // bias included
         // out rows (nr, OC) = inp rows (nr, C) @ weight (OC, C)^T
         gemm_bf16_rm(false, true, (int)nr, OC, C, x, C, w, C, 0.0f, out + r0 * OC, OC);
-        if (bias) add_bias(out + r0 * OC, bias, nr, OC);
     }
+    if (bias) add_bias(out, bias, (size_t)N, OC);
     bf16_calls[0]++;
 }
 
