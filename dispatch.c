@@ -209,6 +209,18 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
     else linear_backward_cpu(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
 }
 
+void gelu_linear_forward(float* out, float* hidden, const float* pre, const float* weight, const float* bias,
+                         int N, int C, int OC) {
+    if (on_gpu()) gelu_linear_forward_cuda(out, hidden, pre, weight, bias, N, C, OC);
+    else gelu_linear_forward_cpu(out, hidden, pre, weight, bias, N, C, OC);
+}
+
+void gelu_linear_backward(float* dpre, float* dweight, float* dbias, float* hidden, const float* dout,
+                          const float* pre, const float* weight, int N, int C, int OC) {
+    if (on_gpu()) gelu_linear_backward_cuda(dpre, dweight, dbias, hidden, dout, pre, weight, N, C, OC);
+    else gelu_linear_backward_cpu(dpre, dweight, dbias, hidden, dout, pre, weight, N, C, OC);
+}
+
 // LN Adapt (mae.c): while a hook is set, it runs every LayerNorm in place of the op
 LayerNormHook layernorm_forward_hook = NULL;
 void* layernorm_forward_hook_ctx = NULL;

@@ -422,8 +422,7 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
             // MLP half (LN2 into work_windows, free again: not kept, recomputed in the backward)
             layernorm_forward(a->work_windows, b->ln2_mean, b->ln2_rstd, b->x_mid, bp->norm2_w, bp->norm2_b, N, C);
             linear_forward(b->fc1, a->work_windows, bp->fc1_w, bp->fc1_b, N, C, Ch);
-            gelu_forward(a->work_hidden, b->fc1, (size_t)N * Ch);
-            linear_forward(x_out, a->work_hidden, bp->fc2_w, bp->fc2_b, N, Ch, C);
+            gelu_linear_forward(x_out, a->work_hidden, b->fc1, bp->fc2_w, bp->fc2_b, N, Ch, C);   // fc2(gelu(fc1))
             // x_out = x_mid + s_mlp[b] * fc2, in place
             scale_rows_add_forward(x_out, x_out, b->x_mid, drop_row(a->drop_scale, 2 * blk + 1, B), B,
                                    (size_t)Hs * Ws * C);
@@ -485,9 +484,9 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             // MLP half: x_out = x_mid + s_mlp[b] * fc2(gelu(fc1(ln2(x_mid))))
             const float* dbranch = residual_branch_backward(db->x_mid, da->drop_grad, dx_out, a->drop_scale,
                                                             2 * blk + 1, B, (size_t)Hs * Ws * C);
-            gelu_forward(da->work_hidden, b->fc1, (size_t)N * Ch);   // recomputed: fc2's input
-            linear_backward(db->gelu, gb->fc2_w, gb->fc2_b, dbranch, da->work_hidden, bp->fc2_w, N, Ch, C);
-            gelu_backward_inplace(db->gelu, b->fc1, (size_t)N * Ch);   // db->gelu: now dfc1
+            // fc2 and gelu: db->gelu receives dfc1 (written; gelu(fc1), fc2's input, recomputed)
+            gelu_linear_backward(db->gelu, gb->fc2_w, gb->fc2_b, da->work_hidden, dbranch, b->fc1, bp->fc2_w,
+                                 N, Ch, C);
             layernorm_apply(da->work_windows, b->x_mid, b->ln2_mean, b->ln2_rstd, bp->norm2_w, bp->norm2_b,
                             N, C);                                    // recomputed: fc1's input
             linear_backward(db->ln2, gb->fc1_w, gb->fc1_b, db->gelu, da->work_windows, bp->fc1_w, N, C, Ch);

@@ -604,6 +604,22 @@ void gelu_backward_inplace_cpu(float* d, const float* inp, size_t N) {
     for (size_t i = 0; i < N; i++) d[i] = d[i] * gelu_slope(inp[i]);
 }
 
+// gelu_linear: gelu into hidden, then the linear (forward); the same recomputation, the linear's
+// backward into a zeroed dpre, and gelu's slope in place (backward)
+void gelu_linear_forward_cpu(float* out, float* hidden, const float* pre, const float* weight, const float* bias,
+                             int N, int C, int OC) {
+    gelu_forward_cpu(hidden, pre, (size_t)N * C);
+    linear_forward_cpu(out, hidden, weight, bias, N, C, OC);
+}
+
+void gelu_linear_backward_cpu(float* dpre, float* dweight, float* dbias, float* hidden, const float* dout,
+                              const float* pre, const float* weight, int N, int C, int OC) {
+    gelu_forward_cpu(hidden, pre, (size_t)N * C);
+    memset(dpre, 0, (size_t)N * C * sizeof(float));
+    linear_backward_cpu(dpre, dweight, dbias, dout, hidden, weight, N, C, OC);
+    gelu_backward_inplace_cpu(dpre, pre, (size_t)N * C);
+}
+
 void relu_forward_cpu(float* out, const float* inp, size_t N) {
     #pragma omp parallel for if (N > 65536)
     for (size_t i = 0; i < N; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;

@@ -109,6 +109,17 @@ void linear_forward(float* out, const float* inp, const float* weight, const flo
                     int N, int C, int OC);
 void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                      const float* inp, const float* weight, int N, int C, int OC);
+// a linear whose input is gelu(pre) (Swin's fc2): out (N, OC) = gelu(pre) (N, C) @ weight (OC, C)^T
+// + bias. hidden (N, C) is a scratch that may receive gelu(pre): the CPU and the GPU's float32
+// path write it there and multiply it; the GPU's bf16 path rounds gelu(pre) straight into the
+// product's bf16 operand and leaves hidden alone (no float32 pass over it).
+// Backward: dweight += dout^T @ gelu(pre) (recomputed), dbias += the column sums of dout, and
+// dpre = (dout @ weight) * gelu'(pre) is WRITTEN, not accumulated (an exception to the += rule, as
+// gelu_backward_inplace: Swin's dfc1 has no other writer); hidden as in the forward.
+void gelu_linear_forward(float* out, float* hidden, const float* pre, const float* weight, const float* bias,
+                         int N, int C, int OC);
+void gelu_linear_backward(float* dpre, float* dweight, float* dbias, float* hidden, const float* dout,
+                          const float* pre, const float* weight, int N, int C, int OC);
 
 // layernorm over the last dim C: out = (x - mean) * rstd * weight + bias.
 // mean, rstd (N) are saved for backward. eps = LN_EPS.
@@ -2142,6 +2153,8 @@ void scale_rows_forward_cpu(float* out, const float* inp, const float* scale, in
 void scale_rows_backward_cpu(float* dinp, const float* dout, const float* scale, int B, size_t N);
 void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
 void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
+void gelu_linear_forward_cpu(float* out, float* hidden, const float* pre, const float* weight, const float* bias, int N, int C, int OC);
+void gelu_linear_backward_cpu(float* dpre, float* dweight, float* dbias, float* hidden, const float* dout, const float* pre, const float* weight, int N, int C, int OC);
 void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
 void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
 void groupnorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);
@@ -2238,6 +2251,8 @@ CUDA_TWIN void scale_rows_forward_cuda(float* out, const float* inp, const float
 CUDA_TWIN void scale_rows_backward_cuda(float* dinp, const float* dout, const float* scale, int B, size_t N);
 CUDA_TWIN void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
 CUDA_TWIN void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
+CUDA_TWIN void gelu_linear_forward_cuda(float* out, float* hidden, const float* pre, const float* weight, const float* bias, int N, int C, int OC);
+CUDA_TWIN void gelu_linear_backward_cuda(float* dpre, float* dweight, float* dbias, float* hidden, const float* dout, const float* pre, const float* weight, int N, int C, int OC);
 CUDA_TWIN void layernorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
 CUDA_TWIN void layernorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
 CUDA_TWIN void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);

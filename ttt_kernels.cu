@@ -121,9 +121,9 @@ static void gemm_rm_aligned(bool transA, bool transB, int M, int N, int K, float
 static int bf16_linear_taken(int rows, int C, int OC);
 static int bf16_conv_taken(int C);
 static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
-                                int N, int C, int OC);
+                                int N, int C, int OC, bool gelu_input);
 static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
-                                 const float* inp, const float* weight, int N, int C, int OC);
+                                 const float* inp, const float* weight, int N, int C, int OC, bool gelu_input);
 static void conv2d_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
                                 int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
 static void conv2d_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
@@ -526,7 +526,7 @@ extern "C" void linear_forward_cuda(float* out, const float* inp, const float* w
                                     int N, int C, int OC) {
     OpTimer timer("linear_forward", N, C, OC);
     if (N <= 0 || OC <= 0) return;
-    if (bf16_linear_taken(N, C, OC)) { linear_forward_bf16(out, inp, weight, bias, N, C, OC); return; }
+    if (bf16_linear_taken(N, C, OC)) { linear_forward_bf16(out, inp, weight, bias, N, C, OC, false); return; }
     if (C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 3);   // see gemm_rm
     if (C > 0 && bias && linear_forward_lt(out, inp, weight, bias, N, C, OC)) return;
     if (C <= 0) { ttt_cuda_zero(out, (size_t)N * OC * sizeof(float)); }
@@ -542,7 +542,7 @@ extern "C" void linear_backward_cuda(float* dinp, float* dweight, float* dbias, 
                                      const float* inp, const float* weight, int N, int C, int OC) {
     OpTimer timer("linear_backward", N, C, OC);
     if (N <= 0 || OC <= 0) return;
-    if (bf16_linear_taken(N, C, OC)) { linear_backward_bf16(dinp, dweight, dbias, dout, inp, weight, N, C, OC); return; }
+    if (bf16_linear_taken(N, C, OC)) { linear_backward_bf16(dinp, dweight, dbias, dout, inp, weight, N, C, OC, false); return; }
     // misaligned weight / weight gradient: through aligned copies (see gemm_rm); dweight
     // accumulates, so its copy starts from its values and is copied back after
     if (dinp && C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 3);
@@ -564,6 +564,37 @@ static void linear_backward_staged(float* dinp, float* dweight, float* dbias, co
     // dweight (OC, C) += dout^T (OC, N) @ inp (N, C)
     if (dweight) gemm_rm(true, false, OC, C, N, 1.0f, dout, OC, 0, inp, C, 0, 1.0f, dweight, C, 0, 1);
     if (dbias) column_sum_accumulate(dbias, dout, N, OC);
+}
+
+// gelu_linear (ttt.h): in bf16 mode where the linear's size rule takes bf16 operands, gelu(pre) is
+// rounded straight into the product's bf16 operand (no float32 gelu(pre) written and read back);
+// otherwise gelu_forward into hidden and the float32 linear. The backward's dpre: the product into
+// a zeroed dpre, then gelu's slope in place.
+extern "C" void gelu_linear_forward_cuda(float* out, float* hidden, const float* pre, const float* weight,
+                                         const float* bias, int N, int C, int OC) {
+    OpTimer timer("gelu_linear_forward", N, C, OC);
+    if (N <= 0 || OC <= 0) return;
+    if (C > 0 && bf16_linear_taken(N, C, OC)) {
+        linear_forward_bf16(out, pre, weight, bias, N, C, OC, true);
+        return;
+    }
+    gelu_forward_cuda(hidden, pre, (size_t)N * C);
+    linear_forward_cuda(out, hidden, weight, bias, N, C, OC);
+}
+
+extern "C" void gelu_linear_backward_cuda(float* dpre, float* dweight, float* dbias, float* hidden, const float* dout,
+                                          const float* pre, const float* weight, int N, int C, int OC) {
+    OpTimer timer("gelu_linear_backward", N, C, OC);
+    if (N <= 0 || C <= 0) return;
+    ttt_cuda_zero(dpre, (size_t)N * C * sizeof(float));
+    if (OC <= 0) return;
+    if (bf16_linear_taken(N, C, OC)) {
+        linear_backward_bf16(dpre, dweight, dbias, dout, pre, weight, N, C, OC, true);
+    } else {
+        gelu_forward_cuda(hidden, pre, (size_t)N * C);
+        linear_backward_cuda(dpre, dweight, dbias, dout, hidden, weight, N, C, OC);
+    }
+    gelu_backward_inplace_cuda(dpre, pre, (size_t)N * C);
 }
 
 // ----------------------------------------------------------------------------
@@ -4955,8 +4986,12 @@ static size_t bf16_chunk_rows(size_t total, size_t row_elems) {
     return r < total ? r : total;
 }
 
-// dst (n) = src (n) rounded to bf16; float4 loads and two bf16 pairs stored per 4 floats when
-// src is 16-byte and dst 8-byte aligned (vec4), else one float at a time
+// dst (n) = src (n) rounded to bf16, or gelu(src) rounded (GELU: gelu_linear's operand); float4
+// loads and two bf16 pairs stored per 4 floats when src is 16-byte and dst 8-byte aligned (vec4),
+// else one float at a time
+template <bool GELU>
+__device__ __forceinline__ float bf16_source(float x) { return GELU ? gelu_value(x) : x; }
+template <bool GELU>
 __global__ void float_to_bf16_kernel(__nv_bfloat16* dst, const float* src, size_t n, int vec4) {
     size_t start = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
     size_t done = 0;
@@ -4965,19 +5000,24 @@ __global__ void float_to_bf16_kernel(__nv_bfloat16* dst, const float* src, size_
         for (size_t i = start; i < n4; i += step) {
             float4 v = reinterpret_cast<const float4*>(src)[i];
             __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(dst + 4 * i);
-            d[0] = __floats2bfloat162_rn(v.x, v.y);
-            d[1] = __floats2bfloat162_rn(v.z, v.w);
+            d[0] = __floats2bfloat162_rn(bf16_source<GELU>(v.x), bf16_source<GELU>(v.y));
+            d[1] = __floats2bfloat162_rn(bf16_source<GELU>(v.z), bf16_source<GELU>(v.w));
         }
         done = 4 * n4;
     }
-    for (size_t i = done + start; i < n; i += step) dst[i] = __float2bfloat16(src[i]);
+    for (size_t i = done + start; i < n; i += step) dst[i] = __float2bfloat16(bf16_source<GELU>(src[i]));
 }
 
-static void to_bf16(__nv_bfloat16* dst, const float* src, size_t n) {
+// dst = src in bf16, or gelu(src) in bf16 when gelu is set
+static void to_bf16_maybe_gelu(__nv_bfloat16* dst, const float* src, size_t n, bool gelu) {
     if (n == 0) return;
     int vec4 = (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 8 == 0;
-    float_to_bf16_kernel<<<grid_for(vec4 ? (n + 3) / 4 : n, 256), 256>>>(dst, src, n, vec4); launchCheck();
+    unsigned grid = grid_for(vec4 ? (n + 3) / 4 : n, 256);
+    if (gelu) float_to_bf16_kernel<true><<<grid, 256>>>(dst, src, n, vec4);
+    else float_to_bf16_kernel<false><<<grid, 256>>>(dst, src, n, vec4);
+    launchCheck();
 }
+static void to_bf16(__nv_bfloat16* dst, const float* src, size_t n) { to_bf16_maybe_gelu(dst, src, n, false); }
 
 // C (M, N) = op(A) (M, K) @ op(B) (K, N) + beta * C, row-major with leading dimensions as in
 // gemm_rm (same operand swap for column-major cuBLAS); A and B bf16, C float32, float32 sums.
@@ -5082,9 +5122,10 @@ static void im2col_transposed_bf16(__nv_bfloat16* dcol, const float* dout, int H
     im2col_bf16_launch<true>(dcol, dout, Ho, Wo, OC, H, W, K, stride, pad, q0, nq);
 }
 
-// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias, operands in bf16; rows in chunks
+// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias, operands in bf16; rows in chunks. gelu_input:
+// the operand is gelu(inp) (gelu_linear_forward)
 static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
-                                int N, int C, int OC) {
+                                int N, int C, int OC, bool gelu_input) {
     size_t rows = bf16_chunk_rows((size_t)N, (size_t)C);
     size_t wpart = bf16_round((size_t)OC * C);
     __nv_bfloat16* w = (__nv_bfloat16*)workspace_get(&ws_bf16, (wpart + rows * C) * sizeof(__nv_bfloat16));
@@ -5092,7 +5133,7 @@ static void linear_forward_bf16(float* out, const float* inp, const float* weigh
     to_bf16(w, weight, (size_t)OC * C);
     for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
         size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
-        to_bf16(x, inp + r0 * C, nr * C);
+        to_bf16_maybe_gelu(x, inp + r0 * C, nr * C, gelu_input);
         // out rows (nr, OC) = inp rows (nr, C) @ weight (OC, C)^T
         gemm_bf16_rm(false, true, (int)nr, OC, C, x, C, w, C, 0.0f, out + r0 * OC, OC);
     }
@@ -5112,9 +5153,10 @@ static void to_bf16_column_sum(__nv_bfloat16* dst, float* dbias, const float* sr
 }
 
 // dinp (N, C) += dout @ weight, dweight (OC, C) += dout^T @ inp on bf16 copies, rows in chunks;
-// dbias (OC) += column sums of dout in float32 (summed while dout is converted)
+// dbias (OC) += column sums of dout in float32 (summed while dout is converted). gelu_input: the
+// forward's operand was gelu(inp), recomputed into the bf16 copy for dweight (gelu_linear_backward)
 static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
-                                 const float* inp, const float* weight, int N, int C, int OC) {
+                                 const float* inp, const float* weight, int N, int C, int OC, bool gelu_input) {
     if (dinp || dweight) {
         // per row of a chunk: dout's OC, and inp's C for dweight
         size_t rows = bf16_chunk_rows((size_t)N, (size_t)OC + (dweight ? C : 0));
@@ -5131,7 +5173,7 @@ static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, cons
             if (dinp) gemm_bf16_rm(false, false, (int)nr, C, OC, d, OC, w, C, 1.0f, dinp + r0 * C, C);
             if (dweight) {
                 // dweight (OC, C) += dout rows^T (OC, nr) @ inp rows (nr, C)
-                to_bf16(x, inp + r0 * C, nr * C);
+                to_bf16_maybe_gelu(x, inp + r0 * C, nr * C, gelu_input);
                 gemm_bf16_rm(true, false, OC, C, (int)nr, d, OC, x, C, 1.0f, dweight, C);
             }
         }

@@ -61,7 +61,7 @@ static float* host_copy(const float* h, size_t n) {
     memcpy(c, h, n * sizeof(float));
     return c;
 }
-#define MAX_OPS 96
+#define MAX_OPS 160
 static char op_names[MAX_OPS][48];
 static double op_worst[MAX_OPS], op_tol[MAX_OPS];
 static int n_ops = 0;
@@ -1025,6 +1025,47 @@ static void test_linear_bf16(int N, int C, int OC, int with_bias, int misalign) 
     ttt_cuda_set_precision(PRECISION_TF32);
 }
 
+// gelu_linear (Swin's fc2 of gelu(fc1)) against the CPU: bf16 selects the linear's bf16 mode
+// (2: every linear, gelu(pre) rounded straight into the bf16 operand; 0: float32 gelu into hidden,
+// then the TF32 linear); dpre is written, so it starts NaN-filled on the GPU; dweight and dbias
+// accumulate from random values
+static void test_gelu_linear(int N, int C, int OC, int bf16) {
+    ttt_cuda_set_precision(bf16 ? PRECISION_BF16 : PRECISION_TF32);
+    ttt_cuda_set_bf16_linear(bf16 ? 2 : 0);
+    double tol = linear_tol[bf16 ? PRECISION_BF16 : PRECISION_TF32];
+    printf("gelu_linear %s: N %d, C %d, OC %d\n", bf16 ? "bf16 operands" : "tf32", N, C, OC);
+    size_t nin = (size_t)N * C, nout = (size_t)N * OC, nw = (size_t)OC * C;
+    float *pre = random_tensor(&rng, nin, -3.0f, 3.0f), *w = rnd(nw), *b = rnd(OC), *dy = rnd(nout);
+    float *ref = (float*)mallocCheck(nout * sizeof(float)), *hid = (float*)mallocCheck(nin * sizeof(float));
+    float *dpre_ref = (float*)mallocCheck(nin * sizeof(float));
+    float *dpre_, *pre_ = dev_copy(pre, nin), *w_ = dev_copy(w, nw), *b_ = dev_copy(b, OC), *dy_ = dev_copy(dy, nout);
+    float *out = dev_poison(nout), *hid_ = dev_poison(nin);
+    long calls = ttt_cuda_bf16_calls(0);
+    gelu_linear_forward_cpu(ref, hid, pre, w, b, N, C, OC);
+    gelu_linear_forward_cuda(out, hid_, pre_, w_, b_, N, C, OC);
+    float* got = host_copy_of(out, nout);
+    check_l2("gelu_linear_forward out", got, ref, nout, tol);
+    record("gelu_linear_forward", l2_rel_error(got, ref, nout), tol);
+    free(got);
+    Grad gw = grad_new_scaled(nw, 8.0f), gb = grad_new_scaled(OC, 8.0f);
+    dpre_ = dev_poison(nin);
+    gelu_linear_backward_cpu(dpre_ref, gw.cpu, gb.cpu, hid, dy, pre, w, N, C, OC);
+    gelu_linear_backward_cuda(dpre_, gw.gpu, gb.gpu, hid_, dy_, pre_, w_, N, C, OC);
+    got = host_copy_of(dpre_, nin);
+    check_l2("gelu_linear_backward dpre (written over NaN)", got, dpre_ref, nin, tol);
+    record("gelu_linear_backward", l2_rel_error(got, dpre_ref, nin), tol);
+    free(got);
+    grad_cmp_l2("gelu_linear_backward", "dweight", &gw, tol);
+    grad_cmp_l2("gelu_linear_backward", "dbias", &gb, tol);
+    long took = ttt_cuda_bf16_calls(0) - calls;
+    CHECK(took == (bf16 ? 2 : 0), "gelu_linear %s N %d C %d OC %d: %ld bf16 linear calls (expected %d)",
+          bf16 ? "bf16" : "tf32", N, C, OC, took, bf16 ? 2 : 0);
+    free(pre); free(w); free(b); free(dy); free(ref); free(hid); free(dpre_ref);
+    dev_free_all();
+    ttt_cuda_set_bf16_linear(-1);
+    ttt_cuda_set_precision(PRECISION_TF32);
+}
+
 // the size rule, the switch, and the precision gate of the bf16 linear (no products run)
 static void test_bf16_linear_rule(void) {
     ttt_cuda_set_precision(PRECISION_BF16);
@@ -1561,6 +1602,12 @@ int main(void) {
     test_linear_bf16(100, 256, 200, 1, 1);
     ttt_cuda_set_bf16_scratch(0);
     ttt_cuda_set_bf16_linear(-1);
+    test_gelu_linear(1001, 384, 96, 1);    // Swin-S stage 1's fc2 shape (fewer rows), bf16 operands
+    test_gelu_linear(257, 131, 97, 1);     // odd widths: scalar conversions
+    test_gelu_linear(257, 131, 97, 0);     // float32 gelu into hidden, TF32 product
+    ttt_cuda_set_bf16_scratch(3000);       // chunks of rows in both directions
+    test_gelu_linear(100, 256, 64, 1);
+    ttt_cuda_set_bf16_scratch(0);
     test_upsample(2, 7, 9, 5, 23, 29);
     test_upsample(2, 13, 11, 3, 4, 5);
     test_upsample(2, 7, 9, 8, 23, 29);      // float4 channel groups, non-integer scale

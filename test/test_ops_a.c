@@ -157,6 +157,45 @@ static void test_linear_large(void) {
     free(ref); free(rdi); free(rdw); free(rdb);
 }
 
+// gelu_linear (Swin's fc2 of gelu(fc1)): the forward equals gelu_forward then linear_forward bit
+// for bit; the gradients against finite differences; dpre is written (a NaN-filled dpre is fully
+// overwritten), dweight and dbias accumulate; hidden receives gelu(pre)
+typedef struct { float *out, *hidden, *pre, *w, *b, *R; int N, C, OC; } GeluLinearCase;
+static double gelu_linear_loss(void* p) {
+    GeluLinearCase* t = p;
+    gelu_linear_forward_cpu(t->out, t->hidden, t->pre, t->w, t->b, t->N, t->C, t->OC);
+    return dot_double(t->out, t->R, (size_t)t->N * t->OC);
+}
+static void test_gelu_linear(int N, int C, int OC) {
+    GeluLinearCase t = {0}; t.N = N; t.C = C; t.OC = OC;
+    size_t nin = (size_t)N * C, nout = (size_t)N * OC, nw = (size_t)OC * C;
+    t.pre = random_tensor(&rng, nin, -3, 3); t.w = random_tensor(&rng, nw, -1, 1);
+    t.b = random_tensor(&rng, OC, -1, 1); t.R = random_tensor(&rng, nout, -1, 1);
+    t.out = zeros(nout); t.hidden = zeros(nin);
+    gelu_linear_loss(&t);
+    float *g = zeros(nin), *ref = zeros(nout);
+    gelu_forward_cpu(g, t.pre, nin);
+    linear_forward_cpu(ref, g, t.w, t.b, N, C, OC);
+    check_close("gelu_linear forward == gelu_forward + linear_forward", t.out, ref, nout, 0);
+    check_close("gelu_linear forward: hidden holds gelu(pre)", t.hidden, g, nin, 0);
+    float *dpre = zeros(nin), *dw = random_tensor(&rng, nw, -1, 1), *db = random_tensor(&rng, OC, -1, 1);
+    float *dw0 = zeros(nw), *db0 = zeros(OC);
+    memcpy(dw0, dw, nw * sizeof(float)); memcpy(db0, db, OC * sizeof(float));
+    for (size_t i = 0; i < nin; i++) dpre[i] = NAN;   // written, so never read
+    gelu_linear_backward_cpu(dpre, dw, db, t.hidden, t.R, t.pre, t.w, N, C, OC);
+    for (size_t i = 0; i < nw; i++) dw[i] -= dw0[i];   // the increments (+=)
+    for (int i = 0; i < OC; i++) db[i] -= db0[i];
+    char label[96];
+    snprintf(label, sizeof(label), "gelu_linear %dx%d->%d dpre (written over NaN)", N, C, OC);
+    grad_check(label, t.pre, nin, dpre, gelu_linear_loss, &t, 1e-3f, TOL, MAXC);
+    snprintf(label, sizeof(label), "gelu_linear %dx%d->%d dweight (+=)", N, C, OC);
+    grad_check(label, t.w, nw, dw, gelu_linear_loss, &t, EPS, TOL, MAXC);
+    snprintf(label, sizeof(label), "gelu_linear %dx%d->%d dbias (+=)", N, C, OC);
+    grad_check(label, t.b, OC, db, gelu_linear_loss, &t, EPS, TOL, MAXC);
+    free(t.out); free(t.hidden); free(t.pre); free(t.w); free(t.b); free(t.R);
+    free(g); free(ref); free(dpre); free(dw); free(db); free(dw0); free(db0);
+}
+
 // ----------------------------------------------------------------------------
 // layernorm and groupnorm
 
@@ -563,6 +602,7 @@ int main(void) {
     test_linear_case(7, 13, 11, 1);
     test_linear_case(9, 37, 5, 0);
     test_linear_large();
+    test_gelu_linear(7, 13, 11);
     test_layernorm(7, 13);
     test_layernorm(9, 70);
     test_groupnorm(2, 15, 12, 3);
