@@ -119,6 +119,7 @@ static void gemm_rm_aligned(bool transA, bool transB, int M, int N, int K, float
 // linear_*_cuda take linear_*_bf16 where bf16_linear_taken says so, conv2d_*_cuda (all but the
 // 1x1 ones, which are linears) take conv2d_*_bf16 where bf16_conv_taken says so
 static int bf16_linear_taken(int rows, int C, int OC);
+static int bf16_gelu_linear_taken(int rows, int C, int OC);
 static int bf16_conv_taken(int C);
 static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
                                 int N, int C, int OC, bool gelu_input);
@@ -566,7 +567,7 @@ static void linear_backward_staged(float* dinp, float* dweight, float* dbias, co
     if (dbias) column_sum_accumulate(dbias, dout, N, OC);
 }
 
-// gelu_linear (ttt.h): in bf16 mode where the linear's size rule takes bf16 operands, gelu(pre) is
+// gelu_linear (ttt.h): in bf16 mode where bf16_gelu_linear_taken says so, gelu(pre) is
 // rounded straight into the product's bf16 operand (no float32 gelu(pre) written and read back);
 // otherwise gelu_forward into hidden and the float32 linear. The backward's dpre: the product into
 // a zeroed dpre, then gelu's slope in place.
@@ -574,7 +575,7 @@ extern "C" void gelu_linear_forward_cuda(float* out, float* hidden, const float*
                                          const float* bias, int N, int C, int OC) {
     OpTimer timer("gelu_linear_forward", N, C, OC);
     if (N <= 0 || OC <= 0) return;
-    if (C > 0 && bf16_linear_taken(N, C, OC)) {
+    if (bf16_gelu_linear_taken(N, C, OC)) {
         linear_forward_bf16(out, pre, weight, bias, N, C, OC, true);
         return;
     }
@@ -588,7 +589,7 @@ extern "C" void gelu_linear_backward_cuda(float* dpre, float* dweight, float* db
     if (N <= 0 || C <= 0) return;
     ttt_cuda_zero(dpre, (size_t)N * C * sizeof(float));
     if (OC <= 0) return;
-    if (bf16_linear_taken(N, C, OC)) {
+    if (bf16_gelu_linear_taken(N, C, OC)) {
         linear_backward_bf16(dpre, dweight, dbias, dout, pre, weight, N, C, OC, true);
     } else {
         gelu_forward_cuda(hidden, pre, (size_t)N * C);
@@ -4965,14 +4966,29 @@ static int bf16_conv_taken(int C) {
 // at least 192 (narrower products are bound by memory either way) and at least 2^30
 // multiply-adds (smaller ones take microseconds, e.g. Mask2Former's 100-query layers, where the
 // extra launches would be most of the time). The lead measures it (TTT_BF16_LINEAR=0 vs 1).
-static int bf16_linear_taken(int rows, int C, int OC) {
-    if (ttt_cuda_precision() != PRECISION_BF16 || C <= 0 || rows <= 0 || OC <= 0) return 0;
+// 0: bf16 linears off (TTT_BF16_LINEAR=0, or not bf16 precision), 1: the size rules, 2: every linear
+static int bf16_linear_switch(void) {
+    if (ttt_cuda_precision() != PRECISION_BF16) return 0;
     if (bf16_linear_mode < 0) bf16_linear_mode = env_switch01("TTT_BF16_LINEAR", 1);
-    if (bf16_linear_mode == 0) return 0;
-    if (bf16_linear_mode >= 2) return 1;
+    return bf16_linear_mode;
+}
+static int bf16_linear_taken(int rows, int C, int OC) {
+    int mode = bf16_linear_switch();
+    if (mode == 0 || C <= 0 || rows <= 0 || OC <= 0) return 0;
+    if (mode >= 2) return 1;
     return C >= 192 && OC >= 192 && (double)rows * C * OC >= 1073741824.0;
 }
 extern "C" int ttt_cuda_bf16_linear_taken(int rows, int C, int OC) { return bf16_linear_taken(rows, C, OC); }
+
+// gelu_linear's rule: its input's bf16 copy costs no extra pass (gelu's own pass writes it), so a
+// narrow output does not stop it (Swin-S stage 1's fc2, 384 -> 96): input width C >= 192 and at
+// least 2^30 multiply-adds; the same switch and test mode as bf16_linear_taken
+static int bf16_gelu_linear_taken(int rows, int C, int OC) {
+    int mode = bf16_linear_switch();
+    if (mode == 0 || C <= 0 || rows <= 0 || OC <= 0) return 0;
+    if (mode >= 2) return 1;
+    return C >= 192 && (double)rows * C * OC >= 1073741824.0;
+}
 
 // bf16 elements rounded up to 256 bytes: every part of ws_bf16 starts aligned
 static size_t bf16_round(size_t n) { return (n + 127) / 128 * 128; }

@@ -1026,12 +1026,13 @@ static void test_linear_bf16(int N, int C, int OC, int with_bias, int misalign) 
 }
 
 // gelu_linear (Swin's fc2 of gelu(fc1)) against the CPU: bf16 selects the linear's bf16 mode
-// (2: every linear, gelu(pre) rounded straight into the bf16 operand; 0: float32 gelu into hidden,
-// then the TF32 linear); dpre is written, so it starts NaN-filled on the GPU; dweight and dbias
-// accumulate from random values
+// (2: every linear, gelu(pre) rounded straight into the bf16 operand; 1: bf16 precision and the
+// default size rule, for a shape it must take; 0: float32 gelu into hidden, then the TF32 linear);
+// dpre is written, so it starts NaN-filled on the GPU; dweight and dbias accumulate from random
+// values
 static void test_gelu_linear(int N, int C, int OC, int bf16) {
     ttt_cuda_set_precision(bf16 ? PRECISION_BF16 : PRECISION_TF32);
-    ttt_cuda_set_bf16_linear(bf16 ? 2 : 0);
+    ttt_cuda_set_bf16_linear(bf16 == 1 ? -1 : bf16);
     double tol = linear_tol[bf16 ? PRECISION_BF16 : PRECISION_TF32];
     printf("gelu_linear %s: N %d, C %d, OC %d\n", bf16 ? "bf16 operands" : "tf32", N, C, OC);
     size_t nin = (size_t)N * C, nout = (size_t)N * OC, nw = (size_t)OC * C;
@@ -1602,11 +1603,12 @@ int main(void) {
     test_linear_bf16(100, 256, 200, 1, 1);
     ttt_cuda_set_bf16_scratch(0);
     ttt_cuda_set_bf16_linear(-1);
-    test_gelu_linear(1001, 384, 96, 1);    // Swin-S stage 1's fc2 shape (fewer rows), bf16 operands
-    test_gelu_linear(257, 131, 97, 1);     // odd widths: scalar conversions
+    test_gelu_linear(1001, 384, 96, 2);    // Swin-S stage 1's fc2 widths, bf16 operands
+    test_gelu_linear(29200, 384, 96, 1);   // the same by the default rule (>= 2^30 multiply-adds, OC < 192)
+    test_gelu_linear(257, 131, 97, 2);     // odd widths: scalar conversions
     test_gelu_linear(257, 131, 97, 0);     // float32 gelu into hidden, TF32 product
     ttt_cuda_set_bf16_scratch(3000);       // chunks of rows in both directions
-    test_gelu_linear(100, 256, 64, 1);
+    test_gelu_linear(100, 256, 64, 2);
     ttt_cuda_set_bf16_scratch(0);
     test_upsample(2, 7, 9, 5, 23, 29);
     test_upsample(2, 13, 11, 3, 4, 5);
