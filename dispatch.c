@@ -209,16 +209,17 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
     else linear_backward_cpu(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
 }
 
-void gelu_linear_forward(float* out, float* hidden, const float* pre, const float* weight, const float* bias,
-                         int N, int C, int OC) {
-    if (on_gpu()) gelu_linear_forward_cuda(out, hidden, pre, weight, bias, N, C, OC);
-    else gelu_linear_forward_cpu(out, hidden, pre, weight, bias, N, C, OC);
+void mlp_forward(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1,
+                 const float* w2, const float* b2, int N, int C, int Ch) {
+    if (on_gpu()) mlp_forward_cuda(out, pre, hidden, x, w1, b1, w2, b2, N, C, Ch);
+    else mlp_forward_cpu(out, pre, hidden, x, w1, b1, w2, b2, N, C, Ch);
 }
 
-void gelu_linear_backward(float* dpre, float* dweight, float* dbias, float* hidden, const float* dout,
-                          const float* pre, const float* weight, int N, int C, int OC) {
-    if (on_gpu()) gelu_linear_backward_cuda(dpre, dweight, dbias, hidden, dout, pre, weight, N, C, OC);
-    else gelu_linear_backward_cpu(dpre, dweight, dbias, hidden, dout, pre, weight, N, C, OC);
+void mlp_backward(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden,
+                  const float* dout, const float* pre, const float* x, const float* w1, const float* w2,
+                  int N, int C, int Ch) {
+    if (on_gpu()) mlp_backward_cuda(dx, dw1, db1, dw2, db2, dhidden, hidden, dout, pre, x, w1, w2, N, C, Ch);
+    else mlp_backward_cpu(dx, dw1, db1, dw2, db2, dhidden, hidden, dout, pre, x, w1, w2, N, C, Ch);
 }
 
 // LN Adapt (mae.c): while a hook is set, it runs every LayerNorm in place of the op

@@ -235,7 +235,7 @@ static size_t point_block_grads(SwinBlockActs* one, float* sb, const SwinActs* d
     one->proj = take_act(sb, &so, Nw * C);
     one->x_mid = take_act(sb, &so, N * C);
     one->ln2 = take_act(sb, &so, N * C);
-    one->gelu = take_act(sb, &so, N * C * cfg->mlp_ratio);   // dgelu, then dfc1 in place (no fc1)
+    one->gelu = take_act(sb, &so, N * C * cfg->mlp_ratio);   // mlp_backward's dhidden (no fc1 gradient buffer)
     return (so + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
 }
 
@@ -421,8 +421,8 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
                                             B, Hs, Ws, C, w, shift);
             // MLP half (LN2 into work_windows, free again: not kept, recomputed in the backward)
             layernorm_forward(a->work_windows, b->ln2_mean, b->ln2_rstd, b->x_mid, bp->norm2_w, bp->norm2_b, N, C);
-            linear_forward(b->fc1, a->work_windows, bp->fc1_w, bp->fc1_b, N, C, Ch);
-            gelu_linear_forward(x_out, a->work_hidden, b->fc1, bp->fc2_w, bp->fc2_b, N, Ch, C);   // fc2(gelu(fc1))
+            mlp_forward(x_out, b->fc1, a->work_hidden, a->work_windows, bp->fc1_w, bp->fc1_b, bp->fc2_w, bp->fc2_b,
+                        N, C, Ch);   // fc2(gelu(fc1(LN2))), fc1 kept
             // x_out = x_mid + s_mlp[b] * fc2, in place
             scale_rows_add_forward(x_out, x_out, b->x_mid, drop_row(a->drop_scale, 2 * blk + 1, B), B,
                                    (size_t)Hs * Ws * C);
@@ -484,12 +484,11 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             // MLP half: x_out = x_mid + s_mlp[b] * fc2(gelu(fc1(ln2(x_mid))))
             const float* dbranch = residual_branch_backward(db->x_mid, da->drop_grad, dx_out, a->drop_scale,
                                                             2 * blk + 1, B, (size_t)Hs * Ws * C);
-            // fc2 and gelu: db->gelu receives dfc1 (written; gelu(fc1), fc2's input, recomputed)
-            gelu_linear_backward(db->gelu, gb->fc2_w, gb->fc2_b, da->work_hidden, dbranch, b->fc1, bp->fc2_w,
-                                 N, Ch, C);
             layernorm_apply(da->work_windows, b->x_mid, b->ln2_mean, b->ln2_rstd, bp->norm2_w, bp->norm2_b,
                             N, C);                                    // recomputed: fc1's input
-            linear_backward(db->ln2, gb->fc1_w, gb->fc1_b, db->gelu, da->work_windows, bp->fc1_w, N, C, Ch);
+            // db->ln2 written; db->gelu: the gradient at gelu's output (scratch)
+            mlp_backward(db->ln2, gb->fc1_w, gb->fc1_b, gb->fc2_w, gb->fc2_b, db->gelu, da->work_hidden, dbranch,
+                         b->fc1, da->work_windows, bp->fc1_w, bp->fc2_w, N, C, Ch);
             layernorm_backward(db->x_mid, gb->norm2_w, gb->norm2_b, db->ln2, b->x_mid, bp->norm2_w,
                                b->ln2_mean, b->ln2_rstd, N, C);
             // attention half: x_mid = x_in + s_attn[b] * reverse(proj(attn(qkv(partition(ln1(x_in))))));

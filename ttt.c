@@ -604,20 +604,24 @@ void gelu_backward_inplace_cpu(float* d, const float* inp, size_t N) {
     for (size_t i = 0; i < N; i++) d[i] = d[i] * gelu_slope(inp[i]);
 }
 
-// gelu_linear: gelu into hidden, then the linear (forward); the same recomputation, the linear's
-// backward into a zeroed dpre, and gelu's slope in place (backward)
-void gelu_linear_forward_cpu(float* out, float* hidden, const float* pre, const float* weight, const float* bias,
-                             int N, int C, int OC) {
-    gelu_forward_cpu(hidden, pre, (size_t)N * C);
-    linear_forward_cpu(out, hidden, weight, bias, N, C, OC);
+// mlp: fc1, gelu into hidden, fc2 (forward); the backward of each in turn, dhidden and dx zeroed
+// first (both are written)
+void mlp_forward_cpu(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1,
+                     const float* w2, const float* b2, int N, int C, int Ch) {
+    linear_forward_cpu(pre, x, w1, b1, N, C, Ch);
+    gelu_forward_cpu(hidden, pre, (size_t)N * Ch);
+    linear_forward_cpu(out, hidden, w2, b2, N, Ch, C);
 }
 
-void gelu_linear_backward_cpu(float* dpre, float* dweight, float* dbias, float* hidden, const float* dout,
-                              const float* pre, const float* weight, int N, int C, int OC) {
-    gelu_forward_cpu(hidden, pre, (size_t)N * C);
-    memset(dpre, 0, (size_t)N * C * sizeof(float));
-    linear_backward_cpu(dpre, dweight, dbias, dout, hidden, weight, N, C, OC);
-    gelu_backward_inplace_cpu(dpre, pre, (size_t)N * C);
+void mlp_backward_cpu(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden,
+                      const float* dout, const float* pre, const float* x, const float* w1, const float* w2,
+                      int N, int C, int Ch) {
+    gelu_forward_cpu(hidden, pre, (size_t)N * Ch);
+    memset(dhidden, 0, (size_t)N * Ch * sizeof(float));
+    linear_backward_cpu(dhidden, dw2, db2, dout, hidden, w2, N, Ch, C);
+    gelu_backward_inplace_cpu(dhidden, pre, (size_t)N * Ch);   // dpre
+    memset(dx, 0, (size_t)N * C * sizeof(float));
+    linear_backward_cpu(dx, dw1, db1, dhidden, x, w1, N, C, Ch);
 }
 
 void relu_forward_cpu(float* out, const float* inp, size_t N) {

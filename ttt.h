@@ -109,17 +109,20 @@ void linear_forward(float* out, const float* inp, const float* weight, const flo
                     int N, int C, int OC);
 void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                      const float* inp, const float* weight, int N, int C, int OC);
-// a linear whose input is gelu(pre) (Swin's fc2): out (N, OC) = gelu(pre) (N, C) @ weight (OC, C)^T
-// + bias. hidden (N, C) is a scratch that may receive gelu(pre): the CPU and the GPU's float32
-// path write it there and multiply it; the GPU's bf16 path rounds gelu(pre) straight into the
-// product's bf16 operand and leaves hidden alone (no float32 pass over it).
-// Backward: dweight += dout^T @ gelu(pre) (recomputed), dbias += the column sums of dout, and
-// dpre = (dout @ weight) * gelu'(pre) is WRITTEN, not accumulated (an exception to the += rule, as
-// gelu_backward_inplace: Swin's dfc1 has no other writer); hidden as in the forward.
-void gelu_linear_forward(float* out, float* hidden, const float* pre, const float* weight, const float* bias,
-                         int N, int C, int OC);
-void gelu_linear_backward(float* dpre, float* dweight, float* dbias, float* hidden, const float* dout,
-                          const float* pre, const float* weight, int N, int C, int OC);
+// Swin's MLP, fc2(gelu(fc1(x))): pre (N, Ch) = x (N, C) @ w1 (Ch, C)^T + b1, written and kept for
+// the backward; out (N, C) = gelu(pre) @ w2 (C, Ch)^T + b2. hidden (N, Ch) is a scratch that may
+// receive gelu(pre): the CPU and the GPU's float32 path write it there and multiply it; the GPU's
+// bf16 path rounds gelu(pre) straight into fc2's bf16 operand (no float32 pass over it).
+// Backward (gelu(pre) recomputed): dw1, db1, dw2, db2 accumulate (+=); dx is WRITTEN (=), not
+// accumulated (Swin's dLN2 has no other writer: an exception to the += rule); dhidden (N, Ch) is a
+// scratch that receives the gradient at gelu's output (then, on the CPU and the float32 path,
+// dpre = dhidden * gelu'(pre) in place; the bf16 path applies the slope while it rounds dhidden
+// into fc1's bf16 operand); hidden as in the forward.
+void mlp_forward(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1,
+                 const float* w2, const float* b2, int N, int C, int Ch);
+void mlp_backward(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden,
+                  const float* dout, const float* pre, const float* x, const float* w1, const float* w2,
+                  int N, int C, int Ch);
 
 // layernorm over the last dim C: out = (x - mean) * rstd * weight + bias.
 // mean, rstd (N) are saved for backward. eps = LN_EPS.
@@ -518,7 +521,7 @@ typedef struct {
     float *ln2_mean, *ln2_rstd;
     float *fc1;                  // (B, Hs, Ws, 4C)                                  [activations only]
     float *gelu;                 // (B, Hs, Ws, 4C) gelu(fc1)                        [gradients only:
-                                 //   dgelu, then dfc1 in place (gelu_backward_inplace)]
+                                 //   mlp_backward's dhidden scratch]
 } SwinBlockActs;
 
 typedef struct {
@@ -2153,8 +2156,8 @@ void scale_rows_forward_cpu(float* out, const float* inp, const float* scale, in
 void scale_rows_backward_cpu(float* dinp, const float* dout, const float* scale, int B, size_t N);
 void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
 void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
-void gelu_linear_forward_cpu(float* out, float* hidden, const float* pre, const float* weight, const float* bias, int N, int C, int OC);
-void gelu_linear_backward_cpu(float* dpre, float* dweight, float* dbias, float* hidden, const float* dout, const float* pre, const float* weight, int N, int C, int OC);
+void mlp_forward_cpu(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1, const float* w2, const float* b2, int N, int C, int Ch);
+void mlp_backward_cpu(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden, const float* dout, const float* pre, const float* x, const float* w1, const float* w2, int N, int C, int Ch);
 void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
 void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
 void groupnorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);
@@ -2251,8 +2254,8 @@ CUDA_TWIN void scale_rows_forward_cuda(float* out, const float* inp, const float
 CUDA_TWIN void scale_rows_backward_cuda(float* dinp, const float* dout, const float* scale, int B, size_t N);
 CUDA_TWIN void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
 CUDA_TWIN void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
-CUDA_TWIN void gelu_linear_forward_cuda(float* out, float* hidden, const float* pre, const float* weight, const float* bias, int N, int C, int OC);
-CUDA_TWIN void gelu_linear_backward_cuda(float* dpre, float* dweight, float* dbias, float* hidden, const float* dout, const float* pre, const float* weight, int N, int C, int OC);
+CUDA_TWIN void mlp_forward_cuda(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1, const float* w2, const float* b2, int N, int C, int Ch);
+CUDA_TWIN void mlp_backward_cuda(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden, const float* dout, const float* pre, const float* x, const float* w1, const float* w2, int N, int C, int Ch);
 CUDA_TWIN void layernorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
 CUDA_TWIN void layernorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
 CUDA_TWIN void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);

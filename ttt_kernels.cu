@@ -119,12 +119,19 @@ static void gemm_rm_aligned(bool transA, bool transB, int M, int N, int K, float
 // linear_*_cuda take linear_*_bf16 where bf16_linear_taken says so, conv2d_*_cuda (all but the
 // 1x1 ones, which are linears) take conv2d_*_bf16 where bf16_conv_taken says so
 static int bf16_linear_taken(int rows, int C, int OC);
-static int bf16_gelu_linear_taken(int rows, int C, int OC);
+static int bf16_mlp_fc2_taken(int rows, int C, int OC);
 static int bf16_conv_taken(int C);
+// how linear_*_bf16 makes its operands and writes dinp (BF16_PLAIN: the plain linear)
+typedef struct {
+    bool gelu_input;             // the product's input is gelu(inp) (mlp's fc2)
+    const float* dout_gelu_pre;  // backward: dout times gelu'(dout_gelu_pre) (mlp's fc1), or NULL
+    float dinp_beta;             // backward: 1 accumulates into dinp, 0 writes it
+} Bf16LinearMods;
+static const Bf16LinearMods BF16_PLAIN = {false, NULL, 1.0f};
 static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
-                                int N, int C, int OC, bool gelu_input);
+                                int N, int C, int OC, Bf16LinearMods mods);
 static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
-                                 const float* inp, const float* weight, int N, int C, int OC, bool gelu_input);
+                                 const float* inp, const float* weight, int N, int C, int OC, Bf16LinearMods mods);
 static void conv2d_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
                                 int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
 static void conv2d_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
@@ -301,11 +308,20 @@ __global__ void column_sum_kernel(float* dbias, const float* dout, int N, int OC
     }
 }
 
-// dst (N, OC) = src rounded to bf16, and dbias (OC) += the column sums of src (float32, the values
-// before rounding): column_sum_kernel's layout and sums, converting each value it reads, so a
-// bf16 linear's backward reads dout once for its bf16 copy and its bias gradient
-__global__ void float_to_bf16_column_sum_kernel(__nv_bfloat16* dst, float* dbias, const float* src, int N, int OC,
-                                                int rows_per_block) {
+// gelu, the exact erf form (ttt.h), and its slope d/dx [x Phi(x)] = Phi(x) + x phi(x)
+__device__ __forceinline__ float gelu_value(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+__device__ __forceinline__ float gelu_slope(float x) {
+    float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+
+// dst (N, OC) = v rounded to bf16, and dbias (OC, unless NULL) += the column sums of v (float32, before
+// rounding), v = src, or src * gelu'(pre) when pre is not NULL (mlp's fc1: the gradient at gelu's
+// output times its slope): column_sum_kernel's layout and sums, converting each value it reads,
+// so a bf16 linear's backward reads dout once for its bf16 copy and its bias gradient
+__global__ void float_to_bf16_column_sum_kernel(__nv_bfloat16* dst, float* dbias, const float* src, const float* pre,
+                                                int N, int OC, int rows_per_block) {
     __shared__ float part[16][33];
     int c = blockIdx.x * 32 + threadIdx.x;
     int r0 = blockIdx.y * rows_per_block, r1 = min(N, r0 + rows_per_block);
@@ -313,12 +329,13 @@ __global__ void float_to_bf16_column_sum_kernel(__nv_bfloat16* dst, float* dbias
     if (c < OC)
         for (int r = r0 + threadIdx.y; r < r1; r += 16) {
             float v = src[(size_t)r * OC + c];
+            if (pre) v *= gelu_slope(pre[(size_t)r * OC + c]);
             dst[(size_t)r * OC + c] = __float2bfloat16(v);
             s += v;
         }
     part[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
-    if (threadIdx.y == 0 && c < OC) {
+    if (threadIdx.y == 0 && c < OC && dbias) {   // dbias NULL: the conversion (with the slope) alone
         float t = 0.0f;
         for (int k = 0; k < 16; k++) t += part[k][threadIdx.x];
         if (gridDim.y == 1) dbias[c] += t; else atomicAdd(&dbias[c], t);
@@ -527,7 +544,7 @@ extern "C" void linear_forward_cuda(float* out, const float* inp, const float* w
                                     int N, int C, int OC) {
     OpTimer timer("linear_forward", N, C, OC);
     if (N <= 0 || OC <= 0) return;
-    if (bf16_linear_taken(N, C, OC)) { linear_forward_bf16(out, inp, weight, bias, N, C, OC, false); return; }
+    if (bf16_linear_taken(N, C, OC)) { linear_forward_bf16(out, inp, weight, bias, N, C, OC, BF16_PLAIN); return; }
     if (C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 3);   // see gemm_rm
     if (C > 0 && bias && linear_forward_lt(out, inp, weight, bias, N, C, OC)) return;
     if (C <= 0) { ttt_cuda_zero(out, (size_t)N * OC * sizeof(float)); }
@@ -543,7 +560,7 @@ extern "C" void linear_backward_cuda(float* dinp, float* dweight, float* dbias, 
                                      const float* inp, const float* weight, int N, int C, int OC) {
     OpTimer timer("linear_backward", N, C, OC);
     if (N <= 0 || OC <= 0) return;
-    if (bf16_linear_taken(N, C, OC)) { linear_backward_bf16(dinp, dweight, dbias, dout, inp, weight, N, C, OC, false); return; }
+    if (bf16_linear_taken(N, C, OC)) { linear_backward_bf16(dinp, dweight, dbias, dout, inp, weight, N, C, OC, BF16_PLAIN); return; }
     // misaligned weight / weight gradient: through aligned copies (see gemm_rm); dweight
     // accumulates, so its copy starts from its values and is copied back after
     if (dinp && C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 3);
@@ -567,35 +584,54 @@ static void linear_backward_staged(float* dinp, float* dweight, float* dbias, co
     if (dbias) column_sum_accumulate(dbias, dout, N, OC);
 }
 
-// gelu_linear (ttt.h): in bf16 mode where bf16_gelu_linear_taken says so, gelu(pre) is
-// rounded straight into the product's bf16 operand (no float32 gelu(pre) written and read back);
-// otherwise gelu_forward into hidden and the float32 linear. The backward's dpre: the product into
-// a zeroed dpre, then gelu's slope in place.
-extern "C" void gelu_linear_forward_cuda(float* out, float* hidden, const float* pre, const float* weight,
-                                         const float* bias, int N, int C, int OC) {
-    OpTimer timer("gelu_linear_forward", N, C, OC);
-    if (N <= 0 || OC <= 0) return;
-    if (bf16_gelu_linear_taken(N, C, OC)) {
-        linear_forward_bf16(out, pre, weight, bias, N, C, OC, true);
+// mlp (ttt.h): fc1 is a plain linear. fc2's input gelu(pre): where bf16_mlp_fc2_taken says so,
+// rounded straight into fc2's bf16 operand (no float32 gelu(pre) written and read back, forward
+// and backward); otherwise gelu_forward into hidden and the float32 linear. Backward: fc2's
+// dinp is dhidden, written (beta 0); fc1's dout is dhidden * gelu'(pre): on fc1's bf16 path the
+// slope is applied while dhidden is rounded to bf16 (with db1's column sums, one pass), otherwise
+// by gelu_backward_inplace first. dx is written.
+extern "C" void mlp_forward_cuda(float* out, float* pre, float* hidden, const float* x, const float* w1,
+                                 const float* b1, const float* w2, const float* b2, int N, int C, int Ch) {
+    OpTimer timer("mlp_forward", N, C, Ch);
+    if (N <= 0 || C <= 0 || Ch <= 0) return;
+    linear_forward_cuda(pre, x, w1, b1, N, C, Ch);
+    if (bf16_mlp_fc2_taken(N, Ch, C)) {
+        Bf16LinearMods gelu_in = BF16_PLAIN;
+        gelu_in.gelu_input = true;
+        linear_forward_bf16(out, pre, w2, b2, N, Ch, C, gelu_in);
         return;
     }
-    gelu_forward_cuda(hidden, pre, (size_t)N * C);
-    linear_forward_cuda(out, hidden, weight, bias, N, C, OC);
+    gelu_forward_cuda(hidden, pre, (size_t)N * Ch);
+    linear_forward_cuda(out, hidden, w2, b2, N, Ch, C);
 }
 
-extern "C" void gelu_linear_backward_cuda(float* dpre, float* dweight, float* dbias, float* hidden, const float* dout,
-                                          const float* pre, const float* weight, int N, int C, int OC) {
-    OpTimer timer("gelu_linear_backward", N, C, OC);
-    if (N <= 0 || C <= 0) return;
-    ttt_cuda_zero(dpre, (size_t)N * C * sizeof(float));
-    if (OC <= 0) return;
-    if (bf16_gelu_linear_taken(N, C, OC)) {
-        linear_backward_bf16(dpre, dweight, dbias, dout, pre, weight, N, C, OC, true);
+extern "C" void mlp_backward_cuda(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden,
+                                  float* hidden, const float* dout, const float* pre, const float* x,
+                                  const float* w1, const float* w2, int N, int C, int Ch) {
+    OpTimer timer("mlp_backward", N, C, Ch);
+    if (N <= 0 || C <= 0 || Ch <= 0) return;
+    // fc2: dhidden = dout @ w2 (written), dw2 += dout^T gelu(pre), db2 += column sums of dout
+    if (bf16_mlp_fc2_taken(N, Ch, C)) {
+        Bf16LinearMods fc2 = BF16_PLAIN;
+        fc2.gelu_input = true;
+        fc2.dinp_beta = 0.0f;
+        linear_backward_bf16(dhidden, dw2, db2, dout, pre, w2, N, Ch, C, fc2);
     } else {
-        gelu_forward_cuda(hidden, pre, (size_t)N * C);
-        linear_backward_cuda(dpre, dweight, dbias, dout, hidden, weight, N, C, OC);
+        gelu_forward_cuda(hidden, pre, (size_t)N * Ch);
+        ttt_cuda_zero(dhidden, (size_t)N * Ch * sizeof(float));
+        linear_backward_cuda(dhidden, dw2, db2, dout, hidden, w2, N, Ch, C);
     }
-    gelu_backward_inplace_cuda(dpre, pre, (size_t)N * C);
+    // fc1: dpre = dhidden * gelu'(pre); dx = dpre @ w1 (written), dw1 += dpre^T x, db1 += sums of dpre
+    if (bf16_linear_taken(N, C, Ch)) {
+        Bf16LinearMods fc1 = BF16_PLAIN;
+        fc1.dout_gelu_pre = pre;
+        fc1.dinp_beta = 0.0f;
+        linear_backward_bf16(dx, dw1, db1, dhidden, x, w1, N, C, Ch, fc1);
+    } else {
+        gelu_backward_inplace_cuda(dhidden, pre, (size_t)N * Ch);
+        ttt_cuda_zero(dx, (size_t)N * C * sizeof(float));
+        linear_backward_cuda(dx, dw1, db1, dhidden, x, w1, N, C, Ch);
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -1310,13 +1346,7 @@ extern "C" void groupnorm_backward_cuda(float* dinp, float* dweight, float* dbia
 // activations
 
 // gelu: vec (every pointer 16-byte aligned): N / 4 float4 units, then the last N % 4 one by one
-__device__ __forceinline__ float gelu_value(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
-// d/dx [x Phi(x)] = Phi(x) + x phi(x)
-__device__ __forceinline__ float gelu_slope(float x) {
-    float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-    float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
-    return cdf + x * pdf;
-}
+// (gelu_value and gelu_slope: above, with the bias kernels)
 __global__ void gelu_forward_kernel(float* out, const float* inp, size_t N, int vec) {
     size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
     size_t n4 = vec ? N / 4 : 0;
@@ -4980,10 +5010,10 @@ static int bf16_linear_taken(int rows, int C, int OC) {
 }
 extern "C" int ttt_cuda_bf16_linear_taken(int rows, int C, int OC) { return bf16_linear_taken(rows, C, OC); }
 
-// gelu_linear's rule: its input's bf16 copy costs no extra pass (gelu's own pass writes it), so a
-// narrow output does not stop it (Swin-S stage 1's fc2, 384 -> 96): input width C >= 192 and at
-// least 2^30 multiply-adds; the same switch and test mode as bf16_linear_taken
-static int bf16_gelu_linear_taken(int rows, int C, int OC) {
+// the rule of mlp's fc2 (gelu(pre) -> out): its input's bf16 copy costs no extra pass (gelu's own
+// pass writes it), so a narrow output does not stop it (Swin-S stage 1's fc2, 384 -> 96): input
+// width C >= 192 and at least 2^30 multiply-adds; the same switch and test mode as bf16_linear_taken
+static int bf16_mlp_fc2_taken(int rows, int C, int OC) {
     int mode = bf16_linear_switch();
     if (mode == 0 || C <= 0 || rows <= 0 || OC <= 0) return 0;
     if (mode >= 2) return 1;
@@ -5002,7 +5032,7 @@ static size_t bf16_chunk_rows(size_t total, size_t row_elems) {
     return r < total ? r : total;
 }
 
-// dst (n) = src (n) rounded to bf16, or gelu(src) rounded (GELU: gelu_linear's operand); float4
+// dst (n) = src (n) rounded to bf16, or gelu(src) rounded (GELU: mlp's fc2 operand); float4
 // loads and two bf16 pairs stored per 4 floats when src is 16-byte and dst 8-byte aligned (vec4),
 // else one float at a time
 template <bool GELU>
@@ -5138,10 +5168,10 @@ static void im2col_transposed_bf16(__nv_bfloat16* dcol, const float* dout, int H
     im2col_bf16_launch<true>(dcol, dout, Ho, Wo, OC, H, W, K, stride, pad, q0, nq);
 }
 
-// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias, operands in bf16; rows in chunks. gelu_input:
-// the operand is gelu(inp) (gelu_linear_forward)
+// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias, operands in bf16; rows in chunks. With
+// mods.gelu_input the operand is gelu(inp) (mlp's fc2)
 static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
-                                int N, int C, int OC, bool gelu_input) {
+                                int N, int C, int OC, Bf16LinearMods mods) {
     size_t rows = bf16_chunk_rows((size_t)N, (size_t)C);
     size_t wpart = bf16_round((size_t)OC * C);
     __nv_bfloat16* w = (__nv_bfloat16*)workspace_get(&ws_bf16, (wpart + rows * C) * sizeof(__nv_bfloat16));
@@ -5149,7 +5179,7 @@ static void linear_forward_bf16(float* out, const float* inp, const float* weigh
     to_bf16(w, weight, (size_t)OC * C);
     for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
         size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
-        to_bf16_maybe_gelu(x, inp + r0 * C, nr * C, gelu_input);
+        to_bf16_maybe_gelu(x, inp + r0 * C, nr * C, mods.gelu_input);
         // out rows (nr, OC) = inp rows (nr, C) @ weight (OC, C)^T
         gemm_bf16_rm(false, true, (int)nr, OC, C, x, C, w, C, 0.0f, out + r0 * OC, OC);
     }
@@ -5157,22 +5187,25 @@ static void linear_forward_bf16(float* out, const float* inp, const float* weigh
     bf16_calls[0]++;
 }
 
-// dst (nr, OC) = src in bf16, and dbias (OC) += src's column sums when dbias is not NULL
-static void to_bf16_column_sum(__nv_bfloat16* dst, float* dbias, const float* src, size_t nr, int OC) {
-    if (dbias == NULL) { to_bf16(dst, src, nr * OC); return; }
+// dst (nr, OC) = v in bf16, and dbias (OC) += v's column sums when dbias is not NULL; v = src, or
+// src * gelu'(pre) when pre is not NULL
+static void to_bf16_column_sum(__nv_bfloat16* dst, float* dbias, const float* src, const float* pre, size_t nr,
+                               int OC) {
+    if (dbias == NULL && pre == NULL) { to_bf16(dst, src, nr * OC); return; }
     if (nr == 0) return;
     dim3 grid;
     int rows_per_block;
     column_sum_shape((int)nr, OC, &grid, &rows_per_block);
-    float_to_bf16_column_sum_kernel<<<grid, dim3(32, 16)>>>(dst, dbias, src, (int)nr, OC, rows_per_block);
+    float_to_bf16_column_sum_kernel<<<grid, dim3(32, 16)>>>(dst, dbias, src, pre, (int)nr, OC, rows_per_block);
     launchCheck();
 }
 
 // dinp (N, C) += dout @ weight, dweight (OC, C) += dout^T @ inp on bf16 copies, rows in chunks;
-// dbias (OC) += column sums of dout in float32 (summed while dout is converted). gelu_input: the
-// forward's operand was gelu(inp), recomputed into the bf16 copy for dweight (gelu_linear_backward)
+// dbias (OC) += column sums of dout in float32 (summed while dout is converted). mods (mlp): with
+// gelu_input the forward's operand was gelu(inp), recomputed into the bf16 copy for dweight; with
+// dout_gelu_pre dout is taken times gelu'(dout_gelu_pre) (in the conversion); dinp_beta 0 writes dinp
 static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
-                                 const float* inp, const float* weight, int N, int C, int OC, bool gelu_input) {
+                                 const float* inp, const float* weight, int N, int C, int OC, Bf16LinearMods mods) {
     if (dinp || dweight) {
         // per row of a chunk: dout's OC, and inp's C for dweight
         size_t rows = bf16_chunk_rows((size_t)N, (size_t)OC + (dweight ? C : 0));
@@ -5184,12 +5217,13 @@ static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, cons
         if (dinp) to_bf16(w, weight, (size_t)OC * C);
         for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
             size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
-            to_bf16_column_sum(d, dbias, dout + r0 * OC, nr, OC);
-            // dinp rows (nr, C) += dout rows (nr, OC) @ weight (OC, C)
-            if (dinp) gemm_bf16_rm(false, false, (int)nr, C, OC, d, OC, w, C, 1.0f, dinp + r0 * C, C);
+            const float* pre = mods.dout_gelu_pre ? mods.dout_gelu_pre + r0 * OC : NULL;
+            to_bf16_column_sum(d, dbias, dout + r0 * OC, pre, nr, OC);
+            // dinp rows (nr, C) (+)= dout rows (nr, OC) @ weight (OC, C)
+            if (dinp) gemm_bf16_rm(false, false, (int)nr, C, OC, d, OC, w, C, mods.dinp_beta, dinp + r0 * C, C);
             if (dweight) {
                 // dweight (OC, C) += dout rows^T (OC, nr) @ inp rows (nr, C)
-                to_bf16_maybe_gelu(x, inp + r0 * C, nr * C, gelu_input);
+                to_bf16_maybe_gelu(x, inp + r0 * C, nr * C, mods.gelu_input);
                 gemm_bf16_rm(true, false, OC, C, (int)nr, d, OC, x, C, 1.0f, dweight, C);
             }
         }
@@ -5241,7 +5275,7 @@ static void conv2d_backward_bf16(float* dinp, float* dweight, float* dbias, cons
         __nv_bfloat16* col = scratch + dpart;
         for (size_t p0 = 0; p0 < npix; p0 += rows_w) {
             size_t np = npix - p0 < rows_w ? npix - p0 : rows_w;
-            to_bf16_column_sum(d, dbias, dout + p0 * OC, np, OC);
+            to_bf16_column_sum(d, dbias, dout + p0 * OC, NULL, np, OC);
             im2col_bf16(col, inp, H, W, C, K, stride, pad, Ho, Wo, p0, np);
             gemm_bf16_rm(true, false, OC, (int)KKC, (int)np, d, OC, col, (int)KKC, 1.0f, dweight, (int)KKC);
         }

@@ -1025,43 +1025,51 @@ static void test_linear_bf16(int N, int C, int OC, int with_bias, int misalign) 
     ttt_cuda_set_precision(PRECISION_TF32);
 }
 
-// gelu_linear (Swin's fc2 of gelu(fc1)) against the CPU: bf16 selects the linear's bf16 mode
-// (2: every linear, gelu(pre) rounded straight into the bf16 operand; 1: bf16 precision and the
-// default size rule, for a shape it must take; 0: float32 gelu into hidden, then the TF32 linear);
-// dpre is written, so it starts NaN-filled on the GPU; dweight and dbias accumulate from random
-// values
-static void test_gelu_linear(int N, int C, int OC, int bf16) {
-    ttt_cuda_set_precision(bf16 ? PRECISION_BF16 : PRECISION_TF32);
-    ttt_cuda_set_bf16_linear(bf16 == 1 ? -1 : bf16);
-    double tol = linear_tol[bf16 ? PRECISION_BF16 : PRECISION_TF32];
-    printf("gelu_linear %s: N %d, C %d, OC %d\n", bf16 ? "bf16 operands" : "tf32", N, C, OC);
-    size_t nin = (size_t)N * C, nout = (size_t)N * OC, nw = (size_t)OC * C;
-    float *pre = random_tensor(&rng, nin, -3.0f, 3.0f), *w = rnd(nw), *b = rnd(OC), *dy = rnd(nout);
-    float *ref = (float*)mallocCheck(nout * sizeof(float)), *hid = (float*)mallocCheck(nin * sizeof(float));
-    float *dpre_ref = (float*)mallocCheck(nin * sizeof(float));
-    float *dpre_, *pre_ = dev_copy(pre, nin), *w_ = dev_copy(w, nw), *b_ = dev_copy(b, OC), *dy_ = dev_copy(dy, nout);
-    float *out = dev_poison(nout), *hid_ = dev_poison(nin);
+// mlp (Swin's fc2(gelu(fc1(x)))) against the CPU. mode: the bf16 linear mode (2: every linear on
+// bf16 operands: gelu(pre) rounded straight into fc2's operand, gelu's slope applied in fc1's
+// dout conversion; 1: bf16 precision and the default size rules; 0: TF32 and float32 gelu passes);
+// bf16_linears: how many of the four linear passes must take bf16 operands. dx and dhidden are
+// written, so they start NaN-filled on the GPU; the parameter gradients accumulate from random values
+static void test_mlp(int N, int C, int Ch, int mode, int bf16_linears) {
+    ttt_cuda_set_precision(mode ? PRECISION_BF16 : PRECISION_TF32);
+    ttt_cuda_set_bf16_linear(mode == 1 ? -1 : mode);
+    double tol = linear_tol[mode ? PRECISION_BF16 : PRECISION_TF32];
+    printf("mlp %s: N %d, C %d, Ch %d\n", mode == 2 ? "bf16 operands" : mode == 1 ? "bf16 default rules" : "tf32", N, C, Ch);
+    size_t nx = (size_t)N * C, nh = (size_t)N * Ch, nw = (size_t)Ch * C;
+    float *x = rnd(nx), *w1 = rnd(nw), *b1 = rnd(Ch), *w2 = rnd(nw), *b2 = rnd(C), *dy = rnd(nx);
+    float *ref = (float*)mallocCheck(nx * sizeof(float)), *pre = (float*)mallocCheck(nh * sizeof(float));
+    float *hid = (float*)mallocCheck(nh * sizeof(float)), *dh = (float*)mallocCheck(nh * sizeof(float));
+    float *dx_ref = (float*)mallocCheck(nx * sizeof(float));
+    float *x_ = dev_copy(x, nx), *w1_ = dev_copy(w1, nw), *b1_ = dev_copy(b1, Ch), *w2_ = dev_copy(w2, nw);
+    float *b2_ = dev_copy(b2, C), *dy_ = dev_copy(dy, nx);
+    float *out = dev_poison(nx), *pre_ = dev_poison(nh), *hid_ = dev_poison(nh);
     long calls = ttt_cuda_bf16_calls(0);
-    gelu_linear_forward_cpu(ref, hid, pre, w, b, N, C, OC);
-    gelu_linear_forward_cuda(out, hid_, pre_, w_, b_, N, C, OC);
-    float* got = host_copy_of(out, nout);
-    check_l2("gelu_linear_forward out", got, ref, nout, tol);
-    record("gelu_linear_forward", l2_rel_error(got, ref, nout), tol);
+    mlp_forward_cpu(ref, pre, hid, x, w1, b1, w2, b2, N, C, Ch);
+    mlp_forward_cuda(out, pre_, hid_, x_, w1_, b1_, w2_, b2_, N, C, Ch);
+    float* got = host_copy_of(out, nx);
+    check_l2("mlp_forward out", got, ref, nx, tol);
+    record("mlp_forward", l2_rel_error(got, ref, nx), tol);
     free(got);
-    Grad gw = grad_new_scaled(nw, 8.0f), gb = grad_new_scaled(OC, 8.0f);
-    dpre_ = dev_poison(nin);
-    gelu_linear_backward_cpu(dpre_ref, gw.cpu, gb.cpu, hid, dy, pre, w, N, C, OC);
-    gelu_linear_backward_cuda(dpre_, gw.gpu, gb.gpu, hid_, dy_, pre_, w_, N, C, OC);
-    got = host_copy_of(dpre_, nin);
-    check_l2("gelu_linear_backward dpre (written over NaN)", got, dpre_ref, nin, tol);
-    record("gelu_linear_backward", l2_rel_error(got, dpre_ref, nin), tol);
+    // the backward from the CPU's pre (bf16 rounding of fc1 aside, both sides see the same pre)
+    ttt_to_device(pre_, pre, nh * sizeof(float));
+    Grad gw1 = grad_new_scaled(nw, 8.0f), gb1 = grad_new_scaled(Ch, 8.0f);
+    Grad gw2 = grad_new_scaled(nw, 8.0f), gb2 = grad_new_scaled(C, 8.0f);
+    float *dx_ = dev_poison(nx), *dh_ = dev_poison(nh);
+    mlp_backward_cpu(dx_ref, gw1.cpu, gb1.cpu, gw2.cpu, gb2.cpu, dh, hid, dy, pre, x, w1, w2, N, C, Ch);
+    mlp_backward_cuda(dx_, gw1.gpu, gb1.gpu, gw2.gpu, gb2.gpu, dh_, hid_, dy_, pre_, x_, w1_, w2_, N, C, Ch);
+    got = host_copy_of(dx_, nx);
+    check_l2("mlp_backward dx (written over NaN)", got, dx_ref, nx, tol);
+    record("mlp_backward", l2_rel_error(got, dx_ref, nx), tol);
     free(got);
-    grad_cmp_l2("gelu_linear_backward", "dweight", &gw, tol);
-    grad_cmp_l2("gelu_linear_backward", "dbias", &gb, tol);
+    grad_cmp_l2("mlp_backward", "dw1", &gw1, tol);
+    grad_cmp_l2("mlp_backward", "db1", &gb1, tol);
+    grad_cmp_l2("mlp_backward", "dw2", &gw2, tol);
+    grad_cmp_l2("mlp_backward", "db2", &gb2, tol);
     long took = ttt_cuda_bf16_calls(0) - calls;
-    CHECK(took == (bf16 ? 2 : 0), "gelu_linear %s N %d C %d OC %d: %ld bf16 linear calls (expected %d)",
-          bf16 ? "bf16" : "tf32", N, C, OC, took, bf16 ? 2 : 0);
-    free(pre); free(w); free(b); free(dy); free(ref); free(hid); free(dpre_ref);
+    CHECK(took == bf16_linears, "mlp mode %d N %d C %d Ch %d: %ld linear passes on bf16 operands (expected %d)",
+          mode, N, C, Ch, took, bf16_linears);
+    free(x); free(w1); free(b1); free(w2); free(b2); free(dy);
+    free(ref); free(pre); free(hid); free(dh); free(dx_ref);
     dev_free_all();
     ttt_cuda_set_bf16_linear(-1);
     ttt_cuda_set_precision(PRECISION_TF32);
@@ -1603,12 +1611,13 @@ int main(void) {
     test_linear_bf16(100, 256, 200, 1, 1);
     ttt_cuda_set_bf16_scratch(0);
     ttt_cuda_set_bf16_linear(-1);
-    test_gelu_linear(1001, 384, 96, 2);    // Swin-S stage 1's fc2 widths, bf16 operands
-    test_gelu_linear(29200, 384, 96, 1);   // the same by the default rule (>= 2^30 multiply-adds, OC < 192)
-    test_gelu_linear(257, 131, 97, 2);     // odd widths: scalar conversions
-    test_gelu_linear(257, 131, 97, 0);     // float32 gelu into hidden, TF32 product
-    ttt_cuda_set_bf16_scratch(3000);       // chunks of rows in both directions
-    test_gelu_linear(100, 256, 64, 2);
+    test_mlp(1001, 96, 384, 2, 4);      // Swin-S stage 1 widths, every linear pass on bf16 operands
+    test_mlp(29200, 96, 384, 1, 2);     // the default rules there: fc2 bf16 (>= 2^30, input 384), fc1 not (C 96)
+    test_mlp(2000, 384, 1536, 1, 4);    // Swin-S stage 3 by the default rules: all four
+    test_mlp(257, 37, 131, 2, 4);       // odd widths: scalar conversions
+    test_mlp(257, 37, 131, 0, 0);       // TF32 and the float32 gelu passes
+    ttt_cuda_set_bf16_scratch(3000);    // chunks of rows in every pass
+    test_mlp(100, 64, 256, 2, 4);
     ttt_cuda_set_bf16_scratch(0);
     test_upsample(2, 7, 9, 5, 23, 29);
     test_upsample(2, 13, 11, 3, 4, 5);

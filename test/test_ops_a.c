@@ -157,43 +157,56 @@ static void test_linear_large(void) {
     free(ref); free(rdi); free(rdw); free(rdb);
 }
 
-// gelu_linear (Swin's fc2 of gelu(fc1)): the forward equals gelu_forward then linear_forward bit
-// for bit; the gradients against finite differences; dpre is written (a NaN-filled dpre is fully
-// overwritten), dweight and dbias accumulate; hidden receives gelu(pre)
-typedef struct { float *out, *hidden, *pre, *w, *b, *R; int N, C, OC; } GeluLinearCase;
-static double gelu_linear_loss(void* p) {
-    GeluLinearCase* t = p;
-    gelu_linear_forward_cpu(t->out, t->hidden, t->pre, t->w, t->b, t->N, t->C, t->OC);
-    return dot_double(t->out, t->R, (size_t)t->N * t->OC);
+// mlp (Swin's fc2(gelu(fc1(x)))): the forward equals linear + gelu + linear bit for bit (pre and
+// hidden too); the gradients against finite differences; dx is written (a NaN-filled dx is fully
+// overwritten, and so is a NaN-filled dhidden scratch), the parameter gradients accumulate
+typedef struct { float *out, *pre, *hidden, *x, *w1, *b1, *w2, *b2, *R; int N, C, Ch; } MlpCase;
+static double mlp_loss(void* p) {
+    MlpCase* t = p;
+    mlp_forward_cpu(t->out, t->pre, t->hidden, t->x, t->w1, t->b1, t->w2, t->b2, t->N, t->C, t->Ch);
+    return dot_double(t->out, t->R, (size_t)t->N * t->C);
 }
-static void test_gelu_linear(int N, int C, int OC) {
-    GeluLinearCase t = {0}; t.N = N; t.C = C; t.OC = OC;
-    size_t nin = (size_t)N * C, nout = (size_t)N * OC, nw = (size_t)OC * C;
-    t.pre = random_tensor(&rng, nin, -3, 3); t.w = random_tensor(&rng, nw, -1, 1);
-    t.b = random_tensor(&rng, OC, -1, 1); t.R = random_tensor(&rng, nout, -1, 1);
-    t.out = zeros(nout); t.hidden = zeros(nin);
-    gelu_linear_loss(&t);
-    float *g = zeros(nin), *ref = zeros(nout);
-    gelu_forward_cpu(g, t.pre, nin);
-    linear_forward_cpu(ref, g, t.w, t.b, N, C, OC);
-    check_close("gelu_linear forward == gelu_forward + linear_forward", t.out, ref, nout, 0);
-    check_close("gelu_linear forward: hidden holds gelu(pre)", t.hidden, g, nin, 0);
-    float *dpre = zeros(nin), *dw = random_tensor(&rng, nw, -1, 1), *db = random_tensor(&rng, OC, -1, 1);
-    float *dw0 = zeros(nw), *db0 = zeros(OC);
-    memcpy(dw0, dw, nw * sizeof(float)); memcpy(db0, db, OC * sizeof(float));
-    for (size_t i = 0; i < nin; i++) dpre[i] = NAN;   // written, so never read
-    gelu_linear_backward_cpu(dpre, dw, db, t.hidden, t.R, t.pre, t.w, N, C, OC);
-    for (size_t i = 0; i < nw; i++) dw[i] -= dw0[i];   // the increments (+=)
-    for (int i = 0; i < OC; i++) db[i] -= db0[i];
+static void test_mlp(int N, int C, int Ch) {
+    MlpCase t = {0}; t.N = N; t.C = C; t.Ch = Ch;
+    size_t nx = (size_t)N * C, nh = (size_t)N * Ch, nw = (size_t)Ch * C;
+    t.x = random_tensor(&rng, nx, -1, 1); t.w1 = random_tensor(&rng, nw, -1, 1); t.b1 = random_tensor(&rng, Ch, -1, 1);
+    t.w2 = random_tensor(&rng, nw, -1, 1); t.b2 = random_tensor(&rng, C, -1, 1); t.R = random_tensor(&rng, nx, -1, 1);
+    t.out = zeros(nx); t.pre = zeros(nh); t.hidden = zeros(nh);
+    mlp_loss(&t);
+    float *pre = zeros(nh), *g = zeros(nh), *ref = zeros(nx);
+    linear_forward_cpu(pre, t.x, t.w1, t.b1, N, C, Ch);
+    gelu_forward_cpu(g, pre, nh);
+    linear_forward_cpu(ref, g, t.w2, t.b2, N, Ch, C);
+    check_close("mlp forward == linear, gelu, linear", t.out, ref, nx, 0);
+    check_close("mlp forward: pre = fc1", t.pre, pre, nh, 0);
+    check_close("mlp forward: hidden = gelu(pre)", t.hidden, g, nh, 0);
+    float *dx = zeros(nx), *dh = zeros(nh);
+    float* dparam[4];
+    float* dinit[4];
+    size_t np[4] = {nw, (size_t)Ch, nw, (size_t)C};
+    for (int k = 0; k < 4; k++) {
+        dparam[k] = random_tensor(&rng, np[k], -1, 1);
+        dinit[k] = zeros(np[k]);
+        memcpy(dinit[k], dparam[k], np[k] * sizeof(float));
+    }
+    for (size_t i = 0; i < nx; i++) dx[i] = NAN;   // written, so never read
+    for (size_t i = 0; i < nh; i++) dh[i] = NAN;
+    mlp_backward_cpu(dx, dparam[0], dparam[1], dparam[2], dparam[3], dh, t.hidden, t.R, t.pre, t.x, t.w1, t.w2,
+                     N, C, Ch);
+    for (int k = 0; k < 4; k++)
+        for (size_t i = 0; i < np[k]; i++) dparam[k][i] -= dinit[k][i];   // the increments (+=)
     char label[96];
-    snprintf(label, sizeof(label), "gelu_linear %dx%d->%d dpre (written over NaN)", N, C, OC);
-    grad_check(label, t.pre, nin, dpre, gelu_linear_loss, &t, 1e-3f, TOL, MAXC);
-    snprintf(label, sizeof(label), "gelu_linear %dx%d->%d dweight (+=)", N, C, OC);
-    grad_check(label, t.w, nw, dw, gelu_linear_loss, &t, EPS, TOL, MAXC);
-    snprintf(label, sizeof(label), "gelu_linear %dx%d->%d dbias (+=)", N, C, OC);
-    grad_check(label, t.b, OC, db, gelu_linear_loss, &t, EPS, TOL, MAXC);
-    free(t.out); free(t.hidden); free(t.pre); free(t.w); free(t.b); free(t.R);
-    free(g); free(ref); free(dpre); free(dw); free(db); free(dw0); free(db0);
+    snprintf(label, sizeof(label), "mlp %dx%d->%d dx (written over NaN)", N, C, Ch);
+    grad_check(label, t.x, nx, dx, mlp_loss, &t, EPS, TOL, MAXC);
+    float* params[4] = {t.w1, t.b1, t.w2, t.b2};
+    const char* names[4] = {"dw1", "db1", "dw2", "db2"};
+    for (int k = 0; k < 4; k++) {
+        snprintf(label, sizeof(label), "mlp %dx%d->%d %s (+=)", N, C, Ch, names[k]);
+        grad_check(label, params[k], np[k], dparam[k], mlp_loss, &t, EPS, TOL, MAXC);
+        free(dparam[k]); free(dinit[k]);
+    }
+    free(t.out); free(t.pre); free(t.hidden); free(t.x); free(t.w1); free(t.b1); free(t.w2); free(t.b2); free(t.R);
+    free(pre); free(g); free(ref); free(dx); free(dh);
 }
 
 // ----------------------------------------------------------------------------
@@ -602,7 +615,7 @@ int main(void) {
     test_linear_case(7, 13, 11, 1);
     test_linear_case(9, 37, 5, 0);
     test_linear_large();
-    test_gelu_linear(7, 13, 11);
+    test_mlp(7, 5, 20);
     test_layernorm(7, 13);
     test_layernorm(9, 70);
     test_groupnorm(2, 15, 12, 3);
