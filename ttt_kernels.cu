@@ -2078,6 +2078,12 @@ static void watt_launch_bwd(float* dq, float* dk, float* dv, float* drel_partial
 // (4 x 64 (HS + 8) + 3 x HS x 72 + 2 x 64 x 72) bf16 (51.5 KiB at HS 32: 4 blocks per SM).
 #define WATT_TC_THREADS 128             // 4 warps x 16 query (or key) rows = 64 >= T
 #define WATT_TC_LDT 72                  // bf16 between rows of a transposed tile or P^T / dS^T
+static_assert(WATT_TC_THREADS == 128, "4 warps: 64 rows, and watt_tc_load's 4 units per step");
+#ifndef WATT_TC_FWD_MIN_BLOCKS
+#define WATT_TC_FWD_MIN_BLOCKS 6        // forward blocks per SM the registers must allow at HS <= 32
+#endif                                  // (80 registers, no spills; 4 at HS 48, 64)
+// backward blocks per SM the registers must allow: what shared memory allows (228 KiB per SM)
+#define WATT_TC_BWD_MIN_BLOCKS(HS) ((HS) <= 32 ? 4 : (HS) == 48 ? 3 : 2)
 #ifndef WATT_TC_FWD_BLOCKS_PER_SM
 #define WATT_TC_FWD_BLOCKS_PER_SM 16    // forward grid: about this many blocks per SM, looping over items
 #endif
@@ -2140,14 +2146,16 @@ __device__ __forceinline__ void watt_tc_bfrag(uint32_t b[2], const __nv_bfloat16
 // the (T, HS) slice of head h of window w of x (rows `stride` floats apart) as bf16, zero at rows
 // T .. 63: into s (64, HS + 8) row-major and/or st (HS, 72) transposed (either may be NULL). A warp
 // step covers 8 rows x 4 column pairs: lane -> row 8 (u % 8) + lane % 8, columns
-// 8 (u / 8) + 2 (lane / 8) + {0, 1} (u < HS: the step's unit)
+// 8 (u / 8) + 2 (lane / 8) + {0, 1} (u = warp + 4 it < HS: the step's unit)
 template <int HS>
 __device__ __forceinline__ void watt_tc_load(__nv_bfloat16* s, __nv_bfloat16* st, const float* x, int stride,
                                              int w, int h, int T) {
     constexpr int LDH = HS + 8;
     const float* base = x + (size_t)w * T * stride + (size_t)h * HS;
-    const int lane = threadIdx.x % 32;
-    for (int u = threadIdx.x / 32; u < HS; u += WATT_TC_THREADS / 32) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    #pragma unroll
+    for (int it = 0; it < HS / 4; it++) {   // all the warp's loads in flight together
+        const int u = warp + 4 * it;
         int r = 8 * (u % 8) + lane % 8, d = 8 * (u / 8) + 2 * (lane / 8);
         float a = 0.0f, c = 0.0f;
         if (r < T) {
@@ -2165,7 +2173,7 @@ __device__ __forceinline__ void watt_tc_load(__nv_bfloat16* s, __nv_bfloat16* st
 
 // forward: items (w, h) = (item / NH, item % NH), item = blockIdx.x, + gridDim.x, ...
 template <int HS>
-__global__ void __launch_bounds__(WATT_TC_THREADS, 4)
+__global__ void __launch_bounds__(WATT_TC_THREADS, HS <= 32 ? WATT_TC_FWD_MIN_BLOCKS : 4)
 window_attention_fwd_tc_kernel(float* out, float* lse, const float* q, const float* k, const float* v,
                                const float* rel_bias, const float* mask, int n_mask, int B, int NH, int T,
                                int q_stride, int kv_stride, float scale) {
@@ -2301,7 +2309,7 @@ __device__ __forceinline__ void watt_tc_accumulate(float* gb, int stride, const 
 // backward, grid (chunks, NH): block (chunk, h) runs windows chunk * wpb .. + wpb - 1 (< B) of
 // head h in turn. drel_partial (chunks, NH, T, T) or NULL.
 template <int HS>
-__global__ void __launch_bounds__(WATT_TC_THREADS, 4)
+__global__ void __launch_bounds__(WATT_TC_THREADS, WATT_TC_BWD_MIN_BLOCKS(HS))
 window_attention_bwd_tc_kernel(float* dq, float* dk, float* dv, float* drel_partial, const float* dout,
                                const float* out, const float* lse, const float* q, const float* k,
                                const float* v, const float* rel_bias, const float* mask, int n_mask,
@@ -2344,12 +2352,14 @@ window_attention_bwd_tc_kernel(float* dq, float* dk, float* dv, float* drel_part
             if (i0 < T) {
                 const float* a = dout + ((size_t)w * T + i0) * C + (size_t)h * HS;
                 const float* b = out + ((size_t)w * T + i0) * C + (size_t)h * HS;
+                #pragma unroll
                 for (int d = t; d < HS; d += 4) D0 += a[d] * b[d];
                 l0 = lrow[i0];
             }
             if (i1 < T) {
                 const float* a = dout + ((size_t)w * T + i1) * C + (size_t)h * HS;
                 const float* b = out + ((size_t)w * T + i1) * C + (size_t)h * HS;
+                #pragma unroll
                 for (int d = t; d < HS; d += 4) D1 += a[d] * b[d];
                 l1 = lrow[i1];
             }
