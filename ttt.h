@@ -175,7 +175,9 @@ void attention_backward(float* dq, float* dk, float* dv, float* drel_bias, const
 // accumulating like attention_backward (dq, dk, dv laid out like q, k, v; any may be NULL).
 // The CPU reference recomputes each head's softmax with exactly the operations of
 // attention_forward_cpu, so both ops give the same numbers bit for bit there (it checks out
-// and lse are given but does not read them); the CUDA kernels use lse and D.
+// and lse are given but does not read them); the CUDA kernels use lse and D (in bf16 precision
+// with T <= 64 and HS 16, 32, 48 or 64 on the tensor cores: bf16 operands, float32 softmax and
+// sums; TTT_WATT_TC=0 keeps the float32 kernels).
 void window_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                               const float* rel_bias, const float* mask, int n_mask,
                               int B, int T, int NH, int HS, int q_stride, int kv_stride);

@@ -805,6 +805,10 @@ static void test_window_attention_tc(const char* label, int B, int T, int NH, in
         else if (t == 0) watt_tc_grad_check(what, &c.gq, gq, rows, c.q_stride, 0, C, wq);
         else watt_tc_grad_check(what, &c.gkv, gkv, rows, 2 * C, (t - 1) * C, C, (grads >> t) & 1);
     }
+    if (layout == 1) {   // the 5 padding floats of each q row: never touched
+        snprintf(what, sizeof(what), "window_attention_backward tc dq padding [%s]", label);
+        watt_tc_grad_check(what, &c.gq, gq, rows, c.q_stride, C, c.q_stride - C, 0);
+    }
     if (with_bias) {   // drel_bias (NH, T, T): one row of NH * T * T
         float* gb = host_copy_of(c.gb.gpu, c.gb.n);
         snprintf(what, sizeof(what), "window_attention_backward tc drel_bias%s (+=) [%s]", wb ? "" : " = NULL", label);
@@ -1520,8 +1524,8 @@ int main(void) {
           "tf32 window attention ran the tensor-core kernels");
     // the tensor cores in bf16 (bounds at test_window_attention_tc): Swin-S stages 1, 3 and 4
     // (T 49, HS 32, 3 / 12 / 24 heads) shifted and not, 1000 windows (6 per backward block), no
-    // rel_bias, T 33 (padded keys), T 64 (no padding), T 16 and 13 (warps without rows), HS 16, 48,
-    // 64, packed qkv and separate q, -inf masks with an all -inf row, NULL gradient combinations
+    // rel_bias, T 33 (padded keys), T 64 (no padding), T 16, 13 and 2 (warps without rows), HS 16,
+    // 48, 64, packed qkv and separate q, -inf masks with an all -inf row, NULL gradient combinations
     test_window_attention_tc("Swin-S stage 1 shifted, 203 windows", 203, 49, 3, 32, 0, 1, 1, 7, 15);
     test_window_attention_tc("Swin-S stage 1, 203 windows, no mask", 203, 49, 3, 32, 0, 1, 0, 1, 15);
     test_window_attention_tc("Swin-S stage 3, 12 heads, 203 windows", 203, 49, 12, 32, 0, 1, 0, 1, 15);
@@ -1534,6 +1538,8 @@ int main(void) {
     test_window_attention_tc("T 64, HS 64, -inf mask + all -inf row", 9, 64, 2, 64, 1, 1, 3, 3, 15);
     test_window_attention_tc("T 64, HS 32, packed qkv, -100 mask", 30, 64, 4, 32, 0, 1, 1, 3, 15);
     test_window_attention_tc("T 16, HS 16", 40, 16, 2, 16, 0, 1, 0, 1, 15);
+    test_window_attention_tc("T 49, HS 64, packed qkv, shift mask", 20, 49, 4, 64, 0, 1, 1, 5, 15);
+    test_window_attention_tc("T 2, HS 16, separate q, no rel_bias", 13, 2, 2, 16, 1, 0, 0, 1, 7);
     test_window_attention_tc("T 13, HS 16, separate q, -inf mask + all -inf row", 7, 13, 3, 16, 1, 1, 3, 3, 15);
     test_window_attention_tc("dq NULL", 50, 49, 3, 32, 1, 1, 1, 5, 14);
     test_window_attention_tc("dk NULL", 50, 49, 3, 32, 1, 1, 1, 5, 13);
