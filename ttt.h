@@ -189,7 +189,9 @@ void attention_backward(float* dq, float* dk, float* dv, float* drel_bias, const
 // accumulating like attention_backward (dq, dk, dv laid out like q, k, v; any may be NULL).
 // The CPU reference recomputes each head's softmax with exactly the operations of
 // attention_forward_cpu, so both ops give the same numbers bit for bit there (it checks out
-// and lse are given but does not read them); the CUDA kernels use lse and D.
+// and lse are given but does not read them); the CUDA kernels use lse and D (in bf16 precision
+// with T <= 64 and HS 16, 32, 48 or 64 on the tensor cores: bf16 operands, float32 softmax and
+// sums; TTT_WATT_TC=0 keeps the float32 kernels).
 void window_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                               const float* rel_bias, const float* mask, int n_mask,
                               int B, int T, int NH, int HS, int q_stride, int kv_stride);
@@ -2021,6 +2023,11 @@ long ttt_cuda_bf16_calls(int which);         // ops run on bf16 operands so far:
 // "flash attention on the tensor cores") in bf16 precision for HS = 16, 32, 48, 64, unless TTT_FATT_TC=0
 void ttt_cuda_set_fatt_tc(int on);           // 1 on, 0 off, -1 back to TTT_FATT_TC (default 1)
 long ttt_cuda_fatt_tc_calls(void);           // forward and backward calls run by them so far (host calls)
+// window_attention_forward/backward_cuda on the tensor cores (mma.sync bf16 operands, float32 sums and
+// softmax, scores in registers; ttt_kernels.cu, "window attention on the tensor cores with mma.sync")
+// in bf16 precision for T <= 64 and HS = 16, 32, 48, 64, unless TTT_WATT_TC=0
+void ttt_cuda_set_watt_tc(int on);           // 1 on, 0 off, -1 back to TTT_WATT_TC (default 1)
+long ttt_cuda_watt_tc_calls(int which);      // calls run by them so far: 0 forward, 1 backward (host calls)
 #endif
 
 // ============================================================================

@@ -19,7 +19,8 @@
 // GEMMs | im2col; default: CONV_IM2COL_DEFAULT below), TTT_BF16_CONV=0|1 and
 // TTT_BF16_LINEAR=0|1 (with TTT_PRECISION=bf16: real bf16 operands, section BF16 OPERANDS at
 // the end; default 1), TTT_FATT_TC=0|1 (with bf16: Mask2Former's flash attention on the tensor
-// cores, default 1); ttt_runtime.cu reads TTT_PROFILE and TTT_GRAPHS.
+// cores, default 1), TTT_WATT_TC=0|1 (with bf16: Swin's window attention on the tensor cores,
+// default 1); ttt_runtime.cu reads TTT_PROFILE and TTT_GRAPHS.
 // Checked with compute-sanitizer: memcheck on test/gpu_ops, racecheck on test/gpu_model.
 #include <float.h>
 #include <cuda_bf16.h>
@@ -2119,6 +2120,508 @@ static void watt_launch_bwd(float* dq, float* dk, float* dv, float* drel_partial
     launchCheck();
 }
 
+// ----------------------------------------------------------------------------
+// window attention on the tensor cores with mma.sync, scores in registers (bf16 precision).
+// The math of window_attention_forward/backward (ttt.h); the plain reference is
+// window_attention_forward/backward_cpu (ttt.c), the float32 kernels above the CUDA one. Taken in
+// bf16 precision (ttt_cuda_precision() == PRECISION_BF16) for T <= 64 and HS = 16, 32, 48 or 64
+// with the fused kernels on, unless TTT_WATT_TC=0 (or ttt_cuda_set_watt_tc(0)); everything else
+// (fp32, tf32, other sizes) keeps the float32 kernels above.
+// Products: the warp-level mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (inline PTX, sm_80+):
+// D (16 x 8, float32) += A (16 x 16, bf16) B (16 x 8, bf16). With g = lane / 4, t = lane % 4
+// (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"; a register holds two
+// bf16, the low half the smaller column / k index):
+//   A: a0 = A[g][2t, 2t+1], a1 = A[g+8][2t, 2t+1], a2 = A[g][2t+8, 2t+9], a3 = A[g+8][2t+8, 2t+9]
+//   B: b0 = B[2t, 2t+1][g], b1 = B[2t+8, 2t+9][g]
+//   C: c0, c1 = C[g][2t], C[g][2t+1]; c2, c3 = C[g+8][2t], C[g+8][2t+1]
+// So the C fragments of n-tiles 2j and 2j+1 of a (16, 64) score block (columns 16j .. 16j+15) ARE
+// the A fragment of k-step j of the next product (a0 = pack(c0, c1 of 2j), a1 = pack(c2, c3 of 2j),
+// a2 = pack(c0, c1 of 2j+1), a3 = pack(c2, c3 of 2j+1)): P (forward) and dS (for dq) never leave
+// the registers. Every operand is read from shared memory as 32-bit bf16 pairs (watt_tc_afrag,
+// watt_tc_bfrag): an A operand X (m, k) from X stored row-major [m][k]; a B operand (k, n) from
+// B^T stored row-major [n][k]. Hence the layouts, bf16 in shared memory, T padded to 64 with zero
+// rows (zero columns in the transposed tiles):
+//   row-major (64, HS + 8): q, k (S = Q K^T: A = q rows, B^T = k rows), v and dout (dP = dO V^T)
+//   transposed (HS, 72): v^T (O = P V), and in the backward k^T (dQ = dS K), q^T (dK = dS^T Q),
+//   dout^T (dV = P^T dO); P^T and dS^T (64, 72) [key][query] (A operands of dV and dK)
+// The strides (HS + 8 and 72 bf16: 12, 20, 28, 36 and 36 words, all 4 mod 8: the 8 rows g of a
+// fragment load start on 8 distinct multiples of 4 banks, the 4 lanes t fill them) put the 32
+// lanes of every fragment load on 32 distinct banks; watt_tc_load's lane map (8 rows x 4
+// column pairs per warp step: one 32-byte sector per row from global) writes both the row-major
+// and the transposed tile without bank conflicts.
+// Forward (window_attention_fwd_tc_kernel): a block of 4 warps per (window, head) item, looping
+// over items (grid about WATT_TC_FWD_BLOCKS_PER_SM per SM); warp w owns query rows 16w .. 16w+15
+// (a warp whose rows all lie past T idles until the next item). S = Q K^T for the k-steps holding
+// keys (j < nks = ceil(T / 16)), s = S scale + rel_bias[h,i,j] + mask[w % n_mask,i,j] in float32
+// (keys j >= T: -inf), softmax in float32 as the float32 kernel (row max and sum over the quad
+// t = 0..3 by __shfl_xor_sync 1, 2; expf, logf; an all -inf row gives P = 0, out 0, lse -inf),
+// O = P V with the unnormalised P packed to bf16 A fragments, out = O / sum (float32) for rows < T.
+// Backward (window_attention_bwd_tc_kernel): the float32 kernel's drel scheme: block (chunk, h)
+// runs windows chunk * wpb .. of head h; a thread's (i, j) entries of dS are the same for every
+// window, so it sums them in registers (drel, 32 floats) and writes its part of the chunk's
+// (NH, T, T) partial at the end; watt_drel_reduce_kernel adds the chunks in a fixed order. Per
+// window, with D_i = dout_i . out_i and lse_i in float32 from global (a quad per row): warp w
+// (query rows 16w ..) walks the k-steps j < nks: S and dP = dO V^T for the 16 keys, P = exp(s -
+// lse) (0 for rows, keys >= T and lse = -inf), dS = P (dP - D), drel += dS, P^T and dS^T to
+// shared as bf16, dq += scale dS K right away from the dS registers (float32 accumulators, added
+// to global at the end). One __syncthreads; then warp w owns keys 16w .. 16w+15: dV = P^T dO and
+// dK = scale dS^T Q over the query k-steps, += to global rows < T. The op's contract (ttt.h):
+// dq, dk, dv, drel_bias accumulate; NULL skips its part.
+// Precision: bf16 operands (q, k, v, dout, P, dS: each off by up to 2^-9 relatively), float32
+// sums, softmax, lse, D and drel: relative L2 errors about 2e-3 on out, 2e-4 on lse (max error
+// over max |lse|), 2.2e-3 .. 4e-3 on the gradients (these kernels run on the host with the PTX
+// fragment semantics and bf16 rounding emulated, against the CPU reference; test/gpu_ops.c:
+// bounds 1e-2 and 1.5e-2).
+// Shared memory: forward (2 x 64 (HS + 8) + HS x 72) bf16 (14.8 KiB at HS 32), backward
+// (4 x 64 (HS + 8) + 3 x HS x 72 + 2 x 64 x 72) bf16 (51.5 KiB at HS 32: 4 blocks per SM).
+// Registers (ptxas, sm_90, no spills): forward 76 / 80 / 128 / 128 at HS 16 / 32 / 48 / 64 (6
+// blocks per SM at HS <= 32), backward 116 / 128 / 163 / 231 (4 / 4 / 3 / 2 blocks per SM, what
+// shared memory allows).
+#define WATT_TC_THREADS 128             // 4 warps x 16 query (or key) rows = 64 >= T
+#define WATT_TC_LDT 72                  // bf16 between rows of a transposed tile or P^T / dS^T
+static_assert(WATT_TC_THREADS == 128, "4 warps: 64 rows, and watt_tc_load's 4 units per step");
+#ifndef WATT_TC_FWD_MIN_BLOCKS
+#define WATT_TC_FWD_MIN_BLOCKS 6        // forward blocks per SM the registers must allow at HS <= 32
+#endif                                  // (80 registers, no spills; 4 at HS 48, 64)
+// backward blocks per SM the registers must allow: what shared memory allows (228 KiB per SM)
+#define WATT_TC_BWD_MIN_BLOCKS(HS) ((HS) <= 32 ? 4 : (HS) == 48 ? 3 : 2)
+#ifndef WATT_TC_FWD_BLOCKS_PER_SM
+#define WATT_TC_FWD_BLOCKS_PER_SM 16    // forward grid: about this many blocks per SM, looping over items
+#endif
+
+static int env_switch01(const char* name, int fallback);   // BF16 OPERANDS, below
+static int watt_tc_on = -1;      // -1 unread (TTT_WATT_TC), 0 off, 1 on
+static long watt_tc_calls[2];    // forward, backward calls run on the tensor cores
+extern "C" void ttt_cuda_set_watt_tc(int on) { watt_tc_on = on < 0 ? -1 : on != 0; }
+extern "C" long ttt_cuda_watt_tc_calls(int which) { return which == 0 || which == 1 ? watt_tc_calls[which] : 0; }
+
+// the tensor-core kernels for this size and precision (the fused kernels are on)
+static int watt_tc_ok(int T, int HS) {
+    if (ttt_cuda_precision() != PRECISION_BF16 || !fused_attention_on()) return 0;
+    if (T < 1 || T > 64 || HS < 16 || HS > 64 || HS % 16 != 0) return 0;
+    if (watt_tc_on < 0) watt_tc_on = env_switch01("TTT_WATT_TC", 1);
+    return watt_tc_on;
+}
+
+static size_t watt_tc_fwd_smem(int HS) {   // q, k (64, HS + 8), v^T (HS, 72)
+    return ((size_t)2 * 64 * (HS + 8) + (size_t)HS * WATT_TC_LDT) * sizeof(__nv_bfloat16);
+}
+static size_t watt_tc_bwd_smem(int HS) {   // q, k, v, dout (64, HS + 8); q^T, k^T, dout^T (HS, 72); P^T, dS^T (64, 72)
+    return ((size_t)4 * 64 * (HS + 8) + (size_t)3 * HS * WATT_TC_LDT + (size_t)2 * 64 * WATT_TC_LDT) *
+           sizeof(__nv_bfloat16);
+}
+
+// two floats as a bf16 pair (lo: the smaller index, the low half)
+__device__ __forceinline__ uint32_t watt_tc_pack(float lo, float hi) {
+    __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t*)&p;
+}
+__device__ __forceinline__ uint32_t watt_tc_ld32(const __nv_bfloat16* p) { return *(const uint32_t*)p; }
+
+// c (16 x 8, float32) += A (16 x 16, bf16) B (16 x 8, bf16), fragments as in the comment above
+__device__ __forceinline__ void watt_tc_mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// A fragment of rows m0 .. m0 + 15, columns k0 .. k0 + 15 of X stored row-major (ld bf16 apart)
+__device__ __forceinline__ void watt_tc_afrag(uint32_t a[4], const __nv_bfloat16* X, int ld, int m0, int k0,
+                                              int g, int t) {
+    const __nv_bfloat16* p = X + (m0 + g) * ld + k0 + 2 * t;
+    a[0] = watt_tc_ld32(p);
+    a[1] = watt_tc_ld32(p + 8 * ld);
+    a[2] = watt_tc_ld32(p + 8);
+    a[3] = watt_tc_ld32(p + 8 * ld + 8);
+}
+
+// B fragment of k0 .. k0 + 15, n0 .. n0 + 7 of B = Y^T, Y (n, k) stored row-major (ld bf16 apart)
+__device__ __forceinline__ void watt_tc_bfrag(uint32_t b[2], const __nv_bfloat16* Y, int ld, int n0, int k0,
+                                              int g, int t) {
+    const __nv_bfloat16* p = Y + (n0 + g) * ld + k0 + 2 * t;
+    b[0] = watt_tc_ld32(p);
+    b[1] = watt_tc_ld32(p + 8);
+}
+
+// the (T, HS) slice of head h of window w of x (rows `stride` floats apart) as bf16, zero at rows
+// T .. 63: into s (64, HS + 8) row-major and/or st (HS, 72) transposed (either may be NULL). A warp
+// step covers 8 rows x 4 column pairs: lane -> row 8 (u % 8) + lane % 8, columns
+// 8 (u / 8) + 2 (lane / 8) + {0, 1} (u = warp + 4 it < HS: the step's unit)
+template <int HS>
+__device__ __forceinline__ void watt_tc_load(__nv_bfloat16* s, __nv_bfloat16* st, const float* x, int stride,
+                                             int w, int h, int T) {
+    constexpr int LDH = HS + 8;
+    const float* base = x + (size_t)w * T * stride + (size_t)h * HS;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    #pragma unroll
+    for (int it = 0; it < HS / 4; it++) {   // all the warp's loads in flight together
+        const int u = warp + 4 * it;
+        int r = 8 * (u % 8) + lane % 8, d = 8 * (u / 8) + 2 * (lane / 8);
+        float a = 0.0f, c = 0.0f;
+        if (r < T) {
+            const float* p = base + (size_t)r * stride + d;
+            a = p[0]; c = p[1];
+        }
+        __nv_bfloat162 pr = __floats2bfloat162_rn(a, c);
+        if (s) *(__nv_bfloat162*)(s + r * LDH + d) = pr;
+        if (st) {
+            st[d * WATT_TC_LDT + r] = pr.x;
+            st[(d + 1) * WATT_TC_LDT + r] = pr.y;
+        }
+    }
+}
+
+// forward: items (w, h) = (item / NH, item % NH), item = blockIdx.x, + gridDim.x, ...
+template <int HS>
+__global__ void __launch_bounds__(WATT_TC_THREADS, HS <= 32 ? WATT_TC_FWD_MIN_BLOCKS : 4)
+window_attention_fwd_tc_kernel(float* out, float* lse, const float* q, const float* k, const float* v,
+                               const float* rel_bias, const float* mask, int n_mask, int B, int NH, int T,
+                               int q_stride, int kv_stride, float scale) {
+    constexpr int LDH = HS + 8, NT = HS / 8, KS = HS / 16;
+    extern __shared__ __align__(16) unsigned char watt_tc_smem[];
+    __nv_bfloat16* sq = (__nv_bfloat16*)watt_tc_smem;   // (64, LDH)
+    __nv_bfloat16* sk = sq + 64 * LDH;                  // (64, LDH)
+    __nv_bfloat16* svt = sk + 64 * LDH;                 // (HS, 72) v^T
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int r0 = 16 * warp, i0 = r0 + g, i1 = i0 + 8;
+    const int nks = (T + 15) / 16, C = NH * HS;
+    for (int item = blockIdx.x; item < B * NH; item += gridDim.x) {
+        const int w = item / NH, h = item % NH;
+        __syncthreads();   // the previous item's reads of shared memory are done
+        watt_tc_load<HS>(sq, NULL, q, q_stride, w, h, T);
+        watt_tc_load<HS>(sk, NULL, k, kv_stride, w, h, T);
+        watt_tc_load<HS>(NULL, svt, v, kv_stride, w, h, T);
+        __syncthreads();
+        if (r0 >= T) continue;   // warp-uniform; the next barrier is the next item's first
+        uint32_t qa[KS][4];
+        #pragma unroll
+        for (int kk = 0; kk < KS; kk++) watt_tc_afrag(qa[kk], sq, LDH, r0, 16 * kk, g, t);
+        // s (16, 64): n-tile nt holds keys 8 nt + 2t + {0, 1} of rows i0 (s[nt][0..1]), i1 (s[nt][2..3])
+        float s[8][4];
+        #pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            if (16 * (nt / 2) < T) {
+                #pragma unroll
+                for (int kk = 0; kk < KS; kk++) {
+                    uint32_t b[2];
+                    watt_tc_bfrag(b, sk, LDH, 8 * nt, 16 * kk, g, t);
+                    watt_tc_mma(s[nt], qa[kk], b);
+                }
+            }
+        }
+        const float* rb = rel_bias ? rel_bias + (size_t)h * T * T : NULL;
+        const float* mk = mask ? mask + (size_t)(w % n_mask) * T * T : NULL;
+        #pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int i = e < 2 ? i0 : i1, j = 8 * nt + 2 * t + (e & 1);
+                if (j >= T) s[nt][e] = -INFINITY;   // not a key: no weight
+                else if (i < T) {
+                    int x = i * T + j;
+                    s[nt][e] = s[nt][e] * scale + (rb ? rb[x] : 0.0f) + (mk ? mk[x] : 0.0f);
+                }   // rows past T: finite junk, never stored
+            }
+        // softmax of rows i0 (values e = 0, 1) and i1 (e = 2, 3) over the quad's 4 lanes
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+        #pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        float sum0 = 0.0f, sum1 = 0.0f;
+        #pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            s[nt][0] = mx0 == -INFINITY ? 0.0f : expf(s[nt][0] - mx0);
+            s[nt][1] = mx0 == -INFINITY ? 0.0f : expf(s[nt][1] - mx0);
+            s[nt][2] = mx1 == -INFINITY ? 0.0f : expf(s[nt][2] - mx1);
+            s[nt][3] = mx1 == -INFINITY ? 0.0f : expf(s[nt][3] - mx1);
+            sum0 += s[nt][0] + s[nt][1];
+            sum1 += s[nt][2] + s[nt][3];
+        }
+        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
+        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
+        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
+        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
+        if (lse && t == 0) {
+            float* lrow = lse + ((size_t)w * NH + h) * T;
+            if (i0 < T) lrow[i0] = mx0 == -INFINITY ? -INFINITY : mx0 + logf(sum0);
+            if (i1 < T) lrow[i1] = mx1 == -INFINITY ? -INFINITY : mx1 + logf(sum1);
+        }
+        // O (16, HS) = P (16, 64) V (64, HS): P's A fragments straight from the s registers
+        float o[NT][4];
+        #pragma unroll
+        for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+        #pragma unroll
+        for (int j = 0; j < 4; j++) {
+            if (j >= nks) continue;
+            uint32_t a[4] = {watt_tc_pack(s[2 * j][0], s[2 * j][1]), watt_tc_pack(s[2 * j][2], s[2 * j][3]),
+                             watt_tc_pack(s[2 * j + 1][0], s[2 * j + 1][1]),
+                             watt_tc_pack(s[2 * j + 1][2], s[2 * j + 1][3])};
+            #pragma unroll
+            for (int n = 0; n < NT; n++) {
+                uint32_t b[2];
+                watt_tc_bfrag(b, svt, WATT_TC_LDT, 8 * n, 16 * j, g, t);
+                watt_tc_mma(o[n], a, b);
+            }
+        }
+        const float inv0 = sum0 > 0.0f ? 1.0f / sum0 : 0.0f, inv1 = sum1 > 0.0f ? 1.0f / sum1 : 0.0f;
+        float* ob = out + (size_t)w * T * C + (size_t)h * HS + 2 * t;
+        #pragma unroll
+        for (int n = 0; n < NT; n++) {
+            if (i0 < T) {
+                ob[(size_t)i0 * C + 8 * n] = o[n][0] * inv0;
+                ob[(size_t)i0 * C + 8 * n + 1] = o[n][1] * inv0;
+            }
+            if (i1 < T) {
+                ob[(size_t)i1 * C + 8 * n] = o[n][2] * inv1;
+                ob[(size_t)i1 * C + 8 * n + 1] = o[n][3] * inv1;
+            }
+        }
+    }
+}
+
+// g[row * stride + 8 n + 2t + {0, 1}] += alpha * acc for rows m0 + g, m0 + g + 8 below T (g: one
+// head's columns of a window)
+template <int NT>
+__device__ __forceinline__ void watt_tc_accumulate(float* gb, int stride, const float acc[NT][4], float alpha,
+                                                   int m0, int g, int t, int T) {
+    const int ra = m0 + g, rc = ra + 8;
+    #pragma unroll
+    for (int n = 0; n < NT; n++) {
+        int d = 8 * n + 2 * t;
+        if (ra < T) {
+            gb[(size_t)ra * stride + d] += alpha * acc[n][0];
+            gb[(size_t)ra * stride + d + 1] += alpha * acc[n][1];
+        }
+        if (rc < T) {
+            gb[(size_t)rc * stride + d] += alpha * acc[n][2];
+            gb[(size_t)rc * stride + d + 1] += alpha * acc[n][3];
+        }
+    }
+}
+
+// backward, grid (chunks, NH): block (chunk, h) runs windows chunk * wpb .. + wpb - 1 (< B) of
+// head h in turn. drel_partial (chunks, NH, T, T) or NULL.
+template <int HS>
+__global__ void __launch_bounds__(WATT_TC_THREADS, WATT_TC_BWD_MIN_BLOCKS(HS))
+window_attention_bwd_tc_kernel(float* dq, float* dk, float* dv, float* drel_partial, const float* dout,
+                               const float* out, const float* lse, const float* q, const float* k,
+                               const float* v, const float* rel_bias, const float* mask, int n_mask,
+                               int B, int NH, int T, int q_stride, int kv_stride, float scale, int wpb) {
+    constexpr int LDH = HS + 8, NT = HS / 8, KS = HS / 16;
+    extern __shared__ __align__(16) unsigned char watt_tc_smem[];
+    __nv_bfloat16* sq = (__nv_bfloat16*)watt_tc_smem;   // (64, LDH) q
+    __nv_bfloat16* sk = sq + 64 * LDH;                  // (64, LDH) k
+    __nv_bfloat16* sv = sk + 64 * LDH;                  // (64, LDH) v
+    __nv_bfloat16* sdo = sv + 64 * LDH;                 // (64, LDH) dout
+    __nv_bfloat16* sqt = sdo + 64 * LDH;                // (HS, 72) q^T
+    __nv_bfloat16* skt = sqt + HS * WATT_TC_LDT;        // (HS, 72) k^T
+    __nv_bfloat16* sdot = skt + HS * WATT_TC_LDT;       // (HS, 72) dout^T
+    __nv_bfloat16* spt = sdot + HS * WATT_TC_LDT;       // (64, 72) P^T [key][query]
+    __nv_bfloat16* sdst = spt + 64 * WATT_TC_LDT;       // (64, 72) dS^T [key][query]
+    const int h = blockIdx.y, C = NH * HS;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int r0 = 16 * warp, i0 = r0 + g, i1 = i0 + 8;
+    const int nks = (T + 15) / 16;
+    const bool active = r0 < T;   // warp-uniform: the warp has query rows (and key rows) below T
+    const float* rb = rel_bias ? rel_bias + (size_t)h * T * T : NULL;
+    // this thread's part of the block's sum of dS over its windows: entries (i0 | i1, key
+    // 16j + 8 half + 2t + {0, 1}) at drel[j][half][e], e as in the C fragment
+    float drel[4][2][4];
+    #pragma unroll
+    for (int j = 0; j < 4; j++)
+        #pragma unroll
+        for (int hf = 0; hf < 2; hf++) drel[j][hf][0] = drel[j][hf][1] = drel[j][hf][2] = drel[j][hf][3] = 0.0f;
+    const int w0 = blockIdx.x * wpb, w1 = min(B, w0 + wpb);
+    for (int w = w0; w < w1; w++) {
+        __syncthreads();   // the previous window's reads of shared memory are done
+        watt_tc_load<HS>(sq, sqt, q, q_stride, w, h, T);
+        watt_tc_load<HS>(sk, skt, k, kv_stride, w, h, T);
+        watt_tc_load<HS>(sv, NULL, v, kv_stride, w, h, T);
+        watt_tc_load<HS>(sdo, sdot, dout, C, w, h, T);
+        // D_i = dout_i . out_i and lse_i of rows i0, i1 (float32, from global): a quad per row
+        float D0 = 0.0f, D1 = 0.0f, l0 = -INFINITY, l1 = -INFINITY;
+        if (active) {
+            const float* lrow = lse + ((size_t)w * NH + h) * T;
+            if (i0 < T) {
+                const float* a = dout + ((size_t)w * T + i0) * C + (size_t)h * HS;
+                const float* b = out + ((size_t)w * T + i0) * C + (size_t)h * HS;
+                #pragma unroll
+                for (int d = t; d < HS; d += 4) D0 += a[d] * b[d];
+                l0 = lrow[i0];
+            }
+            if (i1 < T) {
+                const float* a = dout + ((size_t)w * T + i1) * C + (size_t)h * HS;
+                const float* b = out + ((size_t)w * T + i1) * C + (size_t)h * HS;
+                #pragma unroll
+                for (int d = t; d < HS; d += 4) D1 += a[d] * b[d];
+                l1 = lrow[i1];
+            }
+            D0 += __shfl_xor_sync(0xffffffffu, D0, 1);
+            D0 += __shfl_xor_sync(0xffffffffu, D0, 2);
+            D1 += __shfl_xor_sync(0xffffffffu, D1, 1);
+            D1 += __shfl_xor_sync(0xffffffffu, D1, 2);
+        }
+        __syncthreads();
+        if (active) {
+            const float* mk = mask ? mask + (size_t)(w % n_mask) * T * T : NULL;
+            uint32_t qa[KS][4], da[KS][4];
+            #pragma unroll
+            for (int kk = 0; kk < KS; kk++) {
+                watt_tc_afrag(qa[kk], sq, LDH, r0, 16 * kk, g, t);
+                watt_tc_afrag(da[kk], sdo, LDH, r0, 16 * kk, g, t);
+            }
+            float dqa[NT][4];
+            #pragma unroll
+            for (int n = 0; n < NT; n++) dqa[n][0] = dqa[n][1] = dqa[n][2] = dqa[n][3] = 0.0f;
+            #pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (j >= nks) continue;
+                // S and dP = dO V^T for keys 16j .. 16j + 15 (n-tiles 2j, 2j + 1)
+                float sc[2][4], dp[2][4];
+                #pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    sc[hf][0] = sc[hf][1] = sc[hf][2] = sc[hf][3] = 0.0f;
+                    dp[hf][0] = dp[hf][1] = dp[hf][2] = dp[hf][3] = 0.0f;
+                    #pragma unroll
+                    for (int kk = 0; kk < KS; kk++) {
+                        uint32_t b[2];
+                        watt_tc_bfrag(b, sk, LDH, 16 * j + 8 * hf, 16 * kk, g, t);
+                        watt_tc_mma(sc[hf], qa[kk], b);
+                        watt_tc_bfrag(b, sv, LDH, 16 * j + 8 * hf, 16 * kk, g, t);
+                        watt_tc_mma(dp[hf], da[kk], b);
+                    }
+                }
+                // P = exp(s - lse), dS = P (dP - D): P into sc, dS into dp; P^T, dS^T to shared
+                #pragma unroll
+                for (int hf = 0; hf < 2; hf++)
+                    #pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int i = e < 2 ? i0 : i1, key = 16 * j + 8 * hf + 2 * t + (e & 1);
+                        const float l = e < 2 ? l0 : l1, Di = e < 2 ? D0 : D1;
+                        float p = 0.0f;
+                        if (i < T && key < T && l != -INFINITY) {
+                            int x = i * T + key;
+                            float s = sc[hf][e] * scale + (rb ? rb[x] : 0.0f) + (mk ? mk[x] : 0.0f);
+                            p = expf(s - l);
+                        }
+                        float ds = p * (dp[hf][e] - Di);
+                        sc[hf][e] = p;
+                        dp[hf][e] = ds;
+                        drel[j][hf][e] += ds;
+                        spt[key * WATT_TC_LDT + i] = __float2bfloat16_rn(p);
+                        sdst[key * WATT_TC_LDT + i] = __float2bfloat16_rn(ds);
+                    }
+                // dq (16, HS) += dS (16, 16) K (16 keys, HS): dS's A fragment from the registers
+                if (dq) {
+                    uint32_t a[4] = {watt_tc_pack(dp[0][0], dp[0][1]), watt_tc_pack(dp[0][2], dp[0][3]),
+                                     watt_tc_pack(dp[1][0], dp[1][1]), watt_tc_pack(dp[1][2], dp[1][3])};
+                    #pragma unroll
+                    for (int n = 0; n < NT; n++) {
+                        uint32_t b[2];
+                        watt_tc_bfrag(b, skt, WATT_TC_LDT, 8 * n, 16 * j, g, t);
+                        watt_tc_mma(dqa[n], a, b);
+                    }
+                }
+            }
+            if (dq) watt_tc_accumulate<NT>(dq + (size_t)w * T * q_stride + (size_t)h * HS, q_stride, dqa, scale,
+                                           r0, g, t, T);
+        }
+        __syncthreads();   // P^T and dS^T complete
+        if (active && (dk || dv)) {
+            // keys 16 warp .. + 15: dV = P^T dO, dK = dS^T Q over the query k-steps
+            float dka[NT][4], dva[NT][4];
+            #pragma unroll
+            for (int n = 0; n < NT; n++) {
+                dka[n][0] = dka[n][1] = dka[n][2] = dka[n][3] = 0.0f;
+                dva[n][0] = dva[n][1] = dva[n][2] = dva[n][3] = 0.0f;
+            }
+            #pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (j >= nks) continue;
+                uint32_t a[4], b[2];
+                if (dv) {
+                    watt_tc_afrag(a, spt, WATT_TC_LDT, r0, 16 * j, g, t);
+                    #pragma unroll
+                    for (int n = 0; n < NT; n++) {
+                        watt_tc_bfrag(b, sdot, WATT_TC_LDT, 8 * n, 16 * j, g, t);
+                        watt_tc_mma(dva[n], a, b);
+                    }
+                }
+                if (dk) {
+                    watt_tc_afrag(a, sdst, WATT_TC_LDT, r0, 16 * j, g, t);
+                    #pragma unroll
+                    for (int n = 0; n < NT; n++) {
+                        watt_tc_bfrag(b, sqt, WATT_TC_LDT, 8 * n, 16 * j, g, t);
+                        watt_tc_mma(dka[n], a, b);
+                    }
+                }
+            }
+            if (dk) watt_tc_accumulate<NT>(dk + (size_t)w * T * kv_stride + (size_t)h * HS, kv_stride, dka, scale,
+                                           r0, g, t, T);
+            if (dv) watt_tc_accumulate<NT>(dv + (size_t)w * T * kv_stride + (size_t)h * HS, kv_stride, dva, 1.0f,
+                                           r0, g, t, T);
+        }
+    }
+    if (drel_partial && active) {
+        float* part = drel_partial + ((size_t)blockIdx.x * NH + h) * T * T;
+        #pragma unroll
+        for (int j = 0; j < 4; j++)
+            #pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+                #pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int i = e < 2 ? i0 : i1, key = 16 * j + 8 * hf + 2 * t + (e & 1);
+                    if (j < nks && i < T && key < T) part[i * T + key] = drel[j][hf][e];
+                }
+    }
+}
+
+template <int HS>
+static void watt_tc_launch_fwd(float* out, float* lse, const float* q, const float* k, const float* v,
+                               const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH,
+                               int q_stride, int kv_stride, float scale) {
+    static int sms = 0;
+    if (sms == 0) {
+        int dev = 0;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    }
+    size_t smem = watt_tc_fwd_smem(HS);   // below 48 KiB at HS <= 64
+    long long items = (long long)B * NH, cap = (long long)sms * WATT_TC_FWD_BLOCKS_PER_SM;
+    unsigned grid = (unsigned)(items < cap ? items : cap);
+    window_attention_fwd_tc_kernel<HS><<<grid, WATT_TC_THREADS, smem>>>(
+        out, lse, q, k, v, rel_bias, mask, n_mask, B, NH, T, q_stride, kv_stride, scale);
+    launchCheck();
+}
+
+template <int HS>
+static void watt_tc_launch_bwd(float* dq, float* dk, float* dv, float* drel_partial, const float* dout,
+                               const float* out, const float* lse, const float* q, const float* k,
+                               const float* v, const float* rel_bias, const float* mask, int n_mask,
+                               int B, int T, int NH, int q_stride, int kv_stride, float scale, int wpb,
+                               int chunks) {
+    static size_t smem_set = 48 * 1024;
+    size_t smem = watt_tc_bwd_smem(HS);
+    if (smem > smem_set) {
+        cudaCheck(cudaFuncSetAttribute(window_attention_bwd_tc_kernel<HS>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        smem_set = smem;
+    }
+    dim3 grid((unsigned)chunks, (unsigned)NH);
+    window_attention_bwd_tc_kernel<HS><<<grid, WATT_TC_THREADS, smem>>>(
+        dq, dk, dv, drel_partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask,
+        B, NH, T, q_stride, kv_stride, scale, wpb);
+    launchCheck();
+}
+
 extern "C" void window_attention_forward_cuda(float* out, float* lse, const float* q, const float* k,
                                               const float* v, const float* rel_bias, const float* mask,
                                               int n_mask, int B, int T, int NH, int HS, int q_stride,
@@ -2127,6 +2630,16 @@ extern "C" void window_attention_forward_cuda(float* out, float* lse, const floa
     if (B <= 0 || T <= 0 || NH <= 0) return;
     if (n_mask <= 0) n_mask = 1;
     float scale = 1.0f / sqrtf((float)HS);
+    if (watt_tc_ok(T, HS)) {   // bf16: the tensor-core kernels
+        watt_tc_calls[0]++;
+        switch (HS) {
+        case 16: watt_tc_launch_fwd<16>(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
+        case 32: watt_tc_launch_fwd<32>(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
+        case 48: watt_tc_launch_fwd<48>(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
+        default: watt_tc_launch_fwd<64>(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
+        }
+        return;
+    }
     if (!watt_fused_ok(T, HS)) {
         // old path: the attention map in a workspace, thrown away; lse from its own kernel
         float* att = (float*)workspace_get(&ws_watt, (size_t)B * NH * T * T * sizeof(float));
@@ -2176,7 +2689,15 @@ extern "C" void window_attention_backward_cuda(float* dq, float* dk, float* dv, 
         chunks = (B + wpb - 1) / wpb;
         partial = (float*)workspace_get(&ws_watt, (size_t)chunks * NH * T * T * sizeof(float));
     }
-    switch ((HS + 15) / 16) {
+    if (watt_tc_ok(T, HS)) {   // bf16: the tensor-core kernels
+        watt_tc_calls[1]++;
+        switch (HS) {
+        case 16: watt_tc_launch_bwd<16>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
+        case 32: watt_tc_launch_bwd<32>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
+        case 48: watt_tc_launch_bwd<48>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
+        default: watt_tc_launch_bwd<64>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
+        }
+    } else switch ((HS + 15) / 16) {
     case 1: watt_launch_bwd<1>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale, wpb, chunks); break;
     case 2: watt_launch_bwd<2>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale, wpb, chunks); break;
     case 3: watt_launch_bwd<3>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale, wpb, chunks); break;

@@ -718,6 +718,113 @@ static void test_flash_attention_tc(const char* label, int B, int Tq, int Tk, in
 }
 
 // ----------------------------------------------------------------------------
+// window attention on the tensor cores (bf16 precision, T <= 64, HS 16, 32, 48 or 64; ttt_kernels.cu,
+// "window attention on the tensor cores with mma.sync"): bf16 operands (q, k, v, dout, P, dS) and
+// float32 sums, softmax, lse, D and drel, against the float32 CPU reference: out in relative L2
+// below TOL_WATT_TC_OUT = 1e-2, lse (max error over max |lse|) below TOL_WATT_TC_LSE = 1e-2, each
+// gradient's increments (dq, dk, dv, drel_bias apart) in relative L2 below TOL_WATT_TC_GRAD = 1.5e-2
+// (the WMMA attempt measured about 2.3e-3 on out and 3e-3 .. 4e-3 on the gradients). The forward
+// without lse must give the same out bit for bit. The counter asserts that the tensor-core kernels
+// ran (forward twice, backward once). grads: the gradients the backward asks for (1 dq, 2 dk, 4 dv,
+// 8 drel_bias); the others are NULL on both sides and the GPU's buffers must keep their pre-fill
+// exactly. layout and mask_kind as test_window_attention.
+#define TOL_WATT_TC_OUT 1e-2
+#define TOL_WATT_TC_LSE 1e-2
+#define TOL_WATT_TC_GRAD 1.5e-2
+
+// fatt_tc_grad_check with the window op's bound and record name
+static void watt_tc_grad_check(const char* what, const Grad* g, const float* got, size_t rows, int stride, int col0,
+                               int C, int asked) {
+    size_t n = rows * C, k = 0, changed = 0;
+    float* inc = (float*)mallocCheck(n * sizeof(float));
+    float* ref = (float*)mallocCheck(n * sizeof(float));
+    for (size_t r = 0; r < rows; r++) for (int c = 0; c < C; c++, k++) {
+        size_t e = r * stride + col0 + c;
+        inc[k] = got[e] - g->init[e];
+        ref[k] = g->cpu[e] - g->init[e];
+        changed += got[e] != g->init[e];
+    }
+    if (asked) {
+        check_l2(what, inc, ref, n, TOL_WATT_TC_GRAD);
+        record("window_attention_backward tc (L2)", l2_rel_error(inc, ref, n), TOL_WATT_TC_GRAD);
+    } else {
+        CHECK(changed == 0, "%s: %zu elements of a NULL gradient changed", what, changed);
+    }
+    free(inc); free(ref);
+}
+
+static void test_window_attention_tc(const char* label, int B, int T, int NH, int HS, int layout, int with_bias,
+                                     int mask_kind, int n_mask, int grads) {
+    ttt_cuda_set_precision(PRECISION_BF16);
+    ttt_cuda_set_watt_tc(1);
+    AttnCase c = attn_case(B, T, T, NH, HS, layout, with_bias, mask_kind, n_mask);
+    int C = c.C;
+    size_t nout = (size_t)B * T * C, nlse = (size_t)B * NH * T;
+    float* dy = rnd(nout);
+    float *ref = (float*)mallocCheck(nout * sizeof(float)), *lse_ref = (float*)mallocCheck(nlse * sizeof(float));
+    window_attention_forward_cpu(ref, lse_ref, c.q, c.k, c.v, c.bias, c.mask, n_mask, B, T, NH, HS, c.q_stride,
+                                 c.kv_stride);
+    long fwd_calls = ttt_cuda_watt_tc_calls(0), bwd_calls = ttt_cuda_watt_tc_calls(1);
+    float *out = dev_poison(nout), *lse = dev_poison(nlse);
+    window_attention_forward_cuda(out, lse, c.dq, c.dk, c.dv, c.dbias, c.dmask, n_mask, B, T, NH, HS, c.q_stride,
+                                  c.kv_stride);
+    char what[192];
+    float* got = host_copy_of(out, nout);
+    snprintf(what, sizeof(what), "window_attention_forward tc out [%s]", label);
+    check_l2(what, got, ref, nout, TOL_WATT_TC_OUT);
+    record("window_attention_forward tc (L2)", l2_rel_error(got, ref, nout), TOL_WATT_TC_OUT);
+    cmp_lse("window_attention_forward tc", label, lse, lse_ref, nlse, mask_kind, TOL_WATT_TC_LSE);
+    // lse = NULL (no backward follows): the same out, bit for bit
+    float* out2 = dev_poison(nout);
+    window_attention_forward_cuda(out2, NULL, c.dq, c.dk, c.dv, c.dbias, c.dmask, n_mask, B, T, NH, HS, c.q_stride,
+                                  c.kv_stride);
+    float* got2 = host_copy_of(out2, nout);
+    CHECK(memcmp(got, got2, nout * sizeof(float)) == 0, "window_attention_forward tc [%s]: out differs with lse = NULL",
+          label);
+    // backward: each side from its own forward (out, lse); the gradients not asked for are NULL
+    float* ddy = dev_copy(dy, nout);
+    attn_grads(&c);
+    int wq = grads & 1, wk = grads & 2, wv = grads & 4, wb = (grads & 8) && with_bias;
+    window_attention_backward_cpu(wq ? c.cq : NULL, wk ? c.ck : NULL, wv ? c.cv : NULL, wb ? c.gb.cpu : NULL, dy,
+                                  ref, lse_ref, c.q, c.k, c.v, c.bias, c.mask, n_mask, B, T, NH, HS, c.q_stride,
+                                  c.kv_stride);
+    window_attention_backward_cuda(wq ? c.gq_ : NULL, wk ? c.gk_ : NULL, wv ? c.gv_ : NULL, wb ? c.gb.gpu : NULL,
+                                   ddy, out, lse, c.dq, c.dk, c.dv, c.dbias, c.dmask, n_mask, B, T, NH, HS,
+                                   c.q_stride, c.kv_stride);
+    CHECK(ttt_cuda_watt_tc_calls(0) - fwd_calls == 2 && ttt_cuda_watt_tc_calls(1) - bwd_calls == 1,
+          "window attention tc [%s]: %ld of 2 forward, %ld of 1 backward calls ran the tensor-core kernels", label,
+          ttt_cuda_watt_tc_calls(0) - fwd_calls, ttt_cuda_watt_tc_calls(1) - bwd_calls);
+    float* gkv = host_copy_of(c.gkv.gpu, c.gkv.n);
+    float* gq = layout == 0 ? NULL : host_copy_of(c.gq.gpu, c.gq.n);
+    size_t rows = (size_t)B * T;
+    const char* names[3] = {"dq", "dk", "dv"};
+    for (int t = 0; t < 3; t++) {
+        snprintf(what, sizeof(what), "window_attention_backward tc %s%s (+=) [%s]", names[t],
+                 (grads >> t) & 1 ? "" : " = NULL", label);
+        if (layout == 0) watt_tc_grad_check(what, &c.gkv, gkv, rows, 3 * C, t * C, C, (grads >> t) & 1);
+        else if (t == 0) watt_tc_grad_check(what, &c.gq, gq, rows, c.q_stride, 0, C, wq);
+        else watt_tc_grad_check(what, &c.gkv, gkv, rows, 2 * C, (t - 1) * C, C, (grads >> t) & 1);
+    }
+    if (layout == 1) {   // the 5 padding floats of each q row: never touched
+        snprintf(what, sizeof(what), "window_attention_backward tc dq padding [%s]", label);
+        watt_tc_grad_check(what, &c.gq, gq, rows, c.q_stride, C, c.q_stride - C, 0);
+    }
+    if (with_bias) {   // drel_bias (NH, T, T): one row of NH * T * T
+        float* gb = host_copy_of(c.gb.gpu, c.gb.n);
+        snprintf(what, sizeof(what), "window_attention_backward tc drel_bias%s (+=) [%s]", wb ? "" : " = NULL", label);
+        watt_tc_grad_check(what, &c.gb, gb, 1, (int)c.nbias, 0, (int)c.nbias, wb);
+        free(gb);
+    }
+    free(gkv); free(gq);
+    free(c.gq.init); free(c.gq.cpu); free(c.gkv.init); free(c.gkv.cpu); free(c.gb.init); free(c.gb.cpu);
+    free(c.qb); free(c.kvb); free(c.bias); free(c.mask);
+    free(dy); free(ref); free(lse_ref); free(got); free(got2);
+    dev_free_all();
+    ttt_cuda_set_watt_tc(-1);
+    ttt_cuda_set_precision(PRECISION_TF32);
+}
+
+// ----------------------------------------------------------------------------
 // relative position bias gather (Swin: table (169, NH), index (49*49))
 
 static void test_bias_gather(int ws, int NH) {
@@ -1448,6 +1555,7 @@ int main(void) {
     test_attention("Mask2Former masked cross-attn", 2, 100, 468, 8, 32, 1, 0, 2, 2);
     // window attention without the attention map: B*nW windows like Swin-S's (T = 49, HS = 32),
     // 3 and 12 heads, with and without the shift mask; odd sizes for every head-size tile (DC = 1..4)
+    long watt_tc_before = ttt_cuda_watt_tc_calls(0) + ttt_cuda_watt_tc_calls(1);   // tf32: float32 kernels only
     test_window_attention("odd, separate q, -inf mask + all -inf row", 7, 13, 3, 5, 1, 1, 3, 3, TOL_FP32, TOL_WATT_BWD);
     test_window_attention("Swin-S stage 1 shifted, 203 windows", 203, 49, 3, 32, 0, 1, 1, 7, TOL_FP32, TOL_WATT_BWD);
     test_window_attention("Swin-S stage 1, 203 windows, no mask", 203, 49, 3, 32, 0, 1, 0, 1, TOL_FP32, TOL_WATT_BWD);
@@ -1462,6 +1570,47 @@ int main(void) {
     ttt_cuda_set_fused_attention(0);
     test_window_attention("old path: fused off, Swin-S stage 1 shifted", 40, 49, 3, 32, 0, 1, 1, 8, TOL_TF32, TOL_TF32);
     ttt_cuda_set_fused_attention(1);
+    CHECK(ttt_cuda_watt_tc_calls(0) + ttt_cuda_watt_tc_calls(1) == watt_tc_before,
+          "tf32 window attention ran the tensor-core kernels");
+    // the tensor cores in bf16 (bounds at test_window_attention_tc): Swin-S stages 1, 3 and 4
+    // (T 49, HS 32, 3 / 12 / 24 heads) shifted and not, 1000 windows (6 per backward block), no
+    // rel_bias, T 33 (padded keys), T 64 (no padding), T 16, 13 and 2 (warps without rows), HS 16,
+    // 48, 64, packed qkv and separate q, -inf masks with an all -inf row, NULL gradient combinations
+    test_window_attention_tc("Swin-S stage 1 shifted, 203 windows", 203, 49, 3, 32, 0, 1, 1, 7, 15);
+    test_window_attention_tc("Swin-S stage 1, 203 windows, no mask", 203, 49, 3, 32, 0, 1, 0, 1, 15);
+    test_window_attention_tc("Swin-S stage 3, 12 heads, 203 windows", 203, 49, 12, 32, 0, 1, 0, 1, 15);
+    test_window_attention_tc("Swin-S stage 3 shifted, 12 heads, 200 windows", 200, 49, 12, 32, 0, 1, 1, 4, 15);
+    test_window_attention_tc("Swin-S stage 4, 24 heads, 24 windows", 24, 49, 24, 32, 0, 1, 0, 1, 15);
+    test_window_attention_tc("12 heads, 1000 windows (6 per block)", 1000, 49, 12, 32, 0, 1, 1, 10, 15);
+    test_window_attention_tc("6 heads, no rel_bias", 50, 49, 6, 32, 0, 0, 1, 5, 7);
+    test_window_attention_tc("T 49, separate q, -inf mask + all -inf row", 20, 49, 3, 32, 1, 1, 3, 3, 15);
+    test_window_attention_tc("T 33, HS 48, -inf mask + all -inf row", 11, 33, 2, 48, 1, 1, 3, 2, 15);
+    test_window_attention_tc("T 64, HS 64, -inf mask + all -inf row", 9, 64, 2, 64, 1, 1, 3, 3, 15);
+    test_window_attention_tc("T 64, HS 32, packed qkv, -100 mask", 30, 64, 4, 32, 0, 1, 1, 3, 15);
+    test_window_attention_tc("T 16, HS 16", 40, 16, 2, 16, 0, 1, 0, 1, 15);
+    test_window_attention_tc("T 49, HS 64, packed qkv, shift mask", 20, 49, 4, 64, 0, 1, 1, 5, 15);
+    test_window_attention_tc("T 2, HS 16, separate q, no rel_bias", 13, 2, 2, 16, 1, 0, 0, 1, 7);
+    test_window_attention_tc("T 13, HS 16, separate q, -inf mask + all -inf row", 7, 13, 3, 16, 1, 1, 3, 3, 15);
+    test_window_attention_tc("dq NULL", 50, 49, 3, 32, 1, 1, 1, 5, 14);
+    test_window_attention_tc("dk NULL", 50, 49, 3, 32, 1, 1, 1, 5, 13);
+    test_window_attention_tc("dv NULL", 50, 49, 3, 32, 1, 1, 1, 5, 11);
+    test_window_attention_tc("drel_bias NULL", 50, 49, 3, 32, 0, 1, 1, 5, 7);
+    test_window_attention_tc("drel_bias only", 50, 49, 3, 32, 0, 1, 1, 5, 8);
+    test_window_attention_tc("dq only, packed qkv", 50, 49, 3, 32, 0, 1, 0, 1, 1);
+    // bf16 with the tensor cores switched off, or a head size they do not take: the float32 kernels
+    {
+        ttt_cuda_set_precision(PRECISION_BF16);
+        long before = ttt_cuda_watt_tc_calls(0) + ttt_cuda_watt_tc_calls(1);
+        ttt_cuda_set_watt_tc(0);
+        test_window_attention("bf16, tensor cores off: Swin-S stage 1 shifted", 40, 49, 3, 32, 0, 1, 1, 8, TOL_FP32,
+                              TOL_WATT_BWD);
+        ttt_cuda_set_watt_tc(1);
+        test_window_attention("bf16, HS 40: float32 kernels", 11, 33, 2, 40, 1, 1, 3, 2, TOL_FP32, TOL_WATT_BWD);
+        CHECK(ttt_cuda_watt_tc_calls(0) + ttt_cuda_watt_tc_calls(1) == before,
+              "bf16 window attention: the tensor-core kernels ran while off or at HS 40");
+        ttt_cuda_set_watt_tc(-1);
+        ttt_cuda_set_precision(PRECISION_TF32);
+    }
     // flash attention (Mask2Former's decoder): g's 48 and h's 100 queries over memory levels of
     // 37, 512 and 2000 tokens, 8 heads of 32, -inf masks (mask_kind 3: with a query whose every
     // key is blocked); self-attention; head sizes 16, 64 and odd ones (zero-padded tiles)
