@@ -292,17 +292,28 @@ static void build_adam_runs(Model* m) {
 }
 
 // AdamW on the parts in `parts` (bit 1 << part): lr x backbone_lr_scale on f; with the
-// recipe's wd_exempt the exempt runs get no decay. Without the exemption and with scale 1 this
-// is exactly one AdamW over each part.
+// recipe's wd_exempt the exempt runs get no decay. Consecutive runs with the same lr and decay
+// are one update (the runs are contiguous): without the exemption, one AdamW over each part's
+// span of runs (a few launches instead of one per run; the same arithmetic per element).
 static void adamw_parts(Model* m, const OptConfig* opt, int parts) {
     const ModelRecipe* r = &m->recipe;
-    for (int i = 0; i < m->n_runs; i++) {
+    for (int i = 0; i < m->n_runs;) {
         const AdamRun* run = &m->runs[i];
-        if (!(parts >> run->part & 1)) continue;
+        if (!(parts >> run->part & 1)) { i++; continue; }
         float lr = run->part == 0 ? opt->lr * r->backbone_lr_scale : opt->lr;
         float wd = r->wd_exempt && run->exempt ? 0.0f : opt->weight_decay;
+        size_t n = run->n;
+        int j = i + 1;
+        for (; j < m->n_runs; j++) {   // extend over the next runs with the same lr and decay
+            const AdamRun* next = &m->runs[j];
+            float next_lr = next->part == 0 ? opt->lr * r->backbone_lr_scale : opt->lr;
+            float next_wd = r->wd_exempt && next->exempt ? 0.0f : opt->weight_decay;
+            if (!(parts >> next->part & 1) || next->off != run->off + n || next_lr != lr || next_wd != wd) break;
+            n += next->n;
+        }
         adamw_update(m->params + run->off, m->grads + run->off, m->adam_m + run->off, m->adam_v + run->off,
-                     run->n, lr, opt->beta1, opt->beta2, opt->eps, wd, m->adam_t);
+                     n, lr, opt->beta1, opt->beta2, opt->eps, wd, m->adam_t);
+        i = j;
     }
 }
 
