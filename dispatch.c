@@ -209,6 +209,11 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
     else linear_backward_cpu(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
 }
 
+void linear_backward_write(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC) {
+    if (on_gpu()) linear_backward_write_cuda(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+    else linear_backward_write_cpu(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+}
+
 // LN Adapt (mae.c): while a hook is set, it runs every LayerNorm in place of the op
 LayerNormHook layernorm_forward_hook = NULL;
 void* layernorm_forward_hook_ctx = NULL;

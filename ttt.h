@@ -6,7 +6,10 @@
 // - backward ops ACCUMULATE (+=) into every gradient they produce, llm.c style,
 //   so a tensor used twice (residuals) simply gets both contributions. Callers
 //   zero gradient buffers once before a backward pass. Any gradient pointer
-//   may be NULL, meaning "not needed".
+//   may be NULL, meaning "not needed". Three exceptions WRITE (=) activation
+//   gradients, for Swin's backward, where they are the first writer of a buffer that
+//   then needs no zeroing: linear_backward_write (its dinp), window_reverse_residual_backward
+//   and scale_rows_add_backward (both outputs); each says so at its declaration.
 // - every op exists three times: `name` (dispatch.c: picks a backend on ttt_device),
 //   `name_cpu` (reference in ttt.c, float64 or careful float32 accumulation,
 //   OpenMP where loops are large) and `name_cuda` (ttt_kernels.cu, present when
@@ -109,6 +112,11 @@ void linear_forward(float* out, const float* inp, const float* weight, const flo
                     int N, int C, int OC);
 void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                      const float* inp, const float* weight, int N, int C, int OC);
+// linear_backward_write: the same, but dinp is WRITTEN: dinp (N, C) = dout @ weight (its old
+//   contents, even NaN, are never read); dweight and dbias still accumulate. For a dinp that
+//   this op writes first (Swin's block gradients), so that it needs no zeroing.
+void linear_backward_write(float* dinp, float* dweight, float* dbias, const float* dout,
+                           const float* inp, const float* weight, int N, int C, int OC);
 
 // layernorm over the last dim C: out = (x - mean) * rstd * weight + bias.
 // mean, rstd (N) are saved for backward. eps = LN_EPS.
@@ -241,8 +249,9 @@ void layernorm_partition_backward(float* dinp, float* dweight, float* dbias, con
                                   const float* rstd, int B, int H, int W, int C, int ws, int shift);
 // window_reverse_residual: out (B, H, W, C) = residual + scale[b] * window_reverse(inp), inp
 //   (B*nW, ws*ws, C); scale (B) a drop-path row, NULL meaning 1 (out may equal residual).
-//   Backward: dresidual += dout; dinp += scale[b] * window_partition(dout) on the pixel tokens
-//   (padding tokens untouched). Either gradient may be NULL.
+//   Backward WRITES (=) both gradients (Swin's backward writes them first, no zeroing):
+//   dresidual = dout; dinp = scale[b] * window_partition(dout), 0 on the padding tokens.
+//   Either gradient may be NULL.
 void window_reverse_residual_forward(float* out, const float* inp, const float* residual,
                                      const float* scale, int B, int H, int W, int C, int ws, int shift);
 void window_reverse_residual_backward(float* dresidual, float* dinp, const float* dout,
@@ -252,8 +261,9 @@ void window_reverse_residual_backward(float* dresidual, float* dinp, const float
 void layernorm_apply(float* out, const float* inp, const float* mean, const float* rstd,
                      const float* weight, const float* bias, int N, int C);
 // scale_rows_add: a residual branch with its drop-path scale, out (B, N) = residual + inp *
-//   scale[b] (scale NULL: 1; out may equal inp or residual). Backward: dinp += dout * scale[b],
-//   dresidual += dout (either may be NULL).
+//   scale[b] (scale NULL: 1; out may equal inp or residual). Backward WRITES (=) both gradients
+//   (Swin's backward writes them first, no zeroing): dinp = dout * scale[b], dresidual = dout
+//   (either may be NULL).
 void scale_rows_add_forward(float* out, const float* inp, const float* residual, const float* scale,
                             int B, size_t N);
 void scale_rows_add_backward(float* dinp, float* dresidual, const float* dout, const float* scale,
@@ -2142,6 +2152,7 @@ void scale_rows_forward_cpu(float* out, const float* inp, const float* scale, in
 void scale_rows_backward_cpu(float* dinp, const float* dout, const float* scale, int B, size_t N);
 void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
 void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
+void linear_backward_write_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
 void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
 void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
 void groupnorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);
@@ -2238,6 +2249,7 @@ CUDA_TWIN void scale_rows_forward_cuda(float* out, const float* inp, const float
 CUDA_TWIN void scale_rows_backward_cuda(float* dinp, const float* dout, const float* scale, int B, size_t N);
 CUDA_TWIN void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
 CUDA_TWIN void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
+CUDA_TWIN void linear_backward_write_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
 CUDA_TWIN void layernorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
 CUDA_TWIN void layernorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
 CUDA_TWIN void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);

@@ -7,7 +7,9 @@
 // one stream, the per-thread default stream (built with --default-stream per-thread), so
 // ops are ordered as they are called and fixed sequences of them can be recorded as CUDA
 // graphs (the legacy NULL stream cannot be captured).
-// Backward kernels ACCUMULATE (+=) into gradients, as the contract says. Scatters
+// Backward kernels ACCUMULATE (+=) into gradients, as the contract says (but for the three
+// that ttt.h marks WRITES: linear_backward_write's dinp, window_reverse_residual and
+// scale_rows_add backward). Scatters
 // where several outputs feed one input (upsampling, point sampling, col2im, bias gather)
 // and sums split over blocks (parameter gradients of the LayerNorm fallback, bias sums) use
 // atomicAdd; the LayerNorm row kernels and GroupNorm sum their parameter gradients per block into a
@@ -122,7 +124,7 @@ static int bf16_linear_taken(int rows, int C, int OC);
 static int bf16_conv_taken(int C);
 static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
                                 int N, int C, int OC);
-static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
+static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
                                  const float* inp, const float* weight, int N, int C, int OC);
 static void conv2d_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
                                 int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
@@ -502,31 +504,51 @@ extern "C" void linear_forward_cuda(float* out, const float* inp, const float* w
     if (bias) add_bias(out, bias, (size_t)N, OC);
 }
 
-static void linear_backward_staged(float* dinp, float* dweight, float* dbias, const float* dout,
+static void linear_backward_staged(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
                                    const float* inp, const float* weight, int N, int C, int OC);
 
-extern "C" void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
-                                     const float* inp, const float* weight, int N, int C, int OC) {
-    OpTimer timer("linear_backward", N, C, OC);
-    if (N <= 0 || OC <= 0) return;
-    if (bf16_linear_taken(N, C, OC)) { linear_backward_bf16(dinp, dweight, dbias, dout, inp, weight, N, C, OC); return; }
+// linear_backward_cuda (dinp_beta 1: dinp accumulates) and linear_backward_write_cuda (dinp_beta 0:
+// dinp = the product, its old contents never read, as cuBLAS does not read C when beta is 0)
+static void linear_backward_beta(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
+                                 const float* inp, const float* weight, int N, int C, int OC) {
+    if (N <= 0) return;
+    if (OC <= 0) {   // the empty product: written as zeros, nothing added
+        if (dinp && dinp_beta == 0.0f && C > 0) ttt_cuda_zero(dinp, (size_t)N * C * sizeof(float));
+        return;
+    }
+    if (bf16_linear_taken(N, C, OC)) {
+        linear_backward_bf16(dinp, dinp_beta, dweight, dbias, dout, inp, weight, N, C, OC);
+        return;
+    }
     // misaligned weight / weight gradient: through aligned copies (see gemm_rm); dweight
     // accumulates, so its copy starts from its values and is copied back after
     if (dinp && C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 3);
     if (dweight && C > 0 && misaligned(dweight, C)) {
         float* dw = stage_copy(dweight, (size_t)OC * C, 4);
-        linear_backward_staged(dinp, dw, dbias, dout, inp, weight, N, C, OC);
+        linear_backward_staged(dinp, dinp_beta, dw, dbias, dout, inp, weight, N, C, OC);
         cudaCheck(cudaMemcpyAsync(dweight, dw, (size_t)OC * C * sizeof(float), cudaMemcpyDeviceToDevice,
                                   cudaStreamPerThread));
         return;
     }
-    linear_backward_staged(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+    linear_backward_staged(dinp, dinp_beta, dweight, dbias, dout, inp, weight, N, C, OC);
 }
 
-static void linear_backward_staged(float* dinp, float* dweight, float* dbias, const float* dout,
+extern "C" void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
+                                     const float* inp, const float* weight, int N, int C, int OC) {
+    OpTimer timer("linear_backward", N, C, OC);
+    linear_backward_beta(dinp, 1.0f, dweight, dbias, dout, inp, weight, N, C, OC);
+}
+
+extern "C" void linear_backward_write_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
+                                           const float* inp, const float* weight, int N, int C, int OC) {
+    OpTimer timer("linear_backward_write", N, C, OC);
+    linear_backward_beta(dinp, 0.0f, dweight, dbias, dout, inp, weight, N, C, OC);
+}
+
+static void linear_backward_staged(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
                                    const float* inp, const float* weight, int N, int C, int OC) {
-    // dinp (N, C) += dout (N, OC) @ weight (OC, C)
-    if (dinp) gemm_rm(false, false, N, C, OC, 1.0f, dout, OC, 0, weight, C, 0, 1.0f, dinp, C, 0, 1);
+    // dinp (N, C) = dout (N, OC) @ weight (OC, C) + dinp_beta * dinp
+    if (dinp) gemm_rm(false, false, N, C, OC, 1.0f, dout, OC, 0, weight, C, 0, dinp_beta, dinp, C, 0, 1);
     if (dweight && dbias && C > 0 && linear_backward_weight_lt(dweight, dbias, dout, inp, N, C, OC)) return;
     // dweight (OC, C) += dout^T (OC, N) @ inp (N, C)
     if (dweight) gemm_rm(true, false, OC, C, N, 1.0f, dout, OC, 0, inp, C, 0, 1.0f, dweight, C, 0, 1);
@@ -3251,7 +3273,8 @@ __global__ void window_reverse_residual_forward_kernel(float* out, const float* 
     }
 }
 
-// dresidual[src] += dout[src]; dwindow += s * dout[src]. Each pixel is one window slot: race-free.
+// WRITES (ttt.h): dresidual[src] = dout[src]; dwindow = s * dout[src], 0 on padding tokens. Each
+// pixel is one window slot: race-free.
 template <int VEC>
 __global__ void window_reverse_residual_backward_kernel(float* dresidual, float* dinp, const float* dout,
                                                         const float* scale, long ntok, int H, int W, int C,
@@ -3260,24 +3283,22 @@ __global__ void window_reverse_residual_backward_kernel(float* dresidual, float*
     for (long tok = (long)blockIdx.x * ng + threadIdx.x / G; tok < ntok; tok += (long)gridDim.x * ng) {
         int b;
         long src = window_token_source((size_t)tok, H, W, ws, shift, &b);
-        if (src < 0) continue;   // cropped tokens get no gradient
+        if (src < 0) {   // cropped tokens get no gradient: 0
+            float z[VEC];
+            for (int j = 0; j < VEC; j++) z[j] = 0.0f;
+            if (dinp) for (int u = l; u < U; u += G) store_unit<VEC>(dinp + (size_t)tok * C + (size_t)u * VEC, z);
+            continue;
+        }
         float s = scale ? scale[b] : 1.0f;
         const float* d_row = dout + (size_t)src * C;
         for (int u = l; u < U; u += G) {
             float d[VEC], a[VEC];
             load_unit<VEC>(d, d_row + (size_t)u * VEC);
             if (dinp) {
-                float* p = dinp + (size_t)tok * C + (size_t)u * VEC;
-                load_unit<VEC>(a, p);
-                for (int j = 0; j < VEC; j++) a[j] = a[j] + __fmul_rn(d[j], s);
-                store_unit<VEC>(p, a);
+                for (int j = 0; j < VEC; j++) a[j] = __fmul_rn(d[j], s);
+                store_unit<VEC>(dinp + (size_t)tok * C + (size_t)u * VEC, a);
             }
-            if (dresidual) {
-                float* p = dresidual + (size_t)src * C + (size_t)u * VEC;
-                load_unit<VEC>(a, p);
-                for (int j = 0; j < VEC; j++) a[j] += d[j];
-                store_unit<VEC>(p, a);
-            }
+            if (dresidual) store_unit<VEC>(dresidual + (size_t)src * C + (size_t)u * VEC, d);
         }
     }
 }
@@ -3305,6 +3326,7 @@ __global__ void scale_rows_add_forward_kernel(float* out, const float* inp, cons
             out[off + i] = __fmul_rn(inp[off + i], s) + residual[off + i];
     }
 }
+// WRITES (ttt.h): dinp = dout * scale[b], dresidual = dout
 __global__ void scale_rows_add_backward_kernel(float* dinp, float* dresidual, const float* dout,
                                                const float* scale, int B, size_t N, int vec) {
     size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
@@ -3316,20 +3338,15 @@ __global__ void scale_rows_add_backward_kernel(float* dinp, float* dresidual, co
             float d[4], a[4];
             load_unit<4>(d, dout + off + 4 * i);
             if (dinp) {
-                load_unit<4>(a, dinp + off + 4 * i);
-                for (int j = 0; j < 4; j++) a[j] = a[j] + __fmul_rn(d[j], s);
+                for (int j = 0; j < 4; j++) a[j] = __fmul_rn(d[j], s);
                 store_unit<4>(dinp + off + 4 * i, a);
             }
-            if (dresidual) {
-                load_unit<4>(a, dresidual + off + 4 * i);
-                for (int j = 0; j < 4; j++) a[j] += d[j];
-                store_unit<4>(dresidual + off + 4 * i, a);
-            }
+            if (dresidual) store_unit<4>(dresidual + off + 4 * i, d);
         }
         for (size_t i = 4 * n4 + tid; i < N; i += stride) {
             float d = dout[off + i];
-            if (dinp) dinp[off + i] = dinp[off + i] + __fmul_rn(d, s);
-            if (dresidual) dresidual[off + i] += d;
+            if (dinp) dinp[off + i] = __fmul_rn(d, s);
+            if (dresidual) dresidual[off + i] = d;
         }
     }
 }
@@ -5065,9 +5082,10 @@ static void linear_forward_bf16(float* out, const float* inp, const float* weigh
     bf16_calls[0]++;
 }
 
-// dinp (N, C) += dout @ weight, dweight (OC, C) += dout^T @ inp on bf16 copies, rows in chunks;
-// dbias (OC) += column sums of dout in float32
-static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
+// dinp (N, C) = dout @ weight + dinp_beta * dinp (1: accumulate, 0: write), dweight (OC, C) +=
+// dout^T @ inp on bf16 copies, rows in chunks (each chunk's dinp rows by one product: each row's
+// beta applies once); dbias (OC) += column sums of dout in float32
+static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
                                  const float* inp, const float* weight, int N, int C, int OC) {
     if (dinp || dweight) {
         // per row of a chunk: dout's OC, and inp's C for dweight
@@ -5081,8 +5099,8 @@ static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, cons
         for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
             size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
             to_bf16(d, dout + r0 * OC, nr * OC);
-            // dinp rows (nr, C) += dout rows (nr, OC) @ weight (OC, C)
-            if (dinp) gemm_bf16_rm(false, false, (int)nr, C, OC, d, OC, w, C, 1.0f, dinp + r0 * C, C);
+            // dinp rows (nr, C) = dout rows (nr, OC) @ weight (OC, C) + dinp_beta * dinp rows
+            if (dinp) gemm_bf16_rm(false, false, (int)nr, C, OC, d, OC, w, C, dinp_beta, dinp + r0 * C, C);
             if (dweight) {
                 // dweight (OC, C) += dout rows^T (OC, nr) @ inp rows (nr, C)
                 to_bf16(x, inp + r0 * C, nr * C);
