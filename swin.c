@@ -235,7 +235,7 @@ static size_t point_block_grads(SwinBlockActs* one, float* sb, const SwinActs* d
     one->windows = take_act(sb, &so, Nw * C);
     one->attn = take_act(sb, &so, Nw * C);
     one->proj = take_act(sb, &so, Nw * C);
-    one->x_mid = take_act(sb, &so, N * C);
+    one->x_mid = NULL;   // dx_mid is dx_out's buffer, added to in place (swin_backward)
     one->ln2 = take_act(sb, &so, N * C);
     one->gelu = take_act(sb, &so, N * C * cfg->mlp_ratio);   // dgelu, then dfc1 in place (no fc1)
     return (so + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
@@ -368,16 +368,13 @@ static const float* drop_row(const float* table, int row, int B) {
     return table ? table + (size_t)row * B : NULL;
 }
 
-// the backward of out = residual + s[b] * branch (B, n): dresidual = dout (WRITTEN: its first
-// writer), and the gradient that reaches the branch is returned: dout itself without a table,
-// else dout * s written to scratch
-static const float* residual_branch_backward(float* dresidual, float* scratch, const float* dout,
-                                             const float* table, int row, int B, size_t n) {
-    if (!table) {
-        ttt_copy(dresidual, dout, (size_t)B * n * sizeof(float));
-        return dout;
-    }
-    scale_rows_add_backward(scratch, dresidual, dout, drop_row(table, row, B), B, n);   // writes both
+// the backward of out = residual + s[b] * branch (B, n): the residual's gradient is dout itself
+// (the caller keeps adding to dout's buffer in place: no copy); returned is the gradient that
+// reaches the branch: dout without a table, else dout * s written to scratch
+static const float* residual_branch_backward(float* scratch, const float* dout, const float* table, int row,
+                                             int B, size_t n) {
+    if (!table) return dout;
+    scale_rows_add_backward(scratch, NULL, dout, drop_row(table, row, B), B, n);   // writes scratch
     return scratch;
 }
 
@@ -447,9 +444,10 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
 // right before its first use (da: swin_point_grad_acts; the blocks share their buffers), but
 // for the buffers whose first op WRITES (=) them (ttt.h: linear_backward_write,
 // window_reverse_residual_backward, scale_rows_add_backward, ttt_copy), which are not zeroed.
-// A block's first writers: x_mid (residual_branch_backward), gelu (fc2), ln2 (fc1), x_in and
-// proj (window_reverse_residual), attn (proj), windows (qkv); only qkv and rel_bias, which
-// window_attention_backward accumulates into, are zeroed.
+// A block's first writers: gelu (fc2), ln2 (fc1), x_in and proj (window_reverse_residual), attn
+// (proj), windows (qkv); only qkv and rel_bias, which window_attention_backward accumulates into,
+// are zeroed. dx_mid needs no buffer: it starts as dx_out (the MLP residual), so LN2's gradient
+// is added to dx_out in place (nothing reads dx_out after that block).
 
 void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
                    const SwinActs* a, SwinActs* da, const int* rel_index,
@@ -485,23 +483,24 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             SwinBlockActs* db = &da->block[blk];
             int shift = (i % 2 == 1) ? w / 2 : 0;
             float* dx_out = (i + 1 < cfg->depths[s]) ? da->block[blk + 1].x_in : da->stage_out[s];
+            float* dx_mid = dx_out;   // dx_mid = dx_out + LN2's gradient, in place
             // this block's buffers that are accumulated into: qkv .. rel_bias, one span
             // (point_block_grads); every other one is written first (=), below
             ttt_zero(db->qkv, (size_t)(db->rel_bias - db->qkv + (size_t)nh * T * T) * sizeof(float));
             // MLP half: x_out = x_mid + s_mlp[b] * fc2(gelu(fc1(ln2(x_mid))))
-            const float* dbranch = residual_branch_backward(db->x_mid, da->drop_grad, dx_out, a->drop_scale,
-                                                            2 * blk + 1, B, (size_t)Hs * Ws * C);   // writes x_mid
+            const float* dbranch = residual_branch_backward(da->drop_grad, dx_out, a->drop_scale, 2 * blk + 1, B,
+                                                            (size_t)Hs * Ws * C);
             gelu_forward(da->work_hidden, b->fc1, (size_t)N * Ch);   // recomputed: fc2's input
             linear_backward_write(db->gelu, gb->fc2_w, gb->fc2_b, dbranch, da->work_hidden, bp->fc2_w, N, Ch, C);
             gelu_backward_inplace(db->gelu, b->fc1, (size_t)N * Ch);   // db->gelu: now dfc1
             layernorm_apply(da->work_windows, b->x_mid, b->ln2_mean, b->ln2_rstd, bp->norm2_w, bp->norm2_b,
                             N, C);                                    // recomputed: fc1's input
             linear_backward_write(db->ln2, gb->fc1_w, gb->fc1_b, db->gelu, da->work_windows, bp->fc1_w, N, C, Ch);
-            layernorm_backward(db->x_mid, gb->norm2_w, gb->norm2_b, db->ln2, b->x_mid, bp->norm2_w,
+            layernorm_backward(dx_mid, gb->norm2_w, gb->norm2_b, db->ln2, b->x_mid, bp->norm2_w,
                                b->ln2_mean, b->ln2_rstd, N, C);
             // attention half: x_mid = x_in + s_attn[b] * reverse(proj(attn(qkv(partition(ln1(x_in))))));
             // dx_in = dx_mid and dproj = s_attn[b] * partition(dx_mid) in one pass, both written
-            window_reverse_residual_backward(db->x_in, db->proj, db->x_mid, drop_row(a->drop_scale, 2 * blk, B),
+            window_reverse_residual_backward(db->x_in, db->proj, dx_mid, drop_row(a->drop_scale, 2 * blk, B),
                                              B, Hs, Ws, C, w, shift);
             linear_backward_write(db->attn, gb->proj_w, gb->proj_b, db->proj, b->attn, bp->proj_w, Nw, C, C);
             window_attention_backward(db->qkv, db->qkv + C, db->qkv + 2 * C, db->rel_bias, db->attn,

@@ -512,7 +512,8 @@ typedef struct {
     float *att_lse;              // (B*nW, heads, w*w) log-sum-exp of each score row (no att map)
     float *attn;                 // (B*nW, w*w, C)
     float *proj;                 // (B*nW, w*w, C)                                  [gradients only]
-    float *x_mid;                // (B, Hs, Ws, C) after the attention residual
+    float *x_mid;                // (B, Hs, Ws, C) after the attention residual     [activations only:
+                                 //   its gradient is added into dx_out's buffer in place]
     float *ln2;                  // (B, Hs, Ws, C) LN2(x_mid)                       [gradients only]
     float *ln2_mean, *ln2_rstd;
     float *fc1;                  // (B, Hs, Ws, 4C)                                  [activations only]
@@ -535,7 +536,8 @@ typedef struct {
     float *merged_mean[3], *merged_rstd[3];
     float* shift_mask[4];        // (nW, w*w, w*w) -100 / 0, constant
     float* drop_grad;            // (max over s of B*Hs*Ws*C) scratch of swin_backward: a
-                                 // branch's gradient times its drop-path scale (used in da)
+                                 // branch's gradient times its drop-path scale (used in da,
+                                 // written by scale_rows_add_backward, never zeroed)
     // Work buffers shared by all blocks, sized for the largest stage. In the activations a:
     // the partitioned LN1, then the projected attention before window_reverse, then LN2
     // (work_windows), and gelu(fc1) (work_hidden), none kept for the backward. In the
@@ -565,8 +567,9 @@ size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_
 size_t swin_num_acts(const SwinConfig* cfg, int max_B, int H, int W);   // = point_acts(NULL)
 // The gradient buffers da of swin_backward, far smaller than a: a block's gradients are needed
 // only while the backward is inside it, so all blocks share one set of per-block buffers sized
-// for the largest stage (windows .. gelu, x_mid), the residual-stream gradient x_in alternates
-// between two buffers per stage (block i writes buffer i % 2 while reading block i + 1's), and
+// for the largest stage (qkv, rel_bias, windows .. gelu), the residual-stream gradient x_in alternates
+// between two buffers per stage (block i writes buffer i % 2 while reading block i + 1's, to
+// which it adds LN2's gradient in place: that is dx_mid), and
 // the per-stage ones (stage_out, merged, merged_ln) and patch have their own. Geometry fields
 // as in a. base == NULL only counts.
 size_t swin_point_grad_acts(SwinActs* da, float* base, const SwinConfig* cfg, int max_B, int H, int W);
