@@ -209,6 +209,11 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
     else linear_backward_cpu(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
 }
 
+void linear_backward_write(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC) {
+    if (on_gpu()) linear_backward_write_cuda(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+    else linear_backward_write_cpu(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+}
+
 void mlp_forward(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1,
                  const float* w2, const float* b2, int N, int C, int Ch) {
     if (on_gpu()) mlp_forward_cuda(out, pre, hidden, x, w1, b1, w2, b2, N, C, Ch);

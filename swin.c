@@ -228,12 +228,14 @@ static size_t point_block_grads(SwinBlockActs* one, float* sb, const SwinActs* d
     size_t C = da->C[s], N = (size_t)B * da->Hs[s] * da->Ws[s], Nw = (size_t)B * da->nW[s] * T;
     size_t so = 0;
     memset(one, 0, sizeof(*one));
-    one->windows = take_act(sb, &so, Nw * C);
+    // qkv and rel_bias first: the one sub-span swin_backward zeroes (window_attention_backward
+    // accumulates into them); every other buffer is written (=) by its first op
     one->qkv = take_act(sb, &so, Nw * 3 * C);
     one->rel_bias = take_act(sb, &so, (size_t)nh * T * T);
+    one->windows = take_act(sb, &so, Nw * C);
     one->attn = take_act(sb, &so, Nw * C);
     one->proj = take_act(sb, &so, Nw * C);
-    one->x_mid = take_act(sb, &so, N * C);
+    one->x_mid = NULL;   // dx_mid is dx_out's buffer, added to in place (swin_backward)
     one->ln2 = take_act(sb, &so, N * C);
     one->gelu = take_act(sb, &so, N * C * cfg->mlp_ratio);   // mlp_backward's dhidden (no fc1 gradient buffer)
     return (so + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
@@ -366,16 +368,13 @@ static const float* drop_row(const float* table, int row, int B) {
     return table ? table + (size_t)row * B : NULL;
 }
 
-// the backward of out = residual + s[b] * branch (B, n): dresidual += dout, and the gradient
-// that reaches the branch is returned: dout itself without a table, else dout * s in scratch
-static const float* residual_branch_backward(float* dresidual, float* scratch, const float* dout,
-                                             const float* table, int row, int B, size_t n) {
-    if (!table) {
-        add_inplace(dresidual, dout, (size_t)B * n);
-        return dout;
-    }
-    ttt_zero(scratch, (size_t)B * n * sizeof(float));
-    scale_rows_add_backward(scratch, dresidual, dout, drop_row(table, row, B), B, n);
+// the backward of out = residual + s[b] * branch (B, n): the residual's gradient is dout itself
+// (the caller keeps adding to dout's buffer in place: no copy); returned is the gradient that
+// reaches the branch: dout without a table, else dout * s written to scratch
+static const float* residual_branch_backward(float* scratch, const float* dout, const float* table, int row,
+                                             int B, size_t n) {
+    if (!table) return dout;
+    scale_rows_add_backward(scratch, NULL, dout, drop_row(table, row, B), B, n);   // writes scratch
     return scratch;
 }
 
@@ -441,7 +440,14 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
 
 // ----------------------------------------------------------------------------
 // backward: the forward in reverse; every op accumulates into the da buffers, each zeroed
-// right before its first use (da: swin_point_grad_acts; the blocks share their buffers)
+// right before its first use (da: swin_point_grad_acts; the blocks share their buffers), but
+// for the buffers whose first op WRITES (=) them (ttt.h: linear_backward_write,
+// window_reverse_residual_backward, scale_rows_add_backward), which are not zeroed: merged_ln
+// (the merge linear) and the drop-path scratch drop_grad (scale_rows_add_backward).
+// A block's first writers: gelu (fc2), ln2 (fc1), x_in and proj (window_reverse_residual), attn
+// (proj), windows (qkv); only qkv and rel_bias, which window_attention_backward accumulates into,
+// are zeroed. dx_mid needs no buffer: it starts as dx_out (the MLP residual), so LN2's gradient
+// is added to dx_out in place (nothing reads dx_out after that block).
 
 void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
                    const SwinActs* a, SwinActs* da, const int* rel_index,
@@ -457,10 +463,9 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
         if (s < 3) {
             size_t Nm4C = (size_t)B * a->Hs[s + 1] * a->Ws[s + 1] * 4 * C;
             ttt_zero(da->merged[s], Nm4C * sizeof(float));
-            ttt_zero(da->merged_ln[s], Nm4C * sizeof(float));
             int Nm = B * a->Hs[s + 1] * a->Ws[s + 1];
-            linear_backward(da->merged_ln[s], g->merge_w[s], NULL, da->block[blk].x_in,
-                            a->merged_ln[s], p->merge_w[s], Nm, 4 * C, 2 * C);
+            linear_backward_write(da->merged_ln[s], g->merge_w[s], NULL, da->block[blk].x_in,
+                                  a->merged_ln[s], p->merge_w[s], Nm, 4 * C, 2 * C);   // writes merged_ln
             layernorm_backward(da->merged[s], g->merge_norm_w[s], g->merge_norm_b[s], da->merged_ln[s],
                                a->merged[s], p->merge_norm_w[s], a->merged_mean[s], a->merged_rstd[s], Nm, 4 * C);
             patch_merge_backward(da->stage_out[s], da->merged[s], B, Hs, Ws, C);
@@ -478,24 +483,25 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             SwinBlockActs* db = &da->block[blk];
             int shift = (i % 2 == 1) ? w / 2 : 0;
             float* dx_out = (i + 1 < cfg->depths[s]) ? da->block[blk + 1].x_in : da->stage_out[s];
-            // this block's buffers: windows .. gelu are one span (swin_point_grad_acts), x_in apart
-            ttt_zero(db->windows, (size_t)(db->gelu - db->windows + (size_t)N * Ch) * sizeof(float));
-            ttt_zero(db->x_in, (size_t)N * C * sizeof(float));
+            float* dx_mid = dx_out;   // dx_mid = dx_out + LN2's gradient, in place
+            // this block's buffers that are accumulated into: qkv .. rel_bias, one span
+            // (point_block_grads); every other one is written first (=), below
+            ttt_zero(db->qkv, (size_t)(db->rel_bias - db->qkv + (size_t)nh * T * T) * sizeof(float));
             // MLP half: x_out = x_mid + s_mlp[b] * fc2(gelu(fc1(ln2(x_mid))))
-            const float* dbranch = residual_branch_backward(db->x_mid, da->drop_grad, dx_out, a->drop_scale,
-                                                            2 * blk + 1, B, (size_t)Hs * Ws * C);
+            const float* dbranch = residual_branch_backward(da->drop_grad, dx_out, a->drop_scale, 2 * blk + 1, B,
+                                                            (size_t)Hs * Ws * C);
             layernorm_apply(da->work_windows, b->x_mid, b->ln2_mean, b->ln2_rstd, bp->norm2_w, bp->norm2_b,
                             N, C);                                    // recomputed: fc1's input
             // db->ln2 written; db->gelu: the gradient at gelu's output (scratch)
             mlp_backward(db->ln2, gb->fc1_w, gb->fc1_b, gb->fc2_w, gb->fc2_b, db->gelu, da->work_hidden, dbranch,
                          b->fc1, da->work_windows, bp->fc1_w, bp->fc2_w, N, C, Ch);
-            layernorm_backward(db->x_mid, gb->norm2_w, gb->norm2_b, db->ln2, b->x_mid, bp->norm2_w,
+            layernorm_backward(dx_mid, gb->norm2_w, gb->norm2_b, db->ln2, b->x_mid, bp->norm2_w,
                                b->ln2_mean, b->ln2_rstd, N, C);
             // attention half: x_mid = x_in + s_attn[b] * reverse(proj(attn(qkv(partition(ln1(x_in))))));
-            // dx_in += dx_mid and dproj = s_attn[b] * partition(dx_mid) in one pass
-            window_reverse_residual_backward(db->x_in, db->proj, db->x_mid, drop_row(a->drop_scale, 2 * blk, B),
+            // dx_in = dx_mid and dproj = s_attn[b] * partition(dx_mid) in one pass, both written
+            window_reverse_residual_backward(db->x_in, db->proj, dx_mid, drop_row(a->drop_scale, 2 * blk, B),
                                              B, Hs, Ws, C, w, shift);
-            linear_backward(db->attn, gb->proj_w, gb->proj_b, db->proj, b->attn, bp->proj_w, Nw, C, C);
+            linear_backward_write(db->attn, gb->proj_w, gb->proj_b, db->proj, b->attn, bp->proj_w, Nw, C, C);
             window_attention_backward(db->qkv, db->qkv + C, db->qkv + 2 * C, db->rel_bias, db->attn,
                                       b->attn, b->att_lse, b->qkv, b->qkv + C, b->qkv + 2 * C, b->rel_bias,
                                       shift ? a->shift_mask[s] : NULL, nW, B * nW, T, nh, C / nh, 3 * C, 3 * C);
@@ -503,7 +509,8 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             // recomputed: qkv's input, the windows of LN1(x_in) (the forward's op: the same numbers)
             layernorm_partition_forward(da->work_windows, NULL, NULL, b->x_in, bp->norm1_w, bp->norm1_b,
                                         B, Hs, Ws, C, w, shift);
-            linear_backward(db->windows, gb->qkv_w, gb->qkv_b, db->qkv, da->work_windows, bp->qkv_w, Nw, C, 3 * C);
+            linear_backward_write(db->windows, gb->qkv_w, gb->qkv_b, db->qkv, da->work_windows, bp->qkv_w, Nw, C,
+                                  3 * C);
             layernorm_partition_backward(db->x_in, gb->norm1_w, gb->norm1_b, db->windows, b->x_in, bp->norm1_w,
                                          b->ln1_mean, b->ln1_rstd, B, Hs, Ws, C, w, shift);
         }

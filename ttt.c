@@ -396,8 +396,12 @@ void linear_forward_cpu(float* out, const float* inp, const float* weight, const
     matmul_acc_cpu(out, OC, inp, C, 1, weight, 1, C, N, C, OC);
 }
 
-void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout,
-                         const float* inp, const float* weight, int N, int C, int OC) {
+// linear_backward_cpu (write_dinp 0) and linear_backward_write_cpu (1: dinp zeroed first, so the
+// product is written; the same bits as accumulating into zeros)
+static void linear_backward_cpu_impl(float* dinp, float* dweight, float* dbias, const float* dout,
+                                     const float* inp, const float* weight, int N, int C, int OC,
+                                     int write_dinp) {
+    if (dinp && write_dinp && N > 0 && C > 0) memset(dinp, 0, (size_t)N * C * sizeof(float));
     // dinp (N, C) += dout (N, OC) @ weight (OC, C)
     if (dinp) matmul_acc_cpu(dinp, C, dout, OC, 1, weight, C, 1, N, OC, C);
     // dweight (OC, C) += dout^T (OC, N) @ inp (N, C)
@@ -416,6 +420,16 @@ void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float*
             for (int j = 0; j < no; j++) dbias[o0 + j] += (float)sum[j];
         }
     }
+}
+
+void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout,
+                         const float* inp, const float* weight, int N, int C, int OC) {
+    linear_backward_cpu_impl(dinp, dweight, dbias, dout, inp, weight, N, C, OC, 0);
+}
+
+void linear_backward_write_cpu(float* dinp, float* dweight, float* dbias, const float* dout,
+                               const float* inp, const float* weight, int N, int C, int OC) {
+    linear_backward_cpu_impl(dinp, dweight, dbias, dout, inp, weight, N, C, OC, 1);
 }
 
 // ----------------------------------------------------------------------------
@@ -604,8 +618,7 @@ void gelu_backward_inplace_cpu(float* d, const float* inp, size_t N) {
     for (size_t i = 0; i < N; i++) d[i] = d[i] * gelu_slope(inp[i]);
 }
 
-// mlp: fc1, gelu into hidden, fc2 (forward); the backward of each in turn, dhidden and dx zeroed
-// first (both are written)
+// mlp: fc1, gelu into hidden, fc2 (forward); the backward of each in turn, dhidden and dx written
 void mlp_forward_cpu(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1,
                      const float* w2, const float* b2, int N, int C, int Ch) {
     linear_forward_cpu(pre, x, w1, b1, N, C, Ch);
@@ -617,11 +630,9 @@ void mlp_backward_cpu(float* dx, float* dw1, float* db1, float* dw2, float* db2,
                       const float* dout, const float* pre, const float* x, const float* w1, const float* w2,
                       int N, int C, int Ch) {
     gelu_forward_cpu(hidden, pre, (size_t)N * Ch);
-    memset(dhidden, 0, (size_t)N * Ch * sizeof(float));
-    linear_backward_cpu(dhidden, dw2, db2, dout, hidden, w2, N, Ch, C);
+    linear_backward_write_cpu(dhidden, dw2, db2, dout, hidden, w2, N, Ch, C);
     gelu_backward_inplace_cpu(dhidden, pre, (size_t)N * Ch);   // dpre
-    memset(dx, 0, (size_t)N * C * sizeof(float));
-    linear_backward_cpu(dx, dw1, db1, dhidden, x, w1, N, C, Ch);
+    linear_backward_write_cpu(dx, dw1, db1, dhidden, x, w1, N, C, Ch);
 }
 
 void relu_forward_cpu(float* out, const float* inp, size_t N) {
@@ -1404,7 +1415,7 @@ void window_reverse_residual_forward_cpu(float* out, const float* inp, const flo
 
 void window_reverse_residual_backward_cpu(float* dresidual, float* dinp, const float* dout,
                                           const float* scale, int B, int H, int W, int C, int ws, int shift) {
-    // each pixel is one window token, so both scatters are race-free
+    // WRITES both (ttt.h); each pixel is one window token, so both scatters are race-free
     int nWh = (H + ws - 1) / ws, nWw = (W + ws - 1) / ws, T = ws * ws;
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
@@ -1412,15 +1423,18 @@ void window_reverse_residual_backward_cpu(float* dresidual, float* dinp, const f
             float s = scale ? scale[b] : 1.0f;
             for (int t = 0; t < T; t++) {
                 long src = window_source(b, w, t, H, W, ws, shift, nWw);
-                if (src < 0) continue;   // cropped tokens get no gradient
+                float* di = dinp ? dinp + (((size_t)b * nWh * nWw + w) * T + t) * C : NULL;
+                if (src < 0) {   // cropped tokens get no gradient: 0
+                    if (di) memset(di, 0, C * sizeof(float));
+                    continue;
+                }
                 const float* d = dout + (size_t)src * C;
-                if (dinp) {
-                    float* di = dinp + (((size_t)b * nWh * nWw + w) * T + t) * C;
-                    for (int c = 0; c < C; c++) di[c] += d[c] * s;
+                if (di) {
+                    for (int c = 0; c < C; c++) di[c] = d[c] * s;
                 }
                 if (dresidual) {
                     float* dr = dresidual + (size_t)src * C;
-                    for (int c = 0; c < C; c++) dr[c] += d[c];
+                    for (int c = 0; c < C; c++) dr[c] = d[c];
                 }
             }
         }
@@ -1455,9 +1469,9 @@ void scale_rows_add_backward_cpu(float* dinp, float* dresidual, const float* dou
         float s = scale ? scale[b] : 1.0f;
         const float* dy = dout + (size_t)b * N;
         #pragma omp parallel for if (N > 65536)
-        for (size_t i = 0; i < N; i++) {
-            if (dinp) dinp[(size_t)b * N + i] += dy[i] * s;
-            if (dresidual) dresidual[(size_t)b * N + i] += dy[i];
+        for (size_t i = 0; i < N; i++) {   // WRITES both (ttt.h)
+            if (dinp) dinp[(size_t)b * N + i] = dy[i] * s;
+            if (dresidual) dresidual[(size_t)b * N + i] = dy[i];
         }
     }
 }

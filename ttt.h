@@ -6,7 +6,10 @@
 // - backward ops ACCUMULATE (+=) into every gradient they produce, llm.c style,
 //   so a tensor used twice (residuals) simply gets both contributions. Callers
 //   zero gradient buffers once before a backward pass. Any gradient pointer
-//   may be NULL, meaning "not needed".
+//   may be NULL, meaning "not needed". Three exceptions WRITE (=) activation
+//   gradients, for Swin's backward, where they are the first writer of a buffer that
+//   then needs no zeroing: linear_backward_write (its dinp), window_reverse_residual_backward
+//   and scale_rows_add_backward (both outputs); each says so at its declaration.
 // - every op exists three times: `name` (dispatch.c: picks a backend on ttt_device),
 //   `name_cpu` (reference in ttt.c, float64 or careful float32 accumulation,
 //   OpenMP where loops are large) and `name_cuda` (ttt_kernels.cu, present when
@@ -109,6 +112,11 @@ void linear_forward(float* out, const float* inp, const float* weight, const flo
                     int N, int C, int OC);
 void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                      const float* inp, const float* weight, int N, int C, int OC);
+// linear_backward_write: the same, but dinp is WRITTEN: dinp (N, C) = dout @ weight (its old
+//   contents, even NaN, are never read); dweight and dbias still accumulate. For a dinp that
+//   this op writes first (Swin's block gradients), so that it needs no zeroing.
+void linear_backward_write(float* dinp, float* dweight, float* dbias, const float* dout,
+                           const float* inp, const float* weight, int N, int C, int OC);
 // Swin's MLP, fc2(gelu(fc1(x))): pre (N, Ch) = x (N, C) @ w1 (Ch, C)^T + b1, written and kept for
 // the backward; out (N, C) = gelu(pre) @ w2 (C, Ch)^T + b2. hidden (N, Ch) is a scratch that may
 // receive gelu(pre): the CPU and the GPU's float32 path write it there and multiply it; the GPU's
@@ -257,8 +265,9 @@ void layernorm_partition_backward(float* dinp, float* dweight, float* dbias, con
                                   const float* rstd, int B, int H, int W, int C, int ws, int shift);
 // window_reverse_residual: out (B, H, W, C) = residual + scale[b] * window_reverse(inp), inp
 //   (B*nW, ws*ws, C); scale (B) a drop-path row, NULL meaning 1 (out may equal residual).
-//   Backward: dresidual += dout; dinp += scale[b] * window_partition(dout) on the pixel tokens
-//   (padding tokens untouched). Either gradient may be NULL.
+//   Backward WRITES (=) both gradients (Swin's backward writes them first, no zeroing):
+//   dresidual = dout; dinp = scale[b] * window_partition(dout), 0 on the padding tokens.
+//   Either gradient may be NULL.
 void window_reverse_residual_forward(float* out, const float* inp, const float* residual,
                                      const float* scale, int B, int H, int W, int C, int ws, int shift);
 void window_reverse_residual_backward(float* dresidual, float* dinp, const float* dout,
@@ -268,8 +277,9 @@ void window_reverse_residual_backward(float* dresidual, float* dinp, const float
 void layernorm_apply(float* out, const float* inp, const float* mean, const float* rstd,
                      const float* weight, const float* bias, int N, int C);
 // scale_rows_add: a residual branch with its drop-path scale, out (B, N) = residual + inp *
-//   scale[b] (scale NULL: 1; out may equal inp or residual). Backward: dinp += dout * scale[b],
-//   dresidual += dout (either may be NULL).
+//   scale[b] (scale NULL: 1; out may equal inp or residual). Backward WRITES (=) both gradients
+//   (Swin's backward writes them first, no zeroing): dinp = dout * scale[b], dresidual = dout
+//   (either may be NULL).
 void scale_rows_add_forward(float* out, const float* inp, const float* residual, const float* scale,
                             int B, size_t N);
 void scale_rows_add_backward(float* dinp, float* dresidual, const float* dout, const float* scale,
@@ -518,7 +528,8 @@ typedef struct {
     float *att_lse;              // (B*nW, heads, w*w) log-sum-exp of each score row (no att map)
     float *attn;                 // (B*nW, w*w, C)
     float *proj;                 // (B*nW, w*w, C)                                  [gradients only]
-    float *x_mid;                // (B, Hs, Ws, C) after the attention residual
+    float *x_mid;                // (B, Hs, Ws, C) after the attention residual     [activations only:
+                                 //   its gradient is added into dx_out's buffer in place]
     float *ln2;                  // (B, Hs, Ws, C) LN2(x_mid)                       [gradients only]
     float *ln2_mean, *ln2_rstd;
     float *fc1;                  // (B, Hs, Ws, 4C)                                  [activations only]
@@ -541,7 +552,8 @@ typedef struct {
     float *merged_mean[3], *merged_rstd[3];
     float* shift_mask[4];        // (nW, w*w, w*w) -100 / 0, constant
     float* drop_grad;            // (max over s of B*Hs*Ws*C) scratch of swin_backward: a
-                                 // branch's gradient times its drop-path scale (used in da)
+                                 // branch's gradient times its drop-path scale (used in da,
+                                 // written by scale_rows_add_backward, never zeroed)
     // Work buffers shared by all blocks, sized for the largest stage. In the activations a:
     // the partitioned LN1, then the projected attention before window_reverse, then LN2
     // (work_windows), and gelu(fc1) (work_hidden), none kept for the backward. In the
@@ -571,8 +583,9 @@ size_t swin_point_acts(SwinActs* a, float* base, const SwinConfig* cfg, int max_
 size_t swin_num_acts(const SwinConfig* cfg, int max_B, int H, int W);   // = point_acts(NULL)
 // The gradient buffers da of swin_backward, far smaller than a: a block's gradients are needed
 // only while the backward is inside it, so all blocks share one set of per-block buffers sized
-// for the largest stage (windows .. gelu, x_mid), the residual-stream gradient x_in alternates
-// between two buffers per stage (block i writes buffer i % 2 while reading block i + 1's), and
+// for the largest stage (qkv, rel_bias, windows .. gelu), the residual-stream gradient x_in alternates
+// between two buffers per stage (block i writes buffer i % 2 while reading block i + 1's, to
+// which it adds LN2's gradient in place: that is dx_mid), and
 // the per-stage ones (stage_out, merged, merged_ln) and patch have their own. Geometry fields
 // as in a. base == NULL only counts.
 size_t swin_point_grad_acts(SwinActs* da, float* base, const SwinConfig* cfg, int max_B, int H, int W);
@@ -2163,6 +2176,7 @@ void scale_rows_forward_cpu(float* out, const float* inp, const float* scale, in
 void scale_rows_backward_cpu(float* dinp, const float* dout, const float* scale, int B, size_t N);
 void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
 void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
+void linear_backward_write_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
 void mlp_forward_cpu(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1, const float* w2, const float* b2, int N, int C, int Ch);
 void mlp_backward_cpu(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden, const float* dout, const float* pre, const float* x, const float* w1, const float* w2, int N, int C, int Ch);
 void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
@@ -2261,6 +2275,7 @@ CUDA_TWIN void scale_rows_forward_cuda(float* out, const float* inp, const float
 CUDA_TWIN void scale_rows_backward_cuda(float* dinp, const float* dout, const float* scale, int B, size_t N);
 CUDA_TWIN void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC);
 CUDA_TWIN void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
+CUDA_TWIN void linear_backward_write_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
 CUDA_TWIN void mlp_forward_cuda(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1, const float* w2, const float* b2, int N, int C, int Ch);
 CUDA_TWIN void mlp_backward_cuda(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden, const float* dout, const float* pre, const float* x, const float* w1, const float* w2, int N, int C, int Ch);
 CUDA_TWIN void layernorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);

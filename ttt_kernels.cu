@@ -7,7 +7,9 @@
 // one stream, the per-thread default stream (built with --default-stream per-thread), so
 // ops are ordered as they are called and fixed sequences of them can be recorded as CUDA
 // graphs (the legacy NULL stream cannot be captured).
-// Backward kernels ACCUMULATE (+=) into gradients, as the contract says. Scatters
+// Backward kernels ACCUMULATE (+=) into gradients, as the contract says (but for the three
+// that ttt.h marks WRITES: linear_backward_write's dinp, window_reverse_residual and
+// scale_rows_add backward). Scatters
 // where several outputs feed one input (upsampling, point sampling, col2im, bias gather)
 // and sums split over blocks (parameter gradients of the LayerNorm fallback, bias sums) use
 // atomicAdd; the LayerNorm row kernels and GroupNorm sum their parameter gradients per block into a
@@ -122,16 +124,15 @@ static void gemm_rm_aligned(bool transA, bool transB, int M, int N, int K, float
 static int bf16_linear_taken(int rows, int C, int OC);
 static int bf16_mlp_fc2_taken(int rows, int C, int OC);
 static int bf16_conv_taken(int C);
-// how linear_*_bf16 makes its operands and writes dinp (BF16_PLAIN: the plain linear)
+// how linear_*_bf16 makes its operands (BF16_PLAIN: the plain linear)
 typedef struct {
     bool gelu_input;             // the product's input is gelu(inp) (mlp's fc2)
     const float* dout_gelu_pre;  // backward: dout times gelu'(dout_gelu_pre) (mlp's fc1), or NULL
-    float dinp_beta;             // backward: 1 accumulates into dinp, 0 writes it
 } Bf16LinearMods;
-static const Bf16LinearMods BF16_PLAIN = {false, NULL, 1.0f};
+static const Bf16LinearMods BF16_PLAIN = {false, NULL};
 static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
                                 int N, int C, int OC, Bf16LinearMods mods);
-static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
+static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
                                  const float* inp, const float* weight, int N, int C, int OC, Bf16LinearMods mods);
 static void conv2d_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
                                 int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
@@ -554,31 +555,51 @@ extern "C" void linear_forward_cuda(float* out, const float* inp, const float* w
     if (bias) add_bias(out, bias, (size_t)N, OC);
 }
 
-static void linear_backward_staged(float* dinp, float* dweight, float* dbias, const float* dout,
+static void linear_backward_staged(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
                                    const float* inp, const float* weight, int N, int C, int OC);
 
-extern "C" void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
-                                     const float* inp, const float* weight, int N, int C, int OC) {
-    OpTimer timer("linear_backward", N, C, OC);
-    if (N <= 0 || OC <= 0) return;
-    if (bf16_linear_taken(N, C, OC)) { linear_backward_bf16(dinp, dweight, dbias, dout, inp, weight, N, C, OC, BF16_PLAIN); return; }
+// linear_backward_cuda (dinp_beta 1: dinp accumulates) and linear_backward_write_cuda (dinp_beta 0:
+// dinp = the product, its old contents never read, as cuBLAS does not read C when beta is 0)
+static void linear_backward_beta(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
+                                 const float* inp, const float* weight, int N, int C, int OC) {
+    if (N <= 0) return;
+    if (OC <= 0) {   // the empty product: written as zeros, nothing added
+        if (dinp && dinp_beta == 0.0f && C > 0) ttt_cuda_zero(dinp, (size_t)N * C * sizeof(float));
+        return;
+    }
+    if (bf16_linear_taken(N, C, OC)) {
+        linear_backward_bf16(dinp, dinp_beta, dweight, dbias, dout, inp, weight, N, C, OC, BF16_PLAIN);
+        return;
+    }
     // misaligned weight / weight gradient: through aligned copies (see gemm_rm); dweight
     // accumulates, so its copy starts from its values and is copied back after
     if (dinp && C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 3);
     if (dweight && C > 0 && misaligned(dweight, C)) {
         float* dw = stage_copy(dweight, (size_t)OC * C, 4);
-        linear_backward_staged(dinp, dw, dbias, dout, inp, weight, N, C, OC);
+        linear_backward_staged(dinp, dinp_beta, dw, dbias, dout, inp, weight, N, C, OC);
         cudaCheck(cudaMemcpyAsync(dweight, dw, (size_t)OC * C * sizeof(float), cudaMemcpyDeviceToDevice,
                                   cudaStreamPerThread));
         return;
     }
-    linear_backward_staged(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+    linear_backward_staged(dinp, dinp_beta, dweight, dbias, dout, inp, weight, N, C, OC);
 }
 
-static void linear_backward_staged(float* dinp, float* dweight, float* dbias, const float* dout,
+extern "C" void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
+                                     const float* inp, const float* weight, int N, int C, int OC) {
+    OpTimer timer("linear_backward", N, C, OC);
+    linear_backward_beta(dinp, 1.0f, dweight, dbias, dout, inp, weight, N, C, OC);
+}
+
+extern "C" void linear_backward_write_cuda(float* dinp, float* dweight, float* dbias, const float* dout,
+                                           const float* inp, const float* weight, int N, int C, int OC) {
+    OpTimer timer("linear_backward_write", N, C, OC);
+    linear_backward_beta(dinp, 0.0f, dweight, dbias, dout, inp, weight, N, C, OC);
+}
+
+static void linear_backward_staged(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
                                    const float* inp, const float* weight, int N, int C, int OC) {
-    // dinp (N, C) += dout (N, OC) @ weight (OC, C)
-    if (dinp) gemm_rm(false, false, N, C, OC, 1.0f, dout, OC, 0, weight, C, 0, 1.0f, dinp, C, 0, 1);
+    // dinp (N, C) = dout (N, OC) @ weight (OC, C) + dinp_beta * dinp
+    if (dinp) gemm_rm(false, false, N, C, OC, 1.0f, dout, OC, 0, weight, C, 0, dinp_beta, dinp, C, 0, 1);
     if (dweight && dbias && C > 0 && linear_backward_weight_lt(dweight, dbias, dout, inp, N, C, OC)) return;
     // dweight (OC, C) += dout^T (OC, N) @ inp (N, C)
     if (dweight) gemm_rm(true, false, OC, C, N, 1.0f, dout, OC, 0, inp, C, 0, 1.0f, dweight, C, 0, 1);
@@ -587,10 +608,10 @@ static void linear_backward_staged(float* dinp, float* dweight, float* dbias, co
 
 // mlp (ttt.h): fc1 is a plain linear. fc2's input gelu(pre): where bf16_mlp_fc2_taken says so,
 // rounded straight into fc2's bf16 operand (no float32 gelu(pre) written and read back, forward
-// and backward); otherwise gelu_forward into hidden and the float32 linear. Backward: fc2's
-// dinp is dhidden, written (beta 0); fc1's dout is dhidden * gelu'(pre): on fc1's bf16 path the
-// slope is applied while dhidden is rounded to bf16 (with db1's column sums, one pass), otherwise
-// by gelu_backward_inplace first. dx is written.
+// and backward); otherwise gelu_forward into hidden and the float32 linear. Backward: fc2's dinp
+// is dhidden, written (beta 0); fc1's dout is dhidden * gelu'(pre): on fc1's bf16 path the slope
+// is applied while dhidden is rounded to bf16 (with db1's column sums, one pass), otherwise by
+// gelu_backward_inplace first. dx is written (beta 0).
 extern "C" void mlp_forward_cuda(float* out, float* pre, float* hidden, const float* x, const float* w1,
                                  const float* b1, const float* w2, const float* b2, int N, int C, int Ch) {
     OpTimer timer("mlp_forward", N, C, Ch);
@@ -615,23 +636,19 @@ extern "C" void mlp_backward_cuda(float* dx, float* dw1, float* db1, float* dw2,
     if (bf16_mlp_fc2_taken(N, Ch, C)) {
         Bf16LinearMods fc2 = BF16_PLAIN;
         fc2.gelu_input = true;
-        fc2.dinp_beta = 0.0f;
-        linear_backward_bf16(dhidden, dw2, db2, dout, pre, w2, N, Ch, C, fc2);
+        linear_backward_bf16(dhidden, 0.0f, dw2, db2, dout, pre, w2, N, Ch, C, fc2);
     } else {
         gelu_forward_cuda(hidden, pre, (size_t)N * Ch);
-        ttt_cuda_zero(dhidden, (size_t)N * Ch * sizeof(float));
-        linear_backward_cuda(dhidden, dw2, db2, dout, hidden, w2, N, Ch, C);
+        linear_backward_write_cuda(dhidden, dw2, db2, dout, hidden, w2, N, Ch, C);
     }
     // fc1: dpre = dhidden * gelu'(pre); dx = dpre @ w1 (written), dw1 += dpre^T x, db1 += sums of dpre
     if (bf16_linear_taken(N, C, Ch)) {
         Bf16LinearMods fc1 = BF16_PLAIN;
         fc1.dout_gelu_pre = pre;
-        fc1.dinp_beta = 0.0f;
-        linear_backward_bf16(dx, dw1, db1, dhidden, x, w1, N, C, Ch, fc1);
+        linear_backward_bf16(dx, 0.0f, dw1, db1, dhidden, x, w1, N, C, Ch, fc1);
     } else {
         gelu_backward_inplace_cuda(dhidden, pre, (size_t)N * Ch);
-        ttt_cuda_zero(dx, (size_t)N * C * sizeof(float));
-        linear_backward_cuda(dx, dw1, db1, dhidden, x, w1, N, C, Ch);
+        linear_backward_write_cuda(dx, dw1, db1, dhidden, x, w1, N, C, Ch);
     }
 }
 
@@ -3867,7 +3884,8 @@ __global__ void window_reverse_residual_forward_kernel(float* out, const float* 
     }
 }
 
-// dresidual[src] += dout[src]; dwindow += s * dout[src]. Each pixel is one window slot: race-free.
+// WRITES (ttt.h): dresidual[src] = dout[src]; dwindow = s * dout[src], 0 on padding tokens. Each
+// pixel is one window slot: race-free.
 template <int VEC>
 __global__ void window_reverse_residual_backward_kernel(float* dresidual, float* dinp, const float* dout,
                                                         const float* scale, long ntok, int H, int W, int C,
@@ -3876,24 +3894,22 @@ __global__ void window_reverse_residual_backward_kernel(float* dresidual, float*
     for (long tok = (long)blockIdx.x * ng + threadIdx.x / G; tok < ntok; tok += (long)gridDim.x * ng) {
         int b;
         long src = window_token_source((size_t)tok, H, W, ws, shift, &b);
-        if (src < 0) continue;   // cropped tokens get no gradient
+        if (src < 0) {   // cropped tokens get no gradient: 0
+            float z[VEC];
+            for (int j = 0; j < VEC; j++) z[j] = 0.0f;
+            if (dinp) for (int u = l; u < U; u += G) store_unit<VEC>(dinp + (size_t)tok * C + (size_t)u * VEC, z);
+            continue;
+        }
         float s = scale ? scale[b] : 1.0f;
         const float* d_row = dout + (size_t)src * C;
         for (int u = l; u < U; u += G) {
             float d[VEC], a[VEC];
             load_unit<VEC>(d, d_row + (size_t)u * VEC);
             if (dinp) {
-                float* p = dinp + (size_t)tok * C + (size_t)u * VEC;
-                load_unit<VEC>(a, p);
-                for (int j = 0; j < VEC; j++) a[j] = a[j] + __fmul_rn(d[j], s);
-                store_unit<VEC>(p, a);
+                for (int j = 0; j < VEC; j++) a[j] = __fmul_rn(d[j], s);
+                store_unit<VEC>(dinp + (size_t)tok * C + (size_t)u * VEC, a);
             }
-            if (dresidual) {
-                float* p = dresidual + (size_t)src * C + (size_t)u * VEC;
-                load_unit<VEC>(a, p);
-                for (int j = 0; j < VEC; j++) a[j] += d[j];
-                store_unit<VEC>(p, a);
-            }
+            if (dresidual) store_unit<VEC>(dresidual + (size_t)src * C + (size_t)u * VEC, d);
         }
     }
 }
@@ -3921,6 +3937,7 @@ __global__ void scale_rows_add_forward_kernel(float* out, const float* inp, cons
             out[off + i] = __fmul_rn(inp[off + i], s) + residual[off + i];
     }
 }
+// WRITES (ttt.h): dinp = dout * scale[b], dresidual = dout
 __global__ void scale_rows_add_backward_kernel(float* dinp, float* dresidual, const float* dout,
                                                const float* scale, int B, size_t N, int vec) {
     size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
@@ -3932,20 +3949,15 @@ __global__ void scale_rows_add_backward_kernel(float* dinp, float* dresidual, co
             float d[4], a[4];
             load_unit<4>(d, dout + off + 4 * i);
             if (dinp) {
-                load_unit<4>(a, dinp + off + 4 * i);
-                for (int j = 0; j < 4; j++) a[j] = a[j] + __fmul_rn(d[j], s);
+                for (int j = 0; j < 4; j++) a[j] = __fmul_rn(d[j], s);
                 store_unit<4>(dinp + off + 4 * i, a);
             }
-            if (dresidual) {
-                load_unit<4>(a, dresidual + off + 4 * i);
-                for (int j = 0; j < 4; j++) a[j] += d[j];
-                store_unit<4>(dresidual + off + 4 * i, a);
-            }
+            if (dresidual) store_unit<4>(dresidual + off + 4 * i, d);
         }
         for (size_t i = 4 * n4 + tid; i < N; i += stride) {
             float d = dout[off + i];
-            if (dinp) dinp[off + i] = dinp[off + i] + __fmul_rn(d, s);
-            if (dresidual) dresidual[off + i] += d;
+            if (dinp) dinp[off + i] = __fmul_rn(d, s);
+            if (dresidual) dresidual[off + i] = d;
         }
     }
 }
@@ -5721,11 +5733,13 @@ static void to_bf16_column_sum(__nv_bfloat16* dst, float* dbias, const float* sr
     launchCheck();
 }
 
-// dinp (N, C) += dout @ weight, dweight (OC, C) += dout^T @ inp on bf16 copies, rows in chunks;
-// dbias (OC) += column sums of dout in float32 (summed while dout is converted). mods (mlp): with
-// gelu_input the forward's operand was gelu(inp), recomputed into the bf16 copy for dweight; with
-// dout_gelu_pre dout is taken times gelu'(dout_gelu_pre) (in the conversion); dinp_beta 0 writes dinp
-static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout,
+// dinp (N, C) = dout @ weight + dinp_beta * dinp (1: accumulate, 0: write), dweight (OC, C) +=
+// dout^T @ inp on bf16 copies, rows in chunks (each chunk's dinp rows by one product: each row's
+// beta applies once); dbias (OC) += column sums of dout in float32 (summed while dout is
+// converted). mods (mlp): with gelu_input the forward's operand was gelu(inp), recomputed into the
+// bf16 copy for dweight; with dout_gelu_pre dout is taken times gelu'(dout_gelu_pre) (in the
+// conversion, the bias sums too)
+static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
                                  const float* inp, const float* weight, int N, int C, int OC, Bf16LinearMods mods) {
     if (dinp || dweight) {
         // per row of a chunk: dout's OC, and inp's C for dweight
@@ -5740,8 +5754,8 @@ static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, cons
             size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
             const float* pre = mods.dout_gelu_pre ? mods.dout_gelu_pre + r0 * OC : NULL;
             to_bf16_column_sum(d, dbias, dout + r0 * OC, pre, nr, OC);
-            // dinp rows (nr, C) (+)= dout rows (nr, OC) @ weight (OC, C)
-            if (dinp) gemm_bf16_rm(false, false, (int)nr, C, OC, d, OC, w, C, mods.dinp_beta, dinp + r0 * C, C);
+            // dinp rows (nr, C) = dout rows (nr, OC) @ weight (OC, C) + dinp_beta * dinp rows
+            if (dinp) gemm_bf16_rm(false, false, (int)nr, C, OC, d, OC, w, C, dinp_beta, dinp + r0 * C, C);
             if (dweight) {
                 // dweight (OC, C) += dout rows^T (OC, nr) @ inp rows (nr, C)
                 to_bf16_maybe_gelu(x, inp + r0 * C, nr * C, mods.gelu_input);

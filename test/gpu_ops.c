@@ -3,7 +3,9 @@
 // sizes) are copied to both devices. Forward outputs on the GPU are poisoned with NaN
 // first, so an element the kernel never writes fails the check. Gradient buffers are
 // pre-filled with the same random values on both sides and the INCREMENTS are compared,
-// which checks the accumulate (+=) contract. Error: max |gpu - cpu| / max |cpu|.
+// which checks the accumulate (+=) contract; gradients that an op WRITES (ttt.h: linear_backward_write's
+// dinp, window_reverse_residual_backward, scale_rows_add_backward) start as NaN on both sides and
+// are compared whole. Error: max |gpu - cpu| / max |cpu|.
 // Bounds: 1e-5 for plain float32 ops, 1e-4 for the flash attention kernels (float32 online
 // softmax over thousands of keys), 3e-3 where cuBLAS TF32 matrix products are used; the
 // linear ops run in every precision (fp32, tf32, bf16: relative L2 bounds at test_linear), the
@@ -55,6 +57,12 @@ static float* dev_poison(size_t n) {
     float* d = dev_copy(h, n);
     free(h);
     return d;
+}
+// host buffer full of NaN: the CPU side of a gradient that the op WRITES
+static float* host_poison(size_t n) {
+    float* h = (float*)mallocCheck(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = NAN;
+    return h;
 }
 static float* host_copy(const float* h, size_t n) {
     float* c = (float*)mallocCheck(n * sizeof(float));
@@ -281,6 +289,27 @@ static void test_linear(int precision, int N, int C, int OC, int with_bias, int 
     if (lt == 1 && with_bias && precision != PRECISION_BF16)
         CHECK(took_fw == 1, "linear %s N %d C %d OC %d: the forward did not take cuBLASLt", pname, N, C, OC);
     if (lt == 0) CHECK(took_fw == 0 && took_bw == 0, "linear %s N %d C %d OC %d: took cuBLASLt where the fallback was due", pname, N, C, OC);
+    // linear_backward_write: dinp WRITTEN over NaN on both sides (beta 0 in every path: a NaN read
+    // or left behind fails), dweight and dbias still accumulating onto a random start
+    {
+        char op_bww[48];
+        snprintf(op_bww, sizeof(op_bww), "linear_backward_write %s", pname);
+        size_t ni = (size_t)N * C;
+        float* di_cpu = host_poison(ni);
+        float* di_gpu = dev_poison(ni + 1) + sh;
+        Grad gw2 = grad_new_scaled((size_t)OC * C, 8.0f), gb2 = grad_new_scaled(OC, 8.0f);
+        if (misalign) { gw2.gpu = dev_copy_shifted(gw2.init, gw2.n, 1); gb2.gpu = dev_copy_shifted(gb2.init, gb2.n, 1); }
+        linear_backward_write_cpu(di_cpu, gw2.cpu, with_bias ? gb2.cpu : NULL, dy, x, w, N, C, OC);
+        linear_backward_write_cuda(di_gpu, gw2.gpu, with_bias ? gb2.gpu : NULL, ddy, dx_, dw_, N, C, OC);
+        float* got_di = host_copy_of(di_gpu, ni);
+        snprintf(name, sizeof(name), "%s dinp (=, over NaN)", op_bww);
+        check_l2(name, got_di, di_cpu, ni, tol);
+        record(op_bww, l2_rel_error(got_di, di_cpu, ni), tol);
+        grad_cmp_l2(op_bww, "dweight", &gw2, tol);
+        if (with_bias) grad_cmp_l2(op_bww, "dbias", &gb2, tol);
+        else { free(gb2.init); free(gb2.cpu); }
+        free(di_cpu); free(got_di);
+    }
     free(x); free(w); free(b); free(dy); free(ref);
     dev_free_all();
 }
@@ -927,11 +956,15 @@ static void test_swin_fusions(int B, int H, int W, int C, int ws, int shift) {
         window_reverse_residual_forward_cpu(ref2, win, res, sc, B, H, W, C, ws, shift);
         window_reverse_residual_forward_cuda(out3, d_win, d_res, d_sc, B, H, W, C, ws, shift);
         cmp("window_reverse_residual_forward", what, out3, ref2, nimg, TOL_FP32);
-        Grad gr = grad_new(nimg), gi = grad_new(nwin);
-        window_reverse_residual_backward_cpu(gr.cpu, gi.cpu, dimg, sc, B, H, W, C, ws, shift);
-        window_reverse_residual_backward_cuda(gr.gpu, gi.gpu, d_dimg, d_sc, B, H, W, C, ws, shift);
-        grad_cmp("window_reverse_residual_backward", k ? "dresidual (scaled)" : "dresidual", &gr, TOL_FP32);
-        grad_cmp("window_reverse_residual_backward", k ? "dinp (scaled)" : "dinp", &gi, TOL_FP32);
+        // the backward WRITES both (padding tokens of dinp: 0), over NaN on both sides
+        float *gr_cpu = host_poison(nimg), *gi_cpu = host_poison(nwin);
+        float *gr_gpu = dev_poison(nimg), *gi_gpu = dev_poison(nwin);
+        window_reverse_residual_backward_cpu(gr_cpu, gi_cpu, dimg, sc, B, H, W, C, ws, shift);
+        window_reverse_residual_backward_cuda(gr_gpu, gi_gpu, d_dimg, d_sc, B, H, W, C, ws, shift);
+        cmp("window_reverse_residual_backward", k ? "dresidual (=, scaled)" : "dresidual (=)", gr_gpu, gr_cpu, nimg,
+            TOL_FP32);
+        cmp("window_reverse_residual_backward", k ? "dinp (=, scaled)" : "dinp (=)", gi_gpu, gi_cpu, nwin, TOL_FP32);
+        free(gr_cpu); free(gi_cpu);
         float* out4 = dev_poison(nimg);
         float* d_inp = dev_copy(x, nimg);
         scale_rows_add_forward_cpu(ref2, x, res, sc, B, per);
@@ -939,11 +972,13 @@ static void test_swin_fusions(int B, int H, int W, int C, int ws, int shift) {
         cmp("scale_rows_add_forward", what, out4, ref2, nimg, TOL_FP32);
         scale_rows_add_forward_cuda(d_inp, d_inp, d_res, d_sc, B, per);   // in place
         cmp("scale_rows_add_forward", k ? "in place (scaled)" : "in place", d_inp, ref2, nimg, TOL_FP32);
-        Grad ga = grad_new(nimg), gc = grad_new(nimg);
-        scale_rows_add_backward_cpu(ga.cpu, gc.cpu, dimg, sc, B, per);
-        scale_rows_add_backward_cuda(ga.gpu, gc.gpu, d_dimg, d_sc, B, per);
-        grad_cmp("scale_rows_add_backward", k ? "dinp (scaled)" : "dinp", &ga, TOL_FP32);
-        grad_cmp("scale_rows_add_backward", k ? "dresidual (scaled)" : "dresidual", &gc, TOL_FP32);
+        float *ga_cpu = host_poison(nimg), *gc_cpu = host_poison(nimg);   // written too, over NaN
+        float *ga_gpu = dev_poison(nimg), *gc_gpu = dev_poison(nimg);
+        scale_rows_add_backward_cpu(ga_cpu, gc_cpu, dimg, sc, B, per);
+        scale_rows_add_backward_cuda(ga_gpu, gc_gpu, d_dimg, d_sc, B, per);
+        cmp("scale_rows_add_backward", k ? "dinp (=, scaled)" : "dinp (=)", ga_gpu, ga_cpu, nimg, TOL_FP32);
+        cmp("scale_rows_add_backward", k ? "dresidual (=, scaled)" : "dresidual (=)", gc_gpu, gc_cpu, nimg, TOL_FP32);
+        free(ga_cpu); free(gc_cpu);
     }
     free(x); free(w); free(b); free(win); free(res); free(dwin); free(dimg); free(scale);
     free(ref); free(mref); free(rref); free(aref); free(ref2);
@@ -1000,22 +1035,24 @@ static void test_swin_paths(const char* label, int B, int H, int W, int C, int w
     }
     // one gradient NULL: window_reverse_residual_backward (dimg in image order -> the window tokens)
     // and scale_rows_add_backward, with the scale row
+    // (both ops WRITE their gradients: over NaN on both sides)
     for (int k = 0; k < 2; k++) {
-        Grad gr = grad_new(nimg), gi = grad_new(nwin);
-        Grad* g = k ? &gi : &gr;
-        g->gpu = dev_copy_shifted(g->init, g->n, rows_off);
-        window_reverse_residual_backward_cpu(k ? NULL : gr.cpu, k ? gi.cpu : NULL, dimg, scale, B, H, W, C, ws, shift);
-        window_reverse_residual_backward_cuda(k ? NULL : gr.gpu, k ? gi.gpu : NULL, d_dimg, d_scale, B, H, W, C, ws,
+        size_t n = k ? nwin : nimg;
+        float* g_cpu = host_poison(n);
+        float* g_gpu = dev_poison(n + 1) + rows_off;
+        window_reverse_residual_backward_cpu(k ? NULL : g_cpu, k ? g_cpu : NULL, dimg, scale, B, H, W, C, ws, shift);
+        window_reverse_residual_backward_cuda(k ? NULL : g_gpu, k ? g_gpu : NULL, d_dimg, d_scale, B, H, W, C, ws,
                                               shift);
-        grad_cmp("window_reverse_residual_backward", k ? "dinp (dresidual NULL)" : "dresidual (dinp NULL)", g,
-                 TOL_FP32);
-        Grad* other = k ? &gr : &gi;
-        free(other->init); free(other->cpu);
-        Grad ga = grad_new(nimg);
-        ga.gpu = dev_copy_shifted(ga.init, nimg, rows_off);
-        scale_rows_add_backward_cpu(k ? ga.cpu : NULL, k ? NULL : ga.cpu, dimg, scale, B, per);
-        scale_rows_add_backward_cuda(k ? ga.gpu : NULL, k ? NULL : ga.gpu, d_dimg, d_scale, B, per);
-        grad_cmp("scale_rows_add_backward", k ? "dinp (dresidual NULL)" : "dresidual (dinp NULL)", &ga, TOL_FP32);
+        cmp("window_reverse_residual_backward", k ? "dinp (=, dresidual NULL)" : "dresidual (=, dinp NULL)", g_gpu,
+            g_cpu, n, TOL_FP32);
+        free(g_cpu);
+        float* ga_cpu = host_poison(nimg);
+        float* ga_gpu = dev_poison(nimg + 1) + rows_off;
+        scale_rows_add_backward_cpu(k ? ga_cpu : NULL, k ? NULL : ga_cpu, dimg, scale, B, per);
+        scale_rows_add_backward_cuda(k ? ga_gpu : NULL, k ? NULL : ga_gpu, d_dimg, d_scale, B, per);
+        cmp("scale_rows_add_backward", k ? "dinp (=, dresidual NULL)" : "dresidual (=, dinp NULL)", ga_gpu, ga_cpu,
+            nimg, TOL_FP32);
+        free(ga_cpu);
     }
     free(x); free(w); free(b); free(dwin); free(dimg); free(scale); free(ref); free(mref); free(rref);
     dev_free_all();
@@ -1127,7 +1164,8 @@ static void test_conv2d_bf16(const char* label, int B, int H, int W, int C, int 
 static void test_linear_bf16(int N, int C, int OC, int with_bias, int misalign) {
     long calls = ttt_cuda_bf16_calls(0);
     test_linear(PRECISION_BF16, N, C, OC, with_bias, misalign, 0);   // 0: cuBLASLt never taken
-    CHECK(ttt_cuda_bf16_calls(0) - calls == 2, "linear bf16 N %d C %d OC %d: %ld of 2 calls took the bf16 path",
+    // forward, backward, backward_write
+    CHECK(ttt_cuda_bf16_calls(0) - calls == 3, "linear bf16 N %d C %d OC %d: %ld of 3 calls took the bf16 path",
           N, C, OC, ttt_cuda_bf16_calls(0) - calls);
     ttt_cuda_set_precision(PRECISION_TF32);
 }

@@ -2,11 +2,22 @@
 // float64 reference test/data/swin_ref.bin, format in dev/swin_reference.py): the four
 // outputs, the input gradient and every parameter gradient, with TF32 matrix
 // products (so L2-relative tolerances of a few 1e-3); the same case with a drop-path table
-// (swin_drop_path_scales at rate 0.6, with dropped branches) on CUDA against the CPU; then the
+// (swin_drop_path_scales at rate 0.6, with dropped branches) on CUDA against the CPU (both with
+// the gradient arena filled with NaN first: fill_nan); then the
 // time of one Swin-S forward + backward at 2 x 512 x 512.
 #include "test/test.h"
 
 #define REF_PATH "test/data/swin_ref.bin"
+
+// the gradient arena filled with NaN before the backward: swin_backward zeroes only what it
+// accumulates into, every other buffer must be written by its first op (swin.c); an element read
+// before it is written makes the gradients NaN (fresh device memory is often zeros, which hides it)
+static void fill_nan(float* d, size_t n) {
+    float* h = (float*)mallocCheck(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = NAN;
+    ttt_to_device(d, h, n * sizeof(float));
+    free(h);
+}
 
 static void reference_check(void) {
     SwinReference ref = swin_reference_load(REF_PATH);
@@ -19,7 +30,9 @@ static void reference_check(void) {
     SwinActs a, da;
     size_t na = swin_point_acts(&a, NULL, &cfg, B, H, W);
     float* acts = (float*)ttt_malloc(na * sizeof(float));
-    float* dacts = (float*)ttt_malloc(swin_point_grad_acts(&da, NULL, &cfg, B, H, W) * sizeof(float));
+    size_t nda = swin_point_grad_acts(&da, NULL, &cfg, B, H, W);
+    float* dacts = (float*)ttt_malloc(nda * sizeof(float));
+    fill_nan(dacts, nda);
     swin_point_acts(&a, acts, &cfg, B, H, W);
     swin_point_grad_acts(&da, dacts, &cfg, B, H, W);
     swin_init_acts(&a, &cfg);
@@ -67,7 +80,9 @@ static void run_with_drop_path(const SwinReference* ref, const float* host_table
     SwinActs a, da;
     size_t na = swin_point_acts(&a, NULL, &cfg, B, H, W);
     float* acts = (float*)ttt_malloc(na * sizeof(float));
-    float* dacts = (float*)ttt_malloc(swin_point_grad_acts(&da, NULL, &cfg, B, H, W) * sizeof(float));
+    size_t nda = swin_point_grad_acts(&da, NULL, &cfg, B, H, W);
+    float* dacts = (float*)ttt_malloc(nda * sizeof(float));
+    fill_nan(dacts, nda);
     swin_point_acts(&a, acts, &cfg, B, H, W);
     swin_point_grad_acts(&da, dacts, &cfg, B, H, W);
     swin_init_acts(&a, &cfg);

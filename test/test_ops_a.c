@@ -157,6 +157,40 @@ static void test_linear_large(void) {
     free(ref); free(rdi); free(rdw); free(rdb);
 }
 
+// linear_backward_write: dinp WRITTEN (into NaN, then into 1e30 twice) equals linear_backward into
+// zeros bit for bit; dweight and dbias still accumulate onto a non-zero start, as linear_backward's;
+// with OC 0 (an empty product) dinp is written as zeros
+static void test_linear_write(int N, int C, int OC) {
+    size_t ni = (size_t)N * C, nw = (size_t)OC * C;
+    float *inp = random_tensor(&rng, ni, -1, 1), *w = random_tensor(&rng, nw, -1, 1);
+    float* dout = random_tensor(&rng, (size_t)N * OC, -1, 1);
+    float *dw_init = random_tensor(&rng, nw, -1, 1), *db_init = random_tensor(&rng, OC, -1, 1);
+    float *di_ref = zeros(ni), *dw_ref = zeros(nw), *db_ref = zeros(OC);
+    memcpy(dw_ref, dw_init, nw * sizeof(float)); memcpy(db_ref, db_init, OC * sizeof(float));
+    linear_backward_cpu(di_ref, dw_ref, db_ref, dout, inp, w, N, C, OC);
+    float *di = mallocCheck(ni * sizeof(float)), *dw = zeros(nw), *db = zeros(OC);
+    char label[96];
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < ni; i++) di[i] = k ? 1e30f : NAN;
+        memcpy(dw, dw_init, nw * sizeof(float)); memcpy(db, db_init, OC * sizeof(float));
+        linear_backward_write_cpu(di, dw, db, dout, inp, w, N, C, OC);
+        if (k) linear_backward_write_cpu(di, NULL, NULL, dout, inp, w, N, C, OC);   // twice: still written
+        snprintf(label, sizeof(label), "linear_backward_write %dx%d->%d dinp over %s", N, C, OC, k ? "1e30, twice" : "NaN");
+        CHECK(memcmp(di, di_ref, ni * sizeof(float)) == 0, "%s: not linear_backward into zeros", label);
+        check_close(label, di, di_ref, ni, 0.0);
+        snprintf(label, sizeof(label), "linear_backward_write %dx%d->%d dweight (+=)", N, C, OC);
+        check_close(label, dw, dw_ref, nw, 0.0);
+        snprintf(label, sizeof(label), "linear_backward_write %dx%d->%d dbias (+=)", N, C, OC);
+        check_close(label, db, db_ref, OC, 0.0);
+    }
+    // OC 0: dinp = the empty sum, zeros
+    for (size_t i = 0; i < ni; i++) di[i] = NAN;
+    linear_backward_write_cpu(di, NULL, NULL, dout, inp, w, N, C, 0);
+    int all_zero = 1;
+    for (size_t i = 0; i < ni; i++) all_zero &= di[i] == 0.0f;
+    CHECK(all_zero, "linear_backward_write %dx%d->0: dinp not written as zeros", N, C);
+    free(inp); free(w); free(dout); free(dw_init); free(db_init); free(di_ref); free(dw_ref); free(db_ref);
+    free(di); free(dw); free(db);
 // mlp (Swin's fc2(gelu(fc1(x)))): the forward equals linear + gelu + linear bit for bit (pre and
 // hidden too); the gradients against finite differences; dx is written (a NaN-filled dx is fully
 // overwritten, and so is a NaN-filled dhidden scratch), the parameter gradients accumulate
@@ -615,6 +649,8 @@ int main(void) {
     test_linear_case(7, 13, 11, 1);
     test_linear_case(9, 37, 5, 0);
     test_linear_large();
+    test_linear_write(7, 13, 11);
+    test_linear_write(301, 271, 37);   // every tile boundary of the CPU matmul
     test_mlp(7, 5, 20);
     test_layernorm(7, 13);
     test_layernorm(9, 70);

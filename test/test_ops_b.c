@@ -25,6 +25,29 @@ static void check_accumulates(const char* name, backward_fn bwd, void* ctx, cons
     free(twice); free(want);
 }
 
+// the WRITE (=) contract of window_reverse_residual_backward and scale_rows_add_backward (ttt.h):
+// into a buffer of NaN and into one of 1e30, once and twice, the result is g (the gradient computed
+// into zeros), exactly: nothing old is read and every element is written
+static void check_writes(const char* name, backward_fn bwd, void* ctx, const float* g, size_t n) {
+    float* buf = mallocCheck(n * sizeof(float));
+    const float fills[2] = {NAN, 1e30f};
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < n; i++) buf[i] = fills[k];
+        bwd(buf, ctx);
+        if (k == 1) bwd(buf, ctx);   // a second call overwrites, does not add
+        char label[128];
+        snprintf(label, sizeof(label), "%s writes (=) over %s%s", name, k ? "1e30" : "NaN", k ? ", twice" : "");
+        check_close(label, buf, g, n, 0.0);
+    }
+    free(buf);
+}
+
+// equal values (not bits: 0 * negative is -0 where the unfused chain adds it to +0)
+static int same_values(const float* a, const float* b, size_t n) {
+    for (size_t i = 0; i < n; i++) if (!(a[i] == b[i])) return 0;
+    return 1;
+}
+
 // ----------------------------------------------------------------------------
 // spatial ops: one case struct, forward / backward by kind
 
@@ -161,7 +184,9 @@ static void test_windows(void) {
 
 // ----------------------------------------------------------------------------
 // Swin block fusions: each fused op against the chain of ops it replaces (bitwise, except
-// layernorm_apply), and its backward against finite differences and for accumulation
+// layernorm_apply; equal values for the backwards that write), and its backward against finite
+// differences and for accumulation (layernorm_partition) or writing (window_reverse_residual,
+// scale_rows_add: ttt.h)
 
 typedef struct {
     int B, H, W, C, ws, shift;
@@ -269,24 +294,27 @@ static void test_reverse_residual(int B, int H, int W, int C, int ws, int shift,
     fusion_loss(&t);
     CHECK(same_bits(t.img, ref, t.nimg), "window_reverse_residual_forward != add(scale_rows(window_reverse)) "
           "for B%d %dx%d ws%d shift%d scale %d", B, H, W, ws, shift, with_scale);
-    // backward: add_inplace + scale_rows_backward -> window_reverse_backward, bit for bit
-    float *dres = callocCheck(t.nimg, sizeof(float)), *dwin = callocCheck(t.nwin, sizeof(float));
+    // backward (written, into NaN): add_inplace + scale_rows_backward -> window_reverse_backward
+    // into zeros, the same values (padding tokens 0)
+    float *dres = mallocCheck(t.nimg * sizeof(float)), *dwin = mallocCheck(t.nwin * sizeof(float));
+    for (size_t i = 0; i < t.nimg; i++) dres[i] = NAN;
+    for (size_t i = 0; i < t.nwin; i++) dwin[i] = NAN;
     float *dresr = callocCheck(t.nimg, sizeof(float)), *dwinr = callocCheck(t.nwin, sizeof(float));
     float* dbranch = callocCheck(t.nimg, sizeof(float));
     window_reverse_residual_backward_cpu(dres, dwin, t.R, t.scale, B, H, W, C, ws, shift);
     add_inplace_cpu(dresr, t.R, t.nimg);
     if (t.scale) scale_rows_backward_cpu(dbranch, t.R, t.scale, B, per);
     window_reverse_backward_cpu(dwinr, t.scale ? dbranch : t.R, B, H, W, C, ws, shift);
-    CHECK(same_bits(dres, dresr, t.nimg) && same_bits(dwin, dwinr, t.nwin),
+    CHECK(same_values(dres, dresr, t.nimg) && same_values(dwin, dwinr, t.nwin),
           "window_reverse_residual_backward != the unfused chain for B%d %dx%d ws%d shift%d scale %d",
           B, H, W, ws, shift, with_scale);
     char label[96];
     snprintf(label, sizeof(label), "window_reverse_residual %dx%d ws%d sh%d scale%d dinp", H, W, ws, shift, with_scale);
     grad_check(label, t.win, t.nwin, dwin, fusion_loss, &t, EPS, TOL, MAXC);
-    check_accumulates(label, reverse_residual_dwin, &t, dwin, t.nwin);
+    check_writes(label, reverse_residual_dwin, &t, dwin, t.nwin);
     snprintf(label, sizeof(label), "window_reverse_residual %dx%d ws%d sh%d scale%d dres", H, W, ws, shift, with_scale);
     grad_check(label, t.res, t.nimg, dres, fusion_loss, &t, EPS, TOL, MAXC);
-    check_accumulates(label, reverse_residual_dres, &t, dres, t.nimg);
+    check_writes(label, reverse_residual_dres, &t, dres, t.nimg);
     free(t.win); free(t.res); free(t.R); free(t.img); free(t.scale);
     free(ref); free(dres); free(dwin); free(dresr); free(dwinr); free(dbranch);
 }
@@ -323,15 +351,24 @@ static void test_scale_rows_add(int with_scale) {
     scale_rows_add_forward_cpu(inplace, inplace, t.res, t.scale, t.B, t.N);
     CHECK(same_bits(t.out, ref, n) && same_bits(inplace, ref, n),
           "scale_rows_add_forward != add_inplace(scale_rows_forward) (scale %d)", with_scale);
-    float *dinp = callocCheck(n, sizeof(float)), *dres = callocCheck(n, sizeof(float));
+    // backward (written, into NaN) against scale_rows_backward and add_inplace into zeros
+    float *dinp = mallocCheck(n * sizeof(float)), *dres = mallocCheck(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) dinp[i] = dres[i] = NAN;
     scale_rows_add_backward_cpu(dinp, dres, t.R, t.scale, t.B, t.N);
+    float *dinpr = callocCheck(n, sizeof(float)), *dresr = callocCheck(n, sizeof(float));
+    if (t.scale) scale_rows_backward_cpu(dinpr, t.R, t.scale, t.B, t.N);
+    else add_inplace_cpu(dinpr, t.R, n);
+    add_inplace_cpu(dresr, t.R, n);
+    CHECK(same_values(dinp, dinpr, n) && same_values(dres, dresr, n),
+          "scale_rows_add_backward != scale_rows_backward, add_inplace into zeros (scale %d)", with_scale);
+    free(dinpr); free(dresr);
     char label[96];
     snprintf(label, sizeof(label), "scale_rows_add (scale %d) dinp", with_scale);
     grad_check(label, t.inp, n, dinp, scale_add_loss, &t, EPS, TOL, MAXC);
-    check_accumulates(label, scale_add_dinp, &t, dinp, n);
+    check_writes(label, scale_add_dinp, &t, dinp, n);
     snprintf(label, sizeof(label), "scale_rows_add (scale %d) dres", with_scale);
     grad_check(label, t.res, n, dres, scale_add_loss, &t, EPS, TOL, MAXC);
-    check_accumulates(label, scale_add_dres, &t, dres, n);
+    check_writes(label, scale_add_dres, &t, dres, n);
     free(t.inp); free(t.res); free(t.R); free(t.out); free(t.scale); free(ref); free(inplace); free(dinp); free(dres);
 }
 

@@ -292,6 +292,46 @@ static void test_drop_path(SwinCase* t, SwinActs* da, size_t np, size_t nin) {
     free(grads); free(dinp); free(grads_ref); free(dinp_ref); free(ones); free(table);
 }
 
+// swin_backward reads no gradient buffer before writing it (most are not zeroed: their first op
+// writes them, swin.c): with the whole gradient arena filled with NaN first, the gradients equal
+// those from a zeroed arena bit for bit. Plain, with a drop-path table (zeros in it), with only
+// some outputs' gradients given (dout[s] NULL), and B = 1 in the B = 2 buffers.
+static void test_garbage_arena(SwinCase* t, SwinActs* da, float* dacts, size_t nda, size_t np, size_t nin) {
+    int B = t->B, nblocks = t->cfg.depths[0] + t->cfg.depths[1] + t->cfg.depths[2] + t->cfg.depths[3];
+    Rng rng; rng_seed(&rng, 5);
+    float* table = malloc((size_t)2 * nblocks * B * sizeof(float));
+    swin_drop_path_scales(table, &t->cfg, B, 0.5f, &rng);
+    table[0] = 0.0f;   // image 0's attention branch of block 0 dropped, at least
+    float *grads[2], *dinp[2];
+    for (int k = 0; k < 2; k++) { grads[k] = malloc(np * sizeof(float)); dinp[k] = malloc(nin * sizeof(float)); }
+    const char* names[4] = {"plain", "drop-path table", "dout[0], dout[2] NULL", "B = 1 of 2"};
+    for (int c = 0; c < 4; c++) {
+        t->a.drop_scale = c == 1 ? table : NULL;
+        int Bc = c == 3 ? 1 : B;
+        float* dout[4] = {t->R[0], t->R[1], t->R[2], t->R[3]};
+        if (c == 2) dout[0] = dout[2] = NULL;
+        swin_forward(&t->cfg, &t->p, &t->a, t->rel_index, t->inp, Bc);
+        for (int k = 0; k < 2; k++) {   // k 0: zeroed arena, 1: NaN arena
+            if (k == 0) memset(dacts, 0, nda * sizeof(float));
+            else for (size_t i = 0; i < nda; i++) dacts[i] = NAN;
+            memset(grads[k], 0, np * sizeof(float));
+            memset(dinp[k], 0, nin * sizeof(float));
+            SwinParams g; swin_point_params(&g, grads[k], &t->cfg);
+            swin_backward(&t->cfg, &t->p, &g, &t->a, da, t->rel_index, t->inp, dout, dinp[k], Bc);
+        }
+        size_t nin_c = nin / B * Bc;
+        int finite = 1;
+        for (size_t i = 0; i < np; i++) finite &= isfinite(grads[1][i]) != 0;
+        CHECK(finite && memcmp(grads[0], grads[1], np * sizeof(float)) == 0,
+              "swin_backward (%s): parameter gradients differ from a NaN-filled gradient arena", names[c]);
+        CHECK(memcmp(dinp[0], dinp[1], nin_c * sizeof(float)) == 0,
+              "swin_backward (%s): dinp differs from a NaN-filled gradient arena", names[c]);
+    }
+    t->a.drop_scale = NULL;
+    for (int k = 0; k < 2; k++) { free(grads[k]); free(dinp[k]); }
+    free(table);
+}
+
 int main(int argc, char** argv) {
     if (argc > 1) g_eps = (float)atof(argv[1]);
     Rng rng; rng_seed(&rng, 99);
@@ -308,7 +348,8 @@ int main(int argc, char** argv) {
     size_t na = swin_point_acts(&t.a, NULL, &cfg, t.B, H, W);
     float* acts = calloc(na, sizeof(float));
     SwinActs da;
-    float* dacts = calloc(swin_point_grad_acts(&da, NULL, &cfg, t.B, H, W), sizeof(float));
+    size_t nda = swin_point_grad_acts(&da, NULL, &cfg, t.B, H, W);
+    float* dacts = calloc(nda, sizeof(float));
     swin_point_acts(&t.a, acts, &cfg, t.B, H, W);
     swin_point_grad_acts(&da, dacts, &cfg, t.B, H, W);
     swin_init_acts(&t.a, &cfg);
@@ -392,6 +433,7 @@ int main(int argc, char** argv) {
         grad_check(label, tensors[k].x, tensors[k].n, tensors[k].gx, swin_loss, &t, g_eps, 2e-2, 12);
     }
     test_drop_path(&t, &da, np, nin);
+    test_garbage_arena(&t, &da, dacts, nda, np, nin);
     {   // Swin-S on 8 frames of 384 x 1248 (counted, nothing allocated): the gradient buffers
         // (one block's set shared by all blocks) against the activations
         SwinConfig ss = model_config_swin_s(19).swin;
