@@ -19,7 +19,8 @@
 // GEMMs | im2col; default: CONV_IM2COL_DEFAULT below), TTT_BF16_CONV=0|1 and
 // TTT_BF16_LINEAR=0|1 (with TTT_PRECISION=bf16: real bf16 operands, section BF16 OPERANDS at
 // the end; default 1), TTT_FATT_TC=0|1 (with bf16: Mask2Former's flash attention on the tensor
-// cores, default 1); ttt_runtime.cu reads TTT_PROFILE and TTT_GRAPHS.
+// cores, default 1), TTT_CONV_IMPLICIT=0|1 (with bf16: same-size 3x3 conv forward and dinp by
+// conv3x3_implicit_bf16_kernel, no im2col buffer, default 1); ttt_runtime.cu reads TTT_PROFILE and TTT_GRAPHS.
 // Checked with compute-sanitizer: memcheck on test/gpu_ops, racecheck on test/gpu_model.
 #include <float.h>
 #include <cuda_bf16.h>
@@ -4916,6 +4917,8 @@ extern "C" double ttt_cuda_bf16_peak_tflops(int n, int warmup, int iters) {
 //     rearranged to (C, K*K*OC), accumulated into dinp by the GEMM (beta = 1: no atomics); at
 //     stride 1 only (a strided conv's dinp: the float32 im2col path, FAST_16BF).
 //     Off with TTT_BF16_CONV=0 (then the float32 paths above, FAST_16BF).
+//     Same-size 3x3 convs with Cin % 32 == 0: forward and dinp by the implicit GEMM below
+//     (conv3x3_implicit_bf16_kernel: no im2col buffer; TTT_CONV_IMPLICIT=0: the im2col path).
 //   linear: bf16 copies of inp and weight (backward: dout, weight, inp), one bf16 GEMM per chunk
 //     of rows, where bf16_linear_taken's size rule says it pays; TTT_BF16_LINEAR=0: never.
 // Biases and bias gradients stay float32 (add_bias, column_sum_accumulate). The bf16
@@ -5255,7 +5258,7 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// out (M, N) (= or +=) the implicit GEMM above; grid (ceil(M / 128), ceil(N / BN)), 256 threads
+// out (M, N) (= or +=) the implicit GEMM above; grid ceil(M / 128) * ceil(N / BN), 256 threads
 template <int BN, bool FLIP>
 __global__ void __launch_bounds__(256, 2)
 conv3x3_implicit_bf16_kernel(float* __restrict__ out, const float* __restrict__ src,
@@ -5271,7 +5274,10 @@ conv3x3_implicit_bf16_kernel(float* __restrict__ out, const float* __restrict__ 
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     int g = lane >> 2, t = lane & 3;
     int wm = warp % WARPS_M, wn = warp / WARPS_M;
-    int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    // block b: channel tile b % ntiles_n of pixel tile b / ntiles_n (neighbouring blocks share the
+    // pixel tile, read once from memory into L2)
+    int ntiles_n = (N + BN - 1) / BN;
+    int m0 = (int)(blockIdx.x / ntiles_n) * BM, n0 = (int)(blockIdx.x % ntiles_n) * BN;
     int HW = H * W;
     // this thread's A loads: pixel rows arow + 32 i (i < 4) of the tile, channels c4 .. c4 + 3
     // of the K-step's 32; (py, px) their coordinates, py = -4 past M (no tap reaches inside)
@@ -5396,7 +5402,7 @@ static void conv3x3_implicit_bf16(float* out, const float* src, const __nv_bfloa
     gemm_flop_count += 2.0 * M * N * 9.0 * Cin;
     bool wide = N % 128 == 0;
     int bn = wide ? 128 : 64;
-    dim3 grid((unsigned)((M + 127) / 128), (unsigned)((N + bn - 1) / bn));
+    unsigned grid = (unsigned)((M + 127) / 128) * (unsigned)((N + bn - 1) / bn);
     if (wide && !flip)
         conv3x3_implicit_bf16_kernel<128, false><<<grid, 256>>>(out, src, wk, bias, M, H, W, Cin, N, accumulate);
     else if (wide)
