@@ -1002,7 +1002,8 @@ static void test_conv2d_bf16_path(const char* label, int implicit, int expect_fw
              stride, pad, C, OC, misalign ? ", misaligned" : "");
     float* got = host_copy_of(out, nout);
     check_l2(what, got, ref, nout, TOL_BF16_L2);
-    record("conv2d_forward bf16 (L2)", l2_rel_error(got, ref, nout), TOL_BF16_L2);
+    record(expect_fwd ? "conv2d_forward bf16 implicit (L2)" : "conv2d_forward bf16 (L2)", l2_rel_error(got, ref, nout),
+           TOL_BF16_L2);
     free(got);
     // pre-fill near the size of the increments (sums of K*K*OC or B*Ho*Wo products in [-1, 1])
     Grad gx = grad_new_scaled(nin, 4.0f), gw = grad_new_scaled(nw, 8.0f), gb = grad_new(OC);
@@ -1010,7 +1011,8 @@ static void test_conv2d_bf16_path(const char* label, int implicit, int expect_fw
     conv2d_backward_cpu(gx.cpu, gw.cpu, gb.cpu, dy, x, w, B, H, W, C, OC, K, stride, pad, Ho, Wo);
     conv2d_backward_cuda(gx.gpu, gw.gpu, gb.gpu, ddy, dx_, dw_, B, H, W, C, OC, K, stride, pad, Ho, Wo);
     snprintf(what, sizeof(what), "dinp [%s]", label);
-    grad_cmp_l2("conv2d_backward bf16 (L2)", what, &gx, TOL_BF16_L2);
+    grad_cmp_l2(expect_dinp ? "conv2d_backward bf16 implicit dinp (L2)" : "conv2d_backward bf16 (L2)", what, &gx,
+                TOL_BF16_L2);
     snprintf(what, sizeof(what), "dweight [%s]", label);
     grad_cmp_l2("conv2d_backward bf16 (L2)", what, &gw, TOL_BF16_L2);
     grad_cmp("conv2d_backward bf16 dbias", label, &gb, TOL_FP32);
