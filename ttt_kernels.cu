@@ -5215,7 +5215,7 @@ static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, cons
 //     (iy + 1 - ky, ix + 1 - kx) through tap (ky, kx), so dinp is a conv of dout with the
 //     spatially flipped, transposed kernel.
 //   zeros where (y + dy, x + dx) leaves the image. The plain reference is conv2d_forward_cpu /
-//   conv2d_backward_cpu (checked by test/gpu_ops.c, test_conv2d_bf16 "implicit" cases).
+//   conv2d_backward_cpu (checked by test/gpu_ops.c, test_conv2d_implicit).
 // GEMM view: M = B*H*W pixels, N output channels, K = 9 * Cin in K-steps of 32 channels of one
 // tap (tap outer, channels inner: the order of wk's rows). No im2col buffer: each K-step reads
 // the 32 channels (128 contiguous bytes, float4 loads) of each pixel's source pixel for the tap
@@ -5227,8 +5227,8 @@ static void linear_backward_bf16(float* dinp, float* dweight, float* dbias, cons
 // fragment load fall in distinct banks). Double-buffered: the next K-step's global loads go to
 // registers before the current step's mma, into the other shared buffer after; one
 // __syncthreads per K-step.
-// Fragment maps (PTX ISA, mma.m16n8k16 .bf16; g = lane / 4, t = lane % 4; each register two
-// bf16, the lower k in the low half):
+// Fragment maps per 32-bit register (PTX ISA, mma.m16n8k16 .bf16; g = lane / 4, t = lane % 4;
+// each register holds two bf16, the lower k in the low half):
 //   A (16 x 16, row): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
 //   B (16 x 8, col):  b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]
 //   C (16 x 8 f32):   c0, c1 = C[g][2t], C[g][2t+1]; c2, c3 = C[g+8][2t], C[g+8][2t+1]
