@@ -22,7 +22,9 @@
 // TTT_BF16_LINEAR=0|1 (with TTT_PRECISION=bf16: real bf16 operands, section BF16 OPERANDS at
 // the end; default 1), TTT_FATT_TC=0|1 (with bf16: Mask2Former's flash attention on the tensor
 // cores, default 1), TTT_WATT_TC=0|1 (with bf16: Swin's window attention on the tensor cores,
-// default 1); ttt_runtime.cu reads TTT_PROFILE and TTT_GRAPHS.
+// default 1), TTT_CONV_IMPLICIT=0|1 (with bf16: same-size 3x3 conv forward and dinp by
+// conv3x3_implicit_bf16_kernel, no im2col buffer, default 1); ttt_runtime.cu reads TTT_PROFILE
+// and TTT_GRAPHS.
 // Checked with compute-sanitizer: memcheck on test/gpu_ops, racecheck on test/gpu_model.
 #include <float.h>
 #include <cuda_bf16.h>
@@ -5479,6 +5481,8 @@ extern "C" double ttt_cuda_bf16_peak_tflops(int n, int warmup, int iters) {
 //     rearranged to (C, K*K*OC), accumulated into dinp by the GEMM (beta = 1: no atomics); at
 //     stride 1 only (a strided conv's dinp: the float32 im2col path, FAST_16BF).
 //     Off with TTT_BF16_CONV=0 (then the float32 paths above, FAST_16BF).
+//     Same-size 3x3 convs with Cin % 32 == 0: forward and dinp by the implicit GEMM below
+//     (conv3x3_implicit_bf16_kernel: no im2col buffer; TTT_CONV_IMPLICIT=0: the im2col path).
 //   linear: bf16 copies of inp and weight (backward: dout, weight, inp), one bf16 GEMM per chunk
 //     of rows, where bf16_linear_taken's size rule says it pays; TTT_BF16_LINEAR=0: never.
 // Biases and bias gradients stay float32 (add_bias, column_sum_accumulate). The bf16
@@ -5768,11 +5772,236 @@ static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, f
     bf16_calls[0]++;
 }
 
+// ----------------------------------------------------------------------------
+// implicit-GEMM 3x3 convolution on the tensor cores (bf16 operands, float32 sums)
+//
+// For a same-size 3x3 conv (K = 3, stride 1, pad 1, Ho = H, Wo = W) on channels-last float32
+// src (B, H, W, Cin), with wk (N, 9, Cin) in bf16 (k = tap * Cin + c contiguous):
+//   out[p, o] (= or +=) sum over taps (ky, kx) and c of src[b, y + dy, x + dx, c] * wk[o, tap, c]
+//   forward: (dy, dx) = (ky - 1, kx - 1), src = inp, wk = weight (OC, 9, C), N = OC
+//   FLIP (dinp): (dy, dx) = (1 - ky, 1 - kx), src = dout (Cin = OC), N = C and wk = wt from
+//     conv_weight_transpose_bf16_kernel: wt[c, tap, o] = weight[o, tap, c]. This is the transposed
+//     im2col of the section comment at s = 1, pad = 1: input pixel (iy, ix) meets dout at
+//     (iy + 1 - ky, ix + 1 - kx) through tap (ky, kx), so dinp is a conv of dout with the
+//     spatially flipped, transposed kernel.
+//   zeros where (y + dy, x + dx) leaves the image. The plain reference is conv2d_forward_cpu /
+//   conv2d_backward_cpu (checked by test/gpu_ops.c, test_conv2d_implicit).
+// GEMM view: M = B*H*W pixels, N output channels, K = 9 * Cin in K-steps of 32 channels of one
+// tap (tap outer, channels inner: the order of wk's rows). No im2col buffer: each K-step reads
+// the 32 channels (128 contiguous bytes, float4 loads) of each pixel's source pixel for the tap
+// straight from the float32 activations and rounds them to bf16 on the way into shared memory.
+// Tiles: block 128 pixels x BN channels (BN = 128, or 64 when N % 128 != 0), 256 threads = 8
+// warps, warp tile 64 x 32 (BN 128: 2 x 4 warps) or 32 x 32 (BN 64: 4 x 2 warps), each warp a
+// grid of m16n8k16 mma.sync ops (bf16 x bf16 -> float32). Shared: A [2][128][40] (pixel, k) and
+// B [2][BN][40] (channel, k), rows padded from 32 to 40 bf16 (80 bytes: the 8 rows g of a
+// fragment load fall in distinct banks). Double-buffered: the next K-step's global loads go to
+// registers before the current step's mma, into the other shared buffer after; one
+// __syncthreads per K-step.
+// Fragment maps per 32-bit register (PTX ISA, mma.m16n8k16 .bf16; g = lane / 4, t = lane % 4;
+// each register holds two bf16, the lower k in the low half):
+//   A (16 x 16, row): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
+//   B (16 x 8, col):  b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]
+//   C (16 x 8 f32):   c0, c1 = C[g][2t], C[g][2t+1]; c2, c3 = C[g+8][2t], C[g+8][2t+1]
+// With A stored [pixel][k] and B stored [channel][k] (k contiguous) every fragment register is
+// one aligned 32-bit shared load. Epilogue: + bias (forward, may be NULL), then out rows written
+// (=) or added to (+=, dinp's contract) as float2 pairs, rows >= M and channels >= N skipped.
+// Taken (conv3x3_implicit_taken) when Cin % 32 == 0, N % 8 == 0, src 16-byte and out 8-byte
+// aligned, and M * max(Cin, N) fits an int; else the im2col path. TTT_CONV_IMPLICIT=0: never.
+// The dweight stays on im2col + GEMM.
+// nvcc -Xptxas -v (sm_90, CUDA 13.0), __launch_bounds__(256, 2): BN 128: 126 registers, 40960 bytes
+// of shared memory; BN 64: 113 registers, 30720 bytes; no spills (2 blocks an SM).
+// Index maps checked on the host by an emulation of one kernel (the fragment maps above, exact
+// small-integer sums) against a plain conv, forward and FLIP, partial tiles in M and N.
+
+static int conv_implicit_on = -1;      // -1 unread, 0 off, 1 on
+static long conv_implicit_calls[2];    // calls run by the implicit kernel: 0 forward, 1 dinp
+extern "C" void ttt_cuda_set_conv_implicit(int on) { conv_implicit_on = on < 0 ? -1 : on != 0; }
+extern "C" long ttt_cuda_conv_implicit_calls(int which) { return conv_implicit_calls[which != 0]; }
+
+// d (16 x 8, float32) += A (16 x 16) @ B (16 x 8), bf16 fragments as in the section comment
+__device__ __forceinline__ void mma_m16n8k16_bf16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// two floats rounded to bf16 and packed, the first in the low half
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// out (M, N) (= or +=) the implicit GEMM above; grid ceil(M / 128) * ceil(N / BN), 256 threads
+template <int BN, bool FLIP>
+__global__ void __launch_bounds__(256, 2)
+conv3x3_implicit_bf16_kernel(float* __restrict__ out, const float* __restrict__ src,
+                             const __nv_bfloat16* __restrict__ wk, const float* __restrict__ bias,
+                             int M, int H, int W, int Cin, int N, int accumulate) {
+    constexpr int BM = 128, BK = 32, LDS = BK + 8;
+    constexpr int WM = BN == 128 ? 64 : 32, WN = 32;   // warp tile
+    constexpr int WARPS_M = BM / WM;                   // 2 (BN 128) or 4 (BN 64)
+    constexpr int MT = WM / 16, NT = WN / 8;           // mma tiles per warp: (4 or 2) x 4
+    constexpr int BLOADS = BN * BK / 8 / 256;          // 16-byte weight loads per thread: 2 or 1
+    __shared__ __align__(16) __nv_bfloat16 As[2][BM][LDS];
+    __shared__ __align__(16) __nv_bfloat16 Bs[2][BN][LDS];
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    int g = lane >> 2, t = lane & 3;
+    int wm = warp % WARPS_M, wn = warp / WARPS_M;
+    // block b: channel tile b % ntiles_n of pixel tile b / ntiles_n (neighbouring blocks share the
+    // pixel tile, read once from memory into L2)
+    int ntiles_n = (N + BN - 1) / BN;
+    int m0 = (int)(blockIdx.x / ntiles_n) * BM, n0 = (int)(blockIdx.x % ntiles_n) * BN;
+    int HW = H * W;
+    // this thread's A loads: pixel rows arow + 32 i (i < 4) of the tile, channels c4 .. c4 + 3
+    // of the K-step's 32; (py, px) their coordinates, py = -4 past M (no tap reaches inside)
+    int arow = tid >> 3, c4 = (tid & 7) * 4;
+    int py[4], px[4];
+    for (int i = 0; i < 4; i++) {
+        int p = m0 + arow + 32 * i;
+        int r = p % HW;
+        py[i] = p < M ? r / W : -4;
+        px[i] = r % W;
+    }
+    int csteps = Cin / BK, nsteps = 9 * csteps;
+    size_t Ktot = (size_t)9 * Cin;
+    float4 areg[4];
+    uint4 breg[BLOADS];
+    float acc[MT][NT][4];
+    for (int mi = 0; mi < MT; mi++)
+        for (int ni = 0; ni < NT; ni++)
+            for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.0f;
+
+    // K-step s (tap s / csteps, channels c0 .. c0 + 31) from global memory into registers
+    auto load_step = [&](int s) {
+        int tap = s / csteps, c0 = (s - tap * csteps) * BK;
+        int ky = tap / 3, kx = tap - 3 * ky;
+        int dy = FLIP ? 1 - ky : ky - 1, dx = FLIP ? 1 - kx : kx - 1;
+        for (int i = 0; i < 4; i++) {
+            int y = py[i] + dy, x = px[i] + dx;
+            bool inside = y >= 0 && y < H && x >= 0 && x < W;
+            int q = m0 + arow + 32 * i + dy * W + dx;   // the source pixel (same image when inside)
+            areg[i] = inside ? *reinterpret_cast<const float4*>(src + (size_t)q * Cin + c0 + c4)
+                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+        for (int j = 0; j < BLOADS; j++) {
+            int idx = tid + 256 * j, row = idx >> 2, k8 = (idx & 3) * 8;
+            int n = n0 + row;
+            breg[j] = n < N ? *reinterpret_cast<const uint4*>(wk + (size_t)n * Ktot + (size_t)tap * Cin + c0 + k8)
+                            : make_uint4(0u, 0u, 0u, 0u);
+        }
+    };
+    // the registers of load_step into shared buffer buf, A rounded to bf16
+    auto store_step = [&](int buf) {
+        for (int i = 0; i < 4; i++) {
+            uint2 v = make_uint2(pack_bf16x2(areg[i].x, areg[i].y), pack_bf16x2(areg[i].z, areg[i].w));
+            *reinterpret_cast<uint2*>(&As[buf][arow + 32 * i][c4]) = v;
+        }
+        for (int j = 0; j < BLOADS; j++) {
+            int idx = tid + 256 * j, row = idx >> 2, k8 = (idx & 3) * 8;
+            *reinterpret_cast<uint4*>(&Bs[buf][row][k8]) = breg[j];
+        }
+    };
+    // acc += A tile (warp's rows, 32 k) @ B tile (warp's channels, 32 k)^T from shared buffer buf
+    auto mma_step = [&](int buf) {
+        for (int kk = 0; kk < BK; kk += 16) {
+            uint32_t bf[NT][2];
+            for (int ni = 0; ni < NT; ni++) {
+                const __nv_bfloat16* bp = &Bs[buf][wn * WN + ni * 8 + g][kk + 2 * t];
+                bf[ni][0] = *reinterpret_cast<const uint32_t*>(bp);
+                bf[ni][1] = *reinterpret_cast<const uint32_t*>(bp + 8);
+            }
+            for (int mi = 0; mi < MT; mi++) {
+                const __nv_bfloat16* ap = &As[buf][wm * WM + mi * 16 + g][kk + 2 * t];
+                uint32_t af[4];
+                af[0] = *reinterpret_cast<const uint32_t*>(ap);
+                af[1] = *reinterpret_cast<const uint32_t*>(ap + 8 * LDS);
+                af[2] = *reinterpret_cast<const uint32_t*>(ap + 8);
+                af[3] = *reinterpret_cast<const uint32_t*>(ap + 8 * LDS + 8);
+                for (int ni = 0; ni < NT; ni++) mma_m16n8k16_bf16(acc[mi][ni], af, bf[ni][0], bf[ni][1]);
+            }
+        }
+    };
+
+    load_step(0);
+    store_step(0);
+    __syncthreads();
+    for (int s = 0; s < nsteps; s++) {
+        int buf = s & 1;
+        if (s + 1 < nsteps) load_step(s + 1);   // in flight during the mma below
+        mma_step(buf);
+        if (s + 1 < nsteps) store_step(buf ^ 1);   // buf ^ 1 was last read before the previous sync
+        __syncthreads();
+    }
+
+    // epilogue: c0, c1 at (row g, channels 2t, 2t + 1), c2, c3 at row g + 8; N % 8 == 0, so
+    // channel 2t + 1 is inside whenever 2t is
+    for (int ni = 0; ni < NT; ni++) {
+        int col = n0 + wn * WN + ni * 8 + 2 * t;
+        if (col >= N) continue;
+        float bias0 = bias ? bias[col] : 0.0f, bias1 = bias ? bias[col + 1] : 0.0f;
+        for (int mi = 0; mi < MT; mi++) {
+            for (int h = 0; h < 2; h++) {
+                int row = m0 + wm * WM + mi * 16 + g + 8 * h;
+                if (row >= M) continue;
+                float2* o = reinterpret_cast<float2*>(out + (size_t)row * N + col);
+                float2 v = make_float2(acc[mi][ni][2 * h] + bias0, acc[mi][ni][2 * h + 1] + bias1);
+                if (accumulate) {
+                    float2 old = *o;
+                    v.x += old.x;
+                    v.y += old.y;
+                }
+                *o = v;
+            }
+        }
+    }
+}
+
+// whether the implicit kernel takes this conv: src (npix, Cin) in, out (npix, N) out
+static int conv3x3_implicit_taken(const float* src, const float* out, int H, int W, int K, int stride, int pad,
+                                  int Ho, int Wo, size_t npix, int Cin, int N) {
+    if (conv_implicit_on < 0) conv_implicit_on = env_switch01("TTT_CONV_IMPLICIT", 1);
+    if (!conv_implicit_on || K != 3 || stride != 1 || pad != 1 || Ho != H || Wo != W) return 0;
+    if (Cin <= 0 || N <= 0 || Cin % 32 != 0 || N % 8 != 0) return 0;
+    if ((uintptr_t)src % 16 != 0 || (uintptr_t)out % 8 != 0) return 0;
+    size_t widest = (size_t)(Cin > N ? Cin : N);
+    return npix > 0 && npix * widest <= (size_t)2147483647;
+}
+
+// out (npix, N) (= or + bias, or += when accumulate) the implicit GEMM of src (npix = B*H*W, Cin)
+// with wk (N, 9 * Cin) in bf16; flip: the dinp taps (section comment)
+static void conv3x3_implicit_bf16(float* out, const float* src, const __nv_bfloat16* wk, const float* bias,
+                                  size_t npix, int H, int W, int Cin, int N, bool flip, int accumulate) {
+    int M = (int)npix;
+    gemm_flop_count += 2.0 * M * N * 9.0 * Cin;
+    bool wide = N % 128 == 0;
+    int bn = wide ? 128 : 64;
+    unsigned grid = (unsigned)((M + 127) / 128) * (unsigned)((N + bn - 1) / bn);
+    if (wide && !flip)
+        conv3x3_implicit_bf16_kernel<128, false><<<grid, 256>>>(out, src, wk, bias, M, H, W, Cin, N, accumulate);
+    else if (wide)
+        conv3x3_implicit_bf16_kernel<128, true><<<grid, 256>>>(out, src, wk, bias, M, H, W, Cin, N, accumulate);
+    else if (!flip)
+        conv3x3_implicit_bf16_kernel<64, false><<<grid, 256>>>(out, src, wk, bias, M, H, W, Cin, N, accumulate);
+    else
+        conv3x3_implicit_bf16_kernel<64, true><<<grid, 256>>>(out, src, wk, bias, M, H, W, Cin, N, accumulate);
+    launchCheck();
+}
+
 // conv2d forward: per chunk of output pixels, col (np, KKC) in bf16, then
 // out chunk (np, OC) = col @ weight (OC, KKC)^T with the weight in bf16; + bias
 static void conv2d_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
                                 int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo) {
     size_t npix = (size_t)B * Ho * Wo, KKC = (size_t)K * K * C;
+    if (conv3x3_implicit_taken(inp, out, H, W, K, stride, pad, Ho, Wo, npix, C, OC)) {
+        // same-size 3x3: the implicit GEMM reads inp directly, only the weight is copied to bf16
+        __nv_bfloat16* w = (__nv_bfloat16*)workspace_get(&ws_bf16, (size_t)OC * KKC * sizeof(__nv_bfloat16));
+        to_bf16(w, weight, (size_t)OC * KKC);
+        conv3x3_implicit_bf16(out, inp, w, bias, npix, H, W, C, OC, false, 0);
+        conv_implicit_calls[0]++;
+        bf16_calls[1]++;
+        return;
+    }
     size_t rows = bf16_chunk_rows(npix, KKC);
     size_t wpart = bf16_round((size_t)OC * KKC);
     __nv_bfloat16* w = (__nv_bfloat16*)workspace_get(&ws_bf16, (wpart + rows * KKC) * sizeof(__nv_bfloat16));
@@ -5798,8 +6027,10 @@ static void conv2d_backward_bf16(float* dinp, float* dweight, float* dbias, cons
     size_t KKC = (size_t)K * K * C, KKOC = (size_t)K * K * OC;
     // dweight pass: per output pixel a col row (KKC) and a dout row (OC); dinp pass: per input
     // pixel a dcolT row (KKOC). The passes share the scratch after the transposed weight.
+    // dinp of a same-size 3x3 by the implicit GEMM (FLIP: dout with wt, no dcolT buffer)
+    int implicit_dinp = dinp && conv3x3_implicit_taken(dout, dinp, H, W, K, stride, pad, Ho, Wo, nin, OC, C);
     size_t rows_w = dweight ? bf16_chunk_rows(npix, KKC + OC) : 0;
-    size_t rows_x = dinp ? bf16_chunk_rows(nin, KKOC) : 0;
+    size_t rows_x = dinp && !implicit_dinp ? bf16_chunk_rows(nin, KKOC) : 0;
     size_t wpart = dinp ? bf16_round((size_t)C * KKOC) : 0, dpart = bf16_round(rows_w * OC);
     size_t need_w = dpart + rows_w * KKC, need_x = rows_x * KKOC;
     __nv_bfloat16* wt = (__nv_bfloat16*)workspace_get(
@@ -5818,11 +6049,18 @@ static void conv2d_backward_bf16(float* dinp, float* dweight, float* dbias, cons
     if (dinp) {
         conv_weight_transpose_bf16_kernel<<<grid_for((size_t)C * KKOC, 256), 256>>>(wt, weight, C, OC, K * K);
         launchCheck();
-        __nv_bfloat16* dcol = scratch;
-        for (size_t q0 = 0; q0 < nin; q0 += rows_x) {
-            size_t nq = nin - q0 < rows_x ? nin - q0 : rows_x;
-            im2col_transposed_bf16(dcol, dout, H, W, OC, K, stride, pad, Ho, Wo, q0, nq);
-            gemm_bf16_rm(false, true, (int)nq, C, (int)KKOC, dcol, (int)KKOC, wt, (int)KKOC, 1.0f, dinp + q0 * C, C);
+        if (implicit_dinp) {
+            // dinp (nin, C) += the conv of dout (nin, OC) with the flipped kernel wt (C, 9, OC)
+            conv3x3_implicit_bf16(dinp, dout, wt, NULL, nin, H, W, OC, C, true, 1);
+            conv_implicit_calls[1]++;
+        } else {
+            __nv_bfloat16* dcol = scratch;
+            for (size_t q0 = 0; q0 < nin; q0 += rows_x) {
+                size_t nq = nin - q0 < rows_x ? nin - q0 : rows_x;
+                im2col_transposed_bf16(dcol, dout, H, W, OC, K, stride, pad, Ho, Wo, q0, nq);
+                gemm_bf16_rm(false, true, (int)nq, C, (int)KKOC, dcol, (int)KKOC, wt, (int)KKOC, 1.0f,
+                             dinp + q0 * C, C);
+            }
         }
     }
     bf16_calls[1]++;

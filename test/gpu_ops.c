@@ -1122,10 +1122,16 @@ static void test_conv2d(int B, int H, int W, int C, int OC, int K, int stride, i
 // and its gradient start 4 bytes past an aligned address (parameters in the packed buffer).
 #define TOL_BF16_L2 2e-2
 
-static void test_conv2d_bf16(const char* label, int B, int H, int W, int C, int OC, int K, int stride, int pad,
-                             int Ho, int Wo, int with_bias, int misalign) {
+// implicit: ttt_cuda_set_conv_implicit's setting for the case (0: the im2col path); expect_fwd,
+// expect_dinp: whether the forward and the dinp must run the implicit kernel (asserted with
+// ttt_cuda_conv_implicit_calls, both ways).
+static void test_conv2d_bf16_path(const char* label, int implicit, int expect_fwd, int expect_dinp, int B, int H,
+                                  int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo, int with_bias,
+                                  int misalign) {
     ttt_cuda_set_precision(PRECISION_BF16);
     ttt_cuda_set_bf16_conv(1);
+    ttt_cuda_set_conv_implicit(implicit);
+    long implicit_fwd = ttt_cuda_conv_implicit_calls(0), implicit_dinp = ttt_cuda_conv_implicit_calls(1);
     size_t nin = (size_t)B * H * W * C, nw = (size_t)OC * K * K * C, nout = (size_t)B * Ho * Wo * OC;
     float *x = rnd(nin), *w = rnd(nw), *b = with_bias ? rnd(OC) : NULL, *dy = rnd(nout);
     float *dx_ = dev_copy(x, nin), *dw_ = dev_copy_shifted(w, nw, misalign ? 1 : 0);
@@ -1140,7 +1146,8 @@ static void test_conv2d_bf16(const char* label, int B, int H, int W, int C, int 
              stride, pad, C, OC, misalign ? ", misaligned" : "");
     float* got = host_copy_of(out, nout);
     check_l2(what, got, ref, nout, TOL_BF16_L2);
-    record("conv2d_forward bf16 (L2)", l2_rel_error(got, ref, nout), TOL_BF16_L2);
+    record(expect_fwd ? "conv2d_forward bf16 implicit (L2)" : "conv2d_forward bf16 (L2)", l2_rel_error(got, ref, nout),
+           TOL_BF16_L2);
     free(got);
     // pre-fill near the size of the increments (sums of K*K*OC or B*Ho*Wo products in [-1, 1])
     Grad gx = grad_new_scaled(nin, 4.0f), gw = grad_new_scaled(nw, 8.0f), gb = grad_new(OC);
@@ -1148,16 +1155,32 @@ static void test_conv2d_bf16(const char* label, int B, int H, int W, int C, int 
     conv2d_backward_cpu(gx.cpu, gw.cpu, gb.cpu, dy, x, w, B, H, W, C, OC, K, stride, pad, Ho, Wo);
     conv2d_backward_cuda(gx.gpu, gw.gpu, gb.gpu, ddy, dx_, dw_, B, H, W, C, OC, K, stride, pad, Ho, Wo);
     snprintf(what, sizeof(what), "dinp [%s]", label);
-    grad_cmp_l2("conv2d_backward bf16 (L2)", what, &gx, TOL_BF16_L2);
+    grad_cmp_l2(expect_dinp ? "conv2d_backward bf16 implicit dinp (L2)" : "conv2d_backward bf16 (L2)", what, &gx,
+                TOL_BF16_L2);
     snprintf(what, sizeof(what), "dweight [%s]", label);
     grad_cmp_l2("conv2d_backward bf16 (L2)", what, &gw, TOL_BF16_L2);
     grad_cmp("conv2d_backward bf16 dbias", label, &gb, TOL_FP32);
     CHECK(ttt_cuda_bf16_calls(1) - calls == 2, "conv2d bf16 [%s]: %ld of 2 calls took the bf16 path", label,
           ttt_cuda_bf16_calls(1) - calls);
+    long ran_fwd = ttt_cuda_conv_implicit_calls(0) - implicit_fwd, ran_dinp = ttt_cuda_conv_implicit_calls(1) - implicit_dinp;
+    CHECK(ran_fwd == expect_fwd && ran_dinp == expect_dinp,
+          "conv2d bf16 [%s]: implicit kernel ran forward %ld, dinp %ld times; expected %d, %d", label, ran_fwd,
+          ran_dinp, expect_fwd, expect_dinp);
     free(x); free(w); free(b); free(dy); free(ref);
     dev_free_all();
+    ttt_cuda_set_conv_implicit(-1);
     ttt_cuda_set_bf16_conv(-1);
     ttt_cuda_set_precision(PRECISION_TF32);
+}
+// the im2col bf16 path (implicit kernel off)
+static void test_conv2d_bf16(const char* label, int B, int H, int W, int C, int OC, int K, int stride, int pad,
+                             int Ho, int Wo, int with_bias, int misalign) {
+    test_conv2d_bf16_path(label, 0, 0, 0, B, H, W, C, OC, K, stride, pad, Ho, Wo, with_bias, misalign);
+}
+// a same-size 3x3 conv with the implicit kernel on (ttt_cuda_set_conv_implicit(1))
+static void test_conv2d_implicit(const char* label, int expect_fwd, int expect_dinp, int B, int H, int W, int C,
+                                 int OC, int with_bias) {
+    test_conv2d_bf16_path(label, 1, expect_fwd, expect_dinp, B, H, W, C, OC, 3, 1, 1, H, W, with_bias, 0);
 }
 
 // a linear that must take the bf16 operands (ttt_cuda_set_bf16_linear(2) around it)
@@ -1785,6 +1808,26 @@ int main(void) {
     ttt_cuda_set_bf16_scratch((size_t)1 << 20);   // 3 chunks of 448 pixels at C 256
     test_conv2d_bf16("chunked C 256", 2, 12, 39, 256, 256, 3, 1, 1, 12, 39, 1, 0);
     ttt_cuda_set_bf16_scratch(0);
+    // same-size 3x3 by the implicit GEMM on the tensor cores (conv3x3_implicit_bf16_kernel): forward
+    // (Cin = C) and dinp (Cin = OC) each taken when Cin % 32 == 0 and its output channels % 8 == 0
+    test_conv2d_implicit("implicit C 256, partial tiles", 1, 1, 2, 12, 39, 256, 256, 1);    // M 936: 7.3 tiles
+    test_conv2d_implicit("implicit C 256, no bias", 1, 1, 1, 24, 78, 256, 256, 0);
+    test_conv2d_implicit("implicit C 64 -> 256", 1, 1, 2, 7, 19, 64, 256, 1);               // dinp: BN 64
+    test_conv2d_implicit("implicit C 256 -> 64", 1, 1, 2, 9, 13, 256, 64, 0);               // forward: BN 64
+    test_conv2d_implicit("implicit one row", 1, 1, 3, 1, 37, 32, 96, 1);                    // N 96, 32: partial N tiles
+    test_conv2d_implicit("implicit one column", 1, 1, 2, 21, 1, 32, 32, 1);
+    test_conv2d_implicit("implicit 1x1 map", 1, 1, 5, 1, 1, 64, 128, 1);                    // centre tap only
+    test_conv2d_implicit("implicit C 128 -> 384", 1, 1, 1, 17, 23, 128, 384, 1);            // N 384: 3 tiles of 128
+    test_conv2d_implicit("implicit forward only, OC 40", 1, 0, 2, 6, 11, 32, 40, 1);        // dinp: Cin 40
+    test_conv2d_implicit("implicit dinp only, C 48", 0, 1, 2, 6, 11, 48, 64, 1);            // forward: Cin 48
+    test_conv2d_implicit("implicit not taken, C 48 -> 36", 0, 0, 2, 6, 11, 48, 36, 0);
+    dev_misalign = 1;   // activations 4 bytes past an aligned address: the im2col path
+    test_conv2d_implicit("implicit not taken, misaligned", 0, 0, 2, 6, 11, 64, 64, 1);
+    dev_misalign = 0;
+    ttt_cuda_set_bf16_scratch(4000);   // the dweight pass chunked while dinp runs the implicit kernel
+    test_conv2d_implicit("implicit, dweight chunked", 1, 1, 2, 5, 7, 32, 64, 1);
+    ttt_cuda_set_bf16_scratch(0);
+    test_conv2d_bf16_path("implicit off, strided", 1, 0, 0, 1, 15, 13, 32, 64, 3, 2, 1, 8, 7, 1, 0);
     test_bf16_linear_rule();
     ttt_cuda_set_bf16_linear(2);       // every linear: odd, small and misaligned shapes too
     test_linear_bf16(257, 131, 97, 1, 0);
