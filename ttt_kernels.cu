@@ -23,8 +23,8 @@
 // the end; default 1), TTT_FATT_TC=0|1 (with bf16: Mask2Former's flash attention on the tensor
 // cores, default 1), TTT_WATT_TC=0|1 (with bf16: Swin's window attention on the tensor cores,
 // default 1), TTT_CONV_IMPLICIT=0|1 (with bf16: same-size 3x3 conv forward and dinp by
-// conv3x3_implicit_bf16_kernel, no im2col buffer, default 1); ttt_runtime.cu reads TTT_PROFILE
-// and TTT_GRAPHS.
+// conv3x3_implicit_bf16_kernel, no im2col buffer, default 0: measured slower); ttt_runtime.cu
+// reads TTT_PROFILE and TTT_GRAPHS.
 // Checked with compute-sanitizer: memcheck on test/gpu_ops, racecheck on test/gpu_model.
 #include <float.h>
 #include <cuda_bf16.h>
@@ -5481,8 +5481,8 @@ extern "C" double ttt_cuda_bf16_peak_tflops(int n, int warmup, int iters) {
 //     rearranged to (C, K*K*OC), accumulated into dinp by the GEMM (beta = 1: no atomics); at
 //     stride 1 only (a strided conv's dinp: the float32 im2col path, FAST_16BF).
 //     Off with TTT_BF16_CONV=0 (then the float32 paths above, FAST_16BF).
-//     Same-size 3x3 convs with Cin % 32 == 0: forward and dinp by the implicit GEMM below
-//     (conv3x3_implicit_bf16_kernel: no im2col buffer; TTT_CONV_IMPLICIT=0: the im2col path).
+//     With TTT_CONV_IMPLICIT=1, same-size 3x3 convs with Cin % 32 == 0: forward and dinp by the
+//     implicit GEMM below (conv3x3_implicit_bf16_kernel: no im2col buffer; off by default: slower).
 //   linear: bf16 copies of inp and weight (backward: dout, weight, inp), one bf16 GEMM per chunk
 //     of rows, where bf16_linear_taken's size rule says it pays; TTT_BF16_LINEAR=0: never.
 // Biases and bias gradients stay float32 (add_bias, column_sum_accumulate). The bf16
@@ -5806,13 +5806,19 @@ static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, f
 // one aligned 32-bit shared load. Epilogue: + bias (forward, may be NULL), then out rows written
 // (=) or added to (+=, dinp's contract) as float2 pairs, rows >= M and channels >= N skipped.
 // Taken (conv3x3_implicit_taken) when Cin % 32 == 0, N % 8 == 0, src 16-byte and out 8-byte
-// aligned, and M * max(Cin, N) fits an int; else the im2col path. TTT_CONV_IMPLICIT=0: never.
+// aligned, and M * max(Cin, N) fits an int, and it is on (below); else the im2col path.
 // The dweight stays on im2col + GEMM.
 // nvcc -Xptxas -v (sm_90, CUDA 13.0), __launch_bounds__(256, 2): BN 128: 126 registers, 40960 bytes
 // of shared memory; BN 64: 113 registers, 30720 bytes; no spills (2 blocks an SM).
 // Index maps checked on the host by an emulation of one kernel (the fragment maps above, exact
 // small-integer sums) against a plain conv, forward and FLIP, partial tiles in M and N.
 
+// OFF by default: on the H200 (B = 8 384 x 1248 bf16 step) it was slower than the bf16 im2col +
+// cuBLAS path it replaces: step 80.06 vs 77.87 ms, prediction 7.18 vs 6.79 ms; conv2d_forward at
+// 239616 x 2304 x 256 1.49 vs 1.18 ms per call. Nsight Compute (prediction's 29952-pixel convs):
+// 159 TFLOP/s, tensor pipe 25% busy, 2 blocks (16 warps) per SM, 58% of cycles with no eligible
+// warp, every tap's pixels re-read from L2 (L1 hit rate 5%). TTT_CONV_IMPLICIT=1 turns it on.
+#define CONV_IMPLICIT_DEFAULT 0
 static int conv_implicit_on = -1;      // -1 unread, 0 off, 1 on
 static long conv_implicit_calls[2];    // calls run by the implicit kernel: 0 forward, 1 dinp
 extern "C" void ttt_cuda_set_conv_implicit(int on) { conv_implicit_on = on < 0 ? -1 : on != 0; }
@@ -5960,7 +5966,7 @@ conv3x3_implicit_bf16_kernel(float* __restrict__ out, const float* __restrict__ 
 // whether the implicit kernel takes this conv: src (npix, Cin) in, out (npix, N) out
 static int conv3x3_implicit_taken(const float* src, const float* out, int H, int W, int K, int stride, int pad,
                                   int Ho, int Wo, size_t npix, int Cin, int N) {
-    if (conv_implicit_on < 0) conv_implicit_on = env_switch01("TTT_CONV_IMPLICIT", 1);
+    if (conv_implicit_on < 0) conv_implicit_on = env_switch01("TTT_CONV_IMPLICIT", CONV_IMPLICIT_DEFAULT);
     if (!conv_implicit_on || K != 3 || stride != 1 || pad != 1 || Ho != H || Wo != W) return 0;
     if (Cin <= 0 || N <= 0 || Cin % 32 != 0 || N % 8 != 0) return 0;
     if ((uintptr_t)src % 16 != 0 || (uintptr_t)out % 8 != 0) return 0;
