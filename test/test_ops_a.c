@@ -191,6 +191,8 @@ static void test_linear_write(int N, int C, int OC) {
     CHECK(all_zero, "linear_backward_write %dx%d->0: dinp not written as zeros", N, C);
     free(inp); free(w); free(dout); free(dw_init); free(db_init); free(di_ref); free(dw_ref); free(db_ref);
     free(di); free(dw); free(db);
+}
+
 // mlp (Swin's fc2(gelu(fc1(x)))): the forward equals linear + gelu + linear bit for bit (pre and
 // hidden too); the gradients against finite differences; dx is written (a NaN-filled dx is fully
 // overwritten, and so is a NaN-filled dhidden scratch), the parameter gradients accumulate
