@@ -221,10 +221,10 @@ void mlp_forward(float* out, float* pre, float* hidden, const float* x, const fl
 }
 
 void mlp_backward(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden,
-                  const float* dout, const float* pre, const float* x, const float* w1, const float* w2,
-                  int N, int C, int Ch) {
-    if (on_gpu()) mlp_backward_cuda(dx, dw1, db1, dw2, db2, dhidden, hidden, dout, pre, x, w1, w2, N, C, Ch);
-    else mlp_backward_cpu(dx, dw1, db1, dw2, db2, dhidden, hidden, dout, pre, x, w1, w2, N, C, Ch);
+                  const float* dout, const float* pre, const float* x, const float* w1, const float* b1,
+                  const float* w2, int N, int C, int Ch) {
+    if (on_gpu()) mlp_backward_cuda(dx, dw1, db1, dw2, db2, dhidden, hidden, dout, pre, x, w1, b1, w2, N, C, Ch);
+    else mlp_backward_cpu(dx, dw1, db1, dw2, db2, dhidden, hidden, dout, pre, x, w1, b1, w2, N, C, Ch);
 }
 
 // LN Adapt (mae.c): while a hook is set, it runs every LayerNorm in place of the op

@@ -421,7 +421,7 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
             // MLP half (LN2 into work_windows, free again: not kept, recomputed in the backward)
             layernorm_forward(a->work_windows, b->ln2_mean, b->ln2_rstd, b->x_mid, bp->norm2_w, bp->norm2_b, N, C);
             mlp_forward(x_out, b->fc1, a->work_hidden, a->work_windows, bp->fc1_w, bp->fc1_b, bp->fc2_w, bp->fc2_b,
-                        N, C, Ch);   // fc2(gelu(fc1(LN2))), fc1 kept
+                        N, C, Ch);   // fc2(gelu(fc1(LN2))), fc1 kept (without its bias)
             // x_out = x_mid + s_mlp[b] * fc2, in place
             scale_rows_add_forward(x_out, x_out, b->x_mid, drop_row(a->drop_scale, 2 * blk + 1, B), B,
                                    (size_t)Hs * Ws * C);
@@ -494,7 +494,7 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
                             N, C);                                    // recomputed: fc1's input
             // db->ln2 written; db->gelu: the gradient at gelu's output (scratch)
             mlp_backward(db->ln2, gb->fc1_w, gb->fc1_b, gb->fc2_w, gb->fc2_b, db->gelu, da->work_hidden, dbranch,
-                         b->fc1, da->work_windows, bp->fc1_w, bp->fc2_w, N, C, Ch);
+                         b->fc1, da->work_windows, bp->fc1_w, bp->fc1_b, bp->fc2_w, N, C, Ch);
             layernorm_backward(dx_mid, gb->norm2_w, gb->norm2_b, db->ln2, b->x_mid, bp->norm2_w,
                                b->ln2_mean, b->ln2_rstd, N, C);
             // attention half: x_mid = x_in + s_attn[b] * reverse(proj(attn(qkv(partition(ln1(x_in))))));

@@ -618,20 +618,34 @@ void gelu_backward_inplace_cpu(float* d, const float* inp, size_t N) {
     for (size_t i = 0; i < N; i++) d[i] = d[i] * gelu_slope(inp[i]);
 }
 
-// mlp: fc1, gelu into hidden, fc2 (forward); the backward of each in turn, dhidden and dx written
+// mlp: fc1 without its bias, gelu(pre + b1) into hidden, fc2 (forward); the backward of each in
+// turn, dhidden and dx written
+static void mlp_gelu_cpu(float* hidden, const float* pre, const float* b1, int N, int Ch) {
+    #pragma omp parallel for if ((size_t)N * Ch > 65536)
+    for (int r = 0; r < N; r++)
+        for (int c = 0; c < Ch; c++) {
+            float x = pre[(size_t)r * Ch + c] + (b1 ? b1[c] : 0.0f);
+            hidden[(size_t)r * Ch + c] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+        }
+}
+
 void mlp_forward_cpu(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1,
                      const float* w2, const float* b2, int N, int C, int Ch) {
-    linear_forward_cpu(pre, x, w1, b1, N, C, Ch);
-    gelu_forward_cpu(hidden, pre, (size_t)N * Ch);
+    linear_forward_cpu(pre, x, w1, NULL, N, C, Ch);
+    mlp_gelu_cpu(hidden, pre, b1, N, Ch);
     linear_forward_cpu(out, hidden, w2, b2, N, Ch, C);
 }
 
 void mlp_backward_cpu(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden,
-                      const float* dout, const float* pre, const float* x, const float* w1, const float* w2,
-                      int N, int C, int Ch) {
-    gelu_forward_cpu(hidden, pre, (size_t)N * Ch);
+                      const float* dout, const float* pre, const float* x, const float* w1, const float* b1,
+                      const float* w2, int N, int C, int Ch) {
+    mlp_gelu_cpu(hidden, pre, b1, N, Ch);
     linear_backward_write_cpu(dhidden, dw2, db2, dout, hidden, w2, N, Ch, C);
-    gelu_backward_inplace_cpu(dhidden, pre, (size_t)N * Ch);   // dpre
+    // dpre = dhidden * gelu'(pre + b1), in place
+    #pragma omp parallel for if ((size_t)N * Ch > 65536)
+    for (int r = 0; r < N; r++)
+        for (int c = 0; c < Ch; c++)
+            dhidden[(size_t)r * Ch + c] *= gelu_slope(pre[(size_t)r * Ch + c] + (b1 ? b1[c] : 0.0f));
     linear_backward_write_cpu(dx, dw1, db1, dhidden, x, w1, N, C, Ch);
 }
 

@@ -117,20 +117,21 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
 //   this op writes first (Swin's block gradients), so that it needs no zeroing.
 void linear_backward_write(float* dinp, float* dweight, float* dbias, const float* dout,
                            const float* inp, const float* weight, int N, int C, int OC);
-// Swin's MLP, fc2(gelu(fc1(x))): pre (N, Ch) = x (N, C) @ w1 (Ch, C)^T + b1, written and kept for
-// the backward; out (N, C) = gelu(pre) @ w2 (C, Ch)^T + b2. hidden (N, Ch) is a scratch that may
-// receive gelu(pre): the CPU and the GPU's float32 path write it there and multiply it; the GPU's
-// bf16 path rounds gelu(pre) straight into fc2's bf16 operand (no float32 pass over it).
-// Backward (gelu(pre) recomputed): dw1, db1, dw2, db2 accumulate (+=); dx is WRITTEN (=), not
+// Swin's MLP, fc2(gelu(fc1(x))): pre (N, Ch) = x (N, C) @ w1 (Ch, C)^T, WITHOUT fc1's bias b1 (kept
+// for the backward; b1 is added where gelu reads it, so no pass adds it to the (N, Ch) output);
+// out (N, C) = gelu(pre + b1) @ w2 (C, Ch)^T + b2. hidden (N, Ch) is a scratch that may receive
+// gelu(pre + b1): the CPU and the GPU's float32 path write it there and multiply it; the GPU's
+// bf16 path rounds gelu(pre + b1) straight into fc2's bf16 operand (no float32 pass over it).
+// Backward (gelu recomputed): dw1, db1, dw2, db2 accumulate (+=); dx is WRITTEN (=), not
 // accumulated (Swin's dLN2 has no other writer: an exception to the += rule); dhidden (N, Ch) is a
 // scratch that receives the gradient at gelu's output (then, on the CPU and the float32 path,
-// dpre = dhidden * gelu'(pre) in place; the bf16 path applies the slope while it rounds dhidden
-// into fc1's bf16 operand); hidden as in the forward.
+// dpre = dhidden * gelu'(pre + b1) in place; the bf16 path applies the slope while it rounds
+// dhidden into fc1's bf16 operand); hidden as in the forward. b1 and b2 may be NULL.
 void mlp_forward(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1,
                  const float* w2, const float* b2, int N, int C, int Ch);
 void mlp_backward(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden,
-                  const float* dout, const float* pre, const float* x, const float* w1, const float* w2,
-                  int N, int C, int Ch);
+                  const float* dout, const float* pre, const float* x, const float* w1, const float* b1,
+                  const float* w2, int N, int C, int Ch);
 
 // layernorm over the last dim C: out = (x - mean) * rstd * weight + bias.
 // mean, rstd (N) are saved for backward. eps = LN_EPS.
@@ -532,7 +533,7 @@ typedef struct {
                                  //   its gradient is added into dx_out's buffer in place]
     float *ln2;                  // (B, Hs, Ws, C) LN2(x_mid)                       [gradients only]
     float *ln2_mean, *ln2_rstd;
-    float *fc1;                  // (B, Hs, Ws, 4C)                                  [activations only]
+    float *fc1;                  // (B, Hs, Ws, 4C) fc1 without its bias (mlp's pre) [activations only]
     float *gelu;                 // (B, Hs, Ws, 4C) gelu(fc1)                        [gradients only:
                                  //   mlp_backward's dhidden scratch]
 } SwinBlockActs;
@@ -2184,7 +2185,7 @@ void linear_forward_cpu(float* out, const float* inp, const float* weight, const
 void linear_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
 void linear_backward_write_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
 void mlp_forward_cpu(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1, const float* w2, const float* b2, int N, int C, int Ch);
-void mlp_backward_cpu(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden, const float* dout, const float* pre, const float* x, const float* w1, const float* w2, int N, int C, int Ch);
+void mlp_backward_cpu(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden, const float* dout, const float* pre, const float* x, const float* w1, const float* b1, const float* w2, int N, int C, int Ch);
 void layernorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
 void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
 void groupnorm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);
@@ -2283,7 +2284,7 @@ CUDA_TWIN void linear_forward_cuda(float* out, const float* inp, const float* we
 CUDA_TWIN void linear_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
 CUDA_TWIN void linear_backward_write_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, int N, int C, int OC);
 CUDA_TWIN void mlp_forward_cuda(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1, const float* w2, const float* b2, int N, int C, int Ch);
-CUDA_TWIN void mlp_backward_cuda(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden, const float* dout, const float* pre, const float* x, const float* w1, const float* w2, int N, int C, int Ch);
+CUDA_TWIN void mlp_backward_cuda(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden, const float* dout, const float* pre, const float* x, const float* w1, const float* b1, const float* w2, int N, int C, int Ch);
 CUDA_TWIN void layernorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C);
 CUDA_TWIN void layernorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int N, int C);
 CUDA_TWIN void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int HW, int C, int G);

@@ -128,10 +128,11 @@ static int bf16_mlp_fc2_taken(int rows, int C, int OC);
 static int bf16_conv_taken(int C);
 // how linear_*_bf16 makes its operands (BF16_PLAIN: the plain linear)
 typedef struct {
-    bool gelu_input;             // the product's input is gelu(inp) (mlp's fc2)
-    const float* dout_gelu_pre;  // backward: dout times gelu'(dout_gelu_pre) (mlp's fc1), or NULL
+    bool gelu_input;             // the product's input is gelu(inp + gelu_bias) (mlp's fc2)
+    const float* dout_gelu_pre;  // backward: dout times gelu'(dout_gelu_pre + gelu_bias) (mlp's fc1), or NULL
+    const float* gelu_bias;      // the bias per column added where gelu reads its input (fc1's), or NULL
 } Bf16LinearMods;
-static const Bf16LinearMods BF16_PLAIN = {false, NULL};
+static const Bf16LinearMods BF16_PLAIN = {false, NULL, NULL};
 static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
                                 int N, int C, int OC, Bf16LinearMods mods);
 static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
@@ -321,19 +322,20 @@ __device__ __forceinline__ float gelu_slope(float x) {
 }
 
 // dst (N, OC) = v rounded to bf16, and dbias (OC, unless NULL) += the column sums of v (float32, before
-// rounding), v = src, or src * gelu'(pre) when pre is not NULL (mlp's fc1: the gradient at gelu's
-// output times its slope): column_sum_kernel's layout and sums, converting each value it reads,
+// rounding), v = src, or src * gelu'(pre + pre_bias[c]) when pre is not NULL (mlp's fc1: the
+// gradient at gelu's output times its slope; pre_bias may be NULL): column_sum_kernel's layout and sums, converting each value it reads,
 // so a bf16 linear's backward reads dout once for its bf16 copy and its bias gradient
 __global__ void float_to_bf16_column_sum_kernel(__nv_bfloat16* dst, float* dbias, const float* src, const float* pre,
-                                                int N, int OC, int rows_per_block) {
+                                                const float* pre_bias, int N, int OC, int rows_per_block) {
     __shared__ float part[16][33];
     int c = blockIdx.x * 32 + threadIdx.x;
     int r0 = blockIdx.y * rows_per_block, r1 = min(N, r0 + rows_per_block);
     float s = 0.0f;
+    float pb = pre_bias && c < OC ? pre_bias[c] : 0.0f;
     if (c < OC)
         for (int r = r0 + threadIdx.y; r < r1; r += 16) {
             float v = src[(size_t)r * OC + c];
-            if (pre) v *= gelu_slope(pre[(size_t)r * OC + c]);
+            if (pre) v *= gelu_slope(pre[(size_t)r * OC + c] + pb);
             dst[(size_t)r * OC + c] = __float2bfloat16(v);
             s += v;
         }
@@ -354,6 +356,34 @@ static void column_sum_shape(int N, int OC, dim3* grid, int* rows_per_block) {
     if (chunks > 65535) { rpb = (N + 65534) / 65535; chunks = (N + rpb - 1) / rpb; }
     *grid = dim3((OC + 31) / 32, chunks);
     *rows_per_block = rpb;
+}
+
+// mlp's gelu with fc1's bias folded in, on (rows, C) row-major (bias (C) or NULL): threads x over
+// columns, y over rows (the column, hence the bias, known per thread without index arithmetic).
+// MODE 0: out = gelu(pre + bias) (T float: hidden; T bf16: fc2's operand); MODE 1: out *=
+// gelu'(pre + bias), in place (float: dhidden becomes dpre)
+__device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_value(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+template <typename T, int MODE>
+__global__ void mlp_gelu_kernel(T* out, const float* pre, const float* bias, size_t rows, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float b = bias ? bias[c] : 0.0f;
+    for (size_t r = blockIdx.y * (size_t)blockDim.y + threadIdx.y; r < rows; r += (size_t)gridDim.y * blockDim.y) {
+        size_t i = r * C + c;
+        float x = pre[i] + b;
+        if (MODE == 0) store_value(&out[i], gelu_value(x));
+        else store_value(&out[i], (float)out[i] * gelu_slope(x));
+    }
+}
+template <typename T, int MODE>
+static void mlp_gelu(T* out, const float* pre, const float* bias, size_t rows, int C) {
+    if (rows == 0 || C <= 0) return;
+    dim3 block(32, 8);
+    size_t gy = (rows + 7) / 8;
+    if (gy > 8192) gy = 8192;
+    mlp_gelu_kernel<T, MODE><<<dim3((C + 31) / 32, (unsigned)gy), block>>>(out, pre, bias, rows, C);
+    launchCheck();
 }
 
 static void column_sum_accumulate(float* dbias, const float* dout, int N, int OC) {
@@ -608,48 +638,52 @@ static void linear_backward_staged(float* dinp, float dinp_beta, float* dweight,
     if (dbias) column_sum_accumulate(dbias, dout, N, OC);
 }
 
-// mlp (ttt.h): fc1 is a plain linear. fc2's input gelu(pre): where bf16_mlp_fc2_taken says so,
-// rounded straight into fc2's bf16 operand (no float32 gelu(pre) written and read back, forward
-// and backward); otherwise gelu_forward into hidden and the float32 linear. Backward: fc2's dinp
-// is dhidden, written (beta 0); fc1's dout is dhidden * gelu'(pre): on fc1's bf16 path the slope
-// is applied while dhidden is rounded to bf16 (with db1's column sums, one pass), otherwise by
-// gelu_backward_inplace first. dx is written (beta 0).
+// mlp (ttt.h): fc1 is a plain linear without its bias (pre = x w1^T; b1 is added where gelu reads
+// pre, so the (N, Ch) output gets no bias pass). fc2's input gelu(pre + b1): where
+// bf16_mlp_fc2_taken says so, rounded straight into fc2's bf16 operand (no float32 gelu written
+// and read back, forward and backward); otherwise into hidden (mlp_gelu) and the float32 linear.
+// Backward: fc2's dinp is dhidden, written (beta 0); fc1's dout is dhidden * gelu'(pre + b1): on
+// fc1's bf16 path the slope is applied while dhidden is rounded to bf16 (with db1's column sums,
+// one pass), otherwise by mlp_gelu in place first. dx is written (beta 0).
 extern "C" void mlp_forward_cuda(float* out, float* pre, float* hidden, const float* x, const float* w1,
                                  const float* b1, const float* w2, const float* b2, int N, int C, int Ch) {
     OpTimer timer("mlp_forward", N, C, Ch);
     if (N <= 0 || C <= 0 || Ch <= 0) return;
-    linear_forward_cuda(pre, x, w1, b1, N, C, Ch);
+    linear_forward_cuda(pre, x, w1, NULL, N, C, Ch);
     if (bf16_mlp_fc2_taken(N, Ch, C)) {
-        Bf16LinearMods gelu_in = BF16_PLAIN;
-        gelu_in.gelu_input = true;
-        linear_forward_bf16(out, pre, w2, b2, N, Ch, C, gelu_in);
+        Bf16LinearMods fc2 = BF16_PLAIN;
+        fc2.gelu_input = true;
+        fc2.gelu_bias = b1;
+        linear_forward_bf16(out, pre, w2, b2, N, Ch, C, fc2);
         return;
     }
-    gelu_forward_cuda(hidden, pre, (size_t)N * Ch);
+    mlp_gelu<float, 0>(hidden, pre, b1, (size_t)N, Ch);
     linear_forward_cuda(out, hidden, w2, b2, N, Ch, C);
 }
 
 extern "C" void mlp_backward_cuda(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden,
                                   float* hidden, const float* dout, const float* pre, const float* x,
-                                  const float* w1, const float* w2, int N, int C, int Ch) {
+                                  const float* w1, const float* b1, const float* w2, int N, int C, int Ch) {
     OpTimer timer("mlp_backward", N, C, Ch);
     if (N <= 0 || C <= 0 || Ch <= 0) return;
-    // fc2: dhidden = dout @ w2 (written), dw2 += dout^T gelu(pre), db2 += column sums of dout
+    // fc2: dhidden = dout @ w2 (written), dw2 += dout^T gelu(pre + b1), db2 += column sums of dout
     if (bf16_mlp_fc2_taken(N, Ch, C)) {
         Bf16LinearMods fc2 = BF16_PLAIN;
         fc2.gelu_input = true;
+        fc2.gelu_bias = b1;
         linear_backward_bf16(dhidden, 0.0f, dw2, db2, dout, pre, w2, N, Ch, C, fc2);
     } else {
-        gelu_forward_cuda(hidden, pre, (size_t)N * Ch);
+        mlp_gelu<float, 0>(hidden, pre, b1, (size_t)N, Ch);
         linear_backward_write_cuda(dhidden, dw2, db2, dout, hidden, w2, N, Ch, C);
     }
-    // fc1: dpre = dhidden * gelu'(pre); dx = dpre @ w1 (written), dw1 += dpre^T x, db1 += sums of dpre
+    // fc1: dpre = dhidden * gelu'(pre + b1); dx = dpre @ w1 (written), dw1 += dpre^T x, db1 += sums of dpre
     if (bf16_linear_taken(N, C, Ch)) {
         Bf16LinearMods fc1 = BF16_PLAIN;
         fc1.dout_gelu_pre = pre;
+        fc1.gelu_bias = b1;
         linear_backward_bf16(dx, 0.0f, dw1, db1, dhidden, x, w1, N, C, Ch, fc1);
     } else {
-        gelu_backward_inplace_cuda(dhidden, pre, (size_t)N * Ch);
+        mlp_gelu<float, 1>(dhidden, pre, b1, (size_t)N, Ch);
         linear_backward_write_cuda(dx, dw1, db1, dhidden, x, w1, N, C, Ch);
     }
 }
@@ -5569,12 +5603,8 @@ static size_t bf16_chunk_rows(size_t total, size_t row_elems) {
     return r < total ? r : total;
 }
 
-// dst (n) = src (n) rounded to bf16, or gelu(src) rounded (GELU: mlp's fc2 operand); float4
-// loads and two bf16 pairs stored per 4 floats when src is 16-byte and dst 8-byte aligned (vec4),
-// else one float at a time
-template <bool GELU>
-__device__ __forceinline__ float bf16_source(float x) { return GELU ? gelu_value(x) : x; }
-template <bool GELU>
+// dst (n) = src (n) rounded to bf16; float4 loads and two bf16 pairs stored per 4 floats when
+// src is 16-byte and dst 8-byte aligned (vec4), else one float at a time
 __global__ void float_to_bf16_kernel(__nv_bfloat16* dst, const float* src, size_t n, int vec4) {
     size_t start = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
     size_t done = 0;
@@ -5583,24 +5613,19 @@ __global__ void float_to_bf16_kernel(__nv_bfloat16* dst, const float* src, size_
         for (size_t i = start; i < n4; i += step) {
             float4 v = reinterpret_cast<const float4*>(src)[i];
             __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(dst + 4 * i);
-            d[0] = __floats2bfloat162_rn(bf16_source<GELU>(v.x), bf16_source<GELU>(v.y));
-            d[1] = __floats2bfloat162_rn(bf16_source<GELU>(v.z), bf16_source<GELU>(v.w));
+            d[0] = __floats2bfloat162_rn(v.x, v.y);
+            d[1] = __floats2bfloat162_rn(v.z, v.w);
         }
         done = 4 * n4;
     }
-    for (size_t i = done + start; i < n; i += step) dst[i] = __float2bfloat16(bf16_source<GELU>(src[i]));
+    for (size_t i = done + start; i < n; i += step) dst[i] = __float2bfloat16(src[i]);
 }
 
-// dst = src in bf16, or gelu(src) in bf16 when gelu is set
-static void to_bf16_maybe_gelu(__nv_bfloat16* dst, const float* src, size_t n, bool gelu) {
+static void to_bf16(__nv_bfloat16* dst, const float* src, size_t n) {
     if (n == 0) return;
     int vec4 = (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 8 == 0;
-    unsigned grid = grid_for(vec4 ? (n + 3) / 4 : n, 256);
-    if (gelu) float_to_bf16_kernel<true><<<grid, 256>>>(dst, src, n, vec4);
-    else float_to_bf16_kernel<false><<<grid, 256>>>(dst, src, n, vec4);
-    launchCheck();
+    float_to_bf16_kernel<<<grid_for(vec4 ? (n + 3) / 4 : n, 256), 256>>>(dst, src, n, vec4); launchCheck();
 }
-static void to_bf16(__nv_bfloat16* dst, const float* src, size_t n) { to_bf16_maybe_gelu(dst, src, n, false); }
 
 // C (M, N) = op(A) (M, K) @ op(B) (K, N) + beta * C, row-major with leading dimensions as in
 // gemm_rm (same operand swap for column-major cuBLAS); A and B bf16, C float32, float32 sums.
@@ -5706,7 +5731,7 @@ static void im2col_transposed_bf16(__nv_bfloat16* dcol, const float* dout, int H
 }
 
 // out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias, operands in bf16; rows in chunks. With
-// mods.gelu_input the operand is gelu(inp) (mlp's fc2)
+// mods.gelu_input the operand is gelu(inp + mods.gelu_bias) (mlp's fc2)
 static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
                                 int N, int C, int OC, Bf16LinearMods mods) {
     size_t rows = bf16_chunk_rows((size_t)N, (size_t)C);
@@ -5716,7 +5741,8 @@ static void linear_forward_bf16(float* out, const float* inp, const float* weigh
     to_bf16(w, weight, (size_t)OC * C);
     for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
         size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
-        to_bf16_maybe_gelu(x, inp + r0 * C, nr * C, mods.gelu_input);
+        if (mods.gelu_input) mlp_gelu<__nv_bfloat16, 0>(x, inp + r0 * C, mods.gelu_bias, nr, C);
+        else to_bf16(x, inp + r0 * C, nr * C);
         // out rows (nr, OC) = inp rows (nr, C) @ weight (OC, C)^T
         gemm_bf16_rm(false, true, (int)nr, OC, C, x, C, w, C, 0.0f, out + r0 * OC, OC);
     }
@@ -5725,24 +5751,25 @@ static void linear_forward_bf16(float* out, const float* inp, const float* weigh
 }
 
 // dst (nr, OC) = v in bf16, and dbias (OC) += v's column sums when dbias is not NULL; v = src, or
-// src * gelu'(pre) when pre is not NULL
-static void to_bf16_column_sum(__nv_bfloat16* dst, float* dbias, const float* src, const float* pre, size_t nr,
-                               int OC) {
+// src * gelu'(pre + pre_bias) when pre is not NULL (pre_bias per column, may be NULL)
+static void to_bf16_column_sum(__nv_bfloat16* dst, float* dbias, const float* src, const float* pre,
+                               const float* pre_bias, size_t nr, int OC) {
     if (dbias == NULL && pre == NULL) { to_bf16(dst, src, nr * OC); return; }
     if (nr == 0) return;
     dim3 grid;
     int rows_per_block;
     column_sum_shape((int)nr, OC, &grid, &rows_per_block);
-    float_to_bf16_column_sum_kernel<<<grid, dim3(32, 16)>>>(dst, dbias, src, pre, (int)nr, OC, rows_per_block);
+    float_to_bf16_column_sum_kernel<<<grid, dim3(32, 16)>>>(dst, dbias, src, pre, pre_bias, (int)nr, OC,
+                                                            rows_per_block);
     launchCheck();
 }
 
 // dinp (N, C) = dout @ weight + dinp_beta * dinp (1: accumulate, 0: write), dweight (OC, C) +=
 // dout^T @ inp on bf16 copies, rows in chunks (each chunk's dinp rows by one product: each row's
 // beta applies once); dbias (OC) += column sums of dout in float32 (summed while dout is
-// converted). mods (mlp): with gelu_input the forward's operand was gelu(inp), recomputed into the
-// bf16 copy for dweight; with dout_gelu_pre dout is taken times gelu'(dout_gelu_pre) (in the
-// conversion, the bias sums too)
+// converted). mods (mlp): with gelu_input the forward's operand was gelu(inp + gelu_bias),
+// recomputed into the bf16 copy for dweight; with dout_gelu_pre dout is taken times
+// gelu'(dout_gelu_pre + gelu_bias) (in the conversion, the bias sums too)
 static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
                                  const float* inp, const float* weight, int N, int C, int OC, Bf16LinearMods mods) {
     if (dinp || dweight) {
@@ -5757,12 +5784,13 @@ static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, f
         for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
             size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
             const float* pre = mods.dout_gelu_pre ? mods.dout_gelu_pre + r0 * OC : NULL;
-            to_bf16_column_sum(d, dbias, dout + r0 * OC, pre, nr, OC);
+            to_bf16_column_sum(d, dbias, dout + r0 * OC, pre, mods.gelu_bias, nr, OC);
             // dinp rows (nr, C) = dout rows (nr, OC) @ weight (OC, C) + dinp_beta * dinp rows
             if (dinp) gemm_bf16_rm(false, false, (int)nr, C, OC, d, OC, w, C, dinp_beta, dinp + r0 * C, C);
             if (dweight) {
                 // dweight (OC, C) += dout rows^T (OC, nr) @ inp rows (nr, C)
-                to_bf16_maybe_gelu(x, inp + r0 * C, nr * C, mods.gelu_input);
+                if (mods.gelu_input) mlp_gelu<__nv_bfloat16, 0>(x, inp + r0 * C, mods.gelu_bias, nr, C);
+                else to_bf16(x, inp + r0 * C, nr * C);
                 gemm_bf16_rm(true, false, OC, C, (int)nr, d, OC, x, C, 1.0f, dweight, C);
             }
         }
@@ -6047,7 +6075,7 @@ static void conv2d_backward_bf16(float* dinp, float* dweight, float* dbias, cons
         __nv_bfloat16* col = scratch + dpart;
         for (size_t p0 = 0; p0 < npix; p0 += rows_w) {
             size_t np = npix - p0 < rows_w ? npix - p0 : rows_w;
-            to_bf16_column_sum(d, dbias, dout + p0 * OC, NULL, np, OC);
+            to_bf16_column_sum(d, dbias, dout + p0 * OC, NULL, NULL, np, OC);
             im2col_bf16(col, inp, H, W, C, K, stride, pad, Ho, Wo, p0, np);
             gemm_bf16_rm(true, false, OC, (int)KKC, (int)np, d, OC, col, (int)KKC, 1.0f, dweight, (int)KKC);
         }

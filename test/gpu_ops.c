@@ -1223,8 +1223,8 @@ static void test_mlp(int N, int C, int Ch, int mode, int bf16_linears) {
     Grad gw1 = grad_new_scaled(nw, 8.0f), gb1 = grad_new_scaled(Ch, 8.0f);
     Grad gw2 = grad_new_scaled(nw, 8.0f), gb2 = grad_new_scaled(C, 8.0f);
     float *dx_ = dev_poison(nx), *dh_ = dev_poison(nh);
-    mlp_backward_cpu(dx_ref, gw1.cpu, gb1.cpu, gw2.cpu, gb2.cpu, dh, hid, dy, pre, x, w1, w2, N, C, Ch);
-    mlp_backward_cuda(dx_, gw1.gpu, gb1.gpu, gw2.gpu, gb2.gpu, dh_, hid_, dy_, pre_, x_, w1_, w2_, N, C, Ch);
+    mlp_backward_cpu(dx_ref, gw1.cpu, gb1.cpu, gw2.cpu, gb2.cpu, dh, hid, dy, pre, x, w1, b1, w2, N, C, Ch);
+    mlp_backward_cuda(dx_, gw1.gpu, gb1.gpu, gw2.gpu, gb2.gpu, dh_, hid_, dy_, pre_, x_, w1_, b1_, w2_, N, C, Ch);
     got = host_copy_of(dx_, nx);
     check_l2("mlp_backward dx (written over NaN)", got, dx_ref, nx, tol);
     record("mlp_backward", l2_rel_error(got, dx_ref, nx), tol);

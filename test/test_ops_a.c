@@ -193,8 +193,8 @@ static void test_linear_write(int N, int C, int OC) {
     free(di); free(dw); free(db);
 }
 
-// mlp (Swin's fc2(gelu(fc1(x)))): the forward equals linear + gelu + linear bit for bit (pre and
-// hidden too); the gradients against finite differences; dx is written (a NaN-filled dx is fully
+// mlp (Swin's fc2(gelu(fc1(x)))): the forward equals linear (pre: without b1), gelu of pre + b1,
+// linear, bit for bit (pre and hidden too); the gradients against finite differences; dx is written (a NaN-filled dx is fully
 // overwritten, and so is a NaN-filled dhidden scratch), the parameter gradients accumulate
 typedef struct { float *out, *pre, *hidden, *x, *w1, *b1, *w2, *b2, *R; int N, C, Ch; } MlpCase;
 static double mlp_loss(void* p) {
@@ -210,12 +210,13 @@ static void test_mlp(int N, int C, int Ch) {
     t.out = zeros(nx); t.pre = zeros(nh); t.hidden = zeros(nh);
     mlp_loss(&t);
     float *pre = zeros(nh), *g = zeros(nh), *ref = zeros(nx);
-    linear_forward_cpu(pre, t.x, t.w1, t.b1, N, C, Ch);
+    linear_forward_cpu(pre, t.x, t.w1, NULL, N, C, Ch);   // pre: fc1 without its bias
+    check_close("mlp forward: pre = fc1 without b1", t.pre, pre, nh, 0);
+    for (int r = 0; r < N; r++) for (int c = 0; c < Ch; c++) pre[r * Ch + c] += t.b1[c];
     gelu_forward_cpu(g, pre, nh);
     linear_forward_cpu(ref, g, t.w2, t.b2, N, Ch, C);
     check_close("mlp forward == linear, gelu, linear", t.out, ref, nx, 0);
-    check_close("mlp forward: pre = fc1", t.pre, pre, nh, 0);
-    check_close("mlp forward: hidden = gelu(pre)", t.hidden, g, nh, 0);
+    check_close("mlp forward: hidden = gelu(pre + b1)", t.hidden, g, nh, 0);
     float *dx = zeros(nx), *dh = zeros(nh);
     float* dparam[4];
     float* dinit[4];
@@ -227,8 +228,8 @@ static void test_mlp(int N, int C, int Ch) {
     }
     for (size_t i = 0; i < nx; i++) dx[i] = NAN;   // written, so never read
     for (size_t i = 0; i < nh; i++) dh[i] = NAN;
-    mlp_backward_cpu(dx, dparam[0], dparam[1], dparam[2], dparam[3], dh, t.hidden, t.R, t.pre, t.x, t.w1, t.w2,
-                     N, C, Ch);
+    mlp_backward_cpu(dx, dparam[0], dparam[1], dparam[2], dparam[3], dh, t.hidden, t.R, t.pre, t.x, t.w1, t.b1,
+                     t.w2, N, C, Ch);
     for (int k = 0; k < 4; k++)
         for (size_t i = 0; i < np[k]; i++) dparam[k][i] -= dinit[k][i];   // the increments (+=)
     char label[96];
