@@ -666,10 +666,10 @@ static void test_flash_attention(const char* label, int B, int Tq, int Tk, int N
 #define TOL_FATT_TC_LSE 5e-3
 
 // one gradient of a case: columns col0 .. col0 + C - 1 of `rows` rows `stride` floats apart in g
-// (got: the GPU's buffer on the host); asked: its increments against the CPU's in relative L2,
-// else the GPU's values must equal the pre-fill
-static void fatt_tc_grad_check(const char* what, const Grad* g, const float* got, size_t rows, int stride, int col0,
-                               int C, int asked) {
+// (got: the GPU's buffer on the host); asked: its increments against the CPU's in relative L2
+// below tol (recorded as op), else the GPU's values must equal the pre-fill
+static void tc_grad_check(const char* what, const Grad* g, const float* got, size_t rows, int stride, int col0,
+                          int C, int asked, double tol, const char* op) {
     size_t n = rows * C, k = 0, changed = 0;
     float* inc = (float*)mallocCheck(n * sizeof(float));
     float* ref = (float*)mallocCheck(n * sizeof(float));
@@ -680,12 +680,16 @@ static void fatt_tc_grad_check(const char* what, const Grad* g, const float* got
         changed += got[e] != g->init[e];
     }
     if (asked) {
-        check_l2(what, inc, ref, n, TOL_FATT_TC_GRAD);
-        record("flash_attention_backward tc (L2)", l2_rel_error(inc, ref, n), TOL_FATT_TC_GRAD);
+        check_l2(what, inc, ref, n, tol);
+        record(op, l2_rel_error(inc, ref, n), tol);
     } else {
         CHECK(changed == 0, "%s: %zu elements of a NULL gradient changed", what, changed);
     }
     free(inc); free(ref);
+}
+static void fatt_tc_grad_check(const char* what, const Grad* g, const float* got, size_t rows, int stride, int col0,
+                               int C, int asked) {
+    tc_grad_check(what, g, got, rows, stride, col0, C, asked, TOL_FATT_TC_GRAD, "flash_attention_backward tc (L2)");
 }
 
 static void test_flash_attention_tc(const char* label, int B, int Tq, int Tk, int NH, int HS, int layout,
@@ -761,25 +765,10 @@ static void test_flash_attention_tc(const char* label, int B, int Tq, int Tk, in
 #define TOL_WATT_TC_LSE 1e-2
 #define TOL_WATT_TC_GRAD 1.5e-2
 
-// fatt_tc_grad_check with the window op's bound and record name
+// tc_grad_check with the window op's bound and record name
 static void watt_tc_grad_check(const char* what, const Grad* g, const float* got, size_t rows, int stride, int col0,
                                int C, int asked) {
-    size_t n = rows * C, k = 0, changed = 0;
-    float* inc = (float*)mallocCheck(n * sizeof(float));
-    float* ref = (float*)mallocCheck(n * sizeof(float));
-    for (size_t r = 0; r < rows; r++) for (int c = 0; c < C; c++, k++) {
-        size_t e = r * stride + col0 + c;
-        inc[k] = got[e] - g->init[e];
-        ref[k] = g->cpu[e] - g->init[e];
-        changed += got[e] != g->init[e];
-    }
-    if (asked) {
-        check_l2(what, inc, ref, n, TOL_WATT_TC_GRAD);
-        record("window_attention_backward tc (L2)", l2_rel_error(inc, ref, n), TOL_WATT_TC_GRAD);
-    } else {
-        CHECK(changed == 0, "%s: %zu elements of a NULL gradient changed", what, changed);
-    }
-    free(inc); free(ref);
+    tc_grad_check(what, g, got, rows, stride, col0, C, asked, TOL_WATT_TC_GRAD, "window_attention_backward tc (L2)");
 }
 
 static void test_window_attention_tc(const char* label, int B, int T, int NH, int HS, int layout, int with_bias,
