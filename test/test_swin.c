@@ -95,6 +95,7 @@ static void check_blocks_manually(const SwinCase* t, const float* table) {
         float* want = malloc(n * sizeof(float));
         float* proj = malloc((size_t)Nw * C * sizeof(float));     // not kept by the forward:
         float* hidden = malloc(n * cfg->mlp_ratio * sizeof(float)); // recomputed here
+        float* pre = malloc(n * cfg->mlp_ratio * sizeof(float));
         for (int i = 0; i < cfg->depths[s]; i++, blk++) {
             const SwinBlockActs* b = &t->a.block[blk];
             const SwinBlockParams* bp = &t->p.block[blk];
@@ -103,12 +104,14 @@ static void check_blocks_manually(const SwinCase* t, const float* table) {
             window_reverse_forward_cpu(branch, proj, B, Hs, Ws, C, w, (i % 2 == 1) ? w / 2 : 0);
             for (size_t j = 0; j < n; j++) want[j] = b->x_in[j] + table[(size_t)2 * blk * B + j / per] * branch[j];
             worst = fmax(worst, max_rel_error(b->x_mid, want, n));
-            gelu_forward_cpu(hidden, b->fc1, n * cfg->mlp_ratio);
+            // b->fc1 is kept without its bias (mlp_forward's pre): gelu(fc1 + b1)
+            for (size_t j = 0; j < n * cfg->mlp_ratio; j++) pre[j] = b->fc1[j] + bp->fc1_b[j % Ch];
+            gelu_forward_cpu(hidden, pre, n * cfg->mlp_ratio);
             linear_forward_cpu(branch, hidden, bp->fc2_w, bp->fc2_b, B * Hs * Ws, Ch, C);
             for (size_t j = 0; j < n; j++) want[j] = b->x_mid[j] + table[(size_t)(2 * blk + 1) * B + j / per] * branch[j];
             worst = fmax(worst, max_rel_error(x_out, want, n));
         }
-        free(branch); free(want); free(proj); free(hidden);
+        free(branch); free(want); free(proj); free(hidden); free(pre);
     }
     printf("%-4s %-48s rel err %.3e (tol 1e-06)\n", worst <= 1e-6 ? "ok" : "FAIL",
            "drop-path: every block's residuals by hand", worst);
