@@ -1810,7 +1810,8 @@ int main(void) {
     ttt_cuda_set_bf16_scratch(0);
     // same-size 3x3 by the implicit GEMM on the tensor cores (conv3x3_implicit_bf16_kernel): forward
     // (Cin = C) and dinp (Cin = OC) each taken when Cin % 32 == 0 and its output channels % 8 == 0
-    test_conv2d_implicit("implicit C 256, partial tiles", 1, 1, 2, 12, 39, 256, 256, 1);    // M 936: 7.3 tiles
+    // (8 x 16 pixel tiles of one image: 12 x 39 is 2 x 3 tiles, the last ones partial)
+    test_conv2d_implicit("implicit C 256, partial tiles", 1, 1, 2, 12, 39, 256, 256, 1);
     test_conv2d_implicit("implicit C 256, no bias", 1, 1, 1, 24, 78, 256, 256, 0);
     test_conv2d_implicit("implicit C 64 -> 256", 1, 1, 2, 7, 19, 64, 256, 1);               // dinp: BN 64
     test_conv2d_implicit("implicit C 256 -> 64", 1, 1, 2, 9, 13, 256, 64, 0);               // forward: BN 64
@@ -1818,6 +1819,10 @@ int main(void) {
     test_conv2d_implicit("implicit one column", 1, 1, 2, 21, 1, 32, 32, 1);
     test_conv2d_implicit("implicit 1x1 map", 1, 1, 5, 1, 1, 64, 128, 1);                    // centre tap only
     test_conv2d_implicit("implicit C 128 -> 384", 1, 1, 1, 17, 23, 128, 384, 1);            // N 384: 3 tiles of 128
+    test_conv2d_implicit("implicit exact tiles", 1, 1, 2, 16, 32, 64, 128, 1);              // 2 x 2 full tiles
+    test_conv2d_implicit("implicit one past exact tiles", 1, 1, 2, 17, 33, 32, 64, 1);      // 3 x 3, 1-pixel edges
+    test_conv2d_implicit("implicit many small images", 1, 1, 4, 9, 17, 32, 128, 0);         // 2 x 2 tiles each
+    test_conv2d_implicit("implicit C 96, odd chunk count", 1, 1, 2, 10, 20, 96, 96, 1);     // 3 halo chunks
     test_conv2d_implicit("implicit forward only, OC 40", 1, 0, 2, 6, 11, 32, 40, 1);        // dinp: Cin 40
     test_conv2d_implicit("implicit dinp only, C 48", 0, 1, 2, 6, 11, 48, 64, 1);            // forward: Cin 48
     test_conv2d_implicit("implicit not taken, C 48 -> 36", 0, 0, 2, 6, 11, 48, 36, 0);
