@@ -5803,9 +5803,11 @@ static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, f
 // ----------------------------------------------------------------------------
 // implicit-GEMM 3x3 convolution on the tensor cores (bf16 operands, float32 sums)
 //
-// For a same-size 3x3 conv (K = 3, stride 1, pad 1, Ho = H, Wo = W) on channels-last float32
-// src (B, H, W, Cin), with wk (N, 9, Cin) in bf16 (k = tap * Cin + c contiguous):
-//   out[p, o] (= or +=) sum over taps (ky, kx) and c of src[b, y + dy, x + dx, c] * wk[o, tap, c]
+// For a same-size 3x3 conv (K = 3, stride 1, pad 1, Ho = H, Wo = W) on channels-last src
+// (B, H, W, Cin), here a bf16 copy of the float32 activations (one to_bf16 pass before the
+// kernel), with wk (N, 9, Cin) in bf16 (k = tap * Cin + c contiguous):
+//   out[b, y, x, o] (= or +=) sum over taps (ky, kx) and c of
+//       src[b, y + dy, x + dx, c] * wk[o, tap, c]
 //   forward: (dy, dx) = (ky - 1, kx - 1), src = inp, wk = weight (OC, 9, C), N = OC
 //   FLIP (dinp): (dy, dx) = (1 - ky, 1 - kx), src = dout (Cin = OC), N = C and wk = wt from
 //     conv_weight_transpose_bf16_kernel: wt[c, tap, o] = weight[o, tap, c]. This is the transposed
@@ -5814,43 +5816,69 @@ static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, f
 //     spatially flipped, transposed kernel.
 //   zeros where (y + dy, x + dx) leaves the image. The plain reference is conv2d_forward_cpu /
 //   conv2d_backward_cpu (checked by test/gpu_ops.c, test_conv2d_implicit).
-// GEMM view: M = B*H*W pixels, N output channels, K = 9 * Cin in K-steps of 32 channels of one
-// tap (tap outer, channels inner: the order of wk's rows). No im2col buffer: each K-step reads
-// the 32 channels (128 contiguous bytes, float4 loads) of each pixel's source pixel for the tap
-// straight from the float32 activations and rounds them to bf16 on the way into shared memory.
-// Tiles: block 128 pixels x BN channels (BN = 128, or 64 when N % 128 != 0), 256 threads = 8
-// warps, warp tile 64 x 32 (BN 128: 2 x 4 warps) or 32 x 32 (BN 64: 4 x 2 warps), each warp a
-// grid of m16n8k16 mma.sync ops (bf16 x bf16 -> float32). Shared: A [2][128][40] (pixel, k) and
-// B [2][BN][40] (channel, k), rows padded from 32 to 40 bf16 (80 bytes: the 8 rows g of a
-// fragment load fall in distinct banks). Double-buffered: the next K-step's global loads go to
-// registers before the current step's mma, into the other shared buffer after; one
-// __syncthreads per K-step.
-// Fragment maps per 32-bit register (PTX ISA, mma.m16n8k16 .bf16; g = lane / 4, t = lane % 4;
-// each register holds two bf16, the lower k in the low half):
+// Tiles: a block computes a 2D tile of TILE_H x 16 output pixels (rows y0 .. y0 + TILE_H - 1,
+// columns x0 .. x0 + 15 of one image; tiles past the image's right or bottom edge are partial,
+// their outside pixels computed from zeros and not stored) times BN output channels: TILE_H 8
+// with BN 128, or 64 when N % 128 != 0; or (TTT_CONV_IMPLICIT_LARGE=1, N % 128 == 0) TILE_H 16
+// with BN 128. K loop: chunk outer (32 channels c0 .. c0 + 31), tap inner, one K-step per
+// (chunk, tap). Per chunk the (TILE_H + 2) x (16 + 2) HALO of the tile (180 or 324 pixels x 32
+// channels, zeros outside the image) is staged in shared memory ONCE and all 9 taps read their A operand
+// from shifted views of it: output pixel (r, c) of the tile reads halo pixel (r + fy, c + fx),
+// (fy, fx) = (ky, kx) forward, (2 - ky, 2 - kx) FLIP (halo origin (y0 - 1, x0 - 1)). So each
+// source pixel leaves L2 ~1.4 times per chunk instead of 9 times. Per K-step the B tile (BN
+// channels x 32 k of tap `tap`) comes from wk.
+// Pipeline: cp.async (16 bytes, .cg; the halo's outside pixels by zero-fill, src-size 0) into a
+// ring of STAGES = 4 B buffers and 2 halo buffers; step s's group is committed STAGES - 1 steps
+// ahead (halo of chunk c in the group of step 9c), one cp.async.wait_group + __syncthreads per
+// step. Safety: the copy issued at step s writes B buffer (s - 1) % 4 (last read by step s - 1,
+// before this step's barrier) and, at s = 9c - 3, halo buffer c % 2 (last read by chunk c - 2,
+// step 9c - 10).
+// Warps: 256 threads = 8 warps, warp tile 64 x 32 (BN 128: 2 x 4 warps), 32 x 32 (BN 64:
+// 4 x 2 warps) or, large tile, 64 x 64 (4 x 2 warps); a warp's 16-row mma tile mi is tile row
+// r = wm * MT + mi (16 pixels of one image row). Fragments by ldmatrix.x4 (lane l gives the
+// row address of matrix l / 8, row l % 8):
+//   A (16 pixels x 16 k): lane l -> pixel c = l % 16 of row r, k + 8 (l / 16): a0..a3 as mma's
+//     a0 (rows 0-7, k 0-7), a1 (rows 8-15, k 0-7), a2 (rows 0-7, k 8-15), a3 (rows 8-15, k 8-15)
+//   B (two n8 tiles x 16 k), stored [channel][k]: lane l -> channel (l % 8) + 8 (l / 16),
+//     k + 8 ((l / 8) % 2): b0, b1 of tile ni, then b0, b1 of tile ni + 1
+// mma.m16n8k16 maps (PTX ISA, .bf16; g = lane / 4, t = lane % 4; each 32-bit register holds
+// two bf16, the lower k in the low half):
 //   A (16 x 16, row): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
 //   B (16 x 8, col):  b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]
 //   C (16 x 8 f32):   c0, c1 = C[g][2t], C[g][2t+1]; c2, c3 = C[g+8][2t], C[g+8][2t+1]
-// With A stored [pixel][k] and B stored [channel][k] (k contiguous) every fragment register is
-// one aligned 32-bit shared load. Epilogue: + bias (forward, may be NULL), then out rows written
-// (=) or added to (+=, dinp's contract) as float2 pairs, rows >= M and channels >= N skipped.
+// Shared rows are padded from 32 to 40 bf16 (80 bytes: any 8 consecutive rows of an ldmatrix
+// fall in distinct banks, and the shifted halo views stay conflict-free). Dynamic shared memory
+// (conv3x3_implicit_smem): (2 * halo + 4 * BN) * 80 bytes = 69760 (BN 128), 49280 (BN 64),
+// 92800 (large). Weight rows n >= N are clamped to N - 1 (their channels are not stored).
+// Epilogue: + bias (forward, may be NULL), then out written (=) or added to (+=, dinp's
+// contract) as float2 pairs, pixels outside the image and channels >= N skipped.
 // Taken (conv3x3_implicit_taken) when Cin % 32 == 0, N % 8 == 0, src 16-byte and out 8-byte
 // aligned, and M * max(Cin, N) fits an int, and it is on (below); else the im2col path.
 // The dweight stays on im2col + GEMM.
-// nvcc -Xptxas -v (sm_90, CUDA 13.0), __launch_bounds__(256, 2): BN 128: 126 registers, 40960 bytes
-// of shared memory; BN 64: 113 registers, 30720 bytes; no spills (2 blocks an SM).
-// Index maps checked on the host by an emulation of one kernel (the fragment maps above, exact
-// small-integer sums) against a plain conv, forward and FLIP, partial tiles in M and N.
+// nvcc -Xptxas -v (sm_90, CUDA 13.0): TILE_H 8, __launch_bounds__(256, 2): BN 128: 126 registers,
+// BN 64: 112 (forward) / 114 (FLIP), 2 blocks (16 warps) an SM by registers; large tile,
+// __launch_bounds__(256, 1): 212 registers, 1 block an SM. No stack, no spills (the #pragma
+// unrolls keep acc in registers: without them BN 128 put acc in a 256-byte stack frame).
+// Index maps checked on the host by an emulation of the kernel (cp.async with zero-fill,
+// ldmatrix and mma by the PTX maps above, exact small-integer sums) against a plain conv,
+// forward and FLIP, partial spatial tiles, B > 1, one-pixel images, partial N tiles.
 
-// OFF by default: on the H200 (B = 8 384 x 1248 bf16 step) it was slower than the bf16 im2col +
-// cuBLAS path it replaces: step 80.06 vs 77.87 ms, prediction 7.18 vs 6.79 ms; conv2d_forward at
-// 239616 x 2304 x 256 1.49 vs 1.18 ms per call. Nsight Compute (prediction's 29952-pixel convs):
-// 159 TFLOP/s, tensor pipe 25% busy, 2 blocks (16 warps) per SM, 58% of cycles with no eligible
-// warp, every tap's pixels re-read from L2 (L1 hit rate 5%). TTT_CONV_IMPLICIT=1 turns it on.
+// OFF by default until measured: the previous version (1D pixel tiles, float32 loads converted
+// in the loop, every tap's pixels re-read from L2) was slower than the bf16 im2col + cuBLAS
+// path on the H200 (step 80.06 vs 77.87 ms, prediction 7.18 vs 6.79 ms; conv2d_forward at
+// 239616 x 2304 x 256 1.49 vs 1.18 ms; 159 TFLOP/s, 58% of cycles with no eligible warp, L1 hit
+// rate 5%). TTT_CONV_IMPLICIT=1 turns it on; TTT_CONV_IMPLICIT_LARGE=1 picks the large tile.
 #define CONV_IMPLICIT_DEFAULT 0
 static int conv_implicit_on = -1;      // -1 unread, 0 off, 1 on
 static long conv_implicit_calls[2];    // calls run by the implicit kernel: 0 forward, 1 dinp
 extern "C" void ttt_cuda_set_conv_implicit(int on) { conv_implicit_on = on < 0 ? -1 : on != 0; }
 extern "C" long ttt_cuda_conv_implicit_calls(int which) { return conv_implicit_calls[which != 0]; }
+// the large tile (16 x 16 pixels x 128 channels, 1 block an SM) for N % 128 == 0 instead of the
+// 8 x 16 one (2 blocks an SM): TTT_CONV_IMPLICIT_LARGE=1, or the test hook; which pays is to be
+// measured on the H200
+#define CONV_IMPLICIT_LARGE_DEFAULT 0
+static int conv_implicit_large = -1;   // -1 unread, 0 off, 1 on
+extern "C" void ttt_cuda_set_conv_implicit_large(int on) { conv_implicit_large = on < 0 ? -1 : on != 0; }
 
 // d (16 x 8, float32) += A (16 x 16) @ B (16 x 8), bf16 fragments as in the section comment
 __device__ __forceinline__ void mma_m16n8k16_bf16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
@@ -5860,125 +5888,156 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float* d, const uint32_t* a, u
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// two floats rounded to bf16 and packed, the first in the low half
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
+// 16 bytes global -> shared without registers; src_bytes 0: the 16 bytes are zero-filled (gsrc
+// must still be a valid address)
+__device__ __forceinline__ void conv_cp_async16(void* sdst, const void* gsrc, int src_bytes) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(sdst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gsrc), "r"(src_bytes));
+}
+__device__ __forceinline__ void conv_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// wait until at most n of this thread's newest groups are still in flight
+template <int n>
+__device__ __forceinline__ void conv_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(n)); }
+// four 8 x 8 bf16 matrices from shared memory (row addresses from lanes 8i .. 8i + 7 for matrix i)
+__device__ __forceinline__ void conv_ldmatrix_x4(uint32_t* r, const void* srow) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(srow);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
 }
 
-// out (M, N) (= or +=) the implicit GEMM above; grid ceil(M / 128) * ceil(N / BN), 256 threads
-template <int BN, bool FLIP>
-__global__ void __launch_bounds__(256, 2)
-conv3x3_implicit_bf16_kernel(float* __restrict__ out, const float* __restrict__ src,
+#define CONV_TILE_W 16   // output columns of a block's tile (one mma row tile)
+#define CONV_HALO_W (CONV_TILE_W + 2)
+#define CONV_LDS 40      // bf16 per shared row (32 + 8 padding)
+#define CONV_STAGES 4    // B buffers in flight
+// dynamic shared memory of a tile of tile_h x 16 pixels x bn channels: 2 halos + the B ring
+static size_t conv3x3_implicit_smem(int tile_h, int bn) {
+    return (size_t)(2 * (tile_h + 2) * CONV_HALO_W + CONV_STAGES * bn) * CONV_LDS * sizeof(__nv_bfloat16);
+}
+
+// out (B, H, W, N) (= or +=) the implicit GEMM above of src (B, H, W, Cin) bf16; grid B *
+// ceil(H / TILE_H) * ceil(W / 16) * ceil(N / BN), 256 threads, conv3x3_implicit_smem(TILE_H, BN)
+// bytes. Variants: TILE_H 8, warp width WN 32 (BN 128 or 64; 2 blocks an SM) and the large tile
+// TILE_H 16, BN 128, WN 64 (8 warps of 64 x 64: twice the mma per fragment load and half the
+// weight traffic per pixel; ~200 registers, 1 block an SM)
+template <int BN, int TILE_H, int WN, bool FLIP>
+__global__ void __launch_bounds__(256, TILE_H == 8 ? 2 : 1)
+conv3x3_implicit_bf16_kernel(float* __restrict__ out, const __nv_bfloat16* __restrict__ src,
                              const __nv_bfloat16* __restrict__ wk, const float* __restrict__ bias,
-                             int M, int H, int W, int Cin, int N, int accumulate) {
-    constexpr int BM = 128, BK = 32, LDS = BK + 8;
-    constexpr int WM = BN == 128 ? 64 : 32, WN = 32;   // warp tile
-    constexpr int WARPS_M = BM / WM;                   // 2 (BN 128) or 4 (BN 64)
-    constexpr int MT = WM / 16, NT = WN / 8;           // mma tiles per warp: (4 or 2) x 4
-    constexpr int BLOADS = BN * BK / 8 / 256;          // 16-byte weight loads per thread: 2 or 1
-    __shared__ __align__(16) __nv_bfloat16 As[2][BM][LDS];
-    __shared__ __align__(16) __nv_bfloat16 Bs[2][BN][LDS];
+                             int H, int W, int Cin, int N, int accumulate) {
+    constexpr int BK = 32, LDS = CONV_LDS, STAGES = CONV_STAGES;
+    constexpr int HALO_W = CONV_HALO_W, HALO_PIX = (TILE_H + 2) * HALO_W;   // 180 or 324
+    constexpr int WM = BN == 128 ? 64 : 32;            // warp tile WM x WN
+    constexpr int WARPS_M = TILE_H * CONV_TILE_W / WM; // 2 (BN 128), 4 (BN 64 or TILE_H 16)
+    static_assert(WARPS_M * (BN / WN) == 8, "8 warps a block");
+    constexpr int MT = WM / 16, NT = WN / 8;           // mma tiles per warp: (4 or 2) x (4 or 8)
+    constexpr int BLOADS = BN * BK / 8 / 256;          // 16-byte weight copies per thread: 2 or 1
+    extern __shared__ __align__(16) unsigned char conv_smem[];
+    __nv_bfloat16* halo = reinterpret_cast<__nv_bfloat16*>(conv_smem);   // [2][HALO_PIX][LDS]
+    __nv_bfloat16* Bs = halo + 2 * HALO_PIX * LDS;                       // [STAGES][BN][LDS]
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     int g = lane >> 2, t = lane & 3;
     int wm = warp % WARPS_M, wn = warp / WARPS_M;
-    // block b: channel tile b % ntiles_n of pixel tile b / ntiles_n (neighbouring blocks share the
-    // pixel tile, read once from memory into L2)
+    // block: channel tile bid % ntiles_n of spatial tile bid / ntiles_n (neighbouring blocks share
+    // the pixels, read once from memory into L2)
     int ntiles_n = (N + BN - 1) / BN;
-    int m0 = (int)(blockIdx.x / ntiles_n) * BM, n0 = (int)(blockIdx.x % ntiles_n) * BN;
-    int HW = H * W;
-    // this thread's A loads: pixel rows arow + 32 i (i < 4) of the tile, channels c4 .. c4 + 3
-    // of the K-step's 32; (py, px) their coordinates, py = -4 past M (no tap reaches inside)
-    int arow = tid >> 3, c4 = (tid & 7) * 4;
-    int py[4], px[4];
-    for (int i = 0; i < 4; i++) {
-        int p = m0 + arow + 32 * i;
-        int r = p % HW;
-        py[i] = p < M ? r / W : -4;
-        px[i] = r % W;
-    }
+    int tiles_x = (W + CONV_TILE_W - 1) / CONV_TILE_W, tiles_y = (H + TILE_H - 1) / TILE_H;
+    int st = (int)(blockIdx.x / ntiles_n), n0 = (int)(blockIdx.x % ntiles_n) * BN;
+    int b = st / (tiles_y * tiles_x), rest = st - b * (tiles_y * tiles_x);
+    int y0 = (rest / tiles_x) * TILE_H, x0 = (rest % tiles_x) * CONV_TILE_W;
+    const __nv_bfloat16* img = src + (size_t)b * H * W * Cin;   // (H, W, Cin) of image b
     int csteps = Cin / BK, nsteps = 9 * csteps;
     size_t Ktot = (size_t)9 * Cin;
-    float4 areg[4];
-    uint4 breg[BLOADS];
     float acc[MT][NT][4];
+    #pragma unroll
     for (int mi = 0; mi < MT; mi++)
+        #pragma unroll
         for (int ni = 0; ni < NT; ni++)
+            #pragma unroll
             for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.0f;
 
-    // K-step s (tap s / csteps, channels c0 .. c0 + 31) from global memory into registers
-    auto load_step = [&](int s) {
-        int tap = s / csteps, c0 = (s - tap * csteps) * BK;
+    // the copies of K-step s = 9 * chunk + tap: B (BN channels, 32 k of the tap) into buffer
+    // s % STAGES; at tap 0 the chunk's halo into halo buffer chunk % 2
+    auto issue_step = [&](int s) {
+        int chunk = s / 9, tap = s - 9 * chunk, c0 = chunk * BK;
+        if (tap == 0) {
+            __nv_bfloat16* hb = halo + (chunk & 1) * HALO_PIX * LDS;
+            for (int idx = tid; idx < HALO_PIX * 4; idx += 256) {   // 4 x 16 bytes per pixel
+                int h = idx >> 2, k8 = (idx & 3) * 8;
+                int hy = h / HALO_W, hx = h - HALO_W * hy;
+                int y = y0 - 1 + hy, x = x0 - 1 + hx;
+                bool inside = y >= 0 && y < H && x >= 0 && x < W;
+                const __nv_bfloat16* gp = inside ? img + ((size_t)y * W + x) * Cin + c0 + k8 : src;
+                conv_cp_async16(hb + h * LDS + k8, gp, inside ? 16 : 0);
+            }
+        }
+        __nv_bfloat16* bs = Bs + (s % STAGES) * BN * LDS;
+        #pragma unroll
+        for (int j = 0; j < BLOADS; j++) {
+            int idx = tid + 256 * j, row = idx >> 2, k8 = (idx & 3) * 8;
+            int n = n0 + row < N ? n0 + row : N - 1;
+            conv_cp_async16(bs + row * LDS + k8, wk + (size_t)n * Ktot + (size_t)tap * Cin + c0 + k8, 16);
+        }
+    };
+    // acc += A (the warp's pixels through the tap's halo view, 32 k) @ B (the warp's channels)^T
+    auto mma_step = [&](int s) {
+        int chunk = s / 9, tap = s - 9 * chunk;
         int ky = tap / 3, kx = tap - 3 * ky;
-        int dy = FLIP ? 1 - ky : ky - 1, dx = FLIP ? 1 - kx : kx - 1;
-        for (int i = 0; i < 4; i++) {
-            int y = py[i] + dy, x = px[i] + dx;
-            bool inside = y >= 0 && y < H && x >= 0 && x < W;
-            int q = m0 + arow + 32 * i + dy * W + dx;   // the source pixel (same image when inside)
-            areg[i] = inside ? *reinterpret_cast<const float4*>(src + (size_t)q * Cin + c0 + c4)
-                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-        for (int j = 0; j < BLOADS; j++) {
-            int idx = tid + 256 * j, row = idx >> 2, k8 = (idx & 3) * 8;
-            int n = n0 + row;
-            breg[j] = n < N ? *reinterpret_cast<const uint4*>(wk + (size_t)n * Ktot + (size_t)tap * Cin + c0 + k8)
-                            : make_uint4(0u, 0u, 0u, 0u);
-        }
-    };
-    // the registers of load_step into shared buffer buf, A rounded to bf16
-    auto store_step = [&](int buf) {
-        for (int i = 0; i < 4; i++) {
-            uint2 v = make_uint2(pack_bf16x2(areg[i].x, areg[i].y), pack_bf16x2(areg[i].z, areg[i].w));
-            *reinterpret_cast<uint2*>(&As[buf][arow + 32 * i][c4]) = v;
-        }
-        for (int j = 0; j < BLOADS; j++) {
-            int idx = tid + 256 * j, row = idx >> 2, k8 = (idx & 3) * 8;
-            *reinterpret_cast<uint4*>(&Bs[buf][row][k8]) = breg[j];
-        }
-    };
-    // acc += A tile (warp's rows, 32 k) @ B tile (warp's channels, 32 k)^T from shared buffer buf
-    auto mma_step = [&](int buf) {
+        int fy = FLIP ? 2 - ky : ky, fx = FLIP ? 2 - kx : kx;
+        const __nv_bfloat16* hb = halo + (chunk & 1) * HALO_PIX * LDS;
+        const __nv_bfloat16* bs = Bs + (s % STAGES) * BN * LDS;
+        #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
             uint32_t bf[NT][2];
-            for (int ni = 0; ni < NT; ni++) {
-                const __nv_bfloat16* bp = &Bs[buf][wn * WN + ni * 8 + g][kk + 2 * t];
-                bf[ni][0] = *reinterpret_cast<const uint32_t*>(bp);
-                bf[ni][1] = *reinterpret_cast<const uint32_t*>(bp + 8);
+            #pragma unroll
+            for (int np = 0; np < NT / 2; np++) {
+                uint32_t r[4];
+                int n = wn * WN + np * 16 + (lane & 7) + ((lane >> 4) << 3);
+                conv_ldmatrix_x4(r, bs + n * LDS + kk + ((lane >> 3) & 1) * 8);
+                bf[2 * np][0] = r[0];
+                bf[2 * np][1] = r[1];
+                bf[2 * np + 1][0] = r[2];
+                bf[2 * np + 1][1] = r[3];
             }
+            #pragma unroll
             for (int mi = 0; mi < MT; mi++) {
-                const __nv_bfloat16* ap = &As[buf][wm * WM + mi * 16 + g][kk + 2 * t];
+                int r = wm * MT + mi;   // tile row of the mma tile
                 uint32_t af[4];
-                af[0] = *reinterpret_cast<const uint32_t*>(ap);
-                af[1] = *reinterpret_cast<const uint32_t*>(ap + 8 * LDS);
-                af[2] = *reinterpret_cast<const uint32_t*>(ap + 8);
-                af[3] = *reinterpret_cast<const uint32_t*>(ap + 8 * LDS + 8);
+                conv_ldmatrix_x4(af, hb + ((r + fy) * HALO_W + (lane & 15) + fx) * LDS + kk + (lane >> 4) * 8);
+                #pragma unroll
                 for (int ni = 0; ni < NT; ni++) mma_m16n8k16_bf16(acc[mi][ni], af, bf[ni][0], bf[ni][1]);
             }
         }
     };
 
-    load_step(0);
-    store_step(0);
-    __syncthreads();
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < nsteps) issue_step(s);
+        conv_cp_async_commit();   // one group per step, empty ones too: the wait count stays exact
+    }
     for (int s = 0; s < nsteps; s++) {
-        int buf = s & 1;
-        if (s + 1 < nsteps) load_step(s + 1);   // in flight during the mma below
-        mma_step(buf);
-        if (s + 1 < nsteps) store_step(buf ^ 1);   // buf ^ 1 was last read before the previous sync
-        __syncthreads();
+        conv_cp_async_wait<STAGES - 2>();   // step s's group has landed (this thread's copies)
+        __syncthreads();                    // everyone's copies visible; step s - 1's reads done
+        if (s + STAGES - 1 < nsteps) issue_step(s + STAGES - 1);
+        conv_cp_async_commit();
+        mma_step(s);
     }
 
-    // epilogue: c0, c1 at (row g, channels 2t, 2t + 1), c2, c3 at row g + 8; N % 8 == 0, so
-    // channel 2t + 1 is inside whenever 2t is
+    // epilogue: c0, c1 at (pixel g, channels 2t, 2t + 1), c2, c3 at pixel g + 8 of tile row r;
+    // N % 8 == 0, so channel 2t + 1 is inside whenever 2t is
+    #pragma unroll
     for (int ni = 0; ni < NT; ni++) {
         int col = n0 + wn * WN + ni * 8 + 2 * t;
         if (col >= N) continue;
         float bias0 = bias ? bias[col] : 0.0f, bias1 = bias ? bias[col + 1] : 0.0f;
+        #pragma unroll
         for (int mi = 0; mi < MT; mi++) {
+            int y = y0 + wm * MT + mi;
+            if (y >= H) continue;
+            #pragma unroll
             for (int h = 0; h < 2; h++) {
-                int row = m0 + wm * WM + mi * 16 + g + 8 * h;
-                if (row >= M) continue;
-                float2* o = reinterpret_cast<float2*>(out + (size_t)row * N + col);
+                int x = x0 + g + 8 * h;
+                if (x >= W) continue;
+                float2* o = reinterpret_cast<float2*>(out + (((size_t)b * H + y) * W + x) * N + col);
                 float2 v = make_float2(acc[mi][ni][2 * h] + bias0, acc[mi][ni][2 * h + 1] + bias1);
                 if (accumulate) {
                     float2 old = *o;
@@ -6002,24 +6061,37 @@ static int conv3x3_implicit_taken(const float* src, const float* out, int H, int
     return npix > 0 && npix * widest <= (size_t)2147483647;
 }
 
-// out (npix, N) (= or + bias, or += when accumulate) the implicit GEMM of src (npix = B*H*W, Cin)
-// with wk (N, 9 * Cin) in bf16; flip: the dinp taps (section comment)
-static void conv3x3_implicit_bf16(float* out, const float* src, const __nv_bfloat16* wk, const float* bias,
-                                  size_t npix, int H, int W, int Cin, int N, bool flip, int accumulate) {
-    int M = (int)npix;
-    gemm_flop_count += 2.0 * M * N * 9.0 * Cin;
-    bool wide = N % 128 == 0;
-    int bn = wide ? 128 : 64;
-    unsigned grid = (unsigned)((M + 127) / 128) * (unsigned)((N + bn - 1) / bn);
-    if (wide && !flip)
-        conv3x3_implicit_bf16_kernel<128, false><<<grid, 256>>>(out, src, wk, bias, M, H, W, Cin, N, accumulate);
-    else if (wide)
-        conv3x3_implicit_bf16_kernel<128, true><<<grid, 256>>>(out, src, wk, bias, M, H, W, Cin, N, accumulate);
-    else if (!flip)
-        conv3x3_implicit_bf16_kernel<64, false><<<grid, 256>>>(out, src, wk, bias, M, H, W, Cin, N, accumulate);
-    else
-        conv3x3_implicit_bf16_kernel<64, true><<<grid, 256>>>(out, src, wk, bias, M, H, W, Cin, N, accumulate);
+// one variant of the kernel on grid blocks, its shared memory limit raised on the first call
+template <int BN, int TILE_H, int WN, bool FLIP>
+static void conv3x3_implicit_launch(unsigned grid, float* out, const __nv_bfloat16* src, const __nv_bfloat16* wk,
+                                    const float* bias, int H, int W, int Cin, int N, int accumulate) {
+    static int smem_set;
+    size_t smem = conv3x3_implicit_smem(TILE_H, BN);
+    fatt_tc_smem_limit(conv3x3_implicit_bf16_kernel<BN, TILE_H, WN, FLIP>, smem, &smem_set);
+    conv3x3_implicit_bf16_kernel<BN, TILE_H, WN, FLIP><<<grid, 256, smem>>>(out, src, wk, bias, H, W, Cin, N,
+                                                                           accumulate);
     launchCheck();
+}
+
+// out (B, H, W, N) (= or + bias, or += when accumulate) the implicit GEMM of src (B, H, W, Cin)
+// in bf16 with wk (N, 9 * Cin) in bf16; flip: the dinp taps (section comment)
+static void conv3x3_implicit_bf16(float* out, const __nv_bfloat16* src, const __nv_bfloat16* wk, const float* bias,
+                                  int B, int H, int W, int Cin, int N, bool flip, int accumulate) {
+    if (conv_implicit_large < 0)
+        conv_implicit_large = env_switch01("TTT_CONV_IMPLICIT_LARGE", CONV_IMPLICIT_LARGE_DEFAULT);
+    gemm_flop_count += 2.0 * B * H * W * N * 9.0 * Cin;
+    bool wide = N % 128 == 0, large = wide && conv_implicit_large;
+    int bn = wide ? 128 : 64, tile_h = large ? 16 : 8;
+    unsigned tiles = (unsigned)B * (unsigned)((H + tile_h - 1) / tile_h) *
+                     (unsigned)((W + CONV_TILE_W - 1) / CONV_TILE_W);
+    unsigned grid = tiles * (unsigned)((N + bn - 1) / bn);
+    int acc = accumulate;
+    if (large && !flip) conv3x3_implicit_launch<128, 16, 64, false>(grid, out, src, wk, bias, H, W, Cin, N, acc);
+    else if (large) conv3x3_implicit_launch<128, 16, 64, true>(grid, out, src, wk, bias, H, W, Cin, N, acc);
+    else if (wide && !flip) conv3x3_implicit_launch<128, 8, 32, false>(grid, out, src, wk, bias, H, W, Cin, N, acc);
+    else if (wide) conv3x3_implicit_launch<128, 8, 32, true>(grid, out, src, wk, bias, H, W, Cin, N, acc);
+    else if (!flip) conv3x3_implicit_launch<64, 8, 32, false>(grid, out, src, wk, bias, H, W, Cin, N, acc);
+    else conv3x3_implicit_launch<64, 8, 32, true>(grid, out, src, wk, bias, H, W, Cin, N, acc);
 }
 
 // conv2d forward: per chunk of output pixels, col (np, KKC) in bf16, then
@@ -6028,10 +6100,13 @@ static void conv2d_forward_bf16(float* out, const float* inp, const float* weigh
                                 int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo) {
     size_t npix = (size_t)B * Ho * Wo, KKC = (size_t)K * K * C;
     if (conv3x3_implicit_taken(inp, out, H, W, K, stride, pad, Ho, Wo, npix, C, OC)) {
-        // same-size 3x3: the implicit GEMM reads inp directly, only the weight is copied to bf16
-        __nv_bfloat16* w = (__nv_bfloat16*)workspace_get(&ws_bf16, (size_t)OC * KKC * sizeof(__nv_bfloat16));
+        // same-size 3x3: the implicit GEMM on bf16 copies of the weight and of inp (no im2col)
+        size_t wpart = bf16_round((size_t)OC * KKC);
+        __nv_bfloat16* w = (__nv_bfloat16*)workspace_get(&ws_bf16, (wpart + npix * C) * sizeof(__nv_bfloat16));
+        __nv_bfloat16* xb = w + wpart;
         to_bf16(w, weight, (size_t)OC * KKC);
-        conv3x3_implicit_bf16(out, inp, w, bias, npix, H, W, C, OC, false, 0);
+        to_bf16(xb, inp, npix * C);
+        conv3x3_implicit_bf16(out, xb, w, bias, B, H, W, C, OC, false, 0);
         conv_implicit_calls[0]++;
         bf16_calls[1]++;
         return;
@@ -6066,7 +6141,7 @@ static void conv2d_backward_bf16(float* dinp, float* dweight, float* dbias, cons
     size_t rows_w = dweight ? bf16_chunk_rows(npix, KKC + OC) : 0;
     size_t rows_x = dinp && !implicit_dinp ? bf16_chunk_rows(nin, KKOC) : 0;
     size_t wpart = dinp ? bf16_round((size_t)C * KKOC) : 0, dpart = bf16_round(rows_w * OC);
-    size_t need_w = dpart + rows_w * KKC, need_x = rows_x * KKOC;
+    size_t need_w = dpart + rows_w * KKC, need_x = implicit_dinp ? nin * OC : rows_x * KKOC;
     __nv_bfloat16* wt = (__nv_bfloat16*)workspace_get(
         &ws_bf16, (wpart + (need_w > need_x ? need_w : need_x)) * sizeof(__nv_bfloat16));
     __nv_bfloat16* scratch = wt + wpart;
@@ -6084,8 +6159,10 @@ static void conv2d_backward_bf16(float* dinp, float* dweight, float* dbias, cons
         conv_weight_transpose_bf16_kernel<<<grid_for((size_t)C * KKOC, 256), 256>>>(wt, weight, C, OC, K * K);
         launchCheck();
         if (implicit_dinp) {
-            // dinp (nin, C) += the conv of dout (nin, OC) with the flipped kernel wt (C, 9, OC)
-            conv3x3_implicit_bf16(dinp, dout, wt, NULL, nin, H, W, OC, C, true, 1);
+            // dinp (nin, C) += the conv of dout (nin, OC), copied to bf16 in the scratch, with the
+            // flipped kernel wt (C, 9, OC)
+            to_bf16(scratch, dout, nin * OC);
+            conv3x3_implicit_bf16(dinp, scratch, wt, NULL, B, H, W, OC, C, true, 1);
             conv_implicit_calls[1]++;
         } else {
             __nv_bfloat16* dcol = scratch;

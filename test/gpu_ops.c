@@ -1166,10 +1166,17 @@ static void test_conv2d_bf16(const char* label, int B, int H, int W, int C, int 
                              int Ho, int Wo, int with_bias, int misalign) {
     test_conv2d_bf16_path(label, 0, 0, 0, B, H, W, C, OC, K, stride, pad, Ho, Wo, with_bias, misalign);
 }
-// a same-size 3x3 conv with the implicit kernel on (ttt_cuda_set_conv_implicit(1))
+// a same-size 3x3 conv with the implicit kernel on (ttt_cuda_set_conv_implicit(1)), with its
+// 8 x 16 pixel tiles, then with the large 16 x 16 tiles (ttt_cuda_set_conv_implicit_large(1):
+// taken where the output channels are a multiple of 128, else the 8 x 16 ones again)
 static void test_conv2d_implicit(const char* label, int expect_fwd, int expect_dinp, int B, int H, int W, int C,
                                  int OC, int with_bias) {
     test_conv2d_bf16_path(label, 1, expect_fwd, expect_dinp, B, H, W, C, OC, 3, 1, 1, H, W, with_bias, 0);
+    char large[120];
+    snprintf(large, sizeof(large), "%s, large tiles", label);
+    ttt_cuda_set_conv_implicit_large(1);
+    test_conv2d_bf16_path(large, 1, expect_fwd, expect_dinp, B, H, W, C, OC, 3, 1, 1, H, W, with_bias, 0);
+    ttt_cuda_set_conv_implicit_large(-1);
 }
 
 // a linear that must take the bf16 operands (ttt_cuda_set_bf16_linear(2) around it)
@@ -1799,7 +1806,8 @@ int main(void) {
     ttt_cuda_set_bf16_scratch(0);
     // same-size 3x3 by the implicit GEMM on the tensor cores (conv3x3_implicit_bf16_kernel): forward
     // (Cin = C) and dinp (Cin = OC) each taken when Cin % 32 == 0 and its output channels % 8 == 0
-    test_conv2d_implicit("implicit C 256, partial tiles", 1, 1, 2, 12, 39, 256, 256, 1);    // M 936: 7.3 tiles
+    // (8 x 16 pixel tiles of one image: 12 x 39 is 2 x 3 tiles, the last ones partial)
+    test_conv2d_implicit("implicit C 256, partial tiles", 1, 1, 2, 12, 39, 256, 256, 1);
     test_conv2d_implicit("implicit C 256, no bias", 1, 1, 1, 24, 78, 256, 256, 0);
     test_conv2d_implicit("implicit C 64 -> 256", 1, 1, 2, 7, 19, 64, 256, 1);               // dinp: BN 64
     test_conv2d_implicit("implicit C 256 -> 64", 1, 1, 2, 9, 13, 256, 64, 0);               // forward: BN 64
@@ -1807,6 +1815,10 @@ int main(void) {
     test_conv2d_implicit("implicit one column", 1, 1, 2, 21, 1, 32, 32, 1);
     test_conv2d_implicit("implicit 1x1 map", 1, 1, 5, 1, 1, 64, 128, 1);                    // centre tap only
     test_conv2d_implicit("implicit C 128 -> 384", 1, 1, 1, 17, 23, 128, 384, 1);            // N 384: 3 tiles of 128
+    test_conv2d_implicit("implicit exact tiles", 1, 1, 2, 16, 32, 64, 128, 1);              // 2 x 2 full tiles
+    test_conv2d_implicit("implicit one past exact tiles", 1, 1, 2, 17, 33, 32, 64, 1);      // 3 x 3, 1-pixel edges
+    test_conv2d_implicit("implicit many small images", 1, 1, 4, 9, 17, 32, 128, 0);         // 2 x 2 tiles each
+    test_conv2d_implicit("implicit C 96, odd chunk count", 1, 1, 2, 10, 20, 96, 96, 1);     // 3 halo chunks
     test_conv2d_implicit("implicit forward only, OC 40", 1, 0, 2, 6, 11, 32, 40, 1);        // dinp: Cin 40
     test_conv2d_implicit("implicit dinp only, C 48", 0, 1, 2, 6, 11, 48, 64, 1);            // forward: Cin 48
     test_conv2d_implicit("implicit not taken, C 48 -> 36", 0, 0, 2, 6, 11, 48, 36, 0);
