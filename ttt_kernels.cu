@@ -5863,19 +5863,23 @@ static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, f
 // ldmatrix and mma by the PTX maps above, exact small-integer sums) against a plain conv,
 // forward and FLIP, partial spatial tiles, B > 1, one-pixel images, partial N tiles.
 
-// OFF by default until measured: the previous version (1D pixel tiles, float32 loads converted
-// in the loop, every tap's pixels re-read from L2) was slower than the bf16 im2col + cuBLAS
-// path on the H200 (step 80.06 vs 77.87 ms, prediction 7.18 vs 6.79 ms; conv2d_forward at
-// 239616 x 2304 x 256 1.49 vs 1.18 ms; 159 TFLOP/s, 58% of cycles with no eligible warp, L1 hit
-// rate 5%). TTT_CONV_IMPLICIT=1 turns it on; TTT_CONV_IMPLICIT_LARGE=1 picks the large tile.
+// OFF by default: measured on the H200 (B = 8, 384 x 1248 Swin-S Y step, bf16, one device call),
+// this kernel runs the big convs faster than the bf16 im2col + cuBLAS path (TTT_PROFILE=2:
+// conv2d_forward 239616 x 2304 x 256 1.06 vs 1.18 ms a call, conv2d_backward (its dinp) 2.42 vs
+// 2.60 ms, the prediction's 29952-pixel forward 0.154 vs 0.168 ms), but the whole step and the
+// prediction do not gain: step 80.35 / 79.59 ms on vs 79.69 / 78.48 off, prediction 7.43 / 7.25
+// vs 6.93 / 6.91 (the smaller pyramid levels' convs, under one wave of tiles, lose what the big
+// ones win). The first version (1D pixel tiles, float32 loads converted in the loop, every tap
+// re-read from L2) was slower still: 1.49 ms a forward. TTT_CONV_IMPLICIT=1 turns it on.
 #define CONV_IMPLICIT_DEFAULT 0
 static int conv_implicit_on = -1;      // -1 unread, 0 off, 1 on
 static long conv_implicit_calls[2];    // calls run by the implicit kernel: 0 forward, 1 dinp
 extern "C" void ttt_cuda_set_conv_implicit(int on) { conv_implicit_on = on < 0 ? -1 : on != 0; }
 extern "C" long ttt_cuda_conv_implicit_calls(int which) { return conv_implicit_calls[which != 0]; }
 // the large tile (16 x 16 pixels x 128 channels, 1 block an SM) for N % 128 == 0 instead of the
-// 8 x 16 one (2 blocks an SM): TTT_CONV_IMPLICIT_LARGE=1, or the test hook; which pays is to be
-// measured on the H200
+// 8 x 16 one (2 blocks an SM): TTT_CONV_IMPLICIT_LARGE=1, or the test hook. Measured slower than
+// the 8 x 16 tile on the H200 (conv2d_forward 239616 x 2304 x 256 1.11 vs 1.06 ms, backward 2.69
+// vs 2.42 ms a call), so off
 #define CONV_IMPLICIT_LARGE_DEFAULT 0
 static int conv_implicit_large = -1;   // -1 unread, 0 off, 1 on
 extern "C" void ttt_cuda_set_conv_implicit_large(int on) { conv_implicit_large = on < 0 ? -1 : on != 0; }
