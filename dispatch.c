@@ -261,10 +261,6 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, size_t N) {
     if (on_gpu()) gelu_backward_cuda(dinp, inp, dout, N);
     else gelu_backward_cpu(dinp, inp, dout, N);
 }
-void gelu_backward_inplace(float* d, const float* inp, size_t N) {
-    if (on_gpu()) gelu_backward_inplace_cuda(d, inp, N);
-    else gelu_backward_inplace_cpu(d, inp, N);
-}
 
 void relu_forward(float* out, const float* inp, size_t N) {
     if (on_gpu()) relu_forward_cuda(out, inp, N);

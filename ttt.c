@@ -613,11 +613,6 @@ void gelu_backward_cpu(float* dinp, const float* inp, const float* dout, size_t 
     for (size_t i = 0; i < N; i++) dinp[i] += dout[i] * gelu_slope(inp[i]);
 }
 
-void gelu_backward_inplace_cpu(float* d, const float* inp, size_t N) {
-    #pragma omp parallel for if (N > 65536)
-    for (size_t i = 0; i < N; i++) d[i] = d[i] * gelu_slope(inp[i]);
-}
-
 // mlp: fc1 without its bias, gelu(pre + b1) into hidden, fc2 (forward); the backward of each in
 // turn, dhidden and dx written
 static void mlp_gelu_cpu(float* hidden, const float* pre, const float* b1, int N, int Ch) {

@@ -6,10 +6,11 @@
 // - backward ops ACCUMULATE (+=) into every gradient they produce, llm.c style,
 //   so a tensor used twice (residuals) simply gets both contributions. Callers
 //   zero gradient buffers once before a backward pass. Any gradient pointer
-//   may be NULL, meaning "not needed". Three exceptions WRITE (=) activation
+//   may be NULL, meaning "not needed". Four exceptions WRITE (=) activation
 //   gradients, for Swin's backward, where they are the first writer of a buffer that
-//   then needs no zeroing: linear_backward_write (its dinp), window_reverse_residual_backward
-//   and scale_rows_add_backward (both outputs); each says so at its declaration.
+//   then needs no zeroing: linear_backward_write (its dinp), mlp_backward (its dx and
+//   scratch), window_reverse_residual_backward and scale_rows_add_backward (both outputs);
+//   each says so at its declaration.
 // - every op exists three times: `name` (dispatch.c: picks a backend on ttt_device),
 //   `name_cpu` (reference in ttt.c, float64 or careful float32 accumulation,
 //   OpenMP where loops are large) and `name_cuda` (ttt_kernels.cu, present when
@@ -153,10 +154,6 @@ void groupnorm_backward(float* dinp, float* dweight, float* dbias, const float* 
 // out may equal inp for relu/sigmoid forward. relu/sigmoid backward use the forward OUTPUT.
 void gelu_forward(float* out, const float* inp, size_t N);
 void gelu_backward(float* dinp, const float* inp, const float* dout, size_t N);
-// d *= gelu'(inp), in place: the backward of gelu where d, the gradient of gelu's output, is
-// all that reaches its input, written over d (an exception to the += rule: Swin's MLP turns
-// dgelu into dfc1 without a zeroed buffer of its own). Equals gelu_backward into zeros.
-void gelu_backward_inplace(float* d, const float* inp, size_t N);
 void relu_forward(float* out, const float* inp, size_t N);
 void relu_backward(float* dinp, const float* out, const float* dout, size_t N);
 void sigmoid_forward(float* out, const float* inp, size_t N);
@@ -2195,7 +2192,6 @@ void groupnorm_forward_cpu(float* out, float* mean, float* rstd, const float* in
 void groupnorm_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int HW, int C, int G);
 void gelu_forward_cpu(float* out, const float* inp, size_t N);
 void gelu_backward_cpu(float* dinp, const float* inp, const float* dout, size_t N);
-void gelu_backward_inplace_cpu(float* d, const float* inp, size_t N);
 void relu_forward_cpu(float* out, const float* inp, size_t N);
 void relu_backward_cpu(float* dinp, const float* out, const float* dout, size_t N);
 void sigmoid_forward_cpu(float* out, const float* inp, size_t N);
@@ -2294,7 +2290,6 @@ CUDA_TWIN void groupnorm_forward_cuda(float* out, float* mean, float* rstd, cons
 CUDA_TWIN void groupnorm_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int HW, int C, int G);
 CUDA_TWIN void gelu_forward_cuda(float* out, const float* inp, size_t N);
 CUDA_TWIN void gelu_backward_cuda(float* dinp, const float* inp, const float* dout, size_t N);
-CUDA_TWIN void gelu_backward_inplace_cuda(float* d, const float* inp, size_t N);
 CUDA_TWIN void relu_forward_cuda(float* out, const float* inp, size_t N);
 CUDA_TWIN void relu_backward_cuda(float* dinp, const float* out, const float* dout, size_t N);
 CUDA_TWIN void sigmoid_forward_cuda(float* out, const float* inp, size_t N);

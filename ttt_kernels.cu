@@ -7,9 +7,9 @@
 // one stream, the per-thread default stream (built with --default-stream per-thread), so
 // ops are ordered as they are called and fixed sequences of them can be recorded as CUDA
 // graphs (the legacy NULL stream cannot be captured).
-// Backward kernels ACCUMULATE (+=) into gradients, as the contract says (but for the three
-// that ttt.h marks WRITES: linear_backward_write's dinp, window_reverse_residual and
-// scale_rows_add backward). Scatters
+// Backward kernels ACCUMULATE (+=) into gradients, as the contract says (but for the four
+// that ttt.h marks WRITES: linear_backward_write's dinp, mlp_backward's dx, window_reverse_residual
+// and scale_rows_add backward). Scatters
 // where several outputs feed one input (upsampling, point sampling, col2im, bias gather)
 // and sums split over blocks (parameter gradients of the LayerNorm fallback, bias sums) use
 // atomicAdd; the LayerNorm row kernels and GroupNorm sum their parameter gradients per block into a
@@ -1421,17 +1421,6 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
     }
     for (size_t i = 4 * n4 + tid; i < N; i += stride) dinp[i] += dout[i] * gelu_slope(inp[i]);
 }
-// d *= gelu'(inp) in place (gelu_backward_inplace)
-__global__ void gelu_backward_inplace_kernel(float* d, const float* inp, size_t N, int vec) {
-    size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
-    size_t n4 = vec ? N / 4 : 0;
-    for (size_t i = tid; i < n4; i += stride) {
-        float4 x = ((const float4*)inp)[i], g = ((float4*)d)[i];
-        g.x *= gelu_slope(x.x); g.y *= gelu_slope(x.y); g.z *= gelu_slope(x.z); g.w *= gelu_slope(x.w);
-        ((float4*)d)[i] = g;
-    }
-    for (size_t i = 4 * n4 + tid; i < N; i += stride) d[i] *= gelu_slope(inp[i]);
-}
 __global__ void relu_forward_kernel(float* out, const float* inp, size_t N) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x)
         out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
@@ -1460,12 +1449,6 @@ extern "C" void gelu_backward_cuda(float* dinp, const float* inp, const float* d
     if (N == 0) return;
     int vec = ((uintptr_t)dinp & 15) == 0 && ((uintptr_t)inp & 15) == 0 && ((uintptr_t)dout & 15) == 0;
     gelu_backward_kernel<<<grid_for(vec ? (N + 3) / 4 : N, 256), 256>>>(dinp, inp, dout, N, vec); launchCheck();
-}
-extern "C" void gelu_backward_inplace_cuda(float* d, const float* inp, size_t N) {
-    OpTimer timer("gelu_backward_inplace");
-    if (N == 0) return;
-    int vec = ((uintptr_t)d & 15) == 0 && ((uintptr_t)inp & 15) == 0;
-    gelu_backward_inplace_kernel<<<grid_for(vec ? (N + 3) / 4 : N, 256), 256>>>(d, inp, N, vec); launchCheck();
 }
 extern "C" void relu_forward_cuda(float* out, const float* inp, size_t N) {
     OpTimer timer("relu_forward");

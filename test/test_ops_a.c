@@ -370,18 +370,6 @@ static void test_activations(void) {
         if (kind == 1) relu_backward_cpu(di, t.out, t.R, n);
         if (kind == 2) sigmoid_backward_cpu(di, t.out, t.R, n);
         if (kind == 3) softmax_backward_cpu(di, t.out, t.R, t.N, t.C);
-        if (kind == 0) {
-            // the in-place form (dgelu turned into dinp where it lies) equals the backward into zeros
-            float* d = malloc(n * sizeof(float));
-            memcpy(d, t.R, n * sizeof(float));
-            gelu_backward_inplace_cpu(d, t.inp, n);
-            size_t differ = 0;
-            for (size_t i = 0; i < n; i++) differ += d[i] != di[i];
-            printf("%-4s %-48s %zu of %zu differ\n", differ ? "FAIL" : "ok", "gelu_backward_inplace == gelu_backward into 0",
-                   differ, n);
-            CHECK(differ == 0, "gelu_backward_inplace differs from gelu_backward into zeros at %zu of %zu", differ, n);
-            free(d);
-        }
         // finite differences cannot step through -inf: check those entries separately
         if (kind == 3) {
             int finite = 1;
