@@ -441,11 +441,11 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
 // ----------------------------------------------------------------------------
 // backward: the forward in reverse; every op accumulates into the da buffers, each zeroed
 // right before its first use (da: swin_point_grad_acts; the blocks share their buffers), but
-// for the buffers whose first op WRITES (=) them (ttt.h: linear_backward_write,
+// for the buffers whose first op WRITES (=) them (ttt.h: linear_backward_write, mlp_backward,
 // window_reverse_residual_backward, scale_rows_add_backward), which are not zeroed: merged_ln
 // (the merge linear) and the drop-path scratch drop_grad (scale_rows_add_backward).
-// A block's first writers: gelu (fc2), ln2 (fc1), x_in and proj (window_reverse_residual), attn
-// (proj), windows (qkv); only qkv and rel_bias, which window_attention_backward accumulates into,
+// A block's first writers: gelu and ln2 (mlp_backward: its scratch and dx), x_in and proj
+// (window_reverse_residual), attn (proj), windows (qkv); only qkv and rel_bias, which window_attention_backward accumulates into,
 // are zeroed. dx_mid needs no buffer: it starts as dx_out (the MLP residual), so LN2's gradient
 // is added to dx_out in place (nothing reads dx_out after that block).
 
