@@ -143,6 +143,16 @@ static void conv2d_backward_bf16(float* dinp, float* dweight, float* dbias, cons
                                  const float* weight, int B, int H, int W, int C, int OC, int K, int stride,
                                  int pad, int Ho, int Wo);
 
+// a kernel's dynamic shared memory limit raised to `bytes` when that is above both the default
+// 48 KiB and what *raised records (0 at first); each launcher keeps its own record, so the
+// attribute call runs on the first (eager) launch of each larger size only
+template <typename Kernel>
+static void smem_limit_raise(Kernel kernel, size_t bytes, size_t* raised) {
+    if (bytes <= 48 * 1024 || bytes <= *raised) return;
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    *raised = bytes;
+}
+
 // ----------------------------------------------------------------------------
 // reductions: warp and block sums (blockDim.x a multiple of 32, at most 1024)
 
@@ -2124,13 +2134,9 @@ template <int DC>
 static void watt_launch_fwd(float* out, float* lse, const float* q, const float* k, const float* v,
                             const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH,
                             int HS, int q_stride, int kv_stride, float scale) {
-    static size_t smem_set = 48 * 1024;
+    static size_t smem_raised = 0;
     size_t smem = watt_fwd_smem(T, HS);
-    if (smem > smem_set) {
-        cudaCheck(cudaFuncSetAttribute(window_attention_fwd_kernel<DC>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        smem_set = smem;
-    }
+    smem_limit_raise(window_attention_fwd_kernel<DC>, smem, &smem_raised);
     window_attention_fwd_kernel<DC><<<(unsigned)(B * NH), WATT_THREADS, smem>>>(
         out, lse, q, k, v, rel_bias, mask, n_mask, NH, T, HS, q_stride, kv_stride, scale);
     launchCheck();
@@ -2142,13 +2148,9 @@ static void watt_launch_bwd(float* dq, float* dk, float* dv, float* drel_partial
                             const float* v, const float* rel_bias, const float* mask, int n_mask,
                             int B, int T, int NH, int HS, int q_stride, int kv_stride, float scale,
                             int wpb, int chunks) {
-    static size_t smem_set = 48 * 1024;
+    static size_t smem_raised = 0;
     size_t smem = watt_bwd_smem(T, HS);
-    if (smem > smem_set) {
-        cudaCheck(cudaFuncSetAttribute(window_attention_bwd_kernel<DC>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        smem_set = smem;
-    }
+    smem_limit_raise(window_attention_bwd_kernel<DC>, smem, &smem_raised);
     dim3 grid((unsigned)chunks, (unsigned)NH);
     window_attention_bwd_kernel<DC><<<grid, WATT_THREADS, smem>>>(
         dq, dk, dv, drel_partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask,
@@ -2644,13 +2646,9 @@ static void watt_tc_launch_bwd(float* dq, float* dk, float* dv, float* drel_part
                                const float* v, const float* rel_bias, const float* mask, int n_mask,
                                int B, int T, int NH, int q_stride, int kv_stride, float scale, int wpb,
                                int chunks) {
-    static size_t smem_set = 48 * 1024;
+    static size_t smem_raised = 0;
     size_t smem = watt_tc_bwd_smem(HS);
-    if (smem > smem_set) {
-        cudaCheck(cudaFuncSetAttribute(window_attention_bwd_tc_kernel<HS>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        smem_set = smem;
-    }
+    smem_limit_raise(window_attention_bwd_tc_kernel<HS>, smem, &smem_raised);
     dim3 grid((unsigned)chunks, (unsigned)NH);
     window_attention_bwd_tc_kernel<HS><<<grid, WATT_TC_THREADS, smem>>>(
         dq, dk, dv, drel_partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask,
@@ -3593,21 +3591,13 @@ static void flash_dq_sum_splits(float* dq, const float* part, int nsplit, int B,
     launchCheck();
 }
 
-// a kernel's dynamic shared memory limit raised once (the default is 48 KiB)
-template <typename Kernel>
-static void fatt_tc_smem_limit(Kernel kernel, size_t bytes, int* done) {
-    if (*done || bytes <= 48 * 1024) return;
-    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    *done = 1;
-}
-
 template <int HS>
 static void fatt_tc_launch_fwd(float* out, float* lse, const float* q, const float* k, const float* v,
                                const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int q_stride,
                                int kv_stride, float scale) {
-    static int smem_done = 0;
+    static size_t smem_raised = 0;
     const size_t smem = 3 * fatt_tc_head_bytes<HS>() + FATT_TC_FLOAT_BYTES + FATT_TC_P_BYTES;
-    fatt_tc_smem_limit(flash_attention_fwd_tc_kernel<HS>, smem, &smem_done);
+    smem_limit_raise(flash_attention_fwd_tc_kernel<HS>, smem, &smem_raised);
     long long blocks = (long long)B * NH * ((Tq + FATT_TC_ROWS - 1) / FATT_TC_ROWS);
     size_t rows = (size_t)B * NH * Tq;
     int nsplit = 1, keys_per_split = 0;
@@ -3624,9 +3614,9 @@ static void fatt_tc_launch_bwd(float* dq, float* dk, float* dv, const float* dou
                                const float* mask, int n_mask, int B, int Tq, int Tk, int NH,
                                int q_stride, int kv_stride, float scale) {
     if (dq) {
-        static int smem_done = 0;
+        static size_t smem_raised = 0;
         const size_t smem = 4 * fatt_tc_head_bytes<HS>() + FATT_TC_FLOAT_BYTES + FATT_TC_P_BYTES;
-        fatt_tc_smem_limit(flash_attention_dq_tc_kernel<HS>, smem, &smem_done);
+        smem_limit_raise(flash_attention_dq_tc_kernel<HS>, smem, &smem_raised);
         long long blocks = (long long)B * NH * ((Tq + FATT_TC_ROWS - 1) / FATT_TC_ROWS);
         size_t n = (size_t)B * NH * Tq * HS;
         int nsplit = 1, keys_per_split = 0;
@@ -3638,10 +3628,10 @@ static void fatt_tc_launch_bwd(float* dq, float* dk, float* dv, const float* dou
         flash_dq_sum_splits(dq, part, nsplit, B, NH, Tq, HS, q_stride);
     }
     if (dk || dv) {
-        static int smem_done = 0;
+        static size_t smem_raised = 0;
         const size_t smem = 4 * fatt_tc_head_bytes<HS>() + FATT_TC_FLOAT_BYTES + 2 * FATT_TC_P_BYTES +
                             2 * FATT_TC_COLS * sizeof(float);
-        fatt_tc_smem_limit(flash_attention_dkdv_tc_kernel<HS>, smem, &smem_done);
+        smem_limit_raise(flash_attention_dkdv_tc_kernel<HS>, smem, &smem_raised);
         long long blocks = (long long)B * NH * ((Tk + FATT_TC_ROWS - 1) / FATT_TC_ROWS);
         flash_attention_dkdv_tc_kernel<HS><<<(unsigned)blocks, FATT_THREADS, smem>>>(
             dk, dv, dout, lse, D, q, k, v, mask, n_mask, NH, Tq, Tk, q_stride, kv_stride, scale);
@@ -6052,9 +6042,9 @@ static int conv3x3_implicit_taken(const float* src, const float* out, int H, int
 template <int BN, int TILE_H, int WN, bool FLIP>
 static void conv3x3_implicit_launch(unsigned grid, float* out, const __nv_bfloat16* src, const __nv_bfloat16* wk,
                                     const float* bias, int H, int W, int Cin, int N, int accumulate) {
-    static int smem_set;
+    static size_t smem_raised = 0;
     size_t smem = conv3x3_implicit_smem(TILE_H, BN);
-    fatt_tc_smem_limit(conv3x3_implicit_bf16_kernel<BN, TILE_H, WN, FLIP>, smem, &smem_set);
+    smem_limit_raise(conv3x3_implicit_bf16_kernel<BN, TILE_H, WN, FLIP>, smem, &smem_raised);
     conv3x3_implicit_bf16_kernel<BN, TILE_H, WN, FLIP><<<grid, 256, smem>>>(out, src, wk, bias, H, W, Cin, N,
                                                                            accumulate);
     launchCheck();
