@@ -6,6 +6,7 @@
 #include "ttt.h"
 #include <sys/wait.h>
 #include <stdarg.h>
+#include <unistd.h>
 
 static int tests_passed = 0, tests_failed = 0;
 
@@ -225,6 +226,32 @@ static float* device_nan_buffer(size_t n) {
     float* d = device_copy_of(h, n);
     free(h);
     return d;
+}
+
+// fn(ctx) in a child process with its stderr on a pipe, for checks that bad input dies with one
+// clear line: what the child printed there (at most cap - 1 bytes, NUL-terminated) in text, its
+// wait status in *status; a child that returns from fn exits 0. Returns 0 when the pipe, fork or
+// wait failed (text empty, *status 0), else 1.
+static int run_in_child(void (*fn)(void*), void* ctx, char* text, size_t cap, int* status) {
+    int fds[2];
+    text[0] = 0;
+    *status = 0;
+    if (pipe(fds) != 0) return 0;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        if (dup2(fds[1], 2) < 0) _exit(2);
+        fn(ctx);
+        _exit(0);
+    }
+    close(fds[1]);
+    size_t got = 0;
+    ssize_t r;
+    while (pid > 0 && got < cap - 1 && (r = read(fds[0], text + got, cap - 1 - got)) > 0) got += r;
+    close(fds[0]);
+    text[got] = 0;
+    return pid > 0 && waitpid(pid, status, 0) == pid;
 }
 
 static int test_summary(const char* name) {

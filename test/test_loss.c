@@ -218,26 +218,15 @@ static int grad_check_jumps(const char* name, float* x, size_t n, const float* a
     return ok;
 }
 
-// run fn() in a child with stderr on a pipe; check it exits 1 with one "error:" line
+// run fn() in a child with stderr on a pipe; check it exits 1 with one "error:" line (a child
+// that returns normally exits 0 and fails the check)
+typedef struct { void (*fn)(void); } BadInput;
+static void run_bad_input(void* p) { ((BadInput*)p)->fn(); }
 static void expect_error(const char* what, void (*fn)(void)) {
-    int fds[2];
-    if (pipe(fds) != 0) { CHECK(0, "pipe"); return; }
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fds[0]); dup2(fds[1], 2);
-        fn();
-        _exit(0);   // returning normally fails the check
-    }
-    close(fds[1]);
-    char buf[512] = {0};
-    size_t got = 0;
-    ssize_t r;
-    while (got < sizeof(buf) - 1 && (r = read(fds[0], buf + got, sizeof(buf) - 1 - got)) > 0) got += r;
-    close(fds[0]);
+    BadInput bad = {fn};
+    char buf[512];
     int status = 0;
-    waitpid(pid, &status, 0);
-    buf[got] = 0;
+    if (!run_in_child(run_bad_input, &bad, buf, sizeof(buf), &status)) { CHECK(0, "pipe"); return; }
     buf[strcspn(buf, "\n")] = 0;
     int ok = WIFEXITED(status) && WEXITSTATUS(status) == 1 && strncmp(buf, "error:", 6) == 0;
     printf("%-4s bad input: %-30s -> %s\n", ok ? "ok" : "FAIL", what, buf);

@@ -303,35 +303,29 @@ static void test_gradients(int op, int B, int Tq, int Tk, int NH, int HS, int wi
 
 // a backward without the forward's lse: exit status 1 and one error line on stderr (in a child
 // process); q, k, v fused (Tq = Tk) or separate with q_stride C, on small fixed nonzero inputs
+typedef struct { int op, Tq, Tk, separate_q; } MissingLse;
+static void backward_without_lse(void* p) {   // in the child: must exit 1 before returning
+    const MissingLse* m = p;
+    int op = m->op, Tq = m->Tq, Tk = m->Tk, separate_q = m->separate_q;
+    int B = 1, NH = 1, HS = 2, C = 2;
+    float buf[64], dbuf[64] = {0}, out[16], dout[16];
+    for (int i = 0; i < 64; i++) buf[i] = (float)((i + 1) / 10.0);
+    for (int i = 0; i < 16; i++) dout[i] = 1.0f;
+    int q_stride = separate_q ? C : 3 * C, kv_stride = separate_q ? 2 * C : 3 * C;
+    float *q = buf, *kv = separate_q ? buf + Tq * C : buf, *k = separate_q ? kv : kv + C, *v = k + C;
+    float *dq = dbuf, *dkv = separate_q ? dbuf + Tq * C : dbuf, *dk = separate_q ? dkv : dkv + C, *dv = dk + C;
+    lse_attention_forward(op, out, NULL, q, k, v, NULL, NULL, 1, B, Tq, Tk, NH, HS, q_stride, kv_stride);
+    lse_attention_backward(op, dq, dk, dv, NULL, dout, out, NULL, q, k, v, NULL, NULL, 1, B, Tq, Tk, NH, HS,
+                           q_stride, kv_stride);
+}
 static void test_missing_lse_dies(int op, int Tq, int Tk, int separate_q) {
     check_case(op, Tq, Tk, 0, separate_q);
-    int fds[2];
-    if (pipe(fds) != 0) { CHECK(0, "pipe failed"); return; }
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fds[0]);
-        if (dup2(fds[1], 2) < 0) _exit(2);
-        int B = 1, NH = 1, HS = 2, C = 2;
-        float buf[64], dbuf[64] = {0}, out[16], dout[16];
-        for (int i = 0; i < 64; i++) buf[i] = (float)((i + 1) / 10.0);
-        for (int i = 0; i < 16; i++) dout[i] = 1.0f;
-        int q_stride = separate_q ? C : 3 * C, kv_stride = separate_q ? 2 * C : 3 * C;
-        float *q = buf, *kv = separate_q ? buf + Tq * C : buf, *k = separate_q ? kv : kv + C, *v = k + C;
-        float *dq = dbuf, *dkv = separate_q ? dbuf + Tq * C : dbuf, *dk = separate_q ? dkv : dkv + C, *dv = dk + C;
-        lse_attention_forward(op, out, NULL, q, k, v, NULL, NULL, 1, B, Tq, Tk, NH, HS, q_stride, kv_stride);
-        lse_attention_backward(op, dq, dk, dv, NULL, dout, out, NULL, q, k, v, NULL, NULL, 1, B, Tq, Tk, NH, HS,
-                               q_stride, kv_stride);
-        _exit(0);   // not reached when the check works
-    }
-    close(fds[1]);
-    char text[512] = {0};
-    size_t got = 0;
-    ssize_t r;
-    while (got < sizeof(text) - 1 && (r = read(fds[0], text + got, sizeof(text) - 1 - got)) > 0) got += r;
-    close(fds[0]);
+    MissingLse m = {op, Tq, Tk, separate_q};
+    char text[512];
     int status = 0;
-    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "%s: fork/wait failed", op_name(op));
+    int ran = run_in_child(backward_without_lse, &m, text, sizeof(text), &status);
+    size_t got = strlen(text);
+    CHECK(ran, "%s: pipe/fork/wait failed", op_name(op));
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1,
           "%s: a backward without lse did not exit with status 1 (status %d)", op_name(op), status);
     char* nl = strchr(text, '\n');
