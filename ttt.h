@@ -2033,12 +2033,9 @@ long ttt_cuda_bf16_calls(int which);         // ops run on bf16 operands so far:
 // same-size 3x3 convs (K 3, stride 1, pad 1) in bf16 mode: forward and dinp by an implicit GEMM on
 // the tensor cores (ttt_kernels.cu, conv3x3_implicit_bf16_kernel: no im2col buffer) when the input
 // channels are a multiple of 32 and the output channels of 8, with TTT_CONV_IMPLICIT=1 (default 0:
-// its first version measured slower than the im2col path on the H200; the halo-tiled one is to be
-// measured)
+// faster per large conv on the H200, but not for the whole step or the prediction: ttt_kernels.cu)
 void ttt_cuda_set_conv_implicit(int on);     // 1 on, 0 off, -1 back to TTT_CONV_IMPLICIT (default 0)
 long ttt_cuda_conv_implicit_calls(int which);  // calls run by the implicit kernel: 0 forward, 1 dinp
-// its large tile (16 x 16 pixels x 128 channels, 1 block an SM) for output channels % 128 == 0
-void ttt_cuda_set_conv_implicit_large(int on);  // 1 on, 0 off, -1 back to TTT_CONV_IMPLICIT_LARGE (default 0)
 // flash_attention_forward/backward_cuda on the tensor cores (bf16 operands, float32 sums; ttt_kernels.cu,
 // "flash attention on the tensor cores") in bf16 precision for HS = 16, 32, 48, 64, unless TTT_FATT_TC=0
 void ttt_cuda_set_fatt_tc(int on);           // 1 on, 0 off, -1 back to TTT_FATT_TC (default 1)

@@ -5792,9 +5792,10 @@ static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, f
 // Tiles: a block computes a 2D tile of TILE_H x 16 output pixels (rows y0 .. y0 + TILE_H - 1,
 // columns x0 .. x0 + 15 of one image; tiles past the image's right or bottom edge are partial,
 // their outside pixels computed from zeros and not stored) times BN output channels: TILE_H 8
-// with BN 128, or 64 when N % 128 != 0; or (TTT_CONV_IMPLICIT_LARGE=1, N % 128 == 0) TILE_H 16
-// with BN 128. K loop: chunk outer (32 channels c0 .. c0 + 31), tap inner, one K-step per
-// (chunk, tap). Per chunk the (TILE_H + 2) x (16 + 2) HALO of the tile (180 or 324 pixels x 32
+// with BN 128, or 64 when N % 128 != 0 (a 16 x 16 x 128 tile with 8 warps of 64 x 64, tried as a
+// variant, ran slower on the H200: 1.11 vs 1.06 ms a forward, 2.69 vs 2.42 ms a backward, and was
+// removed; the template keeps TILE_H and WN as parameters). K loop: chunk outer (32 channels c0 .. c0 + 31), tap inner, one K-step per
+// (chunk, tap). Per chunk the (TILE_H + 2) x (16 + 2) HALO of the tile (180 pixels x 32
 // channels, zeros outside the image) is staged in shared memory ONCE and all 9 taps read their A operand
 // from shifted views of it: output pixel (r, c) of the tile reads halo pixel (r + fy, c + fx),
 // (fy, fx) = (ky, kx) forward, (2 - ky, 2 - kx) FLIP (halo origin (y0 - 1, x0 - 1)). So each
@@ -5807,7 +5808,7 @@ static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, f
 // before this step's barrier) and, at s = 9c - 3, halo buffer c % 2 (last read by chunk c - 2,
 // step 9c - 10).
 // Warps: 256 threads = 8 warps, warp tile 64 x 32 (BN 128: 2 x 4 warps), 32 x 32 (BN 64:
-// 4 x 2 warps) or, large tile, 64 x 64 (4 x 2 warps); a warp's 16-row mma tile mi is tile row
+// 4 x 2 warps); a warp's 16-row mma tile mi is tile row
 // r = wm * MT + mi (16 pixels of one image row). Fragments by ldmatrix.x4 (lane l gives the
 // row address of matrix l / 8, row l % 8):
 //   A (16 pixels x 16 k): lane l -> pixel c = l % 16 of row r, k + 8 (l / 16): a0..a3 as mma's
@@ -5821,16 +5822,15 @@ static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, f
 //   C (16 x 8 f32):   c0, c1 = C[g][2t], C[g][2t+1]; c2, c3 = C[g+8][2t], C[g+8][2t+1]
 // Shared rows are padded from 32 to 40 bf16 (80 bytes: any 8 consecutive rows of an ldmatrix
 // fall in distinct banks, and the shifted halo views stay conflict-free). Dynamic shared memory
-// (conv3x3_implicit_smem): (2 * halo + 4 * BN) * 80 bytes = 69760 (BN 128), 49280 (BN 64),
-// 92800 (large). Weight rows n >= N are clamped to N - 1 (their channels are not stored).
+// (conv3x3_implicit_smem): (2 * halo + 4 * BN) * 80 bytes = 69760 (BN 128), 49280 (BN 64).
+// Weight rows n >= N are clamped to N - 1 (their channels are not stored).
 // Epilogue: + bias (forward, may be NULL), then out written (=) or added to (+=, dinp's
 // contract) as float2 pairs, pixels outside the image and channels >= N skipped.
 // Taken (conv3x3_implicit_taken) when Cin % 32 == 0, N % 8 == 0, src 16-byte and out 8-byte
 // aligned, and M * max(Cin, N) fits an int, and it is on (below); else the im2col path.
 // The dweight stays on im2col + GEMM.
 // nvcc -Xptxas -v (sm_90, CUDA 13.0): TILE_H 8, __launch_bounds__(256, 2): BN 128: 126 registers,
-// BN 64: 112 (forward) / 114 (FLIP), 2 blocks (16 warps) an SM by registers; large tile,
-// __launch_bounds__(256, 1): 212 registers, 1 block an SM. No stack, no spills (the #pragma
+// BN 64: 112 (forward) / 114 (FLIP), 2 blocks (16 warps) an SM by registers. No stack, no spills (the #pragma
 // unrolls keep acc in registers: without them BN 128 put acc in a 256-byte stack frame).
 // Index maps checked on the host by an emulation of the kernel (cp.async with zero-fill,
 // ldmatrix and mma by the PTX maps above, exact small-integer sums) against a plain conv,
@@ -5849,13 +5849,6 @@ static int conv_implicit_on = -1;      // -1 unread, 0 off, 1 on
 static long conv_implicit_calls[2];    // calls run by the implicit kernel: 0 forward, 1 dinp
 extern "C" void ttt_cuda_set_conv_implicit(int on) { conv_implicit_on = on < 0 ? -1 : on != 0; }
 extern "C" long ttt_cuda_conv_implicit_calls(int which) { return conv_implicit_calls[which != 0]; }
-// the large tile (16 x 16 pixels x 128 channels, 1 block an SM) for N % 128 == 0 instead of the
-// 8 x 16 one (2 blocks an SM): TTT_CONV_IMPLICIT_LARGE=1, or the test hook. Measured slower than
-// the 8 x 16 tile on the H200 (conv2d_forward 239616 x 2304 x 256 1.11 vs 1.06 ms, backward 2.69
-// vs 2.42 ms a call), so off
-#define CONV_IMPLICIT_LARGE_DEFAULT 0
-static int conv_implicit_large = -1;   // -1 unread, 0 off, 1 on
-extern "C" void ttt_cuda_set_conv_implicit_large(int on) { conv_implicit_large = on < 0 ? -1 : on != 0; }
 
 // d (16 x 8, float32) += A (16 x 16) @ B (16 x 8), bf16 fragments as in the section comment
 __device__ __forceinline__ void mma_m16n8k16_bf16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
@@ -5894,20 +5887,18 @@ static size_t conv3x3_implicit_smem(int tile_h, int bn) {
 
 // out (B, H, W, N) (= or +=) the implicit GEMM above of src (B, H, W, Cin) bf16; grid B *
 // ceil(H / TILE_H) * ceil(W / 16) * ceil(N / BN), 256 threads, conv3x3_implicit_smem(TILE_H, BN)
-// bytes. Variants: TILE_H 8, warp width WN 32 (BN 128 or 64; 2 blocks an SM) and the large tile
-// TILE_H 16, BN 128, WN 64 (8 warps of 64 x 64: twice the mma per fragment load and half the
-// weight traffic per pixel; ~200 registers, 1 block an SM)
+// bytes. Launched with TILE_H 8 and warp width WN 32 (BN 128 or 64; 2 blocks an SM)
 template <int BN, int TILE_H, int WN, bool FLIP>
 __global__ void __launch_bounds__(256, TILE_H == 8 ? 2 : 1)
 conv3x3_implicit_bf16_kernel(float* __restrict__ out, const __nv_bfloat16* __restrict__ src,
                              const __nv_bfloat16* __restrict__ wk, const float* __restrict__ bias,
                              int H, int W, int Cin, int N, int accumulate) {
     constexpr int BK = 32, LDS = CONV_LDS, STAGES = CONV_STAGES;
-    constexpr int HALO_W = CONV_HALO_W, HALO_PIX = (TILE_H + 2) * HALO_W;   // 180 or 324
+    constexpr int HALO_W = CONV_HALO_W, HALO_PIX = (TILE_H + 2) * HALO_W;   // 180
     constexpr int WM = BN == 128 ? 64 : 32;            // warp tile WM x WN
-    constexpr int WARPS_M = TILE_H * CONV_TILE_W / WM; // 2 (BN 128), 4 (BN 64 or TILE_H 16)
+    constexpr int WARPS_M = TILE_H * CONV_TILE_W / WM; // 2 (BN 128), 4 (BN 64)
     static_assert(WARPS_M * (BN / WN) == 8, "8 warps a block");
-    constexpr int MT = WM / 16, NT = WN / 8;           // mma tiles per warp: (4 or 2) x (4 or 8)
+    constexpr int MT = WM / 16, NT = WN / 8;           // mma tiles per warp: (4 or 2) x 4
     constexpr int BLOADS = BN * BK / 8 / 256;          // 16-byte weight copies per thread: 2 or 1
     extern __shared__ __align__(16) unsigned char conv_smem[];
     __nv_bfloat16* halo = reinterpret_cast<__nv_bfloat16*>(conv_smem);   // [2][HALO_PIX][LDS]
@@ -6054,18 +6045,14 @@ static void conv3x3_implicit_launch(unsigned grid, float* out, const __nv_bfloat
 // in bf16 with wk (N, 9 * Cin) in bf16; flip: the dinp taps (section comment)
 static void conv3x3_implicit_bf16(float* out, const __nv_bfloat16* src, const __nv_bfloat16* wk, const float* bias,
                                   int B, int H, int W, int Cin, int N, bool flip, int accumulate) {
-    if (conv_implicit_large < 0)
-        conv_implicit_large = env_switch01("TTT_CONV_IMPLICIT_LARGE", CONV_IMPLICIT_LARGE_DEFAULT);
     gemm_flop_count += 2.0 * B * H * W * N * 9.0 * Cin;
-    bool wide = N % 128 == 0, large = wide && conv_implicit_large;
-    int bn = wide ? 128 : 64, tile_h = large ? 16 : 8;
+    bool wide = N % 128 == 0;
+    int bn = wide ? 128 : 64, tile_h = 8;
     unsigned tiles = (unsigned)B * (unsigned)((H + tile_h - 1) / tile_h) *
                      (unsigned)((W + CONV_TILE_W - 1) / CONV_TILE_W);
     unsigned grid = tiles * (unsigned)((N + bn - 1) / bn);
     int acc = accumulate;
-    if (large && !flip) conv3x3_implicit_launch<128, 16, 64, false>(grid, out, src, wk, bias, H, W, Cin, N, acc);
-    else if (large) conv3x3_implicit_launch<128, 16, 64, true>(grid, out, src, wk, bias, H, W, Cin, N, acc);
-    else if (wide && !flip) conv3x3_implicit_launch<128, 8, 32, false>(grid, out, src, wk, bias, H, W, Cin, N, acc);
+    if (wide && !flip) conv3x3_implicit_launch<128, 8, 32, false>(grid, out, src, wk, bias, H, W, Cin, N, acc);
     else if (wide) conv3x3_implicit_launch<128, 8, 32, true>(grid, out, src, wk, bias, H, W, Cin, N, acc);
     else if (!flip) conv3x3_implicit_launch<64, 8, 32, false>(grid, out, src, wk, bias, H, W, Cin, N, acc);
     else conv3x3_implicit_launch<64, 8, 32, true>(grid, out, src, wk, bias, H, W, Cin, N, acc);

@@ -1157,17 +1157,10 @@ static void test_conv2d_bf16(const char* label, int B, int H, int W, int C, int 
                              int Ho, int Wo, int with_bias, int misalign) {
     test_conv2d_bf16_path(label, 0, 0, 0, B, H, W, C, OC, K, stride, pad, Ho, Wo, with_bias, misalign);
 }
-// a same-size 3x3 conv with the implicit kernel on (ttt_cuda_set_conv_implicit(1)), with its
-// 8 x 16 pixel tiles, then with the large 16 x 16 tiles (ttt_cuda_set_conv_implicit_large(1):
-// taken where the output channels are a multiple of 128, else the 8 x 16 ones again)
+// a same-size 3x3 conv with the implicit kernel on (ttt_cuda_set_conv_implicit(1))
 static void test_conv2d_implicit(const char* label, int expect_fwd, int expect_dinp, int B, int H, int W, int C,
                                  int OC, int with_bias) {
     test_conv2d_bf16_path(label, 1, expect_fwd, expect_dinp, B, H, W, C, OC, 3, 1, 1, H, W, with_bias, 0);
-    char large[120];
-    snprintf(large, sizeof(large), "%s, large tiles", label);
-    ttt_cuda_set_conv_implicit_large(1);
-    test_conv2d_bf16_path(large, 1, expect_fwd, expect_dinp, B, H, W, C, OC, 3, 1, 1, H, W, with_bias, 0);
-    ttt_cuda_set_conv_implicit_large(-1);
 }
 
 // a linear that must take the bf16 operands (ttt_cuda_set_bf16_linear(2) around it)
