@@ -5794,8 +5794,8 @@ static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, f
 // their outside pixels computed from zeros and not stored) times BN output channels: TILE_H 8
 // with BN 128, or 64 when N % 128 != 0 (a 16 x 16 x 128 tile with 8 warps of 64 x 64, tried as a
 // variant, ran slower on the H200: 1.11 vs 1.06 ms a forward, 2.69 vs 2.42 ms a backward, and was
-// removed; the template keeps TILE_H and WN as parameters). K loop: chunk outer (32 channels c0 .. c0 + 31), tap inner, one K-step per
-// (chunk, tap). Per chunk the (TILE_H + 2) x (16 + 2) HALO of the tile (180 pixels x 32
+// removed; the template keeps TILE_H and WN as parameters). K loop: chunk outer (32 channels
+// c0 .. c0 + 31), tap inner, one K-step per (chunk, tap). Per chunk the (TILE_H + 2) x (16 + 2) HALO of the tile (180 pixels x 32
 // channels, zeros outside the image) is staged in shared memory ONCE and all 9 taps read their A operand
 // from shifted views of it: output pixel (r, c) of the tile reads halo pixel (r + fy, c + fx),
 // (fy, fx) = (ky, kx) forward, (2 - ky, 2 - kx) FLIP (halo origin (y0 - 1, x0 - 1)). So each
