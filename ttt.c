@@ -593,12 +593,12 @@ void groupnorm_backward_cpu(float* dinp, float* dweight, float* dbias, const flo
 // ----------------------------------------------------------------------------
 // activations
 
+// x Phi(x), the exact erf form
+static float gelu_value(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
 void gelu_forward_cpu(float* out, const float* inp, size_t N) {
     #pragma omp parallel for if (N > 65536)
-    for (size_t i = 0; i < N; i++) {
-        float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    }
+    for (size_t i = 0; i < N; i++) out[i] = gelu_value(inp[i]);
 }
 
 // d/dx [x Phi(x)] = Phi(x) + x phi(x)
@@ -618,10 +618,8 @@ void gelu_backward_cpu(float* dinp, const float* inp, const float* dout, size_t 
 static void mlp_gelu_cpu(float* hidden, const float* pre, const float* b1, int N, int Ch) {
     #pragma omp parallel for if ((size_t)N * Ch > 65536)
     for (int r = 0; r < N; r++)
-        for (int c = 0; c < Ch; c++) {
-            float x = pre[(size_t)r * Ch + c] + (b1 ? b1[c] : 0.0f);
-            hidden[(size_t)r * Ch + c] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-        }
+        for (int c = 0; c < Ch; c++)
+            hidden[(size_t)r * Ch + c] = gelu_value(pre[(size_t)r * Ch + c] + (b1 ? b1[c] : 0.0f));
 }
 
 void mlp_forward_cpu(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1,
