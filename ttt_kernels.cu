@@ -266,9 +266,8 @@ extern "C" void scale_rows_backward_cuda(float* dinp, const float* dout, const f
 
 #include <cublasLt.h>
 
-// out (N, OC) += bias (OC) broadcast over rows
 // out (N, OC) += bias (OC), broadcast over the rows. Threads (x, y): x over groups of V columns
-// (V = 4: float4 when OC % 4 == 0 and both pointers are 16-byte aligned), y over rows, the grid
+// (V = 4: float4 when OC % 4 == 0 and out is 16-byte aligned), y over rows, the grid
 // striding over the rows; each thread keeps its V bias values in registers (no index arithmetic
 // per element: a 64-bit `i % OC` per element made the old grid-stride kernel slow)
 template <int V>
@@ -295,7 +294,9 @@ __global__ void add_bias_kernel(float* out, const float* bias, size_t N, int OC)
 // multiple of 32, at most 256), y the rest of the block; the grid strides over the rows
 static void add_bias(float* out, const float* bias, size_t N, int OC) {
     if (N == 0 || OC <= 0) return;
-    bool vec = OC % 4 == 0 && (uintptr_t)out % 16 == 0 && (uintptr_t)bias % 16 == 0;
+    // bias is read one float at a time (once per thread), so only out's alignment matters: a bias
+    // inside the packed parameter buffer is often only 4-byte aligned
+    bool vec = OC % 4 == 0 && (uintptr_t)out % 16 == 0;
     int groups = vec ? OC / 4 : OC;
     int tx = groups >= 256 ? 256 : (groups + 31) / 32 * 32, ty = 256 / tx;
     size_t gy = (N + ty - 1) / ty;
@@ -306,23 +307,6 @@ static void add_bias(float* out, const float* bias, size_t N, int OC) {
     launchCheck();
 }
 
-// dbias (OC) += column sums of dout (N, OC). Block (32, 16): x over columns, y over
-// rows of this block's row chunk; one atomicAdd per column per block.
-__global__ void column_sum_kernel(float* dbias, const float* dout, int N, int OC, int rows_per_block) {
-    __shared__ float part[16][33];
-    int c = blockIdx.x * 32 + threadIdx.x;
-    int r0 = blockIdx.y * rows_per_block, r1 = min(N, r0 + rows_per_block);
-    float s = 0.0f;
-    if (c < OC) for (int r = r0 + threadIdx.y; r < r1; r += 16) s += dout[(size_t)r * OC + c];
-    part[threadIdx.y][threadIdx.x] = s;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < OC) {
-        float t = 0.0f;
-        for (int k = 0; k < 16; k++) t += part[k][threadIdx.x];
-        if (gridDim.y == 1) dbias[c] += t; else atomicAdd(&dbias[c], t);
-    }
-}
-
 // gelu, the exact erf form (ttt.h), and its slope d/dx [x Phi(x)] = Phi(x) + x phi(x)
 __device__ __forceinline__ float gelu_value(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 __device__ __forceinline__ float gelu_slope(float x) {
@@ -331,77 +315,147 @@ __device__ __forceinline__ float gelu_slope(float x) {
     return cdf + x * pdf;
 }
 
-// dst (N, OC) = v rounded to bf16, and dbias (OC, unless NULL) += the column sums of v (float32, before
-// rounding), v = src, or src * gelu'(pre + pre_bias[c]) when pre is not NULL (mlp's fc1: the
-// gradient at gelu's output times its slope; pre_bias may be NULL): column_sum_kernel's layout and sums, converting each value it reads,
-// so a bf16 linear's backward reads dout once for its bf16 copy and its bias gradient
-__global__ void float_to_bf16_column_sum_kernel(__nv_bfloat16* dst, float* dbias, const float* src, const float* pre,
-                                                const float* pre_bias, int N, int OC, int rows_per_block) {
-    __shared__ float part[16][33];
-    int c = blockIdx.x * 32 + threadIdx.x;
+// dst (N, OC, unless NULL) = v rounded to bf16, and dbias (OC, unless NULL) += the column sums
+// of v (float32, before rounding), v = src, or src * gelu'(pre + pre_bias[c]) when pre is not NULL
+// (mlp's fc1: the gradient at gelu's output times its slope; pre_bias may be NULL). So a bf16
+// linear's backward reads dout once for its bf16 copy and its bias gradient, and with dst NULL
+// this is the plain column sum. Block (32, 16): x over groups of V columns (V = 4: float4 loads
+// and 8-byte bf16 stores, column_sum_vec4 says when), y over the rows of this block's row chunk;
+// one atomicAdd per column per block (a plain add when one block covers the rows).
+template <int V>
+__global__ void column_sum_convert_kernel(__nv_bfloat16* dst, float* dbias, const float* src, const float* pre,
+                                          const float* pre_bias, int N, int OC, int rows_per_block) {
+    __shared__ float part[V][16][33];
+    int c = (blockIdx.x * 32 + threadIdx.x) * V;
     int r0 = blockIdx.y * rows_per_block, r1 = min(N, r0 + rows_per_block);
-    float s = 0.0f;
-    float pb = pre_bias && c < OC ? pre_bias[c] : 0.0f;
+    float s[V], pb[V];
+    #pragma unroll
+    for (int v = 0; v < V; v++) { s[v] = 0.0f; pb[v] = pre_bias && c < OC ? pre_bias[c + v] : 0.0f; }
     if (c < OC)
         for (int r = r0 + threadIdx.y; r < r1; r += 16) {
-            float v = src[(size_t)r * OC + c];
-            if (pre) v *= gelu_slope(pre[(size_t)r * OC + c] + pb);
-            dst[(size_t)r * OC + c] = __float2bfloat16(v);
-            s += v;
+            size_t i = (size_t)r * OC + c;
+            float x[V];
+            if (V == 4) {
+                float4 a = *reinterpret_cast<const float4*>(src + i);
+                x[0] = a.x; x[1] = a.y; x[2] = a.z; x[3] = a.w;
+            } else {
+                x[0] = src[i];
+            }
+            if (pre) {
+                float g[V];
+                if (V == 4) {
+                    float4 a = *reinterpret_cast<const float4*>(pre + i);
+                    g[0] = a.x; g[1] = a.y; g[2] = a.z; g[3] = a.w;
+                } else {
+                    g[0] = pre[i];
+                }
+                #pragma unroll
+                for (int v = 0; v < V; v++) x[v] *= gelu_slope(g[v] + pb[v]);
+            }
+            if (dst) {
+                if (V == 4) {
+                    __nv_bfloat162* d2 = reinterpret_cast<__nv_bfloat162*>(dst + i);
+                    d2[0] = __floats2bfloat162_rn(x[0], x[1]);
+                    d2[1] = __floats2bfloat162_rn(x[2], x[3]);
+                } else {
+                    dst[i] = __float2bfloat16(x[0]);
+                }
+            }
+            #pragma unroll
+            for (int v = 0; v < V; v++) s[v] += x[v];
         }
-    part[threadIdx.y][threadIdx.x] = s;
+    #pragma unroll
+    for (int v = 0; v < V; v++) part[v][threadIdx.y][threadIdx.x] = s[v];
     __syncthreads();
     if (threadIdx.y == 0 && c < OC && dbias) {   // dbias NULL: the conversion (with the slope) alone
-        float t = 0.0f;
-        for (int k = 0; k < 16; k++) t += part[k][threadIdx.x];
-        if (gridDim.y == 1) dbias[c] += t; else atomicAdd(&dbias[c], t);
+        #pragma unroll
+        for (int v = 0; v < V; v++) {
+            float t = 0.0f;
+            for (int k = 0; k < 16; k++) t += part[v][k][threadIdx.x];
+            if (gridDim.y == 1) dbias[c + v] += t; else atomicAdd(&dbias[c + v], t);
+        }
     }
 }
 
-// the launch shape of column_sum_kernel and float_to_bf16_column_sum_kernel: 512 rows per block
-// (more when the rows would need over 65535 blocks)
-static void column_sum_shape(int N, int OC, dim3* grid, int* rows_per_block) {
+// the launch of column_sum_convert_kernel: 512 rows per block (more when the rows would need over
+// 65535 blocks); four columns per thread when OC % 4 == 0 and src, pre (16 bytes) and dst (8 bytes)
+// are aligned
+static void column_sum_convert(__nv_bfloat16* dst, float* dbias, const float* src, const float* pre,
+                               const float* pre_bias, int N, int OC) {
+    if (N <= 0 || OC <= 0) return;
     int rpb = 512;
     int chunks = (N + rpb - 1) / rpb;
     if (chunks > 65535) { rpb = (N + 65534) / 65535; chunks = (N + rpb - 1) / rpb; }
-    *grid = dim3((OC + 31) / 32, chunks);
-    *rows_per_block = rpb;
+    bool vec = OC % 4 == 0 && (uintptr_t)src % 16 == 0 && (uintptr_t)pre % 16 == 0 && (uintptr_t)dst % 8 == 0;
+    int V = vec ? 4 : 1;
+    dim3 grid((OC / V + 31) / 32, chunks), block(32, 16);
+    if (vec) column_sum_convert_kernel<4><<<grid, block>>>(dst, dbias, src, pre, pre_bias, N, OC, rpb);
+    else column_sum_convert_kernel<1><<<grid, block>>>(dst, dbias, src, pre, pre_bias, N, OC, rpb);
+    launchCheck();
 }
 
 // mlp's gelu with fc1's bias folded in, on (rows, C) row-major (bias (C) or NULL): threads x over
-// columns, y over rows (the column, hence the bias, known per thread without index arithmetic).
-// MODE 0: out = gelu(pre + bias) (T float: hidden; T bf16: fc2's operand); MODE 1: out *=
-// gelu'(pre + bias), in place (float: dhidden becomes dpre)
+// groups of V columns, y over rows (the columns, hence the bias, known per thread without index
+// arithmetic). MODE 0: out = gelu(pre + bias) (T float: hidden; T bf16: fc2's operand); MODE 1:
+// out *= gelu'(pre + bias), in place (float: dhidden becomes dpre). V = 4 (float4 loads, 16-byte
+// float or 8-byte bf16 stores) when C % 4 == 0 and pre and out are aligned for them
+__device__ __forceinline__ void load4(float* x, const float* p) {
+    float4 a = *reinterpret_cast<const float4*>(p);
+    x[0] = a.x; x[1] = a.y; x[2] = a.z; x[3] = a.w;
+}
+__device__ __forceinline__ void load4(float* x, const __nv_bfloat16* p) {   // MODE 1 is float only
+    for (int v = 0; v < 4; v++) x[v] = __bfloat162float(p[v]);
+}
+__device__ __forceinline__ void store4(float* p, const float* x) {
+    *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
+}
+__device__ __forceinline__ void store4(__nv_bfloat16* p, const float* x) {
+    __nv_bfloat162* d2 = reinterpret_cast<__nv_bfloat162*>(p);
+    d2[0] = __floats2bfloat162_rn(x[0], x[1]);
+    d2[1] = __floats2bfloat162_rn(x[2], x[3]);
+}
 __device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_value(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-template <typename T, int MODE>
+template <typename T, int MODE, int V>
 __global__ void mlp_gelu_kernel(T* out, const float* pre, const float* bias, size_t rows, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    int c = (blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (c >= C) return;
-    float b = bias ? bias[c] : 0.0f;
+    float b[V];
+    #pragma unroll
+    for (int v = 0; v < V; v++) b[v] = bias ? bias[c + v] : 0.0f;
     for (size_t r = blockIdx.y * (size_t)blockDim.y + threadIdx.y; r < rows; r += (size_t)gridDim.y * blockDim.y) {
         size_t i = r * C + c;
-        float x = pre[i] + b;
-        if (MODE == 0) store_value(&out[i], gelu_value(x));
-        else store_value(&out[i], (float)out[i] * gelu_slope(x));
+        if (V == 4) {
+            float x[4], y[4];
+            load4(x, pre + i);
+            if (MODE == 1) load4(y, out + i);
+            #pragma unroll
+            for (int v = 0; v < 4; v++) y[v] = MODE == 0 ? gelu_value(x[v] + b[v]) : y[v] * gelu_slope(x[v] + b[v]);
+            store4(out + i, y);
+        } else {
+            float x = pre[i] + b[0];
+            if (MODE == 0) store_value(&out[i], gelu_value(x));
+            else store_value(&out[i], (float)out[i] * gelu_slope(x));
+        }
     }
 }
 template <typename T, int MODE>
 static void mlp_gelu(T* out, const float* pre, const float* bias, size_t rows, int C) {
     if (rows == 0 || C <= 0) return;
+    bool vec = C % 4 == 0 && (uintptr_t)pre % 16 == 0 && (uintptr_t)out % (4 * sizeof(T)) == 0;
+    int groups = vec ? C / 4 : C;
     dim3 block(32, 8);
     size_t gy = (rows + 7) / 8;
     if (gy > 8192) gy = 8192;
-    mlp_gelu_kernel<T, MODE><<<dim3((C + 31) / 32, (unsigned)gy), block>>>(out, pre, bias, rows, C);
+    dim3 grid((groups + 31) / 32, (unsigned)gy);
+    if (vec) mlp_gelu_kernel<T, MODE, 4><<<grid, block>>>(out, pre, bias, rows, C);
+    else mlp_gelu_kernel<T, MODE, 1><<<grid, block>>>(out, pre, bias, rows, C);
     launchCheck();
 }
 
+// dbias (OC) += column sums of dout (N, OC)
 static void column_sum_accumulate(float* dbias, const float* dout, int N, int OC) {
-    if (N <= 0 || OC <= 0) return;
-    dim3 grid;
-    int rows_per_block;
-    column_sum_shape(N, OC, &grid, &rows_per_block);
-    column_sum_kernel<<<grid, dim3(32, 16)>>>(dbias, dout, N, OC, rows_per_block); launchCheck();
+    column_sum_convert(NULL, dbias, dout, NULL, NULL, N, OC);
 }
 
 // linear through cuBLASLt: the bias added by the GEMM's epilogue (CUBLASLT_EPILOGUE_BIAS) and the
@@ -773,7 +827,7 @@ __device__ __forceinline__ long norm_row_pixel(NormRows rows, int r) {
 // long for the register kernels below; groupnorm_backward has its own partials).
 // Row r of dout is pixel n = norm_row_pixel(rows, r) of inp (n = r unless dout is in window
 // order); channel c uses statistics index (n / HW) * G + c / Cg (layernorm: HW = 1, G = 1,
-// Cg = C, so the index is n). Block (32, 16) as column_sum_kernel.
+// Cg = C, so the index is n). Block (32, 16) as column_sum_convert_kernel.
 __global__ void norm_param_grad_kernel(float* dweight, float* dbias, const float* dout, const float* inp,
                                        const float* mean, const float* rstd, int Nrows, int C,
                                        int HW, int G, int Cg, NormRows rows, int rows_per_block) {
@@ -5576,15 +5630,19 @@ static size_t bf16_chunk_rows(size_t total, size_t row_elems) {
     return r < total ? r : total;
 }
 
-// dst (n) = src (n) rounded to bf16; float4 loads and two bf16 pairs stored per 4 floats when
-// src is 16-byte and dst 8-byte aligned (vec4), else one float at a time
-__global__ void float_to_bf16_kernel(__nv_bfloat16* dst, const float* src, size_t n, int vec4) {
+// dst (n) = src (n) rounded to bf16, four values per thread with two bf16 pairs stored when dst is
+// 8-byte aligned (vec4): float4 loads when src is 16-byte aligned too, else four float loads (a
+// weight inside the packed parameter buffer is often only 4-byte aligned; the warp's loads still
+// cover whole lines); the tail, and everything when !vec4, one float at a time
+__global__ void float_to_bf16_kernel(__nv_bfloat16* dst, const float* src, size_t n, int vec4, int src16) {
     size_t start = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
     size_t done = 0;
     if (vec4) {
         size_t n4 = n / 4;
         for (size_t i = start; i < n4; i += step) {
-            float4 v = reinterpret_cast<const float4*>(src)[i];
+            float4 v;
+            if (src16) v = reinterpret_cast<const float4*>(src)[i];
+            else v = make_float4(src[4 * i], src[4 * i + 1], src[4 * i + 2], src[4 * i + 3]);
             __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(dst + 4 * i);
             d[0] = __floats2bfloat162_rn(v.x, v.y);
             d[1] = __floats2bfloat162_rn(v.z, v.w);
@@ -5596,8 +5654,8 @@ __global__ void float_to_bf16_kernel(__nv_bfloat16* dst, const float* src, size_
 
 static void to_bf16(__nv_bfloat16* dst, const float* src, size_t n) {
     if (n == 0) return;
-    int vec4 = (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 8 == 0;
-    float_to_bf16_kernel<<<grid_for(vec4 ? (n + 3) / 4 : n, 256), 256>>>(dst, src, n, vec4); launchCheck();
+    int vec4 = (uintptr_t)dst % 8 == 0, src16 = (uintptr_t)src % 16 == 0;
+    float_to_bf16_kernel<<<grid_for(vec4 ? (n + 3) / 4 : n, 256), 256>>>(dst, src, n, vec4, src16); launchCheck();
 }
 
 // C (M, N) = op(A) (M, K) @ op(B) (K, N) + beta * C, row-major with leading dimensions as in
@@ -5728,13 +5786,7 @@ static void linear_forward_bf16(float* out, const float* inp, const float* weigh
 static void to_bf16_column_sum(__nv_bfloat16* dst, float* dbias, const float* src, const float* pre,
                                const float* pre_bias, size_t nr, int OC) {
     if (dbias == NULL && pre == NULL) { to_bf16(dst, src, nr * OC); return; }
-    if (nr == 0) return;
-    dim3 grid;
-    int rows_per_block;
-    column_sum_shape((int)nr, OC, &grid, &rows_per_block);
-    float_to_bf16_column_sum_kernel<<<grid, dim3(32, 16)>>>(dst, dbias, src, pre, pre_bias, (int)nr, OC,
-                                                            rows_per_block);
-    launchCheck();
+    column_sum_convert(dst, dbias, src, pre, pre_bias, (int)nr, OC);
 }
 
 // dinp (N, C) = dout @ weight + dinp_beta * dinp (1: accumulate, 0: write), dweight (OC, C) +=
