@@ -120,14 +120,16 @@ void linear_backward_write(float* dinp, float* dweight, float* dbias, const floa
                            const float* inp, const float* weight, int N, int C, int OC);
 // Swin's MLP, fc2(gelu(fc1(x))): pre (N, Ch) = x (N, C) @ w1 (Ch, C)^T, WITHOUT fc1's bias b1 (kept
 // for the backward; b1 is added where gelu reads it, so no pass adds it to the (N, Ch) output);
-// out (N, C) = gelu(pre + b1) @ w2 (C, Ch)^T + b2. hidden (N, Ch) is a scratch that may receive
+// out (N, C) = gelu(pre + b1) @ w2 (C, Ch)^T + b2. pre is the op's own storage between forward
+// and backward: float32 on the CPU and the GPU's float32 path; the GPU's bf16 path keeps it as
+// (N, Ch) bf16 values in the buffer's first half. hidden (N, Ch) is a scratch that may receive
 // gelu(pre + b1): the CPU and the GPU's float32 path write it there and multiply it; the GPU's
 // bf16 path rounds gelu(pre + b1) straight into fc2's bf16 operand (no float32 pass over it).
 // Backward (gelu recomputed): dw1, db1, dw2, db2 accumulate (+=); dx is WRITTEN (=), not
 // accumulated (Swin's dLN2 has no other writer: an exception to the += rule); dhidden (N, Ch) is a
 // scratch that receives the gradient at gelu's output (then, on the CPU and the float32 path,
-// dpre = dhidden * gelu'(pre + b1) in place; the bf16 path applies the slope while it rounds
-// dhidden into fc1's bf16 operand); hidden as in the forward. b1 and b2 may be NULL.
+// dpre = dhidden * gelu'(pre + b1) in place; the bf16 path writes dhidden in bf16 to its own
+// scratch and applies the slope there); hidden as in the forward. b1 and b2 may be NULL.
 void mlp_forward(float* out, float* pre, float* hidden, const float* x, const float* w1, const float* b1,
                  const float* w2, const float* b2, int N, int C, int Ch);
 void mlp_backward(float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dhidden, float* hidden,

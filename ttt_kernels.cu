@@ -124,19 +124,17 @@ static void gemm_rm_aligned(bool transA, bool transB, int M, int N, int K, float
 // linear_*_cuda take linear_*_bf16 where bf16_linear_taken says so, conv2d_*_cuda (all but the
 // 1x1 ones, which are linears) take conv2d_*_bf16 where bf16_conv_taken says so
 static int bf16_linear_taken(int rows, int C, int OC);
-static int bf16_mlp_fc2_taken(int rows, int C, int OC);
+static int bf16_mlp_taken(int rows, int C, int Ch);
 static int bf16_conv_taken(int C);
-// how linear_*_bf16 makes its operands (BF16_PLAIN: the plain linear)
-typedef struct {
-    bool gelu_input;             // the product's input is gelu(inp + gelu_bias) (mlp's fc2)
-    const float* dout_gelu_pre;  // backward: dout times gelu'(dout_gelu_pre + gelu_bias) (mlp's fc1), or NULL
-    const float* gelu_bias;      // the bias per column added where gelu reads its input (fc1's), or NULL
-} Bf16LinearMods;
-static const Bf16LinearMods BF16_PLAIN = {false, NULL, NULL};
 static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
-                                int N, int C, int OC, Bf16LinearMods mods);
+                                int N, int C, int OC);
 static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
-                                 const float* inp, const float* weight, int N, int C, int OC, Bf16LinearMods mods);
+                                 const float* inp, const float* weight, int N, int C, int OC);
+static void mlp_forward_bf16(float* out, float* pre, const float* x, const float* w1, const float* b1,
+                             const float* w2, const float* b2, int N, int C, int Ch);
+static void mlp_backward_bf16(float* dx, float* dw1, float* db1, float* dw2, float* db2, const float* dout,
+                              const float* pre, const float* x, const float* w1, const float* b1, const float* w2,
+                              int N, int C, int Ch);
 static void conv2d_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
                                 int B, int H, int W, int C, int OC, int K, int stride, int pad, int Ho, int Wo);
 static void conv2d_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
@@ -315,6 +313,72 @@ __device__ __forceinline__ float gelu_slope(float x) {
     return cdf + x * pdf;
 }
 
+// mlp's gelu with fc1's bias folded in, on (rows, C) row-major (bias (C) or NULL): threads x over
+// groups of V columns, y over rows (the columns, hence the bias, known per thread without index
+// arithmetic). MODE 0: out = gelu(pre + bias) (T float: hidden; T bf16: fc2's operand); MODE 1:
+// out *= gelu'(pre + bias), in place (float: dhidden becomes dpre). V = 4 (float4 loads, 16-byte
+// float or 8-byte bf16 stores) when C % 4 == 0 and pre and out are aligned for them
+__device__ __forceinline__ void load4(float* x, const float* p) {
+    float4 a = *reinterpret_cast<const float4*>(p);
+    x[0] = a.x; x[1] = a.y; x[2] = a.z; x[3] = a.w;
+}
+__device__ __forceinline__ void load4(float* x, const __nv_bfloat16* p) {   // 8 bytes: 2 bf16 pairs
+    uint2 u = *reinterpret_cast<const uint2*>(p);
+    float2 lo = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&u.x));
+    float2 hi = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&u.y));
+    x[0] = lo.x; x[1] = lo.y; x[2] = hi.x; x[3] = hi.y;
+}
+__device__ __forceinline__ void store4(float* p, const float* x) {
+    *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
+}
+__device__ __forceinline__ void store4(__nv_bfloat16* p, const float* x) {
+    __nv_bfloat162* d2 = reinterpret_cast<__nv_bfloat162*>(p);
+    d2[0] = __floats2bfloat162_rn(x[0], x[1]);
+    d2[1] = __floats2bfloat162_rn(x[2], x[3]);
+}
+__device__ __forceinline__ float load_value(const float* p) { return *p; }
+__device__ __forceinline__ float load_value(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_value(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+// aligned for load4 / store4 of T
+template <typename T> static bool aligned4(const T* p) { return (uintptr_t)p % (4 * sizeof(T)) == 0; }
+template <typename T, typename TP, int MODE, int V>
+__global__ void mlp_gelu_kernel(T* out, const TP* pre, const float* bias, size_t rows, int C) {
+    int c = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (c >= C) return;
+    float b[V];
+    #pragma unroll
+    for (int v = 0; v < V; v++) b[v] = bias ? bias[c + v] : 0.0f;
+    for (size_t r = blockIdx.y * (size_t)blockDim.y + threadIdx.y; r < rows; r += (size_t)gridDim.y * blockDim.y) {
+        size_t i = r * C + c;
+        if (V == 4) {
+            float x[4], y[4];
+            load4(x, pre + i);
+            if (MODE == 1) load4(y, out + i);
+            #pragma unroll
+            for (int v = 0; v < 4; v++) y[v] = MODE == 0 ? gelu_value(x[v] + b[v]) : y[v] * gelu_slope(x[v] + b[v]);
+            store4(out + i, y);
+        } else {
+            float x = load_value(pre + i) + b[0];
+            if (MODE == 0) store_value(&out[i], gelu_value(x));
+            else store_value(&out[i], load_value(out + i) * gelu_slope(x));
+        }
+    }
+}
+template <typename T, int MODE, typename TP>
+static void mlp_gelu(T* out, const TP* pre, const float* bias, size_t rows, int C) {
+    if (rows == 0 || C <= 0) return;
+    bool vec = C % 4 == 0 && aligned4(pre) && aligned4(out);
+    int groups = vec ? C / 4 : C;
+    dim3 block(32, 8);
+    size_t gy = (rows + 7) / 8;
+    if (gy > 8192) gy = 8192;
+    dim3 grid((groups + 31) / 32, (unsigned)gy);
+    if (vec) mlp_gelu_kernel<T, TP, MODE, 4><<<grid, block>>>(out, pre, bias, rows, C);
+    else mlp_gelu_kernel<T, TP, MODE, 1><<<grid, block>>>(out, pre, bias, rows, C);
+    launchCheck();
+}
+
 // dst (N, OC, unless NULL) = v rounded to bf16, and dbias (OC, unless NULL) += the column sums
 // of v (float32, before rounding), v = src, or src * gelu'(pre + pre_bias[c]) when pre is not NULL
 // (mlp's fc1: the gradient at gelu's output times its slope; pre_bias may be NULL). So a bf16
@@ -322,8 +386,8 @@ __device__ __forceinline__ float gelu_slope(float x) {
 // this is the plain column sum. Block (32, 16): x over groups of V columns (V = 4: float4 loads
 // and 8-byte bf16 stores, column_sum_vec4 says when), y over the rows of this block's row chunk;
 // one atomicAdd per column per block (a plain add when one block covers the rows).
-template <int V>
-__global__ void column_sum_convert_kernel(__nv_bfloat16* dst, float* dbias, const float* src, const float* pre,
+template <typename TS, typename TP, int V>
+__global__ void column_sum_convert_kernel(__nv_bfloat16* dst, float* dbias, const TS* src, const TP* pre,
                                           const float* pre_bias, int N, int OC, int rows_per_block) {
     __shared__ float part[V][16][33];
     int c = (blockIdx.x * 32 + threadIdx.x) * V;
@@ -335,31 +399,18 @@ __global__ void column_sum_convert_kernel(__nv_bfloat16* dst, float* dbias, cons
         for (int r = r0 + threadIdx.y; r < r1; r += 16) {
             size_t i = (size_t)r * OC + c;
             float x[V];
-            if (V == 4) {
-                float4 a = *reinterpret_cast<const float4*>(src + i);
-                x[0] = a.x; x[1] = a.y; x[2] = a.z; x[3] = a.w;
-            } else {
-                x[0] = src[i];
-            }
+            if (V == 4) load4(x, src + i);
+            else x[0] = load_value(src + i);
             if (pre) {
                 float g[V];
-                if (V == 4) {
-                    float4 a = *reinterpret_cast<const float4*>(pre + i);
-                    g[0] = a.x; g[1] = a.y; g[2] = a.z; g[3] = a.w;
-                } else {
-                    g[0] = pre[i];
-                }
+                if (V == 4) load4(g, pre + i);
+                else g[0] = load_value(pre + i);
                 #pragma unroll
                 for (int v = 0; v < V; v++) x[v] *= gelu_slope(g[v] + pb[v]);
             }
             if (dst) {
-                if (V == 4) {
-                    __nv_bfloat162* d2 = reinterpret_cast<__nv_bfloat162*>(dst + i);
-                    d2[0] = __floats2bfloat162_rn(x[0], x[1]);
-                    d2[1] = __floats2bfloat162_rn(x[2], x[3]);
-                } else {
-                    dst[i] = __float2bfloat16(x[0]);
-                }
+                if (V == 4) store4(dst + i, x);
+                else dst[i] = __float2bfloat16(x[0]);
             }
             #pragma unroll
             for (int v = 0; v < V; v++) s[v] += x[v];
@@ -378,84 +429,27 @@ __global__ void column_sum_convert_kernel(__nv_bfloat16* dst, float* dbias, cons
 }
 
 // the launch of column_sum_convert_kernel: 512 rows per block (more when the rows would need over
-// 65535 blocks); four columns per thread when OC % 4 == 0 and src, pre (16 bytes) and dst (8 bytes)
-// are aligned
-static void column_sum_convert(__nv_bfloat16* dst, float* dbias, const float* src, const float* pre,
+// 65535 blocks); four columns per thread when OC % 4 == 0 and src, pre and dst are aligned for
+// load4 / store4. dst may be src (bf16, in place: each element is read before it is written, by
+// the same thread)
+template <typename TS, typename TP>
+static void column_sum_convert(__nv_bfloat16* dst, float* dbias, const TS* src, const TP* pre,
                                const float* pre_bias, int N, int OC) {
     if (N <= 0 || OC <= 0) return;
     int rpb = 512;
     int chunks = (N + rpb - 1) / rpb;
     if (chunks > 65535) { rpb = (N + 65534) / 65535; chunks = (N + rpb - 1) / rpb; }
-    bool vec = OC % 4 == 0 && (uintptr_t)src % 16 == 0 && (uintptr_t)pre % 16 == 0 && (uintptr_t)dst % 8 == 0;
+    bool vec = OC % 4 == 0 && aligned4(src) && aligned4(pre) && aligned4(dst);
     int V = vec ? 4 : 1;
     dim3 grid((OC / V + 31) / 32, chunks), block(32, 16);
-    if (vec) column_sum_convert_kernel<4><<<grid, block>>>(dst, dbias, src, pre, pre_bias, N, OC, rpb);
-    else column_sum_convert_kernel<1><<<grid, block>>>(dst, dbias, src, pre, pre_bias, N, OC, rpb);
-    launchCheck();
-}
-
-// mlp's gelu with fc1's bias folded in, on (rows, C) row-major (bias (C) or NULL): threads x over
-// groups of V columns, y over rows (the columns, hence the bias, known per thread without index
-// arithmetic). MODE 0: out = gelu(pre + bias) (T float: hidden; T bf16: fc2's operand); MODE 1:
-// out *= gelu'(pre + bias), in place (float: dhidden becomes dpre). V = 4 (float4 loads, 16-byte
-// float or 8-byte bf16 stores) when C % 4 == 0 and pre and out are aligned for them
-__device__ __forceinline__ void load4(float* x, const float* p) {
-    float4 a = *reinterpret_cast<const float4*>(p);
-    x[0] = a.x; x[1] = a.y; x[2] = a.z; x[3] = a.w;
-}
-__device__ __forceinline__ void load4(float* x, const __nv_bfloat16* p) {   // MODE 1 is float only
-    for (int v = 0; v < 4; v++) x[v] = __bfloat162float(p[v]);
-}
-__device__ __forceinline__ void store4(float* p, const float* x) {
-    *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
-}
-__device__ __forceinline__ void store4(__nv_bfloat16* p, const float* x) {
-    __nv_bfloat162* d2 = reinterpret_cast<__nv_bfloat162*>(p);
-    d2[0] = __floats2bfloat162_rn(x[0], x[1]);
-    d2[1] = __floats2bfloat162_rn(x[2], x[3]);
-}
-__device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_value(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-template <typename T, int MODE, int V>
-__global__ void mlp_gelu_kernel(T* out, const float* pre, const float* bias, size_t rows, int C) {
-    int c = (blockIdx.x * blockDim.x + threadIdx.x) * V;
-    if (c >= C) return;
-    float b[V];
-    #pragma unroll
-    for (int v = 0; v < V; v++) b[v] = bias ? bias[c + v] : 0.0f;
-    for (size_t r = blockIdx.y * (size_t)blockDim.y + threadIdx.y; r < rows; r += (size_t)gridDim.y * blockDim.y) {
-        size_t i = r * C + c;
-        if (V == 4) {
-            float x[4], y[4];
-            load4(x, pre + i);
-            if (MODE == 1) load4(y, out + i);
-            #pragma unroll
-            for (int v = 0; v < 4; v++) y[v] = MODE == 0 ? gelu_value(x[v] + b[v]) : y[v] * gelu_slope(x[v] + b[v]);
-            store4(out + i, y);
-        } else {
-            float x = pre[i] + b[0];
-            if (MODE == 0) store_value(&out[i], gelu_value(x));
-            else store_value(&out[i], (float)out[i] * gelu_slope(x));
-        }
-    }
-}
-template <typename T, int MODE>
-static void mlp_gelu(T* out, const float* pre, const float* bias, size_t rows, int C) {
-    if (rows == 0 || C <= 0) return;
-    bool vec = C % 4 == 0 && (uintptr_t)pre % 16 == 0 && (uintptr_t)out % (4 * sizeof(T)) == 0;
-    int groups = vec ? C / 4 : C;
-    dim3 block(32, 8);
-    size_t gy = (rows + 7) / 8;
-    if (gy > 8192) gy = 8192;
-    dim3 grid((groups + 31) / 32, (unsigned)gy);
-    if (vec) mlp_gelu_kernel<T, MODE, 4><<<grid, block>>>(out, pre, bias, rows, C);
-    else mlp_gelu_kernel<T, MODE, 1><<<grid, block>>>(out, pre, bias, rows, C);
+    if (vec) column_sum_convert_kernel<TS, TP, 4><<<grid, block>>>(dst, dbias, src, pre, pre_bias, N, OC, rpb);
+    else column_sum_convert_kernel<TS, TP, 1><<<grid, block>>>(dst, dbias, src, pre, pre_bias, N, OC, rpb);
     launchCheck();
 }
 
 // dbias (OC) += column sums of dout (N, OC)
 static void column_sum_accumulate(float* dbias, const float* dout, int N, int OC) {
-    column_sum_convert(NULL, dbias, dout, NULL, NULL, N, OC);
+    column_sum_convert(NULL, dbias, dout, (const float*)NULL, NULL, N, OC);
 }
 
 // linear through cuBLASLt: the bias added by the GEMM's epilogue (CUBLASLT_EPILOGUE_BIAS) and the
@@ -642,7 +636,7 @@ extern "C" void linear_forward_cuda(float* out, const float* inp, const float* w
                                     int N, int C, int OC) {
     OpTimer timer("linear_forward", N, C, OC);
     if (N <= 0 || OC <= 0) return;
-    if (bf16_linear_taken(N, C, OC)) { linear_forward_bf16(out, inp, weight, bias, N, C, OC, BF16_PLAIN); return; }
+    if (bf16_linear_taken(N, C, OC)) { linear_forward_bf16(out, inp, weight, bias, N, C, OC); return; }
     if (C > 0 && misaligned(weight, C)) weight = stage_copy(weight, (size_t)OC * C, 3);   // see gemm_rm
     if (C > 0 && bias && linear_forward_lt(out, inp, weight, bias, N, C, OC)) return;
     if (C <= 0) { ttt_cuda_zero(out, (size_t)N * OC * sizeof(float)); }
@@ -664,7 +658,7 @@ static void linear_backward_beta(float* dinp, float dinp_beta, float* dweight, f
         return;
     }
     if (bf16_linear_taken(N, C, OC)) {
-        linear_backward_bf16(dinp, dinp_beta, dweight, dbias, dout, inp, weight, N, C, OC, BF16_PLAIN);
+        linear_backward_bf16(dinp, dinp_beta, dweight, dbias, dout, inp, weight, N, C, OC);
         return;
     }
     // misaligned weight / weight gradient: through aligned copies (see gemm_rm); dweight
@@ -703,24 +697,17 @@ static void linear_backward_staged(float* dinp, float dinp_beta, float* dweight,
 }
 
 // mlp (ttt.h): fc1 is a plain linear without its bias (pre = x w1^T; b1 is added where gelu reads
-// pre, so the (N, Ch) output gets no bias pass). fc2's input gelu(pre + b1): where
-// bf16_mlp_fc2_taken says so, rounded straight into fc2's bf16 operand (no float32 gelu written
-// and read back, forward and backward); otherwise into hidden (mlp_gelu) and the float32 linear.
-// Backward: fc2's dinp is dhidden, written (beta 0); fc1's dout is dhidden * gelu'(pre + b1): on
-// fc1's bf16 path the slope is applied while dhidden is rounded to bf16 (with db1's column sums,
-// one pass), otherwise by mlp_gelu in place first. dx is written (beta 0).
+// pre, so the (N, Ch) output gets no bias pass). Where bf16_mlp_taken says so, the whole op runs on
+// bf16 operands with pre kept in bf16 (mlp_forward_bf16, section BF16 OPERANDS); otherwise gelu
+// goes into hidden (mlp_gelu) and the two linears take their own paths. Backward: fc2's dinp is
+// dhidden, written (beta 0); fc1's dout is dhidden * gelu'(pre + b1) (mlp_gelu in place); dx is
+// written (beta 0).
 extern "C" void mlp_forward_cuda(float* out, float* pre, float* hidden, const float* x, const float* w1,
                                  const float* b1, const float* w2, const float* b2, int N, int C, int Ch) {
     OpTimer timer("mlp_forward", N, C, Ch);
     if (N <= 0 || C <= 0 || Ch <= 0) return;
+    if (bf16_mlp_taken(N, C, Ch)) { mlp_forward_bf16(out, pre, x, w1, b1, w2, b2, N, C, Ch); return; }
     linear_forward_cuda(pre, x, w1, NULL, N, C, Ch);
-    if (bf16_mlp_fc2_taken(N, Ch, C)) {
-        Bf16LinearMods fc2 = BF16_PLAIN;
-        fc2.gelu_input = true;
-        fc2.gelu_bias = b1;
-        linear_forward_bf16(out, pre, w2, b2, N, Ch, C, fc2);
-        return;
-    }
     mlp_gelu<float, 0>(hidden, pre, b1, (size_t)N, Ch);
     linear_forward_cuda(out, hidden, w2, b2, N, Ch, C);
 }
@@ -730,26 +717,16 @@ extern "C" void mlp_backward_cuda(float* dx, float* dw1, float* db1, float* dw2,
                                   const float* w1, const float* b1, const float* w2, int N, int C, int Ch) {
     OpTimer timer("mlp_backward", N, C, Ch);
     if (N <= 0 || C <= 0 || Ch <= 0) return;
+    if (bf16_mlp_taken(N, C, Ch)) {
+        mlp_backward_bf16(dx, dw1, db1, dw2, db2, dout, pre, x, w1, b1, w2, N, C, Ch);
+        return;
+    }
     // fc2: dhidden = dout @ w2 (written), dw2 += dout^T gelu(pre + b1), db2 += column sums of dout
-    if (bf16_mlp_fc2_taken(N, Ch, C)) {
-        Bf16LinearMods fc2 = BF16_PLAIN;
-        fc2.gelu_input = true;
-        fc2.gelu_bias = b1;
-        linear_backward_bf16(dhidden, 0.0f, dw2, db2, dout, pre, w2, N, Ch, C, fc2);
-    } else {
-        mlp_gelu<float, 0>(hidden, pre, b1, (size_t)N, Ch);
-        linear_backward_write_cuda(dhidden, dw2, db2, dout, hidden, w2, N, Ch, C);
-    }
+    mlp_gelu<float, 0>(hidden, pre, b1, (size_t)N, Ch);
+    linear_backward_write_cuda(dhidden, dw2, db2, dout, hidden, w2, N, Ch, C);
     // fc1: dpre = dhidden * gelu'(pre + b1); dx = dpre @ w1 (written), dw1 += dpre^T x, db1 += sums of dpre
-    if (bf16_linear_taken(N, C, Ch)) {
-        Bf16LinearMods fc1 = BF16_PLAIN;
-        fc1.dout_gelu_pre = pre;
-        fc1.gelu_bias = b1;
-        linear_backward_bf16(dx, 0.0f, dw1, db1, dhidden, x, w1, N, C, Ch, fc1);
-    } else {
-        mlp_gelu<float, 1>(dhidden, pre, b1, (size_t)N, Ch);
-        linear_backward_write_cuda(dx, dw1, db1, dhidden, x, w1, N, C, Ch);
-    }
+    mlp_gelu<float, 1>(dhidden, pre, b1, (size_t)N, Ch);
+    linear_backward_write_cuda(dx, dw1, db1, dhidden, x, w1, N, C, Ch);
 }
 
 // ----------------------------------------------------------------------------
@@ -5608,14 +5585,16 @@ static int bf16_linear_taken(int rows, int C, int OC) {
 }
 extern "C" int ttt_cuda_bf16_linear_taken(int rows, int C, int OC) { return bf16_linear_taken(rows, C, OC); }
 
-// the rule of mlp's fc2 (gelu(pre) -> out): its input's bf16 copy costs no extra pass (gelu's own
-// pass writes it), so a narrow output does not stop it (Swin-S stage 1's fc2, 384 -> 96): input
-// width C >= 192 and at least 2^30 multiply-adds; the same switch and test mode as bf16_linear_taken
-static int bf16_mlp_fc2_taken(int rows, int C, int OC) {
+// the rule of the mlp (fc2(gelu(fc1(x))), x (rows, C), hidden width Ch) in bf16 (mlp_forward_bf16):
+// the hidden width Ch >= 192 and at least 2^30 multiply-adds per product. The input width C does
+// not matter: the (rows, Ch) tensors, Ch / C times larger than x, are what the bf16 path halves
+// (fc1's output kept in bf16, the hidden and its gradient only in bf16), so Swin-S stage 1's
+// (C 96, Ch 384) is taken too; the same switch and test mode as bf16_linear_taken
+static int bf16_mlp_taken(int rows, int C, int Ch) {
     int mode = bf16_linear_switch();
-    if (mode == 0 || C <= 0 || rows <= 0 || OC <= 0) return 0;
+    if (mode == 0 || C <= 0 || rows <= 0 || Ch <= 0) return 0;
     if (mode >= 2) return 1;
-    return C >= 192 && (double)rows * C * OC >= 1073741824.0;
+    return Ch >= 192 && (double)rows * C * Ch >= 1073741824.0;
 }
 
 // bf16 elements rounded up to 256 bytes: every part of ws_bf16 starts aligned
@@ -5761,10 +5740,9 @@ static void im2col_transposed_bf16(__nv_bfloat16* dcol, const float* dout, int H
     im2col_bf16_launch<true>(dcol, dout, Ho, Wo, OC, H, W, K, stride, pad, q0, nq);
 }
 
-// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias, operands in bf16; rows in chunks. With
-// mods.gelu_input the operand is gelu(inp + mods.gelu_bias) (mlp's fc2)
+// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias, operands in bf16; rows in chunks
 static void linear_forward_bf16(float* out, const float* inp, const float* weight, const float* bias,
-                                int N, int C, int OC, Bf16LinearMods mods) {
+                                int N, int C, int OC) {
     size_t rows = bf16_chunk_rows((size_t)N, (size_t)C);
     size_t wpart = bf16_round((size_t)OC * C);
     __nv_bfloat16* w = (__nv_bfloat16*)workspace_get(&ws_bf16, (wpart + rows * C) * sizeof(__nv_bfloat16));
@@ -5772,8 +5750,7 @@ static void linear_forward_bf16(float* out, const float* inp, const float* weigh
     to_bf16(w, weight, (size_t)OC * C);
     for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
         size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
-        if (mods.gelu_input) mlp_gelu<__nv_bfloat16, 0>(x, inp + r0 * C, mods.gelu_bias, nr, C);
-        else to_bf16(x, inp + r0 * C, nr * C);
+        to_bf16(x, inp + r0 * C, nr * C);
         // out rows (nr, OC) = inp rows (nr, C) @ weight (OC, C)^T
         gemm_bf16_rm(false, true, (int)nr, OC, C, x, C, w, C, 0.0f, out + r0 * OC, OC);
     }
@@ -5781,22 +5758,17 @@ static void linear_forward_bf16(float* out, const float* inp, const float* weigh
     bf16_calls[0]++;
 }
 
-// dst (nr, OC) = v in bf16, and dbias (OC) += v's column sums when dbias is not NULL; v = src, or
-// src * gelu'(pre + pre_bias) when pre is not NULL (pre_bias per column, may be NULL)
-static void to_bf16_column_sum(__nv_bfloat16* dst, float* dbias, const float* src, const float* pre,
-                               const float* pre_bias, size_t nr, int OC) {
-    if (dbias == NULL && pre == NULL) { to_bf16(dst, src, nr * OC); return; }
-    column_sum_convert(dst, dbias, src, pre, pre_bias, (int)nr, OC);
+// dst (nr, OC) = src in bf16, and dbias (OC) += src's column sums when dbias is not NULL
+static void to_bf16_column_sum(__nv_bfloat16* dst, float* dbias, const float* src, size_t nr, int OC) {
+    if (dbias == NULL) to_bf16(dst, src, nr * OC);
+    else column_sum_convert(dst, dbias, src, (const float*)NULL, NULL, (int)nr, OC);
 }
 
 // dinp (N, C) = dout @ weight + dinp_beta * dinp (1: accumulate, 0: write), dweight (OC, C) +=
 // dout^T @ inp on bf16 copies, rows in chunks (each chunk's dinp rows by one product: each row's
-// beta applies once); dbias (OC) += column sums of dout in float32 (summed while dout is
-// converted). mods (mlp): with gelu_input the forward's operand was gelu(inp + gelu_bias),
-// recomputed into the bf16 copy for dweight; with dout_gelu_pre dout is taken times
-// gelu'(dout_gelu_pre + gelu_bias) (in the conversion, the bias sums too)
+// beta applies once); dbias (OC) += column sums of dout in float32 (summed while dout is converted)
 static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, float* dbias, const float* dout,
-                                 const float* inp, const float* weight, int N, int C, int OC, Bf16LinearMods mods) {
+                                 const float* inp, const float* weight, int N, int C, int OC) {
     if (dinp || dweight) {
         // per row of a chunk: dout's OC, and inp's C for dweight
         size_t rows = bf16_chunk_rows((size_t)N, (size_t)OC + (dweight ? C : 0));
@@ -5808,14 +5780,12 @@ static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, f
         if (dinp) to_bf16(w, weight, (size_t)OC * C);
         for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
             size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
-            const float* pre = mods.dout_gelu_pre ? mods.dout_gelu_pre + r0 * OC : NULL;
-            to_bf16_column_sum(d, dbias, dout + r0 * OC, pre, mods.gelu_bias, nr, OC);
+            to_bf16_column_sum(d, dbias, dout + r0 * OC, nr, OC);
             // dinp rows (nr, C) = dout rows (nr, OC) @ weight (OC, C) + dinp_beta * dinp rows
             if (dinp) gemm_bf16_rm(false, false, (int)nr, C, OC, d, OC, w, C, dinp_beta, dinp + r0 * C, C);
             if (dweight) {
                 // dweight (OC, C) += dout rows^T (OC, nr) @ inp rows (nr, C)
-                if (mods.gelu_input) mlp_gelu<__nv_bfloat16, 0>(x, inp + r0 * C, mods.gelu_bias, nr, C);
-                else to_bf16(x, inp + r0 * C, nr * C);
+                to_bf16(x, inp + r0 * C, nr * C);
                 gemm_bf16_rm(true, false, OC, C, (int)nr, d, OC, x, C, 1.0f, dweight, C);
             }
         }
@@ -5823,6 +5793,90 @@ static void linear_backward_bf16(float* dinp, float dinp_beta, float* dweight, f
         column_sum_accumulate(dbias, dout, N, OC);   // no products: the sums alone
     }
     bf16_calls[0]++;
+}
+
+// Swin's MLP on bf16 operands (mlp_forward_cuda / mlp_backward_cuda when bf16_mlp_taken). The
+// (N, Ch) tensors are Ch / C = 4 times larger than x and out, so they never exist in float32:
+//   forward  pre = bf16(x) @ bf16(w1)^T, written as bf16 by the product (the first half of the
+//            caller's float32 pre buffer holds it: (N, Ch) bf16 values); hidden = gelu(pre + b1)
+//            rounded to bf16 (mlp_gelu); out = hidden @ bf16(w2)^T + b2 in float32
+//   backward hidden recomputed from pre; dw2 += dout^T hidden; dhidden = dout @ w2 written as
+//            bf16 over hidden; dpre = dhidden * gelu'(pre + b1) in place with db1 += its column
+//            sums (column_sum_convert); dx = dpre @ w1 (written); dw1 += dpre^T x
+// Every product sums in float32; the bf16 roundings are those of the operands plus pre's and
+// dhidden's (each 2^-9 relative, the size of the operand rounding already there). The caller's
+// hidden and dhidden buffers are not used. Rows in chunks of the bf16 scratch.
+
+// C (M, N) = op(A) @ op(B) written as bf16 (beta 0), otherwise as gemm_bf16_rm
+static void gemm_bf16_rm_bf16_out(bool transA, bool transB, int M, int N, int K, const __nv_bfloat16* A, int lda,
+                                  const __nv_bfloat16* B, int ldb, __nv_bfloat16* C, int ldc) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    float alpha = 1.0f, beta = 0.0f;
+    cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    gemm_flop_count += 2.0 * M * N * (double)K;
+    cublasCheck(cublasGemmEx(get_cublas(), opB, opA, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda,
+                             &beta, C, CUDA_R_16BF, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+static void mlp_forward_bf16(float* out, float* pre, const float* x, const float* w1, const float* b1,
+                             const float* w2, const float* b2, int N, int C, int Ch) {
+    __nv_bfloat16* preb = (__nv_bfloat16*)pre;   // (N, Ch)
+    size_t rows = bf16_chunk_rows((size_t)N, (size_t)C + Ch);
+    size_t wpart = bf16_round((size_t)Ch * C), xpart = bf16_round(rows * C);
+    __nv_bfloat16* w1b = (__nv_bfloat16*)workspace_get(&ws_bf16, (2 * wpart + xpart + rows * Ch) * sizeof(__nv_bfloat16));
+    __nv_bfloat16* w2b = w1b + wpart;   // (C, Ch)
+    __nv_bfloat16* xb = w2b + wpart;    // (rows, C)
+    __nv_bfloat16* hb = xb + xpart;     // (rows, Ch)
+    to_bf16(w1b, w1, (size_t)Ch * C);
+    to_bf16(w2b, w2, (size_t)C * Ch);
+    for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
+        size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
+        to_bf16(xb, x + r0 * C, nr * C);
+        // pre rows (nr, Ch) = x rows (nr, C) @ w1 (Ch, C)^T, without b1
+        gemm_bf16_rm_bf16_out(false, true, (int)nr, Ch, C, xb, C, w1b, C, preb + r0 * Ch, Ch);
+        mlp_gelu<__nv_bfloat16, 0>(hb, preb + r0 * Ch, b1, nr, Ch);
+        // out rows (nr, C) = hidden rows (nr, Ch) @ w2 (C, Ch)^T
+        gemm_bf16_rm(false, true, (int)nr, C, Ch, hb, Ch, w2b, Ch, 0.0f, out + r0 * C, C);
+    }
+    if (b2) add_bias(out, b2, (size_t)N, C);
+    bf16_calls[0] += 2;
+}
+
+static void mlp_backward_bf16(float* dx, float* dw1, float* db1, float* dw2, float* db2, const float* dout,
+                              const float* pre, const float* x, const float* w1, const float* b1, const float* w2,
+                              int N, int C, int Ch) {
+    const __nv_bfloat16* preb = (const __nv_bfloat16*)pre;   // (N, Ch), mlp_forward_bf16's
+    size_t rows = bf16_chunk_rows((size_t)N, 2 * (size_t)C + Ch);
+    size_t wpart = bf16_round((size_t)Ch * C), cpart = bf16_round(rows * C);
+    __nv_bfloat16* w1b = (__nv_bfloat16*)workspace_get(&ws_bf16, (2 * wpart + 2 * cpart + rows * Ch) * sizeof(__nv_bfloat16));
+    __nv_bfloat16* w2b = w1b + wpart;   // (C, Ch)
+    __nv_bfloat16* db = w2b + wpart;    // dout rows (rows, C)
+    __nv_bfloat16* xb = db + cpart;     // x rows (rows, C)
+    __nv_bfloat16* hb = xb + cpart;     // hidden rows, then dhidden, then dpre (rows, Ch)
+    to_bf16(w1b, w1, (size_t)Ch * C);
+    to_bf16(w2b, w2, (size_t)C * Ch);
+    for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
+        size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
+        const __nv_bfloat16* pr = preb + r0 * Ch;
+        to_bf16_column_sum(db, db2, dout + r0 * C, nr, C);   // db2 += column sums of dout
+        if (dw2) {
+            // dw2 (C, Ch) += dout rows^T (C, nr) @ gelu(pre + b1) rows (nr, Ch)
+            mlp_gelu<__nv_bfloat16, 0>(hb, pr, b1, nr, Ch);
+            gemm_bf16_rm(true, false, C, Ch, (int)nr, db, C, hb, Ch, 1.0f, dw2, Ch);
+        }
+        // dhidden rows (nr, Ch) = dout rows (nr, C) @ w2 (C, Ch); dpre = dhidden * gelu'(pre + b1)
+        gemm_bf16_rm_bf16_out(false, false, (int)nr, Ch, C, db, C, w2b, Ch, hb, Ch);
+        column_sum_convert(hb, db1, hb, pr, b1, (int)nr, Ch);   // in place; db1 += its column sums
+        // dx rows (nr, C) = dpre rows (nr, Ch) @ w1 (Ch, C), written
+        if (dx) gemm_bf16_rm(false, false, (int)nr, C, Ch, hb, Ch, w1b, C, 0.0f, dx + r0 * C, C);
+        if (dw1) {
+            // dw1 (Ch, C) += dpre rows^T (Ch, nr) @ x rows (nr, C)
+            to_bf16(xb, x + r0 * C, nr * C);
+            gemm_bf16_rm(true, false, Ch, C, (int)nr, hb, Ch, xb, C, 1.0f, dw1, C);
+        }
+    }
+    bf16_calls[0] += 2;
 }
 
 // ----------------------------------------------------------------------------
@@ -6166,7 +6220,7 @@ static void conv2d_backward_bf16(float* dinp, float* dweight, float* dbias, cons
         __nv_bfloat16* col = scratch + dpart;
         for (size_t p0 = 0; p0 < npix; p0 += rows_w) {
             size_t np = npix - p0 < rows_w ? npix - p0 : rows_w;
-            to_bf16_column_sum(d, dbias, dout + p0 * OC, NULL, NULL, np, OC);
+            to_bf16_column_sum(d, dbias, dout + p0 * OC, np, OC);
             im2col_bf16(col, inp, H, W, C, K, stride, pad, Ho, Wo, p0, np);
             gemm_bf16_rm(true, false, OC, (int)KKC, (int)np, d, OC, col, (int)KKC, 1.0f, dweight, (int)KKC);
         }

@@ -1173,11 +1173,12 @@ static void test_linear_bf16(int N, int C, int OC, int with_bias, int misalign) 
     ttt_cuda_set_precision(PRECISION_TF32);
 }
 
-// mlp (Swin's fc2(gelu(fc1(x)))) against the CPU. mode: the bf16 linear mode (2: every linear on
-// bf16 operands: gelu(pre) rounded straight into fc2's operand, gelu's slope applied in fc1's
-// dout conversion; 1: bf16 precision and the default size rules; 0: TF32 and float32 gelu passes);
-// bf16_linears: how many of the four linear passes must take bf16 operands. dx and dhidden are
-// written, so they start NaN-filled on the GPU; the parameter gradients accumulate from random values
+// mlp (Swin's fc2(gelu(fc1(x)))) against the CPU. mode: the bf16 linear mode (2: every mlp on
+// the bf16 path: pre kept in bf16, gelu(pre + b1) rounded straight into fc2's operand, dhidden
+// written in bf16 and gelu's slope applied in place; 1: bf16 precision and the default size rules;
+// 0: TF32 and float32 gelu passes); bf16_linears: how many of the four linear passes must take
+// bf16 operands. dx and dhidden are written, so they start NaN-filled on the GPU; the parameter
+// gradients accumulate from random values
 static void test_mlp(int N, int C, int Ch, int mode, int bf16_linears) {
     ttt_cuda_set_precision(mode ? PRECISION_BF16 : PRECISION_TF32);
     ttt_cuda_set_bf16_linear(mode == 1 ? -1 : mode);
@@ -1198,8 +1199,9 @@ static void test_mlp(int N, int C, int Ch, int mode, int bf16_linears) {
     check_l2("mlp_forward out", got, ref, nx, tol);
     record("mlp_forward", l2_rel_error(got, ref, nx), tol);
     free(got);
-    // the backward from the CPU's pre (bf16 rounding of fc1 aside, both sides see the same pre)
-    ttt_to_device(pre_, pre, nh * sizeof(float));
+    // the float32 paths: the backward from the CPU's pre (both sides see the same pre). In bf16
+    // precision pre_ is the op's own storage (bf16 on the bf16 mlp path): the forward's is kept
+    if (mode == 0) ttt_to_device(pre_, pre, nh * sizeof(float));
     Grad gw1 = grad_new_scaled(nw, 8.0f), gb1 = grad_new_scaled(Ch, 8.0f);
     Grad gw2 = grad_new_scaled(nw, 8.0f), gb2 = grad_new_scaled(C, 8.0f);
     float *dx_ = dev_poison(nx), *dh_ = dev_poison(nh);
@@ -1827,7 +1829,8 @@ int main(void) {
     ttt_cuda_set_bf16_scratch(0);
     ttt_cuda_set_bf16_linear(-1);
     test_mlp(1001, 96, 384, 2, 4);      // Swin-S stage 1 widths, every linear pass on bf16 operands
-    test_mlp(29200, 96, 384, 1, 2);     // the default rules there: fc2 bf16 (>= 2^30, input 384), fc1 not (C 96)
+    test_mlp(29200, 96, 384, 1, 4);     // the default rules there: the bf16 mlp (>= 2^30, hidden 384; C 96 does not matter)
+    test_mlp(2000, 96, 96, 1, 0);       // hidden 96 < 192: the float32 gelu passes and TF32 linears
     test_mlp(2000, 384, 1536, 1, 4);    // Swin-S stage 3 by the default rules: all four
     test_mlp(257, 37, 131, 2, 4);       // odd widths: scalar conversions
     test_mlp(257, 37, 131, 0, 0);       // TF32 and the float32 gelu passes
