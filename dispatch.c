@@ -227,6 +227,25 @@ void mlp_backward(float* dx, float* dw1, float* db1, float* dw2, float* db2, flo
     else mlp_backward_cpu(dx, dw1, db1, dw2, db2, dhidden, hidden, dout, pre, x, w1, b1, w2, N, C, Ch);
 }
 
+void qkv_window_attention_forward(float* out, float* lse, float* qkv, const float* x, const float* w,
+                                  const float* b, const float* rel_bias, const float* mask, int n_mask,
+                                  int B, int T, int NH, int HS) {
+    if (on_gpu()) qkv_window_attention_forward_cuda(out, lse, qkv, x, w, b, rel_bias, mask, n_mask, B, T, NH, HS);
+    else qkv_window_attention_forward_cpu(out, lse, qkv, x, w, b, rel_bias, mask, n_mask, B, T, NH, HS);
+}
+
+void qkv_window_attention_backward(float* dx, float* dw, float* db, float* drel_bias, float* dqkv,
+                                   const float* dout, const float* out, const float* lse, const float* qkv,
+                                   const float* x, const float* w, const float* b, const float* rel_bias,
+                                   const float* mask, int n_mask, int B, int T, int NH, int HS) {
+    if (on_gpu())
+        qkv_window_attention_backward_cuda(dx, dw, db, drel_bias, dqkv, dout, out, lse, qkv, x, w, b, rel_bias,
+                                           mask, n_mask, B, T, NH, HS);
+    else
+        qkv_window_attention_backward_cpu(dx, dw, db, drel_bias, dqkv, dout, out, lse, qkv, x, w, b, rel_bias,
+                                          mask, n_mask, B, T, NH, HS);
+}
+
 // LN Adapt (mae.c): while a hook is set, it runs every LayerNorm in place of the op
 LayerNormHook layernorm_forward_hook = NULL;
 void* layernorm_forward_hook_ctx = NULL;

@@ -228,8 +228,8 @@ static size_t point_block_grads(SwinBlockActs* one, float* sb, const SwinActs* d
     size_t C = da->C[s], N = (size_t)B * da->Hs[s] * da->Ws[s], Nw = (size_t)B * da->nW[s] * T;
     size_t so = 0;
     memset(one, 0, sizeof(*one));
-    // qkv and rel_bias first: the one sub-span swin_backward zeroes (window_attention_backward
-    // accumulates into them); every other buffer is written (=) by its first op
+    // rel_bias is the one buffer swin_backward zeroes (qkv_window_attention_backward accumulates
+    // into it); every other buffer is written (=) by its first op (qkv: that op's scratch)
     one->qkv = take_act(sb, &so, Nw * 3 * C);
     one->rel_bias = take_act(sb, &so, (size_t)nh * T * T);
     one->windows = take_act(sb, &so, Nw * C);
@@ -410,10 +410,10 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
                 layernorm_partition_forward(a->work_windows, b->ln1_mean, b->ln1_rstd, b->x_in, bp->norm1_w,
                                             bp->norm1_b, B, Hs, Ws, C, w, shift);
             }
-            linear_forward(b->qkv, a->work_windows, bp->qkv_w, bp->qkv_b, Nw, C, 3 * C);
             bias_gather_forward(b->rel_bias, bp->rel_table, rel_index, T * T, nh);
-            window_attention_forward(b->attn, b->att_lse, b->qkv, b->qkv + C, b->qkv + 2 * C, b->rel_bias,
-                                     shift ? a->shift_mask[s] : NULL, nW, B * nW, T, nh, C / nh, 3 * C, 3 * C);
+            // attn = window attention over qkv = windows @ qkv_w^T + qkv_b (qkv kept: the op's storage)
+            qkv_window_attention_forward(b->attn, b->att_lse, b->qkv, a->work_windows, bp->qkv_w, bp->qkv_b,
+                                         b->rel_bias, shift ? a->shift_mask[s] : NULL, nW, B * nW, T, nh, C / nh);
             linear_forward(a->work_windows, b->attn, bp->proj_w, bp->proj_b, Nw, C, C);   // proj
             // x_mid = x_in + s_attn[b] * reverse(proj), one pass
             window_reverse_residual_forward(b->x_mid, a->work_windows, b->x_in, drop_row(a->drop_scale, 2 * blk, B),
@@ -445,8 +445,8 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
 // window_reverse_residual_backward, scale_rows_add_backward), which are not zeroed: merged_ln
 // (the merge linear) and the drop-path scratch drop_grad (scale_rows_add_backward).
 // A block's first writers: gelu and ln2 (mlp_backward: its scratch and dx), x_in and proj
-// (window_reverse_residual), attn (proj), windows (qkv); only qkv and rel_bias, which window_attention_backward accumulates into,
-// are zeroed. dx_mid needs no buffer: it starts as dx_out (the MLP residual), so LN2's gradient
+// (window_reverse_residual), attn (proj), windows and qkv (qkv_window_attention_backward: its dx
+// and scratch); only rel_bias, which it accumulates into, is zeroed. dx_mid needs no buffer: it starts as dx_out (the MLP residual), so LN2's gradient
 // is added to dx_out in place (nothing reads dx_out after that block).
 
 void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
@@ -484,9 +484,9 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             int shift = (i % 2 == 1) ? w / 2 : 0;
             float* dx_out = (i + 1 < cfg->depths[s]) ? da->block[blk + 1].x_in : da->stage_out[s];
             float* dx_mid = dx_out;   // dx_mid = dx_out + LN2's gradient, in place
-            // this block's buffers that are accumulated into: qkv .. rel_bias, one span
-            // (point_block_grads); every other one is written first (=), below
-            ttt_zero(db->qkv, (size_t)(db->rel_bias - db->qkv + (size_t)nh * T * T) * sizeof(float));
+            // this block's one buffer that is accumulated into: rel_bias (point_block_grads); every
+            // other one is written first (=), below
+            ttt_zero(db->rel_bias, (size_t)nh * T * T * sizeof(float));
             // MLP half: x_out = x_mid + s_mlp[b] * fc2(gelu(fc1(ln2(x_mid))))
             const float* dbranch = residual_branch_backward(da->drop_grad, dx_out, a->drop_scale, 2 * blk + 1, B,
                                                             (size_t)Hs * Ws * C);
@@ -502,15 +502,15 @@ void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
             window_reverse_residual_backward(db->x_in, db->proj, dx_mid, drop_row(a->drop_scale, 2 * blk, B),
                                              B, Hs, Ws, C, w, shift);
             linear_backward_write(db->attn, gb->proj_w, gb->proj_b, db->proj, b->attn, bp->proj_w, Nw, C, C);
-            window_attention_backward(db->qkv, db->qkv + C, db->qkv + 2 * C, db->rel_bias, db->attn,
-                                      b->attn, b->att_lse, b->qkv, b->qkv + C, b->qkv + 2 * C, b->rel_bias,
-                                      shift ? a->shift_mask[s] : NULL, nW, B * nW, T, nh, C / nh, 3 * C, 3 * C);
-            bias_gather_backward(gb->rel_table, db->rel_bias, rel_index, T * T, nh);
             // recomputed: qkv's input, the windows of LN1(x_in) (the forward's op: the same numbers)
             layernorm_partition_forward(da->work_windows, NULL, NULL, b->x_in, bp->norm1_w, bp->norm1_b,
                                         B, Hs, Ws, C, w, shift);
-            linear_backward_write(db->windows, gb->qkv_w, gb->qkv_b, db->qkv, da->work_windows, bp->qkv_w, Nw, C,
-                                  3 * C);
+            // db->windows written; db->qkv: the op's scratch for qkv's gradient
+            qkv_window_attention_backward(db->windows, gb->qkv_w, gb->qkv_b, db->rel_bias, db->qkv, db->attn,
+                                          b->attn, b->att_lse, b->qkv, da->work_windows, bp->qkv_w, bp->qkv_b,
+                                          b->rel_bias, shift ? a->shift_mask[s] : NULL, nW, B * nW, T, nh,
+                                          C / nh);
+            bias_gather_backward(gb->rel_table, db->rel_bias, rel_index, T * T, nh);
             layernorm_partition_backward(db->x_in, gb->norm1_w, gb->norm1_b, db->windows, b->x_in, bp->norm1_w,
                                          b->ln1_mean, b->ln1_rstd, B, Hs, Ws, C, w, shift);
         }

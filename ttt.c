@@ -1002,6 +1002,28 @@ void window_attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_
                                rel_bias, mask, n_mask, B, T, T, NH, HS, q_stride, kv_stride);
 }
 
+// Swin's qkv linear and window attention (ttt.h): the two ops in turn, qkv kept in float32
+void qkv_window_attention_forward_cpu(float* out, float* lse, float* qkv, const float* x, const float* w,
+                                      const float* b, const float* rel_bias, const float* mask, int n_mask,
+                                      int B, int T, int NH, int HS) {
+    int C = NH * HS;
+    linear_forward_cpu(qkv, x, w, b, B * T, C, 3 * C);
+    window_attention_forward_cpu(out, lse, qkv, qkv + C, qkv + 2 * C, rel_bias, mask, n_mask, B, T, NH, HS,
+                                 3 * C, 3 * C);
+}
+
+void qkv_window_attention_backward_cpu(float* dx, float* dw, float* db, float* drel_bias, float* dqkv,
+                                       const float* dout, const float* out, const float* lse, const float* qkv,
+                                       const float* x, const float* w, const float* b, const float* rel_bias,
+                                       const float* mask, int n_mask, int B, int T, int NH, int HS) {
+    (void)b;   // the bias is inside qkv
+    int C = NH * HS;
+    memset(dqkv, 0, (size_t)B * T * 3 * C * sizeof(float));   // window_attention_backward accumulates
+    window_attention_backward_cpu(dqkv, dqkv + C, dqkv + 2 * C, drel_bias, dout, out, lse, qkv, qkv + C,
+                                  qkv + 2 * C, rel_bias, mask, n_mask, B, T, NH, HS, 3 * C, 3 * C);
+    linear_backward_write_cpu(dx, dw, db, dqkv, x, w, B * T, C, 3 * C);
+}
+
 // ----------------------------------------------------------------------------
 // multi-head attention without a stored attention map, general Tq, Tk (math in ttt.h)
 

@@ -208,6 +208,23 @@ void window_attention_backward(float* dq, float* dk, float* dv, float* drel_bias
                                const float* v, const float* rel_bias, const float* mask, int n_mask,
                                int B, int T, int NH, int HS, int q_stride, int kv_stride);
 
+// Swin's qkv linear and window attention as one op: qkv (B*T, 3C) = x (B*T, C) @ w (3C, C)^T + b,
+// then window_attention_forward over its q, k, v (columns 0, C, 2C; strides 3C; C = NH * HS):
+// out (B*T, C), lse (B, NH, T) as there. qkv is the op's own storage between forward and backward
+// ((B*T, 3C) floats): float32 with the bias on the CPU and the GPU's float32 path; on the GPU's
+// bf16 path (bf16 precision, the tensor-core attention and the bf16 linears on) it holds (B*T, 3C)
+// bf16 values WITHOUT the bias in its first half, and the attention kernels add b as they load
+// q, k, v (no float32 qkv is written, no bias pass runs over it). Backward: dx is WRITTEN (=);
+// dw, db and drel_bias accumulate (+=); dqkv (B*T, 3C) is a scratch that receives the gradient
+// of qkv (the bf16 path writes it in bf16, so it needs no zeroing). b may be NULL.
+void qkv_window_attention_forward(float* out, float* lse, float* qkv, const float* x, const float* w,
+                                  const float* b, const float* rel_bias, const float* mask, int n_mask,
+                                  int B, int T, int NH, int HS);
+void qkv_window_attention_backward(float* dx, float* dw, float* db, float* drel_bias, float* dqkv,
+                                   const float* dout, const float* out, const float* lse, const float* qkv,
+                                   const float* x, const float* w, const float* b, const float* rel_bias,
+                                   const float* mask, int n_mask, int B, int T, int NH, int HS);
+
 // multi-head attention without a stored attention map, general Tq, Tk (Mask2Former's masked
 // cross-attention and self-attention; flash-attention style). The math of attention_forward
 // without rel_bias: same q, k, v strides, mask (n_mask, Tq, Tk) additive and shared by all heads
@@ -2201,6 +2218,8 @@ void attention_forward_cpu(float* out, float* att, const float* q, const float* 
 void attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 void window_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
 void window_attention_backward_cpu(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
+void qkv_window_attention_forward_cpu(float* out, float* lse, float* qkv, const float* x, const float* w, const float* b, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS);
+void qkv_window_attention_backward_cpu(float* dx, float* dw, float* db, float* drel_bias, float* dqkv, const float* dout, const float* out, const float* lse, const float* qkv, const float* x, const float* w, const float* b, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS);
 void flash_attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 void flash_attention_backward_cpu(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 void bias_gather_forward_cpu(float* out, const float* table, const int* index, int N, int NH);
@@ -2299,6 +2318,8 @@ CUDA_TWIN void attention_forward_cuda(float* out, float* att, const float* q, co
 CUDA_TWIN void attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* att, const float* q, const float* k, const float* v, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 CUDA_TWIN void window_attention_forward_cuda(float* out, float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
 CUDA_TWIN void window_attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS, int q_stride, int kv_stride);
+CUDA_TWIN void qkv_window_attention_forward_cuda(float* out, float* lse, float* qkv, const float* x, const float* w, const float* b, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS);
+CUDA_TWIN void qkv_window_attention_backward_cuda(float* dx, float* dw, float* db, float* drel_bias, float* dqkv, const float* dout, const float* out, const float* lse, const float* qkv, const float* x, const float* w, const float* b, const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH, int HS);
 CUDA_TWIN void flash_attention_forward_cuda(float* out, float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 CUDA_TWIN void flash_attention_backward_cuda(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse, const float* q, const float* k, const float* v, const float* mask, int n_mask, int B, int Tq, int Tk, int NH, int HS, int q_stride, int kv_stride);
 CUDA_TWIN void bias_gather_forward_cuda(float* out, const float* table, const int* index, int N, int NH);

@@ -2313,15 +2313,24 @@ __device__ __forceinline__ void watt_tc_bfrag(uint32_t b[2], const __nv_bfloat16
     b[1] = watt_tc_ld32(p + 8);
 }
 
-// the (T, HS) slice of head h of window w of x (rows `stride` floats apart) as bf16, zero at rows
-// T .. 63: into s (64, HS + 8) row-major and/or st (HS, 72) transposed (either may be NULL). A warp
-// step covers 8 rows x 4 column pairs: lane -> row 8 (u % 8) + lane % 8, columns
-// 8 (u / 8) + 2 (lane / 8) + {0, 1} (u = warp + 4 it < HS: the step's unit)
-template <int HS>
-__device__ __forceinline__ void watt_tc_load(__nv_bfloat16* s, __nv_bfloat16* st, const float* x, int stride,
-                                             int w, int h, int T) {
+// two neighbouring values at p (p even: a bf16 pair is one 4-byte load)
+__device__ __forceinline__ void watt_tc_load2(const float* p, float* a, float* c) { *a = p[0]; *c = p[1]; }
+__device__ __forceinline__ void watt_tc_load2(const __nv_bfloat16* p, float* a, float* c) {
+    float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+    *a = f.x; *c = f.y;
+}
+
+// the (T, HS) slice of head h of window w of x (rows `stride` elements apart; float32, or bf16 on
+// qkv_window_attention's bf16 path) plus bias[h * HS + d] per column d when bias is not NULL, as
+// bf16, zero at rows T .. 63: into s (64, HS + 8) row-major and/or st (HS, 72) transposed (either
+// may be NULL). A warp step covers 8 rows x 4 column pairs: lane -> row 8 (u % 8) + lane % 8,
+// columns 8 (u / 8) + 2 (lane / 8) + {0, 1} (u = warp + 4 it < HS: the step's unit)
+template <int HS, typename TI>
+__device__ __forceinline__ void watt_tc_load(__nv_bfloat16* s, __nv_bfloat16* st, const TI* x, int stride,
+                                             const float* bias, int w, int h, int T) {
     constexpr int LDH = HS + 8;
-    const float* base = x + (size_t)w * T * stride + (size_t)h * HS;
+    const TI* base = x + (size_t)w * T * stride + (size_t)h * HS;
+    const float* hb = bias ? bias + (size_t)h * HS : NULL;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     #pragma unroll
     for (int it = 0; it < HS / 4; it++) {   // all the warp's loads in flight together
@@ -2329,8 +2338,8 @@ __device__ __forceinline__ void watt_tc_load(__nv_bfloat16* s, __nv_bfloat16* st
         int r = 8 * (u % 8) + lane % 8, d = 8 * (u / 8) + 2 * (lane / 8);
         float a = 0.0f, c = 0.0f;
         if (r < T) {
-            const float* p = base + (size_t)r * stride + d;
-            a = p[0]; c = p[1];
+            watt_tc_load2(base + (size_t)r * stride + d, &a, &c);
+            if (hb) { a += hb[d]; c += hb[d + 1]; }
         }
         __nv_bfloat162 pr = __floats2bfloat162_rn(a, c);
         if (s) *(__nv_bfloat162*)(s + r * LDH + d) = pr;
@@ -2342,11 +2351,13 @@ __device__ __forceinline__ void watt_tc_load(__nv_bfloat16* s, __nv_bfloat16* st
 }
 
 // forward: items (w, h) = (item / NH, item % NH), item = blockIdx.x, + gridDim.x, ...
-template <int HS>
+// q, k, v of type TI (float32, or bf16 on qkv_window_attention's path), plus the per-column
+// biases qb, kb, vb where not NULL (the (NH * HS) columns of q, k, v: head h uses qb[h HS + d])
+template <int HS, typename TI>
 __global__ void __launch_bounds__(WATT_TC_THREADS, HS <= 32 ? WATT_TC_FWD_MIN_BLOCKS : 4)
-window_attention_fwd_tc_kernel(float* out, float* lse, const float* q, const float* k, const float* v,
-                               const float* rel_bias, const float* mask, int n_mask, int B, int NH, int T,
-                               int q_stride, int kv_stride, float scale) {
+window_attention_fwd_tc_kernel(float* out, float* lse, const TI* q, const TI* k, const TI* v, const float* qb,
+                               const float* kb, const float* vb, const float* rel_bias, const float* mask,
+                               int n_mask, int B, int NH, int T, int q_stride, int kv_stride, float scale) {
     constexpr int LDH = HS + 8, NT = HS / 8, KS = HS / 16;
     extern __shared__ __align__(16) unsigned char watt_tc_smem[];
     __nv_bfloat16* sq = (__nv_bfloat16*)watt_tc_smem;   // (64, LDH)
@@ -2358,9 +2369,9 @@ window_attention_fwd_tc_kernel(float* out, float* lse, const float* q, const flo
     for (int item = blockIdx.x; item < B * NH; item += gridDim.x) {
         const int w = item / NH, h = item % NH;
         __syncthreads();   // the previous item's reads of shared memory are done
-        watt_tc_load<HS>(sq, NULL, q, q_stride, w, h, T);
-        watt_tc_load<HS>(sk, NULL, k, kv_stride, w, h, T);
-        watt_tc_load<HS>(NULL, svt, v, kv_stride, w, h, T);
+        watt_tc_load<HS>(sq, NULL, q, q_stride, qb, w, h, T);
+        watt_tc_load<HS>(sk, NULL, k, kv_stride, kb, w, h, T);
+        watt_tc_load<HS>(NULL, svt, v, kv_stride, vb, w, h, T);
         __syncthreads();
         if (r0 >= T) continue;   // warp-uniform; the next barrier is the next item's first
         uint32_t qa[KS][4];
@@ -2475,14 +2486,33 @@ __device__ __forceinline__ void watt_tc_accumulate(float* gb, int stride, const 
         }
     }
 }
+// the same rows and columns WRITTEN as bf16 pairs (qkv_window_attention's bf16 dqkv: every
+// element of a (window, head) slice belongs to one block, so nothing needs zeroing first)
+template <int NT>
+__device__ __forceinline__ void watt_tc_accumulate(__nv_bfloat16* gb, int stride, const float acc[NT][4],
+                                                   float alpha, int m0, int g, int t, int T) {
+    const int ra = m0 + g, rc = ra + 8;
+    #pragma unroll
+    for (int n = 0; n < NT; n++) {
+        int d = 8 * n + 2 * t;
+        if (ra < T)
+            *reinterpret_cast<__nv_bfloat162*>(gb + (size_t)ra * stride + d) =
+                __floats2bfloat162_rn(alpha * acc[n][0], alpha * acc[n][1]);
+        if (rc < T)
+            *reinterpret_cast<__nv_bfloat162*>(gb + (size_t)rc * stride + d) =
+                __floats2bfloat162_rn(alpha * acc[n][2], alpha * acc[n][3]);
+    }
+}
 
 // backward, grid (chunks, NH): block (chunk, h) runs windows chunk * wpb .. + wpb - 1 (< B) of
 // head h in turn. drel_partial (chunks, NH, T, T) or NULL.
-template <int HS>
+// TI as the forward's; TG float: dq, dk, dv accumulate (+=), bf16: written (=)
+template <int HS, typename TI, typename TG>
 __global__ void __launch_bounds__(WATT_TC_THREADS, WATT_TC_BWD_MIN_BLOCKS(HS))
-window_attention_bwd_tc_kernel(float* dq, float* dk, float* dv, float* drel_partial, const float* dout,
-                               const float* out, const float* lse, const float* q, const float* k,
-                               const float* v, const float* rel_bias, const float* mask, int n_mask,
+window_attention_bwd_tc_kernel(TG* dq, TG* dk, TG* dv, float* drel_partial, const float* dout,
+                               const float* out, const float* lse, const TI* q, const TI* k,
+                               const TI* v, const float* qb, const float* kb, const float* vb,
+                               const float* rel_bias, const float* mask, int n_mask,
                                int B, int NH, int T, int q_stride, int kv_stride, float scale, int wpb) {
     constexpr int LDH = HS + 8, NT = HS / 8, KS = HS / 16;
     extern __shared__ __align__(16) unsigned char watt_tc_smem[];
@@ -2511,10 +2541,10 @@ window_attention_bwd_tc_kernel(float* dq, float* dk, float* dv, float* drel_part
     const int w0 = blockIdx.x * wpb, w1 = min(B, w0 + wpb);
     for (int w = w0; w < w1; w++) {
         __syncthreads();   // the previous window's reads of shared memory are done
-        watt_tc_load<HS>(sq, sqt, q, q_stride, w, h, T);
-        watt_tc_load<HS>(sk, skt, k, kv_stride, w, h, T);
-        watt_tc_load<HS>(sv, NULL, v, kv_stride, w, h, T);
-        watt_tc_load<HS>(sdo, sdot, dout, C, w, h, T);
+        watt_tc_load<HS>(sq, sqt, q, q_stride, qb, w, h, T);
+        watt_tc_load<HS>(sk, skt, k, kv_stride, kb, w, h, T);
+        watt_tc_load<HS>(sv, NULL, v, kv_stride, vb, w, h, T);
+        watt_tc_load<HS>(sdo, sdot, dout, C, (const float*)NULL, w, h, T);
         // D_i = dout_i . out_i and lse_i of rows i0, i1 (float32, from global): a quad per row
         float D0 = 0.0f, D1 = 0.0f, l0 = -INFINITY, l1 = -INFINITY;
         if (active) {
@@ -2653,10 +2683,10 @@ window_attention_bwd_tc_kernel(float* dq, float* dk, float* dv, float* drel_part
     }
 }
 
-template <int HS>
-static void watt_tc_launch_fwd(float* out, float* lse, const float* q, const float* k, const float* v,
-                               const float* rel_bias, const float* mask, int n_mask, int B, int T, int NH,
-                               int q_stride, int kv_stride, float scale) {
+template <int HS, typename TI>
+static void watt_tc_launch_fwd(float* out, float* lse, const TI* q, const TI* k, const TI* v, const float* qb,
+                               const float* kb, const float* vb, const float* rel_bias, const float* mask,
+                               int n_mask, int B, int T, int NH, int q_stride, int kv_stride, float scale) {
     static int sms = 0;
     if (sms == 0) {
         int dev = 0;
@@ -2666,23 +2696,24 @@ static void watt_tc_launch_fwd(float* out, float* lse, const float* q, const flo
     size_t smem = watt_tc_fwd_smem(HS);   // below 48 KiB at HS <= 64
     long long items = (long long)B * NH, cap = (long long)sms * WATT_TC_FWD_BLOCKS_PER_SM;
     unsigned grid = (unsigned)(items < cap ? items : cap);
-    window_attention_fwd_tc_kernel<HS><<<grid, WATT_TC_THREADS, smem>>>(
-        out, lse, q, k, v, rel_bias, mask, n_mask, B, NH, T, q_stride, kv_stride, scale);
+    window_attention_fwd_tc_kernel<HS, TI><<<grid, WATT_TC_THREADS, smem>>>(
+        out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, NH, T, q_stride, kv_stride, scale);
     launchCheck();
 }
 
-template <int HS>
-static void watt_tc_launch_bwd(float* dq, float* dk, float* dv, float* drel_partial, const float* dout,
-                               const float* out, const float* lse, const float* q, const float* k,
-                               const float* v, const float* rel_bias, const float* mask, int n_mask,
+template <int HS, typename TI, typename TG>
+static void watt_tc_launch_bwd(TG* dq, TG* dk, TG* dv, float* drel_partial, const float* dout,
+                               const float* out, const float* lse, const TI* q, const TI* k,
+                               const TI* v, const float* qb, const float* kb, const float* vb,
+                               const float* rel_bias, const float* mask, int n_mask,
                                int B, int T, int NH, int q_stride, int kv_stride, float scale, int wpb,
                                int chunks) {
     static size_t smem_raised = 0;
     size_t smem = watt_tc_bwd_smem(HS);
-    smem_limit_raise(window_attention_bwd_tc_kernel<HS>, smem, &smem_raised);
+    smem_limit_raise(window_attention_bwd_tc_kernel<HS, TI, TG>, smem, &smem_raised);
     dim3 grid((unsigned)chunks, (unsigned)NH);
-    window_attention_bwd_tc_kernel<HS><<<grid, WATT_TC_THREADS, smem>>>(
-        dq, dk, dv, drel_partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask,
+    window_attention_bwd_tc_kernel<HS, TI, TG><<<grid, WATT_TC_THREADS, smem>>>(
+        dq, dk, dv, drel_partial, dout, out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask,
         B, NH, T, q_stride, kv_stride, scale, wpb);
     launchCheck();
 }
@@ -2698,10 +2729,10 @@ extern "C" void window_attention_forward_cuda(float* out, float* lse, const floa
     if (watt_tc_ok(T, HS)) {   // bf16: the tensor-core kernels
         watt_tc_calls[0]++;
         switch (HS) {
-        case 16: watt_tc_launch_fwd<16>(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
-        case 32: watt_tc_launch_fwd<32>(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
-        case 48: watt_tc_launch_fwd<48>(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
-        default: watt_tc_launch_fwd<64>(out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
+        case 16: watt_tc_launch_fwd<16>(out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
+        case 32: watt_tc_launch_fwd<32>(out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
+        case 48: watt_tc_launch_fwd<48>(out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
+        default: watt_tc_launch_fwd<64>(out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
         }
         return;
     }
@@ -2725,6 +2756,24 @@ extern "C" void window_attention_forward_cuda(float* out, float* lse, const floa
     }
 }
 
+// the backward's blocks with drel_bias: wpb windows per block, so that chunks * NH is about
+// WATT_TARGET_BLOCKS, each block writing its sum of dS to a (chunks, NH, T, T) partial (returned;
+// NULL without drel_bias: one window per block); watt_drel_finish adds the partials to drel_bias
+static float* watt_drel_partial(bool drel, int B, int NH, int T, int* wpb, int* chunks) {
+    *wpb = 1; *chunks = B;
+    if (!drel) return NULL;
+    long long blocks = (long long)B * NH;
+    *wpb = (int)((blocks + WATT_TARGET_BLOCKS - 1) / WATT_TARGET_BLOCKS);
+    if (*wpb < 1) *wpb = 1;
+    *chunks = (B + *wpb - 1) / *wpb;
+    return (float*)workspace_get(&ws_watt, (size_t)*chunks * NH * T * T * sizeof(float));
+}
+static void watt_drel_finish(float* drel_bias, const float* partial, int chunks, int NH, int T) {
+    int n = NH * T * T;
+    watt_drel_reduce_kernel<<<(n + 31) / 32, dim3(32, 8)>>>(drel_bias, partial, chunks, n);
+    launchCheck();
+}
+
 extern "C" void window_attention_backward_cuda(float* dq, float* dk, float* dv, float* drel_bias,
                                                const float* dout, const float* out, const float* lse,
                                                const float* q, const float* k, const float* v,
@@ -2744,23 +2793,15 @@ extern "C" void window_attention_backward_cuda(float* dq, float* dk, float* dv, 
         attention_backward_cuda(dq, dk, dv, drel_bias, dout, att, q, k, v, B, T, T, NH, HS, q_stride, kv_stride);
         return;
     }
-    // with drel_bias: wpb windows per block, so that chunks * NH is about WATT_TARGET_BLOCKS
-    int wpb = 1, chunks = B;
-    float* partial = NULL;
-    if (drel_bias) {
-        long long blocks = (long long)B * NH;
-        wpb = (int)((blocks + WATT_TARGET_BLOCKS - 1) / WATT_TARGET_BLOCKS);
-        if (wpb < 1) wpb = 1;
-        chunks = (B + wpb - 1) / wpb;
-        partial = (float*)workspace_get(&ws_watt, (size_t)chunks * NH * T * T * sizeof(float));
-    }
+    int wpb, chunks;
+    float* partial = watt_drel_partial(drel_bias != NULL, B, NH, T, &wpb, &chunks);
     if (watt_tc_ok(T, HS)) {   // bf16: the tensor-core kernels
         watt_tc_calls[1]++;
         switch (HS) {
-        case 16: watt_tc_launch_bwd<16>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
-        case 32: watt_tc_launch_bwd<32>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
-        case 48: watt_tc_launch_bwd<48>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
-        default: watt_tc_launch_bwd<64>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
+        case 16: watt_tc_launch_bwd<16>(dq, dk, dv, partial, dout, out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
+        case 32: watt_tc_launch_bwd<32>(dq, dk, dv, partial, dout, out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
+        case 48: watt_tc_launch_bwd<48>(dq, dk, dv, partial, dout, out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
+        default: watt_tc_launch_bwd<64>(dq, dk, dv, partial, dout, out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
         }
     } else switch ((HS + 15) / 16) {
     case 1: watt_launch_bwd<1>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale, wpb, chunks); break;
@@ -2768,11 +2809,7 @@ extern "C" void window_attention_backward_cuda(float* dq, float* dk, float* dv, 
     case 3: watt_launch_bwd<3>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale, wpb, chunks); break;
     default: watt_launch_bwd<4>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale, wpb, chunks); break;
     }
-    if (drel_bias) {
-        int n = NH * T * T;
-        watt_drel_reduce_kernel<<<(n + 31) / 32, dim3(32, 8)>>>(drel_bias, partial, chunks, n);
-        launchCheck();
-    }
+    if (drel_bias) watt_drel_finish(drel_bias, partial, chunks, NH, T);
 }
 
 // ----------------------------------------------------------------------------
@@ -5877,6 +5914,114 @@ static void mlp_backward_bf16(float* dx, float* dw1, float* db1, float* dw2, flo
         }
     }
     bf16_calls[0] += 2;
+}
+
+// ----------------------------------------------------------------------------
+// Swin's qkv linear and window attention as one op (ttt.h). The bf16 path (qkv_watt_bf16_taken):
+//   forward  qkv = bf16(x) @ bf16(w)^T written as bf16 by the product, no bias (the first half of
+//            the caller's qkv buffer); the tensor-core attention reads q, k, v from it and adds
+//            b's three parts (b, b + C, b + 2C) while it rounds them into shared memory
+//   backward the tensor-core backward reads qkv the same way and WRITES dq, dk, dv in bf16 to the
+//            first half of dqkv (each (window, head) slice is one block's: no zeroing, no
+//            read-modify-write); the linear's backward then takes that bf16 dqkv as its operand
+//            as it is: db += its column sums, dx = dqkv @ bf16(w) (written), dw += dqkv^T bf16(x)
+// The bias pass over the float32 (B*T, 3C) qkv, its float32 write and reads, the memset of dqkv
+// and the float32 dqkv's conversion all disappear. Otherwise: linear_forward_cuda then
+// window_attention_forward_cuda, and backward the zeroed float32 dqkv.
+
+// the bf16 path: bf16 precision with the bf16 linears on (any width: the (B*T, 3C) output is what
+// it halves) and the tensor-core window attention for (T, HS)
+static int qkv_watt_bf16_taken(int T, int HS) { return bf16_linear_switch() != 0 && watt_tc_ok(T, HS); }
+
+extern "C" void qkv_window_attention_forward_cuda(float* out, float* lse, float* qkv, const float* x,
+                                                  const float* w, const float* b, const float* rel_bias,
+                                                  const float* mask, int n_mask, int B, int T, int NH, int HS) {
+    OpTimer timer("qkv_window_attention_forward", B * T, NH * HS, 3 * NH * HS);
+    if (B <= 0 || T <= 0 || NH <= 0 || HS <= 0) return;
+    int N = B * T, C = NH * HS;
+    if (!qkv_watt_bf16_taken(T, HS)) {
+        linear_forward_cuda(qkv, x, w, b, N, C, 3 * C);
+        window_attention_forward_cuda(out, lse, qkv, qkv + C, qkv + 2 * C, rel_bias, mask, n_mask, B, T, NH, HS,
+                                      3 * C, 3 * C);
+        return;
+    }
+    if (n_mask <= 0) n_mask = 1;
+    __nv_bfloat16* qkvb = (__nv_bfloat16*)qkv;   // (N, 3C)
+    size_t rows = bf16_chunk_rows((size_t)N, (size_t)C), wpart = bf16_round((size_t)3 * C * C);
+    __nv_bfloat16* wb = (__nv_bfloat16*)workspace_get(&ws_bf16, (wpart + rows * C) * sizeof(__nv_bfloat16));
+    __nv_bfloat16* xb = wb + wpart;
+    to_bf16(wb, w, (size_t)3 * C * C);
+    for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
+        size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
+        to_bf16(xb, x + r0 * C, nr * C);
+        // qkv rows (nr, 3C) = x rows (nr, C) @ w (3C, C)^T, without b
+        gemm_bf16_rm_bf16_out(false, true, (int)nr, 3 * C, C, xb, C, wb, C, qkvb + r0 * 3 * C, 3 * C);
+    }
+    bf16_calls[0]++;
+    watt_tc_calls[0]++;
+    const float *qb = b, *kb = b ? b + C : NULL, *vb = b ? b + 2 * C : NULL;
+    float scale = 1.0f / sqrtf((float)HS);
+    const __nv_bfloat16 *q = qkvb, *k = qkvb + C, *v = qkvb + 2 * C;
+    switch (HS) {
+    case 16: watt_tc_launch_fwd<16>(out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale); break;
+    case 32: watt_tc_launch_fwd<32>(out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale); break;
+    case 48: watt_tc_launch_fwd<48>(out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale); break;
+    default: watt_tc_launch_fwd<64>(out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale); break;
+    }
+}
+
+extern "C" void qkv_window_attention_backward_cuda(float* dx, float* dw, float* db, float* drel_bias, float* dqkv,
+                                                   const float* dout, const float* out, const float* lse,
+                                                   const float* qkv, const float* x, const float* w, const float* b,
+                                                   const float* rel_bias, const float* mask, int n_mask, int B,
+                                                   int T, int NH, int HS) {
+    OpTimer timer("qkv_window_attention_backward", B * T, NH * HS, 3 * NH * HS);
+    if (B <= 0 || T <= 0 || NH <= 0 || HS <= 0) return;
+    if (!out || !lse) ttt_die("qkv_window_attention_backward: the forward's out and lse are required");
+    int N = B * T, C = NH * HS;
+    if (!qkv_watt_bf16_taken(T, HS)) {
+        ttt_cuda_zero(dqkv, (size_t)N * 3 * C * sizeof(float));   // window_attention_backward accumulates
+        window_attention_backward_cuda(dqkv, dqkv + C, dqkv + 2 * C, drel_bias, dout, out, lse, qkv, qkv + C,
+                                       qkv + 2 * C, rel_bias, mask, n_mask, B, T, NH, HS, 3 * C, 3 * C);
+        linear_backward_write_cuda(dx, dw, db, dqkv, x, w, N, C, 3 * C);
+        return;
+    }
+    if (n_mask <= 0) n_mask = 1;
+    const __nv_bfloat16* qkvb = (const __nv_bfloat16*)qkv;
+    __nv_bfloat16* dqkvb = (__nv_bfloat16*)dqkv;   // (N, 3C), written below
+    const float *qb = b, *kb = b ? b + C : NULL, *vb = b ? b + 2 * C : NULL;
+    float scale = 1.0f / sqrtf((float)HS);
+    int wpb, chunks;
+    float* partial = watt_drel_partial(drel_bias != NULL, B, NH, T, &wpb, &chunks);
+    watt_tc_calls[1]++;
+    const __nv_bfloat16 *q = qkvb, *k = qkvb + C, *v = qkvb + 2 * C;
+    __nv_bfloat16 *dq = dqkvb, *dk = dqkvb + C, *dv = dqkvb + 2 * C;
+    switch (HS) {
+    case 16: watt_tc_launch_bwd<16>(dq, dk, dv, partial, dout, out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale, wpb, chunks); break;
+    case 32: watt_tc_launch_bwd<32>(dq, dk, dv, partial, dout, out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale, wpb, chunks); break;
+    case 48: watt_tc_launch_bwd<48>(dq, dk, dv, partial, dout, out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale, wpb, chunks); break;
+    default: watt_tc_launch_bwd<64>(dq, dk, dv, partial, dout, out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale, wpb, chunks); break;
+    }
+    if (drel_bias) watt_drel_finish(drel_bias, partial, chunks, NH, T);
+    // the qkv linear's backward on the bf16 dqkv (N, 3C)
+    if (db) column_sum_convert(NULL, db, (const __nv_bfloat16*)dqkvb, (const float*)NULL, NULL, N, 3 * C);
+    size_t wpart = bf16_round((size_t)3 * C * C);
+    size_t rows = dw ? bf16_chunk_rows((size_t)N, (size_t)C) : 0;
+    __nv_bfloat16* wb = (__nv_bfloat16*)workspace_get(&ws_bf16, (wpart + rows * C) * sizeof(__nv_bfloat16));
+    __nv_bfloat16* xb = wb + wpart;
+    if (dx) {
+        // dx (N, C) = dqkv (N, 3C) @ w (3C, C), written
+        to_bf16(wb, w, (size_t)3 * C * C);
+        gemm_bf16_rm(false, false, N, C, 3 * C, dqkvb, 3 * C, wb, C, 0.0f, dx, C);
+    }
+    if (dw)
+        for (size_t r0 = 0; r0 < (size_t)N; r0 += rows) {
+            size_t nr = (size_t)N - r0 < rows ? (size_t)N - r0 : rows;
+            // dw (3C, C) += dqkv rows^T (3C, nr) @ x rows (nr, C)
+            to_bf16(xb, x + r0 * C, nr * C);
+            gemm_bf16_rm(true, false, 3 * C, C, (int)nr, dqkvb + r0 * 3 * C, 3 * C, xb, C, 1.0f, dw, C);
+        }
+    bf16_calls[0]++;
 }
 
 // ----------------------------------------------------------------------------

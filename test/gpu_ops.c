@@ -833,6 +833,67 @@ static void test_window_attention_tc(const char* label, int B, int T, int NH, in
     ttt_cuda_set_precision(PRECISION_TF32);
 }
 
+// qkv_window_attention (Swin's qkv linear and window attention as one op) against the CPU op.
+// mode 1: bf16 precision; path 1: the bf16 path must be taken (qkv kept in bf16 without its bias, the bias added by the
+// tensor-core kernels as they load, dqkv written in bf16: the dqkv scratch starts NaN-filled, so
+// an element read before it is written shows); mode 0: TF32, the float32 linear and kernels in
+// turn (the op zeroes its scratch itself, also NaN-filled here), as must bf16 precision where the
+// tensor-core kernels do not apply (path 0). x random in [-1, 1], weights in
+// [-0.25, 0.25] (scores of a few units), rel_bias and a -100 shift-style mask on odd windows.
+// dx is written (NaN-filled), dw, db and drel_bias accumulate from random values.
+static void test_qkv_window_attention(int B, int T, int NH, int HS, int n_mask, int mode, int path) {
+    ttt_cuda_set_precision(mode ? PRECISION_BF16 : PRECISION_TF32);
+    ttt_cuda_set_watt_tc(-1);
+    ttt_cuda_set_bf16_linear(-1);
+    int C = NH * HS, N = B * T;
+    double tol_out = path ? TOL_WATT_TC_OUT : 2e-3, tol_grad = path ? TOL_WATT_TC_GRAD : 2e-3;
+    printf("qkv_window_attention %s: %d windows of %d, %d heads of %d, %d masks\n", mode ? "bf16" : "tf32", B, T,
+           NH, HS, n_mask);
+    size_t nx = (size_t)N * C, nqkv = (size_t)N * 3 * C, nw = (size_t)3 * C * C, nrel = (size_t)NH * T * T;
+    size_t nmask = (size_t)n_mask * T * T, nlse = (size_t)B * NH * T;
+    float *x = rnd(nx), *w = random_tensor(&rng, nw, -0.25f, 0.25f), *b = rnd(3 * C), *rel = rnd(nrel);
+    float *mask = (float*)mallocCheck(nmask * sizeof(float)), *dy = rnd(nx);
+    for (int m = 0; m < n_mask; m++)   // odd masks: key groups (j < T / 2 vs the rest) may not meet
+        for (int i = 0; i < T; i++)
+            for (int j = 0; j < T; j++)
+                mask[((size_t)m * T + i) * T + j] = (m % 2 == 1 && (i < T / 2) != (j < T / 2)) ? -100.0f : 0.0f;
+    float *ref = (float*)mallocCheck(nx * sizeof(float)), *lse_ref = (float*)mallocCheck(nlse * sizeof(float));
+    float *qkv_ref = (float*)mallocCheck(nqkv * sizeof(float)), *dqkv_ref = (float*)mallocCheck(nqkv * sizeof(float));
+    float* dx_ref = (float*)mallocCheck(nx * sizeof(float));
+    qkv_window_attention_forward_cpu(ref, lse_ref, qkv_ref, x, w, b, rel, mask, n_mask, B, T, NH, HS);
+    float *x_ = dev_copy(x, nx), *w_ = dev_copy(w, nw), *b_ = dev_copy(b, 3 * C), *rel_ = dev_copy(rel, nrel);
+    float *mask_ = dev_copy(mask, nmask), *dy_ = dev_copy(dy, nx);
+    float *out = dev_poison(nx), *lse = dev_poison(nlse), *qkv = dev_poison(nqkv);
+    long tc0 = ttt_cuda_watt_tc_calls(0), tc1 = ttt_cuda_watt_tc_calls(1), lin = ttt_cuda_bf16_calls(0);
+    qkv_window_attention_forward_cuda(out, lse, qkv, x_, w_, b_, rel_, mask_, n_mask, B, T, NH, HS);
+    float* got = host_copy_of(out, nx);
+    check_l2("qkv_window_attention_forward out", got, ref, nx, tol_out);
+    record("qkv_window_attention_forward", l2_rel_error(got, ref, nx), tol_out);
+    free(got);
+    Grad gw = grad_new_scaled(nw, 4.0f), gb = grad_new_scaled(3 * C, 4.0f), grel = grad_new_scaled(nrel, 4.0f);
+    float *dx = dev_poison(nx), *dqkv = dev_poison(nqkv);
+    qkv_window_attention_backward_cpu(dx_ref, gw.cpu, gb.cpu, grel.cpu, dqkv_ref, dy, ref, lse_ref, qkv_ref, x, w, b,
+                                      rel, mask, n_mask, B, T, NH, HS);
+    qkv_window_attention_backward_cuda(dx, gw.gpu, gb.gpu, grel.gpu, dqkv, dy_, out, lse, qkv, x_, w_, b_, rel_,
+                                       mask_, n_mask, B, T, NH, HS);
+    got = host_copy_of(dx, nx);
+    check_l2("qkv_window_attention_backward dx (written over NaN)", got, dx_ref, nx, tol_grad);
+    record("qkv_window_attention_backward", l2_rel_error(got, dx_ref, nx), tol_grad);
+    free(got);
+    grad_cmp_l2("qkv_window_attention_backward", "dw", &gw, tol_grad);
+    grad_cmp_l2("qkv_window_attention_backward", "db", &gb, tol_grad);
+    grad_cmp_l2("qkv_window_attention_backward", "drel_bias", &grel, tol_grad);
+    long took_tc = (ttt_cuda_watt_tc_calls(0) - tc0) + (ttt_cuda_watt_tc_calls(1) - tc1);
+    long took_lin = ttt_cuda_bf16_calls(0) - lin;
+    CHECK(took_tc == 2 * path && took_lin == 2 * path,
+          "qkv_window_attention mode %d: %ld tensor-core attention calls, %ld bf16 linear passes (expected %d, %d)",
+          mode, took_tc, took_lin, 2 * path, 2 * path);
+    free(x); free(w); free(b); free(rel); free(mask); free(dy);
+    free(ref); free(lse_ref); free(qkv_ref); free(dqkv_ref); free(dx_ref);
+    dev_free_all();
+    ttt_cuda_set_precision(PRECISION_TF32);
+}
+
 // ----------------------------------------------------------------------------
 // relative position bias gather (Swin: table (169, NH), index (49*49))
 
@@ -1828,6 +1889,11 @@ int main(void) {
     test_linear_bf16(100, 256, 200, 1, 1);
     ttt_cuda_set_bf16_scratch(0);
     ttt_cuda_set_bf16_linear(-1);
+    test_qkv_window_attention(12, 49, 3, 32, 4, 1, 1);   // Swin-S stage 1: 49-token windows, heads of 32
+    test_qkv_window_attention(6, 49, 2, 64, 2, 1, 1);    // heads of 64
+    test_qkv_window_attention(5, 30, 3, 16, 1, 1, 1);    // T 30: padded rows and keys; one mask (none odd)
+    test_qkv_window_attention(12, 49, 3, 32, 4, 0, 0);   // TF32: the two ops in turn
+    test_qkv_window_attention(4, 49, 3, 20, 2, 1, 0);    // HS 20: no tensor-core kernel, the two ops in turn
     test_mlp(1001, 96, 384, 2, 4);      // Swin-S stage 1 widths, every linear pass on bf16 operands
     test_mlp(29200, 96, 384, 1, 4);     // the default rules there: the bf16 mlp (>= 2^30, hidden 384; C 96 does not matter)
     test_mlp(2000, 96, 96, 1, 0);       // hidden 96 < 192: the float32 gelu passes and TF32 linears

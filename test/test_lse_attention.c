@@ -2,6 +2,7 @@
 // log-sum-exp per score row, on the CPU:
 //   window_attention_forward/backward: Swin's window attention, Tq = Tk = T, relative position
 //     bias, Swin's 0 / -100 shift masks;
+//   qkv_window_attention_forward/backward: Swin's qkv linear and window attention as one op;
 //   flash_attention_forward/backward: Mask2Former's masked cross-attention and self-attention,
 //     general Tq, Tk, no bias, 0 / -inf masks.
 // Every test function takes the op and the general sizes (Tq, Tk) and checks:
@@ -333,6 +334,61 @@ static void test_missing_lse_dies(int op, int Tq, int Tk, int separate_q) {
           "%s: a backward without lse did not print exactly one error line: '%s'", op_name(op), text);
 }
 
+// qkv_window_attention (Swin's qkv linear and window attention as one op): the forward equals
+// linear_forward then window_attention_forward bit for bit (qkv too); the backward against
+// central finite differences of L = sum(out * R) for x, w, b and rel_bias; dx is written (a
+// NaN-filled dx and a NaN-filled dqkv scratch are fully overwritten), dw, db, drel_bias accumulate
+typedef struct { float *out, *lse, *qkv, *x, *w, *b, *rel, *mask, *R; int B, T, NH, HS, n_mask; } QkvCase;
+static double qkv_loss(void* p) {
+    QkvCase* t = p;
+    qkv_window_attention_forward_cpu(t->out, t->lse, t->qkv, t->x, t->w, t->b, t->rel, t->mask, t->n_mask, t->B,
+                                     t->T, t->NH, t->HS);
+    return dot_double(t->out, t->R, (size_t)t->B * t->T * t->NH * t->HS);
+}
+static void test_qkv_window_attention(int B, int T, int NH, int HS, int n_mask) {
+    QkvCase t = {0};
+    t.B = B; t.T = T; t.NH = NH; t.HS = HS; t.n_mask = n_mask;
+    int C = NH * HS, N = B * T;
+    size_t nx = (size_t)N * C, nqkv = (size_t)N * 3 * C, nw = (size_t)3 * C * C, nrel = (size_t)NH * T * T;
+    t.x = random_tensor(&rng, nx, -1, 1); t.w = random_tensor(&rng, nw, -0.5, 0.5);
+    t.b = random_tensor(&rng, 3 * C, -1, 1); t.rel = random_tensor(&rng, nrel, -1, 1);
+    t.mask = make_mask(n_mask, T, T, 1); t.R = random_tensor(&rng, nx, -1, 1);
+    t.out = calloc(nx, 4); t.lse = calloc((size_t)B * NH * T, 4); t.qkv = calloc(nqkv, 4);
+    qkv_loss(&t);
+    float *qkv = calloc(nqkv, 4), *out = calloc(nx, 4), *lse = calloc((size_t)B * NH * T, 4);
+    linear_forward_cpu(qkv, t.x, t.w, t.b, N, C, 3 * C);
+    window_attention_forward_cpu(out, lse, qkv, qkv + C, qkv + 2 * C, t.rel, t.mask, n_mask, B, T, NH, HS, 3 * C,
+                                 3 * C);
+    check_close("qkv_window_attention forward: qkv == linear", t.qkv, qkv, nqkv, 0);
+    check_close("qkv_window_attention forward == linear, window_attention", t.out, out, nx, 0);
+    float *dx = malloc(nx * 4), *dqkv = malloc(nqkv * 4);
+    for (size_t i = 0; i < nx; i++) dx[i] = NAN;   // written, so never read
+    for (size_t i = 0; i < nqkv; i++) dqkv[i] = NAN;
+    size_t np[3] = {nw, (size_t)3 * C, nrel};
+    float *dparam[3], *dinit[3];
+    for (int k = 0; k < 3; k++) {
+        dparam[k] = random_tensor(&rng, np[k], -1, 1);
+        dinit[k] = malloc(np[k] * 4);
+        memcpy(dinit[k], dparam[k], np[k] * 4);
+    }
+    qkv_window_attention_backward_cpu(dx, dparam[0], dparam[1], dparam[2], dqkv, t.R, t.out, t.lse, t.qkv, t.x, t.w,
+                                      t.b, t.rel, t.mask, n_mask, B, T, NH, HS);
+    for (int k = 0; k < 3; k++)
+        for (size_t i = 0; i < np[k]; i++) dparam[k][i] -= dinit[k][i];   // the increments (+=)
+    char label[96];
+    snprintf(label, sizeof(label), "qkv_window_attention %dx%d, %d heads dx (written over NaN)", B, T, NH);
+    grad_check(label, t.x, nx, dx, qkv_loss, &t, EPS, TOL, MAXC);
+    float* params[3] = {t.w, t.b, t.rel};
+    const char* names[3] = {"dw", "db", "drel_bias"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(label, sizeof(label), "qkv_window_attention %dx%d, %d heads %s (+=)", B, T, NH, names[k]);
+        grad_check(label, params[k], np[k], dparam[k], qkv_loss, &t, EPS, TOL, MAXC);
+        free(dparam[k]); free(dinit[k]);
+    }
+    free(t.out); free(t.lse); free(t.qkv); free(t.x); free(t.w); free(t.b); free(t.rel); free(t.mask); free(t.R);
+    free(qkv); free(out); free(lse); free(dx); free(dqkv);
+}
+
 int main(void) {
     // first: no OpenMP threads exist yet when they fork
     test_missing_lse_dies(WINDOW, 3, 3, 0);
@@ -345,6 +401,7 @@ int main(void) {
     test_equal_to_attention(WINDOW, 6, 49, 49, 3, 32, 1, 1, 3, 0);    // Swin-S stage 1 shifted windows
     test_equal_to_attention(WINDOW, 5, 49, 49, 12, 32, 1, 2, 2, 1);   // 12 heads, -inf mask, separate q
     test_gradients(WINDOW, 4, 7, 7, 2, 5, 1, 2, 2, 0);                // -100, -inf, all -inf row, fused qkv
+    test_qkv_window_attention(3, 9, 2, 4, 2);                         // the qkv linear and window attention op
     // flash: general Tq, Tk, no bias, Mask2Former's 0 / -inf masks
     rng_seed(&rng, 14);
     test_equal_to_attention(FLASH, 2, 7, 13, 2, 5, 0, 3, 2, 1);       // tiny, Tq < Tk, -inf mask, all -inf row
