@@ -26,6 +26,7 @@
 // conv3x3_implicit_bf16_kernel, no im2col buffer, default 0: measured slower); ttt_runtime.cu
 // reads TTT_PROFILE and TTT_GRAPHS.
 // Checked with compute-sanitizer: memcheck on test/gpu_ops, racecheck on test/gpu_model.
+#include <type_traits>
 #include <float.h>
 #include <cuda_bf16.h>
 #include "ttt_cuda.cuh"
@@ -2323,14 +2324,53 @@ __device__ __forceinline__ void watt_tc_load2(const __nv_bfloat16* p, float* a, 
 // the (T, HS) slice of head h of window w of x (rows `stride` elements apart; float32, or bf16 on
 // qkv_window_attention's bf16 path) plus bias[h * HS + d] per column d when bias is not NULL, as
 // bf16, zero at rows T .. 63: into s (64, HS + 8) row-major and/or st (HS, 72) transposed (either
-// may be NULL). A warp step covers 8 rows x 4 column pairs: lane -> row 8 (u % 8) + lane % 8,
-// columns 8 (u / 8) + 2 (lane / 8) + {0, 1} (u = warp + 4 it < HS: the step's unit)
+// may be NULL). float32 sources: a warp step covers 8 rows x 4 column pairs: lane -> row
+// 8 (u % 8) + lane % 8, columns 8 (u / 8) + 2 (lane / 8) + {0, 1} (u = warp + 4 it < HS: the
+// step's unit); bf16 sources: 16-byte units of 8 columns (below)
 template <int HS, typename TI>
 __device__ __forceinline__ void watt_tc_load(__nv_bfloat16* s, __nv_bfloat16* st, const TI* x, int stride,
                                              const float* bias, int w, int h, int T) {
     constexpr int LDH = HS + 8;
     const TI* base = x + (size_t)w * T * stride + (size_t)h * HS;
     const float* hb = bias ? bias + (size_t)h * HS : NULL;
+    if constexpr (std::is_same<TI, __nv_bfloat16>::value) {
+        // bf16 source (qkv_window_attention's qkv: rows 16-byte aligned): units of one row's 8
+        // columns, one 16-byte load each, 4 lanes per row at HS 32 (all of a thread's in flight)
+        constexpr int GROUPS = HS / 8, UNITS = 64 * GROUPS;
+        static_assert(UNITS % WATT_TC_THREADS == 0, "whole units per thread");
+        #pragma unroll
+        for (int it = 0; it < UNITS / WATT_TC_THREADS; it++) {
+            const int u = threadIdx.x + WATT_TC_THREADS * it, r = u / GROUPS, d = 8 * (u % GROUPS);
+            float f[8];
+            if (r < T) {
+                uint4 raw = *reinterpret_cast<const uint4*>(base + (size_t)r * stride + d);
+                const __nv_bfloat162* p2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+                #pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    float2 v = __bfloat1622float2(p2[j]);
+                    f[2 * j] = v.x; f[2 * j + 1] = v.y;
+                }
+                if (hb) {
+                    #pragma unroll
+                    for (int j = 0; j < 8; j++) f[j] += hb[d + j];
+                }
+            } else {
+                #pragma unroll
+                for (int j = 0; j < 8; j++) f[j] = 0.0f;
+            }
+            uint4 packed;
+            __nv_bfloat162* pr = reinterpret_cast<__nv_bfloat162*>(&packed);
+            #pragma unroll
+            for (int j = 0; j < 4; j++) pr[j] = __floats2bfloat162_rn(f[2 * j], f[2 * j + 1]);
+            if (s) *reinterpret_cast<uint4*>(s + r * LDH + d) = packed;
+            if (st) {
+                const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&packed);
+                #pragma unroll
+                for (int j = 0; j < 8; j++) st[(d + j) * WATT_TC_LDT + r] = e[j];
+            }
+        }
+        return;
+    }
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     #pragma unroll
     for (int it = 0; it < HS / 4; it++) {   // all the warp's loads in flight together
