@@ -6,10 +6,11 @@
 // - backward ops ACCUMULATE (+=) into every gradient they produce, llm.c style,
 //   so a tensor used twice (residuals) simply gets both contributions. Callers
 //   zero gradient buffers once before a backward pass. Any gradient pointer
-//   may be NULL, meaning "not needed". Four exceptions WRITE (=) activation
+//   may be NULL, meaning "not needed". Five exceptions WRITE (=) activation
 //   gradients, for Swin's backward, where they are the first writer of a buffer that
 //   then needs no zeroing: linear_backward_write (its dinp), mlp_backward (its dx and
-//   scratch), window_reverse_residual_backward and scale_rows_add_backward (both outputs);
+//   scratch), qkv_window_attention_backward (its dx and scratch),
+//   window_reverse_residual_backward and scale_rows_add_backward (both outputs);
 //   each says so at its declaration.
 // - every op exists three times: `name` (dispatch.c: picks a backend on ttt_device),
 //   `name_cpu` (reference in ttt.c, float64 or careful float32 accumulation,
@@ -2043,7 +2044,9 @@ double ttt_cuda_bf16_peak_tflops(int n, int warmup, int iters);
 // real bf16 operands in bf16 mode (ttt_kernels.cu, BF16 OPERANDS): conv2d (all but the 1x1
 // same-grid ones, which are linears) as a bf16 im2col times a bf16 weight in one GEMM per chunk,
 // unless TTT_BF16_CONV=0; linear on bf16 copies where the size rule says it pays, unless
-// TTT_BF16_LINEAR=0. Float32 outputs and sums. fp32 and tf32 modes never take these.
+// TTT_BF16_LINEAR=0 (which also turns off the bf16 paths of mlp and qkv_window_attention, whose
+// (N, 4C) and (N, 3C) tensors are kept in bf16 there). Float32 outputs and sums. fp32 and tf32
+// modes never take these.
 void ttt_cuda_set_bf16_conv(int on);         // 1 on, 0 off, -1 back to TTT_BF16_CONV (default 1)
 void ttt_cuda_set_bf16_linear(int mode);     // 0 off, 1 the size rule, 2 every linear (tests), -1 TTT_BF16_LINEAR
 int ttt_cuda_bf16_linear_taken(int rows, int C, int OC);  // whether such a linear takes bf16 operands now
