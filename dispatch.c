@@ -382,9 +382,9 @@ void layernorm_partition_backward(float* dinp, float* dweight, float* dbias, con
     else layernorm_partition_backward_cpu(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, H, W, C, ws, shift);
 }
 
-void window_reverse_residual_forward(float* out, const float* inp, const float* residual, const float* scale, int B, int H, int W, int C, int ws, int shift) {
-    if (on_gpu()) window_reverse_residual_forward_cuda(out, inp, residual, scale, B, H, W, C, ws, shift);
-    else window_reverse_residual_forward_cpu(out, inp, residual, scale, B, H, W, C, ws, shift);
+void window_reverse_residual_forward(float* out, const float* inp, const float* bias, const float* residual, const float* scale, int B, int H, int W, int C, int ws, int shift) {
+    if (on_gpu()) window_reverse_residual_forward_cuda(out, inp, bias, residual, scale, B, H, W, C, ws, shift);
+    else window_reverse_residual_forward_cpu(out, inp, bias, residual, scale, B, H, W, C, ws, shift);
 }
 
 void window_reverse_residual_backward(float* dresidual, float* dinp, const float* dout, const float* scale, int B, int H, int W, int C, int ws, int shift) {

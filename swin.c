@@ -414,10 +414,10 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
             // attn = window attention over qkv = windows @ qkv_w^T + qkv_b (qkv kept: the op's storage)
             qkv_window_attention_forward(b->attn, b->att_lse, b->qkv, a->work_windows, bp->qkv_w, bp->qkv_b,
                                          b->rel_bias, shift ? a->shift_mask[s] : NULL, nW, B * nW, T, nh, C / nh);
-            linear_forward(a->work_windows, b->attn, bp->proj_w, bp->proj_b, Nw, C, C);   // proj
-            // x_mid = x_in + s_attn[b] * reverse(proj), one pass
-            window_reverse_residual_forward(b->x_mid, a->work_windows, b->x_in, drop_row(a->drop_scale, 2 * blk, B),
-                                            B, Hs, Ws, C, w, shift);
+            linear_forward(a->work_windows, b->attn, bp->proj_w, NULL, Nw, C, C);   // proj, its bias below
+            // x_mid = x_in + s_attn[b] * reverse(proj + proj_b), one pass
+            window_reverse_residual_forward(b->x_mid, a->work_windows, bp->proj_b, b->x_in,
+                                            drop_row(a->drop_scale, 2 * blk, B), B, Hs, Ws, C, w, shift);
             // MLP half (LN2 into work_windows, free again: not kept, recomputed in the backward)
             layernorm_forward(a->work_windows, b->ln2_mean, b->ln2_rstd, b->x_mid, bp->norm2_w, bp->norm2_b, N, C);
             mlp_forward(x_out, b->fc1, a->work_hidden, a->work_windows, bp->fc1_w, bp->fc1_b, bp->fc2_w, bp->fc2_b,

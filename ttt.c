@@ -1423,7 +1423,7 @@ void layernorm_partition_backward_cpu(float* dinp, float* dweight, float* dbias,
     free(dln);
 }
 
-void window_reverse_residual_forward_cpu(float* out, const float* inp, const float* residual,
+void window_reverse_residual_forward_cpu(float* out, const float* inp, const float* bias, const float* residual,
                                          const float* scale, int B, int H, int W, int C, int ws, int shift) {
     int nWh = (H + ws - 1) / ws, nWw = (W + ws - 1) / ws, T = ws * ws;
     #pragma omp parallel for collapse(2) schedule(static)
@@ -1436,7 +1436,7 @@ void window_reverse_residual_forward_cpu(float* out, const float* inp, const flo
                 const float* x = inp + (((size_t)b * nWh * nWw + w) * T + t) * C;
                 const float* r = residual + (size_t)dst * C;
                 float* y = out + (size_t)dst * C;
-                for (int c = 0; c < C; c++) y[c] = x[c] * s + r[c];
+                for (int c = 0; c < C; c++) y[c] = (bias ? x[c] + bias[c] : x[c]) * s + r[c];
             }
         }
     }

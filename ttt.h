@@ -281,12 +281,14 @@ void layernorm_partition_forward(float* out, float* mean, float* rstd, const flo
 void layernorm_partition_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                                   const float* inp, const float* weight, const float* mean,
                                   const float* rstd, int B, int H, int W, int C, int ws, int shift);
-// window_reverse_residual: out (B, H, W, C) = residual + scale[b] * window_reverse(inp), inp
-//   (B*nW, ws*ws, C); scale (B) a drop-path row, NULL meaning 1 (out may equal residual).
+// window_reverse_residual: out (B, H, W, C) = residual + scale[b] * window_reverse(inp + bias),
+//   inp (B*nW, ws*ws, C); bias (C) added to every token (Swin's proj bias: the proj linear then
+//   needs no bias pass), NULL meaning none; scale (B) a drop-path row, NULL meaning 1 (out may
+//   equal residual). bias has no gradient here: it is the column sums of dinp (the linear's).
 //   Backward WRITES (=) both gradients (Swin's backward writes them first, no zeroing):
 //   dresidual = dout; dinp = scale[b] * window_partition(dout), 0 on the padding tokens.
 //   Either gradient may be NULL.
-void window_reverse_residual_forward(float* out, const float* inp, const float* residual,
+void window_reverse_residual_forward(float* out, const float* inp, const float* bias, const float* residual,
                                      const float* scale, int B, int H, int W, int C, int ws, int shift);
 void window_reverse_residual_backward(float* dresidual, float* dinp, const float* dout,
                                       const float* scale, int B, int H, int W, int C, int ws, int shift);
@@ -2233,7 +2235,7 @@ void window_reverse_forward_cpu(float* out, const float* inp, int B, int H, int 
 void window_reverse_backward_cpu(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
 void layernorm_partition_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int ws, int shift);
 void layernorm_partition_backward_cpu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int H, int W, int C, int ws, int shift);
-void window_reverse_residual_forward_cpu(float* out, const float* inp, const float* residual, const float* scale, int B, int H, int W, int C, int ws, int shift);
+void window_reverse_residual_forward_cpu(float* out, const float* inp, const float* bias, const float* residual, const float* scale, int B, int H, int W, int C, int ws, int shift);
 void window_reverse_residual_backward_cpu(float* dresidual, float* dinp, const float* dout, const float* scale, int B, int H, int W, int C, int ws, int shift);
 void layernorm_apply_cpu(float* out, const float* inp, const float* mean, const float* rstd, const float* weight, const float* bias, int N, int C);
 void scale_rows_add_forward_cpu(float* out, const float* inp, const float* residual, const float* scale, int B, size_t N);
@@ -2333,7 +2335,7 @@ CUDA_TWIN void window_reverse_forward_cuda(float* out, const float* inp, int B, 
 CUDA_TWIN void window_reverse_backward_cuda(float* dinp, const float* dout, int B, int H, int W, int C, int ws, int shift);
 CUDA_TWIN void layernorm_partition_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int B, int H, int W, int C, int ws, int shift);
 CUDA_TWIN void layernorm_partition_backward_cuda(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight, const float* mean, const float* rstd, int B, int H, int W, int C, int ws, int shift);
-CUDA_TWIN void window_reverse_residual_forward_cuda(float* out, const float* inp, const float* residual, const float* scale, int B, int H, int W, int C, int ws, int shift);
+CUDA_TWIN void window_reverse_residual_forward_cuda(float* out, const float* inp, const float* bias, const float* residual, const float* scale, int B, int H, int W, int C, int ws, int shift);
 CUDA_TWIN void window_reverse_residual_backward_cuda(float* dresidual, float* dinp, const float* dout, const float* scale, int B, int H, int W, int C, int ws, int shift);
 CUDA_TWIN void layernorm_apply_cuda(float* out, const float* inp, const float* mean, const float* rstd, const float* weight, const float* bias, int N, int C);
 CUDA_TWIN void scale_rows_add_forward_cuda(float* out, const float* inp, const float* residual, const float* scale, int B, size_t N);

@@ -3977,11 +3977,12 @@ __global__ void layernorm_partition_backward_kernel(float* dinp, const float* do
 
 // window_reverse_residual: a group of G lanes per window token (consecutive lanes on consecutive
 // channels, float4 units when vec: C % 4 == 0 and every pointer 16-byte aligned); the token's
-// source pixel and image computed once per token. Pixel src = residual + s * window.
+// source pixel and image computed once per token. Pixel src = residual + s * (window + bias), the
+// bias (C, or NULL) read one float at a time (a bias in the packed parameters is 4-byte aligned).
 template <int VEC>
-__global__ void window_reverse_residual_forward_kernel(float* out, const float* inp, const float* residual,
-                                                       const float* scale, long ntok, int H, int W, int C,
-                                                       int ws, int shift, int G) {
+__global__ void window_reverse_residual_forward_kernel(float* out, const float* inp, const float* bias,
+                                                       const float* residual, const float* scale, long ntok,
+                                                       int H, int W, int C, int ws, int shift, int G) {
     int ng = blockDim.x / G, l = threadIdx.x % G, U = C / VEC;
     for (long tok = (long)blockIdx.x * ng + threadIdx.x / G; tok < ntok; tok += (long)gridDim.x * ng) {
         int b;
@@ -3995,6 +3996,8 @@ __global__ void window_reverse_residual_forward_kernel(float* out, const float* 
             float x[VEC], r[VEC];
             load_unit<VEC>(x, win + (size_t)u * VEC);
             load_unit<VEC>(r, res + (size_t)u * VEC);
+            if (bias)
+                for (int j = 0; j < VEC; j++) x[j] = __fadd_rn(x[j], bias[u * VEC + j]);
             for (int j = 0; j < VEC; j++) x[j] = __fmul_rn(x[j], s) + r[j];
             store_unit<VEC>(o + (size_t)u * VEC, x);
         }
@@ -4120,18 +4123,18 @@ static unsigned int row_group_blocks(size_t nrows, int G) {
     return blocks > 0 ? (unsigned int)blocks : 1u;
 }
 
-extern "C" void window_reverse_residual_forward_cuda(float* out, const float* inp, const float* residual,
-                                                     const float* scale, int B, int H, int W, int C, int ws,
-                                                     int shift) {
+extern "C" void window_reverse_residual_forward_cuda(float* out, const float* inp, const float* bias,
+                                                     const float* residual, const float* scale, int B, int H,
+                                                     int W, int C, int ws, int shift) {
     OpTimer timer("window_reverse_residual_forward");
     size_t ntok = window_tokens(B, H, W, ws);
     if (ntok == 0 || C <= 0) return;
     int vec4 = C % 4 == 0 && is_aligned16(out) && is_aligned16(inp) && is_aligned16(residual);
     int G = ln_group_lanes(C, vec4 ? 4 : 1, 4, NULL);
     if (vec4) window_reverse_residual_forward_kernel<4><<<row_group_blocks(ntok, G), LN_THREADS>>>(
-        out, inp, residual, scale, (long)ntok, H, W, C, ws, shift, G);
+        out, inp, bias, residual, scale, (long)ntok, H, W, C, ws, shift, G);
     else window_reverse_residual_forward_kernel<1><<<row_group_blocks(ntok, G), LN_THREADS>>>(
-        out, inp, residual, scale, (long)ntok, H, W, C, ws, shift, G);
+        out, inp, bias, residual, scale, (long)ntok, H, W, C, ws, shift, G);
     launchCheck();
 }
 

@@ -987,15 +987,16 @@ static void test_swin_fusions(int B, int H, int W, int C, int ws, int shift) {
     layernorm_apply_cpu(aref, x, mref, rref, w, b, N, C);
     layernorm_apply_cuda(aout, d_x, d_m, d_r, d_w, d_b, N, C);
     cmp("layernorm_apply", "out", aout, aref, nimg, TOL_FP32);
-    // window_reverse_residual and scale_rows_add, scale 1 (NULL) and a scale row
+    // window_reverse_residual and scale_rows_add, scale 1 (NULL) and a scale row (with a bias
+    // per channel for window_reverse_residual)
     float* ref2 = (float*)mallocCheck(nimg * sizeof(float));
     for (int k = 0; k < 2; k++) {
         const float* sc = k ? scale : NULL;
         const float* d_sc = k ? d_scale : NULL;
-        const char* what = k ? "out (scaled)" : "out";
+        const char* what = k ? "out (scaled, bias)" : "out";
         float* out3 = dev_poison(nimg);
-        window_reverse_residual_forward_cpu(ref2, win, res, sc, B, H, W, C, ws, shift);
-        window_reverse_residual_forward_cuda(out3, d_win, d_res, d_sc, B, H, W, C, ws, shift);
+        window_reverse_residual_forward_cpu(ref2, win, k ? b : NULL, res, sc, B, H, W, C, ws, shift);
+        window_reverse_residual_forward_cuda(out3, d_win, k ? d_b : NULL, d_res, d_sc, B, H, W, C, ws, shift);
         cmp("window_reverse_residual_forward", what, out3, ref2, nimg, TOL_FP32);
         // the backward WRITES both (padding tokens of dinp: 0), over NaN on both sides
         float *gr_cpu = host_poison(nimg), *gi_cpu = host_poison(nwin);

@@ -192,7 +192,7 @@ typedef struct {
     int B, H, W, C, ws, shift;
     size_t nimg, nwin;
     float *x, *w, *b, *mean, *rstd, *win, *img, *res, *scale, *R;
-    int kind;   // 0 layernorm_partition (x, w, b -> win), 1 window_reverse_residual (win, res -> img)
+    int kind;   // 0 layernorm_partition (x, w, b -> win), 1 window_reverse_residual (win, b, res -> img)
 } Fusion;
 
 static double fusion_loss(void* ctx) {
@@ -202,7 +202,8 @@ static double fusion_loss(void* ctx) {
                                         t->ws, t->shift);
         return dot_double(t->win, t->R, t->nwin);
     }
-    window_reverse_residual_forward_cpu(t->img, t->win, t->res, t->scale, t->B, t->H, t->W, t->C, t->ws, t->shift);
+    window_reverse_residual_forward_cpu(t->img, t->win, t->b, t->res, t->scale, t->B, t->H, t->W, t->C, t->ws,
+                                        t->shift);
     return dot_double(t->img, t->R, t->nimg);
 }
 static void layernorm_partition_dinp(float* din, void* ctx) {
@@ -272,7 +273,8 @@ static void test_layernorm_partition(int B, int H, int W, int C, int ws, int shi
     free(dln); free(app);
 }
 
-static void test_reverse_residual(int B, int H, int W, int C, int ws, int shift, int with_scale) {
+// with_bias: a bias per channel added to every window token (Swin's proj bias)
+static void test_reverse_residual(int B, int H, int W, int C, int ws, int shift, int with_scale, int with_bias) {
     Fusion t = {.B = B, .H = H, .W = W, .C = C, .ws = ws, .shift = shift, .kind = 1};
     int nW = ((H + ws - 1) / ws) * ((W + ws - 1) / ws);
     size_t per = (size_t)H * W * C;
@@ -285,15 +287,19 @@ static void test_reverse_residual(int B, int H, int W, int C, int ws, int shift,
         t.scale[0] = 0.0f;
         if (B > 1) t.scale[1] = 1.0f / (1.0f - 0.3f);
     }
-    // forward: window_reverse -> scale_rows -> add_inplace, bit for bit; every pixel written
+    if (with_bias) t.b = random_tensor(&rng, C, -1, 1);
+    // forward: (bias added per token), window_reverse -> scale_rows -> add_inplace, bit for bit;
+    // every pixel written
     float* ref = mallocCheck(t.nimg * sizeof(float));
-    window_reverse_forward_cpu(ref, t.win, B, H, W, C, ws, shift);
+    float* winb = mallocCheck(t.nwin * sizeof(float));
+    for (size_t i = 0; i < t.nwin; i++) winb[i] = t.b ? t.win[i] + t.b[i % C] : t.win[i];
+    window_reverse_forward_cpu(ref, winb, B, H, W, C, ws, shift);
     if (t.scale) scale_rows_forward_cpu(ref, ref, t.scale, B, per);
     add_inplace_cpu(ref, t.res, t.nimg);
     for (size_t i = 0; i < t.nimg; i++) t.img[i] = NAN;
     fusion_loss(&t);
     CHECK(same_bits(t.img, ref, t.nimg), "window_reverse_residual_forward != add(scale_rows(window_reverse)) "
-          "for B%d %dx%d ws%d shift%d scale %d", B, H, W, ws, shift, with_scale);
+          "for B%d %dx%d ws%d shift%d scale %d bias %d", B, H, W, ws, shift, with_scale, with_bias);
     // backward (written, into NaN): add_inplace + scale_rows_backward -> window_reverse_backward
     // into zeros, the same values (padding tokens 0)
     float *dres = mallocCheck(t.nimg * sizeof(float)), *dwin = mallocCheck(t.nwin * sizeof(float));
@@ -315,8 +321,8 @@ static void test_reverse_residual(int B, int H, int W, int C, int ws, int shift,
     snprintf(label, sizeof(label), "window_reverse_residual %dx%d ws%d sh%d scale%d dres", H, W, ws, shift, with_scale);
     grad_check(label, t.res, t.nimg, dres, fusion_loss, &t, EPS, TOL, MAXC);
     check_writes(label, reverse_residual_dres, &t, dres, t.nimg);
-    free(t.win); free(t.res); free(t.R); free(t.img); free(t.scale);
-    free(ref); free(dres); free(dwin); free(dresr); free(dwinr); free(dbranch);
+    free(t.win); free(t.res); free(t.R); free(t.img); free(t.scale); free(t.b);
+    free(ref); free(winb); free(dres); free(dwin); free(dresr); free(dwinr); free(dbranch);
 }
 
 typedef struct { int B; size_t N; float *inp, *res, *scale, *out, *R; } ScaleAdd;
@@ -377,9 +383,10 @@ static void test_swin_fusions(void) {
     test_layernorm_partition(2, 11, 9, 5, 4, 0);
     test_layernorm_partition(1, 7, 14, 6, 7, 3);
     test_layernorm_partition(1, 5, 3, 4, 7, 0);    // one window, mostly padding
-    test_reverse_residual(3, 11, 9, 5, 4, 2, 1);
-    test_reverse_residual(2, 11, 9, 5, 4, 0, 0);
-    test_reverse_residual(2, 13, 6, 3, 3, 1, 1);
+    test_reverse_residual(3, 11, 9, 5, 4, 2, 1, 1);
+    test_reverse_residual(2, 11, 9, 5, 4, 0, 0, 0);
+    test_reverse_residual(2, 13, 6, 3, 3, 1, 1, 0);
+    test_reverse_residual(2, 13, 6, 3, 3, 1, 0, 1);
     test_scale_rows_add(1);
     test_scale_rows_add(0);
     group_line("Swin block fusions (layernorm_partition, window_reverse_residual, layernorm_apply, scale_rows_add)");
