@@ -232,6 +232,14 @@ static void grad_cmp_l2(const char* op, const char* what, Grad* g, double tol) {
     free(got); free(ref_inc); free(g->init); free(g->cpu);
 }
 
+// a device result (n) against the CPU's by relative L2, recorded under op
+static void dev_cmp_l2(const char* op, const char* what, const float* dev, const float* ref, size_t n, double tol) {
+    float* got = host_copy_of(dev, n);
+    check_l2(what, got, ref, n, tol);
+    record(op, l2_rel_error(got, ref, n), tol);
+    free(got);
+}
+
 static void test_linear(int precision, int N, int C, int OC, int with_bias, int misalign, int lt) {
     ttt_cuda_set_precision(precision);
     double tol = linear_tol[precision];
@@ -866,20 +874,15 @@ static void test_qkv_window_attention(int B, int T, int NH, int HS, int n_mask, 
     float *out = dev_poison(nx), *lse = dev_poison(nlse), *qkv = dev_poison(nqkv);
     long tc0 = ttt_cuda_watt_tc_calls(0), tc1 = ttt_cuda_watt_tc_calls(1), lin = ttt_cuda_bf16_calls(0);
     qkv_window_attention_forward_cuda(out, lse, qkv, x_, w_, b_, rel_, mask_, n_mask, B, T, NH, HS);
-    float* got = host_copy_of(out, nx);
-    check_l2("qkv_window_attention_forward out", got, ref, nx, tol_out);
-    record("qkv_window_attention_forward", l2_rel_error(got, ref, nx), tol_out);
-    free(got);
+    dev_cmp_l2("qkv_window_attention_forward", "qkv_window_attention_forward out", out, ref, nx, tol_out);
     Grad gw = grad_new_scaled(nw, 4.0f), gb = grad_new_scaled(3 * C, 4.0f), grel = grad_new_scaled(nrel, 4.0f);
     float *dx = dev_poison(nx), *dqkv = dev_poison(nqkv);
     qkv_window_attention_backward_cpu(dx_ref, gw.cpu, gb.cpu, grel.cpu, dqkv_ref, dy, ref, lse_ref, qkv_ref, x, w, b,
                                       rel, mask, n_mask, B, T, NH, HS);
     qkv_window_attention_backward_cuda(dx, gw.gpu, gb.gpu, grel.gpu, dqkv, dy_, out, lse, qkv, x_, w_, b_, rel_,
                                        mask_, n_mask, B, T, NH, HS);
-    got = host_copy_of(dx, nx);
-    check_l2("qkv_window_attention_backward dx (written over NaN)", got, dx_ref, nx, tol_grad);
-    record("qkv_window_attention_backward", l2_rel_error(got, dx_ref, nx), tol_grad);
-    free(got);
+    dev_cmp_l2("qkv_window_attention_backward", "qkv_window_attention_backward dx (written over NaN)", dx, dx_ref, nx,
+               tol_grad);
     grad_cmp_l2("qkv_window_attention_backward", "dw", &gw, tol_grad);
     grad_cmp_l2("qkv_window_attention_backward", "db", &gb, tol_grad);
     grad_cmp_l2("qkv_window_attention_backward", "drel_bias", &grel, tol_grad);
@@ -1257,10 +1260,7 @@ static void test_mlp(int N, int C, int Ch, int mode, int bf16_linears) {
     long calls = ttt_cuda_bf16_calls(0);
     mlp_forward_cpu(ref, pre, hid, x, w1, b1, w2, b2, N, C, Ch);
     mlp_forward_cuda(out, pre_, hid_, x_, w1_, b1_, w2_, b2_, N, C, Ch);
-    float* got = host_copy_of(out, nx);
-    check_l2("mlp_forward out", got, ref, nx, tol);
-    record("mlp_forward", l2_rel_error(got, ref, nx), tol);
-    free(got);
+    dev_cmp_l2("mlp_forward", "mlp_forward out", out, ref, nx, tol);
     // the float32 paths: the backward from the CPU's pre (both sides see the same pre). In bf16
     // precision pre_ is the op's own storage (bf16 on the bf16 mlp path): the forward's is kept
     if (mode == 0) ttt_to_device(pre_, pre, nh * sizeof(float));
@@ -1269,10 +1269,7 @@ static void test_mlp(int N, int C, int Ch, int mode, int bf16_linears) {
     float *dx_ = dev_poison(nx), *dh_ = dev_poison(nh);
     mlp_backward_cpu(dx_ref, gw1.cpu, gb1.cpu, gw2.cpu, gb2.cpu, dh, hid, dy, pre, x, w1, b1, w2, N, C, Ch);
     mlp_backward_cuda(dx_, gw1.gpu, gb1.gpu, gw2.gpu, gb2.gpu, dh_, hid_, dy_, pre_, x_, w1_, b1_, w2_, N, C, Ch);
-    got = host_copy_of(dx_, nx);
-    check_l2("mlp_backward dx (written over NaN)", got, dx_ref, nx, tol);
-    record("mlp_backward", l2_rel_error(got, dx_ref, nx), tol);
-    free(got);
+    dev_cmp_l2("mlp_backward", "mlp_backward dx (written over NaN)", dx_, dx_ref, nx, tol);
     grad_cmp_l2("mlp_backward", "dw1", &gw1, tol);
     grad_cmp_l2("mlp_backward", "db1", &gb1, tol);
     grad_cmp_l2("mlp_backward", "dw2", &gw2, tol);
