@@ -254,6 +254,14 @@ static int run_in_child(void (*fn)(void*), void* ctx, char* text, size_t cap, in
     return pid > 0 && waitpid(pid, status, 0) == pid;
 }
 
+// run_in_child for a function of one path (a loader that must die on a bad file)
+typedef struct { void (*fn)(const char*); const char* path; } PathCall;
+static void path_call(void* p) { PathCall* c = (PathCall*)p; c->fn(c->path); }
+static int run_path_in_child(void (*fn)(const char*), const char* path, char* text, size_t cap, int* status) {
+    PathCall c = {fn, path};
+    return run_in_child(path_call, &c, text, cap, status);
+}
+
 static int test_summary(const char* name) {
     printf("%s: %d passed, %d failed\n", name, tests_passed, tests_failed);
     return tests_failed == 0 ? 0 : 1;

@@ -207,23 +207,21 @@ static void test_layouts_and_reading(void) {
 // bad inputs: a child reads the JSON (and loads every PNG); one "error:" line naming the file
 // and the id, exit 1
 
+typedef struct { const char* json; const char* png_dir; } CocoRead;
+static void coco_read_all(void* p) {
+    CocoRead* c = p;
+    CocoPanoptic pan = coco_panoptic_read(c->json, c->png_dir);
+    for (int i = 0; i < pan.n; i++) { int H, W; free(coco_panoptic_load(&pan, &pan.ann[i], 0, 0, &H, &W)); }
+}
 static void read_dies(const char* what, const char* json, const char* png_dir, const char* expect1, const char* expect2) {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (!freopen(TMP "/child_err.txt", "w", stderr)) _exit(3);
-        CocoPanoptic p = coco_panoptic_read(json, png_dir);
-        for (int i = 0; i < p.n; i++) { int H, W; free(coco_panoptic_load(&p, &p.ann[i], 0, 0, &H, &W)); }
-        _exit(0);
-    }
+    CocoRead c = {json, png_dir};
+    char err[2048];
     int st;
-    waitpid(pid, &st, 0);
-    char* err = read_text(TMP "/child_err.txt");
+    run_in_child(coco_read_all, &c, err, sizeof(err), &st);
     int ok = WIFEXITED(st) && WEXITSTATUS(st) == 1 && count_lines_with(err, "error:") == 1 &&
              count_lines_with(err, "") == 1 && strstr(err, expect1) && (!expect2 || strstr(err, expect2));
     CHECK(ok, "%s: exit %d, stderr '%s'", what, WIFEXITED(st) ? WEXITSTATUS(st) : -1, err);
     if (ok) printf("ok   bad input (%s): %s", what, err);
-    free(err);
 }
 
 // the fixture's JSON with one substitution

@@ -9,21 +9,10 @@
 
 // run fn(arg) in a child with stderr captured; check it exits 1 with an "error:" line
 static void expect_error(const char* what, void (*fn)(const char*), const char* arg) {
-    char errpath[256];
-    snprintf(errpath, sizeof(errpath), TMP "/stderr.txt");
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (!freopen(errpath, "w", stderr)) _exit(99);
-        fn(arg);
-        _exit(0);   // returning normally is a failure of the check
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    char line[512] = {0};
-    FILE* fp = fopen(errpath, "r");
-    if (fp) { if (!fgets(line, sizeof(line), fp)) line[0] = 0; fclose(fp); }
-    line[strcspn(line, "\n")] = 0;
+    char line[512];
+    int status;
+    run_path_in_child(fn, arg, line, sizeof(line), &status);   // returning normally (exit 0) fails
+    line[strcspn(line, "\n")] = 0;   // its first line
     int ok = WIFEXITED(status) && WEXITSTATUS(status) == 1 && strncmp(line, "error:", 6) == 0;
     printf("%-4s bad input: %-36s -> %s\n", ok ? "ok" : "FAIL", what, line);
     if (ok) tests_passed++; else tests_failed++;

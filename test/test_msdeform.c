@@ -517,10 +517,9 @@ static void do_load_f_h(const char* path) { model_load_f_h(load_into, path); }
 
 // runs fn(path) in a child; 1 if it exited with status 1 (one clear error), else 0
 static int dies_cleanly(void (*fn)(const char*), const char* path) {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) { if (!freopen("/dev/null", "w", stderr)) _exit(9); fn(path); _exit(0); }
-    int status; waitpid(pid, &status, 0);
+    char err[512];
+    int status;
+    run_path_in_child(fn, path, err, sizeof(err), &status);
     return WIFEXITED(status) && WEXITSTATUS(status) == 1;
 }
 

@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+static void load_export(const char* path) { SwinConfig c; free(swin_load_hf_export(path, &c)); }
+
 // the encoder weights file: write, read back bit-exactly with its config; a file of
 // another kind or a truncated one is refused with exit status 1
 static void test_export_roundtrip(void) {
@@ -29,16 +31,9 @@ static void test_export_roundtrip(void) {
         int h[CKPT_HEADER_INTS] = {0};
         if (bad == 0) { h[2] = 1; checkpoint_write(path, h, params, n); }
         else { swin_save_export(path, &cfg, params); if (truncate(path, 2048) != 0) CHECK(0, "truncate"); }
-        fflush(stdout);
-        pid_t pid = fork();
-        if (pid == 0) {
-            freopen("/dev/null", "w", stderr);
-            SwinConfig c2;
-            swin_load_hf_export(path, &c2);
-            _exit(0);
-        }
-        int status = 0;
-        waitpid(pid, &status, 0);
+        char err[512];
+        int status;
+        run_path_in_child(load_export, path, err, sizeof(err), &status);
         CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1, "bad export file %d: status %d", bad, status);
     }
     remove(path);
@@ -118,6 +113,12 @@ static void check_blocks_manually(const SwinCase* t, const float* table) {
     CHECK(worst <= 1e-6, "drop-path blocks differ from the manual computation: %.3e", worst);
 }
 
+typedef struct { float* table; const SwinConfig* cfg; int B; float rate; Rng* rng; } DropPathCall;
+static void drop_path_call(void* p) {
+    DropPathCall* c = p;
+    swin_drop_path_scales(c->table, c->cfg, c->B, c->rate, c->rng);
+}
+
 // swin_drop_path_scales: per-block zero fractions near the linear rates, values exactly 0 or
 // 1/(1-p), independent draws for the two branches, rate 0 all ones (and no draws), a single
 // block never dropped, rates outside [0, 1) refused with exit status 1
@@ -172,15 +173,10 @@ static void test_drop_path_scales(void) {
     CHECK(ones, "drop-path with a single block: not all ones");
     float bad_rates[3] = {1.0f, -0.1f, NAN};
     for (int i = 0; i < 3; i++) {
-        fflush(stdout);
-        pid_t pid = fork();
-        if (pid == 0) {
-            freopen("/dev/null", "w", stderr);
-            swin_drop_path_scales(table, &cfg, B, bad_rates[i], &rng);
-            _exit(0);
-        }
-        int status = 0;
-        waitpid(pid, &status, 0);
+        DropPathCall c = {table, &cfg, B, bad_rates[i], &rng};
+        char err[512];
+        int status;
+        run_in_child(drop_path_call, &c, err, sizeof(err), &status);
         CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1, "drop-path rate %g: status %d", bad_rates[i], status);
     }
     free(table); free(zeros);
