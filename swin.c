@@ -446,8 +446,9 @@ void swin_forward(const SwinConfig* cfg, const SwinParams* p, SwinActs* a, const
 // (the merge linear) and the drop-path scratch drop_grad (scale_rows_add_backward).
 // A block's first writers: gelu and ln2 (mlp_backward: its scratch and dx), x_in and proj
 // (window_reverse_residual), attn (proj), windows and qkv (qkv_window_attention_backward: its dx
-// and scratch); only rel_bias, which it accumulates into, is zeroed. dx_mid needs no buffer: it starts as dx_out (the MLP residual), so LN2's gradient
-// is added to dx_out in place (nothing reads dx_out after that block).
+// and scratch); only rel_bias, which it accumulates into, is zeroed. dx_mid needs no buffer: it
+// starts as dx_out (the MLP residual), so LN2's gradient is added to dx_out in place (nothing
+// reads dx_out after that block).
 
 void swin_backward(const SwinConfig* cfg, const SwinParams* p, SwinParams* g,
                    const SwinActs* a, SwinActs* da, const int* rel_index,

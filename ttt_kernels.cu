@@ -2288,6 +2288,13 @@ __device__ __forceinline__ uint32_t watt_tc_pack(float lo, float hi) {
 }
 __device__ __forceinline__ uint32_t watt_tc_ld32(const __nv_bfloat16* p) { return *(const uint32_t*)p; }
 
+// N accumulator fragments (C layout, 4 floats a lane each) set to zero
+template <int N>
+__device__ __forceinline__ void watt_tc_zero(float (&acc)[N][4]) {
+    #pragma unroll
+    for (int n = 0; n < N; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
 // c (16 x 8, float32) += A (16 x 16, bf16) B (16 x 8, bf16), fragments as in the comment above
 __device__ __forceinline__ void watt_tc_mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -2476,8 +2483,7 @@ window_attention_fwd_tc_kernel(float* out, float* lse, const TI* q, const TI* k,
         }
         // O (16, HS) = P (16, 64) V (64, HS): P's A fragments straight from the s registers
         float o[NT][4];
-        #pragma unroll
-        for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+        watt_tc_zero(o);
         #pragma unroll
         for (int j = 0; j < 4; j++) {
             if (j >= nks) continue;
@@ -2546,6 +2552,35 @@ __device__ __forceinline__ void watt_tc_accumulate(__nv_bfloat16* gb, int stride
 
 // backward, grid (chunks, NH): block (chunk, h) runs windows chunk * wpb .. + wpb - 1 (< B) of
 // head h in turn. drel_partial (chunks, NH, T, T) or NULL.
+// acc (16, 8 NT) += X (rows m0 .. m0 + 15, columns k0 .. k0 + 15) Y^T (Y's rows 0 .. 8 NT - 1,
+// the same columns), X and Y row-major (WATT_TC_LDT apart) in shared memory: the backward's
+// dV = P^T dO and dK = dS^T Q over one 16-query k-step (X = P^T or dS^T, Y = dO^T or Q^T)
+template <int NT>
+__device__ __forceinline__ void watt_tc_mma_rows(float (&acc)[NT][4], const __nv_bfloat16* X, const __nv_bfloat16* Y,
+                                                 int m0, int k0, int g, int t) {
+    uint32_t a[4];
+    watt_tc_afrag(a, X, WATT_TC_LDT, m0, k0, g, t);
+    #pragma unroll
+    for (int n = 0; n < NT; n++) {
+        uint32_t b[2];
+        watt_tc_bfrag(b, Y, WATT_TC_LDT, 8 * n, k0, g, t);
+        watt_tc_mma(acc[n], a, b);
+    }
+}
+
+// this lane's part of D_row = dout_row . out_row over head h's columns t, t + 4, ... (rows C
+// floats apart; the quad's four lanes t = 0 .. 3 sum the parts)
+template <int HS>
+__device__ __forceinline__ float watt_tc_row_dot(const float* dout, const float* out, size_t row, int C, int h,
+                                                 int t) {
+    const float* a = dout + row * C + (size_t)h * HS;
+    const float* b = out + row * C + (size_t)h * HS;
+    float sum = 0.0f;
+    #pragma unroll
+    for (int d = t; d < HS; d += 4) sum += a[d] * b[d];
+    return sum;
+}
+
 // TI as the forward's; TG float: dq, dk, dv accumulate (+=), bf16: written (=)
 template <int HS, typename TI, typename TG>
 __global__ void __launch_bounds__(WATT_TC_THREADS, WATT_TC_BWD_MIN_BLOCKS(HS))
@@ -2575,9 +2610,7 @@ window_attention_bwd_tc_kernel(TG* dq, TG* dk, TG* dv, float* drel_partial, cons
     // 16j + 8 half + 2t + {0, 1}) at drel[j][half][e], e as in the C fragment
     float drel[4][2][4];
     #pragma unroll
-    for (int j = 0; j < 4; j++)
-        #pragma unroll
-        for (int hf = 0; hf < 2; hf++) drel[j][hf][0] = drel[j][hf][1] = drel[j][hf][2] = drel[j][hf][3] = 0.0f;
+    for (int j = 0; j < 4; j++) watt_tc_zero(drel[j]);
     const int w0 = blockIdx.x * wpb, w1 = min(B, w0 + wpb);
     for (int w = w0; w < w1; w++) {
         __syncthreads();   // the previous window's reads of shared memory are done
@@ -2589,20 +2622,8 @@ window_attention_bwd_tc_kernel(TG* dq, TG* dk, TG* dv, float* drel_partial, cons
         float D0 = 0.0f, D1 = 0.0f, l0 = -INFINITY, l1 = -INFINITY;
         if (active) {
             const float* lrow = lse + ((size_t)w * NH + h) * T;
-            if (i0 < T) {
-                const float* a = dout + ((size_t)w * T + i0) * C + (size_t)h * HS;
-                const float* b = out + ((size_t)w * T + i0) * C + (size_t)h * HS;
-                #pragma unroll
-                for (int d = t; d < HS; d += 4) D0 += a[d] * b[d];
-                l0 = lrow[i0];
-            }
-            if (i1 < T) {
-                const float* a = dout + ((size_t)w * T + i1) * C + (size_t)h * HS;
-                const float* b = out + ((size_t)w * T + i1) * C + (size_t)h * HS;
-                #pragma unroll
-                for (int d = t; d < HS; d += 4) D1 += a[d] * b[d];
-                l1 = lrow[i1];
-            }
+            if (i0 < T) { D0 = watt_tc_row_dot<HS>(dout, out, (size_t)w * T + i0, C, h, t); l0 = lrow[i0]; }
+            if (i1 < T) { D1 = watt_tc_row_dot<HS>(dout, out, (size_t)w * T + i1, C, h, t); l1 = lrow[i1]; }
             D0 += __shfl_xor_sync(0xffffffffu, D0, 1);
             D0 += __shfl_xor_sync(0xffffffffu, D0, 2);
             D1 += __shfl_xor_sync(0xffffffffu, D1, 1);
@@ -2618,17 +2639,16 @@ window_attention_bwd_tc_kernel(TG* dq, TG* dk, TG* dv, float* drel_partial, cons
                 watt_tc_afrag(da[kk], sdo, LDH, r0, 16 * kk, g, t);
             }
             float dqa[NT][4];
-            #pragma unroll
-            for (int n = 0; n < NT; n++) dqa[n][0] = dqa[n][1] = dqa[n][2] = dqa[n][3] = 0.0f;
+            watt_tc_zero(dqa);
             #pragma unroll
             for (int j = 0; j < 4; j++) {
                 if (j >= nks) continue;
                 // S and dP = dO V^T for keys 16j .. 16j + 15 (n-tiles 2j, 2j + 1)
                 float sc[2][4], dp[2][4];
+                watt_tc_zero(sc);
+                watt_tc_zero(dp);
                 #pragma unroll
                 for (int hf = 0; hf < 2; hf++) {
-                    sc[hf][0] = sc[hf][1] = sc[hf][2] = sc[hf][3] = 0.0f;
-                    dp[hf][0] = dp[hf][1] = dp[hf][2] = dp[hf][3] = 0.0f;
                     #pragma unroll
                     for (int kk = 0; kk < KS; kk++) {
                         uint32_t b[2];
@@ -2677,31 +2697,13 @@ window_attention_bwd_tc_kernel(TG* dq, TG* dk, TG* dv, float* drel_partial, cons
         if (active && (dk || dv)) {
             // keys 16 warp .. + 15: dV = P^T dO, dK = dS^T Q over the query k-steps
             float dka[NT][4], dva[NT][4];
-            #pragma unroll
-            for (int n = 0; n < NT; n++) {
-                dka[n][0] = dka[n][1] = dka[n][2] = dka[n][3] = 0.0f;
-                dva[n][0] = dva[n][1] = dva[n][2] = dva[n][3] = 0.0f;
-            }
+            watt_tc_zero(dka);
+            watt_tc_zero(dva);
             #pragma unroll
             for (int j = 0; j < 4; j++) {
                 if (j >= nks) continue;
-                uint32_t a[4], b[2];
-                if (dv) {
-                    watt_tc_afrag(a, spt, WATT_TC_LDT, r0, 16 * j, g, t);
-                    #pragma unroll
-                    for (int n = 0; n < NT; n++) {
-                        watt_tc_bfrag(b, sdot, WATT_TC_LDT, 8 * n, 16 * j, g, t);
-                        watt_tc_mma(dva[n], a, b);
-                    }
-                }
-                if (dk) {
-                    watt_tc_afrag(a, sdst, WATT_TC_LDT, r0, 16 * j, g, t);
-                    #pragma unroll
-                    for (int n = 0; n < NT; n++) {
-                        watt_tc_bfrag(b, sqt, WATT_TC_LDT, 8 * n, 16 * j, g, t);
-                        watt_tc_mma(dka[n], a, b);
-                    }
-                }
+                if (dv) watt_tc_mma_rows<NT>(dva, spt, sdot, r0, 16 * j, g, t);
+                if (dk) watt_tc_mma_rows<NT>(dka, sdst, sqt, r0, 16 * j, g, t);
             }
             if (dk) watt_tc_accumulate<NT>(dk + (size_t)w * T * kv_stride + (size_t)h * HS, kv_stride, dka, scale,
                                            r0, g, t, T);
@@ -2757,6 +2759,25 @@ static void watt_tc_launch_bwd(TG* dq, TG* dk, TG* dv, float* drel_partial, cons
         B, NH, T, q_stride, kv_stride, scale, wpb);
     launchCheck();
 }
+// the launches for a head size the tensor-core kernels take (watt_tc_ok: 16, 32, 48 or 64)
+template <typename TI>
+static void watt_tc_forward(int HS, float* out, float* lse, const TI* q, const TI* k, const TI* v, const float* qb,
+                            const float* kb, const float* vb, const float* rel_bias, const float* mask, int n_mask,
+                            int B, int T, int NH, int q_stride, int kv_stride, float scale) {
+    auto launch = HS == 16 ? watt_tc_launch_fwd<16, TI> : HS == 32 ? watt_tc_launch_fwd<32, TI>
+                : HS == 48 ? watt_tc_launch_fwd<48, TI> : watt_tc_launch_fwd<64, TI>;
+    launch(out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale);
+}
+template <typename TI, typename TG>
+static void watt_tc_backward(int HS, TG* dq, TG* dk, TG* dv, float* drel_partial, const float* dout, const float* out,
+                             const float* lse, const TI* q, const TI* k, const TI* v, const float* qb, const float* kb,
+                             const float* vb, const float* rel_bias, const float* mask, int n_mask, int B, int T,
+                             int NH, int q_stride, int kv_stride, float scale, int wpb, int chunks) {
+    auto launch = HS == 16 ? watt_tc_launch_bwd<16, TI, TG> : HS == 32 ? watt_tc_launch_bwd<32, TI, TG>
+                : HS == 48 ? watt_tc_launch_bwd<48, TI, TG> : watt_tc_launch_bwd<64, TI, TG>;
+    launch(dq, dk, dv, drel_partial, dout, out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, q_stride,
+           kv_stride, scale, wpb, chunks);
+}
 
 extern "C" void window_attention_forward_cuda(float* out, float* lse, const float* q, const float* k,
                                               const float* v, const float* rel_bias, const float* mask,
@@ -2768,12 +2789,8 @@ extern "C" void window_attention_forward_cuda(float* out, float* lse, const floa
     float scale = 1.0f / sqrtf((float)HS);
     if (watt_tc_ok(T, HS)) {   // bf16: the tensor-core kernels
         watt_tc_calls[0]++;
-        switch (HS) {
-        case 16: watt_tc_launch_fwd<16>(out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
-        case 32: watt_tc_launch_fwd<32>(out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
-        case 48: watt_tc_launch_fwd<48>(out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
-        default: watt_tc_launch_fwd<64>(out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale); break;
-        }
+        watt_tc_forward(HS, out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride,
+                        scale);
         return;
     }
     if (!watt_fused_ok(T, HS)) {
@@ -2837,12 +2854,8 @@ extern "C" void window_attention_backward_cuda(float* dq, float* dk, float* dv, 
     float* partial = watt_drel_partial(drel_bias != NULL, B, NH, T, &wpb, &chunks);
     if (watt_tc_ok(T, HS)) {   // bf16: the tensor-core kernels
         watt_tc_calls[1]++;
-        switch (HS) {
-        case 16: watt_tc_launch_bwd<16>(dq, dk, dv, partial, dout, out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
-        case 32: watt_tc_launch_bwd<32>(dq, dk, dv, partial, dout, out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
-        case 48: watt_tc_launch_bwd<48>(dq, dk, dv, partial, dout, out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
-        default: watt_tc_launch_bwd<64>(dq, dk, dv, partial, dout, out, lse, q, k, v, NULL, NULL, NULL, rel_bias, mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks); break;
-        }
+        watt_tc_backward(HS, dq, dk, dv, partial, dout, out, lse, q, k, v, (const float*)NULL, NULL, NULL, rel_bias,
+                         mask, n_mask, B, T, NH, q_stride, kv_stride, scale, wpb, chunks);
     } else switch ((HS + 15) / 16) {
     case 1: watt_launch_bwd<1>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale, wpb, chunks); break;
     case 2: watt_launch_bwd<2>(dq, dk, dv, partial, dout, out, lse, q, k, v, rel_bias, mask, n_mask, B, T, NH, HS, q_stride, kv_stride, scale, wpb, chunks); break;
@@ -5904,7 +5917,8 @@ static void mlp_forward_bf16(float* out, float* pre, const float* x, const float
     __nv_bfloat16* preb = (__nv_bfloat16*)pre;   // (N, Ch)
     size_t rows = bf16_chunk_rows((size_t)N, (size_t)C + Ch);
     size_t wpart = bf16_round((size_t)Ch * C), xpart = bf16_round(rows * C);
-    __nv_bfloat16* w1b = (__nv_bfloat16*)workspace_get(&ws_bf16, (2 * wpart + xpart + rows * Ch) * sizeof(__nv_bfloat16));
+    __nv_bfloat16* w1b =
+        (__nv_bfloat16*)workspace_get(&ws_bf16, (2 * wpart + xpart + rows * Ch) * sizeof(__nv_bfloat16));
     __nv_bfloat16* w2b = w1b + wpart;   // (C, Ch)
     __nv_bfloat16* xb = w2b + wpart;    // (rows, C)
     __nv_bfloat16* hb = xb + xpart;     // (rows, Ch)
@@ -5929,7 +5943,8 @@ static void mlp_backward_bf16(float* dx, float* dw1, float* db1, float* dw2, flo
     const __nv_bfloat16* preb = (const __nv_bfloat16*)pre;   // (N, Ch), mlp_forward_bf16's
     size_t rows = bf16_chunk_rows((size_t)N, 2 * (size_t)C + Ch);
     size_t wpart = bf16_round((size_t)Ch * C), cpart = bf16_round(rows * C);
-    __nv_bfloat16* w1b = (__nv_bfloat16*)workspace_get(&ws_bf16, (2 * wpart + 2 * cpart + rows * Ch) * sizeof(__nv_bfloat16));
+    __nv_bfloat16* w1b =
+        (__nv_bfloat16*)workspace_get(&ws_bf16, (2 * wpart + 2 * cpart + rows * Ch) * sizeof(__nv_bfloat16));
     __nv_bfloat16* w2b = w1b + wpart;   // (C, Ch)
     __nv_bfloat16* db = w2b + wpart;    // dout rows (rows, C)
     __nv_bfloat16* xb = db + cpart;     // x rows (rows, C)
@@ -6005,12 +6020,7 @@ extern "C" void qkv_window_attention_forward_cuda(float* out, float* lse, float*
     const float *qb = b, *kb = b ? b + C : NULL, *vb = b ? b + 2 * C : NULL;
     float scale = 1.0f / sqrtf((float)HS);
     const __nv_bfloat16 *q = qkvb, *k = qkvb + C, *v = qkvb + 2 * C;
-    switch (HS) {
-    case 16: watt_tc_launch_fwd<16>(out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale); break;
-    case 32: watt_tc_launch_fwd<32>(out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale); break;
-    case 48: watt_tc_launch_fwd<48>(out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale); break;
-    default: watt_tc_launch_fwd<64>(out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale); break;
-    }
+    watt_tc_forward(HS, out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale);
 }
 
 extern "C" void qkv_window_attention_backward_cuda(float* dx, float* dw, float* db, float* drel_bias, float* dqkv,
@@ -6039,12 +6049,8 @@ extern "C" void qkv_window_attention_backward_cuda(float* dx, float* dw, float* 
     watt_tc_calls[1]++;
     const __nv_bfloat16 *q = qkvb, *k = qkvb + C, *v = qkvb + 2 * C;
     __nv_bfloat16 *dq = dqkvb, *dk = dqkvb + C, *dv = dqkvb + 2 * C;
-    switch (HS) {
-    case 16: watt_tc_launch_bwd<16>(dq, dk, dv, partial, dout, out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale, wpb, chunks); break;
-    case 32: watt_tc_launch_bwd<32>(dq, dk, dv, partial, dout, out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale, wpb, chunks); break;
-    case 48: watt_tc_launch_bwd<48>(dq, dk, dv, partial, dout, out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale, wpb, chunks); break;
-    default: watt_tc_launch_bwd<64>(dq, dk, dv, partial, dout, out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH, 3 * C, 3 * C, scale, wpb, chunks); break;
-    }
+    watt_tc_backward(HS, dq, dk, dv, partial, dout, out, lse, q, k, v, qb, kb, vb, rel_bias, mask, n_mask, B, T, NH,
+                     3 * C, 3 * C, scale, wpb, chunks);
     if (drel_bias) watt_drel_finish(drel_bias, partial, chunks, NH, T);
     // the qkv linear's backward on the bf16 dqkv (N, 3C)
     if (db) column_sum_convert(NULL, db, (const __nv_bfloat16*)dqkvb, (const float*)NULL, NULL, N, 3 * C);

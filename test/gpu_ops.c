@@ -507,6 +507,23 @@ static void attn_grads(AttnCase* c) {
     }
 }
 
+// the host inputs of a case
+static void attn_case_free_host(AttnCase* c) { free(c->qb); free(c->kvb); free(c->bias); free(c->mask); }
+
+// the host buffers of a case's gradients (attn_grads) and its host inputs
+static void attn_case_free_all_host(AttnCase* c) {
+    free(c->gq.init); free(c->gq.cpu); free(c->gkv.init); free(c->gkv.cpu); free(c->gb.init); free(c->gb.cpu);
+    attn_case_free_host(c);
+}
+
+// the forward run again without lse (no backward follows) must give the same out bit for bit:
+// got (the first run's out on the host) against out2 (the second run's, on the device)
+static void check_same_without_lse(const char* op, const char* label, const float* got, const float* out2, size_t n) {
+    float* got2 = host_copy_of(out2, n);
+    CHECK(memcmp(got, got2, n * sizeof(float)) == 0, "%s [%s]: out differs with lse = NULL", op, label);
+    free(got2);
+}
+
 // the gradients of both sides compared (grad_cmp frees them), the host inputs freed
 static void attn_grads_check_free(AttnCase* c, const char* op, const char* label, double tol) {
     char what[128];
@@ -521,7 +538,7 @@ static void attn_grads_check_free(AttnCase* c, const char* op, const char* label
     }
     if (c->with_bias) { snprintf(what, sizeof(what), "drel_bias [%s]", label); grad_cmp(op, what, &c->gb, tol); }
     else { free(c->gb.init); free(c->gb.cpu); }
-    free(c->qb); free(c->kvb); free(c->bias); free(c->mask);
+    attn_case_free_host(c);
 }
 
 static void test_attention(const char* label, int B, int Tq, int Tk, int NH, int HS, int layout,
@@ -716,9 +733,7 @@ static void test_flash_attention_tc(const char* label, int B, int Tq, int Tk, in
     float* out2 = dev_poison(nout);
     flash_attention_forward_cuda(out2, NULL, c.dq, c.dk, c.dv, c.dmask, n_mask, B, Tq, Tk, NH, HS, c.q_stride,
                                  c.kv_stride);
-    float* got2 = host_copy_of(out2, nout);
-    CHECK(memcmp(got, got2, nout * sizeof(float)) == 0, "flash_attention_forward tc [%s]: out differs with lse = NULL",
-          label);
+    check_same_without_lse("flash_attention_forward tc", label, got, out2, nout);
     // backward: each side from its own forward (out, lse); the gradients not asked for are NULL
     float* ddy = dev_copy(dy, nout);
     attn_grads(&c);
@@ -741,9 +756,8 @@ static void test_flash_attention_tc(const char* label, int B, int Tq, int Tk, in
         else fatt_tc_grad_check(what, &c.gkv, gkv, rk, 2 * C, (t - 1) * C, C, (grads >> t) & 1);
     }
     free(gkv); free(gq);
-    free(c.gq.init); free(c.gq.cpu); free(c.gkv.init); free(c.gkv.cpu); free(c.gb.init); free(c.gb.cpu);
-    free(c.qb); free(c.kvb); free(c.mask);
-    free(dy); free(ref); free(lse_ref); free(got); free(got2);
+    attn_case_free_all_host(&c);
+    free(dy); free(ref); free(lse_ref); free(got);
     dev_free_all();
     ttt_cuda_set_fatt_tc(-1);
     ttt_cuda_set_precision(PRECISION_TF32);
@@ -795,9 +809,7 @@ static void test_window_attention_tc(const char* label, int B, int T, int NH, in
     float* out2 = dev_poison(nout);
     window_attention_forward_cuda(out2, NULL, c.dq, c.dk, c.dv, c.dbias, c.dmask, n_mask, B, T, NH, HS, c.q_stride,
                                   c.kv_stride);
-    float* got2 = host_copy_of(out2, nout);
-    CHECK(memcmp(got, got2, nout * sizeof(float)) == 0, "window_attention_forward tc [%s]: out differs with lse = NULL",
-          label);
+    check_same_without_lse("window_attention_forward tc", label, got, out2, nout);
     // backward: each side from its own forward (out, lse); the gradients not asked for are NULL
     float* ddy = dev_copy(dy, nout);
     attn_grads(&c);
@@ -833,9 +845,8 @@ static void test_window_attention_tc(const char* label, int B, int T, int NH, in
         free(gb);
     }
     free(gkv); free(gq);
-    free(c.gq.init); free(c.gq.cpu); free(c.gkv.init); free(c.gkv.cpu); free(c.gb.init); free(c.gb.cpu);
-    free(c.qb); free(c.kvb); free(c.bias); free(c.mask);
-    free(dy); free(ref); free(lse_ref); free(got); free(got2);
+    attn_case_free_all_host(&c);
+    free(dy); free(ref); free(lse_ref); free(got);
     dev_free_all();
     ttt_cuda_set_watt_tc(-1);
     ttt_cuda_set_precision(PRECISION_TF32);
@@ -1248,7 +1259,8 @@ static void test_mlp(int N, int C, int Ch, int mode, int bf16_linears) {
     ttt_cuda_set_precision(mode ? PRECISION_BF16 : PRECISION_TF32);
     ttt_cuda_set_bf16_linear(mode == 1 ? -1 : mode);
     double tol = linear_tol[mode ? PRECISION_BF16 : PRECISION_TF32];
-    printf("mlp %s: N %d, C %d, Ch %d\n", mode == 2 ? "bf16 operands" : mode == 1 ? "bf16 default rules" : "tf32", N, C, Ch);
+    printf("mlp %s: N %d, C %d, Ch %d\n", mode == 2 ? "bf16 operands" : mode == 1 ? "bf16 default rules" : "tf32", N, C,
+           Ch);
     size_t nx = (size_t)N * C, nh = (size_t)N * Ch, nw = (size_t)Ch * C;
     float *x = rnd(nx), *w1 = rnd(nw), *b1 = rnd(Ch), *w2 = rnd(nw), *b2 = rnd(C), *dy = rnd(nx);
     float *ref = (float*)mallocCheck(nx * sizeof(float)), *pre = (float*)mallocCheck(nh * sizeof(float));
@@ -1893,7 +1905,7 @@ int main(void) {
     test_qkv_window_attention(12, 49, 3, 32, 4, 0, 0);   // TF32: the two ops in turn
     test_qkv_window_attention(4, 49, 3, 20, 2, 1, 0);    // HS 20: no tensor-core kernel, the two ops in turn
     test_mlp(1001, 96, 384, 2, 4);      // Swin-S stage 1 widths, every linear pass on bf16 operands
-    test_mlp(29200, 96, 384, 1, 4);     // the default rules there: the bf16 mlp (>= 2^30, hidden 384; C 96 does not matter)
+    test_mlp(29200, 96, 384, 1, 4);     // the default rules there: the bf16 mlp (>= 2^30, hidden 384; C 96 too)
     test_mlp(2000, 96, 96, 1, 0);       // hidden 96 < 192: the float32 gelu passes and TF32 linears
     test_mlp(2000, 384, 1536, 1, 4);    // Swin-S stage 3 by the default rules: all four
     test_mlp(257, 37, 131, 2, 4);       // odd widths: scalar conversions
